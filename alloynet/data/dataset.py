@@ -1,0 +1,72 @@
+"""The torch Dataset over a capture store + manifest.
+
+Items are ``(image, targets)``: ``image`` is float32 [C, H, W] holding the RAW detector ADU (models do
+their own preprocessing, so training and every exported graph see the same input); ``targets`` holds
+``alloy`` (int64 class index), ``thickness_mm``, ``a0`` and ``mu_eff`` (float32).
+Augmentation is deterministic: item i in epoch e always gets the same random draw for a given seed,
+whatever the number of DataLoader workers.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from alloynet.captures.format import decode_image
+from alloynet.captures.layout import CAPTURES
+from alloynet.captures.stores import ObjectStore
+from alloynet.data.transforms import TrainAugment
+
+
+def load_image(store: ObjectStore, image_file: str) -> np.ndarray:
+    key = CAPTURES + image_file
+    return decode_image(store.get(key), f"{store.uri}/{key}")
+
+
+class CaptureDataset(Dataset):
+    def __init__(self, store: ObjectStore, manifest: pd.DataFrame, split: Optional[str] = "train",
+                 transform: Optional[TrainAugment] = None, seed: int = 0, cache: bool = True):
+        rows = manifest if split is None else manifest[manifest.split == split]
+        self.rows = rows.sort_values("capture_id", kind="stable").reset_index(drop=True)
+        if split is not None and self.rows.empty:
+            raise ValueError(f"manifest has no captures in split {split!r}")
+        self.store, self.transform, self.seed = store, transform, seed
+        self.epoch = 0
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _pixels(self, i: int) -> np.ndarray:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        img = load_image(self.store, self.rows.image_file[i])
+        if self._cache is not None:
+            self._cache[i] = img
+        return img
+
+    def targets(self, i: int) -> dict[str, torch.Tensor]:
+        r = self.rows.iloc[i]
+        return {
+            "alloy": torch.tensor(int(r.label), dtype=torch.int64),
+            "thickness_mm": torch.tensor(float(r.thickness_mm), dtype=torch.float32),
+            "a0": torch.tensor(float(r.a0), dtype=torch.float32),
+            "mu_eff": torch.tensor(float(r.mu_eff_per_cm), dtype=torch.float32),
+        }
+
+    def __getitem__(self, i: int):
+        x = torch.from_numpy(self._pixels(i).astype(np.float32))
+        if self.transform is not None:
+            g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_033 + i) & 0x7FFFFFFFFFFF)
+            x = self.transform(x, g)
+        return x, self.targets(i)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.rows.label.to_numpy()

@@ -1,0 +1,144 @@
+"""The data-set manifest: one row per capture, with labels and a leak-free split.
+
+Splits (the long-tail protocol): the test set is balanced across classes (the same number of plates per
+alloy, spread over thicknesses); the rest is split train/val stratified by alloy x nominal thickness.
+Splitting is by *plate*: all captures of a physical plate land in one split. Once a manifest exists, its
+assignments are frozen: rebuilding with ``previous=`` keeps every known plate where it was and sends new
+plates to train/val only, so the held-out test set never changes under a nightly retrain.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from alloynet.captures.format import CaptureError, parse_sidecar
+from alloynet.captures.layout import CAPTURES
+from alloynet.captures.stores import ObjectStore
+from alloynet.data import CLASS_NAMES
+
+COLUMNS = [
+    "capture_id", "plate_id", "image_file", "sha256", "alloy", "label", "nominal_thickness_mm", "thickness_mm",
+    "a0", "mu_eff_per_cm", "wedge_mm", "wedge_material", "kvp", "channels", "height", "width", "dark_adu",
+    "flat_adu", "acquired_at", "labelled", "split",
+]
+
+
+def _row(sc) -> dict:
+    t = sc.truth
+    return {
+        "capture_id": sc.capture_id, "plate_id": sc.plate_id or sc.capture_id, "image_file": sc.image.file,
+        "sha256": sc.image.sha256, "alloy": t.alloy if t else "",
+        "label": CLASS_NAMES.index(t.alloy) if t and t.alloy in CLASS_NAMES else -1,
+        "nominal_thickness_mm": t.nominal_thickness_mm if t else np.nan,
+        "thickness_mm": (t.thickness_mm or t.nominal_thickness_mm) if t else np.nan,
+        "a0": t.a0 if t and t.a0 is not None else np.nan,
+        "mu_eff_per_cm": t.mu_eff_per_cm if t and t.mu_eff_per_cm is not None else np.nan,
+        "wedge_mm": sc.rig.wedge_mm, "wedge_material": sc.rig.wedge_material,
+        "kvp": ";".join(f"{k:g}" for k in sc.rig.kvp), "channels": sc.image.shape[0],
+        "height": sc.image.shape[1], "width": sc.image.shape[2],
+        "dark_adu": ";".join(f"{v:.3f}" for v in sc.calibration.dark_adu),
+        "flat_adu": ";".join(f"{v:.3f}" for v in sc.calibration.flat_adu),
+        "acquired_at": sc.acquired_at.isoformat(), "labelled": t is not None,
+    }
+
+
+def scan_store(store: ObjectStore) -> pd.DataFrame:
+    """Read every sidecar in the store (captures are validated on ingest; sidecars are re-parsed here)."""
+    rows = []
+    for info in store.list(CAPTURES):
+        if info.key.endswith(".json"):
+            try:
+                rows.append(_row(parse_sidecar(store.get(info.key), f"{store.uri}/{info.key}")))
+            except CaptureError as err:
+                raise CaptureError(err.where, err.field, err.message + " (run ingest to quarantine bad captures)") from None
+    df = pd.DataFrame(rows, columns=COLUMNS[:-1])
+    return df.sort_values("capture_id", kind="stable").reset_index(drop=True)
+
+
+def assign_splits(df: pd.DataFrame, seed: int = 0, test_fraction: float = 0.15, val_fraction: float = 0.15,
+                  previous: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Add the ``split`` column (train/val/test, or unlabelled) by plate, as described in the module doc."""
+    df = df.copy()
+    plates = df[df.labelled].groupby("plate_id").agg(alloy=("alloy", "first"), t=("nominal_thickness_mm", "first"))
+    split: dict[str, str] = {}
+    if previous is not None and len(previous):
+        split.update(previous.drop_duplicates("plate_id").set_index("plate_id")["split"].to_dict())
+    new = plates[~plates.index.isin(list(split))]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B1]))
+    if previous is None or not len(previous):
+        split.update(_balanced_test(new, rng, test_fraction))
+        new = new[~new.index.isin(list(split))]
+    val_share = val_fraction / (1 - test_fraction)
+    for (_, _), group in new.groupby(["alloy", "t"], sort=True):
+        ids = list(rng.permutation(group.index.to_numpy()))
+        n_val = int(round(val_share * len(ids)))
+        for i, pid in enumerate(ids):
+            split[pid] = "val" if i < n_val else "train"
+    _ensure_val_per_class(plates, split)
+    df["split"] = [split.get(p, "unlabelled") if lab else "unlabelled" for p, lab in zip(df.plate_id, df.labelled)]
+    return df
+
+
+def _balanced_test(plates: pd.DataFrame, rng: np.random.Generator, test_fraction: float) -> dict[str, str]:
+    if plates.empty or test_fraction <= 0:
+        return {}
+    per_class = plates.groupby("alloy").size()
+    m = min(int(round(test_fraction * len(plates) / len(per_class))), int(per_class.min()) - 1)
+    out = {}
+    for alloy, group in plates.groupby("alloy", sort=True):
+        # Interleave thickness strata so the test plates of each class cover all thicknesses evenly.
+        strata = [list(rng.permutation(g.index.to_numpy())) for _, g in group.groupby("t", sort=True)]
+        order = [s[i] for i in range(max(map(len, strata))) for s in strata if i < len(s)]
+        out.update({pid: "test" for pid in order[:max(m, 0)]})
+    return out
+
+
+def _ensure_val_per_class(plates: pd.DataFrame, split: dict[str, str]) -> None:
+    """Early stopping on balanced accuracy needs every class in val: move one train plate if possible."""
+    for alloy, group in plates.groupby("alloy", sort=True):
+        s = [split.get(p) for p in group.index]
+        if "val" not in s and s.count("train") >= 2:
+            split[next(p for p in group.index if split.get(p) == "train")] = "val"
+
+
+def build_manifest(store: ObjectStore, seed: int = 0, previous: pd.DataFrame | None = None,
+                   test_fraction: float = 0.15, val_fraction: float = 0.15) -> pd.DataFrame:
+    return assign_splits(scan_store(store), seed, test_fraction, val_fraction, previous)[COLUMNS]
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"manifest {path} not found (run `alloynet simulate` or `alloynet data manifest`)")
+    df = pd.read_csv(path, dtype={"capture_id": str, "plate_id": str, "kvp": str, "dark_adu": str, "flat_adu": str,
+                                  "alloy": str}, keep_default_na=False, na_values={"a0": [""], "mu_eff_per_cm": [""]})
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"manifest {path}: missing column(s) {missing}")
+    df["labelled"] = df["labelled"].astype(str).str.lower().isin(["true", "1"])
+    return df
+
+
+def manifest_hash(df: pd.DataFrame) -> str:
+    """Stable identity of the data a model was trained on: ids, image hashes and splits."""
+    buf = io.StringIO()
+    df.sort_values("capture_id")[["capture_id", "sha256", "split"]].to_csv(buf, index=False)
+    return hashlib.sha256(buf.getvalue().encode()).hexdigest()
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Captures per alloy and split (the table `alloynet simulate` prints)."""
+    t = df.pivot_table(index="alloy", columns="split", values="capture_id", aggfunc="count", fill_value=0)
+    t["plates"] = df.groupby("alloy").plate_id.nunique()
+    return t

@@ -1,0 +1,41 @@
+"""The ideal observer: honest about 5083 vs 6082, consistent with photon statistics."""
+import pytest
+
+from alloynet.physics import RigConfig
+from alloynet.physics.separability import separability
+
+
+@pytest.fixture(scope="module")
+def report():
+    return separability(RigConfig(), plates=80, mc_samples=800, seed=0)
+
+
+def _pair(report, a, b):
+    return next(p for p in report.pairs if {p.a, p.b} == {a, b})
+
+
+def test_5083_vs_6082_nearly_inseparable_at_unknown_thickness(report):
+    p = _pair(report, "Al5083", "Al6082")
+    assert p.d_unknown < 1.0 and p.bayes_error_unknown > 0.3
+    # ...while noise alone would separate exact nominal plates easily: the limit is the plates, not photons
+    assert p.d_known_nominal > 10
+
+
+def test_heavy_alloys_are_separable_and_1050_partly(report):
+    assert _pair(report, "Al2017", "Al7075").d_unknown > 3
+    assert _pair(report, "Al1050", "Al7075").bayes_error_unknown < 1e-3
+    p = _pair(report, "Al1050", "Al5083")
+    assert 0.05 < p.bayes_error_unknown < 0.4
+
+
+def test_ceiling_is_between_chance_and_perfect(report):
+    assert 0.7 < report.ceiling_accuracy < 0.95
+    assert report.ceiling_recall["Al7075"] > 0.99 and report.ceiling_recall["Al5083"] < 0.85
+    assert "Ceiling" in report.markdown()
+
+
+def test_noise_limited_d_prime_scales_with_sqrt_dose():
+    lo = separability(RigConfig(dose=1e3), alloys=("Al1050", "Al2017"), thicknesses_mm=(2.0,), plates=20, mc_samples=50)
+    hi = separability(RigConfig(dose=1e4), alloys=("Al1050", "Al2017"), thicknesses_mm=(2.0,), plates=20, mc_samples=50)
+    ratio = hi.pairs[0].d_known_nominal / lo.pairs[0].d_known_nominal
+    assert ratio == pytest.approx(10**0.5, rel=0.1)
