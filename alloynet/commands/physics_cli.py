@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markdown import Markdown
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -36,6 +35,6 @@ def separability(
     rig = RigConfig(kvp=kvp, wedge_mm=wedge_mm, wedge_material=wedge_material, dose=dose, height=size, width=size)
     with console.status("computing the ideal observer..."):
         report = run(rig, thicknesses_mm=thickness, plates=plates, seed=seed)
-    console.print(Markdown(report.markdown()))
+    typer.echo(report.markdown())  # plain Markdown: readable here and pasteable into reports
     if json_out:
         json_out.write_text(json.dumps(report.to_dict(), indent=1))

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from alloynet.physics.materials import get_alloy, sample_plate
-from alloynet.physics.simulator import RigConfig
+from alloynet.physics.simulator import RigConfig, wedge_columns_mm
 from alloynet.physics.spectrum import detected_quanta, tube_spectrum
 from alloynet.physics.transmission import wedge_attenuation
 from alloynet.physics.materials import linear_attenuation
@@ -46,7 +46,7 @@ class ProfileModel:
             n_open = rig.dose * n / n.sum()
             m_open = float((n_open * e).sum())
             gain = (rig.flat_target_adu - rig.dark_offset_adu) / m_open
-            wedge = np.linspace(rig.wedge_min_mm, rig.wedge_mm, rig.width)
+            wedge = wedge_columns_mm(rig)
             behind = n_open[None, :] * np.exp(-np.outer(wedge / 10.0, wedge_attenuation(e, rig.wedge_material)))
             self._ch.append((e, behind, m_open, gain))
         self._edges = np.linspace(0, rig.width, self.bins + 1).astype(int)

@@ -1,7 +1,9 @@
 """The rig simulator: a 2-D detector capture of a plate behind a linear wedge.
 
 Geometry: the wedge ramps linearly along the image's x axis (columns, the *wedge axis*) from
-``wedge_min_mm`` to ``wedge_mm``; the plate covers the whole field. Rows (y) are the non-wedge axis,
+``wedge_min_mm`` to ``wedge_mm``, after a plate-only strip of ``wedge_margin_px`` columns (as on real
+wedge jigs; it also keeps detector blur from mixing wedge into the zero-wedge reading); the plate
+covers the whole field. Rows (y) are the non-wedge axis,
 along which the tube's heel effect also runs.
 
 Why it is fast: behind a wedge the spectrum depends on the column only, so the energy integral is a
@@ -42,6 +44,7 @@ class RigConfig(BaseModel):
     filtration_mm_al: float = 1.0
     wedge_mm: float = Field(50.0, gt=0, description="wedge thickness at its thick end")
     wedge_min_mm: float = Field(0.0, ge=0)
+    wedge_margin_px: int = Field(4, ge=0, description="plate-only strip (no wedge) at the thin end, in columns")
     wedge_material: Literal["Al", "PMMA"] = "Al"
     height: int = Field(256, ge=8)
     width: int = Field(256, ge=8)
@@ -76,6 +79,13 @@ class RigConfig(BaseModel):
         return len(self.kvp)
 
 
+def wedge_columns_mm(rig: "RigConfig") -> np.ndarray:
+    """Wedge thickness under each image column: a plate-only strip, then a linear ramp to ``wedge_mm``."""
+    margin = min(rig.wedge_margin_px, rig.width - 2)
+    ramp = np.linspace(rig.wedge_min_mm, rig.wedge_mm, rig.width - margin)
+    return np.concatenate([np.zeros(margin), ramp])
+
+
 @dataclass
 class SimulatedCapture:
     image: np.ndarray          # uint16 [C, H, W]
@@ -96,7 +106,7 @@ class _Channel:
         self.n_open = rig.dose * n / n.sum()                      # detected photons per bin, open beam
         self.mean_kev_open = float((self.n_open * e).sum())       # keV per pixel, open beam
         self.gain = (rig.flat_target_adu - rig.dark_offset_adu) / self.mean_kev_open  # ADU per keV
-        self.wedge_mm = np.linspace(rig.wedge_min_mm, rig.wedge_mm, rig.width)
+        self.wedge_mm = wedge_columns_mm(rig)
         mu_w = wedge_attenuation(e, rig.wedge_material)
         self.n_behind_wedge = self.n_open[None, :] * np.exp(-np.outer(self.wedge_mm / 10.0, mu_w))  # [W, E]
 

@@ -1,0 +1,156 @@
+"""Long-tail profiles, reproducible simulation, leak-free balanced splits, the Dataset and preprocessing."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from alloynet.captures.stores import LocalStore
+from alloynet.data import CLASS_NAMES
+from alloynet.data.dataset import CaptureDataset
+from alloynet.data.manifest import assign_splits, build_manifest, manifest_hash, read_manifest, write_manifest
+from alloynet.data.profiles import class_counts
+from alloynet.data.simulate import DatasetSpec, simulate_dataset
+from alloynet.data.transforms import Preprocess, TrainAugment, wedge_profile
+from alloynet.physics import RigConfig
+from tests.helpers.dummy import DummyCaptureStore
+
+
+def test_class_count_profiles():
+    assert class_counts(1000, 5, 100) == [1000, 316, 100, 32, 10]
+    assert class_counts(100, 4, 10, "step") == [100, 100, 10, 10]
+    assert class_counts(7, 5, 100, "balanced") == [7] * 5
+    assert class_counts(10, 5, 1000)[-1] == 1  # never an empty class
+    with pytest.raises(ValueError, match="imbalance_ratio"):
+        class_counts(10, 5, 0.5)
+
+
+def _spec(**kw):
+    base = dict(n_max=6, imbalance_ratio=6, captures_per_plate=2, rig=RigConfig(height=32, width=32))
+    base.update(kw)
+    return DatasetSpec(**base)
+
+
+def test_same_seed_same_bytes_different_seed_different(tmp_path):
+    a, b, c = (LocalStore(tmp_path / n) for n in "abc")
+    simulate_dataset(_spec(seed=3), a)
+    simulate_dataset(_spec(seed=3), b)
+    simulate_dataset(_spec(seed=4), c)
+    files = sorted(p.relative_to(a.root) for p in a.root.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b.root) for p in b.root.rglob("*") if p.is_file())
+    assert all((a.root / f).read_bytes() == (b.root / f).read_bytes() for f in files)
+    ma, mc = build_manifest(a, seed=3), build_manifest(c, seed=4)
+    assert manifest_hash(ma) == manifest_hash(build_manifest(b, seed=3))
+    assert set(ma.sha256).isdisjoint(set(mc.sha256))
+
+
+def test_long_tail_protocol_splits(tmp_path):
+    spec = _spec(n_max=30, imbalance_ratio=10, class_order=["Al7075", "Al2017", "Al1050", "Al6082", "Al5083"])
+    store = LocalStore(tmp_path)
+    simulate_dataset(spec, store)
+    df = build_manifest(store, seed=0)
+    assert df.groupby("plate_id").split.nunique().max() == 1  # leak-free: a plate lives in one split
+    test_plates = df[df.split == "test"].groupby("alloy").plate_id.nunique()
+    assert len(set(test_plates)) == 1 and len(test_plates) == 5  # balanced test set, every class
+    # each class's test plates cover the thicknesses as evenly as possible
+    per_t = df[df.split == "test"].drop_duplicates("plate_id").groupby(["alloy", "nominal_thickness_mm"]).size()
+    assert per_t.groupby(level=0).agg(lambda s: s.max() - s.min()).max() <= 1
+    trainval = df[df.split.isin(["train", "val"])].drop_duplicates("plate_id").groupby("alloy").size()
+    expected = dict(zip(spec.class_order, class_counts(30, 5, 10)))
+    assert trainval.to_dict() == expected  # train+val follow the requested head-to-tail profile
+    assert set(df[df.split == "val"].alloy) == set(CLASS_NAMES)
+    counts = df.split.value_counts(normalize=True)
+    assert 0.1 < counts["val"] < 0.22 and 0.1 < counts["test"] < 0.3
+
+
+def test_splits_stay_frozen_when_data_grows():
+    plates = pd.DataFrame({
+        "plate_id": [f"p{i}" for i in range(60)], "alloy": [CLASS_NAMES[i % 5] for i in range(60)],
+        "nominal_thickness_mm": [1.0] * 60, "labelled": [True] * 60,
+    })
+    first = assign_splits(plates, seed=1)
+    more = pd.concat([plates, pd.DataFrame({"plate_id": [f"q{i}" for i in range(20)],
+                                            "alloy": [CLASS_NAMES[i % 5] for i in range(20)],
+                                            "nominal_thickness_mm": [2.0] * 20, "labelled": [True] * 20})])
+    second = assign_splits(more, seed=1, previous=first)
+    merged = second.merge(first, on="plate_id", suffixes=("", "_before"))
+    assert (merged.split == merged.split_before).all()
+    assert set(second[second.plate_id.str.startswith("q")].split) <= {"train", "val"}
+
+
+def test_manifest_roundtrip_and_unlabelled(tmp_path):
+    with DummyCaptureStore(n_max=3, size=32) as (store, df):
+        path = tmp_path / "m.csv"
+        write_manifest(df, path)
+        back = read_manifest(path)
+        assert manifest_hash(back) == manifest_hash(df) and back.labelled.all()
+        assert back.label.tolist() == [CLASS_NAMES.index(a) for a in back.alloy]
+    with pytest.raises(FileNotFoundError, match="not found"):
+        read_manifest(tmp_path / "nope.csv")
+
+
+@pytest.fixture(scope="module")
+def dummy():
+    with DummyCaptureStore(n_max=4, size=32, imbalance_ratio=2, captures_per_plate=1) as (store, df):
+        yield store, df
+
+
+def test_dataset_items_and_targets(dummy):
+    store, df = dummy
+    ds = CaptureDataset(store, df, split="train")
+    x, y = ds[0]
+    row = ds.rows.iloc[0]
+    assert x.dtype == torch.float32 and x.shape == (1, 32, 32) and float(x.max()) > 1000
+    assert int(y["alloy"]) == CLASS_NAMES.index(row.alloy)
+    assert float(y["thickness_mm"]) == pytest.approx(row.thickness_mm)
+    assert float(y["mu_eff"]) == pytest.approx(float(y["a0"]) / (float(y["thickness_mm"]) / 10), rel=1e-5)
+    with pytest.raises(ValueError, match="no captures in split 'nope'"):
+        CaptureDataset(store, df, split="nope")
+
+
+def test_preprocess_gives_the_physics_a0_at_the_thin_end(dummy):
+    store, df = dummy
+    pre = Preprocess.from_manifest(df, store)
+    ds = CaptureDataset(store, df, split=None)
+    errs = []
+    for i in range(len(ds)):
+        x, y = ds[i]
+        col0 = pre.neg_log(x[None])[0, 0, :, 0]
+        errs.append(float(col0.median()) - float(y["a0"]))
+    assert abs(np.mean(errs)) < 0.02  # heel effect and scatter average out across rows
+    z = pre(torch.stack([ds[i][0] for i in range(len(ds))]))
+    assert abs(float(z.mean())) < 0.3 and 0.5 < float(z.std()) < 2.0
+
+
+def test_augmentation_keeps_wedge_direction_and_is_deterministic(dummy):
+    store, df = dummy
+    aug = TrainAugment(p_flip=1.0, p_erase=1.0)
+    ds = CaptureDataset(store, df, split="train", transform=aug, seed=5)
+    x1, _ = ds[0]
+    x2, _ = ds[0]
+    assert torch.equal(x1, x2)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[0][0], x1)
+    raw = CaptureDataset(store, df, split="train")[0][0]
+    prof_raw, prof_aug = wedge_profile(raw)[0], wedge_profile(x1)[0]
+    # the wedge still thickens to the right: signal falls along x in both
+    assert prof_aug[:4].mean() > prof_aug[-4:].mean() * 5 and prof_raw[:4].mean() > prof_raw[-4:].mean() * 5
+    assert torch.corrcoef(torch.stack([prof_raw, prof_aug]))[0, 1] > 0.95
+    # a row flip alone is exact and leaves the column profile unchanged
+    flip_only = TrainAugment(p_flip=1.0, max_rotation_deg=0, noise=0, p_erase=0)
+    flipped = flip_only(raw, torch.Generator().manual_seed(0))
+    assert torch.equal(flipped, raw.flip(-2)) and torch.allclose(wedge_profile(flipped), wedge_profile(raw))
+
+
+def test_preprocess_rejects_bad_calibration():
+    with pytest.raises(ValueError, match="flat level must exceed dark"):
+        Preprocess([1000.0], [900.0])
+    with pytest.raises(ValueError, match="one value per channel"):
+        Preprocess([1000.0, 1000.0], [5e4])
+
+
+def test_preprocess_exports_to_torchscript():
+    pre = Preprocess([1000.0], [50000.0], mean=2.0, std=1.5, equalize=True)
+    x = torch.rand(2, 1, 8, 8) * 49000 + 1000
+    scripted = torch.jit.trace(pre, x)
+    assert torch.allclose(scripted(x), pre(x))
+    assert Preprocess(**pre.config()).config() == pre.config()
