@@ -10,12 +10,23 @@ from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
+AlloysOption = typer.Option(None, "--alloys", help="YAML defining extra alloys ({name: {density_g_cm3, nominal_wt_pct, ranges_wt_pct}})")
+
+
+def _load_alloys(path: Optional[Path]) -> None:
+    if path:
+        import yaml
+
+        from alloynet.physics.materials import alloys_from_config
+
+        alloys_from_config(yaml.safe_load(path.read_text()) or {})
 
 
 @app.command()
 def transmission(alloy: str, thickness_mm: float, wedge_mm: float = 0.0, kvp: float = 50.0,
-                 wedge_material: str = "Al") -> None:
+                 wedge_material: str = "Al", alloys: Optional[Path] = AlloysOption) -> None:
     """Print -ln T (noise-free) of a nominal plate behind the wedge."""
+    _load_alloys(alloys)
     from alloynet.physics import neg_log_transmission
 
     console.print(f"{neg_log_transmission(alloy, thickness_mm, wedge_mm, kvp, wedge_material=wedge_material):.6f}")
@@ -26,15 +37,18 @@ def separability(
     kvp: list[float] = typer.Option([50.0], help="repeat for extra channels, e.g. --kvp 40 --kvp 50 --kvp 60"),
     wedge_mm: float = 50.0, wedge_material: str = "Al", dose: float = 1e4, size: int = 256,
     thickness: list[float] = typer.Option([1.0, 2.0, 5.0], help="nominal thicknesses in the data set (mm)"),
+    alloy: list[str] = typer.Option(["Al1050", "Al2017", "Al5083", "Al6082", "Al7075"], help="alloys to compare"),
+    alloys: Optional[Path] = AlloysOption,
     plates: int = 200, seed: int = 0, json_out: Optional[Path] = typer.Option(None, "--json", help="also write JSON"),
 ) -> None:
     """Ideal-observer d', Bayes error and the multi-class ceiling for these rig settings."""
     from alloynet.physics.separability import separability as run
     from alloynet.physics.simulator import RigConfig
 
+    _load_alloys(alloys)
     rig = RigConfig(kvp=kvp, wedge_mm=wedge_mm, wedge_material=wedge_material, dose=dose, height=size, width=size)
     with console.status("computing the ideal observer..."):
-        report = run(rig, thicknesses_mm=thickness, plates=plates, seed=seed)
+        report = run(rig, alloys=alloy, thicknesses_mm=thickness, plates=plates, seed=seed)
     typer.echo(report.markdown())  # plain Markdown: readable here and pasteable into reports
     if json_out:
         json_out.write_text(json.dumps(report.to_dict(), indent=1))

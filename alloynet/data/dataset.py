@@ -30,6 +30,8 @@ class CaptureDataset(Dataset):
     def __init__(self, store: ObjectStore, manifest: pd.DataFrame, split: Optional[str] = "train",
                  transform: Optional[TrainAugment] = None, seed: int = 0, cache: bool = True):
         rows = manifest if split is None else manifest[manifest.split == split]
+        # label -1: unlabelled, or a user-added alloy outside the classifier's CLASS_NAMES
+        rows = rows[rows.label >= 0]
         self.rows = rows.sort_values("capture_id", kind="stable").reset_index(drop=True)
         if split is not None and self.rows.empty:
             raise ValueError(f"manifest has no captures in split {split!r}")

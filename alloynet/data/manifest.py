@@ -5,6 +5,9 @@ alloy, spread over thicknesses); the rest is split train/val stratified by alloy
 Splitting is by *plate*: all captures of a physical plate land in one split. Once a manifest exists, its
 assignments are frozen: rebuilding with ``previous=`` keeps every known plate where it was and sends new
 plates to train/val only, so the held-out test set never changes under a nightly retrain.
+
+``label`` is the index in ``CLASS_NAMES`` (the five standard alloys the models classify), or -1 for an
+unlabelled capture or a user-added alloy, which the simulator and physics support but models skip.
 """
 from __future__ import annotations
 

@@ -18,13 +18,14 @@ from alloynet.captures.layout import write_capture
 from alloynet.captures.stores import ObjectStore
 from alloynet.data import CLASS_NAMES
 from alloynet.data.profiles import Profile, class_counts
-from alloynet.physics.materials import get_alloy, sample_plate
+from alloynet.physics.materials import alloys_from_config, get_alloy, sample_plate
 from alloynet.physics.simulator import RigConfig, RigSimulator
 
 
 class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    custom_alloys: dict[str, dict] = Field(default_factory=dict, description="extra alloys, see alloys_from_config")
     n_max: int = Field(60, ge=1, description="plates of the head class in the train/val pool")
     imbalance_ratio: float = Field(100.0, ge=1)
     profile: Profile = "exponential"
@@ -39,6 +40,12 @@ class DatasetSpec(BaseModel):
     id_prefix: Optional[str] = None
     start_time: datetime = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
     rig: RigConfig = Field(default_factory=RigConfig)
+
+    @field_validator("custom_alloys")
+    @classmethod
+    def _register(cls, v: dict[str, dict]) -> dict[str, dict]:
+        alloys_from_config(v)  # registered before class_order (validated next) refers to them
+        return v
 
     @field_validator("class_order")
     @classmethod

@@ -100,6 +100,23 @@ def register_alloy(alloy: Alloy) -> None:
     ALLOYS[alloy.name] = alloy
 
 
+def alloys_from_config(cfg: Mapping[str, Mapping]) -> list[Alloy]:
+    """Register alloys given as ``{name: {density_g_cm3, nominal_wt_pct: {el: wt%}, ranges_wt_pct: {el: [min, max]}}}``
+    (the shape of an ``alloys:`` block in YAML); returns them. Errors name the alloy and field."""
+    out = []
+    for name, spec in cfg.items():
+        try:
+            alloy = Alloy(name, float(spec["density_g_cm3"]), dict(spec.get("nominal_wt_pct", {})),
+                          {el: (float(lo), float(hi)) for el, (lo, hi) in spec.get("ranges_wt_pct", {}).items()})
+        except KeyError as exc:
+            raise ValueError(f"alloy {name}: missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"alloy {name}: {exc}") from None
+        register_alloy(alloy)
+        out.append(alloy)
+    return out
+
+
 def get_alloy(name: str) -> Alloy:
     try:
         return ALLOYS[name]
