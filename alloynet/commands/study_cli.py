@@ -1,0 +1,29 @@
+"""`alloynet study --config configs/study.yaml`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def study(config: Path = typer.Option(Path("configs/study.yaml"), help="study YAML (grid, data, training)"),
+          out_dir: Optional[str] = typer.Option(None, help="override the config's out_dir"),
+          work_dir: Optional[str] = typer.Option(None, help="override the config's work_dir (cache of runs)"),
+          seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, overriding the config")) -> None:
+    """Train and evaluate the grid; write tables, plots and per-run reports (resumes finished runs)."""
+    from alloynet.commands.data_cli import console, progress_bar
+    from alloynet.study import load_study, run_study
+
+    cfg = load_study(config)
+    upd = {k: v for k, v in {"out_dir": out_dir, "work_dir": work_dir}.items() if v}
+    if seeds:
+        upd["seeds"] = [int(s) for s in seeds.split(",")]
+    cfg = cfg.model_copy(update=upd)
+    with progress_bar() as bar:
+        task = bar.add_task("study", total=len(cfg.runs()))
+        run_study(cfg, log=console.log, progress=lambda done, total: bar.update(task, completed=done))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(study)

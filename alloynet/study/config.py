@@ -1,0 +1,74 @@
+"""The study's config: a grid of architectures x losses x imbalance ratios x seeds, one rig, shared test sets.
+
+Loaded from YAML (``configs/study.yaml`` is the CPU protocol, ``configs/study-gpu.yaml`` the GPU one).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from alloynet.physics.simulator import RigConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LossSpec(_Strict):
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    label: Optional[str] = Field(None, description="name in tables; default: name")
+
+    @property
+    def tag(self) -> str:
+        return self.label or self.name
+
+
+class StudyData(_Strict):
+    class_order: list[str] = Field(
+        default_factory=lambda: ["Al6082", "Al1050", "Al2017", "Al7075", "Al5083"],
+        description="head to tail; default puts 5083 in the tail behind its look-alike 6082, the hardest case")
+    n_max: int = Field(60, ge=2, description="head-class plates in each training pool")
+    test_plates_per_class: int = Field(12, ge=1, description="the shared balanced test set")
+    thicknesses_mm: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0])
+    wedges_mm: list[float] = Field(default_factory=lambda: [50.0, 70.0])
+    captures_per_plate: int = Field(2, ge=1)
+    rig: RigConfig = Field(default_factory=lambda: RigConfig(height=64, width=64))
+
+
+class OODSet(_Strict):
+    """A held-out condition the models never trained on; rig fields override the study rig."""
+
+    name: str
+    thicknesses_mm: Optional[list[float]] = None
+    wedges_mm: Optional[list[float]] = None
+    rig: dict[str, Any] = Field(default_factory=dict)
+
+
+class StudyConfig(_Strict):
+    name: str = "cpu"
+    out_dir: str = "docs/study"
+    work_dir: str = "runs/study"
+    architectures: list[str] = Field(default_factory=lambda: ["profile_cnn", "fnn", "resnet18"])
+    losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="ce")])
+    imbalance_ratios: list[float] = Field(default_factory=lambda: [1.0, 10.0, 100.0])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    data: StudyData = Field(default_factory=StudyData)
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields applied to every run")
+    per_arch: dict[str, dict[str, Any]] = Field(default_factory=dict, description="TrainConfig overrides per arch")
+    ood: list[OODSet] = Field(default_factory=list)
+    ceiling_plates: int = Field(200, ge=10)
+
+    def runs(self) -> list[tuple[str, LossSpec, float, int]]:
+        return [(a, l, r, s) for r in self.imbalance_ratios for a in self.architectures for l in self.losses
+                for s in self.seeds]
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"study config {p} not found")
+    return StudyConfig.model_validate(yaml.safe_load(p.read_text()) or {})

@@ -1,0 +1,157 @@
+"""`alloynet study`: train the grid, evaluate every run on the same balanced test set and the OOD sets,
+and write the tables, plots and per-run reports to ``docs/study/``.
+
+Each finished run leaves ``result.json`` in the work dir; re-running the study skips finished runs whose
+config is unchanged, so a killed study resumes where it stopped and the same seed gives the same tables.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from alloynet.captures.stores import LocalStore
+from alloynet.data.dataset import CaptureDataset
+from alloynet.data.manifest import read_manifest
+from alloynet.study import report
+from alloynet.study.config import LossSpec, StudyConfig
+from alloynet.study.datasets import describe, held_out_set, training_pool
+
+
+def run_id(arch: str, loss: LossSpec, rho: float, seed: int) -> str:
+    return f"{arch}-{loss.tag}-rho{rho:g}-s{seed}"
+
+
+def _train_config(cfg: StudyConfig, arch: str, loss: LossSpec, rho: float, seed: int, pool: Path, out: Path):
+    from alloynet.train import load_config
+
+    overrides = {**cfg.train, **cfg.per_arch.get(arch, {})}
+    overrides.update({"seed": seed, "out_dir": str(out / "train"), "progress": False, "model.name": arch,
+                      "loss.name": loss.name, "loss.kwargs": loss.kwargs, "data.store": str(pool),
+                      "data.manifest": str(pool / "manifest.csv")})
+    return load_config(None, overrides)
+
+
+def _quick_metrics(model, meta: dict, root: Path) -> dict:
+    """Metrics on a held-out set without plots (used for the OOD sets)."""
+    from alloynet.evaluate.metrics import classification_metrics
+    from alloynet.evaluate.predict import predict
+    from alloynet.evaluate.report import regression_summary
+
+    ds = CaptureDataset(LocalStore(root), read_manifest(root / "manifest.csv"), "test")
+    p = predict(model, DataLoader(ds, batch_size=64), "cpu")
+    m = classification_metrics(p["y"], p["probs"], list(meta["class_names"]), meta.get("class_counts"))
+    m.update(regression_summary(p))
+    return m
+
+
+def _row(arch: str, loss: LossSpec, rho: float, seed: int, metrics: dict, train_s: float, params: int,
+         tail: str) -> dict:
+    row = {"arch": arch, "loss": loss.tag, "rho": rho, "seed": seed, "train_s": train_s, "params": params,
+           "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
+           "macro_f1": metrics["macro_f1"], "log_loss": metrics["log_loss"],
+           "mean_auc": metrics["roc_auc_macro"], "tail_recall": metrics["per_class"][tail]["recall"],
+           "thickness_mae_mm": metrics["thickness_mae_mm"], "a0_mae": metrics["a0_mae"]}
+    for name, c in metrics["per_class"].items():
+        row[f"ap_{name}"] = c["average_precision"]
+        row[f"recall_{name}"] = c["recall"]
+    return row
+
+
+def run_one(cfg: StudyConfig, arch: str, loss: LossSpec, rho: float, seed: int, test_root: Path,
+            ood_roots: dict[str, Path]) -> dict:
+    from alloynet.evaluate import evaluate
+    from alloynet.train import train
+    from alloynet.train.checkpoint import load_model
+
+    rid = run_id(arch, loss, rho, seed)
+    out = Path(cfg.work_dir) / "runs" / rid
+    tc = _train_config(cfg, arch, loss, rho, seed, training_pool(cfg, rho, seed), out)
+    stamp = tc.model_dump_json() + json.dumps(sorted(ood_roots))
+    done = out / "result.json"
+    if done.exists():
+        saved = json.loads(done.read_text())
+        if saved.get("stamp") == stamp:
+            return saved["row"]
+    t0 = time.perf_counter()
+    res = train(tc)
+    train_s = time.perf_counter() - t0
+    metrics = evaluate(res.checkpoint, LocalStore(test_root), None, out / "report", split="test",
+                       with_ceiling=False, gradcam=2)
+    model, meta = load_model(res.checkpoint)
+    params = sum(p.numel() for p in model.parameters())
+    row = _row(arch, loss, rho, seed, metrics, train_s, params, tail=cfg.data.class_order[-1])
+    for name, root in ood_roots.items():
+        m = _quick_metrics(model, meta, root)
+        row[f"ood_{name}_balanced_accuracy"] = m["balanced_accuracy"]
+        row[f"ood_{name}_thickness_mae_mm"] = m["thickness_mae_mm"]
+    done.write_text(json.dumps({"stamp": stamp, "row": row}, default=float))
+    return row
+
+
+def run_study(cfg: StudyConfig, log: Callable[[str], None] = print,
+              progress: Optional[Callable[[int, int], None]] = None) -> pd.DataFrame:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log("simulating the shared test set and the OOD sets (cached after the first run)")
+    test_root = held_out_set(cfg)
+    ood_roots = {o.name: held_out_set(cfg, o) for o in cfg.ood}
+    rows = []
+    runs = cfg.runs()
+    for i, (arch, loss, rho, seed) in enumerate(runs):
+        rows.append(run_one(cfg, arch, loss, rho, seed, test_root, ood_roots))
+        r = rows[-1]
+        log(f"[{i + 1}/{len(runs)}] {run_id(arch, loss, rho, seed)}: bal. acc {r['balanced_accuracy']:.3f}, "
+            f"thickness MAE {r['thickness_mae_mm']:.3f} mm, {r['train_s']:.0f} s")
+        if progress:
+            progress(i + 1, len(runs))
+    results = pd.DataFrame(rows)
+    write_outputs(cfg, results, test_root, ood_roots, log)
+    return results
+
+
+def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_roots: dict[str, Path],
+                  log: Callable[[str], None] = print) -> None:
+    out = Path(cfg.out_dir)
+    d = cfg.data
+    log("computing the ideal-observer ceilings")
+    ceil = report.ceiling(d.rig, d.thicknesses_mm, d.wedges_mm, cfg.ceiling_plates)
+    ood_ceil = {}
+    for o in cfg.ood:
+        rig = d.rig.model_copy(update=o.rig)
+        ood_ceil[o.name] = report.ceiling(rig, o.thicknesses_mm or d.thicknesses_mm, o.wedges_mm or d.wedges_mm,
+                                          cfg.ceiling_plates)["accuracy"]
+    results.to_csv(out / "results.csv", index=False)
+    summary = report.summary_table(results, ceil["accuracy"])
+    report.plot_accuracy_vs_rho(results, ceil["accuracy"], out / "accuracy_vs_rho.png")
+    runs_dir = out / "runs"
+    if runs_dir.exists():
+        shutil.rmtree(runs_dir)
+    for arch, loss, rho, seed in cfg.runs():
+        rid = run_id(arch, loss, rho, seed)
+        src = Path(cfg.work_dir) / "runs" / rid / "report"
+        if src.exists():
+            shutil.copytree(src, runs_dir / rid, ignore=shutil.ignore_patterns("roc.png", "pr.png", "thickness_scatter.png",
+                                                                                "confusion.png"))
+    meta = {"config": cfg.model_dump(mode="json"), "test_set": describe(test_root),
+            "ood_sets": {k: describe(v) for k, v in ood_roots.items()}, "ceiling": ceil, "ood_ceilings": ood_ceil}
+    (out / "study.json").write_text(json.dumps(meta, indent=1, default=float))
+    md = [f"# Study `{cfg.name}`: architectures x losses x imbalance ratios", "",
+          f"Balanced test set: {describe(test_root)}; every run is evaluated on the same captures. "
+          f"Mean ± std over seeds {cfg.seeds}. Tail class (rarest in training): {cfg.data.class_order[-1]}. "
+          f"Ideal-observer ceiling (balanced accuracy) for these rig settings: **{ceil['accuracy']:.3f}**.", "",
+          report.to_markdown(summary), "", "## Average precision per class", "", report.to_markdown(report.ap_table(results)),
+          "", "![balanced accuracy vs imbalance ratio](accuracy_vs_rho.png)", ""]
+    if cfg.ood:
+        md += ["## Out of distribution (all imbalance ratios pooled)", "",
+               report.to_markdown(report.ood_table(results, list(ood_roots), ood_ceil)), ""]
+    md += ["## Ideal observer for these settings", "", ceil["markdown"], "", "## Per-run reports", ""]
+    md += [f"- [{run_id(*r)}](runs/{run_id(*r)}/report.md)" for r in cfg.runs()]
+    (out / "results.md").write_text("\n".join(md) + "\n")
+    log(f"wrote {out / 'results.md'}")
