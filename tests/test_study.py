@@ -1,0 +1,51 @@
+"""The study end to end on a tiny grid: outputs, reproducibility under a seed, resume of finished runs."""
+import json
+
+import pandas as pd
+import pytest
+
+from alloynet.study import StudyConfig, run_study
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(tmp_path, work="work", out="out"):
+    return StudyConfig.model_validate({
+        "name": "tiny", "out_dir": str(tmp_path / out), "work_dir": str(tmp_path / work),
+        "architectures": ["fnn"], "losses": [{"name": "ce"}, {"name": "focal", "kwargs": {"gamma": 2.0}}],
+        "imbalance_ratios": [1, 10], "seeds": [0, 1],
+        "data": {"n_max": 5, "test_plates_per_class": 2, "captures_per_plate": 1, "rig": {"height": 32, "width": 32}},
+        "train": {"epochs": 1, "data.batch_size": 16},
+        "ood": [{"name": "thick_3_4mm", "thicknesses_mm": [3.0, 4.0]}],
+        "ceiling_plates": 15,
+    })
+
+
+def test_study_tables_plots_reproducibility_and_resume(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path)
+    results = run_study(cfg, log=lambda *_: None)
+    out = tmp_path / "out"
+    assert len(results) == 8 and set(results.loss) == {"ce", "focal"}
+    assert (out / "accuracy_vs_rho.png").stat().st_size > 1000
+    md = (out / "results.md").read_text()
+    assert "Ideal-observer ceiling" in md and "ceiling (bal. acc)" in md and "thick_3_4mm" in md
+    meta = json.loads((out / "study.json").read_text())
+    assert 0.5 < meta["ceiling"]["accuracy"] < 1.0 and meta["test_set"]["thicknesses_mm"] == [1.0, 2.0, 5.0]
+    assert (out / "runs" / "fnn-ce-rho10-s1" / "report.md").exists()
+    assert results.ood_thick_3_4mm_balanced_accuracy.between(0, 1).all()
+
+    # resume: finished runs are reused, never trained again
+    from alloynet import train as train_mod
+
+    def must_not_train(*a, **k):
+        raise AssertionError("finished runs must be reused")
+
+    monkeypatch.setattr(train_mod, "train", must_not_train)
+    again = run_study(cfg, log=lambda *_: None)
+    assert again.equals(results)
+    monkeypatch.undo()
+
+    # same seeds, fresh work dir: the same data and the same metrics
+    fresh = run_study(_cfg(tmp_path, work="work2", out="out2"), log=lambda *_: None)
+    cols = ["balanced_accuracy", "log_loss", "thickness_mae_mm", "ood_thick_3_4mm_balanced_accuracy"]
+    pd.testing.assert_frame_equal(fresh[cols], results[cols])
