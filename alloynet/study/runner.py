@@ -22,6 +22,7 @@ from alloynet.data.manifest import read_manifest
 from alloynet.study import report
 from alloynet.study.config import LossSpec, StudyConfig
 from alloynet.study.datasets import describe, held_out_set, training_pool
+from alloynet.study.physics_table import physics_limits
 
 
 def run_id(arch: str, loss: LossSpec, rho: float, seed: int) -> str:
@@ -154,4 +155,45 @@ def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_
     md += ["## Ideal observer for these settings", "", ceil["markdown"], "", "## Per-run reports", ""]
     md += [f"- [{run_id(*r)}](runs/{run_id(*r)}/report.md)" for r in cfg.runs()]
     (out / "results.md").write_text("\n".join(md) + "\n")
-    log(f"wrote {out / 'results.md'}")
+    log("tabulating what physics allows across dose and kVp")
+    _, limits = physics_limits(d.rig, d.thicknesses_mm, plates=max(20, cfg.ceiling_plates // 2))
+    (out / "README.md").write_text(readme(cfg, results, ceil, limits))
+    log(f"wrote {out / 'results.md'} and {out / 'README.md'}")
+
+
+def readme(cfg: StudyConfig, results: pd.DataFrame, ceil: dict, limits: str) -> str:
+    """The short, honest summary: what physics allows, what the models reach."""
+    best = results.groupby(["arch", "loss", "rho"]).balanced_accuracy.mean().sort_values(ascending=False)
+    (arch, loss, rho), top = best.index[0], best.iloc[0]
+    per_rho = results.groupby("rho").balanced_accuracy.max()
+    recall_cols = [c for c in results.columns if c.startswith("recall_")]
+    best_runs = results[(results.arch == arch) & (results.loss == loss) & (results.rho == rho)]
+    recalls = ", ".join(f"{c[len('recall_'):]} {best_runs[c].mean():.2f} (ideal {ceil['recall'].get(c[len('recall_'):], float('nan')):.2f})"
+                        for c in recall_cols)
+    pair = ceil["pairs"].get("Al5083 vs Al6082") or ceil["pairs"].get("Al6082 vs Al5083")
+    d = cfg.data
+    return "\n".join([
+        f"# Study `{cfg.name}`: what physics allows and what the models reach", "",
+        f"Rig: W tube, kVp {d.rig.kvp}, {d.rig.dose:.0e} detected photons/pixel (open beam), "
+        f"{d.rig.height}x{d.rig.width} px, Al wedge {d.wedges_mm} mm; plates {d.thicknesses_mm} mm, composition "
+        "drawn inside each alloy's standard ranges and thickness within +-1.5 %.", "",
+        "## What physics allows", "",
+        f"The ideal observer (alloynet.physics.separability) for these settings reaches a balanced accuracy of "
+        f"**{ceil['accuracy']:.3f}**; no model can beat it on this test set except by chance. "
+        f"5083 vs 6082: d' = {pair['d_unknown']:.2f} with thickness unknown (Bayes error {pair['bayes_error_unknown']:.2f}): "
+        "nearly inseparable in one 50 kV exposure, because plate-to-plate composition variation inside the standards "
+        "moves the attenuation more than the alloys differ. 1050 is only partly separable from both; 2017 and 7075 "
+        "are separable from everything. Across dose and kVp (d' with exact nominal plates / with real plates and "
+        "thickness known / thickness unknown, and the two-class Bayes error at unknown thickness):", "",
+        limits, "",
+        "More photons help the noise-limited column (nominal plates) as sqrt(dose), but barely move the real-plate "
+        "columns for 5083 vs 6082: the limit is the plates, not the detector. Extra kVp channels help 1050 against "
+        "5083/6082 far more than they help 5083 against 6082.", "",
+        "## What the models reach", "",
+        f"Best mean balanced accuracy: **{top:.3f}** ({arch}, {loss} loss, rho {rho:g}), a gap of "
+        f"{ceil['accuracy'] - top:+.3f} to the ceiling. Per-class recall of that configuration: {recalls}.", "",
+        "Best single-run balanced accuracy per training imbalance ratio: "
+        + ", ".join(f"rho {r:g}: {v:.3f}" for r, v in per_rho.items()) + ".", "",
+        "Full tables (mean +- std over seeds, ceiling beside every row), AP per class, the OOD checks and every "
+        "run's report: [results.md](results.md). Reproduce with `alloynet study --config configs/study.yaml` "
+        "(runs are cached in the work dir; the same seeds give the same tables).", ""])
