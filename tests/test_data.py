@@ -154,3 +154,8 @@ def test_preprocess_exports_to_torchscript():
     scripted = torch.jit.trace(pre, x)
     assert torch.allclose(scripted(x), pre(x))
     assert Preprocess(**pre.config()).config() == pre.config()
+
+
+def test_manifest_of_an_empty_store(tmp_path):
+    df = build_manifest(LocalStore(tmp_path))
+    assert df.empty and list(df.columns)[-1] == "split"

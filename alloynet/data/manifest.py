@@ -66,6 +66,9 @@ def assign_splits(df: pd.DataFrame, seed: int = 0, test_fraction: float = 0.15, 
                   previous: pd.DataFrame | None = None) -> pd.DataFrame:
     """Add the ``split`` column (train/val/test, or unlabelled) by plate, as described in the module doc."""
     df = df.copy()
+    if df.empty:
+        df["split"] = pd.Series(dtype=str)
+        return df
     plates = df[df.labelled].groupby("plate_id").agg(alloy=("alloy", "first"), t=("nominal_thickness_mm", "first"))
     split: dict[str, str] = {}
     if previous is not None and len(previous):
