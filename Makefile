@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= train,dev
+EXTRAS ?= train,flows,serve,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -22,10 +22,11 @@ demo: $(STAMP)
 	$(BIN)/alloynet demo --out demo-data
 
 test: $(STAMP)
+	infra/serving_env.sh
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow and not serving" tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/simulate.py

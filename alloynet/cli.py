@@ -12,22 +12,22 @@ app.add_typer(physics_cli.app, name="physics", help="Attenuation, transmission a
 data_cli.register(app)
 
 
-def _register_optional() -> None:
-    """Areas added by later work register here; each module exposes `register(app)`."""
-    import importlib
+def _register_commands() -> None:
+    """The library's own command groups, then plugins from the ``alloynet.commands`` entry-point group.
 
-    for mod in ("alloynet.commands.train_cli", "alloynet.commands.serve_cli", "alloynet.commands.registry_cli",
-                "alloynet.commands.study_cli", "alloynet.commands.demo_cli"):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name == mod:
-                continue
-            raise
+    `serving` (package, infer) and `flows` (demo) register themselves as plugins: they import alloynet,
+    and alloynet never imports them, as the design's import rules require."""
+    from importlib.metadata import entry_points
+
+    from alloynet.commands import registry_cli, study_cli, train_cli
+
+    for m in (train_cli, registry_cli, study_cli):
         m.register(app)
+    for ep in sorted(entry_points(group="alloynet.commands"), key=lambda e: e.name):
+        ep.load()(app)
 
 
-_register_optional()
+_register_commands()
 
 if __name__ == "__main__":
     app()

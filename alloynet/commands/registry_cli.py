@@ -1,0 +1,158 @@
+"""`alloynet registry ...`: list, inspect, verify, publish, promote and roll back model versions."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+registry_app = typer.Typer(no_args_is_help=True)
+
+DEFAULT_REGISTRY = ".alloynet/registry"
+RegistryOpt = typer.Option(None, "--registry", "-r",
+                           help=f"model store: a directory or s3://bucket/prefix (default $ALLOYNET_REGISTRY "
+                                f"or {DEFAULT_REGISTRY})")
+ModelOpt = typer.Option("alloynet", "--model", help="model name inside the store")
+
+
+def _open(registry: Optional[str], model: str):
+    from alloynet.registry import open_registry
+
+    return open_registry(registry or os.environ.get("ALLOYNET_REGISTRY") or DEFAULT_REGISTRY, model)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(1)
+
+
+@registry_app.command("list")
+def list_cmd(registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+    """Published versions, with the champion and rollback targets marked."""
+    reg = _open(registry, model)
+    p = reg.pointer()
+    t = Table(title=f"{reg.uri}")
+    for c in ("version", "created (UTC)", "balanced acc.", "macro F1", "thickness MAE mm", "parent", "role"):
+        t.add_column(c)
+    for v in reg.versions():
+        role = "champion" if p and v.version == p.version else ("previous" if p and v.version in p.previous else "")
+        m = v.metrics
+        fmt = lambda k: f"{m[k]:.4f}" if isinstance(m.get(k), (int, float)) else "-"  # noqa: E731
+        t.add_row(v.version, v.created_at.strftime("%Y-%m-%d %H:%M"), fmt("balanced_accuracy"), fmt("macro_f1"),
+                  fmt("thickness_mae_mm"), v.parent or "-", role)
+    console.print(t)
+
+
+@registry_app.command("show")
+def show_cmd(version: str, registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+    """A version's metadata as JSON (metrics, config, manifest hash, artifact hashes)."""
+    from alloynet.registry import RegistryError
+
+    try:
+        typer.echo(_open(registry, model).get(version).model_dump_json(indent=1))
+    except RegistryError as exc:
+        _fail(exc)
+
+
+@registry_app.command("champion")
+def champion_cmd(registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+    """The champion pointer (current version and rollback targets)."""
+    p = _open(registry, model).pointer()
+    if p is None:
+        console.print("no champion yet")
+        raise typer.Exit(1)
+    typer.echo(p.model_dump_json(indent=1))
+
+
+@registry_app.command("verify")
+def verify_cmd(version: Optional[str] = typer.Argument(None, help="default: the champion"),
+               registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+    """Check every artifact of a version against its recorded sha256."""
+    from alloynet.registry import RegistryError
+
+    reg = _open(registry, model)
+    try:
+        version = version or (reg.pointer() or _no_champion()).version
+        mv = reg.verify(version)
+    except RegistryError as exc:
+        _fail(exc)
+    console.print(f"{version}: {len(mv.artifacts)} artifacts verified")
+
+
+def _no_champion():
+    from alloynet.registry import RegistryError
+
+    raise RegistryError("no champion yet")
+
+
+@registry_app.command("publish")
+def publish_cmd(directory: Path = typer.Argument(..., exists=True, file_okay=False),
+                metrics: Optional[Path] = typer.Option(None, help="JSON file of evaluation metrics"),
+                manifest_hash: Optional[str] = None, registry: Optional[str] = RegistryOpt,
+                model: str = ModelOpt) -> None:
+    """Publish every file under DIRECTORY as a new version (the champion is not changed)."""
+    reg = _open(registry, model)
+    m = json.loads(metrics.read_text()) if metrics else {}
+    mv = reg.publish(directory, metrics=m, manifest_hash=manifest_hash, info={"published_by": "cli"})
+    console.print(f"published {mv.version} ({len(mv.artifacts)} artifacts)")
+
+
+@registry_app.command("promote")
+def promote_cmd(version: str, reason: str = typer.Option("manual promotion", help="recorded in the audit log"),
+                registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+    """Make VERSION the champion by hand (after verifying its artifacts)."""
+    from alloynet.registry import RegistryError
+
+    try:
+        p = _open(registry, model).promote(version, reason)
+    except RegistryError as exc:
+        _fail(exc)
+    console.print(f"champion: {p.version} (previous: {', '.join(p.previous) or 'none'})")
+
+
+@registry_app.command("rollback")
+def rollback_cmd(to: Optional[str] = typer.Option(None, help="an earlier champion; default: the previous one"),
+                 reason: str = typer.Option("manual rollback", help="recorded in the audit log"),
+                 registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+    """Restore the previous champion (its artifacts are verified first)."""
+    from alloynet.registry import RegistryError
+
+    reg = _open(registry, model)
+    before = reg.pointer()
+    try:
+        p = reg.rollback(reason, to=to)
+    except RegistryError as exc:
+        _fail(exc)
+    console.print(f"champion: {p.version} (rolled back from {before.version})")
+
+
+@registry_app.command("fetch")
+def fetch_cmd(version: str, dest: Path, only: Optional[list[str]] = typer.Option(None, help="artifact path prefix"),
+              registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+    """Download a version's artifacts (verified) into DEST."""
+    from alloynet.registry import RegistryError
+
+    reg = _open(registry, model)
+    try:
+        version = reg.pointer().version if version == "champion" and reg.pointer() else version
+        reg.fetch(version, dest, only=only or None)
+    except RegistryError as exc:
+        _fail(exc)
+    console.print(f"{version} -> {dest}")
+
+
+@registry_app.command("history")
+def history_cmd(registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+    """The audit log: promotions, rollbacks and discarded versions, with reasons."""
+    for e in _open(registry, model).events():
+        extra = f" (replaced {e['replaced']})" if e.get("replaced") else ""
+        typer.echo(f"{e['at']}  {e['action']:<8} {e['version']}{extra}: {e['reason']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(registry_app, name="registry", help="Model store: versions, champion, promotion, rollback.")

@@ -1,0 +1,88 @@
+"""`alloynet train` and `alloynet evaluate`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="run config YAML (see configs/)"),
+    store: Optional[str] = typer.Option(None, help="capture store (overrides data.store)"),
+    manifest: Optional[str] = typer.Option(None, help="manifest CSV (overrides data.manifest)"),
+    model: Optional[str] = typer.Option(None, help="architecture (overrides model.name)"),
+    epochs: Optional[int] = None,
+    out: Optional[str] = typer.Option(None, help="run directory (overrides out_dir)"),
+    seed: Optional[int] = None,
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    resume: bool = typer.Option(False, help="continue from <out>/last.pt if it exists"),
+    deterministic: bool = typer.Option(False, help="deterministic kernels on GPU"),
+    set_: list[str] = typer.Option([], "--set", help="any config field, dotted: --set optim.lr=0.01"),
+    evaluate_split: Optional[str] = typer.Option(None, "--evaluate", help="then evaluate best.pt on this split"),
+) -> None:
+    """Train a model (multi-task, long-tail losses) and write checkpoints + the resolved config."""
+    from alloynet.train import load_config, parse_override, train as run_train
+
+    overrides = dict(parse_override(s) for s in set_)
+    named = {"data.store": store, "data.manifest": manifest, "model.name": model, "epochs": epochs, "out_dir": out,
+             "seed": seed, "device": device}
+    overrides.update({k: v for k, v in named.items() if v is not None})
+    if deterministic:
+        overrides["deterministic"] = True
+    cfg = load_config(config, overrides)
+    result = run_train(cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports and evaluates
+        return
+    m = result.metrics
+    console.print(f"best epoch {result.best_epoch}/{result.epochs_run}: val balanced accuracy "
+                  f"{m.get('balanced_accuracy', float('nan')):.3f}, accuracy {m.get('accuracy', float('nan')):.3f}; "
+                  f"checkpoint {result.checkpoint}; config {result.config_path}")
+    if evaluate_split:
+        _evaluate(result.checkpoint, None, None, None, evaluate_split, "cpu" if cfg.device == "cpu" else "auto", True, 4)
+
+
+def _evaluate(checkpoint: Path, store: Optional[str], manifest: Optional[str], out: Optional[Path], split: str,
+              device: str, ceiling: bool, gradcam: int) -> dict:
+    import torch
+
+    from alloynet.evaluate import evaluate as run_evaluate
+    from alloynet.train.checkpoint import load_checkpoint
+
+    data_cfg = load_checkpoint(checkpoint)["config"]["data"]
+    store = store or data_cfg["store"]
+    manifest = manifest or data_cfg.get("manifest")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = out or Path(checkpoint).parent / f"report-{split}"
+    m = run_evaluate(checkpoint, store, manifest, out, split, device=device, with_ceiling=ceiling, gradcam=gradcam)
+    line = (f"{m['model']} on {split} ({m['n']} captures): accuracy {m['accuracy']:.3f}, balanced accuracy "
+            f"{m['balanced_accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, thickness MAE {m['thickness_mae_mm']:.3f} mm")
+    if m.get("ceiling_accuracy") is not None:
+        line += f"; ideal-observer ceiling {m['ceiling_accuracy']:.3f}, gap {m['ceiling_gap']:.3f}"
+    console.print(line)
+    console.print(f"report: {out / 'report.md'}")
+    return m
+
+
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint written by `alloynet train` (best.pt)"),
+    store: Optional[str] = typer.Option(None, help="capture store (default: the one the model was trained on)"),
+    manifest: Optional[str] = typer.Option(None, help="manifest CSV (default: the training manifest)"),
+    out: Optional[Path] = typer.Option(None, help="report folder (default: <checkpoint dir>/report-<split>)"),
+    split: str = "test",
+    device: str = "auto",
+    ceiling: bool = typer.Option(True, help="compute the ideal-observer ceiling for the same rig"),
+    gradcam: int = typer.Option(4, help="Grad-CAM PNGs for this many test captures"),
+) -> None:
+    """Evaluate a checkpoint on a held-out split: metrics.json, report.md, plots, Grad-CAM."""
+    _evaluate(checkpoint, store, manifest, out, split, device, ceiling, gradcam)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command()(evaluate)

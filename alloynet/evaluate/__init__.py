@@ -1,0 +1,33 @@
+"""Evaluation: metrics, plots, Grad-CAM and the report folder.
+
+Library API (what the CLI and the Prefect tasks call)::
+
+    from alloynet.evaluate import evaluate
+    metrics = evaluate(checkpoint, store, manifest, out_dir, split="test")
+
+* ``evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: DataFrame | str | Path | None,
+  out_dir: str | Path, split: str = "test", *, device="cpu", batch_size=64, with_ceiling=True,
+  ceiling_kw=None, gradcam=4) -> dict``. ``manifest=None`` reads ``<store>/manifest.csv`` (or scans the
+  store). ``ceiling_kw`` goes to ``alloynet.physics.separability.separability`` (e.g. plates, mc_samples).
+* Writes ``out_dir/metrics.json`` (the returned dict, NaN as null), ``report.md``, ``plots/*.png``
+  (confusion, confusion_normalised, roc, pr, learning_curves, thickness_scatter) and ``gradcam/*.png``.
+* Keys include accuracy, balanced_accuracy, macro_f1, log_loss, roc_auc_macro, average_precision_macro,
+  ece, confusion_matrix, per_class {alloy: {precision, recall, f1, specificity, support, roc_auc,
+  average_precision}}, group_accuracy {head, medium, tail}, thickness_mae_mm, thickness_rmse_mm,
+  thickness_r2, a0_mae, a0_r2, mu_eff_mae, mu_eff_r2, per_thickness, ceiling_accuracy, ceiling_recall,
+  ceiling_gap (= ceiling_accuracy - balanced_accuracy), model, split, checkpoint, manifest_hash.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def evaluate(*args: Any, **kwargs: Any) -> dict:
+    # Imported on call: ``alloynet.train`` uses ``alloynet.evaluate.metrics``, and the report needs
+    # ``alloynet.train.checkpoint``; a lazy import keeps either package importable first.
+    from alloynet.evaluate.report import evaluate as _evaluate
+
+    return _evaluate(*args, **kwargs)
+
+
+__all__ = ["evaluate"]

@@ -1,0 +1,87 @@
+"""The graph every export format shares: raw capture in, probabilities / thickness / absorption out.
+
+The contract model returns a dict of logits and physical regression outputs; exported graphs need plain
+tensors with stable names, so ``ServingGraph`` wraps the model once and TorchScript, ONNX, TensorRT,
+TorchServe and Triton all see the same three outputs. Softmax runs inside the graph so every server
+returns the same probabilities without re-implementing anything.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("probabilities", "thickness_mm", "absorption")
+ABSORPTION_FIELDS = ("a0", "mu_eff")
+META_FILE = "export.json"
+
+
+class ServingGraph(nn.Module):
+    """Contract model -> (probabilities [B, K], thickness_mm [B], absorption [B, 2] = (a0, mu_eff))."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(image)
+        probabilities = torch.softmax(out["logits"].float(), dim=-1)
+        absorption = torch.stack([out["a0"].float(), out["mu_eff"].float()], dim=-1)
+        return probabilities, out["thickness_mm"].float(), absorption
+
+
+class ExportMeta(BaseModel):
+    """What a server needs to know about an exported model; written as ``export.json`` beside it."""
+
+    model_config = ConfigDict(extra="allow")
+    class_names: list[str] = Field(min_length=2)
+    channels: int = Field(ge=1)
+    height: int = Field(ge=8)
+    width: int = Field(ge=8)
+    arch: str = "unknown"
+    input_name: str = INPUT_NAME
+    output_names: list[str] = Field(default_factory=lambda: list(OUTPUT_NAMES))
+    absorption_fields: list[str] = Field(default_factory=lambda: list(ABSORPTION_FIELDS))
+    input_dtype: str = "float32"
+    max_adu: float = 65535.0
+    opset: Optional[int] = None
+    files: dict[str, str] = Field(default_factory=dict, description="format -> file name in the bundle")
+    sha256: dict[str, str] = Field(default_factory=dict)
+    parity: Optional[dict] = None
+    source: Optional[str] = None
+
+    @field_validator("class_names")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"class names must be unique, got {v}")
+        return v
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / META_FILE
+        path.write_text(json.dumps(self.model_dump(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory_or_file: str | Path) -> "ExportMeta":
+        p = Path(directory_or_file)
+        return cls.model_validate_json((p / META_FILE if p.is_dir() else p).read_text())
+
+
+def example_input(meta: ExportMeta, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """Plausible raw ADU values (flat-field range) for tracing; real captures are used for parity."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((batch, *meta.input_shape), generator=g) * 40000.0 + 2000.0

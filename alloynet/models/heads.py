@@ -1,0 +1,77 @@
+"""Multi-task heads on a shared trunk, and the model wrapper that owns preprocessing.
+
+Regression targets are learnt standardised (so thickness in mm, A0 and mu_eff per cm weigh alike in the
+loss) and de-standardised inside ``forward`` with buffers: the model, and every graph exported from it,
+returns physical units.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional
+
+import torch
+from torch import nn
+
+from alloynet.data.transforms import Preprocess
+
+REGRESSION_TARGETS = ("thickness_mm", "a0", "mu_eff")
+
+_ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def make_activation(name: str) -> nn.Module:
+    try:
+        return _ACTIVATIONS[name.lower()]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}") from None
+
+
+def activation_names() -> list[str]:
+    return sorted(_ACTIVATIONS)
+
+
+class MultiTaskHead(nn.Module):
+    """Alloy logits and the standardised regression outputs from one shared feature vector."""
+
+    def __init__(self, in_features: int, num_classes: int, activation: str = "relu", dropout: float = 0.0,
+                 hidden: int = 128):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.classifier = nn.Linear(in_features, num_classes)
+        # A small private MLP per regression block: the physics (thickness, absorption) is smooth in the
+        # features, and sharing the last layer with the classifier would tie their scales together.
+        self.regressor = nn.Sequential(nn.Linear(in_features, hidden), make_activation(activation),
+                                       nn.Linear(hidden, len(REGRESSION_TARGETS)))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.drop(features)
+        return self.classifier(f), self.regressor(f)
+
+
+class AlloyNet(nn.Module):
+    """Raw capture [B, C, H, W] -> {"logits", "thickness_mm", "a0", "mu_eff"} (physical units)."""
+
+    def __init__(self, trunk: nn.Module, feature_dim: int, num_classes: int, preprocess: Preprocess,
+                 target_stats: Optional[Mapping[str, tuple[float, float]]] = None, activation: str = "relu",
+                 dropout: float = 0.0):
+        super().__init__()
+        self.preprocess = preprocess
+        self.trunk = trunk
+        self.head = MultiTaskHead(feature_dim, num_classes, activation, dropout)
+        stats = dict(target_stats or {})
+        mean = [float(stats.get(k, (0.0, 1.0))[0]) for k in REGRESSION_TARGETS]
+        std = [float(stats.get(k, (0.0, 1.0))[1]) for k in REGRESSION_TARGETS]
+        if any(not s > 0 for s in std):
+            raise ValueError(f"target_stats: every std must be > 0, got {std}")
+        self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32))
+
+    def forward_features(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.trunk(self.preprocess(raw))
+
+    def forward(self, raw: torch.Tensor) -> Dict[str, torch.Tensor]:
+        logits, z = self.head(self.forward_features(raw))
+        reg = z.float() * self.target_std + self.target_mean
+        return {"logits": logits, "thickness_mm": reg[:, 0], "a0": reg[:, 1], "mu_eff": reg[:, 2]}
+
+    def target_stats(self) -> dict[str, tuple[float, float]]:
+        return {k: (float(self.target_mean[i]), float(self.target_std[i])) for i, k in enumerate(REGRESSION_TARGETS)}

@@ -1,0 +1,68 @@
+"""The model registry (timm-style): architectures are chosen by name from config.
+
+Each registered builder returns a *trunk*: an ``nn.Module`` mapping the standardised capture
+[B, C, H, W] to a feature vector [B, D], together with D. ``create_model`` wraps the trunk with the
+capture's own preprocessing and the multi-task heads (see ``alloynet.models``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Optional, Union
+
+from torch import nn
+
+from alloynet.data.transforms import Preprocess
+from alloynet.models.heads import AlloyNet
+
+TrunkBuilder = Callable[..., tuple[nn.Module, int]]
+_MODELS: dict[str, TrunkBuilder] = {}
+
+# The seed study's per-architecture defaults (DESIGN.md). Anything here can be overridden in config.
+ARCH_DEFAULTS: dict[str, dict] = {
+    "resnet18": {"optimizer": "adam", "activation": "relu", "lr": 1e-3, "weight_decay": 1e-4},
+    "resnet34": {"optimizer": "sgd", "activation": "leaky_relu", "lr": 1e-2, "weight_decay": 1e-4},
+    "resnet50": {"optimizer": "rmsprop", "activation": "gelu", "lr": 5e-4, "weight_decay": 5e-4},
+    "vgg16": {"optimizer": "sgd", "activation": "relu", "lr": 1e-2, "weight_decay": 1e-4},
+    "efficientnet_b0": {"optimizer": "rmsprop", "activation": "silu", "lr": 2e-3, "weight_decay": 1e-4},
+    "fnn": {"optimizer": "sgd", "activation": "relu", "lr": 1e-2, "weight_decay": 1e-3},
+    # Not in the seed study: the 1-D wedge-profile CNN, tuned here (Adam trains it fastest on CPU).
+    "profile_cnn": {"optimizer": "adam", "activation": "relu", "lr": 3e-3, "weight_decay": 1e-4},
+}
+
+
+def register_model(name: str) -> Callable[[TrunkBuilder], TrunkBuilder]:
+    def deco(fn: TrunkBuilder) -> TrunkBuilder:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = fn
+        return fn
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def arch_defaults(name: str) -> dict:
+    """Optimiser, activation, lr and weight decay for ``name`` (a generic Adam recipe if not in the table)."""
+    return dict(ARCH_DEFAULTS.get(name, {"optimizer": "adam", "activation": "relu", "lr": 1e-3,
+                                         "weight_decay": 1e-4}))
+
+
+def create_model(name: str, num_classes: int, in_channels: int, preprocess: Union[Preprocess, Mapping],
+                 activation: Optional[str] = None, target_stats: Optional[Mapping[str, tuple[float, float]]] = None,
+                 dropout: float = 0.0, **kwargs) -> AlloyNet:
+    """Build the named architecture as a multi-task model over raw captures.
+
+    ``preprocess`` is a fitted ``Preprocess`` or its ``config()`` dict; ``target_stats`` maps
+    thickness_mm / a0 / mu_eff to the (mean, std) used to standardise regression targets (identity if
+    omitted); remaining ``kwargs`` go to the architecture's builder (e.g. ``pretrained=`` a local path).
+    """
+    if name not in _MODELS:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    if not isinstance(preprocess, Preprocess):
+        preprocess = Preprocess(**preprocess)
+    if preprocess.channels != in_channels:
+        raise ValueError(f"preprocess has {preprocess.channels} channel(s) but in_channels={in_channels}")
+    activation = activation or arch_defaults(name)["activation"]
+    trunk, dim = _MODELS[name](in_channels=in_channels, activation=activation, **kwargs)
+    return AlloyNet(trunk, dim, num_classes, preprocess, target_stats, activation=activation, dropout=dropout)

@@ -1,0 +1,346 @@
+"""The model store: immutable versions with verified artifacts, and a champion pointer.
+
+Layout inside an object store (a local directory by default, an S3 prefix in production)::
+
+    <model>/versions/v0007/files/<path>     the artifacts (checkpoint, exports, .mar, Triton repository, report)
+    <model>/versions/v0007/version.json     metadata, written last: a version exists once this file does
+    <model>/champion.json                   the pointer: current champion + the stack of previous ones
+    <model>/events/<time>-<action>.json     append-only audit log (promote, rollback, discard)
+
+Versions are never modified after publication; every artifact's sha256 is recorded and checked before a
+version is promoted, rolled back to or fetched for serving. The pointer is one object replaced in a single
+write (``os.replace`` locally, one PUT on S3), so readers see the old champion or the new one, never a mix.
+Moving it is a compare-and-set on the pointer's generation: a writer that read a stale pointer fails instead
+of silently undoing someone else's promotion. (On S3 the check and the PUT are two requests; the nightly
+deployment runs with a concurrency limit of 1, so there is a single writer.)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+from pydantic import BaseModel, Field
+
+from alloynet.captures.stores import LocalStore, ObjectExists, ObjectMissing, ObjectStore, open_store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "alloynet"
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation was refused (unknown version, nothing to roll back to, stale pointer...)."""
+
+
+class ArtifactIntegrityError(RegistryError):
+    """A stored artifact is missing or does not match the sha256 recorded at publication."""
+
+    def __init__(self, version: str, problems: dict[str, str]):
+        self.version, self.problems = version, problems
+        detail = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items()))
+        super().__init__(f"version {version} failed verification: {detail}")
+
+
+class Artifact(BaseModel):
+    sha256: str
+    size: int
+
+
+class ModelVersion(BaseModel):
+    """Everything needed to reproduce, audit and serve one published model."""
+
+    model: str
+    version: str
+    created_at: datetime
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)
+    manifest_hash: Optional[str] = None
+    parent: Optional[str] = Field(None, description="the champion when this version was published")
+    artifacts: dict[str, Artifact] = Field(default_factory=dict)
+    info: dict[str, Any] = Field(default_factory=dict, description="free-form: run id, decision, git sha")
+
+
+class ChampionPointer(BaseModel):
+    model: str
+    version: str
+    previous: list[str] = Field(default_factory=list, description="earlier champions, most recent first")
+    generation: int = 0
+    updated_at: datetime
+    reason: str = ""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _collect(files: Mapping[str, Path | str] | Path | str) -> dict[str, Path]:
+    """A directory (every file under it, by relative path) or an explicit {relative path: file} mapping."""
+    if isinstance(files, (str, Path)):
+        root = Path(files)
+        if not root.is_dir():
+            raise RegistryError(f"{root} is not a directory")
+        out = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+    else:
+        out = {str(k): Path(v) for k, v in files.items()}
+    for rel, p in out.items():
+        if rel.startswith("/") or ".." in rel.split("/") or not rel:
+            raise RegistryError(f"artifact name {rel!r} must be a relative path without '..'")
+        if not p.is_file():
+            raise RegistryError(f"artifact {rel!r}: {p} is not a file")
+    if not out:
+        raise RegistryError("refusing to publish a version without artifacts")
+    return out
+
+
+class ModelRegistry:
+    """One model's versions and champion pointer inside an object store."""
+
+    def __init__(self, store: ObjectStore | str | Path, model: str = DEFAULT_MODEL):
+        self.store = open_store(store) if isinstance(store, (str, Path)) else store
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", model):
+            raise ValueError(f"model name {model!r}: letters, digits, '_', '.', '-' only")
+        self.model = model
+
+    # ---- keys -------------------------------------------------------------------------------------
+    def _vkey(self, version: str, rest: str = "") -> str:
+        if not _VERSION_RE.match(version):
+            raise RegistryError(f"{version!r} is not a version id (expected e.g. v0003)")
+        return f"{self.model}/versions/{version}/{rest}"
+
+    @property
+    def _pointer_key(self) -> str:
+        return f"{self.model}/champion.json"
+
+    @property
+    def uri(self) -> str:
+        return f"{self.store.uri.rstrip('/')}/{self.model}"
+
+    # ---- reading ----------------------------------------------------------------------------------
+    def versions(self) -> list[ModelVersion]:
+        """Published versions, oldest first (a version whose publication did not finish is not listed)."""
+        out = []
+        for info in self.store.list(f"{self.model}/versions/"):
+            parts = info.key.split("/")
+            if len(parts) == 4 and parts[3] == "version.json":
+                out.append(self.get(parts[2]))
+        return sorted(out, key=lambda v: int(v.version[1:]))
+
+    def get(self, version: str) -> ModelVersion:
+        try:
+            raw = self.store.get(self._vkey(version, "version.json"))
+        except ObjectMissing:
+            raise RegistryError(f"{self.uri}: no published version {version}") from None
+        return ModelVersion.model_validate_json(raw)
+
+    def pointer(self) -> Optional[ChampionPointer]:
+        try:
+            return ChampionPointer.model_validate_json(self.store.get(self._pointer_key))
+        except ObjectMissing:
+            return None
+
+    def champion(self) -> Optional[ModelVersion]:
+        p = self.pointer()
+        return self.get(p.version) if p else None
+
+    def events(self) -> list[dict]:
+        keys = sorted(i.key for i in self.store.list(f"{self.model}/events/"))
+        return [json.loads(self.store.get(k)) for k in keys]
+
+    # ---- publishing -------------------------------------------------------------------------------
+    def _claim_version(self) -> str:
+        """Reserve the next version number with a create-if-absent write."""
+        taken = set()
+        for info in self.store.list(f"{self.model}/versions/"):
+            m = _VERSION_RE.match(info.key.split("/")[2]) if info.key.count("/") >= 3 else None
+            if m:
+                taken.add(int(m.group(1)))
+        n = max(taken, default=0) + 1
+        for _ in range(100):
+            version = f"v{n:04d}"
+            try:
+                self.store.put(self._vkey(version, "claim.json"), json.dumps({"claimed_at": _now().isoformat()}).encode())
+                return version
+            except ObjectExists:
+                n += 1
+        raise RegistryError("could not claim a version number")
+
+    def publish(self, files: Mapping[str, Path | str] | Path | str, *, metrics: Mapping[str, Any] | None = None,
+                config: Mapping[str, Any] | None = None, manifest_hash: str | None = None,
+                info: Mapping[str, Any] | None = None) -> ModelVersion:
+        """Upload artifacts and their hashes as a new immutable version; the champion is not touched.
+
+        If an upload fails, what this call wrote is removed again and nothing else is affected."""
+        files = _collect(files)
+        champion = self.pointer()
+        version = self._claim_version()
+        written: list[str] = []
+        try:
+            artifacts = {}
+            for rel, path in files.items():
+                data = path.read_bytes()
+                key = self._vkey(version, f"files/{rel}")
+                self.store.put(key, data)
+                written.append(key)
+                artifacts[rel] = Artifact(sha256=sha256_bytes(data), size=len(data))
+            mv = ModelVersion(model=self.model, version=version, created_at=_now(), metrics=dict(metrics or {}),
+                              config=dict(config or {}), manifest_hash=manifest_hash,
+                              parent=champion.version if champion else None, artifacts=artifacts,
+                              info=dict(info or {}))
+            self.store.put(self._vkey(version, "version.json"), mv.model_dump_json(indent=1).encode())
+        except BaseException:
+            for key in written:
+                self.store.delete(key)
+            self.store.delete(self._vkey(version, "claim.json"))
+            raise
+        log.info("published %s %s (%d artifacts)", self.model, version, len(artifacts))
+        return mv
+
+    def discard(self, version: str, reason: str) -> None:
+        """Delete a version that never served: refused for the champion and for rollback targets."""
+        p = self.pointer()
+        if p and (version == p.version or version in p.previous):
+            raise RegistryError(f"{version} is the champion or a rollback target; refusing to discard it")
+        mv = None
+        try:
+            mv = self.get(version)
+        except RegistryError:
+            pass
+        # version.json first: from then on the version is invisible, even if deleting the files is interrupted
+        self.store.delete(self._vkey(version, "version.json"))
+        for info in list(self.store.list(self._vkey(version))):
+            self.store.delete(info.key)
+        self._event("discard", version, reason)
+        log.info("discarded %s %s: %s", self.model, version, reason)
+        if mv is None:
+            log.info("(%s had not finished publishing)", version)
+
+    # ---- integrity --------------------------------------------------------------------------------
+    def verify(self, version: str) -> ModelVersion:
+        """Check every artifact against the hash recorded at publication; raise on any mismatch."""
+        mv = self.get(version)
+        problems = {}
+        for rel, art in mv.artifacts.items():
+            try:
+                data = self.store.get(self._vkey(version, f"files/{rel}"))
+            except ObjectMissing:
+                problems[rel] = "missing"
+                continue
+            if len(data) != art.size or sha256_bytes(data) != art.sha256:
+                problems[rel] = f"sha256 {sha256_bytes(data)[:12]}... != recorded {art.sha256[:12]}..."
+        if problems:
+            raise ArtifactIntegrityError(version, problems)
+        return mv
+
+    def fetch(self, version: str, dest: str | Path, only: Iterable[str] | None = None) -> Path:
+        """Download (verified) artifacts of a version into ``dest``; returns ``dest``."""
+        mv = self.get(version)
+        dest = Path(dest)
+        wanted = set(only) if only is not None else None
+        problems = {}
+        for rel, art in mv.artifacts.items():
+            if wanted is not None and not any(rel == w or rel.startswith(w.rstrip("/") + "/") for w in wanted):
+                continue
+            try:
+                data = self.store.get(self._vkey(version, f"files/{rel}"))
+            except ObjectMissing:
+                problems[rel] = "missing"
+                continue
+            if sha256_bytes(data) != art.sha256:
+                problems[rel] = "sha256 mismatch"
+                continue
+            out = dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".part")
+            tmp.write_bytes(data)
+            tmp.replace(out)
+        if problems:
+            raise ArtifactIntegrityError(version, problems)
+        return dest
+
+    def artifact_path(self, version: str, rel: str) -> Optional[Path]:
+        """The on-disk path of an artifact when the store is a local directory (None for S3)."""
+        if isinstance(self.store, LocalStore):
+            return self.store.path(self._vkey(version, f"files/{rel}"))
+        return None
+
+    # ---- the champion pointer ---------------------------------------------------------------------
+    def _write_pointer(self, new: ChampionPointer, expected_generation: int | None) -> None:
+        current = self.pointer()
+        current_gen = current.generation if current else 0
+        if expected_generation is not None and current_gen != expected_generation:
+            raise RegistryError(f"champion pointer moved meanwhile (generation {current_gen}, expected "
+                                f"{expected_generation}); re-read and retry")
+        new.generation = current_gen + 1
+        self.store.put(self._pointer_key, new.model_dump_json(indent=1).encode(), overwrite=True)
+
+    def _event(self, action: str, version: str, reason: str, **extra: Any) -> None:
+        t = _now()
+        body = {"action": action, "model": self.model, "version": version, "reason": reason, "at": t.isoformat(), **extra}
+        stamp = t.strftime("%Y%m%dT%H%M%S%fZ")
+        for n in range(100):
+            try:
+                self.store.put(f"{self.model}/events/{stamp}-{n:02d}-{action}-{version}.json",
+                               json.dumps(body, indent=1).encode())
+                return
+            except ObjectExists:
+                continue
+
+    def promote(self, version: str, reason: str, expected_generation: int | None = None) -> ChampionPointer:
+        """Make ``version`` the champion (after verifying its artifacts); the old one becomes a rollback target."""
+        self.verify(version)
+        current = self.pointer()
+        if current and current.version == version:
+            return current
+        if expected_generation is None:
+            expected_generation = current.generation if current else 0
+        previous = ([current.version] + current.previous) if current else []
+        new = ChampionPointer(model=self.model, version=version, previous=previous, updated_at=_now(), reason=reason)
+        self._write_pointer(new, expected_generation)
+        self._event("promote", version, reason, replaced=current.version if current else None)
+        log.info("champion of %s is now %s (was %s): %s", self.model, version,
+                 current.version if current else "none", reason)
+        return new
+
+    def rollback(self, reason: str = "manual rollback", to: str | None = None) -> ChampionPointer:
+        """Restore the previous champion (or an earlier one named by ``to``), after verifying it."""
+        current = self.pointer()
+        if current is None or not current.previous:
+            raise RegistryError(f"{self.uri}: no previous champion to roll back to")
+        target = to or current.previous[0]
+        if target not in current.previous:
+            raise RegistryError(f"{target} was never champion before {current.version}; "
+                                f"rollback targets: {', '.join(current.previous)}")
+        self.verify(target)
+        rest = current.previous[current.previous.index(target) + 1:]
+        new = ChampionPointer(model=self.model, version=target, previous=rest, updated_at=_now(), reason=reason)
+        self._write_pointer(new, current.generation)
+        self._event("rollback", target, reason, replaced=current.version)
+        log.info("rolled %s back from %s to %s: %s", self.model, current.version, target, reason)
+        return new
+
+    def retract(self, version: str, reason: str) -> Optional[ChampionPointer]:
+        """Undo a promotion of ``version`` that has not been superseded: the champion before it comes back
+        (for a first champion: no champion again). A no-op if the pointer has moved on since."""
+        current = self.pointer()
+        if current is None or current.version != version:
+            return current
+        if current.previous:
+            return self.rollback(reason, to=current.previous[0])
+        self.store.delete(self._pointer_key)
+        self._event("retract", version, reason)
+        return None
+
+
+def open_registry(uri: str | Path, model: str = DEFAULT_MODEL) -> ModelRegistry:
+    """``s3://bucket/prefix`` or a directory (created if needed)."""
+    return ModelRegistry(open_store(uri), model)

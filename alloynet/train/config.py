@@ -1,0 +1,136 @@
+"""One typed config per run (pydantic, loadable from YAML): data, model, loss, optimiser, schedule.
+
+Fields left ``None`` are filled by ``resolve``: the optimiser, activation, lr and weight decay from the
+architecture's defaults (``alloynet.models.ARCH_DEFAULTS``, the design table), the manifest from
+``<store>/manifest.csv``. The resolved config is what is written next to the checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    store: str = Field("demo-data", description="capture store: a directory or s3://bucket/prefix")
+    manifest: Optional[str] = Field(None, description="manifest CSV; default <store>/manifest.csv")
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: Optional[int] = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+    augment: bool = True
+    augment_kwargs: dict[str, Any] = Field(default_factory=dict, description="TrainAugment options, e.g. p_erase: 0")
+    sampler: Literal["none", "class_balanced", "sqrt"] = Field(
+        "none", description="re-sampling as an alternative to re-weighting: uniform over classes, or n^0.5")
+    equalize: bool = Field(False, description="per-image histogram equalisation inside Preprocess")
+    norm_images: int = Field(32, ge=1, description="training images used to fit the -ln T mean/std")
+    cache: bool = Field(True, description="keep decoded images in memory")
+
+
+class ModelConfig(_Strict):
+    name: str = "profile_cnn"
+    activation: Optional[str] = None
+    dropout: float = Field(0.1, ge=0, lt=1)
+    pretrained: Optional[str] = Field(None, description="local torchvision state dict (never downloaded)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="architecture options, e.g. bins, widths")
+
+
+class LossConfig(_Strict):
+    name: str = "ce"
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. gamma, beta, tau, label_smoothing")
+    task_weights: dict[str, float] = Field(default_factory=dict, description="alloy, thickness_mm, a0, mu_eff")
+    weighting: Literal["fixed", "uncertainty"] = "fixed"
+    regression: Literal["smooth_l1", "mse"] = "smooth_l1"
+
+
+class OptimConfig(_Strict):
+    name: Optional[Literal["adam", "adamw", "sgd", "rmsprop"]] = None
+    lr: Optional[float] = Field(None, gt=0)
+    weight_decay: Optional[float] = Field(None, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    clip_grad_norm: Optional[float] = Field(1.0, gt=0, description="None disables clipping")
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["none", "step", "exponential", "cosine", "cyclic", "plateau"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from warmup_start_factor * lr")
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    step_size: float = Field(10.0, gt=0, description="step: epochs between decays; cyclic: half-cycle epochs")
+    gamma: float = Field(0.1, gt=0, le=1, description="step/plateau decay factor; exponential: per epoch")
+    min_lr_factor: float = Field(0.01, ge=0, le=1, description="cosine floor and cyclic low, as a fraction of lr")
+    patience: int = Field(3, ge=0, description="plateau: epochs without improvement before a decay")
+
+
+class EarlyStopConfig(_Strict):
+    metric: str = Field("balanced_accuracy", description="a validation metric key")
+    mode: Literal["max", "min"] = "max"
+    patience: Optional[int] = Field(10, ge=1, description="None disables early stopping")
+    min_delta: float = 0.0
+
+
+class TrainConfig(_Strict):
+    seed: int = 0
+    epochs: int = Field(30, ge=1)
+    out_dir: str = "runs/default"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    amp: bool = Field(True, description="mixed precision (bf16 autocast) on CUDA; ignored on CPU")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA for 2-D trunks")
+    compile: bool = False
+    deterministic: bool = Field(False, description="deterministic kernels on GPU (CPU is always deterministic)")
+    progress: bool = True
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill every ``None`` that has a documented default (architecture table, manifest path)."""
+    from alloynet.models import arch_defaults
+
+    d = arch_defaults(config.model.name)
+    cfg = config.model_copy(deep=True)
+    cfg.model.activation = cfg.model.activation or d["activation"]
+    cfg.optim.name = cfg.optim.name or d["optimizer"]
+    cfg.optim.lr = cfg.optim.lr if cfg.optim.lr is not None else d["lr"]
+    cfg.optim.weight_decay = cfg.optim.weight_decay if cfg.optim.weight_decay is not None else d["weight_decay"]
+    if cfg.data.manifest is None and not cfg.data.store.startswith("s3://"):
+        cfg.data.manifest = str(Path(cfg.data.store) / "manifest.csv")
+    cfg.data.eval_batch_size = cfg.data.eval_batch_size or cfg.data.batch_size
+    return cfg
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[dict[str, Any]] = None) -> TrainConfig:
+    """A config from YAML (or the defaults), with ``{"model.name": "resnet18", ...}`` overrides applied."""
+    raw = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    return TrainConfig.model_validate(raw)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key.sub=value`` with the value parsed as YAML (numbers, bools, lists, null)."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r}: expected key=value")
+    key, value = item.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,122 @@
+"""Data for a run: the store and manifest, train/val datasets, deterministic samplers and loaders, and the
+statistics fitted on the training split (preprocessing, regression target scales, class counts)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from alloynet.captures.stores import ObjectStore, open_store
+from alloynet.data import CLASS_NAMES
+from alloynet.data.dataset import CaptureDataset
+from alloynet.data.manifest import build_manifest, read_manifest
+from alloynet.data.transforms import Preprocess, TrainAugment
+from alloynet.train.config import DataConfig
+
+_TARGET_COLUMNS = {"thickness_mm": "thickness_mm", "a0": "a0", "mu_eff": "mu_eff_per_cm"}
+
+
+class EpochSampler(Sampler[int]):
+    """Indices for one epoch from a generator seeded by (seed, epoch): a shuffle, or draws with replacement
+    by per-sample weights (class-balanced re-sampling). With ``world_size`` > 1 each rank takes its own
+    stride of the same (padded) list, as ``DistributedSampler`` does, whatever the sampling mode."""
+
+    def __init__(self, n: int, seed: int, weights: Optional[np.ndarray] = None, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world_size
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self.epoch = 0
+        self.per_rank = math.ceil(n / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is None:
+            idx = torch.randperm(self.n, generator=g)
+        else:
+            idx = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        idx = idx.tolist()
+        idx += idx[: self.per_rank * self.world - len(idx)]
+        return iter(idx[self.rank::self.world])
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def class_counts(df: pd.DataFrame, num_classes: int = len(CLASS_NAMES)) -> list[int]:
+    return np.bincount(df.label.to_numpy(int), minlength=num_classes).tolist()
+
+
+def target_stats(train: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Mean and std of each regression target on the training split (std floored: one plate has none)."""
+    out = {}
+    for name, col in _TARGET_COLUMNS.items():
+        v = train[col].to_numpy(float)
+        v = v[np.isfinite(v)]
+        mean = float(v.mean()) if len(v) else 0.0
+        std = float(v.std()) if len(v) > 1 else 1.0
+        out[name] = (mean, max(std, 1e-3 * max(abs(mean), 1.0)))
+    return out
+
+
+def sample_weights(labels: np.ndarray, mode: str, num_classes: int) -> Optional[np.ndarray]:
+    """Per-sample weights so that class c is drawn in proportion to n_c^q (q = 0 balanced, 0.5 sqrt)."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    q = 0.0 if mode == "class_balanced" else 0.5
+    per_class = np.where(counts > 0, counts ** q / np.maximum(counts, 1), 0.0)
+    return per_class[labels]
+
+
+@dataclass
+class RunData:
+    store: ObjectStore
+    manifest: pd.DataFrame
+    train: CaptureDataset
+    val: CaptureDataset
+    train_loader: DataLoader
+    val_loader: DataLoader
+    sampler: EpochSampler
+    preprocess: Preprocess
+    target_stats: dict[str, tuple[float, float]]
+    class_counts: list[int]
+    image_size: list[int]          # [H, W]
+    channels: int
+
+
+def load_manifest(cfg: DataConfig, store: ObjectStore, seed: int) -> pd.DataFrame:
+    if cfg.manifest and Path(cfg.manifest).exists():
+        return read_manifest(cfg.manifest)
+    return build_manifest(store, seed=seed)
+
+
+def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> RunData:
+    store = open_store(cfg.store)
+    manifest = load_manifest(cfg, store, seed)
+    labelled = manifest[manifest.labelled & (manifest.label >= 0)]
+    train_rows = labelled[labelled.split == "train"]
+    if train_rows.empty:
+        raise ValueError(f"manifest of {cfg.store} has no labelled training captures")
+    pre = Preprocess.from_manifest(labelled, store, max_images=cfg.norm_images, equalize=cfg.equalize)
+    augment = TrainAugment(**{"dark_adu": float(pre.dark.mean()), **cfg.augment_kwargs}) if cfg.augment else None
+    train = CaptureDataset(store, labelled, "train", transform=augment, seed=seed, cache=cfg.cache)
+    val = CaptureDataset(store, labelled, "val", cache=cfg.cache)
+    weights = sample_weights(train.labels.astype(int), cfg.sampler, len(CLASS_NAMES))
+    sampler = EpochSampler(len(train), seed, weights, rank, world_size)
+    # BatchNorm cannot train on a batch of one: drop the ragged last batch whenever a full one exists.
+    drop_last = len(sampler) > cfg.batch_size
+    train_loader = DataLoader(train, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                              drop_last=drop_last, pin_memory=pin_memory, persistent_workers=False)
+    val_loader = DataLoader(val, cfg.eval_batch_size or cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+                            pin_memory=pin_memory)
+    shape = train_rows[["channels", "height", "width"]].mode().iloc[0]
+    return RunData(store, manifest, train, val, train_loader, val_loader, sampler, pre, target_stats(train_rows),
+                   class_counts(train_rows), [int(shape.height), int(shape.width)], int(shape.channels))

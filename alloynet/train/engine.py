@@ -1,0 +1,91 @@
+"""One training epoch and one validation pass (the inner loops of ``alloynet.train.trainer``)."""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from alloynet.data import CLASS_NAMES
+from alloynet.evaluate.metrics import classification_metrics, regression_metrics
+from alloynet.evaluate.predict import autocast, predict
+from alloynet.losses import MultiTaskLoss
+from alloynet.models.heads import REGRESSION_TARGETS
+from alloynet.train.distributed import DistEnv, all_reduce_grads
+from alloynet.train.optim import Schedule
+
+
+def _progress(enabled: bool, total: int, description: str):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[info]}"), transient=True)
+    bar.start()
+    bar.add_task(description, total=total, info="")
+    return bar
+
+
+def train_one_epoch(model: nn.Module, criterion: MultiTaskLoss, optimizer: torch.optim.Optimizer,
+                    schedule: Schedule, loader: DataLoader, device: torch.device, *, amp: bool = False,
+                    channels_last: bool = False, clip_grad_norm: Optional[float] = None,
+                    env: DistEnv = DistEnv(), progress: bool = False, description: str = "train") -> dict[str, float]:
+    """Returns mean loss (total and per task), training accuracy and images/s for the epoch."""
+    model.train()
+    sums: dict[str, float] = {}
+    n_seen, n_correct, start = 0, 0, time.perf_counter()
+    bar = _progress(progress and env.is_main, len(loader), description)
+    try:
+        for x, targets in loader:
+            x = x.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+            with autocast(device, amp):
+                out = model(x)
+            loss, parts = criterion(out, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            all_reduce_grads(criterion, env)
+            if clip_grad_norm:
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+            optimizer.step()
+            schedule.step_iteration()
+            b = x.shape[0]
+            n_seen += b
+            n_correct += int((out["logits"].argmax(1) == targets["alloy"]).sum())
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v * b
+            if bar is not None:
+                bar.update(bar.task_ids[0], advance=1, info=f"loss {sums['loss'] / n_seen:.4f}")
+    finally:
+        if bar is not None:
+            bar.stop()
+    seconds = time.perf_counter() - start
+    stats = {k: v / max(n_seen, 1) for k, v in sums.items()}
+    stats.update(accuracy=n_correct / max(n_seen, 1), images_per_s=n_seen * env.world_size / max(seconds, 1e-9),
+                 seconds=seconds)
+    return stats
+
+
+def validate(model: nn.Module, criterion: MultiTaskLoss, loader: DataLoader, device: torch.device,
+             train_counts: list[int], *, amp: bool = False, channels_last: bool = False) -> dict[str, float]:
+    """Validation metrics (accuracy, balanced_accuracy, macro_f1, log_loss, ece, <target>_mae, loss)."""
+    p = predict(model, loader, device, amp, channels_last)
+    cls = classification_metrics(p["y"], p["probs"], CLASS_NAMES, train_counts)
+    out = {k: cls[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece")}
+    for t in REGRESSION_TARGETS:
+        out[f"{t}_mae"] = regression_metrics(p[f"pred_{t}"], p[f"true_{t}"])["mae"]
+    with torch.no_grad():
+        def t_(a):
+            return torch.from_numpy(a).to(device)
+        outputs = {"logits": t_(p["logits"]), **{t: t_(p[f"pred_{t}"]) for t in REGRESSION_TARGETS}}
+        targets = {"alloy": t_(p["y"]), **{t: t_(p[f"true_{t}"]) for t in REGRESSION_TARGETS}}
+        total, _ = criterion(outputs, targets)
+    out["loss"] = float(total)
+    return {k: float(v) if np.isfinite(v) else float("nan") for k, v in out.items()}

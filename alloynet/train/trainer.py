@@ -1,0 +1,225 @@
+"""The training recipe on one screen (``train``), in the style of torchvision's reference train.py.
+
+Determinism: the model is initialised from ``seed``; every epoch re-seeds torch from (seed, epoch) and
+the sampler and augmentation draw from (seed, epoch, index). A run resumed from the checkpoint of
+epoch k therefore repeats epochs k+1.. exactly as the uninterrupted run would (on CPU; on GPU with
+``deterministic: true``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from rich.console import Console
+
+from alloynet.data import CLASS_NAMES
+from alloynet.data.manifest import manifest_hash
+from alloynet.losses import MultiTaskLoss, create_loss
+from alloynet.models import create_model
+from alloynet.train.checkpoint import load_checkpoint, save_checkpoint
+from alloynet.train.config import TrainConfig, resolve, save_config
+from alloynet.train.data import RunData, build_data
+from alloynet.train.distributed import DistEnv, cleanup, init_distributed
+from alloynet.train.engine import train_one_epoch, validate
+from alloynet.train.optim import EarlyStopping, Schedule, build_optimizer
+
+console = Console(stderr=True, soft_wrap=True)
+EpochCallback = Callable[[int, dict], None]
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path                 # best.pt: the model to evaluate, export or promote
+    last_checkpoint: Path            # last.pt: full training state, for resuming
+    out_dir: Path
+    config_path: Path                # the resolved config, next to the checkpoints
+    metrics: dict[str, float]        # validation metrics of the best epoch
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    manifest_hash: str
+    history: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int, epoch: int = -1) -> None:
+    s = (seed * 1_000_003 + epoch + 1) & 0x7FFFFFFF
+    torch.manual_seed(s)
+    random.seed(s)
+
+
+def pick_device(name: str, env: DistEnv) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and env.enabled:
+        return torch.device("cuda", env.local_rank)
+    return torch.device(name)
+
+
+def set_determinism(cfg: TrainConfig, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _model_spec(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
+    return {"name": cfg.model.name, "num_classes": len(CLASS_NAMES), "in_channels": data.channels,
+            "activation": cfg.model.activation, "dropout": cfg.model.dropout, "kwargs": dict(cfg.model.kwargs),
+            "preprocess": data.preprocess.config(),
+            "target_stats": {k: list(v) for k, v in data.target_stats.items()}}
+
+
+def _check_resumable(ckpt: dict, cfg: TrainConfig) -> None:
+    """Resuming under a different recipe would silently mix two runs; only ``epochs`` (and cosmetics) may change."""
+    cosmetic = {"epochs", "progress", "out_dir"}
+    old = {k: v for k, v in ckpt["config"].items() if k not in cosmetic}
+    new = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in cosmetic}
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ValueError(f"cannot resume: the config differs from the checkpoint's in {diff}")
+
+
+def _log_epoch(epoch: int, cfg: TrainConfig, tr: dict, val: dict, lr: float) -> None:
+    tasks = " ".join(f"{k} {tr[k]:.3f}" for k in ("alloy", "thickness_mm", "a0", "mu_eff") if k in tr)
+    console.print(f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f} ({tasks})  "
+                  f"val loss {val['loss']:.4f} bal_acc {val['balanced_accuracy']:.3f} acc {val['accuracy']:.3f} "
+                  f"f1 {val['macro_f1']:.3f} t_mae {val['thickness_mm_mae']:.3f} mm  lr {lr:.2e}  "
+                  f"{tr['images_per_s']:.0f} img/s  {tr['seconds']:.1f}s")
+
+
+@dataclass
+class Run:
+    """Everything one training run touches, built by ``setup``."""
+    cfg: TrainConfig
+    env: DistEnv
+    device: torch.device
+    data: RunData
+    model: torch.nn.Module          # the plain model: state dicts and validation
+    net: torch.nn.Module            # what the training step calls: DDP- and/or compile-wrapped model
+    criterion: MultiTaskLoss
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    early: EarlyStopping
+    amp: bool
+    channels_last: bool
+    meta: dict[str, Any]
+
+
+def setup(cfg: TrainConfig) -> Run:
+    env = init_distributed("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg.device, env)
+    set_determinism(cfg, device)
+    seed_everything(cfg.seed)
+    data = build_data(cfg.data, cfg.seed, env.rank, env.world_size, pin_memory=device.type == "cuda")
+    spec = _model_spec(cfg, data)
+    extra = {"pretrained": cfg.model.pretrained} if cfg.model.pretrained else {}  # not in spec: needed once only
+    model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], data.preprocess, spec["activation"],
+                         data.target_stats, spec["dropout"], **spec["kwargs"], **extra).to(device)
+    criterion = MultiTaskLoss(create_loss(cfg.loss.name, data.class_counts, **cfg.loss.kwargs), data.target_stats,
+                              cfg.loss.task_weights, cfg.loss.weighting, cfg.loss.regression).to(device)
+    channels_last = cfg.channels_last and device.type == "cuda" and cfg.model.name not in ("fnn", "profile_cnn")
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.optim, [model, criterion])
+    schedule = Schedule(cfg.schedule, optimizer, len(data.train_loader), cfg.epochs, cfg.early_stop)
+    net: torch.nn.Module = model
+    if env.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    meta = {"model_spec": spec, "config": cfg.model_dump(mode="json"), "class_names": list(CLASS_NAMES),
+            "manifest_hash": manifest_hash(data.manifest), "image_size": data.image_size,
+            "channels": data.channels, "arch": cfg.model.name,
+            "class_counts": data.class_counts}
+    return Run(cfg, env, device, data, model, net, criterion, optimizer, schedule, EarlyStopping(cfg.early_stop),
+               cfg.amp and device.type == "cuda", channels_last, meta)
+
+
+def restore(run: Run, path: Path) -> tuple[int, list[dict], dict, bool]:
+    """Load training state; returns (epochs done, history, best, whether nothing is left to do)."""
+    ckpt = load_checkpoint(path, map_location=run.device)
+    _check_resumable(ckpt, run.cfg)
+    run.model.load_state_dict(ckpt["model"])
+    run.criterion.load_state_dict(ckpt["loss"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.schedule.load_state_dict(ckpt["scheduler"])
+    run.early.load_state_dict(ckpt["early_stop"])
+    done = bool(ckpt["stopped_early"]) or ckpt["epoch"] >= run.cfg.epochs
+    if run.env.is_main:
+        console.print(f"resuming {path} after epoch {ckpt['epoch']}")
+    return int(ckpt["epoch"]), list(ckpt["history"]), dict(ckpt["best"]), done
+
+
+def run_epoch(run: Run, epoch: int) -> tuple[dict, dict]:
+    """One epoch of training and validation; every random draw is keyed by (seed, epoch)."""
+    cfg = run.cfg
+    seed_everything(cfg.seed, epoch)
+    run.data.sampler.set_epoch(epoch)
+    run.data.train.set_epoch(epoch)
+    run.criterion.set_epoch(epoch)
+    tr = train_one_epoch(run.net, run.criterion, run.optimizer, run.schedule, run.data.train_loader, run.device,
+                         amp=run.amp, channels_last=run.channels_last, clip_grad_norm=cfg.optim.clip_grad_norm,
+                         env=run.env, progress=cfg.progress, description=f"epoch {epoch + 1}/{cfg.epochs}")
+    val = validate(run.model, run.criterion, run.data.val_loader, run.device, run.data.class_counts,
+                   amp=run.amp, channels_last=run.channels_last)
+    if cfg.early_stop.metric not in val:
+        raise KeyError(f"early_stop.metric {cfg.early_stop.metric!r} is not a validation metric: {sorted(val)}")
+    run.schedule.step_epoch(val[cfg.early_stop.metric])
+    return tr, val
+
+
+def _save(run: Run, state: dict, improved: bool, out: Path) -> None:
+    if improved:  # best.pt: model and metadata only, what evaluation, export and the registry need
+        save_checkpoint({k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "early_stop")},
+                        out / "best.pt")
+    save_checkpoint(state, out / "last.pt")
+
+
+def train(config: TrainConfig, resume: bool = False, on_epoch_end: Optional[EpochCallback] = None) -> TrainResult:
+    """Train ``config``; with ``resume`` continue from ``<out_dir>/last.pt`` if it exists.
+
+    ``on_epoch_end(epoch, checkpoint_state)`` runs after each epoch's checkpoint is written (tests use it
+    to kill a run at a known point).
+    """
+    cfg = resolve(config)
+    out = Path(cfg.out_dir)
+    run = setup(cfg)
+    start, history, best, done = 0, [], {"epoch": 0, "metrics": {}}, False
+    if resume and (out / "last.pt").exists():
+        start, history, best, done = restore(run, out / "last.pt")
+    if run.env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    for epoch in range(start, start if done else cfg.epochs):
+        tr, val = run_epoch(run, epoch)
+        lr = run.optimizer.param_groups[0]["lr"]
+        history.append({"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in tr.items()},
+                        **{f"val_{k}": v for k, v in val.items()}})
+        improved = run.early.improved(val[cfg.early_stop.metric])
+        if improved:
+            best = {"epoch": epoch + 1, "metric": cfg.early_stop.metric, "value": val[cfg.early_stop.metric],
+                    "metrics": val}
+        state = {**run.meta, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                 "scheduler": run.schedule.state_dict(), "loss": run.criterion.state_dict(),
+                 "early_stop": run.early.state_dict(), "epoch": epoch + 1, "metrics": val, "history": history,
+                 "best": best, "stopped_early": run.early.should_stop}
+        if run.env.is_main:
+            _log_epoch(epoch, cfg, tr, val, lr)
+            _save(run, state, improved, out)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, state)
+        if run.early.should_stop:
+            if run.env.is_main:
+                console.print(f"early stopping: no {cfg.early_stop.metric} gain for {run.early.bad_epochs} epochs")
+            break
+    if run.env.is_main:
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+    cleanup(run.env)
+    return TrainResult(out / "best.pt", out / "last.pt", out, out / "config.yaml", dict(best.get("metrics", {})),
+                       int(best["epoch"]), len(history), run.early.should_stop, run.meta["manifest_hash"], history)

@@ -1,0 +1,85 @@
+"""`alloynet demo`: the whole nightly pipeline once, on the embedded default (local stores, CPU, in-process).
+
+Simulates a small long-tailed data set into a local "rig upload" store, then runs the Prefect ``nightly``
+flow in Prefect's ephemeral mode (no server to start): ingest -> retrain -> evaluate -> promote, with
+export and packaging of the winner. Prints where the report, the registry entry and the packages are.
+Run it again and it is the next night: nothing new arrived, so the champion stays.
+
+alloynet/ does not depend on Prefect: ``flows`` is imported inside the command, the one bridge.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def demo(out: Path = typer.Option(Path("demo-data"), help="working directory for the demo"),
+         seed: int = 0, size: int = 64, n_max: int = 40,
+         config: Path = typer.Option(REPO / "configs" / "demo.yaml", help="training config of the candidate"),
+         force_retrain: bool = typer.Option(False, help="retrain even if no new captures arrived"),
+         simulate_only: bool = typer.Option(False, help="only simulate the data set and print its summary")) -> None:
+    """Simulate a small data set and run the nightly flow once on it (CPU, in-process)."""
+    from alloynet.captures.stores import LocalStore
+    from alloynet.commands.data_cli import console, print_summary, progress_bar
+    from alloynet.data.manifest import build_manifest
+    from alloynet.data.simulate import DatasetSpec, simulate_dataset
+    from alloynet.physics.simulator import RigConfig
+
+    out = out.resolve()
+    rig = LocalStore(out / "rig")
+    spec = DatasetSpec(n_max=n_max, seed=seed, rig=RigConfig(height=size, width=size))
+    if any(rig.list("captures/")):
+        console.print(f"rig store {rig.root} already has captures: tonight nothing new arrives")
+    else:
+        total = sum(spec.plates_per_class().values()) * spec.captures_per_plate
+        with progress_bar() as bar:
+            task = bar.add_task("simulate", total=total)
+            simulate_dataset(spec, rig, progress=lambda done, _: bar.update(task, completed=done))
+    print_summary(build_manifest(rig, seed=seed))
+    if simulate_only:
+        return
+
+    os.environ.setdefault("PREFECT_HOME", str(out / "prefect-home"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    from alloynet.registry import open_registry
+    from alloynet.registry.pipeline import Candidate
+    from flows.nightly import nightly
+    from flows.packaging import available_formats
+
+    formats = available_formats()
+    candidate = Candidate(name="profile-cnn", config=str(config) if config.exists() else None,
+                          overrides={} if config.exists() else {"epochs": 10})
+    state = nightly(source=str(rig.root), data_dir=str(out / "data"), registry=str(out / "registry"),
+                    work_dir=str(out / "runs"), candidates=[candidate], min_new_labelled=1,
+                    force_retrain=force_retrain, formats=formats, device="cpu", seed=seed, return_state=True)
+    if not state.is_completed():
+        console.print(f"[red]nightly flow {state.name}:[/] {state.message}")
+        raise typer.Exit(1)
+    res = state.result()
+    reg = open_registry(out / "registry")
+    p = reg.pointer()
+    console.print(f"\n[bold]ingest[/]: {len(res['ingest']['new'])} new, {len(res['quarantined'])} quarantined; "
+                  f"retrain: {res['retrain']}")
+    if res.get("decision"):
+        console.print(f"[bold]decision[/]: {' '.join(res['decision']['reasons'])}")
+    for name, d in (res.get("report_dirs") or {}).items():
+        console.print(f"report ({name}): {Path(d) / 'report.md'}")
+    if p:
+        mv = reg.get(p.version)
+        console.print(f"registry: {reg.uri} champion [bold]{p.version}[/] "
+                      f"(balanced accuracy {mv.metrics.get('balanced_accuracy', float('nan')):.3f}); "
+                      f"`alloynet registry list -r {out / 'registry'}`")
+        for fmt in ("export", *formats):
+            if any(k.startswith(fmt + "/") for k in mv.artifacts):
+                console.print(f"  {fmt}: {reg.artifact_path(p.version, fmt)}")
+    else:
+        console.print("registry: no champion yet")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(demo)

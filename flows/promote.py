@@ -1,0 +1,64 @@
+"""`promote`: apply the promotion rule; a winner is exported, packaged, published and made champion.
+
+Export -> package -> publish -> move the champion pointer -> read it back run inside one Prefect
+transaction: if any step fails, the completed ones are rolled back (files removed, the published version
+discarded, the pointer restored) and the old champion keeps serving.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.transactions import transaction
+
+from alloynet.registry import PromotionRule, open_registry
+from alloynet.registry import pipeline as steps
+from flows.artifacts import decision_artifact
+from flows.settings import DATA_DIR, REGISTRY, SERVING_FORMATS, WORK_DIR
+from flows.tasks import (confirm_champion_task, decide_task, export_task, move_champion_task, package_task,
+                         publish_task)
+
+
+@task(name="assemble-release", cache_policy=NO_CACHE)
+def assemble_task(trained: dict, metrics: dict, packages: dict[str, str], data_dir: str, release_dir: str) -> tuple[str, str]:
+    from alloynet.data.manifest import manifest_hash, read_manifest
+
+    tc = steps.TrainedCandidate(**trained)
+    rel = steps.assemble_release(tc, metrics, packages, data_dir, release_dir)
+    return str(rel), manifest_hash(read_manifest(Path(data_dir) / "manifest.csv"))
+
+
+@flow(name="promote", description="Promotion rule, then export/package/publish/champion as one transaction.")
+def promote(trained: list[dict[str, Any]], evaluation: dict[str, Any], data_dir: str = DATA_DIR,
+            registry: str = REGISTRY, run_dir: str = WORK_DIR, rule: PromotionRule = PromotionRule(),
+            formats: Optional[list[str]] = None) -> dict[str, Any]:
+    log = get_run_logger()
+    formats = list(SERVING_FORMATS if formats is None else formats)
+    champ = evaluation.get("champion")
+    d = decide_task(evaluation["candidates"], champ["metrics"] if champ else None, rule, data_dir,
+                    champ["version"] if champ else None)
+    if not d["promote"]:
+        log.info("champion %s stays: %s", champ["version"] if champ else "none", " ".join(d["reasons"]))
+        decision_artifact(d, "champion kept")
+        return {"promoted": None, "decision": d}
+    winner = next(t for t in trained if t["name"] == d["challenger"])
+    out = Path(run_dir) / "release" / winner["name"]
+    with transaction():
+        bundle = export_task(winner["checkpoint"], str(out / "export"))
+        packages = package_task(bundle, str(out / "packages"), formats)
+        release, mhash = assemble_task(winner, evaluation["candidates"][winner["name"]],
+                                       {"export": bundle, **packages}, data_dir, str(out / "content"))
+        version = publish_task(registry, release, evaluation["candidates"][winner["name"]], winner["config"], mhash,
+                               {"candidate": winner["name"], "run_dir": str(run_dir), "decision": d["reasons"]})
+        pointer = move_champion_task(registry, version, " ".join(d["reasons"]),
+                                     champ["generation"] if champ else 0)
+        confirm_champion_task(registry, version)
+    log.info("promoted %s as %s (previous champion %s kept for rollback)", winner["name"], version,
+             champ["version"] if champ else "none")
+    decision_artifact(d, f"published as {version}; champion pointer moved")
+    create_link_artifact(open_registry(registry).uri + f"/versions/{version}/", link_text=f"model store: {version}",
+                         key="champion-version", description="the new champion in the model store")
+    return {"promoted": version, "decision": d, "pointer": pointer, "packages": packages}

@@ -1,0 +1,37 @@
+"""`retrain`: train the configured candidates when enough new labelled captures arrived (or when forced)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from prefect import flow, get_run_logger
+
+from alloynet.registry.pipeline import Candidate
+from flows.settings import DATA_DIR, MIN_NEW_LABELLED, WORK_DIR, default_candidates
+from flows.tasks import record_training_task, retrain_needed_task, train_task
+
+
+@flow(name="retrain", description="Train every candidate (architecture/loss) on the current manifest.")
+def retrain(data_dir: str = DATA_DIR, run_dir: str = WORK_DIR, candidates: Optional[list[Candidate]] = None,
+            min_new_labelled: int = MIN_NEW_LABELLED, force: bool = False, device: str = "auto",
+            record: bool = True) -> dict[str, Any]:
+    log = get_run_logger()
+    candidates = candidates or default_candidates()
+    go, n_new, why = retrain_needed_task(data_dir, min_new_labelled, force)
+    log.info("retrain: %s", why)
+    if not go:
+        return {"trained": [], "failed": {}, "reason": why, "new_labelled": n_new}
+    trained, failed = [], {}
+    for c in candidates:
+        out = str(Path(run_dir) / "candidates" / c.name)
+        state = train_task.with_options(task_run_name=f"train-{c.name}")(c, data_dir, out, device, return_state=True)
+        if state.is_completed():
+            trained.append(state.result())
+        else:
+            failed[c.name] = state.message or state.name
+            log.error("candidate %s failed to train: %s", c.name, failed[c.name])
+    if not trained:
+        raise RuntimeError(f"every candidate failed to train ({failed}); the champion is untouched")
+    if record:
+        record_training_task(data_dir, Path(run_dir).name)
+    return {"trained": trained, "failed": failed, "reason": why, "new_labelled": n_new}

@@ -1,0 +1,139 @@
+"""Prefect tasks: one thin call into alloynet each (alloynet.registry.pipeline / alloynet.registry).
+
+Side-effecting tasks use ``NO_CACHE``: a nightly run must never be answered from another run's cache.
+The tasks that write to the model store carry ``on_rollback`` hooks, so inside a ``transaction()`` a later
+failure undoes them and the old champion keeps serving.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.transactions import get_transaction
+
+from alloynet.registry import ModelRegistry, PromotionRule, open_registry
+from alloynet.registry import pipeline as steps
+
+
+@task(name="ingest-captures", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def ingest_task(source: str, data_dir: str, seed: int = 0,
+                accepted_sizes: Optional[list[tuple[int, int]]] = None) -> steps.IngestReport:
+    # retrying is safe: ingest resumes from its watermark and skips what it already stored
+    report = steps.ingest_captures(source, data_dir, seed=seed, accepted_sizes=accepted_sizes)
+    get_run_logger().info("ingest from %s: %s", source, report.summary())
+    return report
+
+
+@task(name="retrain-needed", cache_policy=NO_CACHE)
+def retrain_needed_task(data_dir: str, min_new_labelled: int, force: bool) -> tuple[bool, int, str]:
+    return steps.retrain_needed(data_dir, min_new_labelled, force)
+
+
+@task(name="train-candidate", cache_policy=NO_CACHE)
+def train_task(candidate: steps.Candidate, data_dir: str, out_dir: str, device: str = "auto") -> dict[str, Any]:
+    trained = steps.train_candidate(candidate, data_dir, out_dir, device=device)
+    get_run_logger().info("trained %s -> %s", candidate.name, trained.checkpoint)
+    return asdict(trained)
+
+
+@task(name="record-training", cache_policy=NO_CACHE)
+def record_training_task(data_dir: str, run: str) -> None:
+    steps.record_training(data_dir, Path(data_dir) / "manifest.csv", run)
+
+
+@task(name="evaluate-checkpoint", cache_policy=NO_CACHE)
+def evaluate_task(checkpoint: str, data_dir: str, out_dir: str, options: Optional[dict] = None) -> dict[str, Any]:
+    return steps.evaluate_checkpoint(checkpoint, data_dir, out_dir, **(options or {}))
+
+
+@task(name="fetch-champion", cache_policy=NO_CACHE)
+def fetch_champion_task(registry: str, dest: str) -> Optional[dict[str, Any]]:
+    got = steps.fetch_champion(open_registry(registry), dest)
+    if got is None:
+        return None
+    version, checkpoint = got
+    return {"version": version.version, "checkpoint": str(checkpoint), "generation": open_registry(registry).pointer().generation}
+
+
+@task(name="decide-promotion", cache_policy=NO_CACHE)
+def decide_task(candidates: dict[str, dict], champion: Optional[dict], rule: PromotionRule, data_dir: str,
+                champion_name: Optional[str]) -> dict[str, Any]:
+    d = steps.decide_promotion(candidates, champion, rule, data_dir, champion_name)
+    get_run_logger().info("decision: %s", d.summary())
+    return asdict(d)
+
+
+# ---- the promotion transaction: export -> package -> publish -> move the pointer ---------------------
+@task(name="export-model", cache_policy=NO_CACHE)
+def export_task(checkpoint: str, out_dir: str) -> str:
+    get_transaction().set("export_dir", out_dir)
+    return str(steps.export_candidate(checkpoint, out_dir))
+
+
+@export_task.on_rollback
+def _remove_export(txn) -> None:
+    shutil.rmtree(txn.get("export_dir"), ignore_errors=True)
+
+
+@task(name="package-for-serving", cache_policy=NO_CACHE)
+def package_task(bundle_dir: str, out_dir: str, formats: list[str]) -> dict[str, str]:
+    from flows.packaging import package_for_serving
+
+    get_transaction().set("package_dir", out_dir)
+    return package_for_serving(bundle_dir, out_dir, formats)
+
+
+@package_task.on_rollback
+def _remove_packages(txn) -> None:
+    shutil.rmtree(txn.get("package_dir"), ignore_errors=True)
+
+
+@task(name="publish-version", cache_policy=NO_CACHE)
+def publish_task(registry: str, release_dir: str, metrics: dict, config: dict, manifest_hash: str,
+                 info: dict) -> str:
+    reg = open_registry(registry)
+    mv = reg.publish(release_dir, metrics=metrics, config=config, manifest_hash=manifest_hash, info=info)
+    get_transaction().set("published", {"registry": registry, "version": mv.version})
+    get_run_logger().info("published %s to %s (%d artifacts, sha256 recorded)", mv.version, reg.uri, len(mv.artifacts))
+    return mv.version
+
+
+@publish_task.on_rollback
+def _discard_version(txn) -> None:
+    p = txn.get("published")
+    open_registry(p["registry"]).discard(p["version"], "the promotion transaction failed after publishing")
+
+
+@task(name="move-champion", cache_policy=NO_CACHE)
+def move_champion_task(registry: str, version: str, reason: str, expected_generation: int) -> dict[str, Any]:
+    reg: ModelRegistry = open_registry(registry)
+    before = reg.pointer()
+    try:
+        p = reg.promote(version, reason, expected_generation=expected_generation)
+    except BaseException:
+        # a failed task gets no rollback hook: if the pointer did move before the failure, undo it here
+        reg.retract(version, "the champion move failed part-way")
+        raise
+    get_transaction().set("moved", {"registry": registry, "version": version})
+    get_run_logger().info("champion pointer: %s -> %s", before.version if before else "none", version)
+    return p.model_dump(mode="json")
+
+
+@move_champion_task.on_rollback
+def _restore_champion(txn) -> None:
+    m = txn.get("moved")
+    open_registry(m["registry"]).retract(m["version"], "the promotion transaction failed after the pointer moved")
+
+
+@task(name="confirm-champion", cache_policy=NO_CACHE)
+def confirm_champion_task(registry: str, version: str) -> None:
+    """Read back what serving will read: the pointer names the new version and its artifacts verify."""
+    reg = open_registry(registry)
+    p = reg.pointer()
+    if p is None or p.version != version:
+        raise RuntimeError(f"champion pointer reads {p.version if p else None}, expected {version}")
+    reg.verify(version)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The Triton environment for serving tests and the bench: .venv-triton holds nvidia-pytriton (its bundled
+# tritonserver 2.51 binary + Python-backend stubs; it pins numpy<2, hence its own venv) and onnxruntime for
+# the Python-backend model. Idempotent: a stamp records what was installed; re-running is a no-op.
+#   usage: infra/serving_env.sh [PYTHON]      (PYTHON defaults to python3; must have shared libpython)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${1:-${PYTHON:-python3}}"
+VENV="${ALLOYNET_TRITON_VENV:-.venv-triton}"
+PKGS=("nvidia-pytriton==0.7.0" "onnxruntime>=1.18,<2" "numpy<2")
+STAMP="$VENV/.installed-$(printf '%s ' "${PKGS[@]}" | sha256sum | cut -c1-16)"
+if [ -f "$STAMP" ]; then
+    exit 0
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q "${PKGS[@]}"
+# Fail here, not in a test, if the binary or this Python's backend stub is missing.
+"$VENV/bin/python" - <<'PY'
+import pathlib, sys
+import pytriton
+root = pathlib.Path(pytriton.__file__).parent / "tritonserver"
+ver = f"{sys.version_info[0]}.{sys.version_info[1]}"
+for p in (root / "bin" / "tritonserver", root / "python_backend_stubs" / ver / "triton_python_backend_stub"):
+    if not p.exists():
+        sys.exit(f"serving_env: {p} is missing (pytriton has no stub for Python {ver}?)")
+import onnxruntime  # noqa: F401
+PY
+touch "$STAMP"
+echo "serving_env: $VENV ready"

@@ -1,0 +1,55 @@
+"""Server-side checks on one capture array, shared by the TorchServe handler and the Triton Python model.
+
+Deliberately numpy-only (no alloynet import): the Triton Python backend runs it in its own environment,
+and the packagers copy this file into the .mar and the model repository. Decoding PNG/TIFF bytes is the
+library's job (``alloynet.captures.format.decode_image``); this only checks what a model may be fed.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+ACCEPTED_DTYPES = ("uint16", "float32")
+MAX_ADU = 65535.0
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class CaptureInputError(ValueError):
+    """A request's capture cannot be fed to the model; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, message: str):
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    """A raw array sent as .npy bytes (never unpickled)."""
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # numpy raises ValueError/EOFError/OSError for damaged headers or payloads
+        raise CaptureInputError("image", f"corrupt .npy array ({exc})") from None
+
+
+def check_capture(arr: np.ndarray, shape: tuple[int, int, int], max_adu: float = MAX_ADU) -> np.ndarray:
+    """Raw detector image -> float32 [C, H, W], or ``CaptureInputError`` saying what is wrong.
+
+    Accepts uint16 (as captured) or float32 (raw ADU already as floats); [H, W] for one channel.
+    """
+    if arr.size == 0:
+        raise CaptureInputError("image", f"empty array (shape {list(arr.shape)})")
+    if arr.dtype.name not in ACCEPTED_DTYPES:
+        raise CaptureInputError("image.dtype", f"expected one of {list(ACCEPTED_DTYPES)}, got {arr.dtype.name}")
+    if arr.ndim == 2 and shape[0] == 1:
+        arr = arr[None]
+    if tuple(arr.shape) != tuple(shape):
+        raise CaptureInputError("image.shape", f"expected [C, H, W] = {list(shape)}, got {list(arr.shape)}")
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.dtype == np.float32:
+        bad = ~np.isfinite(out)
+        if bad.any():
+            raise CaptureInputError("image", f"{int(bad.sum())} pixel(s) are NaN or infinite")
+        if out.min() < 0 or out.max() > max_adu:
+            raise CaptureInputError("image", f"pixel values must lie in the detector range [0, {max_adu:g}] ADU, "
+                                             f"got [{out.min():g}, {out.max():g}]")
+    return out

@@ -1,0 +1,119 @@
+"""`alloynet package torchserve|triton` and `alloynet infer`.
+
+Packaging and the client live in the repository's ``serving/`` package (which imports alloynet, never the
+reverse at import time): these commands import it lazily, from the checkout alloynet runs from.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+package_app = typer.Typer(no_args_is_help=True)
+
+
+def _bundle(checkpoint: Optional[Path], bundle: Optional[Path], export_dir: Path, tensorrt: Optional[str]) -> Path:
+    """An export bundle: the given one, or exported now from a checkpoint (parity-checked)."""
+    if bundle:
+        if checkpoint:
+            raise typer.BadParameter("give --checkpoint or --bundle, not both")
+        return bundle
+    if not checkpoint:
+        raise typer.BadParameter("give --checkpoint (a trained model) or --bundle (an export directory)")
+    from alloynet.export import export_checkpoint, meta_from_checkpoint, parity_captures
+    from alloynet.train.checkpoint import load_model
+
+    _, meta = load_model(checkpoint)
+    images = parity_captures(meta_from_checkpoint(meta), n=8)
+    b = export_checkpoint(checkpoint, export_dir, images, tensorrt=tensorrt, log=console.print)
+    diffs = b.meta.parity["max_abs_diff"]
+    console.print(f"exported {checkpoint} -> {export_dir} (parity ok; max |dp| "
+                  + ", ".join(f"{k} {v['probabilities']:.1e}" for k, v in diffs.items()) + ")")
+    return export_dir
+
+
+@package_app.command("torchserve")
+def package_torchserve(
+    out: Path = typer.Option(..., help="model store directory; the .mar is written here"),
+    checkpoint: Optional[Path] = typer.Option(None, help="trained checkpoint (exported first)"),
+    bundle: Optional[Path] = typer.Option(None, help="existing export bundle (model.pt, export.json)"),
+    export_dir: Optional[Path] = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
+    model_name: str = "alloynet", version: str = "1.0", batch_size: int = 8, max_batch_delay_ms: int = 5,
+    workers: int = 1, threads: int = typer.Option(1, help="torch threads per worker"),
+) -> None:
+    """Build a TorchServe .mar (TorchServe is archived upstream; Triton is the primary path)."""
+    from serving.torchserve.archive import build_mar
+
+    b = _bundle(checkpoint, bundle, export_dir or out.with_name(out.name + "-export"), None)
+    mar = build_mar(b, out, model_name, version, batch_size, max_batch_delay_ms, workers, threads=threads)
+    console.print(f"wrote {mar}")
+
+
+@package_app.command("triton")
+def package_triton(
+    out: Path = typer.Option(..., help="model repository directory"),
+    checkpoint: Optional[Path] = typer.Option(None, help="trained checkpoint (exported first)"),
+    bundle: Optional[Path] = typer.Option(None, help="existing export bundle (model.onnx, export.json)"),
+    export_dir: Optional[Path] = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
+    model_name: str = "alloynet", max_batch_size: int = 32, max_queue_delay_us: int = 500, instances: int = 1,
+    threads: int = typer.Option(1, help="ONNX Runtime intra-op threads per instance"),
+    gpu: bool = typer.Option(False, help="GPU instances + TensorRT execution accelerator for the ONNX model"),
+    tensorrt: Optional[str] = typer.Option(None, help="also build a TensorRT engine: fp16 | int8 (GPU + TensorRT "
+                                                      "only; skipped with a message elsewhere)"),
+) -> None:
+    """Write a Triton model repository (Python/ORT model for CPU, ONNX Runtime model, TensorRT plan)."""
+    from serving.triton.repository import BatchingOptions, build_repository
+
+    b = _bundle(checkpoint, bundle, export_dir or out.with_name(out.name + "-export"), tensorrt)
+    opts = BatchingOptions(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+                           instances=instances, intra_op_threads=threads)
+    repo = build_repository(b, out, model_name, opts, gpu=gpu)
+    models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").exists())
+    console.print(f"wrote {repo}: {', '.join(models)} (configs parsed and checked against the ONNX model)")
+
+
+def infer(
+    captures: list[Path] = typer.Argument(..., help="16-bit PNG/TIFF captures (or .npy arrays)"),
+    url: str = typer.Option("triton://127.0.0.1:8001/alloynet", help="triton://HOST:PORT/MODEL or "
+                                                                       "torchserve://HOST:PORT/MODEL (gRPC)"),
+    token: Optional[str] = typer.Option(None, envvar="ALLOYNET_SERVING_TOKEN", help="TorchServe inference key"),
+    key_file: Optional[Path] = typer.Option(None, help="TorchServe key_file.json (inference key read from it)"),
+    timeout: float = 10.0, retries: int = 3, as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Send captures to a model server over gRPC and print alloy, thickness and absorption."""
+    import numpy as np
+
+    from serving.client import InvalidCaptureError, ServingError, connect
+
+    if key_file and not token:
+        token = json.loads(key_file.read_text())["inference"]["key"]
+    failed = 0
+    with connect(url, token=token, timeout_s=timeout, retries=retries) as client:
+        for path in captures:
+            capture = np.load(path, allow_pickle=False) if path.suffix == ".npy" else path
+            try:
+                p = client.predict(capture)
+            except InvalidCaptureError as exc:
+                failed += 1
+                console.print(f"[red]{path}: rejected: {exc}[/red]") if not as_json else \
+                    print(json.dumps({"capture": str(path), "error": str(exc)}))
+                continue
+            except ServingError as exc:
+                console.print(f"[red]{path}: {exc}[/red]")
+                raise typer.Exit(2)
+            if as_json:
+                print(json.dumps({"capture": str(path), **p.to_dict()}))
+            else:
+                console.print(f"{path}: {p.alloy} (p={p.confidence:.3f})  thickness {p.thickness_mm:.2f} mm  "
+                              f"a0 {p.absorption['a0']:.3f}  mu_eff {p.absorption['mu_eff']:.3f}/cm")
+    if failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(package_app, name="package", help="Package an exported model for TorchServe or Triton.")
+    app.command()(infer)

@@ -1,0 +1,111 @@
+"""TorchServe handler: raw 16-bit capture bytes in, alloy + probabilities + thickness + absorption out.
+
+Request body (REST) or ``input["data"]`` (gRPC): a 16-bit PNG or TIFF capture (decoded and validated by
+``alloynet.captures.format.decode_image``), or a raw array as .npy bytes (uint16 or float32 [C, H, W]).
+The model is the exported TorchScript graph, which normalises inside (the library's ``Preprocess``), so
+this handler never re-implements preprocessing. A bad request gets HTTP 400 (gRPC INVALID_ARGUMENT) with
+the reason and never takes the rest of its batch, or the worker, down with it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+try:  # inside a .mar the extra files sit beside this one
+    from capture_checks import NPY_MAGIC, CaptureInputError, check_capture, decode_npy
+except ImportError:  # imported from the repository (unit tests)
+    from serving.capture_checks import NPY_MAGIC, CaptureInputError, check_capture, decode_npy
+
+log = logging.getLogger(__name__)
+META_FILE = "export.json"
+
+
+class AlloyHandler(BaseHandler):
+    """preprocess (decode + validate) -> inference (TorchScript graph) -> postprocess (JSON per request)."""
+
+    def __init__(self):
+        super().__init__()
+        self.meta: dict = {}
+        self.errors: dict[int, dict] = {}
+
+    def initialize(self, context) -> None:
+        cfg = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
+        torch.set_num_threads(int(cfg.get("threads", os.environ.get("ALLOYNET_TORCH_THREADS", 1))))
+        super().initialize(context)
+        model_dir = context.system_properties.get("model_dir")
+        with open(os.path.join(model_dir, META_FILE)) as f:
+            self.meta = json.load(f)
+        self.shape = (int(self.meta["channels"]), int(self.meta["height"]), int(self.meta["width"]))
+        self.class_names = list(self.meta["class_names"])
+        self.max_adu = float(self.meta.get("max_adu", 65535.0))
+
+    def _load_torchscript_model(self, model_pt_path):
+        with warnings.catch_warnings():  # torch.jit is deprecated upstream but is what TorchServe 0.12 loads
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            return torch.jit.load(model_pt_path, map_location=self.device)
+
+    # -- preprocess ---------------------------------------------------------------------------------
+    def decode(self, row: Any) -> np.ndarray:
+        data = row.get("data", row.get("body")) if isinstance(row, dict) else row
+        if isinstance(data, str):
+            data = data.encode("latin-1")
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        if not isinstance(data, bytes):
+            raise CaptureInputError("image", "send the capture as bytes (16-bit PNG/TIFF or .npy), "
+                                             f"got {type(data).__name__}")
+        if data.startswith(NPY_MAGIC):
+            arr = decode_npy(data)
+        else:
+            from alloynet.captures.format import decode_image
+
+            arr = decode_image(data, where="request")
+        return check_capture(arr, self.shape, self.max_adu)
+
+    def preprocess(self, data: list) -> Optional[torch.Tensor]:
+        self.errors, images = {}, []
+        for i, row in enumerate(data):
+            try:
+                images.append(self.decode(row))
+            except ValueError as exc:  # CaptureInputError and alloynet's CaptureError are both ValueErrors
+                field = getattr(exc, "field", "image")
+                message = getattr(exc, "message", str(exc))
+                self.errors[i] = {"error": {"code": 400, "field": field, "message": message}}
+        return torch.from_numpy(np.stack(images)) if images else None
+
+    # -- inference ----------------------------------------------------------------------------------
+    def inference(self, data: Optional[torch.Tensor], *args, **kwargs):
+        if data is None:
+            return None
+        with torch.inference_mode():
+            return [t.cpu().numpy() for t in self.model(data.to(self.device))]
+
+    # -- postprocess --------------------------------------------------------------------------------
+    def postprocess(self, outputs) -> list:
+        n = len(self.errors) + (0 if outputs is None else len(outputs[0]))
+        results, j = [], 0
+        for i in range(n):
+            if i in self.errors:
+                err = self.errors[i]["error"]
+                if getattr(self, "context", None) is not None:
+                    self.context.set_response_status(400, f"{err['field']}: {err['message']}", idx=i)
+                results.append(self.errors[i])
+                continue
+            probs, thickness, absorption = (o[j] for o in outputs)
+            j += 1
+            results.append(prediction_json(probs, float(thickness), absorption, self.class_names))
+        return results
+
+
+def prediction_json(probs: np.ndarray, thickness_mm: float, absorption: np.ndarray, class_names: list[str]) -> dict:
+    k = int(np.argmax(probs))
+    return {"alloy": class_names[k], "confidence": float(probs[k]),
+            "probabilities": {c: float(p) for c, p in zip(class_names, probs)},
+            "thickness_mm": thickness_mm, "absorption": {"a0": float(absorption[0]), "mu_eff": float(absorption[1])}}

@@ -1,0 +1,170 @@
+"""Start and stop a local TorchServe (0.12) on 127.0.0.1, for tests, the bench and local runs.
+
+Token authorisation stays ON: TorchServe writes ``key_file.json`` in its working directory and clients
+send ``Authorization: Bearer <inference key>``. Registering/deleting models over the management API is
+enabled only when ``management=True``; otherwise the management API listens on a Unix socket inside the
+working directory, reachable by no network client. The process group is stopped by PID.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class TorchServeServer:
+    workdir: Path
+    pid: int
+    http_port: int
+    grpc_port: int
+    management_port: Optional[int]
+    models: list[str]
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://{HOST}:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{HOST}:{self.grpc_port}"
+
+    def keys(self) -> dict:
+        """{"inference": ..., "management": ..., "API": ...} from TorchServe's key file."""
+        data = json.loads((self.workdir / "key_file.json").read_text())
+        return {k: v["key"] for k, v in data.items()}
+
+    @property
+    def inference_key(self) -> str:
+        return self.keys()["inference"]
+
+
+def _torchserve_bin() -> str:
+    cand = Path(sys.executable).parent / "torchserve"
+    found = str(cand) if cand.exists() else shutil.which("torchserve")
+    if not found:
+        raise RuntimeError("torchserve is missing: pip install 'alloynet[serve]' (and Java 17 on PATH)")
+    return found
+
+
+def write_config(workdir: Path, model_store: Path, models: list[str], http_port: int, grpc_port: int,
+                 management_port: Optional[int]) -> Path:
+    mgmt = f"http://{HOST}:{management_port}" if management_port else f"unix:{workdir / 'management.sock'}"
+    lines = {
+        "inference_address": f"http://{HOST}:{http_port}",
+        "management_address": mgmt,
+        "metrics_address": f"http://{HOST}:{free_port()}",
+        "enable_metrics_api": "false",
+        "grpc_inference_address": HOST,
+        "grpc_inference_port": grpc_port,
+        "grpc_management_address": HOST,
+        "grpc_management_port": free_port(),
+        "disable_token_authorization": "false",
+        "enable_model_api": "true" if management_port else "false",
+        "model_store": model_store,
+        "load_models": ",".join(models),
+        "default_workers_per_model": 1,
+        "install_py_dep_per_model": "false",
+        "disable_system_metrics": "true",
+        "job_queue_size": 256,
+        # Workers talk to the frontend over /tmp/.ts.sock.<port>; a random base keeps servers apart.
+        "initial_worker_port": free_port(),
+        # Archives are unpacked under java.io.tmpdir: keep them inside the working directory.
+        "vmargs": f"-Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.io.tmpdir={workdir / 'tmp'}",
+    }
+    path = workdir / "config.properties"
+    path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+    return path
+
+
+def start(model_store: str | Path, models: list[str], workdir: str | Path, management: bool = False,
+          http_port: Optional[int] = None, grpc_port: Optional[int] = None, timeout: float = 120.0,
+          env: Optional[dict] = None) -> TorchServeServer:
+    """Start TorchServe with ``models`` (e.g. ["alloynet.mar"]) and wait until every model answers."""
+    workdir = Path(workdir).resolve()
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    http_port, grpc_port = http_port or free_port(), grpc_port or free_port()
+    mport = free_port() if management else None
+    cfg = write_config(workdir, Path(model_store).resolve(), models, http_port, grpc_port, mport)
+    run_env = {**os.environ, "LOG_LOCATION": str(workdir / "logs"), "METRICS_LOCATION": str(workdir / "logs"),
+               "TS_DISABLE_TOKEN_AUTHORIZATION": "false", **(env or {})}
+    # The worker processes run the handler with this interpreter (alloynet importable there).
+    run_env["PATH"] = f"{Path(sys.executable).parent}:{run_env.get('PATH', '')}"
+    log = open(workdir / "torchserve.log", "ab")
+    proc = subprocess.Popen([_torchserve_bin(), "--start", "--foreground", "--ncs", "--ts-config", str(cfg),
+                             "--model-store", str(Path(model_store).resolve())],
+                            cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (workdir / "torchserve.pid").write_text(str(proc.pid))
+    server = TorchServeServer(workdir, proc.pid, http_port, grpc_port, mport,
+                              [Path(m.split("=")[-1]).stem for m in models])
+    try:
+        _wait_ready(server, proc, timeout)
+    except Exception:
+        stop(workdir)
+        raise
+    return server
+
+
+def _wait_ready(server: TorchServeServer, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"torchserve exited with {proc.returncode}; see {server.workdir / 'torchserve.log'}")
+        try:  # /ping needs the inference key too: wait for the key file, then for healthy workers
+            req = urllib.request.Request(f"{server.inference_url}/ping",
+                                         headers={"Authorization": f"Bearer {server.inference_key}"})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                last = r.read().decode()
+            if json.loads(last).get("status") == "Healthy":
+                return
+        except Exception as exc:  # not listening yet, or workers still loading (503 Unhealthy)
+            last = str(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"TorchServe not ready at {server.inference_url} after {timeout:.0f} s ({last}); "
+                       f"see {server.workdir / 'torchserve.log'}")
+
+
+def stop(workdir: str | Path, timeout: float = 20.0) -> None:
+    """Stop the server started in ``workdir`` (its whole process group: frontend and workers)."""
+    pid_file = Path(workdir) / "torchserve.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    break
+            except ChildProcessError:  # not our child (started by another process): poll instead
+                try:
+                    os.killpg(pid, 0)
+                except ProcessLookupError:
+                    break
+            time.sleep(0.1)
+        else:
+            continue
+        break
+    pid_file.unlink(missing_ok=True)

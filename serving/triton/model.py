@@ -1,0 +1,73 @@
+"""Triton Python-backend model: the exported ONNX graph run with ONNX Runtime, for CPU-only servers.
+
+Copied into ``<repository>/<name>/1/`` by ``serving.triton.repository.build_repository`` together with
+``model.onnx``, ``export.json`` and ``capture_checks.py``. Triton itself rejects a wrong dtype or shape
+before a request reaches this file; here each request is checked for NaN/infinite or out-of-range pixels
+and answered with INVALID_ARG on its own, so one bad capture never fails its batch or the instance.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from capture_checks import CaptureInputError, check_capture  # noqa: E402
+
+
+def _invalid(message):
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import onnxruntime as ort
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "export.json")) as f:
+            self.meta = json.load(f)
+        self.shape = (int(self.meta["channels"]), int(self.meta["height"]), int(self.meta["width"]))
+        self.max_adu = float(self.meta.get("max_adu", 65535.0))
+        params = json.loads(args["model_config"]).get("parameters", {})
+        threads = int(params.get("intra_op_threads", {}).get("string_value", "1"))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(os.path.join(here, "model.onnx"), sess_options=opts,
+                                            providers=["CPUExecutionProvider"])
+        self.input_name = self.meta.get("input_name", "image")
+        self.output_names = list(self.meta.get("output_names", ["probabilities", "thickness_mm", "absorption"]))
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        batches, owners = [], []
+        for i, request in enumerate(requests):
+            try:
+                images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+                if images.ndim != 4 or images.shape[0] == 0:
+                    raise CaptureInputError("image.shape", f"expected [B, C, H, W] with B >= 1, got {list(images.shape)}")
+                batches.append(np.stack([check_capture(img, self.shape, self.max_adu) for img in images]))
+                owners.append(i)
+            except CaptureInputError as exc:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_invalid(str(exc)))
+        if batches:
+            sizes = [len(b) for b in batches]
+            try:
+                outputs = self.session.run(self.output_names, {self.input_name: np.concatenate(batches)})
+            except Exception as exc:  # an ONNX Runtime failure answers these requests; the instance lives on
+                for i in owners:
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=[],
+                                                              error=pb_utils.TritonError(f"inference failed: {exc}"))
+                return responses
+            start = 0
+            for i, n in zip(owners, sizes):
+                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + n]))
+                           for name, out in zip(self.output_names, outputs)]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                start += n
+        return responses
+
+    def finalize(self):
+        self.session = None

@@ -1,0 +1,129 @@
+"""Write a Triton model repository from an export bundle, and validate its configs.
+
+    <repo>/alloynet/        Python backend: the same ONNX model run with ONNX Runtime (CPU-only servers)
+    <repo>/alloynet_onnx/   onnxruntime backend; on GPU instances the TensorRT execution accelerator
+    <repo>/alloynet_trt/    tensorrt_plan (only when the bundle has a TensorRT engine)
+
+All three take ``image`` float32 [B, C, H, W] (raw ADU) and return ``probabilities`` [B, K],
+``thickness_mm`` [B] and ``absorption`` [B, 2], so clients can switch between them by name.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from alloynet.export import INPUT_NAME, META_FILE, ExportBundle, ExportMeta, onnx_signature
+
+HERE = Path(__file__).resolve().parent
+PYTHON_MODEL = HERE / "model.py"
+CHECKS = HERE.parent / "capture_checks.py"
+
+
+@dataclass
+class BatchingOptions:
+    max_batch_size: int = 32
+    preferred_batch_sizes: Sequence[int] = (4, 8, 16)
+    max_queue_delay_us: int = 500
+    instances: int = 1
+    intra_op_threads: int = 1
+
+
+def _tensor(name: str, dims: Sequence[int], reshape_scalar: bool = False) -> str:
+    # A per-item scalar output ([B] overall) is declared as [1] and reshaped to [] (Triton's idiom).
+    reshape = " reshape: { shape: [ ] }" if reshape_scalar else ""
+    return f'  {{ name: "{name}" data_type: TYPE_FP32 dims: [ {", ".join(str(d) for d in dims)} ]{reshape} }}'
+
+
+def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions, gpu: bool = False,
+                trt_precision: str = "FP16") -> str:
+    """config.pbtxt for backend "python", "onnxruntime" or "tensorrt"."""
+    header = {"python": 'backend: "python"',
+              "onnxruntime": 'platform: "onnxruntime_onnx"\nbackend: "onnxruntime"',
+              "tensorrt": 'platform: "tensorrt_plan"\nbackend: "tensorrt"'}[backend]
+    outputs = [_tensor("probabilities", [meta.num_classes]), _tensor("thickness_mm", [1], reshape_scalar=True),
+               _tensor("absorption", [2])]
+    kind = "KIND_GPU" if gpu or backend == "tensorrt" else "KIND_CPU"
+    preferred = ", ".join(str(b) for b in opts.preferred_batch_sizes if b <= opts.max_batch_size)
+    parts = [
+        f'name: "{name}"', header, f"max_batch_size: {opts.max_batch_size}",
+        "input [\n" + _tensor(INPUT_NAME, meta.input_shape) + "\n]",
+        "output [\n" + ",\n".join(outputs) + "\n]",
+        f"dynamic_batching {{\n  preferred_batch_size: [ {preferred} ]\n"
+        f"  max_queue_delay_microseconds: {opts.max_queue_delay_us}\n}}",
+        f"instance_group [ {{ kind: {kind} count: {opts.instances} }} ]",
+        'parameters { key: "class_names" value: { string_value: "' + ",".join(meta.class_names) + '" } }',
+    ]
+    if backend == "python":
+        parts.append('parameters { key: "intra_op_threads" value: { string_value: "'
+                     f'{opts.intra_op_threads}" }} }}')
+    if backend == "onnxruntime":
+        parts.append('parameters { key: "intra_op_thread_count" value: { string_value: "'
+                     f'{opts.intra_op_threads}" }} }}')
+        if gpu:  # the portable TensorRT path: ORT builds and caches engines itself on the GPU server
+            parts.append('optimization { execution_accelerators { gpu_execution_accelerator : [ {\n'
+                         '  name : "tensorrt"\n'
+                         f'  parameters {{ key: "precision_mode" value: "{trt_precision}" }}\n'
+                         '  parameters { key: "max_workspace_size_bytes" value: "1073741824" }\n'
+                         '  parameters { key: "trt_engine_cache_enable" value: "true" }\n'
+                         '} ] } }')
+    return "\n".join(parts) + "\n"
+
+
+def build_repository(bundle_dir: str | Path, out_dir: str | Path, name: str = "alloynet",
+                     opts: BatchingOptions | None = None, gpu: bool = False, python_model: bool = True) -> Path:
+    """Write the repository (replacing models of the same names) and validate every config in it."""
+    opts = opts or BatchingOptions()
+    bundle = ExportBundle.load(bundle_dir)
+    meta = bundle.meta
+    repo = Path(out_dir)
+    repo.mkdir(parents=True, exist_ok=True)
+    models = {f"{name}_onnx": ("onnxruntime", bundle.path("onnx"), "model.onnx")}
+    if "tensorrt" in meta.files:
+        models[f"{name}_trt"] = ("tensorrt", bundle.path("tensorrt"), "model.plan")
+    if python_model:
+        models[name] = ("python", bundle.path("onnx"), "model.onnx")
+    for model_name, (backend, src, dst) in models.items():
+        d = repo / model_name
+        shutil.rmtree(d, ignore_errors=True)
+        (d / "1").mkdir(parents=True)
+        shutil.copy2(src, d / "1" / dst)
+        if backend == "python":
+            for f in (PYTHON_MODEL, CHECKS, bundle.directory / META_FILE):
+                shutil.copy2(f, d / "1" / f.name)
+        (d / "config.pbtxt").write_text(config_text(model_name, meta, backend, opts, gpu=gpu))
+        validate_config(d / "config.pbtxt", bundle.path("onnx"), meta)
+    return repo
+
+
+def parse_config(path: str | Path):
+    """config.pbtxt -> inference.ModelConfig (protobuf text format; raises on any syntax error)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(Path(path).read_text(), model_config_pb2.ModelConfig())
+
+
+def validate_config(path: str | Path, onnx_path: str | Path, meta: ExportMeta) -> None:
+    """Parse a config and check its names, types and dims against the ONNX model; ValueError if wrong."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    cfg = parse_config(path)
+    sig = onnx_signature(onnx_path)
+    problems = []
+    if cfg.name != Path(path).parent.name:
+        problems.append(f"name {cfg.name!r} differs from the directory {Path(path).parent.name!r}")
+    if cfg.max_batch_size < 1:
+        problems.append("max_batch_size must be >= 1 (the ONNX model has a dynamic batch dimension)")
+    for kind, declared in (("inputs", cfg.input), ("outputs", cfg.output)):
+        want = {k: list(v[1:]) for k, v in sig[kind].items()}  # drop the batch dimension
+        got = {}
+        for t in declared:
+            if t.data_type != mc.TYPE_FP32:
+                problems.append(f"{kind[:-1]} {t.name}: data_type {mc.DataType.Name(t.data_type)}, ONNX has FP32")
+            got[t.name] = list(t.reshape.shape) if t.HasField("reshape") else list(t.dims)
+        if got != want:
+            problems.append(f"{kind}: config declares {got}, ONNX model has {want}")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))

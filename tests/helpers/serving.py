@@ -1,0 +1,33 @@
+"""A tiny model trained by alloynet (1 epoch, 64x64, profile_cnn) and its export bundle, for serving tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tests.helpers.dummy import DummyCaptureStore
+
+SIZE = 64
+
+
+def train_tiny_checkpoint(root: Path, seed: int = 0) -> Path:
+    """Simulate a small store and train one epoch through the real ``alloynet.train`` API."""
+    from alloynet.train import TrainConfig, train
+
+    with DummyCaptureStore(n_max=6, size=SIZE, seed=seed, imbalance_ratio=2.0, captures_per_plate=1,
+                           root=root / "store"):
+        cfg = TrainConfig.model_validate({
+            "seed": seed, "epochs": 1, "out_dir": str(root / "run"), "device": "cpu", "progress": False,
+            "data": {"store": str(root / "store"), "batch_size": 8, "augment": False, "norm_images": 8},
+            "model": {"name": "profile_cnn", "dropout": 0.0}})
+        return Path(train(cfg).checkpoint)
+
+
+def capture_images(n: int = 6, seed: int = 1, size: int = SIZE) -> np.ndarray:
+    """Simulated raw captures uint16 [n, 1, size, size] (one per alloy, cycling)."""
+    from alloynet.physics import ALLOY_NAMES, RigConfig, RigSimulator, sample_plate
+
+    rng = np.random.default_rng(seed)
+    sim = RigSimulator(RigConfig(height=size, width=size))
+    return np.stack([sim.capture(sample_plate(ALLOY_NAMES[i % 5], float(rng.uniform(2, 10)), rng, f"p{i}"),
+                                 rng).image for i in range(n)])

@@ -1,0 +1,29 @@
+"""`alloynet demo` as `make demo` runs it: a fresh process, Prefect's ephemeral mode, CPU."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alloynet.registry import open_registry
+
+pytestmark = pytest.mark.slow
+ALLOYNET = Path(sys.executable).parent / "alloynet"
+
+
+def test_demo_runs_the_nightly_flow_once_then_keeps_the_champion(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [str(ALLOYNET), "demo", "--out", str(out), "--n-max", "16"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    reg = open_registry(out / "registry")
+    assert reg.pointer().version == "v0001" and "champion v0001" in first.stdout
+    mv = reg.verify("v0001")
+    assert any(k.startswith("torchserve/") for k in mv.artifacts) and any(k.startswith("triton/") for k in mv.artifacts)
+    assert "report.md" in first.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=400)  # the next night: nothing new
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "0 new" in again.stdout and "skipping retrain" in again.stdout.replace("\n", " ")
+    assert [v.version for v in reg.versions()] == ["v0001"]

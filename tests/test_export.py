@@ -1,0 +1,197 @@
+"""Export (TorchScript, ONNX, TensorRT skip), parity, packaging and the TorchServe handler: no servers.
+
+A small stand-in honouring the model contract (``AlloyNet`` over a tiny trunk) keeps these fast; the
+serving tests (test_serving.py) use a model trained by alloynet.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from alloynet.data.transforms import Preprocess
+from alloynet.export import (ExportBundle, ExportMeta, ParityError, TensorRTUnavailable, build_engine,
+                             check_parity, export_model, load_torchscript, onnx_session, onnx_signature, tensorrt_status)
+from alloynet.models.heads import AlloyNet
+from alloynet.physics import ALLOY_NAMES
+from tests.helpers.serving import capture_images
+
+SIZE = 32
+
+
+def standin(seed: int = 0) -> AlloyNet:
+    torch.manual_seed(seed)
+    trunk = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+    return AlloyNet(trunk, 16, 5, Preprocess([1000.0], [50000.0], mean=2.0, std=1.5),
+                    target_stats={"thickness_mm": (5.0, 2.0), "a0": (1.0, 0.5), "mu_eff": (0.8, 0.2)}).eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return capture_images(4, size=SIZE).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, images) -> ExportBundle:
+    meta = ExportMeta(class_names=list(ALLOY_NAMES), channels=1, height=SIZE, width=SIZE, arch="standin")
+    return export_model(standin(), meta, tmp_path_factory.mktemp("bundle"), images, tensorrt="fp16",
+                        log=lambda *_: None)
+
+
+def test_export_writes_formats_with_parity_and_dynamic_batch(bundle, images):
+    assert set(bundle.meta.files) == {"torchscript", "onnx"}
+    assert bundle.meta.parity["ok"] and bundle.meta.parity["max_abs_diff"]["onnxruntime"]["probabilities"] < 1e-4
+    sig = onnx_signature(bundle.path("onnx"))
+    assert sig["inputs"] == {"image": ["batch", 1, SIZE, SIZE]}
+    assert sig["outputs"] == {"probabilities": ["batch", 5], "thickness_mm": ["batch"], "absorption": ["batch", 2]}
+    sess = onnx_session(bundle.path("onnx"))
+    for b in (1, 3):
+        p, t, a = sess.run(None, {"image": images[:b]})
+        assert p.shape == (b, 5) and t.shape == (b,) and a.shape == (b, 2)
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    # uint16 captures cast to float32 are exactly what the graph expects: preprocessing is inside it
+    ts = load_torchscript(bundle.path("torchscript"))
+    with torch.no_grad():
+        p_ts = ts(torch.from_numpy(images))[0].numpy()
+    np.testing.assert_allclose(p_ts, sess.run(None, {"image": images})[0], atol=1e-4)
+
+
+def test_parity_fails_beyond_tolerance(bundle, images):
+    with pytest.raises(ParityError, match="onnxruntime: probabilities differs"):
+        check_parity(standin(seed=1), images, onnx_path=bundle.path("onnx"))
+    report = check_parity(standin(), images, bundle.path("torchscript"), bundle.path("onnx"))
+    assert report.ok and report.top1_agreement == {"torchscript": 1.0, "onnxruntime": 1.0}
+
+
+def test_tensorrt_absent_is_said_and_skipped(bundle, images):
+    ok, reason = tensorrt_status()
+    if ok:
+        pytest.skip(f"TensorRT present ({reason}): the engine build is exercised on GPU workers")
+    assert "Skipping the engine build" in reason
+    assert "skipped" in bundle.meta.tensorrt and "tensorrt" not in bundle.meta.files
+    with pytest.raises(TensorRTUnavailable, match="TensorRT"):
+        build_engine(bundle.path("onnx"), bundle.directory / "model.plan", bundle.meta, calibration=images)
+    assert not (bundle.directory / "model.plan").exists()
+
+
+def test_triton_repository_configs_parse_and_match_onnx(bundle, tmp_path):
+    from serving.triton.repository import BatchingOptions, build_repository, parse_config, validate_config
+
+    repo = build_repository(bundle.directory, tmp_path / "repo", opts=BatchingOptions(max_batch_size=16))
+    assert sorted(p.name for p in repo.iterdir()) == ["alloynet", "alloynet_onnx"]
+    for name in ("alloynet", "alloynet_onnx"):
+        cfg = parse_config(repo / name / "config.pbtxt")
+        assert cfg.max_batch_size == 16 and list(cfg.dynamic_batching.preferred_batch_size) == [4, 8, 16]
+        assert [i.name for i in cfg.input] == ["image"] and list(cfg.input[0].dims) == [1, SIZE, SIZE]
+        assert cfg.parameters["class_names"].string_value.split(",") == list(ALLOY_NAMES)
+    assert parse_config(repo / "alloynet_onnx" / "config.pbtxt").platform == "onnxruntime_onnx"
+    assert {p.name for p in (repo / "alloynet" / "1").iterdir()} >= {"model.py", "model.onnx", "capture_checks.py"}
+    # a wrong dim is caught by validation against the ONNX model
+    bad = repo / "alloynet_onnx" / "config.pbtxt"
+    bad.write_text(bad.read_text().replace(f"dims: [ 1, {SIZE}, {SIZE} ]", "dims: [ 1, 64, 64 ]"))
+    with pytest.raises(ValueError, match="ONNX model has"):
+        validate_config(bad, bundle.path("onnx"), bundle.meta)
+    # the GPU variant asks ONNX Runtime for the TensorRT execution accelerator
+    gpu = build_repository(bundle.directory, tmp_path / "gpu", gpu=True, python_model=False)
+    cfg = parse_config(gpu / "alloynet_onnx" / "config.pbtxt")
+    acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP16"
+    assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
+
+
+def test_torchserve_proto_copy_matches_the_server():
+    import ts
+
+    from serving.torchserve.grpc_api import PROTO_DIR, PROTO_FILE, modules
+
+    jar = Path(ts.__file__).parent / "frontend" / "model-server.jar"
+    with zipfile.ZipFile(jar) as z:
+        server = z.read("proto/inference.proto").decode()
+    ours = "\n".join(l for l in (PROTO_DIR / PROTO_FILE).read_text().splitlines() if not l.startswith("// "))
+    assert ours.strip() == server.strip()
+    pb, services = modules()
+    assert pb.PredictionsRequest.DESCRIPTOR.full_name == "org.pytorch.serve.grpc.inference.PredictionsRequest"
+    assert hasattr(services, "InferenceAPIsServiceStub")
+
+
+class _Metrics:
+    def add_time(self, *a, **k):
+        pass
+
+
+def _context(model_dir: Path) -> SimpleNamespace:
+    statuses: dict[int, tuple[int, str]] = {}
+    return SimpleNamespace(system_properties={"model_dir": str(model_dir), "gpu_id": None},
+                           manifest={"model": {"serializedFile": "model.pt"}}, model_yaml_config={},
+                           metrics=_Metrics(), statuses=statuses, get_request_header=lambda idx, key: None,
+                           set_response_status=lambda code, phrase, idx=0: statuses.__setitem__(idx, (code, phrase)))
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def test_handler_answers_each_request_and_rejects_bad_ones(bundle, images):
+    from alloynet.captures.format import encode_image
+    from serving.torchserve.handler import AlloyHandler
+
+    ctx = _context(bundle.directory)
+    handler = AlloyHandler()
+    handler.initialize(ctx)
+    good = images[0].astype(np.uint16)
+    png, _ = encode_image(good)
+    nan = images[1].copy()
+    nan[0, 2, 2] = np.nan
+    rows = [{"data": png}, {"body": _npy(images[1])}, {"data": _npy(images[1].astype(np.float64))},
+            {"data": encode_image(np.zeros((1, 16, 16), np.uint16))[0]}, {"data": png[:60]}, {"data": _npy(nan)},
+            {"data": b""}, {"data": b"\x93NUMPY garbage"}, {"data": _npy(np.zeros((0,), np.uint16))}]
+    out = handler.handle(rows, ctx)
+    assert len(out) == len(rows)
+    expected = load_torchscript(bundle.path("torchscript"))(torch.from_numpy(images[:2]))[0].detach().numpy()
+    for i in (0, 1):
+        assert out[i]["alloy"] in ALLOY_NAMES
+        np.testing.assert_allclose([out[i]["probabilities"][c] for c in ALLOY_NAMES], expected[i], atol=1e-4)
+    want = {2: "float64", 3: r"\[1, 16, 16\]", 4: "corrupt or truncated PNG", 5: "NaN", 6: "empty",
+            7: "corrupt .npy", 8: "empty"}
+    for i, pattern in want.items():
+        assert out[i]["error"]["code"] == 400 and re.search(pattern, out[i]["error"]["message"]), out[i]
+        assert ctx.statuses[i][0] == 400
+    assert set(ctx.statuses) == set(want)
+
+
+def test_mar_holds_model_handler_and_meta(bundle, tmp_path):
+    from serving.torchserve.archive import build_mar
+
+    mar = build_mar(bundle.directory, tmp_path, batch_size=4)
+    with zipfile.ZipFile(mar) as z:
+        names = set(z.namelist())
+        manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+    assert {"model.pt", "handler.py", "export.json", "capture_checks.py", "model-config.yaml"} <= names
+    assert manifest["model"]["modelName"] == "alloynet" and manifest["model"]["handler"] == "handler.py"
+
+
+def test_cli_package_from_bundle(bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from alloynet.cli import app
+
+    r = CliRunner().invoke(app, ["package", "triton", "--bundle", str(bundle.directory), "--out",
+                                 str(tmp_path / "repo")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "repo" / "alloynet" / "config.pbtxt").exists()
+    r = CliRunner().invoke(app, ["package", "torchserve", "--bundle", str(bundle.directory), "--out",
+                                 str(tmp_path / "store")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "store" / "alloynet.mar").exists()
+    r = CliRunner().invoke(app, ["package", "triton", "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "--checkpoint" in r.output

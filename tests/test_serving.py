@@ -1,0 +1,223 @@
+"""End to end against real servers on 127.0.0.1: TorchServe (REST + gRPC) and Triton (gRPC), serving a
+model trained by alloynet (profile_cnn, one epoch, 64x64). Servers are started by fixtures on free ports
+and stopped by PID even when a test fails. Speed is measured in bench/serve.py, never asserted here.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alloynet.physics import ALLOY_NAMES
+from tests.helpers.serving import capture_images, train_tiny_checkpoint
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(tmp_path_factory):
+    from alloynet.export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("trained")
+    ckpt = train_tiny_checkpoint(root)
+    return export_checkpoint(ckpt, root / "export", capture_images(6, seed=7).astype(np.float32),
+                             log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def captures() -> np.ndarray:
+    return capture_images(5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def onnx_reference(trained_bundle, captures):
+    from alloynet.export import onnx_session
+
+    return onnx_session(trained_bundle.path("onnx")).run(None, {"image": captures.astype(np.float32)})
+
+
+@pytest.fixture(scope="module")
+def torchserve(trained_bundle, tmp_path_factory):
+    from serving.torchserve import server
+    from serving.torchserve.archive import build_mar
+
+    store = tmp_path_factory.mktemp("model-store")
+    build_mar(trained_bundle.directory, store, batch_size=4, max_batch_delay_ms=5)
+    work = tmp_path_factory.mktemp("torchserve")
+    try:
+        yield server.start(store, ["alloynet.mar"], work, timeout=180)
+    finally:
+        server.stop(work)
+
+
+@pytest.fixture(scope="module")
+def triton(trained_bundle, tmp_path_factory):
+    from serving.triton import server
+    from serving.triton.repository import build_repository
+
+    ok, reason = server.available()
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    repo = build_repository(trained_bundle.directory, tmp_path_factory.mktemp("triton-repo"))
+    work = tmp_path_factory.mktemp("triton")
+    try:
+        yield server.start(repo, work, models=["alloynet"], timeout=120)
+    finally:
+        server.stop(work)
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _bad_inputs(captures: np.ndarray) -> dict[str, tuple[object, str]]:
+    """name -> (capture as the client sends it, pattern the error must contain)."""
+    from alloynet.captures.format import encode_image
+
+    nan = captures[0].astype(np.float32)
+    nan[0, 5, 5] = np.nan
+    png, _ = encode_image(captures[0])
+    return {"wrong dtype": (captures[0].astype(np.float64), "(?i)float64|FP64"),
+            "wrong size": (captures[0][:, :32, :32], "32"),
+            "corrupt bytes": (png[: len(png) // 2], "corrupt or truncated"),
+            "NaN": (nan, "NaN"),
+            "empty": (b"", "empty")}
+
+
+# -- TorchServe ---------------------------------------------------------------------------------------
+
+def test_torchserve_rest_and_grpc_serve_the_trained_model(torchserve, captures, onnx_reference, tmp_path):
+    from alloynet.captures.format import encode_image
+    from serving.client import connect
+
+    png, _ = encode_image(captures[0])
+    req = urllib.request.Request(f"{torchserve.inference_url}/predictions/alloynet", data=png,
+                                 headers={"Authorization": f"Bearer {torchserve.inference_key}",
+                                          "Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        body = json.loads(r.read())
+    np.testing.assert_allclose([body["probabilities"][c] for c in ALLOY_NAMES], onnx_reference[0][0], atol=1e-4)
+    # token authorisation is on: no key, no prediction
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(urllib.request.Request(f"{torchserve.inference_url}/predictions/alloynet", data=png,
+                                                     headers={"Content-Type": "application/octet-stream"}), timeout=30)
+    assert exc.value.code in (400, 401, 403)
+
+    path = tmp_path / "capture.png"
+    path.write_bytes(png)
+    with connect(f"torchserve://{torchserve.grpc_target}/alloynet", token=torchserve.inference_key) as client:
+        assert client.ready()
+        preds = client.predict_batch([path, *captures[1:]])
+    for i, p in enumerate(preds):
+        np.testing.assert_allclose([p.probabilities[c] for c in ALLOY_NAMES], onnx_reference[0][i], atol=1e-4)
+        assert p.thickness_mm == pytest.approx(float(onnx_reference[1][i]), rel=1e-4, abs=1e-4)
+        assert [p.absorption["a0"], p.absorption["mu_eff"]] == pytest.approx(onnx_reference[2][i].tolist(),
+                                                                             rel=1e-4, abs=1e-4)
+        assert p.alloy == ALLOY_NAMES[int(np.argmax(onnx_reference[0][i]))]
+
+
+def test_torchserve_rejects_bad_inputs_and_keeps_serving(torchserve, captures):
+    from serving.client import InvalidCaptureError, ServingError, connect
+
+    with connect(f"torchserve://{torchserve.grpc_target}", token=torchserve.inference_key) as client:
+        for name, (capture, pattern) in _bad_inputs(captures).items():
+            with pytest.raises(InvalidCaptureError, match=pattern):
+                client.predict(capture)
+        with pytest.raises(InvalidCaptureError, match="bad magic bytes"):
+            client.predict(b"not an image at all")
+        assert client.predict(captures[0]).alloy in ALLOY_NAMES  # the worker is alive and answering
+    with connect(f"torchserve://{torchserve.grpc_target}", token="wrong-key", retries=0) as client:
+        with pytest.raises(ServingError, match="PERMISSION_DENIED"):
+            client.predict(captures[0])
+    req = urllib.request.Request(f"{torchserve.inference_url}/predictions/alloynet", data=b"\x89PNG\r\n\x1a\nxx",
+                                 headers={"Authorization": f"Bearer {torchserve.inference_key}",
+                                          "Content-Type": "application/octet-stream"})
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=30)
+    assert exc.value.code == 400 and "corrupt" in json.loads(exc.value.read())["error"]["message"]
+
+
+# -- Triton ---------------------------------------------------------------------------------------
+
+def test_triton_serves_the_trained_model(triton, captures, onnx_reference, tmp_path):
+    from alloynet.captures.format import encode_image
+    from serving.client import connect
+
+    path = tmp_path / "capture.png"
+    path.write_bytes(encode_image(captures[0])[0])
+    with connect(f"triton://{triton.grpc_target}/alloynet") as client:
+        assert client.ready()
+        one = client.predict(path)
+        batch = client.predict_batch(list(captures))
+    np.testing.assert_allclose([one.probabilities[c] for c in ALLOY_NAMES], onnx_reference[0][0], atol=1e-4)
+    for i, p in enumerate(batch):
+        np.testing.assert_allclose([p.probabilities[c] for c in ALLOY_NAMES], onnx_reference[0][i], atol=1e-4)
+        assert p.thickness_mm == pytest.approx(float(onnx_reference[1][i]), rel=1e-4, abs=1e-4)
+        assert p.absorption["mu_eff"] == pytest.approx(float(onnx_reference[2][i][1]), rel=1e-4, abs=1e-4)
+
+
+def test_triton_rejects_bad_inputs_and_keeps_serving(triton, captures):
+    import tritonclient.grpc as g
+    from tritonclient.utils import InferenceServerException
+
+    from serving.client import InvalidCaptureError, connect
+
+    with connect(f"triton://{triton.grpc_target}/alloynet") as client:
+        for name, (capture, pattern) in _bad_inputs(captures).items():
+            if isinstance(capture, bytes):
+                continue  # encoded bytes are decoded by the client (alloynet's decoder); tensors below
+            with pytest.raises(InvalidCaptureError, match=pattern):
+                client.predict(capture)
+        with pytest.raises(InvalidCaptureError, match="detector range"):
+            client.predict(-captures[0].astype(np.float32))
+        with pytest.raises(InvalidCaptureError, match="corrupt or truncated"):  # client-side, before sending
+            client.predict(_bad_inputs(captures)["corrupt bytes"][0])
+        # On the server: a tensor whose bytes do not match its declared shape, and an empty tensor.
+        raw = g.InferenceServerClient(triton.grpc_target)
+        for shape, data in (([1, 1, 64, 64], b"\x00" * 1000), ([0, 1, 64, 64], b"")):
+            inp = g.InferInput("image", shape, "FP32")
+            inp._raw_content = data  # the wire-level bytes, as a damaged client would send them
+            inp._input.ClearField("contents")
+            with pytest.raises(InferenceServerException) as exc:
+                raw.infer("alloynet", [inp], client_timeout=10)
+            assert "INVALID_ARGUMENT" in str(exc.value.status()) and "size" in exc.value.message()
+        raw.close()
+        assert client.predict(captures[0]).alloy in ALLOY_NAMES  # the instance is alive and answering
+
+
+def test_client_retries_then_reports_unavailable():
+    from serving.client import ServerUnavailableError, connect
+    from serving.triton.server import free_port
+
+    port = free_port()  # nothing listens here
+    for url in (f"triton://127.0.0.1:{port}/alloynet", f"torchserve://127.0.0.1:{port}/alloynet"):
+        with connect(url, timeout_s=2, retries=2, backoff_s=0.05) as client:
+            with pytest.raises(ServerUnavailableError, match="after 3 attempts"):
+                client.predict(np.zeros((1, 64, 64), np.uint16))
+
+
+def test_cli_infer_over_triton(triton, captures, tmp_path):
+    from typer.testing import CliRunner
+
+    from alloynet.captures.format import encode_image
+    from alloynet.cli import app
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    good.write_bytes(encode_image(captures[1])[0])
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    r = CliRunner().invoke(app, ["infer", str(good), "--url", f"triton://{triton.grpc_target}/alloynet", "--json"])
+    assert r.exit_code == 0, r.output
+    line = json.loads(r.output.strip().splitlines()[-1])
+    assert line["alloy"] in ALLOY_NAMES and line["server"] == "triton"
+    r = CliRunner().invoke(app, ["infer", str(bad), "--url", f"triton://{triton.grpc_target}/alloynet", "--json"])
+    assert r.exit_code == 1 and "corrupt" in r.output

@@ -1,0 +1,230 @@
+"""The trainer and the evaluation report on a tiny simulated store (32x32 captures, 1-2 epochs)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from alloynet.cli import app
+from alloynet.models import ARCH_DEFAULTS, list_models
+from alloynet.train import load_config, resolve, train
+from alloynet.train.checkpoint import load_checkpoint, load_model
+from alloynet.train.config import ScheduleConfig, EarlyStopConfig
+from alloynet.train.data import EpochSampler, sample_weights
+from alloynet.train.optim import Schedule, lr_factor
+from tests.helpers.dummy import DummyCaptureStore
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED_METRICS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "thickness_mae_mm", "a0_mae",
+                    "ceiling_accuracy"}
+TIMING = ("train_images_per_s", "train_seconds")
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("captures")
+    with DummyCaptureStore(n_max=8, size=32, imbalance_ratio=4.0, root=root):
+        yield root
+
+
+def _cfg(store_dir, out, **over):
+    base = {"data.store": str(store_dir), "out_dir": str(out), "epochs": 2, "progress": False,
+            "data.batch_size": 8, "model.name": "profile_cnn", "model.kwargs": {"widths": [8, 16]}}
+    return load_config(None, {**base, **over})
+
+
+def _same_history(a: list[dict], b: list[dict]) -> bool:
+    strip = [{k: v for k, v in h.items() if k not in TIMING} for h in (a + b)]
+    return strip[: len(a)] == strip[len(a):]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "vgg16", "efficientnet_b0", "fnn", "profile_cnn"])
+def test_cli_train_and_evaluate_every_architecture(name, store_dir, tmp_path):
+    assert name in list_models()
+    run = tmp_path / name
+    res = CliRunner().invoke(app, ["train", "--store", str(store_dir), "--model", name, "--epochs", "1",
+                                   "--out", str(run), "--set", "data.batch_size=8", "--set", "progress=false"])
+    assert res.exit_code == 0, res.output
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["optim"]["name"] is not None and resolved["model"]["activation"] is not None  # table defaults filled
+    res = CliRunner().invoke(app, ["evaluate", str(run / "best.pt"), "--out", str(run / "report"), "--gradcam", "2"])
+    assert res.exit_code == 0, res.output
+    assert "ideal-observer ceiling" in res.output
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert REQUIRED_METRICS <= set(metrics) and metrics["model"] == name
+    assert set(metrics["per_class"]["Al7075"]) >= {"precision", "recall", "f1", "specificity"}
+    assert 0 < metrics["ceiling_accuracy"] <= 1
+    assert metrics["ceiling_gap"] == pytest.approx(metrics["ceiling_accuracy"] - metrics["balanced_accuracy"])
+    pngs = {p.name for p in (run / "report" / "plots").glob("*.png")}
+    assert pngs == {"confusion.png", "confusion_normalised.png", "roc.png", "pr.png", "learning_curves.png",
+                    "thickness_scatter.png"}
+    assert len(list((run / "report" / "gradcam").glob("*.png"))) == 2
+    report = (run / "report" / "report.md").read_text()
+    assert "ideal-observer ceiling" in report and "gap" in report and "](plots/confusion.png)" in report
+
+
+def test_checkpoint_is_a_plain_dict_and_rebuilds_the_model(store_dir, tmp_path):
+    result = train(_cfg(store_dir, tmp_path / "run", **{"model.name": "fnn", "model.kwargs": {}}))
+    raw = torch.load(result.last_checkpoint, weights_only=True)  # plain dict: no pickled classes
+    assert {"model", "optimizer", "scheduler", "epoch", "config", "class_names", "manifest_hash", "image_size",
+            "model_spec"} <= set(raw)
+    assert raw["image_size"] == [32, 32] and raw["channels"] == 1 and raw["epoch"] == 2
+    model, meta = load_model(result.checkpoint)
+    assert meta["class_names"] == ["Al1050", "Al2017", "Al5083", "Al6082", "Al7075"]
+    assert meta["manifest_hash"] == result.manifest_hash and not model.training
+    best = load_checkpoint(result.checkpoint)
+    assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())  # exact weights
+    assert model(torch.full((2, 1, 32, 32), 20_000.0))["logits"].shape == (2, 5)
+
+
+def test_same_seed_same_metrics_and_weights(store_dir, tmp_path):
+    a = train(_cfg(store_dir, tmp_path / "a"))  # with augmentation and shuffling: both keyed by the seed
+    b = train(_cfg(store_dir, tmp_path / "b"))
+    c = train(_cfg(store_dir, tmp_path / "c", seed=1))
+    assert _same_history(a.history, b.history)
+    wa, wb = load_checkpoint(a.last_checkpoint)["model"], load_checkpoint(b.last_checkpoint)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not _same_history(a.history, c.history)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(store_dir, tmp_path):
+    over = {"epochs": 3, "schedule.name": "step", "schedule.step_size": 1, "schedule.gamma": 0.5,
+            "schedule.warmup_epochs": 0.5, "early_stop.patience": None}
+    full = train(_cfg(store_dir, tmp_path / "full", **over))
+    killed = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from alloynet.train import load_config, train
+        def die(epoch, state):
+            if epoch == 2:
+                os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: a real kill
+        train(load_config({str(tmp_path / 'cfg.yaml')!r}), on_epoch_end=die)
+    """)
+    cfg = _cfg(store_dir, killed, **over)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert load_checkpoint(killed / "last.pt")["epoch"] == 2
+    resumed = train(cfg, resume=True)
+    assert resumed.epochs_run == 3 and _same_history(full.history, resumed.history)
+    wf, wr = load_checkpoint(full.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
+    assert all(torch.equal(wf["model"][k], wr["model"][k]) for k in wf["model"])
+    assert wf["optimizer"]["param_groups"][0]["lr"] == wr["optimizer"]["param_groups"][0]["lr"]
+
+
+def test_resume_refuses_a_different_recipe(store_dir, tmp_path):
+    train(_cfg(store_dir, tmp_path / "r", epochs=1))
+    with pytest.raises(ValueError, match="optim"):
+        train(_cfg(store_dir, tmp_path / "r", epochs=2, **{"optim.lr": 0.5}), resume=True)
+    more = train(_cfg(store_dir, tmp_path / "r", epochs=2), resume=True)  # more epochs is fine
+    assert more.epochs_run == 2
+
+
+def test_early_stopping_and_losses_options(store_dir, tmp_path):
+    # lr ~ 0: validation never improves after epoch 1, so patience 1 stops after epoch 2 of 5.
+    r = train(_cfg(store_dir, tmp_path / "es", epochs=5, **{"optim.lr": 1e-12, "early_stop.patience": 1,
+                                                            "loss.name": "ldam", "loss.kwargs": {"drw_epoch": 1},
+                                                            "loss.weighting": "uncertainty",
+                                                            "data.sampler": "class_balanced", "schedule.name": "plateau"}))
+    assert r.stopped_early and r.epochs_run == 2 and r.best_epoch == 1
+    assert "log_vars.alloy" in load_checkpoint(r.last_checkpoint)["loss"]
+
+
+@pytest.mark.parametrize("name", ["demo", *sorted(ARCH_DEFAULTS)])
+def test_example_configs_validate_and_resolve(name):
+    cfg = resolve(load_config(ROOT / "configs" / f"{name}.yaml"))  # one per architecture, plus the demo's
+    assert cfg.model.name in list_models() and cfg.optim.name and cfg.optim.lr and cfg.model.activation
+    if name != "demo":
+        assert cfg.model.name == name and cfg.optim.name == ARCH_DEFAULTS[name]["optimizer"]
+
+
+def test_lr_schedules_known_values():
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=2, warmup_start_factor=0.1, min_lr_factor=0.0)
+    assert lr_factor(cfg, 0, 12) == pytest.approx(0.1) and lr_factor(cfg, 1, 12) == pytest.approx(0.55)
+    assert lr_factor(cfg, 2, 12) == pytest.approx(1.0) and lr_factor(cfg, 7, 12) == pytest.approx(0.5)
+    assert lr_factor(cfg, 12, 12) == pytest.approx(0.0)
+    assert lr_factor(ScheduleConfig(name="step", step_size=3, gamma=0.1), 6.5, 10) == pytest.approx(0.01)
+    assert lr_factor(ScheduleConfig(name="exponential", gamma=0.5), 3, 10) == pytest.approx(0.125)
+    cyc = ScheduleConfig(name="cyclic", step_size=2, min_lr_factor=0.2)
+    assert [lr_factor(cyc, e, 10) for e in (0, 1, 2, 3, 4)] == pytest.approx([0.2, 0.6, 1.0, 0.6, 0.2])
+    # plateau: after warm-up, the lr halves once the metric has not improved for `patience` epochs
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = Schedule(ScheduleConfig(name="plateau", gamma=0.5, patience=1, warmup_epochs=1), opt, 2, 10,
+                     EarlyStopConfig(mode="max"))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    for _ in range(2):
+        opt.step()
+        sched.step_iteration()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
+    for metric in (0.5, 0.5, 0.5):
+        sched.step_epoch(metric)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_epoch_sampler_balanced_deterministic_and_sharded():
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    s = EpochSampler(len(labels), seed=3, weights=sample_weights(labels, "class_balanced", 3))
+    s.set_epoch(0)
+    first = list(s)
+    assert first == list(s)  # same epoch, same draw
+    s.set_epoch(1)
+    assert list(s) != first
+    drawn = []
+    for epoch in range(30):
+        s.set_epoch(epoch)
+        drawn += list(s)
+    counts = np.bincount(labels[drawn], minlength=3)
+    assert np.all(np.abs(counts / counts.sum() - 1 / 3) < 0.03)  # re-sampled to balance; the data are 90/9/1
+    shards = [EpochSampler(10, seed=0, rank=r, world_size=3) for r in range(3)]
+    got = sorted(i for sh in shards for i in sh)
+    assert len(got) == 12 and set(got) == set(range(10))  # padded to equal shards, every index covered
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_amp_channels_last(store_dir, tmp_path):
+    r = train(_cfg(store_dir, tmp_path / "gpu", epochs=1, device="cuda", amp=True, channels_last=True,
+                   deterministic=True, **{"model.name": "resnet18", "model.kwargs": {}}))
+    assert math.isfinite(r.metrics["loss"])
+    model, _ = load_model(r.checkpoint, device="cuda")
+    assert model(torch.full((2, 1, 32, 32), 20_000.0, device="cuda"))["logits"].shape == (2, 5)
+
+
+@pytest.mark.slow
+def test_ddp_torchrun_on_cpu_gloo(store_dir, tmp_path):
+    """The distributed path end to end on CPU (gloo), learnt task weights included: same code as on GPUs."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "alloynet.cli",
+           "train", "--store", str(store_dir), "--model", "profile_cnn", "--epochs", "1", "--out", str(out),
+           "--device", "cpu", "--set", "progress=false", "--set", "data.batch_size=4",
+           "--set", "loss.weighting=uncertainty"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("best epoch") == 1  # only rank 0 reports
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices for DDP")
+def test_ddp_torchrun(store_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "alloynet.cli",
+           "train", "--store", str(store_dir), "--model", "resnet18", "--epochs", "1", "--out", str(out),
+           "--device", "cuda", "--set", "progress=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
