@@ -10,6 +10,15 @@ from alloynet.evaluate.gradcam import grad_cam, last_conv
 from alloynet.models import create_model
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and immune to OpenMP spinning on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _raw() -> torch.Tensor:
     # A wedge-like ramp along x (columns) with a little noise, in detector ADU.
     x = torch.linspace(45_000, 3_000, 32).expand(1, 32, 32).clone()

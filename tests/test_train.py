@@ -31,6 +31,15 @@ REQUIRED_METRICS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "t
 TIMING = ("train_images_per_s", "train_seconds")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and immune to OpenMP spinning on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("captures")
@@ -105,6 +114,8 @@ def test_resume_after_kill_matches_uninterrupted_run(store_dir, tmp_path):
     killed = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import os, signal, sys
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})  # same reduction order as the uninterrupted run
         sys.path.insert(0, {str(ROOT)!r})
         from alloynet.train import load_config, train
         def die(epoch, state):

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 

@@ -3,7 +3,8 @@
 Determinism: the model is initialised from ``seed``; every epoch re-seeds torch from (seed, epoch) and
 the sampler and augmentation draw from (seed, epoch, index). A run resumed from the checkpoint of
 epoch k therefore repeats epochs k+1.. exactly as the uninterrupted run would (on CPU; on GPU with
-``deterministic: true``).
+``deterministic: true``), given the same number of intra-op threads: float reductions are summed in a
+different order with a different thread count.
 """
 from __future__ import annotations
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from serving.processes import stop_group
 
 HOST = "127.0.0.1"
 
@@ -144,27 +145,4 @@ def _wait_ready(server: TorchServeServer, proc: subprocess.Popen, timeout: float
 
 def stop(workdir: str | Path, timeout: float = 20.0) -> None:
     """Stop the server started in ``workdir`` (its whole process group: frontend and workers)."""
-    pid_file = Path(workdir) / "torchserve.pid"
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text())
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    break
-            except ChildProcessError:  # not our child (started by another process): poll instead
-                try:
-                    os.killpg(pid, 0)
-                except ProcessLookupError:
-                    break
-            time.sleep(0.1)
-        else:
-            continue
-        break
-    pid_file.unlink(missing_ok=True)
+    stop_group(Path(workdir) / "torchserve.pid", timeout)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -19,6 +18,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
+
+from serving.processes import stop_group
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,30 +141,4 @@ def _wait_ready(server: TritonServer, proc: subprocess.Popen, timeout: float) ->
 
 def stop(workdir: str | Path, timeout: float = 20.0) -> None:
     """Stop the server started in ``workdir`` (its process group, Python-backend stubs included)."""
-    pid_file = Path(workdir) / "tritonserver.pid"
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text())
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            break
-        if _wait_gone(pid, wait):
-            break
-    pid_file.unlink(missing_ok=True)
-
-
-def _wait_gone(pid: int, wait: float) -> bool:
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:  # started by another process: poll the group instead
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return True
-        time.sleep(0.1)
-    return False
+    stop_group(Path(workdir) / "tritonserver.pid", timeout)
