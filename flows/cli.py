@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def demo(out: Path = typer.Option(Path("demo-data"), help="working directory for the demo"),
-         seed: int = 0, size: int = 64, n_max: int = 40,
+         seed: int = 0, size: int = 64,
+         n_max: int = typer.Option(150, help="head-class plates (the tail gets n_max / imbalance ratio)"),
+         imbalance_ratio: float = typer.Option(10.0, help="long-tail profile of the simulated captures"),
          config: Path = typer.Option(REPO / "configs" / "demo.yaml", help="training config of the candidate"),
          force_retrain: bool = typer.Option(False, help="retrain even if no new captures arrived"),
          simulate_only: bool = typer.Option(False, help="only simulate the data set and print its summary")) -> None:
@@ -31,7 +33,7 @@ def demo(out: Path = typer.Option(Path("demo-data"), help="working directory for
 
     out = out.resolve()
     rig = LocalStore(out / "rig")
-    spec = DatasetSpec(n_max=n_max, seed=seed, rig=RigConfig(height=size, width=size))
+    spec = DatasetSpec(n_max=n_max, imbalance_ratio=imbalance_ratio, seed=seed, rig=RigConfig(height=size, width=size))
     if any(rig.list("captures/")):
         console.print(f"rig store {rig.root} already has captures: tonight nothing new arrives")
     else:
@@ -71,8 +73,10 @@ def demo(out: Path = typer.Option(Path("demo-data"), help="working directory for
         console.print(f"report ({name}): {Path(d) / 'report.md'}")
     if p:
         mv = reg.get(p.version)
+        ceiling = mv.metrics.get("ceiling_accuracy")
         console.print(f"registry: {reg.uri} champion [bold]{p.version}[/] "
-                      f"(balanced accuracy {mv.metrics.get('balanced_accuracy', float('nan')):.3f}); "
+                      f"(balanced accuracy {mv.metrics.get('balanced_accuracy', float('nan')):.3f}"
+                      + (f", ideal-observer ceiling {ceiling:.3f}" if ceiling is not None else "") + "); "
                       f"`alloynet registry list -r {out / 'registry'}`")
         for fmt in ("export", *formats):
             if any(k.startswith(fmt + "/") for k in mv.artifacts):

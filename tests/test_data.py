@@ -151,8 +151,10 @@ def test_preprocess_rejects_bad_calibration():
 def test_preprocess_exports_to_torchscript():
     pre = Preprocess([1000.0], [50000.0], mean=2.0, std=1.5, equalize=True)
     x = torch.rand(2, 1, 8, 8) * 49000 + 1000
-    scripted = torch.jit.trace(pre, x)
-    assert torch.allclose(scripted(x), pre(x))
+    traced = torch.jit.trace(pre, x)
+    assert torch.allclose(traced(x), pre(x))
+    scripted = torch.jit.script(pre)  # scripting too, so models that embed it can be scripted
+    assert torch.allclose(scripted(x), pre(x)) and torch.allclose(scripted(x[:1, :, :4, :4]), pre(x[:1, :, :4, :4]))
     assert Preprocess(**pre.config()).config() == pre.config()
 
 

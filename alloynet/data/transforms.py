@@ -21,6 +21,8 @@ T_MIN = 1e-4  # T below this (dead pixels, read noise at the wedge's thick end) 
 
 
 class Preprocess(nn.Module):
+    __jit_unused_properties__ = ["channels"]  # host-side helper; keeps the module scriptable
+
     def __init__(self, dark_adu: Sequence[float], flat_adu: Sequence[float], mean: float = 0.0, std: float = 1.0,
                  equalize: bool = False):
         super().__init__()
@@ -37,6 +39,7 @@ class Preprocess(nn.Module):
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
         self.equalize = equalize
+        self.t_min = T_MIN
 
     @property
     def channels(self) -> int:
@@ -44,7 +47,7 @@ class Preprocess(nn.Module):
 
     def neg_log(self, raw: torch.Tensor) -> torch.Tensor:
         t = (raw.float() - self.dark) / self.span
-        return -torch.log(torch.clamp(t, min=T_MIN))
+        return -torch.log(torch.clamp(t, min=self.t_min))
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         a = self.neg_log(raw)
@@ -82,7 +85,7 @@ def _equalize(a: torch.Tensor) -> torch.Tensor:
     """Per-image, per-channel histogram equalisation: each value becomes its rank in [0, 1]."""
     b, c, h, w = a.shape
     flat = a.reshape(b, c, h * w)
-    ranks = torch.argsort(torch.argsort(flat, dim=-1), dim=-1).float() / max(h * w - 1, 1)
+    ranks = torch.argsort(torch.argsort(flat, dim=-1), dim=-1).float() / float(max(h * w - 1, 1))
     return ranks.reshape(b, c, h, w)
 
 
