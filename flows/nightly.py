@@ -25,7 +25,8 @@ def nightly(source: str = SOURCE, data_dir: str = DATA_DIR, registry: str = REGI
             force_retrain: bool = False, rule: PromotionRule = PromotionRule(),
             formats: Optional[list[str]] = None, device: str = "auto", seed: int = 0,
             accepted_sizes: Optional[list[tuple[int, int]]] = None,
-            evaluate_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+            evaluate_options: Optional[dict[str, Any]] = None,
+            serve_to: Optional[str] = None) -> dict[str, Any]:
     log = get_run_logger()
     run = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{flow_run.get_name() or 'local'}"
     run_dir = str(Path(work_dir) / run)
@@ -38,7 +39,7 @@ def nightly(source: str = SOURCE, data_dir: str = DATA_DIR, registry: str = REGI
         log.info("nothing to promote tonight: %s", tr["reason"])
         return {**summary, "promoted": None}
     ev = evaluate(tr["trained"], data_dir, registry, run_dir, evaluate_options)
-    pr = promote(tr["trained"], ev, data_dir, registry, run_dir, rule, formats)
+    pr = promote(tr["trained"], ev, data_dir, registry, run_dir, rule, formats, serve_to)
     # only now do these captures count as seen: a night that failed before here retrains next time
     record_training_task(data_dir, run)
     return {**summary, "evaluation": ev["candidates"], "champion_before": (ev["champion"] or {}).get("version"),

@@ -19,7 +19,7 @@ from alloynet.registry import pipeline as steps
 from flows.artifacts import decision_artifact
 from flows.settings import DATA_DIR, REGISTRY, SERVING_FORMATS, WORK_DIR
 from flows.tasks import (confirm_champion_task, decide_task, export_task, move_champion_task, package_task,
-                         publish_task)
+                         publish_serving_task, publish_task)
 
 
 @task(name="assemble-release", cache_policy=NO_CACHE)
@@ -34,7 +34,7 @@ def assemble_task(trained: dict, metrics: dict, packages: dict[str, str], data_d
 @flow(name="promote", description="Promotion rule, then export/package/publish/champion as one transaction.")
 def promote(trained: list[dict[str, Any]], evaluation: dict[str, Any], data_dir: str = DATA_DIR,
             registry: str = REGISTRY, run_dir: str = WORK_DIR, rule: PromotionRule = PromotionRule(),
-            formats: Optional[list[str]] = None) -> dict[str, Any]:
+            formats: Optional[list[str]] = None, serve_to: Optional[str] = None) -> dict[str, Any]:
     log = get_run_logger()
     formats = list(SERVING_FORMATS if formats is None else formats)
     champ = evaluation.get("champion")
@@ -59,6 +59,11 @@ def promote(trained: list[dict[str, Any]], evaluation: dict[str, Any], data_dir:
     log.info("promoted %s as %s (previous champion %s kept for rollback)", winner["name"], version,
              champ["version"] if champ else "none")
     decision_artifact(d, f"published as {version}; champion pointer moved")
+    if serve_to and "triton" in formats:
+        # after the transaction: the champion is committed; a failed copy leaves Triton on the old one
+        published = publish_serving_task(registry, serve_to)
+        log.info("Triton repository of %s published to %s as model version %s", version, serve_to,
+                 published["generation"])
     create_link_artifact(open_registry(registry).uri + f"/versions/{version}/", link_text=f"model store: {version}",
                          key="champion-version", description="the new champion in the model store")
     return {"promoted": version, "decision": d, "pointer": pointer, "packages": packages}

@@ -137,3 +137,11 @@ def confirm_champion_task(registry: str, version: str) -> None:
     if p is None or p.version != version:
         raise RuntimeError(f"champion pointer reads {p.version if p else None}, expected {version}")
     reg.verify(version)
+
+
+@task(name="publish-serving", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def publish_serving_task(registry: str, target: str) -> dict[str, Any]:
+    from alloynet.captures.stores import open_store
+    from alloynet.registry.publish import publish_triton
+
+    return publish_triton(open_registry(registry), open_store(target))

@@ -102,6 +102,19 @@ def publish_cmd(directory: Path = typer.Argument(..., exists=True, file_okay=Fal
     console.print(f"published {mv.version} ({len(mv.artifacts)} artifacts)")
 
 
+ServeToOpt = typer.Option(None, "--serve-to", help="also publish the champion's Triton repository here "
+                                                   "(e.g. s3://alloynet-models/serving/triton)")
+
+
+def _publish_serving(reg, serve_to: Optional[str]) -> None:
+    if serve_to:
+        from alloynet.captures.stores import open_store
+        from alloynet.registry.publish import publish_triton
+
+        m = publish_triton(reg, open_store(serve_to))
+        console.print(f"Triton repository of {m['version']} published to {serve_to} as model version {m['generation']}")
+
+
 @registry_app.command("promote")
 def promote_cmd(version: str, reason: str = typer.Option("manual promotion", help="recorded in the audit log"),
                 registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
@@ -118,6 +131,7 @@ def promote_cmd(version: str, reason: str = typer.Option("manual promotion", hel
 @registry_app.command("rollback")
 def rollback_cmd(to: Optional[str] = typer.Option(None, help="an earlier champion; default: the previous one"),
                  reason: str = typer.Option("manual rollback", help="recorded in the audit log"),
+                 serve_to: Optional[str] = ServeToOpt,
                  registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
     """Restore the previous champion (its artifacts are verified first)."""
     from alloynet.registry import RegistryError
@@ -129,6 +143,23 @@ def rollback_cmd(to: Optional[str] = typer.Option(None, help="an earlier champio
     except RegistryError as exc:
         _fail(exc)
     console.print(f"champion: {p.version} (rolled back from {before.version})")
+    _publish_serving(reg, serve_to)
+
+
+@registry_app.command("publish-serving")
+def publish_serving_cmd(target: str = typer.Argument(..., help="store URI Triton reads its model repository from"),
+                        keep: int = typer.Option(2, help="Triton model versions to keep"),
+                        registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+    """Publish the champion's (verified) Triton repository where the serving fleet reads it."""
+    from alloynet.captures.stores import open_store
+    from alloynet.registry import RegistryError
+    from alloynet.registry.publish import publish_triton
+
+    try:
+        m = publish_triton(_open(registry, model), open_store(target), keep=keep)
+    except RegistryError as exc:
+        _fail(exc)
+    console.print(f"{m['version']} published to {target} as Triton model version {m['generation']} ({', '.join(m['models'])})")
 
 
 @registry_app.command("fetch")
