@@ -66,7 +66,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from alloynet.export import export_checkpoint, load_torchscript, onnx_session
+    from alloynet.export import export_checkpoint, onnx_session
     from alloynet.train.checkpoint import load_model
     from serving.client import connect
     from serving.torchserve import server as ts_server

@@ -12,7 +12,6 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
-import torch
 from torch.utils.data import DataLoader
 
 from alloynet.captures.format import parse_sidecar
