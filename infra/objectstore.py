@@ -79,7 +79,8 @@ def start(data_dir: str | Path, s3_port: int | None = None, buckets: tuple[str, 
     args = [weed_binary(), "mini", f"-dir={data_dir / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}",
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
             f"-s3.port={s3_port}", f"-webdav.port={ports['webdav']}", f"-admin.port={ports['admin']}",
-            "-admin.ui=false", f"-s3.port.iceberg={free_port()}", f"-s3.config={iam}", "-master.telemetry=false"]
+            "-admin.ui=false", f"-s3.port.iceberg={free_port()}", "-s3.port.lance=0",  # no fixed ports: servers may run side by side
+            f"-s3.config={iam}", "-master.telemetry=false"]
     log = open(data_dir / "weed.log", "ab")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     (data_dir / "weed.pid").write_text(str(proc.pid))
