@@ -45,6 +45,15 @@ def test_study_tables_plots_reproducibility_and_resume(tmp_path, monkeypatch):
     assert again.equals(results)
     monkeypatch.undo()
 
+    # ...but not when the data changed under the same path: a bigger pool means retraining
+    calls = []
+    real_train = train_mod.train
+    monkeypatch.setattr(train_mod, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    bigger = cfg.model_copy(update={"data": cfg.data.model_copy(update={"n_max": 6}), "imbalance_ratios": [1]})
+    run_study(bigger, log=lambda *_: None)
+    assert len(calls) == 4  # every run of the grid retrained on the regenerated pools
+    monkeypatch.undo()
+
     # same seeds, fresh work dir: the same data and the same metrics
     fresh = run_study(_cfg(tmp_path, work="work2", out="out2"), log=lambda *_: None)
     cols = ["balanced_accuracy", "log_loss", "thickness_mae_mm", "ood_thick_3_4mm_balanced_accuracy"]

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from alloynet.captures.stores import LocalStore
 from alloynet.data.dataset import CaptureDataset
-from alloynet.data.manifest import read_manifest
+from alloynet.data.manifest import manifest_hash, read_manifest
 from alloynet.study import report
 from alloynet.study.config import LossSpec, StudyConfig
 from alloynet.study.datasets import describe, held_out_set, training_pool
@@ -64,6 +64,17 @@ def _row(arch: str, loss: LossSpec, rho: float, seed: int, metrics: dict, train_
     return row
 
 
+def _reusable(saved: dict, stamp: str, out: Path, pool: Path) -> bool:
+    """A finished run counts only if its recipe is unchanged *and* its checkpoint was trained on exactly
+    the current training pool (the config names the pool's path, not its content)."""
+    from alloynet.train.checkpoint import load_checkpoint
+
+    ckpt = out / "train" / "best.pt"
+    if saved.get("stamp") != stamp or not ckpt.exists():
+        return False
+    return load_checkpoint(ckpt).get("manifest_hash") == manifest_hash(read_manifest(pool / "manifest.csv"))
+
+
 def run_one(cfg: StudyConfig, arch: str, loss: LossSpec, rho: float, seed: int, test_root: Path,
             ood_roots: dict[str, Path]) -> dict:
     from alloynet.evaluate import evaluate
@@ -72,13 +83,12 @@ def run_one(cfg: StudyConfig, arch: str, loss: LossSpec, rho: float, seed: int, 
 
     rid = run_id(arch, loss, rho, seed)
     out = Path(cfg.work_dir) / "runs" / rid
-    tc = _train_config(cfg, arch, loss, rho, seed, training_pool(cfg, rho, seed), out)
+    pool = training_pool(cfg, rho, seed)
+    tc = _train_config(cfg, arch, loss, rho, seed, pool, out)
     stamp = tc.model_dump_json() + json.dumps(sorted(ood_roots))
     done = out / "result.json"
-    if done.exists():
-        saved = json.loads(done.read_text())
-        if saved.get("stamp") == stamp:
-            return saved["row"]
+    if done.exists() and _reusable(json.loads(done.read_text()), stamp, out, pool):
+        return json.loads(done.read_text())["row"]
     t0 = time.perf_counter()
     res = train(tc)
     train_s = time.perf_counter() - t0
