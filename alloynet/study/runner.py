@@ -240,5 +240,6 @@ def readme(cfg: StudyConfig, results: pd.DataFrame, ceil: dict, limits: str, ood
         + ", ".join(f"rho {r:g}: {v:.3f}" for r, v in per_rho.items()) + ".", "",
         *_loss_findings(results), *_ood_findings(results, ood_ceil),
         "Full tables (mean +- std over seeds, ceiling beside every row), AP per class, the OOD checks and every "
-        "run's report: [results.md](results.md). Reproduce with `alloynet study --config configs/study.yaml` "
-        "(runs are cached in the work dir; the same seeds give the same tables).", ""])
+        "run's report: [results.md](results.md). Reproduce with `OMP_NUM_THREADS=1 alloynet study --config "
+        "configs/study.yaml` (runs are cached in the work dir; the same seeds and the same thread count give the "
+        "same tables: CPU float reductions depend on the number of threads).", ""])
