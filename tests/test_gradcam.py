@@ -10,13 +10,7 @@ from alloynet.evaluate.gradcam import grad_cam, last_conv
 from alloynet.models import create_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and immune to OpenMP spinning on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _raw() -> torch.Tensor:

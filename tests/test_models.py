@@ -12,13 +12,7 @@ from alloynet.models import ARCH_DEFAULTS, create_model, list_models
 STATS = {"thickness_mm": (2.5, 1.6), "a0": (0.9, 0.5), "mu_eff": (3.6, 0.9)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and immune to OpenMP spinning on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _raw(b: int = 2, c: int = 1, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -31,13 +31,7 @@ REQUIRED_METRICS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "t
 TIMING = ("train_images_per_s", "train_seconds")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and immune to OpenMP spinning on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
