@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 
 def wait_gone(pid: int, wait: float) -> bool:
@@ -40,3 +42,21 @@ def stop_group(pid_file: Path, timeout: float = 20.0) -> None:
         if wait_gone(pid, wait):
             break
     pid_file.unlink(missing_ok=True)
+
+
+def wait_ready(probe: Callable[[], bool], proc: subprocess.Popen, timeout: float, what: str, log: Path,
+               interval: float = 0.3) -> None:
+    """Poll ``probe`` until it returns True; fail early (with the log's tail) if the process exits."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}:\n{tail}")
+        try:
+            if probe():
+                return
+        except Exception as exc:  # not listening yet, or models/workers still loading
+            last = str(exc)
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s ({last}); see {log}")

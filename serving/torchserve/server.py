@@ -13,13 +13,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from serving.processes import stop_group
+from serving.processes import stop_group, wait_ready
 
 HOST = "127.0.0.1"
 
@@ -116,31 +115,18 @@ def start(model_store: str | Path, models: list[str], workdir: str | Path, manag
     server = TorchServeServer(workdir, proc.pid, http_port, grpc_port, mport,
                               [Path(m.split("=")[-1]).stem for m in models])
     try:
-        _wait_ready(server, proc, timeout)
+        def healthy() -> bool:  # /ping needs the inference key too: the key file appears first
+            req = urllib.request.Request(f"{server.inference_url}/ping",
+                                         headers={"Authorization": f"Bearer {server.inference_key}"})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                return json.loads(r.read().decode()).get("status") == "Healthy"
+
+        wait_ready(healthy, proc, timeout, f"TorchServe at {server.inference_url}", server.workdir / "torchserve.log",
+                   interval=0.5)
     except Exception:
         stop(workdir)
         raise
     return server
-
-
-def _wait_ready(server: TorchServeServer, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"torchserve exited with {proc.returncode}; see {server.workdir / 'torchserve.log'}")
-        try:  # /ping needs the inference key too: wait for the key file, then for healthy workers
-            req = urllib.request.Request(f"{server.inference_url}/ping",
-                                         headers={"Authorization": f"Bearer {server.inference_key}"})
-            with urllib.request.urlopen(req, timeout=2) as r:
-                last = r.read().decode()
-            if json.loads(last).get("status") == "Healthy":
-                return
-        except Exception as exc:  # not listening yet, or workers still loading (503 Unhealthy)
-            last = str(exc)
-        time.sleep(0.5)
-    raise TimeoutError(f"TorchServe not ready at {server.inference_url} after {timeout:.0f} s ({last}); "
-                       f"see {server.workdir / 'torchserve.log'}")
 
 
 def stop(workdir: str | Path, timeout: float = 20.0) -> None:

@@ -12,14 +12,13 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from serving.processes import stop_group
+from serving.processes import stop_group, wait_ready
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,29 +113,15 @@ def start(repository: str | Path, workdir: str | Path, models: Sequence[str] = (
     (workdir / "tritonserver.pid").write_text(str(proc.pid))
     server = TritonServer(workdir, proc.pid, http_port, grpc_port, list(models))
     try:
-        _wait_ready(server, proc, timeout)
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+
+        wait_ready(ready, proc, timeout, f"Triton at {server.http_url}", workdir / "tritonserver.log")
     except Exception:
         stop(workdir)
         raise
     return server
-
-
-def _wait_ready(server: TritonServer, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = (server.workdir / "tritonserver.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"tritonserver exited with {proc.returncode}:\n{tail}")
-        try:
-            with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception as exc:  # not listening yet, or models still loading
-            last = str(exc)
-        time.sleep(0.3)
-    raise TimeoutError(f"Triton not ready at {server.http_url} after {timeout:.0f} s ({last}); "
-                       f"see {server.workdir / 'tritonserver.log'}")
 
 
 def stop(workdir: str | Path, timeout: float = 20.0) -> None:
