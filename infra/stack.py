@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from infra import objectstore
+from serving.processes import alive, free_port, stop_group, tail, wait_ready
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,22 +71,6 @@ def read_service(state_dir: Path, name: str) -> Service | None:
     return Service(**json.loads(f.read_text()))
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of ours counts as gone
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        pass
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
-
-
 def _spawn(state_dir: Path, name: str, cmd: list[str], env: dict[str, str], url: str = "",
            cwd: Path | None = None) -> Service:
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -101,32 +84,10 @@ def _spawn(state_dir: Path, name: str, cmd: list[str], env: dict[str, str], url:
     return svc
 
 
-def _wait_http(url: str, svc: Service, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(svc.pid):
-            raise RuntimeError(f"{svc.name} exited during start-up; see {svc.log}:\n" + _tail(svc.log))
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{svc.name} not ready at {url} after {timeout:.0f} s; see {svc.log}:\n" + _tail(svc.log))
-
-
-def _tail(path: str, n: int = 30) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
 def start_server(state_dir: Path, port: int | None = None, timeout: float = 90.0) -> Service:
     """`prefect server start` on 127.0.0.1 (API at /api, UI at /), SQLite database inside ``state_dir``."""
     state_dir = Path(state_dir).resolve()
-    port = port or objectstore.free_port()
+    port = port or free_port()
     url = f"http://{HOST}:{port}"
     env = {**prefect_env(state_dir), "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
            "PREFECT_UI_URL": url, "PREFECT_SERVER_UI_API_URL": f"{url}/api",
@@ -136,7 +97,11 @@ def start_server(state_dir: Path, port: int | None = None, timeout: float = 90.0
     svc = _spawn(state_dir, "prefect-server", [prefect_bin(), "server", "start", "--host", HOST, "--port", str(port)],
                  env, url)
     try:
-        _wait_http(f"{url}/api/health", svc, timeout)
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as r:
+                return r.status == 200
+
+        wait_ready(healthy, svc.pid, timeout, "prefect-server", svc.log)
     except Exception:
         stop_service(state_dir, "prefect-server")
         raise
@@ -165,37 +130,18 @@ def start_worker(state_dir: Path, api_url: str, pool: str = WORK_POOL, limit: in
     svc = _spawn(state_dir, "prefect-worker", [prefect_bin(), "worker", "start", "--pool", pool, "--type", "process",
                                                "--limit", str(limit), "--name", f"{pool}-{os.getpid()}"],
                  env, api_url, cwd=ROOT)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:  # "started!" is printed once it has registered with the pool
-        if not alive(svc.pid):
-            raise RuntimeError(f"worker exited during start-up; see {svc.log}:\n" + _tail(svc.log))
-        if "started!" in _tail(svc.log, 200):
-            return svc
-        time.sleep(0.3)
-    stop_service(state_dir, "prefect-worker")
-    raise TimeoutError(f"worker did not start in {timeout:.0f} s; see {svc.log}")
+    try:  # "started!" is printed once it has registered with the pool
+        wait_ready(lambda: "started!" in tail(svc.log, 200), svc.pid, timeout, "prefect-worker", svc.log)
+    except Exception:
+        stop_service(state_dir, "prefect-worker")
+        raise
+    return svc
 
 
 def stop_service(state_dir: Path, name: str, timeout: float = 30.0) -> bool:
     """SIGTERM the service's process group, wait, SIGKILL what is left. True if it stopped without SIGKILL."""
     svc = read_service(Path(state_dir), name)
-    if svc is None:
-        return True
-    clean = True
-    try:
-        os.killpg(svc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        _pidfile(Path(state_dir), name).unlink(missing_ok=True)
-        return True
-    deadline = time.monotonic() + timeout
-    while alive(svc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if alive(svc.pid):
-        clean = False
-    try:  # leftovers in the group (flow-run subprocesses, uvicorn) go too
-        os.killpg(svc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    clean = True if svc is None else stop_group(svc.pid, timeout)
     _pidfile(Path(state_dir), name).unlink(missing_ok=True)
     return clean
 

@@ -197,7 +197,7 @@ def test_triton_rejects_bad_inputs_and_keeps_serving(triton, captures):
 
 def test_client_retries_then_reports_unavailable():
     from serving.client import ServerUnavailableError, connect
-    from serving.triton.server import free_port
+    from serving.processes import free_port
 
     port = free_port()  # nothing listens here
     for url in (f"triton://127.0.0.1:{port}/alloynet", f"torchserve://127.0.0.1:{port}/alloynet"):

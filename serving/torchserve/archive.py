@@ -5,15 +5,14 @@ the shared input checks and a per-model config (batching, workers, timeouts).
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
 from alloynet.export import ExportBundle, META_FILE
+from serving.processes import find_binary
 
 HERE = Path(__file__).resolve().parent
 HANDLER = HERE / "handler.py"
@@ -21,13 +20,7 @@ CHECKS = HERE.parent / "capture_checks.py"
 
 
 def archiver_command() -> list[str]:
-    exe = Path(sys.executable).parent / "torch-model-archiver"
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("torch-model-archiver")
-    if not found:
-        raise RuntimeError("torch-model-archiver is missing: pip install 'alloynet[serve]'")
-    return [found]
+    return [find_binary("torch-model-archiver", "pip install 'alloynet[serve]'")]
 
 
 def model_config(batch_size: int = 8, max_batch_delay_ms: int = 5, workers: int = 1, response_timeout_s: int = 30,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -18,15 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from serving.processes import stop_group, wait_ready
-
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+from serving.processes import HOST, find_binary, free_port, stop_pid_file, wait_ready
 
 
 @dataclass
@@ -54,14 +44,6 @@ class TorchServeServer:
     @property
     def inference_key(self) -> str:
         return self.keys()["inference"]
-
-
-def _torchserve_bin() -> str:
-    cand = Path(sys.executable).parent / "torchserve"
-    found = str(cand) if cand.exists() else shutil.which("torchserve")
-    if not found:
-        raise RuntimeError("torchserve is missing: pip install 'alloynet[serve]' (and Java 17 on PATH)")
-    return found
 
 
 def write_config(workdir: Path, model_store: Path, models: list[str], http_port: int, grpc_port: int,
@@ -107,10 +89,11 @@ def start(model_store: str | Path, models: list[str], workdir: str | Path, manag
                "TS_DISABLE_TOKEN_AUTHORIZATION": "false", **(env or {})}
     # The worker processes run the handler with this interpreter (alloynet importable there).
     run_env["PATH"] = f"{Path(sys.executable).parent}:{run_env.get('PATH', '')}"
-    log = open(workdir / "torchserve.log", "ab")
-    proc = subprocess.Popen([_torchserve_bin(), "--start", "--foreground", "--ncs", "--ts-config", str(cfg),
-                             "--model-store", str(Path(model_store).resolve())],
-                            cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    exe = find_binary("torchserve", "pip install 'alloynet[serve]' (and Java 17 on PATH)")
+    with open(workdir / "torchserve.log", "ab") as log:  # the child keeps its own copy of the handle
+        proc = subprocess.Popen([exe, "--start", "--foreground", "--ncs", "--ts-config", str(cfg),
+                                 "--model-store", str(Path(model_store).resolve())],
+                                cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     (workdir / "torchserve.pid").write_text(str(proc.pid))
     server = TorchServeServer(workdir, proc.pid, http_port, grpc_port, mport,
                               [Path(m.split("=")[-1]).stem for m in models])
@@ -121,7 +104,7 @@ def start(model_store: str | Path, models: list[str], workdir: str | Path, manag
             with urllib.request.urlopen(req, timeout=2) as r:
                 return json.loads(r.read().decode()).get("status") == "Healthy"
 
-        wait_ready(healthy, proc, timeout, f"TorchServe at {server.inference_url}", server.workdir / "torchserve.log",
+        wait_ready(healthy, proc.pid, timeout, f"TorchServe at {server.inference_url}", server.workdir / "torchserve.log",
                    interval=0.5)
     except Exception:
         stop(workdir)
@@ -131,4 +114,4 @@ def start(model_store: str | Path, models: list[str], workdir: str | Path, manag
 
 def stop(workdir: str | Path, timeout: float = 20.0) -> None:
     """Stop the server started in ``workdir`` (its whole process group: frontend and workers)."""
-    stop_group(Path(workdir) / "torchserve.pid", timeout)
+    stop_pid_file(Path(workdir) / "torchserve.pid", timeout)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import urllib.request
 import uuid
@@ -18,16 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from serving.processes import stop_group, wait_ready
-
-HOST = "127.0.0.1"
+from serving.processes import HOST, free_port, stop_pid_file, wait_ready
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def triton_venv() -> Path:
@@ -107,9 +98,9 @@ def start(repository: str | Path, workdir: str | Path, models: Sequence[str] = (
             "--strict-readiness=true", "--exit-on-error=true", f"--log-verbose={log_verbose}",
             # Shared-memory regions of the Python backend are named per server, so two servers never collide.
             f"--backend-config=python,shm-region-prefix-name=alloynet{os.getpid()}-{uuid.uuid4().hex[:8]}"]
-    log = open(workdir / "tritonserver.log", "ab")
-    proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(workdir / "tritonserver.log", "ab") as log:  # the child keeps its own copy of the handle
+        proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     (workdir / "tritonserver.pid").write_text(str(proc.pid))
     server = TritonServer(workdir, proc.pid, http_port, grpc_port, list(models))
     try:
@@ -117,7 +108,7 @@ def start(repository: str | Path, workdir: str | Path, models: Sequence[str] = (
             with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=2) as r:
                 return r.status == 200
 
-        wait_ready(ready, proc, timeout, f"Triton at {server.http_url}", workdir / "tritonserver.log")
+        wait_ready(ready, proc.pid, timeout, f"Triton at {server.http_url}", workdir / "tritonserver.log")
     except Exception:
         stop(workdir)
         raise
@@ -126,4 +117,4 @@ def start(repository: str | Path, workdir: str | Path, models: Sequence[str] = (
 
 def stop(workdir: str | Path, timeout: float = 20.0) -> None:
     """Stop the server started in ``workdir`` (its process group, Python-backend stubs included)."""
-    stop_group(Path(workdir) / "tritonserver.pid", timeout)
+    stop_pid_file(Path(workdir) / "tritonserver.pid", timeout)
