@@ -25,11 +25,8 @@ from typing import Sequence
 import numpy as np
 from scipy import optimize, stats
 
-from alloynet.physics.materials import get_alloy, sample_plate
-from alloynet.physics.simulator import RigConfig, wedge_columns_mm
-from alloynet.physics.spectrum import detected_quanta, tube_spectrum
-from alloynet.physics.transmission import wedge_attenuation
-from alloynet.physics.materials import linear_attenuation
+from alloynet.physics.materials import get_alloy, linear_attenuation, sample_plate
+from alloynet.physics.simulator import Channel, RigConfig
 
 
 class ProfileModel:
@@ -38,17 +35,7 @@ class ProfileModel:
     def __init__(self, rig: RigConfig, bins: int = 32):
         self.rig = rig
         self.bins = min(bins, rig.width)
-        self._ch = []
-        for kvp in rig.kvp:
-            spec = tube_spectrum(kvp, rig.anode_angle_deg, rig.filtration_mm_al, rig.dk_kev)
-            e = spec.energies_kev
-            n = detected_quanta(spec, rig.csi_mm)
-            n_open = rig.dose * n / n.sum()
-            m_open = float((n_open * e).sum())
-            gain = (rig.flat_target_adu - rig.dark_offset_adu) / m_open
-            wedge = wedge_columns_mm(rig)
-            behind = n_open[None, :] * np.exp(-np.outer(wedge / 10.0, wedge_attenuation(e, rig.wedge_material)))
-            self._ch.append((e, behind, m_open, gain))
+        self._ch = [Channel(rig, kvp) for kvp in rig.kvp]
         self._edges = np.linspace(0, rig.width, self.bins + 1).astype(int)
 
     def _bin(self, per_column: np.ndarray, average: bool = True) -> np.ndarray:
@@ -58,21 +45,21 @@ class ProfileModel:
     def profile(self, fractions, density: float, thickness_mm: float) -> np.ndarray:
         """Binned -ln(S/S_open) per channel, concatenated: shape [C * bins]."""
         out = []
-        for e, behind, m_open, _ in self._ch:
-            mu = linear_attenuation(fractions, density, e)
-            m = (behind * np.exp(-mu * thickness_mm / 10.0)[None, :]) @ e
-            out.append(self._bin(-np.log(m / m_open)))
+        for ch in self._ch:
+            mu = linear_attenuation(fractions, density, ch.energies)
+            m = (ch.n_behind_wedge * np.exp(-mu * thickness_mm / 10.0)[None, :]) @ ch.energies
+            out.append(self._bin(-np.log(m / ch.mean_kev_open)))
         return np.concatenate(out)
 
     def noise_var(self, fractions, density: float, thickness_mm: float) -> np.ndarray:
         """Variance of the binned, row-averaged -ln profile from detector noise alone."""
         r = self.rig
         out = []
-        for e, behind, _, gain in self._ch:
-            mu = linear_attenuation(fractions, density, e)
-            n = behind * np.exp(-mu * thickness_mm / 10.0)[None, :]
+        for ch in self._ch:
+            e = ch.energies
+            n = ch.n_behind_wedge * np.exp(-linear_attenuation(fractions, density, e) * thickness_mm / 10.0)[None, :]
             m, v = n @ e, n @ (e * e)
-            per_pixel = v / m**2 + (r.read_noise_adu**2 + 1 / 12) / (gain * m) ** 2 + r.gain_prnu**2
+            per_pixel = v / m**2 + (r.read_noise_adu**2 + 1 / 12) / (ch.gain * m) ** 2 + r.gain_prnu**2
             per_col = per_pixel / r.height
             k = np.diff(self._edges)
             out.append(self._bin(per_col, average=False) / k**2)

@@ -95,8 +95,9 @@ class SimulatedCapture:
     inclusions: int
 
 
-class _Channel:
-    """Everything about one kVp setting that does not depend on the plate."""
+class Channel:
+    """Everything about one kVp setting that does not depend on the plate (shared with the ideal observer,
+    so both see exactly the same photons)."""
 
     def __init__(self, rig: RigConfig, kvp: float):
         self.spectrum = tube_spectrum(kvp, rig.anode_angle_deg, rig.filtration_mm_al, rig.dk_kev)
@@ -116,7 +117,7 @@ class RigSimulator:
 
     def __init__(self, rig: RigConfig | None = None):
         self.rig = rig or RigConfig()
-        self.channels = [_Channel(self.rig, k) for k in self.rig.kvp]
+        self.channels = [Channel(self.rig, k) for k in self.rig.kvp]
         det = np.random.default_rng(self.rig.detector_seed)
         h, w = self.rig.height, self.rig.width
         self.prnu = (1.0 + self.rig.gain_prnu * det.standard_normal((h, w))).astype(np.float32)
@@ -148,7 +149,7 @@ class RigSimulator:
             dt_cm[y0:y1, x0:x1] += disk * np.float32(rng.uniform(0.005, 0.02))
         return dt_cm, k
 
-    def _channel_image(self, ch: _Channel, plate: Plate, dt_cm: np.ndarray, gain_scale: float,
+    def _channel_image(self, ch: Channel, plate: Plate, dt_cm: np.ndarray, gain_scale: float,
                        rng: np.random.Generator) -> np.ndarray:
         r = self.rig
         e = ch.energies
