@@ -55,27 +55,23 @@ def per_thickness(rows: pd.DataFrame, p: dict[str, np.ndarray], names: list[str]
 
 def ceiling(store: ObjectStore, rows: pd.DataFrame, **separability_kw) -> dict[str, Any]:
     """The ideal observer for the rig that took these captures, per wedge, weighted by captures."""
-    from alloynet.physics.separability import separability
+    from alloynet.physics.separability import mixed_ceiling
     from alloynet.physics.simulator import RigConfig
 
     thick = sorted(rows.nominal_thickness_mm.unique().tolist())
     if len(thick) > 6:  # a continuous thickness range: the ideal observer over six quantiles of it
         thick = np.quantile(thick, np.linspace(0, 1, 6)).round(3).tolist()
-    reports, weights = [], []
-    for wedge, group in rows.groupby("wedge_mm", sort=True):
+    rigs = []
+    for _, group in rows.groupby("wedge_mm", sort=True):
         sc = parse_sidecar(store.get(sidecar_key(group.capture_id.iloc[0])))
         rig = RigConfig(kvp=sc.rig.kvp, tube_current_ua=sc.rig.tube_current_ua, anode_angle_deg=sc.rig.anode_angle_deg,
                         filtration_mm_al=sc.rig.filtration_mm_al, wedge_mm=sc.rig.wedge_mm,
                         wedge_min_mm=sc.rig.wedge_min_mm, wedge_material=sc.rig.wedge_material,
                         height=int(group.height.iloc[0]), width=int(group.width.iloc[0]),
                         **({"dose": sc.rig.dose} if sc.rig.dose else {}))
-        reports.append(separability(rig, thicknesses_mm=thick, **separability_kw))
-        weights.append(len(group))
-    w = np.asarray(weights, float) / sum(weights)
-    return {"ceiling_accuracy": float(sum(wi * r.ceiling_accuracy for wi, r in zip(w, reports))),
-            "ceiling_recall": {a: float(sum(wi * r.ceiling_recall[a] for wi, r in zip(w, reports)))
-                               for a in reports[0].ceiling_recall},
-            "markdown": "\n\n".join(r.markdown() for r in reports)}
+        rigs.append((rig, len(group)))
+    mixed = mixed_ceiling(rigs, thick, **separability_kw)
+    return {"ceiling_accuracy": mixed["accuracy"], "ceiling_recall": mixed["recall"], "markdown": mixed["markdown"]}
 
 
 def _clean(x: Any) -> Any:

@@ -196,3 +196,25 @@ def _ceiling(stats_: dict, alloys: Sequence[str], thicknesses: Sequence[float], 
     confusion /= confusion.sum(1, keepdims=True)
     recall = {a: float(confusion[i, i]) for i, a in enumerate(alloys)}
     return float(np.mean(np.diag(confusion))), recall, confusion.round(4).tolist()
+
+
+def mixed_ceiling(rigs: Sequence[tuple[RigConfig, float]], thicknesses_mm: Sequence[float], **kw) -> dict:
+    """The ceiling for a test set that mixes rig settings (e.g. two wedge sizes, which the observer sees in
+    every capture): one report per rig, combined with the weights (their shares of the test captures).
+
+    Returns ``accuracy``, ``recall`` per alloy, ``pairs`` (weighted d' and Bayes error per pair), the
+    ``markdown`` of every report, and the ``reports`` themselves."""
+    reports = [separability(rig, thicknesses_mm=thicknesses_mm, **kw) for rig, _ in rigs]
+    w = np.asarray([weight for _, weight in rigs], float)
+    w = w / w.sum()
+
+    def avg(values) -> float:
+        return float(np.dot(w, list(values)))
+
+    pairs = {f"{p.a} vs {p.b}": {"d_unknown": avg(r.pairs[i].d_unknown for r in reports),
+                                 "d_known": avg(r.pairs[i].d_known for r in reports),
+                                 "bayes_error_unknown": avg(r.pairs[i].bayes_error_unknown for r in reports)}
+             for i, p in enumerate(reports[0].pairs)}
+    return {"accuracy": avg(r.ceiling_accuracy for r in reports),
+            "recall": {a: avg(r.ceiling_recall[a] for r in reports) for a in reports[0].ceiling_recall},
+            "pairs": pairs, "markdown": "\n\n".join(r.markdown() for r in reports), "reports": reports}

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from alloynet.data import CLASS_NAMES
-from alloynet.physics.separability import separability
+from alloynet.physics.separability import mixed_ceiling
 from alloynet.physics.simulator import RigConfig
 
 SUMMARY_METRICS = [
@@ -19,17 +19,9 @@ SUMMARY_METRICS = [
 
 def ceiling(rig: RigConfig, thicknesses_mm: list[float], wedges_mm: list[float], plates: int = 200,
             seed: int = 0) -> dict:
-    """Ideal-observer ceiling for a test set that mixes the given wedge sizes equally (the wedge is
-    visible in every capture, so the observer knows it)."""
-    reports = [separability(rig.model_copy(update={"wedge_mm": w}), thicknesses_mm=thicknesses_mm, plates=plates,
-                            seed=seed) for w in wedges_mm]
-    recall = {a: float(np.mean([r.ceiling_recall[a] for r in reports])) for a in reports[0].ceiling_recall}
-    pairs = {f"{p.a} vs {p.b}": {"d_unknown": float(np.mean([r.pairs[i].d_unknown for r in reports])),
-                                 "d_known": float(np.mean([r.pairs[i].d_known for r in reports])),
-                                 "bayes_error_unknown": float(np.mean([r.pairs[i].bayes_error_unknown for r in reports]))}
-             for i, p in enumerate(reports[0].pairs)}
-    return {"accuracy": float(np.mean([r.ceiling_accuracy for r in reports])), "recall": recall, "pairs": pairs,
-            "markdown": reports[0].markdown()}
+    """Ideal-observer ceiling for the study's test set, which mixes the wedge sizes equally."""
+    return mixed_ceiling([(rig.model_copy(update={"wedge_mm": w}), 1.0) for w in wedges_mm], thicknesses_mm,
+                         plates=plates, seed=seed)
 
 
 def _fmt(mean: float, std: float, digits: int = 3) -> str:

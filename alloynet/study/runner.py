@@ -87,8 +87,9 @@ def run_one(cfg: StudyConfig, arch: str, loss: LossSpec, rho: float, seed: int, 
     tc = _train_config(cfg, arch, loss, rho, seed, pool, out)
     stamp = tc.model_dump_json() + json.dumps(sorted(ood_roots))
     done = out / "result.json"
-    if done.exists() and _reusable(json.loads(done.read_text()), stamp, out, pool):
-        return json.loads(done.read_text())["row"]
+    saved = json.loads(done.read_text()) if done.exists() else None
+    if saved and _reusable(saved, stamp, out, pool):
+        return saved["row"]
     t0 = time.perf_counter()
     res = train(tc)
     train_s = time.perf_counter() - t0
@@ -150,7 +151,8 @@ def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_
             shutil.copytree(src, runs_dir / rid, ignore=shutil.ignore_patterns("roc.png", "pr.png", "thickness_scatter.png",
                                                                                 "confusion.png"))
     meta = {"config": cfg.model_dump(mode="json"), "test_set": describe(test_root),
-            "ood_sets": {k: describe(v) for k, v in ood_roots.items()}, "ceiling": ceil, "ood_ceilings": ood_ceil}
+            "ood_sets": {k: describe(v) for k, v in ood_roots.items()},
+            "ceiling": {k: v for k, v in ceil.items() if k != "reports"}, "ood_ceilings": ood_ceil}
     (out / "study.json").write_text(json.dumps(meta, indent=1, default=float))
     md = [f"# Study `{cfg.name}`: architectures x losses x imbalance ratios", "",
           f"Balanced test set: {describe(test_root)}; every run is evaluated on the same captures. "
