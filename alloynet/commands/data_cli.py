@@ -72,29 +72,23 @@ def ingest(source: str = typer.Argument(..., help="capture store to pull from (s
     """Pull new captures (since the watermark), verify, quarantine bad ones, update the manifest."""
     from alloynet.captures.ingest import ingest as run
     from alloynet.captures.stores import LocalStore, open_store
-    from alloynet.data.manifest import build_manifest, read_manifest, write_manifest
+    from alloynet.data.manifest import refresh_manifest
 
     dst = LocalStore(dest)
     res = run(open_store(source), dst)
     console.print(res.summary())
     for key, why in res.quarantined.items():
         console.print(f"[yellow]quarantined[/] {key}: {why}")
-    path = dst.root / "manifest.csv"
-    previous = read_manifest(path) if path.exists() else None
-    write_manifest(build_manifest(dst, seed=seed, previous=previous), path)
+    refresh_manifest(dst, seed)
 
 
 @data_app.command("manifest")
 def manifest_cmd(store: str, seed: int = 0, out: Optional[Path] = None) -> None:
     """(Re)build the manifest of a local store, keeping existing split assignments frozen."""
     from alloynet.captures.stores import LocalStore
-    from alloynet.data.manifest import build_manifest, read_manifest, write_manifest
+    from alloynet.data.manifest import refresh_manifest
 
-    st = LocalStore(store)
-    path = out or st.root / "manifest.csv"
-    previous = read_manifest(path) if Path(path).exists() else None
-    df = build_manifest(st, seed=seed, previous=previous)
-    write_manifest(df, path)
+    df, _ = refresh_manifest(LocalStore(store), seed, out)
     print_summary(df)
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from alloynet.captures.format import CaptureError, parse_sidecar
 from alloynet.captures.layout import CAPTURES
-from alloynet.captures.stores import ObjectStore
+from alloynet.captures.stores import LocalStore, ObjectStore
 from alloynet.data import CLASS_NAMES
 
 COLUMNS = [
@@ -114,6 +114,19 @@ def _ensure_val_per_class(plates: pd.DataFrame, split: dict[str, str]) -> None:
 def build_manifest(store: ObjectStore, seed: int = 0, previous: pd.DataFrame | None = None,
                    test_fraction: float = 0.15, val_fraction: float = 0.15) -> pd.DataFrame:
     return assign_splits(scan_store(store), seed, test_fraction, val_fraction, previous)[COLUMNS]
+
+
+def refresh_manifest(store: LocalStore, seed: int = 0, path: str | Path | None = None) -> tuple[pd.DataFrame, bool]:
+    """Rebuild the manifest of a local store with every known plate's split frozen; returns (manifest,
+    whether it changed). The file is written only when it changed, so a run with nothing new leaves it
+    untouched (bytes and mtime), and a store without captures gets no manifest file at all."""
+    path = Path(path) if path else store.root / "manifest.csv"
+    previous = read_manifest(path) if path.exists() else None
+    df = build_manifest(store, seed=seed, previous=previous)
+    changed = (not df.empty) if previous is None else manifest_hash(previous) != manifest_hash(df)
+    if changed:
+        write_manifest(df, path)
+    return df, changed
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> None:

@@ -68,24 +68,15 @@ def ingest_captures(source: str, data_dir: str | Path, seed: int = 0,
     are written atomically one capture at a time (alloynet.captures.ingest), the manifest by rename."""
     from alloynet.captures.ingest import ingest
     from alloynet.captures.stores import LocalStore, open_store
-    from alloynet.data.manifest import build_manifest, manifest_hash, read_manifest, write_manifest
+    from alloynet.data.manifest import manifest_hash, refresh_manifest
 
     dest = LocalStore(data_dir)
     sizes = {tuple(s) for s in accepted_sizes} if accepted_sizes else None
     res = ingest(open_store(source), dest, accepted_sizes=sizes)
     path = dest.root / "manifest.csv"
-    if not any(i.key.endswith(".json") for i in dest.list("captures/")):
-        # nothing usable stored yet (empty source, or everything quarantined): no manifest to build
-        return IngestReport(source=str(source), new=res.new, duplicates=res.duplicates, quarantined=res.quarantined,
-                            vanished=res.vanished, manifest_path=str(path))
-    previous = read_manifest(path) if path.exists() else None
-    df = build_manifest(dest, seed=seed, previous=previous)
-    new_hash = manifest_hash(df)
-    changed = previous is None or manifest_hash(previous) != new_hash
-    if changed:
-        write_manifest(df, path)
+    df, changed = refresh_manifest(dest, seed, path)
     return IngestReport(source=str(source), new=res.new, duplicates=res.duplicates, quarantined=res.quarantined,
-                        vanished=res.vanished, manifest_path=str(path), manifest_hash=new_hash,
+                        vanished=res.vanished, manifest_path=str(path), manifest_hash=manifest_hash(df) if len(df) else "",
                         manifest_changed=changed, captures=len(df), labelled=int(df.labelled.sum()))
 
 
