@@ -52,11 +52,13 @@ def evaluate_task(checkpoint: str, data_dir: str, out_dir: str, options: Optiona
 
 @task(name="fetch-champion", cache_policy=NO_CACHE)
 def fetch_champion_task(registry: str, dest: str) -> Optional[dict[str, Any]]:
-    got = steps.fetch_champion(open_registry(registry), dest)
-    if got is None:
+    reg = open_registry(registry)
+    pointer = reg.pointer()  # read once: the generation must belong to the version fetched
+    got = steps.fetch_champion(reg, dest)
+    if got is None or pointer is None:
         return None
     version, checkpoint = got
-    return {"version": version.version, "checkpoint": str(checkpoint), "generation": open_registry(registry).pointer().generation}
+    return {"version": version.version, "checkpoint": str(checkpoint), "generation": pointer.generation}
 
 
 @task(name="decide-promotion", cache_policy=NO_CACHE)

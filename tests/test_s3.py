@@ -1,7 +1,6 @@
 """S3 store and ingest against a real S3-compatible server (SeaweedFS) on 127.0.0.1."""
 import time
 
-import numpy as np
 import pytest
 
 from alloynet.captures.ingest import ingest
