@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from alloynet.captures.format import encode_image  # noqa: E402
+from alloynet.captures.image import encode_image  # noqa: E402
 from alloynet.physics import RigConfig, RigSimulator, sample_plate  # noqa: E402
 from alloynet.physics.materials import linear_attenuation  # noqa: E402
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alloynet.captures.format import CaptureError, decode_image, encode_image, parse_sidecar, validate_capture
+from alloynet.captures.format import parse_sidecar, validate_capture
+from alloynet.captures.image import CaptureError, decode_image, encode_image
 from alloynet.captures.ingest import ingest
 from alloynet.captures.layout import list_quarantine, read_capture
 from alloynet.captures.stores import LocalStore, ObjectExists, open_store

@@ -5,7 +5,7 @@ import xraydb
 
 from alloynet.physics import (ALLOY_NAMES, RigConfig, RigSimulator, get_alloy, monochromatic, neg_log_transmission,
                               neg_log_transmission_of, sample_plate)
-from alloynet.physics.materials import ALLOYS, Alloy, density_for, register_alloy
+from alloynet.physics.alloys import ALLOYS, Alloy, density_for, register_alloy
 
 
 def test_monochromatic_pure_al_matches_nist_beer_lambert():

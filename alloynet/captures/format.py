@@ -1,32 +1,25 @@
 """The capture format: a 16-bit image (PNG for one channel, TIFF for several) plus a JSON sidecar.
 
+The image codec lives in ``alloynet.captures.image`` (no pydantic: a client that only decodes pixels
+starts fast); this module is the sidecar schema and the checks of an image against its sidecar.
+
 Real captures from a rig use the same format; ground truth (``truth``) may be missing (unlabelled).
 Every problem raises ``CaptureError`` naming the file and the field, and what was expected.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from datetime import datetime
 from typing import Literal, Optional
 
 import numpy as np
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from alloynet.physics.materials import ALLOYS
+from alloynet.captures.image import CaptureError, decode_image, sha256
+from alloynet.physics.alloys import ALLOYS
 
 SCHEMA_VERSION = 1
 ACCEPTED_SIZES = {(64, 64), (128, 128), (256, 256), (512, 512)}
-
-
-class CaptureError(ValueError):
-    """A capture failed validation; ``where`` names the file and ``field`` the offending field."""
-
-    def __init__(self, where: str, field: str, message: str):
-        self.where, self.field, self.message = where, field, message
-        super().__init__(f"{where}: {field}: {message}")
 
 
 class ImageInfo(BaseModel):
@@ -106,57 +99,6 @@ class Sidecar(BaseModel):
         if v != SCHEMA_VERSION:
             raise ValueError(f"unsupported schema_version {v}; this alloynet reads version {SCHEMA_VERSION}")
         return v
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def encode_image(image: np.ndarray) -> tuple[bytes, str]:
-    """uint16 [C, H, W] -> (bytes, format). One channel: 16-bit grayscale PNG; several: TIFF."""
-    if image.dtype != np.uint16 or image.ndim != 3:
-        raise ValueError(f"image must be uint16 [C, H, W], got {image.dtype} {image.shape}")
-    if image.shape[0] == 1:
-        buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(image[0])).save(buf, format="PNG", compress_level=1)
-        return buf.getvalue(), "png"
-    import tifffile
-
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, image, photometric="minisblack")
-    return buf.getvalue(), "tiff"
-
-
-def decode_image(data: bytes, where: str = "<bytes>") -> np.ndarray:
-    """Bytes of a 16-bit PNG or TIFF -> uint16 [C, H, W]; clear errors for anything else."""
-    if not data:
-        raise CaptureError(where, "image", "file is empty")
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                mode = im.mode
-                arr = np.asarray(im)
-        except Exception as exc:  # PIL raises several types for truncated/corrupt files
-            raise CaptureError(where, "image", f"corrupt or truncated PNG ({str(exc).split(' <')[0]})") from None
-        if mode not in ("I;16", "I;16B", "I;16L", "I") or arr.ndim != 2:
-            raise CaptureError(where, "image", f"expected a 16-bit single-channel PNG, got mode {mode!r}")
-        if arr.dtype != np.uint16:
-            if arr.min() < 0 or arr.max() > 65535:
-                raise CaptureError(where, "image", "pixel values outside the 16-bit range")
-            arr = arr.astype(np.uint16)
-        return arr[None]
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        import tifffile
-
-        try:
-            arr = tifffile.imread(io.BytesIO(data))
-        except Exception as exc:
-            raise CaptureError(where, "image", f"corrupt or truncated TIFF ({exc})") from None
-        if arr.dtype != np.uint16:
-            raise CaptureError(where, "image", f"expected uint16 pixels, got {arr.dtype}")
-        return arr[None] if arr.ndim == 2 else arr
-    raise CaptureError(where, "image", "not a PNG or TIFF file (bad magic bytes)")
 
 
 def parse_sidecar(data: bytes, where: str = "<sidecar>") -> Sidecar:

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from alloynet.console import make_console
 
 app = typer.Typer(no_args_is_help=True)
-console = Console()
+console = make_console()
 AlloysOption = typer.Option(None, "--alloys", help="YAML defining extra alloys ({name: {density_g_cm3, nominal_wt_pct, ranges_wt_pct}})")
 
 
@@ -17,7 +17,7 @@ def _load_alloys(path: Optional[Path]) -> None:
     if path:
         import yaml
 
-        from alloynet.physics.materials import alloys_from_config
+        from alloynet.physics.alloys import alloys_from_config
 
         alloys_from_config(yaml.safe_load(path.read_text()) or {})
 

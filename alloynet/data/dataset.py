@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from alloynet.captures.format import decode_image
+from alloynet.captures.image import decode_image
 from alloynet.captures.layout import CAPTURES
 from alloynet.captures.stores import ObjectStore
 from alloynet.data.transforms import TrainAugment

@@ -13,12 +13,13 @@ from typing import Callable, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from alloynet.captures.format import encode_image, make_sidecar
+from alloynet.captures.format import make_sidecar
+from alloynet.captures.image import encode_image
 from alloynet.captures.layout import write_capture
 from alloynet.captures.stores import ObjectStore
 from alloynet.data import CLASS_NAMES
 from alloynet.data.profiles import Profile, class_counts
-from alloynet.physics.materials import alloys_from_config, get_alloy, sample_plate
+from alloynet.physics.alloys import alloys_from_config, get_alloy, sample_plate
 from alloynet.physics.simulator import RigConfig, RigSimulator
 
 

@@ -1,13 +1,24 @@
-"""Physics of the rig: attenuation data, tube spectrum, alloys, the simulator and the ideal observer."""
-from alloynet.physics.materials import ALLOYS, Alloy, Plate, get_alloy, register_alloy, sample_plate
-from alloynet.physics.simulator import RigConfig, RigSimulator, SimulatedCapture
-from alloynet.physics.spectrum import Spectrum, monochromatic, tube_spectrum
-from alloynet.physics.transmission import neg_log_transmission, neg_log_transmission_of
+"""Physics of the rig: attenuation data, tube spectrum, alloys, the simulator and the ideal observer.
 
-ALLOY_NAMES = ("Al1050", "Al2017", "Al5083", "Al6082", "Al7075")
+Names are resolved lazily (PEP 562): ``from alloynet.physics.alloys import ALLOYS`` must not load scipy,
+xraydb and SpekPy, because the capture format (and so the serving client) needs only the alloy table.
+"""
+from __future__ import annotations
 
-__all__ = [
-    "ALLOYS", "ALLOY_NAMES", "Alloy", "Plate", "RigConfig", "RigSimulator", "SimulatedCapture", "Spectrum",
-    "get_alloy", "monochromatic", "neg_log_transmission", "neg_log_transmission_of", "register_alloy",
-    "sample_plate", "tube_spectrum",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ALLOYS": "alloys", "ALLOY_NAMES": "alloys", "Alloy": "alloys", "Plate": "alloys", "get_alloy": "alloys",
+    "register_alloy": "alloys", "sample_plate": "alloys",
+    "RigConfig": "simulator", "RigSimulator": "simulator", "SimulatedCapture": "simulator",
+    "Spectrum": "spectrum", "monochromatic": "spectrum", "tube_spectrum": "spectrum",
+    "neg_log_transmission": "transmission", "neg_log_transmission_of": "transmission",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

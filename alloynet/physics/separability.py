@@ -25,7 +25,8 @@ from typing import Sequence
 import numpy as np
 from scipy import optimize, stats
 
-from alloynet.physics.materials import get_alloy, linear_attenuation, sample_plate
+from alloynet.physics.alloys import get_alloy, sample_plate
+from alloynet.physics.materials import linear_attenuation
 from alloynet.physics.simulator import Channel, RigConfig
 
 

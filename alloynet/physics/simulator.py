@@ -26,7 +26,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import ndimage
 
-from alloynet.physics.materials import Plate, linear_attenuation
+from alloynet.physics.alloys import Plate
+from alloynet.physics.materials import linear_attenuation
 from alloynet.physics.spectrum import detected_quanta, tube_spectrum
 from alloynet.physics.transmission import neg_log_transmission_of, wedge_attenuation
 

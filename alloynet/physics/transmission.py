@@ -5,7 +5,8 @@ from typing import Mapping
 
 import numpy as np
 
-from alloynet.physics.materials import WEDGE_MATERIALS, get_alloy, linear_attenuation
+from alloynet.physics.alloys import get_alloy
+from alloynet.physics.materials import WEDGE_MATERIALS, linear_attenuation
 from alloynet.physics.spectrum import Spectrum, detector_weights, tube_spectrum
 
 

@@ -1,0 +1,68 @@
+"""Checkpoints: plain dicts of tensors and primitives, loaded with ``torch.load(weights_only=True)``.
+
+Keys: ``format``, ``model`` (state dict), ``model_spec`` (what ``create_model`` needs: name,
+num_classes, in_channels, activation, dropout, kwargs, preprocess config, target_stats), ``optimizer``,
+``scheduler``, ``loss`` (state of learnt loss parameters), ``early_stop``, ``epoch`` (epochs completed),
+``config`` (the resolved run config), ``class_names``, ``manifest_hash``, ``image_size`` [H, W] of the
+training captures, ``channels``, ``arch`` (the model name), ``class_counts`` (training captures per class),
+``metrics`` (validation metrics of that epoch), ``history`` (per-epoch log) and ``best``.
+
+Writes are atomic (temp file + rename): a run killed while saving leaves the previous checkpoint intact.
+
+Public: ``save_checkpoint(state, path)``, ``load_checkpoint(path, map_location="cpu") -> dict``,
+``build_model(model_spec) -> AlloyNet`` and ``load_model(path, device="cpu") -> (model, meta)``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alloynet.models.heads import AlloyNet
+from alloynet.models.registry import create_model
+
+FORMAT = "alloynet-checkpoint/1"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    torch.save({"format": FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an alloynet checkpoint (expected format {FORMAT!r})")
+    return ckpt
+
+
+def build_model(spec: dict[str, Any]) -> AlloyNet:
+    """An untrained model exactly as described by a checkpoint's ``model_spec``."""
+    stats = {k: tuple(v) for k, v in spec["target_stats"].items()}
+    return create_model(spec["name"], spec["num_classes"], spec["in_channels"], spec["preprocess"],
+                        activation=spec["activation"], target_stats=stats, dropout=spec.get("dropout", 0.0),
+                        **spec.get("kwargs", {}))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[AlloyNet, dict[str, Any]]:
+    """Rebuild the trained model (eval mode) from a checkpoint; ``meta`` carries everything else but the
+    training state: class_names, manifest_hash, image_size [H, W], channels, arch, config, model_spec, epoch,
+    metrics (validation, of that epoch), history, best, class_counts."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    model = build_model(ckpt["model_spec"])
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    keys = ("class_names", "manifest_hash", "image_size", "channels", "arch", "config", "model_spec", "epoch",
+            "metrics", "history", "best", "class_counts")
+    meta = {k: ckpt.get(k) for k in keys}
+    meta["path"] = str(path)
+    return model, meta

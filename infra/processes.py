@@ -1,0 +1,105 @@
+"""Server processes that alloynet's scripts and fixtures start: SeaweedFS, Prefect, TorchServe, Triton.
+
+One implementation of the lifecycle for all of them (infra/ imports it too): free loopback ports, the
+binary next to the interpreter or on PATH, readiness polling that fails early when the process dies,
+and stop-by-PID of the whole process group. Every server runs in its own process group
+(``start_new_session=True``), so stopping the group also stops what it spawned (TorchServe's Python
+workers, Triton's backend stubs, Prefect's flow-run subprocesses).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def find_binary(name: str, install_hint: str) -> str:
+    """``name`` from this interpreter's bin directory (the venv), else from PATH."""
+    cand = Path(sys.executable).parent / name
+    found = str(cand) if cand.exists() else shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} is missing: {install_hint}")
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs; a zombie (exited, not yet reaped) counts as gone and is reaped if ours."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:  # not our child: ask /proc whether it is a zombie
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
+
+def tail(path: str | Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_ready(probe: Callable[[], bool], pid: int, timeout: float, what: str, log: str | Path,
+               interval: float = 0.3) -> None:
+    """Poll ``probe`` until it returns True; fail early, with the log's tail, if the process exits."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            raise RuntimeError(f"{what} exited during start-up; see {log}:\n{tail(log)}")
+        try:
+            if probe():
+                return
+        except Exception as exc:  # not listening yet, or models/workers still loading
+            last = str(exc)
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s ({last}); see {log}:\n{tail(log)}")
+
+
+def stop_group(pid: int, timeout: float = 20.0) -> bool:
+    """SIGTERM the process group led by ``pid``, wait for the leader, then SIGKILL whatever is left in the
+    group. Returns True when the leader exited on SIGTERM within ``timeout`` (a clean stop)."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    clean = not alive(pid)
+    try:  # leftovers in the group (workers, stubs, flow-run subprocesses) go too
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return clean
+    deadline = time.monotonic() + 5.0
+    while alive(pid) and time.monotonic() < deadline:  # alive() reaps our own child: no zombie left behind
+        time.sleep(0.05)
+    return clean
+
+
+def stop_pid_file(pid_file: Path, timeout: float = 20.0) -> bool:
+    """Stop the group whose leader's PID is in ``pid_file`` (a bare integer); remove the file."""
+    if not pid_file.exists():
+        return True
+    clean = stop_group(int(pid_file.read_text()), timeout)
+    pid_file.unlink(missing_ok=True)
+    return clean
