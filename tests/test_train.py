@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from alloynet.cli import app
 from alloynet.models import ARCH_DEFAULTS, list_models
 from alloynet.train import load_config, resolve, train
-from alloynet.train.checkpoint import load_checkpoint, load_model
+from alloynet.models.checkpoint import load_checkpoint, load_model
 from alloynet.train.config import ScheduleConfig, EarlyStopConfig
 from alloynet.train.data import EpochSampler, sample_weights
 from alloynet.train.optim import Schedule, lr_factor

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from alloynet.console import make_console
 
-console = Console()
+console = make_console()
 
 
 def train(
@@ -51,7 +51,7 @@ def _evaluate(checkpoint: Path, store: Optional[str], manifest: Optional[str], o
     import torch
 
     from alloynet.evaluate import evaluate as run_evaluate
-    from alloynet.train.checkpoint import load_checkpoint
+    from alloynet.models.checkpoint import load_checkpoint
 
     data_cfg = load_checkpoint(checkpoint)["config"]["data"]
     store = store or data_cfg["store"]

@@ -17,17 +17,6 @@ Library API (what the CLI and the Prefect tasks call)::
   thickness_r2, a0_mae, a0_r2, mu_eff_mae, mu_eff_r2, per_thickness, ceiling_accuracy, ceiling_recall,
   ceiling_gap (= ceiling_accuracy - balanced_accuracy), model, split, checkpoint, manifest_hash.
 """
-from __future__ import annotations
-
-from typing import Any
-
-
-def evaluate(*args: Any, **kwargs: Any) -> dict:
-    # Imported on call: ``alloynet.train`` uses ``alloynet.evaluate.metrics``, and the report needs
-    # ``alloynet.train.checkpoint``; a lazy import keeps either package importable first.
-    from alloynet.evaluate.report import evaluate as _evaluate
-
-    return _evaluate(*args, **kwargs)
-
+from alloynet.evaluate.report import evaluate
 
 __all__ = ["evaluate"]

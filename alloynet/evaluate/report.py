@@ -6,7 +6,6 @@ the gap to it), ``plots/*.png`` and ``gradcam/*.png``.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,24 +15,16 @@ from torch.utils.data import DataLoader
 
 from alloynet.captures.format import parse_sidecar
 from alloynet.captures.layout import sidecar_key
-from alloynet.captures.stores import ObjectStore, open_store
+from alloynet.captures.stores import ObjectStore
 from alloynet.data.dataset import CaptureDataset
-from alloynet.data.manifest import build_manifest, read_manifest
+from alloynet.data.manifest import open_dataset
 from alloynet.evaluate import plots
 from alloynet.evaluate.gradcam import save_gradcam
 from alloynet.evaluate.markdown import render
 from alloynet.evaluate.metrics import classification_metrics, regression_metrics
 from alloynet.evaluate.predict import predict
-from alloynet.train.checkpoint import load_model
-
-
-def _open(store: ObjectStore | str | Path, manifest: pd.DataFrame | str | Path | None) -> tuple[ObjectStore, pd.DataFrame]:
-    st = open_store(store) if isinstance(store, (str, Path)) else store
-    if isinstance(manifest, pd.DataFrame):
-        return st, manifest
-    if manifest is None and hasattr(st, "root") and (st.root / "manifest.csv").exists():
-        manifest = st.root / "manifest.csv"
-    return st, read_manifest(manifest) if manifest is not None else build_manifest(st)
+from alloynet.models.checkpoint import load_model
+from alloynet.serialize import jsonable
 
 
 def regression_summary(p: dict[str, np.ndarray]) -> dict[str, float]:
@@ -74,24 +65,13 @@ def ceiling(store: ObjectStore, rows: pd.DataFrame, **separability_kw) -> dict[s
     return {"ceiling_accuracy": mixed["accuracy"], "ceiling_recall": mixed["recall"], "markdown": mixed["markdown"]}
 
 
-def _clean(x: Any) -> Any:
-    """JSON has no NaN: undefined metrics become null."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: pd.DataFrame | str | Path | None,
              out_dir: str | Path, split: str = "test", *, device: str = "cpu", batch_size: int = 64,
              with_ceiling: bool = True, ceiling_kw: Optional[dict] = None, gradcam: int = 4) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of the manifest; writes the report folder; returns metrics."""
     out = Path(out_dir)
     model, meta = load_model(checkpoint, device)
-    st, df = _open(store, manifest)
+    st, df = open_dataset(store, manifest)
     labelled = df[df.labelled & (df.label >= 0)]
     if not (labelled.split == split).any():
         raise ValueError(f"no labelled captures in split {split!r} (splits: {sorted(labelled.split.unique())})")
@@ -110,7 +90,7 @@ def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: 
         metrics["ceiling_gap"] = ceil["ceiling_accuracy"] - metrics["balanced_accuracy"]
     figures = _plots(metrics, p, names, meta.get("history") or [], out)
     cams = _gradcams(model, ds, p, names, out, gradcam)
-    metrics = _clean(metrics)
+    metrics = jsonable(metrics)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "report.md").write_text(render(metrics, names, figures, cams, ceil["markdown"] if with_ceiling else None))

@@ -16,7 +16,7 @@ The model contract (export, serving and the registry depend on it; keep it exact
   (resnet18, resnet34, resnet50, vgg16, efficientnet_b0, fnn, profile_cnn). ``activation`` is one of
   relu, leaky_relu, gelu, silu (default: the architecture's entry in ``ARCH_DEFAULTS``). ImageNet weights
   only from a local file: ``pretrained="/path/to/torchvision_state_dict.pth"``.
-* A trained model is rebuilt from its checkpoint with ``alloynet.train.checkpoint.load_model(path) ->
+* A trained model is rebuilt from its checkpoint with ``alloynet.models.checkpoint.load_model(path) ->
   (model, meta)`` (``torch.load(weights_only=True)``; ``meta`` has class_names, manifest_hash,
   image_size [H, W], channels, arch, the resolved config and the model spec).
 """

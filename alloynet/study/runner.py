@@ -67,7 +67,7 @@ def _row(arch: str, loss: LossSpec, rho: float, seed: int, metrics: dict, train_
 def _reusable(saved: dict, stamp: str, out: Path, pool: Path) -> bool:
     """A finished run counts only if its recipe is unchanged *and* its checkpoint was trained on exactly
     the current training pool (the config names the pool's path, not its content)."""
-    from alloynet.train.checkpoint import load_checkpoint
+    from alloynet.models.checkpoint import load_checkpoint
 
     ckpt = out / "train" / "best.pt"
     if saved.get("stamp") != stamp or not ckpt.exists():
@@ -79,7 +79,7 @@ def run_one(cfg: StudyConfig, arch: str, loss: LossSpec, rho: float, seed: int, 
             ood_roots: dict[str, Path]) -> dict:
     from alloynet.evaluate import evaluate
     from alloynet.train import train
-    from alloynet.train.checkpoint import load_model
+    from alloynet.models.checkpoint import load_model
 
     rid = run_id(arch, loss, rho, seed)
     out = Path(cfg.work_dir) / "runs" / rid

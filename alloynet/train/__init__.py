@@ -13,7 +13,7 @@ Library API (what the CLI and the Prefect tasks call)::
 * ``train(config: TrainConfig, resume: bool = False, on_epoch_end=None) -> TrainResult``
 * ``load_config(path=None, overrides: dict[str, Any] | None = None) -> TrainConfig`` (dotted override keys)
 * ``resolve(config) -> TrainConfig`` fills per-architecture defaults (``alloynet.models.ARCH_DEFAULTS``)
-* ``alloynet.train.checkpoint.load_model(path, device="cpu") -> (model, meta)``
+* ``alloynet.models.checkpoint.load_model(path, device="cpu") -> (model, meta)``
 
 Under ``torchrun --nproc_per_node N -m alloynet.cli train ...`` the same code runs DDP (NCCL on GPUs,
 gloo on CPU); rank 0 writes checkpoints.

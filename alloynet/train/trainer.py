@@ -16,20 +16,20 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from rich.console import Console
+from alloynet.console import make_console
 
 from alloynet.data import CLASS_NAMES
 from alloynet.data.manifest import manifest_hash
 from alloynet.losses import MultiTaskLoss, create_loss
 from alloynet.models import create_model
-from alloynet.train.checkpoint import load_checkpoint, save_checkpoint
+from alloynet.models.checkpoint import load_checkpoint, save_checkpoint
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
 from alloynet.train.distributed import DistEnv, cleanup, init_distributed
 from alloynet.train.engine import train_one_epoch, validate
 from alloynet.train.optim import EarlyStopping, Schedule, build_optimizer
 
-console = Console(stderr=True, soft_wrap=True)
+console = make_console(stderr=True)
 EpochCallback = Callable[[int, dict], None]
 
 
