@@ -12,6 +12,7 @@ from alloynet.data.profiles import class_counts
 from alloynet.data.simulate import DatasetSpec, simulate_dataset
 from alloynet.data.transforms import Preprocess, TrainAugment, wedge_profile
 from alloynet.physics import RigConfig
+from alloynet.train.data import fit_preprocess
 from tests.helpers.dummy import DummyCaptureStore
 
 
@@ -109,7 +110,7 @@ def test_dataset_items_and_targets(dummy):
 
 def test_preprocess_gives_the_physics_a0_at_the_thin_end(dummy):
     store, df = dummy
-    pre = Preprocess.from_manifest(df, store)
+    pre = fit_preprocess(df[df.split == "train"], store)
     ds = CaptureDataset(store, df, split=None)
     errs = []
     for i in range(len(ds)):

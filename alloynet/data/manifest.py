@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,10 @@ import pandas as pd
 
 from alloynet.captures.format import CaptureError, parse_sidecar
 from alloynet.captures.layout import CAPTURES
-from alloynet.captures.stores import LocalStore, ObjectStore
+from alloynet.captures.stores import LocalStore, ObjectStore, open_store
 from alloynet.data import CLASS_NAMES
+
+MANIFEST_FILE = "manifest.csv"  # beside the captures of a local data directory
 
 COLUMNS = [
     "capture_id", "plate_id", "image_file", "sha256", "alloy", "label", "nominal_thickness_mm", "thickness_mm",
@@ -116,11 +120,59 @@ def build_manifest(store: ObjectStore, seed: int = 0, previous: pd.DataFrame | N
     return assign_splits(scan_store(store), seed, test_fraction, val_fraction, previous)[COLUMNS]
 
 
+def manifest_path(data_dir: str | os.PathLike | LocalStore) -> Path:
+    """Where a local data directory keeps its manifest."""
+    root = data_dir.root if isinstance(data_dir, LocalStore) else Path(data_dir)
+    return root / MANIFEST_FILE
+
+
+def open_dataset(store: ObjectStore | str | os.PathLike, manifest: pd.DataFrame | str | os.PathLike | None = None,
+                 seed: int = 0) -> tuple[ObjectStore, pd.DataFrame]:
+    """A capture store and its manifest: the one given, else the store's own manifest file (local stores),
+    else one built now by scanning the store."""
+    st = open_store(store) if isinstance(store, (str, os.PathLike)) else store
+    if isinstance(manifest, pd.DataFrame):
+        return st, manifest
+    if manifest is None and isinstance(st, LocalStore) and manifest_path(st).exists():
+        manifest = manifest_path(st)
+    return st, read_manifest(manifest) if manifest is not None else build_manifest(st, seed=seed)
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """One local data directory as the pipeline's steps see it: where it is and the hash of the manifest
+    that a run started from. Steps take this value instead of re-deriving paths; ``manifest()`` refuses
+    to hand out a manifest that changed under the run (e.g. a concurrent ingest)."""
+
+    data_dir: str
+    manifest_hash: str
+
+    @property
+    def path(self) -> Path:
+        return manifest_path(self.data_dir)
+
+    @property
+    def store(self) -> LocalStore:
+        return LocalStore(self.data_dir)
+
+    def manifest(self) -> pd.DataFrame:
+        df = read_manifest(self.path)
+        if manifest_hash(df) != self.manifest_hash:
+            raise RuntimeError(f"{self.path} changed during this run (hash {manifest_hash(df)[:12]}, the run "
+                               f"started from {self.manifest_hash[:12]}); re-run to use the new captures")
+        return df
+
+    @classmethod
+    def current(cls, data_dir: str | os.PathLike) -> "DataSet":
+        """The data directory with the manifest it has now."""
+        return cls(str(Path(data_dir).resolve()), manifest_hash(read_manifest(manifest_path(data_dir))))
+
+
 def refresh_manifest(store: LocalStore, seed: int = 0, path: str | Path | None = None) -> tuple[pd.DataFrame, bool]:
     """Rebuild the manifest of a local store with every known plate's split frozen; returns (manifest,
     whether it changed). The file is written only when it changed, so a run with nothing new leaves it
     untouched (bytes and mtime), and a store without captures gets no manifest file at all."""
-    path = Path(path) if path else store.root / "manifest.csv"
+    path = Path(path) if path else manifest_path(store)
     previous = read_manifest(path) if path.exists() else None
     df = build_manifest(store, seed=seed, previous=previous)
     changed = (not df.empty) if previous is None else manifest_hash(previous) != manifest_hash(df)
@@ -147,6 +199,14 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"manifest {path}: missing column(s) {missing}")
     df["labelled"] = df["labelled"].astype(str).str.lower().isin(["true", "1"])
     return df
+
+
+def calibration_levels(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's dark and flat levels as float arrays [N, C] (the manifest stores them ';'-joined)."""
+    def parse(col: pd.Series) -> np.ndarray:
+        return np.array([[float(v) for v in s.split(";")] for s in col], dtype=float).reshape(len(col), -1)
+
+    return parse(df.dark_adu), parse(df.flat_adu)
 
 
 def manifest_hash(df: pd.DataFrame) -> str:

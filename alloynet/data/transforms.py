@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -59,26 +58,6 @@ class Preprocess(nn.Module):
         """Everything needed to rebuild this module (stored in checkpoints)."""
         return {"dark_adu": self.dark.flatten().tolist(), "flat_adu": (self.dark + self.span).flatten().tolist(),
                 "mean": float(self.mean), "std": float(self.std), "equalize": self.equalize}
-
-    @classmethod
-    def from_manifest(cls, df, store=None, max_images: int = 32, equalize: bool = False) -> "Preprocess":
-        """Calibration levels: median over training captures; mean/std of -ln T from up to ``max_images``
-        training images when a store is given (otherwise 0/1)."""
-        train = df[df.split == "train"] if "split" in df and (df.split == "train").any() else df
-        dark = np.median(np.array([[float(v) for v in s.split(";")] for s in train.dark_adu]), axis=0)
-        flat = np.median(np.array([[float(v) for v in s.split(";")] for s in train.flat_adu]), axis=0)
-        pre = cls(dark.tolist(), flat.tolist(), equalize=equalize)
-        if store is not None and len(train):
-            from alloynet.data.dataset import load_image
-
-            rows = train.sort_values("capture_id").head(max_images)
-            vals = torch.cat([pre.neg_log(torch.from_numpy(load_image(store, f).astype(np.float32))[None]).flatten()
-                              for f in rows.image_file])
-            if equalize:  # equalised values are ranks, uniform on [0, 1]
-                vals = torch.linspace(0, 1, 1001)
-            pre.mean.fill_(float(vals.mean()))
-            pre.std.fill_(max(float(vals.std()), 1e-6))
-        return pre
 
 
 def _equalize(a: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from alloynet.captures.stores import ObjectStore, open_store
+from alloynet.captures.stores import ObjectStore
 from alloynet.data import CLASS_NAMES
 from alloynet.data.dataset import CaptureDataset
-from alloynet.data.manifest import build_manifest, read_manifest
+from alloynet.data.dataset import load_image
+from alloynet.data.manifest import calibration_levels, open_dataset
 from alloynet.data.transforms import Preprocess, TrainAugment
 from alloynet.train.config import DataConfig
 
@@ -92,20 +93,31 @@ class RunData:
     channels: int
 
 
-def load_manifest(cfg: DataConfig, store: ObjectStore, seed: int) -> pd.DataFrame:
-    if cfg.manifest and Path(cfg.manifest).exists():
-        return read_manifest(cfg.manifest)
-    return build_manifest(store, seed=seed)
+def fit_preprocess(train: pd.DataFrame, store: Optional[ObjectStore] = None, max_images: int = 32,
+                   equalize: bool = False) -> Preprocess:
+    """Preprocessing fitted on the training captures: calibration levels are their median; mean/std of
+    -ln T come from up to ``max_images`` training images when a store is given (otherwise 0/1)."""
+    dark, flat = calibration_levels(train)
+    pre = Preprocess(np.median(dark, axis=0).tolist(), np.median(flat, axis=0).tolist(), equalize=equalize)
+    if store is not None and len(train):
+        rows = train.sort_values("capture_id").head(max_images)
+        vals = torch.cat([pre.neg_log(torch.from_numpy(load_image(store, f).astype(np.float32))[None]).flatten()
+                          for f in rows.image_file])
+        if equalize:  # equalised values are ranks, uniform on [0, 1]
+            vals = torch.linspace(0, 1, 1001)
+        pre.mean.fill_(float(vals.mean()))
+        pre.std.fill_(max(float(vals.std()), 1e-6))
+    return pre
 
 
 def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> RunData:
-    store = open_store(cfg.store)
-    manifest = load_manifest(cfg, store, seed)
+    store, manifest = open_dataset(cfg.store, cfg.manifest if cfg.manifest and Path(cfg.manifest).exists() else None,
+                                   seed)
     labelled = manifest[manifest.labelled & (manifest.label >= 0)]
     train_rows = labelled[labelled.split == "train"]
     if train_rows.empty:
         raise ValueError(f"manifest of {cfg.store} has no labelled training captures")
-    pre = Preprocess.from_manifest(labelled, store, max_images=cfg.norm_images, equalize=cfg.equalize)
+    pre = fit_preprocess(train_rows, store, cfg.norm_images, cfg.equalize)
     augment = TrainAugment(**{"dark_adu": float(pre.dark.mean()), **cfg.augment_kwargs}) if cfg.augment else None
     train = CaptureDataset(store, labelled, "train", transform=augment, seed=seed, cache=cfg.cache)
     val = CaptureDataset(store, labelled, "val", cache=cfg.cache)
