@@ -20,8 +20,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from alloynet import contract
+
 Capture = Union[str, Path, bytes, np.ndarray]
-OUTPUTS = ("probabilities", "thickness_mm", "absorption")
 
 
 class ServingError(RuntimeError):
@@ -72,7 +73,7 @@ def _decode(capture: Union[bytes, np.ndarray]) -> np.ndarray:
     """PNG/TIFF bytes -> uint16 [C, H, W] with the library's decoder; arrays pass through."""
     if isinstance(capture, np.ndarray):
         return capture
-    from alloynet.captures.format import CaptureError, decode_image
+    from alloynet.captures.image import CaptureError, decode_image
 
     try:
         return decode_image(bytes(capture), where="capture")
@@ -123,18 +124,18 @@ class TritonClient:
             self._class_names = cfg.config.parameters["class_names"].string_value.split(",")
         return self._class_names
 
-    def infer_array(self, images: np.ndarray) -> list[np.ndarray]:
-        """Raw outputs for a batch [B, C, H, W] (any dtype: the server checks it)."""
+    def infer_array(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw outputs ({contract output name: [B, ...]}) for a batch [B, C, H, W] (any dtype: the server checks it)."""
         g = self._g
         dtype = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.uint16): "UINT16",
                  np.dtype(np.int32): "INT32"}.get(images.dtype, "FP32")
-        inp = g.InferInput("image", list(images.shape), dtype)
+        inp = g.InferInput(contract.INPUT_NAME, list(images.shape), dtype)
         inp.set_data_from_numpy(images)
-        outs = [g.InferRequestedOutput(n) for n in OUTPUTS]
+        outs = [g.InferRequestedOutput(n) for n in contract.OUTPUT_NAMES]
         res = self._call(lambda: self.client.infer(self.model, [inp], outputs=outs, headers=self.headers,
                                                    client_timeout=self.timeout_s))
-        p, t, a = (res.as_numpy(n) for n in OUTPUTS)
-        return [p, t.reshape(len(p)), a]
+        k = res.as_numpy("probabilities").shape[-1]  # Triton declares scalar outputs as [1]: reshape to the contract's
+        return {n: res.as_numpy(n).reshape(len(images), *contract.output_dims(n, k)) for n in contract.OUTPUT_NAMES}
 
     def predict_batch(self, captures: Sequence[Capture]) -> list[Prediction]:
         arrays = [_as_request_tensor(_decode(_read(c))) for c in captures]
@@ -144,9 +145,9 @@ class TritonClient:
         return self._predictions(np.stack(arrays))
 
     def _predictions(self, batch: np.ndarray) -> list[Prediction]:
-        p, t, a = self.infer_array(batch)
+        outputs = self.infer_array(batch)
         names = self.class_names
-        return [_prediction(p[i], float(t[i]), a[i], names, self.server) for i in range(len(p))]
+        return [Prediction(**contract.prediction(outputs, i, names), server=self.server) for i in range(len(batch))]
 
     def ready(self) -> bool:
         try:
@@ -208,9 +209,7 @@ class TorchServeClient:
                 np.save(buf, data, allow_pickle=False)
                 data = buf.getvalue()
             body = self.predict_bytes(data)
-            out.append(Prediction(alloy=body["alloy"], confidence=body["confidence"],
-                                  probabilities=body["probabilities"], thickness_mm=body["thickness_mm"],
-                                  absorption=body["absorption"], server=self.server))
+            out.append(Prediction(**body, server=self.server))
         return out
 
     def ready(self) -> bool:
@@ -265,9 +264,3 @@ def connect(url: str, token: Optional[str] = None, timeout_s: float = 10.0, retr
         return AlloyClient(TritonClient(target, model, timeout_s, retries, backoff_s))
     return AlloyClient(TorchServeClient(target, model, token, timeout_s, retries, backoff_s))
 
-
-def _prediction(probs: np.ndarray, thickness: float, absorption: np.ndarray, names: list[str], server: str) -> Prediction:
-    k = int(np.argmax(probs))
-    return Prediction(alloy=names[k], confidence=float(probs[k]),
-                      probabilities={n: float(p) for n, p in zip(names, probs)}, thickness_mm=thickness,
-                      absorption={"a0": float(absorption[0]), "mu_eff": float(absorption[1])}, server=server)

@@ -142,7 +142,7 @@ def _npy(a: np.ndarray) -> bytes:
 
 
 def test_handler_answers_each_request_and_rejects_bad_ones(bundle, images):
-    from alloynet.captures.format import encode_image
+    from alloynet.captures.image import encode_image
     from serving.torchserve.handler import AlloyHandler
 
     ctx = _context(bundle.directory)
@@ -176,7 +176,8 @@ def test_mar_holds_model_handler_and_meta(bundle, tmp_path):
     with zipfile.ZipFile(mar) as z:
         names = set(z.namelist())
         manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
-    assert {"model.pt", "handler.py", "export.json", "capture_checks.py", "model-config.yaml"} <= names
+    assert {"model.pt", "handler.py", "export.json", "capture_checks.py", "alloynet_contract.py",
+            "model-config.yaml"} <= names
     assert manifest["model"]["modelName"] == "alloynet" and manifest["model"]["handler"] == "handler.py"
 
 

@@ -2,7 +2,7 @@
 
 The contract model returns a dict of logits and physical regression outputs; exported graphs need plain
 tensors with stable names, so ``ServingGraph`` wraps the model once and TorchScript, ONNX, TensorRT,
-TorchServe and Triton all see the same three outputs. Softmax runs inside the graph so every server
+TorchServe and Triton all see the same outputs, named and shaped as ``alloynet.contract`` declares. Softmax runs inside the graph so every server
 returns the same probabilities without re-implementing anything.
 """
 from __future__ import annotations
@@ -15,10 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("probabilities", "thickness_mm", "absorption")
-ABSORPTION_FIELDS = ("a0", "mu_eff")
-META_FILE = "export.json"
+from alloynet.contract import INPUT_DTYPE, META_FILE, VERSION
 
 
 class ServingGraph(nn.Module):
@@ -44,10 +41,8 @@ class ExportMeta(BaseModel):
     height: int = Field(ge=8)
     width: int = Field(ge=8)
     arch: str = "unknown"
-    input_name: str = INPUT_NAME
-    output_names: list[str] = Field(default_factory=lambda: list(OUTPUT_NAMES))
-    absorption_fields: list[str] = Field(default_factory=lambda: list(ABSORPTION_FIELDS))
-    input_dtype: str = "float32"
+    contract_version: int = VERSION  # the input/output names and shapes are alloynet.contract's
+    input_dtype: str = INPUT_DTYPE
     max_adu: float = 65535.0
     opset: Optional[int] = None
     files: dict[str, str] = Field(default_factory=dict, description="format -> file name in the bundle")

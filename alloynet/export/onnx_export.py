@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alloynet.export.graph import INPUT_NAME, OUTPUT_NAMES, ExportMeta, ServingGraph, example_input
+from alloynet.contract import INPUT_NAME, OUTPUT_NAMES
+from alloynet.export.graph import ExportMeta, ServingGraph, example_input
 
 DEFAULT_OPSET = 18
 MAX_BATCH = 1024

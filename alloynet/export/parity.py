@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from alloynet.export.graph import INPUT_NAME, OUTPUT_NAMES, ServingGraph
+from alloynet.contract import INPUT_NAME, OUTPUT_NAMES
+from alloynet.export.graph import ServingGraph
 
 
 class ParityError(AssertionError):

@@ -14,7 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-from alloynet.export.graph import INPUT_NAME, OUTPUT_NAMES, ExportMeta
+from alloynet.contract import INPUT_NAME, OUTPUT_NAMES
+from alloynet.export.graph import ExportMeta
 
 
 class TensorRTUnavailable(RuntimeError):

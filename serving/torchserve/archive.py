@@ -5,18 +5,22 @@ the shared input checks and a per-model config (batching, workers, timeouts).
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from alloynet.export import ExportBundle, META_FILE
-from serving.processes import find_binary
+from alloynet import contract
+from alloynet.export import ExportBundle
+from infra.processes import find_binary
 
 HERE = Path(__file__).resolve().parent
 HANDLER = HERE / "handler.py"
 CHECKS = HERE.parent / "capture_checks.py"
+CONTRACT = Path(contract.__file__)
+CONTRACT_FILE = "alloynet_contract.py"  # the name the handler imports inside the archive
 
 
 def archiver_command() -> list[str]:
@@ -41,7 +45,8 @@ def build_mar(bundle_dir: str | Path, out_dir: str | Path, model_name: str = "al
         cfg = Path(tmp) / "model-config.yaml"
         cfg.write_text(yaml.safe_dump(model_config(batch_size, max_batch_delay_ms, workers, response_timeout_s,
                                                    threads)))
-        extra = [bundle.directory / META_FILE, CHECKS]
+        shutil.copy2(CONTRACT, Path(tmp) / CONTRACT_FILE)
+        extra = [bundle.directory / contract.META_FILE, CHECKS, Path(tmp) / CONTRACT_FILE]
         cmd = archiver_command() + [
             "--model-name", model_name, "--version", version, "--serialized-file", str(bundle.path("torchscript")),
             "--handler", str(HANDLER), "--extra-files", ",".join(str(p) for p in extra),

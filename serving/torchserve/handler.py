@@ -19,12 +19,13 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 try:  # inside a .mar the extra files sit beside this one
+    import alloynet_contract as contract
     from capture_checks import NPY_MAGIC, CaptureInputError, check_capture, decode_npy
 except ImportError:  # imported from the repository (unit tests)
+    from alloynet import contract
     from serving.capture_checks import NPY_MAGIC, CaptureInputError, check_capture, decode_npy
 
 log = logging.getLogger(__name__)
-META_FILE = "export.json"
 
 
 class AlloyHandler(BaseHandler):
@@ -40,7 +41,7 @@ class AlloyHandler(BaseHandler):
         torch.set_num_threads(int(cfg.get("threads", os.environ.get("ALLOYNET_TORCH_THREADS", 1))))
         super().initialize(context)
         model_dir = context.system_properties.get("model_dir")
-        with open(os.path.join(model_dir, META_FILE)) as f:
+        with open(os.path.join(model_dir, contract.META_FILE)) as f:
             self.meta = json.load(f)
         self.shape = (int(self.meta["channels"]), int(self.meta["height"]), int(self.meta["width"]))
         self.class_names = list(self.meta["class_names"])
@@ -64,7 +65,7 @@ class AlloyHandler(BaseHandler):
         if data.startswith(NPY_MAGIC):
             arr = decode_npy(data)
         else:
-            from alloynet.captures.format import decode_image
+            from alloynet.captures.image import decode_image
 
             arr = decode_image(data, where="request")
         return check_capture(arr, self.shape, self.max_adu)
@@ -85,11 +86,12 @@ class AlloyHandler(BaseHandler):
         if data is None:
             return None
         with torch.inference_mode():
-            return [t.cpu().numpy() for t in self.model(data.to(self.device))]
+            outs = self.model(data.to(self.device))
+        return {name: t.cpu().numpy() for name, t in zip(contract.OUTPUT_NAMES, outs)}
 
     # -- postprocess --------------------------------------------------------------------------------
     def postprocess(self, outputs) -> list:
-        n = len(self.errors) + (0 if outputs is None else len(outputs[0]))
+        n = len(self.errors) + (0 if outputs is None else len(outputs[contract.OUTPUT_NAMES[0]]))
         results, j = [], 0
         for i in range(n):
             if i in self.errors:
@@ -98,14 +100,7 @@ class AlloyHandler(BaseHandler):
                     self.context.set_response_status(400, f"{err['field']}: {err['message']}", idx=i)
                 results.append(self.errors[i])
                 continue
-            probs, thickness, absorption = (o[j] for o in outputs)
+            results.append(contract.prediction(outputs, j, self.class_names))
             j += 1
-            results.append(prediction_json(probs, float(thickness), absorption, self.class_names))
         return results
 
-
-def prediction_json(probs: np.ndarray, thickness_mm: float, absorption: np.ndarray, class_names: list[str]) -> dict:
-    k = int(np.argmax(probs))
-    return {"alloy": class_names[k], "confidence": float(probs[k]),
-            "probabilities": {c: float(p) for c, p in zip(class_names, probs)},
-            "thickness_mm": thickness_mm, "absorption": {"a0": float(absorption[0]), "mu_eff": float(absorption[1])}}

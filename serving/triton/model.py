@@ -1,7 +1,7 @@
 """Triton Python-backend model: the exported ONNX graph run with ONNX Runtime, for CPU-only servers.
 
 Copied into ``<repository>/<name>/1/`` by ``serving.triton.repository.build_repository`` together with
-``model.onnx``, ``export.json`` and ``capture_checks.py``. Triton itself rejects a wrong dtype or shape
+``model.onnx``, ``export.json``, ``capture_checks.py`` and the contract (``alloynet_contract.py``). Triton itself rejects a wrong dtype or shape
 before a request reaches this file; here each request is checked for NaN/infinite or out-of-range pixels
 and answered with INVALID_ARG on its own, so one bad capture never fails its batch or the instance.
 """
@@ -13,6 +13,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import alloynet_contract as contract  # noqa: E402
 from capture_checks import CaptureInputError, check_capture  # noqa: E402
 
 
@@ -26,7 +27,7 @@ class TritonPythonModel:
         import onnxruntime as ort
 
         here = os.path.dirname(os.path.abspath(__file__))
-        with open(os.path.join(here, "export.json")) as f:
+        with open(os.path.join(here, contract.META_FILE)) as f:
             self.meta = json.load(f)
         self.shape = (int(self.meta["channels"]), int(self.meta["height"]), int(self.meta["width"]))
         self.max_adu = float(self.meta.get("max_adu", 65535.0))
@@ -37,8 +38,8 @@ class TritonPythonModel:
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(os.path.join(here, "model.onnx"), sess_options=opts,
                                             providers=["CPUExecutionProvider"])
-        self.input_name = self.meta.get("input_name", "image")
-        self.output_names = list(self.meta.get("output_names", ["probabilities", "thickness_mm", "absorption"]))
+        self.input_name = contract.INPUT_NAME
+        self.output_names = list(contract.OUTPUT_NAMES)
 
     def execute(self, requests):
         responses = [None] * len(requests)

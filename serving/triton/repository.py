@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from alloynet.export import INPUT_NAME, META_FILE, ExportBundle, ExportMeta, onnx_signature
+from alloynet import contract
+from alloynet.export import ExportBundle, ExportMeta, onnx_signature
 
 HERE = Path(__file__).resolve().parent
 PYTHON_MODEL = HERE / "model.py"
 CHECKS = HERE.parent / "capture_checks.py"
+CONTRACT_FILE = "alloynet_contract.py"  # the name model.py imports inside the repository
 
 
 @dataclass
@@ -42,13 +44,13 @@ def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions
     header = {"python": 'backend: "python"',
               "onnxruntime": 'platform: "onnxruntime_onnx"\nbackend: "onnxruntime"',
               "tensorrt": 'platform: "tensorrt_plan"\nbackend: "tensorrt"'}[backend]
-    outputs = [_tensor("probabilities", [meta.num_classes]), _tensor("thickness_mm", [1], reshape_scalar=True),
-               _tensor("absorption", [2])]
+    dims = {n: contract.output_dims(n, meta.num_classes) for n in contract.OUTPUT_NAMES}
+    outputs = [_tensor(n, d or [1], reshape_scalar=not d) for n, d in dims.items()]
     kind = "KIND_GPU" if gpu or backend == "tensorrt" else "KIND_CPU"
     preferred = ", ".join(str(b) for b in opts.preferred_batch_sizes if b <= opts.max_batch_size)
     parts = [
         f'name: "{name}"', header, f"max_batch_size: {opts.max_batch_size}",
-        "input [\n" + _tensor(INPUT_NAME, meta.input_shape) + "\n]",
+        "input [\n" + _tensor(contract.INPUT_NAME, meta.input_shape) + "\n]",
         "output [\n" + ",\n".join(outputs) + "\n]",
         f"dynamic_batching {{\n  preferred_batch_size: [ {preferred} ]\n"
         f"  max_queue_delay_microseconds: {opts.max_queue_delay_us}\n}}",
@@ -90,8 +92,9 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, name: str = "a
         (d / "1").mkdir(parents=True)
         shutil.copy2(src, d / "1" / dst)
         if backend == "python":
-            for f in (PYTHON_MODEL, CHECKS, bundle.directory / META_FILE):
+            for f in (PYTHON_MODEL, CHECKS, bundle.directory / contract.META_FILE):
                 shutil.copy2(f, d / "1" / f.name)
+            shutil.copy2(contract.__file__, d / "1" / CONTRACT_FILE)
         (d / "config.pbtxt").write_text(config_text(model_name, meta, backend, opts, gpu=gpu))
         validate_config(d / "config.pbtxt", bundle.path("onnx"), meta)
     return repo
