@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/flow.py [--out /tmp/alloynet-bench-flow] [--n-max 40] [--size 64]
 
-Each stage calls the same library function the flow's task calls (alloynet.registry.pipeline and the
+Each stage calls the same library function the flow's task calls (alloynet.steps and the
 serving packagers), in one process; peak memory is the process's peak RSS during the stage (Linux:
 VmHWM, reset before each stage through /proc/self/clear_refs). Then the whole `nightly` flow runs once
 in-process (Prefect ephemeral mode) on a fresh copy, for the end-to-end time including Prefect itself.
@@ -59,7 +59,7 @@ def main() -> None:
     from alloynet.data.simulate import DatasetSpec, simulate_dataset
     from alloynet.physics.simulator import RigConfig
     from alloynet.registry import open_registry
-    from alloynet.registry import pipeline as steps
+    from alloynet import steps
     from flows.packaging import available_formats, package_for_serving
 
     spec = DatasetSpec(n_max=a.n_max, seed=0, rig=RigConfig(height=a.size, width=a.size))
@@ -72,16 +72,17 @@ def main() -> None:
     with stage("ingest"):
         rep = steps.ingest_captures(str(rig.root), data)
     with stage("train"):
-        trained = steps.train_candidate(cand, data, run / "candidates" / cand.name, device="cpu")
+        trained = steps.train_candidate(cand, rep.dataset, run / "candidates" / cand.name, device="cpu")
     with stage("evaluate"):
-        metrics = steps.evaluate_checkpoint(trained.checkpoint, data, run / "evaluation")
+        metrics = steps.evaluate_checkpoint(trained.checkpoint, rep.dataset, run / "evaluation")
     formats = available_formats()
     with stage("package: export"):
-        bundle = steps.export_candidate(trained.checkpoint, run / "export")
+        bundle = steps.export_release(trained.checkpoint, rep.dataset, run / "export")
     with stage(f"package: {'+'.join(formats)}"):
         packages = package_for_serving(bundle, run / "packages", formats)
     with stage("publish + promote"):
-        rel = steps.assemble_release(trained, metrics, {"export": str(bundle), **packages}, data, run / "release")
+        rel = steps.assemble_release(trained, metrics, {"export": str(bundle), **packages}, rep.dataset,
+                                     run / "release")
         reg = open_registry(a.out / "registry")
         mv = reg.publish(rel, metrics=metrics)
         reg.promote(mv.version, "bench")

@@ -67,17 +67,17 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from alloynet.export import export_checkpoint, onnx_session
-    from alloynet.train.checkpoint import load_model
+    from alloynet.models.checkpoint import load_model
     from serving.client import connect
-    from serving.torchserve import server as ts_server
+    from infra import torchserve as ts_server
     from serving.torchserve.archive import build_mar
-    from serving.triton import server as tr_server
+    from infra import triton as tr_server
     from serving.triton.repository import BatchingOptions, build_repository
     from tests.helpers.serving import capture_images, train_tiny_checkpoint
 
     tmp = Path(tempfile.mkdtemp(prefix="alloynet-bench-"))
     ckpt = args.checkpoint or train_tiny_checkpoint(tmp)
-    bundle = export_checkpoint(ckpt, tmp / "export", capture_images(8, seed=7).astype(np.float32), log=lambda *_: None)
+    bundle = export_checkpoint(ckpt, tmp / "export", log=lambda *_: None)
     model, _ = load_model(ckpt)
     caps = capture_images(64, seed=11)
     f32 = caps.astype(np.float32)

@@ -1,5 +1,5 @@
 """Prefect flows over the alloynet library: ingest -> retrain -> evaluate -> promote, and `nightly`.
 
-Each flow is a thin wrapper: the work is done by plain functions in ``alloynet.registry.pipeline`` and
+Each flow is a thin wrapper: the work is done by plain functions in ``alloynet.steps`` and
 ``alloynet.registry``; deployments are declared in ``prefect.yaml`` at the repository root.
 """

@@ -31,7 +31,7 @@ def ingest_artifacts(report: Mapping[str, Any]) -> None:
           "|---|---|---|---|---|---|---|",
           f"| {len(report['new'])} | {len(report['duplicates'])} | {len(report['quarantined'])} | "
           f"{len(report['vanished'])} | {report['captures']} | {report['labelled']} | "
-          f"{'updated' if report['manifest_changed'] else 'unchanged'} `{report['manifest_hash'][:12]}` |"]
+          f"{'updated' if report['manifest_changed'] else 'unchanged'} `{(report['dataset'] or {}).get('manifest_hash', '')[:12]}` |"]
     create_markdown_artifact("\n".join(md), key="ingest-summary", description="captures pulled tonight")
     if report["quarantined"]:
         create_table_artifact([{"object": k, "reason": v} for k, v in report["quarantined"].items()],

@@ -49,7 +49,7 @@ def demo(out: Path = typer.Option(Path("demo-data"), help="working directory for
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     from alloynet.registry import open_registry
-    from alloynet.registry.pipeline import Candidate
+    from alloynet.steps import Candidate
     from flows.nightly import nightly
     from flows.packaging import available_formats
 

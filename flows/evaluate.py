@@ -7,26 +7,29 @@ from typing import Any, Optional
 from prefect import flow, get_run_logger
 
 from flows.artifacts import evaluation_artifacts
-from flows.settings import DATA_DIR, REGISTRY, WORK_DIR
+from alloynet.data.manifest import DataSet
+from flows.settings import DATA_DIR, REGISTRY, WORK_DIR, current_dataset
 from flows.tasks import evaluate_task, fetch_champion_task
 
 
 @flow(name="evaluate", description="Candidates vs champion on the held-out test split; tables and plots in the UI.")
 def evaluate(trained: list[dict[str, Any]], data_dir: str = DATA_DIR, registry: str = REGISTRY,
-             run_dir: str = WORK_DIR, options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+             run_dir: str = WORK_DIR, options: Optional[dict[str, Any]] = None,
+             dataset: Optional[DataSet] = None) -> dict[str, Any]:
     log = get_run_logger()
+    dataset = dataset or current_dataset(data_dir)
     results, dirs = {}, {}
     for t in trained:
         out = str(Path(t["out_dir"]) / "evaluation")
         results[t["name"]] = evaluate_task.with_options(task_run_name=f"evaluate-{t['name']}")(
-            t["checkpoint"], data_dir, out, options)
+            t["checkpoint"], dataset, out, options)
         dirs[t["name"]] = out
     champion, label = None, None
     champ = fetch_champion_task(registry, str(Path(run_dir) / "champion"))
     if champ:  # re-evaluated tonight: same test set, same code, a fair comparison
         label = f"champion-{champ['version']}"
         out = str(Path(run_dir) / "champion" / "evaluation")
-        metrics = evaluate_task.with_options(task_run_name=f"evaluate-{label}")(champ["checkpoint"], data_dir, out, options)
+        metrics = evaluate_task.with_options(task_run_name=f"evaluate-{label}")(champ["checkpoint"], dataset, out, options)
         results[label], dirs[label] = metrics, out
         champion = {**champ, "metrics": metrics}
     for name, m in results.items():

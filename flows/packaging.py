@@ -1,50 +1,43 @@
 """Packaging an export bundle for the model servers, through the packagers in serving/.
 
 alloynet/ cannot import serving/ (serving depends on alloynet), so the bridge lives here, on the flows side.
-A requested format whose packager is missing is an error, never a silent skip: a promotion that cannot
-package leaves the old champion serving.
+A requested format that cannot be built is an error, never a silent skip: a promotion that cannot package
+leaves the old champion serving.
 """
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from pathlib import Path
+
+from infra.processes import find_binary
+from serving.torchserve.archive import build_mar
+from serving.triton.repository import build_repository
 
 FORMATS = ("torchserve", "triton")
 
 
-class PackagingUnavailable(RuntimeError):
-    """The packager for a requested serving format is not installed / not importable."""
-
-
 def _torchserve(bundle_dir: Path, out: Path, version: str) -> Path:
-    try:
-        from serving.torchserve.archive import build_mar
-    except ModuleNotFoundError as exc:
-        raise PackagingUnavailable(f"the TorchServe archiver (serving/torchserve/archive.py) is missing: {exc}") from exc
-
     return build_mar(bundle_dir, out, model_name="alloynet", version=version)
 
 
 def _triton(bundle_dir: Path, out: Path, version: str) -> Path:
-    try:
-        repo = importlib.import_module("serving.triton.repository")
-    except ModuleNotFoundError as exc:
-        raise PackagingUnavailable(f"the Triton repository builder (serving/triton/repository.py) is missing: {exc}") from exc
-    return Path(repo.build_repository(bundle_dir, out, name="alloynet"))
+    return Path(build_repository(bundle_dir, out, name="alloynet"))
 
 
 _PACKAGERS = {"torchserve": _torchserve, "triton": _triton}
 
 
 def available_formats() -> list[str]:
-    """Formats whose packager imports here (the demo packages what it can; production asks for both)."""
+    """Formats whose tools are installed (the ``serve`` extra): torch-model-archiver for TorchServe,
+    tritonclient (config validation) for Triton. The demo packages what it can; production asks for both."""
     out = []
-    for fmt, mod in (("torchserve", "serving.torchserve.archive"), ("triton", "serving.triton.repository")):
-        try:
-            importlib.import_module(mod)
-            out.append(fmt)
-        except ImportError:
-            pass
+    try:
+        find_binary("torch-model-archiver", "")
+        out.append("torchserve")
+    except RuntimeError:
+        pass
+    if importlib.util.find_spec("tritonclient") is not None:
+        out.append("triton")
     return out
 
 

@@ -15,30 +15,29 @@ from prefect.cache_policies import NO_CACHE
 from prefect.transactions import transaction
 
 from alloynet.registry import PromotionRule, open_registry
-from alloynet.registry import pipeline as steps
+from alloynet import steps
+from alloynet.data.manifest import DataSet
 from flows.artifacts import decision_artifact
-from flows.settings import DATA_DIR, REGISTRY, SERVING_FORMATS, WORK_DIR
+from flows.settings import DATA_DIR, REGISTRY, SERVING_FORMATS, WORK_DIR, current_dataset
 from flows.tasks import (confirm_champion_task, decide_task, export_task, move_champion_task, package_task,
                          publish_serving_task, publish_task)
 
 
 @task(name="assemble-release", cache_policy=NO_CACHE)
-def assemble_task(trained: dict, metrics: dict, packages: dict[str, str], data_dir: str, release_dir: str) -> tuple[str, str]:
-    from alloynet.data.manifest import manifest_hash, read_manifest
-
-    tc = steps.TrainedCandidate(**trained)
-    rel = steps.assemble_release(tc, metrics, packages, data_dir, release_dir)
-    return str(rel), manifest_hash(read_manifest(Path(data_dir) / "manifest.csv"))
+def assemble_task(trained: dict, metrics: dict, packages: dict[str, str], dataset: DataSet, release_dir: str) -> str:
+    return str(steps.assemble_release(steps.TrainedCandidate(**trained), metrics, packages, dataset, release_dir))
 
 
 @flow(name="promote", description="Promotion rule, then export/package/publish/champion as one transaction.")
 def promote(trained: list[dict[str, Any]], evaluation: dict[str, Any], data_dir: str = DATA_DIR,
             registry: str = REGISTRY, run_dir: str = WORK_DIR, rule: PromotionRule = PromotionRule(),
-            formats: Optional[list[str]] = None, serve_to: Optional[str] = None) -> dict[str, Any]:
+            formats: Optional[list[str]] = None, serve_to: Optional[str] = None,
+            dataset: Optional[DataSet] = None) -> dict[str, Any]:
     log = get_run_logger()
+    dataset = dataset or current_dataset(data_dir)
     formats = list(SERVING_FORMATS if formats is None else formats)
     champ = evaluation.get("champion")
-    d = decide_task(evaluation["candidates"], champ["metrics"] if champ else None, rule, data_dir,
+    d = decide_task(evaluation["candidates"], champ["metrics"] if champ else None, rule, dataset,
                     champ["version"] if champ else None)
     if not d["promote"]:
         log.info("champion %s stays: %s", champ["version"] if champ else "none", " ".join(d["reasons"]))
@@ -47,11 +46,12 @@ def promote(trained: list[dict[str, Any]], evaluation: dict[str, Any], data_dir:
     winner = next(t for t in trained if t["name"] == d["challenger"])
     out = Path(run_dir) / "release" / winner["name"]
     with transaction():
-        bundle = export_task(winner["checkpoint"], str(out / "export"))
+        bundle = export_task(winner["checkpoint"], dataset, str(out / "export"))
         packages = package_task(bundle, str(out / "packages"), formats)
-        release, mhash = assemble_task(winner, evaluation["candidates"][winner["name"]],
-                                       {"export": bundle, **packages}, data_dir, str(out / "content"))
-        version = publish_task(registry, release, evaluation["candidates"][winner["name"]], winner["config"], mhash,
+        release = assemble_task(winner, evaluation["candidates"][winner["name"]],
+                                {"export": bundle, **packages}, dataset, str(out / "content"))
+        version = publish_task(registry, release, evaluation["candidates"][winner["name"]], winner["config"],
+                               dataset.manifest_hash,
                                {"candidate": winner["name"], "run_dir": str(run_dir), "decision": d["reasons"]})
         pointer = move_champion_task(registry, version, " ".join(d["reasons"]),
                                      champ["generation"] if champ else 0)

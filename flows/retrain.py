@@ -6,25 +6,28 @@ from typing import Any, Optional
 
 from prefect import flow, get_run_logger
 
-from alloynet.registry.pipeline import Candidate
-from flows.settings import DATA_DIR, MIN_NEW_LABELLED, WORK_DIR, default_candidates
+from alloynet.data.manifest import DataSet
+from alloynet.steps import Candidate
+from flows.settings import DATA_DIR, MIN_NEW_LABELLED, WORK_DIR, current_dataset, default_candidates
 from flows.tasks import record_training_task, retrain_needed_task, train_task
 
 
 @flow(name="retrain", description="Train every candidate (architecture/loss) on the current manifest.")
 def retrain(data_dir: str = DATA_DIR, run_dir: str = WORK_DIR, candidates: Optional[list[Candidate]] = None,
             min_new_labelled: int = MIN_NEW_LABELLED, force: bool = False, device: str = "auto",
-            record: bool = True) -> dict[str, Any]:
+            record: bool = True, dataset: Optional[DataSet] = None) -> dict[str, Any]:
+    """``dataset``: the data set a nightly run ingested; standalone runs use ``data_dir`` as it is now."""
     log = get_run_logger()
     candidates = candidates or default_candidates()
-    go, n_new, why = retrain_needed_task(data_dir, min_new_labelled, force)
+    dataset = dataset or current_dataset(data_dir)
+    go, n_new, why = retrain_needed_task(dataset, min_new_labelled, force)
     log.info("retrain: %s", why)
     if not go:
         return {"trained": [], "failed": {}, "reason": why, "new_labelled": n_new}
     trained, failed = [], {}
     for c in candidates:
         out = str(Path(run_dir) / "candidates" / c.name)
-        state = train_task.with_options(task_run_name=f"train-{c.name}")(c, data_dir, out, device, return_state=True)
+        state = train_task.with_options(task_run_name=f"train-{c.name}")(c, dataset, out, device, return_state=True)
         if state.is_completed():
             trained.append(state.result())
         else:
@@ -33,5 +36,5 @@ def retrain(data_dir: str = DATA_DIR, run_dir: str = WORK_DIR, candidates: Optio
     if not trained:
         raise RuntimeError(f"every candidate failed to train ({failed}); the champion is untouched")
     if record:
-        record_training_task(data_dir, Path(run_dir).name)
+        record_training_task(dataset, Path(run_dir).name)
     return {"trained": trained, "failed": failed, "reason": why, "new_labelled": n_new}

@@ -1,7 +1,10 @@
 """Defaults shared by the flows (the deployments in prefect.yaml override them per environment)."""
 from __future__ import annotations
 
-from alloynet.registry.pipeline import Candidate
+from typing import Optional
+
+from alloynet.data.manifest import DataSet, manifest_path
+from alloynet.steps import Candidate
 
 SOURCE = "s3://captures/rig"          # where the rig uploads captures (the local stack's SeaweedFS bucket)
 DATA_DIR = ".alloynet/data"           # ingested captures + manifest, on the worker
@@ -13,3 +16,8 @@ SERVING_FORMATS = ["torchserve", "triton"]
 
 def default_candidates() -> list[Candidate]:
     return [Candidate(name="profile-cnn", config="configs/demo.yaml")]
+
+
+def current_dataset(data_dir: str) -> Optional[DataSet]:
+    """The data directory as it is now (a flow run on its own, not inside a nightly run); None if empty."""
+    return DataSet.current(data_dir) if manifest_path(data_dir).exists() else None

@@ -1,4 +1,4 @@
-"""Prefect tasks: one thin call into alloynet each (alloynet.registry.pipeline / alloynet.registry).
+"""Prefect tasks: one thin call into alloynet each (alloynet.steps / alloynet.registry).
 
 Side-effecting tasks use ``NO_CACHE``: a nightly run must never be answered from another run's cache.
 The tasks that write to the model store carry ``on_rollback`` hooks, so inside a ``transaction()`` a later
@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Optional
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import get_transaction
 
+from alloynet import steps
+from alloynet.captures.stores import open_store
+from alloynet.data.manifest import DataSet
 from alloynet.registry import ModelRegistry, PromotionRule, open_registry
-from alloynet.registry import pipeline as steps
+from alloynet.registry.publish import publish_triton
+from flows.packaging import package_for_serving
 
 
 @task(name="ingest-captures", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -29,51 +32,50 @@ def ingest_task(source: str, data_dir: str, seed: int = 0,
 
 
 @task(name="retrain-needed", cache_policy=NO_CACHE)
-def retrain_needed_task(data_dir: str, min_new_labelled: int, force: bool) -> tuple[bool, int, str]:
-    return steps.retrain_needed(data_dir, min_new_labelled, force)
+def retrain_needed_task(dataset: Optional[DataSet], min_new_labelled: int, force: bool) -> tuple[bool, int, str]:
+    return steps.retrain_needed(dataset, min_new_labelled, force)
 
 
 @task(name="train-candidate", cache_policy=NO_CACHE)
-def train_task(candidate: steps.Candidate, data_dir: str, out_dir: str, device: str = "auto") -> dict[str, Any]:
-    trained = steps.train_candidate(candidate, data_dir, out_dir, device=device)
+def train_task(candidate: steps.Candidate, dataset: DataSet, out_dir: str, device: str = "auto") -> dict[str, Any]:
+    trained = steps.train_candidate(candidate, dataset, out_dir, device=device)
     get_run_logger().info("trained %s -> %s", candidate.name, trained.checkpoint)
     return asdict(trained)
 
 
 @task(name="record-training", cache_policy=NO_CACHE)
-def record_training_task(data_dir: str, run: str) -> None:
-    steps.record_training(data_dir, Path(data_dir) / "manifest.csv", run)
+def record_training_task(dataset: DataSet, run: str) -> None:
+    steps.record_training(dataset, run)
 
 
 @task(name="evaluate-checkpoint", cache_policy=NO_CACHE)
-def evaluate_task(checkpoint: str, data_dir: str, out_dir: str, options: Optional[dict] = None) -> dict[str, Any]:
-    return steps.evaluate_checkpoint(checkpoint, data_dir, out_dir, **(options or {}))
+def evaluate_task(checkpoint: str, dataset: DataSet, out_dir: str, options: Optional[dict] = None) -> dict[str, Any]:
+    return steps.evaluate_checkpoint(checkpoint, dataset, out_dir, **(options or {}))
 
 
 @task(name="fetch-champion", cache_policy=NO_CACHE)
 def fetch_champion_task(registry: str, dest: str) -> Optional[dict[str, Any]]:
     reg = open_registry(registry)
-    pointer = reg.pointer()  # read once: the generation must belong to the version fetched
-    got = steps.fetch_champion(reg, dest)
-    if got is None or pointer is None:
+    pointer = reg.pointer()  # read once: the generation compared-and-set later belongs to the version fetched
+    if pointer is None:
         return None
-    version, checkpoint = got
-    return {"version": version.version, "checkpoint": str(checkpoint), "generation": pointer.generation}
+    checkpoint = steps.fetch_champion(reg, pointer, dest)
+    return {"version": pointer.version, "checkpoint": str(checkpoint), "generation": pointer.generation}
 
 
 @task(name="decide-promotion", cache_policy=NO_CACHE)
-def decide_task(candidates: dict[str, dict], champion: Optional[dict], rule: PromotionRule, data_dir: str,
+def decide_task(candidates: dict[str, dict], champion: Optional[dict], rule: PromotionRule, dataset: DataSet,
                 champion_name: Optional[str]) -> dict[str, Any]:
-    d = steps.decide_promotion(candidates, champion, rule, data_dir, champion_name)
+    d = steps.decide_promotion(candidates, champion, rule, dataset, champion_name)
     get_run_logger().info("decision: %s", d.summary())
     return asdict(d)
 
 
 # ---- the promotion transaction: export -> package -> publish -> move the pointer ---------------------
 @task(name="export-model", cache_policy=NO_CACHE)
-def export_task(checkpoint: str, out_dir: str) -> str:
+def export_task(checkpoint: str, dataset: DataSet, out_dir: str) -> str:
     get_transaction().set("export_dir", out_dir)
-    return str(steps.export_candidate(checkpoint, out_dir))
+    return str(steps.export_release(checkpoint, dataset, out_dir))
 
 
 @export_task.on_rollback
@@ -83,8 +85,6 @@ def _remove_export(txn) -> None:
 
 @task(name="package-for-serving", cache_policy=NO_CACHE)
 def package_task(bundle_dir: str, out_dir: str, formats: list[str]) -> dict[str, str]:
-    from flows.packaging import package_for_serving
-
     get_transaction().set("package_dir", out_dir)
     return package_for_serving(bundle_dir, out_dir, formats)
 
@@ -143,7 +143,4 @@ def confirm_champion_task(registry: str, version: str) -> None:
 
 @task(name="publish-serving", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def publish_serving_task(registry: str, target: str) -> dict[str, Any]:
-    from alloynet.captures.stores import open_store
-    from alloynet.registry.publish import publish_triton
-
     return publish_triton(open_registry(registry), open_store(target))

@@ -10,26 +10,25 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from alloynet.console import make_console
 
-console = Console()
+console = make_console()
 package_app = typer.Typer(no_args_is_help=True)
 
 
-def _bundle(checkpoint: Optional[Path], bundle: Optional[Path], export_dir: Path, tensorrt: Optional[str]) -> Path:
-    """An export bundle: the given one, or exported now from a checkpoint (parity-checked)."""
+def _bundle(checkpoint: Optional[Path], bundle: Optional[Path], export_dir: Path, tensorrt: Optional[str],
+            store: Optional[str]) -> Path:
+    """An export bundle: the given one, or exported now from a checkpoint (parity-checked on the test split
+    of ``store``, by default the data set the checkpoint was trained on)."""
     if bundle:
         if checkpoint:
             raise typer.BadParameter("give --checkpoint or --bundle, not both")
         return bundle
     if not checkpoint:
         raise typer.BadParameter("give --checkpoint (a trained model) or --bundle (an export directory)")
-    from alloynet.export import export_checkpoint, meta_from_checkpoint, parity_captures
-    from alloynet.train.checkpoint import load_model
+    from alloynet.export import export_checkpoint
 
-    _, meta = load_model(checkpoint)
-    images = parity_captures(meta_from_checkpoint(meta), n=8)
-    b = export_checkpoint(checkpoint, export_dir, images, tensorrt=tensorrt, log=console.print)
+    b = export_checkpoint(checkpoint, export_dir, store, tensorrt=tensorrt, log=console.print)
     diffs = b.meta.parity["max_abs_diff"]
     console.print(f"exported {checkpoint} -> {export_dir} (parity ok; max |dp| "
                   + ", ".join(f"{k} {v['probabilities']:.1e}" for k, v in diffs.items()) + ")")
@@ -42,13 +41,15 @@ def package_torchserve(
     checkpoint: Optional[Path] = typer.Option(None, help="trained checkpoint (exported first)"),
     bundle: Optional[Path] = typer.Option(None, help="existing export bundle (model.pt, export.json)"),
     export_dir: Optional[Path] = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
+    store: Optional[str] = typer.Option(None, help="data set whose test captures check parity (default: the one "
+                                                   "the checkpoint was trained on)"),
     model_name: str = "alloynet", version: str = "1.0", batch_size: int = 8, max_batch_delay_ms: int = 5,
     workers: int = 1, threads: int = typer.Option(1, help="torch threads per worker"),
 ) -> None:
     """Build a TorchServe .mar (TorchServe is archived upstream; Triton is the primary path)."""
     from serving.torchserve.archive import build_mar
 
-    b = _bundle(checkpoint, bundle, export_dir or out.with_name(out.name + "-export"), None)
+    b = _bundle(checkpoint, bundle, export_dir or out.with_name(out.name + "-export"), None, store)
     mar = build_mar(b, out, model_name, version, batch_size, max_batch_delay_ms, workers, threads=threads)
     console.print(f"wrote {mar}")
 
@@ -59,6 +60,8 @@ def package_triton(
     checkpoint: Optional[Path] = typer.Option(None, help="trained checkpoint (exported first)"),
     bundle: Optional[Path] = typer.Option(None, help="existing export bundle (model.onnx, export.json)"),
     export_dir: Optional[Path] = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
+    store: Optional[str] = typer.Option(None, help="data set whose test captures check parity (default: the one "
+                                                   "the checkpoint was trained on)"),
     model_name: str = "alloynet", max_batch_size: int = 32, max_queue_delay_us: int = 500, instances: int = 1,
     threads: int = typer.Option(1, help="ONNX Runtime intra-op threads per instance"),
     gpu: bool = typer.Option(False, help="GPU instances + TensorRT execution accelerator for the ONNX model"),
@@ -68,7 +71,7 @@ def package_triton(
     """Write a Triton model repository (Python/ORT model for CPU, ONNX Runtime model, TensorRT plan)."""
     from serving.triton.repository import BatchingOptions, build_repository
 
-    b = _bundle(checkpoint, bundle, export_dir or out.with_name(out.name + "-export"), tensorrt)
+    b = _bundle(checkpoint, bundle, export_dir or out.with_name(out.name + "-export"), tensorrt, store)
     opts = BatchingOptions(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                            instances=instances, intra_op_threads=threads)
     repo = build_repository(b, out, model_name, opts, gpu=gpu)

@@ -205,14 +205,14 @@ def test_alloynet_never_imports_prefect():
     import sys
 
     # the CLI with every plugin loaded still does not import Prefect until a flow command runs
-    code = ("import sys, alloynet.cli, alloynet.registry, alloynet.registry.pipeline; "
+    code = ("import sys, alloynet.cli, alloynet.registry, alloynet.steps; "
             "bad = sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'));"
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     # and the library itself never imports flows/ or serving/
     code = ("import sys, alloynet.physics, alloynet.captures.ingest, alloynet.data.dataset, alloynet.models, "
-            "alloynet.losses, alloynet.train, alloynet.evaluate.report, alloynet.export, alloynet.registry.pipeline, "
+            "alloynet.losses, alloynet.train, alloynet.evaluate.report, alloynet.export, alloynet.steps, "
             "alloynet.study; bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flows', 'serving', 'prefect'));"
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -24,8 +24,7 @@ def trained_bundle(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("trained")
     ckpt = train_tiny_checkpoint(root)
-    return export_checkpoint(ckpt, root / "export", capture_images(6, seed=7).astype(np.float32),
-                             log=lambda *_: None)
+    return export_checkpoint(ckpt, root / "export", n_parity=6, log=lambda *_: None)  # parity on its test split
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,7 @@ def onnx_reference(trained_bundle, captures):
 
 @pytest.fixture(scope="module")
 def torchserve(trained_bundle, tmp_path_factory):
-    from serving.torchserve import server
+    from infra import torchserve as server
     from serving.torchserve.archive import build_mar
 
     store = tmp_path_factory.mktemp("model-store")
@@ -56,7 +55,7 @@ def torchserve(trained_bundle, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def triton(trained_bundle, tmp_path_factory):
-    from serving.triton import server
+    from infra import triton as server
     from serving.triton.repository import build_repository
 
     ok, reason = server.available()
@@ -78,7 +77,7 @@ def _npy(a: np.ndarray) -> bytes:
 
 def _bad_inputs(captures: np.ndarray) -> dict[str, tuple[object, str]]:
     """name -> (capture as the client sends it, pattern the error must contain)."""
-    from alloynet.captures.format import encode_image
+    from alloynet.captures.image import encode_image
 
     nan = captures[0].astype(np.float32)
     nan[0, 5, 5] = np.nan
@@ -93,7 +92,7 @@ def _bad_inputs(captures: np.ndarray) -> dict[str, tuple[object, str]]:
 # -- TorchServe ---------------------------------------------------------------------------------------
 
 def test_torchserve_rest_and_grpc_serve_the_trained_model(torchserve, captures, onnx_reference, tmp_path):
-    from alloynet.captures.format import encode_image
+    from alloynet.captures.image import encode_image
     from serving.client import connect
 
     png, _ = encode_image(captures[0])
@@ -146,7 +145,7 @@ def test_torchserve_rejects_bad_inputs_and_keeps_serving(torchserve, captures):
 # -- Triton ---------------------------------------------------------------------------------------
 
 def test_triton_serves_the_trained_model(triton, captures, onnx_reference, tmp_path):
-    from alloynet.captures.format import encode_image
+    from alloynet.captures.image import encode_image
     from serving.client import connect
 
     path = tmp_path / "capture.png"
@@ -193,7 +192,7 @@ def test_triton_rejects_bad_inputs_and_keeps_serving(triton, captures):
 
 def test_client_retries_then_reports_unavailable():
     from serving.client import ServerUnavailableError, connect
-    from serving.processes import free_port
+    from infra.processes import free_port
 
     port = free_port()  # nothing listens here
     for url in (f"triton://127.0.0.1:{port}/alloynet", f"torchserve://127.0.0.1:{port}/alloynet"):
@@ -205,7 +204,7 @@ def test_client_retries_then_reports_unavailable():
 def test_cli_infer_over_triton(triton, captures, tmp_path):
     from typer.testing import CliRunner
 
-    from alloynet.captures.format import encode_image
+    from alloynet.captures.image import encode_image
     from alloynet.cli import app
 
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"

@@ -8,16 +8,21 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
+import pandas as pd
 from torch import nn
 
+from alloynet.captures.stores import ObjectStore
+from alloynet.data.dataset import load_image
+from alloynet.data.manifest import open_dataset
 from alloynet.export.graph import ExportMeta
 from alloynet.export.onnx_export import DEFAULT_OPSET, export_onnx
 from alloynet.export.parity import check_parity
 from alloynet.export.tensorrt import TensorRTUnavailable, build_engine
 from alloynet.export.torchscript import export_torchscript
+from alloynet.models.checkpoint import load_model
 
 TORCHSCRIPT_FILE, ONNX_FILE, PLAN_FILE = "model.pt", "model.onnx", "model.plan"
 
@@ -81,29 +86,31 @@ def export_model(model: nn.Module, meta: ExportMeta, out_dir: str | Path, parity
     return ExportBundle(out, meta)
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, parity_images: np.ndarray,
-                      **kwargs) -> ExportBundle:
-    """``alloynet.train.checkpoint.load_model`` + ``export_model``."""
-    from alloynet.train.checkpoint import load_model
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, store: ObjectStore | str | Path | None = None,
+                      manifest: pd.DataFrame | str | Path | None = None, n_parity: int = 8, **kwargs) -> ExportBundle:
+    """Export a trained checkpoint, parity-checked on real captures from its data set's test split.
 
-    model, ckpt_meta = load_model(checkpoint)
-    return export_model(model, meta_from_checkpoint(ckpt_meta), out_dir, parity_images,
-                        source=str(checkpoint), **kwargs)
-
-
-def parity_captures(meta: ExportMeta, n: int = 8, seed: int = 0, alloys: Sequence[str] | None = None) -> np.ndarray:
-    """Simulated raw captures float32 [n, C, H, W] matching ``meta`` (for parity checks and calibration)."""
-    from alloynet.physics import RigConfig, RigSimulator, sample_plate
-
-    names = list(alloys or meta.class_names)
-    rng = np.random.default_rng(seed)
-    sim = RigSimulator(RigConfig(height=meta.height, width=meta.width, kvp=_kvp_for(meta.channels)))
-    out = []
-    for i in range(n):
-        plate = sample_plate(names[i % len(names)], float(rng.uniform(2.0, 20.0)), rng, plate_id=f"parity-{i}")
-        out.append(sim.capture(plate, rng).image.astype(np.float32))
-    return np.stack(out)
+    ``store``/``manifest`` default to the data the checkpoint was trained on (its config's data.store and
+    data.manifest); pass them when exporting elsewhere. ``kwargs`` go to ``export_model``."""
+    model, meta = load_model(checkpoint)
+    data = meta["config"]["data"]
+    if store is None:
+        store, manifest = data["store"], data.get("manifest") if manifest is None else manifest
+    store, df = open_dataset(store, manifest)
+    export_meta = meta_from_checkpoint(meta)
+    images = parity_captures(store, df, export_meta, n_parity)
+    return export_model(model, export_meta, out_dir, images, source=str(checkpoint), **kwargs)
 
 
-def _kvp_for(channels: int) -> list[float]:
-    return [50.0 + 20.0 * i for i in range(channels)]
+def parity_captures(store: ObjectStore, manifest: pd.DataFrame, meta: ExportMeta, n: int = 8,
+                    split: str = "test") -> np.ndarray:
+    """Raw captures float32 [n, C, H, W] of ``split`` with the model's input shape: the classes in turn
+    (capture-id order inside each), so parity covers every alloy the test set has."""
+    rows = manifest[(manifest.split == split) & (manifest.channels == meta.channels)
+                    & (manifest.height == meta.height) & (manifest.width == meta.width)]
+    if rows.empty:
+        raise ValueError(f"parity needs captures of the {split!r} split shaped {list(meta.input_shape)}; "
+                         f"the manifest has none (give the data set the model was trained on)")
+    per_class = [g.sort_values("capture_id").image_file.tolist() for _, g in rows.groupby("alloy", sort=True)]
+    files = [f for i in range(max(map(len, per_class))) for f in (c[i] for c in per_class if i < len(c))][:n]
+    return np.stack([load_image(store, f).astype(np.float32) for f in files])

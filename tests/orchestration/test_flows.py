@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from alloynet.registry import ModelRegistry, open_registry
-from alloynet.registry import pipeline as steps
-from alloynet.registry.pipeline import Candidate
+from alloynet import steps
+from alloynet.steps import Candidate
 
 TINY = Candidate(name="tiny", overrides={"epochs": 2, "data.batch_size": 16, "data.norm_images": 8})
 FAST_EVAL = {"with_ceiling": False, "gradcam": 0}
@@ -61,7 +61,7 @@ def after_first_night(first_night, tmp_path):
 def scripted_evaluation(monkeypatch, champion_bacc: float, candidate_bacc: float, tail_recall: float = 0.8):
     """Replace the evaluation step: the champion (re-evaluated under <run>/champion/) and the candidate
     get the given balanced accuracy; everything else in the flow stays real."""
-    def fake(checkpoint, data_dir, out_dir, **_):
+    def fake(checkpoint, dataset, out_dir, **_):
         champion = "/champion/" in str(out_dir)
         b = champion_bacc if champion else candidate_bacc
         m = {"balanced_accuracy": b, "accuracy": b, "macro_f1": b, "thickness_mae_mm": 0.3,
