@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.processes import HOST, find_binary, free_port, stop_pid_file, wait_ready
+from infra.processes import HOST, find_binary, free_port, stop_pid_file, wait_ready
 
 
 def _free_base(span: int = 10001) -> int:

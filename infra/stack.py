@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from infra import objectstore
-from serving.processes import alive, free_port, stop_group, tail, wait_ready
+from infra.processes import alive, free_port, stop_group, tail, wait_ready
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,12 +198,12 @@ def _start_serving(state_dir: Path, registry: str) -> dict[str, str]:
     reg.fetch(champ.version, models, only=["torchserve", "triton"])
     urls = {}
     if (models / "torchserve").is_dir():
-        from serving.torchserve import server as torchserve
+        from infra import torchserve
 
         ts = torchserve.start(models / "torchserve", [p.name for p in (models / "torchserve").glob("*.mar")],
                               state_dir / "serving" / "torchserve")
         urls["torchserve"] = ts.inference_url
-    from serving.triton import server as triton
+    from infra import triton
 
     ok, why = triton.available()
     if ok and (models / "triton").is_dir():
@@ -218,8 +218,8 @@ def _start_serving(state_dir: Path, registry: str) -> dict[str, str]:
 def _stop_serving(state_dir: Path) -> None:
     if not (state_dir / "serving.json").exists():
         return
-    from serving.torchserve import server as torchserve
-    from serving.triton import server as triton
+    from infra import torchserve
+    from infra import triton
 
     torchserve.stop(state_dir / "serving" / "torchserve")
     triton.stop(state_dir / "serving" / "triton")
