@@ -2,11 +2,16 @@
 without the CLI, and heavy imports (torch, boto3) happen inside the commands."""
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from alloynet.commands import data_cli, physics_cli
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+# Rich help and error panels on a terminal only: in a pipe, a file or CI, click's plain, unwrapped messages
+# (a panel is wrapped at the console's width and would break a long path in an error in two).
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode="rich" if sys.stdout.isatty() else None,
                   help="alloynet: identify aluminium alloys from X-ray transmission captures.")
 app.add_typer(physics_cli.app, name="physics", help="Attenuation, transmission and the ideal-observer report.")
 data_cli.register(app)

@@ -49,7 +49,7 @@ def test_ingest_and_quarantine_commands(tmp_path):
 
 
 def test_users_add_alloys_by_config(tmp_path):
-    from alloynet.physics.materials import ALLOYS
+    from alloynet.physics.alloys import ALLOYS
 
     cfg = tmp_path / "alloys.yaml"
     cfg.write_text("Al3003:\n  density_g_cm3: 2.73\n  nominal_wt_pct: {Mn: 1.2, Cu: 0.12}\n"
@@ -72,3 +72,19 @@ def test_users_add_alloys_by_config(tmp_path):
     bad.write_text("AlX:\n  nominal_wt_pct: {Mn: 1}\n")
     res = runner.invoke(app, ["physics", "transmission", "AlX", "1", "--alloys", str(bad)])
     assert res.exit_code != 0 and "alloy AlX: missing field 'density_g_cm3'" in str(res.exception)
+
+
+def test_output_is_plain_and_unwrapped_when_not_a_terminal(tmp_path):
+    """A pipe gets whole lines whatever the terminal width: an error naming a long path stays on one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    deep = tmp_path / ("a-rather-long-directory-name-" * 4) / "registry"
+    exe = str(Path(sys.executable).parent / "alloynet")
+    env = {**__import__("os").environ, "COLUMNS": "40", "TERM": "xterm-256color"}
+    res = subprocess.run([exe, "registry", "rollback", "-r", str(deep)], capture_output=True, text=True, env=env)
+    assert res.returncode != 0
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if str(deep) in ln]
+    assert lines, res.stdout + res.stderr  # the path appears whole on one line
+    assert "\x1b[" not in res.stdout + res.stderr  # and no colour codes in a pipe

@@ -6,11 +6,11 @@ from typing import Optional
 
 import typer
 import yaml
-from rich.console import Console
+from alloynet.console import make_console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console()
+console = make_console()
 data_app = typer.Typer(no_args_is_help=True)
 
 

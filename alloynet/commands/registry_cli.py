@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from alloynet.console import make_console
 from rich.table import Table
 
-console = Console()
+console = make_console()
 registry_app = typer.Typer(no_args_is_help=True)
 
 DEFAULT_REGISTRY = ".alloynet/registry"

@@ -1,0 +1,30 @@
+"""The console every alloynet command prints through.
+
+On a terminal it is Rich (colour, tables, progress bars). Anywhere else (a pipe, a file, CI logs, a script
+reading the output) lines come out plain and whole: Rich would otherwise wrap them at 80 columns, breaking
+an error message with a long path in the middle, and a script would read broken lines.
+"""
+from __future__ import annotations
+
+from rich.console import Console, ConsoleDimensions
+
+PLAIN_WIDTH = 10_000  # wide enough that no line or table is ever wrapped when not on a terminal
+
+
+class CliConsole(Console):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(soft_wrap=True, **kwargs)  # print() never inserts line breaks of its own
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        if self.is_terminal:
+            return super().size
+        return ConsoleDimensions(PLAIN_WIDTH, super().size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+
+def make_console(stderr: bool = False) -> CliConsole:
+    return CliConsole(stderr=stderr)
