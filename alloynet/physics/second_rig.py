@@ -36,7 +36,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import fft as sfft
-from scipy import ndimage
+from scipy import ndimage, sparse
 
 from alloynet.physics.materials import CSI, WEDGE_MATERIALS, Plate, linear_attenuation
 from alloynet.physics.simulator import SimulatedCapture  # the shared result type, no simulator code
@@ -144,23 +144,35 @@ class _Convolver:
     ``Py^T (k * embed(x)) Px``. ``kernel(dy, dx)`` is sampled on the padded grid's circular distances and
     normalised to sum 1."""
 
-    def __init__(self, h: int, w: int, kernel, pad: int, *, _k: Optional[np.ndarray] = None):
+    def __init__(self, h: int, w: int, kernel, pad: int):
         self.h, self.w, self.p = h, w, pad
         hp, wp = h + 2 * pad, w + 2 * pad
         self.shape = (hp, wp)
-        if _k is None:
-            dy = np.minimum(np.arange(hp), hp - np.arange(hp))[:, None].astype(float)
-            dx = np.minimum(np.arange(wp), wp - np.arange(wp))[None, :].astype(float)
-            _k = kernel(dy, dx)
-            _k = _k / _k.sum()
-        self.kernel = _k
-        self.kf = sfft.rfft2(_k)
+        dy = np.minimum(np.arange(hp), hp - np.arange(hp))[:, None].astype(float)
+        dx = np.minimum(np.arange(wp), wp - np.arange(wp))[None, :].astype(float)
+        k = kernel(dy, dx)
+        self.kernel = k / k.sum()
+        self.kf = sfft.rfft2(self.kernel)
         self.py = np.eye(h)[np.pad(np.arange(h), pad, mode="symmetric")]   # [hp, h]
         self.px = np.eye(w)[np.pad(np.arange(w), pad, mode="symmetric")]   # [wp, w]
 
-    def squared(self) -> "_Convolver":
-        """Convolution with the squared kernel: carries independent pixel variances through the blur."""
-        return _Convolver(self.h, self.w, None, self.p, _k=self.kernel**2)
+    def variance_through(self, var: np.ndarray, radius: int) -> np.ndarray:
+        """Variance of each output pixel when the input pixels are independent with variance ``var``:
+        sum_j A_ij^2 var_j with A the blur's matrix, the kernel cut at ``radius`` (its squared tail beyond is
+        negligible). Exact at the edges, where a mirrored pixel enters twice (its weights add, then square)."""
+        h, w, p = self.h, self.w, self.p
+        radius = min(radius, p)
+        my, mx = np.pad(np.arange(h), p, mode="symmetric"), np.pad(np.arange(w), p, mode="symmetric")
+        yy, xx = np.mgrid[0:h, 0:w]
+        rows, cols, vals = [], [], []
+        for dy in range(-radius, radius + 1):
+            for dx in range(-radius, radius + 1):
+                rows.append((yy * w + xx).ravel())
+                cols.append((my[yy + dy + p] * w + mx[xx + dx + p]).ravel())
+                vals.append(np.full(h * w, self.kernel[dy % self.shape[0], dx % self.shape[1]]))
+        a = sparse.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                              shape=(h * w, h * w)).tocsr()  # duplicates (mirrored pixels) are summed
+        return (a.multiply(a) @ var.ravel()).reshape(h, w)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         padded = self.py @ x @ self.px.T
@@ -365,11 +377,12 @@ class SecondRig:
     def flat_moments(self, gain_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Expected value and variance (ADU, [C, H, W]) of every pixel of an open-beam flat frame."""
         means, variances = [], []
-        sq = self._psf.squared()
+        radius = max(2, int(np.ceil(4 * self.rig.psf_sigma_px)))
         for beam in self._beams:
             g = beam.adu_per_kev * self.gain_map
             means.append(self.dark_pattern + g * self._psf.apply(self._open_kev(beam, gain_scale)))
-            variances.append(g * g * sq.apply(self._open_kev(beam, gain_scale, 2)) + self.rig.read_noise_adu**2 + 1 / 12)
+            blurred_var = self._psf.variance_through(self._open_kev(beam, gain_scale, 2), radius)
+            variances.append(g * g * blurred_var + self.rig.read_noise_adu**2 + 1 / 12)
         return np.stack(means), np.stack(variances)
 
     # -- public API (as RigSimulator) --------------------------------------------------------------------
