@@ -145,6 +145,9 @@ class _Convolver:
     normalised to sum 1."""
 
     def __init__(self, h: int, w: int, kernel, pad: int):
+        while sfft.next_fast_len(h + 2 * pad, real=True) != h + 2 * pad or \
+                sfft.next_fast_len(w + 2 * pad, real=True) != w + 2 * pad:
+            pad += 1  # a little more mirror margin costs less than an awkward FFT size
         self.h, self.w, self.p = h, w, pad
         hp, wp = h + 2 * pad, w + 2 * pad
         self.shape = (hp, wp)
@@ -153,8 +156,9 @@ class _Convolver:
         k = kernel(dy, dx)
         self.kernel = k / k.sum()
         self.kf = sfft.rfft2(self.kernel)
-        self.py = np.eye(h)[np.pad(np.arange(h), pad, mode="symmetric")]   # [hp, h]
-        self.px = np.eye(w)[np.pad(np.arange(w), pad, mode="symmetric")]   # [wp, w]
+        self.iy = np.pad(np.arange(h), pad, mode="symmetric")              # padded row -> source row
+        self.ix = np.pad(np.arange(w), pad, mode="symmetric")
+        self.py, self.px = np.eye(h)[self.iy], np.eye(w)[self.ix]         # the same as 0/1 matrices [hp, h], [wp, w]
 
     def variance_through(self, var: np.ndarray, radius: int) -> np.ndarray:
         """Variance of each output pixel when the input pixels are independent with variance ``var``:
@@ -175,7 +179,7 @@ class _Convolver:
         return (a.multiply(a) @ var.ravel()).reshape(h, w)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        padded = self.py @ x @ self.px.T
+        padded = x[..., self.iy[:, None], self.ix[None, :]]
         out = sfft.irfft2(sfft.rfft2(padded) * self.kf, s=self.shape)
         return out[..., self.p:self.p + self.h, self.p:self.p + self.w]
 
@@ -222,9 +226,10 @@ class _Beam:
         self.adu_per_kev = (cfg.flat_target_adu - cfg.dark_offset_adu) / self.kev_open
         member = (np.searchsorted(self.groups, np.arange(len(e)), side="right") - 1)[None, :] == \
             np.arange(len(self.groups))[:, None]                                              # [G, E]
-        self.group_moments = [member * self.response**k for k in range(3)]
+        self.group_moments32 = np.concatenate([member * self.response**k for k in range(3)]).astype(np.float32)
         fr, rho = WEDGE_MATERIALS[cfg.wedge_material]
         self.wedge = np.exp(-np.outer(linear_attenuation(fr, rho, e), wedge_mm / 10.0))       # [E, W]
+        self.wedge32 = self.wedge.astype(np.float32)
         self.center = fluence * absorbed                     # the central ray, for a0
 
 
@@ -248,9 +253,9 @@ class SecondRig:
         self.dead_idx, self.hot_idx = bad[:cfg.dead_pixels], bad[cfg.dead_pixels:]
         self.good = np.ones((h, w), bool)
         self.good.reshape(-1)[bad] = False
-        pad = min(max(h, w), int(np.ceil(5 * max(cfg.scatter_range * w, cfg.glare_length_px, 3 * cfg.psf_sigma_px))))
         lam = cfg.scatter_range * w
-        self._scatter = _Convolver(h, w, lambda dy, dx: np.exp(-np.hypot(dy, dx) / lam), pad)
+        self._scatter = _Convolver(h, w, lambda dy, dx: np.exp(-np.hypot(dy, dx) / lam),
+                                   min(max(h, w), int(np.ceil(4 * lam))))
         s, g, lg = cfg.psf_sigma_px, cfg.glare_fraction, cfg.glare_length_px
 
         def psf(dy, dx):
@@ -259,18 +264,17 @@ class SecondRig:
             tail = np.exp(-np.sqrt(r2) / lg)
             return (1 - g) * core / core.sum() + g * tail / tail.sum()
 
-        self._psf = _Convolver(h, w, psf, pad)
+        self._psf = _Convolver(h, w, psf, min(max(h, w), int(np.ceil(5 * max(lg, 3 * s, 1.0)))))
         self._levels: Optional[tuple[list[float], list[float]]] = None
 
     # -- physics shared by captures and the profile model ------------------------------------------------
     def _primary(self, beam: _Beam, plate_mu: Optional[np.ndarray], t_cm: float,
                  dt_cm: Optional[np.ndarray], scale: float) -> np.ndarray:
-        """Expected detected primary photons [E, H, W]."""
-        n = beam.n_open[:, :, None] * beam.wedge[:, None, :] * scale
-        if plate_mu is not None:
-            n = n * np.exp(-plate_mu * t_cm)[:, None, None]
-            if dt_cm is not None:
-                n = n * np.exp(-plate_mu[:, None, None] * dt_cm[None])
+        """Expected detected primary photons [E, H, W] (float32: this is the big array of a capture)."""
+        a = np.exp(-plate_mu * t_cm) * scale if plate_mu is not None else np.full(len(beam.energies), scale)
+        n = np.multiply((beam.n_open * a[:, None]).astype(np.float32)[:, :, None], beam.wedge32[:, None, :])
+        if plate_mu is not None and dt_cm is not None:
+            n *= np.exp(np.multiply.outer(-plate_mu.astype(np.float32), dt_cm.astype(np.float32)))
         return n
 
     def _scatter_of(self, beam: _Beam, counts: np.ndarray, weighted) -> tuple[np.ndarray, np.ndarray]:
@@ -315,14 +319,15 @@ class SecondRig:
         Photons are Poisson per bin of the noise grid; each deposits its bin's mean response, and the
         spread of deposits (energy within the bin, light yield: Swank) is added as Gaussian noise with the
         exact variance sum_bins N (<r^2>/I - <r>^2)."""
-        flat = n.reshape(len(n), -1)
-        counts, s1, s2 = (m @ flat for m in beam.group_moments)       # [G, H*W] each: sum n, n r, n r^2
-        safe = np.maximum(counts, 1e-300)
+        g = len(beam.groups)
+        moments = beam.group_moments32 @ n.reshape(len(n), -1)     # [3G, H*W]: sum n, n r, n r^2 per bin
+        counts, s1, s2 = moments[:g], moments[g:2 * g], moments[2 * g:]
+        safe = np.maximum(counts, np.float32(1e-30))
         mean_r = s1 / safe
-        spread = s2 / (safe * self.rig.swank_factor) - mean_r * mean_r
-        photons = rng.poisson(counts).astype(np.float64)
-        kev = (photons * mean_r).sum(0)
-        kev += np.sqrt(np.maximum((photons * spread).sum(0), 0.0)) * rng.standard_normal(kev.shape)
+        spread = s2 / (safe * np.float32(self.rig.swank_factor)) - mean_r * mean_r
+        photons = rng.poisson(counts).astype(np.float32)
+        kev = np.einsum("gp,gp->p", photons, mean_r).astype(np.float64)
+        kev += np.sqrt(np.maximum(np.einsum("gp,gp->p", photons, spread), 0.0)) * rng.standard_normal(kev.shape)
         kev = kev.reshape(n.shape[1:])
         return self._read_out(beam, self._psf.apply(kev), rng)
 
