@@ -2,7 +2,7 @@
 
     captures/<id>.png|tiff      the raw detector image
     captures/<id>.json          its sidecar, written last: a capture exists once its sidecar does
-    calibration/<session>/dark.png, flat.png
+    calibration/<session>/dark.png, flat.png (second rig: also wedge-<wedge_mm>mm.png, the wedge alone)
     quarantine/<id>/...         bad captures as received, plus reason.json
 """
 from __future__ import annotations

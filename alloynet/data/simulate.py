@@ -8,10 +8,10 @@ per-plate and per-capture seed sequences: the same seed writes the same bytes, i
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alloynet.captures.format import make_sidecar
 from alloynet.captures.image import encode_image
@@ -20,6 +20,7 @@ from alloynet.captures.stores import ObjectStore
 from alloynet.data import CLASS_NAMES
 from alloynet.data.profiles import Profile, class_counts
 from alloynet.physics.alloys import alloys_from_config, get_alloy, sample_plate
+from alloynet.physics.second_rig import NOMINAL_FIELDS, SecondRig, SecondRigConfig
 from alloynet.physics.simulator import RigConfig, RigSimulator
 
 
@@ -41,6 +42,16 @@ class DatasetSpec(BaseModel):
     id_prefix: Optional[str] = None
     start_time: datetime = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
     rig: RigConfig = Field(default_factory=RigConfig)
+    simulator: Literal["alloynet", "second_rig"] = Field("alloynet", description="which rig model writes the captures")
+    second_rig: SecondRigConfig = Field(default_factory=SecondRigConfig,
+                                        description="the second rig's own physics; its nominal settings come from rig")
+
+    @model_validator(mode="after")
+    def _nominal_from_rig(self) -> "DatasetSpec":
+        given = sorted(set(NOMINAL_FIELDS) & self.second_rig.model_fields_set)
+        if given:
+            raise ValueError(f"second_rig.{given[0]}: nominal settings come from rig; set rig.{given[0]} instead")
+        return self
 
     @field_validator("custom_alloys")
     @classmethod
@@ -91,7 +102,7 @@ def _plan(spec: DatasetSpec) -> list[tuple[str, float]]:
 def simulate_dataset(spec: DatasetSpec, store: ObjectStore, progress: Optional[Callable[[int, int], None]] = None) -> list[str]:
     """Simulate and write every capture of ``spec`` into ``store``; returns the capture ids."""
     prefix = spec.id_prefix or f"sim{spec.seed}"
-    sims = {w: RigSimulator(spec.rig.model_copy(update={"wedge_mm": w})) for w in spec.wedges_mm}
+    sims = {w: _simulator(spec, w) for w in spec.wedges_mm}
     plan = _plan(spec)
     total = len(plan) * spec.captures_per_plate
     ids: list[str] = []
@@ -105,6 +116,8 @@ def simulate_dataset(spec: DatasetSpec, store: ObjectStore, progress: Optional[C
             sim = sims[wedge]
             if n % spec.session_size == 0:
                 session = _new_session(spec, sim, store, prefix, n // spec.session_size)
+                if spec.simulator == "second_rig":
+                    _wedge_references(spec, sims, store, session, n // spec.session_size)
             rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 2, p_idx, k]))
             cap = sim.capture(plate, rng, session["dark_adu"], session["flat_adu"], session["gain"])
             cid = f"{prefix}-{p_idx:05d}-{k}"
@@ -123,7 +136,7 @@ def simulate_dataset(spec: DatasetSpec, store: ObjectStore, progress: Optional[C
                      "wedge_material": rig.wedge_material, "dose": rig.dose},
                 calibration={"session": session["id"], "dark_adu": session["dark_adu"], "flat_adu": session["flat_adu"]},
                 acquired_at=spec.start_time + timedelta(seconds=30 * n), truth=truth, plate_id=plate.plate_id,
-                source=f"alloynet-simulator seed={spec.seed}")
+                source=f"{'second-rig' if spec.simulator == 'second_rig' else 'alloynet-simulator'} seed={spec.seed}")
             write_capture(store, sc, data)
             ids.append(cid)
             if progress:
@@ -131,7 +144,22 @@ def simulate_dataset(spec: DatasetSpec, store: ObjectStore, progress: Optional[C
     return ids
 
 
-def _new_session(spec: DatasetSpec, sim: RigSimulator, store: ObjectStore, prefix: str, index: int) -> dict:
+def _simulator(spec: DatasetSpec, wedge_mm: float) -> Union[RigSimulator, SecondRig]:
+    rig = spec.rig.model_copy(update={"wedge_mm": wedge_mm})
+    if spec.simulator == "second_rig":  # one set of nominal settings (rig) drives both rig models
+        return SecondRig(SecondRigConfig.from_nominal(rig, **spec.second_rig.model_dump(exclude=set(NOMINAL_FIELDS))))
+    return RigSimulator(rig)
+
+
+def _wedge_references(spec: DatasetSpec, sims: dict, store: ObjectStore, session: dict, index: int) -> None:
+    """The wedge alone (no plate), one frame per wedge, taken in the session's own beam (its output drift)."""
+    for j, (wedge, sim) in enumerate(sims.items()):
+        rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 4, index, j]))
+        data, fmt = encode_image(sim.wedge_reference(rng, session["gain"]))
+        store.put(f"calibration/{session['id']}/wedge-{wedge:g}mm.{fmt}", data, overwrite=True)
+
+
+def _new_session(spec: DatasetSpec, sim: Union[RigSimulator, SecondRig], store: ObjectStore, prefix: str, index: int) -> dict:
     """A calibration session: the panel's gain drifts a little; a dark and a flat frame are taken."""
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 3, index]))
     gain = sim.session_gain(rng)

@@ -129,11 +129,11 @@ def _mahalanobis(delta: np.ndarray, cov: np.ndarray) -> float:
 
 def separability(rig: RigConfig | None = None, alloys: Sequence[str] = ("Al1050", "Al2017", "Al5083", "Al6082", "Al7075"),
                  thicknesses_mm: Sequence[float] = (1.0, 2.0, 5.0), plates: int = 200, mc_samples: int = 2000,
-                 bins: int = 32, seed: int = 0) -> SeparabilityReport:
+                 bins: int = 32, seed: int = 0, profile_model=None) -> SeparabilityReport:
     """Pairwise d' / Bayes error and the multi-class ceiling for the given rig settings (seeded)."""
     rig = rig or RigConfig()
     rng = np.random.default_rng(seed)
-    model = ProfileModel(rig, bins)
+    model = profile_model if profile_model is not None else ProfileModel(rig, bins)
     stats_ = {(a, t): _plate_stats(model, a, t, plates, rng) for a in alloys for t in thicknesses_mm}
     nominal = {(a, t): model.profile(get_alloy(a).nominal_fractions(), get_alloy(a).density_g_cm3, t)
                for a in alloys for t in thicknesses_mm}
