@@ -170,3 +170,16 @@ def sample_plate(alloy_name: str, nominal_thickness_mm: float, rng: np.random.Ge
 
 # The five standard alloys the models classify, in class-index order.
 ALLOY_NAMES = ("Al1050", "Al2017", "Al5083", "Al6082", "Al7075")
+
+
+# Alloys whose copper and zinc content a single 50 kV exposure sees clearly (Z 29/30 against Al's 13):
+# industrial X-ray-transmission sorters separate these "heavy" alloys from 1xxx/5xxx/6xxx scrap.
+HEAVY_CU_ZN_WT_PCT = 1.0
+GROUPS = ("heavy", "light")
+
+
+def alloy_group(name: str) -> str:
+    """"heavy" (Cu + Zn >= 1 wt% nominal, e.g. Al2017, Al7075) or "light" (Al1050, Al5083, Al6082): decided by
+    composition, so an alloy a user adds by config lands in the right group."""
+    wt = get_alloy(name).nominal_wt_pct
+    return "heavy" if wt.get("Cu", 0.0) + wt.get("Zn", 0.0) >= HEAVY_CU_ZN_WT_PCT else "light"

@@ -31,6 +31,7 @@ pixels), exactly as the data-set writer does for the nominal simulator.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal, Optional, Sequence
 
 import numpy as np
@@ -471,6 +472,14 @@ class SecondRigProfileModel:
                                                              1e-12)))
                                for i in range(len(self.sim._beams))])
 
+    def profiles(self, fractions, density: float, thicknesses_mm) -> np.ndarray:
+        """``profile`` for several thicknesses: [T, C * bins]."""
+        return np.stack([self.profile(fractions, density, float(t)) for t in np.atleast_1d(thicknesses_mm)])
+
+    def texture_field_cov(self, samples: int = 1000) -> np.ndarray:
+        """Covariance [bins, bins] of the binned row mean of this rig's unit texture field (seeded estimate)."""
+        return _texture_field_cov(self.rig.height, self.rig.width, self.rig.texture_cell_px, self.bins, samples)
+
     def noise_var(self, fractions, density: float, thickness_mm: float) -> np.ndarray:
         """Variance of each profile bin (detector noise; fixed patterns are part of the profile itself)."""
         r = self.rig
@@ -487,3 +496,17 @@ class SecondRigProfileModel:
             w = self.sim._psf.adjoint(g[None] * u)                                # sensitivity to deposited keV
             out.append((var_kev[None] * w * w).sum((1, 2)) + (u * u).sum((1, 2)) * (r.read_noise_adu**2 + 1 / 12))
         return np.concatenate(out)
+
+
+@lru_cache(maxsize=8)
+def _texture_field_cov(h: int, w: int, cell: float, bins: int, samples: int) -> np.ndarray:
+    """The texture field of ``SecondRig._texture`` (white noise, Gaussian-filtered), binned row mean."""
+    rng = np.random.default_rng(0x7E57)
+    edges = np.linspace(0, w, bins + 1).astype(int)
+    s = cell / (2 * np.sqrt(np.pi))
+    rows = []
+    for _ in range(samples):
+        white = rng.standard_normal((h, w))
+        f = ndimage.gaussian_filter(white, s, mode="wrap") * (2 * np.sqrt(np.pi) * s) if s > 0 else white
+        rows.append(np.add.reduceat(f.mean(0), edges[:-1]) / np.diff(edges))
+    return np.cov(np.asarray(rows), rowvar=False)

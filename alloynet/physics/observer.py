@@ -1,0 +1,228 @@
+"""The physics observer: the likelihood of a measured wedge profile under each alloy, with the plate's
+thickness marginalised over what is known about it (a thickness prior).
+
+The same likelihood gives the ideal-observer ceiling (applied to profiles drawn from the model itself) and
+the physics-fit classifier (applied to profiles measured from captures): for each alloy it fits the plate
+thickness to the profile with the forward model and weighs the fit by the prior, so it needs no training
+data and classifies any alloy in the table, a user-added one included.
+
+Model, per alloy: profile x ~ N(mu(t), S(t)), where mu(t) is the forward model's profile of the alloy's mean
+in-spec composition at thickness t, and S(t) = plate-to-plate variation at fixed t (composition inside the
+standard's ranges) + detector noise + plate texture. Because the profile pins down t very sharply (to about
+a micrometre at the thin end), p(x | alloy) = integral N(x; mu(t), S(t)) prior(t) dt is evaluated by a
+Laplace approximation around the best-fitting t: chi2(t) is scanned on a fine grid (whitened, one matrix
+product), refined by the parabola through the best point and its neighbours (exact: mu is linear in t
+over a grid step), and the Gaussian in t that this gives is integrated against the prior analytically.
+
+Why a fine, continuous treatment matters: a prior given as a coarse list of thicknesses (e.g. 33 values
+from 1 to 5 mm) tells the observer that plates come only in those thicknesses, which real plates do not;
+the ceiling computed that way was 0.71 at 64 px where the continuous prior gives about 0.62.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import special
+
+from alloynet.physics.alloys import get_alloy, sample_plate
+
+LOG_2PI = float(np.log(2 * np.pi))
+
+
+@dataclass(frozen=True)
+class ThicknessPrior:
+    """What is known about a plate's thickness before looking: any value in a range (``range_mm``), or one
+    of a list of nominal values (``values_mm``); either way within the rolling tolerance (``tolerance``,
+    drawn as ``sample_plate`` draws it: sigma = tolerance / 2)."""
+
+    range_mm: Optional[tuple[float, float]] = None
+    values_mm: Optional[tuple[float, ...]] = None
+    tolerance: float = 0.015
+
+    def __post_init__(self) -> None:
+        if (self.range_mm is None) == (self.values_mm is None):
+            raise ValueError("ThicknessPrior: give exactly one of range_mm and values_mm")
+        lo, hi = self.bounds_nominal
+        if not 0 < lo <= hi:
+            raise ValueError(f"ThicknessPrior: thicknesses must be > 0 mm, got {lo}..{hi}")
+
+    @classmethod
+    def of(cls, thicknesses_mm: Optional[Sequence[float]] = None,
+           thickness_range_mm: Optional[Sequence[float]] = None) -> "ThicknessPrior":
+        if thickness_range_mm is not None:
+            return cls(range_mm=(float(thickness_range_mm[0]), float(thickness_range_mm[1])))
+        return cls(values_mm=tuple(sorted(float(t) for t in (thicknesses_mm or (1.0, 2.0, 5.0)))))
+
+    @property
+    def continuous(self) -> bool:
+        return self.range_mm is not None
+
+    @property
+    def bounds_nominal(self) -> tuple[float, float]:
+        return (self.range_mm[0], self.range_mm[1]) if self.continuous else (min(self.values_mm), max(self.values_mm))
+
+    def bounds(self) -> tuple[float, float]:
+        """Where actual thicknesses can lie (nominal bounds widened by the tolerance)."""
+        lo, hi = self.bounds_nominal
+        return lo * (1 - self.tolerance), hi * (1 + self.tolerance)
+
+    def representative(self, n: int = 5) -> list[float]:
+        """A few thicknesses spanning the prior (for per-thickness summaries)."""
+        return list(np.linspace(*self.range_mm, n)) if self.continuous else list(self.values_mm)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Nominal thicknesses of ``n`` plates drawn from the prior (the tolerance is applied by sample_plate)."""
+        if self.continuous:
+            return rng.uniform(*self.range_mm, n)
+        return rng.choice(np.asarray(self.values_mm), n)
+
+    def log_density(self, t: np.ndarray, width: np.ndarray) -> np.ndarray:
+        """log of the prior density at ``t`` smoothed by a Gaussian of sd ``width`` (the fit's own spread)."""
+        t, width = np.asarray(t, float), np.asarray(width, float)
+        if self.continuous:
+            lo, hi = self.range_mm
+            s = np.sqrt(width**2 + (t * self.tolerance / 2) ** 2)
+            mass = special.ndtr((hi - t) / s) - special.ndtr((lo - t) / s)
+            return np.log(np.maximum(mass, 1e-300)) - np.log(hi - lo)
+        out = np.full(t.shape, -np.inf)
+        for v in self.values_mm:
+            s2 = width**2 + (v * self.tolerance / 2) ** 2
+            out = np.logaddexp(out, -0.5 * (t - v) ** 2 / s2 - 0.5 * np.log(2 * np.pi * s2))
+        return out - np.log(len(self.values_mm))
+
+    def describe(self) -> str:
+        if self.continuous:
+            return f"any thickness {self.range_mm[0]:g}-{self.range_mm[1]:g} mm"
+        return "thickness one of " + ", ".join(f"{v:g}" for v in self.values_mm) + " mm"
+
+
+def _sample_compositions(alloy: str, n: int, rng: np.random.Generator) -> list:
+    return [sample_plate(alloy, 2.0, rng, f"obs-{i}") for i in range(n)]
+
+
+def _profiles(model, fractions, density: float, thicknesses: np.ndarray) -> np.ndarray:
+    if hasattr(model, "profiles"):
+        return model.profiles(fractions, density, thicknesses)
+    return np.stack([model.profile(fractions, density, float(t)) for t in thicknesses])
+
+
+class AlloyLikelihood:
+    """log p(profile | alloy) for one alloy on one rig, thickness marginalised over ``prior``."""
+
+    def __init__(self, model, alloy: str, prior: ThicknessPrior, plates: int = 150, nodes: int = 9,
+                 grid: int = 400, rng: Optional[np.random.Generator] = None):
+        rng = rng or np.random.default_rng(0)
+        self.model, self.alloy, self.prior = model, alloy, prior
+        lo, hi = prior.bounds()
+        lo, hi = lo * 0.97, hi * 1.03                            # let the fit move a little past the prior
+        self.grid = np.linspace(lo, hi, grid)
+        self.plates = _sample_compositions(alloy, plates, rng)
+        wt = {el: float(np.mean([p.wt_pct.get(el, 0.0) for p in self.plates]))
+              for el in set().union(*(p.wt_pct for p in self.plates))}
+        self.mean_plate = sample_plate(alloy, 2.0, rng, "obs-mean", exact=True).__class__(
+            "obs-mean", alloy, 2.0, 2.0, wt, float(np.mean([p.density_g_cm3 for p in self.plates])))
+        fr, rho = self.mean_plate.fractions(), self.mean_plate.density_g_cm3
+        self.mean = _profiles(model, fr, rho, self.grid)                                  # [G, D]
+        self.nodes = np.linspace(lo, hi, nodes)
+        per_plate = np.stack([_profiles(model, p.fractions(), p.density_g_cm3, self.nodes) for p in self.plates])
+        self.cov_plate = [np.cov(per_plate[:, k], rowvar=False) for k in range(nodes)]  # composition, fixed t
+        self.cov_noise = [self._noise_cov(float(t)) for t in self.nodes]
+        d = self.mean.shape[1]
+        self.chol, self.logdet = [], []
+        for cp, cn in zip(self.cov_plate, self.cov_noise):
+            s = cp + cn + 1e-12 * np.eye(d)
+            lch = np.linalg.cholesky(s)
+            self.chol.append(lch)
+            self.logdet.append(2 * float(np.log(np.diag(lch)).sum()))
+        self.node_of = np.abs(self.grid[:, None] - self.nodes[None]).argmin(1)           # grid point -> node
+
+    def _noise_cov(self, t: float) -> np.ndarray:
+        fr, rho = self.mean_plate.fractions(), self.mean_plate.density_g_cm3
+        cov = np.diag(self.model.noise_var(fr, rho, t))
+        rig = self.model.rig
+        field = getattr(self.model, "texture_field_cov", None)
+        if field is not None and getattr(rig, "texture_rel", 0) > 0:
+            h = 1e-3 * t
+            g = (_profiles(self.model, fr, rho, np.array([t + h]))[0] - _profiles(self.model, fr, rho, np.array([t - h]))[0]) / (2 * h)
+            channels = len(g) // self.model.bins
+            f = np.kron(np.ones((channels, channels)), field())
+            cov = cov + (rig.texture_rel * t) ** 2 * np.outer(g, g) * f
+        return cov
+
+    def node_index(self, t: np.ndarray) -> np.ndarray:
+        return np.abs(np.asarray(t)[:, None] - self.nodes[None]).argmin(1)
+
+    def loglik(self, x: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """(log p(x | alloy), best-fitting thickness in mm) for profiles x [N, D]."""
+        x = np.atleast_2d(np.asarray(x, float))
+        out_ll, out_t = np.empty(len(x)), np.empty(len(x))
+        for s in range(0, len(x), chunk):
+            out_ll[s:s + chunk], out_t[s:s + chunk] = self._loglik(x[s:s + chunk])
+        return out_ll, out_t
+
+    def _loglik(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n, g = len(x), len(self.grid)
+        chi2 = np.empty((n, g))
+        for k, lch in enumerate(self.chol):
+            sel = np.nonzero(self.node_of == k)[0]
+            if len(sel) == 0:
+                continue
+            xw = np.linalg.solve(lch, x.T).T                                               # [N, D]
+            mw = np.linalg.solve(lch, self.mean[sel].T).T                                  # [g_k, D]
+            chi2[:, sel] = (xw * xw).sum(1)[:, None] - 2 * xw @ mw.T + (mw * mw).sum(1)[None]
+        i = np.clip(chi2.argmin(1), 1, g - 2)
+        rows = np.arange(n)
+        cm, c0, cp = chi2[rows, i - 1], chi2[rows, i], chi2[rows, i + 1]
+        h = self.grid[1] - self.grid[0]
+        curv = np.maximum(cm - 2 * c0 + cp, 1e-12)                                         # h^2 d2chi2/dt2
+        shift = np.clip(0.5 * (cm - cp) / curv, -1.0, 1.0)
+        t_best = self.grid[i] + shift * h
+        chi2_best = np.minimum(c0 - 0.25 * (cm - cp) * shift, c0)
+        var_t = 2 * h * h / curv                                                            # the fit's variance in t
+        k = self.node_index(t_best)
+        logdet = np.asarray(self.logdet)[k]
+        d = x.shape[1]
+        ll = (-0.5 * chi2_best - 0.5 * logdet - 0.5 * d * LOG_2PI + 0.5 * np.log(2 * np.pi * var_t)
+              + self.prior.log_density(t_best, np.sqrt(var_t)))
+        return ll, t_best
+
+
+class PhysicsObserver:
+    """The likelihoods of several alloys on one rig: ``log_likelihoods`` [N, K] and a classifier."""
+
+    def __init__(self, model, alloys: Sequence[str], prior: ThicknessPrior, plates: int = 150, seed: int = 0,
+                 **kw):
+        rng = np.random.default_rng(seed)
+        for a in alloys:
+            get_alloy(a)
+        self.model, self.alloys, self.prior = model, list(alloys), prior
+        self.likelihoods = [AlloyLikelihood(model, a, prior, plates, rng=rng, **kw) for a in self.alloys]
+
+    def log_likelihoods(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(log p(x | alloy) [N, K], fitted thickness under each alloy [N, K])."""
+        res = [lk.loglik(x) for lk in self.likelihoods]
+        return np.stack([r[0] for r in res], 1), np.stack([r[1] for r in res], 1)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        ll, _ = self.log_likelihoods(x)
+        ll -= ll.max(1, keepdims=True)
+        p = np.exp(ll)
+        return p / p.sum(1, keepdims=True)
+
+    def draw(self, alloy_index: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Profiles of ``n`` plates of one alloy drawn from the prior, as the model says they look (plate
+        composition and thickness drawn as the simulator draws them, detector noise and texture Gaussian);
+        returns (profiles [n, D], actual thicknesses [n])."""
+        lk = self.likelihoods[alloy_index]
+        nominal = self.prior.sample(n, rng)
+        xs, ts = [], []
+        for i, t in enumerate(nominal):
+            p = sample_plate(lk.alloy, float(t), rng, f"draw-{i}")
+            mean = _profiles(self.model, p.fractions(), p.density_g_cm3, np.array([p.thickness_mm]))[0]
+            ln = np.linalg.cholesky(lk.cov_noise[int(lk.node_index(np.array([p.thickness_mm]))[0])]
+                                    + 1e-14 * np.eye(len(mean)))
+            xs.append(mean + ln @ rng.standard_normal(len(mean)))
+            ts.append(p.thickness_mm)
+        return np.asarray(xs), np.asarray(ts)
