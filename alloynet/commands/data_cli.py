@@ -10,8 +10,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console()
+console = Console(soft_wrap=True)  # plain, unwrapped lines when not a terminal
 data_app = typer.Typer(no_args_is_help=True)
+
+EXIT_BUSY = 75  # EX_TEMPFAIL: another writer holds the destination; try again later
+
+
+def _fail(exc: BaseException, code: int = 1) -> None:
+    """One plain line, no traceback: store outages, a busy destination, bad URIs."""
+    console.print(f"error: {' '.join(str(exc).split())}", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+WaitOpt = typer.Option(0.0, help="seconds to wait for another writer of the destination (ingest, manifest) "
+                                 f"before giving up with exit code {EXIT_BUSY}")
 
 
 def progress_bar() -> Progress:
@@ -67,40 +79,90 @@ def simulate(
     print_summary(df)
 
 
-def ingest(source: str = typer.Argument(..., help="capture store to pull from (s3://bucket/prefix or a directory)"),
-           dest: str = typer.Argument(..., help="local data directory"), seed: int = 0) -> None:
-    """Pull new captures (since the watermark), verify, quarantine bad ones, update the manifest."""
-    from alloynet.captures.ingest import ingest as run
-    from alloynet.captures.stores import LocalStore, open_store
-    from alloynet.data.manifest import refresh_manifest
-
-    dst = LocalStore(dest)
-    res = run(open_store(source), dst)
-    console.print(res.summary())
+def _print_result(res) -> None:
+    console.print(res.summary(), markup=False)
     for key, why in res.quarantined.items():
-        console.print(f"[yellow]quarantined[/] {key}: {why}")
-    refresh_manifest(dst, seed)
+        console.print(f"quarantined {key}: {why}", markup=False, highlight=False)
+    for folder in res.released:
+        console.print(f"released {folder}", markup=False, highlight=False)
+    for key in res.orphans:
+        console.print(f"orphan image {key}: no sidecar", markup=False, highlight=False)
+
+
+def ingest(source: str = typer.Argument(..., help="capture store to pull from (s3://bucket/prefix or a directory)"),
+           dest: str = typer.Argument(..., help="local data directory"), seed: int = 0,
+           wait: float = WaitOpt,
+           retry_quarantined: bool = typer.Option(False, "--retry-quarantined",
+                                                  help="also retry every quarantined capture of SOURCE"),
+           orphan_grace: float = typer.Option(3600.0, help="seconds an image may wait for its sidecar before it "
+                                                           "is reported as an orphan")) -> None:
+    """Pull new captures (since the watermark), verify, quarantine bad ones, update the manifest."""
+    from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, open_store
+    from alloynet.data.manifest import ingest_and_refresh
+
+    try:
+        src = open_store(source)
+    except ValueError as exc:  # a malformed store URI
+        _fail(exc)
+    try:
+        res, df, changed = ingest_and_refresh(src, LocalStore(dest), seed, wait=wait,
+                                              retry_quarantined=retry_quarantined, orphan_grace_s=orphan_grace)
+    except WriterBusy as exc:
+        _fail(exc, EXIT_BUSY)
+    except StoreError as exc:
+        _fail(f"{exc}; ingest stopped, nothing stored was lost and the next run resumes there")
+    _print_result(res)
+    console.print(f"manifest: {len(df)} captures ({'updated' if changed else 'unchanged'})", markup=False)
 
 
 @data_app.command("manifest")
-def manifest_cmd(store: str, seed: int = 0, out: Optional[Path] = None) -> None:
+def manifest_cmd(store: str, seed: int = 0, out: Optional[Path] = None, wait: float = WaitOpt) -> None:
     """(Re)build the manifest of a local store, keeping existing split assignments frozen."""
-    from alloynet.captures.stores import LocalStore
+    from alloynet.captures.stores import LocalStore, WriterBusy
     from alloynet.data.manifest import refresh_manifest
 
-    df, _ = refresh_manifest(LocalStore(store), seed, out)
+    try:
+        df, _ = refresh_manifest(LocalStore(store), seed, out, wait=wait)
+    except WriterBusy as exc:
+        _fail(exc, EXIT_BUSY)
     print_summary(df)
 
 
 @data_app.command("quarantine")
-def quarantine_cmd(store: str) -> None:
-    """List quarantined captures and why."""
+def quarantine_cmd(store: str = typer.Argument(..., help="the data directory (ingest's destination)"),
+                   retry: bool = typer.Option(False, "--retry", help="try every quarantined capture again; those "
+                                                                     "whose problem is gone leave the quarantine"),
+                   source: Optional[str] = typer.Option(None, help="capture store to retry from (default: the one "
+                                                                   "each entry was quarantined from)"),
+                   seed: int = 0, wait: float = WaitOpt) -> None:
+    """The quarantine as it is now: each entry's reason, since when, and how many attempts failed."""
+    from alloynet.captures.ingest import retry_quarantined
     from alloynet.captures.layout import list_quarantine
-    from alloynet.captures.stores import open_store
+    from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, open_store, writer_lock
+    from alloynet.data.manifest import refresh_manifest
 
-    rows = list_quarantine(open_store(store))
+    try:
+        st = open_store(store)
+        if retry:
+            uris = [source] if source else sorted({r["source_uri"] for r in list_quarantine(st) if r.get("source_uri")})
+            sources = [open_store(u) for u in uris]
+            with writer_lock(st, "quarantine retry", wait):
+                for src in sources:
+                    _print_result(retry_quarantined(src, st, lock=False))
+                if isinstance(st, LocalStore):
+                    df, changed = refresh_manifest(st, seed, lock=False)
+                    console.print(f"manifest: {len(df)} captures ({'updated' if changed else 'unchanged'})",
+                                  markup=False)
+        rows = list_quarantine(st)
+    except WriterBusy as exc:
+        _fail(exc, EXIT_BUSY)
+    except StoreError as exc:
+        _fail(exc)
+    except ValueError as exc:  # a malformed store URI (only open_store raises it here)
+        _fail(exc)
     for r in rows:
-        console.print(f"{r['folder']}: {r['reason']}")
+        since = f" (since {r['quarantined_at']}, {r.get('attempts', 1)} attempt(s))" if "quarantined_at" in r else ""
+        console.print(f"{r['folder']}: {r['reason']}{since}", markup=False, highlight=False)
     console.print(f"{len(rows)} quarantined")
 
 
