@@ -366,28 +366,23 @@ def test_cli_ingest_and_quarantine_retry(store, tmp_path):
     src.delete(f"captures/{ids[0]}.png")
     dest = tmp_path / "dest"
     runner = CliRunner()
-    # the CLI accepts the default sizes only: make the dummy 32x32 captures acceptable
-    import alloynet.captures.format as fmt
-    old = set(fmt.ACCEPTED_SIZES)
-    fmt.ACCEPTED_SIZES |= SIZES
-    try:
+    res = runner.invoke(app, ["ingest", str(src.root), str(dest)])  # the default sizes exclude 32x32
+    assert res.exit_code == 0 and "0 new" in res.output and "size 32x32 not accepted" in res.output
+    res = runner.invoke(app, ["data", "quarantine", str(dest), "--retry", "--accept-size", "32x32"])
+    assert res.exit_code == 0, res.output
+    assert f"quarantined captures/{ids[0]}.json" in res.output and "image file missing" in res.output
+    assert "2 attempt(s)" in res.output and "1 quarantined" in res.output
+    src.put(f"captures/{ids[0]}.png", img)
+    res = runner.invoke(app, ["ingest", str(src.root), str(dest), "--accept-size", "32x32"])
+    assert res.exit_code == 0, res.output
+    assert f"released quarantine/{ids[0]}/" in res.output and f"manifest: {len(ids)} captures (updated)" in res.output
+    res = runner.invoke(app, ["data", "quarantine", str(dest)])
+    assert res.exit_code == 0 and res.output.strip() == "0 quarantined"
+    assert ids[0] in (dest / "manifest.csv").read_text()
+    with writer_lock(LocalStore(dest), "ingest"):  # a second writer is told, and exits 75
         res = runner.invoke(app, ["ingest", str(src.root), str(dest)])
-        assert res.exit_code == 0, res.output
-        assert f"quarantined captures/{ids[0]}.json" in res.output and "image file missing" in res.output
-        res = runner.invoke(app, ["data", "quarantine", str(dest)])
-        assert res.exit_code == 0 and "1 attempt(s)" in res.output and "1 quarantined" in res.output
-        src.put(f"captures/{ids[0]}.png", img)
-        res = runner.invoke(app, ["data", "quarantine", str(dest), "--retry"])
-        assert res.exit_code == 0, res.output
-        assert f"released quarantine/{ids[0]}/" in res.output and "0 quarantined" in res.output
-        assert ids[0] in (dest / "manifest.csv").read_text()
-        with writer_lock(LocalStore(dest), "ingest"):  # a second writer is told, and exits 75
-            res = runner.invoke(app, ["ingest", str(src.root), str(dest)])
-        assert res.exit_code == 75 and "is busy: ingest (pid" in res.output
-        assert len(res.output.strip().splitlines()) == 1
-    finally:
-        fmt.ACCEPTED_SIZES.clear()
-        fmt.ACCEPTED_SIZES.update(old)
+    assert res.exit_code == 75 and "is busy: ingest (pid" in res.output
+    assert len(res.output.strip().splitlines()) == 1
 
 
 def test_cli_unreachable_store_is_one_line(tmp_path, monkeypatch):

@@ -84,6 +84,11 @@ def _version(o: Optional[ObjectInfo]) -> Optional[str]:
     return f"{o.key}@{o.etag or o.size}" if o is not None else None
 
 
+def _image_version(o: Optional[ObjectInfo]) -> Optional[str]:
+    """What a quarantine entry remembers of its image: any re-upload (even of the same bytes) changes it."""
+    return f"{o.etag or o.size}@{o.modified:.6f}" if o is not None else None
+
+
 def _pending(listing: dict[str, ObjectInfo], wm: float, seen: set[str]) -> list[ObjectInfo]:
     todo = [o for o in listing.values() if o.key.endswith(".json")
             and (o.modified > wm or (o.modified == wm and _version(o) not in seen))]
@@ -172,7 +177,7 @@ def _retry(source, dest, result, accepted_sizes, q: Quarantine, listing, prefix,
         if info is None:
             continue  # the sidecar is gone from the source: the entry stays, with the copy kept
         img = entry.get("image_key")
-        changed = img is not None and _version(listing.get(img)) != entry.get("image_version")
+        changed = img is not None and _image_version(listing.get(img)) != entry.get("image_version")
         if force or changed:
             result.retried.append(key)
             _ingest_one(source, dest, info, result, accepted_sizes, q, listing, prefix)
@@ -191,7 +196,7 @@ def _report_orphans(source, result, q: Quarantine, listing, prefix, grace: float
         where = object_path(source, key)
         result.orphans.append(key)
         entry = q.get(where)
-        if entry is not None and entry.get("image_version") == _version(info):
+        if entry is not None and entry.get("image_version") == _image_version(info):
             continue  # already reported as it is
         name = key[len(prefix):].rsplit(".", 1)[0]
         files = {}
@@ -202,7 +207,7 @@ def _report_orphans(source, result, q: Quarantine, listing, prefix, grace: float
                 continue
         err = CaptureError(where, "sidecar", f"orphan image: no sidecar {name}.json after {grace:.0f} s")
         q.add(name, files, err, where, kind="orphan", source_uri=source.uri, image_key=key,
-              image_version=_version(info))
+              image_version=_image_version(info))
         log.warning("%s", err)
     base = source.uri.rstrip("/") + "/"
     for entry in q.from_source(source.uri):  # no longer orphans: the sidecar came, or the image went
@@ -217,6 +222,7 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
     valid_name = bool(_ID_RE.match(name))
     files: dict[str, bytes] = {}
     img_key: Optional[str] = None
+    img_missing = False
     try:
         if not valid_name:
             raise CaptureError(where, "sidecar", "file name is not <capture_id>.json directly under "
@@ -241,6 +247,7 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
         try:
             img = source.get(img_key)
         except ObjectMissing:
+            img_missing = True
             raise CaptureError(img_where, "image", "image file missing for this sidecar") from None
         files[img_key.rsplit("/", 1)[-1]] = img
         validate_capture(sc, img, img_where, accepted_sizes)
@@ -252,7 +259,7 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
             where, "sidecar", f"could not be read: {type(exc).__name__}: {str(exc)[:200]}")
         extra = {"kind": "capture", "source_uri": source.uri}
         if img_key is not None:
-            extra.update(image_key=img_key, image_version=_version(listing.get(img_key)))
+            extra.update(image_key=img_key, image_version=None if img_missing else _image_version(listing.get(img_key)))
         folder = q.add(name if valid_name else "", files, err, where, **extra)
         log.warning("quarantined %s -> %s: %s", where, folder, err)
         result.quarantined[info.key] = str(err)

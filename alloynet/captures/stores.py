@@ -163,7 +163,7 @@ class LocalStore:
 
 def _s3_error(store: "S3Store", exc: Exception, what: str) -> Exception:
     """botocore's exception -> ObjectMissing for a missing key, else a one-line StoreError."""
-    from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
+    from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError, HTTPClientError
 
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
@@ -174,7 +174,7 @@ def _s3_error(store: "S3Store", exc: Exception, what: str) -> Exception:
             return ObjectExists(f"{store.uri}{what} exists; refusing to overwrite")
         msg = " ".join(str(err.get("Message", "")).split())
         return StoreError(f"{store.uri}: {code or 'error'}: {msg or exc} ({what})")
-    if isinstance(exc, BotoConnectionError):
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):  # refused, reset, closed, timed out
         endpoint = store.client.meta.endpoint_url
         return StoreUnavailable(f"object store unreachable: {store.uri} at {endpoint} "
                                 f"({type(exc).__name__}; is the server running?)")

@@ -22,6 +22,19 @@ def _fail(exc: BaseException, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+SizeOpt = typer.Option(None, "--accept-size", help="accepted image size HxW (repeatable); default: the "
+                                                   "standard sizes 64x64 to 512x512")
+
+
+def _sizes(values: Optional[list[str]]):
+    if not values:
+        return None
+    try:
+        return {tuple(int(x) for x in v.lower().split("x", 1)) for v in values}
+    except ValueError:
+        raise typer.BadParameter(f"--accept-size takes HxW, e.g. 64x64; got {values}") from None
+
+
 WaitOpt = typer.Option(0.0, help="seconds to wait for another writer of the destination (ingest, manifest) "
                                  f"before giving up with exit code {EXIT_BUSY}")
 
@@ -95,7 +108,8 @@ def ingest(source: str = typer.Argument(..., help="capture store to pull from (s
            retry_quarantined: bool = typer.Option(False, "--retry-quarantined",
                                                   help="also retry every quarantined capture of SOURCE"),
            orphan_grace: float = typer.Option(3600.0, help="seconds an image may wait for its sidecar before it "
-                                                           "is reported as an orphan")) -> None:
+                                                           "is reported as an orphan"),
+           accept_size: Optional[list[str]] = SizeOpt) -> None:
     """Pull new captures (since the watermark), verify, quarantine bad ones, update the manifest."""
     from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, open_store
     from alloynet.data.manifest import ingest_and_refresh
@@ -105,8 +119,9 @@ def ingest(source: str = typer.Argument(..., help="capture store to pull from (s
     except ValueError as exc:  # a malformed store URI
         _fail(exc)
     try:
-        res, df, changed = ingest_and_refresh(src, LocalStore(dest), seed, wait=wait,
-                                              retry_quarantined=retry_quarantined, orphan_grace_s=orphan_grace)
+        res, df, changed = ingest_and_refresh(src, LocalStore(dest), seed, accepted_sizes=_sizes(accept_size),
+                                              wait=wait, retry_quarantined=retry_quarantined,
+                                              orphan_grace_s=orphan_grace)
     except WriterBusy as exc:
         _fail(exc, EXIT_BUSY)
     except StoreError as exc:
@@ -134,7 +149,7 @@ def quarantine_cmd(store: str = typer.Argument(..., help="the data directory (in
                                                                      "whose problem is gone leave the quarantine"),
                    source: Optional[str] = typer.Option(None, help="capture store to retry from (default: the one "
                                                                    "each entry was quarantined from)"),
-                   seed: int = 0, wait: float = WaitOpt) -> None:
+                   seed: int = 0, wait: float = WaitOpt, accept_size: Optional[list[str]] = SizeOpt) -> None:
     """The quarantine as it is now: each entry's reason, since when, and how many attempts failed."""
     from alloynet.captures.ingest import retry_quarantined
     from alloynet.captures.layout import list_quarantine
@@ -148,7 +163,7 @@ def quarantine_cmd(store: str = typer.Argument(..., help="the data directory (in
             sources = [open_store(u) for u in uris]
             with writer_lock(st, "quarantine retry", wait):
                 for src in sources:
-                    _print_result(retry_quarantined(src, st, lock=False))
+                    _print_result(retry_quarantined(src, st, accepted_sizes=_sizes(accept_size), lock=False))
                 if isinstance(st, LocalStore):
                     df, changed = refresh_manifest(st, seed, lock=False)
                     console.print(f"manifest: {len(df)} captures ({'updated' if changed else 'unchanged'})",
