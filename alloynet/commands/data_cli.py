@@ -82,10 +82,15 @@ def simulate(
     plan = spec.plates_per_class()
     console.print(f"simulating {sum(plan.values()) * spec.captures_per_plate} captures "
                   f"({spec.rig.height}x{spec.rig.width}, kVp {spec.rig.kvp}, seed {spec.seed}) into {store.uri}")
-    with progress_bar() as bar:
-        task = bar.add_task("simulate", total=sum(plan.values()) * spec.captures_per_plate)
-        simulate_dataset(spec, store, progress=lambda done, total: bar.update(task, completed=done))
-    df = build_manifest(store, seed=spec.seed)
+    from alloynet.captures.stores import StoreError
+
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task("simulate", total=sum(plan.values()) * spec.captures_per_plate)
+            simulate_dataset(spec, store, progress=lambda done, total: bar.update(task, completed=done))
+        df = build_manifest(store, seed=spec.seed)
+    except StoreError as exc:
+        _fail(exc)
     if manifest and isinstance(store, LocalStore):
         write_manifest(df, store.root / "manifest.csv")
         console.print(f"manifest: {store.root / 'manifest.csv'}")
