@@ -212,8 +212,11 @@ def discard_cmd(version: str, reason: str = typer.Option(..., help="recorded in 
     """Delete a version that never served (published or half-published); never the champion or a rollback target."""
     from alloynet.registry import RegistryError
 
+    reg = _open(registry, model)
+    if version not in {v.version for v in reg.versions()} and version not in reg.unfinished():
+        _fail(RegistryError(f"{reg.uri}: no version {version}, published or unfinished"))
     try:
-        _open(registry, model).discard(version, reason, force=force)
+        reg.discard(version, reason, force=force)
     except RegistryError as exc:
         _fail(exc)
     console.print(f"discarded {version}", markup=False)

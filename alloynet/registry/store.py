@@ -233,7 +233,8 @@ class ModelRegistry:
         """Delete a version that never served: refused for the champion and for rollback targets.
 
         Also removes an unfinished (half-published) version; one written to in the last ``busy_s`` seconds
-        may still be publishing, and is refused unless ``force``."""
+        may still be publishing, and is refused unless ``force``. A version that is not there at all (already
+        discarded) is left alone: no error, no audit event."""
         p = self.pointer()
         if p and (version == p.version or version in p.previous):
             raise RegistryError(f"{version} is the champion or a rollback target; refusing to discard it")
@@ -242,8 +243,9 @@ class ModelRegistry:
             mv = self.get(version)
         except RegistryError:
             idle = self.unfinished().get(version)
-            if idle is None:
-                raise RegistryError(f"{self.uri}: no version {version}, published or unfinished") from None
+            if idle is None:  # nothing there (discarded already): discarding is idempotent
+                log.info("%s %s: nothing to discard", self.model, version)
+                return
             if idle < busy_s and not force:
                 raise RegistryError(f"{version} is unfinished but was written to {idle:.0f} s ago: it may still be "
                                     "publishing; discard it with force once that publisher is dead") from None
@@ -301,6 +303,9 @@ class ModelRegistry:
         dest.parent.mkdir(parents=True, exist_ok=True)
         _clean_stale_stages(dest.parent)
         stage = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}fetch-{dest.name}-", dir=dest.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        stage.chmod(0o777 & ~umask)  # as a plain mkdir would make it (mkdtemp's 0700 would stick to dest)
         try:
             problems = {}
             for rel, art in selected.items():
