@@ -21,7 +21,7 @@ import pytest
 from alloynet.captures.format import decode_image, encode_image, parse_sidecar, sha256
 from alloynet.captures.layout import list_quarantine
 from alloynet.captures.stores import LOCK_NAME, LocalStore, S3Store, WriterBusy
-from alloynet.data.manifest import ingest_and_refresh, read_manifest
+from alloynet.data.manifest import ingest_and_refresh
 from serving.processes import alive
 from tests.helpers.dummy import DummyCaptureStore
 from tests.helpers.faults import POISON, POISON_KEYS, LosingStore, poison_sidecars, snapshot
@@ -240,7 +240,8 @@ def test_poison_alias_and_vanishing_objects_in_one_batch(source, s3_server, s3_b
 
     res, df, _ = ingest_and_refresh(s3, dest, accepted_sizes=SIZES)
     assert sorted(res.new) == sorted([ids[3], ids[4]]) and res.released == [f"quarantine/{ids[4]}/"]
-    assert list(res.quarantined) == ["captures/intruder.json"] and "image.file" in res.quarantined["captures/intruder.json"]
+    assert list(res.quarantined) == ["captures/intruder.json"]
+    assert "image.file" in res.quarantined["captures/intruder.json"]
     assert dest.get(f"captures/{victim}.png") == stored_victim  # the stored test image is untouched
     assert snapshot(dest) == snapshot(src)
     assert set(df.capture_id) == set(ids) and "intruder" not in set(df.capture_id)

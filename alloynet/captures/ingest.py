@@ -243,7 +243,8 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
         img_where = object_path(source, img_key)
         img_info = listing.get(img_key)
         if img_info is not None and img_info.size > MAX_IMAGE_BYTES:
-            raise CaptureError(img_where, "image", f"{img_info.size} bytes; an image may have at most {MAX_IMAGE_BYTES}")
+            raise CaptureError(img_where, "image",
+                               f"{img_info.size} bytes; an image may have at most {MAX_IMAGE_BYTES}")
         try:
             img = source.get(img_key)
         except ObjectMissing:
