@@ -398,3 +398,15 @@ def test_cli_unreachable_store_is_one_line(tmp_path, monkeypatch):
     assert res.exit_code == 1
     assert res.output.startswith("error: object store unreachable: s3://captures/lab/")
     assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+
+
+def test_quarantine_entries_of_one_source_are_not_touched_by_another(store, tmp_path):
+    src, manifest = store
+    cid = manifest.capture_id[0]
+    nested = LocalStore(src.root / "lab2")  # a source whose location lies inside the first one's
+    nested.put(f"captures/{cid}.png", src.get(f"captures/{cid}.png"))
+    dest = LocalStore(tmp_path / "dest")
+    assert ingest(nested, dest, accepted_sizes=SIZES, orphan_grace_s=0).orphans == [f"captures/{cid}.png"]
+    res = ingest(src, dest, accepted_sizes=SIZES, orphan_grace_s=0)
+    assert res.released == [] and len(res.new) == len(manifest)
+    assert [e["source_uri"] for e in list_quarantine(dest)] == [nested.uri]

@@ -105,7 +105,10 @@ class Quarantine:
     def from_source(self, source_uri: str) -> list[dict]:
         """Entries whose object came from the store at ``source_uri``."""
         base = source_uri.rstrip("/") + "/"
-        return [e for e in self.entries() if str(e.get("source", "")).startswith(base)]
+        # entries record their source's URI; older ones only the object's location (a prefix match, which
+        # would also take in a source nested under this one, so the recorded URI wins where there is one)
+        return [e for e in self.entries() if e.get("source_uri", source_uri) == source_uri
+                and str(e.get("source", "")).startswith(base)]
 
     def sweep(self) -> list[str]:
         """Remove files left by a crash in the middle of adding or releasing an entry."""
