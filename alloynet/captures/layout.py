@@ -87,6 +87,7 @@ class Quarantine:
         self._stray: list[str] = []  # files of folders without reason.json (a crash mid-add/-release)
         keys = [i.key for i in store.list(QUARANTINE)]
         folders = {k[: -len("reason.json")] for k in keys if k.endswith("/reason.json")}
+        self._folders = set(folders)  # every folder in use, even one hidden by a same-source duplicate
         for folder in sorted(folders):
             try:
                 entry = json.loads(self.store.get(folder + "reason.json"))
@@ -124,9 +125,10 @@ class Quarantine:
         if old is not None:
             folder = old["folder"]
         else:
-            taken = {e["folder"] for e in self._entries.values()}
             base = QUARANTINE + _folder_name(name, source)
-            folder = next(f for f in (base + (f".{n}" if n else "") + "/" for n in range(10_000)) if f not in taken)
+            folder = next(f for f in (base + (f".{n}" if n else "") + "/" for n in range(10_000))
+                          if f not in self._folders)
+            self._folders.add(folder)
         for info in list(self.store.list(folder)):  # what an earlier attempt (or a crash) left there
             if info.key != folder + "reason.json" and info.key[len(folder):] not in files:
                 self.store.delete(info.key)
@@ -146,13 +148,6 @@ class Quarantine:
         self._entries[source] = {**entry, "folder": folder}
         return folder
 
-    def touch(self, source: str, **extra) -> None:
-        """Record facts about an entry (e.g. the object versions it was judged on) without a new attempt."""
-        entry = self._entries[source]
-        entry.update(extra)
-        body = {k: v for k, v in entry.items() if k != "folder"}
-        self.store.put(entry["folder"] + "reason.json", json.dumps(body, indent=1).encode(), overwrite=True)
-
     def release(self, source: str) -> Optional[str]:
         """The problem is gone: remove the entry (reason.json first, so it vanishes at once)."""
         entry = self._entries.pop(source, None)
@@ -162,6 +157,7 @@ class Quarantine:
         self.store.delete(folder + "reason.json")
         for info in list(self.store.list(folder)):
             self.store.delete(info.key)
+        self._folders.discard(folder)
         return folder
 
 
