@@ -410,3 +410,30 @@ def test_quarantine_entries_of_one_source_are_not_touched_by_another(store, tmp_
     res = ingest(src, dest, accepted_sizes=SIZES, orphan_grace_s=0)
     assert res.released == [] and len(res.new) == len(manifest)
     assert [e["source_uri"] for e in list_quarantine(dest)] == [nested.uri]
+
+
+def test_cli_full_disk_is_one_line_and_loses_nothing(store, tmp_path, monkeypatch):
+    import errno
+
+    from typer.testing import CliRunner
+
+    from alloynet.cli import app
+
+    src, manifest = store
+    real_put, calls = LocalStore.put, {"n": 0}
+
+    def put(self, key, data, **kw):
+        if self.root != src.root and key.startswith("captures/"):
+            calls["n"] += 1
+            if calls["n"] > 6:
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.path(key)))
+        return real_put(self, key, data, **kw)
+
+    monkeypatch.setattr(LocalStore, "put", put)
+    args = ["ingest", str(src.root), str(tmp_path / "dest"), "--accept-size", "32x32"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "No space left on device" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and list_quarantine(LocalStore(tmp_path / "dest")) == []
+    monkeypatch.undo()
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and res.output.startswith(f"{len(manifest) - 3} new"), res.output

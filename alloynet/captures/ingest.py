@@ -252,24 +252,37 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
             raise CaptureError(img_where, "image", "image file missing for this sidecar") from None
         files[img_key.rsplit("/", 1)[-1]] = img
         validate_capture(sc, img, img_where, accepted_sizes)
-        outcome = _store(dest, sc, sc_bytes, img, where)
     except StoreError:
         raise  # the store failed, not the capture: stop here, the watermark has not passed this capture
     except Exception as exc:  # anything else is this capture's problem: quarantine it and move on
         err = exc if isinstance(exc, CaptureError) else CaptureError(
             where, "sidecar", f"could not be read: {type(exc).__name__}: {str(exc)[:200]}")
-        extra = {"kind": "capture", "source_uri": source.uri}
-        if img_key is not None:
-            extra.update(image_key=img_key, image_version=None if img_missing else _image_version(listing.get(img_key)))
-        folder = q.add(name if valid_name else "", files, err, where, **extra)
-        log.warning("quarantined %s -> %s: %s", where, folder, err)
-        result.quarantined[info.key] = str(err)
+        image_version = None if img_missing or img_key is None else _image_version(listing.get(img_key))
+        _quarantine(source, info, name if valid_name else "", files, err, q, result, img_key, image_version)
+        return
+    # Writing is outside the net above: a full disk or a dead destination stops the run (it is not the
+    # capture's fault); only a conflict with a stored capture quarantines the newcomer.
+    try:
+        outcome = _store(dest, sc, sc_bytes, img, where)
+    except CaptureError as err:
+        _quarantine(source, info, name, files, err, q, result, img_key, _image_version(listing.get(img_key)))
         return
     (result.new if outcome == "new" else result.duplicates).append(sc.capture_id)
     released = q.release(where)
     if released:
         log.info("%s left the quarantine (%s)", where, released)
         result.released.append(released)
+
+
+def _quarantine(source: ObjectStore, info: ObjectInfo, name: str, files: dict[str, bytes], err: CaptureError,
+                q: Quarantine, result: IngestResult, img_key: Optional[str], image_version: Optional[str]) -> None:
+    where = object_path(source, info.key)
+    extra = {"kind": "capture", "source_uri": source.uri}
+    if img_key is not None:  # remembered so that a change of the image at the source triggers a retry
+        extra.update(image_key=img_key, image_version=image_version)
+    folder = q.add(name, files, err, where, **extra)
+    log.warning("quarantined %s -> %s: %s", where, folder, err)
+    result.quarantined[info.key] = str(err)
 
 
 def _store(dest: ObjectStore, sc, sc_bytes: bytes, img: bytes, where: str) -> str:

@@ -131,6 +131,8 @@ def ingest(source: str = typer.Argument(..., help="capture store to pull from (s
         _fail(exc, EXIT_BUSY)
     except StoreError as exc:
         _fail(f"{exc}; ingest stopped, nothing stored was lost and the next run resumes there")
+    except OSError as exc:  # the destination's disk: full, read-only, gone
+        _fail(f"{dest}: {exc}; ingest stopped, nothing stored was lost and the next run resumes there")
     _print_result(res)
     console.print(f"manifest: {len(df)} captures ({'updated' if changed else 'unchanged'})", markup=False)
 
