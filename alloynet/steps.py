@@ -21,9 +21,9 @@ from typing import Any, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alloynet.captures.ingest import IngestResult, ingest
+from alloynet.captures.ingest import IngestResult
 from alloynet.captures.stores import LocalStore, open_store
-from alloynet.data.manifest import DataSet, manifest_hash, refresh_manifest
+from alloynet.data.manifest import DataSet, ingest_and_refresh, manifest_hash
 from alloynet.evaluate import evaluate
 from alloynet.export import export_checkpoint
 from alloynet.registry.promotion import Decision, PromotionRule, best_candidate, decide, tail_classes
@@ -65,16 +65,20 @@ class IngestReport(IngestResult):
                 f"({'updated' if self.manifest_changed else 'unchanged'})")
 
 
+INGEST_WAIT_S = 600.0  # a second ingest into the same data directory waits this long for the first
+
+
 def ingest_captures(source: str, data_dir: str | Path, seed: int = 0,
-                    accepted_sizes: Optional[list[tuple[int, int]]] = None) -> IngestReport:
-    """Pull new captures since the watermark, then rebuild the manifest with the existing splits frozen.
+                    accepted_sizes: Optional[list[tuple[int, int]]] = None, wait: float = INGEST_WAIT_S) -> IngestReport:
+    """Pull new captures since the watermark, then rebuild the manifest with the existing splits frozen,
+    both under the data directory's writer lock (a concurrent ingest waits up to ``wait`` s, then
+    ``WriterBusy``).
 
     Idempotent: with nothing new the manifest file is not rewritten. Crash-safe: captures and the watermark
     are written atomically one capture at a time (alloynet.captures.ingest), the manifest by rename."""
     dest = LocalStore(data_dir)
     sizes = {tuple(s) for s in accepted_sizes} if accepted_sizes else None
-    res = ingest(open_store(source), dest, accepted_sizes=sizes)
-    df, changed = refresh_manifest(dest, seed)
+    res, df, changed = ingest_and_refresh(open_store(source), dest, seed, accepted_sizes=sizes, wait=wait)
     dataset = DataSet(str(dest.root), manifest_hash(df)) if len(df) else None
     return IngestReport(**vars(res), source=str(source), dataset=dataset, manifest_changed=changed,
                         captures=len(df), labelled=int(df.labelled.sum()) if len(df) else 0)

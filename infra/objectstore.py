@@ -6,18 +6,23 @@
 Credentials are written to an IAM file inside --dir and printed as AWS_* variables for the shell; they
 are local-development keys for a loopback-only server (override with --access-key/--secret-key).
 Used by the pytest fixture ``s3_server`` and by the local stack scripts.
+
+Restarting on an existing --dir (after a clean stop or a SIGKILL) keeps every bucket and object: a bucket
+that exists is accepted whatever CreateBucket answers (SeaweedFS says BucketAlreadyExists, not
+BucketAlreadyOwnedByYou, for a bucket it already holds), and a second server on one --dir is refused.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import socket
 import subprocess
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.processes import HOST, find_binary, free_port, stop_pid_file, wait_ready
+from infra.processes import HOST, alive, find_binary, free_port, stop_pid_file, wait_ready
 
 
 def _free_base(span: int = 10001) -> int:
@@ -50,8 +55,18 @@ class ObjectStoreServer:
 
 def start(data_dir: str | Path, s3_port: int | None = None, buckets: tuple[str, ...] = (), access_key: str = "alloynet",
           secret_key: str = "alloynet-local-secret", timeout: float = 60.0) -> ObjectStoreServer:
+    bad = [b for b in buckets if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", b)]
+    if bad:  # refused at once, not after the readiness probe has retried it for `timeout` seconds
+        raise ValueError(f"invalid bucket name(s) {bad}: 3-63 lowercase letters, digits, '.' or '-'")
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = data_dir / "weed.pid"
+    if pid_file.exists():
+        old = int(pid_file.read_text() or 0)
+        if old and alive(old) and _is_weed(old):
+            raise RuntimeError(f"SeaweedFS (pid {old}) already runs on {data_dir}; stop it first "
+                               f"(python -m infra.objectstore stop --dir {data_dir})")
+        pid_file.unlink()  # left by a server that was killed
     iam = data_dir / "s3-identities.json"
     iam.write_text(json.dumps({"identities": [{"name": "alloynet", "credentials": [
         {"accessKey": access_key, "secretKey": secret_key}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
@@ -76,12 +91,44 @@ def start(data_dir: str | Path, s3_port: int | None = None, buckets: tuple[str, 
     return server
 
 
-def _s3_ready(server: ObjectStoreServer, buckets: tuple[str, ...]):
+def _is_weed(pid: int) -> bool:
+    try:
+        return b"weed" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def ensure_bucket(client, bucket: str) -> None:
+    """Create ``bucket`` unless it exists. Existence is decided by HeadBucket, not by CreateBucket's error
+    code: servers answer BucketAlreadyOwnedByYou or BucketAlreadyExists for a bucket we already hold."""
+    from botocore.exceptions import ClientError
+
+    def exists() -> bool:
+        try:
+            client.head_bucket(Bucket=bucket)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+                return False
+            raise
+
+    if exists():
+        return
+    try:
+        client.create_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+        if not exists():  # someone else's bucket of that name (a real S3), or the server is inconsistent
+            raise RuntimeError(f"bucket {bucket!r}: CreateBucket says it exists but HeadBucket cannot see it") from None
+
+
+def _s3_ready(server: ObjectStoreServer, buckets: tuple[str, ...], client=None):
     """Probe: the S3 endpoint answers (403 without credentials counts) and the buckets exist."""
     import boto3
 
-    client = boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
-                          aws_secret_access_key=server.secret_key, region_name="us-east-1")
+    client = client or boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
+                                    aws_secret_access_key=server.secret_key, region_name="us-east-1")
 
     def ready() -> bool:
         try:
@@ -90,10 +137,7 @@ def _s3_ready(server: ObjectStoreServer, buckets: tuple[str, ...]):
             if not getattr(exc, "code", None):  # no HTTP status: nothing listening yet
                 raise
         for b in buckets:  # the filer may still be starting: any error here is retried
-            try:
-                client.create_bucket(Bucket=b)
-            except client.exceptions.BucketAlreadyOwnedByYou:
-                pass
+            ensure_bucket(client, b)
         client.list_buckets()
         return True
 

@@ -162,3 +162,56 @@ def test_preprocess_exports_to_torchscript():
 def test_manifest_of_an_empty_store(tmp_path):
     df = build_manifest(LocalStore(tmp_path))
     assert df.empty and list(df.columns)[-1] == "split"
+
+
+def test_concurrent_manifest_writes_never_collide(tmp_path):
+    import threading
+
+    df = pd.DataFrame({"capture_id": [f"c{i}" for i in range(200)], "sha256": "0" * 64, "split": "train"})
+    path = tmp_path / "manifest.csv"
+    errors = []
+
+    def writer():
+        try:
+            for _ in range(20):
+                write_manifest(df, path)
+        except Exception as exc:  # noqa: BLE001 - any failure fails the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(pd.read_csv(path)) == 200
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.csv"]  # no temp file left behind
+
+
+def test_ingest_and_refresh_writes_the_manifest_only_after_a_whole_ingest(tmp_path):
+    from alloynet.captures.stores import StoreUnavailable
+    from alloynet.data.manifest import ingest_and_refresh
+
+    with DummyCaptureStore(n_max=3, size=32, imbalance_ratio=3) as (src, df):
+        class DiesAfterFive:
+            def __init__(self):
+                self.uri, self.left = src.uri, 5 * 2
+
+            def get(self, key):
+                self.left -= 1
+                if self.left < 0:
+                    raise StoreUnavailable("object store unreachable: test")
+                return src.get(key)
+
+            def __getattr__(self, name):
+                return getattr(src, name)
+
+        dest = LocalStore(tmp_path / "dest")
+        with pytest.raises(StoreUnavailable):
+            ingest_and_refresh(DiesAfterFive(), dest, accepted_sizes={(32, 32)})
+        assert not (dest.root / "manifest.csv").exists()  # no half-batch manifest freezing a tiny test set
+        res, m, changed = ingest_and_refresh(src, dest, accepted_sizes={(32, 32)})
+        assert changed and len(res.new) == len(df) - 5
+        # the same bytes as a run that never failed
+        clean = LocalStore(tmp_path / "clean")
+        ingest_and_refresh(src, clean, accepted_sizes={(32, 32)})
+        assert (dest.root / "manifest.csv").read_bytes() == (clean.root / "manifest.csv").read_bytes()

@@ -139,6 +139,81 @@ def test_registry_on_s3(s3_server, s3_bucket, tmp_path):
         reg.verify(a)
 
 
+
+def test_killed_publish_is_visible_and_discardable(tmp_path, monkeypatch):
+    import os
+    import time
+
+    reg = open_registry(tmp_path / "models")
+    v1 = reg.publish(_release(tmp_path, "a")).version
+    # a publisher killed half-way: claim and one artifact written, no version.json (no cleanup ran)
+    reg.store.put("alloynet/versions/v0002/claim.json", b"{}")
+    reg.store.put("alloynet/versions/v0002/files/checkpoint/model.ckpt", b"half")
+    assert [v.version for v in reg.versions()] == [v1]
+    assert list(reg.unfinished()) == ["v0002"]
+    with pytest.raises(RegistryError, match="may still be publishing"):
+        reg.discard("v0002", "killed")
+    assert reg.clean()["discarded"] == []  # idle for less than an hour: could be a live publisher
+    old = time.time() - 7200
+    for p in (tmp_path / "models" / "alloynet" / "versions" / "v0002").rglob("*"):
+        os.utime(p, (old, old))
+    tmp = tmp_path / "models" / "alloynet" / ".tmp-pointer"
+    tmp.write_bytes(b"x")
+    os.utime(tmp, (old, old))
+    done = reg.clean()
+    assert done == {"temp_files": ["alloynet/.tmp-pointer"], "discarded": ["v0002"]}
+    assert reg.unfinished() == {} and reg.events()[-1]["action"] == "discard"
+    assert reg.publish(_release(tmp_path, "b", b"b")).version == "v0002"
+    n_events = len(reg.events())
+    reg.discard("v0009", "already gone")  # idempotent: nothing there, nothing recorded
+    assert len(reg.events()) == n_events
+
+
+def test_failed_fetch_leaves_nothing_behind(tmp_path):
+    reg = open_registry(tmp_path / "models")
+    a = reg.publish(_release(tmp_path, "a", b"good")).version
+    reg.artifact_path(a, "triton/alloynet/1/model.onnx").write_bytes(b"tampered")
+    dest = tmp_path / "out"
+    with pytest.raises(ArtifactIntegrityError, match="sha256 mismatch"):
+        reg.fetch(a, dest)
+    assert not dest.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    # into an existing directory: its files are untouched by a failed fetch, replaced by a good one
+    dest.mkdir()
+    (dest / "checkpoint").mkdir()
+    (dest / "checkpoint" / "model.ckpt").write_bytes(b"old")
+    with pytest.raises(ArtifactIntegrityError):
+        reg.fetch(a, dest)
+    assert (dest / "checkpoint" / "model.ckpt").read_bytes() == b"old"
+    reg.fetch(a, dest, only=["checkpoint"])
+    assert (dest / "checkpoint" / "model.ckpt").read_bytes() == b"good"
+    fresh = reg.fetch(a, tmp_path / "fresh", only=["checkpoint"])
+    assert (fresh.stat().st_mode & 0o777) == ((tmp_path / "out").stat().st_mode & 0o777)  # like a plain mkdir
+
+
+def test_registry_cli_discard_clean_and_store_outage(tmp_path, monkeypatch):
+    from infra.processes import free_port
+
+    runner = CliRunner()
+    store = str(tmp_path / "models")
+    reg = open_registry(store)
+    reg.publish(_release(tmp_path, "a"))
+    reg.store.put("alloynet/versions/v0002/claim.json", b"{}")
+    res = runner.invoke(app, ["registry", "list", "-r", store])
+    assert "v0002: unfinished publication" in res.output and "registry discard v0002" in res.output
+    res = runner.invoke(app, ["registry", "discard", "v0002", "--reason", "killed", "-r", store])
+    assert res.exit_code == 1 and "may still be publishing" in res.output
+    res = runner.invoke(app, ["registry", "discard", "v0002", "--reason", "killed", "--force", "-r", store])
+    assert res.exit_code == 0 and reg.unfinished() == {}
+    res = runner.invoke(app, ["registry", "discard", "v0009", "--reason", "typo", "-r", store])
+    assert res.exit_code == 1 and "no version v0009" in res.output
+    res = runner.invoke(app, ["registry", "clean", "-r", store])
+    assert res.exit_code == 0 and "0 temp file(s) removed, 0 unfinished" in res.output
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    res = runner.invoke(app, ["registry", "list", "-r", f"s3://models/r?endpoint=http://127.0.0.1:{free_port()}"])
+    assert res.exit_code == 1 and res.output.startswith("error: object store unreachable: s3://models/r/")
+    assert len(res.output.strip().splitlines()) == 1
+
 # ---- the promotion rule -------------------------------------------------------------------------------
 RULE = PromotionRule(min_margin=0.02, max_tail_recall_drop=0.05, max_thickness_mae_increase_mm=0.1)
 

@@ -79,3 +79,106 @@ def test_s3_credentials_come_from_the_environment(s3_server, s3_bucket, monkeypa
     s = S3Store(s3_bucket, endpoint_url=s3_server.endpoint)
     with pytest.raises(Exception, match="SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied"):
         list(s.list())
+
+
+def test_s3_create_if_absent_has_one_winner(s3_server, s3_bucket):
+    """Racing writers of one key: exactly one put succeeds (If-None-Match), the others get ObjectExists."""
+    import threading
+
+    s = S3Store(s3_bucket, endpoint_url=s3_server.endpoint)
+    results = []
+    barrier = threading.Barrier(6)
+
+    def writer(i):
+        barrier.wait()
+        try:
+            s.put("captures/raced.json", f"{i}".encode())
+            results.append(("won", i))
+        except ObjectExists:
+            results.append(("lost", i))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for what, i in results if what == "won"]
+    assert len(results) == 6 and len(winners) == 1
+    assert s.get("captures/raced.json") == str(winners[0]).encode()
+
+
+def test_s3_writer_lease(s3_server, s3_bucket):
+    from alloynet.captures.stores import LEASE_KEY, WriterBusy, writer_lock
+
+    s = S3Store(s3_bucket, "data", endpoint_url=s3_server.endpoint)
+    with writer_lock(s, "ingest"):
+        with pytest.raises(WriterBusy, match="holds its writer lease"):
+            with writer_lock(s, "ingest"):
+                pass
+    assert not s.exists(LEASE_KEY)
+    # a lease whose holder died (expired) is taken over
+    s.put(LEASE_KEY, b'{"pid": 1, "expires": 0}')
+    with writer_lock(s, "ingest"):
+        assert s.exists(LEASE_KEY)
+    assert not s.exists(LEASE_KEY)
+
+
+def test_bucket_probe_accepts_bucket_already_exists():
+    """SeaweedFS answers BucketAlreadyExists (not ...OwnedByYou) for its own bucket after a restart."""
+    from botocore.exceptions import ClientError
+
+    from infra.objectstore import ensure_bucket
+
+    class Client:
+        def __init__(self, code, visible):
+            self.code, self.visible, self.created = code, visible, 0
+
+        def head_bucket(self, Bucket):
+            if not self.visible:
+                raise ClientError({"Error": {"Code": "404"}}, "HeadBucket")
+            return {}
+
+        def create_bucket(self, Bucket):
+            self.created += 1
+            self.visible = True
+            raise ClientError({"Error": {"Code": self.code}}, "CreateBucket")
+
+    existing = Client("BucketAlreadyExists", visible=True)
+    ensure_bucket(existing, "captures")
+    assert existing.created == 0  # HeadBucket said it is there: CreateBucket is not even asked
+    raced = Client("BucketAlreadyExists", visible=False)  # created by someone else in between
+    ensure_bucket(raced, "captures")
+    assert raced.created == 1
+
+
+def test_objectstore_restarts_on_existing_data(tmp_path):
+    """Stop (cleanly, then by SIGKILL) and start again on the same directory: buckets and objects survive."""
+    import os
+    import signal
+
+    import boto3
+
+    from infra import objectstore
+    from infra.processes import alive
+
+    d = tmp_path / "s3"
+    srv = objectstore.start(d, buckets=("captures", "models"), timeout=90)
+    try:
+        port = int(srv.endpoint.rsplit(":", 1)[1])
+        client = lambda s: boto3.client("s3", endpoint_url=s.endpoint, aws_access_key_id=s.access_key,  # noqa: E731
+                                        aws_secret_access_key=s.secret_key, region_name="us-east-1")
+        client(srv).put_object(Bucket="captures", Key="a.json", Body=b"kept")
+        with pytest.raises(RuntimeError, match="already runs on"):
+            objectstore.start(d, buckets=("captures",), timeout=5)
+        objectstore.stop(d)
+        srv = objectstore.start(d, port, buckets=("captures", "models"), timeout=60)
+        assert client(srv).get_object(Bucket="captures", Key="a.json")["Body"].read() == b"kept"
+        os.killpg(srv.pid, signal.SIGKILL)
+        while alive(srv.pid):
+            time.sleep(0.05)
+        srv = objectstore.start(d, port, buckets=("captures", "models"), timeout=60)
+        c = client(srv)
+        assert c.get_object(Bucket="captures", Key="a.json")["Body"].read() == b"kept"
+        assert {b["Name"] for b in c.list_buckets()["Buckets"]} >= {"captures", "models"}
+    finally:
+        objectstore.stop(d)

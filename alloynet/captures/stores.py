@@ -1,17 +1,25 @@
 """Object stores behind one small interface: a local directory (the embedded default) and S3 (boto3).
 
 Keys are '/'-separated relative paths. ``put`` is atomic (readers never see half a file) and by default
-refuses to overwrite: nothing already stored is replaced by accident.
+refuses to overwrite: nothing already stored is replaced by accident. Create-if-absent is one atomic step
+on both stores (``link`` locally, ``If-None-Match: *`` on S3), so two writers racing for one key cannot
+both win. A failure of the store itself (unreachable, refused credentials, server error) raises
+``StoreError`` with a one-line message: it is never the fault of the object being read.
 S3 credentials come from the standard AWS environment/config chain, never from code; the endpoint
 comes from the URI's ``?endpoint=`` or ``AWS_ENDPOINT_URL``/``ALLOYNET_S3_ENDPOINT``.
 """
 from __future__ import annotations
 
+import json
 import os
+import socket
 import tempfile
+import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator, Optional, Protocol
 from urllib.parse import parse_qs, urlparse
 
 
@@ -21,6 +29,19 @@ class ObjectMissing(KeyError):
 
 class ObjectExists(FileExistsError):
     """A put would overwrite an existing object."""
+
+
+class StoreError(RuntimeError):
+    """The store itself failed (refused credentials, missing bucket, server error); the message is one line."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached at all (nothing listening, connection reset, timeout)."""
+
+
+TEMP_PREFIX = ".tmp-"
+LOCK_NAME = ".alloynet-writer.lock"  # LocalStore's writer lock file (never listed as an object)
+LEASE_KEY = "state/writer.lease"     # the same for other stores: a lease object
 
 
 @dataclass(frozen=True)
@@ -42,9 +63,18 @@ class ObjectStore(Protocol):
 
 
 def _check_key(key: str) -> str:
-    if not key or key.startswith("/") or ".." in key.split("/"):
-        raise ValueError(f"invalid object key {key!r}: must be a relative path without '..'")
+    parts = key.split("/") if isinstance(key, str) else [""]
+    if not key or "\x00" in key or "\\" in key or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid object key {key!r}: must be a relative path without '..', '.' or empty parts")
     return key
+
+
+def _check_prefix(prefix: str) -> str:
+    if prefix and not prefix.endswith("/"):
+        _check_key(prefix)
+    elif prefix:
+        _check_key(prefix[:-1])
+    return prefix
 
 
 class LocalStore:
@@ -59,12 +89,13 @@ class LocalStore:
         return self.root / _check_key(key)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        _check_prefix(prefix)
         base = self.root / prefix if prefix and prefix.endswith("/") else self.root
         if not base.exists():
             return
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
-                if name.startswith(".tmp-"):
+                if name.startswith(TEMP_PREFIX) or name == LOCK_NAME:
                     continue
                 p = Path(dirpath) / name
                 key = p.relative_to(self.root).as_posix()
@@ -81,7 +112,7 @@ class LocalStore:
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=dest.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -107,6 +138,50 @@ class LocalStore:
         except FileNotFoundError:
             pass
 
+    def clean_temp(self, prefix: str = "", older_than: float = 3600.0) -> list[str]:
+        """Remove temp files that a killed writer left behind (``put`` cleans up after itself otherwise).
+
+        Only files older than ``older_than`` seconds go, so a live writer's temp file is never taken from
+        under it; a caller that holds the destination's writer lock can pass 0. Returns what was removed."""
+        _check_prefix(prefix)
+        base = self.root / prefix if prefix else self.root
+        cutoff = time.time() - older_than
+        removed = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if not name.startswith(TEMP_PREFIX):
+                    continue
+                p = Path(dirpath) / name
+                try:
+                    if p.stat().st_mtime <= cutoff:
+                        p.unlink()
+                        removed.append(p.relative_to(self.root).as_posix())
+                except FileNotFoundError:  # its writer finished meanwhile
+                    pass
+        return removed
+
+
+def _s3_error(store: "S3Store", exc: Exception, what: str) -> Exception:
+    """botocore's exception -> ObjectMissing for a missing key, else a one-line StoreError."""
+    from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return ObjectMissing(what)
+        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            return ObjectExists(f"{store.uri}{what} exists; refusing to overwrite")
+        msg = " ".join(str(err.get("Message", "")).split())
+        return StoreError(f"{store.uri}: {code or 'error'}: {msg or exc} ({what})")
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):  # refused, reset, closed, timed out
+        endpoint = store.client.meta.endpoint_url
+        return StoreUnavailable(f"object store unreachable: {store.uri} at {endpoint} "
+                                f"({type(exc).__name__}; is the server running?)")
+    if isinstance(exc, BotoCoreError):
+        return StoreError(f"{store.uri}: {' '.join(str(exc).split())}")
+    return exc
+
 
 class S3Store:
     """An S3 bucket (and optional prefix) through boto3; works with any S3-compatible server."""
@@ -122,48 +197,81 @@ class S3Store:
         # A fresh Session reads the AWS environment/config now; boto3's default session caches credentials.
         self.client = client or boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url, region_name=region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}))
+            config=Config(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=10, read_timeout=60,
+                          s3={"addressing_style": "path"}))
         self.uri = f"s3://{bucket}/{self.prefix}"
 
     def _k(self, key: str) -> str:
         return self.prefix + _check_key(key)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        _check_prefix(prefix)
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-            for obj in page.get("Contents", []):
-                yield ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"], obj["LastModified"].timestamp(),
-                                 obj.get("ETag", "").strip('"') or None)
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"], obj["LastModified"].timestamp(),
+                                     obj.get("ETag", "").strip('"') or None)
+        except (BotoCoreError, ClientError) as exc:
+            raise _s3_error(self, exc, prefix or "(list)") from None
 
     def get(self, key: str) -> bytes:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
+        k = self._k(key)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                raise ObjectMissing(key) from None
-            raise
+            return self.client.get_object(Bucket=self.bucket, Key=k)["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            raise _s3_error(self, exc, key) from None
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
+        k = self._k(key)
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+            self.client.head_object(Bucket=self.bucket, Key=k)
             return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        except (BotoCoreError, ClientError) as exc:
+            err = _s3_error(self, exc, key)
+            if isinstance(err, ObjectMissing):
                 return False
-            raise
+            raise err from None
 
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
-        # A single PUT is atomic on S3: readers see the old object or the whole new one.
+        """A single PUT is atomic on S3: readers see the old object or the whole new one. Without
+        ``overwrite`` the PUT is conditional (If-None-Match: *), so of two racing writers exactly one wins;
+        the HEAD before it keeps servers that ignore the condition from overwriting in the common case."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        k = self._k(key)
         if not overwrite and self.exists(key):
             raise ObjectExists(f"{self.uri}{key} exists; refusing to overwrite")
-        self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+        extra = {} if overwrite else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=k, Body=data, **extra)
+        except ClientError as exc:
+            if extra and exc.response.get("Error", {}).get("Code") == "NotImplemented":
+                try:  # a server without conditional writes: the HEAD above is the best it allows
+                    self.client.put_object(Bucket=self.bucket, Key=k, Body=data)
+                    return
+                except (BotoCoreError, ClientError) as exc2:
+                    raise _s3_error(self, exc2, key) from None
+            raise _s3_error(self, exc, key) from None
+        except BotoCoreError as exc:
+            raise _s3_error(self, exc, key) from None
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        k = self._k(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=k)
+        except (BotoCoreError, ClientError) as exc:
+            err = _s3_error(self, exc, key)
+            if not isinstance(err, ObjectMissing):
+                raise err from None
 
 
 def object_path(store: ObjectStore, key: str) -> str:
@@ -183,3 +291,104 @@ def open_store(uri: str | os.PathLike) -> ObjectStore:
     if s.startswith("file://"):
         s = urlparse(s).path
     return LocalStore(s)
+
+
+# ---- one writer per destination ---------------------------------------------------------------------
+class WriterBusy(RuntimeError):
+    """Another process holds the destination's writer lock (an ingest, a manifest refresh)."""
+
+
+def _holder_text(info: dict) -> str:
+    if not info:
+        return "another process"
+    return (f"{info.get('what', 'a writer')} (pid {info.get('pid', '?')} on {info.get('host', '?')}, "
+            f"since {info.get('since', '?')})")
+
+
+def _me(what: str) -> dict:
+    return {"what": what, "pid": os.getpid(), "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+@contextmanager
+def writer_lock(store: ObjectStore, what: str = "ingest", wait: float = 0.0, lease_s: float = 6 * 3600.0,
+                poll: float = 0.2) -> Iterator[None]:
+    """Hold the one-writer lock of ``store`` for the duration of the block.
+
+    A local directory uses ``flock`` on a lock file: the kernel releases it when the holder exits, even by
+    SIGKILL, so a crashed writer never leaves a stale lock. Other stores use a lease object created with an
+    atomic create-if-absent; a lease older than ``lease_s`` (a writer that died) is taken over.
+    Waits up to ``wait`` seconds, then raises ``WriterBusy`` naming the holder."""
+    if isinstance(store, LocalStore):
+        cm = _flock(store, what, wait, poll)
+    else:
+        cm = _lease(store, what, wait, lease_s, poll)
+    with cm:
+        yield
+
+
+@contextmanager
+def _flock(store: LocalStore, what: str, wait: float, poll: float) -> Iterator[None]:
+    import fcntl
+
+    path = store.root / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    try:
+                        info = json.loads(path.read_text() or "{}")
+                    except (OSError, ValueError):
+                        info = {}
+                    raise WriterBusy(f"{store.uri} is busy: {_holder_text(info)} is writing to it; "
+                                     f"try again later or wait for it (--wait SECONDS)") from None
+                time.sleep(poll)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_me(what)).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _lease(store: ObjectStore, what: str, wait: float, lease_s: float, poll: float) -> Iterator[None]:
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + wait
+    while True:
+        body = {**_me(what), "token": token, "expires": time.time() + lease_s}
+        try:
+            store.put(LEASE_KEY, json.dumps(body).encode())
+            break
+        except ObjectExists:
+            info = _read_lease(store)
+            if info is not None and info.get("expires", 0) < time.time():
+                store.delete(LEASE_KEY)  # the holder died without releasing: take the lease over
+                continue
+            if time.monotonic() >= deadline:
+                raise WriterBusy(f"{store.uri} is busy: {_holder_text(info or {})} holds its writer lease; "
+                                 f"try again later or wait for it (--wait SECONDS)") from None
+            time.sleep(poll)
+    try:
+        yield
+    finally:
+        info = _read_lease(store)
+        if info is not None and info.get("token") == token:
+            store.delete(LEASE_KEY)
+
+
+def _read_lease(store: ObjectStore) -> Optional[dict]:
+    try:
+        return json.loads(store.get(LEASE_KEY))
+    except ObjectMissing:
+        return None
+    except ValueError:
+        return {}

@@ -13,6 +13,31 @@ from rich.table import Table
 console = make_console()
 data_app = typer.Typer(no_args_is_help=True)
 
+EXIT_BUSY = 75  # EX_TEMPFAIL: another writer holds the destination; try again later
+
+
+def _fail(exc: BaseException, code: int = 1) -> None:
+    """One plain line, no traceback: store outages, a busy destination, bad URIs."""
+    console.print(f"error: {' '.join(str(exc).split())}", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+SizeOpt = typer.Option(None, "--accept-size", help="accepted image size HxW (repeatable); default: the "
+                                                   "standard sizes 64x64 to 512x512")
+
+
+def _sizes(values: Optional[list[str]]):
+    if not values:
+        return None
+    try:
+        return {tuple(int(x) for x in v.lower().split("x", 1)) for v in values}
+    except ValueError:
+        raise typer.BadParameter(f"--accept-size takes HxW, e.g. 64x64; got {values}") from None
+
+
+WaitOpt = typer.Option(0.0, help="seconds to wait for another writer of the destination (ingest, manifest) "
+                                 f"before giving up with exit code {EXIT_BUSY}")
+
 
 def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -57,50 +82,109 @@ def simulate(
     plan = spec.plates_per_class()
     console.print(f"simulating {sum(plan.values()) * spec.captures_per_plate} captures "
                   f"({spec.rig.height}x{spec.rig.width}, kVp {spec.rig.kvp}, seed {spec.seed}) into {store.uri}")
-    with progress_bar() as bar:
-        task = bar.add_task("simulate", total=sum(plan.values()) * spec.captures_per_plate)
-        simulate_dataset(spec, store, progress=lambda done, total: bar.update(task, completed=done))
-    df = build_manifest(store, seed=spec.seed)
+    from alloynet.captures.stores import StoreError
+
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task("simulate", total=sum(plan.values()) * spec.captures_per_plate)
+            simulate_dataset(spec, store, progress=lambda done, total: bar.update(task, completed=done))
+        df = build_manifest(store, seed=spec.seed)
+    except StoreError as exc:
+        _fail(exc)
     if manifest and isinstance(store, LocalStore):
         write_manifest(df, store.root / "manifest.csv")
         console.print(f"manifest: {store.root / 'manifest.csv'}")
     print_summary(df)
 
 
-def ingest(source: str = typer.Argument(..., help="capture store to pull from (s3://bucket/prefix or a directory)"),
-           dest: str = typer.Argument(..., help="local data directory"), seed: int = 0) -> None:
-    """Pull new captures (since the watermark), verify, quarantine bad ones, update the manifest."""
-    from alloynet.captures.ingest import ingest as run
-    from alloynet.captures.stores import LocalStore, open_store
-    from alloynet.data.manifest import refresh_manifest
-
-    dst = LocalStore(dest)
-    res = run(open_store(source), dst)
-    console.print(res.summary())
+def _print_result(res) -> None:
+    console.print(res.summary(), markup=False)
     for key, why in res.quarantined.items():
-        console.print(f"[yellow]quarantined[/] {key}: {why}")
-    refresh_manifest(dst, seed)
+        console.print(f"quarantined {key}: {why}", markup=False, highlight=False)
+    for folder in res.released:
+        console.print(f"released {folder}", markup=False, highlight=False)
+    for key in res.orphans:
+        console.print(f"orphan image {key}: no sidecar", markup=False, highlight=False)
+
+
+def ingest(source: str = typer.Argument(..., help="capture store to pull from (s3://bucket/prefix or a directory)"),
+           dest: str = typer.Argument(..., help="local data directory"), seed: int = 0,
+           wait: float = WaitOpt,
+           retry_quarantined: bool = typer.Option(False, "--retry-quarantined",
+                                                  help="also retry every quarantined capture of SOURCE"),
+           orphan_grace: float = typer.Option(3600.0, help="seconds an image may wait for its sidecar before it "
+                                                           "is reported as an orphan"),
+           accept_size: Optional[list[str]] = SizeOpt) -> None:
+    """Pull new captures (since the watermark), verify, quarantine bad ones, update the manifest."""
+    from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, open_store
+    from alloynet.data.manifest import ingest_and_refresh
+
+    try:
+        src = open_store(source)
+    except ValueError as exc:  # a malformed store URI
+        _fail(exc)
+    try:
+        res, df, changed = ingest_and_refresh(src, LocalStore(dest), seed, accepted_sizes=_sizes(accept_size),
+                                              wait=wait, retry_quarantined=retry_quarantined,
+                                              orphan_grace_s=orphan_grace)
+    except WriterBusy as exc:
+        _fail(exc, EXIT_BUSY)
+    except StoreError as exc:
+        _fail(f"{exc}; ingest stopped, nothing stored was lost and the next run resumes there")
+    except OSError as exc:  # the destination's disk: full, read-only, gone
+        _fail(f"{dest}: {exc}; ingest stopped, nothing stored was lost and the next run resumes there")
+    _print_result(res)
+    console.print(f"manifest: {len(df)} captures ({'updated' if changed else 'unchanged'})", markup=False)
 
 
 @data_app.command("manifest")
-def manifest_cmd(store: str, seed: int = 0, out: Optional[Path] = None) -> None:
+def manifest_cmd(store: str, seed: int = 0, out: Optional[Path] = None, wait: float = WaitOpt) -> None:
     """(Re)build the manifest of a local store, keeping existing split assignments frozen."""
-    from alloynet.captures.stores import LocalStore
+    from alloynet.captures.stores import LocalStore, WriterBusy
     from alloynet.data.manifest import refresh_manifest
 
-    df, _ = refresh_manifest(LocalStore(store), seed, out)
+    try:
+        df, _ = refresh_manifest(LocalStore(store), seed, out, wait=wait)
+    except WriterBusy as exc:
+        _fail(exc, EXIT_BUSY)
     print_summary(df)
 
 
 @data_app.command("quarantine")
-def quarantine_cmd(store: str) -> None:
-    """List quarantined captures and why."""
+def quarantine_cmd(store: str = typer.Argument(..., help="the data directory (ingest's destination)"),
+                   retry: bool = typer.Option(False, "--retry", help="try every quarantined capture again; those "
+                                                                     "whose problem is gone leave the quarantine"),
+                   source: Optional[str] = typer.Option(None, help="capture store to retry from (default: the one "
+                                                                   "each entry was quarantined from)"),
+                   seed: int = 0, wait: float = WaitOpt, accept_size: Optional[list[str]] = SizeOpt) -> None:
+    """The quarantine as it is now: each entry's reason, since when, and how many attempts failed."""
+    from alloynet.captures.ingest import retry_quarantined
     from alloynet.captures.layout import list_quarantine
-    from alloynet.captures.stores import open_store
+    from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, open_store, writer_lock
+    from alloynet.data.manifest import refresh_manifest
 
-    rows = list_quarantine(open_store(store))
+    try:
+        st = open_store(store)
+        if retry:
+            uris = [source] if source else sorted({r["source_uri"] for r in list_quarantine(st) if r.get("source_uri")})
+            sources = [open_store(u) for u in uris]
+            with writer_lock(st, "quarantine retry", wait):
+                for src in sources:
+                    _print_result(retry_quarantined(src, st, accepted_sizes=_sizes(accept_size), lock=False))
+                if isinstance(st, LocalStore):
+                    df, changed = refresh_manifest(st, seed, lock=False)
+                    console.print(f"manifest: {len(df)} captures ({'updated' if changed else 'unchanged'})",
+                                  markup=False)
+        rows = list_quarantine(st)
+    except WriterBusy as exc:
+        _fail(exc, EXIT_BUSY)
+    except StoreError as exc:
+        _fail(exc)
+    except ValueError as exc:  # a malformed store URI (only open_store raises it here)
+        _fail(exc)
     for r in rows:
-        console.print(f"{r['folder']}: {r['reason']}")
+        since = f" (since {r['quarantined_at']}, {r.get('attempts', 1)} attempt(s))" if "quarantined_at" in r else ""
+        console.print(f"{r['folder']}: {r['reason']}{since}", markup=False, highlight=False)
     console.print(f"{len(rows)} quarantined")
 
 

@@ -1,6 +1,7 @@
 """`alloynet registry ...`: list, inspect, verify, publish, promote and roll back model versions."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,29 @@ from alloynet.console import make_console
 from rich.table import Table
 
 console = make_console()
-registry_app = typer.Typer(no_args_is_help=True)
+
+
+class _Typer(typer.Typer):
+    """Every command registered here turns a store failure (unreachable, refused) into one line and exit 1."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def deco(fn):
+            @functools.wraps(fn)
+            def one_line_errors(*a, **kw):
+                from alloynet.captures.stores import StoreError
+
+                try:
+                    return fn(*a, **kw)
+                except StoreError as exc:
+                    _fail(exc)
+            register(one_line_errors)
+            return fn
+        return deco
+
+
+registry_app = _Typer(no_args_is_help=True)
 
 DEFAULT_REGISTRY = ".alloynet/registry"
 RegistryOpt = typer.Option(None, "--registry", "-r",
@@ -27,7 +50,7 @@ def _open(registry: Optional[str], model: str):
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/] {exc}")
+    console.print(f"error: {' '.join(str(exc).split())}", markup=False, highlight=False)
     raise typer.Exit(1)
 
 
@@ -46,6 +69,10 @@ def list_cmd(registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> No
         t.add_row(v.version, v.created_at.strftime("%Y-%m-%d %H:%M"), fmt("balanced_accuracy"), fmt("macro_f1"),
                   fmt("thickness_mae_mm"), v.parent or "-", role)
     console.print(t)
+    for version, idle in reg.unfinished().items():
+        console.print(f"{version}: unfinished publication (last write {idle:.0f} s ago); "
+                      f"remove it with `alloynet registry discard {version}` or `alloynet registry clean`",
+                      markup=False, highlight=False)
 
 
 @registry_app.command("show")
@@ -175,6 +202,36 @@ def fetch_cmd(version: str, dest: Path, only: Optional[list[str]] = typer.Option
     except RegistryError as exc:
         _fail(exc)
     console.print(f"{version} -> {dest}")
+
+
+@registry_app.command("discard")
+def discard_cmd(version: str, reason: str = typer.Option(..., help="recorded in the audit log"),
+                force: bool = typer.Option(False, help="also an unfinished version written to in the last 10 "
+                                                       "minutes (its publisher may still be running)"),
+                registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+    """Delete a version that never served (published or half-published); never the champion or a rollback target."""
+    from alloynet.registry import RegistryError
+
+    reg = _open(registry, model)
+    if version not in {v.version for v in reg.versions()} and version not in reg.unfinished():
+        _fail(RegistryError(f"{reg.uri}: no version {version}, published or unfinished"))
+    try:
+        reg.discard(version, reason, force=force)
+    except RegistryError as exc:
+        _fail(exc)
+    console.print(f"discarded {version}", markup=False)
+
+
+@registry_app.command("clean")
+def clean_cmd(older_than: float = typer.Option(3600.0, help="seconds without a write before a temp file or an "
+                                                            "unfinished version counts as abandoned"),
+              registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+    """Remove what killed publishers left: temp files and unfinished versions idle for OLDER_THAN seconds."""
+    done = _open(registry, model).clean(older_than)
+    for v in done["discarded"]:
+        console.print(f"discarded unfinished {v}", markup=False)
+    console.print(f"{len(done['temp_files'])} temp file(s) removed, {len(done['discarded'])} unfinished version(s) "
+                  "discarded", markup=False)
 
 
 @registry_app.command("history")

@@ -15,15 +15,21 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from alloynet.captures.image import decode_image
+from alloynet.captures.image import CaptureError, decode_image, sha256
 from alloynet.captures.layout import CAPTURES
 from alloynet.captures.stores import ObjectStore
 from alloynet.data.transforms import TrainAugment
 
 
-def load_image(store: ObjectStore, image_file: str) -> np.ndarray:
+def load_image(store: ObjectStore, image_file: str, expected_sha256: Optional[str] = None) -> np.ndarray:
+    """The pixels of a stored capture; with ``expected_sha256`` (the manifest's), bytes that changed since
+    the manifest was built are refused, so a model never trains on an image its manifest does not describe."""
     key = CAPTURES + image_file
-    return decode_image(store.get(key), f"{store.uri}/{key}")
+    data = store.get(key)
+    if expected_sha256 is not None and sha256(data) != expected_sha256:
+        raise CaptureError(f"{store.uri}/{key}", "image.sha256", f"stored image has sha256 {sha256(data)[:12]}..., "
+                                                                 f"the manifest says {expected_sha256[:12]}...")
+    return decode_image(data, f"{store.uri}/{key}")
 
 
 class CaptureDataset(Dataset):
@@ -48,7 +54,8 @@ class CaptureDataset(Dataset):
     def _pixels(self, i: int) -> np.ndarray:
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        img = load_image(self.store, self.rows.image_file[i])
+        img = load_image(self.store, self.rows.image_file[i],
+                         self.rows.sha256[i] if "sha256" in self.rows.columns else None)
         if self._cache is not None:
             self._cache[i] = img
         return img

@@ -13,17 +13,25 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
+import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-from alloynet.captures.format import CaptureError, parse_sidecar
+from alloynet.captures.format import parse_sidecar
+from alloynet.captures.image import CaptureError
 from alloynet.captures.layout import CAPTURES
-from alloynet.captures.stores import LocalStore, ObjectStore, open_store
+from alloynet.captures.ingest import ORPHAN_GRACE_S, ingest
+from alloynet.captures.stores import LocalStore, ObjectStore, open_store, writer_lock
 from alloynet.data import CLASS_NAMES
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.csv"  # beside the captures of a local data directory
 
@@ -168,24 +176,56 @@ class DataSet:
         return cls(str(Path(data_dir).resolve()), manifest_hash(read_manifest(manifest_path(data_dir))))
 
 
-def refresh_manifest(store: LocalStore, seed: int = 0, path: str | Path | None = None) -> tuple[pd.DataFrame, bool]:
+def refresh_manifest(store: LocalStore, seed: int = 0, path: str | Path | None = None, *, wait: float = 0.0,
+                     lock: bool = True) -> tuple[pd.DataFrame, bool]:
     """Rebuild the manifest of a local store with every known plate's split frozen; returns (manifest,
     whether it changed). The file is written only when it changed, so a run with nothing new leaves it
-    untouched (bytes and mtime), and a store without captures gets no manifest file at all."""
-    path = Path(path) if path else manifest_path(store)
-    previous = read_manifest(path) if path.exists() else None
-    df = build_manifest(store, seed=seed, previous=previous)
-    changed = (not df.empty) if previous is None else manifest_hash(previous) != manifest_hash(df)
-    if changed:
-        write_manifest(df, path)
-    return df, changed
+    untouched (bytes and mtime), and a store without captures gets no manifest file at all.
+
+    Holds the store's writer lock (waiting up to ``wait`` s, else ``WriterBusy``) so an ingest never adds
+    captures half-way through; ``lock=False`` is for a caller that holds it already."""
+    with writer_lock(store, "manifest refresh", wait) if lock else nullcontext():
+        path = Path(path) if path else manifest_path(store)
+        previous = read_manifest(path) if path.exists() else None
+        df = build_manifest(store, seed=seed, previous=previous)
+        changed = (not df.empty) if previous is None else manifest_hash(previous) != manifest_hash(df)
+        if changed:
+            write_manifest(df, path)
+        return df, changed
+
+
+def ingest_and_refresh(source: ObjectStore, dest: LocalStore, seed: int = 0, path: str | Path | None = None, *,
+                       accepted_sizes=None, wait: float = 0.0, retry_quarantined: bool = False,
+                       orphan_grace_s: Optional[float] = None):
+    """Ingest from ``source`` and refresh the manifest of ``dest`` under one writer lock: what the CLI
+    and the pipeline's ingest step call. Returns (IngestResult, manifest, manifest changed).
+
+    A failed ingest (the store went away, the disk filled) raises before the manifest is touched: the
+    captures stored so far are safe and the next run picks up after them, and their splits are then
+    assigned together with the rest, exactly as in a run that never failed. Freezing a half-finished
+    batch's splits instead could leave the first manifest with a test set drawn from a handful of plates."""
+    grace = ORPHAN_GRACE_S if orphan_grace_s is None else orphan_grace_s
+    with writer_lock(dest, "ingest", wait):
+        res = ingest(source, dest, accepted_sizes=accepted_sizes, retry_quarantined=retry_quarantined,
+                     orphan_grace_s=grace, lock=False)
+        df, changed = refresh_manifest(dest, seed, path, lock=False)
+    return res, df, changed
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
+    """Atomic: a unique temp file beside it (two writers never share one), fsync, rename."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name + "-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            df.to_csv(f, index=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

@@ -8,7 +8,10 @@ Layout inside an object store (a local directory by default, an S3 prefix in pro
     <model>/events/<time>-<action>.json     append-only audit log (promote, rollback, discard)
 
 Versions are never modified after publication; every artifact's sha256 is recorded and checked before a
-version is promoted, rolled back to or fetched for serving. The pointer is one object replaced in a single
+version is promoted, rolled back to or fetched for serving. A publication that was killed half-way leaves
+an *unfinished* version (files, no version.json): it is never listed as a version, ``unfinished()`` shows
+it and ``discard``/``clean`` remove it. ``fetch`` stages and verifies everything before anything appears
+in the destination, so a failed fetch leaves nothing behind. The pointer is one object replaced in a single
 write (``os.replace`` locally, one PUT on S3), so readers see the old champion or the new one, never a mix.
 Moving it is a compare-and-set on the pointer's generation: a writer that read a stale pointer fails instead
 of silently undoing someone else's promotion. (On S3 the check and the PUT are two requests; the nightly
@@ -19,19 +22,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 from pydantic import BaseModel, Field
 
-from alloynet.captures.stores import LocalStore, ObjectExists, ObjectMissing, ObjectStore, open_store
+from alloynet.captures.stores import TEMP_PREFIX, LocalStore, ObjectExists, ObjectMissing, ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "alloynet"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
+STALE_S = 3600.0  # a temp file or an unfinished version untouched this long belongs to a dead writer
 
 
 class RegistryError(RuntimeError):
@@ -152,6 +160,21 @@ class ModelRegistry:
         p = self.pointer()
         return self.get(p.version) if p else None
 
+    def unfinished(self, older_than: float = 0.0) -> dict[str, float]:
+        """Versions whose publication never finished (files but no version.json), with the seconds since
+        their last write; only those idle for at least ``older_than`` seconds."""
+        last: dict[str, float] = {}
+        done: set[str] = set()
+        for info in self.store.list(f"{self.model}/versions/"):
+            parts = info.key.split("/")
+            if len(parts) < 4 or not _VERSION_RE.match(parts[2]):
+                continue
+            if len(parts) == 4 and parts[3] == "version.json":
+                done.add(parts[2])
+            last[parts[2]] = max(last.get(parts[2], 0.0), info.modified)
+        now = time.time()
+        return {v: now - t for v, t in sorted(last.items()) if v not in done and now - t >= older_than}
+
     def events(self) -> list[dict]:
         keys = sorted(i.key for i in self.store.list(f"{self.model}/events/"))
         return [json.loads(self.store.get(k)) for k in keys]
@@ -181,6 +204,7 @@ class ModelRegistry:
 
         If an upload fails, what this call wrote is removed again and nothing else is affected."""
         files = _collect(files)
+        self._clean_temp(STALE_S)
         champion = self.pointer()
         version = self._claim_version()
         written: list[str] = []
@@ -205,8 +229,12 @@ class ModelRegistry:
         log.info("published %s %s (%d artifacts)", self.model, version, len(artifacts))
         return mv
 
-    def discard(self, version: str, reason: str) -> None:
-        """Delete a version that never served: refused for the champion and for rollback targets."""
+    def discard(self, version: str, reason: str, *, force: bool = False, busy_s: float = 600.0) -> None:
+        """Delete a version that never served: refused for the champion and for rollback targets.
+
+        Also removes an unfinished (half-published) version; one written to in the last ``busy_s`` seconds
+        may still be publishing, and is refused unless ``force``. A version that is not there at all (already
+        discarded) is left alone: no error, no audit event."""
         p = self.pointer()
         if p and (version == p.version or version in p.previous):
             raise RegistryError(f"{version} is the champion or a rollback target; refusing to discard it")
@@ -214,7 +242,13 @@ class ModelRegistry:
         try:
             mv = self.get(version)
         except RegistryError:
-            pass
+            idle = self.unfinished().get(version)
+            if idle is None:  # nothing there (discarded already): discarding is idempotent
+                log.info("%s %s: nothing to discard", self.model, version)
+                return
+            if idle < busy_s and not force:
+                raise RegistryError(f"{version} is unfinished but was written to {idle:.0f} s ago: it may still be "
+                                    "publishing; discard it with force once that publisher is dead") from None
         # version.json first: from then on the version is invisible, even if deleting the files is interrupted
         self.store.delete(self._vkey(version, "version.json"))
         for info in list(self.store.list(self._vkey(version))):
@@ -223,6 +257,21 @@ class ModelRegistry:
         log.info("discarded %s %s: %s", self.model, version, reason)
         if mv is None:
             log.info("(%s had not finished publishing)", version)
+
+    def clean(self, older_than: float = STALE_S) -> dict[str, list[str]]:
+        """Remove what killed writers left: temp files (local store) and unfinished versions, both only
+        when idle for ``older_than`` seconds so that a live publisher is never disturbed."""
+        temp = self._clean_temp(older_than)
+        discarded = []
+        for version in self.unfinished(older_than):
+            self.discard(version, f"unfinished publication, idle for more than {older_than:.0f} s", force=True)
+            discarded.append(version)
+        return {"temp_files": temp, "discarded": discarded}
+
+    def _clean_temp(self, older_than: float) -> list[str]:
+        if isinstance(self.store, LocalStore):
+            return self.store.clean_temp(f"{self.model}/", older_than)
+        return []
 
     # ---- integrity --------------------------------------------------------------------------------
     def verify(self, version: str) -> ModelVersion:
@@ -242,29 +291,46 @@ class ModelRegistry:
         return mv
 
     def fetch(self, version: str, dest: str | Path, only: Iterable[str] | None = None) -> Path:
-        """Download (verified) artifacts of a version into ``dest``; returns ``dest``."""
+        """Download (verified) artifacts of a version into ``dest``; returns ``dest``.
+
+        All or nothing: every file is downloaded and verified into a staging folder beside ``dest`` first,
+        and only then moved into place, so a failed verification leaves ``dest`` as it was."""
         mv = self.get(version)
         dest = Path(dest)
         wanted = set(only) if only is not None else None
-        problems = {}
-        for rel, art in mv.artifacts.items():
-            if wanted is not None and not any(rel == w or rel.startswith(w.rstrip("/") + "/") for w in wanted):
-                continue
+        selected = {rel: art for rel, art in mv.artifacts.items()
+                    if wanted is None or any(rel == w or rel.startswith(w.rstrip("/") + "/") for w in wanted)}
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale_stages(dest.parent)
+        stage = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}fetch-{dest.name}-", dir=dest.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        stage.chmod(0o777 & ~umask)  # as a plain mkdir would make it (mkdtemp's 0700 would stick to dest)
+        try:
+            problems = {}
+            for rel, art in selected.items():
+                try:
+                    data = self.store.get(self._vkey(version, f"files/{rel}"))
+                except ObjectMissing:
+                    problems[rel] = "missing"
+                    continue
+                if sha256_bytes(data) != art.sha256:
+                    problems[rel] = "sha256 mismatch"
+                    continue
+                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                (stage / rel).write_bytes(data)
+            if problems:
+                raise ArtifactIntegrityError(version, problems)
+            if not selected:
+                return dest
             try:
-                data = self.store.get(self._vkey(version, f"files/{rel}"))
-            except ObjectMissing:
-                problems[rel] = "missing"
-                continue
-            if sha256_bytes(data) != art.sha256:
-                problems[rel] = "sha256 mismatch"
-                continue
-            out = dest / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".part")
-            tmp.write_bytes(data)
-            tmp.replace(out)
-        if problems:
-            raise ArtifactIntegrityError(version, problems)
+                os.rename(stage, dest)  # dest did not exist: it appears whole, at once
+            except OSError:  # dest exists: replace file by file, all of them verified already
+                for rel in selected:
+                    (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(stage / rel, dest / rel)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
         return dest
 
     def artifact_path(self, version: str, rel: str) -> Optional[Path]:
@@ -339,6 +405,17 @@ class ModelRegistry:
         self.store.delete(self._pointer_key)
         self._event("retract", version, reason)
         return None
+
+
+def _clean_stale_stages(parent: Path, older_than: float = STALE_S) -> None:
+    """Staging folders of fetches that were killed (a finished or failed fetch removes its own)."""
+    cutoff = time.time() - older_than
+    for p in parent.glob(f"{TEMP_PREFIX}fetch-*"):
+        try:
+            if p.is_dir() and p.stat().st_mtime <= cutoff:
+                shutil.rmtree(p, ignore_errors=True)
+        except FileNotFoundError:
+            pass
 
 
 def open_registry(uri: str | Path, model: str = DEFAULT_MODEL) -> ModelRegistry:
