@@ -53,3 +53,21 @@ def check_capture(arr: np.ndarray, shape: tuple[int, int, int], max_adu: float =
             raise CaptureInputError("image", f"pixel values must lie in the detector range [0, {max_adu:g}] ADU, "
                                              f"got [{out.min():g}, {out.max():g}]")
     return out
+
+
+def check_calibration(cal, channels: int) -> np.ndarray:
+    """A capture's calibration -> float32 [C, 2] (dark, flat ADU per channel); ``None`` means not sent and
+    becomes zeros (the model then uses its training levels and raises the calibration_missing flag)."""
+    if cal is None:
+        return np.zeros((channels, 2), np.float32)
+    arr = np.asarray(cal, dtype=np.float64)
+    if arr.shape == (2,) and channels == 1:
+        arr = arr[None]
+    if arr.shape != (channels, 2):
+        raise CaptureInputError("calibration", f"expected [C, 2] = {[channels, 2]} (dark, flat ADU per channel), "
+                                               f"got {list(arr.shape)}")
+    if not np.all(np.isfinite(arr)):
+        raise CaptureInputError("calibration", "levels must be finite numbers")
+    if np.any(arr < 0) or np.any(arr > MAX_ADU):
+        raise CaptureInputError("calibration", f"levels must lie in [0, {MAX_ADU:g}] ADU")
+    return arr.astype(np.float32)

@@ -87,7 +87,9 @@ def infer(
     key_file: Optional[Path] = typer.Option(None, help="TorchServe key_file.json (inference key read from it)"),
     timeout: float = 10.0, retries: int = 3, as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Send captures to a model server over gRPC and print alloy, thickness and absorption."""
+    """Send captures to a model server over gRPC and print the alloy, the prediction set, the group,
+    thickness, absorption and any flags. Each capture's calibration is read from its sidecar beside it
+    (``<capture>.json``, as alloynet stores captures); without one the server says calibration_missing."""
     import numpy as np
 
     from serving.client import InvalidCaptureError, ServingError, connect
@@ -111,8 +113,10 @@ def infer(
             if as_json:
                 print(json.dumps({"capture": str(path), **p.to_dict()}))
             else:
-                console.print(f"{path}: {p.alloy} (p={p.confidence:.3f})  thickness {p.thickness_mm:.2f} mm  "
-                              f"a0 {p.absorption['a0']:.3f}  mu_eff {p.absorption['mu_eff']:.3f}/cm")
+                flags = f"  flags: {', '.join(p.flags)}" if p.flags else ""
+                console.print(f"{path}: {p.alloy} (p={p.confidence:.3f}) set {{{', '.join(p.prediction_set)}}} "
+                              f"{p.group} (p={p.group_probability:.3f})  thickness {p.thickness_mm:.2f} mm  "
+                              f"a0 {p.absorption['a0']:.3f}  mu_eff {p.absorption['mu_eff']:.3f}/cm{flags}")
     if failed:
         raise typer.Exit(1)
 

@@ -1,8 +1,8 @@
 """The inspection-line client: one API over Triton (primary) and TorchServe, both over gRPC.
 
     with connect("triton://127.0.0.1:8001/alloynet") as client:
-        p = client.predict("capture.png")          # or a uint16/float32 [C, H, W] array
-        p.alloy, p.probabilities, p.thickness_mm, p.absorption
+        p = client.predict("capture.png")          # calibration from capture.json beside it, or calibration=[[d, f]]
+        p.alloy, p.prediction_set, p.group, p.flags, p.probabilities, p.thickness_mm, p.absorption
 
 Timeouts per call; retries with exponential backoff on UNAVAILABLE (server starting, restarting or
 overloaded); ``InvalidCaptureError`` for INVALID_ARGUMENT (Triton) and for TorchServe's per-request 400
@@ -23,6 +23,7 @@ import numpy as np
 from alloynet import contract
 
 Capture = Union[str, Path, bytes, np.ndarray]
+Calibration = Union[Sequence[Sequence[float]], np.ndarray]
 
 
 class ServingError(RuntimeError):
@@ -39,11 +40,17 @@ class ServerUnavailableError(ServingError):
 
 @dataclass
 class Prediction:
+    """One capture's answer (the fields of ``alloynet.contract.prediction``) and which server gave it."""
+
     alloy: str
     confidence: float
     probabilities: dict[str, float]
+    prediction_set: list[str]
+    group: str
+    group_probability: float
     thickness_mm: float
     absorption: dict[str, float]
+    flags: list[str]
     server: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -67,6 +74,22 @@ def _read(capture: Capture) -> Union[bytes, np.ndarray]:
     if isinstance(capture, (str, Path)):
         return Path(capture).read_bytes()
     return capture
+
+
+def calibration_of(capture: Capture, calibration: Optional[Calibration] = None) -> Optional[np.ndarray]:
+    """The calibration to send with ``capture``: the one given ([[dark, flat], ...] per channel), else the
+    levels in the capture's sidecar beside it (``<stem>.json``, as alloynet stores captures), else None."""
+    if calibration is not None:
+        return np.asarray(calibration, dtype=np.float32).reshape(-1, 2)
+    if isinstance(capture, (str, Path)):
+        sidecar = Path(capture).with_suffix(".json")
+        if sidecar.is_file():
+            try:
+                cal = json.loads(sidecar.read_text())["calibration"]
+                return np.asarray(list(zip(cal["dark_adu"], cal["flat_adu"])), dtype=np.float32)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InvalidCaptureError(f"{sidecar}: calibration: not readable ({exc})") from None
+    return None
 
 
 def _decode(capture: Union[bytes, np.ndarray]) -> np.ndarray:
@@ -124,28 +147,36 @@ class TritonClient:
             self._class_names = cfg.config.parameters["class_names"].string_value.split(",")
         return self._class_names
 
-    def infer_array(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw outputs ({contract output name: [B, ...]}) for a batch [B, C, H, W] (any dtype: the server checks it)."""
+    def infer_array(self, images: np.ndarray, calibration: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+        """Raw outputs ({contract output name: [B, ...]}) for a batch [B, C, H, W] (any dtype: the server checks
+        it) and its calibration [B, C, 2] (zeros where unknown; None: unknown for all)."""
         g = self._g
         dtype = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.uint16): "UINT16",
                  np.dtype(np.int32): "INT32"}.get(images.dtype, "FP32")
         inp = g.InferInput(contract.INPUT_NAME, list(images.shape), dtype)
         inp.set_data_from_numpy(images)
+        if calibration is None:
+            calibration = np.zeros((len(images), images.shape[1], 2), np.float32)
+        cal = g.InferInput(contract.CALIBRATION_NAME, list(calibration.shape), "FP32")
+        cal.set_data_from_numpy(np.ascontiguousarray(calibration, dtype=np.float32))
         outs = [g.InferRequestedOutput(n) for n in contract.OUTPUT_NAMES]
-        res = self._call(lambda: self.client.infer(self.model, [inp], outputs=outs, headers=self.headers,
+        res = self._call(lambda: self.client.infer(self.model, [inp, cal], outputs=outs, headers=self.headers,
                                                    client_timeout=self.timeout_s))
         k = res.as_numpy("probabilities").shape[-1]  # Triton declares scalar outputs as [1]: reshape to the contract's
         return {n: res.as_numpy(n).reshape(len(images), *contract.output_dims(n, k)) for n in contract.OUTPUT_NAMES}
 
-    def predict_batch(self, captures: Sequence[Capture]) -> list[Prediction]:
+    def predict_batch(self, captures: Sequence[Capture],
+                      calibrations: Optional[Sequence[Optional[Calibration]]] = None) -> list[Prediction]:
         arrays = [_as_request_tensor(_decode(_read(c))) for c in captures]
         arrays = [a[None] if a.ndim == 2 else a for a in arrays]
-        if len({(a.shape, a.dtype) for a in arrays}) > 1:
-            return [p for a in arrays for p in self._predictions(a[None])]
-        return self._predictions(np.stack(arrays))
+        cals = [calibration_of(c, k) for c, k in zip(captures, calibrations or [None] * len(captures))]
+        cals = [np.zeros((a.shape[0], 2), np.float32) if k is None else k for a, k in zip(arrays, cals)]
+        if len({(a.shape, a.dtype) for a in arrays}) > 1 or len({k.shape for k in cals}) > 1:
+            return [p for a, k in zip(arrays, cals) for p in self._predictions(a[None], k[None])]
+        return self._predictions(np.stack(arrays), np.stack(cals))
 
-    def _predictions(self, batch: np.ndarray) -> list[Prediction]:
-        outputs = self.infer_array(batch)
+    def _predictions(self, batch: np.ndarray, calibration: np.ndarray) -> list[Prediction]:
+        outputs = self.infer_array(batch, calibration)
         names = self.class_names
         return [Prediction(**contract.prediction(outputs, i, names), server=self.server) for i in range(len(batch))]
 
@@ -180,8 +211,12 @@ class TorchServeClient:
     def _unavailable(self, exc: Exception) -> bool:
         return isinstance(exc, self._grpc.RpcError) and exc.code() == self._grpc.StatusCode.UNAVAILABLE
 
-    def predict_bytes(self, body: bytes) -> dict:
-        req = self.pb.PredictionsRequest(model_name=self.model, model_version=self.version, input={"data": body})
+    def predict_bytes(self, body: bytes, calibration: Optional[np.ndarray] = None) -> dict:
+        """One capture (PNG/TIFF or .npy bytes) with its calibration [C, 2] (None: not known)."""
+        inputs = {"data": body}
+        if calibration is not None:
+            inputs[contract.CALIBRATION_NAME] = json.dumps(np.asarray(calibration).tolist()).encode()
+        req = self.pb.PredictionsRequest(model_name=self.model, model_version=self.version, input=inputs)
         try:
             resp = _retry(lambda: self.stub.Predictions(req, metadata=self.metadata, timeout=self.timeout_s),
                           self._unavailable, self.retries, self.backoff_s)
@@ -200,15 +235,16 @@ class TorchServeClient:
             raise ServingError(str(err))
         return body
 
-    def predict_batch(self, captures: Sequence[Capture]) -> list[Prediction]:
+    def predict_batch(self, captures: Sequence[Capture],
+                      calibrations: Optional[Sequence[Optional[Calibration]]] = None) -> list[Prediction]:
         out = []
-        for c in captures:
+        for c, k in zip(captures, calibrations or [None] * len(captures)):
             data = _read(c)
             if isinstance(data, np.ndarray):
                 buf = io.BytesIO()
                 np.save(buf, data, allow_pickle=False)
                 data = buf.getvalue()
-            body = self.predict_bytes(data)
+            body = self.predict_bytes(data, calibration_of(c, k))
             out.append(Prediction(**body, server=self.server))
         return out
 
@@ -231,11 +267,13 @@ class AlloyClient:
     def __init__(self, backend: Union[TritonClient, TorchServeClient]):
         self.backend = backend
 
-    def predict(self, capture: Capture) -> Prediction:
-        return self.backend.predict_batch([capture])[0]
+    def predict(self, capture: Capture, calibration: Optional[Calibration] = None) -> Prediction:
+        """``calibration``: [[dark, flat], ...] per channel; by default the sidecar beside a capture file."""
+        return self.backend.predict_batch([capture], [calibration])[0]
 
-    def predict_batch(self, captures: Sequence[Capture]) -> list[Prediction]:
-        return self.backend.predict_batch(list(captures))
+    def predict_batch(self, captures: Sequence[Capture],
+                      calibrations: Optional[Sequence[Optional[Calibration]]] = None) -> list[Prediction]:
+        return self.backend.predict_batch(list(captures), calibrations)
 
     def ready(self) -> bool:
         return self.backend.ready()

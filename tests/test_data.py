@@ -98,8 +98,9 @@ def dummy():
 def test_dataset_items_and_targets(dummy):
     store, df = dummy
     ds = CaptureDataset(store, df, split="train")
-    x, y = ds[0]
+    x, cal, y = ds[0]
     row = ds.rows.iloc[0]
+    assert cal.shape == (1, 2) and cal[0].tolist() == pytest.approx([float(row.dark_adu), float(row.flat_adu)])
     assert x.dtype == torch.float32 and x.shape == (1, 32, 32) and float(x.max()) > 1000
     assert int(y["alloy"]) == CLASS_NAMES.index(row.alloy)
     assert float(y["thickness_mm"]) == pytest.approx(row.thickness_mm)
@@ -114,11 +115,12 @@ def test_preprocess_gives_the_physics_a0_at_the_thin_end(dummy):
     ds = CaptureDataset(store, df, split=None)
     errs = []
     for i in range(len(ds)):
-        x, y = ds[i]
-        col0 = pre.neg_log(x[None])[0, 0, :, 0]
+        x, cal, y = ds[i]
+        col0 = pre.neg_log(x[None], cal[None])[0][0, 0, :, 0]
         errs.append(float(col0.median()) - float(y["a0"]))
     assert abs(np.mean(errs)) < 0.02  # heel effect and scatter average out across rows
-    z = pre(torch.stack([ds[i][0] for i in range(len(ds))]))
+    z, missing, out = pre(torch.stack([ds[i][0] for i in range(len(ds))]), torch.stack([ds[i][1] for i in range(len(ds))]))
+    assert not missing.any() and not out.any()
     assert abs(float(z.mean())) < 0.3 and 0.5 < float(z.std()) < 2.0
 
 
@@ -126,8 +128,8 @@ def test_augmentation_keeps_wedge_direction_and_is_deterministic(dummy):
     store, df = dummy
     aug = TrainAugment(p_flip=1.0, p_erase=1.0)
     ds = CaptureDataset(store, df, split="train", transform=aug, seed=5)
-    x1, _ = ds[0]
-    x2, _ = ds[0]
+    x1, _, _ = ds[0]
+    x2, _, _ = ds[0]
     assert torch.equal(x1, x2)
     ds.set_epoch(1)
     assert not torch.equal(ds[0][0], x1)
@@ -152,11 +154,35 @@ def test_preprocess_rejects_bad_calibration():
 def test_preprocess_exports_to_torchscript():
     pre = Preprocess([1000.0], [50000.0], mean=2.0, std=1.5, equalize=True)
     x = torch.rand(2, 1, 8, 8) * 49000 + 1000
-    traced = torch.jit.trace(pre, x)
-    assert torch.allclose(traced(x), pre(x))
+    cal = torch.tensor([[[1000.0, 50000.0]], [[0.0, 0.0]]])
+    traced = torch.jit.trace(pre, (x, cal))
+    assert all(torch.allclose(a, b) for a, b in zip(traced(x, cal), pre(x, cal)))
     scripted = torch.jit.script(pre)  # scripting too, so models that embed it can be scripted
-    assert torch.allclose(scripted(x), pre(x)) and torch.allclose(scripted(x[:1, :, :4, :4]), pre(x[:1, :, :4, :4]))
+    assert all(torch.allclose(a, b) for a, b in zip(scripted(x, cal), pre(x, cal)))
     assert Preprocess(**pre.config()).config() == pre.config()
+
+
+def test_each_capture_is_corrected_with_its_own_calibration():
+    """A session whose tube gave 3 % more output (its flat says so) reads the same -ln T as a nominal one;
+    a capture sent without calibration falls back to the reference levels and says so; levels far outside
+    what training saw are flagged."""
+    from alloynet.physics import RigSimulator, sample_plate
+
+    sim = RigSimulator(RigConfig(height=32, width=32))
+    pre = Preprocess([1000.0], [50000.0], span_range=([49000.0], [49000.0]), tolerance=0.05)
+    plate = sample_plate("Al6082", 2.0, np.random.default_rng(0), "p")
+    caps = [sim.capture(plate, np.random.default_rng(1), gain_scale=g) for g in (1.0, 1.03)]
+    x = torch.stack([torch.from_numpy(c.image.astype(np.float32)) for c in caps])
+    own = torch.tensor([[[c.dark_adu[0], c.flat_adu[0]]] for c in caps])
+    a, missing, out = pre.neg_log(x, own)
+    prof = wedge_profile(a)[:, 0, :8].mean(1)
+    assert abs(float(prof[1] - prof[0])) < 0.002 and not missing.any() and not out.any()
+    # the training levels for both (what the exported graph did before): 3 % drift is a 0.03 shift in -ln T
+    a_ref, missing, _ = pre.neg_log(x, torch.zeros_like(own))
+    assert missing.tolist() == [1.0, 1.0]
+    assert abs(float(wedge_profile(a_ref)[1, 0, :8].mean() - prof[0]) + 0.0296) < 0.003
+    _, _, out = pre.neg_log(x, torch.tensor([[[1000.0, 50000.0]], [[1000.0, 56000.0]]]))  # span +14 %
+    assert out.tolist() == [0.0, 1.0]
 
 
 def test_manifest_of_an_empty_store(tmp_path):

@@ -22,7 +22,7 @@ from alloynet.export import (ExportBundle, ExportMeta, ParityError, TensorRTUnav
                              check_parity, export_model, load_torchscript, onnx_session, onnx_signature, tensorrt_status)
 from alloynet.models.heads import AlloyNet
 from alloynet.physics import ALLOY_NAMES
-from tests.helpers.serving import capture_images
+from tests.helpers.serving import capture_inputs
 
 SIZE = 32
 
@@ -35,50 +35,64 @@ def standin(seed: int = 0) -> AlloyNet:
 
 
 @pytest.fixture(scope="module")
-def images() -> np.ndarray:
-    return capture_images(4, size=SIZE).astype(np.float32)
+def inputs() -> dict[str, np.ndarray]:
+    got = capture_inputs(4, size=SIZE)
+    got["image"] = got["image"].astype(np.float32)
+    got["calibration"][-1] = 0.0  # one sent without its calibration
+    return got
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, images) -> ExportBundle:
+def images(inputs) -> np.ndarray:
+    return inputs["image"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, inputs) -> ExportBundle:
     meta = ExportMeta(class_names=list(ALLOY_NAMES), channels=1, height=SIZE, width=SIZE, arch="standin")
-    return export_model(standin(), meta, tmp_path_factory.mktemp("bundle"), images, tensorrt="fp16",
+    return export_model(standin(), meta, tmp_path_factory.mktemp("bundle"), inputs, tensorrt="fp16",
                         log=lambda *_: None)
 
 
-def test_export_writes_formats_with_parity_and_dynamic_batch(bundle, images):
+def test_export_writes_formats_with_parity_and_dynamic_batch(bundle, inputs):
     assert set(bundle.meta.files) == {"torchscript", "onnx"}
     assert bundle.meta.parity["ok"] and bundle.meta.parity["max_abs_diff"]["onnxruntime"]["probabilities"] < 1e-4
     sig = onnx_signature(bundle.path("onnx"))
-    assert sig["inputs"] == {"image": ["batch", 1, SIZE, SIZE]}
-    assert sig["outputs"] == {"probabilities": ["batch", 5], "thickness_mm": ["batch"], "absorption": ["batch", 2]}
+    assert sig["inputs"] == {"image": ["batch", 1, SIZE, SIZE], "calibration": ["batch", 1, 2]}
+    assert sig["outputs"] == {"probabilities": ["batch", 5], "thickness_mm": ["batch"], "absorption": ["batch", 2],
+                              "prediction_set": ["batch", 5], "group_probabilities": ["batch", 2],
+                              "flags": ["batch", 5]}
     sess = onnx_session(bundle.path("onnx"))
     for b in (1, 3):
-        p, t, a = sess.run(None, {"image": images[:b]})
-        assert p.shape == (b, 5) and t.shape == (b,) and a.shape == (b, 2)
+        p, t, a, s, g, f = sess.run(None, {k: v[:b] for k, v in inputs.items()})
+        assert p.shape == (b, 5) and t.shape == (b,) and a.shape == (b, 2) and s.shape == (b, 5) and f.shape == (b, 5)
         np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(g.sum(1), 1.0, atol=1e-5)
+    # the capture sent without its calibration is answered with that said, the others are not
+    flags = sess.run(["flags"], inputs)[0]
+    assert flags[:, 0].tolist() == [0.0, 0.0, 0.0, 1.0]
     # uint16 captures cast to float32 are exactly what the graph expects: preprocessing is inside it
     ts = load_torchscript(bundle.path("torchscript"))
     with torch.no_grad():
-        p_ts = ts(torch.from_numpy(images))[0].numpy()
-    np.testing.assert_allclose(p_ts, sess.run(None, {"image": images})[0], atol=1e-4)
+        p_ts = ts(torch.from_numpy(inputs["image"]), torch.from_numpy(inputs["calibration"]))[0].numpy()
+    np.testing.assert_allclose(p_ts, sess.run(None, inputs)[0], atol=1e-4)
 
 
-def test_parity_fails_beyond_tolerance(bundle, images):
+def test_parity_fails_beyond_tolerance(bundle, inputs):
     with pytest.raises(ParityError, match="onnxruntime: probabilities differs"):
-        check_parity(standin(seed=1), images, onnx_path=bundle.path("onnx"))
-    report = check_parity(standin(), images, bundle.path("torchscript"), bundle.path("onnx"))
+        check_parity(standin(seed=1), inputs, onnx_path=bundle.path("onnx"))
+    report = check_parity(standin(), inputs, bundle.path("torchscript"), bundle.path("onnx"))
     assert report.ok and report.top1_agreement == {"torchscript": 1.0, "onnxruntime": 1.0}
 
 
-def test_tensorrt_absent_is_said_and_skipped(bundle, images):
+def test_tensorrt_absent_is_said_and_skipped(bundle, inputs):
     ok, reason = tensorrt_status()
     if ok:
         pytest.skip(f"TensorRT present ({reason}): the engine build is exercised on GPU workers")
     assert "Skipping the engine build" in reason
     assert "skipped" in bundle.meta.tensorrt and "tensorrt" not in bundle.meta.files
     with pytest.raises(TensorRTUnavailable, match="TensorRT"):
-        build_engine(bundle.path("onnx"), bundle.directory / "model.plan", bundle.meta, calibration=images)
+        build_engine(bundle.path("onnx"), bundle.directory / "model.plan", bundle.meta, captures=inputs)
     assert not (bundle.directory / "model.plan").exists()
 
 
@@ -90,7 +104,8 @@ def test_triton_repository_configs_parse_and_match_onnx(bundle, tmp_path):
     for name in ("alloynet", "alloynet_onnx"):
         cfg = parse_config(repo / name / "config.pbtxt")
         assert cfg.max_batch_size == 16 and list(cfg.dynamic_batching.preferred_batch_size) == [4, 8, 16]
-        assert [i.name for i in cfg.input] == ["image"] and list(cfg.input[0].dims) == [1, SIZE, SIZE]
+        assert [i.name for i in cfg.input] == ["image", "calibration"] and list(cfg.input[0].dims) == [1, SIZE, SIZE]
+        assert list(cfg.input[1].dims) == [1, 2] and cfg.input[1].optional == (name == "alloynet")
         assert cfg.parameters["class_names"].string_value.split(",") == list(ALLOY_NAMES)
     assert parse_config(repo / "alloynet_onnx" / "config.pbtxt").platform == "onnxruntime_onnx"
     assert {p.name for p in (repo / "alloynet" / "1").iterdir()} >= {"model.py", "model.onnx", "capture_checks.py"}
@@ -157,7 +172,8 @@ def test_handler_answers_each_request_and_rejects_bad_ones(bundle, images):
             {"data": b""}, {"data": b"\x93NUMPY garbage"}, {"data": _npy(np.zeros((0,), np.uint16))}]
     out = handler.handle(rows, ctx)
     assert len(out) == len(rows)
-    expected = load_torchscript(bundle.path("torchscript"))(torch.from_numpy(images[:2]))[0].detach().numpy()
+    zeros = torch.zeros(2, 1, 2)  # rows sent without calibration: the handler fills zeros, the model flags it
+    expected = load_torchscript(bundle.path("torchscript"))(torch.from_numpy(images[:2]), zeros)[0].detach().numpy()
     for i in (0, 1):
         assert out[i]["alloy"] in ALLOY_NAMES
         np.testing.assert_allclose([out[i]["probabilities"][c] for c in ALLOY_NAMES], expected[i], atol=1e-4)

@@ -23,7 +23,7 @@ def _raw() -> torch.Tensor:
 def test_gradcam_maps(name, method):
     torch.manual_seed(0)
     model = create_model(name, 5, 1, Preprocess([1000.0], [50000.0], 1.5, 1.0)).eval()
-    cam, cls, used = grad_cam(model, _raw())
+    cam, cls, used = grad_cam(model, _raw(), torch.tensor([[1000.0, 50000.0]]))
     assert used == method and cam.shape == (32, 32) and 0 <= cls < 5
     assert np.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1
     if name == "profile_cnn":  # the model only sees the row-averaged profile: the map cannot vary along rows

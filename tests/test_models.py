@@ -20,6 +20,11 @@ def _raw(b: int = 2, c: int = 1, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.rand(b, c, size, size, generator=g) * 45_000 + 2_000  # detector ADU between dark and flat
 
 
+def _cal(raw: torch.Tensor) -> torch.Tensor:
+    """Each capture's own calibration levels [B, C, 2]."""
+    return torch.tensor([1000.0, 50000.0]).repeat(raw.shape[0], raw.shape[1], 1)
+
+
 def _pre(c: int = 1) -> Preprocess:
     return Preprocess([1000.0] * c, [50000.0] * c, mean=1.2, std=0.8)
 
@@ -42,18 +47,20 @@ def test_contract_for_every_model(name):
     channels = 2 if name in ("resnet18", "profile_cnn", "fnn") else 1  # one channel per kVp also works
     model = create_model(name, 5, channels, _pre(channels), target_stats=STATS).eval()
     raw = _raw(c=channels)
-    out = model(raw)
-    assert set(out) == {"logits", "thickness_mm", "a0", "mu_eff"}
+    out = model(raw, _cal(raw))
+    assert set(out) == {"logits", "probabilities", "thickness_mm", "a0", "mu_eff", "prediction_set",
+                        "group_probabilities", "flags", "features"}
     assert out["logits"].shape == (2, 5) and all(out[k].shape == (2,) for k in ("thickness_mm", "a0", "mu_eff"))
+    assert out["group_probabilities"].shape == (2, 2) and out["flags"].shape == (2, 5)
     assert all(torch.isfinite(v).all() for v in out.values())
     # Preprocessing happens inside: the same numbers as preprocess -> trunk -> head by hand.
-    logits, z = model.head(model.trunk(model.preprocess(raw)))
+    logits, z = model.head(model.trunk(model.preprocess(raw, _cal(raw))[0]))
     assert torch.allclose(out["logits"], logits, atol=1e-5)
     # Regression outputs are de-standardised with the buffers: zero head output -> the training means.
     with torch.no_grad():
         model.head.regressor[-1].weight.zero_()
         model.head.regressor[-1].bias.zero_()
-    out = model(raw)
+    out = model(raw, _cal(raw))
     assert out["thickness_mm"].tolist() == pytest.approx([2.5, 2.5]) and out["mu_eff"].tolist() == pytest.approx([3.6, 3.6])
     assert {"target_mean", "target_std", "preprocess.dark", "preprocess.span"} <= set(model.state_dict())
 
@@ -91,13 +98,13 @@ def test_channel_mismatch_is_refused():
 def test_traced_graph_matches_eager(name):
     """What export relies on: a traced model over raw ADU gives the eager numbers, at another batch size too."""
     model = create_model(name, 5, 1, _pre(), target_stats=STATS).eval()
-    traced = torch.jit.trace(model, _raw(), strict=False)
+    traced = torch.jit.trace(model, (_raw(), _cal(_raw())), strict=False)
     x = _raw(b=3, seed=1)
-    for k, v in model(x).items():
-        assert torch.allclose(traced(x)[k], v, atol=1e-4), k
+    for k, v in model(x, _cal(x)).items():
+        assert torch.allclose(traced(x, _cal(x))[k], v, atol=1e-4), k
 
 
 def test_profile_models_accept_any_width():
     model = create_model("profile_cnn", 5, 1, _pre()).eval()
-    assert model(_raw(size=48))["logits"].shape == (2, 5)
-    assert create_model("fnn", 5, 1, _pre()).eval()(_raw(size=100))["logits"].shape == (2, 5)
+    assert model(_raw(size=48), _cal(_raw(size=48)))["logits"].shape == (2, 5)
+    assert create_model("fnn", 5, 1, _pre()).eval()(_raw(size=100), _cal(_raw(size=100)))["logits"].shape == (2, 5)

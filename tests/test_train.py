@@ -88,7 +88,11 @@ def test_checkpoint_is_a_plain_dict_and_rebuilds_the_model(store_dir, tmp_path):
     assert meta["manifest_hash"] == result.manifest_hash and not model.training
     best = load_checkpoint(result.checkpoint)
     assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())  # exact weights
-    assert model(torch.full((2, 1, 32, 32), 20_000.0))["logits"].shape == (2, 5)
+    out = model(torch.full((2, 1, 32, 32), 20_000.0), model.preprocess.reference_calibration(2))
+    assert out["logits"].shape == (2, 5)
+    # the honest answers were fitted on the validation split when training ended
+    assert "answer" in best and 0.05 < float(model.answer.temperature) < 20 and best["answer"]["coverage"] == pytest.approx(0.95)
+    assert float(model.answer.ood_threshold) < float("inf") and model.answer.thickness_range[1] < 10
 
 
 def test_same_seed_same_metrics_and_weights(store_dir, tmp_path):

@@ -1,13 +1,15 @@
 """The torch Dataset over a capture store + manifest.
 
-Items are ``(image, targets)``: ``image`` is float32 [C, H, W] holding the RAW detector ADU (models do
-their own preprocessing, so training and every exported graph see the same input); ``targets`` holds
+Items are ``(image, calibration, targets)``: ``image`` is float32 [C, H, W] holding the RAW detector ADU
+(models do their own preprocessing, so training and every exported graph see the same input);
+``calibration`` is float32 [C, 2], the capture's own (dark, flat) levels from its sidecar; ``targets`` holds
 ``alloy`` (int64 class index), ``thickness_mm``, ``a0`` and ``mu_eff`` (float32).
 Augmentation is deterministic: item i in epoch e always gets the same random draw for a given seed,
 whatever the number of DataLoader workers.
 """
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import numpy as np
@@ -18,6 +20,7 @@ from torch.utils.data import Dataset
 from alloynet.captures.image import CaptureError, decode_image, sha256
 from alloynet.captures.layout import CAPTURES
 from alloynet.captures.stores import ObjectStore
+from alloynet.data.manifest import calibration_levels
 from alloynet.data.transforms import TrainAugment
 
 
@@ -41,12 +44,20 @@ class CaptureDataset(Dataset):
         self.rows = rows.sort_values("capture_id", kind="stable").reset_index(drop=True)
         if split is not None and self.rows.empty:
             raise ValueError(f"manifest has no captures in split {split!r}")
+        dark, flat = calibration_levels(self.rows)
+        self.calibration = torch.as_tensor(np.stack([dark, flat], axis=-1), dtype=torch.float32)   # [N, C, 2]
         self.store, self.transform, self.seed = store, transform, seed
         self.epoch = 0
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def unaugmented(self) -> "CaptureDataset":
+        """The same captures without augmentation (sharing the decoded-image cache)."""
+        plain = copy.copy(self)
+        plain.transform = None
+        return plain
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -74,7 +85,7 @@ class CaptureDataset(Dataset):
         if self.transform is not None:
             g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_033 + i) & 0x7FFFFFFFFFFF)
             x = self.transform(x, g)
-        return x, self.targets(i)
+        return x, self.calibration[i], self.targets(i)
 
     @property
     def labels(self) -> np.ndarray:

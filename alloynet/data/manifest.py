@@ -244,7 +244,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 def calibration_levels(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Each row's dark and flat levels as float arrays [N, C] (the manifest stores them ';'-joined)."""
     def parse(col: pd.Series) -> np.ndarray:
-        return np.array([[float(v) for v in s.split(";")] for s in col], dtype=float).reshape(len(col), -1)
+        return np.array([[float(v) for v in str(s).split(";")] for s in col], dtype=float).reshape(len(col), -1)
 
     return parse(df.dark_adu), parse(df.flat_adu)
 

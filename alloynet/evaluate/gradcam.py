@@ -21,14 +21,17 @@ def last_conv(module: nn.Module) -> Optional[nn.Module]:
     return convs[-1] if convs else None
 
 
-def grad_cam(model: nn.Module, raw: torch.Tensor, class_index: Optional[int] = None) -> tuple[np.ndarray, int, str]:
-    """Heat map [H, W] in [0, 1] for one raw capture [C, H, W]; returns (map, explained class, method)."""
+def grad_cam(model: nn.Module, raw: torch.Tensor, calibration: torch.Tensor,
+             class_index: Optional[int] = None) -> tuple[np.ndarray, int, str]:
+    """Heat map [H, W] in [0, 1] for one raw capture [C, H, W] and its calibration [C, 2]; returns (map,
+    explained class, method)."""
     model.eval()
     layer = last_conv(model.trunk)
     target = layer if layer is not None else model.preprocess
     saved: dict[str, torch.Tensor] = {}
 
     def hook(_m, _inp, out):
+        out = out[0] if isinstance(out, tuple) else out  # Preprocess returns (image, flags...)
         out.retain_grad()
         saved["act"] = out
 
@@ -36,7 +39,7 @@ def grad_cam(model: nn.Module, raw: torch.Tensor, class_index: Optional[int] = N
     try:
         with torch.enable_grad():
             x = raw[None].float().clone().requires_grad_(True)  # so the preprocessed input carries a gradient
-            logits = model(x)["logits"][0]
+            logits = model(x, calibration[None].float())["logits"][0]
             c = int(logits.argmax()) if class_index is None else class_index
             logits[c].backward()
     finally:
@@ -58,21 +61,23 @@ def grad_cam(model: nn.Module, raw: torch.Tensor, class_index: Optional[int] = N
     return ((cam - cam.min()) / span if span > 0 else np.zeros_like(cam)), c, method
 
 
-def save_gradcam(model: nn.Module, raw: torch.Tensor, path: Path, title: str, class_names: list[str]) -> Path:
+def save_gradcam(model: nn.Module, raw: torch.Tensor, calibration: torch.Tensor, path: Path, title: str,
+                 class_names: list[str]) -> Path:
     """Two panels: -ln T with the heat map over it, and the wedge profile with the map's column mean."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cam, c, method = grad_cam(model, raw)
+    cam, c, method = grad_cam(model, raw, calibration)
     with torch.no_grad():
-        a = model.preprocess.neg_log(raw[None].float())[0, 0].cpu().numpy()
+        a = model.preprocess.neg_log(raw[None].float(), calibration[None].float())[0][0, 0].cpu().numpy()
     fig, (ax_i, ax_p) = plt.subplots(1, 2, figsize=(9, 3.6))
     ax_i.imshow(a, cmap="gray")
     ax_i.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
     ax_i.set(title=f"{method}: {class_names[c]}", xlabel="wedge axis (column)", ylabel="row")
-    ax_p.plot(a.mean(0), "k-", label="-ln T (row mean)")
+    ax_p.plot(np.sort(a, axis=0)[a.shape[0] // 4: a.shape[0] - a.shape[0] // 4].mean(0), "k-",
+              label="-ln T (interquartile row mean)")
     ax_p.set(xlabel="wedge axis (column)", ylabel="-ln T")
     twin = ax_p.twinx()
     twin.fill_between(np.arange(cam.shape[1]), cam.mean(0), color="tab:red", alpha=0.3)

@@ -20,21 +20,25 @@ def autocast(device: torch.device, enabled: bool):
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu", amp: bool = False,
-            channels_last: bool = False) -> dict[str, np.ndarray]:
-    """Keys: logits, probs, y (alloy labels); pred_<t> and true_<t> for every regression target t."""
+            channels_last: bool = False, features: bool = False) -> dict[str, np.ndarray]:
+    """Keys: logits, probs (temperature-calibrated), y (alloy labels), prediction_set, group_probs, flags;
+    pred_<t> and true_<t> for every regression target t; ``features`` (the trunk's) when asked."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     cols: dict[str, list[np.ndarray]] = {}
     try:
-        for x, targets in loader:
+        for x, cal, targets in loader:
             x = x.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
-                out = model(x)
-            logits = out["logits"].float()
-            batch = {"logits": logits, "probs": torch.softmax(logits, 1), "y": targets["alloy"]}
+                out = model(x, cal.to(device))
+            batch = {"logits": out["logits"].float(), "probs": out["probabilities"].float(), "y": targets["alloy"],
+                     "prediction_set": out["prediction_set"], "group_probs": out["group_probabilities"],
+                     "flags": out["flags"]}
+            if features:
+                batch["features"] = out["features"].float()
             for t in REGRESSION_TARGETS:
                 batch[f"pred_{t}"], batch[f"true_{t}"] = out[t].float(), targets[t]
             for k, v in batch.items():

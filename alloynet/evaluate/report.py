@@ -118,10 +118,10 @@ def _gradcams(model, ds: CaptureDataset, p: dict, names: list[str], out: Path, n
             picks.append(int(idx[0]))
     paths = []
     for i in picks:
-        raw, _ = ds[i]
+        raw, cal, _ = ds[i]
         cid = ds.rows.capture_id[i]
         pred = int(p["probs"][i].argmax())
         title = f"{cid}: true {names[int(p['y'][i])]}, predicted {names[pred]} ({p['probs'][i, pred]:.2f})"
-        paths.append(save_gradcam(model, raw.to(next(model.parameters()).device), out / "gradcam" / f"{cid}.png",
-                                  title, names))
+        device = next(model.parameters()).device
+        paths.append(save_gradcam(model, raw.to(device), cal.to(device), out / "gradcam" / f"{cid}.png", title, names))
     return paths

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,8 @@ from torch import nn
 
 from alloynet.captures.stores import ObjectStore
 from alloynet.data.dataset import load_image
-from alloynet.data.manifest import open_dataset
+from alloynet.contract import CALIBRATION_NAME, INPUT_NAME
+from alloynet.data.manifest import calibration_levels, open_dataset
 from alloynet.export.graph import ExportMeta
 from alloynet.export.onnx_export import DEFAULT_OPSET, export_onnx
 from alloynet.export.parity import check_parity
@@ -57,7 +58,7 @@ def meta_from_checkpoint(meta: dict, arch: str = "unknown") -> ExportMeta:
                       height=int(size[0]), width=int(size[1]), arch=str(meta.get("arch", meta.get("model", arch))))
 
 
-def export_model(model: nn.Module, meta: ExportMeta, out_dir: str | Path, parity_images: np.ndarray,
+def export_model(model: nn.Module, meta: ExportMeta, out_dir: str | Path, parity_inputs: Mapping[str, np.ndarray],
                  tensorrt: Optional[str] = None, opset: int = DEFAULT_OPSET, prob_atol: float = 1e-4,
                  source: Optional[str] = None, log=print) -> ExportBundle:
     """Export TorchScript and ONNX, run the parity check (raises ``ParityError``), optionally build a
@@ -67,13 +68,13 @@ def export_model(model: nn.Module, meta: ExportMeta, out_dir: str | Path, parity
     model = model.eval()
     ts = export_torchscript(model, meta, out / TORCHSCRIPT_FILE)
     onnx_path = export_onnx(model, meta, out / ONNX_FILE, opset=opset)
-    report = check_parity(model, parity_images, ts, onnx_path, prob_atol=prob_atol)
+    report = check_parity(model, parity_inputs, ts, onnx_path, prob_atol=prob_atol)
     files = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE}
     extra: dict = {}
     if tensorrt:
         try:
             eng = build_engine(onnx_path, out / PLAN_FILE, meta, precision=tensorrt,
-                               calibration=np.asarray(parity_images, dtype=np.float32))
+                               captures=parity_inputs)
             files["tensorrt"] = PLAN_FILE
             extra["tensorrt"] = eng.to_dict()
             log(f"TensorRT {tensorrt} engine built in {eng.build_s:.1f} s: {eng.path}")
@@ -98,19 +99,26 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, store: Object
         store, manifest = data["store"], data.get("manifest") if manifest is None else manifest
     store, df = open_dataset(store, manifest)
     export_meta = meta_from_checkpoint(meta)
-    images = parity_captures(store, df, export_meta, n_parity)
-    return export_model(model, export_meta, out_dir, images, source=str(checkpoint), **kwargs)
+    inputs = parity_captures(store, df, export_meta, n_parity)
+    return export_model(model, export_meta, out_dir, inputs, source=str(checkpoint), **kwargs)
 
 
 def parity_captures(store: ObjectStore, manifest: pd.DataFrame, meta: ExportMeta, n: int = 8,
-                    split: str = "test") -> np.ndarray:
-    """Raw captures float32 [n, C, H, W] of ``split`` with the model's input shape: the classes in turn
-    (capture-id order inside each), so parity covers every alloy the test set has."""
+                    split: str = "test") -> dict[str, np.ndarray]:
+    """Real captures of ``split`` with the model's input shape, as graph inputs {"image": float32 [n, C, H, W],
+    "calibration": float32 [n, C, 2]}: the classes in turn (capture-id order inside each), so parity covers
+    every alloy the test set has; the last one is sent without its calibration (zeros), so the fallback
+    branch is checked too."""
     rows = manifest[(manifest.split == split) & (manifest.channels == meta.channels)
                     & (manifest.height == meta.height) & (manifest.width == meta.width)]
     if rows.empty:
         raise ValueError(f"parity needs captures of the {split!r} split shaped {list(meta.input_shape)}; "
                          f"the manifest has none (give the data set the model was trained on)")
-    per_class = [g.sort_values("capture_id").image_file.tolist() for _, g in rows.groupby("alloy", sort=True)]
-    files = [f for i in range(max(map(len, per_class))) for f in (c[i] for c in per_class if i < len(c))][:n]
-    return np.stack([load_image(store, f).astype(np.float32) for f in files])
+    per_class = [g.sort_values("capture_id") for _, g in rows.groupby("alloy", sort=True)]
+    picked = pd.concat([g.iloc[[i]] for i in range(max(map(len, per_class))) for g in per_class if i < len(g)]).head(n)
+    dark, flat = calibration_levels(picked)
+    calibration = np.stack([dark, flat], axis=-1).astype(np.float32)
+    if len(calibration) > 1:
+        calibration[-1] = 0.0
+    image = np.stack([load_image(store, f).astype(np.float32) for f in picked.image_file])
+    return {INPUT_NAME: image, CALIBRATION_NAME: calibration}

@@ -19,17 +19,20 @@ from alloynet.contract import INPUT_DTYPE, META_FILE, VERSION
 
 
 class ServingGraph(nn.Module):
-    """Contract model -> (probabilities [B, K], thickness_mm [B], absorption [B, 2] = (a0, mu_eff))."""
+    """Contract model: (image [B, C, H, W], calibration [B, C, 2]) -> the contract's outputs, in order:
+    probabilities [B, K], thickness_mm [B], absorption [B, 2] = (a0, mu_eff), prediction_set [B, K],
+    group_probabilities [B, G], flags [B, F]."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model(image)
-        probabilities = torch.softmax(out["logits"].float(), dim=-1)
+    def forward(self, image: torch.Tensor, calibration: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(image, calibration)
         absorption = torch.stack([out["a0"].float(), out["mu_eff"].float()], dim=-1)
-        return probabilities, out["thickness_mm"].float(), absorption
+        return (out["probabilities"].float(), out["thickness_mm"].float(), absorption, out["prediction_set"].float(),
+                out["group_probabilities"].float(), out["flags"].float())
 
 
 class ExportMeta(BaseModel):
@@ -76,7 +79,12 @@ class ExportMeta(BaseModel):
         return cls.model_validate_json((p / META_FILE if p.is_dir() else p).read_text())
 
 
-def example_input(meta: ExportMeta, batch: int = 2, seed: int = 0) -> torch.Tensor:
-    """Plausible raw ADU values (flat-field range) for tracing; real captures are used for parity."""
+def example_inputs(meta: ExportMeta, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plausible (image, calibration) for tracing: raw ADU in the flat-field range, levels dark 1000 / flat
+    50000 ADU with the second item's calibration left out (zeros), so both branches are traced. Parity is
+    checked on real test captures."""
     g = torch.Generator().manual_seed(seed)
-    return torch.rand((batch, *meta.input_shape), generator=g) * 40000.0 + 2000.0
+    image = torch.rand((batch, *meta.input_shape), generator=g) * 40000.0 + 2000.0
+    calibration = torch.tensor([1000.0, 50000.0]).repeat(batch, meta.channels, 1)
+    calibration[1::2] = 0.0
+    return image, calibration

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alloynet.contract import INPUT_NAME, OUTPUT_NAMES
-from alloynet.export.graph import ExportMeta, ServingGraph, example_input
+from alloynet.contract import INPUT_NAMES, OUTPUT_NAMES, input_dims
+from alloynet.export.graph import ExportMeta, ServingGraph, example_inputs
 
 DEFAULT_OPSET = 18
 MAX_BATCH = 1024
@@ -26,9 +26,9 @@ def export_onnx(model: nn.Module, meta: ExportMeta, path: str | Path, opset: int
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.filterwarnings("ignore")
-        program = torch.onnx.export(graph, (example_input(meta, batch=2),), input_names=[INPUT_NAME],
+        program = torch.onnx.export(graph, example_inputs(meta, batch=2), input_names=list(INPUT_NAMES),
                                     output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=True,
-                                    dynamic_shapes={INPUT_NAME: {0: batch}}, external_data=False)
+                                    dynamic_shapes={n: {0: batch} for n in INPUT_NAMES}, external_data=False)
     program.save(str(path), external_data=False)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
@@ -52,10 +52,10 @@ def onnx_signature(path_or_proto) -> dict[str, dict[str, list]]:
 
 def _check_signature(proto, meta: ExportMeta) -> None:
     sig = onnx_signature(proto)
-    want_in = {INPUT_NAME: [meta.channels, meta.height, meta.width]}
+    want_in = {n: input_dims(n, meta.channels, meta.height, meta.width) for n in INPUT_NAMES}
     got_in = {k: v[1:] for k, v in sig["inputs"].items()}
     if got_in != want_in or any(isinstance(v[0], int) for v in sig["inputs"].values()):
-        raise RuntimeError(f"ONNX input signature {sig['inputs']} does not match [batch, {meta.input_shape}]")
+        raise RuntimeError(f"ONNX input signature {sig['inputs']} does not match [batch, ...] {want_in}")
     if list(sig["outputs"]) != list(OUTPUT_NAMES):
         raise RuntimeError(f"ONNX outputs {list(sig['outputs'])} != {list(OUTPUT_NAMES)}")
 

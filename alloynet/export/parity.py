@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from alloynet.contract import INPUT_NAME, OUTPUT_NAMES
+from alloynet.contract import INPUT_NAMES, OUTPUT_NAMES
 from alloynet.export.graph import ServingGraph
 
 
@@ -34,33 +35,55 @@ class ParityReport:
         return {**asdict(self), "ok": self.ok}
 
 
-def reference_outputs(model: nn.Module, images: np.ndarray) -> list[np.ndarray]:
+PROBABILITY_OUTPUTS = ("probabilities", "group_probabilities")
+INDICATOR_OUTPUTS = ("prediction_set", "flags")          # 0/1: must agree exactly
+
+
+def _as_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    missing = [n for n in INPUT_NAMES if n not in inputs]
+    if missing:
+        raise ValueError(f"parity inputs lack {missing}; the graph takes {list(INPUT_NAMES)}")
+    return {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in INPUT_NAMES}
+
+
+def reference_outputs(model: nn.Module, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     with torch.no_grad():
-        return [t.numpy() for t in ServingGraph(model).eval()(torch.from_numpy(images))]
+        return [t.numpy() for t in ServingGraph(model).eval()(*(torch.from_numpy(inputs[n]) for n in INPUT_NAMES))]
 
 
-def check_parity(model: nn.Module, images: np.ndarray, torchscript_path: str | Path | None = None,
+def _tolerance(name: str, ref: np.ndarray, prob_atol: float, reg_rtol: float):
+    if name in PROBABILITY_OUTPUTS:
+        return prob_atol
+    if name in INDICATOR_OUTPUTS:
+        return 0.0
+    return reg_rtol * np.maximum(np.abs(ref), 1.0)
+
+
+def check_parity(model: nn.Module, inputs: Mapping[str, np.ndarray], torchscript_path: str | Path | None = None,
                  onnx_path: str | Path | None = None, prob_atol: float = 1e-4, reg_rtol: float = 1e-4,
                  raise_on_failure: bool = True) -> ParityReport:
-    """Compare each exported format to the eager model on raw captures float32 [N, C, H, W].
+    """Compare each exported format to the eager model on real captures: ``inputs`` = {"image": float32
+    [N, C, H, W] raw ADU, "calibration": float32 [N, C, 2]}.
 
     Probabilities must agree within ``prob_atol``; thickness and absorption (physical units, magnitudes
-    from ~0.1 to ~100) within ``reg_rtol`` relative to the larger of |value| and 1.
+    from ~0.1 to ~100) within ``reg_rtol`` relative to the larger of |value| and 1; prediction sets and
+    flags exactly.
     """
-    images = np.ascontiguousarray(images, dtype=np.float32)
+    inputs = _as_inputs(inputs)
     model = model.eval()
-    ref = reference_outputs(model, images)
+    ref = reference_outputs(model, inputs)
     candidates: dict[str, list[np.ndarray]] = {}
     if torchscript_path is not None:
         from alloynet.export.torchscript import load_torchscript
 
         with torch.no_grad():
-            candidates["torchscript"] = [t.numpy() for t in load_torchscript(torchscript_path)(torch.from_numpy(images))]
+            ts = load_torchscript(torchscript_path)
+            candidates["torchscript"] = [t.numpy() for t in ts(*(torch.from_numpy(inputs[n]) for n in INPUT_NAMES))]
     if onnx_path is not None:
         from alloynet.export.onnx_export import onnx_session
 
-        candidates["onnxruntime"] = onnx_session(onnx_path).run(list(OUTPUT_NAMES), {INPUT_NAME: images})
-    report = ParityReport(n_captures=len(images), prob_atol=prob_atol, reg_rtol=reg_rtol)
+        candidates["onnxruntime"] = onnx_session(onnx_path).run(list(OUTPUT_NAMES), inputs)
+    report = ParityReport(n_captures=len(inputs[INPUT_NAMES[0]]), prob_atol=prob_atol, reg_rtol=reg_rtol)
     for fmt, outs in candidates.items():
         report.max_abs_diff[fmt] = {}
         for name, r, o in zip(OUTPUT_NAMES, ref, outs):
@@ -69,11 +92,9 @@ def check_parity(model: nn.Module, images: np.ndarray, torchscript_path: str | P
                 continue
             diff = np.abs(r.astype(np.float64) - o)
             report.max_abs_diff[fmt][name] = float(diff.max()) if diff.size else 0.0
-            tol = prob_atol if name == "probabilities" else reg_rtol * np.maximum(np.abs(r), 1.0)
-            if not np.all(np.isfinite(o)) or np.any(diff > tol):
+            if not np.all(np.isfinite(o)) or np.any(diff > _tolerance(name, r, prob_atol, reg_rtol)):
                 report.failures.append(f"{fmt}: {name} differs from the checkpoint by up to "
-                                       f"{report.max_abs_diff[fmt][name]:.3g} (tolerance "
-                                       f"{prob_atol if name == 'probabilities' else f'{reg_rtol} relative'})")
+                                       f"{report.max_abs_diff[fmt][name]:.3g}")
         report.top1_agreement[fmt] = float((outs[0].argmax(1) == ref[0].argmax(1)).mean())
     if raise_on_failure and report.failures:
         raise ParityError("parity failed: " + "; ".join(report.failures))

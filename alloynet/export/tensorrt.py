@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
-from alloynet.contract import INPUT_NAME, OUTPUT_NAMES
+from alloynet.contract import INPUT_NAMES, OUTPUT_NAMES, input_dims
 from alloynet.export.graph import ExportMeta
 
 
@@ -61,21 +61,23 @@ def tensorrt_status() -> tuple[bool, str]:
 
 
 def build_engine(onnx_path: str | Path, plan_path: str | Path, meta: ExportMeta, precision: str = "fp16",
-                 calibration: Optional[np.ndarray] = None, max_batch: int = 32, opt_batch: int = 8,
+                 captures: Optional[Mapping[str, np.ndarray]] = None, max_batch: int = 32, opt_batch: int = 8,
                  min_top1_agreement: float = 0.99, max_prob_diff: float = 0.02,
                  workspace_gib: float = 2.0) -> EngineReport:
     """Build and gate a serialized engine (``model.plan``).
 
-    ``calibration``: raw captures float32 [N, C, H, W]. Used for INT8 calibration and, for every precision,
-    for the accuracy gate: top-1 agreement with ONNX Runtime and the largest probability difference.
+    ``captures``: real graph inputs {"image": float32 [N, C, H, W], "calibration": float32 [N, C, 2]}, used
+    for INT8 calibration and, for every precision, for the accuracy gate: top-1 agreement with ONNX Runtime
+    and the largest probability difference.
     """
     ok, reason = tensorrt_status()
     if not ok:
         raise TensorRTUnavailable(reason)
     if precision not in ("fp16", "int8", "fp32"):
         raise ValueError(f"precision must be fp16, int8 or fp32, got {precision!r}")
-    if calibration is None or len(calibration) == 0:
-        raise ValueError("build_engine needs calibration captures (also used for the accuracy gate)")
+    if not captures or len(captures[INPUT_NAMES[0]]) == 0:
+        raise ValueError("build_engine needs captures (INT8 calibration and the accuracy gate)")
+    captures = {n: np.ascontiguousarray(captures[n], dtype=np.float32) for n in INPUT_NAMES}
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -87,9 +89,10 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, meta: ExportMeta,
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    shape = meta.input_shape
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, (1, *shape), (min(opt_batch, max_batch), *shape), (max_batch, *shape))
+    for name in INPUT_NAMES:
+        shape = tuple(input_dims(name, meta.channels, meta.height, meta.width))
+        profile.set_shape(name, (1, *shape), (min(opt_batch, max_batch), *shape), (max_batch, *shape))
     config.add_optimization_profile(profile)
     notes: list[str] = []
     if precision in ("fp16", "int8"):
@@ -99,16 +102,16 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, meta: ExportMeta,
             raise RuntimeError(f"TensorRT {trt.__version__} has no implicit INT8 calibration; quantise the ONNX "
                                "model explicitly (Q/DQ nodes) and build with precision='fp16'")
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _calibrator(trt, calibration.astype(np.float32), batch=min(8, len(calibration)))
+        config.int8_calibrator = _calibrator(trt, captures, batch=min(8, len(captures[INPUT_NAMES[0]])))
         config.set_calibration_profile(profile)
-        notes.append(f"INT8 calibrated on {len(calibration)} captures (entropy calibrator)")
+        notes.append(f"INT8 calibrated on {len(captures[INPUT_NAMES[0]])} captures (entropy calibrator)")
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     build_s = time.perf_counter() - t0
     if serialized is None:
         raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
     engine_bytes = bytes(serialized)
-    report = _gate(trt, engine_bytes, onnx_path, calibration, precision, build_s, notes)
+    report = _gate(trt, engine_bytes, onnx_path, captures, precision, build_s, notes)
     if report.top1_agreement < min_top1_agreement or report.max_abs_prob_diff > max_prob_diff:
         raise AccuracyGateFailed(f"{precision} engine: top-1 agreement {report.top1_agreement:.4f} "
                                  f"(need >= {min_top1_agreement}), max |dp| {report.max_abs_prob_diff:.4f} "
@@ -120,14 +123,16 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, meta: ExportMeta,
     return report
 
 
-def run_engine(trt, engine, images: np.ndarray) -> list[np.ndarray]:
-    """Run a deserialized engine on float32 [B, C, H, W] images (torch CUDA tensors as buffers)."""
+def run_engine(trt, engine, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a deserialized engine on graph inputs {name: float32 [B, ...]} (torch CUDA tensors as buffers)."""
     import torch
 
     ctx = engine.create_execution_context()
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).cuda()
-    ctx.set_input_shape(INPUT_NAME, tuple(x.shape))
-    ctx.set_tensor_address(INPUT_NAME, x.data_ptr())
+    held = {}
+    for name in INPUT_NAMES:
+        held[name] = torch.from_numpy(np.ascontiguousarray(inputs[name], dtype=np.float32)).cuda()
+        ctx.set_input_shape(name, tuple(held[name].shape))
+        ctx.set_tensor_address(name, held[name].data_ptr())
     outs = {}
     for name in OUTPUT_NAMES:
         outs[name] = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
@@ -139,16 +144,18 @@ def run_engine(trt, engine, images: np.ndarray) -> list[np.ndarray]:
     return [outs[n].cpu().numpy() for n in OUTPUT_NAMES]
 
 
-def _gate(trt, engine_bytes: bytes, onnx_path, images: np.ndarray, precision: str, build_s: float,
-          notes: list[str]) -> EngineReport:
+def _gate(trt, engine_bytes: bytes, onnx_path, captures: Mapping[str, np.ndarray], precision: str,
+          build_s: float, notes: list[str]) -> EngineReport:
     import torch
 
     from alloynet.export.onnx_export import onnx_session
 
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(engine_bytes)
-    ref = onnx_session(onnx_path).run(None, {INPUT_NAME: images.astype(np.float32)})[0]
-    got = np.concatenate([run_engine(trt, engine, images[i:i + 32])[0] for i in range(0, len(images), 32)])
-    one = images[:1].astype(np.float32)
+    ref = onnx_session(onnx_path).run(None, dict(captures))[0]
+    n = len(captures[INPUT_NAMES[0]])
+    got = np.concatenate([run_engine(trt, engine, {k: v[i:i + 32] for k, v in captures.items()})[0]
+                          for i in range(0, n, 32)])
+    one = {k: v[:1] for k, v in captures.items()}
     run_engine(trt, engine, one)
     t0 = time.perf_counter()
     for _ in range(50):
@@ -160,24 +167,27 @@ def _gate(trt, engine_bytes: bytes, onnx_path, images: np.ndarray, precision: st
                         max_abs_prob_diff=float(np.abs(ref - got).max()), latency_ms_b1=latency, notes=notes)
 
 
-def _calibrator(trt, data: np.ndarray, batch: int):
+def _calibrator(trt, data: Mapping[str, np.ndarray], batch: int):
     import torch
+
+    n = len(data[INPUT_NAMES[0]])
 
     class _Entropy(trt.IInt8EntropyCalibrator2):
         def __init__(self):
             super().__init__()
             self.i = 0
-            self.buf = torch.empty((batch, *data.shape[1:]), dtype=torch.float32, device="cuda")
+            self.buf = {k: torch.empty((batch, *v.shape[1:]), dtype=torch.float32, device="cuda") for k, v in data.items()}
 
         def get_batch_size(self) -> int:
             return batch
 
         def get_batch(self, names):
-            if self.i + batch > len(data):
+            if self.i + batch > n:
                 return None
-            self.buf.copy_(torch.from_numpy(data[self.i:self.i + batch]))
+            for k, b in self.buf.items():
+                b.copy_(torch.from_numpy(data[k][self.i:self.i + batch]))
             self.i += batch
-            return [int(self.buf.data_ptr())]
+            return [int(self.buf[name].data_ptr()) for name in names]
 
         def read_calibration_cache(self):
             return None

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alloynet.export.graph import ExportMeta, ServingGraph, example_input
+from alloynet.contract import OUTPUT_NAMES, output_dims
+from alloynet.export.graph import ExportMeta, ServingGraph, example_inputs
 
 
 def export_torchscript(model: nn.Module, meta: ExportMeta, path: str | Path) -> Path:
@@ -17,14 +18,14 @@ def export_torchscript(model: nn.Module, meta: ExportMeta, path: str | Path) -> 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit is deprecated but TorchServe loads it
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        traced = torch.jit.trace(graph, example_input(meta, batch=2), check_trace=False)
+        traced = torch.jit.trace(graph, example_inputs(meta, batch=2), check_trace=False)
         traced = torch.jit.freeze(traced)
-        # A trace at batch 2 must not have baked the batch size in: check another size here, once.
+        # A trace at batch 2 must not have baked the batch size in: check other sizes here, once.
         for b in (1, 3):
-            p, t, a = traced(example_input(meta, batch=b, seed=b))
-            if p.shape != (b, meta.num_classes) or t.shape != (b,) or a.shape != (b, 2):
-                raise RuntimeError(f"TorchScript trace is not batch-size independent: got {p.shape}, {t.shape}, "
-                                   f"{a.shape} for batch {b}")
+            got = [tuple(o.shape) for o in traced(*example_inputs(meta, batch=b, seed=b))]
+            want = [(b, *output_dims(n, meta.num_classes)) for n in OUTPUT_NAMES]
+            if got != want:
+                raise RuntimeError(f"TorchScript trace is not batch-size independent: got {got}, want {want}")
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.jit.save(traced, str(path))
     return path

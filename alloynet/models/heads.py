@@ -6,12 +6,13 @@ returns physical units.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from alloynet.data.transforms import Preprocess
+from alloynet.models.answer import Answer
 
 REGRESSION_TARGETS = ("thickness_mm", "a0", "mu_eff")
 
@@ -48,15 +49,21 @@ class MultiTaskHead(nn.Module):
 
 
 class AlloyNet(nn.Module):
-    """Raw capture [B, C, H, W] -> {"logits", "thickness_mm", "a0", "mu_eff"} (physical units)."""
+    """Raw capture [B, C, H, W] + its calibration [B, C, 2] -> everything the contract returns.
+
+    Output dict: ``logits`` (what the loss trains), ``probabilities`` (temperature-calibrated),
+    ``thickness_mm``, ``a0``, ``mu_eff`` (physical units), ``prediction_set``, ``group_probabilities``,
+    ``flags`` (see ``alloynet.models.answer``) and ``features`` (the trunk's output)."""
 
     def __init__(self, trunk: nn.Module, feature_dim: int, num_classes: int, preprocess: Preprocess,
                  target_stats: Optional[Mapping[str, tuple[float, float]]] = None, activation: str = "relu",
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, groups: Optional[Sequence[int]] = None, coverage: float = 0.95):
         super().__init__()
         self.preprocess = preprocess
         self.trunk = trunk
         self.head = MultiTaskHead(feature_dim, num_classes, activation, dropout)
+        self.answer = Answer(num_classes, feature_dim, groups if groups is not None else [0] * num_classes,
+                             coverage=coverage)
         stats = dict(target_stats or {})
         mean = [float(stats.get(k, (0.0, 1.0))[0]) for k in REGRESSION_TARGETS]
         std = [float(stats.get(k, (0.0, 1.0))[1]) for k in REGRESSION_TARGETS]
@@ -65,13 +72,17 @@ class AlloyNet(nn.Module):
         self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32))
 
-    def forward_features(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.trunk(self.preprocess(raw))
-
-    def forward(self, raw: torch.Tensor) -> Dict[str, torch.Tensor]:
-        logits, z = self.head(self.forward_features(raw))
+    def forward(self, raw: torch.Tensor, calibration: torch.Tensor) -> Dict[str, torch.Tensor]:
+        x, missing, out_of_tolerance = self.preprocess(raw, calibration)
+        features = self.trunk(x)
+        logits, z = self.head(features)
         reg = z.float() * self.target_std + self.target_mean
-        return {"logits": logits, "thickness_mm": reg[:, 0], "a0": reg[:, 1], "mu_eff": reg[:, 2]}
+        thickness = reg[:, 0]
+        drift = torch.zeros_like(missing)  # an in-image open-beam reference is needed to see drift in a session
+        probs, pset, groups, flags = self.answer(logits, thickness, features, missing, out_of_tolerance, drift)
+        return {"logits": logits, "probabilities": probs, "thickness_mm": thickness, "a0": reg[:, 1],
+                "mu_eff": reg[:, 2], "prediction_set": pset, "group_probabilities": groups, "flags": flags,
+                "features": features}
 
     def target_stats(self) -> dict[str, tuple[float, float]]:
         return {k: (float(self.target_mean[i]), float(self.target_std[i])) for i, k in enumerate(REGRESSION_TARGETS)}

@@ -6,11 +6,12 @@ capture's own preprocessing and the multi-task heads (see ``alloynet.models``).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
 from alloynet.data.transforms import Preprocess
+from alloynet.physics.alloys import ALLOY_NAMES, GROUPS, alloy_group
 from alloynet.models.heads import AlloyNet
 
 TrunkBuilder = Callable[..., tuple[nn.Module, int]]
@@ -50,12 +51,15 @@ def arch_defaults(name: str) -> dict:
 
 def create_model(name: str, num_classes: int, in_channels: int, preprocess: Union[Preprocess, Mapping],
                  activation: Optional[str] = None, target_stats: Optional[Mapping[str, tuple[float, float]]] = None,
-                 dropout: float = 0.0, **kwargs) -> AlloyNet:
+                 dropout: float = 0.0, class_names: Optional[Sequence[str]] = None, coverage: float = 0.95,
+                 **kwargs) -> AlloyNet:
     """Build the named architecture as a multi-task model over raw captures.
 
     ``preprocess`` is a fitted ``Preprocess`` or its ``config()`` dict; ``target_stats`` maps
     thickness_mm / a0 / mu_eff to the (mean, std) used to standardise regression targets (identity if
-    omitted); remaining ``kwargs`` go to the architecture's builder (e.g. ``pretrained=`` a local path).
+    omitted); ``class_names`` (default: the five standard alloys) decide each class's heavy/light group;
+    ``coverage`` is the conformal prediction sets' target; remaining ``kwargs`` go to the architecture's
+    builder (e.g. ``pretrained=`` a local path).
     """
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
@@ -64,5 +68,10 @@ def create_model(name: str, num_classes: int, in_channels: int, preprocess: Unio
     if preprocess.channels != in_channels:
         raise ValueError(f"preprocess has {preprocess.channels} channel(s) but in_channels={in_channels}")
     activation = activation or arch_defaults(name)["activation"]
+    names = list(class_names or ALLOY_NAMES)[:num_classes]
+    if len(names) != num_classes:
+        raise ValueError(f"class_names: {len(names)} names for {num_classes} classes")
+    groups = [GROUPS.index(alloy_group(c)) for c in names]
     trunk, dim = _MODELS[name](in_channels=in_channels, activation=activation, **kwargs)
-    return AlloyNet(trunk, dim, num_classes, preprocess, target_stats, activation=activation, dropout=dropout)
+    return AlloyNet(trunk, dim, num_classes, preprocess, target_stats, activation=activation, dropout=dropout,
+                    groups=groups, coverage=coverage)

@@ -74,6 +74,11 @@ class EarlyStopConfig(_Strict):
     min_delta: float = 0.0
 
 
+class AnswerConfig(_Strict):
+    coverage: float = Field(0.95, gt=0, lt=1, description="target coverage of the conformal prediction sets")
+    fit_images: int = Field(4000, ge=10, description="training captures used for the feature statistics")
+
+
 class TrainConfig(_Strict):
     seed: int = 0
     epochs: int = Field(30, ge=1)
@@ -90,6 +95,7 @@ class TrainConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
+    answer: AnswerConfig = Field(default_factory=AnswerConfig)
 
 
 def resolve(config: TrainConfig) -> TrainConfig:

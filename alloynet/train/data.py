@@ -95,14 +95,20 @@ class RunData:
 
 def fit_preprocess(train: pd.DataFrame, store: Optional[ObjectStore] = None, max_images: int = 32,
                    equalize: bool = False) -> Preprocess:
-    """Preprocessing fitted on the training captures: calibration levels are their median; mean/std of
-    -ln T come from up to ``max_images`` training images when a store is given (otherwise 0/1)."""
+    """Preprocessing fitted on the training captures: the reference calibration levels (used when a capture
+    comes without its own) are their median, the tolerated span of flat - dark their range; mean/std of -ln T
+    come from up to ``max_images`` training images when a store is given (otherwise 0/1)."""
     dark, flat = calibration_levels(train)
-    pre = Preprocess(np.median(dark, axis=0).tolist(), np.median(flat, axis=0).tolist(), equalize=equalize)
+    span = flat - dark
+    pre = Preprocess(np.median(dark, axis=0).tolist(), np.median(flat, axis=0).tolist(), equalize=equalize,
+                     span_range=(span.min(0).tolist(), span.max(0).tolist()))
     if store is not None and len(train):
         rows = train.sort_values("capture_id").head(max_images)
-        vals = torch.cat([pre.neg_log(torch.from_numpy(load_image(store, f).astype(np.float32))[None]).flatten()
-                          for f in rows.image_file])
+        cal = torch.as_tensor(np.stack([dark, flat], axis=-1), dtype=torch.float32)
+        index = {cid: i for i, cid in enumerate(train.capture_id)}
+        vals = torch.cat([pre.neg_log(torch.from_numpy(load_image(store, f).astype(np.float32))[None],
+                                      cal[index[cid]][None])[0].flatten()
+                          for cid, f in zip(rows.capture_id, rows.image_file)])
         if equalize:  # equalised values are ranks, uniform on [0, 1]
             vals = torch.linspace(0, 1, 1001)
         pre.mean.fill_(float(vals.mean()))

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from alloynet.console import make_console
+from torch.utils.data import DataLoader, Subset
 
+from alloynet.console import make_console
 from alloynet.data import CLASS_NAMES
 from alloynet.data.manifest import manifest_hash
+from alloynet.evaluate.predict import predict
 from alloynet.losses import MultiTaskLoss, create_loss
 from alloynet.models import create_model
 from alloynet.models.checkpoint import load_checkpoint, save_checkpoint
@@ -72,8 +74,8 @@ def set_determinism(cfg: TrainConfig, device: torch.device) -> None:
 def _model_spec(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
     return {"name": cfg.model.name, "num_classes": len(CLASS_NAMES), "in_channels": data.channels,
             "activation": cfg.model.activation, "dropout": cfg.model.dropout, "kwargs": dict(cfg.model.kwargs),
-            "preprocess": data.preprocess.config(),
-            "target_stats": {k: list(v) for k, v in data.target_stats.items()}}
+            "preprocess": data.preprocess.config(), "class_names": list(CLASS_NAMES),
+            "coverage": cfg.answer.coverage, "target_stats": {k: list(v) for k, v in data.target_stats.items()}}
 
 
 def _check_resumable(ckpt: dict, cfg: TrainConfig) -> None:
@@ -121,7 +123,8 @@ def setup(cfg: TrainConfig) -> Run:
     spec = _model_spec(cfg, data)
     extra = {"pretrained": cfg.model.pretrained} if cfg.model.pretrained else {}  # not in spec: needed once only
     model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], data.preprocess, spec["activation"],
-                         data.target_stats, spec["dropout"], **spec["kwargs"], **extra).to(device)
+                         data.target_stats, spec["dropout"], class_names=spec["class_names"],
+                         coverage=spec["coverage"], **spec["kwargs"], **extra).to(device)
     criterion = MultiTaskLoss(create_loss(cfg.loss.name, data.class_counts, **cfg.loss.kwargs), data.target_stats,
                               cfg.loss.task_weights, cfg.loss.weighting, cfg.loss.regression).to(device)
     channels_last = cfg.channels_last and device.type == "cuda" and cfg.model.name not in ("fnn", "profile_cnn")
@@ -182,6 +185,26 @@ def _save(run: Run, state: dict, improved: bool, out: Path) -> None:
     save_checkpoint(state, out / "last.pt")
 
 
+def fit_answer(run: Run, best: Path) -> dict:
+    """Fit the best model's honest answers (temperature, conformal threshold, feature statistics, thickness
+    range) on held-out data and write them into ``best``. Idempotent: fitting reads the checkpoint's model."""
+    ckpt = load_checkpoint(best, map_location=run.device)
+    model = run.model
+    model.load_state_dict(ckpt["model"])
+    data, cfg = run.data, run.cfg.answer
+    val = predict(model, run.data.val_loader, run.device, features=True)
+    n = min(len(data.train), cfg.fit_images)
+    idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(run.cfg.seed))[:n].tolist()
+    loader = DataLoader(Subset(data.train.unaugmented(), idx), batch_size=run.cfg.data.eval_batch_size or 64)
+    tr = predict(model, loader, run.device, features=True)
+    summary = model.answer.fit(val["logits"], val["y"], tr["features"], tr["y"], val["features"],
+                               data.train.rows.thickness_mm.to_numpy(float))
+    ckpt["model"] = model.state_dict()
+    ckpt["answer"] = summary
+    save_checkpoint(ckpt, best)
+    return summary
+
+
 def train(config: TrainConfig, resume: bool = False, on_epoch_end: Optional[EpochCallback] = None) -> TrainResult:
     """Train ``config``; with ``resume`` continue from ``<out_dir>/last.pt`` if it exists.
 
@@ -221,6 +244,10 @@ def train(config: TrainConfig, resume: bool = False, on_epoch_end: Optional[Epoc
             break
     if run.env.is_main:
         (out / "history.json").write_text(json.dumps(history, indent=1))
+        if (out / "best.pt").exists():
+            answer = fit_answer(run, out / "best.pt")
+            console.print(f"calibrated on val: temperature {answer['temperature']:.3f}, conformal threshold "
+                          f"{answer['qhat']:.3f} for {answer['coverage']:.0%} coverage")
     cleanup(run.env)
     return TrainResult(out / "best.pt", out / "last.pt", out, out / "config.yaml", dict(best.get("metrics", {})),
                        int(best["epoch"]), len(history), run.early.should_stop, run.meta["manifest_hash"], history)

@@ -20,10 +20,10 @@ from ts.torch_handler.base_handler import BaseHandler
 
 try:  # inside a .mar the extra files sit beside this one
     import alloynet_contract as contract
-    from capture_checks import NPY_MAGIC, CaptureInputError, check_capture, decode_npy
+    from capture_checks import NPY_MAGIC, CaptureInputError, check_calibration, check_capture, decode_npy
 except ImportError:  # imported from the repository (unit tests)
     from alloynet import contract
-    from serving.capture_checks import NPY_MAGIC, CaptureInputError, check_capture, decode_npy
+    from serving.capture_checks import NPY_MAGIC, CaptureInputError, check_calibration, check_capture, decode_npy
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +70,44 @@ class AlloyHandler(BaseHandler):
             arr = decode_image(data, where="request")
         return check_capture(arr, self.shape, self.max_adu)
 
-    def preprocess(self, data: list) -> Optional[torch.Tensor]:
-        self.errors, images = {}, []
+    def calibration(self, row: Any) -> np.ndarray:
+        """The capture's calibration from the request: ``calibration`` (JSON [[dark, flat], ...] per channel)
+        or ``sidecar`` (the capture's JSON sidecar); neither: zeros (the model flags calibration_missing)."""
+        if not isinstance(row, dict):
+            return check_calibration(None, self.shape[0])
+        raw = row.get(contract.CALIBRATION_NAME)
+        sidecar = row.get("sidecar")
+        try:
+            if raw is not None:
+                return check_calibration(json.loads(bytes(raw)), self.shape[0])
+            if sidecar is not None:
+                cal = json.loads(bytes(sidecar))["calibration"]
+                return check_calibration(list(zip(cal["dark_adu"], cal["flat_adu"])), self.shape[0])
+        except (ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, CaptureInputError):
+                raise
+            raise CaptureInputError(contract.CALIBRATION_NAME, f"not readable as calibration levels ({exc})") from None
+        return check_calibration(None, self.shape[0])
+
+    def preprocess(self, data: list) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        self.errors, images, cals = {}, [], []
         for i, row in enumerate(data):
             try:
-                images.append(self.decode(row))
+                image, cal = self.decode(row), self.calibration(row)
+                images.append(image)
+                cals.append(cal)
             except ValueError as exc:  # CaptureInputError and alloynet's CaptureError are both ValueErrors
                 field = getattr(exc, "field", "image")
                 message = getattr(exc, "message", str(exc))
                 self.errors[i] = {"error": {"code": 400, "field": field, "message": message}}
-        return torch.from_numpy(np.stack(images)) if images else None
+        return (torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(cals))) if images else None
 
     # -- inference ----------------------------------------------------------------------------------
-    def inference(self, data: Optional[torch.Tensor], *args, **kwargs):
+    def inference(self, data: Optional[tuple[torch.Tensor, torch.Tensor]], *args, **kwargs):
         if data is None:
             return None
         with torch.inference_mode():
-            outs = self.model(data.to(self.device))
+            outs = self.model(data[0].to(self.device), data[1].to(self.device))
         return {name: t.cpu().numpy() for name, t in zip(contract.OUTPUT_NAMES, outs)}
 
     # -- postprocess --------------------------------------------------------------------------------

@@ -32,10 +32,11 @@ class BatchingOptions:
     intra_op_threads: int = 1
 
 
-def _tensor(name: str, dims: Sequence[int], reshape_scalar: bool = False) -> str:
+def _tensor(name: str, dims: Sequence[int], reshape_scalar: bool = False, optional: bool = False) -> str:
     # A per-item scalar output ([B] overall) is declared as [1] and reshaped to [] (Triton's idiom).
     reshape = " reshape: { shape: [ ] }" if reshape_scalar else ""
-    return f'  {{ name: "{name}" data_type: TYPE_FP32 dims: [ {", ".join(str(d) for d in dims)} ]{reshape} }}'
+    opt = " optional: true" if optional else ""
+    return f'  {{ name: "{name}" data_type: TYPE_FP32 dims: [ {", ".join(str(d) for d in dims)} ]{reshape}{opt} }}'
 
 
 def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions, gpu: bool = False,
@@ -50,7 +51,11 @@ def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions
     preferred = ", ".join(str(b) for b in opts.preferred_batch_sizes if b <= opts.max_batch_size)
     parts = [
         f'name: "{name}"', header, f"max_batch_size: {opts.max_batch_size}",
-        "input [\n" + _tensor(contract.INPUT_NAME, meta.input_shape) + "\n]",
+        "input [\n" + ",\n".join(
+            _tensor(n, contract.input_dims(n, *meta.input_shape),
+                    # the Python model fills in a missing calibration (and flags it); ONNX models need it sent
+                    optional=n == contract.CALIBRATION_NAME and backend == "python")
+            for n in contract.INPUT_NAMES) + "\n]",
         "output [\n" + ",\n".join(outputs) + "\n]",
         f"dynamic_batching {{\n  preferred_batch_size: [ {preferred} ]\n"
         f"  max_queue_delay_microseconds: {opts.max_queue_delay_us}\n}}",

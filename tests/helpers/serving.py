@@ -23,11 +23,23 @@ def train_tiny_checkpoint(root: Path, seed: int = 0) -> Path:
         return Path(train(cfg).checkpoint)
 
 
-def capture_images(n: int = 6, seed: int = 1, size: int = SIZE) -> np.ndarray:
-    """Simulated raw captures uint16 [n, 1, size, size] (one per alloy, cycling)."""
+def capture_inputs(n: int = 6, seed: int = 1, size: int = SIZE) -> dict[str, np.ndarray]:
+    """Simulated captures as graph inputs: {"image": uint16 [n, 1, size, size] (one per alloy, cycling; plates
+    1-5 mm), "calibration": float32 [n, 1, 2], each capture's own levels (its session's tube output drifts)}."""
     from alloynet.physics import ALLOY_NAMES, RigConfig, RigSimulator, sample_plate
 
     rng = np.random.default_rng(seed)
     sim = RigSimulator(RigConfig(height=size, width=size))
-    return np.stack([sim.capture(sample_plate(ALLOY_NAMES[i % 5], float(rng.uniform(2, 10)), rng, f"p{i}"),
-                                 rng).image for i in range(n)])
+    images, cals = [], []
+    for i in range(n):
+        gain = float(rng.uniform(0.97, 1.03))
+        cap = sim.capture(sample_plate(ALLOY_NAMES[i % 5], float(rng.uniform(1, 5)), rng, f"p{i}"), rng,
+                          gain_scale=gain)
+        images.append(cap.image)
+        cals.append(np.stack([cap.dark_adu, cap.flat_adu], axis=-1))
+    return {"image": np.stack(images), "calibration": np.stack(cals).astype(np.float32)}
+
+
+def capture_images(n: int = 6, seed: int = 1, size: int = SIZE) -> np.ndarray:
+    """Simulated raw captures uint16 [n, 1, size, size] (see ``capture_inputs``)."""
+    return capture_inputs(n, seed, size)["image"]

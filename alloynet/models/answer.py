@@ -1,0 +1,146 @@
+"""Honest answers: what a model says about a capture beyond its argmax, fitted on held-out data.
+
+* Calibrated probabilities: temperature scaling (Guo et al. 2017), the one parameter fitted on the
+  validation split by minimising its log-loss.
+* A conformal prediction set (split conformal, score 1 - p_true on the calibrated probabilities): the set
+  {k : p_k >= 1 - q} covers the true alloy with probability >= ``coverage`` on exchangeable data. The
+  threshold q is a class-balanced quantile of the validation scores, because test sets (and the line) are
+  balanced while training data are long-tailed. Where physics cannot tell 5083 from 6082 the set holds both.
+* Group probabilities: heavy (Cu/Zn-bearing) vs light, summed from the class probabilities.
+* Flags: the calibration ones come from ``Preprocess``; thickness outside the training range (widened by
+  5 %); features unlike every training class (class-conditional Gaussians with a shared covariance on a PCA
+  projection of the trunk's features, Lee et al. 2018; flagged above the 99.5th percentile of the
+  validation distances).
+
+Every statistic is a buffer, so it is saved in checkpoints and traced into every exported graph. An Answer
+that was never fitted is honest about it: temperature 1, the full set of classes, no out-of-envelope flags.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+OOD_QUANTILE = 0.995
+THICKNESS_MARGIN = 0.05
+MAX_PROJECTION = 32
+
+
+class Answer(nn.Module):
+    def __init__(self, num_classes: int, feature_dim: int, groups: Sequence[int], num_groups: int = 2,
+                 coverage: float = 0.95):
+        super().__init__()
+        if not 0 < coverage < 1:
+            raise ValueError(f"coverage must lie in (0, 1), got {coverage}")
+        p = min(feature_dim, MAX_PROJECTION)
+        onehot = torch.zeros(num_classes, num_groups)
+        onehot[torch.arange(num_classes), torch.as_tensor(list(groups))] = 1.0
+        self.register_buffer("group_matrix", onehot)
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("qhat", torch.tensor(1.0))                     # 1 - p threshold; 1 = every class
+        self.register_buffer("coverage", torch.tensor(float(coverage)))
+        self.register_buffer("thickness_range", torch.tensor([0.0, float("inf")]))
+        self.register_buffer("feat_mean", torch.zeros(feature_dim))
+        self.register_buffer("feat_proj", torch.zeros(feature_dim, p))
+        self.register_buffer("class_means", torch.zeros(num_classes, p))
+        self.register_buffer("precision", torch.eye(p))
+        self.register_buffer("ood_threshold", torch.tensor(float("inf")))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.float() / self.temperature, dim=-1)
+
+    def ood_distance(self, features: torch.Tensor) -> torch.Tensor:
+        """Smallest Mahalanobis distance (squared) of the projected features to a training class mean."""
+        z = (features.float() - self.feat_mean) @ self.feat_proj                  # [B, P]
+        d = z[:, None, :] - self.class_means[None]                               # [B, K, P]
+        return torch.einsum("bkp,pq,bkq->bk", d, self.precision, d).min(dim=1).values
+
+    def forward(self, logits: torch.Tensor, thickness_mm: torch.Tensor, features: torch.Tensor,
+                calibration_missing: torch.Tensor, calibration_out: torch.Tensor,
+                drift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(probabilities [B, K], prediction_set [B, K], group_probabilities [B, G], flags [B, 5])."""
+        probs = self.probabilities(logits)
+        pset = (probs >= 1.0 - self.qhat).float()
+        groups = probs @ self.group_matrix
+        thick = ((thickness_mm < self.thickness_range[0]) | (thickness_mm > self.thickness_range[1])).float()
+        ood = (self.ood_distance(features) > self.ood_threshold).float()
+        flags = torch.stack([calibration_missing, calibration_out, thick, ood, drift], dim=1)
+        return probs, pset, groups, flags
+
+    # -- fitting on held-out data (host side) -----------------------------------------------------------
+    @torch.no_grad()
+    def fit(self, val_logits: np.ndarray, val_labels: np.ndarray, train_features: np.ndarray,
+            train_labels: np.ndarray, val_features: np.ndarray, train_thickness: np.ndarray,
+            coverage: Optional[float] = None) -> dict:
+        """Fit temperature, conformal threshold, feature statistics and the thickness range; returns a summary."""
+        if coverage is not None:
+            self.coverage.fill_(float(coverage))
+        self.temperature.fill_(fit_temperature(val_logits, val_labels))
+        probs = torch.softmax(torch.as_tensor(val_logits, dtype=torch.float32) / self.temperature, -1).numpy()
+        self.qhat.fill_(conformal_threshold(probs, val_labels, float(self.coverage)))
+        t = np.asarray(train_thickness, float)
+        t = t[np.isfinite(t)]
+        if len(t):
+            self.thickness_range.copy_(torch.tensor([t.min() * (1 - THICKNESS_MARGIN), t.max() * (1 + THICKNESS_MARGIN)]))
+        self._fit_features(np.asarray(train_features, np.float64), np.asarray(train_labels), np.asarray(val_features))
+        return {"temperature": float(self.temperature), "qhat": float(self.qhat), "coverage": float(self.coverage),
+                "thickness_range": self.thickness_range.tolist(), "ood_threshold": float(self.ood_threshold)}
+
+    def _fit_features(self, f: np.ndarray, y: np.ndarray, f_val: np.ndarray) -> None:
+        mean = f.mean(0)
+        centred = f - mean
+        p = self.feat_proj.shape[1]
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        proj = vt[:p].T if vt.shape[0] >= p else np.pad(vt.T, ((0, 0), (0, p - vt.shape[0])))
+        z = centred @ proj
+        means = np.zeros((self.class_means.shape[0], p))
+        resid = []
+        for k in range(len(means)):
+            if (y == k).any():
+                means[k] = z[y == k].mean(0)
+                resid.append(z[y == k] - means[k])
+            else:
+                means[k] = np.inf  # a class never seen in training is never the nearest
+        cov = np.atleast_2d(np.cov(np.concatenate(resid), rowvar=False))
+        cov += (1e-6 * np.trace(cov) / p + 1e-12) * np.eye(p)  # a projection may have near-empty directions
+        self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.feat_proj.copy_(torch.as_tensor(proj, dtype=torch.float32))
+        self.class_means.copy_(torch.as_tensor(np.where(np.isfinite(means), means, 1e6), dtype=torch.float32))
+        self.precision.copy_(torch.as_tensor(np.linalg.inv(cov), dtype=torch.float32))
+        self.ood_threshold.fill_(float(np.quantile(self.ood_distance(torch.as_tensor(f_val, dtype=torch.float32)).numpy(),
+                                                   OOD_QUANTILE)))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising the log-loss of softmax(logits / T) (1-D, bounded search in log T)."""
+    from scipy import optimize
+
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, int)
+
+    def nll(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        s = s - s.max(1, keepdims=True)
+        return float(-(s[np.arange(len(y)), y] - np.log(np.exp(s).sum(1))).mean())
+
+    res = optimize.minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def conformal_threshold(probs: np.ndarray, labels: np.ndarray, coverage: float) -> float:
+    """Split-conformal threshold q on the score 1 - p_true, as a class-balanced quantile: each class weighs
+    the same whatever its count in the validation split. With n scores the level is lifted to
+    ceil((n + 1) coverage) / n (the finite-sample correction); q = 1 (every class) if that exceeds 1."""
+    y = np.asarray(labels, int)
+    scores = 1.0 - np.asarray(probs)[np.arange(len(y)), y]
+    counts = np.bincount(y)
+    w = 1.0 / counts[y]
+    order = np.argsort(scores)
+    cdf = np.cumsum(w[order]) / w.sum()
+    n = len(y)
+    level = np.ceil((n + 1) * coverage) / n
+    if level > 1:
+        return 1.0
+    return float(scores[order][min(np.searchsorted(cdf, level - 1e-12), n - 1)])
