@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 
 from alloynet.physics import RigConfig, RigSimulator, get_alloy, sample_plate  # noqa: E402
 from alloynet.physics.second_rig import SecondRig, SecondRigConfig, SecondRigProfileModel  # noqa: E402
-from alloynet.physics.separability import ProfileModel, separability  # noqa: E402
+from alloynet.physics.profile import ProfileModel  # noqa: E402
+from alloynet.physics.separability import separability  # noqa: E402
 
 
 def user_profile(image: np.ndarray, dark: float, flat: float, bins: int = 32) -> np.ndarray:

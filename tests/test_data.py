@@ -241,3 +241,22 @@ def test_ingest_and_refresh_writes_the_manifest_only_after_a_whole_ingest(tmp_pa
         clean = LocalStore(tmp_path / "clean")
         ingest_and_refresh(src, clean, accepted_sizes={(32, 32)})
         assert (dest.root / "manifest.csv").read_bytes() == (clean.root / "manifest.csv").read_bytes()
+
+
+def test_splits_hold_70_15_15_for_plates_of_any_thickness():
+    """Continuous thicknesses made every alloy x value stratum a singleton, and val got 1.2 %: strata are
+    now thickness bins, and every class's val and test plates spread over them."""
+    rng = np.random.default_rng(0)
+    rows = [{"plate_id": f"p{i}", "capture_id": f"c{i}", "alloy": a, "nominal_thickness_mm": float(rng.uniform(1, 5)),
+             "labelled": True} for i, a in enumerate(np.repeat(CLASS_NAMES, 60))]
+    df = assign_splits(pd.DataFrame(rows), seed=0)
+    share = df.split.value_counts(normalize=True)
+    assert abs(share["val"] - 0.15) < 0.02 and abs(share["test"] - 0.15) < 0.02
+    for _, g in df.groupby("alloy"):
+        for split in ("val", "test"):
+            t = g[g.split == split].nominal_thickness_mm
+            assert t.min() < 2.0 and t.max() > 4.0  # spread over the range, not bunched
+    # the few-nominal-values case keeps the values themselves as strata
+    from alloynet.data.manifest import thickness_strata
+    assert thickness_strata(pd.Series([1.0, 2.0, 5.0, 1.0])).tolist() == [1.0, 2.0, 5.0, 1.0]
+    assert thickness_strata(pd.Series(np.linspace(1, 5, 40))).nunique() == 4

@@ -18,7 +18,8 @@ from alloynet.data.simulate import DatasetSpec, simulate_dataset
 from alloynet.physics import RigConfig, RigSimulator, get_alloy, sample_plate
 from alloynet.physics.materials import linear_attenuation
 from alloynet.physics.second_rig import NOMINAL_FIELDS, SecondRig, SecondRigConfig, SecondRigProfileModel
-from alloynet.physics.separability import ProfileModel, separability
+from alloynet.physics.profile import ProfileModel
+from alloynet.physics.separability import separability
 
 # Every departure from the nominal rig switched off: what is left is the shared physics.
 NO_DEVIATIONS = dict(kvp_error_rel=0.0, anode_angle_error_deg=0.0, extra_filtration_mm_al=0.0, heel_depth_um=0.0,
@@ -80,7 +81,7 @@ def test_without_its_deviations_it_reproduces_the_nominal_physics():
     rig = RigConfig(height=32, width=32, kvp=[40.0, 50.0], read_noise_adu=0.0)
     a = get_alloy("Al7075")
     ours = SecondRigProfileModel(SecondRigConfig.from_nominal(rig, **NO_DEVIATIONS), bins=16)
-    theirs = ProfileModel(rig.model_copy(update={"gain_prnu": 0.0}), bins=16)
+    theirs = ProfileModel(rig.model_copy(update={"gain_prnu": 0.0}), bins=16, detector=False)
     for t in (1.0, 5.0):
         np.testing.assert_allclose(ours.profile(a.nominal_fractions(), a.density_g_cm3, t),
                                    theirs.profile(a.nominal_fractions(), a.density_g_cm3, t), rtol=1e-6)

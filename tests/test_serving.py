@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from alloynet.physics import ALLOY_NAMES
-from tests.helpers.serving import capture_images, train_tiny_checkpoint
+from tests.helpers.serving import capture_inputs, train_tiny_checkpoint
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -28,15 +28,33 @@ def trained_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def captures() -> np.ndarray:
-    return capture_images(5, seed=3)
+def inputs() -> dict[str, np.ndarray]:
+    return capture_inputs(5, seed=3)
 
 
 @pytest.fixture(scope="module")
-def onnx_reference(trained_bundle, captures):
+def captures(inputs) -> np.ndarray:
+    return inputs["image"]
+
+
+@pytest.fixture(scope="module")
+def calibrations(inputs) -> np.ndarray:
+    return inputs["calibration"]
+
+
+@pytest.fixture(scope="module")
+def onnx_reference(trained_bundle, inputs):
+    """What in-process ONNX Runtime says for each capture sent with its own calibration."""
     from alloynet.export import onnx_session
 
-    return onnx_session(trained_bundle.path("onnx")).run(None, {"image": captures.astype(np.float32)})
+    return onnx_session(trained_bundle.path("onnx")).run(None, {"image": inputs["image"].astype(np.float32),
+                                                                "calibration": inputs["calibration"]})
+
+
+def _with_sidecar(path, calibration) -> None:
+    """A capture file with its sidecar beside it, as alloynet stores captures (only the calibration matters)."""
+    path.with_suffix(".json").write_text(json.dumps({"calibration": {"dark_adu": calibration[:, 0].tolist(),
+                                                                     "flat_adu": calibration[:, 1].tolist()}}))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +109,7 @@ def _bad_inputs(captures: np.ndarray) -> dict[str, tuple[object, str]]:
 
 # -- TorchServe ---------------------------------------------------------------------------------------
 
-def test_torchserve_rest_and_grpc_serve_the_trained_model(torchserve, captures, onnx_reference, tmp_path):
+def test_torchserve_rest_and_grpc_serve_the_trained_model(torchserve, captures, calibrations, onnx_reference, tmp_path):
     from alloynet.captures.image import encode_image
     from serving.client import connect
 
@@ -101,7 +119,7 @@ def test_torchserve_rest_and_grpc_serve_the_trained_model(torchserve, captures, 
                                           "Content-Type": "application/octet-stream"})
     with urllib.request.urlopen(req, timeout=30) as r:
         body = json.loads(r.read())
-    np.testing.assert_allclose([body["probabilities"][c] for c in ALLOY_NAMES], onnx_reference[0][0], atol=1e-4)
+    assert body["flags"] == ["calibration_missing"]  # REST with the image alone: said, and answered anyway
     # token authorisation is on: no key, no prediction
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(urllib.request.Request(f"{torchserve.inference_url}/predictions/alloynet", data=png,
@@ -110,10 +128,12 @@ def test_torchserve_rest_and_grpc_serve_the_trained_model(torchserve, captures, 
 
     path = tmp_path / "capture.png"
     path.write_bytes(png)
+    _with_sidecar(path, calibrations[0])  # the client reads the capture's own calibration from its sidecar
     with connect(f"torchserve://{torchserve.grpc_target}/alloynet", token=torchserve.inference_key) as client:
         assert client.ready()
-        preds = client.predict_batch([path, *captures[1:]])
+        preds = client.predict_batch([path, *captures[1:]], [None, *calibrations[1:]])
     for i, p in enumerate(preds):
+        assert "calibration_missing" not in p.flags and set(p.prediction_set) <= set(ALLOY_NAMES)
         np.testing.assert_allclose([p.probabilities[c] for c in ALLOY_NAMES], onnx_reference[0][i], atol=1e-4)
         assert p.thickness_mm == pytest.approx(float(onnx_reference[1][i]), rel=1e-4, abs=1e-4)
         assert [p.absorption["a0"], p.absorption["mu_eff"]] == pytest.approx(onnx_reference[2][i].tolist(),
@@ -144,16 +164,19 @@ def test_torchserve_rejects_bad_inputs_and_keeps_serving(torchserve, captures):
 
 # -- Triton ---------------------------------------------------------------------------------------
 
-def test_triton_serves_the_trained_model(triton, captures, onnx_reference, tmp_path):
+def test_triton_serves_the_trained_model(triton, captures, calibrations, onnx_reference, tmp_path):
     from alloynet.captures.image import encode_image
     from serving.client import connect
 
     path = tmp_path / "capture.png"
     path.write_bytes(encode_image(captures[0])[0])
+    _with_sidecar(path, calibrations[0])
     with connect(f"triton://{triton.grpc_target}/alloynet") as client:
         assert client.ready()
         one = client.predict(path)
-        batch = client.predict_batch(list(captures))
+        batch = client.predict_batch(list(captures), list(calibrations))
+        alone = client.predict(captures[0])  # no calibration: answered, and said
+    assert "calibration_missing" in alone.flags and "calibration_missing" not in one.flags
     np.testing.assert_allclose([one.probabilities[c] for c in ALLOY_NAMES], onnx_reference[0][0], atol=1e-4)
     for i, p in enumerate(batch):
         np.testing.assert_allclose([p.probabilities[c] for c in ALLOY_NAMES], onnx_reference[0][i], atol=1e-4)

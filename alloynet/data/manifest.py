@@ -1,7 +1,8 @@
 """The data-set manifest: one row per capture, with labels and a leak-free split.
 
 Splits (the long-tail protocol): the test set is balanced across classes (the same number of plates per
-alloy, spread over thicknesses); the rest is split train/val stratified by alloy x nominal thickness.
+alloy, spread over thicknesses); the rest is split train/val per alloy, spread over thickness strata (the
+nominal values, or quantile bins when thicknesses are continuous: see ``thickness_strata``).
 Splitting is by *plate*: all captures of a physical plate land in one split. Once a manifest exists, its
 assignments are frozen: rebuilding with ``previous=`` keeps every known plate where it was and sends new
 plates to train/val only, so the held-out test set never changes under a nightly retrain.
@@ -82,6 +83,7 @@ def assign_splits(df: pd.DataFrame, seed: int = 0, test_fraction: float = 0.15, 
         df["split"] = pd.Series(dtype=str)
         return df
     plates = df[df.labelled].groupby("plate_id").agg(alloy=("alloy", "first"), t=("nominal_thickness_mm", "first"))
+    plates["t"] = thickness_strata(plates["t"])
     split: dict[str, str] = {}
     if previous is not None and len(previous):
         split.update(previous.drop_duplicates("plate_id").set_index("plate_id")["split"].to_dict())
@@ -91,14 +93,28 @@ def assign_splits(df: pd.DataFrame, seed: int = 0, test_fraction: float = 0.15, 
         split.update(_balanced_test(new, rng, test_fraction))
         new = new[~new.index.isin(list(split))]
     val_share = val_fraction / (1 - test_fraction)
-    for (_, _), group in new.groupby(["alloy", "t"], sort=True):
-        ids = list(rng.permutation(group.index.to_numpy()))
+    for _, group in new.groupby("alloy", sort=True):
+        ids = _interleaved(group, rng)  # the val plates of each class spread over its thickness strata
         n_val = int(round(val_share * len(ids)))
         for i, pid in enumerate(ids):
             split[pid] = "val" if i < n_val else "train"
     _ensure_val_per_class(plates, split)
     df["split"] = [split.get(p, "unlabelled") if lab else "unlabelled" for p, lab in zip(df.plate_id, df.labelled)]
     return df
+
+
+THICKNESS_STRATA = 4   # quantile bins of a continuous thickness distribution
+MAX_NOMINAL_VALUES = 6  # up to this many distinct nominal thicknesses are strata of their own
+
+
+def thickness_strata(t: pd.Series) -> pd.Series:
+    """The stratum of each plate's nominal thickness: the value itself when the data set uses a few nominal
+    values (1, 2, 5 mm), else one of ``THICKNESS_STRATA`` quantile bins. Continuous thicknesses made every
+    alloy x value stratum a singleton, and a singleton's val share rounds to nothing (val got 1.2 %)."""
+    if t.nunique() <= MAX_NOMINAL_VALUES:
+        return t.astype(float)
+    edges = np.quantile(t.to_numpy(float), np.linspace(0, 1, THICKNESS_STRATA + 1)[1:-1])
+    return pd.Series(np.searchsorted(edges, t.to_numpy(float), side="right").astype(float), index=t.index)
 
 
 def _balanced_test(plates: pd.DataFrame, rng: np.random.Generator, test_fraction: float) -> dict[str, str]:
@@ -108,11 +124,15 @@ def _balanced_test(plates: pd.DataFrame, rng: np.random.Generator, test_fraction
     m = min(int(round(test_fraction * len(plates) / len(per_class))), int(per_class.min()) - 1)
     out = {}
     for alloy, group in plates.groupby("alloy", sort=True):
-        # Interleave thickness strata so the test plates of each class cover all thicknesses evenly.
-        strata = [list(rng.permutation(g.index.to_numpy())) for _, g in group.groupby("t", sort=True)]
-        order = [s[i] for i in range(max(map(len, strata))) for s in strata if i < len(s)]
-        out.update({pid: "test" for pid in order[:max(m, 0)]})
+        out.update({pid: "test" for pid in _interleaved(group, rng)[:max(m, 0)]})
     return out
+
+
+def _interleaved(group: pd.DataFrame, rng: np.random.Generator) -> list[str]:
+    """One class's plates, shuffled within each thickness stratum and dealt out stratum by stratum: any
+    prefix of this order covers the thicknesses evenly."""
+    strata = [list(rng.permutation(g.index.to_numpy())) for _, g in group.groupby("t", sort=True)]
+    return [s[i] for i in range(max(map(len, strata))) for s in strata if i < len(s)]
 
 
 def _ensure_val_per_class(plates: pd.DataFrame, split: dict[str, str]) -> None:

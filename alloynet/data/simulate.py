@@ -20,6 +20,7 @@ from alloynet.captures.stores import ObjectStore
 from alloynet.data import CLASS_NAMES
 from alloynet.data.profiles import Profile, class_counts
 from alloynet.physics.alloys import alloys_from_config, get_alloy, sample_plate
+from alloynet.physics.observer import ThicknessPrior
 from alloynet.physics.second_rig import NOMINAL_FIELDS, SecondRig, SecondRigConfig
 from alloynet.physics.simulator import RigConfig, RigSimulator
 
@@ -32,8 +33,12 @@ class DatasetSpec(BaseModel):
     imbalance_ratio: float = Field(100.0, ge=1)
     profile: Profile = "exponential"
     class_order: list[str] = Field(default_factory=lambda: list(CLASS_NAMES), description="head to tail")
-    thicknesses_mm: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0])
-    thickness_range_mm: Optional[tuple[float, float]] = Field(None, description="continuous range instead of a list")
+    thickness_range_mm: Optional[tuple[float, float]] = Field(
+        (1.0, 5.0), description="plates of any nominal thickness in this range (mm), as a line sees them")
+    thicknesses_mm: Optional[list[float]] = Field(
+        None, description="only these nominal thicknesses (mm), e.g. [1, 2, 5]; replaces the range")
+    session_drift: float = Field(0.0, ge=0, lt=0.5, description="tube output of each calibration session drawn "
+                                 "uniformly within +-this fraction (its flat frame records it)")
     wedges_mm: list[float] = Field(default_factory=lambda: [50.0, 70.0])
     captures_per_plate: int = Field(2, ge=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
@@ -45,6 +50,23 @@ class DatasetSpec(BaseModel):
     simulator: Literal["alloynet", "second_rig"] = Field("alloynet", description="which rig model writes the captures")
     second_rig: SecondRigConfig = Field(default_factory=SecondRigConfig,
                                         description="the second rig's own physics; its nominal settings come from rig")
+
+    @model_validator(mode="after")
+    def _one_thickness_prior(self) -> "DatasetSpec":
+        if self.thicknesses_mm is not None:
+            if "thickness_range_mm" in self.model_fields_set and self.thickness_range_mm is not None:
+                raise ValueError("thicknesses_mm and thickness_range_mm: give one (a list of values, or a range)")
+            self.thickness_range_mm = None
+        elif self.thickness_range_mm is None:
+            raise ValueError("thickness_range_mm: give a range (or thicknesses_mm, a list of values)")
+        elif not 0 < self.thickness_range_mm[0] <= self.thickness_range_mm[1]:
+            raise ValueError(f"thickness_range_mm: expected 0 < min <= max, got {list(self.thickness_range_mm)}")
+        return self
+
+    @property
+    def prior(self) -> ThicknessPrior:
+        """The thickness prior the plates are drawn from (what the ideal observer is told)."""
+        return ThicknessPrior.of(self.thicknesses_mm, self.thickness_range_mm)
 
     @model_validator(mode="after")
     def _nominal_from_rig(self) -> "DatasetSpec":
@@ -70,8 +92,8 @@ class DatasetSpec(BaseModel):
 
     @field_validator("thicknesses_mm", "wedges_mm")
     @classmethod
-    def _positive(cls, v: list[float]) -> list[float]:
-        if not v or any(x <= 0 for x in v):
+    def _positive(cls, v: Optional[list[float]]) -> Optional[list[float]]:
+        if v is not None and (not v or any(x <= 0 for x in v)):
             raise ValueError("must be a non-empty list of values > 0 mm")
         return v
 
@@ -163,6 +185,9 @@ def _new_session(spec: DatasetSpec, sim: Union[RigSimulator, SecondRig], store: 
     """A calibration session: the panel's gain drifts a little; a dark and a flat frame are taken."""
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 3, index]))
     gain = sim.session_gain(rng)
+    if spec.session_drift > 0:  # the tube's output from one session to the next (drawn from its own stream)
+        drift_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 4, index]))
+        gain *= 1.0 + float(drift_rng.uniform(-spec.session_drift, spec.session_drift))
     dark, flat = sim.calibration_frames(rng, gain)
     sid = f"{prefix}-s{index:04d}"
     for name, frame in (("dark", dark), ("flat", flat)):

@@ -109,6 +109,22 @@ def _profiles(model, fractions, density: float, thicknesses: np.ndarray) -> np.n
     return np.stack([model.profile(fractions, density, float(t)) for t in thicknesses])
 
 
+def noise_cov(model, fractions, density: float, thickness_mm: float) -> np.ndarray:
+    """Covariance of the binned profile from detector noise and plate texture (a smooth field of extra
+    thickness: its effect is the profile's derivative in t times the field, correlated along the wedge)."""
+    cov = np.diag(model.noise_var(fractions, density, thickness_mm))
+    rig = model.rig
+    field = getattr(model, "texture_field_cov", None)
+    if field is not None and getattr(rig, "texture_rel", 0) > 0:
+        h = 1e-3 * thickness_mm
+        g = (_profiles(model, fractions, density, np.array([thickness_mm + h]))[0]
+             - _profiles(model, fractions, density, np.array([thickness_mm - h]))[0]) / (2 * h)
+        channels = len(g) // model.bins
+        f = np.kron(np.ones((channels, channels)), field())
+        cov = cov + (rig.texture_rel * thickness_mm) ** 2 * np.outer(g, g) * f
+    return cov
+
+
 class AlloyLikelihood:
     """log p(profile | alloy) for one alloy on one rig, thickness marginalised over ``prior``."""
 
@@ -129,7 +145,7 @@ class AlloyLikelihood:
         self.nodes = np.linspace(lo, hi, nodes)
         per_plate = np.stack([_profiles(model, p.fractions(), p.density_g_cm3, self.nodes) for p in self.plates])
         self.cov_plate = [np.cov(per_plate[:, k], rowvar=False) for k in range(nodes)]  # composition, fixed t
-        self.cov_noise = [self._noise_cov(float(t)) for t in self.nodes]
+        self.cov_noise = [noise_cov(model, fr, rho, float(t)) for t in self.nodes]
         d = self.mean.shape[1]
         self.chol, self.logdet = [], []
         for cp, cn in zip(self.cov_plate, self.cov_noise):
@@ -138,19 +154,6 @@ class AlloyLikelihood:
             self.chol.append(lch)
             self.logdet.append(2 * float(np.log(np.diag(lch)).sum()))
         self.node_of = np.abs(self.grid[:, None] - self.nodes[None]).argmin(1)           # grid point -> node
-
-    def _noise_cov(self, t: float) -> np.ndarray:
-        fr, rho = self.mean_plate.fractions(), self.mean_plate.density_g_cm3
-        cov = np.diag(self.model.noise_var(fr, rho, t))
-        rig = self.model.rig
-        field = getattr(self.model, "texture_field_cov", None)
-        if field is not None and getattr(rig, "texture_rel", 0) > 0:
-            h = 1e-3 * t
-            g = (_profiles(self.model, fr, rho, np.array([t + h]))[0] - _profiles(self.model, fr, rho, np.array([t - h]))[0]) / (2 * h)
-            channels = len(g) // self.model.bins
-            f = np.kron(np.ones((channels, channels)), field())
-            cov = cov + (rig.texture_rel * t) ** 2 * np.outer(g, g) * f
-        return cov
 
     def node_index(self, t: np.ndarray) -> np.ndarray:
         return np.abs(np.asarray(t)[:, None] - self.nodes[None]).argmin(1)
