@@ -27,7 +27,8 @@ from tests.helpers.dummy import DummyCaptureStore
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_METRICS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "thickness_mae_mm", "a0_mae",
-                    "ceiling_accuracy"}
+                    "ceiling_accuracy", "ceiling_heavy_light", "heavy_light_balanced_accuracy", "ece", "ece_uncalibrated",
+                    "set_coverage", "set_size_mean", "flag_rates", "baselines"}
 TIMING = ("train_images_per_s", "train_seconds")
 
 
@@ -69,12 +70,16 @@ def test_cli_train_and_evaluate_every_architecture(name, store_dir, tmp_path):
     assert set(metrics["per_class"]["Al7075"]) >= {"precision", "recall", "f1", "specificity"}
     assert 0 < metrics["ceiling_accuracy"] <= 1
     assert metrics["ceiling_gap"] == pytest.approx(metrics["ceiling_accuracy"] - metrics["balanced_accuracy"])
+    assert set(metrics["baselines"]) == {"physics_fit", "gaussian_profile"}
+    assert all(0 <= b["balanced_accuracy"] <= 1 for b in metrics["baselines"].values())
+    assert 1 <= metrics["set_size_mean"] <= 5 and 0 <= metrics["set_coverage"] <= 1
     pngs = {p.name for p in (run / "report" / "plots").glob("*.png")}
     assert pngs == {"confusion.png", "confusion_normalised.png", "roc.png", "pr.png", "learning_curves.png",
                     "thickness_scatter.png"}
     assert len(list((run / "report" / "gradcam").glob("*.png"))) == 2
     report = (run / "report" / "report.md").read_text()
     assert "ideal-observer ceiling" in report and "gap" in report and "](plots/confusion.png)" in report
+    assert "physics fit (baseline)" in report and "Conformal prediction sets" in report
 
 
 def test_checkpoint_is_a_plain_dict_and_rebuilds_the_model(store_dir, tmp_path):
