@@ -76,20 +76,25 @@ def _read(capture: Capture) -> Union[bytes, np.ndarray]:
     return capture
 
 
-def calibration_of(capture: Capture, calibration: Optional[Calibration] = None) -> Optional[np.ndarray]:
-    """The calibration to send with ``capture``: the one given ([[dark, flat], ...] per channel), else the
-    levels in the capture's sidecar beside it (``<stem>.json``, as alloynet stores captures), else None."""
-    if calibration is not None:
-        return np.asarray(calibration, dtype=np.float32).reshape(-1, 2)
-    if isinstance(capture, (str, Path)):
+def context_of(capture: Capture, calibration: Optional[Calibration] = None,
+               wedge_mm: Optional[float] = None) -> tuple[Optional[np.ndarray], Optional[float]]:
+    """What to send beside ``capture``: its calibration ([[dark, flat], ...] per channel) and wedge size (mm),
+    as given, else from the capture's sidecar beside it (``<stem>.json``, as alloynet stores captures), else
+    None (the server then says calibration_missing)."""
+    cal = None if calibration is None else np.asarray(calibration, dtype=np.float32).reshape(-1, 2)
+    if (cal is None or wedge_mm is None) and isinstance(capture, (str, Path)):
         sidecar = Path(capture).with_suffix(".json")
         if sidecar.is_file():
             try:
-                cal = json.loads(sidecar.read_text())["calibration"]
-                return np.asarray(list(zip(cal["dark_adu"], cal["flat_adu"])), dtype=np.float32)
+                body = json.loads(sidecar.read_text())
+                if cal is None:
+                    c = body["calibration"]
+                    cal = np.asarray(list(zip(c["dark_adu"], c["flat_adu"])), dtype=np.float32)
+                if wedge_mm is None and "rig" in body:
+                    wedge_mm = float(body["rig"]["wedge_mm"])
             except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidCaptureError(f"{sidecar}: calibration: not readable ({exc})") from None
-    return None
+                raise InvalidCaptureError(f"{sidecar}: not readable as a sidecar ({exc})") from None
+    return cal, wedge_mm
 
 
 def _decode(capture: Union[bytes, np.ndarray]) -> np.ndarray:
@@ -147,9 +152,10 @@ class TritonClient:
             self._class_names = cfg.config.parameters["class_names"].string_value.split(",")
         return self._class_names
 
-    def infer_array(self, images: np.ndarray, calibration: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+    def infer_array(self, images: np.ndarray, calibration: Optional[np.ndarray] = None,
+                    wedge_mm: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
         """Raw outputs ({contract output name: [B, ...]}) for a batch [B, C, H, W] (any dtype: the server checks
-        it) and its calibration [B, C, 2] (zeros where unknown; None: unknown for all)."""
+        it), its calibration [B, C, 2] and wedge sizes [B, 1] (zeros where unknown; None: unknown for all)."""
         g = self._g
         dtype = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.uint16): "UINT16",
                  np.dtype(np.int32): "INT32"}.get(images.dtype, "FP32")
@@ -159,24 +165,30 @@ class TritonClient:
             calibration = np.zeros((len(images), images.shape[1], 2), np.float32)
         cal = g.InferInput(contract.CALIBRATION_NAME, list(calibration.shape), "FP32")
         cal.set_data_from_numpy(np.ascontiguousarray(calibration, dtype=np.float32))
+        if wedge_mm is None:
+            wedge_mm = np.zeros((len(images), 1), np.float32)
+        wedge = g.InferInput(contract.WEDGE_NAME, [len(images), 1], "FP32")
+        wedge.set_data_from_numpy(np.ascontiguousarray(np.asarray(wedge_mm, np.float32).reshape(-1, 1)))
         outs = [g.InferRequestedOutput(n) for n in contract.OUTPUT_NAMES]
-        res = self._call(lambda: self.client.infer(self.model, [inp, cal], outputs=outs, headers=self.headers,
+        res = self._call(lambda: self.client.infer(self.model, [inp, cal, wedge], outputs=outs, headers=self.headers,
                                                    client_timeout=self.timeout_s))
         k = res.as_numpy("probabilities").shape[-1]  # Triton declares scalar outputs as [1]: reshape to the contract's
         return {n: res.as_numpy(n).reshape(len(images), *contract.output_dims(n, k)) for n in contract.OUTPUT_NAMES}
 
-    def predict_batch(self, captures: Sequence[Capture],
-                      calibrations: Optional[Sequence[Optional[Calibration]]] = None) -> list[Prediction]:
+    def predict_batch(self, captures: Sequence[Capture], calibrations: Optional[Sequence[Optional[Calibration]]] = None,
+                      wedges_mm: Optional[Sequence[Optional[float]]] = None) -> list[Prediction]:
         arrays = [_as_request_tensor(_decode(_read(c))) for c in captures]
         arrays = [a[None] if a.ndim == 2 else a for a in arrays]
-        cals = [calibration_of(c, k) for c, k in zip(captures, calibrations or [None] * len(captures))]
-        cals = [np.zeros((a.shape[0], 2), np.float32) if k is None else k for a, k in zip(arrays, cals)]
+        n = len(captures)
+        ctx = [context_of(c, k, w) for c, k, w in zip(captures, calibrations or [None] * n, wedges_mm or [None] * n)]
+        cals = [np.zeros((a.shape[0], 2), np.float32) if k is None else k for a, (k, _) in zip(arrays, ctx)]
+        wedges = [np.array([w or 0.0], np.float32) for _, w in ctx]
         if len({(a.shape, a.dtype) for a in arrays}) > 1 or len({k.shape for k in cals}) > 1:
-            return [p for a, k in zip(arrays, cals) for p in self._predictions(a[None], k[None])]
-        return self._predictions(np.stack(arrays), np.stack(cals))
+            return [p for a, k, w in zip(arrays, cals, wedges) for p in self._predictions(a[None], k[None], w[None])]
+        return self._predictions(np.stack(arrays), np.stack(cals), np.stack(wedges))
 
-    def _predictions(self, batch: np.ndarray, calibration: np.ndarray) -> list[Prediction]:
-        outputs = self.infer_array(batch, calibration)
+    def _predictions(self, batch: np.ndarray, calibration: np.ndarray, wedge_mm: np.ndarray) -> list[Prediction]:
+        outputs = self.infer_array(batch, calibration, wedge_mm)
         names = self.class_names
         return [Prediction(**contract.prediction(outputs, i, names), server=self.server) for i in range(len(batch))]
 
@@ -211,11 +223,14 @@ class TorchServeClient:
     def _unavailable(self, exc: Exception) -> bool:
         return isinstance(exc, self._grpc.RpcError) and exc.code() == self._grpc.StatusCode.UNAVAILABLE
 
-    def predict_bytes(self, body: bytes, calibration: Optional[np.ndarray] = None) -> dict:
-        """One capture (PNG/TIFF or .npy bytes) with its calibration [C, 2] (None: not known)."""
+    def predict_bytes(self, body: bytes, calibration: Optional[np.ndarray] = None,
+                      wedge_mm: Optional[float] = None) -> dict:
+        """One capture (PNG/TIFF or .npy bytes) with its calibration [C, 2] and wedge size (None: not known)."""
         inputs = {"data": body}
         if calibration is not None:
             inputs[contract.CALIBRATION_NAME] = json.dumps(np.asarray(calibration).tolist()).encode()
+        if wedge_mm is not None:
+            inputs[contract.WEDGE_NAME] = json.dumps(float(wedge_mm)).encode()
         req = self.pb.PredictionsRequest(model_name=self.model, model_version=self.version, input=inputs)
         try:
             resp = _retry(lambda: self.stub.Predictions(req, metadata=self.metadata, timeout=self.timeout_s),
@@ -235,16 +250,17 @@ class TorchServeClient:
             raise ServingError(str(err))
         return body
 
-    def predict_batch(self, captures: Sequence[Capture],
-                      calibrations: Optional[Sequence[Optional[Calibration]]] = None) -> list[Prediction]:
+    def predict_batch(self, captures: Sequence[Capture], calibrations: Optional[Sequence[Optional[Calibration]]] = None,
+                      wedges_mm: Optional[Sequence[Optional[float]]] = None) -> list[Prediction]:
         out = []
-        for c, k in zip(captures, calibrations or [None] * len(captures)):
+        n = len(captures)
+        for c, k, w in zip(captures, calibrations or [None] * n, wedges_mm or [None] * n):
             data = _read(c)
             if isinstance(data, np.ndarray):
                 buf = io.BytesIO()
                 np.save(buf, data, allow_pickle=False)
                 data = buf.getvalue()
-            body = self.predict_bytes(data, calibration_of(c, k))
+            body = self.predict_bytes(data, *context_of(c, k, w))
             out.append(Prediction(**body, server=self.server))
         return out
 
@@ -267,13 +283,15 @@ class AlloyClient:
     def __init__(self, backend: Union[TritonClient, TorchServeClient]):
         self.backend = backend
 
-    def predict(self, capture: Capture, calibration: Optional[Calibration] = None) -> Prediction:
-        """``calibration``: [[dark, flat], ...] per channel; by default the sidecar beside a capture file."""
-        return self.backend.predict_batch([capture], [calibration])[0]
+    def predict(self, capture: Capture, calibration: Optional[Calibration] = None,
+                wedge_mm: Optional[float] = None) -> Prediction:
+        """``calibration``: [[dark, flat], ...] per channel; ``wedge_mm``: the wedge size; by default both from
+        the sidecar beside a capture file."""
+        return self.backend.predict_batch([capture], [calibration], [wedge_mm])[0]
 
-    def predict_batch(self, captures: Sequence[Capture],
-                      calibrations: Optional[Sequence[Optional[Calibration]]] = None) -> list[Prediction]:
-        return self.backend.predict_batch(list(captures), calibrations)
+    def predict_batch(self, captures: Sequence[Capture], calibrations: Optional[Sequence[Optional[Calibration]]] = None,
+                      wedges_mm: Optional[Sequence[Optional[float]]] = None) -> list[Prediction]:
+        return self.backend.predict_batch(list(captures), calibrations, wedges_mm)
 
     def ready(self) -> bool:
         return self.backend.ready()

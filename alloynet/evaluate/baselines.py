@@ -39,7 +39,7 @@ def measured_profiles(images: np.ndarray, calibration: np.ndarray, bins: int = B
 def dataset_arrays(ds) -> dict[str, np.ndarray]:
     """Profiles, labels, thickness and wedge of every capture of a ``CaptureDataset``."""
     plain = ds.unaugmented() if hasattr(ds, "unaugmented") else ds
-    images, cals = zip(*[(x.numpy(), c.numpy()) for x, c, _ in (plain[i] for i in range(len(plain)))])
+    images, cals = zip(*[(x.numpy(), c.numpy()) for x, c, _, _ in (plain[i] for i in range(len(plain)))])
     return {"profiles": measured_profiles(np.stack(images), np.stack(cals)), "y": plain.rows.label.to_numpy(int),
             "thickness_mm": plain.rows.thickness_mm.to_numpy(float), "wedge_mm": plain.rows.wedge_mm.to_numpy(float)}
 
@@ -119,11 +119,16 @@ def run_baselines(train: Optional[Mapping[str, np.ndarray]], test: Mapping[str, 
                   rigs: Mapping[float, object], prior: ThicknessPrior, alloys: Sequence[str],
                   seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """Both baselines on ``test`` ({profiles, y, thickness_mm, wedge_mm}); the Gaussian one needs ``train``.
-    Returns {name: {"probs": [N, K], "thickness_mm": [N] (physics fit only)}}."""
+    Returns {name: {"probs": [N, K], "thickness_mm": [N] (physics fit only)}}, or {name: {"skipped": why}}
+    for a baseline the data cannot support (the Gaussian one needs 3 training captures of an alloy)."""
     out: dict[str, dict[str, np.ndarray]] = {}
     probs, thick = PhysicsFit(rigs, prior, alloys, seed).predict(test["profiles"], test["wedge_mm"])
     out["physics_fit"] = {"probs": probs, "thickness_mm": thick}
-    if train is not None and len(train["y"]):
+    try:
+        if train is None or not len(train["y"]):
+            raise ValueError("no training split")
         g = GaussianProfile(len(alloys), prior).fit(train["profiles"], train["y"], train["thickness_mm"], train["wedge_mm"])
         out["gaussian_profile"] = {"probs": g.predict(test["profiles"], test["wedge_mm"])}
+    except ValueError as exc:
+        out["gaussian_profile"] = {"skipped": str(exc)}
     return out

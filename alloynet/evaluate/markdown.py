@@ -34,6 +34,9 @@ def _ceiling(m: dict) -> list[str]:
     lines.append(f"| this model | {_f(m['balanced_accuracy'])} | {_f(m.get('heavy_light_balanced_accuracy'))} |"
                  + "".join(f" {_f(m['per_class'][a]['recall'])} |" for a in m["ceiling_recall"] if a in m["per_class"]))
     for name, b in base.items():
+        if "skipped" in b:
+            lines.append(f"| {name.replace('_', ' ')} (baseline) | not fitted: {b['skipped']} |" + " |" * (1 + len(m["ceiling_recall"])))
+            continue
         lines.append(f"| {name.replace('_', ' ')} (baseline) | {_f(b['balanced_accuracy'])} | "
                      f"{_f(b['heavy_light_balanced_accuracy'])} |" + "".join(f" {_f(b['recall'].get(a))} |"
                                                                              for a in m["ceiling_recall"]))

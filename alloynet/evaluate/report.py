@@ -13,11 +13,10 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from alloynet.captures.format import parse_sidecar
-from alloynet.captures.layout import sidecar_key
 from alloynet.captures.stores import ObjectStore
 from alloynet.data.dataset import CaptureDataset
-from alloynet.data.manifest import MAX_NOMINAL_VALUES, open_dataset, thickness_strata
+from alloynet.data.manifest import open_dataset, thickness_strata
+from alloynet.data.rigs import data_prior, rig_settings
 from alloynet.evaluate import plots
 from alloynet.evaluate.baselines import dataset_arrays, run_baselines
 from alloynet.evaluate.gradcam import save_gradcam
@@ -28,7 +27,6 @@ from alloynet.models.checkpoint import load_model
 from alloynet.physics.alloys import GROUPS, alloy_group
 from alloynet.physics.observer import ThicknessPrior
 from alloynet.physics.separability import mixed_ceiling
-from alloynet.physics.simulator import RigConfig
 from alloynet.serialize import jsonable
 
 
@@ -52,29 +50,6 @@ def per_thickness(rows: pd.DataFrame, p: dict[str, np.ndarray], names: list[str]
         out[label] = {"n": int(m.sum()), "accuracy": cls["accuracy"], "balanced_accuracy": cls["balanced_accuracy"],
                       "thickness_mae_mm": float(np.abs(p["pred_thickness_mm"][m] - p["true_thickness_mm"][m]).mean())}
     return out
-
-
-def data_prior(rows: pd.DataFrame) -> ThicknessPrior:
-    """The thickness prior of these captures: their nominal values when there are a few, else their range."""
-    t = rows.nominal_thickness_mm.to_numpy(float)
-    values = sorted(set(np.round(t, 6)))
-    if len(values) <= MAX_NOMINAL_VALUES:
-        return ThicknessPrior(values_mm=tuple(values))
-    return ThicknessPrior(range_mm=(float(t.min()), float(t.max())))
-
-
-def rig_settings(store: ObjectStore, rows: pd.DataFrame) -> dict[float, tuple[RigConfig, int]]:
-    """The nominal rig (from the sidecars) for each wedge size among these captures, and how many captures."""
-    rigs = {}
-    for wedge, group in rows.groupby("wedge_mm", sort=True):
-        sc = parse_sidecar(store.get(sidecar_key(group.capture_id.iloc[0])))
-        rigs[float(wedge)] = (RigConfig(kvp=sc.rig.kvp, tube_current_ua=sc.rig.tube_current_ua,
-                                        anode_angle_deg=sc.rig.anode_angle_deg, filtration_mm_al=sc.rig.filtration_mm_al,
-                                        wedge_mm=sc.rig.wedge_mm, wedge_min_mm=sc.rig.wedge_min_mm,
-                                        wedge_material=sc.rig.wedge_material, height=int(group.height.iloc[0]),
-                                        width=int(group.width.iloc[0]), **({"dose": sc.rig.dose} if sc.rig.dose else {})),
-                              len(group))
-    return rigs
 
 
 def ceiling(rigs: dict[float, tuple[object, int]], prior: ThicknessPrior, **separability_kw) -> dict[str, Any]:
@@ -116,6 +91,9 @@ def baseline_metrics(st: ObjectStore, labelled: pd.DataFrame, ds: CaptureDataset
     train = dataset_arrays(CaptureDataset(st, labelled, "train")) if (labelled.split == "train").any() else None
     out = {}
     for name, res in run_baselines(train, test, {w: r for w, (r, _) in rigs.items()}, prior, names).items():
+        if "skipped" in res:
+            out[name] = {"skipped": res["skipped"]}
+            continue
         m = classification_metrics(test["y"], res["probs"], names)
         group = np.stack([res["probs"][:, [GROUPS.index(alloy_group(c)) == g for c in names]].sum(1)
                           for g in range(len(GROUPS))], 1)
@@ -191,10 +169,11 @@ def _gradcams(model, ds: CaptureDataset, p: dict, names: list[str], out: Path, n
             picks.append(int(idx[0]))
     paths = []
     for i in picks:
-        raw, cal, _ = ds[i]
+        raw, cal, wedge, _ = ds[i]
         cid = ds.rows.capture_id[i]
         pred = int(p["probs"][i].argmax())
         title = f"{cid}: true {names[int(p['y'][i])]}, predicted {names[pred]} ({p['probs'][i, pred]:.2f})"
         device = next(model.parameters()).device
-        paths.append(save_gradcam(model, raw.to(device), cal.to(device), out / "gradcam" / f"{cid}.png", title, names))
+        paths.append(save_gradcam(model, raw.to(device), cal.to(device), wedge.to(device), out / "gradcam" / f"{cid}.png",
+                                  title, names))
     return paths

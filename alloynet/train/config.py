@@ -12,6 +12,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from alloynet.data.synthetic import SyntheticConfig
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -28,8 +30,10 @@ class DataConfig(_Strict):
     sampler: Literal["none", "class_balanced", "sqrt"] = Field(
         "none", description="re-sampling as an alternative to re-weighting: uniform over classes, or n^0.5")
     equalize: bool = Field(False, description="per-image histogram equalisation inside Preprocess")
-    norm_images: int = Field(32, ge=1, description="training images used to fit the -ln T mean/std")
+    norm_images: int = Field(2048, ge=1, description="training captures used to fit the input statistics")
     cache: bool = Field(True, description="keep decoded images in memory")
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig,
+                                       description="simulated captures mixed into training (alloynet.data.synthetic)")
 
 
 class ModelConfig(_Strict):

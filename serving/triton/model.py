@@ -14,7 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import alloynet_contract as contract  # noqa: E402
-from capture_checks import CaptureInputError, check_calibration, check_capture  # noqa: E402
+from capture_checks import CaptureInputError, check_calibration, check_capture, check_wedge  # noqa: E402
 
 
 def _invalid(message):
@@ -40,6 +40,7 @@ class TritonPythonModel:
                                             providers=["CPUExecutionProvider"])
         self.input_name = contract.INPUT_NAME
         self.calibration_name = contract.CALIBRATION_NAME
+        self.wedge_name = contract.WEDGE_NAME
         self.output_names = list(contract.OUTPUT_NAMES)
 
     def execute(self, requests):
@@ -50,19 +51,24 @@ class TritonPythonModel:
                 images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
                 if images.ndim != 4 or images.shape[0] == 0:
                     raise CaptureInputError("image.shape", f"expected [B, C, H, W] with B >= 1, got {list(images.shape)}")
-                cal = pb_utils.get_input_tensor_by_name(request, self.calibration_name)  # optional input
+                cal = pb_utils.get_input_tensor_by_name(request, self.calibration_name)  # optional inputs
                 cal = cal.as_numpy() if cal is not None else [None] * len(images)
-                if len(cal) != len(images):
-                    raise CaptureInputError("calibration", f"{len(cal)} calibration rows for {len(images)} images")
+                wedge = pb_utils.get_input_tensor_by_name(request, self.wedge_name)
+                wedge = wedge.as_numpy() if wedge is not None else [None] * len(images)
+                if len(cal) != len(images) or len(wedge) != len(images):
+                    raise CaptureInputError("calibration", f"{len(cal)} calibration and {len(wedge)} wedge rows for "
+                                                           f"{len(images)} images")
                 batches.append((np.stack([check_capture(img, self.shape, self.max_adu) for img in images]),
-                                np.stack([check_calibration(c, self.shape[0]) for c in cal])))
+                                np.stack([check_calibration(c, self.shape[0]) for c in cal]),
+                                np.stack([check_wedge(w) for w in wedge])))
                 owners.append(i)
             except CaptureInputError as exc:
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_invalid(str(exc)))
         if batches:
             sizes = [len(b[0]) for b in batches]
             feed = {self.input_name: np.concatenate([b[0] for b in batches]),
-                    self.calibration_name: np.concatenate([b[1] for b in batches])}
+                    self.calibration_name: np.concatenate([b[1] for b in batches]),
+                    self.wedge_name: np.concatenate([b[2] for b in batches])}
             try:
                 outputs = self.session.run(self.output_names, feed)
             except Exception as exc:  # an ONNX Runtime failure answers these requests; the instance lives on

@@ -17,7 +17,7 @@ from alloynet import steps
 from alloynet.steps import Candidate
 
 TINY = Candidate(name="tiny", overrides={"epochs": 2, "data.batch_size": 16, "data.norm_images": 8})
-FAST_EVAL = {"with_ceiling": False, "gradcam": 0}
+FAST_EVAL = {"with_ceiling": False, "gradcam": 0, "baselines": False}
 
 
 def night_kwargs(root: Path, rig: Path, **over):
