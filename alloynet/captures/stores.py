@@ -7,6 +7,7 @@ comes from the URI's ``?endpoint=`` or ``AWS_ENDPOINT_URL``/``ALLOYNET_S3_ENDPOI
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +22,15 @@ class ObjectMissing(KeyError):
 
 class ObjectExists(FileExistsError):
     """A put would overwrite an existing object."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store itself cannot be used: its bucket is missing, its endpoint does not answer, or its
+    credentials are refused. ``transient`` says whether retrying can help (an endpoint that may come back)."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -128,18 +138,44 @@ class S3Store:
     def _k(self, key: str) -> str:
         return self.prefix + _check_key(key)
 
+    @contextlib.contextmanager
+    def _usable(self):
+        """Store-level failures as one clear StoreUnavailable line instead of a botocore traceback."""
+        from botocore.exceptions import (ClientError, ConnectionError as BotoConnectionError, NoCredentialsError,
+                                         PartialCredentialsError)
+
+        where = f"{self.uri} (endpoint {self.client.meta.endpoint_url})"
+        try:
+            yield
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchBucket":
+                raise StoreUnavailable(f"{where}: bucket {self.bucket!r} does not exist; create it or fix the "
+                                       "bucket in the URI") from None
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+                raise StoreUnavailable(f"{where}: credentials refused ({code}); check AWS_ACCESS_KEY_ID / "
+                                       "AWS_SECRET_ACCESS_KEY and the bucket's permissions") from None
+            raise
+        except BotoConnectionError as exc:
+            raise StoreUnavailable(f"{where}: the object store does not answer ({type(exc).__name__}); is it "
+                                   "running, and is AWS_ENDPOINT_URL (or ?endpoint=) right?", transient=True) from None
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise StoreUnavailable(f"{where}: {exc}; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY") from None
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-            for obj in page.get("Contents", []):
-                yield ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"], obj["LastModified"].timestamp(),
-                                 obj.get("ETag", "").strip('"') or None)
+        with self._usable():
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"], obj["LastModified"].timestamp(),
+                                     obj.get("ETag", "").strip('"') or None)
 
     def get(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
+            with self._usable():
+                return self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectMissing(key) from None
@@ -149,7 +185,8 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+            with self._usable():
+                self.client.head_object(Bucket=self.bucket, Key=self._k(key))
             return True
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
@@ -160,10 +197,12 @@ class S3Store:
         # A single PUT is atomic on S3: readers see the old object or the whole new one.
         if not overwrite and self.exists(key):
             raise ObjectExists(f"{self.uri}{key} exists; refusing to overwrite")
-        self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+        with self._usable():
+            self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
+        with self._usable():
+            self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
 
 
 def object_path(store: ObjectStore, key: str) -> str:

@@ -128,9 +128,10 @@ def bootstrap_margin(challenger: pd.DataFrame, champion: Optional[pd.DataFrame] 
     out = Interval(challenger=float(point[0]), challenger_low=float(np.quantile(reps[:, 0], lo_q)),
                    challenger_high=float(np.quantile(reps[:, 0], hi_q)),
                    n_per_class={c: int(len(g)) for c, g in zip(classes, groups)}, n_boot=n_boot, seed=seed, level=level)
-    if min(out.n_per_class.values()) < 10:
-        out.notes.append(f"only {min(out.n_per_class.values())} test captures in the smallest class: "
-                         "the interval is wide and itself approximate")
+    smallest = min(out.n_per_class.values())
+    if smallest < 10:  # a percentile bootstrap of a few captures understates the spread it reports
+        out.notes.append(f"only {smallest} test capture(s) in the smallest class: the interval is approximate and "
+                         "narrower than the truth" + (" (one capture per class cannot vary at all)" if smallest == 1 else ""))
     if champion is not None:
         diff = reps[:, 0] - reps[:, 1]
         out.champion = float(point[1])
