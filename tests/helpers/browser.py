@@ -112,11 +112,12 @@ class Chromium:
     def wait_for(self, expression: str, timeout: float = 30.0, interval: float = 0.5) -> Any:
         """Evaluate ``expression`` until it is truthy; return its value (raises TimeoutError with the page text)."""
         deadline = time.monotonic() + timeout
+        guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return null; }} }})()"  # page may be mid-load
         while True:
-            value = self.evaluate(expression)
+            value = self.evaluate(guarded)
             if value:
                 return value
             if time.monotonic() > deadline:
-                text = self.evaluate("document.body ? document.body.innerText : ''") or ""
+                text = self.evaluate("document.body ? document.body.innerText : ''") or ""  # noqa: Q000
                 raise TimeoutError(f"not true after {timeout:.0f} s: {expression}\npage text:\n{text[:3000]}")
             time.sleep(interval)
