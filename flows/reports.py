@@ -103,7 +103,7 @@ class ReportSite:
             ExpiresIn=self.expires_s)
 
 
-def _rewrite_images(markdown: str, urls: dict[str, str], folder: Path) -> str:
+def _rewrite_images(markdown: str, urls: dict[str, str], folder: Path, why: str) -> str:
     """Relative image links become URLs; without one, the image becomes a note naming the file."""
     def repl(m: re.Match) -> str:
         alt, target = m.group(1), m.group(2)
@@ -111,12 +111,14 @@ def _rewrite_images(markdown: str, urls: dict[str, str], folder: Path) -> str:
             return m.group(0)
         if target in urls:
             return f"![{alt}]({urls[target]})"
-        return f"*{alt or target}: `{folder / target}` on the worker (no report store configured)*"
+        return f"*{alt or target}: `{folder / target}` on the worker ({why})*"
     return _IMAGE_LINK.sub(repl, markdown)
 
 
-def publish_report(report_dir: str | Path, prefix: str, site: Optional[ReportSite]) -> PublishedReport:
-    """Copy a report folder to ``site`` under ``prefix`` and return its URLs (nothing is copied without a site)."""
+def publish_report(report_dir: str | Path, prefix: str, site: Optional[ReportSite],
+                   why: str = "no report store configured") -> PublishedReport:
+    """Copy a report folder to ``site`` under ``prefix`` and return its URLs (nothing is copied without a
+    site; ``why`` then says so in the markdown)."""
     folder = Path(report_dir).resolve()
     if not folder.is_dir():
         raise FileNotFoundError(f"report folder {folder} does not exist")
@@ -131,5 +133,5 @@ def publish_report(report_dir: str | Path, prefix: str, site: Optional[ReportSit
             urls[rel] = site.url(f"{prefix}/{rel}")
         location = f"{site.store.uri.rstrip('/')}/{prefix}/"
     md_path = folder / "report.md"
-    markdown = _rewrite_images(md_path.read_text(), urls, folder) if md_path.is_file() else ""
+    markdown = _rewrite_images(md_path.read_text(), urls, folder, why) if md_path.is_file() else ""
     return PublishedReport(folder=str(folder), location=location, urls=urls, plots=plots, markdown=markdown)

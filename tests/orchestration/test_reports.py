@@ -72,3 +72,22 @@ def test_s3_reports_get_presigned_urls_a_browser_can_load_without_credentials(s3
         urllib.request.urlopen(url.split("?")[0], timeout=10)
     assert denied.value.code == 403
     assert rep.location == f"s3://{s3_bucket}/nightly/run/tiny/"
+
+
+def test_an_unusable_report_store_costs_the_pictures_not_the_night(prefect_harness, tmp_path, monkeypatch):
+    from prefect import flow
+
+    from flows.tasks import publish_report_task
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+    monkeypatch.setenv("ALLOYNET_REPORTS_URL", "http://127.0.0.1:9/r")
+    folder = report_folder(tmp_path / "r")
+
+    @flow
+    def publish():
+        return publish_report_task(str(folder), "run/tiny", str(blocker / "reports"))
+
+    rep = publish()
+    assert rep["urls"] == {} and rep["location"] == str(folder.resolve())
+    assert "on the worker (report store unusable: " in rep["markdown"]
