@@ -72,6 +72,10 @@ class ReportSite:
         self.store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
         self.public_url = public_url.rstrip("/") if public_url else None
         self.expires_s = int(expires_s)
+        self._signer = None
+        if not 0 < self.expires_s <= DEFAULT_EXPIRES_S:
+            raise ValueError(f"{EXPIRES_ENV}={self.expires_s}: presigned URLs live 1 s to {DEFAULT_EXPIRES_S} s "
+                             "(7 days, the Signature V4 maximum)")
         if self.public_url is None and not isinstance(self.store, S3Store):
             raise ValueError(f"report store {self.store.uri}: a directory needs {REPORTS_URL_ENV} (the HTTP base "
                              "that serves it); an S3 store gets presigned URLs without one")
@@ -98,7 +102,15 @@ class ReportSite:
     def url(self, key: str) -> str:
         if self.public_url:
             return f"{self.public_url}/{key}"
-        return self.store.client.generate_presigned_url(
+        if self._signer is None:  # Signature V4 explicitly: what AWS requires (and caps at 7 days)
+            import boto3
+            from botocore.config import Config
+
+            meta = self.store.client.meta
+            self._signer = boto3.session.Session().client(
+                "s3", endpoint_url=meta.endpoint_url, region_name=meta.region_name,
+                config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+        return self._signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.store.bucket, "Key": self.store.prefix + key},
             ExpiresIn=self.expires_s)
 
