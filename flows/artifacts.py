@@ -65,9 +65,6 @@ def ingest_warnings(report: Mapping[str, Any]) -> list[str]:
     if report.get("source_captures") == 0:
         out.append(f"the source `{report['source']}` holds no captures (nothing under `captures/`): wrong prefix "
                    "or bucket? Nothing was ingested.")
-    elif not report["new"]:
-        out.append(f"nothing new at `{report['source']}` since the last ingest "
-                   f"({report.get('source_captures', '?')} captures there, all seen before).")
     if report["quarantined"]:
         out.append(f"{len(report['quarantined'])} capture(s) quarantined (see `ingest-quarantine`).")
     if report["vanished"]:
@@ -221,6 +218,9 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
                      f"{len(ing['quarantined'])} quarantined, {len(ing['vanished'])} vanished; the manifest holds "
                      f"{ing['captures']} captures ({ing['labelled']} labelled). "
                      + artifact_link((s.get("links") or {}).get("ingest-summary"), "ingest details"))
+        if not ing["new"] and ing.get("source_captures"):
+            lines.append(f"- nothing new since the last ingest ({ing['source_captures']} captures at the source, "
+                         "all seen before).")
         lines += [f"- **warning**: {w}" for w in ingest_warnings(ing)]
         lines.append("")
     if s.get("retrain"):
@@ -229,14 +229,14 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
         lines += [f"- **warning**: candidate `{k}` failed to train: {v}" for k, v in s["failed_candidates"].items()] + [""]
     results = s.get("evaluation") or {}
     if results:
-        lines += ["**Test set** (frozen, balanced): " + ", ".join(
-            f"{c} {r['test captures']}" for c, r in ((r["alloy"], r) for r in recall_rows(results))) + " captures", "",
+        rec = recall_rows(results)
+        lines += ["**Test set** (frozen, balanced), captures per alloy: "
+                  + ", ".join(f"{r['alloy']} {r['test captures']}" for r in rec), "",
                   "| model | balanced accuracy | ideal-observer ceiling | gap | macro F1 | thickness MAE (mm) |",
                   "|---|---|---|---|---|---|"]
         for r in evaluation_rows(results, s.get("incumbent_label")):
             lines.append(f"| {r['model']} | {r['balanced accuracy']} | {r['ideal-observer ceiling']} | "
                          f"{r['gap to ceiling']} | {r['macro F1']} | {r['thickness MAE (mm)']} |")
-        rec = recall_rows(results)
         lines += ["", "| recall | " + " | ".join(r["alloy"] for r in rec) + " |", "|---|" + "---|" * len(rec)]
         for name in list(results) + ["ideal observer"]:
             lines.append(f"| {name} | " + " | ".join(r[name] for r in rec) + " |")

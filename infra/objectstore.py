@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -80,8 +81,11 @@ def start(data_dir: str | Path, s3_port: int | None = None, buckets: tuple[str, 
             f"-s3.port={s3_port}", f"-webdav.port={ports['webdav']}", f"-admin.port={ports['admin']}",
             "-admin.ui=false", f"-s3.port.iceberg={free_port()}", "-s3.port.lance=0",  # no fixed ports: servers may run side by side
             f"-s3.config={iam}", "-master.telemetry=false"]
+    # weed turns AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its environment into an identity of its own, which
+    # would shadow the IAM file's key of the same name: a shell pointed at another store must not leak in
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     with open(data_dir / "weed.log", "ab") as log:  # the child keeps its own copy of the handle
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     (data_dir / "weed.pid").write_text(str(proc.pid))
     server = ObjectStoreServer(f"http://{HOST}:{s3_port}", access_key, secret_key, proc.pid, data_dir)
     try:
