@@ -118,6 +118,6 @@ class Chromium:
             if value:
                 return value
             if time.monotonic() > deadline:
-                text = self.evaluate("document.body ? document.body.innerText : ''") or ""  # noqa: Q000
+                text = self.evaluate("document.body ? document.body.innerText : ''") or ""
                 raise TimeoutError(f"not true after {timeout:.0f} s: {expression}\npage text:\n{text[:3000]}")
             time.sleep(interval)
