@@ -75,7 +75,6 @@ def lab_stack(tmp_path_factory, tiny_rig):
         out = stack.deploy(state, api_url)
         print(f"deployed in {time.monotonic() - t0:.1f} s")
         assert "nightly/nightly-cron" in out and "nightly/manual" in out, out
-        stack.ensure_zombie_automation(api_url, ZOMBIE_WINDOW_S)
         import boto3  # what the rig does: upload captures to the bucket the deployment reads (s3://captures/rig)
 
         s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
@@ -227,6 +226,11 @@ def test_a_killed_worker_leaves_no_run_running(lab_stack, tmp_path):
     the night and its running subflow Crashed. Then `clear-run` on a run stuck in Cancelling."""
     state, env = lab_stack
     api_url = env["PREFECT_API_URL"]
+    default = stack.ensure_zombie_automation(api_url)  # what up created: the same one, left as it is
+    assert stack.ensure_zombie_automation(api_url) == default
+    shorter = stack.ensure_zombie_automation(api_url, ZOMBIE_WINDOW_S)  # replaced, not duplicated
+    names = [a["name"] for a in stack.api_call(api_url, "/automations/filter", {})]
+    assert shorter != default and names.count(stack.ZOMBIE_AUTOMATION) == 1
     long = {**TINY, "overrides": {**TINY["overrides"], "epochs": 5000, "early_stop.patience": None}}
     run_id = start_run(state, api_url, night_params(tmp_path, candidates=[long], force_retrain=True))
     deadline = time.monotonic() + 240
