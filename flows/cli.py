@@ -48,6 +48,8 @@ def demo(out: Path = typer.Option(Path("demo-data"), help="working directory for
     os.environ.setdefault("PREFECT_HOME", str(out / "prefect-home"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # the in-process server gets 20 s to start by default: too little on a busy machine (seen failing there)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from alloynet.registry import open_registry
     from alloynet.steps import Candidate
     from flows.nightly import nightly

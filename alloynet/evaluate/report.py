@@ -144,6 +144,10 @@ def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: 
     metrics = jsonable(metrics)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    # per capture, so two models on the same test set can be compared with uncertainty (evaluate/bootstrap.py)
+    pd.DataFrame({"capture_id": ds.rows.capture_id.to_numpy(), "true": [names[int(i)] for i in p["y"]],
+                  "predicted": [names[int(i)] for i in p["probs"].argmax(1)],
+                  **{f"p_{n}": p["probs"][:, i] for i, n in enumerate(names)}}).to_csv(out / "predictions.csv", index=False)
     (out / "report.md").write_text(render(metrics, names, figures, cams, ceil["markdown"] if with_ceiling else None))
     return metrics
 

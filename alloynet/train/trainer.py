@@ -9,6 +9,7 @@ different order with a different thread count.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from alloynet.train.engine import train_one_epoch, validate
 from alloynet.train.optim import EarlyStopping, Schedule, build_optimizer
 
 console = make_console(stderr=True)
+log = logging.getLogger("alloynet.train")
 EpochCallback = Callable[[int, dict], None]
 
 
@@ -95,10 +97,12 @@ def _check_resumable(ckpt: dict, cfg: TrainConfig) -> None:
 
 def _log_epoch(epoch: int, cfg: TrainConfig, tr: dict, val: dict, lr: float) -> None:
     tasks = " ".join(f"{k} {tr[k]:.3f}" for k in ("alloy", "thickness_mm", "a0", "mu_eff") if k in tr)
-    console.print(f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f} ({tasks})  "
-                  f"val loss {val['loss']:.4f} bal_acc {val['balanced_accuracy']:.3f} acc {val['accuracy']:.3f} "
-                  f"f1 {val['macro_f1']:.3f} t_mae {val['thickness_mm_mae']:.3f} mm  lr {lr:.2e}  "
-                  f"{tr['images_per_s']:.0f} img/s  {tr['seconds']:.1f}s")
+    line = (f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f} ({tasks})  "
+            f"val loss {val['loss']:.4f} bal_acc {val['balanced_accuracy']:.3f} acc {val['accuracy']:.3f} "
+            f"f1 {val['macro_f1']:.3f} t_mae {val['thickness_mm_mae']:.3f} mm  lr {lr:.2e}  "
+            f"{tr['images_per_s']:.0f} img/s  {tr['seconds']:.1f}s")
+    console.print(line)
+    log.info(line)  # also to `logging`, so an orchestrator (Prefect) can show training progress
 
 
 @dataclass

@@ -17,12 +17,14 @@ def _deployments() -> dict[str, dict]:
 def test_prefect_yaml_cron_and_manual_deployments():
     deps = _deployments()
     cron = deps["nightly-cron"]
-    assert cron["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": True}]
+    assert cron["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": True,
+                                  "slug": "every day at 02:00 UTC (cron 0 2 * * *)"}]  # the UI's card shows the slug
     assert deps["manual"]["schedules"] == []
     assert cron["work_pool"]["name"] == deps["manual"]["work_pool"]["name"] == "local-process"
     assert all(d["concurrency_limit"] == 1 for d in deps.values())  # one writer of the champion pointer
     env = cron["work_pool"]["job_variables"]["env"]
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and env["DO_NOT_TRACK"] == "1"
+    assert int(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) == 30  # what the zombie automation expects
     assert deps["nightly-gpu"]["work_pool"]["job_variables"]["gpu_count"] >= 1
 
 
