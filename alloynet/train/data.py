@@ -116,7 +116,8 @@ class RunData:
     store: ObjectStore
     manifest: pd.DataFrame
     train: "TrainingSet"
-    val: CaptureDataset
+    val: CaptureDataset            # picks the best epoch
+    calibration: CaptureDataset    # fits the honest answers (temperature, conformal threshold): never used to select
     train_loader: DataLoader
     val_loader: DataLoader
     sampler: EpochSampler
@@ -126,6 +127,25 @@ class RunData:
     image_size: list[int]          # [H, W]
     channels: int
     rig: RigConfig                 # the training data's nominal rig (its most common wedge's settings)
+
+
+def split_validation(labelled: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The validation split in two by plate, each alloy halved (seeded): one half selects the best epoch, the
+    other calibrates the model's answers. Calibrating on the captures that picked the epoch made the
+    conformal sets cover 93 % where 95 % was asked: the picked epoch looks better on them than it is.
+    With a single validation plate of an alloy, both halves share it."""
+    rest, val = labelled[labelled.split != "val"], labelled[labelled.split == "val"]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xCA1]))
+    select, calib = [], []
+    for _, group in val.groupby("alloy", sort=True):
+        plates = rng.permutation(sorted(group.plate_id.unique()))
+        if len(plates) < 2:
+            select.append(group), calib.append(group)
+            continue
+        half = set(plates[: len(plates) // 2])
+        select.append(group[~group.plate_id.isin(half)])
+        calib.append(group[group.plate_id.isin(half)])
+    return pd.concat([rest, *select]), pd.concat([rest, *calib])
 
 
 def fit_preprocess(train: pd.DataFrame, equalize: bool = False) -> Preprocess:
@@ -154,7 +174,9 @@ def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, p
         synthetic = synthetic_for(cfg.synthetic, rigs, data_prior(labelled), CLASS_NAMES, seed, log=log)
     train = TrainingSet(CaptureDataset(store, labelled, "train", transform=augment, seed=seed, cache=cfg.cache),
                         synthetic)
-    val = CaptureDataset(store, labelled, "val", cache=cfg.cache)
+    val_rows, calib_rows = split_validation(labelled, seed)
+    val = CaptureDataset(store, val_rows, "val", cache=cfg.cache)
+    calibration = CaptureDataset(store, calib_rows, "val", cache=cfg.cache)
     weights = sample_weights(train.labels.astype(int), cfg.sampler, len(CLASS_NAMES))
     sampler = EpochSampler(len(train), seed, weights, rank, world_size)
     # BatchNorm cannot train on a batch of one: drop the ragged last batch whenever a full one exists.
@@ -165,6 +187,6 @@ def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, p
                             pin_memory=pin_memory)
     shape = train_rows[["channels", "height", "width"]].mode().iloc[0]
     counts = np.bincount(train.labels, minlength=len(CLASS_NAMES)).tolist()  # what training sees, simulated included
-    return RunData(store, manifest, train, val, train_loader, val_loader, sampler, pre, target_stats(train_rows),
+    return RunData(store, manifest, train, val, calibration, train_loader, val_loader, sampler, pre, target_stats(train_rows),
                    counts, [int(shape.height), int(shape.width)], int(shape.channels),
                    max(rigs.values(), key=lambda r: r[1])[0])

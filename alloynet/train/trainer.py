@@ -206,12 +206,14 @@ def _save(run: Run, state: dict, improved: bool, out: Path) -> None:
 
 def fit_answer(run: Run, best: Path) -> dict:
     """Fit the best model's honest answers (temperature, conformal threshold, feature statistics, thickness
-    range) on held-out data and write them into ``best``. Idempotent: fitting reads the checkpoint's model."""
+    range) on the calibration half of the validation split (never used to pick the epoch) and write them into
+    ``best``. Idempotent: fitting reads the checkpoint's model."""
     ckpt = load_checkpoint(best, map_location=run.device)
     model = run.model
     model.load_state_dict(ckpt["model"])
     data, cfg = run.data, run.cfg.answer
-    val = predict(model, run.data.val_loader, run.device, features=True)
+    calib = DataLoader(data.calibration, batch_size=run.cfg.data.eval_batch_size or 64)
+    val = predict(model, calib, run.device, features=True)
     n = min(len(data.train), cfg.fit_images)
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(run.cfg.seed))[:n].tolist()
     loader = DataLoader(Subset(data.train.unaugmented(), idx), batch_size=run.cfg.data.eval_batch_size or 64)
