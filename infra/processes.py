@@ -75,11 +75,12 @@ def wait_ready(probe: Callable[[], bool], pid: int, timeout: float, what: str, l
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s ({last}); see {log}:\n{tail(log)}")
 
 
-def stop_group(pid: int, timeout: float = 20.0) -> bool:
-    """SIGTERM the process group led by ``pid``, wait for the leader, then SIGKILL whatever is left in the
-    group. Returns True when the leader exited on SIGTERM within ``timeout`` (a clean stop)."""
+def stop_group(pid: int, timeout: float = 20.0, sig: int = signal.SIGTERM) -> bool:
+    """Send ``sig`` (SIGTERM; PostgreSQL wants SIGINT) to the process group led by ``pid``, wait for the
+    leader, then SIGKILL whatever is left in the group. Returns True when the leader exited on ``sig``
+    within ``timeout`` (a clean stop)."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, sig)
     except ProcessLookupError:
         return True
     deadline = time.monotonic() + timeout

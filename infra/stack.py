@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import urllib.request
@@ -84,12 +85,15 @@ def _spawn(state_dir: Path, name: str, cmd: list[str], env: dict[str, str], url:
     return svc
 
 
-def start_server(state_dir: Path, port: int | None = None, timeout: float = 90.0) -> Service:
-    """`prefect server start` on 127.0.0.1 (API at /api, UI at /), SQLite database inside ``state_dir``."""
+def start_server(state_dir: Path, port: int | None = None, timeout: float = 90.0,
+                 database_url: str | None = None) -> Service:
+    """`prefect server start` on 127.0.0.1 (API at /api, UI at /), SQLite database inside ``state_dir``, or
+    the PostgreSQL ``database_url`` (``postgresql+asyncpg://...``, see infra/postgres.py) for several workers."""
     state_dir = Path(state_dir).resolve()
     port = port or free_port()
     url = f"http://{HOST}:{port}"
-    env = {**prefect_env(state_dir), "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
+    db = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url} if database_url else {}
+    env = {**prefect_env(state_dir), **db, "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
            "PREFECT_UI_URL": url, "PREFECT_SERVER_UI_API_URL": f"{url}/api",
            # the scheduler looks at recently changed deployments every few seconds; a fresh cron schedule
            # gets its runs without waiting for the full loop
@@ -123,17 +127,20 @@ def ensure_work_pool(state_dir: Path, api_url: str, pool: str = WORK_POOL) -> No
 
 
 def start_worker(state_dir: Path, api_url: str, pool: str = WORK_POOL, limit: int = 1,
-                 extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> Service:
-    """A process worker polling ``pool``; it runs flow runs as subprocesses in the deployment's directory."""
+                 extra_env: dict[str, str] | None = None, timeout: float = 60.0,
+                 name: str = "prefect-worker") -> Service:
+    """A process worker polling ``pool``; it runs flow runs as subprocesses in the deployment's directory.
+    Several workers on one pool each need their own ``name`` (their service name and PID file)."""
     state_dir = Path(state_dir).resolve()
     env = {**prefect_env(state_dir, api_url), "PREFECT_WORKER_QUERY_SECONDS": "2", **(extra_env or {})}
-    svc = _spawn(state_dir, "prefect-worker", [prefect_bin(), "worker", "start", "--pool", pool, "--type", "process",
-                                               "--limit", str(limit), "--name", f"{pool}-{os.getpid()}"],
+    worker_name = f"{pool}-{os.getpid()}" + ("" if name == "prefect-worker" else f"-{name}")
+    svc = _spawn(state_dir, name, [prefect_bin(), "worker", "start", "--pool", pool, "--type", "process",
+                                   "--limit", str(limit), "--name", worker_name],
                  env, api_url, cwd=ROOT)
     try:  # "started!" is printed once it has registered with the pool
-        wait_ready(lambda: "started!" in tail(svc.log, 200), svc.pid, timeout, "prefect-worker", svc.log)
+        wait_ready(lambda: "started!" in tail(svc.log, 200), svc.pid, timeout, name, svc.log)
     except Exception:
-        stop_service(state_dir, "prefect-worker")
+        stop_service(state_dir, name)
         raise
     return svc
 
@@ -155,10 +162,16 @@ def deploy(state_dir: Path, api_url: str, names: list[str] | None = None) -> str
 
 
 def up(state_dir: Path = DEFAULT_DIR, port: int = 4200, s3_port: int = 8333, s3: bool = True,
-       worker: bool = True, serving: bool = False, registry: str = ".alloynet/registry") -> dict[str, str]:
-    """Start whatever is not running yet; returns the environment a shell needs to use the stack."""
+       worker: bool = True, serving: bool = False, registry: str = ".alloynet/registry", workers: int = 1,
+       postgres: bool = False) -> dict[str, str]:
+    """Start whatever is not running yet; returns the environment a shell needs to use the stack.
+    ``postgres``: PostgreSQL for the Prefect server's database and the shared Optuna storage
+    (``ALLOYNET_OPTUNA_STORAGE``); ``workers``: process workers on the pool (one cell or trial each at a time)."""
     state_dir = Path(state_dir).resolve()
     env: dict[str, str] = {}
+    prefect_db = None
+    if postgres:
+        prefect_db, env["ALLOYNET_OPTUNA_STORAGE"] = _start_postgres(state_dir)
     if s3:
         s3_dir = state_dir / "s3"
         if (s3_dir / "weed.pid").exists() and alive(int((s3_dir / "weed.pid").read_text())):
@@ -170,19 +183,37 @@ def up(state_dir: Path = DEFAULT_DIR, port: int = 4200, s3_port: int = 8333, s3:
         env["ALLOYNET_S3_ENDPOINT"] = env["AWS_ENDPOINT_URL"]
     server = read_service(state_dir, "prefect-server")
     if server is None or not alive(server.pid):
-        server = start_server(state_dir, port)
+        server = start_server(state_dir, port, database_url=prefect_db)
     api_url = f"{server.url}/api"
     env.update(prefect_env(state_dir, api_url))
     env["PREFECT_UI_URL"] = server.url
     if worker:
-        w = read_service(state_dir, "prefect-worker")
-        if w is None or not alive(w.pid):
-            ensure_work_pool(state_dir, api_url)
-            start_worker(state_dir, api_url, extra_env=env)
+        ensure_work_pool(state_dir, api_url)
+        for i in range(max(workers, 1)):
+            name = "prefect-worker" if i == 0 else f"prefect-worker-{i + 1}"
+            w = read_service(state_dir, name)
+            if w is None or not alive(w.pid):
+                start_worker(state_dir, api_url, extra_env=env, name=name)
     if serving:
         env.update({f"ALLOYNET_{k.upper()}_URL": v for k, v in _start_serving(state_dir, registry).items()})
-    (state_dir / "env.sh").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+    (state_dir / "env.sh").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
+    (state_dir / "env.sh").chmod(0o600)  # credentials (object store keys, the database password)
     return env
+
+
+def _start_postgres(state_dir: Path) -> tuple[str, str]:
+    """PostgreSQL in ``state_dir/postgres`` with databases ``prefect`` and ``optuna``; returns their URLs."""
+    from infra import postgres
+
+    d = state_dir / "postgres"
+    s = postgres.read(d)
+    if s is None or not s.pid or not alive(s.pid):
+        s = postgres.start(d, databases=("prefect", "optuna"))
+    return s.url("prefect", "postgresql+asyncpg"), s.url("optuna")
+
+
+def _worker_names(state_dir: Path) -> list[str]:
+    return sorted(p.stem for p in Path(state_dir).glob("prefect-worker*.json"))
 
 
 def _start_serving(state_dir: Path, registry: str) -> dict[str, str]:
@@ -231,8 +262,12 @@ def down(state_dir: Path = DEFAULT_DIR) -> dict[str, bool]:
     state_dir = Path(state_dir).resolve()
     out = {}
     _stop_serving(state_dir)
-    for name in ("prefect-worker", "prefect-server"):
+    for name in (*_worker_names(state_dir), "prefect-server"):
         out[name] = stop_service(state_dir, name)
+    if (state_dir / "postgres" / "postgres.json").exists():  # after the server: it holds a connection pool
+        from infra import postgres
+
+        out["postgres"] = postgres.stop(state_dir / "postgres")
     objectstore.stop(state_dir / "s3")
     out["s3"] = True
     return out
@@ -241,9 +276,13 @@ def down(state_dir: Path = DEFAULT_DIR) -> dict[str, bool]:
 def status(state_dir: Path = DEFAULT_DIR) -> dict[str, str]:
     state_dir = Path(state_dir).resolve()
     out = {}
-    for name in ("prefect-server", "prefect-worker"):
+    for name in ("prefect-server", *(_worker_names(state_dir) or ["prefect-worker"])):
         s = read_service(state_dir, name)
         out[name] = f"running (pid {s.pid}) {s.url}" if s and alive(s.pid) else "stopped"
+    if (state_dir / "postgres" / "postgres.json").exists():
+        from infra import postgres
+
+        out["postgres"] = postgres.status(state_dir / "postgres")
     pid = state_dir / "s3" / "weed.pid"
     out["s3"] = (f"running (pid {pid.read_text()})" if pid.exists() and alive(int(pid.read_text())) else "stopped")
     if (state_dir / "serving.json").exists():
@@ -261,9 +300,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-worker", action="store_true")
     p.add_argument("--serving", action="store_true", help="also start the model servers on the champion")
     p.add_argument("--registry", default=".alloynet/registry", help="model store whose champion --serving serves")
+    p.add_argument("--workers", type=int, default=1, help="process workers on the pool (each runs one flow run at a time)")
+    p.add_argument("--postgres", action="store_true",
+                   help="PostgreSQL for the Prefect server and the shared Optuna storage (several workers)")
     a = p.parse_args(argv)
     if a.action == "up":
-        env = up(a.dir, a.port, a.s3_port, not a.no_s3, not a.no_worker, a.serving, a.registry)
+        env = up(a.dir, a.port, a.s3_port, not a.no_s3, not a.no_worker, a.serving, a.registry, a.workers, a.postgres)
         for k, v in status(a.dir).items():
             print(f"# {k}: {v}")
         print(f"# UI: {env['PREFECT_UI_URL']}   point a shell at the stack with: source {Path(a.dir) / 'env.sh'}")

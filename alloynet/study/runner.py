@@ -61,13 +61,13 @@ def _row(arch: str, loss: LossSpec, rho: float, seed: int, metrics: dict, train_
     return row
 
 
-def _reusable(saved: dict, stamp: str, out: Path, cfg: StudyConfig, rho: float, seed: int) -> bool:
+def _reusable(saved: dict, stamps: tuple[str, ...], out: Path, cfg: StudyConfig, rho: float, seed: int) -> bool:
     """A finished run counts only if its recipe is unchanged *and* its checkpoint was trained on exactly
     the current training pool (the config names the pool's path, not its content)."""
     from alloynet.models.checkpoint import load_checkpoint
 
     ckpt = out / "train" / "best.pt"
-    if saved.get("stamp") != stamp or not ckpt.exists() or not pool_is_current(cfg, rho, seed):
+    if saved.get("stamp") not in stamps or not ckpt.exists() or not pool_is_current(cfg, rho, seed):
         return False
     pool = pool_dir(cfg, rho, seed)
     return load_checkpoint(ckpt).get("manifest_hash") == manifest_hash(read_manifest(pool / "manifest.csv"))
@@ -78,11 +78,16 @@ def cell_dir(cfg: StudyConfig, cell: Cell) -> Path:
     return Path(cfg.work_dir) / "runs" / cell.id
 
 
-def _recipe(cfg: StudyConfig, cell: Cell) -> tuple[object, str]:
-    """The cell's TrainConfig and the stamp a cached result must carry to be reused."""
+def _recipe(cfg: StudyConfig, cell: Cell) -> tuple[object, tuple[str, str]]:
+    """The cell's TrainConfig and the stamps a cached result may carry to be reused: the recipe without
+    where the work dir lives (so a worker that mounts it elsewhere, or a parent that passes it as an
+    absolute path, reuses it), then the older stamp that included those paths (caches made before)."""
     pool = pool_dir(cfg, cell.rho, cell.seed)
     tc = _train_config(cfg, cell.arch, cell.loss, cell.rho, cell.seed, pool, cell_dir(cfg, cell))
-    return tc, tc.model_dump_json() + json.dumps(sorted(o.name for o in cfg.ood))
+    ood = json.dumps(sorted(o.name for o in cfg.ood))
+    recipe = tc.model_dump(mode="json")
+    recipe["out_dir"] = recipe["data"]["store"] = recipe["data"]["manifest"] = None
+    return tc, (json.dumps(recipe, sort_keys=True) + ood, tc.model_dump_json() + ood)
 
 
 def finished_row(cfg: StudyConfig, cell: Cell) -> Optional[dict]:
@@ -96,8 +101,8 @@ def finished_row(cfg: StudyConfig, cell: Cell) -> Optional[dict]:
         saved = json.loads(done.read_text())
     except ValueError:  # written atomically, so only a hand-edited file gets here
         return None
-    _, stamp = _recipe(cfg, cell)
-    return saved["row"] if _reusable(saved, stamp, out, cfg, cell.rho, cell.seed) else None
+    _, stamps = _recipe(cfg, cell)
+    return saved["row"] if _reusable(saved, stamps, out, cfg, cell.rho, cell.seed) else None
 
 
 def shared_sets(cfg: StudyConfig) -> tuple[Path, dict[str, Path]]:
@@ -123,7 +128,7 @@ def run_cell(cfg: StudyConfig, cell: Cell) -> dict:
     test_root, ood_roots = shared_sets(cfg)
     training_pool(cfg, cell.rho, cell.seed)
     out = cell_dir(cfg, cell)
-    tc, stamp = _recipe(cfg, cell)
+    tc, (stamp, _) = _recipe(cfg, cell)
     t0 = time.perf_counter()
     res = train(tc)
     train_s = time.perf_counter() - t0
