@@ -23,6 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	infra/serving_env.sh
+	infra/postgres_env.sh
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)

@@ -33,6 +33,8 @@ HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / ".alloynet" / "stack"
 WORK_POOL = "local-process"
+# the local deployments of prefect.yaml: the nightly pipeline, and one cell / one trial of the fan-out flows
+LOCAL_DEPLOYMENTS = ["nightly/nightly-cron", "nightly/manual", "study-cell/local", "search-trial/local"]
 TELEMETRY_OFF = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 _RESET_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
                  "os.execvp(sys.argv[1], sys.argv[1:])")
@@ -156,7 +158,7 @@ def stop_service(state_dir: Path, name: str, timeout: float = 30.0) -> bool:
 def deploy(state_dir: Path, api_url: str, names: list[str] | None = None) -> str:
     """`prefect deploy` the deployments in prefect.yaml (all local ones by default) from the repo root."""
     args = ["--no-prompt", "deploy"]
-    for n in names or ["nightly/nightly-cron", "nightly/manual"]:
+    for n in names or LOCAL_DEPLOYMENTS:
         args += ["--name", n]
     return run_prefect(args, state_dir, api_url).stdout
 
