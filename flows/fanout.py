@@ -52,7 +52,7 @@ class Dispatcher:
 
     def __init__(self, deployment: str, *, job_variables: Optional[dict] = None, tags: Iterable[str] = (),
                  attempts: int = 2, poll_s: float = 2.0, stale_heartbeats: float = 3.0,
-                 log: Callable[[str], None] = print):
+                 timeout_s: Optional[float] = None, log: Callable[[str], None] = print):
         from prefect.client.orchestration import get_client
 
         if attempts < 1:
@@ -60,6 +60,8 @@ class Dispatcher:
         self.deployment, self.job_variables, self.tags = deployment, job_variables or {}, list(tags)
         self.attempts, self.poll_s, self.stale_heartbeats, self.log = attempts, poll_s, stale_heartbeats, log
         self.jobs: dict[str, Job] = {}
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.timeout_s = timeout_s
         self._client = get_client(sync_client=True)
         self._client.__enter__()
         dep = self._client.read_deployment_by_name(deployment)
@@ -110,6 +112,10 @@ class Dispatcher:
         return {r.name: r.id for r in runs}
 
     # following -------------------------------------------------------------------------------------------
+    @property
+    def timed_out(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
+
     def in_flight(self) -> list[Job]:
         return [j for j in self.jobs.values() if not j.done]
 
@@ -137,6 +143,8 @@ class Dispatcher:
         live = {j.run_id: j for j in self.in_flight()}
         if not live:
             return []
+        if self.timed_out:
+            return self._give_up(list(live.values()))
         runs = self._client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(live))),
                                            limit=len(live))
         why = self._why_stopped() if any(r.state and r.state.type.value in ("PENDING", "RUNNING")
@@ -164,6 +172,16 @@ class Dispatcher:
             job.done = True
             finished.append(job)
         return finished
+
+    def _give_up(self, jobs: list[Job]) -> list[Job]:
+        """Past ``timeout_s``: cancel what is still scheduled or running (the worker stops its process)."""
+        from prefect.states import Cancelling
+
+        for job in jobs:
+            self._client.set_flow_run_state(job.run_id, Cancelling(message=f"timed out after {self.timeout_s:.0f} s"),
+                                            force=True)
+            job.states[-1], job.message, job.done = "CANCELLED", f"timed out after {self.timeout_s:.0f} s", True
+        return jobs
 
     def _crash(self, run_id: UUID, message: str) -> None:
         from prefect.states import Crashed

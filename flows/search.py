@@ -78,7 +78,7 @@ def _as_tasks(cfg: SearchConfig, study, log) -> list[int]:
 
 
 def _on_pool(cfg: SearchConfig, study, deployment: str, attempts: int, job_variables: Optional[dict],
-             poll_s: float, log) -> list[int]:
+             poll_s: float, timeout_s: Optional[float], log) -> list[int]:
     """One flow run per trial on the deployment's work pool, ``parallel`` at a time."""
     failed: list[int] = []
     tag = f"alloynet-search:{cfg.study_name}"
@@ -90,7 +90,7 @@ def _on_pool(cfg: SearchConfig, study, deployment: str, attempts: int, job_varia
         return {"config": cfg.model_dump(mode="json"), "number": number}
 
     with Dispatcher(deployment, job_variables=job_variables, tags=[tag], attempts=attempts, poll_s=poll_s,
-                    log=log.info) as d:
+                    timeout_s=timeout_s, log=log.info) as d:
         active = d.active_runs(tag)
         for t in _running(study):  # left by a flow run that died: follow its run, or run the trial again
             if key(t.number) in active:
@@ -103,7 +103,7 @@ def _on_pool(cfg: SearchConfig, study, deployment: str, attempts: int, job_varia
                 t = ask(study, cfg)
                 job = d.submit(key(t.number), params(t.number))
                 t.set_user_attr("flow_run_id", str(job.run_id))
-            if not d.in_flight() or len(failed) >= cfg.trials:
+            if not d.in_flight() or len(failed) >= cfg.trials or d.timed_out:
                 break
             for job in d.wait():
                 number = job.parameters["number"]
@@ -125,7 +125,7 @@ def hyperparameter_search(store: str, out_dir: str = "runs/search", architecture
                           train: dict[str, Any] | None = None, storage: Optional[str] = None,
                           study_name: Optional[str] = None, deployment: Optional[str] = None, attempts: int = 2,
                           job_variables: Optional[dict[str, Any]] = None, optimizers: Optional[list[str]] = None,
-                          poll_s: float = 2.0) -> dict:
+                          poll_s: float = 2.0, timeout_s: Optional[float] = None) -> dict:
     """``trials`` complete trials of the search; ``deployment`` runs each on its work pool."""
     log = get_run_logger()
     out = Path(out_dir).resolve()
@@ -139,7 +139,7 @@ def hyperparameter_search(store: str, out_dir: str = "runs/search", architecture
         log.warning("the storage URL carries credentials and travels as a flow parameter; prefer env:NAME")
     study = new_study(cfg)
     log.info("study %s: %d of %d trials already complete", cfg.study_name, len(complete_trials(study)), trials)
-    failed = (_on_pool(cfg, study, deployment, attempts, job_variables, poll_s, log) if deployment
+    failed = (_on_pool(cfg, study, deployment, attempts, job_variables, poll_s, timeout_s, log) if deployment
               else _as_tasks(cfg, study, log))
     if len(complete_trials(study)) < cfg.trials:
         raise RuntimeError(f"search stopped after {len(failed)} failed trials ({failed}) with "

@@ -54,7 +54,7 @@ def study_tag(cfg: StudyConfig) -> str:
 @flow(name="study", log_prints=True)
 def study(config: str | dict[str, Any] = "configs/study.yaml", deployment: str = CELL_DEPLOYMENT,
           attempts: int = 2, job_variables: Optional[dict[str, Any]] = None, out_dir: Optional[str] = None,
-          work_dir: Optional[str] = None, poll_s: float = 2.0) -> dict:
+          work_dir: Optional[str] = None, poll_s: float = 2.0, timeout_s: Optional[float] = None) -> dict:
     """The grid on the work pool of ``deployment``; returns where the tables are and how each cell went."""
     log = get_run_logger()
     cfg = load_study(config) if isinstance(config, (str, Path)) else StudyConfig.model_validate(config)
@@ -73,7 +73,7 @@ def study(config: str | dict[str, Any] = "configs/study.yaml", deployment: str =
     if todo:
         tag = study_tag(cfg)
         with Dispatcher(deployment, job_variables=job_variables, tags=[tag, f"alloynet-study-name:{cfg.name}"],
-                        attempts=attempts, poll_s=poll_s, log=log.info) as d:
+                        attempts=attempts, poll_s=poll_s, timeout_s=timeout_s, log=log.info) as d:
             running = d.active_runs(tag)
             for c in todo:
                 if c.id in running:

@@ -174,7 +174,7 @@ def stop(data_dir: str | Path, timeout: float = 30.0) -> bool:
     """Fast shutdown of the server recorded in ``data_dir``; True if it stopped without SIGKILL.
     The cluster (and its password) stays, so the next ``start`` finds the same databases."""
     server = read(data_dir)
-    if server is None:
+    if server is None or server.pid <= 0:  # never started, or already stopped (pid 0 would be our own group)
         return True
     clean = stop_group(server.pid, timeout, sig=signal.SIGINT)
     server.pid = 0

@@ -79,6 +79,8 @@ def stop_group(pid: int, timeout: float = 20.0, sig: int = signal.SIGTERM) -> bo
     """Send ``sig`` (SIGTERM; PostgreSQL wants SIGINT) to the process group led by ``pid``, wait for the
     leader, then SIGKILL whatever is left in the group. Returns True when the leader exited on ``sig``
     within ``timeout`` (a clean stop)."""
+    if pid <= 1:  # killpg(0) would signal our own group, killpg(1) init's
+        raise ValueError(f"refusing to signal process group {pid}")
     try:
         os.killpg(pid, sig)
     except ProcessLookupError:
