@@ -154,7 +154,7 @@ def run_pbt(cfg: PBTConfig) -> dict[str, Any]:
         hyperparam_mutations={"lr": tune.loguniform(*cfg.lr), "weight_decay": tune.loguniform(*cfg.weight_decay),
                               "optimizer": list(cfg.optimizers)})
     space = {"pbt": cfg.model_dump(mode="json"), "member": tune.grid_search(list(range(cfg.population))),
-             **{k: tune.sample_from(lambda spec, k=k: inits[spec.config.member][k])
+             **{k: tune.sample_from(lambda config, k=k: inits[config["member"]][k])
                 for k in ("optimizer", "lr", "weight_decay")}}
     started = _start_local_ray(cfg)
     try:
