@@ -334,4 +334,6 @@ def readme(cfg: StudyConfig, results: pd.DataFrame, ceil: dict, limits: str, ood
         "Full tables (mean +- std over seeds, ceiling beside every row), AP per class, the OOD checks and every "
         "run's report: [results.md](results.md). Reproduce with `OMP_NUM_THREADS=1 alloynet study --config "
         "configs/study.yaml` (runs are cached in the work dir; the same seeds and the same thread count give the "
-        "same tables: CPU float reductions depend on the number of threads).", ""])
+        "same tables: CPU float reductions depend on the number of threads), or spread over the workers of a "
+        "Prefect work pool with `alloynet study-pool` (same cache, same tables). How the hyperparameters are "
+        "tuned, population-based training against the Optuna search: [search.md](search.md).", ""])
