@@ -5,8 +5,8 @@
 Cases (each a fresh process, the same data set and recipe, ``alloynet train --epochs 1``):
 1 process x 1 thread, 1 process x 2 threads, torchrun 2 processes x 1 thread (DDP, gloo all-reduce).
 Reported: the epoch's training time from the trainer's history (``train_seconds``: forward, backward,
-all-reduce, optimiser steps; rank 0's, which waits for rank 1 at every all-reduce), its images/s over
-the whole training set, and the command's wall time (Python, torch and data loading included).
+all-reduce, optimiser steps; rank 0's, which waits for rank 1 at every all-reduce), the training set's
+images divided by it, and the command's wall time (Python, torch and data loading included).
 Results go to docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -50,8 +50,7 @@ def run(case: str, procs: int, threads: int, store: Path, out: Path, batch: int)
     if res.returncode != 0:
         raise RuntimeError(f"{case} failed:\n{res.stderr[-3000:]}")
     h = json.loads((out / "history.json").read_text())[0]
-    return {"case": case, "epoch_s": h["train_seconds"], "images_per_s": h["train_images_per_s"] * procs,
-            "wall_s": wall, "val_balanced_accuracy": h["val_balanced_accuracy"]}
+    return {"case": case, "epoch_s": h["train_seconds"], "wall_s": wall, "val_balanced_accuracy": h["val_balanced_accuracy"]}
 
 
 def main() -> None:
@@ -62,7 +61,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32, help="per process (DDP: global batch = 2x)")
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
+    from alloynet.data.manifest import read_manifest
+
     store = simulate(a.out / "data", a.n_max, a.size)
+    n_train = int((read_manifest(store / "manifest.csv").split == "train").sum())
     cases = [("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2), ("torchrun 2 processes x 1 thread", 2, 1)]
     results: dict[str, list[dict]] = {c[0]: [] for c in cases}
     for r in range(a.repeats):  # interleaved, so a busy spell on the shared machine hits every case
@@ -70,16 +72,14 @@ def main() -> None:
             res = run(name, procs, threads, store, a.out / f"run-{procs}x{threads}-{r}", a.batch_size)
             results[name].append(res)
             print(json.dumps(res), flush=True)
-    from alloynet.data.manifest import read_manifest
-
-    n_train = int((read_manifest(store / "manifest.csv").split == "train").sum())
     print(f"\nresnet18, {a.size}x{a.size}, {n_train} training captures, batch {a.batch_size} per process, "
           f"median of {a.repeats}")
-    print("| case | epoch (s) | images/s | wall incl. start-up (s) |\n|---|---|---|---|")
+    print("| case | epoch (s), median [range] | images/s | wall incl. start-up (s) |\n|---|---|---|---|")
     base = statistics.median(x["epoch_s"] for x in results[cases[0][0]])
     for name, runs in results.items():
         e = statistics.median(x["epoch_s"] for x in runs)
-        print(f"| {name} | {e:.1f} ({base / e:.2f}x) | {statistics.median(x['images_per_s'] for x in runs):.0f} | "
+        lo, hi = min(x["epoch_s"] for x in runs), max(x["epoch_s"] for x in runs)
+        print(f"| {name} | {e:.1f} [{lo:.1f}-{hi:.1f}] ({base / e:.2f}x) | {n_train / e:.0f} | "
               f"{statistics.median(x['wall_s'] for x in runs):.1f} |")
 
 

@@ -62,9 +62,16 @@ class Dispatcher:
         self.jobs: dict[str, Job] = {}
         self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self.timeout_s = timeout_s
+        from prefect.exceptions import ObjectNotFound
+
         self._client = get_client(sync_client=True)
         self._client.__enter__()
-        dep = self._client.read_deployment_by_name(deployment)
+        try:
+            dep = self._client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            self.close()
+            raise LookupError(f"deployment {deployment!r} is not on the Prefect server: deploy it from the repository "
+                              f"root (python -m infra.stack deploy, or prefect deploy --name {deployment})") from None
         self._deployment_id, self.pool = dep.id, dep.work_pool_name
 
     def close(self) -> None:

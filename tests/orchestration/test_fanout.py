@@ -52,30 +52,39 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory, postgres_server):
+def pool():
+    """The production option, as scripted: `python -m infra.stack up --postgres` (PostgreSQL, the Prefect
+    server on it, the Optuna database), then two process workers on the pool."""
+    import shutil
+    import tempfile
+
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from infra import postgres
+    from infra.processes import free_port
 
-    for db in ("prefect_fanout", "optuna_fanout"):
-        postgres.create_database(postgres_server, db)
-    state = tmp_path_factory.mktemp("stack")
-    server = stack.start_server(state, database_url=postgres_server.url("prefect_fanout", "postgresql+asyncpg"),
-                                timeout=180)
-    api_url = f"{server.url}/api"
-    s = Stack(state, api_url, postgres_server.url("optuna_fanout"))
+    state = Path(tempfile.mkdtemp(prefix="alloynet-fanout-"))
+    state.chmod(0o711)  # PostgreSQL runs as its own user when we are root: it must reach state/postgres
     try:
-        stack.ensure_work_pool(state, api_url)
-        out = stack.deploy(state, api_url, ["study-cell/local", "search-trial/local"])
+        env = stack.up(state, port=free_port(), s3=False, worker=False, postgres=True)
+        s = Stack(state, env["PREFECT_API_URL"], env["ALLOYNET_OPTUNA_STORAGE"])
+        out = stack.deploy(state, s.api_url, ["study-cell/local", "search-trial/local"])
         assert "study-cell/local" in out and "search-trial/local" in out, out
+        pg = postgres.read(state / "postgres")  # the server's tables are in PostgreSQL, and no SQLite file
+        assert postgres.psql(pg, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'flow_run'",
+                             db="prefect") == "1"
+        assert not list(state.rglob("*.db"))
+        stack.ensure_work_pool(state, s.api_url)
         with ThreadPoolExecutor(len(WORKERS)) as ex:  # each waits until it has registered with the pool
             list(ex.map(s.start_worker, WORKERS))
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        with temporary_settings(updates={PREFECT_API_URL: s.api_url}):
             yield s
     finally:
-        for w in list(s.workers):
+        for w in WORKERS:
             stack.stop_service(state, w)
-        stack.stop_service(state, "prefect-server")
+        down = stack.down(state)
+        shutil.rmtree(state, ignore_errors=True)
+    assert down["prefect-server"] and down["postgres"], f"needed SIGKILL: {down}"
 
 
 def _study_cfg(tmp: Path, name: str) -> dict:
