@@ -68,13 +68,13 @@ def pool():
     try:
         env = stack.up(state, port=free_port(), s3=False, worker=False, postgres=True)
         s = Stack(state, env["PREFECT_API_URL"], env["ALLOYNET_OPTUNA_STORAGE"])
+        stack.ensure_work_pool(state, s.api_url)
         out = stack.deploy(state, s.api_url, ["study-cell/local", "search-trial/local"])
         assert "study-cell/local" in out and "search-trial/local" in out, out
         pg = postgres.read(state / "postgres")  # the server's tables are in PostgreSQL, and no SQLite file
         assert postgres.psql(pg, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'flow_run'",
                              db="prefect") == "1"
         assert not list(state.rglob("*.db"))
-        stack.ensure_work_pool(state, s.api_url)
         with ThreadPoolExecutor(len(WORKERS)) as ex:  # each waits until it has registered with the pool
             list(ex.map(s.start_worker, WORKERS))
         with temporary_settings(updates={PREFECT_API_URL: s.api_url}):
