@@ -117,7 +117,7 @@ def start(data_dir: str | Path, port: int | None = None, databases: tuple[str, .
     """Start PostgreSQL from ``data_dir`` (created with initdb on first use) and create ``databases``."""
     data_dir = Path(data_dir).resolve()
     prev = read(data_dir)
-    if prev and alive(prev.pid):
+    if prev and prev.pid > 0 and alive(prev.pid):
         raise RuntimeError(f"PostgreSQL from {data_dir} already runs (pid {prev.pid}, port {prev.port})")
     data_dir.mkdir(parents=True, exist_ok=True)
     _give(data_dir)

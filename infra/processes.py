@@ -37,6 +37,8 @@ def find_binary(name: str, install_hint: str) -> str:
 
 def alive(pid: int) -> bool:
     """Whether process ``pid`` runs; a zombie (exited, not yet reaped) counts as gone and is reaped if ours."""
+    if pid <= 0:  # kill(0)/waitpid(0) would mean our own process group, not a process
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
