@@ -1,7 +1,9 @@
 """Population-based training on a local Ray cluster started in this process (Ray Tune's scheduler over
 alloynet's own training loop): members copy the better member's weights and perturb its hyperparameters."""
+import glob
 import json
 import math
+import tempfile
 
 import pytest
 
@@ -20,10 +22,12 @@ def test_pbt_population_exploits_and_perturbs_and_leaves_an_alloynet_checkpoint(
 
     cfg = PBTConfig(store="unset", out_dir=str(tmp_path / "pbt"), architecture="fnn", population=2, epochs=2,
                     interval=1, quantile=0.5, cpus=2, lr=(1e-3, 1e-2), train={"data.batch_size": 16})
+    before = set(glob.glob(f"{tempfile.gettempdir()}/ray-*"))
     with DummyCaptureStore(n_max=4, size=32, imbalance_ratio=2, seed=5) as (store, _):
         summary = run_pbt(cfg.model_copy(update={"store": str(store.root)}))
 
     assert not ray.is_initialized()  # the cluster this call started is gone, and its processes with it
+    assert set(glob.glob(f"{tempfile.gettempdir()}/ray-*")) <= before  # and its session files
     assert not [p for p in psutil.Process().children(recursive=True) if p.name() in ("raylet", "gcs_server")]
 
     assert summary["initial"] == initial_population(cfg)  # seeded starting points

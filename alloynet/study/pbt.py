@@ -97,7 +97,7 @@ def member(config: dict[str, Any]) -> None:
     cfg = PBTConfig.model_validate(config["pbt"])
     hp = {k: config[k] for k in ("optimizer", "lr", "weight_decay")}
     trial = tune.get_context().get_trial_name()
-    run = setup(_train_config(cfg, config["member"], hp, tempfile.mkdtemp(prefix="pbt-member-")))
+    run = setup(_train_config(cfg, config["member"], hp, str(Path(cfg.out_dir) / "members" / trial)))  # not written
     start, history = 0, []
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -121,19 +121,20 @@ def member(config: dict[str, Any]) -> None:
                         checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def _start_local_ray(cfg: PBTConfig) -> bool:
-    """A local Ray cluster in this process unless one is running; True if we started it."""
+def _start_local_ray(cfg: PBTConfig) -> Optional[str]:
+    """A local Ray cluster in this process unless one is running; its session directory if we started it."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry from any process Ray starts
     # address="local": always a new cluster, never one another user left on this machine. Ray chooses free
     # ports itself (0 = OS-assigned); its session files go to a short private directory (socket paths).
+    session = tempfile.mkdtemp(prefix="ray-")
     ray.init(address="local", num_cpus=cfg.cpus, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1", _temp_dir=tempfile.mkdtemp(prefix="ray-"),
+             _node_ip_address="127.0.0.1", _temp_dir=session,
              runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
-    return True
+    return session
 
 
 def run_pbt(cfg: PBTConfig) -> dict[str, Any]:
@@ -168,6 +169,7 @@ def run_pbt(cfg: PBTConfig) -> dict[str, Any]:
     finally:
         if started:
             ray.shutdown()
+            shutil.rmtree(started, ignore_errors=True)
     errors = [str(r.error) for r in grid if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} PBT member(s) failed: {errors[0][:2000]}")
