@@ -119,6 +119,8 @@ def find_binary(name: str, install_hint: str) -> str:
 
 def alive(pid: int) -> bool:
     """Whether process ``pid`` runs; a zombie (exited, not yet reaped) counts as gone and is reaped if ours."""
+    if pid <= 0:  # kill(0)/waitpid(0) would mean our own process group, not a process
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -157,11 +159,14 @@ def wait_ready(probe: Callable[[], bool], pid: int, timeout: float, what: str, l
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s ({last}); see {log}:\n{tail(log)}")
 
 
-def stop_group(pid: int, timeout: float = 20.0) -> bool:
-    """SIGTERM the process group led by ``pid``, wait for the leader, then SIGKILL whatever is left in the
-    group. Returns True when the leader exited on SIGTERM within ``timeout`` (a clean stop)."""
+def stop_group(pid: int, timeout: float = 20.0, sig: int = signal.SIGTERM) -> bool:
+    """Send ``sig`` (SIGTERM; PostgreSQL wants SIGINT) to the process group led by ``pid``, wait for the
+    leader, then SIGKILL whatever is left in the group. Returns True when the leader exited on ``sig``
+    within ``timeout`` (a clean stop)."""
+    if pid <= 1:  # killpg(0) would signal our own group, killpg(1) init's
+        raise ValueError(f"refusing to signal process group {pid}")
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, sig)
     except ProcessLookupError:
         return True
     deadline = time.monotonic() + timeout
