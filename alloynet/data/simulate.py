@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Literal, Optional, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from alloynet.captures.format import make_sidecar
 from alloynet.captures.image import encode_image
@@ -50,6 +50,11 @@ class DatasetSpec(BaseModel):
     simulator: Literal["alloynet", "second_rig"] = Field("alloynet", description="which rig model writes the captures")
     second_rig: SecondRigConfig = Field(default_factory=SecondRigConfig,
                                         description="the second rig's own physics; its nominal settings come from rig")
+
+    @field_serializer("second_rig")
+    def _second_rig_own_fields(self, v: SecondRigConfig) -> dict:
+        """Without the nominal settings (they come from rig): a dumped spec validates again."""
+        return v.model_dump(exclude=set(NOMINAL_FIELDS))
 
     @model_validator(mode="after")
     def _one_thickness_prior(self) -> "DatasetSpec":

@@ -64,25 +64,44 @@ def case_named(name: str) -> RobustnessCase:
     raise ValueError(f"unknown robustness case {name!r}; expected one of {[c.name for c in CASES]}")
 
 
-def _spec(case: RobustnessCase, rig: RigConfig, plates_per_class: int, seed: int) -> DatasetSpec:
-    """A balanced data set, every plate in the test split, the case's change applied."""
+def case_spec(case: RobustnessCase, rig: RigConfig, base: dict[str, Any]) -> DatasetSpec:
+    """``base`` (DatasetSpec fields) with the case's change applied: its thickness prior replaces the base's,
+    its rig fields (``dose_factor`` scales the dose) the rig's."""
     r = rig.model_dump()
     factor = case.rig.get("dose_factor")
     r.update({k: v for k, v in case.rig.items() if k != "dose_factor"})
     if factor:
         r["dose"] = rig.dose * factor
-    base = {"n_max": plates_per_class, "imbalance_ratio": 1.0, "profile": "balanced", "captures_per_plate": 1,
-            "test_fraction": 0.0, "seed": seed, "id_prefix": f"rb-{case.name.replace('_', '-')}", "rig": r}
-    return DatasetSpec.model_validate({**base, **case.spec})
+    fields = dict(base)
+    if {"thicknesses_mm", "thickness_range_mm"} & set(case.spec):
+        fields.pop("thicknesses_mm", None)
+        fields.pop("thickness_range_mm", None)
+    return DatasetSpec.model_validate({**fields, **case.spec, "rig": r})
 
 
-def _test_manifest(store: LocalStore, seed: int, calibration_sent: bool):
+def _spec(case: RobustnessCase, rig: RigConfig, plates_per_class: int, seed: int) -> DatasetSpec:
+    """A balanced data set, every plate in the test split, the case's change applied."""
+    return case_spec(case, rig, {"n_max": plates_per_class, "imbalance_ratio": 1.0, "profile": "balanced",
+                                 "captures_per_plate": 1, "test_fraction": 0.0, "seed": seed,
+                                 "id_prefix": f"rb-{case.name.replace('_', '-')}"})
+
+
+def held_out_manifest(store: LocalStore, seed: int, calibration_sent: bool):
+    """Every capture of ``store`` in the test split; without its calibration when it is not sent."""
     df = build_manifest(store, seed=seed, test_fraction=0.0, val_fraction=0.0)
     df["split"] = "test"
     if not calibration_sent:  # as a client that does not send it: zeros, the model falls back and says so
         df["dark_adu"] = ";".join(["0"] * int(df.channels.iloc[0]))
         df["flat_adu"] = df["dark_adu"]
     return df
+
+
+def capture_rigs(spec: DatasetSpec) -> Optional[dict[float, object]]:
+    """The rig model that took a data set's captures, per wedge, when it is not the nominal alloynet rig
+    (the second rig): the ceiling and the physics fit use it. None for alloynet's own simulator."""
+    if spec.simulator != "second_rig":
+        return None
+    return {w: SecondRigConfig.from_nominal(spec.rig.model_copy(update={"wedge_mm": w})) for w in spec.wedges_mm}
 
 
 def run_case(checkpoint: str | Path, case: RobustnessCase, out_dir: str | Path, plates_per_class: int = 60,
@@ -96,12 +115,9 @@ def run_case(checkpoint: str | Path, case: RobustnessCase, out_dir: str | Path, 
     spec = _spec(case, rig, plates_per_class, seed)
     if not any(store.list("captures/")):
         simulate_dataset(spec, store)
-    df = _test_manifest(store, seed, case.calibration_sent)
+    df = held_out_manifest(store, seed, case.calibration_sent)
     write_manifest(df, out / "data" / "manifest.csv")
-    ceiling_rigs = None
-    if spec.simulator == "second_rig":  # the ceiling and the physics fit of the rig that took the captures
-        ceiling_rigs = {w: SecondRigConfig.from_nominal(spec.rig.model_copy(update={"wedge_mm": w}))
-                        for w in spec.wedges_mm}
+    ceiling_rigs = capture_rigs(spec)  # the ceiling and the physics fit of the rig that took the captures
     m = evaluate(checkpoint, store, df, out / "report", split="test", with_ceiling=with_ceiling,
                  ceiling_kw=ceiling_kw, gradcam=0, baselines=case.calibration_sent, ceiling_rigs=ceiling_rigs)
     return {"case": case.name, "description": case.description, "n": m["n"],
