@@ -26,6 +26,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int, host: str = HOST) -> bool:
+    """Whether ``port`` can be bound on ``host`` now (as a server restarting on a fixed port will)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def find_binary(name: str, install_hint: str) -> str:
     """``name`` from this interpreter's bin directory (the venv), else from PATH."""
     cand = Path(sys.executable).parent / name
@@ -94,6 +105,47 @@ def stop_group(pid: int, timeout: float = 20.0) -> bool:
     while alive(pid) and time.monotonic() < deadline:  # alive() reaps our own child: no zombie left behind
         time.sleep(0.05)
     return clean
+
+
+def tagged_processes(name: str, value: str) -> list[int]:
+    """PIDs of the live processes whose environment holds ``name=value`` (a tag set when they were started,
+    inherited by everything they spawn): finds what a crashed parent left behind, whatever its process group."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if needle in (d / "environ").read_bytes().split(b"\0") and alive(int(d.name)):
+                found.append(int(d.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return sorted(found)
+
+
+def stop_pids(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGTERM each process, wait up to ``timeout`` for all of them, SIGKILL the rest."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL whatever is left in the process group led (once) by ``pid``; the leader may be gone already."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def stop_pid_file(pid_file: Path, timeout: float = 20.0) -> bool:
