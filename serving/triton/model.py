@@ -2,8 +2,11 @@
 
 Copied into ``<repository>/<name>/1/`` by ``serving.triton.repository.build_repository`` together with
 ``model.onnx``, ``export.json``, ``capture_checks.py`` and the contract (``alloynet_contract.py``). Triton itself rejects a wrong dtype or shape
-before a request reaches this file; here each request is checked for NaN/infinite or out-of-range pixels
-and answered with INVALID_ARG on its own, so one bad capture never fails its batch or the instance.
+before a request reaches this file; here every capture of a request is checked for NaN/infinite or
+out-of-range pixels and a request with bad ones is answered with INVALID_ARG naming each of them ("item
+3: image: ..."), on its own: the other requests the dynamic batcher put in the same batch are run. (One
+Triton request is answered as a whole; the client sends the good captures of a rejected multi-capture
+request again, so callers get per-capture errors.)
 """
 import json
 import os
@@ -54,11 +57,23 @@ class TritonPythonModel:
                 cal = cal.as_numpy() if cal is not None else [None] * len(images)
                 if len(cal) != len(images):
                     raise CaptureInputError("calibration", f"{len(cal)} calibration rows for {len(images)} images")
-                batches.append((np.stack([check_capture(img, self.shape, self.max_adu) for img in images]),
-                                np.stack([check_calibration(c, self.shape[0]) for c in cal])))
+                checked, problems = [], []
+                for j, (img, c) in enumerate(zip(images, cal)):  # every item, so the answer names each bad one
+                    try:
+                        checked.append((check_capture(img, self.shape, self.max_adu),
+                                        check_calibration(c, self.shape[0])))
+                    except CaptureInputError as exc:
+                        if len(images) == 1:
+                            raise
+                        problems.append(f"item {j}: {exc}")
+                if problems:
+                    raise CaptureInputError("request", f"{len(problems)} of {len(images)} captures rejected: "
+                                            + "; ".join(problems) + " (the other captures of this request were not run)")
+                batches.append((np.stack([c[0] for c in checked]), np.stack([c[1] for c in checked])))
                 owners.append(i)
             except CaptureInputError as exc:
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_invalid(str(exc)))
+                message = exc.message if exc.field == "request" else str(exc)
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_invalid(message))
         if batches:
             sizes = [len(b[0]) for b in batches]
             feed = {self.input_name: np.concatenate([b[0] for b in batches]),
