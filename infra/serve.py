@@ -42,6 +42,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -212,6 +213,7 @@ class Supervisor:
         self.status, self.error = "starting", None
         self.check_now = False
         self.checked_at = 0.0                   # when the champion pointer was last read (time.time())
+        self.key_lock, self.stopping, self.keys_refreshed = threading.Lock(), threading.Event(), 0
         self.ts_version: Optional[str] = None   # the TorchServe model version now default
 
     # ---- state ----
@@ -222,17 +224,19 @@ class Supervisor:
                              if self.serving else None),
                  "champion": self.champion, "failed_swap": self.failed_swap, "checked_at": self.checked_at,
                  "servers": {name: {**info, "pid": self.pids.get(name)} for name, info in self.servers.items()},
+                 "torchserve_keys_renewed": self.keys_refreshed,
                  "env_file": str(self.dir / "serving.env")}
         _write_json(self.dir / STATE_FILE, state)
 
     def write_env(self) -> None:
-        from serving.client import KEY_FILE_VAR, TORCHSERVE_URL_VAR, URL_VAR
+        from serving.client import KEY_FILE_VAR, MAX_REQUEST_VAR, TORCHSERVE_URL_VAR, URL_VAR
 
         urls = self.cfg.urls()
         env = {URL_VAR: urls["triton"], "ALLOYNET_TRITON_URL": urls["triton"], "ALLOYNET_SERVE_DIR": str(self.dir)}
         if "torchserve" in urls:
             env[TORCHSERVE_URL_VAR] = urls["torchserve"]
             env[KEY_FILE_VAR] = str(self.ts_dir / "key_file.json")
+            env[MAX_REQUEST_VAR] = str(self.cfg.max_request_bytes)
         text = "# written by `alloynet serve start`; `alloynet infer` and serving.client read it\n"
         text += "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
         tmp = self.dir / ".serving.env.tmp"
@@ -343,18 +347,28 @@ class Supervisor:
         mar_with_version(release.mar(self.cfg.model), self.store / name, str(release.generation))
         return name
 
-    def swap_torchserve(self, release: Release) -> None:
+    def management(self, method: str, path: str, params: Optional[dict] = None) -> dict:
+        """A management call; a refused (expired) management key is renewed with the API key, once."""
         from infra import torchserve
 
+        try:
+            return torchserve.management(self.ts_dir, method, path, params)
+        except torchserve.ManagementError as exc:
+            if "Token" not in str(exc):
+                raise
+            with self.key_lock:
+                torchserve.refresh_key(self.ts_dir, "management")
+            return torchserve.management(self.ts_dir, method, path, params)
+
+    def swap_torchserve(self, release: Release) -> None:
         name = self.install_torchserve(release)
         new, old, model = str(release.generation), self.ts_version, self.cfg.model
         try:
-            torchserve.management(self.ts_dir, "POST", "/models", {"url": name, "model_name": model,
-                                                                   "synchronous": "true"})
-            torchserve.management(self.ts_dir, "PUT", f"/models/{model}/{new}/set-default")
+            self.management("POST", "/models", {"url": name, "model_name": model, "synchronous": "true"})
+            self.management("PUT", f"/models/{model}/{new}/set-default")
         except Exception as exc:
             try:
-                torchserve.management(self.ts_dir, "DELETE", f"/models/{model}/{new}")
+                self.management("DELETE", f"/models/{model}/{new}")
             except Exception:
                 pass
             (self.store / name).unlink(missing_ok=True)
@@ -363,28 +377,41 @@ class Supervisor:
         if old and old != new:
             self._sleep(self.cfg.swap_grace_s)  # requests already queued for the old version finish there
             try:
-                torchserve.management(self.ts_dir, "DELETE", f"/models/{model}/{old}")
+                self.management("DELETE", f"/models/{model}/{old}")
             except Exception as exc:
                 _log(f"torchserve: could not unregister version {old}: {exc}")
             (self.store / f"{model}-g{old}.mar").unlink(missing_ok=True)
 
     def refresh_keys(self) -> None:
+        """Renew each TorchServe key that has less than a quarter of its lifetime left."""
         from infra import torchserve
 
-        try:
-            expiry = torchserve.key_expiry(self.ts_dir)
-        except (OSError, ValueError):
-            return
-        margin = self.cfg.token_expiry_min * 60 / 4
-        for which, when in expiry.items():
-            left = _instant(when) - datetime.now(timezone.utc)
-            if left.total_seconds() < margin:
+        with self.key_lock:
+            try:
+                expiry = torchserve.key_expiry(self.ts_dir)
+            except (OSError, ValueError, KeyError):  # not written yet (starting)
+                return
+            margin = self.cfg.token_expiry_min * 60 / 4
+            for which, when in expiry.items():
+                left = (_instant(when) - datetime.now(timezone.utc)).total_seconds()
+                if left < margin:
+                    try:
+                        torchserve.refresh_key(self.ts_dir, which)
+                        _log(f"torchserve: new {which} key ({left:.0f} s were left)")
+                        self.keys_refreshed += 1
+                    except OSError:  # restarting: its socket is not up yet; next round
+                        pass
+                    except Exception as exc:
+                        _log(f"torchserve: could not renew the {which} key: {exc}")
+
+    def key_keeper(self) -> None:
+        """A thread: keys are renewed on time even while the main loop swaps or restarts for many seconds."""
+        while not self.stopping.wait(1.0):
+            if "torchserve" in self.pids:
                 try:
-                    torchserve.refresh_key(self.ts_dir, which)
-                    _log(f"torchserve: new {which} key ({left.total_seconds():.0f} s were left)")
-                    self.servers["torchserve"]["keys_refreshed_at"] = _now()
+                    self.refresh_keys()
                 except Exception as exc:
-                    _log(f"torchserve: could not refresh the {which} key: {exc}")
+                    _log(f"torchserve: key check failed: {exc}")
 
     # ---- the loop ----
     def _sleep(self, seconds: float) -> None:
@@ -475,7 +502,9 @@ class Supervisor:
             self.write_env()
             self.write_state()
             _log(f"serving {release.version} (generation {release.generation}): " + ", ".join(self.cfg.urls().values()))
-            last_poll = last_beat = last_keys = time.monotonic()
+            if self.cfg.torchserve:
+                threading.Thread(target=self.key_keeper, name="key-keeper", daemon=True).start()
+            last_poll = last_beat = time.monotonic()
             while True:
                 self.check_servers()
                 now = time.monotonic()
@@ -485,9 +514,6 @@ class Supervisor:
                         self.check_now = False
                         self.write_state()  # `reload` waits for a state written after its signal
                     last_poll = now
-                if self.cfg.torchserve and "torchserve" in self.pids and now - last_keys >= 1:
-                    self.refresh_keys()
-                    last_keys = now
                 if now - last_beat >= 5:
                     self.write_state()
                     last_beat = now
@@ -501,6 +527,7 @@ class Supervisor:
             _log(f"failed: {exc}\n{traceback.format_exc()}")
             return 1
         finally:
+            self.stopping.set()
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             self.stop_servers()

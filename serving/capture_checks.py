@@ -83,13 +83,16 @@ def header_shape(data: bytes):
     except CaptureInputError:
         raise
     except Exception as exc:  # struct.error, SyntaxError, KeyError, ...: the header itself is damaged
-        raise CaptureInputError("image", f"corrupt capture header ({exc.__class__.__name__})") from None
+        kind = {b"\x93": "corrupt .npy array", b"\x89": "corrupt or truncated PNG"}.get(data[:1], "corrupt TIFF")
+        raise CaptureInputError("image", f"{kind} (unreadable header: {exc.__class__.__name__})") from None
     return None
 
 
 def check_header(data: bytes, shape: tuple[int, int, int]) -> None:
     """Refuse, before decoding, a capture whose header declares another size than the model's [C, H, W]."""
     declared = header_shape(data)
+    if declared is not None and 0 in declared:
+        raise CaptureInputError("image", f"empty array (shape {list(declared)})")
     if declared is not None and tuple(declared) != tuple(shape):
         kind = "PNG" if data[:8] == PNG_MAGIC else ("TIFF" if data[:4] in TIFF_MAGICS else ".npy array")
         raise CaptureInputError("image.shape", f"the {kind} declares [C, H, W] = {list(declared)} "

@@ -45,6 +45,7 @@ SERVE_DIR_ENV = "ALLOYNET_SERVE_DIR"
 ENV_FILE_ENV = "ALLOYNET_SERVING_ENV"
 ENV_FILE = "serving.env"
 URL_VAR, TORCHSERVE_URL_VAR, KEY_FILE_VAR = "ALLOYNET_SERVING_URL", "ALLOYNET_TORCHSERVE_URL", "ALLOYNET_TORCHSERVE_KEY_FILE"
+MAX_REQUEST_VAR = "ALLOYNET_TORCHSERVE_MAX_REQUEST_BYTES"
 # Reconnect quickly once a restarted server listens again (gRPC's default backoff grows to minutes).
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
                    ("grpc.max_reconnect_backoff_ms", 1000)]
@@ -411,7 +412,8 @@ class TorchServeClient:
 
     def __init__(self, target: str, model: str = "alloynet", token: Optional[str] = None, timeout_s: float = 10.0,
                  retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, backoff_s: float = 0.1, max_backoff_s: float = 1.0,
-                 retries: Optional[int] = None, version: str = "", key_file: Optional[str | Path] = None):
+                 retries: Optional[int] = None, version: str = "", key_file: Optional[str | Path] = None,
+                 max_request_bytes: Optional[int] = None):
         import grpc
 
         from serving.torchserve.grpc_api import modules
@@ -426,6 +428,7 @@ class TorchServeClient:
         self.max_attempts = None if retries is None else retries + 1
         self.key_file = Path(key_file) if key_file else None
         self.token = token or (self._read_key() if self.key_file else None)
+        self.max_request_bytes = max_request_bytes  # the server's limit, when known: refused here, not there
 
     def _error(self, cls, message: str, capture: Optional[str] = None, code: Optional[str] = None) -> ServingError:
         return cls(message, server=self.server, target=self.target, model=self.model, capture=capture, code=code)
@@ -480,6 +483,8 @@ class TorchServeClient:
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "exceeds maximum" in details:
                 raise self._error(InvalidCaptureError, f"request too large for the server: {details}", capture,
                                   code="RESOURCE_EXHAUSTED") from None
+            if code == grpc.StatusCode.CANCELLED and "RST_STREAM" in details:
+                details += " (the server reset the stream: it refuses requests over its size limit this way)"
             if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                 raise self._error(PermissionDeniedError, f"{code.name}: {details}" + (
                     "" if self.key_file else " (give the key file, so a new key can be read)"), capture) from None
@@ -490,6 +495,10 @@ class TorchServeClient:
         inputs = {"data": body}
         if calibration is not None:
             inputs[contract.CALIBRATION_NAME] = json.dumps(np.asarray(calibration).tolist()).encode()
+        size = sum(len(v) for v in inputs.values())
+        if self.max_request_bytes and size > self.max_request_bytes:
+            raise self._error(InvalidCaptureError, f"a request of {size:,} bytes is over the server's limit of "
+                                                   f"{self.max_request_bytes:,} bytes", capture, code="RESOURCE_EXHAUSTED")
         req = self.pb.PredictionsRequest(model_name=self.model, model_version=self.version, input=inputs)
         resp = self._rpc(lambda md: self.stub.Predictions(req, metadata=md, timeout=self.timeout_s), capture)
         try:
@@ -587,9 +596,10 @@ def connect(url: Optional[str] = None, token: Optional[str] = None, timeout_s: f
     target, model = f"{u.hostname}:{u.port}", (u.path.strip("/") or "alloynet")
     if u.scheme == "triton":
         return AlloyClient(TritonClient(target, model, timeout_s, retry_budget_s, backoff_s, max_backoff_s, retries))
-    if token is None and key_file is None:
-        served = serving_setting(TORCHSERVE_URL_VAR)
-        if served and urlparse(served).netloc == u.netloc:
+    served, limit = serving_setting(TORCHSERVE_URL_VAR), None
+    if served and urlparse(served).netloc == u.netloc:  # the TorchServe `alloynet serve` runs
+        limit = int(serving_setting(MAX_REQUEST_VAR) or 0) or None
+        if token is None and key_file is None:
             key_file = serving_setting(KEY_FILE_VAR)
     return AlloyClient(TorchServeClient(target, model, token, timeout_s, retry_budget_s, backoff_s, max_backoff_s,
-                                        retries, key_file=key_file))
+                                        retries, key_file=key_file, max_request_bytes=limit))

@@ -13,18 +13,14 @@ import numpy as np
 import pytest
 
 from alloynet.physics import ALLOY_NAMES
-from tests.helpers.serving import capture_inputs, train_tiny_checkpoint
+from tests.helpers.serving import capture_inputs
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def trained_bundle(tmp_path_factory):
-    from alloynet.export import export_checkpoint
-
-    root = tmp_path_factory.mktemp("trained")
-    ckpt = train_tiny_checkpoint(root)
-    return export_checkpoint(ckpt, root / "export", n_parity=6, log=lambda *_: None)  # parity on its test split
+def trained_bundle(trained_bundle_factory):
+    return trained_bundle_factory(0)  # parity-checked on its test split
 
 
 @pytest.fixture(scope="module")
