@@ -62,7 +62,7 @@ def package_triton(
     export_dir: Optional[Path] = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
     store: Optional[str] = typer.Option(None, help="data set whose test captures check parity (default: the one "
                                                    "the checkpoint was trained on)"),
-    model_name: str = "alloynet", max_batch_size: int = 32, max_queue_delay_us: int = 500, instances: int = 1,
+    model_name: str = "alloynet", max_batch_size: int = 32, max_queue_delay_us: int = 0, instances: int = 1,
     threads: int = typer.Option(1, help="ONNX Runtime intra-op threads per instance"),
     gpu: bool = typer.Option(False, help="GPU instances + TensorRT execution accelerator for the ONNX model"),
     tensorrt: Optional[str] = typer.Option(None, help="also build a TensorRT engine: fp16 | int8 (GPU + TensorRT "
