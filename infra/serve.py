@@ -209,6 +209,7 @@ class Supervisor:
         self.pids: dict[str, int] = {}
         self.servers: dict[str, dict] = {}
         self.failed_swap: Optional[dict] = None
+        self.last_swap: Optional[dict] = None
         self.champion: Optional[dict] = None
         self.status, self.error = "starting", None
         self.check_now = False
@@ -222,7 +223,8 @@ class Supervisor:
                  "registry": self.registry.uri, "config": asdict(self.cfg), "updated_at": _now(),
                  "serving": ({"version": self.serving.version, "generation": self.serving.generation}
                              if self.serving else None),
-                 "champion": self.champion, "failed_swap": self.failed_swap, "checked_at": self.checked_at,
+                 "champion": self.champion, "failed_swap": self.failed_swap, "last_swap": self.last_swap,
+                 "checked_at": self.checked_at,
                  "servers": {name: {**info, "pid": self.pids.get(name)} for name, info in self.servers.items()},
                  "torchserve_keys_renewed": self.keys_refreshed,
                  "env_file": str(self.dir / "serving.env")}
@@ -457,11 +459,18 @@ class Supervisor:
             return  # tried already; `reload` tries again
         _log(f"champion moved: {self.serving.version} (generation {self.serving.generation}) -> {pointer.version} "
              f"(generation {pointer.generation})")
+        timings = {}
         try:
+            t0 = time.monotonic()
             release = self.fetch_champion()
+            timings["fetch_s"] = round(time.monotonic() - t0, 2)
+            t0 = time.monotonic()
             self.swap_triton(release)
+            timings["triton_s"] = round(time.monotonic() - t0, 2)
             if self.cfg.torchserve:
+                t0 = time.monotonic()
                 self.swap_torchserve(release)
+                timings["torchserve_s"] = round(time.monotonic() - t0, 2)
         except Exception as exc:
             self.failed_swap = {"version": pointer.version, "generation": pointer.generation, "error": str(exc),
                                 "at": _now()}
@@ -469,9 +478,11 @@ class Supervisor:
             self.write_state()
             return
         self.serving, self.failed_swap = release, None
+        self.last_swap = {"version": release.version, "generation": release.generation, "at": _now(), **timings}
         self.prune_triton()
         self.prune_releases()
-        _log(f"serving {release.version} (generation {release.generation})")
+        _log(f"serving {release.version} (generation {release.generation}); " + ", ".join(
+            f"{k} {v}" for k, v in timings.items()))
         self.write_state()
 
     def run(self) -> int:

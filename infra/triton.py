@@ -129,15 +129,17 @@ def _prepare(workdir: Path, venv: Path) -> tuple[Path, dict]:
 def start(repository: str | Path, workdir: str | Path, models: Sequence[str] = ("alloynet",),
           timeout: float = 90.0, venv: Optional[Path] = None, log_verbose: int = 0, *,
           grpc_port: Optional[int] = None, http: bool = True, http_port: Optional[int] = None,
-          admin_key: Optional[str] = None, env: Optional[dict] = None) -> TritonServer:
+          admin_key: Optional[str] = None, env: Optional[dict] = None, memory_guard: bool = True) -> TritonServer:
     """Start tritonserver on 127.0.0.1 with ``models`` loaded (explicit model control) and wait until ready.
 
     Ports: the ones given, else free ones. ``http=False``: gRPC only. ``admin_key``: the model-repository
-    API (load/unload) then needs the ``alloynet-admin`` header with this value, on gRPC and HTTP alike."""
+    API (load/unload) then needs the ``alloynet-admin`` header with this value, on gRPC and HTTP alike.
+    ``memory_guard=False``: Triton's own defaults (request-object pool, glibc's malloc), to measure the difference."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     server_dir, run_env = _prepare(workdir, (venv or triton_venv()).resolve())
-    run_env.update(MEMORY_ENV)
+    if memory_guard:
+        run_env.update(MEMORY_ENV)
     run_env.update(env or {})
     grpc_port = grpc_port or free_port()
     http_port = (http_port or free_port()) if http else None
@@ -147,7 +149,8 @@ def start(repository: str | Path, workdir: str | Path, models: Sequence[str] = (
     args = [str(server_dir / "bin" / "tritonserver"), f"--model-repository={Path(repository).resolve()}",
             f"--backend-directory={server_dir / 'backends'}", f"--cache-directory={server_dir / 'caches'}",
             "--model-control-mode=explicit", *[f"--load-model={m}" for m in models],
-            f"--grpc-address={HOST}", f"--grpc-port={grpc_port}", "--grpc-infer-allocation-pool-size=0",
+            f"--grpc-address={HOST}", f"--grpc-port={grpc_port}",
+            *(["--grpc-infer-allocation-pool-size=0"] if memory_guard else []),
             "--allow-metrics=false", "--allow-gpu-metrics=false", "--allow-cpu-metrics=false",
             "--strict-readiness=true", "--exit-on-error=true", f"--log-verbose={log_verbose}",
             f"--backend-config=python,shm-region-prefix-name={shm_prefix}"]
