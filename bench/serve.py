@@ -12,14 +12,16 @@ Triton's overhead over in-process ONNX Runtime at p50, batch 1.
 
 ``resilience``: two versions published to a throwaway registry and served by `alloynet serve` (Triton +
 TorchServe, free ports), with --clients client threads per server sending one capture in a loop
-(default client: 15 s retry budget):
+each at most --rate requests a second (default client: 15 s retry budget):
 * swap under load: promote v2, then roll back; failed requests, and p99 latency inside the swap window
   (from the pointer move until the new version answers) against the steady state;
-* crash under load: kill -9 of Triton, then of TorchServe's frontend; seconds from the kill to the first
-  answer, failed requests;
+* crash under load: kill -9 of Triton, then of TorchServe's frontend; seconds until the server is back,
+  until the first answer to a request sent after the kill, the longest time without any answer, failed
+  requests;
 * memory after a burst of oversized requests: Triton RSS before/after --bursts refused requests of
-  --oversized-mb each; TorchServe worker RSS before/after --bursts PNGs declaring 10000 x 10000 px
-  (~200 KB each) and frontend RSS before/after --bursts requests of --oversized-mb.
+  --oversized-mb each (and the same against a Triton with its own defaults); TorchServe worker RSS
+  before/after --bursts PNGs declaring 10000 x 10000 px (~200 KB each; beside it, what decoding one costs
+  without the header check) and frontend RSS before/after --bursts requests of --oversized-mb.
 Needs infra/serving_env.sh for Triton.
 """
 from __future__ import annotations
@@ -166,9 +168,12 @@ def latency(args, tmp: Path) -> None:
 # -- resilience -------------------------------------------------------------------------------------------
 
 def bomb_png(side: int = 10000) -> bytes:
-    """A valid 16-bit grayscale PNG of side x side zero pixels: ~200 KB, 2*side^2 bytes once decoded."""
-    z, row = zlib.compressobj(9), bytes(1 + 2 * side)
-    raw = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    """A valid 16-bit grayscale PNG of side x side px, ~200 KB: the first row a ramp, every other row PNG filter
+    "Up" with zero differences (so the image is the ramp repeated, real pixels to decode: 2*side^2 bytes)."""
+    first = b"\x00" + np.arange(side, dtype=">u2").tobytes()
+    up = b"\x02" + bytes(2 * side)
+    z = zlib.compressobj(9)
+    raw = z.compress(first) + b"".join(z.compress(up) for _ in range(side - 1)) + z.flush()
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
@@ -178,43 +183,65 @@ def bomb_png(side: int = 10000) -> bytes:
 
 
 class Load:
-    """Client threads per URL, one capture in a loop; every request's (start, end, ok, latency)."""
+    """--clients threads per server, each sending one capture at most --rate times a second (an inspection line
+    paces its captures; unpaced loops would only measure two cores starved by eight busy clients). Every request
+    is logged: (start, end, ok, which version answered)."""
 
-    def __init__(self, urls: dict[str, str], clients: int, key_file: Path, image, calibration):
-        self.urls, self.clients, self.key_file = urls, clients, key_file
-        self.image, self.calibration = image, calibration
-        self.log: dict[str, list[tuple[float, float, bool]]] = {n: [] for n in urls}
-        self.errors: dict[str, list[str]] = {n: [] for n in urls}
+    def __init__(self, urls: dict[str, str], clients: int, rate: float, key_file: Path, image, calibration, refs):
+        self.urls, self.clients, self.period, self.key_file = urls, clients, 1.0 / rate, key_file
+        self.image, self.calibration, self.refs = image, calibration, refs
+        self.log: dict[str, list[tuple[float, float, bool, str]]] = {n: [] for n in urls}
+        self.errors: dict[str, list[tuple[float, str]]] = {n: [] for n in urls}
         self.stop, self.lock = threading.Event(), threading.Lock()
+
+    def who(self, p) -> str:
+        from alloynet.physics import ALLOY_NAMES
+
+        got = np.array([p.probabilities[c] for c in ALLOY_NAMES])
+        return next((v for v, ref in self.refs.items() if np.allclose(got, ref, atol=1e-4)), "?")
 
     def run(self, name: str) -> None:
         from serving.client import connect
 
         with connect(self.urls[name], key_file=self.key_file) as client:
+            next_at = time.monotonic()
             while not self.stop.is_set():
+                next_at += self.period
                 t0 = time.monotonic()
                 try:
-                    client.predict(self.image, self.calibration)
-                    ok = True
+                    ok, version = True, self.who(client.predict(self.image, self.calibration))
                 except Exception as exc:
-                    ok = False
+                    ok, version = False, ""
                     with self.lock:
-                        self.errors[name].append(repr(exc)[:300])
+                        self.errors[name].append((t0, repr(exc)[:300]))
                 with self.lock:
-                    self.log[name].append((t0, time.monotonic(), ok))
+                    self.log[name].append((t0, time.monotonic(), ok, version))
+                self.stop.wait(max(0.0, next_at - time.monotonic()))
 
-    def window(self, name: str, t0: float, t1: float) -> list[float]:
-        """Latencies (ms) of the requests that overlap [t0, t1]."""
+    def requests(self, name: str, t0: float, t1: float) -> list[tuple[float, float, bool, str]]:
+        """Requests that overlap [t0, t1]."""
         with self.lock:
-            return [(e - s) * 1e3 for s, e, ok in self.log[name] if ok and e >= t0 and s <= t1]
+            return [r for r in self.log[name] if r[1] >= t0 and r[0] <= t1]
 
-    def failed(self, name: str) -> int:
-        return len(self.errors[name])
+    def latencies(self, name: str, t0: float, t1: float) -> list[float]:
+        return [(e - s) * 1e3 for s, e, ok, _ in self.requests(name, t0, t1) if ok]
 
-    def first_answer_after(self, name: str, t: float) -> float:
+    def failed(self, name: str, t0: float = 0.0, t1: float = float("inf")) -> int:
         with self.lock:
-            ends = [e for s, e, ok in self.log[name] if ok and e > t and s >= t - 30]
-        return min(ends) - t if ends else float("nan")
+            return sum(1 for t, _ in self.errors[name] if t0 <= t <= t1)
+
+    def first(self, name: str, after: float, version: str | None = None) -> float:
+        """Seconds from ``after`` to the first answer (from ``version``) to a request sent after it."""
+        with self.lock:
+            ends = [e for s, e, ok, v in self.log[name] if ok and s >= after and (version is None or v == version)]
+        return min(ends) - after if ends else float("nan")
+
+    def longest_silence(self, name: str, t0: float, t1: float) -> float:
+        """The longest time without any answer between t0 and t1 (s)."""
+        with self.lock:
+            ends = sorted(e for s, e, ok, _ in self.log[name] if ok and t0 <= e <= t1)
+        marks = [t0, *ends, t1]
+        return max(b - a for a, b in zip(marks, marks[1:]))
 
     def __enter__(self) -> "Load":
         self.threads = [threading.Thread(target=self.run, args=(n,), daemon=True)
@@ -236,28 +263,63 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def resilience(args, tmp: Path) -> None:
-    import psutil
+def oversized(target: str, pid: int, mb: int, bursts: int) -> tuple[float, float, float]:
+    """RSS of Triton (pid) before, at the sampled peak and 2 s after ``bursts`` refused requests of ``mb`` MB."""
     import tritonclient.grpc as g
     from tritonclient.utils import InferenceServerException
 
-    from alloynet.export import export_checkpoint
+    raw = g.InferenceServerClient(target)
+    before, peak = rss_mb(pid), 0.0
+    for _ in range(bursts):
+        inp = g.InferInput("image", [1, 1, 64, 64], "FP32")
+        inp._raw_content = bytes(mb << 20)  # its size does not match its shape: refused by Triton
+        inp._input.ClearField("contents")
+        try:
+            raw.infer("alloynet", [inp], client_timeout=300)
+        except InferenceServerException:
+            pass
+        del inp
+        peak = max(peak, rss_mb(pid))
+    raw.close()
+    time.sleep(2)
+    return before, peak, rss_mb(pid)
+
+
+def decode_cost_mb(png: bytes) -> float:
+    """Peak RSS growth of decoding ``png`` with the library's decoder, no header check (a fresh process)."""
+    import subprocess
+
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); from alloynet.captures.image import decode_image\n"
+            "kb = lambda k: int(next(l for l in open('/proc/self/status') if l.startswith(k)).split()[1])\n"
+            "data = sys.stdin.buffer.read(); r0 = kb('VmRSS'); decode_image(data); print((kb('VmHWM') - r0) / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], input=png, capture_output=True, check=True)
+    return float(out.stdout.decode().strip().splitlines()[-1])
+
+
+def resilience(args, tmp: Path) -> None:
+    import psutil
+
+    from alloynet.export import export_checkpoint, onnx_session
     from alloynet.registry import open_registry
-    from infra import serve
+    from infra import serve, triton
     from infra.processes import free_port
     from serving.client import connect
     from serving.torchserve.archive import build_mar
     from serving.triton.repository import build_repository
     from tests.helpers.serving import capture_inputs, train_tiny_checkpoint
 
-    reg = open_registry(tmp / "registry")
+    x = capture_inputs(1, seed=3)
+    image, calibration = x["image"][0], x["calibration"][0]
+    reg, refs = open_registry(tmp / "registry"), {}
     for seed in (0, 1):
         b = export_checkpoint(train_tiny_checkpoint(tmp / f"m{seed}", seed=seed), tmp / f"m{seed}" / "export",
                               n_parity=4, log=lambda *_: None)
         rel = tmp / f"release{seed}"
         build_repository(b.directory, rel / "triton")
         build_mar(b.directory, rel / "torchserve")
-        reg.publish(rel, metrics={})
+        version = reg.publish(rel, metrics={}).version
+        refs[version] = onnx_session(b.path("onnx")).run(["probabilities"], {
+            "image": image[None].astype(np.float32), "calibration": calibration[None]})[0][0]
     reg.promote("v0001", "bench")
     cfg = serve.ServeConfig(registry=str(tmp / "registry"), torchserve=True, poll_s=1.0,
                             triton_grpc_port=free_port(), torchserve_grpc_port=free_port(),
@@ -265,72 +327,70 @@ def resilience(args, tmp: Path) -> None:
                             torchserve_metrics_port=free_port())
     state_dir = tmp / "serve"
     t0 = time.monotonic()
-    st, _ = serve.start(cfg, state_dir)
+    serve.start(cfg, state_dir)
     started = time.monotonic() - t0
     urls = cfg.urls()
     key_file = state_dir / "torchserve" / "key_file.json"
-    x = capture_inputs(1, seed=3)
     rows = []
     try:
-        with Load(urls, args.clients, key_file, x["image"][0], x["calibration"][0]) as load:
+        with Load(urls, args.clients, args.rate, key_file, image, calibration, refs) as load:
             steady0 = time.monotonic()
-            time.sleep(5)
-            steady = {n: load.window(n, steady0, time.monotonic()) for n in urls}
-            for what, act in (("promotion v0001 -> v0002", lambda: reg.promote("v0002", "bench")),
-                              ("rollback v0002 -> v0001", lambda: reg.rollback("bench"))):
+            time.sleep(10)
+            steady = {n: load.latencies(n, steady0, time.monotonic()) for n in urls}
+            for n in urls:
+                rows.append(("steady", f"{n}: {args.clients} clients x {args.rate:g}/s, 10 s", f"p50 "
+                             f"{pct(steady[n], .5):.1f} ms, p99 {pct(steady[n], .99):.1f} ms",
+                             f"{load.failed(n, steady0)} failed of {len(steady[n])}"))
+            for what, act, new in (("promotion v0001 -> v0002", lambda: reg.promote("v0002", "bench"), "v0002"),
+                                   ("rollback v0002 -> v0001", lambda: reg.rollback("bench"), "v0001")):
                 t_move = time.monotonic()
                 gen = act().generation
-                while (serve.read_state(state_dir).get("serving") or {}).get("generation") != gen:
+                while not serve.caught_up(serve.read_state(state_dir)) or \
+                        (serve.read_state(state_dir).get("champion") or {}).get("generation") != gen:
                     time.sleep(0.1)
                 t_done = time.monotonic()
-                time.sleep(2)
+                time.sleep(3)
+                timings = serve.read_state(state_dir).get("last_swap") or {}
                 for n in urls:
-                    w = load.window(n, t_move, t_done)
-                    rows.append(("swap", f"{what} ({n})", f"{t_done - t_move:.1f} s from the pointer move to serving "
-                                 f"(poll 1 s)", f"p99 {pct(w, .99):.1f} ms in the window vs {pct(steady[n], .99):.1f} "
-                                 f"ms steady ({len(w)} requests)"))
-            failed_swap = {n: load.failed(n) for n in urls}
+                    w = load.latencies(n, t_move, t_done)
+                    rows.append(("swap", f"{what} ({n}; its load took {timings.get(f'{n}_s', float('nan')):.1f} s)",
+                                 f"first answer from {new} {load.first(n, t_move, new):.1f} s after the pointer moved "
+                                 f"(poll 1 s); {load.failed(n, t_move, t_done)} failed of {len(w)}",
+                                 f"p99 {pct(w, .99):.1f} ms during the swap vs {pct(steady[n], .99):.1f} ms steady"))
             for name in ("triton", "torchserve"):
                 pid = serve.read_state(state_dir)["servers"][name]["pid"]
                 victim = pid if name == "triton" else next(
                     c.pid for c in psutil.Process(pid).children(recursive=True) if "java" in c.name())
                 t_kill = time.monotonic()
                 os.kill(victim, signal.SIGKILL)
-                while serve.read_state(state_dir)["servers"][name].get("restarts", 0) < 1 or \
-                        serve.read_state(state_dir)["servers"][name]["pid"] == pid:
+                while serve.read_state(state_dir)["servers"][name]["pid"] == pid:
                     time.sleep(0.1)
                 t_back = time.monotonic()
-                time.sleep(3)
-                rows.append(("crash", f"kill -9 {name} ({'tritonserver' if name == 'triton' else 'java frontend'})",
-                             f"back on the same port {t_back - t_kill:.1f} s after the kill",
-                             f"first answer {load.first_answer_after(name, t_kill):.1f} s after the kill"))
+                deadline = t_back + 60
+                while not load.requests(name, t_back, time.monotonic()) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                while time.monotonic() < deadline and not any(ok and s >= t_kill for s, _, ok, _ in
+                                                              load.requests(name, t_kill, time.monotonic())):
+                    time.sleep(0.1)
+                time.sleep(2)
+                rows.append(("crash", f"kill -9 {'tritonserver' if name == 'triton' else 'TorchServe java frontend'}",
+                             f"back (ready) on the same port {t_back - t_kill:.1f} s after the kill; first answer "
+                             f"{load.first(name, t_kill):.1f} s after it; longest silence "
+                             f"{load.longest_silence(name, t_kill - 1, time.monotonic()):.1f} s",
+                             f"{load.failed(name, t_kill - 1, time.monotonic())} failed requests"))
         failed = {n: load.failed(n) for n in urls}
         total = {n: len(load.log[n]) for n in urls}
 
         # memory after bursts of oversized requests
         st = serve.read_state(state_dir)
-        tr_pid = st["servers"]["triton"]["pid"]
-        target = st["servers"]["triton"]["grpc"]
-        raw = g.InferenceServerClient(target)
-        before, peak = rss_mb(tr_pid), 0.0
-        for _ in range(args.bursts):
-            inp = g.InferInput("image", [1, 1, 64, 64], "FP32")
-            inp._raw_content = bytes(args.oversized_mb << 20)
-            inp._input.ClearField("contents")
-            try:
-                raw.infer("alloynet", [inp], client_timeout=300)
-            except InferenceServerException:
-                pass
-            del inp
-            peak = max(peak, rss_mb(tr_pid))
-        time.sleep(2)
+        before, peak, after = oversized(st["servers"]["triton"]["grpc"], st["servers"]["triton"]["pid"],
+                                        args.oversized_mb, args.bursts)
         rows.append(("memory", f"Triton, {args.bursts} refused requests of {args.oversized_mb} MB",
-                     f"RSS {before:.0f} MiB before", f"{rss_mb(tr_pid):.0f} MiB after (sampled peak {peak:.0f})"))
-        raw.close()
+                     f"RSS {before:.0f} MiB before, sampled peak {peak:.0f}", f"{after:.0f} MiB after"))
         ts_pid = st["servers"]["torchserve"]["pid"]
-        java = next(c for c in psutil.Process(ts_pid).children(recursive=True) if "java" in c.name())
-        worker = next(c for c in psutil.Process(ts_pid).children(recursive=True) if "model_service_worker" in
-                      " ".join(c.cmdline()))
+        procs = psutil.Process(ts_pid).children(recursive=True)
+        java = next(c for c in procs if "java" in c.name())
+        worker = next(c for c in procs if "model_service_worker" in " ".join(c.cmdline()))
         wb, jb = worker.memory_info().rss / 2**20, java.memory_info().rss / 2**20
         bomb = bomb_png()
         with connect(urls["torchserve"], key_file=key_file) as client:
@@ -340,8 +400,10 @@ def resilience(args, tmp: Path) -> None:
                 except Exception:
                     pass
             rows.append(("memory", f"TorchServe worker, {args.bursts} PNGs of {len(bomb) // 1024} KB declaring "
-                         "10000x10000 px", f"RSS {wb:.0f} MiB before", f"{worker.memory_info().rss / 2**20:.0f} MiB after"))
-            big = np.zeros((1, 1, (args.oversized_mb << 20) // 4), np.uint8).view(np.float32).reshape(1, -1)
+                         "10000x10000 px", f"RSS {wb:.0f} MiB before",
+                         f"{worker.memory_info().rss / 2**20:.0f} MiB after (decoding one without the header check: "
+                         f"+{decode_cost_mb(bomb):.0f} MiB peak)"))
+            big = np.zeros((args.oversized_mb << 20) // 4, np.float32)
             for _ in range(args.bursts):
                 try:
                     client.predict(big)
@@ -353,13 +415,21 @@ def resilience(args, tmp: Path) -> None:
                          f"{java.memory_info().rss / 2**20:.0f} MiB after"))
     finally:
         serve.stop(state_dir)
+    # the same burst against a Triton with its own defaults (request-object pool, glibc's malloc)
+    plain = triton.start(state_dir / "triton" / "repository", tmp / "plain-triton", memory_guard=False)
+    try:
+        before, peak, after = oversized(plain.grpc_target, plain.pid, args.oversized_mb, args.bursts)
+        rows.append(("memory", f"Triton with its defaults (no --grpc-infer-allocation-pool-size=0, glibc defaults), "
+                     f"same burst", f"RSS {before:.0f} MiB before, sampled peak {peak:.0f}", f"{after:.0f} MiB after"))
+    finally:
+        triton.stop(tmp / "plain-triton")
     print(f"# {machine()}; alloynet serve (Triton + TorchServe) started in {started:.1f} s; "
-          f"{args.clients} client threads per server")
-    print(f"requests: " + ", ".join(f"{n} {total[n]} sent, {failed[n]} failed ({failed_swap[n]} during the swaps)"
-                                    for n in urls))
+          f"{args.clients} client threads per server, each at most {args.rate:g} requests/s, default client (15 s "
+          "retry budget, 10 s timeout)")
+    print("requests: " + ", ".join(f"{n} {total[n]} sent, {failed[n]} failed" for n in urls))
     for n in urls:
-        if load.errors[n]:
-            print(f"  {n} errors: {load.errors[n][:3]}")
+        for _, e in load.errors[n][:3]:
+            print(f"  {n} error: {e}")
     print("| scenario | what | figure | figure |")
     print("|---|---|---|---|")
     for r in rows:
@@ -377,6 +447,7 @@ def main() -> None:
     lat.add_argument("--rounds", type=int, default=30, help="rounds of the interleaved overhead measurement")
     res = sub.add_parser("resilience")
     res.add_argument("--clients", type=int, default=4, help="client threads per server")
+    res.add_argument("--rate", type=float, default=25.0, help="requests per second per client thread, at most")
     res.add_argument("--oversized-mb", type=int, default=400)
     res.add_argument("--bursts", type=int, default=8)
     args = ap.parse_args()

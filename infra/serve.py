@@ -219,6 +219,8 @@ class Supervisor:
 
     # ---- state ----
     def write_state(self) -> None:
+        if "torchserve" in self.servers:
+            self.servers["torchserve"]["generation"] = int(self.ts_version) if self.ts_version else None
         state = {"supervisor_pid": os.getpid(), "tag": self.tag, "status": self.status, "error": self.error,
                  "registry": self.registry.uri, "config": asdict(self.cfg), "updated_at": _now(),
                  "serving": ({"version": self.serving.version, "generation": self.serving.generation}
@@ -443,7 +445,23 @@ class Supervisor:
                     delay = min(delay * 2, 10.0)
             self.write_state()
 
+    def _failed(self, server: str, release_or_pointer, exc: Exception) -> None:
+        """Record a failed swap. It is tried again at the next pointer move or `reload`, and at the next poll if
+        the server died meanwhile (then the failure says nothing about the release)."""
+        pid = self.pids.get(server)
+        sticky = pid is not None and alive(pid)
+        self.failed_swap = {"version": release_or_pointer.version, "generation": release_or_pointer.generation,
+                            "server": server, "error": str(exc), "at": _now()} if sticky else None
+        _log(f"{server}: swap to {release_or_pointer.version} failed ({exc}); "
+             + ("the version before keeps serving" if sticky else "the server died meanwhile: trying again"))
+        self.write_state()
+
+    def _skip(self, server: str, generation: int) -> bool:
+        f = self.failed_swap
+        return bool(f and f["server"] == server and f["generation"] == generation and not self.check_now)
+
     def follow_champion(self) -> None:
+        """Triton takes the champion first (it is the primary path), then TorchServe catches up."""
         try:
             pointer = self.registry.pointer()
         except Exception as exc:  # the store is unreachable: keep serving what we have
@@ -451,39 +469,40 @@ class Supervisor:
             return
         finally:
             self.checked_at = time.time()
-        if pointer is not None:
-            self.champion = {"version": pointer.version, "generation": pointer.generation}
-        if pointer is None or self.serving is None or pointer.generation == self.serving.generation:
+        if pointer is None or self.serving is None:
             return
-        if self.failed_swap and self.failed_swap["generation"] == pointer.generation and not self.check_now:
-            return  # tried already; `reload` tries again
-        _log(f"champion moved: {self.serving.version} (generation {self.serving.generation}) -> {pointer.version} "
-             f"(generation {pointer.generation})")
-        timings = {}
-        try:
+        self.champion = {"version": pointer.version, "generation": pointer.generation}
+        if pointer.generation != self.serving.generation and not self._skip("triton", pointer.generation):
+            _log(f"champion moved: {self.serving.version} (generation {self.serving.generation}) -> "
+                 f"{pointer.version} (generation {pointer.generation})")
             t0 = time.monotonic()
-            release = self.fetch_champion()
-            timings["fetch_s"] = round(time.monotonic() - t0, 2)
-            t0 = time.monotonic()
-            self.swap_triton(release)
-            timings["triton_s"] = round(time.monotonic() - t0, 2)
-            if self.cfg.torchserve:
-                t0 = time.monotonic()
-                self.swap_torchserve(release)
-                timings["torchserve_s"] = round(time.monotonic() - t0, 2)
-        except Exception as exc:
-            self.failed_swap = {"version": pointer.version, "generation": pointer.generation, "error": str(exc),
-                                "at": _now()}
-            _log(f"swap to {pointer.version} failed, {self.serving.version} keeps serving: {exc}")
+            try:
+                release = self.fetch_champion()
+                t1 = time.monotonic()
+                self.swap_triton(release)
+            except Exception as exc:
+                return self._failed("triton", pointer, exc)
+            self.serving, self.failed_swap = release, None
+            self.last_swap = {"version": release.version, "generation": release.generation, "at": _now(),
+                              "fetch_s": round(t1 - t0, 2), "triton_s": round(time.monotonic() - t1, 2)}
+            self.prune_triton()
+            _log(f"triton: serving {release.version} (generation {release.generation}) after "
+                 f"{self.last_swap['triton_s']} s")
             self.write_state()
-            return
-        self.serving, self.failed_swap = release, None
-        self.last_swap = {"version": release.version, "generation": release.generation, "at": _now(), **timings}
-        self.prune_triton()
+        if self.cfg.torchserve and self.ts_version != str(self.serving.generation) \
+                and not self._skip("torchserve", self.serving.generation):
+            t0 = time.monotonic()
+            try:
+                self.swap_torchserve(self.serving)
+            except Exception as exc:
+                return self._failed("torchserve", self.serving, exc)
+            self.failed_swap = None
+            if self.last_swap and self.last_swap["generation"] == self.serving.generation:
+                self.last_swap["torchserve_s"] = round(time.monotonic() - t0, 2)
+            _log(f"torchserve: serving {self.serving.version} (generation {self.serving.generation}) after "
+                 f"{time.monotonic() - t0:.2f} s")
+            self.write_state()
         self.prune_releases()
-        _log(f"serving {release.version} (generation {release.generation}); " + ", ".join(
-            f"{k} {v}" for k, v in timings.items()))
-        self.write_state()
 
     def run(self) -> int:
         def stop(signum, frame):
@@ -675,6 +694,14 @@ def status(state_dir: Optional[Path] = None) -> dict:
     return st
 
 
+def caught_up(st: dict) -> bool:
+    """Every server of this state serves the champion it last read."""
+    gen = (st.get("champion") or {}).get("generation")
+    ts = (st.get("servers") or {}).get("torchserve")
+    return gen is not None and (st.get("serving") or {}).get("generation") == gen and (ts is None or
+                                                                                      ts.get("generation") == gen)
+
+
 def reload(state_dir: Optional[Path] = None, timeout: float = 300.0) -> dict:
     """Make the supervisor look at the champion now; wait until it serves it (or says why not)."""
     state_dir = Path(state_dir or default_dir()).resolve()
@@ -688,11 +715,11 @@ def reload(state_dir: Optional[Path] = None, timeout: float = 300.0) -> dict:
         st = read_state(state_dir) or {}
         if float(st.get("checked_at") or 0) < sent:
             continue
-        champ, serving = st.get("champion") or {}, st.get("serving") or {}
-        if champ.get("generation") == serving.get("generation"):
+        if caught_up(st):
             return st
         failed = st.get("failed_swap") or {}
-        if failed.get("generation") == champ.get("generation"):
+        if failed and failed.get("generation") in ((st.get("champion") or {}).get("generation"),
+                                                   (st.get("serving") or {}).get("generation")):
             return st
     raise ServeError(f"no answer from the supervisor in {timeout:.0f} s; see {state_dir / LOG_FILE}")
 

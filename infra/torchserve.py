@@ -156,7 +156,9 @@ def start(model_store: str | Path, models: list[str], workdir: str | Path, manag
             req = urllib.request.Request(f"{server.inference_url}/ping",
                                          headers={"Authorization": f"Bearer {server.inference_key}"})
             with urllib.request.urlopen(req, timeout=2) as r:
-                return json.loads(r.read().decode()).get("status") == "Healthy"
+                if json.loads(r.read().decode()).get("status") != "Healthy":
+                    return False
+            return all(workers_ready(server, m) for m in server.models)
 
         wait_ready(healthy, proc.pid, timeout, f"TorchServe at {server.inference_url}", server.workdir / "torchserve.log",
                    interval=0.5)
@@ -164,6 +166,18 @@ def start(model_store: str | Path, models: list[str], workdir: str | Path, manag
         stop(workdir)
         raise
     return server
+
+
+def workers_ready(server: TorchServeServer, model: str) -> bool:
+    """Whether ``model`` has a worker READY (/ping says Healthy before any worker has loaded its model)."""
+    if server.management_port:
+        req = urllib.request.Request(f"http://{HOST}:{server.management_port}/models/{model}",
+                                     headers={"Authorization": f"Bearer {server.keys()['management']}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            described = json.loads(r.read().decode())
+    else:
+        described = management(server.workdir, "GET", f"/models/{model}", timeout=5)
+    return any(w.get("status") == "READY" for d in described for w in d.get("workers", []))
 
 
 def stop(workdir: str | Path, timeout: float = 20.0) -> None:

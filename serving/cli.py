@@ -153,13 +153,17 @@ def _print_serving(st: dict) -> None:
     serving, champ = st.get("serving") or {}, st.get("champion") or {}
     if serving:
         out(f"serving {serving['version']} (generation {serving['generation']}) of {st.get('registry')}")
-    if champ and serving and champ.get("generation") != serving.get("generation"):
-        failed = st.get("failed_swap") or {}
-        why = f": swap failed: {failed['error']}" if failed.get("generation") == champ.get("generation") else ""
-        out(f"champion is {champ['version']} (generation {champ['generation']}){why}")
+    failed = st.get("failed_swap") or {}
+    if failed:
+        out(f"swap to {failed['version']} (generation {failed['generation']}) failed on {failed.get('server')}: "
+            f"{failed['error']}")
+    elif champ and serving and champ.get("generation") != serving.get("generation"):
+        out(f"champion is {champ['version']} (generation {champ['generation']}): swap pending")
     for name, info in (st.get("servers") or {}).items():
         up = ("" if info.get("supervised", True) else "  UNSUPERVISED") if info.get("up", True) else "  DOWN"
         extra = f"  key file {info['key_file']}" if info.get("key_file") else ""
+        if info.get("generation") and serving and info["generation"] != serving.get("generation"):
+            extra += f"  (still generation {info['generation']})"
         http = f"  http {info['http']}" if info.get("http") else ""
         out(f"  {name:<10} {info.get('url')}  (gRPC {info.get('grpc')}{http}; pid {info.get('pid')}, "
             f"restarts {info.get('restarts', 0)}){extra}{up}")
@@ -257,9 +261,8 @@ def serve_reload(state_dir: Optional[Path] = DirOpt,
         st = reload(state_dir, timeout)
     except ServeError as exc:
         _serve_fail(exc)
-    failed = st.get("failed_swap") or {}
     _print_serving(status(state_dir))
-    if failed and failed.get("generation") == (st.get("champion") or {}).get("generation"):
+    if st.get("failed_swap"):
         raise typer.Exit(1)
 
 

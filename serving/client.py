@@ -490,8 +490,7 @@ class TorchServeClient:
                     "" if self.key_file else " (give the key file, so a new key can be read)"), capture) from None
             raise self._error(ServingError, f"{code.name}: {details}", capture, code=code.name) from None
 
-    def predict_bytes(self, body: bytes, calibration: Optional[np.ndarray] = None, capture: Optional[str] = None) -> dict:
-        """One capture (PNG/TIFF or .npy bytes) with its calibration [C, 2] (None: not known)."""
+    def _request(self, body: bytes, calibration: Optional[np.ndarray], capture: Optional[str]):
         inputs = {"data": body}
         if calibration is not None:
             inputs[contract.CALIBRATION_NAME] = json.dumps(np.asarray(calibration).tolist()).encode()
@@ -499,8 +498,9 @@ class TorchServeClient:
         if self.max_request_bytes and size > self.max_request_bytes:
             raise self._error(InvalidCaptureError, f"a request of {size:,} bytes is over the server's limit of "
                                                    f"{self.max_request_bytes:,} bytes", capture, code="RESOURCE_EXHAUSTED")
-        req = self.pb.PredictionsRequest(model_name=self.model, model_version=self.version, input=inputs)
-        resp = self._rpc(lambda md: self.stub.Predictions(req, metadata=md, timeout=self.timeout_s), capture)
+        return self.pb.PredictionsRequest(model_name=self.model, model_version=self.version, input=inputs)
+
+    def _answer(self, resp, capture: Optional[str]) -> dict:
         try:
             body = json.loads(resp.prediction)
         except ValueError:
@@ -512,13 +512,21 @@ class TorchServeClient:
             raise self._error(ServingError, str(err), capture, code="INTERNAL")
         return body
 
+    def predict_bytes(self, body: bytes, calibration: Optional[np.ndarray] = None, capture: Optional[str] = None) -> dict:
+        """One capture (PNG/TIFF or .npy bytes) with its calibration [C, 2] (None: not known)."""
+        req = self._request(body, calibration, capture)
+        return self._answer(self._rpc(lambda md: self.stub.Predictions(req, metadata=md, timeout=self.timeout_s),
+                                      capture), capture)
+
     def predict_batch(self, captures: Sequence[Capture],
                       calibrations: Optional[Sequence[Optional[Calibration]]] = None,
-                      errors: str = "raise") -> list:
-        """One prediction per capture (one request each: TorchServe batches requests on the server, and a bad
-        capture is answered on its own). ``errors`` as for TritonClient.predict_batch."""
+                      errors: str = "raise", in_flight: int = 32) -> list:
+        """One prediction per capture: one request each, up to ``in_flight`` at once (TorchServe batches them on
+        the server, and a bad capture is answered on its own). A request that fails is sent again through the
+        retrying path. ``errors`` as for TritonClient.predict_batch."""
         calibrations = list(calibrations) if calibrations is not None else [None] * len(captures)
-        results: list = []
+        results: list = [None] * len(captures)
+        requests = []
         for i, (c, k) in enumerate(zip(captures, calibrations)):
             label = _label(c, i)
             try:
@@ -527,10 +535,23 @@ class TorchServeClient:
                     buf = io.BytesIO()
                     np.save(buf, data, allow_pickle=False)
                     data = buf.getvalue()
-                results.append(Prediction(**self.predict_bytes(data, calibration_of(c, k), label), server=self.server))
+                requests.append((i, label, self._request(data, calibration_of(c, k), label)))
             except InvalidCaptureError as exc:
-                results.append(exc if exc.server else self._error(InvalidCaptureError, exc.message,
-                                                                  exc.capture or label))
+                results[i] = exc if exc.server else self._error(InvalidCaptureError, exc.message, exc.capture or label)
+        for start in range(0, len(requests), in_flight):
+            chunk = requests[start:start + in_flight]
+            sent = [(i, label, req, self.stub.Predictions.future(req, metadata=self.metadata, timeout=self.timeout_s))
+                    for i, label, req in chunk]
+            for i, label, req, future in sent:
+                try:
+                    try:
+                        resp = future.result()
+                    except self._grpc.RpcError:  # retried, mapped and reported by the one-at-a-time path
+                        resp = self._rpc(lambda md, r=req: self.stub.Predictions(r, metadata=md, timeout=self.timeout_s),
+                                         label)
+                    results[i] = Prediction(**self._answer(resp, label), server=self.server)
+                except InvalidCaptureError as exc:
+                    results[i] = exc
         return _finish(results, errors)
 
     def ready(self) -> bool:

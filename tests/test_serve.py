@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +64,10 @@ def registry(bundles, tmp_path_factory):
         build_repository(bundle.directory, rel / "triton")
         build_mar(bundle.directory, rel / "torchserve", batch_size=4, max_batch_delay_ms=5)
         assert reg.publish(rel, metrics={}).version == version
+    broken = root / "release-broken"  # published intact (its hashes match), but Triton cannot load it
+    shutil.copytree(root / "release-v0001", broken)
+    (broken / "triton" / "alloynet" / "1" / "model.onnx").write_bytes(b"not an ONNX model")
+    assert reg.publish(broken, metrics={}).version == "v0003"
     reg.promote("v0001", "first champion")
     return reg
 
@@ -203,10 +208,20 @@ def test_promotion_and_rollback_under_load_drop_no_request(serve, registry, inpu
         rolled = _cli("registry", "rollback", "-r", str(registry.store.root), "--reason", "test")
         assert rolled.returncode == 0, rolled.stdout + rolled.stderr
         # no reload: the supervisor reads the pointer every second (--poll 1)
-        _wait(lambda: (_state(serve)["serving"] or {}).get("generation") == 3, 120, "the rollback to be served")
+        from infra.serve import caught_up
+
+        _wait(lambda: (_state(serve)["champion"] or {}).get("generation") == 3 and caught_up(_state(serve)), 180,
+              "the rollback to be served by both servers")
         back = time.monotonic()
         _wait(lambda: all(v == {"v0001"} for v in load.since(back).values()) and
               all(load.since(back).values()), 60, "answers from v0001 again")
+
+        registry.promote("v0003", "a release Triton cannot load")
+        r = _cli("serve", "reload", "--dir", str(serve["dir"]))
+        assert r.returncode == 1 and "swap to v0003 (generation 4) failed on triton" in r.stdout, r.stdout + r.stderr
+        assert "serving v0001 (generation 3)" in r.stdout
+        after = time.monotonic()
+        _wait(lambda: all(load.since(after).values()), 60, "answers after the failed swap")
     assert load.errors == []
     for url, answers in load.answers.items():
         seen = [v for _, v in answers]
@@ -214,10 +229,11 @@ def test_promotion_and_rollback_under_load_drop_no_request(serve, registry, inpu
         order = [v for i, v in enumerate(seen) if i == 0 or v != seen[i - 1]]
         assert order == ["v0001", "v0002", "v0001"], (url, order)
     st = _state(serve)
-    assert st["serving"] == {"version": "v0001", "generation": 3} and st["failed_swap"] is None
+    assert st["serving"] == {"version": "v0001", "generation": 3} and st["servers"]["torchserve"]["generation"] == 3
+    assert st["failed_swap"]["generation"] == 4 and st["failed_swap"]["server"] == "triton"
     versions = sorted(p.name for p in (serve["dir"] / "triton" / "repository" / "alloynet").iterdir()
                       if p.name.isdigit())
-    assert versions == ["2", "3"]  # the one serving and the one before it
+    assert versions == ["2", "3"]  # the one serving and the one before it; not the one that failed
 
 
 # -- crashes ----------------------------------------------------------------------------------------------
@@ -238,6 +254,8 @@ def test_killed_servers_are_back_on_the_same_ports_without_failed_requests(serve
               and _state(serve)["servers"]["torchserve"]["up"], 120, "TorchServe to be restarted")
         back = time.monotonic()
         _wait(lambda: all(len(v) for v in load.since(back).values()), 60, "answers after the restarts")
+        # restarted, each serves the version it served before: not the champion that failed to load
+        assert set().union(*load.since(back).values()) == {"v0001"}
     assert load.errors == []
     after = _state(serve)["servers"]
     for name in ("triton", "torchserve"):
