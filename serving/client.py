@@ -46,9 +46,10 @@ ENV_FILE_ENV = "ALLOYNET_SERVING_ENV"
 ENV_FILE = "serving.env"
 URL_VAR, TORCHSERVE_URL_VAR, KEY_FILE_VAR = "ALLOYNET_SERVING_URL", "ALLOYNET_TORCHSERVE_URL", "ALLOYNET_TORCHSERVE_KEY_FILE"
 MAX_REQUEST_VAR = "ALLOYNET_TORCHSERVE_MAX_REQUEST_BYTES"
-# Reconnect quickly once a restarted server listens again (gRPC's default backoff grows to minutes).
-CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-                   ("grpc.max_reconnect_backoff_ms", 1000)]
+# Reconnect quickly once a restarted server listens again (gRPC's default backoff grows to minutes). Not
+# grpc.min_reconnect_backoff_ms: gRPC uses it as the connect timeout too (20 s by default), and at 100 ms a
+# loaded server's handshake times out ("timed out before receiving SETTINGS frame").
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 # -- errors -------------------------------------------------------------------------------------------
