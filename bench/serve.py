@@ -12,7 +12,7 @@ Triton's overhead over in-process ONNX Runtime at p50, batch 1.
 
 ``resilience``: two versions published to a throwaway registry and served by `alloynet serve` (Triton +
 TorchServe, free ports), with --clients client threads per server sending one capture in a loop
-each at most --rate requests a second (default client: 15 s retry budget):
+each at most --rate requests a second (default client: 30 s retry budget):
 * swap under load: promote v2, then roll back; failed requests, and p99 latency inside the swap window
   (from the pointer move until the new version answers) against the steady state;
 * crash under load: kill -9 of Triton, then of TorchServe's frontend; seconds until the server is back,
@@ -424,7 +424,7 @@ def resilience(args, tmp: Path) -> None:
     finally:
         triton.stop(tmp / "plain-triton")
     print(f"# {machine()}; alloynet serve (Triton + TorchServe) started in {started:.1f} s; "
-          f"{args.clients} client threads per server, each at most {args.rate:g} requests/s, default client (15 s "
+          f"{args.clients} client threads per server, each at most {args.rate:g} requests/s, default client (30 s "
           "retry budget, 10 s timeout)")
     print("requests: " + ", ".join(f"{n} {total[n]} sent, {failed[n]} failed" for n in urls))
     for n in urls:

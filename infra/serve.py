@@ -12,7 +12,8 @@ the TorchServe key file's location to ``DIR/serving.env`` (which `alloynet infer
 ``source`` it in a shell) and then:
 
 * restarts a server that exits (crash, kill -9, OOM) on the same ports, within seconds (what it left
-  behind, Python-backend stubs and shared memory included, is removed first);
+  behind, Python-backend stubs and shared memory included, is removed first), and one that stops answering
+  (``hang_after`` health probes in a row, ``health_every_s`` apart: 30-60 s by default);
 * follows the registry's champion pointer (every ``poll_s`` seconds, and at once on ``reload``/SIGHUP):
   a promotion or a rollback is loaded without dropping a request. Triton runs with explicit model
   control; the new release becomes model version N = the pointer's generation (which grows with every
@@ -84,6 +85,8 @@ class ServeConfig:
     token_expiry_min: float = 7 * 24 * 60.0
     max_request_bytes: int = 8 << 20      # TorchServe's request size limit (REST and gRPC)
     poll_s: float = 5.0                   # how often the champion pointer is read
+    health_every_s: float = 5.0           # each server is probed this often (and given this long to answer)
+    hang_after: int = 6                   # probes in a row without an answer: the server is restarted
     swap_grace_s: float = 2.0             # TorchServe: the old version keeps its workers this long after the switch
     start_timeout_s: float = 240.0
 
@@ -215,6 +218,8 @@ class Supervisor:
         self.check_now = False
         self.checked_at = 0.0                   # when the champion pointer was last read (time.time())
         self.key_lock, self.stopping, self.keys_refreshed = threading.Lock(), threading.Event(), 0
+        self.unanswered: dict[str, int] = {}   # consecutive health probes without an answer, per server
+        self.restarting: set[str] = set()
         self.ts_version: Optional[str] = None   # the TorchServe model version now default
 
     # ---- state ----
@@ -230,7 +235,10 @@ class Supervisor:
                  "servers": {name: {**info, "pid": self.pids.get(name)} for name, info in self.servers.items()},
                  "torchserve_keys_renewed": self.keys_refreshed,
                  "env_file": str(self.dir / "serving.env")}
-        _write_json(self.dir / STATE_FILE, state)
+        try:
+            _write_json(self.dir / STATE_FILE, state)
+        except OSError as exc:  # a full disk must not stop the serving; the state only reports it
+            _log(f"could not write {self.dir / STATE_FILE}: {exc}")
 
     def write_env(self) -> None:
         from serving.client import KEY_FILE_VAR, MAX_REQUEST_VAR, TORCHSERVE_URL_VAR, URL_VAR
@@ -424,26 +432,66 @@ class Supervisor:
             time.sleep(min(0.1, max(0.0, end - time.monotonic())))
 
     def check_servers(self) -> None:
+        """Restart a server that exited, or that has not answered its health probe ``hang_after`` times in a row."""
         for name, start in (("triton", self.start_triton), ("torchserve", self.start_torchserve)):
             pid = self.pids.get(name)
-            if pid is None or alive(pid):
+            if pid is None:
+                continue
+            hung = self.unanswered.get(name, 0) >= self.cfg.hang_after
+            if alive(pid) and not hung:
                 continue
             info = self.servers[name]
             info["restarts"] += 1
             info["last_exit_at"] = _now()
-            _log(f"{name} (pid {pid}) exited; restarting it on the same ports (restart {info['restarts']})")
+            why = (f"has not answered {self.unanswered[name]} health probes ({self.cfg.health_every_s:g} s apart)"
+                   if hung and alive(pid) else "exited")
+            _log(f"{name} (pid {pid}) {why}; restarting it on the same ports (restart {info['restarts']})")
+            self.restarting.add(name)
             kill_group(pid)  # Python-backend stubs, TorchServe workers: nothing of the old one may hold a port
             delay = 0.5
-            while True:
-                try:
-                    start()
-                    _log(f"{name} is back (pid {self.pids[name]})")
-                    break
-                except Exception as exc:
-                    _log(f"{name}: restart failed ({exc}); again in {delay:.1f} s")
-                    self._sleep(delay)
-                    delay = min(delay * 2, 10.0)
+            try:
+                while True:
+                    try:
+                        start()
+                        _log(f"{name} is back (pid {self.pids[name]})")
+                        break
+                    except Exception as exc:
+                        _log(f"{name}: restart failed ({exc}); again in {delay:.1f} s")
+                        self._sleep(delay)
+                        delay = min(delay * 2, 10.0)
+            finally:
+                self.unanswered[name] = 0
+                self.restarting.discard(name)
             self.write_state()
+
+    def probe(self, name: str) -> bool:
+        """Whether the server answers at all (a refused key counts as an answer)."""
+        import urllib.error
+        import urllib.request
+
+        from infra import torchserve, triton
+
+        try:
+            if name == "triton":  # live, not ready: a model being reloaded is not a hang
+                return triton.grpc_live(f"{HOST}:{self.cfg.triton_grpc_port}", timeout=self.cfg.health_every_s)
+            req = urllib.request.Request(f"http://{HOST}:{self.cfg.torchserve_http_port}/ping", headers={
+                "Authorization": f"Bearer {torchserve.read_keys(self.ts_dir)['inference']}"})
+            with urllib.request.urlopen(req, timeout=self.cfg.health_every_s) as r:
+                return r.status == 200
+        except urllib.error.HTTPError:
+            return True
+        except Exception:
+            return False
+
+    def watchdog(self) -> None:
+        """A thread: probes each server every ``health_every_s``; check_servers restarts one that stopped answering."""
+        while not self.stopping.wait(self.cfg.health_every_s):
+            for name in list(self.pids):
+                if name in self.restarting:
+                    continue
+                answered = self.probe(name)
+                if name not in self.restarting:
+                    self.unanswered[name] = 0 if answered else self.unanswered.get(name, 0) + 1
 
     def _failed(self, server: str, release_or_pointer, exc: Exception) -> None:
         """Record a failed swap. It is tried again at the next pointer move or `reload`, and at the next poll if
@@ -534,6 +582,7 @@ class Supervisor:
             _log(f"serving {release.version} (generation {release.generation}): " + ", ".join(self.cfg.urls().values()))
             if self.cfg.torchserve:
                 threading.Thread(target=self.key_keeper, name="key-keeper", daemon=True).start()
+            threading.Thread(target=self.watchdog, name="watchdog", daemon=True).start()
             last_poll = last_beat = time.monotonic()
             while True:
                 self.check_servers()

@@ -90,6 +90,17 @@ def grpc_ready(target: str, models: Sequence[str] = (), timeout: float = 2.0) ->
         client.close()
 
 
+def grpc_live(target: str, timeout: float = 2.0) -> bool:
+    """The server answers (whatever its models are doing)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        return bool(client.is_server_live(client_timeout=timeout))
+    finally:
+        client.close()
+
+
 def load_model(target: str, model: str, admin_key: Optional[str] = None, timeout: float = 300.0) -> None:
     """(Re)load ``model`` from the repository (explicit model control). Triton loads the new version(s) while
     the loaded ones keep serving and unloads the old ones only once the new ones are ready; a failed load

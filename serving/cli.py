@@ -88,7 +88,7 @@ def infer(
     key_file: Optional[Path] = typer.Option(None, help="TorchServe key_file.json (read again whenever the key is "
                                                        "refused; default: the one `alloynet serve` wrote)"),
     timeout: float = typer.Option(10.0, help="seconds per request"),
-    retry_budget: float = typer.Option(15.0, help="seconds to keep retrying while the server is unavailable "
+    retry_budget: float = typer.Option(30.0, help="seconds to keep retrying while the server is unavailable "
                                                   "(e.g. restarting)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -190,6 +190,8 @@ def serve_start(
                                                                "they are made; renewed when a quarter is left"),
     max_request_mb: float = typer.Option(8.0, help="TorchServe refuses larger requests"),
     poll: float = typer.Option(5.0, help="seconds between reads of the champion pointer"),
+    health_every: float = typer.Option(5.0, help="seconds between health probes of each server"),
+    hang_after: int = typer.Option(6, help="a server that misses this many probes in a row is restarted"),
     state_dir: Optional[Path] = DirOpt,
 ) -> None:
     """Serve the registry's champion: Triton (and TorchServe with --torchserve) on fixed ports, supervised
@@ -204,7 +206,8 @@ def serve_start(
                       torchserve_grpc_port=torchserve_grpc_port, torchserve_http_port=torchserve_http_port,
                       torchserve_grpc_management_port=torchserve_grpc_management_port,
                       torchserve_metrics_port=torchserve_metrics_port, token_expiry_min=token_expiry_min,
-                      max_request_bytes=int(max_request_mb * (1 << 20)), poll_s=poll)
+                      max_request_bytes=int(max_request_mb * (1 << 20)), poll_s=poll, health_every_s=health_every,
+                      hang_after=hang_after)
     try:
         st, already = start(cfg, state_dir)
     except ServeError as exc:

@@ -97,7 +97,8 @@ def serve(registry, tmp_path_factory):
              "torchserve-http-port": free_port(), "torchserve-grpc-management-port": free_port(),
              "torchserve-metrics-port": free_port()}
     args = ["serve", "start", "--dir", str(d), "--registry", str(registry.store.root), "--torchserve", "--poll", "1",
-            "--token-expiry-min", str(TOKEN_EXPIRY_MIN), "--max-request-mb", "1"]
+            "--token-expiry-min", str(TOKEN_EXPIRY_MIN), "--max-request-mb", "1", "--health-every", "2",
+            "--hang-after", "4"]
     args += [a for k, v in ports.items() for a in (f"--{k}", str(v))]
     try:
         r = _cli(*args)
@@ -262,6 +263,16 @@ def test_killed_servers_are_back_on_the_same_ports_without_failed_requests(serve
         assert after[name]["pid"] != before[name]["pid"] and after[name]["grpc"] == before[name]["grpc"]
     # a restarted TorchServe makes new keys; the clients read them from the key file when refused
     assert json.loads(serve["key_file"].read_text())["inference"]["key"] != old_key
+    # a server that stops answering (here: stopped with SIGSTOP) is restarted too, after 4 missed probes
+    hung = _state(serve)["servers"]["triton"]["pid"]
+    os.kill(hung, signal.SIGSTOP)
+    _wait(lambda: _state(serve)["servers"]["triton"]["restarts"] == 2 and _state(serve)["servers"]["triton"]["up"],
+          90, "the hung Triton to be replaced")
+    assert "has not answered 4 health probes" in (serve["dir"] / "supervisor.log").read_text()
+    from serving.client import connect
+
+    with connect(serve["triton"]) as client:
+        assert client.predict(inputs["image"], inputs["calibration"]).alloy in ALLOY_NAMES
     # the killed Triton's shared memory is gone; only the running one's is left
     current = (serve["dir"] / "triton" / "tritonserver.shm").read_text().strip()
     ours = [p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(f"alloynet{_state(serve)['supervisor_pid']}-")]
