@@ -11,8 +11,8 @@ Where to connect: the URL given, else ``$ALLOYNET_SERVING_URL``, else the env fi
 key file (given, or from the same environment/env file), which is read again whenever the server refuses
 the key (TorchServe makes new keys when it restarts or when they are refreshed before they expire).
 
-Every call has a timeout; UNAVAILABLE (server starting, restarting, overloaded) is retried with capped
-exponential backoff until a retry budget (30 s by default: longer than a supervised restart, which took
+Every call has a timeout; UNAVAILABLE (server starting, restarting, overloaded) and DEADLINE_EXCEEDED (a
+restarted server still loading, a hung one being replaced) are retried with capped exponential backoff until a retry budget (30 s by default: longer than a supervised restart, which took
 Triton 4-6 s and TorchServe 7-16 s on a loaded 2-core machine) is spent.
 Errors name the server, the capture and what was expected, with a gRPC-style ``code``:
 ``InvalidCaptureError`` (INVALID_ARGUMENT: the capture was refused, by the client's checks or the server's;
@@ -51,6 +51,9 @@ MAX_REQUEST_VAR = "ALLOYNET_TORCHSERVE_MAX_REQUEST_BYTES"
 # grpc.min_reconnect_backoff_ms: gRPC uses it as the connect timeout too (20 s by default), and at 100 ms a
 # loaded server's handshake times out ("timed out before receiving SETTINGS frame").
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
+# Retried within the budget: UNAVAILABLE (not listening, restarting), and DEADLINE_EXCEEDED (a server that came
+# back but is still loading its model, or hung until the supervisor replaced it; a prediction is idempotent).
+RETRIED = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
 # -- errors -------------------------------------------------------------------------------------------
@@ -268,8 +271,8 @@ class TritonClient:
             try:
                 return fn()
             except InferenceServerException as exc:
-                if "UNAVAILABLE" in str(exc.status() or ""):
-                    raise _Unavailable(exc.message()) from None
+                if any(c in str(exc.status() or "") for c in RETRIED):
+                    raise _Unavailable(f"{exc.status()}: {exc.message()}") from None
                 raise
 
         try:
@@ -458,8 +461,8 @@ class TorchServeClient:
                 except grpc.RpcError as exc:
                     code = exc.code()
                     refused["last"] = False
-                    if code == grpc.StatusCode.UNAVAILABLE:
-                        raise _Unavailable(exc.details()) from None
+                    if code.name in RETRIED:
+                        raise _Unavailable(f"{code.name}: {exc.details()}") from None
                     if code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED) \
                             or not self.key_file:
                         raise
