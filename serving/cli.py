@@ -122,7 +122,10 @@ def infer(
                 show_error(path, exc)
                 continue
             except ServingError as exc:
-                console.print(f"{path}: {exc}", markup=False, highlight=False, style="red")
+                if as_json:
+                    print(json.dumps({"capture": str(path), "error": str(exc), "code": exc.code}))
+                else:
+                    console.print(f"{path}: {exc}", markup=False, highlight=False, style="red")
                 raise typer.Exit(2)
             if as_json:
                 print(json.dumps({"capture": str(path), **p.to_dict()}))

@@ -175,7 +175,7 @@ def _retry(call: Callable, budget_s: float, backoff_s: float, max_backoff_s: flo
         except _Unavailable as exc:
             spent = time.monotonic() - start
             if spent + delay > budget_s or (max_attempts is not None and attempt >= max_attempts):
-                raise fail(f"still unavailable after {attempt} attempts over {spent:.1f} s (retry budget "
+                raise fail(f"still unavailable after {attempt} attempt{'s' if attempt > 1 else ''} over {spent:.1f} s (retry budget "
                            f"{budget_s:g} s): {exc}") from None
             time.sleep(delay)
             delay = min(delay * 2, max_backoff_s)
