@@ -193,6 +193,14 @@ def test_start_prints_endpoints_writes_env_file_and_is_idempotent(serve, tmp_pat
     r = _cli("serve", "status", "--dir", str(serve["dir"]))
     assert r.returncode == 0 and "serving v0001 (generation 1)" in r.stdout, r.stdout
 
+    # one TorchServe per working directory: a second one there is refused (and the first left alone)
+    from infra import torchserve
+
+    with pytest.raises(RuntimeError, match="still runs"):
+        torchserve.start(serve["dir"] / "torchserve" / "model-store", ["alloynet=alloynet-g1.mar"],
+                         serve["dir"] / "torchserve")
+    assert _state(serve)["servers"]["torchserve"]["up"]
+
 
 # -- hot swap -------------------------------------------------------------------------------------------
 
