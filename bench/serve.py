@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/serve.py latency [--n 300] [--concurrency 8] [--queue-delay-us 0]
     .venv/bin/python bench/serve.py resilience [--clients 4] [--oversized-mb 400] [--bursts 8]
+    .venv/bin/python bench/serve.py guard-cost [--rounds 40]     # latency with/without Triton's memory settings
 
 ``latency``: in-process PyTorch and ONNX Runtime vs TorchServe and Triton over gRPC, same model (a
 profile_cnn trained one epoch by alloynet at 64x64 unless --checkpoint is given), same captures, each sent
@@ -436,6 +437,49 @@ def resilience(args, tmp: Path) -> None:
         print("| " + " | ".join(r) + " |")
 
 
+def guard_cost(args, tmp: Path) -> None:
+    """Does the memory guard cost latency? Four Tritons on one repository (the guard's two parts on and off),
+    interleaved blocks of 25 single-capture calls each, --rounds rounds."""
+    from alloynet.export import export_checkpoint
+    from infra import triton
+    from serving.client import connect
+    from serving.triton.repository import build_repository
+    from tests.helpers.serving import capture_inputs, train_tiny_checkpoint
+
+    bundle = export_checkpoint(train_tiny_checkpoint(tmp), tmp / "export", n_parity=4, log=lambda *_: None)
+    repo = build_repository(bundle.directory, tmp / "repo")
+    x = capture_inputs(1, seed=3)
+    img, cal = x["image"].astype(np.float32), x["calibration"]
+    servers = {"pool 0 + malloc (the default)": triton.start(repo, tmp / "both"),
+               "neither (Triton's defaults)": triton.start(repo, tmp / "none", memory_guard=False),
+               "malloc settings only": triton.start(repo, tmp / "malloc", memory_guard=False, env=triton.MEMORY_ENV)}
+    saved, triton.MEMORY_ENV = triton.MEMORY_ENV, {}
+    try:
+        servers["pool 0 only"] = triton.start(repo, tmp / "pool")
+    finally:
+        triton.MEMORY_ENV = saved
+    try:
+        clients = {k: connect(f"triton://{s.grpc_target}/alloynet").backend for k, s in servers.items()}
+        lat: dict[str, list[float]] = {k: [] for k in clients}
+        for c in clients.values():
+            for _ in range(20):
+                c.infer_array(img, cal)
+        for _ in range(args.rounds):
+            for k, c in clients.items():
+                for _ in range(25):
+                    t0 = time.perf_counter()
+                    c.infer_array(img, cal)
+                    lat[k].append((time.perf_counter() - t0) * 1e3)
+    finally:
+        for s in servers.values():
+            triton.stop(s.workdir)
+    print(f"# {machine()}; Triton b1 latency, {args.rounds} x 25 calls per variant, interleaved")
+    print("| Triton memory settings | p50 ms | p90 ms |")
+    print("|---|---|---|")
+    for k, v in lat.items():
+        print(f"| {k} | {pct(v, .5):.2f} | {pct(v, .9):.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="what", required=True)
@@ -445,6 +489,8 @@ def main() -> None:
     lat.add_argument("--concurrency", type=int, default=8)
     lat.add_argument("--queue-delay-us", type=int, default=0, help="Triton dynamic batching max queue delay")
     lat.add_argument("--rounds", type=int, default=30, help="rounds of the interleaved overhead measurement")
+    gc = sub.add_parser("guard-cost")
+    gc.add_argument("--rounds", type=int, default=40)
     res = sub.add_parser("resilience")
     res.add_argument("--clients", type=int, default=4, help="client threads per server")
     res.add_argument("--rate", type=float, default=25.0, help="requests per second per client thread, at most")
@@ -454,7 +500,7 @@ def main() -> None:
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="alloynet-bench-"))
     try:
-        (latency if args.what == "latency" else resilience)(args, tmp)
+        {"latency": latency, "resilience": resilience, "guard-cost": guard_cost}[args.what](args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
