@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= train,flows,serve,dev
+EXTRAS ?= train,flows,serve,pbt,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -29,6 +29,8 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	infra/serving_env.sh
+	infra/browser_env.sh
+	infra/postgres_env.sh
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)

@@ -12,6 +12,9 @@ Inputs (per item; the batch dimension B comes first on the wire):
   channel, from its session's dark and flat frames (the sidecar's ``calibration``). A capture whose
   calibration is unknown is sent with zeros: the model then uses the levels it was trained with and says so
   in ``flags`` (calibration_missing); at +-3 % tube drift between sessions that costs accuracy.
+* ``wedge_mm``: the thickness of the wedge at its thick end, float32 [1] (the sidecar's ``rig.wedge_mm``).
+  The model subtracts the wedge's own attenuation to see the plate's; 0 = not known: the wedge most common
+  in training is assumed and calibration_missing is raised.
 
 Outputs (``"K"`` = the number of classes, ``"G"`` = len(GROUP_NAMES), ``"F"`` = len(FLAG_NAMES)):
 probabilities calibrated on held-out data (temperature scaling), the plate thickness and absorption, the
@@ -22,18 +25,20 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-VERSION = 2
+VERSION = 3
 META_FILE = "export.json"           # written beside every exported model: class names, shapes, hashes
 
 INPUT_NAME = "image"                # float32 [B, C, H, W]: raw detector ADU
 CALIBRATION_NAME = "calibration"    # float32 [B, C, 2]: (dark, flat) ADU per channel; zeros = not known
+WEDGE_NAME = "wedge_mm"             # float32 [B, 1]: the wedge's thickness at its thick end, mm; 0 = not known
 INPUT_DTYPE = "float32"
-INPUTS: tuple[tuple[str, tuple], ...] = ((INPUT_NAME, ("C", "H", "W")), (CALIBRATION_NAME, ("C", 2)))
+INPUTS: tuple[tuple[str, tuple], ...] = ((INPUT_NAME, ("C", "H", "W")), (CALIBRATION_NAME, ("C", 2)),
+                                         (WEDGE_NAME, (1,)))
 INPUT_NAMES: tuple[str, ...] = tuple(name for name, _ in INPUTS)
 
 GROUP_NAMES = ("heavy", "light")    # Cu/Zn-bearing (e.g. Al2017, Al7075) vs the rest (Al1050, Al5083, Al6082)
 FLAG_NAMES = (
-    "calibration_missing",          # no calibration sent: the training levels were used
+    "calibration_missing",          # calibration levels or wedge size not sent: the training ones were used
     "calibration_out_of_tolerance",  # the sent levels lie outside what the model was trained on (+margin)
     "thickness_out_of_range",       # the plate's estimated thickness lies outside the training range
     "profile_unlike_training",      # the capture's features are far from every class seen in training

@@ -22,9 +22,11 @@ from typing import Any, Mapping, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from alloynet.captures.ingest import IngestResult
+from alloynet.captures.layout import CAPTURES
 from alloynet.captures.stores import LocalStore, open_store
 from alloynet.data.manifest import DataSet, ingest_and_refresh, manifest_hash
 from alloynet.evaluate import evaluate
+from alloynet.evaluate.bootstrap import bootstrap_margin, read_predictions
 from alloynet.export import export_checkpoint
 from alloynet.registry.promotion import Decision, PromotionRule, best_candidate, decide, tail_classes
 from alloynet.registry.store import ChampionPointer, ModelRegistry
@@ -59,9 +61,11 @@ class IngestReport(IngestResult):
     manifest_changed: bool = False
     captures: int = 0
     labelled: int = 0
+    source_captures: Optional[int] = None   # sidecars at the source: 0 means a wrong or empty prefix
 
     def summary(self) -> str:
-        return (f"{super().summary()}; manifest {self.captures} captures "
+        empty = " (the source holds no captures)" if self.source_captures == 0 else ""
+        return (f"{super().summary()}{empty}; manifest {self.captures} captures "
                 f"({'updated' if self.manifest_changed else 'unchanged'})")
 
 
@@ -78,10 +82,15 @@ def ingest_captures(source: str, data_dir: str | Path, seed: int = 0,
     are written atomically one capture at a time (alloynet.captures.ingest), the manifest by rename."""
     dest = LocalStore(data_dir)
     sizes = {tuple(s) for s in accepted_sizes} if accepted_sizes else None
-    res, df, changed = ingest_and_refresh(open_store(source), dest, seed, accepted_sizes=sizes, wait=wait)
+    src = open_store(source)
+    res, df, changed = ingest_and_refresh(src, dest, seed, accepted_sizes=sizes, wait=wait)
+    at_source = sum(1 for info in src.list(CAPTURES) if info.key.endswith(".json"))
+    if at_source == 0:
+        log.warning("%s holds no captures under %s: wrong prefix or bucket? nothing ingested", src.uri, CAPTURES)
     dataset = DataSet(str(dest.root), manifest_hash(df)) if len(df) else None
     return IngestReport(**vars(res), source=str(source), dataset=dataset, manifest_changed=changed,
-                        captures=len(df), labelled=int(df.labelled.sum()) if len(df) else 0)
+                        captures=len(df), labelled=int(df.labelled.sum()) if len(df) else 0,
+                        source_captures=at_source)
 
 
 # ---- retrain ---------------------------------------------------------------------------------------
@@ -162,6 +171,15 @@ def decide_promotion(candidates: Mapping[str, Mapping[str, Any]], champion: Opti
     tail = tail_classes(dataset.manifest(), rule.tail_fraction)
     best = best_candidate(candidates, rule.primary_metric)
     return decide(candidates[best], champion, rule, tail, challenger_name=best, champion_name=champion_name)
+
+
+def promotion_uncertainty(challenger_report: str | Path, champion_report: str | Path | None = None, *,
+                          n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """How sure the decision is: a paired, stratified bootstrap over the test captures of the challenger's
+    balanced accuracy and of its margin over the champion (both evaluation folders' predictions.csv)."""
+    challenger = read_predictions(challenger_report)
+    champion = read_predictions(champion_report) if champion_report else None
+    return bootstrap_margin(challenger, champion, n_boot=n_boot, seed=seed, level=level).as_dict()
 
 
 # ---- export and the release ----------------------------------------------------------------------------

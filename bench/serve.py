@@ -6,7 +6,7 @@
 
 ``latency``: in-process PyTorch and ONNX Runtime vs TorchServe and Triton over gRPC, same model (a
 profile_cnn trained one epoch by alloynet at 64x64 unless --checkpoint is given), same captures, each sent
-with its calibration, one intra-op thread per model instance. "b1": one request at a time. "dyn":
+with its calibration and wedge size, one intra-op thread per model instance. "b1": one request at a time. "dyn":
 --concurrency client threads sending single captures (servers batch them; the in-process rows run
 batches of that size). Prints p50/p99 latency, throughput, ratios to in-process ONNX Runtime, and
 Triton's overhead over in-process ONNX Runtime at p50, batch 1.
@@ -103,18 +103,18 @@ def latency(args, tmp: Path) -> None:
     bundle = export_checkpoint(ckpt, tmp / "export", log=lambda *_: None)
     model, _ = load_model(ckpt)
     x = capture_inputs(64, seed=11)
-    f32, cals = x["image"].astype(np.float32), x["calibration"]
-    singles = [(f32[i % 64][None], cals[i % 64][None]) for i in range(args.n)]
+    f32, cals, wedges = x["image"].astype(np.float32), x["calibration"], x["wedge_mm"]
+    singles = [(f32[i % 64][None], cals[i % 64][None], wedges[i % 64][None]) for i in range(args.n)]
     c = args.concurrency
-    batches = [(np.concatenate([singles[(i + j) % args.n][0] for j in range(c)]),
-                np.concatenate([singles[(i + j) % args.n][1] for j in range(c)])) for i in range(0, args.n, c)]
+    batches = [tuple(np.concatenate([singles[(i + j) % args.n][k] for j in range(c)]) for k in range(3))
+               for i in range(0, args.n, c)]
     rows: dict[str, dict] = {}
 
     with torch.inference_mode():
-        run_pt = lambda xc: model(torch.from_numpy(xc[0]), torch.from_numpy(xc[1]))  # noqa: E731
+        run_pt = lambda xc: model(*(torch.from_numpy(t) for t in xc))  # noqa: E731
         rows["PyTorch in-process (eager)"] = {"b1": measure(run_pt, singles), "dyn": measure(run_pt, batches)}
     sess = onnx_session(bundle.path("onnx"), threads=1)
-    run = lambda xc: sess.run(None, {"image": xc[0], "calibration": xc[1]})  # noqa: E731
+    run = lambda xc: sess.run(None, {"image": xc[0], "calibration": xc[1], "wedge_mm": xc[2]})  # noqa: E731
     rows["ONNX Runtime in-process"] = {"b1": measure(run, singles), "dyn": measure(run, batches)}
 
     store = tmp / "store"
@@ -122,7 +122,7 @@ def latency(args, tmp: Path) -> None:
     ts = ts_server.start(store, ["alloynet.mar"], tmp / "ts", timeout=180)
     try:
         with connect(f"torchserve://{ts.grpc_target}", token=ts.inference_key) as cl:
-            send = lambda xc: cl.predict(xc[0][0], xc[1][0])  # noqa: E731
+            send = lambda xc: cl.predict(xc[0][0], xc[1][0], float(xc[2][0, 0]))  # noqa: E731
             rows["TorchServe gRPC"] = {"b1": measure(send, singles), "dyn": measure(send, singles, concurrency=c)}
     finally:
         ts_server.stop(tmp / "ts")
@@ -149,7 +149,7 @@ def latency(args, tmp: Path) -> None:
         tr_server.stop(tmp / "triton")
 
     ref = rows["ONNX Runtime in-process"]
-    print(f"# {machine()}; n={args.n}, concurrency={c}, 64x64 captures + calibration, {bundle.meta.arch}")
+    print(f"# {machine()}; n={args.n}, concurrency={c}, 64x64 captures + calibration + wedge_mm, {bundle.meta.arch}")
     print("| path | b1 p50 ms | b1 p99 ms | b1 cap/s | dyn p50 ms | dyn p99 ms | dyn cap/s | b1 p50 / ORT | "
           "dyn cap/s / ORT |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -188,9 +188,10 @@ class Load:
     paces its captures; unpaced loops would only measure two cores starved by eight busy clients). Every request
     is logged: (start, end, ok, which version answered)."""
 
-    def __init__(self, urls: dict[str, str], clients: int, rate: float, key_file: Path, image, calibration, refs):
+    def __init__(self, urls: dict[str, str], clients: int, rate: float, key_file: Path, image, calibration,
+                 wedge_mm: float, refs):
         self.urls, self.clients, self.period, self.key_file = urls, clients, 1.0 / rate, key_file
-        self.image, self.calibration, self.refs = image, calibration, refs
+        self.image, self.calibration, self.wedge_mm, self.refs = image, calibration, wedge_mm, refs
         self.log: dict[str, list[tuple[float, float, bool, str]]] = {n: [] for n in urls}
         self.errors: dict[str, list[tuple[float, str]]] = {n: [] for n in urls}
         self.stop, self.lock = threading.Event(), threading.Lock()
@@ -210,7 +211,7 @@ class Load:
                 next_at += self.period
                 t0 = time.monotonic()
                 try:
-                    ok, version = True, self.who(client.predict(self.image, self.calibration))
+                    ok, version = True, self.who(client.predict(self.image, self.calibration, self.wedge_mm))
                 except Exception as exc:
                     ok, version = False, ""
                     with self.lock:
@@ -310,7 +311,7 @@ def resilience(args, tmp: Path) -> None:
     from tests.helpers.serving import capture_inputs, train_tiny_checkpoint
 
     x = capture_inputs(1, seed=3)
-    image, calibration = x["image"][0], x["calibration"][0]
+    image, calibration, wedge_mm = x["image"][0], x["calibration"][0], float(x["wedge_mm"][0, 0])
     reg, refs = open_registry(tmp / "registry"), {}
     for seed in (0, 1):
         b = export_checkpoint(train_tiny_checkpoint(tmp / f"m{seed}", seed=seed), tmp / f"m{seed}" / "export",
@@ -320,7 +321,8 @@ def resilience(args, tmp: Path) -> None:
         build_mar(b.directory, rel / "torchserve")
         version = reg.publish(rel, metrics={}).version
         refs[version] = onnx_session(b.path("onnx")).run(["probabilities"], {
-            "image": image[None].astype(np.float32), "calibration": calibration[None]})[0][0]
+            "image": image[None].astype(np.float32), "calibration": calibration[None],
+            "wedge_mm": np.array([[wedge_mm]], np.float32)})[0][0]
     reg.promote("v0001", "bench")
     cfg = serve.ServeConfig(registry=str(tmp / "registry"), torchserve=True, poll_s=1.0,
                             triton_grpc_port=free_port(), torchserve_grpc_port=free_port(),
@@ -334,7 +336,7 @@ def resilience(args, tmp: Path) -> None:
     key_file = state_dir / "torchserve" / "key_file.json"
     rows = []
     try:
-        with Load(urls, args.clients, args.rate, key_file, image, calibration, refs) as load:
+        with Load(urls, args.clients, args.rate, key_file, image, calibration, wedge_mm, refs) as load:
             steady0 = time.monotonic()
             time.sleep(10)
             steady = {n: load.latencies(n, steady0, time.monotonic()) for n in urls}
@@ -449,7 +451,7 @@ def guard_cost(args, tmp: Path) -> None:
     bundle = export_checkpoint(train_tiny_checkpoint(tmp), tmp / "export", n_parity=4, log=lambda *_: None)
     repo = build_repository(bundle.directory, tmp / "repo")
     x = capture_inputs(1, seed=3)
-    img, cal = x["image"].astype(np.float32), x["calibration"]
+    img, cal, wedge = x["image"].astype(np.float32), x["calibration"], x["wedge_mm"]
     servers = {"pool 0 + malloc (the default)": triton.start(repo, tmp / "both"),
                "neither (Triton's defaults)": triton.start(repo, tmp / "none", memory_guard=False),
                "malloc settings only": triton.start(repo, tmp / "malloc", memory_guard=False, env=triton.MEMORY_ENV)}
@@ -463,12 +465,12 @@ def guard_cost(args, tmp: Path) -> None:
         lat: dict[str, list[float]] = {k: [] for k in clients}
         for c in clients.values():
             for _ in range(20):
-                c.infer_array(img, cal)
+                c.infer_array(img, cal, wedge)
         for _ in range(args.rounds):
             for k, c in clients.items():
                 for _ in range(25):
                     t0 = time.perf_counter()
-                    c.infer_array(img, cal)
+                    c.infer_array(img, cal, wedge)
                     lat[k].append((time.perf_counter() - t0) * 1e3)
     finally:
         for s in servers.values():

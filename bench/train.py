@@ -22,6 +22,7 @@ import torch
 from alloynet.data.transforms import Preprocess
 from alloynet.losses import MultiTaskLoss, create_loss
 from alloynet.models import create_model
+from alloynet.models.registry import takes_width
 from alloynet.train.config import OptimConfig
 from alloynet.train.optim import build_optimizer
 
@@ -39,7 +40,9 @@ def _batch(b: int, size: int, device: torch.device) -> tuple[torch.Tensor, dict]
 
 def bench(name: str, size: int, batch: int, steps: int, device: torch.device, amp: bool) -> dict:
     torch.manual_seed(0)
-    model = create_model(name, 5, 1, Preprocess([1000.0], [50000.0], 1.5, 1.0), target_stats=STATS).to(device)
+    width = {"width": size} if takes_width(name) else {}
+    model = create_model(name, 5, 1, Preprocess([1000.0], [50000.0], 1.5, 1.0), target_stats=STATS, **width).to(device)
+    cal, wedge = model.preprocess.reference_calibration(batch).to(device), torch.full((batch, 1), 50.0, device=device)
     channels_last = device.type == "cuda" and name not in ("fnn", "profile_cnn")
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -51,7 +54,7 @@ def bench(name: str, size: int, batch: int, steps: int, device: torch.device, am
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            out = model(x)
+            out = model(x, cal, wedge)
         loss, _ = criterion(out, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()

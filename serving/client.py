@@ -1,7 +1,8 @@
 """The inspection-line client: one API over Triton (primary) and TorchServe, both over gRPC.
 
     with connect() as client:                      # the endpoint `alloynet serve` wrote, else triton://127.0.0.1:8001
-        p = client.predict("capture.png")          # calibration from capture.json beside it, or calibration=[[d, f]]
+        p = client.predict("capture.png")          # calibration and wedge size from capture.json beside it,
+                                                   # or calibration=[[d, f]], wedge_mm=50
         p.alloy, p.prediction_set, p.group, p.flags, p.probabilities, p.thickness_mm, p.absorption
         client.predict_batch(paths, errors="return")   # a Prediction or an InvalidCaptureError per capture
 
@@ -195,20 +196,26 @@ def _label(capture: Capture, index: int) -> str:
     return f"capture {index} ({len(capture)} bytes)"
 
 
-def calibration_of(capture: Capture, calibration: Optional[Calibration] = None) -> Optional[np.ndarray]:
-    """The calibration to send with ``capture``: the one given ([[dark, flat], ...] per channel), else the
-    levels in the capture's sidecar beside it (``<stem>.json``, as alloynet stores captures), else None."""
-    if calibration is not None:
-        return np.asarray(calibration, dtype=np.float32).reshape(-1, 2)
-    if isinstance(capture, (str, Path)):
+def context_of(capture: Capture, calibration: Optional[Calibration] = None,
+               wedge_mm: Optional[float] = None) -> tuple[Optional[np.ndarray], Optional[float]]:
+    """What to send beside ``capture``: its calibration ([[dark, flat], ...] per channel) and wedge size (mm),
+    as given, else from the capture's sidecar beside it (``<stem>.json``, as alloynet stores captures), else
+    None (the server then says calibration_missing)."""
+    cal = None if calibration is None else np.asarray(calibration, dtype=np.float32).reshape(-1, 2)
+    if (cal is None or wedge_mm is None) and isinstance(capture, (str, Path)):
         sidecar = Path(capture).with_suffix(".json")
         if sidecar.is_file():
             try:
-                cal = json.loads(sidecar.read_text())["calibration"]
-                return np.asarray(list(zip(cal["dark_adu"], cal["flat_adu"])), dtype=np.float32)
+                body = json.loads(sidecar.read_text())
+                if cal is None:
+                    c = body["calibration"]
+                    cal = np.asarray(list(zip(c["dark_adu"], c["flat_adu"])), dtype=np.float32)
+                if wedge_mm is None and "rig" in body:
+                    wedge_mm = float(body["rig"]["wedge_mm"])
             except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidCaptureError(f"calibration: not readable ({exc})", capture=str(sidecar)) from None
-    return None
+                raise InvalidCaptureError(f"sidecar: not readable for calibration and wedge_mm ({exc})",
+                                          capture=str(sidecar)) from None
+    return cal, wedge_mm
 
 
 def _decode(capture: Union[bytes, np.ndarray], shape: Optional[Sequence[int]] = None) -> np.ndarray:
@@ -227,6 +234,16 @@ def _decode(capture: Union[bytes, np.ndarray], shape: Optional[Sequence[int]] = 
         raise InvalidCaptureError(str(exc)) from None
     except CaptureError as exc:
         raise InvalidCaptureError(f"{exc.field}: {exc.message}") from None
+
+
+def _wedge(wedge_mm: Optional[float], label: Optional[str]) -> np.ndarray:
+    """A capture's wedge size as sent: float32 [1] in mm (None: 0 = not known), checked as the servers check it."""
+    from serving.capture_checks import CaptureInputError, check_wedge
+
+    try:
+        return check_wedge(wedge_mm)
+    except CaptureInputError as exc:
+        raise InvalidCaptureError(str(exc), capture=label) from None
 
 
 # -- Triton -------------------------------------------------------------------------------------------
@@ -318,9 +335,10 @@ class TritonClient:
                                                    f"channel), got {list(arr.shape)}", label)
         return np.ascontiguousarray(arr, dtype=np.float32)  # uint16 -> float32 is exact
 
-    def infer_array(self, images: np.ndarray, calibration: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+    def infer_array(self, images: np.ndarray, calibration: Optional[np.ndarray] = None,
+                    wedge_mm: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
         """Raw outputs ({contract output name: [B, ...]}) for a batch [B, C, H, W] (sent as it is: the server checks
-        it) and its calibration [B, C, 2] (zeros where unknown; None: unknown for all)."""
+        it), its calibration [B, C, 2] and wedge sizes [B, 1] (zeros where unknown; None: unknown for all)."""
         g = self._g
         dtype = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.uint16): "UINT16",
                  np.dtype(np.int32): "INT32"}.get(images.dtype, "FP32")
@@ -330,8 +348,13 @@ class TritonClient:
             calibration = np.zeros((len(images), images.shape[1] if images.ndim > 1 else 1, 2), np.float32)
         cal = g.InferInput(contract.CALIBRATION_NAME, list(calibration.shape), "FP32")
         cal.set_data_from_numpy(np.ascontiguousarray(calibration, dtype=np.float32))
-        res = self._call(lambda: self.client.infer(self.model, [inp, cal], outputs=self._outputs, headers=self.headers,
-                                                   client_timeout=self.timeout_s))
+        if wedge_mm is None:
+            wedge_mm = np.zeros((len(images), 1), np.float32)
+        wedge_mm = np.ascontiguousarray(np.asarray(wedge_mm, np.float32).reshape(-1, 1))  # the server counts rows
+        wedge = g.InferInput(contract.WEDGE_NAME, list(wedge_mm.shape), "FP32")
+        wedge.set_data_from_numpy(wedge_mm)
+        res = self._call(lambda: self.client.infer(self.model, [inp, cal, wedge], outputs=self._outputs,
+                                                   headers=self.headers, client_timeout=self.timeout_s))
         version = res.get_response().model_version
         if self._info is not None and version.isdigit() and int(version) > int(self._info.version or 0):
             self.model_info(refresh=True)  # a swapped champion: its class names go with its answers
@@ -340,24 +363,27 @@ class TritonClient:
 
     def predict_batch(self, captures: Sequence[Capture],
                       calibrations: Optional[Sequence[Optional[Calibration]]] = None,
-                      errors: str = "raise") -> list:
+                      wedges_mm: Optional[Sequence[Optional[float]]] = None, errors: str = "raise") -> list:
         """One prediction per capture. Captures go to the server in requests of up to the model's batch limit;
         a request the server refuses is sent again capture by capture, so a bad capture costs only its own
         answer: with ``errors="return"`` its place holds the InvalidCaptureError, with "raise" (default) the
-        first one is raised, carrying every result in ``.results``."""
-        calibrations = list(calibrations) if calibrations is not None else [None] * len(captures)
-        results: list = [None] * len(captures)
+        first one is raised, carrying every result in ``.results``. ``calibrations`` and ``wedges_mm``: per
+        capture, None = from its sidecar, else not known (sent as zeros)."""
+        n = len(captures)
+        calibrations = list(calibrations) if calibrations is not None else [None] * n
+        wedges_mm = list(wedges_mm) if wedges_mm is not None else [None] * n
+        results: list = [None] * n
         prepared = []
-        for i, (c, k) in enumerate(zip(captures, calibrations)):
+        for i, (c, k, w) in enumerate(zip(captures, calibrations, wedges_mm)):
             label = _label(c, i)
             try:
                 arr = self._check(_decode(_read(c), self.model_info().dims), label)
-                cal = calibration_of(c, k)
+                cal, wedge = context_of(c, k, w)
                 cal = np.zeros((arr.shape[0], 2), np.float32) if cal is None else cal
                 if cal.shape != (arr.shape[0], 2):
                     raise self._error(InvalidCaptureError, f"calibration: expected [C, 2] = {[arr.shape[0], 2]} "
                                                            f"(dark, flat ADU per channel), got {list(cal.shape)}", label)
-                prepared.append((i, label, arr, cal))
+                prepared.append((i, label, arr, cal, _wedge(wedge, label)))
             except InvalidCaptureError as exc:
                 results[i] = exc if exc.server else self._error(InvalidCaptureError, exc.message, exc.capture or label)
         step = self.model_info().max_batch_size
@@ -380,7 +406,8 @@ class TritonClient:
     def _predictions(self, chunk) -> list[Prediction]:
         label = chunk[0][1] if len(chunk) == 1 else f"{len(chunk)} captures"
         try:
-            outputs = self.infer_array(np.stack([c[2] for c in chunk]), np.stack([c[3] for c in chunk]))
+            outputs = self.infer_array(np.stack([c[2] for c in chunk]), np.stack([c[3] for c in chunk]),
+                                       np.stack([c[4] for c in chunk]))
         except ServingError as exc:
             exc.capture = exc.capture or label
             raise
@@ -495,10 +522,17 @@ class TorchServeClient:
                     "" if self.key_file else " (give the key file, so a new key can be read)"), capture) from None
             raise self._error(ServingError, f"{code.name}: {details}", capture, code=code.name) from None
 
-    def _request(self, body: bytes, calibration: Optional[np.ndarray], capture: Optional[str]):
+    def _request(self, body: bytes, calibration: Optional[np.ndarray], wedge_mm: Optional[float],
+                 capture: Optional[str]):
         inputs = {"data": body}
         if calibration is not None:
             inputs[contract.CALIBRATION_NAME] = json.dumps(np.asarray(calibration).tolist()).encode()
+        if wedge_mm is not None:
+            try:
+                wedge = float(_wedge(wedge_mm, capture)[0])
+            except InvalidCaptureError as exc:
+                raise self._error(InvalidCaptureError, exc.message, capture) from None
+            inputs[contract.WEDGE_NAME] = json.dumps(wedge).encode()
         size = sum(len(v) for v in inputs.values())
         if self.max_request_bytes and size > self.max_request_bytes:
             raise self._error(InvalidCaptureError, f"a request of {size:,} bytes is over the server's limit of "
@@ -517,22 +551,26 @@ class TorchServeClient:
             raise self._error(ServingError, str(err), capture, code="INTERNAL")
         return body
 
-    def predict_bytes(self, body: bytes, calibration: Optional[np.ndarray] = None, capture: Optional[str] = None) -> dict:
-        """One capture (PNG/TIFF or .npy bytes) with its calibration [C, 2] (None: not known)."""
-        req = self._request(body, calibration, capture)
+    def predict_bytes(self, body: bytes, calibration: Optional[np.ndarray] = None, wedge_mm: Optional[float] = None,
+                      capture: Optional[str] = None) -> dict:
+        """One capture (PNG/TIFF or .npy bytes) with its calibration [C, 2] and wedge size in mm (None: not known)."""
+        req = self._request(body, calibration, wedge_mm, capture)
         return self._answer(self._rpc(lambda md: self.stub.Predictions(req, metadata=md, timeout=self.timeout_s),
                                       capture), capture)
 
     def predict_batch(self, captures: Sequence[Capture],
                       calibrations: Optional[Sequence[Optional[Calibration]]] = None,
-                      errors: str = "raise", in_flight: int = 32) -> list:
+                      wedges_mm: Optional[Sequence[Optional[float]]] = None, errors: str = "raise",
+                      in_flight: int = 32) -> list:
         """One prediction per capture: one request each, up to ``in_flight`` at once (TorchServe batches them on
         the server, and a bad capture is answered on its own). A request that fails is sent again through the
         retrying path. ``errors`` as for TritonClient.predict_batch."""
-        calibrations = list(calibrations) if calibrations is not None else [None] * len(captures)
-        results: list = [None] * len(captures)
+        n = len(captures)
+        calibrations = list(calibrations) if calibrations is not None else [None] * n
+        wedges_mm = list(wedges_mm) if wedges_mm is not None else [None] * n
+        results: list = [None] * n
         requests = []
-        for i, (c, k) in enumerate(zip(captures, calibrations)):
+        for i, (c, k, w) in enumerate(zip(captures, calibrations, wedges_mm)):
             label = _label(c, i)
             try:
                 data = _read(c)
@@ -540,7 +578,7 @@ class TorchServeClient:
                     buf = io.BytesIO()
                     np.save(buf, data, allow_pickle=False)
                     data = buf.getvalue()
-                requests.append((i, label, self._request(data, calibration_of(c, k), label)))
+                requests.append((i, label, self._request(data, *context_of(c, k, w), label)))
             except InvalidCaptureError as exc:
                 results[i] = exc if exc.server else self._error(InvalidCaptureError, exc.message, exc.capture or label)
         for start in range(0, len(requests), in_flight):
@@ -585,13 +623,15 @@ class AlloyClient:
         b = self.backend
         return f"{b.server}://{b.target}/{b.model}"
 
-    def predict(self, capture: Capture, calibration: Optional[Calibration] = None) -> Prediction:
-        """``calibration``: [[dark, flat], ...] per channel; by default the sidecar beside a capture file."""
-        return self.backend.predict_batch([capture], [calibration])[0]
+    def predict(self, capture: Capture, calibration: Optional[Calibration] = None,
+                wedge_mm: Optional[float] = None) -> Prediction:
+        """``calibration``: [[dark, flat], ...] per channel; ``wedge_mm``: the wedge size; by default both from
+        the sidecar beside a capture file."""
+        return self.backend.predict_batch([capture], [calibration], [wedge_mm])[0]
 
-    def predict_batch(self, captures: Sequence[Capture],
-                      calibrations: Optional[Sequence[Optional[Calibration]]] = None, errors: str = "raise") -> list:
-        return self.backend.predict_batch(list(captures), calibrations, errors)
+    def predict_batch(self, captures: Sequence[Capture], calibrations: Optional[Sequence[Optional[Calibration]]] = None,
+                      wedges_mm: Optional[Sequence[Optional[float]]] = None, errors: str = "raise") -> list:
+        return self.backend.predict_batch(list(captures), calibrations, wedges_mm, errors=errors)
 
     def ready(self) -> bool:
         return self.backend.ready()

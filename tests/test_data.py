@@ -98,9 +98,10 @@ def dummy():
 def test_dataset_items_and_targets(dummy):
     store, df = dummy
     ds = CaptureDataset(store, df, split="train")
-    x, cal, y = ds[0]
+    x, cal, wedge, y = ds[0]
     row = ds.rows.iloc[0]
     assert cal.shape == (1, 2) and cal[0].tolist() == pytest.approx([float(row.dark_adu), float(row.flat_adu)])
+    assert wedge.tolist() == [row.wedge_mm]
     assert x.dtype == torch.float32 and x.shape == (1, 32, 32) and float(x.max()) > 1000
     assert int(y["alloy"]) == CLASS_NAMES.index(row.alloy)
     assert float(y["thickness_mm"]) == pytest.approx(row.thickness_mm)
@@ -111,25 +112,24 @@ def test_dataset_items_and_targets(dummy):
 
 def test_preprocess_gives_the_physics_a0_at_the_thin_end(dummy):
     store, df = dummy
-    pre = fit_preprocess(df[df.split == "train"], store)
+    pre = fit_preprocess(df[df.split == "train"])
     ds = CaptureDataset(store, df, split=None)
     errs = []
     for i in range(len(ds)):
-        x, cal, y = ds[i]
+        x, cal, _, y = ds[i]
         col0 = pre.neg_log(x[None], cal[None])[0][0, 0, :, 0]
         errs.append(float(col0.median()) - float(y["a0"]))
     assert abs(np.mean(errs)) < 0.02  # heel effect and scatter average out across rows
-    z, missing, out = pre(torch.stack([ds[i][0] for i in range(len(ds))]), torch.stack([ds[i][1] for i in range(len(ds))]))
-    assert not missing.any() and not out.any()
-    assert abs(float(z.mean())) < 0.3 and 0.5 < float(z.std()) < 2.0
+    _, missing, out = pre(torch.stack([ds[i][0] for i in range(len(ds))]), torch.stack([ds[i][1] for i in range(len(ds))]))
+    assert not missing.any() and not out.any()  # every capture's own levels, all inside the training range
 
 
 def test_augmentation_keeps_wedge_direction_and_is_deterministic(dummy):
     store, df = dummy
     aug = TrainAugment(p_flip=1.0, p_erase=1.0)
     ds = CaptureDataset(store, df, split="train", transform=aug, seed=5)
-    x1, _, _ = ds[0]
-    x2, _, _ = ds[0]
+    x1, _, _, _ = ds[0]
+    x2, _, _, _ = ds[0]
     assert torch.equal(x1, x2)
     ds.set_epoch(1)
     assert not torch.equal(ds[0][0], x1)

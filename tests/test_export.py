@@ -38,7 +38,8 @@ def standin(seed: int = 0) -> AlloyNet:
 def inputs() -> dict[str, np.ndarray]:
     got = capture_inputs(4, size=SIZE)
     got["image"] = got["image"].astype(np.float32)
-    got["calibration"][-1] = 0.0  # one sent without its calibration
+    got["calibration"][-1] = 0.0  # one sent without its calibration (and wedge size)
+    got["wedge_mm"][-1] = 0.0
     return got
 
 
@@ -58,7 +59,7 @@ def test_export_writes_formats_with_parity_and_dynamic_batch(bundle, inputs):
     assert set(bundle.meta.files) == {"torchscript", "onnx"}
     assert bundle.meta.parity["ok"] and bundle.meta.parity["max_abs_diff"]["onnxruntime"]["probabilities"] < 1e-4
     sig = onnx_signature(bundle.path("onnx"))
-    assert sig["inputs"] == {"image": ["batch", 1, SIZE, SIZE], "calibration": ["batch", 1, 2]}
+    assert sig["inputs"] == {"image": ["batch", 1, SIZE, SIZE], "calibration": ["batch", 1, 2], "wedge_mm": ["batch", 1]}
     assert sig["outputs"] == {"probabilities": ["batch", 5], "thickness_mm": ["batch"], "absorption": ["batch", 2],
                               "prediction_set": ["batch", 5], "group_probabilities": ["batch", 2],
                               "flags": ["batch", 5]}
@@ -74,7 +75,7 @@ def test_export_writes_formats_with_parity_and_dynamic_batch(bundle, inputs):
     # uint16 captures cast to float32 are exactly what the graph expects: preprocessing is inside it
     ts = load_torchscript(bundle.path("torchscript"))
     with torch.no_grad():
-        p_ts = ts(torch.from_numpy(inputs["image"]), torch.from_numpy(inputs["calibration"]))[0].numpy()
+        p_ts = ts(*(torch.from_numpy(inputs[k]) for k in ("image", "calibration", "wedge_mm")))[0].numpy()
     np.testing.assert_allclose(p_ts, sess.run(None, inputs)[0], atol=1e-4)
 
 
@@ -104,8 +105,9 @@ def test_triton_repository_configs_parse_and_match_onnx(bundle, tmp_path):
     for name in ("alloynet", "alloynet_onnx"):
         cfg = parse_config(repo / name / "config.pbtxt")
         assert cfg.max_batch_size == 16 and list(cfg.dynamic_batching.preferred_batch_size) == [4, 8, 16]
-        assert [i.name for i in cfg.input] == ["image", "calibration"] and list(cfg.input[0].dims) == [1, SIZE, SIZE]
+        assert [i.name for i in cfg.input] == ["image", "calibration", "wedge_mm"] and list(cfg.input[0].dims) == [1, SIZE, SIZE]
         assert list(cfg.input[1].dims) == [1, 2] and cfg.input[1].optional == (name == "alloynet")
+        assert list(cfg.input[2].dims) == [1] and cfg.input[2].optional == (name == "alloynet")
         assert cfg.parameters["class_names"].string_value.split(",") == list(ALLOY_NAMES)
     assert parse_config(repo / "alloynet_onnx" / "config.pbtxt").platform == "onnxruntime_onnx"
     assert {p.name for p in (repo / "alloynet" / "1").iterdir()} >= {"model.py", "model.onnx", "capture_checks.py"}
@@ -173,7 +175,8 @@ def test_handler_answers_each_request_and_rejects_bad_ones(bundle, images):
     out = handler.handle(rows, ctx)
     assert len(out) == len(rows)
     zeros = torch.zeros(2, 1, 2)  # rows sent without calibration: the handler fills zeros, the model flags it
-    expected = load_torchscript(bundle.path("torchscript"))(torch.from_numpy(images[:2]), zeros)[0].detach().numpy()
+    expected = load_torchscript(bundle.path("torchscript"))(torch.from_numpy(images[:2]), zeros,
+                                                            torch.zeros(2, 1))[0].detach().numpy()
     for i in (0, 1):
         assert out[i]["alloy"] in ALLOY_NAMES
         np.testing.assert_allclose([out[i]["probabilities"][c] for c in ALLOY_NAMES], expected[i], atol=1e-4)

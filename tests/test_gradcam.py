@@ -22,8 +22,8 @@ def _raw() -> torch.Tensor:
 @pytest.mark.parametrize("name,method", [("profile_cnn", "Grad-CAM"), ("resnet18", "Grad-CAM"), ("fnn", "gradient x input")])
 def test_gradcam_maps(name, method):
     torch.manual_seed(0)
-    model = create_model(name, 5, 1, Preprocess([1000.0], [50000.0], 1.5, 1.0)).eval()
-    cam, cls, used = grad_cam(model, _raw(), torch.tensor([[1000.0, 50000.0]]))
+    model = create_model(name, 5, 1, Preprocess([1000.0], [50000.0], 1.5, 1.0), **({"width": 32} if name == "resnet18" else {})).eval()
+    cam, cls, used = grad_cam(model, _raw(), torch.tensor([[1000.0, 50000.0]]), torch.tensor([50.0]))
     assert used == method and cam.shape == (32, 32) and 0 <= cls < 5
     assert np.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1
     if name == "profile_cnn":  # the model only sees the row-averaged profile: the map cannot vary along rows
@@ -33,5 +33,5 @@ def test_gradcam_maps(name, method):
 
 def test_last_conv_is_the_trunks_deepest():
     m = create_model("resnet18", 5, 1, Preprocess([1000.0], [50000.0]))
-    assert last_conv(m.trunk) is m.trunk.layer4[-1].conv2
+    assert last_conv(m.trunk) is m.trunk.body[-1][-1].conv2  # resnet layer4
     assert last_conv(create_model("fnn", 5, 1, Preprocess([1000.0], [50000.0])).trunk) is None

@@ -75,7 +75,8 @@ def registry(bundles, tmp_path_factory):
 @pytest.fixture(scope="module")
 def inputs():
     x = capture_inputs(3, seed=3)
-    return {"image": x["image"][0], "calibration": x["calibration"][0], "all": x}
+    return {"image": x["image"][0], "calibration": x["calibration"][0], "wedge_mm": float(x["wedge_mm"][0, 0]),
+            "all": x}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,8 @@ def references(bundles, inputs):
     """What each version answers for the load's capture (in-process ONNX Runtime): tells who answered."""
     from alloynet.export import onnx_session
 
-    feed = {"image": inputs["image"][None].astype(np.float32), "calibration": inputs["calibration"][None]}
+    feed = {"image": inputs["image"][None].astype(np.float32), "calibration": inputs["calibration"][None],
+            "wedge_mm": np.array([[inputs["wedge_mm"]]], np.float32)}
     return {v: onnx_session(b.path("onnx")).run(["probabilities"], feed)[0][0] for v, b in bundles.items()}
 
 
@@ -138,7 +140,7 @@ class Load:
         with connect(url, key_file=self.key_file) as client:  # default retry budget: what the line gets
             while not self.stopping.is_set():
                 try:
-                    p = client.predict(self.inputs["image"], self.inputs["calibration"])
+                    p = client.predict(self.inputs["image"], self.inputs["calibration"], self.inputs["wedge_mm"])
                     with self.lock:
                         self.answers[url].append((time.monotonic(), self.who(p)))
                 except Exception as exc:
@@ -280,7 +282,7 @@ def test_killed_servers_are_back_on_the_same_ports_without_failed_requests(serve
     from serving.client import connect
 
     with connect(serve["triton"]) as client:
-        assert client.predict(inputs["image"], inputs["calibration"]).alloy in ALLOY_NAMES
+        assert client.predict(inputs["image"], inputs["calibration"], inputs["wedge_mm"]).alloy in ALLOY_NAMES
     # the killed Triton's shared memory is gone; only the running one's is left
     current = (serve["dir"] / "triton" / "tritonserver.shm").read_text().strip()
     ours = [p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(f"alloynet{_state(serve)['supervisor_pid']}-")]
@@ -304,10 +306,10 @@ def test_torchserve_keys_are_renewed_before_they_expire(serve, inputs):
     _wait(lambda: json.loads(serve["key_file"].read_text())["inference"]["key"] != stale, 60, "a renewal")
     with connect(serve["torchserve"], token=stale, retry_budget_s=2) as client:  # a key given, no file: refused
         with pytest.raises(PermissionDeniedError, match="PERMISSION_DENIED") as exc:
-            client.predict(inputs["image"], inputs["calibration"])
+            client.predict(inputs["image"], inputs["calibration"], inputs["wedge_mm"])
         assert exc.value.code == "PERMISSION_DENIED" and "give the key file" in str(exc.value)
     with connect(serve["torchserve"], token=stale, key_file=serve["key_file"]) as client:  # re-read: answered
-        assert client.predict(inputs["image"], inputs["calibration"]).alloy in ALLOY_NAMES
+        assert client.predict(inputs["image"], inputs["calibration"], inputs["wedge_mm"]).alloy in ALLOY_NAMES
 
 
 # -- guard rails -----------------------------------------------------------------------------------------
@@ -365,6 +367,15 @@ def test_bad_captures_are_answered_one_by_one_with_clear_codes(serve, inputs):
     with pytest.raises(InferenceServerException) as exc:
         raw.infer("alloynet", [inp], client_timeout=30)
     assert "INVALID_ARGUMENT" in str(exc.value.status()) and "item 1" in exc.value.message()
+    # good pixels, but the third capture's wedge size is not a wedge in mm (contract v3's wedge_mm input)
+    batch = np.stack([good[i].astype(np.float32) for i in range(3)])
+    inp = g.InferInput("image", list(batch.shape), "FP32")
+    inp.set_data_from_numpy(batch)
+    wedge = g.InferInput("wedge_mm", [3, 1], "FP32")
+    wedge.set_data_from_numpy(np.array([[50.0], [70.0], [-5.0]], np.float32))
+    with pytest.raises(InferenceServerException) as exc:
+        raw.infer("alloynet", [inp, wedge], client_timeout=30)
+    assert "item 2: wedge_mm" in exc.value.message() and "item 0" not in exc.value.message(), exc.value.message()
     raw.close()
 
     # TorchServe refuses a request over its size limit (1 MB here) before it reaches a worker; a client that

@@ -44,13 +44,16 @@ def onnx_reference(trained_bundle, inputs):
     from alloynet.export import onnx_session
 
     return onnx_session(trained_bundle.path("onnx")).run(None, {"image": inputs["image"].astype(np.float32),
-                                                                "calibration": inputs["calibration"]})
+                                                                "calibration": inputs["calibration"],
+                                                                "wedge_mm": inputs["wedge_mm"]})
 
 
-def _with_sidecar(path, calibration) -> None:
-    """A capture file with its sidecar beside it, as alloynet stores captures (only the calibration matters)."""
+def _with_sidecar(path, calibration, wedge_mm: float = 50.0) -> None:
+    """A capture file with its sidecar beside it, as alloynet stores captures (only the calibration and the
+    wedge size matter here)."""
     path.with_suffix(".json").write_text(json.dumps({"calibration": {"dark_adu": calibration[:, 0].tolist(),
-                                                                     "flat_adu": calibration[:, 1].tolist()}}))
+                                                                     "flat_adu": calibration[:, 1].tolist()},
+                                                     "rig": {"wedge_mm": wedge_mm}}))
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +130,7 @@ def test_torchserve_rest_and_grpc_serve_the_trained_model(torchserve, captures, 
     _with_sidecar(path, calibrations[0])  # the client reads the capture's own calibration from its sidecar
     with connect(f"torchserve://{torchserve.grpc_target}/alloynet", token=torchserve.inference_key) as client:
         assert client.ready()
-        preds = client.predict_batch([path, *captures[1:]], [None, *calibrations[1:]])
+        preds = client.predict_batch([path, *captures[1:]], [None, *calibrations[1:]], [None] + [50.0] * (len(captures) - 1))
     for i, p in enumerate(preds):
         assert "calibration_missing" not in p.flags and set(p.prediction_set) <= set(ALLOY_NAMES)
         np.testing.assert_allclose([p.probabilities[c] for c in ALLOY_NAMES], onnx_reference[0][i], atol=1e-4)
@@ -170,7 +173,7 @@ def test_triton_serves_the_trained_model(triton, captures, calibrations, onnx_re
     with connect(f"triton://{triton.grpc_target}/alloynet") as client:
         assert client.ready()
         one = client.predict(path)
-        batch = client.predict_batch(list(captures), list(calibrations))
+        batch = client.predict_batch(list(captures), list(calibrations), [50.0] * len(captures))
         alone = client.predict(captures[0])  # no calibration: answered, and said
     assert "calibration_missing" in alone.flags and "calibration_missing" not in one.flags
     np.testing.assert_allclose([one.probabilities[c] for c in ALLOY_NAMES], onnx_reference[0][0], atol=1e-4)

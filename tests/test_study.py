@@ -33,6 +33,7 @@ def test_study_tables_plots_reproducibility_and_resume(tmp_path, monkeypatch):
     assert 0.5 < meta["ceiling"]["accuracy"] < 1.0 and meta["test_set"]["thicknesses_mm"] == [1.0, 2.0, 5.0]
     assert (out / "runs" / "fnn-ce-rho10-s1" / "report.md").exists()
     assert results.ood_thick_3_4mm_balanced_accuracy.between(0, 1).all()
+    _check_failure_reporting(cfg, results, tmp_path)
 
     # resume: finished runs are reused, never trained again
     from alloynet import train as train_mod
@@ -58,3 +59,30 @@ def test_study_tables_plots_reproducibility_and_resume(tmp_path, monkeypatch):
     fresh = run_study(_cfg(tmp_path, work="work2", out="out2"), log=lambda *_: None)
     cols = ["balanced_accuracy", "log_loss", "thickness_mae_mm", "ood_thick_3_4mm_balanced_accuracy"]
     pd.testing.assert_frame_equal(fresh[cols], results[cols])
+
+
+
+def _check_failure_reporting(cfg, results, tmp_path):
+    """What the work-pool study writes when a cell failed on every attempt: tables over the others, and
+    the missing cell named with its reason in results.md, README.md, study.json and results.csv."""
+    from alloynet.study.runner import shared_sets, write_outputs
+
+    failed = {"cell": "fnn-focal-rho10-s1", "reason": "crashed after 2 run(s): worker w1 stopped (no heartbeat for 9 s)"}
+    assert results.iloc[-1][["arch", "loss", "rho", "seed"]].tolist() == ["fnn", "focal", 10, 1]
+    test_root, ood_roots = shared_sets(cfg)
+    part = cfg.model_copy(update={"out_dir": str(tmp_path / "partial")})
+    write_outputs(part, results.iloc[:-1], test_root, ood_roots, lambda *_: None, [failed])
+    out = tmp_path / "partial"
+    md = (out / "results.md").read_text()
+    assert "## Cells that did not finish (1 of 8)" in md and "| fnn-focal-rho10-s1 | crashed after 2 run(s)" in md
+    assert "- fnn-focal-rho10-s1: did not finish" in md and "| fnn | focal | 10 | 1 |" in md  # one seed left
+    assert "**1 of 8 cells did not finish** (fnn-focal-rho10-s1" in (out / "README.md").read_text()
+    assert json.loads((out / "study.json").read_text())["failed_cells"] == [failed]
+    csv = pd.read_csv(out / "results.csv")
+    assert list(csv.status) == ["ok"] * 7 + ["failed"] and csv.error.iloc[-1] == failed["reason"]
+    assert "fnn-focal-rho10-s1" not in {p.name for p in (out / "runs").iterdir()}
+
+    none = cfg.model_copy(update={"out_dir": str(tmp_path / "none")})
+    write_outputs(none, results.iloc[:0], test_root, ood_roots, lambda *_: None, [failed])
+    assert "no cell finished" in (tmp_path / "none" / "results.md").read_text()
+    assert json.loads((tmp_path / "none" / "study.json").read_text())["failed_cells"] == [failed]

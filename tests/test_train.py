@@ -27,7 +27,8 @@ from tests.helpers.dummy import DummyCaptureStore
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_METRICS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "thickness_mae_mm", "a0_mae",
-                    "ceiling_accuracy"}
+                    "ceiling_accuracy", "ceiling_heavy_light", "heavy_light_balanced_accuracy", "ece", "ece_uncalibrated",
+                    "set_coverage", "set_size_mean", "flag_rates", "baselines"}
 TIMING = ("train_images_per_s", "train_seconds")
 
 
@@ -69,12 +70,16 @@ def test_cli_train_and_evaluate_every_architecture(name, store_dir, tmp_path):
     assert set(metrics["per_class"]["Al7075"]) >= {"precision", "recall", "f1", "specificity"}
     assert 0 < metrics["ceiling_accuracy"] <= 1
     assert metrics["ceiling_gap"] == pytest.approx(metrics["ceiling_accuracy"] - metrics["balanced_accuracy"])
+    assert set(metrics["baselines"]) == {"physics_fit", "gaussian_profile"}
+    assert 0 <= metrics["baselines"]["physics_fit"]["balanced_accuracy"] <= 1
+    assert 1 <= metrics["set_size_mean"] <= 5 and 0 <= metrics["set_coverage"] <= 1
     pngs = {p.name for p in (run / "report" / "plots").glob("*.png")}
     assert pngs == {"confusion.png", "confusion_normalised.png", "roc.png", "pr.png", "learning_curves.png",
                     "thickness_scatter.png"}
     assert len(list((run / "report" / "gradcam").glob("*.png"))) == 2
     report = (run / "report" / "report.md").read_text()
     assert "ideal-observer ceiling" in report and "gap" in report and "](plots/confusion.png)" in report
+    assert "physics fit (baseline)" in report and "Conformal prediction sets" in report
 
 
 def test_checkpoint_is_a_plain_dict_and_rebuilds_the_model(store_dir, tmp_path):
@@ -88,7 +93,7 @@ def test_checkpoint_is_a_plain_dict_and_rebuilds_the_model(store_dir, tmp_path):
     assert meta["manifest_hash"] == result.manifest_hash and not model.training
     best = load_checkpoint(result.checkpoint)
     assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())  # exact weights
-    out = model(torch.full((2, 1, 32, 32), 20_000.0), model.preprocess.reference_calibration(2))
+    out = model(torch.full((2, 1, 32, 32), 20_000.0), model.preprocess.reference_calibration(2), torch.full((2, 1), 50.0))
     assert out["logits"].shape == (2, 5)
     # the honest answers were fitted on the validation split when training ended
     assert "answer" in best and 0.05 < float(model.answer.temperature) < 20 and best["answer"]["coverage"] == pytest.approx(0.95)
@@ -237,3 +242,22 @@ def test_ddp_torchrun(store_dir, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_robustness_suite_runs_each_case_against_its_own_ceiling(store_dir, tmp_path):
+    """The suite's mechanics on a tiny model: each case simulates its own test set from the model's rig with
+    one thing changed, and the report says what changed (accuracy itself is measured in bench/)."""
+    from alloynet.evaluate.robustness import run_suite
+
+    result = train(_cfg(store_dir, tmp_path / "run", **{"model.name": "profile_mlp", "model.kwargs": {}}))
+    rows = run_suite(result.checkpoint, tmp_path / "rb", cases=["unseen_thickness", "drift_3pct_no_calibration",
+                                                                "second_rig"], plates_per_class=2, with_ceiling=False)
+    by = {r["case"]: r for r in rows}
+    assert set(by) == {"unseen_thickness", "drift_3pct_no_calibration", "second_rig"} and all(r["n"] == 10 for r in rows)
+    out_of_envelope = by["unseen_thickness"]["flags"]  # 5.5-7 mm plates for a model trained on 1-5 mm: said
+    assert max(out_of_envelope.get("thickness_out_of_range", 0), out_of_envelope.get("profile_unlike_training", 0)) > 0.5
+    assert by["drift_3pct_no_calibration"]["flags"]["calibration_missing"] == 1.0
+    assert "calibration_missing" not in by["second_rig"]["flags"]
+    from alloynet.data.manifest import read_manifest
+    source = read_manifest(tmp_path / "rb" / "second_rig" / "data" / "manifest.csv")
+    assert (tmp_path / "rb" / "robustness.md").exists() and len(source) == 10

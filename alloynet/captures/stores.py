@@ -32,11 +32,20 @@ class ObjectExists(FileExistsError):
 
 
 class StoreError(RuntimeError):
-    """The store itself failed (refused credentials, missing bucket, server error); the message is one line."""
+    """The store itself failed (refused credentials, missing bucket, server error); the message is one line.
+    ``transient`` says whether retrying can help (an endpoint that may come back) or not (a wrong bucket)."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class StoreUnavailable(StoreError):
-    """The store cannot be reached at all (nothing listening, connection reset, timeout)."""
+    """The store cannot be used at all: its endpoint does not answer (transient), its bucket is missing or its
+    credentials are refused (not transient)."""
+
+    def __init__(self, message: str, transient: bool = True):
+        super().__init__(message, transient)
 
 
 TEMP_PREFIX = ".tmp-"
@@ -162,9 +171,12 @@ class LocalStore:
 
 
 def _s3_error(store: "S3Store", exc: Exception, what: str) -> Exception:
-    """botocore's exception -> ObjectMissing for a missing key, else a one-line StoreError."""
-    from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+    """botocore's exception -> ObjectMissing for a missing key, ObjectExists for a refused conditional write,
+    StoreUnavailable when the store cannot be used (with what to check), else a one-line StoreError."""
+    from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError, HTTPClientError,
+                                     NoCredentialsError, PartialCredentialsError)
 
+    where = f"{store.uri} (endpoint {store.client.meta.endpoint_url})"
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -172,12 +184,19 @@ def _s3_error(store: "S3Store", exc: Exception, what: str) -> Exception:
             return ObjectMissing(what)
         if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
             return ObjectExists(f"{store.uri}{what} exists; refusing to overwrite")
+        if code == "NoSuchBucket":
+            return StoreUnavailable(f"{where}: bucket {store.bucket!r} does not exist; create it or fix the bucket "
+                                    "in the URI", transient=False)
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+            return StoreUnavailable(f"{where}: credentials refused ({code}); check AWS_ACCESS_KEY_ID / "
+                                    "AWS_SECRET_ACCESS_KEY and the bucket's permissions", transient=False)
         msg = " ".join(str(err.get("Message", "")).split())
         return StoreError(f"{store.uri}: {code or 'error'}: {msg or exc} ({what})")
     if isinstance(exc, (BotoConnectionError, HTTPClientError)):  # refused, reset, closed, timed out
-        endpoint = store.client.meta.endpoint_url
-        return StoreUnavailable(f"object store unreachable: {store.uri} at {endpoint} "
-                                f"({type(exc).__name__}; is the server running?)")
+        return StoreUnavailable(f"object store unreachable: {where}: the object store does not answer "
+                                f"({type(exc).__name__}); is it running, and is AWS_ENDPOINT_URL (or ?endpoint=) right?")
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return StoreUnavailable(f"{where}: {exc}; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY", transient=False)
     if isinstance(exc, BotoCoreError):
         return StoreError(f"{store.uri}: {' '.join(str(exc).split())}")
     return exc

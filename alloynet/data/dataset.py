@@ -1,8 +1,9 @@
 """The torch Dataset over a capture store + manifest.
 
-Items are ``(image, calibration, targets)``: ``image`` is float32 [C, H, W] holding the RAW detector ADU
-(models do their own preprocessing, so training and every exported graph see the same input);
-``calibration`` is float32 [C, 2], the capture's own (dark, flat) levels from its sidecar; ``targets`` holds
+Items are ``(image, calibration, wedge_mm, targets)``: ``image`` is float32 [C, H, W] holding the RAW
+detector ADU (models do their own preprocessing, so training and every exported graph see the same input);
+``calibration`` is float32 [C, 2], the capture's own (dark, flat) levels from its sidecar; ``wedge_mm`` is
+float32 [1], its wedge size (the sidecar's rig.wedge_mm); ``targets`` holds
 ``alloy`` (int64 class index), ``thickness_mm``, ``a0`` and ``mu_eff`` (float32).
 Augmentation is deterministic: item i in epoch e always gets the same random draw for a given seed,
 whatever the number of DataLoader workers.
@@ -46,6 +47,7 @@ class CaptureDataset(Dataset):
             raise ValueError(f"manifest has no captures in split {split!r}")
         dark, flat = calibration_levels(self.rows)
         self.calibration = torch.as_tensor(np.stack([dark, flat], axis=-1), dtype=torch.float32)   # [N, C, 2]
+        self.wedge_mm = torch.as_tensor(self.rows.wedge_mm.to_numpy(float), dtype=torch.float32)[:, None]  # [N, 1]
         self.store, self.transform, self.seed = store, transform, seed
         self.epoch = 0
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
@@ -85,7 +87,7 @@ class CaptureDataset(Dataset):
         if self.transform is not None:
             g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_033 + i) & 0x7FFFFFFFFFFF)
             x = self.transform(x, g)
-        return x, self.calibration[i], self.targets(i)
+        return x, self.calibration[i], self.wedge_mm[i], self.targets(i)
 
     @property
     def labels(self) -> np.ndarray:

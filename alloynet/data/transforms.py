@@ -117,7 +117,9 @@ def wedge_profile(x: torch.Tensor, trim: float = 0.25) -> torch.Tensor:
     k = int(h * trim)
     if k == 0 or h - 2 * k < 1:
         return x.mean(dim=-2)
-    return torch.sort(x, dim=-2).values[..., k:h - k, :].mean(dim=-2)
+    # the sum less the k largest and the k smallest values (two top-k's cost half a full sort)
+    dropped = x.topk(k, dim=-2).values.sum(dim=-2) - (-x).topk(k, dim=-2).values.sum(dim=-2)
+    return (x.sum(dim=-2) - dropped) / (h - 2 * k)
 
 
 class TrainAugment:

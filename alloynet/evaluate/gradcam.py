@@ -21,25 +21,26 @@ def last_conv(module: nn.Module) -> Optional[nn.Module]:
     return convs[-1] if convs else None
 
 
-def grad_cam(model: nn.Module, raw: torch.Tensor, calibration: torch.Tensor,
+def grad_cam(model: nn.Module, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor,
              class_index: Optional[int] = None) -> tuple[np.ndarray, int, str]:
-    """Heat map [H, W] in [0, 1] for one raw capture [C, H, W] and its calibration [C, 2]; returns (map,
-    explained class, method)."""
+    """Heat map [H, W] in [0, 1] for one raw capture [C, H, W], its calibration [C, 2] and wedge size [1];
+    returns (map, explained class, method)."""
     model.eval()
     layer = last_conv(model.trunk)
-    target = layer if layer is not None else model.preprocess
     saved: dict[str, torch.Tensor] = {}
 
-    def hook(_m, _inp, out):
-        out = out[0] if isinstance(out, tuple) else out  # Preprocess returns (image, flags...)
-        out.retain_grad()
-        saved["act"] = out
+    def keep(t: torch.Tensor) -> None:
+        t.retain_grad()
+        saved["act"] = t
 
-    handle = target.register_forward_hook(hook)
+    if layer is not None:  # the last convolution's output
+        handle = layer.register_forward_hook(lambda _m, _inp, out: keep(out))
+    else:  # no convolution: gradient x input, on what the trunk reads (the plate's attenuation image)
+        handle = model.trunk.register_forward_pre_hook(lambda _m, inp: keep(inp[0]))
     try:
         with torch.enable_grad():
             x = raw[None].float().clone().requires_grad_(True)  # so the preprocessed input carries a gradient
-            logits = model(x, calibration[None].float())["logits"][0]
+            logits = model(x, calibration[None].float(), wedge_mm.reshape(1, 1).float())["logits"][0]
             c = int(logits.argmax()) if class_index is None else class_index
             logits[c].backward()
     finally:
@@ -61,24 +62,25 @@ def grad_cam(model: nn.Module, raw: torch.Tensor, calibration: torch.Tensor,
     return ((cam - cam.min()) / span if span > 0 else np.zeros_like(cam)), c, method
 
 
-def save_gradcam(model: nn.Module, raw: torch.Tensor, calibration: torch.Tensor, path: Path, title: str,
-                 class_names: list[str]) -> Path:
+def save_gradcam(model: nn.Module, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor, path: Path,
+                 title: str, class_names: list[str]) -> Path:
     """Two panels: -ln T with the heat map over it, and the wedge profile with the map's column mean."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cam, c, method = grad_cam(model, raw, calibration)
+    cam, c, method = grad_cam(model, raw, calibration, wedge_mm)
     with torch.no_grad():
-        a = model.preprocess.neg_log(raw[None].float(), calibration[None].float())[0][0, 0].cpu().numpy()
+        a = model.plate_attenuation(raw[None].float(), calibration[None].float(),
+                                    wedge_mm.reshape(1, 1).float())[0][0, 0].cpu().numpy()
     fig, (ax_i, ax_p) = plt.subplots(1, 2, figsize=(9, 3.6))
     ax_i.imshow(a, cmap="gray")
     ax_i.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
     ax_i.set(title=f"{method}: {class_names[c]}", xlabel="wedge axis (column)", ylabel="row")
     ax_p.plot(np.sort(a, axis=0)[a.shape[0] // 4: a.shape[0] - a.shape[0] // 4].mean(0), "k-",
-              label="-ln T (interquartile row mean)")
-    ax_p.set(xlabel="wedge axis (column)", ylabel="-ln T")
+              label="plate attenuation (interquartile row mean)")
+    ax_p.set(xlabel="wedge axis (column)", ylabel="-ln T minus the wedge alone")
     twin = ax_p.twinx()
     twin.fill_between(np.arange(cam.shape[1]), cam.mean(0), color="tab:red", alpha=0.3)
     twin.set(ylabel="attribution", ylim=(0, 1.05))

@@ -23,12 +23,41 @@ def _headline(m: dict) -> list[str]:
 def _ceiling(m: dict) -> list[str]:
     if m.get("ceiling_accuracy") is None:
         return ["Ideal-observer ceiling: not computed for this report."]
+    base = m.get("baselines") or {}
     lines = [f"**Balanced accuracy {_f(m['balanced_accuracy'])} vs ideal-observer ceiling "
-             f"{_f(m['ceiling_accuracy'])}: gap {_f(m['ceiling_gap'])}** (accuracy {_f(m['accuracy'])}).", "",
-             "| alloy | model recall | ideal recall |", "|---|---|---|"]
-    lines += [f"| {a} | {_f(m['per_class'][a]['recall'])} | {_f(r)} |" for a, r in m["ceiling_recall"].items()
-              if a in m["per_class"]]
+             f"{_f(m['ceiling_accuracy'])}: gap {_f(m['ceiling_gap'])}** (accuracy {_f(m['accuracy'])}; "
+             f"{m.get('ceiling_prior', '')}).", "",
+             f"Heavy (Cu/Zn-bearing) vs light: {_f(m.get('heavy_light_balanced_accuracy'))} "
+             f"(ceiling {_f(m.get('ceiling_heavy_light'))}).", ""]
+    header = "| | balanced accuracy | heavy vs light |" + "".join(f" {a} |" for a in m["ceiling_recall"])
+    lines += [header, "|---" * (3 + len(m["ceiling_recall"])) + "|"]
+    lines.append(f"| this model | {_f(m['balanced_accuracy'])} | {_f(m.get('heavy_light_balanced_accuracy'))} |"
+                 + "".join(f" {_f(m['per_class'][a]['recall'])} |" for a in m["ceiling_recall"] if a in m["per_class"]))
+    for name, b in base.items():
+        if "skipped" in b:
+            lines.append(f"| {name.replace('_', ' ')} (baseline) | not fitted: {b['skipped']} |" + " |" * (1 + len(m["ceiling_recall"])))
+            continue
+        lines.append(f"| {name.replace('_', ' ')} (baseline) | {_f(b['balanced_accuracy'])} | "
+                     f"{_f(b['heavy_light_balanced_accuracy'])} |" + "".join(f" {_f(b['recall'].get(a))} |"
+                                                                             for a in m["ceiling_recall"]))
+    lines.append(f"| ideal observer (ceiling) | {_f(m['ceiling_accuracy'])} | {_f(m.get('ceiling_heavy_light'))} |"
+                 + "".join(f" {_f(r)} |" for r in m["ceiling_recall"].values()))
+    lines += ["", "Recall per alloy. Baselines: the physics fit (the rig's forward model, no training data) and a "
+                  "Gaussian classifier on the calibrated profile (fitted on the training split)."]
     return lines
+
+
+def _answers(m: dict) -> list[str]:
+    if m.get("set_coverage") is None:
+        return []
+    flags = ", ".join(f"{k} {v:.1%}" for k, v in (m.get("flag_rates") or {}).items() if v > 0) or "none raised"
+    return ["## Honest answers", "",
+            f"- Calibration: expected calibration error {_f(m.get('ece'))} after temperature scaling "
+            f"({_f(m.get('ece_uncalibrated'))} before).",
+            f"- Conformal prediction sets at {m['coverage_target']:.0%} target coverage: coverage "
+            f"{_f(m['set_coverage'])} (balanced over alloys), mean set size {_f(m['set_size_mean'], 2)}, "
+            f"{m['set_singleton_rate']:.0%} single-alloy answers.",
+            f"- Flags on this split: {flags}.", ""]
 
 
 def _per_class(m: dict, names: list[str]) -> list[str]:
@@ -57,7 +86,7 @@ def render(m: dict, names: list[str], figures: list[Path], cams: list[Path], sep
     lines = [f"# Evaluation: {m['model']} on the {m['split']} split", "",
              f"Checkpoint `{m['checkpoint']}` (best epoch {m['trained_epochs']}), data manifest `{m['manifest_hash'][:12]}`, "
              f"{m['n']} captures.", "", "## Against the ideal observer", ""] + _ceiling(m)
-    lines += ["", "## Summary", ""] + _headline(m) + ["", "## Per class", ""] + _per_class(m, names)
+    lines += [""] + _answers(m) + ["## Summary", ""] + _headline(m) + ["", "## Per class", ""] + _per_class(m, names)
     lines += ["", "## Breakdowns", ""] + _breakdowns(m) + ["", "## Plots", ""]
     lines += [f"![{p.stem}]({p.relative_to(root).as_posix()})" for p in figures]
     if cams:

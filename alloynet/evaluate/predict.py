@@ -28,12 +28,12 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device | str = "
     model.eval()
     cols: dict[str, list[np.ndarray]] = {}
     try:
-        for x, cal, targets in loader:
+        for x, cal, wedge, targets in loader:
             x = x.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
-                out = model(x, cal.to(device))
+                out = model(x, cal.to(device), wedge.to(device))
             batch = {"logits": out["logits"].float(), "probs": out["probabilities"].float(), "y": targets["alloy"],
                      "prediction_set": out["prediction_set"], "group_probs": out["group_probabilities"],
                      "flags": out["flags"]}

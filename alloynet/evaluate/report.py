@@ -13,17 +13,20 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from alloynet.captures.format import parse_sidecar
-from alloynet.captures.layout import sidecar_key
 from alloynet.captures.stores import ObjectStore
 from alloynet.data.dataset import CaptureDataset
-from alloynet.data.manifest import open_dataset
+from alloynet.data.manifest import open_dataset, thickness_strata
+from alloynet.data.rigs import data_prior, rig_settings
 from alloynet.evaluate import plots
+from alloynet.evaluate.baselines import dataset_arrays, run_baselines
 from alloynet.evaluate.gradcam import save_gradcam
 from alloynet.evaluate.markdown import render
 from alloynet.evaluate.metrics import classification_metrics, regression_metrics
 from alloynet.evaluate.predict import predict
 from alloynet.models.checkpoint import load_model
+from alloynet.physics.alloys import GROUPS, alloy_group
+from alloynet.physics.observer import ThicknessPrior
+from alloynet.physics.separability import mixed_ceiling
 from alloynet.serialize import jsonable
 
 
@@ -34,41 +37,82 @@ def regression_summary(p: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def per_thickness(rows: pd.DataFrame, p: dict[str, np.ndarray], names: list[str]) -> dict[str, dict]:
+    """Accuracy and thickness error per nominal thickness, or per thickness stratum (quantile bin, labelled
+    with its range) when thicknesses are continuous."""
     out = {}
     nominal = rows.nominal_thickness_mm.to_numpy(float)
-    for t in np.unique(nominal):
-        m = nominal == t
+    strata = thickness_strata(rows.nominal_thickness_mm.reset_index(drop=True)).to_numpy()
+    for s in np.unique(strata):
+        m = strata == s
+        lo, hi = nominal[m].min(), nominal[m].max()
+        label = f"{lo:g}" if lo == hi else f"{lo:.2f}-{hi:.2f}"
         cls = classification_metrics(p["y"][m], p["probs"][m], names)
-        out[f"{t:g}"] = {"n": int(m.sum()), "accuracy": cls["accuracy"], "balanced_accuracy": cls["balanced_accuracy"],
-                         "thickness_mae_mm": float(np.abs(p["pred_thickness_mm"][m] - p["true_thickness_mm"][m]).mean())}
+        out[label] = {"n": int(m.sum()), "accuracy": cls["accuracy"], "balanced_accuracy": cls["balanced_accuracy"],
+                      "thickness_mae_mm": float(np.abs(p["pred_thickness_mm"][m] - p["true_thickness_mm"][m]).mean())}
     return out
 
 
-def ceiling(store: ObjectStore, rows: pd.DataFrame, **separability_kw) -> dict[str, Any]:
+def ceiling(rigs: dict[float, tuple[object, int]], prior: ThicknessPrior, **separability_kw) -> dict[str, Any]:
     """The ideal observer for the rig that took these captures, per wedge, weighted by captures."""
-    from alloynet.physics.separability import mixed_ceiling
-    from alloynet.physics.simulator import RigConfig
+    mixed = mixed_ceiling(list(rigs.values()), thicknesses_mm=prior.values_mm, thickness_range_mm=prior.range_mm,
+                          **separability_kw)
+    return {"ceiling_accuracy": mixed["accuracy"], "ceiling_recall": mixed["recall"],
+            "ceiling_heavy_light": mixed["group_accuracy"], "ceiling_prior": mixed["prior"], "markdown": mixed["markdown"]}
 
-    thick = sorted(rows.nominal_thickness_mm.unique().tolist())
-    if len(thick) > 6:  # a continuous thickness range: the ideal observer over six quantiles of it
-        thick = np.quantile(thick, np.linspace(0, 1, 6)).round(3).tolist()
-    rigs = []
-    for _, group in rows.groupby("wedge_mm", sort=True):
-        sc = parse_sidecar(store.get(sidecar_key(group.capture_id.iloc[0])))
-        rig = RigConfig(kvp=sc.rig.kvp, tube_current_ua=sc.rig.tube_current_ua, anode_angle_deg=sc.rig.anode_angle_deg,
-                        filtration_mm_al=sc.rig.filtration_mm_al, wedge_mm=sc.rig.wedge_mm,
-                        wedge_min_mm=sc.rig.wedge_min_mm, wedge_material=sc.rig.wedge_material,
-                        height=int(group.height.iloc[0]), width=int(group.width.iloc[0]),
-                        **({"dose": sc.rig.dose} if sc.rig.dose else {}))
-        rigs.append((rig, len(group)))
-    mixed = mixed_ceiling(rigs, thick, **separability_kw)
-    return {"ceiling_accuracy": mixed["accuracy"], "ceiling_recall": mixed["recall"], "markdown": mixed["markdown"]}
+
+def heavy_light(y: np.ndarray, group_probs: np.ndarray, names: list[str]) -> float:
+    """Balanced accuracy of the heavy (Cu/Zn-bearing) vs light decision."""
+    truth = np.array([GROUPS.index(alloy_group(names[c])) for c in y])
+    pred = np.asarray(group_probs).argmax(1)
+    return float(np.mean([(pred[truth == g] == g).mean() for g in np.unique(truth)]))
+
+
+def answer_metrics(p: dict[str, np.ndarray], names: list[str], coverage: float) -> dict[str, Any]:
+    """What the line gets beside the argmax: calibration, conformal sets, the group, the flags."""
+    from alloynet.contract import FLAG_NAMES
+    from alloynet.evaluate.metrics import expected_calibration_error
+
+    logits = p["logits"] - p["logits"].max(1, keepdims=True)
+    raw = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    in_set = p["prediction_set"][np.arange(len(p["y"])), p["y"]] > 0.5
+    per_class = [float(in_set[p["y"] == c].mean()) for c in range(len(names)) if (p["y"] == c).any()]
+    return {"ece_uncalibrated": expected_calibration_error(raw, p["y"]),
+            "coverage_target": coverage, "set_coverage": float(np.mean(per_class)),
+            "set_size_mean": float(p["prediction_set"].sum(1).mean()),
+            "set_singleton_rate": float((p["prediction_set"].sum(1) == 1).mean()),
+            "heavy_light_balanced_accuracy": heavy_light(p["y"], p["group_probs"], names),
+            "flag_rates": {f: float(p["flags"][:, i].mean()) for i, f in enumerate(FLAG_NAMES)}}
+
+
+def baseline_metrics(st: ObjectStore, labelled: pd.DataFrame, ds: CaptureDataset, rigs: dict, prior: ThicknessPrior,
+                     names: list[str]) -> dict[str, dict]:
+    """The physics fit and the Gaussian profile classifier on the same captures (see baselines.py)."""
+    test = dataset_arrays(ds)
+    train = dataset_arrays(CaptureDataset(st, labelled, "train")) if (labelled.split == "train").any() else None
+    out = {}
+    for name, res in run_baselines(train, test, {w: r for w, (r, _) in rigs.items()}, prior, names).items():
+        if "skipped" in res:
+            out[name] = {"skipped": res["skipped"]}
+            continue
+        m = classification_metrics(test["y"], res["probs"], names)
+        group = np.stack([res["probs"][:, [GROUPS.index(alloy_group(c)) == g for c in names]].sum(1)
+                          for g in range(len(GROUPS))], 1)
+        out[name] = {"balanced_accuracy": m["balanced_accuracy"], "accuracy": m["accuracy"],
+                     "heavy_light_balanced_accuracy": heavy_light(test["y"], group, names),
+                     "recall": {c: m["per_class"][c]["recall"] for c in names}}
+        if "thickness_mm" in res:
+            out[name]["thickness_mae_mm"] = float(np.abs(res["thickness_mm"] - test["thickness_mm"]).mean())
+    return out
 
 
 def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: pd.DataFrame | str | Path | None,
              out_dir: str | Path, split: str = "test", *, device: str = "cpu", batch_size: int = 64,
-             with_ceiling: bool = True, ceiling_kw: Optional[dict] = None, gradcam: int = 4) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``split`` of the manifest; writes the report folder; returns metrics."""
+             with_ceiling: bool = True, ceiling_kw: Optional[dict] = None, gradcam: int = 4,
+             baselines: bool = True, ceiling_rigs: Optional[dict] = None) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``split`` of the manifest; writes the report folder; returns metrics.
+
+    ``ceiling_rigs`` ({wedge_mm: rig config}) replaces the nominal rigs read from the sidecars for the
+    ceiling and the physics fit (e.g. the second rig's own model, when that is known)."""
     out = Path(out_dir)
     model, meta = load_model(checkpoint, device)
     st, df = open_dataset(store, manifest)
@@ -82,17 +126,28 @@ def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: 
                                "manifest_hash": meta["manifest_hash"], "trained_epochs": meta["epoch"]}
     metrics.update(classification_metrics(p["y"], p["probs"], names, meta.get("class_counts")))
     metrics.update(regression_summary(p))
+    metrics.update(answer_metrics(p, names, float(model.answer.coverage)))
     metrics["per_thickness"] = per_thickness(ds.rows, p, names)
+    prior = data_prior(labelled)  # the data source's thickness prior, not only what the test split happened to get
+    rigs = rig_settings(st, ds.rows)
+    if ceiling_rigs:
+        rigs = {w: (ceiling_rigs.get(w, r), n) for w, (r, n) in rigs.items()}
     metrics["ceiling_accuracy"] = None
     if with_ceiling:
-        ceil = ceiling(st, ds.rows, **(ceiling_kw or {}))
-        metrics.update({k: ceil[k] for k in ("ceiling_accuracy", "ceiling_recall")})
+        ceil = ceiling(rigs, prior, **(ceiling_kw or {}))
+        metrics.update({k: ceil[k] for k in ("ceiling_accuracy", "ceiling_recall", "ceiling_heavy_light", "ceiling_prior")})
         metrics["ceiling_gap"] = ceil["ceiling_accuracy"] - metrics["balanced_accuracy"]
+    if baselines:
+        metrics["baselines"] = baseline_metrics(st, labelled, ds, rigs, prior, names)
     figures = _plots(metrics, p, names, meta.get("history") or [], out)
     cams = _gradcams(model, ds, p, names, out, gradcam)
     metrics = jsonable(metrics)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    # per capture, so two models on the same test set can be compared with uncertainty (evaluate/bootstrap.py)
+    pd.DataFrame({"capture_id": ds.rows.capture_id.to_numpy(), "true": [names[int(i)] for i in p["y"]],
+                  "predicted": [names[int(i)] for i in p["probs"].argmax(1)],
+                  **{f"p_{n}": p["probs"][:, i] for i, n in enumerate(names)}}).to_csv(out / "predictions.csv", index=False)
     (out / "report.md").write_text(render(metrics, names, figures, cams, ceil["markdown"] if with_ceiling else None))
     return metrics
 
@@ -118,10 +173,11 @@ def _gradcams(model, ds: CaptureDataset, p: dict, names: list[str], out: Path, n
             picks.append(int(idx[0]))
     paths = []
     for i in picks:
-        raw, cal, _ = ds[i]
+        raw, cal, wedge, _ = ds[i]
         cid = ds.rows.capture_id[i]
         pred = int(p["probs"][i].argmax())
         title = f"{cid}: true {names[int(p['y'][i])]}, predicted {names[pred]} ({p['probs'][i, pred]:.2f})"
         device = next(model.parameters()).device
-        paths.append(save_gradcam(model, raw.to(device), cal.to(device), out / "gradcam" / f"{cid}.png", title, names))
+        paths.append(save_gradcam(model, raw.to(device), cal.to(device), wedge.to(device), out / "gradcam" / f"{cid}.png",
+                                  title, names))
     return paths

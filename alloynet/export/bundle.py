@@ -16,7 +16,7 @@ from torch import nn
 
 from alloynet.captures.stores import ObjectStore
 from alloynet.data.dataset import load_image
-from alloynet.contract import CALIBRATION_NAME, INPUT_NAME
+from alloynet.contract import CALIBRATION_NAME, INPUT_NAME, WEDGE_NAME
 from alloynet.data.manifest import calibration_levels, open_dataset
 from alloynet.export.graph import ExportMeta
 from alloynet.export.onnx_export import DEFAULT_OPSET, export_onnx
@@ -106,9 +106,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, store: Object
 def parity_captures(store: ObjectStore, manifest: pd.DataFrame, meta: ExportMeta, n: int = 8,
                     split: str = "test") -> dict[str, np.ndarray]:
     """Real captures of ``split`` with the model's input shape, as graph inputs {"image": float32 [n, C, H, W],
-    "calibration": float32 [n, C, 2]}: the classes in turn (capture-id order inside each), so parity covers
-    every alloy the test set has; the last one is sent without its calibration (zeros), so the fallback
-    branch is checked too."""
+    "calibration": float32 [n, C, 2], "wedge_mm": float32 [n, 1]}: the classes in turn (capture-id order inside
+    each), so parity covers every alloy the test set has; the last one is sent without its calibration and
+    wedge size (zeros), so the fallback branch is checked too."""
     rows = manifest[(manifest.split == split) & (manifest.channels == meta.channels)
                     & (manifest.height == meta.height) & (manifest.width == meta.width)]
     if rows.empty:
@@ -118,7 +118,8 @@ def parity_captures(store: ObjectStore, manifest: pd.DataFrame, meta: ExportMeta
     picked = pd.concat([g.iloc[[i]] for i in range(max(map(len, per_class))) for g in per_class if i < len(g)]).head(n)
     dark, flat = calibration_levels(picked)
     calibration = np.stack([dark, flat], axis=-1).astype(np.float32)
+    wedge = picked.wedge_mm.to_numpy(np.float32)[:, None].copy()
     if len(calibration) > 1:
-        calibration[-1] = 0.0
+        calibration[-1], wedge[-1] = 0.0, 0.0
     image = np.stack([load_image(store, f).astype(np.float32) for f in picked.image_file])
-    return {INPUT_NAME: image, CALIBRATION_NAME: calibration}
+    return {INPUT_NAME: image, CALIBRATION_NAME: calibration, WEDGE_NAME: wedge}

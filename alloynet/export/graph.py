@@ -19,7 +19,7 @@ from alloynet.contract import INPUT_DTYPE, META_FILE, VERSION
 
 
 class ServingGraph(nn.Module):
-    """Contract model: (image [B, C, H, W], calibration [B, C, 2]) -> the contract's outputs, in order:
+    """Contract model: (image [B, C, H, W], calibration [B, C, 2], wedge_mm [B, 1]) -> the contract's outputs:
     probabilities [B, K], thickness_mm [B], absorption [B, 2] = (a0, mu_eff), prediction_set [B, K],
     group_probabilities [B, G], flags [B, F]."""
 
@@ -27,9 +27,9 @@ class ServingGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor, calibration: torch.Tensor
+    def forward(self, image: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model(image, calibration)
+        out = self.model(image, calibration, wedge_mm)
         absorption = torch.stack([out["a0"].float(), out["mu_eff"].float()], dim=-1)
         return (out["probabilities"].float(), out["thickness_mm"].float(), absorption, out["prediction_set"].float(),
                 out["group_probabilities"].float(), out["flags"].float())
@@ -79,12 +79,14 @@ class ExportMeta(BaseModel):
         return cls.model_validate_json((p / META_FILE if p.is_dir() else p).read_text())
 
 
-def example_inputs(meta: ExportMeta, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plausible (image, calibration) for tracing: raw ADU in the flat-field range, levels dark 1000 / flat
-    50000 ADU with the second item's calibration left out (zeros), so both branches are traced. Parity is
-    checked on real test captures."""
+def example_inputs(meta: ExportMeta, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plausible (image, calibration, wedge_mm) for tracing: raw ADU in the flat-field range, levels dark 1000 /
+    flat 50000 ADU and a 50 mm wedge, with every second item's calibration and wedge left out (zeros), so
+    both branches are traced. Parity is checked on real test captures."""
     g = torch.Generator().manual_seed(seed)
     image = torch.rand((batch, *meta.input_shape), generator=g) * 40000.0 + 2000.0
     calibration = torch.tensor([1000.0, 50000.0]).repeat(batch, meta.channels, 1)
     calibration[1::2] = 0.0
-    return image, calibration
+    wedge = torch.full((batch, 1), 50.0)
+    wedge[1::2] = 0.0
+    return image, calibration, wedge

@@ -16,6 +16,7 @@ import torchvision
 from torch import nn
 
 from alloynet.models.heads import _ACTIVATIONS, make_activation
+from alloynet.models.norm import FittedStandardise
 from alloynet.models.registry import register_model
 
 
@@ -56,53 +57,82 @@ def swap_activations(module: nn.Module, activation: str) -> None:
             swap_activations(child, activation)
 
 
-def _resnet(arch: str, in_channels: int, activation: str, pretrained: Optional[str]) -> tuple[nn.Module, int]:
+POSITIONS = 4  # places along the wedge the last feature map is pooled to
+
+
+class WedgeAware2D(nn.Module):
+    """A torchvision convolutional body made to keep where along the wedge a feature sits.
+
+    Global average pooling, how these trunks end on ImageNet, discards position, and position along the wedge
+    is physics (how hard the beam is there). So: the input (the plate's attenuation image) is standardised
+    per column with fitted statistics (the wedge makes columns differ by orders of magnitude in noise and
+    level), a wedge-depth coordinate channel (0 at the thin end, 1 at the thick end) is appended, and the
+    last feature map is pooled over rows only, to ``positions`` places along the wedge."""
+
+    def __init__(self, body: nn.Module, body_features: int, in_channels: int, width: int, positions: int = POSITIONS):
+        super().__init__()
+        self.norm = FittedStandardise([1, in_channels, 1, width], reduce=(0, 2))
+        self.body = body
+        self.pool = nn.AdaptiveAvgPool2d((1, positions))
+        self.out_features = body_features * positions
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        coord = torch.linspace(0.0, 1.0, w, dtype=x.dtype, device=x.device).expand(b, 1, h, w)
+        return self.pool(self.body(torch.cat([self.norm(x), coord], dim=1))).flatten(1)
+
+
+def _resnet(arch: str, in_channels: int, activation: str, pretrained: Optional[str], width: int) -> tuple[nn.Module, int]:
     m = getattr(torchvision.models, arch)(weights=None)
     if pretrained:
         load_local_weights(m, pretrained)
-    m.conv1 = adapt_conv(m.conv1, in_channels)
-    dim = m.fc.in_features
-    m.fc = nn.Identity()
+    m.conv1 = adapt_conv(m.conv1, in_channels + 1)  # + the wedge-depth coordinate
     swap_activations(m, activation)
-    return m, dim
+    body = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4)
+    trunk = WedgeAware2D(body, m.fc.in_features, in_channels, width)
+    return trunk, trunk.out_features
 
 
 @register_model("resnet18")
-def resnet18(in_channels: int, activation: str = "relu", pretrained: Optional[str] = None) -> tuple[nn.Module, int]:
-    return _resnet("resnet18", in_channels, activation, pretrained)
+def resnet18(in_channels: int, activation: str = "relu", pretrained: Optional[str] = None,
+             width: int = 64) -> tuple[nn.Module, int]:
+    return _resnet("resnet18", in_channels, activation, pretrained, width)
 
 
 @register_model("resnet34")
-def resnet34(in_channels: int, activation: str = "leaky_relu", pretrained: Optional[str] = None) -> tuple[nn.Module, int]:
-    return _resnet("resnet34", in_channels, activation, pretrained)
+def resnet34(in_channels: int, activation: str = "leaky_relu", pretrained: Optional[str] = None,
+             width: int = 64) -> tuple[nn.Module, int]:
+    return _resnet("resnet34", in_channels, activation, pretrained, width)
 
 
 @register_model("resnet50")
-def resnet50(in_channels: int, activation: str = "gelu", pretrained: Optional[str] = None) -> tuple[nn.Module, int]:
-    return _resnet("resnet50", in_channels, activation, pretrained)
+def resnet50(in_channels: int, activation: str = "gelu", pretrained: Optional[str] = None,
+             width: int = 64) -> tuple[nn.Module, int]:
+    return _resnet("resnet50", in_channels, activation, pretrained, width)
 
 
 @register_model("vgg16")
 def vgg16(in_channels: int, activation: str = "relu", pretrained: Optional[str] = None,
-          batch_norm: bool = True) -> tuple[nn.Module, int]:
-    """VGG-16 convolutional stack with global average pooling (the 25088x4096 FC block is dropped: it is
-    120 M parameters sized for 224 px ImageNet crops). Batch norm by default, because plain VGG-16 from
+          batch_norm: bool = True, width: int = 64) -> tuple[nn.Module, int]:
+    """VGG-16 convolutional stack, wedge-aware (see ``WedgeAware2D``; the 25088x4096 FC block is dropped: it
+    is 120 M parameters sized for 224 px ImageNet crops). Batch norm by default, because plain VGG-16 from
     scratch rarely trains at the table's SGD lr of 0.01."""
     m = (torchvision.models.vgg16_bn if batch_norm else torchvision.models.vgg16)(weights=None)
     if pretrained:
         load_local_weights(m, pretrained)
-    m.features[0] = adapt_conv(m.features[0], in_channels)
+    m.features[0] = adapt_conv(m.features[0], in_channels + 1)
     swap_activations(m.features, activation)
-    return nn.Sequential(m.features, nn.AdaptiveAvgPool2d(1), nn.Flatten()), 512
+    trunk = WedgeAware2D(m.features, 512, in_channels, width)
+    return trunk, trunk.out_features
 
 
 @register_model("efficientnet_b0")
-def efficientnet_b0(in_channels: int, activation: str = "silu", pretrained: Optional[str] = None) -> tuple[nn.Module, int]:
+def efficientnet_b0(in_channels: int, activation: str = "silu", pretrained: Optional[str] = None,
+                    width: int = 64) -> tuple[nn.Module, int]:
     m = torchvision.models.efficientnet_b0(weights=None)
     if pretrained:
         load_local_weights(m, pretrained)
-    m.features[0][0] = adapt_conv(m.features[0][0], in_channels)
-    dim = m.classifier[1].in_features
-    m.classifier = nn.Identity()  # dropout lives in the multi-task head
+    m.features[0][0] = adapt_conv(m.features[0][0], in_channels + 1)
     swap_activations(m, activation)
-    return m, dim
+    trunk = WedgeAware2D(m.features, m.classifier[1].in_features, in_channels, width)
+    return trunk, trunk.out_features

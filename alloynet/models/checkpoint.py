@@ -50,7 +50,7 @@ def build_model(spec: dict[str, Any]) -> AlloyNet:
     stats = {k: tuple(v) for k, v in spec["target_stats"].items()}
     return create_model(spec["name"], spec["num_classes"], spec["in_channels"], spec["preprocess"],
                         activation=spec["activation"], target_stats=stats, dropout=spec.get("dropout", 0.0),
-                        class_names=spec.get("class_names"), coverage=spec.get("coverage", 0.95),
+                        class_names=spec.get("class_names"), coverage=spec.get("coverage", 0.95), rig=spec.get("rig"),
                         **spec.get("kwargs", {}))
 
 

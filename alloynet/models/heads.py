@@ -13,6 +13,7 @@ from torch import nn
 
 from alloynet.data.transforms import Preprocess
 from alloynet.models.answer import Answer
+from alloynet.models.wedge import WedgeReference
 
 REGRESSION_TARGETS = ("thickness_mm", "a0", "mu_eff")
 
@@ -49,17 +50,22 @@ class MultiTaskHead(nn.Module):
 
 
 class AlloyNet(nn.Module):
-    """Raw capture [B, C, H, W] + its calibration [B, C, 2] -> everything the contract returns.
+    """Raw capture [B, C, H, W] + its calibration [B, C, 2] + its wedge size [B, 1] -> everything the contract
+    returns.
 
+    The trunk reads the plate's own attenuation: -ln T (the capture corrected with its own calibration)
+    minus the wedge's attenuation for the capture's wedge size (``alloynet.models.wedge``).
     Output dict: ``logits`` (what the loss trains), ``probabilities`` (temperature-calibrated),
     ``thickness_mm``, ``a0``, ``mu_eff`` (physical units), ``prediction_set``, ``group_probabilities``,
     ``flags`` (see ``alloynet.models.answer``) and ``features`` (the trunk's output)."""
 
     def __init__(self, trunk: nn.Module, feature_dim: int, num_classes: int, preprocess: Preprocess,
                  target_stats: Optional[Mapping[str, tuple[float, float]]] = None, activation: str = "relu",
-                 dropout: float = 0.0, groups: Optional[Sequence[int]] = None, coverage: float = 0.95):
+                 dropout: float = 0.0, groups: Optional[Sequence[int]] = None, coverage: float = 0.95,
+                 wedge: Optional[WedgeReference] = None):
         super().__init__()
         self.preprocess = preprocess
+        self.wedge = wedge or WedgeReference()
         self.trunk = trunk
         self.head = MultiTaskHead(feature_dim, num_classes, activation, dropout)
         self.answer = Answer(num_classes, feature_dim, groups if groups is not None else [0] * num_classes,
@@ -72,8 +78,16 @@ class AlloyNet(nn.Module):
         self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32))
 
-    def forward(self, raw: torch.Tensor, calibration: torch.Tensor) -> Dict[str, torch.Tensor]:
-        x, missing, out_of_tolerance = self.preprocess(raw, calibration)
+    def plate_attenuation(self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(-ln T minus the wedge alone [B, C, H, W], calibration or wedge not known [B], out of tolerance [B])."""
+        a, missing, out_of_tolerance = self.preprocess.neg_log(raw, calibration)
+        w, wedge_missing = self.wedge(wedge_mm, int(a.shape[-1]))
+        plate = self.preprocess.standardise(a - w[:, :, None, :])
+        return plate, torch.maximum(missing, wedge_missing), out_of_tolerance
+
+    def forward(self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor) -> Dict[str, torch.Tensor]:
+        x, missing, out_of_tolerance = self.plate_attenuation(raw, calibration, wedge_mm)
         features = self.trunk(x)
         logits, z = self.head(features)
         reg = z.float() * self.target_std + self.target_mean

@@ -4,10 +4,10 @@ For a plate that is uniform across rows the profile carries, to first order, all
 (see ``alloynet.physics.separability``): how -ln T bends as the wedge hardens the beam is the material's
 signature. Both trunks resample the profile to a fixed number of bins, so any capture width is accepted.
 
-``input_norm`` standardises each profile bin with running training statistics (a BatchNorm without
-affine terms, so it exports as two buffers). Globally standardised -ln T is dominated by the wedge ramp,
-common to every capture; per bin, what is left is plate thickness and alloy, which is what must be
-resolved.
+``input_norm`` standardises each profile bin with statistics fitted once on the training captures
+(``alloynet.models.norm``; two buffers in every exported graph). Globally standardised -ln T is dominated
+by the wedge ramp, common to every capture; per bin, what is left is plate thickness and alloy, which is
+what must be resolved. Batch statistics would not do: they wander by more than the alloys differ.
 """
 from __future__ import annotations
 
@@ -19,20 +19,28 @@ from torch.nn import functional as F
 
 from alloynet.data.transforms import wedge_profile
 from alloynet.models.heads import make_activation
+from alloynet.models.norm import FittedStandardise
 from alloynet.models.registry import register_model
 
 
 class ProfileNorm(nn.Module):
-    """Binned wedge profile [B, C, bins], each (channel, bin) standardised by running statistics."""
+    """The plate's attenuation image -> physics features [B, 2C, bins], each (feature, bin) standardised by
+    fitted training statistics: per channel, the plate's attenuation along the wedge A(x) (binned
+    interquartile row mean) and its hardening curve A(x) / A(0), the wedge's generalisation of the
+    dual-energy ratio X-ray sorters use: how the plate's attenuation falls as the wedge hardens the beam
+    depends on its effective atomic number and hardly on its thickness."""
 
     def __init__(self, in_channels: int, bins: int, enabled: bool = True):
         super().__init__()
         self.bins = bins
-        self.norm: nn.Module = nn.BatchNorm1d(in_channels * bins, affine=False) if enabled else nn.Identity()
+        self.out_channels = 2 * in_channels
+        self.norm: nn.Module = FittedStandardise([self.out_channels * bins]) if enabled else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = F.adaptive_avg_pool1d(wedge_profile(x), self.bins)
-        return self.norm(p.flatten(1)).view(p.shape)
+        p = F.adaptive_avg_pool1d(wedge_profile(x), self.bins)                 # [B, C, bins]
+        a0 = torch.clamp(p[..., :1], min=1e-3)                                  # the plate-only strip
+        f = torch.cat([p, p / a0], dim=1)
+        return self.norm(f.flatten(1)).view(f.shape)
 
 
 class ProfileMLP(nn.Module):
@@ -43,7 +51,7 @@ class ProfileMLP(nn.Module):
         super().__init__()
         self.profile = ProfileNorm(in_channels, bins, input_norm)
         layers: list[nn.Module] = []
-        width = in_channels * bins
+        width = self.profile.out_channels * bins
         for h in hidden:
             layers += [nn.Linear(width, h), nn.BatchNorm1d(h), make_activation(activation), nn.Dropout(dropout)]
             width = h
@@ -84,7 +92,7 @@ class ProfileCNN(nn.Module):
         super().__init__()
         self.bins = bins
         self.profile = ProfileNorm(in_channels, bins, input_norm)
-        self.stem = nn.Sequential(nn.Conv1d(in_channels + 1, widths[0], 7, 1, 3, bias=False),
+        self.stem = nn.Sequential(nn.Conv1d(self.profile.out_channels + 1, widths[0], 7, 1, 3, bias=False),
                                   nn.BatchNorm1d(widths[0]), make_activation(activation))
         blocks, cin = [], widths[0]
         for i, w in enumerate(widths):
@@ -104,6 +112,15 @@ class ProfileCNN(nn.Module):
 @register_model("fnn")
 def fnn(in_channels: int, activation: str = "relu", bins: int = 64, hidden: Sequence[int] = (256, 128),
         dropout: float = 0.1, input_norm: bool = True) -> tuple[nn.Module, int]:
+    m = ProfileMLP(in_channels, bins, hidden, activation, dropout, input_norm)
+    return m, m.out_features
+
+
+@register_model("profile_mlp")
+def profile_mlp(in_channels: int, activation: str = "gelu", bins: int = 32, hidden: Sequence[int] = (256, 256, 128),
+                dropout: float = 0.1, input_norm: bool = True) -> tuple[nn.Module, int]:
+    """The recommended model: an MLP on the plate's attenuation along the wedge and its hardening curve, in
+    32 bins (the seed study's FNN, sized and tuned for these physics features; see docs/benchmarks.md)."""
     m = ProfileMLP(in_channels, bins, hidden, activation, dropout, input_norm)
     return m, m.out_features
 

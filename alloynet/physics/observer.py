@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import special
 
-from alloynet.physics.alloys import get_alloy, sample_plate
+from alloynet.physics.alloys import Plate, get_alloy, sample_plate
 
 LOG_2PI = float(np.log(2 * np.pi))
 
@@ -125,35 +125,23 @@ def noise_cov(model, fractions, density: float, thickness_mm: float) -> np.ndarr
     return cov
 
 
-class AlloyLikelihood:
-    """log p(profile | alloy) for one alloy on one rig, thickness marginalised over ``prior``."""
+class ThicknessMarginal:
+    """log integral N(x; mean(t), S(t)) prior(t) dt for profiles x, with mean(t) tabulated on a thickness
+    grid and S(t) given at a few nodes (each grid point uses its nearest node's). Subclasses say where mean
+    and S come from: the forward model (``AlloyLikelihood``) or data (the Gaussian profile baseline)."""
 
-    def __init__(self, model, alloy: str, prior: ThicknessPrior, plates: int = 150, nodes: int = 9,
-                 grid: int = 400, rng: Optional[np.random.Generator] = None):
-        rng = rng or np.random.default_rng(0)
-        self.model, self.alloy, self.prior = model, alloy, prior
-        lo, hi = prior.bounds()
-        lo, hi = lo * 0.97, hi * 1.03                            # let the fit move a little past the prior
-        self.grid = np.linspace(lo, hi, grid)
-        self.plates = _sample_compositions(alloy, plates, rng)
-        wt = {el: float(np.mean([p.wt_pct.get(el, 0.0) for p in self.plates]))
-              for el in set().union(*(p.wt_pct for p in self.plates))}
-        self.mean_plate = sample_plate(alloy, 2.0, rng, "obs-mean", exact=True).__class__(
-            "obs-mean", alloy, 2.0, 2.0, wt, float(np.mean([p.density_g_cm3 for p in self.plates])))
-        fr, rho = self.mean_plate.fractions(), self.mean_plate.density_g_cm3
-        self.mean = _profiles(model, fr, rho, self.grid)                                  # [G, D]
-        self.nodes = np.linspace(lo, hi, nodes)
-        per_plate = np.stack([_profiles(model, p.fractions(), p.density_g_cm3, self.nodes) for p in self.plates])
-        self.cov_plate = [np.cov(per_plate[:, k], rowvar=False) for k in range(nodes)]  # composition, fixed t
-        self.cov_noise = [noise_cov(model, fr, rho, float(t)) for t in self.nodes]
+    def __init__(self, grid: np.ndarray, mean: np.ndarray, nodes: np.ndarray, covs: Sequence[np.ndarray],
+                 prior: ThicknessPrior):
+        self.grid, self.mean, self.nodes, self.prior = np.asarray(grid, float), np.asarray(mean, float), \
+            np.asarray(nodes, float), prior
         d = self.mean.shape[1]
         self.chol, self.logdet = [], []
-        for cp, cn in zip(self.cov_plate, self.cov_noise):
-            s = cp + cn + 1e-12 * np.eye(d)
-            lch = np.linalg.cholesky(s)
+        for cov in covs:
+            lch = np.linalg.cholesky(np.asarray(cov) + 1e-12 * np.eye(d))
             self.chol.append(lch)
             self.logdet.append(2 * float(np.log(np.diag(lch)).sum()))
-        self.node_of = np.abs(self.grid[:, None] - self.nodes[None]).argmin(1)           # grid point -> node
+        self.node_of = self.node_index(self.grid)                                        # grid point -> node
+
 
     def node_index(self, t: np.ndarray) -> np.ndarray:
         return np.abs(np.asarray(t)[:, None] - self.nodes[None]).argmin(1)
@@ -191,6 +179,28 @@ class AlloyLikelihood:
         ll = (-0.5 * chi2_best - 0.5 * logdet - 0.5 * d * LOG_2PI + 0.5 * np.log(2 * np.pi * var_t)
               + self.prior.log_density(t_best, np.sqrt(var_t)))
         return ll, t_best
+
+
+class AlloyLikelihood(ThicknessMarginal):
+    """log p(profile | alloy) for one alloy on one rig from the forward model, thickness marginalised."""
+
+    def __init__(self, model, alloy: str, prior: ThicknessPrior, plates: int = 150, nodes: int = 9,
+                 grid: int = 400, rng: Optional[np.random.Generator] = None):
+        rng = rng or np.random.default_rng(0)
+        self.model, self.alloy = model, alloy
+        lo, hi = prior.bounds()
+        lo, hi = lo * 0.97, hi * 1.03                            # let the fit move a little past the prior
+        tgrid, tnodes = np.linspace(lo, hi, grid), np.linspace(lo, hi, nodes)
+        self.plates = _sample_compositions(alloy, plates, rng)
+        wt = {el: float(np.mean([p.wt_pct.get(el, 0.0) for p in self.plates]))
+              for el in set().union(*(p.wt_pct for p in self.plates))}
+        self.mean_plate = Plate("obs-mean", alloy, 2.0, 2.0, wt, float(np.mean([p.density_g_cm3 for p in self.plates])))
+        fr, rho = self.mean_plate.fractions(), self.mean_plate.density_g_cm3
+        per_plate = np.stack([_profiles(model, p.fractions(), p.density_g_cm3, tnodes) for p in self.plates])
+        self.cov_plate = [np.cov(per_plate[:, k], rowvar=False) for k in range(nodes)]  # composition, fixed t
+        self.cov_noise = [noise_cov(model, fr, rho, float(t)) for t in tnodes]
+        super().__init__(tgrid, _profiles(model, fr, rho, tgrid), tnodes,
+                         [cp + cn for cp, cn in zip(self.cov_plate, self.cov_noise)], prior)
 
 
 class PhysicsObserver:

@@ -27,6 +27,20 @@ class LossSpec(_Strict):
         return self.label or self.name
 
 
+class Cell(_Strict):
+    """One run of the grid (architecture x loss x imbalance ratio x seed): the unit ``run_cell`` computes,
+    in the serial study and on a work pool's workers alike."""
+
+    arch: str
+    loss: LossSpec
+    rho: float
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.arch}-{self.loss.tag}-rho{self.rho:g}-s{self.seed}"
+
+
 class StudyData(_Strict):
     class_order: list[str] = Field(
         default_factory=lambda: ["Al6082", "Al1050", "Al2017", "Al7075", "Al5083"],
@@ -65,6 +79,10 @@ class StudyConfig(_Strict):
     def runs(self) -> list[tuple[str, LossSpec, float, int]]:
         return [(a, l, r, s) for r in self.imbalance_ratios for a in self.architectures for l in self.losses
                 for s in self.seeds]
+
+    def cells(self) -> list[Cell]:
+        """The grid in table order (the order of ``runs``)."""
+        return [Cell(arch=a, loss=l, rho=r, seed=s) for a, l, r, s in self.runs()]
 
 
 def load_study(path: str | Path) -> StudyConfig:

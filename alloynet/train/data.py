@@ -10,13 +10,15 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from alloynet.captures.stores import ObjectStore
 from alloynet.data import CLASS_NAMES
 from alloynet.data.dataset import CaptureDataset
-from alloynet.data.dataset import load_image
 from alloynet.data.manifest import calibration_levels, open_dataset
+from alloynet.data.rigs import data_prior, rig_settings
+from alloynet.data.synthetic import SyntheticCaptures, synthetic_for
+from alloynet.physics.simulator import RigConfig
 from alloynet.data.transforms import Preprocess, TrainAugment
 from alloynet.train.config import DataConfig
 
@@ -77,12 +79,45 @@ def sample_weights(labels: np.ndarray, mode: str, num_classes: int) -> Optional[
     return per_class[labels]
 
 
+class TrainingSet(Dataset):
+    """The store's training captures, then the simulated ones (if any): what the sampler draws from."""
+
+    def __init__(self, real: CaptureDataset, synthetic: Optional[SyntheticCaptures] = None):
+        self.real, self.synthetic = real, synthetic
+        self.rows = real.rows
+
+    def __len__(self) -> int:
+        return len(self.real) + (len(self.synthetic) if self.synthetic is not None else 0)
+
+    def __getitem__(self, i: int):
+        return self.real[i] if i < len(self.real) else self.synthetic[i - len(self.real)]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.real.set_epoch(epoch)
+        if self.synthetic is not None:
+            self.synthetic.set_epoch(epoch)
+
+    def unaugmented(self) -> "TrainingSet":
+        return TrainingSet(self.real.unaugmented(), self.synthetic)
+
+    @property
+    def labels(self) -> np.ndarray:
+        extra = [] if self.synthetic is None else [self.synthetic.labels]
+        return np.concatenate([self.real.labels, *extra]).astype(int)
+
+    @property
+    def thickness_mm(self) -> np.ndarray:
+        extra = [] if self.synthetic is None else [self.synthetic.thickness_mm]
+        return np.concatenate([self.real.rows.thickness_mm.to_numpy(float), *extra])
+
+
 @dataclass
 class RunData:
     store: ObjectStore
     manifest: pd.DataFrame
-    train: CaptureDataset
-    val: CaptureDataset
+    train: "TrainingSet"
+    val: CaptureDataset            # picks the best epoch
+    calibration: CaptureDataset    # fits the honest answers (temperature, conformal threshold): never used to select
     train_loader: DataLoader
     val_loader: DataLoader
     sampler: EpochSampler
@@ -91,42 +126,57 @@ class RunData:
     class_counts: list[int]
     image_size: list[int]          # [H, W]
     channels: int
+    rig: RigConfig                 # the training data's nominal rig (its most common wedge's settings)
 
 
-def fit_preprocess(train: pd.DataFrame, store: Optional[ObjectStore] = None, max_images: int = 32,
-                   equalize: bool = False) -> Preprocess:
-    """Preprocessing fitted on the training captures: the reference calibration levels (used when a capture
-    comes without its own) are their median, the tolerated span of flat - dark their range; mean/std of -ln T
-    come from up to ``max_images`` training images when a store is given (otherwise 0/1)."""
+def split_validation(labelled: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The validation split in two by plate, each alloy halved (seeded): one half selects the best epoch, the
+    other calibrates the model's answers. Calibrating on the captures that picked the epoch made the
+    conformal sets cover 93 % where 95 % was asked: the picked epoch looks better on them than it is.
+    With a single validation plate of an alloy, both halves share it."""
+    rest, val = labelled[labelled.split != "val"], labelled[labelled.split == "val"]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xCA1]))
+    select, calib = [], []
+    for _, group in val.groupby("alloy", sort=True):
+        plates = rng.permutation(sorted(group.plate_id.unique()))
+        if len(plates) < 2:
+            select.append(group), calib.append(group)
+            continue
+        half = set(plates[: len(plates) // 2])
+        select.append(group[~group.plate_id.isin(half)])
+        calib.append(group[group.plate_id.isin(half)])
+    return pd.concat([rest, *select]), pd.concat([rest, *calib])
+
+
+def fit_preprocess(train: pd.DataFrame, equalize: bool = False) -> Preprocess:
+    """Preprocessing fitted on the training captures' calibration: the reference levels (used when a capture
+    comes without its own) are their median, the tolerated span of flat - dark their range. The input's scale
+    is standardised inside each trunk, per profile bin or image column (``alloynet.models.norm``)."""
     dark, flat = calibration_levels(train)
     span = flat - dark
-    pre = Preprocess(np.median(dark, axis=0).tolist(), np.median(flat, axis=0).tolist(), equalize=equalize,
-                     span_range=(span.min(0).tolist(), span.max(0).tolist()))
-    if store is not None and len(train):
-        rows = train.sort_values("capture_id").head(max_images)
-        cal = torch.as_tensor(np.stack([dark, flat], axis=-1), dtype=torch.float32)
-        index = {cid: i for i, cid in enumerate(train.capture_id)}
-        vals = torch.cat([pre.neg_log(torch.from_numpy(load_image(store, f).astype(np.float32))[None],
-                                      cal[index[cid]][None])[0].flatten()
-                          for cid, f in zip(rows.capture_id, rows.image_file)])
-        if equalize:  # equalised values are ranks, uniform on [0, 1]
-            vals = torch.linspace(0, 1, 1001)
-        pre.mean.fill_(float(vals.mean()))
-        pre.std.fill_(max(float(vals.std()), 1e-6))
-    return pre
+    return Preprocess(np.median(dark, axis=0).tolist(), np.median(flat, axis=0).tolist(), equalize=equalize,
+                      span_range=(span.min(0).tolist(), span.max(0).tolist()))
 
 
-def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> RunData:
+def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+               log=None) -> RunData:
     store, manifest = open_dataset(cfg.store, cfg.manifest if cfg.manifest and Path(cfg.manifest).exists() else None,
                                    seed)
     labelled = manifest[manifest.labelled & (manifest.label >= 0)]
     train_rows = labelled[labelled.split == "train"]
     if train_rows.empty:
         raise ValueError(f"manifest of {cfg.store} has no labelled training captures")
-    pre = fit_preprocess(train_rows, store, cfg.norm_images, cfg.equalize)
+    pre = fit_preprocess(train_rows, cfg.equalize)
     augment = TrainAugment(**{"dark_adu": float(pre.dark.mean()), **cfg.augment_kwargs}) if cfg.augment else None
-    train = CaptureDataset(store, labelled, "train", transform=augment, seed=seed, cache=cfg.cache)
-    val = CaptureDataset(store, labelled, "val", cache=cfg.cache)
+    rigs = rig_settings(store, train_rows)
+    synthetic = None
+    if cfg.synthetic.captures:
+        synthetic = synthetic_for(cfg.synthetic, rigs, data_prior(labelled), CLASS_NAMES, seed, log=log)
+    train = TrainingSet(CaptureDataset(store, labelled, "train", transform=augment, seed=seed, cache=cfg.cache),
+                        synthetic)
+    val_rows, calib_rows = split_validation(labelled, seed)
+    val = CaptureDataset(store, val_rows, "val", cache=cfg.cache)
+    calibration = CaptureDataset(store, calib_rows, "val", cache=cfg.cache)
     weights = sample_weights(train.labels.astype(int), cfg.sampler, len(CLASS_NAMES))
     sampler = EpochSampler(len(train), seed, weights, rank, world_size)
     # BatchNorm cannot train on a batch of one: drop the ragged last batch whenever a full one exists.
@@ -136,5 +186,7 @@ def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, p
     val_loader = DataLoader(val, cfg.eval_batch_size or cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
                             pin_memory=pin_memory)
     shape = train_rows[["channels", "height", "width"]].mode().iloc[0]
-    return RunData(store, manifest, train, val, train_loader, val_loader, sampler, pre, target_stats(train_rows),
-                   class_counts(train_rows), [int(shape.height), int(shape.width)], int(shape.channels))
+    counts = np.bincount(train.labels, minlength=len(CLASS_NAMES)).tolist()  # what training sees, simulated included
+    return RunData(store, manifest, train, val, calibration, train_loader, val_loader, sampler, pre, target_stats(train_rows),
+                   counts, [int(shape.height), int(shape.width)], int(shape.channels),
+                   max(rigs.values(), key=lambda r: r[1])[0])

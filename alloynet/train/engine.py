@@ -40,13 +40,13 @@ def train_one_epoch(model: nn.Module, criterion: MultiTaskLoss, optimizer: torch
     n_seen, n_correct, start = 0, 0, time.perf_counter()
     bar = _progress(progress and env.is_main, len(loader), description)
     try:
-        for x, cal, targets in loader:
+        for x, cal, wedge, targets in loader:
             x = x.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
             with autocast(device, amp):
-                out = model(x, cal.to(device, non_blocking=True))
+                out = model(x, cal.to(device, non_blocking=True), wedge.to(device, non_blocking=True))
             loss, parts = criterion(out, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

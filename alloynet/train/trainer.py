@@ -9,6 +9,7 @@ different order with a different thread count.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ from alloynet.data.manifest import manifest_hash
 from alloynet.evaluate.predict import predict
 from alloynet.losses import MultiTaskLoss, create_loss
 from alloynet.models import create_model
+from alloynet.models.registry import takes_width
 from alloynet.models.checkpoint import load_checkpoint, save_checkpoint
+from alloynet.models.norm import fit_input_statistics
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
 from alloynet.train.distributed import DistEnv, cleanup, init_distributed
@@ -32,6 +35,7 @@ from alloynet.train.engine import train_one_epoch, validate
 from alloynet.train.optim import EarlyStopping, Schedule, build_optimizer
 
 console = make_console(stderr=True)
+log = logging.getLogger("alloynet.train")
 EpochCallback = Callable[[int, dict], None]
 
 
@@ -72,9 +76,12 @@ def set_determinism(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def _model_spec(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
+    kwargs = dict(cfg.model.kwargs)
+    if takes_width(cfg.model.name):
+        kwargs.setdefault("width", data.image_size[1])
     return {"name": cfg.model.name, "num_classes": len(CLASS_NAMES), "in_channels": data.channels,
-            "activation": cfg.model.activation, "dropout": cfg.model.dropout, "kwargs": dict(cfg.model.kwargs),
-            "preprocess": data.preprocess.config(), "class_names": list(CLASS_NAMES),
+            "activation": cfg.model.activation, "dropout": cfg.model.dropout, "kwargs": kwargs,
+            "preprocess": data.preprocess.config(), "class_names": list(CLASS_NAMES), "rig": data.rig.model_dump(),
             "coverage": cfg.answer.coverage, "target_stats": {k: list(v) for k, v in data.target_stats.items()}}
 
 
@@ -90,10 +97,12 @@ def _check_resumable(ckpt: dict, cfg: TrainConfig) -> None:
 
 def _log_epoch(epoch: int, cfg: TrainConfig, tr: dict, val: dict, lr: float) -> None:
     tasks = " ".join(f"{k} {tr[k]:.3f}" for k in ("alloy", "thickness_mm", "a0", "mu_eff") if k in tr)
-    console.print(f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f} ({tasks})  "
-                  f"val loss {val['loss']:.4f} bal_acc {val['balanced_accuracy']:.3f} acc {val['accuracy']:.3f} "
-                  f"f1 {val['macro_f1']:.3f} t_mae {val['thickness_mm_mae']:.3f} mm  lr {lr:.2e}  "
-                  f"{tr['images_per_s']:.0f} img/s  {tr['seconds']:.1f}s")
+    line = (f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f} ({tasks})  "
+            f"val loss {val['loss']:.4f} bal_acc {val['balanced_accuracy']:.3f} acc {val['accuracy']:.3f} "
+            f"f1 {val['macro_f1']:.3f} t_mae {val['thickness_mm_mae']:.3f} mm  lr {lr:.2e}  "
+            f"{tr['images_per_s']:.0f} img/s  {tr['seconds']:.1f}s")
+    console.print(line)
+    log.info(line)  # also to `logging`, so an orchestrator (Prefect) can show training progress
 
 
 @dataclass
@@ -119,12 +128,14 @@ def setup(cfg: TrainConfig) -> Run:
     device = pick_device(cfg.device, env)
     set_determinism(cfg, device)
     seed_everything(cfg.seed)
-    data = build_data(cfg.data, cfg.seed, env.rank, env.world_size, pin_memory=device.type == "cuda")
+    data = build_data(cfg.data, cfg.seed, env.rank, env.world_size, pin_memory=device.type == "cuda",
+                      log=console.print if env.is_main else None)
     spec = _model_spec(cfg, data)
     extra = {"pretrained": cfg.model.pretrained} if cfg.model.pretrained else {}  # not in spec: needed once only
     model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], data.preprocess, spec["activation"],
                          data.target_stats, spec["dropout"], class_names=spec["class_names"],
-                         coverage=spec["coverage"], **spec["kwargs"], **extra).to(device)
+                         coverage=spec["coverage"], rig=spec["rig"], **spec["kwargs"], **extra).to(device)
+    fit_input_statistics(model, _input_batches(data, cfg, device))
     criterion = MultiTaskLoss(create_loss(cfg.loss.name, data.class_counts, **cfg.loss.kwargs), data.target_stats,
                               cfg.loss.task_weights, cfg.loss.weighting, cfg.loss.regression).to(device)
     channels_last = cfg.channels_last and device.type == "cuda" and cfg.model.name not in ("fnn", "profile_cnn")
@@ -143,6 +154,14 @@ def setup(cfg: TrainConfig) -> Run:
             "class_counts": data.class_counts}
     return Run(cfg, env, device, data, model, net, criterion, optimizer, schedule, EarlyStopping(cfg.early_stop),
                cfg.amp and device.type == "cuda", channels_last, meta)
+
+
+def _input_batches(data: RunData, cfg: TrainConfig, device: torch.device):
+    """Up to ``data.norm_images`` training captures (seeded choice, unaugmented), for the input statistics."""
+    n = min(len(data.train), cfg.data.norm_images)
+    idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed))[:n].tolist()
+    for x, cal, wedge, _ in DataLoader(Subset(data.train.unaugmented(), idx), batch_size=256):
+        yield x.to(device), cal.to(device), wedge.to(device)
 
 
 def restore(run: Run, path: Path) -> tuple[int, list[dict], dict, bool]:
@@ -187,18 +206,20 @@ def _save(run: Run, state: dict, improved: bool, out: Path) -> None:
 
 def fit_answer(run: Run, best: Path) -> dict:
     """Fit the best model's honest answers (temperature, conformal threshold, feature statistics, thickness
-    range) on held-out data and write them into ``best``. Idempotent: fitting reads the checkpoint's model."""
+    range) on the calibration half of the validation split (never used to pick the epoch) and write them into
+    ``best``. Idempotent: fitting reads the checkpoint's model."""
     ckpt = load_checkpoint(best, map_location=run.device)
     model = run.model
     model.load_state_dict(ckpt["model"])
     data, cfg = run.data, run.cfg.answer
-    val = predict(model, run.data.val_loader, run.device, features=True)
+    calib = DataLoader(data.calibration, batch_size=run.cfg.data.eval_batch_size or 64)
+    val = predict(model, calib, run.device, features=True)
     n = min(len(data.train), cfg.fit_images)
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(run.cfg.seed))[:n].tolist()
     loader = DataLoader(Subset(data.train.unaugmented(), idx), batch_size=run.cfg.data.eval_batch_size or 64)
     tr = predict(model, loader, run.device, features=True)
     summary = model.answer.fit(val["logits"], val["y"], tr["features"], tr["y"], val["features"],
-                               data.train.rows.thickness_mm.to_numpy(float))
+                               data.train.thickness_mm)
     ckpt["model"] = model.state_dict()
     ckpt["answer"] = summary
     save_checkpoint(ckpt, best)

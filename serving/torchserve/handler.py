@@ -27,11 +27,11 @@ from ts.torch_handler.base_handler import BaseHandler
 try:  # inside a .mar the extra files sit beside this one
     import alloynet_contract as contract
     from capture_checks import (NPY_MAGIC, CaptureInputError, check_calibration, check_capture, check_header,
-                                decode_npy)
+                                check_wedge, decode_npy)
 except ImportError:  # imported from the repository (unit tests)
     from alloynet import contract
     from serving.capture_checks import (NPY_MAGIC, CaptureInputError, check_calibration, check_capture, check_header,
-                                        decode_npy)
+                                        check_wedge, decode_npy)
 
 log = logging.getLogger(__name__)
 
@@ -100,25 +100,42 @@ class AlloyHandler(BaseHandler):
             raise CaptureInputError(contract.CALIBRATION_NAME, f"not readable as calibration levels ({exc})") from None
         return check_calibration(None, self.shape[0])
 
-    def preprocess(self, data: list) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-        self.errors, images, cals = {}, [], []
+    def wedge(self, row: Any) -> np.ndarray:
+        """The capture's wedge size: ``wedge_mm`` (JSON number) or the sidecar's rig.wedge_mm; else zeros."""
+        if not isinstance(row, dict):
+            return check_wedge(None)
+        try:
+            if row.get(contract.WEDGE_NAME) is not None:
+                return check_wedge(json.loads(bytes(row[contract.WEDGE_NAME])))
+            if row.get("sidecar") is not None:
+                return check_wedge(json.loads(bytes(row["sidecar"]))["rig"]["wedge_mm"])
+        except (ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, CaptureInputError):
+                raise
+            raise CaptureInputError(contract.WEDGE_NAME, f"not readable as a wedge size in mm ({exc})") from None
+        return check_wedge(None)
+
+    def preprocess(self, data: list) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        self.errors, images, cals, wedges = {}, [], [], []
         for i, row in enumerate(data):
             try:
-                image, cal = self.decode(row), self.calibration(row)
+                image, cal, wedge = self.decode(row), self.calibration(row), self.wedge(row)
                 images.append(image)
                 cals.append(cal)
+                wedges.append(wedge)
             except ValueError as exc:  # CaptureInputError and alloynet's CaptureError are both ValueErrors
                 field = getattr(exc, "field", "image")
                 message = getattr(exc, "message", str(exc))
                 self.errors[i] = {"error": {"code": 400, "field": field, "message": message}}
-        return (torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(cals))) if images else None
+        return (torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(cals)),
+                torch.from_numpy(np.stack(wedges))) if images else None
 
     # -- inference ----------------------------------------------------------------------------------
-    def inference(self, data: Optional[tuple[torch.Tensor, torch.Tensor]], *args, **kwargs):
+    def inference(self, data: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], *args, **kwargs):
         if data is None:
             return None
         with torch.inference_mode():
-            outs = self.model(data[0].to(self.device), data[1].to(self.device))
+            outs = self.model(*(t.to(self.device) for t in data))
         return {name: t.cpu().numpy() for name, t in zip(contract.OUTPUT_NAMES, outs)}
 
     # -- postprocess --------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions
         "input [\n" + ",\n".join(
             _tensor(n, contract.input_dims(n, *meta.input_shape),
                     # the Python model fills in a missing calibration (and flags it); ONNX models need it sent
-                    optional=n == contract.CALIBRATION_NAME and backend == "python")
+                    optional=n != contract.INPUT_NAME and backend == "python")
             for n in contract.INPUT_NAMES) + "\n]",
         "output [\n" + ",\n".join(outputs) + "\n]",
         f"dynamic_batching {{\n  preferred_batch_size: [ {preferred} ]\n"

@@ -25,7 +25,8 @@ def train_tiny_checkpoint(root: Path, seed: int = 0) -> Path:
 
 def capture_inputs(n: int = 6, seed: int = 1, size: int = SIZE) -> dict[str, np.ndarray]:
     """Simulated captures as graph inputs: {"image": uint16 [n, 1, size, size] (one per alloy, cycling; plates
-    1-5 mm), "calibration": float32 [n, 1, 2], each capture's own levels (its session's tube output drifts)}."""
+    1-5 mm), "calibration": float32 [n, 1, 2], each capture's own levels (its session's tube output drifts),
+    "wedge_mm": float32 [n, 1]}."""
     from alloynet.physics import ALLOY_NAMES, RigConfig, RigSimulator, sample_plate
 
     rng = np.random.default_rng(seed)
@@ -37,7 +38,8 @@ def capture_inputs(n: int = 6, seed: int = 1, size: int = SIZE) -> dict[str, np.
                           gain_scale=gain)
         images.append(cap.image)
         cals.append(np.stack([cap.dark_adu, cap.flat_adu], axis=-1))
-    return {"image": np.stack(images), "calibration": np.stack(cals).astype(np.float32)}
+    return {"image": np.stack(images), "calibration": np.stack(cals).astype(np.float32),
+            "wedge_mm": np.full((n, 1), sim.rig.wedge_mm, np.float32)}
 
 
 def capture_images(n: int = 6, seed: int = 1, size: int = SIZE) -> np.ndarray:

@@ -17,7 +17,7 @@ from alloynet import steps
 from alloynet.steps import Candidate
 
 TINY = Candidate(name="tiny", overrides={"epochs": 2, "data.batch_size": 16, "data.norm_images": 8})
-FAST_EVAL = {"with_ceiling": False, "gradcam": 0}
+FAST_EVAL = {"with_ceiling": False, "gradcam": 0, "baselines": False}
 
 
 def night_kwargs(root: Path, rig: Path, **over):
@@ -39,12 +39,36 @@ def artifacts_by_key(key: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def first_night(prefect_harness, tiny_rig, tmp_path_factory):
-    """The first night on an empty model store, everything real (evaluation with the physics ceiling and plots)."""
+def report_site(tmp_path_factory):
+    """A report store (a directory) and an HTTP server on a free port that serves it, as a browser would read it."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path_factory.mktemp("reports")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def first_night(prefect_harness, tiny_rig, report_site, tmp_path_factory):
+    """The first night on an empty model store, everything real (evaluation with the physics ceiling and plots),
+    its reports published to a report store served over HTTP."""
     from flows.nightly import nightly
 
     root = tmp_path_factory.mktemp("night1")
-    state = nightly(**night_kwargs(root, tiny_rig), return_state=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ALLOYNET_REPORTS_URL", report_site[1])
+        state = nightly(**night_kwargs(root, tiny_rig, reports=str(report_site[0]),
+                                       evaluate_options={"with_ceiling": True, "gradcam": 2}), return_state=True)
     return root, state
 
 
@@ -69,9 +93,25 @@ def scripted_evaluation(monkeypatch, champion_bacc: float, candidate_bacc: float
                                "specificity": 0.9} for a in ("Al1050", "Al2024", "Al5083", "Al6082", "Al7075")}}
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "metrics.json").write_text(json.dumps(m))
+        scripted_predictions(b).to_csv(Path(out_dir) / "predictions.csv", index=False)
         return m
 
     monkeypatch.setattr(steps, "evaluate_checkpoint", fake)
+
+
+def scripted_predictions(balanced_accuracy: float, per_class: int = 4):
+    """Per-capture predictions on a balanced test set with the given balanced accuracy: the first k captures,
+    taken one class at a time, are right. A better model is right on a superset of a worse one's captures."""
+    import pandas as pd
+
+    classes = ["Al1050", "Al2017", "Al5083", "Al6082", "Al7075"]
+    n = per_class * len(classes)
+    k = round(balanced_accuracy * n)
+    order = sorted(range(n), key=lambda i: (i % per_class, i // per_class))  # round robin over the classes
+    right = set(order[:k])
+    true = [classes[i // per_class] for i in range(n)]
+    pred = [t if i in right else classes[(classes.index(t) + 1) % len(classes)] for i, t in enumerate(true)]
+    return pd.DataFrame({"capture_id": [f"t{i:03d}" for i in range(n)], "true": true, "predicted": pred})
 
 
 def test_first_night_end_to_end(first_night):
@@ -97,7 +137,6 @@ def test_first_night_end_to_end(first_night):
     decision = artifacts_by_key("nightly-decision")[0]
     assert "Promoted" in decision.data and "no champion yet" in decision.data
     assert artifacts_by_key("ingest-summary") and artifacts_by_key("report-tiny")
-    assert any(a.type == "image" for a in _all_artifacts() if a.key and a.key.startswith("plot-tiny"))
 
 
 def _all_artifacts():
@@ -105,6 +144,85 @@ def _all_artifacts():
 
     with get_client(sync_client=True) as client:
         return client.read_artifacts()
+
+
+def _get(url: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200, url
+        return r.read()
+
+
+def run_logs(flow_run_id, contains: str, timeout: float = 20.0) -> list[str]:
+    """The flow run's log messages (polled: the API log handler sends them in batches)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            msgs = [log.message for log in client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+        if any(contains in m for m in msgs) or time.monotonic() > deadline:
+            return msgs
+        time.sleep(0.5)
+
+
+def test_first_night_summary_on_the_run_itself(first_night):
+    """One card and one log line on the nightly run's own page; images that load over HTTP."""
+    import re
+
+    from alloynet.evaluate.bootstrap import balanced_accuracy, read_predictions
+
+    root, state = first_night
+    out = state.result()
+    run_id = state.state_details.flow_run_id
+    summary = artifacts_by_key("nightly-summary")[0]
+    assert summary.type == "markdown" and summary.flow_run_id == run_id  # on the nightly run, not a subflow
+    md = summary.data
+    m = out["evaluation"]["tiny"]
+    assert "promoted tiny as v0001" in md and "**Champion**: none -> v0001" in md
+    assert f"| tiny | {m['balanced_accuracy']:.3f} | {m['ceiling_accuracy']:.3f} | {m['ceiling_gap']:.3f} |" in md
+    assert "| ideal observer |" in md and "95% bootstrap interval" in md and "test captures per class" in md
+    assert "ingest details" in md and "/artifacts/artifact/" in md and "/runs/flow-run/" in md
+    # the champion's confusion matrix: an http URL that serves the very PNG the evaluation wrote
+    confusion = artifacts_by_key("champion-confusion")[0]
+    assert confusion.type == "image" and confusion.flow_run_id == run_id
+    png = _get(confusion.data)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == (Path(out["report_dirs"]["tiny"]) / "plots" / "confusion.png").read_bytes()
+    assert f"![confusion matrix of the champion]({confusion.data})" in md
+    # every image of the markdown report loads; none points at the worker's disk
+    report = artifacts_by_key("report-tiny")[0].data
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert images and all(u.startswith("http://127.0.0.1:") for u in images) and "file://" not in report
+    assert all(_get(u)[:4] == b"\x89PNG" for u in images)
+    assert images.index(confusion.data) < min(images.index(u) for u in images if "/gradcam/" in u)
+    # stable keys: no capture names, no version numbers; the plots that matter, in that order of importance
+    keys = {a.key for a in _all_artifacts() if a.key}
+    assert {"tiny-confusion", "tiny-pr", "tiny-roc", "tiny-learning-curves", "tiny-thickness-scatter",
+            "champion-report", "nightly-recall-per-class"} <= keys
+    assert not [k for k in keys if re.search(r"v\d{4}|gradcam|plot-", k)], keys
+    # the interval is computed from both... here only the challenger: per-capture predictions agree with metrics
+    pred = read_predictions(out["report_dirs"]["tiny"])
+    assert balanced_accuracy(pred.true, pred.predicted) == pytest.approx(m["balanced_accuracy"], abs=1e-9)
+    assert len(pred) == m["n"]
+    u = out["decision"]["uncertainty"]
+    assert u["challenger_low"] <= m["balanced_accuracy"] <= u["challenger_high"] and u["margin"] is None
+    # one summary log line on the run, and the trainer's epoch lines in the retrain subflow's logs
+    line = next(x for x in run_logs(run_id, "nightly summary:") if x.startswith("nightly summary:"))
+    assert "promoted tiny as v0001" in line and "champion none -> v0001" in line
+    assert re.search(r"tiny balanced accuracy \d\.\d{3} \(ceiling \d\.\d{3}, gap -?\d\.\d{3}\)", line), line
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    with get_client(sync_client=True) as client:
+        retrain_run = next(r for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id]))) if r.name and
+            client.read_flow(r.flow_id).name == "retrain")
+    epochs = [x for x in run_logs(retrain_run.id, "epoch 2/2") if x.startswith("epoch ")]
+    assert [e.split()[1] for e in epochs] == ["1/2", "2/2"], epochs
 
 
 def test_second_night_with_nothing_new_changes_nothing(prefect_harness, tiny_rig, after_first_night):
@@ -156,6 +274,12 @@ def test_better_challenger_is_promoted_and_rollback_restores(prefect_harness, ti
     out = nightly(**night_kwargs(root, tiny_rig, force_retrain=True))
     reg = open_registry(root / "registry")
     assert out["promoted"] == "v0002"
+    # how sure: 14 vs 12 of 20 right, the challenger right wherever the champion is -> +0.10, never worse
+    u = out["decision"]["uncertainty"]
+    assert u["margin"] == pytest.approx(0.10) and u["margin_low"] >= 0 and u["margin_high"] > 0.10
+    assert u["n_per_class"] == {c: 4 for c in ("Al1050", "Al2017", "Al5083", "Al6082", "Al7075")}
+    assert "Margin +0.100, 95% bootstrap interval +0.0" in artifacts_by_key("nightly-decision")[0].data
+    assert "**Champion**: v0001 -> v0002" in artifacts_by_key("nightly-summary")[0].data
     p = reg.pointer()
     assert p.version == "v0002" and p.previous == ["v0001"] and reg.get("v0002").parent == "v0001"
     reg.verify("v0002")
@@ -293,3 +417,48 @@ def test_ingest_flow_from_s3_quarantines_and_reports(prefect_harness, s3_server,
     assert bad in str(rows) and "PNG" in str(rows)
     r2 = ingest(uri, str(tmp_path / "data"), accepted_sizes=[(32, 32)])
     assert (r2["new"], r2["quarantined"]) == ([], {})
+
+
+def test_an_empty_source_is_a_warning_not_a_silent_green(prefect_harness, tmp_path):
+    """A wrong source prefix: the night completes (nothing to do is not an error) but says so, in the summary
+    and the ingest card, instead of a bare '0 new'."""
+    from flows.nightly import nightly
+
+    empty = tmp_path / "wrong-prefix"
+    empty.mkdir()
+    state = nightly(**night_kwargs(tmp_path, empty), return_state=True)
+    assert state.is_completed(), state.message
+    summary = artifacts_by_key("nightly-summary")[0]
+    assert summary.flow_run_id == state.state_details.flow_run_id
+    assert "nothing ingested, nothing trained; champion (none) kept" in summary.data
+    assert f"the source `{empty}` holds no captures" in summary.data
+    assert "holds no captures" in artifacts_by_key("ingest-summary")[0].data
+    assert "No retrain tonight" in artifacts_by_key("nightly-decision")[0].data
+
+
+@pytest.mark.s3
+def test_a_missing_bucket_fails_in_one_line_and_says_what_to_check(prefect_harness, s3_server, tiny_rig,
+                                                                    after_first_night):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter, \
+        TaskRunFilterName
+
+    from flows.nightly import nightly
+
+    root = after_first_night
+    source = f"s3://no-such-bucket/rig?endpoint={s3_server.endpoint}"
+    state = nightly(**night_kwargs(root, tiny_rig, source=source), return_state=True)
+    assert state.is_failed()
+    assert "bucket 'no-such-bucket' does not exist" in state.message and "botocore" not in state.message
+    decision = artifacts_by_key("nightly-decision")[0]
+    assert decision.flow_run_id == state.state_details.flow_run_id
+    assert decision.data.startswith("## Failed at ingest; champion v0001 unchanged")
+    assert "**What to check**: the `source` parameter" in decision.data
+    assert "FAILED at ingest" in artifacts_by_key("nightly-summary")[0].data
+    with get_client(sync_client=True) as client:  # a missing bucket is not retried: it stays missing
+        ingest_run = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))[0]
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [ingest_run.id]}),
+                                      task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="ingest-captures")))
+    assert len(tasks) == 1 and tasks[0].run_count == 1 and tasks[0].state.is_failed()
+    assert open_registry(root / "registry").pointer().version == "v0001"

@@ -1,0 +1,125 @@
+"""Simulated captures on demand, mixed into training so a model on a CPU can see as many captures as the
+physics needs (a few thousand labelled captures leave a profile model several hundredths short of the
+ceiling; tens of thousands reach it).
+
+Each capture is a pure function of (seed, round, index): the same seed gives the same captures in any
+process and any order. ``fresh=False`` simulates one pool (round 0) and keeps it in memory for every epoch;
+``fresh=True`` draws a new round every epoch. Alloys cycle so every class is equally represented; plate
+thickness comes from the data's own thickness prior, wedge sizes from the data's, and each simulated session
+can drift (``session_drift``) with its calibration recording it, as on a real rig.
+
+By default the rig is the data set's own nominal rig (read from its sidecars) simulated by alloynet's
+simulator; ``rig`` overrides settings, ``simulator: second_rig`` uses the independently written second rig.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Literal, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.data import Dataset
+
+from alloynet.physics.alloys import sample_plate
+from alloynet.physics.observer import ThicknessPrior
+from alloynet.physics.second_rig import SecondRig, SecondRigConfig
+from alloynet.physics.simulator import RigConfig, RigSimulator
+
+
+class SyntheticConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    captures: int = Field(0, ge=0, description="simulated training captures (per epoch); 0 = none")
+    fresh: bool = Field(False, description="new captures every epoch; otherwise one pool, kept in memory")
+    simulator: Literal["alloynet", "second_rig"] = "alloynet"
+    rig: dict[str, Any] = Field(default_factory=dict, description="RigConfig settings overriding the data's own")
+    second_rig: dict[str, Any] = Field(default_factory=dict, description="the second rig's deviations")
+    thickness_range_mm: Optional[tuple[float, float]] = Field(None, description="default: the data's prior")
+    thicknesses_mm: Optional[list[float]] = None
+    wedges_mm: Optional[list[float]] = Field(None, description="default: the data's wedge sizes")
+    session_drift: float = Field(0.0, ge=0, lt=0.5, description="tube output per session within +-this fraction")
+    session_size: int = Field(64, ge=1)
+
+
+class SyntheticCaptures(Dataset):
+    """Items as ``CaptureDataset``'s: (raw image float32 [C, H, W], calibration [C, 2], wedge_mm [1], targets)."""
+
+    def __init__(self, cfg: SyntheticConfig, rig: RigConfig, prior: ThicknessPrior, wedges_mm: Sequence[float],
+                 class_names: Sequence[str], seed: int = 0, log=None):
+        self.cfg, self.prior, self.seed, self.log = cfg, prior, seed, log
+        self.class_names = list(class_names)
+        self.wedges = [float(w) for w in (cfg.wedges_mm or wedges_mm)]
+        self.rig = rig.model_copy(update=cfg.rig)
+        self._sims: dict[float, Any] = {}
+        self.round = -1
+        self.set_epoch(0)
+
+    def __len__(self) -> int:
+        return self.cfg.captures
+
+    def _sim(self, wedge: float):
+        if wedge not in self._sims:
+            rig = self.rig.model_copy(update={"wedge_mm": wedge})
+            if self.cfg.simulator == "second_rig":
+                self._sims[wedge] = SecondRig(SecondRigConfig.from_nominal(rig, **self.cfg.second_rig))
+            else:
+                self._sims[wedge] = RigSimulator(rig)
+        return self._sims[wedge]
+
+    def simulate(self, rnd: int, i: int) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """Capture ``i`` of round ``rnd``: (uint16 image, calibration [C, 2], targets)."""
+        c = self.cfg
+        k = len(self.class_names)
+        alloy = i % k
+        wedge = self.wedges[(i // k) % len(self.wedges)]
+        session = i // c.session_size
+        s_rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x5E55, rnd, session]))
+        sim = self._sim(wedge)
+        gain = sim.session_gain(s_rng) * (1.0 + float(s_rng.uniform(-c.session_drift, c.session_drift)))
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x5117, rnd, i]))
+        plate = sample_plate(self.class_names[alloy], float(self.prior.sample(1, rng)[0]), rng, f"syn-{rnd}-{i}")
+        cap = sim.capture(plate, rng, gain_scale=gain)
+        cal = np.stack([cap.dark_adu, cap.flat_adu], axis=-1).astype(np.float32)
+        t = plate.thickness_mm
+        return cap.image, cal, {"alloy": alloy, "thickness_mm": t, "a0": cap.a0_by_kvp[0],
+                                "mu_eff": cap.a0_by_kvp[0] / (t / 10.0)}
+
+    def set_epoch(self, epoch: int) -> None:
+        rnd = epoch if self.cfg.fresh else 0
+        if rnd == self.round:
+            return
+        t0 = time.perf_counter()
+        items = [self.simulate(rnd, i) for i in range(len(self))]
+        self.images = np.stack([x for x, _, _ in items]) if items else np.zeros((0,))
+        self.calibration = torch.as_tensor(np.stack([c for _, c, _ in items]) if items else np.zeros((0, 1, 2)))
+        self.wedge_mm = torch.tensor([[self.wedges[(i // len(self.class_names)) % len(self.wedges)]]
+                                      for i in range(len(self))], dtype=torch.float32).reshape(-1, 1)
+        self.targets_ = {k: np.array([t[k] for _, _, t in items]) for k in ("alloy", "thickness_mm", "a0", "mu_eff")}
+        self.round = rnd
+        if self.log and len(self):
+            self.log(f"simulated {len(self)} training captures ({self.cfg.simulator}, {self.prior.describe()}, "
+                     f"wedges {self.wedges} mm) in {time.perf_counter() - t0:.0f} s")
+
+    def __getitem__(self, i: int):
+        t = {k: torch.tensor(v[i], dtype=torch.int64 if k == "alloy" else torch.float32)
+             for k, v in self.targets_.items()}
+        return torch.from_numpy(self.images[i].astype(np.float32)), self.calibration[i], self.wedge_mm[i], t
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.targets_["alloy"]
+
+    @property
+    def thickness_mm(self) -> np.ndarray:
+        return self.targets_["thickness_mm"]
+
+
+def synthetic_for(cfg: SyntheticConfig, rigs: Mapping[float, tuple[RigConfig, int]], prior: ThicknessPrior,
+                  class_names: Sequence[str], seed: int, log=None) -> SyntheticCaptures:
+    """The synthetic source for a data set: its nominal rig (the most common wedge's settings; every wedge
+    size it has) and its thickness prior, unless the config says otherwise."""
+    base = max(rigs.values(), key=lambda r: r[1])[0]
+    if cfg.thickness_range_mm or cfg.thicknesses_mm:
+        prior = ThicknessPrior.of(cfg.thicknesses_mm, cfg.thickness_range_mm)
+    return SyntheticCaptures(cfg, base, prior, sorted(rigs), class_names, seed, log)
