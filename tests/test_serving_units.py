@@ -66,7 +66,59 @@ def test_torchserve_handler_refuses_a_decompression_bomb_unread():
     assert h.decode({"data": encode_image(np.ones((1, 64, 64), np.uint16))[0]}).shape == (1, 64, 64)
 
 
+def test_wedge_size_is_checked_where_it_enters_the_torchserve_handler():
+    """Contract v3's third input: a JSON number (``wedge_mm``) or the sidecar's rig.wedge_mm, else 0 (unknown)."""
+    from serving.torchserve.handler import AlloyHandler
+
+    h = AlloyHandler()
+    assert h.wedge({"wedge_mm": b"70.0"}).tolist() == [70.0]
+    assert h.wedge({"sidecar": json.dumps({"rig": {"wedge_mm": 50}}).encode()}).tolist() == [50.0]
+    assert h.wedge({"wedge_mm": b"70", "sidecar": json.dumps({"rig": {"wedge_mm": 50}}).encode()}).tolist() == [70.0]
+    assert h.wedge({"data": b"..."}).tolist() == [0.0] and h.wedge(b"raw body").tolist() == [0.0]
+    for bad, why in ((b"-5", "0-1000"), (b"NaN", "0-1000"), (b"[50, 70]", "one wedge"), (b"fifty", "not readable")):
+        with pytest.raises(CaptureInputError, match=why) as exc:
+            h.wedge({"wedge_mm": bad})
+        assert exc.value.field == "wedge_mm"
+    with pytest.raises(CaptureInputError, match="not readable") as exc:
+        h.wedge({"sidecar": json.dumps({"calibration": {}}).encode()})  # a sidecar without rig.wedge_mm
+    assert exc.value.field == "wedge_mm"
+
+
 # -- the client ---------------------------------------------------------------------------------------------
+
+def test_client_takes_calibration_and_wedge_from_the_sidecar_unless_given(tmp_path):
+    from serving.client import InvalidCaptureError, context_of
+
+    cap = tmp_path / "plate7.png"
+    cap.write_bytes(b"not read here")
+    assert context_of(cap) == (None, None)  # no sidecar: both unknown, the server flags calibration_missing
+    cap.with_suffix(".json").write_text(json.dumps({"calibration": {"dark_adu": [1000.0], "flat_adu": [50000.0]},
+                                                    "rig": {"wedge_mm": 70.0}}))
+    cal, wedge = context_of(cap)
+    assert cal.tolist() == [[1000.0, 50000.0]] and wedge == 70.0
+    cal, wedge = context_of(cap, [[900.0, 48000.0]], 50.0)  # what is given wins
+    assert cal.tolist() == [[900.0, 48000.0]] and wedge == 50.0
+    assert context_of(np.zeros((1, 4, 4), np.uint16), None, 50.0)[1] == 50.0  # an array has no sidecar
+    cap.with_suffix(".json").write_text("{not json")
+    with pytest.raises(InvalidCaptureError, match="sidecar: not readable") as exc:
+        context_of(cap)
+    assert exc.value.capture == str(cap.with_suffix(".json"))
+
+
+def test_torchserve_request_carries_the_wedge_size_and_refuses_a_bad_one_unsent():
+    from serving.client import InvalidCaptureError, TorchServeClient
+
+    client = TorchServeClient("127.0.0.1:9", token="k", retry_budget_s=0)
+    req = client._request(b"png", np.array([[1000.0, 50000.0]]), 70.0, "c.png")
+    assert json.loads(req.input["wedge_mm"]) == 70.0 and json.loads(req.input["calibration"]) == [[1000.0, 50000.0]]
+    assert "wedge_mm" not in client._request(b"png", None, None, "c.png").input  # unknown: not sent
+    for bad in (-5.0, float("nan"), 5000.0):
+        with pytest.raises(InvalidCaptureError, match="wedge_mm: expected one wedge thickness") as exc:
+            client.predict_bytes(b"png", wedge_mm=bad, capture="c.png")  # nothing listens on port 9: refused here
+        assert exc.value.code == "INVALID_ARGUMENT" and str(exc.value).startswith("torchserve at 127.0.0.1:9")
+        assert exc.value.capture == "c.png"
+    client.close()
+
 
 class _RpcError(grpc.RpcError):
     def __init__(self, code, details="refused"):
