@@ -113,6 +113,17 @@ def serve(registry, tmp_path_factory):
         _cli("serve", "stop", "--dir", str(d))
 
 
+def _keys(serve) -> dict:
+    """TorchServe's key file. TorchServe rewrites it in place (renewals, restarts): a read can catch it empty."""
+    def read():
+        try:
+            return json.loads(serve["key_file"].read_text())
+        except (OSError, ValueError):
+            return None
+
+    return _wait(read, 10, "a complete key file", interval=0.05)
+
+
 def _state(serve) -> dict:
     from infra.serve import status
 
@@ -253,7 +264,7 @@ def test_killed_servers_are_back_on_the_same_ports_without_failed_requests(serve
     import psutil
 
     before = _state(serve)["servers"]
-    old_key = json.loads(serve["key_file"].read_text())["inference"]["key"]
+    old_key = _keys(serve)["inference"]["key"]
     with Load(serve, inputs, references) as load:
         os.kill(before["triton"]["pid"], signal.SIGKILL)
         _wait(lambda: _state(serve)["servers"]["triton"]["restarts"] == 1 and _state(serve)["servers"]["triton"]["up"],
@@ -272,7 +283,7 @@ def test_killed_servers_are_back_on_the_same_ports_without_failed_requests(serve
     for name in ("triton", "torchserve"):
         assert after[name]["pid"] != before[name]["pid"] and after[name]["grpc"] == before[name]["grpc"]
     # a restarted TorchServe makes new keys; the clients read them from the key file when refused
-    assert json.loads(serve["key_file"].read_text())["inference"]["key"] != old_key
+    assert _keys(serve)["inference"]["key"] != old_key
     # a server that stops answering (here: stopped with SIGSTOP) is restarted too, after 4 missed probes
     hung = _state(serve)["servers"]["triton"]["pid"]
     os.kill(hung, signal.SIGSTOP)
@@ -300,10 +311,10 @@ def test_torchserve_keys_are_renewed_before_they_expire(serve, inputs):
 
     from infra.serve import _instant
 
-    keys = json.loads(serve["key_file"].read_text())
+    keys = _keys(serve)
     assert _instant(keys["inference"]["expiration time"]) > datetime.now(timezone.utc)
     stale = keys["inference"]["key"]
-    _wait(lambda: json.loads(serve["key_file"].read_text())["inference"]["key"] != stale, 60, "a renewal")
+    _wait(lambda: _keys(serve)["inference"]["key"] != stale, 60, "a renewal")
     with connect(serve["torchserve"], token=stale, retry_budget_s=2) as client:  # a key given, no file: refused
         with pytest.raises(PermissionDeniedError, match="PERMISSION_DENIED") as exc:
             client.predict(inputs["image"], inputs["calibration"], inputs["wedge_mm"])
