@@ -93,13 +93,14 @@ def infer(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Send captures to a model server over gRPC and print the alloy, the prediction set, the group,
-    thickness, absorption and any flags. Each capture's calibration is read from its sidecar beside it
-    (``<capture>.json``, as alloynet stores captures); without one the server says calibration_missing.
+    thickness, absorption and any flags. Each capture's calibration and wedge size are read from its sidecar
+    beside it (``<capture>.json``, as alloynet stores captures; .npy captures too); without one the server
+    says calibration_missing.
     A refused capture is reported on its own line (exit code 1 at the end); an unreachable server stops
     the run (exit code 2)."""
     import numpy as np
 
-    from serving.client import InvalidCaptureError, ServingError, connect
+    from serving.client import InvalidCaptureError, ServingError, connect, context_of
 
     def show_error(path: Path, exc: Exception) -> None:
         if as_json:
@@ -116,7 +117,7 @@ def infer(
         for path in captures:
             try:
                 capture = np.load(path, allow_pickle=False) if path.suffix == ".npy" else path
-                p = client.predict(capture)
+                p = client.predict(capture, *context_of(path))  # the array alone has no sidecar to read
             except (InvalidCaptureError, OSError, ValueError) as exc:
                 failed += 1
                 show_error(path, exc)
