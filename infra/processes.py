@@ -201,6 +201,7 @@ def tagged_processes(name: str, value: str) -> list[int]:
 
 def stop_pids(pids: list[int], timeout: float = 10.0) -> None:
     """SIGTERM each process, wait up to ``timeout`` for all of them, SIGKILL the rest."""
+    pids = [p for p in pids if p > 1]  # kill(0)/kill(-1) would mean our own group / every process
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -218,6 +219,8 @@ def stop_pids(pids: list[int], timeout: float = 10.0) -> None:
 
 def kill_group(pid: int) -> None:
     """SIGKILL whatever is left in the process group led (once) by ``pid``; the leader may be gone already."""
+    if pid <= 1:  # killpg(0) would signal our own group, killpg(1) init's
+        raise ValueError(f"refusing to signal process group {pid}")
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
