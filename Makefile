@@ -1,4 +1,5 @@
-# Two entry points a user needs: `make demo` and `make test`. Both create .venv on first use.
+# Two entry points a user needs: `make demo` and `make test` (and `make serve` to serve the demo's champion).
+# All create .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ EXTRAS ?= train,flows,serve,pbt,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test test-fast bench venv clean
+.PHONY: demo test test-fast bench venv clean serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,11 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/alloynet demo --out demo-data
+
+# Triton (gRPC 8001) on the registry's champion (demo-data/registry unless ALLOYNET_REGISTRY is set), supervised.
+serve: $(STAMP)
+	infra/serving_env.sh
+	$(BIN)/alloynet serve start
 
 test: $(STAMP)
 	infra/serving_env.sh

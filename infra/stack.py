@@ -325,7 +325,7 @@ def _up(state_dir, port, s3_port, s3, worker, serving, registry, s3_running, ser
                 start_worker(state_dir, api_url, extra_env=env, name=name)
                 started.append(lambda name=name: stop_service(state_dir, name))
     if serving:
-        env.update({f"ALLOYNET_{k.upper()}_URL": v for k, v in _start_serving(state_dir, registry).items()})
+        env.update(_start_serving(state_dir, registry))  # its env file: ALLOYNET_SERVING_URL, ... (infra/serve.py)
     return env
 
 
@@ -346,44 +346,23 @@ def _worker_names(state_dir: Path) -> list[str]:
 
 
 def _start_serving(state_dir: Path, registry: str) -> dict[str, str]:
-    """TorchServe (and Triton where its binaries exist) on the champion, fetched and verified from the registry."""
-    from alloynet.registry import open_registry
+    """`alloynet serve` (infra/serve.py: supervised, fixed ports, follows the champion) on ``registry``'s champion,
+    with TorchServe too; its state in ``state_dir/serve``. Returns the variables of its env file."""
+    from infra import serve
+    from serving.client import read_env_file
 
-    reg = open_registry(registry)
-    champ = reg.pointer()
-    if champ is None:
-        print(f"serving: {reg.uri} has no champion yet; run the nightly flow first", file=sys.stderr)
+    try:
+        serve.start(serve.ServeConfig(registry=registry, torchserve=True), state_dir / "serve")
+    except serve.ServeError as exc:
+        print(f"serving: {exc}", file=sys.stderr)
         return {}
-    models = state_dir / "serving" / champ.version
-    reg.fetch(champ.version, models, only=["torchserve", "triton"])
-    urls = {}
-    if (models / "torchserve").is_dir():
-        from infra import torchserve
-
-        ts = torchserve.start(models / "torchserve", [p.name for p in (models / "torchserve").glob("*.mar")],
-                              state_dir / "serving" / "torchserve")
-        urls["torchserve"] = ts.inference_url
-    from infra import triton
-
-    ok, why = triton.available()
-    if ok and (models / "triton").is_dir():
-        tr = triton.start(models / "triton", state_dir / "serving" / "triton")
-        urls["triton"] = str(getattr(tr, "http_url", tr))
-    elif not ok:
-        print(f"serving: Triton not started ({why})", file=sys.stderr)
-    (state_dir / "serving.json").write_text(json.dumps({"version": champ.version, **urls}))
-    return urls
+    return read_env_file(state_dir / "serve" / "serving.env")
 
 
 def _stop_serving(state_dir: Path) -> None:
-    if not (state_dir / "serving.json").exists():
-        return
-    from infra import torchserve
-    from infra import triton
+    from infra import serve
 
-    torchserve.stop(state_dir / "serving" / "torchserve")
-    triton.stop(state_dir / "serving" / "triton")
-    (state_dir / "serving.json").unlink()
+    serve.stop(state_dir / "serve")
 
 
 def down(state_dir: Path = DEFAULT_DIR) -> dict[str, bool]:
@@ -414,8 +393,12 @@ def status(state_dir: Path = DEFAULT_DIR) -> dict[str, str]:
         out["postgres"] = postgres.status(state_dir / "postgres")
     pid = state_dir / "s3" / "weed.pid"
     out["s3"] = (f"running (pid {pid.read_text()})" if pid.exists() and alive(int(pid.read_text())) else "stopped")
-    if (state_dir / "serving.json").exists():
-        out["serving"] = (state_dir / "serving.json").read_text()
+    if (state_dir / "serve" / "state.json").exists():
+        from infra import serve
+
+        st = serve.status(state_dir / "serve")
+        out["serving"] = f"{st['status']} {(st.get('serving') or {}).get('version', '')} " + " ".join(
+            info.get("url", "") for info in (st.get("servers") or {}).values())
     return out
 
 

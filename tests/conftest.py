@@ -71,3 +71,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle_factory(tmp_path_factory):
+    """``make(seed)``: a profile_cnn trained one epoch by alloynet (64x64) and exported (parity-checked on its
+    test split), made once per seed per session: the serving modules share them."""
+    made = {}
+
+    def make(seed: int = 0):
+        if seed not in made:
+            from alloynet.export import export_checkpoint
+            from tests.helpers.serving import train_tiny_checkpoint
+
+            root = tmp_path_factory.mktemp(f"trained-{seed}")
+            made[seed] = export_checkpoint(train_tiny_checkpoint(root, seed=seed), root / "export", n_parity=6,
+                                           log=lambda *_: None)
+        return made[seed]
+
+    return make
