@@ -422,8 +422,8 @@ def resilience(args, tmp: Path) -> None:
     plain = triton.start(state_dir / "triton" / "repository", tmp / "plain-triton", memory_guard=False)
     try:
         before, peak, after = oversized(plain.grpc_target, plain.pid, args.oversized_mb, args.bursts)
-        rows.append(("memory", f"Triton with its defaults (no --grpc-infer-allocation-pool-size=0, glibc defaults), "
-                     f"same burst", f"RSS {before:.0f} MiB before, sampled peak {peak:.0f}", f"{after:.0f} MiB after"))
+        rows.append(("memory", "Triton with its defaults (no --grpc-infer-allocation-pool-size=0, glibc defaults), "
+                     "same burst", f"RSS {before:.0f} MiB before, sampled peak {peak:.0f}", f"{after:.0f} MiB after"))
     finally:
         triton.stop(tmp / "plain-triton")
     print(f"# {machine()}; alloynet serve (Triton + TorchServe) started in {started:.1f} s; "

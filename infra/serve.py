@@ -48,7 +48,7 @@ import time
 import traceback
 import uuid
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -330,7 +330,7 @@ class Supervisor:
             shutil.rmtree(dst, ignore_errors=True)  # the old version keeps serving; restarts must not pick this one
             if previous is not None:
                 (self.repo / self.cfg.triton_model / "config.pbtxt").write_bytes(previous)
-            message = getattr(exc, "message", lambda: str(exc))()
+            message = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
             raise ServeError(f"Triton could not load {release.version}: {message}") from None
 
     # ---- TorchServe ----
