@@ -307,19 +307,23 @@ def _walk(root: Path, skip: set[Path]) -> tuple[list[Path], list[Path], dict[Pat
 def plan_image_folder(root: Path, images: list[Path], others: list[Path]) -> tuple[list[SourceFile], list[Reject]]:
     items, rejects = [], []
     for p in images:
-        rel = p.relative_to(root).as_posix()
-        dirs = list(p.relative_to(root).parts[:-1])
-        split = dirs.pop(0).lower() if dirs and dirs[0].lower() in SPLITS else None
-        if not dirs:
+        split, class_dir = _split_and_class(root, p)
+        if class_dir is None:
             rejects.append(Reject(str(p), "not inside a class folder (expected ROOT/[train|val|test/]CLASS/FILE)"))
-            continue
-        alloy = resolve_alloy(dirs[0])
-        if alloy is None:
-            rejects.append(Reject(str(p), _unknown_alloy(dirs[0], "class folder")))
-            continue
-        items.append(SourceFile(p, rel, alloy, split))
-    rejects += [Reject(str(p), "not an image file (expected .tif, .tiff or .png)") for p in others]
+        elif resolve_alloy(class_dir) is None:
+            rejects.append(Reject(str(p), _unknown_alloy(class_dir, "class folder")))
+        else:
+            items.append(SourceFile(p, p.relative_to(root).as_posix(), resolve_alloy(class_dir), split))
+    for p in others:  # counted under the class of their folder, where there is one
+        alloy = resolve_alloy(_split_and_class(root, p)[1] or "") or UNKNOWN_CLASS
+        rejects.append(Reject(str(p), "not an image file (expected .tif, .tiff or .png)", alloy))
     return items, rejects
+
+
+def _split_and_class(root: Path, p: Path) -> tuple[Optional[str], Optional[str]]:
+    dirs = list(p.relative_to(root).parts[:-1])
+    split = dirs.pop(0).lower() if dirs and dirs[0].lower() in SPLITS else None
+    return split, dirs[0] if dirs else None
 
 
 def _number(value: str, name: str, positive: bool = True) -> float:
@@ -388,13 +392,15 @@ def plan_labels_csv(csv_path: Path, root: Path, images: list[Path], others: list
         raise ImportUsageError(f"{csv_path}: cannot read ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ImportUsageError(f"{csv_path}: not a readable CSV ({exc})") from None
-    items, rejects, first_line, frames = [], [], {}, set()
+    items, rejects, first_line, frames, mentioned = [], [], {}, set(), set()
     for line, row in rows:
         where = f"{csv_path.name} line {line}: "
         try:
             item = _csv_row(row, root)
         except ValueError as exc:
-            p = (root / (row.get("file") or "").strip()) if (row.get("file") or "").strip() else csv_path
+            name = (row.get("file") or "").strip()
+            p = Path(os.path.normpath(root / name)) if name else csv_path
+            mentioned.add(p)  # reported here, not again as "not listed"
             alloy = resolve_alloy((row.get("alloy") or "").strip()) or UNKNOWN_CLASS
             rejects.append(Reject(str(p), where + str(exc), alloy))
             continue
@@ -410,7 +416,7 @@ def plan_labels_csv(csv_path: Path, root: Path, images: list[Path], others: list
             item.where = where
             items.append(item)
             first_line[item.path] = line
-    listed = set(first_line) | frames
+    listed = set(first_line) | frames | mentioned
     rejects += [Reject(str(p), f"not listed in {csv_path.name}") for p in images if p not in listed]
     rejects += [Reject(str(p), "not an image file (expected .tif, .tiff or .png)") for p in others if p not in listed]
     return items, rejects

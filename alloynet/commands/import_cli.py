@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from alloynet.commands.data_cli import EXIT_BUSY, SizeOpt, WaitOpt, _sizes, console
@@ -26,7 +27,8 @@ def _line(text: str, code: Optional[int] = None) -> None:
 
 
 def _print_table(res) -> None:
-    table = Table(title=f"import: {res.summary()}")
+    # no box-drawing characters in a pipe or a log: aligned plain columns a script can split on spaces
+    table = Table(title=f"import: {res.summary()}", box=box.HEAVY_HEAD if console.is_terminal else None)
     for col in ("alloy", "imported", "already present", "rejected"):
         table.add_column(col, justify="left" if col == "alloy" else "right")
     for alloy, *counts in res.per_class():
