@@ -278,3 +278,24 @@ def test_a_user_added_alloy_is_a_class_folder_once_configured(tmp_path):
         assert read_manifest(store / "manifest.csv").label.tolist() == [-1]  # outside the classifier's classes
     finally:
         ALLOYS.pop("Al3003", None)
+
+
+@pytest.mark.s3
+def test_import_into_an_s3_store_is_idempotent_and_ingests(s3_server, s3_bucket, tmp_path):
+    from alloynet.captures.ingest import ingest
+    from alloynet.captures.stores import open_store
+
+    root = tmp_path / "lab"
+    for i, cls in enumerate(("Al1050", "Al7075")):
+        _png(root / cls / "a.png", _pixels(i))
+    uri = f"s3://{s3_bucket}/rig1?endpoint={s3_server.endpoint}"
+    args = (root, uri, *RIG, "--dark-level", "1000", "--flat-level", "50000")
+    res = _run(*args)
+    assert res.exit_code == 0 and "2 imported, 0 already present, 0 rejected" in res.output, res.output
+    st = open_store(uri)
+    before = {i.key: i.etag for i in st.list("captures/")}
+    assert len(before) == 4  # two images, two sidecars
+    res = _run(*args)
+    assert "0 imported, 2 already present" in res.output and {i.key: i.etag for i in st.list("captures/")} == before
+    got = ingest(st, LocalStore(tmp_path / "data"), accepted_sizes={(H, W)})
+    assert len(got.new) == 2 and not got.quarantined
