@@ -25,6 +25,16 @@ class CliConsole(Console):
     def size(self, new_size: tuple[int, int]) -> None:
         Console.size.fset(self, new_size)
 
+    def log(self, *objects, **kwargs) -> None:
+        """On a terminal Rich's log line (time, message, source); elsewhere ``[HH:MM:SS] message``: Rich pads
+        its log lines to the console width, which off a terminal is PLAIN_WIDTH columns of spaces."""
+        if self.is_terminal:
+            return super().log(*objects, _stack_offset=2, **kwargs)
+        from datetime import datetime
+
+        self.print(f"[{datetime.now():%H:%M:%S}]", *objects, **{k: v for k, v in kwargs.items()
+                                                                 if k in ("sep", "end", "style", "markup")})
+
 
 def make_console(stderr: bool = False) -> CliConsole:
     return CliConsole(stderr=stderr)

@@ -88,3 +88,15 @@ def test_output_is_plain_and_unwrapped_when_not_a_terminal(tmp_path):
     lines = [ln for ln in (res.stdout + res.stderr).splitlines() if str(deep) in ln]
     assert lines, res.stdout + res.stderr  # the path appears whole on one line
     assert "\x1b[" not in res.stdout + res.stderr  # and no colour codes in a pipe
+
+
+def test_log_lines_are_not_padded_when_not_a_terminal():
+    """Rich pads log lines to the console width, which off a terminal is thousands of columns: ours do not."""
+    import io
+
+    from alloynet.console import CliConsole
+
+    buf = io.StringIO()
+    CliConsole(file=buf).log("simulating the shared test set", 3)
+    line = buf.getvalue()
+    assert line.endswith("simulating the shared test set 3\n") and len(line) < 60, repr(line[:200])
