@@ -1,12 +1,13 @@
-# Two entry points a user needs: `make demo` and `make test`. Both create .venv on first use.
+# Two entry points a user needs: `make demo` and `make test` (and `make serve` to serve the demo's champion).
+# All create .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= train,flows,serve,dev
+EXTRAS ?= train,flows,serve,pbt,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test test-fast bench venv clean
+.PHONY: demo test test-fast bench venv clean serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +22,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/alloynet demo --out demo-data
 
+# Triton (gRPC 8001) on the registry's champion (demo-data/registry unless ALLOYNET_REGISTRY is set), supervised.
+serve: $(STAMP)
+	infra/serving_env.sh
+	$(BIN)/alloynet serve start
+
 test: $(STAMP)
 	infra/serving_env.sh
 	infra/browser_env.sh
+	infra/postgres_env.sh
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)

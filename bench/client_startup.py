@@ -7,7 +7,7 @@ Three figures, each the median of --repeat fresh processes (a new interpreter ev
 cached in memory but the OS page cache, as for a user typing the command):
 * ``import client``: ``python -c "import serving.client"``;
 * ``import + decode``: the client imported and one capture decoded with the library's decoder;
-* ``alloynet infer``: the whole command against a port where nothing listens (``--retries 0``), so it
+* ``alloynet infer``: the whole command against a port where nothing listens (``--retry-budget 0``), so it
   ends right after the request is sent and refused: start-up + decode + send, no server time.
 Also the number of modules each imports (``sys.modules``), which is what makes start-up slow.
 """
@@ -71,7 +71,7 @@ def main() -> None:
         rows = [("import client", [PY, "-c", imp], modules(imp)),
                 ("import + decode", [PY, "-c", dec], modules(dec)),
                 ("alloynet infer (refused)", [ALLOYNET, "infer", str(png), "--url",
-                                              f"triton://127.0.0.1:{closed_port()}/alloynet", "--retries", "0"], None)]
+                                              f"triton://127.0.0.1:{closed_port()}/alloynet", "--retry-budget", "0"], None)]
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"Python {platform.python_version()}")
         print("| step | median s | modules |")

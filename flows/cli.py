@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -87,5 +88,33 @@ def demo(out: Path = typer.Option(Path("demo-data"), help="working directory for
         console.print("registry: no champion yet")
 
 
+def study_pool(config: Path = typer.Option(Path("configs/study.yaml"), help="study YAML (grid, data, training)"),
+               deployment: str = typer.Option("study-cell/local", help="the deployment that computes one cell"),
+               attempts: int = typer.Option(2, help="runs per cell when its process or worker dies"),
+               threads: Optional[int] = typer.Option(None, help="OMP_NUM_THREADS of every cell (default: the "
+                                                                "deployment's, 1 for study-cell/local)"),
+               out_dir: Optional[str] = typer.Option(None, help="override the config's out_dir"),
+               work_dir: Optional[str] = typer.Option(None, help="override the config's work_dir (cache of runs)"),
+               timeout: Optional[float] = typer.Option(None, help="seconds before unfinished cells are cancelled")) -> None:
+    """The study with every cell as a flow run on a work pool (N workers, N cells at once); same tables as
+    `alloynet study`, which shares its cache. Needs a Prefect server with the deployment and workers:
+    `python -m infra.stack up --workers 2 && python -m infra.stack deploy` (infra/README.md)."""
+    from alloynet.commands.data_cli import console
+    from flows.study import StudyIncomplete, study
+
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("PREFECT_API_URL is not set: point this shell at a Prefect server with workers "
+                      "(source .alloynet/stack/env.sh after python -m infra.stack up --workers 2)")
+        raise typer.Exit(2)
+    jv = {"env": {"OMP_NUM_THREADS": str(threads)}} if threads else None
+    try:
+        res = study(str(config.resolve()), deployment, attempts, jv, out_dir, work_dir, timeout_s=timeout)
+    except StudyIncomplete as e:
+        console.print(f"study incomplete: {e}")
+        raise typer.Exit(1)
+    console.print(f"{res['finished']} of {res['cells']} cells; tables in {res['out_dir']}")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(demo)
+    app.command(name="study-pool")(study_pool)

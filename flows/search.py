@@ -1,51 +1,155 @@
-"""Hyperparameter search as a Prefect flow: each batch of Optuna trials runs as concurrent tasks.
+"""Hyperparameter search as a Prefect flow: Optuna asks for trials in the flow; each trial runs as a task
+(in this process) or, with ``deployment``, as a flow run on that deployment's work pool.
 
-    prefect deploy flows/search.py:hyperparameter_search -n search -p local-process   # then run it from the UI
-    python -m flows.search --store demo-data --trials 8                                # or in-process
+    python -m flows.search --store demo-data --trials 8                                  # tasks, SQLite
+    python -m infra.stack up --postgres --workers 2 && python -m infra.stack deploy
+    source .alloynet/stack/env.sh                                                        # ALLOYNET_OPTUNA_STORAGE
+    python -m flows.search --store demo-data --trials 8 --deployment search-trial/local \\
+        --storage env:ALLOYNET_OPTUNA_STORAGE                                            # two workers, PostgreSQL
 
-Optuna's ask/tell interface keeps the sampler in the flow and the training in the tasks, so the trials
-can run on whatever the work pool provides (a process worker per GPU host, or the Kubernetes GPU pool).
+The study lives in an Optuna RDB storage: SQLite in ``out_dir`` by default (one machine), PostgreSQL
+when several machines share it. The worker reads a trial's parameters from the storage and tells its
+score back there; the budget is ``trials`` *complete* trials. A trial whose run crashed (its worker
+died) is run again under the same number; one whose run failed is marked FAIL in the study and
+another trial is asked for in its place. Re-running the same search resumes it: complete trials count,
+and trials left running by a dead flow are adopted or run again.
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from alloynet.study.search import SearchConfig, new_study, suggest, summarise, trial_score
+from alloynet.study.search import SearchConfig, ask, complete_trials, new_study, run_trial, summarise
+from alloynet.study.search import study_name as default_study_name
+from flows.fanout import Dispatcher
+
+TRIAL_DEPLOYMENT = "search-trial/local"
 
 
 @task(name="search-trial", cache_policy=NO_CACHE)
-def trial_task(cfg: SearchConfig, number: int, overrides: dict[str, Any]) -> float:
-    return trial_score(cfg, number, overrides)
+def trial_task(cfg: SearchConfig, number: int) -> float:
+    return run_trial(cfg, number)
+
+
+@flow(name="search-trial", retries=1, retry_delay_seconds=5, log_prints=True)
+def search_trial(config: dict[str, Any], number: int) -> float:
+    """One trial on whichever worker picked it up; its score goes to the study's storage."""
+    value = run_trial(SearchConfig.model_validate(config), number)
+    print(f"trial {number}: {value:.4f}")
+    return value
+
+
+def _fail(study, number: int) -> None:
+    from optuna.trial import TrialState
+
+    study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _running(study) -> list:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def _as_tasks(cfg: SearchConfig, study, log) -> list[int]:
+    """Batches of concurrent tasks in this flow run; returns the numbers of trials that failed."""
+    failed: list[int] = []
+    leftover = [t.number for t in _running(study)]  # left running by a flow run that died: run them again
+    while (done := len(complete_trials(study))) < cfg.trials and len(failed) < cfg.trials:
+        n = min(cfg.parallel, cfg.trials - done)
+        numbers = leftover[:n] + [ask(study, cfg).number for _ in range(n - len(leftover[:n]))]
+        leftover = leftover[n:]
+        futures = [trial_task.submit(cfg, k) for k in numbers]
+        for k, fut in zip(numbers, futures):
+            fut.wait()
+            if fut.state.is_completed():
+                log.info("trial %d: %s = %.4f", k, cfg.metric, fut.result())
+            else:
+                _fail(study, k)
+                failed.append(k)
+                log.warning("trial %d failed: %s", k, fut.state.message)
+    return failed
+
+
+def _on_pool(cfg: SearchConfig, study, deployment: str, attempts: int, job_variables: Optional[dict],
+             poll_s: float, timeout_s: Optional[float], log) -> list[int]:
+    """One flow run per trial on the deployment's work pool, ``parallel`` at a time."""
+    failed: list[int] = []
+    tag = f"alloynet-search:{cfg.study_name}"
+
+    def key(number: int) -> str:
+        return f"trial-{number:03d}"
+
+    def params(number: int) -> dict:
+        return {"config": cfg.model_dump(mode="json"), "number": number}
+
+    with Dispatcher(deployment, job_variables=job_variables, tags=[tag], attempts=attempts, poll_s=poll_s,
+                    timeout_s=timeout_s, log=log.info) as d:
+        active = d.active_runs(tag)
+        for t in _running(study):  # left by a flow run that died: follow its run, or run the trial again
+            if key(t.number) in active:
+                d.adopt(key(t.number), params(t.number), active[key(t.number)])
+            else:
+                d.submit(key(t.number), params(t.number))
+        while True:
+            done = len(complete_trials(study))
+            while len(d.in_flight()) < cfg.parallel and done + len(d.in_flight()) < cfg.trials:
+                t = ask(study, cfg)
+                job = d.submit(key(t.number), params(t.number))
+                t.set_user_attr("flow_run_id", str(job.run_id))
+            if not d.in_flight() or len(failed) >= cfg.trials or d.timed_out:
+                break
+            for job in d.wait():
+                number = job.parameters["number"]
+                trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+                if trial.state.name == "COMPLETE":
+                    log.info("trial %d: %s = %.4f with %s (worker %s)", number, cfg.metric, trial.value,
+                             trial.params, job.workers[-1])
+                else:
+                    _fail(study, number)
+                    failed.append(number)
+                    log.warning("trial %d did not complete (%s: %s); asking for another", number, job.states[-1],
+                                job.message)
+    return failed
 
 
 @flow(name="hyperparameter-search", log_prints=True)
 def hyperparameter_search(store: str, out_dir: str = "runs/search", architecture: str = "profile_cnn",
                           loss: str = "cb_focal", trials: int = 12, parallel: int = 2, seed: int = 0,
-                          train: dict[str, Any] | None = None) -> dict:
-    cfg = SearchConfig(store=store, out_dir=out_dir, architecture=architecture, loss=loss, trials=trials,
-                       parallel=parallel, seed=seed, train=train or {})
+                          train: dict[str, Any] | None = None, storage: Optional[str] = None,
+                          study_name: Optional[str] = None, deployment: Optional[str] = None, attempts: int = 2,
+                          job_variables: Optional[dict[str, Any]] = None, optimizers: Optional[list[str]] = None,
+                          poll_s: float = 2.0, timeout_s: Optional[float] = None) -> dict:
+    """``trials`` complete trials of the search; ``deployment`` runs each on its work pool."""
     log = get_run_logger()
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = SearchConfig(store=str(Path(store).resolve()) if "://" not in store else store, out_dir=str(out),
+                       architecture=architecture, loss=loss, trials=trials, parallel=parallel, seed=seed,
+                       train=train or {}, optimizers=optimizers or [],
+                       storage=storage or f"sqlite:///{out / 'optuna.db'}", study_name=study_name)
+    cfg = cfg.model_copy(update={"study_name": default_study_name(cfg)})
+    if deployment and "@" in cfg.storage and not cfg.storage.startswith("env:"):
+        log.warning("the storage URL carries credentials and travels as a flow parameter; prefer env:NAME")
     study = new_study(cfg)
-    while len(study.trials) < cfg.trials:
-        batch = [study.ask() for _ in range(min(cfg.parallel, cfg.trials - len(study.trials)))]
-        futures = [trial_task.submit(cfg, t.number, suggest(t, cfg)) for t in batch]
-        for t, fut in zip(batch, futures):
-            value = fut.result()
-            study.tell(t, value)
-            log.info("trial %d: %s = %.4f with %s", t.number, cfg.metric, value, t.params)
+    log.info("study %s: %d of %d trials already complete", cfg.study_name, len(complete_trials(study)), trials)
+    failed = (_on_pool(cfg, study, deployment, attempts, job_variables, poll_s, timeout_s, log) if deployment
+              else _as_tasks(cfg, study, log))
+    if len(complete_trials(study)) < cfg.trials:
+        raise RuntimeError(f"search stopped after {len(failed)} failed trials ({failed}) with "
+                           f"{len(complete_trials(study))} of {cfg.trials} complete")
     result = summarise(study)
+    result["study_name"] = cfg.study_name
     create_table_artifact(key="hyperparameter-search", table=result["trials"],
                           description=f"{architecture} / {loss}: validation {cfg.metric} per trial; "
                                       f"best trial {result['best_trial']} ({result['best_value']:.4f})")
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "search.json").write_text(json.dumps(result, indent=1))
+    (out / "search.json").write_text(json.dumps(result, indent=1))
     log.info("best %s = %.4f with %s", cfg.metric, result["best_value"], result["best_params"])
     return result
 
@@ -58,5 +162,9 @@ if __name__ == "__main__":
     p.add_argument("--loss", default="cb_focal")
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--storage", default=None, help="Optuna storage URL or env:NAME (default: SQLite in --out-dir)")
+    p.add_argument("--deployment", default=None, help="run trials as flow runs of this deployment, e.g. "
+                                                      + TRIAL_DEPLOYMENT)
     a = p.parse_args()
-    print(hyperparameter_search(a.store, a.out_dir, a.architecture, a.loss, a.trials, a.parallel))
+    print(hyperparameter_search(a.store, a.out_dir, a.architecture, a.loss, a.trials, a.parallel,
+                                storage=a.storage, deployment=a.deployment))

@@ -119,6 +119,8 @@ def find_binary(name: str, install_hint: str) -> str:
 
 def alive(pid: int) -> bool:
     """Whether process ``pid`` runs; a zombie (exited, not yet reaped) counts as gone and is reaped if ours."""
+    if pid <= 0:  # kill(0)/waitpid(0) would mean our own process group, not a process
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -157,11 +159,14 @@ def wait_ready(probe: Callable[[], bool], pid: int, timeout: float, what: str, l
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s ({last}); see {log}:\n{tail(log)}")
 
 
-def stop_group(pid: int, timeout: float = 20.0) -> bool:
-    """SIGTERM the process group led by ``pid``, wait for the leader, then SIGKILL whatever is left in the
-    group. Returns True when the leader exited on SIGTERM within ``timeout`` (a clean stop)."""
+def stop_group(pid: int, timeout: float = 20.0, sig: int = signal.SIGTERM) -> bool:
+    """Send ``sig`` (SIGTERM; PostgreSQL wants SIGINT) to the process group led by ``pid``, wait for the
+    leader, then SIGKILL whatever is left in the group. Returns True when the leader exited on ``sig``
+    within ``timeout`` (a clean stop)."""
+    if pid <= 1:  # killpg(0) would signal our own group, killpg(1) init's
+        raise ValueError(f"refusing to signal process group {pid}")
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, sig)
     except ProcessLookupError:
         return True
     deadline = time.monotonic() + timeout
@@ -176,6 +181,50 @@ def stop_group(pid: int, timeout: float = 20.0) -> bool:
     while alive(pid) and time.monotonic() < deadline:  # alive() reaps our own child: no zombie left behind
         time.sleep(0.05)
     return clean
+
+
+def tagged_processes(name: str, value: str) -> list[int]:
+    """PIDs of the live processes whose environment holds ``name=value`` (a tag set when they were started,
+    inherited by everything they spawn): finds what a crashed parent left behind, whatever its process group."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if needle in (d / "environ").read_bytes().split(b"\0") and alive(int(d.name)):
+                found.append(int(d.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return sorted(found)
+
+
+def stop_pids(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGTERM each process, wait up to ``timeout`` for all of them, SIGKILL the rest."""
+    pids = [p for p in pids if p > 1]  # kill(0)/kill(-1) would mean our own group / every process
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL whatever is left in the process group led (once) by ``pid``; the leader may be gone already."""
+    if pid <= 1:  # killpg(0) would signal our own group, killpg(1) init's
+        raise ValueError(f"refusing to signal process group {pid}")
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def stop_pid_file(pid_file: Path, timeout: float = 20.0) -> bool:

@@ -40,6 +40,8 @@ HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / ".alloynet" / "stack"
 WORK_POOL = "local-process"
+# the local deployments of prefect.yaml: the nightly pipeline, and one cell / one trial of the fan-out flows
+LOCAL_DEPLOYMENTS = ["nightly/nightly-cron", "nightly/manual", "study-cell/local", "search-trial/local"]
 TELEMETRY_OFF = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 REPORTS_BUCKET = "reports"              # evaluation reports the UI shows: anonymous GET of single objects only
 HEARTBEAT_SECONDS = 30                  # flow-run heartbeats (Prefect's minimum interval)
@@ -97,8 +99,10 @@ def _spawn(state_dir: Path, name: str, cmd: list[str], env: dict[str, str], url:
     return svc
 
 
-def start_server(state_dir: Path, port: int | None = None, timeout: float = 90.0) -> Service:
-    """`prefect server start` on 127.0.0.1 (API at /api, UI at /), SQLite database inside ``state_dir``.
+def start_server(state_dir: Path, port: int | None = None, timeout: float = 90.0,
+                 database_url: str | None = None) -> Service:
+    """`prefect server start` on 127.0.0.1 (API at /api, UI at /), SQLite database inside ``state_dir``, or
+    the PostgreSQL ``database_url`` (``postgresql+asyncpg://...``, see infra/postgres.py) for several workers.
 
     Ready when /api/health answers *and* the socket listening on the port belongs to the process group
     started here: a server of another stack on the same port never counts as ours."""
@@ -107,7 +111,8 @@ def start_server(state_dir: Path, port: int | None = None, timeout: float = 90.0
         check_ports_free({port: "Prefect server/UI"})
     port = port or free_port()
     url = f"http://{HOST}:{port}"
-    env = {**prefect_env(state_dir), "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
+    db = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url} if database_url else {}
+    env = {**prefect_env(state_dir), **db, "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
            "PREFECT_UI_URL": url, "PREFECT_SERVER_UI_API_URL": f"{url}/api",
            # the scheduler looks at recently changed deployments every few seconds; a fresh cron schedule
            # gets its runs without waiting for the full loop
@@ -145,19 +150,22 @@ def ensure_work_pool(state_dir: Path, api_url: str, pool: str = WORK_POOL) -> No
 
 
 def start_worker(state_dir: Path, api_url: str, pool: str = WORK_POOL, limit: int = 1,
-                 extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> Service:
-    """A process worker polling ``pool``; it runs flow runs as subprocesses in the deployment's directory."""
+                 extra_env: dict[str, str] | None = None, timeout: float = 60.0,
+                 name: str = "prefect-worker") -> Service:
+    """A process worker polling ``pool``; it runs flow runs as subprocesses in the deployment's directory.
+    Several workers on one pool each need their own ``name`` (their service name and PID file)."""
     state_dir = Path(state_dir).resolve()
     env = {**prefect_env(state_dir, api_url), "PREFECT_WORKER_QUERY_SECONDS": "2",
            # flow runs send heartbeat events; the zombie automation crashes a run whose heartbeats stop
            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS), **(extra_env or {})}
-    svc = _spawn(state_dir, "prefect-worker", [prefect_bin(), "worker", "start", "--pool", pool, "--type", "process",
-                                               "--limit", str(limit), "--name", f"{pool}-{os.getpid()}"],
+    worker_name = f"{pool}-{os.getpid()}" + ("" if name == "prefect-worker" else f"-{name}")
+    svc = _spawn(state_dir, name, [prefect_bin(), "worker", "start", "--pool", pool, "--type", "process",
+                                   "--limit", str(limit), "--name", worker_name],
                  env, api_url, cwd=ROOT)
     try:  # "started!" is printed once it has registered with the pool
-        wait_ready(lambda: "started!" in tail(svc.log, 200), svc.pid, timeout, "prefect-worker", svc.log)
+        wait_ready(lambda: "started!" in tail(svc.log, 200), svc.pid, timeout, name, svc.log)
     except Exception:
-        stop_service(state_dir, "prefect-worker")
+        stop_service(state_dir, name)
         raise
     return svc
 
@@ -173,7 +181,7 @@ def stop_service(state_dir: Path, name: str, timeout: float = 30.0) -> bool:
 def deploy(state_dir: Path, api_url: str, names: list[str] | None = None) -> str:
     """`prefect deploy` the deployments in prefect.yaml (all local ones by default) from the repo root."""
     args = ["--no-prompt", "deploy"]
-    for n in names or ["nightly/nightly-cron", "nightly/manual"]:
+    for n in names or LOCAL_DEPLOYMENTS:
         args += ["--name", n]
     return run_prefect(args, state_dir, api_url).stdout
 
@@ -241,12 +249,16 @@ def write_env_sh(state_dir: Path, env: dict[str, str]) -> Path:
     lines.append(f'export PATH={shlex.quote(str(_venv_bin()))}:"$PATH"\n')
     path = Path(state_dir) / "env.sh"
     path.write_text("".join(lines))
+    path.chmod(0o600)  # credentials (object store keys, the database password)
     return path
 
 
 def up(state_dir: Path = DEFAULT_DIR, port: int = 4200, s3_port: int = 8333, s3: bool = True,
-       worker: bool = True, serving: bool = False, registry: str = ".alloynet/registry") -> dict[str, str]:
+       worker: bool = True, serving: bool = False, registry: str = ".alloynet/registry", workers: int = 1,
+       postgres: bool = False) -> dict[str, str]:
     """Start whatever is not running yet; returns the environment a shell needs to use the stack.
+    ``postgres``: PostgreSQL for the Prefect server's database and the shared Optuna storage
+    (``ALLOYNET_OPTUNA_STORAGE``); ``workers``: process workers on the pool (one cell or trial each at a time).
 
     Every port needed is checked first, so nothing starts when one is taken. If a later step fails, what
     this call started is stopped again (what was already running is left alone)."""
@@ -263,7 +275,8 @@ def up(state_dir: Path = DEFAULT_DIR, port: int = 4200, s3_port: int = 8333, s3:
     check_ports_free(wanted)
     started: list[Callable[[], object]] = []
     try:
-        env = _up(state_dir, port, s3_port, s3, worker, serving, registry, s3_running, server, server_running, started)
+        env = _up(state_dir, port, s3_port, s3, worker, serving, registry, s3_running, server, server_running, started,
+                  workers, postgres)
     except BaseException:
         for stop in reversed(started):
             try:
@@ -275,8 +288,12 @@ def up(state_dir: Path = DEFAULT_DIR, port: int = 4200, s3_port: int = 8333, s3:
     return env
 
 
-def _up(state_dir, port, s3_port, s3, worker, serving, registry, s3_running, server, server_running, started):
+def _up(state_dir, port, s3_port, s3, worker, serving, registry, s3_running, server, server_running, started,
+        workers=1, postgres=False):
     env: dict[str, str] = {}
+    prefect_db = None
+    if postgres:
+        prefect_db, env["ALLOYNET_OPTUNA_STORAGE"] = _start_postgres(state_dir, started)
     if s3:
         s3_dir = state_dir / "s3"
         if s3_running:
@@ -293,62 +310,59 @@ def _up(state_dir, port, s3_port, s3, worker, serving, registry, s3_running, ser
         env.update({"ALLOYNET_S3_ENDPOINT": endpoint, "ALLOYNET_REPORTS": f"s3://{REPORTS_BUCKET}/nightly",
                     "ALLOYNET_REPORTS_URL": f"{endpoint}/{REPORTS_BUCKET}/nightly"})
     if not server_running:
-        server = start_server(state_dir, port)
+        server = start_server(state_dir, port, database_url=prefect_db)
         started.append(lambda: stop_service(state_dir, "prefect-server"))
     api_url = f"{server.url}/api"
     env.update(prefect_env(state_dir, api_url))
     env["PREFECT_UI_URL"] = server.url
     ensure_zombie_automation(api_url)
     if worker:
-        w = read_service(state_dir, "prefect-worker")
-        if w is None or not alive(w.pid):
-            ensure_work_pool(state_dir, api_url)
-            start_worker(state_dir, api_url, extra_env=env)
-            started.append(lambda: stop_service(state_dir, "prefect-worker"))
+        ensure_work_pool(state_dir, api_url)
+        for i in range(max(workers, 1)):
+            name = "prefect-worker" if i == 0 else f"prefect-worker-{i + 1}"
+            w = read_service(state_dir, name)
+            if w is None or not alive(w.pid):
+                start_worker(state_dir, api_url, extra_env=env, name=name)
+                started.append(lambda name=name: stop_service(state_dir, name))
     if serving:
-        env.update({f"ALLOYNET_{k.upper()}_URL": v for k, v in _start_serving(state_dir, registry).items()})
+        env.update(_start_serving(state_dir, registry))  # its env file: ALLOYNET_SERVING_URL, ... (infra/serve.py)
     return env
 
 
+def _start_postgres(state_dir: Path, started: list) -> tuple[str, str]:
+    """PostgreSQL in ``state_dir/postgres`` with databases ``prefect`` and ``optuna``; returns their URLs."""
+    from infra import postgres
+
+    d = state_dir / "postgres"
+    s = postgres.read(d)
+    if s is None or not s.pid or not alive(s.pid):
+        s = postgres.start(d, databases=("prefect", "optuna"))
+        started.append(lambda: postgres.stop(d))
+    return s.url("prefect", "postgresql+asyncpg"), s.url("optuna")
+
+
+def _worker_names(state_dir: Path) -> list[str]:
+    return sorted(p.stem for p in Path(state_dir).glob("prefect-worker*.json"))
+
+
 def _start_serving(state_dir: Path, registry: str) -> dict[str, str]:
-    """TorchServe (and Triton where its binaries exist) on the champion, fetched and verified from the registry."""
-    from alloynet.registry import open_registry
+    """`alloynet serve` (infra/serve.py: supervised, fixed ports, follows the champion) on ``registry``'s champion,
+    with TorchServe too; its state in ``state_dir/serve``. Returns the variables of its env file."""
+    from infra import serve
+    from serving.client import read_env_file
 
-    reg = open_registry(registry)
-    champ = reg.pointer()
-    if champ is None:
-        print(f"serving: {reg.uri} has no champion yet; run the nightly flow first", file=sys.stderr)
+    try:
+        serve.start(serve.ServeConfig(registry=registry, torchserve=True), state_dir / "serve")
+    except serve.ServeError as exc:
+        print(f"serving: {exc}", file=sys.stderr)
         return {}
-    models = state_dir / "serving" / champ.version
-    reg.fetch(champ.version, models, only=["torchserve", "triton"])
-    urls = {}
-    if (models / "torchserve").is_dir():
-        from infra import torchserve
-
-        ts = torchserve.start(models / "torchserve", [p.name for p in (models / "torchserve").glob("*.mar")],
-                              state_dir / "serving" / "torchserve")
-        urls["torchserve"] = ts.inference_url
-    from infra import triton
-
-    ok, why = triton.available()
-    if ok and (models / "triton").is_dir():
-        tr = triton.start(models / "triton", state_dir / "serving" / "triton")
-        urls["triton"] = str(getattr(tr, "http_url", tr))
-    elif not ok:
-        print(f"serving: Triton not started ({why})", file=sys.stderr)
-    (state_dir / "serving.json").write_text(json.dumps({"version": champ.version, **urls}))
-    return urls
+    return read_env_file(state_dir / "serve" / "serving.env")
 
 
 def _stop_serving(state_dir: Path) -> None:
-    if not (state_dir / "serving.json").exists():
-        return
-    from infra import torchserve
-    from infra import triton
+    from infra import serve
 
-    torchserve.stop(state_dir / "serving" / "torchserve")
-    triton.stop(state_dir / "serving" / "triton")
-    (state_dir / "serving.json").unlink()
+    serve.stop(state_dir / "serve")
 
 
 def down(state_dir: Path = DEFAULT_DIR) -> dict[str, bool]:
@@ -356,8 +370,12 @@ def down(state_dir: Path = DEFAULT_DIR) -> dict[str, bool]:
     state_dir = Path(state_dir).resolve()
     out = {}
     _stop_serving(state_dir)
-    for name in ("prefect-worker", "prefect-server"):
+    for name in (*_worker_names(state_dir), "prefect-server"):
         out[name] = stop_service(state_dir, name)
+    if (state_dir / "postgres" / "postgres.json").exists():  # after the server: it holds a connection pool
+        from infra import postgres
+
+        out["postgres"] = postgres.stop(state_dir / "postgres")
     objectstore.stop(state_dir / "s3")
     out["s3"] = True
     return out
@@ -366,13 +384,21 @@ def down(state_dir: Path = DEFAULT_DIR) -> dict[str, bool]:
 def status(state_dir: Path = DEFAULT_DIR) -> dict[str, str]:
     state_dir = Path(state_dir).resolve()
     out = {}
-    for name in ("prefect-server", "prefect-worker"):
+    for name in ("prefect-server", *(_worker_names(state_dir) or ["prefect-worker"])):
         s = read_service(state_dir, name)
         out[name] = f"running (pid {s.pid}) {s.url}" if s and alive(s.pid) else "stopped"
+    if (state_dir / "postgres" / "postgres.json").exists():
+        from infra import postgres
+
+        out["postgres"] = postgres.status(state_dir / "postgres")
     pid = state_dir / "s3" / "weed.pid"
     out["s3"] = (f"running (pid {pid.read_text()})" if pid.exists() and alive(int(pid.read_text())) else "stopped")
-    if (state_dir / "serving.json").exists():
-        out["serving"] = (state_dir / "serving.json").read_text()
+    if (state_dir / "serve" / "state.json").exists():
+        from infra import serve
+
+        st = serve.status(state_dir / "serve")
+        out["serving"] = f"{st['status']} {(st.get('serving') or {}).get('version', '')} " + " ".join(
+            info.get("url", "") for info in (st.get("servers") or {}).values())
     return out
 
 
@@ -389,10 +415,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-worker", action="store_true")
     p.add_argument("--serving", action="store_true", help="also start the model servers on the champion")
     p.add_argument("--registry", default=".alloynet/registry", help="model store whose champion --serving serves")
+    p.add_argument("--workers", type=int, default=1, help="process workers on the pool (each runs one flow run at a time)")
+    p.add_argument("--postgres", action="store_true",
+                   help="PostgreSQL for the Prefect server and the shared Optuna storage (several workers)")
     a = p.parse_args(argv)
     if a.action == "up":
         try:
-            env = up(a.dir, a.port, a.s3_port, not a.no_s3, not a.no_worker, a.serving, a.registry)
+            env = up(a.dir, a.port, a.s3_port, not a.no_s3, not a.no_worker, a.serving, a.registry, a.workers,
+                     a.postgres)
         except Exception as exc:
             sys.exit(f"infra.stack up failed: {exc}")
         for k, v in status(a.dir).items():

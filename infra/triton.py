@@ -5,21 +5,32 @@ pytriton pins numpy<2, so it lives in its own virtual environment (``.venv-trito
 ``infra/serving_env.sh``; override with ``ALLOYNET_TRITON_VENV``). That environment's Python also runs
 the Python-backend stub, so it holds onnxruntime. Every address is 127.0.0.1; the process group is
 stopped by PID.
+
+Memory after hostile requests: Triton 2.51 has no option to cap a gRPC message (it accepts up to 2 GiB)
+and, by default, keeps up to 8 request objects for reuse, each holding the largest payload it ever
+carried: eight rejected 400 MB requests left it at 2.2-2.8 GB RSS. ``--grpc-infer-allocation-pool-size=0``
+drops each request when it is answered, and glibc is told to serve anything from 64 KiB up with mmap
+(returned to the system on free, where heap arenas keep it): the same burst now leaves RSS where it was
+(bench/serve.py, docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from infra.processes import HOST, free_port, stop_pid_file, wait_ready
+from infra.processes import HOST, alive, free_port, stop_pid_file, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
+# glibc tunables for the server (see the module docstring): fixed thresholds, so large buffers are mmapped
+# and trimmed; two arenas instead of 8 per core.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}
+ADMIN_HEADER = "alloynet-admin"  # the header the model-repository (load/unload) API requires, when restricted
+SHM_FILE = "tritonserver.shm"    # the Python backend's shared-memory prefix of the running server
 
 
 def triton_venv() -> Path:
@@ -47,7 +58,7 @@ def available() -> tuple[bool, str]:
 class TritonServer:
     workdir: Path
     pid: int
-    http_port: int
+    http_port: Optional[int]  # None: HTTP is off (gRPC only)
     grpc_port: int
     models: list[str]
 
@@ -57,7 +68,50 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
+        if self.http_port is None:
+            raise RuntimeError("this Triton runs without HTTP (gRPC only)")
         return f"http://{HOST}:{self.http_port}"
+
+
+def admin_headers(admin_key: Optional[str]) -> dict[str, str]:
+    """gRPC metadata for the restricted model-repository API (Triton expects the key prefixed, over gRPC)."""
+    return {f"triton-grpc-protocol-{ADMIN_HEADER}": admin_key} if admin_key else {}
+
+
+def grpc_ready(target: str, models: Sequence[str] = (), timeout: float = 2.0) -> bool:
+    """Server ready (strict readiness: every loaded model ready) and each of ``models`` ready, over gRPC."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        return bool(client.is_server_ready(client_timeout=timeout)) and all(
+            client.is_model_ready(m, client_timeout=timeout) for m in models)
+    finally:
+        client.close()
+
+
+def grpc_live(target: str, timeout: float = 2.0) -> bool:
+    """The server answers (whatever its models are doing)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        return bool(client.is_server_live(client_timeout=timeout))
+    finally:
+        client.close()
+
+
+def load_model(target: str, model: str, admin_key: Optional[str] = None, timeout: float = 300.0) -> None:
+    """(Re)load ``model`` from the repository (explicit model control). Triton loads the new version(s) while
+    the loaded ones keep serving and unloads the old ones only once the new ones are ready; a failed load
+    leaves what was loaded serving. Raises tritonclient's InferenceServerException on failure."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        client.load_model(model, headers=admin_headers(admin_key), client_timeout=timeout)
+    finally:
+        client.close()
 
 
 def _prepare(workdir: Path, venv: Path) -> tuple[Path, dict]:
@@ -84,38 +138,71 @@ def _prepare(workdir: Path, venv: Path) -> tuple[Path, dict]:
 
 
 def start(repository: str | Path, workdir: str | Path, models: Sequence[str] = ("alloynet",),
-          timeout: float = 90.0, venv: Optional[Path] = None, log_verbose: int = 0) -> TritonServer:
-    """Start tritonserver on free 127.0.0.1 ports with ``models`` loaded (explicit model control)."""
+          timeout: float = 90.0, venv: Optional[Path] = None, log_verbose: int = 0, *,
+          grpc_port: Optional[int] = None, http: bool = True, http_port: Optional[int] = None,
+          admin_key: Optional[str] = None, env: Optional[dict] = None, memory_guard: bool = True) -> TritonServer:
+    """Start tritonserver on 127.0.0.1 with ``models`` loaded (explicit model control) and wait until ready.
+
+    Ports: the ones given, else free ones. ``http=False``: gRPC only. ``admin_key``: the model-repository
+    API (load/unload) then needs the ``alloynet-admin`` header with this value, on gRPC and HTTP alike.
+    ``memory_guard=False``: Triton's own defaults (request-object pool, glibc's malloc), to measure the difference."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    server_dir, env = _prepare(workdir, (venv or triton_venv()).resolve())
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    server_dir, run_env = _prepare(workdir, (venv or triton_venv()).resolve())
+    if memory_guard:
+        run_env.update(MEMORY_ENV)
+    run_env.update(env or {})
+    grpc_port = grpc_port or free_port()
+    http_port = (http_port or free_port()) if http else None
+    # Shared-memory regions of the Python backend are named per server, so two servers never collide; the
+    # prefix is recorded so that what a killed server left in /dev/shm can be removed.
+    shm_prefix = f"alloynet{os.getpid()}-{uuid.uuid4().hex[:8]}"
     args = [str(server_dir / "bin" / "tritonserver"), f"--model-repository={Path(repository).resolve()}",
             f"--backend-directory={server_dir / 'backends'}", f"--cache-directory={server_dir / 'caches'}",
             "--model-control-mode=explicit", *[f"--load-model={m}" for m in models],
-            f"--http-address={HOST}", f"--http-port={http_port}", f"--grpc-address={HOST}",
-            f"--grpc-port={grpc_port}", f"--metrics-address={HOST}", f"--metrics-port={metrics_port}",
+            f"--grpc-address={HOST}", f"--grpc-port={grpc_port}",
+            *(["--grpc-infer-allocation-pool-size=0"] if memory_guard else []),
             "--allow-metrics=false", "--allow-gpu-metrics=false", "--allow-cpu-metrics=false",
             "--strict-readiness=true", "--exit-on-error=true", f"--log-verbose={log_verbose}",
-            # Shared-memory regions of the Python backend are named per server, so two servers never collide.
-            f"--backend-config=python,shm-region-prefix-name=alloynet{os.getpid()}-{uuid.uuid4().hex[:8]}"]
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}"]
+    args += [f"--http-address={HOST}", f"--http-port={http_port}"] if http else ["--allow-http=false"]
+    if admin_key:
+        args.append(f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={admin_key}")
+        if http:
+            args.append(f"--http-restricted-api=model-repository:{ADMIN_HEADER}={admin_key}")
+    pid_file = workdir / "tritonserver.pid"
+    if pid_file.exists() and alive(int(pid_file.read_text())):
+        raise RuntimeError(f"a Triton started in {workdir} still runs (pid {pid_file.read_text()}); stop it first")
+    _clean_shm(workdir)  # what a killed predecessor in this working directory left
+    (workdir / SHM_FILE).write_text(shm_prefix)
     with open(workdir / "tritonserver.log", "ab") as log:  # the child keeps its own copy of the handle
-        proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(args, cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     (workdir / "tritonserver.pid").write_text(str(proc.pid))
     server = TritonServer(workdir, proc.pid, http_port, grpc_port, list(models))
     try:
-        def ready() -> bool:
-            with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=2) as r:
-                return r.status == 200
-
-        wait_ready(ready, proc.pid, timeout, f"Triton at {server.http_url}", workdir / "tritonserver.log")
+        wait_ready(lambda: grpc_ready(server.grpc_target, models), proc.pid, timeout,
+                   f"Triton at {server.grpc_target}", workdir / "tritonserver.log")
     except Exception:
         stop(workdir)
         raise
     return server
 
 
+def _clean_shm(workdir: Path) -> None:
+    """Remove the Python backend's shared-memory regions of the server last started in ``workdir`` (a server
+    that is SIGKILLed cannot remove them itself). Only call it once that server is gone."""
+    try:
+        prefix = (workdir / SHM_FILE).read_text().strip()
+    except OSError:
+        return
+    if prefix:
+        for region in Path("/dev/shm").glob(f"{prefix}*"):
+            region.unlink(missing_ok=True)
+    (workdir / SHM_FILE).unlink(missing_ok=True)
+
+
 def stop(workdir: str | Path, timeout: float = 20.0) -> None:
     """Stop the server started in ``workdir`` (its process group, Python-backend stubs included)."""
     stop_pid_file(Path(workdir) / "tritonserver.pid", timeout)
+    _clean_shm(Path(workdir))

@@ -6,13 +6,19 @@ library's job (``alloynet.captures.format.decode_image``); this only checks what
 """
 from __future__ import annotations
 
+import ast
 import io
+import struct
 
 import numpy as np
 
 ACCEPTED_DTYPES = ("uint16", "float32")
 MAX_ADU = 65535.0
+MAX_WEDGE_MM = 1000.0                # a wedge_mm above this is a unit error (cm, um), not a wedge
 NPY_MAGIC = b"\x93NUMPY"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
+MAX_TIFF_PAGES = 256
 
 
 class CaptureInputError(ValueError):
@@ -21,6 +27,78 @@ class CaptureInputError(ValueError):
     def __init__(self, field: str, message: str):
         self.field, self.message = field, message
         super().__init__(f"{field}: {message}")
+
+
+def _tiff_shape(data: bytes) -> tuple[int, int, int]:
+    """[C, H, W] of a classic TIFF from its IFD chain (one page per channel, as alloynet writes them, or one
+    page of several samples), without touching the pixel data."""
+    order = "<" if data[:2] == b"II" else ">"
+
+    def u(fmt: str, at: int):
+        if at < 0 or at + struct.calcsize(fmt) > len(data):
+            raise CaptureInputError("image", "corrupt TIFF header (an offset points past the end of the data)")
+        return struct.unpack_from(order + fmt, data, at)[0]
+
+    offset, pages, dims, samples = u("I", 4), 0, None, 1
+    seen = set()
+    while offset:
+        if offset in seen or pages >= MAX_TIFF_PAGES:
+            raise CaptureInputError("image", f"TIFF with a looping or over-long page chain (> {MAX_TIFF_PAGES} pages)")
+        seen.add(offset)
+        n, tags = u("H", offset), {}
+        for i in range(n):
+            at = offset + 2 + 12 * i
+            tag, typ = u("H", at), u("H", at + 2)
+            if tag in (256, 257, 277):  # ImageWidth, ImageLength, SamplesPerPixel: SHORT or LONG
+                tags[tag] = u("H", at + 8) if typ == 3 else u("I", at + 8)
+        if 256 not in tags or 257 not in tags:
+            raise CaptureInputError("image", "corrupt TIFF header (a page without width or height)")
+        page = (tags[257], tags[256])
+        if dims is not None and page != dims:
+            raise CaptureInputError("image.shape", f"TIFF pages of different sizes ({list(dims)} and {list(page)})")
+        dims, samples, pages = page, tags.get(277, 1), pages + 1
+        offset = u("I", offset + 2 + 12 * n)
+    if dims is None:
+        raise CaptureInputError("image", "corrupt TIFF header (no pages)")
+    return (pages * samples if pages > 1 else samples, *dims)
+
+
+def header_shape(data: bytes):
+    """The [C, H, W] a PNG/TIFF/.npy capture declares in its header, read without decoding its pixels (so a
+    small file claiming 10000 x 10000 px costs nothing); None for anything else (the decoder says why)."""
+    try:
+        if data[:8] == PNG_MAGIC:
+            if len(data) < 24 or data[12:16] != b"IHDR":
+                raise CaptureInputError("image", "corrupt or truncated PNG (no IHDR header)")
+            width, height = struct.unpack(">II", data[16:24])
+            return (1, height, width)
+        if data[:4] in TIFF_MAGICS:
+            return _tiff_shape(data)
+        if data[:6] == NPY_MAGIC:
+            major = data[6]
+            size_fmt, start = ("<H", 10) if major == 1 else ("<I", 12)
+            header_len = struct.unpack_from(size_fmt, data, 8)[0]
+            header = ast.literal_eval(data[start:start + header_len].decode("latin-1"))
+            shape = tuple(int(d) for d in header["shape"])
+            return (1, *shape) if len(shape) == 2 else shape
+    except CaptureInputError:
+        raise
+    except Exception as exc:  # struct.error, SyntaxError, KeyError, ...: the header itself is damaged
+        kind = {b"\x93": "corrupt .npy array", b"\x89": "corrupt or truncated PNG"}.get(data[:1], "corrupt TIFF")
+        raise CaptureInputError("image", f"{kind} (unreadable header: {exc.__class__.__name__})") from None
+    return None
+
+
+def check_header(data: bytes, shape: tuple[int, int, int]) -> None:
+    """Refuse, before decoding, a capture whose header declares another size than the model's [C, H, W]."""
+    declared = header_shape(data)
+    if declared is not None and 0 in declared:
+        raise CaptureInputError("image", f"empty array (shape {list(declared)})")
+    if declared is not None and tuple(declared) != tuple(shape):
+        kind = "PNG" if data[:8] == PNG_MAGIC else ("TIFF" if data[:4] in TIFF_MAGICS else ".npy array")
+        raise CaptureInputError("image.shape", f"the {kind} declares [C, H, W] = {list(declared)} "
+                                               f"({int(np.prod(declared, dtype=np.int64)):,} values); the model takes "
+                                               f"{list(shape)}: refused before decoding")
 
 
 def decode_npy(data: bytes) -> np.ndarray:
@@ -79,7 +157,7 @@ def check_wedge(wedge) -> np.ndarray:
     if wedge is None:
         return np.zeros((1,), np.float32)
     arr = np.asarray(wedge, dtype=np.float64).reshape(-1)
-    if arr.shape != (1,) or not np.isfinite(arr[0]) or not 0 <= arr[0] <= 1000:
-        raise CaptureInputError("wedge_mm", f"expected one wedge thickness in mm (0-1000, 0 = unknown), got "
+    if arr.shape != (1,) or not np.isfinite(arr[0]) or not 0 <= arr[0] <= MAX_WEDGE_MM:
+        raise CaptureInputError("wedge_mm", f"expected one wedge thickness in mm (0-{MAX_WEDGE_MM:g}, 0 = unknown), got "
                                             f"{np.asarray(wedge).tolist()}")
     return arr.astype(np.float32)

@@ -43,6 +43,25 @@ def s3_bucket(s3_server):
     return name
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL (Debian's package, infra/postgres_env.sh) on 127.0.0.1 and a free port, in its own
+    data directory, stopped by PID at the end; tests create their own databases on it."""
+    import shutil
+    import tempfile
+
+    from infra import postgres
+
+    # not under pytest's /tmp/pytest-of-root (mode 700): run as root, the server runs as user postgres
+    d = Path(tempfile.mkdtemp(prefix="alloynet-pg-"))
+    server = postgres.start(d, timeout=90)
+    try:
+        yield server
+    finally:
+        postgres.stop(d)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors: one intra-op thread is as fast, and immune to OpenMP spinning on a shared 2-core box."""
@@ -52,3 +71,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle_factory(tmp_path_factory):
+    """``make(seed)``: a profile_cnn trained one epoch by alloynet (64x64) and exported (parity-checked on its
+    test split), made once per seed per session: the serving modules share them."""
+    made = {}
+
+    def make(seed: int = 0):
+        if seed not in made:
+            from alloynet.export import export_checkpoint
+            from tests.helpers.serving import train_tiny_checkpoint
+
+            root = tmp_path_factory.mktemp(f"trained-{seed}")
+            made[seed] = export_checkpoint(train_tiny_checkpoint(root, seed=seed), root / "export", n_parity=6,
+                                           log=lambda *_: None)
+        return made[seed]
+
+    return make

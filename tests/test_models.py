@@ -40,7 +40,8 @@ def _pre(c: int = 1) -> Preprocess:
 
 
 def test_registry_names_and_design_table():
-    assert set(list_models()) == {"resnet18", "resnet34", "resnet50", "vgg16", "efficientnet_b0", "fnn", "profile_cnn"}
+    assert set(list_models()) == {"resnet18", "resnet34", "resnet50", "vgg16", "efficientnet_b0", "fnn", "profile_cnn",
+                                  "profile_mlp"}
     table = {"resnet18": ("adam", "relu", 1e-3, 1e-4), "resnet34": ("sgd", "leaky_relu", 1e-2, 1e-4),
              "resnet50": ("rmsprop", "gelu", 5e-4, 5e-4), "vgg16": ("sgd", "relu", 1e-2, 1e-4),
              "efficientnet_b0": ("rmsprop", "silu", 2e-3, 1e-4), "fnn": ("sgd", "relu", 1e-2, 1e-3)}
@@ -51,7 +52,8 @@ def test_registry_names_and_design_table():
         create_model("alexnet", 5, 1, _pre())
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "vgg16", "efficientnet_b0", "fnn", "profile_cnn"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "vgg16", "efficientnet_b0", "fnn", "profile_cnn",
+                                  "profile_mlp"])
 def test_contract_for_every_model(name):
     torch.manual_seed(0)
     channels = 2 if name in ("resnet18", "profile_cnn", "fnn") else 1  # one channel per kVp also works

@@ -13,18 +13,14 @@ import numpy as np
 import pytest
 
 from alloynet.physics import ALLOY_NAMES
-from tests.helpers.serving import capture_inputs, train_tiny_checkpoint
+from tests.helpers.serving import capture_inputs
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def trained_bundle(tmp_path_factory):
-    from alloynet.export import export_checkpoint
-
-    root = tmp_path_factory.mktemp("trained")
-    ckpt = train_tiny_checkpoint(root)
-    return export_checkpoint(ckpt, root / "export", n_parity=6, log=lambda *_: None)  # parity on its test split
+def trained_bundle(trained_bundle_factory):
+    return trained_bundle_factory(0)  # parity-checked on its test split
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +223,7 @@ def test_client_retries_then_reports_unavailable():
                 client.predict(np.zeros((1, 64, 64), np.uint16))
 
 
-def test_cli_infer_over_triton(triton, captures, tmp_path):
+def test_cli_infer_over_triton(triton, captures, calibrations, onnx_reference, tmp_path):
     from typer.testing import CliRunner
 
     from alloynet.captures.image import encode_image
@@ -240,5 +236,15 @@ def test_cli_infer_over_triton(triton, captures, tmp_path):
     assert r.exit_code == 0, r.output
     line = json.loads(r.output.strip().splitlines()[-1])
     assert line["alloy"] in ALLOY_NAMES and line["server"] == "triton"
+    assert "calibration_missing" in line["flags"]  # no sidecar beside it: said
+    # a .npy capture with its sidecar: its calibration and wedge size are sent, as for a PNG
+    arr = tmp_path / "plate2.npy"
+    np.save(arr, captures[2])
+    _with_sidecar(arr, calibrations[2])
+    r = CliRunner().invoke(app, ["infer", str(arr), "--url", f"triton://{triton.grpc_target}/alloynet", "--json"])
+    assert r.exit_code == 0, r.output
+    line = json.loads(r.output.strip().splitlines()[-1])
+    assert "calibration_missing" not in line["flags"]
+    np.testing.assert_allclose([line["probabilities"][c] for c in ALLOY_NAMES], onnx_reference[0][2], atol=1e-4)
     r = CliRunner().invoke(app, ["infer", str(bad), "--url", f"triton://{triton.grpc_target}/alloynet", "--json"])
     assert r.exit_code == 1 and "corrupt" in r.output

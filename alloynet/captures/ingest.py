@@ -264,7 +264,7 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
     # Writing is outside the net above: a full disk or a dead destination stops the run (it is not the
     # capture's fault); only a conflict with a stored capture quarantines the newcomer.
     try:
-        outcome = _store(dest, sc, sc_bytes, img, where)
+        outcome = store_capture(dest, sc, sc_bytes, img, where)
     except CaptureError as err:
         _quarantine(source, info, name, files, err, q, result, img_key, _image_version(listing.get(img_key)))
         return
@@ -286,8 +286,12 @@ def _quarantine(source: ObjectStore, info: ObjectInfo, name: str, files: dict[st
     result.quarantined[info.key] = str(err)
 
 
-def _store(dest: ObjectStore, sc, sc_bytes: bytes, img: bytes, where: str) -> str:
-    """Write one verified capture, image first and sidecar last; never replace a stored capture."""
+def store_capture(dest: ObjectStore, sc, sc_bytes: bytes, img: bytes, where: str) -> str:
+    """Write one verified capture, image first and sidecar last; never replace a stored capture.
+
+    Returns "new" or "duplicate" (the same image is stored under this id already); a different capture
+    stored under the id raises ``CaptureError``. Call it while holding ``writer_lock(dest)``: an image
+    without a sidecar is then taken for the leftover of a killed run. Ingest and import both write here."""
     skey, ikey = sidecar_key(sc.capture_id), image_key(sc)
     for _ in range(2):
         try:

@@ -78,9 +78,21 @@ def evaluate(
     device: str = "auto",
     ceiling: bool = typer.Option(True, help="compute the ideal-observer ceiling for the same rig"),
     gradcam: int = typer.Option(4, help="Grad-CAM PNGs for this many test captures"),
+    robustness: bool = typer.Option(False, help="also the robustness suite: test sets of any thickness, unseen "
+                                                "thicknesses, tube drift, quarter dose, an unseen wedge, the second rig"),
+    cases: Optional[str] = typer.Option(None, help="robustness cases, comma-separated (default: all)"),
+    plates: int = typer.Option(60, help="robustness: plates per alloy in each case's test set"),
 ) -> None:
-    """Evaluate a checkpoint on a held-out split: metrics.json, report.md, plots, Grad-CAM."""
+    """Evaluate a checkpoint on a held-out split: metrics.json, report.md, plots, Grad-CAM; with
+    --robustness, the robustness suite into <out>/robustness (each case beside its own ceiling)."""
     _evaluate(checkpoint, store, manifest, out, split, device, ceiling, gradcam)
+    if robustness:
+        from alloynet.evaluate.robustness import run_suite
+
+        where = (out or Path(checkpoint).parent / f"report-{split}") / "robustness"
+        run_suite(checkpoint, where, cases.split(",") if cases else None, plates, with_ceiling=ceiling,
+                  log=console.print)
+        console.print(f"robustness: {where / 'robustness.md'}")
 
 
 def register(app: typer.Typer) -> None:

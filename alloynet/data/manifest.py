@@ -197,17 +197,27 @@ class DataSet:
 
 
 def refresh_manifest(store: LocalStore, seed: int = 0, path: str | Path | None = None, *, wait: float = 0.0,
-                     lock: bool = True) -> tuple[pd.DataFrame, bool]:
+                     lock: bool = True, splits: dict[str, str] | None = None) -> tuple[pd.DataFrame, bool]:
     """Rebuild the manifest of a local store with every known plate's split frozen; returns (manifest,
     whether it changed). The file is written only when it changed, so a run with nothing new leaves it
     untouched (bytes and mtime), and a store without captures gets no manifest file at all.
 
     Holds the store's writer lock (waiting up to ``wait`` s, else ``WriterBusy``) so an ingest never adds
-    captures half-way through; ``lock=False`` is for a caller that holds it already."""
+    captures half-way through; ``lock=False`` is for a caller that holds it already.
+
+    ``splits`` (plate id -> train/val/test) are assignments a user made (`alloynet import`'s split folders):
+    they are frozen like the manifest's own, for plates the manifest does not have yet; a plate already in
+    it keeps its split. As with any frozen manifest, plates with neither go to train/val, never to test."""
     with writer_lock(store, "manifest refresh", wait) if lock else nullcontext():
         path = Path(path) if path else manifest_path(store)
         previous = read_manifest(path) if path.exists() else None
-        df = build_manifest(store, seed=seed, previous=previous)
+        frozen = previous
+        if splits:
+            known = set(previous.plate_id) if previous is not None else set()
+            given = pd.DataFrame([(p, s) for p, s in sorted(splits.items()) if p not in known],
+                                 columns=["plate_id", "split"])
+            frozen = given if previous is None else pd.concat([previous[["plate_id", "split"]], given])
+        df = build_manifest(store, seed=seed, previous=frozen)
         changed = (not df.empty) if previous is None else manifest_hash(previous) != manifest_hash(df)
         if changed:
             write_manifest(df, path)

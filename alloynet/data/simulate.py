@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Literal, Optional, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from alloynet.captures.format import make_sidecar
 from alloynet.captures.image import encode_image
@@ -57,6 +57,11 @@ class DatasetSpec(BaseModel):
     rig_variants: int = Field(1, ge=1, le=1000, description="with rig_profile: rigs drawn within the calibration's "
                               "uncertainty, one per calibration session in turn (1: the best fit only)")
     rig_spread: float = Field(1.0, ge=0, le=10, description="the draws' spread, in units of the fitted uncertainty")
+
+    @field_serializer("second_rig")
+    def _second_rig_own_fields(self, v: SecondRigConfig) -> dict:
+        """Without the nominal settings (they come from rig): a dumped spec validates again."""
+        return v.model_dump(exclude=set(NOMINAL_FIELDS))
 
     @model_validator(mode="after")
     def _one_thickness_prior(self) -> "DatasetSpec":

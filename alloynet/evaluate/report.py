@@ -57,7 +57,8 @@ def ceiling(rigs: dict[float, tuple[object, int]], prior: ThicknessPrior, **sepa
     mixed = mixed_ceiling(list(rigs.values()), thicknesses_mm=prior.values_mm, thickness_range_mm=prior.range_mm,
                           **separability_kw)
     return {"ceiling_accuracy": mixed["accuracy"], "ceiling_recall": mixed["recall"],
-            "ceiling_heavy_light": mixed["group_accuracy"], "ceiling_prior": mixed["prior"], "markdown": mixed["markdown"]}
+            "ceiling_heavy_light": mixed["group_accuracy"], "ceiling_prior": mixed["prior"],
+            "ceiling_pairs": mixed["pairs"], "markdown": mixed["markdown"]}
 
 
 def heavy_light(y: np.ndarray, group_probs: np.ndarray, names: list[str]) -> float:
@@ -65,6 +66,12 @@ def heavy_light(y: np.ndarray, group_probs: np.ndarray, names: list[str]) -> flo
     truth = np.array([GROUPS.index(alloy_group(names[c])) for c in y])
     pred = np.asarray(group_probs).argmax(1)
     return float(np.mean([(pred[truth == g] == g).mean() for g in np.unique(truth)]))
+
+
+def group_probabilities(probs: np.ndarray, names: list[str]) -> np.ndarray:
+    """Alloy probabilities [N, K] summed into group probabilities [N, len(GROUPS)] (heavy, light)."""
+    return np.stack([np.asarray(probs)[:, [GROUPS.index(alloy_group(c)) == g for c in names]].sum(1)
+                     for g in range(len(GROUPS))], 1)
 
 
 def answer_metrics(p: dict[str, np.ndarray], names: list[str], coverage: float) -> dict[str, Any]:
@@ -95,10 +102,9 @@ def baseline_metrics(st: ObjectStore, labelled: pd.DataFrame, ds: CaptureDataset
             out[name] = {"skipped": res["skipped"]}
             continue
         m = classification_metrics(test["y"], res["probs"], names)
-        group = np.stack([res["probs"][:, [GROUPS.index(alloy_group(c)) == g for c in names]].sum(1)
-                          for g in range(len(GROUPS))], 1)
         out[name] = {"balanced_accuracy": m["balanced_accuracy"], "accuracy": m["accuracy"],
-                     "heavy_light_balanced_accuracy": heavy_light(test["y"], group, names),
+                     "heavy_light_balanced_accuracy": heavy_light(test["y"], group_probabilities(res["probs"], names),
+                                                                  names),
                      "recall": {c: m["per_class"][c]["recall"] for c in names}}
         if "thickness_mm" in res:
             out[name]["thickness_mae_mm"] = float(np.abs(res["thickness_mm"] - test["thickness_mm"]).mean())

@@ -116,6 +116,15 @@ def fnn(in_channels: int, activation: str = "relu", bins: int = 64, hidden: Sequ
     return m, m.out_features
 
 
+@register_model("profile_mlp")
+def profile_mlp(in_channels: int, activation: str = "gelu", bins: int = 32, hidden: Sequence[int] = (256, 256, 128),
+                dropout: float = 0.1, input_norm: bool = True) -> tuple[nn.Module, int]:
+    """The recommended model: an MLP on the plate's attenuation along the wedge and its hardening curve, in
+    32 bins (the seed study's FNN, sized and tuned for these physics features; see docs/benchmarks.md)."""
+    m = ProfileMLP(in_channels, bins, hidden, activation, dropout, input_norm)
+    return m, m.out_features
+
+
 @register_model("profile_cnn")
 def profile_cnn(in_channels: int, activation: str = "relu", bins: int = 64,
                 widths: Sequence[int] = (32, 64, 128), out_positions: int = 4,

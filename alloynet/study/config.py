@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from alloynet.physics.simulator import RigConfig
 
@@ -27,25 +27,74 @@ class LossSpec(_Strict):
         return self.label or self.name
 
 
+class Cell(_Strict):
+    """One run of the grid (architecture x loss x imbalance ratio x seed): the unit ``run_cell`` computes,
+    in the serial study and on a work pool's workers alike."""
+
+    arch: str
+    loss: LossSpec
+    rho: float
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.arch}-{self.loss.tag}-rho{self.rho:g}-s{self.seed}"
+
+
 class StudyData(_Strict):
     class_order: list[str] = Field(
         default_factory=lambda: ["Al6082", "Al1050", "Al2017", "Al7075", "Al5083"],
         description="head to tail; default puts 5083 in the tail behind its look-alike 6082, the hardest case")
     n_max: int = Field(60, ge=2, description="head-class plates in each training pool")
     test_plates_per_class: int = Field(12, ge=1, description="the shared balanced test set")
-    thicknesses_mm: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0])
+    thickness_range_mm: Optional[tuple[float, float]] = Field(
+        (1.0, 5.0), description="plates of any nominal thickness in this range (mm), as a line sees them")
+    thicknesses_mm: Optional[list[float]] = Field(None, description="only these thicknesses (mm); replaces the range")
     wedges_mm: list[float] = Field(default_factory=lambda: [50.0, 70.0])
     captures_per_plate: int = Field(2, ge=1)
     rig: RigConfig = Field(default_factory=lambda: RigConfig(height=64, width=64))
 
+    @model_validator(mode="after")
+    def _one_thickness_prior(self) -> "StudyData":
+        if self.thicknesses_mm is not None:
+            if "thickness_range_mm" in self.model_fields_set and self.thickness_range_mm is not None:
+                raise ValueError("data: give thicknesses_mm or thickness_range_mm, not both")
+            self.thickness_range_mm = None
+        elif self.thickness_range_mm is None:
+            raise ValueError("data: give thickness_range_mm (a range) or thicknesses_mm (a list of values)")
+        return self
+
+    def thickness_fields(self) -> dict[str, Any]:
+        """The DatasetSpec fields of the thickness prior (the list of values, or the range)."""
+        if self.thicknesses_mm is not None:
+            return {"thicknesses_mm": self.thicknesses_mm}
+        return {"thickness_range_mm": self.thickness_range_mm}
+
 
 class OODSet(_Strict):
-    """A held-out condition the models never trained on; rig fields override the study rig."""
+    """A held-out condition the models never trained on: a case of the robustness suite by name
+    (``alloynet.evaluate.robustness.CASES``: drift, second rig, ...) and/or explicit changes (a thickness
+    prior, wedges, rig fields over the study rig)."""
 
-    name: str
+    name: Optional[str] = Field(None, description="name in tables; default: the case's name")
+    case: Optional[str] = Field(None, description="a robustness case, e.g. drift_3pct, second_rig")
     thicknesses_mm: Optional[list[float]] = None
+    thickness_range_mm: Optional[tuple[float, float]] = None
     wedges_mm: Optional[list[float]] = None
     rig: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _named(self) -> "OODSet":
+        if self.case is not None:
+            from alloynet.evaluate.robustness import case_named
+
+            case_named(self.case)  # an unknown case fails here, naming the known ones
+        if not (self.name or self.case):
+            raise ValueError("ood: every set needs a name (or a robustness case)")
+        if self.thicknesses_mm is not None and self.thickness_range_mm is not None:
+            raise ValueError(f"ood {self.name or self.case}: give thicknesses_mm or thickness_range_mm, not both")
+        self.name = self.name or self.case
+        return self
 
 
 class StudyConfig(_Strict):
@@ -61,10 +110,15 @@ class StudyConfig(_Strict):
     per_arch: dict[str, dict[str, Any]] = Field(default_factory=dict, description="TrainConfig overrides per arch")
     ood: list[OODSet] = Field(default_factory=list)
     ceiling_plates: int = Field(200, ge=10)
+    baselines: bool = Field(True, description="the physics fit and the Gaussian profile classifier beside every row")
 
     def runs(self) -> list[tuple[str, LossSpec, float, int]]:
         return [(a, l, r, s) for r in self.imbalance_ratios for a in self.architectures for l in self.losses
                 for s in self.seeds]
+
+    def cells(self) -> list[Cell]:
+        """The grid in table order (the order of ``runs``)."""
+        return [Cell(arch=a, loss=l, rho=r, seed=s) for a, l, r, s in self.runs()]
 
 
 def load_study(path: str | Path) -> StudyConfig:

@@ -1,7 +1,7 @@
 """What physics allows: ideal-observer separability across dose, kVp settings and thickness knowledge."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 from alloynet.physics.separability import separability
 from alloynet.physics.simulator import RigConfig
@@ -9,14 +9,17 @@ from alloynet.physics.simulator import RigConfig
 KEY_PAIRS = [("Al5083", "Al6082"), ("Al1050", "Al5083"), ("Al1050", "Al6082"), ("Al2017", "Al7075")]
 
 
-def physics_limits(rig: RigConfig, thicknesses_mm: Sequence[float], doses: Sequence[float] = (1e3, 1e4, 1e5),
+def physics_limits(rig: RigConfig, thicknesses_mm: Optional[Sequence[float]],
+                   doses: Sequence[float] = (1e3, 1e4, 1e5),
                    kvp_sets: Sequence[Sequence[float]] = ((50.0,), (40.0, 50.0, 60.0)), plates: int = 150,
-                   seed: int = 0) -> tuple[list[dict], str]:
+                   seed: int = 0, thickness_range_mm: Optional[Sequence[float]] = None) -> tuple[list[dict], str]:
+    """d' per key pair and the five-class ceiling across dose and kVp, for a thickness prior given as
+    nominal values or a range."""
     rows = []
     for kvps in kvp_sets:
         for dose in doses:
             r = separability(rig.model_copy(update={"dose": dose, "kvp": list(kvps)}), thicknesses_mm=thicknesses_mm,
-                             plates=plates, seed=seed)
+                             thickness_range_mm=thickness_range_mm, plates=plates, seed=seed)
             row = {"kvp": "/".join(f"{k:g}" for k in kvps), "dose": dose, "ceiling": r.ceiling_accuracy}
             for a, b in KEY_PAIRS:
                 p = next(p for p in r.pairs if {p.a, p.b} == {a, b})

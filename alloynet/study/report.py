@@ -2,26 +2,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from alloynet.data import CLASS_NAMES
-from alloynet.physics.separability import mixed_ceiling
-from alloynet.physics.simulator import RigConfig
 
 SUMMARY_METRICS = [
-    ("accuracy", "acc"), ("balanced_accuracy", "bal. acc"), ("tail_recall", "tail recall"), ("macro_f1", "macro-F1"),
-    ("log_loss", "log-loss"), ("mean_auc", "mean AUC"), ("thickness_mae_mm", "thickness MAE (mm)"),
-    ("a0_mae", "A0 MAE"), ("train_s", "train time (s)"),
+    ("accuracy", "acc"), ("balanced_accuracy", "bal. acc"), ("heavy_light", "heavy/light"),
+    ("tail_recall", "tail recall"), ("macro_f1", "macro-F1"), ("log_loss", "log-loss"), ("ece", "ECE"),
+    ("mean_auc", "mean AUC"), ("set_coverage", "set coverage"), ("set_size", "set size"),
+    ("thickness_mae_mm", "thickness MAE (mm)"), ("a0_mae", "A0 MAE"), ("train_s", "train time (s)"),
 ]
-
-
-def ceiling(rig: RigConfig, thicknesses_mm: list[float], wedges_mm: list[float], plates: int = 200,
-            seed: int = 0) -> dict:
-    """Ideal-observer ceiling for the study's test set, which mixes the wedge sizes equally."""
-    return mixed_ceiling([(rig.model_copy(update={"wedge_mm": w}), 1.0) for w in wedges_mm], thicknesses_mm,
-                         plates=plates, seed=seed)
 
 
 def _fmt(mean: float, std: float, digits: int = 3) -> str:
@@ -30,17 +23,19 @@ def _fmt(mean: float, std: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if not np.isnan(std) else f"{mean:.{digits}f}"
 
 
-def summary_table(results: pd.DataFrame, ceiling_acc: float) -> pd.DataFrame:
+def summary_table(results: pd.DataFrame, ceiling_acc: float, ceiling_heavy_light: float = float("nan")) -> pd.DataFrame:
     """One row per (architecture, loss, rho): mean ± std over seeds; ceiling and gap beside it."""
     rows = []
     for (arch, loss, rho), g in results.groupby(["arch", "loss", "rho"], sort=False):
         row = {"model": arch, "loss": loss, "rho": f"{rho:g}", "seeds": len(g)}
         for key, label in SUMMARY_METRICS:
             digits = 1 if key == "train_s" else 3
-            row[label] = _fmt(g[key].mean(), g[key].std(ddof=1) if len(g) > 1 else np.nan, digits)
+            row[label] = (_fmt(g[key].mean(), g[key].std(ddof=1) if len(g) > 1 else np.nan, digits)
+                          if key in g else "n/a")
         row["params"] = f"{int(g.params.iloc[0]):,}"
         row["ceiling (bal. acc)"] = f"{ceiling_acc:.3f}"
         row["gap to ceiling"] = f"{ceiling_acc - g.balanced_accuracy.mean():+.3f}"
+        row["ceiling heavy/light"] = f"{ceiling_heavy_light:.3f}"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -56,16 +51,21 @@ def ap_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def ood_table(results: pd.DataFrame, ood_names: list[str], ceilings: dict[str, float]) -> pd.DataFrame:
+def ood_table(results: pd.DataFrame, ood_names: list[str], refs: Optional[dict[str, dict]],
+              metric: str = "balanced_accuracy") -> pd.DataFrame:
+    """One row per (model, loss), all imbalance ratios pooled: ``metric`` in distribution and on every OOD
+    set, each set's ceiling in its header (``refs[name]``: a set reference, ``study/reference.py``)."""
+    ceiling_key = {"balanced_accuracy": "ceiling", "heavy_light": "ceiling_heavy_light"}.get(metric)
     rows = []
     for (arch, loss), g in results.groupby(["arch", "loss"], sort=False):
-        row = {"model": arch, "loss": loss,
-               "in-distribution bal. acc": _fmt(g.balanced_accuracy.mean(), g.balanced_accuracy.std(ddof=1)),
-               "in-distribution thickness MAE": _fmt(g.thickness_mae_mm.mean(), g.thickness_mae_mm.std(ddof=1))}
-        for name in ood_names:
-            acc, mae = g[f"ood_{name}_balanced_accuracy"], g[f"ood_{name}_thickness_mae_mm"]
-            row[f"{name} bal. acc (ceiling {ceilings[name]:.3f})"] = _fmt(acc.mean(), acc.std(ddof=1))
-            row[f"{name} thickness MAE"] = _fmt(mae.mean(), mae.std(ddof=1))
+        row = {"model": arch, "loss": loss}
+        for name in ["test", *ood_names]:
+            col = metric if name == "test" else f"ood_{name}_{metric}"
+            head = "in distribution" if name == "test" else name
+            if refs and ceiling_key:
+                head += f" (ceiling {refs[name][ceiling_key]:.3f})"
+            vals = g[col] if col in g else pd.Series(dtype=float)
+            row[head] = _fmt(vals.mean(), vals.std(ddof=1)) if vals.notna().any() else "n/a"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -77,19 +77,25 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy_vs_rho(results: pd.DataFrame, ceiling_acc: float, path: Path) -> None:
+def plot_accuracy_vs_rho(results: pd.DataFrame, ceiling_acc: float, path: Path, baselines: Sequence[str] = ()) -> None:
+    """One panel per model: balanced accuracy against the imbalance ratio per loss, the ceiling, chance and
+    the baselines (their own rows in ``results``) as reference lines in every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    archs = list(dict.fromkeys(results.arch))
+    archs = [a for a in dict.fromkeys(results.arch) if a not in baselines]
+    refs = {b: results[results.arch == b].groupby("rho").balanced_accuracy.mean() for b in baselines
+            if (results.arch == b).any()}
     fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.6), sharey=True, squeeze=False)
     for ax, arch in zip(axes[0], archs):
         sub = results[results.arch == arch]
         for loss, g in sub.groupby("loss", sort=False):
             stats = g.groupby("rho").balanced_accuracy.agg(["mean", "std"]).fillna(0.0)
             ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=loss)
+        for (b, line), style in zip(refs.items(), ("-.", (0, (1, 1)))):
+            ax.plot(line.index, line.values, color="0.4", ls=style, lw=1, label=b)
         ax.axhline(ceiling_acc, color="k", ls="--", lw=1, label="ideal observer")
         ax.axhline(1 / len(CLASS_NAMES), color="grey", ls=":", lw=1, label="chance")
         ax.set_xscale("log")

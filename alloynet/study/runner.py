@@ -7,6 +7,7 @@ config is unchanged, so a killed study resumes where it stopped and the same see
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -18,14 +19,10 @@ from torch.utils.data import DataLoader
 from alloynet.captures.stores import LocalStore
 from alloynet.data.dataset import CaptureDataset
 from alloynet.data.manifest import manifest_hash, read_manifest
-from alloynet.study import report
-from alloynet.study.config import LossSpec, StudyConfig
-from alloynet.study.datasets import describe, held_out_set, training_pool
+from alloynet.study import reference, report
+from alloynet.study.config import Cell, LossSpec, StudyConfig
+from alloynet.study.datasets import describe, held_out_set, pool_dir, pool_is_current, training_pool
 from alloynet.study.physics_table import physics_limits
-
-
-def run_id(arch: str, loss: LossSpec, rho: float, seed: int) -> str:
-    return f"{arch}-{loss.tag}-rho{rho:g}-s{seed}"
 
 
 def _train_config(cfg: StudyConfig, arch: str, loss: LossSpec, rho: float, seed: int, pool: Path, out: Path):
@@ -42,134 +39,265 @@ def _quick_metrics(model, meta: dict, root: Path) -> dict:
     """Metrics on a held-out set without plots (used for the OOD sets)."""
     from alloynet.evaluate.metrics import classification_metrics
     from alloynet.evaluate.predict import predict
-    from alloynet.evaluate.report import regression_summary
+    from alloynet.evaluate.report import heavy_light, regression_summary
 
     ds = CaptureDataset(LocalStore(root), read_manifest(root / "manifest.csv"), "test")
     p = predict(model, DataLoader(ds, batch_size=64), "cpu")
-    m = classification_metrics(p["y"], p["probs"], list(meta["class_names"]), meta.get("class_counts"))
+    names = list(meta["class_names"])
+    m = classification_metrics(p["y"], p["probs"], names, meta.get("class_counts"))
     m.update(regression_summary(p))
+    m["heavy_light_balanced_accuracy"] = heavy_light(p["y"], p["group_probs"], names)
     return m
 
 
-def _row(arch: str, loss: LossSpec, rho: float, seed: int, metrics: dict, train_s: float, params: int,
+BASELINES = ("physics_fit", "gaussian_profile")  # the non-deep rows beside the models (study/reference.py)
+
+
+def _row(arch: str, loss: str, rho: float, seed: int, metrics: dict, train_s: float, params: int,
          tail: str) -> dict:
-    row = {"arch": arch, "loss": loss.tag, "rho": rho, "seed": seed, "train_s": train_s, "params": params,
+    nan = float("nan")
+    row = {"arch": arch, "loss": loss, "rho": rho, "seed": seed, "train_s": train_s, "params": params,
            "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
-           "macro_f1": metrics["macro_f1"], "log_loss": metrics["log_loss"],
-           "mean_auc": metrics["roc_auc_macro"], "tail_recall": metrics["per_class"][tail]["recall"],
-           "thickness_mae_mm": metrics["thickness_mae_mm"], "a0_mae": metrics["a0_mae"]}
+           "heavy_light": metrics["heavy_light_balanced_accuracy"], "macro_f1": metrics["macro_f1"],
+           "log_loss": metrics["log_loss"], "ece": metrics["ece"], "mean_auc": metrics["roc_auc_macro"],
+           "tail_recall": metrics["per_class"][tail]["recall"], "set_coverage": metrics.get("set_coverage", nan),
+           "set_size": metrics.get("set_size_mean", nan), "thickness_mae_mm": metrics["thickness_mae_mm"],
+           "a0_mae": metrics["a0_mae"]}
     for name, c in metrics["per_class"].items():
         row[f"ap_{name}"] = c["average_precision"]
         row[f"recall_{name}"] = c["recall"]
     return row
 
 
-def _reusable(saved: dict, stamp: str, out: Path, pool: Path) -> bool:
+def _reusable(saved: dict, stamps: tuple[str, ...], out: Path, cfg: StudyConfig, rho: float, seed: int) -> bool:
     """A finished run counts only if its recipe is unchanged *and* its checkpoint was trained on exactly
     the current training pool (the config names the pool's path, not its content)."""
     from alloynet.models.checkpoint import load_checkpoint
 
     ckpt = out / "train" / "best.pt"
-    if saved.get("stamp") != stamp or not ckpt.exists():
+    if saved.get("stamp") not in stamps or not ckpt.exists() or not pool_is_current(cfg, rho, seed):
         return False
+    pool = pool_dir(cfg, rho, seed)
     return load_checkpoint(ckpt).get("manifest_hash") == manifest_hash(read_manifest(pool / "manifest.csv"))
 
 
-def run_one(cfg: StudyConfig, arch: str, loss: LossSpec, rho: float, seed: int, test_root: Path,
-            ood_roots: dict[str, Path]) -> dict:
-    from alloynet.evaluate import evaluate
-    from alloynet.train import train
-    from alloynet.models.checkpoint import load_model
+def cell_dir(cfg: StudyConfig, cell: Cell) -> Path:
+    """Where a cell keeps its checkpoint, report and ``result.json`` (the cache of finished cells)."""
+    return Path(cfg.work_dir) / "runs" / cell.id
 
-    rid = run_id(arch, loss, rho, seed)
-    out = Path(cfg.work_dir) / "runs" / rid
-    pool = training_pool(cfg, rho, seed)
-    tc = _train_config(cfg, arch, loss, rho, seed, pool, out)
-    stamp = tc.model_dump_json() + json.dumps(sorted(ood_roots))
+
+def _recipe(cfg: StudyConfig, cell: Cell) -> tuple[object, tuple[str, str]]:
+    """The cell's TrainConfig and the stamps a cached result may carry to be reused: the recipe without
+    where the work dir lives (so a worker that mounts it elsewhere, or a parent that passes it as an
+    absolute path, reuses it), then the older stamp that included those paths (caches made before)."""
+    pool = pool_dir(cfg, cell.rho, cell.seed)
+    tc = _train_config(cfg, cell.arch, cell.loss, cell.rho, cell.seed, pool, cell_dir(cfg, cell))
+    ood = json.dumps(sorted(o.name for o in cfg.ood))
+    recipe = tc.model_dump(mode="json")
+    recipe["out_dir"] = recipe["data"]["store"] = recipe["data"]["manifest"] = None
+    return tc, (json.dumps(recipe, sort_keys=True) + ood, tc.model_dump_json() + ood)
+
+
+def finished_row(cfg: StudyConfig, cell: Cell) -> Optional[dict]:
+    """The cell's row if it has already been computed under the current recipe and data, else None.
+    Never trains or simulates anything."""
+    out = cell_dir(cfg, cell)
     done = out / "result.json"
-    saved = json.loads(done.read_text()) if done.exists() else None
-    if saved and _reusable(saved, stamp, out, pool):
-        return saved["row"]
+    if not done.exists():
+        return None
+    try:
+        saved = json.loads(done.read_text())
+    except ValueError:  # written atomically, so only a hand-edited file gets here
+        return None
+    _, stamps = _recipe(cfg, cell)
+    return saved["row"] if _reusable(saved, stamps, out, cfg, cell.rho, cell.seed) else None
+
+
+def shared_sets(cfg: StudyConfig) -> tuple[Path, dict[str, Path]]:
+    """The balanced test set and the OOD sets every cell is evaluated on (simulated once, then cached)."""
+    return held_out_set(cfg), {o.name: held_out_set(cfg, o) for o in cfg.ood}
+
+
+def run_cell(cfg: StudyConfig, cell: Cell) -> dict:
+    """Compute one cell of the grid: train on its training pool, evaluate on the shared test set and the
+    OOD sets, and return its row of the tables.
+
+    The one place a cell is computed: the serial study and the work-pool flow (flows/study.py) both call
+    it. A finished cell is returned from its ``result.json`` (written atomically) without training again,
+    as long as its recipe and training pool are unchanged.
+    """
+    from alloynet.evaluate import evaluate
+    from alloynet.models.checkpoint import load_model
+    from alloynet.train import train
+
+    cached = finished_row(cfg, cell)
+    if cached is not None:
+        return cached
+    test_root, ood_roots = shared_sets(cfg)
+    training_pool(cfg, cell.rho, cell.seed)
+    out = cell_dir(cfg, cell)
+    tc, (stamp, _) = _recipe(cfg, cell)
     t0 = time.perf_counter()
     res = train(tc)
     train_s = time.perf_counter() - t0
     metrics = evaluate(res.checkpoint, LocalStore(test_root), None, out / "report", split="test",
-                       with_ceiling=False, gradcam=2)
+                       with_ceiling=False, gradcam=2, baselines=False)  # ceiling and baselines: once per set
     model, meta = load_model(res.checkpoint)
     params = sum(p.numel() for p in model.parameters())
-    row = _row(arch, loss, rho, seed, metrics, train_s, params, tail=cfg.data.class_order[-1])
+    row = _row(cell.arch, cell.loss.tag, cell.rho, cell.seed, metrics, train_s, params, tail=cfg.data.class_order[-1])
     for name, root in ood_roots.items():
         m = _quick_metrics(model, meta, root)
         row[f"ood_{name}_balanced_accuracy"] = m["balanced_accuracy"]
+        row[f"ood_{name}_heavy_light"] = m["heavy_light_balanced_accuracy"]
         row[f"ood_{name}_thickness_mae_mm"] = m["thickness_mae_mm"]
-    done.write_text(json.dumps({"stamp": stamp, "row": row}, default=float))
+    tmp = out / f".result.{os.getpid()}.json"
+    tmp.write_text(json.dumps({"stamp": stamp, "row": row}, default=float))
+    os.replace(tmp, out / "result.json")  # a reader sees the old file or the whole new one, never a torn one
     return row
+
+
+def prepare_data(cfg: StudyConfig) -> tuple[Path, dict[str, Path]]:
+    """Simulate every data set of the grid up front (shared sets and one training pool per rho x seed), so
+    cells running at once on several workers only read them."""
+    sets = shared_sets(cfg)
+    for rho in cfg.imbalance_ratios:
+        for seed in cfg.seeds:
+            training_pool(cfg, rho, seed)
+    return sets
+
+
+def log_cell(log: Callable[[str], None], i: int, n: int, cell: Cell, r: dict) -> None:
+    log(f"[{i}/{n}] {cell.id}: bal. acc {r['balanced_accuracy']:.3f}, "
+        f"thickness MAE {r['thickness_mae_mm']:.3f} mm, {r['train_s']:.0f} s")
 
 
 def run_study(cfg: StudyConfig, log: Callable[[str], None] = print,
               progress: Optional[Callable[[int, int], None]] = None) -> pd.DataFrame:
+    """The whole grid in this process, cell after cell (flows/study.py spreads the same cells over a work
+    pool and gives the same tables)."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log("simulating the shared test set and the OOD sets (cached after the first run)")
-    test_root = held_out_set(cfg)
-    ood_roots = {o.name: held_out_set(cfg, o) for o in cfg.ood}
+    test_root, ood_roots = shared_sets(cfg)
     rows = []
-    runs = cfg.runs()
-    for i, (arch, loss, rho, seed) in enumerate(runs):
-        rows.append(run_one(cfg, arch, loss, rho, seed, test_root, ood_roots))
-        r = rows[-1]
-        log(f"[{i + 1}/{len(runs)}] {run_id(arch, loss, rho, seed)}: bal. acc {r['balanced_accuracy']:.3f}, "
-            f"thickness MAE {r['thickness_mae_mm']:.3f} mm, {r['train_s']:.0f} s")
+    cells = cfg.cells()
+    for i, cell in enumerate(cells):
+        rows.append(run_cell(cfg, cell))
+        log_cell(log, i + 1, len(cells), cell, rows[-1])
         if progress:
-            progress(i + 1, len(runs))
+            progress(i + 1, len(cells))
     results = pd.DataFrame(rows)
     write_outputs(cfg, results, test_root, ood_roots, log)
     return results
 
 
+def _failure_lines(failures: list[dict], total: int) -> list[str]:
+    lines = [f"## Cells that did not finish ({len(failures)} of {total})", "",
+             "These cells are missing from every table below; re-running the study retries them (finished cells "
+             "are reused).", "", "| cell | reason |", "|---|---|"]
+    lines += [f"| {f['cell']} | {' '.join(str(f['reason']).split())[:300]} |" for f in failures]
+    return lines + [""]
+
+
 def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_roots: dict[str, Path],
-                  log: Callable[[str], None] = print) -> None:
+                  log: Callable[[str], None] = print, failures: Optional[list[dict]] = None) -> None:
+    """Tables, plots, per-run reports and the summary over the finished cells; ``failures`` (cells that
+    did not finish on a work pool: ``{"cell": id, "reason": ...}``) are listed in every output."""
     out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     d = cfg.data
-    log("computing the ideal-observer ceilings")
-    ceil = report.ceiling(d.rig, d.thicknesses_mm, d.wedges_mm, cfg.ceiling_plates)
-    ood_ceil = {}
-    for o in cfg.ood:
-        rig = d.rig.model_copy(update=o.rig)
-        ood_ceil[o.name] = report.ceiling(rig, o.thicknesses_mm or d.thicknesses_mm, o.wedges_mm or d.wedges_mm,
-                                          cfg.ceiling_plates)["accuracy"]
-    results.to_csv(out / "results.csv", index=False)
-    summary = report.summary_table(results, ceil["accuracy"])
-    report.plot_accuracy_vs_rho(results, ceil["accuracy"], out / "accuracy_vs_rho.png")
+    failures = failures or []
+    if results.empty:
+        (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), "failed_cells": failures},
+                                                   indent=1))
+        (out / "results.md").write_text("\n".join([f"# Study `{cfg.name}`: no cell finished", "",
+                                                   *_failure_lines(failures, len(cfg.cells()))]) + "\n")
+        log(f"no cell finished; see {out / 'results.md'}")
+        return
+    log("computing the ideal-observer ceilings" + (" and the baselines" if cfg.baselines else ""))
+    refs = {name: reference.set_reference(root, cfg.ceiling_plates, cfg.baselines)
+            for name, root in {"test": test_root, **ood_roots}.items()}
+    ceil = refs["test"]
+    ood_ceil = {name: refs[name]["ceiling"] for name in ood_roots}
+    table = results
+    if cfg.baselines:
+        pools = {(rho, seed): training_pool(cfg, rho, seed) for rho in cfg.imbalance_ratios for seed in cfg.seeds}
+        base = reference.baseline_rows(pools, test_root, ood_roots, cfg.ceiling_plates, d.class_order[-1], _row)
+        # per imbalance ratio: the models' rows, then the baselines on the same pools
+        table = pd.concat([part for rho in cfg.imbalance_ratios
+                           for part in (results[results.rho == rho], base[base.rho == rho] if len(base) else base)],
+                          ignore_index=True)
+    if failures:  # failed cells keep a row in the CSV too, so a script reading it cannot miss them
+        failed = pd.DataFrame([{**c.model_dump(include={"arch", "rho", "seed"}), "loss": c.loss.tag,
+                                "status": "failed", "error": f["reason"]}
+                               for f in failures for c in cfg.cells() if c.id == f["cell"]])
+        pd.concat([table.assign(status="ok", error=""), failed], ignore_index=True).to_csv(out / "results.csv",
+                                                                                           index=False)
+    else:
+        table.to_csv(out / "results.csv", index=False)
+    summary = report.summary_table(table, ceil["ceiling"], ceil["ceiling_heavy_light"])
+    report.plot_accuracy_vs_rho(table, ceil["ceiling"], out / "accuracy_vs_rho.png", baselines=BASELINES)
     runs_dir = out / "runs"
     if runs_dir.exists():
         shutil.rmtree(runs_dir)
-    for arch, loss, rho, seed in cfg.runs():
-        rid = run_id(arch, loss, rho, seed)
-        src = Path(cfg.work_dir) / "runs" / rid / "report"
-        if src.exists():
+    failed_ids = {f["cell"] for f in failures}
+    for cell in cfg.cells():
+        rid = cell.id
+        src = cell_dir(cfg, cell) / "report"
+        if src.exists() and rid not in failed_ids:
             shutil.copytree(src, runs_dir / rid, ignore=shutil.ignore_patterns("roc.png", "pr.png", "thickness_scatter.png",
                                                                                 "confusion.png"))
     meta = {"config": cfg.model_dump(mode="json"), "test_set": describe(test_root),
             "ood_sets": {k: describe(v) for k, v in ood_roots.items()},
-            "ceiling": {k: v for k, v in ceil.items() if k != "reports"}, "ood_ceilings": ood_ceil}
+            "ceiling": {"accuracy": ceil["ceiling"], "recall": ceil["ceiling_recall"],
+                        "heavy_light": ceil["ceiling_heavy_light"]},
+            "ood_ceilings": {n: {"accuracy": refs[n]["ceiling"], "heavy_light": refs[n]["ceiling_heavy_light"]}
+                             for n in ood_roots}}
+    if failures:
+        meta["failed_cells"] = failures
     (out / "study.json").write_text(json.dumps(meta, indent=1, default=float))
     md = [f"# Study `{cfg.name}`: architectures x losses x imbalance ratios", "",
           f"Balanced test set: {describe(test_root)}; every run is evaluated on the same captures. "
           f"Mean ± std over seeds {cfg.seeds}. Tail class (rarest in training): {cfg.data.class_order[-1]}. "
-          f"Ideal-observer ceiling (balanced accuracy) for these rig settings: **{ceil['accuracy']:.3f}**.", "",
-          report.to_markdown(summary), "", "## Average precision per class", "", report.to_markdown(report.ap_table(results)),
+          f"Ideal-observer ceiling (balanced accuracy) for these rig settings and this thickness prior: "
+          f"**{ceil['ceiling']:.3f}** (heavy vs light {ceil['ceiling_heavy_light']:.3f}).", "",
+          *(_baseline_note() if cfg.baselines else []),
+          *(_failure_lines(failures, len(cfg.cells())) if failures else []),
+          report.to_markdown(summary), "", "## Average precision per class", "", report.to_markdown(report.ap_table(table)),
           "", "![balanced accuracy vs imbalance ratio](accuracy_vs_rho.png)", ""]
     if cfg.ood:
-        md += ["## Out of distribution (all imbalance ratios pooled)", "",
-               report.to_markdown(report.ood_table(results, list(ood_roots), ood_ceil)), ""]
+        md += ["## Robustness and out of distribution (all imbalance ratios pooled)", "",
+               "Each set: the shared test set with one thing changed ("
+               + "; ".join(f"`{n}`: {_describe_change(describe(test_root), describe(r))}" for n, r in ood_roots.items())
+               + "), each against its own ceiling.", "",
+               "### Balanced accuracy", "",
+               report.to_markdown(report.ood_table(table, list(ood_roots), refs, "balanced_accuracy")), "",
+               "### Heavy vs light (balanced accuracy)", "",
+               report.to_markdown(report.ood_table(table, list(ood_roots), refs, "heavy_light")), "",
+               "### Thickness MAE (mm)", "",
+               report.to_markdown(report.ood_table(table, list(ood_roots), None, "thickness_mae_mm")), ""]
     md += ["## Ideal observer for these settings", "", ceil["markdown"], "", "## Per-run reports", ""]
-    md += [f"- [{run_id(*r)}](runs/{run_id(*r)}/report.md)" for r in cfg.runs()]
+    md += [f"- {c.id}: did not finish" if c.id in failed_ids else f"- [{c.id}](runs/{c.id}/report.md)"
+           for c in cfg.cells()]
     (out / "results.md").write_text("\n".join(md) + "\n")
     log("tabulating what physics allows across dose and kVp")
-    _, limits = physics_limits(d.rig, d.thicknesses_mm, plates=max(20, cfg.ceiling_plates // 2))
-    (out / "README.md").write_text(readme(cfg, results, ceil, limits, ood_ceil))
+    _, limits = physics_limits(d.rig, d.thicknesses_mm, plates=max(20, cfg.ceiling_plates // 2),
+                               thickness_range_mm=d.thickness_range_mm)
+    (out / "README.md").write_text(readme(cfg, table, ceil, limits, ood_ceil, failures))
     log(f"wrote {out / 'results.md'} and {out / 'README.md'}")
+
+
+def _baseline_note() -> list[str]:
+    return ["Beside the models, per imbalance ratio and seed: `physics_fit` (for each alloy, the plate thickness "
+            "fitted to the wedge profile with the forward model, the most likely alloy; trains on nothing, so it is "
+            "the same on every pool) and `gaussian_profile` (QDA-like: per alloy and wedge a Gaussian profile whose "
+            "mean follows thickness, fitted on that pool). Both read the capture with its own calibration "
+            "(alloynet.evaluate.baselines).", ""]
+
+
+def _describe_change(base: dict, changed: dict) -> str:
+    diff = {k: v for k, v in changed.items() if base.get(k) != v and v is not None}
+    return ", ".join(f"{k} {v}" for k, v in diff.items()) or "calibration not sent"
 
 
 def _loss_findings(results: pd.DataFrame) -> list[str]:
@@ -189,43 +317,65 @@ def _loss_findings(results: pd.DataFrame) -> list[str]:
 def _ood_findings(results: pd.DataFrame, ood_ceil: dict[str, float]) -> list[str]:
     if not ood_ceil:
         return []
-    lines = ["Out of distribution (all runs of each architecture pooled; balanced accuracy / thickness MAE in mm):", "",
-             "| model | in distribution | " + " | ".join(f"{n} (ceiling {c:.3f})" for n, c in ood_ceil.items()) + " |",
+    lines = ["Robustness and out of distribution (all runs of each model pooled; balanced accuracy / heavy vs light):",
+             "", "| model | in distribution | " + " | ".join(f"{n} (ceiling {c:.3f})" for n, c in ood_ceil.items()) + " |",
              "|---|---|" + "---|" * len(ood_ceil)]
     for arch, g in results.groupby("arch", sort=False):
-        cells = [f"{g[f'ood_{n}_balanced_accuracy'].mean():.3f} / {g[f'ood_{n}_thickness_mae_mm'].mean():.3f}"
+        cells = [f"{g[f'ood_{n}_balanced_accuracy'].mean():.3f} / {g[f'ood_{n}_heavy_light'].mean():.3f}"
                  for n in ood_ceil]
-        lines.append(f"| {arch} | {g.balanced_accuracy.mean():.3f} / {g.thickness_mae_mm.mean():.3f} | "
+        lines.append(f"| {arch} | {g.balanced_accuracy.mean():.3f} / {g.heavy_light.mean():.3f} | "
                      + " | ".join(cells) + " |")
-    lines.append("")
-    for name in ood_ceil:
-        drop = results.balanced_accuracy.mean() - results[f"ood_{name}_balanced_accuracy"].mean()
-        if "thickness" in name and drop > 0.1:  # say it only when the numbers above show it
-            lines += [f"On `{name}` the models lose {drop:.2f} of balanced accuracy while the ideal observer does not: "
-                      "trained on discrete thicknesses, they do not interpolate to unseen ones. Train on a continuous "
-                      "thickness range (`thickness_range_mm`) when the line sees arbitrary plates.", ""]
-    return lines
+    return lines + [""]
 
 
-def readme(cfg: StudyConfig, results: pd.DataFrame, ceil: dict, limits: str, ood_ceil: dict[str, float]) -> str:
-    """The short, honest summary: what physics allows, what the models reach."""
-    best = results.groupby(["arch", "loss", "rho"]).balanced_accuracy.mean().sort_values(ascending=False)
+def _prior_text(d) -> str:
+    if d.thicknesses_mm is not None:
+        return f"plates of {', '.join(f'{t:g}' for t in d.thicknesses_mm)} mm only"
+    lo, hi = d.thickness_range_mm
+    return f"plates of any thickness between {lo:g} and {hi:g} mm"
+
+
+def _baseline_findings(results: pd.DataFrame, ceil: dict) -> list[str]:
+    """Per imbalance ratio: the best model against the two baselines on the same pools."""
+    if not results.arch.isin(BASELINES).any():
+        return []
+    lines = ["The best model against the non-deep baselines on the same pools (mean balanced accuracy over seeds; "
+             f"ceiling {ceil['ceiling']:.3f}):", "", "| rho | best model | gaussian_profile | physics_fit |", "|---|---|---|---|"]
+    means = results.groupby(["rho", "arch", "loss"], sort=False).balanced_accuracy.mean()
+    for rho, g in means.groupby(level=0, sort=False):
+        g = g.droplevel(0)
+        models = g[~g.index.get_level_values(0).isin(BASELINES)]
+        if not len(models):
+            continue
+        (arch, loss), top = models.idxmax(), models.max()
+        base = {b: (f"{g[b].iloc[0]:.3f}" if b in g.index.get_level_values(0) else "n/a") for b in BASELINES}
+        lines.append(f"| {rho:g} | {arch} ({loss}) {top:.3f} | {base['gaussian_profile']} | {base['physics_fit']} |")
+    return lines + [""]
+
+
+def readme(cfg: StudyConfig, results: pd.DataFrame, ceil: dict, limits: str, ood_ceil: dict[str, float],
+           failures: Optional[list[dict]] = None) -> str:
+    """The short, honest summary: what physics allows, what the models reach (``results`` holds the models'
+    rows and the baselines' rows; the best model is chosen among the models)."""
+    models = results[~results.arch.isin(BASELINES)]
+    best = models.groupby(["arch", "loss", "rho"]).balanced_accuracy.mean().sort_values(ascending=False)
     (arch, loss, rho), top = best.index[0], best.iloc[0]
-    per_rho = results.groupby("rho").balanced_accuracy.max()
-    recall_cols = [c for c in results.columns if c.startswith("recall_")]
-    best_runs = results[(results.arch == arch) & (results.loss == loss) & (results.rho == rho)]
-    recalls = ", ".join(f"{c[len('recall_'):]} {best_runs[c].mean():.2f} (ideal {ceil['recall'].get(c[len('recall_'):], float('nan')):.2f})"
+    per_rho = models.groupby("rho").balanced_accuracy.max()
+    recall_cols = [c for c in models.columns if c.startswith("recall_")]
+    best_runs = models[(models.arch == arch) & (models.loss == loss) & (models.rho == rho)]
+    recalls = ", ".join(f"{c[len('recall_'):]} {best_runs[c].mean():.2f} (ideal {ceil['ceiling_recall'].get(c[len('recall_'):], float('nan')):.2f})"
                         for c in recall_cols)
     pair = ceil["pairs"].get("Al5083 vs Al6082") or ceil["pairs"].get("Al6082 vs Al5083")
     d = cfg.data
     return "\n".join([
         f"# Study `{cfg.name}`: what physics allows and what the models reach", "",
         f"Rig: W tube, kVp {d.rig.kvp}, {d.rig.dose:.0e} detected photons/pixel (open beam), "
-        f"{d.rig.height}x{d.rig.width} px, Al wedge {d.wedges_mm} mm; plates {d.thicknesses_mm} mm, composition "
-        "drawn inside each alloy's standard ranges and thickness within +-1.5 %.", "",
+        f"{d.rig.height}x{d.rig.width} px, Al wedge {d.wedges_mm} mm; {_prior_text(d)}, composition "
+        "drawn inside each alloy's standard ranges and thickness within +-1.5 % of nominal.", "",
         "## What physics allows", "",
-        f"The ideal observer (alloynet.physics.separability) for these settings reaches a balanced accuracy of "
-        f"**{ceil['accuracy']:.3f}**; no model can beat it on this test set except by chance. "
+        f"The ideal observer (alloynet.physics.separability) for these settings and this thickness prior reaches a "
+        f"balanced accuracy of **{ceil['ceiling']:.3f}** (heavy vs light {ceil['ceiling_heavy_light']:.3f}); no model "
+        "can beat it on this test set except by chance. "
         f"5083 vs 6082: d' = {pair['d_unknown']:.2f} with thickness unknown (Bayes error {pair['bayes_error_unknown']:.2f}): "
         "nearly inseparable in one 50 kV exposure, because plate-to-plate composition variation inside the standards "
         "moves the attenuation more than the alloys differ. 1050 is only partly separable from both; 2017 and 7075 "
@@ -236,12 +386,17 @@ def readme(cfg: StudyConfig, results: pd.DataFrame, ceil: dict, limits: str, ood
         "columns for 5083 vs 6082: the limit is the plates, not the detector. Extra kVp channels help 1050 against "
         "5083/6082 far more than they help 5083 against 6082.", "",
         "## What the models reach", "",
+        *([f"**{len(failures)} of {len(cfg.cells())} cells did not finish** ({', '.join(f['cell'] for f in failures)}; "
+           "reasons in [results.md](results.md)): every figure below is over the finished cells only.", ""]
+          if failures else []),
         f"Best mean balanced accuracy: **{top:.3f}** ({arch}, {loss} loss, rho {rho:g}), a gap of "
-        f"{ceil['accuracy'] - top:+.3f} to the ceiling. Per-class recall of that configuration: {recalls}.", "",
+        f"{ceil['ceiling'] - top:+.3f} to the ceiling. Per-class recall of that configuration: {recalls}.", "",
         "Best single-run balanced accuracy per training imbalance ratio: "
         + ", ".join(f"rho {r:g}: {v:.3f}" for r, v in per_rho.items()) + ".", "",
-        *_loss_findings(results), *_ood_findings(results, ood_ceil),
+        *_baseline_findings(results, ceil), *_loss_findings(models), *_ood_findings(results, ood_ceil),
         "Full tables (mean +- std over seeds, ceiling beside every row), AP per class, the OOD checks and every "
         "run's report: [results.md](results.md). Reproduce with `OMP_NUM_THREADS=1 alloynet study --config "
         "configs/study.yaml` (runs are cached in the work dir; the same seeds and the same thread count give the "
-        "same tables: CPU float reductions depend on the number of threads).", ""])
+        "same tables: CPU float reductions depend on the number of threads), or spread over the workers of a "
+        "Prefect work pool with `alloynet study-pool` (same cache, same tables). How the hyperparameters are "
+        "tuned, population-based training against the Optuna search: [search.md](search.md).", ""])

@@ -22,10 +22,11 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     store: str = Field("demo-data", description="capture store: a directory or s3://bucket/prefix")
     manifest: Optional[str] = Field(None, description="manifest CSV; default <store>/manifest.csv")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1)
     eval_batch_size: Optional[int] = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
-    augment: bool = True
+    augment: bool = Field(False, description="row flips, rotation, extra noise, erasing: off, because rotation "
+                          "and erasing bend the row-averaged profile the physics is read from")
     augment_kwargs: dict[str, Any] = Field(default_factory=dict, description="TrainAugment options, e.g. p_erase: 0")
     sampler: Literal["none", "class_balanced", "sqrt"] = Field(
         "none", description="re-sampling as an alternative to re-weighting: uniform over classes, or n^0.5")
@@ -37,7 +38,7 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = "profile_cnn"
+    name: str = Field("profile_mlp", description="the recommended model unless told otherwise")
     activation: Optional[str] = None
     dropout: float = Field(0.1, ge=0, lt=1)
     pretrained: Optional[str] = Field(None, description="local torchvision state dict (never downloaded)")
@@ -45,7 +46,7 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    name: str = "ce"
+    name: str = Field("balanced_softmax", description="cross-entropy on balanced data; long tails corrected")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. gamma, beta, tau, label_smoothing")
     task_weights: dict[str, float] = Field(default_factory=dict, description="alloy, thickness_mm, a0, mu_eff")
     weighting: Literal["fixed", "uncertainty"] = "fixed"
@@ -74,7 +75,7 @@ class ScheduleConfig(_Strict):
 class EarlyStopConfig(_Strict):
     metric: str = Field("balanced_accuracy", description="a validation metric key")
     mode: Literal["max", "min"] = "max"
-    patience: Optional[int] = Field(10, ge=1, description="None disables early stopping")
+    patience: Optional[int] = Field(15, ge=1, description="None disables early stopping")
     min_delta: float = 0.0
 
 
@@ -85,7 +86,7 @@ class AnswerConfig(_Strict):
 
 class TrainConfig(_Strict):
     seed: int = 0
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(60, ge=1)
     out_dir: str = "runs/default"
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: bool = Field(True, description="mixed precision (bf16 autocast) on CUDA; ignored on CPU")

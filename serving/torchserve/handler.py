@@ -4,7 +4,13 @@ Request body (REST) or ``input["data"]`` (gRPC): a 16-bit PNG or TIFF capture (d
 ``alloynet.captures.format.decode_image``), or a raw array as .npy bytes (uint16 or float32 [C, H, W]).
 The model is the exported TorchScript graph, which normalises inside (the library's ``Preprocess``), so
 this handler never re-implements preprocessing. A bad request gets HTTP 400 (gRPC INVALID_ARGUMENT) with
-the reason and never takes the rest of its batch, or the worker, down with it.
+the reason and never takes the rest of its batch, or the worker, down with it. The size a PNG/TIFF/.npy
+header declares is checked against the model's input before decoding (a decompression bomb is refused
+for the cost of reading its header).
+
+TorchServe 0.12's unary gRPC path ignores a per-request status (GRPCJob.response), so over gRPC a
+rejected capture comes back with status OK and ``{"error": {"code": 400, ...}}`` as its body; the client
+(serving/client.py) reports it as INVALID_ARGUMENT (InvalidCaptureError), like Triton's.
 """
 from __future__ import annotations
 
@@ -20,10 +26,12 @@ from ts.torch_handler.base_handler import BaseHandler
 
 try:  # inside a .mar the extra files sit beside this one
     import alloynet_contract as contract
-    from capture_checks import NPY_MAGIC, CaptureInputError, check_calibration, check_capture, check_wedge, decode_npy
+    from capture_checks import (NPY_MAGIC, CaptureInputError, check_calibration, check_capture, check_header,
+                                check_wedge, decode_npy)
 except ImportError:  # imported from the repository (unit tests)
     from alloynet import contract
-    from serving.capture_checks import NPY_MAGIC, CaptureInputError, check_calibration, check_capture, check_wedge, decode_npy
+    from serving.capture_checks import (NPY_MAGIC, CaptureInputError, check_calibration, check_capture, check_header,
+                                        check_wedge, decode_npy)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,9 @@ class AlloyHandler(BaseHandler):
         if not isinstance(data, bytes):
             raise CaptureInputError("image", "send the capture as bytes (16-bit PNG/TIFF or .npy), "
                                              f"got {type(data).__name__}")
+        # The size the header declares is checked before anything is decoded: a 200 KB PNG can claim
+        # 10000 x 10000 px and would cost the worker over a gigabyte to decode.
+        check_header(data, self.shape)
         if data.startswith(NPY_MAGIC):
             arr = decode_npy(data)
         else:

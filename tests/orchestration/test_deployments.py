@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -11,30 +12,45 @@ K8S = ROOT / "infra" / "k8s"
 
 
 def _deployments() -> dict[str, dict]:
-    return {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    """By ``flow/deployment`` name (flow = the entrypoint's function, as `prefect deploy --name` matches it)."""
+    return {f"{d['entrypoint'].split(':')[-1].replace('_', '-')}/{d['name']}": d
+            for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
 
 
 def test_prefect_yaml_cron_and_manual_deployments():
     deps = _deployments()
-    cron = deps["nightly-cron"]
+    cron = deps["nightly/nightly-cron"]
     assert cron["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": True,
                                   "slug": "every day at 02:00 UTC (cron 0 2 * * *)"}]  # the UI's card shows the slug
-    assert deps["manual"]["schedules"] == []
-    assert cron["work_pool"]["name"] == deps["manual"]["work_pool"]["name"] == "local-process"
-    assert all(d["concurrency_limit"] == 1 for d in deps.values())  # one writer of the champion pointer
+    assert deps["nightly/manual"]["schedules"] == []
+    assert cron["work_pool"]["name"] == deps["nightly/manual"]["work_pool"]["name"] == "local-process"
+    nightly = [d for k, d in deps.items() if k.startswith("nightly/")]
+    assert len(nightly) == 3 and all(d["concurrency_limit"] == 1 for d in nightly)  # one writer of the champion pointer
     env = cron["work_pool"]["job_variables"]["env"]
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and env["DO_NOT_TRACK"] == "1"
     assert int(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) == 30  # what the zombie automation expects
-    assert deps["nightly-gpu"]["work_pool"]["job_variables"]["gpu_count"] >= 1
+    assert deps["nightly/nightly-gpu"]["work_pool"]["job_variables"]["gpu_count"] >= 1
+
+
+def test_fan_out_deployments_one_thread_per_cell_and_gpu_variants():
+    from infra.stack import LOCAL_DEPLOYMENTS
+
+    deps = _deployments()
+    for flow in ("study-cell", "search-trial"):
+        local, gpu = deps[f"{flow}/local"], deps[f"{flow}/gpu"]
+        assert local["work_pool"]["name"] == "local-process" and f"{flow}/local" in LOCAL_DEPLOYMENTS
+        assert local["work_pool"]["job_variables"]["env"]["OMP_NUM_THREADS"] == "1"
+        assert "concurrency_limit" not in local  # N workers run N cells at once
+        assert gpu["work_pool"]["name"] == "gpu-k8s" and gpu["work_pool"]["job_variables"]["gpu_count"] == 1
 
 
 def test_entrypoints_load_and_parameters_match_the_flow():
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
 
-    for d in _deployments().values():
+    for name, d in _deployments().items():
         flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
-        assert flow.name == "nightly"
+        assert flow.name == name.split("/")[0], f"{name}: `prefect deploy --name {name}` would not find it"
         schema = parameter_schema(flow).model_dump()
         unknown = set(d["parameters"]) - set(schema["properties"])
         assert not unknown, f"{d['name']}: parameters the flow does not take: {unknown}"
@@ -84,3 +100,68 @@ def test_triton_manifest_serves_from_s3_on_a_gpu():
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert {p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports)
+
+
+# Kubernetes API schemas bundled by kubernetes-validate (PyPI; installed by `make venv`, nothing fetched at
+# test time). Strict: a field the API does not know (a typo) fails, not only a wrong type.
+K8S_VERSION = "1.33.0"
+
+
+def _k8s_objects() -> list[tuple[str, dict]]:
+    from prefect.utilities.templating import apply_values
+
+    objs = [(f"{f}#{d['kind']}", d) for f in ("triton.yaml", "work-pvc.yaml")
+            for d in yaml.safe_load_all((K8S / f).read_text()) if d]
+    tpl = json.loads((K8S / "gpu-work-pool-template.json").read_text())
+    values = {k: v["default"] for k, v in tpl["variables"]["properties"].items() if "default" in v}
+    values.update(name="study-cell-abc", command="prefect flow-run execute", labels={"app": "alloynet"},
+                  image="alloynet:latest")
+    objs.append(("gpu-work-pool-template.json#job_manifest",
+                 _as_the_worker_submits(apply_values(tpl["job_configuration"], values)["job_manifest"])))
+    return objs
+
+
+def _as_the_worker_submits(job: dict) -> dict:
+    """The two rewrites prefect-kubernetes' worker makes to the rendered template before it calls the API
+    (KubernetesWorkerJobConfiguration.prepare_for_flow_run): the ``env`` mapping becomes a list of
+    name/value pairs and a string ``args`` is split like a shell command."""
+    import shlex
+
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    if isinstance(c.get("env"), dict):
+        c["env"] = [{"name": k, "value": v} for k, v in c["env"].items()]
+    if isinstance(c.get("args"), str):
+        c["args"] = shlex.split(c["args"])
+    return job
+
+
+def test_kubernetes_manifests_validate_against_the_api_schemas():
+    import kubernetes_validate
+
+    objs = _k8s_objects()
+    assert {d["kind"] for _, d in objs} == {"Deployment", "Service", "Job", "PersistentVolumeClaim"}
+    job = next(d for _, d in objs if d["kind"] == "Job")
+    claim = next(d for _, d in objs if d["kind"] == "PersistentVolumeClaim")
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["work"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # cells in separate pods share the work dir
+    for where, doc in objs:
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            raise AssertionError(f"{where}: {'.'.join(map(str, e.path))}: {e.message}") from None
+
+
+def test_the_schema_check_catches_a_typo_and_a_wrong_type():
+    import copy
+
+    import kubernetes_validate
+
+    _, dep = next(o for o in _k8s_objects() if o[1]["kind"] == "Deployment")
+    typo = copy.deepcopy(dep)
+    typo["spec"]["template"]["spec"]["containers"][0]["resoures"] = {}
+    wrong = copy.deepcopy(dep)
+    wrong["spec"]["replicas"] = "two"
+    for bad in (typo, wrong):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
