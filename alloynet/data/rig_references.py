@@ -15,19 +15,22 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Literal, Optional, Sequence, Union
 
 import numpy as np
 
-from alloynet.captures.format import parse_sidecar
-from alloynet.captures.image import CaptureError, decode_image
-from alloynet.captures.layout import CAPTURES, sidecar_key
+from alloynet.captures.format import make_sidecar, parse_sidecar
+from alloynet.captures.image import CaptureError, decode_image, encode_image
+from alloynet.captures.layout import CAPTURES, sidecar_key, write_capture
 from alloynet.captures.stores import ObjectStore
 from alloynet.data.manifest import scan_store
 from alloynet.physics.calibration import (DEFAULT_FIT, MAX_HOLDOUT_CHI2, MAX_MISFIT_RMS, Calibration,
                                           CalibrationError, DetectorMeasurement, Reference, capture_profile,
                                           check_fit, check_references, fit_rig, measure_detector)
+from alloynet.physics.alloys import sample_plate
 from alloynet.physics.rig_profile import RigProfile
+from alloynet.physics.second_rig import NOMINAL_FIELDS, SecondRig, SecondRigConfig
 from alloynet.physics.simulator import RigConfig, RigSimulator
 
 CALIBRATION = "calibration/"
@@ -181,3 +184,68 @@ def calibrate_store(store: ObjectStore, *, alloy: Optional[str] = None, rig: Opt
     profile = cal.profile({"store": store.uri, "sessions": refs.sessions, "plate_captures": refs.captures,
                            "fitted_to": [r.name for r in refs.fit], "held_out": [r.name for r in refs.holdout]})
     return cal, profile, refs
+
+
+def make_references(store: ObjectStore, rig: RigConfig, *, simulator: Literal["alloynet", "second_rig"] = "alloynet",
+                    second_rig: Optional[SecondRigConfig] = None, alloy: str = "Al1050",
+                    thicknesses_mm: Sequence[float] = (1.0, 2.0, 5.0), captures_per_plate: int = 4, sessions: int = 6,
+                    wedges_mm: Optional[Sequence[float]] = None, seed: int = 0, prefix: str = "ref") -> list[str]:
+    """Write the reference set a lab would take into ``store`` (module doc layout), from a rig model: per
+    session a dark, a flat and the wedge alone (each wedge); one plate of ``alloy`` per thickness, its captures
+    spread over the sessions. ``simulator="second_rig"`` takes them with the independently written rig model
+    (``second_rig``: its own physics; the nominal settings come from ``rig``), for tests and demos of
+    ``alloynet rig calibrate``. Seeded: the same arguments write the same bytes. Returns the capture ids."""
+    wedges = list(wedges_mm or [rig.wedge_mm])
+    sims: dict[float, Union[RigSimulator, SecondRig]] = {}
+    for w in wedges:
+        r = rig.model_copy(update={"wedge_mm": float(w)})
+        if simulator == "second_rig":
+            own = (second_rig or SecondRigConfig()).model_dump(exclude=set(NOMINAL_FIELDS))
+            sims[w] = SecondRig(SecondRigConfig.from_nominal(r, **own))
+        else:
+            sims[w] = RigSimulator(r)
+    first = sims[wedges[0]]
+    start = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+    levels = []
+    for s in range(sessions):  # frames: the panel is the same for every wedge, so the first rig model takes them
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E5, s]))
+        gain = first.session_gain(rng)
+        dark, flat = first.calibration_frames(rng, gain)
+        sid = f"{prefix}-s{s:02d}"
+        for name, frame in (("dark", dark), ("flat", flat)):
+            data, fmt = encode_image(frame)
+            store.put(f"{CALIBRATION}{sid}/{name}.{fmt}", data, overwrite=True)
+        for j, w in enumerate(wedges):
+            data, fmt = encode_image(sims[w].wedge_reference(np.random.default_rng(
+                np.random.SeedSequence([seed, 0x3ED, s, j])), gain))
+            store.put(f"{CALIBRATION}{sid}/wedge-{float(w):g}mm.{fmt}", data, overwrite=True)
+        levels.append({"session": sid, "gain": gain, "dark_adu": first.frame_level(dark),
+                       "flat_adu": first.frame_level(flat)})
+    ids, n = [], 0
+    for p_idx, t_nom in enumerate(thicknesses_mm):
+        plate = sample_plate(alloy, float(t_nom), np.random.default_rng(np.random.SeedSequence([seed, 0x91A, p_idx])),
+                             f"{prefix}-{alloy}-{float(t_nom):g}mm")
+        for k in range(captures_per_plate):
+            w = wedges[k % len(wedges)]
+            sim, sess = sims[w], levels[n % sessions]
+            cap = sim.capture(plate, np.random.default_rng(np.random.SeedSequence([seed, 0xCA9, p_idx, k])),
+                              sess["dark_adu"], sess["flat_adu"], sess["gain"])
+            cid = f"{prefix}-{alloy}-{float(t_nom):g}mm-{k:03d}"
+            data, fmt = encode_image(cap.image)
+            r = sim.rig
+            # what a lab knows of its reference plates: the alloy and the micrometer thickness, not the composition
+            sc = make_sidecar(cid, cap.image, data, fmt,
+                              rig={"kvp": r.kvp, "tube_current_ua": r.tube_current_ua,
+                                   "anode_angle_deg": r.anode_angle_deg, "filtration_mm_al": r.filtration_mm_al,
+                                   "wedge_mm": float(w), "wedge_min_mm": r.wedge_min_mm,
+                                   "wedge_material": r.wedge_material, "dose": r.dose},
+                              calibration={"session": sess["session"], "dark_adu": sess["dark_adu"],
+                                           "flat_adu": sess["flat_adu"]},
+                              acquired_at=start + timedelta(seconds=30 * n),
+                              truth={"alloy": alloy, "nominal_thickness_mm": float(t_nom),
+                                     "thickness_mm": round(plate.thickness_mm, 4)},
+                              plate_id=plate.plate_id, source=f"{simulator} reference seed={seed}")
+            write_capture(store, sc, data, overwrite=True)
+            ids.append(cid)
+            n += 1
+    return ids

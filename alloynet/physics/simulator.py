@@ -116,12 +116,39 @@ def beam_spectrum(rig: "RigConfig", kvp: float) -> Spectrum:
     says the tube runs at another effective voltage (``kvp_offset_rel``) or behind more filtration
     (``extra_filtration_mm_al``, applied as Beer-Lambert through Al: no new SpekPy run). The default rig
     computes exactly the set values."""
-    kv = kvp * (1.0 + rig.kvp_offset_rel) if rig.kvp_offset_rel else kvp
-    spec = tube_spectrum(kv, rig.anode_angle_deg, rig.filtration_mm_al, rig.dk_kev)
+    if rig.kvp_offset_rel:
+        spec = _tube_between_nodes(kvp * (1.0 + rig.kvp_offset_rel), rig)
+    else:
+        spec = tube_spectrum(kvp, rig.anode_angle_deg, rig.filtration_mm_al, rig.dk_kev)
     if rig.extra_filtration_mm_al:
         mu = wedge_attenuation(spec.energies_kev, "Al")
         spec = Spectrum(spec.energies_kev, spec.fluence * np.exp(-mu * rig.extra_filtration_mm_al / 10.0))
     return spec
+
+
+KVP_NODE_KV = 0.25  # effective tube voltages between these nodes mix the two nodes' spectra
+
+
+def _tube_between_nodes(kv: float, rig: "RigConfig") -> Spectrum:
+    """The spectrum at an effective voltage ``kv``: SpekPy at the two nearest nodes of a 0.25 kV grid, mixed
+    linearly. A SpekPy run costs about a second; a calibration's least-squares search visits a new voltage at
+    every step, and the mix keeps it to a few cached runs while staying smooth in ``kv`` (a real generator's
+    ripple is such a mix too). The simulator and the fit use the same mix, so a fitted value means the same."""
+    lo = np.floor(kv / KVP_NODE_KV + 1e-9) * KVP_NODE_KV
+    w = (kv - lo) / KVP_NODE_KV
+    a = tube_spectrum(round(float(lo), 6), rig.anode_angle_deg, rig.filtration_mm_al, rig.dk_kev)
+    if w < 1e-9:
+        return a
+    b = tube_spectrum(round(float(lo + KVP_NODE_KV), 6), rig.anode_angle_deg, rig.filtration_mm_al, rig.dk_kev)
+    # on the lower node's energy grid (one bin longer where the upper node reaches further): same bin width,
+    # so the upper node's fluence per bin interpolates onto it
+    e = a.energies_kev
+    if b.energies_kev[-1] > e[-1]:
+        e = np.append(e, e[-1] + rig.dk_kev)
+    phi = ((1 - w) * np.interp(e, a.energies_kev, a.fluence, left=0.0, right=0.0)
+           + w * np.interp(e, b.energies_kev, b.fluence, left=0.0, right=0.0))
+    keep = phi > 0
+    return Spectrum(e[keep], phi[keep])
 
 
 def glare_kernel(length_px: float, size: int) -> np.ndarray:
@@ -236,12 +263,15 @@ class RigSimulator:
             dt_cm[y0:y1, x0:x1] += disk * np.float32(rng.uniform(0.005, 0.02))
         return dt_cm, k
 
-    def _channel_image(self, ch: Channel, plate: Plate, dt_cm: np.ndarray, gain_scale: float,
+    def _channel_image(self, ch: Channel, plate: Optional[Plate], dt_cm: np.ndarray, gain_scale: float,
                        rng: np.random.Generator) -> np.ndarray:
         r = self.rig
         e = ch.energies
-        mu_p = linear_attenuation(plate.fractions(), plate.density_g_cm3, e)       # [E] 1/cm
-        n = ch.n_behind_wedge * np.exp(-mu_p * plate.thickness_mm / 10.0)[None, :]  # [W, E] photons
+        if plate is None:  # the wedge alone
+            mu_p, t_mm = np.zeros_like(e), 0.0
+        else:
+            mu_p, t_mm = linear_attenuation(plate.fractions(), plate.density_g_cm3, e), plate.thickness_mm  # [E] 1/cm
+        n = ch.n_behind_wedge * np.exp(-mu_p * t_mm / 10.0)[None, :]                # [W, E] photons
         m = n @ e                                                                   # keV per pixel
         v = n @ (e * e)
         mu_eff = (n @ (e * mu_p)) / np.maximum(m, 1e-30)                            # energy-weighted
@@ -316,3 +346,8 @@ class RigSimulator:
                                             ch.spectrum, self.rig.wedge_material, self.rig.csi_mm))
               for ch in self.channels]
         return SimulatedCapture(image, list(dark_adu), list(flat_adu), a0, k)
+
+    def wedge_reference(self, rng: np.random.Generator, gain_scale: float = 1.0) -> np.ndarray:
+        """The wedge alone, no plate (a frame a lab can take each session), uint16 [C, H, W]."""
+        flat = np.zeros((self.rig.height, self.rig.width), np.float32)
+        return np.stack([self._channel_image(ch, None, flat, gain_scale, rng) for ch in self.channels])
