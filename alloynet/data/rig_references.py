@@ -169,6 +169,20 @@ def split_holdout(refs: Sequence[Reference], thickness: Optional[float] = None) 
     return [r for r in refs if r not in held], held
 
 
+def missing_references(fit: Sequence[Reference]) -> list[str]:
+    """What the fit needs and ``fit`` lacks: the wedge alone (it separates the beam from the plates'
+    composition) and plates of a known alloy at two or more thicknesses (the hardening curve), each named."""
+    out = []
+    if not any(r.kind == "wedge" for r in fit):
+        out.append("the wedge alone (calibration/<session>/wedge-<mm>mm.png|tiff, one per session and wedge)")
+    thick = sorted({r.nominal_thickness_mm for r in fit if r.kind == "plate"})
+    if len(thick) < 2:
+        have = f"have {', '.join(f'{t:g}' for t in thick)} mm" if thick else "have none"
+        out.append(f"labelled captures of plates of one known alloy at two or more thicknesses besides any held out "
+                   f"({have}; e.g. Al1050 at 1, 2 and 5 mm)")
+    return out
+
+
 def calibrate_store(store: ObjectStore, *, alloy: Optional[str] = None, rig: Optional[RigConfig] = None,
                     params: Sequence[str] = DEFAULT_FIT, holdout_thickness: Optional[float] = None, bins: int = 32,
                     max_misfit: float = MAX_MISFIT_RMS, max_holdout_chi2: float = MAX_HOLDOUT_CHI2,
@@ -177,6 +191,9 @@ def calibrate_store(store: ObjectStore, *, alloy: Optional[str] = None, rig: Opt
     """Calibrate the simulator to the rig that took ``store``'s references; raises ``CalibrationError`` with the
     reason when they cannot, or (``check``) when the fit is poor."""
     refs = load_references(store, alloy, rig, holdout_thickness, bins, log)
+    missing = missing_references(refs.fit)
+    if missing:
+        raise CalibrationError(f"{store.uri}: missing references: {'; '.join(missing)}")
     cal = fit_rig(refs.nominal, refs.fit, refs.detector, params, bins, log=log)
     cal.holdout = check_references(cal, refs.holdout) or None
     if check:
