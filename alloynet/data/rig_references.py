@@ -145,7 +145,7 @@ def load_references(store: ObjectStore, alloy: Optional[str] = None, rig: Option
     fit, held = split_holdout(refs, holdout_thickness)
     if log:
         log(f"{len(decoded)} sessions of dark/flat frames, {sum(len(r.profiles) for r in refs if r.kind == 'wedge')} "
-            f"wedge-alone frames ({', '.join(f'{w:g}' for w in sorted(wedge))} mm), {n_caps} plate captures "
+            f"wedge-alone frames ({', '.join(f'{w:g}' for w in sorted(wedge)) or 'no'} mm wedge), {n_caps} plate captures "
             f"({sum(r.kind == 'plate' for r in refs)} plate x wedge), {len(held)} held out")
     return ReferenceSet(rig, detector, fit, held, len(decoded), n_caps, skipped)
 
