@@ -1,8 +1,7 @@
 """A rig profile: the nominal simulator calibrated to one real rig (``alloynet rig calibrate`` writes it).
 
-YAML, read by ``alloynet simulate`` (``rig_profile:``), the training data's simulated captures
-(``data.synthetic.rig_profile``), the ideal observer (``alloynet physics separability --rig-profile``) and the
-physics-fit classifier and ceiling of ``alloynet evaluate --rig-profile``::
+YAML, read by ``alloynet simulate --rig-profile`` (``rig_profile:`` in a DatasetSpec). Not yet read by the
+training's synthetic captures, the ideal observer or the physics-fit classifier (issue 9 asks for them)::
 
     format: alloynet-rig-profile/1
     rig: {...}                  # RigConfig: the lab's nominal settings plus every calibrated field
