@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from alloynet.commands import data_cli, import_cli, physics_cli
+from alloynet.commands import data_cli, import_cli, physics_cli, rig_cli
 
 # Rich help and error panels on a terminal only: in a pipe, a file or CI, click's plain, unwrapped messages
 # (a panel is wrapped at the console's width and would break a long path in an error in two).
@@ -16,6 +16,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 app.add_typer(physics_cli.app, name="physics", help="Attenuation, transmission and the ideal-observer report.")
 data_cli.register(app)
 import_cli.register(app)
+rig_cli.register(app)
 
 
 def _register_commands() -> None:

@@ -65,6 +65,8 @@ def simulate(
     size: Optional[int] = typer.Option(None, help="image height = width in pixels"),
     seed: Optional[int] = None,
     manifest: bool = typer.Option(True, help="write manifest.csv beside a local store"),
+    rig_profile: Optional[Path] = typer.Option(None, help="a rig profile (alloynet rig calibrate): simulate the "
+                                                          "calibrated rig instead of the nominal one"),
 ) -> None:
     """Simulate a long-tailed data set into a capture store and print its summary."""
     from alloynet.captures.stores import LocalStore, open_store
@@ -77,7 +79,19 @@ def simulate(
     raw.update(over)
     if size:
         raw.setdefault("rig", {}).update(height=size, width=size)
+    if rig_profile is not None:
+        raw["rig_profile"] = str(rig_profile)
     spec = DatasetSpec.model_validate(raw)
+    if spec.rig_profile:
+        from alloynet.physics.rig_profile import load_rig_profile
+
+        try:  # refused before anything is written: a profile of another rig setting or image size
+            prof = load_rig_profile(spec.rig_profile)
+            for w in spec.wedges_mm:
+                prof.apply(spec.rig.model_copy(update={"wedge_mm": w}))
+        except ValueError as exc:
+            _fail(exc, 2)
+        console.print(f"rig profile: {spec.rig_profile}", markup=False, highlight=False)
     store = open_store(out)
     plan = spec.plates_per_class()
     console.print(f"simulating {sum(plan.values()) * spec.captures_per_plate} captures "

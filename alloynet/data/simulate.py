@@ -8,6 +8,7 @@ per-plate and per-capture seed sequences: the same seed writes the same bytes, i
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Callable, Literal, Optional, Union
 
 import numpy as np
@@ -21,6 +22,7 @@ from alloynet.data import CLASS_NAMES
 from alloynet.data.profiles import Profile, class_counts
 from alloynet.physics.alloys import alloys_from_config, get_alloy, sample_plate
 from alloynet.physics.observer import ThicknessPrior
+from alloynet.physics.rig_profile import load_rig_profile
 from alloynet.physics.second_rig import NOMINAL_FIELDS, SecondRig, SecondRigConfig
 from alloynet.physics.simulator import RigConfig, RigSimulator
 
@@ -50,6 +52,11 @@ class DatasetSpec(BaseModel):
     simulator: Literal["alloynet", "second_rig"] = Field("alloynet", description="which rig model writes the captures")
     second_rig: SecondRigConfig = Field(default_factory=SecondRigConfig,
                                         description="the second rig's own physics; its nominal settings come from rig")
+    rig_profile: Optional[str] = Field(None, description="a rig profile (alloynet rig calibrate): the alloynet "
+                                       "simulator calibrated to a real rig; rig gives the size and wedge sizes")
+    rig_variants: int = Field(1, ge=1, le=1000, description="with rig_profile: rigs drawn within the calibration's "
+                              "uncertainty, one per calibration session in turn (1: the best fit only)")
+    rig_spread: float = Field(1.0, ge=0, le=10, description="the draws' spread, in units of the fitted uncertainty")
 
     @field_serializer("second_rig")
     def _second_rig_own_fields(self, v: SecondRigConfig) -> dict:
@@ -72,6 +79,13 @@ class DatasetSpec(BaseModel):
     def prior(self) -> ThicknessPrior:
         """The thickness prior the plates are drawn from (what the ideal observer is told)."""
         return ThicknessPrior.of(self.thicknesses_mm, self.thickness_range_mm)
+
+    @model_validator(mode="after")
+    def _profile_needs_our_simulator(self) -> "DatasetSpec":
+        if self.rig_profile and self.simulator != "alloynet":
+            raise ValueError("rig_profile: calibrates the alloynet simulator; it cannot be used with simulator: "
+                             f"{self.simulator}")
+        return self
 
     @model_validator(mode="after")
     def _nominal_from_rig(self) -> "DatasetSpec":
@@ -129,7 +143,8 @@ def _plan(spec: DatasetSpec) -> list[tuple[str, float]]:
 def simulate_dataset(spec: DatasetSpec, store: ObjectStore, progress: Optional[Callable[[int, int], None]] = None) -> list[str]:
     """Simulate and write every capture of ``spec`` into ``store``; returns the capture ids."""
     prefix = spec.id_prefix or f"sim{spec.seed}"
-    sims = {w: _simulator(spec, w) for w in spec.wedges_mm}
+    variants = _simulators(spec)
+    sims = {w: v[0] for w, v in variants.items()}
     plan = _plan(spec)
     total = len(plan) * spec.captures_per_plate
     ids: list[str] = []
@@ -140,9 +155,10 @@ def simulate_dataset(spec: DatasetSpec, store: ObjectStore, progress: Optional[C
         for k in range(spec.captures_per_plate):
             n = len(ids)
             wedge = spec.wedges_mm[(p_idx + k) % len(spec.wedges_mm)]
-            sim = sims[wedge]
+            s_idx = n // spec.session_size
+            sim = variants[wedge][s_idx % spec.rig_variants]  # a session's captures share its rig draw
             if n % spec.session_size == 0:
-                session = _new_session(spec, sim, store, prefix, n // spec.session_size)
+                session = _new_session(spec, sim, store, prefix, s_idx)
                 if spec.simulator == "second_rig":
                     _wedge_references(spec, sims, store, session, n // spec.session_size)
             rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 2, p_idx, k]))
@@ -163,12 +179,30 @@ def simulate_dataset(spec: DatasetSpec, store: ObjectStore, progress: Optional[C
                      "wedge_material": rig.wedge_material, "dose": rig.dose},
                 calibration={"session": session["id"], "dark_adu": session["dark_adu"], "flat_adu": session["flat_adu"]},
                 acquired_at=spec.start_time + timedelta(seconds=30 * n), truth=truth, plate_id=plate.plate_id,
-                source=f"{'second-rig' if spec.simulator == 'second_rig' else 'alloynet-simulator'} seed={spec.seed}")
+                source=_source(spec))
             write_capture(store, sc, data)
             ids.append(cid)
             if progress:
                 progress(len(ids), total)
     return ids
+
+
+def _source(spec: DatasetSpec) -> str:
+    if spec.simulator == "second_rig":
+        return f"second-rig seed={spec.seed}"
+    if spec.rig_profile:
+        return f"alloynet-simulator seed={spec.seed} rig-profile={Path(spec.rig_profile).name[:80]}"
+    return f"alloynet-simulator seed={spec.seed}"
+
+
+def _simulators(spec: DatasetSpec) -> dict[float, list[Union[RigSimulator, SecondRig]]]:
+    """Per wedge size, the rig(s) that take the captures: one, or ``rig_variants`` draws of a rig profile."""
+    if spec.rig_profile:
+        profile = load_rig_profile(spec.rig_profile)
+        return {w: [RigSimulator(r) for r in profile.variants(spec.rig.model_copy(update={"wedge_mm": w}),
+                                                                spec.rig_variants, spec.seed, spec.rig_spread)]
+                for w in spec.wedges_mm}
+    return {w: [_simulator(spec, w)] * spec.rig_variants for w in spec.wedges_mm}
 
 
 def _simulator(spec: DatasetSpec, wedge_mm: float) -> Union[RigSimulator, SecondRig]:

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from alloynet.physics.materials import linear_attenuation
-from alloynet.physics.simulator import Channel, RigConfig, RigSimulator
+from alloynet.physics.simulator import Channel, RigConfig, RigSimulator, add_glare, scatter_quanta
 
 
 class ProfileModel:
@@ -50,13 +50,15 @@ class ProfileModel:
         v = n @ (ch.energies ** 2)
         q, kpq = m * m / np.maximum(v, 1e-30), v / np.maximum(m, 1e-30)   # quanta and keV per quantum
         r = self.rig
-        if r.scatter_fraction > 0:
+        if r.scatter_per_attenuation > 0:
+            q = (1 - r.scatter_fraction) * q + scatter_quanta(q, r, ch.quanta_open)
+        elif r.scatter_fraction > 0:
             q = (1 - r.scatter_fraction) * q + r.scatter_fraction * ndimage.gaussian_filter1d(
                 q, r.scatter_sigma_px, axis=-1, mode="nearest")
         kev = q * kpq
         if r.psf_sigma_px > 0:
             kev = ndimage.gaussian_filter1d(kev, r.psf_sigma_px, axis=-1, truncate=3.0, mode="reflect")
-        return kev
+        return add_glare(kev, r, (-1,))  # the separable tail keeps each column's sum across rows
 
     def profiles(self, fractions: Mapping[str, float], density: float, thicknesses_mm: Sequence[float]) -> np.ndarray:
         """Binned -ln T per channel, concatenated, for many thicknesses at once: [T, C * bins]."""
@@ -64,7 +66,11 @@ class ProfileModel:
         out = []
         for ch in self._ch:
             kev = self._kev(ch, linear_attenuation(fractions, density, ch.energies), t)
-            out.append(self._bin(-np.log(kev / ch.mean_kev_open) + self._pattern))
+            a = -np.log(kev / ch.mean_kev_open) + self._pattern
+            if self.detector and self.rig.dark_column_adu is not None:
+                # a column's dark offset is not in the dark level: it adds to the signal, most where that is least
+                a = a - np.log1p(np.maximum(np.asarray(self.rig.dark_column_adu) / (ch.gain * kev), -0.99))
+            out.append(self._bin(a))
         return np.concatenate(out, axis=-1)
 
     def profile(self, fractions: Mapping[str, float], density: float, thickness_mm: float) -> np.ndarray:

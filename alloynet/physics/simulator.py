@@ -20,15 +20,15 @@ a few photons arrive, so read noise and quantisation matter there, as on a real 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from scipy import ndimage
 
 from alloynet.physics.alloys import Plate
 from alloynet.physics.materials import linear_attenuation
-from alloynet.physics.spectrum import detected_quanta, tube_spectrum
+from alloynet.physics.spectrum import Spectrum, detected_quanta, tube_spectrum
 from alloynet.physics.transmission import neg_log_transmission_of, wedge_attenuation
 
 UINT16_MAX = 65535
@@ -67,6 +67,37 @@ class RigConfig(BaseModel):
     inclusion_rate: float = 0.3
     detector_seed: int = 20261121
     dk_kev: float = 1.0
+    # -- what a rig calibration fits or measures (``alloynet rig calibrate``): the defaults are the nominal
+    # rig's own physics and leave every output unchanged. A real tube, panel and room depart from the data
+    # sheet in these ways; docs/rig_calibration.md says how each is measured and why it is there.
+    kvp_offset_rel: float = Field(0.0, ge=-0.2, le=0.2, description="effective tube voltage / set kVp - 1 "
+                                  "(generator ripple, kV calibration; also absorbs the detector's energy response)")
+    extra_filtration_mm_al: float = Field(0.0, ge=0, le=10, description="Al-equivalent filtration on top of "
+                                          "filtration_mm_al (exit window, housing, oil)")
+    scatter_per_attenuation: float = Field(0.0, ge=0, le=0.5, description="scatter source proportional to the "
+                                           "primary times its attenuation -ln(q/q_open) (single scatter grows with "
+                                           "the path), spread like scatter_fraction's by scatter_sigma_px")
+    glare_fraction: float = Field(0.0, ge=0, lt=1, description="share of the light in a long exponential tail "
+                                  "of the detector's PSF (veiling glare)")
+    glare_length_px: float = Field(6.0, gt=0, description="1/e length of the glare tail, along each axis")
+    column_gain: Optional[list[float]] = Field(None, description="the panel's flat-field gain per column "
+                                               "(measured from flat frames, mean about 1): replaces the column "
+                                               "means of the simulated PRNU x heel; one value per column")
+    dark_column_adu: Optional[list[float]] = Field(None, description="fixed offset per column of the dark frame "
+                                                   "relative to its level (ADU); one value per column")
+
+    @model_validator(mode="after")
+    def _per_column(self) -> "RigConfig":
+        for name in ("column_gain", "dark_column_adu"):
+            v = getattr(self, name)
+            if v is not None and len(v) != self.width:
+                raise ValueError(f"{name}: {len(v)} values for a rig {self.width} columns wide (measured on a "
+                                 f"panel of another width? calibrate with captures of this size)")
+            if v is not None and not all(np.isfinite(v)):
+                raise ValueError(f"{name}: every value must be a finite number")
+        if self.column_gain is not None and not all(g > 0 for g in self.column_gain):
+            raise ValueError("column_gain: every value must be > 0")
+        return self
 
     @field_validator("kvp")
     @classmethod
@@ -78,6 +109,80 @@ class RigConfig(BaseModel):
     @property
     def channels(self) -> int:
         return len(self.kvp)
+
+
+def beam_spectrum(rig: "RigConfig", kvp: float) -> Spectrum:
+    """The spectrum a channel is computed with: SpekPy at the set kVp and filtration, unless a calibration
+    says the tube runs at another effective voltage (``kvp_offset_rel``) or behind more filtration
+    (``extra_filtration_mm_al``, applied as Beer-Lambert through Al: no new SpekPy run). The default rig
+    computes exactly the set values."""
+    if rig.kvp_offset_rel:
+        spec = _tube_between_nodes(kvp * (1.0 + rig.kvp_offset_rel), rig)
+    else:
+        spec = tube_spectrum(kvp, rig.anode_angle_deg, rig.filtration_mm_al, rig.dk_kev)
+    if rig.extra_filtration_mm_al:
+        mu = wedge_attenuation(spec.energies_kev, "Al")
+        spec = Spectrum(spec.energies_kev, spec.fluence * np.exp(-mu * rig.extra_filtration_mm_al / 10.0))
+    return spec
+
+
+KVP_NODE_KV = 0.25  # effective tube voltages between these nodes mix the two nodes' spectra
+
+
+def _tube_between_nodes(kv: float, rig: "RigConfig") -> Spectrum:
+    """The spectrum at an effective voltage ``kv``: SpekPy at the two nearest nodes of a 0.25 kV grid, mixed
+    linearly. A SpekPy run costs about a second; a calibration's least-squares search visits a new voltage at
+    every step, and the mix keeps it to a few cached runs while staying smooth in ``kv`` (a real generator's
+    ripple is such a mix too). The simulator and the fit use the same mix, so a fitted value means the same."""
+    lo = np.floor(kv / KVP_NODE_KV + 1e-9) * KVP_NODE_KV
+    w = (kv - lo) / KVP_NODE_KV
+    a = tube_spectrum(round(float(lo), 6), rig.anode_angle_deg, rig.filtration_mm_al, rig.dk_kev)
+    if w < 1e-9:
+        return a
+    b = tube_spectrum(round(float(lo + KVP_NODE_KV), 6), rig.anode_angle_deg, rig.filtration_mm_al, rig.dk_kev)
+    # on the lower node's energy grid (one bin longer where the upper node reaches further): same bin width,
+    # so the upper node's fluence per bin interpolates onto it
+    e = a.energies_kev
+    if b.energies_kev[-1] > e[-1]:
+        e = np.append(e, e[-1] + rig.dk_kev)
+    phi = ((1 - w) * np.interp(e, a.energies_kev, a.fluence, left=0.0, right=0.0)
+           + w * np.interp(e, b.energies_kev, b.fluence, left=0.0, right=0.0))
+    keep = phi > 0
+    return Spectrum(e[keep], phi[keep])
+
+
+def glare_kernel(length_px: float, size: int) -> np.ndarray:
+    """The glare tail along one axis: exp(-|d| / length), normalised, cut where it holds < 1e-4 of its mass
+    (or at the field size)."""
+    r = int(min(size, np.ceil(length_px * np.log(1e4))))
+    k = np.exp(-np.abs(np.arange(-r, r + 1)) / length_px)
+    return k / k.sum()
+
+
+def add_glare(kev: np.ndarray, rig: "RigConfig", axes: tuple[int, ...]) -> np.ndarray:
+    """(1 - g) x + g (tail * x): the tail is separable (the same exponential along each of ``axes``), edges
+    mirrored, so it keeps the total light and, across rows, each column's sum."""
+    g = rig.glare_fraction
+    if g <= 0:
+        return kev
+    tail = kev
+    for ax in axes:
+        tail = ndimage.convolve1d(tail, glare_kernel(rig.glare_length_px, kev.shape[ax]), axis=ax, mode="reflect")
+    return (1 - g) * kev + g * tail
+
+
+def scatter_quanta(profile: np.ndarray, rig: "RigConfig", q_open: float) -> np.ndarray:
+    """Scatter quanta per pixel [..., W] from the primary column profile [..., W] (quanta): a fraction
+    ``scatter_fraction`` of the primary, plus a source ``scatter_per_attenuation`` x A x primary (A = -ln(q /
+    q_open), the attenuation along the ray: single scatter grows with the path length), both spread along the
+    wedge axis by a Gaussian of ``scatter_sigma_px`` and evenly across rows (the scatter field is smooth).
+    The primary keeps (1 - scatter_fraction) of itself."""
+    blur = lambda x: ndimage.gaussian_filter1d(x, rig.scatter_sigma_px, axis=-1, mode="nearest")  # noqa: E731
+    out = rig.scatter_fraction * blur(profile)
+    if rig.scatter_per_attenuation > 0:
+        att = np.maximum(-np.log(np.maximum(profile, 1e-30) / q_open), 0.0)
+        out = out + rig.scatter_per_attenuation * blur(att * profile)
+    return out
 
 
 def wedge_columns_mm(rig: "RigConfig") -> np.ndarray:
@@ -101,7 +206,7 @@ class Channel:
     so both see exactly the same photons)."""
 
     def __init__(self, rig: RigConfig, kvp: float):
-        self.spectrum = tube_spectrum(kvp, rig.anode_angle_deg, rig.filtration_mm_al, rig.dk_kev)
+        self.spectrum = beam_spectrum(rig, kvp)
         e = self.spectrum.energies_kev
         n = detected_quanta(self.spectrum, rig.csi_mm)
         self.energies = e
@@ -111,6 +216,7 @@ class Channel:
         self.wedge_mm = wedge_columns_mm(rig)
         mu_w = wedge_attenuation(e, rig.wedge_material)
         self.n_behind_wedge = self.n_open[None, :] * np.exp(-np.outer(self.wedge_mm / 10.0, mu_w))  # [W, E]
+        self.quanta_open = self.mean_kev_open**2 / float((self.n_open * e * e).sum())  # effective quanta, open beam
 
 
 class RigSimulator:
@@ -128,6 +234,13 @@ class RigSimulator:
         self.hot_idx = flat_idx[self.rig.dead_pixels:]
         y = np.linspace(-1.0, 1.0, h, dtype=np.float32)
         self.heel_profile = (1.0 + self.rig.heel * y)[:, None]  # anode side darker, along the non-wedge axis
+        if self.rig.column_gain is not None:
+            # the measured flat-field pattern replaces the simulated one's column means (its pixel-to-pixel
+            # spread stays): -ln T then carries exactly the measured pattern, as on the calibrated panel
+            own = np.exp(np.log(self.prnu * self.heel_profile).mean(0))
+            self.prnu = (self.prnu * (np.asarray(self.rig.column_gain) / own)[None, :]).astype(np.float32)
+        self.dark_columns = (np.zeros(w) if self.rig.dark_column_adu is None
+                             else np.asarray(self.rig.dark_column_adu, float))[None, :]
 
     # -- plate-dependent parts ------------------------------------------------------------------------
     def _thickness_field(self, plate: Plate, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -150,26 +263,34 @@ class RigSimulator:
             dt_cm[y0:y1, x0:x1] += disk * np.float32(rng.uniform(0.005, 0.02))
         return dt_cm, k
 
-    def _channel_image(self, ch: Channel, plate: Plate, dt_cm: np.ndarray, gain_scale: float,
+    def _channel_image(self, ch: Channel, plate: Optional[Plate], dt_cm: np.ndarray, gain_scale: float,
                        rng: np.random.Generator) -> np.ndarray:
         r = self.rig
         e = ch.energies
-        mu_p = linear_attenuation(plate.fractions(), plate.density_g_cm3, e)       # [E] 1/cm
-        n = ch.n_behind_wedge * np.exp(-mu_p * plate.thickness_mm / 10.0)[None, :]  # [W, E] photons
+        if plate is None:  # the wedge alone
+            mu_p, t_mm = np.zeros_like(e), 0.0
+        else:
+            mu_p, t_mm = linear_attenuation(plate.fractions(), plate.density_g_cm3, e), plate.thickness_mm  # [E] 1/cm
+        n = ch.n_behind_wedge * np.exp(-mu_p * t_mm / 10.0)[None, :]                # [W, E] photons
         m = n @ e                                                                   # keV per pixel
         v = n @ (e * e)
         mu_eff = (n @ (e * mu_p)) / np.maximum(m, 1e-30)                            # energy-weighted
         quanta = (m * m / np.maximum(v, 1e-30)).astype(np.float32)                 # effective quanta
         kev_per_quantum = (v / np.maximum(m, 1e-30)).astype(np.float32)
         expected = quanta[None, :] * np.exp(-mu_eff.astype(np.float32)[None, :] * dt_cm) * self.heel_profile
-        if r.scatter_fraction > 0:
+        if r.scatter_per_attenuation > 0:
+            expected = (1 - r.scatter_fraction) * expected + scatter_quanta(expected.mean(0), r, ch.quanta_open)[None, :]
+        elif r.scatter_fraction > 0:
             # Scatter is smooth: a wide blur of the column profile, spread evenly along the plate.
             prof = ndimage.gaussian_filter1d(expected.mean(0), r.scatter_sigma_px, mode="nearest")
             expected = (1 - r.scatter_fraction) * expected + r.scatter_fraction * prof[None, :]
         kev = rng.poisson(expected).astype(np.float32) * kev_per_quantum[None, :]
         if r.psf_sigma_px > 0:
             kev = ndimage.gaussian_filter(kev, r.psf_sigma_px, truncate=3.0)
+        kev = add_glare(kev, r, (0, 1))
         adu = r.dark_offset_adu + (ch.gain * gain_scale) * self.prnu * kev
+        if r.dark_column_adu is not None:
+            adu = adu + self.dark_columns
         adu += r.read_noise_adu * rng.standard_normal(adu.shape, dtype=np.float32)
         return self._quantise(adu)
 
@@ -186,11 +307,15 @@ class RigSimulator:
         darks, flats = [], []
         for ch in self.channels:
             dark = r.dark_offset_adu + r.read_noise_adu * rng.standard_normal((r.height, r.width))
+            if r.dark_column_adu is not None:
+                dark = dark + self.dark_columns
             darks.append(self._quantise(dark))
             q = ch.mean_kev_open**2 / float((ch.n_open * ch.energies**2).sum())
             kev = rng.poisson(q * self.heel_profile * np.ones((1, r.width))) * (ch.mean_kev_open / q)
             flat = r.dark_offset_adu + ch.gain * gain_scale * self.prnu * kev
             flat += r.read_noise_adu * rng.standard_normal(flat.shape)
+            if r.dark_column_adu is not None:
+                flat = flat + self.dark_columns
             flats.append(self._quantise(flat))
         return np.stack(darks), np.stack(flats)
 
@@ -221,3 +346,8 @@ class RigSimulator:
                                             ch.spectrum, self.rig.wedge_material, self.rig.csi_mm))
               for ch in self.channels]
         return SimulatedCapture(image, list(dark_adu), list(flat_adu), a0, k)
+
+    def wedge_reference(self, rng: np.random.Generator, gain_scale: float = 1.0) -> np.ndarray:
+        """The wedge alone, no plate (a frame a lab can take each session), uint16 [C, H, W]."""
+        flat = np.zeros((self.rig.height, self.rig.width), np.float32)
+        return np.stack([self._channel_image(ch, None, flat, gain_scale, rng) for ch in self.channels])

@@ -1,0 +1,184 @@
+"""`alloynet rig calibrate` and `alloynet rig references`: the simulator calibrated to a lab's rig.
+
+Exit codes of `calibrate`: 0 when the profile is written; 1 when the references cannot calibrate the rig
+(missing, unreadable, inconsistent) or the fit is poor (the fit plot is still written, to see where it
+misses; no profile is); 2 for usage errors (bad options, an unreadable --rig YAML).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from alloynet.commands.data_cli import console
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+rig_app = typer.Typer(no_args_is_help=True)
+
+
+def _line(text: str, code: Optional[int] = None) -> None:
+    console.print(text, markup=False, highlight=False)
+    if code is not None:
+        raise typer.Exit(code)
+
+
+def _nominal(path: Optional[Path], kvp: Optional[list[float]], wedge_mm: Optional[float], size: Optional[int] = None):
+    """The lab's nominal settings: a YAML of RigConfig fields (top level or under ``rig:``) and options."""
+    import yaml
+    from pydantic import ValidationError
+
+    from alloynet.physics.simulator import RigConfig
+
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            _line(f"error: {path}: cannot read as YAML ({' '.join(str(exc).split())})", EXIT_USAGE)
+        if not isinstance(raw, dict):
+            _line(f"error: {path}: expected a mapping of rig settings", EXIT_USAGE)
+        raw = dict(raw.get("rig", raw))
+    if kvp:
+        raw["kvp"] = kvp
+    if wedge_mm is not None:
+        raw["wedge_mm"] = wedge_mm
+    if size is not None:
+        raw.update(height=size, width=size)
+    if path is None and not raw:
+        return None
+    try:
+        return RigConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "rig"
+        _line(f"error: {path or 'options'}: {where}: {err['msg']}", EXIT_USAGE)
+
+
+@rig_app.command("calibrate")
+def calibrate(
+    store: str = typer.Argument(..., help="capture store (directory or s3://bucket/prefix) with the references: "
+                                          "calibration/<session>/dark|flat|wedge-<mm>mm frames and captures of "
+                                          "plates of one known alloy at known thicknesses"),
+    out: Path = typer.Option(Path("rig-profile.yaml"), help="rig profile to write (YAML)"),
+    plot: Optional[Path] = typer.Option(None, help="fit plot (PNG); default: beside --out, <name>-fit.png"),
+    alloy: Optional[str] = typer.Option(None, help="the reference plates' alloy (when the store holds several)"),
+    rig: Optional[Path] = typer.Option(None, "--rig", help="YAML of nominal rig settings (RigConfig fields); "
+                                                           "default: those the captures' sidecars record"),
+    kvp: Optional[list[float]] = typer.Option(None, help="nominal kVp, one per channel (overrides --rig)"),
+    wedge_mm: Optional[float] = typer.Option(None, help="nominal wedge thickness (overrides --rig)"),
+    fit: Optional[list[str]] = typer.Option(None, "--fit", help="a parameter to fit (repeat); default: kvp_offset_rel, "
+                                                               "extra_filtration_mm_al, scatter_*, psf_sigma_px, glare_*"),
+    holdout_thickness: Optional[float] = typer.Option(None, help="nominal thickness (mm) of the plates held out of "
+                                                                 "the fit; default: the middle of three or more"),
+    bins: int = typer.Option(32, min=4, help="profile bins along the wedge"),
+    max_misfit: Optional[float] = typer.Option(None, help="refuse when the fit misses the references by more than "
+                                                          "this many single-capture sd (rms); default 1.5"),
+    max_holdout_chi2: Optional[float] = typer.Option(None, help="refuse when a held-out capture's chi2/dof exceeds "
+                                                                "this on average; default 2.0"),
+) -> None:
+    """Fit the simulator's nuisance parameters to a rig's reference captures; write a rig profile and a fit plot."""
+    from alloynet.captures.stores import StoreError, open_store
+    from alloynet.data.rig_references import calibrate_store
+    from alloynet.physics.calibration import (DEFAULT_FIT, MAX_HOLDOUT_CHI2, MAX_MISFIT_RMS, CalibrationError,
+                                              check_fit, plot_fit)
+    from alloynet.physics.rig_profile import save_rig_profile
+
+    nominal = _nominal(rig, kvp, wedge_mm)
+    max_misfit = MAX_MISFIT_RMS if max_misfit is None else max_misfit
+    max_holdout_chi2 = MAX_HOLDOUT_CHI2 if max_holdout_chi2 is None else max_holdout_chi2
+    plot = plot or out.with_name(f"{out.stem}-fit.png")
+    try:
+        st = open_store(store)
+    except ValueError as exc:
+        _line(f"error: {exc}", EXIT_USAGE)
+    try:
+        cal, profile, refs = calibrate_store(st, alloy=alloy, rig=nominal, params=tuple(fit or DEFAULT_FIT),
+                                             holdout_thickness=holdout_thickness, bins=bins, check=False,
+                                             log=_line)
+    except CalibrationError as exc:
+        _line(f"error: cannot calibrate: {exc}", EXIT_REFUSED)
+    except (StoreError, OSError) as exc:
+        _line(f"error: {' '.join(str(exc).split())}", EXIT_REFUSED)
+    for s in refs.skipped:
+        _line(f"skipped {s}")
+    for note in cal.detector.notes:
+        _line(f"note: {note}")
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    plot_fit(cal, refs.fit, plot, refs.holdout)
+    _line("parameter: value +- 1 sd")
+    for line in profile.summary():
+        _line(f"  {line}")
+    _line(f"misfit: rms {cal.misfit_rms:.2f} single-capture sd over {len(refs.fit)} references (limit {max_misfit:g}), "
+          f"worst bin {cal.max_misfit:.1f} sd, chi2/dof {cal.chi2 / cal.dof:.2f}")
+    if cal.at_bounds:
+        _line(f"at their limits: {', '.join(cal.at_bounds)}")
+    if cal.holdout:
+        for name, h in cal.holdout["references"].items():
+            _line(f"held out {name}: misfit rms {h['misfit_rms']:.2f} sd, chi2/dof per capture {h['chi2_per_dof']:.2f} "
+                  f"(limit {max_holdout_chi2:g})")
+    _line(f"fit plot: {plot}")
+    try:
+        check_fit(cal, max_misfit, max_holdout_chi2)
+    except CalibrationError as exc:
+        _line(f"error: {exc}; no profile written", EXIT_REFUSED)
+    save_rig_profile(profile, out)
+    _line(f"rig profile: {out}")
+
+
+@rig_app.command("references")
+def references(
+    out: str = typer.Argument(..., help="capture store to write the reference set into (directory or s3://...)"),
+    simulator: str = typer.Option("second_rig", help="the rig model that takes them: second_rig (an independently "
+                                                     "written rig, for tests and demos) or alloynet"),
+    rig: Optional[Path] = typer.Option(None, "--rig", help="YAML of rig settings (RigConfig fields): the nominal "
+                                                           "settings; with alloynet also its departures from them"),
+    second_rig: Optional[Path] = typer.Option(None, help="YAML of the second rig's own physics (SecondRigConfig)"),
+    size: int = typer.Option(64, min=8, help="image height = width"),
+    kvp: Optional[list[float]] = typer.Option(None, help="kVp, one per channel"),
+    wedge_mm: Optional[list[float]] = typer.Option(None, help="wedge thickness (repeat: the wedge alone and the "
+                                                               "plates behind each, in turn)"),
+    alloy: str = typer.Option("Al1050", help="the reference plates' alloy"),
+    thickness: Optional[list[float]] = typer.Option(None, help="a reference plate's nominal thickness, mm (repeat); "
+                                                              "default 1, 2, 5"),
+    captures_per_plate: int = typer.Option(6, min=1),
+    sessions: int = typer.Option(6, min=1, help="sessions, each with a dark, a flat and the wedge alone"),
+    seed: int = 0,
+) -> None:
+    """Write the reference captures a lab would make (for testing and demonstrating `rig calibrate`)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from alloynet.captures.stores import StoreError, open_store
+    from alloynet.data.rig_references import make_references
+    from alloynet.physics.alloys import get_alloy
+    from alloynet.physics.second_rig import SecondRigConfig
+
+    if simulator not in ("second_rig", "alloynet"):
+        _line(f"error: --simulator: expected second_rig or alloynet, got {simulator!r}", EXIT_USAGE)
+    try:
+        get_alloy(alloy)
+    except (KeyError, ValueError) as exc:
+        _line(f"error: --alloy: {exc}", EXIT_USAGE)
+    nominal = _nominal(rig, kvp, wedge_mm[0] if wedge_mm else None, size)
+    own = None
+    if second_rig is not None:
+        try:
+            own = SecondRigConfig.model_validate(yaml.safe_load(second_rig.read_text()) or {})
+        except (OSError, yaml.YAMLError, ValidationError) as exc:
+            _line(f"error: {second_rig}: {' '.join(str(exc).split())}", EXIT_USAGE)
+    try:
+        st = open_store(out)
+        ids = make_references(st, nominal, simulator=simulator, second_rig=own, alloy=alloy,
+                              thicknesses_mm=thickness or (1.0, 2.0, 5.0), captures_per_plate=captures_per_plate,
+                              sessions=sessions, wedges_mm=wedge_mm or None, seed=seed)
+    except (StoreError, OSError, ValueError) as exc:
+        _line(f"error: {' '.join(str(exc).split())}", EXIT_REFUSED)
+    _line(f"{simulator}: {sessions} sessions (dark, flat, wedge alone) and {len(ids)} captures of {alloy} at "
+          f"{', '.join(f'{t:g}' for t in (thickness or (1.0, 2.0, 5.0)))} mm ({size}x{size}) in {st.uri}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(rig_app, name="rig", help="Calibrate the simulator to a lab's rig from reference captures.")

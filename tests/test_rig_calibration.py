@@ -1,0 +1,126 @@
+"""Calibrating the simulator to a rig (issue 9, `alloynet rig calibrate`).
+
+What must hold: on references the nominal simulator takes with known departures from the nominal settings,
+the fit recovers those departures within its reported uncertainty; on references of the second rig (another
+code base, its own scatter, heel, glare and gain), the calibrated simulator predicts a held-out reference
+plate to within its noise, and the uncalibrated one does not; the CLI writes a profile that `simulate` reads,
+and refuses missing references, a poor fit and a profile of another kVp, naming what is wrong.
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from alloynet.captures.stores import LocalStore
+from alloynet.data.rig_references import calibrate_store, make_references
+from alloynet.physics.calibration import FIT_PARAMETERS, predict_references
+from alloynet.physics.simulator import RigConfig
+
+SIZE = 32
+# the nominal simulator, departing from its data sheet in the ways a calibration fits
+TRUE = {"kvp_offset_rel": -0.02, "extra_filtration_mm_al": 0.4, "scatter_fraction": 0.04}
+
+
+def _cli(*args: str):
+    from alloynet.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def nominal_refs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nominal-refs")
+    make_references(LocalStore(root), RigConfig(height=SIZE, width=SIZE, **TRUE), simulator="alloynet",
+                    captures_per_plate=5, sessions=5, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def second_refs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("second-refs")
+    make_references(LocalStore(root), RigConfig(height=SIZE, width=SIZE), simulator="second_rig",
+                    captures_per_plate=5, sessions=5, seed=1)
+    return root
+
+
+def test_fit_recovers_known_departures_within_their_uncertainty(nominal_refs):
+    cal, _, _ = calibrate_store(LocalStore(nominal_refs), rig=RigConfig(height=SIZE, width=SIZE), params=tuple(TRUE),
+                                bins=16, check=False)
+    for name, true in TRUE.items():
+        value, sd = cal.values[name], cal.uncertainty[name]
+        start = FIT_PARAMETERS[name].start if FIT_PARAMETERS[name].start is not None else getattr(RigConfig(), name)
+        assert 0 < sd < 0.2 * abs(true - start), (name, sd)       # a real constraint, far tighter than the departure
+        assert abs(value - true) < 3 * sd, (name, value, true, sd)
+    assert cal.misfit_rms < 1.5
+
+
+def test_calibrated_simulator_predicts_held_out_second_rig_plate_within_noise(second_refs):
+    cal, profile, refs = calibrate_store(LocalStore(second_refs), bins=16, check=False)
+    assert [r.nominal_thickness_mm for r in refs.holdout] == [2.0]
+    calibrated = cal.holdout["references"][refs.holdout[0].name]
+    nominal = predict_references(RigConfig(height=SIZE, width=SIZE), refs.holdout, 16)["references"][refs.holdout[0].name]
+    # per held-out capture, rms over bins of (model - measured) / its noise: 1 is noise alone
+    assert np.sqrt(calibrated["chi2_per_dof"]) < 1.5, calibrated
+    assert np.sqrt(nominal["chi2_per_dof"]) > 3 * np.sqrt(calibrated["chi2_per_dof"]), (nominal, calibrated)
+    assert profile.fit["held_out"] == [refs.holdout[0].name]
+
+
+def test_cli_writes_profile_that_simulate_uses(second_refs, tmp_path):
+    prof = tmp_path / "rig.yaml"
+    res = _cli("rig", "calibrate", str(second_refs), "--out", str(prof), "--bins", "16")
+    assert res.exit_code == 0, res.output
+    assert "kvp_offset_rel: " in res.output and " +- " in res.output and "misfit: rms" in res.output
+    assert prof.exists() and (tmp_path / "rig-fit.png").read_bytes()[:4] == b"\x89PNG"
+
+    cfg = tmp_path / "spec.yaml"
+    cfg.write_text("n_max: 1\nimbalance_ratio: 1\nwedges_mm: [50]\nclass_order: [Al1050, Al7075]\n")
+    out = tmp_path / "sim"
+    res = _cli("simulate", "--out", str(out), "--config", str(cfg), "--size", str(SIZE), "--rig-profile", str(prof),
+               "--no-manifest")
+    assert res.exit_code == 0, res.output
+    sidecars = sorted((out / "captures").glob("*.json"))
+    assert sidecars
+    side = json.loads(sidecars[0].read_text())
+    assert "rig-profile=rig.yaml" in side["source"]
+    import yaml
+
+    assert side["rig"]["dose"] == pytest.approx(yaml.safe_load(prof.read_text())["rig"]["dose"])
+
+
+def test_cli_refuses_missing_references(second_refs, tmp_path):
+    store = tmp_path / "refs"
+    shutil.copytree(second_refs, store)
+    for f in store.glob("calibration/*/wedge-*"):
+        f.unlink()
+    for f in [*store.glob("captures/*-2mm-*"), *store.glob("captures/*-5mm-*")]:
+        f.unlink()
+    res = _cli("rig", "calibrate", str(store), "--out", str(tmp_path / "p.yaml"))
+    assert res.exit_code == 1
+    text = " ".join(res.output.split())
+    assert "missing references" in text and "the wedge alone" in text and "two or more thicknesses" in text
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_cli_refuses_poor_fit(second_refs, tmp_path):
+    # the tube voltage alone cannot absorb the second rig's scatter, glare and filtration
+    res = _cli("rig", "calibrate", str(second_refs), "--out", str(tmp_path / "p.yaml"), "--fit", "kvp_offset_rel",
+               "--bins", "16")
+    assert res.exit_code == 1
+    assert "poor rig calibration" in res.output and "no profile written" in res.output
+    assert not (tmp_path / "p.yaml").exists() and (tmp_path / "p-fit.png").exists()
+
+
+def test_profile_of_another_kvp_is_refused(nominal_refs, tmp_path):
+    prof = tmp_path / "rig.yaml"
+    res = _cli("rig", "calibrate", str(nominal_refs), "--out", str(prof), "--bins", "16", "--fit", "kvp_offset_rel",
+               "--fit", "extra_filtration_mm_al", "--fit", "scatter_fraction")
+    assert res.exit_code == 0, res.output
+    cfg = tmp_path / "spec.yaml"
+    cfg.write_text("n_max: 1\nrig: {kvp: [60]}\n")
+    res = _cli("simulate", "--out", str(tmp_path / "sim"), "--config", str(cfg), "--size", str(SIZE),
+               "--rig-profile", str(prof))
+    assert res.exit_code == 2
+    assert "calibrated at kvp=[50.0]" in res.output and "kvp=[60.0]" in res.output
+    assert not (tmp_path / "sim" / "captures").exists()
