@@ -31,10 +31,10 @@ test: $(STAMP)
 	infra/serving_env.sh
 	infra/browser_env.sh
 	infra/postgres_env.sh
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not serving" tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not serving" tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/simulate.py
