@@ -57,7 +57,7 @@ def demo(out: Path = typer.Option(Path("demo-data"), help="working directory for
     from flows.packaging import available_formats
 
     formats = available_formats()
-    candidate = Candidate(name="profile-cnn", config=str(config) if config.exists() else None,
+    candidate = Candidate(name="profile-mlp", config=str(config) if config.exists() else None,
                           overrides={} if config.exists() else {"epochs": 10})
     state = nightly(source=str(rig.root), data_dir=str(out / "data"), registry=str(out / "registry"),
                     work_dir=str(out / "runs"), candidates=[candidate], min_new_labelled=1,

@@ -15,7 +15,7 @@ SERVING_FORMATS = ["torchserve", "triton"]
 
 
 def default_candidates() -> list[Candidate]:
-    return [Candidate(name="profile-cnn", config="configs/demo.yaml")]
+    return [Candidate(name="profile-mlp", config="configs/demo.yaml")]
 
 
 def current_dataset(data_dir: str) -> Optional[DataSet]:
