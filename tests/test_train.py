@@ -214,7 +214,9 @@ def test_gpu_amp_channels_last(store_dir, tmp_path):
                    deterministic=True, **{"model.name": "resnet18", "model.kwargs": {}}))
     assert math.isfinite(r.metrics["loss"])
     model, _ = load_model(r.checkpoint, device="cuda")
-    assert model(torch.full((2, 1, 32, 32), 20_000.0, device="cuda"))["logits"].shape == (2, 5)
+    calibration = model.preprocess.reference_calibration(2).cuda()
+    out = model(torch.full((2, 1, 32, 32), 20_000.0, device="cuda"), calibration, torch.full((2, 1), 50.0, device="cuda"))
+    assert out["logits"].shape == (2, 5)
 
 
 @pytest.mark.slow
