@@ -34,9 +34,10 @@ def test_pbt_population_exploits_and_perturbs_and_leaves_an_alloynet_checkpoint(
     assert len(summary["final"]) == 2 and summary["epochs_trained"] == 4
     # at every interval the worse half copies the better half and perturbs what it copied
     steps = summary["exploits"]
-    # the copied member is at the interval; Tune may log the copying member's iteration as 0 or 1 depending on
-    # which result it processed first (timing on a loaded machine), so only its upper bound is asserted
-    assert steps and all(s["copied_iteration"] == 1 and s["iteration"] <= 1 for s in steps)
+    # exploits happen at the first interval (iteration 1); Tune logs either member's iteration as 0 or 1
+    # depending on which result it processed first (timing on a loaded machine: both seen), so the test
+    # asserts that the step belongs to the first interval, not which member's counter had moved
+    assert steps and all(max(s["iteration"], s["copied_iteration"]) == 1 for s in steps)
     for s in steps:
         a, b = s["from"], s["to"]
         assert a != b
