@@ -14,6 +14,22 @@ ALLOYNET = Path(sys.executable).parent / "alloynet"
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run the demo in its own process group; past the timeout the whole group goes (the demo's ephemeral
+    Prefect server is its child, which subprocess.run's timeout would leave running)."""
+    import os
+    import signal
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def test_demo_runs_the_nightly_flow_once_then_keeps_the_champion(tmp_path):
     import yaml
 
@@ -24,14 +40,14 @@ def test_demo_runs_the_nightly_flow_once_then_keeps_the_champion(tmp_path):
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "demo"
     cmd = [str(ALLOYNET), "demo", "--out", str(out), "--n-max", "16", "--config", str(tmp_path / "demo.yaml")]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    first = _run(cmd, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     reg = open_registry(out / "registry")
     assert reg.pointer().version == "v0001" and "champion v0001" in first.stdout
     mv = reg.verify("v0001")
     assert any(k.startswith("torchserve/") for k in mv.artifacts) and any(k.startswith("triton/") for k in mv.artifacts)
     assert "report.md" in first.stdout
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # the next night: nothing new
+    again = _run(cmd, timeout=900)  # the next night: nothing new
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "0 new" in again.stdout and "skipping retrain" in again.stdout.replace("\n", " ")
     assert [v.version for v in reg.versions()] == ["v0001"]
