@@ -27,6 +27,19 @@ from alloynet.physics.second_rig import NOMINAL_FIELDS, SecondRig, SecondRigConf
 from alloynet.physics.simulator import RigConfig, RigSimulator
 
 
+def one_thickness_prior(spec: BaseModel) -> None:
+    """A thickness prior is a list of values (``thicknesses_mm``) or a range (``thickness_range_mm``, the
+    default), never both: a given list clears the default range. Shared by every config that carries one."""
+    if spec.thicknesses_mm is not None:
+        if "thickness_range_mm" in spec.model_fields_set and spec.thickness_range_mm is not None:
+            raise ValueError("thicknesses_mm and thickness_range_mm: give one (a list of values, or a range)")
+        spec.thickness_range_mm = None
+    elif spec.thickness_range_mm is None:
+        raise ValueError("thickness_range_mm: give a range (or thicknesses_mm, a list of values)")
+    elif not 0 < spec.thickness_range_mm[0] <= spec.thickness_range_mm[1]:
+        raise ValueError(f"thickness_range_mm: expected 0 < min <= max, got {list(spec.thickness_range_mm)}")
+
+
 class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -65,14 +78,7 @@ class DatasetSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_thickness_prior(self) -> "DatasetSpec":
-        if self.thicknesses_mm is not None:
-            if "thickness_range_mm" in self.model_fields_set and self.thickness_range_mm is not None:
-                raise ValueError("thicknesses_mm and thickness_range_mm: give one (a list of values, or a range)")
-            self.thickness_range_mm = None
-        elif self.thickness_range_mm is None:
-            raise ValueError("thickness_range_mm: give a range (or thicknesses_mm, a list of values)")
-        elif not 0 < self.thickness_range_mm[0] <= self.thickness_range_mm[1]:
-            raise ValueError(f"thickness_range_mm: expected 0 < min <= max, got {list(self.thickness_range_mm)}")
+        one_thickness_prior(self)
         return self
 
     @property

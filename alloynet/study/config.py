@@ -10,6 +10,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from alloynet.data.simulate import one_thickness_prior
 from alloynet.physics.simulator import RigConfig
 
 
@@ -56,12 +57,7 @@ class StudyData(_Strict):
 
     @model_validator(mode="after")
     def _one_thickness_prior(self) -> "StudyData":
-        if self.thicknesses_mm is not None:
-            if "thickness_range_mm" in self.model_fields_set and self.thickness_range_mm is not None:
-                raise ValueError("data: give thicknesses_mm or thickness_range_mm, not both")
-            self.thickness_range_mm = None
-        elif self.thickness_range_mm is None:
-            raise ValueError("data: give thickness_range_mm (a range) or thicknesses_mm (a list of values)")
+        one_thickness_prior(self)
         return self
 
     def thickness_fields(self) -> dict[str, Any]:
