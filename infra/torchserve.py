@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -65,15 +66,28 @@ class TorchServeServer:
         return self.keys()["inference"]
 
 
+def _key_file(workdir: str | Path, wait_s: float = 5.0) -> dict:
+    """key_file.json as a dict. TorchServe rewrites it in place when a key is renewed, so a read can see it empty
+    or half-written: read again until it parses (a supervisor swapping versions read it empty once in CI)."""
+    path = Path(workdir) / KEY_FILE
+    end = time.monotonic() + wait_s
+    while True:
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            if time.monotonic() >= end:
+                raise ValueError(f"{path} is not valid JSON after {wait_s:g} s (TorchServe did not finish "
+                                 "rewriting it)") from None
+            time.sleep(0.05)
+
+
 def read_keys(workdir: str | Path) -> dict:
-    data = json.loads((Path(workdir) / KEY_FILE).read_text())
-    return {k: v["key"] for k, v in data.items()}
+    return {k: v["key"] for k, v in _key_file(workdir).items()}
 
 
 def key_expiry(workdir: str | Path) -> dict[str, str]:
     """{"inference": ISO time, "management": ISO time}: when each key stops working."""
-    data = json.loads((Path(workdir) / KEY_FILE).read_text())
-    return {k: v["expiration time"] for k, v in data.items() if "expiration time" in v}
+    return {k: v["expiration time"] for k, v in _key_file(workdir).items() if "expiration time" in v}
 
 
 def write_config(workdir: Path, model_store: Path, models: list[str], http_port: int, grpc_port: int,

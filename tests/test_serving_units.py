@@ -268,3 +268,26 @@ def test_torchserve_key_times_are_read_to_the_microsecond():
 
     assert _instant("2026-11-22T03:58:08.058324303Z") == datetime(2026, 11, 22, 3, 58, 8, 58324, tzinfo=timezone.utc)
     assert _instant("2026-11-22T03:58:08Z") == datetime(2026, 11, 22, 3, 58, 8, tzinfo=timezone.utc)
+
+
+def test_torchserve_key_file_read_during_a_rewrite_waits_for_the_whole_file(tmp_path):
+    """TorchServe rewrites key_file.json in place on renewal: a read that sees it empty must read it again (a swap
+    failed in CI with a JSON error from exactly that), and a file that never becomes JSON is named in the error."""
+    import threading
+
+    from infra import torchserve
+
+    path = tmp_path / torchserve.KEY_FILE
+    path.write_text("")
+    keys = {"management": {"key": "m1", "expiration time": "2026-11-22T10:00:00Z"}, "inference": {"key": "i1"},
+            "API": {"key": "a1"}}
+    timer = threading.Timer(0.3, lambda: path.write_text(json.dumps(keys)))
+    timer.start()
+    try:
+        assert torchserve.read_keys(tmp_path) == {"management": "m1", "inference": "i1", "API": "a1"}
+    finally:
+        timer.cancel()
+    assert torchserve.key_expiry(tmp_path) == {"management": "2026-11-22T10:00:00Z"}
+    path.write_text('{"management": {"ke')
+    with pytest.raises(ValueError, match="key_file.json is not valid JSON"):
+        torchserve._key_file(tmp_path, wait_s=0.2)
