@@ -264,3 +264,73 @@ def test_robustness_suite_runs_each_case_against_its_own_ceiling(store_dir, tmp_
     from alloynet.data.manifest import read_manifest
     source = read_manifest(tmp_path / "rb" / "second_rig" / "data" / "manifest.csv")
     assert (tmp_path / "rb" / "robustness.md").exists() and len(source) == 10
+
+
+# -- sim-to-real: pretrain on the (calibrated) simulator, fine-tune on the store's captures -------------------
+
+def _profile(path: Path, size: int = 32) -> Path:
+    """A rig profile as `alloynet rig calibrate` writes it: two fitted parameters with their covariance."""
+    from alloynet.physics.rig_profile import Covariance, RigProfile, save_rig_profile
+    from alloynet.physics.simulator import RigConfig
+
+    rig = RigConfig(height=size, width=size, scatter_fraction=0.05, kvp_offset_rel=0.02)
+    cov = Covariance(names=["scatter_fraction", "kvp_offset_rel"], matrix=[[1e-4, 0.0], [0.0, 4e-4]])
+    return save_rig_profile(RigProfile(rig=rig, calibrated=["scatter_fraction", "kvp_offset_rel"],
+                                       uncertainty={"scatter_fraction": 0.01, "kvp_offset_rel": 0.02},
+                                       covariance=cov), path)
+
+
+def test_synthetic_captures_from_a_rig_profile_draw_a_rig_per_session(tmp_path):
+    from alloynet.data import CLASS_NAMES
+    from alloynet.data.synthetic import SyntheticCaptures, SyntheticConfig
+    from alloynet.physics.observer import ThicknessPrior
+    from alloynet.physics.simulator import RigConfig
+
+    prof = _profile(tmp_path / "rig.yaml")
+    cfg = SyntheticConfig(captures=12, rig_profile=str(prof), rig_variants=3, session_size=4)
+    make = lambda: SyntheticCaptures(cfg, RigConfig(height=32, width=32), ThicknessPrior(range_mm=(1, 5)), [50.0],
+                                     CLASS_NAMES, seed=3)
+    a, b = make(), make()
+    assert np.array_equal(a.images, b.images)  # seeded: the same captures
+    rigs = [a._sim(50.0, s).rig for s in range(4)]
+    assert rigs[0].scatter_fraction == 0.05 and rigs[0].kvp_offset_rel == 0.02  # the best fit first
+    assert len({r.scatter_fraction for r in rigs[:3]}) == 3 and rigs[3] == rigs[0]  # then draws, in turn
+    with pytest.raises(ValueError, match="rig_profile: calibrates the alloynet simulator"):
+        SyntheticConfig(captures=1, rig_profile=str(prof), simulator="second_rig")
+
+
+def test_pretrain_then_finetune_starts_from_the_pretrained_weights(store_dir, tmp_path):
+    prof = _profile(tmp_path / "rig.yaml")
+    pre = {"synthetic": {"captures": 40, "rig_profile": str(prof), "rig_variants": 2, "session_size": 10},
+           "epochs": 1, "lr_factor": 1e-9}
+    r = train(_cfg(store_dir, tmp_path / "run", **{"pretrain": pre, "epochs": 1}))
+    pre_ckpt = tmp_path / "run" / "pretrain" / "best.pt"
+    pre_cfg = yaml.safe_load((tmp_path / "run" / "pretrain" / "config.yaml").read_text())
+    assert pre_cfg["data"]["synthetic_only"] and pre_cfg["data"]["synthetic"]["rig_profile"] == str(prof)
+    assert pre_cfg["pretrain"] is None
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["model"]["init_from"] == str(pre_ckpt) and cfg["pretrain"]["epochs"] == 1
+    assert cfg["optim"]["lr"] == pytest.approx(pre_cfg["optim"]["lr"] * 1e-9)
+    # the pretraining saw simulated captures only: as many as asked, every class
+    pre_counts = load_checkpoint(pre_ckpt)["class_counts"]
+    assert sum(pre_counts) == 40 and min(pre_counts) == 8
+    # at a vanishing fine-tuning lr the learned weights are the pretrained ones (preprocessing and answers are
+    # the run's own)
+    pretrained, tuned = load_checkpoint(pre_ckpt)["model"], load_checkpoint(r.checkpoint)["model"]
+    model, _ = load_model(r.checkpoint)
+    learned = [k for k, _ in model.named_parameters() if not k.startswith("answer.")]
+    assert learned and all(torch.allclose(pretrained[k], tuned[k], atol=1e-5) for k in learned)
+    # and a run from scratch does not end there
+    scratch = load_checkpoint(train(_cfg(store_dir, tmp_path / "scratch", epochs=1)).checkpoint)["model"]
+    assert not all(torch.allclose(pretrained[k], scratch[k], atol=1e-5) for k in learned)
+
+
+def test_init_from_refuses_another_architecture_naming_the_tensor(store_dir, tmp_path):
+    from alloynet.models.checkpoint import load_weights
+
+    other = train(_cfg(store_dir, tmp_path / "wide", **{"epochs": 1, "model.kwargs": {"widths": [8, 32]}}))
+    model, _ = load_model(train(_cfg(store_dir, tmp_path / "narrow", epochs=1)).checkpoint)
+    with pytest.raises(ValueError, match=r"other shapes \(trunk\..*same architecture"):
+        load_weights(model, other.checkpoint)
+    with pytest.raises(ValueError, match="synthetic_only: needs simulated captures"):
+        train(_cfg(store_dir, tmp_path / "none", **{"data.synthetic_only": True}))

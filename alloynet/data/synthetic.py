@@ -9,7 +9,10 @@ thickness comes from the data's own thickness prior, wedge sizes from the data's
 can drift (``session_drift``) with its calibration recording it, as on a real rig.
 
 By default the rig is the data set's own nominal rig (read from its sidecars) simulated by alloynet's
-simulator; ``rig`` overrides settings, ``simulator: second_rig`` uses the independently written second rig.
+simulator; ``rig`` overrides settings, ``simulator: second_rig`` uses the independently written second rig,
+``rig_profile`` the simulator calibrated to a lab's rig (``alloynet rig calibrate``) with ``rig_variants`` rigs
+drawn inside the calibration's uncertainty, one per simulated session in turn (pretraining for a real rig
+should not trust the calibration further than its fit does).
 """
 from __future__ import annotations
 
@@ -18,11 +21,12 @@ from typing import Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import Dataset
 
 from alloynet.physics.alloys import sample_plate
 from alloynet.physics.observer import ThicknessPrior
+from alloynet.physics.rig_profile import load_rig_profile
 from alloynet.physics.second_rig import SecondRig, SecondRigConfig
 from alloynet.physics.simulator import RigConfig, RigSimulator
 
@@ -40,6 +44,18 @@ class SyntheticConfig(BaseModel):
     wedges_mm: Optional[list[float]] = Field(None, description="default: the data's wedge sizes")
     session_drift: float = Field(0.0, ge=0, lt=0.5, description="tube output per session within +-this fraction")
     session_size: int = Field(64, ge=1)
+    rig_profile: Optional[str] = Field(None, description="a rig profile (alloynet rig calibrate): the alloynet "
+                                       "simulator calibrated to the lab's rig, applied to the data's nominal rig")
+    rig_variants: int = Field(16, ge=1, le=1000, description="with rig_profile: rigs drawn within the "
+                              "calibration's uncertainty, one per simulated session in turn (1: the best fit only)")
+    rig_spread: float = Field(1.0, ge=0, le=10, description="the draws' spread, in units of the fitted uncertainty")
+
+    @model_validator(mode="after")
+    def _profile_calibrates_alloynet(self) -> "SyntheticConfig":
+        if self.rig_profile and self.simulator != "alloynet":
+            raise ValueError("rig_profile: calibrates the alloynet simulator; it cannot be used with simulator: "
+                             f"{self.simulator}")
+        return self
 
 
 class SyntheticCaptures(Dataset):
@@ -58,14 +74,20 @@ class SyntheticCaptures(Dataset):
     def __len__(self) -> int:
         return self.cfg.captures
 
-    def _sim(self, wedge: float):
+    def _sim(self, wedge: float, session: int):
+        """The rig that takes the captures of ``session`` with this wedge (one of the profile's draws in turn)."""
         if wedge not in self._sims:
             rig = self.rig.model_copy(update={"wedge_mm": wedge})
             if self.cfg.simulator == "second_rig":
-                self._sims[wedge] = SecondRig(SecondRigConfig.from_nominal(rig, **self.cfg.second_rig))
+                self._sims[wedge] = [SecondRig(SecondRigConfig.from_nominal(rig, **self.cfg.second_rig))]
+            elif self.cfg.rig_profile:
+                profile = load_rig_profile(self.cfg.rig_profile)
+                self._sims[wedge] = [RigSimulator(r) for r in profile.variants(rig, self.cfg.rig_variants, self.seed,
+                                                                              self.cfg.rig_spread)]
             else:
-                self._sims[wedge] = RigSimulator(rig)
-        return self._sims[wedge]
+                self._sims[wedge] = [RigSimulator(rig)]
+        sims = self._sims[wedge]
+        return sims[session % len(sims)]
 
     def simulate(self, rnd: int, i: int) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         """Capture ``i`` of round ``rnd``: (uint16 image, calibration [C, 2], targets)."""
@@ -75,7 +97,7 @@ class SyntheticCaptures(Dataset):
         wedge = self.wedges[(i // k) % len(self.wedges)]
         session = i // c.session_size
         s_rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x5E55, rnd, session]))
-        sim = self._sim(wedge)
+        sim = self._sim(wedge, session)
         gain = sim.session_gain(s_rng) * (1.0 + float(s_rng.uniform(-c.session_drift, c.session_drift)))
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x5117, rnd, i]))
         plate = sample_plate(self.class_names[alloy], float(self.prior.sample(1, rng)[0]), rng, f"syn-{rnd}-{i}")
@@ -98,7 +120,8 @@ class SyntheticCaptures(Dataset):
         self.targets_ = {k: np.array([t[k] for _, _, t in items]) for k in ("alloy", "thickness_mm", "a0", "mu_eff")}
         self.round = rnd
         if self.log and len(self):
-            self.log(f"simulated {len(self)} training captures ({self.cfg.simulator}, {self.prior.describe()}, "
+            source = f"rig profile {self.cfg.rig_profile}" if self.cfg.rig_profile else self.cfg.simulator
+            self.log(f"simulated {len(self)} training captures ({source}, {self.prior.describe()}, "
                      f"wedges {self.wedges} mm) in {time.perf_counter() - t0:.0f} s")
 
     def __getitem__(self, i: int):

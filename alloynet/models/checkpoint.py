@@ -67,3 +67,32 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Al
     meta = {k: ckpt.get(k) for k in keys}
     meta["path"] = str(path)
     return model, meta
+
+
+# What a fine-tuning run keeps of its own rather than taking from the checkpoint it starts from: statistics of
+# its own data (preprocessing's fallback calibration, regression target scales), the rig's wedge and the
+# honest-answer statistics (fitted again after training).
+OWN_STATE = ("preprocess.", "wedge.", "answer.", "target_mean", "target_std")
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
+    """Start ``model`` from a checkpoint's learned weights (fine-tuning); returns the names loaded.
+
+    The checkpoint must be of the same architecture and input shape: any learned tensor missing or of another
+    shape is an error naming it, not a silent partial start."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    theirs, mine = ckpt["model"], model.state_dict()
+    wanted = [k for k in mine if not k.startswith(OWN_STATE)]
+    missing = [k for k in wanted if k not in theirs]
+    if missing:
+        raise ValueError(f"{path}: cannot start from this checkpoint ({ckpt.get('arch')}, "
+                         f"{ckpt.get('channels')} channel(s), {ckpt.get('image_size')} px): it has no {missing[:3]}")
+    shaped = [f"{k} {tuple(theirs[k].shape)} vs {tuple(mine[k].shape)}" for k in wanted
+              if theirs[k].shape != mine[k].shape]
+    if shaped:
+        raise ValueError(f"{path}: cannot start from this checkpoint: other shapes ({'; '.join(shaped[:3])}); "
+                         "it must be the same architecture trained on captures of the same size and channels")
+    with torch.no_grad():
+        for k in wanted:
+            mine[k].copy_(theirs[k].to(mine[k].device, mine[k].dtype))
+    return wanted

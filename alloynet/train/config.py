@@ -35,6 +35,9 @@ class DataConfig(_Strict):
     cache: bool = Field(True, description="keep decoded images in memory")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig,
                                        description="simulated captures mixed into training (alloynet.data.synthetic)")
+    synthetic_only: bool = Field(False, description="train on the simulated captures alone; the store's training "
+                                 "captures still give the rig, thickness prior and preprocessing, its val split "
+                                 "still picks the epoch (pretraining)")
 
 
 class ModelConfig(_Strict):
@@ -42,6 +45,9 @@ class ModelConfig(_Strict):
     activation: Optional[str] = None
     dropout: float = Field(0.1, ge=0, lt=1)
     pretrained: Optional[str] = Field(None, description="local torchvision state dict (never downloaded)")
+    init_from: Optional[str] = Field(None, description="an alloynet checkpoint whose learned weights start this "
+                                     "run (fine-tuning); preprocessing, wedge and answer statistics come from this "
+                                     "run's data")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="architecture options, e.g. bins, widths")
 
 
@@ -84,6 +90,17 @@ class AnswerConfig(_Strict):
     fit_images: int = Field(4000, ge=10, description="training captures used for the feature statistics")
 
 
+class PretrainConfig(_Strict):
+    """Sim-to-real: first train on simulated captures (``synthetic``: best with ``rig_profile``, the simulator
+    calibrated to the lab's rig, its parameters drawn within the calibration's uncertainty), then fine-tune on
+    the store's real captures from those weights at ``lr_factor`` times the learning rate."""
+    synthetic: SyntheticConfig = Field(default_factory=lambda: SyntheticConfig(captures=4000),
+                                       description="the simulated pretraining captures (one pool, kept in memory)")
+    epochs: int = Field(30, ge=1, description="pretraining epochs (the real val split picks the best)")
+    lr_factor: float = Field(0.3, gt=0, le=1, description="fine-tuning learning rate = this x optim.lr")
+    finetune_epochs: Optional[int] = Field(None, ge=1, description="default: epochs")
+
+
 class TrainConfig(_Strict):
     seed: int = 0
     epochs: int = Field(60, ge=1)
@@ -101,6 +118,8 @@ class TrainConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
+    pretrain: Optional[PretrainConfig] = Field(None, description="pretrain on simulated captures, then fine-tune "
+                                               "on the store's (skipped when model.init_from is given)")
 
 
 def resolve(config: TrainConfig) -> TrainConfig:

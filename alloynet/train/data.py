@@ -80,17 +80,21 @@ def sample_weights(labels: np.ndarray, mode: str, num_classes: int) -> Optional[
 
 
 class TrainingSet(Dataset):
-    """The store's training captures, then the simulated ones (if any): what the sampler draws from."""
+    """The store's training captures, then the simulated ones (if any): what the sampler draws from. With
+    ``use_real=False`` only the simulated ones (pretraining)."""
 
-    def __init__(self, real: CaptureDataset, synthetic: Optional[SyntheticCaptures] = None):
-        self.real, self.synthetic = real, synthetic
-        self.rows = real.rows
+    def __init__(self, real: CaptureDataset, synthetic: Optional[SyntheticCaptures] = None, use_real: bool = True):
+        if not use_real and (synthetic is None or not len(synthetic)):
+            raise ValueError("data.synthetic_only: needs simulated captures (data.synthetic.captures > 0)")
+        self.real, self.synthetic, self.use_real = real, synthetic, use_real
+        self.rows = real.rows if use_real else real.rows.iloc[:0]
+        self.n_real = len(real) if use_real else 0
 
     def __len__(self) -> int:
-        return len(self.real) + (len(self.synthetic) if self.synthetic is not None else 0)
+        return self.n_real + (len(self.synthetic) if self.synthetic is not None else 0)
 
     def __getitem__(self, i: int):
-        return self.real[i] if i < len(self.real) else self.synthetic[i - len(self.real)]
+        return self.real[i] if i < self.n_real else self.synthetic[i - self.n_real]
 
     def set_epoch(self, epoch: int) -> None:
         self.real.set_epoch(epoch)
@@ -98,17 +102,17 @@ class TrainingSet(Dataset):
             self.synthetic.set_epoch(epoch)
 
     def unaugmented(self) -> "TrainingSet":
-        return TrainingSet(self.real.unaugmented(), self.synthetic)
+        return TrainingSet(self.real.unaugmented(), self.synthetic, self.use_real)
 
     @property
     def labels(self) -> np.ndarray:
         extra = [] if self.synthetic is None else [self.synthetic.labels]
-        return np.concatenate([self.real.labels, *extra]).astype(int)
+        return np.concatenate([self.real.labels[: self.n_real], *extra]).astype(int)
 
     @property
     def thickness_mm(self) -> np.ndarray:
         extra = [] if self.synthetic is None else [self.synthetic.thickness_mm]
-        return np.concatenate([self.real.rows.thickness_mm.to_numpy(float), *extra])
+        return np.concatenate([self.rows.thickness_mm.to_numpy(float), *extra])
 
 
 @dataclass
@@ -173,7 +177,7 @@ def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, p
     if cfg.synthetic.captures:
         synthetic = synthetic_for(cfg.synthetic, rigs, data_prior(labelled), CLASS_NAMES, seed, log=log)
     train = TrainingSet(CaptureDataset(store, labelled, "train", transform=augment, seed=seed, cache=cfg.cache),
-                        synthetic)
+                        synthetic, use_real=not cfg.synthetic_only)
     val_rows, calib_rows = split_validation(labelled, seed)
     val = CaptureDataset(store, val_rows, "val", cache=cfg.cache)
     calibration = CaptureDataset(store, calib_rows, "val", cache=cfg.cache)

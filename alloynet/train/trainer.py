@@ -26,7 +26,7 @@ from alloynet.evaluate.predict import predict
 from alloynet.losses import MultiTaskLoss, create_loss
 from alloynet.models import create_model
 from alloynet.models.registry import takes_width
-from alloynet.models.checkpoint import load_checkpoint, save_checkpoint
+from alloynet.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from alloynet.models.norm import fit_input_statistics
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
@@ -136,6 +136,10 @@ def setup(cfg: TrainConfig) -> Run:
                          data.target_stats, spec["dropout"], class_names=spec["class_names"],
                          coverage=spec["coverage"], rig=spec["rig"], **spec["kwargs"], **extra).to(device)
     fit_input_statistics(model, _input_batches(data, cfg, device))
+    if cfg.model.init_from:  # after the fit: a fine-tuned model keeps the input statistics it learned with
+        loaded = load_weights(model, cfg.model.init_from)
+        if env.is_main:
+            console.print(f"starting from {cfg.model.init_from} ({len(loaded)} tensors)")
     criterion = MultiTaskLoss(create_loss(cfg.loss.name, data.class_counts, **cfg.loss.kwargs), data.target_stats,
                               cfg.loss.task_weights, cfg.loss.weighting, cfg.loss.regression).to(device)
     channels_last = cfg.channels_last and device.type == "cuda" and cfg.model.name not in ("fnn", "profile_cnn")
@@ -226,6 +230,29 @@ def fit_answer(run: Run, best: Path) -> dict:
     return summary
 
 
+def pretrain(cfg: TrainConfig, resume: bool = False) -> TrainConfig:
+    """Sim-to-real, first half: train the same model on simulated captures only (``cfg.pretrain.synthetic``),
+    into ``<out_dir>/pretrain``; returns the fine-tuning config, which starts from that run's best checkpoint
+    at ``lr_factor`` times the learning rate (and keeps ``pretrain`` as a record of how it was made)."""
+    p = cfg.pretrain
+    out = Path(cfg.out_dir) / "pretrain"
+    raw = cfg.model_dump(mode="json")
+    raw.pop("pretrain")
+    raw["data"].update(synthetic=p.synthetic.model_dump(mode="json"), synthetic_only=True)
+    raw.update(epochs=p.epochs, out_dir=str(out))
+    console.print(f"pretraining on {p.synthetic.captures} simulated captures for up to {p.epochs} epochs "
+                  f"({'rig profile ' + p.synthetic.rig_profile if p.synthetic.rig_profile else 'nominal rig'})")
+    result = train(TrainConfig.model_validate(raw), resume=resume)
+    fine = cfg.model_copy(deep=True)
+    fine.model.init_from = str(result.checkpoint)
+    fine.optim.lr = cfg.optim.lr * p.lr_factor
+    fine.epochs = p.finetune_epochs or cfg.epochs
+    console.print(f"pretrained: best epoch {result.best_epoch}, val balanced accuracy "
+                  f"{result.metrics.get('balanced_accuracy', float('nan')):.3f}; fine-tuning on the store's captures "
+                  f"at lr {fine.optim.lr:.2e}")
+    return fine
+
+
 def train(config: TrainConfig, resume: bool = False, on_epoch_end: Optional[EpochCallback] = None) -> TrainResult:
     """Train ``config``; with ``resume`` continue from ``<out_dir>/last.pt`` if it exists.
 
@@ -233,6 +260,8 @@ def train(config: TrainConfig, resume: bool = False, on_epoch_end: Optional[Epoc
     to kill a run at a known point).
     """
     cfg = resolve(config)
+    if cfg.pretrain is not None and not cfg.model.init_from:
+        cfg = pretrain(cfg, resume)
     out = Path(cfg.out_dir)
     run = setup(cfg)
     start, history, best, done = 0, [], {"epoch": 0, "metrics": {}}, False
