@@ -35,8 +35,11 @@ def nightly(source: str = SOURCE, data_dir: str = DATA_DIR, registry: str = REGI
             formats: Optional[list[str]] = None, device: str = "auto", seed: int = 0,
             accepted_sizes: Optional[list[tuple[int, int]]] = None,
             evaluate_options: Optional[dict[str, Any]] = None,
-            serve_to: Optional[str] = None, reports: Optional[str] = None) -> dict[str, Any]:
-    """``reports``: where evaluation reports are published for the UI (default $ALLOYNET_REPORTS)."""
+            serve_to: Optional[str] = None, reports: Optional[str] = None,
+            pretrain: Optional[str] = None) -> dict[str, Any]:
+    """``reports``: where evaluation reports are published for the UI (default $ALLOYNET_REPORTS).
+    ``pretrain``: a rig profile (``alloynet rig calibrate``): every candidate is pretrained on the simulator
+    calibrated to the rig, then fine-tuned on the ingested captures (sim-to-real)."""
     route_library_logs()
     log = get_run_logger()
     started = datetime.now(timezone.utc)
@@ -53,7 +56,7 @@ def nightly(source: str = SOURCE, data_dir: str = DATA_DIR, registry: str = REGI
         dataset = DataSet(**ing["dataset"]) if ing["dataset"] else None  # every later step sees this manifest
         step = "retrain"
         tr = retrain(data_dir, run_dir, candidates, min_new_labelled, force_retrain, device, record=False,
-                     dataset=dataset)
+                     dataset=dataset, pretrain=pretrain)
         _note(s, "retrain", tr)
         s.update(retrain=tr["reason"], failed_candidates=tr["failed"])
         out: dict[str, Any] = {"run_dir": run_dir, "ingest": {k: ing[k] for k in ("new", "duplicates", "vanished")},

@@ -17,11 +17,13 @@ from flows.tasks import record_training_task, retrain_needed_task, train_task
 @flow(name="retrain", description="Train every candidate (architecture/loss) on the current manifest.")
 def retrain(data_dir: str = DATA_DIR, run_dir: str = WORK_DIR, candidates: Optional[list[Candidate]] = None,
             min_new_labelled: int = MIN_NEW_LABELLED, force: bool = False, device: str = "auto",
-            record: bool = True, dataset: Optional[DataSet] = None) -> dict[str, Any]:
-    """``dataset``: the data set a nightly run ingested; standalone runs use ``data_dir`` as it is now."""
+            record: bool = True, dataset: Optional[DataSet] = None, pretrain: Optional[str] = None) -> dict[str, Any]:
+    """``dataset``: the data set a nightly run ingested; standalone runs use ``data_dir`` as it is now.
+    ``pretrain``: a rig profile; every candidate is pretrained on the simulator calibrated to it, then
+    fine-tuned on the data set."""
     route_library_logs()  # the trainer's epoch lines (alloynet.train) appear in this run's logs
     log = get_run_logger()
-    candidates = candidates or default_candidates()
+    candidates = [c.pretrained_on(pretrain) if pretrain else c for c in (candidates or default_candidates())]
     dataset = dataset or current_dataset(data_dir)
     go, n_new, why = retrain_needed_task(dataset, min_new_labelled, force)
     log.info("retrain: %s", why)

@@ -24,6 +24,9 @@ def train(
     deterministic: bool = typer.Option(False, help="deterministic kernels on GPU"),
     set_: list[str] = typer.Option([], "--set", help="any config field, dotted: --set optim.lr=0.01"),
     evaluate_split: Optional[str] = typer.Option(None, "--evaluate", help="then evaluate best.pt on this split"),
+    pretrain: Optional[Path] = typer.Option(None, help="a rig profile (alloynet rig calibrate): pretrain on the "
+                                            "simulator calibrated to the rig, then fine-tune on the store's captures "
+                                            "(pretrain.* in the config sets the details)"),
 ) -> None:
     """Train a model (multi-task, long-tail losses) and write checkpoints + the resolved config."""
     from alloynet.train import load_config, parse_override, train as run_train
@@ -34,6 +37,11 @@ def train(
     overrides.update({k: v for k, v in named.items() if v is not None})
     if deterministic:
         overrides["deterministic"] = True
+    if pretrain is not None:
+        if not pretrain.is_file():
+            raise typer.BadParameter(f"{pretrain}: rig profile not found (alloynet rig calibrate writes one)",
+                                     param_hint="--pretrain")
+        overrides["pretrain.synthetic.rig_profile"] = str(pretrain)
     cfg = load_config(config, overrides)
     result = run_train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports and evaluates

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alloynet.data.synthetic import SyntheticConfig
 
@@ -90,15 +90,25 @@ class AnswerConfig(_Strict):
     fit_images: int = Field(4000, ge=10, description="training captures used for the feature statistics")
 
 
+PRETRAIN_CAPTURES = 4000
+
+
 class PretrainConfig(_Strict):
     """Sim-to-real: first train on simulated captures (``synthetic``: best with ``rig_profile``, the simulator
     calibrated to the lab's rig, its parameters drawn within the calibration's uncertainty), then fine-tune on
     the store's real captures from those weights at ``lr_factor`` times the learning rate."""
-    synthetic: SyntheticConfig = Field(default_factory=lambda: SyntheticConfig(captures=4000),
-                                       description="the simulated pretraining captures (one pool, kept in memory)")
+    synthetic: SyntheticConfig = Field(default_factory=lambda: SyntheticConfig(captures=PRETRAIN_CAPTURES),
+                                       description=f"the simulated pretraining captures (one pool, kept in memory; "
+                                       f"{PRETRAIN_CAPTURES} unless captures is given)")
     epochs: int = Field(30, ge=1, description="pretraining epochs (the real val split picks the best)")
     lr_factor: float = Field(0.3, gt=0, le=1, description="fine-tuning learning rate = this x optim.lr")
     finetune_epochs: Optional[int] = Field(None, ge=1, description="default: epochs")
+
+    @field_validator("synthetic", mode="before")
+    @classmethod
+    def _default_captures(cls, v: Any) -> Any:
+        """``--set pretrain.synthetic.rig_profile=rig.yaml`` alone pretrains on the default number of captures."""
+        return {"captures": PRETRAIN_CAPTURES, **v} if isinstance(v, dict) else v
 
 
 class TrainConfig(_Strict):

@@ -462,3 +462,26 @@ def test_a_missing_bucket_fails_in_one_line_and_says_what_to_check(prefect_harne
                                       task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="ingest-captures")))
     assert len(tasks) == 1 and tasks[0].run_count == 1 and tasks[0].state.is_failed()
     assert open_registry(root / "registry").pointer().version == "v0001"
+
+
+def test_retrain_with_a_rig_profile_pretrains_every_candidate_then_fine_tunes(prefect_harness, after_first_night):
+    """The nightly option of sim-to-real: the flow's ``pretrain`` (a rig profile) reaches every candidate."""
+    import yaml
+
+    from flows.retrain import retrain
+    from tests.test_train import _profile
+
+    root = after_first_night
+    prof = _profile(root / "rig.yaml")
+    tiny = Candidate(name="tiny", overrides={**TINY.overrides, "pretrain.epochs": 1,
+                                             "pretrain.synthetic.captures": 20})
+    out = retrain(str(root / "data"), str(root / "runs" / "r"), [tiny], force=True, device="cpu", record=False,
+                  pretrain=str(prof))
+    assert [t["name"] for t in out["trained"]] == ["tiny"]
+    cand = root / "runs" / "r" / "candidates" / "tiny"
+    cfg = yaml.safe_load((cand / "config.yaml").read_text())
+    assert cfg["model"]["init_from"] == str((cand / "pretrain" / "best.pt").resolve())
+    assert cfg["pretrain"]["synthetic"]["rig_profile"] == str(prof.resolve())
+    assert yaml.safe_load((cand / "pretrain" / "config.yaml").read_text())["data"]["synthetic_only"] is True
+    with pytest.raises(ValueError, match="rig profile .*missing.yaml not found"):
+        TINY.pretrained_on(str(root / "missing.yaml"))
