@@ -5,6 +5,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python bench/identification.py --part rig_b    # the second rig, trained on its own data
     OMP_NUM_THREADS=1 .venv/bin/python bench/identification.py --part resnet   # resnet18 (wedge-aware) vs profile_mlp
     OMP_NUM_THREADS=1 .venv/bin/python bench/identification.py --part own_wedges  # own, synthetic wedges 45-75 mm
+    OMP_NUM_THREADS=1 .venv/bin/python bench/identification.py --part open_beam   # own, rig with an open-beam strip
 
 Each part simulates a balanced data set (seeded; 300 plates per alloy, one capture each: 70/15/15 splits),
 trains the recommended model (configs/profile_mlp.yaml) with simulated captures from the same rig mixed in
@@ -42,7 +43,12 @@ PARTS = {
     # as own, but the simulated captures mixed in come with wedges of 45-75 mm (60 mm left out): the model
     # learns how the nominal wedge-alone reference misses the rig as a function of wedge size
     "own_wedges": {"spec": {}, "synthetic": {"wedges_mm": [45.0, 50.0, 55.0, 65.0, 70.0, 75.0]}},
+    # as own, on a rig that images a 6-row open-beam strip beside the plate (recorded in the sidecars; the
+    # simulated captures mixed in have it too): in-session drift is corrected and flagged from it
+    "open_beam": {"spec": {"rig": {"height": 64, "width": 64, "open_beam_rows": 6}}, "synthetic": {}},
 }
+# the robustness cases each part runs (own also runs every case)
+SUITES = {"own": None, "own_wedges": None, "open_beam": ["any_thickness", "drift_3pct", "drift_in_session_3pct"]}
 
 
 def data(out: Path, part: str, plates: int, size: int, seed: int) -> LocalStore:
@@ -99,9 +105,9 @@ def main() -> None:
         synthetic = a.synthetic if model == "profile_mlp" else min(a.synthetic, 5000)  # resnet18 on CPU: smaller budget
         summary["runs"].append(run(model, out, a.part, synthetic, a.epochs if model == "profile_mlp" else 20, a.seed))
         print(json.dumps(summary["runs"][-1], indent=1, default=str), flush=True)
-    if a.part in ("own", "own_wedges"):
+    if a.part in SUITES:
         summary["robustness"] = run_suite(summary["runs"][0]["checkpoint"], out / "robustness", plates_per_class=60,
-                                          log=print)
+                                          cases=SUITES[a.part], log=print)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(f"wrote {out / 'summary.json'}")
 

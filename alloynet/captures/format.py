@@ -74,6 +74,8 @@ class RigInfo(BaseModel):
     wedge_axis: Literal["x"] = "x"
     detector: str = "CsI 0.5 mm, energy integrating"
     dose: Optional[NonNegativeFloat] = None
+    open_beam_rows: int = Field(0, ge=0, description="rows at the top edge that see the open beam (no plate, no "
+                                "wedge): an in-image reference of the tube's output")
 
 
 class Calibration(BaseModel):

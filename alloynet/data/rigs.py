@@ -31,6 +31,7 @@ def rig_settings(store: ObjectStore, rows: pd.DataFrame) -> dict[float, tuple[Ri
                                         anode_angle_deg=sc.rig.anode_angle_deg, filtration_mm_al=sc.rig.filtration_mm_al,
                                         wedge_mm=sc.rig.wedge_mm, wedge_min_mm=sc.rig.wedge_min_mm,
                                         wedge_material=sc.rig.wedge_material, height=int(group.height.iloc[0]),
-                                        width=int(group.width.iloc[0]), **({"dose": sc.rig.dose} if sc.rig.dose else {})),
+                                        width=int(group.width.iloc[0]), open_beam_rows=sc.rig.open_beam_rows,
+                                        **({"dose": sc.rig.dose} if sc.rig.dose else {})),
                               len(group))
     return rigs

@@ -54,6 +54,9 @@ class DatasetSpec(BaseModel):
         None, description="only these nominal thicknesses (mm), e.g. [1, 2, 5]; replaces the range")
     session_drift: float = Field(0.0, ge=0, lt=0.5, description="tube output of each calibration session drawn "
                                  "uniformly within +-this fraction (its flat frame records it)")
+    capture_drift: float = Field(0.0, ge=0, lt=0.5, description="tube output of each capture drawn uniformly "
+                                 "within +-this fraction of its session's, after the flat was taken (not recorded "
+                                 "in its calibration; an open-beam region, rig.open_beam_rows, shows it)")
     wedges_mm: list[float] = Field(default_factory=lambda: [50.0, 70.0])
     captures_per_plate: int = Field(2, ge=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
@@ -88,6 +91,9 @@ class DatasetSpec(BaseModel):
 
     @model_validator(mode="after")
     def _profile_needs_our_simulator(self) -> "DatasetSpec":
+        if self.rig.open_beam_rows and self.simulator != "alloynet":
+            raise ValueError("rig.open_beam_rows: only alloynet's simulator images an open-beam region; the "
+                             f"{self.simulator} rig has none")
         if self.rig_profile and self.simulator != "alloynet":
             raise ValueError("rig_profile: calibrates the alloynet simulator; it cannot be used with simulator: "
                              f"{self.simulator}")
@@ -168,7 +174,11 @@ def simulate_dataset(spec: DatasetSpec, store: ObjectStore, progress: Optional[C
                 if spec.simulator == "second_rig":
                     _wedge_references(spec, sims, store, session, n // spec.session_size)
             rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 2, p_idx, k]))
-            cap = sim.capture(plate, rng, session["dark_adu"], session["flat_adu"], session["gain"])
+            gain = session["gain"]
+            if spec.capture_drift > 0:  # after the session's flat: its calibration does not record it
+                drift_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 5, p_idx, k]))
+                gain *= 1.0 + float(drift_rng.uniform(-spec.capture_drift, spec.capture_drift))
+            cap = sim.capture(plate, rng, session["dark_adu"], session["flat_adu"], gain)
             cid = f"{prefix}-{p_idx:05d}-{k}"
             data, fmt = encode_image(cap.image)
             truth = {
@@ -182,7 +192,8 @@ def simulate_dataset(spec: DatasetSpec, store: ObjectStore, progress: Optional[C
                 cid, cap.image, data, fmt,
                 rig={"kvp": rig.kvp, "tube_current_ua": rig.tube_current_ua, "anode_angle_deg": rig.anode_angle_deg,
                      "filtration_mm_al": rig.filtration_mm_al, "wedge_mm": wedge, "wedge_min_mm": rig.wedge_min_mm,
-                     "wedge_material": rig.wedge_material, "dose": rig.dose},
+                     "wedge_material": rig.wedge_material, "dose": rig.dose,
+                     "open_beam_rows": getattr(rig, "open_beam_rows", 0)},
                 calibration={"session": session["id"], "dark_adu": session["dark_adu"], "flat_adu": session["flat_adu"]},
                 acquired_at=spec.start_time + timedelta(seconds=30 * n), truth=truth, plate_id=plate.plate_id,
                 source=_source(spec))

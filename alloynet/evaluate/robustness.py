@@ -4,7 +4,7 @@ own ideal-observer ceiling.
 Every case is a balanced test set simulated from the model's own nominal rig (read from its checkpoint),
 seeded, with one thing changed: plates of any thickness, the 1/2/5 mm grid, thicknesses outside the
 training range, tube output drifting +-1 % / +-3 % from session to session (calibration sent, and +-3 %
-without it), a quarter of the dose, a wedge size the model never saw, and the second rig (an independently
+without it) or +-3 % within a session (after its flat was taken), a quarter of the dose, a wedge size the model never saw, and the second rig (an independently
 written detector model, ``alloynet.physics.second_rig``). What a line sees differs from training in these
 ways; a model that only holds on its training grid fails them.
 """
@@ -50,6 +50,8 @@ CASES: tuple[RobustnessCase, ...] = (
                    spec={"session_drift": 0.03}),
     RobustnessCase(name="drift_3pct_no_calibration", description="tube output +-3 % per session, calibration not sent",
                    spec={"session_drift": 0.03}, calibration_sent=False),
+    RobustnessCase(name="drift_in_session_3pct", description="tube output +-3 % per capture after its session's flat "
+                   "(seen only through an open-beam strip, if the rig images one)", spec={"capture_drift": 0.03}),
     RobustnessCase(name="quarter_dose", description="a quarter of the training dose", rig={"dose_factor": 0.25}),
     RobustnessCase(name="unseen_wedge", description="a 60 mm wedge (trained on 50 and 70 mm)", spec={"wedges_mm": [60.0]}),
     RobustnessCase(name="second_rig", description="the second rig: its own scatter, heel, PSF, gain map and noise",
@@ -72,11 +74,17 @@ def case_spec(case: RobustnessCase, rig: RigConfig, base: dict[str, Any]) -> Dat
     r.update({k: v for k, v in case.rig.items() if k != "dose_factor"})
     if factor:
         r["dose"] = rig.dose * factor
+    if fields_simulator(case, base) != "alloynet":
+        r["open_beam_rows"] = 0  # only alloynet's simulator images an open-beam strip
     fields = dict(base)
     if {"thicknesses_mm", "thickness_range_mm"} & set(case.spec):
         fields.pop("thicknesses_mm", None)
         fields.pop("thickness_range_mm", None)
     return DatasetSpec.model_validate({**fields, **case.spec, "rig": r})
+
+
+def fields_simulator(case: RobustnessCase, base: dict[str, Any]) -> str:
+    return case.spec.get("simulator", base.get("simulator", "alloynet"))
 
 
 def _spec(case: RobustnessCase, rig: RigConfig, plates_per_class: int, seed: int) -> DatasetSpec:

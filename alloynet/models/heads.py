@@ -13,6 +13,7 @@ from torch import nn
 
 from alloynet.data.transforms import Preprocess
 from alloynet.models.answer import Answer
+from alloynet.models.open_beam import OpenBeamReference
 from alloynet.models.wedge import WedgeReference
 
 REGRESSION_TARGETS = ("thickness_mm", "a0", "mu_eff")
@@ -62,10 +63,11 @@ class AlloyNet(nn.Module):
     def __init__(self, trunk: nn.Module, feature_dim: int, num_classes: int, preprocess: Preprocess,
                  target_stats: Optional[Mapping[str, tuple[float, float]]] = None, activation: str = "relu",
                  dropout: float = 0.0, groups: Optional[Sequence[int]] = None, coverage: float = 0.95,
-                 wedge: Optional[WedgeReference] = None):
+                 wedge: Optional[WedgeReference] = None, open_beam: Optional[OpenBeamReference] = None):
         super().__init__()
         self.preprocess = preprocess
         self.wedge = wedge or WedgeReference()
+        self.open_beam = open_beam or OpenBeamReference(0, preprocess.channels)
         self.trunk = trunk
         self.head = MultiTaskHead(feature_dim, num_classes, activation, dropout)
         self.answer = Answer(num_classes, feature_dim, groups if groups is not None else [0] * num_classes,
@@ -79,20 +81,21 @@ class AlloyNet(nn.Module):
         self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32))
 
     def plate_attenuation(self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(-ln T minus the wedge alone [B, C, H, W], calibration or wedge not known [B], out of tolerance [B])."""
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(-ln T minus the wedge alone [B, C, H', W] (the plate's rows, corrected by the open-beam strip if the
+        rig images one), calibration or wedge not known [B], out of tolerance [B], drift in session [B])."""
         a, missing, out_of_tolerance = self.preprocess.neg_log(raw, calibration)
+        a, drift = self.open_beam(a)
         w, wedge_missing = self.wedge(wedge_mm, int(a.shape[-1]))
         plate = self.preprocess.standardise(a - w[:, :, None, :])
-        return plate, torch.maximum(missing, wedge_missing), out_of_tolerance
+        return plate, torch.maximum(missing, wedge_missing), out_of_tolerance, drift
 
     def forward(self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor) -> Dict[str, torch.Tensor]:
-        x, missing, out_of_tolerance = self.plate_attenuation(raw, calibration, wedge_mm)
+        x, missing, out_of_tolerance, drift = self.plate_attenuation(raw, calibration, wedge_mm)
         features = self.trunk(x)
         logits, z = self.head(features)
         reg = z.float() * self.target_std + self.target_mean
         thickness = reg[:, 0]
-        drift = torch.zeros_like(missing)  # an in-image open-beam reference is needed to see drift in a session
         probs, pset, groups, flags = self.answer(logits, thickness, features, missing, out_of_tolerance, drift)
         return {"logits": logits, "probabilities": probs, "thickness_mm": thickness, "a0": reg[:, 1],
                 "mu_eff": reg[:, 2], "prediction_set": pset, "group_probabilities": groups, "flags": flags,

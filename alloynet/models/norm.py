@@ -8,7 +8,7 @@ training starts.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -43,23 +43,30 @@ class FittedStandardise(nn.Module):
 
 
 @torch.no_grad()
-def fit_input_statistics(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> int:
-    """Fit every ``FittedStandardise`` in ``model`` on batches of its inputs (raw image, calibration,
-    wedge_mm) from training captures; returns how many captures were seen (0: nothing to fit)."""
-    norms = [m for m in model.modules() if isinstance(m, FittedStandardise)]
-    if not norms:
+def fit_input_statistics(model: nn.Module, batches: Callable[[], Iterable[tuple[torch.Tensor, ...]]]) -> int:
+    """Fit every fitted module of ``model`` (``FittedStandardise``; anything with ``begin_fit``/``end_fit``) on
+    batches of its inputs (raw image, calibration, wedge_mm) from training captures; returns how many captures
+    were seen per pass (0: nothing to fit). Modules fit in the order of their ``fit_stage`` (default 1), one
+    pass over ``batches()`` per stage: an earlier stage changes what a later one sees."""
+    fittable = [m for m in model.modules() if callable(getattr(m, "begin_fit", None))]
+    if not fittable:
         return 0
     was_training = model.training
     model.eval()
-    for m in norms:
-        m.begin_fit()
     seen = 0
     try:
-        for inputs in batches:
-            model(*inputs)
-            seen += len(inputs[0])
+        for stage in sorted({getattr(m, "fit_stage", 1) for m in fittable}):
+            now = [m for m in fittable if getattr(m, "fit_stage", 1) == stage]
+            for m in now:
+                m.begin_fit()
+            seen = 0
+            try:
+                for inputs in batches():
+                    model(*inputs)
+                    seen += len(inputs[0])
+            finally:
+                for m in now:
+                    m.end_fit()
     finally:
-        for m in norms:
-            m.end_fit()
         model.train(was_training)
     return seen

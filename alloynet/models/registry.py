@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 from torch import nn
 
 from alloynet.data.transforms import Preprocess
+from alloynet.models.open_beam import OpenBeamReference
 from alloynet.models.wedge import WedgeReference
 from alloynet.physics.alloys import ALLOY_NAMES, GROUPS, alloy_group
 from alloynet.physics.simulator import RigConfig
@@ -87,4 +88,5 @@ def create_model(name: str, num_classes: int, in_channels: int, preprocess: Unio
     trunk, dim = _MODELS[name](in_channels=in_channels, activation=activation, **kwargs)
     rig = RigConfig.model_validate(rig) if isinstance(rig, Mapping) else rig
     return AlloyNet(trunk, dim, num_classes, preprocess, target_stats, activation=activation, dropout=dropout,
-                    groups=groups, coverage=coverage, wedge=WedgeReference(rig))
+                    groups=groups, coverage=coverage, wedge=WedgeReference(rig),
+                    open_beam=OpenBeamReference(rig.open_beam_rows if rig is not None else 0, in_channels))

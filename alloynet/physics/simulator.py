@@ -46,6 +46,8 @@ class RigConfig(BaseModel):
     wedge_mm: float = Field(50.0, gt=0, description="wedge thickness at its thick end")
     wedge_min_mm: float = Field(0.0, ge=0)
     wedge_margin_px: int = Field(4, ge=0, description="plate-only strip (no wedge) at the thin end, in columns")
+    open_beam_rows: int = Field(0, ge=0, description="rows at the image's top edge beside the plate and the wedge "
+                                "(open beam): an in-image reference that shows the tube's output of each capture")
     wedge_material: Literal["Al", "PMMA"] = "Al"
     height: int = Field(256, ge=8)
     width: int = Field(256, ge=8)
@@ -285,6 +287,10 @@ class RigSimulator:
             prof = ndimage.gaussian_filter1d(expected.mean(0), r.scatter_sigma_px, mode="nearest")
             expected = (1 - r.scatter_fraction) * expected + r.scatter_fraction * prof[None, :]
         kev = rng.poisson(expected).astype(np.float32) * kev_per_quantum[None, :]
+        if r.open_beam_rows:  # beside the plate and the wedge: the open beam, as in a flat frame
+            k = min(r.open_beam_rows, r.height - 1)
+            kev[:k] = rng.poisson(ch.quanta_open * self.heel_profile[:k] * np.ones((1, r.width))) * \
+                (ch.mean_kev_open / ch.quanta_open)
         if r.psf_sigma_px > 0:
             kev = ndimage.gaussian_filter(kev, r.psf_sigma_px, truncate=3.0)
         kev = add_glare(kev, r, (0, 1))

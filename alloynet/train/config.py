@@ -88,6 +88,9 @@ class EarlyStopConfig(_Strict):
 class AnswerConfig(_Strict):
     coverage: float = Field(0.95, gt=0, lt=1, description="target coverage of the conformal prediction sets")
     fit_images: int = Field(4000, ge=10, description="training captures used for the feature statistics")
+    drift_tolerance: float = Field(0.01, gt=0, lt=1, description="drift_in_session is raised when a capture's "
+                                   "open-beam strip departs from the training captures' by more than this fraction "
+                                   "(rigs that image one: rig.open_beam_rows)")
 
 
 PRETRAIN_CAPTURES = 4000

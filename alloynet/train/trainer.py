@@ -135,7 +135,8 @@ def setup(cfg: TrainConfig) -> Run:
     model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], data.preprocess, spec["activation"],
                          data.target_stats, spec["dropout"], class_names=spec["class_names"],
                          coverage=spec["coverage"], rig=spec["rig"], **spec["kwargs"], **extra).to(device)
-    fit_input_statistics(model, _input_batches(data, cfg, device))
+    model.open_beam.tolerance.fill_(cfg.answer.drift_tolerance)
+    fit_input_statistics(model, lambda: _input_batches(data, cfg, device))
     if cfg.model.init_from:  # after the fit: a fine-tuned model keeps the input statistics it learned with
         loaded = load_weights(model, cfg.model.init_from)
         if env.is_main:
