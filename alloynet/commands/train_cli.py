@@ -55,7 +55,7 @@ def train(
 
 
 def _evaluate(checkpoint: Path, store: Optional[str], manifest: Optional[str], out: Optional[Path], split: str,
-              device: str, ceiling: bool, gradcam: int) -> dict:
+              device: str, ceiling: bool, gradcam: int, rig_profile: Optional[Path] = None) -> dict:
     import torch
 
     from alloynet.evaluate import evaluate as run_evaluate
@@ -67,7 +67,8 @@ def _evaluate(checkpoint: Path, store: Optional[str], manifest: Optional[str], o
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     out = out or Path(checkpoint).parent / f"report-{split}"
-    m = run_evaluate(checkpoint, store, manifest, out, split, device=device, with_ceiling=ceiling, gradcam=gradcam)
+    m = run_evaluate(checkpoint, store, manifest, out, split, device=device, with_ceiling=ceiling, gradcam=gradcam,
+                     rig_profile=rig_profile)
     line = (f"{m['model']} on {split} ({m['n']} captures): accuracy {m['accuracy']:.3f}, balanced accuracy "
             f"{m['balanced_accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, thickness MAE {m['thickness_mae_mm']:.3f} mm")
     if m.get("ceiling_accuracy") is not None:
@@ -90,10 +91,15 @@ def evaluate(
                                                 "thicknesses, tube drift, quarter dose, an unseen wedge, the second rig"),
     cases: Optional[str] = typer.Option(None, help="robustness cases, comma-separated (default: all)"),
     plates: int = typer.Option(60, help="robustness: plates per alloy in each case's test set"),
+    rig_profile: Optional[Path] = typer.Option(None, help="a rig profile (alloynet rig calibrate): the ceiling and "
+                                               "the physics fit use the simulator calibrated to the rig"),
 ) -> None:
     """Evaluate a checkpoint on a held-out split: metrics.json, report.md, plots, Grad-CAM; with
     --robustness, the robustness suite into <out>/robustness (each case beside its own ceiling)."""
-    _evaluate(checkpoint, store, manifest, out, split, device, ceiling, gradcam)
+    if rig_profile is not None and not rig_profile.is_file():
+        raise typer.BadParameter(f"{rig_profile}: rig profile not found (alloynet rig calibrate writes one)",
+                                 param_hint="--rig-profile")
+    _evaluate(checkpoint, store, manifest, out, split, device, ceiling, gradcam, rig_profile)
     if robustness:
         from alloynet.evaluate.robustness import run_suite
 

@@ -26,6 +26,7 @@ from alloynet.evaluate.predict import predict
 from alloynet.models.checkpoint import load_model
 from alloynet.physics.alloys import GROUPS, alloy_group
 from alloynet.physics.observer import ThicknessPrior
+from alloynet.physics.rig_profile import load_rig_profile
 from alloynet.physics.separability import mixed_ceiling
 from alloynet.serialize import jsonable
 
@@ -114,11 +115,13 @@ def baseline_metrics(st: ObjectStore, labelled: pd.DataFrame, ds: CaptureDataset
 def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: pd.DataFrame | str | Path | None,
              out_dir: str | Path, split: str = "test", *, device: str = "cpu", batch_size: int = 64,
              with_ceiling: bool = True, ceiling_kw: Optional[dict] = None, gradcam: int = 4,
-             baselines: bool = True, ceiling_rigs: Optional[dict] = None) -> dict[str, Any]:
+             baselines: bool = True, ceiling_rigs: Optional[dict] = None,
+             rig_profile: Optional[str | Path] = None) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of the manifest; writes the report folder; returns metrics.
 
     ``ceiling_rigs`` ({wedge_mm: rig config}) replaces the nominal rigs read from the sidecars for the
-    ceiling and the physics fit (e.g. the second rig's own model, when that is known)."""
+    ceiling and the physics fit (e.g. the second rig's own model, when that is known); ``rig_profile`` (from
+    ``alloynet rig calibrate``) applies the simulator calibrated to the lab's rig to them instead."""
     out = Path(out_dir)
     model, meta = load_model(checkpoint, device)
     st, df = open_dataset(store, manifest)
@@ -138,6 +141,10 @@ def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: 
     rigs = rig_settings(st, ds.rows)
     if ceiling_rigs:
         rigs = {w: (ceiling_rigs.get(w, r), n) for w, (r, n) in rigs.items()}
+    elif rig_profile:
+        profile = load_rig_profile(rig_profile)
+        rigs = {w: (profile.apply(r), n) for w, (r, n) in rigs.items()}
+        metrics["rig_profile"] = str(rig_profile)
     metrics["ceiling_accuracy"] = None
     if with_ceiling:
         ceil = ceiling(rigs, prior, **(ceiling_kw or {}))

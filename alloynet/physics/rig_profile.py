@@ -1,8 +1,8 @@
 """A rig profile: the nominal simulator calibrated to one real rig (``alloynet rig calibrate`` writes it).
 
-YAML, read by ``alloynet simulate --rig-profile`` (``rig_profile:`` in a DatasetSpec) and by the training's
-simulated captures (``data.synthetic.rig_profile``, ``pretrain.synthetic.rig_profile``). Not yet read by the
-ideal observer or the physics-fit classifier::
+YAML, read by ``alloynet simulate --rig-profile`` (``rig_profile:`` in a DatasetSpec), by the training's
+simulated captures (``data.synthetic.rig_profile``, ``pretrain.synthetic.rig_profile``, ``alloynet train
+--pretrain``) and by the ideal observer and the physics-fit classifier (``alloynet evaluate --rig-profile``)::
 
     format: alloynet-rig-profile/1
     rig: {...}                  # RigConfig: the lab's nominal settings plus every calibrated field
