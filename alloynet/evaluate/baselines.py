@@ -24,9 +24,11 @@ from alloynet.physics.profile import profile_model_for
 BINS = 32
 
 
-def measured_profiles(images: np.ndarray, calibration: np.ndarray, bins: int = BINS) -> np.ndarray:
-    """Raw captures [N, C, H, W] with their calibration [N, C, 2] -> binned profiles [N, C * bins]."""
-    images = np.asarray(images, np.float64)
+def measured_profiles(images: np.ndarray, calibration: np.ndarray, bins: int = BINS, rows: slice = slice(None)
+                      ) -> np.ndarray:
+    """Raw captures [N, C, H, W] with their calibration [N, C, 2] -> binned profiles [N, C * bins], from the
+    plate's ``rows`` (``alloynet.physics.simulator.plate_rows``: an open-beam strip is no part of the plate)."""
+    images = np.asarray(images, np.float64)[..., rows, :]
     cal = np.asarray(calibration, np.float64)
     dark, span = cal[..., 0][..., None, None], (cal[..., 1] - cal[..., 0])[..., None, None]
     a = -np.log(np.maximum((images - dark) / span, T_MIN))
@@ -36,11 +38,12 @@ def measured_profiles(images: np.ndarray, calibration: np.ndarray, bins: int = B
     return binned.reshape(len(images), -1)
 
 
-def dataset_arrays(ds) -> dict[str, np.ndarray]:
-    """Profiles, labels, thickness and wedge of every capture of a ``CaptureDataset``."""
+def dataset_arrays(ds, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """Profiles (of the plate's ``rows``), labels, thickness and wedge of every capture of a ``CaptureDataset``."""
     plain = ds.unaugmented() if hasattr(ds, "unaugmented") else ds
     images, cals = zip(*[(x.numpy(), c.numpy()) for x, c, _, _ in (plain[i] for i in range(len(plain)))])
-    return {"profiles": measured_profiles(np.stack(images), np.stack(cals)), "y": plain.rows.label.to_numpy(int),
+    return {"profiles": measured_profiles(np.stack(images), np.stack(cals), rows=rows),
+            "y": plain.rows.label.to_numpy(int),
             "thickness_mm": plain.rows.thickness_mm.to_numpy(float), "wedge_mm": plain.rows.wedge_mm.to_numpy(float)}
 
 

@@ -27,6 +27,7 @@ from alloynet.models.checkpoint import load_model
 from alloynet.physics.alloys import GROUPS, alloy_group
 from alloynet.physics.observer import ThicknessPrior
 from alloynet.physics.rig_profile import load_rig_profile
+from alloynet.physics.simulator import plate_rows
 from alloynet.physics.separability import mixed_ceiling
 from alloynet.serialize import jsonable
 
@@ -95,8 +96,9 @@ def answer_metrics(p: dict[str, np.ndarray], names: list[str], coverage: float) 
 def baseline_metrics(st: ObjectStore, labelled: pd.DataFrame, ds: CaptureDataset, rigs: dict, prior: ThicknessPrior,
                      names: list[str]) -> dict[str, dict]:
     """The physics fit and the Gaussian profile classifier on the same captures (see baselines.py)."""
-    test = dataset_arrays(ds)
-    train = dataset_arrays(CaptureDataset(st, labelled, "train")) if (labelled.split == "train").any() else None
+    rows = plate_rows(next(iter(rigs.values()))[0])  # one strip for every wedge of a rig
+    test = dataset_arrays(ds, rows)
+    train = dataset_arrays(CaptureDataset(st, labelled, "train"), rows) if (labelled.split == "train").any() else None
     out = {}
     for name, res in run_baselines(train, test, {w: r for w, (r, _) in rigs.items()}, prior, names).items():
         if "skipped" in res:

@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from alloynet.data.transforms import wedge_profile
-
-GUARD_ROWS = 2
+from alloynet.physics.simulator import OPEN_BEAM_GUARD_ROWS as GUARD_ROWS
 MIN_REFERENCE_ROWS = 1
 
 

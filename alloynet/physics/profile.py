@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from alloynet.physics.materials import linear_attenuation
-from alloynet.physics.simulator import Channel, RigConfig, RigSimulator, add_glare, scatter_quanta
+from alloynet.physics.simulator import Channel, RigConfig, RigSimulator, add_glare, plate_rows, scatter_quanta
 
 
 class ProfileModel:
@@ -86,7 +86,7 @@ class ProfileModel:
             n = ch.n_behind_wedge * np.exp(-linear_attenuation(fractions, density, e) * thickness_mm / 10.0)[None, :]
             m, v = n @ e, n @ (e * e)
             per_pixel = v / m**2 + (r.read_noise_adu**2 + 1 / 12) / (ch.gain * m) ** 2
-            per_col = per_pixel / r.height
+            per_col = per_pixel / len(range(r.height)[plate_rows(r)])
             k = np.diff(self._edges)
             out.append(self._bin(per_col, average=False) / k**2)
         return np.concatenate(out)
@@ -94,7 +94,7 @@ class ProfileModel:
     def texture_field_cov(self) -> np.ndarray:
         """Covariance [bins, bins] of the binned row mean of the plate's unit texture field (see module doc)."""
         r = self.rig
-        return _texture_field_cov(r.height, r.width, max(1, r.texture_cell_px), self.bins)
+        return _texture_field_cov(len(range(r.height)[plate_rows(r)]), r.width, max(1, r.texture_cell_px), self.bins)
 
 
 @lru_cache(maxsize=16)
@@ -103,9 +103,11 @@ def _fixed_pattern_cached(rig_json: str) -> np.ndarray:
     det = RigSimulator(rig)
     good = np.ones(rig.height * rig.width, bool)
     good[np.concatenate([det.dead_idx, det.hot_idx])] = False
-    good = good.reshape(rig.height, rig.width)
-    # the mean over rows of -ln(gain pattern x heel), good pixels only: what -ln T carries in every capture
-    pattern = -np.log(det.prnu * det.heel_profile)
+    rows = plate_rows(rig)
+    good = good.reshape(rig.height, rig.width)[rows]
+    # the mean over the plate's rows of -ln(gain pattern x heel), good pixels only: what -ln T carries in every
+    # capture
+    pattern = -np.log(det.prnu * det.heel_profile)[rows]
     return (pattern * good).sum(0) / np.maximum(good.sum(0), 1)
 
 

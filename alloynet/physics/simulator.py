@@ -187,6 +187,15 @@ def scatter_quanta(profile: np.ndarray, rig: "RigConfig", q_open: float) -> np.n
     return out
 
 
+# rows on each side of an open-beam strip's edge that the detector's PSF blurs: read by neither side
+OPEN_BEAM_GUARD_ROWS = 2
+
+
+def plate_rows(rig: "RigConfig") -> slice:
+    """The rows that image the plate (all of them, unless the rig images an open-beam strip at the top)."""
+    return slice(rig.open_beam_rows + OPEN_BEAM_GUARD_ROWS if rig.open_beam_rows else 0, None)
+
+
 def wedge_columns_mm(rig: "RigConfig") -> np.ndarray:
     """Wedge thickness under each image column: a plate-only strip, then a linear ramp to ``wedge_mm``."""
     margin = min(rig.wedge_margin_px, rig.width - 2)

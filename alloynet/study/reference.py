@@ -23,13 +23,15 @@ from alloynet.evaluate.baselines import GaussianProfile, PhysicsFit, dataset_arr
 from alloynet.evaluate.metrics import classification_metrics
 from alloynet.evaluate.report import ceiling, group_probabilities, heavy_light
 from alloynet.evaluate.robustness import capture_rigs
+from alloynet.physics.simulator import plate_rows
 from alloynet.study.datasets import calibration_sent, set_spec
 
 VERSION = 1  # bump when the figures below are computed differently
 
 
 def _arrays(root: Path) -> dict[str, np.ndarray]:
-    return dataset_arrays(CaptureDataset(LocalStore(root), read_manifest(root / "manifest.csv"), "test"))
+    return dataset_arrays(CaptureDataset(LocalStore(root), read_manifest(root / "manifest.csv"), "test"),
+                          plate_rows(set_spec(root).rig))
 
 
 def scores(y: np.ndarray, probs: np.ndarray, thickness: Optional[np.ndarray] = None,
@@ -95,7 +97,7 @@ def pool_baseline(pool: Path, sets: dict[str, Path]) -> dict[str, Optional[dict]
     df = read_manifest(pool / "manifest.csv")
     df = df[df.labelled & (df.label >= 0)].assign(split="train")  # no epoch to pick: val is training data too
     t0 = time.perf_counter()
-    train = dataset_arrays(CaptureDataset(LocalStore(pool), df, "train"))
+    train = dataset_arrays(CaptureDataset(LocalStore(pool), df, "train"), plate_rows(set_spec(pool).rig))
     model = GaussianProfile(len(CLASS_NAMES), set_spec(pool).prior).fit(
         train["profiles"], train["y"], train["thickness_mm"], train["wedge_mm"])
     fit_s = time.perf_counter() - t0
