@@ -41,8 +41,9 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device | str = "
                 batch["features"] = out["features"].float()
             for t in REGRESSION_TARGETS:
                 batch[f"pred_{t}"], batch[f"true_{t}"] = out[t].float(), targets[t]
-            for k, v in batch.items():
-                cols.setdefault(k, []).append(v.detach().cpu().numpy())
+            for k, v in batch.items():  # float32 whatever autocast computed (numpy has no bf16)
+                v = v.detach().cpu()
+                cols.setdefault(k, []).append((v.float() if v.is_floating_point() else v).numpy())
     finally:
         model.train(was_training)
     return {k: np.concatenate(v) for k, v in cols.items()}

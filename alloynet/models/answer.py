@@ -63,7 +63,8 @@ class Answer(nn.Module):
         """(probabilities [B, K], prediction_set [B, K], group_probabilities [B, G], flags [B, 5])."""
         probs = self.probabilities(logits)
         pset = (probs >= 1.0 - self.qhat).float()
-        groups = probs @ self.group_matrix
+        # a sum of products, not a matmul: under CUDA autocast a matmul would come out in bf16
+        groups = (probs[:, :, None] * self.group_matrix[None]).sum(dim=1)
         thick = ((thickness_mm < self.thickness_range[0]) | (thickness_mm > self.thickness_range[1])).float()
         ood = (self.ood_distance(features) > self.ood_threshold).float()
         flags = torch.stack([calibration_missing, calibration_out, thick, ood, drift], dim=1)
@@ -78,7 +79,8 @@ class Answer(nn.Module):
         if coverage is not None:
             self.coverage.fill_(float(coverage))
         self.temperature.fill_(fit_temperature(val_logits, val_labels))
-        probs = torch.softmax(torch.as_tensor(val_logits, dtype=torch.float32) / self.temperature, -1).numpy()
+        # fitted on the host, whatever device the model trained on (its buffers may live on a GPU)
+        probs = torch.softmax(torch.as_tensor(val_logits, dtype=torch.float32) / float(self.temperature), -1).numpy()
         self.qhat.fill_(conformal_threshold(probs, val_labels, float(self.coverage)))
         t = np.asarray(train_thickness, float)
         t = t[np.isfinite(t)]
@@ -109,8 +111,8 @@ class Answer(nn.Module):
         self.feat_proj.copy_(torch.as_tensor(proj, dtype=torch.float32))
         self.class_means.copy_(torch.as_tensor(np.where(np.isfinite(means), means, 1e6), dtype=torch.float32))
         self.precision.copy_(torch.as_tensor(np.linalg.inv(cov), dtype=torch.float32))
-        self.ood_threshold.fill_(float(np.quantile(self.ood_distance(torch.as_tensor(f_val, dtype=torch.float32)).numpy(),
-                                                   OOD_QUANTILE)))
+        f_val = torch.as_tensor(f_val, dtype=torch.float32, device=self.feat_mean.device)
+        self.ood_threshold.fill_(float(np.quantile(self.ood_distance(f_val).cpu().numpy(), OOD_QUANTILE)))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -192,8 +192,10 @@ OPEN_BEAM_GUARD_ROWS = 2
 
 
 def plate_rows(rig: "RigConfig") -> slice:
-    """The rows that image the plate (all of them, unless the rig images an open-beam strip at the top)."""
-    return slice(rig.open_beam_rows + OPEN_BEAM_GUARD_ROWS if rig.open_beam_rows else 0, None)
+    """The rows that image the plate (all of them, unless the rig images an open-beam strip at the top; the
+    second rig's model never does)."""
+    rows = getattr(rig, "open_beam_rows", 0)
+    return slice(rows + OPEN_BEAM_GUARD_ROWS if rows else 0, None)
 
 
 def wedge_columns_mm(rig: "RigConfig") -> np.ndarray:
