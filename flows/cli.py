@@ -15,6 +15,10 @@ from typing import Optional
 
 import typer
 
+# The top-level commands register() adds: alloynet.cli reads this literal from the source, without running
+# this module, to register only the plugin a command needs (see its docstring).
+COMMANDS = ("demo", "study-pool")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -12,6 +12,10 @@ from typing import Optional
 import typer
 from alloynet.console import make_console
 
+# The top-level commands register() adds: alloynet.cli reads this literal from the source, without running
+# this module, to register only the plugin a command needs (see its docstring).
+COMMANDS = ("package", "serve", "infer")
+
 console = make_console()
 package_app = typer.Typer(no_args_is_help=True)
 

@@ -100,3 +100,93 @@ def test_log_lines_are_not_padded_when_not_a_terminal():
     CliConsole(file=buf).log("simulating the shared test set", 3)
     line = buf.getvalue()
     assert line.endswith("simulating the shared test set 3\n") and len(line) < 60, repr(line[:200])
+
+
+def test_each_command_comes_from_the_module_the_cli_names():
+    """The lazy registry's tables say what each module's register() adds: alloynet.cli.COMMANDS for the
+    library's areas, each plugin's COMMANDS for the plugins; together, every command of the full app."""
+    import importlib
+
+    import typer
+
+    from alloynet import cli
+
+    def names(register) -> set[str]:
+        app = cli.new_app()
+        register(app)
+        return set(typer.main.get_command(app).commands)
+
+    for module in set(cli.COMMANDS.values()):
+        assert names(importlib.import_module(module).register) == {c for c, m in cli.COMMANDS.items() if m == module}
+    plugins = cli._plugins()
+    assert {ep.name for ep in plugins} >= {"serving", "flows"}
+    declared = {ep.name: cli.plugin_commands(ep) for ep in plugins}
+    assert declared["serving"] == ("package", "serve", "infer") and declared["flows"] == ("demo", "study-pool")
+    for ep in plugins:
+        assert names(ep.load()) == set(declared[ep.name])
+    assert set(typer.main.get_command(cli.app).commands) == set(cli.COMMANDS).union(*declared.values())
+    assert set(typer.main.get_command(cli.build_app("infer")).commands) == {"package", "serve", "infer"}
+
+
+CLI_AS_MAIN = """import json, runpy, sys
+try:
+    runpy.run_module("alloynet.cli", run_name="__main__")  # what `python -m alloynet.cli ARGS` runs
+except SystemExit as exc:
+    code = exc.code
+print("REPORT", json.dumps({"exit": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def run_cli_as_main(*args: str) -> tuple[int, str, list[str]]:
+    """``python -m alloynet.cli ARGS`` in a fresh interpreter from the checkout: exit code, output, sys.modules."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    res = subprocess.run([sys.executable, "-c", CLI_AS_MAIN, *args], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    *out, report = res.stdout.rstrip("\n").split("\n")
+    assert report.startswith("REPORT "), res.stdout + res.stderr
+    rep = json.loads(report[len("REPORT "):])
+    return rep["exit"], "\n".join(out) + res.stderr, rep["modules"]
+
+
+def test_a_command_loads_only_its_own_group():
+    """`alloynet infer` registers the serving plugin alone: no other command group's module is imported (nor
+    what they import), so the inspection-line client starts fast. Behaviour only: timings are bench's."""
+    heavy = ("prefect", "torch", "pandas", "boto3", "yaml", "scipy")
+    code, out, mods = run_cli_as_main("infer", "--help")
+    assert code in (0, None) and "Send captures to a model server" in out, out
+    assert "serving.cli" in mods
+    unrelated = [m for m in mods if m.startswith(("alloynet.commands", "flows.")) or m.split(".")[0] in heavy]
+    assert not unrelated, unrelated
+    code, out, mods = run_cli_as_main("simulate", "--help")
+    assert code in (0, None) and "--n-max" in out, out
+    assert [m for m in mods if m.startswith("alloynet.commands")] == ["alloynet.commands", "alloynet.commands.data_cli"]
+    assert not [m for m in mods if m.split(".")[0] in ("serving", "flows", "prefect", "torch")]
+
+
+def test_help_and_unknown_commands_see_every_command():
+    code, out, _ = run_cli_as_main("--help")
+    assert code in (0, None)
+    for name in ("simulate", "ingest", "import", "train", "evaluate", "study", "demo", "study-pool", "infer",
+                 "physics", "data", "rig", "registry", "package", "serve"):
+        assert f"\n  {name} " in out, (name, out)
+    code, out, _ = run_cli_as_main("nosuch")
+    assert code == 2 and "No such command 'nosuch'" in out, out
+
+
+def test_plugin_commands_are_read_from_the_source_without_running_it(tmp_path, monkeypatch):
+    """A plugin declares its commands as a literal; anything else counts as undeclared (registered always)."""
+    from types import SimpleNamespace
+
+    from alloynet import cli
+
+    sources = {"one": 'import sys\nCOMMANDS = ("a", "b-c")  # note\nsys.exit("never run")\n',
+               "lines": 'COMMANDS = (\n    "a",\n    "b",\n)\nraise SystemExit("never run")\n',
+               "computed": 'COMMANDS = tuple("ab")\n', "none": 'NAMES = ("a",)\n', "ints": "COMMANDS = (1, 2)\n"}
+    for name, text in sources.items():
+        (tmp_path / f"plugin_{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    got = {name: cli.plugin_commands(SimpleNamespace(module=f"plugin_{name}")) for name in sources}
+    assert got == {"one": ("a", "b-c"), "lines": ("a", "b"), "computed": None, "none": None, "ints": None}

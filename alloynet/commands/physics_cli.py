@@ -52,3 +52,7 @@ def separability(
     typer.echo(report.markdown())  # plain Markdown: readable here and pasteable into reports
     if json_out:
         json_out.write_text(json.dumps(report.to_dict(), indent=1))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="physics", help="Attenuation, transmission and the ideal-observer report.")
