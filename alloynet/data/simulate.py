@@ -22,7 +22,7 @@ from alloynet.data import CLASS_NAMES
 from alloynet.data.profiles import Profile, class_counts
 from alloynet.physics.alloys import alloys_from_config, get_alloy, sample_plate
 from alloynet.physics.observer import ThicknessPrior
-from alloynet.physics.rig_profile import load_rig_profile
+from alloynet.physics.rig_profile import load_rig_profile, needs_alloynet_simulator
 from alloynet.physics.second_rig import NOMINAL_FIELDS, SecondRig, SecondRigConfig
 from alloynet.physics.simulator import RigConfig, RigSimulator
 
@@ -91,12 +91,7 @@ class DatasetSpec(BaseModel):
 
     @model_validator(mode="after")
     def _profile_needs_our_simulator(self) -> "DatasetSpec":
-        if self.rig.open_beam_rows and self.simulator != "alloynet":
-            raise ValueError("rig.open_beam_rows: only alloynet's simulator images an open-beam region; the "
-                             f"{self.simulator} rig has none")
-        if self.rig_profile and self.simulator != "alloynet":
-            raise ValueError("rig_profile: calibrates the alloynet simulator; it cannot be used with simulator: "
-                             f"{self.simulator}")
+        needs_alloynet_simulator(self.simulator, self.rig_profile, self.rig.open_beam_rows)
         return self
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from alloynet.physics.alloys import sample_plate
 from alloynet.physics.observer import ThicknessPrior
-from alloynet.physics.rig_profile import load_rig_profile
+from alloynet.physics.rig_profile import load_rig_profile, needs_alloynet_simulator
 from alloynet.physics.second_rig import SecondRig, SecondRigConfig
 from alloynet.physics.simulator import RigConfig, RigSimulator
 
@@ -52,9 +52,7 @@ class SyntheticConfig(BaseModel):
 
     @model_validator(mode="after")
     def _profile_calibrates_alloynet(self) -> "SyntheticConfig":
-        if self.rig_profile and self.simulator != "alloynet":
-            raise ValueError("rig_profile: calibrates the alloynet simulator; it cannot be used with simulator: "
-                             f"{self.simulator}")
+        needs_alloynet_simulator(self.simulator, self.rig_profile)
         return self
 
 

@@ -4,9 +4,10 @@ own ideal-observer ceiling.
 Every case is a balanced test set simulated from the model's own nominal rig (read from its checkpoint),
 seeded, with one thing changed: plates of any thickness, the 1/2/5 mm grid, thicknesses outside the
 training range, tube output drifting +-1 % / +-3 % from session to session (calibration sent, and +-3 %
-without it) or +-3 % within a session (after its flat was taken), a quarter of the dose, a wedge size the model never saw, and the second rig (an independently
-written detector model, ``alloynet.physics.second_rig``). What a line sees differs from training in these
-ways; a model that only holds on its training grid fails them.
+without it) or +-3 % within a session (after its flat was taken), a quarter of the dose, a wedge size the
+model never saw, and the second rig (an independently written detector model,
+``alloynet.physics.second_rig``). What a line sees differs from training in these ways; a model that only
+holds on its training grid fails them.
 """
 from __future__ import annotations
 
@@ -74,17 +75,13 @@ def case_spec(case: RobustnessCase, rig: RigConfig, base: dict[str, Any]) -> Dat
     r.update({k: v for k, v in case.rig.items() if k != "dose_factor"})
     if factor:
         r["dose"] = rig.dose * factor
-    if fields_simulator(case, base) != "alloynet":
+    if case.spec.get("simulator", base.get("simulator", "alloynet")) != "alloynet":
         r["open_beam_rows"] = 0  # only alloynet's simulator images an open-beam strip
     fields = dict(base)
     if {"thicknesses_mm", "thickness_range_mm"} & set(case.spec):
         fields.pop("thicknesses_mm", None)
         fields.pop("thickness_range_mm", None)
     return DatasetSpec.model_validate({**fields, **case.spec, "rig": r})
-
-
-def fields_simulator(case: RobustnessCase, base: dict[str, Any]) -> str:
-    return case.spec.get("simulator", base.get("simulator", "alloynet"))
 
 
 def _spec(case: RobustnessCase, rig: RigConfig, plates_per_class: int, seed: int) -> DatasetSpec:

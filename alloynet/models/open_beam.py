@@ -21,6 +21,8 @@ from torch import nn
 
 from alloynet.data.transforms import wedge_profile
 from alloynet.physics.simulator import OPEN_BEAM_GUARD_ROWS as GUARD_ROWS
+from alloynet.physics.simulator import plate_row_start
+
 MIN_REFERENCE_ROWS = 1
 
 
@@ -52,7 +54,7 @@ class OpenBeamReference(nn.Module):
             self._acc.append(t.detach().float())
         ratio = t / self.expected
         drift = ((ratio - 1.0).abs().amax(dim=1) > self.tolerance).to(a.dtype)
-        plate = a[:, :, self.rows + GUARD_ROWS:, :] + torch.log(ratio)[:, :, None, None]
+        plate = a[:, :, plate_row_start(self.rows):, :] + torch.log(ratio)[:, :, None, None]
         return plate, drift
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

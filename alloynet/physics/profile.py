@@ -86,7 +86,7 @@ class ProfileModel:
             n = ch.n_behind_wedge * np.exp(-linear_attenuation(fractions, density, e) * thickness_mm / 10.0)[None, :]
             m, v = n @ e, n @ (e * e)
             per_pixel = v / m**2 + (r.read_noise_adu**2 + 1 / 12) / (ch.gain * m) ** 2
-            per_col = per_pixel / len(range(r.height)[plate_rows(r)])
+            per_col = per_pixel / _plate_height(r)
             k = np.diff(self._edges)
             out.append(self._bin(per_col, average=False) / k**2)
         return np.concatenate(out)
@@ -94,7 +94,12 @@ class ProfileModel:
     def texture_field_cov(self) -> np.ndarray:
         """Covariance [bins, bins] of the binned row mean of the plate's unit texture field (see module doc)."""
         r = self.rig
-        return _texture_field_cov(len(range(r.height)[plate_rows(r)]), r.width, max(1, r.texture_cell_px), self.bins)
+        return _texture_field_cov(_plate_height(r), r.width, max(1, r.texture_cell_px), self.bins)
+
+
+def _plate_height(rig: RigConfig) -> int:
+    """Rows the profile averages over: the plate's, not an open-beam strip's."""
+    return len(range(rig.height)[plate_rows(rig)])
 
 
 @lru_cache(maxsize=16)

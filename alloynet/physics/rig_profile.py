@@ -128,6 +128,17 @@ def _bounds(name: str) -> tuple[float, float]:
     return (p.lo, p.hi) if p else (-np.inf, np.inf)
 
 
+def needs_alloynet_simulator(simulator: str, rig_profile: Optional[str], open_beam_rows: int = 0) -> None:
+    """A rig profile calibrates alloynet's simulator, and only it images an open-beam strip: refused with
+    another simulator (a data set spec's and the training's simulated captures' rule)."""
+    if open_beam_rows and simulator != "alloynet":
+        raise ValueError(f"rig.open_beam_rows: only alloynet's simulator images an open-beam region; the {simulator} "
+                         "rig has none")
+    if rig_profile and simulator != "alloynet":
+        raise ValueError("rig_profile: calibrates the alloynet simulator; it cannot be used with simulator: "
+                         f"{simulator}")
+
+
 def save_rig_profile(profile: RigProfile, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -191,11 +191,15 @@ def scatter_quanta(profile: np.ndarray, rig: "RigConfig", q_open: float) -> np.n
 OPEN_BEAM_GUARD_ROWS = 2
 
 
+def plate_row_start(open_beam_rows: int) -> int:
+    """The first row that images the plate: 0, or below an open-beam strip and its guard rows."""
+    return open_beam_rows + OPEN_BEAM_GUARD_ROWS if open_beam_rows else 0
+
+
 def plate_rows(rig: "RigConfig") -> slice:
     """The rows that image the plate (all of them, unless the rig images an open-beam strip at the top; the
     second rig's model never does)."""
-    rows = getattr(rig, "open_beam_rows", 0)
-    return slice(rows + OPEN_BEAM_GUARD_ROWS if rows else 0, None)
+    return slice(plate_row_start(getattr(rig, "open_beam_rows", 0)), None)
 
 
 def wedge_columns_mm(rig: "RigConfig") -> np.ndarray:
