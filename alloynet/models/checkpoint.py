@@ -51,7 +51,7 @@ def build_model(spec: dict[str, Any]) -> AlloyNet:
     return create_model(spec["name"], spec["num_classes"], spec["in_channels"], spec["preprocess"],
                         activation=spec["activation"], target_stats=stats, dropout=spec.get("dropout", 0.0),
                         class_names=spec.get("class_names"), coverage=spec.get("coverage", 0.95), rig=spec.get("rig"),
-                        **spec.get("kwargs", {}))
+                        physics=spec.get("physics"), **spec.get("kwargs", {}))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[AlloyNet, dict[str, Any]]:
@@ -71,8 +71,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Al
 
 # What a fine-tuning run keeps of its own rather than taking from the checkpoint it starts from: statistics of
 # its own data (preprocessing's fallback calibration, regression target scales), the rig's wedge and the
-# honest-answer statistics (fitted again after training).
-OWN_STATE = ("preprocess.", "wedge.", "answer.", "target_mean", "target_std")
+# honest-answer statistics (fitted again after training), the physics fit's tables (its own rigs and prior).
+OWN_STATE = ("preprocess.", "wedge.", "answer.", "target_mean", "target_std", "physics.reference",
+             "physics.whiten", "physics.mean_white", "physics.node_of", "physics.log_weight", "physics.fitted",
+             "physics.wedges_mm")
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> list[str]:

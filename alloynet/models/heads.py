@@ -14,6 +14,7 @@ from torch import nn
 from alloynet.data.transforms import Preprocess
 from alloynet.models.answer import Answer
 from alloynet.models.open_beam import OpenBeamReference
+from alloynet.models.physics_prior import PhysicsLikelihood
 from alloynet.models.wedge import WedgeReference
 
 REGRESSION_TARGETS = ("thickness_mm", "a0", "mu_eff")
@@ -58,17 +59,21 @@ class AlloyNet(nn.Module):
     minus the wedge's attenuation for the capture's wedge size (``alloynet.models.wedge``).
     Output dict: ``logits`` (what the loss trains), ``probabilities`` (temperature-calibrated),
     ``thickness_mm``, ``a0``, ``mu_eff`` (physical units), ``prediction_set``, ``group_probabilities``,
-    ``flags`` (see ``alloynet.models.answer``) and ``features`` (the trunk's output)."""
+    ``flags`` (see ``alloynet.models.answer``) and ``features`` (the trunk's output). With ``physics`` (the
+    forward model's likelihoods, ``alloynet.models.physics_prior``) the logits are the head's plus the physics
+    fit's log posterior, learnt weight."""
 
     def __init__(self, trunk: nn.Module, feature_dim: int, num_classes: int, preprocess: Preprocess,
                  target_stats: Optional[Mapping[str, tuple[float, float]]] = None, activation: str = "relu",
                  dropout: float = 0.0, groups: Optional[Sequence[int]] = None, coverage: float = 0.95,
-                 wedge: Optional[WedgeReference] = None, open_beam: Optional[OpenBeamReference] = None):
+                 wedge: Optional[WedgeReference] = None, open_beam: Optional[OpenBeamReference] = None,
+                 physics: Optional[PhysicsLikelihood] = None):
         super().__init__()
         self.preprocess = preprocess
         self.wedge = wedge or WedgeReference()
         self.open_beam = open_beam or OpenBeamReference(0, preprocess.channels)
         self.trunk = trunk
+        self.physics = physics
         self.head = MultiTaskHead(feature_dim, num_classes, activation, dropout)
         self.answer = Answer(num_classes, feature_dim, groups if groups is not None else [0] * num_classes,
                              coverage=coverage)
@@ -80,20 +85,35 @@ class AlloyNet(nn.Module):
         self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32))
 
+    def attenuation(self, raw: torch.Tensor, calibration: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(-ln T of the plate's rows [B, C, H', W], corrected by the open-beam strip if the rig images one;
+        calibration not known [B], out of tolerance [B], drift in session [B])."""
+        a, missing, out_of_tolerance = self.preprocess.neg_log(raw, calibration)
+        a, drift = self.open_beam(a)
+        return a, missing, out_of_tolerance, drift
+
+    def plate_input(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(What the trunk reads: -ln T minus the wedge alone, standardised; wedge size not known [B])."""
+        w, wedge_missing = self.wedge(wedge_mm, int(a.shape[-1]))
+        return self.preprocess.standardise(a - w[:, :, None, :]), wedge_missing
+
     def plate_attenuation(self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(-ln T minus the wedge alone [B, C, H', W] (the plate's rows, corrected by the open-beam strip if the
         rig images one), calibration or wedge not known [B], out of tolerance [B], drift in session [B])."""
-        a, missing, out_of_tolerance = self.preprocess.neg_log(raw, calibration)
-        a, drift = self.open_beam(a)
-        w, wedge_missing = self.wedge(wedge_mm, int(a.shape[-1]))
-        plate = self.preprocess.standardise(a - w[:, :, None, :])
+        a, missing, out_of_tolerance, drift = self.attenuation(raw, calibration)
+        plate, wedge_missing = self.plate_input(a, wedge_mm)
         return plate, torch.maximum(missing, wedge_missing), out_of_tolerance, drift
 
     def forward(self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor) -> Dict[str, torch.Tensor]:
-        x, missing, out_of_tolerance, drift = self.plate_attenuation(raw, calibration, wedge_mm)
+        a, missing, out_of_tolerance, drift = self.attenuation(raw, calibration)
+        x, wedge_missing = self.plate_input(a, wedge_mm)
+        missing = torch.maximum(missing, wedge_missing)
         features = self.trunk(x)
         logits, z = self.head(features)
+        if self.physics is not None:
+            logits = logits + self.physics(a, wedge_mm).to(logits.dtype)
         reg = z.float() * self.target_std + self.target_mean
         thickness = reg[:, 0]
         probs, pset, groups, flags = self.answer(logits, thickness, features, missing, out_of_tolerance, drift)

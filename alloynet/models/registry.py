@@ -13,6 +13,7 @@ from torch import nn
 
 from alloynet.data.transforms import Preprocess
 from alloynet.models.open_beam import OpenBeamReference
+from alloynet.models.physics_prior import build_physics
 from alloynet.models.wedge import WedgeReference
 from alloynet.physics.alloys import ALLOY_NAMES, GROUPS, alloy_group
 from alloynet.physics.simulator import RigConfig
@@ -64,14 +65,17 @@ def arch_defaults(name: str) -> dict:
 def create_model(name: str, num_classes: int, in_channels: int, preprocess: Union[Preprocess, Mapping],
                  activation: Optional[str] = None, target_stats: Optional[Mapping[str, tuple[float, float]]] = None,
                  dropout: float = 0.0, class_names: Optional[Sequence[str]] = None, coverage: float = 0.95,
-                 rig: Optional[Union[RigConfig, Mapping]] = None, **kwargs) -> AlloyNet:
+                 rig: Optional[Union[RigConfig, Mapping]] = None, physics: Optional[Mapping] = None,
+                 **kwargs) -> AlloyNet:
     """Build the named architecture as a multi-task model over raw captures.
 
     ``preprocess`` is a fitted ``Preprocess`` or its ``config()`` dict; ``target_stats`` maps
     thickness_mm / a0 / mu_eff to the (mean, std) used to standardise regression targets (identity if
     omitted); ``class_names`` (default: the five standard alloys) decide each class's heavy/light group;
     ``coverage`` is the conformal prediction sets' target; ``rig`` (the training data's nominal rig
-    settings) gives the spectrum the wedge's own attenuation is computed with; remaining ``kwargs`` go to the
+    settings) gives the spectrum the wedge's own attenuation is computed with; ``physics`` (a
+    ``physics_prior.physics_spec``) adds the forward model's likelihoods to the logits (tables empty until
+    ``model.physics.fit``); remaining ``kwargs`` go to the
     architecture's builder (e.g. ``pretrained=`` a local path, ``width=`` the capture width of 2-D trunks).
     """
     if name not in _MODELS:
@@ -89,4 +93,5 @@ def create_model(name: str, num_classes: int, in_channels: int, preprocess: Unio
     rig = RigConfig.model_validate(rig) if isinstance(rig, Mapping) else rig
     return AlloyNet(trunk, dim, num_classes, preprocess, target_stats, activation=activation, dropout=dropout,
                     groups=groups, coverage=coverage, wedge=WedgeReference(rig),
-                    open_beam=OpenBeamReference(rig.open_beam_rows if rig is not None else 0, in_channels))
+                    open_beam=OpenBeamReference(rig.open_beam_rows if rig is not None else 0, in_channels),
+                    physics=build_physics(physics, num_classes))

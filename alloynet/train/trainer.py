@@ -28,6 +28,8 @@ from alloynet.models import create_model
 from alloynet.models.registry import takes_width
 from alloynet.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from alloynet.models.norm import fit_input_statistics
+from alloynet.models.physics_prior import physics_spec
+from alloynet.physics.rig_profile import load_rig_profile
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
 from alloynet.train.distributed import DistEnv, cleanup, init_distributed
@@ -82,7 +84,18 @@ def _model_spec(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
     return {"name": cfg.model.name, "num_classes": len(CLASS_NAMES), "in_channels": data.channels,
             "activation": cfg.model.activation, "dropout": cfg.model.dropout, "kwargs": kwargs,
             "preprocess": data.preprocess.config(), "class_names": list(CLASS_NAMES), "rig": data.rig.model_dump(),
-            "coverage": cfg.answer.coverage, "target_stats": {k: list(v) for k, v in data.target_stats.items()}}
+            "coverage": cfg.answer.coverage, "target_stats": {k: list(v) for k, v in data.target_stats.items()},
+            "physics": physics_spec(sorted(data.rigs), data.channels, data.image_size[1]) if cfg.model.physics else None}
+
+
+def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> None:
+    """Tabulate the forward model for the data's rigs (calibrated by ``data.synthetic.rig_profile`` when
+    given: the simulator matched to the lab's rig) and thickness prior."""
+    rigs = {w: r for w, (r, _) in data.rigs.items()}
+    if cfg.data.synthetic.rig_profile:
+        profile = load_rig_profile(cfg.data.synthetic.rig_profile)
+        rigs = {w: profile.apply(r) for w, r in rigs.items()}
+    model.physics.fit(rigs, data.prior, CLASS_NAMES, seed=cfg.seed)
 
 
 def _check_resumable(ckpt: dict, cfg: TrainConfig) -> None:
@@ -134,7 +147,10 @@ def setup(cfg: TrainConfig) -> Run:
     extra = {"pretrained": cfg.model.pretrained} if cfg.model.pretrained else {}  # not in spec: needed once only
     model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], data.preprocess, spec["activation"],
                          data.target_stats, spec["dropout"], class_names=spec["class_names"],
-                         coverage=spec["coverage"], rig=spec["rig"], **spec["kwargs"], **extra).to(device)
+                         coverage=spec["coverage"], rig=spec["rig"], physics=spec["physics"], **spec["kwargs"],
+                         **extra).to(device)
+    if model.physics is not None:
+        fit_physics(model, cfg, data)
     model.open_beam.tolerance.fill_(cfg.answer.drift_tolerance)
     fit_input_statistics(model, lambda: _input_batches(data, cfg, device))
     if cfg.model.init_from:  # after the fit: a fine-tuned model keeps the input statistics it learned with

@@ -1,0 +1,129 @@
+"""The physics fit inside the model (alloynet.models.physics_prior): the same likelihood as the numpy observer,
+answers at the physics fit's accuracy before any training, trained and reloaded from a checkpoint, exported."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from alloynet.data.transforms import Preprocess
+from alloynet.export import ExportMeta, export_model, onnx_session
+from alloynet.models import create_model
+from alloynet.models.checkpoint import load_model
+from alloynet.models.physics_prior import PhysicsLikelihood, physics_spec
+from alloynet.physics import ALLOY_NAMES
+from alloynet.physics.alloys import sample_plate
+from alloynet.physics.observer import PhysicsObserver, ThicknessPrior
+from alloynet.physics.profile import profile_model_for
+from alloynet.physics.simulator import RigConfig, RigSimulator
+from alloynet.train import load_config, train
+from tests.helpers.dummy import DummyCaptureStore
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZE = 32
+GRID = ThicknessPrior(values_mm=(1.0, 2.0, 5.0))
+STATS = {"thickness_mm": (3.0, 1.0), "a0": (0.3, 0.1), "mu_eff": (0.8, 0.2)}
+
+
+def _rig(wedge: float = 50.0) -> RigConfig:
+    return RigConfig(height=SIZE, width=SIZE, wedge_mm=wedge)
+
+
+def test_in_graph_likelihood_is_the_observers():
+    """Profiles drawn from the forward model: the module's log-likelihoods (float32, in the graph) equal the
+    numpy observer's (float64) up to a constant per capture, and pick the same alloy."""
+    prior = ThicknessPrior(range_mm=(1.0, 5.0))
+    module = PhysicsLikelihood(5, [50.0, 70.0], 1, bins=16)
+    module.fit({50.0: _rig(50.0), 70.0: _rig(70.0)}, prior, ALLOY_NAMES)
+    obs = PhysicsObserver(profile_model_for(_rig(70.0), 16), ALLOY_NAMES, prior, plates=100, seed=0)
+    rng = np.random.default_rng(3)
+    x = np.concatenate([obs.draw(k, 30, rng)[0] for k in range(5)])
+    a = torch.tensor(np.repeat(x, 2, axis=1), dtype=torch.float32)[:, None, None, :].expand(-1, 1, 8, -1)
+    with torch.no_grad():
+        ll = module.log_likelihoods(a, torch.full((len(x), 1), 71.0)).numpy()  # 71 mm: the 70 mm tables
+    ref, _ = obs.log_likelihoods(x)
+    centre = lambda v: v - v.max(1, keepdims=True)  # noqa: E731
+    assert np.abs(centre(ll) - centre(ref)).max() < 0.02
+    assert (ll.argmax(1) == ref.argmax(1)).all()
+    with torch.no_grad():  # the 50 mm tables do not describe these captures: a worse fit everywhere
+        other = module.log_likelihoods(a, torch.full((len(x), 1), 50.0)).numpy()
+    assert (other.max(1) < ll.max(1) - 10).all()
+
+
+def _captures(n_per: int, seed: int):
+    sim, rng = RigSimulator(_rig()), np.random.default_rng(seed)
+    images, labels = [], []
+    for k, alloy in enumerate(ALLOY_NAMES):
+        for i in range(n_per):
+            plate = sample_plate(alloy, float(rng.choice(GRID.values_mm)), rng, f"{alloy}-{i}")
+            images.append(sim.capture(plate, rng).image), labels.append(k)
+    cal = torch.tensor([[[sim.rig.dark_offset_adu, sim.rig.flat_target_adu]]]).expand(len(images), 1, 2).contiguous()
+    return torch.tensor(np.stack(images).astype(np.float32)), cal, torch.full((len(images), 1), 50.0), np.array(labels)
+
+
+def _untrained_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    spec = physics_spec([50.0], 1, SIZE, bins=16)
+    m = create_model("profile_mlp", 5, 1, Preprocess([1000.0], [50000.0]), "relu", STATS, 0.0, rig=_rig(),
+                     physics=spec, bins=16, hidden=[32])
+    m.physics.fit({50.0: _rig()}, GRID, ALLOY_NAMES)
+    with torch.no_grad():                      # a head that says nothing: the answer is the physics fit's
+        m.head.classifier.weight.zero_(), m.head.classifier.bias.zero_()
+    return m.eval()
+
+
+def test_before_training_the_model_answers_as_the_physics_fit():
+    """Simulated captures of 1, 2 or 5 mm plates through the whole model (calibration, open beam, profile):
+    with a silent head the heavy alloys are perfect and the five classes are far above chance, as the physics
+    fit is; without the physics term the same model is at chance."""
+    x, cal, w, y = _captures(12, seed=5)
+    model = _untrained_model()
+    with torch.no_grad():
+        out = model(x, cal, w)
+    pred = out["logits"].argmax(1).numpy()
+    recall = [float((pred[y == k] == k).mean()) for k in range(5)]
+    assert recall[1] == 1.0 and recall[4] == 1.0
+    assert np.mean(recall) > 0.6
+    model.physics.fitted.zero_()
+    with torch.no_grad():
+        assert float(model(x, cal, w)["logits"].abs().max()) == 0.0
+
+
+def test_exported_graph_computes_the_physics_term(tmp_path):
+    x, cal, w, _ = _captures(2, seed=8)
+    model = _untrained_model()
+    inputs = {"image": x.numpy(), "calibration": cal.numpy(), "wedge_mm": w.numpy()}
+    meta = ExportMeta(class_names=list(ALLOY_NAMES), channels=1, height=SIZE, width=SIZE, arch="profile_mlp")
+    bundle = export_model(model, meta, tmp_path, inputs, log=lambda *_: None)
+    assert bundle.meta.parity["ok"]
+    probs = onnx_session(bundle.path("onnx")).run(["probabilities"], inputs)[0]
+    with torch.no_grad():
+        expected = model(x, cal, w)["probabilities"].numpy()
+    assert np.abs(probs - expected).max() < 1e-4 and probs.max(1).min() > 0.3  # not a flat answer
+
+
+def test_training_with_the_physics_term_saves_and_reloads_it(tmp_path):
+    with DummyCaptureStore(n_max=8, size=SIZE, imbalance_ratio=2.0, root=tmp_path / "captures"):
+        cfg = load_config(None, {"data.store": str(tmp_path / "captures"), "out_dir": str(tmp_path / "run"),
+                                 "epochs": 1, "progress": False, "data.batch_size": 8, "model.physics": True,
+                                 "model.kwargs": {"hidden": [16]}})
+        result = train(cfg)
+    model, meta = load_model(result.checkpoint)
+    spec = meta["model_spec"]["physics"]
+    assert spec["wedges_mm"] and spec["bins"] == 32 and float(model.physics.fitted) == 1.0
+    assert float(model.physics.whiten.abs().max()) > 0          # the tables came back from the checkpoint
+    assert 0.0 < float(model.physics.weight.detach()) < 2.0
+
+
+def test_physics_term_stays_float32_under_autocast():
+    """Mixed precision (bf16 autocast, as training on a GPU runs) must not reach the chi2: 3 digits of bf16
+    against a whitened profile of ~1e3 would make the term noise."""
+    x, cal, w, _ = _captures(2, seed=9)
+    model = _untrained_model()
+    with torch.no_grad():
+        a = model.attenuation(x, cal)[0]
+        ref = model.physics(a, w)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model.physics(a, w)
+    assert mixed.dtype == torch.float32 and torch.allclose(mixed, ref, atol=1e-5)
