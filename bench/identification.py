@@ -65,13 +65,14 @@ def data(out: Path, part: str, plates: int, size: int, seed: int) -> LocalStore:
     return store
 
 
-def run(model: str, out: Path, part: str, synthetic: int, epochs: int, seed: int) -> dict:
+def run(model: str, out: Path, part: str, synthetic: int, epochs: int, seed: int, extra: dict | None = None) -> dict:
     over = {"data.store": str(out / "data"), "data.manifest": str(out / "data" / "manifest.csv"),
             "out_dir": str(out / model), "seed": seed, "epochs": epochs, "progress": False,
             "data.synthetic": {"captures": synthetic, **PARTS[part]["synthetic"]}}
     if model != "profile_mlp":
         over.update({"model.name": model, "model.kwargs": {}, "model.activation": None, "optim.name": None,
                      "optim.lr": None, "optim.weight_decay": None, "data.batch_size": 64})
+    over.update(extra or {})
     done = out / model / "run.json"
     if done.exists():  # a finished run is reused (delete <out>/<part>/<model> to measure again)
         return json.loads(done.read_text())
@@ -99,7 +100,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--models", default=None, help="comma-separated (default: profile_mlp; resnet: both)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="a training config override, e.g. --set model.physics=false (repeatable)")
+    ap.add_argument("--no-suite", action="store_true", help="skip the robustness suite")
     a = ap.parse_args()
+    extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in a.set)}
     out = a.out / a.part
     data(out, a.part, a.plates, 64, a.seed)
     summary = {"part": a.part, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -110,9 +115,10 @@ def main() -> None:
     for model in models:
         small = model != "profile_mlp" and not gpu  # a 2-D trunk on a CPU: a smaller budget
         summary["runs"].append(run(model, out, a.part, min(a.synthetic, 5000) if small else a.synthetic,
-                                   20 if small else a.epochs, a.seed))
+                                   20 if small else a.epochs, a.seed, extra))
         print(json.dumps(summary["runs"][-1], indent=1, default=str), flush=True)
-    if a.part in SUITES:
+    summary["overrides"] = extra
+    if a.part in SUITES and not a.no_suite:
         summary["robustness"] = run_suite(summary["runs"][0]["checkpoint"], out / "robustness", plates_per_class=60,
                                           cases=SUITES[a.part], log=print)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
