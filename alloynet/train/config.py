@@ -49,8 +49,9 @@ class ModelConfig(_Strict):
                                      "run (fine-tuning); preprocessing, wedge and answer statistics come from this "
                                      "run's data")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="architecture options, e.g. bins, widths")
-    physics: bool = Field(False, description="add the forward model's likelihood of each alloy (thickness "
-                          "marginalised over the data's prior) to the logits: alloynet.models.physics_prior")
+    physics: bool = Field(True, description="add the forward model's likelihood of each alloy (thickness "
+                          "marginalised over the data's prior) to the logits, learnt weight: "
+                          "alloynet.models.physics_prior")
 
 
 class LossConfig(_Strict):

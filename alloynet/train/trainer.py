@@ -30,6 +30,7 @@ from alloynet.models.checkpoint import load_checkpoint, load_weights, save_check
 from alloynet.models.norm import fit_input_statistics
 from alloynet.models.physics_prior import physics_spec
 from alloynet.physics.rig_profile import load_rig_profile
+from alloynet.physics.second_rig import SecondRigConfig
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
 from alloynet.train.distributed import DistEnv, cleanup, init_distributed
@@ -89,11 +90,16 @@ def _model_spec(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
 
 
 def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> None:
-    """Tabulate the forward model for the data's rigs (calibrated by ``data.synthetic.rig_profile`` when
-    given: the simulator matched to the lab's rig) and thickness prior."""
-    rigs = {w: r for w, (r, _) in data.rigs.items()}
-    if cfg.data.synthetic.rig_profile:
-        profile = load_rig_profile(cfg.data.synthetic.rig_profile)
+    """Tabulate the forward model for the data's rigs and thickness prior. Where the config says which
+    simulator describes the rig (``data.synthetic``: its ``rig`` settings, ``simulator: second_rig``, or a
+    ``rig_profile`` from ``alloynet rig calibrate``), the forward model is that simulator's, as for the
+    simulated captures; otherwise the nominal rig of the sidecars."""
+    syn = cfg.data.synthetic
+    rigs = {w: r.model_copy(update=syn.rig) for w, (r, _) in data.rigs.items()}
+    if syn.simulator == "second_rig":
+        rigs = {w: SecondRigConfig.from_nominal(r, **syn.second_rig) for w, r in rigs.items()}
+    elif syn.rig_profile:
+        profile = load_rig_profile(syn.rig_profile)
         rigs = {w: profile.apply(r) for w, r in rigs.items()}
     model.physics.fit(rigs, data.prior, CLASS_NAMES, seed=cfg.seed)
 
