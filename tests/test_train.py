@@ -134,7 +134,13 @@ def test_resume_after_kill_matches_uninterrupted_run(store_dir, tmp_path):
     resumed = train(cfg, resume=True)
     assert resumed.epochs_run == 3 and _same_history(full.history, resumed.history)
     wf, wr = load_checkpoint(full.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
-    assert all(torch.equal(wf["model"][k], wr["model"][k]) for k in wf["model"])
+    # Learned weights and statistics bit for bit. The physics term's tables are not learned: each process
+    # computes them from the forward model (numpy, float64 -> float32), and an entry near 0 can differ in its
+    # last bit between two processes (seen: 9e-13 on one entry, about one run in three): equal to 1e-6.
+    tables = {k for k in wf["model"] if k.startswith("physics.") and k != "physics.weight"}
+    assert tables and all(torch.allclose(wf["model"][k].double(), wr["model"][k].double(), rtol=1e-6, atol=1e-9)
+                          for k in tables)
+    assert all(torch.equal(wf["model"][k], wr["model"][k]) for k in wf["model"] if k not in tables)
     assert wf["optimizer"]["param_groups"][0]["lr"] == wr["optimizer"]["param_groups"][0]["lr"]
 
 
@@ -147,8 +153,11 @@ def test_resume_refuses_a_different_recipe(store_dir, tmp_path):
 
 
 def test_early_stopping_and_losses_options(store_dir, tmp_path):
-    # lr ~ 0: validation never improves after epoch 1, so patience 1 stops after epoch 2 of 5.
+    # No epoch can beat the first by more than min_delta (balanced accuracy moves by at most 1), so patience 1
+    # stops after epoch 2 of 5. (lr ~ 0 alone did not do it: BatchNorm's running statistics still move, and with
+    # them a 5-capture validation split's balanced accuracy.)
     r = train(_cfg(store_dir, tmp_path / "es", epochs=5, **{"optim.lr": 1e-12, "early_stop.patience": 1,
+                                                            "early_stop.min_delta": 1.0,
                                                             "loss.name": "ldam", "loss.kwargs": {"drw_epoch": 1},
                                                             "loss.weighting": "uncertainty",
                                                             "data.sampler": "class_balanced", "schedule.name": "plateau"}))
