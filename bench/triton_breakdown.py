@@ -39,10 +39,8 @@ def inputs(i):
     b = g.InferInput("calibration", [1, *cals.shape[1:]], "FP32"); b.set_data_from_numpy(np.ascontiguousarray(cals[i % 64][None]))
     c = g.InferInput("wedge_mm", [1, 1], "FP32"); c.set_data_from_numpy(np.ascontiguousarray(wedges[i % 64][None]))
     return [a, b, c]
-variant = "default"
-opts = BatchingOptions(max_batch_size=32, max_queue_delay_us=0)
-repo = build_repository(bundle.directory, tmp / f"repo-{variant}", opts=opts)
-tr = tr_server.start(repo, tmp / f"triton-{variant}", models=["alloynet"])
+repo = build_repository(bundle.directory, tmp / "repo", opts=BatchingOptions(max_batch_size=32, max_queue_delay_us=0))
+tr = tr_server.start(repo, tmp / "triton", models=["alloynet"])
 try:
     cl = g.InferenceServerClient(tr.grpc_target)
     unary = lambda i: cl.infer("alloynet", inputs(i))
@@ -67,4 +65,4 @@ try:
     print(json.dumps(res, indent=1))
     cl2.stop_stream()
 finally:
-    tr_server.stop(tmp / f"triton-{variant}")
+    tr_server.stop(tmp / "triton")

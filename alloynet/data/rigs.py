@@ -35,3 +35,8 @@ def rig_settings(store: ObjectStore, rows: pd.DataFrame) -> dict[float, tuple[Ri
                                         **({"dose": sc.rig.dose} if sc.rig.dose else {})),
                               len(group))
     return rigs
+
+
+def nominal_rig(rigs: dict[float, tuple[RigConfig, int]]) -> RigConfig:
+    """A data set's nominal rig from ``rig_settings``: the settings of its most common wedge."""
+    return max(rigs.values(), key=lambda r: r[1])[0]

@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import Dataset
 
+from alloynet.data.rigs import nominal_rig
 from alloynet.physics.alloys import sample_plate
 from alloynet.physics.observer import ThicknessPrior
 from alloynet.physics.rig_profile import load_rig_profile, needs_alloynet_simulator
@@ -77,7 +78,7 @@ class SyntheticCaptures(Dataset):
         if wedge not in self._sims:
             rig = self.rig.model_copy(update={"wedge_mm": wedge})
             if self.cfg.simulator == "second_rig":
-                self._sims[wedge] = [SecondRig(SecondRigConfig.from_nominal(rig, **self.cfg.second_rig))]
+                self._sims[wedge] = [SecondRig(simulated_rig(self.cfg, rig))]
             elif self.cfg.rig_profile:
                 profile = load_rig_profile(self.cfg.rig_profile)
                 self._sims[wedge] = [RigSimulator(r) for r in profile.variants(rig, self.cfg.rig_variants, self.seed,
@@ -136,11 +137,23 @@ class SyntheticCaptures(Dataset):
         return self.targets_["thickness_mm"]
 
 
+def simulated_rig(cfg: SyntheticConfig, rig: RigConfig):
+    """The rig ``cfg``'s simulated captures describe, at its central settings, for a data set's nominal ``rig``:
+    that rig with ``cfg.rig``'s overrides, as the second rig (``simulator: second_rig``) or as calibrated by
+    ``cfg.rig_profile`` (whose captures come from rigs drawn around it). The physics term's forward model."""
+    rig = rig.model_copy(update=cfg.rig)
+    if cfg.simulator == "second_rig":
+        return SecondRigConfig.from_nominal(rig, **cfg.second_rig)
+    if cfg.rig_profile:
+        return load_rig_profile(cfg.rig_profile).apply(rig)
+    return rig
+
+
 def synthetic_for(cfg: SyntheticConfig, rigs: Mapping[float, tuple[RigConfig, int]], prior: ThicknessPrior,
                   class_names: Sequence[str], seed: int, log=None) -> SyntheticCaptures:
     """The synthetic source for a data set: its nominal rig (the most common wedge's settings; every wedge
     size it has) and its thickness prior, unless the config says otherwise."""
-    base = max(rigs.values(), key=lambda r: r[1])[0]
+    base = nominal_rig(rigs)
     if cfg.thickness_range_mm or cfg.thicknesses_mm:
         prior = ThicknessPrior.of(cfg.thicknesses_mm, cfg.thickness_range_mm)
     return SyntheticCaptures(cfg, base, prior, sorted(rigs), class_names, seed, log)

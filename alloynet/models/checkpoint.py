@@ -71,10 +71,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Al
 
 # What a fine-tuning run keeps of its own rather than taking from the checkpoint it starts from: statistics of
 # its own data (preprocessing's fallback calibration, regression target scales), the rig's wedge and the
-# honest-answer statistics (fitted again after training), the physics fit's tables (its own rigs and prior).
-OWN_STATE = ("preprocess.", "wedge.", "answer.", "target_mean", "target_std", "physics.reference",
-             "physics.whiten", "physics.mean_white", "physics.node_of", "physics.log_weight", "physics.fitted",
-             "physics.wedges_mm")
+# honest-answer statistics (fitted again after training).
+OWN_STATE = ("preprocess.", "wedge.", "answer.", "target_mean", "target_std")
+# Modules whose buffers are the run's own (the physics fit's tables, built from its own rigs and prior) while
+# their parameters (the physics term's weight) are learned and carried over.
+OWN_BUFFERS = ("physics.",)
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
@@ -84,7 +85,8 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
     shape is an error naming it, not a silent partial start."""
     ckpt = load_checkpoint(path, map_location="cpu")
     theirs, mine = ckpt["model"], model.state_dict()
-    wanted = [k for k in mine if not k.startswith(OWN_STATE)]
+    learned = {k for k, _ in model.named_parameters()}
+    wanted = [k for k in mine if not k.startswith(OWN_STATE) and (k in learned or not k.startswith(OWN_BUFFERS))]
     missing = [k for k in wanted if k not in theirs]
     if missing:
         raise ValueError(f"{path}: cannot start from this checkpoint ({ckpt.get('arch')}, "

@@ -1,7 +1,7 @@
 """The physics fit inside the model: per alloy, the forward model's likelihood of the capture's wedge profile
 with the plate thickness marginalised over the training data's thickness prior, added to the logits.
 
-``alloynet.evaluate.baselines.PhysicsFit`` (numpy, Laplace approximation) classifies at the ideal observer's
+``alloynet.evaluate.baselines.PhysicsFit`` (numpy, ``alloynet.physics.observer``) classifies at the ideal observer's
 ceiling where the forward model matches the rig, with no training data: 0.84 on 1/2/5 mm plates, where the
 profile MLP alone reached 0.75 in the same budget, because resolving a few tenths of a percent of attenuation
 at each thickness of a grid is a sharp function for an MLP to learn and a plain lookup for the forward model.
@@ -11,8 +11,7 @@ compared with the forward model's mean profile of each alloy on a fine thickness
 0.01 mm on 1-5 mm), each grid point whitened by the covariance at its nearest of 9 thickness nodes
 (composition inside the standard, detector noise, plate texture), and
 log p(x | alloy) = logsumexp_t [-chi2(t) / 2 - log det S(t) / 2 + log P(t)], P(t) the prior's mass in the grid
-cell: a Riemann sum of the same integral (its integrand is a Gaussian in t at least one grid step wide, so
-the sum is exact to far below what matters).
+cell: the observer's own sum (its ``log_weight`` per grid point), in float32.
 
 The model's logits are the trunk's plus ``weight`` times the fit's log posterior (clamped at -30): at the
 start of training the model answers as the physics fit does, and training learns what the forward model
@@ -69,7 +68,7 @@ class PhysicsLikelihood(nn.Module):
         if missing:
             raise ValueError(f"physics prior: no rig settings for wedge(s) {missing} mm (have {sorted(rigs)})")
         grid, nodes = self.mean_white.shape[2], self.whiten.shape[2]
-        ref, white, mean_white, log_weight, node_of = [], [], [], [], None
+        ref, white, mean_white, log_weight = [], [], [], []
         for w in wedges:
             obs = PhysicsObserver(profile_model_for(rigs[w], self.bins), list(alloys), prior, plates=plates, seed=seed,
                                   grid=grid, nodes=nodes)
@@ -78,22 +77,17 @@ class PhysicsLikelihood(nn.Module):
                                  f"values per capture, the model expects {self.reference.shape[1]}")
             r = obs.likelihoods[0].mean[grid // 2]
             ref.append(r)
-            w_k, m_k, l_k = [], [], []
-            for lk in obs.likelihoods:
-                inv = np.stack([np.linalg.inv(c) for c in lk.chol])                            # [nodes, D, D]
-                w_k.append(inv)
-                m_k.append(np.einsum("gde,ge->gd", inv[lk.node_of], lk.mean - r))
-                h = lk.grid[1] - lk.grid[0]
-                mass = prior.log_density(lk.grid, np.full(len(lk.grid), h / 2)) + np.log(h)
-                l_k.append(-0.5 * np.asarray(lk.logdet)[lk.node_of] + mass)
-                node_of = lk.node_of
-            white.append(np.stack(w_k)), mean_white.append(np.stack(m_k)), log_weight.append(np.stack(l_k))
+            inv = [np.stack([np.linalg.inv(c) for c in lk.chol]) for lk in obs.likelihoods]  # [nodes, D, D] each
+            white.append(np.stack(inv))
+            mean_white.append(np.stack([np.einsum("gde,ge->gd", i[lk.node_of], lk.mean - r)
+                                        for i, lk in zip(inv, obs.likelihoods)]))
+            log_weight.append(np.stack([lk.log_weight for lk in obs.likelihoods]))
         with torch.no_grad():
             self.reference.copy_(torch.as_tensor(np.stack(ref)))
             self.whiten.copy_(torch.as_tensor(np.stack(white)))
             self.mean_white.copy_(torch.as_tensor(np.stack(mean_white)))
             self.log_weight.copy_(torch.as_tensor(np.maximum(np.stack(log_weight), -1e4)))
-            self.node_of.copy_(torch.as_tensor(node_of))
+            self.node_of.copy_(torch.as_tensor(obs.likelihoods[0].node_of))  # one grid for every alloy and wedge
             self.fitted.fill_(1.0)
 
     def profile(self, a: torch.Tensor) -> torch.Tensor:

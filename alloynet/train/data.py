@@ -3,7 +3,7 @@ statistics fitted on the training split (preprocessing, regression target scales
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +16,7 @@ from alloynet.captures.stores import ObjectStore
 from alloynet.data import CLASS_NAMES
 from alloynet.data.dataset import CaptureDataset
 from alloynet.data.manifest import calibration_levels, open_dataset
-from alloynet.data.rigs import data_prior, rig_settings
+from alloynet.data.rigs import data_prior, nominal_rig, rig_settings
 from alloynet.data.synthetic import SyntheticCaptures, synthetic_for
 from alloynet.physics.observer import ThicknessPrior
 from alloynet.physics.simulator import RigConfig
@@ -131,9 +131,13 @@ class RunData:
     class_counts: list[int]
     image_size: list[int]          # [H, W]
     channels: int
-    rig: RigConfig                 # the training data's nominal rig (its most common wedge's settings)
-    rigs: dict = field(default_factory=dict)      # {wedge_mm: (nominal rig, training captures)}
-    prior: Optional[ThicknessPrior] = None        # the data's thickness prior (all labelled captures)
+    rigs: dict[float, tuple[RigConfig, int]]  # {wedge_mm: (nominal rig from the sidecars, training captures)}
+    prior: ThicknessPrior          # the data's thickness prior (all labelled captures)
+
+    @property
+    def rig(self) -> RigConfig:
+        """The training data's nominal rig: its most common wedge's settings."""
+        return nominal_rig(self.rigs)
 
 
 def split_validation(labelled: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -196,4 +200,4 @@ def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, p
     counts = np.bincount(train.labels, minlength=len(CLASS_NAMES)).tolist()  # what training sees, simulated included
     return RunData(store, manifest, train, val, calibration, train_loader, val_loader, sampler, pre, target_stats(train_rows),
                    counts, [int(shape.height), int(shape.width)], int(shape.channels),
-                   max(rigs.values(), key=lambda r: r[1])[0], rigs, data_prior(labelled))
+                   rigs, data_prior(labelled))

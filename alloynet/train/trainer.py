@@ -29,8 +29,7 @@ from alloynet.models.registry import takes_width
 from alloynet.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from alloynet.models.norm import fit_input_statistics
 from alloynet.models.physics_prior import physics_spec
-from alloynet.physics.rig_profile import load_rig_profile
-from alloynet.physics.second_rig import SecondRigConfig
+from alloynet.data.synthetic import simulated_rig
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
 from alloynet.train.distributed import DistEnv, cleanup, init_distributed
@@ -90,17 +89,10 @@ def _model_spec(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
 
 
 def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> None:
-    """Tabulate the forward model for the data's rigs and thickness prior. Where the config says which
-    simulator describes the rig (``data.synthetic``: its ``rig`` settings, ``simulator: second_rig``, or a
-    ``rig_profile`` from ``alloynet rig calibrate``), the forward model is that simulator's, as for the
-    simulated captures; otherwise the nominal rig of the sidecars."""
-    syn = cfg.data.synthetic
-    rigs = {w: r.model_copy(update=syn.rig) for w, (r, _) in data.rigs.items()}
-    if syn.simulator == "second_rig":
-        rigs = {w: SecondRigConfig.from_nominal(r, **syn.second_rig) for w, r in rigs.items()}
-    elif syn.rig_profile:
-        profile = load_rig_profile(syn.rig_profile)
-        rigs = {w: profile.apply(r) for w, r in rigs.items()}
+    """Tabulate the forward model for the data's rigs and thickness prior: the rig its simulated captures
+    describe (``data.synthetic``: ``rig`` overrides, ``simulator: second_rig``, a ``rig_profile`` from
+    ``alloynet rig calibrate``), which without any of these is the nominal rig of the sidecars."""
+    rigs = {w: simulated_rig(cfg.data.synthetic, r) for w, (r, _) in data.rigs.items()}
     model.physics.fit(rigs, data.prior, CLASS_NAMES, seed=cfg.seed)
 
 
