@@ -343,3 +343,16 @@ def test_init_from_refuses_another_architecture_naming_the_tensor(store_dir, tmp
         load_weights(model, other.checkpoint)
     with pytest.raises(ValueError, match="synthetic_only: needs simulated captures"):
         train(_cfg(store_dir, tmp_path / "none", **{"data.synthetic_only": True}))
+
+
+def test_answers_calibrated_on_held_out_simulated_captures_when_training_mixes_some_in(store_dir, tmp_path, monkeypatch):
+    import alloynet.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "MIN_REAL", 1)  # the tiny store's calibration split has a handful of captures
+    r = train(_cfg(store_dir, tmp_path / "run", epochs=1, **{"data.synthetic": {"captures": 20},
+                                                              "answer.simulated": 30}))
+    used = load_checkpoint(r.checkpoint)["answer"]["calibration_set"]
+    assert used["real"] >= 1 and 0 <= used["real_coverage"] <= 1 and 0 <= used["agreement_p"] <= 1
+    assert used["simulated"] in (0, 30) and (used["simulated"] == 30) == (used["agreement_p"] >= 0.05)
+    plain = train(_cfg(store_dir, tmp_path / "plain", epochs=1))
+    assert load_checkpoint(plain.checkpoint)["answer"]["calibration_set"]["simulated"] == 0

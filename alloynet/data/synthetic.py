@@ -6,7 +6,11 @@ Each capture is a pure function of (seed, round, index): the same seed gives the
 process and any order. ``fresh=False`` simulates one pool (round 0) and keeps it in memory for every epoch;
 ``fresh=True`` draws a new round every epoch. Alloys cycle so every class is equally represented; plate
 thickness comes from the data's own thickness prior, wedge sizes from the data's, and each simulated session
-can drift (``session_drift``) with its calibration recording it, as on a real rig.
+can drift (``session_drift``) with its calibration recording it, as on a real rig. ``held_out=True`` gives
+captures of a round no epoch draws (``HELD_OUT_ROUND``), taken as a rig's are (``alloynet.data.simulate``):
+each session's dark and flat levels measured from its own frames rather than the rig's noise-free levels. The
+model's answers are calibrated on them, so they must look like the store's captures in every detail a
+conformal threshold can feel (with noise-free levels, real captures were covered 0.01-0.02 less than these).
 
 By default the rig is the data set's own nominal rig (read from its sidecars) simulated by alloynet's
 simulator; ``rig`` overrides settings, ``simulator: second_rig`` uses the independently written second rig,
@@ -30,6 +34,9 @@ from alloynet.physics.observer import ThicknessPrior
 from alloynet.physics.rig_profile import load_rig_profile, needs_alloynet_simulator
 from alloynet.physics.second_rig import SecondRig, SecondRigConfig
 from alloynet.physics.simulator import RigConfig, RigSimulator
+
+
+HELD_OUT_ROUND = 2**31  # never an epoch number
 
 
 class SyntheticConfig(BaseModel):
@@ -61,12 +68,13 @@ class SyntheticCaptures(Dataset):
     """Items as ``CaptureDataset``'s: (raw image float32 [C, H, W], calibration [C, 2], wedge_mm [1], targets)."""
 
     def __init__(self, cfg: SyntheticConfig, rig: RigConfig, prior: ThicknessPrior, wedges_mm: Sequence[float],
-                 class_names: Sequence[str], seed: int = 0, log=None):
-        self.cfg, self.prior, self.seed, self.log = cfg, prior, seed, log
+                 class_names: Sequence[str], seed: int = 0, log=None, held_out: bool = False):
+        self.cfg, self.prior, self.seed, self.log, self.held_out = cfg, prior, seed, log, held_out
         self.class_names = list(class_names)
         self.wedges = [float(w) for w in (cfg.wedges_mm or wedges_mm)]
         self.rig = rig.model_copy(update=cfg.rig)
         self._sims: dict[float, Any] = {}
+        self._levels: dict[tuple, tuple[list[float], list[float]]] = {}  # held-out: (wedge, round, session) levels
         self.round = -1
         self.set_epoch(0)
 
@@ -100,14 +108,22 @@ class SyntheticCaptures(Dataset):
         gain = sim.session_gain(s_rng) * (1.0 + float(s_rng.uniform(-c.session_drift, c.session_drift)))
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x5117, rnd, i]))
         plate = sample_plate(self.class_names[alloy], float(self.prior.sample(1, rng)[0]), rng, f"syn-{rnd}-{i}")
-        cap = sim.capture(plate, rng, gain_scale=gain)
+        if self.held_out:  # the session's dark and flat, measured from frames taken in its beam
+            key = (wedge, rnd, session)
+            if key not in self._levels:
+                f_rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0xF1A7, rnd, session, int(wedge * 1000)]))
+                dark, flat = sim.calibration_frames(f_rng, gain)
+                self._levels[key] = (sim.frame_level(dark), sim.frame_level(flat))
+            cap = sim.capture(plate, rng, *self._levels[key], gain_scale=gain)
+        else:
+            cap = sim.capture(plate, rng, gain_scale=gain)
         cal = np.stack([cap.dark_adu, cap.flat_adu], axis=-1).astype(np.float32)
         t = plate.thickness_mm
         return cap.image, cal, {"alloy": alloy, "thickness_mm": t, "a0": cap.a0_by_kvp[0],
                                 "mu_eff": cap.a0_by_kvp[0] / (t / 10.0)}
 
     def set_epoch(self, epoch: int) -> None:
-        rnd = epoch if self.cfg.fresh else 0
+        rnd = HELD_OUT_ROUND if self.held_out else epoch if self.cfg.fresh else 0
         if rnd == self.round:
             return
         t0 = time.perf_counter()
@@ -120,7 +136,7 @@ class SyntheticCaptures(Dataset):
         self.round = rnd
         if self.log and len(self):
             source = f"rig profile {self.cfg.rig_profile}" if self.cfg.rig_profile else self.cfg.simulator
-            self.log(f"simulated {len(self)} training captures ({source}, {self.prior.describe()}, "
+            self.log(f"simulated {len(self)} {'held-out' if self.held_out else 'training'} captures ({source}, {self.prior.describe()}, "
                      f"wedges {self.wedges} mm) in {time.perf_counter() - t0:.0f} s")
 
     def __getitem__(self, i: int):
@@ -150,10 +166,10 @@ def simulated_rig(cfg: SyntheticConfig, rig: RigConfig):
 
 
 def synthetic_for(cfg: SyntheticConfig, rigs: Mapping[float, tuple[RigConfig, int]], prior: ThicknessPrior,
-                  class_names: Sequence[str], seed: int, log=None) -> SyntheticCaptures:
+                  class_names: Sequence[str], seed: int, log=None, held_out: bool = False) -> SyntheticCaptures:
     """The synthetic source for a data set: its nominal rig (the most common wedge's settings; every wedge
     size it has) and its thickness prior, unless the config says otherwise."""
     base = nominal_rig(rigs)
     if cfg.thickness_range_mm or cfg.thicknesses_mm:
         prior = ThicknessPrior.of(cfg.thicknesses_mm, cfg.thickness_range_mm)
-    return SyntheticCaptures(cfg, base, prior, sorted(rigs), class_names, seed, log)
+    return SyntheticCaptures(cfg, base, prior, sorted(rigs), class_names, seed, log, held_out)

@@ -26,10 +26,11 @@ from alloynet.evaluate.predict import predict
 from alloynet.losses import MultiTaskLoss, create_loss
 from alloynet.models import create_model
 from alloynet.models.registry import takes_width
+from alloynet.models.answer import MIN_REAL, calibration_set
 from alloynet.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from alloynet.models.norm import fit_input_statistics
 from alloynet.models.physics_prior import physics_spec
-from alloynet.data.synthetic import simulated_rig
+from alloynet.data.synthetic import simulated_rig, synthetic_for
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
 from alloynet.train.distributed import DistEnv, cleanup, init_distributed
@@ -225,8 +226,9 @@ def _save(run: Run, state: dict, improved: bool, out: Path) -> None:
 
 def fit_answer(run: Run, best: Path) -> dict:
     """Fit the best model's honest answers (temperature, conformal threshold, feature statistics, thickness
-    range) on the calibration half of the validation split (never used to pick the epoch) and write them into
-    ``best``. Idempotent: fitting reads the checkpoint's model."""
+    range) on the calibration half of the validation split (never used to pick the epoch), with held-out
+    simulated captures joining temperature and threshold when training mixed some in and the real ones agree
+    (``calibration_set``), and write them into ``best``. Idempotent: fitting reads the checkpoint's model."""
     ckpt = load_checkpoint(best, map_location=run.device)
     model = run.model
     model.load_state_dict(ckpt["model"])
@@ -237,12 +239,27 @@ def fit_answer(run: Run, best: Path) -> dict:
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(run.cfg.seed))[:n].tolist()
     loader = DataLoader(Subset(data.train.unaugmented(), idx), batch_size=run.cfg.data.eval_batch_size or 64)
     tr = predict(model, loader, run.device, features=True)
-    summary = model.answer.fit(val["logits"], val["y"], tr["features"], tr["y"], val["features"],
-                               data.train.thickness_mm)
+    sim = held_out_simulated(run)
+    logits, labels, chosen = calibration_set(val["logits"], val["y"], sim and sim["logits"], sim and sim["y"],
+                                             cfg.coverage, MIN_REAL)
+    summary = model.answer.fit(logits, labels, tr["features"], tr["y"], val["features"], data.train.thickness_mm)
+    summary["calibration_set"] = chosen
     ckpt["model"] = model.state_dict()
     ckpt["answer"] = summary
     save_checkpoint(ckpt, best)
     return summary
+
+
+def held_out_simulated(run: Run) -> Optional[dict]:
+    """Predictions on ``answer.simulated`` held-out simulated captures of the training data's simulated rig
+    (a round no epoch drew), or None when training mixed in none."""
+    cfg = run.cfg
+    n = cfg.answer.simulated if cfg.data.synthetic.captures else 0
+    if not n or len(run.data.calibration) < MIN_REAL:
+        return None
+    source = synthetic_for(cfg.data.synthetic.model_copy(update={"captures": n}), run.data.rigs, run.data.prior,
+                           CLASS_NAMES, cfg.seed, log=console.print, held_out=True)
+    return predict(run.model, DataLoader(source, batch_size=cfg.data.eval_batch_size or 64), run.device)
 
 
 def pretrain(cfg: TrainConfig, resume: bool = False) -> TrainConfig:
@@ -311,8 +328,13 @@ def train(config: TrainConfig, resume: bool = False, on_epoch_end: Optional[Epoc
         (out / "history.json").write_text(json.dumps(history, indent=1))
         if (out / "best.pt").exists():
             answer = fit_answer(run, out / "best.pt")
-            console.print(f"calibrated on val: temperature {answer['temperature']:.3f}, conformal threshold "
-                          f"{answer['qhat']:.3f} for {answer['coverage']:.0%} coverage")
+            used = answer["calibration_set"]
+            sim = f" and {used['simulated']} held-out simulated" if used["simulated"] else (
+                f" (held-out simulated captures left out: the real ones disagree, p = {used['agreement_p']:.3f})"
+                if "agreement_p" in used else "")
+            console.print(f"calibrated on {used['real']} validation captures{sim}: temperature "
+                          f"{answer['temperature']:.3f}, conformal threshold {answer['qhat']:.3f} for "
+                          f"{answer['coverage']:.0%} coverage")
     cleanup(run.env)
     return TrainResult(out / "best.pt", out / "last.pt", out, out / "config.yaml", dict(best.get("metrics", {})),
                        int(best["epoch"]), len(history), run.early.should_stop, run.meta["manifest_hash"], history)
