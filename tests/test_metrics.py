@@ -81,3 +81,17 @@ def test_confusion_ece_groups_regression():
     assert r["mae"] == pytest.approx(skm.mean_absolute_error(t, q))
     assert r["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(t, q)))
     assert r["r2"] == pytest.approx(skm.r2_score(t, q))
+
+
+def test_physics_share_separates_the_term_from_the_trunk():
+    from alloynet.evaluate.report import physics_share
+
+    y = np.array([0, 1, 2, 0, 1, 2])
+    term = 2.0 * np.eye(3)[y]                      # the term alone is always right (weight 2)
+    trunk = np.eye(3)[[1, 1, 2, 1, 1, 2]] * 5.0    # the trunk alone misses both 0s
+    share = physics_share({"y": y, "logits": trunk + term}, term, weight=2.0)
+    assert share["term_alone"] == 1.0 and share["trunk_alone"] == pytest.approx(2 / 3)
+    assert share["changed"] == 0.0                 # the trunk's margin (5) outweighs the term's (2)
+    share = physics_share({"y": y, "logits": trunk * 0.2 + term}, term, weight=2.0)
+    assert share["changed"] == pytest.approx(2 / 6)  # now the term turns both 0s around
+    assert physics_share({"y": y, "logits": trunk}, np.zeros((6, 3)), weight=0.0)["term_alone"] is None

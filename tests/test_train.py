@@ -73,6 +73,9 @@ def test_cli_train_and_evaluate_every_architecture(name, store_dir, tmp_path):
     assert set(metrics["baselines"]) == {"physics_fit", "gaussian_profile"}
     assert 0 <= metrics["baselines"]["physics_fit"]["balanced_accuracy"] <= 1
     assert 1 <= metrics["set_size_mean"] <= 5 and 0 <= metrics["set_coverage"] <= 1
+    term = metrics["physics_term"]  # every architecture has the physics term by default
+    assert term["weight"] == pytest.approx(float(load_checkpoint(run / "best.pt")["model"]["physics.weight"]))
+    assert 0 <= term["changed"] <= 1 and 0 <= term["trunk_alone"] <= 1
     pngs = {p.name for p in (run / "report" / "plots").glob("*.png")}
     assert pngs == {"confusion.png", "confusion_normalised.png", "roc.png", "pr.png", "learning_curves.png",
                     "thickness_scatter.png"}
@@ -80,6 +83,7 @@ def test_cli_train_and_evaluate_every_architecture(name, store_dir, tmp_path):
     report = (run / "report" / "report.md").read_text()
     assert "ideal-observer ceiling" in report and "gap" in report and "](plots/confusion.png)" in report
     assert "physics fit (baseline)" in report and "Conformal prediction sets" in report
+    assert "## The physics term" in report
 
 
 def test_checkpoint_is_a_plain_dict_and_rebuilds_the_model(store_dir, tmp_path):

@@ -57,7 +57,19 @@ def _answers(m: dict) -> list[str]:
             f"- Conformal prediction sets at {m['coverage_target']:.0%} target coverage: coverage "
             f"{_f(m['set_coverage'])} (balanced over alloys), mean set size {_f(m['set_size_mean'], 2)}, "
             f"{m['set_singleton_rate']:.0%} single-alloy answers.",
-            f"- Flags on this split: {flags}.", ""]
+            f"- Flags on this split: {flags}.", ""] + _physics_term(m)
+
+
+def _physics_term(m: dict) -> list[str]:
+    t = m.get("physics_term")
+    if not t:
+        return []
+    alone = "n/a (weight 0)" if t["term_alone"] is None else _f(t["term_alone"])
+    return ["## The physics term", "",
+            f"The forward model's fit in the graph, added to the trunk's logits with learnt weight {_f(t['weight'])}: "
+            f"alone it scores {alone} balanced accuracy here, the trunk alone {_f(t['trunk_alone'])}, the model "
+            f"{_f(m['balanced_accuracy'])}; adding it changes the answer on {t['changed']:.0%} of captures "
+            f"(Grad-CAM below shows the trunk's side only).", ""]
 
 
 def _per_class(m: dict, names: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import DataLoader
 
 from alloynet.captures.stores import ObjectStore
@@ -131,7 +132,14 @@ def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: 
     if not (labelled.split == split).any():
         raise ValueError(f"no labelled captures in split {split!r} (splits: {sorted(labelled.split.unique())})")
     ds = CaptureDataset(st, labelled, split)
-    p = predict(model, DataLoader(ds, batch_size=batch_size), device)
+    terms: list[torch.Tensor] = []  # the physics term's share of each answer (the model's own fit, in its graph)
+    hook = model.physics.register_forward_hook(lambda _m, _i, o: terms.append(o.detach().float().cpu())) \
+        if getattr(model, "physics", None) is not None else None
+    try:
+        p = predict(model, DataLoader(ds, batch_size=batch_size), device)
+    finally:
+        if hook is not None:
+            hook.remove()
     names = list(meta["class_names"])
     metrics: dict[str, Any] = {"checkpoint": str(checkpoint), "split": split, "model": meta["model_spec"]["name"],
                                "manifest_hash": meta["manifest_hash"], "trained_epochs": meta["epoch"]}
@@ -139,6 +147,8 @@ def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: 
     metrics.update(regression_summary(p))
     metrics.update(answer_metrics(p, names, float(model.answer.coverage)))
     metrics["per_thickness"] = per_thickness(ds.rows, p, names)
+    if terms:
+        metrics["physics_term"] = physics_share(p, torch.cat(terms).numpy(), float(model.physics.weight.detach()))
     prior = data_prior(labelled)  # the data source's thickness prior, not only what the test split happened to get
     rigs = rig_settings(st, ds.rows)
     if ceiling_rigs:
@@ -165,6 +175,23 @@ def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: 
                   **{f"p_{n}": p["probs"][:, i] for i, n in enumerate(names)}}).to_csv(out / "predictions.csv", index=False)
     (out / "report.md").write_text(render(metrics, names, figures, cams, ceil["markdown"] if with_ceiling else None))
     return metrics
+
+
+def physics_share(p: dict, term: np.ndarray, weight: float) -> dict[str, Any]:
+    """What the physics term (``alloynet.models.physics_prior``) does to a model's answers: its learnt weight,
+    the balanced accuracy of the term alone (the in-graph physics fit) and of the trunk alone (the logits
+    without the term), and how often adding the term changes the answer. Grad-CAM shows the trunk's side."""
+    y, logits = np.asarray(p["y"], int), np.asarray(p["logits"], np.float64)
+
+    def bal(pred: np.ndarray) -> float:
+        return float(np.mean([np.mean(pred[y == k] == k) for k in np.unique(y)]))
+
+    trunk = logits - term
+    out = {"weight": weight, "trunk_alone": bal(trunk.argmax(1)),
+           "changed": float(np.mean(trunk.argmax(1) != logits.argmax(1))), "term_alone": None}
+    if abs(weight) > 1e-6:
+        out["term_alone"] = bal((term / weight).argmax(1))
+    return out
 
 
 def _plots(metrics: dict, p: dict, names: list[str], history: list[dict], out: Path) -> list[Path]:
