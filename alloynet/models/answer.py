@@ -7,8 +7,9 @@
   threshold q is a class-balanced quantile of the validation scores, because test sets (and the line) are
   balanced while training data are long-tailed. Where physics cannot tell 5083 from 6082 the set holds both.
 * Group probabilities: heavy (Cu/Zn-bearing) vs light, summed from the class probabilities.
-* Flags: the calibration ones come from ``Preprocess``; thickness outside the training range (widened by
-  5 %); features unlike every training class (class-conditional Gaussians with a shared covariance on a PCA
+* Flags: the calibration ones come from ``Preprocess``; thickness outside the training range (the regression
+  head's thickness beyond the range widened by 5 %, or the physics fit's posterior mass beyond the training
+  prior's bounds above one half, ``alloynet.models.physics_prior``); features unlike every training class (class-conditional Gaussians with a shared covariance on a PCA
   projection of the trunk's features, Lee et al. 2018; flagged above the 99.5th percentile of the
   validation distances).
 
@@ -26,6 +27,7 @@ from torch import nn
 OOD_QUANTILE = 0.995
 THICKNESS_MARGIN = 0.05
 MAX_PROJECTION = 32
+OUTSIDE_MASS = 0.5  # the physics fit's posterior mass beyond the training thicknesses that flags them
 
 
 class Answer(nn.Module):
@@ -59,13 +61,20 @@ class Answer(nn.Module):
 
     def forward(self, logits: torch.Tensor, thickness_mm: torch.Tensor, features: torch.Tensor,
                 calibration_missing: torch.Tensor, calibration_out: torch.Tensor,
-                drift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(probabilities [B, K], prediction_set [B, K], group_probabilities [B, G], flags [B, 5])."""
+                drift: torch.Tensor, thickness_outside: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(probabilities [B, K], prediction_set [B, K], group_probabilities [B, G], flags [B, 5]).
+        ``thickness_outside``: the physics fit's posterior mass beyond the training thicknesses [B], if the model
+        has the fit; above OUTSIDE_MASS the thickness is out of range whatever the regression head says (the
+        head cannot say it: it saturates inside its training range)."""
         probs = self.probabilities(logits)
         pset = (probs >= 1.0 - self.qhat).float()
         # a sum of products, not a matmul: under CUDA autocast a matmul would come out in bf16
         groups = (probs[:, :, None] * self.group_matrix[None]).sum(dim=1)
-        thick = ((thickness_mm < self.thickness_range[0]) | (thickness_mm > self.thickness_range[1])).float()
+        thick = (thickness_mm < self.thickness_range[0]) | (thickness_mm > self.thickness_range[1])
+        if thickness_outside is not None:
+            thick = thick | (thickness_outside > OUTSIDE_MASS)
+        thick = thick.float()
         ood = (self.ood_distance(features) > self.ood_threshold).float()
         flags = torch.stack([calibration_missing, calibration_out, thick, ood, drift], dim=1)
         return probs, pset, groups, flags
