@@ -13,6 +13,16 @@ compared with the forward model's mean profile of each alloy on a fine thickness
 log p(x | alloy) = logsumexp_t [-chi2(t) / 2 - log det S(t) / 2 + log P(t)], P(t) the prior's mass in the grid
 cell: the observer's own sum (its ``log_weight`` per grid point), in float32.
 
+Beyond the training range: the prior is the training data's plus a small tail (``TAIL_MASS``, spread from 0.5x
+its lowest to 1.5x its highest thickness; ``alloynet.physics.observer.TailedPrior``) on extra grid points and
+nodes, the range's own grid kept point for point. Without it a plate thicker than any in training was fitted by
+the far tail of the grid's last point under every alloy, and the model answered at chance (0.200 on 5.5-7 mm
+plates trained on 1-5 mm). With it the forward model fits such a plate, and the fit's posterior mass of the
+thickness beyond the training prior's bounds (``train_bounds``, summed over the alloys) flags the capture's
+thickness out of range (``alloynet.models.answer``) where the regression head, saturating inside its range,
+cannot. The price: an alloy that fits an in-range plate only at a thickness beyond the range is no longer all but
+excluded; it costs the tail's prior ratio (about 23x for 1-5 mm) and its misfit instead.
+
 The model's logits are the trunk's plus ``weight`` times the fit's log posterior (clamped at -30): at the
 start of training the model answers as the physics fit does, and training learns what the forward model
 misses (a rig it does not describe, calibration offsets); ``weight`` is learnt too, so a rig the forward model
