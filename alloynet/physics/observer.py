@@ -122,7 +122,7 @@ class TailedPrior:
     ``tail_grid`` points and ``tail_nodes`` nodes below and above it."""
 
     inner: ThicknessPrior
-    tail_mass: float = 0.03
+    tail_mass: float = 0.01
     span: tuple[float, float] = (0.5, 1.5)
     tail_grid: tuple[int, int] = (32, 128)
     tail_nodes: tuple[int, int] = (1, 4)
