@@ -9,9 +9,9 @@
 * Group probabilities: heavy (Cu/Zn-bearing) vs light, summed from the class probabilities.
 * Flags: the calibration ones come from ``Preprocess``; thickness outside the training range (the regression
   head's thickness beyond the range widened by 5 %, or the physics fit's posterior mass beyond the training
-  prior's bounds above one half, ``alloynet.models.physics_prior``); features unlike every training class (class-conditional Gaussians with a shared covariance on a PCA
-  projection of the trunk's features, Lee et al. 2018; flagged above the 99.5th percentile of the
-  validation distances).
+  prior's bounds above one half, ``alloynet.models.physics_prior``); features unlike every training class
+  (class-conditional Gaussians with a shared covariance on a PCA projection of the trunk's features, Lee et
+  al. 2018; flagged above the 99.5th percentile of the validation distances).
 
 Every statistic is a buffer, so it is saved in checkpoints and traced into every exported graph. An Answer
 that was never fitted is honest about it: temperature 1, the full set of classes, no out-of-envelope flags.
