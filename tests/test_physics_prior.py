@@ -10,10 +10,10 @@ from alloynet.data.transforms import Preprocess
 from alloynet.export import ExportMeta, export_model, onnx_session
 from alloynet.models import create_model
 from alloynet.models.checkpoint import load_model
-from alloynet.models.physics_prior import PhysicsLikelihood, physics_spec
+from alloynet.models.physics_prior import TAIL_GRID, PhysicsLikelihood, physics_spec
 from alloynet.physics import ALLOY_NAMES
 from alloynet.physics.alloys import sample_plate
-from alloynet.physics.observer import PhysicsObserver, ThicknessPrior
+from alloynet.physics.observer import PhysicsObserver, TailedPrior, ThicknessPrior
 from alloynet.physics.profile import profile_model_for
 from alloynet.physics.simulator import RigConfig, RigSimulator
 from alloynet.train import load_config, train
@@ -51,23 +51,23 @@ def test_in_graph_likelihood_is_the_observers():
     assert (other.max(1) < ll.max(1) - 10).all()
 
 
-def _captures(n_per: int, seed: int):
+def _captures(n_per: int, seed: int, thicknesses_mm=GRID.values_mm):
     sim, rng = RigSimulator(_rig()), np.random.default_rng(seed)
     images, labels = [], []
     for k, alloy in enumerate(ALLOY_NAMES):
         for i in range(n_per):
-            plate = sample_plate(alloy, float(rng.choice(GRID.values_mm)), rng, f"{alloy}-{i}")
+            plate = sample_plate(alloy, float(rng.choice(thicknesses_mm)), rng, f"{alloy}-{i}")
             images.append(sim.capture(plate, rng).image), labels.append(k)
     cal = torch.tensor([[[sim.rig.dark_offset_adu, sim.rig.flat_target_adu]]]).expand(len(images), 1, 2).contiguous()
     return torch.tensor(np.stack(images).astype(np.float32)), cal, torch.full((len(images), 1), 50.0), np.array(labels)
 
 
-def _untrained_model() -> torch.nn.Module:
+def _untrained_model(prior: ThicknessPrior = GRID, tail: bool = True) -> torch.nn.Module:
     torch.manual_seed(0)
-    spec = physics_spec([50.0], 1, SIZE, bins=16)
+    spec = physics_spec([50.0], 1, SIZE, bins=16, tail=tail)
     m = create_model("profile_mlp", 5, 1, Preprocess([1000.0], [50000.0]), "relu", STATS, 0.0, rig=_rig(),
                      physics=spec, bins=16, hidden=[32])
-    m.physics.fit({50.0: _rig()}, GRID, ALLOY_NAMES)
+    m.physics.fit({50.0: _rig()}, prior, ALLOY_NAMES)
     with torch.no_grad():                      # a head that says nothing: the answer is the physics fit's
         m.head.classifier.weight.zero_(), m.head.classifier.bias.zero_()
     return m.eval()
@@ -97,10 +97,11 @@ def test_exported_graph_computes_the_physics_term(tmp_path):
     meta = ExportMeta(class_names=list(ALLOY_NAMES), channels=1, height=SIZE, width=SIZE, arch="profile_mlp")
     bundle = export_model(model, meta, tmp_path, inputs, log=lambda *_: None)
     assert bundle.meta.parity["ok"]
-    probs = onnx_session(bundle.path("onnx")).run(["probabilities"], inputs)[0]
+    probs, flags = onnx_session(bundle.path("onnx")).run(["probabilities", "flags"], inputs)
     with torch.no_grad():
-        expected = model(x, cal, w)["probabilities"].numpy()
-    assert np.abs(probs - expected).max() < 1e-4 and probs.max(1).min() > 0.3  # not a flat answer
+        out = model(x, cal, w)
+    assert np.abs(probs - out["probabilities"].numpy()).max() < 1e-4 and probs.max(1).min() > 0.3  # not flat
+    assert flags.shape == (len(x), 5) and (flags == out["flags"].numpy()).all()
 
 
 def test_training_with_the_physics_term_saves_and_reloads_it(tmp_path):
@@ -127,3 +128,96 @@ def test_physics_term_stays_float32_under_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             mixed = model.physics(a, w)
     assert mixed.dtype == torch.float32 and torch.allclose(mixed, ref, atol=1e-5)
+
+
+# -- beyond the training range: the tail (alloynet.physics.observer.TailedPrior) and the out-of-range flag --
+
+RANGE = ThicknessPrior(range_mm=(1.0, 5.0))
+
+
+def test_a_plate_beyond_the_training_range_is_flagged():
+    """Fitted on 1-5 mm: 6.5 mm plates are flagged out of range by the physics fit's posterior (the
+    regression head of an unfitted Answer flags nothing), 2-4 mm plates are not; the flags keep their shape.
+    (At 32 px and 16 bins 16 of these 20 are flagged; the 64 px benchmark flags 92 % of 5.5-7 mm plates.)"""
+    model = _untrained_model(RANGE)
+    assert model.physics.train_bounds.tolist() == pytest.approx(RANGE.bounds())
+    x, cal, w, _ = _captures(4, seed=11, thicknesses_mm=(6.5,))
+    xin, calin, win, _ = _captures(4, seed=12, thicknesses_mm=(2.0, 3.0, 4.0))
+    with torch.no_grad():
+        out, inside = model(x, cal, w), model(xin, calin, win)
+    assert out["flags"].shape == (len(x), 5)
+    assert out["flags"][:, 2].mean() >= 0.75
+    assert inside["flags"][:, 2].sum() == 0
+    model.physics.fitted.zero_()  # an unfitted term says nothing about the thickness
+    with torch.no_grad():
+        assert model(x, cal, w)["flags"][:, 2].sum() == 0
+
+
+def test_the_tail_leaves_in_range_likelihoods_as_the_observers():
+    """With the tail the module's log-likelihoods of in-range plates still equal the tail-free numpy observer's
+    (up to a constant per capture) under every alloy whose best fit lies inside the range, pick the same alloy,
+    and its grid holds the training range's grid point for point. An alloy that fits only at a thickness beyond
+    the range is no longer all but excluded: it costs the tail's prior ratio (and its misfit) instead."""
+    module = PhysicsLikelihood(5, [70.0], 1, bins=16, tail=physics_spec([70.0], 1, SIZE)["tail"])
+    module.fit({70.0: _rig(70.0)}, RANGE, ALLOY_NAMES)
+    obs = PhysicsObserver(profile_model_for(_rig(70.0), 16), ALLOY_NAMES, RANGE, plates=100, seed=0)
+    inner = obs.likelihoods[0].grid
+    assert np.allclose(module.grid_mm.numpy()[TAIL_GRID[0]:TAIL_GRID[0] + len(inner)], inner, rtol=1e-6)
+    assert module.grid_mm.min() == pytest.approx(0.5) and module.grid_mm.max() == pytest.approx(7.5)
+    rng = np.random.default_rng(4)
+    x = np.concatenate([obs.draw(k, 30, rng)[0] for k in range(5)])
+    a = torch.tensor(np.repeat(x, 2, axis=1), dtype=torch.float32)[:, None, None, :].expand(-1, 1, 8, -1)
+    with torch.no_grad():
+        ll = module.log_likelihoods(a, torch.full((len(x), 1), 70.0)).numpy()
+    ref, t_best = obs.log_likelihoods(x)
+    centre = lambda v: v - v.max(1, keepdims=True)  # noqa: E731
+    lo, hi = RANGE.bounds()
+    inside = (t_best > lo + 0.05) & (t_best < hi - 0.05)
+    assert inside.mean() > 0.8
+    assert np.abs(centre(ll) - centre(ref))[inside].max() < 0.02
+    assert (ll.argmax(1) == ref.argmax(1)).all()
+    assert (centre(ll) >= centre(ref) - 0.02).all()  # the tail only ever adds support
+
+
+def test_the_tails_grid_is_fine_enough():
+    """Beyond the range the grid is a little coarser than inside it (0.017 vs 0.011 mm here): 6.5 mm plates'
+    log-likelihoods on it equal those on a grid four times finer under every alloy that fits them inside the
+    extension (the in-range grid is off by up to 0.016 on the same test), and the tail holds its mass (the
+    prior's cells sum to one). An alloy whose fit runs off the extension's end is truncated there, as any
+    alloy past the grid's end was before (here at least 1 below the best alloy's)."""
+    model = profile_model_for(_rig(70.0), 16)
+    coarse = TailedPrior(RANGE)
+    fine = TailedPrior(RANGE, tail_grid=tuple(4 * g for g in coarse.tail_grid))
+    lk = PhysicsObserver(model, ALLOY_NAMES, coarse, plates=60, seed=0).likelihoods
+    lk_fine = PhysicsObserver(model, ALLOY_NAMES, fine, plates=60, seed=0).likelihoods
+    draws = PhysicsObserver(model, ALLOY_NAMES, ThicknessPrior(range_mm=(6.4, 6.6)), plates=60, seed=1)
+    rng = np.random.default_rng(5)
+    x = np.concatenate([draws.draw(k, 10, rng)[0] for k in range(5)])
+    fits = [m.loglik(x) for m in lk]
+    ll, t_best = np.stack([f[0] for f in fits], 1), np.stack([f[1] for f in fits], 1)
+    ll_fine = np.stack([m.loglik(x)[0] for m in lk_fine], 1)
+    inside = t_best < coarse.extension()[1] - 0.1
+    assert np.isfinite(ll).all() and inside.mean() > 0.5
+    assert np.abs(ll - ll_fine)[inside].max() < 0.05
+    assert (ll - ll.max(1, keepdims=True))[~inside].max() < -1.0
+    h = np.gradient(lk[0].grid)
+    mass = np.exp(coarse.log_density(lk[0].grid, h / 2)) * h
+    assert mass.sum() == pytest.approx(1.0, abs=0.01)
+    lo, hi = RANGE.bounds()
+    outside = (lk[0].grid < lo) | (lk[0].grid > hi)
+    assert mass[outside].sum() == pytest.approx(coarse.tail_mass, abs=0.005)
+
+
+def test_a_checkpoint_from_before_the_tail_still_loads(tmp_path):
+    """A physics spec without ``tail`` and a state without the grid and bounds buffers (as saved before them):
+    the model loads, answers as saved and never flags the thickness from the fit."""
+    model = _untrained_model(RANGE, tail=False)
+    state = {k: v for k, v in model.state_dict().items() if k not in ("physics.grid_mm", "physics.train_bounds")}
+    fresh = create_model("profile_mlp", 5, 1, Preprocess([1000.0], [50000.0]), "relu", STATS, 0.0, rig=_rig(),
+                         physics=physics_spec([50.0], 1, SIZE, bins=16, tail=False), bins=16, hidden=[32]).eval()
+    fresh.load_state_dict(state)
+    assert fresh.physics.train_bounds.tolist() == [0.0, float("inf")]
+    x, cal, w, _ = _captures(2, seed=13, thicknesses_mm=(6.5,))
+    with torch.no_grad():
+        out, ref = fresh(x, cal, w), model(x, cal, w)
+    assert torch.allclose(out["logits"], ref["logits"]) and out["flags"][:, 2].sum() == 0

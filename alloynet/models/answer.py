@@ -12,10 +12,11 @@
   join only where the real captures agree with them (their coverage under the joint fit is not significantly
   off the target): a simulator that does not describe the rig cannot move the answers.
 * Group probabilities: heavy (Cu/Zn-bearing) vs light, summed from the class probabilities.
-* Flags: the calibration ones come from ``Preprocess``; thickness outside the training range (widened by
-  5 %); features unlike every training class (class-conditional Gaussians with a shared covariance on a PCA
-  projection of the trunk's features, Lee et al. 2018; flagged above the 99.5th percentile of the
-  validation distances).
+* Flags: the calibration ones come from ``Preprocess``; thickness outside the training range (the regression
+  head's thickness beyond the range widened by 5 %, or the physics fit's posterior mass beyond the training
+  prior's bounds above one half, ``alloynet.models.physics_prior``); features unlike every training class
+  (class-conditional Gaussians with a shared covariance on a PCA projection of the trunk's features, Lee et
+  al. 2018; flagged above the 99.5th percentile of the validation distances).
 
 Every statistic is a buffer, so it is saved in checkpoints and traced into every exported graph. An Answer
 that was never fitted is honest about it: temperature 1, the full set of classes, no out-of-envelope flags.
@@ -33,6 +34,7 @@ AGREEMENT_P = 0.05   # simulated calibration captures are dropped when the real 
 MIN_REAL = 10        # fewer real calibration captures cannot tell whether simulated ones agree: not used
 THICKNESS_MARGIN = 0.05
 MAX_PROJECTION = 32
+OUTSIDE_MASS = 0.5  # the physics fit's posterior mass beyond the training thicknesses that flags them
 
 
 class Answer(nn.Module):
@@ -66,13 +68,20 @@ class Answer(nn.Module):
 
     def forward(self, logits: torch.Tensor, thickness_mm: torch.Tensor, features: torch.Tensor,
                 calibration_missing: torch.Tensor, calibration_out: torch.Tensor,
-                drift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(probabilities [B, K], prediction_set [B, K], group_probabilities [B, G], flags [B, 5])."""
+                drift: torch.Tensor, thickness_outside: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(probabilities [B, K], prediction_set [B, K], group_probabilities [B, G], flags [B, 5]).
+        ``thickness_outside``: the physics fit's posterior mass beyond the training thicknesses [B], if the model
+        has the fit; above OUTSIDE_MASS the thickness is out of range whatever the regression head says (the
+        head cannot say it: it saturates inside its training range)."""
         probs = self.probabilities(logits)
         pset = (probs >= 1.0 - self.qhat).float()
         # a sum of products, not a matmul: under CUDA autocast a matmul would come out in bf16
         groups = (probs[:, :, None] * self.group_matrix[None]).sum(dim=1)
-        thick = ((thickness_mm < self.thickness_range[0]) | (thickness_mm > self.thickness_range[1])).float()
+        thick = (thickness_mm < self.thickness_range[0]) | (thickness_mm > self.thickness_range[1])
+        if thickness_outside is not None:
+            thick = thick | (thickness_outside > OUTSIDE_MASS)
+        thick = thick.float()
         ood = (self.ood_distance(features) > self.ood_threshold).float()
         flags = torch.stack([calibration_missing, calibration_out, thick, ood, drift], dim=1)
         return probs, pset, groups, flags

@@ -112,11 +112,14 @@ class AlloyNet(nn.Module):
         missing = torch.maximum(missing, wedge_missing)
         features = self.trunk(x)
         logits, z = self.head(features)
+        outside = torch.zeros_like(drift)
         if self.physics is not None:
-            logits = logits + self.physics(a, wedge_mm).to(logits.dtype)
+            term, outside = self.physics.evaluate(a, wedge_mm)
+            logits = logits + term.to(logits.dtype)
         reg = z.float() * self.target_std + self.target_mean
         thickness = reg[:, 0]
-        probs, pset, groups, flags = self.answer(logits, thickness, features, missing, out_of_tolerance, drift)
+        probs, pset, groups, flags = self.answer(logits, thickness, features, missing, out_of_tolerance, drift,
+                                                 outside)
         return {"logits": logits, "probabilities": probs, "thickness_mm": thickness, "a0": reg[:, 1],
                 "mu_eff": reg[:, 2], "prediction_set": pset, "group_probabilities": groups, "flags": flags,
                 "features": features}

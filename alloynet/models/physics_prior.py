@@ -13,6 +13,16 @@ compared with the forward model's mean profile of each alloy on a fine thickness
 log p(x | alloy) = logsumexp_t [-chi2(t) / 2 - log det S(t) / 2 + log P(t)], P(t) the prior's mass in the grid
 cell: the observer's own sum (its ``log_weight`` per grid point), in float32.
 
+Beyond the training range: the prior is the training data's plus a small tail (``TAIL_MASS``, spread from 0.5x
+its lowest to 1.5x its highest thickness; ``alloynet.physics.observer.TailedPrior``) on extra grid points and
+nodes, the range's own grid kept point for point. Without it a plate thicker than any in training was fitted by
+the far tail of the grid's last point under every alloy, and the model answered at chance (0.200 on 5.5-7 mm
+plates trained on 1-5 mm). With it the forward model fits such a plate, and the fit's posterior mass of the
+thickness beyond the training prior's bounds (``train_bounds``, summed over the alloys) flags the capture's
+thickness out of range (``alloynet.models.answer``) where the regression head, saturating inside its range,
+cannot. The price: an alloy that fits an in-range plate only at a thickness beyond the range is no longer all but
+excluded; it costs the tail's prior ratio (about 70x for 1-5 mm with TAIL_MASS 1 %) and its misfit instead.
+
 The model's logits are the trunk's plus ``weight`` times the fit's log posterior (clamped at -30): at the
 start of training the model answers as the physics fit does, and training learns what the forward model
 misses (a rig it does not describe, calibration offsets); ``weight`` is learnt too, so a rig the forward model
@@ -32,21 +42,45 @@ from alloynet.data.transforms import wedge_profile
 
 LOG_FLOOR = -30.0
 GRID, NODES, BINS = 400, 9, 32
+# The prior beyond the training range (alloynet.physics.observer.TailedPrior): 1 % of the mass spread evenly
+# over 0.5x the lowest to 1.5x the highest training thickness (0.5-7.5 mm for 1-5 mm). A plate beyond the range
+# misfits every alloy inside it by a chi2 of hundreds, so even a small tail wins it; an in-range plate that a
+# wrong alloy fits just beyond the range (a chi2 a few worse) is what a large tail lets through. Measured on the
+# `own` benchmark model with its tables refitted (docs/benchmarks.md): tail 0.1 % / 1 % / 3 % -> 5.5-7 mm plates
+# 0.533 / 0.577 / 0.600 (flagged 86 / 92 / 96 %), 1/2/5 mm plates 0.547 / 0.540 / 0.523 (0.550 without), any
+# thickness and the test split unchanged. Inside the range every alloy's likelihood drops by log(0.99), the
+# posterior does not move. The grid: the training range's own 400 points and 9 nodes unchanged, plus 32 points and
+# 1 node below it and 128 points and 4 nodes above (about 0.014 and 0.017 mm for 1-5 mm, where the likelihood in
+# t is 0.02-0.05 mm wide; the nodes as far apart as the range's own).
+TAIL_MASS, TAIL_SPAN, TAIL_GRID, TAIL_NODES = 0.01, (0.5, 1.5), (32, 128), (1, 4)
 
 
-def physics_spec(wedges_mm: Sequence[float], channels: int, width: int, bins: int = BINS) -> dict[str, Any]:
-    """The shapes a model's physics tables need (what a checkpoint records to rebuild the model)."""
-    return {"wedges_mm": sorted(float(w) for w in wedges_mm), "bins": int(min(bins, width)), "channels": int(channels),
-            "grid": GRID, "nodes": NODES}
+def physics_spec(wedges_mm: Sequence[float], channels: int, width: int, bins: int = BINS,
+                 tail: bool = True) -> dict[str, Any]:
+    """The shapes a model's physics tables need (what a checkpoint records to rebuild the model). ``grid`` and
+    ``nodes`` count the training range's points; ``tail`` (absent in checkpoints from before it) the extension's."""
+    spec = {"wedges_mm": sorted(float(w) for w in wedges_mm), "bins": int(min(bins, width)),
+            "channels": int(channels), "grid": GRID, "nodes": NODES}
+    if tail:
+        spec["tail"] = {"mass": TAIL_MASS, "span": list(TAIL_SPAN), "grid": list(TAIL_GRID), "nodes": list(TAIL_NODES)}
+    return spec
 
 
 class PhysicsLikelihood(nn.Module):
+    # Buffers a checkpoint from before the tail lacks: loaded as built (no grid, bounds 0-inf: never out of range)
+    OPTIONAL_BUFFERS = ("grid_mm", "train_bounds")
+
     def __init__(self, num_classes: int, wedges_mm: Sequence[float], channels: int, bins: int = BINS,
-                 grid: int = GRID, nodes: int = NODES):
+                 grid: int = GRID, nodes: int = NODES, tail: Optional[Mapping[str, Any]] = None):
         super().__init__()
         if not wedges_mm:
             raise ValueError("physics prior: no wedge sizes to fit the forward model for")
         self.bins, self.channels = int(bins), int(channels)
+        self.tail = dict(tail) if tail else None
+        self.range_grid, self.range_nodes = int(grid), int(nodes)      # the training range's own points
+        if self.tail:
+            grid += sum(self.tail["grid"])
+            nodes += sum(self.tail["nodes"])
         k, w, d = int(num_classes), len(wedges_mm), int(channels) * int(bins)
         self.register_buffer("wedges_mm", torch.tensor([float(v) for v in wedges_mm], dtype=torch.float32))
         self.register_buffer("reference", torch.zeros(w, d))                # subtracted before whitening
@@ -54,20 +88,27 @@ class PhysicsLikelihood(nn.Module):
         self.register_buffer("mean_white", torch.zeros(w, k, grid, d))     # whitened mean profile per grid point
         self.register_buffer("node_of", torch.zeros(grid, dtype=torch.long))
         self.register_buffer("log_weight", torch.zeros(w, k, grid))        # -logdet/2 + log prior mass
+        self.register_buffer("grid_mm", torch.zeros(grid))                 # the thickness of each grid point
+        self.register_buffer("train_bounds", torch.tensor([0.0, float("inf")]))  # the training prior's bounds
         self.register_buffer("fitted", torch.zeros(()))
         self.weight = nn.Parameter(torch.ones(()))
 
     def fit(self, rigs: Mapping[float, object], prior, alloys: Sequence[str], seed: int = 0, plates: int = 100) -> None:
         """Tabulate the forward model of each wedge's rig (``{wedge_mm: rig config}``, one per fitted wedge) for
-        ``alloys`` under the thickness ``prior`` (``alloynet.physics.observer.ThicknessPrior``)."""
-        from alloynet.physics.observer import PhysicsObserver
+        ``alloys`` under the training data's thickness ``prior`` (``alloynet.physics.observer.ThicknessPrior``),
+        with the spec's tail beyond it (``TailedPrior``) if it has one."""
+        from alloynet.physics.observer import PhysicsObserver, TailedPrior
         from alloynet.physics.profile import profile_model_for
+
+        if self.tail:
+            prior = TailedPrior(prior, float(self.tail["mass"]), tuple(self.tail["span"]), tuple(self.tail["grid"]),
+                                tuple(self.tail["nodes"]))
 
         wedges = [float(v) for v in self.wedges_mm.tolist()]
         missing = [w for w in wedges if w not in rigs]
         if missing:
             raise ValueError(f"physics prior: no rig settings for wedge(s) {missing} mm (have {sorted(rigs)})")
-        grid, nodes = self.mean_white.shape[2], self.whiten.shape[2]
+        grid, nodes = self.range_grid, self.range_nodes
         ref, white, mean_white, log_weight = [], [], [], []
         for w in wedges:
             obs = PhysicsObserver(profile_model_for(rigs[w], self.bins), list(alloys), prior, plates=plates, seed=seed,
@@ -75,7 +116,7 @@ class PhysicsLikelihood(nn.Module):
             if obs.likelihoods[0].mean.shape[1] != self.reference.shape[1]:
                 raise ValueError(f"physics prior: the forward model gives {obs.likelihoods[0].mean.shape[1]} profile "
                                  f"values per capture, the model expects {self.reference.shape[1]}")
-            r = obs.likelihoods[0].mean[grid // 2]
+            r = obs.likelihoods[0].mean[len(obs.likelihoods[0].grid) // 2]
             ref.append(r)
             inv = [np.stack([np.linalg.inv(c) for c in lk.chol]) for lk in obs.likelihoods]  # [nodes, D, D] each
             white.append(np.stack(inv))
@@ -88,7 +129,14 @@ class PhysicsLikelihood(nn.Module):
             self.mean_white.copy_(torch.as_tensor(np.stack(mean_white)))
             self.log_weight.copy_(torch.as_tensor(np.maximum(np.stack(log_weight), -1e4)))
             self.node_of.copy_(torch.as_tensor(obs.likelihoods[0].node_of))  # one grid for every alloy and wedge
+            self.grid_mm.copy_(torch.as_tensor(obs.likelihoods[0].grid))
+            self.train_bounds.copy_(torch.as_tensor(prior.bounds()))
             self.fitted.fill_(1.0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in self.OPTIONAL_BUFFERS:  # a checkpoint from before the tail: keep the buffers as built
+            state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def profile(self, a: torch.Tensor) -> torch.Tensor:
         """-ln T of the plate's rows [B, C, H, W] -> the binned profile [B, C * bins], binned as the baselines and
@@ -100,28 +148,41 @@ class PhysicsLikelihood(nn.Module):
         m = (bin_of[:, None] == torch.arange(self.bins, device=p.device)[None]).float()    # [W, bins]
         return (p @ (m / m.sum(0, keepdim=True))).flatten(1)
 
-    def log_likelihoods(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> torch.Tensor:
-        """log p(profile | alloy) [B, K], up to a constant shared by the alloys."""
+    def log_joint(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> torch.Tensor:
+        """log p(profile, thickness cell | alloy) [B, K, grid], up to a constant shared by the alloys."""
         x = self.profile(a)
         wi = (wedge_mm.float().reshape(-1, 1) - self.wedges_mm[None]).abs().argmin(1)     # nearest fitted wedge
         xw = torch.einsum("bknde,be->bknd", self.whiten[wi], x - self.reference[wi])       # [B, K, nodes, D]
         diff = xw[:, :, self.node_of, :] - self.mean_white[wi]                             # [B, K, grid, D]
         chi2 = (diff * diff).sum(-1)
-        return torch.logsumexp(-0.5 * chi2 + self.log_weight[wi], dim=-1)
+        return -0.5 * chi2 + self.log_weight[wi]
 
-    def forward(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> torch.Tensor:
-        """The term added to the logits [B, K]: weight x the fit's log posterior (zero until fitted). Always in
+    def log_likelihoods(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> torch.Tensor:
+        """log p(profile | alloy) [B, K], up to a constant shared by the alloys."""
+        return torch.logsumexp(self.log_joint(a, wedge_mm), dim=-1)
+
+    def evaluate(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(The term added to the logits [B, K]: weight x the fit's log posterior; the posterior mass of the
+        thickness beyond the training prior's bounds [B], over all alloys), both zero until fitted. Always in
         float32: under CUDA autocast the whitening products would run in bf16 (3 digits; chi2 needs 6)."""
         if torch.is_autocast_enabled(a.device.type):
             with torch.autocast(a.device.type, enabled=False):
-                return self.forward(a.float(), wedge_mm.float())
-        ll = self.log_likelihoods(a, wedge_mm)
-        lp = torch.clamp(ll - torch.logsumexp(ll, dim=1, keepdim=True), min=LOG_FLOOR)
-        return self.weight * self.fitted * lp
+                return self.evaluate(a.float(), wedge_mm.float())
+        joint = self.log_joint(a, wedge_mm)                                                # [B, K, grid]
+        ll = torch.logsumexp(joint, dim=-1)
+        lse = torch.logsumexp(ll, dim=1, keepdim=True)
+        lp = torch.clamp(ll - lse, min=LOG_FLOOR)
+        outside = ((self.grid_mm < self.train_bounds[0]) | (self.grid_mm > self.train_bounds[1])).float()
+        mass = (torch.exp(joint - lse[:, :, None]) * outside).sum(dim=(1, 2))
+        return self.weight * self.fitted * lp, self.fitted * mass
+
+    def forward(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> torch.Tensor:
+        """The term added to the logits [B, K] (``evaluate``'s first half)."""
+        return self.evaluate(a, wedge_mm)[0]
 
 
 def build_physics(spec: Optional[Mapping[str, Any]], num_classes: int) -> Optional[PhysicsLikelihood]:
     if not spec:
         return None
     return PhysicsLikelihood(num_classes, spec["wedges_mm"], spec["channels"], spec["bins"], spec["grid"],
-                             spec["nodes"])
+                             spec["nodes"], spec.get("tail"))

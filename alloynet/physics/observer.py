@@ -98,6 +98,84 @@ class ThicknessPrior:
             return f"any thickness {self.range_mm[0]:g}-{self.range_mm[1]:g} mm"
         return "thickness one of " + ", ".join(f"{v:g}" for v in self.values_mm) + " mm"
 
+    def grid(self, grid: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(thickness grid [grid], covariance nodes [nodes]) a likelihood under this prior is summed over: the
+        prior's bounds, widened by 3 % to let the fit move a little past them."""
+        lo, hi = self.bounds()
+        lo, hi = lo * 0.97, hi * 1.03
+        return np.linspace(lo, hi, grid), np.linspace(lo, hi, nodes)
+
+
+@dataclass(frozen=True)
+class TailedPrior:
+    """A training prior (``inner``) with a small mass (``tail_mass``) spread evenly over thicknesses beyond it,
+    from ``span[0]`` x its lower nominal bound to ``span[1]`` x its upper one.
+
+    The ideal observer's prior is the test data's own (a ceiling for that prior, so no tail). A model's prior
+    is its training data's, and the line will show it plates outside that range: under the bare prior every
+    alloy's likelihood of a 6 mm plate trained on 1-5 mm is the far tail of a Gaussian at the grid's edge
+    (garbage, and the logits follow it), and nothing says where the plate is. With the tail the forward
+    model fits such a plate as it fits any other, and the posterior mass beyond the training bounds says
+    that it is out of range. Inside the range the tail only scales every alloy's likelihood by 1 - tail_mass.
+
+    The grid (``grid``) keeps the inner prior's own grid and covariance nodes point for point and adds
+    ``tail_grid`` points and ``tail_nodes`` nodes below and above it."""
+
+    inner: ThicknessPrior
+    tail_mass: float = 0.01
+    span: tuple[float, float] = (0.5, 1.5)
+    tail_grid: tuple[int, int] = (32, 128)
+    tail_nodes: tuple[int, int] = (1, 4)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tail_mass < 1:
+            raise ValueError(f"TailedPrior: tail_mass must lie in (0, 1), got {self.tail_mass}")
+        if not 0 < self.span[0] < 1 < self.span[1]:
+            raise ValueError(f"TailedPrior: span must be (below 1, above 1) x the inner bounds, got {self.span}")
+
+    @property
+    def continuous(self) -> bool:
+        return self.inner.continuous
+
+    def extension(self) -> tuple[float, float]:
+        """The thicknesses the tail covers: (lowest, highest)."""
+        lo, hi = self.inner.bounds_nominal
+        return lo * self.span[0], hi * self.span[1]
+
+    def bounds(self) -> tuple[float, float]:
+        """The training prior's bounds (where its own mass lies): beyond them the plate is out of range."""
+        return self.inner.bounds()
+
+    def log_density(self, t: np.ndarray, width: np.ndarray) -> np.ndarray:
+        t = np.asarray(t, float)
+        (a, b), (lo, hi) = self.extension(), self.inner.bounds()
+        beyond = ((t >= a) & (t < lo)) | ((t > hi) & (t <= b))
+        length = max(lo - a, 0.0) + max(b - hi, 0.0)
+        tail = np.where(beyond, np.log(self.tail_mass / length), -np.inf)
+        return np.logaddexp(np.log1p(-self.tail_mass) + self.inner.log_density(t, width), tail)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return self.inner.sample(n, rng)
+
+    def representative(self, n: int = 5) -> list[float]:
+        return self.inner.representative(n)
+
+    def describe(self) -> str:
+        a, b = self.extension()
+        return f"{self.inner.describe()}, {self.tail_mass:.0%} spread over {a:g}-{b:g} mm beyond it"
+
+    def grid(self, grid: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
+        tg, tn = self.inner.grid(grid, nodes)
+        a, b = self.extension()
+        (gb, ga), (nb, na) = self.tail_grid, self.tail_nodes
+        below = np.linspace(a, tg[0], gb + 1)[:-1] if a < tg[0] else np.empty(0)
+        above = np.linspace(tg[-1], b, ga + 1)[1:] if b > tg[-1] else np.empty(0)
+        # extension nodes at the middles of equal parts of each extension (a node's covariance serves the
+        # grid points nearest to it)
+        nodes_below = a + (tg[0] - a) * (np.arange(nb) + 0.5) / nb if len(below) else np.empty(0)
+        nodes_above = tg[-1] + (b - tg[-1]) * (np.arange(na) + 0.5) / na if len(above) else np.empty(0)
+        return np.concatenate([below, tg, above]), np.concatenate([nodes_below, tn, nodes_above])
+
 
 def _sample_compositions(alloy: str, n: int, rng: np.random.Generator) -> list:
     return [sample_plate(alloy, 2.0, rng, f"obs-{i}") for i in range(n)]
@@ -142,8 +220,10 @@ class ThicknessMarginal:
             self.logdet.append(2 * float(np.log(np.diag(lch)).sum()))
         self.node_of = self.node_index(self.grid)                                        # grid point -> node
         # What each grid point adds to the sum over t besides its chi2: -log det S(t) / 2 and the prior's mass in
-        # its cell (the model's in-graph fit, alloynet.models.physics_prior, takes these same weights).
-        h = self.grid[1] - self.grid[0] if len(self.grid) > 1 else 1.0
+        # its cell (the model's in-graph fit, alloynet.models.physics_prior, takes these same weights). A cell is
+        # the span between the midpoints to its neighbours: the grid may be finer in one part than another
+        # (a TailedPrior's extension).
+        h = np.gradient(self.grid) if len(self.grid) > 1 else np.ones(1)
         self.log_weight = (-0.5 * np.asarray(self.logdet)[self.node_of]
                            + prior.log_density(self.grid, np.full(len(self.grid), h / 2)) + np.log(h))
 
@@ -171,7 +251,7 @@ class ThicknessMarginal:
         i = np.clip(chi2.argmin(1), 1, g - 2)
         rows = np.arange(n)
         cm, c0, cp = chi2[rows, i - 1], chi2[rows, i], chi2[rows, i + 1]
-        h = self.grid[1] - self.grid[0]
+        h = 0.5 * (self.grid[i + 1] - self.grid[i - 1])
         curv = np.maximum(cm - 2 * c0 + cp, 1e-12)                                         # h^2 d2chi2/dt2
         t_best = self.grid[i] + np.clip(0.5 * (cm - cp) / curv, -1.0, 1.0) * h
         # The integral over t as a sum over the grid (each point weighed by the prior's mass in its cell): the
@@ -190,9 +270,8 @@ class AlloyLikelihood(ThicknessMarginal):
                  grid: int = 400, rng: Optional[np.random.Generator] = None):
         rng = rng or np.random.default_rng(0)
         self.model, self.alloy = model, alloy
-        lo, hi = prior.bounds()
-        lo, hi = lo * 0.97, hi * 1.03                            # let the fit move a little past the prior
-        tgrid, tnodes = np.linspace(lo, hi, grid), np.linspace(lo, hi, nodes)
+        tgrid, tnodes = prior.grid(grid, nodes)
+        nodes = len(tnodes)
         self.plates = _sample_compositions(alloy, plates, rng)
         wt = {el: float(np.mean([p.wt_pct.get(el, 0.0) for p in self.plates]))
               for el in set().union(*(p.wt_pct for p in self.plates))}
