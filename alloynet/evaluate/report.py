@@ -133,7 +133,7 @@ def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: 
         raise ValueError(f"no labelled captures in split {split!r} (splits: {sorted(labelled.split.unique())})")
     ds = CaptureDataset(st, labelled, split)
     terms: list[torch.Tensor] = []  # the physics term's share of each answer (the model's own fit, in its graph)
-    hook = model.physics.register_forward_hook(lambda _m, _i, o: terms.append(o.detach().float().cpu())) \
+    hook = model.physics.register_forward_hook(lambda _m, _i, o: terms.append(o[0].detach().float().cpu())) \
         if getattr(model, "physics", None) is not None else None
     try:
         p = predict(model, DataLoader(ds, batch_size=batch_size), device)

@@ -8,7 +8,7 @@
   balanced while training data are long-tailed. Where physics cannot tell 5083 from 6082 the set holds both.
 * What they are fitted on: the calibration half of the validation split, and, when training mixes in
   simulated captures of the rig, a held-out set of them as well (``calibration_set``): split conformal's
-  threshold on ~70 captures is itself uncertain by +-0.03 in coverage, on 2,000 by +-0.005. The simulated ones
+  threshold on ~130 captures is itself uncertain by +-0.02 in coverage, on 2,000 by +-0.005. The simulated ones
   join only where the real captures agree with them (their coverage under the joint fit is not significantly
   off the target): a simulator that does not describe the rig cannot move the answers.
 * Group probabilities: heavy (Cu/Zn-bearing) vs light, summed from the class probabilities.

@@ -114,7 +114,7 @@ class AlloyNet(nn.Module):
         logits, z = self.head(features)
         outside = torch.zeros_like(drift)
         if self.physics is not None:
-            term, outside = self.physics.evaluate(a, wedge_mm)
+            term, outside = self.physics(a, wedge_mm)
             logits = logits + term.to(logits.dtype)
         reg = z.float() * self.target_std + self.target_mean
         thickness = reg[:, 0]

@@ -161,13 +161,13 @@ class PhysicsLikelihood(nn.Module):
         """log p(profile | alloy) [B, K], up to a constant shared by the alloys."""
         return torch.logsumexp(self.log_joint(a, wedge_mm), dim=-1)
 
-    def evaluate(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(The term added to the logits [B, K]: weight x the fit's log posterior; the posterior mass of the
         thickness beyond the training prior's bounds [B], over all alloys), both zero until fitted. Always in
         float32: under CUDA autocast the whitening products would run in bf16 (3 digits; chi2 needs 6)."""
         if torch.is_autocast_enabled(a.device.type):
             with torch.autocast(a.device.type, enabled=False):
-                return self.evaluate(a.float(), wedge_mm.float())
+                return self.forward(a.float(), wedge_mm.float())
         joint = self.log_joint(a, wedge_mm)                                                # [B, K, grid]
         ll = torch.logsumexp(joint, dim=-1)
         lse = torch.logsumexp(ll, dim=1, keepdim=True)
@@ -175,10 +175,6 @@ class PhysicsLikelihood(nn.Module):
         outside = ((self.grid_mm < self.train_bounds[0]) | (self.grid_mm > self.train_bounds[1])).float()
         mass = (torch.exp(joint - lse[:, :, None]) * outside).sum(dim=(1, 2))
         return self.weight * self.fitted * lp, self.fitted * mass
-
-    def forward(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> torch.Tensor:
-        """The term added to the logits [B, K] (``evaluate``'s first half)."""
-        return self.evaluate(a, wedge_mm)[0]
 
 
 def build_physics(spec: Optional[Mapping[str, Any]], num_classes: int) -> Optional[PhysicsLikelihood]:
