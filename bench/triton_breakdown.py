@@ -1,5 +1,5 @@
 """Where Triton's batch-1 overhead goes: in-process ONNX Runtime, building the request, unary gRPC, a
-bidirectional gRPC stream, and Triton's own per-request statistics (queue, input, compute, output).
+bidirectional gRPC stream, unary gRPC from one kept protobuf request (no tritonclient objects per call), and Triton's own per-request statistics (queue, input, compute, output).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/triton_breakdown.py /tmp/alloynet-triton-breakdown
 
@@ -51,13 +51,25 @@ try:
     def stream(i):
         cl2.async_stream_infer("alloynet", inputs(i)); r, e = q.get()
         if e: raise e
+    # the same request without tritonclient's per-call objects: one protobuf kept, its raw contents swapped
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(tr.grpc_target))
+    req = service_pb2.ModelInferRequest(model_name="alloynet")
+    for name, shape in (("image", [1, *f32.shape[1:]]), ("calibration", [1, *cals.shape[1:]]), ("wedge_mm", [1, 1])):
+        t = req.inputs.add(); t.name, t.datatype = name, "FP32"; t.shape.extend(shape)
+    def raw(i):
+        del req.raw_input_contents[:]
+        req.raw_input_contents.extend([f32[i % 64].tobytes(), cals[i % 64].tobytes(), wedges[i % 64].tobytes()])
+        r = stub.ModelInfer(req, timeout=10)
+        return {o.name: np.frombuffer(b, np.float32).reshape(list(o.shape)) for o, b in zip(r.outputs, r.raw_output_contents)}
     def stats():
         s = cl.get_inference_statistics("alloynet", as_json=True)["model_stats"][0]["inference_stats"]
         return {k: (int(v.get("count", 0)), int(v.get("ns", 0))) for k, v in s.items()}
     res = {}
     for rnd in range(3):
-        for name, fn in (("ort", ort), ("client_build", build), ("unary", unary), ("stream", stream)):
-            s0 = stats() if name in ("unary", "stream") else None
+        for name, fn in (("ort", ort), ("client_build", build), ("unary", unary), ("raw", raw), ("stream", stream)):
+            s0 = stats() if name in ("unary", "raw", "stream") else None
             res.setdefault(name, []).append(p50(fn))
             if s0:
                 s1 = stats()
