@@ -10,7 +10,7 @@ from alloynet.data.transforms import Preprocess
 from alloynet.export import ExportMeta, export_model, onnx_session
 from alloynet.models import create_model
 from alloynet.models.checkpoint import load_model
-from alloynet.models.physics_prior import TAIL_GRID, PhysicsLikelihood, physics_spec
+from alloynet.models.physics_prior import TAIL_GRID, PhysicsLikelihood, physics_spec, table_wedges
 from alloynet.physics import ALLOY_NAMES
 from alloynet.physics.alloys import sample_plate
 from alloynet.physics.observer import PhysicsObserver, TailedPrior, ThicknessPrior
@@ -49,6 +49,28 @@ def test_in_graph_likelihood_is_the_observers():
     with torch.no_grad():  # the 50 mm tables do not describe these captures: a worse fit everywhere
         other = module.log_likelihoods(a, torch.full((len(x), 1), 50.0)).numpy()
     assert (other.max(1) < ll.max(1) - 10).all()
+
+
+def test_a_wedge_between_the_training_ones_gets_its_own_tables():
+    assert table_wedges([50.0, 70.0]) == [50.0, 55.0, 60.0, 65.0, 70.0]
+    assert table_wedges([70.0]) == [70.0] and table_wedges([48.0, 70.0]) == [48.0, 55.0, 60.0, 65.0, 70.0]
+    prior = ThicknessPrior(range_mm=(1.0, 5.0))
+    nearest = PhysicsLikelihood(5, [50.0, 70.0], 1, bins=16)
+    nearest.fit({50.0: _rig(50.0), 70.0: _rig(70.0)}, prior, ALLOY_NAMES)
+    tables = PhysicsLikelihood(5, table_wedges([50.0, 70.0]), 1, bins=16)
+    tables.fit({w: _rig(w) for w in table_wedges([50.0, 70.0])}, prior, ALLOY_NAMES)
+    obs = PhysicsObserver(profile_model_for(_rig(60.0), 16), ALLOY_NAMES, prior, plates=100, seed=0)
+    rng = np.random.default_rng(4)
+    x = np.concatenate([obs.draw(k, 30, rng)[0] for k in range(5)])
+    y = np.repeat(np.arange(5), 30)
+    a = torch.tensor(np.repeat(x, 2, axis=1), dtype=torch.float32)[:, None, None, :].expand(-1, 1, 8, -1)
+    w = torch.full((len(x), 1), 60.0)
+    with torch.no_grad():
+        own, near = tables.log_likelihoods(a, w).numpy(), nearest.log_likelihoods(a, w).numpy()
+    ref, _ = obs.log_likelihoods(x)
+    assert (own.argmax(1) == ref.argmax(1)).mean() > 0.95          # the 60 mm forward model's answers
+    recall = lambda ll: np.mean([(ll.argmax(1)[y == k] == k).mean() for k in range(5)])  # noqa: E731
+    assert recall(own) > recall(near) + 0.15 and own.max(1).mean() > near.max(1).mean() + 10
 
 
 def _captures(n_per: int, seed: int, thicknesses_mm=GRID.values_mm):

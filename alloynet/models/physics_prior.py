@@ -53,6 +53,21 @@ GRID, NODES, BINS = 400, 9, 32
 # 1 node below it and 128 points and 4 nodes above (about 0.014 and 0.017 mm for 1-5 mm, where the likelihood in
 # t is 0.02-0.05 mm wide; the nodes as far apart as the range's own).
 TAIL_MASS, TAIL_SPAN, TAIL_GRID, TAIL_NODES = 0.01, (0.5, 1.5), (32, 128), (1, 4)
+# Wedge sizes between the training ones get tables too, every WEDGE_STEP_MM: a capture's wedge picks the
+# nearest table, and the forward model describes a 60 mm wedge as well as a 50 or 70 mm one, where the 50 or
+# 70 mm tables misfit it everywhere (the robustness suite's unseen 60 mm wedge was at chance with them).
+WEDGE_STEP_MM = 5.0
+
+
+def table_wedges(training_wedges_mm: Sequence[float], step_mm: float = WEDGE_STEP_MM) -> list[float]:
+    """The wedge sizes to tabulate for training data with these wedges: the training ones, and every multiple
+    of ``step_mm`` between the smallest and the largest that is at least half a step from each of them."""
+    train = sorted({float(w) for w in training_wedges_mm})
+    if len(train) < 2:
+        return train
+    fill = np.arange(np.ceil(train[0] / step_mm) * step_mm, train[-1], step_mm)
+    fill = [float(w) for w in fill if min(abs(w - t) for t in train) >= step_mm / 2]
+    return sorted(train + fill)
 
 
 def physics_spec(wedges_mm: Sequence[float], channels: int, width: int, bins: int = BINS,

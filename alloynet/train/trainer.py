@@ -29,7 +29,7 @@ from alloynet.models.registry import takes_width
 from alloynet.models.answer import MIN_REAL, calibration_set
 from alloynet.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from alloynet.models.norm import fit_input_statistics
-from alloynet.models.physics_prior import physics_spec
+from alloynet.models.physics_prior import physics_spec, table_wedges
 from alloynet.data.synthetic import simulated_rig, synthetic_for
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
@@ -86,14 +86,19 @@ def _model_spec(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
             "activation": cfg.model.activation, "dropout": cfg.model.dropout, "kwargs": kwargs,
             "preprocess": data.preprocess.config(), "class_names": list(CLASS_NAMES), "rig": data.rig.model_dump(),
             "coverage": cfg.answer.coverage, "target_stats": {k: list(v) for k, v in data.target_stats.items()},
-            "physics": physics_spec(sorted(data.rigs), data.channels, data.image_size[1]) if cfg.model.physics else None}
+            "physics": physics_spec(table_wedges(data.rigs), data.channels, data.image_size[1])
+            if cfg.model.physics else None}
 
 
 def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> None:
     """Tabulate the forward model for the data's rigs and thickness prior: the rig its simulated captures
     describe (``data.synthetic``: ``rig`` overrides, ``simulator: second_rig``, a ``rig_profile`` from
-    ``alloynet rig calibrate``), which without any of these is the nominal rig of the sidecars."""
-    rigs = {w: simulated_rig(cfg.data.synthetic, r) for w, (r, _) in data.rigs.items()}
+    ``alloynet rig calibrate``), which without any of these is the nominal rig of the sidecars; for the wedge
+    sizes between the training ones (``table_wedges``) the nearest training wedge's rig with that wedge."""
+    rigs = {}
+    for w in model.physics.wedges_mm.tolist():  # a wedge between the training ones: the nearest one's rig
+        nearest = data.rigs[min(data.rigs, key=lambda t: abs(t - w))][0]
+        rigs[w] = simulated_rig(cfg.data.synthetic, nearest.model_copy(update={"wedge_mm": w}))
     model.physics.fit(rigs, data.prior, CLASS_NAMES, seed=cfg.seed)
 
 

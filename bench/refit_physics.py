@@ -1,0 +1,76 @@
+"""A finished run's physics tables refitted under the current code (its learnt weights kept), evaluated on the
+robustness suite's case folders: what a change to the physics term alone does, without retraining.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/refit_physics.py --run /work/bench-out/range1/own \\
+        --cases any_thickness,unseen_wedge --out /tmp/alloynet-bench-refit
+
+``--run`` is a bench/identification.py part folder (``data/``, ``profile_mlp/best.pt``, ``robustness/<case>/data``).
+The refitted model's tables are built as training builds them now (``alloynet.train.trainer``: the wedge sizes
+of ``table_wedges``, each from the nearest training wedge's rig); everything else is the checkpoint's.
+Writes ``<out>/refit_physics.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+
+from alloynet.captures.stores import LocalStore  # noqa: E402
+from alloynet.data.rigs import data_prior, rig_settings  # noqa: E402
+from alloynet.evaluate.report import evaluate  # noqa: E402
+from alloynet.evaluate.robustness import held_out_manifest  # noqa: E402
+from alloynet.models.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from alloynet.models.physics_prior import physics_spec, table_wedges  # noqa: E402
+
+
+def refit(src: Path, data: Path, dst: Path) -> dict:
+    ckpt = load_checkpoint(src)
+    spec = copy.deepcopy(ckpt["model_spec"])
+    old = spec["physics"]
+    store, rows = LocalStore(data), pd.read_csv(data / "manifest.csv")
+    train = rows[rows.split == "train"]
+    rigs = {w: r for w, (r, _) in rig_settings(store, train).items()}
+    spec["physics"] = physics_spec(table_wedges(rigs), old["channels"], ckpt["image_size"][1], old["bins"],
+                                   tail=bool(old.get("tail")))
+    model = build_model(spec)
+    state = {k: v for k, v in ckpt["model"].items() if not (k.startswith("physics.") and k != "physics.weight")}
+    model.load_state_dict(state, strict=False)
+    fit = {w: rigs[min(rigs, key=lambda t: abs(t - w))].model_copy(update={"wedge_mm": w})
+           for w in model.physics.wedges_mm.tolist()}
+    model.physics.fit(fit, data_prior(rows[rows.labelled.astype(bool)] if "labelled" in rows else rows),
+                      spec["class_names"], seed=ckpt["config"]["seed"])
+    new = dict(ckpt, model_spec=spec, model=model.state_dict())
+    dst.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(new, dst / "best.pt")
+    return {"wedges_mm": spec["physics"]["wedges_mm"], "was": old["wedges_mm"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--cases", default="any_thickness,unseen_wedge")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/alloynet-bench-refit"))
+    a = ap.parse_args()
+    res = {"refit": refit(a.run / "profile_mlp" / "best.pt", a.run / "data", a.out), "cases": {}}
+    print(res["refit"], flush=True)
+    for case in a.cases.split(","):
+        st = LocalStore(a.run / "robustness" / case / "data")
+        df = held_out_manifest(st, 1000, True)
+        for tag, ck in (("as trained", a.run / "profile_mlp" / "best.pt"), ("refitted", a.out / "best.pt")):
+            m = evaluate(ck, st, df, a.out / tag.replace(" ", "_") / case, with_ceiling=False, gradcam=0,
+                         baselines=False)
+            row = {k: m[k] for k in ("balanced_accuracy", "heavy_light_balanced_accuracy", "set_coverage", "flag_rates")}
+            res["cases"][f"{case} {tag}"] = row
+            print(case, tag, json.dumps(row), flush=True)
+    (a.out / "refit_physics.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
