@@ -4,7 +4,8 @@ robustness suite's case folders: what a change to the physics term alone does, w
     OMP_NUM_THREADS=1 .venv/bin/python bench/refit_physics.py --run /work/bench-out/range1/own \\
         --cases any_thickness,unseen_wedge --out /tmp/alloynet-bench-refit
 
-``--run`` is a bench/identification.py part folder (``data/``, ``profile_mlp/best.pt``, ``robustness/<case>/data``).
+``--run`` is a bench/identification.py part folder (``data/``, ``profile_mlp/best.pt``, ``robustness/<case>/data``);
+the case ``test`` is the run's own test split.
 The refitted model's tables are built as training builds them now (``alloynet.train.trainer``: the wedge sizes
 of ``table_wedges``, each from the nearest training wedge's rig); everything else is the checkpoint's.
 Writes ``<out>/refit_physics.json``.
@@ -37,8 +38,7 @@ def refit(src: Path, data: Path, dst: Path) -> dict:
     store, rows = LocalStore(data), pd.read_csv(data / "manifest.csv")
     train = rows[rows.split == "train"]
     rigs = {w: r for w, (r, _) in rig_settings(store, train).items()}
-    spec["physics"] = physics_spec(table_wedges(rigs), old["channels"], ckpt["image_size"][1], old["bins"],
-                                   tail=bool(old.get("tail")))
+    spec["physics"] = physics_spec(table_wedges(rigs), old["channels"], ckpt["image_size"][1], old["bins"])
     model = build_model(spec)
     state = {k: v for k, v in ckpt["model"].items() if not (k.startswith("physics.") and k != "physics.weight")}
     model.load_state_dict(state, strict=False)
@@ -49,7 +49,8 @@ def refit(src: Path, data: Path, dst: Path) -> dict:
     new = dict(ckpt, model_spec=spec, model=model.state_dict())
     dst.mkdir(parents=True, exist_ok=True)
     save_checkpoint(new, dst / "best.pt")
-    return {"wedges_mm": spec["physics"]["wedges_mm"], "was": old["wedges_mm"]}
+    return {"wedges_mm": spec["physics"]["wedges_mm"], "was": old["wedges_mm"], "tail": spec["physics"].get("tail"),
+            "tail_was": old.get("tail")}
 
 
 def main() -> None:
@@ -61,8 +62,11 @@ def main() -> None:
     res = {"refit": refit(a.run / "profile_mlp" / "best.pt", a.run / "data", a.out), "cases": {}}
     print(res["refit"], flush=True)
     for case in a.cases.split(","):
-        st = LocalStore(a.run / "robustness" / case / "data")
-        df = held_out_manifest(st, 1000, True)
+        if case == "test":  # the run's own test split
+            st, df = LocalStore(a.run / "data"), pd.read_csv(a.run / "data" / "manifest.csv")
+        else:
+            st = LocalStore(a.run / "robustness" / case / "data")
+            df = held_out_manifest(st, 1000, True)
         for tag, ck in (("as trained", a.run / "profile_mlp" / "best.pt"), ("refitted", a.out / "best.pt")):
             m = evaluate(ck, st, df, a.out / tag.replace(" ", "_") / case, with_ceiling=False, gradcam=0,
                          baselines=False)
