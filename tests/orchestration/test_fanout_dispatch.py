@@ -15,12 +15,29 @@ def ago(seconds: float) -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)
 
 
+class LiveWorker:
+    """A pool worker whose heartbeat is fresh whenever it is read, unless a test sets one: a heartbeat stamped
+    when the fake client was made went stale (6 s) on a loaded CI machine before the first poll, and the
+    dispatcher rightly crashed and resubmitted the run."""
+
+    def __init__(self, name: str, heartbeat_interval_seconds: float):
+        self.name, self.heartbeat_interval_seconds, self._heartbeat = name, heartbeat_interval_seconds, None
+
+    @property
+    def last_heartbeat_time(self) -> dt.datetime:
+        return self._heartbeat if self._heartbeat is not None else ago(0)
+
+    @last_heartbeat_time.setter
+    def last_heartbeat_time(self, value: dt.datetime) -> None:
+        self._heartbeat = value
+
+
 class FakeClient:
     """Flow runs whose state a test sets; workers with a last heartbeat; records forced state changes."""
 
     def __init__(self):
         self.runs: dict = {}
-        self.workers = [SimpleNamespace(name="w1", last_heartbeat_time=ago(0), heartbeat_interval_seconds=2)]
+        self.workers = [LiveWorker("w1", heartbeat_interval_seconds=2)]
         self.forced: list[tuple] = []
 
     def read_flow_runs(self, flow_run_filter=None, limit=None, **_):
