@@ -6,8 +6,8 @@ robustness suite's case folders: what a change to the physics term alone does, w
 
 ``--run`` is a bench/identification.py part folder (``data/``, ``profile_mlp/best.pt``, ``robustness/<case>/data``);
 the case ``test`` is the run's own test split.
-The refitted model's tables are built as training builds them now (``alloynet.train.trainer``: the wedge sizes
-of ``table_wedges``, each from the nearest training wedge's rig); everything else is the checkpoint's.
+The refitted model's tables are built as training builds them now (the wedge sizes of ``table_wedges``, each
+the run's forward model, ``alloynet.data.synthetic.forward_rigs``); everything else is the checkpoint's.
 Writes ``<out>/refit_physics.json``.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 
 from alloynet.captures.stores import LocalStore  # noqa: E402
 from alloynet.data.rigs import data_prior, rig_settings  # noqa: E402
+from alloynet.data.synthetic import SyntheticConfig, forward_rigs  # noqa: E402
 from alloynet.evaluate.report import evaluate  # noqa: E402
 from alloynet.evaluate.robustness import held_out_manifest  # noqa: E402
 from alloynet.models.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
@@ -36,15 +37,14 @@ def refit(src: Path, data: Path, dst: Path) -> dict:
     spec = copy.deepcopy(ckpt["model_spec"])
     old = spec["physics"]
     store, rows = LocalStore(data), pd.read_csv(data / "manifest.csv")
-    train = rows[rows.split == "train"]
-    rigs = {w: r for w, (r, _) in rig_settings(store, train).items()}
+    labelled = rows[rows.labelled.astype(bool) & (rows.label >= 0)]
+    rigs = rig_settings(store, labelled[labelled.split == "train"])
     spec["physics"] = physics_spec(table_wedges(rigs), old["channels"], ckpt["image_size"][1], old["bins"])
     model = build_model(spec)
     state = {k: v for k, v in ckpt["model"].items() if not (k.startswith("physics.") and k != "physics.weight")}
     model.load_state_dict(state, strict=False)
-    fit = {w: rigs[min(rigs, key=lambda t: abs(t - w))].model_copy(update={"wedge_mm": w})
-           for w in model.physics.wedges_mm.tolist()}
-    model.physics.fit(fit, data_prior(rows[rows.labelled.astype(bool)] if "labelled" in rows else rows),
+    synthetic = SyntheticConfig.model_validate(ckpt["config"]["data"]["synthetic"])  # the run's forward model
+    model.physics.fit(forward_rigs(synthetic, rigs, model.physics.wedges_mm.tolist()), data_prior(labelled),
                       spec["class_names"], seed=ckpt["config"]["seed"])
     new = dict(ckpt, model_spec=spec, model=model.state_dict())
     dst.mkdir(parents=True, exist_ok=True)

@@ -165,6 +165,17 @@ def simulated_rig(cfg: SyntheticConfig, rig: RigConfig):
     return rig
 
 
+def forward_rigs(cfg: SyntheticConfig, rigs: Mapping[float, tuple[RigConfig, int]],
+                 wedges_mm: Sequence[float]) -> dict[float, Any]:
+    """The physics term's forward model for each tabulated wedge size: ``simulated_rig`` of the data's rig at
+    that wedge (``rig_settings``' rigs; a wedge between the training ones takes the nearest one's settings)."""
+    out = {}
+    for w in wedges_mm:
+        nearest = rigs[min(rigs, key=lambda t: abs(t - w))][0]
+        out[float(w)] = simulated_rig(cfg, nearest.model_copy(update={"wedge_mm": float(w)}))
+    return out
+
+
 def synthetic_for(cfg: SyntheticConfig, rigs: Mapping[float, tuple[RigConfig, int]], prior: ThicknessPrior,
                   class_names: Sequence[str], seed: int, log=None, held_out: bool = False) -> SyntheticCaptures:
     """The synthetic source for a data set: its nominal rig (the most common wedge's settings; every wedge

@@ -20,6 +20,7 @@ from alloynet.data.manifest import open_dataset, thickness_strata
 from alloynet.data.rigs import data_prior, rig_settings
 from alloynet.evaluate import plots
 from alloynet.evaluate.baselines import dataset_arrays, run_baselines
+from alloynet.evaluate.bootstrap import balanced_accuracy
 from alloynet.evaluate.gradcam import save_gradcam
 from alloynet.evaluate.markdown import render
 from alloynet.evaluate.metrics import classification_metrics, regression_metrics
@@ -182,15 +183,11 @@ def physics_share(p: dict, term: np.ndarray, weight: float) -> dict[str, Any]:
     the balanced accuracy of the term alone (the in-graph physics fit) and of the trunk alone (the logits
     without the term), and how often adding the term changes the answer. Grad-CAM shows the trunk's side."""
     y, logits = np.asarray(p["y"], int), np.asarray(p["logits"], np.float64)
-
-    def bal(pred: np.ndarray) -> float:
-        return float(np.mean([np.mean(pred[y == k] == k) for k in np.unique(y)]))
-
     trunk = logits - term
-    out = {"weight": weight, "trunk_alone": bal(trunk.argmax(1)),
+    out = {"weight": weight, "trunk_alone": balanced_accuracy(y, trunk.argmax(1)),
            "changed": float(np.mean(trunk.argmax(1) != logits.argmax(1))), "term_alone": None}
     if abs(weight) > 1e-6:
-        out["term_alone"] = bal((term / weight).argmax(1))
+        out["term_alone"] = balanced_accuracy(y, (term / weight).argmax(1))
     return out
 
 

@@ -171,7 +171,7 @@ def calibration_set(real_logits: np.ndarray, real_labels: np.ndarray, sim_logits
     joined by the held-out simulated ones when the real ones agree with the joint fit (a two-sided binomial
     test of their coverage against ``coverage`` at ``AGREEMENT_P``; with fewer than ``min_real`` real captures
     the simulated ones are not used). Returns (logits, labels, a summary of the choice)."""
-    from scipy import stats
+    from scipy import special, stats
 
     real_logits, real_labels = np.asarray(real_logits, np.float64), np.asarray(real_labels, int)
     info = {"real": int(len(real_labels)), "simulated": 0}
@@ -180,8 +180,8 @@ def calibration_set(real_logits: np.ndarray, real_labels: np.ndarray, sim_logits
     logits = np.concatenate([real_logits, np.asarray(sim_logits, np.float64)])
     labels = np.concatenate([real_labels, np.asarray(sim_labels, int)])
     t = fit_temperature(logits, labels)
-    q = conformal_threshold(_softmax(logits / t), labels, coverage)
-    p_real = _softmax(real_logits / t)[np.arange(len(real_labels)), real_labels]
+    q = conformal_threshold(special.softmax(logits / t, axis=1), labels, coverage)
+    p_real = special.softmax(real_logits / t, axis=1)[np.arange(len(real_labels)), real_labels]
     covered = int((p_real >= 1.0 - q).sum())
     p = float(stats.binomtest(covered, len(real_labels), coverage).pvalue)
     info.update(real_coverage=covered / len(real_labels), agreement_p=p)
@@ -189,9 +189,3 @@ def calibration_set(real_logits: np.ndarray, real_labels: np.ndarray, sim_logits
         return real_logits, real_labels, info
     info["simulated"] = int(len(sim_labels))
     return logits, labels, info
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)

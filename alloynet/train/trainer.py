@@ -30,7 +30,7 @@ from alloynet.models.answer import MIN_REAL, calibration_set
 from alloynet.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from alloynet.models.norm import fit_input_statistics
 from alloynet.models.physics_prior import physics_spec, table_wedges
-from alloynet.data.synthetic import simulated_rig, synthetic_for
+from alloynet.data.synthetic import forward_rigs, synthetic_for
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
 from alloynet.train.distributed import DistEnv, cleanup, init_distributed
@@ -95,10 +95,7 @@ def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> None
     describe (``data.synthetic``: ``rig`` overrides, ``simulator: second_rig``, a ``rig_profile`` from
     ``alloynet rig calibrate``), which without any of these is the nominal rig of the sidecars; for the wedge
     sizes between the training ones (``table_wedges``) the nearest training wedge's rig with that wedge."""
-    rigs = {}
-    for w in model.physics.wedges_mm.tolist():  # a wedge between the training ones: the nearest one's rig
-        nearest = data.rigs[min(data.rigs, key=lambda t: abs(t - w))][0]
-        rigs[w] = simulated_rig(cfg.data.synthetic, nearest.model_copy(update={"wedge_mm": w}))
+    rigs = forward_rigs(cfg.data.synthetic, data.rigs, model.physics.wedges_mm.tolist())
     model.physics.fit(rigs, data.prior, CLASS_NAMES, seed=cfg.seed)
 
 
