@@ -38,13 +38,16 @@ def measured_profiles(images: np.ndarray, calibration: np.ndarray, bins: int = B
     return binned.reshape(len(images), -1)
 
 
-def dataset_arrays(ds, rows: slice = slice(None)) -> dict[str, np.ndarray]:
-    """Profiles (of the plate's ``rows``), labels, thickness and wedge of every capture of a ``CaptureDataset``."""
+def dataset_arrays(ds, rows: slice = slice(None), indices: Optional[Sequence[int]] = None) -> dict[str, np.ndarray]:
+    """Profiles (of the plate's ``rows``), labels, thickness and wedge of every capture of a ``CaptureDataset``
+    (or of the captures at ``indices``)."""
     plain = ds.unaugmented() if hasattr(ds, "unaugmented") else ds
-    images, cals = zip(*[(x.numpy(), c.numpy()) for x, c, _, _ in (plain[i] for i in range(len(plain)))])
+    idx = list(range(len(plain))) if indices is None else [int(i) for i in indices]
+    images, cals = zip(*[(x.numpy(), c.numpy()) for x, c, _, _ in (plain[i] for i in idx)])
+    meta = plain.rows.iloc[idx]
     return {"profiles": measured_profiles(np.stack(images), np.stack(cals), rows=rows),
-            "y": plain.rows.label.to_numpy(int),
-            "thickness_mm": plain.rows.thickness_mm.to_numpy(float), "wedge_mm": plain.rows.wedge_mm.to_numpy(float)}
+            "y": meta.label.to_numpy(int),
+            "thickness_mm": meta.thickness_mm.to_numpy(float), "wedge_mm": meta.wedge_mm.to_numpy(float)}
 
 
 def _by_wedge(wedges: np.ndarray, known: Sequence[float]) -> dict[float, np.ndarray]:

@@ -69,7 +69,16 @@ def _physics_term(m: dict) -> list[str]:
             f"The forward model's fit in the graph, added to the trunk's logits with learnt weight {_f(t['weight'])}: "
             f"alone it scores {alone} balanced accuracy here, the trunk alone {_f(t['trunk_alone'])}, the model "
             f"{_f(m['balanced_accuracy'])}; adding it changes the answer on {t['changed']:.0%} of captures "
-            f"(Grad-CAM below shows the trunk's side only).", ""]
+            f"(Grad-CAM below shows the trunk's side only).", ""] + _correction(t.get("correction"))
+
+
+def _correction(c: Optional[dict]) -> list[str]:
+    """Whether the forward model's mean profiles were corrected from the rig's labelled captures at training."""
+    if not c:
+        return []
+    what = (f"corrected from the rig's labelled training captures (shrink {c['shrink']:g})" if c["corrected"]
+            else "the forward model's own (no correction)")
+    return [f"Its tables: {what}. Decided on the validation captures: {c['reason']}.", ""]
 
 
 def _per_class(m: dict, names: list[str]) -> list[str]:

@@ -150,6 +150,7 @@ def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: 
     metrics["per_thickness"] = per_thickness(ds.rows, p, names)
     if terms:
         metrics["physics_term"] = physics_share(p, torch.cat(terms).numpy(), float(model.physics.weight.detach()))
+        metrics["physics_term"]["correction"] = meta.get("physics_correction")  # alloynet.physics.correction
     prior = data_prior(labelled)  # the data source's thickness prior, not only what the test split happened to get
     rigs = rig_settings(st, ds.rows)
     if ceiling_rigs:

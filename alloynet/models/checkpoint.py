@@ -57,13 +57,14 @@ def build_model(spec: dict[str, Any]) -> AlloyNet:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[AlloyNet, dict[str, Any]]:
     """Rebuild the trained model (eval mode) from a checkpoint; ``meta`` carries everything else but the
     training state: class_names, manifest_hash, image_size [H, W], channels, arch, config, model_spec, epoch,
-    metrics (validation, of that epoch), history, best, class_counts."""
+    metrics (validation, of that epoch), history, best, class_counts, physics_correction (what the physics term's
+    tables were fitted from: ``alloynet.physics.correction``; None in checkpoints from before it)."""
     ckpt = load_checkpoint(path, map_location="cpu")
     model = build_model(ckpt["model_spec"])
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     keys = ("class_names", "manifest_hash", "image_size", "channels", "arch", "config", "model_spec", "epoch",
-            "metrics", "history", "best", "class_counts")
+            "metrics", "history", "best", "class_counts", "physics_correction")
     meta = {k: ckpt.get(k) for k in keys}
     meta["path"] = str(path)
     return model, meta

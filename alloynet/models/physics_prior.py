@@ -32,7 +32,7 @@ nearest fitted wedge's tables.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -108,10 +108,13 @@ class PhysicsLikelihood(nn.Module):
         self.register_buffer("fitted", torch.zeros(()))
         self.weight = nn.Parameter(torch.ones(()))
 
-    def fit(self, rigs: Mapping[float, object], prior, alloys: Sequence[str], seed: int = 0, plates: int = 100) -> None:
+    def fit(self, rigs: Mapping[float, object], prior, alloys: Sequence[str], seed: int = 0, plates: int = 100,
+            correct: Optional[Callable[[dict], dict]] = None) -> None:
         """Tabulate the forward model of each wedge's rig (``{wedge_mm: rig config}``, one per fitted wedge) for
         ``alloys`` under the training data's thickness ``prior`` (``alloynet.physics.observer.ThicknessPrior``),
-        with the spec's tail beyond it (``TailedPrior``) if it has one."""
+        with the spec's tail beyond it (``TailedPrior``) if it has one. ``correct`` maps the observers
+        (``{wedge_mm: PhysicsObserver}``) to the ones to tabulate: the rig's own captures correcting the
+        forward model's mean profiles (``alloynet.physics.correction``)."""
         from alloynet.physics.observer import PhysicsObserver, TailedPrior
         from alloynet.physics.profile import profile_model_for
 
@@ -124,10 +127,13 @@ class PhysicsLikelihood(nn.Module):
         if missing:
             raise ValueError(f"physics prior: no rig settings for wedge(s) {missing} mm (have {sorted(rigs)})")
         grid, nodes = self.range_grid, self.range_nodes
+        observers = {w: PhysicsObserver(profile_model_for(rigs[w], self.bins), list(alloys), prior, plates=plates,
+                                        seed=seed, grid=grid, nodes=nodes) for w in wedges}
+        if correct is not None:
+            observers = correct(observers)
         ref, white, mean_white, log_weight = [], [], [], []
         for w in wedges:
-            obs = PhysicsObserver(profile_model_for(rigs[w], self.bins), list(alloys), prior, plates=plates, seed=seed,
-                                  grid=grid, nodes=nodes)
+            obs = observers[w]
             if obs.likelihoods[0].mean.shape[1] != self.reference.shape[1]:
                 raise ValueError(f"physics prior: the forward model gives {obs.likelihoods[0].mean.shape[1]} profile "
                                  f"values per capture, the model expects {self.reference.shape[1]}")

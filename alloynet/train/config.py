@@ -52,6 +52,9 @@ class ModelConfig(_Strict):
     physics: bool = Field(True, description="add the forward model's likelihood of each alloy (thickness "
                           "marginalised over the data's prior) to the logits, learnt weight: "
                           "alloynet.models.physics_prior")
+    physics_correction: bool = Field(True, description="correct the forward model's mean profiles from the store's "
+                                     "labelled training captures when the validation captures say it fits the rig "
+                                     "better: alloynet.physics.correction")
 
 
 class LossConfig(_Strict):

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from alloynet.console import make_console
 from alloynet.data import CLASS_NAMES
 from alloynet.data.manifest import manifest_hash
+from alloynet.evaluate.baselines import dataset_arrays
 from alloynet.evaluate.predict import predict
 from alloynet.losses import MultiTaskLoss, create_loss
 from alloynet.models import create_model
@@ -31,6 +32,8 @@ from alloynet.models.checkpoint import load_checkpoint, load_weights, save_check
 from alloynet.models.norm import fit_input_statistics
 from alloynet.models.physics_prior import physics_spec, table_wedges
 from alloynet.data.synthetic import forward_rigs, synthetic_for
+from alloynet.physics.correction import CorrectionChoice, apply_correction, choose_correction
+from alloynet.physics.simulator import plate_rows
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
 from alloynet.train.distributed import DistEnv, cleanup, init_distributed
@@ -90,13 +93,40 @@ def _model_spec(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
             if cfg.model.physics else None}
 
 
-def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> None:
+def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> Optional[dict]:
     """Tabulate the forward model for the data's rigs and thickness prior: the rig its simulated captures
     describe (``data.synthetic``: ``rig`` overrides, ``simulator: second_rig``, a ``rig_profile`` from
     ``alloynet rig calibrate``), which without any of these is the nominal rig of the sidecars; for the wedge
-    sizes between the training ones (``table_wedges``) the nearest training wedge's rig with that wedge."""
+    sizes between the training ones (``table_wedges``) the nearest training wedge's rig with that wedge. The
+    store's labelled captures then correct its mean profiles where the validation captures say that fits the rig
+    better (``model.physics_correction``); returns what was decided (None when nothing was)."""
     rigs = forward_rigs(cfg.data.synthetic, data.rigs, model.physics.wedges_mm.tolist())
-    model.physics.fit(rigs, data.prior, CLASS_NAMES, seed=cfg.seed)
+    choice: dict[str, Any] = {}
+
+    def correct(observers: dict) -> dict:
+        picked = physics_correction(observers, data, cfg.seed)
+        choice.update(picked.summary())
+        return apply_correction(observers, picked.correction)
+
+    model.physics.fit(rigs, data.prior, CLASS_NAMES, seed=cfg.seed,
+                      correct=correct if cfg.model.physics_correction and data.train.use_real else None)
+    if choice:
+        console.print(f"physics term: {choice['reason']}")
+    return choice or None
+
+
+CORRECTION_CAPTURES = 4000  # training captures (seeded choice) that fit the forward model's correction
+
+
+def physics_correction(observers: dict, data: RunData, seed: int) -> CorrectionChoice:
+    """Fit the forward model's correction on the store's labelled training captures and decide on the
+    validation ones (``alloynet.physics.correction``); simulated captures take no part."""
+    real = data.train.real
+    idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:CORRECTION_CAPTURES].sort().values.tolist()
+    rows = plate_rows(data.rig)
+    train = dataset_arrays(real, rows, idx)
+    val = dataset_arrays(data.val, rows)
+    return choose_correction(observers, train, val, data.prior.bounds())
 
 
 def _check_resumable(ckpt: dict, cfg: TrainConfig) -> None:
@@ -150,8 +180,7 @@ def setup(cfg: TrainConfig) -> Run:
                          data.target_stats, spec["dropout"], class_names=spec["class_names"],
                          coverage=spec["coverage"], rig=spec["rig"], physics=spec["physics"], **spec["kwargs"],
                          **extra).to(device)
-    if model.physics is not None:
-        fit_physics(model, cfg, data)
+    correction = fit_physics(model, cfg, data) if model.physics is not None else None
     model.open_beam.tolerance.fill_(cfg.answer.drift_tolerance)
     fit_input_statistics(model, lambda: _input_batches(data, cfg, device))
     if cfg.model.init_from:  # after the fit: a fine-tuned model keeps the input statistics it learned with
@@ -173,7 +202,7 @@ def setup(cfg: TrainConfig) -> Run:
     meta = {"model_spec": spec, "config": cfg.model_dump(mode="json"), "class_names": list(CLASS_NAMES),
             "manifest_hash": manifest_hash(data.manifest), "image_size": data.image_size,
             "channels": data.channels, "arch": cfg.model.name,
-            "class_counts": data.class_counts}
+            "class_counts": data.class_counts, "physics_correction": correction}
     return Run(cfg, env, device, data, model, net, criterion, optimizer, schedule, EarlyStopping(cfg.early_stop),
                cfg.amp and device.type == "cuda", channels_last, meta)
 
