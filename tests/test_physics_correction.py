@@ -117,3 +117,32 @@ def test_the_physics_term_tabulates_the_corrected_forward_model(nominal):
     ref, _ = apply_correction({50.0: _observer(NOMINAL, 0)}, choice.correction)[50.0].log_likelihoods(x)
     centre = lambda v: v - v.max(1, keepdims=True)  # noqa: E731
     assert np.abs(centre(fixed) - centre(ref)).max() < 0.05
+
+
+@pytest.mark.slow
+def test_training_on_a_rig_the_model_misses_corrects_the_term_and_says_so(tmp_path):
+    """`alloynet train --store DIR` on the second rig's captures (its own scatter, heel, PSF and gain-map code): the
+    trainer corrects the term's tables from the training captures, the checkpoint records why, the report says it."""
+    from alloynet.captures.stores import LocalStore
+    from alloynet.data.manifest import build_manifest, write_manifest
+    from alloynet.data.simulate import DatasetSpec, simulate_dataset
+    from alloynet.evaluate import evaluate
+    from alloynet.models.checkpoint import load_model
+    from alloynet.train import TrainConfig, train
+
+    store = LocalStore(tmp_path / "data")
+    simulate_dataset(DatasetSpec(n_max=100, imbalance_ratio=1, profile="balanced", captures_per_plate=1, seed=5,
+                                 wedges_mm=[50.0], simulator="second_rig",
+                                 rig=RigConfig(height=32, width=32)), store)
+    write_manifest(build_manifest(store, seed=5), tmp_path / "data" / "manifest.csv")
+    cfg = TrainConfig.model_validate({"data": {"store": str(tmp_path / "data")}, "out_dir": str(tmp_path / "run"),
+                                      "epochs": 1, "progress": False})
+    result = train(cfg)
+    _, meta = load_model(result.checkpoint)
+    c = meta["physics_correction"]
+    assert c["corrected"] and c["gain_z"] >= Z_MIN and c["val_captures"] >= MIN_VAL
+    assert c["val_logloss"]["nominal"] > 2 * min(v for k, v in c["val_logloss"].items() if k != "nominal")
+    m = evaluate(result.checkpoint, tmp_path / "data", None, tmp_path / "report", with_ceiling=False, gradcam=0,
+                 baselines=False)
+    assert m["physics_term"]["correction"]["corrected"]
+    assert "corrected from the rig's labelled training captures" in (tmp_path / "report" / "report.md").read_text()

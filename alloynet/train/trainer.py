@@ -32,7 +32,7 @@ from alloynet.models.checkpoint import load_checkpoint, load_weights, save_check
 from alloynet.models.norm import fit_input_statistics
 from alloynet.models.physics_prior import physics_spec, table_wedges
 from alloynet.data.synthetic import forward_rigs, synthetic_for
-from alloynet.physics.correction import CorrectionChoice, apply_correction, choose_correction
+from alloynet.physics.correction import MIN_VAL, CorrectionChoice, apply_correction, choose_correction
 from alloynet.physics.simulator import plate_rows
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
@@ -121,11 +121,16 @@ CORRECTION_CAPTURES = 4000  # training captures (seeded choice) that fit the for
 def physics_correction(observers: dict, data: RunData, seed: int) -> CorrectionChoice:
     """Fit the forward model's correction on the store's labelled training captures and decide on the
     validation ones (``alloynet.physics.correction``); simulated captures take no part."""
-    real = data.train.real
-    idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:CORRECTION_CAPTURES].sort().values.tolist()
+    def some(ds) -> list[int]:  # a seeded choice of at most CORRECTION_CAPTURES, in order
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randperm(len(ds), generator=gen)[:CORRECTION_CAPTURES].sort().values.tolist()
+
+    if len(data.val) < MIN_VAL or not len(data.train.real):
+        return CorrectionChoice(None, None, train_captures=len(data.train.real), val_captures=len(data.val),
+                                reason=f"{len(data.val)} validation captures (need {MIN_VAL} to decide): nominal tables")
     rows = plate_rows(data.rig)
-    train = dataset_arrays(real, rows, idx)
-    val = dataset_arrays(data.val, rows)
+    train = dataset_arrays(data.train.real, rows, some(data.train.real))
+    val = dataset_arrays(data.val, rows, some(data.val))
     return choose_correction(observers, train, val, data.prior.bounds())
 
 
