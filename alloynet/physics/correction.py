@@ -79,9 +79,10 @@ class CorrectionChoice:
     train_captures: int = 0
     val_captures: int = 0
     reason: str = ""
+    decided: bool = False                                          # the validation comparison was made
 
     def summary(self) -> dict:
-        return {"corrected": self.correction is not None, "shrink": self.shrink,
+        return {"corrected": self.correction is not None, "decided": self.decided, "shrink": self.shrink,
                 "val_logloss": {k: round(v, 4) for k, v in self.val_logloss.items()},
                 "gain_z": round(float(self.gain_z), 2), "train_captures": self.train_captures,
                 "val_captures": self.val_captures, "reason": self.reason}
@@ -187,7 +188,7 @@ def choose_correction(observers: Mapping[float, object], train: Mapping[str, np.
     if z < Z_MIN:
         return CorrectionChoice(None, None, losses, z, n_train, n_val,
                                 f"the best correction (shrink {best:g}) gains {gain.mean():.3f} in validation log-loss, "
-                                f"{z:.1f} sd (need {Z_MIN:g}): nominal tables")
+                                f"{z:.1f} sd (need {Z_MIN:g}): nominal tables", decided=True)
     return CorrectionChoice(correction_at(fits, best, bounds), best, losses, z, n_train, n_val,
                             f"validation log-loss {losses['nominal']:.3f} -> {best_nll.mean():.3f} ({z:.1f} sd) with "
-                            f"shrink {best:g}: tables corrected from {n_train} training captures")
+                            f"shrink {best:g}: tables corrected from {n_train} training captures", decided=True)

@@ -94,9 +94,11 @@ class EarlyStopConfig(_Strict):
 class AnswerConfig(_Strict):
     coverage: float = Field(0.95, gt=0, lt=1, description="target coverage of the conformal prediction sets")
     fit_images: int = Field(4000, ge=10, description="training captures used for the feature statistics")
-    simulated: int = Field(2000, ge=0, description="when training mixes in simulated captures (data.synthetic): "
-                           "this many held-out ones of the same rig join the calibration set, if the real "
-                           "calibration captures agree with them (alloynet.models.answer.calibration_set)")
+    simulated: int = Field(2000, ge=0, description="when training mixes in simulated captures (data.synthetic), "
+                           "or the validation captures find the forward model describing the rig (the physics "
+                           "term's correction weighed and not needed): this many held-out simulated captures of "
+                           "the rig join the calibration set, if the real calibration captures agree with them "
+                           "(alloynet.models.answer.calibration_set)")
     drift_tolerance: float = Field(0.01, gt=0, lt=1, description="drift_in_session is raised when a capture's "
                                    "open-beam strip departs from the training captures' by more than this fraction "
                                    "(rigs that image one: rig.open_beam_rows)")
