@@ -93,8 +93,11 @@ def _nearest(wedges: np.ndarray, known: Sequence[float]) -> np.ndarray:
     return known[np.abs(np.asarray(wedges, float)[:, None] - known[None]).argmin(1)]
 
 
+Fits = dict[float, tuple[np.ndarray, list[Optional[np.ndarray]]]]   # wedge -> (shared, per alloy or None)
+
+
 def fit_residuals(observers: Mapping[float, object], profiles: np.ndarray, y: np.ndarray, thickness_mm: np.ndarray,
-                  wedges_mm: np.ndarray, degree: int = DEGREE) -> dict[float, tuple[np.ndarray, list[Optional[np.ndarray]]]]:
+                  wedges_mm: np.ndarray, degree: int = DEGREE) -> Fits:
     """Per wedge with at least ``MIN_SHARED`` captures: (shared [degree + 1, D], per alloy [degree + 1, D] or
     None where the alloy has fewer than ``MIN_PER_ALLOY``), the polynomial fits of profile - model mean."""
     ok = np.isfinite(thickness_mm) & (y >= 0)
@@ -122,8 +125,7 @@ def fit_residuals(observers: Mapping[float, object], profiles: np.ndarray, y: np
     return out
 
 
-def correction_at(fits: Mapping[float, tuple[np.ndarray, list]], shrink: float, bounds: tuple[float, float]
-                  ) -> MeanCorrection:
+def correction_at(fits: Fits, shrink: float, bounds: tuple[float, float]) -> MeanCorrection:
     coef = {}
     for w, (shared, own) in fits.items():
         coef[w] = np.stack([shared + shrink * ((o if o is not None else shared) - shared) for o in own])
@@ -168,7 +170,10 @@ def choose_correction(observers: Mapping[float, object], train: Mapping[str, np.
     """Fit the corrections on ``train`` and pick one, or none, on ``val`` (both {profiles, y, thickness_mm,
     wedge_mm}: labelled captures of the rig, e.g. ``alloynet.evaluate.baselines.dataset_arrays``)."""
     n_train, n_val = int(len(train["y"])), int(len(val["y"]))
-    keep = lambda reason: CorrectionChoice(None, None, train_captures=n_train, val_captures=n_val, reason=reason)  # noqa: E731
+
+    def keep(reason: str) -> CorrectionChoice:
+        return CorrectionChoice(None, None, train_captures=n_train, val_captures=n_val, reason=reason)
+
     if n_val < MIN_VAL:
         return keep(f"{n_val} validation captures (need {MIN_VAL} to decide): nominal tables")
     fits = fit_residuals(observers, train["profiles"], train["y"], train["thickness_mm"], train["wedge_mm"], degree)

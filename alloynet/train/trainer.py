@@ -264,7 +264,8 @@ def fit_answer(run: Run, best: Path) -> dict:
     """Fit the best model's honest answers (temperature, conformal threshold, feature statistics, thickness
     range) on the calibration half of the validation split (never used to pick the epoch), with held-out
     simulated captures joining temperature and threshold when training mixed some in or the simulator describes
-    the rig (``held_out_simulated``) and the real ones agree (``calibration_set``), and write them into ``best``. Idempotent: fitting reads the checkpoint's model."""
+    the rig (``held_out_simulated``) and the real ones agree (``calibration_set``), and write them into
+    ``best``. Idempotent: fitting reads the checkpoint's model."""
     ckpt = load_checkpoint(best, map_location=run.device)
     model = run.model
     model.load_state_dict(ckpt["model"])
@@ -293,7 +294,8 @@ def held_out_simulated(run: Run) -> Optional[dict]:
     ``describes_rig``); else None. A threshold fitted on the calibration half alone (about 40 captures in the
     study) lands anywhere from 0.92 to 0.997 of 0.95; the agreement test still decides whether they join."""
     cfg = run.cfg
-    n = cfg.answer.simulated if cfg.data.synthetic.captures or describes_rig(run.meta.get("physics_correction")) else 0
+    wanted = cfg.data.synthetic.captures or describes_rig(run.meta.get("physics_correction"))
+    n = cfg.answer.simulated if wanted else 0
     if not n or len(run.data.calibration) < MIN_REAL:
         return None
     source = synthetic_for(cfg.data.synthetic.model_copy(update={"captures": n}), run.data.rigs, run.data.prior,
