@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from alloynet.data.transforms import T_MIN, wedge_profile
-from alloynet.physics.observer import PhysicsObserver, ThicknessMarginal, ThicknessPrior
+from alloynet.physics.observer import PhysicsObserver, ThicknessMarginal, ThicknessPrior, by_nearest_wedge
 from alloynet.physics.profile import profile_model_for
 
 BINS = 32
@@ -50,13 +50,6 @@ def dataset_arrays(ds, rows: slice = slice(None), indices: Optional[Sequence[int
             "thickness_mm": meta.thickness_mm.to_numpy(float), "wedge_mm": meta.wedge_mm.to_numpy(float)}
 
 
-def _by_wedge(wedges: np.ndarray, known: Sequence[float]) -> dict[float, np.ndarray]:
-    """Indices of the captures of each wedge, a wedge not in ``known`` going to the nearest known one."""
-    known = np.asarray(sorted(known), float)
-    nearest = known[np.abs(np.asarray(wedges, float)[:, None] - known[None]).argmin(1)]
-    return {float(w): np.nonzero(nearest == w)[0] for w in known if (nearest == w).any()}
-
-
 def _softmax(ll: np.ndarray) -> np.ndarray:
     ll = ll - ll.max(1, keepdims=True)
     p = np.exp(ll)
@@ -75,7 +68,7 @@ class PhysicsFit:
     def predict(self, profiles: np.ndarray, wedges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(class probabilities [N, K], thickness fitted under the most likely alloy [N])."""
         probs, thick = np.zeros((len(profiles), len(self.alloys))), np.zeros(len(profiles))
-        for w, idx in _by_wedge(wedges, list(self.observers)).items():
+        for w, idx in by_nearest_wedge(wedges, list(self.observers)).items():
             ll, t = self.observers[w].log_likelihoods(profiles[idx])
             probs[idx] = _softmax(ll)
             thick[idx] = t[np.arange(len(idx)), ll.argmax(1)]
@@ -114,7 +107,7 @@ class GaussianProfile:
     def predict(self, profiles: np.ndarray, wedges: np.ndarray) -> np.ndarray:
         """Class probabilities [N, K] (a class with no model on a capture's wedge gets probability 0)."""
         ll = np.full((len(profiles), self.k), -np.inf)
-        for w, idx in _by_wedge(wedges, sorted({w for _, w in self.models})).items():
+        for w, idx in by_nearest_wedge(wedges, sorted({w for _, w in self.models})).items():
             for c in range(self.k):
                 if (c, w) in self.models:
                     ll[idx, c] = self.models[(c, w)].loglik(profiles[idx])[0]

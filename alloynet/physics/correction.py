@@ -31,6 +31,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from alloynet.physics.observer import by_nearest_wedge
+
 DEGREE = 2                                  # polynomial in thickness per profile bin
 SHRINK = (0.0, 0.25, 0.5, 0.75, 1.0)        # 0: the shared correction only; 1: each alloy's own
 MIN_PER_ALLOY = 20                          # training captures of an alloy on a wedge to fit its own correction
@@ -88,11 +90,6 @@ class CorrectionChoice:
                 "val_captures": self.val_captures, "reason": self.reason}
 
 
-def _nearest(wedges: np.ndarray, known: Sequence[float]) -> np.ndarray:
-    known = np.asarray(sorted(known), float)
-    return known[np.abs(np.asarray(wedges, float)[:, None] - known[None]).argmin(1)]
-
-
 Fits = dict[float, tuple[np.ndarray, list[Optional[np.ndarray]]]]   # wedge -> (shared, per alloy or None)
 
 
@@ -102,13 +99,11 @@ def fit_residuals(observers: Mapping[float, object], profiles: np.ndarray, y: np
     None where the alloy has fewer than ``MIN_PER_ALLOY``), the polynomial fits of profile - model mean."""
     ok = np.isfinite(thickness_mm) & (y >= 0)
     profiles, y, thickness_mm, wedges_mm = profiles[ok], y[ok], thickness_mm[ok], wedges_mm[ok]
-    near = _nearest(wedges_mm, list(observers))
     out = {}
-    for w, obs in observers.items():
-        m = near == float(w)
-        if m.sum() < MIN_SHARED:
+    for w, m in by_nearest_wedge(wedges_mm, list(observers)).items():
+        if len(m) < MIN_SHARED:
             continue
-        x, c, t = profiles[m], y[m], thickness_mm[m]
+        obs, x, c, t = observers[w], profiles[m], y[m], thickness_mm[m]
         deg = int(min(degree, len(np.unique(np.round(t, 4))) - 1))
         if deg < 0:
             continue
@@ -155,13 +150,18 @@ def _nll(observers: Mapping[float, object], profiles: np.ndarray, y: np.ndarray,
     from scipy.special import log_softmax
 
     out = np.empty(len(y))
-    near = _nearest(wedges_mm, list(observers))
-    for w, obs in observers.items():
-        idx = np.nonzero(near == float(w))[0]
-        if len(idx):
-            ll, _ = obs.log_likelihoods(profiles[idx])
-            out[idx] = -log_softmax(ll, axis=1)[np.arange(len(idx)), y[idx]]
+    for w, idx in by_nearest_wedge(wedges_mm, list(observers)).items():
+        ll, _ = observers[w].log_likelihoods(profiles[idx])
+        out[idx] = -log_softmax(ll, axis=1)[np.arange(len(idx)), y[idx]]
     return out
+
+
+def too_few(n_train: int, n_val: int) -> Optional[CorrectionChoice]:
+    """The choice when there are too few labelled captures to decide (nominal tables), else None."""
+    if n_val >= MIN_VAL and n_train:
+        return None
+    why = f"{n_val} validation captures (need {MIN_VAL} to decide)" if n_val < MIN_VAL else "no training captures"
+    return CorrectionChoice(None, None, train_captures=n_train, val_captures=n_val, reason=f"{why}: nominal tables")
 
 
 def choose_correction(observers: Mapping[float, object], train: Mapping[str, np.ndarray],
@@ -170,15 +170,13 @@ def choose_correction(observers: Mapping[float, object], train: Mapping[str, np.
     """Fit the corrections on ``train`` and pick one, or none, on ``val`` (both {profiles, y, thickness_mm,
     wedge_mm}: labelled captures of the rig, e.g. ``alloynet.evaluate.baselines.dataset_arrays``)."""
     n_train, n_val = int(len(train["y"])), int(len(val["y"]))
-
-    def keep(reason: str) -> CorrectionChoice:
-        return CorrectionChoice(None, None, train_captures=n_train, val_captures=n_val, reason=reason)
-
-    if n_val < MIN_VAL:
-        return keep(f"{n_val} validation captures (need {MIN_VAL} to decide): nominal tables")
+    few = too_few(n_train, n_val)
+    if few is not None:
+        return few
     fits = fit_residuals(observers, train["profiles"], train["y"], train["thickness_mm"], train["wedge_mm"], degree)
     if not fits:
-        return keep(f"no wedge with {MIN_SHARED} labelled training captures: nominal tables")
+        return CorrectionChoice(None, None, train_captures=n_train, val_captures=n_val,
+                                reason=f"no wedge with {MIN_SHARED} labelled training captures: nominal tables")
     val_y = np.asarray(val["y"], int)
     nominal = _nll(observers, val["profiles"], val_y, val["wedge_mm"])
     losses = {"nominal": float(nominal.mean())}

@@ -284,6 +284,14 @@ class AlloyLikelihood(ThicknessMarginal):
                          [cp + cn for cp, cn in zip(self.cov_plate, self.cov_noise)], prior)
 
 
+def by_nearest_wedge(wedges: np.ndarray, known: Sequence[float]) -> dict[float, np.ndarray]:
+    """Indices of the captures of each wedge, a wedge not in ``known`` going to the nearest known one (which
+    wedge's observer reads a capture)."""
+    known = np.asarray(sorted(known), float)
+    nearest = known[np.abs(np.asarray(wedges, float)[:, None] - known[None]).argmin(1)]
+    return {float(w): np.nonzero(nearest == w)[0] for w in known if (nearest == w).any()}
+
+
 class PhysicsObserver:
     """The likelihoods of several alloys on one rig: ``log_likelihoods`` [N, K] and a classifier."""
 

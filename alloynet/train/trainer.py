@@ -32,7 +32,7 @@ from alloynet.models.checkpoint import load_checkpoint, load_weights, save_check
 from alloynet.models.norm import fit_input_statistics
 from alloynet.models.physics_prior import physics_spec, table_wedges
 from alloynet.data.synthetic import forward_rigs, synthetic_for
-from alloynet.physics.correction import MIN_VAL, CorrectionChoice, apply_correction, choose_correction
+from alloynet.physics.correction import CorrectionChoice, apply_correction, choose_correction, too_few
 from alloynet.physics.simulator import plate_rows
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
@@ -125,9 +125,9 @@ def physics_correction(observers: dict, data: RunData, seed: int) -> CorrectionC
         gen = torch.Generator().manual_seed(seed)
         return torch.randperm(len(ds), generator=gen)[:CORRECTION_CAPTURES].sort().values.tolist()
 
-    if len(data.val) < MIN_VAL or not len(data.train.real):
-        return CorrectionChoice(None, None, train_captures=len(data.train.real), val_captures=len(data.val),
-                                reason=f"{len(data.val)} validation captures (need {MIN_VAL} to decide): nominal tables")
+    few = too_few(len(data.train.real), len(data.val))  # before decoding anything
+    if few is not None:
+        return few
     rows = plate_rows(data.rig)
     train = dataset_arrays(data.train.real, rows, some(data.train.real))
     val = dataset_arrays(data.val, rows, some(data.val))
