@@ -1,10 +1,10 @@
 """The serving contract, declared once: what an exported alloynet model takes and returns, and the
 prediction a client gets back.
 
-Every party reads it from here: the export (``alloynet.export.graph``), the Triton repository builder and
-its Python-backend model, the TorchServe handler and the gRPC client. It is deliberately standard-library
-only and imports nothing from alloynet, because the packagers copy this very file into the TorchServe
-archive and the Triton model repository, whose Python environments do not have alloynet installed.
+Every party reads it from here: the export (``alloynet.export.graph``), the Triton repository builder (which
+hands the names to alloynet's C++ Triton backend in the model config), the TorchServe handler and the gRPC
+client. It is deliberately standard-library only and imports nothing from alloynet, because the packagers
+copy this very file into the TorchServe archive, whose Python environment does not have alloynet installed.
 
 Inputs (per item; the batch dimension B comes first on the wire):
 * ``image``: the raw detector image in ADU, float32 [C, H, W] (uint16 values cast to float32, exact);

@@ -134,7 +134,7 @@ def latency(args, tmp: Path) -> None:
         with connect(f"triton://{tr.grpc_target}/alloynet") as cl:
             cl.predict(f32[0])  # fetch the model's config once
             send = lambda xc: cl.backend.infer_array(*xc)  # noqa: E731
-            name = f"Triton gRPC (Python backend, ORT; queue delay {args.queue_delay_us} us)"
+            name = f"Triton gRPC (alloynet's backend, ORT in-process; queue delay {args.queue_delay_us} us)"
             rows[name] = {"b1": measure(send, singles), "dyn": measure(send, singles, concurrency=c)}
             # The overhead again, interleaved: blocks of 30 in-process calls and 30 Triton calls in turn, so both
             # see the same load on a shared machine (the table's rows are measured minutes apart).

@@ -3,7 +3,7 @@ bidirectional gRPC stream, unary gRPC from one kept protobuf request (no tritonc
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/triton_breakdown.py /tmp/alloynet-triton-breakdown
 
-Trains a tiny checkpoint (or reuses one under the folder), exports it, serves it with Triton (Python backend +
+Trains a tiny checkpoint (or reuses one under the folder), exports it, serves it with Triton (alloynet's backend +
 ONNX Runtime, queue delay 0) and prints p50 latencies in ms, three rounds of 400 calls each.
 """
 import json

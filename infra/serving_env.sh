@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The Triton environment for serving tests and the bench: .venv-triton holds nvidia-pytriton (its bundled
 # tritonserver 2.51 binary + Python-backend stubs; it pins numpy<2, hence its own venv) and onnxruntime for
-# the Python-backend model. Idempotent: a stamp records what was installed; re-running is a no-op.
+# the Python-backend model, and alloynet's own Triton backend is built there with g++ (serving/triton/backend/
+# alloynet_ort.cc -> $VENV/alloynet_ort/libtriton_alloynet_ort.so, linked against that onnxruntime).
+# Idempotent: stamps record what was installed and built; re-running is a no-op.
 #   usage: infra/serving_env.sh [PYTHON]      (PYTHON defaults to python3; must have shared libpython)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +11,29 @@ PYTHON="${1:-${PYTHON:-python3}}"
 VENV="${ALLOYNET_TRITON_VENV:-.venv-triton}"
 PKGS=("nvidia-pytriton==0.7.0" "onnxruntime>=1.18,<2" "numpy<2")
 STAMP="$VENV/.installed-$(printf '%s ' "${PKGS[@]}" | sha256sum | cut -c1-16)"
+SRC=serving/triton/backend/alloynet_ort.cc
+BUILT="$VENV/alloynet_ort/.built-$(sha256sum "$SRC" | cut -c1-16)"
+
+build_backend() {
+    # The wheel's library is libonnxruntime.so.1.N.M with soname libonnxruntime.so.1: a link of that name
+    # beside the backend, found through its rpath.
+    local root capi lib out
+    root=$(cd "$VENV" && pwd)
+    capi=$(ls -d "$root"/lib/python3.*/site-packages/onnxruntime/capi | tail -1)
+    lib=$(cd "$capi" && ls libonnxruntime.so.1.* | head -1)
+    out="$root/alloynet_ort"
+    mkdir -p "$out"
+    ln -sfn "$capi/$lib" "$out/libonnxruntime.so.1"
+    g++ -O2 -std=c++17 -Wall -Wextra -Werror -shared -fPIC -o "$out/libtriton_alloynet_ort.so.tmp" "$SRC" \
+        -L"$capi" -l:"$lib" -Wl,-rpath,"$out"
+    mv "$out/libtriton_alloynet_ort.so.tmp" "$out/libtriton_alloynet_ort.so"
+    rm -f "$out"/.built-*
+    touch "$BUILT"
+    echo "serving_env: built $out/libtriton_alloynet_ort.so"
+}
+
 if [ -f "$STAMP" ]; then
+    [ -f "$BUILT" ] || build_backend
     exit 0
 fi
 if [ ! -x "$VENV/bin/python" ]; then
@@ -28,5 +52,6 @@ for p in (root / "bin" / "tritonserver", root / "python_backend_stubs" / ver / "
         sys.exit(f"serving_env: {p} is missing (pytriton has no stub for Python {ver}?)")
 import onnxruntime  # noqa: F401
 PY
+build_backend
 touch "$STAMP"
 echo "serving_env: $VENV ready"

@@ -2,9 +2,11 @@
 
 No Docker here: the pytriton wheel bundles a real ``tritonserver`` binary with the Python backend only.
 pytriton pins numpy<2, so it lives in its own virtual environment (``.venv-triton``, made by
-``infra/serving_env.sh``; override with ``ALLOYNET_TRITON_VENV``). That environment's Python also runs
-the Python-backend stub, so it holds onnxruntime. Every address is 127.0.0.1; the process group is
-stopped by PID.
+``infra/serving_env.sh``; override with ``ALLOYNET_TRITON_VENV``). ``serving_env.sh`` also builds alloynet's
+own backend there (``alloynet_ort/libtriton_alloynet_ort.so`` from serving/triton/backend/alloynet_ort.cc,
+linked against that venv's onnxruntime), which serves the ``alloynet`` model in the server's own process;
+each server gets it in its backend directory beside the Python backend (which still serves repositories
+packaged before it, with their model.py). Every address is 127.0.0.1; the process group is stopped by PID.
 
 Memory after hostile requests: Triton 2.51 has no option to cap a gRPC message (it accepts up to 2 GiB)
 and, by default, keeps up to 8 request objects for reuse, each holding the largest payload it ever
@@ -31,6 +33,15 @@ ROOT = Path(__file__).resolve().parents[1]
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}
 ADMIN_HEADER = "alloynet-admin"  # the header the model-repository (load/unload) API requires, when restricted
 SHM_FILE = "tritonserver.shm"    # the Python backend's shared-memory prefix of the running server
+NATIVE_BACKEND = "alloynet_ort"  # alloynet's backend: <venv>/alloynet_ort/libtriton_alloynet_ort.so
+
+
+def native_backend(venv: Optional[Path] = None) -> Path:
+    """alloynet's Triton backend library, as infra/serving_env.sh built it."""
+    lib = (venv or triton_venv()) / NATIVE_BACKEND / f"libtriton_{NATIVE_BACKEND}.so"
+    if not lib.exists():
+        raise RuntimeError(f"{lib} is missing: run infra/serving_env.sh (builds alloynet's Triton backend with g++)")
+    return lib
 
 
 def triton_venv() -> Path:
@@ -123,6 +134,15 @@ def _prepare(workdir: Path, venv: Path) -> tuple[Path, dict]:
         shutil.copytree(dist, server_dir, ignore=shutil.ignore_patterns("python_backend_stubs"), dirs_exist_ok=True)
         shutil.copy2(dist / "python_backend_stubs" / pyver / "triton_python_backend_stub",
                      server_dir / "backends" / "python" / "triton_python_backend_stub")
+    # alloynet's backend, as last built: copied beside and renamed over, so a server still running from this
+    # directory keeps the library it mapped.
+    lib = native_backend(venv)
+    dst = server_dir / "backends" / NATIVE_BACKEND / lib.name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists() or dst.read_bytes() != lib.read_bytes():
+        tmp = dst.with_name(f".{lib.name}.{os.getpid()}")
+        shutil.copy2(lib, tmp)
+        os.replace(tmp, dst)
     python = venv / "bin" / "python"
     libdir = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
                             capture_output=True, text=True, check=True).stdout.strip()

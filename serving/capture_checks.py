@@ -1,7 +1,8 @@
-"""Server-side checks on one capture array, shared by the TorchServe handler and the Triton Python model.
+"""Server-side checks on one capture array: the TorchServe handler runs them, and alloynet's Triton backend
+(serving/triton/backend/alloynet_ort.cc) does the same checks in C++ with the same words (a test holds the two
+to it: tests/test_serving.py).
 
-Deliberately numpy-only (no alloynet import): the Triton Python backend runs it in its own environment,
-and the packagers copy this file into the .mar and the model repository. Decoding PNG/TIFF bytes is the
+Deliberately numpy-only (no alloynet import): the packagers copy this file into the .mar. Decoding PNG/TIFF bytes is the
 library's job (``alloynet.captures.format.decode_image``); this only checks what a model may be fed.
 """
 from __future__ import annotations

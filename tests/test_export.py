@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from alloynet import contract
 from alloynet.data.transforms import Preprocess
 from alloynet.export import (ExportBundle, ExportMeta, ParityError, TensorRTUnavailable, build_engine,
                              check_parity, export_model, load_torchscript, onnx_session, onnx_signature, tensorrt_status)
@@ -110,14 +111,19 @@ def test_triton_repository_configs_parse_and_match_onnx(bundle, tmp_path):
         assert list(cfg.input[2].dims) == [1] and cfg.input[2].optional == (name == "alloynet")
         assert cfg.parameters["class_names"].string_value.split(",") == list(ALLOY_NAMES)
     assert parse_config(repo / "alloynet_onnx" / "config.pbtxt").platform == "onnxruntime_onnx"
-    assert {p.name for p in (repo / "alloynet" / "1").iterdir()} >= {"model.py", "model.onnx", "capture_checks.py"}
+    assert {p.name for p in (repo / "alloynet" / "1").iterdir()} == {"model.onnx", "export.json"}
+    native = parse_config(repo / "alloynet" / "config.pbtxt")  # alloynet's own backend and what it reads
+    assert native.backend == "alloynet_ort"
+    assert native.parameters["output_names"].string_value.split(",") == list(contract.OUTPUT_NAMES)
+    assert native.parameters["input_names"].string_value.split(",") == ["image", "calibration", "wedge_mm"]
+    assert float(native.parameters["max_adu"].string_value) == bundle.meta.max_adu
     # a wrong dim is caught by validation against the ONNX model
     bad = repo / "alloynet_onnx" / "config.pbtxt"
     bad.write_text(bad.read_text().replace(f"dims: [ 1, {SIZE}, {SIZE} ]", "dims: [ 1, 64, 64 ]"))
     with pytest.raises(ValueError, match="ONNX model has"):
         validate_config(bad, bundle.path("onnx"), bundle.meta)
     # the GPU variant asks ONNX Runtime for the TensorRT execution accelerator
-    gpu = build_repository(bundle.directory, tmp_path / "gpu", gpu=True, python_model=False)
+    gpu = build_repository(bundle.directory, tmp_path / "gpu", gpu=True, native_model=False)
     cfg = parse_config(gpu / "alloynet_onnx" / "config.pbtxt")
     acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP16"

@@ -294,10 +294,11 @@ def test_killed_servers_are_back_on_the_same_ports_without_failed_requests(serve
 
     with connect(serve["triton"]) as client:
         assert client.predict(inputs["image"], inputs["calibration"], inputs["wedge_mm"]).alloy in ALLOY_NAMES
-    # the killed Triton's shared memory is gone; only the running one's is left
+    # the killed Tritons' shared memory is gone; only the running one's may be left (alloynet's own backend
+    # uses none: the Python backend's stubs of repositories packaged with a model.py do)
     current = (serve["dir"] / "triton" / "tritonserver.shm").read_text().strip()
     ours = [p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(f"alloynet{_state(serve)['supervisor_pid']}-")]
-    assert ours and all(name.startswith(current) for name in ours), (current, ours)
+    assert all(name.startswith(current) for name in ours), (current, ours)
 
 
 def test_torchserve_keys_are_renewed_before_they_expire(serve, inputs):

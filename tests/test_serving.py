@@ -212,6 +212,81 @@ def test_triton_rejects_bad_inputs_and_keeps_serving(triton, captures):
         assert client.predict(captures[0]).alloy in ALLOY_NAMES  # the instance is alive and answering
 
 
+def test_triton_backend_names_bad_captures_as_the_shared_checks_do(triton, captures, calibrations, onnx_reference):
+    """alloynet's C++ backend words each rejection exactly as serving/capture_checks.py (which TorchServe runs),
+    request by request and item by item, and still runs the good captures beside a rejected request."""
+    import tritonclient.grpc as g
+    from tritonclient.utils import InferenceServerException
+
+    from serving.capture_checks import CaptureInputError, check_calibration, check_capture, check_wedge
+
+    good = captures[0].astype(np.float32)
+    nan, hot, cold = good.copy(), good.copy(), good.copy()
+    nan[0, 1, 2], nan[0, 3, 4] = np.nan, np.inf
+    hot[0, 0, 0] = 70000.5
+    cold[0, 9, 9] = -0.25
+    cal_inf, cal_big = calibrations[0].copy(), calibrations[0].copy()
+    cal_inf[0, 1] = np.inf
+    cal_big[0, 0] = 1e6
+    items = [  # image, calibration, wedge_mm
+        (nan, calibrations[0], 50.0), (good, calibrations[0], 50.0), (hot, calibrations[0], 50.0),
+        (cold, calibrations[0], 50.0), (good, cal_inf, 50.0), (good, cal_big, 50.0), (good, calibrations[0], np.nan),
+        (good, calibrations[0], 1e20), (good, calibrations[0], 2000.0), (good, calibrations[0], -5.5)]
+
+    def expected(rows):
+        problems = []
+        for j, (img, cal, wedge) in enumerate(rows):
+            try:
+                check_capture(img, good.shape)
+                check_calibration(cal, good.shape[0])
+                check_wedge(np.array([wedge], np.float32))  # one row of wedge_mm, as Triton hands it over
+            except CaptureInputError as exc:
+                problems.append(str(exc) if len(rows) == 1 else f"item {j}: {exc}")
+        if len(rows) == 1 or not problems:
+            return problems[0] if problems else None
+        return (f"{len(problems)} of {len(rows)} captures rejected: " + "; ".join(problems)
+                + " (the other captures of this request were not run)")
+
+    def request(rows):
+        out = []
+        for name, arr in (("image", np.stack([r[0] for r in rows])), ("calibration", np.stack([r[1] for r in rows])),
+                          ("wedge_mm", np.array([[r[2]] for r in rows], np.float32))):
+            inp = g.InferInput(name, list(arr.shape), "FP32")
+            inp.set_data_from_numpy(np.ascontiguousarray(arr, np.float32))
+            out.append(inp)
+        return out
+
+    client = g.InferenceServerClient(triton.grpc_target)
+    try:
+        for rows in [[it] for it in items if expected([it])] + [items]:
+            with pytest.raises(InferenceServerException) as exc:
+                client.infer("alloynet", request(rows), client_timeout=30)
+            assert "INVALID_ARGUMENT" in str(exc.value.status())
+            assert exc.value.message() == expected(rows)
+        # rejected and good requests that Triton batched together: each answered on its own
+        from concurrent.futures import ThreadPoolExecutor
+
+        batches = [[items[0]], [(good, calibrations[0], 50.0)]] * 8
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda rows: _infer_or_error(client, request(rows)), batches))
+        for rows, res in zip(batches, results):
+            if expected(rows):
+                assert isinstance(res, InferenceServerException) and res.message() == expected(rows)
+            else:
+                np.testing.assert_allclose(res.as_numpy("probabilities")[0], onnx_reference[0][0], atol=1e-4)
+    finally:
+        client.close()
+
+
+def _infer_or_error(client, inputs):
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        return client.infer("alloynet", inputs, client_timeout=30)
+    except InferenceServerException as exc:
+        return exc
+
+
 def test_client_retries_then_reports_unavailable():
     from serving.client import ServerUnavailableError, connect
     from infra.processes import free_port

@@ -1,6 +1,7 @@
 """Write a Triton model repository from an export bundle, and validate its configs.
 
-    <repo>/alloynet/        Python backend: the same ONNX model run with ONNX Runtime (CPU-only servers)
+    <repo>/alloynet/        alloynet's own backend (serving/triton/backend/alloynet_ort.cc): the same ONNX model
+                            run in the server's process with ONNX Runtime, behind the capture checks (CPU servers)
     <repo>/alloynet_onnx/   onnxruntime backend; on GPU instances the TensorRT execution accelerator
     <repo>/alloynet_trt/    tensorrt_plan (only when the bundle has a TensorRT engine)
 
@@ -17,10 +18,7 @@ from typing import Sequence
 from alloynet import contract
 from alloynet.export import ExportBundle, ExportMeta, onnx_signature
 
-HERE = Path(__file__).resolve().parent
-PYTHON_MODEL = HERE / "model.py"
-CHECKS = HERE.parent / "capture_checks.py"
-CONTRACT_FILE = "alloynet_contract.py"  # the name model.py imports inside the repository
+NATIVE_BACKEND = "alloynet_ort"  # libtriton_alloynet_ort.so, built by infra/serving_env.sh
 
 
 @dataclass
@@ -43,8 +41,8 @@ def _tensor(name: str, dims: Sequence[int], reshape_scalar: bool = False, option
 
 def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions, gpu: bool = False,
                 trt_precision: str = "FP16") -> str:
-    """config.pbtxt for backend "python", "onnxruntime" or "tensorrt"."""
-    header = {"python": 'backend: "python"',
+    """config.pbtxt for backend "alloynet_ort" (alloynet's own), "onnxruntime" or "tensorrt"."""
+    header = {NATIVE_BACKEND: f'backend: "{NATIVE_BACKEND}"',
               "onnxruntime": 'platform: "onnxruntime_onnx"\nbackend: "onnxruntime"',
               "tensorrt": 'platform: "tensorrt_plan"\nbackend: "tensorrt"'}[backend]
     dims = {n: contract.output_dims(n, meta.num_classes) for n in contract.OUTPUT_NAMES}
@@ -55,8 +53,8 @@ def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions
         f'name: "{name}"', header, f"max_batch_size: {opts.max_batch_size}",
         "input [\n" + ",\n".join(
             _tensor(n, contract.input_dims(n, *meta.input_shape),
-                    # the Python model fills in a missing calibration (and flags it); ONNX models need it sent
-                    optional=n != contract.INPUT_NAME and backend == "python")
+                    # alloynet's backend fills in a missing calibration (and flags it); ONNX models need it sent
+                    optional=n != contract.INPUT_NAME and backend == NATIVE_BACKEND)
             for n in contract.INPUT_NAMES) + "\n]",
         "output [\n" + ",\n".join(outputs) + "\n]",
         f"dynamic_batching {{\n  preferred_batch_size: [ {preferred} ]\n"
@@ -64,9 +62,13 @@ def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions
         f"instance_group [ {{ kind: {kind} count: {opts.instances} }} ]",
         'parameters { key: "class_names" value: { string_value: "' + ",".join(meta.class_names) + '" } }',
     ]
-    if backend == "python":
-        parts.append('parameters { key: "intra_op_threads" value: { string_value: "'
-                     f'{opts.intra_op_threads}" }} }}')
+    if backend == NATIVE_BACKEND:  # what alloynet_ort.cc reads: names in the graph's order, the checks' limits
+        from serving.capture_checks import MAX_WEDGE_MM
+
+        params = {"intra_op_threads": opts.intra_op_threads, "input_names": ",".join(contract.INPUT_NAMES),
+                  "output_names": ",".join(contract.OUTPUT_NAMES), "max_adu": f"{meta.max_adu:g}",
+                  "max_wedge_mm": f"{MAX_WEDGE_MM:g}"}
+        parts += ['parameters { key: "%s" value: { string_value: "%s" } }' % kv for kv in params.items()]
     if backend == "onnxruntime":
         parts.append('parameters { key: "intra_op_thread_count" value: { string_value: "'
                      f'{opts.intra_op_threads}" }} }}')
@@ -81,7 +83,7 @@ def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions
 
 
 def build_repository(bundle_dir: str | Path, out_dir: str | Path, name: str = "alloynet",
-                     opts: BatchingOptions | None = None, gpu: bool = False, python_model: bool = True) -> Path:
+                     opts: BatchingOptions | None = None, gpu: bool = False, native_model: bool = True) -> Path:
     """Write the repository (replacing models of the same names) and validate every config in it."""
     opts = opts or BatchingOptions()
     bundle = ExportBundle.load(bundle_dir)
@@ -91,17 +93,15 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, name: str = "a
     models = {f"{name}_onnx": ("onnxruntime", bundle.path("onnx"), "model.onnx")}
     if "tensorrt" in meta.files:
         models[f"{name}_trt"] = ("tensorrt", bundle.path("tensorrt"), "model.plan")
-    if python_model:
-        models[name] = ("python", bundle.path("onnx"), "model.onnx")
+    if native_model:
+        models[name] = (NATIVE_BACKEND, bundle.path("onnx"), "model.onnx")
     for model_name, (backend, src, dst) in models.items():
         d = repo / model_name
         shutil.rmtree(d, ignore_errors=True)
         (d / "1").mkdir(parents=True)
         shutil.copy2(src, d / "1" / dst)
-        if backend == "python":
-            for f in (PYTHON_MODEL, CHECKS, bundle.directory / contract.META_FILE):
-                shutil.copy2(f, d / "1" / f.name)
-            shutil.copy2(contract.__file__, d / "1" / CONTRACT_FILE)
+        if backend == NATIVE_BACKEND:  # what the model was exported from, beside it
+            shutil.copy2(bundle.directory / contract.META_FILE, d / "1" / contract.META_FILE)
         (d / "config.pbtxt").write_text(config_text(model_name, meta, backend, opts, gpu=gpu))
         validate_config(d / "config.pbtxt", bundle.path("onnx"), meta)
     return repo

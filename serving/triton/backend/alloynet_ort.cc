@@ -1,0 +1,651 @@
+// alloynet's Triton backend: the exported ONNX graph run in the server's own process with ONNX Runtime's C
+// API, behind the same capture checks as the TorchServe handler (serving/capture_checks.py).
+//
+// Why not the Python backend: it hands every request to a stub process through shared memory and runs
+// Python there; on this project's CPU servers that hop cost 1.2 ms of a 2.5 ms request (bench/serve.py,
+// bench/triton_breakdown.py). Why not Triton's onnxruntime backend: pytriton's tritonserver ships without
+// it, and it cannot name a bad capture. This file is what `alloynet serve` and `alloynet package triton`
+// put behind the "alloynet" model on a CPU server; the repository's "alloynet_onnx" model stays the stock
+// onnxruntime backend (and the TensorRT accelerator) for GPU servers.
+//
+// Built by infra/serving_env.sh (g++, linked against the libonnxruntime.so of the Triton venv's onnxruntime
+// wheel); the Triton entry points below resolve against the tritonserver that loads it.
+//
+// Model config parameters (written by serving/triton/repository.py): input_names (image, calibration,
+// wedge: calibration and wedge are optional inputs, zeros when not sent, as the model takes "unknown"),
+// output_names, max_adu, max_wedge_mm, intra_op_threads.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+// ---- Triton's C ABI (tritonserver.h / tritonbackend.h, backend API 1.x): what this backend calls -------
+extern "C" {
+struct TRITONSERVER_Error;
+struct TRITONSERVER_Message;
+struct TRITONBACKEND_Backend;
+struct TRITONBACKEND_Model;
+struct TRITONBACKEND_ModelInstance;
+struct TRITONBACKEND_Request;
+struct TRITONBACKEND_Response;
+struct TRITONBACKEND_Input;
+struct TRITONBACKEND_Output;
+
+enum TritonCode { kUnknown = 0, kInternal = 1, kNotFound = 2, kInvalidArg = 3, kUnavailable = 4, kUnsupported = 5 };
+enum TritonType { kTypeFp32 = 11 };
+enum TritonMemory { kMemCpu = 0, kMemCpuPinned = 1, kMemGpu = 2 };
+enum TritonArtifact { kArtifactFilesystem = 0 };
+const uint32_t kResponseFinal = 1;   // TRITONSERVER_RESPONSE_COMPLETE_FINAL
+const uint32_t kReleaseAll = 1;      // TRITONSERVER_REQUEST_RELEASE_ALL
+const uint32_t kApiMajor = 1;        // TRITONBACKEND_API_VERSION_MAJOR this file is written against
+
+TRITONSERVER_Error* TRITONSERVER_ErrorNew(int code, const char* msg);
+void TRITONSERVER_ErrorDelete(TRITONSERVER_Error* error);
+const char* TRITONSERVER_ErrorMessage(TRITONSERVER_Error* error);
+TRITONSERVER_Error* TRITONSERVER_MessageSerializeToJson(TRITONSERVER_Message* message, const char** base,
+                                                        size_t* byte_size);
+TRITONSERVER_Error* TRITONSERVER_MessageDelete(TRITONSERVER_Message* message);
+
+TRITONSERVER_Error* TRITONBACKEND_ApiVersion(uint32_t* major, uint32_t* minor);
+TRITONSERVER_Error* TRITONBACKEND_ModelName(TRITONBACKEND_Model* model, const char** name);
+TRITONSERVER_Error* TRITONBACKEND_ModelVersion(TRITONBACKEND_Model* model, uint64_t* version);
+TRITONSERVER_Error* TRITONBACKEND_ModelRepository(TRITONBACKEND_Model* model, int* artifact_type,
+                                                  const char** location);
+TRITONSERVER_Error* TRITONBACKEND_ModelConfig(TRITONBACKEND_Model* model, uint32_t config_version,
+                                              TRITONSERVER_Message** config);
+TRITONSERVER_Error* TRITONBACKEND_ModelSetState(TRITONBACKEND_Model* model, void* state);
+TRITONSERVER_Error* TRITONBACKEND_ModelState(TRITONBACKEND_Model* model, void** state);
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceModel(TRITONBACKEND_ModelInstance* instance,
+                                                     TRITONBACKEND_Model** model);
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceSetState(TRITONBACKEND_ModelInstance* instance, void* state);
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceState(TRITONBACKEND_ModelInstance* instance, void** state);
+TRITONSERVER_Error* TRITONBACKEND_RequestInput(TRITONBACKEND_Request* request, const char* name,
+                                               TRITONBACKEND_Input** input);
+TRITONSERVER_Error* TRITONBACKEND_InputProperties(TRITONBACKEND_Input* input, const char** name, int* datatype,
+                                                  const int64_t** shape, uint32_t* dims_count,
+                                                  uint64_t* byte_size, uint32_t* buffer_count);
+TRITONSERVER_Error* TRITONBACKEND_InputBuffer(TRITONBACKEND_Input* input, uint32_t index, const void** buffer,
+                                              uint64_t* buffer_byte_size, int* memory_type,
+                                              int64_t* memory_type_id);
+TRITONSERVER_Error* TRITONBACKEND_ResponseNew(TRITONBACKEND_Response** response, TRITONBACKEND_Request* request);
+TRITONSERVER_Error* TRITONBACKEND_ResponseOutput(TRITONBACKEND_Response* response, TRITONBACKEND_Output** output,
+                                                 const char* name, int datatype, const int64_t* shape,
+                                                 uint32_t dims_count);
+TRITONSERVER_Error* TRITONBACKEND_OutputBuffer(TRITONBACKEND_Output* output, void** buffer,
+                                               uint64_t buffer_byte_size, int* memory_type,
+                                               int64_t* memory_type_id);
+TRITONSERVER_Error* TRITONBACKEND_ResponseSend(TRITONBACKEND_Response* response, uint32_t send_flags,
+                                               TRITONSERVER_Error* error);
+TRITONSERVER_Error* TRITONBACKEND_ResponseDelete(TRITONBACKEND_Response* response);
+TRITONSERVER_Error* TRITONBACKEND_RequestRelease(TRITONBACKEND_Request* request, uint32_t release_flags);
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceReportStatistics(
+    TRITONBACKEND_ModelInstance* instance, TRITONBACKEND_Request* request, bool success, uint64_t exec_start_ns,
+    uint64_t compute_start_ns, uint64_t compute_end_ns, uint64_t exec_end_ns);
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceReportBatchStatistics(
+    TRITONBACKEND_ModelInstance* instance, uint64_t batch_size, uint64_t exec_start_ns, uint64_t compute_start_ns,
+    uint64_t compute_end_ns, uint64_t exec_end_ns);
+}
+
+// ---- ONNX Runtime's C API: OrtGetApiBase() and slots of its OrtApi table ---------------------------------
+// The table is append-only and its first 102 slots (API version 1) are frozen; these are the indices of the
+// functions used here. TRITONBACKEND_Initialize checks them against the library it was linked with.
+struct OrtStatus;
+struct OrtEnv;
+struct OrtSession;
+struct OrtSessionOptions;
+struct OrtValue;
+struct OrtMemoryInfo;
+struct OrtTensorTypeAndShapeInfo;
+struct OrtApiBase {
+  const void* (*GetApi)(uint32_t version);
+  const char* (*GetVersionString)();
+};
+extern "C" const OrtApiBase* OrtGetApiBase();
+
+namespace ort {
+enum Slot : size_t {
+  CreateStatus = 0, GetErrorCode = 1, GetErrorMessage = 2, CreateEnv = 3, CreateSession = 7, Run = 9,
+  CreateSessionOptions = 10, SetIntraOpNumThreads = 24, SetInterOpNumThreads = 25, SessionGetInputCount = 30,
+  SessionGetOutputCount = 31, CreateTensorWithDataAsOrtValue = 49, GetTensorMutableData = 51,
+  GetDimensionsCount = 61, GetDimensions = 62, GetTensorTypeAndShape = 65, CreateCpuMemoryInfo = 69,
+  ReleaseEnv = 92, ReleaseStatus = 93, ReleaseMemoryInfo = 94, ReleaseSession = 95, ReleaseValue = 96,
+  ReleaseTensorTypeAndShapeInfo = 99, ReleaseSessionOptions = 100,
+};
+const uint32_t kApiVersion = 1;
+const int kLogWarning = 2, kErrorInvalidArgument = 2, kTensorFloat = 1, kArenaAllocator = 1, kMemTypeDefault = 0;
+
+const void* const* table = nullptr;
+
+template <typename F>
+F fn(Slot slot) { return reinterpret_cast<F>(const_cast<void*>(table[slot])); }
+
+// An OrtStatus* -> message (and the status released); empty when the call succeeded.
+std::string take(OrtStatus* status) {
+  if (status == nullptr) return "";
+  std::string msg = fn<const char* (*)(const OrtStatus*)>(GetErrorMessage)(status);
+  fn<void (*)(OrtStatus*)>(ReleaseStatus)(status);
+  return msg.empty() ? "ONNX Runtime error" : msg;
+}
+
+OrtEnv* env = nullptr;
+}  // namespace ort
+
+namespace {
+
+uint64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+TRITONSERVER_Error* error(int code, const std::string& msg) { return TRITONSERVER_ErrorNew(code, msg.c_str()); }
+
+// The string value of parameter `key` in a model config serialised as JSON
+// ("parameters":{"key":{"string_value":"..."}}), or `fallback`.
+std::string parameter(const std::string& json, const std::string& key, const std::string& fallback) {
+  size_t at = json.find("\"parameters\"");
+  if (at == std::string::npos) return fallback;
+  at = json.find("\"" + key + "\"", at);
+  if (at == std::string::npos) return fallback;
+  at = json.find("\"string_value\"", at);
+  if (at == std::string::npos) return fallback;
+  at = json.find(':', at);
+  size_t open = json.find('"', at);
+  size_t close = open == std::string::npos ? open : json.find('"', open + 1);
+  if (open == std::string::npos || close == std::string::npos) return fallback;
+  return json.substr(open + 1, close - open - 1);
+}
+
+std::vector<std::string> split(const std::string& text) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    if (comma > start) out.push_back(text.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+// A number as Python prints it: "%g" for the detector range (f"{x:g}"), repr() for a value sent (tolist()).
+std::string fmt_g(double x) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%g", x);
+  return buf;
+}
+
+std::string fmt_repr(double x) {  // the shortest digits that read back as x, laid out as Python's repr()
+  if (std::isnan(x)) return "nan";
+  if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+  char buf[64];
+  int digits = 1;
+  for (; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*e", digits - 1, x);
+    if (std::strtod(buf, nullptr) == x) break;
+  }
+  int exponent = std::atoi(std::strchr(buf, 'e') + 1);
+  if (exponent < -4 || exponent >= 16) return buf;  // 1e+20, 1.5e-05
+  std::snprintf(buf, sizeof buf, "%.*f", std::max(digits - 1 - exponent, 0), x);
+  std::string s = buf;
+  return s.find('.') == std::string::npos ? s + ".0" : s;
+}
+
+std::string shape_text(const int64_t* shape, uint32_t dims) {
+  std::string s = "[";
+  for (uint32_t i = 0; i < dims; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+struct ModelState {
+  std::string onnx_path;
+  std::vector<std::string> inputs;   // image, calibration, wedge
+  std::vector<std::string> outputs;
+  double max_adu = 65535.0;
+  double max_wedge_mm = 1000.0;
+  int threads = 1;
+};
+
+struct InstanceState {
+  TRITONBACKEND_ModelInstance* instance = nullptr;
+  ModelState* model = nullptr;
+  OrtSession* session = nullptr;
+  OrtMemoryInfo* cpu = nullptr;
+  std::vector<float> image, calibration, wedge;  // the batch fed to ONNX Runtime, reused between calls
+};
+
+// One request's captures, copied out of Triton's buffers; `problem` says why it cannot be run.
+struct Pending {
+  TRITONBACKEND_Request* request = nullptr;
+  int64_t rows = 0;
+  std::string problem;
+};
+
+// Copy an input's buffers (CPU memory) to `dst`; an error message, or empty.
+std::string copy_input(TRITONBACKEND_Input* input, uint64_t byte_size, uint32_t buffers, float* dst) {
+  char* out = reinterpret_cast<char*>(dst);
+  uint64_t copied = 0;
+  for (uint32_t b = 0; b < buffers; ++b) {
+    const void* data = nullptr;
+    uint64_t size = 0;
+    int mem = kMemCpu;
+    int64_t mem_id = 0;
+    TRITONSERVER_Error* err = TRITONBACKEND_InputBuffer(input, b, &data, &size, &mem, &mem_id);
+    if (err != nullptr) {
+      std::string msg = TRITONSERVER_ErrorMessage(err);
+      TRITONSERVER_ErrorDelete(err);
+      return msg;
+    }
+    if (mem == kMemGpu) return "GPU memory inputs are not supported by this CPU backend";
+    if (copied + size > byte_size) return "input buffers larger than the declared size";
+    std::memcpy(out + copied, data, size);
+    copied += size;
+  }
+  return copied == byte_size ? "" : "input buffers smaller than the declared size";
+}
+
+// Read an input: its rows (shape[0]) and per-row element count, appended to `dst`. `present` is false for
+// an optional input that was not sent.
+std::string read_input(TRITONBACKEND_Request* request, const std::string& name, std::vector<float>& dst,
+                       int64_t* rows, int64_t* per_row, std::vector<int64_t>* shape_out, bool* present) {
+  TRITONBACKEND_Input* input = nullptr;
+  TRITONSERVER_Error* err = TRITONBACKEND_RequestInput(request, name.c_str(), &input);
+  if (err != nullptr) {
+    TRITONSERVER_ErrorDelete(err);
+    *present = false;
+    return "";
+  }
+  *present = true;
+  const char* input_name = nullptr;
+  int datatype = 0;
+  const int64_t* shape = nullptr;
+  uint32_t dims = 0, buffers = 0;
+  uint64_t byte_size = 0;
+  err = TRITONBACKEND_InputProperties(input, &input_name, &datatype, &shape, &dims, &byte_size, &buffers);
+  if (err != nullptr) {
+    std::string msg = TRITONSERVER_ErrorMessage(err);
+    TRITONSERVER_ErrorDelete(err);
+    return name + ": " + msg;
+  }
+  if (datatype != kTypeFp32) return name + ".dtype: expected FP32";
+  if (dims < 1) return name + ".shape: expected a batch dimension, got []";
+  int64_t count = 1;
+  for (uint32_t i = 0; i < dims; ++i) count *= shape[i];
+  if (count < 0 || byte_size != static_cast<uint64_t>(count) * sizeof(float))
+    return name + ": " + std::to_string(byte_size) + " bytes for shape " + shape_text(shape, dims);
+  *rows = shape[0];
+  *per_row = shape[0] > 0 ? count / shape[0] : 0;
+  if (shape_out != nullptr) shape_out->assign(shape, shape + dims);
+  size_t at = dst.size();
+  dst.resize(at + static_cast<size_t>(count));
+  std::string msg = copy_input(input, byte_size, buffers, dst.data() + at);
+  return msg.empty() ? "" : name + ": " + msg;
+}
+
+// The checks of serving/capture_checks.py (check_capture, check_calibration, check_wedge) on one capture;
+// the first problem as "field: message", or empty.
+std::string check_item(const ModelState& m, const float* img, int64_t n_img, const float* cal, int64_t n_cal,
+                       const float* wedge) {
+  int64_t bad = 0;
+  float lo = INFINITY, hi = -INFINITY;
+  for (int64_t i = 0; i < n_img; ++i) {
+    float v = img[i];
+    if (!std::isfinite(v)) { ++bad; continue; }
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  if (bad) return m.inputs[0] + ": " + std::to_string(bad) + " pixel(s) are NaN or infinite";
+  if (lo < 0 || hi > m.max_adu)
+    return m.inputs[0] + ": pixel values must lie in the detector range [0, " + fmt_g(m.max_adu) + "] ADU, got [" +
+           fmt_g(lo) + ", " + fmt_g(hi) + "]";
+  for (int64_t i = 0; i < n_cal; ++i)
+    if (!std::isfinite(cal[i])) return m.inputs[1] + ": levels must be finite numbers";
+  for (int64_t i = 0; i < n_cal; ++i)
+    if (cal[i] < 0 || cal[i] > 65535.0f) return m.inputs[1] + ": levels must lie in [0, 65535] ADU";
+  if (wedge != nullptr && !(std::isfinite(*wedge) && *wedge >= 0 && *wedge <= m.max_wedge_mm))
+    return m.inputs[2] + ": expected one wedge thickness in mm (0-" + fmt_g(m.max_wedge_mm) +
+           ", 0 = unknown), got [" + fmt_repr(*wedge) + "]";
+  return "";
+}
+
+void send_error(TRITONBACKEND_Request* request, int code, const std::string& msg) {
+  TRITONBACKEND_Response* response = nullptr;
+  TRITONSERVER_Error* err = TRITONBACKEND_ResponseNew(&response, request);
+  if (err != nullptr) {
+    TRITONSERVER_ErrorDelete(err);
+    return;
+  }
+  TRITONSERVER_Error* reason = error(code, msg);
+  err = TRITONBACKEND_ResponseSend(response, kResponseFinal, reason);
+  if (err != nullptr) TRITONSERVER_ErrorDelete(err);
+  TRITONSERVER_ErrorDelete(reason);
+}
+
+}  // namespace
+
+extern "C" {
+
+TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND_Backend*) {
+  uint32_t major = 0, minor = 0;
+  TRITONSERVER_Error* err = TRITONBACKEND_ApiVersion(&major, &minor);
+  if (err != nullptr) return err;
+  if (major != kApiMajor)
+    return error(kUnsupported, "alloynet_ort: built for Triton backend API 1.x, the server has " +
+                                   std::to_string(major) + "." + std::to_string(minor));
+  const OrtApiBase* base = OrtGetApiBase();
+  ort::table = base == nullptr ? nullptr : static_cast<const void* const*>(base->GetApi(ort::kApiVersion));
+  if (ort::table == nullptr) return error(kUnsupported, "alloynet_ort: ONNX Runtime offers no C API version 1");
+  // The slots above are right only if the table is laid out as they say: a status made and read back.
+  OrtStatus* probe = ort::fn<OrtStatus* (*)(int, const char*)>(ort::CreateStatus)(ort::kErrorInvalidArgument,
+                                                                                   "alloynet probe");
+  bool ok = probe != nullptr && ort::fn<int (*)(const OrtStatus*)>(ort::GetErrorCode)(probe) ==
+                                    ort::kErrorInvalidArgument;
+  if (!ok || ort::take(probe) != "alloynet probe")
+    return error(kUnsupported, std::string("alloynet_ort: ONNX Runtime ") + base->GetVersionString() +
+                                   " does not lay out its C API as this backend expects");
+  std::string msg = ort::take(ort::fn<OrtStatus* (*)(int, const char*, OrtEnv**)>(ort::CreateEnv)(
+      ort::kLogWarning, "alloynet", &ort::env));
+  if (!msg.empty()) return error(kInternal, "alloynet_ort: ONNX Runtime environment: " + msg);
+  return nullptr;
+}
+
+TRITONSERVER_Error* TRITONBACKEND_Finalize(TRITONBACKEND_Backend*) {
+  if (ort::env != nullptr) ort::fn<void (*)(OrtEnv*)>(ort::ReleaseEnv)(ort::env);
+  ort::env = nullptr;
+  return nullptr;
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
+  const char* location = nullptr;
+  int artifact = 0;
+  uint64_t version = 0;
+  TRITONSERVER_Error* err = TRITONBACKEND_ModelRepository(model, &artifact, &location);
+  if (err == nullptr) err = TRITONBACKEND_ModelVersion(model, &version);
+  if (err != nullptr) return err;
+  if (artifact != kArtifactFilesystem) return error(kUnsupported, "alloynet_ort: models must be on a filesystem");
+  TRITONSERVER_Message* config = nullptr;
+  err = TRITONBACKEND_ModelConfig(model, 1, &config);
+  if (err != nullptr) return err;
+  const char* base = nullptr;
+  size_t size = 0;
+  err = TRITONSERVER_MessageSerializeToJson(config, &base, &size);
+  std::string json = err == nullptr ? std::string(base, size) : "";
+  TRITONSERVER_MessageDelete(config);
+  if (err != nullptr) return err;
+
+  auto* state = new ModelState();
+  state->onnx_path = std::string(location) + "/" + std::to_string(version) + "/model.onnx";
+  state->inputs = split(parameter(json, "input_names", "image,calibration,wedge_mm"));
+  state->outputs = split(parameter(json, "output_names", ""));
+  state->max_adu = std::atof(parameter(json, "max_adu", "65535").c_str());
+  state->max_wedge_mm = std::atof(parameter(json, "max_wedge_mm", "1000").c_str());
+  state->threads = std::max(1, std::atoi(parameter(json, "intra_op_threads", "1").c_str()));
+  if (state->inputs.size() != 3 || state->outputs.empty()) {
+    delete state;
+    return error(kInvalidArg, "alloynet_ort: config.pbtxt needs parameters input_names (image, calibration, wedge) "
+                              "and output_names (comma-separated)");
+  }
+  return TRITONBACKEND_ModelSetState(model, state);
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelFinalize(TRITONBACKEND_Model* model) {
+  void* state = nullptr;
+  TRITONSERVER_Error* err = TRITONBACKEND_ModelState(model, &state);
+  if (err != nullptr) return err;
+  delete static_cast<ModelState*>(state);
+  return nullptr;
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelInstance* instance) {
+  TRITONBACKEND_Model* model = nullptr;
+  void* model_state = nullptr;
+  TRITONSERVER_Error* err = TRITONBACKEND_ModelInstanceModel(instance, &model);
+  if (err == nullptr) err = TRITONBACKEND_ModelState(model, &model_state);
+  if (err != nullptr) return err;
+  auto* state = new InstanceState();
+  state->instance = instance;
+  state->model = static_cast<ModelState*>(model_state);
+
+  OrtSessionOptions* opts = nullptr;
+  std::string msg = ort::take(ort::fn<OrtStatus* (*)(OrtSessionOptions**)>(ort::CreateSessionOptions)(&opts));
+  if (msg.empty())
+    msg = ort::take(ort::fn<OrtStatus* (*)(OrtSessionOptions*, int)>(ort::SetIntraOpNumThreads)(
+        opts, state->model->threads));
+  if (msg.empty())
+    msg = ort::take(ort::fn<OrtStatus* (*)(OrtSessionOptions*, int)>(ort::SetInterOpNumThreads)(opts, 1));
+  if (msg.empty())
+    msg = ort::take(ort::fn<OrtStatus* (*)(const OrtEnv*, const char*, const OrtSessionOptions*, OrtSession**)>(
+        ort::CreateSession)(ort::env, state->model->onnx_path.c_str(), opts, &state->session));
+  if (opts != nullptr) ort::fn<void (*)(OrtSessionOptions*)>(ort::ReleaseSessionOptions)(opts);
+  if (msg.empty())
+    msg = ort::take(ort::fn<OrtStatus* (*)(int, int, OrtMemoryInfo**)>(ort::CreateCpuMemoryInfo)(
+        ort::kArenaAllocator, ort::kMemTypeDefault, &state->cpu));
+  if (msg.empty()) {
+    size_t n_in = 0, n_out = 0;
+    msg = ort::take(ort::fn<OrtStatus* (*)(const OrtSession*, size_t*)>(ort::SessionGetInputCount)(state->session,
+                                                                                                   &n_in));
+    if (msg.empty())
+      msg = ort::take(ort::fn<OrtStatus* (*)(const OrtSession*, size_t*)>(ort::SessionGetOutputCount)(
+          state->session, &n_out));
+    if (msg.empty() && (n_in != state->model->inputs.size() || n_out != state->model->outputs.size()))
+      msg = "the graph has " + std::to_string(n_in) + " inputs and " + std::to_string(n_out) +
+            " outputs, config.pbtxt names " + std::to_string(state->model->inputs.size()) + " and " +
+            std::to_string(state->model->outputs.size());
+  }
+  if (!msg.empty()) {
+    if (state->session != nullptr) ort::fn<void (*)(OrtSession*)>(ort::ReleaseSession)(state->session);
+    if (state->cpu != nullptr) ort::fn<void (*)(OrtMemoryInfo*)>(ort::ReleaseMemoryInfo)(state->cpu);
+    std::string path = state->model->onnx_path;
+    delete state;
+    return error(kInternal, "alloynet_ort: " + path + ": " + msg);
+  }
+  return TRITONBACKEND_ModelInstanceSetState(instance, state);
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceFinalize(TRITONBACKEND_ModelInstance* instance) {
+  void* raw = nullptr;
+  TRITONSERVER_Error* err = TRITONBACKEND_ModelInstanceState(instance, &raw);
+  if (err != nullptr) return err;
+  auto* state = static_cast<InstanceState*>(raw);
+  if (state == nullptr) return nullptr;  // Triton finalizes an instance whose initialization failed, too
+  if (state->session != nullptr) ort::fn<void (*)(OrtSession*)>(ort::ReleaseSession)(state->session);
+  if (state->cpu != nullptr) ort::fn<void (*)(OrtMemoryInfo*)>(ort::ReleaseMemoryInfo)(state->cpu);
+  delete state;
+  return nullptr;
+}
+
+// Every request of the batch is read and checked on its own: a bad one is answered INVALID_ARG naming each
+// bad capture ("item 3: image: ..."), the others are run together in one ONNX Runtime call.
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstance* instance,
+                                                       TRITONBACKEND_Request** requests, const uint32_t count) {
+  uint64_t exec_start = now_ns();
+  void* raw = nullptr;
+  TRITONSERVER_Error* err = TRITONBACKEND_ModelInstanceState(instance, &raw);
+  if (err != nullptr) return err;  // Triton answers and releases the requests
+  auto* st = static_cast<InstanceState*>(raw);
+  const ModelState& m = *st->model;
+  st->image.clear();
+  st->calibration.clear();
+  st->wedge.clear();
+  std::vector<Pending> pending(count);
+  std::vector<int64_t> item_shape;  // [B, C, H, W] of the last good request
+  int64_t per_image = 0, per_cal = 0, total = 0;
+
+  for (uint32_t r = 0; r < count; ++r) {
+    Pending& p = pending[r];
+    p.request = requests[r];
+    size_t img_at = st->image.size(), cal_at = st->calibration.size(), wedge_at = st->wedge.size();
+    int64_t rows = 0, n_img = 0, cal_rows = 0, n_cal = 0, wedge_rows = 0, n_wedge = 0;
+    bool has_img = false, has_cal = false, has_wedge = false;
+    std::vector<int64_t> shape;
+    std::string problem = read_input(p.request, m.inputs[0], st->image, &rows, &n_img, &shape, &has_img);
+    if (problem.empty() && !has_img) problem = m.inputs[0] + ": not sent";
+    if (problem.empty() && (shape.size() != 4 || rows < 1))
+      problem = m.inputs[0] + ".shape: expected [B, C, H, W] with B >= 1, got " +
+                shape_text(shape.data(), static_cast<uint32_t>(shape.size()));
+    if (problem.empty())
+      problem = read_input(p.request, m.inputs[1], st->calibration, &cal_rows, &n_cal, nullptr, &has_cal);
+    if (problem.empty())
+      problem = read_input(p.request, m.inputs[2], st->wedge, &wedge_rows, &n_wedge, nullptr, &has_wedge);
+    if (problem.empty() && has_cal && cal_rows != rows)
+      problem = m.inputs[1] + ": " + std::to_string(cal_rows) + " " + m.inputs[1] + " rows for " +
+                std::to_string(rows) + " images";
+    if (problem.empty() && has_wedge && wedge_rows != rows)
+      problem = m.inputs[2] + ": " + std::to_string(wedge_rows) + " " + m.inputs[2] + " rows for " +
+                std::to_string(rows) + " images";
+    if (problem.empty() && per_image != 0 && (n_img != per_image || (has_cal && n_cal != per_cal)))
+      problem = m.inputs[0] + ".shape: " + shape_text(shape.data(), 4) + " differs from the batch's other captures";
+    if (problem.empty()) {
+      per_image = n_img;
+      if (has_cal) per_cal = n_cal;
+      if (per_cal == 0) per_cal = shape[1] * 2;  // [C, 2] levels per capture
+      if (!has_cal) st->calibration.resize(cal_at + static_cast<size_t>(rows * per_cal), 0.0f);
+      if (!has_wedge) st->wedge.resize(wedge_at + static_cast<size_t>(rows), 0.0f);
+      std::vector<std::string> bad;
+      for (int64_t j = 0; j < rows; ++j) {
+        std::string why = check_item(m, st->image.data() + img_at + j * per_image, per_image,
+                                     has_cal ? st->calibration.data() + cal_at + j * per_cal : nullptr,
+                                     has_cal ? per_cal : 0, has_wedge ? st->wedge.data() + wedge_at + j : nullptr);
+        if (!why.empty()) bad.push_back(rows == 1 ? why : "item " + std::to_string(j) + ": " + why);
+      }
+      if (bad.size() == 1 && rows == 1) {
+        problem = bad[0];
+      } else if (!bad.empty()) {
+        problem = std::to_string(bad.size()) + " of " + std::to_string(rows) + " captures rejected: ";
+        for (size_t k = 0; k < bad.size(); ++k) problem += (k ? "; " : "") + bad[k];
+        problem += " (the other captures of this request were not run)";
+      }
+    }
+    if (!problem.empty()) {  // nothing of this request goes into the batch
+      p.problem = problem;
+      st->image.resize(img_at);
+      st->calibration.resize(cal_at);
+      st->wedge.resize(wedge_at);
+      continue;
+    }
+    p.rows = rows;
+    total += rows;
+    item_shape = shape;
+  }
+
+  uint64_t compute_start = now_ns(), compute_end = compute_start;
+  std::vector<OrtValue*> outputs(m.outputs.size(), nullptr);
+  std::string failure;
+  if (total > 0) {
+    int64_t channels = item_shape[1];
+    int64_t image_shape[4] = {total, channels, item_shape[2], item_shape[3]};
+    int64_t cal_shape[3] = {total, channels, per_cal / std::max<int64_t>(channels, 1)};
+    int64_t wedge_shape[2] = {total, 1};
+    using MakeTensor = OrtStatus* (*)(const OrtMemoryInfo*, void*, size_t, const int64_t*, size_t, int, OrtValue**);
+    auto make = ort::fn<MakeTensor>(ort::CreateTensorWithDataAsOrtValue);
+    OrtValue* in[3] = {nullptr, nullptr, nullptr};
+    failure = ort::take(make(st->cpu, st->image.data(), st->image.size() * sizeof(float), image_shape, 4,
+                             ort::kTensorFloat, &in[0]));
+    if (failure.empty())
+      failure = ort::take(make(st->cpu, st->calibration.data(), st->calibration.size() * sizeof(float), cal_shape, 3,
+                               ort::kTensorFloat, &in[1]));
+    if (failure.empty())
+      failure = ort::take(make(st->cpu, st->wedge.data(), st->wedge.size() * sizeof(float), wedge_shape, 2,
+                               ort::kTensorFloat, &in[2]));
+    if (failure.empty()) {
+      std::vector<const char*> in_names, out_names;
+      for (const auto& s : m.inputs) in_names.push_back(s.c_str());
+      for (const auto& s : m.outputs) out_names.push_back(s.c_str());
+      using RunFn = OrtStatus* (*)(OrtSession*, const void*, const char* const*, const OrtValue* const*, size_t,
+                                   const char* const*, size_t, OrtValue**);
+      compute_start = now_ns();
+      failure = ort::take(ort::fn<RunFn>(ort::Run)(st->session, nullptr, in_names.data(), in, 3, out_names.data(),
+                                                   out_names.size(), outputs.data()));
+      compute_end = now_ns();
+    }
+    for (OrtValue* v : in)
+      if (v != nullptr) ort::fn<void (*)(OrtValue*)>(ort::ReleaseValue)(v);
+  }
+
+  // Each output's shape and data, to be cut into the requests' rows.
+  std::vector<std::vector<int64_t>> out_shapes(outputs.size());
+  std::vector<const float*> out_data(outputs.size(), nullptr);
+  for (size_t o = 0; total > 0 && failure.empty() && o < outputs.size(); ++o) {
+    OrtTensorTypeAndShapeInfo* info = nullptr;
+    size_t dims = 0;
+    failure = ort::take(ort::fn<OrtStatus* (*)(const OrtValue*, OrtTensorTypeAndShapeInfo**)>(
+        ort::GetTensorTypeAndShape)(outputs[o], &info));
+    if (failure.empty())
+      failure = ort::take(ort::fn<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, size_t*)>(
+          ort::GetDimensionsCount)(info, &dims));
+    if (failure.empty()) {
+      out_shapes[o].resize(dims);
+      failure = ort::take(ort::fn<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, int64_t*, size_t)>(
+          ort::GetDimensions)(info, out_shapes[o].data(), dims));
+    }
+    if (info != nullptr) ort::fn<void (*)(OrtTensorTypeAndShapeInfo*)>(ort::ReleaseTensorTypeAndShapeInfo)(info);
+    void* data = nullptr;
+    if (failure.empty())
+      failure = ort::take(ort::fn<OrtStatus* (*)(OrtValue*, void**)>(ort::GetTensorMutableData)(outputs[o], &data));
+    if (failure.empty() && (out_shapes[o].empty() || out_shapes[o][0] != total))
+      failure = "output " + m.outputs[o] + " has " + std::to_string(out_shapes[o].empty() ? 0 : out_shapes[o][0]) +
+                " rows for " + std::to_string(total) + " captures";
+    out_data[o] = static_cast<const float*>(data);
+  }
+
+  int64_t start = 0;
+  for (Pending& p : pending) {
+    bool success = false;
+    if (!p.problem.empty()) {
+      send_error(p.request, kInvalidArg, p.problem);
+    } else if (!failure.empty()) {
+      send_error(p.request, kInternal, "inference failed: " + failure);
+    } else {
+      TRITONBACKEND_Response* response = nullptr;
+      std::string msg;
+      err = TRITONBACKEND_ResponseNew(&response, p.request);
+      for (size_t o = 0; err == nullptr && o < outputs.size(); ++o) {
+        std::vector<int64_t> shape = out_shapes[o];
+        int64_t per_row = 1;
+        for (size_t d = 1; d < shape.size(); ++d) per_row *= shape[d];
+        shape[0] = p.rows;
+        TRITONBACKEND_Output* output = nullptr;
+        err = TRITONBACKEND_ResponseOutput(response, &output, m.outputs[o].c_str(), kTypeFp32, shape.data(),
+                                           static_cast<uint32_t>(shape.size()));
+        if (err != nullptr) break;
+        void* buffer = nullptr;
+        int mem = kMemCpu;
+        int64_t mem_id = 0;
+        uint64_t bytes = static_cast<uint64_t>(p.rows * per_row) * sizeof(float);
+        err = TRITONBACKEND_OutputBuffer(output, &buffer, bytes, &mem, &mem_id);
+        if (err == nullptr && mem == kMemGpu) err = error(kInternal, "Triton gave a GPU output buffer to a CPU backend");
+        if (err == nullptr) std::memcpy(buffer, out_data[o] + start * per_row, bytes);
+      }
+      if (err == nullptr) {
+        err = TRITONBACKEND_ResponseSend(response, kResponseFinal, nullptr);
+        success = err == nullptr;
+      } else if (response != nullptr) {
+        TRITONSERVER_Error* send = TRITONBACKEND_ResponseSend(response, kResponseFinal, err);
+        if (send != nullptr) TRITONSERVER_ErrorDelete(send);
+      }
+      if (err != nullptr) TRITONSERVER_ErrorDelete(err);
+      err = nullptr;
+      start += p.rows;
+    }
+    uint64_t exec_end = now_ns();
+    TRITONSERVER_Error* stat = TRITONBACKEND_ModelInstanceReportStatistics(instance, p.request, success, exec_start,
+                                                                           compute_start, compute_end, exec_end);
+    if (stat != nullptr) TRITONSERVER_ErrorDelete(stat);
+    TRITONSERVER_Error* rel = TRITONBACKEND_RequestRelease(p.request, kReleaseAll);
+    if (rel != nullptr) TRITONSERVER_ErrorDelete(rel);
+  }
+  for (OrtValue* v : outputs)
+    if (v != nullptr) ort::fn<void (*)(OrtValue*)>(ort::ReleaseValue)(v);
+  if (total > 0) {
+    TRITONSERVER_Error* stat = TRITONBACKEND_ModelInstanceReportBatchStatistics(
+        instance, static_cast<uint64_t>(total), exec_start, compute_start, compute_end, now_ns());
+    if (stat != nullptr) TRITONSERVER_ErrorDelete(stat);
+  }
+  return nullptr;
+}
+
+}  // extern "C"
