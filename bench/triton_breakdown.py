@@ -1,4 +1,5 @@
-"""Where Triton's batch-1 overhead goes: in-process ONNX Runtime, building the request, unary gRPC, a
+"""Where Triton's batch-1 overhead goes: in-process ONNX Runtime, building the request, a gRPC call that
+runs no model (is_server_live: the round trip's floor), unary gRPC, a
 bidirectional gRPC stream, unary gRPC from one kept protobuf request (no tritonclient objects per call), and Triton's own per-request statistics (queue, input, compute, output).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/triton_breakdown.py /tmp/alloynet-triton-breakdown
@@ -44,6 +45,7 @@ tr = tr_server.start(repo, tmp / "triton", models=["alloynet"])
 try:
     cl = g.InferenceServerClient(tr.grpc_target)
     unary = lambda i: cl.infer("alloynet", inputs(i))
+    live = lambda i: cl.is_server_live()  # the gRPC round trip with no inference: the floor of any call
     build = lambda i: inputs(i)
     q = queue.Queue()
     cl2 = g.InferenceServerClient(tr.grpc_target)
@@ -68,7 +70,8 @@ try:
         return {k: (int(v.get("count", 0)), int(v.get("ns", 0))) for k, v in s.items()}
     res = {}
     for rnd in range(3):
-        for name, fn in (("ort", ort), ("client_build", build), ("unary", unary), ("raw", raw), ("stream", stream)):
+        for name, fn in (("ort", ort), ("client_build", build), ("live_rpc", live), ("unary", unary), ("raw", raw),
+                         ("stream", stream)):
             s0 = stats() if name in ("unary", "raw", "stream") else None
             res.setdefault(name, []).append(p50(fn))
             if s0:

@@ -72,7 +72,7 @@ def package_triton(
     tensorrt: Optional[str] = typer.Option(None, help="also build a TensorRT engine: fp16 | int8 (GPU + TensorRT "
                                                       "only; skipped with a message elsewhere)"),
 ) -> None:
-    """Write a Triton model repository (Python/ORT model for CPU, ONNX Runtime model, TensorRT plan)."""
+    """Write a Triton model repository (alloynet's own backend for CPU servers, ONNX Runtime model, TensorRT plan)."""
     from serving.triton.repository import BatchingOptions, build_repository
 
     b = _bundle(checkpoint, bundle, export_dir or out.with_name(out.name + "-export"), tensorrt, store)
