@@ -17,6 +17,7 @@ from typing import Sequence
 
 from alloynet import contract
 from alloynet.export import ExportBundle, ExportMeta, onnx_signature
+from serving.capture_checks import MAX_WEDGE_MM
 
 NATIVE_BACKEND = "alloynet_ort"  # libtriton_alloynet_ort.so, built by infra/serving_env.sh
 
@@ -63,8 +64,6 @@ def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions
         'parameters { key: "class_names" value: { string_value: "' + ",".join(meta.class_names) + '" } }',
     ]
     if backend == NATIVE_BACKEND:  # what alloynet_ort.cc reads: names in the graph's order, the checks' limits
-        from serving.capture_checks import MAX_WEDGE_MM
-
         params = {"intra_op_threads": opts.intra_op_threads, "input_names": ",".join(contract.INPUT_NAMES),
                   "output_names": ",".join(contract.OUTPUT_NAMES), "max_adu": f"{meta.max_adu:g}",
                   "max_wedge_mm": f"{MAX_WEDGE_MM:g}"}

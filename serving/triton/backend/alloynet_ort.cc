@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
 // ---- Triton's C ABI (tritonserver.h / tritonbackend.h, backend API 1.x): what this backend calls -------
@@ -144,6 +145,23 @@ uint64_t now_ns() {
 
 TRITONSERVER_Error* error(int code, const std::string& msg) { return TRITONSERVER_ErrorNew(code, msg.c_str()); }
 
+// A Triton error -> its message (and the error freed); empty when the call succeeded.
+std::string take(TRITONSERVER_Error* err) {
+  if (err == nullptr) return "";
+  std::string msg = TRITONSERVER_ErrorMessage(err);
+  TRITONSERVER_ErrorDelete(err);
+  return msg;
+}
+
+void ignore(TRITONSERVER_Error* err) {  // a bookkeeping call whose failure changes nothing for the client
+  if (err != nullptr) TRITONSERVER_ErrorDelete(err);
+}
+
+template <typename T>
+void release(ort::Slot slot, T* object) {
+  if (object != nullptr) ort::fn<void (*)(T*)>(slot)(object);
+}
+
 // The string value of parameter `key` in a model config serialised as JSON
 // ("parameters":{"key":{"string_value":"..."}}), or `fallback`.
 std::string parameter(const std::string& json, const std::string& key, const std::string& fallback) {
@@ -205,6 +223,7 @@ struct ModelState {
   std::string onnx_path;
   std::vector<std::string> inputs;   // image, calibration, wedge
   std::vector<std::string> outputs;
+  std::vector<const char*> input_names, output_names;  // the same, as ONNX Runtime's Run takes them
   double max_adu = 65535.0;
   double max_wedge_mm = 1000.0;
   int threads = 1;
@@ -216,6 +235,10 @@ struct InstanceState {
   OrtSession* session = nullptr;
   OrtMemoryInfo* cpu = nullptr;
   std::vector<float> image, calibration, wedge;  // the batch fed to ONNX Runtime, reused between calls
+  ~InstanceState() {
+    release(ort::ReleaseSession, session);
+    release(ort::ReleaseMemoryInfo, cpu);
+  }
 };
 
 // One request's captures, copied out of Triton's buffers; `problem` says why it cannot be run.
@@ -234,12 +257,8 @@ std::string copy_input(TRITONBACKEND_Input* input, uint64_t byte_size, uint32_t 
     uint64_t size = 0;
     int mem = kMemCpu;
     int64_t mem_id = 0;
-    TRITONSERVER_Error* err = TRITONBACKEND_InputBuffer(input, b, &data, &size, &mem, &mem_id);
-    if (err != nullptr) {
-      std::string msg = TRITONSERVER_ErrorMessage(err);
-      TRITONSERVER_ErrorDelete(err);
-      return msg;
-    }
+    std::string msg = take(TRITONBACKEND_InputBuffer(input, b, &data, &size, &mem, &mem_id));
+    if (!msg.empty()) return msg;
     if (mem == kMemGpu) return "GPU memory inputs are not supported by this CPU backend";
     if (copied + size > byte_size) return "input buffers larger than the declared size";
     std::memcpy(out + copied, data, size);
@@ -253,24 +272,16 @@ std::string copy_input(TRITONBACKEND_Input* input, uint64_t byte_size, uint32_t 
 std::string read_input(TRITONBACKEND_Request* request, const std::string& name, std::vector<float>& dst,
                        int64_t* rows, int64_t* per_row, std::vector<int64_t>* shape_out, bool* present) {
   TRITONBACKEND_Input* input = nullptr;
-  TRITONSERVER_Error* err = TRITONBACKEND_RequestInput(request, name.c_str(), &input);
-  if (err != nullptr) {
-    TRITONSERVER_ErrorDelete(err);
-    *present = false;
-    return "";
-  }
-  *present = true;
+  *present = take(TRITONBACKEND_RequestInput(request, name.c_str(), &input)).empty();  // optional inputs
+  if (!*present) return "";
   const char* input_name = nullptr;
   int datatype = 0;
   const int64_t* shape = nullptr;
   uint32_t dims = 0, buffers = 0;
   uint64_t byte_size = 0;
-  err = TRITONBACKEND_InputProperties(input, &input_name, &datatype, &shape, &dims, &byte_size, &buffers);
-  if (err != nullptr) {
-    std::string msg = TRITONSERVER_ErrorMessage(err);
-    TRITONSERVER_ErrorDelete(err);
-    return name + ": " + msg;
-  }
+  std::string msg = take(
+      TRITONBACKEND_InputProperties(input, &input_name, &datatype, &shape, &dims, &byte_size, &buffers));
+  if (!msg.empty()) return name + ": " + msg;
   if (datatype != kTypeFp32) return name + ".dtype: expected FP32";
   if (dims < 1) return name + ".shape: expected a batch dimension, got []";
   int64_t count = 1;
@@ -282,7 +293,7 @@ std::string read_input(TRITONBACKEND_Request* request, const std::string& name, 
   if (shape_out != nullptr) shape_out->assign(shape, shape + dims);
   size_t at = dst.size();
   dst.resize(at + static_cast<size_t>(count));
-  std::string msg = copy_input(input, byte_size, buffers, dst.data() + at);
+  msg = copy_input(input, byte_size, buffers, dst.data() + at);
   return msg.empty() ? "" : name + ": " + msg;
 }
 
@@ -314,14 +325,9 @@ std::string check_item(const ModelState& m, const float* img, int64_t n_img, con
 
 void send_error(TRITONBACKEND_Request* request, int code, const std::string& msg) {
   TRITONBACKEND_Response* response = nullptr;
-  TRITONSERVER_Error* err = TRITONBACKEND_ResponseNew(&response, request);
-  if (err != nullptr) {
-    TRITONSERVER_ErrorDelete(err);
-    return;
-  }
+  if (!take(TRITONBACKEND_ResponseNew(&response, request)).empty()) return;
   TRITONSERVER_Error* reason = error(code, msg);
-  err = TRITONBACKEND_ResponseSend(response, kResponseFinal, reason);
-  if (err != nullptr) TRITONSERVER_ErrorDelete(err);
+  ignore(TRITONBACKEND_ResponseSend(response, kResponseFinal, reason));
   TRITONSERVER_ErrorDelete(reason);
 }
 
@@ -354,7 +360,7 @@ TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND_Backend*) {
 }
 
 TRITONSERVER_Error* TRITONBACKEND_Finalize(TRITONBACKEND_Backend*) {
-  if (ort::env != nullptr) ort::fn<void (*)(OrtEnv*)>(ort::ReleaseEnv)(ort::env);
+  release(ort::ReleaseEnv, ort::env);
   ort::env = nullptr;
   return nullptr;
 }
@@ -389,6 +395,8 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
     return error(kInvalidArg, "alloynet_ort: config.pbtxt needs parameters input_names (image, calibration, wedge) "
                               "and output_names (comma-separated)");
   }
+  for (const auto& name : state->inputs) state->input_names.push_back(name.c_str());
+  for (const auto& name : state->outputs) state->output_names.push_back(name.c_str());
   return TRITONBACKEND_ModelSetState(model, state);
 }
 
@@ -420,7 +428,7 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
   if (msg.empty())
     msg = ort::take(ort::fn<OrtStatus* (*)(const OrtEnv*, const char*, const OrtSessionOptions*, OrtSession**)>(
         ort::CreateSession)(ort::env, state->model->onnx_path.c_str(), opts, &state->session));
-  if (opts != nullptr) ort::fn<void (*)(OrtSessionOptions*)>(ort::ReleaseSessionOptions)(opts);
+  release(ort::ReleaseSessionOptions, opts);
   if (msg.empty())
     msg = ort::take(ort::fn<OrtStatus* (*)(int, int, OrtMemoryInfo**)>(ort::CreateCpuMemoryInfo)(
         ort::kArenaAllocator, ort::kMemTypeDefault, &state->cpu));
@@ -437,8 +445,6 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
             std::to_string(state->model->outputs.size());
   }
   if (!msg.empty()) {
-    if (state->session != nullptr) ort::fn<void (*)(OrtSession*)>(ort::ReleaseSession)(state->session);
-    if (state->cpu != nullptr) ort::fn<void (*)(OrtMemoryInfo*)>(ort::ReleaseMemoryInfo)(state->cpu);
     std::string path = state->model->onnx_path;
     delete state;
     return error(kInternal, "alloynet_ort: " + path + ": " + msg);
@@ -452,8 +458,6 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceFinalize(TRITONBACKEND_ModelInsta
   if (err != nullptr) return err;
   auto* state = static_cast<InstanceState*>(raw);
   if (state == nullptr) return nullptr;  // Triton finalizes an instance whose initialization failed, too
-  if (state->session != nullptr) ort::fn<void (*)(OrtSession*)>(ort::ReleaseSession)(state->session);
-  if (state->cpu != nullptr) ort::fn<void (*)(OrtMemoryInfo*)>(ort::ReleaseMemoryInfo)(state->cpu);
   delete state;
   return nullptr;
 }
@@ -472,8 +476,8 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
   st->calibration.clear();
   st->wedge.clear();
   std::vector<Pending> pending(count);
-  std::vector<int64_t> item_shape;  // [B, C, H, W] of the last good request
-  int64_t per_image = 0, per_cal = 0, total = 0;
+  std::vector<int64_t> item_shape;  // [B, C, H, W] of the batch's first good request: the others match it
+  int64_t total = 0;
 
   for (uint32_t r = 0; r < count; ++r) {
     Pending& p = pending[r];
@@ -491,23 +495,21 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
       problem = read_input(p.request, m.inputs[1], st->calibration, &cal_rows, &n_cal, nullptr, &has_cal);
     if (problem.empty())
       problem = read_input(p.request, m.inputs[2], st->wedge, &wedge_rows, &n_wedge, nullptr, &has_wedge);
-    if (problem.empty() && has_cal && cal_rows != rows)
-      problem = m.inputs[1] + ": " + std::to_string(cal_rows) + " " + m.inputs[1] + " rows for " +
-                std::to_string(rows) + " images";
-    if (problem.empty() && has_wedge && wedge_rows != rows)
-      problem = m.inputs[2] + ": " + std::to_string(wedge_rows) + " " + m.inputs[2] + " rows for " +
-                std::to_string(rows) + " images";
-    if (problem.empty() && per_image != 0 && (n_img != per_image || (has_cal && n_cal != per_cal)))
+    for (const auto& [sent, name, n] : {std::make_tuple(has_cal, m.inputs[1], cal_rows),
+                                        std::make_tuple(has_wedge, m.inputs[2], wedge_rows)})
+      if (problem.empty() && sent && n != rows)
+        problem = name + ": " + std::to_string(n) + " " + name + " rows for " + std::to_string(rows) + " images";
+    if (problem.empty() && has_cal && n_cal != shape[1] * 2)
+      problem = m.inputs[1] + ": expected [C, 2] = [" + std::to_string(shape[1]) + ", 2] levels per capture";
+    if (problem.empty() && !item_shape.empty() && !std::equal(shape.begin() + 1, shape.end(), item_shape.begin() + 1))
       problem = m.inputs[0] + ".shape: " + shape_text(shape.data(), 4) + " differs from the batch's other captures";
     if (problem.empty()) {
-      per_image = n_img;
-      if (has_cal) per_cal = n_cal;
-      if (per_cal == 0) per_cal = shape[1] * 2;  // [C, 2] levels per capture
+      const int64_t per_cal = shape[1] * 2;  // values per capture: n_img pixels, [C, 2] levels
       if (!has_cal) st->calibration.resize(cal_at + static_cast<size_t>(rows * per_cal), 0.0f);
       if (!has_wedge) st->wedge.resize(wedge_at + static_cast<size_t>(rows), 0.0f);
       std::vector<std::string> bad;
       for (int64_t j = 0; j < rows; ++j) {
-        std::string why = check_item(m, st->image.data() + img_at + j * per_image, per_image,
+        std::string why = check_item(m, st->image.data() + img_at + j * n_img, n_img,
                                      has_cal ? st->calibration.data() + cal_at + j * per_cal : nullptr,
                                      has_cal ? per_cal : 0, has_wedge ? st->wedge.data() + wedge_at + j : nullptr);
         if (!why.empty()) bad.push_back(rows == 1 ? why : "item " + std::to_string(j) + ": " + why);
@@ -529,7 +531,7 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
     }
     p.rows = rows;
     total += rows;
-    item_shape = shape;
+    if (item_shape.empty()) item_shape = shape;
   }
 
   uint64_t compute_start = now_ns(), compute_end = compute_start;
@@ -538,7 +540,7 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
   if (total > 0) {
     int64_t channels = item_shape[1];
     int64_t image_shape[4] = {total, channels, item_shape[2], item_shape[3]};
-    int64_t cal_shape[3] = {total, channels, per_cal / std::max<int64_t>(channels, 1)};
+    int64_t cal_shape[3] = {total, channels, 2};
     int64_t wedge_shape[2] = {total, 1};
     using MakeTensor = OrtStatus* (*)(const OrtMemoryInfo*, void*, size_t, const int64_t*, size_t, int, OrtValue**);
     auto make = ort::fn<MakeTensor>(ort::CreateTensorWithDataAsOrtValue);
@@ -552,18 +554,14 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
       failure = ort::take(make(st->cpu, st->wedge.data(), st->wedge.size() * sizeof(float), wedge_shape, 2,
                                ort::kTensorFloat, &in[2]));
     if (failure.empty()) {
-      std::vector<const char*> in_names, out_names;
-      for (const auto& s : m.inputs) in_names.push_back(s.c_str());
-      for (const auto& s : m.outputs) out_names.push_back(s.c_str());
       using RunFn = OrtStatus* (*)(OrtSession*, const void*, const char* const*, const OrtValue* const*, size_t,
                                    const char* const*, size_t, OrtValue**);
       compute_start = now_ns();
-      failure = ort::take(ort::fn<RunFn>(ort::Run)(st->session, nullptr, in_names.data(), in, 3, out_names.data(),
-                                                   out_names.size(), outputs.data()));
+      failure = ort::take(ort::fn<RunFn>(ort::Run)(st->session, nullptr, m.input_names.data(), in, 3,
+                                                   m.output_names.data(), m.output_names.size(), outputs.data()));
       compute_end = now_ns();
     }
-    for (OrtValue* v : in)
-      if (v != nullptr) ort::fn<void (*)(OrtValue*)>(ort::ReleaseValue)(v);
+    for (OrtValue* v : in) release(ort::ReleaseValue, v);
   }
 
   // Each output's shape and data, to be cut into the requests' rows.
@@ -582,7 +580,7 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
       failure = ort::take(ort::fn<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, int64_t*, size_t)>(
           ort::GetDimensions)(info, out_shapes[o].data(), dims));
     }
-    if (info != nullptr) ort::fn<void (*)(OrtTensorTypeAndShapeInfo*)>(ort::ReleaseTensorTypeAndShapeInfo)(info);
+    release(ort::ReleaseTensorTypeAndShapeInfo, info);
     void* data = nullptr;
     if (failure.empty())
       failure = ort::take(ort::fn<OrtStatus* (*)(OrtValue*, void**)>(ort::GetTensorMutableData)(outputs[o], &data));
@@ -624,26 +622,21 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
         err = TRITONBACKEND_ResponseSend(response, kResponseFinal, nullptr);
         success = err == nullptr;
       } else if (response != nullptr) {
-        TRITONSERVER_Error* send = TRITONBACKEND_ResponseSend(response, kResponseFinal, err);
-        if (send != nullptr) TRITONSERVER_ErrorDelete(send);
+        ignore(TRITONBACKEND_ResponseSend(response, kResponseFinal, err));
       }
       if (err != nullptr) TRITONSERVER_ErrorDelete(err);
       err = nullptr;
       start += p.rows;
     }
     uint64_t exec_end = now_ns();
-    TRITONSERVER_Error* stat = TRITONBACKEND_ModelInstanceReportStatistics(instance, p.request, success, exec_start,
-                                                                           compute_start, compute_end, exec_end);
-    if (stat != nullptr) TRITONSERVER_ErrorDelete(stat);
-    TRITONSERVER_Error* rel = TRITONBACKEND_RequestRelease(p.request, kReleaseAll);
-    if (rel != nullptr) TRITONSERVER_ErrorDelete(rel);
+    ignore(TRITONBACKEND_ModelInstanceReportStatistics(instance, p.request, success, exec_start, compute_start,
+                                                       compute_end, exec_end));
+    ignore(TRITONBACKEND_RequestRelease(p.request, kReleaseAll));
   }
-  for (OrtValue* v : outputs)
-    if (v != nullptr) ort::fn<void (*)(OrtValue*)>(ort::ReleaseValue)(v);
+  for (OrtValue* v : outputs) release(ort::ReleaseValue, v);
   if (total > 0) {
-    TRITONSERVER_Error* stat = TRITONBACKEND_ModelInstanceReportBatchStatistics(
-        instance, static_cast<uint64_t>(total), exec_start, compute_start, compute_end, now_ns());
-    if (stat != nullptr) TRITONSERVER_ErrorDelete(stat);
+    ignore(TRITONBACKEND_ModelInstanceReportBatchStatistics(instance, static_cast<uint64_t>(total), exec_start,
+                                                            compute_start, compute_end, now_ns()));
   }
   return nullptr;
 }
