@@ -212,6 +212,57 @@ def test_triton_rejects_bad_inputs_and_keeps_serving(triton, captures):
         assert client.predict(captures[0]).alloy in ALLOY_NAMES  # the instance is alive and answering
 
 
+def test_triton_client_keeps_one_stream_and_answers_as_unary_calls_do(triton, captures, calibrations):
+    import threading
+
+    from serving.client import InvalidCaptureError, ModelNotFoundError, connect
+
+    url = f"triton://{triton.grpc_target}/alloynet"
+    wedges = [50.0] * len(captures)
+    with connect(url) as streamed, connect(url, stream=False) as unary:
+        a = streamed.predict_batch(list(captures), list(calibrations), wedges)
+        b = unary.predict_batch(list(captures), list(calibrations), wedges)
+        singles = [streamed.predict(c, k, 50.0) for c, k in zip(captures, calibrations)]
+        assert streamed.backend.stream_answers == 1 + len(captures) and unary.backend.stream_answers == 0
+        for p, q, r in zip(a, b, singles):
+            assert p.alloy == q.alloy == r.alloy and p.flags == q.flags
+            np.testing.assert_allclose([p.probabilities[c] for c in ALLOY_NAMES],
+                                       [q.probabilities[c] for c in ALLOY_NAMES], atol=1e-6)
+            np.testing.assert_allclose([r.probabilities[c] for c in ALLOY_NAMES],  # batch 1 vs 6: ORT's sums
+                                       [q.probabilities[c] for c in ALLOY_NAMES], atol=1e-4)
+        # a refused capture: the stream's answer carries no gRPC code, so the client asks again without it
+        nan = captures[0].astype(np.float32)
+        nan[0, 3, 4] = np.nan
+        errors = []
+        for client in (streamed, unary):
+            with pytest.raises(InvalidCaptureError) as exc:
+                client.predict(nan)
+            errors.append(exc.value)
+        assert errors[0].code == errors[1].code == "INVALID_ARGUMENT"
+        assert errors[0].message == errors[1].message and "NaN" in errors[0].message
+        before = streamed.backend.stream_answers
+        assert streamed.predict(captures[1], calibrations[1], 50.0).alloy == a[1].alloy
+        assert streamed.backend.stream_answers == before + 1  # the stream outlived the refusal
+        # threads sharing one client: one at a time uses the stream, the others unary calls; all answered right
+        wrong: list = []
+
+        def worker(i):
+            for j in range(15):
+                k = (i + j) % len(captures)
+                if streamed.predict(captures[k], calibrations[k], 50.0).alloy != a[k].alloy:
+                    wrong.append((i, j))
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert wrong == [] and not any(t.is_alive() for t in threads)
+    with connect(url.rsplit("/", 1)[0] + "/no_such_model") as missing:
+        with pytest.raises(ModelNotFoundError) as exc:
+            missing.predict(captures[0])
+        assert exc.value.code == "NOT_FOUND" and "no_such_model" in str(exc.value)
+
+
 def test_triton_backend_names_bad_captures_as_the_shared_checks_do(triton, captures, calibrations, onnx_reference):
     """alloynet's C++ backend words each rejection exactly as serving/capture_checks.py (which TorchServe runs),
     request by request and item by item, and still runs the good captures beside a rejected request."""

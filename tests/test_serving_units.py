@@ -291,3 +291,149 @@ def test_torchserve_key_file_read_during_a_rewrite_waits_for_the_whole_file(tmp_
     path.write_text('{"management": {"ke')
     with pytest.raises(ValueError, match="key_file.json is not valid JSON"):
         torchserve._key_file(tmp_path, wait_s=0.2)
+
+
+# -- the Triton client's kept stream, against a fake server -------------------------------------------
+
+class _FakeTriton:
+    """A gRPC server speaking Triton's protocol (its generated servicer) whose stream and unary answers the
+    test decides: ``stream(request, context)`` -> a ModelStreamInferResponse or None (never answer), and
+    ``unary(request, context)`` -> a ModelInferResponse (or context.abort)."""
+
+    def __init__(self, stream, unary):
+        from concurrent import futures
+
+        from tritonclient.grpc import service_pb2_grpc
+
+        fake = self
+
+        class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+            def ModelStreamInfer(self, request_iterator, context):
+                for request in request_iterator:
+                    answer = stream(request, context)
+                    if answer is None:  # hang, as a stopped server does
+                        fake.hung.wait(30)
+                        return
+                    yield answer
+
+            def ModelInfer(self, request, context):
+                fake.unary_calls += 1
+                return unary(request, context)
+
+        import threading
+        self.hung, self.unary_calls = threading.Event(), 0
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.hung.set()
+        self.server.stop(grace=None)
+
+
+def _answer(request):
+    """A well-formed ModelInferResponse for a batch-1 request: the contract's outputs, K = 5."""
+    from tritonclient.grpc import service_pb2
+
+    from alloynet import contract
+
+    r = service_pb2.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
+    for name in contract.OUTPUT_NAMES:
+        dims = contract.output_dims(name, 5) or [1]
+        o = r.outputs.add()
+        o.name, o.datatype = name, "FP32"
+        o.shape.extend([1, *dims])
+        r.raw_output_contents.append(np.full([1, *dims], 0.2, np.float32).tobytes())
+    return r
+
+
+def _batch1():
+    return np.zeros((1, 1, 8, 8), np.float32), np.zeros((1, 1, 2), np.float32), np.zeros((1, 1), np.float32)
+
+
+def test_triton_stream_that_fails_falls_back_to_unary_calls():
+    from serving.client import TritonClient
+
+    def stream(request, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+
+    with _FakeTriton(stream, lambda request, context: _answer(request)) as fake:
+        client = TritonClient(f"127.0.0.1:{fake.port}", retry_budget_s=5)
+        for _ in range(3):
+            out = client.infer_array(*_batch1())
+            assert out["probabilities"].shape == (1, 5) and out["thickness_mm"].shape == (1,)
+        assert client.stream_answers == 0 and fake.unary_calls == 3  # each answered by a unary call
+        client.close()
+
+
+def test_triton_stream_error_is_asked_again_unary_for_its_code():
+    from tritonclient.grpc import service_pb2
+
+    from serving.client import InvalidCaptureError, TritonClient
+
+    def stream(request, context):
+        return service_pb2.ModelStreamInferResponse(error_message="image: NaN at item 0")
+
+    def unary(request, context):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "image: 1 pixel(s) are NaN or infinite")
+
+    with _FakeTriton(stream, unary) as fake:
+        client = TritonClient(f"127.0.0.1:{fake.port}")
+        with pytest.raises(InvalidCaptureError) as exc:
+            client.infer_array(*_batch1())
+        assert exc.value.code == "INVALID_ARGUMENT" and exc.value.message == "image: 1 pixel(s) are NaN or infinite"
+        assert fake.unary_calls == 1 and client.stream_answers == 0
+        client.close()
+
+
+def test_triton_stream_that_hangs_is_cut_at_the_timeout_and_the_budget_holds():
+    import time
+
+    from serving.client import ServerUnavailableError, TritonClient
+
+    def unary(request, context):
+        time.sleep(2)  # past the client's timeout: DEADLINE_EXCEEDED, retried within the budget
+        return _answer(request)
+
+    with _FakeTriton(lambda request, context: None, unary) as fake:
+        client = TritonClient(f"127.0.0.1:{fake.port}", timeout_s=0.5, retry_budget_s=1.0, backoff_s=0.05)
+        t0 = time.monotonic()
+        with pytest.raises(ServerUnavailableError, match="DEADLINE_EXCEEDED"):
+            client.infer_array(*_batch1())
+        took = time.monotonic() - t0
+        # the stream's wait ends at its timeout (+ the watchdog's period), then unary calls until the budget
+        assert 0.5 <= took < 4.0, took
+        assert client._stream.broken and fake.unary_calls >= 1
+        client.close()
+
+
+def test_triton_stream_answers_and_checks_they_belong_to_the_request():
+    from serving.client import TritonClient
+
+    with _FakeTriton(lambda request, context: _stream_answer(request), lambda request, context: _answer(request)) as fake:
+        client = TritonClient(f"127.0.0.1:{fake.port}")
+        for _ in range(4):
+            assert client.infer_array(*_batch1())["probabilities"].shape == (1, 5)
+        assert client.stream_answers == 4 and fake.unary_calls == 0
+        client.close()
+
+    def wrong_id(request, context):
+        r = _stream_answer(request)
+        r.infer_response.id = "someone else's"
+        return r
+
+    with _FakeTriton(wrong_id, lambda request, context: _answer(request)) as fake:
+        client = TritonClient(f"127.0.0.1:{fake.port}")
+        assert client.infer_array(*_batch1())["probabilities"].shape == (1, 5)
+        assert client.stream_answers == 0 and fake.unary_calls == 1 and client._stream.broken
+        client.close()
+
+
+def _stream_answer(request):
+    from tritonclient.grpc import service_pb2
+
+    return service_pb2.ModelStreamInferResponse(infer_response=_answer(request))
