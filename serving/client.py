@@ -368,7 +368,7 @@ class TritonClient:
         # in flight, else, and whenever the stream fails, as a unary call (retried within the budget).
         self.stream = stream
         self._stream: Optional[_InferStream] = None
-        self._stream_lock = threading.Lock()
+        self._stream_lock, self._inflight_lock, self._inflight = threading.Lock(), threading.Lock(), 0
         self.stream_answers = 0  # answers that came over the stream (the rest: unary calls)
 
     def _error(self, cls, message: str, capture: Optional[str] = None, code: Optional[str] = None) -> ServingError:
@@ -401,21 +401,30 @@ class TritonClient:
             raise self._error(ServingError, message, capture, code=status) from None
 
     def _infer(self, request):
-        """The ModelInferResponse to ``request``: over the kept stream if it is free, else (and if the stream
-        fails, or answers with an error, whose gRPC code only a unary call gives) as a unary call."""
-        if self.stream and self._stream_lock.acquire(blocking=False):
-            try:
-                if self._stream is None or self._stream.broken:
-                    self._stream = _InferStream(self._stub, self._metadata, self.timeout_s)
-                answer = self._stream.infer(request)
-                if not answer.error_message:
-                    self.stream_answers += 1
-                    return answer.infer_response
-            except _StreamBroken:
-                pass
-            finally:
-                self._stream_lock.release()
-        return self._call(lambda: self._rpc("ModelInfer", request))
+        """The ModelInferResponse to ``request``: over the kept stream when no other request of this client is
+        in flight, else (and if the stream fails, or answers with an error, whose gRPC code only a unary call
+        gives) as a unary call. Concurrent requests go unary: they multiplex on the channel, where a stream
+        would carry them one after another (and measured 5-15 % fewer captures a second with 8 threads)."""
+        with self._inflight_lock:
+            alone = self._inflight == 0
+            self._inflight += 1
+        try:
+            if self.stream and alone and self._stream_lock.acquire(blocking=False):
+                try:
+                    if self._stream is None or self._stream.broken:
+                        self._stream = _InferStream(self._stub, self._metadata, self.timeout_s)
+                    answer = self._stream.infer(request)
+                    if not answer.error_message:
+                        self.stream_answers += 1
+                        return answer.infer_response
+                except _StreamBroken:
+                    pass
+                finally:
+                    self._stream_lock.release()
+            return self._call(lambda: self._rpc("ModelInfer", request))
+        finally:
+            with self._inflight_lock:
+                self._inflight -= 1
 
     def model_info(self, refresh: bool = False) -> _TritonModel:
         """The served model's class names, per-capture input dims and batch limit (from its config)."""
