@@ -1,6 +1,8 @@
 """Where Triton's batch-1 overhead goes: in-process ONNX Runtime, building the request, a gRPC call that
 runs no model (is_server_live: the round trip's floor), unary gRPC, a
-bidirectional gRPC stream, unary gRPC from one kept protobuf request (no tritonclient objects per call), and Triton's own per-request statistics (queue, input, compute, output).
+bidirectional gRPC stream, unary gRPC from one kept protobuf request (no tritonclient objects per call),
+alloynet's client over its kept stream (its default) and with unary calls, and Triton's own per-request
+statistics (queue, input, compute, output).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/triton_breakdown.py /tmp/alloynet-triton-breakdown
 
@@ -18,6 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from alloynet.export import export_checkpoint, onnx_session
 from infra import triton as tr_server
+from serving.client import TritonClient
 from serving.triton.repository import BatchingOptions, build_repository
 from tests.helpers.serving import capture_inputs, train_tiny_checkpoint
 import tritonclient.grpc as g
@@ -68,11 +71,14 @@ try:
     def stats():
         s = cl.get_inference_statistics("alloynet", as_json=True)["model_stats"][0]["inference_stats"]
         return {k: (int(v.get("count", 0)), int(v.get("ns", 0))) for k, v in s.items()}
+    ours, ours_unary = TritonClient(tr.grpc_target), TritonClient(tr.grpc_target, stream=False)
+    client_stream = lambda i: ours.infer_array(f32[i % 64][None], cals[i % 64][None], wedges[i % 64][None])
+    client_unary = lambda i: ours_unary.infer_array(f32[i % 64][None], cals[i % 64][None], wedges[i % 64][None])
     res = {}
     for rnd in range(3):
         for name, fn in (("ort", ort), ("client_build", build), ("live_rpc", live), ("unary", unary), ("raw", raw),
-                         ("stream", stream)):
-            s0 = stats() if name in ("unary", "raw", "stream") else None
+                         ("stream", stream), ("client_stream", client_stream), ("client_unary", client_unary)):
+            s0 = stats() if name in ("unary", "raw", "stream", "client_stream", "client_unary") else None
             res.setdefault(name, []).append(p50(fn))
             if s0:
                 s1 = stats()

@@ -12,6 +12,9 @@ Where to connect: the URL given, else ``$ALLOYNET_SERVING_URL``, else the env fi
 key file (given, or from the same environment/env file), which is read again whenever the server refuses
 the key (TorchServe makes new keys when it restarts or when they are refreshed before they expire).
 
+Triton's requests go over one kept gRPC stream while the client has no other request in flight (a unary call
+each with ``stream=False``, and whenever the stream fails; see ``_InferStream``).
+
 Every call has a timeout; UNAVAILABLE (server starting, restarting, overloaded) and DEADLINE_EXCEEDED (a
 restarted server still loading, a hung one being replaced) are retried with capped exponential backoff until a retry budget (30 s by default: longer than a supervised restart, which took
 Triton 4-6 s and TorchServe 7-16 s on a loaded 2-core machine) is spent.
