@@ -263,7 +263,8 @@ class _InferStream:
     """One bidirectional ModelStreamInfer call kept open, carrying one request at a time.
 
     Why: a unary call sets up and tears down an HTTP/2 stream and Triton's per-call state every time; a kept
-    stream does not, which took 0.4-0.6 ms off each batch-1 request on a 2-core machine (docs/benchmarks.md).
+    stream does not, which took 0.03-0.6 ms off each batch-1 request on a 2-core machine, median 0.15 ms in
+    bench/serve.py's interleaved runs (docs/benchmarks.md).
     The stream's answers carry no gRPC status (an error is only a message), and reading one has no timeout:
     so an error answer is sent again as a unary call (which says INVALID_ARGUMENT, NOT_FOUND, ...), and a
     watchdog cancels a stream whose answer is later than the client's timeout."""
@@ -406,8 +407,8 @@ class TritonClient:
     def _infer(self, request):
         """The ModelInferResponse to ``request``: over the kept stream when no other request of this client is
         in flight, else (and if the stream fails, or answers with an error, whose gRPC code only a unary call
-        gives) as a unary call. Concurrent requests go unary: they multiplex on the channel, where a stream
-        would carry them one after another (and measured 5-15 % fewer captures a second with 8 threads)."""
+        gives) as a unary call. Concurrent requests go unary: they multiplex on the channel, where one stream
+        would carry them one after another."""
         with self._inflight_lock:
             alone = self._inflight == 0
             self._inflight += 1
