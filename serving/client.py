@@ -263,7 +263,7 @@ class _InferStream:
     """One bidirectional ModelStreamInfer call kept open, carrying one request at a time.
 
     Why: a unary call sets up and tears down an HTTP/2 stream and Triton's per-call state every time; a kept
-    stream does not, which took 0.03-0.6 ms off each batch-1 request on a 2-core machine, median 0.15 ms in
+    stream does not, which took 0.03-0.6 ms off each batch-1 request on a 2-core machine, median 0.13 ms in
     bench/serve.py's interleaved runs (docs/benchmarks.md).
     The stream's answers carry no gRPC status (an error is only a message), and reading one has no timeout:
     so an error answer is sent again as a unary call (which says INVALID_ARGUMENT, NOT_FOUND, ...), and a
