@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Triton environment for serving tests and the bench: .venv-triton holds nvidia-pytriton (its bundled
-# tritonserver 2.51 binary + Python-backend stubs; it pins numpy<2, hence its own venv) and onnxruntime for
-# the Python-backend model, and alloynet's own Triton backend is built there with g++ (serving/triton/backend/
-# alloynet_ort.cc -> $VENV/alloynet_ort/libtriton_alloynet_ort.so, linked against that onnxruntime).
+# tritonserver 2.51 binary + Python-backend stubs; it pins numpy<2, hence its own venv) and onnxruntime (for
+# repositories packaged with a Python-backend model.py, and for its library). alloynet's own Triton backend is
+# built there with g++ (serving/triton/backend/alloynet_ort.cc -> $VENV/alloynet_ort/libtriton_alloynet_ort.so,
+# linked against that onnxruntime).
 # Idempotent: stamps record what was installed and built; re-running is a no-op.
 #   usage: infra/serving_env.sh [PYTHON]      (PYTHON defaults to python3; must have shared libpython)
 set -euo pipefail

@@ -309,13 +309,9 @@ class _InferStream:
         self._requests.put(request)
         try:
             answer = next(self._responses)
-        except StopIteration:
+        except Exception as exc:  # grpc.RpcError (server gone, cut by the watchdog), StopIteration (stream ended)
             self.close()
-            raise _StreamBroken("the server ended the stream") from None
-        except Exception as exc:  # grpc.RpcError (server gone, cancelled by the watchdog)
-            timed_out = self._deadline is not None and time.monotonic() > self._deadline
-            self.close()
-            raise _StreamBroken("timed out" if timed_out else f"{type(exc).__name__}: {exc}") from None
+            raise _StreamBroken(f"{type(exc).__name__}: {exc}") from None
         finally:
             self._deadline = None
         if answer.infer_response.id != rid and not answer.error_message:
@@ -348,6 +344,7 @@ class TritonClient:
     # The v2 datatypes the client sends and reads, as numpy types.
     DATATYPES = {"FP32": np.float32, "FP64": np.float64, "UINT16": np.uint16, "INT32": np.int32,
                  "INT64": np.int64, "UINT8": np.uint8, "BOOL": np.bool_, "FP16": np.float16}
+    DATATYPE_OF = {np.dtype(v): k for k, v in DATATYPES.items()}
 
     def __init__(self, target: str, model: str = "alloynet", timeout_s: float = 10.0,
                  retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, backoff_s: float = 0.1, max_backoff_s: float = 1.0,
@@ -367,12 +364,12 @@ class TritonClient:
         self.headers = headers or {}
         self._metadata = tuple((str(k).lower(), str(v)) for k, v in self.headers.items()) or None
         self._info: Optional[_TritonModel] = None
-        self._dtypes = {np.dtype(v): k for k, v in self.DATATYPES.items()}
         # Inference goes over one kept stream (``stream``; _InferStream) when this client has no other request
-        # in flight, else, and whenever the stream fails, as a unary call (retried within the budget).
+        # in flight (so one request at a time holds it), else, and whenever the stream fails, as a unary call
+        # (retried within the budget).
         self.stream = stream
         self._stream: Optional[_InferStream] = None
-        self._stream_lock, self._inflight_lock, self._inflight = threading.Lock(), threading.Lock(), 0
+        self._inflight_lock, self._inflight = threading.Lock(), 0
         self.stream_answers = 0  # answers that came over the stream (the rest: unary calls)
 
     def _error(self, cls, message: str, capture: Optional[str] = None, code: Optional[str] = None) -> ServingError:
@@ -413,22 +410,25 @@ class TritonClient:
             alone = self._inflight == 0
             self._inflight += 1
         try:
-            if self.stream and alone and self._stream_lock.acquire(blocking=False):
-                try:
-                    if self._stream is None or self._stream.broken:
-                        self._stream = _InferStream(self._stub, self._metadata, self.timeout_s)
-                    answer = self._stream.infer(request)
-                    if not answer.error_message:
-                        self.stream_answers += 1
-                        return answer.infer_response
-                except _StreamBroken:
-                    pass
-                finally:
-                    self._stream_lock.release()
-            return self._call(lambda: self._rpc("ModelInfer", request))
+            answer = self._over_stream(request) if self.stream and alone else None
+            return answer if answer is not None else self._call(lambda: self._rpc("ModelInfer", request))
         finally:
             with self._inflight_lock:
                 self._inflight -= 1
+
+    def _over_stream(self, request):
+        """The answer over the kept stream (opened again if it broke), or None where a unary call must answer.
+        Only the one request in flight calls this."""
+        try:
+            if self._stream is None or self._stream.broken:
+                self._stream = _InferStream(self._stub, self._metadata, self.timeout_s)
+            answer = self._stream.infer(request)
+        except _StreamBroken:
+            return None
+        if answer.error_message:
+            return None
+        self.stream_answers += 1
+        return answer.infer_response
 
     def model_info(self, refresh: bool = False) -> _TritonModel:
         """The served model's class names, per-capture input dims and batch limit (from its config)."""
@@ -469,7 +469,7 @@ class TritonClient:
             calibration = np.zeros((len(images), images.shape[1] if images.ndim > 1 else 1, 2), np.float32)
         if wedge_mm is None:
             wedge_mm = np.zeros((len(images), 1), np.float32)
-        if images.dtype not in self._dtypes:
+        if images.dtype not in self.DATATYPE_OF:
             raise self._error(InvalidCaptureError, f"image.dtype: expected float32 raw ADU (or one of "
                                                    f"{sorted(self.DATATYPES)}, which the server checks), got {images.dtype}")
         sent = (np.ascontiguousarray(images),
@@ -478,7 +478,7 @@ class TritonClient:
         request = self._pb.ModelInferRequest(model_name=self.model)
         for name, arr in zip(contract.INPUT_NAMES, sent):
             tensor = request.inputs.add()
-            tensor.name, tensor.datatype = name, self._dtypes[arr.dtype]
+            tensor.name, tensor.datatype = name, self.DATATYPE_OF[arr.dtype]
             tensor.shape.extend(arr.shape)
             request.raw_input_contents.append(arr.tobytes())
         for name in contract.OUTPUT_NAMES:
@@ -560,9 +560,8 @@ class TritonClient:
             return False
 
     def close(self) -> None:
-        with self._stream_lock:
-            if self._stream is not None:
-                self._stream.close()
+        if self._stream is not None:
+            self._stream.close()
         self._channel.close()
 
 

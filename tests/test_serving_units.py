@@ -301,6 +301,7 @@ class _FakeTriton:
     ``unary(request, context)`` -> a ModelInferResponse (or context.abort)."""
 
     def __init__(self, stream, unary):
+        import threading
         from concurrent import futures
 
         from tritonclient.grpc import service_pb2_grpc
@@ -320,7 +321,6 @@ class _FakeTriton:
                 fake.unary_calls += 1
                 return unary(request, context)
 
-        import threading
         self.hung, self.unary_calls = threading.Event(), 0
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(), self.server)
