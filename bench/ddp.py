@@ -25,15 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def simulate(root: Path, n_max: int, size: int) -> Path:
     from alloynet.captures.stores import LocalStore
-    from alloynet.data.manifest import build_manifest, write_manifest
+    from alloynet.data.manifest import build_manifest, manifest_path, write_manifest
     from alloynet.data.simulate import DatasetSpec, simulate_dataset
     from alloynet.physics.simulator import RigConfig
 
-    if not (root / "manifest.csv").exists():
+    if not manifest_path(root).exists():
         store = LocalStore(root)
         simulate_dataset(DatasetSpec(n_max=n_max, imbalance_ratio=1.0, profile="balanced", seed=0,
                                      captures_per_plate=2, rig=RigConfig(height=size, width=size)), store)
-        write_manifest(build_manifest(store, seed=0), root / "manifest.csv")
+        write_manifest(build_manifest(store, seed=0), manifest_path(root))
     return root
 
 
@@ -61,10 +61,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32, help="per process (DDP: global batch = 2x)")
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
-    from alloynet.data.manifest import read_manifest
+    from alloynet.data.manifest import manifest_path, read_manifest
 
     store = simulate(a.out / "data", a.n_max, a.size)
-    n_train = int((read_manifest(store / "manifest.csv").split == "train").sum())
+    n_train = int((read_manifest(manifest_path(store)).split == "train").sum())
     cases = [("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2), ("torchrun 2 processes x 1 thread", 2, 1)]
     results: dict[str, list[dict]] = {c[0]: [] for c in cases}
     for r in range(a.repeats):  # interleaved, so a busy spell on the shared machine hits every case

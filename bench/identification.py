@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from alloynet.captures.stores import LocalStore  # noqa: E402
-from alloynet.data.manifest import build_manifest, write_manifest  # noqa: E402
+from alloynet.data.manifest import build_manifest, manifest_path, write_manifest  # noqa: E402
 from alloynet.data.simulate import DatasetSpec, simulate_dataset  # noqa: E402
 from alloynet.evaluate import evaluate  # noqa: E402
 from alloynet.evaluate.robustness import run_suite  # noqa: E402
@@ -56,17 +56,17 @@ SUITES = {"own": None, "own_wedges": None, "open_beam": ["any_thickness", "drift
 
 def data(out: Path, part: str, plates: int, size: int, seed: int) -> LocalStore:
     store = LocalStore(out / "data")
-    if not (out / "data" / "manifest.csv").exists():
+    if not manifest_path(out / "data").exists():
         spec = DatasetSpec.model_validate({"n_max": plates, "imbalance_ratio": 1.0, "profile": "balanced",
                                            "captures_per_plate": 1, "seed": seed, "id_prefix": part.replace("_", "-"),
                                            "rig": RigConfig(height=size, width=size).model_dump(), **PARTS[part]["spec"]})
         simulate_dataset(spec, store)
-        write_manifest(build_manifest(store, seed=seed), out / "data" / "manifest.csv")
+        write_manifest(build_manifest(store, seed=seed), manifest_path(out / "data"))
     return store
 
 
 def run(model: str, out: Path, part: str, synthetic: int, epochs: int, seed: int, extra: dict | None = None) -> dict:
-    over = {"data.store": str(out / "data"), "data.manifest": str(out / "data" / "manifest.csv"),
+    over = {"data.store": str(out / "data"), "data.manifest": str(manifest_path(out / "data")),
             "out_dir": str(out / model), "seed": seed, "epochs": epochs, "progress": False,
             "data.synthetic": {"captures": synthetic, **PARTS[part]["synthetic"]}}
     if model != "profile_mlp":

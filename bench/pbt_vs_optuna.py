@@ -21,16 +21,16 @@ from pathlib import Path
 
 def simulate(root: Path, n_max: int, size: int, seed: int) -> Path:
     from alloynet.captures.stores import LocalStore
-    from alloynet.data.manifest import build_manifest, write_manifest
+    from alloynet.data.manifest import build_manifest, manifest_path, write_manifest
     from alloynet.data.simulate import DatasetSpec, simulate_dataset
     from alloynet.physics.simulator import RigConfig
 
-    if (root / "manifest.csv").exists():
+    if manifest_path(root).exists():
         return root
     store = LocalStore(root)
     simulate_dataset(DatasetSpec(n_max=n_max, imbalance_ratio=4.0, seed=seed, captures_per_plate=2,
                                  rig=RigConfig(height=size, width=size)), store)
-    write_manifest(build_manifest(store, seed=seed), root / "manifest.csv")
+    write_manifest(build_manifest(store, seed=seed), manifest_path(root))
     return root
 
 
@@ -39,13 +39,13 @@ def test_balanced_accuracy(checkpoint: Path, store: Path) -> float:
 
     from alloynet.captures.stores import LocalStore
     from alloynet.data.dataset import CaptureDataset
-    from alloynet.data.manifest import read_manifest
+    from alloynet.data.manifest import manifest_path, read_manifest
     from alloynet.evaluate.metrics import classification_metrics
     from alloynet.evaluate.predict import predict
     from alloynet.models.checkpoint import load_model
 
     model, meta = load_model(checkpoint)
-    ds = CaptureDataset(LocalStore(store), read_manifest(store / "manifest.csv"), "test")
+    ds = CaptureDataset(LocalStore(store), read_manifest(manifest_path(store)), "test")
     p = predict(model, DataLoader(ds, batch_size=64), "cpu")
     return classification_metrics(p["y"], p["probs"], list(meta["class_names"]), meta.get("class_counts"))["balanced_accuracy"]
 

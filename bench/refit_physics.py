@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 
 from alloynet.captures.stores import LocalStore  # noqa: E402
+from alloynet.data.manifest import manifest_path  # noqa: E402
 from alloynet.data.rigs import data_prior, rig_settings  # noqa: E402
 from alloynet.data.synthetic import SyntheticConfig, forward_rigs  # noqa: E402
 from alloynet.evaluate.report import evaluate  # noqa: E402
@@ -36,7 +37,7 @@ def refit(src: Path, data: Path, dst: Path) -> dict:
     ckpt = load_checkpoint(src)
     spec = copy.deepcopy(ckpt["model_spec"])
     old = spec["physics"]
-    store, rows = LocalStore(data), pd.read_csv(data / "manifest.csv")
+    store, rows = LocalStore(data), pd.read_csv(manifest_path(data))
     labelled = rows[rows.labelled.astype(bool) & (rows.label >= 0)]
     rigs = rig_settings(store, labelled[labelled.split == "train"])
     spec["physics"] = physics_spec(table_wedges(rigs), old["channels"], ckpt["image_size"][1], old["bins"])
@@ -63,7 +64,7 @@ def main() -> None:
     print(res["refit"], flush=True)
     for case in a.cases.split(","):
         if case == "test":  # the run's own test split
-            st, df = LocalStore(a.run / "data"), pd.read_csv(a.run / "data" / "manifest.csv")
+            st, df = LocalStore(a.run / "data"), pd.read_csv(manifest_path(a.run / "data"))
         else:
             st = LocalStore(a.run / "robustness" / case / "data")
             df = held_out_manifest(st, 1000, True)

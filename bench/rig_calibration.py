@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from alloynet.data.manifest import manifest_path
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
@@ -48,7 +50,7 @@ def run(*args: str) -> str:
 
 
 def simulate(w: Path, name: str, spec: dict, profile: Path | None = None) -> Path:
-    if (w / name / "manifest.csv").exists():
+    if manifest_path(w / name).exists():
         return w / name
     cfg = w / f"{name}.yaml"
     cfg.write_text(json.dumps(spec))
@@ -62,7 +64,7 @@ def subset(real: Path, k: str, seed: int) -> Path:
     import numpy as np
     import pandas as pd
 
-    df = pd.read_csv(real / "manifest.csv")
+    df = pd.read_csv(manifest_path(real))
     labelled = df.labelled.astype(str).str.lower().isin(["true", "1"])
     test, pool = df[labelled & (df.split == "test")], df[labelled & df.split.isin(["train", "val"])]
     if k == "all":

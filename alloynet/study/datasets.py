@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from alloynet.captures.stores import LocalStore
-from alloynet.data.manifest import build_manifest, read_manifest, write_manifest
+from alloynet.data.manifest import build_manifest, manifest_path, read_manifest, write_manifest
 from alloynet.data.simulate import DatasetSpec, simulate_dataset
 from alloynet.evaluate.robustness import RobustnessCase, case_named, case_spec, held_out_manifest
 from alloynet.study.config import OODSet, StudyConfig
@@ -23,7 +23,7 @@ TEST_SEED = 10_000  # the shared test set's seed: disjoint from every training s
 
 def _is_current(spec: DatasetSpec, root: Path) -> bool:
     stamp = root / "spec.json"
-    return stamp.exists() and stamp.read_text() == spec.model_dump_json() and (root / "manifest.csv").exists()
+    return stamp.exists() and stamp.read_text() == spec.model_dump_json() and manifest_path(root).exists()
 
 
 @contextmanager
@@ -53,7 +53,7 @@ def _materialise(spec: DatasetSpec, root: Path, all_test: bool, calibration_sent
             df = held_out_manifest(store, spec.seed, calibration_sent)
         else:
             df = build_manifest(store, seed=spec.seed, test_fraction=0.0)
-        write_manifest(df, root / "manifest.csv")
+        write_manifest(df, manifest_path(root))
         (root / "spec.json").write_text(spec.model_dump_json())  # last: the set counts only once complete
     return root
 
@@ -117,7 +117,7 @@ def set_spec(root: Path) -> DatasetSpec:
 def calibration_sent(root: Path) -> bool:
     """Whether a set's manifest carries its captures' calibration (a set made to test a client that does
     not send it has zeros)."""
-    df = read_manifest(root / "manifest.csv")
+    df = read_manifest(manifest_path(root))
     return bool(df.dark_adu.astype(str).ne(df.flat_adu.astype(str)).all())
 
 

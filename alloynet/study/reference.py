@@ -18,7 +18,7 @@ import pandas as pd
 from alloynet.captures.stores import LocalStore
 from alloynet.data import CLASS_NAMES
 from alloynet.data.dataset import CaptureDataset
-from alloynet.data.manifest import read_manifest
+from alloynet.data.manifest import manifest_path, read_manifest
 from alloynet.evaluate.baselines import GaussianProfile, PhysicsFit, dataset_arrays
 from alloynet.evaluate.metrics import classification_metrics
 from alloynet.evaluate.report import ceiling, group_probabilities, heavy_light
@@ -30,7 +30,7 @@ VERSION = 2  # bump when the figures below are computed differently (2: the obse
 
 
 def _arrays(root: Path) -> dict[str, np.ndarray]:
-    return dataset_arrays(CaptureDataset(LocalStore(root), read_manifest(root / "manifest.csv"), "test"),
+    return dataset_arrays(CaptureDataset(LocalStore(root), read_manifest(manifest_path(root)), "test"),
                           plate_rows(set_spec(root).rig))
 
 
@@ -70,7 +70,7 @@ def set_reference(root: Path, plates: int, with_physics_fit: bool = True) -> dic
     cached = _cached(root / "reference.json", key)
     if cached is not None:
         return cached
-    rows = read_manifest(root / "manifest.csv")
+    rows = read_manifest(manifest_path(root))
     rigs = capture_rigs(spec) or {w: spec.rig.model_copy(update={"wedge_mm": w}) for w in spec.wedges_mm}
     counts = rows.wedge_mm.value_counts()
     ceil = ceiling({w: (rigs[w], int(counts.get(w, 0)) or 1) for w in spec.wedges_mm}, spec.prior, plates=plates)
@@ -94,7 +94,7 @@ def pool_baseline(pool: Path, sets: dict[str, Path]) -> dict[str, Optional[dict]
     cached = _cached(pool / "baselines.json", key)
     if cached is not None:
         return cached
-    df = read_manifest(pool / "manifest.csv")
+    df = read_manifest(manifest_path(pool))
     df = df[df.labelled & (df.label >= 0)].assign(split="train")  # no epoch to pick: val is training data too
     t0 = time.perf_counter()
     train = dataset_arrays(CaptureDataset(LocalStore(pool), df, "train"), plate_rows(set_spec(pool).rig))
