@@ -138,11 +138,6 @@ class Dispatcher:
             time.sleep(self.poll_s)
         return []
 
-    def wait_all(self) -> list[Job]:
-        while self.in_flight():
-            self.wait()
-        return list(self.jobs.values())
-
     def poll(self) -> list[Job]:
         """One look at every job in flight: record states, crash orphans, resubmit crashed runs."""
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
