@@ -101,7 +101,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         png = capture_png(Path(d) / "capture.png")
         imp = "import serving.client"
-        dec = (f"import serving.client as c; c._decode(open({str(png)!r}, 'rb').read())")
+        dec = (f"import serving.client.captures as c; c.decode(open({str(png)!r}, 'rb').read())")
         infer = ["infer", str(png), "--url", f"triton://127.0.0.1:{closed_port()}/alloynet", "--retry-budget", "0"]
         run_cli = (f"import runpy, sys; sys.argv = ['alloynet', *{infer!r}]\n"
                    "try: runpy.run_module('alloynet.cli', run_name='__main__')\nexcept SystemExit: pass")
