@@ -12,10 +12,10 @@ Where a command comes from:
 * the library's own areas: ``COMMANDS`` below, top-level command name -> module in alloynet/commands whose
   ``register(app)`` adds it;
 * plugins: the ``alloynet.commands`` entry-point group (pyproject.toml: ``serving = "serving.cli:register"``,
-  ``flows = "flows.cli:register"``); `serving` and `flows` import alloynet, alloynet never imports them, as the
-  design's import rules require. A plugin declares the top-level names its ``register`` adds in a
-  module-level tuple of string literals ``COMMANDS`` in the entry point's module (e.g. ``COMMANDS =
-  ("package", "serve", "infer")`` in serving/cli.py). It is read from the module's source, without running
+  ``infra = "infra.cli:register"``, ``flows = "flows.cli:register"``); they import alloynet, alloynet never
+  imports them, as the design's import rules require. A plugin declares the top-level names its ``register``
+  adds in a module-level tuple of string literals ``COMMANDS`` in the entry point's module (e.g. ``COMMANDS =
+  ("package", "infer")`` in serving/cli.py). It is read from the module's source, without running
   the module, so ``alloynet infer`` does not import flows/cli.py; a plugin without such a ``COMMANDS`` (or
   not a .py source) is registered for every command. tests/test_cli.py checks that both tables say what
   the modules register.

@@ -9,13 +9,13 @@ workers, Triton's backend stubs, Prefect's flow-run subprocesses).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Callable
+
+from serving.binaries import find_binary  # noqa: F401  (serving owns it; infra's modules find it here too)
 
 HOST = "127.0.0.1"
 
@@ -106,15 +106,6 @@ def served_by(port: int, group_leader: int) -> bool:
         except OSError:
             continue
     return False
-
-
-def find_binary(name: str, install_hint: str) -> str:
-    """``name`` from this interpreter's bin directory (the venv), else from PATH."""
-    cand = Path(sys.executable).parent / name
-    found = str(cand) if cand.exists() else shutil.which(name)
-    if not found:
-        raise RuntimeError(f"{name} is missing: {install_hint}")
-    return found
 
 
 def alive(pid: int) -> bool:

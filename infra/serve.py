@@ -38,7 +38,6 @@ import fcntl
 import json
 import os
 import secrets
-import shlex
 import shutil
 import signal
 import subprocess
@@ -54,6 +53,7 @@ from pathlib import Path
 from typing import Optional
 
 from infra.processes import (HOST, alive, kill_group, port_free, stop_group, stop_pids, tagged_processes, tail)
+from serving import endpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG_ENV = "ALLOYNET_SERVE_TAG"
@@ -63,9 +63,7 @@ CONFIG_FILE, STATE_FILE, LOCK_FILE, LOG_FILE, ADMIN_FILE = (
 
 
 def default_dir() -> Path:
-    from serving.client import default_serve_dir
-
-    return default_serve_dir()
+    return endpoint.default_serve_dir()
 
 
 @dataclass
@@ -234,26 +232,21 @@ class Supervisor:
                  "checked_at": self.checked_at,
                  "servers": {name: {**info, "pid": self.pids.get(name)} for name, info in self.servers.items()},
                  "torchserve_keys_renewed": self.keys_refreshed,
-                 "env_file": str(self.dir / "serving.env")}
+                 "env_file": str(endpoint.env_file_path(self.dir))}
         try:
             _write_json(self.dir / STATE_FILE, state)
         except OSError as exc:  # a full disk must not stop the serving; the state only reports it
             _log(f"could not write {self.dir / STATE_FILE}: {exc}")
 
     def write_env(self) -> None:
-        from serving.client import KEY_FILE_VAR, MAX_REQUEST_VAR, TORCHSERVE_URL_VAR, URL_VAR
-
         urls = self.cfg.urls()
-        env = {URL_VAR: urls["triton"], "ALLOYNET_TRITON_URL": urls["triton"], "ALLOYNET_SERVE_DIR": str(self.dir)}
+        env = {endpoint.URL_VAR: urls["triton"], endpoint.TRITON_URL_VAR: urls["triton"],
+               endpoint.SERVE_DIR_ENV: str(self.dir)}
         if "torchserve" in urls:
-            env[TORCHSERVE_URL_VAR] = urls["torchserve"]
-            env[KEY_FILE_VAR] = str(self.ts_dir / "key_file.json")
-            env[MAX_REQUEST_VAR] = str(self.cfg.max_request_bytes)
-        text = "# written by `alloynet serve start`; `alloynet infer` and serving.client read it\n"
-        text += "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
-        tmp = self.dir / ".serving.env.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.dir / "serving.env")
+            env[endpoint.TORCHSERVE_URL_VAR] = urls["torchserve"]
+            env[endpoint.KEY_FILE_VAR] = str(self.ts_dir / "key_file.json")
+            env[endpoint.MAX_REQUEST_VAR] = str(self.cfg.max_request_bytes)
+        endpoint.write_env_file(endpoint.env_file_path(self.dir), env)
 
     # ---- releases ----
     def fetch_champion(self) -> Optional[Release]:
@@ -612,7 +605,7 @@ class Supervisor:
             self.stop_servers()
             if self.status != "failed":
                 self.status = "stopped"
-            (self.dir / "serving.env").unlink(missing_ok=True)
+            endpoint.env_file_path(self.dir).unlink(missing_ok=True)
             self.write_state()
 
     def stop_servers(self) -> None:
@@ -680,7 +673,7 @@ def start(cfg: ServeConfig, state_dir: Optional[Path] = None, wait: bool = True)
         admin.write_text(secrets.token_urlsafe(24))
         admin.chmod(0o600)
         (state_dir / STATE_FILE).unlink(missing_ok=True)
-        (state_dir / "serving.env").unlink(missing_ok=True)
+        endpoint.env_file_path(state_dir).unlink(missing_ok=True)
         tag = uuid.uuid4().hex
         with open(state_dir / LOG_FILE, "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "infra.serve", "supervise", str(state_dir)], cwd=ROOT,
@@ -719,7 +712,7 @@ def stop(state_dir: Optional[Path] = None, timeout: float = 60.0) -> dict:
     from infra import triton
 
     triton.stop(state_dir / "triton", timeout=5)   # shared memory of a server killed with its supervisor
-    (state_dir / "serving.env").unlink(missing_ok=True)
+    endpoint.env_file_path(state_dir).unlink(missing_ok=True)
     if st:
         st.update({"status": "stopped", "updated_at": _now()})
         _write_json(state_dir / STATE_FILE, st)

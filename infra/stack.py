@@ -349,14 +349,14 @@ def _start_serving(state_dir: Path, registry: str) -> dict[str, str]:
     """`alloynet serve` (infra/serve.py: supervised, fixed ports, follows the champion) on ``registry``'s champion,
     with TorchServe too; its state in ``state_dir/serve``. Returns the variables of its env file."""
     from infra import serve
-    from serving.client import read_env_file
+    from serving.endpoint import env_file_path, read_env_file
 
     try:
         serve.start(serve.ServeConfig(registry=registry, torchserve=True), state_dir / "serve")
     except serve.ServeError as exc:
         print(f"serving: {exc}", file=sys.stderr)
         return {}
-    return read_env_file(state_dir / "serve" / "serving.env")
+    return read_env_file(env_file_path(state_dir / "serve"))
 
 
 def _stop_serving(state_dir: Path) -> None:

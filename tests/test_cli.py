@@ -119,13 +119,15 @@ def test_each_command_comes_from_the_module_the_cli_names():
     for module in set(cli.COMMANDS.values()):
         assert names(importlib.import_module(module).register) == {c for c, m in cli.COMMANDS.items() if m == module}
     plugins = cli._plugins()
-    assert {ep.name for ep in plugins} >= {"serving", "flows"}
+    assert {ep.name for ep in plugins} >= {"serving", "infra", "flows"}
     declared = {ep.name: cli.plugin_commands(ep) for ep in plugins}
-    assert declared["serving"] == ("package", "serve", "infer") and declared["flows"] == ("demo", "study-pool")
+    assert declared["serving"] == ("package", "infer") and declared["infra"] == ("serve",)
+    assert declared["flows"] == ("demo", "study-pool")
     for ep in plugins:
         assert names(ep.load()) == set(declared[ep.name])
     assert set(typer.main.get_command(cli.app).commands) == set(cli.COMMANDS).union(*declared.values())
-    assert set(typer.main.get_command(cli.build_app("infer")).commands) == {"package", "serve", "infer"}
+    assert set(typer.main.get_command(cli.build_app("infer")).commands) == {"package", "infer"}
+    assert set(typer.main.get_command(cli.build_app("serve")).commands) == {"serve"}
 
 
 CLI_AS_MAIN = """import json, runpy, sys

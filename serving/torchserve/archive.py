@@ -14,7 +14,7 @@ import yaml
 
 from alloynet import contract
 from alloynet.export import ExportBundle
-from infra.processes import find_binary
+from serving.binaries import find_binary
 
 HERE = Path(__file__).resolve().parent
 HANDLER = HERE / "handler.py"
