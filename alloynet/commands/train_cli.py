@@ -42,8 +42,14 @@ def train(
             raise typer.BadParameter(f"{pretrain}: rig profile not found (alloynet rig calibrate writes one)",
                                      param_hint="--pretrain")
         overrides["pretrain.synthetic.rig_profile"] = str(pretrain)
+    from alloynet.train.engine import NonFiniteLoss
+
     cfg = load_config(config, overrides)
-    result = run_train(cfg, resume=resume)
+    try:
+        result = run_train(cfg, resume=resume)
+    except NonFiniteLoss as exc:  # its message names the task and the likely cause: no traceback
+        console.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports and evaluates
         return
     m = result.metrics
@@ -69,8 +75,10 @@ def _evaluate(checkpoint: Path, store: Optional[str], manifest: Optional[str], o
     out = out or Path(checkpoint).parent / f"report-{split}"
     m = run_evaluate(checkpoint, store, manifest, out, split, device=device, with_ceiling=ceiling, gradcam=gradcam,
                      rig_profile=rig_profile)
+    mae = m["thickness_mae_mm"]
+    thickness = f"thickness MAE {mae:.3f} mm" if mae == mae else "no thickness truth"
     line = (f"{m['model']} on {split} ({m['n']} captures): accuracy {m['accuracy']:.3f}, balanced accuracy "
-            f"{m['balanced_accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, thickness MAE {m['thickness_mae_mm']:.3f} mm")
+            f"{m['balanced_accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, {thickness}")
     if m.get("ceiling_accuracy") is not None:
         line += f"; ideal-observer ceiling {m['ceiling_accuracy']:.3f}, gap {m['ceiling_gap']:.3f}"
     console.print(line)

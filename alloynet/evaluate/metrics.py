@@ -124,8 +124,14 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
 
 
 def regression_metrics(pred: np.ndarray, true: np.ndarray) -> dict:
+    """MAE, RMSE and R^2 over the samples with a known truth (NaN where a capture has none, e.g. a lab's
+    imported capture has no ``a0``); every value is NaN when no sample has one."""
     pred, true = np.asarray(pred, float), np.asarray(true, float)
+    known = np.isfinite(true)
+    if not known.any():
+        return {"mae": float("nan"), "rmse": float("nan"), "r2": float("nan"), "n": 0}
+    pred, true = pred[known], true[known]
     err = pred - true
     ss_tot = float(((true - true.mean()) ** 2).sum())
     return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
-            "r2": float(1 - (err ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan")}
+            "r2": float(1 - (err ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan"), "n": int(known.sum())}

@@ -42,17 +42,23 @@ def regression_summary(p: dict[str, np.ndarray]) -> dict[str, float]:
 
 def per_thickness(rows: pd.DataFrame, p: dict[str, np.ndarray], names: list[str]) -> dict[str, dict]:
     """Accuracy and thickness error per nominal thickness, or per thickness stratum (quantile bin, labelled
-    with its range) when thicknesses are continuous."""
+    with its range) when thicknesses are continuous; captures with no thickness (a lab gave none) in their own
+    row, ``unknown``."""
     out = {}
     nominal = rows.nominal_thickness_mm.to_numpy(float)
-    strata = thickness_strata(rows.nominal_thickness_mm.reset_index(drop=True)).to_numpy()
-    for s in np.unique(strata):
-        m = strata == s
-        lo, hi = nominal[m].min(), nominal[m].max()
-        label = f"{lo:g}" if lo == hi else f"{lo:.2f}-{hi:.2f}"
+    known = np.isfinite(nominal)
+    strata = np.full(len(rows), np.nan)
+    if known.any():
+        strata[known] = thickness_strata(rows.nominal_thickness_mm[known].reset_index(drop=True)).to_numpy()
+    for s in [*np.unique(strata[known]), None]:
+        m = ~known if s is None else strata == s
+        if not m.any():
+            continue
+        lo, hi = (nominal[m].min(), nominal[m].max()) if s is not None else (0.0, 0.0)
+        label = "unknown" if s is None else f"{lo:g}" if lo == hi else f"{lo:.2f}-{hi:.2f}"
         cls = classification_metrics(p["y"][m], p["probs"][m], names)
         out[label] = {"n": int(m.sum()), "accuracy": cls["accuracy"], "balanced_accuracy": cls["balanced_accuracy"],
-                      "thickness_mae_mm": float(np.abs(p["pred_thickness_mm"][m] - p["true_thickness_mm"][m]).mean())}
+                      "thickness_mae_mm": regression_metrics(p["pred_thickness_mm"][m], p["true_thickness_mm"][m])["mae"]}
     return out
 
 
@@ -112,7 +118,7 @@ def baseline_metrics(st: ObjectStore, labelled: pd.DataFrame, ds: CaptureDataset
                                                                   names),
                      "recall": {c: m["per_class"][c]["recall"] for c in names}}
         if "thickness_mm" in res:
-            out[name]["thickness_mae_mm"] = float(np.abs(res["thickness_mm"] - test["thickness_mm"]).mean())
+            out[name]["thickness_mae_mm"] = regression_metrics(res["thickness_mm"], test["thickness_mm"])["mae"]
     return out
 
 

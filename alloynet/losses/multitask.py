@@ -7,6 +7,11 @@ error and a 0.1 error in mu_eff (1/cm) are not weighed by their arbitrary units.
 * ``uncertainty`` (Kendall et al. 2018): sum_t exp(-s_t) L_t + s_t with learnt s_t = log sigma_t^2
   (the classification term uses the same form, as is common practice). The s_t are parameters of the
   loss module: the trainer optimises and checkpoints them with the model.
+
+A regression target a capture has no truth for is NaN (a lab's import knows no ``a0`` or ``mu_eff``, and
+sometimes no thickness): it is left out of that task's mean per sample, and a batch with no truth for a task
+adds nothing for it (a zero that keeps the head in the graph), so imported and simulated captures train
+together with no setting.
 """
 from __future__ import annotations
 
@@ -53,15 +58,23 @@ class MultiTaskLoss(nn.Module):
         for i, k in enumerate(REGRESSION_TARGETS):
             pred = (outputs[k].float() - self.mean[i]) / self.std[i]
             true = (targets[k].float() - self.mean[i]) / self.std[i]
-            losses[k] = reg(pred, true)
+            known = torch.isfinite(true)
+            # indexing by the mask (not NaN * 0) keeps NaN out of the gradient as well as the value
+            losses[k] = reg(pred[known], true[known]) if bool(known.any()) else pred.sum() * 0.0
         return losses
 
     def forward(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The total loss and the per-task values (floats, for logging)."""
+        """The total loss and the per-task values (floats, for logging) of the tasks this batch has truth for."""
         losses = self.task_losses(outputs, targets)
         total = outputs["logits"].new_zeros((), dtype=torch.float32)
+        parts = {}
         for t, value in losses.items():
             w = self.task_weights[t]
+            if t != "alloy" and not bool(torch.isfinite(targets[t].float()).any()):
+                if w > 0:  # no truth here: the zero keeps the head in the graph; its uncertainty term is not fed
+                    total = total + value  # (s would only fall, and blow the task up at the next batch with truth)
+                continue
+            parts[t] = float(value.detach())
             if w <= 0:
                 continue
             if self.log_vars is not None:
@@ -69,4 +82,4 @@ class MultiTaskLoss(nn.Module):
                 total = total + torch.exp(-s) * value + s
             else:
                 total = total + w * value
-        return total, {t: float(v.detach()) for t, v in losses.items()}
+        return total, parts

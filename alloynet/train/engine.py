@@ -30,6 +30,30 @@ def _progress(enabled: bool, total: int, description: str):
     return bar
 
 
+class NonFiniteLoss(RuntimeError):
+    """Training stopped at a non-finite loss; the message is one line: the task, the batch and the likely cause."""
+
+
+def diagnose_non_finite(parts: dict[str, torch.Tensor], out: dict[str, torch.Tensor], x: torch.Tensor,
+                        cal: torch.Tensor, lr: float, where: str) -> str:
+    """One line naming the first non-finite task and what most likely made it so, for ``NonFiniteLoss``."""
+    bad = [t for t, v in parts.items() if not bool(torch.isfinite(v).all())] or ["total"]
+    task = bad[0]
+    span = cal[..., 1] - cal[..., 0]
+    if not bool(torch.isfinite(x).all()):
+        cause = "the batch holds non-finite pixels (a damaged image?): run `alloynet data validate`"
+    elif not bool(torch.isfinite(cal).all()) or bool((span <= 0).any()):
+        cause = ("a capture's calibration has flat <= dark or a non-finite level: check its dark/flat levels "
+                 "(import --dark-level/--flat-level or the labels CSV's dark/flat columns)")
+    elif all(bool(torch.isfinite(v).all()) for v in out.values() if torch.is_tensor(v) and v.is_floating_point()):
+        cause = (f"the {task} loss overflowed on finite outputs: its targets may be out of scale; set "
+                 f"loss.task_weights.{task}=0 to train without it")
+    else:
+        cause = (f"the model's outputs diverged at learning rate {lr:.2e}: lower optim.lr or set "
+                 f"optim.clip_grad_norm")
+    return f"training stopped: non-finite {task} loss at {where}; likely cause: {cause}"
+
+
 def train_one_epoch(model: nn.Module, criterion: MultiTaskLoss, optimizer: torch.optim.Optimizer,
                     schedule: Schedule, loader: DataLoader, device: torch.device, *, amp: bool = False,
                     channels_last: bool = False, clip_grad_norm: Optional[float] = None,
@@ -37,7 +61,8 @@ def train_one_epoch(model: nn.Module, criterion: MultiTaskLoss, optimizer: torch
     """Returns mean loss (total and per task), training accuracy and images/s for the epoch."""
     model.train()
     sums: dict[str, float] = {}
-    n_seen, n_correct, start = 0, 0, time.perf_counter()
+    seen: dict[str, int] = {}                   # per task: a mixed store's batches may lack some tasks' truth
+    n_seen, n_correct, n_batches, start = 0, 0, 0, time.perf_counter()
     bar = _progress(progress and env.is_main, len(loader), description)
     try:
         for x, cal, wedge, targets in loader:
@@ -48,6 +73,10 @@ def train_one_epoch(model: nn.Module, criterion: MultiTaskLoss, optimizer: torch
             with autocast(device, amp):
                 out = model(x, cal.to(device, non_blocking=True), wedge.to(device, non_blocking=True))
             loss, parts = criterion(out, targets)
+            if not bool(torch.isfinite(loss)):  # before the step: one NaN update would poison every weight
+                tasks = criterion.task_losses(out, targets)
+                raise NonFiniteLoss(diagnose_non_finite(tasks, out, x, cal, optimizer.param_groups[0]["lr"],
+                                                        f"{description}, batch {n_batches + 1}"))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             all_reduce_grads(criterion, env)
@@ -58,16 +87,18 @@ def train_one_epoch(model: nn.Module, criterion: MultiTaskLoss, optimizer: torch
             schedule.step_iteration()
             b = x.shape[0]
             n_seen += b
+            n_batches += 1
             n_correct += int((out["logits"].argmax(1) == targets["alloy"]).sum())
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v * b
+                seen[k] = seen.get(k, 0) + b
             if bar is not None:
                 bar.update(bar.task_ids[0], advance=1, info=f"loss {sums['loss'] / n_seen:.4f}")
     finally:
         if bar is not None:
             bar.stop()
     seconds = time.perf_counter() - start
-    stats = {k: v / max(n_seen, 1) for k, v in sums.items()}
+    stats = {k: v / max(seen[k], 1) for k, v in sums.items()}
     stats.update(accuracy=n_correct / max(n_seen, 1), images_per_s=n_seen * env.world_size / max(seconds, 1e-9),
                  seconds=seconds)
     return stats

@@ -144,11 +144,15 @@ def _check_resumable(ckpt: dict, cfg: TrainConfig) -> None:
         raise ValueError(f"cannot resume: the config differs from the checkpoint's in {diff}")
 
 
+def _mm(v: float) -> str:
+    return f"{v:.3f} mm" if v == v else "n/a"  # NaN: no validation capture has a thickness
+
+
 def _log_epoch(epoch: int, cfg: TrainConfig, tr: dict, val: dict, lr: float) -> None:
     tasks = " ".join(f"{k} {tr[k]:.3f}" for k in ("alloy", "thickness_mm", "a0", "mu_eff") if k in tr)
     line = (f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f} ({tasks})  "
             f"val loss {val['loss']:.4f} bal_acc {val['balanced_accuracy']:.3f} acc {val['accuracy']:.3f} "
-            f"f1 {val['macro_f1']:.3f} t_mae {val['thickness_mm_mae']:.3f} mm  lr {lr:.2e}  "
+            f"f1 {val['macro_f1']:.3f} t_mae {_mm(val['thickness_mm_mae'])}  lr {lr:.2e}  "
             f"{tr['images_per_s']:.0f} img/s  {tr['seconds']:.1f}s")
     console.print(line)
     log.info(line)  # also to `logging`, so an orchestrator (Prefect) can show training progress
