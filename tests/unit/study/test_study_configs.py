@@ -1,6 +1,4 @@
 """The committed study protocols parse, and every run's training config validates."""
-from pathlib import Path
-
 import pytest
 
 from alloynet.models import list_models
@@ -8,7 +6,7 @@ from alloynet.study import load_study
 from alloynet.study.runner import _train_config
 from alloynet.losses import list_losses
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("name", ["study.yaml", "study-gpu.yaml"])

@@ -24,13 +24,13 @@ from alloynet.captures.layout import list_quarantine
 from alloynet.captures.stores import LOCK_NAME, LocalStore, S3Store, WriterBusy
 from alloynet.data.manifest import ingest_and_refresh
 from infra.processes import alive
+from tests.helpers import ROOT
 from tests.helpers.dummy import DummyCaptureStore
 from tests.helpers.faults import POISON, POISON_KEYS, LosingStore, poison_sidecars, snapshot
 
 pytestmark = pytest.mark.slow
 
 SIZES = {(32, 32)}
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -143,10 +143,10 @@ def run_cli_as_main(*args: str) -> tuple[int, str, list[str]]:
     """``python -m alloynet.cli ARGS`` in a fresh interpreter from the checkout: exit code, output, sys.modules."""
     import subprocess
     import sys
-    from pathlib import Path
+    from tests.helpers import ROOT
 
     res = subprocess.run([sys.executable, "-c", CLI_AS_MAIN, *args], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+                         cwd=ROOT, timeout=120)
     *out, report = res.stdout.rstrip("\n").split("\n")
     assert report.startswith("REPORT "), res.stdout + res.stderr
     rep = json.loads(report[len("REPORT "):])
