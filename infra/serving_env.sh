@@ -3,7 +3,7 @@
 # tritonserver 2.51 binary + Python-backend stubs; it pins numpy<2, hence its own venv) and onnxruntime (for
 # repositories packaged with a Python-backend model.py, and for its library). alloynet's own Triton backend is
 # built there with g++ (serving/triton/backend/alloynet_ort.cc -> $VENV/alloynet_ort/libtriton_alloynet_ort.so,
-# linked against that onnxruntime).
+# linked against that onnxruntime; it reads its config with RapidJSON, Debian's rapidjson-dev).
 # Idempotent: stamps record what was installed and built; re-running is a no-op.
 #   usage: infra/serving_env.sh [PYTHON]      (PYTHON defaults to python3; must have shared libpython)
 set -euo pipefail
@@ -16,6 +16,10 @@ SRC=serving/triton/backend/alloynet_ort.cc
 BUILT="$VENV/alloynet_ort/.built-$(sha256sum "$SRC" | cut -c1-16)"
 
 build_backend() {
+    if [ ! -f /usr/include/rapidjson/document.h ]; then
+        echo "serving_env: installing rapidjson-dev (headers the backend reads its config with)"
+        apt-get update -qq && apt-get install -y -qq rapidjson-dev >/dev/null
+    fi
     # The wheel's library is libonnxruntime.so.1.N.M with soname libonnxruntime.so.1: a link of that name
     # beside the backend, found through its rpath.
     local root capi lib out

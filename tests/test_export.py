@@ -63,16 +63,23 @@ def test_export_writes_formats_with_parity_and_dynamic_batch(bundle, inputs):
     assert sig["inputs"] == {"image": ["batch", 1, SIZE, SIZE], "calibration": ["batch", 1, 2], "wedge_mm": ["batch", 1]}
     assert sig["outputs"] == {"probabilities": ["batch", 5], "thickness_mm": ["batch"], "absorption": ["batch", 2],
                               "prediction_set": ["batch", 5], "group_probabilities": ["batch", 2],
-                              "flags": ["batch", 5]}
+                              "flags": ["batch", 5], "status": ["batch"], "status_value": ["batch"]}
     sess = onnx_session(bundle.path("onnx"))
     for b in (1, 3):
-        p, t, a, s, g, f = sess.run(None, {k: v[:b] for k, v in inputs.items()})
+        p, t, a, s, g, f, *_ = sess.run(None, {k: v[:b] for k, v in inputs.items()})
         assert p.shape == (b, 5) and t.shape == (b,) and a.shape == (b, 2) and s.shape == (b, 5) and f.shape == (b, 5)
         np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
         np.testing.assert_allclose(g.sum(1), 1.0, atol=1e-5)
     # the capture sent without its calibration is answered with that said, the others are not
-    flags = sess.run(["flags"], inputs)[0]
+    flags, status = sess.run(["flags", "status"], inputs)
     assert flags[:, 0].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert status.tolist() == [0.0, 0.0, 0.0, contract.STATUS_CODES["calibration_missing"]]
+    # the model file describes itself
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(bundle.path("onnx"))).metadata_props}
+    assert props["flag_names"].split(",") == list(contract.FLAG_NAMES)
+    assert props["contract_version"] == str(contract.VERSION) and float(props["coverage"]) == 0.95
     # uint16 captures cast to float32 are exactly what the graph expects: preprocessing is inside it
     ts = load_torchscript(bundle.path("torchscript"))
     with torch.no_grad():
@@ -98,35 +105,44 @@ def test_tensorrt_absent_is_said_and_skipped(bundle, inputs):
     assert not (bundle.directory / "model.plan").exists()
 
 
-def test_triton_repository_configs_parse_and_match_onnx(bundle, tmp_path):
+def test_triton_repository_one_model_name_whichever_backend(bundle, tmp_path):
     from serving.triton.repository import BatchingOptions, build_repository, parse_config, validate_config
 
-    repo = build_repository(bundle.directory, tmp_path / "repo", opts=BatchingOptions(max_batch_size=16))
-    assert sorted(p.name for p in repo.iterdir()) == ["alloynet", "alloynet_onnx"]
-    for name in ("alloynet", "alloynet_onnx"):
-        cfg = parse_config(repo / name / "config.pbtxt")
+    for backend in ("alloynet_ort", "onnxruntime"):
+        repo = build_repository(bundle.directory, tmp_path / backend, opts=BatchingOptions(max_batch_size=16),
+                                backend=backend)
+        assert [p.name for p in repo.iterdir()] == ["alloynet"]
+        cfg = parse_config(repo / "alloynet" / "config.pbtxt")
+        assert cfg.backend == backend and cfg.name == "alloynet"
         assert cfg.max_batch_size == 16 and list(cfg.dynamic_batching.preferred_batch_size) == [4, 8, 16]
         assert [i.name for i in cfg.input] == ["image", "calibration", "wedge_mm"] and list(cfg.input[0].dims) == [1, SIZE, SIZE]
-        assert list(cfg.input[1].dims) == [1, 2] and cfg.input[1].optional == (name == "alloynet")
-        assert list(cfg.input[2].dims) == [1] and cfg.input[2].optional == (name == "alloynet")
-        assert cfg.parameters["class_names"].string_value.split(",") == list(ALLOY_NAMES)
-    assert parse_config(repo / "alloynet_onnx" / "config.pbtxt").platform == "onnxruntime_onnx"
-    assert {p.name for p in (repo / "alloynet" / "1").iterdir()} == {"model.onnx", "export.json"}
-    native = parse_config(repo / "alloynet" / "config.pbtxt")  # alloynet's own backend and what it reads
-    assert native.backend == "alloynet_ort"
+        assert list(cfg.input[1].dims) == [1, 2] and list(cfg.input[2].dims) == [1]
+        assert not any(i.optional for i in cfg.input)  # every backend takes the same request
+        assert [o.name for o in cfg.output] == list(contract.OUTPUT_NAMES)
+        params = {k: v.string_value for k, v in cfg.parameters.items()}
+        assert params["class_names"].split(",") == list(ALLOY_NAMES)
+        assert params["flag_names"].split(",") == list(contract.FLAG_NAMES)
+        assert params["group_names"].split(",") == list(contract.GROUP_NAMES)
+        assert params["contract_version"] == str(contract.VERSION) and float(params["coverage"]) == 0.95
+        assert "16:image_not_finite" in params["status_codes"].split(",")
+        assert {p.name for p in (repo / "alloynet" / "1").iterdir()} == {"model.onnx", "export.json"}
+    native = parse_config(tmp_path / "alloynet_ort" / "alloynet" / "config.pbtxt")  # what alloynet_ort.cc reads
     assert native.parameters["output_names"].string_value.split(",") == list(contract.OUTPUT_NAMES)
     assert native.parameters["input_names"].string_value.split(",") == ["image", "calibration", "wedge_mm"]
-    assert float(native.parameters["max_adu"].string_value) == bundle.meta.max_adu
+    stock = parse_config(tmp_path / "onnxruntime" / "alloynet" / "config.pbtxt")
+    assert stock.platform == "onnxruntime_onnx" and "output_names" not in stock.parameters
     # a wrong dim is caught by validation against the ONNX model
-    bad = repo / "alloynet_onnx" / "config.pbtxt"
+    bad = tmp_path / "onnxruntime" / "alloynet" / "config.pbtxt"
     bad.write_text(bad.read_text().replace(f"dims: [ 1, {SIZE}, {SIZE} ]", "dims: [ 1, 64, 64 ]"))
     with pytest.raises(ValueError, match="ONNX model has"):
         validate_config(bad, bundle.path("onnx"), bundle.meta)
+    with pytest.raises(ValueError, match="expected one of"):
+        build_repository(bundle.directory, tmp_path / "x", backend="python")
     # the GPU variant asks ONNX Runtime for the TensorRT execution accelerator
-    gpu = build_repository(bundle.directory, tmp_path / "gpu", gpu=True, native_model=False)
-    cfg = parse_config(gpu / "alloynet_onnx" / "config.pbtxt")
+    gpu = build_repository(bundle.directory, tmp_path / "gpu", gpu=True)
+    cfg = parse_config(gpu / "alloynet" / "config.pbtxt")
     acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator[0]
-    assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP16"
+    assert cfg.backend == "onnxruntime" and acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP16"
     assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
 
 
@@ -192,6 +208,12 @@ def test_handler_answers_each_request_and_rejects_bad_ones(bundle, images):
         assert out[i]["error"]["code"] == 400 and re.search(pattern, out[i]["error"]["message"]), out[i]
         assert ctx.statuses[i][0] == 400
     assert set(ctx.statuses) == set(want)
+    # the NaN pixel was named by the graph's status, in the contract's words
+    assert out[5]["error"]["status"] == "image_not_finite" and out[5]["error"]["field"] == "image"
+    assert out[5]["error"]["message"] == contract.status_message(16, 1.0)[1]
+    assert out[0]["status"] == "calibration_missing"  # sent without calibration: answered, and said so
+    described = handler.describe_handle()
+    assert described["flag_names"].split(",") == list(contract.FLAG_NAMES) and described["coverage"] == "0.95"
 
 
 def test_mar_holds_model_handler_and_meta(bundle, tmp_path):

@@ -1,7 +1,6 @@
-"""Export: TorchScript, ONNX (dynamic batch, preprocessing inside), TensorRT where available; parity checks.
-
-Every format computes ``ServingGraph(model)``: input ``image`` float32 [B, C, H, W] in raw detector ADU,
-outputs ``probabilities`` [B, K], ``thickness_mm`` [B] and ``absorption`` [B, 2] (a0, mu_eff).
+"""Export: TorchScript, ONNX (dynamic batch, preprocessing and capture checks inside), TensorRT where
+available; parity checks. Every format computes ``ServingGraph(model)``, whose inputs and outputs are
+``alloynet.contract``'s.
 """
 from alloynet.export.bundle import (ONNX_FILE, PLAN_FILE, TORCHSCRIPT_FILE, ExportBundle, export_checkpoint,
                                     export_model, meta_from_checkpoint, parity_captures)

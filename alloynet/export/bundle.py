@@ -16,7 +16,7 @@ from torch import nn
 
 from alloynet.captures.stores import ObjectStore
 from alloynet.data.dataset import load_image
-from alloynet.contract import CALIBRATION_NAME, INPUT_NAME, WEDGE_NAME
+from alloynet.contract import CALIBRATION_NAME, GROUP_NAMES, INPUT_NAME, WEDGE_NAME
 from alloynet.data.manifest import calibration_levels, open_dataset
 from alloynet.export.graph import ExportMeta
 from alloynet.export.onnx_export import DEFAULT_OPSET, export_onnx
@@ -66,9 +66,10 @@ def export_model(model: nn.Module, meta: ExportMeta, out_dir: str | Path, parity
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    meta = meta.model_copy(update=answer_meta(model, meta))
     ts = export_torchscript(model, meta, out / TORCHSCRIPT_FILE)
     onnx_path = export_onnx(model, meta, out / ONNX_FILE, opset=opset)
-    report = check_parity(model, parity_inputs, ts, onnx_path, prob_atol=prob_atol)
+    report = check_parity(model, parity_inputs, ts, onnx_path, prob_atol=prob_atol, max_adu=meta.max_adu)
     files = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE}
     extra: dict = {}
     if tensorrt and tensorrt != "fp32" and getattr(model, "physics", None) is not None:
@@ -90,6 +91,15 @@ def export_model(model: nn.Module, meta: ExportMeta, out_dir: str | Path, parity
                                        sha256={k: _sha256(out / v) for k, v in files.items()}, **extra))
     meta.save(out)
     return ExportBundle(out, meta)
+
+
+def answer_meta(model: nn.Module, meta: ExportMeta) -> dict:
+    """Each class's group and the sets' coverage, from the model's answer (empty for a model without one)."""
+    answer = getattr(model, "answer", None)
+    if answer is None:
+        return {}
+    groups = answer.group_matrix.argmax(dim=1).tolist()
+    return {"class_groups": [GROUP_NAMES[g] for g in groups], "coverage": float(answer.coverage)}
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, store: ObjectStore | str | Path | None = None,

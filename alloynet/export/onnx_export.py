@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alloynet.contract import INPUT_NAMES, OUTPUT_NAMES, input_dims
+from alloynet.contract import INPUT_NAMES, OUTPUT_NAMES, description, input_dims
 from alloynet.export.graph import ExportMeta, ServingGraph, example_inputs
 
 DEFAULT_OPSET = 18
@@ -22,7 +22,7 @@ def export_onnx(model: nn.Module, meta: ExportMeta, path: str | Path, opset: int
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = ServingGraph(model).eval()
+    graph = ServingGraph(model, meta.max_adu).eval()
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.filterwarnings("ignore")
@@ -31,9 +31,20 @@ def export_onnx(model: nn.Module, meta: ExportMeta, path: str | Path, opset: int
                                     dynamic_shapes={n: {0: batch} for n in INPUT_NAMES}, external_data=False)
     program.save(str(path), external_data=False)
     proto = onnx.load(str(path))
+    # the model file describes itself: names, groups, status codes, contract version and coverage
+    del proto.metadata_props[:]
+    for key, value in describe(meta).items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
     onnx.checker.check_model(proto, full_check=True)
     _check_signature(proto, meta)
     return path
+
+
+def describe(meta: ExportMeta) -> dict[str, str]:
+    """The contract's description of this model (``alloynet.contract.description``)."""
+    return description(meta.class_names, meta.class_groups, meta.coverage if meta.coverage is not None else 0.0,
+                       meta.max_adu)
 
 
 def _dims(value_info) -> list:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alloynet.contract import INPUT_NAMES, OUTPUT_NAMES
+from alloynet.contract import INPUT_NAMES, MAX_ADU, OUTPUT_NAMES
 from alloynet.export.graph import ServingGraph
 
 
@@ -36,7 +36,7 @@ class ParityReport:
 
 
 PROBABILITY_OUTPUTS = ("probabilities", "group_probabilities")
-INDICATOR_OUTPUTS = ("prediction_set", "flags")          # 0/1: must agree exactly
+INDICATOR_OUTPUTS = ("prediction_set", "flags", "status")  # 0/1 and codes: must agree exactly
 
 
 def _as_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -46,9 +46,11 @@ def _as_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in INPUT_NAMES}
 
 
-def reference_outputs(model: nn.Module, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+def reference_outputs(model: nn.Module, inputs: Mapping[str, np.ndarray], max_adu: float = MAX_ADU
+                      ) -> list[np.ndarray]:
+    graph = ServingGraph(model, max_adu).eval()
     with torch.no_grad():
-        return [t.numpy() for t in ServingGraph(model).eval()(*(torch.from_numpy(inputs[n]) for n in INPUT_NAMES))]
+        return [t.numpy() for t in graph(*(torch.from_numpy(inputs[n]) for n in INPUT_NAMES))]
 
 
 def _tolerance(name: str, ref: np.ndarray, prob_atol: float, reg_rtol: float):
@@ -61,7 +63,7 @@ def _tolerance(name: str, ref: np.ndarray, prob_atol: float, reg_rtol: float):
 
 def check_parity(model: nn.Module, inputs: Mapping[str, np.ndarray], torchscript_path: str | Path | None = None,
                  onnx_path: str | Path | None = None, prob_atol: float = 1e-4, reg_rtol: float = 1e-4,
-                 raise_on_failure: bool = True) -> ParityReport:
+                 raise_on_failure: bool = True, max_adu: float = MAX_ADU) -> ParityReport:
     """Compare each exported format to the eager model on real captures: ``inputs`` = {"image": float32
     [N, C, H, W] raw ADU, "calibration": float32 [N, C, 2]}.
 
@@ -71,7 +73,7 @@ def check_parity(model: nn.Module, inputs: Mapping[str, np.ndarray], torchscript
     """
     inputs = _as_inputs(inputs)
     model = model.eval()
-    ref = reference_outputs(model, inputs)
+    ref = reference_outputs(model, inputs, max_adu)
     candidates: dict[str, list[np.ndarray]] = {}
     if torchscript_path is not None:
         from alloynet.export.torchscript import load_torchscript

@@ -14,7 +14,7 @@ from alloynet.export.graph import ExportMeta, ServingGraph, example_inputs
 def export_torchscript(model: nn.Module, meta: ExportMeta, path: str | Path) -> Path:
     """Trace ``ServingGraph(model)`` and save it; the batch dimension stays free."""
     path = Path(path)
-    graph = ServingGraph(model).eval()
+    graph = ServingGraph(model, meta.max_adu).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit is deprecated but TorchServe loads it
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

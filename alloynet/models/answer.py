@@ -11,6 +11,11 @@
   threshold on ~130 captures is itself uncertain by +-0.02 in coverage, on 2,000 by +-0.005. The simulated ones
   join only where the real captures agree with them (their coverage under the joint fit is not significantly
   off the target): a simulator that does not describe the rig cannot move the answers.
+* Captures sent without calibration or wedge size: the model's logits for them are less sure than they look
+  (it has to assume the training levels), so they get their own temperature and conformal threshold, fitted
+  the same way on the calibration captures sent without their calibration and wedge size (``fit_missing``).
+  Until those are fitted such a capture is answered with every class equally likely and every class in its
+  set: never a confident guess.
 * Group probabilities: heavy (Cu/Zn-bearing) vs light, summed from the class probabilities.
 * Flags: the calibration ones come from ``Preprocess``; thickness outside the training range (the regression
   head's thickness beyond the range widened by 5 %, or the physics fit's posterior mass beyond the training
@@ -56,9 +61,37 @@ class Answer(nn.Module):
         self.register_buffer("class_means", torch.zeros(num_classes, p))
         self.register_buffer("precision", torch.eye(p))
         self.register_buffer("ood_threshold", torch.tensor(float("inf")))
+        # 0 = not fitted: captures without calibration are answered uniformly (see the module's docstring)
+        self.register_buffer("temperature_missing", torch.tensor(0.0))
+        self.register_buffer("qhat_missing", torch.tensor(1.0))
+
+    _OPTIONAL_BUFFERS = ("temperature_missing", "qhat_missing")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # checkpoints written before these buffers existed load as "not fitted"
+        for name in self._OPTIONAL_BUFFERS:
+            state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits.float() / self.temperature, dim=-1)
+
+    def answer_sets(self, logits: torch.Tensor, calibration_missing: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities [B, K], prediction set [B, K]): items whose calibration or wedge size was not sent
+        (``calibration_missing`` [B] as 0/1) get the temperature and threshold fitted for such captures, or the
+        uniform answer and every class while those are not fitted."""
+        probs = self.probabilities(logits)
+        pset = (probs >= 1.0 - self.qhat).float()
+        fitted = self.temperature_missing > 0
+        t_missing = torch.where(fitted, self.temperature_missing, torch.ones_like(self.temperature_missing))
+        p_missing = torch.softmax(logits.float() / t_missing, dim=-1)
+        p_missing = torch.where(fitted, p_missing, torch.full_like(p_missing, 1.0 / p_missing.shape[-1]))
+        s_missing = (p_missing >= 1.0 - self.qhat_missing).float()
+        missing = calibration_missing.reshape(-1, 1) > 0.5
+        return torch.where(missing, p_missing, probs), torch.where(missing, s_missing, pset)
 
     def ood_distance(self, features: torch.Tensor) -> torch.Tensor:
         """Smallest Mahalanobis distance (squared) of the projected features to a training class mean."""
@@ -74,8 +107,7 @@ class Answer(nn.Module):
         ``thickness_outside``: the physics fit's posterior mass beyond the training thicknesses [B], if the model
         has the fit; above OUTSIDE_MASS the thickness is out of range whatever the regression head says (the
         head cannot say it: it saturates inside its training range)."""
-        probs = self.probabilities(logits)
-        pset = (probs >= 1.0 - self.qhat).float()
+        probs, pset = self.answer_sets(logits, calibration_missing)
         # a sum of products, not a matmul: under CUDA autocast a matmul would come out in bf16
         groups = (probs[:, :, None] * self.group_matrix[None]).sum(dim=1)
         thick = (thickness_mm < self.thickness_range[0]) | (thickness_mm > self.thickness_range[1])
@@ -106,6 +138,20 @@ class Answer(nn.Module):
         return {"temperature": float(self.temperature), "qhat": float(self.qhat), "coverage": float(self.coverage),
                 "thickness_range": self.thickness_range.tolist(), "ood_threshold": float(self.ood_threshold)}
 
+    @torch.no_grad()
+    def fit_missing(self, logits: np.ndarray, labels: np.ndarray) -> dict:
+        """Fit the temperature and conformal threshold of captures sent without calibration or wedge size, on
+        held-out logits computed with both withheld (``withheld_calibration``); returns a summary."""
+        if len(labels) == 0:
+            raise ValueError("fit_missing needs at least one held-out capture")
+        t = fit_temperature(logits, labels)
+        probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float32) / t, -1).numpy()
+        self.temperature_missing.fill_(t)
+        self.qhat_missing.fill_(conformal_threshold(probs, labels, float(self.coverage)))
+        covered = probs[np.arange(len(labels)), np.asarray(labels, int)] >= 1.0 - float(self.qhat_missing)
+        return {"temperature": t, "qhat": float(self.qhat_missing), "coverage": float(covered.mean()),
+                "set_size": float((probs >= 1.0 - float(self.qhat_missing)).sum(1).mean())}
+
     def _fit_features(self, f: np.ndarray, y: np.ndarray, f_val: np.ndarray) -> None:
         mean = f.mean(0)
         centred = f - mean
@@ -129,6 +175,18 @@ class Answer(nn.Module):
         self.precision.copy_(torch.as_tensor(np.linalg.inv(cov), dtype=torch.float32))
         f_val = torch.as_tensor(f_val, dtype=torch.float32, device=self.feat_mean.device)
         self.ood_threshold.fill_(float(np.quantile(self.ood_distance(f_val).cpu().numpy(), OOD_QUANTILE)))
+
+
+class WithheldCalibration(nn.Module):
+    """A model as it answers captures sent without calibration and wedge size (both zeros): what
+    ``Answer.fit_missing`` is fitted on. Forwards (raw, calibration, wedge_mm) like the model it wraps."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor):
+        return self.model(raw, torch.zeros_like(calibration), torch.zeros_like(wedge_mm))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -27,7 +27,7 @@ from alloynet.evaluate.predict import predict
 from alloynet.losses import MultiTaskLoss, create_loss
 from alloynet.models import create_model
 from alloynet.models.registry import takes_width
-from alloynet.models.answer import MIN_REAL, calibration_set
+from alloynet.models.answer import MIN_REAL, WithheldCalibration, calibration_set
 from alloynet.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from alloynet.models.norm import fit_input_statistics
 from alloynet.models.physics_prior import physics_spec, table_wedges
@@ -285,6 +285,9 @@ def fit_answer(run: Run, best: Path) -> dict:
                                              cfg.coverage, MIN_REAL)
     summary = model.answer.fit(logits, labels, tr["features"], tr["y"], val["features"], data.train.thickness_mm)
     summary["calibration_set"] = chosen
+    # captures sent without calibration or wedge size get their own honest temperature and set
+    withheld = predict(WithheldCalibration(model), calib, run.device)
+    summary["without_calibration"] = model.answer.fit_missing(withheld["logits"], withheld["y"])
     ckpt["model"] = model.state_dict()
     ckpt["answer"] = summary
     save_checkpoint(ckpt, best)

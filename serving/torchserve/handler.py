@@ -1,12 +1,13 @@
 """TorchServe handler: raw 16-bit capture bytes in, alloy + probabilities + thickness + absorption out.
 
-Request body (REST) or ``input["data"]`` (gRPC): a 16-bit PNG or TIFF capture (decoded and validated by
-``alloynet.captures.format.decode_image``), or a raw array as .npy bytes (uint16 or float32 [C, H, W]).
-The model is the exported TorchScript graph, which normalises inside (the library's ``Preprocess``), so
-this handler never re-implements preprocessing. A bad request gets HTTP 400 (gRPC INVALID_ARGUMENT) with
-the reason and never takes the rest of its batch, or the worker, down with it. The size a PNG/TIFF/.npy
-header declares is checked against the model's input before decoding (a decompression bomb is refused
-for the cost of reading its header).
+Request body (REST) or ``input["data"]`` (gRPC): a 16-bit PNG or TIFF capture (decoded by
+``alloynet.captures.image.decode_image``), or a raw array as .npy bytes (uint16 or float32 [C, H, W]).
+The model is the exported TorchScript graph, which preprocesses and checks the capture's values inside, so
+this handler re-implements neither: it decodes, checks shapes and dtypes, and words the graph's status with the
+contract's table. A bad request gets HTTP 400 (gRPC INVALID_ARGUMENT) with the reason and never takes the rest
+of its batch, or the worker, down with it. The size a PNG/TIFF/.npy header declares is checked against the
+model's input before decoding (a decompression bomb is refused for the cost of reading its header). The model's
+description (``?customized=true``) is the contract's ``description``: names, groups, status codes, coverage.
 
 TorchServe 0.12's unary gRPC path ignores a per-request status (GRPCJob.response), so over gRPC a
 rejected capture comes back with status OK and ``{"error": {"code": 400, ...}}`` as its body; the client
@@ -53,7 +54,8 @@ class AlloyHandler(BaseHandler):
             self.meta = json.load(f)
         self.shape = (int(self.meta["channels"]), int(self.meta["height"]), int(self.meta["width"]))
         self.class_names = list(self.meta["class_names"])
-        self.max_adu = float(self.meta.get("max_adu", 65535.0))
+        self.class_groups = list(self.meta.get("class_groups") or []) or None
+        self.max_adu = float(self.meta.get("max_adu", contract.MAX_ADU))
 
     def _load_torchscript_model(self, model_pt_path):
         with warnings.catch_warnings():  # torch.jit is deprecated upstream but is what TorchServe 0.12 loads
@@ -79,7 +81,7 @@ class AlloyHandler(BaseHandler):
             from alloynet.captures.image import decode_image
 
             arr = decode_image(data, where="request")
-        return check_capture(arr, self.shape, self.max_adu)
+        return check_capture(arr, self.shape)
 
     def calibration(self, row: Any) -> np.ndarray:
         """The capture's calibration from the request: ``calibration`` (JSON [[dark, flat], ...] per channel)
@@ -149,7 +151,17 @@ class AlloyHandler(BaseHandler):
                     self.context.set_response_status(400, f"{err['field']}: {err['message']}", idx=i)
                 results.append(self.errors[i])
                 continue
-            results.append(contract.prediction(outputs, j, self.class_names))
+            refused = contract.refusal(outputs, j, self.max_adu)
+            if refused is not None:
+                if getattr(self, "context", None) is not None:
+                    self.context.set_response_status(400, f"{refused['field']}: {refused['message']}", idx=i)
+                results.append({"error": {"code": 400, **refused}})
+            else:
+                results.append(contract.prediction(outputs, j, self.class_names, self.class_groups))
             j += 1
         return results
+
+    def describe_handle(self) -> dict:
+        return contract.description(self.class_names, self.class_groups or [], float(self.meta.get("coverage") or 0.0),
+                                    self.max_adu)
 

@@ -1,12 +1,14 @@
-"""Write a Triton model repository from an export bundle, and validate its configs.
+"""Write a Triton model repository from an export bundle, and validate its config.
 
-    <repo>/alloynet/        alloynet's own backend (serving/triton/backend/alloynet_ort.cc): the same ONNX model
-                            run in the server's process with ONNX Runtime, behind the capture checks (CPU servers)
-    <repo>/alloynet_onnx/   onnxruntime backend; on GPU instances the TensorRT execution accelerator
-    <repo>/alloynet_trt/    tensorrt_plan (only when the bundle has a TensorRT engine)
+One model, named for clients (``alloynet`` by default), whatever runs it: the backend is a deployment choice.
 
-All three take ``image`` float32 [B, C, H, W] (raw ADU) and return ``probabilities`` [B, K],
-``thickness_mm`` [B] and ``absorption`` [B, 2], so clients can switch between them by name.
+    alloynet_ort   alloynet's own CPU backend (serving/triton/backend/alloynet_ort.cc), for servers without the
+                   onnxruntime backend (pytriton's tritonserver); the default on CPU
+    onnxruntime    Triton's stock onnxruntime backend; on GPU instances with the TensorRT execution accelerator
+    tensorrt       a TensorRT plan (only when the bundle has an engine)
+
+Every backend runs the same exported graph, so every one takes and returns what ``alloynet.contract`` declares,
+status included, and the config's parameters describe the model (``alloynet.contract.description``).
 """
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from typing import Sequence
 
 from alloynet import contract
 from alloynet.export import ExportBundle, ExportMeta, onnx_signature
-from serving.capture_checks import MAX_WEDGE_MM
+from alloynet.export.onnx_export import describe
 
 NATIVE_BACKEND = "alloynet_ort"  # libtriton_alloynet_ort.so, built by infra/serving_env.sh
+BACKENDS = (NATIVE_BACKEND, "onnxruntime", "tensorrt")
 
 
 @dataclass
@@ -33,11 +36,10 @@ class BatchingOptions:
     intra_op_threads: int = 1
 
 
-def _tensor(name: str, dims: Sequence[int], reshape_scalar: bool = False, optional: bool = False) -> str:
+def _tensor(name: str, dims: Sequence[int], reshape_scalar: bool = False) -> str:
     # A per-item scalar output ([B] overall) is declared as [1] and reshaped to [] (Triton's idiom).
     reshape = " reshape: { shape: [ ] }" if reshape_scalar else ""
-    opt = " optional: true" if optional else ""
-    return f'  {{ name: "{name}" data_type: TYPE_FP32 dims: [ {", ".join(str(d) for d in dims)} ]{reshape}{opt} }}'
+    return f'  {{ name: "{name}" data_type: TYPE_FP32 dims: [ {", ".join(str(d) for d in dims)} ]{reshape} }}'
 
 
 def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions, gpu: bool = False,
@@ -52,22 +54,18 @@ def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions
     preferred = ", ".join(str(b) for b in opts.preferred_batch_sizes if b <= opts.max_batch_size)
     parts = [
         f'name: "{name}"', header, f"max_batch_size: {opts.max_batch_size}",
-        "input [\n" + ",\n".join(
-            _tensor(n, contract.input_dims(n, *meta.input_shape),
-                    # alloynet's backend fills in a missing calibration (and flags it); ONNX models need it sent
-                    optional=n != contract.INPUT_NAME and backend == NATIVE_BACKEND)
-            for n in contract.INPUT_NAMES) + "\n]",
+        "input [\n" + ",\n".join(_tensor(n, contract.input_dims(n, *meta.input_shape))
+                                  for n in contract.INPUT_NAMES) + "\n]",
         "output [\n" + ",\n".join(outputs) + "\n]",
         f"dynamic_batching {{\n  preferred_batch_size: [ {preferred} ]\n"
         f"  max_queue_delay_microseconds: {opts.max_queue_delay_us}\n}}",
         f"instance_group [ {{ kind: {kind} count: {opts.instances} }} ]",
-        'parameters { key: "class_names" value: { string_value: "' + ",".join(meta.class_names) + '" } }',
     ]
-    if backend == NATIVE_BACKEND:  # what alloynet_ort.cc reads: names in the graph's order, the checks' limits
-        params = {"intra_op_threads": opts.intra_op_threads, "input_names": ",".join(contract.INPUT_NAMES),
-                  "output_names": ",".join(contract.OUTPUT_NAMES), "max_adu": f"{meta.max_adu:g}",
-                  "max_wedge_mm": f"{MAX_WEDGE_MM:g}"}
-        parts += ['parameters { key: "%s" value: { string_value: "%s" } }' % kv for kv in params.items()]
+    params: dict[str, object] = dict(describe(meta))
+    if backend == NATIVE_BACKEND:  # what alloynet_ort.cc reads: the names in the graph's order
+        params.update(intra_op_threads=opts.intra_op_threads, input_names=",".join(contract.INPUT_NAMES),
+                      output_names=",".join(contract.OUTPUT_NAMES))
+    parts += ['parameters { key: "%s" value: { string_value: "%s" } }' % kv for kv in params.items()]
     if backend == "onnxruntime":
         parts.append('parameters { key: "intra_op_thread_count" value: { string_value: "'
                      f'{opts.intra_op_threads}" }} }}')
@@ -82,27 +80,25 @@ def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions
 
 
 def build_repository(bundle_dir: str | Path, out_dir: str | Path, name: str = "alloynet",
-                     opts: BatchingOptions | None = None, gpu: bool = False, native_model: bool = True) -> Path:
-    """Write the repository (replacing models of the same names) and validate every config in it."""
+                     opts: BatchingOptions | None = None, gpu: bool = False, backend: str | None = None) -> Path:
+    """Write the model ``name`` into the repository ``out_dir`` (replacing a model of that name) with
+    ``backend`` (default: alloynet's own on CPU, onnxruntime with ``gpu``), validate its config, return the
+    repository's path."""
     opts = opts or BatchingOptions()
+    backend = backend or ("onnxruntime" if gpu else NATIVE_BACKEND)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: expected one of {list(BACKENDS)}")
     bundle = ExportBundle.load(bundle_dir)
     meta = bundle.meta
+    src, dst = (bundle.path("tensorrt"), "model.plan") if backend == "tensorrt" else (bundle.path("onnx"), "model.onnx")
     repo = Path(out_dir)
-    repo.mkdir(parents=True, exist_ok=True)
-    models = {f"{name}_onnx": ("onnxruntime", bundle.path("onnx"), "model.onnx")}
-    if "tensorrt" in meta.files:
-        models[f"{name}_trt"] = ("tensorrt", bundle.path("tensorrt"), "model.plan")
-    if native_model:
-        models[name] = (NATIVE_BACKEND, bundle.path("onnx"), "model.onnx")
-    for model_name, (backend, src, dst) in models.items():
-        d = repo / model_name
-        shutil.rmtree(d, ignore_errors=True)
-        (d / "1").mkdir(parents=True)
-        shutil.copy2(src, d / "1" / dst)
-        if backend == NATIVE_BACKEND:  # what the model was exported from, beside it
-            shutil.copy2(bundle.directory / contract.META_FILE, d / "1" / contract.META_FILE)
-        (d / "config.pbtxt").write_text(config_text(model_name, meta, backend, opts, gpu=gpu))
-        validate_config(d / "config.pbtxt", bundle.path("onnx"), meta)
+    d = repo / name
+    shutil.rmtree(d, ignore_errors=True)
+    (d / "1").mkdir(parents=True)
+    shutil.copy2(src, d / "1" / dst)
+    shutil.copy2(bundle.directory / contract.META_FILE, d / "1" / contract.META_FILE)  # what it was exported from
+    (d / "config.pbtxt").write_text(config_text(name, meta, backend, opts, gpu=gpu))
+    validate_config(d / "config.pbtxt", bundle.path("onnx"), meta)
     return repo
 
 

@@ -1,29 +1,33 @@
-// alloynet's Triton backend: the exported ONNX graph run in the server's own process with ONNX Runtime's C
-// API, behind the same capture checks as the TorchServe handler (serving/capture_checks.py).
+// alloynet's Triton backend: a runner for the exported ONNX graph in the server's own process, with ONNX
+// Runtime's C API. It checks only what Triton hands it (dtype, shapes, batch); the values of a capture are
+// the graph's to check (its status output, alloynet/contract.py), so this backend answers exactly as the stock
+// onnxruntime backend and every other runner does.
 //
-// Why not the Python backend: it hands every request to a stub process through shared memory and runs
-// Python there; on this project's CPU servers that hop cost 1.2 ms of a 2.5 ms request (bench/serve.py,
-// bench/triton_breakdown.py). Why not Triton's onnxruntime backend: pytriton's tritonserver ships without
-// it, and it cannot name a bad capture. This file is what `alloynet serve` and `alloynet package triton`
-// put behind the "alloynet" model on a CPU server; the repository's "alloynet_onnx" model stays the stock
-// onnxruntime backend (and the TensorRT accelerator) for GPU servers.
+// Why a backend of its own: pytriton's tritonserver ships without the onnxruntime backend, and the Python
+// backend hands every request to a stub process (bench/triton_breakdown.py measures that hop).
+//
+// Declarations: the official headers (tritonserver.h and tritonbackend.h of triton-inference-server/core,
+// onnxruntime_c_api.h of microsoft/onnxruntime) are not in any package the build can install, so the few
+// functions used are declared here by hand. The Triton ones were compared, argument by argument, with
+// tritonserver.h / tritonbackend.h at triton-inference-server/core 73aad7c (backend API 1.19); the ONNX
+// Runtime slots are the frozen API-version-1 layout, and TRITONBACKEND_Initialize probes the library it is
+// linked with before using them.
+//
+// The model config is read as JSON (TRITONSERVER_MessageSerializeToJson) with RapidJSON (Debian's
+// rapidjson-dev, the parser Triton's own backends use). Parameters (serving/triton/repository.py): input_names,
+// output_names (the graph's order), intra_op_threads.
 //
 // Built by infra/serving_env.sh (g++, linked against the libonnxruntime.so of the Triton venv's onnxruntime
-// wheel); the Triton entry points below resolve against the tritonserver that loads it.
-//
-// Model config parameters (written by serving/triton/repository.py): input_names (image, calibration,
-// wedge: calibration and wedge are optional inputs, zeros when not sent, as the model takes "unknown"),
-// output_names, max_adu, max_wedge_mm, intra_op_threads.
+// wheel); the Triton entry points resolve against the tritonserver that loads it.
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <tuple>
 #include <vector>
+
+#include <rapidjson/document.h>
 
 // ---- Triton's C ABI (tritonserver.h / tritonbackend.h, backend API 1.x): what this backend calls -------
 extern "C" {
@@ -162,20 +166,15 @@ void release(ort::Slot slot, T* object) {
   if (object != nullptr) ort::fn<void (*)(T*)>(slot)(object);
 }
 
-// The string value of parameter `key` in a model config serialised as JSON
-// ("parameters":{"key":{"string_value":"..."}}), or `fallback`.
-std::string parameter(const std::string& json, const std::string& key, const std::string& fallback) {
-  size_t at = json.find("\"parameters\"");
-  if (at == std::string::npos) return fallback;
-  at = json.find("\"" + key + "\"", at);
-  if (at == std::string::npos) return fallback;
-  at = json.find("\"string_value\"", at);
-  if (at == std::string::npos) return fallback;
-  at = json.find(':', at);
-  size_t open = json.find('"', at);
-  size_t close = open == std::string::npos ? open : json.find('"', open + 1);
-  if (open == std::string::npos || close == std::string::npos) return fallback;
-  return json.substr(open + 1, close - open - 1);
+// The string value of parameter `key` of a model config ("parameters":{"key":{"string_value":"..."}}),
+// or `fallback`.
+std::string parameter(const rapidjson::Document& config, const char* key, const std::string& fallback) {
+  if (!config.IsObject() || !config.HasMember("parameters")) return fallback;
+  const rapidjson::Value& params = config["parameters"];
+  if (!params.IsObject() || !params.HasMember(key)) return fallback;
+  const rapidjson::Value& entry = params[key];
+  if (!entry.IsObject() || !entry.HasMember("string_value") || !entry["string_value"].IsString()) return fallback;
+  return entry["string_value"].GetString();
 }
 
 std::vector<std::string> split(const std::string& text) {
@@ -190,29 +189,6 @@ std::vector<std::string> split(const std::string& text) {
   return out;
 }
 
-// A number as Python prints it: "%g" for the detector range (f"{x:g}"), repr() for a value sent (tolist()).
-std::string fmt_g(double x) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%g", x);
-  return buf;
-}
-
-std::string fmt_repr(double x) {  // the shortest digits that read back as x, laid out as Python's repr()
-  if (std::isnan(x)) return "nan";
-  if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
-  char buf[64];
-  int digits = 1;
-  for (; digits <= 17; ++digits) {
-    std::snprintf(buf, sizeof buf, "%.*e", digits - 1, x);
-    if (std::strtod(buf, nullptr) == x) break;
-  }
-  int exponent = std::atoi(std::strchr(buf, 'e') + 1);
-  if (exponent < -4 || exponent >= 16) return buf;  // 1e+20, 1.5e-05
-  std::snprintf(buf, sizeof buf, "%.*f", std::max(digits - 1 - exponent, 0), x);
-  std::string s = buf;
-  return s.find('.') == std::string::npos ? s + ".0" : s;
-}
-
 std::string shape_text(const int64_t* shape, uint32_t dims) {
   std::string s = "[";
   for (uint32_t i = 0; i < dims; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -224,8 +200,6 @@ struct ModelState {
   std::vector<std::string> inputs;   // image, calibration, wedge
   std::vector<std::string> outputs;
   std::vector<const char*> input_names, output_names;  // the same, as ONNX Runtime's Run takes them
-  double max_adu = 65535.0;
-  double max_wedge_mm = 1000.0;
   int threads = 1;
 };
 
@@ -267,13 +241,12 @@ std::string copy_input(TRITONBACKEND_Input* input, uint64_t byte_size, uint32_t 
   return copied == byte_size ? "" : "input buffers smaller than the declared size";
 }
 
-// Read an input: its rows (shape[0]) and per-row element count, appended to `dst`. `present` is false for
-// an optional input that was not sent.
+// Read an input: its shape, appended to `dst`.
 std::string read_input(TRITONBACKEND_Request* request, const std::string& name, std::vector<float>& dst,
-                       int64_t* rows, int64_t* per_row, std::vector<int64_t>* shape_out, bool* present) {
+                       std::vector<int64_t>* shape_out) {
   TRITONBACKEND_Input* input = nullptr;
-  *present = take(TRITONBACKEND_RequestInput(request, name.c_str(), &input)).empty();  // optional inputs
-  if (!*present) return "";
+  std::string missing = take(TRITONBACKEND_RequestInput(request, name.c_str(), &input));
+  if (!missing.empty()) return name + ": not sent";
   const char* input_name = nullptr;
   int datatype = 0;
   const int64_t* shape = nullptr;
@@ -288,39 +261,11 @@ std::string read_input(TRITONBACKEND_Request* request, const std::string& name, 
   for (uint32_t i = 0; i < dims; ++i) count *= shape[i];
   if (count < 0 || byte_size != static_cast<uint64_t>(count) * sizeof(float))
     return name + ": " + std::to_string(byte_size) + " bytes for shape " + shape_text(shape, dims);
-  *rows = shape[0];
-  *per_row = shape[0] > 0 ? count / shape[0] : 0;
-  if (shape_out != nullptr) shape_out->assign(shape, shape + dims);
+  shape_out->assign(shape, shape + dims);
   size_t at = dst.size();
   dst.resize(at + static_cast<size_t>(count));
   msg = copy_input(input, byte_size, buffers, dst.data() + at);
   return msg.empty() ? "" : name + ": " + msg;
-}
-
-// The checks of serving/capture_checks.py (check_capture, check_calibration, check_wedge) on one capture;
-// the first problem as "field: message", or empty.
-std::string check_item(const ModelState& m, const float* img, int64_t n_img, const float* cal, int64_t n_cal,
-                       const float* wedge) {
-  int64_t bad = 0;
-  float lo = INFINITY, hi = -INFINITY;
-  for (int64_t i = 0; i < n_img; ++i) {
-    float v = img[i];
-    if (!std::isfinite(v)) { ++bad; continue; }
-    lo = std::min(lo, v);
-    hi = std::max(hi, v);
-  }
-  if (bad) return m.inputs[0] + ": " + std::to_string(bad) + " pixel(s) are NaN or infinite";
-  if (lo < 0 || hi > m.max_adu)
-    return m.inputs[0] + ": pixel values must lie in the detector range [0, " + fmt_g(m.max_adu) + "] ADU, got [" +
-           fmt_g(lo) + ", " + fmt_g(hi) + "]";
-  for (int64_t i = 0; i < n_cal; ++i)
-    if (!std::isfinite(cal[i])) return m.inputs[1] + ": levels must be finite numbers";
-  for (int64_t i = 0; i < n_cal; ++i)
-    if (cal[i] < 0 || cal[i] > 65535.0f) return m.inputs[1] + ": levels must lie in [0, 65535] ADU";
-  if (wedge != nullptr && !(std::isfinite(*wedge) && *wedge >= 0 && *wedge <= m.max_wedge_mm))
-    return m.inputs[2] + ": expected one wedge thickness in mm (0-" + fmt_g(m.max_wedge_mm) +
-           ", 0 = unknown), got [" + fmt_repr(*wedge) + "]";
-  return "";
 }
 
 void send_error(TRITONBACKEND_Request* request, int code, const std::string& msg) {
@@ -379,16 +324,17 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
   const char* base = nullptr;
   size_t size = 0;
   err = TRITONSERVER_MessageSerializeToJson(config, &base, &size);
-  std::string json = err == nullptr ? std::string(base, size) : "";
+  rapidjson::Document json;
+  if (err == nullptr) json.Parse(base, size);
   TRITONSERVER_MessageDelete(config);
   if (err != nullptr) return err;
+  if (json.HasParseError() || !json.IsObject())
+    return error(kInternal, "alloynet_ort: the model config Triton gave is not a JSON object");
 
   auto* state = new ModelState();
   state->onnx_path = std::string(location) + "/" + std::to_string(version) + "/model.onnx";
-  state->inputs = split(parameter(json, "input_names", "image,calibration,wedge_mm"));
+  state->inputs = split(parameter(json, "input_names", ""));
   state->outputs = split(parameter(json, "output_names", ""));
-  state->max_adu = std::atof(parameter(json, "max_adu", "65535").c_str());
-  state->max_wedge_mm = std::atof(parameter(json, "max_wedge_mm", "1000").c_str());
   state->threads = std::max(1, std::atoi(parameter(json, "intra_op_threads", "1").c_str()));
   if (state->inputs.size() != 3 || state->outputs.empty()) {
     delete state;
@@ -462,8 +408,9 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceFinalize(TRITONBACKEND_ModelInsta
   return nullptr;
 }
 
-// Every request of the batch is read and checked on its own: a bad one is answered INVALID_ARG naming each
-// bad capture ("item 3: image: ..."), the others are run together in one ONNX Runtime call.
+// Every request of the batch is read on its own: one whose tensors Triton's config cannot catch (a missing
+// input, shapes that disagree) is answered INVALID_ARG; the others are run together in one ONNX Runtime call,
+// bad captures included: the graph names them by their status.
 TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstance* instance,
                                                        TRITONBACKEND_Request** requests, const uint32_t count) {
   uint64_t exec_start = now_ns();
@@ -483,45 +430,22 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
     Pending& p = pending[r];
     p.request = requests[r];
     size_t img_at = st->image.size(), cal_at = st->calibration.size(), wedge_at = st->wedge.size();
-    int64_t rows = 0, n_img = 0, cal_rows = 0, n_cal = 0, wedge_rows = 0, n_wedge = 0;
-    bool has_img = false, has_cal = false, has_wedge = false;
-    std::vector<int64_t> shape;
-    std::string problem = read_input(p.request, m.inputs[0], st->image, &rows, &n_img, &shape, &has_img);
-    if (problem.empty() && !has_img) problem = m.inputs[0] + ": not sent";
-    if (problem.empty() && (shape.size() != 4 || rows < 1))
+    std::vector<int64_t> shape, cal_shape, wedge_shape;
+    std::string problem = read_input(p.request, m.inputs[0], st->image, &shape);
+    if (problem.empty()) problem = read_input(p.request, m.inputs[1], st->calibration, &cal_shape);
+    if (problem.empty()) problem = read_input(p.request, m.inputs[2], st->wedge, &wedge_shape);
+    if (problem.empty() && (shape.size() != 4 || shape[0] < 1))
       problem = m.inputs[0] + ".shape: expected [B, C, H, W] with B >= 1, got " +
                 shape_text(shape.data(), static_cast<uint32_t>(shape.size()));
-    if (problem.empty())
-      problem = read_input(p.request, m.inputs[1], st->calibration, &cal_rows, &n_cal, nullptr, &has_cal);
-    if (problem.empty())
-      problem = read_input(p.request, m.inputs[2], st->wedge, &wedge_rows, &n_wedge, nullptr, &has_wedge);
-    for (const auto& [sent, name, n] : {std::make_tuple(has_cal, m.inputs[1], cal_rows),
-                                        std::make_tuple(has_wedge, m.inputs[2], wedge_rows)})
-      if (problem.empty() && sent && n != rows)
-        problem = name + ": " + std::to_string(n) + " " + name + " rows for " + std::to_string(rows) + " images";
-    if (problem.empty() && has_cal && n_cal != shape[1] * 2)
-      problem = m.inputs[1] + ": expected [C, 2] = [" + std::to_string(shape[1]) + ", 2] levels per capture";
+    const int64_t rows = problem.empty() ? shape[0] : 0;
+    if (problem.empty() && cal_shape != std::vector<int64_t>{rows, shape[1], 2})
+      problem = m.inputs[1] + ".shape: expected [" + std::to_string(rows) + ", " + std::to_string(shape[1]) +
+                ", 2], got " + shape_text(cal_shape.data(), static_cast<uint32_t>(cal_shape.size()));
+    if (problem.empty() && wedge_shape != std::vector<int64_t>{rows, 1})
+      problem = m.inputs[2] + ".shape: expected [" + std::to_string(rows) + ", 1], got " +
+                shape_text(wedge_shape.data(), static_cast<uint32_t>(wedge_shape.size()));
     if (problem.empty() && !item_shape.empty() && !std::equal(shape.begin() + 1, shape.end(), item_shape.begin() + 1))
       problem = m.inputs[0] + ".shape: " + shape_text(shape.data(), 4) + " differs from the batch's other captures";
-    if (problem.empty()) {
-      const int64_t per_cal = shape[1] * 2;  // values per capture: n_img pixels, [C, 2] levels
-      if (!has_cal) st->calibration.resize(cal_at + static_cast<size_t>(rows * per_cal), 0.0f);
-      if (!has_wedge) st->wedge.resize(wedge_at + static_cast<size_t>(rows), 0.0f);
-      std::vector<std::string> bad;
-      for (int64_t j = 0; j < rows; ++j) {
-        std::string why = check_item(m, st->image.data() + img_at + j * n_img, n_img,
-                                     has_cal ? st->calibration.data() + cal_at + j * per_cal : nullptr,
-                                     has_cal ? per_cal : 0, has_wedge ? st->wedge.data() + wedge_at + j : nullptr);
-        if (!why.empty()) bad.push_back(rows == 1 ? why : "item " + std::to_string(j) + ": " + why);
-      }
-      if (bad.size() == 1 && rows == 1) {
-        problem = bad[0];
-      } else if (!bad.empty()) {
-        problem = std::to_string(bad.size()) + " of " + std::to_string(rows) + " captures rejected: ";
-        for (size_t k = 0; k < bad.size(); ++k) problem += (k ? "; " : "") + bad[k];
-        problem += " (the other captures of this request were not run)";
-      }
-    }
     if (!problem.empty()) {  // nothing of this request goes into the batch
       p.problem = problem;
       st->image.resize(img_at);
