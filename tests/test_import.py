@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from alloynet.captures.format import parse_sidecar
-from alloynet.captures.importer import capture_id_for, resolve_alloy
+from alloynet.captures.importing import capture_id_for, resolve_alloy
 from alloynet.captures.layout import read_capture
 from alloynet.captures.stores import LocalStore
 from alloynet.cli import app
@@ -122,9 +122,10 @@ def test_rerun_is_idempotent_and_never_overwrites(folder_tree, tmp_path):
     assert f"0 imported, {len(pix)} already present, 0 rejected" in res.output
 
     # other labels for the same files: rejected as conflicts, the stored captures kept
-    res = _run(root, store, "--kvp", "50", "--wedge-mm", "50", "--thickness-mm", "3", *SIZE)
+    res = _run(root, store, "--kvp", "50", "--wedge-mm", "50", "--thickness-mm", "3", *SIZE, "--details")
     assert res.exit_code == 1 and _listing(store) == before
-    assert res.output.count("already imported as imp-") == len(pix)
+    assert f"error: already imported with other labels or settings: {len(pix)} files: " in res.output
+    assert res.output.count("already imported with other labels or settings: as imp-") == len(pix)  # --details
     assert "truth.nominal_thickness_mm: stored 2.0, now 3.0" in res.output
 
     # a changed file is a new capture beside the old one
@@ -146,11 +147,13 @@ def test_each_unusable_file_is_reported_with_its_path_and_reason(tmp_path):
     (root / "Al6082" / "corrupt.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
     (root / "Al6082" / "truncated.png").write_bytes((root / "Al6082" / "ok.png").read_bytes()[:60])
     (root / "Al6082" / "notes.txt").write_text("plate 7 looked scratched")
+    Image.fromarray(np.full((H, W), 90, np.uint8)).save(root / "Al6082" / "photo.jpg")
     _png(root / "Al2017" / "nocal.png", _pixels(5))
     for name, level in (("dark", 900), ("flat", 30000)):
         _png(root / "Al6082" / f"{name}.png", np.full((H, W), level, np.uint16))
-    res = _run(root, store, "--kvp", "50", "--wedge-mm", "50", "--thickness-mm", "1.5", *SIZE)
-    assert res.exit_code == 0, res.output  # something was imported: rejects do not fail the run
+    args = (root, store, "--kvp", "50", "--wedge-mm", "50", "--thickness-mm", "1.5", *SIZE)
+    res = _run(*args, "--details")
+    assert res.exit_code == 1, res.output  # files were rejected: the run is not clean, though ok.png is in
     lines = res.output.splitlines()
 
     def reason(rel: str) -> str:
@@ -158,26 +161,37 @@ def test_each_unusable_file_is_reported_with_its_path_and_reason(tmp_path):
         assert len(hits) == 1, (rel, res.output)
         return hits[0].split(": ", 1)[1]
 
-    assert "mixed image sizes" in reason("Al6082/wide.png") and "8x32" in reason("Al6082/wide.png")
-    assert "unknown class folder 'Steel'" in reason("Steel/x.png")
+    assert "image size differs" in reason("Al6082/wide.png") and "8x32" in reason("Al6082/wide.png")
+    assert "unknown class folder: 'Steel'" in reason("Steel/x.png")
     assert "not inside a class folder" in reason("loose.png")
     assert reason("Al6082/corrupt.tif").startswith("unreadable image")
     assert reason("Al6082/truncated.png").startswith("unreadable image")
-    assert "not an image file" in reason("Al6082/notes.txt")
-    assert reason("Al2017/nocal.png").startswith("missing calibration")
-    assert sum(ln.startswith("rejected ") for ln in lines) == 7
-    # the 8-bit image is imported, loudly, with its values kept as they are
-    assert f"WARNING {root / 'Al6082' / 'eight.png'}: 8-bit image: quantisation" in res.output
+    assert reason("Al6082/photo.jpg") == "8-bit JPEG: lossy, not a detector image"
+    assert reason("Al2017/nocal.png") == "missing settings: dark, flat"
+    assert reason("Al6082/eight.png") == "8-bit image"
+    assert sum(ln.startswith("rejected ") for ln in lines) == 8
+    # the notes are skipped, not rejected; each problem is one line with its fix
+    assert not any("notes.txt" in ln for ln in lines if ln.startswith(("rejected", "error")))
+    assert "skipped 1 file(s) that are not images: Al6082/notes.txt" in res.output
+    assert "error: 8-bit image: 1 file: Al6082/eight.png" in lines
+    assert lines[lines.index("error: 8-bit image: 1 file: Al6082/eight.png") + 1].startswith("  fix: ") and \
+        "--allow-8bit" in lines[lines.index("error: 8-bit image: 1 file: Al6082/eight.png") + 1]
     caps = _captures(store)
-    assert sorted(caps) == ["Al6082/eight.png", "Al6082/ok.png"]
-    eight = read_capture(LocalStore(store), caps["Al6082/eight.png"]["capture_id"], accepted_sizes={(H, W)})
-    assert eight.image.dtype == np.uint16 and int(eight.image.max()) == 200
+    assert sorted(caps) == ["Al6082/ok.png"]
     ok = read_capture(LocalStore(store), caps["Al6082/ok.png"]["capture_id"], accepted_sizes={(H, W)})
     np.testing.assert_array_equal(ok.image[0], good)
     assert ok.sidecar.calibration.dark_adu == [900.0] and ok.sidecar.calibration.flat_adu == [30000.0]
     table = lines[lines.index(next(ln for ln in lines if ln.startswith("import: "))):]
-    assert [ln.split() for ln in table if ln.split()[:1] == ["Al6082"]] == [["Al6082", "2", "0", "4"]]
+    assert [ln.split() for ln in table if ln.split()[:1] == ["Al6082"]] == [["Al6082", "1", "0", "5"]]
     assert [ln.split() for ln in table if ln.split()[:1] == ["(unknown)"]] == [["(unknown)", "0", "0", "2"]]
+
+    # with --allow-8bit the 8-bit image is imported, its values kept as they are and its depth recorded
+    res = _run(*args, "--allow-8bit")
+    assert res.exit_code == 1 and "warning: 1 8-bit image(s) imported (--allow-8bit" in res.output
+    eight = _captures(store)["Al6082/eight.png"]
+    assert eight["rig"]["bit_depth"] == 8 and _captures(store)["Al6082/ok.png"]["rig"].get("bit_depth") is None
+    cap = read_capture(LocalStore(store), eight["capture_id"], accepted_sizes={(H, W)})
+    assert cap.image.dtype == np.uint16 and int(cap.image.max()) == 200
 
 
 def test_labels_csv_layout_with_per_row_settings_and_multi_page_tiff(tmp_path):
@@ -197,8 +211,8 @@ def test_labels_csv_layout_with_per_row_settings_and_multi_page_tiff(tmp_path):
         "missing.png,Al5083,1,P4,,,,\n"
         "a.png,Al1050,2.5,P1,,,,\n")
     res = _run(root / "labels.csv", store, "--kvp", "50", "--wedge-mm", "50", "--thickness-mm", "1",
-               "--dark-level", "1000", "--flat-level", "48000", *SIZE)
-    assert res.exit_code == 0, res.output
+               "--dark-level", "1000", "--flat-level", "48000", *SIZE, "--details")
+    assert res.exit_code == 1, res.output  # four rows or files rejected; the others imported
     caps = _captures(store)
     assert sorted(caps) == ["a.png", "b.png", "dual.tif"]
     ca, cb, cd = caps["a.png"], caps["b.png"], caps["dual.tif"]
@@ -212,10 +226,12 @@ def test_labels_csv_layout_with_per_row_settings_and_multi_page_tiff(tmp_path):
     dual = read_capture(LocalStore(store), cd["capture_id"], {(H, W)}).image
     np.testing.assert_array_equal(dual[1], _pixels(4, lo=5000, hi=60000))
     out = res.output
-    assert f"rejected {root / 'neg.png'}: labels.csv line 5: thickness_mm: expected a number > 0, got '-1'" in out
-    assert f"rejected {root / 'missing.png'}: labels.csv line 6: file not found" in out
-    assert f"rejected {root / 'a.png'}: labels.csv line 7: listed again (first on line 2)" in out
+    assert (f"rejected {root / 'neg.png'}: bad value in labels.csv column thickness_mm: labels.csv line 5: "
+            "thickness_mm: expected a number > 0, got '-1'") in out
+    assert f"rejected {root / 'missing.png'}: file named in labels.csv not found: labels.csv line 6: file not found" in out
+    assert f"rejected {root / 'a.png'}: listed twice in labels.csv: labels.csv line 7: listed again (first on line 2)" in out
     assert f"rejected {root / 'stray.png'}: not listed in labels.csv" in out
+    assert "error: not listed in labels.csv: 1 file: stray.png" in out and "  fix: add a row for it to labels.csv" in out
     assert sum(ln.startswith("rejected ") for ln in out.splitlines()) == 4  # the frame the CSV names is not reported as unlisted
     df = read_manifest(store / "manifest.csv")
     assert df[df.plate_id == "P1"].split.nunique() == 1  # one plate, one split
@@ -226,8 +242,9 @@ def test_pages_must_match_kvp_and_bad_settings_name_the_field(tmp_path):
     _tiff_pages(root / "Al1050" / "dual.tif", [_pixels(1), _pixels(2)])
     _png(root / "Al1050" / "one.png", _pixels(3))
     res = _run(root, store, *RIG, "--dark-level", "1000", "--flat-level", "50000")
-    assert res.exit_code == 0, res.output
-    assert f"rejected {root / 'Al1050' / 'dual.tif'}: 2 page(s) but 1 kVp setting(s) [50.0]" in res.output
+    assert res.exit_code == 1, res.output
+    assert ("error: pages do not match the kVp settings (2 page(s) but 1 kVp setting(s) [50.0]): 1 file: "
+            "Al1050/dual.tif") in res.output
 
     rig = tmp_path / "rig.yaml"
     rig.write_text("rig: {kvp: [50], wedge_mm: -5}\n")
@@ -254,7 +271,7 @@ def test_nothing_importable_exits_non_zero(tmp_path):
     _png(root / "Brass" / "x.png", _pixels(1))
     res = _run(root, tmp_path / "store", *RIG, "--dark-level", "1000", "--flat-level", "50000")
     assert res.exit_code == 1 and "error: nothing could be imported" in res.output
-    assert f"rejected {root / 'Brass' / 'x.png'}: unknown class folder 'Brass'" in res.output
+    assert "error: unknown class folder ('Brass'): 1 file: Brass/x.png" in res.output
     assert not (tmp_path / "store" / "manifest.csv").exists()
 
 
@@ -267,17 +284,15 @@ def test_a_user_added_alloy_is_a_class_folder_once_configured(tmp_path):
     rig.write_text("rig: {kvp: [50], wedge_mm: 50, pixel_size_mm: 0.1}\nthickness_mm: 2\ndark_level: [1000]\n"
                    "flat_level: [50000]\ncustom_alloys:\n  Al3003:\n    density_g_cm3: 2.73\n"
                    "    nominal_wt_pct: {Mn: 1.2}\n    ranges_wt_pct: {Mn: [1.0, 1.5]}\n")
-    try:
-        assert resolve_alloy("3003") is None
-        res = _run(root, store, "--rig", rig, *SIZE)
-        assert res.exit_code == 0, res.output
-        assert "\nrejected " not in res.output and "0 rejected" in res.output
-        (sc,) = _captures(store).values()
-        assert sc["truth"]["alloy"] == "Al3003" and sc["rig"]["pixel_size_mm"] == 0.1
-        assert parse_sidecar((store / "captures" / f"{sc['capture_id']}.json").read_bytes()).truth.alloy == "Al3003"
-        assert read_manifest(store / "manifest.csv").label.tolist() == [-1]  # outside the classifier's classes
-    finally:
-        ALLOYS.pop("Al3003", None)
+    assert resolve_alloy("3003") is None
+    res = _run(root, store, "--rig", rig, *SIZE)
+    assert res.exit_code == 0, res.output
+    assert "error" not in res.output and "0 rejected" in res.output
+    (sc,) = _captures(store).values()
+    assert sc["truth"]["alloy"] == "Al3003" and sc["rig"]["pixel_size_mm"] == 0.1
+    assert parse_sidecar((store / "captures" / f"{sc['capture_id']}.json").read_bytes()).truth.alloy == "Al3003"
+    assert read_manifest(store / "manifest.csv").label.tolist() == [-1]  # outside the classifier's classes
+    assert "Al3003" not in ALLOYS  # the import's table is its own: nothing registered globally
 
 
 @pytest.mark.s3

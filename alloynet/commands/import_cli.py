@@ -1,9 +1,12 @@
 """`alloynet import`: a lab's own image files (ImageFolder tree or labels CSV) -> captures in a capture store.
 
-Exit codes: 0 when at least one file is in the store afterwards (imported now or already present), even if
-others were rejected (each is listed with its reason); 1 when nothing could be imported, or the store
-failed; 2 for usage errors (bad options, an unreadable or malformed --rig YAML or labels CSV header);
-75 when another writer holds the store.
+Exit codes: 0 when every file was imported (or was there already) or deliberately skipped (files that are
+not images); 1 when any file was rejected (what could be imported is, and the manifest is refreshed), when
+nothing was found to import, or when the store failed; 2 for usage errors (bad options, an unreadable or
+malformed --rig YAML or labels CSV header); 75 when another writer holds the store.
+
+Problems are reported as a compiler does: one line per distinct problem with its count and up to three
+example files, then the option, column or file that fixes it (``--details`` lists every file).
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ def import_captures(
                                             "labels CSV (its folder is the root)"),
     store: str = typer.Argument(..., help="capture store to write: a directory or s3://bucket/prefix"),
     labels: Optional[Path] = typer.Option(None, help="labels CSV: file, alloy[, thickness_mm, plate_id, wedge_mm, "
-                                                     "kvp, dark, flat]; files relative to SOURCE"),
+                                                     "kvp, dark, flat, role]; files relative to SOURCE"),
     rig: Optional[Path] = typer.Option(None, "--rig", help="YAML: rig: {kvp: [50], wedge_mm: 50, dose, pixel_size_mm, "
                                                            "...}, thickness_mm, dark_level, flat_level, custom_alloys"),
     kvp: Optional[list[float]] = typer.Option(None, help="tube kVp, one per channel (repeat for a multi-page TIFF)"),
@@ -53,14 +56,19 @@ def import_captures(
     dark_level: Optional[list[float]] = typer.Option(None, help="dark level (ADU) per channel where no dark frame"),
     flat_level: Optional[list[float]] = typer.Option(None, help="flat level (ADU) per channel where no flat frame"),
     alloys: Optional[Path] = typer.Option(None, "--alloys", help="YAML defining extra alloys (as `physics --alloys`)"),
+    allow_8bit: bool = typer.Option(False, "--allow-8bit", help="import 8-bit images (recorded as 8-bit in the "
+                                                                "sidecar); refused by default"),
+    details: bool = typer.Option(False, "--details", help="list every rejected file with its reason"),
     accept_size: Optional[list[str]] = SizeOpt,
     wait: float = WaitOpt,
     seed: int = typer.Option(0, help="seed of the manifest's split assignment"),
     manifest: bool = typer.Option(True, help="refresh manifest.csv of a local store (split folders are kept)"),
 ) -> None:
     """Import a lab's captures (16-bit TIFF/PNG, multi-page TIFF for several kVp) with their labels, rig
-    settings and dark/flat calibration; re-runs are idempotent, every rejected file is listed with why."""
-    from alloynet.captures.importer import ImportUsageError, load_settings, run_import
+    settings and dark/flat calibration, and the reference captures under SOURCE/reference/ (dark/, flat/,
+    wedge-<mm>mm/, <alloy>-<mm>mm/) for `alloynet rig calibrate`; re-runs are idempotent."""
+    from alloynet.captures.importing import (ImportUsageError, load_settings, note_lines, problem_lines,
+                                             run_import)
     from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, open_store
 
     if source.is_file() and source.suffix.lower() == ".csv":
@@ -78,12 +86,11 @@ def import_captures(
                 raise ImportUsageError(f"{alloys}: cannot read as YAML ({' '.join(str(exc).split())})") from None
         settings = load_settings(rig, kvp=kvp or None, wedge_mm=wedge_mm, dose=dose, pixel_size_mm=pixel_size_mm,
                                  thickness_mm=thickness_mm, dark_level=dark_level or None,
-                                 flat_level=flat_level or None)
-        if extra:
-            load_settings(None, custom_alloys=extra)  # registers them, errors naming the field
+                                 flat_level=flat_level or None, allow_8bit=allow_8bit or None,
+                                 custom_alloys=extra or None)
         st = open_store(store)
         res = run_import(source, st, settings, labels, accepted_sizes=_sizes(accept_size), wait=wait,
-                         on_warning=lambda w: _line(f"WARNING {w}"), ignore=(rig,) if rig else ())
+                         ignore=(rig,) if rig else ())
         df = None
         if manifest and isinstance(st, LocalStore) and res.usable:
             from alloynet.data.manifest import refresh_manifest
@@ -98,13 +105,21 @@ def import_captures(
               EXIT_NOTHING)
     except ValueError as exc:  # a malformed store URI
         _line(f"error: {exc}", EXIT_USAGE)
-    for r in res.rejected:
-        _line(f"rejected {r.path}: {r.reason}")
+    root = source.resolve()
+    if details:
+        for r in res.rejected:
+            _line(f"rejected {r.path}: {r.reason}")
+    for text in problem_lines(res, root) + note_lines(res, root):
+        _line(text)
     _print_table(res)
     if df is not None:
         _line(f"manifest: {len(df)} captures ({'updated' if changed else 'unchanged'})")
-    if not res.usable:
+    if not res.usable and not res.references.sessions:
         _line(f"error: nothing could be imported from {source}", EXIT_NOTHING)
+    if res.rejected:
+        kinds = len({(r.problem, r.fix) for r in res.rejected})
+        _line(f"error: {len(res.rejected)} file(s) not imported ({kinds} problem(s) above); fix and re-run: what "
+              "is stored stays, a re-run imports the rest", EXIT_NOTHING)
 
 
 def register(app: typer.Typer) -> None:
