@@ -1,13 +1,25 @@
-"""Study tables and plots: mean +- std over seeds, the ideal-observer ceiling beside every row."""
+"""Study tables, plots and prose: mean +- std over seeds, the ideal-observer ceiling beside every row, and the
+findings (results.md, README.md), every figure and every judgement in them computed from the results and
+the ideal observer's figures."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from alloynet.data import CLASS_NAMES
+
+if TYPE_CHECKING:
+    from alloynet.study.config import StudyConfig
+
+BASELINES = ("physics_fit", "gaussian_profile")  # the non-deep rows beside the models (study/reference.py)
+# How a pair's two-class Bayes error (0.5: chance) is put in words.
+NEARLY_INSEPARABLE_ERROR = 0.4
+SEPARABLE_ERROR = 0.1
+# Real-plate d' that grows less than this over the dose range is limited by the plates, not the detector.
+PLATE_LIMITED_GAIN = 1.25
 
 SUMMARY_METRICS = [
     ("accuracy", "acc"), ("balanced_accuracy", "bal. acc"), ("heavy_light", "heavy/light"),
@@ -107,3 +119,227 @@ def plot_accuracy_vs_rho(results: pd.DataFrame, ceiling_acc: float, path: Path, 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# -- results.md ---------------------------------------------------------------------------------------------
+
+def failure_lines(failures: list[dict], total: int) -> list[str]:
+    lines = [f"## Cells that did not finish ({len(failures)} of {total})", "",
+             "These cells are missing from every table below; re-running the study retries them (finished cells "
+             "are reused).", "", "| cell | reason |", "|---|---|"]
+    lines += [f"| {f['cell']} | {' '.join(str(f['reason']).split())[:300]} |" for f in failures]
+    return lines + [""]
+
+
+def baseline_note() -> list[str]:
+    return ["Beside the models, per imbalance ratio and seed: `physics_fit` (for each alloy, the plate thickness "
+            "fitted to the wedge profile with the forward model, the most likely alloy; trains on nothing, so it is "
+            "the same on every pool) and `gaussian_profile` (QDA-like: per alloy and wedge a Gaussian profile whose "
+            "mean follows thickness, fitted on that pool). Both read the capture with its own calibration "
+            "(alloynet.evaluate.baselines).", ""]
+
+
+def describe_change(base: dict, changed: dict) -> str:
+    """What an OOD set changes against the test set (``datasets.describe`` of each)."""
+    diff = {k: v for k, v in changed.items() if base.get(k) != v and v is not None}
+    return ", ".join(f"{k} {v}" for k, v in diff.items()) or "calibration not sent"
+
+
+def results_markdown(cfg: "StudyConfig", table: pd.DataFrame, summary: pd.DataFrame, refs: dict[str, dict],
+                     test_set: dict, ood_sets: dict[str, dict], failures: list[dict]) -> str:
+    """results.md: the full tables. ``refs``: each set's reference (study/reference.py), ``"test"`` first;
+    ``test_set``/``ood_sets``: each set described (``datasets.describe``)."""
+    ceil = refs["test"]
+    failed_ids = {f["cell"] for f in failures}
+    md = [f"# Study `{cfg.name}`: architectures x losses x imbalance ratios", "",
+          f"Balanced test set: {test_set}; every run is evaluated on the same captures. "
+          f"Mean ± std over seeds {cfg.seeds}. Tail class (rarest in training): {cfg.data.class_order[-1]}. "
+          f"Ideal-observer ceiling (balanced accuracy) for these rig settings and this thickness prior: "
+          f"**{ceil['ceiling']:.3f}** (heavy vs light {ceil['ceiling_heavy_light']:.3f}).", "",
+          *(baseline_note() if cfg.baselines else []),
+          *(failure_lines(failures, len(cfg.cells())) if failures else []),
+          to_markdown(summary), "", "## Average precision per class", "", to_markdown(ap_table(table)),
+          "", "![balanced accuracy vs imbalance ratio](accuracy_vs_rho.png)", ""]
+    if cfg.ood:
+        names = list(ood_sets)
+        md += ["## Robustness and out of distribution (all imbalance ratios pooled)", "",
+               "Each set: the shared test set with one thing changed ("
+               + "; ".join(f"`{n}`: {describe_change(test_set, d)}" for n, d in ood_sets.items())
+               + "), each against its own ceiling.", "",
+               "### Balanced accuracy", "",
+               to_markdown(ood_table(table, names, refs, "balanced_accuracy")), "",
+               "### Heavy vs light (balanced accuracy)", "",
+               to_markdown(ood_table(table, names, refs, "heavy_light")), "",
+               "### Thickness MAE (mm)", "",
+               to_markdown(ood_table(table, names, None, "thickness_mae_mm")), ""]
+    md += ["## Ideal observer for these settings", "", ceil["markdown"], "", "## Per-run reports", ""]
+    md += [f"- {c.id}: did not finish" if c.id in failed_ids else f"- [{c.id}](runs/{c.id}/report.md)"
+           for c in cfg.cells()]
+    return "\n".join(md) + "\n"
+
+
+# -- README.md: the findings ----------------------------------------------------------------------------------
+
+def loss_findings(results: pd.DataFrame) -> list[str]:
+    """Per architecture and imbalance ratio: plain cross-entropy against the best long-tail loss."""
+    lines = ["Long-tail losses against plain cross-entropy (mean balanced accuracy over seeds):", "",
+             "| model | rho | ce | best other loss |", "|---|---|---|---|"]
+    means = results.groupby(["arch", "rho", "loss"]).balanced_accuracy.mean()
+    for (arch, rho), g in means.groupby(level=[0, 1], sort=False):
+        g = g.droplevel([0, 1])
+        others = g.drop("ce", errors="ignore")
+        if "ce" in g and len(others):
+            lines.append(f"| {arch} | {rho:g} | {g['ce']:.3f} | {others.idxmax()} {others.max():.3f} "
+                         f"({others.max() - g['ce']:+.3f}) |")
+    return lines + [""]
+
+
+def ood_findings(results: pd.DataFrame, ood_ceil: dict[str, float]) -> list[str]:
+    if not ood_ceil:
+        return []
+    lines = ["Robustness and out of distribution (all runs of each model pooled; balanced accuracy / heavy vs light):",
+             "", "| model | in distribution | " + " | ".join(f"{n} (ceiling {c:.3f})" for n, c in ood_ceil.items())
+             + " |", "|---|---|" + "---|" * len(ood_ceil)]
+    for arch, g in results.groupby("arch", sort=False):
+        cells = [f"{g[f'ood_{n}_balanced_accuracy'].mean():.3f} / {g[f'ood_{n}_heavy_light'].mean():.3f}"
+                 for n in ood_ceil]
+        lines.append(f"| {arch} | {g.balanced_accuracy.mean():.3f} / {g.heavy_light.mean():.3f} | "
+                     + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def prior_text(d) -> str:
+    """The thickness prior of a study's data settings, in words."""
+    if d.thicknesses_mm is not None:
+        return f"plates of {', '.join(f'{t:g}' for t in d.thicknesses_mm)} mm only"
+    lo, hi = d.thickness_range_mm
+    return f"plates of any thickness between {lo:g} and {hi:g} mm"
+
+
+def baseline_findings(results: pd.DataFrame, ceil: dict) -> list[str]:
+    """Per imbalance ratio: the best model against the two baselines on the same pools."""
+    if not results.arch.isin(BASELINES).any():
+        return []
+    lines = ["The best model against the non-deep baselines on the same pools (mean balanced accuracy over seeds; "
+             f"ceiling {ceil['ceiling']:.3f}):", "", "| rho | best model | gaussian_profile | physics_fit |",
+             "|---|---|---|---|"]
+    means = results.groupby(["rho", "arch", "loss"], sort=False).balanced_accuracy.mean()
+    for rho, g in means.groupby(level=0, sort=False):
+        g = g.droplevel(0)
+        models = g[~g.index.get_level_values(0).isin(BASELINES)]
+        if not len(models):
+            continue
+        (arch, loss), top = models.idxmax(), models.max()
+        base = {b: (f"{g[b].iloc[0]:.3f}" if b in g.index.get_level_values(0) else "n/a") for b in BASELINES}
+        lines.append(f"| {rho:g} | {arch} ({loss}) {top:.3f} | {base['gaussian_profile']} | {base['physics_fit']} |")
+    return lines + [""]
+
+
+def separability_words(bayes_error: float) -> str:
+    """A two-class Bayes error in words (0.5 is chance)."""
+    if bayes_error >= NEARLY_INSEPARABLE_ERROR:
+        return "nearly inseparable"
+    return "separable" if bayes_error < SEPARABLE_ERROR else "only partly separable"
+
+
+def _short(pair: str) -> str:
+    return " vs ".join(a.removeprefix("Al") for a in pair.split(" vs "))
+
+
+def pair_findings(pairs: dict[str, dict], kvp: Sequence[float]) -> str:
+    """The alloy pairs with thickness unknown, hardest first, each put in words by its Bayes error.
+    ``pairs``: ``"A vs B" -> {"d_unknown", "bayes_error_unknown", ...}`` (the test set's ceiling)."""
+    if not pairs:
+        return ""
+    ranked = sorted(pairs.items(), key=lambda kv: -kv[1]["bayes_error_unknown"])
+    (hardest, p), exposure = ranked[0], "/".join(f"{k:g}" for k in kvp) + " kV"
+    text = (f"Hardest pair, {_short(hardest)}: d' = {p['d_unknown']:.2f} with thickness unknown (Bayes error "
+            f"{p['bayes_error_unknown']:.2f}): {separability_words(p['bayes_error_unknown'])} in one {exposure} "
+            "exposure.")
+    groups: dict[str, list[str]] = {}
+    for name, q in ranked[1:]:
+        groups.setdefault(separability_words(q["bayes_error_unknown"]), []).append(
+            f"{_short(name)} ({q['bayes_error_unknown']:.2f})")
+    if groups:
+        text += " The other pairs (Bayes error with thickness unknown): " + "; ".join(
+            f"{words}: {', '.join(names)}" for words, names in groups.items()) + "."
+    return text
+
+
+def limit_findings(rows: list[dict]) -> str:
+    """What the dose and kVp table says, from its rows (``physics_table.physics_limits``): for the hardest pair,
+    whether more photons move the real-plate d' or only the noise-limited one; and what extra kVp channels
+    do for each pair at the highest dose."""
+    if not rows:
+        return ""
+    pairs = [k for k in rows[0] if "/" in k and k != "kvp"]
+    first_kvp = rows[0]["kvp"]
+    by_dose = sorted((r for r in rows if r["kvp"] == first_kvp), key=lambda r: r["dose"])
+    lo, hi = by_dose[0], by_dose[-1]
+    hardest = max(pairs, key=lambda k: hi[k][3])
+    out = []
+    if hi["dose"] > lo["dose"]:
+        (n_lo, k_lo, _, _), (n_hi, k_hi, _, _) = lo[hardest], hi[hardest]
+        gain = k_hi / k_lo if k_lo > 0 else float("inf")
+        limit = ("the limit is the plates, not the detector" if gain < PLATE_LIMITED_GAIN
+                 else "the detector still limits it")
+        out.append(f"From {lo['dose']:.0e} to {hi['dose']:.0e} photons/px at {first_kvp} kV, "
+                   f"{hardest.replace('/', ' vs ')}'s d' with exact nominal plates grows {n_hi / n_lo:.1f}x (the "
+                   f"square root of the dose ratio is {(hi['dose'] / lo['dose']) ** 0.5:.1f}x), with real plates and "
+                   f"thickness known {k_lo:.2f} -> {k_hi:.2f}: {limit}.")
+    top = max(r["dose"] for r in rows)
+    at_top = {r["kvp"]: r for r in rows if r["dose"] == top}
+    if len(at_top) > 1:
+        single, *more = list(at_top)
+        for kvps in more:
+            moves = sorted(((at_top[kvps][k][2] - at_top[single][k][2], k) for k in pairs), reverse=True)
+            out.append(f"Extra kVp channels ({kvps} against {single} kV) at {top:.0e} photons/px raise d' with "
+                       "thickness unknown by " + ", ".join(f"{d:+.2f} for {k.replace('/', ' vs ')}" for d, k in moves)
+                       + ".")
+    return " ".join(out)
+
+
+def readme(cfg: "StudyConfig", results: pd.DataFrame, ceil: dict, limits: str, ood_ceil: dict[str, float],
+           failures: Optional[list[dict]] = None, limit_rows: Optional[list[dict]] = None) -> str:
+    """The short, honest summary: what physics allows, what the models reach (``results`` holds the models'
+    rows and the baselines' rows; the best model is chosen among the models). ``limits``/``limit_rows``: the
+    dose and kVp table and its rows (``physics_table.physics_limits``)."""
+    failures = failures or []
+    models = results[~results.arch.isin(BASELINES)]
+    best = models.groupby(["arch", "loss", "rho"]).balanced_accuracy.mean().sort_values(ascending=False)
+    (arch, loss, rho), top = best.index[0], best.iloc[0]
+    per_rho = models.groupby("rho").balanced_accuracy.max()
+    recall_cols = [c for c in models.columns if c.startswith("recall_")]
+    best_runs = models[(models.arch == arch) & (models.loss == loss) & (models.rho == rho)]
+    recalls = ", ".join(f"{c[len('recall_'):]} {best_runs[c].mean():.2f} "
+                        f"(ideal {ceil['ceiling_recall'].get(c[len('recall_'):], float('nan')):.2f})"
+                        for c in recall_cols)
+    d = cfg.data
+    return "\n".join([
+        f"# Study `{cfg.name}`: what physics allows and what the models reach", "",
+        f"Rig: W tube, kVp {d.rig.kvp}, {d.rig.dose:.0e} detected photons/pixel (open beam), "
+        f"{d.rig.height}x{d.rig.width} px, Al wedge {d.wedges_mm} mm; {prior_text(d)}, composition "
+        "drawn inside each alloy's standard ranges and thickness within +-1.5 % of nominal.", "",
+        "## What physics allows", "",
+        f"The ideal observer (alloynet.physics.separability) for these settings and this thickness prior reaches a "
+        f"balanced accuracy of **{ceil['ceiling']:.3f}** (heavy vs light {ceil['ceiling_heavy_light']:.3f}); no model "
+        f"can beat it on this test set except by chance. {pair_findings(ceil['pairs'], d.rig.kvp)} Across dose and "
+        "kVp (d' with exact nominal plates / with real plates and thickness known / thickness unknown, and the "
+        "two-class Bayes error at unknown thickness):", "",
+        limits, "",
+        limit_findings(limit_rows or []), "",
+        "## What the models reach", "",
+        *([f"**{len(failures)} of {len(cfg.cells())} cells did not finish** ({', '.join(f['cell'] for f in failures)}; "
+           "reasons in [results.md](results.md)): every figure below is over the finished cells only.", ""]
+          if failures else []),
+        f"Best mean balanced accuracy: **{top:.3f}** ({arch}, {loss} loss, rho {rho:g}), a gap of "
+        f"{ceil['ceiling'] - top:+.3f} to the ceiling. Per-class recall of that configuration: {recalls}.", "",
+        "Best single-run balanced accuracy per training imbalance ratio: "
+        + ", ".join(f"rho {r:g}: {v:.3f}" for r, v in per_rho.items()) + ".", "",
+        *baseline_findings(results, ceil), *loss_findings(models), *ood_findings(results, ood_ceil),
+        "Full tables (mean +- std over seeds, ceiling beside every row), AP per class, the OOD checks and every "
+        "run's report: [results.md](results.md). Reproduce with `OMP_NUM_THREADS=1 alloynet study --config "
+        "configs/study.yaml` (runs are cached in the work dir; the same seeds and the same thread count give the "
+        "same tables: CPU float reductions depend on the number of threads), or spread over the workers of a "
+        "Prefect work pool with `alloynet study-pool` (same cache, same tables). How the hyperparameters are "
+        "tuned, population-based training against the Optuna search: [search.md](search.md).", ""])

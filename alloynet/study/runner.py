@@ -20,6 +20,7 @@ from alloynet.captures.stores import LocalStore
 from alloynet.data.dataset import CaptureDataset
 from alloynet.data.manifest import manifest_hash, read_manifest
 from alloynet.study import reference, report
+from alloynet.study.report import BASELINES
 from alloynet.study.config import Cell, LossSpec, StudyConfig
 from alloynet.study.datasets import describe, held_out_set, pool_dir, pool_is_current, training_pool
 from alloynet.study.physics_table import physics_limits
@@ -50,7 +51,6 @@ def _quick_metrics(model, meta: dict, root: Path) -> dict:
     return m
 
 
-BASELINES = ("physics_fit", "gaussian_profile")  # the non-deep rows beside the models (study/reference.py)
 
 
 def _row(arch: str, loss: str, rho: float, seed: int, metrics: dict, train_s: float, params: int,
@@ -191,14 +191,6 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print,
     return results
 
 
-def _failure_lines(failures: list[dict], total: int) -> list[str]:
-    lines = [f"## Cells that did not finish ({len(failures)} of {total})", "",
-             "These cells are missing from every table below; re-running the study retries them (finished cells "
-             "are reused).", "", "| cell | reason |", "|---|---|"]
-    lines += [f"| {f['cell']} | {' '.join(str(f['reason']).split())[:300]} |" for f in failures]
-    return lines + [""]
-
-
 def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_roots: dict[str, Path],
                   log: Callable[[str], None] = print, failures: Optional[list[dict]] = None) -> None:
     """Tables, plots, per-run reports and the summary over the finished cells; ``failures`` (cells that
@@ -211,7 +203,7 @@ def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_
         (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), "failed_cells": failures},
                                                    indent=1))
         (out / "results.md").write_text("\n".join([f"# Study `{cfg.name}`: no cell finished", "",
-                                                   *_failure_lines(failures, len(cfg.cells()))]) + "\n")
+                                                   *report.failure_lines(failures, len(cfg.cells()))]) + "\n")
         log(f"no cell finished; see {out / 'results.md'}")
         return
     log("computing the ideal-observer ceilings" + (" and the baselines" if cfg.baselines else ""))
@@ -245,8 +237,8 @@ def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_
         rid = cell.id
         src = cell_dir(cfg, cell) / "report"
         if src.exists() and rid not in failed_ids:
-            shutil.copytree(src, runs_dir / rid, ignore=shutil.ignore_patterns("roc.png", "pr.png", "thickness_scatter.png",
-                                                                                "confusion.png"))
+            skip = shutil.ignore_patterns("roc.png", "pr.png", "thickness_scatter.png", "confusion.png")
+            shutil.copytree(src, runs_dir / rid, ignore=skip)
     meta = {"config": cfg.model_dump(mode="json"), "test_set": describe(test_root),
             "ood_sets": {k: describe(v) for k, v in ood_roots.items()},
             "ceiling": {"accuracy": ceil["ceiling"], "recall": ceil["ceiling_recall"],
@@ -256,147 +248,11 @@ def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_
     if failures:
         meta["failed_cells"] = failures
     (out / "study.json").write_text(json.dumps(meta, indent=1, default=float))
-    md = [f"# Study `{cfg.name}`: architectures x losses x imbalance ratios", "",
-          f"Balanced test set: {describe(test_root)}; every run is evaluated on the same captures. "
-          f"Mean ± std over seeds {cfg.seeds}. Tail class (rarest in training): {cfg.data.class_order[-1]}. "
-          f"Ideal-observer ceiling (balanced accuracy) for these rig settings and this thickness prior: "
-          f"**{ceil['ceiling']:.3f}** (heavy vs light {ceil['ceiling_heavy_light']:.3f}).", "",
-          *(_baseline_note() if cfg.baselines else []),
-          *(_failure_lines(failures, len(cfg.cells())) if failures else []),
-          report.to_markdown(summary), "", "## Average precision per class", "", report.to_markdown(report.ap_table(table)),
-          "", "![balanced accuracy vs imbalance ratio](accuracy_vs_rho.png)", ""]
-    if cfg.ood:
-        md += ["## Robustness and out of distribution (all imbalance ratios pooled)", "",
-               "Each set: the shared test set with one thing changed ("
-               + "; ".join(f"`{n}`: {_describe_change(describe(test_root), describe(r))}" for n, r in ood_roots.items())
-               + "), each against its own ceiling.", "",
-               "### Balanced accuracy", "",
-               report.to_markdown(report.ood_table(table, list(ood_roots), refs, "balanced_accuracy")), "",
-               "### Heavy vs light (balanced accuracy)", "",
-               report.to_markdown(report.ood_table(table, list(ood_roots), refs, "heavy_light")), "",
-               "### Thickness MAE (mm)", "",
-               report.to_markdown(report.ood_table(table, list(ood_roots), None, "thickness_mae_mm")), ""]
-    md += ["## Ideal observer for these settings", "", ceil["markdown"], "", "## Per-run reports", ""]
-    md += [f"- {c.id}: did not finish" if c.id in failed_ids else f"- [{c.id}](runs/{c.id}/report.md)"
-           for c in cfg.cells()]
-    (out / "results.md").write_text("\n".join(md) + "\n")
+    md = report.results_markdown(cfg, table, summary, refs, describe(test_root),
+                                 {n: describe(r) for n, r in ood_roots.items()}, failures)
+    (out / "results.md").write_text(md)
     log("tabulating what physics allows across dose and kVp")
-    _, limits = physics_limits(d.rig, d.thicknesses_mm, plates=max(20, cfg.ceiling_plates // 2),
-                               thickness_range_mm=d.thickness_range_mm)
-    (out / "README.md").write_text(readme(cfg, table, ceil, limits, ood_ceil, failures))
+    limit_rows, limits = physics_limits(d.rig, d.thicknesses_mm, plates=max(20, cfg.ceiling_plates // 2),
+                                        thickness_range_mm=d.thickness_range_mm)
+    (out / "README.md").write_text(report.readme(cfg, table, ceil, limits, ood_ceil, failures, limit_rows))
     log(f"wrote {out / 'results.md'} and {out / 'README.md'}")
-
-
-def _baseline_note() -> list[str]:
-    return ["Beside the models, per imbalance ratio and seed: `physics_fit` (for each alloy, the plate thickness "
-            "fitted to the wedge profile with the forward model, the most likely alloy; trains on nothing, so it is "
-            "the same on every pool) and `gaussian_profile` (QDA-like: per alloy and wedge a Gaussian profile whose "
-            "mean follows thickness, fitted on that pool). Both read the capture with its own calibration "
-            "(alloynet.evaluate.baselines).", ""]
-
-
-def _describe_change(base: dict, changed: dict) -> str:
-    diff = {k: v for k, v in changed.items() if base.get(k) != v and v is not None}
-    return ", ".join(f"{k} {v}" for k, v in diff.items()) or "calibration not sent"
-
-
-def _loss_findings(results: pd.DataFrame) -> list[str]:
-    """Per architecture and imbalance ratio: plain cross-entropy against the best long-tail loss."""
-    lines = ["Long-tail losses against plain cross-entropy (mean balanced accuracy over seeds):", "",
-             "| model | rho | ce | best other loss |", "|---|---|---|---|"]
-    means = results.groupby(["arch", "rho", "loss"]).balanced_accuracy.mean()
-    for (arch, rho), g in means.groupby(level=[0, 1], sort=False):
-        g = g.droplevel([0, 1])
-        others = g.drop("ce", errors="ignore")
-        if "ce" in g and len(others):
-            lines.append(f"| {arch} | {rho:g} | {g['ce']:.3f} | {others.idxmax()} {others.max():.3f} "
-                         f"({others.max() - g['ce']:+.3f}) |")
-    return lines + [""]
-
-
-def _ood_findings(results: pd.DataFrame, ood_ceil: dict[str, float]) -> list[str]:
-    if not ood_ceil:
-        return []
-    lines = ["Robustness and out of distribution (all runs of each model pooled; balanced accuracy / heavy vs light):",
-             "", "| model | in distribution | " + " | ".join(f"{n} (ceiling {c:.3f})" for n, c in ood_ceil.items()) + " |",
-             "|---|---|" + "---|" * len(ood_ceil)]
-    for arch, g in results.groupby("arch", sort=False):
-        cells = [f"{g[f'ood_{n}_balanced_accuracy'].mean():.3f} / {g[f'ood_{n}_heavy_light'].mean():.3f}"
-                 for n in ood_ceil]
-        lines.append(f"| {arch} | {g.balanced_accuracy.mean():.3f} / {g.heavy_light.mean():.3f} | "
-                     + " | ".join(cells) + " |")
-    return lines + [""]
-
-
-def _prior_text(d) -> str:
-    if d.thicknesses_mm is not None:
-        return f"plates of {', '.join(f'{t:g}' for t in d.thicknesses_mm)} mm only"
-    lo, hi = d.thickness_range_mm
-    return f"plates of any thickness between {lo:g} and {hi:g} mm"
-
-
-def _baseline_findings(results: pd.DataFrame, ceil: dict) -> list[str]:
-    """Per imbalance ratio: the best model against the two baselines on the same pools."""
-    if not results.arch.isin(BASELINES).any():
-        return []
-    lines = ["The best model against the non-deep baselines on the same pools (mean balanced accuracy over seeds; "
-             f"ceiling {ceil['ceiling']:.3f}):", "", "| rho | best model | gaussian_profile | physics_fit |", "|---|---|---|---|"]
-    means = results.groupby(["rho", "arch", "loss"], sort=False).balanced_accuracy.mean()
-    for rho, g in means.groupby(level=0, sort=False):
-        g = g.droplevel(0)
-        models = g[~g.index.get_level_values(0).isin(BASELINES)]
-        if not len(models):
-            continue
-        (arch, loss), top = models.idxmax(), models.max()
-        base = {b: (f"{g[b].iloc[0]:.3f}" if b in g.index.get_level_values(0) else "n/a") for b in BASELINES}
-        lines.append(f"| {rho:g} | {arch} ({loss}) {top:.3f} | {base['gaussian_profile']} | {base['physics_fit']} |")
-    return lines + [""]
-
-
-def readme(cfg: StudyConfig, results: pd.DataFrame, ceil: dict, limits: str, ood_ceil: dict[str, float],
-           failures: Optional[list[dict]] = None) -> str:
-    """The short, honest summary: what physics allows, what the models reach (``results`` holds the models'
-    rows and the baselines' rows; the best model is chosen among the models)."""
-    models = results[~results.arch.isin(BASELINES)]
-    best = models.groupby(["arch", "loss", "rho"]).balanced_accuracy.mean().sort_values(ascending=False)
-    (arch, loss, rho), top = best.index[0], best.iloc[0]
-    per_rho = models.groupby("rho").balanced_accuracy.max()
-    recall_cols = [c for c in models.columns if c.startswith("recall_")]
-    best_runs = models[(models.arch == arch) & (models.loss == loss) & (models.rho == rho)]
-    recalls = ", ".join(f"{c[len('recall_'):]} {best_runs[c].mean():.2f} (ideal {ceil['ceiling_recall'].get(c[len('recall_'):], float('nan')):.2f})"
-                        for c in recall_cols)
-    pair = ceil["pairs"].get("Al5083 vs Al6082") or ceil["pairs"].get("Al6082 vs Al5083")
-    d = cfg.data
-    return "\n".join([
-        f"# Study `{cfg.name}`: what physics allows and what the models reach", "",
-        f"Rig: W tube, kVp {d.rig.kvp}, {d.rig.dose:.0e} detected photons/pixel (open beam), "
-        f"{d.rig.height}x{d.rig.width} px, Al wedge {d.wedges_mm} mm; {_prior_text(d)}, composition "
-        "drawn inside each alloy's standard ranges and thickness within +-1.5 % of nominal.", "",
-        "## What physics allows", "",
-        f"The ideal observer (alloynet.physics.separability) for these settings and this thickness prior reaches a "
-        f"balanced accuracy of **{ceil['ceiling']:.3f}** (heavy vs light {ceil['ceiling_heavy_light']:.3f}); no model "
-        "can beat it on this test set except by chance. "
-        f"5083 vs 6082: d' = {pair['d_unknown']:.2f} with thickness unknown (Bayes error {pair['bayes_error_unknown']:.2f}): "
-        "nearly inseparable in one 50 kV exposure, because plate-to-plate composition variation inside the standards "
-        "moves the attenuation more than the alloys differ. 1050 is only partly separable from both; 2017 and 7075 "
-        "are separable from everything. Across dose and kVp (d' with exact nominal plates / with real plates and "
-        "thickness known / thickness unknown, and the two-class Bayes error at unknown thickness):", "",
-        limits, "",
-        "More photons help the noise-limited column (nominal plates) as sqrt(dose), but barely move the real-plate "
-        "columns for 5083 vs 6082: the limit is the plates, not the detector. Extra kVp channels help 1050 against "
-        "5083/6082 far more than they help 5083 against 6082.", "",
-        "## What the models reach", "",
-        *([f"**{len(failures)} of {len(cfg.cells())} cells did not finish** ({', '.join(f['cell'] for f in failures)}; "
-           "reasons in [results.md](results.md)): every figure below is over the finished cells only.", ""]
-          if failures else []),
-        f"Best mean balanced accuracy: **{top:.3f}** ({arch}, {loss} loss, rho {rho:g}), a gap of "
-        f"{ceil['ceiling'] - top:+.3f} to the ceiling. Per-class recall of that configuration: {recalls}.", "",
-        "Best single-run balanced accuracy per training imbalance ratio: "
-        + ", ".join(f"rho {r:g}: {v:.3f}" for r, v in per_rho.items()) + ".", "",
-        *_baseline_findings(results, ceil), *_loss_findings(models), *_ood_findings(results, ood_ceil),
-        "Full tables (mean +- std over seeds, ceiling beside every row), AP per class, the OOD checks and every "
-        "run's report: [results.md](results.md). Reproduce with `OMP_NUM_THREADS=1 alloynet study --config "
-        "configs/study.yaml` (runs are cached in the work dir; the same seeds and the same thread count give the "
-        "same tables: CPU float reductions depend on the number of threads), or spread over the workers of a "
-        "Prefect work pool with `alloynet study-pool` (same cache, same tables). How the hyperparameters are "
-        "tuned, population-based training against the Optuna search: [search.md](search.md).", ""])
