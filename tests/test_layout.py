@@ -85,7 +85,8 @@ def test_top_level_packages_import_one_way(package):
     assert edges[package], f"no imports found in {package}/: is the tree where the test looks ({ROOT})?"
     wrong = {dst: sorted(files) for dst, files in edges[package].items()
              if dst in PACKAGES and dst != package and dst not in ALLOWED[package]}
-    assert not wrong, f"{package} may import only {sorted(ALLOWED[package]) or 'none of ' + str(PACKAGES)}; found {wrong}"
+    allowed = sorted(ALLOWED[package]) or f"none of {PACKAGES}"
+    assert not wrong, f"{package} may import only {allowed}; found {wrong}"
     banned = {dst: sorted(files) for dst, files in edges[package].items()
               if dst in FORBIDDEN_LIBRARIES.get(package, ())}
     assert not banned, f"{package} must not import {sorted(FORBIDDEN_LIBRARIES[package])}; found {banned}"

@@ -120,7 +120,7 @@ class TorchServeClient:
         size = sum(len(v) for v in inputs.values())
         if self.max_request_bytes and size > self.max_request_bytes:
             raise self._error(InvalidCaptureError, f"a request of {size:,} bytes is over the server's limit of "
-                                                   f"{self.max_request_bytes:,} bytes", capture, code="RESOURCE_EXHAUSTED")
+                              f"{self.max_request_bytes:,} bytes", capture, code="RESOURCE_EXHAUSTED")
         return self.pb.PredictionsRequest(model_name=self.model, model_version=self.version, input=inputs)
 
     def _answer(self, resp, capture: Optional[str]) -> dict:
@@ -174,8 +174,8 @@ class TorchServeClient:
                     try:
                         resp = future.result()
                     except self._grpc.RpcError:  # retried, mapped and reported by the one-at-a-time path
-                        resp = self._rpc(lambda md, r=req: self.stub.Predictions(r, metadata=md, timeout=self.timeout_s),
-                                         label)
+                        resp = self._rpc(
+                            lambda md, r=req: self.stub.Predictions(r, metadata=md, timeout=self.timeout_s), label)
                     results[i] = Prediction(**self._answer(resp, label), server=self.server)
                 except InvalidCaptureError as exc:
                     results[i] = exc

@@ -156,7 +156,7 @@ class TritonClient:
             wedge_mm = np.zeros((len(images), 1), np.float32)
         if images.dtype not in self.DATATYPE_OF:
             raise self._error(InvalidCaptureError, f"image.dtype: expected float32 raw ADU (or one of "
-                                                   f"{sorted(self.DATATYPES)}, which the server checks), got {images.dtype}")
+                              f"{sorted(self.DATATYPES)}, which the server checks), got {images.dtype}")
         sent = (np.ascontiguousarray(images),
                 np.ascontiguousarray(calibration, dtype=np.float32),
                 np.ascontiguousarray(np.asarray(wedge_mm, np.float32).reshape(-1, 1)))  # the server counts rows
@@ -180,7 +180,8 @@ class TritonClient:
             raw[out.name] = np.frombuffer(data, self.DATATYPES[out.datatype])
         missing = [n for n in contract.OUTPUT_NAMES if n not in raw]
         if missing:
-            raise self._error(ServingError, f"the answer lacks output(s) {missing} (got {sorted(raw)})", code="INTERNAL")
+            raise self._error(ServingError, f"the answer lacks output(s) {missing} (got {sorted(raw)})",
+                              code="INTERNAL")
         k = raw["probabilities"].size // max(1, len(images))  # Triton declares scalar outputs as [1]: the contract's
         return {n: raw[n].astype(np.float32, copy=False).reshape(len(images), *contract.output_dims(n, k))
                 for n in contract.OUTPUT_NAMES}
