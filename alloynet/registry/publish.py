@@ -1,11 +1,11 @@
-"""Publish the champion's Triton model repository where the serving fleet reads it (an S3 prefix).
+"""Publish the champion's Triton model repository where the serving fleet reads it (an S3 prefix), and the rule
+that numbers what servers serve.
 
 Triton (``--model-control-mode=poll``, see infra/k8s/triton.yaml) serves the highest version of each
-model. Each publish writes the champion's files as Triton model version N = the champion pointer's
-generation, which grows with every promotion *and* every rollback; so the current champion is always
-the newest version, and a rollback needs no deletion. Files come from a verified fetch (sha256 against
-the registry), the version directory is written before ``config.pbtxt`` is refreshed and before the
-``CHAMPION.json`` marker, and older versions beyond ``keep`` are pruned last.
+model. Each publish writes the champion's files as model version :func:`serving_version` (the champion
+pointer's generation). Files come from a verified fetch (sha256 against the registry), the version directory
+is written before ``config.pbtxt`` is refreshed and before the ``CHAMPION.json`` marker, and older versions
+beyond ``keep`` are pruned last.
 """
 from __future__ import annotations
 
@@ -15,9 +15,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from alloynet.captures.stores import ObjectStore
-from alloynet.registry.store import ModelRegistry, RegistryError
+from alloynet.registry.store import ChampionPointer, ModelRegistry, RegistryError
 
 FORMAT = "triton"
+
+
+def serving_version(pointer: ChampionPointer) -> int:
+    """The model version a server gives the champion (Triton's version directory, TorchServe's model version):
+    the pointer's generation. It grows with every promotion *and* every rollback, so the current champion is
+    always the newest version (Triton serves the highest) and a rollback needs no deletion. Both the published
+    repository (here) and `alloynet serve` (infra/serve.py) number releases with it."""
+    return pointer.generation
 
 
 def publish_triton(registry: ModelRegistry, target: ObjectStore, prefix: str = "", keep: int = 2) -> dict:
@@ -26,7 +34,7 @@ def publish_triton(registry: ModelRegistry, target: ObjectStore, prefix: str = "
     if pointer is None:
         raise RegistryError(f"{registry.uri}: no champion to publish")
     prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-    gen = str(pointer.generation)
+    gen = str(serving_version(pointer))
     with tempfile.TemporaryDirectory() as tmp:
         root = registry.fetch(pointer.version, tmp, only=[FORMAT]) / FORMAT
         if not root.is_dir():

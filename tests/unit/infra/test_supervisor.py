@@ -1,0 +1,96 @@
+"""The supervisor's parts on their own, without servers: releases, Triton's repository, health, keys."""
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+
+from alloynet.registry.publish import serving_version
+from infra.supervisor.health import Health
+from infra.supervisor.keys import KeyKeeper
+from infra.supervisor.releases import Release, Releases
+from infra.supervisor.settings import ServeConfig
+from infra.supervisor.triton_server import TritonServer
+
+
+def _release(tmp_path, generation: int, config: bytes = b"name: 'alloynet'") -> Release:
+    d = tmp_path / f"rel{generation}"
+    model = d / "triton" / "alloynet"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.onnx").write_bytes(b"onnx %d" % generation)
+    (model / "config.pbtxt").write_bytes(config)
+    return Release(f"v{generation}", generation, d)
+
+
+def test_a_release_is_numbered_by_the_pointers_serving_version(tmp_path):
+    fetched = []
+
+    def fetch(version, dest, only):
+        fetched.append((version, only))
+        dest.mkdir(parents=True)
+
+    registry = SimpleNamespace(fetch=fetch)
+    releases = Releases(registry, tmp_path / "releases", ["triton/alloynet"])
+    pointer = SimpleNamespace(version="v7", generation=12)
+    rel = releases.fetch(pointer)
+    assert rel.generation == serving_version(pointer) == 12 and rel.directory.name == "g00012-v7"
+    assert releases.fetch(pointer) == rel and fetched == [("v7", ["triton/alloynet"])]  # fetched once
+    other = releases.fetch(SimpleNamespace(version="v8", generation=13))
+    releases.prune(other)
+    assert [d.name for d in (tmp_path / "releases").iterdir()] == ["g00013-v8"]
+
+
+def test_triton_repository_holds_the_serving_version_and_the_one_before(tmp_path):
+    server = TritonServer(ServeConfig(), tmp_path / "state", admin_key="k")
+    model_dir = server.repo / "alloynet"
+    dst, previous = server.install(_release(tmp_path, 3, b"three"))
+    assert dst == model_dir / "3" and (dst / "model.onnx").read_bytes() == b"onnx 3" and previous is None
+    for g in (4, 5, 6):
+        _, previous = server.install(_release(tmp_path, g, b"gen %d" % g))
+    assert previous == b"gen 5" and (model_dir / "config.pbtxt").read_bytes() == b"gen 6"
+    server.prune(current=5)  # 6 failed to load: it goes; 5 serves, 4 stays for a quick way back
+    assert sorted(p.name for p in model_dir.iterdir() if p.name.isdigit()) == ["4", "5"]
+
+
+class _Server:
+    def __init__(self, answers):
+        self.pid, self.answers = 1, list(answers)
+
+    def probe(self, timeout: float) -> bool:
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_a_server_that_misses_probes_in_a_row_is_hung():
+    servers = {"triton": _Server([False, OSError("refused"), True, False, False, False]),
+               "torchserve": _Server([])}
+    servers["torchserve"].pid = None  # not started: never probed
+    health = Health(servers, every_s=5.0, hang_after=3)
+    for _ in range(3):
+        health.probe_all()
+    assert health.unanswered == {"triton": 0} and not health.hung("triton")  # an answer resets the count
+    for _ in range(3):
+        health.probe_all()
+    assert health.hung("triton") and "torchserve" not in health.unanswered
+    health.restarting.add("triton")
+    health.probe_all()  # being restarted: not probed (its answers list is empty: a probe would fail the test)
+    health.restarted("triton")
+    assert not health.hung("triton") and not health.restarting
+
+
+def test_keys_with_a_quarter_of_their_lifetime_left_are_renewed(tmp_path, monkeypatch):
+    from infra import torchserve
+
+    soon = (datetime.now(timezone.utc) + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%S.123456789Z")
+    later = (datetime.now(timezone.utc) + timedelta(minutes=50)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    renewed = []
+    monkeypatch.setattr(torchserve, "key_expiry", lambda d: {"inference": soon, "management": later})
+    monkeypatch.setattr(torchserve, "refresh_key", lambda d, which: renewed.append((d, which)))
+    keeper = KeyKeeper(tmp_path, token_expiry_min=60.0, lock=threading.Lock())  # a quarter: 15 minutes
+    keeper.refresh()
+    assert renewed == [(tmp_path, "inference")] and keeper.renewed == 1
+    monkeypatch.setattr(torchserve, "key_expiry", lambda d: (_ for _ in ()).throw(OSError("not written yet")))
+    keeper.refresh()
+    assert keeper.renewed == 1
