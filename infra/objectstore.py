@@ -95,7 +95,8 @@ def start(data_dir: str | Path, s3_port: int | None = None, buckets: tuple[str, 
             f"-ip.bind={HOST}",
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
             f"-s3.port={s3_port}", f"-webdav.port={ports['webdav']}", f"-admin.port={ports['admin']}",
-            "-admin.ui=false", f"-s3.port.iceberg={free_port()}", "-s3.port.lance=0",  # no fixed ports: servers may run side by side
+            # no fixed ports: servers may run side by side
+            "-admin.ui=false", f"-s3.port.iceberg={free_port()}", "-s3.port.lance=0",
             f"-s3.config={iam}", "-master.telemetry=false"]
     # weed turns AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its environment into an identity of its own, which
     # would shadow the IAM file's key of the same name: a shell pointed at another store must not leak in

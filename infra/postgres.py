@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.action == "start":
         s = start(a.dir, a.port, tuple(a.db))
-        print(f"PostgreSQL running (pid {s.pid}) on {s.host}:{s.port}; URLs: python -m infra.postgres url --dir {a.dir} --db NAME")
+        print(f"PostgreSQL running (pid {s.pid}) on {s.host}:{s.port}; "
+              f"URLs: python -m infra.postgres url --dir {a.dir} --db NAME")
     elif a.action == "stop":
         print("stopped" if stop(a.dir) else "stopped (had to be killed)")
     elif a.action == "status":

@@ -4,7 +4,8 @@
     python -m infra.stack deploy    # register the deployments in prefect.yaml with the server
     python -m infra.stack status
     python -m infra.stack env       # `source .alloynet/stack/env.sh` points a shell at the stack
-    python -m infra.stack clear-run <flow-run-id>   # a run whose process is gone: Running -> Crashed, Cancelling -> Cancelled
+    python -m infra.stack clear-run <flow-run-id>   # a run whose process is gone: Running -> Crashed,
+                                                    # Cancelling -> Cancelled
     python -m infra.stack down      # stop everything, by PID, worker first
 
 State (PID files, logs, the Prefect database, the object store's data) lives in ``--dir`` (default
@@ -415,7 +416,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-worker", action="store_true")
     p.add_argument("--serving", action="store_true", help="also start the model servers on the champion")
     p.add_argument("--registry", default=".alloynet/registry", help="model store whose champion --serving serves")
-    p.add_argument("--workers", type=int, default=1, help="process workers on the pool (each runs one flow run at a time)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="process workers on the pool (each runs one flow run at a time)")
     p.add_argument("--postgres", action="store_true",
                    help="PostgreSQL for the Prefect server and the shared Optuna storage (several workers)")
     a = p.parse_args(argv)

@@ -174,8 +174,8 @@ def start(model_store: str | Path, models: list[str], workdir: str | Path, manag
                     return False
             return all(workers_ready(server, m) for m in server.models)
 
-        wait_ready(healthy, proc.pid, timeout, f"TorchServe at {server.inference_url}", server.workdir / "torchserve.log",
-                   interval=0.5)
+        wait_ready(healthy, proc.pid, timeout, f"TorchServe at {server.inference_url}",
+                   server.workdir / "torchserve.log", interval=0.5)
     except Exception:
         stop(workdir)
         raise
