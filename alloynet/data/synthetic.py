@@ -30,11 +30,11 @@ from torch.utils.data import Dataset
 
 from alloynet.data.rigs import nominal_rig
 from alloynet.physics.alloys import sample_plate
+from alloynet.physics.measure import frame_level
 from alloynet.physics.observer import ThicknessPrior
 from alloynet.physics.rig_profile import load_rig_profile, needs_alloynet_simulator
 from alloynet.physics.second_rig import SecondRig, SecondRigConfig
 from alloynet.physics.simulator import RigConfig, RigSimulator
-
 
 HELD_OUT_ROUND = 2**31  # never an epoch number
 
@@ -113,7 +113,7 @@ class SyntheticCaptures(Dataset):
             if key not in self._levels:
                 f_rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0xF1A7, rnd, session, int(wedge * 1000)]))
                 dark, flat = sim.calibration_frames(f_rng, gain)
-                self._levels[key] = (sim.frame_level(dark), sim.frame_level(flat))
+                self._levels[key] = (frame_level(dark), frame_level(flat))
             cap = sim.capture(plate, rng, *self._levels[key], gain_scale=gain)
         else:
             cap = sim.capture(plate, rng, gain_scale=gain)

@@ -15,8 +15,9 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-T_MIN = 1e-4  # T below this (dead pixels, read noise at the wedge's thick end) is clamped: -ln T <= 9.2
+from alloynet.physics.measure import T_MIN, TRIM
 
 
 class Preprocess(nn.Module):
@@ -106,13 +107,10 @@ def _equalize(a: torch.Tensor) -> torch.Tensor:
     return ranks.reshape(b, c, h, w)
 
 
-def wedge_profile(x: torch.Tensor, trim: float = 0.25) -> torch.Tensor:
+def wedge_profile(x: torch.Tensor, trim: float = TRIM) -> torch.Tensor:
     """The capture summarised along the wedge axis: [..., C, H, W] -> [..., C, W], per column the mean of the
-    rows after dropping the lowest and highest ``trim`` fraction (the interquartile mean by default).
-
-    Robust on purpose: a dead pixel (-ln T = 9.2), a hot one or an intermetallic inclusion moves a plain row
-    mean by more than the alloys differ, while the interquartile mean keeps ~85 % of the mean's efficiency
-    on Gaussian noise."""
+    rows after dropping the lowest and highest ``trim`` fraction: the torch twin of
+    ``alloynet.physics.measure.interquartile_rows`` (see there why it is robust)."""
     h = x.shape[-2]
     k = int(h * trim)
     if k == 0 or h - 2 * k < 1:
@@ -120,6 +118,28 @@ def wedge_profile(x: torch.Tensor, trim: float = 0.25) -> torch.Tensor:
     # the sum less the k largest and the k smallest values (two top-k's cost half a full sort)
     dropped = x.topk(k, dim=-2).values.sum(dim=-2) - (-x).topk(k, dim=-2).values.sum(dim=-2)
     return (x.sum(dim=-2) - dropped) / (h - 2 * k)
+
+
+def bin_columns(p: torch.Tensor, bins: int) -> torch.Tensor:
+    """[B, C, W] -> [B, C, bins], each bin the mean of its columns, with the bins of
+    ``alloynet.physics.measure.bin_edges`` (column j in bin b when floor(b W / bins) <= j < floor((b + 1) W /
+    bins)). Where ``bins`` divides the width that is plain average pooling (one op in every exported graph);
+    otherwise a fixed averaging matrix, since adaptive pooling would let neighbouring bins overlap. A model
+    with more bins than the capture has columns repeats columns (adaptive pooling), so its input keeps its
+    size; the numpy measurement has one bin per column there."""
+    width = p.shape[-1]
+    if width % bins == 0 or bins >= width:
+        return F.adaptive_avg_pool1d(p, bins)
+    col = torch.arange(width, device=p.device)
+    bin_of = torch.div((col + 1) * bins - 1, width, rounding_mode="floor")
+    m = (bin_of[:, None] == torch.arange(bins, device=p.device)[None]).to(p.dtype)    # [W, bins]
+    return p @ (m / m.sum(0, keepdim=True))
+
+
+def binned_wedge_profile(neg_log_t: torch.Tensor, bins: int) -> torch.Tensor:
+    """-ln T [B, C, H, W] -> the binned wedge profile [B, C, bins]: the torch twin of
+    ``alloynet.physics.measure.wedge_profile`` (its interquartile statistic), which the trained models see."""
+    return bin_columns(wedge_profile(neg_log_t), bins)
 
 
 class TrainAugment:

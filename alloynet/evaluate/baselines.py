@@ -8,16 +8,15 @@
   residual covariance, fitted on the training captures; the thickness is marginalised the same way.
 
 Both read the same observation the models see: the capture corrected with its own calibration, -ln T, the
-interquartile row mean per column (``alloynet.data.transforms.wedge_profile``), averaged into ``bins`` bins.
+interquartile row mean per column, averaged into ``bins`` bins (``alloynet.physics.measure.wedge_profile``).
 """
 from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
-import torch
 
-from alloynet.data.transforms import T_MIN, wedge_profile
+from alloynet.physics.measure import wedge_profile
 from alloynet.physics.observer import PhysicsObserver, ThicknessMarginal, ThicknessPrior, by_nearest_wedge
 from alloynet.physics.profile import profile_model_for
 
@@ -27,15 +26,9 @@ BINS = 32
 def measured_profiles(images: np.ndarray, calibration: np.ndarray, bins: int = BINS, rows: slice = slice(None)
                       ) -> np.ndarray:
     """Raw captures [N, C, H, W] with their calibration [N, C, 2] -> binned profiles [N, C * bins], from the
-    plate's ``rows`` (``alloynet.physics.simulator.plate_rows``: an open-beam strip is no part of the plate)."""
-    images = np.asarray(images, np.float64)[..., rows, :]
-    cal = np.asarray(calibration, np.float64)
-    dark, span = cal[..., 0][..., None, None], (cal[..., 1] - cal[..., 0])[..., None, None]
-    a = -np.log(np.maximum((images - dark) / span, T_MIN))
-    per_column = wedge_profile(torch.from_numpy(a)).numpy()                       # [N, C, W]
-    edges = np.linspace(0, per_column.shape[-1], min(bins, per_column.shape[-1]) + 1).astype(int)
-    binned = np.add.reduceat(per_column, edges[:-1], axis=-1) / np.diff(edges)
-    return binned.reshape(len(images), -1)
+    plate's ``rows`` (``alloynet.physics.simulator.plate_rows``: an open-beam strip is no part of the plate):
+    the models' own observation (``alloynet.physics.measure.wedge_profile``)."""
+    return wedge_profile(images, calibration, bins, rows)
 
 
 def dataset_arrays(ds, rows: slice = slice(None), indices: Optional[Sequence[int]] = None) -> dict[str, np.ndarray]:

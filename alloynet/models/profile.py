@@ -15,9 +15,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from alloynet.data.transforms import wedge_profile
+from alloynet.data.transforms import binned_wedge_profile
 from alloynet.models.heads import make_activation
 from alloynet.models.norm import FittedStandardise
 from alloynet.models.registry import register_model
@@ -37,7 +36,7 @@ class ProfileNorm(nn.Module):
         self.norm: nn.Module = FittedStandardise([self.out_channels * bins]) if enabled else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = F.adaptive_avg_pool1d(wedge_profile(x), self.bins)                 # [B, C, bins]
+        p = binned_wedge_profile(x, self.bins)                                  # [B, C, bins]
         a0 = torch.clamp(p[..., :1], min=1e-3)                                  # the plate-only strip
         f = torch.cat([p, p / a0], dim=1)
         return self.norm(f.flatten(1)).view(f.shape)

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from alloynet.physics.materials import linear_attenuation
+from alloynet.physics.measure import bin_columns, bin_edges
 from alloynet.physics.simulator import Channel, RigConfig, RigSimulator, add_glare, plate_rows, scatter_quanta
 
 
@@ -34,12 +35,11 @@ class ProfileModel:
         self.bins = min(bins, rig.width)
         self.detector = detector
         self._ch = [Channel(rig, kvp) for kvp in rig.kvp]
-        self._edges = np.linspace(0, rig.width, self.bins + 1).astype(int)
+        self._edges = bin_edges(rig.width, self.bins)
         self._pattern = _fixed_pattern(rig) if detector else np.zeros(rig.width)
 
     def _bin(self, per_column: np.ndarray, average: bool = True) -> np.ndarray:
-        out = np.add.reduceat(per_column, self._edges[:-1], axis=-1)
-        return out / np.diff(self._edges) if average else out
+        return bin_columns(per_column, self.bins, average)
 
     def _kev(self, ch: Channel, mu: np.ndarray, thickness_mm: np.ndarray) -> np.ndarray:
         """Expected keV per pixel [T, W] for plates of attenuation ``mu`` [E] and thicknesses [T]."""
@@ -125,12 +125,11 @@ def _texture_field_cov(height: int, width: int, cell: int, bins: int, samples: i
     """Covariance of the binned row mean of the simulator's unit texture field (coarse normal cells, zoomed
     linearly): smooth along the wedge axis, so neighbouring bins are correlated. Estimated once (seeded)."""
     rng = np.random.default_rng(0x7E57)
-    edges = np.linspace(0, width, bins + 1).astype(int)
     rows = []
     for _ in range(samples):
         coarse = rng.standard_normal((height // cell + 2, width // cell + 2))
         f = ndimage.zoom(coarse, cell, order=1, prefilter=False)[:height, :width].mean(0)
-        rows.append(np.add.reduceat(f, edges[:-1]) / np.diff(edges))
+        rows.append(bin_columns(f, bins))
     return np.cov(np.asarray(rows), rowvar=False)
 
 
