@@ -51,7 +51,7 @@ def test_read_capture_roundtrip(store):
     ("truncate", "image", "corrupt or truncated PNG"),
     ("garbage", "image", "corrupt or truncated PNG"),
     ("hash", "image.sha256", "hash mismatch"),
-    ("alloy", "truth.alloy", "unknown alloy 'Al9999'"),
+    ("alloy", "truth.alloy", "String should match pattern"),
     ("thickness", "truth.nominal_thickness_mm", "thickness must be > 0"),
     ("sidecar_json", "sidecar", "not valid JSON"),
     ("no_image", "image", "image file missing"),

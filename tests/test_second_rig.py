@@ -17,8 +17,10 @@ from alloynet.data.manifest import build_manifest
 from alloynet.data.simulate import DatasetSpec, simulate_dataset
 from alloynet.physics import RigConfig, RigSimulator, get_alloy, sample_plate
 from alloynet.physics.materials import linear_attenuation
-from alloynet.physics.second_rig import NOMINAL_FIELDS, SecondRig, SecondRigConfig, SecondRigProfileModel
+from alloynet.physics.measure import MAX_ADU
 from alloynet.physics.profile import ProfileModel
+from alloynet.physics.rig import NOMINAL_FIELDS
+from alloynet.physics.second_rig import SecondRig, SecondRigConfig, SecondRigProfileModel
 from alloynet.physics.separability import separability
 
 # Every departure from the nominal rig switched off: what is left is the shared physics.
@@ -34,7 +36,7 @@ def _cfg(size=32, **kw) -> SecondRigConfig:
 
 def _profile(image: np.ndarray, dark: float, flat: float, bins: int) -> np.ndarray:
     """What a user computes: -ln of the row mean of (S - dark)/(flat - dark), dead/hot pixels left out, binned."""
-    good = (image > 0) & (image < 65535)
+    good = (image > 0) & (image < MAX_ADU)
     t = np.where(good, (image.astype(float) - dark) / (flat - dark), 0.0).sum(0) / good.sum(0)
     edges = np.linspace(0, image.shape[-1], bins + 1).astype(int)
     return np.add.reduceat(-np.log(np.maximum(t, 1e-12)), edges[:-1]) / np.diff(edges)

@@ -14,15 +14,15 @@ sidecar can only ever name its own image, never a path elsewhere or another capt
 from __future__ import annotations
 
 import json
-from datetime import datetime
 import math
+from datetime import datetime
 from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alloynet.captures.image import CaptureError, decode_image, sha256
-from alloynet.physics.alloys import ALLOYS
+from alloynet.physics.rig import MAX_CHANNELS, NominalRig, NonNegativeFloat, PositiveFloat
 
 SCHEMA_VERSION = 1
 ACCEPTED_SIZES = {(64, 64), (128, 128), (256, 256), (512, 512)}
@@ -32,16 +32,12 @@ MAX_SIDECAR_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 8
 MAX_STRING = 256
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
-MAX_CHANNELS = 8
 MAX_SIDE = 8192
 CAPTURE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ALLOY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 IMAGE_EXTENSIONS = {"png": ".png", "tiff": ".tiff"}
 
 _STRICT = dict(allow_inf_nan=False, str_max_length=MAX_STRING)
-
-
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
 class ImageInfo(BaseModel):
@@ -61,21 +57,18 @@ class ImageInfo(BaseModel):
         return v
 
 
-class RigInfo(BaseModel):
+class RigInfo(NominalRig):
+    """The rig settings a capture records: the nominal rig (``alloynet.physics.rig``, the fields and limits the
+    simulators share) plus what only a sidecar says. Fields a lab adds beyond these are kept."""
+
     model_config = ConfigDict(extra="allow", **_STRICT)
-    kvp: list[PositiveFloat] = Field(min_length=1, max_length=MAX_CHANNELS)
-    tube_current_ua: PositiveFloat = 300.0
+    # a capture must say which beam and which wedge took it: no defaults here
+    kvp: list[PositiveFloat] = Field(min_length=1, max_length=MAX_CHANNELS, description="one channel per kVp setting")
+    wedge_mm: PositiveFloat = Field(description="wedge thickness at its thick end")
     anode: str = "W"
-    anode_angle_deg: float = Field(12.0, gt=0, lt=90)
-    filtration_mm_al: NonNegativeFloat = 1.0
-    wedge_mm: PositiveFloat
-    wedge_min_mm: NonNegativeFloat = 0.0
-    wedge_material: Literal["Al", "PMMA"] = "Al"
     wedge_axis: Literal["x"] = "x"
     detector: str = "CsI 0.5 mm, energy integrating"
     dose: Optional[NonNegativeFloat] = None
-    open_beam_rows: int = Field(0, ge=0, description="rows at the top edge that see the open beam (no plate, no "
-                                "wedge): an in-image reference of the tube's output")
 
 
 class Calibration(BaseModel):
@@ -89,7 +82,8 @@ class Truth(BaseModel):
     """Ground truth; absent for unlabelled real captures."""
 
     model_config = ConfigDict(extra="forbid", **_STRICT)
-    alloy: str
+    alloy: str = Field(pattern=ALLOY_NAME_PATTERN, description="an alloy name: one of the standard five, or one a "
+                       "data set or an import added (a capture's validity never depends on which table a reader has)")
     nominal_thickness_mm: float
     thickness_mm: Optional[float] = None
     composition_wt_pct: Optional[dict[str, Annotated[float, Field(ge=0, le=100)]]] = None
@@ -97,13 +91,6 @@ class Truth(BaseModel):
     a0: Optional[NonNegativeFloat] = Field(None, description="-ln T of the plate at zero wedge, primary kVp")
     a0_by_kvp: Optional[list[NonNegativeFloat]] = Field(None, max_length=MAX_CHANNELS)
     mu_eff_per_cm: Optional[NonNegativeFloat] = Field(None, description="a0 / thickness, 1/cm")
-
-    @field_validator("alloy")
-    @classmethod
-    def _known_alloy(cls, v: str) -> str:
-        if v not in ALLOYS:
-            raise ValueError(f"unknown alloy {v!r}; expected one of {sorted(ALLOYS)}")
-        return v
 
     @field_validator("nominal_thickness_mm", "thickness_mm")
     @classmethod

@@ -27,11 +27,8 @@ def rig_settings(store: ObjectStore, rows: pd.DataFrame) -> dict[float, tuple[Ri
     rigs = {}
     for wedge, group in rows.groupby("wedge_mm", sort=True):
         sc = parse_sidecar(store.get(sidecar_key(group.capture_id.iloc[0])))
-        rigs[float(wedge)] = (RigConfig(kvp=sc.rig.kvp, tube_current_ua=sc.rig.tube_current_ua,
-                                        anode_angle_deg=sc.rig.anode_angle_deg, filtration_mm_al=sc.rig.filtration_mm_al,
-                                        wedge_mm=sc.rig.wedge_mm, wedge_min_mm=sc.rig.wedge_min_mm,
-                                        wedge_material=sc.rig.wedge_material, height=int(group.height.iloc[0]),
-                                        width=int(group.width.iloc[0]), open_beam_rows=sc.rig.open_beam_rows,
+        rigs[float(wedge)] = (RigConfig(**sc.rig.nominal_settings(), height=int(group.height.iloc[0]),
+                                        width=int(group.width.iloc[0]),
                                         **({"dose": sc.rig.dose} if sc.rig.dose else {})),
                               len(group))
     return rigs

@@ -32,56 +32,31 @@ pixels), exactly as the data-set writer does for the nominal simulator.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from scipy import fft as sfft
 from scipy import ndimage, sparse
 
 from alloynet.physics.alloys import Plate
 from alloynet.physics.materials import CSI, WEDGE_MATERIALS, linear_attenuation
+from alloynet.physics.measure import MAX_ADU, bin_columns, bin_edges, frame_level
+from alloynet.physics.rig import NOMINAL_FIELDS, NominalPanel, wedge_columns_mm
 from alloynet.physics.simulator import SimulatedCapture  # the shared result type, no simulator code
 from alloynet.physics.spectrum import tube_spectrum
 
-UINT16_MAX = 65535
 W_DENSITY = 19.3          # g/cm^3, tungsten target
 CSI_K_EDGE_KEV = 33.17    # iodine K-edge (Cs at 35.98): above it a photon may lose a K x-ray
 CSI_K_ALPHA_KEV = 29.8    # mean Cs/I K-alpha energy carried away when it escapes
 
-# The settings a lab writes in its notebook: the same names (and defaults) as RigConfig.
-NOMINAL_FIELDS: tuple[str, ...] = (
-    "kvp", "tube_current_ua", "anode_angle_deg", "filtration_mm_al", "wedge_mm", "wedge_min_mm",
-    "wedge_margin_px", "wedge_material", "height", "width", "dose", "csi_mm", "dark_offset_adu",
-    "flat_target_adu", "read_noise_adu", "detector_seed", "texture_rel", "texture_cell_px", "inclusion_rate",
-)
+__all__ = ["NOMINAL_FIELDS", "SecondRig", "SecondRigConfig", "SecondRigProfileModel"]  # NOMINAL_FIELDS: from rig.py
 
 
-class SecondRigConfig(BaseModel):
-    """Nominal settings (as ``RigConfig``) plus how this rig's true physics departs from them."""
+class SecondRigConfig(NominalPanel):
+    """Nominal settings (``alloynet.physics.rig``, shared with ``RigConfig``) plus how this rig's true physics
+    departs from them."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    # -- nominal settings: same names and defaults as RigConfig ----------------------------------------
-    kvp: list[float] = Field(default_factory=lambda: [50.0], description="one channel per kVp setting")
-    tube_current_ua: float = 300.0
-    anode_angle_deg: float = 12.0
-    filtration_mm_al: float = 1.0
-    wedge_mm: float = Field(50.0, gt=0, description="wedge thickness at its thick end")
-    wedge_min_mm: float = Field(0.0, ge=0)
-    wedge_margin_px: int = Field(4, ge=0, description="plate-only strip (no wedge) at the thin end, in columns")
-    wedge_material: Literal["Al", "PMMA"] = "Al"
-    height: int = Field(256, ge=8)
-    width: int = Field(256, ge=8)
-    dose: float = Field(1e4, gt=0, description="detected photons per pixel, open beam, field average")
-    csi_mm: float = Field(0.5, gt=0, description="nominal CsI thickness")
-    dark_offset_adu: float = 1000.0
-    flat_target_adu: float = 50000.0
-    read_noise_adu: float = Field(4.0, ge=0)
-    detector_seed: int = 20261121
-    texture_rel: float = Field(0.003, ge=0)
-    texture_cell_px: int = Field(16, ge=1)
-    inclusion_rate: float = Field(0.3, ge=0)
     dk_kev: float = Field(1.0, gt=0, description="spectrum energy bin width")
     noise_bin_kev: float = Field(2.0, gt=0, description="energy bins in which detected photons are Poisson-sampled "
                                                         "(exact mean and variance within each; dk_kev for one per spectrum bin)")
@@ -113,29 +88,18 @@ class SecondRigConfig(BaseModel):
     # -- sessions ----------------------------------------------------------------------------------------
     output_drift_rel: float = Field(0.003, ge=0, le=0.2, description="rms tube output change between sessions")
 
-    @field_validator("kvp")
+    @field_validator("open_beam_rows")
     @classmethod
-    def _kvp(cls, v: list[float]) -> list[float]:
-        if not v:
-            raise ValueError("kvp: at least one setting is required")
+    def _no_open_beam(cls, v: int) -> int:
+        if v:
+            raise ValueError("the second rig's model images no open-beam strip; use the alloynet simulator")
         return v
 
-    @property
-    def channels(self) -> int:
-        return len(self.kvp)
-
     @classmethod
-    def from_nominal(cls, nominal, **deviations) -> "SecondRigConfig":
-        """This rig at another rig's nominal settings (any object with the ``NOMINAL_FIELDS`` attributes,
-        e.g. a ``RigConfig``); ``deviations`` set the other fields."""
-        values = {f: getattr(nominal, f) for f in NOMINAL_FIELDS}
-        return cls(**{**values, **deviations})
-
-
-def wedge_thickness_mm(cfg: SecondRigConfig) -> np.ndarray:
-    """Wedge under each column: a plate-only strip of ``wedge_margin_px``, then a linear ramp."""
-    margin = min(cfg.wedge_margin_px, cfg.width - 2)
-    return np.concatenate([np.zeros(margin), np.linspace(cfg.wedge_min_mm, cfg.wedge_mm, cfg.width - margin)])
+    def from_nominal(cls, nominal: NominalPanel, **deviations: Any) -> "SecondRigConfig":
+        """This rig at another rig's nominal settings (e.g. a ``RigConfig``'s); ``deviations`` set the other
+        fields."""
+        return cls(**{**nominal.panel_settings(), **deviations})
 
 
 class _Convolver:
@@ -241,7 +205,7 @@ class SecondRig:
     def __init__(self, rig: Optional[SecondRigConfig] = None):
         self.rig = cfg = rig or SecondRigConfig()
         h, w = cfg.height, cfg.width
-        self.wedge_mm = wedge_thickness_mm(cfg)
+        self.wedge_mm = wedge_columns_mm(cfg)
         self._beams = [_Beam(cfg, k, self.wedge_mm) for k in cfg.kvp]
         # Fixed detector properties, from their own stream of the detector seed.
         det = np.random.default_rng(np.random.SeedSequence([cfg.detector_seed, 0x2D2]))
@@ -339,9 +303,9 @@ class SecondRig:
         return self._quantise(adu)
 
     def _quantise(self, adu: np.ndarray) -> np.ndarray:
-        img = np.clip(np.rint(adu), 0, UINT16_MAX).astype(np.uint16)
+        img = np.clip(np.rint(adu), 0, MAX_ADU).astype(np.uint16)
         img.reshape(-1)[self.dead_idx] = 0
-        img.reshape(-1)[self.hot_idx] = UINT16_MAX
+        img.reshape(-1)[self.hot_idx] = MAX_ADU
         return img
 
     def _texture(self, plate: Plate, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -402,14 +366,7 @@ class SecondRig:
             flats.append(self._detect(beam, beam.n_open[:, :, None] * np.ones((1, 1, cfg.width)) * gain_scale, rng))
         return np.stack(darks), np.stack(flats)
 
-    @staticmethod
-    def frame_level(frame: np.ndarray) -> list[float]:
-        """Calibration level per channel: mean of the frame, ignoring dead (0) and hot (65535) pixels."""
-        out = []
-        for ch in frame:
-            good = ch[(ch > 0) & (ch < UINT16_MAX)]
-            out.append(float(good.mean()))
-        return out
+    frame_level = staticmethod(frame_level)  # the one definition (``alloynet.physics.measure``)
 
     def session_gain(self, rng: np.random.Generator) -> float:
         """Tube output of a session relative to nominal (drift: warm-up, filament ageing, mains)."""
@@ -449,7 +406,7 @@ class SecondRigProfileModel:
         self.sim = SecondRig(cfg)
         self.rig = self.sim.rig
         self.bins = min(bins, self.rig.width)
-        self._edges = np.linspace(0, self.rig.width, self.bins + 1).astype(int)
+        self._edges = bin_edges(self.rig.width, self.bins)
         self._dark, self._flat = self.sim.expected_levels()
         self._good_rows = self.sim.good.sum(0)                                  # [W]
 
@@ -464,7 +421,7 @@ class SecondRigProfileModel:
         return t, var, g, span
 
     def _bin(self, per_column: np.ndarray) -> np.ndarray:
-        return np.add.reduceat(per_column, self._edges[:-1], axis=-1) / np.diff(self._edges)
+        return bin_columns(per_column, self.bins)
 
     def profile(self, fractions, density: float, thickness_mm: float) -> np.ndarray:
         """Binned -ln T per channel, concatenated: shape [C * bins]."""
@@ -502,11 +459,10 @@ class SecondRigProfileModel:
 def _texture_field_cov(h: int, w: int, cell: float, bins: int, samples: int) -> np.ndarray:
     """The texture field of ``SecondRig._texture`` (white noise, Gaussian-filtered), binned row mean."""
     rng = np.random.default_rng(0x7E57)
-    edges = np.linspace(0, w, bins + 1).astype(int)
     s = cell / (2 * np.sqrt(np.pi))
     rows = []
     for _ in range(samples):
         white = rng.standard_normal((h, w))
         f = ndimage.gaussian_filter(white, s, mode="wrap") * (2 * np.sqrt(np.pi) * s) if s > 0 else white
-        rows.append(np.add.reduceat(f.mean(0), edges[:-1]) / np.diff(edges))
+        rows.append(bin_columns(f.mean(0), bins))
     return np.cov(np.asarray(rows), rowvar=False)

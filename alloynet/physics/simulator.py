@@ -20,42 +20,26 @@ a few photons arrive, so read noise and quantisation matter there, as on a real 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from scipy import ndimage
 
 from alloynet.physics.alloys import Plate
 from alloynet.physics.materials import linear_attenuation
+from alloynet.physics.measure import MAX_ADU, frame_level
+from alloynet.physics.rig import NominalPanel, wedge_columns_mm
 from alloynet.physics.spectrum import Spectrum, detected_quanta, tube_spectrum
 from alloynet.physics.transmission import neg_log_transmission_of, wedge_attenuation
 
-UINT16_MAX = 65535
+UINT16_MAX = MAX_ADU  # the name calibration.py imports
 
 
-class RigConfig(BaseModel):
-    """Rig settings. Defaults: W tube at 50 kV / 300 uA, 12 deg anode, 1 mm Al, 5 cm Al wedge, CsI 0.5 mm."""
+class RigConfig(NominalPanel):
+    """The alloynet simulator's rig: the nominal settings (``alloynet.physics.rig``) plus this model's own
+    detector and plate physics, and what a rig calibration fits."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    kvp: list[float] = Field(default_factory=lambda: [50.0], description="one channel per kVp setting")
-    tube_current_ua: float = 300.0
-    anode_angle_deg: float = 12.0
-    filtration_mm_al: float = 1.0
-    wedge_mm: float = Field(50.0, gt=0, description="wedge thickness at its thick end")
-    wedge_min_mm: float = Field(0.0, ge=0)
-    wedge_margin_px: int = Field(4, ge=0, description="plate-only strip (no wedge) at the thin end, in columns")
-    open_beam_rows: int = Field(0, ge=0, description="rows at the image's top edge beside the plate and the wedge "
-                                "(open beam): an in-image reference that shows the tube's output of each capture")
-    wedge_material: Literal["Al", "PMMA"] = "Al"
-    height: int = Field(256, ge=8)
-    width: int = Field(256, ge=8)
-    dose: float = Field(1e4, gt=0, description="detected photons per pixel, open beam")
-    csi_mm: float = 0.5
-    dark_offset_adu: float = 1000.0
-    read_noise_adu: float = 4.0
-    flat_target_adu: float = 50000.0
     gain_prnu: float = 0.01
     gain_drift: float = 0.002
     dead_pixels: int = 6
@@ -64,11 +48,7 @@ class RigConfig(BaseModel):
     scatter_fraction: float = 0.02
     scatter_sigma_px: float = 20.0
     heel: float = 0.05
-    texture_rel: float = 0.003
-    texture_cell_px: int = 16
-    inclusion_rate: float = 0.3
-    detector_seed: int = 20261121
-    dk_kev: float = 1.0
+    dk_kev: float = Field(1.0, gt=0, description="spectrum energy bin width")
     # -- what a rig calibration fits or measures (``alloynet rig calibrate``): the defaults are the nominal
     # rig's own physics and leave every output unchanged. A real tube, panel and room depart from the data
     # sheet in these ways; docs/rig_calibration.md says how each is measured and why it is there.
@@ -101,16 +81,6 @@ class RigConfig(BaseModel):
             raise ValueError("column_gain: every value must be > 0")
         return self
 
-    @field_validator("kvp")
-    @classmethod
-    def _kvp(cls, v: list[float]) -> list[float]:
-        if not v:
-            raise ValueError("kvp: at least one setting is required")
-        return v
-
-    @property
-    def channels(self) -> int:
-        return len(self.kvp)
 
 
 def beam_spectrum(rig: "RigConfig", kvp: float) -> Spectrum:
@@ -200,13 +170,6 @@ def plate_rows(rig: "RigConfig") -> slice:
     """The rows that image the plate (all of them, unless the rig images an open-beam strip at the top; the
     second rig's model never does)."""
     return slice(plate_row_start(getattr(rig, "open_beam_rows", 0)), None)
-
-
-def wedge_columns_mm(rig: "RigConfig") -> np.ndarray:
-    """Wedge thickness under each image column: a plate-only strip, then a linear ramp to ``wedge_mm``."""
-    margin = min(rig.wedge_margin_px, rig.width - 2)
-    ramp = np.linspace(rig.wedge_min_mm, rig.wedge_mm, rig.width - margin)
-    return np.concatenate([np.zeros(margin), ramp])
 
 
 @dataclass
@@ -316,9 +279,9 @@ class RigSimulator:
         return self._quantise(adu)
 
     def _quantise(self, adu: np.ndarray) -> np.ndarray:
-        img = np.clip(np.rint(adu), 0, UINT16_MAX).astype(np.uint16)
+        img = np.clip(np.rint(adu), 0, MAX_ADU).astype(np.uint16)
         img.reshape(-1)[self.dead_idx] = 0
-        img.reshape(-1)[self.hot_idx] = UINT16_MAX
+        img.reshape(-1)[self.hot_idx] = MAX_ADU
         return img
 
     # -- public API ----------------------------------------------------------------------------------
@@ -340,14 +303,7 @@ class RigSimulator:
             flats.append(self._quantise(flat))
         return np.stack(darks), np.stack(flats)
 
-    @staticmethod
-    def frame_level(frame: np.ndarray) -> list[float]:
-        """Calibration level per channel: mean of the frame, ignoring dead (0) and hot (65535) pixels."""
-        out = []
-        for ch in frame:
-            good = ch[(ch > 0) & (ch < UINT16_MAX)]
-            out.append(float(good.mean()))
-        return out
+    frame_level = staticmethod(frame_level)  # the one definition (``alloynet.physics.measure``)
 
     def session_gain(self, rng: np.random.Generator) -> float:
         """Detector gain drifts a little between sessions; each session takes its own flat/dark."""

@@ -57,7 +57,7 @@ def corrupt_capture(store: LocalStore, capture_id: str, how: str) -> None:
     elif how == "hash":
         sc["image"]["sha256"] = "0" * 64
     elif how == "alloy":
-        sc["truth"]["alloy"] = "Al9999"
+        sc["truth"]["alloy"] = "../Al9999"  # not an alloy name (any well-formed name is valid)
     elif how == "thickness":
         sc["truth"]["nominal_thickness_mm"] = -1.0
     elif how == "sidecar_json":
