@@ -3,9 +3,17 @@ import numpy as np
 import pytest
 import xraydb
 
-from alloynet.physics import (ALLOY_NAMES, RigConfig, RigSimulator, get_alloy, monochromatic, neg_log_transmission,
-                              neg_log_transmission_of, sample_plate)
-from alloynet.physics.alloys import ALLOYS, Alloy, density_for, register_alloy
+from alloynet.physics import (
+    ALLOY_NAMES,
+    RigConfig,
+    RigSimulator,
+    get_alloy,
+    monochromatic,
+    neg_log_transmission,
+    neg_log_transmission_of,
+    sample_plate,
+)
+from alloynet.physics.alloys import STANDARD_ALLOYS, Alloy, alloy_group, alloys_from_config, density_for, with_alloys
 
 
 def test_monochromatic_pure_al_matches_nist_beer_lambert():
@@ -56,16 +64,28 @@ def test_bad_inputs_are_named():
 
 
 def test_alloy_table_nominals_lie_inside_spec_and_user_alloys_validate():
-    for a in ALLOYS.values():
+    for a in STANDARD_ALLOYS.values():
         a.validate()
-    assert ALLOYS["Al1050"].nominal_fractions()["Al"] == pytest.approx(0.995)
+    assert tuple(STANDARD_ALLOYS) == ALLOY_NAMES
+    assert STANDARD_ALLOYS["Al1050"].nominal_fractions()["Al"] == pytest.approx(0.995)
     with pytest.raises(ValueError, match="outside its range"):
-        register_alloy(Alloy("Bad", 2.7, {"Cu": 9.0}, {"Cu": (0.0, 1.0)}))
-    register_alloy(Alloy("Al3003", 2.73, {"Mn": 1.2, "Cu": 0.12}, {"Mn": (1.0, 1.5), "Cu": (0.05, 0.2)}))
-    try:
-        assert neg_log_transmission("Al3003", 1.0) > neg_log_transmission("Al1050", 1.0)
-    finally:
-        ALLOYS.pop("Al3003")
+        with_alloys([Alloy("Bad", 2.7, {"Cu": 9.0}, {"Cu": (0.0, 1.0)})])
+    table = with_alloys([Alloy("Al3003", 2.73, {"Mn": 1.2, "Cu": 0.12}, {"Mn": (1.0, 1.5), "Cu": (0.05, 0.2)})])
+    assert neg_log_transmission("Al3003", 1.0, alloy_table=table) > neg_log_transmission("Al1050", 1.0)
+    assert alloy_group("Al3003", table) == "light"
+    assert sample_plate("Al3003", 2.0, np.random.default_rng(0), "p", alloy_table=table).alloy == "Al3003"
+
+
+def test_a_user_alloy_lives_in_its_own_table_and_never_in_the_standard_one():
+    table = alloys_from_config({"Al3003": {"density_g_cm3": 2.73, "nominal_wt_pct": {"Mn": 1.2},
+                                           "ranges_wt_pct": {"Mn": [1.0, 1.5]}}})
+    assert "Al3003" in table and "Al3003" not in STANDARD_ALLOYS and set(STANDARD_ALLOYS) < set(table)
+    with pytest.raises(TypeError):
+        STANDARD_ALLOYS["Al3003"] = table["Al3003"]  # type: ignore[index]
+    with pytest.raises(ValueError, match="unknown alloy 'Al3003'"):
+        get_alloy("Al3003")
+    with pytest.raises(ValueError, match="alloy AlX: missing field 'density_g_cm3'"):
+        alloys_from_config({"AlX": {"nominal_wt_pct": {"Mn": 1}}})
 
 
 def test_plates_vary_inside_spec_and_tolerance():
@@ -142,7 +162,7 @@ def test_thick_wedge_end_is_photon_starved_and_16_bit():
     assert ch.n_behind_wedge[-1].sum() < 20  # a few photons per pixel behind 7 cm of Al (before the plate)
     thick = np.median(cap.image[0, :, -4:]) - rig.dark_offset_adu
     assert 0 <= thick < 30 * rig.read_noise_adu
-    assert (cap.image == 0).sum() >= rig.dead_pixels and (cap.image == 65535).sum() >= rig.hot_pixels
+    assert (cap.image == 0).sum() >= rig.dead_pixels and (cap.image == MAX_ADU).sum() >= rig.hot_pixels
 
 
 def test_simulator_is_seeded_and_multi_kvp_adds_channels():

@@ -39,3 +39,29 @@ def test_noise_limited_d_prime_scales_with_sqrt_dose():
     hi = separability(RigConfig(dose=1e4), alloys=("Al1050", "Al2017"), thicknesses_mm=(2.0,), plates=20, mc_samples=50)
     ratio = hi.pairs[0].d_known_nominal / lo.pairs[0].d_known_nominal
     assert ratio == pytest.approx(10**0.5, rel=0.1)
+
+
+def test_the_cli_uses_the_demos_prior_by_default_and_says_so(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from alloynet.cli import app
+
+    runner = CliRunner()
+    small = ["--plates", "12", "--mc-samples", "40", "--alloy", "Al1050", "--alloy", "Al7075"]
+    out = tmp_path / "sep.json"
+    res = runner.invoke(app, ["physics", "separability", *small, "--size", "32", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("prior: any thickness 1-5 mm; 32x32 px")
+    assert json.loads(out.read_text())["prior"] == "any thickness 1-5 mm"
+    res = runner.invoke(app, ["physics", "separability", *small, "--size", "32", "--thickness-range", "2", "3"])
+    assert res.exit_code == 0 and res.output.startswith("prior: any thickness 2-3 mm")
+    res = runner.invoke(app, ["physics", "separability", *small, "--size", "32", "--thickness", "1", "--thickness", "5"])
+    assert res.exit_code == 0 and "prior: thickness one of 1, 5 mm" in res.output, res.output
+    res = runner.invoke(app, ["physics", "separability", *small, "--thickness", "1", "--thickness-range", "1", "5"])
+    assert res.exit_code != 0 and "not both" in res.output
+    res = runner.invoke(app, ["physics", "separability", *small, "--thickness-range", "5", "1"])
+    assert res.exit_code != 0 and "thicknesses must be > 0 mm" in res.output
+    res = runner.invoke(app, ["physics", "separability", "--help"])  # without --size: the demo's 64 px
+    assert "[default: 64]" in res.output

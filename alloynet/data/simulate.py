@@ -20,10 +20,12 @@ from alloynet.captures.layout import write_capture
 from alloynet.captures.stores import ObjectStore
 from alloynet.data import CLASS_NAMES
 from alloynet.data.profiles import Profile, class_counts
-from alloynet.physics.alloys import alloys_from_config, get_alloy, sample_plate
-from alloynet.physics.observer import ThicknessPrior
+from alloynet.physics.alloys import AlloyTable, alloys_from_config, sample_plate
+from alloynet.physics.measure import frame_level
+from alloynet.physics.observer import DEFAULT_THICKNESS_RANGE_MM, ThicknessPrior
+from alloynet.physics.rig import NOMINAL_FIELDS
 from alloynet.physics.rig_profile import load_rig_profile, needs_alloynet_simulator
-from alloynet.physics.second_rig import NOMINAL_FIELDS, SecondRig, SecondRigConfig
+from alloynet.physics.second_rig import SecondRig, SecondRigConfig
 from alloynet.physics.simulator import RigConfig, RigSimulator
 
 
@@ -49,7 +51,7 @@ class DatasetSpec(BaseModel):
     profile: Profile = "exponential"
     class_order: list[str] = Field(default_factory=lambda: list(CLASS_NAMES), description="head to tail")
     thickness_range_mm: Optional[tuple[float, float]] = Field(
-        (1.0, 5.0), description="plates of any nominal thickness in this range (mm), as a line sees them")
+        DEFAULT_THICKNESS_RANGE_MM, description="plates of any nominal thickness in this range (mm), as a line sees them")
     thicknesses_mm: Optional[list[float]] = Field(
         None, description="only these nominal thicknesses (mm), e.g. [1, 2, 5]; replaces the range")
     session_drift: float = Field(0.0, ge=0, lt=0.5, description="tube output of each calibration session drawn "
@@ -101,20 +103,24 @@ class DatasetSpec(BaseModel):
             raise ValueError(f"second_rig.{given[0]}: nominal settings come from rig; set rig.{given[0]} instead")
         return self
 
-    @field_validator("custom_alloys")
-    @classmethod
-    def _register(cls, v: dict[str, dict]) -> dict[str, dict]:
-        alloys_from_config(v)  # registered before class_order (validated next) refers to them
-        return v
+    @property
+    def alloy_table(self) -> AlloyTable:
+        """The standard alloys plus this spec's ``custom_alloys``."""
+        return alloys_from_config(self.custom_alloys)
 
-    @field_validator("class_order")
-    @classmethod
-    def _classes(cls, v: list[str]) -> list[str]:
-        for a in v:
-            get_alloy(a)
-        if len(set(v)) != len(v):
+    @model_validator(mode="after")
+    def _classes(self) -> "DatasetSpec":
+        try:
+            table = self.alloy_table
+        except ValueError as exc:
+            raise ValueError(f"custom_alloys: {exc}") from None
+        for a in self.class_order:
+            if a not in table:
+                raise ValueError(f"class_order: unknown alloy {a!r}; expected one of {sorted(table)} (add others "
+                                 "with custom_alloys)")
+        if len(set(self.class_order)) != len(self.class_order):
             raise ValueError("class_order: duplicate alloy")
-        return v
+        return self
 
     @field_validator("thicknesses_mm", "wedges_mm")
     @classmethod
@@ -153,12 +159,13 @@ def simulate_dataset(spec: DatasetSpec, store: ObjectStore, progress: Optional[C
     variants = _simulators(spec)
     sims = {w: v[0] for w, v in variants.items()}
     plan = _plan(spec)
+    alloy_table = spec.alloy_table
     total = len(plan) * spec.captures_per_plate
     ids: list[str] = []
     session = None
     for p_idx, (alloy, t_nom) in enumerate(plan):
         plate_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 1, p_idx]))
-        plate = sample_plate(alloy, t_nom, plate_rng, f"{prefix}-p{p_idx:05d}")
+        plate = sample_plate(alloy, t_nom, plate_rng, f"{prefix}-p{p_idx:05d}", alloy_table=alloy_table)
         for k in range(spec.captures_per_plate):
             n = len(ids)
             wedge = spec.wedges_mm[(p_idx + k) % len(spec.wedges_mm)]
@@ -185,10 +192,7 @@ def simulate_dataset(spec: DatasetSpec, store: ObjectStore, progress: Optional[C
             rig = sim.rig
             sc = make_sidecar(
                 cid, cap.image, data, fmt,
-                rig={"kvp": rig.kvp, "tube_current_ua": rig.tube_current_ua, "anode_angle_deg": rig.anode_angle_deg,
-                     "filtration_mm_al": rig.filtration_mm_al, "wedge_mm": wedge, "wedge_min_mm": rig.wedge_min_mm,
-                     "wedge_material": rig.wedge_material, "dose": rig.dose,
-                     "open_beam_rows": getattr(rig, "open_beam_rows", 0)},
+                rig={**rig.nominal_settings(), "wedge_mm": wedge, "dose": rig.dose},
                 calibration={"session": session["id"], "dark_adu": session["dark_adu"], "flat_adu": session["flat_adu"]},
                 acquired_at=spec.start_time + timedelta(seconds=30 * n), truth=truth, plate_id=plate.plate_id,
                 source=_source(spec))
@@ -244,4 +248,4 @@ def _new_session(spec: DatasetSpec, sim: Union[RigSimulator, SecondRig], store: 
     for name, frame in (("dark", dark), ("flat", flat)):
         data, fmt = encode_image(frame)
         store.put(f"calibration/{sid}/{name}.{fmt}", data, overwrite=True)
-    return {"id": sid, "gain": gain, "dark_adu": sim.frame_level(dark), "flat_adu": sim.frame_level(flat)}
+    return {"id": sid, "gain": gain, "dark_adu": frame_level(dark), "flat_adu": frame_level(flat)}

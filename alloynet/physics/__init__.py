@@ -9,8 +9,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ALLOYS": "alloys", "ALLOY_NAMES": "alloys", "Alloy": "alloys", "Plate": "alloys", "get_alloy": "alloys",
-    "register_alloy": "alloys", "sample_plate": "alloys",
+    "ALLOYS": "alloys", "ALLOY_NAMES": "alloys", "Alloy": "alloys", "AlloyTable": "alloys", "Plate": "alloys",
+    "STANDARD_ALLOYS": "alloys", "alloys_from_config": "alloys", "get_alloy": "alloys", "sample_plate": "alloys",
+    "with_alloys": "alloys",
     "RigConfig": "simulator", "RigSimulator": "simulator", "SimulatedCapture": "simulator",
     "Spectrum": "spectrum", "monochromatic": "spectrum", "tube_spectrum": "spectrum",
     "neg_log_transmission": "transmission", "neg_log_transmission_of": "transmission",

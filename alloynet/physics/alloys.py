@@ -10,7 +10,8 @@ the shortcut (exact nominal composition => exact attenuation level per alloy) th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from types import MappingProxyType
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -60,8 +61,12 @@ def _with_balance(wt_pct: Mapping[str, float]) -> dict[str, float]:
     return fr
 
 
+# An alloy table: name -> Alloy. Read-only, and passed to whatever needs alloys beyond the standard five
+# (a data set spec's or an import's custom alloys, ``alloynet physics ... --alloys``): no global is ever changed.
+AlloyTable = Mapping[str, Alloy]
+
 # Ranges: EN 573-3 (EN AW-1050A, 2017A, 5083, 6082, 7075). Nominal values follow the project brief.
-ALLOYS: dict[str, Alloy] = {
+STANDARD_ALLOYS: AlloyTable = MappingProxyType({
     a.name: a
     for a in [
         Alloy("Al1050", 2.705, {"Fe": 0.35, "Si": 0.15},
@@ -80,17 +85,26 @@ ALLOYS: dict[str, Alloy] = {
               {"Si": (0, 0.40), "Fe": (0, 0.50), "Cu": (1.2, 2.0), "Mn": (0, 0.30), "Mg": (2.1, 2.9),
                "Cr": (0.18, 0.28), "Zn": (5.1, 6.1), "Ti": (0, 0.20)}),
     ]
-}
+})
+ALLOYS = STANDARD_ALLOYS  # the standard table, read-only
 
-def register_alloy(alloy: Alloy) -> None:
-    """Add (or replace) an alloy from user config, after checking it is physically sensible."""
-    alloy.validate()
-    ALLOYS[alloy.name] = alloy
+# The five standard alloys the models classify, in class-index order.
+ALLOY_NAMES = tuple(STANDARD_ALLOYS)
 
 
-def alloys_from_config(cfg: Mapping[str, Mapping]) -> list[Alloy]:
-    """Register alloys given as ``{name: {density_g_cm3, nominal_wt_pct: {el: wt%}, ranges_wt_pct: {el: [min, max]}}}``
-    (the shape of an ``alloys:`` block in YAML); returns them. Errors name the alloy and field."""
+def with_alloys(alloys: Iterable[Alloy], base: AlloyTable = STANDARD_ALLOYS) -> AlloyTable:
+    """A new table: ``base`` plus ``alloys`` (an alloy of the same name replaces the base's), each checked to be
+    physically sensible. ``base`` is left as it was."""
+    table = dict(base)
+    for alloy in alloys:
+        alloy.validate()
+        table[alloy.name] = alloy
+    return MappingProxyType(table)
+
+
+def alloys_from_config(cfg: Mapping[str, Mapping], base: AlloyTable = STANDARD_ALLOYS) -> AlloyTable:
+    """``base`` plus the alloys given as ``{name: {density_g_cm3, nominal_wt_pct: {el: wt%}, ranges_wt_pct: {el:
+    [min, max]}}}`` (the shape of an ``alloys:`` block in YAML), as a new table. Errors name the alloy and field."""
     out = []
     for name, spec in cfg.items():
         try:
@@ -100,16 +114,15 @@ def alloys_from_config(cfg: Mapping[str, Mapping]) -> list[Alloy]:
             raise ValueError(f"alloy {name}: missing field {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise ValueError(f"alloy {name}: {exc}") from None
-        register_alloy(alloy)
         out.append(alloy)
-    return out
+    return with_alloys(out, base)
 
 
-def get_alloy(name: str) -> Alloy:
+def get_alloy(name: str, alloy_table: AlloyTable = STANDARD_ALLOYS) -> Alloy:
     try:
-        return ALLOYS[name]
+        return alloy_table[name]
     except KeyError:
-        raise ValueError(f"unknown alloy {name!r}; expected one of {sorted(ALLOYS)}") from None
+        raise ValueError(f"unknown alloy {name!r}; expected one of {sorted(alloy_table)}") from None
 
 
 def density_for(alloy: Alloy, wt_pct: Mapping[str, float]) -> float:
@@ -152,13 +165,14 @@ def sample_composition(alloy: Alloy, rng: np.random.Generator) -> dict[str, floa
 
 
 def sample_plate(alloy_name: str, nominal_thickness_mm: float, rng: np.random.Generator, plate_id: str,
-                 thickness_tolerance: float = 0.015, exact: bool = False) -> Plate:
+                 thickness_tolerance: float = 0.015, exact: bool = False,
+                 alloy_table: AlloyTable = STANDARD_ALLOYS) -> Plate:
     """Draw a plate: composition inside spec, thickness within the rolling tolerance (EN 485-4, about
     +-1.5 %; normal with sigma = tol/2, truncated at +-tol). ``exact=True`` gives the nominal plate,
     which exists for tests that demonstrate the shortcut; never use it to make training data."""
     if nominal_thickness_mm <= 0:
         raise ValueError(f"nominal_thickness_mm must be > 0, got {nominal_thickness_mm}")
-    alloy = get_alloy(alloy_name)
+    alloy = get_alloy(alloy_name, alloy_table)
     if exact:
         wt = dict(alloy.nominal_wt_pct)
         return Plate(plate_id, alloy_name, nominal_thickness_mm, nominal_thickness_mm, wt, alloy.density_g_cm3)
@@ -168,18 +182,14 @@ def sample_plate(alloy_name: str, nominal_thickness_mm: float, rng: np.random.Ge
                  density_for(alloy, wt))
 
 
-# The five standard alloys the models classify, in class-index order.
-ALLOY_NAMES = ("Al1050", "Al2017", "Al5083", "Al6082", "Al7075")
-
-
 # Alloys whose copper and zinc content a single 50 kV exposure sees clearly (Z 29/30 against Al's 13):
 # industrial X-ray-transmission sorters separate these "heavy" alloys from 1xxx/5xxx/6xxx scrap.
 HEAVY_CU_ZN_WT_PCT = 1.0
 GROUPS = ("heavy", "light")
 
 
-def alloy_group(name: str) -> str:
+def alloy_group(name: str, alloy_table: AlloyTable = STANDARD_ALLOYS) -> str:
     """"heavy" (Cu + Zn >= 1 wt% nominal, e.g. Al2017, Al7075) or "light" (Al1050, Al5083, Al6082): decided by
     composition, so an alloy a user adds by config lands in the right group."""
-    wt = get_alloy(name).nominal_wt_pct
+    wt = get_alloy(name, alloy_table).nominal_wt_pct
     return "heavy" if wt.get("Cu", 0.0) + wt.get("Zn", 0.0) >= HEAVY_CU_ZN_WT_PCT else "light"

@@ -16,8 +16,8 @@ parabola through the best point and its neighbours. The model's own in-graph fit
 (``alloynet.models.physics_prior``) computes the same sum.
 
 Why a fine, continuous treatment matters: a prior given as a coarse list of thicknesses (e.g. 33 values
-from 1 to 5 mm) tells the observer that plates come only in those thicknesses, which real plates do not;
-the ceiling computed that way was 0.71 at 64 px where the continuous prior gives about 0.62.
+from 1 to 5 mm) tells the observer that plates come only in those thicknesses, which real plates do not,
+and so overstates the ceiling for plates of any thickness.
 """
 from __future__ import annotations
 
@@ -27,9 +27,12 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import special
 
-from alloynet.physics.alloys import Plate, get_alloy, sample_plate
+from alloynet.physics.alloys import STANDARD_ALLOYS, AlloyTable, Plate, get_alloy, sample_plate
 
 LOG_2PI = float(np.log(2 * np.pi))
+# Plates of any nominal thickness in this range (mm): what `alloynet simulate`, the demo and the separability
+# report assume unless told otherwise
+DEFAULT_THICKNESS_RANGE_MM = (1.0, 5.0)
 
 
 @dataclass(frozen=True)
@@ -177,8 +180,8 @@ class TailedPrior:
         return np.concatenate([below, tg, above]), np.concatenate([nodes_below, tn, nodes_above])
 
 
-def _sample_compositions(alloy: str, n: int, rng: np.random.Generator) -> list:
-    return [sample_plate(alloy, 2.0, rng, f"obs-{i}") for i in range(n)]
+def _sample_compositions(alloy: str, n: int, rng: np.random.Generator, alloy_table: AlloyTable) -> list:
+    return [sample_plate(alloy, 2.0, rng, f"obs-{i}", alloy_table=alloy_table) for i in range(n)]
 
 
 def _profiles(model, fractions, density: float, thicknesses: np.ndarray) -> np.ndarray:
@@ -256,9 +259,8 @@ class ThicknessMarginal:
         t_best = self.grid[i] + np.clip(0.5 * (cm - cp) / curv, -1.0, 1.0) * h
         # The integral over t as a sum over the grid (each point weighed by the prior's mass in its cell): the
         # integrand is at least a grid step wide, and a sum of Gaussians sampled that finely is exact to far
-        # below what matters. A Laplace approximation around the best point (used before) lost the mass of
-        # second minima and of fits at a covariance node's edge: its classifier scored 0.588 on draws that
-        # this sum classifies at 0.626 (500 draws, any thickness 1-5 mm, 64 px).
+        # below what matters. A Laplace approximation around the best point would lose the mass of second
+        # minima and of fits at a covariance node's edge, and classify measurably worse.
         ll = special.logsumexp(-0.5 * chi2 + self.log_weight[None], axis=1) - 0.5 * x.shape[1] * LOG_2PI
         return ll, t_best
 
@@ -267,12 +269,13 @@ class AlloyLikelihood(ThicknessMarginal):
     """log p(profile | alloy) for one alloy on one rig from the forward model, thickness marginalised."""
 
     def __init__(self, model, alloy: str, prior: ThicknessPrior, plates: int = 150, nodes: int = 9,
-                 grid: int = 400, rng: Optional[np.random.Generator] = None):
+                 grid: int = 400, rng: Optional[np.random.Generator] = None,
+                 alloy_table: AlloyTable = STANDARD_ALLOYS):
         rng = rng or np.random.default_rng(0)
         self.model, self.alloy = model, alloy
         tgrid, tnodes = prior.grid(grid, nodes)
         nodes = len(tnodes)
-        self.plates = _sample_compositions(alloy, plates, rng)
+        self.plates = _sample_compositions(alloy, plates, rng, alloy_table)
         wt = {el: float(np.mean([p.wt_pct.get(el, 0.0) for p in self.plates]))
               for el in set().union(*(p.wt_pct for p in self.plates))}
         self.mean_plate = Plate("obs-mean", alloy, 2.0, 2.0, wt, float(np.mean([p.density_g_cm3 for p in self.plates])))
@@ -296,23 +299,18 @@ class PhysicsObserver:
     """The likelihoods of several alloys on one rig: ``log_likelihoods`` [N, K] and a classifier."""
 
     def __init__(self, model, alloys: Sequence[str], prior: ThicknessPrior, plates: int = 150, seed: int = 0,
-                 **kw):
+                 alloy_table: AlloyTable = STANDARD_ALLOYS, **kw):
         rng = np.random.default_rng(seed)
         for a in alloys:
-            get_alloy(a)
-        self.model, self.alloys, self.prior = model, list(alloys), prior
-        self.likelihoods = [AlloyLikelihood(model, a, prior, plates, rng=rng, **kw) for a in self.alloys]
+            get_alloy(a, alloy_table)
+        self.model, self.alloys, self.prior, self.alloy_table = model, list(alloys), prior, alloy_table
+        self.likelihoods = [AlloyLikelihood(model, a, prior, plates, rng=rng, alloy_table=alloy_table, **kw)
+                            for a in self.alloys]
 
     def log_likelihoods(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(log p(x | alloy) [N, K], fitted thickness under each alloy [N, K])."""
         res = [lk.loglik(x) for lk in self.likelihoods]
         return np.stack([r[0] for r in res], 1), np.stack([r[1] for r in res], 1)
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        ll, _ = self.log_likelihoods(x)
-        ll -= ll.max(1, keepdims=True)
-        p = np.exp(ll)
-        return p / p.sum(1, keepdims=True)
 
     def draw(self, alloy_index: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Profiles of ``n`` plates of one alloy drawn from the prior, as the model says they look (plate
@@ -322,7 +320,7 @@ class PhysicsObserver:
         nominal = self.prior.sample(n, rng)
         xs, ts = [], []
         for i, t in enumerate(nominal):
-            p = sample_plate(lk.alloy, float(t), rng, f"draw-{i}")
+            p = sample_plate(lk.alloy, float(t), rng, f"draw-{i}", alloy_table=self.alloy_table)
             mean = _profiles(self.model, p.fractions(), p.density_g_cm3, np.array([p.thickness_mm]))[0]
             ln = np.linalg.cholesky(lk.cov_noise[int(lk.node_index(np.array([p.thickness_mm]))[0])]
                                     + 1e-14 * np.eye(len(mean)))

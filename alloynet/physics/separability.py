@@ -15,9 +15,9 @@ the simulator draws them); detector noise and plate texture are Gaussian. Under 
   a range), the classifier knowing only that prior (``alloynet.physics.observer``); also the accuracy of the
   heavy (Cu/Zn-bearing) vs light decision. This is the number model accuracy is judged against.
 
-The ceiling is an estimate: its Monte Carlo standard error is about 0.01 at the default 2,000 draws, and
-the Gaussian model of composition variation makes it approximate to a few hundredths (a learned classifier
-with 80,000 training captures measured 0.00-0.02 above it on the simulator's own data).
+The ceiling is an estimate: its Monte Carlo standard error is sqrt(0.25 / draws) at most (about 0.01 at the
+default 2,000 draws), and the Gaussian model of composition variation makes it approximate to a few
+hundredths (docs/benchmarks.md compares it with learned classifiers on the simulator's own data).
 """
 from __future__ import annotations
 
@@ -28,12 +28,18 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import optimize, stats
 
-from alloynet.physics.alloys import GROUPS, alloy_group, get_alloy, sample_plate
+from alloynet.physics.alloys import (
+    ALLOY_NAMES,
+    GROUPS,
+    STANDARD_ALLOYS,
+    AlloyTable,
+    alloy_group,
+    get_alloy,
+    sample_plate,
+)
 from alloynet.physics.observer import PhysicsObserver, ThicknessPrior, noise_cov
 from alloynet.physics.profile import profile_model_for
 from alloynet.physics.simulator import RigConfig
-
-DEFAULT_ALLOYS = ("Al1050", "Al2017", "Al5083", "Al6082", "Al7075")
 
 
 @dataclass
@@ -84,15 +90,15 @@ class SeparabilityReport:
         return "\n".join(lines)
 
 
-def _plate_stats(model, alloy: str, t: float, n: int, rng: np.random.Generator):
+def _plate_stats(model, alloy: str, t: float, n: int, rng: np.random.Generator, alloy_table: AlloyTable):
     """Mean profile, plate-to-plate covariance (composition and rolling tolerance) and the detector +
     texture covariance of ``n`` plates of nominal thickness ``t``."""
     profiles = []
     for i in range(n):
-        p = sample_plate(alloy, t, rng, f"io-{i}")
+        p = sample_plate(alloy, t, rng, f"io-{i}", alloy_table=alloy_table)
         profiles.append(model.profile(p.fractions(), p.density_g_cm3, p.thickness_mm))
     profiles = np.asarray(profiles)
-    a = get_alloy(alloy)
+    a = get_alloy(alloy, alloy_table)
     return profiles.mean(0), np.cov(profiles, rowvar=False), noise_cov(model, a.nominal_fractions(), a.density_g_cm3, t)
 
 
@@ -100,12 +106,13 @@ def _mahalanobis(delta: np.ndarray, cov: np.ndarray) -> float:
     return float(np.sqrt(max(delta @ np.linalg.solve(cov, delta), 0.0)))
 
 
-def _pair(model, a: str, b: str, stats_: dict, thicknesses: Sequence[float]) -> PairSeparability:
+def _pair(model, a: str, b: str, stats_: dict, thicknesses: Sequence[float], alloy_table: AlloyTable
+          ) -> PairSeparability:
     dk_nom, dk, du = [], [], []
     for t in thicknesses:
         mu_a, cov_a, ncov = stats_[(a, t)]
         mu_b, cov_b, _ = stats_[(b, t)]
-        na, nb = get_alloy(a), get_alloy(b)
+        na, nb = get_alloy(a, alloy_table), get_alloy(b, alloy_table)
         nominal_a = model.profile(na.nominal_fractions(), na.density_g_cm3, t)
         nominal_b = model.profile(nb.nominal_fractions(), nb.density_g_cm3, t)
         detector = np.diag(model.noise_var(na.nominal_fractions(), na.density_g_cm3, t))  # noise alone
@@ -129,7 +136,7 @@ def ceiling(observer: PhysicsObserver, n: int, rng: np.random.Generator) -> tupl
     k = len(observer.alloys)
     per = max(1, n // k)
     confusion = np.zeros((k, k))
-    group_of = np.array([GROUPS.index(alloy_group(a)) for a in observer.alloys])
+    group_of = np.array([GROUPS.index(alloy_group(a, observer.alloy_table)) for a in observer.alloys])
     group_hits = np.zeros((len(GROUPS), 2))
     for ci in range(k):
         x, _ = observer.draw(ci, per, rng)
@@ -145,22 +152,24 @@ def ceiling(observer: PhysicsObserver, n: int, rng: np.random.Generator) -> tupl
     return confusion, group
 
 
-def separability(rig: RigConfig | None = None, alloys: Sequence[str] = DEFAULT_ALLOYS,
+def separability(rig: RigConfig | None = None, alloys: Sequence[str] = ALLOY_NAMES,
                  thicknesses_mm: Optional[Sequence[float]] = None, plates: int = 200, mc_samples: int = 2000,
                  bins: int = 32, seed: int = 0, profile_model=None,
-                 thickness_range_mm: Optional[Sequence[float]] = None) -> SeparabilityReport:
+                 thickness_range_mm: Optional[Sequence[float]] = None,
+                 alloy_table: AlloyTable = STANDARD_ALLOYS) -> SeparabilityReport:
     """Pairwise d' / Bayes error and the multi-class ceiling for the given rig settings (seeded).
 
     The thickness prior is a list of nominal values (``thicknesses_mm``, default 1, 2 and 5 mm) or any
-    value in ``thickness_range_mm``; ``profile_model`` replaces the nominal rig's (e.g. the second rig's)."""
+    value in ``thickness_range_mm``; ``profile_model`` replaces the nominal rig's (e.g. the second rig's);
+    ``alloy_table`` holds the alloys (the standard five unless a user adds others)."""
     rig = rig or RigConfig()
     rng = np.random.default_rng(seed)
     model = profile_model if profile_model is not None else profile_model_for(rig, bins)
     prior = ThicknessPrior.of(thicknesses_mm, thickness_range_mm)
     where = [float(t) for t in prior.representative()]
-    stats_ = {(a, t): _plate_stats(model, a, t, plates, rng) for a in alloys for t in where}
-    pairs = [_pair(model, a, b, stats_, where) for a, b in combinations(alloys, 2)]
-    observer = PhysicsObserver(model, alloys, prior, plates=max(50, plates // 2), seed=seed)
+    stats_ = {(a, t): _plate_stats(model, a, t, plates, rng, alloy_table) for a in alloys for t in where}
+    pairs = [_pair(model, a, b, stats_, where, alloy_table) for a, b in combinations(alloys, 2)]
+    observer = PhysicsObserver(model, alloys, prior, plates=max(50, plates // 2), seed=seed, alloy_table=alloy_table)
     confusion, group = ceiling(observer, mc_samples, rng)
     recall = {a: float(confusion[i, i]) for i, a in enumerate(alloys)}
     notes = [

@@ -5,7 +5,7 @@ from typing import Mapping
 
 import numpy as np
 
-from alloynet.physics.alloys import get_alloy
+from alloynet.physics.alloys import STANDARD_ALLOYS, AlloyTable, get_alloy
 from alloynet.physics.materials import WEDGE_MATERIALS, linear_attenuation
 from alloynet.physics.spectrum import Spectrum, detector_weights, tube_spectrum
 
@@ -42,18 +42,19 @@ def neg_log_transmission_of(fractions: Mapping[str, float], density_g_cm3: float
 
 
 def neg_log_transmission(alloy: str, thickness_mm: float, wedge_mm: float = 0.0, kvp: float = 50.0,
-                         *, wedge_material: str = "Al", spectrum: Spectrum | None = None) -> float:
+                         *, wedge_material: str = "Al", spectrum: Spectrum | None = None,
+                         alloy_table: AlloyTable = STANDARD_ALLOYS) -> float:
     """-ln(T) of a nominal plate of ``alloy`` behind ``wedge_mm`` of wedge, noise-free.
 
     T is the detected signal with the plate divided by the signal without it, both behind the same
     wedge. The detector integrates energy (fluence x CsI 0.5 mm absorption efficiency x E); the tube is
     tungsten, 12 deg anode, 1 mm Al inherent filtration at ``kvp``. ``alloy`` is one of Al1050, Al2017,
-    Al5083, Al6082, Al7075 (or a user-registered alloy); composition and density are nominal.
+    Al5083, Al6082, Al7075 (or an alloy of ``alloy_table``); composition and density are nominal.
 
     >>> round(neg_log_transmission("Al1050", 1.0), 2) > 0
     True
     """
-    a = get_alloy(alloy)
+    a = get_alloy(alloy, alloy_table)
     spec = spectrum or tube_spectrum(kvp)
     return float(neg_log_transmission_of(a.nominal_fractions(), a.density_g_cm3, thickness_mm, float(wedge_mm),
                                          spec, wedge_material))

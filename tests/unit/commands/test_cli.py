@@ -54,20 +54,18 @@ def test_users_add_alloys_by_config(tmp_path):
     cfg = tmp_path / "alloys.yaml"
     cfg.write_text("Al3003:\n  density_g_cm3: 2.73\n  nominal_wt_pct: {Mn: 1.2, Cu: 0.12}\n"
                    "  ranges_wt_pct: {Mn: [1.0, 1.5], Cu: [0.05, 0.2], Fe: [0, 0.7]}\n")
-    try:
-        res = runner.invoke(app, ["physics", "transmission", "Al3003", "2.0", "--alloys", str(cfg)])
-        assert res.exit_code == 0 and float(res.output) > 0.6
-        res = runner.invoke(app, ["physics", "separability", "--alloys", str(cfg), "--alloy", "Al3003", "--alloy",
-                                  "Al1050", "--size", "32", "--plates", "20"])
-        assert res.exit_code == 0 and "Al3003 vs Al1050" in res.output
-        spec = tmp_path / "spec.yaml"
-        spec.write_text("n_max: 2\nclass_order: [Al3003, Al1050]\ncustom_alloys:\n  Al3003:\n"
-                        "    density_g_cm3: 2.73\n    nominal_wt_pct: {Mn: 1.2}\n    ranges_wt_pct: {Mn: [1.0, 1.5]}\n")
-        res = runner.invoke(app, ["simulate", "--out", str(tmp_path / "ds"), "--config", str(spec), "--size", "32"])
-        assert res.exit_code == 0, res.output
-        assert "Al3003" in (tmp_path / "ds" / "manifest.csv").read_text()
-    finally:
-        ALLOYS.pop("Al3003", None)
+    res = runner.invoke(app, ["physics", "transmission", "Al3003", "2.0", "--alloys", str(cfg)])
+    assert res.exit_code == 0 and float(res.output) > 0.6
+    res = runner.invoke(app, ["physics", "separability", "--alloys", str(cfg), "--alloy", "Al3003", "--alloy",
+                              "Al1050", "--size", "32", "--plates", "20"])
+    assert res.exit_code == 0 and "Al3003 vs Al1050" in res.output
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("n_max: 2\nclass_order: [Al3003, Al1050]\ncustom_alloys:\n  Al3003:\n"
+                    "    density_g_cm3: 2.73\n    nominal_wt_pct: {Mn: 1.2}\n    ranges_wt_pct: {Mn: [1.0, 1.5]}\n")
+    res = runner.invoke(app, ["simulate", "--out", str(tmp_path / "ds"), "--config", str(spec), "--size", "32"])
+    assert res.exit_code == 0, res.output
+    assert "Al3003" in (tmp_path / "ds" / "manifest.csv").read_text()
+    assert "Al3003" not in ALLOYS  # the user's alloy lived in its own table: the standard one is untouched
     bad = tmp_path / "bad.yaml"
     bad.write_text("AlX:\n  nominal_wt_pct: {Mn: 1}\n")
     res = runner.invoke(app, ["physics", "transmission", "AlX", "1", "--alloys", str(bad)])
