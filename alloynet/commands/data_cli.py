@@ -6,9 +6,10 @@ from typing import Optional
 
 import typer
 import yaml
-from alloynet.console import make_console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from alloynet.console import make_console
 
 console = make_console()
 data_app = typer.Typer(no_args_is_help=True)
@@ -70,7 +71,7 @@ def simulate(
 ) -> None:
     """Simulate a long-tailed data set into a capture store and print its summary."""
     from alloynet.captures.stores import LocalStore, open_store
-    from alloynet.data.manifest import build_manifest, write_manifest
+    from alloynet.data.manifest import build_manifest, manifest_path, write_manifest
     from alloynet.data.simulate import DatasetSpec, simulate_dataset
 
     raw = yaml.safe_load(config.read_text()) if config else {}
@@ -106,8 +107,9 @@ def simulate(
     except StoreError as exc:
         _fail(exc)
     if manifest and isinstance(store, LocalStore):
-        write_manifest(df, store.root / "manifest.csv")
-        console.print(f"manifest: {store.root / 'manifest.csv'}")
+        path = manifest_path(store)
+        write_manifest(df, path)
+        console.print(f"manifest: {path}")
     print_summary(df)
 
 

@@ -12,14 +12,13 @@ holds on its training grid fails them.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from alloynet.captures.stores import LocalStore
-from alloynet.data.manifest import build_manifest, write_manifest
+from alloynet.data.manifest import build_manifest, manifest_path, write_manifest
 from alloynet.data.simulate import DatasetSpec, simulate_dataset
 from alloynet.evaluate.report import evaluate
 from alloynet.models.checkpoint import load_checkpoint
@@ -121,7 +120,7 @@ def run_case(checkpoint: str | Path, case: RobustnessCase, out_dir: str | Path, 
     if not any(store.list("captures/")):
         simulate_dataset(spec, store)
     df = held_out_manifest(store, seed, case.calibration_sent)
-    write_manifest(df, out / "data" / "manifest.csv")
+    write_manifest(df, manifest_path(store))
     ceiling_rigs = capture_rigs(spec)  # the ceiling and the physics fit of the rig that took the captures
     m = evaluate(checkpoint, store, df, out / "report", split="test", with_ceiling=with_ceiling,
                  ceiling_kw=ceiling_kw, gradcam=0, baselines=case.calibration_sent, ceiling_rigs=ceiling_rigs)
@@ -167,8 +166,3 @@ def markdown(rows: list[dict], checkpoint) -> str:
                      f"{f(r['set_coverage'])} / {r['set_size']:.2f} | {flags} |")
     return "\n".join(lines) + "\n"
 
-
-def temporary_suite(checkpoint: str | Path, **kw) -> list[dict]:
-    """The suite in a throwaway directory (tests, quick checks)."""
-    with tempfile.TemporaryDirectory(prefix="alloynet-robustness-") as d:
-        return run_suite(checkpoint, d, **kw)
