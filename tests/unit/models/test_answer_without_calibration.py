@@ -1,0 +1,58 @@
+"""Honest answers for captures sent without calibration or wedge size: uniform until fitted, then their own
+temperature and conformal set; the groups always the sums of their alloys."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from alloynet.models.answer import Answer
+
+
+def _answer() -> Answer:
+    return Answer(num_classes=5, feature_dim=4, groups=[0, 0, 1, 1, 1])
+
+
+def _forward(answer: Answer, logits: torch.Tensor, missing: torch.Tensor):
+    b = len(logits)
+    zeros = torch.zeros(b)
+    return answer(logits, torch.full((b,), 3.0), torch.zeros(b, 4), missing, zeros, zeros)
+
+
+def test_unfitted_missing_calibration_gets_every_class_and_no_confidence():
+    answer = _answer()
+    logits = torch.tensor([[20.0, 0, 0, 0, 0], [20.0, 0, 0, 0, 0]])
+    probs, pset, groups, flags = _forward(answer, logits, torch.tensor([0.0, 1.0]))
+    assert probs[0, 0] > 0.999  # the calibrated capture: the model's own answer
+    torch.testing.assert_close(probs[1], torch.full((5,), 0.2))
+    assert pset[1].tolist() == [1.0] * 5 and flags[1, 0] == 1.0
+    torch.testing.assert_close(groups, (probs[:, :, None] * answer.group_matrix[None]).sum(1))
+
+
+def test_fitted_missing_calibration_is_calibrated_and_covers():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 4000)
+    z = rng.normal(0.0, 1.0, (4000, 5))
+    z[np.arange(4000), y] += 1.0
+    z *= 8.0  # overconfident logits: the fitted temperature must bring them down
+    answer = _answer()
+    summary = answer.fit_missing(z[:2000], y[:2000])
+    assert summary["temperature"] > 4.0 and 0.93 <= summary["coverage"] <= 0.97
+    probs, pset, _, _ = _forward(answer, torch.as_tensor(z[2000:], dtype=torch.float32), torch.ones(2000))
+    covered = pset.numpy()[np.arange(2000), y[2000:]].mean()
+    assert 0.92 <= covered <= 0.98
+    assert probs.max() < 0.999
+    # mean confidence close to accuracy (calibrated), not near 1
+    conf, acc = probs.max(1).values.mean().item(), (probs.argmax(1).numpy() == y[2000:]).mean()
+    assert abs(conf - acc) < 0.05
+
+
+def test_checkpoints_without_the_new_buffers_load_as_not_fitted():
+    answer = _answer()
+    state = {k: v for k, v in answer.state_dict().items() if k not in ("temperature_missing", "qhat_missing")}
+    fresh = _answer()
+    fresh.temperature_missing.fill_(3.0)
+    fresh.load_state_dict(state)
+    assert float(fresh.temperature_missing) == 3.0  # kept: nothing in the checkpoint overwrote it
+    other = _answer()
+    other.load_state_dict(state)
+    assert float(other.temperature_missing) == 0.0 and float(other.qhat_missing) == 1.0
