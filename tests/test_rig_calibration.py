@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from alloynet.captures.stores import LocalStore
 from alloynet.data.rig_references import calibrate_store, make_references
-from alloynet.physics.calibration import FIT_PARAMETERS, predict_references
+from alloynet.physics.rig_fit import FIT_PARAMETERS, predict_references
 from alloynet.physics.simulator import RigConfig
 
 SIZE = 32
@@ -96,10 +96,16 @@ def test_cli_refuses_missing_references(second_refs, tmp_path):
         f.unlink()
     for f in [*store.glob("captures/*-2mm-*"), *store.glob("captures/*-5mm-*")]:
         f.unlink()
+    for f in store.glob("calibration/*/*"):  # no frames at all: the captures' levels stand in for them
+        f.unlink()
     res = _cli("rig", "calibrate", str(store), "--out", str(tmp_path / "p.yaml"))
     assert res.exit_code == 1
     text = " ".join(res.output.split())
-    assert "missing references" in text and "the wedge alone" in text and "two or more thicknesses" in text
+    # everything missing in one message, each with the captures that supply it and why
+    assert text.count("error: cannot calibrate") == 1 and "missing references" in text
+    assert "the wedge alone: frames of the wedge with no plate" in text and "reference/wedge-<mm>mm/" in text
+    assert "two or more thicknesses" in text and "hardening curve" in text and "reference/Al1050-1mm/" in text
+    assert "dark and flat levels" not in text  # the reference captures' sidecars give them
     assert not (tmp_path / "p.yaml").exists()
 
 

@@ -82,8 +82,9 @@ def calibrate(
     """Fit the simulator's nuisance parameters to a rig's reference captures; write a rig profile and a fit plot."""
     from alloynet.captures.stores import StoreError, open_store
     from alloynet.data.rig_references import calibrate_store
-    from alloynet.physics.calibration import (DEFAULT_FIT, MAX_HOLDOUT_CHI2, MAX_MISFIT_RMS, CalibrationError,
-                                              check_fit, plot_fit)
+    from alloynet.evaluate.rig_plots import plot_fit
+    from alloynet.physics.detector import CalibrationError
+    from alloynet.physics.rig_fit import DEFAULT_FIT, MAX_HOLDOUT_CHI2, MAX_MISFIT_RMS, check_fit
     from alloynet.physics.rig_profile import save_rig_profile
 
     nominal = _nominal(rig, kvp, wedge_mm)
@@ -145,6 +146,10 @@ def references(
                                                               "default 1, 2, 5"),
     captures_per_plate: int = typer.Option(6, min=1),
     sessions: int = typer.Option(6, min=1, help="sessions, each with a dark, a flat and the wedge alone"),
+    folder: bool = typer.Option(False, "--folder", help="write a lab's folder instead of a store: TIFFs under "
+                                                        "OUT/reference/ as `alloynet import` reads them"),
+    levels_only: bool = typer.Option(False, "--levels-only", help="with --folder: no dark/flat frames; each file's "
+                                                                  "levels in OUT/reference-labels.csv (role column)"),
     seed: int = 0,
 ) -> None:
     """Write the reference captures a lab would make (for testing and demonstrating `rig calibrate`)."""
@@ -169,6 +174,10 @@ def references(
             own = SecondRigConfig.model_validate(yaml.safe_load(second_rig.read_text()) or {})
         except (OSError, yaml.YAMLError, ValidationError) as exc:
             _line(f"error: {second_rig}: {' '.join(str(exc).split())}", EXIT_USAGE)
+    if folder:
+        _reference_folder(Path(out), nominal, simulator, own, alloy, thickness, captures_per_plate, sessions,
+                          wedge_mm, levels_only, seed)
+        return
     try:
         st = open_store(out)
         ids = make_references(st, nominal, simulator=simulator, second_rig=own, alloy=alloy,
@@ -178,6 +187,27 @@ def references(
         _line(f"error: {' '.join(str(exc).split())}", EXIT_REFUSED)
     _line(f"{simulator}: {sessions} sessions (dark, flat, wedge alone) and {len(ids)} captures of {alloy} at "
           f"{', '.join(f'{t:g}' for t in (thickness or (1.0, 2.0, 5.0)))} mm ({size}x{size}) in {st.uri}")
+
+
+def _reference_folder(out: Path, nominal, simulator: str, own, alloy: str, thickness: Optional[list[float]],
+                      captures_per_plate: int, sessions: int, wedge_mm: Optional[list[float]], levels_only: bool,
+                      seed: int) -> None:
+    from alloynet.data.rig_references import write_reference_folder
+
+    thicknesses = thickness or (1.0, 2.0, 5.0)
+    try:
+        rows = write_reference_folder(out, nominal, simulator=simulator, second_rig=own, alloy=alloy,
+                                      thicknesses_mm=thicknesses, captures_per_plate=captures_per_plate,
+                                      sessions=sessions, wedges_mm=wedge_mm or None, frames=not levels_only, seed=seed)
+    except (OSError, ValueError) as exc:
+        _line(f"error: {' '.join(str(exc).split())}", EXIT_REFUSED)
+    if rows:
+        cols = ("file", "alloy", "thickness_mm", "wedge_mm", "dark", "flat", "role")
+        (out / "reference-labels.csv").write_text("\n".join([",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols)
+                                                                               for r in rows]) + "\n")
+    _line(f"{simulator}: {sessions} sessions ({'levels only' if levels_only else 'dark, flat'}, wedge alone) and "
+          f"{len(thicknesses) * captures_per_plate} captures of {alloy} at {', '.join(f'{t:g}' for t in thicknesses)} "
+          f"mm under {out / 'reference'}" + (f"; their levels in {out / 'reference-labels.csv'}" if rows else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -13,9 +13,12 @@ of the middle thickness (when there are three or more) are held out of the fit a
 """
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence, Union
 
 import numpy as np
@@ -25,16 +28,26 @@ from alloynet.captures.image import CaptureError, decode_image, encode_image
 from alloynet.captures.layout import CAPTURES, sidecar_key, write_capture
 from alloynet.captures.stores import ObjectStore
 from alloynet.data.manifest import scan_store
-from alloynet.physics.calibration import (DEFAULT_FIT, MAX_HOLDOUT_CHI2, MAX_MISFIT_RMS, Calibration,
-                                          CalibrationError, DetectorMeasurement, Reference, capture_profile,
-                                          check_fit, check_references, fit_rig, measure_detector)
+from alloynet.physics.detector import (CalibrationError, DetectorMeasurement, capture_profile, detector_from_levels,
+                                       measure_detector)
+from alloynet.physics.rig_fit import (DEFAULT_FIT, MAX_HOLDOUT_CHI2, MAX_MISFIT_RMS, Reference, RigFit, check_fit,
+                                      check_references, fit_rig)
 from alloynet.physics.alloys import sample_plate
 from alloynet.physics.rig_profile import RigProfile
 from alloynet.physics.second_rig import NOMINAL_FIELDS, SecondRig, SecondRigConfig
 from alloynet.physics.simulator import RigConfig, RigSimulator
 
+frame_level = RigSimulator.frame_level
+
 CALIBRATION = "calibration/"
-_FRAME = re.compile(r"^calibration/(?P<session>[^/]+)/(?P<name>dark|flat|wedge-(?P<wedge>[0-9.]+)mm)\.(png|tiff?)$")
+REFERENCE_SOURCE = "reference"  # a reference plate's sidecar source starts with it (``alloynet import`` writes it)
+_OBJECT = re.compile(r"^calibration/(?P<session>[^/]+)/(?:(?P<frame>dark|flat)\.(?:png|tiff?)|(?P<levels>levels)\.json|"
+                     r"wedge-(?P<wedge>[0-9.]+)mm(?:-[0-9a-z]+)?\.(?:png|tiff?))$")
+WHY_WEDGE = "the wedge alone separates the beam (tube voltage, filtration, scatter) from the plates' composition"
+WHY_PLATES = ("plates of one known alloy at two or more thicknesses give the hardening curve; a third thickness is "
+              "held out to check the fit")
+WHY_LEVELS = ("dark and flat levels turn every frame into transmission; frames (not only levels) in two sessions or "
+              "more also give the panel's noise, column pattern and dose")
 
 
 @dataclass
@@ -48,14 +61,26 @@ class ReferenceSet:
     skipped: list[str] = field(default_factory=list)   # "key: reason" for frames/captures that could not be used
 
 
-def _frames(store: ObjectStore) -> dict[str, dict[str, str]]:
-    """session -> {"dark": key, "flat": key, "wedge-50": key, ...}"""
-    out: dict[str, dict[str, str]] = {}
+@dataclass
+class _Session:
+    frames: dict[str, str] = field(default_factory=dict)         # "dark"/"flat" -> key
+    levels: Optional[str] = None                                 # key of levels.json
+    wedges: dict[float, list[str]] = field(default_factory=dict)
+
+
+def _sessions(store: ObjectStore) -> dict[str, _Session]:
+    out: dict[str, _Session] = {}
     for info in store.list(CALIBRATION):
-        m = _FRAME.match(info.key)
-        if m:
-            name = m["name"] if not m["wedge"] else f"wedge-{float(m['wedge']):g}"
-            out.setdefault(m["session"], {})[name] = info.key
+        m = _OBJECT.match(info.key)
+        if not m:
+            continue
+        s = out.setdefault(m["session"], _Session())
+        if m["frame"]:
+            s.frames[m["frame"]] = info.key
+        elif m["levels"]:
+            s.levels = info.key
+        else:
+            s.wedges.setdefault(float(m["wedge"]), []).append(info.key)
     return out
 
 
@@ -70,57 +95,60 @@ def nominal_rig(store: ObjectStore, capture_id: str) -> RigConfig:
                      **({"dose": r.dose} if r.dose else {}), **extra)
 
 
-def load_references(store: ObjectStore, alloy: Optional[str] = None, rig: Optional[RigConfig] = None,
-                    holdout_thickness: Optional[float] = None, bins: int = 32,
-                    log: Optional[Callable[[str], None]] = None) -> ReferenceSet:
-    """Read every session's frames and the reference captures of ``store`` (see the module doc)."""
-    skipped: list[str] = []
-    frames = _frames(store)
-    sessions = {s: f for s, f in frames.items() if "dark" in f and "flat" in f}
-    for s, f in frames.items():
-        if s not in sessions:
-            skipped.append(f"calibration/{s}/: {'no dark frame' if 'dark' not in f else 'no flat frame'}; session not used")
-    if not sessions:
-        raise CalibrationError(f"{store.uri}: no session with both a dark and a flat frame under calibration/")
-    decoded: dict[str, dict[str, np.ndarray]] = {}
-    for s, f in sorted(sessions.items()):
-        try:
-            decoded[s] = {k: decode_image(store.get(key), key) for k, key in f.items()}
-        except CaptureError as exc:
-            skipped.append(f"{exc.where}: {exc.message}; session not used")
-    shapes = {d["dark"].shape for d in decoded.values()}
-    shape = max(shapes, key=lambda sh: sum(d["dark"].shape == sh for d in decoded.values()))
-    for s in list(decoded):
-        if any(v.shape != shape for v in decoded[s].values()):
-            skipped.append(f"calibration/{s}/: frames of shape {decoded[s]['dark'].shape}, most are {shape}; not used")
-            del decoded[s]
-    darks = np.stack([d["dark"] for d in decoded.values()])
-    flats = np.stack([d["flat"] for d in decoded.values()])
-    detector = measure_detector(darks, flats)
-    levels = {s: (RigSimulator.frame_level(d["dark"]), RigSimulator.frame_level(d["flat"])) for s, d in decoded.items()}
+def _levels_of(store: ObjectStore, key: str) -> tuple[list[float], list[float]]:
+    raw = json.loads(store.get(key))
+    try:
+        dark, flat = [float(v) for v in raw["dark_adu"]], [float(v) for v in raw["flat_adu"]]
+    except (KeyError, TypeError, ValueError):
+        raise CaptureError(key, "levels", "expected {\"dark_adu\": [...], \"flat_adu\": [...]}") from None
+    return dark, flat
 
+
+def _read_sessions(store: ObjectStore, skipped: list[str]
+                   ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, tuple[list[float], list[float]]],
+                              dict[float, list[tuple[str, np.ndarray]]]]:
+    """(dark/flat frames per session that has both, levels per session, wedge-alone frames per wedge size with
+    their session). A session's levels are its frames', else its levels.json."""
+    frames: dict[str, dict[str, np.ndarray]] = {}
+    levels: dict[str, tuple[list[float], list[float]]] = {}
+    wedges: dict[float, list[tuple[str, np.ndarray]]] = {}
+    for sid, s in sorted(_sessions(store).items()):
+        try:
+            if "dark" in s.frames and "flat" in s.frames:
+                frames[sid] = {k: decode_image(store.get(key), key) for k, key in s.frames.items()}
+                levels[sid] = (frame_level(frames[sid]["dark"]), frame_level(frames[sid]["flat"]))
+            elif s.levels:
+                levels[sid] = _levels_of(store, s.levels)
+            elif s.frames or s.wedges:
+                skipped.append(f"calibration/{sid}/: {'no dark frame' if 'dark' not in s.frames else 'no flat frame'}"
+                               f" and no levels.json; session not used")
+                continue
+            for w, keys in s.wedges.items():
+                wedges.setdefault(w, []).extend((sid, decode_image(store.get(k), k)) for k in sorted(keys))
+        except (CaptureError, ValueError) as exc:
+            frames.pop(sid, None)
+            levels.pop(sid, None)
+            skipped.append(f"calibration/{sid}/: {exc}; session not used")
+    return frames, levels, wedges
+
+
+def _reference_rows(store: ObjectStore, alloy: Optional[str]):
+    """Labelled captures that are references: those ``alloynet import`` took from reference/ (sidecar source
+    ``reference ...``) where there are any, else every labelled capture (a store of references only)."""
     rows = scan_store(store)
     labelled = rows[rows.labelled & (rows.alloy != "")]
+    marked = [cid for cid in labelled.capture_id
+              if parse_sidecar(store.get(sidecar_key(cid))).source.startswith(REFERENCE_SOURCE + " ")]
+    if marked:
+        labelled = labelled[labelled.capture_id.isin(marked)]
     if alloy:
         labelled = labelled[labelled.alloy == alloy]
-    if labelled.alloy.nunique() > 1:
-        raise CalibrationError(f"{store.uri}: captures of several alloys ({', '.join(sorted(labelled.alloy.unique()))}); "
-                               f"say which is the reference (--alloy)")
-    if rig is None:
-        if labelled.empty:
-            raise CalibrationError(f"{store.uri}: no labelled reference captures to read the nominal settings from; "
-                                   f"give them (--rig YAML)")
-        rig = nominal_rig(store, labelled.capture_id.iloc[0])
-    if (rig.height, rig.width) != shape[1:]:
-        rig = rig.model_copy(update={"height": shape[1], "width": shape[2]})
+    return labelled
 
-    wedge: dict[float, list[np.ndarray]] = {}
-    for s, d in decoded.items():
-        for k, img in d.items():
-            if k.startswith("wedge-"):
-                wedge.setdefault(float(k[6:]), []).append(capture_profile(img, *levels[s], bins))
-    refs = [Reference(f"wedge alone {w:g} mm", "wedge", w, np.stack(p)) for w, p in sorted(wedge.items())]
-    n_caps = 0
+
+def _plate_references(store: ObjectStore, labelled, shape: Optional[tuple], bins: int, skipped: list[str]
+                      ) -> tuple[list[Reference], int]:
+    refs, n_caps = [], 0
     for (pid, w), group in labelled.groupby(["plate_id", "wedge_mm"], sort=True):
         profiles, ids = [], []
         for r in group.itertuples():
@@ -129,7 +157,7 @@ def load_references(store: ObjectStore, alloy: Optional[str] = None, rig: Option
             except (CaptureError, KeyError) as exc:
                 skipped.append(f"{r.capture_id}: {exc}")
                 continue
-            if img.shape != shape:
+            if shape is not None and img.shape != shape:
                 skipped.append(f"{r.capture_id}: shape {img.shape}, the frames are {shape}; not used")
                 continue
             dark = [float(v) for v in str(r.dark_adu).split(";")]
@@ -140,14 +168,81 @@ def load_references(store: ObjectStore, alloy: Optional[str] = None, rig: Option
             t, t_nom = float(group.thickness_mm.mean()), float(group.nominal_thickness_mm.iloc[0])
             a = group.alloy.iloc[0]
             refs.append(Reference(f"{a} {t_nom:g} mm {pid} ({w:g} mm wedge)", "plate", float(w), np.stack(profiles),
-                                  alloy=a, thickness_mm=t, nominal_thickness_mm=t_nom, plate_id=str(pid), capture_ids=ids))
+                                  alloy=a, thickness_mm=t, nominal_thickness_mm=t_nom, plate_id=str(pid),
+                                  capture_ids=ids))
             n_caps += len(profiles)
-    fit, held = split_holdout(refs, holdout_thickness)
+    return refs, n_caps
+
+
+def _detector(frames: dict[str, dict[str, np.ndarray]], levels: dict, labelled, width: int, skipped: list[str]
+              ) -> Optional[DetectorMeasurement]:
+    """Measured from the sessions' dark/flat frames where there are any, else from levels (the sessions' and the
+    reference captures' sidecars'); None when there is neither."""
+    if frames:
+        shapes = Counter(d["dark"].shape for d in frames.values())
+        shape = shapes.most_common(1)[0][0]
+        for sid in [s for s, d in frames.items() if any(v.shape != shape for v in d.values())]:
+            skipped.append(f"calibration/{sid}/: frames of shape {frames[sid]['dark'].shape}, most are {shape}; "
+                           f"not used")
+            del frames[sid]
+        return measure_detector(np.stack([d["dark"] for d in frames.values()]),
+                                np.stack([d["flat"] for d in frames.values()]))
+    pairs = list(levels.values()) + [([float(v) for v in str(r.dark_adu).split(";")],
+                                      [float(v) for v in str(r.flat_adu).split(";")]) for r in labelled.itertuples()]
+    if not pairs or len({len(d) for d, _ in pairs}) > 1:
+        return None
+    source = ("the levels stored with the wedge-alone frames" if levels else "") + \
+             (" and " if levels and len(labelled) else "") + ("the reference captures' sidecars" if len(labelled) else "")
+    return detector_from_levels(np.array([d for d, _ in pairs]), np.array([f for _, f in pairs]), width, source)
+
+
+def load_references(store: ObjectStore, alloy: Optional[str] = None, rig: Optional[RigConfig] = None,
+                    holdout_thickness: Optional[float] = None, bins: int = 32,
+                    log: Optional[Callable[[str], None]] = None) -> ReferenceSet:
+    """Read every session's frames or levels and the reference captures of ``store`` (see the module doc).
+    Raises ``CalibrationError`` naming, in one message, every reference that is missing and why it is needed."""
+    skipped: list[str] = []
+    frames, levels, wedge_frames = _read_sessions(store, skipped)
+    labelled = _reference_rows(store, alloy)
+    missing = []
+    ambiguous = labelled.alloy.nunique() > 1
+    if ambiguous:
+        missing.append(f"one reference alloy: the reference captures are of {', '.join(sorted(labelled.alloy.unique()))}"
+                       f"; say which is the reference (--alloy)")
+        labelled = labelled.iloc[:0]
+    if rig is None and labelled.empty and not ambiguous:
+        missing.append("the nominal settings: no labelled reference captures to read them from; give them (--rig YAML)")
+    shapes = [d["dark"].shape for d in frames.values()] or [img.shape for ws in wedge_frames.values() for _, img in ws]
+    shape = Counter(shapes).most_common(1)[0][0] if shapes else None
+    if rig is None and not labelled.empty:
+        rig = nominal_rig(store, labelled.capture_id.iloc[0])
+    if shape is not None and rig is not None and (rig.height, rig.width) != shape[1:]:
+        rig = rig.model_copy(update={"height": shape[1], "width": shape[2]})
+    width = shape[2] if shape is not None else (rig.width if rig is not None else 0)
+    detector = _detector(frames, levels, labelled, width, skipped) if width else None
+    if detector is None:
+        missing.append(f"dark and flat levels: no dark/flat frames under calibration/ (reference/dark/ and "
+                       f"reference/flat/ at import) and no levels with the references (--dark-level/--flat-level at "
+                       f"import); {WHY_LEVELS}")
+    wedge = {w: [capture_profile(img, *levels[sid], bins) for sid, img in ws if sid in levels and
+                 (shape is None or img.shape == shape)] for w, ws in sorted(wedge_frames.items())}
+    refs = [Reference(f"wedge alone {w:g} mm", "wedge", w, np.stack(p)) for w, p in wedge.items() if p]
+    plates, n_caps = _plate_references(store, labelled, shape, bins, skipped)
+    refs += plates
+    try:
+        fit, held = split_holdout(refs, holdout_thickness)
+    except CalibrationError as exc:
+        missing.append(str(exc))
+        fit, held = refs, []
+    missing += [m for m in missing_references(fit) if not (ambiguous and m.startswith("plates"))]
+    if missing:
+        raise CalibrationError(f"{store.uri}: missing references: " + "; ".join(missing))
     if log:
-        log(f"{len(decoded)} sessions of dark/flat frames, {sum(len(r.profiles) for r in refs if r.kind == 'wedge')} "
-            f"wedge-alone frames ({', '.join(f'{w:g}' for w in sorted(wedge)) or 'no'} mm wedge), {n_caps} plate captures "
+        log(f"{len(frames) or len(levels)} sessions of {'dark/flat frames' if frames else 'levels'}, "
+            f"{sum(len(r.profiles) for r in refs if r.kind == 'wedge')} wedge-alone frames "
+            f"({', '.join(f'{w:g}' for w in sorted(wedge)) or 'no'} mm wedge), {n_caps} plate captures "
             f"({sum(r.kind == 'plate' for r in refs)} plate x wedge), {len(held)} held out")
-    return ReferenceSet(rig, detector, fit, held, len(decoded), n_caps, skipped)
+    return ReferenceSet(rig, detector, fit, held, len(frames) or len(levels), n_caps, skipped)
 
 
 def split_holdout(refs: Sequence[Reference], thickness: Optional[float] = None) -> tuple[list[Reference], list[Reference]]:
@@ -170,16 +265,17 @@ def split_holdout(refs: Sequence[Reference], thickness: Optional[float] = None) 
 
 
 def missing_references(fit: Sequence[Reference]) -> list[str]:
-    """What the fit needs and ``fit`` lacks: the wedge alone (it separates the beam from the plates'
-    composition) and plates of a known alloy at two or more thicknesses (the hardening curve), each named."""
+    """What the fit needs and ``fit`` lacks, each named with the captures that supply it and why: the wedge alone
+    and plates of a known alloy at two or more thicknesses."""
     out = []
     if not any(r.kind == "wedge" for r in fit):
-        out.append("the wedge alone (calibration/<session>/wedge-<mm>mm.png|tiff, one per session and wedge)")
+        out.append(f"the wedge alone: frames of the wedge with no plate, one per session or more (reference/wedge-<mm>mm/ "
+                   f"at import; calibration/<session>/wedge-<mm>mm.png|tiff in the store); {WHY_WEDGE}")
     thick = sorted({r.nominal_thickness_mm for r in fit if r.kind == "plate"})
     if len(thick) < 2:
         have = f"have {', '.join(f'{t:g}' for t in thick)} mm" if thick else "have none"
-        out.append(f"labelled captures of plates of one known alloy at two or more thicknesses besides any held out "
-                   f"({have}; e.g. Al1050 at 1, 2 and 5 mm)")
+        out.append(f"plates of one known alloy at two or more thicknesses besides any held out ({have}; e.g. Al1050 at "
+                   f"1, 2 and 5 mm: reference/Al1050-1mm/ ... at import); {WHY_PLATES}")
     return out
 
 
@@ -187,7 +283,7 @@ def calibrate_store(store: ObjectStore, *, alloy: Optional[str] = None, rig: Opt
                     params: Sequence[str] = DEFAULT_FIT, holdout_thickness: Optional[float] = None, bins: int = 32,
                     max_misfit: float = MAX_MISFIT_RMS, max_holdout_chi2: float = MAX_HOLDOUT_CHI2,
                     check: bool = True, log: Optional[Callable[[str], None]] = None
-                    ) -> tuple[Calibration, RigProfile, ReferenceSet]:
+                    ) -> tuple[RigFit, RigProfile, ReferenceSet]:
     """Calibrate the simulator to the rig that took ``store``'s references; raises ``CalibrationError`` with the
     reason when they cannot, or (``check``) when the fit is poor."""
     refs = load_references(store, alloy, rig, holdout_thickness, bins, log)
@@ -266,3 +362,69 @@ def make_references(store: ObjectStore, rig: RigConfig, *, simulator: Literal["a
             ids.append(cid)
             n += 1
     return ids
+
+
+def _write_tiff(path: Path, image: np.ndarray) -> str:
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, image[0] if image.shape[0] == 1 else image, photometric="minisblack")
+    return path.as_posix()
+
+
+def write_reference_folder(root: Path, rig: RigConfig, *, simulator: Literal["alloynet", "second_rig"] = "second_rig",
+                           second_rig: Optional[SecondRigConfig] = None, alloy: str = "Al1050",
+                           thicknesses_mm: Sequence[float] = (1.0, 2.0, 5.0), captures_per_plate: int = 4,
+                           sessions: int = 5, wedges_mm: Optional[Sequence[float]] = None, frames: bool = True,
+                           seed: int = 0) -> list[dict]:
+    """The reference captures a lab images, as TIFFs under ``root/reference/`` in the layout `alloynet import`
+    reads (``alloynet.captures.importing.references``), taken with a rig model (as ``make_references``).
+
+    ``frames=True``: dark/ and flat/ hold one frame per session; the k-th capture of each reference plate and the
+    k-th wedge-alone frame are taken in session k (modulo ``sessions``), as the import pairs them. ``frames=False``
+    (a lab whose acquisition software gives levels): no dark/flat frames; returns labels-CSV rows (role wedge or
+    reference, with each file's dark and flat levels) for the caller's labels CSV. Seeded."""
+    wedges = list(wedges_mm or [rig.wedge_mm])
+    sims: dict[float, Union[RigSimulator, SecondRig]] = {}
+    for w in wedges:
+        r = rig.model_copy(update={"wedge_mm": float(w)})
+        if simulator == "second_rig":
+            own = (second_rig or SecondRigConfig()).model_dump(exclude=set(NOMINAL_FIELDS))
+            sims[w] = SecondRig(SecondRigConfig.from_nominal(r, **own))
+        else:
+            sims[w] = RigSimulator(r)
+    first, ref = sims[wedges[0]], root / "reference"
+    rows: list[dict] = []
+    levels = []
+
+    def row(path: str, **kw) -> None:
+        rows.append({"file": Path(path).relative_to(root).as_posix(), "alloy": "", "thickness_mm": "",
+                     "wedge_mm": "", **kw})
+
+    for s in range(sessions):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E5, s]))
+        gain = first.session_gain(rng)
+        dark, flat = first.calibration_frames(rng, gain)
+        lv = {"gain": gain, "dark": first.frame_level(dark), "flat": first.frame_level(flat)}
+        levels.append(lv)
+        cal = {"dark": ";".join(f"{v:.3f}" for v in lv["dark"]), "flat": ";".join(f"{v:.3f}" for v in lv["flat"])}
+        if frames:
+            _write_tiff(ref / "dark" / f"s{s:02d}.tif", dark)
+            _write_tiff(ref / "flat" / f"s{s:02d}.tif", flat)
+        for j, w in enumerate(wedges):
+            img = sims[w].wedge_reference(np.random.default_rng(np.random.SeedSequence([seed, 0x3ED, s, j])), gain)
+            path = _write_tiff(ref / f"wedge-{float(w):g}mm" / f"s{s:02d}.tif", img)
+            if not frames:
+                row(path, role="wedge", wedge_mm=f"{float(w):g}", **cal)
+    for p_idx, t_nom in enumerate(thicknesses_mm):
+        plate = sample_plate(alloy, float(t_nom), np.random.default_rng(np.random.SeedSequence([seed, 0x91A, p_idx])),
+                             f"reference-{alloy}-{float(t_nom):g}mm")
+        for k in range(captures_per_plate):
+            w, lv = wedges[k % len(wedges)], levels[k % sessions]
+            cap = sims[w].capture(plate, np.random.default_rng(np.random.SeedSequence([seed, 0xCA9, p_idx, k])),
+                                  lv["dark"], lv["flat"], lv["gain"])
+            path = _write_tiff(ref / f"{alloy}-{float(t_nom):g}mm" / f"c{k:03d}.tif", cap.image)
+            if not frames:
+                row(path, role="reference", alloy=alloy, thickness_mm=f"{float(t_nom):g}", wedge_mm=f"{float(w):g}",
+                    dark=";".join(f"{v:.3f}" for v in lv["dark"]), flat=";".join(f"{v:.3f}" for v in lv["flat"]))
+    return rows

@@ -197,6 +197,8 @@ def _csv_row(row: dict, root: Path, alloys: AlloyTable) -> SourceFile:
     for name in FRAME_NAMES:
         if get[name]:
             setattr(item, name, _cal_source(get[name], root, name))
+    if role == "reference" and item.plate_id is None and item.thickness_mm:
+        item.plate_id = f"reference-{alloy}-{item.thickness_mm:g}mm"  # as a reference/<alloy>-<mm>mm/ folder names it
     return item
 
 

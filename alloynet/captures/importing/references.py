@@ -40,6 +40,7 @@ class ReferenceFrames:
     flats: list[Path] = field(default_factory=list)
     wedges: dict[float, list[Path]] = field(default_factory=dict)
     where: dict[Path, str] = field(default_factory=dict)      # "labels.csv line 4: " for CSV rows
+    given: dict[Path, dict] = field(default_factory=dict)     # a CSV row's dark/flat for its frame
 
     def __bool__(self) -> bool:
         return bool(self.darks or self.flats or self.wedges)
@@ -105,6 +106,7 @@ def csv_reference_frames(items: list[SourceFile], settings_wedge: Optional[float
             keep.append(item)
             continue
         frames.where[item.path] = item.where
+        frames.given[item.path] = {"dark": item.dark, "flat": item.flat}
         if item.role == "wedge":
             w = item.rig.get("wedge_mm", settings_wedge)
             if w is None:
@@ -119,7 +121,8 @@ def csv_reference_frames(items: list[SourceFile], settings_wedge: Optional[float
 
 def merge(a: ReferenceFrames, b: ReferenceFrames) -> ReferenceFrames:
     wedges = {w: a.wedges.get(w, []) + b.wedges.get(w, []) for w in sorted({*a.wedges, *b.wedges})}
-    return ReferenceFrames(a.darks + b.darks, a.flats + b.flats, wedges, {**a.where, **b.where})
+    return ReferenceFrames(a.darks + b.darks, a.flats + b.flats, wedges, {**a.where, **b.where},
+                           {**a.given, **b.given})
 
 
 def session_count(frames: ReferenceFrames) -> tuple[int, Optional[str]]:

@@ -273,11 +273,12 @@ def _reference_sessions(frames: ReferenceFrames, bad: set[Path], ctx: _Context) 
     return sessions
 
 
-def _store_wedge(path: Path, wedge_mm: float, session: Optional[tuple[dict, dict]], ctx: _Context) -> None:
+def _store_wedge(path: Path, wedge_mm: float, session: Optional[tuple[dict, dict]], given: dict,
+                 ctx: _Context) -> None:
     data, pixels, bits = _read(path, ctx)
     if session is None:  # no reference dark/flat frames: the frame's own, as a plate's are found
         try:
-            calibration, loaded = ctx.finder.resolve(path, pixels.shape, {})
+            calibration, loaded = ctx.finder.resolve(path, pixels.shape, given)
         except CalibrationMissing as exc:
             raise _Rejected("missing settings: " + ", ".join(exc.names), "",
                             "; ".join(f"{k}: {SETTING_SOURCES[k]}" for k in exc.names)) from None
@@ -311,10 +312,11 @@ def store_references(frames: ReferenceFrames, plates: list[SourceFile], bad: set
     for wedge_mm, paths in frames.wedges.items():
         for j, path in enumerate(p for p in paths if p not in bad):
             try:
-                _store_wedge(path, wedge_mm, sessions[j % len(sessions)] if sessions else None, ctx)
+                _store_wedge(path, wedge_mm, sessions[j % len(sessions)] if sessions else None,
+                             frames.given.get(path, {}), ctx)
             except _Rejected as exc:
-                ctx.result.rejected.append(Reject(str(path), exc.problem,
-                                                  frames.where.get(path, "") + exc.detail, exc.fix))
+                detail = (frames.where.get(path, "") + exc.detail).rstrip(": ")
+                ctx.result.rejected.append(Reject(str(path), exc.problem, detail, exc.fix))
     if sessions:
         per_plate: Counter = Counter()
         for item in plates:
