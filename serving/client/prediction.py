@@ -17,6 +17,8 @@ class Prediction:
     thickness_mm: float
     absorption: dict[str, float]
     flags: list[str]
+    status: str = "ok"          # contract.STATUSES: an answered item's status (e.g. calibration_missing)
+    status_message: str = ""    # its words, where the status is not "ok"
     server: str = ""
     extra: dict = field(default_factory=dict)
 

@@ -23,6 +23,8 @@ class _TritonModel:
     class_names: list[str]
     dims: list[int]          # per capture [C, H, W]
     max_batch_size: int
+    class_groups: Optional[list[str]] = None   # each class's group (the model's description), when it says
+    max_adu: float = contract.MAX_ADU          # the detector range its status messages quote
 
 
 class TritonClient:
@@ -127,9 +129,14 @@ class TritonClient:
             cfg = self._call(lambda: self._rpc("ModelConfig", pb.ModelConfigRequest(name=self.model))).config
             image = next(i for i in cfg.input if i.name == contract.INPUT_NAME)
             meta = self._call(lambda: self._rpc("ModelMetadata", pb.ModelMetadataRequest(name=self.model)))
+            params = cfg.parameters
+            groups = params["class_groups"].string_value if "class_groups" in params else ""
             self._info = _TritonModel(version=max(meta.versions, key=int) if meta.versions else "",
-                                      class_names=cfg.parameters["class_names"].string_value.split(","),
-                                      dims=[int(d) for d in image.dims], max_batch_size=int(cfg.max_batch_size) or 1)
+                                      class_names=params["class_names"].string_value.split(","),
+                                      dims=[int(d) for d in image.dims], max_batch_size=int(cfg.max_batch_size) or 1,
+                                      class_groups=groups.split(",") if groups else None,
+                                      max_adu=float(params["max_adu"].string_value) if "max_adu" in params
+                                      else contract.MAX_ADU)
         return self._info
 
     @property
@@ -225,7 +232,9 @@ class TritonClient:
                         results[item[0]] = self._error(InvalidCaptureError, one.message, item[1])
         return finish(results, errors)
 
-    def _predictions(self, chunk) -> list[Prediction]:
+    def _predictions(self, chunk) -> list:
+        """A Prediction per item of ``chunk``, or the InvalidCaptureError the graph's status words for an item
+        it refused (the others are answered all the same)."""
         label = chunk[0][1] if len(chunk) == 1 else f"{len(chunk)} captures"
         try:
             outputs = self.infer_array(np.stack([c[2] for c in chunk]), np.stack([c[3] for c in chunk]),
@@ -233,8 +242,14 @@ class TritonClient:
         except ServingError as exc:
             exc.capture = exc.capture or label
             raise
-        names = self.class_names
-        return [Prediction(**contract.prediction(outputs, i, names), server=self.server) for i in range(len(chunk))]
+        info = self.model_info()
+        out: list = []
+        for i, item in enumerate(chunk):
+            refused = contract.refusal(outputs, i, info.max_adu)
+            out.append(self._error(InvalidCaptureError, f"{refused['field']}: {refused['message']}", item[1])
+                       if refused else Prediction(**contract.prediction(outputs, i, info.class_names,
+                                                                        info.class_groups), server=self.server))
+        return out
 
     def ready(self) -> bool:
         try:
