@@ -13,9 +13,13 @@ an *unfinished* version (files, no version.json): it is never listed as a versio
 it and ``discard``/``clean`` remove it. ``fetch`` stages and verifies everything before anything appears
 in the destination, so a failed fetch leaves nothing behind. The pointer is one object replaced in a single
 write (``os.replace`` locally, one PUT on S3), so readers see the old champion or the new one, never a mix.
-Moving it is a compare-and-set on the pointer's generation: a writer that read a stale pointer fails instead
-of silently undoing someone else's promotion. (On S3 the check and the PUT are two requests; the nightly
-deployment runs with a concurrency limit of 1, so there is a single writer.)
+Moving it is a true compare-and-set (``ObjectStore.put_if``: an exclusive lock locally, a conditional PUT,
+If-Match, on S3): of two writers that read the same pointer exactly one wins and the other is refused, so
+no promotion that reported success is ever overwritten unseen.
+The audit event of a move travels inside the pointer that the move writes (``ChampionPointer.event``), so
+the commit and its event are one write. The events/ file is a copy, written after the commit and again by
+the next move or by any reader that finds it missing (a writer killed in between): generation, events and
+``history`` always agree. Retracting the first champion writes a pointer with no version (no champion).
 """
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ from typing import Any, Iterable, Mapping, Optional
 
 from pydantic import BaseModel, Field
 
-from alloynet.captures.stores import TEMP_PREFIX, LocalStore, ObjectExists, ObjectMissing, ObjectStore, open_store
+from alloynet.captures.stores import (TEMP_PREFIX, LocalStore, ObjectChanged, ObjectExists, ObjectMissing, ObjectStore,
+                                      open_store)
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +81,13 @@ class ModelVersion(BaseModel):
 
 class ChampionPointer(BaseModel):
     model: str
-    version: str
+    version: str = Field(description="the champion; empty once the first champion was retracted")
     previous: list[str] = Field(default_factory=list, description="earlier champions, most recent first")
     generation: int = 0
     updated_at: datetime
     reason: str = ""
+    event: Optional[dict[str, Any]] = Field(None, description="the audit event of the move that wrote this "
+                                                              "generation (committed with it)")
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -151,10 +158,17 @@ class ModelRegistry:
         return ModelVersion.model_validate_json(raw)
 
     def pointer(self) -> Optional[ChampionPointer]:
+        """The champion pointer; None when there is no champion (never was, or the first one was retracted)."""
+        p = self._read_pointer()[0]
+        return p if p is not None and p.version else None
+
+    def _read_pointer(self) -> tuple[Optional[ChampionPointer], Optional[str]]:
+        """The pointer as stored (also one without a version) and its version token for ``put_if``."""
         try:
-            return ChampionPointer.model_validate_json(self.store.get(self._pointer_key))
+            raw, token = self.store.get_versioned(self._pointer_key)
         except ObjectMissing:
-            return None
+            return None, None
+        return ChampionPointer.model_validate_json(raw), token
 
     def champion(self) -> Optional[ModelVersion]:
         p = self.pointer()
@@ -176,8 +190,22 @@ class ModelRegistry:
         return {v: now - t for v, t in sorted(last.items()) if v not in done and now - t >= older_than}
 
     def events(self) -> list[dict]:
+        """The audit log, oldest first; the last move's event comes from the pointer if its copy in events/
+        was never written (the writer was killed between the two)."""
         keys = sorted(i.key for i in self.store.list(f"{self.model}/events/"))
-        return [json.loads(self.store.get(k)) for k in keys]
+        p = self._read_pointer()[0]
+        if p is not None and p.event is not None and self._event_key(p.event) not in keys:
+            keys = sorted(keys + [self._event_key(p.event)])
+            committed = {self._event_key(p.event): p.event}
+        else:
+            committed = {}
+        out = []
+        for k in keys:
+            try:
+                out.append(committed[k] if k in committed else json.loads(self.store.get(k)))
+            except ObjectMissing:  # the writer of the copy finished meanwhile: read it next time
+                continue
+        return out
 
     # ---- publishing -------------------------------------------------------------------------------
     def _claim_version(self) -> str:
@@ -340,19 +368,53 @@ class ModelRegistry:
         return None
 
     # ---- the champion pointer ---------------------------------------------------------------------
-    def _write_pointer(self, new: ChampionPointer, expected_generation: int | None) -> None:
-        current = self.pointer()
+    def _event_key(self, event: Mapping[str, Any]) -> str:
+        """Derived from the event alone, so writing its copy again (a reconciliation) is idempotent."""
+        stamp = datetime.fromisoformat(event["at"]).strftime("%Y%m%dT%H%M%S%fZ")
+        gen = f"g{int(event['generation']):08d}-" if event.get("generation") is not None else ""
+        return f"{self.model}/events/{stamp}-{gen}{event['action']}-{event['version'] or 'none'}.json"
+
+    def _move(self, action: str, version: str, reason: str, expected_generation: int | None,
+              build) -> Optional[ChampionPointer]:
+        """Compare-and-set the pointer from the one read now to ``build(current)`` (a ChampionPointer, whose
+        version may be empty: no champion), with the move's audit event inside it."""
+        current, token = self._read_pointer()
         current_gen = current.generation if current else 0
         if expected_generation is not None and current_gen != expected_generation:
             raise RegistryError(f"champion pointer moved meanwhile (generation {current_gen}, expected "
                                 f"{expected_generation}); re-read and retry")
+        if current is not None and current.event is not None:
+            self._copy_event(current.event)  # the previous move's copy, if its writer died before making it
+        live = current if current is not None and current.version else None
+        new: ChampionPointer = build(live)
         new.generation = current_gen + 1
-        self.store.put(self._pointer_key, new.model_dump_json(indent=1).encode(), overwrite=True)
+        new.event = {"action": action, "model": self.model, "version": version, "reason": reason,
+                     "at": new.updated_at.isoformat(), "replaced": live.version if live else None,
+                     "generation": new.generation}
+        try:
+            self.store.put_if(self._pointer_key, new.model_dump_json(indent=1).encode(), token)
+        except ObjectChanged:
+            raise RegistryError(f"champion pointer moved meanwhile (another writer changed generation "
+                                f"{current_gen}); re-read and retry") from None
+        self._event(action, version, reason, **{k: v for k, v in new.event.items()
+                                                 if k not in ("action", "model", "version", "reason")})
+        return new if new.version else None
+
+    def _copy_event(self, event: Mapping[str, Any]) -> None:
+        try:
+            self.store.put(self._event_key(event), json.dumps(event, indent=1).encode())
+        except ObjectExists:
+            pass
 
     def _event(self, action: str, version: str, reason: str, **extra: Any) -> None:
-        t = _now()
-        body = {"action": action, "model": self.model, "version": version, "reason": reason, "at": t.isoformat(), **extra}
-        stamp = t.strftime("%Y%m%dT%H%M%S%fZ")
+        """Append to the audit log. A pointer move passes its committed event's ``at`` and ``generation``
+        (the copy's key derives from them); other events (discard) are stamped now."""
+        at = extra.pop("at", None) or _now().isoformat()
+        body = {"action": action, "model": self.model, "version": version, "reason": reason, "at": at, **extra}
+        if body.get("generation") is not None:
+            self._copy_event(body)
+            return
+        stamp = datetime.fromisoformat(at).strftime("%Y%m%dT%H%M%S%fZ")
         for n in range(100):
             try:
                 self.store.put(f"{self.model}/events/{stamp}-{n:02d}-{action}-{version}.json",
@@ -362,24 +424,33 @@ class ModelRegistry:
                 continue
 
     def promote(self, version: str, reason: str, expected_generation: int | None = None) -> ChampionPointer:
-        """Make ``version`` the champion (after verifying its artifacts); the old one becomes a rollback target."""
+        """Make ``version`` the champion (after verifying its artifacts); the old one becomes a rollback target.
+
+        Compare-and-set against the pointer read here (or ``expected_generation``): if another writer moved
+        it meanwhile, ``RegistryError`` and nothing changes."""
         self.verify(version)
-        current = self.pointer()
+        raw, _ = self._read_pointer()
+        current = raw if raw is not None and raw.version else None
         if current and current.version == version:
             return current
+
+        def build(live: Optional[ChampionPointer]) -> ChampionPointer:
+            previous = ([live.version] + live.previous) if live else []
+            return ChampionPointer(model=self.model, version=version, previous=previous, updated_at=_now(),
+                                   reason=reason)
+
         if expected_generation is None:
-            expected_generation = current.generation if current else 0
-        previous = ([current.version] + current.previous) if current else []
-        new = ChampionPointer(model=self.model, version=version, previous=previous, updated_at=_now(), reason=reason)
-        self._write_pointer(new, expected_generation)
-        self._event("promote", version, reason, replaced=current.version if current else None)
+            expected_generation = raw.generation if raw else 0
+        new = self._move("promote", version, reason, expected_generation, build)
+        assert new is not None
         log.info("champion of %s is now %s (was %s): %s", self.model, version,
                  current.version if current else "none", reason)
         return new
 
     def rollback(self, reason: str = "manual rollback", to: str | None = None) -> ChampionPointer:
         """Restore the previous champion (or an earlier one named by ``to``), after verifying it."""
-        current = self.pointer()
+        raw, _ = self._read_pointer()
+        current = raw if raw is not None and raw.version else None
         if current is None or not current.previous:
             raise RegistryError(f"{self.uri}: no previous champion to roll back to")
         target = to or current.previous[0]
@@ -388,23 +459,25 @@ class ModelRegistry:
                                 f"rollback targets: {', '.join(current.previous)}")
         self.verify(target)
         rest = current.previous[current.previous.index(target) + 1:]
-        new = ChampionPointer(model=self.model, version=target, previous=rest, updated_at=_now(), reason=reason)
-        self._write_pointer(new, current.generation)
-        self._event("rollback", target, reason, replaced=current.version)
+        new = self._move("rollback", target, reason, current.generation,
+                         lambda live: ChampionPointer(model=self.model, version=target, previous=rest,
+                                                      updated_at=_now(), reason=reason))
+        assert new is not None
         log.info("rolled %s back from %s to %s: %s", self.model, current.version, target, reason)
         return new
 
     def retract(self, version: str, reason: str) -> Optional[ChampionPointer]:
         """Undo a promotion of ``version`` that has not been superseded: the champion before it comes back
         (for a first champion: no champion again). A no-op if the pointer has moved on since."""
-        current = self.pointer()
+        raw, _ = self._read_pointer()
+        current = raw if raw is not None and raw.version else None
         if current is None or current.version != version:
             return current
         if current.previous:
             return self.rollback(reason, to=current.previous[0])
-        self.store.delete(self._pointer_key)
-        self._event("retract", version, reason)
-        return None
+        return self._move("retract", version, reason, current.generation,
+                          lambda live: ChampionPointer(model=self.model, version="", updated_at=_now(),
+                                                       reason=reason))
 
 
 def _clean_stale_stages(parent: Path, older_than: float = STALE_S) -> None:
