@@ -11,6 +11,17 @@ from rich.console import Console, ConsoleDimensions
 PLAIN_WIDTH = 10_000  # wide enough that no line or table is ever wrapped when not on a terminal
 
 
+def printable(value: object) -> str:
+    """``value`` as text safe to print: every character that is not printable (terminal escapes, newlines,
+    bidirectional overrides, NUL) is shown as its Python escape, so a name that came from outside (an
+    object key, a capture id, a file name, a reason quoting them) can neither fake an output line nor
+    drive the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class CliConsole(Console):
     def __init__(self, **kwargs) -> None:
         super().__init__(soft_wrap=True, **kwargs)  # print() never inserts line breaks of its own

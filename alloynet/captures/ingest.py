@@ -34,8 +34,8 @@ from alloynet.captures.format import (CAPTURE_ID_PATTERN, IMAGE_EXTENSIONS, MAX_
                                       parse_sidecar, validate_capture)
 from alloynet.captures.image import CaptureError, sha256
 from alloynet.captures.layout import CAPTURES, QUARANTINE, Quarantine, image_key, sidecar_key
-from alloynet.captures.stores import (TEMP_PREFIX, LocalStore, ObjectExists, ObjectInfo, ObjectMissing, ObjectStore,
-                                      StoreError, object_path, writer_lock)
+from alloynet.captures.stores import (TEMP_PREFIX, LocalStore, ObjectExists, ObjectInfo, ObjectMissing, ObjectRefused,
+                                      ObjectStore, StoreError, object_path, writer_lock)
 
 log = logging.getLogger(__name__)
 
@@ -206,10 +206,12 @@ def _report_orphans(source, result, q: Quarantine, listing, prefix, grace: float
                 files = {key.rsplit("/", 1)[-1]: source.get(key)}
             except ObjectMissing:
                 continue
+            except ObjectRefused:
+                files = {}
         err = CaptureError(where, "sidecar", f"orphan image: no sidecar {name}.json after {grace:.0f} s")
         q.add(name, files, err, where, kind="orphan", source_uri=source.uri, image_key=key,
               image_version=_image_version(info))
-        log.warning("%s", err)
+        log.warning("%r", str(err))  # %r: a name from outside cannot drive the terminal or fake a log line
     base = source.uri.rstrip("/") + "/"
     for entry in q.from_source(source.uri):  # no longer orphans: the sidecar came, or the image went
         if entry.get("kind") == "orphan" and entry["source"][len(base):] not in orphans:
@@ -232,10 +234,12 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
             raise CaptureError(where, "sidecar", f"{info.size} bytes; a sidecar may have at most {MAX_SIDECAR_BYTES}")
         try:
             sc_bytes = source.get(info.key)
-        except ObjectMissing:
-            log.warning("%s vanished between list and get; skipped", where)
+        except ObjectMissing as exc:  # deleted since the listing, a dangling link, unreadable
+            log.warning("%r vanished between list and get (%r); skipped", where, str(exc))
             result.vanished.append(info.key)
             return
+        except ObjectRefused as exc:  # nothing outside the source is read, so nothing of it is kept
+            raise CaptureError(where, "sidecar", str(exc)) from None
         files[f"{name}.json"] = sc_bytes
         sc = parse_sidecar(sc_bytes, where)
         if sc.capture_id != name:
@@ -251,6 +255,8 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
         except ObjectMissing:
             img_missing = True
             raise CaptureError(img_where, "image", "image file missing for this sidecar") from None
+        except ObjectRefused as exc:
+            raise CaptureError(img_where, "image", str(exc)) from None
         files[img_key.rsplit("/", 1)[-1]] = img
         validate_capture(sc, img, img_where, accepted_sizes)
     except StoreError:
@@ -271,7 +277,7 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
     (result.new if outcome == "new" else result.duplicates).append(sc.capture_id)
     released = q.release(where)
     if released:
-        log.info("%s left the quarantine (%s)", where, released)
+        log.info("%r left the quarantine (%s)", where, released)
         result.released.append(released)
 
 
@@ -282,7 +288,7 @@ def _quarantine(source: ObjectStore, info: ObjectInfo, name: str, files: dict[st
     if img_key is not None:  # remembered so that a change of the image at the source triggers a retry
         extra.update(image_key=img_key, image_version=image_version)
     folder = q.add(name, files, err, where, **extra)
-    log.warning("quarantined %s -> %s: %s", where, folder, err)
+    log.warning("quarantined %r -> %s: %r", where, folder, str(err))
     result.quarantined[info.key] = str(err)
 
 

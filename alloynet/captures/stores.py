@@ -10,9 +10,11 @@ comes from the URI's ``?endpoint=`` or ``AWS_ENDPOINT_URL``/``ALLOYNET_S3_ENDPOI
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
+import stat
 import tempfile
 import time
 import uuid
@@ -27,8 +29,20 @@ class ObjectMissing(KeyError):
     """The key does not exist (or vanished between list and get)."""
 
 
+class ObjectRefused(ValueError):
+    """The key exists but is not read: a symbolic link that leads outside the store's directory."""
+
+
+class ObjectUnreadable(ObjectMissing):
+    """The key is listed but cannot be read (permissions, not a regular file): for its reader, it is gone."""
+
+
 class ObjectExists(FileExistsError):
     """A put would overwrite an existing object."""
+
+
+class ObjectChanged(ObjectExists):
+    """A compare-and-set write was refused: the object is no longer the version the writer read."""
 
 
 class StoreError(RuntimeError):
@@ -50,6 +64,7 @@ class StoreUnavailable(StoreError):
 
 TEMP_PREFIX = ".tmp-"
 LOCK_NAME = ".alloynet-writer.lock"  # LocalStore's writer lock file (never listed as an object)
+CAS_LOCK_NAME = ".alloynet-cas.lock"  # LocalStore's lock for compare-and-set writes (never listed either)
 LEASE_KEY = "state/writer.lease"     # the same for other stores: a lease object
 
 
@@ -69,6 +84,8 @@ class ObjectStore(Protocol):
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
+    def get_versioned(self, key: str) -> tuple[bytes, str]: ...
+    def put_if(self, key: str, data: bytes, expected: Optional[str]) -> str: ...
 
 
 def _check_key(key: str) -> str:
@@ -102,21 +119,49 @@ class LocalStore:
         base = self.root / prefix if prefix and prefix.endswith("/") else self.root
         if not base.exists():
             return
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, _dirs, files in os.walk(base):  # symlinked directories are not entered
             for name in files:
-                if name.startswith(TEMP_PREFIX) or name == LOCK_NAME:
+                if name.startswith(TEMP_PREFIX) or name in (LOCK_NAME, CAS_LOCK_NAME):
                     continue
                 p = Path(dirpath) / name
                 key = p.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    st = p.stat()
-                    yield ObjectInfo(key, st.st_size, st.st_mtime)
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    # a link's own size and time: its target is only read by ``get``, and only inside the root
+                    st = p.lstat() if p.is_symlink() else p.stat()
+                except OSError:  # vanished since the directory was read
+                    continue
+                yield ObjectInfo(key, st.st_size, st.st_mtime)
 
     def get(self, key: str) -> bytes:
+        """The object's bytes. A symbolic link is followed only to a file inside the store's directory
+        (resolved, then opened without following links again); one that leads outside raises
+        ``ObjectRefused`` without reading anything there. A file that vanished or cannot be read is missing."""
+        path = self.path(key)
         try:
-            return self.path(key).read_bytes()
+            target = path.resolve(strict=True)
+        except (FileNotFoundError, RuntimeError):  # gone, a dangling link, or a link loop
+            raise ObjectMissing(key) from None
+        except OSError as exc:
+            raise ObjectUnreadable(f"{key}: {exc.strerror or exc}") from None
+        if target != path and not target.is_relative_to(self.root):
+            raise ObjectRefused(f"{self.uri}/{key} is a symbolic link to outside {self.uri}; not followed")
+        try:  # non-blocking: a FIFO planted in the source must not hang the reader
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             raise ObjectMissing(key) from None
+        except OSError as exc:  # permissions, a link swapped in since the check
+            raise ObjectUnreadable(f"{key}: {exc.strerror or exc}") from None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise ObjectUnreadable(f"{key}: not a regular file")
+                return f.read()
+        except ObjectUnreadable:
+            raise
+        except OSError as exc:
+            raise ObjectUnreadable(f"{key}: {exc.strerror or exc}") from None
 
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         dest = self.path(key)
@@ -140,6 +185,32 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object and its version token (the sha256 of its bytes), for ``put_if``."""
+        data = self.get(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_if(self, key: str, data: bytes, expected: Optional[str]) -> str:
+        """Compare-and-set: write ``data`` only if the object is still version ``expected`` (None: only if
+        it does not exist); else ``ObjectChanged``. An exclusive ``flock`` makes the check and the rename one
+        step for every writer using it (the kernel drops it when a holder dies, even by SIGKILL). Returns
+        the new version token."""
+        import fcntl
+
+        fd = os.open(self.root / CAS_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current: Optional[str] = self.get_versioned(key)[1]
+            except ObjectMissing:
+                current = None
+            if current != expected:
+                raise ObjectChanged(f"{self.uri}/{key} changed since it was read (compare-and-set refused)")
+            self.put(key, data, overwrite=True)
+            return hashlib.sha256(data).hexdigest()
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def delete(self, key: str) -> None:
         try:
@@ -277,6 +348,36 @@ class S3Store:
                     return
                 except (BotoCoreError, ClientError) as exc2:
                     raise _s3_error(self, exc2, key) from None
+            raise _s3_error(self, exc, key) from None
+        except BotoCoreError as exc:
+            raise _s3_error(self, exc, key) from None
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object and its ETag, for ``put_if``."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            r = self.client.get_object(Bucket=self.bucket, Key=self._k(key))
+            return r["Body"].read(), r["ETag"]
+        except (BotoCoreError, ClientError) as exc:
+            raise _s3_error(self, exc, key) from None
+
+    def put_if(self, key: str, data: bytes, expected: Optional[str]) -> str:
+        """Compare-and-set with a conditional PUT: If-Match the ETag read (If-None-Match: * when there was
+        no object); the server refuses it (412) if another writer got there first: ``ObjectChanged``.
+        There is no fallback: a server without conditional writes fails with a ``StoreError`` that says so."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        cond = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **cond)["ETag"]
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey", "404"):
+                raise ObjectChanged(f"{self.uri}{key} changed since it was read (compare-and-set refused)") from None
+            if code == "NotImplemented":
+                raise StoreError(f"{self.uri}: the S3 server does not support conditional writes (If-Match / "
+                                 "If-None-Match), which the champion pointer needs") from None
             raise _s3_error(self, exc, key) from None
         except BotoCoreError as exc:
             raise _s3_error(self, exc, key) from None

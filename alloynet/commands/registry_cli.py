@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from alloynet.console import make_console
+from alloynet.console import make_console, printable
 from rich.table import Table
 
 console = make_console()
@@ -50,7 +50,7 @@ def _open(registry: Optional[str], model: str):
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"error: {' '.join(str(exc).split())}", markup=False, highlight=False)
+    console.print(f"error: {printable(' '.join(str(exc).split()))}", markup=False, highlight=False)
     raise typer.Exit(1)
 
 
@@ -239,7 +239,8 @@ def history_cmd(registry: Optional[str] = RegistryOpt, model: str = ModelOpt) ->
     """The audit log: promotions, rollbacks and discarded versions, with reasons."""
     for e in _open(registry, model).events():
         extra = f" (replaced {e['replaced']})" if e.get("replaced") else ""
-        typer.echo(f"{e['at']}  {e['action']:<8} {e['version']}{extra}: {e['reason']}")
+        gen = f"g{e['generation']:<5} " if e.get("generation") is not None else " " * 7
+        typer.echo(printable(f"{e['at']}  {gen}{e['action']:<8} {e['version'] or '-'}{extra}: {e['reason']}"))
 
 
 def register(app: typer.Typer) -> None:
