@@ -9,7 +9,7 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from alloynet.console import make_console
+from alloynet.console import make_console, printable
 
 console = make_console()
 data_app = typer.Typer(no_args_is_help=True)
@@ -19,7 +19,7 @@ EXIT_BUSY = 75  # EX_TEMPFAIL: another writer holds the destination; try again l
 
 def _fail(exc: BaseException, code: int = 1) -> None:
     """One plain line, no traceback: store outages, a busy destination, bad URIs."""
-    console.print(f"error: {' '.join(str(exc).split())}", markup=False, highlight=False)
+    console.print(f"error: {printable(' '.join(str(exc).split()))}", markup=False, highlight=False)
     raise typer.Exit(code)
 
 
@@ -116,11 +116,11 @@ def simulate(
 def _print_result(res) -> None:
     console.print(res.summary(), markup=False)
     for key, why in res.quarantined.items():
-        console.print(f"quarantined {key}: {why}", markup=False, highlight=False)
+        console.print(f"quarantined {printable(key)}: {printable(why)}", markup=False, highlight=False)
     for folder in res.released:
-        console.print(f"released {folder}", markup=False, highlight=False)
+        console.print(f"released {printable(folder)}", markup=False, highlight=False)
     for key in res.orphans:
-        console.print(f"orphan image {key}: no sidecar", markup=False, highlight=False)
+        console.print(f"orphan image {printable(key)}: no sidecar", markup=False, highlight=False)
 
 
 def ingest(source: str = typer.Argument(..., help="capture store to pull from (s3://bucket/prefix or a directory)"),
@@ -200,7 +200,7 @@ def quarantine_cmd(store: str = typer.Argument(..., help="the data directory (in
         _fail(exc)
     for r in rows:
         since = f" (since {r['quarantined_at']}, {r.get('attempts', 1)} attempt(s))" if "quarantined_at" in r else ""
-        console.print(f"{r['folder']}: {r['reason']}{since}", markup=False, highlight=False)
+        console.print(printable(f"{r['folder']}: {r['reason']}{since}"), markup=False, highlight=False)
     console.print(f"{len(rows)} quarantined")
 
 
