@@ -212,7 +212,7 @@ def make_sidecar(capture_id: str, image: np.ndarray, image_bytes: bytes, fmt: st
                  source: str = "rig") -> Sidecar:
     return Sidecar(
         capture_id=capture_id, plate_id=plate_id, acquired_at=acquired_at,
-        image=ImageInfo(file=image_file_name(capture_id, fmt), format=fmt, sha256=sha256(image_bytes),
-                        shape=list(image.shape)),
+        image=ImageInfo.model_validate({"file": image_file_name(capture_id, fmt), "format": fmt,
+                                        "sha256": sha256(image_bytes), "shape": list(image.shape)}),
         rig=RigInfo(**rig), calibration=Calibration(**calibration),
         truth=Truth(**truth) if truth else None, source=source)
