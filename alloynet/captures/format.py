@@ -185,7 +185,8 @@ def validate_capture(sidecar: Sidecar, image_bytes: bytes, where: str,
     """Check the image against its sidecar (hash, dtype, shape, calibration) and return the pixels."""
     if len(image_bytes) > MAX_IMAGE_BYTES:
         raise CaptureError(where, "image", f"{len(image_bytes)} bytes; an image may have at most {MAX_IMAGE_BYTES}")
-    image = decode_image(image_bytes, where)  # first, so a damaged file is reported as such
+    # first, so a damaged file is reported as such; its header is checked against the sidecar before decoding
+    image = decode_image(image_bytes, where, expected_shape=sidecar.image.shape)
     actual = sha256(image_bytes)
     if actual != sidecar.image.sha256:
         raise CaptureError(where, "image.sha256", f"hash mismatch: sidecar says {sidecar.image.sha256[:12]}..., "
@@ -212,7 +213,7 @@ def make_sidecar(capture_id: str, image: np.ndarray, image_bytes: bytes, fmt: st
                  source: str = "rig") -> Sidecar:
     return Sidecar(
         capture_id=capture_id, plate_id=plate_id, acquired_at=acquired_at,
-        image=ImageInfo.model_validate({"file": image_file_name(capture_id, fmt), "format": fmt,
-                                        "sha256": sha256(image_bytes), "shape": list(image.shape)}),
+        image=ImageInfo(file=image_file_name(capture_id, fmt), format=fmt, sha256=sha256(image_bytes),
+                        shape=list(image.shape)),
         rig=RigInfo(**rig), calibration=Calibration(**calibration),
         truth=Truth(**truth) if truth else None, source=source)
