@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--driver", default="postgresql", help="URL scheme: postgresql | postgresql+asyncpg | ...")
     a = p.parse_args(argv)
     if a.action == "start":
-        s = start(a.dir, a.port, tuple(a.db))
-        print(f"PostgreSQL running (pid {s.pid}) on {s.host}:{s.port}; "
+        started = start(a.dir, a.port, tuple(a.db))
+        print(f"PostgreSQL running (pid {started.pid}) on {started.host}:{started.port}; "
               f"URLs: python -m infra.postgres url --dir {a.dir} --db NAME")
     elif a.action == "stop":
         print("stopped" if stop(a.dir) else "stopped (had to be killed)")

@@ -55,7 +55,7 @@ def listening_pids(port: int) -> set[int]:
             f = line.split()
             if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
                 inodes.add(f[9])
-    pids = set()
+    pids: set[int] = set()
     if not inodes:
         return pids
     for proc in Path("/proc").iterdir():

@@ -91,7 +91,7 @@ def _leftovers(state_dir: Path) -> list[int]:
     return tagged_processes(TAG_ENV, st["tag"]) if st and st.get("tag") else []
 
 
-def start(cfg: ServeConfig, state_dir: Optional[Path] = None, wait: bool = True) -> tuple[dict, bool]:
+def start(cfg: ServeConfig, state_dir: Optional[Path] = None, wait: bool = True) -> tuple[Optional[dict], bool]:
     """Start serving (or report what already serves from ``state_dir``); returns (state, already_running)."""
     from alloynet.registry import open_registry
 

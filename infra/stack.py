@@ -431,8 +431,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"# {k}: {v}")
         print(f"# UI: {env['PREFECT_UI_URL']}   point a shell at the stack with: source {Path(a.dir) / 'env.sh'}")
     elif a.action == "down":
-        for k, v in down(a.dir).items():
-            print(f"{k}: stopped" + ("" if v else " (had to be killed)"))
+        for k, stopped in down(a.dir).items():
+            print(f"{k}: stopped" + ("" if stopped else " (had to be killed)"))
     elif a.action == "status":
         for k, v in status(a.dir).items():
             print(f"{k}: {v}")

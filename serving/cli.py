@@ -34,7 +34,7 @@ def _bundle(checkpoint: Optional[Path], bundle: Optional[Path], export_dir: Path
     from alloynet.export import export_checkpoint
 
     b = export_checkpoint(checkpoint, export_dir, store, tensorrt=tensorrt, log=console.print)
-    diffs = b.meta.parity["max_abs_diff"]
+    diffs = (b.meta.parity or {})["max_abs_diff"]  # export_checkpoint checks parity, or raises
     console.print(f"exported {checkpoint} -> {export_dir} (parity ok; max |dp| "
                   + ", ".join(f"{k} {v['probabilities']:.1e}" for k, v in diffs.items()) + ")")
     return export_dir

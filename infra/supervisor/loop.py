@@ -10,7 +10,7 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional, Union
 
 from alloynet.registry.publish import serving_version
 from infra.processes import alive, kill_group
@@ -43,7 +43,8 @@ class Supervisor:
         key_lock = threading.Lock()
         self.triton = TritonServer(self.cfg, self.dir, (self.dir / ADMIN_FILE).read_text().strip())
         self.torchserve = TorchServeServer(self.cfg, self.dir, key_lock)
-        self.servers = {"triton": self.triton, "torchserve": self.torchserve}
+        self.servers: dict[str, Union[TritonServer, TorchServeServer]] = {"triton": self.triton,
+                                                                           "torchserve": self.torchserve}
         self.keys = KeyKeeper(self.torchserve.dir, self.cfg.token_expiry_min, key_lock)
         self.health = Health(self.servers, self.cfg.health_every_s, self.cfg.hang_after)
         self.stopping = threading.Event()
@@ -51,7 +52,8 @@ class Supervisor:
         self.failed_swap: Optional[dict] = None
         self.last_swap: Optional[dict] = None
         self.champion: Optional[dict] = None
-        self.status, self.error = "starting", None
+        self.status: str = "starting"
+        self.error: Optional[str] = None
         self.check_now = False
         self.checked_at = 0.0                   # when the champion pointer was last read (time.time())
 
@@ -118,21 +120,24 @@ class Supervisor:
         wanted = serving_version(pointer)
         self.champion = {"version": pointer.version, "generation": wanted}
         if wanted != self.serving.generation and not self._skip("triton", wanted) \
-                and not self._swap_triton(pointer, wanted):
+                and not self._swap_triton(self.serving, pointer, wanted):
             return  # a failed swap: nothing else moves until the next try
-        if self.cfg.torchserve and self.torchserve.version != str(self.serving.generation) \
-                and not self._skip("torchserve", self.serving.generation) \
-                and not self._swap_torchserve(self.serving):
+        serving = self.serving
+        if self.cfg.torchserve and self.torchserve.version != str(serving.generation) \
+                and not self._skip("torchserve", serving.generation) \
+                and not self._swap_torchserve(serving):
             return
-        self.releases.prune(self.serving)
+        self.releases.prune(serving)
 
-    def _swap_triton(self, pointer, wanted: int) -> bool:
-        """Triton onto the champion ``pointer`` names; False if it failed (recorded)."""
-        log(f"champion moved: {self.serving.version} (generation {self.serving.generation}) -> "
+    def _swap_triton(self, serving: Release, pointer, wanted: int) -> bool:
+        """Triton from ``serving`` onto the champion ``pointer`` names; False if it failed (recorded)."""
+        log(f"champion moved: {serving.version} (generation {serving.generation}) -> "
             f"{pointer.version} (generation {wanted})")
         t0 = time.monotonic()
         try:
             release = self.fetch_champion()
+            if release is None:
+                raise ServeError(f"{self.registry.uri} has no champion any more")
             t1 = time.monotonic()
             self.triton.swap(release)
         except Exception as exc:
@@ -141,7 +146,7 @@ class Supervisor:
         self.serving, self.failed_swap = release, None
         self.last_swap = {"version": release.version, "generation": release.generation, "at": now(),
                           "fetch_s": round(t1 - t0, 2), "triton_s": round(time.monotonic() - t1, 2)}
-        self.triton.prune(self.serving.generation)
+        self.triton.prune(release.generation)
         log(f"triton: serving {release.version} (generation {release.generation}) after "
             f"{self.last_swap['triton_s']} s")
         self.write_state()
@@ -167,7 +172,7 @@ class Supervisor:
     def _start(self, name: str) -> None:
         if name == "triton":
             self.triton.start()
-        else:
+        elif self.serving is not None:  # TorchServe starts after Triton serves a release
             self.torchserve.start(self.serving)
 
     def check_servers(self) -> None:
@@ -179,7 +184,7 @@ class Supervisor:
             hung = self.health.hung(name)
             if alive(pid) and not hung:
                 continue
-            info = server.info
+            info = server.info or {"restarts": 0}
             info["restarts"] += 1
             info["last_exit_at"] = now()
             why = (f"has not answered {self.health.unanswered[name]} health probes ({self.cfg.health_every_s:g} s "
@@ -259,7 +264,7 @@ class Supervisor:
             endpoint.env_file_path(self.dir).unlink(missing_ok=True)
             self.write_state()
 
-    def _loop(self) -> None:
+    def _loop(self) -> NoReturn:
         last_poll = last_beat = time.monotonic()
         while True:
             self.check_servers()

@@ -86,7 +86,8 @@ class TritonServer:
             shutil.rmtree(dst, ignore_errors=True)  # the old version keeps serving; restarts must not pick this one
             if previous is not None:
                 (self.repo / self.cfg.triton_model / "config.pbtxt").write_bytes(previous)
-            message = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
+            said = getattr(exc, "message", None)  # tritonclient's InferenceServerException has message()
+            message = said() if callable(said) else str(exc)
             raise ServeError(f"Triton could not load {release.version}: {message}") from None
 
     def probe(self, timeout: float) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Union, cast
 
 import numpy as np
 
@@ -74,7 +74,7 @@ def decode(capture: Union[bytes, np.ndarray], shape: Optional[Sequence[int]] = N
 
     try:
         if shape is not None:
-            check_header(bytes(capture), tuple(shape))
+            check_header(bytes(capture), cast("tuple[int, int, int]", tuple(shape)))
         return decode_image(bytes(capture), where="capture")
     except CaptureInputError as exc:
         raise InvalidCaptureError(str(exc)) from None

@@ -8,6 +8,7 @@ class ServingError(RuntimeError):
     """A request failed; ``code`` is the gRPC-style status, ``server``/``target``/``model``/``capture`` say where."""
 
     code = "UNKNOWN"
+    results: Optional[list] = None  # raised from a batch: every capture's result (a Prediction or an error)
 
     def __init__(self, message: str, *, server: str = "", target: str = "", model: str = "",
                  capture: Optional[str] = None, code: Optional[str] = None):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from serving.client.errors import ServingError
+
 
 @dataclass
 class Prediction:
@@ -33,7 +35,8 @@ def finish(results: list, errors: str) -> list:
         raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
     if errors == "raise":
         for r in results:
-            if isinstance(r, Exception):
+            if isinstance(r, ServingError):
                 r.results = results
+            if isinstance(r, Exception):
                 raise r
     return results

@@ -50,6 +50,8 @@ class TorchServeClient:
         return cls(message, server=self.server, target=self.target, model=self.model, capture=capture, code=code)
 
     def _read_key(self) -> Optional[str]:
+        if self.key_file is None:
+            return None
         try:
             return json.loads(self.key_file.read_text())["inference"]["key"]
         except (OSError, ValueError, KeyError, TypeError):

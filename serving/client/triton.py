@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -179,7 +179,7 @@ class TritonClient:
         version = res.model_version
         if self._info is not None and version.isdigit() and int(version) > int(self._info.version or 0):
             self.model_info(refresh=True)  # a swapped champion: its class names go with its answers
-        raw = {}
+        raw: dict[str, np.ndarray] = {}
         for out, data in zip(res.outputs, res.raw_output_contents):
             if out.datatype not in self.DATATYPES:
                 raise self._error(ServingError, f"output {out.name}: datatype {out.datatype} is not one of "
@@ -237,8 +237,9 @@ class TritonClient:
         it refused (the others are answered all the same)."""
         label = chunk[0][1] if len(chunk) == 1 else f"{len(chunk)} captures"
         try:
-            outputs = self.infer_array(np.stack([c[2] for c in chunk]), np.stack([c[3] for c in chunk]),
-                                       np.stack([c[4] for c in chunk]))
+            outputs: Mapping[str, Any] = self.infer_array(np.stack([c[2] for c in chunk]),
+                                                          np.stack([c[3] for c in chunk]),
+                                                          np.stack([c[4] for c in chunk]))
         except ServingError as exc:
             exc.capture = exc.capture or label
             raise
