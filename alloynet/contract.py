@@ -27,7 +27,8 @@ the status code with the value that decided it.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 VERSION = 4
 META_FILE = "export.json"           # written beside every exported model: class names, shapes, hashes
@@ -129,7 +130,7 @@ def input_dims(name: str, channels: int, height: int, width: int) -> list[int]:
 
 
 def refusal(outputs: Mapping[str, Sequence[Any]], index: int, max_adu: float = MAX_ADU,
-            max_wedge_mm: float = MAX_WEDGE_MM) -> Optional[dict]:
+            max_wedge_mm: float = MAX_WEDGE_MM) -> dict | None:
     """None when the graph answered item ``index``; else what a server or client says instead of an answer:
     {"status": name, "status_code": code, "field": the input concerned, "message": the table's words}."""
     code = status_code(outputs["status"][index])
@@ -140,7 +141,7 @@ def refusal(outputs: Mapping[str, Sequence[Any]], index: int, max_adu: float = M
 
 
 def prediction(outputs: Mapping[str, Sequence[Any]], index: int, class_names: Sequence[str],
-               class_groups: Optional[Sequence[str]] = None) -> dict:
+               class_groups: Sequence[str] | None = None) -> dict:
     """The prediction for item ``index`` of a batch of outputs ({output name: array [B, ...]}), as the
     JSON-able dict every server and the client return (for an answered item: see ``refusal``).
 
@@ -158,13 +159,14 @@ def prediction(outputs: Mapping[str, Sequence[Any]], index: int, class_names: Se
     out = {
         "alloy": class_names[k],
         "confidence": probs[k],
-        "probabilities": dict(zip(class_names, probs)),
-        "prediction_set": [c for c, m in zip(class_names, outputs["prediction_set"][index]) if float(m) > 0.5],
+        "probabilities": dict(zip(class_names, probs, strict=True)),
+        "prediction_set": [c for c, m in zip(class_names, outputs["prediction_set"][index], strict=True)
+                           if float(m) > 0.5],
         "group": GROUP_NAMES[g],
         "group_probability": groups[g],
         "thickness_mm": float(outputs["thickness_mm"][index]),
-        "absorption": {f: float(v) for f, v in zip(ABSORPTION_FIELDS, absorption)},
-        "flags": [f for f, v in zip(FLAG_NAMES, outputs["flags"][index]) if float(v) > 0.5],
+        "absorption": {f: float(v) for f, v in zip(ABSORPTION_FIELDS, absorption, strict=True)},
+        "flags": [f for f, v in zip(FLAG_NAMES, outputs["flags"][index], strict=True) if float(v) > 0.5],
         "status": STATUS_NAMES[code],
     }
     if code:

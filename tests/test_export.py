@@ -19,8 +19,19 @@ from torch import nn
 
 from alloynet import contract
 from alloynet.data.transforms import Preprocess
-from alloynet.export import (ExportBundle, ExportMeta, ParityError, TensorRTUnavailable, build_engine,
-                             check_parity, export_model, load_torchscript, onnx_session, onnx_signature, tensorrt_status)
+from alloynet.export import (
+    ExportBundle,
+    ExportMeta,
+    ParityError,
+    TensorRTUnavailable,
+    build_engine,
+    check_parity,
+    export_model,
+    load_torchscript,
+    onnx_session,
+    onnx_signature,
+    tensorrt_status,
+)
 from alloynet.models.heads import AlloyNet
 from alloynet.physics import ALLOY_NAMES
 from tests.helpers.serving import capture_inputs
@@ -60,7 +71,8 @@ def test_export_writes_formats_with_parity_and_dynamic_batch(bundle, inputs):
     assert set(bundle.meta.files) == {"torchscript", "onnx"}
     assert bundle.meta.parity["ok"] and bundle.meta.parity["max_abs_diff"]["onnxruntime"]["probabilities"] < 1e-4
     sig = onnx_signature(bundle.path("onnx"))
-    assert sig["inputs"] == {"image": ["batch", 1, SIZE, SIZE], "calibration": ["batch", 1, 2], "wedge_mm": ["batch", 1]}
+    assert sig["inputs"] == {"image": ["batch", 1, SIZE, SIZE], "calibration": ["batch", 1, 2],
+                             "wedge_mm": ["batch", 1]}
     assert sig["outputs"] == {"probabilities": ["batch", 5], "thickness_mm": ["batch"], "absorption": ["batch", 2],
                               "prediction_set": ["batch", 5], "group_probabilities": ["batch", 2],
                               "flags": ["batch", 5], "status": ["batch"], "status_value": ["batch"]}
@@ -115,7 +127,8 @@ def test_triton_repository_one_model_name_whichever_backend(bundle, tmp_path):
         cfg = parse_config(repo / "alloynet" / "config.pbtxt")
         assert cfg.backend == backend and cfg.name == "alloynet"
         assert cfg.max_batch_size == 16 and list(cfg.dynamic_batching.preferred_batch_size) == [4, 8, 16]
-        assert [i.name for i in cfg.input] == ["image", "calibration", "wedge_mm"] and list(cfg.input[0].dims) == [1, SIZE, SIZE]
+        assert [i.name for i in cfg.input] == ["image", "calibration", "wedge_mm"]
+        assert list(cfg.input[0].dims) == [1, SIZE, SIZE]
         assert list(cfg.input[1].dims) == [1, 2] and list(cfg.input[2].dims) == [1]
         assert not any(i.optional for i in cfg.input)  # every backend takes the same request
         assert [o.name for o in cfg.output] == list(contract.OUTPUT_NAMES)
@@ -154,7 +167,7 @@ def test_torchserve_proto_copy_matches_the_server():
     jar = Path(ts.__file__).parent / "frontend" / "model-server.jar"
     with zipfile.ZipFile(jar) as z:
         server = z.read("proto/inference.proto").decode()
-    ours = "\n".join(l for l in (PROTO_DIR / PROTO_FILE).read_text().splitlines() if not l.startswith("// "))
+    ours = "\n".join(line for line in (PROTO_DIR / PROTO_FILE).read_text().splitlines() if not line.startswith("// "))
     assert ours.strip() == server.strip()
     pb, services = modules()
     assert pb.PredictionsRequest.DESCRIPTOR.full_name == "org.pytorch.serve.grpc.inference.PredictionsRequest"

@@ -2,8 +2,16 @@
 available; parity checks. Every format computes ``ServingGraph(model)``, whose inputs and outputs are
 ``alloynet.contract``'s.
 """
-from alloynet.export.bundle import (ONNX_FILE, PLAN_FILE, TORCHSCRIPT_FILE, ExportBundle, export_checkpoint,
-                                    export_model, meta_from_checkpoint, parity_captures)
+from alloynet.export.bundle import (
+                                    ONNX_FILE,
+                                    PLAN_FILE,
+                                    TORCHSCRIPT_FILE,
+                                    ExportBundle,
+                                    export_checkpoint,
+                                    export_model,
+                                    meta_from_checkpoint,
+                                    parity_captures,
+)
 from alloynet.export.graph import ExportMeta, ServingGraph
 from alloynet.export.onnx_export import export_onnx, onnx_session, onnx_signature
 from alloynet.export.parity import ParityError, ParityReport, check_parity

@@ -6,17 +6,17 @@ input shape, file hashes and the parity report, so a server never has to guess.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
 from torch import nn
 
 from alloynet.captures.stores import ObjectStore
-from alloynet.data.dataset import load_image
 from alloynet.contract import CALIBRATION_NAME, GROUP_NAMES, INPUT_NAME, WEDGE_NAME
+from alloynet.data.dataset import load_image
 from alloynet.data.manifest import calibration_levels, open_dataset
 from alloynet.export.graph import ExportMeta
 from alloynet.export.onnx_export import DEFAULT_OPSET, export_onnx
@@ -40,7 +40,7 @@ class ExportBundle:
         return self.directory / self.meta.files[fmt]
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ExportBundle":
+    def load(cls, directory: str | Path) -> ExportBundle:
         d = Path(directory)
         return cls(d, ExportMeta.load(d))
 
@@ -54,13 +54,14 @@ def meta_from_checkpoint(meta: dict, arch: str = "unknown") -> ExportMeta:
     size = meta.get("image_size") or meta.get("size") or (meta.get("height"), meta.get("width"))
     if isinstance(size, int):
         size = (size, size)
-    return ExportMeta(class_names=list(meta["class_names"]), channels=int(meta.get("channels", meta.get("in_channels", 1))),
+    channels = int(meta.get("channels", meta.get("in_channels", 1)))
+    return ExportMeta(class_names=list(meta["class_names"]), channels=channels,
                       height=int(size[0]), width=int(size[1]), arch=str(meta.get("arch", meta.get("model", arch))))
 
 
 def export_model(model: nn.Module, meta: ExportMeta, out_dir: str | Path, parity_inputs: Mapping[str, np.ndarray],
-                 tensorrt: Optional[str] = None, opset: int = DEFAULT_OPSET, prob_atol: float = 1e-4,
-                 source: Optional[str] = None, log=print) -> ExportBundle:
+                 tensorrt: str | None = None, opset: int = DEFAULT_OPSET, prob_atol: float = 1e-4,
+                 source: str | None = None, log=print) -> ExportBundle:
     """Export TorchScript and ONNX, run the parity check (raises ``ParityError``), optionally build a
     TensorRT engine (``tensorrt`` = "fp16" | "int8"; skipped with a clear message where unavailable)."""
     out = Path(out_dir)
@@ -69,7 +70,8 @@ def export_model(model: nn.Module, meta: ExportMeta, out_dir: str | Path, parity
     meta = meta.model_copy(update=answer_meta(model, meta))
     ts = export_torchscript(model, meta, out / TORCHSCRIPT_FILE)
     onnx_path = export_onnx(model, meta, out / ONNX_FILE, opset=opset)
-    report = check_parity(model, parity_inputs, ts, onnx_path, prob_atol=prob_atol, max_adu=meta.max_adu)
+    report = check_parity(model, parity_inputs, ts, onnx_path, prob_atol=prob_atol,
+                          max_adu=meta.max_adu)
     files = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE}
     extra: dict = {}
     if tensorrt and tensorrt != "fp32" and getattr(model, "physics", None) is not None:

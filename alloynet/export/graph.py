@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -60,6 +59,8 @@ class ServingGraph(nn.Module):
     A refused item is fed to the model as a mid-range image without calibration or wedge (so nothing it sent
     can turn the batch's arithmetic into NaN) and answered with every class equally likely and in its set."""
 
+    max_adu: torch.Tensor
+
     def __init__(self, model: nn.Module, max_adu: float = MAX_ADU):
         super().__init__()
         self.model = model
@@ -74,7 +75,8 @@ class ServingGraph(nn.Module):
         calibration = torch.where(refused[:, None, None], torch.zeros_like(calibration), calibration)
         wedge_mm = torch.where(refused[:, None], torch.zeros_like(wedge_mm), wedge_mm)
         out = self.model(image, calibration, wedge_mm)
-        probs, pset, groups = out["probabilities"].float(), out["prediction_set"].float(), out["group_probabilities"].float()
+        probs, pset = out["probabilities"].float(), out["prediction_set"].float()
+        groups = out["group_probabilities"].float()
         uniform = torch.full_like(probs, 1.0 / probs.shape[-1])
         probs = torch.where(refused[:, None], uniform, probs)
         pset = torch.where(refused[:, None], torch.ones_like(pset), pset)
@@ -98,12 +100,12 @@ class ExportMeta(BaseModel):
     input_dtype: str = INPUT_DTYPE
     max_adu: float = MAX_ADU
     class_groups: list[str] = Field(default_factory=list, description="each class's group, in GROUP_NAMES")
-    coverage: Optional[float] = Field(None, description="the prediction sets' target coverage")
-    opset: Optional[int] = None
+    coverage: float | None = Field(None, description="the prediction sets' target coverage")
+    opset: int | None = None
     files: dict[str, str] = Field(default_factory=dict, description="format -> file name in the bundle")
     sha256: dict[str, str] = Field(default_factory=dict)
-    parity: Optional[dict] = None
-    source: Optional[str] = None
+    parity: dict | None = None
+    source: str | None = None
 
     @field_validator("class_names")
     @classmethod
@@ -134,7 +136,7 @@ class ExportMeta(BaseModel):
         return path
 
     @classmethod
-    def load(cls, directory_or_file: str | Path) -> "ExportMeta":
+    def load(cls, directory_or_file: str | Path) -> ExportMeta:
         p = Path(directory_or_file)
         return cls.model_validate_json((p / META_FILE if p.is_dir() else p).read_text())
 

@@ -29,6 +29,8 @@ def export_onnx(model: nn.Module, meta: ExportMeta, path: str | Path, opset: int
         program = torch.onnx.export(graph, example_inputs(meta, batch=2), input_names=list(INPUT_NAMES),
                                     output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=True,
                                     dynamic_shapes={n: {0: batch} for n in INPUT_NAMES}, external_data=False)
+    if program is None:  # dynamo=True always returns a program; this says so to the type checker
+        raise RuntimeError("torch.onnx.export returned no program")
     program.save(str(path), external_data=False)
     proto = onnx.load(str(path))
     # the model file describes itself: names, groups, status codes, contract version and coverage

@@ -1,9 +1,9 @@
 """Parity: the checkpoint, TorchScript and ONNX Runtime must agree on the same captures."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -88,7 +88,7 @@ def check_parity(model: nn.Module, inputs: Mapping[str, np.ndarray], torchscript
     report = ParityReport(n_captures=len(inputs[INPUT_NAMES[0]]), prob_atol=prob_atol, reg_rtol=reg_rtol)
     for fmt, outs in candidates.items():
         report.max_abs_diff[fmt] = {}
-        for name, r, o in zip(OUTPUT_NAMES, ref, outs):
+        for name, r, o in zip(OUTPUT_NAMES, ref, outs, strict=True):
             if r.shape != o.shape:
                 report.failures.append(f"{fmt}: {name} has shape {o.shape}, checkpoint {r.shape}")
                 continue

@@ -8,9 +8,9 @@ Triton ``onnxruntime`` config can ask for the TensorRT execution accelerator (se
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
 
 import numpy as np
 
@@ -35,7 +35,7 @@ class EngineReport:
     device: str
     top1_agreement: float
     max_abs_prob_diff: float
-    latency_ms_b1: Optional[float] = None
+    latency_ms_b1: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -61,7 +61,7 @@ def tensorrt_status() -> tuple[bool, str]:
 
 
 def build_engine(onnx_path: str | Path, plan_path: str | Path, meta: ExportMeta, precision: str = "fp16",
-                 captures: Optional[Mapping[str, np.ndarray]] = None, max_batch: int = 32, opt_batch: int = 8,
+                 captures: Mapping[str, np.ndarray] | None = None, max_batch: int = 32, opt_batch: int = 8,
                  min_top1_agreement: float = 0.99, max_prob_diff: float = 0.02,
                  workspace_gib: float = 2.0) -> EngineReport:
     """Build and gate a serialized engine (``model.plan``).
@@ -176,7 +176,8 @@ def _calibrator(trt, data: Mapping[str, np.ndarray], batch: int):
         def __init__(self):
             super().__init__()
             self.i = 0
-            self.buf = {k: torch.empty((batch, *v.shape[1:]), dtype=torch.float32, device="cuda") for k, v in data.items()}
+            self.buf = {k: torch.empty((batch, *v.shape[1:]), dtype=torch.float32, device="cuda")
+                        for k, v in data.items()}
 
         def get_batch_size(self) -> int:
             return batch

@@ -28,7 +28,7 @@ that was never fitted is honest about it: temperature 1, the full set of classes
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -101,7 +101,7 @@ class Answer(nn.Module):
 
     def forward(self, logits: torch.Tensor, thickness_mm: torch.Tensor, features: torch.Tensor,
                 calibration_missing: torch.Tensor, calibration_out: torch.Tensor,
-                drift: torch.Tensor, thickness_outside: Optional[torch.Tensor] = None
+                drift: torch.Tensor, thickness_outside: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(probabilities [B, K], prediction_set [B, K], group_probabilities [B, G], flags [B, 5]).
         ``thickness_outside``: the physics fit's posterior mass beyond the training thicknesses [B], if the model
@@ -122,7 +122,7 @@ class Answer(nn.Module):
     @torch.no_grad()
     def fit(self, val_logits: np.ndarray, val_labels: np.ndarray, train_features: np.ndarray,
             train_labels: np.ndarray, val_features: np.ndarray, train_thickness: np.ndarray,
-            coverage: Optional[float] = None) -> dict:
+            coverage: float | None = None) -> dict:
         """Fit temperature, conformal threshold, feature statistics and the thickness range; returns a summary."""
         if coverage is not None:
             self.coverage.fill_(float(coverage))
@@ -133,7 +133,8 @@ class Answer(nn.Module):
         t = np.asarray(train_thickness, float)
         t = t[np.isfinite(t)]
         if len(t):
-            self.thickness_range.copy_(torch.tensor([t.min() * (1 - THICKNESS_MARGIN), t.max() * (1 + THICKNESS_MARGIN)]))
+            lo, hi = t.min() * (1 - THICKNESS_MARGIN), t.max() * (1 + THICKNESS_MARGIN)
+            self.thickness_range.copy_(torch.tensor([lo, hi]))
         self._fit_features(np.asarray(train_features, np.float64), np.asarray(train_labels), np.asarray(val_features))
         return {"temperature": float(self.temperature), "qhat": float(self.qhat), "coverage": float(self.coverage),
                 "thickness_range": self.thickness_range.tolist(), "ood_threshold": float(self.ood_threshold)}
@@ -222,8 +223,8 @@ def conformal_threshold(probs: np.ndarray, labels: np.ndarray, coverage: float) 
     return float(scores[order][min(np.searchsorted(cdf, level - 1e-12), n - 1)])
 
 
-def calibration_set(real_logits: np.ndarray, real_labels: np.ndarray, sim_logits: Optional[np.ndarray],
-                    sim_labels: Optional[np.ndarray], coverage: float, min_real: int = MIN_REAL
+def calibration_set(real_logits: np.ndarray, real_labels: np.ndarray, sim_logits: np.ndarray | None,
+                    sim_labels: np.ndarray | None, coverage: float, min_real: int = MIN_REAL
                     ) -> tuple[np.ndarray, np.ndarray, dict]:
     """The captures the temperature and the conformal threshold are fitted on: the real calibration captures,
     joined by the held-out simulated ones when the real ones agree with the joint fit (a two-sided binomial

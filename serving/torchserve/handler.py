@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,12 +27,26 @@ from ts.torch_handler.base_handler import BaseHandler
 
 try:  # inside a .mar the extra files sit beside this one
     import alloynet_contract as contract
-    from capture_checks import (NPY_MAGIC, CaptureInputError, check_calibration, check_capture, check_header,
-                                check_wedge, decode_npy)
+    from capture_checks import (
+        NPY_MAGIC,
+        CaptureInputError,
+        check_calibration,
+        check_capture,
+        check_header,
+        check_wedge,
+        decode_npy,
+    )
 except ImportError:  # imported from the repository (unit tests)
     from alloynet import contract
-    from serving.capture_checks import (NPY_MAGIC, CaptureInputError, check_calibration, check_capture, check_header,
-                                        check_wedge, decode_npy)
+    from serving.capture_checks import (
+        NPY_MAGIC,
+        CaptureInputError,
+        check_calibration,
+        check_capture,
+        check_header,
+        check_wedge,
+        decode_npy,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +109,7 @@ class AlloyHandler(BaseHandler):
                 return check_calibration(json.loads(bytes(raw)), self.shape[0])
             if sidecar is not None:
                 cal = json.loads(bytes(sidecar))["calibration"]
-                return check_calibration(list(zip(cal["dark_adu"], cal["flat_adu"])), self.shape[0])
+                return check_calibration(list(zip(cal["dark_adu"], cal["flat_adu"], strict=True)), self.shape[0])
         except (ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, CaptureInputError):
                 raise
@@ -117,7 +131,7 @@ class AlloyHandler(BaseHandler):
             raise CaptureInputError(contract.WEDGE_NAME, f"not readable as a wedge size in mm ({exc})") from None
         return check_wedge(None)
 
-    def preprocess(self, data: list) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def preprocess(self, data: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         self.errors, images, cals, wedges = {}, [], [], []
         for i, row in enumerate(data):
             try:
@@ -133,12 +147,12 @@ class AlloyHandler(BaseHandler):
                 torch.from_numpy(np.stack(wedges))) if images else None
 
     # -- inference ----------------------------------------------------------------------------------
-    def inference(self, data: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], *args, **kwargs):
+    def inference(self, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, *args, **kwargs):
         if data is None:
             return None
         with torch.inference_mode():
             outs = self.model(*(t.to(self.device) for t in data))
-        return {name: t.cpu().numpy() for name, t in zip(contract.OUTPUT_NAMES, outs)}
+        return {name: t.cpu().numpy() for name, t in zip(contract.OUTPUT_NAMES, outs, strict=True)}
 
     # -- postprocess --------------------------------------------------------------------------------
     def postprocess(self, outputs) -> list:

@@ -13,9 +13,9 @@ status included, and the config's parameters describe the model (``alloynet.cont
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from alloynet import contract
 from alloynet.export import ExportBundle, ExportMeta, onnx_signature
@@ -65,7 +65,7 @@ def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions
     if backend == NATIVE_BACKEND:  # what alloynet_ort.cc reads: the names in the graph's order
         params.update(intra_op_threads=opts.intra_op_threads, input_names=",".join(contract.INPUT_NAMES),
                       output_names=",".join(contract.OUTPUT_NAMES))
-    parts += ['parameters { key: "%s" value: { string_value: "%s" } }' % kv for kv in params.items()]
+    parts += [f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()]
     if backend == "onnxruntime":
         parts.append('parameters { key: "intra_op_thread_count" value: { string_value: "'
                      f'{opts.intra_op_threads}" }} }}')

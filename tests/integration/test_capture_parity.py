@@ -57,7 +57,7 @@ def reference(bundle, cases) -> dict[str, np.ndarray]:
     from alloynet.export import onnx_session
 
     outs = onnx_session(bundle.path("onnx")).run(list(contract.OUTPUT_NAMES), _batch(cases))
-    return dict(zip(contract.OUTPUT_NAMES, outs))
+    return dict(zip(contract.OUTPUT_NAMES, outs, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +100,12 @@ def test_in_process_status_is_the_contracts_and_each_item_answers_alone(bundle, 
     assert _statuses(reference) == list(EXPECTED.values())
     sess = onnx_session(bundle.path("onnx"))
     for i, case in enumerate(cases.values()):  # alone or in a batch with bad captures: the same answer
-        alone = dict(zip(contract.OUTPUT_NAMES, sess.run(list(contract.OUTPUT_NAMES),
-                                                         {n: case[n][None] for n in contract.INPUT_NAMES})))
+        got = sess.run(list(contract.OUTPUT_NAMES), {n: case[n][None] for n in contract.INPUT_NAMES})
+        alone = dict(zip(contract.OUTPUT_NAMES, got, strict=True))
         np.testing.assert_allclose(alone["probabilities"][0], reference["probabilities"][i], atol=1e-4)
         assert alone["status"][0] == reference["status"][i]
     names = list(EXPECTED)
-    for i, name in enumerate(names):
+    for i in range(len(names)):
         probs = reference["probabilities"][i]
         assert np.all(np.isfinite(probs)) and probs.sum() == pytest.approx(1.0, abs=1e-5)
         groups = [probs[[g == grp for g in bundle.meta.class_groups]].sum() for grp in contract.GROUP_NAMES]
@@ -173,7 +173,8 @@ def test_torchserve_gives_the_same_status_and_answer(torchserve, bundle, cases, 
             assert body["status"] == status, name
             got = [body["probabilities"][c] for c in bundle.meta.class_names]
             np.testing.assert_allclose(got, reference["probabilities"][i], atol=1e-4, err_msg=name)
-            want_set = [c for c, m in zip(bundle.meta.class_names, reference["prediction_set"][i]) if m > 0.5]
+            want_set = [c for c, m in zip(bundle.meta.class_names, reference["prediction_set"][i], strict=True)
+                        if m > 0.5]
             assert body["prediction_set"] == want_set, name
 
 

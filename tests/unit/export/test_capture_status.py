@@ -86,9 +86,9 @@ def test_a_refused_item_is_answered_uniformly_and_leaves_its_batch_alone():
         bad = image.clone()
         bad[1, 0, 4, 4] = float("nan")
         mixed = graph(bad, cal, wedge)
-    out = dict(zip(contract.OUTPUT_NAMES, mixed))
+    out = dict(zip(contract.OUTPUT_NAMES, mixed, strict=True))
     assert out["status"].tolist() == [0.0, 16.0, 0.0]
-    for name, a, b in zip(contract.OUTPUT_NAMES, clean, mixed):
+    for name, a, b in zip(contract.OUTPUT_NAMES, clean, mixed, strict=True):
         assert torch.isfinite(b).all(), name
         torch.testing.assert_close(a[[0, 2]], b[[0, 2]], msg=name)
     torch.testing.assert_close(out["probabilities"][1], torch.full((5,), 0.2))
