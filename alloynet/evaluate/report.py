@@ -57,8 +57,9 @@ def per_thickness(rows: pd.DataFrame, p: dict[str, np.ndarray], names: list[str]
         lo, hi = (nominal[m].min(), nominal[m].max()) if s is not None else (0.0, 0.0)
         label = "unknown" if s is None else f"{lo:g}" if lo == hi else f"{lo:.2f}-{hi:.2f}"
         cls = classification_metrics(p["y"][m], p["probs"][m], names)
+        mae = regression_metrics(p["pred_thickness_mm"][m], p["true_thickness_mm"][m])["mae"]
         out[label] = {"n": int(m.sum()), "accuracy": cls["accuracy"], "balanced_accuracy": cls["balanced_accuracy"],
-                      "thickness_mae_mm": regression_metrics(p["pred_thickness_mm"][m], p["true_thickness_mm"][m])["mae"]}
+                      "thickness_mae_mm": mae}
     return out
 
 

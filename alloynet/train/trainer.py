@@ -8,6 +8,7 @@ different order with a different thread count.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -28,11 +30,12 @@ from alloynet.losses import MultiTaskLoss, create_loss
 from alloynet.models import create_model
 from alloynet.models.registry import takes_width
 from alloynet.models.answer import MIN_REAL, WithheldCalibration, calibration_set
-from alloynet.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from alloynet.models.checkpoint import load_checkpoint, load_model, load_weights, save_checkpoint
 from alloynet.models.norm import fit_input_statistics
 from alloynet.models.physics_prior import physics_spec, table_wedges
 from alloynet.data.synthetic import forward_rigs, synthetic_for
-from alloynet.physics.correction import CorrectionChoice, apply_correction, choose_correction, too_few
+from alloynet.physics.correction import (CV_BELOW, CorrectionChoice, apply_correction, choose_correction,
+                                         choose_correction_cv, too_few)
 from alloynet.physics.simulator import plate_rows
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
@@ -120,18 +123,28 @@ CORRECTION_CAPTURES = 4000  # training captures (seeded choice) that fit the for
 
 def physics_correction(observers: dict, data: RunData, seed: int) -> CorrectionChoice:
     """Fit the forward model's correction on the store's labelled training captures and decide on the
-    validation ones (``alloynet.physics.correction``); simulated captures take no part."""
+    validation ones, or, with fewer than ``CV_BELOW`` of those, cross-validated over both by plate, the
+    polynomial's degree chosen with the shrinkage (``alloynet.physics.correction``); simulated captures take
+    no part."""
     def some(ds) -> list[int]:  # a seeded choice of at most CORRECTION_CAPTURES, in order
         gen = torch.Generator().manual_seed(seed)
         return torch.randperm(len(ds), generator=gen)[:CORRECTION_CAPTURES].sort().values.tolist()
 
-    few = too_few(len(data.train.real), len(data.val))  # before decoding anything
-    if few is not None:
-        return few
+    n_train, n_val = len(data.train.real), len(data.val)
+    if n_val >= CV_BELOW:
+        few = too_few(n_train, n_val)  # before decoding anything
+        if few is not None:
+            return few
+    elif not n_train:
+        return CorrectionChoice(None, None, val_captures=n_val, reason="no training captures: nominal tables")
     rows = plate_rows(data.rig)
-    train = dataset_arrays(data.train.real, rows, some(data.train.real))
-    val = dataset_arrays(data.val, rows, some(data.val))
-    return choose_correction(observers, train, val, data.prior.bounds())
+    ti, vi = some(data.train.real), some(data.val)
+    train = dataset_arrays(data.train.real, rows, ti)
+    val = dataset_arrays(data.val, rows, vi)
+    if n_val >= CV_BELOW:
+        return choose_correction(observers, train, val, data.prior.bounds())
+    plates = data.train.real.rows.plate_id.to_numpy(str)[ti], data.val.rows.plate_id.to_numpy(str)[vi]
+    return choose_correction_cv(observers, train, val, data.prior.bounds(), *plates, seed=seed)
 
 
 def _check_resumable(ckpt: dict, cfg: TrainConfig) -> None:
@@ -281,8 +294,14 @@ def fit_answer(run: Run, best: Path) -> dict:
     loader = DataLoader(Subset(data.train.unaugmented(), idx), batch_size=run.cfg.data.eval_batch_size or 64)
     tr = predict(model, loader, run.device, features=True)
     sim = held_out_simulated(run)
-    logits, labels, chosen = calibration_set(val["logits"], val["y"], sim and sim["logits"], sim and sim["y"],
+    real_logits, real_y, crossfit = val["logits"], val["y"], cross_fitted(run, best)
+    if crossfit is not None:
+        real_logits = np.concatenate([real_logits, crossfit["logits"]])
+        real_y = np.concatenate([real_y, crossfit["y"]])
+    logits, labels, chosen = calibration_set(real_logits, real_y, sim and sim["logits"], sim and sim["y"],
                                              cfg.coverage, MIN_REAL)
+    if crossfit is not None:
+        chosen["cross_fitted"] = int(len(crossfit["y"]))
     summary = model.answer.fit(logits, labels, tr["features"], tr["y"], val["features"], data.train.thickness_mm)
     summary["calibration_set"] = chosen
     # captures sent without calibration or wedge size get their own honest temperature and set
@@ -292,6 +311,67 @@ def fit_answer(run: Run, best: Path) -> dict:
     ckpt["answer"] = summary
     save_checkpoint(ckpt, best)
     return summary
+
+
+class _Silent:
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The fold runs of ``cross_fitted`` without their epoch lines (the run they serve has printed its own)."""
+    global console
+    saved, console = console, _Silent()
+    try:
+        yield
+    finally:
+        console = saved
+
+
+def cross_fitted(run: Run, best: Path) -> Optional[dict]:
+    """Cross-fitted scores of the training captures, when the calibration half of the validation split has fewer
+    than ``answer.crossfit_below`` captures: the training plates dealt into ``answer.crossfit_folds`` folds
+    (seeded), and for each a model trained by the same recipe without that fold, for as many epochs as this
+    run's best, scores the fold's captures. Conformal sets on ~15 captures were all five alloys wide (a 95 %
+    set needs about 40 scores to have a finite threshold); these scores are exchangeable with a new capture's
+    up to the fold models having 1/k fewer captures, which errs toward wider sets. Returns {logits, y} or
+    None."""
+    cfg, data = run.cfg, run.data
+    n_cal, below = len(data.calibration), cfg.answer.crossfit_below
+    train_rows = data.manifest[(data.manifest.split == "train") & data.manifest.labelled & (data.manifest.label >= 0)]
+    if not below or n_cal >= below or cfg.data.synthetic_only or not len(train_rows) or run.env.enabled:
+        return None
+    from alloynet.data.dataset import CaptureDataset
+    from alloynet.data.manifest import write_manifest
+
+    plates = np.array(sorted(train_rows.plate_id.unique()))
+    k = min(cfg.answer.crossfit_folds, len(plates))
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xC5F]))
+    fold_of = dict(zip(plates[rng.permutation(len(plates))], np.arange(len(plates)) % k))
+    epochs = int(load_checkpoint(best)["epoch"])
+    console.print(f"calibration: {n_cal} validation captures < {below}: scoring the {len(train_rows)} training "
+                  f"captures cross-fitted ({k} folds by plate, {epochs} epochs each)")
+    logits, ys = [], []
+    for f in range(k):
+        out = Path(cfg.out_dir) / "crossfit" / f"fold-{f}"
+        out.mkdir(parents=True, exist_ok=True)
+        df = data.manifest.copy()
+        held = (df.split == "train") & df.plate_id.map(lambda p: fold_of.get(p) == f).astype(bool)
+        df.loc[held, "split"] = "crossfit"
+        write_manifest(df, out / "manifest.csv")
+        fold_cfg = cfg.model_copy(deep=True)
+        fold_cfg.data.manifest, fold_cfg.out_dir, fold_cfg.epochs = str(out / "manifest.csv"), str(out), epochs
+        fold_cfg.answer.crossfit_below, fold_cfg.progress, fold_cfg.pretrain = 0, False, None
+        fold_cfg.early_stop.patience = epochs + 1  # the same number of epochs as the run it stands in for
+        with _quiet():
+            result = train(fold_cfg)
+        ds = CaptureDataset(data.store, df, "crossfit", cache=False)
+        model, _ = load_model(result.checkpoint, run.device)
+        p = predict(model, DataLoader(ds, batch_size=cfg.data.eval_batch_size or 64), run.device)
+        logits.append(p["logits"])
+        ys.append(p["y"])
+    return {"logits": np.concatenate(logits), "y": np.concatenate(ys)}
 
 
 def held_out_simulated(run: Run) -> Optional[dict]:
@@ -386,7 +466,9 @@ def train(config: TrainConfig, resume: bool = False, on_epoch_end: Optional[Epoc
             sim = f" and {used['simulated']} held-out simulated" if used["simulated"] else (
                 f" (held-out simulated captures left out: the real ones disagree, p = {used['agreement_p']:.3f})"
                 if "agreement_p" in used else "")
-            console.print(f"calibrated on {used['real']} validation captures{sim}: temperature "
+            cross = used.get("cross_fitted", 0)
+            real = f"{used['real'] - cross} validation and {cross} cross-fitted training" if cross else used["real"]
+            console.print(f"calibrated on {real} captures{sim}: temperature "
                           f"{answer['temperature']:.3f}, conformal threshold {answer['qhat']:.3f} for "
                           f"{answer['coverage']:.0%} coverage")
     cleanup(run.env)

@@ -28,7 +28,7 @@ def write_lab_folder(store, root: Path, thickness: bool = True, only: Optional[s
         Image.fromarray(np.ascontiguousarray(cap.image[0])).save(root / rel)
         t = f"{sc['truth']['nominal_thickness_mm']:g}" if thickness else ""
         levels = [";".join(f"{v:.2f}" for v in sc["calibration"][k]) for k in ("dark_adu", "flat_adu")]
-        rows.append(f"{rel},{sc['truth']['alloy']},{t},{sc['plate_id']},{sc['rig']['wedge_mm']:g},{levels[0]},{levels[1]}")
+        rows.append(",".join([rel, sc["truth"]["alloy"], t, sc["plate_id"], f"{sc['rig']['wedge_mm']:g}", *levels]))
     csv = root / "labels.csv"
     csv.write_text("\n".join(rows) + "\n")
     return csv

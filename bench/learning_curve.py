@@ -1,0 +1,255 @@
+"""The learning curve of `alloynet train --store STORE` with no config, on captures a lab imports (issue 23).
+
+    nice -n 10 OMP_NUM_THREADS=1 .venv/bin/python bench/learning_curve.py --rig second_rig --out /work/bench-out/lc
+    nice -n 10 OMP_NUM_THREADS=1 .venv/bin/python bench/learning_curve.py --rig alloynet --out /work/bench-out/lc
+    .venv/bin/python bench/learning_curve.py --table --out /work/bench-out/lc      # the markdown table of both
+
+Per rig (``second_rig``: a rig the simulator does not describe; ``alloynet``: the project's own simulator), one
+pool of plates of any thickness 1-5 mm (one capture each, 50 and 70 mm wedges, 64 px, seeded) is written as a
+lab has it: a 16-bit TIFF per capture and a labels CSV with the alloy, the nominal thickness, the plate, the wedge
+and the calibration LEVELS (no frames, nothing only a simulator knows). For each size N (labelled plates per
+alloy: 5, 10, 20, 50, 150, 600) the first N plates of each alloy are imported with `alloynet import` into their own
+store (its manifest splits them 70/15/15 by plate, as for a lab) and the default recipe trains on it
+(``load_config(None)``, what `train --store` runs). Each model is scored on 1,000 fresh captures of the same rig
+(another seed, imported the same way) beside that rig's ideal-observer ceiling: five-class balanced accuracy,
+heavy vs light, the 95 % set's coverage and mean size, and the physics fit alone (the nominal forward model, no
+training data) on the same captures. Results go to ``<out>/<rig>/results.json``; finished sizes are reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+SIZES = (5, 10, 20, 50, 150, 600)
+WEDGES = (50.0, 70.0)
+FRESH_PLATES = 200      # per alloy: 1,000 fresh captures
+RIG_SEED = {"second_rig": 11, "alloynet": 21}
+
+
+def log(msg: str) -> None:
+    print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {msg}", flush=True)
+
+
+def simulate(where: Path, rig: str, plates: int, seed: int, test_fraction: float) -> Path:
+    """A simulated store of ``plates`` plates per alloy (train/val pool; plus the test extra), once."""
+    from alloynet.captures.stores import LocalStore
+    from alloynet.data.simulate import DatasetSpec, simulate_dataset
+
+    done = where / ".done"
+    if not done.exists():
+        spec = DatasetSpec.model_validate({
+            "n_max": plates, "imbalance_ratio": 1.0, "profile": "balanced", "captures_per_plate": 1,
+            "wedges_mm": list(WEDGES), "thickness_range_mm": [1.0, 5.0], "seed": seed, "simulator": rig,
+            "test_fraction": test_fraction, "id_prefix": f"{rig[:3]}{seed}",
+            "rig": {"height": 64, "width": 64}})
+        t0 = time.perf_counter()
+        simulate_dataset(spec, LocalStore(where))
+        done.write_text("")
+        log(f"simulated {where} in {time.perf_counter() - t0:.0f} s")
+    return where
+
+
+def lab_folder(sim: Path, lab: Path) -> list[dict]:
+    """The simulated store's captures as TIFFs under ``lab`` (once); returns one row per capture (the labels
+    CSV's columns), in plate order."""
+    from alloynet.captures.image import decode_image
+    from alloynet.captures.stores import LocalStore
+
+    index = lab / "index.json"
+    if index.exists():
+        return json.loads(index.read_text())
+    st, rows = LocalStore(sim), []
+    for key in sorted(i.key for i in st.list("captures/") if i.key.endswith(".json")):
+        sc = json.loads(st.get(key))
+        img = decode_image(st.get("captures/" + sc["image"]["file"]), key)
+        rel = f"{sc['truth']['alloy']}/{sc['capture_id']}.tif"
+        (lab / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(img[0])).save(lab / rel)
+        rows.append({"file": rel, "alloy": sc["truth"]["alloy"], "thickness_mm": sc["truth"]["nominal_thickness_mm"],
+                     "plate_id": sc["plate_id"], "wedge_mm": sc["rig"]["wedge_mm"],
+                     "dark": ";".join(f"{v:.2f}" for v in sc["calibration"]["dark_adu"]),
+                     "flat": ";".join(f"{v:.2f}" for v in sc["calibration"]["flat_adu"])})
+    index.write_text(json.dumps(rows))
+    return rows
+
+
+def write_labels(rows: list[dict], path: Path) -> Path:
+    cols = ("file", "alloy", "thickness_mm", "plate_id", "wedge_mm", "dark", "flat")
+    path.write_text("\n".join([",".join(cols)] + [",".join(f"{r[c]:g}" if isinstance(r[c], float) else str(r[c])
+                                                           for c in cols) for r in rows]) + "\n")
+    return path
+
+
+def first_plates(rows: list[dict], n: int) -> list[dict]:
+    """The first ``n`` plates of each alloy (plate ids in order: the pool's order is already shuffled)."""
+    plates: dict[str, list[str]] = {}
+    for r in rows:
+        ids = plates.setdefault(r["alloy"], [])
+        if r["plate_id"] not in ids:
+            ids.append(r["plate_id"])
+    keep = {p for ids in plates.values() for p in sorted(ids)[:n]}
+    return [r for r in rows if r["plate_id"] in keep]
+
+
+def subset_folder(lab: Path, rows: list[dict], where: Path) -> Path:
+    """A lab folder holding only ``rows``' files (hard links into the pool's) and their labels CSV."""
+    if not (where / "labels.csv").exists():
+        for r in rows:
+            (where / r["file"]).parent.mkdir(parents=True, exist_ok=True)
+            if not (where / r["file"]).exists():
+                os.link(lab / r["file"], where / r["file"])
+        write_labels(rows, where / "labels.csv")
+    return where / "labels.csv"
+
+
+def import_store(labels: Path, store: Path) -> None:
+    """`alloynet import` as a lab runs it: the labels CSV, the tube voltage; levels from the CSV."""
+    if (store / "manifest.csv").exists():
+        return
+    exe = str(Path(sys.executable).parent / "alloynet")
+    t0 = time.perf_counter()
+    res = subprocess.run([exe, "import", str(labels), str(store), "--kvp", "50"], capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"import failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    log(f"imported {labels.name} into {store} in {time.perf_counter() - t0:.1f} s")
+
+
+def ceiling(rig: str, out: Path) -> dict:
+    """The rig's ideal-observer ceiling for this prior (1-5 mm, both wedges, 64 px), once per rig."""
+    from alloynet.evaluate.report import ceiling as rig_ceiling
+    from alloynet.physics.observer import ThicknessPrior
+    from alloynet.physics.second_rig import SecondRigConfig
+    from alloynet.physics.simulator import RigConfig
+
+    path = out / "ceiling.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    rigs = {}
+    for w in WEDGES:
+        nominal = RigConfig(height=64, width=64, wedge_mm=w)
+        rigs[w] = (SecondRigConfig.from_nominal(nominal) if rig == "second_rig" else nominal, 1)
+    t0 = time.perf_counter()
+    c = rig_ceiling(rigs, ThicknessPrior(range_mm=(1.0, 5.0)))
+    res = {"accuracy": c["ceiling_accuracy"], "heavy_light": c["ceiling_heavy_light"]}
+    path.write_text(json.dumps(res))
+    log(f"ceiling {res} in {time.perf_counter() - t0:.0f} s")
+    return res
+
+
+def fresh_manifest(store: Path):
+    """The fresh store's manifest with every capture in the test split (none of them trains anything)."""
+    from alloynet.data.manifest import read_manifest
+
+    df = read_manifest(store / "manifest.csv")
+    df["split"] = "test"
+    return df
+
+
+def one_size(rig: str, n: int, seed: int, out: Path, pool: list[dict], lab: Path, fresh: Path, epochs: Optional[int],
+             overrides: dict, arm: str = "") -> dict:
+    from alloynet.evaluate import evaluate
+    from alloynet.train import load_config, train
+
+    tag = f"{arm + '-' if arm else ''}n{n}-s{seed}" + ("".join(f"-{k}={v}" for k, v in sorted(overrides.items())) if overrides else "")
+    done = out / tag / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    store = out / f"store-n{n}"
+    import_store(subset_folder(lab, first_plates(pool, n), out / f"lab-n{n}"), store)
+    cfg = load_config(None, {"data.store": str(store), "out_dir": str(out / tag / "run"), "seed": seed,
+                             "progress": False, **({"epochs": epochs} if epochs else {}), **overrides})
+    t0 = time.perf_counter()
+    result = train(cfg)
+    train_s = time.perf_counter() - t0
+    m = evaluate(result.checkpoint, fresh, fresh_manifest(fresh), out / tag / "fresh", with_ceiling=False, gradcam=0)
+    term = m.get("physics_term") or {}
+    corr = term.get("correction") or {}
+    row = {"rig": rig, "arm": arm, "plates_per_alloy": n, "seed": seed, "overrides": overrides, "train_s": round(train_s),
+           "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "n_fresh": m["n"],
+           **{k: m.get(k) for k in ("balanced_accuracy", "heavy_light_balanced_accuracy", "set_coverage",
+                                    "set_size_mean", "ece")},
+           "term_weight": term.get("weight"), "term_alone": term.get("term_alone"),
+           "trunk_alone": term.get("trunk_alone"), "correction": corr.get("reason"),
+           "physics_fit": (m.get("baselines") or {}).get("physics_fit")}
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(row, indent=1, default=str))
+    log(f"{rig} n={n} seed={seed}: five-class {row['balanced_accuracy']:.3f}, heavy vs light "
+        f"{row['heavy_light_balanced_accuracy']:.3f}, set {row['set_coverage']:.3f} ({row['set_size_mean']:.2f}), "
+        f"term {row['term_weight']:.2f} alone {row['term_alone']}, trunk alone {row['trunk_alone']:.3f}, "
+        f"{train_s:.0f} s")
+    return row
+
+
+def run(a) -> None:
+    out = a.out / a.rig
+    out.mkdir(parents=True, exist_ok=True)
+    seed = RIG_SEED[a.rig]
+    sizes = [int(s) for s in a.sizes.split(",")]
+    pool_sim = simulate(out / "pool-sim", a.rig, max(SIZES), seed, 0.0)
+    pool = lab_folder(pool_sim, out / "lab")
+    fresh_sim = simulate(out / "fresh-sim", a.rig, FRESH_PLATES, seed + 1000, 0.0)
+    fresh_rows = lab_folder(fresh_sim, out / "fresh-lab")
+    import_store(subset_folder(out / "fresh-lab", fresh_rows, out / "fresh-subset"), out / "fresh")
+    ceil = ceiling(a.rig, out)
+    overrides = dict(kv.split("=", 1) for kv in a.set)
+    overrides = {k: json.loads(v) if v[:1] in "[{0123456789-tfn" else v for k, v in overrides.items()}
+    rows = [one_size(a.rig, n, s, out, pool, out / "lab", out / "fresh", a.epochs, overrides, a.arm)
+            for n in sizes for s in range(a.seeds)]
+    res = {"rig": a.rig, "ceiling": ceil, "rows": rows, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+           "date": f"{datetime.now(timezone.utc):%Y-%m-%d}"}
+    (out / f"results{'-' + a.arm if a.arm else ''}.json").write_text(json.dumps(res, indent=1, default=str))
+    print(table([res]))
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| rig | plates per alloy | five-class | heavy vs light | set coverage | set size | term alone | "
+             "trunk alone | physics fit alone | ceiling (heavy vs light) |", "|---" * 10 + "|"]
+    for res in results:
+        by_n: dict[int, list[dict]] = {}
+        for r in res["rows"]:
+            by_n.setdefault(r["plates_per_alloy"], []).append(r)
+        for n, rs in sorted(by_n.items()):
+            def mean(k):
+                v = [r[k] for r in rs if r.get(k) is not None]
+                return f"{np.mean(v):.3f}" if v else "-"
+            pf = [r["physics_fit"]["balanced_accuracy"] for r in rs if r.get("physics_fit")]
+            lines.append(f"| {res['rig']} | {n} | {mean('balanced_accuracy')} | {mean('heavy_light_balanced_accuracy')} "
+                         f"| {mean('set_coverage')} | {mean('set_size_mean')} | {mean('term_alone')} | "
+                         f"{mean('trunk_alone')} | {np.mean(pf):.3f} | {res['ceiling']['accuracy']:.3f} "
+                         f"({res['ceiling']['heavy_light']:.3f}) |" if pf else "")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rig", choices=sorted(RIG_SEED), default="second_rig")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/alloynet-bench-learning-curve"))
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    ap.add_argument("--seeds", type=int, default=1, help="training seeds per size")
+    ap.add_argument("--epochs", type=int, default=None, help="cap the default recipe's epochs (budget)")
+    ap.add_argument("--set", action="append", default=[], help="a config override key=value (arms of a comparison)")
+    ap.add_argument("--arm", default="", help="a name for this recipe's runs (kept apart from the default's)")
+    ap.add_argument("--table", action="store_true", help="print the table of every rig's results.json")
+    a = ap.parse_args()
+    if a.table:
+        print(table([json.loads(p.read_text()) for p in sorted(a.out.glob("*/results.json"))]))
+        return
+    run(a)
+
+
+if __name__ == "__main__":
+    main()
