@@ -1,5 +1,6 @@
 """`alloynet import`: a lab's ImageFolder tree or labels CSV -> captures that ingest, the manifest and the
 loader read unchanged. Fixtures are tiny 8x16 images written with Pillow, built per test."""
+
 from __future__ import annotations
 
 import hashlib
@@ -69,7 +70,9 @@ def folder_tree(tmp_path):
         for c, cls in enumerate(("Al1050", "7075", "al5083")):
             for i in range(2):
                 ext = "png" if i == 0 else "tif"
-                pix[f"{split}/{cls}/p{i}.{ext}"] = _png(root / split / cls / f"p{i}.{ext}", _pixels(100 * s + 10 * c + i))
+                pix[f"{split}/{cls}/p{i}.{ext}"] = _png(
+                    root / split / cls / f"p{i}.{ext}", _pixels(100 * s + 10 * c + i)
+                )
     _png(root / "dark.png", np.full((H, W), 1000, np.uint16))
     flat = np.full((H, W), 50000, np.uint16)
     flat[0, 0], flat[0, 1] = 0, 65535  # a dead and a saturated pixel: left out of the level
@@ -134,7 +137,9 @@ def test_rerun_is_idempotent_and_never_overwrites(folder_tree, tmp_path):
     assert f"1 imported, {len(pix) - 1} already present" in res.output
     assert len(list((store / "captures").glob("*.json"))) == len(pix) + 1
     after = _listing(store)
-    assert {k: after[k] for k in before if k != "manifest.csv"} == {k: h for k, h in before.items() if k != "manifest.csv"}
+    assert {k: after[k] for k in before if k != "manifest.csv"} == {
+        k: h for k, h in before.items() if k != "manifest.csv"
+    }
 
 
 def test_each_unusable_file_is_reported_with_its_path_and_reason(tmp_path):
@@ -174,14 +179,16 @@ def test_each_unusable_file_is_reported_with_its_path_and_reason(tmp_path):
     assert not any("notes.txt" in ln for ln in lines if ln.startswith(("rejected", "error")))
     assert "skipped 1 file(s) that are not images: Al6082/notes.txt" in res.output
     assert "error: 8-bit image: 1 file: Al6082/eight.png" in lines
-    assert lines[lines.index("error: 8-bit image: 1 file: Al6082/eight.png") + 1].startswith("  fix: ") and \
-        "--allow-8bit" in lines[lines.index("error: 8-bit image: 1 file: Al6082/eight.png") + 1]
+    assert (
+        lines[lines.index("error: 8-bit image: 1 file: Al6082/eight.png") + 1].startswith("  fix: ")
+        and "--allow-8bit" in lines[lines.index("error: 8-bit image: 1 file: Al6082/eight.png") + 1]
+    )
     caps = _captures(store)
     assert sorted(caps) == ["Al6082/ok.png"]
     ok = read_capture(LocalStore(store), caps["Al6082/ok.png"]["capture_id"], accepted_sizes={(H, W)})
     np.testing.assert_array_equal(ok.image[0], good)
     assert ok.sidecar.calibration.dark_adu == [900.0] and ok.sidecar.calibration.flat_adu == [30000.0]
-    table = lines[lines.index(next(ln for ln in lines if ln.startswith("import: "))):]
+    table = lines[lines.index(next(ln for ln in lines if ln.startswith("import: "))) :]
     assert [ln.split() for ln in table if ln.split()[:1] == ["Al6082"]] == [["Al6082", "1", "0", "5"]]
     assert [ln.split() for ln in table if ln.split()[:1] == ["(unknown)"]] == [["(unknown)", "0", "0", "2"]]
 
@@ -209,9 +216,24 @@ def test_labels_csv_layout_with_per_row_settings_and_multi_page_tiff(tmp_path):
         "dual.tif,al7075,3,P2,,40;60,100;110,40000;52000\n"
         "neg.png,Al5083,-1,P3,,,,\n"
         "missing.png,Al5083,1,P4,,,,\n"
-        "a.png,Al1050,2.5,P1,,,,\n")
-    res = _run(root / "labels.csv", store, "--kvp", "50", "--wedge-mm", "50", "--thickness-mm", "1",
-               "--dark-level", "1000", "--flat-level", "48000", *SIZE, "--details")
+        "a.png,Al1050,2.5,P1,,,,\n"
+    )
+    res = _run(
+        root / "labels.csv",
+        store,
+        "--kvp",
+        "50",
+        "--wedge-mm",
+        "50",
+        "--thickness-mm",
+        "1",
+        "--dark-level",
+        "1000",
+        "--flat-level",
+        "48000",
+        *SIZE,
+        "--details",
+    )
     assert res.exit_code == 1, res.output  # four rows or files rejected; the others imported
     caps = _captures(store)
     assert sorted(caps) == ["a.png", "b.png", "dual.tif"]
@@ -226,13 +248,24 @@ def test_labels_csv_layout_with_per_row_settings_and_multi_page_tiff(tmp_path):
     dual = read_capture(LocalStore(store), cd["capture_id"], {(H, W)}).image
     np.testing.assert_array_equal(dual[1], _pixels(4, lo=5000, hi=60000))
     out = res.output
-    assert (f"rejected {root / 'neg.png'}: bad value in labels.csv column thickness_mm: labels.csv line 5: "
-            "thickness_mm: expected a number > 0, got '-1'") in out
-    assert f"rejected {root / 'missing.png'}: file named in labels.csv not found: labels.csv line 6: file not found" in out
-    assert f"rejected {root / 'a.png'}: listed twice in labels.csv: labels.csv line 7: listed again (first on line 2)" in out
+    assert (
+        f"rejected {root / 'neg.png'}: bad value in labels.csv column thickness_mm: labels.csv line 5: "
+        "thickness_mm: expected a number > 0, got '-1'"
+    ) in out
+    assert (
+        f"rejected {root / 'missing.png'}: file named in labels.csv not found: labels.csv line 6: file not found" in out
+    )
+    assert (
+        f"rejected {root / 'a.png'}: listed twice in labels.csv: labels.csv line 7: listed again (first on line 2)"
+        in out
+    )
     assert f"rejected {root / 'stray.png'}: not listed in labels.csv" in out
-    assert "error: not listed in labels.csv: 1 file: stray.png" in out and "  fix: add a row for it to labels.csv" in out
-    assert sum(ln.startswith("rejected ") for ln in out.splitlines()) == 4  # the frame the CSV names is not reported as unlisted
+    assert (
+        "error: not listed in labels.csv: 1 file: stray.png" in out and "  fix: add a row for it to labels.csv" in out
+    )
+    assert (
+        sum(ln.startswith("rejected ") for ln in out.splitlines()) == 4
+    )  # the frame the CSV names is not reported as unlisted
     df = read_manifest(store / "manifest.csv")
     assert df[df.plate_id == "P1"].split.nunique() == 1  # one plate, one split
 
@@ -243,8 +276,9 @@ def test_pages_must_match_kvp_and_bad_settings_name_the_field(tmp_path):
     _png(root / "Al1050" / "one.png", _pixels(3))
     res = _run(root, store, *RIG, "--dark-level", "1000", "--flat-level", "50000")
     assert res.exit_code == 1, res.output
-    assert ("error: pages do not match the kVp settings (2 page(s) but 1 kVp setting(s) [50.0]): 1 file: "
-            "Al1050/dual.tif") in res.output
+    assert (
+        "error: pages do not match the kVp settings (2 page(s) but 1 kVp setting(s) [50.0]): 1 file: Al1050/dual.tif"
+    ) in res.output
 
     rig = tmp_path / "rig.yaml"
     rig.write_text("rig: {kvp: [50], wedge_mm: -5}\n")
@@ -281,9 +315,11 @@ def test_a_user_added_alloy_is_a_class_folder_once_configured(tmp_path):
     root, store = tmp_path / "lab", tmp_path / "store"
     _png(root / "3003" / "x.png", _pixels(1))
     rig = root / "rig.yaml"  # inside the tree: not reported as a stray file
-    rig.write_text("rig: {kvp: [50], wedge_mm: 50, pixel_size_mm: 0.1}\nthickness_mm: 2\ndark_level: [1000]\n"
-                   "flat_level: [50000]\ncustom_alloys:\n  Al3003:\n    density_g_cm3: 2.73\n"
-                   "    nominal_wt_pct: {Mn: 1.2}\n    ranges_wt_pct: {Mn: [1.0, 1.5]}\n")
+    rig.write_text(
+        "rig: {kvp: [50], wedge_mm: 50, pixel_size_mm: 0.1}\nthickness_mm: 2\ndark_level: [1000]\n"
+        "flat_level: [50000]\ncustom_alloys:\n  Al3003:\n    density_g_cm3: 2.73\n"
+        "    nominal_wt_pct: {Mn: 1.2}\n    ranges_wt_pct: {Mn: [1.0, 1.5]}\n"
+    )
     assert resolve_alloy("3003") is None
     res = _run(root, store, "--rig", rig, *SIZE)
     assert res.exit_code == 0, res.output

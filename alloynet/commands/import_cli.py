@@ -8,10 +8,10 @@ malformed --rig YAML or labels CSV header); 75 when another writer holds the sto
 Problems are reported as a compiler does: one line per distinct problem with its count and up to three
 example files, then the option, column or file that fixes it (``--details`` lists every file).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich import box
@@ -23,7 +23,7 @@ EXIT_NOTHING = 1
 EXIT_USAGE = 2
 
 
-def _line(text: str, code: Optional[int] = None) -> None:
+def _line(text: str, code: int | None = None) -> None:
     console.print(text, markup=False, highlight=False)
     if code is not None:
         raise typer.Exit(code)
@@ -41,25 +41,34 @@ def _print_table(res) -> None:
 
 
 def import_captures(
-    source: Path = typer.Argument(..., help="an ImageFolder root ROOT/[train|val|test/]CLASS/*.tif|png, or a "
-                                            "labels CSV (its folder is the root)"),
+    source: Path = typer.Argument(
+        ..., help="an ImageFolder root ROOT/[train|val|test/]CLASS/*.tif|png, or a labels CSV (its folder is the root)"
+    ),
     store: str = typer.Argument(..., help="capture store to write: a directory or s3://bucket/prefix"),
-    labels: Optional[Path] = typer.Option(None, help="labels CSV: file, alloy[, thickness_mm, plate_id, wedge_mm, "
-                                                     "kvp, dark, flat, role]; files relative to SOURCE"),
-    rig: Optional[Path] = typer.Option(None, "--rig", help="YAML: rig: {kvp: [50], wedge_mm: 50, dose, pixel_size_mm, "
-                                                           "...}, thickness_mm, dark_level, flat_level, custom_alloys"),
-    kvp: Optional[list[float]] = typer.Option(None, help="tube kVp, one per channel (repeat for a multi-page TIFF)"),
-    wedge_mm: Optional[float] = typer.Option(None, help="wedge thickness at its thick end (mm)"),
-    dose: Optional[float] = typer.Option(None, help="detected photons per pixel, open beam"),
-    pixel_size_mm: Optional[float] = typer.Option(None, help="detector pixel pitch (mm)"),
-    thickness_mm: Optional[float] = typer.Option(None, help="plate thickness (mm) of files without their own"),
-    dark_level: Optional[list[float]] = typer.Option(None, help="dark level (ADU) per channel where no dark frame"),
-    flat_level: Optional[list[float]] = typer.Option(None, help="flat level (ADU) per channel where no flat frame"),
-    alloys: Optional[Path] = typer.Option(None, "--alloys", help="YAML defining extra alloys (as `physics --alloys`)"),
-    allow_8bit: bool = typer.Option(False, "--allow-8bit", help="import 8-bit images (recorded as 8-bit in the "
-                                                                "sidecar); refused by default"),
+    labels: Path | None = typer.Option(
+        None,
+        help="labels CSV: file, alloy[, thickness_mm, plate_id, wedge_mm, "
+        "kvp, dark, flat, role]; files relative to SOURCE",
+    ),
+    rig: Path | None = typer.Option(
+        None,
+        "--rig",
+        help="YAML: rig: {kvp: [50], wedge_mm: 50, dose, pixel_size_mm, "
+        "...}, thickness_mm, dark_level, flat_level, custom_alloys",
+    ),
+    kvp: list[float] | None = typer.Option(None, help="tube kVp, one per channel (repeat for a multi-page TIFF)"),
+    wedge_mm: float | None = typer.Option(None, help="wedge thickness at its thick end (mm)"),
+    dose: float | None = typer.Option(None, help="detected photons per pixel, open beam"),
+    pixel_size_mm: float | None = typer.Option(None, help="detector pixel pitch (mm)"),
+    thickness_mm: float | None = typer.Option(None, help="plate thickness (mm) of files without their own"),
+    dark_level: list[float] | None = typer.Option(None, help="dark level (ADU) per channel where no dark frame"),
+    flat_level: list[float] | None = typer.Option(None, help="flat level (ADU) per channel where no flat frame"),
+    alloys: Path | None = typer.Option(None, "--alloys", help="YAML defining extra alloys (as `physics --alloys`)"),
+    allow_8bit: bool = typer.Option(
+        False, "--allow-8bit", help="import 8-bit images (recorded as 8-bit in the sidecar); refused by default"
+    ),
     details: bool = typer.Option(False, "--details", help="list every rejected file with its reason"),
-    accept_size: Optional[list[str]] = SizeOpt,
+    accept_size: list[str] | None = SizeOpt,
     wait: float = WaitOpt,
     seed: int = typer.Option(0, help="seed of the manifest's split assignment"),
     manifest: bool = typer.Option(True, help="refresh manifest.csv of a local store (split folders are kept)"),
@@ -67,8 +76,7 @@ def import_captures(
     """Import a lab's captures (16-bit TIFF/PNG, multi-page TIFF for several kVp) with their labels, rig
     settings and dark/flat calibration, and the reference captures under SOURCE/reference/ (dark/, flat/,
     wedge-<mm>mm/, <alloy>-<mm>mm/) for `alloynet rig calibrate`; re-runs are idempotent."""
-    from alloynet.captures.importing import (ImportUsageError, load_settings, note_lines, problem_lines,
-                                             run_import)
+    from alloynet.captures.importing import ImportUsageError, load_settings, note_lines, problem_lines, run_import
     from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, open_store
 
     if source.is_file() and source.suffix.lower() == ".csv":
@@ -84,13 +92,22 @@ def import_captures(
                 extra = yaml.safe_load(alloys.read_text()) or {}
             except (OSError, yaml.YAMLError) as exc:
                 raise ImportUsageError(f"{alloys}: cannot read as YAML ({' '.join(str(exc).split())})") from None
-        settings = load_settings(rig, kvp=kvp or None, wedge_mm=wedge_mm, dose=dose, pixel_size_mm=pixel_size_mm,
-                                 thickness_mm=thickness_mm, dark_level=dark_level or None,
-                                 flat_level=flat_level or None, allow_8bit=allow_8bit or None,
-                                 custom_alloys=extra or None)
+        settings = load_settings(
+            rig,
+            kvp=kvp or None,
+            wedge_mm=wedge_mm,
+            dose=dose,
+            pixel_size_mm=pixel_size_mm,
+            thickness_mm=thickness_mm,
+            dark_level=dark_level or None,
+            flat_level=flat_level or None,
+            allow_8bit=allow_8bit or None,
+            custom_alloys=extra or None,
+        )
         st = open_store(store)
-        res = run_import(source, st, settings, labels, accepted_sizes=_sizes(accept_size), wait=wait,
-                         ignore=(rig,) if rig else ())
+        res = run_import(
+            source, st, settings, labels, accepted_sizes=_sizes(accept_size), wait=wait, ignore=(rig,) if rig else ()
+        )
         df = None
         if manifest and isinstance(st, LocalStore) and res.usable:
             from alloynet.data.manifest import refresh_manifest
@@ -101,8 +118,10 @@ def import_captures(
     except WriterBusy as exc:
         _line(f"error: {exc}", EXIT_BUSY)
     except (StoreError, OSError) as exc:
-        _line(f"error: {' '.join(str(exc).split())}; what was stored before is kept, a re-run goes on from there",
-              EXIT_NOTHING)
+        _line(
+            f"error: {' '.join(str(exc).split())}; what was stored before is kept, a re-run goes on from there",
+            EXIT_NOTHING,
+        )
     except ValueError as exc:  # a malformed store URI
         _line(f"error: {exc}", EXIT_USAGE)
     root = source.resolve()
@@ -118,8 +137,11 @@ def import_captures(
         _line(f"error: nothing could be imported from {source}", EXIT_NOTHING)
     if res.rejected:
         kinds = len({(r.problem, r.fix) for r in res.rejected})
-        _line(f"error: {len(res.rejected)} file(s) not imported ({kinds} problem(s) above); fix and re-run: what "
-              "is stored stays, a re-run imports the rest", EXIT_NOTHING)
+        _line(
+            f"error: {len(res.rejected)} file(s) not imported ({kinds} problem(s) above); fix and re-run: what "
+            "is stored stays, a re-run imports the rest",
+            EXIT_NOTHING,
+        )
 
 
 def register(app: typer.Typer) -> None:

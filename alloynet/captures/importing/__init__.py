@@ -41,12 +41,27 @@ fixes it; ``report.problem_lines`` groups them, one line per distinct problem. A
 share one size: the most common one is taken, the others are rejected. The split folder is recorded in the
 sidecar's ``source`` (``import train/Al1050/a.tif``) and returned in ``ImportResult.splits`` for the manifest.
 """
+
 from alloynet.captures.importing.frames import frame_level, probe_size, read_source_image
 from alloynet.captures.importing.plan import Reject, SourceFile, resolve_alloy
 from alloynet.captures.importing.report import note_lines, problem_lines
 from alloynet.captures.importing.run import REFERENCE_SOURCE, ImportResult, capture_id_for, run_import
 from alloynet.captures.importing.settings import ImportSettings, ImportUsageError, load_settings
 
-__all__ = ["REFERENCE_SOURCE", "ImportResult", "ImportSettings", "ImportUsageError", "Reject", "SourceFile",
-           "capture_id_for", "frame_level", "load_settings", "note_lines", "probe_size", "problem_lines",
-           "read_source_image", "resolve_alloy", "run_import"]
+__all__ = [
+    "REFERENCE_SOURCE",
+    "ImportResult",
+    "ImportSettings",
+    "ImportUsageError",
+    "Reject",
+    "SourceFile",
+    "capture_id_for",
+    "frame_level",
+    "load_settings",
+    "note_lines",
+    "probe_size",
+    "problem_lines",
+    "read_source_image",
+    "resolve_alloy",
+    "run_import",
+]

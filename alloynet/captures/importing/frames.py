@@ -1,17 +1,19 @@
 """Pixels of a lab's files: decoding source images, their size from the header, and each file's dark and flat
 (a CSV value, the nearest frame file, reference frames, or the levels given as settings)."""
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
 
 import numpy as np
 
 from alloynet.captures.importing.settings import SETTING_SOURCES, ImportSettings
+from alloynet.physics import measure
 
 FRAME_NAMES = ("dark", "flat")
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -19,7 +21,7 @@ _TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _JPEG = b"\xff\xd8\xff"
 JPEG_MESSAGE = "8-bit JPEG: lossy, not a detector image"
 
-CalSource = Union[tuple[float, ...], Path]  # levels per channel, or a frame file
+CalSource = tuple[float, ...] | Path  # levels per channel, or a frame file
 
 
 class SourceImageError(ValueError):
@@ -57,7 +59,9 @@ def read_source_image(data: bytes) -> tuple[np.ndarray, int]:
                 im.load()
                 mode, arr = im.mode, np.asarray(im)
         except Exception as exc:  # Pillow raises several types for damaged files
-            raise SourceImageError("unreadable image", f"corrupt or truncated PNG ({str(exc).split(' <')[0]})") from None
+            raise SourceImageError(
+                "unreadable image", f"corrupt or truncated PNG ({str(exc).split(' <')[0]})"
+            ) from None
         if mode not in ("I;16", "I;16L", "I;16B", "I", "L"):
             raise SourceImageError("not single-channel grayscale", f"PNG of mode {mode!r}; expected 16-bit grayscale")
         pixels, bits = _to_uint16(arr, "the PNG")
@@ -69,13 +73,16 @@ def read_source_image(data: bytes) -> tuple[np.ndarray, int]:
             with tifffile.TiffFile(io.BytesIO(data)) as tif:
                 pages = [p.asarray() for p in tif.pages]
         except Exception as exc:
-            raise SourceImageError("unreadable image",
-                                   f"corrupt or truncated TIFF ({' '.join(str(exc).split())[:200]})") from None
+            raise SourceImageError(
+                "unreadable image", f"corrupt or truncated TIFF ({' '.join(str(exc).split())[:200]})"
+            ) from None
         if not pages:
             raise SourceImageError("unreadable image", "TIFF without pages")
         converted = [_to_uint16(p, f"page {i + 1}") for i, p in enumerate(pages)]
         if len({c[0].shape for c in converted}) > 1:
-            raise SourceImageError("unreadable image", f"pages of different sizes {sorted({c[0].shape for c in converted})}")
+            raise SourceImageError(
+                "unreadable image", f"pages of different sizes {sorted({c[0].shape for c in converted})}"
+            )
         return np.stack([c[0] for c in converted]), min(c[1] for c in converted)
     raise SourceImageError("unreadable image", "not a PNG or TIFF file (bad magic bytes)")
 
@@ -100,19 +107,15 @@ def probe_size(path: Path) -> tuple[int, int]:
                 return im.size[1], im.size[0]
     except Exception as exc:
         raise SourceImageError("unreadable image", f"corrupt header ({' '.join(str(exc).split())[:200]})") from None
-    raise SourceImageError("unreadable image", "file is empty" if not head else "not a PNG or TIFF file (bad magic bytes)")
+    raise SourceImageError(
+        "unreadable image", "file is empty" if not head else "not a PNG or TIFF file (bad magic bytes)"
+    )
 
 
 def frame_level(frame: np.ndarray, bits: int) -> list[float]:
-    """Per channel: the mean without dead (0) and saturated pixels, as ``RigSimulator.frame_level``."""
-    top = (1 << bits) - 1
-    out = []
-    for i, ch in enumerate(frame):
-        good = ch[(ch > 0) & (ch < top)]
-        if good.size == 0:
-            raise ValueError(f"channel {i + 1} has no pixel between 0 and {top} (all dead or saturated)")
-        out.append(round(float(good.mean()), 3))
-    return out
+    """Per channel: the mean without dead (0) and saturated pixels (``measure.frame_level`` at the file's bit
+    depth), to the 3 decimals a sidecar records."""
+    return [round(v, 3) for v in measure.frame_level(frame, (1 << bits) - 1)]
 
 
 def session_id(identity: list) -> str:
@@ -123,8 +126,8 @@ def session_id(identity: list) -> str:
 
 @dataclass
 class Frame:
-    sha256: str            # of the source file: the frame's identity in the session id
-    pixels: np.ndarray     # uint16 [C, H, W]
+    sha256: str  # of the source file: the frame's identity in the session id
+    pixels: np.ndarray  # uint16 [C, H, W]
     levels: list[float]
     bits: int
 
@@ -141,18 +144,24 @@ class FrameFinder:
     """Finds each file's dark and flat (CSV row, nearest frame file, reference frames, settings levels) and
     loads frames once."""
 
-    def __init__(self, root: Path, frames: dict[Path, dict[str, list[Path]]], settings: ImportSettings,
-                 warn: Callable[[Path, str], None]):
+    def __init__(
+        self,
+        root: Path,
+        frames: dict[Path, dict[str, list[Path]]],
+        settings: ImportSettings,
+        warn: Callable[[Path, str], None],
+    ):
         self.root, self.frames, self.settings, self.warn = root, frames, settings, warn
-        self._loaded: dict[Path, Union[Frame, str]] = {}
+        self._loaded: dict[Path, Frame | str] = {}
 
-    def nearest(self, path: Path, name: str) -> Optional[Path]:
+    def nearest(self, path: Path, name: str) -> Path | None:
         d = path.parent
         while True:
             found = self.frames.get(d, {}).get(name, [])
             if len(found) > 1:
-                raise ValueError(f"calibration: {len(found)} {name} frames in {d} "
-                                 f"({', '.join(p.name for p in found)}); keep one")
+                raise ValueError(
+                    f"calibration: {len(found)} {name} frames in {d} ({', '.join(p.name for p in found)}); keep one"
+                )
             if found or d == self.root or d == d.parent:
                 return found[0] if found else None
             d = d.parent
@@ -172,9 +181,14 @@ class FrameFinder:
             raise ValueError(frame)
         return frame
 
-    def resolve(self, path: Path, shape: tuple[int, ...], given: dict[str, Optional[CalSource]],
-                fallback: Optional[dict[str, Path]] = None, fallback_first: bool = True
-                ) -> tuple[dict, dict[str, Frame]]:
+    def resolve(
+        self,
+        path: Path,
+        shape: tuple[int, ...],
+        given: Mapping[str, CalSource | None],
+        fallback: dict[str, Path] | None = None,
+        fallback_first: bool = True,
+    ) -> tuple[dict, dict[str, Frame]]:
         """(the sidecar's calibration, the frames used by name). ``given``: the CSV row's dark/flat;
         ``fallback``: frames that apply when no nearer one does (a reference session's), before the levels of
         the settings or (``fallback_first`` False) after them. Raises
@@ -193,13 +207,17 @@ class FrameFinder:
                 sources[name] = src
         if missing:
             raise CalibrationMissing(missing)
-        levels, frames, identity = {}, {}, []
+        levels: dict[str, list[float]] = {}
+        frames: dict[str, Frame] = {}
+        identity: list[str | list[float]] = []
         for name, src in sources.items():
             if isinstance(src, Path):
                 frame = self.load(src)
                 if frame.pixels.shape != tuple(shape):
-                    raise ValueError(f"calibration: {name} frame {src} is {'x'.join(map(str, frame.pixels.shape))} "
-                                     f"(CxHxW), the image is {'x'.join(map(str, shape))}")
+                    raise ValueError(
+                        f"calibration: {name} frame {src} is {'x'.join(map(str, frame.pixels.shape))} "
+                        f"(CxHxW), the image is {'x'.join(map(str, shape))}"
+                    )
                 frames[name], levels[name] = frame, frame.levels
                 identity.append(frame.sha256)
             else:

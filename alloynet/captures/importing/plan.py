@@ -1,14 +1,15 @@
 """What to import: the files of an ImageFolder tree or the rows of a labels CSV, each with its label and
 per-file settings, and every other file under ROOT either skipped (not an image) or rejected with its reason."""
+
 from __future__ import annotations
 
 import csv
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
 
 from alloynet.captures.format import MAX_STRING
 from alloynet.captures.importing.frames import FRAME_NAMES, JPEG_MESSAGE, CalSource
@@ -17,10 +18,15 @@ from alloynet.physics.alloys import STANDARD_ALLOYS, AlloyTable
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 # image files alloynet cannot take: rejected with what they are (documents and the like are only skipped)
-FOREIGN_IMAGES = {".jpg": JPEG_MESSAGE, ".jpeg": JPEG_MESSAGE, ".bmp": "BMP image: not a detector format",
-                  ".gif": "GIF image: 8-bit palette, not a detector image", ".webp": "WebP image: not a detector format",
-                  ".dcm": "DICOM file: not read by alloynet", ".raw": "headerless raw file: its size and byte order "
-                  "are unknown"}
+FOREIGN_IMAGES = {
+    ".jpg": JPEG_MESSAGE,
+    ".jpeg": JPEG_MESSAGE,
+    ".bmp": "BMP image: not a detector format",
+    ".gif": "GIF image: 8-bit palette, not a detector image",
+    ".webp": "WebP image: not a detector format",
+    ".dcm": "DICOM file: not read by alloynet",
+    ".raw": "headerless raw file: its size and byte order are unknown",
+}
 FOREIGN_FIX = "export the detector's 16-bit TIFF or PNG"
 SPLITS = ("train", "val", "test")
 REFERENCE_DIRS = ("reference", "references")
@@ -33,16 +39,16 @@ UNKNOWN_CLASS = "(unknown)"
 @dataclass
 class SourceFile:
     path: Path
-    rel: str                              # posix path relative to ROOT
+    rel: str  # posix path relative to ROOT
     alloy: str
-    split: Optional[str] = None
-    thickness_mm: Optional[float] = None  # None: the settings' thickness
-    plate_id: Optional[str] = None
+    split: str | None = None
+    thickness_mm: float | None = None  # None: the settings' thickness
+    plate_id: str | None = None
     rig: dict = field(default_factory=dict)  # per-file rig fields (CSV columns)
-    dark: Optional[CalSource] = None
-    flat: Optional[CalSource] = None
-    where: str = ""                       # "labels.csv line 4: " for messages about CSV values
-    role: str = "plate"                   # "reference": a plate of a known alloy at a known thickness
+    dark: CalSource | None = None
+    flat: CalSource | None = None
+    where: str = ""  # "labels.csv line 4: " for messages about CSV values
+    role: str = "plate"  # "reference": a plate of a known alloy at a known thickness
     fallback: dict = field(default_factory=dict)  # a reference session's dark/flat frames, where none is nearer
 
 
@@ -50,6 +56,7 @@ class SourceFile:
 class Reject:
     """A file that was not imported. ``problem`` names the kind (files with one problem are reported together),
     ``detail`` what is particular to this file, ``fix`` the option, column or file that fixes it."""
+
     path: str
     problem: str
     detail: str = ""
@@ -64,13 +71,13 @@ class Reject:
 @dataclass
 class Walk:
     images: list[Path] = field(default_factory=list)
-    foreign: list[Path] = field(default_factory=list)      # image files of a format alloynet does not take
-    others: list[Path] = field(default_factory=list)       # not images: skipped
+    foreign: list[Path] = field(default_factory=list)  # image files of a format alloynet does not take
+    others: list[Path] = field(default_factory=list)  # not images: skipped
     frames: dict[Path, dict[str, list[Path]]] = field(default_factory=dict)
-    reference: Optional[Path] = None                      # ROOT/reference/, planned by references.py
+    reference: Path | None = None  # ROOT/reference/, planned by references.py
 
 
-def resolve_alloy(name: str, alloys: AlloyTable = STANDARD_ALLOYS) -> Optional[str]:
+def resolve_alloy(name: str, alloys: AlloyTable = STANDARD_ALLOYS) -> str | None:
     """``Al1050``, ``al1050``, ``1050`` -> ``Al1050``; an alloy of ``alloys`` (one added by config too); else None."""
     key = re.sub(r"[\s_-]", "", name).lower()
     for alloy in alloys:
@@ -81,8 +88,13 @@ def resolve_alloy(name: str, alloys: AlloyTable = STANDARD_ALLOYS) -> Optional[s
 
 
 def unknown_alloy(name: str, what: str, alloys: AlloyTable = STANDARD_ALLOYS) -> Reject:
-    return Reject("", f"unknown {what}", repr(name), f"name an alloy such as Al1050 or 1050 (known: "
-                  f"{', '.join(sorted(alloys))}); add others with custom_alloys in the --rig YAML or --alloys")
+    return Reject(
+        "",
+        f"unknown {what}",
+        repr(name),
+        f"name an alloy such as Al1050 or 1050 (known: "
+        f"{', '.join(sorted(alloys))}); add others with custom_alloys in the --rig YAML or --alloys",
+    )
 
 
 def walk(root: Path, skip: set[Path]) -> Walk:
@@ -116,27 +128,34 @@ def foreign_rejects(paths: list[Path], alloy_of=lambda p: UNKNOWN_CLASS) -> list
     return [Reject(str(p), FOREIGN_IMAGES[p.suffix.lower()], fix=FOREIGN_FIX, alloy=alloy_of(p)) for p in paths]
 
 
-def split_and_class(root: Path, p: Path) -> tuple[Optional[str], Optional[str]]:
+def split_and_class(root: Path, p: Path) -> tuple[str | None, str | None]:
     dirs = list(p.relative_to(root).parts[:-1])
     split = dirs.pop(0).lower() if dirs and dirs[0].lower() in SPLITS else None
     return split, dirs[0] if dirs else None
 
 
-def plan_image_folder(root: Path, found: Walk, alloys: AlloyTable = STANDARD_ALLOYS
-                      ) -> tuple[list[SourceFile], list[Reject]]:
+def plan_image_folder(
+    root: Path, found: Walk, alloys: AlloyTable = STANDARD_ALLOYS
+) -> tuple[list[SourceFile], list[Reject]]:
     items, rejects = [], []
     for p in found.images:
         split, class_dir = split_and_class(root, p)
         if class_dir is None:
-            rejects.append(Reject(str(p), "not inside a class folder",
-                                  fix="put it in ROOT/[train|val|test/]CLASS/, or list it in a labels CSV (--labels)"))
-        elif resolve_alloy(class_dir, alloys) is None:
+            rejects.append(
+                Reject(
+                    str(p),
+                    "not inside a class folder",
+                    fix="put it in ROOT/[train|val|test/]CLASS/, or list it in a labels CSV (--labels)",
+                )
+            )
+        elif (alloy := resolve_alloy(class_dir, alloys)) is None:
             r = unknown_alloy(class_dir, "class folder", alloys)
             rejects.append(Reject(str(p), r.problem, r.detail, r.fix))
         else:
-            items.append(SourceFile(p, p.relative_to(root).as_posix(), resolve_alloy(class_dir, alloys), split))
-    rejects += foreign_rejects(found.foreign, lambda p: resolve_alloy(split_and_class(root, p)[1] or "", alloys)
-                               or UNKNOWN_CLASS)
+            items.append(SourceFile(p, p.relative_to(root).as_posix(), alloy, split))
+    rejects += foreign_rejects(
+        found.foreign, lambda p: resolve_alloy(split_and_class(root, p)[1] or "", alloys) or UNKNOWN_CLASS
+    )
     return items, rejects
 
 
@@ -209,8 +228,9 @@ def _by_name(images: list[Path]) -> dict[str, list[Path]]:
     return out
 
 
-def plan_labels_csv(csv_path: Path, root: Path, found: Walk, alloys: AlloyTable = STANDARD_ALLOYS
-                    ) -> tuple[list[SourceFile], list[Reject]]:
+def plan_labels_csv(
+    csv_path: Path, root: Path, found: Walk, alloys: AlloyTable = STANDARD_ALLOYS
+) -> tuple[list[SourceFile], list[Reject]]:
     """The CSV's rows, checked one by one; images under ROOT that it does not list are reported too, with
     what else is wrong with them (a CSV path that names another folder, a foreign format)."""
     try:
@@ -236,31 +256,60 @@ def plan_labels_csv(csv_path: Path, root: Path, found: Walk, alloys: AlloyTable 
             mentioned.add(p)  # reported here, not again as "not listed"
             alloy = resolve_alloy((row.get("alloy") or "").strip(), alloys) or UNKNOWN_CLASS
             column = str(exc).split(":", 1)[0]
-            rejects.append(Reject(str(p), f"bad value in {csv_path.name} column {column}", where + str(exc),
-                                  f"correct the {column} column of {csv_path.name}", alloy))
+            rejects.append(
+                Reject(
+                    str(p),
+                    f"bad value in {csv_path.name} column {column}",
+                    where + str(exc),
+                    f"correct the {column} column of {csv_path.name}",
+                    alloy,
+                )
+            )
             continue
         frames |= {s for s in (item.dark, item.flat) if isinstance(s, Path)}
         if item.path in first_line:
-            rejects.append(Reject(str(item.path), f"listed twice in {csv_path.name}",
-                                  f"{where}listed again (first on line {first_line[item.path]})",
-                                  "keep one row per file", item.alloy))
+            rejects.append(
+                Reject(
+                    str(item.path),
+                    f"listed twice in {csv_path.name}",
+                    f"{where}listed again (first on line {first_line[item.path]})",
+                    "keep one row per file",
+                    item.alloy,
+                )
+            )
         elif not item.path.is_file():
             there = [p for p in elsewhere.get(item.path.name, []) if p != item.path]
-            hint = (f"; {there[0].relative_to(root).as_posix()} has that name: the CSV's paths are relative to "
-                    f"{root}") if there else ""
+            hint = (
+                (f"; {there[0].relative_to(root).as_posix()} has that name: the CSV's paths are relative to {root}")
+                if there
+                else ""
+            )
             mentioned |= set(there[:1])
-            rejects.append(Reject(str(item.path), f"file named in {csv_path.name} not found",
-                                  f"{where}file not found{hint}",
-                                  f"give paths relative to the CSV's folder ({root}) in column file", item.alloy))
+            rejects.append(
+                Reject(
+                    str(item.path),
+                    f"file named in {csv_path.name} not found",
+                    f"{where}file not found{hint}",
+                    f"give paths relative to the CSV's folder ({root}) in column file",
+                    item.alloy,
+                )
+            )
             first_line[item.path] = line
         else:
             item.where = where
             items.append(item)
             first_line[item.path] = line
     listed = set(first_line) | frames | mentioned
-    rejects += [Reject(str(p), f"not listed in {csv_path.name}", _folder_hint(root, p, alloys),
-                       f"add a row for it to {csv_path.name}, or move it out of {root}")
-                for p in found.images if p not in listed]
+    rejects += [
+        Reject(
+            str(p),
+            f"not listed in {csv_path.name}",
+            _folder_hint(root, p, alloys),
+            f"add a row for it to {csv_path.name}, or move it out of {root}",
+        )
+        for p in found.images
+        if p not in listed
+    ]
     rejects += foreign_rejects([p for p in found.foreign if p not in listed])
     return items, rejects
 

@@ -14,33 +14,45 @@ one frame lends it to every session. The i-th wedge-alone frame of each size, an
 reference plate, belong to session i (modulo the number of sessions). Without dark/flat frames, each file's
 dark and flat are found as a plate's are (a CSV value, a dark.tif/flat.tif above it, the levels given).
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
-from alloynet.captures.importing.plan import (FOREIGN_IMAGES, IMAGE_SUFFIXES, Reject, SourceFile, foreign_rejects,
-                                              number, resolve_alloy, unknown_alloy)
+from alloynet.captures.importing.plan import (
+    FOREIGN_IMAGES,
+    IMAGE_SUFFIXES,
+    Reject,
+    SourceFile,
+    foreign_rejects,
+    number,
+    resolve_alloy,
+    unknown_alloy,
+)
 from alloynet.physics.alloys import STANDARD_ALLOYS, AlloyTable
 
 FRAME_FOLDERS = {"dark": "dark", "flat": "flat", "open": "flat", "open-beam": "flat", "open_beam": "flat"}
 _WEDGE = re.compile(r"^wedge[-_ ]?(?P<mm>[0-9]+(?:\.[0-9]+)?)\s*mm$", re.I)
-_PLATE = re.compile(r"^(?P<alloy>[A-Za-z]*[0-9]+[A-Za-z0-9]*)[-_ ](?P<mm>[0-9]+(?:\.[0-9]+)?)\s*mm(?:[-_ ](?P<tag>.+))?$",
-                    re.I)
-FOLDER_FIX = ("name reference folders dark, flat (or open), wedge-<mm>mm (the wedge alone) or <alloy>-<mm>mm "
-              "(a plate of a known alloy and thickness, e.g. Al1050-2mm)")
+_PLATE = re.compile(
+    r"^(?P<alloy>[A-Za-z]*[0-9]+[A-Za-z0-9]*)[-_ ](?P<mm>[0-9]+(?:\.[0-9]+)?)\s*mm(?:[-_ ](?P<tag>.+))?$", re.I
+)
+FOLDER_FIX = (
+    "name reference folders dark, flat (or open), wedge-<mm>mm (the wedge alone) or <alloy>-<mm>mm "
+    "(a plate of a known alloy and thickness, e.g. Al1050-2mm)"
+)
 
 
 @dataclass
 class ReferenceFrames:
     """Calibration frames of the reference captures: per kind, in session order."""
+
     darks: list[Path] = field(default_factory=list)
     flats: list[Path] = field(default_factory=list)
     wedges: dict[float, list[Path]] = field(default_factory=dict)
-    where: dict[Path, str] = field(default_factory=dict)      # "labels.csv line 4: " for CSV rows
-    given: dict[Path, dict] = field(default_factory=dict)     # a CSV row's dark/flat for its frame
+    where: dict[Path, str] = field(default_factory=dict)  # "labels.csv line 4: " for CSV rows
+    given: dict[Path, dict] = field(default_factory=dict)  # a CSV row's dark/flat for its frame
 
     def __bool__(self) -> bool:
         return bool(self.darks or self.flats or self.wedges)
@@ -52,7 +64,9 @@ class ReferenceFrames:
 
 def _images(folder: Path, listed: set[Path]) -> tuple[list[Path], list[Path], list[Path]]:
     """(images, foreign images, other files) directly in ``folder``, by name."""
-    images, foreign, others = [], [], []
+    images: list[Path] = []
+    foreign: list[Path] = []
+    others: list[Path] = []
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p in listed:
             continue
@@ -61,8 +75,9 @@ def _images(folder: Path, listed: set[Path]) -> tuple[list[Path], list[Path], li
     return images, foreign, others
 
 
-def plan_reference_folder(root: Path, folder: Path, listed: set[Path], alloys: AlloyTable = STANDARD_ALLOYS
-                          ) -> tuple[ReferenceFrames, list[SourceFile], list[Reject], list[Path]]:
+def plan_reference_folder(
+    root: Path, folder: Path, listed: set[Path], alloys: AlloyTable = STANDARD_ALLOYS
+) -> tuple[ReferenceFrames, list[SourceFile], list[Reject], list[Path]]:
     """(frames, reference plates, rejects, skipped non-image files) of ROOT/reference/; files the labels CSV
     lists (``listed``) are the CSV's."""
     frames, plates, rejects, skipped = ReferenceFrames(), [], [], []
@@ -84,10 +99,12 @@ def plan_reference_folder(root: Path, folder: Path, listed: set[Path], alloys: A
         elif wedge:
             frames.wedges.setdefault(float(wedge["mm"]), []).extend(images)
         elif plate and resolve_alloy(plate["alloy"], alloys):
-            t, alloy = float(plate["mm"]), resolve_alloy(plate["alloy"], alloys)
+            t, alloy = float(plate["mm"]), str(resolve_alloy(plate["alloy"], alloys))
             pid = f"reference-{alloy}-{t:g}mm" + (f"-{plate['tag']}" if plate["tag"] else "")
-            plates += [SourceFile(x, x.relative_to(root).as_posix(), alloy, thickness_mm=t, plate_id=pid,
-                                  role="reference") for x in images]
+            plates += [
+                SourceFile(x, x.relative_to(root).as_posix(), alloy, thickness_mm=t, plate_id=pid, role="reference")
+                for x in images
+            ]
         elif plate:
             r = unknown_alloy(plate["alloy"], "reference alloy", alloys)
             rejects += [Reject(str(x), r.problem, r.detail, r.fix) for x in images]
@@ -96,9 +113,9 @@ def plan_reference_folder(root: Path, folder: Path, listed: set[Path], alloys: A
     return frames, plates, rejects, skipped
 
 
-def csv_reference_frames(items: list[SourceFile], settings_wedge: Optional[float]) -> tuple[ReferenceFrames,
-                                                                                           list[SourceFile],
-                                                                                           list[Reject]]:
+def csv_reference_frames(
+    items: list[SourceFile], settings_wedge: float | None
+) -> tuple[ReferenceFrames, list[SourceFile], list[Reject]]:
     """Rows of a labels CSV whose role is dark, flat/open or wedge become reference frames; the rest stay."""
     frames, keep, rejects = ReferenceFrames(), [], []
     for item in items:
@@ -110,8 +127,14 @@ def csv_reference_frames(items: list[SourceFile], settings_wedge: Optional[float
         if item.role == "wedge":
             w = item.rig.get("wedge_mm", settings_wedge)
             if w is None:
-                rejects.append(Reject(str(item.path), "wedge-alone frame without its wedge size",
-                                      item.where.rstrip(": "), "a wedge_mm column in the CSV, or --wedge-mm"))
+                rejects.append(
+                    Reject(
+                        str(item.path),
+                        "wedge-alone frame without its wedge size",
+                        item.where.rstrip(": "),
+                        "a wedge_mm column in the CSV, or --wedge-mm",
+                    )
+                )
             else:
                 frames.wedges.setdefault(number(str(w), "wedge_mm"), []).append(item.path)
         else:
@@ -121,15 +144,16 @@ def csv_reference_frames(items: list[SourceFile], settings_wedge: Optional[float
 
 def merge(a: ReferenceFrames, b: ReferenceFrames) -> ReferenceFrames:
     wedges = {w: a.wedges.get(w, []) + b.wedges.get(w, []) for w in sorted({*a.wedges, *b.wedges})}
-    return ReferenceFrames(a.darks + b.darks, a.flats + b.flats, wedges, {**a.where, **b.where},
-                           {**a.given, **b.given})
+    return ReferenceFrames(a.darks + b.darks, a.flats + b.flats, wedges, {**a.where, **b.where}, {**a.given, **b.given})
 
 
-def session_count(frames: ReferenceFrames) -> tuple[int, Optional[str]]:
+def session_count(frames: ReferenceFrames) -> tuple[int, str | None]:
     """(sessions given by the dark/flat frames, or 0 when there are none; a problem with their counts)."""
     nd, nf = len(frames.darks), len(frames.flats)
     n = max(nd, nf)
     if nd > 1 and nf > 1 and nd != nf:
-        return 0, (f"{nd} dark and {nf} flat frames: each session needs one of each (the i-th dark goes with the "
-                   "i-th flat), or one frame of a kind for every session")
+        return 0, (
+            f"{nd} dark and {nf} flat frames: each session needs one of each (the i-th dark goes with the "
+            "i-th flat), or one frame of a kind for every session"
+        )
     return n, None

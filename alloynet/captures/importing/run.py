@@ -1,59 +1,87 @@
 """The import itself: every planned file checked, encoded and stored (with its calibration frames), under the
 store's writer lock; the reference frames stored where `alloynet rig calibrate` reads them."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
 from alloynet.captures.format import ACCEPTED_SIZES, MAX_STRING, Sidecar, make_sidecar, parse_sidecar, validate_capture
 from alloynet.captures.image import CaptureError, encode_image
-from alloynet.captures.importing.frames import (CalibrationMissing, Frame, FrameFinder, SourceImageError,
-                                                probe_size, read_source_image)
-from alloynet.captures.importing.plan import (UNKNOWN_CLASS, Reject, SourceFile, Walk, plan_image_folder,
-                                              plan_labels_csv, walk)
-from alloynet.captures.importing.references import (ReferenceFrames, csv_reference_frames, merge,
-                                                    plan_reference_folder, session_count)
-from alloynet.captures.importing.settings import (REQUIRED_RIG, SETTING_SOURCES, ImportSettings, ImportUsageError,
-                                                  defaulted_rig_fields, validation_message)
+from alloynet.captures.importing.frames import (
+    CalibrationMissing,
+    Frame,
+    FrameFinder,
+    SourceImageError,
+    probe_size,
+    read_source_image,
+)
+from alloynet.captures.importing.plan import (
+    UNKNOWN_CLASS,
+    Reject,
+    SourceFile,
+    Walk,
+    plan_image_folder,
+    plan_labels_csv,
+    walk,
+)
+from alloynet.captures.importing.references import (
+    ReferenceFrames,
+    csv_reference_frames,
+    merge,
+    plan_reference_folder,
+    session_count,
+)
+from alloynet.captures.importing.settings import (
+    REQUIRED_RIG,
+    SETTING_SOURCES,
+    ImportSettings,
+    ImportUsageError,
+    defaulted_rig_fields,
+    validation_message,
+)
 from alloynet.captures.ingest import store_capture
 from alloynet.captures.layout import CAPTURES, sidecar_key
 from alloynet.captures.stores import LocalStore, ObjectExists, ObjectStore, object_path, writer_lock
 
 EIGHT_BIT = "8-bit image"
 EIGHT_BIT_FIX = "export the detector's 16-bit output, or --allow-8bit to import it as 8-bit (recorded in the sidecar)"
-EIGHT_BIT_WARNING = ("8-bit image (--allow-8bit): quantisation to 256 levels discards most of the attenuation "
-                     "signal; recorded as bit_depth 8 in the sidecar")
+EIGHT_BIT_WARNING = (
+    "8-bit image (--allow-8bit): quantisation to 256 levels discards most of the attenuation "
+    "signal; recorded as bit_depth 8 in the sidecar"
+)
 REFERENCE_SOURCE = "reference"  # a reference plate's sidecar source starts with it (rig calibrate reads those)
 
 
 @dataclass
 class ReferenceReport:
-    sessions: list[str] = field(default_factory=list)          # calibration sessions written or found present
-    wedge_frames: Counter = field(default_factory=Counter)      # wedge size (mm) -> frames
-    plates: Counter = field(default_factory=Counter)            # (alloy, thickness mm) -> captures
-    levels_only: bool = False                                   # no dark/flat frames: each file's levels used
+    sessions: list[str] = field(default_factory=list)  # calibration sessions written or found present
+    wedge_frames: Counter = field(default_factory=Counter)  # wedge size (mm) -> frames
+    plates: Counter = field(default_factory=Counter)  # (alloy, thickness mm) -> captures
+    levels_only: bool = False  # no dark/flat frames: each file's levels used
 
 
 @dataclass
 class ImportResult:
-    imported: dict[str, str] = field(default_factory=dict)   # capture id -> alloy
-    present: dict[str, str] = field(default_factory=dict)    # already in the store, same labels and settings
+    imported: dict[str, str] = field(default_factory=dict)  # capture id -> alloy
+    present: dict[str, str] = field(default_factory=dict)  # already in the store, same labels and settings
     rejected: list[Reject] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)          # files that are not images (deliberately left)
-    warnings: list[str] = field(default_factory=list)        # "path: message"
-    splits: dict[str, str] = field(default_factory=dict)     # plate id -> split folder (train/val/test)
-    sessions: list[str] = field(default_factory=list)        # calibration sessions whose frames were stored
-    defaults: dict[str, Any] = field(default_factory=dict)   # sidecar rig fields nobody gave: their defaults
-    eight_bit: list[str] = field(default_factory=list)       # files imported as 8-bit (--allow-8bit)
+    skipped: list[str] = field(default_factory=list)  # files that are not images (deliberately left)
+    warnings: list[str] = field(default_factory=list)  # "path: message"
+    splits: dict[str, str] = field(default_factory=dict)  # plate id -> split folder (train/val/test)
+    sessions: list[str] = field(default_factory=list)  # calibration sessions whose frames were stored
+    defaults: dict[str, Any] = field(default_factory=dict)  # sidecar rig fields nobody gave: their defaults
+    eight_bit: list[str] = field(default_factory=list)  # files imported as 8-bit (--allow-8bit)
     references: ReferenceReport = field(default_factory=ReferenceReport)
 
     @property
@@ -75,7 +103,7 @@ class ImportResult:
         for r in self.rejected:
             rows.setdefault(r.alloy, [0, 0, 0])[2] += 1
         order = sorted(rows, key=lambda a: (a == UNKNOWN_CLASS, a))
-        return [(a, *rows[a]) for a in order]
+        return [(a, rows[a][0], rows[a][1], rows[a][2]) for a in order]
 
     def summary(self) -> str:
         return f"{len(self.imported)} imported, {len(self.present)} already present, {len(self.rejected)} rejected"
@@ -118,7 +146,7 @@ class _Context:
     store: ObjectStore
     settings: ImportSettings
     finder: FrameFinder
-    accepted_sizes: Optional[set]
+    accepted_sizes: set | None
     existing: set[str]
     result: ImportResult
     stored_sessions: set[str] = field(default_factory=set)
@@ -147,22 +175,33 @@ def _build(item: SourceFile, ctx: _Context) -> tuple[Sidecar, bytes, dict[str, F
     thickness = item.thickness_mm or ctx.settings.thickness_mm
     if thickness is None:
         missing.append("thickness_mm")
-    calibration, frames = None, {}
+    calibration: dict = {}
+    frames: dict[str, Frame] = {}
     try:
         # a reference plate was taken in its reference session; the lab's plates under the levels it gives
-        calibration, frames = ctx.finder.resolve(item.path, pixels.shape, {"dark": item.dark, "flat": item.flat},
-                                                 item.fallback, fallback_first=item.role == "reference")
+        calibration, frames = ctx.finder.resolve(
+            item.path,
+            pixels.shape,
+            {"dark": item.dark, "flat": item.flat},
+            item.fallback,
+            fallback_first=item.role == "reference",
+        )
     except CalibrationMissing as exc:
         missing += exc.names
     except ValueError as exc:
         raise _Rejected("unusable calibration frame", f"{item.where}{exc}") from None
     if missing:
-        raise _Rejected("missing settings: " + ", ".join(missing), item.where.rstrip(": "),
-                        "; ".join(f"{k}: {SETTING_SOURCES[k]}" for k in missing))
+        raise _Rejected(
+            "missing settings: " + ", ".join(missing),
+            item.where.rstrip(": "),
+            "; ".join(f"{k}: {SETTING_SOURCES[k]}" for k in missing),
+        )
     if pixels.shape[0] != len(rig["kvp"]):
-        raise _Rejected("pages do not match the kVp settings", f"{item.where}{pixels.shape[0]} page(s) but "
-                        f"{len(rig['kvp'])} kVp setting(s) {rig['kvp']}",
-                        "a multi-page TIFF holds one page per kVp: give one --kvp per page")
+        raise _Rejected(
+            "pages do not match the kVp settings",
+            f"{item.where}{pixels.shape[0]} page(s) but {len(rig['kvp'])} kVp setting(s) {rig['kvp']}",
+            "a multi-page TIFF holds one page per kVp: give one --kvp per page",
+        )
     if bits == 8:
         rig["bit_depth"] = 8
         ctx.result.eight_bit.append(str(item.path))
@@ -170,10 +209,18 @@ def _build(item: SourceFile, ctx: _Context) -> tuple[Sidecar, bytes, dict[str, F
     img, fmt = encode_image(pixels)
     source = f"{REFERENCE_SOURCE} {item.rel}" if item.role == "reference" else f"import {item.rel}"
     try:
-        sc = make_sidecar(cid, pixels, img, fmt, rig=rig, calibration=calibration,
-                          acquired_at=datetime.fromtimestamp(item.path.stat().st_mtime, timezone.utc),
-                          truth={"alloy": item.alloy, "nominal_thickness_mm": thickness}, plate_id=item.plate_id,
-                          source=source[:MAX_STRING])
+        sc = make_sidecar(
+            cid,
+            pixels,
+            img,
+            fmt,
+            rig=rig,
+            calibration=calibration,
+            acquired_at=datetime.fromtimestamp(item.path.stat().st_mtime, timezone.utc),
+            truth={"alloy": item.alloy, "nominal_thickness_mm": thickness},
+            plate_id=item.plate_id,
+            source=source[:MAX_STRING],
+        )
         validate_capture(sc, img, str(item.path), ctx.accepted_sizes)  # what ingest will check, checked now
     except ValidationError as exc:
         raise _Rejected("invalid setting", f"{item.where}{validation_message(exc)}") from None
@@ -214,9 +261,11 @@ def _import_one(item: SourceFile, ctx: _Context) -> None:
             stored = parse_sidecar(ctx.store.get(key), object_path(ctx.store, key))
             diff = _differences(stored, sc)
             if diff:
-                raise _Rejected("already imported with other labels or settings",
-                                f"{item.where}as {sc.capture_id} ({'; '.join(diff[:3])}); the stored capture is kept",
-                                "import under another name, or give the settings it was imported with")
+                raise _Rejected(
+                    "already imported with other labels or settings",
+                    f"{item.where}as {sc.capture_id} ({'; '.join(diff[:3])}); the stored capture is kept",
+                    "import under another name, or give the settings it was imported with",
+                )
             outcome = "present"
         else:
             _store_session(sc.calibration.model_dump(), frames, ctx)
@@ -245,13 +294,17 @@ def _reference_sessions(frames: ReferenceFrames, bad: set[Path], ctx: _Context) 
     n, problem = session_count(frames)
     usable = [p for p in frames.darks + frames.flats if p not in bad]
     if problem:
-        ctx.result.rejected += [Reject(str(p), "unpaired reference frames", problem,
-                                       "one dark and one flat per session") for p in usable]
+        ctx.result.rejected += [
+            Reject(str(p), "unpaired reference frames", problem, "one dark and one flat per session") for p in usable
+        ]
         return []
     sessions = []
     for i in range(n):
-        given = {name: (ps[i] if len(ps) > 1 else ps[0]) for name, ps in (("dark", frames.darks),
-                                                                          ("flat", frames.flats)) if ps}
+        given = {
+            name: (ps[i] if len(ps) > 1 else ps[0])
+            for name, ps in (("dark", frames.darks), ("flat", frames.flats))
+            if ps
+        }
         if any(p in bad for p in given.values()):
             continue
         first = next(iter(given.values()))
@@ -259,10 +312,15 @@ def _reference_sessions(frames: ReferenceFrames, bad: set[Path], ctx: _Context) 
             shape = ctx.finder.load(first).pixels.shape
             calibration, loaded = ctx.finder.resolve(first, shape, given)
         except CalibrationMissing as exc:
-            ctx.result.rejected += [Reject(str(p), "missing settings: " + ", ".join(exc.names),
-                                           frames.where.get(p, "").rstrip(": "),
-                                           "; ".join(f"{k}: {SETTING_SOURCES[k]}" for k in exc.names))
-                                    for p in given.values()]
+            ctx.result.rejected += [
+                Reject(
+                    str(p),
+                    "missing settings: " + ", ".join(exc.names),
+                    frames.where.get(p, "").rstrip(": "),
+                    "; ".join(f"{k}: {SETTING_SOURCES[k]}" for k in exc.names),
+                )
+                for p in given.values()
+            ]
             continue
         except ValueError as exc:
             ctx.result.rejected += [Reject(str(p), "unusable calibration frame", str(exc)) for p in given.values()]
@@ -273,15 +331,17 @@ def _reference_sessions(frames: ReferenceFrames, bad: set[Path], ctx: _Context) 
     return sessions
 
 
-def _store_wedge(path: Path, wedge_mm: float, session: Optional[tuple[dict, dict]], given: dict,
-                 ctx: _Context) -> None:
+def _store_wedge(path: Path, wedge_mm: float, session: tuple[dict, dict] | None, given: dict, ctx: _Context) -> None:
     data, pixels, bits = _read(path, ctx)
     if session is None:  # no reference dark/flat frames: the frame's own, as a plate's are found
         try:
             calibration, loaded = ctx.finder.resolve(path, pixels.shape, given)
         except CalibrationMissing as exc:
-            raise _Rejected("missing settings: " + ", ".join(exc.names), "",
-                            "; ".join(f"{k}: {SETTING_SOURCES[k]}" for k in exc.names)) from None
+            raise _Rejected(
+                "missing settings: " + ", ".join(exc.names),
+                "",
+                "; ".join(f"{k}: {SETTING_SOURCES[k]}" for k in exc.names),
+            ) from None
         except ValueError as exc:
             raise _Rejected("unusable calibration frame", str(exc)) from None
         _store_session(calibration, loaded, ctx)
@@ -290,8 +350,11 @@ def _store_wedge(path: Path, wedge_mm: float, session: Optional[tuple[dict, dict
         calibration = session[0]
         dark = ctx.finder.load(next(iter(session[1].values())))
         if dark.pixels.shape != pixels.shape:
-            raise _Rejected("unusable calibration frame", f"the wedge-alone frame is {'x'.join(map(str, pixels.shape))}"
-                            f" (CxHxW), its session's frames {'x'.join(map(str, dark.pixels.shape))}")
+            raise _Rejected(
+                "unusable calibration frame",
+                f"the wedge-alone frame is {'x'.join(map(str, pixels.shape))}"
+                f" (CxHxW), its session's frames {'x'.join(map(str, dark.pixels.shape))}",
+            )
     sid = calibration["session"]
     img, fmt = encode_image(pixels)
     digest = hashlib.sha256(data).hexdigest()[:12]
@@ -312,8 +375,9 @@ def store_references(frames: ReferenceFrames, plates: list[SourceFile], bad: set
     for wedge_mm, paths in frames.wedges.items():
         for j, path in enumerate(p for p in paths if p not in bad):
             try:
-                _store_wedge(path, wedge_mm, sessions[j % len(sessions)] if sessions else None,
-                             frames.given.get(path, {}), ctx)
+                _store_wedge(
+                    path, wedge_mm, sessions[j % len(sessions)] if sessions else None, frames.given.get(path, {}), ctx
+                )
             except _Rejected as exc:
                 detail = (frames.where.get(path, "") + exc.detail).rstrip(": ")
                 ctx.result.rejected.append(Reject(str(path), exc.problem, detail, exc.fix))
@@ -325,8 +389,9 @@ def store_references(frames: ReferenceFrames, plates: list[SourceFile], bad: set
             item.fallback = sessions[k % len(sessions)][1]
 
 
-def _one_size(items: list[SourceFile], frames: list[Path], accepted: set, result: ImportResult
-              ) -> tuple[list[SourceFile], Optional[tuple[int, int]]]:
+def _one_size(
+    items: list[SourceFile], frames: list[Path], accepted: set, result: ImportResult
+) -> tuple[list[SourceFile], tuple[int, int] | None]:
     """Header sizes; files that cannot be read are rejected, and so are sizes other than the most common and
     a common size that is not accepted (one problem, naming --accept-size)."""
     sizes: dict[int, tuple[int, int]] = {}
@@ -345,22 +410,55 @@ def _one_size(items: list[SourceFile], frames: list[Path], accepted: set, result
     common = max(counts, key=lambda s: (counts[s], s))
     for i, s in sizes.items():
         if s != common:
-            result.rejected.append(Reject(str(paths[i]), "image size differs from the rest of the import",
-                                          f"{s[0]}x{s[1]} (HxW); {counts[common]} image(s) are {common[0]}x{common[1]}",
-                                          f"import each size separately (--accept-size {s[0]}x{s[1]} for its run)",
-                                          alloys[i]))
+            result.rejected.append(
+                Reject(
+                    str(paths[i]),
+                    "image size differs from the rest of the import",
+                    f"{s[0]}x{s[1]} (HxW); {counts[common]} image(s) are {common[0]}x{common[1]}",
+                    f"import each size separately (--accept-size {s[0]}x{s[1]} for its run)",
+                    alloys[i],
+                )
+            )
     if accepted and common not in accepted:
         for i, s in sizes.items():
             if s == common:
-                result.rejected.append(Reject(str(paths[i]), f"image size {common[0]}x{common[1]} not accepted",
-                                              f"accepted: {', '.join(f'{h}x{w}' for h, w in sorted(accepted))}",
-                                              f"--accept-size {common[0]}x{common[1]}", alloys[i]))
+                result.rejected.append(
+                    Reject(
+                        str(paths[i]),
+                        f"image size {common[0]}x{common[1]} not accepted",
+                        f"accepted: {', '.join(f'{h}x{w}' for h, w in sorted(accepted))}",
+                        f"--accept-size {common[0]}x{common[1]}",
+                        alloys[i],
+                    )
+                )
         return [], common
     return [items[i] for i, s in sizes.items() if i < len(items) and s == common], common
 
 
-def _plan(root: Path, found: Walk, labels: Optional[Path], settings: ImportSettings, result: ImportResult
-          ) -> tuple[list[SourceFile], ReferenceFrames]:
+def _unlisted_sizes(result: ImportResult, common: tuple[int, int] | None) -> None:
+    """Images a labels CSV does not list are probed too: a size that would have been refused (not the import's,
+    or, where nothing was listed, not the most common) is said beside "not listed", so the listing does not
+    hide it."""
+    sizes: dict[int, tuple[int, int]] = {}
+    for n, r in enumerate(result.rejected):
+        if r.problem.startswith("not listed in "):
+            try:
+                sizes[n] = probe_size(Path(r.path))
+            except (OSError, SourceImageError):
+                continue
+    if common is None and sizes:
+        counts = Counter(sizes.values())
+        common = max(counts, key=lambda s: (counts[s], s))
+    for n, (h, w) in sizes.items():
+        if common is not None and (h, w) != common:
+            r = result.rejected[n]
+            also = f"also {h}x{w} (HxW), not the import's {common[0]}x{common[1]}"
+            result.rejected[n] = replace(r, detail=f"{r.detail}; {also}" if r.detail else also)
+
+
+def _plan(
+    root: Path, found: Walk, labels: Path | None, settings: ImportSettings, result: ImportResult
+) -> tuple[list[SourceFile], ReferenceFrames]:
     alloys = settings.alloy_table()
     if labels:
         items, rejects = plan_labels_csv(labels, root, found, alloys)
@@ -381,10 +479,17 @@ def _plan(root: Path, found: Walk, labels: Optional[Path], settings: ImportSetti
     return items, frames
 
 
-def run_import(source: Path, store: ObjectStore, settings: ImportSettings, labels: Optional[Path] = None,
-               accepted_sizes: Optional[set] = None, wait: float = 0.0,
-               progress: Optional[Callable[[int, int], None]] = None,
-               on_warning: Optional[Callable[[str], None]] = None, ignore: tuple[Path, ...] = ()) -> ImportResult:
+def run_import(
+    source: Path,
+    store: ObjectStore,
+    settings: ImportSettings,
+    labels: Path | None = None,
+    accepted_sizes: set | None = None,
+    wait: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    ignore: tuple[Path, ...] = (),
+) -> ImportResult:
     """Import the ImageFolder tree at ``source`` (or the files a labels CSV lists, relative to ``source``), and
     the reference captures under ``source/reference/``, into ``store``, holding its writer lock. Raises
     ``ImportUsageError`` for a bad CSV or root, and the store's own errors (``StoreError``, ``WriterBusy``);
@@ -392,8 +497,9 @@ def run_import(source: Path, store: ObjectStore, settings: ImportSettings, label
     material (the rig YAML)."""
     root = Path(source).resolve()
     if not root.is_dir():
-        raise ImportUsageError(f"{source}: not a directory (expected an ImageFolder root or the folder of the "
-                               "files a labels CSV names)")
+        raise ImportUsageError(
+            f"{source}: not a directory (expected an ImageFolder root or the folder of the files a labels CSV names)"
+        )
     result = ImportResult()
 
     def warn(path: Path, msg: str) -> None:
@@ -408,12 +514,14 @@ def run_import(source: Path, store: ObjectStore, settings: ImportSettings, label
     items, frames = _plan(root, found, Path(labels).resolve() if labels else None, settings, result)
     accepted = ACCEPTED_SIZES if accepted_sizes is None else accepted_sizes
     items, common = _one_size(items, frames.paths, accepted, result)
+    _unlisted_sizes(result, common)
     given = set(settings.rig) | {k for i in items for k in i.rig}
     result.defaults = defaulted_rig_fields(given)
     with writer_lock(store, "import", wait):
         existing = {i.key for i in store.list(CAPTURES) if i.key.endswith(".json")}
-        ctx = _Context(store, settings, FrameFinder(root, found.frames, settings, warn), accepted_sizes, existing,
-                       result)
+        ctx = _Context(
+            store, settings, FrameFinder(root, found.frames, settings, warn), accepted_sizes, existing, result
+        )
         bad = {Path(r.path) for r in result.rejected}
         # reference plates take their reference session's frames where none is nearer; so do other plates
         store_references(frames, sorted(items, key=lambda i: i.role != "reference"), bad, ctx)

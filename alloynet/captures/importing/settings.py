@@ -1,8 +1,9 @@
 """What applies to every file of an import unless its CSV row says otherwise: the ``--rig`` YAML and options."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,9 +19,9 @@ SETTING_SOURCES = {
     "wedge_mm": "--wedge-mm MM, wedge_mm under rig: in the --rig YAML, or a wedge_mm column in the CSV",
     "thickness_mm": "--thickness-mm MM, thickness_mm in the --rig YAML, or a thickness_mm column in the CSV",
     "dark": "--dark-level ADU, dark_level in the --rig YAML, a dark column in the CSV, a dark.tif beside the "
-            "images, or reference/dark/ frames",
+    "images, or reference/dark/ frames",
     "flat": "--flat-level ADU, flat_level in the --rig YAML, a flat column in the CSV, a flat.tif beside the "
-            "images, or reference/flat/ frames",
+    "images, or reference/flat/ frames",
 }
 
 
@@ -33,9 +34,9 @@ class ImportSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     rig: dict[str, Any] = Field(default_factory=dict, description="sidecar rig fields: kvp, wedge_mm, dose, ...")
-    thickness_mm: Optional[float] = Field(None, gt=0, description="plate thickness (mm) of every file without its own")
-    dark_level: Optional[list[Annotated[float, Field(ge=0)]]] = Field(None, min_length=1, description="ADU per channel")
-    flat_level: Optional[list[Annotated[float, Field(gt=0)]]] = Field(None, min_length=1, description="ADU per channel")
+    thickness_mm: float | None = Field(None, gt=0, description="plate thickness (mm) of every file without its own")
+    dark_level: list[Annotated[float, Field(ge=0)]] | None = Field(None, min_length=1, description="ADU per channel")
+    flat_level: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1, description="ADU per channel")
     custom_alloys: dict[str, dict] = Field(default_factory=dict, description="extra alloys, see alloys_from_config")
     allow_8bit: bool = Field(False, description="import 8-bit images (recorded as bit_depth 8 in the sidecar)")
 
@@ -61,12 +62,14 @@ def _read_yaml(rig_yaml: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ImportUsageError(f"{rig_yaml}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(raw, dict):
-        raise ImportUsageError(f"{rig_yaml}: expected a mapping (rig: {{kvp: [50], wedge_mm: 50}}, thickness_mm, "
-                               f"dark_level, flat_level, custom_alloys), got {type(raw).__name__}")
+        raise ImportUsageError(
+            f"{rig_yaml}: expected a mapping (rig: {{kvp: [50], wedge_mm: 50}}, thickness_mm, "
+            f"dark_level, flat_level, custom_alloys), got {type(raw).__name__}"
+        )
     return raw
 
 
-def load_settings(rig_yaml: Optional[Path] = None, **overrides: Any) -> ImportSettings:
+def load_settings(rig_yaml: Path | None = None, **overrides: Any) -> ImportSettings:
     """The YAML (if any) with the options that were given on top. ``kvp``, ``wedge_mm``, ``dose``,
     ``pixel_size_mm`` (and any other sidecar rig field) go to ``rig``; ``thickness_mm``, ``dark_level``,
     ``flat_level``, ``custom_alloys`` and ``allow_8bit`` stay top-level. Errors name the file (or "options")
@@ -79,8 +82,14 @@ def load_settings(rig_yaml: Optional[Path] = None, **overrides: Any) -> ImportSe
         settings = ImportSettings.model_validate(raw)
         rig = {**settings.rig, **{k: v for k, v in given.items() if k not in top}}
         alloys = {**settings.custom_alloys, **given.pop("custom_alloys", {})}
-        settings = ImportSettings.model_validate({**settings.model_dump(), "rig": rig, "custom_alloys": alloys,
-                                                  **{k: v for k, v in given.items() if k in top}})
+        settings = ImportSettings.model_validate(
+            {
+                **settings.model_dump(),
+                "rig": rig,
+                "custom_alloys": alloys,
+                **{k: v for k, v in given.items() if k in top},
+            }
+        )
         # every rig field given must be valid already; kvp and wedge_mm may still come per file (CSV)
         RigInfo.model_validate({"kvp": [1.0], "wedge_mm": 1.0, **settings.rig})
     except ValidationError as exc:

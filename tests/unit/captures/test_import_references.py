@@ -1,5 +1,6 @@
 """`alloynet import` brings in reference captures beside the plates (ROOT/reference/ folders or CSV roles) and
 stores them where `alloynet rig calibrate` reads them."""
+
 from __future__ import annotations
 
 import json
@@ -103,12 +104,13 @@ def test_everything_missing_is_said_once_per_problem(tmp_path):
     lines = res.output.splitlines()
     problem = [ln for ln in lines if ln.startswith("error: missing settings")]
     # one line per distinct set of missing settings, each naming every setting a file lacks
-    assert problem == ["error: missing settings: dark, flat: 3 files: reference/wedge-50mm/w0.png, "
-                       "reference/wedge-50mm/w1.png, reference/wedge-50mm/w2.png",
-                       "error: missing settings: kvp, wedge_mm, dark, flat: 2 files: reference/Al1050-2mm/r0.png, "
-                       "reference/Al1050-2mm/r1.png",
-                       "error: missing settings: kvp, wedge_mm, thickness_mm, dark, flat: 2 files: Al7075/p0.png, "
-                       "Al7075/p1.png"], problem
+    assert problem == [
+        "error: missing settings: dark, flat: 3 files: reference/wedge-50mm/w0.png, "
+        "reference/wedge-50mm/w1.png, reference/wedge-50mm/w2.png",
+        "error: missing settings: kvp, wedge_mm, dark, flat: 2 files: reference/Al1050-2mm/r0.png, "
+        "reference/Al1050-2mm/r1.png",
+        "error: missing settings: kvp, wedge_mm, thickness_mm, dark, flat: 2 files: Al7075/p0.png, Al7075/p1.png",
+    ], problem
     fix = lines[lines.index(problem[-1]) + 1]
     for option in ("--kvp", "--wedge-mm", "--thickness-mm", "--dark-level", "--flat-level"):
         assert option in fix, fix
@@ -122,8 +124,10 @@ def test_labels_csv_roles(tmp_path):
     _png(root / "f.png", 50000, 3)
     _png(root / "w.png", 30000, 4)
     _png(root / "r.png", 25000, 5)
-    (root / "labels.csv").write_text("file,alloy,thickness_mm,role,wedge_mm\na.png,Al7075,2,,\nd.png,,,dark,\n"
-                                     "f.png,,,flat,\nw.png,,,wedge,70\nr.png,1050,3,reference,\n")
+    (root / "labels.csv").write_text(
+        "file,alloy,thickness_mm,role,wedge_mm\na.png,Al7075,2,,\nd.png,,,dark,\n"
+        "f.png,,,flat,\nw.png,,,wedge,70\nr.png,1050,3,reference,\n"
+    )
     res = _run(root / "labels.csv", store, "--kvp", "50", "--wedge-mm", "50", "--accept-size", f"{H}x{W}")
     assert res.exit_code == 0, res.output
     (session,) = [p for p in (store / "calibration").iterdir()]
@@ -132,3 +136,56 @@ def test_labels_csv_roles(tmp_path):
     ref = [sc for sc in _sidecars(store) if sc["source"] == "reference r.png"]
     assert ref and ref[0]["truth"]["alloy"] == "Al1050" and ref[0]["calibration"]["session"] == session.name
     assert LocalStore(store).root == store.resolve()
+
+
+def test_labels_csv_problems_are_not_hidden_behind_not_listed(tmp_path):
+    root, store = tmp_path / "lab", tmp_path / "store"
+    _png(root / "train" / "Al7075" / "a.png", 20000, 1)
+    _png(root / "train" / "Al7075" / "b.png", 20000, 2)
+    _png(root / "train" / "Al1050" / "c.png", 20000, 3)
+    _png(root / "train" / "Al1050" / "d.png", 20000, 4)
+    wide = root / "train" / "Al1050" / "wide.png"
+    Image.fromarray(np.full((H, 2 * W), 20000, np.uint16)).save(wide)
+    # paths relative to train/, not to the CSV's folder; one image not listed at all
+    (root / "labels.csv").write_text("file,alloy\nAl7075/a.png,Al7075\nAl7075/b.png,Al7075\n")
+    res = _run(root / "labels.csv", store, *BASE, "--dark-level", "900", "--flat-level", "40000", "--details")
+    assert res.exit_code == 1
+    out = " ".join(res.output.split())
+    assert "file named in labels.csv not found" in out
+    assert "train/Al7075/a.png has that name: the CSV's paths are relative to" in out
+    # the images the rows meant are not reported again as unlisted; the others say what else is wrong
+    assert f"rejected {root / 'train' / 'Al7075' / 'a.png'}" not in out
+    assert "in class folder 'Al1050': without --labels the folder is its label" in out
+    assert f"rejected {wide}: not listed in labels.csv: in class folder 'Al1050'" in out and "also 8x32 (HxW)" in out
+
+
+def test_a_clean_tree_exits_0_and_names_what_it_skipped_and_defaulted(tmp_path):
+    root, store = tmp_path / "lab", tmp_path / "store"
+    _png(root / "Al7075" / "a.png", 20000, 1)
+    (root / "labels.csv").write_text("file,alloy\n")  # a CSV left in an ImageFolder tree: skipped, not rejected
+    fake = root / "Al7075" / "b.tif"  # a JPEG under a TIFF name is still a JPEG
+    Image.fromarray(np.full((H, W), 90, np.uint8)).save(fake, format="JPEG")
+    res = _run(root, store, *BASE, "--dark-level", "900", "--flat-level", "40000")
+    assert res.exit_code == 1 and "error: 8-bit JPEG: lossy, not a detector image: 1 file: Al7075/b.tif" in res.output
+    fake.unlink()
+    res = _run(root, store, *BASE, "--dark-level", "900", "--flat-level", "40000")
+    assert res.exit_code == 0, res.output
+    assert "skipped 1 file(s) that are not images: labels.csv" in res.output
+    defaults = next(ln for ln in res.output.splitlines() if ln.startswith("defaults used"))
+    assert "filtration_mm_al=1.0" in defaults and "not recorded: dose" in defaults and "kvp" not in defaults
+    odd = _run(
+        root,
+        tmp_path / "other",
+        "--kvp",
+        "50",
+        "--wedge-mm",
+        "50",
+        "--thickness-mm",
+        "2",
+        "--dark-level",
+        "900",
+        "--flat-level",
+        "40000",
+    )  # 8x16 is not a standard size
+    assert odd.exit_code == 1 and "error: image size 8x16 not accepted" in odd.output
+    assert "  fix: --accept-size 8x16" in odd.output
