@@ -119,7 +119,8 @@ def test_ingest_conflicting_upload_never_overwrites(store, tmp_path):
     src.put(f"captures/{sc.image.file}", data, overwrite=True)
     src.put(f"captures/{cid}.json", sc.model_dump_json().encode(), overwrite=True)
     res = ingest(src, dest, accepted_sizes={(32, 32)})
-    assert list(res.quarantined) == [f"captures/{cid}.json"] and "conflicting upload" in res.quarantined[f"captures/{cid}.json"]
+    key = f"captures/{cid}.json"
+    assert list(res.quarantined) == [key] and "conflicting upload" in res.quarantined[key]
     assert dest.get(f"captures/{cid}.json") == kept
 
 
@@ -208,8 +209,9 @@ def test_an_aliased_image_cannot_replace_a_stored_capture(store, tmp_path):
     src.put(f"captures/{victim}.png", data, overwrite=True)  # the source's copy is replaced too
     src.put("captures/intruder.json", json.dumps(raw).encode())
     res = ingest(src, dest, accepted_sizes=SIZES)
-    assert list(res.quarantined) == ["captures/intruder.json"]
+    assert sorted(res.quarantined) == ["captures/intruder.json", f"captures/{victim}.png"]
     assert "image.file" in res.quarantined["captures/intruder.json"]
+    assert "image changed at the source" in res.quarantined[f"captures/{victim}.png"]  # noticed, not taken
     assert dest.get(f"captures/{victim}.png") == before
 
 

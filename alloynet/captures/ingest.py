@@ -9,12 +9,17 @@
   on; only a failure of the stores themselves (``StoreError``, a full disk) stops the run, and then the
   watermark has not moved past the capture being worked on.
 * A capture can only write its own files: both keys derive from ``capture_id`` (which must match the
-  sidecar's file name), and nothing stored is overwritten. A capture already present with the same hash is
-  a duplicate and changes nothing; one with the same id but different bytes is quarantined as a conflict.
+  sidecar's file name), and nothing stored is overwritten. A capture already present with the same hash and
+  labels is a duplicate and changes nothing; one with the same id but different bytes is quarantined as a
+  conflict.
 * The quarantine is a state: an entry is retried when its image changes at the source (re-uploaded after
   being missing or damaged), when its sidecar is re-uploaded (the watermark sees that), or on request
   (``retry_quarantined``); it leaves the quarantine once it ingests. An image with no sidecar after a grace
   period is reported as an orphan (a quarantine entry too, released when its sidecar arrives).
+* A stored capture's labels change only by a recorded relabel (``alloynet.captures.labels``): a sidecar that
+  arrives with other labels for the same image is quarantined as a label conflict showing both values. An
+  image replaced at the source under a stored capture's name (sidecar unchanged) is noticed by its version
+  (ETag or size and time) and hash, and quarantined as an image conflict; the stored capture is kept.
 * One writer per destination (``writer_lock``): a second ingest waits or stops with a clear message.
   Under the lock, temp files a killed writer left behind are removed.
 * The watermark advances after each capture, so a crash loses nothing and the next run resumes.
@@ -33,6 +38,7 @@ from typing import Optional
 from alloynet.captures.format import (CAPTURE_ID_PATTERN, IMAGE_EXTENSIONS, MAX_IMAGE_BYTES, MAX_SIDECAR_BYTES,
                                       parse_sidecar, validate_capture)
 from alloynet.captures.image import CaptureError, sha256
+from alloynet.captures.labels import LabelConflict, label_conflict
 from alloynet.captures.layout import CAPTURES, QUARANTINE, Quarantine, image_key, sidecar_key
 from alloynet.captures.stores import (TEMP_PREFIX, LocalStore, ObjectExists, ObjectInfo, ObjectMissing, ObjectRefused,
                                       ObjectStore, StoreError, object_path, writer_lock)
@@ -55,12 +61,15 @@ class IngestResult:
     retried: list[str] = field(default_factory=list)            # quarantined source keys tried again
     orphans: list[str] = field(default_factory=list)            # source images with no sidecar past the grace period
     cleaned: list[str] = field(default_factory=list)            # temp files of killed writers, removed
+    image_conflicts: list[str] = field(default_factory=list)    # stored captures' images changed at the source
+    image_versions: dict[str, str] = field(default_factory=dict, repr=False)  # source image -> version ingested
 
     def summary(self) -> str:
         s = (f"{len(self.new)} new, {len(self.duplicates)} duplicate, {len(self.quarantined)} quarantined, "
              f"{len(self.vanished)} vanished")
         extra = [f"{len(v)} {k}" for k, v in (("released from quarantine", self.released),
-                                              ("orphan image(s)", self.orphans)) if v]
+                                              ("orphan image(s)", self.orphans),
+                                              ("image(s) changed at the source", self.image_conflicts)) if v]
         return s + ("; " + ", ".join(extra) if extra else "")
 
 
@@ -164,6 +173,11 @@ def _run(source: ObjectStore, dest: ObjectStore, prefix: str, accepted_sizes, li
         _retry(source, dest, result, accepted_sizes, q, listing, prefix, done, force_retry)
         if orphan_grace_s is not None:
             _report_orphans(source, result, q, listing, prefix, orphan_grace_s)
+        if pull_new:
+            _check_images(source, dest, result, q, listing, prefix)
+    elif result.image_versions:
+        versions = load_image_versions(dest, source)
+        _save_image_versions(dest, source, {**versions, **result.image_versions})
     log.info("ingest from %s: %s", source.uri, result.summary())
     return result
 
@@ -216,6 +230,75 @@ def _report_orphans(source, result, q: Quarantine, listing, prefix, grace: float
     for entry in q.from_source(source.uri):  # no longer orphans: the sidecar came, or the image went
         if entry.get("kind") == "orphan" and entry["source"][len(base):] not in orphans:
             result.released.append(q.release(entry["source"]))
+
+
+def _images_state_key(source: ObjectStore) -> str:
+    return _state_key(source).removesuffix(".json") + "-images.json"
+
+
+def load_image_versions(dest: ObjectStore, source: ObjectStore) -> dict[str, str]:
+    """Source image key -> the version (ETag or size, and time) of the image its stored capture came from."""
+    try:
+        return dict(json.loads(dest.get(_images_state_key(source)))["images"])
+    except ObjectMissing:
+        return {}
+
+
+def _save_image_versions(dest: ObjectStore, source: ObjectStore, versions: dict[str, str]) -> None:
+    body = {"source": source.uri, "images": dict(sorted(versions.items()))}
+    dest.put(_images_state_key(source), json.dumps(body).encode(), overwrite=True)
+
+
+def _check_images(source: ObjectStore, dest: ObjectStore, result: IngestResult, q: Quarantine,
+                  listing: dict[str, ObjectInfo], prefix: str) -> None:
+    """A stored capture's image replaced at the source under the same name (its sidecar unchanged) is
+    quarantined as a conflict; the stored capture is kept. Only images whose version differs from the one
+    recorded at ingest (or that have none recorded: stores ingested before this check) are downloaded and
+    compared by hash. An image put back as it was leaves the quarantine."""
+    versions = {**load_image_versions(dest, source), **result.image_versions}
+    stored = {o.key for o in dest.list(CAPTURES) if o.key.endswith(".json")}
+    for key, info in sorted(listing.items()):
+        name = key[len(prefix):]
+        cid, _, ext = name.rpartition(".")
+        if f".{ext.lower()}" not in _IMAGE_SUFFIXES or not _ID_RE.match(cid) or "/" in name:
+            continue
+        if f"{prefix}{cid}.json" not in listing or sidecar_key(cid) not in stored:
+            continue  # not (yet) a stored capture: ingest or the orphan report deals with it
+        if f"{prefix}{cid}.json" in result.quarantined:
+            continue  # its sidecar came with it and is quarantined already, naming the conflict
+        version = _image_version(info)
+        if versions.get(key) == version:
+            continue
+        where = object_path(source, key)
+        entry = q.get(where)
+        if entry is not None and entry.get("image_version") == version:
+            result.image_conflicts.append(key)
+            continue  # reported already, as it is now
+        try:
+            kept = parse_sidecar(dest.get(sidecar_key(cid)), object_path(dest, sidecar_key(cid)))
+        except (ObjectMissing, CaptureError):
+            continue
+        if kept.image.file != name:
+            continue  # another format's file under the same id: not this capture's image
+        try:
+            data = source.get(key) if info.size <= MAX_IMAGE_BYTES else None
+        except (ObjectMissing, ObjectRefused):
+            continue
+        now = sha256(data) if data is not None else f"({info.size} bytes, not read)"
+        if now == kept.image.sha256:
+            versions[key] = version
+            if entry is not None and entry.get("kind") == "image-conflict":
+                result.released.append(q.release(where))
+            continue
+        err = CaptureError(where, "image", f"image changed at the source under the same name: the stored capture "
+                                           f"{cid!r} has sha256 {kept.image.sha256[:12]}..., the source now "
+                                           f"{now[:12]}...; the stored capture is kept")
+        q.add(cid, {name: data} if data is not None else {}, err, where, kind="image-conflict",
+              source_uri=source.uri, capture_id=cid, image_key=key, image_version=version)
+        log.warning("%r", str(err))
+        result.quarantined[key] = str(err)
+        result.image_conflicts.append(key)
+    _save_image_versions(dest, source, versions)
 
 
 def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result: IngestResult, accepted_sizes,
@@ -272,9 +355,13 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
     try:
         outcome = store_capture(dest, sc, sc_bytes, img, where)
     except CaptureError as err:
-        _quarantine(source, info, name, files, err, q, result, img_key, _image_version(listing.get(img_key)))
+        kind = {"kind": "label-conflict", "capture_id": sc.capture_id} if isinstance(err, LabelConflict) else {}
+        _quarantine(source, info, name, files, err, q, result, img_key, _image_version(listing.get(img_key)), **kind)
         return
     (result.new if outcome == "new" else result.duplicates).append(sc.capture_id)
+    version = _image_version(listing.get(img_key))
+    if version is not None:
+        result.image_versions[img_key] = version
     released = q.release(where)
     if released:
         log.info("%r left the quarantine (%s)", where, released)
@@ -282,9 +369,10 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
 
 
 def _quarantine(source: ObjectStore, info: ObjectInfo, name: str, files: dict[str, bytes], err: CaptureError,
-                q: Quarantine, result: IngestResult, img_key: Optional[str], image_version: Optional[str]) -> None:
+                q: Quarantine, result: IngestResult, img_key: Optional[str], image_version: Optional[str],
+                **kind: str) -> None:
     where = object_path(source, info.key)
-    extra = {"kind": "capture", "source_uri": source.uri}
+    extra = {"kind": "capture", "source_uri": source.uri, **kind}
     if img_key is not None:  # remembered so that a change of the image at the source triggers a retry
         extra.update(image_key=img_key, image_version=image_version)
     folder = q.add(name, files, err, where, **extra)
@@ -295,8 +383,9 @@ def _quarantine(source: ObjectStore, info: ObjectInfo, name: str, files: dict[st
 def store_capture(dest: ObjectStore, sc, sc_bytes: bytes, img: bytes, where: str) -> str:
     """Write one verified capture, image first and sidecar last; never replace a stored capture.
 
-    Returns "new" or "duplicate" (the same image is stored under this id already); a different capture
-    stored under the id raises ``CaptureError``. Call it while holding ``writer_lock(dest)``: an image
+    Returns "new" or "duplicate" (the same image, with the same labels, is stored under this id already); a
+    different capture stored under the id raises ``CaptureError``, the same image with other labels
+    ``LabelConflict`` (labels change only by a recorded relabel, ``alloynet.captures.labels``). Call it while holding ``writer_lock(dest)``: an image
     without a sidecar is then taken for the leftover of a killed run. Ingest and import both write here."""
     skey, ikey = sidecar_key(sc.capture_id), image_key(sc)
     for _ in range(2):
@@ -306,6 +395,9 @@ def store_capture(dest: ObjectStore, sc, sc_bytes: bytes, img: bytes, where: str
             stored = None
         if stored is not None:
             if stored.image.sha256 == sc.image.sha256:
+                conflict = label_conflict(dest, stored, sc, where)
+                if conflict is not None:
+                    raise conflict
                 return "duplicate"
             raise CaptureError(where, "capture_id", f"a different capture {sc.capture_id!r} is already stored "
                                                     "(conflicting upload); the stored one is kept")
