@@ -215,4 +215,7 @@ def summary_cmd(manifest: Path) -> None:
 def register(app: typer.Typer) -> None:
     app.command()(simulate)
     app.command()(ingest)
-    app.add_typer(data_app, name="data", help="Manifests, summaries and the quarantine.")
+    from alloynet.commands.labels_cli import add_label_commands
+
+    add_label_commands(data_app)
+    app.add_typer(data_app, name="data", help="Manifests, summaries, the quarantine and label history.")

@@ -280,9 +280,11 @@ def calibration_levels(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def manifest_hash(df: pd.DataFrame) -> str:
-    """Stable identity of the data a model was trained on: ids, image hashes and splits."""
+    """Stable identity of the data a model was trained on: ids, image hashes, labels and splits (a relabel
+    changes the data: the manifest is rewritten and a run started before it notices)."""
     buf = io.StringIO()
-    df.sort_values("capture_id")[["capture_id", "sha256", "split"]].to_csv(buf, index=False)
+    cols = ["capture_id", "sha256", "split", "alloy", "plate_id", "nominal_thickness_mm", "thickness_mm"]
+    df.sort_values("capture_id")[cols].to_csv(buf, index=False)
     return hashlib.sha256(buf.getvalue().encode()).hexdigest()
 
 
