@@ -164,7 +164,7 @@ def one_size(rig: str, n: int, seed: int, out: Path, pool: list[dict], lab: Path
     from alloynet.evaluate import evaluate
     from alloynet.train import load_config, train
 
-    tag = f"{arm + '-' if arm else ''}n{n}-s{seed}" + ("".join(f"-{k}={v}" for k, v in sorted(overrides.items())) if overrides else "")
+    tag = f"{arm + '-' if arm else ''}n{n}-s{seed}" + "".join(f"-{k}={v}" for k, v in sorted(overrides.items()))
     done = out / tag / "result.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -178,7 +178,8 @@ def one_size(rig: str, n: int, seed: int, out: Path, pool: list[dict], lab: Path
     m = evaluate(result.checkpoint, fresh, fresh_manifest(fresh), out / tag / "fresh", with_ceiling=False, gradcam=0)
     term = m.get("physics_term") or {}
     corr = term.get("correction") or {}
-    row = {"rig": rig, "arm": arm, "plates_per_alloy": n, "seed": seed, "overrides": overrides, "train_s": round(train_s),
+    row = {"rig": rig, "arm": arm, "plates_per_alloy": n, "seed": seed, "overrides": overrides,
+           "train_s": round(train_s),
            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "n_fresh": m["n"],
            **{k: m.get(k) for k in ("balanced_accuracy", "heavy_light_balanced_accuracy", "set_coverage",
                                     "set_size_mean", "ece")},
@@ -191,6 +192,70 @@ def one_size(rig: str, n: int, seed: int, out: Path, pool: list[dict], lab: Path
         f"{row['heavy_light_balanced_accuracy']:.3f}, set {row['set_coverage']:.3f} ({row['set_size_mean']:.2f}), "
         f"term {row['term_weight']:.2f} alone {row['term_alone']}, trunk alone {row['trunk_alone']:.3f}, "
         f"{train_s:.0f} s")
+    return row
+
+
+def with_references(rig: str, n: int, seed: int, out: Path, pool: list[dict], fresh: Path) -> dict:
+    """The same size with a lab's reference captures beside the plates (`alloynet rig references --folder
+    --levels-only`: open beam and the wedge alone per session, Al1050 at 1, 2 and 5 mm; levels only), imported
+    together (the labels CSV's role column), `alloynet rig calibrate` on the store, then `alloynet train --store
+    STORE --pretrain rig-profile.yaml` (pretraining on the calibrated simulator, then the store's captures)."""
+    from alloynet.evaluate import evaluate
+    from alloynet.models.checkpoint import load_checkpoint
+
+    tag = f"refs-n{n}-s{seed}"
+    done = out / tag / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    exe = str(Path(sys.executable).parent / "alloynet")
+    lab = out / f"lab-refs-n{n}"
+    if not (lab / "labels.csv").exists():
+        subset_folder(out / "lab", first_plates(pool, n), lab)
+        (lab / "labels.csv").unlink()
+        res = subprocess.run([exe, "rig", "references", str(lab), "--folder", "--levels-only", "--simulator", rig,
+                              "--wedge-mm", "50", "--wedge-mm", "70", "--seed", str(seed + 7)], capture_output=True,
+                             text=True)
+        if res.returncode != 0:
+            sys.exit(f"rig references failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+        refs = (lab / "reference-labels.csv").read_text().splitlines()
+        cols = refs[0].split(",")
+        plates = [{**r, "role": "plate"} for r in first_plates(pool, n)]
+        rows = plates + [dict(zip(cols, line.split(","))) for line in refs[1:]]
+        def cell(v) -> str:
+            return f"{v:g}" if isinstance(v, float) else str(v if v is not None else "")
+        (lab / "labels.csv").write_text("\n".join([",".join(cols)] + [",".join(cell(r.get(c)) for c in cols)
+                                                                       for r in rows]) + "\n")
+    store, run_dir = out / f"store-refs-n{n}", out / tag / "run"
+    import_store(lab / "labels.csv", store)
+    profile = out / tag / "rig-profile.yaml"
+    profile.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for cmd in ([exe, "rig", "calibrate", str(store), "--out", str(profile)],
+                [exe, "train", "--store", str(store), "--out", str(run_dir), "--seed", str(seed), "--pretrain",
+                 str(profile)]):
+        if cmd[1] == "train" and not profile.exists():
+            break
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        (out / tag / f"{cmd[1]}.log").write_text(res.stdout + res.stderr)
+        log(f"{' '.join(cmd[1:3])}: exit {res.returncode}")
+        if res.returncode != 0:
+            row = {"rig": rig, "arm": "refs", "plates_per_alloy": n, "seed": seed, "failed": " ".join(cmd[1:3]),
+                   "output": (res.stdout + res.stderr)[-1500:]}
+            done.write_text(json.dumps(row, indent=1))
+            return row
+    train_s = time.perf_counter() - t0
+    ckpt = run_dir / "best.pt"
+    m = evaluate(ckpt, fresh, fresh_manifest(fresh), out / tag / "fresh", with_ceiling=False, gradcam=0)
+    term = m.get("physics_term") or {}
+    row = {"rig": rig, "arm": "refs", "plates_per_alloy": n, "seed": seed, "overrides": {},
+           "train_s": round(train_s), "best_epoch": int(load_checkpoint(ckpt)["epoch"]), "n_fresh": m["n"],
+           **{k: m.get(k) for k in ("balanced_accuracy", "heavy_light_balanced_accuracy", "set_coverage",
+                                    "set_size_mean", "ece")},
+           "term_weight": term.get("weight"), "term_alone": term.get("term_alone"),
+           "trunk_alone": term.get("trunk_alone"), "physics_fit": (m.get("baselines") or {}).get("physics_fit")}
+    done.write_text(json.dumps(row, indent=1, default=str))
+    log(f"{rig} n={n} with references: five-class {row['balanced_accuracy']:.3f}, heavy vs light "
+        f"{row['heavy_light_balanced_accuracy']:.3f}, set {row['set_coverage']:.3f} ({row['set_size_mean']:.2f})")
     return row
 
 
@@ -207,30 +272,50 @@ def run(a) -> None:
     ceil = ceiling(a.rig, out)
     overrides = dict(kv.split("=", 1) for kv in a.set)
     overrides = {k: json.loads(v) if v[:1] in "[{0123456789-tfn" else v for k, v in overrides.items()}
+    if a.references:
+        rows = [with_references(a.rig, n, s, out, pool, out / "fresh") for n in sizes for s in range(a.seeds)]
+        print(json.dumps(rows, indent=1, default=str))
+        return
     rows = [one_size(a.rig, n, s, out, pool, out / "lab", out / "fresh", a.epochs, overrides, a.arm)
             for n in sizes for s in range(a.seeds)]
     res = {"rig": a.rig, "ceiling": ceil, "rows": rows, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
            "date": f"{datetime.now(timezone.utc):%Y-%m-%d}"}
     (out / f"results{'-' + a.arm if a.arm else ''}.json").write_text(json.dumps(res, indent=1, default=str))
-    print(table([res]))
+    print(table([{**r, "ceiling": ceil} for r in rows]))
 
 
-def table(results: list[dict]) -> str:
-    lines = ["| rig | plates per alloy | five-class | heavy vs light | set coverage | set size | term alone | "
-             "trunk alone | physics fit alone | ceiling (heavy vs light) |", "|---" * 10 + "|"]
-    for res in results:
-        by_n: dict[int, list[dict]] = {}
-        for r in res["rows"]:
-            by_n.setdefault(r["plates_per_alloy"], []).append(r)
-        for n, rs in sorted(by_n.items()):
-            def mean(k):
-                v = [r[k] for r in rs if r.get(k) is not None]
-                return f"{np.mean(v):.3f}" if v else "-"
-            pf = [r["physics_fit"]["balanced_accuracy"] for r in rs if r.get("physics_fit")]
-            lines.append(f"| {res['rig']} | {n} | {mean('balanced_accuracy')} | {mean('heavy_light_balanced_accuracy')} "
-                         f"| {mean('set_coverage')} | {mean('set_size_mean')} | {mean('term_alone')} | "
-                         f"{mean('trunk_alone')} | {np.mean(pf):.3f} | {res['ceiling']['accuracy']:.3f} "
-                         f"({res['ceiling']['heavy_light']:.3f}) |" if pf else "")
+def collect(out: Path, arms: list[str]) -> list[dict]:
+    """Every finished size of every rig under ``out``: per (rig, size, seed), the first of ``arms`` that has it."""
+    rows = []
+    for rig_dir in sorted(p for p in out.iterdir() if (p / "ceiling.json").exists()):
+        ceil = json.loads((rig_dir / "ceiling.json").read_text())
+        found: dict[tuple[int, int], dict] = {}
+        for arm in reversed(arms):  # earlier arms win
+            for f in rig_dir.glob(f"{arm + '-' if arm else ''}n*-s*/result.json"):
+                r = json.loads(f.read_text())
+                if not r.get("overrides") and (r.get("arm") or "") == arm:
+                    found[(r["plates_per_alloy"], r["seed"])] = {**r, "ceiling": ceil}
+        rows += [found[k] for k in sorted(found)]
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| rig | plates per alloy | seeds | five-class | heavy vs light | set coverage | set size | term alone | "
+             "physics fit alone (nominal forward model) | ceiling (heavy vs light) |", "|---" * 10 + "|"]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["rig"], r["plates_per_alloy"]), []).append(r)
+    for (rig, n), rs in sorted(groups.items()):
+        def mean(k: str) -> str:
+            v = [float(r[k]) for r in rs if r.get(k) is not None]
+            return f"{np.mean(v):.3f}" if v else "-"
+        pf = [r["physics_fit"]["balanced_accuracy"] for r in rs if r.get("physics_fit")]
+        pf_hl = [r["physics_fit"]["heavy_light_balanced_accuracy"] for r in rs if r.get("physics_fit")]
+        c = rs[0]["ceiling"]
+        lines.append(f"| {rig} | {n} | {len(rs)} | {mean('balanced_accuracy')} "
+                     f"| {mean('heavy_light_balanced_accuracy')} "
+                     f"| {mean('set_coverage')} | {mean('set_size_mean')} | {mean('term_alone')} | "
+                     f"{np.mean(pf):.3f} ({np.mean(pf_hl):.3f}) | {c['accuracy']:.3f} ({c['heavy_light']:.3f}) |")
     return "\n".join(lines)
 
 
@@ -242,11 +327,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="training seeds per size")
     ap.add_argument("--epochs", type=int, default=None, help="cap the default recipe's epochs (budget)")
     ap.add_argument("--set", action="append", default=[], help="a config override key=value (arms of a comparison)")
+    ap.add_argument("--references", action="store_true", help="the sizes with reference captures and --pretrain")
     ap.add_argument("--arm", default="", help="a name for this recipe's runs (kept apart from the default's)")
-    ap.add_argument("--table", action="store_true", help="print the table of every rig's results.json")
+    ap.add_argument("--table", action="store_true", help="print the table of every rig's finished sizes (--arms)")
+    ap.add_argument("--arms", default="", help="with --table: arms to read, first wins (e.g. final,cv)")
     a = ap.parse_args()
     if a.table:
-        print(table([json.loads(p.read_text()) for p in sorted(a.out.glob("*/results.json"))]))
+        print(table(collect(a.out, a.arms.split(","))))
         return
     run(a)
 

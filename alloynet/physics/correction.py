@@ -212,6 +212,11 @@ CV_MIN_PER_ALLOY = 6                        # captures of an alloy on a wedge fo
 # rig the forward model describes (its own simulated profiles, 8 + 2 plates per alloy) the best option reached
 # 3.1 sd on one draw of two; on the second rig the kept corrections gain 8-13 sd from 10-50 plates per alloy.
 Z_MIN_CV = 4.0
+# A handful of captures where the nominal tables are confidently wrong (log-loss 40 against chance's 1.6) gains
+# tens of nats on almost every capture with a spread that keeps z under Z_MIN_CV (5 plates per alloy: 3.9 sd).
+# The sign of the per-capture gain says it as well: kept also when so many captures gain that a coin would do so
+# with probability under SIGN_P (one-sided binomial), after multiplying by the options tried.
+SIGN_P = 1e-3
 
 
 def _cv_thresholds(degree: int) -> tuple[int, int]:
@@ -226,13 +231,22 @@ def _folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.array([fold_of[g] for g in groups])
 
 
+def _sign_p(gain: np.ndarray) -> float:
+    """One-sided binomial p of at least this many captures gaining, were gain and loss equally likely."""
+    from scipy.stats import binomtest
+
+    moved = gain[gain != 0]
+    return float(binomtest(int((moved > 0).sum()), len(moved), 0.5, alternative="greater").pvalue) if len(moved) else 1.0
+
+
 def choose_correction_cv(observers: Mapping[float, object], train: Mapping[str, np.ndarray],
                          val: Mapping[str, np.ndarray], bounds: tuple[float, float], train_groups: Sequence,
                          val_groups: Sequence, seed: int = 0, shrinks: Sequence[float] = SHRINK,
                          degrees: Sequence[int] = DEGREES, folds: int = CV_FOLDS) -> CorrectionChoice:
     """``choose_correction`` for few captures: every (degree, shrink) option scored by its cross-validated
     log-loss over the training and validation captures together (``*_groups``: the plate of each capture; folds
-    by plate), kept only at ``Z_MIN_CV`` sd of per-capture gain over the nominal tables; the kept option is then
+    by plate), kept only at ``Z_MIN_CV`` sd of per-capture gain over the nominal tables (or when nearly every
+    capture gains: ``SIGN_P``); the kept option is then
     fitted on the training captures alone (the validation ones still pick the epoch and calibrate the answers
     on tables that never saw them)."""
     n_train, n_val = int(len(train["y"])), int(len(val["y"]))
@@ -262,10 +276,12 @@ def choose_correction_cv(observers: Mapping[float, object], train: Mapping[str, 
     gain = nominal - best
     z = float(gain.mean() / max(gain.std(ddof=1) / np.sqrt(len(gain)), 1e-12)) if len(gain) > 1 else 0.0
     n = f"{n_train} training + {n_val} validation captures, {len(np.unique(fold))}-fold by plate"
-    if z < Z_MIN_CV:
+    sign_p = _sign_p(gain) * len(cv)
+    if z < Z_MIN_CV and sign_p >= SIGN_P:
         return CorrectionChoice(None, None, losses, z, n_train, n_val,
                                 f"the best correction (degree {d}, shrink {s:g}) gains {gain.mean():.3f} in "
-                                f"cross-validated log-loss ({n}), {z:.1f} sd (need {Z_MIN_CV:g}): nominal tables",
+                                f"cross-validated log-loss ({n}), {z:.1f} sd (need {Z_MIN_CV:g}; sign test p "
+                                f"{min(sign_p, 1.0):.2g}, need {SIGN_P:g}): nominal tables",
                                 decided=True)
     fits = fit_residuals(observers, train["profiles"], np.asarray(train["y"], int), train["thickness_mm"],
                          train["wedge_mm"], d, *_cv_thresholds(d))

@@ -70,3 +70,12 @@ def test_captures_the_model_describes_keep_the_nominal_tables_with_few_captures(
     train, val = _captures(rig, 8, 6), _captures(rig, 2, 7)
     choice = choose_correction_cv(nominal, train, val, PRIOR.bounds(), _plates(train, "t"), _plates(val, "v"))
     assert choice.correction is None and choice.decided and "nominal tables" in choice.reason
+
+
+def test_three_plates_per_alloy_still_correct_tables_that_are_confidently_wrong(nominal):
+    """So few captures that the gain's spread keeps z low; nearly every capture gaining decides (the sign test)."""
+    rig = _observer(OTHER, 1)
+    train, val = _captures(rig, 3, 11), _captures(rig, 1, 12)
+    choice = choose_correction_cv(nominal, train, val, PRIOR.bounds(), _plates(train, "t"), _plates(val, "v"))
+    assert choice.correction is not None, choice.reason
+    assert choice.val_logloss["nominal"] > 5 > min(v for k, v in choice.val_logloss.items() if k != "nominal")
