@@ -6,6 +6,7 @@ code base, its own scatter, heel, glare and gain), the calibrated simulator pred
 plate to within its noise, and the uncalibrated one does not; the CLI writes a profile that `simulate` reads,
 and refuses missing references, a poor fit and a profile of another kVp, naming what is wrong.
 """
+
 import json
 import shutil
 
@@ -32,26 +33,39 @@ def _cli(*args: str):
 @pytest.fixture(scope="module")
 def nominal_refs(tmp_path_factory):
     root = tmp_path_factory.mktemp("nominal-refs")
-    make_references(LocalStore(root), RigConfig(height=SIZE, width=SIZE, **TRUE), simulator="alloynet",
-                    captures_per_plate=5, sessions=5, seed=3)
+    make_references(
+        LocalStore(root),
+        RigConfig(height=SIZE, width=SIZE, **TRUE),
+        simulator="alloynet",
+        captures_per_plate=5,
+        sessions=5,
+        seed=3,
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def second_refs(tmp_path_factory):
     root = tmp_path_factory.mktemp("second-refs")
-    make_references(LocalStore(root), RigConfig(height=SIZE, width=SIZE), simulator="second_rig",
-                    captures_per_plate=5, sessions=5, seed=1)
+    make_references(
+        LocalStore(root),
+        RigConfig(height=SIZE, width=SIZE),
+        simulator="second_rig",
+        captures_per_plate=5,
+        sessions=5,
+        seed=1,
+    )
     return root
 
 
 def test_fit_recovers_known_departures_within_their_uncertainty(nominal_refs):
-    cal, _, _ = calibrate_store(LocalStore(nominal_refs), rig=RigConfig(height=SIZE, width=SIZE), params=tuple(TRUE),
-                                bins=16, check=False)
+    cal, _, _ = calibrate_store(
+        LocalStore(nominal_refs), rig=RigConfig(height=SIZE, width=SIZE), params=tuple(TRUE), bins=16, check=False
+    )
     for name, true in TRUE.items():
         value, sd = cal.values[name], cal.uncertainty[name]
         start = FIT_PARAMETERS[name].start if FIT_PARAMETERS[name].start is not None else getattr(RigConfig(), name)
-        assert 0 < sd < 0.2 * abs(true - start), (name, sd)       # a real constraint, far tighter than the departure
+        assert 0 < sd < 0.2 * abs(true - start), (name, sd)  # a real constraint, far tighter than the departure
         assert abs(value - true) < 3 * sd, (name, value, true, sd)
     assert cal.misfit_rms < 1.5
 
@@ -60,7 +74,9 @@ def test_calibrated_simulator_predicts_held_out_second_rig_plate_within_noise(se
     cal, profile, refs = calibrate_store(LocalStore(second_refs), bins=16, check=False)
     assert [r.nominal_thickness_mm for r in refs.holdout] == [2.0]
     calibrated = cal.holdout["references"][refs.holdout[0].name]
-    nominal = predict_references(RigConfig(height=SIZE, width=SIZE), refs.holdout, 16)["references"][refs.holdout[0].name]
+    nominal = predict_references(RigConfig(height=SIZE, width=SIZE), refs.holdout, 16)["references"][
+        refs.holdout[0].name
+    ]
     # per held-out capture, rms over bins of (model - measured) / its noise: 1 is noise alone
     assert np.sqrt(calibrated["chi2_per_dof"]) < 1.5, calibrated
     assert np.sqrt(nominal["chi2_per_dof"]) > 3 * np.sqrt(calibrated["chi2_per_dof"]), (nominal, calibrated)
@@ -77,8 +93,18 @@ def test_cli_writes_profile_that_simulate_uses(second_refs, tmp_path):
     cfg = tmp_path / "spec.yaml"
     cfg.write_text("n_max: 1\nimbalance_ratio: 1\nwedges_mm: [50]\nclass_order: [Al1050, Al7075]\n")
     out = tmp_path / "sim"
-    res = _cli("simulate", "--out", str(out), "--config", str(cfg), "--size", str(SIZE), "--rig-profile", str(prof),
-               "--no-manifest")
+    res = _cli(
+        "simulate",
+        "--out",
+        str(out),
+        "--config",
+        str(cfg),
+        "--size",
+        str(SIZE),
+        "--rig-profile",
+        str(prof),
+        "--no-manifest",
+    )
     assert res.exit_code == 0, res.output
     sidecars = sorted((out / "captures").glob("*.json"))
     assert sidecars
@@ -111,8 +137,17 @@ def test_cli_refuses_missing_references(second_refs, tmp_path):
 
 def test_cli_refuses_poor_fit(second_refs, tmp_path):
     # the tube voltage alone cannot absorb the second rig's scatter, glare and filtration
-    res = _cli("rig", "calibrate", str(second_refs), "--out", str(tmp_path / "p.yaml"), "--fit", "kvp_offset_rel",
-               "--bins", "16")
+    res = _cli(
+        "rig",
+        "calibrate",
+        str(second_refs),
+        "--out",
+        str(tmp_path / "p.yaml"),
+        "--fit",
+        "kvp_offset_rel",
+        "--bins",
+        "16",
+    )
     assert res.exit_code == 1
     assert "poor rig calibration" in res.output and "no profile written" in res.output
     assert not (tmp_path / "p.yaml").exists() and (tmp_path / "p-fit.png").exists()
@@ -120,13 +155,35 @@ def test_cli_refuses_poor_fit(second_refs, tmp_path):
 
 def test_profile_of_another_kvp_is_refused(nominal_refs, tmp_path):
     prof = tmp_path / "rig.yaml"
-    res = _cli("rig", "calibrate", str(nominal_refs), "--out", str(prof), "--bins", "16", "--fit", "kvp_offset_rel",
-               "--fit", "extra_filtration_mm_al", "--fit", "scatter_fraction")
+    res = _cli(
+        "rig",
+        "calibrate",
+        str(nominal_refs),
+        "--out",
+        str(prof),
+        "--bins",
+        "16",
+        "--fit",
+        "kvp_offset_rel",
+        "--fit",
+        "extra_filtration_mm_al",
+        "--fit",
+        "scatter_fraction",
+    )
     assert res.exit_code == 0, res.output
     cfg = tmp_path / "spec.yaml"
     cfg.write_text("n_max: 1\nrig: {kvp: [60]}\n")
-    res = _cli("simulate", "--out", str(tmp_path / "sim"), "--config", str(cfg), "--size", str(SIZE),
-               "--rig-profile", str(prof))
+    res = _cli(
+        "simulate",
+        "--out",
+        str(tmp_path / "sim"),
+        "--config",
+        str(cfg),
+        "--size",
+        str(SIZE),
+        "--rig-profile",
+        str(prof),
+    )
     assert res.exit_code == 2
     assert "calibrated at kvp=[50.0]" in res.output and "kvp=[60.0]" in res.output
     assert not (tmp_path / "sim" / "captures").exists()
@@ -142,24 +199,58 @@ def test_physics_fit_and_ceiling_read_the_rig_profile(tmp_path):
     from alloynet.train import load_config, train
 
     size = 64  # at 32 px the profile has too few bins for the fit to separate much either way
-    make_references(LocalStore(tmp_path / "refs"), RigConfig(height=size, width=size), simulator="second_rig",
-                    captures_per_plate=5, sessions=5, seed=1)
+    make_references(
+        LocalStore(tmp_path / "refs"),
+        RigConfig(height=size, width=size),
+        simulator="second_rig",
+        captures_per_plate=5,
+        sessions=5,
+        seed=1,
+    )
     _, profile, _ = calibrate_store(LocalStore(tmp_path / "refs"), bins=16, check=False)
     prof = save_rig_profile(profile, tmp_path / "rig.yaml")
-    spec = DatasetSpec(simulator="second_rig", n_max=40, imbalance_ratio=1, wedges_mm=[50], captures_per_plate=1,
-                       test_fraction=0.5, rig=RigConfig(height=size, width=size), seed=5)
+    spec = DatasetSpec(
+        simulator="second_rig",
+        n_max=40,
+        imbalance_ratio=1,
+        wedges_mm=[50],
+        captures_per_plate=1,
+        test_fraction=0.5,
+        rig=RigConfig(height=size, width=size),
+        seed=5,
+    )
     store = LocalStore(tmp_path / "data")
     simulate_dataset(spec, store)
     write_manifest(build_manifest(store, seed=5), tmp_path / "data" / "manifest.csv")
-    run = train(load_config(None, {"data.store": str(tmp_path / "data"), "out_dir": str(tmp_path / "run"), "epochs": 1,
-                                   "progress": False, "data.batch_size": 8}))
+    run = train(
+        load_config(
+            None,
+            {
+                "data.store": str(tmp_path / "data"),
+                "out_dir": str(tmp_path / "run"),
+                "epochs": 1,
+                "progress": False,
+                "data.batch_size": 8,
+            },
+        )
+    )
     nominal = evaluate(run.checkpoint, tmp_path / "data", None, tmp_path / "nominal", gradcam=0)
     calibrated = evaluate(run.checkpoint, tmp_path / "data", None, tmp_path / "calibrated", gradcam=0, rig_profile=prof)
-    fit = lambda m: m["baselines"]["physics_fit"]["balanced_accuracy"]
+
+    def fit(m: dict) -> float:
+        return m["baselines"]["physics_fit"]["balanced_accuracy"]
+
     assert nominal["n"] == calibrated["n"] >= 50
     assert fit(calibrated) >= fit(nominal) + 0.12, (fit(nominal), fit(calibrated))
     assert calibrated["rig_profile"] == str(prof) and "rig_profile" not in nominal
     assert calibrated["ceiling_accuracy"] != nominal["ceiling_accuracy"]
-    res = _cli("evaluate", str(run.checkpoint), "--store", str(tmp_path / "data"), "--rig-profile",
-               str(tmp_path / "missing.yaml"), "--no-ceiling")
+    res = _cli(
+        "evaluate",
+        str(run.checkpoint),
+        "--store",
+        str(tmp_path / "data"),
+        "--rig-profile",
+        str(tmp_path / "missing.yaml"),
+        "--no-ceiling",
+    )
     assert res.exit_code == 2 and "missing.yaml: rig profile not found" in res.output

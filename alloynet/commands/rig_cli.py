@@ -4,10 +4,10 @@ Exit codes of `calibrate`: 0 when the profile is written; 1 when the references 
 (missing, unreadable, inconsistent) or the fit is poor (the fit plot is still written, to see where it
 misses; no profile is); 2 for usage errors (bad options, an unreadable --rig YAML).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,13 +19,13 @@ EXIT_USAGE = 2
 rig_app = typer.Typer(no_args_is_help=True)
 
 
-def _line(text: str, code: Optional[int] = None) -> None:
+def _line(text: str, code: int | None = None) -> None:
     console.print(text, markup=False, highlight=False)
     if code is not None:
         raise typer.Exit(code)
 
 
-def _nominal(path: Optional[Path], kvp: Optional[list[float]], wedge_mm: Optional[float], size: Optional[int] = None):
+def _nominal(path: Path | None, kvp: list[float] | None, wedge_mm: float | None, size: int | None = None):
     """The lab's nominal settings: a YAML of RigConfig fields (top level or under ``rig:``) and options."""
     import yaml
     from pydantic import ValidationError
@@ -59,25 +59,39 @@ def _nominal(path: Optional[Path], kvp: Optional[list[float]], wedge_mm: Optiona
 
 @rig_app.command("calibrate")
 def calibrate(
-    store: str = typer.Argument(..., help="capture store (directory or s3://bucket/prefix) with the references: "
-                                          "calibration/<session>/dark|flat|wedge-<mm>mm frames and captures of "
-                                          "plates of one known alloy at known thicknesses"),
+    store: str = typer.Argument(
+        ...,
+        help="capture store (directory or s3://bucket/prefix) with the references: "
+        "calibration/<session>/dark|flat|wedge-<mm>mm frames and captures of "
+        "plates of one known alloy at known thicknesses",
+    ),
     out: Path = typer.Option(Path("rig-profile.yaml"), help="rig profile to write (YAML)"),
-    plot: Optional[Path] = typer.Option(None, help="fit plot (PNG); default: beside --out, <name>-fit.png"),
-    alloy: Optional[str] = typer.Option(None, help="the reference plates' alloy (when the store holds several)"),
-    rig: Optional[Path] = typer.Option(None, "--rig", help="YAML of nominal rig settings (RigConfig fields); "
-                                                           "default: those the captures' sidecars record"),
-    kvp: Optional[list[float]] = typer.Option(None, help="nominal kVp, one per channel (overrides --rig)"),
-    wedge_mm: Optional[float] = typer.Option(None, help="nominal wedge thickness (overrides --rig)"),
-    fit: Optional[list[str]] = typer.Option(None, "--fit", help="a parameter to fit (repeat); default: kvp_offset_rel, "
-                                                               "extra_filtration_mm_al, scatter_*, psf_sigma_px, glare_*"),
-    holdout_thickness: Optional[float] = typer.Option(None, help="nominal thickness (mm) of the plates held out of "
-                                                                 "the fit; default: the middle of three or more"),
+    plot: Path | None = typer.Option(None, help="fit plot (PNG); default: beside --out, <name>-fit.png"),
+    alloy: str | None = typer.Option(None, help="the reference plates' alloy (when the store holds several)"),
+    rig: Path | None = typer.Option(
+        None,
+        "--rig",
+        help="YAML of nominal rig settings (RigConfig fields); default: those the captures' sidecars record",
+    ),
+    kvp: list[float] | None = typer.Option(None, help="nominal kVp, one per channel (overrides --rig)"),
+    wedge_mm: float | None = typer.Option(None, help="nominal wedge thickness (overrides --rig)"),
+    fit: list[str] | None = typer.Option(
+        None,
+        "--fit",
+        help="a parameter to fit (repeat); default: kvp_offset_rel, "
+        "extra_filtration_mm_al, scatter_*, psf_sigma_px, glare_*",
+    ),
+    holdout_thickness: float | None = typer.Option(
+        None, help="nominal thickness (mm) of the plates held out of the fit; default: the middle of three or more"
+    ),
     bins: int = typer.Option(32, min=4, help="profile bins along the wedge"),
-    max_misfit: Optional[float] = typer.Option(None, help="refuse when the fit misses the references by more than "
-                                                          "this many single-capture sd (rms); default 1.5"),
-    max_holdout_chi2: Optional[float] = typer.Option(None, help="refuse when a held-out capture's chi2/dof exceeds "
-                                                                "this on average; default 2.0"),
+    max_misfit: float | None = typer.Option(
+        None,
+        help="refuse when the fit misses the references by more than this many single-capture sd (rms); default 1.5",
+    ),
+    max_holdout_chi2: float | None = typer.Option(
+        None, help="refuse when a held-out capture's chi2/dof exceeds this on average; default 2.0"
+    ),
 ) -> None:
     """Fit the simulator's nuisance parameters to a rig's reference captures; write a rig profile and a fit plot."""
     from alloynet.captures.stores import StoreError, open_store
@@ -96,9 +110,16 @@ def calibrate(
     except ValueError as exc:
         _line(f"error: {exc}", EXIT_USAGE)
     try:
-        cal, profile, refs = calibrate_store(st, alloy=alloy, rig=nominal, params=tuple(fit or DEFAULT_FIT),
-                                             holdout_thickness=holdout_thickness, bins=bins, check=False,
-                                             log=_line)
+        cal, profile, refs = calibrate_store(
+            st,
+            alloy=alloy,
+            rig=nominal,
+            params=tuple(fit or DEFAULT_FIT),
+            holdout_thickness=holdout_thickness,
+            bins=bins,
+            check=False,
+            log=_line,
+        )
     except CalibrationError as exc:
         _line(f"error: cannot calibrate: {exc}", EXIT_REFUSED)
     except (StoreError, OSError) as exc:
@@ -112,14 +133,18 @@ def calibrate(
     _line("parameter: value +- 1 sd")
     for line in profile.summary():
         _line(f"  {line}")
-    _line(f"misfit: rms {cal.misfit_rms:.2f} single-capture sd over {len(refs.fit)} references (limit {max_misfit:g}), "
-          f"worst bin {cal.max_misfit:.1f} sd, chi2/dof {cal.chi2 / cal.dof:.2f}")
+    _line(
+        f"misfit: rms {cal.misfit_rms:.2f} single-capture sd over {len(refs.fit)} references (limit {max_misfit:g}), "
+        f"worst bin {cal.max_misfit:.1f} sd, chi2/dof {cal.chi2 / cal.dof:.2f}"
+    )
     if cal.at_bounds:
         _line(f"at their limits: {', '.join(cal.at_bounds)}")
     if cal.holdout:
         for name, h in cal.holdout["references"].items():
-            _line(f"held out {name}: misfit rms {h['misfit_rms']:.2f} sd, chi2/dof per capture {h['chi2_per_dof']:.2f} "
-                  f"(limit {max_holdout_chi2:g})")
+            _line(
+                f"held out {name}: misfit rms {h['misfit_rms']:.2f} sd, chi2/dof per capture {h['chi2_per_dof']:.2f} "
+                f"(limit {max_holdout_chi2:g})"
+            )
     _line(f"fit plot: {plot}")
     try:
         check_fit(cal, max_misfit, max_holdout_chi2)
@@ -132,24 +157,39 @@ def calibrate(
 @rig_app.command("references")
 def references(
     out: str = typer.Argument(..., help="capture store to write the reference set into (directory or s3://...)"),
-    simulator: str = typer.Option("second_rig", help="the rig model that takes them: second_rig (an independently "
-                                                     "written rig, for tests and demos) or alloynet"),
-    rig: Optional[Path] = typer.Option(None, "--rig", help="YAML of rig settings (RigConfig fields): the nominal "
-                                                           "settings; with alloynet also its departures from them"),
-    second_rig: Optional[Path] = typer.Option(None, help="YAML of the second rig's own physics (SecondRigConfig)"),
+    simulator: str = typer.Option(
+        "second_rig",
+        help="the rig model that takes them: second_rig (an independently "
+        "written rig, for tests and demos) or alloynet",
+    ),
+    rig: Path | None = typer.Option(
+        None,
+        "--rig",
+        help="YAML of rig settings (RigConfig fields): the nominal "
+        "settings; with alloynet also its departures from them",
+    ),
+    second_rig: Path | None = typer.Option(None, help="YAML of the second rig's own physics (SecondRigConfig)"),
     size: int = typer.Option(64, min=8, help="image height = width"),
-    kvp: Optional[list[float]] = typer.Option(None, help="kVp, one per channel"),
-    wedge_mm: Optional[list[float]] = typer.Option(None, help="wedge thickness (repeat: the wedge alone and the "
-                                                               "plates behind each, in turn)"),
+    kvp: list[float] | None = typer.Option(None, help="kVp, one per channel"),
+    wedge_mm: list[float] | None = typer.Option(
+        None, help="wedge thickness (repeat: the wedge alone and the plates behind each, in turn)"
+    ),
     alloy: str = typer.Option("Al1050", help="the reference plates' alloy"),
-    thickness: Optional[list[float]] = typer.Option(None, help="a reference plate's nominal thickness, mm (repeat); "
-                                                              "default 1, 2, 5"),
+    thickness: list[float] | None = typer.Option(
+        None, help="a reference plate's nominal thickness, mm (repeat); default 1, 2, 5"
+    ),
     captures_per_plate: int = typer.Option(6, min=1),
     sessions: int = typer.Option(6, min=1, help="sessions, each with a dark, a flat and the wedge alone"),
-    folder: bool = typer.Option(False, "--folder", help="write a lab's folder instead of a store: TIFFs under "
-                                                        "OUT/reference/ as `alloynet import` reads them"),
-    levels_only: bool = typer.Option(False, "--levels-only", help="with --folder: no dark/flat frames; each file's "
-                                                                  "levels in OUT/reference-labels.csv (role column)"),
+    folder: bool = typer.Option(
+        False,
+        "--folder",
+        help="write a lab's folder instead of a store: TIFFs under OUT/reference/ as `alloynet import` reads them",
+    ),
+    levels_only: bool = typer.Option(
+        False,
+        "--levels-only",
+        help="with --folder: no dark/flat frames; each file's levels in OUT/reference-labels.csv (role column)",
+    ),
     seed: int = 0,
 ) -> None:
     """Write the reference captures a lab would make (for testing and demonstrating `rig calibrate`)."""
@@ -175,39 +215,84 @@ def references(
         except (OSError, yaml.YAMLError, ValidationError) as exc:
             _line(f"error: {second_rig}: {' '.join(str(exc).split())}", EXIT_USAGE)
     if folder:
-        _reference_folder(Path(out), nominal, simulator, own, alloy, thickness, captures_per_plate, sessions,
-                          wedge_mm, levels_only, seed)
+        _reference_folder(
+            Path(out),
+            nominal,
+            simulator,
+            own,
+            alloy,
+            thickness,
+            captures_per_plate,
+            sessions,
+            wedge_mm,
+            levels_only,
+            seed,
+        )
         return
     try:
         st = open_store(out)
-        ids = make_references(st, nominal, simulator=simulator, second_rig=own, alloy=alloy,
-                              thicknesses_mm=thickness or (1.0, 2.0, 5.0), captures_per_plate=captures_per_plate,
-                              sessions=sessions, wedges_mm=wedge_mm or None, seed=seed)
+        ids = make_references(
+            st,
+            nominal,
+            simulator=simulator,
+            second_rig=own,
+            alloy=alloy,
+            thicknesses_mm=thickness or (1.0, 2.0, 5.0),
+            captures_per_plate=captures_per_plate,
+            sessions=sessions,
+            wedges_mm=wedge_mm or None,
+            seed=seed,
+        )
     except (StoreError, OSError, ValueError) as exc:
         _line(f"error: {' '.join(str(exc).split())}", EXIT_REFUSED)
-    _line(f"{simulator}: {sessions} sessions (dark, flat, wedge alone) and {len(ids)} captures of {alloy} at "
-          f"{', '.join(f'{t:g}' for t in (thickness or (1.0, 2.0, 5.0)))} mm ({size}x{size}) in {st.uri}")
+    _line(
+        f"{simulator}: {sessions} sessions (dark, flat, wedge alone) and {len(ids)} captures of {alloy} at "
+        f"{', '.join(f'{t:g}' for t in (thickness or (1.0, 2.0, 5.0)))} mm ({size}x{size}) in {st.uri}"
+    )
 
 
-def _reference_folder(out: Path, nominal, simulator: str, own, alloy: str, thickness: Optional[list[float]],
-                      captures_per_plate: int, sessions: int, wedge_mm: Optional[list[float]], levels_only: bool,
-                      seed: int) -> None:
+def _reference_folder(
+    out: Path,
+    nominal,
+    simulator: str,
+    own,
+    alloy: str,
+    thickness: list[float] | None,
+    captures_per_plate: int,
+    sessions: int,
+    wedge_mm: list[float] | None,
+    levels_only: bool,
+    seed: int,
+) -> None:
     from alloynet.data.rig_references import write_reference_folder
 
     thicknesses = thickness or (1.0, 2.0, 5.0)
     try:
-        rows = write_reference_folder(out, nominal, simulator=simulator, second_rig=own, alloy=alloy,
-                                      thicknesses_mm=thicknesses, captures_per_plate=captures_per_plate,
-                                      sessions=sessions, wedges_mm=wedge_mm or None, frames=not levels_only, seed=seed)
+        rows = write_reference_folder(
+            out,
+            nominal,
+            simulator=simulator,
+            second_rig=own,
+            alloy=alloy,
+            thicknesses_mm=thicknesses,
+            captures_per_plate=captures_per_plate,
+            sessions=sessions,
+            wedges_mm=wedge_mm or None,
+            frames=not levels_only,
+            seed=seed,
+        )
     except (OSError, ValueError) as exc:
         _line(f"error: {' '.join(str(exc).split())}", EXIT_REFUSED)
     if rows:
         cols = ("file", "alloy", "thickness_mm", "wedge_mm", "dark", "flat", "role")
-        (out / "reference-labels.csv").write_text("\n".join([",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols)
-                                                                               for r in rows]) + "\n")
-    _line(f"{simulator}: {sessions} sessions ({'levels only' if levels_only else 'dark, flat'}, wedge alone) and "
-          f"{len(thicknesses) * captures_per_plate} captures of {alloy} at {', '.join(f'{t:g}' for t in thicknesses)} "
-          f"mm under {out / 'reference'}" + (f"; their levels in {out / 'reference-labels.csv'}" if rows else ""))
+        (out / "reference-labels.csv").write_text(
+            "\n".join([",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in rows]) + "\n"
+        )
+    _line(
+        f"{simulator}: {sessions} sessions ({'levels only' if levels_only else 'dark, flat'}, wedge alone) and "
+        f"{len(thicknesses) * captures_per_plate} captures of {alloy} at {', '.join(f'{t:g}' for t in thicknesses)} "
+        f"mm under {out / 'reference'}" + (f"; their levels in {out / 'reference-labels.csv'}" if rows else "")
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,16 +1,17 @@
 """The rig fit's plot (`alloynet rig calibrate`): measured and fitted wedge profiles of each reference group and
 their residuals in single-capture sd."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 
 from alloynet.physics.rig_fit import Reference, RigFit, held_out_profiles, model_sd
 
 
-def plot_fit(cal: RigFit, refs: Sequence[Reference], path: Union[str, Path], holdout: Sequence[Reference] = ()) -> None:
+def plot_fit(cal: RigFit, refs: Sequence[Reference], path: str | Path, holdout: Sequence[Reference] = ()) -> None:
     """Measured and fitted profiles of each reference group (top) and residuals in single-capture sd (bottom)."""
     import matplotlib
 
@@ -35,8 +36,12 @@ def plot_fit(cal: RigFit, refs: Sequence[Reference], path: Union[str, Path], hol
             top.plot(x, model, "-", lw=1, color="C1")
             bottom.plot(x, (model - r.mean) / sd, "-", lw=0.8)
         kind, wedge, t, is_held = key
-        top.set_title(("wedge alone" if kind == "wedge" else f"plate {t:g} mm") + f", {wedge:g} mm wedge"
-                      + (" (held out)" if is_held else ""), fontsize=8)
+        top.set_title(
+            ("wedge alone" if kind == "wedge" else f"plate {t:g} mm")
+            + f", {wedge:g} mm wedge"
+            + (" (held out)" if is_held else ""),
+            fontsize=8,
+        )
         bottom.axhline(0, color="grey", lw=0.5)
         bottom.set_xlabel("profile bin")
     axes[0, 0].set_ylabel("-ln T (dots: measured, line: calibrated)")

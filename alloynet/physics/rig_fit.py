@@ -15,27 +15,46 @@ ratio when the model does not fit to within the noise. The fit is judged against
 (``misfit_rms``: the rms over all bins and references of (model - measured mean) / single-capture sd) and on
 references held out of it (``check_fit``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional, Sequence
+from typing import Literal
 
 import numpy as np
 from scipy import optimize
 
 from alloynet.physics.alloys import get_alloy, sample_plate
-from alloynet.physics.detector import CalibrationError, DetectorMeasurement, bin_profile
+from alloynet.physics.detector import CalibrationError, DetectorMeasurement
+from alloynet.physics.measure import bin_columns
 from alloynet.physics.observer import noise_cov
 from alloynet.physics.profile import ProfileModel
 from alloynet.physics.rig_profile import FIT_PARAMETERS, Covariance, RigProfile
 from alloynet.physics.simulator import Channel, RigConfig
 from alloynet.physics.transmission import neg_log_transmission_of
 
-DEFAULT_FIT = ("kvp_offset_rel", "extra_filtration_mm_al", "scatter_fraction", "scatter_sigma_px",
-               "scatter_per_attenuation", "psf_sigma_px", "glare_fraction", "glare_length_px")
-DETECTOR_FIELDS = ("dark_offset_adu", "read_noise_adu", "dark_column_adu", "flat_target_adu", "column_gain",
-                   "heel", "gain_prnu", "dose")
-MODEL_FLOOR_ABS = 5e-4    # the profile model's own precision, in -ln T (about the size of what it neglects)
+DEFAULT_FIT = (
+    "kvp_offset_rel",
+    "extra_filtration_mm_al",
+    "scatter_fraction",
+    "scatter_sigma_px",
+    "scatter_per_attenuation",
+    "psf_sigma_px",
+    "glare_fraction",
+    "glare_length_px",
+)
+DETECTOR_FIELDS = (
+    "dark_offset_adu",
+    "read_noise_adu",
+    "dark_column_adu",
+    "flat_target_adu",
+    "column_gain",
+    "heel",
+    "gain_prnu",
+    "dose",
+)
+MODEL_FLOOR_ABS = 5e-4  # the profile model's own precision, in -ln T (about the size of what it neglects)
 MODEL_FLOOR_REL = 5e-4
 # Refusal thresholds (docs/rig_calibration.md). The fitted references' mean profiles may miss the model by up to
 # 1.5 single-capture sd (rms over bins): the fit has to be good to well inside what one capture can see. A
@@ -50,12 +69,13 @@ MAX_HOLDOUT_CHI2 = 2.0
 @dataclass
 class Reference:
     """Repeated captures of one reference: the wedge alone (``kind="wedge"``) or one plate of a known alloy."""
+
     name: str
     kind: Literal["wedge", "plate"]
     wedge_mm: float
-    profiles: np.ndarray                      # [n captures, C * bins]
-    alloy: Optional[str] = None
-    thickness_mm: float = 0.0                 # as measured (the sidecar's truth)
+    profiles: np.ndarray  # [n captures, C * bins]
+    alloy: str | None = None
+    thickness_mm: float = 0.0  # as measured (the sidecar's truth)
     nominal_thickness_mm: float = 0.0
     plate_id: str = ""
     capture_ids: list[str] = field(default_factory=list)
@@ -70,50 +90,65 @@ class Reference:
         return self.kind, float(self.wedge_mm), round(float(self.nominal_thickness_mm), 3)
 
 
-
 def _composition_spread(alloy: str, thickness_mm: float, rig: RigConfig, n: int = 200) -> float:
     """Relative sd of a plate's -ln T (plate-only strip) over its alloy's composition range (seeded)."""
     spec = Channel(rig, rig.kvp[0]).spectrum
     rng = np.random.default_rng(0xC0)
-    vals = [neg_log_transmission_of(p.fractions(), p.density_g_cm3, thickness_mm, 0.0, spec, rig.wedge_material,
-                                    rig.csi_mm)
-            for p in (sample_plate(alloy, thickness_mm, rng, "c", thickness_tolerance=0.0) for _ in range(n))]
+    vals = [
+        neg_log_transmission_of(p.fractions(), p.density_g_cm3, thickness_mm, 0.0, spec, rig.wedge_material, rig.csi_mm)
+        for p in (sample_plate(alloy, thickness_mm, rng, "c", thickness_tolerance=0.0) for _ in range(n))
+    ]
     return float(np.std(vals) / np.mean(vals))
 
 
 @dataclass
 class RigFit:
     """The fitted rig and how well it fits."""
+
     rig: RigConfig
     names: list[str]
     values: dict
     uncertainty: dict
     covariance: np.ndarray
-    misfit_rms: float              # rms of (model - mean) / single-capture sd, every reference and bin
+    misfit_rms: float  # rms of (model - mean) / single-capture sd, every reference and bin
     max_misfit: float
     chi2: float
     dof: int
-    birge: float                   # sqrt(chi2 / dof): > 1 when the model cannot match to within the noise
-    residuals: dict                # reference name -> {"z": [...], "rms": r, "max": m}
-    plate_scales: dict             # reference name -> fitted areal density / stated
+    birge: float  # sqrt(chi2 / dof): > 1 when the model cannot match to within the noise
+    residuals: dict  # reference name -> {"z": [...], "rms": r, "max": m}
+    plate_scales: dict  # reference name -> fitted areal density / stated
     at_bounds: list[str]
     detector: DetectorMeasurement
     bins: int
-    predictions: dict = field(default_factory=dict)    # reference name -> model profile
-    sigma: dict = field(default_factory=dict)          # reference name -> single-capture sd per bin
-    holdout: Optional[dict] = None
+    predictions: dict = field(default_factory=dict)  # reference name -> model profile
+    sigma: dict = field(default_factory=dict)  # reference name -> single-capture sd per bin
+    holdout: dict | None = None
 
-    def profile(self, extra: Optional[dict] = None) -> RigProfile:
+    def profile(self, extra: dict | None = None) -> RigProfile:
         calibrated = [k for k in DETECTOR_FIELDS if k in self.detector.values or k == "dose"] + list(self.names)
         unc = {**{k: v for k, v in self.detector.uncertainty.items() if np.isfinite(v)}, **self.uncertainty}
-        fit = {"misfit_rms": self.misfit_rms, "max_misfit": self.max_misfit, "chi2": self.chi2, "dof": self.dof,
-               "birge_ratio": self.birge, "bins": self.bins,
-               "references": {k: {"rms": v["rms"], "max": v["max"]} for k, v in self.residuals.items()},
-               "plate_scales": self.plate_scales, "at_bounds": self.at_bounds, "holdout": self.holdout,
-               "detector_sessions": self.detector.sessions, "notes": self.detector.notes, **(extra or {})}
-        return RigProfile(rig=self.rig, calibrated=calibrated, uncertainty=_round(unc),
-                          covariance=Covariance(names=list(self.names), matrix=self.covariance.tolist()),
-                          fit=_round(fit))
+        fit = {
+            "misfit_rms": self.misfit_rms,
+            "max_misfit": self.max_misfit,
+            "chi2": self.chi2,
+            "dof": self.dof,
+            "birge_ratio": self.birge,
+            "bins": self.bins,
+            "references": {k: {"rms": v["rms"], "max": v["max"]} for k, v in self.residuals.items()},
+            "plate_scales": self.plate_scales,
+            "at_bounds": self.at_bounds,
+            "holdout": self.holdout,
+            "detector_sessions": self.detector.sessions,
+            "notes": self.detector.notes,
+            **(extra or {}),
+        }
+        return RigProfile(
+            rig=self.rig,
+            calibrated=calibrated,
+            uncertainty=_round(unc),
+            covariance=Covariance(names=list(self.names), matrix=self.covariance.tolist()),
+            fit=_round(fit),
+        )
 
 
 def _round(x):
@@ -139,20 +174,19 @@ def model_sd(rig: RigConfig, r: Reference, bins: int) -> np.ndarray:
 class _Forward:
     """Model profiles of every reference for parameters theta and plate areal-density factors."""
 
-    def __init__(self, base: RigConfig, refs: Sequence[Reference], names: Sequence[str], bins: int,
-                 jensen: np.ndarray):
+    def __init__(self, base: RigConfig, refs: Sequence[Reference], names: Sequence[str], bins: int, jensen: np.ndarray):
         self.base, self.refs, self.names, self.bins = base, list(refs), list(names), bins
-        self.correction = np.concatenate([bin_profile(j, bins) for j in jensen])       # user profile - model profile
+        self.correction = np.concatenate([bin_columns(j, bins) for j in jensen])  # user profile - model profile
         self.wedges = sorted({r.wedge_mm for r in self.refs})
 
-    def rig(self, theta: Sequence[float], wedge_mm: Optional[float] = None) -> RigConfig:
-        upd = {k: float(v) for k, v in zip(self.names, theta)}
+    def rig(self, theta: Sequence[float], wedge_mm: float | None = None) -> RigConfig:
+        upd = {k: float(v) for k, v in zip(self.names, theta, strict=True)}
         if wedge_mm is not None:
             upd["wedge_mm"] = float(wedge_mm)
         return self.base.model_copy(update=upd)
 
     def __call__(self, theta: Sequence[float], scales: np.ndarray) -> list[np.ndarray]:
-        out: list[Optional[np.ndarray]] = [None] * len(self.refs)
+        out: list[np.ndarray | None] = [None] * len(self.refs)
         for w in self.wedges:
             pm = ProfileModel(self.rig(theta, w), self.bins)
             idx = [i for i, r in enumerate(self.refs) if r.wedge_mm == w]
@@ -166,7 +200,7 @@ class _Forward:
             for alloy, members in by_alloy.items():
                 a = get_alloy(alloy)
                 ts = [self.refs[i].thickness_mm * scales[i] for i in members]
-                for i, p in zip(members, pm.profiles(a.nominal_fractions(), a.density_g_cm3, ts)):
+                for i, p in zip(members, pm.profiles(a.nominal_fractions(), a.density_g_cm3, ts), strict=True):
                     out[i] = p
         return [o + self.correction for o in out]
 
@@ -195,23 +229,33 @@ class _Problem:
 
     STEP = 0.02  # finite-difference step in u
 
-    def __init__(self, forward: "_Forward", refs: list[Reference], sd: list[np.ndarray], start: np.ndarray,
-                 scale: np.ndarray, hi: np.ndarray, plate_sd: np.ndarray):
+    def __init__(
+        self,
+        forward: _Forward,
+        refs: list[Reference],
+        sd: list[np.ndarray],
+        start: np.ndarray,
+        scale: np.ndarray,
+        hi: np.ndarray,
+        plate_sd: np.ndarray,
+    ):
         self.forward, self.refs, self.start, self.scale, self.hi = forward, refs, start, scale, hi
         self.plates = [i for i, r in enumerate(refs) if r.kind == "plate"]
         self.plate_sd, self.n_t = plate_sd, len(start)
         self.means = [r.mean for r in refs]
-        self.weights = [1.0 / np.sqrt(s**2 / len(r.profiles) + (MODEL_FLOOR_ABS + MODEL_FLOOR_REL * np.abs(m)) ** 2)
-                        for r, s, m in zip(refs, sd, self.means)]
+        self.weights = [
+            1.0 / np.sqrt(s**2 / len(r.profiles) + (MODEL_FLOOR_ABS + MODEL_FLOOR_REL * np.abs(m)) ** 2)
+            for r, s, m in zip(refs, sd, self.means, strict=True)
+        ]
 
     def unpack(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scales = np.ones(len(self.refs))
-        scales[self.plates] = 1.0 + self.plate_sd * u[self.n_t:]
-        return self.start + self.scale * u[:self.n_t], scales
+        scales[self.plates] = 1.0 + self.plate_sd * u[self.n_t :]
+        return self.start + self.scale * u[: self.n_t], scales
 
     def _residuals(self, models: list[np.ndarray], u: np.ndarray) -> np.ndarray:
-        data = [(m - mu) * wt for m, mu, wt in zip(models, self.means, self.weights)]
-        return np.concatenate(data + [u[self.n_t:]])
+        data = [(m - mu) * wt for m, mu, wt in zip(models, self.means, self.weights, strict=True)]
+        return np.concatenate(data + [u[self.n_t :]])
 
     def fun(self, u: np.ndarray) -> np.ndarray:
         return self._residuals(self.forward(*self.unpack(u)), u)
@@ -225,7 +269,7 @@ class _Problem:
             j[:, k] = (self.fun(u + du) - r0) / du[k]
         if self.plates:  # each plate's profile depends on its own factor only: one evaluation gives every column
             du = np.zeros(len(u))
-            du[self.n_t:] = self.STEP
+            du[self.n_t :] = self.STEP
             r1 = self.fun(u + du)
             offsets = np.cumsum([0] + [len(m) for m in self.means])
             for n, i in enumerate(self.plates):
@@ -242,8 +286,10 @@ def _check_inputs(params: Sequence[str], refs: Sequence[Reference]) -> None:
     if not refs:
         raise CalibrationError("no reference captures: need the wedge alone and/or plates of a known alloy")
     if not any(r.kind == "wedge" for r in refs):
-        raise CalibrationError("no captures of the wedge alone (calibration/<session>/wedge-<mm>mm frames): the "
-                               "beam cannot be told from the plates' composition without them")
+        raise CalibrationError(
+            "no captures of the wedge alone (calibration/<session>/wedge-<mm>mm frames): the "
+            "beam cannot be told from the plates' composition without them"
+        )
 
 
 def _plate_prior_sd(refs: Sequence[Reference], base: RigConfig) -> np.ndarray:
@@ -260,11 +306,12 @@ def _plate_prior_sd(refs: Sequence[Reference], base: RigConfig) -> np.ndarray:
     return np.array(out)
 
 
-def _residual_summary(refs: Sequence[Reference], models: list[np.ndarray], sd: list[np.ndarray]
-                      ) -> tuple[dict, dict, dict, np.ndarray]:
+def _residual_summary(
+    refs: Sequence[Reference], models: list[np.ndarray], sd: list[np.ndarray]
+) -> tuple[dict, dict, dict, np.ndarray]:
     """(per reference z/rms/max, model profiles, single-capture sd, every z)."""
     residuals, preds, sigmas, zs = {}, {}, {}, []
-    for r, m, s in zip(refs, models, sd):
+    for r, m, s in zip(refs, models, sd, strict=True):
         z = (m - r.mean) / s
         zs.append(z)
         residuals[r.name] = {"z": z.tolist(), "rms": float(np.sqrt((z**2).mean())), "max": float(np.abs(z).max())}
@@ -282,9 +329,15 @@ def _with_dose(rig: RigConfig, detector: DetectorMeasurement) -> RigConfig:
     return rig.model_copy(update={"dose": float(detector.quanta_open / per_dose)})
 
 
-def fit_rig(nominal: RigConfig, refs: Sequence[Reference], detector: DetectorMeasurement,
-            params: Sequence[str] = DEFAULT_FIT, bins: int = 32, max_nfev: int = 80,
-            log: Optional[Callable[[str], None]] = None) -> RigFit:
+def fit_rig(
+    nominal: RigConfig,
+    refs: Sequence[Reference],
+    detector: DetectorMeasurement,
+    params: Sequence[str] = DEFAULT_FIT,
+    bins: int = 32,
+    max_nfev: int = 80,
+    log: Callable[[str], None] | None = None,
+) -> RigFit:
     """Fit ``params`` (RigConfig fields, see ``FIT_PARAMETERS``) of the nominal rig, with the detector as
     measured, to the references' profiles. Raises ``CalibrationError`` when the references cannot constrain
     the fit (no wedge-alone or plate references, unknown parameter); judging the fit is ``check_fit``'s job."""
@@ -293,8 +346,9 @@ def fit_rig(nominal: RigConfig, refs: Sequence[Reference], detector: DetectorMea
     base = nominal.model_copy(update={k: v for k, v in detector.values.items() if k != "dose"})
     base = RigConfig.model_validate(base.model_dump())  # validate per-column lengths against the width
     names = list(params)
-    start = np.array([FIT_PARAMETERS[k].start if FIT_PARAMETERS[k].start is not None else getattr(base, k)
-                      for k in names], float)
+    start = np.array(
+        [FIT_PARAMETERS[k].start if FIT_PARAMETERS[k].start is not None else getattr(base, k) for k in names], float
+    )
     scale = np.array([FIT_PARAMETERS[k].scale for k in names])
     lo = (np.array([FIT_PARAMETERS[k].lo for k in names]) - start) / scale
     hi = (np.array([FIT_PARAMETERS[k].hi for k in names]) - start) / scale
@@ -302,28 +356,48 @@ def fit_rig(nominal: RigConfig, refs: Sequence[Reference], detector: DetectorMea
     sd = _single_sd(refs, lambda r: model_sd(base, r, bins))
     problem = _Problem(forward, refs, sd, start, scale, hi, _plate_prior_sd(refs, base))
     n_p = len(problem.plates)
-    sol = optimize.least_squares(problem.fun, np.zeros(len(names) + n_p), jac=problem.jac,
-                                 bounds=(np.concatenate([lo, np.full(n_p, -10.0)]),
-                                         np.concatenate([hi, np.full(n_p, 10.0)])),
-                                 max_nfev=max_nfev, x_scale=1.0)
+    sol = optimize.least_squares(
+        problem.fun,
+        np.zeros(len(names) + n_p),
+        jac=problem.jac,
+        bounds=(np.concatenate([lo, np.full(n_p, -10.0)]), np.concatenate([hi, np.full(n_p, 10.0)])),
+        max_nfev=max_nfev,
+        x_scale=1.0,
+    )
     theta, scales = problem.unpack(sol.x)
     j = problem.jac(sol.x)
     chi2 = float((sol.fun**2).sum())
     dof = max(len(sol.fun) - len(sol.x), 1)
     birge = float(np.sqrt(chi2 / dof))
-    cov = (np.linalg.pinv(j.T @ j) * max(1.0, birge**2))[:len(names), :len(names)] * np.outer(scale, scale)
+    cov = (np.linalg.pinv(j.T @ j) * max(1.0, birge**2))[: len(names), : len(names)] * np.outer(scale, scale)
     residuals, preds, sigmas, allz = _residual_summary(refs, forward(theta, scales), sd)
-    at_bounds = [k for k, u, a, b in zip(names, sol.x[:len(names)], lo, hi) if min(u - a, b - u) < 1e-3]
+    u_fit = sol.x[: len(names)]
+    at_bounds = [k for k, u, a, b in zip(names, u_fit, lo, hi, strict=True) if min(u - a, b - u) < 1e-3]
     rig = _with_dose(forward.rig(theta), detector)
     if log:
-        log(f"fit: {sol.nfev} evaluations, chi2/dof {chi2 / dof:.2f}, misfit rms {np.sqrt((allz**2).mean()):.2f} "
-            f"(single-capture sd)")
-    return RigFit(rig=rig, names=names, values={k: float(v) for k, v in zip(names, theta)},
-                  uncertainty={k: float(np.sqrt(cov[i, i])) for i, k in enumerate(names)}, covariance=cov,
-                  misfit_rms=float(np.sqrt((allz**2).mean())), max_misfit=float(np.abs(allz).max()), chi2=chi2,
-                  dof=dof, birge=birge, residuals=residuals,
-                  plate_scales={refs[i].name: float(scales[i]) for i in problem.plates}, at_bounds=at_bounds,
-                  detector=detector, bins=bins, predictions=preds, sigma=sigmas)
+        log(
+            f"fit: {sol.nfev} evaluations, chi2/dof {chi2 / dof:.2f}, misfit rms {np.sqrt((allz**2).mean()):.2f} "
+            f"(single-capture sd)"
+        )
+    return RigFit(
+        rig=rig,
+        names=names,
+        values={k: float(v) for k, v in zip(names, theta, strict=True)},
+        uncertainty={k: float(np.sqrt(cov[i, i])) for i, k in enumerate(names)},
+        covariance=cov,
+        misfit_rms=float(np.sqrt((allz**2).mean())),
+        max_misfit=float(np.abs(allz).max()),
+        chi2=chi2,
+        dof=dof,
+        birge=birge,
+        residuals=residuals,
+        plate_scales={refs[i].name: float(scales[i]) for i in problem.plates},
+        at_bounds=at_bounds,
+        detector=detector,
+        bins=bins,
+        predictions=preds,
+        sigma=sigmas,
+    )
 
 
 def held_out_profiles(cal: RigFit, holdout: Sequence[Reference]) -> list[np.ndarray]:
@@ -343,8 +417,9 @@ def check_references(cal: RigFit, refs: Sequence[Reference]) -> dict:
     return predict_references(cal.rig, refs, cal.bins, cal.detector.jensen)
 
 
-def predict_references(rig: RigConfig, refs: Sequence[Reference], bins: int = 32,
-                       jensen: Optional[np.ndarray] = None) -> dict:
+def predict_references(
+    rig: RigConfig, refs: Sequence[Reference], bins: int = 32, jensen: np.ndarray | None = None
+) -> dict:
     """``check_references`` for any rig: e.g. the nominal, uncalibrated one (``jensen`` None: no measured
     flat-field correction), to see what the calibration gained."""
     if not refs:
@@ -353,27 +428,40 @@ def predict_references(rig: RigConfig, refs: Sequence[Reference], bins: int = 32
     forward = _Forward(rig, refs, [], bins, jensen)
     sds = _single_sd(refs, lambda r: model_sd(rig, r, bins))
     per_capture, per_ref = [], {}
-    for i, (r, sd) in enumerate(zip(refs, sds)):
+    for i, (r, sd) in enumerate(zip(refs, sds, strict=True)):
 
-        def model(scale: float) -> np.ndarray:
+        def model(scale: float, i: int = i) -> np.ndarray:
             s = np.ones(len(refs))
             s[i] = scale
             return forward([], s)[i]
 
         scale = 1.0
         if r.kind == "plate":
-            scale = float(optimize.minimize_scalar(lambda x: (((model(x) - r.mean) / sd) ** 2).sum(),
-                                                   bounds=(0.9, 1.1), method="bounded", options={"xatol": 1e-5}).x)
+
+            def misfit(x: float, r: Reference = r, sd: np.ndarray = sd) -> float:
+                return float((((model(x) - r.mean) / sd) ** 2).sum())
+
+            scale = float(
+                optimize.minimize_scalar(misfit, bounds=(0.9, 1.1), method="bounded", options={"xatol": 1e-5}).x
+            )
         m = model(scale)
         dof = m.size - (1 if r.kind == "plate" else 0)
         chi = [float((((p - m) / sd) ** 2).sum() / dof) for p in r.profiles]
         per_capture += chi
         se = sd / np.sqrt(len(r.profiles))
-        per_ref[r.name] = {"captures": len(r.profiles), "chi2_per_dof": float(np.mean(chi)),
-                           "mean_z_rms": float(np.sqrt((((m - r.mean) / se) ** 2).mean())),
-                           "misfit_rms": float(np.sqrt((((m - r.mean) / sd) ** 2).mean())), "plate_scale": scale}
-    return {"references": per_ref, "captures": len(per_capture), "chi2_per_dof": float(np.mean(per_capture)),
-            "chi2_per_dof_max": float(np.max(per_capture))}
+        per_ref[r.name] = {
+            "captures": len(r.profiles),
+            "chi2_per_dof": float(np.mean(chi)),
+            "mean_z_rms": float(np.sqrt((((m - r.mean) / se) ** 2).mean())),
+            "misfit_rms": float(np.sqrt((((m - r.mean) / sd) ** 2).mean())),
+            "plate_scale": scale,
+        }
+    return {
+        "references": per_ref,
+        "captures": len(per_capture),
+        "chi2_per_dof": float(np.mean(per_capture)),
+        "chi2_per_dof_max": float(np.max(per_capture)),
+    }
 
 
 def check_fit(cal: RigFit, max_misfit: float = MAX_MISFIT_RMS, max_holdout_chi2: float = MAX_HOLDOUT_CHI2) -> None:
@@ -381,17 +469,23 @@ def check_fit(cal: RigFit, max_misfit: float = MAX_MISFIT_RMS, max_holdout_chi2:
     problems = []
     if cal.misfit_rms > max_misfit:
         worst = sorted(cal.residuals.items(), key=lambda kv: -kv[1]["rms"])[:3]
-        where = "; ".join(f"{k}: rms {v['rms']:.2f}, worst bin {int(np.argmax(np.abs(v['z'])))} "
-                          f"({v['max']:.1f} sd)" for k, v in worst)
-        problems.append(f"the fitted simulator misses the references by {cal.misfit_rms:.2f} single-capture sd (rms; "
-                        f"the limit is {max_misfit:g}): {where}")
+        where = "; ".join(
+            f"{k}: rms {v['rms']:.2f}, worst bin {int(np.argmax(np.abs(v['z'])))} ({v['max']:.1f} sd)" for k, v in worst
+        )
+        problems.append(
+            f"the fitted simulator misses the references by {cal.misfit_rms:.2f} single-capture sd (rms; "
+            f"the limit is {max_misfit:g}): {where}"
+        )
     if cal.holdout and cal.holdout.get("chi2_per_dof", 0) > max_holdout_chi2:
-        problems.append(f"held-out references: chi2/dof {cal.holdout['chi2_per_dof']:.2f} per capture (limit "
-                        f"{max_holdout_chi2:g})")
+        problems.append(
+            f"held-out references: chi2/dof {cal.holdout['chi2_per_dof']:.2f} per capture (limit {max_holdout_chi2:g})"
+        )
     if problems:
-        hint = ("check the nominal settings (kVp, filtration, wedge size and its plate-only strip, the wedge "
-                "material), that the reference alloy and thicknesses are right, and that each capture's dark/flat "
-                "frames are its own session's; or fit more parameters (--fit)")
+        hint = (
+            "check the nominal settings (kVp, filtration, wedge size and its plate-only strip, the wedge "
+            "material), that the reference alloy and thicknesses are right, and that each capture's dark/flat "
+            "frames are its own session's; or fit more parameters (--fit)"
+        )
         if cal.at_bounds:
             hint = f"parameters at their limits: {', '.join(cal.at_bounds)}; " + hint
         raise CalibrationError("poor rig calibration: " + "; ".join(problems) + ". " + hint)

@@ -2,6 +2,7 @@
 plates with a labels CSV of levels and a reference/ folder beside them, `alloynet import`, `alloynet rig
 calibrate`; the rig profile written must describe that rig better than the nominal settings do, measured by the
 physics fit (no training data) on the lab's own plates. Run with frames (dark/flat images) and with levels only."""
+
 from __future__ import annotations
 
 import json
@@ -40,10 +41,17 @@ def _lab_plates(sim: LocalStore, root: Path) -> list[dict]:
         rel = f"plates/{sc['capture_id']}.tif"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.ascontiguousarray(img[0])).save(root / rel)
-        rows.append({"file": rel, "alloy": sc["truth"]["alloy"], "thickness_mm": f"{sc['truth']['nominal_thickness_mm']:g}",
-                     "plate_id": sc["plate_id"], "wedge_mm": f"{sc['rig']['wedge_mm']:g}",
-                     "dark": ";".join(f"{v:.2f}" for v in sc["calibration"]["dark_adu"]),
-                     "flat": ";".join(f"{v:.2f}" for v in sc["calibration"]["flat_adu"])})
+        rows.append(
+            {
+                "file": rel,
+                "alloy": sc["truth"]["alloy"],
+                "thickness_mm": f"{sc['truth']['nominal_thickness_mm']:g}",
+                "plate_id": sc["plate_id"],
+                "wedge_mm": f"{sc['rig']['wedge_mm']:g}",
+                "dark": ";".join(f"{v:.2f}" for v in sc["calibration"]["dark_adu"]),
+                "flat": ";".join(f"{v:.2f}" for v in sc["calibration"]["flat_adu"]),
+            }
+        )
     return rows
 
 
@@ -59,7 +67,8 @@ def _balanced_accuracy(store: Path, rig: RigConfig, prior) -> float:
         y.append(ALLOY_NAMES.index(sc["truth"]["alloy"]))
         wedges.append(sc["rig"]["wedge_mm"])
     probs, _ = PhysicsFit({50.0: rig}, prior, ALLOY_NAMES, seed=0).predict(
-        measured_profiles(np.stack(images), np.stack(cal)), np.array(wedges))
+        measured_profiles(np.stack(images), np.stack(cal)), np.array(wedges)
+    )
     pred, y = probs.argmax(1), np.array(y)
     return float(np.mean([(pred[y == k] == k).mean() for k in np.unique(y)]))
 
@@ -69,14 +78,24 @@ def _balanced_accuracy(store: Path, rig: RigConfig, prior) -> float:
 def test_lab_folder_with_references_imports_calibrates_and_its_profile_wins(tmp_path, frames):
     rig = RigConfig(height=SIZE, width=SIZE)
     root, store, prof = tmp_path / "lab", tmp_path / "store", tmp_path / "rig.yaml"
-    refs = write_reference_folder(root, rig, simulator="second_rig", captures_per_plate=5, sessions=5, seed=1,
-                                  frames=frames)
-    spec = DatasetSpec(simulator="second_rig", n_max=12, imbalance_ratio=1, wedges_mm=[50], captures_per_plate=1,
-                       test_fraction=0.5, rig=rig, seed=5)
+    refs = write_reference_folder(
+        root, rig, simulator="second_rig", captures_per_plate=5, sessions=5, seed=1, frames=frames
+    )
+    spec = DatasetSpec(
+        simulator="second_rig",
+        n_max=12,
+        imbalance_ratio=1,
+        wedges_mm=[50],
+        captures_per_plate=1,
+        test_fraction=0.5,
+        rig=rig,
+        seed=5,
+    )
     simulate_dataset(spec, LocalStore(tmp_path / "sim"))
     rows = _lab_plates(LocalStore(tmp_path / "sim"), root) + refs
-    (root / "labels.csv").write_text("\n".join([",".join(COLUMNS)] + [",".join(str(r.get(c, "")) for c in COLUMNS)
-                                                                       for r in rows]) + "\n")
+    (root / "labels.csv").write_text(
+        "\n".join([",".join(COLUMNS)] + [",".join(str(r.get(c, "")) for c in COLUMNS) for r in rows]) + "\n"
+    )
 
     res = _cli("import", root / "labels.csv", store, "--kvp", "50", "--wedge-mm", "50")
     assert res.exit_code == 0, res.output
