@@ -212,10 +212,28 @@ def summary_cmd(manifest: Path) -> None:
     print_summary(read_manifest(manifest))
 
 
+@data_app.command("relabel")
+def relabel_cmd(store: str = typer.Argument(..., help="the data directory (ingest's destination)"),
+                corrections: Path = typer.Argument(..., help="CSV with the header capture_id,field,value,who,why; field: "
+                                                             "alloy, plate_id, nominal_thickness_mm or thickness_mm"),
+                seed: int = 0, wait: float = WaitOpt) -> None:
+    """Apply label corrections: each changed capture gets a recorded revision (who, why, old and new values),
+    its sidecar is rewritten and the manifest rebuilt. Nothing is written if any row is wrong."""
+    from alloynet.commands.labels_cli import run_relabel
+
+    run_relabel(store, corrections, seed, wait)
+
+
+@data_app.command("history")
+def history_cmd(store: str = typer.Argument(..., help="the data directory"),
+                capture_id: str = typer.Argument(..., help="the capture")) -> None:
+    """A capture's labels now and every recorded revision: when, who, why, each field's old and new value."""
+    from alloynet.commands.labels_cli import show_history
+
+    show_history(store, capture_id)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(simulate)
     app.command()(ingest)
-    from alloynet.commands.labels_cli import add_label_commands
-
-    add_label_commands(data_app)
     app.add_typer(data_app, name="data", help="Manifests, summaries, the quarantine and label history.")

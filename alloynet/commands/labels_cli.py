@@ -1,4 +1,5 @@
-"""`alloynet data relabel` and `alloynet data history`: label corrections as recorded revisions."""
+"""What `alloynet data relabel` and `alloynet data history` do (declared in data_cli, run here): label
+corrections as recorded revisions."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,13 +16,8 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def relabel_cmd(store: str = typer.Argument(..., help="the data directory (ingest's destination)"),
-                corrections: Path = typer.Argument(..., help="CSV with the header capture_id,field,value,who,why; "
-                                                             "field: alloy, plate_id, nominal_thickness_mm or "
-                                                             "thickness_mm"),
-                seed: int = 0, wait: float = typer.Option(0.0, help="seconds to wait for another writer")) -> None:
-    """Apply label corrections: each changed capture gets a recorded revision (who, why, old and new values),
-    its sidecar is rewritten and the manifest rebuilt. Nothing is written if any row is wrong."""
+def run_relabel(store: str, corrections: Path, seed: int = 0, wait: float = 0.0) -> None:
+    """Apply the corrections under the writer lock, rebuild the manifest, print what changed."""
     from alloynet.captures.image import CaptureError
     from alloynet.captures.labels import read_corrections, relabel
     from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, writer_lock
@@ -48,9 +44,8 @@ def relabel_cmd(store: str = typer.Argument(..., help="the data directory (inges
     console.print(f"manifest: {len(df)} captures ({'updated' if changed else 'unchanged'})", markup=False)
 
 
-def history_cmd(store: str = typer.Argument(..., help="the data directory"),
-                capture_id: str = typer.Argument(..., help="the capture")) -> None:
-    """A capture's labels now and every recorded revision: when, who, why, each field's old and new value."""
+def show_history(store: str, capture_id: str) -> None:
+    """Print the labels now and every revision."""
     from alloynet.captures.format import parse_sidecar
     from alloynet.captures.image import CaptureError
     from alloynet.captures.labels import history, label_values
@@ -74,8 +69,3 @@ def history_cmd(store: str = typer.Argument(..., help="the data directory"),
         changes = ", ".join(f"{f}: {old!r} -> {new!r}" for f, (old, new) in r["changes"].items())
         console.print(printable(f"revision {r['revision']}  {r['at']}  by {r['who']}: {changes}  ({r['why']}; "
                                 f"{r.get('source', '')})"), markup=False, highlight=False)
-
-
-def add_label_commands(data_app: typer.Typer) -> None:
-    data_app.command("relabel")(relabel_cmd)
-    data_app.command("history")(history_cmd)

@@ -1,10 +1,14 @@
-"""Fault injection for ingest tests: poison sidecars, aliased images, a store that loses objects between
-list and get, and a snapshot of what a store holds (to prove nothing stored was lost, changed or duplicated).
+"""Fault injection for ingest tests: poison sidecars, aliased images, decompression bombs, a store that loses
+objects between list and get, and a snapshot of what a store holds (to prove nothing stored was lost, changed
+or duplicated).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import struct
+import zlib
 from typing import Callable
 
 from alloynet.captures.stores import ObjectStore
@@ -102,3 +106,36 @@ class LosingStore:
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
+
+
+# ---- decompression bombs: images whose header declares far more pixels than their bytes suggest ----
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_bomb(side: int) -> bytes:
+    """A real 16-bit grayscale PNG of side x side zeros: a few hundred KB that decode to side x side x 2 bytes."""
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (1 + 2 * side)  # filter byte + pixels
+    idat = b"".join(comp.compress(row * 256) for _ in range(side // 256)) + comp.compress(row * (side % 256))
+    idat += comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def tiff_declaring(side: int) -> bytes:
+    """A small deflate TIFF whose width and length tags are rewritten to ``side``."""
+    import numpy as np
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((32, 32), np.uint16), compression="zlib")
+    data = bytearray(buf.getvalue())
+    assert data[:2] == b"II"
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for i in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * i
+        tag, typ = struct.unpack_from("<HH", data, entry)
+        if tag in (256, 257):
+            struct.pack_into("<H" if typ == 3 else "<I", data, entry + 8, side)
+    return bytes(data)

@@ -26,7 +26,8 @@ from alloynet.data.manifest import ingest_and_refresh
 from infra.processes import alive
 from tests.helpers import ROOT
 from tests.helpers.dummy import DummyCaptureStore
-from tests.helpers.faults import POISON, POISON_KEYS, LosingStore, poison_sidecars, snapshot
+from tests.helpers.faults import (POISON, POISON_KEYS, LosingStore, png_bomb, poison_sidecars, snapshot,
+                                 tiff_declaring)
 
 pytestmark = pytest.mark.slow
 
@@ -241,8 +242,9 @@ def test_poison_alias_and_vanishing_objects_in_one_batch(source, s3_server, s3_b
 
     res, df, _ = ingest_and_refresh(s3, dest, accepted_sizes=SIZES)
     assert sorted(res.new) == sorted([ids[3], ids[4]]) and res.released == [f"quarantine/{ids[4]}/"]
-    assert list(res.quarantined) == ["captures/intruder.json"]
+    assert sorted(res.quarantined) == ["captures/intruder.json", f"captures/{victim}.png"]
     assert "image.file" in res.quarantined["captures/intruder.json"]
+    assert "image changed at the source" in res.quarantined[f"captures/{victim}.png"]  # noticed, not taken
     assert dest.get(f"captures/{victim}.png") == stored_victim  # the stored test image is untouched
     assert snapshot(dest) == snapshot(src)
     assert set(df.capture_id) == set(ids) and "intruder" not in set(df.capture_id)
@@ -258,10 +260,10 @@ def test_poison_alias_and_vanishing_objects_in_one_batch(source, s3_server, s3_b
         clean_src.put(k, v)
     ingest_and_refresh(clean_src, clean, accepted_sizes=SIZES)
     assert (dest.root / "manifest.csv").read_bytes() == (clean.root / "manifest.csv").read_bytes()
-    # a re-run changes nothing, and the quarantine is exactly the poison plus the intruder
+    # a re-run changes nothing, and the quarantine is exactly the poison, the intruder and the replaced image
     res, _, changed = ingest_and_refresh(s3, dest, accepted_sizes=SIZES)
     assert (res.new, res.quarantined, changed) == ([], {}, False)
-    assert len(list_quarantine(dest)) == len(expected) + 1
+    assert len(list_quarantine(dest)) == len(expected) + 2
 
 
 def read_manifest_bytes(data: bytes):
@@ -270,3 +272,68 @@ def read_manifest_bytes(data: bytes):
     import pandas as pd
 
     return pd.read_csv(io.BytesIO(data), dtype={"capture_id": str})
+
+
+@pytest.mark.s3
+def test_hostile_labels_images_bombs_and_keys_on_s3(source, s3_server, s3_bucket, tmp_path):
+    """What issue 25 found, replayed against SeaweedFS: a relabelled sidecar, an image swapped at the source,
+    a PNG and a TIFF decompression bomb, and a key that carries terminal control. Every one is quarantined
+    with a reason that says what happened; nothing stored changes until a relabel is recorded."""
+    src, reference = source
+    s3 = S3Store(s3_bucket, "lab", endpoint_url=s3_server.endpoint)
+    for info in src.list("captures/"):
+        s3.put(info.key, src.get(info.key))
+    dest = LocalStore(tmp_path / "data")
+    uri = f"s3://{s3_bucket}/lab?endpoint={s3_server.endpoint}"
+    args = ["ingest", uri, str(dest.root), "--accept-size", "32x32"]
+    first = _cli(args, s3_server.env())
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, out + err
+    assert (dest.root / "manifest.csv").read_bytes() == reference
+    stored = snapshot(dest)
+
+    ids = sorted(read_manifest_bytes(reference).capture_id)
+    relabelled, swapped = ids[5], ids[6]
+    raw = json.loads(src.get(f"captures/{relabelled}.json"))
+    old_alloy = raw["truth"]["alloy"]
+    new_alloy = "Al1050" if old_alloy != "Al1050" else "Al7075"
+    raw["truth"]["alloy"], raw["plate_id"] = new_alloy, "plate-corrected"
+    time.sleep(1.1)  # S3 timestamps have one-second resolution
+    s3.put(f"captures/{relabelled}.json", json.dumps(raw).encode(), overwrite=True)
+    pixels = decode_image(src.get(f"captures/{swapped}.png")).copy()
+    pixels[0, 1, 1] ^= 3
+    s3.put(f"captures/{swapped}.png", encode_image(pixels)[0], overwrite=True)  # no new sidecar
+    template = json.loads(src.get(f"captures/{ids[0]}.json"))
+    for name, fmt, data in (("bomb-png", "png", png_bomb(12000)), ("bomb-tiff", "tiff", tiff_declaring(20000))):
+        sc = json.loads(json.dumps(template))
+        sc["capture_id"], sc["plate_id"] = name, f"{name}-plate"
+        sc["image"].update(file=f"{name}.{fmt}", format=fmt, sha256=sha256(data))
+        s3.put(f"captures/{name}.{fmt}", data)
+        s3.put(f"captures/{name}.json", json.dumps(sc).encode())
+    s3.put("captures/evil\x1b[2J\nquarantined captures/fake.json", b"{}")
+
+    run = _cli(args, s3_server.env())
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, out + err
+    assert "\x1b" not in out + err and "evil\\x1b[2J\\nquarantined" in out
+    assert not any(line.startswith("quarantined captures/fake.json") for line in out.splitlines())
+    lines = {line.split(":", 1)[0]: line for line in out.splitlines() if line.startswith("quarantined ")}
+    assert f"truth.alloy: stored {old_alloy!r}, new {new_alloy!r}" in lines[f"quarantined captures/{relabelled}.json"]
+    assert "image changed at the source" in lines[f"quarantined captures/{swapped}.png"]
+    assert "image declares 12000x12000 px, sidecar says 32x32" in lines["quarantined captures/bomb-png.json"]
+    assert "image declares 20000x20000 px, sidecar says 32x32" in lines["quarantined captures/bomb-tiff.json"]
+    assert len(lines) == 5
+    assert snapshot(dest) == stored and (dest.root / "manifest.csv").read_bytes() == reference
+
+    corrections = tmp_path / "corrections.csv"
+    corrections.write_text("capture_id,field,value,who,why\n"
+                           f"{relabelled},alloy,{new_alloy},lab,re-measured\n"
+                           f"{relabelled},plate_id,plate-corrected,lab,re-engraved\n")
+    fix = _cli(["data", "relabel", str(dest.root), str(corrections)])
+    out, err = fix.communicate(timeout=120)
+    assert fix.returncode == 0 and "1 conflict(s) released" in out and "(updated)" in out, out + err
+    df = read_manifest_bytes((dest.root / "manifest.csv").read_bytes())
+    assert df.set_index("capture_id").loc[relabelled, "alloy"] == new_alloy
+    hist = _cli(["data", "history", str(dest.root), relabelled])
+    out, _ = hist.communicate(timeout=60)
+    assert f"alloy: {old_alloy!r} -> {new_alloy!r}" in out and "by lab" in out

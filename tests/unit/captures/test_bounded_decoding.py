@@ -3,10 +3,8 @@ the limits, or another shape than its sidecar, is refused before anything is all
 from __future__ import annotations
 
 import io
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -18,35 +16,7 @@ from alloynet.captures.ingest import ingest
 from alloynet.captures.stores import LocalStore
 from tests.helpers import ROOT
 from tests.helpers.dummy import DummyCaptureStore
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png_bomb(side: int) -> bytes:
-    """A real 16-bit grayscale PNG of side x side zeros: a few hundred KB that decode to side² x 2 bytes."""
-    comp = zlib.compressobj(9)
-    row = b"\x00" * (1 + 2 * side)  # filter byte + pixels
-    idat = b"".join(comp.compress(row * 256) for _ in range(side // 256)) + comp.compress(row * (side % 256))
-    idat += comp.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-
-
-def tiff_declaring(side: int) -> bytes:
-    """A small deflate TIFF whose width and length tags are rewritten to ``side``."""
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, np.zeros((32, 32), np.uint16), compression="zlib")
-    data = bytearray(buf.getvalue())
-    assert data[:2] == b"II"
-    ifd = struct.unpack_from("<I", data, 4)[0]
-    for i in range(struct.unpack_from("<H", data, ifd)[0]):
-        entry = ifd + 2 + 12 * i
-        tag, typ = struct.unpack_from("<HH", data, entry)
-        if tag in (256, 257):
-            struct.pack_into("<H" if typ == 3 else "<I", data, entry + 8, side)
-    return bytes(data)
+from tests.helpers.faults import png_bomb, tiff_declaring
 
 
 @pytest.fixture
