@@ -71,7 +71,7 @@ class ServingGraph(nn.Module):
                            torch.Tensor, torch.Tensor]:
         status, value = capture_status(image, calibration, wedge_mm, self.max_adu)
         refused = status >= float(STATUS_CODES["image_not_finite"])
-        image = torch.where(refused[:, None, None, None], torch.full_like(image, 0.5) * self.max_adu, image)
+        image = torch.where(refused[:, None, None, None], 0.5 * self.max_adu, image)
         calibration = torch.where(refused[:, None, None], torch.zeros_like(calibration), calibration)
         wedge_mm = torch.where(refused[:, None], torch.zeros_like(wedge_mm), wedge_mm)
         out = self.model(image, calibration, wedge_mm)
