@@ -33,7 +33,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from pydantic import BaseModel, Field
 
@@ -375,7 +375,7 @@ class ModelRegistry:
         return f"{self.model}/events/{stamp}-{gen}{event['action']}-{event['version'] or 'none'}.json"
 
     def _move(self, action: str, version: str, reason: str, expected_generation: int | None,
-              build) -> Optional[ChampionPointer]:
+              build: Callable[[Optional[ChampionPointer]], ChampionPointer]) -> Optional[ChampionPointer]:
         """Compare-and-set the pointer from the one read now to ``build(current)`` (a ChampionPointer, whose
         version may be empty: no champion), with the move's audit event inside it."""
         current, token = self._read_pointer()
@@ -439,7 +439,8 @@ class ModelRegistry:
             return ChampionPointer(model=self.model, version=version, previous=previous, updated_at=_now(),
                                    reason=reason)
 
-        if expected_generation is None:
+        if expected_generation is None or (expected_generation == 0 and current is None):
+            # 0 means "I saw no champion": also true of a pointer whose first champion was retracted
             expected_generation = raw.generation if raw else 0
         new = self._move("promote", version, reason, expected_generation, build)
         assert new is not None

@@ -79,7 +79,22 @@ def test_retracting_the_first_champion_keeps_counting(tmp_path):
     reg, (a, b, _) = _registry(tmp_path)
     reg.promote(a, "first")
     assert reg.retract(a, "undo") is None and reg.pointer() is None and reg.champion() is None
-    reg.promote(b, "again")
+    reg.promote(b, "again", expected_generation=0)  # what a caller that saw no champion passes
     assert reg.pointer().generation == 3 and reg.pointer().previous == []
     assert [e["action"] for e in reg.events()] == ["promote", "retract", "promote"]
     _consistent(reg)
+
+
+def test_history_names_generations_and_escapes_reasons(tmp_path):
+    from typer.testing import CliRunner
+
+    from alloynet.cli import app
+
+    reg, (a, b, _) = _registry(tmp_path)
+    reg.promote(a, "first")
+    reg.promote(b, "evil\x1b[2J\nfake line")
+    res = CliRunner().invoke(app, ["registry", "history", "--registry", str(tmp_path / "models")])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert len(lines) == 2 and "\x1b" not in res.output
+    assert "g2" in lines[1] and "promote" in lines[1] and "evil\\x1b[2J\\nfake line" in lines[1]
