@@ -30,7 +30,7 @@ class BatchingOptions:
     max_batch_size: int = 32
     preferred_batch_sizes: Sequence[int] = (4, 8, 16)
     # 0: a request is run as soon as the instance is free; requests that arrive while it is busy are batched
-    # anyway. 500 us cost every lone request ~0.5 ms (bench/serve.py) and gave no more throughput at 8 clients.
+    # anyway. A queue delay is paid by every lone request and bought no throughput (docs/benchmarks.md).
     max_queue_delay_us: int = 0
     instances: int = 1
     intra_op_threads: int = 1
