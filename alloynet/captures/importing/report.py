@@ -53,7 +53,7 @@ def problem_lines(result: ImportResult, root: Path | None = None) -> list[str]:
             more = f"; ... ({len(rs) - EXAMPLES} more)" if len(rs) > EXAMPLES else ""
             lines.append(f"error: {problem}: {n}: {shown}{more}")
         if fix:
-            lines.append(f"  fix: {fix}")
+            lines.append("  fix: " + fix.replace("\n", "\n       "))
     return lines
 
 

@@ -152,6 +152,11 @@ class _Context:
     stored_sessions: set[str] = field(default_factory=set)
 
 
+def _settings_fix(missing: list[str]) -> str:
+    """Where each missing setting can come from, one line each (the report indents them under "fix:")."""
+    return "\n".join(f"{k}: {SETTING_SOURCES[k]}" for k in missing)
+
+
 def _read(path: Path, ctx: _Context) -> tuple[bytes, np.ndarray, int]:
     try:
         data = path.read_bytes()
@@ -194,7 +199,7 @@ def _build(item: SourceFile, ctx: _Context) -> tuple[Sidecar, bytes, dict[str, F
         raise _Rejected(
             "missing settings: " + ", ".join(missing),
             item.where.rstrip(": "),
-            "; ".join(f"{k}: {SETTING_SOURCES[k]}" for k in missing),
+            _settings_fix(missing),
         )
     if pixels.shape[0] != len(rig["kvp"]):
         raise _Rejected(
@@ -317,7 +322,7 @@ def _reference_sessions(frames: ReferenceFrames, bad: set[Path], ctx: _Context) 
                     str(p),
                     "missing settings: " + ", ".join(exc.names),
                     frames.where.get(p, "").rstrip(": "),
-                    "; ".join(f"{k}: {SETTING_SOURCES[k]}" for k in exc.names),
+                    _settings_fix(exc.names),
                 )
                 for p in given.values()
             ]
@@ -340,7 +345,7 @@ def _store_wedge(path: Path, wedge_mm: float, session: tuple[dict, dict] | None,
             raise _Rejected(
                 "missing settings: " + ", ".join(exc.names),
                 "",
-                "; ".join(f"{k}: {SETTING_SOURCES[k]}" for k in exc.names),
+                _settings_fix(exc.names),
             ) from None
         except ValueError as exc:
             raise _Rejected("unusable calibration frame", str(exc)) from None

@@ -111,7 +111,9 @@ def test_everything_missing_is_said_once_per_problem(tmp_path):
         "reference/Al1050-2mm/r1.png",
         "error: missing settings: kvp, wedge_mm, thickness_mm, dark, flat: 2 files: Al7075/p0.png, Al7075/p1.png",
     ], problem
-    fix = lines[lines.index(problem[-1]) + 1]
+    at = lines.index(problem[-1]) + 1
+    fix = " ".join(lines[at : at + 5])  # one line per missing setting, under "fix:"
+    assert lines[at].startswith("  fix: kvp: ") and lines[at + 1].startswith("       wedge_mm: ")
     for option in ("--kvp", "--wedge-mm", "--thickness-mm", "--dark-level", "--flat-level"):
         assert option in fix, fix
     assert not [ln for ln in lines if ln.startswith("error") and "README" in ln]
