@@ -61,9 +61,9 @@ def _nominal(path: Path | None, kvp: list[float] | None, wedge_mm: float | None,
 def calibrate(
     store: str = typer.Argument(
         ...,
-        help="capture store (directory or s3://bucket/prefix) with the references: "
-        "calibration/<session>/dark|flat|wedge-<mm>mm frames and captures of "
-        "plates of one known alloy at known thicknesses",
+        help="capture store (directory or s3://bucket/prefix) with the references, as `alloynet import` writes "
+        "them from a lab's reference/ folder: the wedge alone per session, dark/flat frames or levels, and "
+        "captures of plates of one known alloy at known thicknesses (docs/rig_calibration.md)",
     ),
     out: Path = typer.Option(Path("rig-profile.yaml"), help="rig profile to write (YAML)"),
     plot: Path | None = typer.Option(None, help="fit plot (PNG); default: beside --out, <name>-fit.png"),
