@@ -9,7 +9,8 @@
 // Declarations: the official headers (tritonserver.h and tritonbackend.h of triton-inference-server/core,
 // onnxruntime_c_api.h of microsoft/onnxruntime) are not in any package the build can install, so the few
 // functions used are declared here by hand. The Triton ones were compared, argument by argument, with
-// tritonserver.h / tritonbackend.h at triton-inference-server/core 73aad7c (backend API 1.19); the ONNX
+// tritonserver.h / tritonbackend.h at triton-inference-server/core 73aad7c (backend API 1.19) with
+// check_declarations.py beside this file (run it again against a new release's headers); the ONNX
 // Runtime slots are the frozen API-version-1 layout, and TRITONBACKEND_Initialize probes the library it is
 // linked with before using them.
 //
