@@ -9,6 +9,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,7 +52,7 @@ def _sha256(path: Path) -> str:
 
 def meta_from_checkpoint(meta: dict, arch: str = "unknown") -> ExportMeta:
     """Map a training checkpoint's meta (class names, image size, channels) onto ``ExportMeta``."""
-    size = meta.get("image_size") or meta.get("size") or (meta.get("height"), meta.get("width"))
+    size: Any = meta.get("image_size") or meta.get("size") or (meta.get("height"), meta.get("width"))
     if isinstance(size, int):
         size = (size, size)
     channels = int(meta.get("channels", meta.get("in_channels", 1)))

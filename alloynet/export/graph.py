@@ -100,7 +100,7 @@ class ExportMeta(BaseModel):
     input_dtype: str = INPUT_DTYPE
     max_adu: float = MAX_ADU
     class_groups: list[str] = Field(default_factory=list, description="each class's group, in GROUP_NAMES")
-    coverage: float | None = Field(None, description="the prediction sets' target coverage")
+    coverage: float | None = Field(default=None, description="the prediction sets' target coverage")
     opset: int | None = None
     files: dict[str, str] = Field(default_factory=dict, description="format -> file name in the bundle")
     sha256: dict[str, str] = Field(default_factory=dict)
