@@ -297,7 +297,8 @@ def test_killed_servers_are_back_on_the_same_ports_without_failed_requests(serve
     # the killed Tritons' shared memory is gone; only the running one's may be left (alloynet's own backend
     # uses none: the Python backend's stubs of repositories packaged with a model.py do)
     current = (serve["dir"] / "triton" / "tritonserver.shm").read_text().strip()
-    ours = [p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(f"alloynet{_state(serve)['supervisor_pid']}-")]
+    prefix = f"alloynet{_state(serve)['supervisor_pid']}-"
+    ours = [p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(prefix)]
     assert all(name.startswith(current) for name in ours), (current, ours)
 
 
@@ -371,23 +372,33 @@ def test_bad_captures_are_answered_one_by_one_with_clear_codes(serve, inputs):
                 client.predict(good[0])
             assert exc.value.code == "NOT_FOUND" and "no_such_model" in str(exc.value)
 
-    # Triton on its own (a raw client): a request with a bad capture among good ones names it
+    # Triton on its own (a raw client): the graph checks the values, so a batch with a bad capture among good
+    # ones is answered, each item with its status (contract.STATUSES); the server checks only shapes and dtypes
+    from alloynet import contract
+
     raw = g.InferenceServerClient(serve["triton"].split("//")[1].split("/")[0])
-    batch = np.stack([good[0].astype(np.float32), nan, good[2].astype(np.float32)])
-    inp = g.InferInput("image", list(batch.shape), "FP32")
-    inp.set_data_from_numpy(batch)
-    with pytest.raises(InferenceServerException) as exc:
-        raw.infer("alloynet", [inp], client_timeout=30)
-    assert "INVALID_ARGUMENT" in str(exc.value.status()) and "item 1" in exc.value.message()
+
+    def infer_raw(images: np.ndarray, wedges: np.ndarray) -> list[str]:
+        n = len(images)
+        sent = {"image": images.astype(np.float32), "calibration": inputs["all"]["calibration"][:n],
+                "wedge_mm": wedges.astype(np.float32)}
+        tensors = []
+        for name, arr in sent.items():
+            t = g.InferInput(name, list(arr.shape), "FP32")
+            t.set_data_from_numpy(np.ascontiguousarray(arr))
+            tensors.append(t)
+        res = raw.infer("alloynet", tensors, client_timeout=30)
+        return [contract.STATUS_NAMES[contract.status_code(v)] for v in res.as_numpy("status").reshape(-1)]
+
+    wedges = inputs["all"]["wedge_mm"][:3]
+    assert infer_raw(np.stack([good[0], nan, good[2]]), wedges) == ["ok", "image_not_finite", "ok"]
     # good pixels, but the third capture's wedge size is not a wedge in mm (contract v3's wedge_mm input)
-    batch = np.stack([good[i].astype(np.float32) for i in range(3)])
-    inp = g.InferInput("image", list(batch.shape), "FP32")
-    inp.set_data_from_numpy(batch)
-    wedge = g.InferInput("wedge_mm", [3, 1], "FP32")
-    wedge.set_data_from_numpy(np.array([[50.0], [70.0], [-5.0]], np.float32))
-    with pytest.raises(InferenceServerException) as exc:
-        raw.infer("alloynet", [inp, wedge], client_timeout=30)
-    assert "item 2: wedge_mm" in exc.value.message() and "item 0" not in exc.value.message(), exc.value.message()
+    assert infer_raw(good[:3], np.array([[50.0], [70.0], [-5.0]])) == ["ok", "ok", "wedge_out_of_range"]
+    only_image = g.InferInput("image", [1, *good[0].shape], "FP32")
+    only_image.set_data_from_numpy(good[:1].astype(np.float32))
+    with pytest.raises(InferenceServerException) as exc:  # what the graph cannot check: the inputs' shapes
+        raw.infer("alloynet", [only_image], client_timeout=30)
+    assert "INVALID_ARGUMENT" in str(exc.value.status()) and "calibration" in exc.value.message()
     raw.close()
 
     # TorchServe refuses a request over its size limit (1 MB here) before it reaches a worker; a client that
@@ -417,12 +428,17 @@ def test_triton_memory_comes_back_after_oversized_requests(serve):
     rss = lambda: psutil.Process(pid).memory_info().rss / 2**20  # noqa: E731
     client = g.InferenceServerClient(serve["triton"].split("//")[1].split("/")[0])
     before = rss()
+    context = []  # the other inputs, well formed: the image alone is refused
+    for name, arr in (("calibration", np.array([[[1000.0, 50000.0]]], np.float32)),
+                      ("wedge_mm", np.array([[50.0]], np.float32))):
+        context.append(g.InferInput(name, list(arr.shape), "FP32"))
+        context[-1].set_data_from_numpy(arr)
     for _ in range(3):  # 3 x 200 MB, each refused (its size does not match its shape)
         inp = g.InferInput("image", [1, 1, 64, 64], "FP32")
         inp._raw_content = bytes(200 << 20)
         inp._input.ClearField("contents")
         with pytest.raises(InferenceServerException, match="byte size"):
-            client.infer("alloynet", [inp], client_timeout=120)
+            client.infer("alloynet", [inp, *context], client_timeout=120)
         del inp
     time.sleep(1)
     after = rss()
