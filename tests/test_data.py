@@ -120,7 +120,8 @@ def test_preprocess_gives_the_physics_a0_at_the_thin_end(dummy):
         col0 = pre.neg_log(x[None], cal[None])[0][0, 0, :, 0]
         errs.append(float(col0.median()) - float(y["a0"]))
     assert abs(np.mean(errs)) < 0.02  # heel effect and scatter average out across rows
-    _, missing, out = pre(torch.stack([ds[i][0] for i in range(len(ds))]), torch.stack([ds[i][1] for i in range(len(ds))]))
+    items = [ds[i] for i in range(len(ds))]
+    _, missing, out = pre(torch.stack([x for x, *_ in items]), torch.stack([c for _, c, *_ in items]))
     assert not missing.any() and not out.any()  # every capture's own levels, all inside the training range
 
 

@@ -14,6 +14,7 @@ from alloynet.physics import (
     sample_plate,
 )
 from alloynet.physics.alloys import STANDARD_ALLOYS, Alloy, alloy_group, alloys_from_config, density_for, with_alloys
+from alloynet.physics.measure import MAX_ADU, frame_level
 
 
 def test_monochromatic_pure_al_matches_nist_beer_lambert():
@@ -180,5 +181,5 @@ def test_calibration_frames():
     rig = RigConfig(height=32, width=32)
     sim = RigSimulator(rig)
     dark, flat = sim.calibration_frames(np.random.default_rng(0))
-    assert sim.frame_level(dark)[0] == pytest.approx(rig.dark_offset_adu, abs=1.0)
-    assert sim.frame_level(flat)[0] == pytest.approx(rig.flat_target_adu, rel=0.01)
+    assert frame_level(dark)[0] == pytest.approx(rig.dark_offset_adu, abs=1.0)
+    assert frame_level(flat)[0] == pytest.approx(rig.flat_target_adu, rel=0.01)

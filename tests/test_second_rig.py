@@ -17,7 +17,7 @@ from alloynet.data.manifest import build_manifest
 from alloynet.data.simulate import DatasetSpec, simulate_dataset
 from alloynet.physics import RigConfig, RigSimulator, get_alloy, sample_plate
 from alloynet.physics.materials import linear_attenuation
-from alloynet.physics.measure import MAX_ADU
+from alloynet.physics.measure import MAX_ADU, frame_level
 from alloynet.physics.profile import ProfileModel
 from alloynet.physics.rig import NOMINAL_FIELDS
 from alloynet.physics.second_rig import SecondRig, SecondRigConfig, SecondRigProfileModel
@@ -97,7 +97,7 @@ def test_flat_frame_level_and_noise_follow_its_own_model():
     flats = np.stack([sim.calibration_frames(rng)[1][0] for _ in range(60)]).astype(float)
     mean, var = sim.flat_moments()
     good = sim.good
-    assert np.mean([sim.frame_level(f[None])[0] for f in flats]) == pytest.approx(sim.expected_levels()[1][0], rel=2e-4)
+    assert np.mean([frame_level(f[None])[0] for f in flats]) == pytest.approx(sim.expected_levels()[1][0], rel=2e-4)
     assert sim.expected_levels()[1][0] == pytest.approx(sim.rig.flat_target_adu, rel=0.01)
     assert np.abs(flats.mean(0)[good] / mean[0][good] - 1).max() < 5e-3
     measured = flats.var(0, ddof=1)[good]
@@ -142,7 +142,8 @@ def test_profile_model_agrees_with_captures_mean_and_variance():
     ratio = profiles.var(0, ddof=1) / var
     assert np.all(np.abs(ratio - 1) < 0.2) and ratio.mean() == pytest.approx(1.0, abs=0.05)
     # the wedge reference (no plate) is the same model at zero plate thickness
-    refs = np.stack([_profile(sim.wedge_reference(np.random.default_rng(i))[0], dark[0], flat[0], 16) for i in range(40)])
+    refs = np.stack([_profile(sim.wedge_reference(np.random.default_rng(i))[0], dark[0], flat[0], 16)
+                     for i in range(40)])
     ref_model = model.profile(plate.fractions(), plate.density_g_cm3, 0.0)
     assert np.all(np.abs(refs.mean(0) - ref_model) < 4 * refs.std(0, ddof=1) / np.sqrt(40) + ref_model * 1e-3)
 
@@ -161,7 +162,8 @@ def test_it_differs_from_the_alloynet_simulator_by_a_few_percent_of_minus_ln_t()
     assert 0.01 < abs(rel[-4:].mean()) < 0.05     # thick end (last 8 columns): measured +2.3 %
     assert 0.01 < abs(rel[:2].mean()) < 0.06      # plate-only strip (the plate's own -ln T): measured -2.9 %
     assert np.abs(rel).max() < 0.08
-    alloy_gap = ProfileModel(rig).profile(get_alloy("Al5083").nominal_fractions(), get_alloy("Al5083").density_g_cm3, 2.0) / \
+    a5083 = get_alloy("Al5083")
+    alloy_gap = ProfileModel(rig).profile(a5083.nominal_fractions(), a5083.density_g_cm3, 2.0) / \
         ProfileModel(rig).profile(get_alloy("Al6082").nominal_fractions(), get_alloy("Al6082").density_g_cm3, 2.0) - 1
     assert np.abs(rel[-4:]).mean() > np.abs(alloy_gap[-4:]).mean()  # the rig gap exceeds the 5083/6082 gap
 
@@ -190,8 +192,8 @@ def test_dataset_from_the_second_rig(tmp_path):
         assert sc.rig.anode_angle_deg == 12.0 and sc.rig.filtration_mm_al == 1.0  # nominal, as in a lab notebook
         sessions.add(sc.calibration.session)
         frames = {name: store.get(f"calibration/{sc.calibration.session}/{name}.png") for name in ("dark", "flat")}
-        assert sc.calibration.flat_adu == SecondRig.frame_level(decode_image(frames["flat"]))
-        assert sc.calibration.dark_adu == SecondRig.frame_level(decode_image(frames["dark"]))
+        assert sc.calibration.flat_adu == frame_level(decode_image(frames["flat"]))
+        assert sc.calibration.dark_adu == frame_level(decode_image(frames["dark"]))
     assert len(sessions) >= 2
     for s in sessions:
         for w in spec.wedges_mm:

@@ -37,7 +37,7 @@ CAPTURE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ALLOY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 IMAGE_EXTENSIONS = {"png": ".png", "tiff": ".tiff"}
 
-_STRICT = dict(allow_inf_nan=False, str_max_length=MAX_STRING)
+_STRICT = ConfigDict(allow_inf_nan=False, str_max_length=MAX_STRING)
 
 
 class ImageInfo(BaseModel):
@@ -213,7 +213,7 @@ def make_sidecar(capture_id: str, image: np.ndarray, image_bytes: bytes, fmt: st
                  source: str = "rig") -> Sidecar:
     return Sidecar(
         capture_id=capture_id, plate_id=plate_id, acquired_at=acquired_at,
-        image=ImageInfo(file=image_file_name(capture_id, fmt), format=fmt, sha256=sha256(image_bytes),
-                        shape=list(image.shape)),
+        image=ImageInfo.model_validate({"file": image_file_name(capture_id, fmt), "format": fmt,
+                                        "sha256": sha256(image_bytes), "shape": list(image.shape)}),
         rig=RigInfo(**rig), calibration=Calibration(**calibration),
         truth=Truth(**truth) if truth else None, source=source)

@@ -12,7 +12,8 @@ from alloynet.physics.alloys import ALLOY_NAMES, STANDARD_ALLOYS, AlloyTable
 
 app = typer.Typer(no_args_is_help=True)
 console = make_console()
-AlloysOption = typer.Option(None, "--alloys", help="YAML defining extra alloys ({name: {density_g_cm3, nominal_wt_pct, ranges_wt_pct}})")
+AlloysOption = typer.Option(None, "--alloys", help="YAML defining extra alloys ({name: {density_g_cm3, "
+                                                    "nominal_wt_pct, ranges_wt_pct}})")
 
 
 def _load_alloys(path: Optional[Path]) -> AlloyTable:
@@ -63,7 +64,8 @@ def separability(
     table = _load_alloys(alloys)
     rig = RigConfig(kvp=kvp, wedge_mm=wedge_mm, wedge_material=wedge_material, dose=dose, height=size, width=size)
     try:
-        prior = ThicknessPrior.of(thickness or None, None if thickness else (thickness_range or DEFAULT_THICKNESS_RANGE_MM))
+        prior = ThicknessPrior.of(thickness or None,
+                                  None if thickness else (thickness_range or DEFAULT_THICKNESS_RANGE_MM))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(f"prior: {prior.describe()}; {size}x{size} px, wedge {wedge_mm:g} mm {wedge_material}, kVp {kvp}")

@@ -47,7 +47,8 @@ class CaptureDataset(Dataset):
             raise ValueError(f"manifest has no captures in split {split!r}")
         dark, flat = calibration_levels(self.rows)
         self.calibration = torch.as_tensor(np.stack([dark, flat], axis=-1), dtype=torch.float32)   # [N, C, 2]
-        self.wedge_mm = torch.as_tensor(self.rows.wedge_mm.to_numpy(float, copy=True), dtype=torch.float32)[:, None]  # [N, 1]
+        wedge_mm = self.rows.wedge_mm.to_numpy(float, copy=True)
+        self.wedge_mm = torch.as_tensor(wedge_mm, dtype=torch.float32)[:, None]  # [N, 1]
         self.store, self.transform, self.seed = store, transform, seed
         self.epoch = 0
         self._cache: dict[int, np.ndarray] | None = {} if cache else None

@@ -27,8 +27,8 @@ import pandas as pd
 
 from alloynet.captures.format import parse_sidecar
 from alloynet.captures.image import CaptureError
-from alloynet.captures.layout import CAPTURES
 from alloynet.captures.ingest import ORPHAN_GRACE_S, ingest
+from alloynet.captures.layout import CAPTURES
 from alloynet.captures.stores import LocalStore, ObjectStore, open_store, writer_lock
 from alloynet.data import CLASS_NAMES
 
@@ -70,7 +70,8 @@ def scan_store(store: ObjectStore) -> pd.DataFrame:
             try:
                 rows.append(_row(parse_sidecar(store.get(info.key), f"{store.uri}/{info.key}")))
             except CaptureError as err:
-                raise CaptureError(err.where, err.field, err.message + " (run ingest to quarantine bad captures)") from None
+                raise CaptureError(err.where, err.field,
+                                   err.message + " (run ingest to quarantine bad captures)") from None
     df = pd.DataFrame(rows, columns=COLUMNS[:-1])
     return df.sort_values("capture_id", kind="stable").reset_index(drop=True)
 

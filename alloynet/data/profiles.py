@@ -20,7 +20,8 @@ def class_counts(n_max: int, num_classes: int, imbalance_ratio: float = 100.0, p
     if profile == "balanced" or num_classes == 1:
         return [n_max] * num_classes
     if profile == "exponential":
-        return [max(1, int(round(n_max * (1 / imbalance_ratio) ** (i / (num_classes - 1))))) for i in range(num_classes)]
+        return [max(1, int(round(n_max * (1 / imbalance_ratio) ** (i / (num_classes - 1)))))
+                for i in range(num_classes)]
     if profile == "step":
         n_head = int(round(num_classes * step_fraction))
         return [n_max if i < n_head else max(1, int(round(n_max / imbalance_ratio))) for i in range(num_classes)]

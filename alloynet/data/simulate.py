@@ -51,7 +51,8 @@ class DatasetSpec(BaseModel):
     profile: Profile = "exponential"
     class_order: list[str] = Field(default_factory=lambda: list(CLASS_NAMES), description="head to tail")
     thickness_range_mm: Optional[tuple[float, float]] = Field(
-        DEFAULT_THICKNESS_RANGE_MM, description="plates of any nominal thickness in this range (mm), as a line sees them")
+        DEFAULT_THICKNESS_RANGE_MM,
+        description="plates of any nominal thickness in this range (mm), as a line sees them")
     thicknesses_mm: Optional[list[float]] = Field(
         None, description="only these nominal thicknesses (mm), e.g. [1, 2, 5]; replaces the range")
     session_drift: float = Field(0.0, ge=0, lt=0.5, description="tube output of each calibration session drawn "
@@ -153,7 +154,8 @@ def _plan(spec: DatasetSpec) -> list[tuple[str, float]]:
     return [plan[i] for i in order]
 
 
-def simulate_dataset(spec: DatasetSpec, store: ObjectStore, progress: Optional[Callable[[int, int], None]] = None) -> list[str]:
+def simulate_dataset(spec: DatasetSpec, store: ObjectStore,
+                     progress: Optional[Callable[[int, int], None]] = None) -> list[str]:
     """Simulate and write every capture of ``spec`` into ``store``; returns the capture ids."""
     prefix = spec.id_prefix or f"sim{spec.seed}"
     variants = _simulators(spec)
@@ -193,7 +195,8 @@ def simulate_dataset(spec: DatasetSpec, store: ObjectStore, progress: Optional[C
             sc = make_sidecar(
                 cid, cap.image, data, fmt,
                 rig={**rig.nominal_settings(), "wedge_mm": wedge, "dose": rig.dose},
-                calibration={"session": session["id"], "dark_adu": session["dark_adu"], "flat_adu": session["flat_adu"]},
+                calibration={"session": session["id"], "dark_adu": session["dark_adu"],
+                             "flat_adu": session["flat_adu"]},
                 acquired_at=spec.start_time + timedelta(seconds=30 * n), truth=truth, plate_id=plate.plate_id,
                 source=_source(spec))
             write_capture(store, sc, data)
@@ -236,7 +239,8 @@ def _wedge_references(spec: DatasetSpec, sims: dict, store: ObjectStore, session
         store.put(f"calibration/{session['id']}/wedge-{wedge:g}mm.{fmt}", data, overwrite=True)
 
 
-def _new_session(spec: DatasetSpec, sim: Union[RigSimulator, SecondRig], store: ObjectStore, prefix: str, index: int) -> dict:
+def _new_session(spec: DatasetSpec, sim: Union[RigSimulator, SecondRig], store: ObjectStore, prefix: str,
+                 index: int) -> dict:
     """A calibration session: the panel's gain drifts a little; a dark and a flat frame are taken."""
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 3, index]))
     gain = sim.session_gain(rng)

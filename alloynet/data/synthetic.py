@@ -111,7 +111,8 @@ class SyntheticCaptures(Dataset):
         if self.held_out:  # the session's dark and flat, measured from frames taken in its beam
             key = (wedge, rnd, session)
             if key not in self._levels:
-                f_rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0xF1A7, rnd, session, int(wedge * 1000)]))
+                f_rng = np.random.default_rng(
+                    np.random.SeedSequence([self.seed, 0xF1A7, rnd, session, int(wedge * 1000)]))
                 dark, flat = sim.calibration_frames(f_rng, gain)
                 self._levels[key] = (frame_level(dark), frame_level(flat))
             cap = sim.capture(plate, rng, *self._levels[key], gain_scale=gain)
@@ -136,7 +137,8 @@ class SyntheticCaptures(Dataset):
         self.round = rnd
         if self.log and len(self):
             source = f"rig profile {self.cfg.rig_profile}" if self.cfg.rig_profile else self.cfg.simulator
-            self.log(f"simulated {len(self)} {'held-out' if self.held_out else 'training'} captures ({source}, {self.prior.describe()}, "
+            kind = "held-out" if self.held_out else "training"
+            self.log(f"simulated {len(self)} {kind} captures ({source}, {self.prior.describe()}, "
                      f"wedges {self.wedges} mm) in {time.perf_counter() - t0:.0f} s")
 
     def __getitem__(self, i: int):

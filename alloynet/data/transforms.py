@@ -95,7 +95,8 @@ class Preprocess(nn.Module):
         tol = self.tolerance
         return {"dark_adu": self.dark.flatten().tolist(), "flat_adu": (self.dark + self.span).flatten().tolist(),
                 "mean": float(self.mean), "std": float(self.std), "equalize": self.equalize,
-                "span_range": [(self.span_lo.flatten() / (1 - tol)).tolist(), (self.span_hi.flatten() / (1 + tol)).tolist()],
+                "span_range": [(self.span_lo.flatten() / (1 - tol)).tolist(),
+                               (self.span_hi.flatten() / (1 + tol)).tolist()],
                 "tolerance": tol}
 
 

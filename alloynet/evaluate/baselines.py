@@ -76,7 +76,8 @@ class GaussianProfile:
         self.k, self.prior, self.degree, self.shrinkage, self.grid = num_classes, prior, degree, shrinkage, grid
         self.models: dict[tuple[int, float], ThicknessMarginal] = {}
 
-    def fit(self, profiles: np.ndarray, y: np.ndarray, thickness_mm: np.ndarray, wedges: np.ndarray) -> "GaussianProfile":
+    def fit(self, profiles: np.ndarray, y: np.ndarray, thickness_mm: np.ndarray, wedges: np.ndarray
+            ) -> "GaussianProfile":
         for w in np.unique(wedges):
             for c in range(self.k):
                 m = (y == c) & (wedges == w)
@@ -119,7 +120,8 @@ def run_baselines(train: Optional[Mapping[str, np.ndarray]], test: Mapping[str, 
     try:
         if train is None or not len(train["y"]):
             raise ValueError("no training split")
-        g = GaussianProfile(len(alloys), prior).fit(train["profiles"], train["y"], train["thickness_mm"], train["wedge_mm"])
+        g = GaussianProfile(len(alloys), prior).fit(train["profiles"], train["y"], train["thickness_mm"],
+                                                    train["wedge_mm"])
         out["gaussian_profile"] = {"probs": g.predict(test["profiles"], test["wedge_mm"])}
     except ValueError as exc:
         out["gaussian_profile"] = {"skipped": str(exc)}

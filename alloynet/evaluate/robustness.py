@@ -53,7 +53,8 @@ CASES: tuple[RobustnessCase, ...] = (
     RobustnessCase(name="drift_in_session_3pct", description="tube output +-3 % per capture after its session's flat "
                    "(seen only through an open-beam strip, if the rig images one)", spec={"capture_drift": 0.03}),
     RobustnessCase(name="quarter_dose", description="a quarter of the training dose", rig={"dose_factor": 0.25}),
-    RobustnessCase(name="unseen_wedge", description="a 60 mm wedge (trained on 50 and 70 mm)", spec={"wedges_mm": [60.0]}),
+    RobustnessCase(name="unseen_wedge", description="a 60 mm wedge (trained on 50 and 70 mm)",
+                   spec={"wedges_mm": [60.0]}),
     RobustnessCase(name="second_rig", description="the second rig: its own scatter, heel, PSF, gain map and noise",
                    spec={"simulator": "second_rig"}),
 )

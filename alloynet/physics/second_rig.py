@@ -41,7 +41,7 @@ from scipy import ndimage, sparse
 
 from alloynet.physics.alloys import Plate
 from alloynet.physics.materials import CSI, WEDGE_MATERIALS, linear_attenuation
-from alloynet.physics.measure import MAX_ADU, bin_columns, bin_edges, frame_level
+from alloynet.physics.measure import MAX_ADU, T_FLOOR_MEAN, bin_columns, bin_edges, frame_level
 from alloynet.physics.rig import NOMINAL_FIELDS, NominalPanel, wedge_columns_mm
 from alloynet.physics.simulator import SimulatedCapture  # the shared result type, no simulator code
 from alloynet.physics.spectrum import tube_spectrum
@@ -59,13 +59,15 @@ class SecondRigConfig(NominalPanel):
 
     dk_kev: float = Field(1.0, gt=0, description="spectrum energy bin width")
     noise_bin_kev: float = Field(2.0, gt=0, description="energy bins in which detected photons are Poisson-sampled "
-                                                        "(exact mean and variance within each; dk_kev for one per spectrum bin)")
+                                 "(exact mean and variance within each; dk_kev for one per spectrum bin)")
 
     # -- spectrum: the beam is not the nominal one -------------------------------------------------------
     kvp_error_rel: float = Field(-0.015, ge=-0.2, le=0.2,
                                  description="effective tube voltage / set kVp - 1 (generator ripple, calibration)")
-    anode_angle_error_deg: float = Field(-1.0, ge=-5, le=5, description="true anode angle - nominal (target wear, mounting)")
-    extra_filtration_mm_al: float = Field(0.3, ge=0, description="exit window and housing, Al equivalent, on top of nominal")
+    anode_angle_error_deg: float = Field(-1.0, ge=-5, le=5,
+                                         description="true anode angle - nominal (target wear, mounting)")
+    extra_filtration_mm_al: float = Field(0.3, ge=0,
+                                          description="exit window and housing, Al equivalent, on top of nominal")
     # -- heel effect with beam hardening along the rows (anode side at row 0) ----------------------------
     heel_depth_um: float = Field(1.0, ge=0, description="mean depth of x-ray production below the target surface")
     heel_half_angle_deg: float = Field(1.5, ge=0, description="half the field angle along the anode-cathode axis")
@@ -83,8 +85,10 @@ class SecondRigConfig(NominalPanel):
     dead_pixels: int = Field(8, ge=0)
     hot_pixels: int = Field(3, ge=0)
     # -- scatter -----------------------------------------------------------------------------------------
-    scatter_per_attenuation: float = Field(0.005, ge=0, description="scatter-to-primary ratio per unit -ln T along the ray")
-    scatter_range: float = Field(0.15, gt=0, description="1/e length of the scatter kernel, as a fraction of the field width")
+    scatter_per_attenuation: float = Field(0.005, ge=0,
+                                           description="scatter-to-primary ratio per unit -ln T along the ray")
+    scatter_range: float = Field(0.15, gt=0,
+                                 description="1/e length of the scatter kernel, as a fraction of the field width")
     # -- sessions ----------------------------------------------------------------------------------------
     output_drift_rel: float = Field(0.003, ge=0, le=0.2, description="rms tube output change between sessions")
 
@@ -214,7 +218,8 @@ class SecondRig:
         smooth /= smooth.std() if smooth.std() > 0 else 1.0
         self.gain_map = (1.0 + cfg.gain_lowfreq_rel * smooth) * (1.0 + cfg.gain_prnu * det.standard_normal((h, w)))
         cols = det.standard_normal(w)
-        self.dark_pattern = cfg.dark_offset_adu + cfg.column_offset_adu * (cols - cols.mean())[None, :] * np.ones((h, 1))
+        self.dark_pattern = (cfg.dark_offset_adu
+                             + cfg.column_offset_adu * (cols - cols.mean())[None, :] * np.ones((h, 1)))
         bad = det.choice(h * w, size=min(cfg.dead_pixels + cfg.hot_pixels, h * w), replace=False)
         self.dead_idx, self.hot_idx = bad[:cfg.dead_pixels], bad[cfg.dead_pixels:]
         self.good = np.ones((h, w), bool)
@@ -362,7 +367,8 @@ class SecondRig:
         cfg = self.rig
         darks, flats = [], []
         for beam in self._beams:
-            darks.append(self._quantise(self.dark_pattern + cfg.read_noise_adu * rng.standard_normal((cfg.height, cfg.width))))
+            noise = cfg.read_noise_adu * rng.standard_normal((cfg.height, cfg.width))
+            darks.append(self._quantise(self.dark_pattern + noise))
             flats.append(self._detect(beam, beam.n_open[:, :, None] * np.ones((1, 1, cfg.width)) * gain_scale, rng))
         return np.stack(darks), np.stack(flats)
 
@@ -425,9 +431,9 @@ class SecondRigProfileModel:
 
     def profile(self, fractions, density: float, thickness_mm: float) -> np.ndarray:
         """Binned -ln T per channel, concatenated: shape [C * bins]."""
-        return np.concatenate([self._bin(-np.log(np.maximum(self._row_mean_t(i, fractions, density, thickness_mm)[0],
-                                                             1e-12)))
-                               for i in range(len(self.sim._beams))])
+        return np.concatenate([
+            self._bin(-np.log(np.maximum(self._row_mean_t(i, fractions, density, thickness_mm)[0], T_FLOOR_MEAN)))
+            for i in range(len(self.sim._beams))])
 
     def profiles(self, fractions, density: float, thicknesses_mm) -> np.ndarray:
         """``profile`` for several thicknesses: [T, C * bins]."""
@@ -446,7 +452,7 @@ class SecondRigProfileModel:
         for i in range(len(self.sim._beams)):
             t, var_kev, g, span = self._row_mean_t(i, fractions, density, thickness_mm)
             # d profile_b / d S(y, x) for the pixels of bin b (first order)
-            per_col = 1.0 / (np.diff(self._edges)[which] * self._good_rows * span * np.maximum(t, 1e-12))
+            per_col = 1.0 / (np.diff(self._edges)[which] * self._good_rows * span * np.maximum(t, T_FLOOR_MEAN))
             u = np.zeros((self.bins, r.height, r.width))
             u[which, :, cols] = per_col[:, None]
             u *= self.sim.good[None]

@@ -75,7 +75,8 @@ class SeparabilityReport:
             f"{self.rig.get('wedge_material')}, dose {self.rig.get('dose', 0):.3g} photons/pixel, "
             f"{self.rig.get('height')}x{self.rig.get('width')} px, {self.prior}",
             "",
-            "| pair | d' (t known, nominal plates) | d' (t known) | d' (t unknown) | Bayes error (t known) | Bayes error (t unknown) |",
+            "| pair | d' (t known, nominal plates) | d' (t known) | d' (t unknown) | Bayes error (t known) "
+            "| Bayes error (t unknown) |",
             "|---|---|---|---|---|---|",
         ]
         for p in self.pairs:

@@ -33,8 +33,6 @@ from alloynet.physics.rig import NominalPanel, wedge_columns_mm
 from alloynet.physics.spectrum import Spectrum, detected_quanta, tube_spectrum
 from alloynet.physics.transmission import neg_log_transmission_of, wedge_attenuation
 
-UINT16_MAX = MAX_ADU  # the name calibration.py imports
-
 
 class RigConfig(NominalPanel):
     """The alloynet simulator's rig: the nominal settings (``alloynet.physics.rig``) plus this model's own
@@ -259,7 +257,8 @@ class RigSimulator:
         kev_per_quantum = (v / np.maximum(m, 1e-30)).astype(np.float32)
         expected = quanta[None, :] * np.exp(-mu_eff.astype(np.float32)[None, :] * dt_cm) * self.heel_profile
         if r.scatter_per_attenuation > 0:
-            expected = (1 - r.scatter_fraction) * expected + scatter_quanta(expected.mean(0), r, ch.quanta_open)[None, :]
+            scatter = scatter_quanta(expected.mean(0), r, ch.quanta_open)
+            expected = (1 - r.scatter_fraction) * expected + scatter[None, :]
         elif r.scatter_fraction > 0:
             # Scatter is smooth: a wide blur of the column profile, spread evenly along the plate.
             prof = ndimage.gaussian_filter1d(expected.mean(0), r.scatter_sigma_px, mode="nearest")
