@@ -140,17 +140,22 @@ class Answer(nn.Module):
                 "thickness_range": self.thickness_range.tolist(), "ood_threshold": float(self.ood_threshold)}
 
     @torch.no_grad()
-    def fit_missing(self, logits: np.ndarray, labels: np.ndarray) -> dict:
+    def fit_missing(self, logits: np.ndarray, labels: np.ndarray, min_captures: int = MIN_REAL) -> dict:
         """Fit the temperature and conformal threshold of captures sent without calibration or wedge size, on
-        held-out logits computed with both withheld (``withheld_calibration``); returns a summary."""
-        if len(labels) == 0:
-            raise ValueError("fit_missing needs at least one held-out capture")
-        t = fit_temperature(logits, labels)
+        held-out logits computed with both withheld (``WithheldCalibration``); returns a summary. With fewer
+        than ``min_captures`` a temperature would be a guess: such captures stay answered uniformly. The
+        temperature is never below the calibrated captures' own: a capture without its calibration is never
+        answered more sharply than one with it."""
+        if len(labels) < min_captures:
+            return {"fitted": False, "captures": int(len(labels)),
+                    "reason": f"fewer than {min_captures} held-out captures: answered uniformly"}
+        t = max(fit_temperature(logits, labels), float(self.temperature))
         probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float32) / t, -1).numpy()
         self.temperature_missing.fill_(t)
         self.qhat_missing.fill_(conformal_threshold(probs, labels, float(self.coverage)))
         covered = probs[np.arange(len(labels)), np.asarray(labels, int)] >= 1.0 - float(self.qhat_missing)
-        return {"temperature": t, "qhat": float(self.qhat_missing), "coverage": float(covered.mean()),
+        return {"fitted": True, "captures": int(len(labels)), "temperature": t, "qhat": float(self.qhat_missing),
+                "coverage": float(covered.mean()),
                 "set_size": float((probs >= 1.0 - float(self.qhat_missing)).sum(1).mean())}
 
     def _fit_features(self, f: np.ndarray, y: np.ndarray, f_val: np.ndarray) -> None:

@@ -56,3 +56,17 @@ def test_checkpoints_without_the_new_buffers_load_as_not_fitted():
     other = _answer()
     other.load_state_dict(state)
     assert float(other.temperature_missing) == 0.0 and float(other.qhat_missing) == 1.0
+
+
+def test_too_few_held_out_captures_leave_them_uniform_and_fitting_never_sharpens():
+    rng = np.random.default_rng(1)
+    answer = _answer()
+    y = rng.integers(0, 5, 6)
+    z = np.eye(5)[y] * 30.0  # six perfectly confident, correct captures: a temperature from them would be a guess
+    assert answer.fit_missing(z, y)["fitted"] is False
+    probs, pset, _, _ = _forward(answer, torch.as_tensor(z, dtype=torch.float32), torch.ones(6))
+    torch.testing.assert_close(probs, torch.full((6, 5), 0.2))
+    answer.temperature.fill_(3.0)
+    y = rng.integers(0, 5, 200)
+    z = np.eye(5)[y] * 30.0
+    assert answer.fit_missing(z, y)["temperature"] >= 3.0  # never sharper than a calibrated capture's
