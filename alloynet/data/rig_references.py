@@ -439,7 +439,7 @@ def make_references(
             )
             store.put(f"{CALIBRATION}{sid}/wedge-{float(w):g}mm.{fmt}", data, overwrite=True)
         levels.append(
-            {"session": sid, "gain": gain, "dark_adu": first.frame_level(dark), "flat_adu": first.frame_level(flat)}
+            {"session": sid, "gain": gain, "dark_adu": frame_level(dark), "flat_adu": frame_level(flat)}
         )
     ids, n = [], 0
     for p_idx, t_nom in enumerate(thicknesses_mm):
@@ -545,7 +545,7 @@ def write_reference_folder(
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E5, s]))
         gain = first.session_gain(rng)
         dark, flat = first.calibration_frames(rng, gain)
-        lv = {"gain": gain, "dark": first.frame_level(dark), "flat": first.frame_level(flat)}
+        lv = {"gain": gain, "dark": frame_level(dark), "flat": frame_level(flat)}
         levels.append(lv)
         cal = {"dark": ";".join(f"{v:.3f}" for v in lv["dark"]), "flat": ";".join(f"{v:.3f}" for v in lv["flat"])}
         if frames:

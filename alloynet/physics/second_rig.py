@@ -372,7 +372,6 @@ class SecondRig:
             flats.append(self._detect(beam, beam.n_open[:, :, None] * np.ones((1, 1, cfg.width)) * gain_scale, rng))
         return np.stack(darks), np.stack(flats)
 
-    frame_level = staticmethod(frame_level)  # the one definition (``alloynet.physics.measure``)
 
     def session_gain(self, rng: np.random.Generator) -> float:
         """Tube output of a session relative to nominal (drift: warm-up, filament ageing, mains)."""

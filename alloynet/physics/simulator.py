@@ -302,7 +302,6 @@ class RigSimulator:
             flats.append(self._quantise(flat))
         return np.stack(darks), np.stack(flats)
 
-    frame_level = staticmethod(frame_level)  # the one definition (``alloynet.physics.measure``)
 
     def session_gain(self, rng: np.random.Generator) -> float:
         """Detector gain drifts a little between sessions; each session takes its own flat/dark."""

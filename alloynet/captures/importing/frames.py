@@ -39,7 +39,7 @@ def _to_uint16(arr: np.ndarray, what: str) -> tuple[np.ndarray, int]:
         return arr.astype(np.uint16, copy=False), 16
     if arr.dtype == np.uint8:
         return arr.astype(np.uint16), 8
-    if arr.dtype.kind in "iu" and arr.size and 0 <= arr.min() and arr.max() <= 65535:
+    if arr.dtype.kind in "iu" and arr.size and 0 <= arr.min() and arr.max() <= np.iinfo(np.uint16).max:
         return arr.astype(np.uint16), 16  # Pillow's 32-bit "I" mode for a 16-bit PNG
     raise SourceImageError("not 16-bit unsigned integer pixels", f"{what} has {arr.dtype} pixels")
 
