@@ -256,3 +256,20 @@ def test_cli_package_from_bundle(bundle, tmp_path):
     assert (tmp_path / "store" / "alloynet.mar").exists()
     r = CliRunner().invoke(app, ["package", "triton", "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "--checkpoint" in r.output
+
+
+def test_a_bundle_of_another_contract_version_is_refused_by_name(bundle, tmp_path):
+    import shutil
+
+    from serving.torchserve.handler import AlloyHandler
+    from serving.triton.repository import build_repository
+
+    old = tmp_path / "old"
+    shutil.copytree(bundle.directory, old)
+    meta = json.loads((old / contract.META_FILE).read_text())
+    meta["contract_version"] = contract.VERSION - 1
+    (old / contract.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="export the model again"):
+        build_repository(old, tmp_path / "repo")
+    with pytest.raises(RuntimeError, match="export the model again"):
+        AlloyHandler().initialize(_context(old))

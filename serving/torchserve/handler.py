@@ -66,6 +66,10 @@ class AlloyHandler(BaseHandler):
         model_dir = context.system_properties.get("model_dir")
         with open(os.path.join(model_dir, contract.META_FILE)) as f:
             self.meta = json.load(f)
+        version = self.meta.get("contract_version")
+        if version != contract.VERSION:
+            raise RuntimeError(f"{contract.META_FILE}: the model was exported for contract version {version}; this "
+                               f"handler speaks version {contract.VERSION}: export the model again")
         self.shape = (int(self.meta["channels"]), int(self.meta["height"]), int(self.meta["width"]))
         self.class_names = list(self.meta["class_names"])
         self.class_groups = list(self.meta.get("class_groups") or []) or None

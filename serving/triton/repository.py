@@ -90,6 +90,10 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, name: str = "a
         raise ValueError(f"backend {backend!r}: expected one of {list(BACKENDS)}")
     bundle = ExportBundle.load(bundle_dir)
     meta = bundle.meta
+    if meta.contract_version != contract.VERSION:
+        raise ValueError(f"{bundle.directory / contract.META_FILE}: exported for contract version "
+                         f"{meta.contract_version}, this repository builder writes version {contract.VERSION}: "
+                         "export the model again")
     src, dst = (bundle.path("tensorrt"), "model.plan") if backend == "tensorrt" else (bundle.path("onnx"), "model.onnx")
     repo = Path(out_dir)
     d = repo / name
