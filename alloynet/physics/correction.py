@@ -95,9 +95,10 @@ Fits = dict[float, tuple[np.ndarray, list[Optional[np.ndarray]]]]   # wedge -> (
 
 def fit_residuals(observers: Mapping[float, object], profiles: np.ndarray, y: np.ndarray, thickness_mm: np.ndarray,
                   wedges_mm: np.ndarray, degree: int = DEGREE, min_shared: int = MIN_SHARED,
-                  min_per_alloy: int = MIN_PER_ALLOY) -> Fits:
+                  min_per_alloy: int = MIN_PER_ALLOY, own_degree: Optional[int] = None) -> Fits:
     """Per wedge with at least ``min_shared`` captures: (shared [degree + 1, D], per alloy [degree + 1, D] or
-    None where the alloy has fewer than ``min_per_alloy``), the polynomial fits of profile - model mean."""
+    None where the alloy has fewer than ``min_per_alloy``), the polynomial fits of profile - model mean; each
+    alloy's own of degree ``own_degree`` (at most ``degree``; default the same), its higher powers zero."""
     ok = np.isfinite(thickness_mm) & (y >= 0)
     profiles, y, thickness_mm, wedges_mm = profiles[ok], y[ok], thickness_mm[ok], wedges_mm[ok]
     out = {}
@@ -115,8 +116,10 @@ def fit_residuals(observers: Mapping[float, object], profiles: np.ndarray, y: np
                 model[sel] = np.stack([np.interp(t[sel], lk.grid, lk.mean[:, d]) for d in range(x.shape[1])], 1)
         r, v = x - model, np.vander(t, deg + 1)
         shared = np.linalg.lstsq(v, r, rcond=None)[0]
-        own = [np.linalg.lstsq(v[c == k], r[c == k], rcond=None)[0] if (c == k).sum() >= min_per_alloy else None
-               for k in range(len(obs.likelihoods))]
+        od = deg if own_degree is None else int(min(own_degree, deg))
+        pad = np.zeros((deg - od, r.shape[1]))
+        own = [np.concatenate([pad, np.linalg.lstsq(v[c == k][:, deg - od:], r[c == k], rcond=None)[0]])
+               if (c == k).sum() >= min_per_alloy else None for k in range(len(obs.likelihoods))]
         out[float(w)] = (shared, own)
     return out
 
@@ -231,6 +234,11 @@ def _folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.array([fold_of[g] for g in groups])
 
 
+def _option(degree: int, own_degree: int, shrink: float) -> str:
+    own = f", own degree {own_degree}" if own_degree != degree and shrink > 0 else ""
+    return f"degree {degree}{own} shrink {shrink:g}"
+
+
 def _sign_p(gain: np.ndarray) -> float:
     """One-sided binomial p of at least this many captures gaining, were gain and loss equally likely."""
     from scipy.stats import binomtest
@@ -243,12 +251,11 @@ def choose_correction_cv(observers: Mapping[float, object], train: Mapping[str, 
                          val: Mapping[str, np.ndarray], bounds: tuple[float, float], train_groups: Sequence,
                          val_groups: Sequence, seed: int = 0, shrinks: Sequence[float] = SHRINK,
                          degrees: Sequence[int] = DEGREES, folds: int = CV_FOLDS) -> CorrectionChoice:
-    """``choose_correction`` for few captures: every (degree, shrink) option scored by its cross-validated
-    log-loss over the training and validation captures together (``*_groups``: the plate of each capture; folds
-    by plate), kept only at ``Z_MIN_CV`` sd of per-capture gain over the nominal tables (or when nearly every
-    capture gains: ``SIGN_P``); the kept option is then
-    fitted on the training captures alone (the validation ones still pick the epoch and calibrate the answers
-    on tables that never saw them)."""
+    """``choose_correction`` for few captures: every (degree, each alloy's own degree, shrink) option scored by
+    its cross-validated log-loss over the training and validation captures together (``*_groups``: the plate of
+    each capture; folds by plate), kept only at ``Z_MIN_CV`` sd of per-capture gain over the nominal tables (or
+    when nearly every capture gains: ``SIGN_P``); the kept option is then fitted on the training captures alone
+    (the validation ones still pick the epoch and calibrate the answers on tables that never saw them)."""
     n_train, n_val = int(len(train["y"])), int(len(val["y"]))
     if not n_train:
         return CorrectionChoice(None, None, train_captures=0, val_captures=n_val, reason="no training captures: "
@@ -259,37 +266,39 @@ def choose_correction_cv(observers: Mapping[float, object], train: Mapping[str, 
     groups = np.concatenate([np.asarray(train_groups, str), np.asarray(val_groups, str)])
     fold = _folds(groups, min(folds, len(np.unique(groups))), seed)
     nominal = _nll(observers, pool["profiles"], pool["y"], pool["wedge_mm"])
-    cv = {(d, s): nominal.copy() for d in degrees for s in shrinks}
+    # (shared degree, each alloy's own degree, shrink); with shrink 0 the own degree does not matter
+    options = [(d, od, s) for d in degrees for od in range(d + 1) for s in shrinks if s > 0 or od == d]
+    cv = {o: nominal.copy() for o in options}
     for f in np.unique(fold):
         fit_on, held = fold != f, np.nonzero(fold == f)[0]
-        for d in degrees:
+        for d, od in sorted({(d, od) for d, od, _ in options}):
             fits = fit_residuals(observers, pool["profiles"][fit_on], pool["y"][fit_on], pool["thickness_mm"][fit_on],
-                                 pool["wedge_mm"][fit_on], d, *_cv_thresholds(d))
+                                 pool["wedge_mm"][fit_on], d, *_cv_thresholds(d), own_degree=od)
             if not fits:
                 continue
-            for s in shrinks:
+            for s in [s for dd, oo, s in options if (dd, oo) == (d, od)]:
                 corrected = apply_correction(observers, correction_at(fits, s, bounds))
-                cv[(d, s)][held] = _nll(corrected, pool["profiles"][held], pool["y"][held], pool["wedge_mm"][held])
-    losses = {"nominal": float(nominal.mean()), **{f"degree {d} shrink {s:g}": float(v.mean())
-                                                   for (d, s), v in cv.items()}}
-    (d, s), best = min(cv.items(), key=lambda kv: float(kv[1].mean()))
+                cv[(d, od, s)][held] = _nll(corrected, pool["profiles"][held], pool["y"][held],
+                                            pool["wedge_mm"][held])
+    losses = {"nominal": float(nominal.mean()), **{_option(*o): float(v.mean()) for o, v in cv.items()}}
+    (d, od, s), best = min(cv.items(), key=lambda kv: float(kv[1].mean()))
     gain = nominal - best
     z = float(gain.mean() / max(gain.std(ddof=1) / np.sqrt(len(gain)), 1e-12)) if len(gain) > 1 else 0.0
     n = f"{n_train} training + {n_val} validation captures, {len(np.unique(fold))}-fold by plate"
     sign_p = _sign_p(gain) * len(cv)
     if z < Z_MIN_CV and sign_p >= SIGN_P:
         return CorrectionChoice(None, None, losses, z, n_train, n_val,
-                                f"the best correction (degree {d}, shrink {s:g}) gains {gain.mean():.3f} in "
+                                f"the best correction ({_option(d, od, s)}) gains {gain.mean():.3f} in "
                                 f"cross-validated log-loss ({n}), {z:.1f} sd (need {Z_MIN_CV:g}; sign test p "
                                 f"{min(sign_p, 1.0):.2g}, need {SIGN_P:g}): nominal tables",
                                 decided=True)
     fits = fit_residuals(observers, train["profiles"], np.asarray(train["y"], int), train["thickness_mm"],
-                         train["wedge_mm"], d, *_cv_thresholds(d))
+                         train["wedge_mm"], d, *_cv_thresholds(d), own_degree=od)
     if not fits:
         return CorrectionChoice(None, None, losses, z, n_train, n_val, f"too few training captures on any wedge to "
                                 f"fit the chosen correction (degree {d}): nominal tables", decided=True)
     return CorrectionChoice(correction_at(fits, s, bounds), s, losses, z, n_train, n_val,
                             f"cross-validated log-loss {losses['nominal']:.3f} -> {best.mean():.3f} ({z:.1f} sd, {n}) "
-                            f"with degree {d}, shrink {s:g}: tables corrected from {n_train} training captures",
+                            f"with {_option(d, od, s)}: tables corrected from {n_train} training captures",
                             decided=True)
 
