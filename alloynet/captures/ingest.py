@@ -138,7 +138,7 @@ def clean_leftovers(dest: ObjectStore) -> list[str]:
     (then no temp file there can belong to a live writer, whatever its age)."""
     if not isinstance(dest, LocalStore):
         return []  # S3 writes are single PUTs: nothing half-written is ever visible
-    removed = []
+    removed: list[str] = []
     for pfx in (CAPTURES, QUARANTINE, "state/"):
         removed += dest.clean_temp(pfx, older_than=0)
     for p in dest.root.glob(TEMP_PREFIX + "*"):  # manifest temp files live at the top
@@ -266,7 +266,7 @@ def _check_images(source: ObjectStore, dest: ObjectStore, result: IngestResult, 
             continue  # not (yet) a stored capture: ingest or the orphan report deals with it
         if f"{prefix}{cid}.json" in result.quarantined:
             continue  # its sidecar came with it and is quarantined already, naming the conflict
-        version = _image_version(info)
+        version = f"{info.etag or info.size}@{info.modified:.6f}"  # _image_version of a listed object
         if versions.get(key) == version:
             continue
         where = object_path(source, key)
@@ -288,7 +288,7 @@ def _check_images(source: ObjectStore, dest: ObjectStore, result: IngestResult, 
         if now == kept.image.sha256:
             versions[key] = version
             if entry is not None and entry.get("kind") == "image-conflict":
-                result.released.append(q.release(where))
+                result.released.append(q.release(where) or where)
             continue
         err = CaptureError(where, "image", f"image changed at the source under the same name: the stored capture "
                                            f"{cid!r} has sha256 {kept.image.sha256[:12]}..., the source now "
@@ -372,7 +372,7 @@ def _quarantine(source: ObjectStore, info: ObjectInfo, name: str, files: dict[st
                 q: Quarantine, result: IngestResult, img_key: Optional[str], image_version: Optional[str],
                 **kind: str) -> None:
     where = object_path(source, info.key)
-    extra = {"kind": "capture", "source_uri": source.uri, **kind}
+    extra: dict[str, Optional[str]] = {"kind": "capture", "source_uri": source.uri, **kind}
     if img_key is not None:  # remembered so that a change of the image at the source triggers a retry
         extra.update(image_key=img_key, image_version=image_version)
     folder = q.add(name, files, err, where, **extra)
@@ -385,8 +385,9 @@ def store_capture(dest: ObjectStore, sc, sc_bytes: bytes, img: bytes, where: str
 
     Returns "new" or "duplicate" (the same image, with the same labels, is stored under this id already); a
     different capture stored under the id raises ``CaptureError``, the same image with other labels
-    ``LabelConflict`` (labels change only by a recorded relabel, ``alloynet.captures.labels``). Call it while holding ``writer_lock(dest)``: an image
-    without a sidecar is then taken for the leftover of a killed run. Ingest and import both write here."""
+    ``LabelConflict`` (labels change only by a recorded relabel, ``alloynet.captures.labels``). Call it while
+    holding ``writer_lock(dest)``: an image without a sidecar is then taken for the leftover of a killed run.
+    Ingest and import both write here."""
     skey, ikey = sidecar_key(sc.capture_id), image_key(sc)
     for _ in range(2):
         try:

@@ -101,7 +101,8 @@ def history(store: ObjectStore, capture_id: str) -> list[dict]:
     except ObjectMissing:
         return []
     except ValueError as exc:
-        raise CaptureError(object_path(store, history_key(capture_id)), "revisions", f"not valid JSON ({exc})") from None
+        where = object_path(store, history_key(capture_id))
+        raise CaptureError(where, "revisions", f"not valid JSON ({exc})") from None
     return list(body.get("revisions", []))
 
 
@@ -140,16 +141,16 @@ def _parse_value(fld: str, raw: Any, where: str) -> Any:
         raise CaptureError(where, "field", f"{fld!r} is not a label; expected one of {', '.join(LABEL_FIELDS)}")
     if fld in ("nominal_thickness_mm", "thickness_mm"):
         try:
-            v = float(raw)
+            mm = float(raw)
         except (TypeError, ValueError):
             raise CaptureError(where, "value", f"{fld} must be a number of millimetres, got {raw!r}") from None
-        if not math.isfinite(v) or v <= 0:
+        if not math.isfinite(mm) or mm <= 0:
             raise CaptureError(where, "value", f"{fld} must be > 0 mm, got {raw!r}")
-        return v
-    v = str(raw).strip()
-    if not v:
+        return mm
+    text = str(raw).strip()
+    if not text:
         raise CaptureError(where, "value", f"{fld} must not be empty")
-    return v
+    return text
 
 
 def _relabelled(sc: Sidecar, values: dict[str, Any], where: str) -> Sidecar:
@@ -231,9 +232,10 @@ def relabel(store: ObjectStore, corrections: Iterable[Correction], *, source: st
         plans.append((cid, sc, new, changes, cs))
     for cid, sc, new, changes, cs in plans:
         revs = history(store, cid)
-        rev = {"revision": len(revs) + 1, "at": datetime.now(timezone.utc).isoformat(),
-               "who": "; ".join(sorted({c.who for c in cs})), "why": "; ".join(dict.fromkeys(c.why for c in cs)),
-               "source": source, "changes": {f: [o, n] for f, (o, n) in changes.items()}}
+        rev: dict[str, Any] = {"revision": len(revs) + 1, "at": datetime.now(timezone.utc).isoformat(),
+                               "who": "; ".join(sorted({c.who for c in cs})),
+                               "why": "; ".join(dict.fromkeys(c.why for c in cs)),
+                               "source": source, "changes": {f: [o, n] for f, (o, n) in changes.items()}}
         _write_history(store, cid, revs + [rev])  # first: a sidecar never changes without its revision
         store.put(sidecar_key(cid), new.model_dump_json(indent=1).encode(), overwrite=True)
         result.applied[cid] = rev["revision"]

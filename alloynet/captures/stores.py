@@ -10,6 +10,7 @@ comes from the URI's ``?endpoint=`` or ``AWS_ENDPOINT_URL``/``ALLOYNET_S3_ENDPOI
 """
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -218,7 +219,7 @@ class LocalStore:
         except FileNotFoundError:
             pass
 
-    def clean_temp(self, prefix: str = "", older_than: float = 3600.0) -> list[str]:
+    def clean_temp(self, prefix: str = "", older_than: float = 3600.0) -> builtins.list[str]:
         """Remove temp files that a killed writer left behind (``put`` cleans up after itself otherwise).
 
         Only files older than ``older_than`` seconds go, so a live writer's temp file is never taken from

@@ -214,8 +214,9 @@ def summary_cmd(manifest: Path) -> None:
 
 @data_app.command("relabel")
 def relabel_cmd(store: str = typer.Argument(..., help="the data directory (ingest's destination)"),
-                corrections: Path = typer.Argument(..., help="CSV with the header capture_id,field,value,who,why; field: "
-                                                             "alloy, plate_id, nominal_thickness_mm or thickness_mm"),
+                corrections: Path = typer.Argument(..., help="CSV with the header capture_id,field,value,who,why; "
+                                                             "field: alloy, plate_id, nominal_thickness_mm or "
+                                                             "thickness_mm"),
                 seed: int = 0, wait: float = WaitOpt) -> None:
     """Apply label corrections: each changed capture gets a recorded revision (who, why, old and new values),
     its sidecar is rewritten and the manifest rebuilt. Nothing is written if any row is wrong."""

@@ -86,8 +86,8 @@ class ChampionPointer(BaseModel):
     generation: int = 0
     updated_at: datetime
     reason: str = ""
-    event: Optional[dict[str, Any]] = Field(None, description="the audit event of the move that wrote this "
-                                                              "generation (committed with it)")
+    event: Optional[dict[str, Any]] = Field(default=None, description="the audit event of the move that wrote "
+                                                                      "this generation (committed with it)")
 
 
 def sha256_bytes(data: bytes) -> str:
