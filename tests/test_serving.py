@@ -199,14 +199,19 @@ def test_triton_rejects_bad_inputs_and_keeps_serving(triton, captures):
             client.predict(-captures[0].astype(np.float32))
         with pytest.raises(InvalidCaptureError, match="corrupt or truncated"):  # client-side, before sending
             client.predict(_bad_inputs(captures)["corrupt bytes"][0])
-        # On the server: a tensor whose bytes do not match its declared shape, and an empty tensor.
+        # On the server: a tensor whose bytes do not match its declared shape, and an empty tensor (beside
+        # well-formed calibration and wedge inputs of the same batch size).
         raw = g.InferenceServerClient(triton.grpc_target)
         for shape, data in (([1, 1, 64, 64], b"\x00" * 1000), ([0, 1, 64, 64], b"")):
             inp = g.InferInput("image", shape, "FP32")
             inp._raw_content = data  # the wire-level bytes, as a damaged client would send them
             inp._input.ClearField("contents")
+            context = []
+            for name, per_item in (("calibration", [1, 2]), ("wedge_mm", [1])):
+                context.append(g.InferInput(name, [shape[0], *per_item], "FP32"))
+                context[-1].set_data_from_numpy(np.full([shape[0], *per_item], 50.0, np.float32))
             with pytest.raises(InferenceServerException) as exc:
-                raw.infer("alloynet", [inp], client_timeout=10)
+                raw.infer("alloynet", [inp, *context], client_timeout=10)
             assert "INVALID_ARGUMENT" in str(exc.value.status()) and "size" in exc.value.message()
         raw.close()
         assert client.predict(captures[0]).alloy in ALLOY_NAMES  # the instance is alive and answering
