@@ -50,8 +50,8 @@ from typing import Optional
 
 from infra.processes import alive, port_free, stop_group, stop_pids, tagged_processes, tail
 from infra.supervisor import Supervisor
-from infra.supervisor.keys import instant as _instant  # noqa: F401  (tests parse TorchServe's times with it)
-from infra.supervisor.releases import Release, mar_with_version  # noqa: F401  (the .mar a release serves)
+from infra.supervisor.keys import instant as _instant  # noqa: F401  (callers of infra.serve parse key times)
+from infra.supervisor.releases import mar_with_version
 from infra.supervisor.settings import (ADMIN_FILE, CONFIG_FILE, DEFAULT_REGISTRY, LOCK_FILE, LOG_FILE, ROOT,
                                        STATE_FILE, TAG_ENV, ServeConfig, ServeError, now, read_json, write_json)
 from serving import endpoint

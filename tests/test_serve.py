@@ -311,10 +311,10 @@ def test_torchserve_keys_are_renewed_before_they_expire(serve, inputs):
     _wait(lambda: _state(serve)["torchserve_keys_renewed"] >= 2, 60, "keys to be renewed")
     from datetime import datetime, timezone
 
-    from infra.serve import _instant
+    from infra.supervisor.keys import instant
 
     keys = _keys(serve)
-    assert _instant(keys["inference"]["expiration time"]) > datetime.now(timezone.utc)
+    assert instant(keys["inference"]["expiration time"]) > datetime.now(timezone.utc)
     stale = keys["inference"]["key"]
     _wait(lambda: _keys(serve)["inference"]["key"] != stale, 60, "a renewal")
     with connect(serve["torchserve"], token=stale, retry_budget_s=2) as client:  # a key given, no file: refused
