@@ -13,11 +13,17 @@ score back there; the budget is ``trials`` *complete* trials. A trial whose run 
 died) is run again under the same number; one whose run failed is marked FAIL in the study and
 another trial is asked for in its place. Re-running the same search resumes it: complete trials count,
 and trials left running by a dead flow are adopted or run again.
+
+Started twice on the same storage (two machines, or by mistake), the two launchers share the one budget
+(``alloynet.study.search.SharedBudget``): together they run ``trials`` complete trials, each trial once,
+and their samplers are seeded apart. A launcher's trials are re-run by another only once it stopped
+(no heartbeat for ``lease_s``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,7 +31,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from alloynet.study.search import SearchConfig, ask, complete_trials, new_study, run_trial, summarise
+from alloynet.study.search import SearchConfig, SharedBudget, complete_trials, loss_params, run_trial, summarise
 from alloynet.study.search import study_name as default_study_name
 from flows.fanout import Dispatcher
 
@@ -51,36 +57,32 @@ def _fail(study, number: int) -> None:
     study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def _running(study) -> list:
-    from optuna.trial import TrialState
-
-    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-
-
-def _as_tasks(cfg: SearchConfig, study, log) -> list[int]:
+def _as_tasks(cfg: SearchConfig, budget: SharedBudget, poll_s: float, log) -> list[int]:
     """Batches of concurrent tasks in this flow run; returns the numbers of trials that failed."""
     failed: list[int] = []
-    leftover = [t.number for t in _running(study)]  # left running by a flow run that died: run them again
-    while (done := len(complete_trials(study))) < cfg.trials and len(failed) < cfg.trials:
-        n = min(cfg.parallel, cfg.trials - done)
-        numbers = leftover[:n] + [ask(study, cfg).number for _ in range(n - len(leftover[:n]))]
-        leftover = leftover[n:]
-        futures = [trial_task.submit(cfg, k) for k in numbers]
-        for k, fut in zip(numbers, futures):
+    study = budget.study
+    while len(complete_trials(study)) < cfg.trials and len(failed) < cfg.trials:
+        slots = [s for s in (budget.reserve() for _ in range(cfg.parallel)) if s is not None]
+        if not slots:
+            time.sleep(poll_s)  # the rest of the budget is running under another launcher
+            continue
+        futures = [trial_task.submit(cfg, s.number) for s in slots]
+        for s, fut in zip(slots, futures, strict=True):
             fut.wait()
             if fut.state.is_completed():
-                log.info("trial %d: %s = %.4f", k, cfg.metric, fut.result())
+                log.info("trial %d%s: %s = %.4f", s.number, " (adopted)" * s.adopted, cfg.metric, fut.result())
             else:
-                _fail(study, k)
-                failed.append(k)
-                log.warning("trial %d failed: %s", k, fut.state.message)
+                _fail(study, s.number)
+                failed.append(s.number)
+                log.warning("trial %d failed: %s", s.number, fut.state.message)
     return failed
 
 
-def _on_pool(cfg: SearchConfig, study, deployment: str, attempts: int, job_variables: Optional[dict],
-             poll_s: float, timeout_s: Optional[float], log) -> list[int]:
+def _on_pool(cfg: SearchConfig, budget: SharedBudget, deployment: str, attempts: int, job_variables: dict | None,
+             poll_s: float, timeout_s: float | None, log) -> list[int]:
     """One flow run per trial on the deployment's work pool, ``parallel`` at a time."""
     failed: list[int] = []
+    study = budget.study
     tag = f"alloynet-search:{cfg.study_name}"
 
     def key(number: int) -> str:
@@ -91,20 +93,17 @@ def _on_pool(cfg: SearchConfig, study, deployment: str, attempts: int, job_varia
 
     with Dispatcher(deployment, job_variables=job_variables, tags=[tag], attempts=attempts, poll_s=poll_s,
                     timeout_s=timeout_s, log=log.info) as d:
-        active = d.active_runs(tag)
-        for t in _running(study):  # left by a flow run that died: follow its run, or run the trial again
-            if key(t.number) in active:
-                d.adopt(key(t.number), params(t.number), active[key(t.number)])
-            else:
-                d.submit(key(t.number), params(t.number))
-        while True:
-            done = len(complete_trials(study))
-            while len(d.in_flight()) < cfg.parallel and done + len(d.in_flight()) < cfg.trials:
-                t = ask(study, cfg)
-                job = d.submit(key(t.number), params(t.number))
-                t.set_user_attr("flow_run_id", str(job.run_id))
-            if not d.in_flight() or len(failed) >= cfg.trials or d.timed_out:
-                break
+        while len(complete_trials(study)) < cfg.trials and len(failed) < cfg.trials and not d.timed_out:
+            while len(d.in_flight()) < cfg.parallel and (slot := budget.reserve()) is not None:
+                active = d.active_runs(tag) if slot.adopted else {}
+                if key(slot.number) in active:  # its launcher stopped, its flow run did not: follow it
+                    d.adopt(key(slot.number), params(slot.number), active[key(slot.number)])
+                else:
+                    job = d.submit(key(slot.number), params(slot.number))
+                    budget.set_user_attr(slot.number, "flow_run_id", str(job.run_id))
+            if not d.in_flight():
+                time.sleep(poll_s)  # the rest of the budget is running under another launcher
+                continue
             for job in d.wait():
                 number = job.parameters["number"]
                 trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
@@ -125,8 +124,10 @@ def hyperparameter_search(store: str, out_dir: str = "runs/search", architecture
                           train: dict[str, Any] | None = None, storage: Optional[str] = None,
                           study_name: Optional[str] = None, deployment: Optional[str] = None, attempts: int = 2,
                           job_variables: Optional[dict[str, Any]] = None, optimizers: Optional[list[str]] = None,
-                          poll_s: float = 2.0, timeout_s: Optional[float] = None) -> dict:
-    """``trials`` complete trials of the search; ``deployment`` runs each on its work pool."""
+                          poll_s: float = 2.0, timeout_s: Optional[float] = None, lease_s: float = 120.0) -> dict:
+    """``trials`` complete trials of the search; ``deployment`` runs each on its work pool. ``lease_s``: how
+    long another launcher of the same study waits for this one's heartbeat before re-running its trials."""
+    loss_params(loss)  # an unknown loss fails here, before any trial is asked for or submitted
     log = get_run_logger()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -137,14 +138,16 @@ def hyperparameter_search(store: str, out_dir: str = "runs/search", architecture
     cfg = cfg.model_copy(update={"study_name": default_study_name(cfg)})
     if deployment and "@" in cfg.storage and not cfg.storage.startswith("env:"):
         log.warning("the storage URL carries credentials and travels as a flow parameter; prefer env:NAME")
-    study = new_study(cfg)
-    log.info("study %s: %d of %d trials already complete", cfg.study_name, len(complete_trials(study)), trials)
-    failed = (_on_pool(cfg, study, deployment, attempts, job_variables, poll_s, timeout_s, log) if deployment
-              else _as_tasks(cfg, study, log))
-    if len(complete_trials(study)) < cfg.trials:
-        raise RuntimeError(f"search stopped after {len(failed)} failed trials ({failed}) with "
-                           f"{len(complete_trials(study))} of {cfg.trials} complete")
-    result = summarise(study)
+    with SharedBudget(cfg, lease_s) as budget:
+        study = budget.study
+        log.info("study %s (launcher %d): %d of %d trials already complete", cfg.study_name, budget.launcher,
+                 len(complete_trials(study)), trials)
+        failed = (_on_pool(cfg, budget, deployment, attempts, job_variables, poll_s, timeout_s, log) if deployment
+                  else _as_tasks(cfg, budget, poll_s, log))
+        if len(complete_trials(study)) < cfg.trials:
+            raise RuntimeError(f"search stopped after {len(failed)} failed trials ({failed}) with "
+                               f"{len(complete_trials(study))} of {cfg.trials} complete")
+        result = summarise(study)
     result["study_name"] = cfg.study_name
     create_table_artifact(key="hyperparameter-search", table=result["trials"],
                           description=f"{architecture} / {loss}: validation {cfg.metric} per trial; "
@@ -162,9 +165,14 @@ if __name__ == "__main__":
     p.add_argument("--loss", default="cb_focal")
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the training config's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training")
     p.add_argument("--storage", default=None, help="Optuna storage URL or env:NAME (default: SQLite in --out-dir)")
     p.add_argument("--deployment", default=None, help="run trials as flow runs of this deployment, e.g. "
                                                       + TRIAL_DEPLOYMENT)
     a = p.parse_args()
-    print(hyperparameter_search(a.store, a.out_dir, a.architecture, a.loss, a.trials, a.parallel,
+    if a.epochs is not None and a.epochs < 1:
+        p.error(f"--epochs must be >= 1, got {a.epochs}")
+    print(hyperparameter_search(a.store, a.out_dir, a.architecture, a.loss, a.trials, a.parallel, seed=a.seed,
+                                train={"epochs": a.epochs} if a.epochs is not None else None,
                                 storage=a.storage, deployment=a.deployment))

@@ -12,11 +12,24 @@ Storage: ``storage`` is an Optuna RDB URL. SQLite (``sqlite:///runs/search/optun
 default of the flow; several workers on several machines share one study in PostgreSQL
 (``postgresql://user:password@host:port/optuna``, see infra/postgres.py). ``env:NAME`` reads the URL from
 the environment variable NAME wherever it is used, so a password never travels as a flow parameter.
+
+Several launchers on one study (the same search started twice, or on two machines): ``SharedBudget``
+hands out the budget's slots. A slot is taken under a short lock held in the study's own database (a row
+of ``alloynet_search_locks``, taken by a compare-and-set UPDATE, so it works on SQLite and PostgreSQL
+alike); each running trial records the launcher that owns it, and each launcher refreshes a heartbeat
+row (``alloynet_search_launchers``). A launcher asks for a new trial only while complete trials plus the
+trials running under live launchers stay below the budget, and re-runs only the trials whose launcher
+stopped beating, so neither the budget nor a trial is ever run twice. Each launcher's sampler gets its
+own seed (the first keeps ``seed``), so two launchers never draw the same parameters.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -102,13 +115,24 @@ def trial_score(cfg: SearchConfig, number: int, overrides: dict[str, Any]) -> fl
     return float(result.metrics[cfg.metric])
 
 
-def new_study(cfg: SearchConfig):
-    """Create the study, or load it from ``cfg.storage`` when it exists (a resumed or shared search)."""
+def launcher_seed(seed: int, launcher: int) -> int:
+    """The sampler seed of the ``launcher``-th launcher of a study: the first keeps ``seed`` (a lone search
+    is reproducible), the others get distinct seeds derived from it."""
+    if launcher == 0:
+        return seed
+    return int(hashlib.sha256(f"{seed}/{launcher}".encode()).hexdigest()[:8], 16)
+
+
+def new_study(cfg: SearchConfig, launcher: int = 0):
+    """Create the study, or load it from ``cfg.storage`` when it exists (a resumed or shared search).
+    ``launcher``: this launcher's number among the study's launchers (``SharedBudget.launcher``)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-                               storage=resolve_storage(cfg.storage), study_name=study_name(cfg), load_if_exists=True)
+    # constant_liar: TPE treats trials still running as bad, so concurrent trials spread out
+    sampler = optuna.samplers.TPESampler(seed=launcher_seed(cfg.seed, launcher), constant_liar=True)
+    return optuna.create_study(direction="maximize", sampler=sampler, storage=resolve_storage(cfg.storage),
+                               study_name=study_name(cfg), load_if_exists=True)
 
 
 def complete_trials(study) -> list:
@@ -147,16 +171,228 @@ def run_trial(cfg: SearchConfig, number: int) -> float:
     return value
 
 
-def run_search(cfg: SearchConfig, score: Optional[Callable[[SearchConfig, int, dict], float]] = None) -> dict:
+@dataclass(frozen=True)
+class Slot:
+    """A budget slot: trial ``number``, new or ``adopted`` from a launcher that stopped."""
+    number: int
+    adopted: bool
+
+
+_TABLES: dict[str, Any] = {}
+
+
+def _tables():
+    """The two bookkeeping tables SharedBudget keeps next to Optuna's in the study's database."""
+    if not _TABLES:
+        import sqlalchemy as sa
+
+        meta = sa.MetaData()
+        _TABLES["meta"] = meta
+        _TABLES["locks"] = sa.Table("alloynet_search_locks", meta,
+                                    sa.Column("study_name", sa.String(512), primary_key=True),
+                                    sa.Column("holder", sa.String(64), nullable=True),
+                                    sa.Column("expires", sa.Float, nullable=False))
+        _TABLES["launchers"] = sa.Table("alloynet_search_launchers", meta,
+                                        sa.Column("study_name", sa.String(512), primary_key=True),
+                                        sa.Column("launcher", sa.String(64), primary_key=True),
+                                        sa.Column("seq", sa.Integer, nullable=False),
+                                        sa.Column("seen", sa.Float, nullable=False))
+    return _TABLES
+
+
+class SharedBudget:
+    """This launcher's share of a study's budget of ``cfg.trials`` complete trials (see the module's
+    docstring). Use as a context manager: it registers the launcher (``launcher``: its number, which
+    seeds its sampler) and keeps its heartbeat until exit. Without a storage (an in-memory study) there is
+    only this launcher, and no lock is needed.
+
+    ``lease_s``: how long a launcher may go without a heartbeat before its running trials count as
+    abandoned and another launcher runs them again; its heartbeat is refreshed every ``lease_s / 4``.
+    """
+
+    LOCK_S = 30.0  # the lock is held for one ask; a holder that died frees it after this long
+
+    def __init__(self, cfg: SearchConfig, lease_s: float = 120.0):
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be > 0, got {lease_s}")
+        self.cfg, self.lease_s = cfg, lease_s
+        self.id = uuid.uuid4().hex
+        self.launcher = 0
+        self.study: Any = None
+        self._engine: Any = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self._local = threading.Lock()
+
+    def __enter__(self) -> SharedBudget:
+        url = resolve_storage(self.cfg.storage)
+        if url:
+            self._connect(url)
+            with self._locked():
+                self.launcher = self._register()
+            self._beat = threading.Thread(target=self._heartbeat, name="search-launcher-heartbeat", daemon=True)
+            self._beat.start()
+        self.study = new_study(self.cfg, self.launcher)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        if self._engine is not None:
+            # gone at once: a launcher started after this one may re-run what it left running
+            self._touch(0.0)
+            self._engine.dispose()
+
+    def _connect(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        args = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        self._engine = sa.create_engine(url, **args)
+        t = _tables()
+        try:
+            t["meta"].create_all(self._engine, checkfirst=True)
+        except sa.exc.SQLAlchemyError:  # another launcher created them at the same moment
+            t["meta"].create_all(self._engine, checkfirst=True)
+        with self._engine.begin() as c:
+            exists = c.execute(sa.select(t["locks"].c.study_name)
+                               .where(t["locks"].c.study_name == self.name)).first()
+        if not exists:
+            try:
+                with self._engine.begin() as c:
+                    c.execute(sa.insert(t["locks"]).values(study_name=self.name, holder=None, expires=0.0))
+            except sa.exc.IntegrityError:
+                pass  # inserted by another launcher
+
+    @property
+    def name(self) -> str:
+        return study_name(self.cfg)
+
+    def _locked(self):
+        """The study's lock: a compare-and-set on its row (free, expired, or already ours)."""
+        import contextlib
+
+        import sqlalchemy as sa
+
+        locks = _tables()["locks"]
+
+        @contextlib.contextmanager
+        def held():
+            deadline = time.monotonic() + 10 * self.LOCK_S
+            while True:
+                now = time.time()
+                with self._engine.begin() as c:
+                    got = c.execute(sa.update(locks).where(
+                        locks.c.study_name == self.name,
+                        sa.or_(locks.c.holder.is_(None), locks.c.expires < now, locks.c.holder == self.id))
+                        .values(holder=self.id, expires=now + self.LOCK_S)).rowcount == 1
+                if got:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"study {self.name!r}: its lock (table alloynet_search_locks) stayed taken "
+                                       f"for {10 * self.LOCK_S:.0f} s")
+                time.sleep(0.05)
+            try:
+                yield
+            finally:
+                with self._engine.begin() as c:
+                    c.execute(sa.update(locks).where(locks.c.study_name == self.name, locks.c.holder == self.id)
+                              .values(holder=None, expires=0.0))
+
+        return held()
+
+    def _register(self) -> int:
+        import sqlalchemy as sa
+
+        launchers = _tables()["launchers"]
+        with self._engine.begin() as c:
+            seq = c.execute(sa.select(sa.func.count()).select_from(launchers)
+                            .where(launchers.c.study_name == self.name)).scalar_one()
+            c.execute(sa.insert(launchers).values(study_name=self.name, launcher=self.id, seq=seq, seen=time.time()))
+        return int(seq)
+
+    def _touch(self, when: float) -> None:
+        import sqlalchemy as sa
+
+        launchers = _tables()["launchers"]
+        with self._engine.begin() as c:
+            c.execute(sa.update(launchers).where(launchers.c.study_name == self.name,
+                                                 launchers.c.launcher == self.id).values(seen=when))
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.lease_s / 4):
+            self._touch(time.time())
+
+    def _live(self) -> set[str]:
+        import sqlalchemy as sa
+
+        launchers = _tables()["launchers"]
+        with self._engine.begin() as c:
+            rows = c.execute(sa.select(launchers.c.launcher).where(
+                launchers.c.study_name == self.name, launchers.c.seen >= time.time() - self.lease_s)).all()
+        return {r[0] for r in rows} | {self.id}
+
+    def set_user_attr(self, number: int, key: str, value: Any) -> None:
+        """Set a user attribute of trial ``number`` (running), whichever process asked for it."""
+        trial = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
+        # Optuna has no public setter for a trial it did not hand to this process
+        self.study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+    def reserve(self) -> Slot | None:
+        """A slot of the budget for this launcher, or None while complete trials plus those running under
+        live launchers fill it (wait and ask again: one of them may fail, or its launcher stop)."""
+        with self._local:  # one ask at a time from this launcher's threads, too
+            if self._engine is None:
+                return self._reserve(live={self.id})
+            with self._locked():
+                return self._reserve(self._live())
+
+    def _reserve(self, live: set[str]) -> Slot | None:
+        from optuna.trial import TrialState
+
+        study = self.study
+        trials = study.get_trials(deepcopy=False)
+        complete = sum(t.state == TrialState.COMPLETE for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        owned = [t for t in running if t.user_attrs.get("launcher") in live]
+        if complete + len(owned) >= self.cfg.trials:
+            return None
+        orphan = next((t for t in running if t.user_attrs.get("launcher") not in live), None)
+        if orphan is not None:
+            self.set_user_attr(orphan.number, "launcher", self.id)
+            return Slot(orphan.number, adopted=True)
+        trial = ask(study, self.cfg)
+        trial.set_user_attr("launcher", self.id)
+        return Slot(trial.number, adopted=False)
+
+
+def run_search(cfg: SearchConfig, score: Optional[Callable[[SearchConfig, int, dict], float]] = None,
+               lease_s: float = 120.0, poll_s: float = 0.5) -> dict:
     """In-process search (the flow does the same with tasks or flow runs); returns the best trial.
-    The budget is ``cfg.trials`` complete trials, those of a resumed study included."""
+    The budget is ``cfg.trials`` complete trials, those of a resumed study and of other launchers on the
+    same storage included. A trial whose score raised is marked FAIL and another one is asked for, up to
+    ``cfg.trials`` failures."""
+    from optuna.trial import FixedTrial, TrialState
+
     score = score or trial_score
-    study = new_study(cfg)
-    while (done := len(complete_trials(study))) < cfg.trials:
-        batch = [study.ask() for _ in range(min(cfg.parallel, cfg.trials - done))]
-        for t in batch:
-            study.tell(t, score(cfg, t.number, suggest(t, cfg)))
-    return summarise(study)
+    failed = 0
+    with SharedBudget(cfg, lease_s) as budget:
+        study = budget.study
+        while len(complete_trials(study)) < cfg.trials and failed < cfg.trials:
+            batch = [s for s in (budget.reserve() for _ in range(cfg.parallel)) if s is not None]
+            if not batch:
+                time.sleep(poll_s)  # the rest of the budget is running under other launchers
+                continue
+            for slot in batch:
+                trial = next(t for t in study.get_trials(deepcopy=False) if t.number == slot.number)
+                try:
+                    value = score(cfg, slot.number, suggest(FixedTrial(trial.params, slot.number), cfg))
+                except Exception:
+                    failed += 1
+                    study.tell(slot.number, state=TrialState.FAIL, skip_if_finished=True)
+                    continue
+                study.tell(slot.number, value, skip_if_finished=True)
+        return summarise(study)
 
 
 def summarise(study) -> dict:
