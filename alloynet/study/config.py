@@ -23,6 +23,23 @@ class LossSpec(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     label: Optional[str] = Field(None, description="name in tables; default: name")
 
+    @model_validator(mode="after")
+    def _builds(self) -> "LossSpec":
+        """Build the loss once on made-up class counts, so a wrong name or keyword fails when the study is
+        loaded (before any cell is submitted), not on a worker after its retries."""
+        import inspect
+
+        from alloynet import losses
+
+        if self.name not in losses.list_losses():
+            raise ValueError(f"loss {self.name!r} is not registered; expected one of {losses.list_losses()}")
+        try:
+            losses.create_loss(self.name, [16, 8, 4, 2, 1], **self.kwargs)
+        except (TypeError, ValueError) as e:
+            takes = [k for k in inspect.signature(losses._LOSSES[self.name]).parameters if k != "counts"]
+            raise ValueError(f"loss {self.name!r} with kwargs {self.kwargs}: {e} (it takes {takes})") from None
+        return self
+
     @property
     def tag(self) -> str:
         return self.label or self.name

@@ -191,6 +191,29 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print,
     return results
 
 
+def _write_nothing_finished(cfg: StudyConfig, out: Path, failures: list[dict]) -> None:
+    """Every output a reader or script opens, saying that no cell finished and why; the plots, per-run
+    reports and ceilings summarise finished cells, so they are removed rather than left from an older run."""
+    why = ["No cell finished, so there is nothing to tabulate: results.csv lists the cells with their "
+           "reasons, and the plots, per-run reports and ceilings are not written (a re-run retries every cell).", ""]
+    (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), "failed_cells": failures},
+                                               indent=1))
+    text = "\n".join([f"# Study `{cfg.name}`: no cell finished", "", *why,
+                      *report.failure_lines(failures, len(cfg.cells()))]) + "\n"
+    (out / "results.md").write_text(text)
+    (out / "README.md").write_text(text)
+    reasons = {f["cell"]: f["reason"] for f in failures}
+    pd.DataFrame([{**c.model_dump(include={"arch", "rho", "seed"}), "loss": c.loss.tag, "status": "failed",
+                   "error": reasons.get(c.id, "no result")} for c in cfg.cells()]).to_csv(out / "results.csv",
+                                                                                         index=False)
+    for stale in ("accuracy_vs_rho.png", "runs"):
+        path = out / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_roots: dict[str, Path],
                   log: Callable[[str], None] = print, failures: Optional[list[dict]] = None) -> None:
     """Tables, plots, per-run reports and the summary over the finished cells; ``failures`` (cells that
@@ -200,10 +223,7 @@ def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_
     d = cfg.data
     failures = failures or []
     if results.empty:
-        (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), "failed_cells": failures},
-                                                   indent=1))
-        (out / "results.md").write_text("\n".join([f"# Study `{cfg.name}`: no cell finished", "",
-                                                   *report.failure_lines(failures, len(cfg.cells()))]) + "\n")
+        _write_nothing_finished(cfg, out, failures)
         log(f"no cell finished; see {out / 'results.md'}")
         return
     log("computing the ideal-observer ceilings" + (" and the baselines" if cfg.baselines else ""))
