@@ -13,7 +13,7 @@ from alloynet.captures.labels import Correction, history, read_corrections, rela
 from alloynet.captures.layout import list_quarantine
 from alloynet.captures.stores import LocalStore
 from alloynet.cli import app
-from alloynet.data.manifest import ingest_and_refresh, read_manifest
+from alloynet.data.manifest import ingest_and_refresh, read_manifest, refresh_manifest
 from tests.helpers.dummy import DummyCaptureStore
 
 SIZES = {(32, 32)}
@@ -149,3 +149,25 @@ def test_an_image_replaced_at_the_source_is_a_conflict_until_put_back(stores):
     src.put(f"captures/{cid}.png", original, overwrite=True)
     back, _, _ = ingest_and_refresh(src, dest, accepted_sizes=SIZES)
     assert back.image_conflicts == [] and len(back.released) == 1 and list_quarantine(dest) == []
+
+
+def test_thickness_corrections_and_labelling_an_unlabelled_capture(stores):
+    _, dest, ids = stores
+    cid = ids[0]
+    relabel(dest, [Correction(cid, "nominal_thickness_mm", "2.5", "lab", "micrometer"),
+                   Correction(cid, "thickness_mm", 2.47, "lab", "micrometer")])
+    refresh_manifest(dest)
+    row = _row(dest, cid)
+    assert float(row.nominal_thickness_mm) == 2.5 and float(row.thickness_mm) == 2.47
+    # an unlabelled capture: the alloy alone is not enough, alloy and thickness together label it
+    raw = json.loads(dest.get(f"captures/{ids[1]}.json"))
+    raw["truth"] = None
+    dest.put(f"captures/{ids[1]}.json", json.dumps(raw).encode(), overwrite=True)
+    with pytest.raises(CaptureError, match="is unlabelled: set alloy and nominal_thickness_mm together"):
+        relabel(dest, [Correction(ids[1], "alloy", "Al6061", "lab", "verdict")])
+    res = relabel(dest, [Correction(ids[1], "alloy", "Al6061", "lab", "verdict"),
+                         Correction(ids[1], "nominal_thickness_mm", "3", "lab", "verdict")])
+    assert res.applied == {ids[1]: 1}
+    [rev] = history(dest, ids[1])
+    assert rev["changes"] == {"alloy": [None, "Al6061"], "nominal_thickness_mm": [None, 3.0]}
+    assert rev["who"] == "lab" and rev["why"] == "verdict"
