@@ -3,7 +3,9 @@
 Keys are '/'-separated relative paths. ``put`` is atomic (readers never see half a file) and by default
 refuses to overwrite: nothing already stored is replaced by accident. Create-if-absent is one atomic step
 on both stores (``link`` locally, ``If-None-Match: *`` on S3), so two writers racing for one key cannot
-both win. A failure of the store itself (unreachable, refused credentials, server error) raises
+both win; so is compare-and-set (``put_if`` against the version ``get_versioned`` read: an exclusive lock
+locally, ``If-Match`` on S3). A local store is a boundary: a symbolic link is followed only to a file inside
+its directory, and nothing outside it is ever read. A failure of the store itself (unreachable, refused credentials, server error) raises
 ``StoreError`` with a one-line message: it is never the fault of the object being read.
 S3 credentials come from the standard AWS environment/config chain, never from code; the endpoint
 comes from the URI's ``?endpoint=`` or ``AWS_ENDPOINT_URL``/``ALLOYNET_S3_ENDPOINT``.
