@@ -44,6 +44,17 @@ def _to_uint16(arr: np.ndarray, what: str) -> tuple[np.ndarray, int]:
     raise SourceImageError("not 16-bit unsigned integer pixels", f"{what} has {arr.dtype} pixels")
 
 
+def _check_header(data: bytes) -> None:
+    """Refuse an image whose header declares more pixels or pages than a capture may have, before any pixel
+    is decoded: a small compressed file can declare gigabytes."""
+    from alloynet.captures.image import CaptureError, image_shape
+
+    try:
+        image_shape(data, "the image")
+    except CaptureError as exc:
+        raise SourceImageError("unreadable image", exc.message) from None
+
+
 def read_source_image(data: bytes) -> tuple[np.ndarray, int]:
     """A lab's image file -> (uint16 [C, H, W], bits per pixel of the file: 8 or 16). A multi-page TIFF
     gives one channel per page. Raises ``SourceImageError`` saying what is wrong with the file."""
@@ -51,6 +62,8 @@ def read_source_image(data: bytes) -> tuple[np.ndarray, int]:
         raise SourceImageError("unreadable image", "file is empty")
     if data[:3] == _JPEG:
         raise SourceImageError(JPEG_MESSAGE, fix="export the detector's 16-bit TIFF or PNG")
+    if data[:8] == _PNG or data[:4] in _TIFF:
+        _check_header(data)
     if data[:8] == _PNG:
         from PIL import Image
 
