@@ -99,7 +99,8 @@ class AnswerConfig(_Strict):
                            "term's correction weighed and not needed): this many held-out simulated captures of "
                            "the rig join the calibration set, if the real calibration captures agree with them "
                            "(alloynet.models.answer.calibration_set)")
-    crossfit_below: int = Field(100, ge=0, description="with fewer real calibration captures than this, the "
+    crossfit_below: int = Field(100, ge=0, description="with fewer real calibration captures than this and no "
+                                "held-out simulated ones joining them, the "
                                 "training captures join the calibration set with cross-fitted scores: each scored "
                                 "by a model trained as this one without its plate's fold (crossfit_folds; a 95 % "
                                 "conformal set needs about 40 scores to be finite, a lab's 50 plates per alloy "

@@ -294,13 +294,14 @@ def fit_answer(run: Run, best: Path) -> dict:
     loader = DataLoader(Subset(data.train.unaugmented(), idx), batch_size=run.cfg.data.eval_batch_size or 64)
     tr = predict(model, loader, run.device, features=True)
     sim = held_out_simulated(run)
-    real_logits, real_y, crossfit = val["logits"], val["y"], cross_fitted(run, best)
-    if crossfit is not None:
-        real_logits = np.concatenate([real_logits, crossfit["logits"]])
-        real_y = np.concatenate([real_y, crossfit["y"]])
-    logits, labels, chosen = calibration_set(real_logits, real_y, sim and sim["logits"], sim and sim["y"],
+    logits, labels, chosen = calibration_set(val["logits"], val["y"], sim and sim["logits"], sim and sim["y"],
                                              cfg.coverage, MIN_REAL)
+    # held-out simulated captures that joined already make the set large; else the training captures, cross-fitted
+    crossfit = cross_fitted(run, best) if not chosen["simulated"] else None
     if crossfit is not None:
+        logits, labels, chosen = calibration_set(np.concatenate([val["logits"], crossfit["logits"]]),
+                                                 np.concatenate([val["y"], crossfit["y"]]), sim and sim["logits"],
+                                                 sim and sim["y"], cfg.coverage, MIN_REAL)
         chosen["cross_fitted"] = int(len(crossfit["y"]))
     summary = model.answer.fit(logits, labels, tr["features"], tr["y"], val["features"], data.train.thickness_mm)
     summary["calibration_set"] = chosen

@@ -25,7 +25,8 @@ def _cfg(store_dir, out, **over):
 
 
 def test_training_captures_join_the_calibration_set_cross_fitted(store_dir, tmp_path):
-    result = train(_cfg(store_dir, tmp_path / "run", **{"answer.crossfit_folds": 3}))
+    # no held-out simulated captures (which, where they join, make cross-fitting needless)
+    result = train(_cfg(store_dir, tmp_path / "run", **{"answer.crossfit_folds": 3, "answer.simulated": 0}))
     used = load_checkpoint(result.checkpoint)["answer"]["calibration_set"]
     from alloynet.data.manifest import read_manifest
 
@@ -40,6 +41,24 @@ def test_training_captures_join_the_calibration_set_cross_fitted(store_dir, tmp_
         fold_df = read_manifest(tmp_path / "run" / "crossfit" / f / "manifest.csv")
         held = set(fold_df[fold_df.split == "crossfit"].plate_id)
         assert held and not held & set(fold_df[fold_df.split == "train"].plate_id)
+
+
+def test_held_out_simulated_captures_that_join_make_cross_fitting_needless(store_dir, tmp_path, monkeypatch):
+    from alloynet.train import trainer
+
+    real = trainer.calibration_set
+
+    def joined(*args, **kwargs):  # as if the held-out simulated captures agreed and joined
+        logits, labels, info = real(*args, **kwargs)
+        return logits, labels, {**info, "simulated": 1}
+
+    def never(*args):
+        raise AssertionError("cross-fitted although simulated captures joined")
+
+    monkeypatch.setattr(trainer, "calibration_set", joined)
+    monkeypatch.setattr(trainer, "cross_fitted", never)
+    result = train(_cfg(store_dir, tmp_path / "run"))
+    assert "cross_fitted" not in load_checkpoint(result.checkpoint)["answer"]["calibration_set"]
 
 
 def test_enough_validation_captures_need_no_cross_fitting(store_dir, tmp_path):
