@@ -85,7 +85,7 @@ def torchserve(bundle, tmp_path_factory):
     build_mar(bundle.directory, store, batch_size=4, max_batch_delay_ms=5)
     work = tmp_path_factory.mktemp("torchserve")
     try:
-        yield server.start(store, ["alloynet.mar"], work, timeout=180)
+        yield server.start(store, ["alloynet.mar"], work, management=True, timeout=180)
     finally:
         server.stop(work)
 
@@ -195,3 +195,15 @@ def test_the_readmes_tritonclient_example_reads_named_answers(triton, bundle, ca
             assert list(answer["flags"]) == list(contract.FLAG_NAMES)
             want_set = reference["prediction_set"][i].tolist()
             assert [answer["prediction_set"][c] for c in bundle.meta.class_names] == want_set
+
+
+def test_torchserve_describes_the_model_with_the_contracts_names(torchserve, bundle):
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{torchserve.management_port}/models/alloynet?customized=true",
+                                 headers={"Authorization": f"Bearer {torchserve.keys()['management']}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        described = json.loads(r.read())[0]["customizedMetadata"]
+    described = json.loads(described) if isinstance(described, str) else described
+    assert described == contract.description(bundle.meta.class_names, bundle.meta.class_groups,
+                                             bundle.meta.coverage, bundle.meta.max_adu)
