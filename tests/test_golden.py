@@ -27,5 +27,5 @@ def test_seeded_capture_profile():
 def test_ideal_observer_report():
     r = separability(RigConfig(height=64, width=64), plates=40, mc_samples=300, seed=3)
     assert_expected("separability_64px", {
-        "ceiling": r.ceiling_accuracy, "recall": r.ceiling_recall,
+        "ceiling": r.ceiling_accuracy, "upper": r.ceiling_upper, "recall": r.ceiling_recall,
         "pairs": {f"{p.a}/{p.b}": [p.d_known_nominal, p.d_known, p.d_unknown] for p in r.pairs}}, rtol=1e-5, atol=1e-6)

@@ -31,7 +31,10 @@ def test_heavy_alloys_are_separable_and_1050_partly(report):
 def test_ceiling_is_between_chance_and_perfect(report):
     assert 0.7 < report.ceiling_accuracy < 0.95
     assert report.ceiling_recall["Al7075"] > 0.99 and report.ceiling_recall["Al5083"] < 0.85
-    assert "Ceiling" in report.markdown()
+    assert "Physics bracket" in report.markdown()
+    # the upper edge reads the same draws as the lower one: below it only by chance
+    assert report.ceiling_upper >= report.ceiling_accuracy - 3 * max(report.bracket_width_se, 1 / 800)
+    assert 0 < report.ceiling_se < 0.05 and 0 < report.ceiling_upper_se < 0.05
 
 
 def test_noise_limited_d_prime_scales_with_sqrt_dose():

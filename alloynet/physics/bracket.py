@@ -33,19 +33,27 @@ there, smoothed by the fit's own width.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 from scipy import special
 
-from alloynet.physics.alloys import ALLOY_NAMES, GROUPS, STANDARD_ALLOYS, AlloyTable, alloy_group, get_alloy, \
-    sample_plate
+from alloynet.physics.alloys import (
+    ALLOY_NAMES,
+    GROUPS,
+    STANDARD_ALLOYS,
+    AlloyTable,
+    alloy_group,
+    get_alloy,
+    sample_plate,
+)
 from alloynet.physics.measure import good_pixels, neg_log_transmission
-from alloynet.physics.observer import LOG_2PI, ThicknessPrior, noise_cov
+from alloynet.physics.observer import LOG_2PI, ThicknessPrior, _profiles, noise_cov
 
 GRID_STEP_MM = 0.04   # thickness grid of the integral: any step works for a parabolic chi2; this one keeps
 #                       the parabola's three points within the range where mu(t) is linear to far below noise
+COV_NODE_STEPS = 5    # grid steps between the thicknesses where the noise covariance is computed
 DEFAULT_POOL = 256
 DEFAULT_DRAWS = 2000
 
@@ -91,12 +99,19 @@ class _AlloyTerms:
         self.model, self.alloy, self.grid = model, alloy, grid
         a = get_alloy(alloy, alloy_table)
         self.mean_fractions, self.mean_density = a.nominal_fractions(), a.density_g_cm3
-        covs = np.stack([noise_cov(model, self.mean_fractions, self.mean_density, float(t)) for t in grid])
+        # the covariance at every grid point, linear between nodes a few steps apart: it changes by ~1 % per
+        # node step (photon noise as exp(mu t)), so the interpolation is exact to far below that
+        nodes = np.unique(np.r_[np.arange(0, len(grid), COV_NODE_STEPS), len(grid) - 1])
+        at_nodes = np.stack([noise_cov(model, self.mean_fractions, self.mean_density, float(grid[i])) for i in nodes])
+        j = np.clip(np.searchsorted(nodes, np.arange(len(grid)), side="right") - 1, 0, len(nodes) - 2)
+        w = ((np.arange(len(grid)) - nodes[j]) / (nodes[j + 1] - nodes[j]))[:, None, None]
+        covs = (1 - w) * at_nodes[j] + w * at_nodes[j + 1]
+        self.chol = np.linalg.cholesky(covs + 1e-14 * np.eye(covs.shape[-1]))       # [G, D, D]: draws' noise
         self.precision = np.linalg.inv(covs)                                         # [G, D, D]
         self.logdet = np.linalg.slogdet(covs)[1]                                     # [G]
         self.precision_flat = self.precision.reshape(len(grid), -1).T                # [D*D, G]
         self.plates = [sample_plate(alloy, 2.0, rng, f"pool-{i}", alloy_table=alloy_table) for i in range(pool)]
-        means = np.stack([model.profiles(p.fractions(), p.density_g_cm3, grid) for p in self.plates])  # [P, G, D]
+        means = np.stack([_profiles(model, p.fractions(), p.density_g_cm3, grid) for p in self.plates])  # [P, G, D]
         self.qm, self.mqm = self.whiten(means)
 
     def whiten(self, means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,28 +119,31 @@ class _AlloyTerms:
         qm = np.einsum("gij,...gj->...gi", self.precision, means)
         return qm, (qm * means).sum(-1)
 
-    def cov(self, t: float) -> np.ndarray:
-        return noise_cov(self.model, self.mean_fractions, self.mean_density, float(t))
+    def own(self, x: np.ndarray, fractions, density: float, t: float, prior, half: int = 6) -> float:
+        """log integral N(x; mu_c(s), S(s)) prior(s) ds for one profile ``x`` and its own composition, on the grid
+        points within ``half`` steps of its actual thickness ``t`` (the minimum lies there: x was drawn at t);
+        on the whole grid when the minimum falls on the window's edge."""
+        g = len(self.grid)
+        i = int(np.abs(self.grid - t).argmin())
+        for lo, hi in ((max(0, i - half), min(g, i + half + 1)), (0, g)):
+            means = _profiles(self.model, fractions, density, self.grid[lo:hi])                 # [W, D]
+            r = x[None] - means
+            q = np.einsum("wd,wde,we->w", r, self.precision[lo:hi], r) + self.logdet[lo:hi]
+            k = int(q.argmin())
+            if 0 < k < hi - lo - 1 or (lo, hi) == (0, g):
+                break
+        ll, _ = _laplace(q[None], self.grid[lo:hi], prior)
+        return float(ll[0]) - 0.5 * len(x) * LOG_2PI
 
-    def components(self, x: np.ndarray, qm: np.ndarray, mqm: np.ndarray, prior, pairwise: bool = False
-                   ) -> tuple[np.ndarray, np.ndarray]:
+    def components(self, x: np.ndarray, qm: np.ndarray, mqm: np.ndarray, prior) -> tuple[np.ndarray, np.ndarray]:
         """log integral N(x; mean_p(t), S(t)) prior(t) dt for profiles x [N, D] and components given by their
-        whitened means qm [P, G, D] -> [N, P]; ``pairwise``: qm [N, G, D], one component per profile -> [N, 1]."""
+        whitened means qm [P, G, D] -> ([N, P], the best-fitting thickness [N, P])."""
         xqx = (x[:, :, None] * x[:, None, :]).reshape(len(x), -1) @ self.precision_flat   # [N, G]
-        if pairwise:
-            cross = np.einsum("nd,ngd->ng", x, qm)[:, None]                        # [N, 1, G]
-            m = mqm[:, None]
-        else:
-            cross = np.einsum("nd,pgd->npg", x, qm, optimize=True)                # [N, P, G]
-            m = mqm[None]
-        q = xqx[:, None] - 2 * cross + m + self.logdet[None, None]
+        cross = np.einsum("nd,pgd->npg", x, qm, optimize=True)                    # [N, P, G]
+        q = xqx[:, None] - 2 * cross + mqm[None] + self.logdet[None, None]
         ll, t = _laplace(q, self.grid, prior)
         return ll - 0.5 * x.shape[1] * LOG_2PI, t
 
-    def own(self, x: np.ndarray, means: np.ndarray, prior) -> np.ndarray:
-        """The component of each profile's own composition: x [N, D], means [N, G, D] -> [N]."""
-        qm, mqm = self.whiten(means)
-        return self.components(x, qm, mqm, prior, pairwise=True)[0][:, 0]
 
 
 class MixtureObserver:
@@ -160,16 +178,18 @@ class MixtureObserver:
         return np.stack([special.logsumexp(c, axis=1) - np.log(c.shape[1]) for c in comps], 1)
 
     def draw(self, alloy_index: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` plates of one alloy as the model says they look: (profiles [n, D], own means on the grid
-        [n, G, D]); compositions and thicknesses drawn as the simulator draws them."""
+        """``n`` plates of one alloy as the model says they look: (profiles [n, D], log p(profile | the plate's own
+        composition) [n]); compositions and thicknesses drawn as the simulator draws them, the noise with the
+        covariance at the grid point nearest the plate's thickness (the one the likelihood uses there)."""
         term = self.terms[alloy_index]
         xs, own = [], []
         for i, t in enumerate(self.prior.sample(n, rng)):
             p = sample_plate(term.alloy, float(t), rng, f"draw-{i}", alloy_table=self.alloy_table)
-            mean = self.model.profiles(p.fractions(), p.density_g_cm3, np.array([p.thickness_mm]))[0]
-            ln = np.linalg.cholesky(term.cov(p.thickness_mm) + 1e-14 * np.eye(len(mean)))
-            xs.append(mean + ln @ rng.standard_normal(len(mean)))
-            own.append(self.model.profiles(p.fractions(), p.density_g_cm3, self.grid))
+            fr, rho = p.fractions(), p.density_g_cm3
+            mean = _profiles(self.model, fr, rho, np.array([p.thickness_mm]))[0]
+            x = mean + term.chol[int(np.abs(self.grid - p.thickness_mm).argmin())] @ rng.standard_normal(len(mean))
+            xs.append(x)
+            own.append(term.own(x, fr, rho, p.thickness_mm, self.prior))
         return np.asarray(xs), np.asarray(own)
 
 
@@ -230,10 +250,10 @@ def _group_ll(ll: np.ndarray, group_of: np.ndarray) -> np.ndarray:
                      else np.full(len(ll), -np.inf) for g in range(len(GROUPS))], 1)
 
 
-def bracket(model, alloys: Sequence[str] = ALLOY_NAMES, prior: Optional[ThicknessPrior] = None,
+def bracket(model, alloys: Sequence[str] = ALLOY_NAMES, prior: ThicknessPrior | None = None,
             draws: int = DEFAULT_DRAWS, pool: int = DEFAULT_POOL, seed: int = 0,
-            alloy_table: AlloyTable = STANDARD_ALLOYS, rig: Optional[dict] = None,
-            observer: Optional[MixtureObserver] = None) -> Bracket:
+            alloy_table: AlloyTable = STANDARD_ALLOYS, rig: dict | None = None,
+            observer: MixtureObserver | None = None) -> Bracket:
     """The bracket for the profile model ``model`` (seeded): ``draws`` plates spread evenly over the alloys,
     drawn from ``prior`` (default: any thickness 1-5 mm), each read by the lower and the upper observer."""
     prior = prior or ThicknessPrior(range_mm=(1.0, 5.0))
@@ -245,12 +265,10 @@ def bracket(model, alloys: Sequence[str] = ALLOY_NAMES, prior: Optional[Thicknes
     group_hits, group_n = np.zeros((2, len(GROUPS))), np.zeros(len(GROUPS))
     diff = []
     for ci in range(k):
-        x, own = obs.draw(ci, per, rng)
+        x, own_ll = obs.draw(ci, per, rng)
         comps = obs.component_loglik(x)
         lower = np.stack([special.logsumexp(c, axis=1) for c in comps], 1) - np.log(pool_n)
         # the oracle's list for the plate's own alloy: its actual composition in place of one pool member
-        own_ll = np.concatenate([obs.terms[ci].own(x[s:s + 64], own[s:s + 64], obs.prior)
-                                 for s in range(0, len(x), 64)])
         own_comps = comps[ci].copy()
         own_comps[np.arange(per), rng.integers(0, pool_n, per)] = own_ll
         upper = lower.copy()

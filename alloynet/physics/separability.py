@@ -10,14 +10,17 @@ the simulator draws them); detector noise and plate texture are Gaussian. Under 
 * pairwise d' = sqrt(dmu' S^-1 dmu) and the two-class Bayes error Phi(-d'/2), with thickness known, and
   with thickness unknown (the second alloy's thickness chosen to look most like the first), at a few
   thicknesses spanning the data's prior;
-* the multi-class ceiling: Monte Carlo accuracy of the Bayes (maximum-likelihood) classifier on a balanced
-  test set whose plates are drawn from the data's thickness prior (a list of nominal values, or any value in
-  a range), the classifier knowing only that prior (``alloynet.physics.observer``); also the accuracy of the
-  heavy (Cu/Zn-bearing) vs light decision. This is the number model accuracy is judged against.
+* what physics allows for the multi-class decision, as a bracket (``alloynet.physics.bracket``): the
+  balanced accuracy of the mixture observer (a classifier a line can run: the lower edge) and of the Bayes
+  observer also told each alloy's candidate compositions (no observer of the profile does better: the upper
+  edge), each with its Monte-Carlo standard error, on a balanced test set whose plates are drawn from the data's
+  thickness prior (a list of nominal values, or any value in a range), the observers knowing only that prior;
+  also the heavy (Cu/Zn-bearing) vs light decision. Model accuracy is judged against this bracket.
+  ``ceiling_accuracy`` is the lower edge (what earlier reports called the ceiling, now from the better
+  observer); ``ceiling_upper`` the upper edge.
 
-The ceiling is an estimate: its Monte Carlo standard error is sqrt(0.25 / draws) at most (about 0.01 at the
-default 2,000 draws), and the Gaussian model of composition variation makes it approximate to a few
-hundredths (docs/benchmarks.md compares it with learned classifiers on the simulator's own data).
+Both edges hold for the profile model (Gaussian detector noise and texture on the row-mean profile);
+``bench/bracket.py`` checks the lower edge against the simulator's own captures (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -30,14 +33,13 @@ from scipy import optimize, stats
 
 from alloynet.physics.alloys import (
     ALLOY_NAMES,
-    GROUPS,
     STANDARD_ALLOYS,
     AlloyTable,
-    alloy_group,
     get_alloy,
     sample_plate,
 )
-from alloynet.physics.observer import PhysicsObserver, ThicknessPrior, noise_cov
+from alloynet.physics.bracket import DEFAULT_POOL, bracket
+from alloynet.physics.observer import ThicknessPrior, noise_cov
 from alloynet.physics.profile import profile_model_for
 from alloynet.physics.simulator import RigConfig
 
@@ -58,13 +60,20 @@ class SeparabilityReport:
     rig: dict
     thicknesses_mm: list[float]        # where the pairs are evaluated (the prior's values, or a spread of it)
     pairs: list[PairSeparability]
-    ceiling_accuracy: float            # balanced multi-class accuracy of the ideal observer
-    ceiling_recall: dict[str, float]
-    confusion: list[list[float]]       # row-normalised, true x predicted
+    ceiling_accuracy: float            # the bracket's lower edge: balanced accuracy of the mixture observer
+    ceiling_recall: dict[str, float]   # its recall per alloy
+    confusion: list[list[float]]       # its confusion, row-normalised, true x predicted
     alloys: list[str]
     prior: str = ""                    # the thickness prior, in words
-    group_accuracy: Optional[float] = None   # heavy vs light, balanced over the two groups
+    group_accuracy: Optional[float] = None   # heavy vs light (lower edge), balanced over the two groups
     notes: list[str] = field(default_factory=list)
+    ceiling_se: float = float("nan")           # Monte-Carlo standard error of the lower edge
+    ceiling_upper: float = float("nan")        # the bracket's upper edge (oracle observer)
+    ceiling_upper_se: float = float("nan")
+    group_accuracy_upper: float = float("nan")
+    bracket_width: float = float("nan")        # upper - lower, read off the same draws
+    bracket_width_se: float = float("nan")
+    hard_pairs: list[dict] = field(default_factory=list)   # by the lower edge's confusion, hardest first
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,10 +91,14 @@ class SeparabilityReport:
         for p in self.pairs:
             lines.append(f"| {p.a} vs {p.b} | {p.d_known_nominal:.2f} | {p.d_known:.2f} | {p.d_unknown:.2f} | "
                          f"{p.bayes_error_known:.3f} | {p.bayes_error_unknown:.3f} |")
-        lines += ["", f"**Ceiling (ideal observer, balanced accuracy, {self.prior}): {self.ceiling_accuracy:.3f}**"]
+        lines += ["", f"**Physics bracket (balanced accuracy, {self.prior}): {self.ceiling_accuracy:.3f} ± "
+                      f"{self.ceiling_se:.3f} (mixture observer) to {self.ceiling_upper:.3f} ± "
+                      f"{self.ceiling_upper_se:.3f} (oracle observer); width {self.bracket_width:.3f} ± "
+                      f"{self.bracket_width_se:.3f}**"]
         if self.group_accuracy is not None:
-            lines += ["", f"Heavy (Cu/Zn-bearing) vs light: {self.group_accuracy:.3f}"]
-        lines += ["", "| alloy | ideal recall |", "|---|---|"]
+            lines += ["", f"Heavy (Cu/Zn-bearing) vs light: {self.group_accuracy:.3f} to "
+                          f"{self.group_accuracy_upper:.3f}"]
+        lines += ["", "| alloy | recall, lower edge |", "|---|---|"]
         lines += [f"| {a} | {r:.3f} |" for a, r in self.ceiling_recall.items()]
         lines += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines)
@@ -131,34 +144,13 @@ def _pair(model, a: str, b: str, stats_: dict, thicknesses: Sequence[float], all
                             float(np.mean([stats.norm.cdf(-d / 2) for d in du])))
 
 
-def ceiling(observer: PhysicsObserver, n: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """Monte Carlo: (row-normalised confusion of the Bayes classifier, heavy-vs-light balanced accuracy)
-    on ``n`` plates spread evenly over the alloys, drawn from the observer's thickness prior."""
-    k = len(observer.alloys)
-    per = max(1, n // k)
-    confusion = np.zeros((k, k))
-    group_of = np.array([GROUPS.index(alloy_group(a, observer.alloy_table)) for a in observer.alloys])
-    group_hits = np.zeros((len(GROUPS), 2))
-    for ci in range(k):
-        x, _ = observer.draw(ci, per, rng)
-        ll, _ = observer.log_likelihoods(x)
-        confusion[ci] = np.bincount(ll.argmax(1), minlength=k)
-        # the group decision: the more likely group, summing the alloys' likelihoods (equal alloy priors)
-        g_ll = np.stack([np.logaddexp.reduce(ll[:, group_of == g], axis=1) if (group_of == g).any()
-                         else np.full(len(ll), -np.inf) for g in range(len(GROUPS))], 1)
-        group_hits[group_of[ci]] += [(g_ll.argmax(1) == group_of[ci]).sum(), len(ll)]
-    confusion /= confusion.sum(1, keepdims=True)
-    present = group_hits[:, 1] > 0
-    group = float(np.mean(group_hits[present, 0] / group_hits[present, 1])) if present.sum() > 1 else float("nan")
-    return confusion, group
-
-
 def separability(rig: RigConfig | None = None, alloys: Sequence[str] = ALLOY_NAMES,
                  thicknesses_mm: Optional[Sequence[float]] = None, plates: int = 200, mc_samples: int = 2000,
                  bins: int = 32, seed: int = 0, profile_model=None,
                  thickness_range_mm: Optional[Sequence[float]] = None,
-                 alloy_table: AlloyTable = STANDARD_ALLOYS) -> SeparabilityReport:
-    """Pairwise d' / Bayes error and the multi-class ceiling for the given rig settings (seeded).
+                 alloy_table: AlloyTable = STANDARD_ALLOYS, pool: int = DEFAULT_POOL) -> SeparabilityReport:
+    """Pairwise d' / Bayes error and the multi-class bracket for the given rig settings (seeded): ``mc_samples``
+    test plates, ``pool`` compositions per alloy in the observers' mixtures.
 
     The thickness prior is a list of nominal values (``thicknesses_mm``, default 1, 2 and 5 mm) or any
     value in ``thickness_range_mm``; ``profile_model`` replaces the nominal rig's (e.g. the second rig's);
@@ -170,19 +162,18 @@ def separability(rig: RigConfig | None = None, alloys: Sequence[str] = ALLOY_NAM
     where = [float(t) for t in prior.representative()]
     stats_ = {(a, t): _plate_stats(model, a, t, plates, rng, alloy_table) for a in alloys for t in where}
     pairs = [_pair(model, a, b, stats_, where, alloy_table) for a, b in combinations(alloys, 2)]
-    observer = PhysicsObserver(model, alloys, prior, plates=max(50, plates // 2), seed=seed, alloy_table=alloy_table)
-    confusion, group = ceiling(observer, mc_samples, rng)
-    recall = {a: float(confusion[i, i]) for i, a in enumerate(alloys)}
+    br = bracket(model, alloys, prior, draws=mc_samples, pool=pool, seed=seed, alloy_table=alloy_table,
+                 rig=rig.model_dump())
+    lo, up = br.lower, br.upper
     notes = [
         "Observation: the row-averaged wedge profile; plates vary inside their standard's composition ranges "
         "and within +-1.5 % thickness tolerance, exactly as the simulator draws them.",
-        "Gaussian model of plate variation, detector noise and texture; Bayes error Phi(-d'/2) for equal priors.",
-        f"The ceiling's observer knows only the thickness prior ({prior.describe()}); test plates are drawn from "
-        f"it, {max(1, mc_samples // len(alloys))} per alloy (Monte Carlo standard error about "
-        f"{np.sqrt(0.25 / max(1, mc_samples)):.3f}).",
-    ]
-    return SeparabilityReport(rig.model_dump(), where, pairs, float(np.mean(np.diag(confusion))), recall,
-                              confusion.round(4).tolist(), list(alloys), prior.describe(), group, notes)
+        "Gaussian model of detector noise and texture; pairwise d' with the composition spread as a covariance, "
+        "Bayes error Phi(-d'/2) for equal priors.",
+    ] + br.notes
+    return SeparabilityReport(rig.model_dump(), where, pairs, lo.accuracy, lo.recall, lo.confusion, list(alloys),
+                              prior.describe(), lo.heavy_light, notes, lo.se, up.accuracy, up.se, up.heavy_light,
+                              br.width, br.width_se, br.hard_pairs)
 
 
 def mixed_ceiling(rigs: Sequence[tuple[object, float]], thicknesses_mm: Optional[Sequence[float]] = None,
@@ -190,8 +181,10 @@ def mixed_ceiling(rigs: Sequence[tuple[object, float]], thicknesses_mm: Optional
     """The ceiling for a test set that mixes rig settings (e.g. two wedge sizes, which the observer sees in
     every capture): one report per rig, combined with the weights (their shares of the test captures).
 
-    Returns ``accuracy``, ``recall`` per alloy, ``group_accuracy``, ``pairs`` (weighted d' and Bayes error
-    per pair), the ``markdown`` of every report, and the ``reports`` themselves."""
+    Returns ``accuracy`` (the bracket's lower edge) and ``accuracy_se``, ``upper`` and ``upper_se``, ``width``
+    and ``width_se``, ``recall`` per alloy (lower edge), ``group_accuracy`` and ``group_accuracy_upper``,
+    ``pairs`` (weighted d' and Bayes error per pair), ``hard_pairs`` (of the first rig), the ``markdown`` of
+    every report, and the ``reports`` themselves. Errors combine in quadrature."""
     reports = [separability(rig, thicknesses_mm=thicknesses_mm, thickness_range_mm=thickness_range_mm, **kw)
                for rig, _ in rigs]
     w = np.asarray([weight for _, weight in rigs], float)
@@ -200,14 +193,21 @@ def mixed_ceiling(rigs: Sequence[tuple[object, float]], thicknesses_mm: Optional
     def avg(values) -> float:
         return float(np.dot(w, list(values)))
 
+    def err(values) -> float:
+        return float(np.sqrt(np.dot(w**2, np.square(list(values)))))
+
     pairs = {f"{p.a} vs {p.b}": {"d_unknown": avg(r.pairs[i].d_unknown for r in reports),
                                  "d_known": avg(r.pairs[i].d_known for r in reports),
                                  "bayes_error_unknown": avg(r.pairs[i].bayes_error_unknown for r in reports)}
              for i, p in enumerate(reports[0].pairs)}
-    return {"accuracy": avg(r.ceiling_accuracy for r in reports),
+    return {"accuracy": avg(r.ceiling_accuracy for r in reports), "accuracy_se": err(r.ceiling_se for r in reports),
+            "upper": avg(r.ceiling_upper for r in reports), "upper_se": err(r.ceiling_upper_se for r in reports),
+            "width": avg(r.bracket_width for r in reports), "width_se": err(r.bracket_width_se for r in reports),
+            "group_accuracy_upper": avg(r.group_accuracy_upper for r in reports),
+            "hard_pairs": reports[0].hard_pairs,
             "recall": {a: avg(r.ceiling_recall[a] for r in reports) for a in reports[0].ceiling_recall},
             "group_accuracy": avg(r.group_accuracy for r in reports), "prior": reports[0].prior,
             "pairs": pairs, "markdown": "\n\n".join(r.markdown() for r in reports), "reports": reports}
 
 
-__all__ = ["PairSeparability", "SeparabilityReport", "ThicknessPrior", "ceiling", "mixed_ceiling", "separability"]
+__all__ = ["PairSeparability", "SeparabilityReport", "ThicknessPrior", "mixed_ceiling", "separability"]
