@@ -31,7 +31,8 @@ from alloynet.export import export_checkpoint
 from alloynet.registry.promotion import Decision, PromotionRule, best_candidate, decide, tail_classes
 from alloynet.registry.store import ChampionPointer, ModelRegistry
 from alloynet.serialize import jsonable
-from alloynet.train import load_config, train
+from alloynet.train import load_config
+from alloynet.train.launch import local_processes, train_processes
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +147,15 @@ class TrainedCandidate:
 
 
 def train_candidate(candidate: Candidate | Mapping[str, Any], dataset: DataSet, out_dir: str | Path,
-                    device: str = "auto") -> TrainedCandidate:
-    """Train one candidate on the run's data set; outputs go to ``out_dir``."""
+                    device: str = "auto", processes: Optional[int] = None) -> TrainedCandidate:
+    """Train one candidate on the run's data set; outputs go to ``out_dir``. ``processes``: DDP processes
+    on this machine (torchrun); None: one per visible GPU (alloynet.train.launch.local_processes)."""
     cand = Candidate.model_validate(candidate)
     dataset.manifest()  # fail now, not after an epoch, if the data changed under the run
     overrides = {**cand.overrides, "data.store": dataset.data_dir, "data.manifest": str(dataset.path),
                  "out_dir": str(Path(out_dir).resolve()), "progress": False, "device": device}
     cfg = load_config(cand.config, overrides)
-    result = train(cfg)
+    result = train_processes(cfg, processes or local_processes(cfg.device))
     return TrainedCandidate(cand.name, str(result.checkpoint), str(out_dir), cfg.model_dump(mode="json"),
                             jsonable(result.metrics))
 

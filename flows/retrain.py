@@ -17,10 +17,12 @@ from flows.tasks import record_training_task, retrain_needed_task, train_task
 @flow(name="retrain", description="Train every candidate (architecture/loss) on the current manifest.")
 def retrain(data_dir: str = DATA_DIR, run_dir: str = WORK_DIR, candidates: Optional[list[Candidate]] = None,
             min_new_labelled: int = MIN_NEW_LABELLED, force: bool = False, device: str = "auto",
-            record: bool = True, dataset: Optional[DataSet] = None, pretrain: Optional[str] = None) -> dict[str, Any]:
+            record: bool = True, dataset: Optional[DataSet] = None, pretrain: Optional[str] = None,
+            processes: Optional[int] = None) -> dict[str, Any]:
     """``dataset``: the data set a nightly run ingested; standalone runs use ``data_dir`` as it is now.
     ``pretrain``: a rig profile; every candidate is pretrained on the simulator calibrated to it, then
-    fine-tuned on the data set."""
+    fine-tuned on the data set. ``processes``: DDP processes per candidate (torchrun); None: one per GPU
+    the flow-run pod was given (``gpu_count``), one on a machine without GPUs."""
     route_library_logs()  # the trainer's epoch lines (alloynet.train) appear in this run's logs
     log = get_run_logger()
     candidates = [c.pretrained_on(pretrain) if pretrain else c for c in (candidates or default_candidates())]
@@ -32,7 +34,8 @@ def retrain(data_dir: str = DATA_DIR, run_dir: str = WORK_DIR, candidates: Optio
     trained, failed = [], {}
     for c in candidates:
         out = str(Path(run_dir) / "candidates" / c.name)
-        state = train_task.with_options(task_run_name=f"train-{c.name}")(c, dataset, out, device, return_state=True)
+        state = train_task.with_options(task_run_name=f"train-{c.name}")(c, dataset, out, device, processes,
+                                                                          return_state=True)
         if state.is_completed():
             trained.append(state.result())
         else:

@@ -45,8 +45,9 @@ def retrain_needed_task(dataset: Optional[DataSet], min_new_labelled: int, force
 
 
 @task(name="train-candidate", cache_policy=NO_CACHE)
-def train_task(candidate: steps.Candidate, dataset: DataSet, out_dir: str, device: str = "auto") -> dict[str, Any]:
-    trained = steps.train_candidate(candidate, dataset, out_dir, device=device)
+def train_task(candidate: steps.Candidate, dataset: DataSet, out_dir: str, device: str = "auto",
+               processes: Optional[int] = None) -> dict[str, Any]:
+    trained = steps.train_candidate(candidate, dataset, out_dir, device=device, processes=processes)
     get_run_logger().info("trained %s -> %s", candidate.name, trained.checkpoint)
     return asdict(trained)
 

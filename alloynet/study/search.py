@@ -106,12 +106,15 @@ def suggest(trial, cfg: SearchConfig) -> dict[str, Any]:
 
 
 def trial_score(cfg: SearchConfig, number: int, overrides: dict[str, Any]) -> float:
-    """Train one trial; its score is the best validation ``metric`` (never the test split)."""
-    from alloynet.train import load_config, train
+    """Train one trial; its score is the best validation ``metric`` (never the test split). On a machine
+    with several GPUs the trial trains on all of them (DDP, alloynet.train.launch)."""
+    from alloynet.train import load_config
+    from alloynet.train.launch import local_processes, train_processes
 
     base = {**cfg.train, "model.name": cfg.architecture, "data.store": cfg.store, "seed": cfg.seed,
             "out_dir": str(Path(cfg.out_dir) / f"trial-{number:03d}"), "progress": False}
-    result = train(load_config(None, {**base, **overrides}))
+    train_cfg = load_config(None, {**base, **overrides})
+    result = train_processes(train_cfg, local_processes(train_cfg.device))
     return float(result.metrics[cfg.metric])
 
 
