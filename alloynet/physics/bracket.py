@@ -119,19 +119,25 @@ class _AlloyTerms:
         qm = np.einsum("gij,...gj->...gi", self.precision, means)
         return qm, (qm * means).sum(-1)
 
-    def own(self, x: np.ndarray, fractions, density: float, t: float, prior, half: int = 6) -> float:
-        """log integral N(x; mu_c(s), S(s)) prior(s) ds for one profile ``x`` and its own composition, on the grid
-        points within ``half`` steps of its actual thickness ``t`` (the minimum lies there: x was drawn at t);
-        on the whole grid when the minimum falls on the window's edge."""
-        g = len(self.grid)
+    def window(self, t: float, half: int = 6) -> slice:
+        """The grid points within ``half`` steps of thickness ``t``."""
         i = int(np.abs(self.grid - t).argmin())
-        for lo, hi in ((max(0, i - half), min(g, i + half + 1)), (0, g)):
-            means = _profiles(self.model, fractions, density, self.grid[lo:hi])                 # [W, D]
+        return slice(max(0, i - half), min(len(self.grid), i + half + 1))
+
+    def own(self, x: np.ndarray, fractions, density: float, window: slice, means: np.ndarray, prior) -> float:
+        """log integral N(x; mu_c(s), S(s)) prior(s) ds for one profile ``x`` and its own composition, from the
+        composition's ``means`` on the grid points of ``window`` (around the plate's actual thickness: x was drawn
+        there, so the minimum lies there); on the whole grid when the minimum falls on the window's edge."""
+        g = len(self.grid)
+        for lo, hi in ((window.start, window.stop), (0, g)):
+            if (lo, hi) == (0, g) or means is None:
+                means = _profiles(self.model, fractions, density, self.grid[lo:hi])               # [W, D]
             r = x[None] - means
             q = np.einsum("wd,wde,we->w", r, self.precision[lo:hi], r) + self.logdet[lo:hi]
             k = int(q.argmin())
             if 0 < k < hi - lo - 1 or (lo, hi) == (0, g):
                 break
+            means = None
         ll, _ = _laplace(q[None], self.grid[lo:hi], prior)
         return float(ll[0]) - 0.5 * len(x) * LOG_2PI
 
@@ -186,10 +192,12 @@ class MixtureObserver:
         for i, t in enumerate(self.prior.sample(n, rng)):
             p = sample_plate(term.alloy, float(t), rng, f"draw-{i}", alloy_table=self.alloy_table)
             fr, rho = p.fractions(), p.density_g_cm3
-            mean = _profiles(self.model, fr, rho, np.array([p.thickness_mm]))[0]
-            x = mean + term.chol[int(np.abs(self.grid - p.thickness_mm).argmin())] @ rng.standard_normal(len(mean))
+            win = term.window(p.thickness_mm)
+            means = _profiles(self.model, fr, rho, np.r_[p.thickness_mm, self.grid[win]])   # one call: its cost
+            x = means[0] + term.chol[int(np.abs(self.grid - p.thickness_mm).argmin())] @ rng.standard_normal(
+                means.shape[1])
             xs.append(x)
-            own.append(term.own(x, fr, rho, p.thickness_mm, self.prior))
+            own.append(term.own(x, fr, rho, win, means[1:], self.prior))
         return np.asarray(xs), np.asarray(own)
 
 

@@ -31,7 +31,7 @@ def test_physics_commands(tmp_path):
     out = tmp_path / "sep.json"
     res = runner.invoke(app, ["physics", "separability", "--size", "64", "--plates", "30", "--json", str(out)])
     assert res.exit_code == 0, res.output
-    assert "Ceiling" in res.output and "Al5083 vs Al6082" in res.output
+    assert "Physics bracket" in res.output and "Al5083 vs Al6082" in res.output
     assert 0.5 < json.loads(out.read_text())["ceiling_accuracy"] < 1.0
 
 
