@@ -10,9 +10,18 @@ Ray Tune does the scheduling (exploit/explore, checkpoints, the population's boo
 alloynet's own training loop (``alloynet.train.trainer.setup`` / ``run_epoch``), reporting its validation
 metric after every epoch with its training state as a Tune checkpoint. ``run_pbt`` starts a local Ray
 cluster in this process when none is running (127.0.0.1, OS-chosen ports, no dashboard, usage stats
-off) and stops it at the end; on a real cluster call ``ray.init(address=...)`` first.
+off) and stops it at the end; with ``ray_address`` it joins a running cluster instead (``auto``: the
+cluster of this node, ``ray://head:10001``: a remote one; see docs/cluster.md for a multi-node cluster).
 
     alloynet.study.pbt.run_pbt(PBTConfig(store="data/sim", population=4, epochs=12))
+    python -m alloynet.study.pbt --store /data/sim --population 8 --epochs 12 --gpus-per-member 1 \
+        --storage-path /data/pbt-checkpoints --ray-address auto
+
+Resources: each member takes ``cpus_per_member`` CPUs and ``gpus_per_member`` GPUs (fractions share a
+GPU; Ray sets each member's CUDA_VISIBLE_DEVICES, and the member trains on ``cuda`` when it has one).
+Checkpoints: members hand weights to each other through Tune's ``storage_path``: ``<out_dir>/ray`` on
+one machine (removed at the end), and on several nodes a path every node mounts (the shared volume) or
+an ``s3://`` URI, given as ``storage_path`` and kept.
 
 The member that ends best is written to ``<out_dir>/best.pt``: an alloynet checkpoint that
 ``alloynet evaluate`` and export read like any other. The validation split chooses; the test split is
@@ -53,6 +62,11 @@ class PBTConfig(BaseModel):
     metric: str = "balanced_accuracy"
     cpus: Optional[int] = Field(None, description="CPUs of the local Ray cluster (default: all)")
     cpus_per_member: float = Field(1.0, gt=0)
+    gpus_per_member: float = Field(0.0, ge=0, description="GPUs per member (0.5: two members share one)")
+    storage_path: Optional[str] = Field(None, description="where Tune keeps the members' checkpoints: a path "
+                                        "every Ray node mounts or an s3:// URI; default <out_dir>/ray, removed")
+    ray_address: Optional[str] = Field(None, description="join this Ray cluster (auto, ray://host:10001) "
+                                       "instead of starting one in this process")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides for every member")
 
 
@@ -121,12 +135,31 @@ def member(config: dict[str, Any]) -> None:
                         checkpoint=tune.Checkpoint.from_directory(d))
 
 
+def member_resources(cfg: PBTConfig) -> dict[str, float]:
+    """What Ray reserves for each member (``tune.with_resources``)."""
+    res = {"cpu": cfg.cpus_per_member}
+    if cfg.gpus_per_member:
+        res["gpu"] = cfg.gpus_per_member
+    return res
+
+
+def _storage(cfg: PBTConfig, out: Path) -> tuple[str, bool]:
+    """Tune's storage path and whether it is ours to remove at the end (the local default)."""
+    if cfg.storage_path:
+        return (cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).resolve())), False
+    return str(out / "ray"), True
+
+
 def _start_local_ray(cfg: PBTConfig) -> Optional[str]:
     """A local Ray cluster in this process unless one is running; its session directory if we started it."""
     import ray
 
     if ray.is_initialized():
         return None
+    if cfg.ray_address:
+        ray.init(address=cfg.ray_address, log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+        return ""  # joined, not started: disconnect at the end, nothing to remove
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry from any process Ray starts
     # address="local": always a new cluster, never one another user left on this machine. Ray chooses free
     # ports itself (0 = OS-assigned); its session files go to a short private directory (socket paths).
@@ -157,18 +190,20 @@ def run_pbt(cfg: PBTConfig) -> dict[str, Any]:
     space = {"pbt": cfg.model_dump(mode="json"), "member": tune.grid_search(list(range(cfg.population))),
              **{k: tune.sample_from(lambda config, k=k: inits[config["member"]][k])
                 for k in ("optimizer", "lr", "weight_decay")}}
+    storage, ours = _storage(cfg, out)
     started = _start_local_ray(cfg)
     try:
         tuner = tune.Tuner(
-            tune.with_resources(member, {"cpu": cfg.cpus_per_member}), param_space=space,
+            tune.with_resources(member, member_resources(cfg)), param_space=space,
             tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True),
-            run_config=tune.RunConfig(name="pbt", storage_path=str(out / "ray"), verbose=0,
+            run_config=tune.RunConfig(name="pbt", storage_path=storage, verbose=0,
                                       stop={"training_iteration": cfg.epochs},
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=4)))
         grid = tuner.fit()
     finally:
-        if started:
+        if started is not None:
             ray.shutdown()
+        if started:
             shutil.rmtree(started, ignore_errors=True)
     errors = [str(r.error) for r in grid if r.error]
     if errors:
@@ -185,8 +220,10 @@ def run_pbt(cfg: PBTConfig) -> dict[str, Any]:
                "final": [{"trial": r.path.rsplit("/", 1)[-1], cfg.metric: float(r.metrics[cfg.metric]),
                           **{k: r.config[k] for k in ("optimizer", "lr", "weight_decay")}} for r in grid],
                "epochs_trained": cfg.population * cfg.epochs, "checkpoint": str(out / "best.pt")}
+    summary["storage_path"] = None if ours else storage
     (out / "pbt.json").write_text(json.dumps(summary, indent=1, default=float))
-    shutil.rmtree(out / "ray", ignore_errors=True)  # every member's checkpoints: best.pt and pbt.json are kept
+    if ours:
+        shutil.rmtree(out / "ray", ignore_errors=True)  # every member's checkpoints: best.pt and pbt.json are kept
     return summary
 
 
@@ -203,3 +240,51 @@ def _exploits(experiment: Path) -> list[dict[str, Any]]:
                       "from": {k: copied[k] for k in ("optimizer", "lr", "weight_decay")},
                       "to": {k: perturbed[k] for k in ("optimizer", "lr", "weight_decay")}})
     return steps
+
+
+def parse_args(argv: Optional[list[str]] = None) -> PBTConfig:
+    """``python -m alloynet.study.pbt``'s options as a PBTConfig (``--config`` YAML first, options over it)."""
+    import argparse
+
+    import yaml
+
+    from alloynet.train import parse_override
+
+    p = argparse.ArgumentParser(prog="python -m alloynet.study.pbt", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="PBTConfig as YAML (options below override its fields)")
+    p.add_argument("--store", help="capture store with manifest.csv")
+    for name, kind in (("out_dir", str), ("architecture", str), ("loss", str), ("population", int), ("epochs", int),
+                       ("interval", int), ("seed", int), ("cpus", int), ("cpus_per_member", float),
+                       ("gpus_per_member", float), ("storage_path", str), ("ray_address", str)):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                       help=PBTConfig.model_fields[name].description)
+    p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                   help="a TrainConfig override for every member, e.g. data.batch_size=64 (repeatable)")
+    a = p.parse_args(argv)
+    raw: dict[str, Any] = {}
+    if a.config:
+        path = Path(a.config)
+        if not path.is_file():
+            p.error(f"--config {path}: no such file")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            p.error(f"--config {path}: expected a mapping of PBTConfig fields, got {type(raw).__name__}")
+    raw.update({k: v for k, v in vars(a).items() if k not in ("config", "train") and v is not None})
+    for item in a.train:
+        if "=" not in item:
+            p.error(f"--train {item!r}: expected KEY=VALUE, e.g. data.batch_size=64")
+        key, value = parse_override(item)
+        raw.setdefault("train", {})[key] = value
+    if "store" not in raw:
+        p.error("--store (or store in --config) is required")
+    return PBTConfig.model_validate(raw)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    summary = run_pbt(parse_args(argv))
+    print(json.dumps({k: summary[k] for k in ("best_value", "best_hparams", "checkpoint", "epochs_trained")},
+                     indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -20,8 +20,10 @@ def test_pbt_population_exploits_and_perturbs_and_leaves_an_alloynet_checkpoint(
     from alloynet.study.pbt import PBTConfig, initial_population, run_pbt
     from tests.helpers.dummy import DummyCaptureStore
 
+    # members hand checkpoints over through a storage path of their own (on a cluster: the shared volume)
     cfg = PBTConfig(store="unset", out_dir=str(tmp_path / "pbt"), architecture="fnn", population=2, epochs=2,
-                    interval=1, quantile=0.5, cpus=2, lr=(1e-3, 1e-2), train={"data.batch_size": 16})
+                    interval=1, quantile=0.5, cpus=2, lr=(1e-3, 1e-2), train={"data.batch_size": 16},
+                    storage_path=str(tmp_path / "shared"))
     before = set(glob.glob(f"{tempfile.gettempdir()}/ray-*"))
     with DummyCaptureStore(n_max=4, size=32, imbalance_ratio=2, seed=5) as (store, _):
         summary = run_pbt(cfg.model_copy(update={"store": str(store.root)}))
@@ -54,4 +56,6 @@ def test_pbt_population_exploits_and_perturbs_and_leaves_an_alloynet_checkpoint(
     calibration, wedge_mm = model.preprocess.reference_calibration(2), torch.full((2, 1), 50.0)
     assert model(torch.full((2, 1, 32, 32), 20_000.0), calibration, wedge_mm)["logits"].shape == (2, 5)
     assert json.loads((tmp_path / "pbt" / "pbt.json").read_text())["best_value"] == summary["best_value"]
-    assert not (tmp_path / "pbt" / "ray").exists()
+    assert not (tmp_path / "pbt" / "ray").exists() and summary["storage_path"] == str(tmp_path / "shared")
+    kept = list((tmp_path / "shared" / "pbt").glob("*/checkpoint_*/state.pt"))
+    assert len({p.parent.parent for p in kept}) == 2  # both members' checkpoints, on the storage path, kept
