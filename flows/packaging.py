@@ -9,11 +9,15 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from alloynet.export.bundle import PLAN_FILE
 from infra.processes import find_binary
 from serving.torchserve.archive import build_mar
 from serving.triton.repository import build_repository
 
-FORMATS = ("torchserve", "triton")
+# "triton": alloynet's own CPU backend (what `alloynet serve` runs on pytriton's tritonserver);
+# "triton-gpu": the same model name on Triton's stock backends (NVIDIA's image, infra/k8s/triton.yaml): the
+# bundle's TensorRT plan where it has one, else onnxruntime with the TensorRT accelerator.
+FORMATS = ("torchserve", "triton", "triton-gpu")
 
 
 def _torchserve(bundle_dir: Path, out: Path, version: str) -> Path:
@@ -24,7 +28,12 @@ def _triton(bundle_dir: Path, out: Path, version: str) -> Path:
     return Path(build_repository(bundle_dir, out, name="alloynet"))
 
 
-_PACKAGERS = {"torchserve": _torchserve, "triton": _triton}
+def _triton_gpu(bundle_dir: Path, out: Path, version: str) -> Path:
+    backend = "tensorrt" if (bundle_dir / PLAN_FILE).exists() else "onnxruntime"
+    return Path(build_repository(bundle_dir, out, name="alloynet", gpu=True, backend=backend))
+
+
+_PACKAGERS = {"torchserve": _torchserve, "triton": _triton, "triton-gpu": _triton_gpu}
 
 
 def available_formats() -> list[str]:
@@ -37,7 +46,7 @@ def available_formats() -> list[str]:
     except RuntimeError:
         pass
     if importlib.util.find_spec("tritonclient") is not None:
-        out.append("triton")
+        out += ["triton", "triton-gpu"]
     return out
 
 

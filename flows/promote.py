@@ -20,6 +20,7 @@ from alloynet import steps
 from alloynet.data.manifest import DataSet
 from flows.artifacts import decision_artifact, interval_sentence
 from flows.logs import route_library_logs
+from alloynet.registry.publish import FORMAT as PUBLISHED_FORMAT
 from flows.settings import DATA_DIR, REGISTRY, SERVING_FORMATS, WORK_DIR, current_dataset
 from flows.tasks import (confirm_champion_task, decide_task, export_task, move_champion_task, package_task,
                          publish_serving_task, publish_task, uncertainty_task)
@@ -68,7 +69,7 @@ def promote(trained: list[dict[str, Any]], evaluation: dict[str, Any], data_dir:
     log.info("promoted %s as %s (previous champion %s kept for rollback)", winner["name"], version,
              champ["version"] if champ else "none")
     ids = {"nightly-decision": str(decision_artifact(d, f"published as {version}; champion pointer moved"))}
-    if serve_to and "triton" in formats:
+    if serve_to and PUBLISHED_FORMAT in formats:
         # after the transaction: the champion is committed; a failed copy leaves Triton on the old one
         published = publish_serving_task(registry, serve_to)
         log.info("Triton repository of %s published to %s as model version %s", version, serve_to,

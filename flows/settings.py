@@ -11,7 +11,7 @@ DATA_DIR = ".alloynet/data"           # ingested captures + manifest, on the wor
 REGISTRY = ".alloynet/registry"       # the model store (s3://models/registry in production)
 WORK_DIR = ".alloynet/runs"           # per-run checkpoints, reports and packages
 MIN_NEW_LABELLED = 50
-SERVING_FORMATS = ["torchserve", "triton"]
+SERVING_FORMATS = ["torchserve", "triton", "triton-gpu"]
 
 
 def default_candidates() -> list[Candidate]:

@@ -13,10 +13,10 @@ pytestmark = pytest.mark.s3
 
 
 def _release(root, tag: str):
-    for model in ("alloynet", "alloynet_onnx"):
-        (root / "triton" / model / "1").mkdir(parents=True)
-        (root / "triton" / model / "config.pbtxt").write_text(f'name: "{model}"  # {tag}\n')
-        (root / "triton" / model / "1" / "model.onnx").write_bytes(f"onnx-{tag}".encode())
+    for model in ("alloynet", "alloynet_b"):
+        (root / "triton-gpu" / model / "1").mkdir(parents=True)
+        (root / "triton-gpu" / model / "config.pbtxt").write_text(f'name: "{model}"  # {tag}\n')
+        (root / "triton-gpu" / model / "1" / "model.onnx").write_bytes(f"onnx-{tag}".encode())
     (root / "checkpoint").mkdir()
     (root / "checkpoint" / "model.ckpt").write_bytes(tag.encode())
     return root
@@ -34,8 +34,8 @@ def test_champion_becomes_the_newest_triton_version_and_rollback_too(s3_server, 
     v2 = reg.publish(_release(tmp_path / "r2", "v2"), metrics={}).version
     reg.promote(v2, "better")
     m2 = publish_triton(reg, target)
-    assert m2["generation"] > m1["generation"] and m2["models"] == ["alloynet", "alloynet_onnx"]
-    assert target.get(f"alloynet_onnx/{m2['generation']}/model.onnx") == b"onnx-v2"
+    assert m2["generation"] > m1["generation"] and m2["models"] == ["alloynet", "alloynet_b"]
+    assert target.get(f"alloynet_b/{m2['generation']}/model.onnx") == b"onnx-v2"
     assert b"v2" in target.get("alloynet/config.pbtxt")
 
     # a rollback is a new generation: the old champion's files become the newest Triton version
@@ -53,7 +53,7 @@ def test_tampered_artifacts_are_never_published(s3_server, s3_bucket, tmp_path):
     reg = open_registry(tmp_path / "registry")
     v1 = reg.publish(_release(tmp_path / "r1", "v1"), metrics={}).version
     reg.promote(v1, "first")
-    reg.artifact_path(v1, "triton/alloynet/1/model.onnx").write_bytes(b"tampered")
+    reg.artifact_path(v1, "triton-gpu/alloynet/1/model.onnx").write_bytes(b"tampered")
     target = S3Store(s3_bucket, "serving/triton", endpoint_url=s3_server.endpoint)
     with pytest.raises(RegistryError, match="sha256 mismatch"):
         publish_triton(reg, target)

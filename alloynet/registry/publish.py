@@ -17,7 +17,8 @@ from pathlib import Path
 from alloynet.captures.stores import ObjectStore
 from alloynet.registry.store import ChampionPointer, ModelRegistry, RegistryError
 
-FORMAT = "triton"
+# the fleet runs NVIDIA's stock Triton image (infra/k8s/triton.yaml): the repository packaged for its backends
+FORMAT = "triton-gpu"
 
 
 def serving_version(pointer: ChampionPointer) -> int:

@@ -22,7 +22,7 @@ FAST_EVAL = {"with_ceiling": False, "gradcam": 0, "baselines": False}
 
 def night_kwargs(root: Path, rig: Path, **over):
     kw = dict(source=str(rig), data_dir=str(root / "data"), registry=str(root / "registry"),
-              work_dir=str(root / "runs"), candidates=[TINY], min_new_labelled=1, formats=["torchserve", "triton"],
+              work_dir=str(root / "runs"), candidates=[TINY], min_new_labelled=1, formats=["torchserve", "triton", "triton-gpu"],
               device="cpu", accepted_sizes=[(32, 32)], evaluate_options=FAST_EVAL)
     kw.update(over)
     return kw
@@ -124,7 +124,8 @@ def test_first_night_end_to_end(first_night):
     names = set(mv.artifacts)
     assert {steps.CHECKPOINT_ARTIFACT, steps.MANIFEST_ARTIFACT, steps.EVALUATION_ARTIFACT,
             "export/model.onnx", "export/model.pt", "export/export.json", "torchserve/alloynet.mar",
-            "triton/alloynet_onnx/config.pbtxt", "triton/alloynet_onnx/1/model.onnx"} <= names
+            "triton/alloynet/config.pbtxt", "triton/alloynet/1/model.onnx",
+            "triton-gpu/alloynet/config.pbtxt", "triton-gpu/alloynet/1/model.onnx"} <= names
     assert mv.metrics["balanced_accuracy"] == out["evaluation"]["tiny"]["balanced_accuracy"]
     from alloynet.data.manifest import manifest_hash, read_manifest
     assert mv.manifest_hash == manifest_hash(read_manifest(root / "data" / "manifest.csv"))
