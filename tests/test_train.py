@@ -64,12 +64,13 @@ def test_cli_train_and_evaluate_every_architecture(name, store_dir, tmp_path):
     assert resolved["optim"]["name"] is not None and resolved["model"]["activation"] is not None  # table defaults filled
     res = CliRunner().invoke(app, ["evaluate", str(run / "best.pt"), "--out", str(run / "report"), "--gradcam", "2"])
     assert res.exit_code == 0, res.output
-    assert "ideal-observer ceiling" in res.output
+    assert "physics bracket" in res.output
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     assert REQUIRED_METRICS <= set(metrics) and metrics["model"] == name
     assert set(metrics["per_class"]["Al7075"]) >= {"precision", "recall", "f1", "specificity"}
     assert 0 < metrics["ceiling_accuracy"] <= 1
     assert metrics["ceiling_gap"] == pytest.approx(metrics["ceiling_accuracy"] - metrics["balanced_accuracy"])
+    assert metrics["ceiling_lower"] == metrics["ceiling_accuracy"] and metrics["ceiling_upper_se"] > 0
     assert set(metrics["baselines"]) == {"physics_fit", "gaussian_profile"}
     assert 0 <= metrics["baselines"]["physics_fit"]["balanced_accuracy"] <= 1
     assert 1 <= metrics["set_size_mean"] <= 5 and 0 <= metrics["set_coverage"] <= 1
@@ -81,7 +82,7 @@ def test_cli_train_and_evaluate_every_architecture(name, store_dir, tmp_path):
                     "thickness_scatter.png"}
     assert len(list((run / "report" / "gradcam").glob("*.png"))) == 2
     report = (run / "report" / "report.md").read_text()
-    assert "ideal-observer ceiling" in report and "gap" in report and "](plots/confusion.png)" in report
+    assert "physics bracket" in report and "upper edge" in report and "](plots/confusion.png)" in report
     assert "physics fit (baseline)" in report and "Conformal prediction sets" in report
     assert "## The physics term" in report
 

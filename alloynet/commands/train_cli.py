@@ -80,7 +80,8 @@ def _evaluate(checkpoint: Path, store: Optional[str], manifest: Optional[str], o
     line = (f"{m['model']} on {split} ({m['n']} captures): accuracy {m['accuracy']:.3f}, balanced accuracy "
             f"{m['balanced_accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, {thickness}")
     if m.get("ceiling_accuracy") is not None:
-        line += f"; ideal-observer ceiling {m['ceiling_accuracy']:.3f}, gap {m['ceiling_gap']:.3f}"
+        line += (f"; physics bracket {m['ceiling_lower']:.3f}-{m['ceiling_upper']:.3f}: "
+                 f"{m['ceiling_position']}")
     console.print(line)
     console.print(f"report: {out / 'report.md'}")
     return m
@@ -93,7 +94,7 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="report folder (default: <checkpoint dir>/report-<split>)"),
     split: str = "test",
     device: str = "auto",
-    ceiling: bool = typer.Option(True, help="compute the ideal-observer ceiling for the same rig"),
+    ceiling: bool = typer.Option(True, help="compute the physics bracket (lower and upper edge) for the same rig"),
     gradcam: int = typer.Option(4, help="Grad-CAM PNGs for this many test captures"),
     robustness: bool = typer.Option(False, help="also the robustness suite: test sets of any thickness, unseen "
                                                 "thicknesses, tube drift, quarter dose, an unseen wedge, the second rig"),

@@ -1,4 +1,4 @@
-"""report.md: the evaluation as tables and embedded plots, with the ideal-observer ceiling beside it."""
+"""report.md: the evaluation as tables and embedded plots, with the bracket of what physics allows beside it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,30 +20,49 @@ def _headline(m: dict) -> list[str]:
     return lines
 
 
+def _pm(m: dict, key: str) -> str:
+    se = m.get(f"{key}_se")
+    return _f(m.get(key)) + ("" if se is None else f" ± {_f(se)}")
+
+
 def _ceiling(m: dict) -> list[str]:
     if m.get("ceiling_accuracy") is None:
-        return ["Ideal-observer ceiling: not computed for this report."]
+        return ["Physics bracket: not computed for this report."]
     base = m.get("baselines") or {}
-    lines = [f"**Balanced accuracy {_f(m['balanced_accuracy'])} vs ideal-observer ceiling "
-             f"{_f(m['ceiling_accuracy'])}: gap {_f(m['ceiling_gap'])}** (accuracy {_f(m['accuracy'])}; "
-             f"{m.get('ceiling_prior', '')}).", "",
+    lower = m.get("ceiling_lower", m["ceiling_accuracy"])
+    upper = m.get("ceiling_upper")
+    position = m.get("ceiling_position") or f"gap {_f(m['ceiling_gap'])} to the lower edge"
+    lines = [f"**Balanced accuracy {_f(m['balanced_accuracy'])} against the physics bracket {_f(lower)}-{_f(upper)}: "
+             f"{position}** (lower edge {_pm(m, 'ceiling_lower')}, upper edge {_pm(m, 'ceiling_upper')}; accuracy "
+             f"{_f(m['accuracy'])}; {m.get('ceiling_prior', '')}).", "",
              f"Heavy (Cu/Zn-bearing) vs light: {_f(m.get('heavy_light_balanced_accuracy'))} "
-             f"(ceiling {_f(m.get('ceiling_heavy_light'))}).", ""]
-    header = "| | balanced accuracy | heavy vs light |" + "".join(f" {a} |" for a in m["ceiling_recall"])
-    lines += [header, "|---" * (3 + len(m["ceiling_recall"])) + "|"]
+             f"(bracket {_f(m.get('ceiling_heavy_light'))}-{_f(m.get('ceiling_heavy_light_upper'))}).", ""]
+    recall = m["ceiling_recall"]
+    header = "| | balanced accuracy | heavy vs light |" + "".join(f" {a} |" for a in recall)
+    lines += [header, "|---" * (3 + len(recall)) + "|"]
     lines.append(f"| this model | {_f(m['balanced_accuracy'])} | {_f(m.get('heavy_light_balanced_accuracy'))} |"
-                 + "".join(f" {_f(m['per_class'][a]['recall'])} |" for a in m["ceiling_recall"] if a in m["per_class"]))
+                 + "".join(f" {_f(m['per_class'][a]['recall'])} |" for a in recall if a in m["per_class"]))
     for name, b in base.items():
         if "skipped" in b:
-            lines.append(f"| {name.replace('_', ' ')} (baseline) | not fitted: {b['skipped']} |" + " |" * (1 + len(m["ceiling_recall"])))
+            lines.append(f"| {name.replace('_', ' ')} (baseline) | not fitted: {b['skipped']} |"
+                         + " |" * (1 + len(recall)))
             continue
         lines.append(f"| {name.replace('_', ' ')} (baseline) | {_f(b['balanced_accuracy'])} | "
                      f"{_f(b['heavy_light_balanced_accuracy'])} |" + "".join(f" {_f(b['recall'].get(a))} |"
-                                                                             for a in m["ceiling_recall"]))
-    lines.append(f"| ideal observer (ceiling) | {_f(m['ceiling_accuracy'])} | {_f(m.get('ceiling_heavy_light'))} |"
-                 + "".join(f" {_f(r)} |" for r in m["ceiling_recall"].values()))
+                                                                             for a in recall))
+    lines.append(f"| physics bracket, lower edge (mixture observer) | {_pm(m, 'ceiling_lower')} | "
+                 f"{_f(m.get('ceiling_heavy_light'))} |" + "".join(f" {_f(r)} |" for r in recall.values()))
+    if upper is not None:
+        lines.append(f"| physics bracket, upper edge (oracle observer) | {_pm(m, 'ceiling_upper')} | "
+                     f"{_f(m.get('ceiling_heavy_light_upper'))} |" + " |" * len(recall))
+    hard = m.get("ceiling_hard_pairs") or []
     lines += ["", "Recall per alloy. Baselines: the physics fit (the rig's forward model, no training data) and a "
-                  "Gaussian classifier on the calibrated profile (fitted on the training split)."]
+                  "Gaussian classifier on the calibrated profile (fitted on the training split). The bracket: a "
+                  "classifier a line can run below, an observer told each plate's candidate compositions above "
+                  "(alloynet.physics.bracket), ± its Monte-Carlo standard error."]
+    if hard:
+        lines += ["", "Pairs that stay hard (share confused by the lower edge's observer): "
+                  + ", ".join(f"{p['pair']} {p['confused']:.2f}" for p in hard[:3]) + "."]
     return lines
 
 
@@ -106,7 +125,7 @@ def render(m: dict, names: list[str], figures: list[Path], cams: list[Path], sep
     root = figures[0].parent.parent if figures else Path(".")
     lines = [f"# Evaluation: {m['model']} on the {m['split']} split", "",
              f"Checkpoint `{m['checkpoint']}` (best epoch {m['trained_epochs']}), data manifest `{m['manifest_hash'][:12]}`, "
-             f"{m['n']} captures.", "", "## Against the ideal observer", ""] + _ceiling(m)
+             f"{m['n']} captures.", "", "## Against what physics allows", ""] + _ceiling(m)
     lines += [""] + _answers(m) + ["## Summary", ""] + _headline(m) + ["", "## Per class", ""] + _per_class(m, names)
     lines += ["", "## Breakdowns", ""] + _breakdowns(m) + ["", "## Plots", ""]
     lines += [f"![{p.stem}]({p.relative_to(root).as_posix()})" for p in figures]

@@ -30,6 +30,7 @@ from alloynet.physics.alloys import GROUPS, alloy_group
 from alloynet.physics.observer import ThicknessPrior
 from alloynet.physics.rig_profile import load_rig_profile
 from alloynet.physics.simulator import plate_rows
+from alloynet.physics.bracket import phrase_gap
 from alloynet.physics.separability import mixed_ceiling
 from alloynet.serialize import jsonable
 
@@ -64,11 +65,16 @@ def per_thickness(rows: pd.DataFrame, p: dict[str, np.ndarray], names: list[str]
 
 
 def ceiling(rigs: dict[float, tuple[object, int]], prior: ThicknessPrior, **separability_kw) -> dict[str, Any]:
-    """The ideal observer for the rig that took these captures, per wedge, weighted by captures."""
+    """What physics allows for the rig that took these captures (the bracket of ``alloynet.physics.bracket``,
+    lower and upper edge with their errors), per wedge, weighted by captures."""
     mixed = mixed_ceiling(list(rigs.values()), thicknesses_mm=prior.values_mm, thickness_range_mm=prior.range_mm,
                           **separability_kw)
+    # ceiling_accuracy is the bracket's lower edge (the key earlier readers know); ceiling_upper its upper edge
     return {"ceiling_accuracy": mixed["accuracy"], "ceiling_recall": mixed["recall"],
             "ceiling_heavy_light": mixed["group_accuracy"], "ceiling_prior": mixed["prior"],
+            "ceiling_lower": mixed["accuracy"], "ceiling_lower_se": mixed["accuracy_se"],
+            "ceiling_upper": mixed["upper"], "ceiling_upper_se": mixed["upper_se"],
+            "ceiling_heavy_light_upper": mixed["group_accuracy_upper"], "ceiling_hard_pairs": mixed["hard_pairs"],
             "ceiling_pairs": mixed["pairs"], "markdown": mixed["markdown"]}
 
 
@@ -169,8 +175,12 @@ def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: 
     metrics["ceiling_accuracy"] = None
     if with_ceiling:
         ceil = ceiling(rigs, prior, **(ceiling_kw or {}))
-        metrics.update({k: ceil[k] for k in ("ceiling_accuracy", "ceiling_recall", "ceiling_heavy_light", "ceiling_prior")})
+        metrics.update({k: ceil[k] for k in ("ceiling_accuracy", "ceiling_recall", "ceiling_heavy_light",
+                                             "ceiling_prior", "ceiling_lower", "ceiling_lower_se", "ceiling_upper",
+                                             "ceiling_upper_se", "ceiling_heavy_light_upper", "ceiling_hard_pairs")})
         metrics["ceiling_gap"] = ceil["ceiling_accuracy"] - metrics["balanced_accuracy"]
+        metrics["ceiling_position"] = phrase_gap(metrics["balanced_accuracy"], ceil["ceiling_lower"],
+                                                 ceil["ceiling_upper"], ceil["ceiling_upper_se"])
     if baselines:
         metrics["baselines"] = baseline_metrics(st, labelled, ds, rigs, prior, names)
     figures = _plots(metrics, p, names, meta.get("history") or [], out)

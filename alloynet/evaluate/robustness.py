@@ -1,5 +1,5 @@
 """The robustness suite: a trained model on captures shaped unlike its training data, each case beside its
-own ideal-observer ceiling.
+own bracket of what physics allows (``alloynet.physics.bracket``: lower and upper edge).
 
 Every case is a balanced test set simulated from the model's own nominal rig (read from its checkpoint),
 seeded, with one thing changed: plates of any thickness, the 1/2/5 mm grid, thicknesses outside the
@@ -128,6 +128,8 @@ def run_case(checkpoint: str | Path, case: RobustnessCase, out_dir: str | Path, 
     return {"case": case.name, "description": case.description, "n": m["n"],
             "balanced_accuracy": m["balanced_accuracy"], "heavy_light": m["heavy_light_balanced_accuracy"],
             "ceiling": m.get("ceiling_accuracy"), "ceiling_heavy_light": m.get("ceiling_heavy_light"),
+            "ceiling_lower_se": m.get("ceiling_lower_se"), "ceiling_upper": m.get("ceiling_upper"),
+            "ceiling_upper_se": m.get("ceiling_upper_se"), "ceiling_position": m.get("ceiling_position"),
             "gap": m.get("ceiling_gap"), "set_coverage": m["set_coverage"], "set_size": m["set_size_mean"],
             "physics_fit": (m.get("baselines") or {}).get("physics_fit", {}).get("balanced_accuracy"),
             "flags": {k: v for k, v in m["flag_rates"].items() if v > 0}}
@@ -144,7 +146,8 @@ def run_suite(checkpoint: str | Path, out_dir: str | Path, cases: Optional[Seque
         if log:
             r = rows[-1]
             log(f"{case.name}: balanced accuracy {r['balanced_accuracy']:.3f}"
-                + (f" (ceiling {r['ceiling']:.3f}, gap {r['gap']:.3f})" if r["ceiling"] is not None else ""))
+                + (f" (bracket {r['ceiling']:.3f}-{r['ceiling_upper']:.3f}: {r['ceiling_position']})"
+                   if r["ceiling"] is not None else ""))
     out.mkdir(parents=True, exist_ok=True)
     (out / "robustness.json").write_text(json.dumps(jsonable(rows), indent=1))
     (out / "robustness.md").write_text(markdown(rows, checkpoint))
@@ -157,13 +160,17 @@ def markdown(rows: list[dict], checkpoint) -> str:
 
     lines = [f"# Robustness of `{checkpoint}`", "",
              "Each case: a balanced test set simulated from the model's own nominal rig with one thing changed, "
-             "and the ideal-observer ceiling for that case.", "",
-             "| case | n | balanced accuracy | ceiling | gap | heavy vs light (ceiling) | physics fit | "
-             "set coverage / size | flags raised |", "|---|---|---|---|---|---|---|---|---|"]
+             "and the bracket of what physics allows for that case: a classifier a line can run (lower edge) and an "
+             "observer told each plate's candidate compositions (upper edge), ± Monte-Carlo standard error.", "",
+             "| case | n | balanced accuracy | bracket (lower-upper) | against the bracket | heavy vs light (lower "
+             "edge) | physics fit | set coverage / size | flags raised |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flags = ", ".join(f"{k} {v:.0%}" for k, v in r["flags"].items()) or "-"
-        lines.append(f"| {r['description']} | {r['n']} | {f(r['balanced_accuracy'])} | {f(r['ceiling'])} | "
-                     f"{f(r['gap'])} | {f(r['heavy_light'])} ({f(r['ceiling_heavy_light'])}) | {f(r['physics_fit'])} | "
-                     f"{f(r['set_coverage'])} / {r['set_size']:.2f} | {flags} |")
+        br = "n/a" if r["ceiling"] is None else (
+            f"{f(r['ceiling'])} ± {f(r.get('ceiling_lower_se'))} - {f(r.get('ceiling_upper'))} ± "
+            f"{f(r.get('ceiling_upper_se'))}")
+        lines.append(f"| {r['description']} | {r['n']} | {f(r['balanced_accuracy'])} | {br} | "
+                     f"{r.get('ceiling_position') or '-'} | {f(r['heavy_light'])} ({f(r['ceiling_heavy_light'])}) | "
+                     f"{f(r['physics_fit'])} | {f(r['set_coverage'])} / {r['set_size']:.2f} | {flags} |")
     return "\n".join(lines) + "\n"
 

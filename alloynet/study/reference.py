@@ -1,4 +1,4 @@
-"""What stands beside every row of the study: the ideal-observer ceiling of each held-out set, and the two
+"""What stands beside every row of the study: the physics bracket of each held-out set, and the two
 non-deep baselines (``alloynet.evaluate.baselines``): the physics fit, which needs no training data, once
 per set; the Gaussian profile classifier, fitted on each training pool and applied to every set.
 
@@ -26,7 +26,7 @@ from alloynet.evaluate.robustness import capture_rigs
 from alloynet.physics.simulator import plate_rows
 from alloynet.study.datasets import calibration_sent, set_spec
 
-VERSION = 2  # bump when the figures below are computed differently (2: the observer sums over thickness)
+VERSION = 3  # bump when the figures below are computed differently (3: the physics bracket, lower and upper edge)
 
 
 def _arrays(root: Path) -> dict[str, np.ndarray]:
@@ -63,7 +63,8 @@ def _save(path: Path, key: str, value: dict) -> dict:
 
 
 def set_reference(root: Path, plates: int, with_physics_fit: bool = True) -> dict:
-    """A held-out set's ceiling (five-class, per alloy, heavy vs light) for its own rig and thickness prior,
+    """A held-out set's physics bracket (lower and upper edge with their errors: five-class, per alloy, heavy vs
+    light) for its own rig and thickness prior,
     and the physics fit's metrics on its captures (None when the captures carry no calibration)."""
     spec = set_spec(root)
     key = json.dumps([VERSION, (root / "spec.json").read_text(), plates, with_physics_fit])
@@ -74,7 +75,10 @@ def set_reference(root: Path, plates: int, with_physics_fit: bool = True) -> dic
     rigs = capture_rigs(spec) or {w: spec.rig.model_copy(update={"wedge_mm": w}) for w in spec.wedges_mm}
     counts = rows.wedge_mm.value_counts()
     ceil = ceiling({w: (rigs[w], int(counts.get(w, 0)) or 1) for w in spec.wedges_mm}, spec.prior, plates=plates)
+    # "ceiling" is the bracket's lower edge (the name the study's readers know); "ceiling_upper" its upper edge
     ref = {"ceiling": ceil["ceiling_accuracy"], "ceiling_recall": ceil["ceiling_recall"],
+           "ceiling_se": ceil["ceiling_lower_se"], "ceiling_upper": ceil["ceiling_upper"],
+           "ceiling_upper_se": ceil["ceiling_upper_se"], "ceiling_heavy_light_upper": ceil["ceiling_heavy_light_upper"],
            "ceiling_heavy_light": ceil["ceiling_heavy_light"], "pairs": ceil["ceiling_pairs"],
            "markdown": ceil["markdown"], "physics_fit": None}
     if with_physics_fit and calibration_sent(root):

@@ -1,15 +1,16 @@
-"""Study tables, plots and prose: mean +- std over seeds, the ideal-observer ceiling beside every row, and the
+"""Study tables, plots and prose: mean +- std over seeds, the physics bracket beside every row, and the
 findings (results.md, README.md), every figure and every judgement in them computed from the results and
 the ideal observer's figures."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
 from alloynet.data import CLASS_NAMES
+from alloynet.physics.bracket import phrase_gap
 
 if TYPE_CHECKING:
     from alloynet.study.config import StudyConfig
@@ -35,8 +36,18 @@ def _fmt(mean: float, std: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if not np.isnan(std) else f"{mean:.{digits}f}"
 
 
-def summary_table(results: pd.DataFrame, ceiling_acc: float, ceiling_heavy_light: float = float("nan")) -> pd.DataFrame:
-    """One row per (architecture, loss, rho): mean ± std over seeds; ceiling and gap beside it."""
+def bracket_text(ref: Union[dict, float]) -> str:
+    """A set's physics bracket as "lower-upper" (a bare lower edge where a reference has no upper one)."""
+    if not isinstance(ref, dict):
+        return f"{ref:.3f}"
+    upper = ref.get("ceiling_upper")
+    return f"{ref['ceiling']:.3f}" + ("" if upper is None else f"-{upper:.3f}")
+
+
+def summary_table(results: pd.DataFrame, ceiling_acc: float, ceiling_heavy_light: float = float("nan"),
+                  ceiling_upper: Optional[float] = None, ceiling_upper_se: float = 0.0) -> pd.DataFrame:
+    """One row per (architecture, loss, rho): mean ± std over seeds; the physics bracket (``ceiling_acc`` its
+    lower edge, ``ceiling_upper`` its upper one) and where the row stands against it."""
     rows = []
     for (arch, loss, rho), g in results.groupby(["arch", "loss", "rho"], sort=False):
         row = {"model": arch, "loss": loss, "rho": f"{rho:g}", "seeds": len(g)}
@@ -45,9 +56,10 @@ def summary_table(results: pd.DataFrame, ceiling_acc: float, ceiling_heavy_light
             row[label] = (_fmt(g[key].mean(), g[key].std(ddof=1) if len(g) > 1 else np.nan, digits)
                           if key in g else "n/a")
         row["params"] = f"{int(g.params.iloc[0]):,}"
-        row["ceiling (bal. acc)"] = f"{ceiling_acc:.3f}"
-        row["gap to ceiling"] = f"{ceiling_acc - g.balanced_accuracy.mean():+.3f}"
-        row["ceiling heavy/light"] = f"{ceiling_heavy_light:.3f}"
+        upper = ceiling_acc if ceiling_upper is None else ceiling_upper
+        row["bracket (bal. acc)"] = f"{ceiling_acc:.3f}-{upper:.3f}"
+        row["against the bracket"] = phrase_gap(g.balanced_accuracy.mean(), ceiling_acc, upper, ceiling_upper_se)
+        row["bracket heavy/light (lower edge)"] = f"{ceiling_heavy_light:.3f}"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -75,7 +87,9 @@ def ood_table(results: pd.DataFrame, ood_names: list[str], refs: Optional[dict[s
             col = metric if name == "test" else f"ood_{name}_{metric}"
             head = "in distribution" if name == "test" else name
             if refs and ceiling_key:
-                head += f" (ceiling {refs[name][ceiling_key]:.3f})"
+                ref = refs[name]
+                head += (f" (bracket {bracket_text(ref)})" if ceiling_key == "ceiling"
+                         else f" (lower edge {ref[ceiling_key]:.3f})")
             vals = g[col] if col in g else pd.Series(dtype=float)
             row[head] = _fmt(vals.mean(), vals.std(ddof=1)) if vals.notna().any() else "n/a"
         rows.append(row)
@@ -89,7 +103,8 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy_vs_rho(results: pd.DataFrame, ceiling_acc: float, path: Path, baselines: Sequence[str] = ()) -> None:
+def plot_accuracy_vs_rho(results: pd.DataFrame, ceiling_acc: float, path: Path, baselines: Sequence[str] = (),
+                         ceiling_upper: Optional[float] = None) -> None:
     """One panel per model: balanced accuracy against the imbalance ratio per loss, the ceiling, chance and
     the baselines (their own rows in ``results``) as reference lines in every panel."""
     import matplotlib
@@ -108,7 +123,9 @@ def plot_accuracy_vs_rho(results: pd.DataFrame, ceiling_acc: float, path: Path, 
             ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=loss)
         for (b, line), style in zip(refs.items(), ("-.", (0, (1, 1)))):
             ax.plot(line.index, line.values, color="0.4", ls=style, lw=1, label=b)
-        ax.axhline(ceiling_acc, color="k", ls="--", lw=1, label="ideal observer")
+        ax.axhline(ceiling_acc, color="k", ls="--", lw=1, label="physics bracket")
+        if ceiling_upper is not None:
+            ax.axhspan(ceiling_acc, max(ceiling_upper, ceiling_acc + 1e-3), color="k", alpha=0.12, lw=0)
         ax.axhline(1 / len(CLASS_NAMES), color="grey", ls=":", lw=1, label="chance")
         ax.set_xscale("log")
         ax.set_title(arch)
@@ -154,8 +171,9 @@ def results_markdown(cfg: "StudyConfig", table: pd.DataFrame, summary: pd.DataFr
     md = [f"# Study `{cfg.name}`: architectures x losses x imbalance ratios", "",
           f"Balanced test set: {test_set}; every run is evaluated on the same captures. "
           f"Mean ± std over seeds {cfg.seeds}. Tail class (rarest in training): {cfg.data.class_order[-1]}. "
-          f"Ideal-observer ceiling (balanced accuracy) for these rig settings and this thickness prior: "
-          f"**{ceil['ceiling']:.3f}** (heavy vs light {ceil['ceiling_heavy_light']:.3f}).", "",
+          f"Physics bracket (balanced accuracy; a classifier a line can run below, an observer told each plate's "
+          f"candidate compositions above) for these rig settings and this thickness prior: "
+          f"**{bracket_text(ceil)}** (heavy vs light, lower edge {ceil['ceiling_heavy_light']:.3f}).", "",
           *(baseline_note() if cfg.baselines else []),
           *(failure_lines(failures, len(cfg.cells())) if failures else []),
           to_markdown(summary), "", "## Average precision per class", "", to_markdown(ap_table(table)),
@@ -165,14 +183,14 @@ def results_markdown(cfg: "StudyConfig", table: pd.DataFrame, summary: pd.DataFr
         md += ["## Robustness and out of distribution (all imbalance ratios pooled)", "",
                "Each set: the shared test set with one thing changed ("
                + "; ".join(f"`{n}`: {describe_change(test_set, d)}" for n, d in ood_sets.items())
-               + "), each against its own ceiling.", "",
+               + "), each against its own physics bracket.", "",
                "### Balanced accuracy", "",
                to_markdown(ood_table(table, names, refs, "balanced_accuracy")), "",
                "### Heavy vs light (balanced accuracy)", "",
                to_markdown(ood_table(table, names, refs, "heavy_light")), "",
                "### Thickness MAE (mm)", "",
                to_markdown(ood_table(table, names, None, "thickness_mae_mm")), ""]
-    md += ["## Ideal observer for these settings", "", ceil["markdown"], "", "## Per-run reports", ""]
+    md += ["## Physics bracket for these settings", "", ceil["markdown"], "", "## Per-run reports", ""]
     md += [f"- {c.id}: did not finish" if c.id in failed_ids else f"- [{c.id}](runs/{c.id}/report.md)"
            for c in cfg.cells()]
     return "\n".join(md) + "\n"
@@ -194,11 +212,12 @@ def loss_findings(results: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def ood_findings(results: pd.DataFrame, ood_ceil: dict[str, float]) -> list[str]:
+def ood_findings(results: pd.DataFrame, ood_ceil: dict[str, Union[dict, float]]) -> list[str]:
     if not ood_ceil:
         return []
     lines = ["Robustness and out of distribution (all runs of each model pooled; balanced accuracy / heavy vs light):",
-             "", "| model | in distribution | " + " | ".join(f"{n} (ceiling {c:.3f})" for n, c in ood_ceil.items())
+             "", "| model | in distribution | " + " | ".join(f"{n} (bracket {bracket_text(c)})"
+                                                         for n, c in ood_ceil.items())
              + " |", "|---|---|" + "---|" * len(ood_ceil)]
     for arch, g in results.groupby("arch", sort=False):
         cells = [f"{g[f'ood_{n}_balanced_accuracy'].mean():.3f} / {g[f'ood_{n}_heavy_light'].mean():.3f}"
@@ -221,7 +240,7 @@ def baseline_findings(results: pd.DataFrame, ceil: dict) -> list[str]:
     if not results.arch.isin(BASELINES).any():
         return []
     lines = ["The best model against the non-deep baselines on the same pools (mean balanced accuracy over seeds; "
-             f"ceiling {ceil['ceiling']:.3f}):", "", "| rho | best model | gaussian_profile | physics_fit |",
+             f"physics bracket {bracket_text(ceil)}):", "", "| rho | best model | gaussian_profile | physics_fit |",
              "|---|---|---|---|"]
     means = results.groupby(["rho", "arch", "loss"], sort=False).balanced_accuracy.mean()
     for rho, g in means.groupby(level=0, sort=False):
@@ -299,7 +318,7 @@ def limit_findings(rows: list[dict]) -> str:
     return " ".join(out)
 
 
-def readme(cfg: "StudyConfig", results: pd.DataFrame, ceil: dict, limits: str, ood_ceil: dict[str, float],
+def readme(cfg: "StudyConfig", results: pd.DataFrame, ceil: dict, limits: str, ood_ceil: dict[str, Union[dict, float]],
            failures: Optional[list[dict]] = None, limit_rows: Optional[list[dict]] = None) -> str:
     """The short, honest summary: what physics allows, what the models reach (``results`` holds the models'
     rows and the baselines' rows; the best model is chosen among the models). ``limits``/``limit_rows``: the
@@ -312,18 +331,23 @@ def readme(cfg: "StudyConfig", results: pd.DataFrame, ceil: dict, limits: str, o
     recall_cols = [c for c in models.columns if c.startswith("recall_")]
     best_runs = models[(models.arch == arch) & (models.loss == loss) & (models.rho == rho)]
     recalls = ", ".join(f"{c[len('recall_'):]} {best_runs[c].mean():.2f} "
-                        f"(ideal {ceil['ceiling_recall'].get(c[len('recall_'):], float('nan')):.2f})"
+                        f"(lower edge {ceil['ceiling_recall'].get(c[len('recall_'):], float('nan')):.2f})"
                         for c in recall_cols)
     d = cfg.data
+    position = phrase_gap(top, ceil["ceiling"], ceil.get("ceiling_upper", ceil["ceiling"]),
+                          ceil.get("ceiling_upper_se", 0.0))
     return "\n".join([
         f"# Study `{cfg.name}`: what physics allows and what the models reach", "",
         f"Rig: W tube, kVp {d.rig.kvp}, {d.rig.dose:.0e} detected photons/pixel (open beam), "
         f"{d.rig.height}x{d.rig.width} px, Al wedge {d.wedges_mm} mm; {prior_text(d)}, composition "
         "drawn inside each alloy's standard ranges and thickness within +-1.5 % of nominal.", "",
         "## What physics allows", "",
-        f"The ideal observer (alloynet.physics.separability) for these settings and this thickness prior reaches a "
-        f"balanced accuracy of **{ceil['ceiling']:.3f}** (heavy vs light {ceil['ceiling_heavy_light']:.3f}); no model "
-        f"can beat it on this test set except by chance. {pair_findings(ceil['pairs'], d.rig.kvp)} Across dose and "
+        f"For these settings and this thickness prior the Bayes accuracy of the wedge profile lies in the bracket "
+        f"**{bracket_text(ceil)}** (alloynet.physics.bracket: below, a classifier a line can run, ± "
+        f"{ceil.get('ceiling_se', float('nan')):.3f}; above, an observer also told each plate's candidate "
+        f"compositions, ± {ceil.get('ceiling_upper_se', float('nan')):.3f}; heavy vs light from "
+        f"{ceil['ceiling_heavy_light']:.3f}); a model above the upper edge beyond its errors would be reading "
+        f"something the profile model leaves out. {pair_findings(ceil['pairs'], d.rig.kvp)} Across dose and "
         "kVp (d' with exact nominal plates / with real plates and thickness known / thickness unknown, and the "
         "two-class Bayes error at unknown thickness):", "",
         limits, "",
@@ -332,13 +356,13 @@ def readme(cfg: "StudyConfig", results: pd.DataFrame, ceil: dict, limits: str, o
         *([f"**{len(failures)} of {len(cfg.cells())} cells did not finish** ({', '.join(f['cell'] for f in failures)}; "
            "reasons in [results.md](results.md)): every figure below is over the finished cells only.", ""]
           if failures else []),
-        f"Best mean balanced accuracy: **{top:.3f}** ({arch}, {loss} loss, rho {rho:g}), a gap of "
-        f"{ceil['ceiling'] - top:+.3f} to the ceiling. Per-class recall of that configuration: {recalls}.", "",
+        f"Best mean balanced accuracy: **{top:.3f}** ({arch}, {loss} loss, rho {rho:g}): {position} (physics "
+        f"bracket {bracket_text(ceil)}). Per-class recall of that configuration: {recalls}.", "",
         "Best single-run balanced accuracy per training imbalance ratio: "
         + ", ".join(f"rho {r:g}: {v:.3f}" for r, v in per_rho.items()) + ".", "",
         *baseline_findings(results, ceil), *loss_findings(models), *ood_findings(results, ood_ceil),
-        "Full tables (mean +- std over seeds, ceiling beside every row), AP per class, the OOD checks and every "
-        "run's report: [results.md](results.md). Reproduce with `OMP_NUM_THREADS=1 alloynet study --config "
+        "Full tables (mean +- std over seeds, the physics bracket beside every row), AP per class, the OOD checks "
+        "and every run's report: [results.md](results.md). Reproduce with `OMP_NUM_THREADS=1 alloynet study --config "
         "configs/study.yaml` (runs are cached in the work dir; the same seeds and the same thread count give the "
         "same tables: CPU float reductions depend on the number of threads), or spread over the workers of a "
         "Prefect work pool with `alloynet study-pool` (same cache, same tables). How the hyperparameters are "

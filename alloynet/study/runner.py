@@ -226,11 +226,11 @@ def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_
         _write_nothing_finished(cfg, out, failures)
         log(f"no cell finished; see {out / 'results.md'}")
         return
-    log("computing the ideal-observer ceilings" + (" and the baselines" if cfg.baselines else ""))
+    log("computing the physics brackets" + (" and the baselines" if cfg.baselines else ""))
     refs = {name: reference.set_reference(root, cfg.ceiling_plates, cfg.baselines)
             for name, root in {"test": test_root, **ood_roots}.items()}
     ceil = refs["test"]
-    ood_ceil = {name: refs[name]["ceiling"] for name in ood_roots}
+    ood_ceil = {name: refs[name] for name in ood_roots}
     table = results
     if cfg.baselines:
         pools = {(rho, seed): training_pool(cfg, rho, seed) for rho in cfg.imbalance_ratios for seed in cfg.seeds}
@@ -247,8 +247,10 @@ def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_
                                                                                            index=False)
     else:
         table.to_csv(out / "results.csv", index=False)
-    summary = report.summary_table(table, ceil["ceiling"], ceil["ceiling_heavy_light"])
-    report.plot_accuracy_vs_rho(table, ceil["ceiling"], out / "accuracy_vs_rho.png", baselines=BASELINES)
+    summary = report.summary_table(table, ceil["ceiling"], ceil["ceiling_heavy_light"], ceil.get("ceiling_upper"),
+                                   ceil.get("ceiling_upper_se", 0.0))
+    report.plot_accuracy_vs_rho(table, ceil["ceiling"], out / "accuracy_vs_rho.png", baselines=BASELINES,
+                                ceiling_upper=ceil.get("ceiling_upper"))
     runs_dir = out / "runs"
     if runs_dir.exists():
         shutil.rmtree(runs_dir)
@@ -261,9 +263,12 @@ def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_
             shutil.copytree(src, runs_dir / rid, ignore=skip)
     meta = {"config": cfg.model_dump(mode="json"), "test_set": describe(test_root),
             "ood_sets": {k: describe(v) for k, v in ood_roots.items()},
+            # accuracy: the physics bracket's lower edge; upper: its upper edge (alloynet.physics.bracket)
             "ceiling": {"accuracy": ceil["ceiling"], "recall": ceil["ceiling_recall"],
-                        "heavy_light": ceil["ceiling_heavy_light"]},
-            "ood_ceilings": {n: {"accuracy": refs[n]["ceiling"], "heavy_light": refs[n]["ceiling_heavy_light"]}
+                        "heavy_light": ceil["ceiling_heavy_light"], "accuracy_se": ceil.get("ceiling_se"),
+                        "upper": ceil.get("ceiling_upper"), "upper_se": ceil.get("ceiling_upper_se")},
+            "ood_ceilings": {n: {"accuracy": refs[n]["ceiling"], "heavy_light": refs[n]["ceiling_heavy_light"],
+                                 "upper": refs[n].get("ceiling_upper"), "upper_se": refs[n].get("ceiling_upper_se")}
                              for n in ood_roots}}
     if failures:
         meta["failed_cells"] = failures
