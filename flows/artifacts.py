@@ -5,7 +5,7 @@ Artifacts page keeps one history per key across nights:
 
 | key | on | what |
 |---|---|---|
-| `nightly-summary` | nightly | ingest, candidates vs ceiling, the decision with its interval, champion before/after, links |
+| `nightly-summary` | nightly | ingest, candidates vs the bracket, the decision with its interval, champion before/after, links |
 | `nightly-decision` | promote (nightly when a night fails) | promoted or not and why; "failed at <step>" |
 | `champion-confusion`, `champion-report` | nightly | the champion after tonight: confusion matrix, full report |
 | `nightly-evaluation`, `nightly-recall-per-class` | evaluate | every model on the frozen test set, beside the ideal observer |
@@ -92,13 +92,21 @@ def ingest_artifacts(report: Mapping[str, Any]) -> dict[str, UUID]:
 
 
 # ---- evaluation -----------------------------------------------------------------------------------------
+def _bracket(m: Mapping[str, Any]) -> str:
+    """The physics bracket of a report's metrics: lower-upper ± their errors (a bare lower edge in older ones)."""
+    if m.get("ceiling_upper") is None:
+        return fmt(m.get("ceiling_accuracy"))
+    return (f"{fmt(m.get('ceiling_lower'))}-{fmt(m.get('ceiling_upper'))} ± "
+            f"{fmt(max(m.get('ceiling_lower_se') or 0, m.get('ceiling_upper_se') or 0))}")
+
+
 def evaluation_rows(results: Mapping[str, Mapping[str, Any]], champion_label: Optional[str]) -> list[dict]:
     rows = []
     for name, m in results.items():
         rows.append({"model": name + (" (champion before tonight)" if name == champion_label else ""),
                      "balanced accuracy": fmt(m.get("balanced_accuracy")),
-                     "ideal-observer ceiling": fmt(m.get("ceiling_accuracy")),
-                     "gap to ceiling": fmt(m.get("ceiling_gap")),
+                     "physics bracket": _bracket(m),
+                     "against the bracket": m.get("ceiling_position") or "n/a",
                      "accuracy": fmt(m.get("accuracy")), "macro F1": fmt(m.get("macro_f1")),
                      "thickness MAE (mm)": fmt(m.get("thickness_mae_mm"), 3), "A0 MAE": fmt(m.get("a0_mae"), 4),
                      "test captures": m.get("n", "n/a")})
@@ -106,7 +114,7 @@ def evaluation_rows(results: Mapping[str, Mapping[str, Any]], champion_label: Op
 
 
 def recall_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict]:
-    """Per alloy: each model's recall and the ideal observer's (the best any model could do)."""
+    """Per alloy: each model's recall and the physics bracket's lower edge (the mixture observer's)."""
     classes = sorted({c for m in results.values() for c in (m.get("per_class") or {})})
     ideal = next((m["ceiling_recall"] for m in results.values() if m.get("ceiling_recall")), {})
     rows = []
@@ -114,7 +122,7 @@ def recall_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict]:
         row = {"alloy": c, "test captures": next((m["per_class"][c].get("support") for m in results.values()
                                                   if c in (m.get("per_class") or {})), None)}
         row.update({name: fmt((m.get("per_class") or {}).get(c, {}).get("recall")) for name, m in results.items()})
-        row["ideal observer"] = fmt(ideal.get(c))
+        row["physics (lower edge)"] = fmt(ideal.get(c))
         rows.append(row)
     return rows
 
@@ -124,11 +132,11 @@ def evaluation_artifacts(results: Mapping[str, Mapping[str, Any]], reports: Mapp
     """The comparison tables, each model's report (plots inline) and the important plots as images."""
     ids = {"nightly-evaluation": create_table_artifact(
         evaluation_rows(results, champion_label), key="nightly-evaluation",
-        description="held-out (frozen, balanced) test set: candidates vs the champion, beside the ideal observer")}
+        description="held-out (frozen, balanced) test set: candidates vs the champion, beside the physics bracket")}
     if any(m.get("per_class") for m in results.values()):
         ids["nightly-recall-per-class"] = create_table_artifact(
             recall_rows(results), key="nightly-recall-per-class",
-            description="recall per alloy on the test set; 'ideal observer' is the physics ceiling")
+            description="recall per alloy on the test set; 'physics (lower edge)' is the mixture observer's")
     for name, rep in reports.items():
         key = "report-incumbent" if name == champion_label else f"report-{slug(name)}"
         ids[key] = report_artifact(rep, key, f"evaluation report of {name}")
@@ -232,13 +240,13 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
         rec = recall_rows(results)
         lines += ["**Test set** (frozen, balanced), captures per alloy: "
                   + ", ".join(f"{r['alloy']} {r['test captures']}" for r in rec), "",
-                  "| model | balanced accuracy | ideal-observer ceiling | gap | macro F1 | thickness MAE (mm) |",
+                  "| model | balanced accuracy | physics bracket | against it | macro F1 | thickness MAE (mm) |",
                   "|---|---|---|---|---|---|"]
         for r in evaluation_rows(results, s.get("incumbent_label")):
-            lines.append(f"| {r['model']} | {r['balanced accuracy']} | {r['ideal-observer ceiling']} | "
-                         f"{r['gap to ceiling']} | {r['macro F1']} | {r['thickness MAE (mm)']} |")
+            lines.append(f"| {r['model']} | {r['balanced accuracy']} | {r['physics bracket']} | "
+                         f"{r['against the bracket']} | {r['macro F1']} | {r['thickness MAE (mm)']} |")
         lines += ["", "| recall | " + " | ".join(r["alloy"] for r in rec) + " |", "|---|" + "---|" * len(rec)]
-        for name in list(results) + ["ideal observer"]:
+        for name in list(results) + ["physics (lower edge)"]:
             lines.append(f"| {name} | " + " | ".join(r[name] for r in rec) + " |")
         lines.append("")
     d = s.get("decision")
@@ -265,7 +273,8 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
 
 def summary_artifact(s: Mapping[str, Any]) -> UUID:
     return create_markdown_artifact(summary_markdown(s), key="nightly-summary",
-                                    description="tonight in one card: ingest, candidates vs ceiling, decision, champion")
+                                    description="tonight in one card: ingest, candidates vs the physics bracket, "
+                                                "decision, champion")
 
 
 def summary_line(s: Mapping[str, Any]) -> str:
@@ -276,8 +285,8 @@ def summary_line(s: Mapping[str, Any]) -> str:
         parts.append(f"ingest {len(ing['new'])} new, {len(ing['quarantined'])} quarantined"
                      + (" (source empty)" if ing.get("source_captures") == 0 else ""))
     for name, m in (s.get("evaluation") or {}).items():
-        parts.append(f"{name} balanced accuracy {fmt(m.get('balanced_accuracy'))} (ceiling "
-                     f"{fmt(m.get('ceiling_accuracy'))}, gap {fmt(m.get('ceiling_gap'))})")
+        parts.append(f"{name} balanced accuracy {fmt(m.get('balanced_accuracy'))} (physics bracket "
+                     f"{_bracket(m)}: {m.get('ceiling_position') or 'n/a'})")
     u = (s.get("decision") or {}).get("uncertainty") or {}
     if u.get("margin") is not None:
         parts.append(f"margin {fmt(u['margin'], sign=True)} [{fmt(u['margin_low'], sign=True)}, "

@@ -83,7 +83,7 @@ def demo(out: Path = typer.Option(Path("demo-data"), help="working directory for
         ceiling = mv.metrics.get("ceiling_accuracy")
         console.print(f"registry: {reg.uri} champion [bold]{p.version}[/] "
                       f"(balanced accuracy {mv.metrics.get('balanced_accuracy', float('nan')):.3f}"
-                      + (f", ideal-observer ceiling {ceiling:.3f}" if ceiling is not None else "") + "); "
+                      + (f", physics bracket from {ceiling:.3f}" if ceiling is not None else "") + "); "
                       f"`alloynet registry list -r {out / 'registry'}`")
         for fmt in ("export", *formats):
             if any(k.startswith(fmt + "/") for k in mv.artifacts):

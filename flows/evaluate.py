@@ -38,8 +38,9 @@ def evaluate(trained: list[dict[str, Any]], data_dir: str = DATA_DIR, registry: 
         results[label], dirs[label] = metrics, out
         champion = {**champ, "metrics": metrics}
     for name, m in results.items():
-        log.info("%s: balanced accuracy %s (ideal-observer ceiling %s, gap %s), macro F1 %s, thickness MAE %s mm",
-                 name, fmt(m.get("balanced_accuracy")), fmt(m.get("ceiling_accuracy")), fmt(m.get("ceiling_gap")),
+        log.info("%s: balanced accuracy %s (physics bracket %s-%s: %s), macro F1 %s, thickness MAE %s mm",
+                 name, fmt(m.get("balanced_accuracy")), fmt(m.get("ceiling_accuracy")), fmt(m.get("ceiling_upper")),
+                 m.get("ceiling_position", "n/a"),
                  fmt(m.get("macro_f1")), fmt(m.get("thickness_mae_mm")))
     run = Path(run_dir).name
     published = {name: publish_report_task.with_options(task_run_name=f"publish-report-{slug(name)}")(

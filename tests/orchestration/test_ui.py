@@ -119,7 +119,7 @@ def test_the_run_page_shows_the_summary_and_the_champions_confusion_matrix_loads
                          && a.href.includes('/artifacts/')).click()""")
         page.wait_for("document.body.innerText.includes('Champion: none -> v0001')", timeout=30)
         text = page.evaluate("document.body.innerText")
-        assert "promoted tiny as v0001" in text and "ideal-observer ceiling" in text
+        assert "promoted tiny as v0001" in text and "physics bracket" in text
         assert "95% bootstrap interval" in text and "test captures per class" in text
         img = page.wait_for("""(() => { const i = [...document.images].find(i => i.src.includes('/plots/confusion.png'));
                                 return i && i.complete ? {src: i.src, w: i.naturalWidth} : null })()""", timeout=30)
