@@ -107,11 +107,14 @@ def test_triton_manifest_serves_from_s3_on_a_gpu():
 K8S_VERSION = "1.33.0"
 
 
+MANIFESTS = ("triton.yaml", "work-pvc.yaml", "flow-runs.yaml", "postgres.yaml", "study-gpu-launcher.yaml",
+             "search-launcher.yaml")
+
+
 def _k8s_objects() -> list[tuple[str, dict]]:
     from prefect.utilities.templating import apply_values
 
-    objs = [(f"{f}#{d['kind']}", d) for f in ("triton.yaml", "work-pvc.yaml")
-            for d in yaml.safe_load_all((K8S / f).read_text()) if d]
+    objs = [(f"{f}#{d['kind']}", d) for f in MANIFESTS for d in yaml.safe_load_all((K8S / f).read_text()) if d]
     tpl = json.loads((K8S / "gpu-work-pool-template.json").read_text())
     values = {k: v["default"] for k, v in tpl["variables"]["properties"].items() if "default" in v}
     values.update(name="study-cell-abc", command="prefect flow-run execute", labels={"app": "alloynet"},
@@ -139,8 +142,9 @@ def test_kubernetes_manifests_validate_against_the_api_schemas():
     import kubernetes_validate
 
     objs = _k8s_objects()
-    assert {d["kind"] for _, d in objs} == {"Deployment", "Service", "Job", "PersistentVolumeClaim"}
-    job = next(d for _, d in objs if d["kind"] == "Job")
+    assert {d["kind"] for _, d in objs} == {"Deployment", "Service", "Job", "PersistentVolumeClaim", "ServiceAccount",
+                                           "ConfigMap", "StatefulSet"}
+    job = next(d for w, d in objs if w == "gpu-work-pool-template.json#job_manifest")
     claim = next(d for _, d in objs if d["kind"] == "PersistentVolumeClaim")
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert volumes["work"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
@@ -165,3 +169,86 @@ def test_the_schema_check_catches_a_typo_and_a_wrong_type():
     for bad in (typo, wrong):
         with pytest.raises(kubernetes_validate.ValidationError):
             kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+# ---- the stack on Kubernetes, as the real worker renders it ------------------------------------------------
+def _by_kind(name: str) -> dict[str, dict]:
+    return {d["kind"]: d for d in yaml.safe_load_all((K8S / name).read_text()) if d}
+
+
+def _rendered_by_the_kubernetes_worker(**values) -> dict:
+    """The Job manifest prefect-kubernetes' own worker code builds for a flow run from our pool template."""
+    import uuid
+
+    import anyio
+    from prefect.client.schemas.objects import FlowRun
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    tpl = json.loads((K8S / "gpu-work-pool-template.json").read_text())
+    config = anyio.run(lambda: KubernetesWorkerJobConfiguration.from_template_and_values(tpl, values))
+    config.prepare_for_flow_run(FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="nightly-night"))
+    return config.job_manifest
+
+
+def test_flow_run_pods_get_the_secrets_the_volume_and_an_account_that_exists(prefect_harness):
+    import kubernetes_validate
+
+    job = _rendered_by_the_kubernetes_worker(gpu_count=2)
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    refs = {k: e["valueFrom"]["secretKeyRef"] for k, e in env.items() if "valueFrom" in e}
+    assert refs["ALLOYNET_OPTUNA_STORAGE"] == {"name": "alloynet-optuna", "key": "ALLOYNET_OPTUNA_STORAGE"}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert refs[key] == {"name": "alloynet-s3", "key": key}  # the same Secret Triton reads (triton.yaml)
+    assert {"secretRef": {"name": refs["AWS_ACCESS_KEY_ID"]["name"]}} in next(
+        x for x in _by_kind("triton.yaml")["Deployment"]["spec"]["template"]["spec"]["containers"])["envFrom"]
+    assert env["DO_NOT_TRACK"]["value"] == "1" and "PREFECT__FLOW_RUN_ID" in env  # the worker's own variables
+    assert not any("password" in str(e.get("value", "")).lower() for e in c["env"])
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert c["image"] != "registry.example.com/alloynet/worker:latest" and ":" in c["image"]
+    account = _by_kind("flow-runs.yaml")["ServiceAccount"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"] == "alloynet-flow-runs"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert "USER 10001" in (ROOT / "docker" / "worker.Dockerfile").read_text()  # the uid the pod runs as
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    study = yaml.safe_load((ROOT / "configs" / "study-gpu.yaml").read_text())
+    assert Path(study["work_dir"]).is_absolute() and study["work_dir"].startswith(mounts["work"] + "/")
+
+
+def test_the_server_runs_on_the_stacks_postgres_and_the_worker_finds_it():
+    server = yaml.safe_load((K8S / "prefect-server-values.yaml").read_text())
+    worker = yaml.safe_load((K8S / "prefect-worker-values.yaml").read_text())
+    assert server["postgresql"]["enabled"] is False and server["sqlite"]["enabled"] is False
+    assert server["secret"] == {"create": False, "name": "prefect-server-db"}
+    assert server["server"]["image"]["prefectTag"].startswith("3.8.8")
+    host = worker["worker"]["selfHostedServerApiConfig"]["apiUrl"].split("//")[1].split(".")[0]
+    assert host == server["fullnameOverride"]  # the chart names the Service after fullnameOverride
+    assert worker["role"]["create"] is True and worker["serviceAccount"]["create"] is True
+    pg = _by_kind("postgres.yaml")
+    container = pg["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POSTGRES_DB"]["value"] == "prefect" and "valueFrom" in env["POSTGRES_PASSWORD"]
+    assert "CREATE DATABASE optuna" in pg["ConfigMap"]["data"]["10-optuna.sql"]
+    assert pg["Service"]["metadata"]["name"] == "alloynet-postgres"
+    launcher = _by_kind("study-gpu-launcher.yaml")["Job"]["spec"]["template"]["spec"]
+    args = launcher["containers"][0]["args"]
+    assert args[args.index("--deployment") + 1] == "study-cell/gpu" and "study-cell/gpu" in _deployments()
+    assert args[args.index("--work-dir") + 1] == yaml.safe_load((ROOT / "configs" / "study-gpu.yaml").read_text())[
+        "work_dir"]
+    search = _by_kind("search-launcher.yaml")["Job"]["spec"]["template"]["spec"]["containers"][0]
+    args = search["args"]
+    assert args[args.index("--deployment") + 1] == "search-trial/gpu" and "search-trial/gpu" in _deployments()
+    assert args[args.index("--storage") + 1] == "env:ALLOYNET_OPTUNA_STORAGE"
+    assert {e["name"]: e for e in search["env"]}["ALLOYNET_OPTUNA_STORAGE"]["valueFrom"]["secretKeyRef"] == {
+        "name": "alloynet-optuna", "key": "ALLOYNET_OPTUNA_STORAGE"}
+
+
+def test_cluster_doc_creates_every_secret_and_applies_every_file_the_stack_needs():
+    doc = (ROOT / "docs" / "cluster.md").read_text()
+    for name in (*MANIFESTS, "prefect-server-values.yaml", "prefect-worker-values.yaml",
+                 "gpu-work-pool-template.json", "docker/worker.Dockerfile"):
+        assert name in doc, f"docs/cluster.md never uses {name}"
+    for secret in ("alloynet-postgres", "prefect-server-db", "alloynet-optuna", "alloynet-s3"):
+        assert f"create secret generic {secret}" in doc, f"docs/cluster.md never creates the Secret {secret}"
