@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 from uuid import UUID
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -50,9 +51,9 @@ class Dispatcher:
     """Submits flow runs of ``deployment`` and follows them (call from inside a flow: they become its
     subflows in the UI, or from plain code)."""
 
-    def __init__(self, deployment: str, *, job_variables: Optional[dict] = None, tags: Iterable[str] = (),
+    def __init__(self, deployment: str, *, job_variables: dict | None = None, tags: Iterable[str] = (),
                  attempts: int = 2, poll_s: float = 2.0, stale_heartbeats: float = 3.0,
-                 timeout_s: Optional[float] = None, log: Callable[[str], None] = print):
+                 timeout_s: float | None = None, log: Callable[[str], None] = print):
         from prefect.client.orchestration import get_client
 
         if attempts < 1:
@@ -77,7 +78,7 @@ class Dispatcher:
     def close(self) -> None:
         self._client.__exit__(None, None, None)
 
-    def __enter__(self) -> "Dispatcher":
+    def __enter__(self) -> Dispatcher:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -108,8 +109,14 @@ class Dispatcher:
 
     def active_runs(self, tag: str) -> dict[str, UUID]:
         """Runs of this deployment tagged ``tag`` that are not final yet, by flow run name (the job key)."""
-        from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                    FlowRunFilterState, FlowRunFilterStateType, FlowRunFilterTags)
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            FlowRunFilterTags,
+        )
         from prefect.client.schemas.objects import StateType
 
         runs = self._client.read_flow_runs(
@@ -126,7 +133,7 @@ class Dispatcher:
     def in_flight(self) -> list[Job]:
         return [j for j in self.jobs.values() if not j.done]
 
-    def wait(self, timeout: Optional[float] = None) -> list[Job]:
+    def wait(self, timeout: float | None = None) -> list[Job]:
         """Block until at least one job has its final outcome (or ``timeout`` s pass); returns those jobs."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.in_flight():
@@ -190,13 +197,13 @@ class Dispatcher:
 
         self._client.set_flow_run_state(run_id, Crashed(message=message), force=True)
 
-    def _why_stopped(self) -> Callable[[str], Optional[str]]:
+    def _why_stopped(self) -> Callable[[str], str | None]:
         """A verdict on a worker of the pool, by name: why it has stopped (gone from the pool, or silent for
         ``stale_heartbeats`` heartbeat intervals), or None while it is alive."""
         workers = {w.name: w for w in self._client.read_workers_for_work_pool(self.pool)}
         now = dt.datetime.now(dt.timezone.utc)
 
-        def why(name: str) -> Optional[str]:
+        def why(name: str) -> str | None:
             w = workers.get(name)
             if w is None:
                 return "it left the pool"

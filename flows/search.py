@@ -25,7 +25,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -121,10 +121,10 @@ def _on_pool(cfg: SearchConfig, budget: SharedBudget, deployment: str, attempts:
 @flow(name="hyperparameter-search", log_prints=True)
 def hyperparameter_search(store: str, out_dir: str = "runs/search", architecture: str = "profile_cnn",
                           loss: str = "cb_focal", trials: int = 12, parallel: int = 2, seed: int = 0,
-                          train: dict[str, Any] | None = None, storage: Optional[str] = None,
-                          study_name: Optional[str] = None, deployment: Optional[str] = None, attempts: int = 2,
-                          job_variables: Optional[dict[str, Any]] = None, optimizers: Optional[list[str]] = None,
-                          poll_s: float = 2.0, timeout_s: Optional[float] = None, lease_s: float = 120.0) -> dict:
+                          train: dict[str, Any] | None = None, storage: str | None = None,
+                          study_name: str | None = None, deployment: str | None = None, attempts: int = 2,
+                          job_variables: dict[str, Any] | None = None, optimizers: list[str] | None = None,
+                          poll_s: float = 2.0, timeout_s: float | None = None, lease_s: float = 120.0) -> dict:
     """``trials`` complete trials of the search; ``deployment`` runs each on its work pool. ``lease_s``: how
     long another launcher of the same study waits for this one's heartbeat before re-running its trials."""
     loss_params(loss)  # an unknown loss fails here, before any trial is asked for or submitted

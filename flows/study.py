@@ -21,7 +21,7 @@ import argparse
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger
@@ -53,8 +53,8 @@ def study_tag(cfg: StudyConfig) -> str:
 
 @flow(name="study", log_prints=True)
 def study(config: str | dict[str, Any] = "configs/study.yaml", deployment: str = CELL_DEPLOYMENT,
-          attempts: int = 2, job_variables: Optional[dict[str, Any]] = None, out_dir: Optional[str] = None,
-          work_dir: Optional[str] = None, poll_s: float = 2.0, timeout_s: Optional[float] = None) -> dict:
+          attempts: int = 2, job_variables: dict[str, Any] | None = None, out_dir: str | None = None,
+          work_dir: str | None = None, poll_s: float = 2.0, timeout_s: float | None = None) -> dict:
     """The grid on the work pool of ``deployment``; returns where the tables are and how each cell went."""
     log = get_run_logger()
     cfg = load_study(config) if isinstance(config, (str, Path)) else StudyConfig.model_validate(config)

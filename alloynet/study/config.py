@@ -5,7 +5,7 @@ Loaded from YAML (``configs/study.yaml`` is the CPU protocol, ``configs/study-gp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,10 +21,10 @@ class _Strict(BaseModel):
 class LossSpec(_Strict):
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    label: Optional[str] = Field(None, description="name in tables; default: name")
+    label: str | None = Field(None, description="name in tables; default: name")
 
     @model_validator(mode="after")
-    def _builds(self) -> "LossSpec":
+    def _builds(self) -> LossSpec:
         """Build the loss once on made-up class counts, so a wrong name or keyword fails when the study is
         loaded (before any cell is submitted), not on a worker after its retries."""
         import inspect
@@ -65,15 +65,15 @@ class StudyData(_Strict):
         description="head to tail; default puts 5083 in the tail behind its look-alike 6082, the hardest case")
     n_max: int = Field(60, ge=2, description="head-class plates in each training pool")
     test_plates_per_class: int = Field(12, ge=1, description="the shared balanced test set")
-    thickness_range_mm: Optional[tuple[float, float]] = Field(
+    thickness_range_mm: tuple[float, float] | None = Field(
         (1.0, 5.0), description="plates of any nominal thickness in this range (mm), as a line sees them")
-    thicknesses_mm: Optional[list[float]] = Field(None, description="only these thicknesses (mm); replaces the range")
+    thicknesses_mm: list[float] | None = Field(None, description="only these thicknesses (mm); replaces the range")
     wedges_mm: list[float] = Field(default_factory=lambda: [50.0, 70.0])
     captures_per_plate: int = Field(2, ge=1)
     rig: RigConfig = Field(default_factory=lambda: RigConfig(height=64, width=64))
 
     @model_validator(mode="after")
-    def _one_thickness_prior(self) -> "StudyData":
+    def _one_thickness_prior(self) -> StudyData:
         one_thickness_prior(self)
         return self
 
@@ -89,15 +89,15 @@ class OODSet(_Strict):
     (``alloynet.evaluate.robustness.CASES``: drift, second rig, ...) and/or explicit changes (a thickness
     prior, wedges, rig fields over the study rig)."""
 
-    name: Optional[str] = Field(None, description="name in tables; default: the case's name")
-    case: Optional[str] = Field(None, description="a robustness case, e.g. drift_3pct, second_rig")
-    thicknesses_mm: Optional[list[float]] = None
-    thickness_range_mm: Optional[tuple[float, float]] = None
-    wedges_mm: Optional[list[float]] = None
+    name: str | None = Field(None, description="name in tables; default: the case's name")
+    case: str | None = Field(None, description="a robustness case, e.g. drift_3pct, second_rig")
+    thicknesses_mm: list[float] | None = None
+    thickness_range_mm: tuple[float, float] | None = None
+    wedges_mm: list[float] | None = None
     rig: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _named(self) -> "OODSet":
+    def _named(self) -> OODSet:
         if self.case is not None:
             from alloynet.evaluate.robustness import case_named
 
@@ -126,12 +126,12 @@ class StudyConfig(_Strict):
     baselines: bool = Field(True, description="the physics fit and the Gaussian profile classifier beside every row")
 
     def runs(self) -> list[tuple[str, LossSpec, float, int]]:
-        return [(a, l, r, s) for r in self.imbalance_ratios for a in self.architectures for l in self.losses
+        return [(a, loss, r, s) for r in self.imbalance_ratios for a in self.architectures for loss in self.losses
                 for s in self.seeds]
 
     def cells(self) -> list[Cell]:
         """The grid in table order (the order of ``runs``)."""
-        return [Cell(arch=a, loss=l, rho=r, seed=s) for a, l, r, s in self.runs()]
+        return [Cell(arch=a, loss=loss, rho=r, seed=s) for a, loss, r, s in self.runs()]
 
 
 def load_study(path: str | Path) -> StudyConfig:

@@ -35,7 +35,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,12 +60,12 @@ class PBTConfig(BaseModel):
     weight_decay: tuple[float, float] = (1e-6, 1e-2)
     seed: int = 0
     metric: str = "balanced_accuracy"
-    cpus: Optional[int] = Field(None, description="CPUs of the local Ray cluster (default: all)")
+    cpus: int | None = Field(None, description="CPUs of the local Ray cluster (default: all)")
     cpus_per_member: float = Field(1.0, gt=0)
     gpus_per_member: float = Field(0.0, ge=0, description="GPUs per member (0.5: two members share one)")
-    storage_path: Optional[str] = Field(None, description="where Tune keeps the members' checkpoints: a path "
+    storage_path: str | None = Field(None, description="where Tune keeps the members' checkpoints: a path "
                                         "every Ray node mounts or an s3:// URI; default <out_dir>/ray, removed")
-    ray_address: Optional[str] = Field(None, description="join this Ray cluster (auto, ray://host:10001) "
+    ray_address: str | None = Field(None, description="join this Ray cluster (auto, ray://host:10001) "
                                        "instead of starting one in this process")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides for every member")
 
@@ -150,7 +150,7 @@ def _storage(cfg: PBTConfig, out: Path) -> tuple[str, bool]:
     return str(out / "ray"), True
 
 
-def _start_local_ray(cfg: PBTConfig) -> Optional[str]:
+def _start_local_ray(cfg: PBTConfig) -> str | None:
     """A local Ray cluster in this process unless one is running; its session directory if we started it."""
     import ray
 
@@ -242,7 +242,7 @@ def _exploits(experiment: Path) -> list[dict[str, Any]]:
     return steps
 
 
-def parse_args(argv: Optional[list[str]] = None) -> PBTConfig:
+def parse_args(argv: list[str] | None = None) -> PBTConfig:
     """``python -m alloynet.study.pbt``'s options as a PBTConfig (``--config`` YAML first, options over it)."""
     import argparse
 
@@ -280,7 +280,7 @@ def parse_args(argv: Optional[list[str]] = None) -> PBTConfig:
     return PBTConfig.model_validate(raw)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     summary = run_pbt(parse_args(argv))
     print(json.dumps({k: summary[k] for k in ("best_value", "best_hparams", "checkpoint", "epochs_trained")},
                      indent=1, default=float))

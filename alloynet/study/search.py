@@ -29,9 +29,10 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,11 +54,11 @@ class SearchConfig(BaseModel):
     beta: list[float] = Field(default_factory=lambda: [0.9, 0.99, 0.999, 0.9999])
     optimizers: list[str] = Field(default_factory=list, description="optimisers to choose from (empty: the arch's)")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides for every trial")
-    storage: Optional[str] = Field(None, description="Optuna storage URL or env:NAME; None: in memory")
-    study_name: Optional[str] = Field(None, description="default: derived from the search space")
+    storage: str | None = Field(None, description="Optuna storage URL or env:NAME; None: in memory")
+    study_name: str | None = Field(None, description="default: derived from the search space")
 
 
-def resolve_storage(storage: Optional[str]) -> Optional[str]:
+def resolve_storage(storage: str | None) -> str | None:
     """The storage URL itself: ``env:NAME`` is read from the environment (on whichever process uses it)."""
     if storage and storage.startswith("env:"):
         name = storage[4:]
@@ -369,7 +370,7 @@ class SharedBudget:
         return Slot(trial.number, adopted=False)
 
 
-def run_search(cfg: SearchConfig, score: Optional[Callable[[SearchConfig, int, dict], float]] = None,
+def run_search(cfg: SearchConfig, score: Callable[[SearchConfig, int, dict], float] | None = None,
                lease_s: float = 120.0, poll_s: float = 0.5) -> dict:
     """In-process search (the flow does the same with tasks or flow runs); returns the best trial.
     The budget is ``cfg.trials`` complete trials, those of a resumed study and of other launchers on the
