@@ -47,6 +47,8 @@ COMMANDS: dict[str, str] = {
     "evaluate": "alloynet.commands.train_cli",
     "registry": "alloynet.commands.registry_cli",
     "study": "alloynet.commands.study_cli",
+    "line": "alloynet.commands.line_cli",
+    "label": "alloynet.commands.label_cli",
 }
 
 

@@ -25,7 +25,7 @@ RECORD_VERSION = 1
 # after the fact because the line recorded no answer for it.
 RECORD_FIELDS = ("v", "at", "source", "capture_id", "image_sha256", "server", "model", "model_version",
                  "status", "alloy", "confidence", "probabilities", "prediction_set", "group", "group_probability",
-                 "thickness_mm", "flags", "latency_ms", "batch", "error")
+                 "thickness_mm", "flags", "latency_ms", "batch", "error", "scored_at")
 
 
 def day_prefix(day: date) -> str:

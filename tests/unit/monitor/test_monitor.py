@@ -1,0 +1,152 @@
+"""Nightly monitoring: drift test, verification list, lab verdicts as labels, live performance, alarms."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from alloynet import contract
+from alloynet.captures.image import CaptureError
+from alloynet.captures.labels import history
+from alloynet.captures.layout import sidecar_key
+from alloynet.monitor.alarms import decide
+from alloynet.monitor.drift import drift_test, profile_features, rate_jump
+from alloynet.monitor.performance import Verified, live_performance, wilson
+from alloynet.monitor.verify import import_verdicts, propose, read_verdicts
+
+NIGHT = datetime(2026, 12, 1, 0, 0, tzinfo=timezone.utc)
+
+
+def test_profile_features_are_binned_attenuation_along_the_wedge():
+    img = np.full((1, 4, 16), 1100.0)
+    img[..., 8:] = 600.0  # thicker half: less transmitted
+    f = profile_features(img.astype(np.uint16), [100.0], [1100.0], bins=2)
+    assert f == pytest.approx([0.0, -np.log(0.5)])
+    with pytest.raises(ValueError, match="calibration"):
+        profile_features(img, [100.0, 1.0], [1100.0], bins=2)
+
+
+def test_drift_test_holds_its_false_alarm_rate_and_finds_a_level_shift():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(400, 8))
+    alarms = sum(drift_test(ref, rng.normal(size=(40, 8)), alpha=0.05).detected for _ in range(200))
+    assert alarms <= 20  # at most alpha = 0.05 of 200 nights, with room for chance (binomial sd ~3)
+    moved = drift_test(ref, rng.normal(size=(40, 8)) + 1.0)
+    assert moved.detected and moved.pattern == "level" and len(moved.drifted) >= 6
+    shaped = drift_test(ref, rng.normal(size=(40, 8)) + np.array([1.5, -1.5] * 4))
+    assert shaped.detected and shaped.pattern == "shape"
+    assert drift_test(ref, ref[:3]).pattern == "too-few"
+
+
+def test_rate_jump_needs_a_real_increase():
+    assert rate_jump(12, 40, 5, 300)[0]
+    assert not rate_jump(2, 40, 10, 300)[0]
+
+
+def _cand(i, conf=0.95, set_=("Al1050",), flags=(), drift=0.0):
+    return {"capture_id": f"c{i:03d}", "alloy": set_[0], "confidence": conf, "prediction_set": list(set_),
+            "flags": list(flags), "drift_score": drift, "image_sha256": "", "plate_id": f"p{i}"}
+
+
+def test_verification_list_is_half_random_half_informative_and_seeded():
+    cands = [_cand(i) for i in range(50)]
+    cands[7] = _cand(7, conf=0.5, set_=("Al5083", "Al6082"))
+    cands[9] = _cand(9, flags=("thickness_out_of_range",), drift=6.0)
+    rows = propose(cands, budget=6, seed=1, day=NIGHT.date())
+    assert len(rows) == 6 and [r["pick"] for r in rows].count("random") == 3
+    informative = [r["capture_id"] for r in rows if r["pick"] == "informative"]
+    assert {"c007", "c009"} <= set(informative) or {"c007", "c009"} <= {r["capture_id"] for r in rows}
+    assert rows == propose(cands, budget=6, seed=1, day=NIGHT.date())
+    assert rows != propose(cands, budget=6, seed=2, day=NIGHT.date())
+    assert len({r["capture_id"] for r in rows}) == 6
+
+
+def test_live_performance_intervals_and_coverage_alarm():
+    lo, hi = wilson(8, 10)
+    assert (round(lo, 3), round(hi, 3)) == (0.49, 0.943)  # the textbook Wilson interval
+    v = [Verified(f"c{i}", "Al7075", "Al7075" if i < 6 else "Al2017", ["Al7075"] if i < 6 else ["Al2017"],
+                  "heavy", "heavy") for i in range(10)]
+    v += [Verified(f"d{i}", "Al1050", "Al1050", ["Al1050"], "light", "light") for i in range(10)]
+    live = live_performance(v, coverage_target=0.95, seed=0)
+    assert live.accuracy == pytest.approx(0.8) and live.balanced_accuracy == pytest.approx(0.8)
+    assert live.balanced_accuracy_interval[0] < 0.8 < live.balanced_accuracy_interval[1]
+    assert live.coverage_below_target  # 16/20 covered: Wilson upper bound 0.92 < 0.95
+    alarms = decide(None, live, {}, budget=10)
+    assert [a.kind for a in alarms] == ["coverage"] and "verify 10 plates" in alarms[0].action
+
+
+def _unlabel(store, cid, when):
+    raw = json.loads(store.get(sidecar_key(cid)))
+    raw["truth"], raw["acquired_at"] = None, when.isoformat()
+    store.put(sidecar_key(cid), json.dumps(raw).encode(), overwrite=True)
+
+
+def _fake_runner(class_names):
+    k, f = len(class_names), len(contract.FLAG_NAMES)
+
+    def run(inputs):
+        b = inputs[contract.INPUT_NAME].shape[0]
+        probs = np.full((b, k), 0.1 / (k - 1), np.float32)
+        probs[:, 0] = 0.9
+        pset = np.zeros((b, k), np.float32)
+        pset[:, 0] = 1
+        return {"probabilities": probs, "thickness_mm": np.full(b, 4.0, np.float32),
+                "absorption": np.ones((b, 2), np.float32), "prediction_set": pset,
+                "group_probabilities": np.tile(np.float32([0.1, 0.9]), (b, 1)), "flags": np.zeros((b, f), np.float32),
+                "status": np.zeros(b, np.float32), "status_value": np.zeros(b, np.float32)}
+    return run
+
+
+def test_a_night_scores_unanswered_captures_proposes_and_imports_verdicts(tmp_path):
+    from alloynet.monitor.nightly import NightOptions, run_night
+    from alloynet.monitor.record import read_records
+    from tests.helpers.dummy import DummyCaptureStore
+
+    with DummyCaptureStore(n_max=6, size=32, imbalance_ratio=1, seed=2, root=tmp_path / "data") as (store, man):
+        ids = sorted(man["capture_id"])
+        for cid in ids:
+            raw = json.loads(store.get(sidecar_key(cid)))
+            raw["acquired_at"] = (NIGHT - timedelta(days=30)).isoformat()
+            store.put(sidecar_key(cid), json.dumps(raw).encode(), overwrite=True)
+        line = ids[::3]
+        for i, cid in enumerate(line):
+            _unlabel(store, cid, NIGHT + timedelta(hours=1, minutes=i))
+        names = ["Al1050", "Al2017", "Al5083", "Al6082", "Al7075"]
+        meta = {"class_names": names, "class_groups": ["light", "heavy", "light", "light", "heavy"],
+                "coverage": 0.9}
+        night = run_night(store, store, NIGHT, NIGHT + timedelta(days=1), _fake_runner(names), meta,
+                          NightOptions(budget=4, seed=0), model_version="v0001")
+        assert night.report["captures"] == len(line) and night.scored == len(line)
+        assert night.report["per_alloy"] == {"Al1050": len(line)}
+        assert night.drift is not None and not night.drift.detected
+        recs = read_records(store, NIGHT, NIGHT + timedelta(days=2)).records
+        assert {r["capture_id"] for r in recs} == set(line) and {r["source"] for r in recs} == {"nightly"}
+        assert store.exists("line/reports/2026-12-01.md") and store.exists("line/verify/2026-12-01.csv")
+        assert len(night.verify) == 4
+
+        csv_path = tmp_path / "results.csv"
+        lines = ["capture_id,alloy,nominal_thickness_mm,who,method,verified_at"]
+        lines += [f"{r['capture_id']},Al1050,4.0,lab-anna,XRF,2026-12-02" for r in night.verify]
+        csv_path.write_text("\n".join(lines) + "\n")
+        verdicts, open_ = read_verdicts(csv_path)
+        res = import_verdicts(store, verdicts)
+        assert len(res.applied) == 4 and not open_
+        rev = history(store, night.verify[0]["capture_id"])[-1]
+        assert rev["who"] == "lab-anna" and "XRF" in rev["why"] and rev["changes"]["alloy"] == [None, "Al1050"]
+        again = run_night(store, store, NIGHT, NIGHT + timedelta(days=1), _fake_runner(names), meta,
+                          NightOptions(budget=4, seed=0))
+        assert again.scored == 0  # answered last night: kept, not scored twice
+        assert again.live is not None and again.live.n == 2 and again.live.accuracy == 1.0
+
+
+def test_a_verdict_without_who_or_method_names_row_and_column(tmp_path):
+    p = tmp_path / "r.csv"
+    p.write_text("capture_id,alloy,who,method\nc1,Al1050,,XRF\n")
+    with pytest.raises(CaptureError) as e:
+        read_verdicts(p)
+    assert "r.csv:2" in str(e.value) and "who" in str(e.value)
+    p.write_text("capture_id,alloy\nc1,Al1050\n")
+    with pytest.raises(CaptureError, match="missing column"):
+        read_verdicts(p)
