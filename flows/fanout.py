@@ -101,11 +101,37 @@ class Dispatcher:
         from prefect.deployments import run_deployment
 
         fr = run_deployment(self.deployment, parameters=job.parameters, timeout=0, flow_run_name=job.key,
-                            tags=self.tags, job_variables=self.job_variables or None)
+                            tags=self.tags, job_variables=self.job_variables or None,
+                            idempotency_key=self._idempotency_key(job.key))
         job.runs.append(fr.id)
         job.states.append("SCHEDULED")
         job.workers.append("")
         job.done = False
+
+    def _idempotency_key(self, key: str) -> str | None:
+        """The same key for the same attempt of a job from every launcher with the same tags, so the server
+        creates one flow run and hands it to each launcher that submits the job (two launchers of one study,
+        or the same resubmission of a crashed run). The attempt is the number of the job's runs that ended:
+        a crashed run's resubmission gets a new key, and so does a re-run of a study whose run of it failed."""
+        if not self.tags:
+            return None
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterName,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            FlowRunFilterTags,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        ended = self._client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[self._deployment_id])),
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[key]), tags=FlowRunFilterTags(all_=self.tags),
+                                          state=FlowRunFilterState(type=FlowRunFilterStateType(
+                                              any_=[StateType(s) for s in sorted(FINAL)]))))
+        return f"{'|'.join(sorted(self.tags))}/{key}/{len(ended)}"
 
     def active_runs(self, tag: str) -> dict[str, UUID]:
         """Runs of this deployment tagged ``tag`` that are not final yet, by flow run name (the job key)."""

@@ -9,7 +9,9 @@ that is not already finished, follows them (flows/fanout.py: crashed runs and ru
 are submitted again), then writes the same tables as ``alloynet study``, from the same cache:
 ``run_cell`` (alloynet/study/runner.py) is the one function that computes a cell on either path.
 A cell that still did not finish is named, with the reason, in results.md, README.md, study.json and
-results.csv, and the flow ends Failed; re-running it computes only what is missing.
+results.csv, and the flow ends Failed; re-running it computes only what is missing. Launched twice at
+once, the two launchers follow one flow run per cell: a running cell is adopted, and a cell both submit
+at the same moment gets one run (the submissions share an idempotency key: flows/fanout.py).
 
 The workers must see the config's ``work_dir`` and ``out_dir`` at the same paths as the flow (one
 machine, or a shared volume), and use the same number of threads per process as a serial run for the

@@ -132,3 +132,32 @@ def test_wait_returns_each_final_job_once():
         set_state(c, j.run_id, "COMPLETED")
         seen += d.wait()
     assert sorted(j.key for j in seen) == ["0", "1", "2"] and d.wait() == []
+
+
+def test_two_launchers_submitting_the_same_job_get_one_flow_run(prefect_harness):
+    """Two launchers of one study (same tags) that submit a cell at the same moment: the server creates one
+    run and both follow it; a resubmission after a crash is again one run, whoever submits it."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.states import Crashed
+
+    async def deploy():
+        async with get_client() as c:
+            await c.create_work_pool(WorkPoolCreate(name="dedupe-pool", type="process"), overwrite=True)
+            flow_id = await c.create_flow_from_name("study-cell")
+            await c.create_deployment(flow_id=flow_id, name="dedupe", work_pool_name="dedupe-pool",
+                                      entrypoint="flows/study.py:study_cell")
+
+    anyio.run(deploy)
+    tags = ["alloynet-study:dedupe"]
+    with Dispatcher("study-cell/dedupe", tags=tags) as a, Dispatcher("study-cell/dedupe", tags=tags) as b:
+        ja, jb = a.submit("fnn-ce-rho1-s0", {}), b.submit("fnn-ce-rho1-s0", {})
+        assert ja.runs == jb.runs and len(ja.runs) == 1
+        a._client.set_flow_run_state(ja.run_id, Crashed(message="node lost"), force=True)
+        a._launch(ja)
+        b._launch(jb)
+        assert ja.runs == jb.runs and len(set(ja.runs)) == 2
+        other = Dispatcher("study-cell/dedupe", tags=["alloynet-study:another"])
+        with other:
+            assert other.submit("fnn-ce-rho1-s0", {}).run_id not in ja.runs  # another study: its own run
