@@ -157,3 +157,32 @@ def onnx_runner(bundle_dir: str | Path) -> tuple[Runner, dict[str, Any]]:
         return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), dict(inputs))))
 
     return run, meta
+
+
+def champion_graph(registry: str, dest: str | Path) -> Optional[tuple[Runner, dict[str, Any], str, dict[str, Any]]]:
+    """The champion's exported graph, fetched from the model store into ``dest``: (runner, export meta,
+    version, its held-out test figures); None when there is no champion yet. A release without a graph is
+    exported from its checkpoint, on the data it was trained on."""
+    from alloynet.registry import open_registry
+
+    reg = open_registry(registry)
+    pointer = reg.pointer()
+    if pointer is None:
+        return None
+    version = reg.get(pointer.version)
+    out = Path(dest) / pointer.version
+    if not out.exists():
+        reg.fetch(pointer.version, out)
+    try:
+        runner, meta = onnx_runner(out)
+    except FileNotFoundError:
+        from alloynet.export.bundle import export_checkpoint
+
+        ckpts = sorted(out.rglob("*.pt"))
+        if not ckpts:
+            raise FileNotFoundError(f"champion {pointer.version}: neither a graph nor a checkpoint in its release")
+        export_checkpoint(ckpts[0], out / "monitor-export")
+        runner, meta = onnx_runner(out / "monitor-export")
+    keys = ("accuracy", "balanced_accuracy", "coverage", "set_coverage")
+    test = {k: v for k, v in (version.metrics or {}).items() if k in keys and isinstance(v, (int, float))}
+    return runner, meta, pointer.version, test
