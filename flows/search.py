@@ -173,6 +173,10 @@ if __name__ == "__main__":
     a = p.parse_args()
     if a.epochs is not None and a.epochs < 1:
         p.error(f"--epochs must be >= 1, got {a.epochs}")
+    try:
+        loss_params(a.loss)  # here, before the flow (and Prefect's server) starts
+    except ValueError as e:
+        p.error(f"--loss: {e}")
     print(hyperparameter_search(a.store, a.out_dir, a.architecture, a.loss, a.trials, a.parallel, seed=a.seed,
                                 train={"epochs": a.epochs} if a.epochs is not None else None,
                                 storage=a.storage, deployment=a.deployment))

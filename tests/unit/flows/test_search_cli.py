@@ -1,0 +1,17 @@
+"""`python -m flows.search` takes the trials' epochs and the seed, and refuses a bad epoch count up front."""
+import subprocess
+import sys
+
+from tests.helpers import ROOT
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.search", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_search_command_has_epochs_and_seed_and_checks_them():
+    bad = _run("--store", "unused", "--seed", "3", "--epochs", "0")  # both options known; the count checked
+    assert bad.returncode == 2 and "--epochs must be >= 1, got 0" in bad.stderr
+    unknown = _run("--store", "unused", "--loss", "focall", "--trials", "1")
+    assert unknown.returncode == 2 and "--loss: unknown loss 'focall'" in unknown.stderr
