@@ -15,6 +15,7 @@ from typing import Any, Optional
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from alloynet.captures.stores import open_store
@@ -33,11 +34,13 @@ def night_window(day: Optional[str]) -> tuple[datetime, datetime]:
 @task(name="monitor-night", cache_policy=NO_CACHE)
 def monitor_night_task(data_dir: str, records: str, registry: str, work_dir: str, since: datetime, until: datetime,
                        options: NightOptions) -> dict[str, Any]:
-    graph = champion_graph(registry, Path(work_dir) / "monitor-champion")
-    runner, meta, version, test = graph if graph else (None, {"class_names": []}, "", {})
-    if graph is None:
-        get_run_logger().warning("no champion in %s: the line's captures are not scored tonight", registry)
-    night = run_night(open_store(data_dir), open_store(records), since, until, runner, meta, options, test, version)
+    def champion():
+        graph = champion_graph(registry, Path(work_dir) / "monitor-champion")
+        if graph is None:
+            get_run_logger().warning("no champion in %s: the line's captures are not scored tonight", registry)
+        return graph
+
+    night = run_night(open_store(data_dir), open_store(records), since, until, champion, options)
     return {"report": night.report, "alarms": [a.to_dict() for a in night.alarms], "scored": night.scored,
             "alarm_lines": [a.line() for a in night.alarms]}
 
@@ -54,6 +57,7 @@ def line_monitor(data_dir: str = DATA_DIR, records: Optional[str] = None, regist
     out = monitor_night_task(data_dir, records or data_dir, registry, work_dir, since, until,
                              NightOptions(budget=budget, random_share=random_share, alpha=alpha, seed=seed))
     r = out["report"]
+    out["flow_run_id"] = flow_run.get_id()
     out["artifacts"] = {"line-monitor": str(create_markdown_artifact(
         to_markdown(r), key="line-monitor", description=f"the line on {r['day']}"))}
     if r["verify"]:
@@ -74,3 +78,19 @@ def line_monitor(data_dir: str = DATA_DIR, records: Optional[str] = None, regist
             return Failed(message="; ".join(a["kind"] for a in out["alarms"]) + " alarm(s): " + out["alarm_lines"][0],
                           data=out)
     return out
+
+
+def headline(out: dict[str, Any]) -> str:
+    """The night of the line in one phrase, for the nightly summary's headline."""
+    r = out["report"]
+    live = r.get("live")
+    parts = [f"line {r['day']}: {r['captures']} capture(s)"]
+    if live:
+        lo, hi = live["balanced_accuracy_interval"]
+        c_lo, c_hi = live["coverage_interval"]
+        parts.append(f"live balanced accuracy {live['balanced_accuracy']:.2f} [{lo:.2f}, {hi:.2f}], coverage "
+                     f"{live['coverage']:.2f} [{c_lo:.2f}, {c_hi:.2f}] on {live['n']} verified")
+    parts.append(f"{len(r['verify'])} to verify")
+    if out["alarms"]:
+        parts.append("ALARM " + "; ".join(f"{a['kind']}: {a['action']}" for a in out["alarms"]))
+    return ", ".join(parts)

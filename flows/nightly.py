@@ -21,6 +21,8 @@ from flows.artifacts import (failure_artifact, report_artifact, skipped_artifact
 from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.logs import route_library_logs
+from flows.monitor import headline as line_headline
+from flows.monitor import line_monitor
 from flows.promote import promote
 from flows.reports import PublishedReport
 from flows.retrain import retrain
@@ -36,10 +38,14 @@ def nightly(source: str = SOURCE, data_dir: str = DATA_DIR, registry: str = REGI
             accepted_sizes: Optional[list[tuple[int, int]]] = None,
             evaluate_options: Optional[dict[str, Any]] = None,
             serve_to: Optional[str] = None, reports: Optional[str] = None,
-            pretrain: Optional[str] = None) -> dict[str, Any]:
+            pretrain: Optional[str] = None, monitor_line: bool = True, line_records: Optional[str] = None,
+            verify_budget: int = 10) -> dict[str, Any]:
     """``reports``: where evaluation reports are published for the UI (default $ALLOYNET_REPORTS).
     ``pretrain``: a rig profile (``alloynet rig calibrate``): every candidate is pretrained on the simulator
-    calibrated to the rig, then fine-tuned on the ingested captures (sim-to-real)."""
+    calibrated to the rig, then fine-tuned on the ingested captures (sim-to-real).
+    ``monitor_line``: after ingest, run `line-monitor` on yesterday's line captures (its record in
+    ``line_records``, default the data dir; ``verify_budget`` plates proposed to the lab); its alarms go on
+    the summary and the log at ERROR, and do not stop the night."""
     route_library_logs()
     log = get_run_logger()
     started = datetime.now(timezone.utc)
@@ -54,6 +60,8 @@ def nightly(source: str = SOURCE, data_dir: str = DATA_DIR, registry: str = REGI
         _note(s, "ingest", ing)
         s["ingest"] = ing
         dataset = DataSet(**ing["dataset"]) if ing["dataset"] else None  # every later step sees this manifest
+        line = _monitor_line(s, data_dir, line_records, registry, work_dir, verify_budget, seed, log) \
+            if monitor_line else ""
         step = "retrain"
         tr = retrain(data_dir, run_dir, candidates, min_new_labelled, force_retrain, device, record=False,
                      dataset=dataset, pretrain=pretrain)
@@ -64,7 +72,7 @@ def nightly(source: str = SOURCE, data_dir: str = DATA_DIR, registry: str = REGI
         if not tr["trained"]:
             s["links"]["nightly-decision"] = str(skipped_artifact(tr["reason"]))
             s["headline"] = ("nothing ingested, nothing trained" if not ing["new"] else "no retrain") + \
-                f"; champion {s['champion_before'] or '(none)'} kept"
+                f"; champion {s['champion_before'] or '(none)'} kept" + line
             _publish_summary(s, log)
             return {**out, "promoted": None}
         step = "evaluate"
@@ -78,7 +86,7 @@ def nightly(source: str = SOURCE, data_dir: str = DATA_DIR, registry: str = REGI
         s["decision"] = pr["decision"]
         s["champion_after"] = pr["promoted"] or s["champion_before"]
         s["headline"] = (f"promoted {pr['decision']['challenger']} as {pr['promoted']}" if pr["promoted"]
-                         else f"champion {s['champion_before'] or '(none)'} kept")
+                         else f"champion {s['champion_before'] or '(none)'} kept") + line
         _champion_artifacts(s, ev, pr)
         step = "record"
         # only now do these captures count as seen: a night that failed before here retrains next time
@@ -89,6 +97,20 @@ def nightly(source: str = SOURCE, data_dir: str = DATA_DIR, registry: str = REGI
     except Exception as exc:
         _failed(s, step, exc, registry, log)
         raise
+
+
+def _monitor_line(s: dict, data_dir: str, records: Optional[str], registry: str, work_dir: str, budget: int,
+                  seed: int, log) -> str:
+    """The line's night (the champion that served it, before tonight's promotion); "; <headline>" for the
+    summary. A monitoring failure is logged and reported, never the night's end: retraining still runs."""
+    try:
+        mon = line_monitor(data_dir, records, registry, work_dir, budget=budget, seed=seed, fail_on_alarm=False)
+    except Exception as exc:
+        log.error("line monitoring failed: %s", f"{type(exc).__name__}: {exc}".splitlines()[0])
+        return "; line monitoring FAILED (see its run)"
+    _note(s, "line-monitor", mon)
+    s["line"] = {"report": mon["report"], "alarms": mon["alarms"]}
+    return "; " + line_headline(mon)
 
 
 def _note(s: dict, name: str, result: dict) -> None:

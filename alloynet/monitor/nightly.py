@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -63,14 +63,25 @@ def _answer_stats(answers: Sequence[dict]) -> dict[str, Any]:
     }
 
 
-def run_night(store: ObjectStore, records_store: ObjectStore, since: datetime, until: datetime,
-              runner: Optional[Runner], meta: dict[str, Any], options: NightOptions = NightOptions(),
-              test_figures: Optional[dict] = None, model_version: str = "") -> Night:
+Champion = Callable[[], Optional[tuple[Runner, dict[str, Any], str, dict[str, Any]]]]
+
+
+def run_night(store: ObjectStore, records_store: ObjectStore, since: datetime, until: datetime, champion: Champion,
+              options: NightOptions = NightOptions()) -> Night:
     """``store``: the capture store (ingested captures, labels); ``records_store``: where the line's record is.
-    ``runner``/``meta``: the champion's exported graph and its export meta (None: nothing is scored)."""
+    ``champion``: loads the champion's exported graph: (runner, export meta, version, held-out test figures),
+    or None when there is none (nothing is scored). Called only when a capture needs scoring or a verdict
+    needs the champion's classes, so a night with nothing from the line fetches nothing."""
     o = options
     day = (until - timedelta(seconds=1)).date()
     caps = line_captures(store, since, until)
+    loaded: list = []
+
+    def graph() -> tuple[Optional[Runner], dict[str, Any], str, dict[str, Any]]:
+        if not loaded:
+            loaded.append(champion() or (None, {"class_names": []}, "", {}))
+        return loaded[0]
+
     window = read_records(records_store, since - timedelta(days=1), until + timedelta(days=1)).records
     answers, unanswered = {}, []
     for c in caps:
@@ -79,7 +90,8 @@ def run_night(store: ObjectStore, records_store: ObjectStore, since: datetime, u
             unanswered.append(c)
         else:
             answers[c.capture_id] = a
-    scored = []
+    scored: list[dict[str, Any]] = []
+    runner, meta, model_version, test_figures = graph() if unanswered else (None, {}, "", {})
     if unanswered and runner is not None:
         scored = score(unanswered, runner, meta["class_names"], meta.get("class_groups") or None,
                        model_version=model_version)
@@ -101,7 +113,7 @@ def run_night(store: ObjectStore, records_store: ObjectStore, since: datetime, u
         rows = propose(candidates, o.budget, o.random_share, o.seed, day)
         save_list(store, day, rows)
 
-    live = _live(store, records_store, until, o, meta, test_figures)
+    live = _live(store, records_store, until, o, graph)
     before = read_records(records_store, since - timedelta(days=o.history_days), since).records
     before_stats = _answer_stats(before)
     n_now, n_before = stats["answers"] - stats["refused"], before_stats["answers"] - before_stats["refused"]
@@ -121,14 +133,14 @@ def run_night(store: ObjectStore, records_store: ObjectStore, since: datetime, u
               **stats, "thickness_outside_training": outside,
               "drift": drift.to_dict() if drift else None, "reference_captures": int(len(ref)),
               "verify": rows, "live": live.to_dict() if live else None,
-              "alarms": [a.to_dict() for a in alarms], "model_version": model_version}
+              "alarms": [a.to_dict() for a in alarms], "model_version": model_version or None}
     store.put(f"{REPORTS}{day.isoformat()}.json", json.dumps(report, indent=1, default=str).encode(), overwrite=True)
     store.put(f"{REPORTS}{day.isoformat()}.md", to_markdown(report).encode(), overwrite=True)
     return Night(day.isoformat(), report, rows, drift, live, alarms, len(scored))
 
 
-def _live(store: ObjectStore, records_store: ObjectStore, until: datetime, o: NightOptions, meta: dict,
-          test_figures: Optional[dict]) -> Optional[LivePerformance]:
+def _live(store: ObjectStore, records_store: ObjectStore, until: datetime, o: NightOptions,
+          graph: Callable[[], tuple]) -> Optional[LivePerformance]:
     """From the random picks of the last ``history_days`` whose verdicts are in."""
     from alloynet.captures.format import parse_sidecar
     from alloynet.captures.layout import sidecar_key
@@ -137,6 +149,7 @@ def _live(store: ObjectStore, records_store: ObjectStore, until: datetime, o: Ni
     if not how:
         return None
     recs = read_records(records_store, until - timedelta(days=o.history_days + 1), until).records
+    _runner, meta, _version, test_figures = graph()
     groups = dict(zip(meta.get("class_names") or [], meta.get("class_groups") or []))
     verified = []
     for cid in sorted(how):

@@ -116,8 +116,8 @@ def test_a_night_scores_unanswered_captures_proposes_and_imports_verdicts(tmp_pa
         names = ["Al1050", "Al2017", "Al5083", "Al6082", "Al7075"]
         meta = {"class_names": names, "class_groups": ["light", "heavy", "light", "light", "heavy"],
                 "coverage": 0.9}
-        night = run_night(store, store, NIGHT, NIGHT + timedelta(days=1), _fake_runner(names), meta,
-                          NightOptions(budget=4, seed=0), model_version="v0001")
+        night = run_night(store, store, NIGHT, NIGHT + timedelta(days=1),
+                          lambda: (_fake_runner(names), meta, "v0001", {}), NightOptions(budget=4, seed=0))
         assert night.report["captures"] == len(line) and night.scored == len(line)
         assert night.report["per_alloy"] == {"Al1050": len(line)}
         assert night.drift is not None and not night.drift.detected
@@ -135,10 +135,13 @@ def test_a_night_scores_unanswered_captures_proposes_and_imports_verdicts(tmp_pa
         assert len(res.applied) == 4 and not open_
         rev = history(store, night.verify[0]["capture_id"])[-1]
         assert rev["who"] == "lab-anna" and "XRF" in rev["why"] and rev["changes"]["alloy"] == [None, "Al1050"]
-        again = run_night(store, store, NIGHT, NIGHT + timedelta(days=1), _fake_runner(names), meta,
+        again = run_night(store, store, NIGHT, NIGHT + timedelta(days=1),
+                          lambda: (_fake_runner(names), meta, "v0001", {"balanced_accuracy": 0.9}),
                           NightOptions(budget=4, seed=0))
         assert again.scored == 0  # answered last night: kept, not scored twice
         assert again.live is not None and again.live.n == 2 and again.live.accuracy == 1.0
+        assert again.live.test_figures == {"balanced_accuracy": 0.9}
+        assert "| balanced accuracy | 1.000" in store.get("line/reports/2026-12-01.md").decode()
 
 
 def test_a_verdict_without_who_or_method_names_row_and_column(tmp_path):
