@@ -99,12 +99,14 @@ class AnswerConfig(_Strict):
                            "term's correction weighed and not needed): this many held-out simulated captures of "
                            "the rig join the calibration set, if the real calibration captures agree with them "
                            "(alloynet.models.answer.calibration_set)")
-    crossfit_below: int = Field(100, ge=0, description="with fewer real calibration captures than this and no "
-                                "held-out simulated ones joining them, the "
-                                "training captures join the calibration set with cross-fitted scores: each scored "
-                                "by a model trained as this one without its plate's fold (crossfit_folds; a 95 % "
-                                "conformal set needs about 40 scores to be finite, a lab's 50 plates per alloy "
-                                "leave about 15); 0: never")
+    crossfit_below: int = Field(40, ge=0, description="with fewer real calibration captures than this and no "
+                                "held-out simulated ones joining them, the training captures join the calibration "
+                                "set with cross-fitted scores, each scored by a model trained as this one without "
+                                "its plate's fold (crossfit_folds). A 95 % conformal threshold on fewer than ~40 "
+                                "scores is the largest of them or none (a lab's 50 plates per alloy leave ~15: "
+                                "every set all five alloys); with 55 of a second rig's captures beside 525 "
+                                "cross-fitted ones the sets covered 0.88 of fresh captures, so only below this. "
+                                "0: never")
     crossfit_folds: int = Field(5, ge=2, le=20, description="folds of the cross-fitted calibration scores")
     drift_tolerance: float = Field(0.01, gt=0, lt=1, description="drift_in_session is raised when a capture's "
                                    "open-beam strip departs from the training captures' by more than this fraction "
