@@ -108,3 +108,20 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
     assert rec.dropped > 0
     rec.journal.gate.set()
     rec.close()
+
+
+def test_a_server_that_dies_mid_request_leaves_a_record_of_the_failure(tmp_path):
+    from serving.client.errors import ServingError
+    from serving.client.record import Recorder
+
+    class DeadBackend(FakeBackend):
+        def predict_batch(self, captures, calibrations=None, wedges_mm=None, errors="raise"):
+            raise ServingError("UNAVAILABLE: connection reset", code="UNAVAILABLE")
+
+    store = LocalStore(tmp_path)
+    client = AlloyClient(DeadBackend(), Recorder(store))
+    with pytest.raises(ServingError):
+        client.predict_batch([b"a", b"b"])
+    client.close()
+    recs = read_records(store, datetime.now(timezone.utc) - timedelta(hours=1)).records
+    assert len(recs) == 2 and all(r["status"] == "refused" and "UNAVAILABLE" in r["error"] for r in recs)
