@@ -7,7 +7,7 @@ EXTRAS ?= train,flows,serve,pbt,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test test-fast bench venv clean serve
+.PHONY: demo test test-fast check format bench venv clean serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,14 +27,26 @@ serve: $(STAMP)
 	infra/serving_env.sh
 	$(BIN)/alloynet serve start
 
-test: $(STAMP)
+# The quality gates: ruff (lint and format) on the whole tree, mypy on the typed packages (pyproject.toml).
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Everything CI runs: the gates, then unit and integration tests with real servers (the 10 slowest printed).
+test: check
 	infra/serving_env.sh
 	infra/browser_env.sh
 	infra/postgres_env.sh
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10 tests
 
+# The unit tier: no servers, no end-to-end runs.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not serving" tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10 -m "not slow and not serving and not s3" tests/unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/simulate.py
