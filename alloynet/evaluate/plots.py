@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import matplotlib
 
@@ -60,18 +60,28 @@ def roc_pr_curves(y: np.ndarray, probs: np.ndarray, names: Sequence[str], roc_pa
     return [_save(fig_roc, roc_path), _save(fig_pr, pr_path)]
 
 
-def learning_curves(history: list[dict], path: Path) -> Path:
+def learning_curves(history: list[dict], path: Path, best_epoch: Optional[int] = None,
+                    stopped_early: bool = False) -> Path:
+    """Loss and accuracy over every trained epoch; ``best_epoch`` (the checkpoint kept) is marked with a solid
+    line, and the last epoch with a dashed one labelled "early stop" when ``stopped_early``."""
+    if not history:
+        raise ValueError(f"{path}: learning curves need at least one epoch of history")
     epochs = [h["epoch"] for h in history]
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.6))
-    ax_l.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_l.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+    ax_l.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, label="train")
+    ax_l.plot(epochs, [h["val_loss"] for h in history], "o-", ms=3, label="val")
     ax_l.set(xlabel="epoch", ylabel="total loss", title="loss")
-    ax_a.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train accuracy")
-    ax_a.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="val accuracy")
-    ax_a.plot(epochs, [h["val_balanced_accuracy"] for h in history], "o--", label="val balanced accuracy")
+    ax_a.plot(epochs, [h["train_accuracy"] for h in history], "o-", ms=3, label="train accuracy")
+    ax_a.plot(epochs, [h["val_accuracy"] for h in history], "o-", ms=3, label="val accuracy")
+    ax_a.plot(epochs, [h["val_balanced_accuracy"] for h in history], "o--", ms=3, label="val balanced accuracy")
     ax_a.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
     for ax in (ax_l, ax_a):
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="tab:purple", lw=1.2, label=f"best epoch {best_epoch}")
+        if stopped_early:
+            ax.axvline(epochs[-1], color="tab:brown", lw=1.2, ls="--", label=f"early stop (epoch {epochs[-1]})")
         ax.legend(fontsize=8)
+    fig.suptitle(f"{len(epochs)} epochs trained", fontsize=9)
     return _save(fig, path)
 
 

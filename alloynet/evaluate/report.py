@@ -183,7 +183,9 @@ def evaluate(checkpoint: str | Path, store: ObjectStore | str | Path, manifest: 
                                                  ceil["ceiling_upper"], ceil["ceiling_upper_se"])
     if baselines:
         metrics["baselines"] = baseline_metrics(st, labelled, ds, rigs, prior, names)
-    figures = _plots(metrics, p, names, meta.get("history") or [], out)
+    history = training_history(checkpoint, meta)
+    metrics["epochs_run"] = len(history) or None
+    figures = _plots(metrics, p, names, history, out, meta)
     cams = _gradcams(model, ds, p, names, out, gradcam)
     metrics = jsonable(metrics)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,13 +211,40 @@ def physics_share(p: dict, term: np.ndarray, weight: float) -> dict[str, Any]:
     return out
 
 
-def _plots(metrics: dict, p: dict, names: list[str], history: list[dict], out: Path) -> list[Path]:
+def training_history(checkpoint: str | Path, meta: dict) -> list[dict]:
+    """Every trained epoch: best.pt carries the history up to its own epoch only, so the run's history.json beside
+    it (written after the loop) is preferred when it continues that same history."""
+    kept = list(meta.get("history") or [])
+    beside = Path(checkpoint).parent / "history.json"
+    if not beside.is_file():
+        return kept
+    try:
+        full = json.loads(beside.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{beside}: not valid JSON ({exc}); expected the trainer's list of epochs") from None
+    same_run = isinstance(full, list) and all(isinstance(h, dict) and "epoch" in h for h in full) and (
+        [h["epoch"] for h in full[:len(kept)]] == [h["epoch"] for h in kept]
+        and all(h.keys() == k.keys() for h, k in zip(full, kept)))
+    if not same_run or len(full) < len(kept):
+        return kept  # another run's history (the checkpoint was copied here): keep the checkpoint's own
+    return full
+
+
+def _stopped_early(history: list[dict], meta: dict) -> bool:
+    planned = ((meta.get("config") or {}).get("epochs"))
+    return bool(history) and isinstance(planned, int) and history[-1]["epoch"] < planned
+
+
+def _plots(metrics: dict, p: dict, names: list[str], history: list[dict], out: Path,
+           meta: Optional[dict] = None) -> list[Path]:
     d = out / "plots"
     figs = [plots.confusion(np.array(metrics["confusion_matrix"]), names, d / "confusion.png"),
             plots.confusion(np.array(metrics["confusion_matrix"]), names, d / "confusion_normalised.png", normalise=True)]
     figs += plots.roc_pr_curves(p["y"], p["probs"], names, d / "roc.png", d / "pr.png")
     if history:
-        figs.append(plots.learning_curves(history, d / "learning_curves.png"))
+        best = (meta or {}).get("epoch")
+        figs.append(plots.learning_curves(history, d / "learning_curves.png", best_epoch=best,
+                                          stopped_early=_stopped_early(history, meta or {})))
     figs.append(plots.thickness_scatter(p["true_thickness_mm"], p["pred_thickness_mm"], p["y"], names,
                                         d / "thickness_scatter.png"))
     return figs
