@@ -2,6 +2,7 @@
 servers by ``alloynet.registry.publish.serving_version``, and the archive TorchServe registers it from."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from alloynet.registry.publish import serving_version
-from infra.supervisor.settings import ServeError
+from infra.supervisor.settings import ServeError, log
 
 
 @dataclass
@@ -47,11 +48,40 @@ class Releases:
         self.registry, self.directory, self.only = registry, directory, only
 
     def fetch(self, pointer) -> Release:
-        """The release the champion ``pointer`` names, fetched unless already here."""
+        """The release the champion ``pointer`` names: a copy already here is used only if every file still
+        matches the registry's sha256 (anything with write access to the serve dir could have altered it);
+        otherwise, and when missing, it is fetched (and verified) from the model store."""
         dest = self.directory / f"g{pointer.generation:05d}-{pointer.version}"
-        if not dest.exists():
-            self.registry.fetch(pointer.version, dest, only=self.only)   # every file's sha256 checked
-        return Release(pointer.version, serving_version(pointer), dest)
+        return self.verified(Release(pointer.version, serving_version(pointer), dest))
+
+    def verified(self, release: Release) -> Release:
+        """``release`` with its local copy checked against the registry's record, fetched again on a mismatch."""
+        dest = release.directory
+        if dest.exists():
+            problem = self.mismatch(release.version, dest)
+            if problem is None:
+                return release
+            log(f"refusing the cached release {dest.name}: {problem}; fetching it again from {self.registry.uri}")
+            shutil.rmtree(dest)
+        self.registry.fetch(release.version, dest, only=self.only)   # every file's sha256 checked
+        return release
+
+    def mismatch(self, version: str, dest: Path) -> Optional[str]:
+        """What in ``dest`` differs from the registry's record of ``version`` (None: nothing)."""
+        recorded = {rel: art for rel, art in self.registry.get(version).artifacts.items()
+                    if any(rel == w or rel.startswith(w.rstrip("/") + "/") for w in self.only)}
+        present = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() or p.is_symlink()}
+        extra = sorted(present - set(recorded))
+        if extra:
+            return f"{extra[0]} is not among the version's artifacts"
+        for rel, art in sorted(recorded.items()):
+            path = dest / rel
+            if path.is_symlink() or not path.is_file():
+                return f"{rel} is missing"
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest != art.sha256:
+                return f"{rel} has sha256 {digest[:12]}..., the registry recorded {art.sha256[:12]}..."
+        return None
 
     def prune(self, keep: Optional[Release]) -> None:
         """Every release folder but ``keep``'s."""

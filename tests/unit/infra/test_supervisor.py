@@ -5,6 +5,8 @@ import threading
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
+import pytest
+
 from alloynet.registry.publish import serving_version
 from infra.supervisor.health import Health
 from infra.supervisor.keys import KeyKeeper
@@ -29,7 +31,7 @@ def test_a_release_is_numbered_by_the_pointers_serving_version(tmp_path):
         fetched.append((version, only))
         dest.mkdir(parents=True)
 
-    registry = SimpleNamespace(fetch=fetch)
+    registry = SimpleNamespace(fetch=fetch, get=lambda version: SimpleNamespace(artifacts={}))
     releases = Releases(registry, tmp_path / "releases", ["triton/alloynet"])
     pointer = SimpleNamespace(version="v7", generation=12)
     rel = releases.fetch(pointer)
@@ -38,6 +40,49 @@ def test_a_release_is_numbered_by_the_pointers_serving_version(tmp_path):
     other = releases.fetch(SimpleNamespace(version="v8", generation=13))
     releases.prune(other)
     assert [d.name for d in (tmp_path / "releases").iterdir()] == ["g00013-v8"]
+
+
+def _published(tmp_path):
+    """A local registry whose champion holds a Triton model and a checkpoint the server never fetches."""
+    from alloynet.registry import open_registry
+
+    src = tmp_path / "release"
+    (src / "triton" / "alloynet" / "1").mkdir(parents=True)
+    (src / "triton" / "alloynet" / "1" / "model.onnx").write_bytes(b"genuine weights")
+    (src / "triton" / "alloynet" / "config.pbtxt").write_bytes(b"name: 'alloynet'")
+    (src / "checkpoint").mkdir()
+    (src / "checkpoint" / "model.ckpt").write_bytes(b"ckpt")
+    reg = open_registry(tmp_path / "models")
+    reg.promote(reg.publish(src).version, "first")
+    return reg
+
+
+@pytest.mark.parametrize("tamper", ["altered", "removed", "added", "symlinked"])
+def test_a_cached_release_that_differs_from_the_registry_is_refused_and_fetched_again(tmp_path, tamper, capsys):
+    reg = _published(tmp_path)
+    releases = Releases(reg, tmp_path / "serve" / "releases", ["triton/alloynet"])
+    rel = releases.fetch(reg.pointer())
+    onnx = rel.directory / "triton" / "alloynet" / "1" / "model.onnx"
+    assert onnx.read_bytes() == b"genuine weights"
+    capsys.readouterr()
+    if tamper == "altered":
+        onnx.write_bytes(b"genuine weightz")
+    elif tamper == "removed":
+        onnx.unlink()
+    elif tamper == "added":
+        (onnx.parent / "extra.so").write_bytes(b"smuggled")
+    else:
+        (tmp_path / "other.onnx").write_bytes(b"other weights")
+        onnx.unlink()
+        onnx.symlink_to(tmp_path / "other.onnx")
+    again = releases.fetch(reg.pointer())   # what `serve start` and a swap do
+    assert again.directory == rel.directory and onnx.read_bytes() == b"genuine weights" and not onnx.is_symlink()
+    assert sorted(p.name for p in onnx.parent.iterdir()) == ["model.onnx"]
+    said = [line for line in capsys.readouterr().out.splitlines() if "refusing the cached release" in line]
+    assert len(said) == 1 and rel.directory.name in said[0], said
+    assert releases.mismatch(rel.version, rel.directory) is None
+    # the untouched copy is used as it is: nothing said, nothing fetched
+    assert releases.verified(again) == again and "refusing" not in capsys.readouterr().out
 
 
 def test_triton_repository_holds_the_serving_version_and_the_one_before(tmp_path):
