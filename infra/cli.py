@@ -44,6 +44,9 @@ def _print_serving(st: dict) -> None:
         extra = f"  key file {info['key_file']}" if info.get("key_file") else ""
         if info.get("generation") and serving and info["generation"] != serving.get("generation"):
             extra += f"  (still generation {info['generation']})"
+        if "ready" in info and info.get("up", True):
+            extra += {True: "  model ready", False: "  MODEL NOT READY",
+                      None: "  model readiness unknown"}[info["ready"]]
         http = f"  http {info['http']}" if info.get("http") else ""
         out(f"  {name:<10} {info.get('url')}  (gRPC {info.get('grpc')}{http}; pid {info.get('pid')}, "
             f"restarts {info.get('restarts', 0)}){extra}{up}")
@@ -56,8 +59,8 @@ def _print_serving(st: dict) -> None:
 @serve_app.command("start")
 def serve_start(
     registry: Optional[str] = typer.Option(None, "--registry", "-r", help="model store whose champion is served "
-                                           "(default $ALLOYNET_REGISTRY, else demo-data/registry: what `make demo` "
-                                           "writes)"),
+                                           "(default $ALLOYNET_REGISTRY, else $ALLOYNET_HOME/registry; "
+                                           "ALLOYNET_HOME defaults to ./demo-data, what `make demo` writes)"),
     model: str = typer.Option("alloynet", help="model name inside the registry"),
     torchserve: bool = typer.Option(False, "--torchserve", help="also serve with TorchServe (archived upstream)"),
     triton_grpc_port: int = typer.Option(8001, help="Triton gRPC port"),
@@ -79,9 +82,10 @@ def serve_start(
     are loaded without dropping requests). Idempotent: if it already serves, says what."""
     import os
 
-    from infra.serve import DEFAULT_REGISTRY, ServeConfig, ServeError, start
+    from alloynet import settings
+    from infra.serve import ServeConfig, ServeError, start
 
-    cfg = ServeConfig(registry=registry or os.environ.get("ALLOYNET_REGISTRY") or str(DEFAULT_REGISTRY), model=model,
+    cfg = ServeConfig(registry=registry or settings.registry(), model=model,
                       torchserve=torchserve, triton_grpc_port=triton_grpc_port, triton_http_port=triton_http_port,
                       torchserve_grpc_port=torchserve_grpc_port, torchserve_http_port=torchserve_http_port,
                       torchserve_grpc_management_port=torchserve_grpc_management_port,

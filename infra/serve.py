@@ -182,12 +182,26 @@ def status(state_dir: Optional[Path] = None) -> dict:
     running = _tagged(int(st.get("supervisor_pid") or 0), st.get("tag", ""))
     if not running and st.get("status") in ("starting", "serving"):
         st["status"] = "down (supervisor not running)"
-    for info in (st.get("servers") or {}).values():
+    for name, info in (st.get("servers") or {}).items():
         info["up"] = bool(info.get("pid")) and _tagged(int(info["pid"]), st.get("tag", ""))
         info["supervised"] = running
+        if name == "triton":  # asked now: the state is as old as the supervisor's last check
+            info["ready"] = _model_ready(info, st.get("config") or {}) if info["up"] else False
+            if info["ready"] is False and st.get("status") == "serving":
+                st["status"] = "not ready (Triton is up, the model is not loaded; the supervisor reloads it)"
     st["dir"] = str(state_dir)
     st["leftovers"] = 0 if running else len(_leftovers(state_dir))
     return st
+
+
+def _model_ready(info: dict, config: dict) -> Optional[bool]:
+    """Whether Triton says the served model is READY; None when it does not answer."""
+    from infra import triton
+
+    try:
+        return triton.model_ready(info["grpc"], config.get("triton_model", "alloynet"), timeout=2.0)
+    except Exception:
+        return None
 
 
 def caught_up(st: dict) -> bool:

@@ -101,6 +101,17 @@ def grpc_ready(target: str, models: Sequence[str] = (), timeout: float = 2.0) ->
         client.close()
 
 
+def model_ready(target: str, model: str, timeout: float = 2.0) -> bool:
+    """Whether ``model`` is READY (loaded and able to answer), over gRPC; raises if the server does not answer."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        return bool(client.is_model_ready(model, client_timeout=timeout))
+    finally:
+        client.close()
+
+
 def grpc_live(target: str, timeout: float = 2.0) -> bool:
     """The server answers (whatever its models are doing)."""
     import tritonclient.grpc as grpcclient

@@ -168,9 +168,61 @@ class Supervisor:
         self.write_state()
         return True
 
+    # ---- what is served: verified and ready ----
+    def recheck_release(self) -> None:
+        """On `reload`: the serving release's cached copy and Triton's copy of it are checked against the
+        registry's record; an altered one is fetched again, installed and loaded."""
+        if self.serving is None or self.triton.pid is None:
+            return
+        try:
+            release = self.releases.verified(self.serving)
+            if self.triton.installed_matches(release):
+                return
+            log(f"triton: the repository's copy of {release.version} differs from the verified release; "
+                "installing and loading it again")
+            self.triton.install(release)
+            self.triton.load()
+        except Exception as exc:
+            log(f"could not re-check {self.serving.version}: {exc}")
+
+    def check_ready(self) -> None:
+        """Triton is live, but is the champion's model READY? One that is not (unloaded, failed) is loaded again
+        from the verified release; the state says which, so `serve status` reports what really serves."""
+        if self.serving is None or self.triton.pid is None or not alive(self.triton.pid):
+            return
+        ready = self.triton.model_ready(timeout=min(2.0, self.cfg.health_every_s))
+        info = self.triton.info
+        if info is None:
+            return
+        if ready is None:  # no answer: liveness and the hang counter deal with that
+            return
+        was = info.get("ready")
+        info["ready"] = ready
+        if ready:
+            if was is False:
+                self.write_state()
+            return
+        if was is not False:
+            log(f"triton: model {self.cfg.triton_model} is not ready; loading {self.serving.version} again")
+            self.write_state()
+        try:
+            self.serving = self.releases.verified(self.serving)
+            self.triton.install(self.serving)
+            self.triton.load()
+        except Exception as exc:
+            log(f"triton: loading {self.serving.version} again failed ({exc}); trying again")
+            return
+        info["reloads"] = info.get("reloads", 0) + 1
+        info["ready"] = bool(self.triton.model_ready(timeout=2.0))
+        log(f"triton: model {self.cfg.triton_model} is " + ("ready again" if info["ready"] else "still not ready"))
+        self.write_state()
+
     # ---- restarts ----
     def _start(self, name: str) -> None:
         if name == "triton":
+            if self.serving is not None:  # what it loads is what the registry recorded, not what the disk holds
+                self.serving = self.releases.verified(self.serving)
+                self.triton.install(self.serving)
             self.triton.start()
         elif self.serving is not None:  # TorchServe starts after Triton serves a release
             self.torchserve.start(self.serving)
@@ -265,11 +317,16 @@ class Supervisor:
             self.write_state()
 
     def _loop(self) -> NoReturn:
-        last_poll = last_beat = time.monotonic()
+        last_poll = last_beat = last_ready = time.monotonic()
         while True:
             self.check_servers()
             now_s = time.monotonic()
+            if self.check_now or now_s - last_ready >= self.cfg.ready_every_s:
+                self.check_ready()
+                last_ready = now_s
             if self.check_now or now_s - last_poll >= self.cfg.poll_s:
+                if self.check_now:
+                    self.recheck_release()
                 self.follow_champion()
                 if self.check_now:
                     self.check_now = False

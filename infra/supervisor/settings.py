@@ -38,6 +38,7 @@ class ServeConfig:
     poll_s: float = 5.0                   # how often the champion pointer is read
     health_every_s: float = 5.0           # each server is probed this often (and given this long to answer)
     hang_after: int = 6                   # probes in a row without an answer: the server is restarted
+    ready_every_s: float = 2.0            # how often the champion's model is checked READY on Triton
     swap_grace_s: float = 2.0             # TorchServe: the old version keeps its workers this long after the switch
     start_timeout_s: float = 240.0
 

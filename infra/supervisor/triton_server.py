@@ -75,6 +75,30 @@ class TritonServer:
         if self.cfg.triton_http_port:
             self.info["http"] = srv.http_url
 
+    def installed_matches(self, release: Release) -> bool:
+        """Whether the repository's version <generation> holds exactly the release's files."""
+        src = release.triton_source(self.cfg.triton_model)
+        dst = self.repo / self.cfg.triton_model / str(release.generation)
+        files = lambda d: {p.relative_to(d).as_posix() for p in d.rglob("*") if not p.is_dir()}  # noqa: E731
+        if not dst.is_dir() or files(src) != files(dst):
+            return False
+        return all((dst / rel).read_bytes() == (src / rel).read_bytes() for rel in files(src))
+
+    def load(self) -> None:
+        """Load the model from the repository again (explicit model control)."""
+        from infra import triton
+
+        triton.load_model(f"{HOST}:{self.cfg.triton_grpc_port}", self.cfg.triton_model, self.admin_key)
+
+    def model_ready(self, timeout: float) -> Optional[bool]:
+        """Whether the served model is READY; None when the server does not answer."""
+        from infra import triton
+
+        try:
+            return triton.model_ready(f"{HOST}:{self.cfg.triton_grpc_port}", self.cfg.triton_model, timeout)
+        except Exception:
+            return None
+
     def swap(self, release: Release) -> None:
         """Load ``release`` beside the version serving; on failure the old one keeps serving."""
         from infra import triton

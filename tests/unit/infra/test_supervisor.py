@@ -1,6 +1,7 @@
 """The supervisor's parts on their own, without servers: releases, Triton's repository, health, keys."""
 from __future__ import annotations
 
+import os
 import threading
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -139,3 +140,60 @@ def test_keys_with_a_quarter_of_their_lifetime_left_are_renewed(tmp_path, monkey
     monkeypatch.setattr(torchserve, "key_expiry", lambda d: (_ for _ in ()).throw(OSError("not written yet")))
     keeper.refresh()
     assert keeper.renewed == 1
+
+
+class _Triton:
+    """Triton as the supervisor sees it: READY answers in turn, loads counted."""
+
+    def __init__(self, ready):
+        self.pid, self.info, self.ready, self.loads, self.installed = os.getpid(), {"restarts": 0}, list(ready), 0, []
+
+    def model_ready(self, timeout):
+        return self.ready.pop(0)
+
+    def install(self, release):
+        self.installed.append(release.generation)
+
+    def load(self):
+        self.loads += 1
+
+
+def _supervisor(tmp_path, triton):
+    from infra.supervisor import Supervisor
+
+    sup = Supervisor.__new__(Supervisor)   # the loop's parts without a registry or servers behind them
+    sup.cfg, sup.triton, sup.serving = ServeConfig(), triton, _release(tmp_path, 4)
+    sup.releases = SimpleNamespace(verified=lambda release: release)
+    sup.states = []
+    sup.write_state = lambda: sup.states.append(dict(triton.info))
+    return sup
+
+
+def test_a_model_that_is_not_ready_is_loaded_again_and_the_state_says_so(tmp_path):
+    triton = _Triton([True, False, True, True])
+    sup = _supervisor(tmp_path, triton)
+    sup.check_ready()
+    assert triton.loads == 0 and triton.info["ready"] is True
+    sup.check_ready()   # unloaded behind its back: said, loaded from the verified release, said again
+    assert triton.loads == 1 and triton.installed == [4] and triton.info == {"restarts": 0, "ready": True,
+                                                                             "reloads": 1}
+    assert [s.get("ready") for s in sup.states] == [False, True]
+    sup.check_ready()
+    assert triton.loads == 1
+
+
+def test_a_server_that_does_not_answer_is_left_to_the_health_probes(tmp_path):
+    triton = _Triton([None])
+    sup = _supervisor(tmp_path, triton)
+    sup.check_ready()
+    assert triton.loads == 0 and "ready" not in triton.info and not sup.states
+
+
+def test_the_repository_copy_is_compared_with_the_release(tmp_path):
+    server = TritonServer(ServeConfig(), tmp_path / "state", admin_key="k")
+    rel = _release(tmp_path, 3)
+    assert not server.installed_matches(rel)
+    dst, _ = server.install(rel)
+    assert server.installed_matches(rel)
+    (dst / "model.onnx").write_bytes(b"onnx 0")
+    assert not server.installed_matches(rel)
