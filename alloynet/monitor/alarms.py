@@ -11,13 +11,10 @@ CAUSES = {
     "level": ("calibration levels moved: every wedge bin's attenuation shifted the same way (tube output ageing "
               "since the flat was taken, or a dark/flat from another session)",
               "re-take the flat and dark frames for this session, then verify {n} plates"),
-    "shape": ("profile drift along the wedge: the bins moved unevenly (a detector gain map changed, or the "
-              "wedge/plate geometry moved)",
+    "shape": ("profile drift along the wedge: the bins moved unevenly (a detector gain map changed, the "
+              "wedge/plate geometry moved, or a supplier's composition moved the hardening curve)",
               "check the detector's gain map and re-take the flat; verify {n} plates, then retrain with the new "
               "labels"),
-    "thickness-end": ("the hardening curve moved at the wedge's thick end (a composition shift of a supplier's "
-                      "plates, or a filter change)",
-                      "verify {n} plates by XRF/OES and retrain with the new labels"),
 }
 
 
@@ -49,7 +46,8 @@ def decide(drift: Optional[DriftResult], live: Optional[LivePerformance], flag_j
                          "retrain with the new labels"))
     if drift is not None and drift.detected:
         cause, action = CAUSES.get(drift.pattern, CAUSES["shape"])
-        bins = ", ".join(f"bin {j} ({drift.shift_sd[j]:+.1f} sd)" for j in drift.drifted[:6])
+        bins = ", ".join(f"{drift.names[j] if drift.names else j} ({drift.shift_sd[j]:+.1f} sd)"
+                         for j in drift.drifted[:6])
         out.append(Alarm("drift", f"input drift in {len(drift.drifted)} of {len(drift.p_values)} profile features "
                                   f"(KS, Bonferroni at {drift.alpha:g}): {bins}", cause, action.format(n=budget)))
     for flag, p in sorted(flag_jumps.items()):

@@ -2,9 +2,11 @@
 
 Each capture becomes a short vector: per channel, the mean attenuation -ln T (T = (S - dark) / (flat - dark),
 the capture's own calibration levels) over the rows, averaged over ``bins`` equal segments along the wedge
-axis. That is the physics signal the models read, so the drifts that matter move it: a tube whose output has
-aged since the flat was taken raises every bin by about the same amount (level), a detector gain map that
-changed reshapes it (shape), a composition shift moves the hardening curve (thick end against thin end).
+axis, as a level and slopes (``profile_features``), plus the open-beam strip's bins where the rig images one.
+That is the physics signal the models read, so the drifts that matter move it: a tube whose output has aged
+since the flat was taken raises every bin by about the same amount (level; in the open-beam strip, where no
+plate's thickness blurs it, most clearly), a detector gain map that changed reshapes it (shape), a
+composition shift moves the hardening curve (slopes, for the plates of that alloy only).
 
 The test: a two-sample Kolmogorov-Smirnov test per feature (``scipy.stats.ks_2samp``) of tonight's captures
 against the reference (training captures), with a Bonferroni correction over the features: drift is declared
@@ -22,7 +24,7 @@ FLAML, plotly, seaborn, gcsfs/s3fs and an analytics client. None adds a test we 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -30,14 +32,27 @@ DEFAULT_BINS = 8
 DEFAULT_ALPHA = 0.01
 
 
-def profile_features(image: np.ndarray, dark: Sequence[float], flat: Sequence[float],
-                     bins: int = DEFAULT_BINS) -> np.ndarray:
-    """float64 [C * bins]: per channel, the binned mean attenuation along the wedge axis (x, the last axis)."""
+def _binned(att: np.ndarray, bins: int) -> np.ndarray:
+    """[C, rows, W] attenuation -> [C, bins]: mean over the rows, then over equal segments of the wedge axis."""
+    cols = att.mean(axis=1)
+    edges = np.linspace(0, cols.shape[1], bins + 1).round().astype(int)
+    return np.asarray([[c[a:b].mean() for a, b in zip(edges[:-1], edges[1:])] for c in cols])
+
+
+def profile_features(image: np.ndarray, dark: Sequence[float], flat: Sequence[float], bins: int = DEFAULT_BINS,
+                     open_beam_rows: int = 0) -> np.ndarray:
+    """float64 [F]: per channel, the plate rows' profile as its level (first bin) and its slopes (bin j minus
+    bin j-1: the wedge and hardening shape, which hardly depends on the plate's thickness), then, where the rig
+    images an open-beam strip (``open_beam_rows``), the strip's binned attenuation (the plate is not in it, so
+    it shows the tube and the detector alone). ``feature_names`` says which is which."""
+    from alloynet.physics.simulator import plate_row_start
+
     img = np.asarray(image, dtype=np.float64)
     if img.ndim == 2:
         img = img[None]
-    if img.ndim != 3 or img.shape[-1] < bins:
-        raise ValueError(f"image: expected [C, H, W] with W >= {bins}, got {list(img.shape)}")
+    start = plate_row_start(open_beam_rows)
+    if img.ndim != 3 or img.shape[-1] < bins or img.shape[1] <= start:
+        raise ValueError(f"image: expected [C, H, W] with W >= {bins} and H > {start}, got {list(img.shape)}")
     dark_a = np.asarray(dark, np.float64).reshape(-1, 1, 1)
     flat_a = np.asarray(flat, np.float64).reshape(-1, 1, 1)
     if dark_a.shape[0] != img.shape[0] or flat_a.shape[0] != img.shape[0]:
@@ -45,9 +60,22 @@ def profile_features(image: np.ndarray, dark: Sequence[float], flat: Sequence[fl
                          f"{img.shape[0]} channel(s)")
     span = np.maximum(flat_a - dark_a, 1e-9)
     att = -np.log(np.clip((img - dark_a) / span, 1e-6, None))
-    cols = att.mean(axis=1)  # [C, W]
-    edges = np.linspace(0, cols.shape[1], bins + 1).round().astype(int)
-    return np.concatenate([[c[a:b].mean() for a, b in zip(edges[:-1], edges[1:])] for c in cols])
+    plate = _binned(att[:, start:], bins)
+    parts = [np.concatenate([p[:1], np.diff(p)]) for p in plate]
+    if open_beam_rows:
+        parts += list(_binned(att[:, :open_beam_rows], bins))
+    return np.concatenate(parts)
+
+
+def feature_names(channels: int, bins: int = DEFAULT_BINS, open_beam_rows: int = 0) -> list[str]:
+    """What each of ``profile_features``' values is: level, slope j (bin j - bin j-1), open j."""
+    names = []
+    for c in range(channels):
+        names += [f"ch{c} level"] + [f"ch{c} slope {j}" for j in range(1, bins)]
+    if open_beam_rows:
+        for c in range(channels):
+            names += [f"ch{c} open {j}" for j in range(bins)]
+    return names
 
 
 @dataclass
@@ -61,7 +89,8 @@ class DriftResult:
     statistics: list[float] = field(default_factory=list)
     shift_sd: list[float] = field(default_factory=list)  # (current mean - reference mean) / reference sd
     drifted: list[int] = field(default_factory=list)     # features below the threshold
-    pattern: str = "none"                 # none | level | shape | thickness-end | too-few
+    names: list[str] = field(default_factory=list)
+    pattern: str = "none"                 # none | level | shape | too-few
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,7 +100,8 @@ class DriftResult:
 MIN_CURRENT = 5  # fewer captures in a night than this: no test (the KS test would have no power)
 
 
-def drift_test(reference: np.ndarray, current: np.ndarray, alpha: float = DEFAULT_ALPHA) -> DriftResult:
+def drift_test(reference: np.ndarray, current: np.ndarray, alpha: float = DEFAULT_ALPHA,
+               names: Optional[Sequence[str]] = None) -> DriftResult:
     """Per-feature two-sample KS tests with a Bonferroni correction (see the module doc)."""
     from scipy.stats import ks_2samp
 
@@ -93,22 +123,24 @@ def drift_test(reference: np.ndarray, current: np.ndarray, alpha: float = DEFAUL
     res.shift_sd = [float(s) for s in shift]
     res.drifted = [j for j, p in enumerate(res.p_values) if p < res.threshold]
     res.detected = bool(res.drifted)
+    res.names = list(names) if names is not None else [f"feature {j}" for j in range(f)]
     if res.detected:
-        res.pattern = _pattern(shift)
+        res.pattern = _pattern(shift, res.names, res.drifted)
     return res
 
 
-def _pattern(shift: np.ndarray) -> str:
-    """How the profile moved: every bin the same way by a similar amount (level), or not (shape); a shape
-    change concentrated at the wedge's thick end reads as the hardening curve (composition)."""
+def _pattern(shift: np.ndarray, names: Sequence[str], drifted: Sequence[int]) -> str:
+    """How the profile moved. With an open-beam strip: every strip bin the same way by a similar amount is a
+    level change (tube output, calibration levels), unevenly a detector change (shape). Without: the level
+    alone is a level change; moved slopes are a shape change (a gain map, or the hardening curve of a
+    composition shift: the statistics cannot tell these two apart)."""
     s = np.asarray(shift, float)
-    if np.all(s > 0) or np.all(s < 0):
-        if np.std(s) <= 0.5 * abs(np.mean(s)):
-            return "level"
-    half = len(s) // 2
-    if half and np.abs(s[half:]).mean() > 2 * np.abs(s[:half]).mean():
-        return "thickness-end"
-    return "shape"
+    open_ = [j for j, n in enumerate(names) if " open " in n]
+    if open_ and any(j in open_ for j in drifted):
+        o = s[open_]
+        same_way = bool(np.all(o > 0) or np.all(o < 0))
+        return "level" if same_way and np.std(o) <= 0.5 * abs(np.mean(o)) else "shape"
+    return "shape" if any(" slope " in names[j] for j in drifted) else "level"
 
 
 def capture_drift_scores(reference: np.ndarray, current: np.ndarray) -> np.ndarray:

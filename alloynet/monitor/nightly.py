@@ -13,10 +13,11 @@ import numpy as np
 from alloynet.captures.stores import ObjectStore
 from alloynet.contract import FLAG_NAMES
 from alloynet.monitor.alarms import Alarm, decide
-from alloynet.monitor.drift import DEFAULT_ALPHA, DEFAULT_BINS, DriftResult, capture_drift_scores, drift_test, rate_jump
+from alloynet.monitor.drift import (DEFAULT_ALPHA, DEFAULT_BINS, DriftResult, capture_drift_scores, drift_test,
+                                   feature_names, rate_jump)
 from alloynet.monitor.performance import LivePerformance, Verified, live_performance
 from alloynet.monitor.record import Journal, answer_for, read_records
-from alloynet.monitor.scoring import Runner, line_captures, reference_features, score
+from alloynet.monitor.scoring import Runner, line_captures, open_beam_rows, reference_features, score
 from alloynet.monitor.verify import picks, propose, save_list, saved_list
 
 REPORTS = "line/reports/"
@@ -102,8 +103,11 @@ def run_night(store: ObjectStore, records_store: ObjectStore, since: datetime, u
 
     ref, ref_thick = reference_features(store, since, o.bins, seed=o.seed)
     cur = np.asarray([c.features(o.bins) for c in caps]) if caps else np.zeros((0, ref.shape[1] if ref.size else 0))
-    drift = drift_test(ref, cur, o.alpha) if ref.size and len(cur) else None
-    dscores = capture_drift_scores(ref, cur) if ref.size and len(cur) else np.zeros(len(caps))
+    drift = None
+    if ref.size and len(cur) and ref.shape[1] == cur.shape[1]:
+        names = feature_names(caps[0].image.shape[0], o.bins, open_beam_rows(caps[0].sidecar))
+        drift = drift_test(ref, cur, o.alpha, names if len(names) == cur.shape[1] else None)
+    dscores = capture_drift_scores(ref, cur) if drift is not None else np.zeros(len(caps))
 
     candidates = [{**answers.get(c.capture_id, {}), "capture_id": c.capture_id, "plate_id": c.sidecar.plate_id,
                    "image_sha256": c.sidecar.image.sha256, "drift_score": float(s)}
@@ -191,7 +195,7 @@ def to_markdown(r: dict[str, Any]) -> str:
                 f"KS per wedge-profile feature against {d['n_reference']} training captures, Bonferroni: "
                 f"threshold {d['threshold']:.2g} (false-alarm rate at most {d['alpha']:g} a night).", "",
                 "| feature | p | shift (sd) |", "|---|---|---|"]
-        out += [f"| {j} | {p:.2g} | {s:+.2f} |" for j, (p, s) in enumerate(zip(d["p_values"], d["shift_sd"]))]
+        out += [f"| {n} | {p:.2g} | {s:+.2f} |" for n, p, s in zip(d["names"], d["p_values"], d["shift_sd"])]
     live = r.get("live")
     if live:
         a, b, c = live["accuracy_interval"], live["balanced_accuracy_interval"], live["coverage_interval"]

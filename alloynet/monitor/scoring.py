@@ -36,7 +36,11 @@ class LineCapture:
 
     def features(self, bins: int) -> np.ndarray:
         c = self.sidecar.calibration
-        return profile_features(self.image, c.dark_adu, c.flat_adu, bins)
+        return profile_features(self.image, c.dark_adu, c.flat_adu, bins, open_beam_rows(self.sidecar))
+
+
+def open_beam_rows(sc: Sidecar) -> int:
+    return int(getattr(sc.rig, "open_beam_rows", 0) or 0)
 
 
 def _sidecars(store: ObjectStore) -> Iterable[tuple[str, Sidecar]]:
@@ -96,7 +100,7 @@ def reference_features(store: ObjectStore, before: datetime, bins: int, limit: i
         except CaptureError:
             continue
         c = cap.sidecar.calibration
-        feats.append(profile_features(cap.image, c.dark_adu, c.flat_adu, bins))
+        feats.append(profile_features(cap.image, c.dark_adu, c.flat_adu, bins, open_beam_rows(cap.sidecar)))
         t = cap.sidecar.truth
         thick.append(float(t.thickness_mm or t.nominal_thickness_mm))  # type: ignore[union-attr]
     return (np.asarray(feats) if feats else np.zeros((0, 0))), thick

@@ -12,7 +12,7 @@ from alloynet.captures.image import CaptureError
 from alloynet.captures.labels import history
 from alloynet.captures.layout import sidecar_key
 from alloynet.monitor.alarms import decide
-from alloynet.monitor.drift import drift_test, profile_features, rate_jump
+from alloynet.monitor.drift import drift_test, feature_names, profile_features, rate_jump
 from alloynet.monitor.performance import Verified, live_performance, wilson
 from alloynet.monitor.verify import import_verdicts, propose, read_verdicts
 
@@ -20,10 +20,14 @@ NIGHT = datetime(2026, 12, 1, 0, 0, tzinfo=timezone.utc)
 
 
 def test_profile_features_are_binned_attenuation_along_the_wedge():
-    img = np.full((1, 4, 16), 1100.0)
+    img = np.full((1, 8, 16), 1100.0)
     img[..., 8:] = 600.0  # thicker half: less transmitted
     f = profile_features(img.astype(np.uint16), [100.0], [1100.0], bins=2)
-    assert f == pytest.approx([0.0, -np.log(0.5)])
+    assert f == pytest.approx([0.0, -np.log(0.5)])  # level, then the slope to the next bin
+    img[:, :2] = 550.0  # an open-beam strip of 2 rows whose beam has halved since the flat
+    g = profile_features(img.astype(np.uint16), [100.0], [1100.0], bins=2, open_beam_rows=2)
+    assert len(g) == len(feature_names(1, 2, 2)) == 4
+    assert g[2:] == pytest.approx([-np.log(0.45)] * 2)
     with pytest.raises(ValueError, match="calibration"):
         profile_features(img, [100.0, 1.0], [1100.0], bins=2)
 
@@ -33,10 +37,13 @@ def test_drift_test_holds_its_false_alarm_rate_and_finds_a_level_shift():
     ref = rng.normal(size=(400, 8))
     alarms = sum(drift_test(ref, rng.normal(size=(40, 8)), alpha=0.05).detected for _ in range(200))
     assert alarms <= 20  # at most alpha = 0.05 of 200 nights, with room for chance (binomial sd ~3)
-    moved = drift_test(ref, rng.normal(size=(40, 8)) + 1.0)
-    assert moved.detected and moved.pattern == "level" and len(moved.drifted) >= 6
-    shaped = drift_test(ref, rng.normal(size=(40, 8)) + np.array([1.5, -1.5] * 4))
+    names = feature_names(1, 4, open_beam_rows=2)  # level, 3 slopes, 4 open-beam bins
+    moved = drift_test(ref, rng.normal(size=(40, 8)) + np.r_[1.0, 0, 0, 0, [1.0] * 4], names=names)
+    assert moved.detected and moved.pattern == "level" and len(moved.drifted) >= 4
+    shaped = drift_test(ref, rng.normal(size=(40, 8)) + np.r_[0, 1.5, -1.5, 0, 1.5, -1.5, 1.5, -1.5], names=names)
     assert shaped.detected and shaped.pattern == "shape"
+    no_strip = feature_names(2, 4)
+    assert drift_test(ref, rng.normal(size=(40, 8)) + np.r_[1.5, 0, 0, 0, 0, 0, 0, 0], names=no_strip).pattern == "level"
     assert drift_test(ref, ref[:3]).pattern == "too-few"
 
 
