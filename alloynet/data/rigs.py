@@ -1,5 +1,5 @@
 """What a data set says about the rig and the plates: the nominal rig settings in its sidecars and its
-thickness prior. The ceiling, the physics fit and the simulated training data all start from these."""
+thickness prior. The physics bracket, the physics fit and the simulated training data all start from these."""
 from __future__ import annotations
 
 import numpy as np
