@@ -157,6 +157,9 @@ class TritonClient:
                     wedge_mm: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
         """Raw outputs ({contract output name: [B, ...]}) for a batch [B, C, H, W] (sent as it is: the server checks
         it), its calibration [B, C, 2] and wedge sizes [B, 1] (zeros where unknown; None: unknown for all)."""
+        if images.ndim < 2 or len(images) == 0:  # the server would answer with a byte count of some input
+            raise self._error(InvalidCaptureError, f"empty batch: expected images [B, C, H, W] with B >= 1, got "
+                                                   f"shape {list(images.shape)}")
         if calibration is None:
             calibration = np.zeros((len(images), images.shape[1] if images.ndim > 1 else 1, 2), np.float32)
         if wedge_mm is None:

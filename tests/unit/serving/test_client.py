@@ -46,3 +46,24 @@ def test_a_refused_item_is_its_captures_error_and_the_others_are_answered(client
     with pytest.raises(InvalidCaptureError) as exc:
         client.predict_batch(images)
     assert exc.value.results[0].alloy in NAMES and exc.value.results[1] is exc.value
+
+
+def test_flat_not_above_dark_is_refused_naming_the_capture_and_the_values(client, monkeypatch):
+    from serving.client import InvalidCaptureError
+
+    monkeypatch.setattr(client, "infer_array", lambda images, cal, wedge: _outputs([("flat_not_above_dark", -150.0)]))
+    with pytest.raises(InvalidCaptureError) as exc:
+        client.predict_batch([np.full((1, 8, 8), 1000, np.uint16)], calibrations=[np.array([[900.0, 750.0]])])
+    assert exc.value.code == "INVALID_ARGUMENT" and exc.value.capture == "capture 0 (array [1, 8, 8] uint16)"
+    assert exc.value.message.startswith("calibration: the flat level must lie above the dark level")
+    assert "flat - dark = -150 ADU" in exc.value.message
+
+
+def test_an_empty_batch_is_refused_as_such_unsent(client, monkeypatch):
+    from serving.client import InvalidCaptureError
+
+    monkeypatch.setattr(client, "_infer", lambda request: pytest.fail("an empty batch was sent"))
+    with pytest.raises(InvalidCaptureError) as exc:
+        client.infer_array(np.zeros((0, 1, 8, 8), np.float32))
+    assert exc.value.code == "INVALID_ARGUMENT" and exc.value.message.startswith("empty batch")
+    assert client.predict_batch([]) == []
