@@ -135,6 +135,257 @@ def kill(args) -> None:
             print(f"| {k + 1} | {answered + 1} | {n_rec} | {max(0, answered + 1 - n_rec)} |")
 
 
+# -- month --------------------------------------------------------------------------------------------------
+ALLOYS = ("Al1050", "Al2017", "Al5083", "Al6082", "Al7075")
+THICKNESSES = (2.0, 3.0, 4.0, 5.0, 6.0)
+KINDS = ("tube", "gain-map", "composition")
+
+
+class Line:
+    """The simulated rig of one seed: sessions with their own flat/dark; from the drift day on, one change
+    the calibration does not record (``kind``): the tube's output down by ``tube_drop`` after the flat was
+    taken; a new detector gain map (a smooth +-``gain_amp`` pattern along the wedge); or a supplier whose
+    Al6082 sits at the top of every range of its standard."""
+
+    def __init__(self, seed: int, kind: str, size: int = 32, tube_drop: float = 0.05, gain_amp: float = 0.04,
+                 open_beam_rows: int = 4):
+        from alloynet.data.simulate import frame_level
+        from alloynet.physics.simulator import RigConfig, RigSimulator
+
+        self.sim = RigSimulator(RigConfig(height=size, width=size, kvp=[50.0], open_beam_rows=open_beam_rows))
+        self.open_beam_rows = open_beam_rows
+        self.kind, self.seed, self.tube_drop = kind, seed, tube_drop
+        rng = np.random.default_rng([seed, 99])
+        gain = self.sim.session_gain(rng)
+        dark, flat = self.sim.calibration_frames(rng, gain)
+        self.gain, self.dark, self.flat = gain, frame_level(dark), frame_level(flat)
+        x = np.linspace(0, 1, size)
+        self.gain_map = 1.0 + gain_amp * np.sin(2 * np.pi * (x * 1.5 + float(rng.uniform())))
+
+    def captures(self, n: int, drifted: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """``n`` captures: the champion's features (the plate's 16-bin profile), the monitor's drift features
+        (``alloynet.monitor.drift.profile_features``, 8 bins and the open-beam strip), the true alloys."""
+        from alloynet.monitor.drift import profile_features
+        from alloynet.physics.alloys import STANDARD_ALLOYS, density_for, get_alloy, sample_plate
+
+        feats, dfeats, alloys = [], [], []
+        for _ in range(n):
+            alloy, t = str(rng.choice(ALLOYS)), float(rng.choice(THICKNESSES))
+            plate = sample_plate(alloy, t, rng, "p")
+            gain = self.gain
+            if drifted and self.kind == "composition" and alloy == "Al6082":
+                a = get_alloy(alloy, STANDARD_ALLOYS)
+                wt = {**plate.wt_pct, **{el: hi for el, (lo, hi) in a.ranges_wt_pct.items()}}
+                plate = type(plate)(plate.plate_id, alloy, plate.nominal_thickness_mm, plate.thickness_mm, wt,
+                                    density_for(a, wt))
+            if drifted and self.kind == "tube":
+                gain *= 1.0 - self.tube_drop
+            img = self.sim.capture(plate, rng, self.dark, self.flat, gain).image.astype(np.float64)
+            if drifted and self.kind == "gain-map":
+                img = self.dark[0] + (img - self.dark[0]) * self.gain_map[None, None, :]
+            # the plate's profile, and its gauge: in this bench the line knows the nominal thickness it cuts
+            feats.append(np.r_[profile_features(img, self.dark, self.flat, 16, self.open_beam_rows)[:16], np.log(t)])
+            dfeats.append(profile_features(img, self.dark, self.flat, 8, self.open_beam_rows))
+            alloys.append(alloy)
+        return np.asarray(feats), np.asarray(dfeats), alloys
+
+
+class Champion:
+    """The line's model in this bench: a logistic regression on the 16-bin wedge profile and the plate's
+    nominal thickness (a stand-in for the exported CNN, so that a month retrains in seconds), with
+    split-conformal sets at ``coverage``."""
+
+    def __init__(self, x: np.ndarray, y: list[str], w: np.ndarray, x_cal: np.ndarray, y_cal: list[str],
+                 coverage: float = 0.9):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=3.0))
+        self.model.fit(x, y, logisticregression__sample_weight=w)
+        self.classes = list(self.model.classes_)
+        p = self.model.predict_proba(x_cal)
+        s = 1 - p[np.arange(len(y_cal)), [self.classes.index(a) for a in y_cal]]
+        k = int(np.ceil((len(s) + 1) * coverage)) - 1
+        self.q = float(np.sort(s)[min(k, len(s) - 1)])
+        self.coverage = coverage
+
+    def answer(self, x: np.ndarray) -> list[dict]:
+        from alloynet.physics.alloys import alloy_group
+
+        out = []
+        for p in self.model.predict_proba(x):
+            k = int(np.argmax(p))
+            out.append({"alloy": self.classes[k], "confidence": float(p[k]), "flags": [],
+                        "group": alloy_group(self.classes[k]),
+                        "prediction_set": [c for c, pk in zip(self.classes, p) if 1 - pk <= self.q] or [self.classes[k]]})
+        return out
+
+    def balanced_accuracy(self, x: np.ndarray, y: list[str]) -> float:
+        from alloynet.monitor.performance import balanced_accuracy
+
+        return balanced_accuracy(y, list(self.model.predict(x)))
+
+
+def _month(line: Line, seed: int, days: int, drift_day: int, per_day: int, budget: int, random_share: float,
+           alpha: float, test_n: int, pre: tuple, drifted_test: tuple) -> list[dict]:
+    """One arm of one seed: the nights of a month; per night the figures the table reports."""
+    from alloynet.monitor.alarms import decide
+    from alloynet.monitor.drift import drift_test
+    from alloynet.monitor.performance import Verified, live_performance
+    from alloynet.monitor.verify import propose
+    from alloynet.physics.alloys import alloy_group
+
+    rng_day = np.random.default_rng([seed, 7])  # the same line captures in every arm of this seed
+    from alloynet.monitor.drift import feature_names
+
+    (x_tr, ref, y_tr), (x_cal, y_cal), (x_te, y_te) = pre
+    names = feature_names(1, 8, line.open_beam_rows)
+    x_lab, y_lab, when = list(x_tr), list(y_tr), [0] * len(y_tr)
+    champ = Champion(x_tr, y_tr, np.ones(len(y_tr)), x_cal, y_cal)
+    verified: list[tuple[int, Verified]] = []
+    alarm_since = None
+    rows = []
+    for d in range(1, days + 1):
+        drifted = drift_day > 0 and d >= drift_day
+        x, xd, y = line.captures(per_day, drifted, rng_day)
+        answers = champ.answer(x)
+        drift = drift_test(ref, xd, alpha, names)
+        cands = [{**a, "capture_id": str(i), "drift_score": 0.0} for i, a in enumerate(answers)]
+        picked = propose(cands, budget, random_share, seed, datetime(2026, 1, 1).date() + timedelta(days=d))
+        for r in picked:
+            i = int(r["capture_id"])
+            x_lab.append(x[i]), y_lab.append(y[i]), when.append(d)
+            if r["pick"] == "random":
+                a = answers[i]
+                verified.append((d, Verified(str(i), y[i], a["alloy"], a["prediction_set"], alloy_group(y[i]),
+                                             a["group"])))
+        week = [v for dd, v in verified if dd > d - 7]
+        live = live_performance(week, champ.coverage, n_boot=300, seed=seed) if week else None
+        alarms = decide(drift, live, {}, 0.0, budget)
+        if alarms and alarm_since is None:
+            alarm_since = d
+        # tonight's retrain: every label so far; after an alarm, the labels since it weigh as much as all before
+        w = np.ones(len(y_lab))
+        if alarm_since is not None:
+            recent = np.asarray(when) >= alarm_since
+            if recent.any():
+                w[recent] = max(1.0, (~recent).sum() / recent.sum())
+        x_cal_now, y_cal_now = (x_cal, y_cal)
+        champ = Champion(np.asarray(x_lab), y_lab, w, x_cal_now, y_cal_now)
+        x_now, y_now = drifted_test if drifted else (x_te, y_te)
+        rows.append({"day": d, "drifted": drifted, "drift_alarm": drift.detected, "pattern": drift.pattern,
+                     "alarms": [a.kind for a in alarms],
+                     "live_bal": live.balanced_accuracy if live else None,
+                     "live_bal_iv": live.balanced_accuracy_interval if live else None,
+                     "live_cov": live.coverage if live else None, "live_n": live.n if live else 0,
+                     "true_bal": champ.balanced_accuracy(x_now, y_now), "labels": len(picked)})
+    return rows
+
+
+def month(args) -> None:
+    """30 nights per drift kind and seed, active (half random, half informative) vs random verification of the
+    same budget; plus undrifted months for the false-alarm rate."""
+    print(f"# {machine()}; {args.days} nights, drift on day {args.drift_day}, {args.per_day} captures a night, "
+          f"budget {args.budget}, alpha {args.alpha}, seeds {args.seeds}")
+    summary = []
+    false_alarms, quiet_nights = 0, 0
+    per_day_rows: dict = {}
+    for kind in ("none",) + KINDS:
+        for seed in range(args.seeds):
+            line = Line(seed, kind if kind != "none" else "tube")
+            rng = np.random.default_rng([seed, 1])
+            x_tr, d_tr, y_tr = line.captures(args.train_n, False, rng)
+            x_cal, _, y_cal = line.captures(args.cal_n, False, rng)
+            x_te, _, y_te = line.captures(args.test_n, False, rng)
+            x_dt, _, y_dt = line.captures(args.test_n, True, rng) if kind != "none" else (x_te, None, y_te)
+            pre = ((x_tr, d_tr, y_tr), (x_cal, y_cal), (x_te, y_te))
+            base = Champion(x_tr, y_tr, np.ones(len(y_tr)), x_cal, y_cal).balanced_accuracy(x_te, y_te)
+            for arm, share in (("active", 0.5), ("random", 1.0)):
+                if kind == "none" and arm == "random":
+                    continue
+                rows = _month(line, seed, args.days, args.drift_day if kind != "none" else 0, args.per_day,
+                              args.budget, share, args.alpha, args.test_n, pre, (x_dt, y_dt))
+                per_day_rows[(kind, seed, arm)] = rows
+                if arm == "active":  # both arms see the same captures: their nights count once
+                    false_alarms += sum(r["drift_alarm"] for r in rows if not r["drifted"])
+                    quiet_nights += sum(not r["drifted"] for r in rows)
+                if kind == "none":
+                    continue
+                first = next((r["day"] for r in rows if r["drifted"] and r["alarms"]), None)
+                back = next((r["day"] for r in rows if r["drifted"] and r["true_bal"] >= base - 0.02), None)
+                summary.append({"kind": kind, "seed": seed, "arm": arm, "pre_bal": base,
+                                "bal_at_drift": next(r["true_bal"] for r in rows if r["drifted"]),
+                                "min_bal": min(r["true_bal"] for r in rows if r["drifted"]),
+                                "nights_to_alarm": None if first is None else first - args.drift_day + 1,
+                                "nights_to_recover": None if back is None else back - args.drift_day + 1,
+                                "labels": sum(r["labels"] for r in rows)})
+    print(f"\nfalse drift alarms on undrifted nights of the months: {false_alarms} of {quiet_nights} "
+          f"({30 * false_alarms / max(1, quiet_nights):.2f} per 30 nights)")
+    if args.quiet_nights:
+        fa = _quiet(args)
+        print(f"false drift alarms on {args.quiet_nights} more undrifted nights (drift test only): {fa} "
+              f"({30 * fa / args.quiet_nights:.2f} per 30 nights)")
+    print()
+    print("| drift | seed | verification | pre-drift bal. acc. | after drift night 1 | lowest after drift | "
+          "nights to alarm | nights to within 0.02 | labels |\n|---|---|---|---|---|---|---|---|---|")
+    for r in summary:
+        print(f"| {r['kind']} | {r['seed']} | {r['arm']} | {r['pre_bal']:.3f} | {r['bal_at_drift']:.3f} | "
+              f"{r['min_bal']:.3f} | "
+              f"{r['nights_to_alarm'] if r['nights_to_alarm'] is not None else 'none'} | "
+              f"{r['nights_to_recover'] if r['nights_to_recover'] is not None else 'not in the month'} | "
+              f"{r['labels']} |")
+    widths = [r["live_bal_iv"][1] - r["live_bal_iv"][0] for rows in per_day_rows.values() for r in rows
+              if r["live_n"] and r["day"] >= 7 and not r["drifted"]]
+    if widths:
+        print(f"\nlive balanced accuracy, 95 % bootstrap interval over the last 7 nights' random picks (undrifted "
+              f"nights from day 7): median half-width {np.median(widths) / 2:.3f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"summary": summary, "days": {"|".join(map(str, k)): v
+                                                                          for k, v in per_day_rows.items()}},
+                                             indent=1, default=str))
+        if args.plot:
+            _plot(per_day_rows, args)
+
+
+def _quiet(args) -> int:
+    """Drift alarms on ``args.quiet_nights`` undrifted nights (fresh captures each night, the reference of
+    one seed's training captures)."""
+    from alloynet.monitor.drift import drift_test, feature_names
+
+    alarms = 0
+    for seed in range(args.seeds):
+        line = Line(1000 + seed, "tube")
+        rng = np.random.default_rng([seed, 11])
+        _, ref, _ = line.captures(args.train_n, False, rng)
+        names = feature_names(1, 8, line.open_beam_rows)
+        for _ in range(args.quiet_nights // args.seeds):
+            alarms += drift_test(ref, line.captures(args.per_day, False, rng)[1], args.alpha, names).detected
+    return alarms
+
+
+def _plot(per_day_rows: dict, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(5 * len(KINDS), 3.5), sharey=True)
+    for ax, kind in zip(axes, KINDS):
+        for (k, seed, arm), rows in per_day_rows.items():
+            if k != kind or seed != 0:
+                continue
+            ax.plot([r["day"] for r in rows], [r["true_bal"] for r in rows], label=f"{arm}: champion (test)")
+            ax.plot([r["day"] for r in rows], [r["live_bal"] for r in rows], ":", label=f"{arm}: live estimate")
+        ax.axvline(args.drift_day, color="grey", lw=0.8)
+        ax.set_title(kind)
+        ax.set_xlabel("night")
+    axes[0].set_ylabel("balanced accuracy")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(Path(args.out).with_suffix(".png"), dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="what", required=True)
@@ -145,6 +396,19 @@ def main() -> None:
     kl.add_argument("--n", type=int, default=3000)
     kl.add_argument("--kills", type=int, default=5)
     kl.add_argument("--seed", type=int, default=0)
+    mo = sub.add_parser("month")
+    mo.add_argument("--days", type=int, default=30)
+    mo.add_argument("--drift-day", type=int, default=12)
+    mo.add_argument("--seeds", type=int, default=3)
+    mo.add_argument("--per-day", type=int, default=40)
+    mo.add_argument("--budget", type=int, default=10)
+    mo.add_argument("--alpha", type=float, default=0.01)
+    mo.add_argument("--train-n", type=int, default=300)
+    mo.add_argument("--cal-n", type=int, default=150)
+    mo.add_argument("--test-n", type=int, default=400)
+    mo.add_argument("--quiet-nights", type=int, default=0, help="more undrifted nights, drift test only")
+    mo.add_argument("--out", default="", help="write the nights as JSON here (and a .png beside it with --plot)")
+    mo.add_argument("--plot", action="store_true")
     ch = sub.add_parser("_child")
     ch.add_argument("store")
     ch.add_argument("n", type=int)
@@ -152,7 +416,7 @@ def main() -> None:
     if args.what == "_child":
         _child(args.store, args.n)
     else:
-        {"record-cost": record_cost, "kill": kill}[args.what](args)
+        {"record-cost": record_cost, "kill": kill, "month": month}[args.what](args)
 
 
 if __name__ == "__main__":
