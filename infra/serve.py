@@ -123,9 +123,10 @@ def start(cfg: ServeConfig, state_dir: Optional[Path] = None, wait: bool = True)
             raise ServeError(f"port(s) in use: {', '.join(busy)}; stop what listens there or choose other ports "
                              "(alloynet serve start --help)")
         write_json(state_dir / CONFIG_FILE, asdict(cfg))
-        admin = state_dir / ADMIN_FILE
-        admin.write_text(secrets.token_urlsafe(24))
-        admin.chmod(0o600)
+        admin = state_dir / ADMIN_FILE   # 0600 from the moment it exists: the key guards load/unload
+        admin.unlink(missing_ok=True)
+        with os.fdopen(os.open(admin, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_urlsafe(24))
         (state_dir / STATE_FILE).unlink(missing_ok=True)
         endpoint.env_file_path(state_dir).unlink(missing_ok=True)
         tag = uuid.uuid4().hex

@@ -17,6 +17,7 @@ drops each request when it is answered, and glibc is told to serve anything from
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -33,11 +34,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}
 ADMIN_HEADER = "alloynet-admin"  # the header the model-repository (load/unload) API requires, when restricted
 SHM_FILE = "tritonserver.shm"    # the Python backend's shared-memory prefix of the running server
-NATIVE_BACKEND = "alloynet_ort"  # alloynet's backend: <venv>/alloynet_ort/libtriton_alloynet_ort.so
+SECRET_PLACEHOLDER = "@ALLOYNET_SECRET@"  # on the command line in place of the admin key (infra/argv_secret.c)
+SECRET_FILE = "admin.key"        # the admin key, 0600, in the server's working directory
 
 
 def native_backend(venv: Optional[Path] = None) -> Path:
     """alloynet's Triton backend library, as infra/serving_env.sh built it."""
+    # imported here: serving.triton.repository pulls in torch (through alloynet.export), which `serve status`
+    # and the supervisor's start do not need
+    from serving.triton.repository import NATIVE_BACKEND
+
     lib = (venv or triton_venv()) / NATIVE_BACKEND / f"libtriton_{NATIVE_BACKEND}.so"
     if not lib.exists():
         raise RuntimeError(f"{lib} is missing: run infra/serving_env.sh (builds alloynet's Triton backend with g++)")
@@ -148,7 +154,7 @@ def _prepare(workdir: Path, venv: Path) -> tuple[Path, dict]:
     # alloynet's backend, as last built: copied beside and renamed over, so a server still running from this
     # directory keeps the library it mapped.
     lib = native_backend(venv)
-    dst = server_dir / "backends" / NATIVE_BACKEND / lib.name
+    dst = server_dir / "backends" / lib.parent.name / lib.name   # <backends>/alloynet_ort/, as Triton looks it up
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not dst.exists() or dst.read_bytes() != lib.read_bytes():
         tmp = dst.with_name(f".{lib.name}.{os.getpid()}")
@@ -166,6 +172,39 @@ def _prepare(workdir: Path, venv: Path) -> tuple[Path, dict]:
     env.pop("PYTHONPATH", None)
     env.pop("PYTHONHOME", None)
     return server_dir, env
+
+
+def secret_library(server_dir: Path) -> Path:
+    """infra/argv_secret.c built into the server's directory (rebuilt when the source changes): preloaded into
+    tritonserver, it puts the admin key read from a 0600 file where the command line has the placeholder, so
+    the key is never in /proc/PID/cmdline (tritonserver 2.51 takes it only as an argument)."""
+    src = ROOT / "infra" / "argv_secret.c"
+    lib = server_dir / "lib" / "liballoynet_argv_secret.so"
+    stamp = lib.with_suffix(".sha256")
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    if lib.exists() and stamp.exists() and stamp.read_text() == digest:
+        return lib
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("a C compiler (cc) is needed to build infra/argv_secret.c, which keeps Triton's admin "
+                           "key off its command line; install gcc (infra/serving_env.sh needs g++ anyway)")
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    tmp = lib.with_name(f".{lib.name}.{os.getpid()}")
+    done = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o", str(tmp), str(src)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"building {src} failed:\n{done.stderr}")
+    os.replace(tmp, lib)
+    stamp.write_text(digest)
+    return lib
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    """``secret`` in ``path``, readable and writable by this user only from the moment it exists."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
 
 
 def start(repository: str | Path, workdir: str | Path, models: Sequence[str] = ("alloynet",),
@@ -197,10 +236,16 @@ def start(repository: str | Path, workdir: str | Path, models: Sequence[str] = (
             "--strict-readiness=true", "--exit-on-error=true", f"--log-verbose={log_verbose}",
             f"--backend-config=python,shm-region-prefix-name={shm_prefix}"]
     args += [f"--http-address={HOST}", f"--http-port={http_port}"] if http else ["--allow-http=false"]
-    if admin_key:
-        args.append(f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={admin_key}")
+    if admin_key:  # the key itself goes through a 0600 file, never the command line (see secret_library)
+        if SECRET_PLACEHOLDER in admin_key or any(c.isspace() for c in admin_key):
+            raise ValueError("admin_key must not contain whitespace or the placeholder")
+        _write_secret(workdir / SECRET_FILE, admin_key)
+        run_env["ALLOYNET_SECRET_FILE"] = str(workdir / SECRET_FILE)
+        run_env["LD_PRELOAD"] = ":".join([str(secret_library(server_dir))]
+                                         + [p for p in run_env.get("LD_PRELOAD", "").split(":") if p])
+        args.append(f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={SECRET_PLACEHOLDER}")
         if http:
-            args.append(f"--http-restricted-api=model-repository:{ADMIN_HEADER}={admin_key}")
+            args.append(f"--http-restricted-api=model-repository:{ADMIN_HEADER}={SECRET_PLACEHOLDER}")
     pid_file = workdir / "tritonserver.pid"
     if pid_file.exists() and alive(int(pid_file.read_text())):
         raise RuntimeError(f"a Triton started in {workdir} still runs (pid {pid_file.read_text()}); stop it first")
