@@ -48,8 +48,11 @@ def package_torchserve(
     export_dir: Optional[Path] = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
     store: Optional[str] = typer.Option(None, help="data set whose test captures check parity (default: the one "
                                                    "the checkpoint was trained on)"),
-    model_name: str = "alloynet", version: str = "1.0", batch_size: int = 8, max_batch_delay_ms: int = 5,
-    workers: int = 1, threads: int = typer.Option(1, help="torch threads per worker"),
+    model_name: str = typer.Option("alloynet", help="model name the server registers"),
+    version: str = typer.Option("1.0", help="archive version"),
+    batch_size: int = typer.Option(8, help="TorchServe batch size"),
+    max_batch_delay_ms: int = typer.Option(5, help="ms TorchServe waits to fill a batch"),
+    workers: int = typer.Option(1, help="TorchServe workers of the model"), threads: int = typer.Option(1, help="torch threads per worker"),
 ) -> None:
     """Build a TorchServe .mar (TorchServe is archived upstream; Triton is the primary path)."""
     from serving.torchserve.archive import build_mar
@@ -67,19 +70,29 @@ def package_triton(
     export_dir: Optional[Path] = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
     store: Optional[str] = typer.Option(None, help="data set whose test captures check parity (default: the one "
                                                    "the checkpoint was trained on)"),
-    model_name: str = "alloynet", max_batch_size: int = 32, max_queue_delay_us: int = 0, instances: int = 1,
+    model_name: str = typer.Option("alloynet", help="model name in the repository"),
+    max_batch_size: int = typer.Option(32, help="Triton's dynamic batcher: largest batch"),
+    max_queue_delay_us: int = typer.Option(0, help="microseconds Triton waits to fill a batch"),
+    instances: int = typer.Option(1, help="model instances"),
     threads: int = typer.Option(1, help="ONNX Runtime intra-op threads per instance"),
     gpu: bool = typer.Option(False, help="GPU instances + TensorRT execution accelerator for the ONNX model"),
     tensorrt: Optional[str] = typer.Option(None, help="also build a TensorRT engine: fp16 | int8 (GPU + TensorRT "
                                                       "only; skipped with a message elsewhere)"),
+    backend: Optional[str] = typer.Option(None, help="the served model's backend: alloynet_ort (alloynet's own, "
+                                                     "for CPU servers), onnxruntime (stock Triton) or tensorrt "
+                                                     "(needs --tensorrt); default alloynet_ort, onnxruntime with "
+                                                     "--gpu"),
 ) -> None:
     """Write a Triton model repository (alloynet's own backend for CPU servers, ONNX Runtime model, TensorRT plan)."""
-    from serving.triton.repository import BatchingOptions, build_repository
+    from serving.triton.repository import BACKENDS, BatchingOptions, build_repository
+
+    if backend is not None and backend not in BACKENDS:
+        raise typer.BadParameter(f"expected one of {', '.join(BACKENDS)}, got {backend!r}", param_hint="--backend")
 
     b = _bundle(checkpoint, bundle, export_dir or out.with_name(out.name + "-export"), tensorrt, store)
     opts = BatchingOptions(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                            instances=instances, intra_op_threads=threads)
-    repo = build_repository(b, out, model_name, opts, gpu=gpu)
+    repo = build_repository(b, out, model_name, opts, gpu=gpu, backend=backend)
     models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").exists())
     console.print(f"wrote {repo}: {', '.join(models)} (configs parsed and checked against the ONNX model)")
 
@@ -95,7 +108,7 @@ def infer(
     timeout: float = typer.Option(10.0, help="seconds per request"),
     retry_budget: float = typer.Option(30.0, help="seconds to keep retrying while the server is unavailable "
                                                   "(e.g. restarting)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per capture instead of a line"),
 ) -> None:
     """Send captures to a model server over gRPC and print the alloy, the prediction set, the group,
     thickness, absorption and any flags. Each capture's calibration and wedge size are read from its sidecar
