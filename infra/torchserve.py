@@ -141,6 +141,7 @@ def start(model_store: str | Path, models: list[str], workdir: str | Path, manag
     every model answers. Ports: the ones given, else free ones."""
     workdir = Path(workdir).resolve()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o700)  # key_file.json appears here, with TorchServe's own permissions: the serving user's only
     pid_file = workdir / "torchserve.pid"
     if pid_file.exists() and alive(int(pid_file.read_text())):
         raise RuntimeError(f"a TorchServe started in {workdir} still runs (pid {pid_file.read_text()}); stop it first")

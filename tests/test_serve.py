@@ -308,6 +308,9 @@ def test_torchserve_keys_are_renewed_before_they_expire(serve, inputs):
     # the module has run longer than a key's lifetime: the supervisor has renewed them, and they still work
     assert (serve["dir"] / "torchserve" / "config.properties").read_text().count(
         f"token_expiration_min={TOKEN_EXPIRY_MIN}") == 1
+    # the keys, like Triton's admin key, are the serving user's only
+    assert (serve["dir"] / "torchserve").stat().st_mode & 0o777 == 0o700
+    assert (serve["dir"] / "triton-admin.key").stat().st_mode & 0o777 == 0o600
     _wait(lambda: _state(serve)["torchserve_keys_renewed"] >= 2, 60, "keys to be renewed")
     from datetime import datetime, timezone
 
