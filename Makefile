@@ -22,10 +22,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/alloynet demo --out demo-data
 
-# Triton (gRPC 8001) on the registry's champion (demo-data/registry unless ALLOYNET_REGISTRY is set), supervised.
+# Triton (gRPC on PORT, default 8001) on the registry's champion, supervised: `make serve PORT=9001`. The registry
+# is $ALLOYNET_REGISTRY, else $ALLOYNET_HOME/registry (ALLOYNET_HOME defaults to demo-data, where `make demo` writes).
+PORT ?= 8001
 serve: $(STAMP)
 	infra/serving_env.sh
-	$(BIN)/alloynet serve start
+	$(BIN)/alloynet serve start --triton-grpc-port $(PORT)
 
 # The quality gates: ruff (lint and format) on the whole tree, mypy on the typed packages (pyproject.toml).
 check: $(STAMP)

@@ -32,6 +32,8 @@ from typing import Optional, Sequence
 
 import typer
 
+from alloynet import settings
+
 PLUGIN_GROUP = "alloynet.commands"
 
 # Top-level command -> the module whose register(app) adds it (with the other commands of its area).
@@ -62,7 +64,8 @@ def new_app() -> typer.Typer:
     # (a panel is wrapped at the console's width and would break a long path in an error in two).
     return typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                        rich_markup_mode="rich" if sys.stdout.isatty() else None, callback=_root,
-                       help="alloynet: identify aluminium alloys from X-ray transmission captures.")
+                       help="alloynet: identify aluminium alloys from X-ray transmission captures.\n\n"
+                            + settings.HELP)
 
 
 def _plugins() -> list:

@@ -9,11 +9,14 @@ alloynet/ does not depend on Prefect: ``flows`` is imported inside the command, 
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from alloynet import settings
 
 # The top-level commands register() adds: alloynet.cli reads this literal from the source, without running
 # this module, to register only the plugin a command needs (see its docstring).
@@ -22,11 +25,33 @@ COMMANDS = ("demo", "study-pool")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def demo(out: Path = typer.Option(Path("demo-data"), help="working directory for the demo"),
-         seed: int = 0, size: int = 64,
+def _quiet_prefect_console() -> None:
+    """One copy of every line, and the demo's own last lines last: the library's lines (the trainer's epoch line)
+    are printed by its console and also logged for the Prefect UI; Prefect's console handler on the root logger
+    would print them a second time. Prefect's "Stopping temporary server" line, printed at exit, is left out."""
+    logging.getLogger("alloynet").propagate = False  # the UI handler sits on "alloynet" itself: the UI keeps them
+    logging.getLogger("prefect").addFilter(lambda r: not r.getMessage().startswith("Stopping temporary server"))
+
+
+def next_steps(home: Path) -> list[str]:
+    """What a user runs after the demo in ``home``: serve the champion, ask it about a capture, stop."""
+    registry = home / "registry"
+    same = registry.resolve() == Path(settings.registry()).resolve()
+    serve = "make serve" if same else f"make serve ALLOYNET_REGISTRY={registry}"
+    capture = next(iter(sorted((home / "rig").rglob("*.png"))), None)
+    return [f"{serve}    # Triton on 127.0.0.1:8001 serving the champion (PORT=... picks another port)",
+            f"alloynet infer {capture or '<capture.png>'}    # one line per capture: alloy, set, group",
+            "alloynet serve stop"]
+
+
+def demo(out: Path = typer.Option(Path(settings.home()), help="working directory for the demo "
+                                  "(default $ALLOYNET_HOME, else ./demo-data)"),
+         seed: int = typer.Option(0, help="seed of the simulated data set and of training"),
+         size: int = typer.Option(64, help="image height = width in pixels"),
          n_max: int = typer.Option(150, help="head-class plates (the tail gets n_max / imbalance ratio)"),
          imbalance_ratio: float = typer.Option(10.0, help="long-tail profile of the simulated captures"),
-         config: Path = typer.Option(REPO / "configs" / "demo.yaml", help="training config of the candidate"),
+         config: Path = typer.Option(REPO / "configs" / "demo.yaml", "--config", "-c",
+                                     help="training config of the candidate"),
          force_retrain: bool = typer.Option(False, help="retrain even if no new captures arrived"),
          simulate_only: bool = typer.Option(False, help="only simulate the data set and print its summary")) -> None:
     """Simulate a small data set and run the nightly flow once on it (CPU, in-process)."""
@@ -55,6 +80,7 @@ def demo(out: Path = typer.Option(Path("demo-data"), help="working directory for
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # the in-process server gets 20 s to start by default: too little on a busy machine (seen failing there)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    _quiet_prefect_console()
     from alloynet.registry import open_registry
     from alloynet.steps import Candidate
     from flows.nightly import nightly
@@ -73,7 +99,7 @@ def demo(out: Path = typer.Option(Path("demo-data"), help="working directory for
     reg = open_registry(out / "registry")
     p = reg.pointer()
     console.print(f"\n[bold]ingest[/]: {len(res['ingest']['new'])} new, {len(res['quarantined'])} quarantined; "
-                  f"retrain: {res['retrain']}")
+                  f"retrain: {res['retrain']}", highlight=False)
     if res.get("decision"):
         console.print(f"[bold]decision[/]: {' '.join(res['decision']['reasons'])}")
     for name, d in (res.get("report_dirs") or {}).items():
@@ -90,9 +116,13 @@ def demo(out: Path = typer.Option(Path("demo-data"), help="working directory for
                 console.print(f"  {fmt}: {reg.artifact_path(p.version, fmt)}")
     else:
         console.print("registry: no champion yet")
+        return
+    console.print("\n[bold]next[/]:")
+    for line in next_steps(out):
+        console.print(f"  {line}", markup=False, highlight=False)
 
 
-def study_pool(config: Path = typer.Option(Path("configs/study.yaml"), help="study YAML (grid, data, training)"),
+def study_pool(config: Path = typer.Option(Path("configs/study.yaml"), "--config", "-c", help="study YAML (grid, data, training)"),
                deployment: str = typer.Option("study-cell/local", help="the deployment that computes one cell"),
                attempts: int = typer.Option(2, help="runs per cell when its process or worker dies"),
                threads: Optional[int] = typer.Option(None, help="OMP_NUM_THREADS of every cell (default: the "

@@ -1,15 +1,20 @@
-"""Defaults shared by the flows (the deployments in prefect.yaml override them per environment)."""
+"""Defaults shared by the flows (the deployments in prefect.yaml override them per environment).
+
+The locations come from alloynet.settings (``$ALLOYNET_HOME``, ``$ALLOYNET_REGISTRY``), read when this module is
+imported: a worker started with another ``ALLOYNET_HOME`` gets that home's data, registry and runs.
+"""
 from __future__ import annotations
 
 from typing import Optional
 
+from alloynet import settings
 from alloynet.data.manifest import DataSet, manifest_path
 from alloynet.steps import Candidate
 
 SOURCE = "s3://captures/rig"          # where the rig uploads captures (the local stack's SeaweedFS bucket)
-DATA_DIR = ".alloynet/data"           # ingested captures + manifest, on the worker
-REGISTRY = ".alloynet/registry"       # the model store (s3://models/registry in production)
-WORK_DIR = ".alloynet/runs"           # per-run checkpoints, reports and packages
+DATA_DIR = settings.data_dir()        # ingested captures + manifest, on the worker
+REGISTRY = settings.registry()        # the model store (s3://models/registry in production)
+WORK_DIR = settings.work_dir()        # per-run checkpoints, reports and packages
 MIN_NEW_LABELLED = 50
 SERVING_FORMATS = ["torchserve", "triton", "triton-gpu"]
 

@@ -80,8 +80,6 @@ def serve_start(
     """Serve the registry's champion: Triton (and TorchServe with --torchserve) on fixed ports, supervised
     (restarted on the same ports if it exits), following the champion pointer (promotions and rollbacks
     are loaded without dropping requests). Idempotent: if it already serves, says what."""
-    import os
-
     from alloynet import settings
     from infra.serve import ServeConfig, ServeError, start
 
@@ -110,7 +108,8 @@ def serve_start(
 
 
 @serve_app.command("status")
-def serve_status(state_dir: Optional[Path] = DirOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+def serve_status(state_dir: Optional[Path] = DirOpt,
+                 as_json: bool = typer.Option(False, "--json", help="the state as JSON")) -> None:
     """What serves: the version, each server's endpoint, pid, restarts; the champion if a swap is pending."""
     from infra.serve import status
 

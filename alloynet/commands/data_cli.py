@@ -42,7 +42,7 @@ WaitOpt = typer.Option(0.0, help="seconds to wait for another writer of the dest
 
 def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=False)
+                    console=console, transient=False, disable=not console.show_progress)
 
 
 def print_summary(df) -> None:
@@ -60,11 +60,16 @@ def print_summary(df) -> None:
 
 def simulate(
     out: str = typer.Option(..., help="capture store: a directory or s3://bucket/prefix"),
-    config: Optional[Path] = typer.Option(None, help="YAML with DatasetSpec fields (rig: {...} nested)"),
-    n_max: Optional[int] = None, imbalance_ratio: Optional[float] = None,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with DatasetSpec fields (rig: {...} "
+                                                                     "nested); the options below override it"),
+    n_max: Optional[int] = typer.Option(None, help="plates of the most frequent alloy [default: the config's, else "
+                                                   "the DatasetSpec default]"),
+    imbalance_ratio: Optional[float] = typer.Option(None, help="head / tail plates: the rarest alloy gets "
+                                                               "n_max / ratio [default: the config's or DatasetSpec's]"),
     profile: Optional[str] = typer.Option(None, help="exponential | step | balanced"),
-    size: Optional[int] = typer.Option(None, help="image height = width in pixels"),
-    seed: Optional[int] = None,
+    size: Optional[int] = typer.Option(None, help="image height = width in pixels [default: the config's or 64]"),
+    seed: Optional[int] = typer.Option(None, help="seed of the simulation and of the manifest's splits "
+                                                  "[default: the config's, else 0]"),
     manifest: bool = typer.Option(True, help="write manifest.csv beside a local store"),
     rig_profile: Optional[Path] = typer.Option(None, help="a rig profile (alloynet rig calibrate): simulate the "
                                                           "calibrated rig instead of the nominal one"),
@@ -124,7 +129,8 @@ def _print_result(res) -> None:
 
 
 def ingest(source: str = typer.Argument(..., help="capture store to pull from (s3://bucket/prefix or a directory)"),
-           dest: str = typer.Argument(..., help="local data directory"), seed: int = 0,
+           dest: str = typer.Argument(..., help="local data directory"),
+           seed: int = typer.Option(0, help="seed of the manifest's split assignment of new plates"),
            wait: float = WaitOpt,
            retry_quarantined: bool = typer.Option(False, "--retry-quarantined",
                                                   help="also retry every quarantined capture of SOURCE"),
@@ -154,7 +160,11 @@ def ingest(source: str = typer.Argument(..., help="capture store to pull from (s
 
 
 @data_app.command("manifest")
-def manifest_cmd(store: str, seed: int = 0, out: Optional[Path] = None, wait: float = WaitOpt) -> None:
+def manifest_cmd(store: str = typer.Argument(..., help="local capture store (directory)"),
+                 seed: int = typer.Option(0, help="seed of the split assignment of new plates"),
+                 out: Optional[Path] = typer.Option(None, help="manifest CSV to write [default: manifest.csv in the "
+                                                               "store]"),
+                 wait: float = WaitOpt) -> None:
     """(Re)build the manifest of a local store, keeping existing split assignments frozen."""
     from alloynet.captures.stores import LocalStore, WriterBusy
     from alloynet.data.manifest import refresh_manifest
@@ -172,7 +182,8 @@ def quarantine_cmd(store: str = typer.Argument(..., help="the data directory (in
                                                                      "whose problem is gone leave the quarantine"),
                    source: Optional[str] = typer.Option(None, help="capture store to retry from (default: the one "
                                                                    "each entry was quarantined from)"),
-                   seed: int = 0, wait: float = WaitOpt, accept_size: Optional[list[str]] = SizeOpt) -> None:
+                   seed: int = typer.Option(0, help="seed of the split assignment of released plates"),
+                   wait: float = WaitOpt, accept_size: Optional[list[str]] = SizeOpt) -> None:
     """The quarantine as it is now: each entry's reason, since when, and how many attempts failed."""
     from alloynet.captures.ingest import retry_quarantined
     from alloynet.captures.layout import list_quarantine
@@ -217,7 +228,8 @@ def relabel_cmd(store: str = typer.Argument(..., help="the data directory (inges
                 corrections: Path = typer.Argument(..., help="CSV with the header capture_id,field,value,who,why; "
                                                              "field: alloy, plate_id, nominal_thickness_mm or "
                                                              "thickness_mm"),
-                seed: int = 0, wait: float = WaitOpt) -> None:
+                seed: int = typer.Option(0, help="seed of the split assignment when the manifest is rebuilt"),
+                wait: float = WaitOpt) -> None:
     """Apply label corrections: each changed capture gets a recorded revision (who, why, old and new values),
     its sidecar is rewritten and the manifest rebuilt. Nothing is written if any row is wrong."""
     from alloynet.commands.labels_cli import run_relabel

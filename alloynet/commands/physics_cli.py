@@ -29,8 +29,11 @@ def _load_alloys(path: Optional[Path]) -> AlloyTable:
 
 
 @app.command()
-def transmission(alloy: str, thickness_mm: float, wedge_mm: float = 0.0, kvp: float = 50.0,
-                 wedge_material: str = "Al", alloys: Optional[Path] = AlloysOption) -> None:
+def transmission(alloy: str, thickness_mm: float,
+                 wedge_mm: float = typer.Option(0.0, help="wedge thickness in the beam (mm)"),
+                 kvp: float = typer.Option(50.0, help="tube voltage (kVp)"),
+                 wedge_material: str = typer.Option("Al", help="wedge material (an element or alloy name)"),
+                 alloys: Optional[Path] = AlloysOption) -> None:
     """Print -ln T (noise-free) of a nominal plate behind the wedge."""
     table = _load_alloys(alloys)
     from alloynet.physics import neg_log_transmission
@@ -42,7 +45,9 @@ def transmission(alloy: str, thickness_mm: float, wedge_mm: float = 0.0, kvp: fl
 @app.command()
 def separability(
     kvp: list[float] = typer.Option([50.0], help="repeat for extra channels, e.g. --kvp 40 --kvp 50 --kvp 60"),
-    wedge_mm: float = 50.0, wedge_material: str = "Al", dose: float = 1e4,
+    wedge_mm: float = typer.Option(50.0, help="wedge thickness (mm)"),
+    wedge_material: str = typer.Option("Al", help="wedge material (an element or alloy name)"),
+    dose: float = typer.Option(1e4, help="photons per pixel of the open beam"),
     size: int = typer.Option(64, help="image height = width in pixels (the demo's 64 by default)"),
     thickness_range: Optional[tuple[float, float]] = typer.Option(
         None, "--thickness-range", help="plates of any nominal thickness in MIN MAX mm, as simulate and the demo "
@@ -51,8 +56,9 @@ def separability(
                                                                 "e.g. --thickness 1 --thickness 2; replaces the range"),
     alloy: list[str] = typer.Option(list(ALLOY_NAMES), help="alloys to compare"),
     alloys: Optional[Path] = AlloysOption,
-    plates: int = 200, mc_samples: int = typer.Option(2000, help="Monte-Carlo test plates of the physics bracket"),
-    seed: int = 0, json_out: Optional[Path] = typer.Option(None, "--json", help="also write JSON"),
+    plates: int = typer.Option(200, help="plates per alloy for d' and the Bayes error"), mc_samples: int = typer.Option(2000, help="Monte-Carlo test plates of the physics bracket"),
+    seed: int = typer.Option(0, help="seed of the Monte-Carlo plates"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write JSON"),
 ) -> None:
     """Ideal-observer d', Bayes error and the multi-class physics bracket for these rig settings and thickness prior
     (by default the prior of `alloynet simulate` and the demo: 64 px, any thickness 1-5 mm)."""
@@ -117,7 +123,7 @@ def plan(
     alloys: Optional[Path] = AlloysOption,
     draws: int = typer.Option(500, help="Monte-Carlo plates per candidate (standard error about 0.5/sqrt(draws))"),
     pool: int = typer.Option(32, help="compositions per alloy in the observers' mixtures"),
-    seed: int = 0,
+    seed: int = typer.Option(0, help="seed of the Monte-Carlo draws"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write JSON"),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="also draw the brackets into this PNG"),
 ) -> None:

@@ -1,9 +1,13 @@
-"""`alloynet registry ...`: list, inspect, verify, publish, promote and roll back model versions."""
+"""`alloynet registry ...`: list, inspect, verify, publish, promote and roll back model versions.
+
+The registry is ``--registry``, else ``$ALLOYNET_REGISTRY``, else ``$ALLOYNET_HOME/registry`` (alloynet.settings).
+Only ``publish`` creates a local registry directory; every other command, given a directory that does not exist,
+says where it looked and exits 1 (an existing but empty registry is not an error: exit 0).
+"""
 from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -36,17 +40,24 @@ class _Typer(typer.Typer):
 
 registry_app = _Typer(no_args_is_help=True)
 
-DEFAULT_REGISTRY = ".alloynet/registry"
 RegistryOpt = typer.Option(None, "--registry", "-r",
-                           help=f"model store: a directory or s3://bucket/prefix (default $ALLOYNET_REGISTRY "
-                                f"or {DEFAULT_REGISTRY})")
+                           help="model store: a directory or s3://bucket/prefix (default $ALLOYNET_REGISTRY, else "
+                                "$ALLOYNET_HOME/registry; ALLOYNET_HOME defaults to ./demo-data)")
 ModelOpt = typer.Option("alloynet", "--model", help="model name inside the store")
 
 
-def _open(registry: Optional[str], model: str):
+def _open(registry: Optional[str], model: str, create: bool = False):
+    """The registry; a local directory that does not exist is created only when ``create`` (publishing)."""
+    from alloynet import settings
     from alloynet.registry import open_registry
 
-    return open_registry(registry or os.environ.get("ALLOYNET_REGISTRY") or DEFAULT_REGISTRY, model)
+    uri = registry or settings.registry()
+    if not create and "://" not in str(uri) and not Path(uri).is_dir():
+        console.print(f"no registry at {printable(Path(uri).resolve())} (looked there: --registry, "
+                      f"$ALLOYNET_REGISTRY or $ALLOYNET_HOME picks another; `make demo` writes one)",
+                      markup=False, highlight=False)
+        raise typer.Exit(1)
+    return open_registry(uri, model)
 
 
 def _fail(exc: Exception) -> None:
@@ -59,16 +70,21 @@ def list_cmd(registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> No
     """Published versions, with the champion and rollback targets marked."""
     reg = _open(registry, model)
     p = reg.pointer()
+    versions = reg.versions()
+    if not versions:
+        console.print(f"no versions in {reg.uri} (model {model!r}); `alloynet registry publish` or `make demo` "
+                      "adds one", markup=False, highlight=False)
     t = Table(title=f"{reg.uri}")
     for c in ("version", "created (UTC)", "balanced acc.", "macro F1", "thickness MAE mm", "parent", "role"):
         t.add_column(c)
-    for v in reg.versions():
+    for v in versions:
         role = "champion" if p and v.version == p.version else ("previous" if p and v.version in p.previous else "")
         m = v.metrics
         fmt = lambda k: f"{m[k]:.4f}" if isinstance(m.get(k), (int, float)) else "-"  # noqa: E731
         t.add_row(v.version, v.created_at.strftime("%Y-%m-%d %H:%M"), fmt("balanced_accuracy"), fmt("macro_f1"),
                   fmt("thickness_mae_mm"), v.parent or "-", role)
-    console.print(t)
+    if versions:
+        console.print(t)
     for version, idle in reg.unfinished().items():
         console.print(f"{version}: unfinished publication (last write {idle:.0f} s ago); "
                       f"remove it with `alloynet registry discard {version}` or `alloynet registry clean`",
@@ -89,9 +105,10 @@ def show_cmd(version: str, registry: Optional[str] = RegistryOpt, model: str = M
 @registry_app.command("champion")
 def champion_cmd(registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
     """The champion pointer (current version and rollback targets)."""
-    p = _open(registry, model).pointer()
+    reg = _open(registry, model)
+    p = reg.pointer()
     if p is None:
-        console.print("no champion yet")
+        console.print(f"no champion yet in {reg.uri}", markup=False, highlight=False)
         raise typer.Exit(1)
     typer.echo(p.model_dump_json(indent=1))
 
@@ -120,10 +137,12 @@ def _no_champion():
 @registry_app.command("publish")
 def publish_cmd(directory: Path = typer.Argument(..., exists=True, file_okay=False),
                 metrics: Optional[Path] = typer.Option(None, help="JSON file of evaluation metrics"),
-                manifest_hash: Optional[str] = None, registry: Optional[str] = RegistryOpt,
+                manifest_hash: Optional[str] = typer.Option(None, help="hash of the manifest the model was "
+                                                                       "trained on, recorded with the version"),
+                registry: Optional[str] = RegistryOpt,
                 model: str = ModelOpt) -> None:
     """Publish every file under DIRECTORY as a new version (the champion is not changed)."""
-    reg = _open(registry, model)
+    reg = _open(registry, model, create=True)
     m = json.loads(metrics.read_text()) if metrics else {}
     mv = reg.publish(directory, metrics=m, manifest_hash=manifest_hash, info={"published_by": "cli"})
     console.print(f"published {mv.version} ({len(mv.artifacts)} artifacts)")
@@ -237,7 +256,11 @@ def clean_cmd(older_than: float = typer.Option(3600.0, help="seconds without a w
 @registry_app.command("history")
 def history_cmd(registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
     """The audit log: promotions, rollbacks and discarded versions, with reasons."""
-    for e in _open(registry, model).events():
+    reg = _open(registry, model)
+    events = reg.events()
+    if not events:
+        console.print(f"no events in {reg.uri} (model {model!r})", markup=False, highlight=False)
+    for e in events:
         extra = f" (replaced {e['replaced']})" if e.get("replaced") else ""
         gen = f"g{e['generation']:<5} " if e.get("generation") is not None else " " * 7
         typer.echo(printable(f"{e['at']}  {gen}{e['action']:<8} {e['version'] or '-'}{extra}: {e['reason']}"))

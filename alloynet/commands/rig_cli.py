@@ -178,7 +178,7 @@ def references(
     thickness: list[float] | None = typer.Option(
         None, help="a reference plate's nominal thickness, mm (repeat); default 1, 2, 5"
     ),
-    captures_per_plate: int = typer.Option(6, min=1),
+    captures_per_plate: int = typer.Option(6, min=1, help="captures of each reference plate"),
     sessions: int = typer.Option(6, min=1, help="sessions, each with a dark, a flat and the wedge alone"),
     folder: bool = typer.Option(
         False,
@@ -190,7 +190,7 @@ def references(
         "--levels-only",
         help="with --folder: no dark/flat frames; each file's levels in OUT/reference-labels.csv (role column)",
     ),
-    seed: int = 0,
+    seed: int = typer.Option(0, help="seed of the simulated reference captures"),
 ) -> None:
     """Write the reference captures a lab would make (for testing and demonstrating `rig calibrate`)."""
     import yaml

@@ -16,9 +16,11 @@ def train(
     store: Optional[str] = typer.Option(None, help="capture store (overrides data.store)"),
     manifest: Optional[str] = typer.Option(None, help="manifest CSV (overrides data.manifest)"),
     model: Optional[str] = typer.Option(None, help="architecture (overrides model.name)"),
-    epochs: Optional[int] = None,
+    epochs: Optional[int] = typer.Option(None, help="epochs at most (overrides epochs; early stopping may end "
+                                                    "sooner)"),
     out: Optional[str] = typer.Option(None, help="run directory (overrides out_dir)"),
-    seed: Optional[int] = None,
+    seed: Optional[int] = typer.Option(None, help="seed of initialisation, sampling and augmentation (overrides "
+                                                  "seed)"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
     resume: bool = typer.Option(False, help="continue from <out>/last.pt if it exists"),
     deterministic: bool = typer.Option(False, help="deterministic kernels on GPU"),
@@ -92,8 +94,8 @@ def evaluate(
     store: Optional[str] = typer.Option(None, help="capture store (default: the one the model was trained on)"),
     manifest: Optional[str] = typer.Option(None, help="manifest CSV (default: the training manifest)"),
     out: Optional[Path] = typer.Option(None, help="report folder (default: <checkpoint dir>/report-<split>)"),
-    split: str = "test",
-    device: str = "auto",
+    split: str = typer.Option("test", help="manifest split to evaluate: test, val or train"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
     ceiling: bool = typer.Option(True, help="compute the physics bracket (lower and upper edge) for the same rig"),
     gradcam: int = typer.Option(4, help="Grad-CAM PNGs for this many test captures"),
     robustness: bool = typer.Option(False, help="also the robustness suite: test sets of any thickness, unseen "
