@@ -122,14 +122,16 @@ def demo(out: Path = typer.Option(Path(settings.home()), help="working directory
         console.print(f"  {line}", markup=False, highlight=False)
 
 
-def study_pool(config: Path = typer.Option(Path("configs/study.yaml"), "--config", "-c", help="study YAML (grid, data, training)"),
+def study_pool(config: Path = typer.Option(Path("configs/study.yaml"), "--config", "-c",
+                                           help="study YAML (grid, data, training)"),
                deployment: str = typer.Option("study-cell/local", help="the deployment that computes one cell"),
                attempts: int = typer.Option(2, help="runs per cell when its process or worker dies"),
                threads: Optional[int] = typer.Option(None, help="OMP_NUM_THREADS of every cell (default: the "
                                                                 "deployment's, 1 for study-cell/local)"),
                out_dir: Optional[str] = typer.Option(None, help="override the config's out_dir"),
                work_dir: Optional[str] = typer.Option(None, help="override the config's work_dir (cache of runs)"),
-               timeout: Optional[float] = typer.Option(None, help="seconds before unfinished cells are cancelled")) -> None:
+               timeout: Optional[float] = typer.Option(None, help="seconds before unfinished cells are "
+                                                                  "cancelled")) -> None:
     """The study with every cell as a flow run on a work pool (N workers, N cells at once); same tables as
     `alloynet study`, which shares its cache. Needs a Prefect server with the deployment and workers:
     `python -m infra.stack up --workers 2 && python -m infra.stack deploy` (infra/README.md)."""

@@ -64,8 +64,8 @@ def simulate(
                                                                      "nested); the options below override it"),
     n_max: Optional[int] = typer.Option(None, help="plates of the most frequent alloy [default: the config's, else "
                                                    "the DatasetSpec default]"),
-    imbalance_ratio: Optional[float] = typer.Option(None, help="head / tail plates: the rarest alloy gets "
-                                                               "n_max / ratio [default: the config's or DatasetSpec's]"),
+    imbalance_ratio: Optional[float] = typer.Option(None, help="head / tail plates: the rarest alloy gets n_max / "
+                                                               "ratio [default: the config's or DatasetSpec's]"),
     profile: Optional[str] = typer.Option(None, help="exponential | step | balanced"),
     size: Optional[int] = typer.Option(None, help="image height = width in pixels [default: the config's or 64]"),
     seed: Optional[int] = typer.Option(None, help="seed of the simulation and of the manifest's splits "

@@ -56,7 +56,8 @@ def separability(
                                                                 "e.g. --thickness 1 --thickness 2; replaces the range"),
     alloy: list[str] = typer.Option(list(ALLOY_NAMES), help="alloys to compare"),
     alloys: Optional[Path] = AlloysOption,
-    plates: int = typer.Option(200, help="plates per alloy for d' and the Bayes error"), mc_samples: int = typer.Option(2000, help="Monte-Carlo test plates of the physics bracket"),
+    plates: int = typer.Option(200, help="plates per alloy for d' and the Bayes error"),
+    mc_samples: int = typer.Option(2000, help="Monte-Carlo test plates of the physics bracket"),
     seed: int = typer.Option(0, help="seed of the Monte-Carlo plates"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write JSON"),
 ) -> None:

@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 
 
-def study(config: Path = typer.Option(Path("configs/study.yaml"), "--config", "-c", help="study YAML (grid, data, training)"),
+def study(config: Path = typer.Option(Path("configs/study.yaml"), "--config", "-c",
+                                      help="study YAML (grid, data, training)"),
           out_dir: Optional[str] = typer.Option(None, help="override the config's out_dir"),
           work_dir: Optional[str] = typer.Option(None, help="override the config's work_dir (cache of runs)"),
           seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, overriding the config")) -> None:

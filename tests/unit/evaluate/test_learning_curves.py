@@ -44,7 +44,8 @@ def test_marks_change_the_picture(tmp_path):
     plain = mpimg.imread(plots.learning_curves(history, tmp_path / "plain.png"))
     marked = mpimg.imread(plots.learning_curves(history, tmp_path / "marked.png", best_epoch=3, stopped_early=True))
     assert plain.shape == marked.shape
-    # the best-epoch line is purple and the early-stop line brown, colours no curve uses: only the marked figure has them
+    # the best-epoch line is purple and the early-stop line brown, colours no curve uses:
+    # only the marked figure has them
     def has(img, rgb):
         return bool(np.any(np.all(np.abs(img[..., :3] - np.array(rgb)) < 0.05, axis=-1)))
     purple, brown = (0.580, 0.404, 0.741), (0.549, 0.337, 0.294)
