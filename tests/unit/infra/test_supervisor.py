@@ -197,3 +197,16 @@ def test_the_repository_copy_is_compared_with_the_release(tmp_path):
     assert server.installed_matches(rel)
     (dst / "model.onnx").write_bytes(b"onnx 0")
     assert not server.installed_matches(rel)
+
+
+def test_reload_installs_and_loads_the_verified_release_when_the_repository_copy_differs(tmp_path):
+    triton = _Triton([])
+    sup = _supervisor(tmp_path, triton)
+    checked = []
+    sup.releases = SimpleNamespace(verified=lambda release: checked.append(release) or release)
+    triton.installed_matches = lambda release: True
+    sup.recheck_release()
+    assert checked == [sup.serving] and triton.loads == 0 and triton.installed == []
+    triton.installed_matches = lambda release: False   # e.g. a weight zeroed in <serve dir>/triton/repository
+    sup.recheck_release()
+    assert triton.loads == 1 and triton.installed == [4]
