@@ -217,6 +217,15 @@ def failure_artifact(step: str, error: str, champion_before: Optional[str], cham
 
 
 # ---- the nightly summary -----------------------------------------------------------------------------------
+def ingested_vs_labelled(ing: Mapping[str, Any], new_labelled: int) -> str:
+    """Why "N new" at ingest and "M new labelled captures" at retrain differ."""
+    unlabelled = int(ing["captures"]) - int(ing["labelled"])
+    return (f"of the {len(ing['new'])} new captures, {new_labelled} are labelled training/validation captures not "
+            f"trained on before: what the retrain threshold counts. The others are unlabelled (waiting for a lab "
+            f"verdict; {unlabelled} unlabelled in the manifest) or in the test split, kept for evaluation. The "
+            f"{len(ing['quarantined'])} quarantined capture(s) are not in the manifest.")
+
+
 def summary_markdown(s: Mapping[str, Any]) -> str:
     """The nightly run's own page, in one card: see flows.nightly for the fields of ``s``."""
     ing = s.get("ingest") or {}
@@ -229,6 +238,8 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
         if not ing["new"] and ing.get("source_captures"):
             lines.append(f"- nothing new since the last ingest ({ing['source_captures']} captures at the source, "
                          "all seen before).")
+        if ing["new"] and s.get("new_labelled") is not None:
+            lines.append(f"- {ingested_vs_labelled(ing, int(s['new_labelled']))}")
         lines += [f"- **warning**: {w}" for w in ingest_warnings(ing)]
         lines.append("")
     if s.get("retrain"):

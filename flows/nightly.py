@@ -66,7 +66,7 @@ def nightly(source: str = SOURCE, data_dir: str = DATA_DIR, registry: str = REGI
         tr = retrain(data_dir, run_dir, candidates, min_new_labelled, force_retrain, device, record=False,
                      dataset=dataset, pretrain=pretrain)
         _note(s, "retrain", tr)
-        s.update(retrain=tr["reason"], failed_candidates=tr["failed"])
+        s.update(retrain=tr["reason"], failed_candidates=tr["failed"], new_labelled=tr.get("new_labelled"))
         out: dict[str, Any] = {"run_dir": run_dir, "ingest": {k: ing[k] for k in ("new", "duplicates", "vanished")},
                                "quarantined": ing["quarantined"], "retrain": tr["reason"], "failed": tr["failed"]}
         if not tr["trained"]:

@@ -1,6 +1,7 @@
 """`retrain`: train the configured candidates when enough new labelled captures arrived (or when forced)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,6 +13,27 @@ from alloynet.steps import Candidate
 from flows.logs import route_library_logs
 from flows.settings import DATA_DIR, MIN_NEW_LABELLED, WORK_DIR, current_dataset, default_candidates
 from flows.tasks import record_training_task, retrain_needed_task, train_task
+
+
+def training_story(trained: dict[str, Any]) -> str:
+    """One line on how a candidate's training ended: how many epochs of how many, whether and why early stopping
+    ended it, and which epoch's checkpoint won (the one evaluated and possibly promoted)."""
+    from alloynet.models.checkpoint import load_checkpoint
+
+    cfg, out = trained["config"], Path(trained["out_dir"])
+    history = json.loads((out / "history.json").read_text()) if (out / "history.json").is_file() else []
+    planned, early = int(cfg["epochs"]), cfg.get("early_stop") or {}
+    metric = early.get("metric", "balanced_accuracy")
+    best = int(load_checkpoint(trained["checkpoint"])["epoch"])
+    ran = history[-1]["epoch"] if history else best
+    if ran < planned:
+        end = (f"stopped early after epoch {ran} of {planned}: no validation {metric} gain for "
+               f"{ran - best} epochs (patience {early.get('patience')})")
+    else:
+        end = f"trained all {planned} epochs"
+    value = next((h.get(f"val_{metric}") for h in history if h["epoch"] == best), None)
+    won = f"best epoch {best}" + (f" (validation {metric} {value:.3f})" if isinstance(value, float) else "")
+    return f"candidate {trained['name']}: {end}; {won} is the checkpoint kept"
 
 
 @flow(name="retrain", description="Train every candidate (architecture/loss) on the current manifest.")
@@ -38,6 +60,7 @@ def retrain(data_dir: str = DATA_DIR, run_dir: str = WORK_DIR, candidates: Optio
                                                                           return_state=True)
         if state.is_completed():
             trained.append(state.result())
+            log.info("%s", training_story(trained[-1]))
         else:
             failed[c.name] = state.message or state.name
             log.error("candidate %s failed to train: %s", c.name, failed[c.name])

@@ -73,7 +73,8 @@ def publish_report_task(report_dir: str, prefix: str, reports: Optional[str] = N
         why = f"report store unusable: {type(exc).__name__}: {exc}".splitlines()[0]
         log.warning("%s; the artifacts name the report files on the worker instead", why)
         published = publish_report(report_dir, prefix, None, why=why)
-    log.info("report %s -> %s (%d files)", report_dir, published.location, len(published.urls))
+    if published.urls:  # no report store: the report stays where it is, nothing to say
+        log.info("report %s -> %s (%d files)", report_dir, published.location, len(published.urls))
     return published.as_dict()
 
 
