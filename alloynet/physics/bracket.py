@@ -9,13 +9,16 @@ the plate's good pixels, and plate texture.
 
 * **Lower edge**: the accuracy of a classifier that uses only what a line has. Each alloy's likelihood is a
   mixture over ``pool`` compositions drawn once from its standard ranges, each component's thickness
-  integrated out under the prior; it reads the row mean (``full_row_profile``), not the interquartile mean the
-  models read (which keeps ~85 % of the mean's efficiency). The composition spread enters as the spread of
-  the mixture, not as a Gaussian covariance around the mean composition. Any classifier's accuracy on data
+  integrated out under the prior; it reads -ln of the row mean of T (``full_row_profile``), not the
+  interquartile mean of -ln T the models read (which keeps ~85 % of the mean's efficiency and carries the
+  Jensen bias of -ln at the wedge's thick end), against the forward model with the panel's blur in its noise
+  (``detector_cov``) and the fixed pattern's mean taken as that statistic sees it (``MeanTransmissionModel``).
+  The composition spread enters as the spread of the mixture, not as a Gaussian covariance around the mean
+  composition. Any classifier's accuracy on data
   from the model is at most the Bayes accuracy, so this is a lower bound; it applies to real captures as they
   are (``MixtureObserver.log_likelihoods``), and ``bench/bracket.py`` checks on simulated captures that it
   reaches there what the Monte Carlo predicts.
-* **Upper edge**: the Bayes accuracy of an observer that is also handed, for every alloy, a list of ``pool + 1``
+* **Upper edge**: the Bayes accuracy of an observer that is also handed, for every alloy, a list of ``pool``
   candidate compositions, one of which (at a random place in its own alloy's list) is the plate's actual
   composition, the others independent draws from each alloy's ranges. The lists are independent of the label,
   so this observer cannot do worse than one without them; given the lists, p(x | alloy) is exactly the mean of
@@ -35,9 +38,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import numpy as np
-from scipy import special
+from scipy import ndimage, special
 
 from alloynet.physics.alloys import (
     ALLOY_NAMES,
@@ -48,8 +52,9 @@ from alloynet.physics.alloys import (
     get_alloy,
     sample_plate,
 )
-from alloynet.physics.measure import good_pixels, neg_log_transmission
+from alloynet.physics.measure import bin_columns, bin_edges, wedge_profile
 from alloynet.physics.observer import LOG_2PI, ThicknessPrior, _profiles, noise_cov
+from alloynet.physics.profile import ProfileModel
 
 GRID_STEP_MM = 0.04   # thickness grid of the integral: any step works for a parabolic chi2; this one keeps
 #                       the parabola's three points within the range where mu(t) is linear to far below noise
@@ -60,18 +65,94 @@ DEFAULT_DRAWS = 2000
 
 def full_row_profile(images: np.ndarray, calibration: np.ndarray, bins: int = 32, rows: slice = slice(None)
                      ) -> np.ndarray:
-    """Raw captures [N, C, H, W] with their levels [N, C, 2] -> binned profiles [N, C * bins]: per column the
-    mean of -ln T over the good pixels (no dead or saturated ones) of the plate's ``rows``: the statistic whose
-    noise the profile model describes, and which keeps every row's information."""
-    from alloynet.physics.measure import bin_columns
-
-    raw = np.asarray(images)[..., rows, :]
-    if raw.ndim != 4:
+    """Raw captures [N, C, H, W] with their levels [N, C, 2] -> binned profiles [N, C * bins]: per column -ln of
+    the mean T over the good pixels (no dead or saturated ones) of the plate's ``rows``, every row's information
+    kept. -ln of the mean, not the mean of -ln: the forward model gives -ln of the expected T, and where few
+    photons pass (the wedge's thick end) the mean of -ln T lies above it by about half the pixel's relative
+    variance (Jensen), up to a standard deviation of the profile there."""
+    if np.ndim(images) != 4:
         raise ValueError(f"full_row_profile: expected captures [N, C, H, W], got shape {list(np.shape(images))}")
-    a = neg_log_transmission(raw, calibration)
-    good = good_pixels(raw)
-    per_column = np.where(good, a, 0.0).sum(-2) / np.maximum(good.sum(-2), 1)
-    return bin_columns(per_column, bins).reshape(len(raw), -1)
+    return wedge_profile(images, calibration, bins, rows, statistic="mean_transmission")
+
+
+@lru_cache(maxsize=32)
+def _blur_and_bin(width: int, bins: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(the panel's blur along the wedge axis as a matrix [W, W], bin averaging [bins, W]): as the simulator
+    blurs (a Gaussian of ``sigma`` px, truncated at 3 sd, reflected at the edges)."""
+    blur = ndimage.gaussian_filter1d(np.eye(width), sigma, axis=0, truncate=3.0, mode="reflect")
+    edges = bin_edges(width, bins)
+    average = np.zeros((len(edges) - 1, width))
+    for b in range(len(edges) - 1):
+        average[b, edges[b]:edges[b + 1]] = 1.0 / (edges[b + 1] - edges[b])
+    return blur, average
+
+
+@lru_cache(maxsize=16)
+def _mean_transmission_offset(rig_json: str, bins: int) -> np.ndarray:
+    """Per bin: -ln of the row mean of the panel's fixed gain pattern (PRNU x heel) minus the row mean of its -ln,
+    over the plate's good pixels. The profile model carries the latter (the mean of -ln T); ``full_row_profile``
+    reads -ln of the mean T, which carries the former."""
+    from alloynet.physics.simulator import RigConfig, RigSimulator, plate_rows
+
+    rig = RigConfig.model_validate_json(rig_json)
+    det = RigSimulator(rig)
+    good = np.ones(rig.height * rig.width, bool)
+    good[np.concatenate([det.dead_idx, det.hot_idx])] = False
+    rows = plate_rows(rig)
+    good = good.reshape(rig.height, rig.width)[rows]
+    gain = (det.prnu * det.heel_profile)[rows].astype(float)
+    n = np.maximum(good.sum(0), 1)
+    offset = -np.log((gain * good).sum(0) / n) - (-np.log(gain) * good).sum(0) / n
+    return bin_columns(offset, bins)
+
+
+class MeanTransmissionModel:
+    """A nominal rig's profile model for ``full_row_profile``: the same noise, the mean shifted by the fixed
+    pattern's ``_mean_transmission_offset`` on every channel."""
+
+    def __init__(self, model: ProfileModel):
+        self.inner, self.rig, self.bins = model, model.rig, model.bins
+        self.offset = np.tile(_mean_transmission_offset(model.rig.model_dump_json(), model.bins), len(model.rig.kvp))
+
+    def profiles(self, fractions, density: float, thicknesses_mm) -> np.ndarray:
+        return self.inner.profiles(fractions, density, thicknesses_mm) + self.offset
+
+    def profile(self, fractions, density: float, thickness_mm: float) -> np.ndarray:
+        return self.profiles(fractions, density, [thickness_mm])[0]
+
+    def noise_var(self, fractions, density: float, thickness_mm: float) -> np.ndarray:
+        return self.inner.noise_var(fractions, density, thickness_mm)
+
+    def texture_field_cov(self) -> np.ndarray:
+        return self.inner.texture_field_cov()
+
+
+def for_full_rows(model):
+    """The model ``full_row_profile`` is read against: the nominal rig's shifted (``MeanTransmissionModel``), any
+    other as it is."""
+    return MeanTransmissionModel(model) if isinstance(model, ProfileModel) and model.detector else model
+
+
+def detector_cov(model, fractions, density: float, thickness_mm: float) -> np.ndarray:
+    """``noise_cov`` with the panel's blur in the detector noise: the blur spreads each pixel's noise over its
+    neighbours, so a bin of two columns averages less independent noise than ``noise_var`` (which assumes none)
+    says, and neighbouring bins share some (docs/benchmarks.md, "Physics bracket": what the simulator's captures
+    show). Per-column variances are taken as even within a bin."""
+    cov = noise_cov(model, fractions, density, thickness_mm)
+    rig = getattr(model, "rig", None)
+    sigma = float(getattr(rig, "psf_sigma_px", 0.0) or 0.0)
+    if sigma <= 0 or not isinstance(model, (ProfileModel, MeanTransmissionModel)):
+        return cov
+    var = model.noise_var(fractions, density, thickness_mm)
+    blur, average = _blur_and_bin(rig.width, model.bins, sigma)
+    k = np.diff(bin_edges(rig.width, model.bins))
+    out = cov - np.diag(var)
+    for c in range(len(var) // model.bins):
+        sl = slice(c * model.bins, (c + 1) * model.bins)
+        per_column = np.repeat(var[sl] * k, k)
+        m = average @ blur
+        out[sl, sl] += (m * per_column[None]) @ m.T
+    return out
 
 
 def _laplace(q: np.ndarray, grid: np.ndarray, prior) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +183,8 @@ class _AlloyTerms:
         # the covariance at every grid point, linear between nodes a few steps apart: it changes by ~1 % per
         # node step (photon noise as exp(mu t)), so the interpolation is exact to far below that
         nodes = np.unique(np.r_[np.arange(0, len(grid), COV_NODE_STEPS), len(grid) - 1])
-        at_nodes = np.stack([noise_cov(model, self.mean_fractions, self.mean_density, float(grid[i])) for i in nodes])
+        at_nodes = np.stack([detector_cov(model, self.mean_fractions, self.mean_density, float(grid[i]))
+                             for i in nodes])
         j = np.clip(np.searchsorted(nodes, np.arange(len(grid)), side="right") - 1, 0, len(nodes) - 2)
         w = ((np.arange(len(grid)) - nodes[j]) / (nodes[j + 1] - nodes[j]))[:, None, None]
         covs = (1 - w) * at_nodes[j] + w * at_nodes[j + 1]
@@ -161,6 +243,7 @@ class MixtureObserver:
         if pool < 1:
             raise ValueError(f"MixtureObserver: pool must be >= 1 composition per alloy, got {pool}")
         rng = np.random.default_rng(seed)
+        model = for_full_rows(model)
         self.model, self.alloys, self.prior, self.alloy_table = model, list(alloys), prior, alloy_table
         lo, hi = prior.bounds()
         lo, hi = lo * 0.97, hi * 1.03
@@ -307,10 +390,10 @@ def bracket(model, alloys: Sequence[str] = ALLOY_NAMES, prior: ThicknessPrior | 
                     for i in range(k) for j in range(i + 1, k)), key=lambda p: -p["confused"])
     notes = [f"{per} plates per alloy drawn from the prior; each alloy's mixture has {pool_n} compositions; "
              "Monte-Carlo standard errors beside each figure (the width's is paired).",
-             "Lower edge: a classifier a line can run (alloynet.physics.bracket.MixtureObserver on the row-mean "
-             "profile). Upper edge: the Bayes observer also handed each alloy's list of candidate compositions, "
-             "the plate's own among its alloy's; no observer of the profile does better.",
-             "Both edges are for the profile model's noise (Gaussian, row mean of good pixels); bench/bracket.py "
+             "Lower edge: a classifier a line can run (alloynet.physics.bracket.MixtureObserver on -ln of the "
+             "row-mean transmission). Upper edge: the Bayes observer also handed each alloy's list of candidate "
+             "compositions, the plate's own among its alloy's; no observer of the profile does better.",
+             "Both edges are for the profile model's noise (Gaussian, the panel's blur included); bench/bracket.py "
              "checks the lower edge on the simulator's own captures."]
     return Bracket(edges[0], edges[1], width, width_se, list(obs.alloys), obs.prior.describe(),
                    rig if rig is not None else _rig_dict(model), per, pool_n, pairs, notes)
