@@ -69,7 +69,7 @@ def main() -> None:
         api_url = env["PREFECT_API_URL"]
         t = time.monotonic()
         stack.deploy(state, api_url)
-        rows.append(("deploy (prefect.yaml: nightly-cron, manual)", time.monotonic() - t))
+        rows.append(("deploy (prefect.yaml: daily-0200-UTC, manual)", time.monotonic() - t))
         os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
         import boto3
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/study_workers.py --out /tmp/alloynet-bench-workers
 
-Starts its own Prefect server (SQLite) on a free port, the `local-process` pool, the `study-cell/local`
+Starts its own Prefect server (SQLite) on a free port, the `local-process` pool, the `study-cell/one-cell-cpu`
 deployment and the workers, and stops them all at the end. Every run starts from an empty cache (the data
 sets are simulated once beforehand and copied in, so only the cells are timed), one thread per cell
 (OMP_NUM_THREADS=1, the deployment's setting). The three runs' metrics must agree exactly; the script
@@ -72,7 +72,7 @@ def main() -> None:
     workers: list[str] = []
     try:
         stack.ensure_work_pool(state, api)
-        stack.deploy(state, api, ["study-cell/local"])
+        stack.deploy(state, api, ["study-cell/one-cell-cpu"])
         with temporary_settings(updates={PREFECT_API_URL: api}):
             for n in (1, 2):
                 while len(workers) < n:
@@ -80,7 +80,7 @@ def main() -> None:
                     stack.start_worker(state, api, name=workers[-1])
                 cfg = fresh(f"pool{n}")
                 t0 = time.perf_counter()
-                res = study(cfg, deployment="study-cell/local", poll_s=1.0)
+                res = study(cfg, deployment="study-cell/one-cell-cpu", poll_s=1.0)
                 key = f"work pool, {n} process worker{'s' if n > 1 else ''}"
                 times[key] = time.perf_counter() - t0
                 tables[key] = pd.read_csv(Path(cfg["out_dir"]) / "results.csv")

@@ -124,10 +124,10 @@ def demo(out: Path = typer.Option(Path(settings.home()), help="working directory
 
 def study_pool(config: Path = typer.Option(Path("configs/study.yaml"), "--config", "-c",
                                            help="study YAML (grid, data, training)"),
-               deployment: str = typer.Option("study-cell/local", help="the deployment that computes one cell"),
+               deployment: str = typer.Option("study-cell/one-cell-cpu", help="the deployment that computes one cell"),
                attempts: int = typer.Option(2, help="runs per cell when its process or worker dies"),
                threads: Optional[int] = typer.Option(None, help="OMP_NUM_THREADS of every cell (default: the "
-                                                                "deployment's, 1 for study-cell/local)"),
+                                                                "deployment's, 1 for study-cell/one-cell-cpu)"),
                out_dir: Optional[str] = typer.Option(None, help="override the config's out_dir"),
                work_dir: Optional[str] = typer.Option(None, help="override the config's work_dir (cache of runs)"),
                timeout: Optional[float] = typer.Option(None, help="seconds before unfinished cells are "

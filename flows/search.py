@@ -4,7 +4,7 @@
     python -m flows.search --store demo-data --trials 8                                  # tasks, SQLite
     python -m infra.stack up --postgres --workers 2 && python -m infra.stack deploy
     source .alloynet/stack/env.sh                                                        # ALLOYNET_OPTUNA_STORAGE
-    python -m flows.search --store demo-data --trials 8 --deployment search-trial/local \\
+    python -m flows.search --store demo-data --trials 8 --deployment search-trial/one-trial-cpu \\
         --storage env:ALLOYNET_OPTUNA_STORAGE                                            # two workers, PostgreSQL
 
 The study lives in an Optuna RDB storage: SQLite in ``out_dir`` by default (one machine), PostgreSQL
@@ -35,7 +35,7 @@ from alloynet.study.search import SearchConfig, SharedBudget, complete_trials, l
 from alloynet.study.search import study_name as default_study_name
 from flows.fanout import Dispatcher
 
-TRIAL_DEPLOYMENT = "search-trial/local"
+TRIAL_DEPLOYMENT = "search-trial/one-trial-cpu"
 
 
 @task(name="search-trial", cache_policy=NO_CACHE)

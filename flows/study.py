@@ -32,7 +32,7 @@ from alloynet.study.config import Cell, StudyConfig, load_study
 from alloynet.study.runner import finished_row, log_cell, prepare_data, run_cell, write_outputs
 from flows.fanout import Dispatcher
 
-CELL_DEPLOYMENT = "study-cell/local"
+CELL_DEPLOYMENT = "study-cell/one-cell-cpu"
 
 
 class StudyIncomplete(RuntimeError):

@@ -19,7 +19,7 @@ def _deployments() -> dict[str, dict]:
 
 def test_prefect_yaml_cron_and_manual_deployments():
     deps = _deployments()
-    cron = deps["nightly/nightly-cron"]
+    cron = deps["nightly/daily-0200-UTC"]
     assert cron["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": True,
                                   "slug": "every day at 02:00 UTC (cron 0 2 * * *)"}]  # the UI's card shows the slug
     assert deps["nightly/manual"]["schedules"] == []
@@ -37,11 +37,26 @@ def test_fan_out_deployments_one_thread_per_cell_and_gpu_variants():
 
     deps = _deployments()
     for flow in ("study-cell", "search-trial"):
-        local, gpu = deps[f"{flow}/local"], deps[f"{flow}/gpu"]
-        assert local["work_pool"]["name"] == "local-process" and f"{flow}/local" in LOCAL_DEPLOYMENTS
+        one = "one-cell" if flow == "study-cell" else "one-trial"
+        local, gpu = deps[f"{flow}/{one}-cpu"], deps[f"{flow}/gpu"]
+        assert local["work_pool"]["name"] == "local-process" and f"{flow}/{one}-cpu" in LOCAL_DEPLOYMENTS
         assert local["work_pool"]["job_variables"]["env"]["OMP_NUM_THREADS"] == "1"
         assert "concurrency_limit" not in local  # N workers run N cells at once
         assert gpu["work_pool"]["name"] == "gpu-k8s" and gpu["work_pool"]["job_variables"]["gpu_count"] == 1
+
+
+def test_names_say_what_and_scheduled_ones_when_in_which_time_zone():
+    """The UI's deployment list shows names and "At 02:00 AM every day" (no time zone): names carry both."""
+    from infra.stack import LOCAL_DEPLOYMENTS
+
+    deps = _deployments()
+    assert len({d["name"] for d in deps.values() if d["work_pool"]["name"] == "local-process"}) == len(
+        LOCAL_DEPLOYMENTS) == 4  # no two local deployments share a name
+    for name, d in deps.items():
+        for sched in d.get("schedules") or []:
+            if sched.get("active", True) and "gpu" not in name:
+                assert sched["timezone"] in d["name"], f"{name}: the schedule's time zone is not in its name"
+    assert set(LOCAL_DEPLOYMENTS) <= set(deps)
 
 
 def test_entrypoints_load_and_parameters_match_the_flow():

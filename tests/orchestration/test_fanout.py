@@ -69,8 +69,8 @@ def pool():
         env = stack.up(state, port=free_port(), s3=False, worker=False, postgres=True)
         s = Stack(state, env["PREFECT_API_URL"], env["ALLOYNET_OPTUNA_STORAGE"])
         stack.ensure_work_pool(state, s.api_url)
-        out = stack.deploy(state, s.api_url, ["study-cell/local", "search-trial/local"])
-        assert "study-cell/local" in out and "search-trial/local" in out, out
+        out = stack.deploy(state, s.api_url, ["study-cell/one-cell-cpu", "search-trial/one-trial-cpu"])
+        assert "study-cell/one-cell-cpu" in out and "search-trial/one-trial-cpu" in out, out
         pg = postgres.read(state / "postgres")  # the server's tables are in PostgreSQL, and no SQLite file
         assert postgres.psql(pg, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'flow_run'",
                              db="prefect") == "1"
@@ -137,10 +137,10 @@ def test_two_workers_run_each_cell_once_and_the_tables_equal_a_serial_run(pool, 
 
     cfg = _study_cfg(tmp_path, "pool")
     tag = study_tag(StudyConfig.model_validate(cfg))
-    summary = study(cfg, deployment="study-cell/local", poll_s=1.0, timeout_s=600)
+    summary = study(cfg, deployment="study-cell/one-cell-cpu", poll_s=1.0, timeout_s=600)
     assert summary["finished"] == summary["cells"] == 4 and summary["failed"] == []
 
-    runs = [r for r in pool.runs("study-cell/local") if tag in r.tags]
+    runs = [r for r in pool.runs("study-cell/one-cell-cpu") if tag in r.tags]
     by_cell: dict[str, list] = {}
     for r in runs:
         by_cell.setdefault(r.name, []).append(r)
@@ -162,9 +162,9 @@ def test_two_workers_run_each_cell_once_and_the_tables_equal_a_serial_run(pool, 
 
     # re-running submits nothing: every cell is reused from the cache, and the tables stay the same
     before = (out / "results.csv").read_text()
-    again = study(cfg, deployment="study-cell/local", poll_s=1.0, timeout_s=120)
+    again = study(cfg, deployment="study-cell/one-cell-cpu", poll_s=1.0, timeout_s=120)
     assert again["runs"] == {} and again["finished"] == 4
-    assert len([r for r in pool.runs("study-cell/local") if tag in r.tags]) == len(runs)
+    assert len([r for r in pool.runs("study-cell/one-cell-cpu") if tag in r.tags]) == len(runs)
     assert (out / "results.csv").read_text() == before
 
 
@@ -180,7 +180,7 @@ def test_search_with_two_workers_on_postgres_finishes_its_budget_without_losing_
         result = hyperparameter_search(store=str(store.root), out_dir=str(tmp_path / "search"), architecture="fnn",
                                        loss="focal", trials=4, parallel=2, seed=0,
                                        train={"epochs": 1, "data.batch_size": 16},
-                                       storage="env:ALLOYNET_OPTUNA_STORAGE", deployment="search-trial/local",
+                                       storage="env:ALLOYNET_OPTUNA_STORAGE", deployment="search-trial/one-trial-cpu",
                                        poll_s=1.0, timeout_s=600)
     study = optuna.load_study(study_name=result["study_name"], storage=pool.optuna_url)  # in PostgreSQL
     trials = study.get_trials()
@@ -189,7 +189,7 @@ def test_search_with_two_workers_on_postgres_finishes_its_budget_without_losing_
     assert all(t.user_attrs["flow_run_id"] for t in trials)
     assert sorted(t["number"] for t in result["trials"]) == [0, 1, 2, 3] and "not_complete" not in result
 
-    runs = [r for r in pool.runs("search-trial/local") if f"alloynet-search:{result['study_name']}" in r.tags]
+    runs = [r for r in pool.runs("search-trial/one-trial-cpu") if f"alloynet-search:{result['study_name']}" in r.tags]
     assert sorted(r.name for r in runs) == ["trial-000", "trial-001", "trial-002", "trial-003"]  # one run each
     assert all(r.state.type.value == "COMPLETED" for r in runs)
     assert {str(r.id) for r in runs} == {t.user_attrs["flow_run_id"] for t in trials}
@@ -199,7 +199,7 @@ def test_search_with_two_workers_on_postgres_finishes_its_budget_without_losing_
     # the same search again: its budget is already spent, so nothing runs
     again = hyperparameter_search(store="unused", out_dir=str(tmp_path / "search"), architecture="fnn", loss="focal",
                                   trials=4, parallel=2, seed=0, train={"epochs": 1, "data.batch_size": 16},
-                                  storage="env:ALLOYNET_OPTUNA_STORAGE", deployment="search-trial/local",
+                                  storage="env:ALLOYNET_OPTUNA_STORAGE", deployment="search-trial/one-trial-cpu",
                                   study_name=result["study_name"], poll_s=1.0, timeout_s=60)
     assert again["best_value"] == result["best_value"] and len(study.get_trials()) == 4
 
@@ -222,11 +222,11 @@ def test_a_cell_whose_worker_dies_runs_again_on_the_other_worker(pool, serial, t
     box: dict = {}
     ctx = contextvars.copy_context()  # the thread must see this server's API URL (a context variable)
     parent = threading.Thread(target=ctx.run, args=(lambda: box.update(
-        summary=study(cfg, deployment="study-cell/local", poll_s=1.0, timeout_s=600, return_state=True)),))
+        summary=study(cfg, deployment="study-cell/one-cell-cpu", poll_s=1.0, timeout_s=600, return_state=True)),))
     parent.start()
     victim, deadline = None, time.monotonic() + 240
     while victim is None and time.monotonic() < deadline:
-        for r in pool.runs("study-cell/local"):
+        for r in pool.runs("study-cell/one-cell-cpu"):
             if "death" in json.dumps(r.parameters) and r.state.type.value == "RUNNING" and r.infrastructure_pid:
                 victim = r
                 break
@@ -244,7 +244,7 @@ def test_a_cell_whose_worker_dies_runs_again_on_the_other_worker(pool, serial, t
         assert job["states"] == ["CRASHED", "COMPLETED"], job
         assert job["workers"][1] != job["workers"][0]
         assert summary["finished"] == 1 and summary["failed"] == []
-        crashed = next(r for r in pool.runs("study-cell/local") if str(r.id) == job["flow_runs"][0])
+        crashed = next(r for r in pool.runs("study-cell/one-cell-cpu") if str(r.id) == job["flow_runs"][0])
         assert crashed.state.type.value == "CRASHED" and "stopped" in crashed.state.message
         from alloynet.study.runner import BASELINES
 

@@ -56,7 +56,7 @@ def dispatcher(client: FakeClient, attempts: int = 2, timeout_s=None) -> Dispatc
     from prefect.client.schemas.objects import StateType
 
     d = Dispatcher.__new__(Dispatcher)
-    d.deployment, d.job_variables, d.tags, d.attempts, d.poll_s = "study-cell/local", {}, [], attempts, 0.0
+    d.deployment, d.job_variables, d.tags, d.attempts, d.poll_s = "study-cell/one-cell-cpu", {}, [], attempts, 0.0
     d.stale_heartbeats, d.log, d.jobs, d.pool, d._client = 3.0, lambda *_: None, {}, "local-process", client
     d.timeout_s, d._deadline = timeout_s, (None if timeout_s is None else -1.0)
 

@@ -32,7 +32,7 @@ def server(tmp_path_factory):
     try:
         stack.ensure_work_pool(state, api_url)
         out = stack.deploy(state, api_url)
-        assert "nightly/nightly-cron" in out and "nightly/manual" in out, out
+        assert "nightly/daily-0200-UTC" in out and "nightly/manual" in out, out
         yield state, api_url
     finally:
         stack.stop_service(state, "prefect-worker")
@@ -46,7 +46,7 @@ def scheduled_runs(api_url: str, deployment_id: str) -> list[dict]:
 
 def test_cron_deployment_gets_scheduled_runs_at_0200_utc(server):
     _, api_url = server
-    dep = api(api_url, "/deployments/name/nightly/nightly-cron")
+    dep = api(api_url, "/deployments/name/nightly/daily-0200-UTC")
     assert dep["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     assert dep["schedules"][0]["schedule"]["timezone"] == "UTC"
     deadline, runs = time.monotonic() + 90, []

@@ -74,7 +74,7 @@ def lab_stack(tmp_path_factory, tiny_rig):
         t0 = time.monotonic()
         out = stack.deploy(state, api_url)
         print(f"deployed in {time.monotonic() - t0:.1f} s")
-        assert "nightly/nightly-cron" in out and "nightly/manual" in out, out
+        assert "nightly/daily-0200-UTC" in out and "nightly/manual" in out, out
         import boto3  # what the rig does: upload captures to the bucket the deployment reads (s3://captures/rig)
 
         s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
@@ -133,7 +133,7 @@ def test_the_run_page_shows_the_summary_and_the_champions_confusion_matrix_loads
                              return i && i.complete ? i.naturalWidth : 0 })()""", timeout=30)
         assert w > 0
         # the schedule card says UTC (its slug); without it the card reads "At 02:00 AM" in any time zone
-        dep = stack.api_call(env["PREFECT_API_URL"], "/deployments/name/nightly/nightly-cron")
+        dep = stack.api_call(env["PREFECT_API_URL"], "/deployments/name/nightly/daily-0200-UTC")
         page.navigate(f"{ui}/deployments/deployment/{dep['id']}")
         page.wait_for("document.body.innerText.includes('every day at 02:00 UTC')", timeout=30)
     # training progress reached the Prefect logs: the epoch line in the retrain subflow's logs
@@ -145,7 +145,7 @@ def test_the_run_page_shows_the_summary_and_the_champions_confusion_matrix_loads
 def test_env_sh_puts_the_venv_first_and_points_at_the_stack(lab_stack):
     state, env = lab_stack
     out = subprocess.run(["bash", "-c", f"source {state / 'env.sh'} && command -v alloynet prefect && "
-                                        "prefect deployment inspect nightly/nightly-cron"],
+                                        "prefect deployment inspect nightly/daily-0200-UTC"],
                          capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(state)})
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
