@@ -403,6 +403,35 @@ def status(state_dir: Path = DEFAULT_DIR) -> dict[str, str]:
     return out
 
 
+def stack_lines(state_dir: Path, env: dict[str, str]) -> list[str]:
+    """What `up` prints: where the stack answers and the env file, nothing else (`status` has the PIDs)."""
+    lines = [f"Prefect UI    {env['PREFECT_UI_URL']}", f"Prefect API   {env['PREFECT_API_URL']}"]
+    if env.get("AWS_ENDPOINT_URL"):
+        lines.append(f"S3            {env['AWS_ENDPOINT_URL']} (buckets captures, models, {REPORTS_BUCKET})")
+    if env.get("ALLOYNET_SERVING_URL"):
+        lines.append(f"serving       {env['ALLOYNET_SERVING_URL']}")
+    workers = _worker_names(Path(state_dir).resolve())
+    if workers:
+        lines.append(f"workers       {len(workers)} on pool {WORK_POOL}")
+    lines.append(f"env file      {Path(state_dir) / 'env.sh'}")
+    return lines
+
+
+def deploy_lines(state_dir: Path, prefect_output: str, names: list[str] | None = None) -> list[str]:
+    """What `deploy` prints: the deployments and the three commands a user needs; Prefect's own output (its
+    "To execute flow runs from these deployments..." boilerplate) goes to ``<state_dir>/deploy.log``."""
+    log = Path(state_dir) / "deploy.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(prefect_output)
+    dir_opt = "" if Path(state_dir).resolve() == DEFAULT_DIR.resolve() else f" --dir {state_dir}"
+    return [f"deployments   {', '.join(names or LOCAL_DEPLOYMENTS)} (Prefect's output: {log})",
+            "",
+            "next:",
+            f"  source {Path(state_dir) / 'env.sh'}            # this shell talks to the stack",
+            "  prefect deployment run 'nightly/manual'   # one night now; watch it in the UI",
+            f"  infra/down.sh{dir_opt}                             # stop everything"]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["up", "down", "status", "env", "deploy", "clear-run"])
@@ -427,9 +456,7 @@ def main(argv: list[str] | None = None) -> None:
                      a.postgres)
         except Exception as exc:
             sys.exit(f"infra.stack up failed: {exc}")
-        for k, v in status(a.dir).items():
-            print(f"# {k}: {v}")
-        print(f"# UI: {env['PREFECT_UI_URL']}   point a shell at the stack with: source {Path(a.dir) / 'env.sh'}")
+        print("\n".join(stack_lines(a.dir, env)))
     elif a.action == "down":
         for k, stopped in down(a.dir).items():
             print(f"{k}: stopped" + ("" if stopped else " (had to be killed)"))
@@ -443,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
         if s is None or not alive(s.pid):
             sys.exit("the Prefect server is not running: python -m infra.stack up")
         if a.action == "deploy":
-            print(deploy(a.dir, f"{s.url}/api"))
+            print("\n".join(deploy_lines(a.dir, deploy(a.dir, f"{s.url}/api"))))
         elif not a.flow_run_id:
             sys.exit("clear-run needs the flow run's id (shown on its page in the UI)")
         else:

@@ -4,6 +4,8 @@
 # --port: the Prefect API and UI; --s3-port: SeaweedFS's S3 endpoint (S3 port + 10000 is its gRPC port and
 # must be free too). Every port is checked before anything starts; on a failure what this run started is
 # stopped again. Options go to both `python -m infra.stack up` and `... deploy`.
+# Prints the stack's URLs, the env file, the deployments and the next three commands; Prefect's own deploy
+# output goes to <dir>/deploy.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
