@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / ".alloynet" / "stack"
 WORK_POOL = "local-process"
 # the local deployments of prefect.yaml: the nightly pipeline, and one cell / one trial of the fan-out flows
-LOCAL_DEPLOYMENTS = ["nightly/daily-0200-UTC", "nightly/manual", "study-cell/one-cell-cpu", "search-trial/one-trial-cpu"]
+LOCAL_DEPLOYMENTS = ["nightly/daily-0200-UTC", "nightly/manual", "study-cell/one-cell-cpu",
+                     "search-trial/one-trial-cpu"]
 TELEMETRY_OFF = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 REPORTS_BUCKET = "reports"              # evaluation reports the UI shows: anonymous GET of single objects only
 HEARTBEAT_SECONDS = 30                  # flow-run heartbeats (Prefect's minimum interval)
