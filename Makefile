@@ -13,7 +13,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# TORCH_INDEX: install torch and torchvision (the pins in pyproject.toml) from another index first, e.g. PyTorch's
+# CPU-only wheels: `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` (no CUDA wheels; README: Install).
+TORCH_INDEX ?=
+TORCH_PINS := $(shell grep -oE '"torch(vision)?==[^"]+"' pyproject.toml | tr -d '"')
+
 $(STAMP): pyproject.toml | $(BIN)/python
+	$(if $(TORCH_INDEX),$(BIN)/pip install -q --index-url $(TORCH_INDEX) $(TORCH_PINS))
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 

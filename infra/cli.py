@@ -118,6 +118,11 @@ def serve_status(state_dir: Optional[Path] = DirOpt,
         print(json.dumps(st, indent=1, default=str))
         return
     console.print(f"status: {st['status']}" + (f" ({st['error']})" if st.get("error") else ""), markup=False)
+    if st["status"] == "not started":  # say where the state was looked for (ALLOYNET_SERVE_DIR, --dir move it)
+        from infra.serve import default_dir
+
+        console.print(f"state directory: {Path(state_dir or default_dir()).resolve()}", markup=False,
+                      highlight=False)
     if st.get("leftovers"):
         console.print(f"{st['leftovers']} process(es) of a previous run still live: `alloynet serve stop`",
                       markup=False)
