@@ -28,7 +28,8 @@ from tests.helpers.browser import Chromium, chromium_binary
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 ZOMBIE_WINDOW_S = 60  # two heartbeats: short enough for a test, long enough for a busy two-core machine
-TINY = {"name": "tiny", "overrides": {"epochs": 1, "data.batch_size": 16, "data.norm_images": 8}}
+# two epochs: the learning curve must show every trained epoch, not only those up to the best one
+TINY = {"name": "tiny", "overrides": {"epochs": 2, "data.batch_size": 16, "data.norm_images": 8}}
 
 
 def night_params(work: Path, **over) -> dict:
@@ -139,7 +140,52 @@ def test_the_run_page_shows_the_summary_and_the_champions_confusion_matrix_loads
     # training progress reached the Prefect logs: the epoch line in the retrain subflow's logs
     retrain = subflows(env["PREFECT_API_URL"], run_id)["retrain"]
     logs = stack.api_call(env["PREFECT_API_URL"], "/logs/filter", {"logs": {"flow_run_id": {"any_": [retrain["id"]]}}})
-    assert any(log["name"] == "alloynet.train" and log["message"].startswith("epoch 1/1") for log in logs)
+    assert any(log["name"] == "alloynet.train" and log["message"].startswith("epoch 2/2") for log in logs)
+    assert any(log["message"].startswith("candidate tiny: trained all 2 epochs; best epoch ") for log in logs)
+
+
+def test_the_learning_curve_shows_every_trained_epoch(lab_stack, first_night, tmp_path):
+    """The candidate's learning-curve card loads in the browser, and its picture is the one drawn from the run's
+    whole history (every epoch, the best one marked), not from best.pt's history, which stops at the best epoch."""
+    import urllib.request
+
+    import matplotlib.image as mpimg
+
+    from alloynet.evaluate import plots
+
+    state, env = lab_stack
+    run_id, work = first_night
+    curves = [p for p in work.rglob("plots/learning_curves.png")
+              if "candidates/tiny" in json.loads((p.parents[1] / "metrics.json").read_text())["checkpoint"]]
+    assert len(curves) == 1, curves
+    metrics = json.loads((curves[0].parents[1] / "metrics.json").read_text())
+    history = json.loads((Path(metrics["checkpoint"]).parent / "history.json").read_text())
+    assert len(history) == metrics["epochs_run"] == 2 and 1 <= metrics["trained_epochs"] <= 2
+    expected = plots.learning_curves(history, tmp_path / "expected.png", best_epoch=metrics["trained_epochs"])
+    aid = stack.api_call(env["PREFECT_API_URL"], "/artifacts/filter",
+                         {"artifacts": {"key": {"any_": ["tiny-learning-curves"]}}, "limit": 1})[0]["id"]
+    with Chromium(tmp_path / "profile") as page:
+        page.navigate(f"{env['PREFECT_UI_URL']}/artifacts/artifact/{aid}")
+        img = page.wait_for("""(() => {
+            const i = [...document.images].find(i => i.src.includes('/plots/learning_curves.png'));
+            return i && i.complete ? {src: i.src, w: i.naturalWidth} : null })()""", timeout=30)
+    assert img["w"] > 0, img
+    shown = tmp_path / "shown.png"
+    with urllib.request.urlopen(img["src"], timeout=15) as r:
+        shown.write_bytes(r.read())
+    a, b = mpimg.imread(shown), mpimg.imread(expected)
+    assert a.shape == b.shape and float(abs(a - b).max()) < 1e-6  # the same picture: every epoch, best marked
+
+
+def test_the_deployment_list_shows_the_schedules_time_zone(lab_stack, tmp_path):
+    """Prefect's deployment list shows each deployment's name and "At 02:00 AM every day" without a zone: the
+    scheduled deployment's name carries it."""
+    state, env = lab_stack
+    with Chromium(tmp_path / "profile") as page:
+        page.navigate(f"{env['PREFECT_UI_URL']}/deployments")
+        page.wait_for("document.body.innerText.includes('daily-0200-UTC')", timeout=60)
+        text = page.evaluate("document.body.innerText")
+    assert "one-cell-cpu" in text and "one-trial-cpu" in text and "manual" in text
 
 
 def test_env_sh_puts_the_venv_first_and_points_at_the_stack(lab_stack):
