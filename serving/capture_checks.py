@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import io
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -88,11 +89,16 @@ def header_shape(data: bytes):
     return None
 
 
+def _empty(shape: Sequence[int]) -> str:
+    """What an array with no values is called: a batch [B, C, H, W] of none, or an empty image."""
+    return "empty batch" if len(shape) == 4 and shape[0] == 0 else "empty array"
+
+
 def check_header(data: bytes, shape: tuple[int, int, int]) -> None:
     """Refuse, before decoding, a capture whose header declares another size than the model's [C, H, W]."""
     declared = header_shape(data)
     if declared is not None and 0 in declared:
-        raise CaptureInputError("image", f"empty array (shape {list(declared)})")
+        raise CaptureInputError("image", f"{_empty(declared)} (shape {list(declared)})")
     if declared is not None and tuple(declared) != tuple(shape):
         kind = "PNG" if data[:8] == PNG_MAGIC else ("TIFF" if data[:4] in TIFF_MAGICS else ".npy array")
         raise CaptureInputError("image.shape", f"the {kind} declares [C, H, W] = {list(declared)} "
@@ -112,7 +118,7 @@ def check_capture(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Raw detector image -> float32 [C, H, W], or ``CaptureInputError`` for a size or dtype the model cannot
     take. Accepts uint16 (as captured) or float32 (raw ADU already as floats); [H, W] for one channel."""
     if arr.size == 0:
-        raise CaptureInputError("image", f"empty array (shape {list(arr.shape)})")
+        raise CaptureInputError("image", f"{_empty(arr.shape)} (shape {list(arr.shape)})")
     if arr.dtype.name not in ACCEPTED_DTYPES:
         raise CaptureInputError("image.dtype", f"expected one of {list(ACCEPTED_DTYPES)}, got {arr.dtype.name}")
     if arr.ndim == 2 and shape[0] == 1:
