@@ -107,10 +107,11 @@ def demo(out: Path = typer.Option(Path(settings.home()), help="working directory
     if p:
         mv = reg.get(p.version)
         ceiling = mv.metrics.get("ceiling_accuracy")
+        default = (out / "registry").resolve() == Path(settings.registry()).resolve()
         console.print(f"registry: {reg.uri} champion [bold]{p.version}[/] "
                       f"(balanced accuracy {mv.metrics.get('balanced_accuracy', float('nan')):.3f}"
                       + (f", physics bracket from {ceiling:.3f}" if ceiling is not None else "") + "); "
-                      f"`alloynet registry list -r {out / 'registry'}`")
+                      + ("`alloynet registry list`" if default else f"`alloynet registry list -r {out / 'registry'}`"))
         for fmt in ("export", *formats):
             if any(k.startswith(fmt + "/") for k in mv.artifacts):
                 console.print(f"  {fmt}: {reg.artifact_path(p.version, fmt)}")
