@@ -328,9 +328,11 @@ def _up(state_dir, port, s3_port, s3, worker, serving, registry, s3_running, ser
                 started.append(lambda name=name: stop_service(state_dir, name))
     if serving:
         env.update(_start_serving(state_dir, registry))  # its env file: ALLOYNET_SERVING_URL, ... (infra/serve.py)
-    # a shell that sources env.sh reads the registry the local deployments write (prefect.yaml: .alloynet/registry)
-    # with `alloynet registry ...` and `alloynet serve start`, not the demo's
-    env["ALLOYNET_REGISTRY"] = registry if "://" in registry else str(Path(registry).resolve())
+    # a shell that sources env.sh uses what the local deployments use (prefect.yaml: .alloynet/data, registry, runs)
+    # with `alloynet registry ...`, `alloynet serve start`, `alloynet label import`, not the demo's home
+    env["ALLOYNET_HOME"] = str(ROOT / ".alloynet")
+    if Path(registry).resolve() != ROOT / ".alloynet" / "registry":
+        env["ALLOYNET_REGISTRY"] = registry if "://" in registry else str(Path(registry).resolve())
     return env
 
 

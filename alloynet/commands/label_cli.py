@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
+from alloynet import settings
 from alloynet.console import make_console, printable
 
 console = make_console()
@@ -20,7 +22,8 @@ def _fail(message: str, code: int = 1) -> None:
 def import_cmd(results: Path = typer.Argument(..., help="the verification list with the lab's columns filled in: "
                                               "capture_id, alloy, who, method [, nominal_thickness_mm, "
                                               "thickness_mm, verified_at]"),
-               store: str = typer.Option(".alloynet/data", "--store", "-s", help="the capture store (data dir)"),
+               store: Optional[str] = typer.Option(None, "--store", "-s", help="the capture store (data dir) "
+                                                   "[default: $ALLOYNET_HOME/data]"),
                seed: int = typer.Option(0, "--seed", help="the manifest's split seed"),
                wait: float = typer.Option(0.0, "--wait", help="seconds to wait for another writer")) -> None:
     """Apply each verdict as a recorded relabel (who, when, method kept in the capture's history) and rebuild
@@ -33,7 +36,7 @@ def import_cmd(results: Path = typer.Argument(..., help="the verification list w
 
     try:
         verdicts, not_verified = read_verdicts(results)
-        st = LocalStore(store)
+        st = LocalStore(store or settings.data_dir())
         with writer_lock(st, "label import", wait):
             res = import_verdicts(st, verdicts, source=f"alloynet label import {results.name}")
             df, changed = refresh_manifest(st, seed, lock=False)

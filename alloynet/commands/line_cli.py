@@ -14,9 +14,8 @@ from alloynet.console import make_console, printable
 console = make_console()
 line_app = typer.Typer(no_args_is_help=True)
 
-DEFAULT_STORE = ".alloynet/data"
 StoreOpt = typer.Option(None, "--store", "-s", help="where the line's record is kept: a directory or "
-                        f"s3://bucket/prefix (default $ALLOYNET_LINE_RECORD or {DEFAULT_STORE})")
+                        "s3://bucket/prefix (default $ALLOYNET_LINE_RECORD, else $ALLOYNET_HOME/data)")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -25,7 +24,9 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def line_store(store: Optional[str]) -> str:
-    return store or os.environ.get("ALLOYNET_LINE_RECORD") or DEFAULT_STORE
+    from alloynet import settings
+
+    return store or os.environ.get("ALLOYNET_LINE_RECORD") or settings.data_dir()
 
 
 def parse_when(text: str, what: str = "--since") -> datetime:
