@@ -165,7 +165,29 @@ def plan(
         json_out.write_text(json.dumps({"prior": prior.describe(), "size": n, "reference_s": reference_s,
                                         "candidates": [r.to_dict() for r in rows]}, indent=1))
     if plot_out:
-        planner.plot(rows, plot_out)
+        _plot_plan(rows, plot_out)
+
+
+def _plot_plan(rows, path: Path) -> None:
+    """The bracket of each candidate (lower edge with its error, upper edge), best first (physics/ draws nothing)."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    y = np.arange(len(rows))[::-1]
+    for yi, r in zip(y, rows, strict=True):
+        b = r.bracket
+        ax.errorbar(b.lower.accuracy, yi, xerr=b.lower.se, fmt="o", color="C0", capsize=3)
+        ax.errorbar(b.upper.accuracy, yi, xerr=b.upper.se, fmt="|", color="C3", capsize=3, ms=12)
+        ax.plot([b.lower.accuracy, b.upper.accuracy], [yi, yi], color="0.5", lw=4, alpha=0.4)
+    ax.set_yticks(y, [r.acquisition.describe() for r in rows], fontsize=8)
+    ax.set_xlabel("balanced five-class accuracy: lower edge (o) and upper edge (|) of the physics bracket")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def register(root: typer.Typer) -> None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, special
@@ -143,9 +144,10 @@ def detector_cov(model, fractions, density: float, thickness_mm: float) -> np.nd
     sigma = float(getattr(rig, "psf_sigma_px", 0.0) or 0.0)
     if sigma <= 0 or not isinstance(model, (ProfileModel, MeanTransmissionModel)):
         return cov
+    width = int(model.rig.width)
     var = model.noise_var(fractions, density, thickness_mm)
-    blur, average = _blur_and_bin(rig.width, model.bins, sigma)
-    k = np.diff(bin_edges(rig.width, model.bins))
+    blur, average = _blur_and_bin(width, model.bins, sigma)
+    k = np.diff(bin_edges(width, model.bins))
     out = cov - np.diag(var)
     for c in range(len(var) // model.bins):
         sl = slice(c * model.bins, (c + 1) * model.bins)
@@ -206,7 +208,8 @@ class _AlloyTerms:
         i = int(np.abs(self.grid - t).argmin())
         return slice(max(0, i - half), min(len(self.grid), i + half + 1))
 
-    def own(self, x: np.ndarray, fractions, density: float, window: slice, means: np.ndarray, prior) -> float:
+    def own(self, x: np.ndarray, fractions, density: float, window: slice, means: np.ndarray | None,
+            prior) -> float:
         """log integral N(x; mu_c(s), S(s)) prior(s) ds for one profile ``x`` and its own composition, from the
         composition's ``means`` on the grid points of ``window`` (around the plate's actual thickness: x was drawn
         there, so the minimum lies there); on the whole grid when the minimum falls on the window's edge."""
@@ -386,8 +389,10 @@ def bracket(model, alloys: Sequence[str] = ALLOY_NAMES, prior: ThicknessPrior | 
     width = float(d.mean(1).mean())
     width_se = float(np.sqrt((d.var(1, ddof=1) / per).sum()) / k) if per > 1 else float("nan")
     rows = conf[0] / np.maximum(n[:, None], 1)
-    pairs = sorted(({"pair": f"{obs.alloys[i]} vs {obs.alloys[j]}", "confused": float((rows[i, j] + rows[j, i]) / 2)}
-                    for i in range(k) for j in range(i + 1, k)), key=lambda p: -p["confused"])
+    pairs: list[dict[str, Any]] = [{"pair": f"{obs.alloys[i]} vs {obs.alloys[j]}",
+                                    "confused": float((rows[i, j] + rows[j, i]) / 2)}
+                                   for i in range(k) for j in range(i + 1, k)]
+    pairs.sort(key=lambda p: -p["confused"])
     notes = [f"{per} plates per alloy drawn from the prior; each alloy's mixture has {pool_n} compositions; "
              "Monte-Carlo standard errors beside each figure (the width's is paired).",
              "Lower edge: a classifier a line can run (alloynet.physics.bracket.MixtureObserver on -ln of the "
@@ -434,7 +439,7 @@ def mixed_bracket(rigs: Sequence[tuple[object, float]], prior: ThicknessPrior, a
 
 def _rig_dict(model) -> dict:
     rig = getattr(model, "rig", None)
-    return rig.model_dump() if hasattr(rig, "model_dump") else {}
+    return dict(rig.model_dump()) if rig is not None and hasattr(rig, "model_dump") else {}
 
 
 def phrase_gap(accuracy: float, lower: float, upper: float, upper_se: float = 0.0) -> str:
