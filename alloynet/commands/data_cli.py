@@ -129,7 +129,7 @@ def _print_result(res) -> None:
 
 
 def ingest(source: str = typer.Argument(..., help="capture store to pull from (s3://bucket/prefix or a directory)"),
-           dest: str = typer.Argument(..., help="local data directory"),
+           dest: Optional[str] = typer.Argument(None, help="local data directory [default: $ALLOYNET_HOME/data]"),
            seed: int = typer.Option(0, help="seed of the manifest's split assignment of new plates"),
            wait: float = WaitOpt,
            retry_quarantined: bool = typer.Option(False, "--retry-quarantined",
@@ -138,9 +138,11 @@ def ingest(source: str = typer.Argument(..., help="capture store to pull from (s
                                                            "is reported as an orphan"),
            accept_size: Optional[list[str]] = SizeOpt) -> None:
     """Pull new captures (since the watermark), verify, quarantine bad ones, update the manifest."""
+    from alloynet import settings
     from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, open_store
     from alloynet.data.manifest import ingest_and_refresh
 
+    dest = dest or settings.data_dir()
     try:
         src = open_store(source)
     except ValueError as exc:  # a malformed store URI
