@@ -13,6 +13,7 @@
 3. The study's test set (docs/study/study.json: wedges 50 and 70 mm, weighted equally as in its store): its
    bracket beside every committed model and baseline row.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,9 @@ from alloynet.physics.simulator import RigConfig, RigSimulator, plate_rows  # no
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def simulate(rig: RigConfig, n: int, prior: ThicknessPrior, seed: int, session: int = 50
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def simulate(
+    rig: RigConfig, n: int, prior: ThicknessPrior, seed: int, session: int = 50
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(raw captures [n, C, H, W], their levels [n, C, 2], labels [n]), alloys cycling."""
     sim, rng = RigSimulator(rig), np.random.default_rng(seed)
     images, cals, labels = [], [], []
@@ -50,7 +52,7 @@ def simulate(rig: RigConfig, n: int, prior: ThicknessPrior, seed: int, session: 
         if i % session == 0:
             gain = sim.session_gain(rng)
             dark, flat = sim.calibration_frames(rng, gain)
-            levels = np.stack([frame_level(dark), frame_level(flat)], -1)            # [C, 2]
+            levels = np.stack([frame_level(dark), frame_level(flat)], -1)  # [C, 2]
         k = i % len(ALLOY_NAMES)
         plate = sample_plate(ALLOY_NAMES[k], float(nominal[i]), rng, f"bench-{i}")
         cap = sim.capture(plate, rng, gain_scale=gain)
@@ -80,16 +82,27 @@ def main() -> None:
     rig = RigConfig(height=args.size, width=args.size, kvp=kvp)
     prior = ThicknessPrior(range_mm=(1.0, 5.0))
     model = ProfileModel(rig, 32)
-    out: dict = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, OMP_NUM_THREADS="
-                            f"{os.environ.get('OMP_NUM_THREADS')}", "date": time.strftime("%Y-%m-%d"),
-                 "args": {k: str(v) for k, v in vars(args).items()}}
+    out: dict = {
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS')}",
+        "date": time.strftime("%Y-%m-%d"),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
     t0 = time.perf_counter()
     obs = MixtureObserver(model, ALLOY_NAMES, prior, args.pool, seed=args.seed)
     br = bracket(model, ALLOY_NAMES, prior, draws=args.draws, seed=args.seed, observer=obs)
-    out["bracket"] = {"lower": br.lower.accuracy, "lower_se": br.lower.se, "upper": br.upper.accuracy,
-                      "upper_se": br.upper.se, "width": br.width, "width_se": br.width_se,
-                      "lower_heavy_light": br.lower.heavy_light, "upper_heavy_light": br.upper.heavy_light,
-                      "hard_pairs": br.hard_pairs[:3], "seconds": time.perf_counter() - t0}
+    out["bracket"] = {
+        "lower": br.lower.accuracy,
+        "lower_se": br.lower.se,
+        "upper": br.upper.accuracy,
+        "upper_se": br.upper.se,
+        "width": br.width,
+        "width_se": br.width_se,
+        "lower_heavy_light": br.lower.heavy_light,
+        "upper_heavy_light": br.upper.heavy_light,
+        "hard_pairs": br.hard_pairs[:3],
+        "seconds": time.perf_counter() - t0,
+    }
     print(br.markdown(), flush=True)
 
     t0 = time.perf_counter()
@@ -103,23 +116,52 @@ def main() -> None:
     fit = PhysicsFit({rig.wedge_mm: rig}, prior, ALLOY_NAMES, seed=args.seed)
     physics_fit = balanced(fit.predict(x_iqm, np.full(len(y), rig.wedge_mm))[0].argmax(1), y, k)
     gap = measured[0] - br.lower.accuracy
-    out["captures"] = {"n": int(len(y)), "lower_observer_measured": measured[0], "measured_se": measured[1],
-                       "lower_observer_on_interquartile_profile": measured_iqm[0],
-                       "physics_fit_measured": physics_fit[0], "physics_fit_se": physics_fit[1],
-                       "measured_minus_predicted": gap,
-                       "combined_se": float(np.hypot(measured[1], br.lower.se)),
-                       "seconds": time.perf_counter() - t0}
+    out["captures"] = {
+        "n": int(len(y)),
+        "lower_observer_measured": measured[0],
+        "measured_se": measured[1],
+        "lower_observer_on_interquartile_profile": measured_iqm[0],
+        "physics_fit_measured": physics_fit[0],
+        "physics_fit_se": physics_fit[1],
+        "measured_minus_predicted": gap,
+        "combined_se": float(np.hypot(measured[1], br.lower.se)),
+        "seconds": time.perf_counter() - t0,
+    }
     print(json.dumps(out["captures"], indent=1), flush=True)
 
     study = json.loads((ROOT / "docs/study/study.json").read_text())["test_set"]
-    srigs = [(RigConfig(**{**rig.model_dump(), "wedge_mm": w, "height": study["size"][0], "width": study["size"][1],
-                           "kvp": study["kvp"], "dose": study["dose"]}), 1.0) for w in study["wedges_mm"]]
-    sb = mixed_bracket(srigs, ThicknessPrior.of(study["thicknesses_mm"], study["thickness_range_mm"]),
-                       draws=args.draws // 2, pool=args.pool // 2, seed=args.seed)
+    srigs = [
+        (
+            RigConfig(
+                **{
+                    **rig.model_dump(),
+                    "wedge_mm": w,
+                    "height": study["size"][0],
+                    "width": study["size"][1],
+                    "kvp": study["kvp"],
+                    "dose": study["dose"],
+                }
+            ),
+            1.0,
+        )
+        for w in study["wedges_mm"]
+    ]
+    sb = mixed_bracket(
+        srigs,
+        ThicknessPrior.of(study["thicknesses_mm"], study["thickness_range_mm"]),
+        draws=args.draws // 2,
+        pool=args.pool // 2,
+        seed=args.seed,
+    )
     res = pd.read_csv(ROOT / "docs/study/results.csv")
     best = res.groupby(["arch", "loss", "rho"]).balanced_accuracy.mean().sort_values(ascending=False)
-    out["study"] = {"lower": sb["lower"], "lower_se": sb["lower_se"], "upper": sb["upper"], "upper_se": sb["upper_se"],
-                    "rows": {" ".join(map(str, i)): float(v) for i, v in best.items()}}
+    out["study"] = {
+        "lower": sb["lower"],
+        "lower_se": sb["lower_se"],
+        "upper": sb["upper"],
+        "upper_se": sb["upper_se"],
+        "rows": {" ".join(map(str, i)): float(v) for i, v in best.items()},
+    }
     print(json.dumps(out["study"], indent=1), flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))

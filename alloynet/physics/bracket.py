@@ -34,6 +34,7 @@ parabola, so log integral N(x; mu_c(t), S(t)) prior(t) dt is evaluated by the pa
 point and its neighbours (exact for a quadratic chi2, whatever the grid step), weighed by the prior's density
 there, smoothed by the fit's own width.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -57,15 +58,16 @@ from alloynet.physics.measure import bin_columns, bin_edges, wedge_profile
 from alloynet.physics.observer import LOG_2PI, ThicknessPrior, _profiles, noise_cov
 from alloynet.physics.profile import ProfileModel
 
-GRID_STEP_MM = 0.04   # thickness grid of the integral: any step works for a parabolic chi2; this one keeps
+GRID_STEP_MM = 0.04  # thickness grid of the integral: any step works for a parabolic chi2; this one keeps
 #                       the parabola's three points within the range where mu(t) is linear to far below noise
-COV_NODE_STEPS = 5    # grid steps between the thicknesses where the noise covariance is computed
+COV_NODE_STEPS = 5  # grid steps between the thicknesses where the noise covariance is computed
 DEFAULT_POOL = 256
 DEFAULT_DRAWS = 2000
 
 
-def full_row_profile(images: np.ndarray, calibration: np.ndarray, bins: int = 32, rows: slice = slice(None)
-                     ) -> np.ndarray:
+def full_row_profile(
+    images: np.ndarray, calibration: np.ndarray, bins: int = 32, rows: slice = slice(None)
+) -> np.ndarray:
     """Raw captures [N, C, H, W] with their levels [N, C, 2] -> binned profiles [N, C * bins]: per column -ln of
     the mean T over the good pixels (no dead or saturated ones) of the plate's ``rows``, every row's information
     kept. -ln of the mean, not the mean of -ln: the forward model gives -ln of the expected T, and where few
@@ -84,7 +86,7 @@ def _blur_and_bin(width: int, bins: int, sigma: float) -> tuple[np.ndarray, np.n
     edges = bin_edges(width, bins)
     average = np.zeros((len(edges) - 1, width))
     for b in range(len(edges) - 1):
-        average[b, edges[b]:edges[b + 1]] = 1.0 / (edges[b + 1] - edges[b])
+        average[b, edges[b] : edges[b + 1]] = 1.0 / (edges[b + 1] - edges[b])
     return blur, average
 
 
@@ -164,7 +166,7 @@ def _laplace(q: np.ndarray, grid: np.ndarray, prior) -> tuple[np.ndarray, np.nda
     i = np.clip(q.argmin(-1), 1, g - 2)[..., None]
     cm, c0, cp = (np.take_along_axis(q, i + d, -1)[..., 0] for d in (-1, 0, 1))
     h = float(grid[1] - grid[0])
-    a = np.maximum(0.5 * (cp + cm - 2 * c0), 1e-9)                     # curvature, in grid steps
+    a = np.maximum(0.5 * (cp + cm - 2 * c0), 1e-9)  # curvature, in grid steps
     b = 0.5 * (cp - cm)
     s = np.clip(-b / (2 * a), -1.0, 1.0)
     q_min = c0 + b * s + a * s * s
@@ -177,23 +179,32 @@ def _laplace(q: np.ndarray, grid: np.ndarray, prior) -> tuple[np.ndarray, np.nda
 class _AlloyTerms:
     """One alloy's noise precision at every grid thickness, and its mixture components' whitened means."""
 
-    def __init__(self, model, alloy: str, prior: ThicknessPrior, grid: np.ndarray, pool: int,
-                 rng: np.random.Generator, alloy_table: AlloyTable):
+    def __init__(
+        self,
+        model,
+        alloy: str,
+        prior: ThicknessPrior,
+        grid: np.ndarray,
+        pool: int,
+        rng: np.random.Generator,
+        alloy_table: AlloyTable,
+    ):
         self.model, self.alloy, self.grid = model, alloy, grid
         a = get_alloy(alloy, alloy_table)
         self.mean_fractions, self.mean_density = a.nominal_fractions(), a.density_g_cm3
         # the covariance at every grid point, linear between nodes a few steps apart: it changes by ~1 % per
         # node step (photon noise as exp(mu t)), so the interpolation is exact to far below that
         nodes = np.unique(np.r_[np.arange(0, len(grid), COV_NODE_STEPS), len(grid) - 1])
-        at_nodes = np.stack([detector_cov(model, self.mean_fractions, self.mean_density, float(grid[i]))
-                             for i in nodes])
+        at_nodes = np.stack(
+            [detector_cov(model, self.mean_fractions, self.mean_density, float(grid[i])) for i in nodes]
+        )
         j = np.clip(np.searchsorted(nodes, np.arange(len(grid)), side="right") - 1, 0, len(nodes) - 2)
         w = ((np.arange(len(grid)) - nodes[j]) / (nodes[j + 1] - nodes[j]))[:, None, None]
         covs = (1 - w) * at_nodes[j] + w * at_nodes[j + 1]
-        self.chol = np.linalg.cholesky(covs + 1e-14 * np.eye(covs.shape[-1]))       # [G, D, D]: draws' noise
-        self.precision = np.linalg.inv(covs)                                         # [G, D, D]
-        self.logdet = np.linalg.slogdet(covs)[1]                                     # [G]
-        self.precision_flat = self.precision.reshape(len(grid), -1).T                # [D*D, G]
+        self.chol = np.linalg.cholesky(covs + 1e-14 * np.eye(covs.shape[-1]))  # [G, D, D]: draws' noise
+        self.precision = np.linalg.inv(covs)  # [G, D, D]
+        self.logdet = np.linalg.slogdet(covs)[1]  # [G]
+        self.precision_flat = self.precision.reshape(len(grid), -1).T  # [D*D, G]
         self.plates = [sample_plate(alloy, 2.0, rng, f"pool-{i}", alloy_table=alloy_table) for i in range(pool)]
         means = np.stack([_profiles(model, p.fractions(), p.density_g_cm3, grid) for p in self.plates])  # [P, G, D]
         self.qm, self.mqm = self.whiten(means)
@@ -208,15 +219,14 @@ class _AlloyTerms:
         i = int(np.abs(self.grid - t).argmin())
         return slice(max(0, i - half), min(len(self.grid), i + half + 1))
 
-    def own(self, x: np.ndarray, fractions, density: float, window: slice, means: np.ndarray | None,
-            prior) -> float:
+    def own(self, x: np.ndarray, fractions, density: float, window: slice, means: np.ndarray | None, prior) -> float:
         """log integral N(x; mu_c(s), S(s)) prior(s) ds for one profile ``x`` and its own composition, from the
         composition's ``means`` on the grid points of ``window`` (around the plate's actual thickness: x was drawn
         there, so the minimum lies there); on the whole grid when the minimum falls on the window's edge."""
         g = len(self.grid)
         for lo, hi in ((window.start, window.stop), (0, g)):
             if (lo, hi) == (0, g) or means is None:
-                means = _profiles(self.model, fractions, density, self.grid[lo:hi])               # [W, D]
+                means = _profiles(self.model, fractions, density, self.grid[lo:hi])  # [W, D]
             r = x[None] - means
             q = np.einsum("wd,wde,we->w", r, self.precision[lo:hi], r) + self.logdet[lo:hi]
             k = int(q.argmin())
@@ -229,20 +239,27 @@ class _AlloyTerms:
     def components(self, x: np.ndarray, qm: np.ndarray, mqm: np.ndarray, prior) -> tuple[np.ndarray, np.ndarray]:
         """log integral N(x; mean_p(t), S(t)) prior(t) dt for profiles x [N, D] and components given by their
         whitened means qm [P, G, D] -> ([N, P], the best-fitting thickness [N, P])."""
-        xqx = (x[:, :, None] * x[:, None, :]).reshape(len(x), -1) @ self.precision_flat   # [N, G]
-        cross = np.einsum("nd,pgd->npg", x, qm, optimize=True)                    # [N, P, G]
+        xqx = (x[:, :, None] * x[:, None, :]).reshape(len(x), -1) @ self.precision_flat  # [N, G]
+        cross = np.einsum("nd,pgd->npg", x, qm, optimize=True)  # [N, P, G]
         q = xqx[:, None] - 2 * cross + mqm[None] + self.logdet[None, None]
         ll, t = _laplace(q, self.grid, prior)
         return ll - 0.5 * x.shape[1] * LOG_2PI, t
-
 
 
 class MixtureObserver:
     """The lower edge's classifier: per alloy, a mixture over ``pool`` sampled compositions, thickness
     integrated out; reads ``full_row_profile``. Usable on real captures as it is."""
 
-    def __init__(self, model, alloys: Sequence[str], prior: ThicknessPrior, pool: int = DEFAULT_POOL,
-                 seed: int = 0, alloy_table: AlloyTable = STANDARD_ALLOYS, grid_step_mm: float = GRID_STEP_MM):
+    def __init__(
+        self,
+        model,
+        alloys: Sequence[str],
+        prior: ThicknessPrior,
+        pool: int = DEFAULT_POOL,
+        seed: int = 0,
+        alloy_table: AlloyTable = STANDARD_ALLOYS,
+        grid_step_mm: float = GRID_STEP_MM,
+    ):
         if pool < 1:
             raise ValueError(f"MixtureObserver: pool must be >= 1 composition per alloy, got {pool}")
         rng = np.random.default_rng(seed)
@@ -259,8 +276,9 @@ class MixtureObserver:
         x = np.atleast_2d(np.asarray(x, float))
         out = []
         for term in self.terms:
-            parts = [term.components(x[s:s + chunk], term.qm, term.mqm, self.prior)[0]
-                     for s in range(0, len(x), chunk)]
+            parts = [
+                term.components(x[s : s + chunk], term.qm, term.mqm, self.prior)[0] for s in range(0, len(x), chunk)
+            ]
             out.append(np.concatenate(parts) if parts else np.empty((0, len(term.plates))))
         return out
 
@@ -279,9 +297,10 @@ class MixtureObserver:
             p = sample_plate(term.alloy, float(t), rng, f"draw-{i}", alloy_table=self.alloy_table)
             fr, rho = p.fractions(), p.density_g_cm3
             win = term.window(p.thickness_mm)
-            means = _profiles(self.model, fr, rho, np.r_[p.thickness_mm, self.grid[win]])   # one call: its cost
+            means = _profiles(self.model, fr, rho, np.r_[p.thickness_mm, self.grid[win]])  # one call: its cost
             x = means[0] + term.chol[int(np.abs(self.grid - p.thickness_mm).argmin())] @ rng.standard_normal(
-                means.shape[1])
+                means.shape[1]
+            )
             xs.append(x)
             own.append(term.own(x, fr, rho, win, means[1:], self.prior))
         return np.asarray(xs), np.asarray(own)
@@ -289,12 +308,12 @@ class MixtureObserver:
 
 @dataclass
 class BracketEdge:
-    accuracy: float                # balanced five-class accuracy (mean recall)
-    se: float                      # its Monte-Carlo standard error
-    heavy_light: float             # heavy vs light, balanced over the two groups
+    accuracy: float  # balanced five-class accuracy (mean recall)
+    se: float  # its Monte-Carlo standard error
+    heavy_light: float  # heavy vs light, balanced over the two groups
     heavy_light_se: float
     recall: dict[str, float]
-    confusion: list[list[float]]   # row-normalised, true x predicted
+    confusion: list[list[float]]  # row-normalised, true x predicted
 
 
 @dataclass
@@ -304,13 +323,13 @@ class Bracket:
     lower: BracketEdge
     upper: BracketEdge
     width: float
-    width_se: float                # paired: both edges are read off the same draws
+    width_se: float  # paired: both edges are read off the same draws
     alloys: list[str]
     prior: str
     rig: dict
     draws_per_alloy: int
     pool: int
-    hard_pairs: list[dict] = field(default_factory=list)   # by the lower edge's confusion, hardest first
+    hard_pairs: list[dict] = field(default_factory=list)  # by the lower edge's confusion, hardest first
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -319,16 +338,25 @@ class Bracket:
     def markdown(self) -> str:
         r = self.rig
         kvp = "/".join(f"{k:g}" for k in r.get("kvp", [])) if isinstance(r.get("kvp"), list) else r.get("kvp")
-        lines = [f"Physics bracket: kVp {kvp}, wedge {r.get('wedge_mm')} mm {r.get('wedge_material')}, dose "
-                 f"{r.get('dose', 0):.3g} photons/pixel, {r.get('height')}x{r.get('width')} px, {self.prior}", "",
-                 "| | five-class (balanced) | heavy vs light |" + "".join(f" {a} |" for a in self.alloys),
-                 "|---" * (3 + len(self.alloys)) + "|"]
+        lines = [
+            f"Physics bracket: kVp {kvp}, wedge {r.get('wedge_mm')} mm {r.get('wedge_material')}, dose "
+            f"{r.get('dose', 0):.3g} photons/pixel, {r.get('height')}x{r.get('width')} px, {self.prior}",
+            "",
+            "| | five-class (balanced) | heavy vs light |" + "".join(f" {a} |" for a in self.alloys),
+            "|---" * (3 + len(self.alloys)) + "|",
+        ]
         for name, e in (("lower edge (mixture observer)", self.lower), ("upper edge (oracle lists)", self.upper)):
-            lines.append(f"| {name} | {e.accuracy:.3f} ± {e.se:.3f} | {e.heavy_light:.3f} ± {e.heavy_light_se:.3f} |"
-                         + "".join(f" {e.recall[a]:.3f} |" for a in self.alloys))
-        lines += ["", f"**Bracket {self.lower.accuracy:.3f}-{self.upper.accuracy:.3f} (width {self.width:.3f} ± "
-                      f"{self.width_se:.3f})**; hardest pairs: "
-                      + ", ".join(f"{p['pair']} ({p['confused']:.2f})" for p in self.hard_pairs[:3]), ""]
+            lines.append(
+                f"| {name} | {e.accuracy:.3f} ± {e.se:.3f} | {e.heavy_light:.3f} ± {e.heavy_light_se:.3f} |"
+                + "".join(f" {e.recall[a]:.3f} |" for a in self.alloys)
+            )
+        lines += [
+            "",
+            f"**Bracket {self.lower.accuracy:.3f}-{self.upper.accuracy:.3f} (width {self.width:.3f} ± "
+            f"{self.width_se:.3f})**; hardest pairs: "
+            + ", ".join(f"{p['pair']} ({p['confused']:.2f})" for p in self.hard_pairs[:3]),
+            "",
+        ]
         lines += [f"- {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -340,14 +368,26 @@ def _balanced(hits: np.ndarray, n: np.ndarray) -> tuple[float, float]:
 
 
 def _group_ll(ll: np.ndarray, group_of: np.ndarray) -> np.ndarray:
-    return np.stack([special.logsumexp(ll[:, group_of == g], axis=1) if (group_of == g).any()
-                     else np.full(len(ll), -np.inf) for g in range(len(GROUPS))], 1)
+    return np.stack(
+        [
+            special.logsumexp(ll[:, group_of == g], axis=1) if (group_of == g).any() else np.full(len(ll), -np.inf)
+            for g in range(len(GROUPS))
+        ],
+        1,
+    )
 
 
-def bracket(model, alloys: Sequence[str] = ALLOY_NAMES, prior: ThicknessPrior | None = None,
-            draws: int = DEFAULT_DRAWS, pool: int = DEFAULT_POOL, seed: int = 0,
-            alloy_table: AlloyTable = STANDARD_ALLOYS, rig: dict | None = None,
-            observer: MixtureObserver | None = None) -> Bracket:
+def bracket(
+    model,
+    alloys: Sequence[str] = ALLOY_NAMES,
+    prior: ThicknessPrior | None = None,
+    draws: int = DEFAULT_DRAWS,
+    pool: int = DEFAULT_POOL,
+    seed: int = 0,
+    alloy_table: AlloyTable = STANDARD_ALLOYS,
+    rig: dict | None = None,
+    observer: MixtureObserver | None = None,
+) -> Bracket:
     """The bracket for the profile model ``model`` (seeded): ``draws`` plates spread evenly over the alloys,
     drawn from ``prior`` (default: any thickness 1-5 mm), each read by the lower and the upper observer."""
     prior = prior or ThicknessPrior(range_mm=(1.0, 5.0))
@@ -382,30 +422,54 @@ def bracket(model, alloys: Sequence[str] = ALLOY_NAMES, prior: ThicknessPrior | 
         present = group_n > 0
         hl, hl_se = _balanced(group_hits[e, present], group_n[present])
         rows = conf[e] / np.maximum(n[:, None], 1)
-        edges.append(BracketEdge(acc, se, hl, hl_se, {a: float(rows[i, i]) for i, a in enumerate(obs.alloys)},
-                                 rows.round(4).tolist()))
+        edges.append(
+            BracketEdge(
+                acc, se, hl, hl_se, {a: float(rows[i, i]) for i, a in enumerate(obs.alloys)}, rows.round(4).tolist()
+            )
+        )
     # the width per class: mean of (upper right - lower right) on the same draws, and its paired error
-    d = np.stack(diff)                                                            # [K, per]
+    d = np.stack(diff)  # [K, per]
     width = float(d.mean(1).mean())
     width_se = float(np.sqrt((d.var(1, ddof=1) / per).sum()) / k) if per > 1 else float("nan")
     rows = conf[0] / np.maximum(n[:, None], 1)
-    pairs: list[dict[str, Any]] = [{"pair": f"{obs.alloys[i]} vs {obs.alloys[j]}",
-                                    "confused": float((rows[i, j] + rows[j, i]) / 2)}
-                                   for i in range(k) for j in range(i + 1, k)]
+    pairs: list[dict[str, Any]] = [
+        {"pair": f"{obs.alloys[i]} vs {obs.alloys[j]}", "confused": float((rows[i, j] + rows[j, i]) / 2)}
+        for i in range(k)
+        for j in range(i + 1, k)
+    ]
     pairs.sort(key=lambda p: -p["confused"])
-    notes = [f"{per} plates per alloy drawn from the prior; each alloy's mixture has {pool_n} compositions; "
-             "Monte-Carlo standard errors beside each figure (the width's is paired).",
-             "Lower edge: a classifier a line can run (alloynet.physics.bracket.MixtureObserver on -ln of the "
-             "row-mean transmission). Upper edge: the Bayes observer also handed each alloy's list of candidate "
-             "compositions, the plate's own among its alloy's; no observer of the profile does better.",
-             "Both edges are for the profile model's noise (Gaussian, the panel's blur included); bench/bracket.py "
-             "checks the lower edge on the simulator's own captures."]
-    return Bracket(edges[0], edges[1], width, width_se, list(obs.alloys), obs.prior.describe(),
-                   rig if rig is not None else _rig_dict(model), per, pool_n, pairs, notes)
+    notes = [
+        f"{per} plates per alloy drawn from the prior; each alloy's mixture has {pool_n} compositions; "
+        "Monte-Carlo standard errors beside each figure (the width's is paired).",
+        "Lower edge: a classifier a line can run (alloynet.physics.bracket.MixtureObserver on -ln of the "
+        "row-mean transmission). Upper edge: the Bayes observer also handed each alloy's list of candidate "
+        "compositions, the plate's own among its alloy's; no observer of the profile does better.",
+        "Both edges are for the profile model's noise (Gaussian, the panel's blur included); bench/bracket.py "
+        "checks the lower edge on the simulator's own captures.",
+    ]
+    return Bracket(
+        edges[0],
+        edges[1],
+        width,
+        width_se,
+        list(obs.alloys),
+        obs.prior.describe(),
+        rig if rig is not None else _rig_dict(model),
+        per,
+        pool_n,
+        pairs,
+        notes,
+    )
 
 
-def mixed_bracket(rigs: Sequence[tuple[object, float]], prior: ThicknessPrior, alloys: Sequence[str] = ALLOY_NAMES,
-                  bins: int = 32, alloy_table: AlloyTable = STANDARD_ALLOYS, **kw) -> dict:
+def mixed_bracket(
+    rigs: Sequence[tuple[object, float]],
+    prior: ThicknessPrior,
+    alloys: Sequence[str] = ALLOY_NAMES,
+    bins: int = 32,
+    alloy_table: AlloyTable = STANDARD_ALLOYS,
+    **kw,
+) -> dict:
     """The bracket for a test set that mixes rig settings (e.g. two wedge sizes, which every capture shows):
     one bracket per rig, combined with the weights (their shares of the captures), errors in quadrature.
 
@@ -414,8 +478,17 @@ def mixed_bracket(rigs: Sequence[tuple[object, float]], prior: ThicknessPrior, a
     first rig), the ``markdown`` of every bracket and the ``brackets`` themselves."""
     from alloynet.physics.profile import profile_model_for
 
-    brackets = [bracket(profile_model_for(rig, bins), alloys, prior, alloy_table=alloy_table,
-                        rig=rig.model_dump() if hasattr(rig, "model_dump") else {}, **kw) for rig, _ in rigs]
+    brackets = [
+        bracket(
+            profile_model_for(rig, bins),
+            alloys,
+            prior,
+            alloy_table=alloy_table,
+            rig=rig.model_dump() if hasattr(rig, "model_dump") else {},
+            **kw,
+        )
+        for rig, _ in rigs
+    ]
     w = np.asarray([weight for _, weight in rigs], float)
     w = w / w.sum()
 
@@ -425,15 +498,25 @@ def mixed_bracket(rigs: Sequence[tuple[object, float]], prior: ThicknessPrior, a
     def err(values) -> float:
         return float(np.sqrt(np.dot(w**2, np.square(list(values)))))
 
-    out: dict = {"prior": prior.describe(), "hard_pairs": brackets[0].hard_pairs,
-                 "markdown": "\n\n".join(b.markdown() for b in brackets), "brackets": brackets,
-                 "width": avg(b.width for b in brackets), "width_se": err(b.width_se for b in brackets)}
+    out: dict = {
+        "prior": prior.describe(),
+        "hard_pairs": brackets[0].hard_pairs,
+        "markdown": "\n\n".join(b.markdown() for b in brackets),
+        "brackets": brackets,
+        "width": avg(b.width for b in brackets),
+        "width_se": err(b.width_se for b in brackets),
+    }
     for edge in ("lower", "upper"):
         es = [getattr(b, edge) for b in brackets]
-        out.update({edge: avg(e.accuracy for e in es), f"{edge}_se": err(e.se for e in es),
-                    f"{edge}_heavy_light": avg(e.heavy_light for e in es),
-                    f"{edge}_heavy_light_se": err(e.heavy_light_se for e in es),
-                    f"{edge}_recall": {a: avg(e.recall[a] for e in es) for a in brackets[0].alloys}})
+        out.update(
+            {
+                edge: avg(e.accuracy for e in es),
+                f"{edge}_se": err(e.se for e in es),
+                f"{edge}_heavy_light": avg(e.heavy_light for e in es),
+                f"{edge}_heavy_light_se": err(e.heavy_light_se for e in es),
+                f"{edge}_recall": {a: avg(e.recall[a] for e in es) for a in brackets[0].alloys},
+            }
+        )
     return out
 
 

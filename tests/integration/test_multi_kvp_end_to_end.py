@@ -1,6 +1,7 @@
 """Several exposures end to end: a lab's three-page TIFFs (one page per kVp) -> `alloynet import` -> `alloynet train
 --store` with no config -> the exported graph in-process (ONNX Runtime), which must read all three channels and
 agree with the checkpoint's own answer."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,18 @@ def write_multipage_lab_folder(store, root: Path) -> Path:
             for page in cap.image:
                 tif.write(np.ascontiguousarray(page), photometric="minisblack")
         levels = [";".join(f"{v:.2f}" for v in sc["calibration"][k]) for k in ("dark_adu", "flat_adu")]
-        rows.append(",".join([rel, sc["truth"]["alloy"], f"{sc['truth']['nominal_thickness_mm']:g}", sc["plate_id"],
-                              f"{sc['rig']['wedge_mm']:g}", *levels]))
+        rows.append(
+            ",".join(
+                [
+                    rel,
+                    sc["truth"]["alloy"],
+                    f"{sc['truth']['nominal_thickness_mm']:g}",
+                    sc["plate_id"],
+                    f"{sc['rig']['wedge_mm']:g}",
+                    *levels,
+                ]
+            )
+        )
     csv = root / "labels.csv"
     csv.write_text("\n".join(rows) + "\n")
     return csv
@@ -62,13 +73,19 @@ def test_three_kvp_tiffs_import_train_and_export(tmp_path):
 
     bundle = export_checkpoint(run / "best.pt", tmp_path / "export", n_parity=4, log=lambda *_: None)
     cap = read_capture(LocalStore(store), sidecar["capture_id"], accepted_sizes=set())
-    feed = {"image": cap.image.astype(np.float32)[None],
-            "calibration": np.stack([sidecar["calibration"]["dark_adu"], sidecar["calibration"]["flat_adu"]],
-                                    -1).astype(np.float32)[None],
-            "wedge_mm": np.array([[sidecar["rig"]["wedge_mm"]]], np.float32)}
+    feed = {
+        "image": cap.image.astype(np.float32)[None],
+        "calibration": np.stack([sidecar["calibration"]["dark_adu"], sidecar["calibration"]["flat_adu"]], -1).astype(
+            np.float32
+        )[None],
+        "wedge_mm": np.array([[sidecar["rig"]["wedge_mm"]]], np.float32),
+    }
     assert set(feed) == set(contract.INPUT_NAMES)
-    out = dict(zip(contract.OUTPUT_NAMES, onnx_session(bundle.path("onnx")).run(list(contract.OUTPUT_NAMES), feed),
-                   strict=True))
+    out = dict(
+        zip(
+            contract.OUTPUT_NAMES, onnx_session(bundle.path("onnx")).run(list(contract.OUTPUT_NAMES), feed), strict=True
+        )
+    )
     assert contract.STATUS_NAMES[contract.status_code(out["status"][0])] == "ok"
     assert out["probabilities"][0].sum() == pytest.approx(1.0, abs=1e-5)
     # two channels of the three: the graph refuses or flags it, never answers as if nothing were missing

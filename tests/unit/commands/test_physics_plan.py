@@ -13,14 +13,33 @@ def test_exposure_doses_split_the_time_and_follow_the_tube_output():
     rig = RigConfig(kvp=[50.0], dose=1e4)
     assert exposure_doses(rig, Acquisition((50.0,), 2.0, 50.0, "Al"), 1.0) == [2e4]
     d40, d60 = exposure_doses(rig, Acquisition((40.0, 60.0), 2.0, 50.0, "Al"), 1.0)
-    assert d40 < 1e4 < d60        # one second each; a W tube gives more photons at 60 kV than at 50, fewer at 40
+    assert d40 < 1e4 < d60  # one second each; a W tube gives more photons at 60 kV than at 50, fewer at 40
 
 
 def test_plan_ranks_candidates_and_writes_json_and_a_plot(tmp_path):
     out, png = tmp_path / "plan.json", tmp_path / "plan.png"
-    res = CliRunner().invoke(app, ["physics", "plan", *SMALL, "--kvp-set", "50", "--kvp-set", "40,60",
-                                   "--wedge-mm", "50", "--time-fraction", "1", "--time-fraction", "0.1",
-                                   "--json", str(out), "--plot", str(png)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "physics",
+            "plan",
+            *SMALL,
+            "--kvp-set",
+            "50",
+            "--kvp-set",
+            "40,60",
+            "--wedge-mm",
+            "50",
+            "--time-fraction",
+            "1",
+            "--time-fraction",
+            "0.1",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert res.output.startswith("prior: any thickness 1-5 mm; 16x16 px")
     rows = json.loads(out.read_text())["candidates"]

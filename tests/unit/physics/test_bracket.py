@@ -24,8 +24,8 @@ def test_laplace_is_exact_for_a_parabola_whatever_the_grid_step():
 
 def test_full_row_profile_leaves_dead_and_saturated_pixels_out():
     images = np.full((1, 1, 4, 2), 501.0)
-    images[0, 0, 0, 0] = 0            # dead
-    images[0, 0, 1, 1] = 65535        # saturated
+    images[0, 0, 0, 0] = 0  # dead
+    images[0, 0, 1, 1] = 65535  # saturated
     cal = np.array([[[1.0, 1001.0]]])
     x = full_row_profile(images, cal, bins=2)
     assert x.shape == (1, 2)
@@ -73,9 +73,15 @@ def test_mixed_bracket_weighs_rigs_and_adds_errors_in_quadrature():
     assert m["lower_se"] == pytest.approx(np.hypot(0.75 * b0.lower.se, 0.25 * b1.lower.se))
 
 
-@pytest.mark.parametrize("acc,words", [(0.50, "0.100 below its lower edge"), (0.65, "within the bracket"),
-                                       (0.72, "0.020 above its upper edge (beyond its error)"),
-                                       (0.705, "0.005 above its upper edge (within its error)")])
+@pytest.mark.parametrize(
+    "acc,words",
+    [
+        (0.50, "0.100 below its lower edge"),
+        (0.65, "within the bracket"),
+        (0.72, "0.020 above its upper edge (beyond its error)"),
+        (0.705, "0.005 above its upper edge (within its error)"),
+    ],
+)
 def test_phrase_gap(acc, words):
     assert phrase_gap(acc, 0.6, 0.7, 0.01) == words
 

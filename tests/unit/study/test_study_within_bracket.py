@@ -1,6 +1,7 @@
 """No model or baseline in the study's committed results lies above the physics bracket's upper edge beyond the
 errors: the upper edge is an observer told more than any line knows, so a row above it would mean the row's
 captures hold information the profile model leaves out (or a bug)."""
+
 import json
 from pathlib import Path
 
@@ -25,8 +26,22 @@ def study():
 def upper(study):
     meta, _ = study
     t, rig = meta["test_set"], meta["config"]["data"]["rig"]
-    rigs = [(RigConfig(**{**rig, "wedge_mm": w, "height": t["size"][0], "width": t["size"][1], "kvp": t["kvp"],
-                          "dose": t["dose"]}), 1.0) for w in t["wedges_mm"]]
+    rigs = [
+        (
+            RigConfig(
+                **{
+                    **rig,
+                    "wedge_mm": w,
+                    "height": t["size"][0],
+                    "width": t["size"][1],
+                    "kvp": t["kvp"],
+                    "dose": t["dose"],
+                }
+            ),
+            1.0,
+        )
+        for w in t["wedges_mm"]
+    ]
     prior = ThicknessPrior.of(t["thicknesses_mm"], t["thickness_range_mm"])
     m = mixed_bracket(rigs, prior, draws=1000, pool=16, seed=26)
     return m["upper"], m["upper_se"]
@@ -42,7 +57,9 @@ def test_no_study_row_lies_above_the_upper_edge_beyond_its_error(study, upper):
     edge, edge_se = upper
     allowed = edge + 2 * np.sqrt(edge_se**2 + row_se**2)
     above = results[results.balanced_accuracy.to_numpy(float) > allowed]
-    assert above.empty, (f"rows above the upper edge {edge:.3f} ± {edge_se:.3f} beyond their errors:\n"
-                         + above[["arch", "loss", "rho", "balanced_accuracy"]].to_string())
+    assert above.empty, (
+        f"rows above the upper edge {edge:.3f} ± {edge_se:.3f} beyond their errors:\n"
+        + above[["arch", "loss", "rho", "balanced_accuracy"]].to_string()
+    )
     # and the check has teeth: a row one standard error above the allowance would fail it
     assert (allowed < 1).all() and edge < 0.8
