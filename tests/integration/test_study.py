@@ -29,11 +29,13 @@ def test_study_tables_plots_reproducibility_and_resume(tmp_path, monkeypatch):
     assert len(results) == 8 and set(results.loss) == {"ce", "focal"}
     assert (out / "accuracy_vs_rho.png").stat().st_size > 1000
     md = (out / "results.md").read_text()
-    assert "Ideal-observer ceiling" in md and "ceiling (bal. acc)" in md and "thick_6_7mm" in md
+    assert "Physics bracket" in md and "bracket (bal. acc)" in md and "against the bracket" in md
+    assert "thick_6_7mm" in md
     meta = json.loads((out / "study.json").read_text())
     # plates of any thickness by default: the ceiling for that prior (well below the 1/2/5 mm grid's ~0.8)
     assert 0.35 < meta["ceiling"]["accuracy"] < 0.8 and meta["test_set"]["thickness_range_mm"] == [1.0, 2.0]
     assert meta["ceiling"]["heavy_light"] > 0.9
+    assert meta["ceiling"]["upper"] >= meta["ceiling"]["accuracy"] - 3 * meta["ceiling"]["upper_se"]
     assert meta["ood_sets"]["drift_3pct_no_calibration"]["calibration_sent"] is False
     assert (out / "runs" / "fnn-ce-rho10-s1" / "report.md").exists()
     assert results.ood_thick_6_7mm_balanced_accuracy.between(0, 1).all()

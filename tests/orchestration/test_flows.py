@@ -215,7 +215,8 @@ def test_first_night_summary_on_the_run_itself(first_night):
     # one summary log line on the run, and the trainer's epoch lines in the retrain subflow's logs
     line = next(x for x in run_logs(run_id, "nightly summary:") if x.startswith("nightly summary:"))
     assert "promoted tiny as v0001" in line and "champion none -> v0001" in line
-    assert re.search(r"tiny balanced accuracy \d\.\d{3} \(ceiling \d\.\d{3}, gap -?\d\.\d{3}\)", line), line
+    assert re.search(r"tiny balanced accuracy \d\.\d{3} \(physics bracket \d\.\d{3}-\d\.\d{3} ± \d\.\d{3}: "
+                     r"(within the bracket|\d\.\d{3} (below its lower|above its upper) edge)", line), line
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
     with get_client(sync_client=True) as client:
