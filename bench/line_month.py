@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -218,7 +217,8 @@ class Champion:
             k = int(np.argmax(p))
             out.append({"alloy": self.classes[k], "confidence": float(p[k]), "flags": [],
                         "group": alloy_group(self.classes[k]),
-                        "prediction_set": [c for c, pk in zip(self.classes, p) if 1 - pk <= self.q] or [self.classes[k]]})
+                        "prediction_set": [c for c, pk in zip(self.classes, p) if 1 - pk <= self.q]
+                        or [self.classes[k]]})
         return out
 
     def balanced_accuracy(self, x: np.ndarray, y: list[str]) -> float:

@@ -62,7 +62,8 @@ def line_monitor(data_dir: str = DATA_DIR, records: Optional[str] = None, regist
         to_markdown(r), key="line-monitor", description=f"the line on {r['day']}"))}
     if r["verify"]:
         out["artifacts"]["line-verify"] = str(create_table_artifact(
-            r["verify"], key="line-verify", description=f"plates to verify after {r['day']} (line/verify/{r['day']}.csv)"))
+            r["verify"], key="line-verify",
+            description=f"plates to verify after {r['day']} (line/verify/{r['day']}.csv)"))
     live = r.get("live")
     log.info("line %s: %d capture(s), %d scored tonight, drift %s, live %s, %d to verify", r["day"], r["captures"],
              out["scored"], (r["drift"] or {}).get("pattern", "not tested"),

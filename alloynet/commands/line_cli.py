@@ -63,8 +63,9 @@ def log_cmd(since: str = typer.Option("24h", "--since", help="from: ISO date/tim
             console.print(printable(json.dumps(r, separators=(",", ":"))), markup=False, highlight=False,
                           soft_wrap=True)
             continue
-        answer = (f"{r.get('alloy')} p={float(r.get('confidence') or 0):.3f} set={{{','.join(r.get('prediction_set') or [])}}} "
-                  f"{r.get('group')}" if r.get("status") != "refused" else f"refused: {r.get('error', '')}")
+        pset = ",".join(r.get("prediction_set") or [])
+        answer = (f"{r.get('alloy')} p={float(r.get('confidence') or 0):.3f} set={{{pset}}} {r.get('group')}"
+                  if r.get("status") != "refused" else f"refused: {r.get('error', '')}")
         flags = ",".join(r.get("flags") or []) or "-"
         who = r.get("capture_id") or (r.get("image_sha256") or "")[:12]
         console.print(printable(f"{r['at'][:23]}  {who}  {r.get('model', '')}:{r.get('model_version', '')}  {answer}  "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -205,7 +205,8 @@ def to_markdown(r: dict[str, Any]) -> str:
                 f"{live['test_figures'].get('accuracy', '-')} |",
                 f"| balanced accuracy | {live['balanced_accuracy']:.3f} [{b[0]:.3f}, {b[1]:.3f}] | "
                 f"{live['test_figures'].get('balanced_accuracy', '-')} |",
-                f"| set coverage (target {live['coverage_target']}) | {live['coverage']:.3f} [{c[0]:.3f}, {c[1]:.3f}] | "
+                f"| set coverage (target {live['coverage_target']}) | {live['coverage']:.3f} "
+                f"[{c[0]:.3f}, {c[1]:.3f}] | "
                 f"{live['test_figures'].get('coverage', '-')} |",
                 f"| heavy as light / light as heavy | {live['heavy_as_light']} / {live['light_as_heavy']} | |"]
     out += ["", f"## Verify tomorrow ({len(r['verify'])} plates)", "", "| capture | plate | pick | why | told |",

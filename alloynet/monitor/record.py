@@ -67,7 +67,8 @@ class Journal:
         if fd is None:
             for old in list(self._fds):  # the day has turned: yesterday's file is finished
                 os.close(self._fds.pop(old))
-            path = self.store.path(f"{RECORDS}{day}/{self.writer}.jsonl")  # type: ignore[union-attr]
+            assert isinstance(self.store, LocalStore)
+            path = self.store.path(f"{RECORDS}{day}/{self.writer}.jsonl")
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = self._fds[day] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         view = memoryview(data)
@@ -138,7 +139,8 @@ def answer_for(records: Iterable[dict[str, Any]], capture_id: str, image_sha256:
     """The latest record answering this capture (by id, else by image hash); None if the line never asked."""
     best = None
     for r in records:
-        if (r.get("capture_id") == capture_id and capture_id) or (image_sha256 and r.get("image_sha256") == image_sha256):
+        same_id = bool(capture_id) and r.get("capture_id") == capture_id
+        if same_id or (image_sha256 and r.get("image_sha256") == image_sha256):
             if r.get("status") is not None and (best is None or r["at"] >= best["at"]):
                 best = r
     return best

@@ -122,12 +122,13 @@ def score(captures: Sequence[LineCapture], runner: Runner, class_names: Sequence
                                                  for c in chunk]),
             contract.WEDGE_NAME: np.asarray([[c.sidecar.rig.wedge_mm] for c in chunk], np.float32),
         }
-        outputs = runner(inputs)
+        outputs: Mapping[str, Any] = runner(inputs)
         for i, c in enumerate(chunk):
             at = c.sidecar.acquired_at
             at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
             # filed under the capture's own time, as if the line had asked: its day's partition holds it
-            r: dict[str, Any] = {"v": 1, "at": at.isoformat(), "scored_at": now, "source": "nightly", "capture_id": c.capture_id,
+            r: dict[str, Any] = {"v": 1, "at": at.isoformat(), "scored_at": now, "source": "nightly",
+                                 "capture_id": c.capture_id,
                                  "image_sha256": c.sidecar.image.sha256, "server": "onnxruntime",
                                  "model": "alloynet", "model_version": model_version, "latency_ms": None,
                                  "batch": len(chunk)}
@@ -180,11 +181,12 @@ def champion_graph(registry: str, dest: str | Path) -> Optional[tuple[Runner, di
     try:
         runner, meta = onnx_runner(out)
     except FileNotFoundError:
-        from alloynet.export.bundle import export_checkpoint
-
         ckpts = sorted(out.rglob("*.pt"))
         if not ckpts:
-            raise FileNotFoundError(f"champion {pointer.version}: neither a graph nor a checkpoint in its release")
+            raise FileNotFoundError(f"champion {pointer.version}: neither a graph nor a checkpoint in its release"
+                                    ) from None
+        from alloynet.export.bundle import export_checkpoint
+
         export_checkpoint(ckpts[0], out / "monitor-export")
         runner, meta = onnx_runner(out / "monitor-export")
     keys = ("accuracy", "balanced_accuracy", "coverage", "set_coverage")
