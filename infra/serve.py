@@ -23,6 +23,14 @@ the TorchServe key file's location to ``DIR/serving.env`` (which `alloynet infer
   load leaves the old one serving, and is recorded in the state (``status`` shows it);
 * keeps TorchServe's keys valid: they are made with ``token_expiry_min`` (7 days by default) and renewed
   when a quarter of that is left; clients re-read the key file when refused.
+* checks every ``ready_every_s`` (2 s) that Triton's model is READY, not only that the server is live: a
+  model unloaded or failed behind its back is loaded again from the release (``status`` says "not ready"
+  meanwhile, and asks Triton itself, so it reports what really serves);
+* loads only what the registry recorded: a cached release (``releases/``) is checked file by file against the
+  registry's sha256 on every use (start, swap, restart, ``reload``); an altered one is refused with one log
+  line and fetched again;
+* keeps Triton's admin key (the one that guards load/unload) off every command line: it lives in 0600 files
+  and reaches tritonserver through infra/argv_secret.c (see ``infra.triton.secret_library``).
 
 State (``DIR``, default ``.alloynet/serve`` in the checkout or ``$ALLOYNET_SERVE_DIR``): ``serve.json`` (the
 settings), ``state.json`` (written by the supervisor: pids, ports, the version served, restarts, errors),
