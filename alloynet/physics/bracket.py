@@ -28,6 +28,9 @@ the plate's good pixels, and plate texture.
 
 Both edges share the draws, the pool and every component, and differ only in that one mixture component of the
 plate's own alloy is its actual composition: the width is estimated with far less noise than either edge.
+The plates share one pool, so each plate's lists are independent draws only taken one plate at a time: the
+upper edge is exact in expectation, and its standard error (binomial over plates) leaves out the pool's own
+spread, which a larger ``pool`` shrinks.
 
 Thickness integral: a component's chi2 in t (mu nearly linear in t over a grid step, S(t) smooth) is a
 parabola, so log integral N(x; mu_c(t), S(t)) prior(t) dt is evaluated by the parabola through the grid's best
