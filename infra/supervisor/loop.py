@@ -219,9 +219,10 @@ class Supervisor:
 
     # ---- restarts ----
     def _start(self, name: str) -> None:
+        if self.serving is not None:  # what a server loads is what the registry recorded, not what the disk holds
+            self.serving = self.releases.verified(self.serving)
         if name == "triton":
-            if self.serving is not None:  # what it loads is what the registry recorded, not what the disk holds
-                self.serving = self.releases.verified(self.serving)
+            if self.serving is not None:
                 self.triton.install(self.serving)
             self.triton.start()
         elif self.serving is not None:  # TorchServe starts after Triton serves a release

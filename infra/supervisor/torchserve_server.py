@@ -49,9 +49,7 @@ class TorchServeServer:
 
         torchserve.stop(self.dir, timeout=5)
         version = str(release.generation)
-        mar = self._mar_name(version)
-        if not (self.store / mar).exists():
-            self.install(release)
+        mar = self.install(release)  # from the (verified) release, whatever the model store holds
         cfg = self.cfg
         srv = torchserve.start(self.store, [f"{cfg.model}={mar}"], self.dir, http_port=cfg.torchserve_http_port,
                                grpc_port=cfg.torchserve_grpc_port, timeout=cfg.start_timeout_s, model_api=True,
