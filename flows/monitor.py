@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from alloynet.captures.stores import open_store
-from alloynet.monitor.nightly import NightOptions, run_night, to_markdown
+from alloynet.monitor.nightly import NightOptions, report_history, run_night, to_markdown
 from alloynet.monitor.scoring import champion_graph
 from flows.settings import DATA_DIR, REGISTRY, WORK_DIR
 
@@ -64,6 +64,11 @@ def line_monitor(data_dir: str = DATA_DIR, records: Optional[str] = None, regist
         out["artifacts"]["line-verify"] = str(create_table_artifact(
             r["verify"], key="line-verify",
             description=f"plates to verify after {r['day']} (line/verify/{r['day']}.csv)"))
+    history = report_history(open_store(data_dir))
+    if history:
+        out["artifacts"]["line-history"] = str(create_table_artifact(
+            history, key="line-history", description="the line night by night (ISO week beside each): live "
+                                                       "figures with their 95 % intervals, drift, alarms"))
     live = r.get("live")
     log.info("line %s: %d capture(s), %d scored tonight, drift %s, live %s, %d to verify", r["day"], r["captures"],
              out["scored"], (r["drift"] or {}).get("pattern", "not tested"),

@@ -171,6 +171,29 @@ def _live(store: ObjectStore, records_store: ObjectStore, until: datetime, o: Ni
     return live_performance(verified, meta.get("coverage"), test_figures, seed=o.seed)
 
 
+def report_history(store: ObjectStore, days: int = 28) -> list[dict[str, Any]]:
+    """One row per night of the last ``days`` reports, newest first: what the line saw, how often it was right
+    (with its interval), what drifted, what alarmed; the UI's history table."""
+    keys = sorted((i.key for i in store.list(REPORTS) if i.key.endswith(".json")), reverse=True)[:days]
+    rows = []
+    for key in keys:
+        try:
+            r = json.loads(store.get(key))
+        except (ValueError, KeyError):
+            continue
+        live = r.get("live") or {}
+        b, c = live.get("balanced_accuracy_interval"), live.get("coverage_interval")
+        rows.append({"night": r["day"], "week": datetime.fromisoformat(r["day"]).strftime("%G-W%V"),
+                     "captures": r["captures"], "refused": r["refused"],
+                     "live balanced accuracy": (f"{live['balanced_accuracy']:.3f} [{b[0]:.3f}, {b[1]:.3f}]"
+                                                if live else "-"),
+                     "live coverage": f"{live['coverage']:.3f} [{c[0]:.3f}, {c[1]:.3f}]" if live else "-",
+                     "verified (random)": live.get("n", 0),
+                     "drift": (r.get("drift") or {}).get("pattern", "not tested"),
+                     "alarms": ", ".join(a["kind"] for a in r.get("alarms") or []) or "-"})
+    return rows
+
+
 def to_markdown(r: dict[str, Any]) -> str:
     """The night's report for people: the Prefect artifact and line/reports/<day>.md."""
     out = [f"# The line on {r['day']}", ""]

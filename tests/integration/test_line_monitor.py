@@ -49,7 +49,7 @@ def test_quiet_night_then_a_drift_alarm(prefect_harness, tmp_path):  # noqa: F81
     assert out["report"]["captures"] > 0 and not out["alarms"]
     assert out["report"]["drift"]["detected"] is False
     assert len(out["report"]["verify"]) == 6 and quiet.exists(f"line/verify/{DAY.date()}.csv")
-    assert _artifacts("line-monitor") and _artifacts("line-verify")
+    assert _artifacts("line-monitor") and _artifacts("line-verify") and _artifacts("line-history")
 
     drifted = _line_store(tmp_path / "drifted", 1.6)
     state = line_monitor(data_dir=str(drifted.root), registry=str(tmp_path / "registry"),

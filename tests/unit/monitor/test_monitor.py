@@ -108,7 +108,7 @@ def _fake_runner(class_names):
 
 
 def test_a_night_scores_unanswered_captures_proposes_and_imports_verdicts(tmp_path):
-    from alloynet.monitor.nightly import NightOptions, run_night
+    from alloynet.monitor.nightly import NightOptions, report_history, run_night
     from alloynet.monitor.record import read_records
     from tests.helpers.dummy import DummyCaptureStore
 
@@ -150,6 +150,9 @@ def test_a_night_scores_unanswered_captures_proposes_and_imports_verdicts(tmp_pa
         assert again.live is not None and again.live.n == 2 and again.live.accuracy == 1.0
         assert again.live.test_figures == {"balanced_accuracy": 0.9}
         assert "| balanced accuracy | 1.000" in store.get("line/reports/2026-12-01.md").decode()
+        hist = report_history(store)
+        assert len(hist) == 1 and hist[0]["week"] == "2026-W49"
+        assert hist[0]["live balanced accuracy"].startswith("1.000")
 
 
 def test_a_verdict_without_who_or_method_names_row_and_column(tmp_path):
