@@ -2,7 +2,8 @@
 
 Only captures picked at random for verification estimate live accuracy without bias (the informative picks
 are chosen for being hard). Accuracy and set coverage: Wilson score intervals; balanced accuracy (mean recall
-over the classes present): a seeded percentile bootstrap over the verified captures.
+over the classes present): a seeded percentile bootstrap over the verified captures. The coverage alarm is
+stricter than the interval shown: at least ALARM_MIN_N plates, and the 99 % Wilson interval below target.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 Z95 = 1.959963984540054
+Z99 = 2.5758293035489004
+ALARM_MIN_N = 20  # fewer verified plates than this: their coverage is reported, never alarmed on
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -54,7 +57,7 @@ class LivePerformance:
     coverage: float
     coverage_interval: tuple[float, float]
     coverage_target: Optional[float]
-    coverage_below_target: bool          # the whole interval lies below the target
+    coverage_below_target: bool          # n >= ALARM_MIN_N and the whole 99 % interval lies below the target
     heavy_as_light: int
     light_as_heavy: int
     test_figures: dict[str, Any] = field(default_factory=dict)  # the champion's held-out test figures
@@ -82,7 +85,10 @@ def live_performance(verified: Sequence[Verified], coverage_target: Optional[flo
     return LivePerformance(
         n=n, accuracy=acc, accuracy_interval=wilson(hits, n), balanced_accuracy=bal, balanced_accuracy_interval=bal_iv,
         coverage=covered / n if n else float("nan"), coverage_interval=cov_iv, coverage_target=coverage_target,
-        coverage_below_target=bool(n and coverage_target is not None and cov_iv[1] < coverage_target),
+        # the alarm asks more than the 95 % interval shown: the week's estimate is re-tested every night, and a
+        # champion at its target must not alarm every few weeks
+        coverage_below_target=bool(n >= ALARM_MIN_N and coverage_target is not None
+                                   and wilson(covered, n, Z99)[1] < coverage_target),
         heavy_as_light=sum(v.truth_group == "heavy" and v.predicted_group == "light" for v in verified),
         light_as_heavy=sum(v.truth_group == "light" and v.predicted_group == "heavy" for v in verified),
         test_figures=dict(test_figures or {}))

@@ -80,7 +80,8 @@ def test_live_performance_intervals_and_coverage_alarm():
     live = live_performance(v, coverage_target=0.95, seed=0)
     assert live.accuracy == pytest.approx(0.8) and live.balanced_accuracy == pytest.approx(0.8)
     assert live.balanced_accuracy_interval[0] < 0.8 < live.balanced_accuracy_interval[1]
-    assert live.coverage_below_target  # 16/20 covered: Wilson upper bound 0.92 < 0.95
+    assert live.coverage_below_target  # 16/20 covered: 99 % Wilson upper bound 0.94 < 0.95
+    assert not live_performance(v[:19], coverage_target=0.95).coverage_below_target  # too few to alarm
     alarms = decide(None, live, {}, budget=10)
     assert [a.kind for a in alarms] == ["coverage"] and "verify 10 plates" in alarms[0].action
 
