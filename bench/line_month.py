@@ -5,8 +5,10 @@
     .venv/bin/python bench/line_month.py month [--days 30] [--drift-day 12] [--seeds 3] [--per-day 40] ...
 
 ``record-cost``: what recording costs a request: the client facade (``AlloyClient.predict``) over a backend
-that answers at once with a prepared answer, recording off vs on (a real capture file: identity and hash are
-worked out by the recorder's thread), interleaved rounds; p50/p99 per request and their difference.
+that answers with a prepared answer at once (or after --service-ms, sleeping as a gRPC wait does), recording
+off vs on (a real capture file: identity and hash are worked out by the recorder's thread), interleaved
+rounds; p50/p99 per request and their difference, and how many records the last round wrote or dropped (a
+client faster than the recorder's thread fills its queue: records are dropped, requests never wait).
 ``kill``: a child process predicts and records and prints each answered request's index; it is killed with
 SIGKILL at a random moment; how many answered requests have no record (the records still queued when it
 died), per kill.
@@ -41,14 +43,17 @@ class InstantBackend:
 
     server, model, target, version = "triton", "alloynet", "127.0.0.1:0", "1"
 
-    def __init__(self):
+    def __init__(self, service_s: float = 0.0):
         from serving.client.prediction import Prediction
 
+        self.service_s = service_s
         self.answer = Prediction(alloy="Al6082", confidence=0.8, probabilities={"Al6082": 0.8, "Al5083": 0.2},
                                  prediction_set=["Al6082"], group="light", group_probability=0.99, thickness_mm=5.0,
                                  absorption={"a0": 1.0, "mu_eff": 2.0}, flags=[], server="triton")
 
     def predict_batch(self, captures, calibrations=None, wedges_mm=None, errors="raise"):
+        if self.service_s:
+            time.sleep(self.service_s)  # waiting for the server, as a gRPC call does: the GIL is free meanwhile
         return [self.answer for _ in captures]
 
     def close(self):
@@ -83,14 +88,15 @@ def record_cost(args) -> None:
         cap = _capture_file(Path(tmp))
         off, on = [], []
         for _ in range(args.rounds):
-            off += _timed(AlloyClient(InstantBackend()), cap, args.n)
+            off += _timed(AlloyClient(InstantBackend(args.service_ms / 1e3)), cap, args.n)
             rec = Recorder(Path(tmp) / "store")
-            client = AlloyClient(InstantBackend(), rec)
+            client = AlloyClient(InstantBackend(args.service_ms / 1e3), rec)
             on += _timed(client, cap, args.n)
             client.close()
         written, dropped = rec.written, rec.dropped
     p = lambda xs, q: 1e3 * float(np.quantile(xs, q))  # noqa: E731
-    print(f"# {machine()}; {args.rounds} rounds x {args.n} requests each way, one capture per request")
+    print(f"# {machine()}; {args.rounds} rounds x {args.n} requests each way, one capture per request, "
+          f"server time {args.service_ms} ms")
     print("| recording | p50 ms | p99 ms |\n|---|---|---|")
     print(f"| off | {p(off, .5):.4f} | {p(off, .99):.4f} |\n| on | {p(on, .5):.4f} | {p(on, .99):.4f} |")
     print(f"recording cost at p50: {p(on, .5) - p(off, .5):.4f} ms, at p99: {p(on, .99) - p(off, .99):.4f} ms; "
@@ -392,6 +398,7 @@ def main() -> None:
     rc = sub.add_parser("record-cost")
     rc.add_argument("--n", type=int, default=20000)
     rc.add_argument("--rounds", type=int, default=5)
+    rc.add_argument("--service-ms", type=float, default=0.0, help="the backend's answer takes this long (sleeping)")
     kl = sub.add_parser("kill")
     kl.add_argument("--n", type=int, default=3000)
     kl.add_argument("--kills", type=int, default=5)
