@@ -286,12 +286,14 @@ def choose_correction_cv(observers: Mapping[float, object], train: Mapping[str, 
     z = float(gain.mean() / max(gain.std(ddof=1) / np.sqrt(len(gain)), 1e-12)) if len(gain) > 1 else 0.0
     n = f"{n_train} training + {n_val} validation captures, {len(np.unique(fold))}-fold by plate"
     sign_p = _sign_p(gain) * len(cv)
+    # a handful of captures failing to reject the nominal tables says nothing of whether the forward model
+    # describes the rig (what the trainer's describes_rig reads from ``decided``)
+    enough = len(gain) >= MIN_VAL
     if z < Z_MIN_CV and sign_p >= SIGN_P:
         return CorrectionChoice(None, None, losses, z, n_train, n_val,
                                 f"the best correction ({_option(d, od, s)}) gains {gain.mean():.3f} in "
                                 f"cross-validated log-loss ({n}), {z:.1f} sd (need {Z_MIN_CV:g}; sign test p "
-                                f"{min(sign_p, 1.0):.2g}, need {SIGN_P:g}): nominal tables",
-                                decided=True)
+                                f"{min(sign_p, 1.0):.2g}, need {SIGN_P:g}): nominal tables", decided=enough)
     fits = fit_residuals(observers, train["profiles"], np.asarray(train["y"], int), train["thickness_mm"],
                          train["wedge_mm"], d, *_cv_thresholds(d), own_degree=od)
     if not fits:
