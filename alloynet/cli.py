@@ -17,7 +17,7 @@ Where a command comes from:
   adds in a module-level tuple of string literals ``COMMANDS`` in the entry point's module (e.g. ``COMMANDS =
   ("package", "infer")`` in serving/cli.py). It is read from the module's source, without running
   the module, so ``alloynet infer`` does not import flows/cli.py; a plugin without such a ``COMMANDS`` (or
-  not a .py source) is registered for every command. tests/test_cli.py checks that both tables say what
+  not a .py source) is registered for every command. tests/unit/commands/test_cli.py checks that both tables say what
   the modules register.
 
 ``app`` (``from alloynet.cli import app``, e.g. with Typer's CliRunner) is the full application: every

@@ -1,7 +1,7 @@
 """A capture as the client sends it: read, labelled, decoded, with its calibration and wedge size, checked.
 
 Kept light: decoding a capture loads the library's image codec only (no pydantic, scipy or torch), so a
-process that only sends captures starts fast (tests/test_layout.py holds this).
+process that only sends captures starts fast (tests/unit/test_layout.py holds this).
 """
 from __future__ import annotations
 

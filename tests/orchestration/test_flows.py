@@ -473,7 +473,7 @@ def test_retrain_with_a_rig_profile_pretrains_every_candidate_then_fine_tunes(pr
     import yaml
 
     from flows.retrain import retrain
-    from tests.test_train import _profile
+    from tests.unit.train.test_train import _profile
 
     root = after_first_night
     prof = _profile(root / "rig.yaml")

@@ -8,7 +8,7 @@ from alloynet.cli import app
 from alloynet.export import ExportMeta, export_model
 from alloynet.physics import ALLOY_NAMES
 from tests.helpers.serving import capture_inputs
-from tests.test_export import SIZE, standin
+from tests.unit.export.test_export import SIZE, standin
 
 
 @pytest.fixture(scope="module")

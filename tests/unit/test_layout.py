@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 PACKAGES = ("alloynet", "serving", "infra", "flows")
 # What each top-level package may import, beside itself and third-party libraries (docs: the design's layout):
 # alloynet is the library; serving imports it; infra (processes) may import serving; flows orchestrates all.

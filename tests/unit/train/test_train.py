@@ -18,14 +18,14 @@ from typer.testing import CliRunner
 
 from alloynet.cli import app
 from alloynet.models import ARCH_DEFAULTS, list_models
-from alloynet.train import load_config, resolve, train
 from alloynet.models.checkpoint import load_checkpoint, load_model
-from alloynet.train.config import ScheduleConfig, EarlyStopConfig
+from alloynet.train import load_config, resolve, train
+from alloynet.train.config import EarlyStopConfig, ScheduleConfig
 from alloynet.train.data import EpochSampler, sample_weights
 from alloynet.train.optim import Schedule, lr_factor
+from tests.helpers import ROOT
 from tests.helpers.dummy import DummyCaptureStore
 
-ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_METRICS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "thickness_mae_mm", "a0_mae",
                     "ceiling_accuracy", "ceiling_heavy_light", "heavy_light_balanced_accuracy", "ece", "ece_uncalibrated",
                     "set_coverage", "set_size_mean", "flag_rates", "baselines"}
