@@ -6,7 +6,7 @@ backward, optimiser step) on synthetic raw captures, for resnet18 at 128x128 and
 
 Each case runs in its own process, so peak memory is per case: on CUDA torch.cuda.max_memory_allocated,
 on CPU the process's peak resident set size (ru_maxrss; includes the ~300 MiB of torch itself).
-Results go to docs/benchmarks.md ("## Training (bench/train.py)").
+Results go to docs/benchmarks.md ("Training throughput").
 """
 from __future__ import annotations
 
