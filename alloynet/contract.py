@@ -25,47 +25,51 @@ conformal prediction set at the model's coverage (the alloys physics cannot tell
 together, e.g. {Al5083, Al6082}), the heavy/light group probabilities (the sum of their alloys'), flags, and
 the status code with the value that decided it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 VERSION = 4
-META_FILE = "export.json"           # written beside every exported model: class names, shapes, hashes
+META_FILE = "export.json"  # written beside every exported model: class names, shapes, hashes
 
-INPUT_NAME = "image"                # float32 [B, C, H, W]: raw detector ADU
-CALIBRATION_NAME = "calibration"    # float32 [B, C, 2]: (dark, flat) ADU per channel; zeros = not known
-WEDGE_NAME = "wedge_mm"             # float32 [B, 1]: the wedge's thickness at its thick end, mm; 0 = not known
+INPUT_NAME = "image"  # float32 [B, C, H, W]: raw detector ADU
+CALIBRATION_NAME = "calibration"  # float32 [B, C, 2]: (dark, flat) ADU per channel; zeros = not known
+WEDGE_NAME = "wedge_mm"  # float32 [B, 1]: the wedge's thickness at its thick end, mm; 0 = not known
 INPUT_DTYPE = "float32"
-INPUTS: tuple[tuple[str, tuple], ...] = ((INPUT_NAME, ("C", "H", "W")), (CALIBRATION_NAME, ("C", 2)),
-                                         (WEDGE_NAME, (1,)))
+INPUTS: tuple[tuple[str, tuple], ...] = (
+    (INPUT_NAME, ("C", "H", "W")),
+    (CALIBRATION_NAME, ("C", 2)),
+    (WEDGE_NAME, (1,)),
+)
 INPUT_NAMES: tuple[str, ...] = tuple(name for name, _ in INPUTS)
 
-GROUP_NAMES = ("heavy", "light")    # Cu/Zn-bearing (e.g. Al2017, Al7075) vs the rest (Al1050, Al5083, Al6082)
+GROUP_NAMES = ("heavy", "light")  # Cu/Zn-bearing (e.g. Al2017, Al7075) vs the rest (Al1050, Al5083, Al6082)
 FLAG_NAMES = (
-    "calibration_missing",          # calibration levels or wedge size not sent: the training ones were used
+    "calibration_missing",  # calibration levels or wedge size not sent: the training ones were used
     "calibration_out_of_tolerance",  # the sent levels lie outside what the model was trained on (+margin)
-    "thickness_out_of_range",       # the plate's estimated thickness lies outside the training range
-    "profile_unlike_training",      # the capture's features are far from every class seen in training
-    "drift_in_session",             # the in-image open-beam reference moved since the session's flat
+    "thickness_out_of_range",  # the plate's estimated thickness lies outside the training range
+    "profile_unlike_training",  # the capture's features are far from every class seen in training
+    "drift_in_session",  # the in-image open-beam reference moved since the session's flat
 )
 
 # (name, per-item shape): the order is the order of the graph's outputs.
 OUTPUTS: tuple[tuple[str, tuple], ...] = (
-    ("probabilities", ("K",)),      # class probabilities (temperature-calibrated), in class_names order
-    ("thickness_mm", ()),           # plate thickness, mm
-    ("absorption", (2,)),           # ABSORPTION_FIELDS
-    ("prediction_set", ("K",)),     # 1.0 for each class in the conformal prediction set, else 0.0
+    ("probabilities", ("K",)),  # class probabilities (temperature-calibrated), in class_names order
+    ("thickness_mm", ()),  # plate thickness, mm
+    ("absorption", (2,)),  # ABSORPTION_FIELDS
+    ("prediction_set", ("K",)),  # 1.0 for each class in the conformal prediction set, else 0.0
     ("group_probabilities", ("G",)),  # in GROUP_NAMES order
-    ("flags", ("F",)),              # 1.0 where the flag is raised, in FLAG_NAMES order
-    ("status", ()),                 # the item's status code (STATUSES), as a float: 0 = answered, all checks passed
-    ("status_value", ()),           # the value that decided the status (a count, a pixel, a level, mm); 0 if none
+    ("flags", ("F",)),  # 1.0 where the flag is raised, in FLAG_NAMES order
+    ("status", ()),  # the item's status code (STATUSES), as a float: 0 = answered, all checks passed
+    ("status_value", ()),  # the value that decided the status (a count, a pixel, a level, mm); 0 if none
 )
 OUTPUT_NAMES: tuple[str, ...] = tuple(name for name, _ in OUTPUTS)
 ABSORPTION_FIELDS = ("a0", "mu_eff")  # -ln T at zero wedge; a0 / thickness in 1/cm
 
-MAX_ADU = 65535.0                   # a 16-bit detector's top; an export may declare another (its max_adu)
-MAX_WEDGE_MM = 1000.0               # a wedge_mm above this is a unit error (cm, um), not a wedge
+MAX_ADU = 65535.0  # a 16-bit detector's top; an export may declare another (its max_adu)
+MAX_WEDGE_MM = 1000.0  # a wedge_mm above this is a unit error (cm, um), not a wedge
 
 # The value checks the exported graph makes on every item, in the order it makes them (the first that applies
 # is the item's status): (code, name, input it concerns, refused, message template). A refused item's answer
@@ -73,24 +77,54 @@ MAX_WEDGE_MM = 1000.0               # a wedge_mm above this is a unit error (cm,
 # take ``value`` (the output status_value), ``max_adu`` and ``max_wedge_mm``.
 STATUSES: tuple[tuple[int, str, str, bool, str], ...] = (
     (0, "ok", "", False, "ok"),
-    (1, "calibration_missing", CALIBRATION_NAME, False,
-     "calibration levels not sent: answered as the model answers captures without calibration"),
-    (2, "wedge_missing", WEDGE_NAME, False,
-     "wedge size not sent: answered as the model answers captures without their wedge size"),
+    (
+        1,
+        "calibration_missing",
+        CALIBRATION_NAME,
+        False,
+        "calibration levels not sent: answered as the model answers captures without calibration",
+    ),
+    (
+        2,
+        "wedge_missing",
+        WEDGE_NAME,
+        False,
+        "wedge size not sent: answered as the model answers captures without their wedge size",
+    ),
     (16, "image_not_finite", INPUT_NAME, True, "{value:.0f} pixel(s) are NaN or infinite"),
-    (17, "image_out_of_range", INPUT_NAME, True,
-     "pixel value {value:g} ADU lies outside the detector range [0, {max_adu:g}] ADU"),
+    (
+        17,
+        "image_out_of_range",
+        INPUT_NAME,
+        True,
+        "pixel value {value:g} ADU lies outside the detector range [0, {max_adu:g}] ADU",
+    ),
     (18, "calibration_not_finite", CALIBRATION_NAME, True, "{value:.0f} level(s) are NaN or infinite"),
-    (19, "calibration_out_of_range", CALIBRATION_NAME, True,
-     "level {value:g} ADU lies outside the detector range [0, {max_adu:g}] ADU"),
-    (20, "flat_not_above_dark", CALIBRATION_NAME, True,
-     "the flat level must lie above the dark level in every channel; flat - dark = {value:g} ADU"),
-    (21, "wedge_out_of_range", WEDGE_NAME, True,
-     "expected one wedge thickness in mm (0-{max_wedge_mm:g}, 0 = unknown), got {value:g}"),
+    (
+        19,
+        "calibration_out_of_range",
+        CALIBRATION_NAME,
+        True,
+        "level {value:g} ADU lies outside the detector range [0, {max_adu:g}] ADU",
+    ),
+    (
+        20,
+        "flat_not_above_dark",
+        CALIBRATION_NAME,
+        True,
+        "the flat level must lie above the dark level in every channel; flat - dark = {value:g} ADU",
+    ),
+    (
+        21,
+        "wedge_out_of_range",
+        WEDGE_NAME,
+        True,
+        "expected one wedge thickness in mm (0-{max_wedge_mm:g}, 0 = unknown), got {value:g}",
+    ),
 )
 STATUS_NAMES: dict[int, str] = {code: name for code, name, *_ in STATUSES}
 STATUS_CODES: dict[str, int] = {name: code for code, name, *_ in STATUSES}
-REFUSED_FROM = 16                   # codes from here on are refusals; below, the item was answered
+REFUSED_FROM = 16  # codes from here on are refusals; below, the item was answered
 
 
 def status_code(value: Any) -> int:
@@ -105,8 +139,9 @@ def is_refused(code: int) -> bool:
     return code >= REFUSED_FROM
 
 
-def status_message(code: int, value: float = 0.0, max_adu: float = MAX_ADU, max_wedge_mm: float = MAX_WEDGE_MM
-                   ) -> tuple[str, str]:
+def status_message(
+    code: int, value: float = 0.0, max_adu: float = MAX_ADU, max_wedge_mm: float = MAX_WEDGE_MM
+) -> tuple[str, str]:
     """(the input concerned, the message) for status ``code`` with its ``value``; ValueError for an unknown code."""
     for c, _name, field, _refused, template in STATUSES:
         if c == code:
@@ -129,8 +164,9 @@ def input_dims(name: str, channels: int, height: int, width: int) -> list[int]:
     return _dims(dict(INPUTS)[name], 0, channels, height, width)
 
 
-def refusal(outputs: Mapping[str, Sequence[Any]], index: int, max_adu: float = MAX_ADU,
-            max_wedge_mm: float = MAX_WEDGE_MM) -> dict | None:
+def refusal(
+    outputs: Mapping[str, Sequence[Any]], index: int, max_adu: float = MAX_ADU, max_wedge_mm: float = MAX_WEDGE_MM
+) -> dict | None:
     """None when the graph answered item ``index``; else what a server or client says instead of an answer:
     {"status": name, "status_code": code, "field": the input concerned, "message": the table's words}."""
     code = status_code(outputs["status"][index])
@@ -140,8 +176,12 @@ def refusal(outputs: Mapping[str, Sequence[Any]], index: int, max_adu: float = M
     return {"status": STATUS_NAMES[code], "status_code": code, "field": field, "message": message}
 
 
-def prediction(outputs: Mapping[str, Sequence[Any]], index: int, class_names: Sequence[str],
-               class_groups: Sequence[str] | None = None) -> dict:
+def prediction(
+    outputs: Mapping[str, Sequence[Any]],
+    index: int,
+    class_names: Sequence[str],
+    class_groups: Sequence[str] | None = None,
+) -> dict:
     """The prediction for item ``index`` of a batch of outputs ({output name: array [B, ...]}), as the
     JSON-able dict every server and the client return (for an answered item: see ``refusal``).
 
@@ -160,8 +200,9 @@ def prediction(outputs: Mapping[str, Sequence[Any]], index: int, class_names: Se
         "alloy": class_names[k],
         "confidence": probs[k],
         "probabilities": dict(zip(class_names, probs, strict=True)),
-        "prediction_set": [c for c, m in zip(class_names, outputs["prediction_set"][index], strict=True)
-                           if float(m) > 0.5],
+        "prediction_set": [
+            c for c, m in zip(class_names, outputs["prediction_set"][index], strict=True) if float(m) > 0.5
+        ],
         "group": GROUP_NAMES[g],
         "group_probability": groups[g],
         "thickness_mm": float(outputs["thickness_mm"][index]),
@@ -174,8 +215,9 @@ def prediction(outputs: Mapping[str, Sequence[Any]], index: int, class_names: Se
     return out
 
 
-def description(class_names: Sequence[str], class_groups: Sequence[str], coverage: float,
-                max_adu: float = MAX_ADU) -> dict[str, str]:
+def description(
+    class_names: Sequence[str], class_groups: Sequence[str], coverage: float, max_adu: float = MAX_ADU
+) -> dict[str, str]:
     """What a server publishes about a model so that a client with only a generic client library can read its
     answers (Triton model config parameters, TorchServe's model description): every value a string."""
     return {

@@ -1,9 +1,11 @@
 """Plain JSON from what metrics and reports hold: one cleaner for every JSON file alloynet writes."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

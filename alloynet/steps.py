@@ -9,15 +9,17 @@ that ingest left), which every later step takes instead of re-deriving paths. La
     <data_dir>/state/last_training.json     which captures the last retrain saw (drives the retrain threshold)
     <work_dir>/<run>/candidates/<name>/     checkpoints, evaluation reports and packages of one run
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,10 +49,10 @@ class Candidate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    config: Optional[str] = None
+    config: str | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
 
-    def pretrained_on(self, rig_profile: str) -> "Candidate":
+    def pretrained_on(self, rig_profile: str) -> Candidate:
         """This candidate pretrained on the simulator calibrated to ``rig_profile``, then fine-tuned (its own
         ``pretrain.*`` overrides, if any, still apply)."""
         if not Path(rig_profile).is_file():
@@ -66,23 +68,30 @@ class IngestReport(IngestResult):
     has ever been ingested (no manifest)."""
 
     source: str = ""
-    dataset: Optional[DataSet] = None
+    dataset: DataSet | None = None
     manifest_changed: bool = False
     captures: int = 0
     labelled: int = 0
-    source_captures: Optional[int] = None   # sidecars at the source: 0 means a wrong or empty prefix
+    source_captures: int | None = None  # sidecars at the source: 0 means a wrong or empty prefix
 
     def summary(self) -> str:
         empty = " (the source holds no captures)" if self.source_captures == 0 else ""
-        return (f"{super().summary()}{empty}; manifest {self.captures} captures "
-                f"({'updated' if self.manifest_changed else 'unchanged'})")
+        return (
+            f"{super().summary()}{empty}; manifest {self.captures} captures "
+            f"({'updated' if self.manifest_changed else 'unchanged'})"
+        )
 
 
 INGEST_WAIT_S = 600.0  # a second ingest into the same data directory waits this long for the first
 
 
-def ingest_captures(source: str, data_dir: str | Path, seed: int = 0,
-                    accepted_sizes: Optional[list[tuple[int, int]]] = None, wait: float = INGEST_WAIT_S) -> IngestReport:
+def ingest_captures(
+    source: str,
+    data_dir: str | Path,
+    seed: int = 0,
+    accepted_sizes: list[tuple[int, int]] | None = None,
+    wait: float = INGEST_WAIT_S,
+) -> IngestReport:
     """Pull new captures since the watermark, then rebuild the manifest with the existing splits frozen,
     both under the data directory's writer lock (a concurrent ingest waits up to ``wait`` s, then
     ``WriterBusy``).
@@ -97,9 +106,15 @@ def ingest_captures(source: str, data_dir: str | Path, seed: int = 0,
     if at_source == 0:
         log.warning("%s holds no captures under %s: wrong prefix or bucket? nothing ingested", src.uri, CAPTURES)
     dataset = DataSet(str(dest.root), manifest_hash(df)) if len(df) else None
-    return IngestReport(**vars(res), source=str(source), dataset=dataset, manifest_changed=changed,
-                        captures=len(df), labelled=int(df.labelled.sum()) if len(df) else 0,
-                        source_captures=at_source)
+    return IngestReport(
+        **vars(res),
+        source=str(source),
+        dataset=dataset,
+        manifest_changed=changed,
+        captures=len(df),
+        labelled=int(df.labelled.sum()) if len(df) else 0,
+        source_captures=at_source,
+    )
 
 
 # ---- retrain ---------------------------------------------------------------------------------------
@@ -112,7 +127,7 @@ def _train_val_ids(dataset: DataSet) -> set[str]:
     return set(df[df.split.isin(["train", "val"])].capture_id)
 
 
-def retrain_needed(dataset: Optional[DataSet], min_new_labelled: int, force: bool = False) -> tuple[bool, int, str]:
+def retrain_needed(dataset: DataSet | None, min_new_labelled: int, force: bool = False) -> tuple[bool, int, str]:
     """(retrain?, labelled train/val captures not seen by the last retrain, why)."""
     if dataset is None:
         return False, 0, "no captures ingested yet; nothing to train on"
@@ -130,8 +145,12 @@ def record_training(dataset: DataSet, run: str) -> None:
     """Remember what this retrain saw, so the threshold counts captures that arrived after it."""
     path = _training_state(dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"run": run, "at": datetime.now(timezone.utc).isoformat(), "manifest_hash": dataset.manifest_hash,
-            "capture_ids": sorted(_train_val_ids(dataset))}
+    body = {
+        "run": run,
+        "at": datetime.now(timezone.utc).isoformat(),
+        "manifest_hash": dataset.manifest_hash,
+        "capture_ids": sorted(_train_val_ids(dataset)),
+    }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(body))
     tmp.replace(path)
@@ -146,22 +165,36 @@ class TrainedCandidate:
     val_metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def train_candidate(candidate: Candidate | Mapping[str, Any], dataset: DataSet, out_dir: str | Path,
-                    device: str = "auto", processes: Optional[int] = None) -> TrainedCandidate:
+def train_candidate(
+    candidate: Candidate | Mapping[str, Any],
+    dataset: DataSet,
+    out_dir: str | Path,
+    device: str = "auto",
+    processes: int | None = None,
+) -> TrainedCandidate:
     """Train one candidate on the run's data set; outputs go to ``out_dir``. ``processes``: DDP processes
     on this machine (torchrun); None: one per visible GPU (alloynet.train.launch.local_processes)."""
     cand = Candidate.model_validate(candidate)
     dataset.manifest()  # fail now, not after an epoch, if the data changed under the run
-    overrides = {**cand.overrides, "data.store": dataset.data_dir, "data.manifest": str(dataset.path),
-                 "out_dir": str(Path(out_dir).resolve()), "progress": False, "device": device}
+    overrides = {
+        **cand.overrides,
+        "data.store": dataset.data_dir,
+        "data.manifest": str(dataset.path),
+        "out_dir": str(Path(out_dir).resolve()),
+        "progress": False,
+        "device": device,
+    }
     cfg = load_config(cand.config, overrides)
     result = train_processes(cfg, processes or local_processes(cfg.device))
-    return TrainedCandidate(cand.name, str(result.checkpoint), str(out_dir), cfg.model_dump(mode="json"),
-                            jsonable(result.metrics))
+    return TrainedCandidate(
+        cand.name, str(result.checkpoint), str(out_dir), cfg.model_dump(mode="json"), jsonable(result.metrics)
+    )
 
 
 # ---- evaluate ---------------------------------------------------------------------------------------
-def evaluate_checkpoint(checkpoint: str | Path, dataset: DataSet, out_dir: str | Path, **options: Any) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: str | Path, dataset: DataSet, out_dir: str | Path, **options: Any
+) -> dict[str, Any]:
     """Metrics on the frozen, balanced test split; plots, reports and metrics.json are written into ``out_dir``.
 
     ``options`` go to ``alloynet.evaluate.evaluate`` (device, batch_size, with_ceiling, gradcam)."""
@@ -175,16 +208,27 @@ def fetch_champion(registry: ModelRegistry, pointer: ChampionPointer, dest: str 
     return Path(dest) / CHECKPOINT_ARTIFACT
 
 
-def decide_promotion(candidates: Mapping[str, Mapping[str, Any]], champion: Optional[Mapping[str, Any]],
-                     rule: PromotionRule, dataset: DataSet, champion_name: Optional[str] = None) -> Decision:
+def decide_promotion(
+    candidates: Mapping[str, Mapping[str, Any]],
+    champion: Mapping[str, Any] | None,
+    rule: PromotionRule,
+    dataset: DataSet,
+    champion_name: str | None = None,
+) -> Decision:
     """Pick the best candidate on the primary metric and apply the rule against the champion."""
     tail = tail_classes(dataset.manifest(), rule.tail_fraction)
     best = best_candidate(candidates, rule.primary_metric)
     return decide(candidates[best], champion, rule, tail, challenger_name=best, champion_name=champion_name)
 
 
-def promotion_uncertainty(challenger_report: str | Path, champion_report: str | Path | None = None, *,
-                          n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+def promotion_uncertainty(
+    challenger_report: str | Path,
+    champion_report: str | Path | None = None,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """How sure the decision is: a paired, stratified bootstrap over the test captures of the challenger's
     balanced accuracy and of its margin over the champion (both evaluation folders' predictions.csv)."""
     challenger = read_predictions(challenger_report)
@@ -203,8 +247,13 @@ def export_release(checkpoint: str | Path, dataset: DataSet, out_dir: str | Path
     return export_checkpoint(checkpoint, out, dataset.store, dataset.manifest()).directory
 
 
-def assemble_release(trained: TrainedCandidate, metrics: Mapping[str, Any], packages: Mapping[str, str],
-                     dataset: DataSet, release_dir: str | Path) -> Path:
+def assemble_release(
+    trained: TrainedCandidate,
+    metrics: Mapping[str, Any],
+    packages: Mapping[str, str],
+    dataset: DataSet,
+    release_dir: str | Path,
+) -> Path:
     """Lay out everything a version carries in one directory: checkpoint, manifest, evaluation, packages."""
     rel = Path(release_dir)
     if rel.exists():

@@ -5,6 +5,7 @@ with its checks against the same graph with the checks cut out, interleaved, one
 
 Prints p50 latency of each and the difference (the checks' cost per capture), per batch size.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,12 @@ def _no_checks(image, calibration, wedge_mm, max_adu):
 
 def export_pair(size: int, tmp: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
-    model = create_model("profile_cnn", num_classes=5, in_channels=1,
-                         preprocess=Preprocess([1000.0], [50000.0], mean=2.0, std=1.5)).eval()
-    meta = ExportMeta(class_names=["Al1050", "Al2017", "Al5083", "Al6082", "Al7075"], channels=1, height=size,
-                      width=size)
+    model = create_model(
+        "profile_cnn", num_classes=5, in_channels=1, preprocess=Preprocess([1000.0], [50000.0], mean=2.0, std=1.5)
+    ).eval()
+    meta = ExportMeta(
+        class_names=["Al1050", "Al2017", "Al5083", "Al6082", "Al7075"], channels=1, height=size, width=size
+    )
     with_checks = export_onnx(model, meta, tmp / "checks.onnx")
     real = graph_module.capture_status
     graph_module.capture_status = _no_checks
@@ -59,14 +62,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = export_pair(args.size, Path(tmp))
         sessions = [onnx_session(p, threads=1) for p in paths]
-        print(f"# {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start; "
-              f"profile_cnn {args.size}x{args.size}, {args.rounds} rounds x {args.calls} calls each")
+        print(
+            f"# {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start; "
+            f"profile_cnn {args.size}x{args.size}, {args.rounds} rounds x {args.calls} calls each"
+        )
         print("| batch | with checks p50 ms | without p50 ms | checks' cost p50 ms |")
         print("|---|---|---|---|")
         for batch in (1, 8):
-            feed = {"image": rng.uniform(2000, 40000, (batch, 1, args.size, args.size)).astype(np.float32),
-                    "calibration": np.tile(np.array([[[1000.0, 50000.0]]], np.float32), (batch, 1, 1)),
-                    "wedge_mm": np.full((batch, 1), 50.0, np.float32)}
+            feed = {
+                "image": rng.uniform(2000, 40000, (batch, 1, args.size, args.size)).astype(np.float32),
+                "calibration": np.tile(np.array([[[1000.0, 50000.0]]], np.float32), (batch, 1, 1)),
+                "wedge_mm": np.full((batch, 1), 50.0, np.float32),
+            }
             times: list[list[float]] = [[], []]
             for _ in range(args.rounds):
                 for k, sess in enumerate(sessions):

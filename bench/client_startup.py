@@ -22,6 +22,7 @@ Every process runs this checkout's code: ``python -m alloynet.cli infer ...`` (t
 next to the interpreter runs whatever checkout the virtual environment was installed from) and ``python -c``,
 both with the repository root as working directory, which Python puts first on ``sys.path``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -67,8 +68,9 @@ def run_once(cmd: list[str], cwd: Path, rc: int) -> tuple[float, float]:
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if res.returncode != rc:
-        sys.exit(f"{' '.join(cmd)} in {cwd}: exit status {res.returncode}, expected {rc}\n"
-                 f"{res.stderr.decode()[-2000:]}")
+        sys.exit(
+            f"{' '.join(cmd)} in {cwd}: exit status {res.returncode}, expected {rc}\n{res.stderr.decode()[-2000:]}"
+        )
     return wall, r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
 
 
@@ -82,39 +84,51 @@ def timed(cmd: list[str], repeat: int, rc: int, roots: Sequence[Path] = (ROOT,))
     for _ in range(repeat):
         for i, root in enumerate(roots):
             runs[i].append(run_once(cmd, root, rc))
-    return [(statistics.median(w for w, _ in r), min(w for w, _ in r), statistics.median(c for _, c in r))
-            for r in runs]
+    return [
+        (statistics.median(w for w, _ in r), min(w for w, _ in r), statistics.median(c for _, c in r)) for r in runs
+    ]
 
 
 def modules(code: str) -> int:
-    out = subprocess.run([PY, "-c", code + "\nimport sys; print(len(sys.modules))"], cwd=ROOT,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [PY, "-c", code + "\nimport sys; print(len(sys.modules))"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     return int(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--baseline", type=Path, help="another checkout (e.g. `git worktree add --detach /tmp/base "
-                                                  "HEAD~1`): its `alloynet infer` timed too, taking turns with this one")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. `git worktree add --detach /tmp/base "
+        "HEAD~1`): its `alloynet infer` timed too, taking turns with this one",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         png = capture_png(Path(d) / "capture.png")
         imp = "import serving.client"
-        dec = (f"import serving.client.captures as c; c.decode(open({str(png)!r}, 'rb').read())")
+        dec = f"import serving.client.captures as c; c.decode(open({str(png)!r}, 'rb').read())"
         infer = ["infer", str(png), "--url", f"triton://127.0.0.1:{closed_port()}/alloynet", "--retry-budget", "0"]
-        run_cli = (f"import runpy, sys; sys.argv = ['alloynet', *{infer!r}]\n"
-                   "try: runpy.run_module('alloynet.cli', run_name='__main__')\nexcept SystemExit: pass")
-        rows = [("import client", [PY, "-c", imp], modules(imp), 0),
-                ("import + decode", [PY, "-c", dec], modules(dec), 0),
-                ("alloynet infer (refused)", [*ALLOYNET, *infer], modules(run_cli), 2)]  # 2: server unreachable
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-              f"Python {platform.python_version()}")
+        run_cli = (
+            f"import runpy, sys; sys.argv = ['alloynet', *{infer!r}]\n"
+            "try: runpy.run_module('alloynet.cli', run_name='__main__')\nexcept SystemExit: pass"
+        )
+        rows = [
+            ("import client", [PY, "-c", imp], modules(imp), 0),
+            ("import + decode", [PY, "-c", dec], modules(dec), 0),
+            ("alloynet infer (refused)", [*ALLOYNET, *infer], modules(run_cli), 2),
+        ]  # 2: server unreachable
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}"
+        )
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print("| step | median s | min s | median CPU s | modules |")
         print("|---|---|---|---|---|")
         for name, cmd, n, rc in rows:
-            (wall, least, cpu), = timed(cmd, args.repeat, rc)
+            ((wall, least, cpu),) = timed(cmd, args.repeat, rc)
             print(f"| {name} | {wall:.3f} | {least:.3f} | {cpu:.3f} | {n} |")
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         if args.baseline:

@@ -9,6 +9,7 @@ all-reduce, optimiser steps; rank 0's, which waits for rank 1 at every all-reduc
 images divided by it, and the command's wall time (Python, torch and data loading included).
 Results go to docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,18 +32,48 @@ def simulate(root: Path, n_max: int, size: int) -> Path:
 
     if not manifest_path(root).exists():
         store = LocalStore(root)
-        simulate_dataset(DatasetSpec(n_max=n_max, imbalance_ratio=1.0, profile="balanced", seed=0,
-                                     captures_per_plate=2, rig=RigConfig(height=size, width=size)), store)
+        simulate_dataset(
+            DatasetSpec(
+                n_max=n_max,
+                imbalance_ratio=1.0,
+                profile="balanced",
+                seed=0,
+                captures_per_plate=2,
+                rig=RigConfig(height=size, width=size),
+            ),
+            store,
+        )
         write_manifest(build_manifest(store, seed=0), manifest_path(root))
     return root
 
 
 def run(case: str, procs: int, threads: int, store: Path, out: Path, batch: int) -> dict:
-    train = ["-m", "alloynet.cli", "train", "--store", str(store), "--model", "resnet18", "--epochs", "1",
-             "--out", str(out), "--device", "cpu", "--set", "progress=false", "--set", f"data.batch_size={batch}",
-             "--set", "schedule.warmup_epochs=0"]
-    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), *train]
-           if procs > 1 else [sys.executable, *train])
+    train = [
+        "-m",
+        "alloynet.cli",
+        "train",
+        "--store",
+        str(store),
+        "--model",
+        "resnet18",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--set",
+        "progress=false",
+        "--set",
+        f"data.batch_size={batch}",
+        "--set",
+        "schedule.warmup_epochs=0",
+    ]
+    cmd = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), *train]
+        if procs > 1
+        else [sys.executable, *train]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -50,7 +81,12 @@ def run(case: str, procs: int, threads: int, store: Path, out: Path, batch: int)
     if res.returncode != 0:
         raise RuntimeError(f"{case} failed:\n{res.stderr[-3000:]}")
     h = json.loads((out / "history.json").read_text())[0]
-    return {"case": case, "epoch_s": h["train_seconds"], "wall_s": wall, "val_balanced_accuracy": h["val_balanced_accuracy"]}
+    return {
+        "case": case,
+        "epoch_s": h["train_seconds"],
+        "wall_s": wall,
+        "val_balanced_accuracy": h["val_balanced_accuracy"],
+    }
 
 
 def main() -> None:
@@ -72,15 +108,19 @@ def main() -> None:
             res = run(name, procs, threads, store, a.out / f"run-{procs}x{threads}-{r}", a.batch_size)
             results[name].append(res)
             print(json.dumps(res), flush=True)
-    print(f"\nresnet18, {a.size}x{a.size}, {n_train} training captures, batch {a.batch_size} per process, "
-          f"median of {a.repeats}")
+    print(
+        f"\nresnet18, {a.size}x{a.size}, {n_train} training captures, batch {a.batch_size} per process, "
+        f"median of {a.repeats}"
+    )
     print("| case | epoch (s), median [range] | images/s | wall incl. start-up (s) |\n|---|---|---|---|")
     base = statistics.median(x["epoch_s"] for x in results[cases[0][0]])
     for name, runs in results.items():
         e = statistics.median(x["epoch_s"] for x in runs)
         lo, hi = min(x["epoch_s"] for x in runs), max(x["epoch_s"] for x in runs)
-        print(f"| {name} | {e:.1f} [{lo:.1f}-{hi:.1f}] ({base / e:.2f}x) | {n_train / e:.0f} | "
-              f"{statistics.median(x['wall_s'] for x in runs):.1f} |")
+        print(
+            f"| {name} | {e:.1f} [{lo:.1f}-{hi:.1f}] ({base / e:.2f}x) | {n_train / e:.0f} | "
+            f"{statistics.median(x['wall_s'] for x in runs):.1f} |"
+        )
 
 
 if __name__ == "__main__":

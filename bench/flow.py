@@ -7,6 +7,7 @@ serving packagers), in one process; peak memory is the process's peak RSS during
 VmHWM, reset before each stage through /proc/self/clear_refs). Then the whole `nightly` flow runs once
 in-process (Prefect ephemeral mode) on a fresh copy, for the end-to-end time including Prefect itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,11 +56,11 @@ def main() -> None:
     os.environ.setdefault("PREFECT_HOME", str(a.out / "prefect-home"))
     shutil.rmtree(a.out, ignore_errors=True)
 
+    from alloynet import steps
     from alloynet.captures.stores import LocalStore
     from alloynet.data.simulate import DatasetSpec, simulate_dataset
     from alloynet.physics.simulator import RigConfig
     from alloynet.registry import open_registry
-    from alloynet import steps
     from flows.packaging import available_formats, package_for_serving
 
     spec = DatasetSpec(n_max=a.n_max, seed=0, rig=RigConfig(height=a.size, width=a.size))
@@ -81,8 +82,9 @@ def main() -> None:
     with stage(f"package: {'+'.join(formats)}"):
         packages = package_for_serving(bundle, run / "packages", formats)
     with stage("publish + promote"):
-        rel = steps.assemble_release(trained, metrics, {"export": str(bundle), **packages}, rep.dataset,
-                                     run / "release")
+        rel = steps.assemble_release(
+            trained, metrics, {"export": str(bundle), **packages}, rep.dataset, run / "release"
+        )
         reg = open_registry(a.out / "registry")
         mv = reg.publish(rel, metrics=metrics)
         reg.promote(mv.version, "bench")
@@ -91,9 +93,17 @@ def main() -> None:
     from flows.nightly import nightly
 
     with stage("nightly flow, in-process"):
-        state = nightly(source=str(rig.root), data_dir=str(a.out / "flow" / "data"),
-                        registry=str(a.out / "flow" / "registry"), work_dir=str(a.out / "flow" / "runs"),
-                        candidates=[cand], min_new_labelled=1, formats=formats, device="cpu", return_state=True)
+        state = nightly(
+            source=str(rig.root),
+            data_dir=str(a.out / "flow" / "data"),
+            registry=str(a.out / "flow" / "registry"),
+            work_dir=str(a.out / "flow" / "runs"),
+            candidates=[cand],
+            min_new_labelled=1,
+            formats=formats,
+            device="cpu",
+            return_state=True,
+        )
     assert state.is_completed(), state.message
     print("\n| stage | wall (s) | peak RSS (MiB) |\n|---|---|---|")
     for name, wall, mib in ROWS:

@@ -15,6 +15,7 @@ trains the recommended model (configs/profile_mlp.yaml) with simulated captures 
 baselines, and writes ``<out>/<part>/summary.json``. ``own`` also runs the robustness suite. Parts are
 independent: run them in parallel on different cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 from alloynet.captures.stores import LocalStore  # noqa: E402
 from alloynet.data.manifest import build_manifest, manifest_path, write_manifest  # noqa: E402
 from alloynet.data.simulate import DatasetSpec, simulate_dataset  # noqa: E402
@@ -36,7 +39,6 @@ from alloynet.evaluate.robustness import run_suite  # noqa: E402
 from alloynet.physics.second_rig import SecondRigConfig  # noqa: E402
 from alloynet.physics.simulator import RigConfig  # noqa: E402
 from alloynet.train import load_config, train  # noqa: E402
-import torch  # noqa: E402
 
 PARTS = {
     "own": {"spec": {}, "synthetic": {}},
@@ -57,21 +59,45 @@ SUITES = {"own": None, "own_wedges": None, "open_beam": ["any_thickness", "drift
 def data(out: Path, part: str, plates: int, size: int, seed: int) -> LocalStore:
     store = LocalStore(out / "data")
     if not manifest_path(out / "data").exists():
-        spec = DatasetSpec.model_validate({"n_max": plates, "imbalance_ratio": 1.0, "profile": "balanced",
-                                           "captures_per_plate": 1, "seed": seed, "id_prefix": part.replace("_", "-"),
-                                           "rig": RigConfig(height=size, width=size).model_dump(), **PARTS[part]["spec"]})
+        spec = DatasetSpec.model_validate(
+            {
+                "n_max": plates,
+                "imbalance_ratio": 1.0,
+                "profile": "balanced",
+                "captures_per_plate": 1,
+                "seed": seed,
+                "id_prefix": part.replace("_", "-"),
+                "rig": RigConfig(height=size, width=size).model_dump(),
+                **PARTS[part]["spec"],
+            }
+        )
         simulate_dataset(spec, store)
         write_manifest(build_manifest(store, seed=seed), manifest_path(out / "data"))
     return store
 
 
 def run(model: str, out: Path, part: str, synthetic: int, epochs: int, seed: int, extra: dict | None = None) -> dict:
-    over = {"data.store": str(out / "data"), "data.manifest": str(manifest_path(out / "data")),
-            "out_dir": str(out / model), "seed": seed, "epochs": epochs, "progress": False,
-            "data.synthetic": {"captures": synthetic, **PARTS[part]["synthetic"]}}
+    over = {
+        "data.store": str(out / "data"),
+        "data.manifest": str(manifest_path(out / "data")),
+        "out_dir": str(out / model),
+        "seed": seed,
+        "epochs": epochs,
+        "progress": False,
+        "data.synthetic": {"captures": synthetic, **PARTS[part]["synthetic"]},
+    }
     if model != "profile_mlp":
-        over.update({"model.name": model, "model.kwargs": {}, "model.activation": None, "optim.name": None,
-                     "optim.lr": None, "optim.weight_decay": None, "data.batch_size": 64})
+        over.update(
+            {
+                "model.name": model,
+                "model.kwargs": {},
+                "model.activation": None,
+                "optim.name": None,
+                "optim.lr": None,
+                "optim.weight_decay": None,
+                "data.batch_size": 64,
+            }
+        )
     over.update(extra or {})
     done = out / model / "run.json"
     if done.exists():  # a finished run is reused (delete <out>/<part>/<model> to measure again)
@@ -83,10 +109,27 @@ def run(model: str, out: Path, part: str, synthetic: int, epochs: int, seed: int
     if part == "rig_b":  # the ceiling and the physics fit of the rig that took the captures
         rigs = {w: SecondRigConfig.from_nominal(RigConfig(height=64, width=64, wedge_mm=w)) for w in (50.0, 70.0)}
     m = evaluate(result.checkpoint, out / "data", None, out / model / "report", ceiling_rigs=rigs, gradcam=2)
-    keep = ("balanced_accuracy", "heavy_light_balanced_accuracy", "ceiling_accuracy", "ceiling_heavy_light",
-            "ceiling_gap", "set_coverage", "set_size_mean", "coverage_target", "ece", "ece_uncalibrated", "n")
-    row = {"model": model, "train_s": round(train_s), "best_epoch": result.best_epoch,
-           **{k: m.get(k) for k in keep}, "baselines": m.get("baselines"), "checkpoint": str(result.checkpoint)}
+    keep = (
+        "balanced_accuracy",
+        "heavy_light_balanced_accuracy",
+        "ceiling_accuracy",
+        "ceiling_heavy_light",
+        "ceiling_gap",
+        "set_coverage",
+        "set_size_mean",
+        "coverage_target",
+        "ece",
+        "ece_uncalibrated",
+        "n",
+    )
+    row = {
+        "model": model,
+        "train_s": round(train_s),
+        "best_epoch": result.best_epoch,
+        **{k: m.get(k) for k in keep},
+        "baselines": m.get("baselines"),
+        "checkpoint": str(result.checkpoint),
+    }
     done.write_text(json.dumps(row, indent=1, default=str))
     return row
 
@@ -100,27 +143,47 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--models", default=None, help="comma-separated (default: profile_mlp; resnet: both)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                    help="a training config override, e.g. --set model.physics=false (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="a training config override, e.g. --set model.physics=false (repeatable)",
+    )
     ap.add_argument("--no-suite", action="store_true", help="skip the robustness suite")
     a = ap.parse_args()
     extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in a.set)}
     out = a.out / a.part
     data(out, a.part, a.plates, 64, a.seed)
-    summary = {"part": a.part, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-               "threads": os.environ.get("OMP_NUM_THREADS"), "command": " ".join(sys.argv), "runs": []}
+    summary = {
+        "part": a.part,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "command": " ".join(sys.argv),
+        "runs": [],
+    }
     models = a.models.split(",") if a.models else ["profile_mlp", "resnet18"] if a.part == "resnet" else ["profile_mlp"]
     gpu = torch.cuda.is_available()
     summary["device"] = torch.cuda.get_device_name(0) if gpu else "cpu"
     for model in models:
         small = model != "profile_mlp" and not gpu  # a 2-D trunk on a CPU: a smaller budget
-        summary["runs"].append(run(model, out, a.part, min(a.synthetic, 5000) if small else a.synthetic,
-                                   20 if small else a.epochs, a.seed, extra))
+        summary["runs"].append(
+            run(
+                model,
+                out,
+                a.part,
+                min(a.synthetic, 5000) if small else a.synthetic,
+                20 if small else a.epochs,
+                a.seed,
+                extra,
+            )
+        )
         print(json.dumps(summary["runs"][-1], indent=1, default=str), flush=True)
     summary["overrides"] = extra
     if a.part in SUITES and not a.no_suite:
-        summary["robustness"] = run_suite(summary["runs"][0]["checkpoint"], out / "robustness", plates_per_class=60,
-                                          cases=SUITES[a.part], log=print)
+        summary["robustness"] = run_suite(
+            summary["runs"][0]["checkpoint"], out / "robustness", plates_per_class=60, cases=SUITES[a.part], log=print
+        )
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(f"wrote {out / 'summary.json'}")
 

@@ -8,6 +8,7 @@ into a temp dir, then times the real command line (`alloynet import ... --kvp 50
 `taskset -c 0` when available: the first run imports everything, the second finds it all already present.
 Target: the first run under 60 s for 5,000 64x64 captures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,9 +59,20 @@ def main() -> None:
         t0 = time.perf_counter()
         make_tree(tmp / "lab", args.n, args.size)
         print(f"wrote {args.n} {args.size}x{args.size} 16-bit TIFFs in {time.perf_counter() - t0:.1f} s")
-        cmd = [*pin, exe, "import", str(tmp / "lab"), str(tmp / "store"), "--kvp", "50", "--wedge-mm", "50",
-               "--thickness-mm", "2"]
-        shown = [*pin, "alloynet", "import", "LAB", "STORE", *cmd[len(pin) + 4:]]
+        cmd = [
+            *pin,
+            exe,
+            "import",
+            str(tmp / "lab"),
+            str(tmp / "store"),
+            "--kvp",
+            "50",
+            "--wedge-mm",
+            "50",
+            "--thickness-mm",
+            "2",
+        ]
+        shown = [*pin, "alloynet", "import", "LAB", "STORE", *cmd[len(pin) + 4 :]]
         print("command: OMP_NUM_THREADS=1", " ".join(shown))
         first, out = timed(cmd)
         summary = next(ln for ln in out.splitlines() if ln.startswith("import: "))
@@ -68,8 +80,10 @@ def main() -> None:
         second, out = timed(cmd)
         summary = next(ln for ln in out.splitlines() if ln.startswith("import: "))
         print(f"re-run:     {second:6.1f} s  {args.n / second:7.0f} files/s     ({summary})")
-        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, pinned: {bool(pin)}, "
-              f"load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, pinned: {bool(pin)}, "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

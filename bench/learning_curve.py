@@ -15,6 +15,7 @@ store (its manifest splits them 70/15/15 by plate, as for a lab) and the default
 heavy vs light, the 95 % set's coverage and mean size, and the physics fit alone (the nominal forward model, no
 training data) on the same captures. Results go to ``<out>/<rig>/results.json``; finished sizes are reused.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,6 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,7 +36,7 @@ from PIL import Image  # noqa: E402
 
 SIZES = (5, 10, 20, 50, 150, 600)
 WEDGES = (50.0, 70.0)
-FRESH_PLATES = 200      # per alloy: 1,000 fresh captures
+FRESH_PLATES = 200  # per alloy: 1,000 fresh captures
 RIG_SEED = {"second_rig": 11, "alloynet": 21}
 
 
@@ -51,11 +51,21 @@ def simulate(where: Path, rig: str, plates: int, seed: int, test_fraction: float
 
     done = where / ".done"
     if not done.exists():
-        spec = DatasetSpec.model_validate({
-            "n_max": plates, "imbalance_ratio": 1.0, "profile": "balanced", "captures_per_plate": 1,
-            "wedges_mm": list(WEDGES), "thickness_range_mm": [1.0, 5.0], "seed": seed, "simulator": rig,
-            "test_fraction": test_fraction, "id_prefix": f"{rig[:3]}{seed}",
-            "rig": {"height": 64, "width": 64}})
+        spec = DatasetSpec.model_validate(
+            {
+                "n_max": plates,
+                "imbalance_ratio": 1.0,
+                "profile": "balanced",
+                "captures_per_plate": 1,
+                "wedges_mm": list(WEDGES),
+                "thickness_range_mm": [1.0, 5.0],
+                "seed": seed,
+                "simulator": rig,
+                "test_fraction": test_fraction,
+                "id_prefix": f"{rig[:3]}{seed}",
+                "rig": {"height": 64, "width": 64},
+            }
+        )
         t0 = time.perf_counter()
         simulate_dataset(spec, LocalStore(where))
         done.write_text("")
@@ -79,18 +89,30 @@ def lab_folder(sim: Path, lab: Path) -> list[dict]:
         rel = f"{sc['truth']['alloy']}/{sc['capture_id']}.tif"
         (lab / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.ascontiguousarray(img[0])).save(lab / rel)
-        rows.append({"file": rel, "alloy": sc["truth"]["alloy"], "thickness_mm": sc["truth"]["nominal_thickness_mm"],
-                     "plate_id": sc["plate_id"], "wedge_mm": sc["rig"]["wedge_mm"],
-                     "dark": ";".join(f"{v:.2f}" for v in sc["calibration"]["dark_adu"]),
-                     "flat": ";".join(f"{v:.2f}" for v in sc["calibration"]["flat_adu"])})
+        rows.append(
+            {
+                "file": rel,
+                "alloy": sc["truth"]["alloy"],
+                "thickness_mm": sc["truth"]["nominal_thickness_mm"],
+                "plate_id": sc["plate_id"],
+                "wedge_mm": sc["rig"]["wedge_mm"],
+                "dark": ";".join(f"{v:.2f}" for v in sc["calibration"]["dark_adu"]),
+                "flat": ";".join(f"{v:.2f}" for v in sc["calibration"]["flat_adu"]),
+            }
+        )
     index.write_text(json.dumps(rows))
     return rows
 
 
 def write_labels(rows: list[dict], path: Path) -> Path:
     cols = ("file", "alloy", "thickness_mm", "plate_id", "wedge_mm", "dark", "flat")
-    path.write_text("\n".join([",".join(cols)] + [",".join(f"{r[c]:g}" if isinstance(r[c], float) else str(r[c])
-                                                           for c in cols) for r in rows]) + "\n")
+    path.write_text(
+        "\n".join(
+            [",".join(cols)]
+            + [",".join(f"{r[c]:g}" if isinstance(r[c], float) else str(r[c]) for c in cols) for r in rows]
+        )
+        + "\n"
+    )
     return path
 
 
@@ -159,8 +181,18 @@ def fresh_manifest(store: Path):
     return df
 
 
-def one_size(rig: str, n: int, seed: int, out: Path, pool: list[dict], lab: Path, fresh: Path, epochs: Optional[int],
-             overrides: dict, arm: str = "") -> dict:
+def one_size(
+    rig: str,
+    n: int,
+    seed: int,
+    out: Path,
+    pool: list[dict],
+    lab: Path,
+    fresh: Path,
+    epochs: int | None,
+    overrides: dict,
+    arm: str = "",
+) -> dict:
     from alloynet.evaluate import evaluate
     from alloynet.train import load_config, train
 
@@ -170,28 +202,51 @@ def one_size(rig: str, n: int, seed: int, out: Path, pool: list[dict], lab: Path
         return json.loads(done.read_text())
     store = out / f"store-n{n}"
     import_store(subset_folder(lab, first_plates(pool, n), out / f"lab-n{n}"), store)
-    cfg = load_config(None, {"data.store": str(store), "out_dir": str(out / tag / "run"), "seed": seed,
-                             "progress": False, **({"epochs": epochs} if epochs else {}), **overrides})
+    cfg = load_config(
+        None,
+        {
+            "data.store": str(store),
+            "out_dir": str(out / tag / "run"),
+            "seed": seed,
+            "progress": False,
+            **({"epochs": epochs} if epochs else {}),
+            **overrides,
+        },
+    )
     t0 = time.perf_counter()
     result = train(cfg)
     train_s = time.perf_counter() - t0
     m = evaluate(result.checkpoint, fresh, fresh_manifest(fresh), out / tag / "fresh", with_ceiling=False, gradcam=0)
     term = m.get("physics_term") or {}
     corr = term.get("correction") or {}
-    row = {"rig": rig, "arm": arm, "plates_per_alloy": n, "seed": seed, "overrides": overrides,
-           "train_s": round(train_s),
-           "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "n_fresh": m["n"],
-           **{k: m.get(k) for k in ("balanced_accuracy", "heavy_light_balanced_accuracy", "set_coverage",
-                                    "set_size_mean", "ece")},
-           "term_weight": term.get("weight"), "term_alone": term.get("term_alone"),
-           "trunk_alone": term.get("trunk_alone"), "correction": corr.get("reason"),
-           "physics_fit": (m.get("baselines") or {}).get("physics_fit")}
+    row = {
+        "rig": rig,
+        "arm": arm,
+        "plates_per_alloy": n,
+        "seed": seed,
+        "overrides": overrides,
+        "train_s": round(train_s),
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "n_fresh": m["n"],
+        **{
+            k: m.get(k)
+            for k in ("balanced_accuracy", "heavy_light_balanced_accuracy", "set_coverage", "set_size_mean", "ece")
+        },
+        "term_weight": term.get("weight"),
+        "term_alone": term.get("term_alone"),
+        "trunk_alone": term.get("trunk_alone"),
+        "correction": corr.get("reason"),
+        "physics_fit": (m.get("baselines") or {}).get("physics_fit"),
+    }
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(row, indent=1, default=str))
-    log(f"{rig} n={n} seed={seed}: five-class {row['balanced_accuracy']:.3f}, heavy vs light "
+    log(
+        f"{rig} n={n} seed={seed}: five-class {row['balanced_accuracy']:.3f}, heavy vs light "
         f"{row['heavy_light_balanced_accuracy']:.3f}, set {row['set_coverage']:.3f} ({row['set_size_mean']:.2f}), "
         f"term {row['term_weight']:.2f} alone {row['term_alone']}, trunk alone {row['trunk_alone']:.3f}, "
-        f"{train_s:.0f} s")
+        f"{train_s:.0f} s"
+    )
     return row
 
 
@@ -212,50 +267,91 @@ def with_references(rig: str, n: int, seed: int, out: Path, pool: list[dict], fr
     if not (lab / "labels.csv").exists():
         subset_folder(out / "lab", first_plates(pool, n), lab)
         (lab / "labels.csv").unlink()
-        res = subprocess.run([exe, "rig", "references", str(lab), "--folder", "--levels-only", "--simulator", rig,
-                              "--wedge-mm", "50", "--wedge-mm", "70", "--seed", str(seed + 7)], capture_output=True,
-                             text=True)
+        res = subprocess.run(
+            [
+                exe,
+                "rig",
+                "references",
+                str(lab),
+                "--folder",
+                "--levels-only",
+                "--simulator",
+                rig,
+                "--wedge-mm",
+                "50",
+                "--wedge-mm",
+                "70",
+                "--seed",
+                str(seed + 7),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if res.returncode != 0:
             sys.exit(f"rig references failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
         refs = (lab / "reference-labels.csv").read_text().splitlines()
         cols = refs[0].split(",")
         plates = [{**r, "role": "plate"} for r in first_plates(pool, n)]
         rows = plates + [dict(zip(cols, line.split(","))) for line in refs[1:]]
+
         def cell(v) -> str:
             return f"{v:g}" if isinstance(v, float) else str(v if v is not None else "")
-        (lab / "labels.csv").write_text("\n".join([",".join(cols)] + [",".join(cell(r.get(c)) for c in cols)
-                                                                       for r in rows]) + "\n")
+
+        (lab / "labels.csv").write_text(
+            "\n".join([",".join(cols)] + [",".join(cell(r.get(c)) for c in cols) for r in rows]) + "\n"
+        )
     store, run_dir = out / f"store-refs-n{n}", out / tag / "run"
     import_store(lab / "labels.csv", store)
     profile = out / tag / "rig-profile.yaml"
     profile.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    for cmd in ([exe, "rig", "calibrate", str(store), "--out", str(profile)],
-                [exe, "train", "--store", str(store), "--out", str(run_dir), "--seed", str(seed), "--pretrain",
-                 str(profile)]):
+    for cmd in (
+        [exe, "rig", "calibrate", str(store), "--out", str(profile)],
+        [exe, "train", "--store", str(store), "--out", str(run_dir), "--seed", str(seed), "--pretrain", str(profile)],
+    ):
         if cmd[1] == "train" and not profile.exists():
             break
         res = subprocess.run(cmd, capture_output=True, text=True)
         (out / tag / f"{cmd[1]}.log").write_text(res.stdout + res.stderr)
         log(f"{' '.join(cmd[1:3])}: exit {res.returncode}")
         if res.returncode != 0:
-            row = {"rig": rig, "arm": "refs", "plates_per_alloy": n, "seed": seed, "failed": " ".join(cmd[1:3]),
-                   "output": (res.stdout + res.stderr)[-1500:]}
+            row = {
+                "rig": rig,
+                "arm": "refs",
+                "plates_per_alloy": n,
+                "seed": seed,
+                "failed": " ".join(cmd[1:3]),
+                "output": (res.stdout + res.stderr)[-1500:],
+            }
             done.write_text(json.dumps(row, indent=1))
             return row
     train_s = time.perf_counter() - t0
     ckpt = run_dir / "best.pt"
     m = evaluate(ckpt, fresh, fresh_manifest(fresh), out / tag / "fresh", with_ceiling=False, gradcam=0)
     term = m.get("physics_term") or {}
-    row = {"rig": rig, "arm": "refs", "plates_per_alloy": n, "seed": seed, "overrides": {},
-           "train_s": round(train_s), "best_epoch": int(load_checkpoint(ckpt)["epoch"]), "n_fresh": m["n"],
-           **{k: m.get(k) for k in ("balanced_accuracy", "heavy_light_balanced_accuracy", "set_coverage",
-                                    "set_size_mean", "ece")},
-           "term_weight": term.get("weight"), "term_alone": term.get("term_alone"),
-           "trunk_alone": term.get("trunk_alone"), "physics_fit": (m.get("baselines") or {}).get("physics_fit")}
+    row = {
+        "rig": rig,
+        "arm": "refs",
+        "plates_per_alloy": n,
+        "seed": seed,
+        "overrides": {},
+        "train_s": round(train_s),
+        "best_epoch": int(load_checkpoint(ckpt)["epoch"]),
+        "n_fresh": m["n"],
+        **{
+            k: m.get(k)
+            for k in ("balanced_accuracy", "heavy_light_balanced_accuracy", "set_coverage", "set_size_mean", "ece")
+        },
+        "term_weight": term.get("weight"),
+        "term_alone": term.get("term_alone"),
+        "trunk_alone": term.get("trunk_alone"),
+        "physics_fit": (m.get("baselines") or {}).get("physics_fit"),
+    }
     done.write_text(json.dumps(row, indent=1, default=str))
-    log(f"{rig} n={n} with references: five-class {row['balanced_accuracy']:.3f}, heavy vs light "
-        f"{row['heavy_light_balanced_accuracy']:.3f}, set {row['set_coverage']:.3f} ({row['set_size_mean']:.2f})")
+    log(
+        f"{rig} n={n} with references: five-class {row['balanced_accuracy']:.3f}, heavy vs light "
+        f"{row['heavy_light_balanced_accuracy']:.3f}, set {row['set_coverage']:.3f} ({row['set_size_mean']:.2f})"
+    )
     return row
 
 
@@ -276,10 +372,18 @@ def run(a) -> None:
         rows = [with_references(a.rig, n, s, out, pool, out / "fresh") for n in sizes for s in range(a.seeds)]
         print(json.dumps(rows, indent=1, default=str))
         return
-    rows = [one_size(a.rig, n, s, out, pool, out / "lab", out / "fresh", a.epochs, overrides, a.arm)
-            for n in sizes for s in range(a.seeds)]
-    res = {"rig": a.rig, "ceiling": ceil, "rows": rows, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-           "date": f"{datetime.now(timezone.utc):%Y-%m-%d}"}
+    rows = [
+        one_size(a.rig, n, s, out, pool, out / "lab", out / "fresh", a.epochs, overrides, a.arm)
+        for n in sizes
+        for s in range(a.seeds)
+    ]
+    res = {
+        "rig": a.rig,
+        "ceiling": ceil,
+        "rows": rows,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "date": f"{datetime.now(timezone.utc):%Y-%m-%d}",
+    }
     (out / f"results{'-' + a.arm if a.arm else ''}.json").write_text(json.dumps(res, indent=1, default=str))
     print(table([{**r, "ceiling": ceil} for r in rows]))
 
@@ -300,22 +404,29 @@ def collect(out: Path, arms: list[str]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| rig | plates per alloy | seeds | five-class | heavy vs light | set coverage | set size | term alone | "
-             "physics fit alone (nominal forward model) | ceiling (heavy vs light) |", "|---" * 10 + "|"]
+    lines = [
+        "| rig | plates per alloy | seeds | five-class | heavy vs light | set coverage | set size | term alone | "
+        "physics fit alone (nominal forward model) | ceiling (heavy vs light) |",
+        "|---" * 10 + "|",
+    ]
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["rig"], r["plates_per_alloy"]), []).append(r)
     for (rig, n), rs in sorted(groups.items()):
-        def mean(k: str) -> str:
+
+        def mean(k: str, rs: list[dict] = rs) -> str:
             v = [float(r[k]) for r in rs if r.get(k) is not None]
             return f"{np.mean(v):.3f}" if v else "-"
+
         pf = [r["physics_fit"]["balanced_accuracy"] for r in rs if r.get("physics_fit")]
         pf_hl = [r["physics_fit"]["heavy_light_balanced_accuracy"] for r in rs if r.get("physics_fit")]
         c = rs[0]["ceiling"]
-        lines.append(f"| {rig} | {n} | {len(rs)} | {mean('balanced_accuracy')} "
-                     f"| {mean('heavy_light_balanced_accuracy')} "
-                     f"| {mean('set_coverage')} | {mean('set_size_mean')} | {mean('term_alone')} | "
-                     f"{np.mean(pf):.3f} ({np.mean(pf_hl):.3f}) | {c['accuracy']:.3f} ({c['heavy_light']:.3f}) |")
+        lines.append(
+            f"| {rig} | {n} | {len(rs)} | {mean('balanced_accuracy')} "
+            f"| {mean('heavy_light_balanced_accuracy')} "
+            f"| {mean('set_coverage')} | {mean('set_size_mean')} | {mean('term_alone')} | "
+            f"{np.mean(pf):.3f} ({np.mean(pf_hl):.3f}) | {c['accuracy']:.3f} ({c['heavy_light']:.3f}) |"
+        )
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ SIGKILL at a random moment; how many answered requests have no record (the recor
 died), per kill.
 ``month``: see ``month`` below.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,18 @@ class InstantBackend:
         from serving.client.prediction import Prediction
 
         self.service_s = service_s
-        self.answer = Prediction(alloy="Al6082", confidence=0.8, probabilities={"Al6082": 0.8, "Al5083": 0.2},
-                                 prediction_set=["Al6082"], group="light", group_probability=0.99, thickness_mm=5.0,
-                                 absorption={"a0": 1.0, "mu_eff": 2.0}, flags=[], server="triton")
+        self.answer = Prediction(
+            alloy="Al6082",
+            confidence=0.8,
+            probabilities={"Al6082": 0.8, "Al5083": 0.2},
+            prediction_set=["Al6082"],
+            group="light",
+            group_probability=0.99,
+            thickness_mm=5.0,
+            absorption={"a0": 1.0, "mu_eff": 2.0},
+            flags=[],
+            server="triton",
+        )
 
     def predict_batch(self, captures, calibrations=None, wedges_mm=None, errors="raise"):
         if self.service_s:
@@ -95,12 +105,16 @@ def record_cost(args) -> None:
             client.close()
         written, dropped = rec.written, rec.dropped
     p = lambda xs, q: 1e3 * float(np.quantile(xs, q))  # noqa: E731
-    print(f"# {machine()}; {args.rounds} rounds x {args.n} requests each way, one capture per request, "
-          f"server time {args.service_ms} ms")
+    print(
+        f"# {machine()}; {args.rounds} rounds x {args.n} requests each way, one capture per request, "
+        f"server time {args.service_ms} ms"
+    )
     print("| recording | p50 ms | p99 ms |\n|---|---|---|")
-    print(f"| off | {p(off, .5):.4f} | {p(off, .99):.4f} |\n| on | {p(on, .5):.4f} | {p(on, .99):.4f} |")
-    print(f"recording cost at p50: {p(on, .5) - p(off, .5):.4f} ms, at p99: {p(on, .99) - p(off, .99):.4f} ms; "
-          f"last round: {written} written, {dropped} dropped")
+    print(f"| off | {p(off, 0.5):.4f} | {p(off, 0.99):.4f} |\n| on | {p(on, 0.5):.4f} | {p(on, 0.99):.4f} |")
+    print(
+        f"recording cost at p50: {p(on, 0.5) - p(off, 0.5):.4f} ms, at p99: {p(on, 0.99) - p(off, 0.99):.4f} ms; "
+        f"last round: {written} written, {dropped} dropped"
+    )
 
 
 def _child(store: str, n: int) -> None:
@@ -125,8 +139,9 @@ def kill(args) -> None:
     print("| kill | answered | recorded | answered without a record |\n|---|---|---|---|")
     for k in range(args.kills):
         with tempfile.TemporaryDirectory() as tmp:
-            proc = subprocess.Popen([sys.executable, __file__, "_child", tmp, str(args.n)], stdout=subprocess.PIPE,
-                                    text=True, cwd=ROOT)
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "_child", tmp, str(args.n)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+            )
             answered, deadline = -1, time.monotonic() + 60
             stop_after = int(rng.integers(args.n // 4, args.n // 2))
             assert proc.stdout is not None
@@ -152,8 +167,15 @@ class Line:
     taken; a new detector gain map (a smooth +-``gain_amp`` pattern along the wedge); or a supplier whose
     Al6082 sits at the top of every range of its standard."""
 
-    def __init__(self, seed: int, kind: str, size: int = 32, tube_drop: float = 0.05, gain_amp: float = 0.04,
-                 open_beam_rows: int = 4):
+    def __init__(
+        self,
+        seed: int,
+        kind: str,
+        size: int = 32,
+        tube_drop: float = 0.05,
+        gain_amp: float = 0.04,
+        open_beam_rows: int = 4,
+    ):
         from alloynet.data.simulate import frame_level
         from alloynet.physics.simulator import RigConfig, RigSimulator
 
@@ -181,8 +203,9 @@ class Line:
             if drifted and self.kind == "composition" and alloy == "Al6082":
                 a = get_alloy(alloy, STANDARD_ALLOYS)
                 wt = {**plate.wt_pct, **{el: hi for el, (lo, hi) in a.ranges_wt_pct.items()}}
-                plate = type(plate)(plate.plate_id, alloy, plate.nominal_thickness_mm, plate.thickness_mm, wt,
-                                    density_for(a, wt))
+                plate = type(plate)(
+                    plate.plate_id, alloy, plate.nominal_thickness_mm, plate.thickness_mm, wt, density_for(a, wt)
+                )
             if drifted and self.kind == "tube":
                 gain *= 1.0 - self.tube_drop
             img = self.sim.capture(plate, rng, self.dark, self.flat, gain).image.astype(np.float64)
@@ -200,8 +223,9 @@ class Champion:
     nominal thickness (a stand-in for the exported CNN, so that a month retrains in seconds), with
     split-conformal sets at ``coverage``."""
 
-    def __init__(self, x: np.ndarray, y: list[str], w: np.ndarray, x_cal: np.ndarray, y_cal: list[str],
-                 coverage: float = 0.9):
+    def __init__(
+        self, x: np.ndarray, y: list[str], w: np.ndarray, x_cal: np.ndarray, y_cal: list[str], coverage: float = 0.9
+    ):
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
@@ -221,10 +245,15 @@ class Champion:
         out = []
         for p in self.model.predict_proba(x):
             k = int(np.argmax(p))
-            out.append({"alloy": self.classes[k], "confidence": float(p[k]), "flags": [],
-                        "group": alloy_group(self.classes[k]),
-                        "prediction_set": [c for c, pk in zip(self.classes, p) if 1 - pk <= self.q]
-                        or [self.classes[k]]})
+            out.append(
+                {
+                    "alloy": self.classes[k],
+                    "confidence": float(p[k]),
+                    "flags": [],
+                    "group": alloy_group(self.classes[k]),
+                    "prediction_set": [c for c, pk in zip(self.classes, p) if 1 - pk <= self.q] or [self.classes[k]],
+                }
+            )
         return out
 
     def balanced_accuracy(self, x: np.ndarray, y: list[str]) -> float:
@@ -233,8 +262,19 @@ class Champion:
         return balanced_accuracy(y, list(self.model.predict(x)))
 
 
-def _month(line: Line, seed: int, days: int, drift_day: int, per_day: int, budget: int, random_share: float,
-           alpha: float, test_n: int, pre: tuple, drifted_test: tuple) -> list[dict]:
+def _month(
+    line: Line,
+    seed: int,
+    days: int,
+    drift_day: int,
+    per_day: int,
+    budget: int,
+    random_share: float,
+    alpha: float,
+    test_n: int,
+    pre: tuple,
+    drifted_test: tuple,
+) -> list[dict]:
     """One arm of one seed: the nights of a month; per night the figures the table reports."""
     from alloynet.monitor.alarms import decide
     from alloynet.monitor.drift import drift_test
@@ -264,8 +304,9 @@ def _month(line: Line, seed: int, days: int, drift_day: int, per_day: int, budge
             x_lab.append(x[i]), y_lab.append(y[i]), when.append(d)
             if r["pick"] == "random":
                 a = answers[i]
-                verified.append((d, Verified(str(i), y[i], a["alloy"], a["prediction_set"], alloy_group(y[i]),
-                                             a["group"])))
+                verified.append(
+                    (d, Verified(str(i), y[i], a["alloy"], a["prediction_set"], alloy_group(y[i]), a["group"]))
+                )
         week = [v for dd, v in verified if dd > d - 7]
         live = live_performance(week, champ.coverage, n_boot=300, seed=seed) if week else None
         alarms = decide(drift, live, {}, 0.0, budget)
@@ -280,20 +321,31 @@ def _month(line: Line, seed: int, days: int, drift_day: int, per_day: int, budge
         x_cal_now, y_cal_now = (x_cal, y_cal)
         champ = Champion(np.asarray(x_lab), y_lab, w, x_cal_now, y_cal_now)
         x_now, y_now = drifted_test if drifted else (x_te, y_te)
-        rows.append({"day": d, "drifted": drifted, "drift_alarm": drift.detected, "pattern": drift.pattern,
-                     "alarms": [a.kind for a in alarms],
-                     "live_bal": live.balanced_accuracy if live else None,
-                     "live_bal_iv": live.balanced_accuracy_interval if live else None,
-                     "live_cov": live.coverage if live else None, "live_n": live.n if live else 0,
-                     "true_bal": champ.balanced_accuracy(x_now, y_now), "labels": len(picked)})
+        rows.append(
+            {
+                "day": d,
+                "drifted": drifted,
+                "drift_alarm": drift.detected,
+                "pattern": drift.pattern,
+                "alarms": [a.kind for a in alarms],
+                "live_bal": live.balanced_accuracy if live else None,
+                "live_bal_iv": live.balanced_accuracy_interval if live else None,
+                "live_cov": live.coverage if live else None,
+                "live_n": live.n if live else 0,
+                "true_bal": champ.balanced_accuracy(x_now, y_now),
+                "labels": len(picked),
+            }
+        )
     return rows
 
 
 def month(args) -> None:
     """30 nights per drift kind and seed, active (half random, half informative) vs random verification of the
     same budget; plus undrifted months for the false-alarm rate."""
-    print(f"# {machine()}; {args.days} nights, drift on day {args.drift_day}, {args.per_day} captures a night, "
-          f"budget {args.budget}, alpha {args.alpha}, seeds {args.seeds}")
+    print(
+        f"# {machine()}; {args.days} nights, drift on day {args.drift_day}, {args.per_day} captures a night, "
+        f"budget {args.budget}, alpha {args.alpha}, seeds {args.seeds}"
+    )
     summary = []
     false_alarms, quiet_nights = 0, 0
     per_day_rows: dict = {}
@@ -310,8 +362,19 @@ def month(args) -> None:
             for arm, share in (("active", 0.5), ("random", 1.0)):
                 if kind == "none" and arm == "random":
                     continue
-                rows = _month(line, seed, args.days, args.drift_day if kind != "none" else 0, args.per_day,
-                              args.budget, share, args.alpha, args.test_n, pre, (x_dt, y_dt))
+                rows = _month(
+                    line,
+                    seed,
+                    args.days,
+                    args.drift_day if kind != "none" else 0,
+                    args.per_day,
+                    args.budget,
+                    share,
+                    args.alpha,
+                    args.test_n,
+                    pre,
+                    (x_dt, y_dt),
+                )
                 per_day_rows[(kind, seed, arm)] = rows
                 if arm == "active":  # both arms see the same captures: their nights count once
                     false_alarms += sum(r["drift_alarm"] for r in rows if not r["drifted"])
@@ -320,36 +383,61 @@ def month(args) -> None:
                     continue
                 first = next((r["day"] for r in rows if r["drifted"] and r["alarms"]), None)
                 back = next((r["day"] for r in rows if r["drifted"] and r["true_bal"] >= base - 0.02), None)
-                summary.append({"kind": kind, "seed": seed, "arm": arm, "pre_bal": base,
-                                "bal_at_drift": next(r["true_bal"] for r in rows if r["drifted"]),
-                                "min_bal": min(r["true_bal"] for r in rows if r["drifted"]),
-                                "nights_to_alarm": None if first is None else first - args.drift_day + 1,
-                                "nights_to_recover": None if back is None else back - args.drift_day + 1,
-                                "labels": sum(r["labels"] for r in rows)})
-    print(f"\nfalse drift alarms on undrifted nights of the months: {false_alarms} of {quiet_nights} "
-          f"({30 * false_alarms / max(1, quiet_nights):.2f} per 30 nights)")
+                summary.append(
+                    {
+                        "kind": kind,
+                        "seed": seed,
+                        "arm": arm,
+                        "pre_bal": base,
+                        "bal_at_drift": next(r["true_bal"] for r in rows if r["drifted"]),
+                        "min_bal": min(r["true_bal"] for r in rows if r["drifted"]),
+                        "nights_to_alarm": None if first is None else first - args.drift_day + 1,
+                        "nights_to_recover": None if back is None else back - args.drift_day + 1,
+                        "labels": sum(r["labels"] for r in rows),
+                    }
+                )
+    print(
+        f"\nfalse drift alarms on undrifted nights of the months: {false_alarms} of {quiet_nights} "
+        f"({30 * false_alarms / max(1, quiet_nights):.2f} per 30 nights)"
+    )
     if args.quiet_nights:
         fa = _quiet(args)
-        print(f"false drift alarms on {args.quiet_nights} more undrifted nights (drift test only): {fa} "
-              f"({30 * fa / args.quiet_nights:.2f} per 30 nights)")
+        print(
+            f"false drift alarms on {args.quiet_nights} more undrifted nights (drift test only): {fa} "
+            f"({30 * fa / args.quiet_nights:.2f} per 30 nights)"
+        )
     print()
-    print("| drift | seed | verification | pre-drift bal. acc. | after drift night 1 | lowest after drift | "
-          "nights to alarm | nights to within 0.02 | labels |\n|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| drift | seed | verification | pre-drift bal. acc. | after drift night 1 | lowest after drift | "
+        "nights to alarm | nights to within 0.02 | labels |\n|---|---|---|---|---|---|---|---|---|"
+    )
     for r in summary:
-        print(f"| {r['kind']} | {r['seed']} | {r['arm']} | {r['pre_bal']:.3f} | {r['bal_at_drift']:.3f} | "
-              f"{r['min_bal']:.3f} | "
-              f"{r['nights_to_alarm'] if r['nights_to_alarm'] is not None else 'none'} | "
-              f"{r['nights_to_recover'] if r['nights_to_recover'] is not None else 'not in the month'} | "
-              f"{r['labels']} |")
-    widths = [r["live_bal_iv"][1] - r["live_bal_iv"][0] for rows in per_day_rows.values() for r in rows
-              if r["live_n"] and r["day"] >= 7 and not r["drifted"]]
+        print(
+            f"| {r['kind']} | {r['seed']} | {r['arm']} | {r['pre_bal']:.3f} | {r['bal_at_drift']:.3f} | "
+            f"{r['min_bal']:.3f} | "
+            f"{r['nights_to_alarm'] if r['nights_to_alarm'] is not None else 'none'} | "
+            f"{r['nights_to_recover'] if r['nights_to_recover'] is not None else 'not in the month'} | "
+            f"{r['labels']} |"
+        )
+    widths = [
+        r["live_bal_iv"][1] - r["live_bal_iv"][0]
+        for rows in per_day_rows.values()
+        for r in rows
+        if r["live_n"] and r["day"] >= 7 and not r["drifted"]
+    ]
     if widths:
-        print(f"\nlive balanced accuracy, 95 % bootstrap interval over the last 7 nights' random picks (undrifted "
-              f"nights from day 7): median half-width {np.median(widths) / 2:.3f}")
+        print(
+            f"\nlive balanced accuracy, 95 % bootstrap interval over the last 7 nights' random picks (undrifted "
+            f"nights from day 7): median half-width {np.median(widths) / 2:.3f}"
+        )
     if args.out:
-        Path(args.out).write_text(json.dumps({"summary": summary, "days": {"|".join(map(str, k)): v
-                                                                          for k, v in per_day_rows.items()}},
-                                             indent=1, default=str))
+        Path(args.out).write_text(
+            json.dumps(
+                {"summary": summary, "days": {"|".join(map(str, k)): v for k, v in per_day_rows.items()}},
+                indent=1,
+                default=str,
+            )
+        )
         if args.plot:
             _plot(per_day_rows, args)
 

@@ -10,6 +10,7 @@ each, 50 and 70 mm wedges, 64 px; 70/15/15 by plate; the same seed makes the sam
 stopping) on the store alone (no simulated captures: a lab has no simulator of its rig) and is evaluated on the
 test split against the ceiling of the rig that took the captures. Prints a JSON summary and writes it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,19 +39,42 @@ def arm(out: Path, name: str, correction: bool, seed: int) -> dict:
     done = out / name / "run.json"
     if done.exists():  # a finished arm is reused (delete the folder to measure again)
         return json.loads(done.read_text())
-    cfg = TrainConfig.model_validate({"data": {"store": str(out / "data")}, "out_dir": str(out / name), "seed": seed,
-                                      "progress": False, "model": {"physics_correction": correction}})
+    cfg = TrainConfig.model_validate(
+        {
+            "data": {"store": str(out / "data")},
+            "out_dir": str(out / name),
+            "seed": seed,
+            "progress": False,
+            "model": {"physics_correction": correction},
+        }
+    )
     t0 = time.perf_counter()
     result = train(cfg)
     train_s = time.perf_counter() - t0
     rigs = {w: SecondRigConfig.from_nominal(RigConfig(height=64, width=64, wedge_mm=w)) for w in (50.0, 70.0)}
     m = evaluate(result.checkpoint, out / "data", None, out / name / "report", ceiling_rigs=rigs, gradcam=0)
     term = m.get("physics_term") or {}
-    row = {"arm": name, "train_s": round(train_s), "best_epoch": result.best_epoch,
-           **{k: m.get(k) for k in ("balanced_accuracy", "heavy_light_balanced_accuracy", "ceiling_accuracy",
-                                    "ceiling_heavy_light", "ceiling_gap", "set_coverage", "set_size_mean", "ece", "n")},
-           "term": {k: term.get(k) for k in ("weight", "term_alone", "trunk_alone", "changed", "correction")},
-           "baselines": {k: v.get("balanced_accuracy") for k, v in (m.get("baselines") or {}).items()}}
+    row = {
+        "arm": name,
+        "train_s": round(train_s),
+        "best_epoch": result.best_epoch,
+        **{
+            k: m.get(k)
+            for k in (
+                "balanced_accuracy",
+                "heavy_light_balanced_accuracy",
+                "ceiling_accuracy",
+                "ceiling_heavy_light",
+                "ceiling_gap",
+                "set_coverage",
+                "set_size_mean",
+                "ece",
+                "n",
+            )
+        },
+        "term": {k: term.get(k) for k in ("weight", "term_alone", "trunk_alone", "changed", "correction")},
+        "baselines": {k: v.get("balanced_accuracy") for k, v in (m.get("baselines") or {}).items()},
+    }
     done.write_text(json.dumps(row, indent=1, default=str))
     return row
 
@@ -63,9 +87,12 @@ def main() -> None:
     a = ap.parse_args()
     out = a.out / f"rig_b-s{a.seed}"
     data(out, "rig_b", 300, 64, a.seed)
-    summary = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-               "threads": os.environ.get("OMP_NUM_THREADS"), "command": " ".join(sys.argv),
-               "runs": [arm(out, name, ARMS[name], a.seed) for name in a.arms.split(",")]}
+    summary = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "command": " ".join(sys.argv),
+        "runs": [arm(out, name, ARMS[name], a.seed) for name in a.arms.split(",")],
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps(summary, indent=1, default=str))
 

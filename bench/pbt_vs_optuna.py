@@ -10,6 +10,7 @@ simulated data set, and both spend ``members x epochs`` training epochs: PBT as 
 that model's balanced accuracy on the test split, which neither method saw. One run per search seed.
 Results go to docs/study/search.md and docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,12 @@ def simulate(root: Path, n_max: int, size: int, seed: int) -> Path:
     if manifest_path(root).exists():
         return root
     store = LocalStore(root)
-    simulate_dataset(DatasetSpec(n_max=n_max, imbalance_ratio=4.0, seed=seed, captures_per_plate=2,
-                                 rig=RigConfig(height=size, width=size)), store)
+    simulate_dataset(
+        DatasetSpec(
+            n_max=n_max, imbalance_ratio=4.0, seed=seed, captures_per_plate=2, rig=RigConfig(height=size, width=size)
+        ),
+        store,
+    )
     write_manifest(build_manifest(store, seed=seed), manifest_path(root))
     return root
 
@@ -47,7 +52,9 @@ def test_balanced_accuracy(checkpoint: Path, store: Path) -> float:
     model, meta = load_model(checkpoint)
     ds = CaptureDataset(LocalStore(store), read_manifest(manifest_path(store)), "test")
     p = predict(model, DataLoader(ds, batch_size=64), "cpu")
-    return classification_metrics(p["y"], p["probs"], list(meta["class_names"]), meta.get("class_counts"))["balanced_accuracy"]
+    return classification_metrics(p["y"], p["probs"], list(meta["class_names"]), meta.get("class_counts"))[
+        "balanced_accuracy"
+    ]
 
 
 def main() -> None:
@@ -75,29 +82,71 @@ def main() -> None:
     rows = []
     for seed in a.seeds:
         t0 = time.perf_counter()
-        pbt = run_pbt(PBTConfig(store=str(store), out_dir=str(a.out / f"pbt-s{seed}"), architecture=a.arch,
-                                population=a.members, epochs=a.epochs, interval=a.interval, seed=seed, cpus=a.cpus,
-                                train=common))
+        pbt = run_pbt(
+            PBTConfig(
+                store=str(store),
+                out_dir=str(a.out / f"pbt-s{seed}"),
+                architecture=a.arch,
+                population=a.members,
+                epochs=a.epochs,
+                interval=a.interval,
+                seed=seed,
+                cpus=a.cpus,
+                train=common,
+            )
+        )
         pbt_s = time.perf_counter() - t0
-        rows.append({"method": "PBT (Ray Tune)", "seed": seed, "epochs": pbt["epochs_trained"],
-                     "val": pbt["best_value"], "test": test_balanced_accuracy(Path(pbt["checkpoint"]), store),
-                     "wall_s": pbt_s, "chosen": pbt["best_hparams"], "exploits": len(pbt["exploits"])})
+        rows.append(
+            {
+                "method": "PBT (Ray Tune)",
+                "seed": seed,
+                "epochs": pbt["epochs_trained"],
+                "val": pbt["best_value"],
+                "test": test_balanced_accuracy(Path(pbt["checkpoint"]), store),
+                "wall_s": pbt_s,
+                "chosen": pbt["best_hparams"],
+                "exploits": len(pbt["exploits"]),
+            }
+        )
         t0 = time.perf_counter()
-        cfg = SearchConfig(store=str(store), out_dir=str(a.out / f"optuna-s{seed}"), architecture=a.arch, loss="ce",
-                           trials=a.members, parallel=1, seed=seed, optimizers=["adam", "sgd", "rmsprop"],
-                           train={**common, "epochs": a.epochs})
+        cfg = SearchConfig(
+            store=str(store),
+            out_dir=str(a.out / f"optuna-s{seed}"),
+            architecture=a.arch,
+            loss="ce",
+            trials=a.members,
+            parallel=1,
+            seed=seed,
+            optimizers=["adam", "sgd", "rmsprop"],
+            train={**common, "epochs": a.epochs},
+        )
         opt = run_search(cfg)
         opt_s = time.perf_counter() - t0
         best_ckpt = a.out / f"optuna-s{seed}" / f"trial-{opt['best_trial']:03d}" / "best.pt"
-        rows.append({"method": "Optuna (TPE)", "seed": seed, "epochs": a.members * a.epochs, "val": opt["best_value"],
-                     "test": test_balanced_accuracy(best_ckpt, store), "wall_s": opt_s, "chosen": opt["best_params"],
-                     "exploits": 0})
+        rows.append(
+            {
+                "method": "Optuna (TPE)",
+                "seed": seed,
+                "epochs": a.members * a.epochs,
+                "val": opt["best_value"],
+                "test": test_balanced_accuracy(best_ckpt, store),
+                "wall_s": opt_s,
+                "chosen": opt["best_params"],
+                "exploits": 0,
+            }
+        )
         print(json.dumps(rows[-2:], default=float), flush=True)
-    print("\n| method | search seed | epochs | val bal. acc (chosen) | test bal. acc | wall (s) | chosen hyperparameters |")
+    print(
+        "\n| method | search seed | epochs | val bal. acc (chosen) | test bal. acc | wall (s) "
+        "| chosen hyperparameters |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         hp = ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}" for k, v in r["chosen"].items())
-        print(f"| {r['method']} | {r['seed']} | {r['epochs']} | {r['val']:.3f} | {r['test']:.3f} | {r['wall_s']:.0f} | {hp} |")
+        print(
+            f"| {r['method']} | {r['seed']} | {r['epochs']} | {r['val']:.3f} | {r['test']:.3f} "
+            f"| {r['wall_s']:.0f} | {hp} |"
+        )
     (a.out / "results.json").write_text(json.dumps(rows, indent=1, default=float))
 
 

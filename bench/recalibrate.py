@@ -10,6 +10,7 @@ weights are the run's; only the answers are fitted again (``alloynet.train.train
 the calibration split alone (``answer.simulated: 0``, what earlier stops did) and once with held-out simulated
 captures joining it (the default). Writes ``<out>/recalibrate.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,23 +49,46 @@ def main() -> None:
     rows = []
     for part in a.parts.split(","):
         src = a.runs / part / a.model
-        for label, simulated in (("calibration split only", 0), ("with held-out simulated", None))[a.simulated_only:]:
+        for label, simulated in (("calibration split only", 0), ("with held-out simulated", None))[a.simulated_only :]:
             dst = a.out / part / ("split" if simulated == 0 else "simulated")
             answer = refit(src, dst, simulated if simulated is not None else 2000)
-            m = evaluate(dst / "best.pt", a.runs / part / "data", None, dst / "report", with_ceiling=False,
-                         gradcam=0, baselines=False)
-            row = {"part": part, "answers": label, "calibration_set": answer["calibration_set"],
-                   "temperature": answer["temperature"], "qhat": answer["qhat"], "test_n": m["n"],
-                   "test_coverage": m["set_coverage"], "test_set_size": m["set_size_mean"],
-                   "balanced_accuracy": m["balanced_accuracy"], "ece": m["ece"]}
+            m = evaluate(
+                dst / "best.pt",
+                a.runs / part / "data",
+                None,
+                dst / "report",
+                with_ceiling=False,
+                gradcam=0,
+                baselines=False,
+            )
+            row = {
+                "part": part,
+                "answers": label,
+                "calibration_set": answer["calibration_set"],
+                "temperature": answer["temperature"],
+                "qhat": answer["qhat"],
+                "test_n": m["n"],
+                "test_coverage": m["set_coverage"],
+                "test_set_size": m["set_size_mean"],
+                "balanced_accuracy": m["balanced_accuracy"],
+                "ece": m["ece"],
+            }
             if part != "rig_b":  # fresh plates of the data's own distribution (the suite's first case)
-                case = run_suite(dst / "best.pt", dst / "suite", plates_per_class=a.plates,
-                                 cases=["grid_1_2_5" if part == "grid" else "any_thickness"], with_ceiling=False)[0]
+                case = run_suite(
+                    dst / "best.pt",
+                    dst / "suite",
+                    plates_per_class=a.plates,
+                    cases=["grid_1_2_5" if part == "grid" else "any_thickness"],
+                    with_ceiling=False,
+                )[0]
                 row.update(suite_n=case["n"], suite_coverage=case["set_coverage"], suite_set_size=case["set_size"])
             rows.append(row)
             print(json.dumps(row, default=str), flush=True)
-    out = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-           "command": " ".join(sys.argv), "rows": rows}
+    out = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "command": " ".join(sys.argv),
+        "rows": rows,
+    }
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "recalibrate.json").write_text(json.dumps(out, indent=1, default=str))
     print(f"wrote {a.out / 'recalibrate.json'}")

@@ -10,6 +10,7 @@ The refitted model's tables are built as training builds them now (the wedge siz
 the run's forward model, ``alloynet.data.synthetic.forward_rigs``); everything else is the checkpoint's.
 Writes ``<out>/refit_physics.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,13 +46,21 @@ def refit(src: Path, data: Path, dst: Path) -> dict:
     state = {k: v for k, v in ckpt["model"].items() if not (k.startswith("physics.") and k != "physics.weight")}
     model.load_state_dict(state, strict=False)
     synthetic = SyntheticConfig.model_validate(ckpt["config"]["data"]["synthetic"])  # the run's forward model
-    model.physics.fit(forward_rigs(synthetic, rigs, model.physics.wedges_mm.tolist()), data_prior(labelled),
-                      spec["class_names"], seed=ckpt["config"]["seed"])
+    model.physics.fit(
+        forward_rigs(synthetic, rigs, model.physics.wedges_mm.tolist()),
+        data_prior(labelled),
+        spec["class_names"],
+        seed=ckpt["config"]["seed"],
+    )
     new = dict(ckpt, model_spec=spec, model=model.state_dict())
     dst.mkdir(parents=True, exist_ok=True)
     save_checkpoint(new, dst / "best.pt")
-    return {"wedges_mm": spec["physics"]["wedges_mm"], "was": old["wedges_mm"], "tail": spec["physics"].get("tail"),
-            "tail_was": old.get("tail")}
+    return {
+        "wedges_mm": spec["physics"]["wedges_mm"],
+        "was": old["wedges_mm"],
+        "tail": spec["physics"].get("tail"),
+        "tail_was": old.get("tail"),
+    }
 
 
 def main() -> None:
@@ -69,9 +78,12 @@ def main() -> None:
             st = LocalStore(a.run / "robustness" / case / "data")
             df = held_out_manifest(st, 1000, True)
         for tag, ck in (("as trained", a.run / "profile_mlp" / "best.pt"), ("refitted", a.out / "best.pt")):
-            m = evaluate(ck, st, df, a.out / tag.replace(" ", "_") / case, with_ceiling=False, gradcam=0,
-                         baselines=False)
-            row = {k: m[k] for k in ("balanced_accuracy", "heavy_light_balanced_accuracy", "set_coverage", "flag_rates")}
+            m = evaluate(
+                ck, st, df, a.out / tag.replace(" ", "_") / case, with_ceiling=False, gradcam=0, baselines=False
+            )
+            row = {
+                k: m[k] for k in ("balanced_accuracy", "heavy_light_balanced_accuracy", "set_coverage", "flag_rates")
+            }
             res["cases"][f"{case} {tag}"] = row
             print(case, tag, json.dumps(row), flush=True)
     (a.out / "refit_physics.json").write_text(json.dumps(res, indent=1))

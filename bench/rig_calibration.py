@@ -24,6 +24,7 @@ Every step is an `alloynet` command, so the figures are what a lab would get. Th
 Prints a markdown table; results.json in --work. Targets: 20 per class + calibrated pretraining within 0.03 of
 from scratch on all; calibrated simulator-only >= uncalibrated + 0.15.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,16 @@ def simulate(w: Path, name: str, spec: dict, profile: Path | None = None) -> Pat
         return w / name
     cfg = w / f"{name}.yaml"
     cfg.write_text(json.dumps(spec))
-    run("simulate", "--out", str(w / name), "--config", str(cfg), "--size", "64",
-        *(["--rig-profile", str(profile)] if profile else []))
+    run(
+        "simulate",
+        "--out",
+        str(w / name),
+        "--config",
+        str(cfg),
+        "--size",
+        "64",
+        *(["--rig-profile", str(profile)] if profile else []),
+    )
     return w / name
 
 
@@ -87,7 +96,7 @@ def subset(real: Path, k: str, seed: int) -> Path:
         keep = pd.concat(parts)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A1]))
     val_plates = set()
-    for alloy, plates in plates_by.items():
+    for plates in plates_by.values():
         n_val = max(1, len(plates) // 5) if len(plates) > 1 else 0
         val_plates |= set(rng.permutation(plates)[:n_val])
     keep["split"] = np.where(keep.plate_id.isin(val_plates), "val", "train")
@@ -98,16 +107,49 @@ def subset(real: Path, k: str, seed: int) -> Path:
     return out
 
 
-def train_eval(w: Path, name: str, store: Path, manifest: Path | None, test_store: Path, test_manifest: Path,
-               epochs: int, extra: list[str], ceiling: bool = False) -> dict:
+def train_eval(
+    w: Path,
+    name: str,
+    store: Path,
+    manifest: Path | None,
+    test_store: Path,
+    test_manifest: Path,
+    epochs: int,
+    extra: list[str],
+    ceiling: bool = False,
+) -> dict:
     out = w / f"eval-{name}"
     if not (out / "metrics.json").exists():
-        run("train", "--config", "configs/profile_mlp.yaml", "--store", str(store),
-            *(["--manifest", str(manifest)] if manifest else []), "--out", str(w / f"run-{name}"),
-            "--set", f"epochs={epochs}", "--device", "cpu", *extra)
-        run("evaluate", str(w / f"run-{name}" / "best.pt"), "--store", str(test_store), "--manifest",
-            str(test_manifest), "--split", "test", "--out", str(out), *([] if ceiling else ["--no-ceiling"]),
-            "--gradcam", "0")
+        run(
+            "train",
+            "--config",
+            "configs/profile_mlp.yaml",
+            "--store",
+            str(store),
+            *(["--manifest", str(manifest)] if manifest else []),
+            "--out",
+            str(w / f"run-{name}"),
+            "--set",
+            f"epochs={epochs}",
+            "--device",
+            "cpu",
+            *extra,
+        )
+        run(
+            "evaluate",
+            str(w / f"run-{name}" / "best.pt"),
+            "--store",
+            str(test_store),
+            "--manifest",
+            str(test_manifest),
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            *([] if ceiling else ["--no-ceiling"]),
+            "--gradcam",
+            "0",
+        )
     m = json.loads((out / "metrics.json").read_text())
     print(f"{name}: balanced accuracy {m['balanced_accuracy']:.3f} on {m['n']} second-rig test captures", flush=True)
     return m
@@ -124,10 +166,16 @@ def ceilings(w: Path, real: Path, manifest: Path, prof: Path) -> dict:
     ckpt = w / "run-scratch-kall-s0" / "best.pt"
     true = {50.0: SecondRigConfig.from_nominal(RigConfig(height=64, width=64, wedge_mm=50.0))}
     out = {}
-    for name, kw in (("nominal simulator", {}), ("calibrated simulator", {"rig_profile": prof}),
-                     ("second rig's own physics", {"ceiling_rigs": true})):
+    for name, kw in (
+        ("nominal simulator", {}),
+        ("calibrated simulator", {"rig_profile": prof}),
+        ("second rig's own physics", {"ceiling_rigs": true}),
+    ):
         m = evaluate(ckpt, real, manifest, w / "ceiling" / name.split()[0], gradcam=0, **kw)
-        out[name] = {"ceiling": m["ceiling_accuracy"], "physics_fit": m["baselines"]["physics_fit"]["balanced_accuracy"]}
+        out[name] = {
+            "ceiling": m["ceiling_accuracy"],
+            "physics_fit": m["baselines"]["physics_fit"]["balanced_accuracy"],
+        }
     return out
 
 
@@ -151,8 +199,9 @@ def main() -> None:
     spec = {"imbalance_ratio": 1, "wedges_mm": [50], "captures_per_plate": 2, "test_fraction": 0.15}
     nominal = simulate(w, "nominal", {**spec, "n_max": a.plates, "seed": 1})
     calibrated = simulate(w, "calibrated", {**spec, "n_max": a.plates, "seed": 1}, prof)
-    real = simulate(w, "second", {**spec, "n_max": a.real_plates, "seed": 2, "simulator": "second_rig",
-                                  "test_fraction": 0.2})
+    real = simulate(
+        w, "second", {**spec, "n_max": a.real_plates, "seed": 2, "simulator": "second_rig", "test_fraction": 0.2}
+    )
     results: dict = {"sim_only": {}, "scratch": {}, "finetune": {}, "ceiling": None}
     full = subset(real, "all", 0)
     for name, store in (("nominal", nominal), ("calibrated", calibrated)):
@@ -174,19 +223,29 @@ def main() -> None:
     print("\n| real captures per class | " + " | ".join(sizes) + " |")
     print("|---|" + "---|" * len(sizes))
     print("| from scratch | " + " | ".join(f"{mean(results['scratch'][k]):.3f}" for k in sizes) + " |")
-    print("| pretrain (calibrated sim) + fine-tune | "
-          + " | ".join(f"{mean(results['finetune'][k]):.3f}" for k in sizes) + " |")
+    print(
+        "| pretrain (calibrated sim) + fine-tune | "
+        + " | ".join(f"{mean(results['finetune'][k]):.3f}" for k in sizes)
+        + " |"
+    )
     for name in ("nominal", "calibrated"):
-        print(f"| simulator only, {'uncalibrated' if name == 'nominal' else 'calibrated'} (no real captures) | "
-              + " | ".join(f"{results['sim_only'][name]:.3f}" for _ in sizes) + " |")
+        print(
+            f"| simulator only, {'uncalibrated' if name == 'nominal' else 'calibrated'} (no real captures) | "
+            + " | ".join(f"{results['sim_only'][name]:.3f}" for _ in sizes)
+            + " |"
+        )
     for name, c in results["ceiling"].items():
         print(f"ceiling with the {name}: {c['ceiling']:.3f}; physics-fit classifier: {c['physics_fit']:.3f}")
     gain = results["sim_only"]["calibrated"] - results["sim_only"]["nominal"]
-    print(f"calibrated - uncalibrated, simulator only: {gain:+.3f} (target +0.15: {'met' if gain >= 0.15 else 'missed'})")
+    print(
+        f"calibrated - uncalibrated, simulator only: {gain:+.3f} (target +0.15: {'met' if gain >= 0.15 else 'missed'})"
+    )
     if "20" in sizes and "all" in sizes:
         gap = mean(results["scratch"]["all"]) - mean(results["finetune"]["20"])
-        print(f"scratch on all - (20 per class + pretraining): {gap:+.3f} (target <= 0.03: "
-              f"{'met' if gap <= 0.03 else 'missed'})")
+        print(
+            f"scratch on all - (20 per class + pretraining): {gap:+.3f} (target <= 0.03: "
+            f"{'met' if gap <= 0.03 else 'missed'})"
+        )
 
 
 if __name__ == "__main__":

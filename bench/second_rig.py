@@ -11,6 +11,7 @@ second rig's relative difference at the plate-only strip, along the ramp and at 
 ``ceilings``: ``separability`` (ideal observer) for both rigs, 64x64, 50 and 70 mm Al wedges, thicknesses
 (1, 2, 5) mm and a continuous 1-5 mm prior (33 points).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from alloynet.physics import RigConfig, RigSimulator, get_alloy, sample_plate  # noqa: E402
-from alloynet.physics.second_rig import SecondRig, SecondRigConfig, SecondRigProfileModel  # noqa: E402
 from alloynet.physics.profile import ProfileModel  # noqa: E402
+from alloynet.physics.second_rig import SecondRig, SecondRigConfig, SecondRigProfileModel  # noqa: E402
 from alloynet.physics.separability import separability  # noqa: E402
 
 
@@ -57,26 +58,45 @@ def speed(a) -> None:
 
 def differences(a) -> None:
     print(f"mean of {a.captures} captures per rig and plate, 64x64, 32 bins; relative difference second/alloynet - 1")
-    print("| wedge | plate | plate-only strip | 1/4 ramp | mid ramp | 3/4 ramp | thick end (last 8 columns) "
-          "| alloynet -ln T at thick end |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "| wedge | plate | plate-only strip | 1/4 ramp | mid ramp | 3/4 ramp | thick end (last 8 columns) "
+        "| alloynet -ln T at thick end |\n|---|---|---|---|---|---|---|---|"
+    )
     for wedge in (50.0, 70.0):
         rig = RigConfig(height=64, width=64, wedge_mm=wedge)
         nominal, second = RigSimulator(rig), SecondRig(SecondRigConfig.from_nominal(rig))
         for alloy, t in (("Al1050", 1.0), ("Al6082", 2.0), ("Al5083", 2.0), ("Al7075", 5.0)):
             plate = sample_plate(alloy, t, np.random.default_rng(0), "p", exact=True)
-            pn = np.mean([user_profile(nominal.capture(plate, np.random.default_rng(i)).image[0], rig.dark_offset_adu,
-                                       rig.flat_target_adu) for i in range(a.captures)], 0)
+            pn = np.mean(
+                [
+                    user_profile(
+                        nominal.capture(plate, np.random.default_rng(i)).image[0],
+                        rig.dark_offset_adu,
+                        rig.flat_target_adu,
+                    )
+                    for i in range(a.captures)
+                ],
+                0,
+            )
             caps = [second.capture(plate, np.random.default_rng(i)) for i in range(a.captures)]
             p2 = np.mean([user_profile(c.image[0], c.dark_adu[0], c.flat_adu[0]) for c in caps], 0)
             rel = p2 / pn - 1
             cells = [rel[:2].mean(), rel[9], rel[17], rel[25], rel[-4:].mean()]
-            print(f"| {wedge:.0f} mm | {alloy} {t:g} mm | " + " | ".join(f"{100 * c:+.1f} %" for c in cells)
-                  + f" | {pn[-4:].mean():.2f} |")
-        gap = [ProfileModel(rig).profile(get_alloy(x).nominal_fractions(), get_alloy(x).density_g_cm3, 2.0)
-               for x in ("Al5083", "Al6082")]
+            print(
+                f"| {wedge:.0f} mm | {alloy} {t:g} mm | "
+                + " | ".join(f"{100 * c:+.1f} %" for c in cells)
+                + f" | {pn[-4:].mean():.2f} |"
+            )
+        gap = [
+            ProfileModel(rig).profile(get_alloy(x).nominal_fractions(), get_alloy(x).density_g_cm3, 2.0)
+            for x in ("Al5083", "Al6082")
+        ]
         rel = gap[0] / gap[1] - 1
-        print(f"| {wedge:.0f} mm | for scale: Al5083 vs Al6082, 2 mm, nominal rig | "
-              + " | ".join(f"{100 * c:+.1f} %" for c in [rel[:2].mean(), rel[9], rel[17], rel[25], rel[-4:].mean()]) + " | |")
+        print(
+            f"| {wedge:.0f} mm | for scale: Al5083 vs Al6082, 2 mm, nominal rig | "
+            + " | ".join(f"{100 * c:+.1f} %" for c in [rel[:2].mean(), rel[9], rel[17], rel[25], rel[-4:].mean()])
+            + " | |"
+        )
 
 
 def ceilings(a) -> None:
@@ -88,19 +108,33 @@ def ceilings(a) -> None:
         for prior, ts in priors.items():
             t0 = time.perf_counter()
             nom = separability(rig, thicknesses_mm=ts, plates=a.plates, seed=0)
-            sec = separability(cfg, thicknesses_mm=ts, plates=a.plates, seed=0, profile_model=SecondRigProfileModel(cfg))
-            row = {"wedge_mm": wedge, "prior": prior, "alloynet": nom.ceiling_accuracy, "second_rig": sec.ceiling_accuracy,
-                   "alloynet_recall": nom.ceiling_recall, "second_rig_recall": sec.ceiling_recall,
-                   "d_unknown_5083_6082": [next(p.d_unknown for p in r.pairs if {p.a, p.b} == {"Al5083", "Al6082"})
-                                           for r in (nom, sec)],
-                   "seconds": round(time.perf_counter() - t0, 1)}
+            sec = separability(
+                cfg, thicknesses_mm=ts, plates=a.plates, seed=0, profile_model=SecondRigProfileModel(cfg)
+            )
+            row = {
+                "wedge_mm": wedge,
+                "prior": prior,
+                "alloynet": nom.ceiling_accuracy,
+                "second_rig": sec.ceiling_accuracy,
+                "alloynet_recall": nom.ceiling_recall,
+                "second_rig_recall": sec.ceiling_recall,
+                "d_unknown_5083_6082": [
+                    next(p.d_unknown for p in r.pairs if {p.a, p.b} == {"Al5083", "Al6082"}) for r in (nom, sec)
+                ],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
             out.append(row)
             print(json.dumps(row), flush=True)
-    print("\n| wedge | thickness prior | ceiling, alloynet simulator | ceiling, second rig | d' 5083/6082 (t unknown) alloynet / second |")
+    print(
+        "\n| wedge | thickness prior | ceiling, alloynet simulator | ceiling, second rig "
+        "| d' 5083/6082 (t unknown) alloynet / second |"
+    )
     print("|---|---|---|---|---|")
     for r in out:
-        print(f"| {r['wedge_mm']:.0f} mm | {r['prior']} | {r['alloynet']:.3f} | {r['second_rig']:.3f} | "
-              f"{r['d_unknown_5083_6082'][0]:.2f} / {r['d_unknown_5083_6082'][1]:.2f} |")
+        print(
+            f"| {r['wedge_mm']:.0f} mm | {r['prior']} | {r['alloynet']:.3f} | {r['second_rig']:.3f} | "
+            f"{r['d_unknown_5083_6082'][0]:.2f} / {r['d_unknown_5083_6082'][1]:.2f} |"
+        )
     if a.out:
         with open(a.out, "w") as f:
             json.dump(out, f, indent=1)

@@ -26,6 +26,7 @@ each at most --rate requests a second (default client: 30 s retry budget):
   without the header check) and frontend RSS before/after --bursts requests of --oversized-mb.
 Needs infra/serving_env.sh for Triton.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,10 @@ import torch  # noqa: E402
 
 def machine() -> str:
     load = os.getloadavg()
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared; load average "
-            f"{load[0]:.1f} at the end), torch {torch.__version__}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared; load average "
+        f"{load[0]:.1f} at the end), torch {torch.__version__}"
+    )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -61,6 +64,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 # -- latency ----------------------------------------------------------------------------------------------
+
 
 def measure(fn, items, concurrency: int = 1, warmup: int = 10) -> dict:
     """Latency per call (ms) and throughput (captures/s) of fn(item) over items."""
@@ -107,8 +111,10 @@ def latency(args, tmp: Path) -> None:
     f32, cals, wedges = x["image"].astype(np.float32), x["calibration"], x["wedge_mm"]
     singles = [(f32[i % 64][None], cals[i % 64][None], wedges[i % 64][None]) for i in range(args.n)]
     c = args.concurrency
-    batches = [tuple(np.concatenate([singles[(i + j) % args.n][k] for j in range(c)]) for k in range(3))
-               for i in range(0, args.n, c)]
+    batches = [
+        tuple(np.concatenate([singles[(i + j) % args.n][k] for j in range(c)]) for k in range(3))
+        for i in range(0, args.n, c)
+    ]
     rows: dict[str, dict] = {}
 
     with torch.inference_mode():
@@ -128,8 +134,9 @@ def latency(args, tmp: Path) -> None:
     finally:
         ts_server.stop(tmp / "ts")
 
-    repo = build_repository(bundle.directory, tmp / "repo", opts=BatchingOptions(
-        max_batch_size=32, max_queue_delay_us=args.queue_delay_us))
+    repo = build_repository(
+        bundle.directory, tmp / "repo", opts=BatchingOptions(max_batch_size=32, max_queue_delay_us=args.queue_delay_us)
+    )
     tr = tr_server.start(repo, tmp / "triton", models=["alloynet"])
     try:
         url = f"triton://{tr.grpc_target}/alloynet"
@@ -157,25 +164,32 @@ def latency(args, tmp: Path) -> None:
 
     ref = rows["ONNX Runtime in-process"]
     print(f"# {machine()}; n={args.n}, concurrency={c}, 64x64 captures + calibration + wedge_mm, {bundle.meta.arch}")
-    print("| path | b1 p50 ms | b1 p99 ms | b1 cap/s | dyn p50 ms | dyn p99 ms | dyn cap/s | b1 p50 / ORT | "
-          "dyn cap/s / ORT |")
+    print(
+        "| path | b1 p50 ms | b1 p99 ms | b1 cap/s | dyn p50 ms | dyn p99 ms | dyn cap/s | b1 p50 / ORT | "
+        "dyn cap/s / ORT |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for n, r in rows.items():
         b, d = r["b1"], r["dyn"]
-        print(f"| {n} | {b['p50']:.2f} | {b['p99']:.2f} | {b['throughput']:.0f} | {d['p50']:.2f} | "
-              f"{d['p99']:.2f} | {d['throughput']:.0f} | {b['p50'] / ref['b1']['p50']:.1f}x | "
-              f"{d['throughput'] / ref['dyn']['throughput']:.2f}x |")
+        print(
+            f"| {n} | {b['p50']:.2f} | {b['p99']:.2f} | {b['throughput']:.0f} | {d['p50']:.2f} | "
+            f"{d['p99']:.2f} | {d['throughput']:.0f} | {b['p50'] / ref['b1']['p50']:.1f}x | "
+            f"{d['throughput'] / ref['dyn']['throughput']:.2f}x |"
+        )
     over = rows[name]["b1"]["p50"] - ref["b1"]["p50"]
     med = {k: statistics.median(v) for k, v in lat.items()}
     inter, inter_unary = med["triton"] - med["ort"], med["unary"] - med["ort"]
-    print(f"\nTriton serving overhead at p50, batch 1, over in-process ONNX Runtime: {over:.2f} ms from the table; "
-          f"{inter:.2f} ms interleaved ({args.rounds} x 30 calls each; ORT p50 {med['ort']:.2f} ms, Triton p50 "
-          f"{med['triton']:.2f} ms over the client's stream; unary calls {med['unary']:.2f} ms, overhead "
-          f"{inter_unary:.2f} ms). Goal <= 1.5 ms: {'met' if inter <= 1.5 else 'NOT met'} (interleaved figure, "
-          f"the client's default)")
+    print(
+        f"\nTriton serving overhead at p50, batch 1, over in-process ONNX Runtime: {over:.2f} ms from the table; "
+        f"{inter:.2f} ms interleaved ({args.rounds} x 30 calls each; ORT p50 {med['ort']:.2f} ms, Triton p50 "
+        f"{med['triton']:.2f} ms over the client's stream; unary calls {med['unary']:.2f} ms, overhead "
+        f"{inter_unary:.2f} ms). Goal <= 1.5 ms: {'met' if inter <= 1.5 else 'NOT met'} (interleaved figure, "
+        f"the client's default)"
+    )
 
 
 # -- resilience -------------------------------------------------------------------------------------------
+
 
 def bomb_png(side: int = 10000) -> bytes:
     """A valid 16-bit grayscale PNG of side x side px, ~200 KB: the first row a ramp, every other row PNG filter
@@ -188,8 +202,12 @@ def bomb_png(side: int = 10000) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0))
-            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0))
+        + chunk(b"IDAT", raw)
+        + chunk(b"IEND", b"")
+    )
 
 
 class Load:
@@ -197,8 +215,9 @@ class Load:
     paces its captures; unpaced loops would only measure two cores starved by eight busy clients). Every request
     is logged: (start, end, ok, which version answered)."""
 
-    def __init__(self, urls: dict[str, str], clients: int, rate: float, key_file: Path, image, calibration,
-                 wedge_mm: float, refs):
+    def __init__(
+        self, urls: dict[str, str], clients: int, rate: float, key_file: Path, image, calibration, wedge_mm: float, refs
+    ):
         self.urls, self.clients, self.period, self.key_file = urls, clients, 1.0 / rate, key_file
         self.image, self.calibration, self.wedge_mm, self.refs = image, calibration, wedge_mm, refs
         self.log: dict[str, list[tuple[float, float, bool, str]]] = {n: [] for n in urls}
@@ -254,9 +273,10 @@ class Load:
         marks = [t0, *ends, t1]
         return max(b - a for a, b in zip(marks, marks[1:]))
 
-    def __enter__(self) -> "Load":
-        self.threads = [threading.Thread(target=self.run, args=(n,), daemon=True)
-                        for n in self.urls for _ in range(self.clients)]
+    def __enter__(self) -> Load:
+        self.threads = [
+            threading.Thread(target=self.run, args=(n,), daemon=True) for n in self.urls for _ in range(self.clients)
+        ]
         for t in self.threads:
             t.start()
         time.sleep(3)
@@ -300,9 +320,11 @@ def decode_cost_mb(png: bytes) -> float:
     """Peak RSS growth of decoding ``png`` with the library's decoder, no header check (a fresh process)."""
     import subprocess
 
-    code = ("import sys, warnings; warnings.simplefilter('ignore'); from alloynet.captures.image import decode_image\n"
-            "kb = lambda k: int(next(l for l in open('/proc/self/status') if l.startswith(k)).split()[1])\n"
-            "data = sys.stdin.buffer.read(); r0 = kb('VmRSS'); decode_image(data); print((kb('VmHWM') - r0) / 1024)")
+    code = (
+        "import sys, warnings; warnings.simplefilter('ignore'); from alloynet.captures.image import decode_image\n"
+        "kb = lambda k: int(next(l for l in open('/proc/self/status') if l.startswith(k)).split()[1])\n"
+        "data = sys.stdin.buffer.read(); r0 = kb('VmRSS'); decode_image(data); print((kb('VmHWM') - r0) / 1024)"
+    )
     out = subprocess.run([sys.executable, "-c", code], input=png, capture_output=True, check=True)
     return float(out.stdout.decode().strip().splitlines()[-1])
 
@@ -323,20 +345,35 @@ def resilience(args, tmp: Path) -> None:
     image, calibration, wedge_mm = x["image"][0], x["calibration"][0], float(x["wedge_mm"][0, 0])
     reg, refs = open_registry(tmp / "registry"), {}
     for seed in (0, 1):
-        b = export_checkpoint(train_tiny_checkpoint(tmp / f"m{seed}", seed=seed), tmp / f"m{seed}" / "export",
-                              n_parity=4, log=lambda *_: None)
+        b = export_checkpoint(
+            train_tiny_checkpoint(tmp / f"m{seed}", seed=seed),
+            tmp / f"m{seed}" / "export",
+            n_parity=4,
+            log=lambda *_: None,
+        )
         rel = tmp / f"release{seed}"
         build_repository(b.directory, rel / "triton")
         build_mar(b.directory, rel / "torchserve")
         version = reg.publish(rel, metrics={}).version
-        refs[version] = onnx_session(b.path("onnx")).run(["probabilities"], {
-            "image": image[None].astype(np.float32), "calibration": calibration[None],
-            "wedge_mm": np.array([[wedge_mm]], np.float32)})[0][0]
+        refs[version] = onnx_session(b.path("onnx")).run(
+            ["probabilities"],
+            {
+                "image": image[None].astype(np.float32),
+                "calibration": calibration[None],
+                "wedge_mm": np.array([[wedge_mm]], np.float32),
+            },
+        )[0][0]
     reg.promote("v0001", "bench")
-    cfg = serve.ServeConfig(registry=str(tmp / "registry"), torchserve=True, poll_s=1.0,
-                            triton_grpc_port=free_port(), torchserve_grpc_port=free_port(),
-                            torchserve_http_port=free_port(), torchserve_grpc_management_port=free_port(),
-                            torchserve_metrics_port=free_port())
+    cfg = serve.ServeConfig(
+        registry=str(tmp / "registry"),
+        torchserve=True,
+        poll_s=1.0,
+        triton_grpc_port=free_port(),
+        torchserve_grpc_port=free_port(),
+        torchserve_http_port=free_port(),
+        torchserve_grpc_management_port=free_port(),
+        torchserve_metrics_port=free_port(),
+    )
     state_dir = tmp / "serve"
     t0 = time.monotonic()
     serve.start(cfg, state_dir)
@@ -350,29 +387,46 @@ def resilience(args, tmp: Path) -> None:
             time.sleep(10)
             steady = {n: load.latencies(n, steady0, time.monotonic()) for n in urls}
             for n in urls:
-                rows.append(("steady", f"{n}: {args.clients} clients x {args.rate:g}/s, 10 s", f"p50 "
-                             f"{pct(steady[n], .5):.1f} ms, p99 {pct(steady[n], .99):.1f} ms",
-                             f"{load.failed(n, steady0)} failed of {len(steady[n])}"))
-            for what, act, new in (("promotion v0001 -> v0002", lambda: reg.promote("v0002", "bench"), "v0002"),
-                                   ("rollback v0002 -> v0001", lambda: reg.rollback("bench"), "v0001")):
+                rows.append(
+                    (
+                        "steady",
+                        f"{n}: {args.clients} clients x {args.rate:g}/s, 10 s",
+                        f"p50 {pct(steady[n], 0.5):.1f} ms, p99 {pct(steady[n], 0.99):.1f} ms",
+                        f"{load.failed(n, steady0)} failed of {len(steady[n])}",
+                    )
+                )
+            for what, act, new in (
+                ("promotion v0001 -> v0002", lambda: reg.promote("v0002", "bench"), "v0002"),
+                ("rollback v0002 -> v0001", lambda: reg.rollback("bench"), "v0001"),
+            ):
                 t_move = time.monotonic()
                 gen = act().generation
-                while not serve.caught_up(serve.read_state(state_dir)) or \
-                        (serve.read_state(state_dir).get("champion") or {}).get("generation") != gen:
+                while (
+                    not serve.caught_up(serve.read_state(state_dir))
+                    or (serve.read_state(state_dir).get("champion") or {}).get("generation") != gen
+                ):
                     time.sleep(0.1)
                 t_done = time.monotonic()
                 time.sleep(3)
                 timings = serve.read_state(state_dir).get("last_swap") or {}
                 for n in urls:
                     w = load.latencies(n, t_move, t_done)
-                    rows.append(("swap", f"{what} ({n}; its load took {timings.get(f'{n}_s', float('nan')):.1f} s)",
-                                 f"first answer from {new} {load.first(n, t_move, new):.1f} s after the pointer moved "
-                                 f"(poll 1 s); {load.failed(n, t_move, t_done)} failed of {len(w)}",
-                                 f"p99 {pct(w, .99):.1f} ms during the swap vs {pct(steady[n], .99):.1f} ms steady"))
+                    rows.append(
+                        (
+                            "swap",
+                            f"{what} ({n}; its load took {timings.get(f'{n}_s', float('nan')):.1f} s)",
+                            f"first answer from {new} {load.first(n, t_move, new):.1f} s after the pointer moved "
+                            f"(poll 1 s); {load.failed(n, t_move, t_done)} failed of {len(w)}",
+                            f"p99 {pct(w, 0.99):.1f} ms during the swap vs {pct(steady[n], 0.99):.1f} ms steady",
+                        )
+                    )
             for name in ("triton", "torchserve"):
                 pid = serve.read_state(state_dir)["servers"][name]["pid"]
-                victim = pid if name == "triton" else next(
-                    c.pid for c in psutil.Process(pid).children(recursive=True) if "java" in c.name())
+                victim = (
+                    pid
+                    if name == "triton"
+                    else next(c.pid for c in psutil.Process(pid).children(recursive=True) if "java" in c.name())
+                )
                 t_kill = time.monotonic()
                 os.kill(victim, signal.SIGKILL)
                 while serve.read_state(state_dir)["servers"][name]["pid"] == pid:
@@ -381,24 +435,37 @@ def resilience(args, tmp: Path) -> None:
                 deadline = t_back + 60
                 while not load.requests(name, t_back, time.monotonic()) and time.monotonic() < deadline:
                     time.sleep(0.1)
-                while time.monotonic() < deadline and not any(ok and s >= t_kill for s, _, ok, _ in
-                                                              load.requests(name, t_kill, time.monotonic())):
+                while time.monotonic() < deadline and not any(
+                    ok and s >= t_kill for s, _, ok, _ in load.requests(name, t_kill, time.monotonic())
+                ):
                     time.sleep(0.1)
                 time.sleep(2)
-                rows.append(("crash", f"kill -9 {'tritonserver' if name == 'triton' else 'TorchServe java frontend'}",
-                             f"back (ready) on the same port {t_back - t_kill:.1f} s after the kill; first answer "
-                             f"{load.first(name, t_kill):.1f} s after it; longest silence "
-                             f"{load.longest_silence(name, t_kill - 1, time.monotonic()):.1f} s",
-                             f"{load.failed(name, t_kill - 1, time.monotonic())} failed requests"))
+                rows.append(
+                    (
+                        "crash",
+                        f"kill -9 {'tritonserver' if name == 'triton' else 'TorchServe java frontend'}",
+                        f"back (ready) on the same port {t_back - t_kill:.1f} s after the kill; first answer "
+                        f"{load.first(name, t_kill):.1f} s after it; longest silence "
+                        f"{load.longest_silence(name, t_kill - 1, time.monotonic()):.1f} s",
+                        f"{load.failed(name, t_kill - 1, time.monotonic())} failed requests",
+                    )
+                )
         failed = {n: load.failed(n) for n in urls}
         total = {n: len(load.log[n]) for n in urls}
 
         # memory after bursts of oversized requests
         st = serve.read_state(state_dir)
-        before, peak, after = oversized(st["servers"]["triton"]["grpc"], st["servers"]["triton"]["pid"],
-                                        args.oversized_mb, args.bursts)
-        rows.append(("memory", f"Triton, {args.bursts} refused requests of {args.oversized_mb} MB",
-                     f"RSS {before:.0f} MiB before, sampled peak {peak:.0f}", f"{after:.0f} MiB after"))
+        before, peak, after = oversized(
+            st["servers"]["triton"]["grpc"], st["servers"]["triton"]["pid"], args.oversized_mb, args.bursts
+        )
+        rows.append(
+            (
+                "memory",
+                f"Triton, {args.bursts} refused requests of {args.oversized_mb} MB",
+                f"RSS {before:.0f} MiB before, sampled peak {peak:.0f}",
+                f"{after:.0f} MiB after",
+            )
+        )
         ts_pid = st["servers"]["torchserve"]["pid"]
         procs = psutil.Process(ts_pid).children(recursive=True)
         java = next(c for c in procs if "java" in c.name())
@@ -411,10 +478,15 @@ def resilience(args, tmp: Path) -> None:
                     client.predict(bomb)
                 except Exception:
                     pass
-            rows.append(("memory", f"TorchServe worker, {args.bursts} PNGs of {len(bomb) // 1024} KB declaring "
-                         "10000x10000 px", f"RSS {wb:.0f} MiB before",
-                         f"{worker.memory_info().rss / 2**20:.0f} MiB after (decoding one without the header check: "
-                         f"+{decode_cost_mb(bomb):.0f} MiB peak)"))
+            rows.append(
+                (
+                    "memory",
+                    f"TorchServe worker, {args.bursts} PNGs of {len(bomb) // 1024} KB declaring 10000x10000 px",
+                    f"RSS {wb:.0f} MiB before",
+                    f"{worker.memory_info().rss / 2**20:.0f} MiB after (decoding one without the header check: "
+                    f"+{decode_cost_mb(bomb):.0f} MiB peak)",
+                )
+            )
             big = np.zeros((args.oversized_mb << 20) // 4, np.float32)
             for _ in range(args.bursts):
                 try:
@@ -422,22 +494,36 @@ def resilience(args, tmp: Path) -> None:
                 except Exception:
                     pass
             time.sleep(2)
-            rows.append(("memory", f"TorchServe frontend (java), {args.bursts} requests of {args.oversized_mb} MB "
-                         f"(limit {cfg.max_request_bytes >> 20} MB)", f"RSS {jb:.0f} MiB before",
-                         f"{java.memory_info().rss / 2**20:.0f} MiB after"))
+            rows.append(
+                (
+                    "memory",
+                    f"TorchServe frontend (java), {args.bursts} requests of {args.oversized_mb} MB "
+                    f"(limit {cfg.max_request_bytes >> 20} MB)",
+                    f"RSS {jb:.0f} MiB before",
+                    f"{java.memory_info().rss / 2**20:.0f} MiB after",
+                )
+            )
     finally:
         serve.stop(state_dir)
     # the same burst against a Triton with its own defaults (request-object pool, glibc's malloc)
     plain = triton.start(state_dir / "triton" / "repository", tmp / "plain-triton", memory_guard=False)
     try:
         before, peak, after = oversized(plain.grpc_target, plain.pid, args.oversized_mb, args.bursts)
-        rows.append(("memory", "Triton with its defaults (no --grpc-infer-allocation-pool-size=0, glibc defaults), "
-                     "same burst", f"RSS {before:.0f} MiB before, sampled peak {peak:.0f}", f"{after:.0f} MiB after"))
+        rows.append(
+            (
+                "memory",
+                "Triton with its defaults (no --grpc-infer-allocation-pool-size=0, glibc defaults), same burst",
+                f"RSS {before:.0f} MiB before, sampled peak {peak:.0f}",
+                f"{after:.0f} MiB after",
+            )
+        )
     finally:
         triton.stop(tmp / "plain-triton")
-    print(f"# {machine()}; alloynet serve (Triton + TorchServe) started in {started:.1f} s; "
-          f"{args.clients} client threads per server, each at most {args.rate:g} requests/s, default client (30 s "
-          "retry budget, 10 s timeout)")
+    print(
+        f"# {machine()}; alloynet serve (Triton + TorchServe) started in {started:.1f} s; "
+        f"{args.clients} client threads per server, each at most {args.rate:g} requests/s, default client (30 s "
+        "retry budget, 10 s timeout)"
+    )
     print("requests: " + ", ".join(f"{n} {total[n]} sent, {failed[n]} failed" for n in urls))
     for n in urls:
         for _, e in load.errors[n][:3]:
@@ -461,9 +547,11 @@ def guard_cost(args, tmp: Path) -> None:
     repo = build_repository(bundle.directory, tmp / "repo")
     x = capture_inputs(1, seed=3)
     img, cal, wedge = x["image"].astype(np.float32), x["calibration"], x["wedge_mm"]
-    servers = {"pool 0 + malloc (the default)": triton.start(repo, tmp / "both"),
-               "neither (Triton's defaults)": triton.start(repo, tmp / "none", memory_guard=False),
-               "malloc settings only": triton.start(repo, tmp / "malloc", memory_guard=False, env=triton.MEMORY_ENV)}
+    servers = {
+        "pool 0 + malloc (the default)": triton.start(repo, tmp / "both"),
+        "neither (Triton's defaults)": triton.start(repo, tmp / "none", memory_guard=False),
+        "malloc settings only": triton.start(repo, tmp / "malloc", memory_guard=False, env=triton.MEMORY_ENV),
+    }
     saved, triton.MEMORY_ENV = triton.MEMORY_ENV, {}
     try:
         servers["pool 0 only"] = triton.start(repo, tmp / "pool")
@@ -488,7 +576,7 @@ def guard_cost(args, tmp: Path) -> None:
     print("| Triton memory settings | p50 ms | p90 ms |")
     print("|---|---|---|")
     for k, v in lat.items():
-        print(f"| {k} | {pct(v, .5):.2f} | {pct(v, .9):.2f} |")
+        print(f"| {k} | {pct(v, 0.5):.2f} | {pct(v, 0.9):.2f} |")
 
 
 def main() -> None:

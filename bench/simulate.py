@@ -6,6 +6,7 @@ Prints captures/s for: the column-wise simulator (array only), the same plus 16-
 sidecar (what `alloynet simulate` does per capture), and a straightforward per-pixel energy sum for
 comparison (the approach the column-wise design replaces).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -8,6 +8,7 @@ summary line and the champion's confusion matrix (naturalWidth > 0). Last, it SI
 running night and times how long the run stays Running before the zombie automation marks it Crashed
 (default window: infra.stack.ZOMBIE_AFTER_SECONDS). Everything is stopped at the end, by PID.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,37 +78,58 @@ def main() -> None:
         for f in sorted((rig / "captures").iterdir()):
             s3.put_object(Bucket="captures", Key=f"rig/captures/{f.name}", Body=f.read_bytes())
         work = a.out / "work"
-        params = {"data_dir": str(work / "data"), "registry": str(work / "registry"), "work_dir": str(work / "runs"),
-                  "min_new_labelled": 1, "formats": [], "accepted_sizes": [[a.size, a.size]],
-                  "candidates": [{"name": "tiny", "overrides": {"epochs": a.epochs, "data.batch_size": 16}}]}
+        params = {
+            "data_dir": str(work / "data"),
+            "registry": str(work / "registry"),
+            "work_dir": str(work / "runs"),
+            "min_new_labelled": 1,
+            "formats": [],
+            "accepted_sizes": [[a.size, a.size]],
+            "candidates": [{"name": "tiny", "overrides": {"epochs": a.epochs, "data.batch_size": 16}}],
+        }
         t = time.monotonic()
         run_id = run_night(state, api_url, params)
         run = wait(api_url, run_id, FINAL)
-        rows.append((f"nightly/manual on the worker ({n_captures} captures {a.size}x{a.size}, {a.epochs} epochs), "
-                     f"{run['state']['type']}", time.monotonic() - t))
+        rows.append(
+            (
+                f"nightly/manual on the worker ({n_captures} captures {a.size}x{a.size}, {a.epochs} epochs), "
+                f"{run['state']['type']}",
+                time.monotonic() - t,
+            )
+        )
         with Chromium(a.out / "profile") as page:
             t = time.monotonic()
             page.navigate(f"{env['PREFECT_UI_URL']}/runs/flow-run/{run_id}")
             page.wait_for("document.body.innerText.includes('nightly summary:')", timeout=120)
             rows.append(("chromium: run page shows the summary line", time.monotonic() - t))
-            aid = stack.api_call(api_url, "/artifacts/filter",
-                                 {"artifacts": {"key": {"any_": ["nightly-summary"]}}, "limit": 1})[0]["id"]
+            aid = stack.api_call(
+                api_url, "/artifacts/filter", {"artifacts": {"key": {"any_": ["nightly-summary"]}}, "limit": 1}
+            )[0]["id"]
             t = time.monotonic()
             page.navigate(f"{env['PREFECT_UI_URL']}/artifacts/artifact/{aid}")
-            page.wait_for("[...document.images].some(i => i.src.includes('/plots/confusion.png') && i.naturalWidth > 0)",
-                          timeout=120)
+            page.wait_for(
+                "[...document.images].some(i => i.src.includes('/plots/confusion.png') && i.naturalWidth > 0)",
+                timeout=120,
+            )
             rows.append(("chromium: summary card with the champion's confusion matrix loaded", time.monotonic() - t))
-        long = {**params, "force_retrain": True,
-                "candidates": [{"name": "tiny", "overrides": {"epochs": 100000, "early_stop.patience": None}}]}
+        long = {
+            **params,
+            "force_retrain": True,
+            "candidates": [{"name": "tiny", "overrides": {"epochs": 100000, "early_stop.patience": None}}],
+        }
         run_id = run_night(state, api_url, long)
         wait(api_url, run_id, {"RUNNING"})
         time.sleep(15)  # well into the night
         os.killpg(stack.read_service(state, "prefect-worker").pid, signal.SIGTERM)
         t = time.monotonic()
         run = wait(api_url, run_id, FINAL, timeout=stack.ZOMBIE_AFTER_SECONDS * 3)
-        rows.append((f"worker SIGTERMed under a running night -> {run['state']['type']} "
-                     f"(zombie window {stack.ZOMBIE_AFTER_SECONDS} s, heartbeat {stack.HEARTBEAT_SECONDS} s)",
-                     time.monotonic() - t))
+        rows.append(
+            (
+                f"worker SIGTERMed under a running night -> {run['state']['type']} "
+                f"(zombie window {stack.ZOMBIE_AFTER_SECONDS} s, heartbeat {stack.HEARTBEAT_SECONDS} s)",
+                time.monotonic() - t,
+            )
+        )
     finally:
         stack.down(state)
     print(f"# {platform.node()}: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")

@@ -8,6 +8,7 @@ sets are simulated once beforehand and copied in, so only the cells are timed), 
 (OMP_NUM_THREADS=1, the deployment's setting). The three runs' metrics must agree exactly; the script
 checks it. Results go to docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,18 @@ if str(ROOT) not in sys.path:
 
 
 def study_config(out: Path, name: str, epochs: int) -> dict:
-    return {"name": "bench", "out_dir": str(out / name / "out"), "work_dir": str(out / name / "work"),
-            "architectures": ["profile_cnn", "fnn"], "losses": [{"name": "ce"}, {"name": "balanced_softmax"}],
-            "imbalance_ratios": [1, 10], "seeds": [0],
-            "data": {"n_max": 40, "test_plates_per_class": 6, "captures_per_plate": 2, "rig": {"height": 64, "width": 64}},
-            "train": {"epochs": epochs, "data.batch_size": 32, "progress": False}, "ceiling_plates": 50}
+    return {
+        "name": "bench",
+        "out_dir": str(out / name / "out"),
+        "work_dir": str(out / name / "work"),
+        "architectures": ["profile_cnn", "fnn"],
+        "losses": [{"name": "ce"}, {"name": "balanced_softmax"}],
+        "imbalance_ratios": [1, 10],
+        "seeds": [0],
+        "data": {"n_max": 40, "test_plates_per_class": 6, "captures_per_plate": 2, "rig": {"height": 64, "width": 64}},
+        "train": {"epochs": epochs, "data.batch_size": 32, "progress": False},
+        "ceiling_plates": 50,
+    }
 
 
 def main() -> None:
@@ -36,8 +44,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/alloynet-bench-workers"))
     ap.add_argument("--epochs", type=int, default=5)
     a = ap.parse_args()
-    os.environ.update({"PREFECT_HOME": str(a.out / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "DO_NOT_TRACK": "1"})
+    os.environ.update(
+        {"PREFECT_HOME": str(a.out / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    )
     import pandas as pd
     import torch
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -93,11 +102,13 @@ def main() -> None:
             stack.stop_service(state, w)
         stack.stop_service(state, "prefect-server")
     ref = tables["serial"].drop(columns=["train_s"]).reset_index(drop=True)
-    for k, t in tables.items():
+    for t in tables.values():
         pd.testing.assert_frame_equal(t.drop(columns=["train_s"]).reset_index(drop=True), ref)
     cells = len(StudyConfig.model_validate(cfg).cells())
-    print(f"\n{cells} cells (profile_cnn, fnn x ce, balanced_softmax x rho 1, 10; 64x64, {a.epochs} epochs); "
-          "metrics identical in every run")
+    print(
+        f"\n{cells} cells (profile_cnn, fnn x ce, balanced_softmax x rho 1, 10; 64x64, {a.epochs} epochs); "
+        "metrics identical in every run"
+    )
     print("| run | wall (s) | vs serial |\n|---|---|---|")
     base = times["serial, in-process (no Prefect)"]
     for k, v in times.items():

@@ -8,6 +8,7 @@ Each case runs in its own process, so peak memory is per case: on CUDA torch.cud
 on CPU the process's peak resident set size (ru_maxrss; includes the ~300 MiB of torch itself).
 Results go to docs/benchmarks.md ("Training throughput").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,12 @@ STATS = {"thickness_mm": (2.5, 1.6), "a0": (0.9, 0.5), "mu_eff": (3.6, 0.9)}
 def _batch(b: int, size: int, device: torch.device) -> tuple[torch.Tensor, dict]:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(b, 1, size, size, generator=g) * 45_000 + 2_000
-    t = {"alloy": torch.randint(0, 5, (b,), generator=g), "thickness_mm": torch.rand(b, generator=g) * 5,
-         "a0": torch.rand(b, generator=g), "mu_eff": torch.rand(b, generator=g) * 5}
+    t = {
+        "alloy": torch.randint(0, 5, (b,), generator=g),
+        "thickness_mm": torch.rand(b, generator=g) * 5,
+        "a0": torch.rand(b, generator=g),
+        "mu_eff": torch.rand(b, generator=g) * 5,
+    }
     return x.to(device), {k: v.to(device) for k, v in t.items()}
 
 
@@ -72,10 +77,20 @@ def bench(name: str, size: int, batch: int, steps: int, device: torch.device, am
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss0) * 1024)
-    return {"model": name, "size": size, "batch": batch, "images_per_s": batch * steps / seconds,
-            "peak_mib": peak / 2**20, "device": str(device), "threads": torch.get_num_threads()}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss0) * 1024
+    )
+    return {
+        "model": name,
+        "size": size,
+        "batch": batch,
+        "images_per_s": batch * steps / seconds,
+        "peak_mib": peak / 2**20,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
@@ -94,12 +109,25 @@ def main() -> None:
     print("| model | input | batch | device | threads | images/s | peak memory (MiB) |")
     print("|---|---|---|---|---|---|---|")
     for name, size in CASES:
-        cmd = [sys.executable, __file__, "--case", f"{name}:{size}", "--device", args.device,
-               "--batch-size", str(args.batch_size), "--steps", str(args.steps)] + (["--amp"] if args.amp else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--case",
+            f"{name}:{size}",
+            "--device",
+            args.device,
+            "--batch-size",
+            str(args.batch_size),
+            "--steps",
+            str(args.steps),
+        ] + (["--amp"] if args.amp else [])
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         mem = "process peak RSS" if device.type == "cpu" else "max allocated"
-        print(f"| {r['model']} | 1x{size}x{size} | {r['batch']} | {r['device']} | {r['threads']} | "
-              f"{r['images_per_s']:.0f} | {r['peak_mib']:.0f} ({mem}) |", flush=True)
+        print(
+            f"| {r['model']} | 1x{size}x{size} | {r['batch']} | {r['device']} | {r['threads']} | "
+            f"{r['images_per_s']:.0f} | {r['peak_mib']:.0f} ({mem}) |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ defensively: its size, nesting depth and string lengths are bounded, every numbe
 quantities must be positive, and the image it describes is always ``<capture_id>.<format>`` beside it: a
 sidecar can only ever name its own image, never a path elsewhere or another capture's file.
 """
+
 from __future__ import annotations
 
 import json
 import math
 from datetime import datetime
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -46,8 +47,9 @@ class ImageInfo(BaseModel):
     format: Literal["png", "tiff"]
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     dtype: Literal["uint16"] = "uint16"
-    shape: list[Annotated[int, Field(ge=1, le=MAX_SIDE)]] = Field(min_length=3, max_length=3,
-                                                                  description="[channels, height, width]")
+    shape: list[Annotated[int, Field(ge=1, le=MAX_SIDE)]] = Field(
+        min_length=3, max_length=3, description="[channels, height, width]"
+    )
 
     @field_validator("shape")
     @classmethod
@@ -68,7 +70,7 @@ class RigInfo(NominalRig):
     anode: str = "W"
     wedge_axis: Literal["x"] = "x"
     detector: str = "CsI 0.5 mm, energy integrating"
-    dose: Optional[NonNegativeFloat] = None
+    dose: NonNegativeFloat | None = None
 
 
 class Calibration(BaseModel):
@@ -82,19 +84,22 @@ class Truth(BaseModel):
     """Ground truth; absent for unlabelled real captures."""
 
     model_config = ConfigDict(extra="forbid", **_STRICT)
-    alloy: str = Field(pattern=ALLOY_NAME_PATTERN, description="an alloy name: one of the standard five, or one a "
-                       "data set or an import added (a capture's validity never depends on which table a reader has)")
+    alloy: str = Field(
+        pattern=ALLOY_NAME_PATTERN,
+        description="an alloy name: one of the standard five, or one a "
+        "data set or an import added (a capture's validity never depends on which table a reader has)",
+    )
     nominal_thickness_mm: float
-    thickness_mm: Optional[float] = None
-    composition_wt_pct: Optional[dict[str, Annotated[float, Field(ge=0, le=100)]]] = None
-    density_g_cm3: Optional[PositiveFloat] = None
-    a0: Optional[NonNegativeFloat] = Field(None, description="-ln T of the plate at zero wedge, primary kVp")
-    a0_by_kvp: Optional[list[NonNegativeFloat]] = Field(None, max_length=MAX_CHANNELS)
-    mu_eff_per_cm: Optional[NonNegativeFloat] = Field(None, description="a0 / thickness, 1/cm")
+    thickness_mm: float | None = None
+    composition_wt_pct: dict[str, Annotated[float, Field(ge=0, le=100)]] | None = None
+    density_g_cm3: PositiveFloat | None = None
+    a0: NonNegativeFloat | None = Field(None, description="-ln T of the plate at zero wedge, primary kVp")
+    a0_by_kvp: list[NonNegativeFloat] | None = Field(None, max_length=MAX_CHANNELS)
+    mu_eff_per_cm: NonNegativeFloat | None = Field(None, description="a0 / thickness, 1/cm")
 
     @field_validator("nominal_thickness_mm", "thickness_mm")
     @classmethod
-    def _positive(cls, v: Optional[float]) -> Optional[float]:
+    def _positive(cls, v: float | None) -> float | None:
         if v is not None and not v > 0:
             raise ValueError(f"thickness must be > 0 mm, got {v}")
         return v
@@ -104,12 +109,12 @@ class Sidecar(BaseModel):
     model_config = ConfigDict(extra="forbid", **_STRICT)
     schema_version: int = SCHEMA_VERSION
     capture_id: str = Field(pattern=CAPTURE_ID_PATTERN)
-    plate_id: Optional[str] = None
+    plate_id: str | None = None
     acquired_at: datetime
     image: ImageInfo
     rig: RigInfo
     calibration: Calibration
-    truth: Optional[Truth] = None
+    truth: Truth | None = None
     source: str = "rig"
 
     @field_validator("schema_version")
@@ -120,7 +125,7 @@ class Sidecar(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _own_image(self) -> "Sidecar":
+    def _own_image(self) -> Sidecar:
         # The image's name is derived from the capture id: a sidecar cannot point at a path outside its
         # folder or at another capture's image (which a later write would then replace).
         expected = image_file_name(self.capture_id, self.image.format)
@@ -180,8 +185,9 @@ def parse_sidecar(data: bytes, where: str = "<sidecar>") -> Sidecar:
         raise CaptureError(where, field, msg[:300]) from None
 
 
-def validate_capture(sidecar: Sidecar, image_bytes: bytes, where: str,
-                     accepted_sizes: set[tuple[int, int]] | None = None) -> np.ndarray:
+def validate_capture(
+    sidecar: Sidecar, image_bytes: bytes, where: str, accepted_sizes: set[tuple[int, int]] | None = None
+) -> np.ndarray:
     """Check the image against its sidecar (hash, dtype, shape, calibration) and return the pixels."""
     if len(image_bytes) > MAX_IMAGE_BYTES:
         raise CaptureError(where, "image", f"{len(image_bytes)} bytes; an image may have at most {MAX_IMAGE_BYTES}")
@@ -189,14 +195,20 @@ def validate_capture(sidecar: Sidecar, image_bytes: bytes, where: str,
     image = decode_image(image_bytes, where, expected_shape=sidecar.image.shape)
     actual = sha256(image_bytes)
     if actual != sidecar.image.sha256:
-        raise CaptureError(where, "image.sha256", f"hash mismatch: sidecar says {sidecar.image.sha256[:12]}..., "
-                                                  f"file has {actual[:12]}...")
+        raise CaptureError(
+            where,
+            "image.sha256",
+            f"hash mismatch: sidecar says {sidecar.image.sha256[:12]}..., file has {actual[:12]}...",
+        )
     if list(image.shape) != sidecar.image.shape:
         raise CaptureError(where, "image.shape", f"sidecar says {sidecar.image.shape}, file is {list(image.shape)}")
     sizes = ACCEPTED_SIZES if accepted_sizes is None else accepted_sizes
     if sizes and tuple(image.shape[1:]) not in sizes:
-        raise CaptureError(where, "image.shape", f"size {image.shape[1]}x{image.shape[2]} not accepted; "
-                                                 f"expected one of {sorted(sizes)}")
+        raise CaptureError(
+            where,
+            "image.shape",
+            f"size {image.shape[1]}x{image.shape[2]} not accepted; expected one of {sorted(sizes)}",
+        )
     c = image.shape[0]
     if len(sidecar.rig.kvp) != c:
         raise CaptureError(where, "rig.kvp", f"{len(sidecar.rig.kvp)} kVp settings for {c} image channel(s)")
@@ -208,12 +220,32 @@ def validate_capture(sidecar: Sidecar, image_bytes: bytes, where: str,
     return image
 
 
-def make_sidecar(capture_id: str, image: np.ndarray, image_bytes: bytes, fmt: str, rig: dict,
-                 calibration: dict, acquired_at: datetime, truth: dict | None = None, plate_id: str | None = None,
-                 source: str = "rig") -> Sidecar:
+def make_sidecar(
+    capture_id: str,
+    image: np.ndarray,
+    image_bytes: bytes,
+    fmt: str,
+    rig: dict,
+    calibration: dict,
+    acquired_at: datetime,
+    truth: dict | None = None,
+    plate_id: str | None = None,
+    source: str = "rig",
+) -> Sidecar:
     return Sidecar(
-        capture_id=capture_id, plate_id=plate_id, acquired_at=acquired_at,
-        image=ImageInfo.model_validate({"file": image_file_name(capture_id, fmt), "format": fmt,
-                                        "sha256": sha256(image_bytes), "shape": list(image.shape)}),
-        rig=RigInfo(**rig), calibration=Calibration(**calibration),
-        truth=Truth(**truth) if truth else None, source=source)
+        capture_id=capture_id,
+        plate_id=plate_id,
+        acquired_at=acquired_at,
+        image=ImageInfo.model_validate(
+            {
+                "file": image_file_name(capture_id, fmt),
+                "format": fmt,
+                "sha256": sha256(image_bytes),
+                "shape": list(image.shape),
+            }
+        ),
+        rig=RigInfo(**rig),
+        calibration=Calibration(**calibration),
+        truth=Truth(**truth) if truth else None,
+        source=source,
+    )

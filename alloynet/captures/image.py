@@ -7,12 +7,13 @@ Decoding is bounded: the header is read first (PNG's IHDR, TIFF's tags, without 
 image that declares more pixels or pages than the limits, or another shape than the caller expects (the
 sidecar's), is refused before anything is allocated. A few hundred compressed bytes can declare gigabytes.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import struct
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -74,8 +75,9 @@ def image_shape(data: bytes, where: str = "<bytes>", limit: bool = True) -> tupl
 def _check_limit(shape: tuple[int, ...], where: str) -> None:
     n = int(np.prod(shape, dtype=np.int64))
     if n > MAX_PIXELS or min(shape) < 1:
-        raise CaptureError(where, "image", f"image declares {'x'.join(map(str, shape))} = {n} pixels; at most "
-                                           f"{MAX_PIXELS} are decoded")
+        raise CaptureError(
+            where, "image", f"image declares {'x'.join(map(str, shape))} = {n} pixels; at most {MAX_PIXELS} are decoded"
+        )
 
 
 def _tiff_shape(data: bytes, where: str) -> tuple[int, ...]:
@@ -110,15 +112,17 @@ def check_shape(declared: Sequence[int], expected: Sequence[int], where: str) ->
     if declared == expected:
         return
     if len(declared) == 3 and len(expected) == 3 and declared[1:] != expected[1:]:
-        raise CaptureError(where, "image.shape", f"image declares {declared[1]}x{declared[2]} px, sidecar says "
-                                                 f"{expected[1]}x{expected[2]}")
+        raise CaptureError(
+            where,
+            "image.shape",
+            f"image declares {declared[1]}x{declared[2]} px, sidecar says {expected[1]}x{expected[2]}",
+        )
     if len(declared) == 3 and len(expected) == 3:
-        raise CaptureError(where, "image.shape", f"image declares {declared[0]} channel(s), sidecar says "
-                                                 f"{expected[0]}")
+        raise CaptureError(where, "image.shape", f"image declares {declared[0]} channel(s), sidecar says {expected[0]}")
     raise CaptureError(where, "image.shape", f"image declares shape {list(declared)}, sidecar says {list(expected)}")
 
 
-def decode_image(data: bytes, where: str = "<bytes>", expected_shape: Optional[Sequence[int]] = None) -> np.ndarray:
+def decode_image(data: bytes, where: str = "<bytes>", expected_shape: Sequence[int] | None = None) -> np.ndarray:
     """Bytes of a 16-bit PNG or TIFF -> uint16 [C, H, W]; clear errors for anything else.
 
     The header is checked first (``image_shape``; and against ``expected_shape`` when given), so nothing

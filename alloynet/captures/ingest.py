@@ -24,6 +24,7 @@
   Under the lock, temp files a killed writer left behind are removed.
 * The watermark advances after each capture, so a crash loses nothing and the next run resumes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,15 +34,30 @@ import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Optional
 
-from alloynet.captures.format import (CAPTURE_ID_PATTERN, IMAGE_EXTENSIONS, MAX_IMAGE_BYTES, MAX_SIDECAR_BYTES,
-                                      parse_sidecar, validate_capture)
+from alloynet.captures.format import (
+    CAPTURE_ID_PATTERN,
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_BYTES,
+    MAX_SIDECAR_BYTES,
+    parse_sidecar,
+    validate_capture,
+)
 from alloynet.captures.image import CaptureError, sha256
 from alloynet.captures.labels import LabelConflict, label_conflict
 from alloynet.captures.layout import CAPTURES, QUARANTINE, Quarantine, image_key, sidecar_key
-from alloynet.captures.stores import (TEMP_PREFIX, LocalStore, ObjectExists, ObjectInfo, ObjectMissing, ObjectRefused,
-                                      ObjectStore, StoreError, object_path, writer_lock)
+from alloynet.captures.stores import (
+    TEMP_PREFIX,
+    LocalStore,
+    ObjectExists,
+    ObjectInfo,
+    ObjectMissing,
+    ObjectRefused,
+    ObjectStore,
+    StoreError,
+    object_path,
+    writer_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +70,30 @@ _IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS.values()) + (".tif",)
 class IngestResult:
     new: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
-    quarantined: dict[str, str] = field(default_factory=dict)   # source key -> reason
-    vanished: list[str] = field(default_factory=list)           # deleted between list and get
+    quarantined: dict[str, str] = field(default_factory=dict)  # source key -> reason
+    vanished: list[str] = field(default_factory=list)  # deleted between list and get
     watermark: float = 0.0
-    released: list[str] = field(default_factory=list)           # quarantine folders whose problem is gone
-    retried: list[str] = field(default_factory=list)            # quarantined source keys tried again
-    orphans: list[str] = field(default_factory=list)            # source images with no sidecar past the grace period
-    cleaned: list[str] = field(default_factory=list)            # temp files of killed writers, removed
-    image_conflicts: list[str] = field(default_factory=list)    # stored captures' images changed at the source
+    released: list[str] = field(default_factory=list)  # quarantine folders whose problem is gone
+    retried: list[str] = field(default_factory=list)  # quarantined source keys tried again
+    orphans: list[str] = field(default_factory=list)  # source images with no sidecar past the grace period
+    cleaned: list[str] = field(default_factory=list)  # temp files of killed writers, removed
+    image_conflicts: list[str] = field(default_factory=list)  # stored captures' images changed at the source
     image_versions: dict[str, str] = field(default_factory=dict, repr=False)  # source image -> version ingested
 
     def summary(self) -> str:
-        s = (f"{len(self.new)} new, {len(self.duplicates)} duplicate, {len(self.quarantined)} quarantined, "
-             f"{len(self.vanished)} vanished")
-        extra = [f"{len(v)} {k}" for k, v in (("released from quarantine", self.released),
-                                              ("orphan image(s)", self.orphans),
-                                              ("image(s) changed at the source", self.image_conflicts)) if v]
+        s = (
+            f"{len(self.new)} new, {len(self.duplicates)} duplicate, {len(self.quarantined)} quarantined, "
+            f"{len(self.vanished)} vanished"
+        )
+        extra = [
+            f"{len(v)} {k}"
+            for k, v in (
+                ("released from quarantine", self.released),
+                ("orphan image(s)", self.orphans),
+                ("image(s) changed at the source", self.image_conflicts),
+            )
+            if v
+        ]
         return s + ("; " + ", ".join(extra) if extra else "")
 
 
@@ -90,18 +114,21 @@ def _save_watermark(dest: ObjectStore, source: ObjectStore, modified: float, key
     dest.put(_state_key(source), json.dumps(body).encode(), overwrite=True)
 
 
-def _version(o: Optional[ObjectInfo]) -> Optional[str]:
+def _version(o: ObjectInfo | None) -> str | None:
     return f"{o.key}@{o.etag or o.size}" if o is not None else None
 
 
-def _image_version(o: Optional[ObjectInfo]) -> Optional[str]:
+def _image_version(o: ObjectInfo | None) -> str | None:
     """What a quarantine entry remembers of its image: any re-upload (even of the same bytes) changes it."""
     return f"{o.etag or o.size}@{o.modified:.6f}" if o is not None else None
 
 
 def _pending(listing: dict[str, ObjectInfo], wm: float, seen: set[str]) -> list[ObjectInfo]:
-    todo = [o for o in listing.values() if o.key.endswith(".json")
-            and (o.modified > wm or (o.modified == wm and _version(o) not in seen))]
+    todo = [
+        o
+        for o in listing.values()
+        if o.key.endswith(".json") and (o.modified > wm or (o.modified == wm and _version(o) not in seen))
+    ]
     return sorted(todo, key=lambda o: (o.modified, o.key))
 
 
@@ -111,9 +138,18 @@ def pending(source: ObjectStore, dest: ObjectStore, prefix: str = CAPTURES) -> l
     return _pending({o.key: o for o in source.list(prefix)}, wm, seen)
 
 
-def ingest(source: ObjectStore, dest: ObjectStore, prefix: str = CAPTURES, accepted_sizes=None,
-           limit: int | None = None, *, retry_quarantined: bool = False, orphan_grace_s: float = ORPHAN_GRACE_S,
-           wait: float = 0.0, lock: bool = True) -> IngestResult:
+def ingest(
+    source: ObjectStore,
+    dest: ObjectStore,
+    prefix: str = CAPTURES,
+    accepted_sizes=None,
+    limit: int | None = None,
+    *,
+    retry_quarantined: bool = False,
+    orphan_grace_s: float = ORPHAN_GRACE_S,
+    wait: float = 0.0,
+    lock: bool = True,
+) -> IngestResult:
     """Pull what is new since the watermark (and quarantined captures whose image changed since).
 
     ``retry_quarantined`` tries every quarantined capture of this source again, changed or not.
@@ -121,16 +157,30 @@ def ingest(source: ObjectStore, dest: ObjectStore, prefix: str = CAPTURES, accep
     is for a caller that already holds ``writer_lock(dest)``. ``limit`` stops after that many new sidecars
     (as if the run had died there: retries and the orphan report are skipped)."""
     with writer_lock(dest, "ingest", wait) if lock else nullcontext():
-        return _run(source, dest, prefix, accepted_sizes, limit, pull_new=True, force_retry=retry_quarantined,
-                    orphan_grace_s=orphan_grace_s)
+        return _run(
+            source,
+            dest,
+            prefix,
+            accepted_sizes,
+            limit,
+            pull_new=True,
+            force_retry=retry_quarantined,
+            orphan_grace_s=orphan_grace_s,
+        )
 
 
-def retry_quarantined(source: ObjectStore, dest: ObjectStore, prefix: str = CAPTURES, accepted_sizes=None, *,
-                      wait: float = 0.0, lock: bool = True) -> IngestResult:
+def retry_quarantined(
+    source: ObjectStore,
+    dest: ObjectStore,
+    prefix: str = CAPTURES,
+    accepted_sizes=None,
+    *,
+    wait: float = 0.0,
+    lock: bool = True,
+) -> IngestResult:
     """Try every quarantined capture of ``source`` again (nothing new is pulled, the watermark stays)."""
     with writer_lock(dest, "quarantine retry", wait) if lock else nullcontext():
-        return _run(source, dest, prefix, accepted_sizes, None, pull_new=False, force_retry=True,
-                    orphan_grace_s=None)
+        return _run(source, dest, prefix, accepted_sizes, None, pull_new=False, force_retry=True, orphan_grace_s=None)
 
 
 def clean_leftovers(dest: ObjectStore) -> list[str]:
@@ -148,8 +198,17 @@ def clean_leftovers(dest: ObjectStore) -> list[str]:
     return removed
 
 
-def _run(source: ObjectStore, dest: ObjectStore, prefix: str, accepted_sizes, limit: int | None, *,
-         pull_new: bool, force_retry: bool, orphan_grace_s: float | None) -> IngestResult:
+def _run(
+    source: ObjectStore,
+    dest: ObjectStore,
+    prefix: str,
+    accepted_sizes,
+    limit: int | None,
+    *,
+    pull_new: bool,
+    force_retry: bool,
+    orphan_grace_s: float | None,
+) -> IngestResult:
     result = IngestResult()
     result.cleaned = clean_leftovers(dest)
     if result.cleaned:
@@ -185,7 +244,7 @@ def _run(source: ObjectStore, dest: ObjectStore, prefix: str, accepted_sizes, li
 def _retry(source, dest, result, accepted_sizes, q: Quarantine, listing, prefix, done, force: bool) -> None:
     base = source.uri.rstrip("/") + "/"
     for entry in q.from_source(source.uri):
-        key = entry["source"][len(base):]
+        key = entry["source"][len(base) :]
         if entry.get("kind") == "orphan" or not key.endswith(".json") or key in done:
             continue
         info = listing.get(key)
@@ -213,7 +272,7 @@ def _report_orphans(source, result, q: Quarantine, listing, prefix, grace: float
         entry = q.get(where)
         if entry is not None and entry.get("image_version") == _image_version(info):
             continue  # already reported as it is
-        name = key[len(prefix):].rsplit(".", 1)[0]
+        name = key[len(prefix) :].rsplit(".", 1)[0]
         files = {}
         if info.size <= MAX_IMAGE_BYTES:
             try:
@@ -223,12 +282,20 @@ def _report_orphans(source, result, q: Quarantine, listing, prefix, grace: float
             except ObjectRefused:
                 files = {}
         err = CaptureError(where, "sidecar", f"orphan image: no sidecar {name}.json after {grace:.0f} s")
-        q.add(name, files, err, where, kind="orphan", source_uri=source.uri, image_key=key,
-              image_version=_image_version(info))
+        q.add(
+            name,
+            files,
+            err,
+            where,
+            kind="orphan",
+            source_uri=source.uri,
+            image_key=key,
+            image_version=_image_version(info),
+        )
         log.warning("%r", str(err))  # %r: a name from outside cannot drive the terminal or fake a log line
     base = source.uri.rstrip("/") + "/"
     for entry in q.from_source(source.uri):  # no longer orphans: the sidecar came, or the image went
-        if entry.get("kind") == "orphan" and entry["source"][len(base):] not in orphans:
+        if entry.get("kind") == "orphan" and entry["source"][len(base) :] not in orphans:
             result.released.append(q.release(entry["source"]))
 
 
@@ -249,8 +316,14 @@ def _save_image_versions(dest: ObjectStore, source: ObjectStore, versions: dict[
     dest.put(_images_state_key(source), json.dumps(body).encode(), overwrite=True)
 
 
-def _check_images(source: ObjectStore, dest: ObjectStore, result: IngestResult, q: Quarantine,
-                  listing: dict[str, ObjectInfo], prefix: str) -> None:
+def _check_images(
+    source: ObjectStore,
+    dest: ObjectStore,
+    result: IngestResult,
+    q: Quarantine,
+    listing: dict[str, ObjectInfo],
+    prefix: str,
+) -> None:
     """A stored capture's image replaced at the source under the same name (its sidecar unchanged) is
     quarantined as a conflict; the stored capture is kept. Only images whose version differs from the one
     recorded at ingest (or that have none recorded: stores ingested before this check) are downloaded and
@@ -258,7 +331,7 @@ def _check_images(source: ObjectStore, dest: ObjectStore, result: IngestResult, 
     versions = {**load_image_versions(dest, source), **result.image_versions}
     stored = {o.key for o in dest.list(CAPTURES) if o.key.endswith(".json")}
     for key, info in sorted(listing.items()):
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         cid, _, ext = name.rpartition(".")
         if f".{ext.lower()}" not in _IMAGE_SUFFIXES or not _ID_RE.match(cid) or "/" in name:
             continue
@@ -290,29 +363,54 @@ def _check_images(source: ObjectStore, dest: ObjectStore, result: IngestResult, 
             if entry is not None and entry.get("kind") == "image-conflict":
                 result.released.append(q.release(where) or where)
             continue
-        err = CaptureError(where, "image", f"image changed at the source under the same name: the stored capture "
-                                           f"{cid!r} has sha256 {kept.image.sha256[:12]}..., the source now "
-                                           f"{now[:12]}...; the stored capture is kept")
-        q.add(cid, {name: data} if data is not None else {}, err, where, kind="image-conflict",
-              source_uri=source.uri, capture_id=cid, image_key=key, image_version=version)
+        err = CaptureError(
+            where,
+            "image",
+            f"image changed at the source under the same name: the stored capture "
+            f"{cid!r} has sha256 {kept.image.sha256[:12]}..., the source now "
+            f"{now[:12]}...; the stored capture is kept",
+        )
+        q.add(
+            cid,
+            {name: data} if data is not None else {},
+            err,
+            where,
+            kind="image-conflict",
+            source_uri=source.uri,
+            capture_id=cid,
+            image_key=key,
+            image_version=version,
+        )
         log.warning("%r", str(err))
         result.quarantined[key] = str(err)
         result.image_conflicts.append(key)
     _save_image_versions(dest, source, versions)
 
 
-def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result: IngestResult, accepted_sizes,
-                q: Quarantine, listing: dict[str, ObjectInfo], prefix: str = CAPTURES) -> None:
+def _ingest_one(
+    source: ObjectStore,
+    dest: ObjectStore,
+    info: ObjectInfo,
+    result: IngestResult,
+    accepted_sizes,
+    q: Quarantine,
+    listing: dict[str, ObjectInfo],
+    prefix: str = CAPTURES,
+) -> None:
     where = object_path(source, info.key)
-    name = info.key[len(prefix):-len(".json")]
+    name = info.key[len(prefix) : -len(".json")]
     valid_name = bool(_ID_RE.match(name))
     files: dict[str, bytes] = {}
-    img_key: Optional[str] = None
+    img_key: str | None = None
     img_missing = False
     try:
         if not valid_name:
-            raise CaptureError(where, "sidecar", "file name is not <capture_id>.json directly under "
-                                                 f"{prefix} (capture ids: letters, digits, '.', '_', '-')")
+            raise CaptureError(
+                where,
+                "sidecar",
+                "file name is not <capture_id>.json directly under "
+                f"{prefix} (capture ids: letters, digits, '.', '_', '-')",
+            )
         if info.size > MAX_SIDECAR_BYTES:
             raise CaptureError(where, "sidecar", f"{info.size} bytes; a sidecar may have at most {MAX_SIDECAR_BYTES}")
         try:
@@ -331,8 +429,9 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
         img_where = object_path(source, img_key)
         img_info = listing.get(img_key)
         if img_info is not None and img_info.size > MAX_IMAGE_BYTES:
-            raise CaptureError(img_where, "image",
-                               f"{img_info.size} bytes; an image may have at most {MAX_IMAGE_BYTES}")
+            raise CaptureError(
+                img_where, "image", f"{img_info.size} bytes; an image may have at most {MAX_IMAGE_BYTES}"
+            )
         try:
             img = source.get(img_key)
         except ObjectMissing:
@@ -345,8 +444,11 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
     except StoreError:
         raise  # the store failed, not the capture: stop here, the watermark has not passed this capture
     except Exception as exc:  # anything else is this capture's problem: quarantine it and move on
-        err = exc if isinstance(exc, CaptureError) else CaptureError(
-            where, "sidecar", f"could not be read: {type(exc).__name__}: {str(exc)[:200]}")
+        err = (
+            exc
+            if isinstance(exc, CaptureError)
+            else CaptureError(where, "sidecar", f"could not be read: {type(exc).__name__}: {str(exc)[:200]}")
+        )
         image_version = None if img_missing or img_key is None else _image_version(listing.get(img_key))
         _quarantine(source, info, name if valid_name else "", files, err, q, result, img_key, image_version)
         return
@@ -368,11 +470,20 @@ def _ingest_one(source: ObjectStore, dest: ObjectStore, info: ObjectInfo, result
         result.released.append(released)
 
 
-def _quarantine(source: ObjectStore, info: ObjectInfo, name: str, files: dict[str, bytes], err: CaptureError,
-                q: Quarantine, result: IngestResult, img_key: Optional[str], image_version: Optional[str],
-                **kind: str) -> None:
+def _quarantine(
+    source: ObjectStore,
+    info: ObjectInfo,
+    name: str,
+    files: dict[str, bytes],
+    err: CaptureError,
+    q: Quarantine,
+    result: IngestResult,
+    img_key: str | None,
+    image_version: str | None,
+    **kind: str,
+) -> None:
     where = object_path(source, info.key)
-    extra: dict[str, Optional[str]] = {"kind": "capture", "source_uri": source.uri, **kind}
+    extra: dict[str, str | None] = {"kind": "capture", "source_uri": source.uri, **kind}
     if img_key is not None:  # remembered so that a change of the image at the source triggers a retry
         extra.update(image_key=img_key, image_version=image_version)
     folder = q.add(name, files, err, where, **extra)
@@ -400,8 +511,11 @@ def store_capture(dest: ObjectStore, sc, sc_bytes: bytes, img: bytes, where: str
                 if conflict is not None:
                     raise conflict
                 return "duplicate"
-            raise CaptureError(where, "capture_id", f"a different capture {sc.capture_id!r} is already stored "
-                                                    "(conflicting upload); the stored one is kept")
+            raise CaptureError(
+                where,
+                "capture_id",
+                f"a different capture {sc.capture_id!r} is already stored (conflicting upload); the stored one is kept",
+            )
         try:
             dest.put(ikey, img)
         except ObjectExists:

@@ -14,15 +14,17 @@ Ingest never applies a changed label by itself: a sidecar arriving with other la
 quarantined as a conflict showing both values (``label_conflict``), unless it only repeats the labels the
 capture had before a recorded relabel (a stale copy at the source).
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -33,8 +35,12 @@ from alloynet.captures.stores import ObjectMissing, ObjectStore, object_path
 
 LABELS = "labels/"
 LABEL_FIELDS = ("alloy", "plate_id", "nominal_thickness_mm", "thickness_mm")
-_SIDECAR_FIELD = {"alloy": "truth.alloy", "plate_id": "plate_id", "nominal_thickness_mm": "truth.nominal_thickness_mm",
-                  "thickness_mm": "truth.thickness_mm"}
+_SIDECAR_FIELD = {
+    "alloy": "truth.alloy",
+    "plate_id": "plate_id",
+    "nominal_thickness_mm": "truth.nominal_thickness_mm",
+    "thickness_mm": "truth.thickness_mm",
+}
 CSV_COLUMNS = ("capture_id", "field", "value", "who", "why")
 
 
@@ -55,15 +61,17 @@ class Correction:
 
 @dataclass
 class RelabelResult:
-    applied: dict[str, int] = field(default_factory=dict)       # capture id -> the revision recorded
-    unchanged: list[str] = field(default_factory=list)          # every value was already the one asked for
-    finished: list[str] = field(default_factory=list)           # a revision a killed writer left half-done
-    released: list[str] = field(default_factory=list)           # quarantined conflicts the relabel resolved
+    applied: dict[str, int] = field(default_factory=dict)  # capture id -> the revision recorded
+    unchanged: list[str] = field(default_factory=list)  # every value was already the one asked for
+    finished: list[str] = field(default_factory=list)  # a revision a killed writer left half-done
+    released: list[str] = field(default_factory=list)  # quarantined conflicts the relabel resolved
 
     def summary(self) -> str:
-        return (f"{len(self.applied)} capture(s) relabelled, {len(self.unchanged)} already so"
-                + (f", {len(self.finished)} interrupted revision(s) finished" if self.finished else "")
-                + (f", {len(self.released)} conflict(s) released from quarantine" if self.released else ""))
+        return (
+            f"{len(self.applied)} capture(s) relabelled, {len(self.unchanged)} already so"
+            + (f", {len(self.finished)} interrupted revision(s) finished" if self.finished else "")
+            + (f", {len(self.released)} conflict(s) released from quarantine" if self.released else "")
+        )
 
 
 def history_key(capture_id: str) -> str:
@@ -73,9 +81,12 @@ def history_key(capture_id: str) -> str:
 def label_values(sc: Sidecar) -> dict[str, Any]:
     """The capture's labels as the manifest sees them (None where unlabelled)."""
     t = sc.truth
-    return {"alloy": t.alloy if t else None, "plate_id": sc.plate_id,
-            "nominal_thickness_mm": t.nominal_thickness_mm if t else None,
-            "thickness_mm": t.thickness_mm if t else None}
+    return {
+        "alloy": t.alloy if t else None,
+        "plate_id": sc.plate_id,
+        "nominal_thickness_mm": t.nominal_thickness_mm if t else None,
+        "thickness_mm": t.thickness_mm if t else None,
+    }
 
 
 def label_changes(old: Sidecar, new: Sidecar) -> dict[str, tuple[Any, Any]]:
@@ -106,7 +117,7 @@ def history(store: ObjectStore, capture_id: str) -> list[dict]:
     return list(body.get("revisions", []))
 
 
-def original_labels(store: ObjectStore, capture_id: str) -> Optional[dict[str, Any]]:
+def original_labels(store: ObjectStore, capture_id: str) -> dict[str, Any] | None:
     """The labels the capture had when ingested, before any recorded revision (None: never relabelled)."""
     revs = history(store, capture_id)
     if not revs:
@@ -118,7 +129,7 @@ def original_labels(store: ObjectStore, capture_id: str) -> Optional[dict[str, A
     return first
 
 
-def label_conflict(store: ObjectStore, stored: Sidecar, incoming: Sidecar, where: str) -> Optional[LabelConflict]:
+def label_conflict(store: ObjectStore, stored: Sidecar, incoming: Sidecar, where: str) -> LabelConflict | None:
     """The error that quarantines ``incoming`` when it changes a stored capture's labels; None when the
     labels agree, or when ``incoming`` only repeats what a recorded relabel replaced."""
     changes = label_changes(stored, incoming)
@@ -131,9 +142,12 @@ def label_conflict(store: ObjectStore, stored: Sidecar, incoming: Sidecar, where
         if all(_same(before[f], incoming_values[f]) for f in LABEL_FIELDS):
             return None  # a stale copy of the labels from before the relabel
     first = next(iter(changes))
-    return LabelConflict(where, _SIDECAR_FIELD[first],
-                         f"label conflict with the stored capture {stored.capture_id!r} ({describe_changes(changes)}); "
-                         "the stored labels are kept: to change them, record a relabel (`alloynet data relabel`)")
+    return LabelConflict(
+        where,
+        _SIDECAR_FIELD[first],
+        f"label conflict with the stored capture {stored.capture_id!r} ({describe_changes(changes)}); "
+        "the stored labels are kept: to change them, record a relabel (`alloynet data relabel`)",
+    )
 
 
 def _parse_value(fld: str, raw: Any, where: str) -> Any:
@@ -162,16 +176,20 @@ def _relabelled(sc: Sidecar, values: dict[str, Any], where: str) -> Sidecar:
     if truth_values:
         if raw.get("truth") is None:
             if "alloy" not in truth_values or "nominal_thickness_mm" not in truth_values:
-                raise CaptureError(where, "truth", f"{sc.capture_id!r} is unlabelled: set alloy and "
-                                                   "nominal_thickness_mm together to label it")
+                raise CaptureError(
+                    where,
+                    "truth",
+                    f"{sc.capture_id!r} is unlabelled: set alloy and nominal_thickness_mm together to label it",
+                )
             raw["truth"] = {}
         raw["truth"].update(truth_values)
     try:
         return Sidecar.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise CaptureError(where, ".".join(str(p) for p in err["loc"]) or "truth",
-                           err["msg"].removeprefix("Value error, ")) from None
+        raise CaptureError(
+            where, ".".join(str(p) for p in err["loc"]) or "truth", err["msg"].removeprefix("Value error, ")
+        ) from None
 
 
 def _write_history(store: ObjectStore, capture_id: str, revisions: list[dict]) -> None:
@@ -190,8 +208,9 @@ def reconcile(store: ObjectStore, capture_id: str) -> bool:
     now = label_values(sc)
     if all(_same(now[f], v) for f, v in target.items()):
         return False
-    store.put(skey, _relabelled(sc, target, object_path(store, skey)).model_dump_json(indent=1).encode(),
-              overwrite=True)
+    store.put(
+        skey, _relabelled(sc, target, object_path(store, skey)).model_dump_json(indent=1).encode(), overwrite=True
+    )
     return True
 
 
@@ -230,12 +249,16 @@ def relabel(store: ObjectStore, corrections: Iterable[Correction], *, source: st
             result.unchanged.append(cid)
             continue
         plans.append((cid, sc, new, changes, cs))
-    for cid, sc, new, changes, cs in plans:
+    for cid, _sc, new, changes, cs in plans:
         revs = history(store, cid)
-        rev: dict[str, Any] = {"revision": len(revs) + 1, "at": datetime.now(timezone.utc).isoformat(),
-                               "who": "; ".join(sorted({c.who for c in cs})),
-                               "why": "; ".join(dict.fromkeys(c.why for c in cs)),
-                               "source": source, "changes": {f: [o, n] for f, (o, n) in changes.items()}}
+        rev: dict[str, Any] = {
+            "revision": len(revs) + 1,
+            "at": datetime.now(timezone.utc).isoformat(),
+            "who": "; ".join(sorted({c.who for c in cs})),
+            "why": "; ".join(dict.fromkeys(c.why for c in cs)),
+            "source": source,
+            "changes": {f: [o, n] for f, (o, n) in changes.items()},
+        }
         _write_history(store, cid, revs + [rev])  # first: a sidecar never changes without its revision
         store.put(sidecar_key(cid), new.model_dump_json(indent=1).encode(), overwrite=True)
         result.applied[cid] = rev["revision"]

@@ -9,6 +9,7 @@ The quarantine is a state, not a grave: there is one entry per source object (a 
 image), updated when the same object fails again and removed when it is ingested after all (the image was
 re-uploaded, the sidecar fixed). ``reason.json`` says why, since when and how many attempts failed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,6 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Optional
 
 import numpy as np
 
@@ -100,7 +100,7 @@ class Quarantine:
     def entries(self) -> list[dict]:
         return sorted(self._entries.values(), key=lambda e: e["folder"])
 
-    def get(self, source: str) -> Optional[dict]:
+    def get(self, source: str) -> dict | None:
         return self._entries.get(source)
 
     def from_source(self, source_uri: str) -> list[dict]:
@@ -108,8 +108,11 @@ class Quarantine:
         base = source_uri.rstrip("/") + "/"
         # entries record their source's URI; older ones only the object's location (a prefix match, which
         # would also take in a source nested under this one, so the recorded URI wins where there is one)
-        return [e for e in self.entries() if e.get("source_uri", source_uri) == source_uri
-                and str(e.get("source", "")).startswith(base)]
+        return [
+            e
+            for e in self.entries()
+            if e.get("source_uri", source_uri) == source_uri and str(e.get("source", "")).startswith(base)
+        ]
 
     def sweep(self) -> list[str]:
         """Remove files left by a crash in the middle of adding or releasing an entry."""
@@ -126,11 +129,12 @@ class Quarantine:
             folder = old["folder"]
         else:
             base = QUARANTINE + _folder_name(name, source)
-            folder = next(f for f in (base + (f".{n}" if n else "") + "/" for n in range(10_000))
-                          if f not in self._folders)
+            folder = next(
+                f for f in (base + (f".{n}" if n else "") + "/" for n in range(10_000)) if f not in self._folders
+            )
             self._folders.add(folder)
         for info in list(self.store.list(folder)):  # what an earlier attempt (or a crash) left there
-            if info.key != folder + "reason.json" and info.key[len(folder):] not in files:
+            if info.key != folder + "reason.json" and info.key[len(folder) :] not in files:
                 self.store.delete(info.key)
         for fname, data in files.items():
             self.store.put(folder + fname, data, overwrite=True)
@@ -148,7 +152,7 @@ class Quarantine:
         self._entries[source] = {**entry, "folder": folder}
         return folder
 
-    def release(self, source: str) -> Optional[str]:
+    def release(self, source: str) -> str | None:
         """The problem is gone: remove the entry (reason.json first, so it vanishes at once)."""
         entry = self._entries.pop(source, None)
         if entry is None:
@@ -161,8 +165,7 @@ class Quarantine:
         return folder
 
 
-def quarantine(store: ObjectStore, name: str, files: dict[str, bytes], error: CaptureError | str,
-               source: str) -> str:
+def quarantine(store: ObjectStore, name: str, files: dict[str, bytes], error: CaptureError | str, source: str) -> str:
     """Keep a bad capture exactly as received, with a machine- and human-readable reason (see Quarantine)."""
     return Quarantine(store).add(name, files, error, source)
 

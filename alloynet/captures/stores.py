@@ -5,11 +5,13 @@ refuses to overwrite: nothing already stored is replaced by accident. Create-if-
 on both stores (``link`` locally, ``If-None-Match: *`` on S3), so two writers racing for one key cannot
 both win; so is compare-and-set (``put_if`` against the version ``get_versioned`` read: an exclusive lock
 locally, ``If-Match`` on S3). A local store is a boundary: a symbolic link is followed only to a file inside
-its directory, and nothing outside it is ever read. A failure of the store itself (unreachable, refused credentials, server error) raises
+its directory, and nothing outside it is ever read. A failure of the store itself (unreachable, refused
+credentials, server error) raises
 ``StoreError`` with a one-line message: it is never the fault of the object being read.
 S3 credentials come from the standard AWS environment/config chain, never from code; the endpoint
 comes from the URI's ``?endpoint=`` or ``AWS_ENDPOINT_URL``/``ALLOYNET_S3_ENDPOINT``.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -21,10 +23,11 @@ import stat
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Protocol
+from typing import Protocol
 from urllib.parse import parse_qs, urlparse
 
 
@@ -68,7 +71,7 @@ class StoreUnavailable(StoreError):
 TEMP_PREFIX = ".tmp-"
 LOCK_NAME = ".alloynet-writer.lock"  # LocalStore's writer lock file (never listed as an object)
 CAS_LOCK_NAME = ".alloynet-cas.lock"  # LocalStore's lock for compare-and-set writes (never listed either)
-LEASE_KEY = "state/writer.lease"     # the same for other stores: a lease object
+LEASE_KEY = "state/writer.lease"  # the same for other stores: a lease object
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def get_versioned(self, key: str) -> tuple[bytes, str]: ...
-    def put_if(self, key: str, data: bytes, expected: Optional[str]) -> str: ...
+    def put_if(self, key: str, data: bytes, expected: str | None) -> str: ...
 
 
 def _check_key(key: str) -> str:
@@ -194,7 +197,7 @@ class LocalStore:
         data = self.get(key)
         return data, hashlib.sha256(data).hexdigest()
 
-    def put_if(self, key: str, data: bytes, expected: Optional[str]) -> str:
+    def put_if(self, key: str, data: bytes, expected: str | None) -> str:
         """Compare-and-set: write ``data`` only if the object is still version ``expected`` (None: only if
         it does not exist); else ``ObjectChanged``. An exclusive ``flock`` makes the check and the rename one
         step for every writer using it (the kernel drops it when a holder dies, even by SIGKILL). Returns
@@ -205,7 +208,7 @@ class LocalStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                current: Optional[str] = self.get_versioned(key)[1]
+                current: str | None = self.get_versioned(key)[1]
             except ObjectMissing:
                 current = None
             if current != expected:
@@ -244,11 +247,19 @@ class LocalStore:
         return removed
 
 
-def _s3_error(store: "S3Store", exc: Exception, what: str) -> Exception:
+def _s3_error(store: S3Store, exc: Exception, what: str) -> Exception:
     """botocore's exception -> ObjectMissing for a missing key, ObjectExists for a refused conditional write,
     StoreUnavailable when the store cannot be used (with what to check), else a one-line StoreError."""
-    from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError, HTTPClientError,
-                                     NoCredentialsError, PartialCredentialsError)
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        HTTPClientError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+    from botocore.exceptions import (
+        ConnectionError as BotoConnectionError,
+    )
 
     where = f"{store.uri} (endpoint {store.client.meta.endpoint_url})"
     if isinstance(exc, ClientError):
@@ -259,16 +270,23 @@ def _s3_error(store: "S3Store", exc: Exception, what: str) -> Exception:
         if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
             return ObjectExists(f"{store.uri}{what} exists; refusing to overwrite")
         if code == "NoSuchBucket":
-            return StoreUnavailable(f"{where}: bucket {store.bucket!r} does not exist; create it or fix the bucket "
-                                    "in the URI", transient=False)
+            return StoreUnavailable(
+                f"{where}: bucket {store.bucket!r} does not exist; create it or fix the bucket in the URI",
+                transient=False,
+            )
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
-            return StoreUnavailable(f"{where}: credentials refused ({code}); check AWS_ACCESS_KEY_ID / "
-                                    "AWS_SECRET_ACCESS_KEY and the bucket's permissions", transient=False)
+            return StoreUnavailable(
+                f"{where}: credentials refused ({code}); check AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY and the bucket's permissions",
+                transient=False,
+            )
         msg = " ".join(str(err.get("Message", "")).split())
         return StoreError(f"{store.uri}: {code or 'error'}: {msg or exc} ({what})")
     if isinstance(exc, (BotoConnectionError, HTTPClientError)):  # refused, reset, closed, timed out
-        return StoreUnavailable(f"object store unreachable: {where}: the object store does not answer "
-                                f"({type(exc).__name__}); is it running, and is AWS_ENDPOINT_URL (or ?endpoint=) right?")
+        return StoreUnavailable(
+            f"object store unreachable: {where}: the object store does not answer "
+            f"({type(exc).__name__}); is it running, and is AWS_ENDPOINT_URL (or ?endpoint=) right?"
+        )
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return StoreUnavailable(f"{where}: {exc}; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY", transient=False)
     if isinstance(exc, BotoCoreError):
@@ -279,8 +297,9 @@ def _s3_error(store: "S3Store", exc: Exception, what: str) -> Exception:
 class S3Store:
     """An S3 bucket (and optional prefix) through boto3; works with any S3-compatible server."""
 
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str | None = None,
-                 client=None):
+    def __init__(
+        self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str | None = None, client=None
+    ):
         import boto3
         from botocore.config import Config
 
@@ -289,9 +308,16 @@ class S3Store:
         endpoint_url = endpoint_url or os.environ.get("ALLOYNET_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
         # A fresh Session reads the AWS environment/config now; boto3's default session caches credentials.
         self.client = client or boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, region_name=region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-            config=Config(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=10, read_timeout=60,
-                          s3={"addressing_style": "path"}))
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            config=Config(
+                retries={"max_attempts": 4, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=60,
+                s3={"addressing_style": "path"},
+            ),
+        )
         self.uri = f"s3://{bucket}/{self.prefix}"
 
     def _k(self, key: str) -> str:
@@ -305,8 +331,12 @@ class S3Store:
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"], obj["LastModified"].timestamp(),
-                                     obj.get("ETag", "").strip('"') or None)
+                    yield ObjectInfo(
+                        obj["Key"][len(self.prefix) :],
+                        obj["Size"],
+                        obj["LastModified"].timestamp(),
+                        obj.get("ETag", "").strip('"') or None,
+                    )
         except (BotoCoreError, ClientError) as exc:
             raise _s3_error(self, exc, prefix or "(list)") from None
 
@@ -365,7 +395,7 @@ class S3Store:
         except (BotoCoreError, ClientError) as exc:
             raise _s3_error(self, exc, key) from None
 
-    def put_if(self, key: str, data: bytes, expected: Optional[str]) -> str:
+    def put_if(self, key: str, data: bytes, expected: str | None) -> str:
         """Compare-and-set with a conditional PUT: If-Match the ETag read (If-None-Match: * when there was
         no object); the server refuses it (412) if another writer got there first: ``ObjectChanged``.
         There is no fallback: a server without conditional writes fails with a ``StoreError`` that says so."""
@@ -379,8 +409,10 @@ class S3Store:
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey", "404"):
                 raise ObjectChanged(f"{self.uri}{key} changed since it was read (compare-and-set refused)") from None
             if code == "NotImplemented":
-                raise StoreError(f"{self.uri}: the S3 server does not support conditional writes (If-Match / "
-                                 "If-None-Match), which the champion pointer needs") from None
+                raise StoreError(
+                    f"{self.uri}: the S3 server does not support conditional writes (If-Match / "
+                    "If-None-Match), which the champion pointer needs"
+                ) from None
             raise _s3_error(self, exc, key) from None
         except BotoCoreError as exc:
             raise _s3_error(self, exc, key) from None
@@ -424,18 +456,25 @@ class WriterBusy(RuntimeError):
 def _holder_text(info: dict) -> str:
     if not info:
         return "another process"
-    return (f"{info.get('what', 'a writer')} (pid {info.get('pid', '?')} on {info.get('host', '?')}, "
-            f"since {info.get('since', '?')})")
+    return (
+        f"{info.get('what', 'a writer')} (pid {info.get('pid', '?')} on {info.get('host', '?')}, "
+        f"since {info.get('since', '?')})"
+    )
 
 
 def _me(what: str) -> dict:
-    return {"what": what, "pid": os.getpid(), "host": socket.gethostname(),
-            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "what": what,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 @contextmanager
-def writer_lock(store: ObjectStore, what: str = "ingest", wait: float = 0.0, lease_s: float = 6 * 3600.0,
-                poll: float = 0.2) -> Iterator[None]:
+def writer_lock(
+    store: ObjectStore, what: str = "ingest", wait: float = 0.0, lease_s: float = 6 * 3600.0, poll: float = 0.2
+) -> Iterator[None]:
     """Hold the one-writer lock of ``store`` for the duration of the block.
 
     A local directory uses ``flock`` on a lock file: the kernel releases it when the holder exits, even by
@@ -468,8 +507,10 @@ def _flock(store: LocalStore, what: str, wait: float, poll: float) -> Iterator[N
                         info = json.loads(path.read_text() or "{}")
                     except (OSError, ValueError):
                         info = {}
-                    raise WriterBusy(f"{store.uri} is busy: {_holder_text(info)} is writing to it; "
-                                     f"try again later or wait for it (--wait SECONDS)") from None
+                    raise WriterBusy(
+                        f"{store.uri} is busy: {_holder_text(info)} is writing to it; "
+                        f"try again later or wait for it (--wait SECONDS)"
+                    ) from None
                 time.sleep(poll)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_me(what)).encode(), 0)
@@ -497,8 +538,10 @@ def _lease(store: ObjectStore, what: str, wait: float, lease_s: float, poll: flo
                 store.delete(LEASE_KEY)  # the holder died without releasing: take the lease over
                 continue
             if time.monotonic() >= deadline:
-                raise WriterBusy(f"{store.uri} is busy: {_holder_text(info or {})} holds its writer lease; "
-                                 f"try again later or wait for it (--wait SECONDS)") from None
+                raise WriterBusy(
+                    f"{store.uri} is busy: {_holder_text(info or {})} holds its writer lease; "
+                    f"try again later or wait for it (--wait SECONDS)"
+                ) from None
             time.sleep(poll)
     try:
         yield
@@ -508,7 +551,7 @@ def _lease(store: ObjectStore, what: str, wait: float, lease_s: float, poll: flo
             store.delete(LEASE_KEY)
 
 
-def _read_lease(store: ObjectStore) -> Optional[dict]:
+def _read_lease(store: ObjectStore) -> dict | None:
     try:
         return json.loads(store.get(LEASE_KEY))
     except ObjectMissing:

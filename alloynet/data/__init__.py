@@ -1,4 +1,5 @@
 """Data sets: simulation into a store, the manifest and its splits, the torch Dataset and transforms."""
+
 from alloynet.physics.alloys import ALLOY_NAMES
 
 CLASS_NAMES: tuple[str, ...] = ALLOY_NAMES

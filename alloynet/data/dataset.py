@@ -8,10 +8,10 @@ float32 [1], its wedge size (the sidecar's rig.wedge_mm); ``targets`` holds
 Augmentation is deterministic: item i in epoch e always gets the same random draw for a given seed,
 whatever the number of DataLoader workers.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -25,20 +25,30 @@ from alloynet.data.manifest import calibration_levels
 from alloynet.data.transforms import TrainAugment
 
 
-def load_image(store: ObjectStore, image_file: str, expected_sha256: Optional[str] = None) -> np.ndarray:
+def load_image(store: ObjectStore, image_file: str, expected_sha256: str | None = None) -> np.ndarray:
     """The pixels of a stored capture; with ``expected_sha256`` (the manifest's), bytes that changed since
     the manifest was built are refused, so a model never trains on an image its manifest does not describe."""
     key = CAPTURES + image_file
     data = store.get(key)
     if expected_sha256 is not None and sha256(data) != expected_sha256:
-        raise CaptureError(f"{store.uri}/{key}", "image.sha256", f"stored image has sha256 {sha256(data)[:12]}..., "
-                                                                 f"the manifest says {expected_sha256[:12]}...")
+        raise CaptureError(
+            f"{store.uri}/{key}",
+            "image.sha256",
+            f"stored image has sha256 {sha256(data)[:12]}..., the manifest says {expected_sha256[:12]}...",
+        )
     return decode_image(data, f"{store.uri}/{key}")
 
 
 class CaptureDataset(Dataset):
-    def __init__(self, store: ObjectStore, manifest: pd.DataFrame, split: Optional[str] = "train",
-                 transform: Optional[TrainAugment] = None, seed: int = 0, cache: bool = True):
+    def __init__(
+        self,
+        store: ObjectStore,
+        manifest: pd.DataFrame,
+        split: str | None = "train",
+        transform: TrainAugment | None = None,
+        seed: int = 0,
+        cache: bool = True,
+    ):
         rows = manifest if split is None else manifest[manifest.split == split]
         # label -1: unlabelled, or a user-added alloy outside the classifier's CLASS_NAMES
         rows = rows[rows.label >= 0]
@@ -46,7 +56,7 @@ class CaptureDataset(Dataset):
         if split is not None and self.rows.empty:
             raise ValueError(f"manifest has no captures in split {split!r}")
         dark, flat = calibration_levels(self.rows)
-        self.calibration = torch.as_tensor(np.stack([dark, flat], axis=-1), dtype=torch.float32)   # [N, C, 2]
+        self.calibration = torch.as_tensor(np.stack([dark, flat], axis=-1), dtype=torch.float32)  # [N, C, 2]
         wedge_mm = self.rows.wedge_mm.to_numpy(float, copy=True)
         self.wedge_mm = torch.as_tensor(wedge_mm, dtype=torch.float32)[:, None]  # [N, 1]
         self.store, self.transform, self.seed = store, transform, seed
@@ -56,7 +66,7 @@ class CaptureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def unaugmented(self) -> "CaptureDataset":
+    def unaugmented(self) -> CaptureDataset:
         """The same captures without augmentation (sharing the decoded-image cache)."""
         plain = copy.copy(self)
         plain.transform = None
@@ -68,8 +78,9 @@ class CaptureDataset(Dataset):
     def _pixels(self, i: int) -> np.ndarray:
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        img = load_image(self.store, self.rows.image_file[i],
-                         self.rows.sha256[i] if "sha256" in self.rows.columns else None)
+        img = load_image(
+            self.store, self.rows.image_file[i], self.rows.sha256[i] if "sha256" in self.rows.columns else None
+        )
         if self._cache is not None:
             self._cache[i] = img
         return img

@@ -10,6 +10,7 @@ plates to train/val only, so the held-out test set never changes under a nightly
 ``label`` is the index in ``CLASS_NAMES`` (the five standard alloys the models classify), or -1 for an
 unlabelled capture or a user-added alloy, which the simulator and physics support but models skip.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,6 @@ import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -37,28 +37,53 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.csv"  # beside the captures of a local data directory
 
 COLUMNS = [
-    "capture_id", "plate_id", "image_file", "sha256", "alloy", "label", "nominal_thickness_mm", "thickness_mm",
-    "a0", "mu_eff_per_cm", "wedge_mm", "wedge_material", "kvp", "channels", "height", "width", "dark_adu",
-    "flat_adu", "acquired_at", "labelled", "split",
+    "capture_id",
+    "plate_id",
+    "image_file",
+    "sha256",
+    "alloy",
+    "label",
+    "nominal_thickness_mm",
+    "thickness_mm",
+    "a0",
+    "mu_eff_per_cm",
+    "wedge_mm",
+    "wedge_material",
+    "kvp",
+    "channels",
+    "height",
+    "width",
+    "dark_adu",
+    "flat_adu",
+    "acquired_at",
+    "labelled",
+    "split",
 ]
 
 
 def _row(sc) -> dict:
     t = sc.truth
     return {
-        "capture_id": sc.capture_id, "plate_id": sc.plate_id or sc.capture_id, "image_file": sc.image.file,
-        "sha256": sc.image.sha256, "alloy": t.alloy if t else "",
+        "capture_id": sc.capture_id,
+        "plate_id": sc.plate_id or sc.capture_id,
+        "image_file": sc.image.file,
+        "sha256": sc.image.sha256,
+        "alloy": t.alloy if t else "",
         "label": CLASS_NAMES.index(t.alloy) if t and t.alloy in CLASS_NAMES else -1,
         "nominal_thickness_mm": t.nominal_thickness_mm if t else np.nan,
         "thickness_mm": (t.thickness_mm or t.nominal_thickness_mm) if t else np.nan,
         "a0": t.a0 if t and t.a0 is not None else np.nan,
         "mu_eff_per_cm": t.mu_eff_per_cm if t and t.mu_eff_per_cm is not None else np.nan,
-        "wedge_mm": sc.rig.wedge_mm, "wedge_material": sc.rig.wedge_material,
-        "kvp": ";".join(f"{k:g}" for k in sc.rig.kvp), "channels": sc.image.shape[0],
-        "height": sc.image.shape[1], "width": sc.image.shape[2],
+        "wedge_mm": sc.rig.wedge_mm,
+        "wedge_material": sc.rig.wedge_material,
+        "kvp": ";".join(f"{k:g}" for k in sc.rig.kvp),
+        "channels": sc.image.shape[0],
+        "height": sc.image.shape[1],
+        "width": sc.image.shape[2],
         "dark_adu": ";".join(f"{v:.3f}" for v in sc.calibration.dark_adu),
         "flat_adu": ";".join(f"{v:.3f}" for v in sc.calibration.flat_adu),
-        "acquired_at": sc.acquired_at.isoformat(), "labelled": t is not None,
+        "acquired_at": sc.acquired_at.isoformat(),
+        "labelled": t is not None,
     }
 
 
@@ -70,14 +95,20 @@ def scan_store(store: ObjectStore) -> pd.DataFrame:
             try:
                 rows.append(_row(parse_sidecar(store.get(info.key), f"{store.uri}/{info.key}")))
             except CaptureError as err:
-                raise CaptureError(err.where, err.field,
-                                   err.message + " (run ingest to quarantine bad captures)") from None
+                raise CaptureError(
+                    err.where, err.field, err.message + " (run ingest to quarantine bad captures)"
+                ) from None
     df = pd.DataFrame(rows, columns=COLUMNS[:-1])
     return df.sort_values("capture_id", kind="stable").reset_index(drop=True)
 
 
-def assign_splits(df: pd.DataFrame, seed: int = 0, test_fraction: float = 0.15, val_fraction: float = 0.15,
-                  previous: pd.DataFrame | None = None) -> pd.DataFrame:
+def assign_splits(
+    df: pd.DataFrame,
+    seed: int = 0,
+    test_fraction: float = 0.15,
+    val_fraction: float = 0.15,
+    previous: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Add the ``split`` column (train/val/test, or unlabelled) by plate, as described in the module doc."""
     df = df.copy()
     if df.empty:
@@ -104,7 +135,7 @@ def assign_splits(df: pd.DataFrame, seed: int = 0, test_fraction: float = 0.15, 
     return df
 
 
-THICKNESS_STRATA = 4   # quantile bins of a continuous thickness distribution
+THICKNESS_STRATA = 4  # quantile bins of a continuous thickness distribution
 MAX_NOMINAL_VALUES = 6  # up to this many distinct nominal thicknesses are strata of their own
 
 
@@ -124,8 +155,8 @@ def _balanced_test(plates: pd.DataFrame, rng: np.random.Generator, test_fraction
     per_class = plates.groupby("alloy").size()
     m = min(int(round(test_fraction * len(plates) / len(per_class))), int(per_class.min()) - 1)
     out = {}
-    for alloy, group in plates.groupby("alloy", sort=True):
-        out.update({pid: "test" for pid in _interleaved(group, rng)[:max(m, 0)]})
+    for _alloy, group in plates.groupby("alloy", sort=True):
+        out.update({pid: "test" for pid in _interleaved(group, rng)[: max(m, 0)]})
     return out
 
 
@@ -138,14 +169,19 @@ def _interleaved(group: pd.DataFrame, rng: np.random.Generator) -> list[str]:
 
 def _ensure_val_per_class(plates: pd.DataFrame, split: dict[str, str]) -> None:
     """Early stopping on balanced accuracy needs every class in val: move one train plate if possible."""
-    for alloy, group in plates.groupby("alloy", sort=True):
+    for _alloy, group in plates.groupby("alloy", sort=True):
         s = [split.get(p) for p in group.index]
         if "val" not in s and s.count("train") >= 2:
             split[next(p for p in group.index if split.get(p) == "train")] = "val"
 
 
-def build_manifest(store: ObjectStore, seed: int = 0, previous: pd.DataFrame | None = None,
-                   test_fraction: float = 0.15, val_fraction: float = 0.15) -> pd.DataFrame:
+def build_manifest(
+    store: ObjectStore,
+    seed: int = 0,
+    previous: pd.DataFrame | None = None,
+    test_fraction: float = 0.15,
+    val_fraction: float = 0.15,
+) -> pd.DataFrame:
     return assign_splits(scan_store(store), seed, test_fraction, val_fraction, previous)[COLUMNS]
 
 
@@ -155,8 +191,9 @@ def manifest_path(data_dir: str | os.PathLike | LocalStore) -> Path:
     return root / MANIFEST_FILE
 
 
-def open_dataset(store: ObjectStore | str | os.PathLike, manifest: pd.DataFrame | str | os.PathLike | None = None,
-                 seed: int = 0) -> tuple[ObjectStore, pd.DataFrame]:
+def open_dataset(
+    store: ObjectStore | str | os.PathLike, manifest: pd.DataFrame | str | os.PathLike | None = None, seed: int = 0
+) -> tuple[ObjectStore, pd.DataFrame]:
     """A capture store and its manifest: the one given, else the store's own manifest file (local stores),
     else one built now by scanning the store."""
     st = open_store(store) if isinstance(store, (str, os.PathLike)) else store
@@ -187,18 +224,27 @@ class DataSet:
     def manifest(self) -> pd.DataFrame:
         df = read_manifest(self.path)
         if manifest_hash(df) != self.manifest_hash:
-            raise RuntimeError(f"{self.path} changed during this run (hash {manifest_hash(df)[:12]}, the run "
-                               f"started from {self.manifest_hash[:12]}); re-run to use the new captures")
+            raise RuntimeError(
+                f"{self.path} changed during this run (hash {manifest_hash(df)[:12]}, the run "
+                f"started from {self.manifest_hash[:12]}); re-run to use the new captures"
+            )
         return df
 
     @classmethod
-    def current(cls, data_dir: str | os.PathLike) -> "DataSet":
+    def current(cls, data_dir: str | os.PathLike) -> DataSet:
         """The data directory with the manifest it has now."""
         return cls(str(Path(data_dir).resolve()), manifest_hash(read_manifest(manifest_path(data_dir))))
 
 
-def refresh_manifest(store: LocalStore, seed: int = 0, path: str | Path | None = None, *, wait: float = 0.0,
-                     lock: bool = True, splits: dict[str, str] | None = None) -> tuple[pd.DataFrame, bool]:
+def refresh_manifest(
+    store: LocalStore,
+    seed: int = 0,
+    path: str | Path | None = None,
+    *,
+    wait: float = 0.0,
+    lock: bool = True,
+    splits: dict[str, str] | None = None,
+) -> tuple[pd.DataFrame, bool]:
     """Rebuild the manifest of a local store with every known plate's split frozen; returns (manifest,
     whether it changed). The file is written only when it changed, so a run with nothing new leaves it
     untouched (bytes and mtime), and a store without captures gets no manifest file at all.
@@ -215,8 +261,9 @@ def refresh_manifest(store: LocalStore, seed: int = 0, path: str | Path | None =
         frozen = previous
         if splits:
             known = set(previous.plate_id) if previous is not None else set()
-            given = pd.DataFrame([(p, s) for p, s in sorted(splits.items()) if p not in known],
-                                 columns=["plate_id", "split"])
+            given = pd.DataFrame(
+                [(p, s) for p, s in sorted(splits.items()) if p not in known], columns=["plate_id", "split"]
+            )
             frozen = given if previous is None else pd.concat([previous[["plate_id", "split"]], given])
         df = build_manifest(store, seed=seed, previous=frozen)
         changed = (not df.empty) if previous is None else manifest_hash(previous) != manifest_hash(df)
@@ -225,9 +272,17 @@ def refresh_manifest(store: LocalStore, seed: int = 0, path: str | Path | None =
         return df, changed
 
 
-def ingest_and_refresh(source: ObjectStore, dest: LocalStore, seed: int = 0, path: str | Path | None = None, *,
-                       accepted_sizes=None, wait: float = 0.0, retry_quarantined: bool = False,
-                       orphan_grace_s: Optional[float] = None):
+def ingest_and_refresh(
+    source: ObjectStore,
+    dest: LocalStore,
+    seed: int = 0,
+    path: str | Path | None = None,
+    *,
+    accepted_sizes=None,
+    wait: float = 0.0,
+    retry_quarantined: bool = False,
+    orphan_grace_s: float | None = None,
+):
     """Ingest from ``source`` and refresh the manifest of ``dest`` under one writer lock: what the CLI
     and the pipeline's ingest step call. Returns (IngestResult, manifest, manifest changed).
 
@@ -237,8 +292,14 @@ def ingest_and_refresh(source: ObjectStore, dest: LocalStore, seed: int = 0, pat
     batch's splits instead could leave the first manifest with a test set drawn from a handful of plates."""
     grace = ORPHAN_GRACE_S if orphan_grace_s is None else orphan_grace_s
     with writer_lock(dest, "ingest", wait):
-        res = ingest(source, dest, accepted_sizes=accepted_sizes, retry_quarantined=retry_quarantined,
-                     orphan_grace_s=grace, lock=False)
+        res = ingest(
+            source,
+            dest,
+            accepted_sizes=accepted_sizes,
+            retry_quarantined=retry_quarantined,
+            orphan_grace_s=grace,
+            lock=False,
+        )
         df, changed = refresh_manifest(dest, seed, path, lock=False)
     return res, df, changed
 
@@ -263,8 +324,12 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"manifest {path} not found (run `alloynet simulate` or `alloynet data manifest`)")
-    df = pd.read_csv(path, dtype={"capture_id": str, "plate_id": str, "kvp": str, "dark_adu": str, "flat_adu": str,
-                                  "alloy": str}, keep_default_na=False, na_values={"a0": [""], "mu_eff_per_cm": [""]})
+    df = pd.read_csv(
+        path,
+        dtype={"capture_id": str, "plate_id": str, "kvp": str, "dark_adu": str, "flat_adu": str, "alloy": str},
+        keep_default_na=False,
+        na_values={"a0": [""], "mu_eff_per_cm": [""]},
+    )
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"manifest {path}: missing column(s) {missing}")
@@ -274,6 +339,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 def calibration_levels(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Each row's dark and flat levels as float arrays [N, C] (the manifest stores them ';'-joined)."""
+
     def parse(col: pd.Series) -> np.ndarray:
         return np.array([[float(v) for v in str(s).split(";")] for s in col], dtype=float).reshape(len(col), -1)
 

@@ -1,4 +1,5 @@
 """Class-count profiles for long-tailed data sets (the protocol of Cui et al. 2019 / Cao et al. 2019)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -6,8 +7,13 @@ from typing import Literal
 Profile = Literal["exponential", "step", "balanced"]
 
 
-def class_counts(n_max: int, num_classes: int, imbalance_ratio: float = 100.0, profile: Profile = "exponential",
-                 step_fraction: float = 0.5) -> list[int]:
+def class_counts(
+    n_max: int,
+    num_classes: int,
+    imbalance_ratio: float = 100.0,
+    profile: Profile = "exponential",
+    step_fraction: float = 0.5,
+) -> list[int]:
     """Samples per class from head (index 0) to tail.
 
     exponential: n_i = n_max * (1/rho)^(i/(C-1)); step: the first ``step_fraction`` of the classes get n_max,
@@ -20,8 +26,9 @@ def class_counts(n_max: int, num_classes: int, imbalance_ratio: float = 100.0, p
     if profile == "balanced" or num_classes == 1:
         return [n_max] * num_classes
     if profile == "exponential":
-        return [max(1, int(round(n_max * (1 / imbalance_ratio) ** (i / (num_classes - 1)))))
-                for i in range(num_classes)]
+        return [
+            max(1, int(round(n_max * (1 / imbalance_ratio) ** (i / (num_classes - 1))))) for i in range(num_classes)
+        ]
     if profile == "step":
         n_head = int(round(num_classes * step_fraction))
         return [n_max if i < n_head else max(1, int(round(n_max / imbalance_ratio))) for i in range(num_classes)]

@@ -438,9 +438,7 @@ def make_references(
                 sims[w].wedge_reference(np.random.default_rng(np.random.SeedSequence([seed, 0x3ED, s, j])), gain)
             )
             store.put(f"{CALIBRATION}{sid}/wedge-{float(w):g}mm.{fmt}", data, overwrite=True)
-        levels.append(
-            {"session": sid, "gain": gain, "dark_adu": frame_level(dark), "flat_adu": frame_level(flat)}
-        )
+        levels.append({"session": sid, "gain": gain, "dark_adu": frame_level(dark), "flat_adu": frame_level(flat)})
     ids, n = [], 0
     for p_idx, t_nom in enumerate(thicknesses_mm):
         plate = sample_plate(

@@ -1,5 +1,6 @@
 """What a data set says about the rig and the plates: the nominal rig settings in its sidecars and its
 thickness prior. The physics bracket, the physics fit and the simulated training data all start from these."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,10 +28,15 @@ def rig_settings(store: ObjectStore, rows: pd.DataFrame) -> dict[float, tuple[Ri
     rigs = {}
     for wedge, group in rows.groupby("wedge_mm", sort=True):
         sc = parse_sidecar(store.get(sidecar_key(group.capture_id.iloc[0])))
-        rigs[float(wedge)] = (RigConfig(**sc.rig.nominal_settings(), height=int(group.height.iloc[0]),
-                                        width=int(group.width.iloc[0]),
-                                        **({"dose": sc.rig.dose} if sc.rig.dose else {})),
-                              len(group))
+        rigs[float(wedge)] = (
+            RigConfig(
+                **sc.rig.nominal_settings(),
+                height=int(group.height.iloc[0]),
+                width=int(group.width.iloc[0]),
+                **({"dose": sc.rig.dose} if sc.rig.dose else {}),
+            ),
+            len(group),
+        )
     return rigs
 
 

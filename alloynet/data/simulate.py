@@ -5,11 +5,13 @@ gets the same number of extra plates so that the splitter's balanced test set (t
 leaves exactly the requested profile for training. Every random choice derives from ``seed`` through
 per-plate and per-capture seed sequences: the same seed writes the same bytes, in any order.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Literal, Optional, Union
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
@@ -50,31 +52,52 @@ class DatasetSpec(BaseModel):
     imbalance_ratio: float = Field(100.0, ge=1)
     profile: Profile = "exponential"
     class_order: list[str] = Field(default_factory=lambda: list(CLASS_NAMES), description="head to tail")
-    thickness_range_mm: Optional[tuple[float, float]] = Field(
+    thickness_range_mm: tuple[float, float] | None = Field(
         DEFAULT_THICKNESS_RANGE_MM,
-        description="plates of any nominal thickness in this range (mm), as a line sees them")
-    thicknesses_mm: Optional[list[float]] = Field(
-        None, description="only these nominal thicknesses (mm), e.g. [1, 2, 5]; replaces the range")
-    session_drift: float = Field(0.0, ge=0, lt=0.5, description="tube output of each calibration session drawn "
-                                 "uniformly within +-this fraction (its flat frame records it)")
-    capture_drift: float = Field(0.0, ge=0, lt=0.5, description="tube output of each capture drawn uniformly "
-                                 "within +-this fraction of its session's, after the flat was taken (not recorded "
-                                 "in its calibration; an open-beam region, rig.open_beam_rows, shows it)")
+        description="plates of any nominal thickness in this range (mm), as a line sees them",
+    )
+    thicknesses_mm: list[float] | None = Field(
+        None, description="only these nominal thicknesses (mm), e.g. [1, 2, 5]; replaces the range"
+    )
+    session_drift: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="tube output of each calibration session drawn "
+        "uniformly within +-this fraction (its flat frame records it)",
+    )
+    capture_drift: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="tube output of each capture drawn uniformly "
+        "within +-this fraction of its session's, after the flat was taken (not recorded "
+        "in its calibration; an open-beam region, rig.open_beam_rows, shows it)",
+    )
     wedges_mm: list[float] = Field(default_factory=lambda: [50.0, 70.0])
     captures_per_plate: int = Field(2, ge=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     session_size: int = Field(64, ge=1, description="captures per calibration (flat/dark) session")
     seed: int = 0
-    id_prefix: Optional[str] = None
+    id_prefix: str | None = None
     start_time: datetime = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
     rig: RigConfig = Field(default_factory=RigConfig)
     simulator: Literal["alloynet", "second_rig"] = Field("alloynet", description="which rig model writes the captures")
-    second_rig: SecondRigConfig = Field(default_factory=SecondRigConfig,
-                                        description="the second rig's own physics; its nominal settings come from rig")
-    rig_profile: Optional[str] = Field(None, description="a rig profile (alloynet rig calibrate): the alloynet "
-                                       "simulator calibrated to a real rig; rig gives the size and wedge sizes")
-    rig_variants: int = Field(1, ge=1, le=1000, description="with rig_profile: rigs drawn within the calibration's "
-                              "uncertainty, one per calibration session in turn (1: the best fit only)")
+    second_rig: SecondRigConfig = Field(
+        default_factory=SecondRigConfig, description="the second rig's own physics; its nominal settings come from rig"
+    )
+    rig_profile: str | None = Field(
+        None,
+        description="a rig profile (alloynet rig calibrate): the alloynet "
+        "simulator calibrated to a real rig; rig gives the size and wedge sizes",
+    )
+    rig_variants: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="with rig_profile: rigs drawn within the calibration's "
+        "uncertainty, one per calibration session in turn (1: the best fit only)",
+    )
     rig_spread: float = Field(1.0, ge=0, le=10, description="the draws' spread, in units of the fitted uncertainty")
 
     @field_serializer("second_rig")
@@ -83,7 +106,7 @@ class DatasetSpec(BaseModel):
         return v.model_dump(exclude=set(NOMINAL_FIELDS))
 
     @model_validator(mode="after")
-    def _one_thickness_prior(self) -> "DatasetSpec":
+    def _one_thickness_prior(self) -> DatasetSpec:
         one_thickness_prior(self)
         return self
 
@@ -93,12 +116,12 @@ class DatasetSpec(BaseModel):
         return ThicknessPrior.of(self.thicknesses_mm, self.thickness_range_mm)
 
     @model_validator(mode="after")
-    def _profile_needs_our_simulator(self) -> "DatasetSpec":
+    def _profile_needs_our_simulator(self) -> DatasetSpec:
         needs_alloynet_simulator(self.simulator, self.rig_profile, self.rig.open_beam_rows)
         return self
 
     @model_validator(mode="after")
-    def _nominal_from_rig(self) -> "DatasetSpec":
+    def _nominal_from_rig(self) -> DatasetSpec:
         given = sorted(set(NOMINAL_FIELDS) & self.second_rig.model_fields_set)
         if given:
             raise ValueError(f"second_rig.{given[0]}: nominal settings come from rig; set rig.{given[0]} instead")
@@ -110,22 +133,23 @@ class DatasetSpec(BaseModel):
         return alloys_from_config(self.custom_alloys)
 
     @model_validator(mode="after")
-    def _classes(self) -> "DatasetSpec":
+    def _classes(self) -> DatasetSpec:
         try:
             table = self.alloy_table
         except ValueError as exc:
             raise ValueError(f"custom_alloys: {exc}") from None
         for a in self.class_order:
             if a not in table:
-                raise ValueError(f"class_order: unknown alloy {a!r}; expected one of {sorted(table)} (add others "
-                                 "with custom_alloys)")
+                raise ValueError(
+                    f"class_order: unknown alloy {a!r}; expected one of {sorted(table)} (add others with custom_alloys)"
+                )
         if len(set(self.class_order)) != len(self.class_order):
             raise ValueError("class_order: duplicate alloy")
         return self
 
     @field_validator("thicknesses_mm", "wedges_mm")
     @classmethod
-    def _positive(cls, v: Optional[list[float]]) -> Optional[list[float]]:
+    def _positive(cls, v: list[float] | None) -> list[float] | None:
         if v is not None and (not v or any(x <= 0 for x in v)):
             raise ValueError("must be a non-empty list of values > 0 mm")
         return v
@@ -154,8 +178,9 @@ def _plan(spec: DatasetSpec) -> list[tuple[str, float]]:
     return [plan[i] for i in order]
 
 
-def simulate_dataset(spec: DatasetSpec, store: ObjectStore,
-                     progress: Optional[Callable[[int, int], None]] = None) -> list[str]:
+def simulate_dataset(
+    spec: DatasetSpec, store: ObjectStore, progress: Callable[[int, int], None] | None = None
+) -> list[str]:
     """Simulate and write every capture of ``spec`` into ``store``; returns the capture ids."""
     prefix = spec.id_prefix or f"sim{spec.seed}"
     variants = _simulators(spec)
@@ -186,19 +211,32 @@ def simulate_dataset(spec: DatasetSpec, store: ObjectStore,
             cid = f"{prefix}-{p_idx:05d}-{k}"
             data, fmt = encode_image(cap.image)
             truth = {
-                "alloy": alloy, "nominal_thickness_mm": t_nom, "thickness_mm": round(plate.thickness_mm, 6),
+                "alloy": alloy,
+                "nominal_thickness_mm": t_nom,
+                "thickness_mm": round(plate.thickness_mm, 6),
                 "composition_wt_pct": {el: round(v, 5) for el, v in plate.wt_pct.items()},
-                "density_g_cm3": round(plate.density_g_cm3, 6), "a0": cap.a0_by_kvp[0], "a0_by_kvp": cap.a0_by_kvp,
+                "density_g_cm3": round(plate.density_g_cm3, 6),
+                "a0": cap.a0_by_kvp[0],
+                "a0_by_kvp": cap.a0_by_kvp,
                 "mu_eff_per_cm": cap.a0_by_kvp[0] / (plate.thickness_mm / 10.0),
             }
             rig = sim.rig
             sc = make_sidecar(
-                cid, cap.image, data, fmt,
+                cid,
+                cap.image,
+                data,
+                fmt,
                 rig={**rig.nominal_settings(), "wedge_mm": wedge, "dose": rig.dose},
-                calibration={"session": session["id"], "dark_adu": session["dark_adu"],
-                             "flat_adu": session["flat_adu"]},
-                acquired_at=spec.start_time + timedelta(seconds=30 * n), truth=truth, plate_id=plate.plate_id,
-                source=_source(spec))
+                calibration={
+                    "session": session["id"],
+                    "dark_adu": session["dark_adu"],
+                    "flat_adu": session["flat_adu"],
+                },
+                acquired_at=spec.start_time + timedelta(seconds=30 * n),
+                truth=truth,
+                plate_id=plate.plate_id,
+                source=_source(spec),
+            )
             write_capture(store, sc, data)
             ids.append(cid)
             if progress:
@@ -214,17 +252,23 @@ def _source(spec: DatasetSpec) -> str:
     return f"alloynet-simulator seed={spec.seed}"
 
 
-def _simulators(spec: DatasetSpec) -> dict[float, list[Union[RigSimulator, SecondRig]]]:
+def _simulators(spec: DatasetSpec) -> dict[float, list[RigSimulator | SecondRig]]:
     """Per wedge size, the rig(s) that take the captures: one, or ``rig_variants`` draws of a rig profile."""
     if spec.rig_profile:
         profile = load_rig_profile(spec.rig_profile)
-        return {w: [RigSimulator(r) for r in profile.variants(spec.rig.model_copy(update={"wedge_mm": w}),
-                                                                spec.rig_variants, spec.seed, spec.rig_spread)]
-                for w in spec.wedges_mm}
+        return {
+            w: [
+                RigSimulator(r)
+                for r in profile.variants(
+                    spec.rig.model_copy(update={"wedge_mm": w}), spec.rig_variants, spec.seed, spec.rig_spread
+                )
+            ]
+            for w in spec.wedges_mm
+        }
     return {w: [_simulator(spec, w)] * spec.rig_variants for w in spec.wedges_mm}
 
 
-def _simulator(spec: DatasetSpec, wedge_mm: float) -> Union[RigSimulator, SecondRig]:
+def _simulator(spec: DatasetSpec, wedge_mm: float) -> RigSimulator | SecondRig:
     rig = spec.rig.model_copy(update={"wedge_mm": wedge_mm})
     if spec.simulator == "second_rig":  # one set of nominal settings (rig) drives both rig models
         return SecondRig(SecondRigConfig.from_nominal(rig, **spec.second_rig.model_dump(exclude=set(NOMINAL_FIELDS))))
@@ -239,8 +283,7 @@ def _wedge_references(spec: DatasetSpec, sims: dict, store: ObjectStore, session
         store.put(f"calibration/{session['id']}/wedge-{wedge:g}mm.{fmt}", data, overwrite=True)
 
 
-def _new_session(spec: DatasetSpec, sim: Union[RigSimulator, SecondRig], store: ObjectStore, prefix: str,
-                 index: int) -> dict:
+def _new_session(spec: DatasetSpec, sim: RigSimulator | SecondRig, store: ObjectStore, prefix: str, index: int) -> dict:
     """A calibration session: the panel's gain drifts a little; a dark and a flat frame are taken."""
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 3, index]))
     gain = sim.session_gain(rng)

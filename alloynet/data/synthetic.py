@@ -18,10 +18,12 @@ simulator; ``rig`` overrides settings, ``simulator: second_rig`` uses the indepe
 drawn inside the calibration's uncertainty, one per simulated session in turn (pretraining for a real rig
 should not trust the calibration further than its fit does).
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -47,19 +49,27 @@ class SyntheticConfig(BaseModel):
     simulator: Literal["alloynet", "second_rig"] = "alloynet"
     rig: dict[str, Any] = Field(default_factory=dict, description="RigConfig settings overriding the data's own")
     second_rig: dict[str, Any] = Field(default_factory=dict, description="the second rig's deviations")
-    thickness_range_mm: Optional[tuple[float, float]] = Field(None, description="default: the data's prior")
-    thicknesses_mm: Optional[list[float]] = None
-    wedges_mm: Optional[list[float]] = Field(None, description="default: the data's wedge sizes")
+    thickness_range_mm: tuple[float, float] | None = Field(None, description="default: the data's prior")
+    thicknesses_mm: list[float] | None = None
+    wedges_mm: list[float] | None = Field(None, description="default: the data's wedge sizes")
     session_drift: float = Field(0.0, ge=0, lt=0.5, description="tube output per session within +-this fraction")
     session_size: int = Field(64, ge=1)
-    rig_profile: Optional[str] = Field(None, description="a rig profile (alloynet rig calibrate): the alloynet "
-                                       "simulator calibrated to the lab's rig, applied to the data's nominal rig")
-    rig_variants: int = Field(16, ge=1, le=1000, description="with rig_profile: rigs drawn within the "
-                              "calibration's uncertainty, one per simulated session in turn (1: the best fit only)")
+    rig_profile: str | None = Field(
+        None,
+        description="a rig profile (alloynet rig calibrate): the alloynet "
+        "simulator calibrated to the lab's rig, applied to the data's nominal rig",
+    )
+    rig_variants: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="with rig_profile: rigs drawn within the "
+        "calibration's uncertainty, one per simulated session in turn (1: the best fit only)",
+    )
     rig_spread: float = Field(1.0, ge=0, le=10, description="the draws' spread, in units of the fitted uncertainty")
 
     @model_validator(mode="after")
-    def _profile_calibrates_alloynet(self) -> "SyntheticConfig":
+    def _profile_calibrates_alloynet(self) -> SyntheticConfig:
         needs_alloynet_simulator(self.simulator, self.rig_profile)
         return self
 
@@ -67,8 +77,17 @@ class SyntheticConfig(BaseModel):
 class SyntheticCaptures(Dataset):
     """Items as ``CaptureDataset``'s: (raw image float32 [C, H, W], calibration [C, 2], wedge_mm [1], targets)."""
 
-    def __init__(self, cfg: SyntheticConfig, rig: RigConfig, prior: ThicknessPrior, wedges_mm: Sequence[float],
-                 class_names: Sequence[str], seed: int = 0, log=None, held_out: bool = False):
+    def __init__(
+        self,
+        cfg: SyntheticConfig,
+        rig: RigConfig,
+        prior: ThicknessPrior,
+        wedges_mm: Sequence[float],
+        class_names: Sequence[str],
+        seed: int = 0,
+        log=None,
+        held_out: bool = False,
+    ):
         self.cfg, self.prior, self.seed, self.log, self.held_out = cfg, prior, seed, log, held_out
         self.class_names = list(class_names)
         self.wedges = [float(w) for w in (cfg.wedges_mm or wedges_mm)]
@@ -89,8 +108,10 @@ class SyntheticCaptures(Dataset):
                 self._sims[wedge] = [SecondRig(simulated_rig(self.cfg, rig))]
             elif self.cfg.rig_profile:
                 profile = load_rig_profile(self.cfg.rig_profile)
-                self._sims[wedge] = [RigSimulator(r) for r in profile.variants(rig, self.cfg.rig_variants, self.seed,
-                                                                              self.cfg.rig_spread)]
+                self._sims[wedge] = [
+                    RigSimulator(r)
+                    for r in profile.variants(rig, self.cfg.rig_variants, self.seed, self.cfg.rig_spread)
+                ]
             else:
                 self._sims[wedge] = [RigSimulator(rig)]
         sims = self._sims[wedge]
@@ -112,7 +133,8 @@ class SyntheticCaptures(Dataset):
             key = (wedge, rnd, session)
             if key not in self._levels:
                 f_rng = np.random.default_rng(
-                    np.random.SeedSequence([self.seed, 0xF1A7, rnd, session, int(wedge * 1000)]))
+                    np.random.SeedSequence([self.seed, 0xF1A7, rnd, session, int(wedge * 1000)])
+                )
                 dark, flat = sim.calibration_frames(f_rng, gain)
                 self._levels[key] = (frame_level(dark), frame_level(flat))
             cap = sim.capture(plate, rng, *self._levels[key], gain_scale=gain)
@@ -120,8 +142,11 @@ class SyntheticCaptures(Dataset):
             cap = sim.capture(plate, rng, gain_scale=gain)
         cal = np.stack([cap.dark_adu, cap.flat_adu], axis=-1).astype(np.float32)
         t = plate.thickness_mm
-        return cap.image, cal, {"alloy": alloy, "thickness_mm": t, "a0": cap.a0_by_kvp[0],
-                                "mu_eff": cap.a0_by_kvp[0] / (t / 10.0)}
+        return (
+            cap.image,
+            cal,
+            {"alloy": alloy, "thickness_mm": t, "a0": cap.a0_by_kvp[0], "mu_eff": cap.a0_by_kvp[0] / (t / 10.0)},
+        )
 
     def set_epoch(self, epoch: int) -> None:
         rnd = HELD_OUT_ROUND if self.held_out else epoch if self.cfg.fresh else 0
@@ -131,19 +156,25 @@ class SyntheticCaptures(Dataset):
         items = [self.simulate(rnd, i) for i in range(len(self))]
         self.images = np.stack([x for x, _, _ in items]) if items else np.zeros((0,))
         self.calibration = torch.as_tensor(np.stack([c for _, c, _ in items]) if items else np.zeros((0, 1, 2)))
-        self.wedge_mm = torch.tensor([[self.wedges[(i // len(self.class_names)) % len(self.wedges)]]
-                                      for i in range(len(self))], dtype=torch.float32).reshape(-1, 1)
+        self.wedge_mm = torch.tensor(
+            [[self.wedges[(i // len(self.class_names)) % len(self.wedges)]] for i in range(len(self))],
+            dtype=torch.float32,
+        ).reshape(-1, 1)
         self.targets_ = {k: np.array([t[k] for _, _, t in items]) for k in ("alloy", "thickness_mm", "a0", "mu_eff")}
         self.round = rnd
         if self.log and len(self):
             source = f"rig profile {self.cfg.rig_profile}" if self.cfg.rig_profile else self.cfg.simulator
             kind = "held-out" if self.held_out else "training"
-            self.log(f"simulated {len(self)} {kind} captures ({source}, {self.prior.describe()}, "
-                     f"wedges {self.wedges} mm) in {time.perf_counter() - t0:.0f} s")
+            self.log(
+                f"simulated {len(self)} {kind} captures ({source}, {self.prior.describe()}, "
+                f"wedges {self.wedges} mm) in {time.perf_counter() - t0:.0f} s"
+            )
 
     def __getitem__(self, i: int):
-        t = {k: torch.tensor(v[i], dtype=torch.int64 if k == "alloy" else torch.float32)
-             for k, v in self.targets_.items()}
+        t = {
+            k: torch.tensor(v[i], dtype=torch.int64 if k == "alloy" else torch.float32)
+            for k, v in self.targets_.items()
+        }
         return torch.from_numpy(self.images[i].astype(np.float32)), self.calibration[i], self.wedge_mm[i], t
 
     @property
@@ -167,8 +198,9 @@ def simulated_rig(cfg: SyntheticConfig, rig: RigConfig):
     return rig
 
 
-def forward_rigs(cfg: SyntheticConfig, rigs: Mapping[float, tuple[RigConfig, int]],
-                 wedges_mm: Sequence[float]) -> dict[float, Any]:
+def forward_rigs(
+    cfg: SyntheticConfig, rigs: Mapping[float, tuple[RigConfig, int]], wedges_mm: Sequence[float]
+) -> dict[float, Any]:
     """The physics term's forward model for each tabulated wedge size: ``simulated_rig`` of the data's rig at
     that wedge (``rig_settings``' rigs; a wedge between the training ones takes the nearest one's settings)."""
     out = {}
@@ -178,8 +210,15 @@ def forward_rigs(cfg: SyntheticConfig, rigs: Mapping[float, tuple[RigConfig, int
     return out
 
 
-def synthetic_for(cfg: SyntheticConfig, rigs: Mapping[float, tuple[RigConfig, int]], prior: ThicknessPrior,
-                  class_names: Sequence[str], seed: int, log=None, held_out: bool = False) -> SyntheticCaptures:
+def synthetic_for(
+    cfg: SyntheticConfig,
+    rigs: Mapping[float, tuple[RigConfig, int]],
+    prior: ThicknessPrior,
+    class_names: Sequence[str],
+    seed: int,
+    log=None,
+    held_out: bool = False,
+) -> SyntheticCaptures:
     """The synthetic source for a data set: its nominal rig (the most common wedge's settings; every wedge
     size it has) and its thickness prior, unless the config says otherwise."""
     base = nominal_rig(rigs)

@@ -8,10 +8,11 @@ capture's levels -> -ln T -> standardisation, and optional per-image histogram e
 Augmentations never flip or reverse the wedge axis (x, the last dimension): the wedge ramps one way
 on the rig, and a reversed profile is a physically different measurement.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -33,9 +34,16 @@ class Preprocess(nn.Module):
 
     __jit_unused_properties__ = ["channels"]  # host-side helper; keeps the module scriptable
 
-    def __init__(self, dark_adu: Sequence[float], flat_adu: Sequence[float], mean: float = 0.0, std: float = 1.0,
-                 equalize: bool = False, span_range: Optional[Sequence[Sequence[float]]] = None,
-                 tolerance: float = 0.05):
+    def __init__(
+        self,
+        dark_adu: Sequence[float],
+        flat_adu: Sequence[float],
+        mean: float = 0.0,
+        std: float = 1.0,
+        equalize: bool = False,
+        span_range: Sequence[Sequence[float]] | None = None,
+        tolerance: float = 0.05,
+    ):
         super().__init__()
         dark = torch.as_tensor(list(dark_adu), dtype=torch.float32)
         flat = torch.as_tensor(list(flat_adu), dtype=torch.float32)
@@ -48,8 +56,14 @@ class Preprocess(nn.Module):
         if not 0 <= tolerance < 1:
             raise ValueError(f"Preprocess: tolerance must lie in [0, 1), got {tolerance}")
         span = flat - dark
-        lo, hi = (span, span) if span_range is None else (torch.as_tensor(list(span_range[0]), dtype=torch.float32),
-                                                          torch.as_tensor(list(span_range[1]), dtype=torch.float32))
+        lo, hi = (
+            (span, span)
+            if span_range is None
+            else (
+                torch.as_tensor(list(span_range[0]), dtype=torch.float32),
+                torch.as_tensor(list(span_range[1]), dtype=torch.float32),
+            )
+        )
         self.register_buffer("dark", dark.view(1, -1, 1, 1))
         self.register_buffer("span", span.view(1, -1, 1, 1))
         self.register_buffer("span_lo", (lo * (1 - tolerance)).view(1, -1))
@@ -72,8 +86,8 @@ class Preprocess(nn.Module):
     def neg_log(self, raw: torch.Tensor, calibration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(-ln T [B, C, H, W], calibration missing [B], calibration out of tolerance [B]) as 0/1 floats."""
         cal = calibration.float()
-        dark, span = cal[..., 0], cal[..., 1] - cal[..., 0]                           # [B, C]
-        missing = (span <= 0).any(dim=1)                                               # [B]
+        dark, span = cal[..., 0], cal[..., 1] - cal[..., 0]  # [B, C]
+        missing = (span <= 0).any(dim=1)  # [B]
         ref_dark, ref_span = self.dark.view(1, -1), self.span.view(1, -1)
         dark = torch.where(missing[:, None], ref_dark.expand_as(dark), dark)
         span = torch.where(missing[:, None], ref_span.expand_as(span), span)
@@ -93,11 +107,18 @@ class Preprocess(nn.Module):
     def config(self) -> dict:
         """Everything needed to rebuild this module (stored in checkpoints)."""
         tol = self.tolerance
-        return {"dark_adu": self.dark.flatten().tolist(), "flat_adu": (self.dark + self.span).flatten().tolist(),
-                "mean": float(self.mean), "std": float(self.std), "equalize": self.equalize,
-                "span_range": [(self.span_lo.flatten() / (1 - tol)).tolist(),
-                               (self.span_hi.flatten() / (1 + tol)).tolist()],
-                "tolerance": tol}
+        return {
+            "dark_adu": self.dark.flatten().tolist(),
+            "flat_adu": (self.dark + self.span).flatten().tolist(),
+            "mean": float(self.mean),
+            "std": float(self.std),
+            "equalize": self.equalize,
+            "span_range": [
+                (self.span_lo.flatten() / (1 - tol)).tolist(),
+                (self.span_hi.flatten() / (1 + tol)).tolist(),
+            ],
+            "tolerance": tol,
+        }
 
 
 def _equalize(a: torch.Tensor) -> torch.Tensor:
@@ -133,7 +154,7 @@ def bin_columns(p: torch.Tensor, bins: int) -> torch.Tensor:
         return F.adaptive_avg_pool1d(p, bins)
     col = torch.arange(width, device=p.device)
     bin_of = torch.div((col + 1) * bins - 1, width, rounding_mode="floor")
-    m = (bin_of[:, None] == torch.arange(bins, device=p.device)[None]).to(p.dtype)    # [W, bins]
+    m = (bin_of[:, None] == torch.arange(bins, device=p.device)[None]).to(p.dtype)  # [W, bins]
     return p @ (m / m.sum(0, keepdim=True))
 
 
@@ -151,8 +172,15 @@ class TrainAugment:
     like a lead blocker, not missing data).
     """
 
-    def __init__(self, p_flip: float = 0.5, max_rotation_deg: float = 2.0, noise: float = 0.02,
-                 p_erase: float = 0.25, erase_frac: float = 0.06, dark_adu: float = 1000.0):
+    def __init__(
+        self,
+        p_flip: float = 0.5,
+        max_rotation_deg: float = 2.0,
+        noise: float = 0.02,
+        p_erase: float = 0.25,
+        erase_frac: float = 0.06,
+        dark_adu: float = 1000.0,
+    ):
         self.p_flip, self.max_rot, self.noise = p_flip, max_rotation_deg, noise
         self.p_erase, self.erase_frac, self.dark = p_erase, erase_frac, dark_adu
 
@@ -171,15 +199,17 @@ class TrainAugment:
             y0 = int(torch.randint(0, h - eh + 1, (), generator=g))
             x0 = int(torch.randint(0, w - ew + 1, (), generator=g))
             x = x.clone()
-            x[:, y0:y0 + eh, x0:x0 + ew] = x.flatten(1).median(dim=1).values[:, None, None]
+            x[:, y0 : y0 + eh, x0 : x0 + ew] = x.flatten(1).median(dim=1).values[:, None, None]
         return x
 
 
 def _rotate(x: torch.Tensor, angle_deg: float) -> torch.Tensor:
     """Rotate about the centre with bilinear sampling and border replication (no artificial black corners)."""
     theta = math.radians(angle_deg)
-    rot = torch.tensor([[math.cos(theta), -math.sin(theta), 0.0], [math.sin(theta), math.cos(theta), 0.0]],
-                       dtype=torch.float32)
+    rot = torch.tensor(
+        [[math.cos(theta), -math.sin(theta), 0.0], [math.sin(theta), math.cos(theta), 0.0]], dtype=torch.float32
+    )
     grid = nn.functional.affine_grid(rot[None], [1, *x.shape], align_corners=False)
-    return nn.functional.grid_sample(x[None].float(), grid, mode="bilinear", padding_mode="border",
-                                     align_corners=False)[0]
+    return nn.functional.grid_sample(
+        x[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )[0]

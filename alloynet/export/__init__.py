@@ -2,15 +2,16 @@
 available; parity checks. Every format computes ``ServingGraph(model)``, whose inputs and outputs are
 ``alloynet.contract``'s.
 """
+
 from alloynet.export.bundle import (
-                                    ONNX_FILE,
-                                    PLAN_FILE,
-                                    TORCHSCRIPT_FILE,
-                                    ExportBundle,
-                                    export_checkpoint,
-                                    export_model,
-                                    meta_from_checkpoint,
-                                    parity_captures,
+    ONNX_FILE,
+    PLAN_FILE,
+    TORCHSCRIPT_FILE,
+    ExportBundle,
+    export_checkpoint,
+    export_model,
+    meta_from_checkpoint,
+    parity_captures,
 )
 from alloynet.export.graph import ExportMeta, ServingGraph
 from alloynet.export.onnx_export import export_onnx, onnx_session, onnx_signature
@@ -19,9 +20,26 @@ from alloynet.export.tensorrt import AccuracyGateFailed, TensorRTUnavailable, bu
 from alloynet.export.torchscript import export_torchscript, load_torchscript
 
 __all__ = [
-    "AccuracyGateFailed", "ExportBundle", "ExportMeta",
-    "ONNX_FILE", "PLAN_FILE", "ParityError", "ParityReport", "ServingGraph", "TORCHSCRIPT_FILE",
-    "TensorRTUnavailable", "build_engine", "check_parity", "export_checkpoint", "export_model", "export_onnx",
-    "export_torchscript", "load_torchscript", "meta_from_checkpoint", "onnx_session", "onnx_signature",
-    "parity_captures", "tensorrt_status",
+    "AccuracyGateFailed",
+    "ExportBundle",
+    "ExportMeta",
+    "ONNX_FILE",
+    "PLAN_FILE",
+    "ParityError",
+    "ParityReport",
+    "ServingGraph",
+    "TORCHSCRIPT_FILE",
+    "TensorRTUnavailable",
+    "build_engine",
+    "check_parity",
+    "export_checkpoint",
+    "export_model",
+    "export_onnx",
+    "export_torchscript",
+    "load_torchscript",
+    "meta_from_checkpoint",
+    "onnx_session",
+    "onnx_signature",
+    "parity_captures",
+    "tensorrt_status",
 ]

@@ -3,6 +3,7 @@
 The bundle directory is what the packagers in serving/ consume; ``export.json`` records the class names,
 input shape, file hashes and the parity report, so a server never has to guess.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,13 +57,26 @@ def meta_from_checkpoint(meta: dict, arch: str = "unknown") -> ExportMeta:
     if isinstance(size, int):
         size = (size, size)
     channels = int(meta.get("channels", meta.get("in_channels", 1)))
-    return ExportMeta(class_names=list(meta["class_names"]), channels=channels,
-                      height=int(size[0]), width=int(size[1]), arch=str(meta.get("arch", meta.get("model", arch))))
+    return ExportMeta(
+        class_names=list(meta["class_names"]),
+        channels=channels,
+        height=int(size[0]),
+        width=int(size[1]),
+        arch=str(meta.get("arch", meta.get("model", arch))),
+    )
 
 
-def export_model(model: nn.Module, meta: ExportMeta, out_dir: str | Path, parity_inputs: Mapping[str, np.ndarray],
-                 tensorrt: str | None = None, opset: int = DEFAULT_OPSET, prob_atol: float = 1e-4,
-                 source: str | None = None, log=print) -> ExportBundle:
+def export_model(
+    model: nn.Module,
+    meta: ExportMeta,
+    out_dir: str | Path,
+    parity_inputs: Mapping[str, np.ndarray],
+    tensorrt: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    prob_atol: float = 1e-4,
+    source: str | None = None,
+    log=print,
+) -> ExportBundle:
     """Export TorchScript and ONNX, run the parity check (raises ``ParityError``), optionally build a
     TensorRT engine (``tensorrt`` = "fp16" | "int8"; skipped with a clear message where unavailable)."""
     out = Path(out_dir)
@@ -71,8 +85,7 @@ def export_model(model: nn.Module, meta: ExportMeta, out_dir: str | Path, parity
     meta = meta.model_copy(update=answer_meta(model, meta))
     ts = export_torchscript(model, meta, out / TORCHSCRIPT_FILE)
     onnx_path = export_onnx(model, meta, out / ONNX_FILE, opset=opset)
-    report = check_parity(model, parity_inputs, ts, onnx_path, prob_atol=prob_atol,
-                          max_adu=meta.max_adu)
+    report = check_parity(model, parity_inputs, ts, onnx_path, prob_atol=prob_atol, max_adu=meta.max_adu)
     files = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE}
     extra: dict = {}
     if tensorrt and tensorrt != "fp32" and getattr(model, "physics", None) is not None:
@@ -82,16 +95,23 @@ def export_model(model: nn.Module, meta: ExportMeta, out_dir: str | Path, parity
         tensorrt = "fp32"
     if tensorrt:
         try:
-            eng = build_engine(onnx_path, out / PLAN_FILE, meta, precision=tensorrt,
-                               captures=parity_inputs)
+            eng = build_engine(onnx_path, out / PLAN_FILE, meta, precision=tensorrt, captures=parity_inputs)
             files["tensorrt"] = PLAN_FILE
             extra["tensorrt"] = eng.to_dict()
             log(f"TensorRT {tensorrt} engine built in {eng.build_s:.1f} s: {eng.path}")
         except TensorRTUnavailable as exc:
             extra["tensorrt"] = {"skipped": str(exc)}
             log(f"TensorRT: {exc}")
-    meta = meta.model_copy(update=dict(opset=opset, files=files, parity=report.to_dict(), source=source,
-                                       sha256={k: _sha256(out / v) for k, v in files.items()}, **extra))
+    meta = meta.model_copy(
+        update=dict(
+            opset=opset,
+            files=files,
+            parity=report.to_dict(),
+            source=source,
+            sha256={k: _sha256(out / v) for k, v in files.items()},
+            **extra,
+        )
+    )
     meta.save(out)
     return ExportBundle(out, meta)
 
@@ -105,8 +125,14 @@ def answer_meta(model: nn.Module, meta: ExportMeta) -> dict:
     return {"class_groups": [GROUP_NAMES[g] for g in groups], "coverage": float(answer.coverage)}
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, store: ObjectStore | str | Path | None = None,
-                      manifest: pd.DataFrame | str | Path | None = None, n_parity: int = 8, **kwargs) -> ExportBundle:
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    store: ObjectStore | str | Path | None = None,
+    manifest: pd.DataFrame | str | Path | None = None,
+    n_parity: int = 8,
+    **kwargs,
+) -> ExportBundle:
     """Export a trained checkpoint, parity-checked on real captures from its data set's test split.
 
     ``store``/``manifest`` default to the data the checkpoint was trained on (its config's data.store and
@@ -121,17 +147,24 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, store: Object
     return export_model(model, export_meta, out_dir, inputs, source=str(checkpoint), **kwargs)
 
 
-def parity_captures(store: ObjectStore, manifest: pd.DataFrame, meta: ExportMeta, n: int = 8,
-                    split: str = "test") -> dict[str, np.ndarray]:
+def parity_captures(
+    store: ObjectStore, manifest: pd.DataFrame, meta: ExportMeta, n: int = 8, split: str = "test"
+) -> dict[str, np.ndarray]:
     """Real captures of ``split`` with the model's input shape, as graph inputs {"image": float32 [n, C, H, W],
     "calibration": float32 [n, C, 2], "wedge_mm": float32 [n, 1]}: the classes in turn (capture-id order inside
     each), so parity covers every alloy the test set has; the last one is sent without its calibration and
     wedge size (zeros), so the fallback branch is checked too."""
-    rows = manifest[(manifest.split == split) & (manifest.channels == meta.channels)
-                    & (manifest.height == meta.height) & (manifest.width == meta.width)]
+    rows = manifest[
+        (manifest.split == split)
+        & (manifest.channels == meta.channels)
+        & (manifest.height == meta.height)
+        & (manifest.width == meta.width)
+    ]
     if rows.empty:
-        raise ValueError(f"parity needs captures of the {split!r} split shaped {list(meta.input_shape)}; "
-                         f"the manifest has none (give the data set the model was trained on)")
+        raise ValueError(
+            f"parity needs captures of the {split!r} split shaped {list(meta.input_shape)}; "
+            f"the manifest has none (give the data set the model was trained on)"
+        )
     per_class = [g.sort_values("capture_id") for _, g in rows.groupby("alloy", sort=True)]
     picked = pd.concat([g.iloc[[i]] for i in range(max(map(len, per_class))) for g in per_class if i < len(g)]).head(n)
     dark, flat = calibration_levels(picked)

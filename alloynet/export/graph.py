@@ -6,6 +6,7 @@ all see the same outputs, named and shaped as ``alloynet.contract`` declares. Th
 inside the graph too (``capture_status``), so every server and runner names a bad capture with the same status
 and none needs checks of its own beyond shapes and dtypes.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ from torch import nn
 from alloynet.contract import GROUP_NAMES, INPUT_DTYPE, MAX_ADU, MAX_WEDGE_MM, META_FILE, STATUS_CODES, VERSION
 
 
-def capture_status(image: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor,
-                   max_adu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def capture_status(
+    image: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor, max_adu: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(status code [B], the value that decided it [B]) as floats, by the contract's table: the first check that
     applies, in the table's order, decides (a later check overrides an earlier one below)."""
     b = image.shape[0]
@@ -66,9 +68,11 @@ class ServingGraph(nn.Module):
         self.model = model
         self.register_buffer("max_adu", torch.tensor(float(max_adu)))
 
-    def forward(self, image: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                           torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor
+    ) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+    ]:
         status, value = capture_status(image, calibration, wedge_mm, self.max_adu)
         refused = status >= float(STATUS_CODES["image_not_finite"])
         image = torch.where(refused[:, None, None, None], 0.5 * self.max_adu, image)

@@ -1,4 +1,5 @@
 """ONNX export with a dynamic batch dimension (torch.export-based exporter), checked with onnx.checker."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,9 +27,16 @@ def export_onnx(model: nn.Module, meta: ExportMeta, path: str | Path, opset: int
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.filterwarnings("ignore")
-        program = torch.onnx.export(graph, example_inputs(meta, batch=2), input_names=list(INPUT_NAMES),
-                                    output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=True,
-                                    dynamic_shapes={n: {0: batch} for n in INPUT_NAMES}, external_data=False)
+        program = torch.onnx.export(
+            graph,
+            example_inputs(meta, batch=2),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes={n: {0: batch} for n in INPUT_NAMES},
+            external_data=False,
+        )
     if program is None:  # dynamo=True always returns a program; this says so to the type checker
         raise RuntimeError("torch.onnx.export returned no program")
     program.save(str(path), external_data=False)
@@ -45,8 +53,9 @@ def export_onnx(model: nn.Module, meta: ExportMeta, path: str | Path, opset: int
 
 def describe(meta: ExportMeta) -> dict[str, str]:
     """The contract's description of this model (``alloynet.contract.description``)."""
-    return description(meta.class_names, meta.class_groups, meta.coverage if meta.coverage is not None else 0.0,
-                       meta.max_adu)
+    return description(
+        meta.class_names, meta.class_groups, meta.coverage if meta.coverage is not None else 0.0, meta.max_adu
+    )
 
 
 def _dims(value_info) -> list:
@@ -59,8 +68,10 @@ def onnx_signature(path_or_proto) -> dict[str, dict[str, list]]:
 
     proto = onnx.load(str(path_or_proto)) if isinstance(path_or_proto, (str, Path)) else path_or_proto
     inits = {i.name for i in proto.graph.initializer}
-    return {"inputs": {i.name: _dims(i) for i in proto.graph.input if i.name not in inits},
-            "outputs": {o.name: _dims(o) for o in proto.graph.output}}
+    return {
+        "inputs": {i.name: _dims(i) for i in proto.graph.input if i.name not in inits},
+        "outputs": {o.name: _dims(o) for o in proto.graph.output},
+    }
 
 
 def _check_signature(proto, meta: ExportMeta) -> None:

@@ -1,4 +1,5 @@
 """Parity: the checkpoint, TorchScript and ONNX Runtime must agree on the same captures."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -46,8 +47,7 @@ def _as_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in INPUT_NAMES}
 
 
-def reference_outputs(model: nn.Module, inputs: Mapping[str, np.ndarray], max_adu: float = MAX_ADU
-                      ) -> list[np.ndarray]:
+def reference_outputs(model: nn.Module, inputs: Mapping[str, np.ndarray], max_adu: float = MAX_ADU) -> list[np.ndarray]:
     graph = ServingGraph(model, max_adu).eval()
     with torch.no_grad():
         return [t.numpy() for t in graph(*(torch.from_numpy(inputs[n]) for n in INPUT_NAMES))]
@@ -61,9 +61,16 @@ def _tolerance(name: str, ref: np.ndarray, prob_atol: float, reg_rtol: float):
     return reg_rtol * np.maximum(np.abs(ref), 1.0)
 
 
-def check_parity(model: nn.Module, inputs: Mapping[str, np.ndarray], torchscript_path: str | Path | None = None,
-                 onnx_path: str | Path | None = None, prob_atol: float = 1e-4, reg_rtol: float = 1e-4,
-                 raise_on_failure: bool = True, max_adu: float = MAX_ADU) -> ParityReport:
+def check_parity(
+    model: nn.Module,
+    inputs: Mapping[str, np.ndarray],
+    torchscript_path: str | Path | None = None,
+    onnx_path: str | Path | None = None,
+    prob_atol: float = 1e-4,
+    reg_rtol: float = 1e-4,
+    raise_on_failure: bool = True,
+    max_adu: float = MAX_ADU,
+) -> ParityReport:
     """Compare each exported format to the eager model on real captures: ``inputs`` = {"image": float32
     [N, C, H, W] raw ADU, "calibration": float32 [N, C, 2]}.
 
@@ -95,8 +102,9 @@ def check_parity(model: nn.Module, inputs: Mapping[str, np.ndarray], torchscript
             diff = np.abs(r.astype(np.float64) - o)
             report.max_abs_diff[fmt][name] = float(diff.max()) if diff.size else 0.0
             if not np.all(np.isfinite(o)) or np.any(diff > _tolerance(name, r, prob_atol, reg_rtol)):
-                report.failures.append(f"{fmt}: {name} differs from the checkpoint by up to "
-                                       f"{report.max_abs_diff[fmt][name]:.3g}")
+                report.failures.append(
+                    f"{fmt}: {name} differs from the checkpoint by up to {report.max_abs_diff[fmt][name]:.3g}"
+                )
         report.top1_agreement[fmt] = float((outs[0].argmax(1) == ref[0].argmax(1)).mean())
     if raise_on_failure and report.failures:
         raise ParityError("parity failed: " + "; ".join(report.failures))

@@ -5,6 +5,7 @@ absent, ``tensorrt_status`` says why and ``build_engine`` raises ``TensorRTUnava
 the step with that message; nothing is ever faked. The portable alternative needs no build step: the
 Triton ``onnxruntime`` config can ask for the TensorRT execution accelerator (see serving/triton).
 """
+
 from __future__ import annotations
 
 import time
@@ -47,8 +48,10 @@ def tensorrt_status() -> tuple[bool, str]:
     try:
         import tensorrt as trt  # noqa: F401
     except ImportError:
-        return False, ("TensorRT is not installed (no `tensorrt` Python package); engines are built on a GPU "
-                       "worker with TensorRT. Skipping the engine build.")
+        return False, (
+            "TensorRT is not installed (no `tensorrt` Python package); engines are built on a GPU "
+            "worker with TensorRT. Skipping the engine build."
+        )
     try:
         import torch
 
@@ -60,10 +63,18 @@ def tensorrt_status() -> tuple[bool, str]:
     return True, f"TensorRT {trt.__version__} on {device}"
 
 
-def build_engine(onnx_path: str | Path, plan_path: str | Path, meta: ExportMeta, precision: str = "fp16",
-                 captures: Mapping[str, np.ndarray] | None = None, max_batch: int = 32, opt_batch: int = 8,
-                 min_top1_agreement: float = 0.99, max_prob_diff: float = 0.02,
-                 workspace_gib: float = 2.0) -> EngineReport:
+def build_engine(
+    onnx_path: str | Path,
+    plan_path: str | Path,
+    meta: ExportMeta,
+    precision: str = "fp16",
+    captures: Mapping[str, np.ndarray] | None = None,
+    max_batch: int = 32,
+    opt_batch: int = 8,
+    min_top1_agreement: float = 0.99,
+    max_prob_diff: float = 0.02,
+    workspace_gib: float = 2.0,
+) -> EngineReport:
     """Build and gate a serialized engine (``model.plan``).
 
     ``captures``: real graph inputs {"image": float32 [N, C, H, W], "calibration": float32 [N, C, 2]}, used
@@ -99,8 +110,10 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, meta: ExportMeta,
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
         if not hasattr(trt, "IInt8EntropyCalibrator2"):
-            raise RuntimeError(f"TensorRT {trt.__version__} has no implicit INT8 calibration; quantise the ONNX "
-                               "model explicitly (Q/DQ nodes) and build with precision='fp16'")
+            raise RuntimeError(
+                f"TensorRT {trt.__version__} has no implicit INT8 calibration; quantise the ONNX "
+                "model explicitly (Q/DQ nodes) and build with precision='fp16'"
+            )
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = _calibrator(trt, captures, batch=min(8, len(captures[INPUT_NAMES[0]])))
         config.set_calibration_profile(profile)
@@ -113,9 +126,11 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, meta: ExportMeta,
     engine_bytes = bytes(serialized)
     report = _gate(trt, engine_bytes, onnx_path, captures, precision, build_s, notes)
     if report.top1_agreement < min_top1_agreement or report.max_abs_prob_diff > max_prob_diff:
-        raise AccuracyGateFailed(f"{precision} engine: top-1 agreement {report.top1_agreement:.4f} "
-                                 f"(need >= {min_top1_agreement}), max |dp| {report.max_abs_prob_diff:.4f} "
-                                 f"(need <= {max_prob_diff}); engine discarded")
+        raise AccuracyGateFailed(
+            f"{precision} engine: top-1 agreement {report.top1_agreement:.4f} "
+            f"(need >= {min_top1_agreement}), max |dp| {report.max_abs_prob_diff:.4f} "
+            f"(need <= {max_prob_diff}); engine discarded"
+        )
     plan_path = Path(plan_path)
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     plan_path.write_bytes(engine_bytes)
@@ -144,8 +159,15 @@ def run_engine(trt, engine, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray
     return [outs[n].cpu().numpy() for n in OUTPUT_NAMES]
 
 
-def _gate(trt, engine_bytes: bytes, onnx_path, captures: Mapping[str, np.ndarray], precision: str,
-          build_s: float, notes: list[str]) -> EngineReport:
+def _gate(
+    trt,
+    engine_bytes: bytes,
+    onnx_path,
+    captures: Mapping[str, np.ndarray],
+    precision: str,
+    build_s: float,
+    notes: list[str],
+) -> EngineReport:
     import torch
 
     from alloynet.export.onnx_export import onnx_session
@@ -153,18 +175,26 @@ def _gate(trt, engine_bytes: bytes, onnx_path, captures: Mapping[str, np.ndarray
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(engine_bytes)
     ref = onnx_session(onnx_path).run(None, dict(captures))[0]
     n = len(captures[INPUT_NAMES[0]])
-    got = np.concatenate([run_engine(trt, engine, {k: v[i:i + 32] for k, v in captures.items()})[0]
-                          for i in range(0, n, 32)])
+    got = np.concatenate(
+        [run_engine(trt, engine, {k: v[i : i + 32] for k, v in captures.items()})[0] for i in range(0, n, 32)]
+    )
     one = {k: v[:1] for k, v in captures.items()}
     run_engine(trt, engine, one)
     t0 = time.perf_counter()
     for _ in range(50):
         run_engine(trt, engine, one)
     latency = (time.perf_counter() - t0) / 50 * 1e3
-    return EngineReport(path="", precision=precision, build_s=build_s, tensorrt_version=trt.__version__,
-                        device=torch.cuda.get_device_name(0),
-                        top1_agreement=float((ref.argmax(1) == got.argmax(1)).mean()),
-                        max_abs_prob_diff=float(np.abs(ref - got).max()), latency_ms_b1=latency, notes=notes)
+    return EngineReport(
+        path="",
+        precision=precision,
+        build_s=build_s,
+        tensorrt_version=trt.__version__,
+        device=torch.cuda.get_device_name(0),
+        top1_agreement=float((ref.argmax(1) == got.argmax(1)).mean()),
+        max_abs_prob_diff=float(np.abs(ref - got).max()),
+        latency_ms_b1=latency,
+        notes=notes,
+    )
 
 
 def _calibrator(trt, data: Mapping[str, np.ndarray], batch: int):
@@ -176,8 +206,9 @@ def _calibrator(trt, data: Mapping[str, np.ndarray], batch: int):
         def __init__(self):
             super().__init__()
             self.i = 0
-            self.buf = {k: torch.empty((batch, *v.shape[1:]), dtype=torch.float32, device="cuda")
-                        for k, v in data.items()}
+            self.buf = {
+                k: torch.empty((batch, *v.shape[1:]), dtype=torch.float32, device="cuda") for k, v in data.items()
+            }
 
         def get_batch_size(self) -> int:
             return batch
@@ -186,7 +217,7 @@ def _calibrator(trt, data: Mapping[str, np.ndarray], batch: int):
             if self.i + batch > n:
                 return None
             for k, b in self.buf.items():
-                b.copy_(torch.from_numpy(data[k][self.i:self.i + batch]))
+                b.copy_(torch.from_numpy(data[k][self.i : self.i + batch]))
             self.i += batch
             return [int(self.buf[name].data_ptr()) for name in names]
 

@@ -1,4 +1,5 @@
 """TorchScript export (traced: the contract models are static graphs over a fixed-size capture)."""
+
 from __future__ import annotations
 
 import warnings

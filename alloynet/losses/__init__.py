@@ -16,14 +16,21 @@ ldam                  LDAM margins, deferred re-weighting from drw_epoch     max
 ``MultiTaskLoss(classification, target_stats, task_weights=None, weighting="fixed"|"uncertainty")``
 adds the regression heads; calling it returns ``(total, {task: float})``.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from alloynet.losses.classification import (CrossEntropy, FocalLoss, LDAMLoss, LogitAdjustedLoss,
-                                            class_balanced_weights, log_prior)
+from alloynet.losses.classification import (
+    CrossEntropy,
+    FocalLoss,
+    LDAMLoss,
+    LogitAdjustedLoss,
+    class_balanced_weights,
+    log_prior,
+)
 from alloynet.losses.multitask import DEFAULT_TASK_WEIGHTS, TASKS, MultiTaskLoss
 
 _LOSSES: dict[str, Callable[..., nn.Module]] = {}
@@ -33,6 +40,7 @@ def register_loss(name: str) -> Callable:
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _LOSSES[name] = fn
         return fn
+
     return deco
 
 
@@ -83,6 +91,16 @@ def _ldam(counts, max_margin: float = 0.5, s: float = 30.0, drw_epoch=None, beta
 
 
 __all__ = [
-    "CrossEntropy", "DEFAULT_TASK_WEIGHTS", "FocalLoss", "LDAMLoss", "LogitAdjustedLoss", "MultiTaskLoss", "TASKS",
-    "class_balanced_weights", "create_loss", "list_losses", "log_prior", "register_loss",
+    "CrossEntropy",
+    "DEFAULT_TASK_WEIGHTS",
+    "FocalLoss",
+    "LDAMLoss",
+    "LogitAdjustedLoss",
+    "MultiTaskLoss",
+    "TASKS",
+    "class_balanced_weights",
+    "create_loss",
+    "list_losses",
+    "log_prior",
+    "register_loss",
 ]

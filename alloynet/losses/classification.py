@@ -9,9 +9,10 @@
 * ``LDAMLoss`` (Cao et al. 2019): label-distribution-aware margins, with deferred re-weighting (DRW): plain
   until ``drw_epoch``, class-balanced weights after.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ def log_prior(class_counts: Sequence[int]) -> torch.Tensor:
 
 
 class CrossEntropy(nn.Module):
-    def __init__(self, weight: Optional[torch.Tensor] = None, label_smoothing: float = 0.0):
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
         super().__init__()
         self.register_buffer("weight", weight if weight is None else weight.float())
         self.label_smoothing = label_smoothing
@@ -48,7 +49,7 @@ class CrossEntropy(nn.Module):
 class FocalLoss(nn.Module):
     """mean_i w_{y_i} (1 - p_{y_i})^gamma (-log p_{y_i}), normalised like weighted CE (by the weights' sum)."""
 
-    def __init__(self, gamma: float = 2.0, weight: Optional[torch.Tensor] = None, label_smoothing: float = 0.0):
+    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
         super().__init__()
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
@@ -84,8 +85,14 @@ class LDAMLoss(nn.Module):
     """Margins m_c = C / n_c^(1/4) (largest = ``max_margin``) subtracted from the true-class logit, scaled
     by ``s``; class-balanced weights switch on at ``drw_epoch`` (call ``set_epoch`` every epoch)."""
 
-    def __init__(self, class_counts: Sequence[int], max_margin: float = 0.5, s: float = 30.0,
-                 drw_epoch: Optional[int] = None, beta: float = 0.9999):
+    def __init__(
+        self,
+        class_counts: Sequence[int],
+        max_margin: float = 0.5,
+        s: float = 30.0,
+        drw_epoch: int | None = None,
+        beta: float = 0.9999,
+    ):
         super().__init__()
         n = torch.clamp(torch.as_tensor(list(class_counts), dtype=torch.float64), min=1)
         m = 1.0 / n.pow(0.25)

@@ -13,9 +13,10 @@ sometimes no thickness): it is left out of that task's mean per sample, and a ba
 adds nothing for it (a zero that keeps the head in the graph), so imported and simulated captures train
 together with no setting.
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -28,9 +29,14 @@ DEFAULT_TASK_WEIGHTS = {"alloy": 1.0, "thickness_mm": 0.5, "a0": 0.25, "mu_eff":
 
 
 class MultiTaskLoss(nn.Module):
-    def __init__(self, classification: nn.Module, target_stats: Mapping[str, tuple[float, float]],
-                 task_weights: Optional[Mapping[str, float]] = None, weighting: str = "fixed",
-                 regression: str = "smooth_l1"):
+    def __init__(
+        self,
+        classification: nn.Module,
+        target_stats: Mapping[str, tuple[float, float]],
+        task_weights: Mapping[str, float] | None = None,
+        weighting: str = "fixed",
+        regression: str = "smooth_l1",
+    ):
         super().__init__()
         if weighting not in ("fixed", "uncertainty"):
             raise ValueError(f"weighting must be 'fixed' or 'uncertainty', got {weighting!r}")
@@ -42,17 +48,22 @@ class MultiTaskLoss(nn.Module):
             raise ValueError(f"unknown task(s) {sorted(unknown)}; tasks are {TASKS}")
         self.classification, self.weighting, self.regression = classification, weighting, regression
         self.task_weights = {t: float(weights[t]) for t in TASKS}
-        self.register_buffer("mean", torch.tensor([target_stats[k][0] for k in REGRESSION_TARGETS], dtype=torch.float32))
+        self.register_buffer(
+            "mean", torch.tensor([target_stats[k][0] for k in REGRESSION_TARGETS], dtype=torch.float32)
+        )
         self.register_buffer("std", torch.tensor([target_stats[k][1] for k in REGRESSION_TARGETS], dtype=torch.float32))
         active = [t for t in TASKS if self.task_weights[t] > 0]
-        self.log_vars = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in active}) \
-            if weighting == "uncertainty" else None
+        self.log_vars = (
+            nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in active}) if weighting == "uncertainty" else None
+        )
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.classification, "set_epoch"):
             self.classification.set_epoch(epoch)
 
-    def task_losses(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def task_losses(
+        self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         losses = {"alloy": self.classification(outputs["logits"], targets["alloy"])}
         reg = F.smooth_l1_loss if self.regression == "smooth_l1" else F.mse_loss
         for i, k in enumerate(REGRESSION_TARGETS):
@@ -63,7 +74,9 @@ class MultiTaskLoss(nn.Module):
             losses[k] = reg(pred[known], true[known]) if bool(known.any()) else pred.sum() * 0.0
         return losses
 
-    def forward(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The total loss and the per-task values (floats, for logging) of the tasks this batch has truth for."""
         losses = self.task_losses(outputs, targets)
         total = outputs["logits"].new_zeros((), dtype=torch.float32)

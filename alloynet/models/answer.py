@@ -26,6 +26,7 @@
 Every statistic is a buffer, so it is saved in checkpoints and traced into every exported graph. An Answer
 that was never fitted is honest about it: temperature 1, the full set of classes, no out-of-envelope flags.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,16 +36,17 @@ import torch
 from torch import nn
 
 OOD_QUANTILE = 0.995
-AGREEMENT_P = 0.05   # simulated calibration captures are dropped when the real ones disagree at this level
-MIN_REAL = 10        # fewer real calibration captures cannot tell whether simulated ones agree: not used
+AGREEMENT_P = 0.05  # simulated calibration captures are dropped when the real ones disagree at this level
+MIN_REAL = 10  # fewer real calibration captures cannot tell whether simulated ones agree: not used
 THICKNESS_MARGIN = 0.05
 MAX_PROJECTION = 32
 OUTSIDE_MASS = 0.5  # the physics fit's posterior mass beyond the training thicknesses that flags them
 
 
 class Answer(nn.Module):
-    def __init__(self, num_classes: int, feature_dim: int, groups: Sequence[int], num_groups: int = 2,
-                 coverage: float = 0.95):
+    def __init__(
+        self, num_classes: int, feature_dim: int, groups: Sequence[int], num_groups: int = 2, coverage: float = 0.95
+    ):
         super().__init__()
         if not 0 < coverage < 1:
             raise ValueError(f"coverage must lie in (0, 1), got {coverage}")
@@ -53,7 +55,7 @@ class Answer(nn.Module):
         onehot[torch.arange(num_classes), torch.as_tensor(list(groups))] = 1.0
         self.register_buffer("group_matrix", onehot)
         self.register_buffer("temperature", torch.tensor(1.0))
-        self.register_buffer("qhat", torch.tensor(1.0))                     # 1 - p threshold; 1 = every class
+        self.register_buffer("qhat", torch.tensor(1.0))  # 1 - p threshold; 1 = every class
         self.register_buffer("coverage", torch.tensor(float(coverage)))
         self.register_buffer("thickness_range", torch.tensor([0.0, float("inf")]))
         self.register_buffer("feat_mean", torch.zeros(feature_dim))
@@ -67,19 +69,20 @@ class Answer(nn.Module):
 
     _OPTIONAL_BUFFERS = ("temperature_missing", "qhat_missing")
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # checkpoints written before these buffers existed load as "not fitted"
         for name in self._OPTIONAL_BUFFERS:
             state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits.float() / self.temperature, dim=-1)
 
-    def answer_sets(self, logits: torch.Tensor, calibration_missing: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def answer_sets(self, logits: torch.Tensor, calibration_missing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities [B, K], prediction set [B, K]): items whose calibration or wedge size was not sent
         (``calibration_missing`` [B] as 0/1) get the temperature and threshold fitted for such captures, or the
         uniform answer and every class while those are not fitted."""
@@ -95,14 +98,20 @@ class Answer(nn.Module):
 
     def ood_distance(self, features: torch.Tensor) -> torch.Tensor:
         """Smallest Mahalanobis distance (squared) of the projected features to a training class mean."""
-        z = (features.float() - self.feat_mean) @ self.feat_proj                  # [B, P]
-        d = z[:, None, :] - self.class_means[None]                               # [B, K, P]
+        z = (features.float() - self.feat_mean) @ self.feat_proj  # [B, P]
+        d = z[:, None, :] - self.class_means[None]  # [B, K, P]
         return torch.einsum("bkp,pq,bkq->bk", d, self.precision, d).min(dim=1).values
 
-    def forward(self, logits: torch.Tensor, thickness_mm: torch.Tensor, features: torch.Tensor,
-                calibration_missing: torch.Tensor, calibration_out: torch.Tensor,
-                drift: torch.Tensor, thickness_outside: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        logits: torch.Tensor,
+        thickness_mm: torch.Tensor,
+        features: torch.Tensor,
+        calibration_missing: torch.Tensor,
+        calibration_out: torch.Tensor,
+        drift: torch.Tensor,
+        thickness_outside: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(probabilities [B, K], prediction_set [B, K], group_probabilities [B, G], flags [B, 5]).
         ``thickness_outside``: the physics fit's posterior mass beyond the training thicknesses [B], if the model
         has the fit; above OUTSIDE_MASS the thickness is out of range whatever the regression head says (the
@@ -120,9 +129,16 @@ class Answer(nn.Module):
 
     # -- fitting on held-out data (host side) -----------------------------------------------------------
     @torch.no_grad()
-    def fit(self, val_logits: np.ndarray, val_labels: np.ndarray, train_features: np.ndarray,
-            train_labels: np.ndarray, val_features: np.ndarray, train_thickness: np.ndarray,
-            coverage: float | None = None) -> dict:
+    def fit(
+        self,
+        val_logits: np.ndarray,
+        val_labels: np.ndarray,
+        train_features: np.ndarray,
+        train_labels: np.ndarray,
+        val_features: np.ndarray,
+        train_thickness: np.ndarray,
+        coverage: float | None = None,
+    ) -> dict:
         """Fit temperature, conformal threshold, feature statistics and the thickness range; returns a summary."""
         if coverage is not None:
             self.coverage.fill_(float(coverage))
@@ -136,8 +152,13 @@ class Answer(nn.Module):
             lo, hi = t.min() * (1 - THICKNESS_MARGIN), t.max() * (1 + THICKNESS_MARGIN)
             self.thickness_range.copy_(torch.tensor([lo, hi]))
         self._fit_features(np.asarray(train_features, np.float64), np.asarray(train_labels), np.asarray(val_features))
-        return {"temperature": float(self.temperature), "qhat": float(self.qhat), "coverage": float(self.coverage),
-                "thickness_range": self.thickness_range.tolist(), "ood_threshold": float(self.ood_threshold)}
+        return {
+            "temperature": float(self.temperature),
+            "qhat": float(self.qhat),
+            "coverage": float(self.coverage),
+            "thickness_range": self.thickness_range.tolist(),
+            "ood_threshold": float(self.ood_threshold),
+        }
 
     @torch.no_grad()
     def fit_missing(self, logits: np.ndarray, labels: np.ndarray, min_captures: int = MIN_REAL) -> dict:
@@ -147,16 +168,24 @@ class Answer(nn.Module):
         temperature is never below the calibrated captures' own: a capture without its calibration is never
         answered more sharply than one with it."""
         if len(labels) < min_captures:
-            return {"fitted": False, "captures": int(len(labels)),
-                    "reason": f"fewer than {min_captures} held-out captures: answered uniformly"}
+            return {
+                "fitted": False,
+                "captures": int(len(labels)),
+                "reason": f"fewer than {min_captures} held-out captures: answered uniformly",
+            }
         t = max(fit_temperature(logits, labels), float(self.temperature))
         probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float32) / t, -1).numpy()
         self.temperature_missing.fill_(t)
         self.qhat_missing.fill_(conformal_threshold(probs, labels, float(self.coverage)))
         covered = probs[np.arange(len(labels)), np.asarray(labels, int)] >= 1.0 - float(self.qhat_missing)
-        return {"fitted": True, "captures": int(len(labels)), "temperature": t, "qhat": float(self.qhat_missing),
-                "coverage": float(covered.mean()),
-                "set_size": float((probs >= 1.0 - float(self.qhat_missing)).sum(1).mean())}
+        return {
+            "fitted": True,
+            "captures": int(len(labels)),
+            "temperature": t,
+            "qhat": float(self.qhat_missing),
+            "coverage": float(covered.mean()),
+            "set_size": float((probs >= 1.0 - float(self.qhat_missing)).sum(1).mean()),
+        }
 
     def _fit_features(self, f: np.ndarray, y: np.ndarray, f_val: np.ndarray) -> None:
         mean = f.mean(0)
@@ -228,9 +257,14 @@ def conformal_threshold(probs: np.ndarray, labels: np.ndarray, coverage: float) 
     return float(scores[order][min(np.searchsorted(cdf, level - 1e-12), n - 1)])
 
 
-def calibration_set(real_logits: np.ndarray, real_labels: np.ndarray, sim_logits: np.ndarray | None,
-                    sim_labels: np.ndarray | None, coverage: float, min_real: int = MIN_REAL
-                    ) -> tuple[np.ndarray, np.ndarray, dict]:
+def calibration_set(
+    real_logits: np.ndarray,
+    real_labels: np.ndarray,
+    sim_logits: np.ndarray | None,
+    sim_labels: np.ndarray | None,
+    coverage: float,
+    min_real: int = MIN_REAL,
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """The captures the temperature and the conformal threshold are fitted on: the real calibration captures,
     joined by the held-out simulated ones when the real ones agree with the joint fit (a two-sided binomial
     test of their coverage against ``coverage`` at ``AGREEMENT_P``; with fewer than ``min_real`` real captures

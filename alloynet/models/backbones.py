@@ -6,10 +6,10 @@ torchvision state dict). The RGB first-layer kernels are folded into C channels 
 ``adapt_input_conv`` does (summed for 1 channel, tiled and rescaled for more), so a pretrained stem still
 sees the same total input energy.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torchvision
@@ -33,8 +33,16 @@ def load_local_weights(model: nn.Module, path: str | Path) -> None:
 
 def adapt_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     """The same convolution for ``in_channels`` inputs; existing RGB kernels are folded, not discarded."""
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None)
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+    )
     with torch.no_grad():
         w = conv.weight
         if in_channels == 1:
@@ -82,7 +90,7 @@ class WedgeAware2D(nn.Module):
         return self.pool(self.body(torch.cat([self.norm(x), coord], dim=1))).flatten(1)
 
 
-def _resnet(arch: str, in_channels: int, activation: str, pretrained: Optional[str], width: int) -> tuple[nn.Module, int]:
+def _resnet(arch: str, in_channels: int, activation: str, pretrained: str | None, width: int) -> tuple[nn.Module, int]:
     m = getattr(torchvision.models, arch)(weights=None)
     if pretrained:
         load_local_weights(m, pretrained)
@@ -94,26 +102,34 @@ def _resnet(arch: str, in_channels: int, activation: str, pretrained: Optional[s
 
 
 @register_model("resnet18")
-def resnet18(in_channels: int, activation: str = "relu", pretrained: Optional[str] = None,
-             width: int = 64) -> tuple[nn.Module, int]:
+def resnet18(
+    in_channels: int, activation: str = "relu", pretrained: str | None = None, width: int = 64
+) -> tuple[nn.Module, int]:
     return _resnet("resnet18", in_channels, activation, pretrained, width)
 
 
 @register_model("resnet34")
-def resnet34(in_channels: int, activation: str = "leaky_relu", pretrained: Optional[str] = None,
-             width: int = 64) -> tuple[nn.Module, int]:
+def resnet34(
+    in_channels: int, activation: str = "leaky_relu", pretrained: str | None = None, width: int = 64
+) -> tuple[nn.Module, int]:
     return _resnet("resnet34", in_channels, activation, pretrained, width)
 
 
 @register_model("resnet50")
-def resnet50(in_channels: int, activation: str = "gelu", pretrained: Optional[str] = None,
-             width: int = 64) -> tuple[nn.Module, int]:
+def resnet50(
+    in_channels: int, activation: str = "gelu", pretrained: str | None = None, width: int = 64
+) -> tuple[nn.Module, int]:
     return _resnet("resnet50", in_channels, activation, pretrained, width)
 
 
 @register_model("vgg16")
-def vgg16(in_channels: int, activation: str = "relu", pretrained: Optional[str] = None,
-          batch_norm: bool = True, width: int = 64) -> tuple[nn.Module, int]:
+def vgg16(
+    in_channels: int,
+    activation: str = "relu",
+    pretrained: str | None = None,
+    batch_norm: bool = True,
+    width: int = 64,
+) -> tuple[nn.Module, int]:
     """VGG-16 convolutional stack, wedge-aware (see ``WedgeAware2D``; the 25088x4096 FC block is dropped: it
     is 120 M parameters sized for 224 px ImageNet crops). Batch norm by default, because plain VGG-16 from
     scratch rarely trains at the table's SGD lr of 0.01."""
@@ -127,8 +143,9 @@ def vgg16(in_channels: int, activation: str = "relu", pretrained: Optional[str] 
 
 
 @register_model("efficientnet_b0")
-def efficientnet_b0(in_channels: int, activation: str = "silu", pretrained: Optional[str] = None,
-                    width: int = 64) -> tuple[nn.Module, int]:
+def efficientnet_b0(
+    in_channels: int, activation: str = "silu", pretrained: str | None = None, width: int = 64
+) -> tuple[nn.Module, int]:
     m = torchvision.models.efficientnet_b0(weights=None)
     if pretrained:
         load_local_weights(m, pretrained)

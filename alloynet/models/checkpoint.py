@@ -12,6 +12,7 @@ Writes are atomic (temp file + rename): a run killed while saving leaves the pre
 Public: ``save_checkpoint(state, path)``, ``load_checkpoint(path, map_location="cpu") -> dict``,
 ``build_model(model_spec) -> AlloyNet`` and ``load_model(path, device="cpu") -> (model, meta)``.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,10 +49,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def build_model(spec: dict[str, Any]) -> AlloyNet:
     """An untrained model exactly as described by a checkpoint's ``model_spec``."""
     stats = {k: tuple(v) for k, v in spec["target_stats"].items()}
-    return create_model(spec["name"], spec["num_classes"], spec["in_channels"], spec["preprocess"],
-                        activation=spec["activation"], target_stats=stats, dropout=spec.get("dropout", 0.0),
-                        class_names=spec.get("class_names"), coverage=spec.get("coverage", 0.95), rig=spec.get("rig"),
-                        physics=spec.get("physics"), **spec.get("kwargs", {}))
+    return create_model(
+        spec["name"],
+        spec["num_classes"],
+        spec["in_channels"],
+        spec["preprocess"],
+        activation=spec["activation"],
+        target_stats=stats,
+        dropout=spec.get("dropout", 0.0),
+        class_names=spec.get("class_names"),
+        coverage=spec.get("coverage", 0.95),
+        rig=spec.get("rig"),
+        physics=spec.get("physics"),
+        **spec.get("kwargs", {}),
+    )
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[AlloyNet, dict[str, Any]]:
@@ -63,8 +74,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Al
     model = build_model(ckpt["model_spec"])
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
-    keys = ("class_names", "manifest_hash", "image_size", "channels", "arch", "config", "model_spec", "epoch",
-            "metrics", "history", "best", "class_counts", "physics_correction")
+    keys = (
+        "class_names",
+        "manifest_hash",
+        "image_size",
+        "channels",
+        "arch",
+        "config",
+        "model_spec",
+        "epoch",
+        "metrics",
+        "history",
+        "best",
+        "class_counts",
+        "physics_correction",
+    )
     meta = {k: ckpt.get(k) for k in keys}
     meta["path"] = str(path)
     return model, meta
@@ -90,13 +114,18 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
     wanted = [k for k in mine if not k.startswith(OWN_STATE) and (k in learned or not k.startswith(OWN_BUFFERS))]
     missing = [k for k in wanted if k not in theirs]
     if missing:
-        raise ValueError(f"{path}: cannot start from this checkpoint ({ckpt.get('arch')}, "
-                         f"{ckpt.get('channels')} channel(s), {ckpt.get('image_size')} px): it has no {missing[:3]}")
-    shaped = [f"{k} {tuple(theirs[k].shape)} vs {tuple(mine[k].shape)}" for k in wanted
-              if theirs[k].shape != mine[k].shape]
+        raise ValueError(
+            f"{path}: cannot start from this checkpoint ({ckpt.get('arch')}, "
+            f"{ckpt.get('channels')} channel(s), {ckpt.get('image_size')} px): it has no {missing[:3]}"
+        )
+    shaped = [
+        f"{k} {tuple(theirs[k].shape)} vs {tuple(mine[k].shape)}" for k in wanted if theirs[k].shape != mine[k].shape
+    ]
     if shaped:
-        raise ValueError(f"{path}: cannot start from this checkpoint: other shapes ({'; '.join(shaped[:3])}); "
-                         "it must be the same architecture trained on captures of the same size and channels")
+        raise ValueError(
+            f"{path}: cannot start from this checkpoint: other shapes ({'; '.join(shaped[:3])}); "
+            "it must be the same architecture trained on captures of the same size and channels"
+        )
     with torch.no_grad():
         for k in wanted:
             mine[k].copy_(theirs[k].to(mine[k].device, mine[k].dtype))

@@ -4,9 +4,10 @@ Regression targets are learnt standardised (so thickness in mm, A0 and mu_eff pe
 loss) and de-standardised inside ``forward`` with buffers: the model, and every graph exported from it,
 returns physical units.
 """
+
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -36,15 +37,17 @@ def activation_names() -> list[str]:
 class MultiTaskHead(nn.Module):
     """Alloy logits and the standardised regression outputs from one shared feature vector."""
 
-    def __init__(self, in_features: int, num_classes: int, activation: str = "relu", dropout: float = 0.0,
-                 hidden: int = 128):
+    def __init__(
+        self, in_features: int, num_classes: int, activation: str = "relu", dropout: float = 0.0, hidden: int = 128
+    ):
         super().__init__()
         self.drop = nn.Dropout(dropout)
         self.classifier = nn.Linear(in_features, num_classes)
         # A small private MLP per regression block: the physics (thickness, absorption) is smooth in the
         # features, and sharing the last layer with the classifier would tie their scales together.
-        self.regressor = nn.Sequential(nn.Linear(in_features, hidden), make_activation(activation),
-                                       nn.Linear(hidden, len(REGRESSION_TARGETS)))
+        self.regressor = nn.Sequential(
+            nn.Linear(in_features, hidden), make_activation(activation), nn.Linear(hidden, len(REGRESSION_TARGETS))
+        )
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.drop(features)
@@ -63,11 +66,21 @@ class AlloyNet(nn.Module):
     forward model's likelihoods, ``alloynet.models.physics_prior``) the logits are the head's plus the physics
     fit's log posterior, learnt weight."""
 
-    def __init__(self, trunk: nn.Module, feature_dim: int, num_classes: int, preprocess: Preprocess,
-                 target_stats: Optional[Mapping[str, tuple[float, float]]] = None, activation: str = "relu",
-                 dropout: float = 0.0, groups: Optional[Sequence[int]] = None, coverage: float = 0.95,
-                 wedge: Optional[WedgeReference] = None, open_beam: Optional[OpenBeamReference] = None,
-                 physics: Optional[PhysicsLikelihood] = None):
+    def __init__(
+        self,
+        trunk: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        preprocess: Preprocess,
+        target_stats: Mapping[str, tuple[float, float]] | None = None,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        groups: Sequence[int] | None = None,
+        coverage: float = 0.95,
+        wedge: WedgeReference | None = None,
+        open_beam: OpenBeamReference | None = None,
+        physics: PhysicsLikelihood | None = None,
+    ):
         super().__init__()
         self.preprocess = preprocess
         self.wedge = wedge or WedgeReference()
@@ -75,8 +88,9 @@ class AlloyNet(nn.Module):
         self.trunk = trunk
         self.physics = physics
         self.head = MultiTaskHead(feature_dim, num_classes, activation, dropout)
-        self.answer = Answer(num_classes, feature_dim, groups if groups is not None else [0] * num_classes,
-                             coverage=coverage)
+        self.answer = Answer(
+            num_classes, feature_dim, groups if groups is not None else [0] * num_classes, coverage=coverage
+        )
         stats = dict(target_stats or {})
         mean = [float(stats.get(k, (0.0, 1.0))[0]) for k in REGRESSION_TARGETS]
         std = [float(stats.get(k, (0.0, 1.0))[1]) for k in REGRESSION_TARGETS]
@@ -85,8 +99,9 @@ class AlloyNet(nn.Module):
         self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32))
 
-    def attenuation(self, raw: torch.Tensor, calibration: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attenuation(
+        self, raw: torch.Tensor, calibration: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(-ln T of the plate's rows [B, C, H', W], corrected by the open-beam strip if the rig images one;
         calibration not known [B], out of tolerance [B], drift in session [B])."""
         a, missing, out_of_tolerance = self.preprocess.neg_log(raw, calibration)
@@ -98,15 +113,16 @@ class AlloyNet(nn.Module):
         w, wedge_missing = self.wedge(wedge_mm, int(a.shape[-1]))
         return self.preprocess.standardise(a - w[:, :, None, :]), wedge_missing
 
-    def plate_attenuation(self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def plate_attenuation(
+        self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(-ln T minus the wedge alone [B, C, H', W] (the plate's rows, corrected by the open-beam strip if the
         rig images one), calibration or wedge not known [B], out of tolerance [B], drift in session [B])."""
         a, missing, out_of_tolerance, drift = self.attenuation(raw, calibration)
         plate, wedge_missing = self.plate_input(a, wedge_mm)
         return plate, torch.maximum(missing, wedge_missing), out_of_tolerance, drift
 
-    def forward(self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor) -> dict[str, torch.Tensor]:
         a, missing, out_of_tolerance, drift = self.attenuation(raw, calibration)
         x, wedge_missing = self.plate_input(a, wedge_mm)
         missing = torch.maximum(missing, wedge_missing)
@@ -118,11 +134,18 @@ class AlloyNet(nn.Module):
             logits = logits + term.to(logits.dtype)
         reg = z.float() * self.target_std + self.target_mean
         thickness = reg[:, 0]
-        probs, pset, groups, flags = self.answer(logits, thickness, features, missing, out_of_tolerance, drift,
-                                                 outside)
-        return {"logits": logits, "probabilities": probs, "thickness_mm": thickness, "a0": reg[:, 1],
-                "mu_eff": reg[:, 2], "prediction_set": pset, "group_probabilities": groups, "flags": flags,
-                "features": features}
+        probs, pset, groups, flags = self.answer(logits, thickness, features, missing, out_of_tolerance, drift, outside)
+        return {
+            "logits": logits,
+            "probabilities": probs,
+            "thickness_mm": thickness,
+            "a0": reg[:, 1],
+            "mu_eff": reg[:, 2],
+            "prediction_set": pset,
+            "group_probabilities": groups,
+            "flags": flags,
+            "features": features,
+        }
 
     def target_stats(self) -> dict[str, tuple[float, float]]:
         return {k: (float(self.target_mean[i]), float(self.target_std[i])) for i, k in enumerate(REGRESSION_TARGETS)}

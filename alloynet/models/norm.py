@@ -6,9 +6,10 @@ and bury it. ``FittedStandardise`` holds a fixed mean and std per feature (buffe
 traced into every exported graph), fitted by ``fit_input_statistics`` on the training captures before
 training starts.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn

@@ -12,9 +12,8 @@ through unchanged and the flag stays 0: in-session drift cannot be seen in the i
 ``GUARD_ROWS`` on each side of the strip's edge are used by neither side: the detector's PSF blurs the
 plate into them.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -32,17 +31,19 @@ class OpenBeamReference(nn.Module):
     def __init__(self, rows: int = 0, channels: int = 1):
         super().__init__()
         if rows and rows < GUARD_ROWS + MIN_REFERENCE_ROWS:
-            raise ValueError(f"open_beam_rows: {rows} rows leave no reference once {GUARD_ROWS} rows at its edge "
-                             f"(blurred by the plate) are set aside; give at least {GUARD_ROWS + MIN_REFERENCE_ROWS}")
+            raise ValueError(
+                f"open_beam_rows: {rows} rows leave no reference once {GUARD_ROWS} rows at its edge "
+                f"(blurred by the plate) are set aside; give at least {GUARD_ROWS + MIN_REFERENCE_ROWS}"
+            )
         self.rows = int(rows)
-        self.register_buffer("expected", torch.ones(channels))              # the strip's transmission in training
-        self.register_buffer("tolerance", torch.tensor(float("inf")))       # |ratio - 1| that raises the flag
-        self._acc: Optional[list[torch.Tensor]] = None
+        self.register_buffer("expected", torch.ones(channels))  # the strip's transmission in training
+        self.register_buffer("tolerance", torch.tensor(float("inf")))  # |ratio - 1| that raises the flag
+        self._acc: list[torch.Tensor] | None = None
 
     def transmission(self, a: torch.Tensor) -> torch.Tensor:
         """The strip's transmission per channel [B, C]: the interquartile mean of its pixels (a dead or hot
         pixel in it moves a plain mean by a few tenths of a percent)."""
-        strip = torch.exp(-a[:, :, : self.rows - GUARD_ROWS, :]).flatten(2)   # [B, C, N]
+        strip = torch.exp(-a[:, :, : self.rows - GUARD_ROWS, :]).flatten(2)  # [B, C, N]
         return wedge_profile(strip.unsqueeze(-1)).squeeze(-1)
 
     def forward(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +55,7 @@ class OpenBeamReference(nn.Module):
             self._acc.append(t.detach().float())
         ratio = t / self.expected
         drift = ((ratio - 1.0).abs().amax(dim=1) > self.tolerance).to(a.dtype)
-        plate = a[:, :, plate_row_start(self.rows):, :] + torch.log(ratio)[:, :, None, None]
+        plate = a[:, :, plate_row_start(self.rows) :, :] + torch.log(ratio)[:, :, None, None]
         return plate, drift
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

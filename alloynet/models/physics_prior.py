@@ -30,9 +30,11 @@ describes badly can turn the fit down. Buffers are sized by the spec (wedges, gr
 and filled once from the training data's rigs and prior (``fit``); the wedge of each capture picks the
 nearest fitted wedge's tables.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,12 +72,18 @@ def table_wedges(training_wedges_mm: Sequence[float], step_mm: float = WEDGE_STE
     return sorted(train + fill)
 
 
-def physics_spec(wedges_mm: Sequence[float], channels: int, width: int, bins: int = BINS,
-                 tail: bool = True) -> dict[str, Any]:
+def physics_spec(
+    wedges_mm: Sequence[float], channels: int, width: int, bins: int = BINS, tail: bool = True
+) -> dict[str, Any]:
     """The shapes a model's physics tables need (what a checkpoint records to rebuild the model). ``grid`` and
     ``nodes`` count the training range's points; ``tail`` (absent in checkpoints from before it) the extension's."""
-    spec = {"wedges_mm": sorted(float(w) for w in wedges_mm), "bins": int(min(bins, width)),
-            "channels": int(channels), "grid": GRID, "nodes": NODES}
+    spec = {
+        "wedges_mm": sorted(float(w) for w in wedges_mm),
+        "bins": int(min(bins, width)),
+        "channels": int(channels),
+        "grid": GRID,
+        "nodes": NODES,
+    }
     if tail:
         spec["tail"] = {"mass": TAIL_MASS, "span": list(TAIL_SPAN), "grid": list(TAIL_GRID), "nodes": list(TAIL_NODES)}
     return spec
@@ -85,31 +93,46 @@ class PhysicsLikelihood(nn.Module):
     # Buffers a checkpoint from before the tail lacks: loaded as built (no grid, bounds 0-inf: never out of range)
     OPTIONAL_BUFFERS = ("grid_mm", "train_bounds")
 
-    def __init__(self, num_classes: int, wedges_mm: Sequence[float], channels: int, bins: int = BINS,
-                 grid: int = GRID, nodes: int = NODES, tail: Optional[Mapping[str, Any]] = None):
+    def __init__(
+        self,
+        num_classes: int,
+        wedges_mm: Sequence[float],
+        channels: int,
+        bins: int = BINS,
+        grid: int = GRID,
+        nodes: int = NODES,
+        tail: Mapping[str, Any] | None = None,
+    ):
         super().__init__()
         if not wedges_mm:
             raise ValueError("physics prior: no wedge sizes to fit the forward model for")
         self.bins, self.channels = int(bins), int(channels)
         self.tail = dict(tail) if tail else None
-        self.range_grid, self.range_nodes = int(grid), int(nodes)      # the training range's own points
+        self.range_grid, self.range_nodes = int(grid), int(nodes)  # the training range's own points
         if self.tail:
             grid += sum(self.tail["grid"])
             nodes += sum(self.tail["nodes"])
         k, w, d = int(num_classes), len(wedges_mm), int(channels) * int(bins)
         self.register_buffer("wedges_mm", torch.tensor([float(v) for v in wedges_mm], dtype=torch.float32))
-        self.register_buffer("reference", torch.zeros(w, d))                # subtracted before whitening
-        self.register_buffer("whiten", torch.zeros(w, k, nodes, d, d))     # L^-1 per (wedge, alloy, node)
-        self.register_buffer("mean_white", torch.zeros(w, k, grid, d))     # whitened mean profile per grid point
+        self.register_buffer("reference", torch.zeros(w, d))  # subtracted before whitening
+        self.register_buffer("whiten", torch.zeros(w, k, nodes, d, d))  # L^-1 per (wedge, alloy, node)
+        self.register_buffer("mean_white", torch.zeros(w, k, grid, d))  # whitened mean profile per grid point
         self.register_buffer("node_of", torch.zeros(grid, dtype=torch.long))
-        self.register_buffer("log_weight", torch.zeros(w, k, grid))        # -logdet/2 + log prior mass
-        self.register_buffer("grid_mm", torch.zeros(grid))                 # the thickness of each grid point
+        self.register_buffer("log_weight", torch.zeros(w, k, grid))  # -logdet/2 + log prior mass
+        self.register_buffer("grid_mm", torch.zeros(grid))  # the thickness of each grid point
         self.register_buffer("train_bounds", torch.tensor([0.0, float("inf")]))  # the training prior's bounds
         self.register_buffer("fitted", torch.zeros(()))
         self.weight = nn.Parameter(torch.ones(()))
 
-    def fit(self, rigs: Mapping[float, object], prior, alloys: Sequence[str], seed: int = 0, plates: int = 100,
-            correct: Optional[Callable[[dict], dict]] = None) -> None:
+    def fit(
+        self,
+        rigs: Mapping[float, object],
+        prior,
+        alloys: Sequence[str],
+        seed: int = 0,
+        plates: int = 100,
+        correct: Callable[[dict], dict] | None = None,
+    ) -> None:
         """Tabulate the forward model of each wedge's rig (``{wedge_mm: rig config}``, one per fitted wedge) for
         ``alloys`` under the training data's thickness ``prior`` (``alloynet.physics.observer.ThicknessPrior``),
         with the spec's tail beyond it (``TailedPrior``) if it has one. ``correct`` maps the observers
@@ -119,30 +142,48 @@ class PhysicsLikelihood(nn.Module):
         from alloynet.physics.profile import profile_model_for
 
         if self.tail:
-            prior = TailedPrior(prior, float(self.tail["mass"]), tuple(self.tail["span"]), tuple(self.tail["grid"]),
-                                tuple(self.tail["nodes"]))
+            prior = TailedPrior(
+                prior,
+                float(self.tail["mass"]),
+                tuple(self.tail["span"]),
+                tuple(self.tail["grid"]),
+                tuple(self.tail["nodes"]),
+            )
 
         wedges = [float(v) for v in self.wedges_mm.tolist()]
         missing = [w for w in wedges if w not in rigs]
         if missing:
             raise ValueError(f"physics prior: no rig settings for wedge(s) {missing} mm (have {sorted(rigs)})")
         grid, nodes = self.range_grid, self.range_nodes
-        observers = {w: PhysicsObserver(profile_model_for(rigs[w], self.bins), list(alloys), prior, plates=plates,
-                                        seed=seed, grid=grid, nodes=nodes) for w in wedges}
+        observers = {
+            w: PhysicsObserver(
+                profile_model_for(rigs[w], self.bins),
+                list(alloys),
+                prior,
+                plates=plates,
+                seed=seed,
+                grid=grid,
+                nodes=nodes,
+            )
+            for w in wedges
+        }
         if correct is not None:
             observers = correct(observers)
         ref, white, mean_white, log_weight = [], [], [], []
         for w in wedges:
             obs = observers[w]
             if obs.likelihoods[0].mean.shape[1] != self.reference.shape[1]:
-                raise ValueError(f"physics prior: the forward model gives {obs.likelihoods[0].mean.shape[1]} profile "
-                                 f"values per capture, the model expects {self.reference.shape[1]}")
+                raise ValueError(
+                    f"physics prior: the forward model gives {obs.likelihoods[0].mean.shape[1]} profile "
+                    f"values per capture, the model expects {self.reference.shape[1]}"
+                )
             r = obs.likelihoods[0].mean[len(obs.likelihoods[0].grid) // 2]
             ref.append(r)
             inv = [np.stack([np.linalg.inv(c) for c in lk.chol]) for lk in obs.likelihoods]  # [nodes, D, D] each
             white.append(np.stack(inv))
-            mean_white.append(np.stack([np.einsum("gde,ge->gd", i[lk.node_of], lk.mean - r)
-                                        for i, lk in zip(inv, obs.likelihoods)]))
+            mean_white.append(
+                np.stack([np.einsum("gde,ge->gd", i[lk.node_of], lk.mean - r) for i, lk in zip(inv, obs.likelihoods)])
+            )
             log_weight.append(np.stack([lk.log_weight for lk in obs.likelihoods]))
         with torch.no_grad():
             self.reference.copy_(torch.as_tensor(np.stack(ref)))
@@ -162,19 +203,19 @@ class PhysicsLikelihood(nn.Module):
     def profile(self, a: torch.Tensor) -> torch.Tensor:
         """-ln T of the plate's rows [B, C, H, W] -> the binned profile [B, C * bins], binned as the baselines and
         the forward model bin it (integer column edges floor(i * W / bins))."""
-        p = wedge_profile(a.float())                                                       # [B, C, W]
+        p = wedge_profile(a.float())  # [B, C, W]
         width = p.shape[-1]
         col = torch.arange(width, device=p.device)
         bin_of = torch.div((col + 1) * self.bins - 1, width, rounding_mode="floor")
-        m = (bin_of[:, None] == torch.arange(self.bins, device=p.device)[None]).float()    # [W, bins]
+        m = (bin_of[:, None] == torch.arange(self.bins, device=p.device)[None]).float()  # [W, bins]
         return (p @ (m / m.sum(0, keepdim=True))).flatten(1)
 
     def log_joint(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> torch.Tensor:
         """log p(profile, thickness cell | alloy) [B, K, grid], up to a constant shared by the alloys."""
         x = self.profile(a)
-        wi = (wedge_mm.float().reshape(-1, 1) - self.wedges_mm[None]).abs().argmin(1)     # nearest fitted wedge
-        xw = torch.einsum("bknde,be->bknd", self.whiten[wi], x - self.reference[wi])       # [B, K, nodes, D]
-        diff = xw[:, :, self.node_of, :] - self.mean_white[wi]                             # [B, K, grid, D]
+        wi = (wedge_mm.float().reshape(-1, 1) - self.wedges_mm[None]).abs().argmin(1)  # nearest fitted wedge
+        xw = torch.einsum("bknde,be->bknd", self.whiten[wi], x - self.reference[wi])  # [B, K, nodes, D]
+        diff = xw[:, :, self.node_of, :] - self.mean_white[wi]  # [B, K, grid, D]
         chi2 = (diff * diff).sum(-1)
         return -0.5 * chi2 + self.log_weight[wi]
 
@@ -189,7 +230,7 @@ class PhysicsLikelihood(nn.Module):
         if torch.is_autocast_enabled(a.device.type):
             with torch.autocast(a.device.type, enabled=False):
                 return self.forward(a.float(), wedge_mm.float())
-        joint = self.log_joint(a, wedge_mm)                                                # [B, K, grid]
+        joint = self.log_joint(a, wedge_mm)  # [B, K, grid]
         ll = torch.logsumexp(joint, dim=-1)
         lse = torch.logsumexp(ll, dim=1, keepdim=True)
         lp = torch.clamp(ll - lse, min=LOG_FLOOR)
@@ -198,8 +239,9 @@ class PhysicsLikelihood(nn.Module):
         return self.weight * self.fitted * lp, self.fitted * mass
 
 
-def build_physics(spec: Optional[Mapping[str, Any]], num_classes: int) -> Optional[PhysicsLikelihood]:
+def build_physics(spec: Mapping[str, Any] | None, num_classes: int) -> PhysicsLikelihood | None:
     if not spec:
         return None
-    return PhysicsLikelihood(num_classes, spec["wedges_mm"], spec["channels"], spec["bins"], spec["grid"],
-                             spec["nodes"], spec.get("tail"))
+    return PhysicsLikelihood(
+        num_classes, spec["wedges_mm"], spec["channels"], spec["bins"], spec["grid"], spec["nodes"], spec.get("tail")
+    )

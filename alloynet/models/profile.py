@@ -9,9 +9,10 @@ signature. Both trunks resample the profile to a fixed number of bins, so any ca
 by the wedge ramp, common to every capture; per bin, what is left is plate thickness and alloy, which is
 what must be resolved. Batch statistics would not do: they wander by more than the alloys differ.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -36,8 +37,8 @@ class ProfileNorm(nn.Module):
         self.norm: nn.Module = FittedStandardise([self.out_channels * bins]) if enabled else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = binned_wedge_profile(x, self.bins)                                  # [B, C, bins]
-        a0 = torch.clamp(p[..., :1], min=1e-3)                                  # the plate-only strip
+        p = binned_wedge_profile(x, self.bins)  # [B, C, bins]
+        a0 = torch.clamp(p[..., :1], min=1e-3)  # the plate-only strip
         f = torch.cat([p, p / a0], dim=1)
         return self.norm(f.flatten(1)).view(f.shape)
 
@@ -45,8 +46,15 @@ class ProfileNorm(nn.Module):
 class ProfileMLP(nn.Module):
     """The seed study's FNN: an MLP on the binned wedge profile of every channel."""
 
-    def __init__(self, in_channels: int, bins: int, hidden: Sequence[int], activation: str, dropout: float,
-                 input_norm: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        bins: int,
+        hidden: Sequence[int],
+        activation: str,
+        dropout: float,
+        input_norm: bool = True,
+    ):
         super().__init__()
         self.profile = ProfileNorm(in_channels, bins, input_norm)
         layers: list[nn.Module] = []
@@ -86,13 +94,23 @@ class ProfileCNN(nn.Module):
     amount of beam hardening), which plain global pooling would throw away.
     """
 
-    def __init__(self, in_channels: int, bins: int, widths: Sequence[int], activation: str, out_positions: int = 4,
-                 input_norm: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        bins: int,
+        widths: Sequence[int],
+        activation: str,
+        out_positions: int = 4,
+        input_norm: bool = True,
+    ):
         super().__init__()
         self.bins = bins
         self.profile = ProfileNorm(in_channels, bins, input_norm)
-        self.stem = nn.Sequential(nn.Conv1d(self.profile.out_channels + 1, widths[0], 7, 1, 3, bias=False),
-                                  nn.BatchNorm1d(widths[0]), make_activation(activation))
+        self.stem = nn.Sequential(
+            nn.Conv1d(self.profile.out_channels + 1, widths[0], 7, 1, 3, bias=False),
+            nn.BatchNorm1d(widths[0]),
+            make_activation(activation),
+        )
         blocks, cin = [], widths[0]
         for i, w in enumerate(widths):
             blocks.append(ResBlock1d(cin, w, 1 if i == 0 else 2, activation))
@@ -109,15 +127,27 @@ class ProfileCNN(nn.Module):
 
 
 @register_model("fnn")
-def fnn(in_channels: int, activation: str = "relu", bins: int = 64, hidden: Sequence[int] = (256, 128),
-        dropout: float = 0.1, input_norm: bool = True) -> tuple[nn.Module, int]:
+def fnn(
+    in_channels: int,
+    activation: str = "relu",
+    bins: int = 64,
+    hidden: Sequence[int] = (256, 128),
+    dropout: float = 0.1,
+    input_norm: bool = True,
+) -> tuple[nn.Module, int]:
     m = ProfileMLP(in_channels, bins, hidden, activation, dropout, input_norm)
     return m, m.out_features
 
 
 @register_model("profile_mlp")
-def profile_mlp(in_channels: int, activation: str = "gelu", bins: int = 32, hidden: Sequence[int] = (256, 256, 128),
-                dropout: float = 0.1, input_norm: bool = True) -> tuple[nn.Module, int]:
+def profile_mlp(
+    in_channels: int,
+    activation: str = "gelu",
+    bins: int = 32,
+    hidden: Sequence[int] = (256, 256, 128),
+    dropout: float = 0.1,
+    input_norm: bool = True,
+) -> tuple[nn.Module, int]:
     """The recommended model: an MLP on the plate's attenuation along the wedge and its hardening curve, in
     32 bins (the seed study's FNN, sized and tuned for these physics features; see docs/benchmarks.md)."""
     m = ProfileMLP(in_channels, bins, hidden, activation, dropout, input_norm)
@@ -125,8 +155,13 @@ def profile_mlp(in_channels: int, activation: str = "gelu", bins: int = 32, hidd
 
 
 @register_model("profile_cnn")
-def profile_cnn(in_channels: int, activation: str = "relu", bins: int = 64,
-                widths: Sequence[int] = (32, 64, 128), out_positions: int = 4,
-                input_norm: bool = True) -> tuple[nn.Module, int]:
+def profile_cnn(
+    in_channels: int,
+    activation: str = "relu",
+    bins: int = 64,
+    widths: Sequence[int] = (32, 64, 128),
+    out_positions: int = 4,
+    input_norm: bool = True,
+) -> tuple[nn.Module, int]:
     m = ProfileCNN(in_channels, bins, widths, activation, out_positions, input_norm)
     return m, m.out_features

@@ -4,20 +4,21 @@ Each registered builder returns a *trunk*: an ``nn.Module`` mapping the standard
 [B, C, H, W] to a feature vector [B, D], together with D. ``create_model`` wraps the trunk with the
 capture's own preprocessing and the multi-task heads (see ``alloynet.models``).
 """
+
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Mapping, Optional, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
 from alloynet.data.transforms import Preprocess
+from alloynet.models.heads import AlloyNet
 from alloynet.models.open_beam import OpenBeamReference
 from alloynet.models.physics_prior import build_physics
 from alloynet.models.wedge import WedgeReference
 from alloynet.physics.alloys import ALLOY_NAMES, GROUPS, alloy_group
 from alloynet.physics.simulator import RigConfig
-from alloynet.models.heads import AlloyNet
 
 TrunkBuilder = Callable[..., tuple[nn.Module, int]]
 _MODELS: dict[str, TrunkBuilder] = {}
@@ -44,6 +45,7 @@ def register_model(name: str) -> Callable[[TrunkBuilder], TrunkBuilder]:
             raise ValueError(f"model {name!r} is already registered")
         _MODELS[name] = fn
         return fn
+
     return deco
 
 
@@ -58,15 +60,23 @@ def list_models() -> list[str]:
 
 def arch_defaults(name: str) -> dict:
     """Optimiser, activation, lr and weight decay for ``name`` (a generic Adam recipe if not in the table)."""
-    return dict(ARCH_DEFAULTS.get(name, {"optimizer": "adam", "activation": "relu", "lr": 1e-3,
-                                         "weight_decay": 1e-4}))
+    return dict(ARCH_DEFAULTS.get(name, {"optimizer": "adam", "activation": "relu", "lr": 1e-3, "weight_decay": 1e-4}))
 
 
-def create_model(name: str, num_classes: int, in_channels: int, preprocess: Union[Preprocess, Mapping],
-                 activation: Optional[str] = None, target_stats: Optional[Mapping[str, tuple[float, float]]] = None,
-                 dropout: float = 0.0, class_names: Optional[Sequence[str]] = None, coverage: float = 0.95,
-                 rig: Optional[Union[RigConfig, Mapping]] = None, physics: Optional[Mapping] = None,
-                 **kwargs) -> AlloyNet:
+def create_model(
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    preprocess: Preprocess | Mapping,
+    activation: str | None = None,
+    target_stats: Mapping[str, tuple[float, float]] | None = None,
+    dropout: float = 0.0,
+    class_names: Sequence[str] | None = None,
+    coverage: float = 0.95,
+    rig: RigConfig | Mapping | None = None,
+    physics: Mapping | None = None,
+    **kwargs,
+) -> AlloyNet:
     """Build the named architecture as a multi-task model over raw captures.
 
     ``preprocess`` is a fitted ``Preprocess`` or its ``config()`` dict; ``target_stats`` maps
@@ -91,7 +101,17 @@ def create_model(name: str, num_classes: int, in_channels: int, preprocess: Unio
     groups = [GROUPS.index(alloy_group(c)) for c in names]
     trunk, dim = _MODELS[name](in_channels=in_channels, activation=activation, **kwargs)
     rig = RigConfig.model_validate(rig) if isinstance(rig, Mapping) else rig
-    return AlloyNet(trunk, dim, num_classes, preprocess, target_stats, activation=activation, dropout=dropout,
-                    groups=groups, coverage=coverage, wedge=WedgeReference(rig),
-                    open_beam=OpenBeamReference(rig.open_beam_rows if rig is not None else 0, in_channels),
-                    physics=build_physics(physics, num_classes))
+    return AlloyNet(
+        trunk,
+        dim,
+        num_classes,
+        preprocess,
+        target_stats,
+        activation=activation,
+        dropout=dropout,
+        groups=groups,
+        coverage=coverage,
+        wedge=WedgeReference(rig),
+        open_beam=OpenBeamReference(rig.open_beam_rows if rig is not None else 0, in_channels),
+        physics=build_physics(physics, num_classes),
+    )

@@ -12,9 +12,8 @@ ramp from ``wedge_min_mm`` to the capture's ``wedge_mm``, exactly as the simulat
 Buffers only (a few hundred numbers): traced into every exported graph. What the nominal spectrum gets wrong
 for a real rig (scatter, the true spectrum) is a smooth offset per wedge size, which training absorbs.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from alloynet.physics.transmission import wedge_attenuation
 
 
 class WedgeReference(nn.Module):
-    def __init__(self, rig: Optional[RigConfig] = None):
+    def __init__(self, rig: RigConfig | None = None):
         super().__init__()
         rig = rig or RigConfig()
         weights, mus = [], []
@@ -53,6 +52,6 @@ class WedgeReference(nn.Module):
         frac = torch.clamp((x - margin) / float(max(width - 1 - margin, 1)), 0.0, 1.0)
         ramp = (x >= margin).float()
         d_cm = (self.wedge_min_mm + (wmm[:, None] - self.wedge_min_mm) * frac[None]) * ramp[None] / 10.0  # [B, W]
-        att = torch.exp(-self.mu[None, :, None, :] * d_cm[:, None, :, None])                        # [B, C, W, E]
+        att = torch.exp(-self.mu[None, :, None, :] * d_cm[:, None, :, None])  # [B, C, W, E]
         w = -torch.log((att * self.weight[None, :, None, :]).sum(-1))
         return w, missing.float()

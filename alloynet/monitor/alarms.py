@@ -1,26 +1,30 @@
 """Alarms that say what to do: each names what was seen, the likely cause and the action."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any
 
 from alloynet.monitor.drift import DriftResult
 from alloynet.monitor.performance import LivePerformance
 
 CAUSES = {
-    "level": ("calibration levels moved: every wedge bin's attenuation shifted the same way (tube output ageing "
-              "since the flat was taken, or a dark/flat from another session)",
-              "re-take the flat and dark frames for this session, then verify {n} plates"),
-    "shape": ("profile drift along the wedge: the bins moved unevenly (a detector gain map changed, the "
-              "wedge/plate geometry moved, or a supplier's composition moved the hardening curve)",
-              "check the detector's gain map and re-take the flat; verify {n} plates, then retrain with the new "
-              "labels"),
+    "level": (
+        "calibration levels moved: every wedge bin's attenuation shifted the same way (tube output ageing "
+        "since the flat was taken, or a dark/flat from another session)",
+        "re-take the flat and dark frames for this session, then verify {n} plates",
+    ),
+    "shape": (
+        "profile drift along the wedge: the bins moved unevenly (a detector gain map changed, the "
+        "wedge/plate geometry moved, or a supplier's composition moved the hardening curve)",
+        "check the detector's gain map and re-take the flat; verify {n} plates, then retrain with the new labels",
+    ),
 }
 
 
 @dataclass
 class Alarm:
-    kind: str       # coverage | drift | flags | thickness
+    kind: str  # coverage | drift | flags | thickness
     seen: str
     cause: str
     action: str
@@ -32,35 +36,63 @@ class Alarm:
         return asdict(self)
 
 
-def decide(drift: Optional[DriftResult], live: Optional[LivePerformance], flag_jumps: dict[str, float],
-           thickness_outside: float = 0.0, budget: int = 10) -> list[Alarm]:
+def decide(
+    drift: DriftResult | None,
+    live: LivePerformance | None,
+    flag_jumps: dict[str, float],
+    thickness_outside: float = 0.0,
+    budget: int = 10,
+) -> list[Alarm]:
     """The night's alarms. ``flag_jumps``: flag -> its p-value, for the flags whose rate jumped;
     ``thickness_outside``: the share of tonight's plates whose thickness lies outside the training range."""
     out = []
     if live is not None and live.coverage_below_target:
         lo, hi = live.coverage_interval
-        out.append(Alarm("coverage", f"live set coverage {live.coverage:.2f} [{lo:.2f}, {hi:.2f}] on {live.n} "
-                                     f"verified random plates is below its target {live.coverage_target:.2f}",
-                         "the champion no longer matches the line (drift, or a class it rarely saw)",
-                         f"roll back if the previous champion covered better; verify {budget} plates a night and "
-                         "retrain with the new labels"))
+        out.append(
+            Alarm(
+                "coverage",
+                f"live set coverage {live.coverage:.2f} [{lo:.2f}, {hi:.2f}] on {live.n} "
+                f"verified random plates is below its target {live.coverage_target:.2f}",
+                "the champion no longer matches the line (drift, or a class it rarely saw)",
+                f"roll back if the previous champion covered better; verify {budget} plates a night and "
+                "retrain with the new labels",
+            )
+        )
     if drift is not None and drift.detected:
         cause, action = CAUSES.get(drift.pattern, CAUSES["shape"])
-        bins = ", ".join(f"{drift.names[j] if drift.names else j} ({drift.shift_sd[j]:+.1f} sd)"
-                         for j in drift.drifted[:6])
-        out.append(Alarm("drift", f"input drift in {len(drift.drifted)} of {len(drift.p_values)} profile features "
-                                  f"(KS, Bonferroni at {drift.alpha:g}): {bins}", cause, action.format(n=budget)))
+        bins = ", ".join(
+            f"{drift.names[j] if drift.names else j} ({drift.shift_sd[j]:+.1f} sd)" for j in drift.drifted[:6]
+        )
+        out.append(
+            Alarm(
+                "drift",
+                f"input drift in {len(drift.drifted)} of {len(drift.p_values)} profile features "
+                f"(KS, Bonferroni at {drift.alpha:g}): {bins}",
+                cause,
+                action.format(n=budget),
+            )
+        )
     for flag, p in sorted(flag_jumps.items()):
-        cause = {"calibration_out_of_tolerance": "calibration levels outside what the model was trained on",
-                 "thickness_out_of_range": "plates thicker or thinner than any in training",
-                 "profile_unlike_training": "profiles unlike any class seen in training",
-                 "drift_in_session": "the open beam moved within a session (tube or detector instability)",
-                 "calibration_missing": "the line stopped sending calibration levels"}.get(flag, flag)
-        action = ("re-take flat/dark" if "calibration" in flag or flag == "drift_in_session"
-                  else f"verify {budget} of the flagged plates and retrain with the new labels")
+        cause = {
+            "calibration_out_of_tolerance": "calibration levels outside what the model was trained on",
+            "thickness_out_of_range": "plates thicker or thinner than any in training",
+            "profile_unlike_training": "profiles unlike any class seen in training",
+            "drift_in_session": "the open beam moved within a session (tube or detector instability)",
+            "calibration_missing": "the line stopped sending calibration levels",
+        }.get(flag, flag)
+        action = (
+            "re-take flat/dark"
+            if "calibration" in flag or flag == "drift_in_session"
+            else f"verify {budget} of the flagged plates and retrain with the new labels"
+        )
         out.append(Alarm("flags", f"the rate of flag {flag} jumped (binomial p={p:.1g})", cause, action))
     if thickness_outside > 0.2:
-        out.append(Alarm("thickness", f"{thickness_outside:.0%} of tonight's plates lie outside the training "
-                                      "thickness range", "a new plate gauge on the line",
-                         f"verify {budget} plates of the new gauge and retrain"))
+        out.append(
+            Alarm(
+                "thickness",
+                f"{thickness_outside:.0%} of tonight's plates lie outside the training thickness range",
+                "a new plate gauge on the line",
+                f"verify {budget} plates of the new gauge and retrain",
+            )
+        )
     return out

@@ -21,10 +21,12 @@ numba<0.60 and pulls transformers, opencv and scikit-image, under the Business S
 evidently 0.7 pulls a web stack (litestar, uvicorn, plotly, nltk, statsmodels); nannyml 0.13 pulls lightgbm,
 FLAML, plotly, seaborn, gcsfs/s3fs and an analytics client. None adds a test we need over scipy's.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +41,9 @@ def _binned(att: np.ndarray, bins: int) -> np.ndarray:
     return np.asarray([[c[a:b].mean() for a, b in zip(edges[:-1], edges[1:])] for c in cols])
 
 
-def profile_features(image: np.ndarray, dark: Sequence[float], flat: Sequence[float], bins: int = DEFAULT_BINS,
-                     open_beam_rows: int = 0) -> np.ndarray:
+def profile_features(
+    image: np.ndarray, dark: Sequence[float], flat: Sequence[float], bins: int = DEFAULT_BINS, open_beam_rows: int = 0
+) -> np.ndarray:
     """float64 [F]: per channel, the plate rows' profile as its level (first bin) and its slopes (bin j minus
     bin j-1: the wedge and hardening shape, which hardly depends on the plate's thickness), then, where the rig
     images an open-beam strip (``open_beam_rows``), the strip's binned attenuation (the plate is not in it, so
@@ -56,8 +59,9 @@ def profile_features(image: np.ndarray, dark: Sequence[float], flat: Sequence[fl
     dark_a = np.asarray(dark, np.float64).reshape(-1, 1, 1)
     flat_a = np.asarray(flat, np.float64).reshape(-1, 1, 1)
     if dark_a.shape[0] != img.shape[0] or flat_a.shape[0] != img.shape[0]:
-        raise ValueError(f"calibration: {dark_a.shape[0]} dark / {flat_a.shape[0]} flat level(s) for "
-                         f"{img.shape[0]} channel(s)")
+        raise ValueError(
+            f"calibration: {dark_a.shape[0]} dark / {flat_a.shape[0]} flat level(s) for {img.shape[0]} channel(s)"
+        )
     span = np.maximum(flat_a - dark_a, 1e-9)
     att = -np.log(np.clip((img - dark_a) / span, 1e-6, None))
     plate = _binned(att[:, start:], bins)
@@ -82,15 +86,15 @@ def feature_names(channels: int, bins: int = DEFAULT_BINS, open_beam_rows: int =
 class DriftResult:
     detected: bool
     alpha: float
-    threshold: float                      # alpha / n_features (Bonferroni)
+    threshold: float  # alpha / n_features (Bonferroni)
     n_reference: int
     n_current: int
     p_values: list[float] = field(default_factory=list)
     statistics: list[float] = field(default_factory=list)
     shift_sd: list[float] = field(default_factory=list)  # (current mean - reference mean) / reference sd
-    drifted: list[int] = field(default_factory=list)     # features below the threshold
+    drifted: list[int] = field(default_factory=list)  # features below the threshold
     names: list[str] = field(default_factory=list)
-    pattern: str = "none"                 # none | level | shape | too-few
+    pattern: str = "none"  # none | level | shape | too-few
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,8 +104,9 @@ class DriftResult:
 MIN_CURRENT = 5  # fewer captures in a night than this: no test (the KS test would have no power)
 
 
-def drift_test(reference: np.ndarray, current: np.ndarray, alpha: float = DEFAULT_ALPHA,
-               names: Optional[Sequence[str]] = None) -> DriftResult:
+def drift_test(
+    reference: np.ndarray, current: np.ndarray, alpha: float = DEFAULT_ALPHA, names: Sequence[str] | None = None
+) -> DriftResult:
     """Per-feature two-sample KS tests with a Bonferroni correction (see the module doc)."""
     from scipy.stats import ks_2samp
 
@@ -154,8 +159,9 @@ def capture_drift_scores(reference: np.ndarray, current: np.ndarray) -> np.ndarr
     return np.abs((cur - ref.mean(axis=0)) / sd).max(axis=1)
 
 
-def rate_jump(k_now: int, n_now: int, k_before: int, n_before: int, alpha: float = 0.001,
-              min_increase: float = 0.05) -> tuple[bool, float]:
+def rate_jump(
+    k_now: int, n_now: int, k_before: int, n_before: int, alpha: float = 0.001, min_increase: float = 0.05
+) -> tuple[bool, float]:
     """Whether tonight's rate (k_now / n_now) jumped above the earlier nights' (one-sided binomial test
     against the earlier rate, at least ``min_increase`` higher); returns (jumped, p-value)."""
     from scipy.stats import binomtest

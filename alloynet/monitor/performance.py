@@ -5,11 +5,13 @@ are chosen for being hard). Accuracy and set coverage: Wilson score intervals; b
 over the classes present): a seeded percentile bootstrap over the verified captures. The coverage alarm is
 stricter than the interval shown: at least ALARM_MIN_N plates, and the 99 % Wilson interval below target.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,8 +58,8 @@ class LivePerformance:
     balanced_accuracy_interval: tuple[float, float]
     coverage: float
     coverage_interval: tuple[float, float]
-    coverage_target: Optional[float]
-    coverage_below_target: bool          # n >= ALARM_MIN_N and the whole 99 % interval lies below the target
+    coverage_target: float | None
+    coverage_below_target: bool  # n >= ALARM_MIN_N and the whole 99 % interval lies below the target
     heavy_as_light: int
     light_as_heavy: int
     test_figures: dict[str, Any] = field(default_factory=dict)  # the champion's held-out test figures
@@ -66,8 +68,13 @@ class LivePerformance:
         return asdict(self)
 
 
-def live_performance(verified: Sequence[Verified], coverage_target: Optional[float] = None,
-                     test_figures: Optional[dict] = None, n_boot: int = 2000, seed: int = 0) -> LivePerformance:
+def live_performance(
+    verified: Sequence[Verified],
+    coverage_target: float | None = None,
+    test_figures: dict | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> LivePerformance:
     n = len(verified)
     truth = [v.truth for v in verified]
     pred = [v.predicted for v in verified]
@@ -83,12 +90,20 @@ def live_performance(verified: Sequence[Verified], coverage_target: Optional[flo
         bal_iv = (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975)))
     cov_iv = wilson(covered, n)
     return LivePerformance(
-        n=n, accuracy=acc, accuracy_interval=wilson(hits, n), balanced_accuracy=bal, balanced_accuracy_interval=bal_iv,
-        coverage=covered / n if n else float("nan"), coverage_interval=cov_iv, coverage_target=coverage_target,
+        n=n,
+        accuracy=acc,
+        accuracy_interval=wilson(hits, n),
+        balanced_accuracy=bal,
+        balanced_accuracy_interval=bal_iv,
+        coverage=covered / n if n else float("nan"),
+        coverage_interval=cov_iv,
+        coverage_target=coverage_target,
         # the alarm asks more than the 95 % interval shown: the week's estimate is re-tested every night, and a
         # champion at its target must not alarm every few weeks
-        coverage_below_target=bool(n >= ALARM_MIN_N and coverage_target is not None
-                                   and wilson(covered, n, Z99)[1] < coverage_target),
+        coverage_below_target=bool(
+            n >= ALARM_MIN_N and coverage_target is not None and wilson(covered, n, Z99)[1] < coverage_target
+        ),
         heavy_as_light=sum(v.truth_group == "heavy" and v.predicted_group == "light" for v in verified),
         light_as_heavy=sum(v.truth_group == "light" and v.predicted_group == "heavy" for v in verified),
-        test_figures=dict(test_figures or {}))
+        test_figures=dict(test_figures or {}),
+    )

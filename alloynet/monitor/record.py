@@ -7,15 +7,17 @@ new chunk object per flush, so there a kill loses what arrived since the last fl
 
 Standard library plus the store interface only: the serving client imports this.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import socket
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any
 
 from alloynet.captures.stores import LocalStore, ObjectStore, open_store
 
@@ -23,9 +25,29 @@ RECORDS = "line/records/"
 RECORD_VERSION = 1
 # What one record holds; "source" is "line" for an answer the line was given, "nightly" for a capture scored
 # after the fact because the line recorded no answer for it.
-RECORD_FIELDS = ("v", "at", "source", "capture_id", "image_sha256", "server", "model", "model_version",
-                 "status", "alloy", "confidence", "probabilities", "prediction_set", "group", "group_probability",
-                 "thickness_mm", "flags", "latency_ms", "batch", "error", "scored_at")
+RECORD_FIELDS = (
+    "v",
+    "at",
+    "source",
+    "capture_id",
+    "image_sha256",
+    "server",
+    "model",
+    "model_version",
+    "status",
+    "alloy",
+    "confidence",
+    "probabilities",
+    "prediction_set",
+    "group",
+    "group_probability",
+    "thickness_mm",
+    "flags",
+    "latency_ms",
+    "batch",
+    "error",
+    "scored_at",
+)
 
 
 def day_prefix(day: date) -> str:
@@ -40,7 +62,7 @@ def _writer_id() -> str:
 class Journal:
     """Appends records to a store, one day's partition at a time. Not thread-safe: one writer thread owns it."""
 
-    def __init__(self, store: ObjectStore | str, writer: Optional[str] = None):
+    def __init__(self, store: ObjectStore | str, writer: str | None = None):
         self.store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
         self.writer = writer or _writer_id()
         self._chunk = 0
@@ -73,7 +95,7 @@ class Journal:
             fd = self._fds[day] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
 
     def close(self) -> None:
         for day in list(self._fds):
@@ -93,8 +115,9 @@ def _days(since: datetime, until: datetime) -> Iterator[date]:
         d += timedelta(days=1)
 
 
-def read_records(store: ObjectStore | str, since: datetime, until: Optional[datetime] = None,
-                 source: Optional[str] = None) -> LogReadResult:
+def read_records(
+    store: ObjectStore | str, since: datetime, until: datetime | None = None, source: str | None = None
+) -> LogReadResult:
     """Every record with ``since <= at < until`` (UTC), oldest first. A line a writer was killed while writing
     (no newline, not JSON) is skipped and named, never fatal."""
     st = open_store(store) if isinstance(store, (str, os.PathLike)) else store
@@ -135,7 +158,7 @@ def answered_keys(records: Iterable[dict[str, Any]]) -> tuple[set[str], set[str]
     return ids, hashes
 
 
-def answer_for(records: Iterable[dict[str, Any]], capture_id: str, image_sha256: str = "") -> Optional[dict]:
+def answer_for(records: Iterable[dict[str, Any]], capture_id: str, image_sha256: str = "") -> dict | None:
     """The latest record answering this capture (by id, else by image hash); None if the line never asked."""
     best = None
     for r in records:

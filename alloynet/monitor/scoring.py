@@ -5,13 +5,15 @@ The line's captures are the ones that arrived unlabelled (the lab may have label
 image hash), that answer is the one the line acted on and is kept; the others are answered here, in batches,
 by the same graph the servers run, and recorded with source "nightly".
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -80,8 +82,9 @@ def line_captures(store: ObjectStore, since: datetime, until: datetime) -> list[
     return sorted(out, key=lambda c: (c.sidecar.acquired_at, c.capture_id))
 
 
-def reference_features(store: ObjectStore, before: datetime, bins: int, limit: int = 2000,
-                       seed: int = 0) -> tuple[np.ndarray, list[float]]:
+def reference_features(
+    store: ObjectStore, before: datetime, bins: int, limit: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, list[float]]:
     """Profile features of the training data (labelled captures acquired before ``before`` that did not come
     from the line unlabelled) and their thicknesses; at most ``limit``, a seeded sample."""
     keys = {}
@@ -106,20 +109,29 @@ def reference_features(store: ObjectStore, before: datetime, bins: int, limit: i
     return (np.asarray(feats) if feats else np.zeros((0, 0))), thick
 
 
-def score(captures: Sequence[LineCapture], runner: Runner, class_names: Sequence[str],
-          class_groups: Optional[Sequence[str]] = None, batch: int = 64, model_version: str = "") -> list[dict]:
+def score(
+    captures: Sequence[LineCapture],
+    runner: Runner,
+    class_names: Sequence[str],
+    class_groups: Sequence[str] | None = None,
+    batch: int = 64,
+    model_version: str = "",
+) -> list[dict]:
     """Records (source "nightly") for ``captures``, answered by ``runner`` in batches."""
     from alloynet import contract
 
     now = datetime.now(timezone.utc).isoformat()
     out = []
     for start in range(0, len(captures), batch):
-        chunk = captures[start:start + batch]
+        chunk = captures[start : start + batch]
         inputs = {
             contract.INPUT_NAME: np.stack([c.image.astype(np.float32) for c in chunk]),
-            contract.CALIBRATION_NAME: np.stack([np.asarray(list(zip(c.sidecar.calibration.dark_adu,
-                                                                     c.sidecar.calibration.flat_adu)), np.float32)
-                                                 for c in chunk]),
+            contract.CALIBRATION_NAME: np.stack(
+                [
+                    np.asarray(list(zip(c.sidecar.calibration.dark_adu, c.sidecar.calibration.flat_adu)), np.float32)
+                    for c in chunk
+                ]
+            ),
             contract.WEDGE_NAME: np.asarray([[c.sidecar.rig.wedge_mm] for c in chunk], np.float32),
         }
         outputs: Mapping[str, Any] = runner(inputs)
@@ -127,18 +139,40 @@ def score(captures: Sequence[LineCapture], runner: Runner, class_names: Sequence
             at = c.sidecar.acquired_at
             at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
             # filed under the capture's own time, as if the line had asked: its day's partition holds it
-            r: dict[str, Any] = {"v": 1, "at": at.isoformat(), "scored_at": now, "source": "nightly",
-                                 "capture_id": c.capture_id,
-                                 "image_sha256": c.sidecar.image.sha256, "server": "onnxruntime",
-                                 "model": "alloynet", "model_version": model_version, "latency_ms": None,
-                                 "batch": len(chunk)}
+            r: dict[str, Any] = {
+                "v": 1,
+                "at": at.isoformat(),
+                "scored_at": now,
+                "source": "nightly",
+                "capture_id": c.capture_id,
+                "image_sha256": c.sidecar.image.sha256,
+                "server": "onnxruntime",
+                "model": "alloynet",
+                "model_version": model_version,
+                "latency_ms": None,
+                "batch": len(chunk),
+            }
             refused = contract.refusal(outputs, i)
             if refused:
                 r.update(status="refused", error=f"{refused['status']}: {refused['message']}")
             else:
                 p = contract.prediction(outputs, i, class_names, class_groups)
-                r.update({k: p[k] for k in ("status", "alloy", "confidence", "probabilities", "prediction_set",
-                                            "group", "group_probability", "thickness_mm", "flags")})
+                r.update(
+                    {
+                        k: p[k]
+                        for k in (
+                            "status",
+                            "alloy",
+                            "confidence",
+                            "probabilities",
+                            "prediction_set",
+                            "group",
+                            "group_probability",
+                            "thickness_mm",
+                            "flags",
+                        )
+                    }
+                )
             out.append(r)
     return out
 
@@ -164,7 +198,7 @@ def onnx_runner(bundle_dir: str | Path) -> tuple[Runner, dict[str, Any]]:
     return run, meta
 
 
-def champion_graph(registry: str, dest: str | Path) -> Optional[tuple[Runner, dict[str, Any], str, dict[str, Any]]]:
+def champion_graph(registry: str, dest: str | Path) -> tuple[Runner, dict[str, Any], str, dict[str, Any]] | None:
     """The champion's exported graph, fetched from the model store into ``dest``: (runner, export meta,
     version, its held-out test figures); None when there is no champion yet. A release without a graph is
     exported from its checkpoint, on the data it was trained on."""
@@ -183,8 +217,9 @@ def champion_graph(registry: str, dest: str | Path) -> Optional[tuple[Runner, di
     except FileNotFoundError:
         ckpts = sorted(out.rglob("*.pt"))
         if not ckpts:
-            raise FileNotFoundError(f"champion {pointer.version}: neither a graph nor a checkpoint in its release"
-                                    ) from None
+            raise FileNotFoundError(
+                f"champion {pointer.version}: neither a graph nor a checkpoint in its release"
+            ) from None
         from alloynet.export.bundle import export_checkpoint
 
         export_checkpoint(ckpts[0], out / "monitor-export")

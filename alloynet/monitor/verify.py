@@ -10,16 +10,18 @@ list is a CSV for the lab, with empty columns for its verdict, and is kept in th
 (``alloynet.captures.labels.relabel``: who, when, method, old and new value in the capture's history); the
 captures are training data from the next manifest refresh on.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,8 +37,12 @@ REQUIRED_VERDICT = ("capture_id", "alloy", "who", "method")
 
 def informativeness(c: dict[str, Any]) -> float:
     """Higher = more to learn: an ambiguous set, low confidence, flags, a profile unlike training."""
-    return (max(0, len(c.get("prediction_set") or []) - 1) + (1.0 - float(c.get("confidence") or 0.0))
-            + 0.5 * len(c.get("flags") or []) + min(float(c.get("drift_score") or 0.0) / 3.0, 2.0))
+    return (
+        max(0, len(c.get("prediction_set") or []) - 1)
+        + (1.0 - float(c.get("confidence") or 0.0))
+        + 0.5 * len(c.get("flags") or [])
+        + min(float(c.get("drift_score") or 0.0) / 3.0, 2.0)
+    )
 
 
 def _why(c: dict[str, Any]) -> str:
@@ -52,8 +58,13 @@ def _why(c: dict[str, Any]) -> str:
     return ", ".join(parts) or "most informative left"
 
 
-def propose(candidates: Sequence[dict[str, Any]], budget: int = 10, random_share: float = 0.5, seed: int = 0,
-            day: Optional[date] = None) -> list[dict[str, Any]]:
+def propose(
+    candidates: Sequence[dict[str, Any]],
+    budget: int = 10,
+    random_share: float = 0.5,
+    seed: int = 0,
+    day: date | None = None,
+) -> list[dict[str, Any]]:
     """The night's list: ceil(budget * random_share) picked uniformly at random (seeded by ``seed`` and the
     day), the rest the most informative of the others. Each row: LIST_COLUMNS."""
     if budget < 0 or not 0.0 <= random_share <= 1.0:
@@ -62,17 +73,27 @@ def propose(candidates: Sequence[dict[str, Any]], budget: int = 10, random_share
     n = len(candidates)
     n_random = min(n, math.ceil(budget * random_share))
     random_idx = [int(i) for i in rng.choice(n, size=n_random, replace=False)] if n_random else []
-    rest = sorted((i for i in range(n) if i not in set(random_idx)),
-                  key=lambda i: (-informativeness(candidates[i]), str(candidates[i].get("capture_id"))))
+    rest = sorted(
+        (i for i in range(n) if i not in set(random_idx)),
+        key=lambda i: (-informativeness(candidates[i]), str(candidates[i].get("capture_id"))),
+    )
     chosen = [(i, "random", "random sample (live accuracy)") for i in random_idx]
-    chosen += [(i, "informative", _why(candidates[i])) for i in rest[:max(0, budget - n_random)]]
+    chosen += [(i, "informative", _why(candidates[i])) for i in rest[: max(0, budget - n_random)]]
     rows = []
     for i, pick, why in chosen:
         c = candidates[i]
-        rows.append({"capture_id": c.get("capture_id", ""), "image_sha256": c.get("image_sha256", ""),
-                     "plate_id": c.get("plate_id") or "", "pick": pick, "why": why,
-                     "predicted": c.get("alloy", ""), "prediction_set": " ".join(c.get("prediction_set") or []),
-                     "flags": " ".join(c.get("flags") or [])})
+        rows.append(
+            {
+                "capture_id": c.get("capture_id", ""),
+                "image_sha256": c.get("image_sha256", ""),
+                "plate_id": c.get("plate_id") or "",
+                "pick": pick,
+                "why": why,
+                "predicted": c.get("alloy", ""),
+                "prediction_set": " ".join(c.get("prediction_set") or []),
+                "flags": " ".join(c.get("flags") or []),
+            }
+        )
     return rows
 
 
@@ -93,7 +114,7 @@ def save_list(store: ObjectStore, day: date, rows: Sequence[dict[str, Any]]) -> 
     return key
 
 
-def saved_list(store: ObjectStore, day: date) -> Optional[list[dict[str, Any]]]:
+def saved_list(store: ObjectStore, day: date) -> list[dict[str, Any]] | None:
     """The list already proposed for ``day``, if any."""
     try:
         return list(json.loads(store.get(f"{VERIFY}{day.isoformat()}.json"))["rows"])
@@ -148,8 +169,9 @@ def read_verdicts(path: str | Path) -> tuple[list[Verdict], list[str]]:
     reader = csv.DictReader(text.splitlines())
     missing = [c for c in REQUIRED_VERDICT if c not in (reader.fieldnames or [])]
     if missing:
-        raise CaptureError(str(path), "header", f"missing column(s) {missing}; expected at least "
-                                                f"{', '.join(REQUIRED_VERDICT)}")
+        raise CaptureError(
+            str(path), "header", f"missing column(s) {missing}; expected at least {', '.join(REQUIRED_VERDICT)}"
+        )
     verdicts, open_ = [], []
     for i, row in enumerate(reader, start=2):
         where = f"{path}:{i}"
@@ -161,12 +183,20 @@ def read_verdicts(path: str | Path) -> tuple[list[Verdict], list[str]]:
             continue
         for col in ("who", "method"):
             if not (row.get(col) or "").strip():
-                raise CaptureError(where, col, "empty; a verdict needs who verified it and by which method "
-                                               "(e.g. XRF, OES)")
-        verdicts.append(Verdict(cid, row["alloy"].strip(), row["who"].strip(), row["method"].strip(),
-                                (row.get("verified_at") or "").strip(),
-                                (row.get("nominal_thickness_mm") or "").strip(),
-                                (row.get("thickness_mm") or "").strip()))
+                raise CaptureError(
+                    where, col, "empty; a verdict needs who verified it and by which method (e.g. XRF, OES)"
+                )
+        verdicts.append(
+            Verdict(
+                cid,
+                row["alloy"].strip(),
+                row["who"].strip(),
+                row["method"].strip(),
+                (row.get("verified_at") or "").strip(),
+                (row.get("nominal_thickness_mm") or "").strip(),
+                (row.get("thickness_mm") or "").strip(),
+            )
+        )
     return verdicts, open_
 
 

@@ -7,20 +7,34 @@ A real plate is not exactly nominal: its composition lies somewhere inside the s
 its thickness inside the rolling tolerance. ``sample_plate`` draws both, so simulated data do not carry
 the shortcut (exact nominal composition => exact attenuation level per alloy) that no real rig offers.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping
 
 import numpy as np
 
 # Elemental densities (g/cm^3) for the rule-of-mixtures density model; only the ratios matter because
 # the model is anchored to each alloy's published nominal density.
 ELEMENT_DENSITY = {
-    "Al": 2.699, "Cu": 8.96, "Mg": 1.738, "Mn": 7.21, "Si": 2.33, "Fe": 7.874,
-    "Zn": 7.134, "Cr": 7.19, "Ti": 4.507, "Zr": 6.52, "Ni": 8.908, "C": 2.0, "H": 0.0899e-3,
-    "O": 1.429e-3, "Cs": 1.93, "I": 4.93,
+    "Al": 2.699,
+    "Cu": 8.96,
+    "Mg": 1.738,
+    "Mn": 7.21,
+    "Si": 2.33,
+    "Fe": 7.874,
+    "Zn": 7.134,
+    "Cr": 7.19,
+    "Ti": 4.507,
+    "Zr": 6.52,
+    "Ni": 8.908,
+    "C": 2.0,
+    "H": 0.0899e-3,
+    "O": 1.429e-3,
+    "Cs": 1.93,
+    "I": 4.93,
 }
 
 
@@ -66,26 +80,87 @@ def _with_balance(wt_pct: Mapping[str, float]) -> dict[str, float]:
 AlloyTable = Mapping[str, Alloy]
 
 # Ranges: EN 573-3 (EN AW-1050A, 2017A, 5083, 6082, 7075). Nominal values follow the project brief.
-STANDARD_ALLOYS: AlloyTable = MappingProxyType({
-    a.name: a
-    for a in [
-        Alloy("Al1050", 2.705, {"Fe": 0.35, "Si": 0.15},
-              {"Si": (0, 0.25), "Fe": (0, 0.40), "Cu": (0, 0.05), "Mn": (0, 0.05), "Mg": (0, 0.05),
-               "Zn": (0, 0.07), "Ti": (0, 0.05)}),
-        Alloy("Al2017", 2.79, {"Cu": 4.0, "Mn": 0.7, "Mg": 0.6, "Si": 0.5},
-              {"Si": (0.2, 0.8), "Fe": (0, 0.7), "Cu": (3.5, 4.5), "Mn": (0.4, 1.0), "Mg": (0.4, 1.0),
-               "Cr": (0, 0.10), "Zn": (0, 0.25), "Ti": (0, 0.15)}),
-        Alloy("Al5083", 2.66, {"Mg": 4.5, "Mn": 0.7, "Cr": 0.15},
-              {"Si": (0, 0.40), "Fe": (0, 0.40), "Cu": (0, 0.10), "Mn": (0.40, 1.0), "Mg": (4.0, 4.9),
-               "Cr": (0.05, 0.25), "Zn": (0, 0.25), "Ti": (0, 0.15)}),
-        Alloy("Al6082", 2.70, {"Si": 1.0, "Mg": 0.9, "Mn": 0.7},
-              {"Si": (0.7, 1.3), "Fe": (0, 0.50), "Cu": (0, 0.10), "Mn": (0.40, 1.0), "Mg": (0.6, 1.2),
-               "Cr": (0, 0.25), "Zn": (0, 0.20), "Ti": (0, 0.10)}),
-        Alloy("Al7075", 2.81, {"Zn": 5.6, "Mg": 2.5, "Cu": 1.6, "Cr": 0.23},
-              {"Si": (0, 0.40), "Fe": (0, 0.50), "Cu": (1.2, 2.0), "Mn": (0, 0.30), "Mg": (2.1, 2.9),
-               "Cr": (0.18, 0.28), "Zn": (5.1, 6.1), "Ti": (0, 0.20)}),
-    ]
-})
+STANDARD_ALLOYS: AlloyTable = MappingProxyType(
+    {
+        a.name: a
+        for a in [
+            Alloy(
+                "Al1050",
+                2.705,
+                {"Fe": 0.35, "Si": 0.15},
+                {
+                    "Si": (0, 0.25),
+                    "Fe": (0, 0.40),
+                    "Cu": (0, 0.05),
+                    "Mn": (0, 0.05),
+                    "Mg": (0, 0.05),
+                    "Zn": (0, 0.07),
+                    "Ti": (0, 0.05),
+                },
+            ),
+            Alloy(
+                "Al2017",
+                2.79,
+                {"Cu": 4.0, "Mn": 0.7, "Mg": 0.6, "Si": 0.5},
+                {
+                    "Si": (0.2, 0.8),
+                    "Fe": (0, 0.7),
+                    "Cu": (3.5, 4.5),
+                    "Mn": (0.4, 1.0),
+                    "Mg": (0.4, 1.0),
+                    "Cr": (0, 0.10),
+                    "Zn": (0, 0.25),
+                    "Ti": (0, 0.15),
+                },
+            ),
+            Alloy(
+                "Al5083",
+                2.66,
+                {"Mg": 4.5, "Mn": 0.7, "Cr": 0.15},
+                {
+                    "Si": (0, 0.40),
+                    "Fe": (0, 0.40),
+                    "Cu": (0, 0.10),
+                    "Mn": (0.40, 1.0),
+                    "Mg": (4.0, 4.9),
+                    "Cr": (0.05, 0.25),
+                    "Zn": (0, 0.25),
+                    "Ti": (0, 0.15),
+                },
+            ),
+            Alloy(
+                "Al6082",
+                2.70,
+                {"Si": 1.0, "Mg": 0.9, "Mn": 0.7},
+                {
+                    "Si": (0.7, 1.3),
+                    "Fe": (0, 0.50),
+                    "Cu": (0, 0.10),
+                    "Mn": (0.40, 1.0),
+                    "Mg": (0.6, 1.2),
+                    "Cr": (0, 0.25),
+                    "Zn": (0, 0.20),
+                    "Ti": (0, 0.10),
+                },
+            ),
+            Alloy(
+                "Al7075",
+                2.81,
+                {"Zn": 5.6, "Mg": 2.5, "Cu": 1.6, "Cr": 0.23},
+                {
+                    "Si": (0, 0.40),
+                    "Fe": (0, 0.50),
+                    "Cu": (1.2, 2.0),
+                    "Mn": (0, 0.30),
+                    "Mg": (2.1, 2.9),
+                    "Cr": (0.18, 0.28),
+                    "Zn": (5.1, 6.1),
+                    "Ti": (0, 0.20),
+                },
+            ),
+        ]
+    }
+)
 ALLOYS = STANDARD_ALLOYS  # the standard table, read-only
 
 # The five standard alloys the models classify, in class-index order.
@@ -108,8 +183,12 @@ def alloys_from_config(cfg: Mapping[str, Mapping], base: AlloyTable = STANDARD_A
     out = []
     for name, spec in cfg.items():
         try:
-            alloy = Alloy(name, float(spec["density_g_cm3"]), dict(spec.get("nominal_wt_pct", {})),
-                          {el: (float(lo), float(hi)) for el, (lo, hi) in spec.get("ranges_wt_pct", {}).items()})
+            alloy = Alloy(
+                name,
+                float(spec["density_g_cm3"]),
+                dict(spec.get("nominal_wt_pct", {})),
+                {el: (float(lo), float(hi)) for el, (lo, hi) in spec.get("ranges_wt_pct", {}).items()},
+            )
         except KeyError as exc:
             raise ValueError(f"alloy {name}: missing field {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -128,6 +207,7 @@ def get_alloy(name: str, alloy_table: AlloyTable = STANDARD_ALLOYS) -> Alloy:
 def density_for(alloy: Alloy, wt_pct: Mapping[str, float]) -> float:
     """Density of an off-nominal composition: rule of mixtures on specific volume, anchored so the
     nominal composition gives the published density exactly."""
+
     def specific_volume(fr: Mapping[str, float]) -> float:
         return sum(w / ELEMENT_DENSITY[el] for el, w in fr.items())
 
@@ -164,9 +244,15 @@ def sample_composition(alloy: Alloy, rng: np.random.Generator) -> dict[str, floa
     return out
 
 
-def sample_plate(alloy_name: str, nominal_thickness_mm: float, rng: np.random.Generator, plate_id: str,
-                 thickness_tolerance: float = 0.015, exact: bool = False,
-                 alloy_table: AlloyTable = STANDARD_ALLOYS) -> Plate:
+def sample_plate(
+    alloy_name: str,
+    nominal_thickness_mm: float,
+    rng: np.random.Generator,
+    plate_id: str,
+    thickness_tolerance: float = 0.015,
+    exact: bool = False,
+    alloy_table: AlloyTable = STANDARD_ALLOYS,
+) -> Plate:
     """Draw a plate: composition inside spec, thickness within the rolling tolerance (EN 485-4, about
     +-1.5 %; normal with sigma = tol/2, truncated at +-tol). ``exact=True`` gives the nominal plate,
     which exists for tests that demonstrate the shortcut; never use it to make training data."""
@@ -178,8 +264,9 @@ def sample_plate(alloy_name: str, nominal_thickness_mm: float, rng: np.random.Ge
         return Plate(plate_id, alloy_name, nominal_thickness_mm, nominal_thickness_mm, wt, alloy.density_g_cm3)
     wt = sample_composition(alloy, rng)
     dev = float(np.clip(rng.normal(0.0, thickness_tolerance / 2), -thickness_tolerance, thickness_tolerance))
-    return Plate(plate_id, alloy_name, nominal_thickness_mm, nominal_thickness_mm * (1 + dev), wt,
-                 density_for(alloy, wt))
+    return Plate(
+        plate_id, alloy_name, nominal_thickness_mm, nominal_thickness_mm * (1 + dev), wt, density_for(alloy, wt)
+    )
 
 
 # Alloys whose copper and zinc content a single 50 kV exposure sees clearly (Z 29/30 against Al's 13):
@@ -189,7 +276,7 @@ GROUPS = ("heavy", "light")
 
 
 def alloy_group(name: str, alloy_table: AlloyTable = STANDARD_ALLOYS) -> str:
-    """"heavy" (Cu + Zn >= 1 wt% nominal, e.g. Al2017, Al7075) or "light" (Al1050, Al5083, Al6082): decided by
+    """ "heavy" (Cu + Zn >= 1 wt% nominal, e.g. Al2017, Al7075) or "light" (Al1050, Al5083, Al6082): decided by
     composition, so an alloy a user adds by config lands in the right group."""
     wt = get_alloy(name, alloy_table).nominal_wt_pct
     return "heavy" if wt.get("Cu", 0.0) + wt.get("Zn", 0.0) >= HEAVY_CU_ZN_WT_PCT else "light"

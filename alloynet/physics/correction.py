@@ -23,21 +23,22 @@ correction fits noise: its per-alloy means, whitened by a covariance that expect
 fit 0.02-0.03 on the test split (0.566 -> 0.536 at shrink 1) and the validation gain is nil (grid: -0.002 in
 log-loss), so the nominal tables stay. On the second rig: validation log-loss 14.3 -> 0.87, test 0.28 -> 0.55.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from alloynet.physics.observer import by_nearest_wedge
 
-DEGREE = 2                                  # polynomial in thickness per profile bin
-SHRINK = (0.0, 0.25, 0.5, 0.75, 1.0)        # 0: the shared correction only; 1: each alloy's own
-MIN_PER_ALLOY = 20                          # training captures of an alloy on a wedge to fit its own correction
-MIN_SHARED = 30                             # training captures on a wedge to correct that wedge at all
-MIN_VAL = 30                                # validation captures to decide
+DEGREE = 2  # polynomial in thickness per profile bin
+SHRINK = (0.0, 0.25, 0.5, 0.75, 1.0)  # 0: the shared correction only; 1: each alloy's own
+MIN_PER_ALLOY = 20  # training captures of an alloy on a wedge to fit its own correction
+MIN_SHARED = 30  # training captures on a wedge to correct that wedge at all
+MIN_VAL = 30  # validation captures to decide
 # The chosen correction's validation gain over the nominal tables, in standard errors of the per-capture gain. The
 # best of five options is kept, so 2 sd would let noise through too often: on the study's data (alloynet's own
 # simulator, 90 validation captures) the best option gained 1.9 sd; on the second rig the gain is 10-11 sd.
@@ -48,8 +49,9 @@ Z_MIN = 3.0
 class MeanCorrection:
     """Additive corrections of the forward model's mean profiles: per fitted wedge, per alloy, a polynomial in
     thickness (``coef[wedge]``: [K, degree + 1, D], highest power first, ``np.vander`` order)."""
+
     coef: dict[float, np.ndarray]
-    bounds: tuple[float, float]              # thickness is clipped to the training range before evaluating
+    bounds: tuple[float, float]  # thickness is clipped to the training range before evaluating
 
     def offsets(self, wedge_mm: float, grid_mm: np.ndarray) -> np.ndarray:
         """The correction [K, G, D] of the mean profiles on thickness grid ``grid_mm`` for ``wedge_mm``: the
@@ -59,7 +61,7 @@ class MeanCorrection:
 
         def at(w: float) -> np.ndarray:
             c = self.coef[float(w)]
-            v = np.vander(t, c.shape[1])                                   # [G, degree + 1]
+            v = np.vander(t, c.shape[1])  # [G, degree + 1]
             return np.einsum("gp,kpd->kgd", v, c)
 
         w = float(wedge_mm)
@@ -74,28 +76,43 @@ class MeanCorrection:
 @dataclass
 class CorrectionChoice:
     """What ``choose_correction`` decided, and on what evidence."""
-    correction: Optional[MeanCorrection]
-    shrink: Optional[float]
-    val_logloss: dict[str, float] = field(default_factory=dict)   # "nominal" and each shrink option
-    gain_z: float = 0.0                                            # the chosen option's paired gain, in sd
+
+    correction: MeanCorrection | None
+    shrink: float | None
+    val_logloss: dict[str, float] = field(default_factory=dict)  # "nominal" and each shrink option
+    gain_z: float = 0.0  # the chosen option's paired gain, in sd
     train_captures: int = 0
     val_captures: int = 0
     reason: str = ""
-    decided: bool = False                                          # the validation comparison was made
+    decided: bool = False  # the validation comparison was made
 
     def summary(self) -> dict:
-        return {"corrected": self.correction is not None, "decided": self.decided, "shrink": self.shrink,
-                "val_logloss": {k: round(v, 4) for k, v in self.val_logloss.items()},
-                "gain_z": round(float(self.gain_z), 2), "train_captures": self.train_captures,
-                "val_captures": self.val_captures, "reason": self.reason}
+        return {
+            "corrected": self.correction is not None,
+            "decided": self.decided,
+            "shrink": self.shrink,
+            "val_logloss": {k: round(v, 4) for k, v in self.val_logloss.items()},
+            "gain_z": round(float(self.gain_z), 2),
+            "train_captures": self.train_captures,
+            "val_captures": self.val_captures,
+            "reason": self.reason,
+        }
 
 
-Fits = dict[float, tuple[np.ndarray, list[Optional[np.ndarray]]]]   # wedge -> (shared, per alloy or None)
+Fits = dict[float, tuple[np.ndarray, list[np.ndarray | None]]]  # wedge -> (shared, per alloy or None)
 
 
-def fit_residuals(observers: Mapping[float, object], profiles: np.ndarray, y: np.ndarray, thickness_mm: np.ndarray,
-                  wedges_mm: np.ndarray, degree: int = DEGREE, min_shared: int = MIN_SHARED,
-                  min_per_alloy: int = MIN_PER_ALLOY, own_degree: Optional[int] = None) -> Fits:
+def fit_residuals(
+    observers: Mapping[float, object],
+    profiles: np.ndarray,
+    y: np.ndarray,
+    thickness_mm: np.ndarray,
+    wedges_mm: np.ndarray,
+    degree: int = DEGREE,
+    min_shared: int = MIN_SHARED,
+    min_per_alloy: int = MIN_PER_ALLOY,
+    own_degree: int | None = None,
+) -> Fits:
     """Per wedge with at least ``min_shared`` captures: (shared [degree + 1, D], per alloy [degree + 1, D] or
     None where the alloy has fewer than ``min_per_alloy``), the polynomial fits of profile - model mean; each
     alloy's own of degree ``own_degree`` (at most ``degree``; default the same), its higher powers zero."""
@@ -118,8 +135,12 @@ def fit_residuals(observers: Mapping[float, object], profiles: np.ndarray, y: np
         shared = np.linalg.lstsq(v, r, rcond=None)[0]
         od = deg if own_degree is None else int(min(own_degree, deg))
         pad = np.zeros((deg - od, r.shape[1]))
-        own = [np.concatenate([pad, np.linalg.lstsq(v[c == k][:, deg - od:], r[c == k], rcond=None)[0]])
-               if (c == k).sum() >= min_per_alloy else None for k in range(len(obs.likelihoods))]
+        own = [
+            np.concatenate([pad, np.linalg.lstsq(v[c == k][:, deg - od :], r[c == k], rcond=None)[0]])
+            if (c == k).sum() >= min_per_alloy
+            else None
+            for k in range(len(obs.likelihoods))
+        ]
         out[float(w)] = (shared, own)
     return out
 
@@ -131,7 +152,7 @@ def correction_at(fits: Fits, shrink: float, bounds: tuple[float, float]) -> Mea
     return MeanCorrection(coef, (float(bounds[0]), float(bounds[1])))
 
 
-def apply_correction(observers: Mapping[float, object], correction: Optional[MeanCorrection]) -> dict[float, object]:
+def apply_correction(observers: Mapping[float, object], correction: MeanCorrection | None) -> dict[float, object]:
     """Copies of ``observers`` (``PhysicsObserver`` per wedge) whose alloys' mean profiles carry the correction
     (covariances, grid and prior weights shared with the originals); the originals unchanged."""
     if correction is None:
@@ -160,7 +181,7 @@ def _nll(observers: Mapping[float, object], profiles: np.ndarray, y: np.ndarray,
     return out
 
 
-def too_few(n_train: int, n_val: int) -> Optional[CorrectionChoice]:
+def too_few(n_train: int, n_val: int) -> CorrectionChoice | None:
     """The choice when there are too few labelled captures to decide (nominal tables), else None."""
     if n_val >= MIN_VAL and n_train:
         return None
@@ -168,9 +189,14 @@ def too_few(n_train: int, n_val: int) -> Optional[CorrectionChoice]:
     return CorrectionChoice(None, None, train_captures=n_train, val_captures=n_val, reason=f"{why}: nominal tables")
 
 
-def choose_correction(observers: Mapping[float, object], train: Mapping[str, np.ndarray],
-                      val: Mapping[str, np.ndarray], bounds: tuple[float, float],
-                      shrinks: Sequence[float] = SHRINK, degree: int = DEGREE) -> CorrectionChoice:
+def choose_correction(
+    observers: Mapping[float, object],
+    train: Mapping[str, np.ndarray],
+    val: Mapping[str, np.ndarray],
+    bounds: tuple[float, float],
+    shrinks: Sequence[float] = SHRINK,
+    degree: int = DEGREE,
+) -> CorrectionChoice:
     """Fit the corrections on ``train`` and pick one, or none, on ``val`` (both {profiles, y, thickness_mm,
     wedge_mm}: labelled captures of the rig, e.g. ``alloynet.evaluate.baselines.dataset_arrays``)."""
     n_train, n_val = int(len(train["y"])), int(len(val["y"]))
@@ -179,8 +205,13 @@ def choose_correction(observers: Mapping[float, object], train: Mapping[str, np.
         return few
     fits = fit_residuals(observers, train["profiles"], train["y"], train["thickness_mm"], train["wedge_mm"], degree)
     if not fits:
-        return CorrectionChoice(None, None, train_captures=n_train, val_captures=n_val,
-                                reason=f"no wedge with {MIN_SHARED} labelled training captures: nominal tables")
+        return CorrectionChoice(
+            None,
+            None,
+            train_captures=n_train,
+            val_captures=n_val,
+            reason=f"no wedge with {MIN_SHARED} labelled training captures: nominal tables",
+        )
     val_y = np.asarray(val["y"], int)
     nominal = _nll(observers, val["profiles"], val_y, val["wedge_mm"])
     losses = {"nominal": float(nominal.mean())}
@@ -193,12 +224,28 @@ def choose_correction(observers: Mapping[float, object], train: Mapping[str, np.
     gain = nominal - best_nll
     z = float(gain.mean() / max(gain.std(ddof=1) / np.sqrt(len(gain)), 1e-12))
     if z < Z_MIN:
-        return CorrectionChoice(None, None, losses, z, n_train, n_val,
-                                f"the best correction (shrink {best:g}) gains {gain.mean():.3f} in validation log-loss, "
-                                f"{z:.1f} sd (need {Z_MIN:g}): nominal tables", decided=True)
-    return CorrectionChoice(correction_at(fits, best, bounds), best, losses, z, n_train, n_val,
-                            f"validation log-loss {losses['nominal']:.3f} -> {best_nll.mean():.3f} ({z:.1f} sd) with "
-                            f"shrink {best:g}: tables corrected from {n_train} training captures", decided=True)
+        return CorrectionChoice(
+            None,
+            None,
+            losses,
+            z,
+            n_train,
+            n_val,
+            f"the best correction (shrink {best:g}) gains {gain.mean():.3f} in validation log-loss, "
+            f"{z:.1f} sd (need {Z_MIN:g}): nominal tables",
+            decided=True,
+        )
+    return CorrectionChoice(
+        correction_at(fits, best, bounds),
+        best,
+        losses,
+        z,
+        n_train,
+        n_val,
+        f"validation log-loss {losses['nominal']:.3f} -> {best_nll.mean():.3f} ({z:.1f} sd) with "
+        f"shrink {best:g}: tables corrected from {n_train} training captures",
+        decided=True,
+    )
 
 
 # Few labelled captures: the decision is cross-validated over the training and validation captures together
@@ -209,8 +256,8 @@ def choose_correction(observers: Mapping[float, object], train: Mapping[str, np.
 CV_BELOW = 150
 CV_FOLDS = 5
 DEGREES = (0, 1, 2)
-CV_MIN_SHARED = 8                           # captures on a wedge (per fold's fit) for a shared correction
-CV_MIN_PER_ALLOY = 6                        # captures of an alloy on a wedge for its own
+CV_MIN_SHARED = 8  # captures on a wedge (per fold's fit) for a shared correction
+CV_MIN_PER_ALLOY = 6  # captures of an alloy on a wedge for its own
 # The best of fifteen options, scored on folds that share their fits' captures: a stricter bar than Z_MIN. On a
 # rig the forward model describes (its own simulated profiles, 8 + 2 plates per alloy) the best option reached
 # 3.1 sd on one draw of two; on the second rig the kept corrections gain 8-13 sd from 10-50 plates per alloy.
@@ -244,13 +291,23 @@ def _sign_p(gain: np.ndarray) -> float:
     from scipy.stats import binomtest
 
     moved = gain[gain != 0]
-    return float(binomtest(int((moved > 0).sum()), len(moved), 0.5, alternative="greater").pvalue) if len(moved) else 1.0
+    return (
+        float(binomtest(int((moved > 0).sum()), len(moved), 0.5, alternative="greater").pvalue) if len(moved) else 1.0
+    )
 
 
-def choose_correction_cv(observers: Mapping[float, object], train: Mapping[str, np.ndarray],
-                         val: Mapping[str, np.ndarray], bounds: tuple[float, float], train_groups: Sequence,
-                         val_groups: Sequence, seed: int = 0, shrinks: Sequence[float] = SHRINK,
-                         degrees: Sequence[int] = DEGREES, folds: int = CV_FOLDS) -> CorrectionChoice:
+def choose_correction_cv(
+    observers: Mapping[float, object],
+    train: Mapping[str, np.ndarray],
+    val: Mapping[str, np.ndarray],
+    bounds: tuple[float, float],
+    train_groups: Sequence,
+    val_groups: Sequence,
+    seed: int = 0,
+    shrinks: Sequence[float] = SHRINK,
+    degrees: Sequence[int] = DEGREES,
+    folds: int = CV_FOLDS,
+) -> CorrectionChoice:
     """``choose_correction`` for few captures: every (degree, each alloy's own degree, shrink) option scored by
     its cross-validated log-loss over the training and validation captures together (``*_groups``: the plate of
     each capture; folds by plate), kept only at ``Z_MIN_CV`` sd of per-capture gain over the nominal tables (or
@@ -258,10 +315,13 @@ def choose_correction_cv(observers: Mapping[float, object], train: Mapping[str, 
     (the validation ones still pick the epoch and calibrate the answers on tables that never saw them)."""
     n_train, n_val = int(len(train["y"])), int(len(val["y"]))
     if not n_train:
-        return CorrectionChoice(None, None, train_captures=0, val_captures=n_val, reason="no training captures: "
-                                "nominal tables")
-    pool = {k: np.concatenate([np.asarray(train[k]), np.asarray(val[k])]) for k in ("profiles", "y", "thickness_mm",
-                                                                                     "wedge_mm")}
+        return CorrectionChoice(
+            None, None, train_captures=0, val_captures=n_val, reason="no training captures: nominal tables"
+        )
+    pool = {
+        k: np.concatenate([np.asarray(train[k]), np.asarray(val[k])])
+        for k in ("profiles", "y", "thickness_mm", "wedge_mm")
+    }
     pool["y"] = pool["y"].astype(int)
     groups = np.concatenate([np.asarray(train_groups, str), np.asarray(val_groups, str)])
     fold = _folds(groups, min(folds, len(np.unique(groups))), seed)
@@ -272,14 +332,21 @@ def choose_correction_cv(observers: Mapping[float, object], train: Mapping[str, 
     for f in np.unique(fold):
         fit_on, held = fold != f, np.nonzero(fold == f)[0]
         for d, od in sorted({(d, od) for d, od, _ in options}):
-            fits = fit_residuals(observers, pool["profiles"][fit_on], pool["y"][fit_on], pool["thickness_mm"][fit_on],
-                                 pool["wedge_mm"][fit_on], d, *_cv_thresholds(d), own_degree=od)
+            fits = fit_residuals(
+                observers,
+                pool["profiles"][fit_on],
+                pool["y"][fit_on],
+                pool["thickness_mm"][fit_on],
+                pool["wedge_mm"][fit_on],
+                d,
+                *_cv_thresholds(d),
+                own_degree=od,
+            )
             if not fits:
                 continue
             for s in [s for dd, oo, s in options if (dd, oo) == (d, od)]:
                 corrected = apply_correction(observers, correction_at(fits, s, bounds))
-                cv[(d, od, s)][held] = _nll(corrected, pool["profiles"][held], pool["y"][held],
-                                            pool["wedge_mm"][held])
+                cv[(d, od, s)][held] = _nll(corrected, pool["profiles"][held], pool["y"][held], pool["wedge_mm"][held])
     losses = {"nominal": float(nominal.mean()), **{_option(*o): float(v.mean()) for o, v in cv.items()}}
     (d, od, s), best = min(cv.items(), key=lambda kv: float(kv[1].mean()))
     gain = nominal - best
@@ -290,17 +357,47 @@ def choose_correction_cv(observers: Mapping[float, object], train: Mapping[str, 
     # describes the rig (what the trainer's describes_rig reads from ``decided``)
     enough = len(gain) >= MIN_VAL
     if z < Z_MIN_CV and sign_p >= SIGN_P:
-        return CorrectionChoice(None, None, losses, z, n_train, n_val,
-                                f"the best correction ({_option(d, od, s)}) gains {gain.mean():.3f} in "
-                                f"cross-validated log-loss ({n}), {z:.1f} sd (need {Z_MIN_CV:g}; sign test p "
-                                f"{min(sign_p, 1.0):.2g}, need {SIGN_P:g}): nominal tables", decided=enough)
-    fits = fit_residuals(observers, train["profiles"], np.asarray(train["y"], int), train["thickness_mm"],
-                         train["wedge_mm"], d, *_cv_thresholds(d), own_degree=od)
+        return CorrectionChoice(
+            None,
+            None,
+            losses,
+            z,
+            n_train,
+            n_val,
+            f"the best correction ({_option(d, od, s)}) gains {gain.mean():.3f} in "
+            f"cross-validated log-loss ({n}), {z:.1f} sd (need {Z_MIN_CV:g}; sign test p "
+            f"{min(sign_p, 1.0):.2g}, need {SIGN_P:g}): nominal tables",
+            decided=enough,
+        )
+    fits = fit_residuals(
+        observers,
+        train["profiles"],
+        np.asarray(train["y"], int),
+        train["thickness_mm"],
+        train["wedge_mm"],
+        d,
+        *_cv_thresholds(d),
+        own_degree=od,
+    )
     if not fits:
-        return CorrectionChoice(None, None, losses, z, n_train, n_val, f"too few training captures on any wedge to "
-                                f"fit the chosen correction (degree {d}): nominal tables", decided=True)
-    return CorrectionChoice(correction_at(fits, s, bounds), s, losses, z, n_train, n_val,
-                            f"cross-validated log-loss {losses['nominal']:.3f} -> {best.mean():.3f} ({z:.1f} sd, {n}) "
-                            f"with {_option(d, od, s)}: tables corrected from {n_train} training captures",
-                            decided=True)
-
+        return CorrectionChoice(
+            None,
+            None,
+            losses,
+            z,
+            n_train,
+            n_val,
+            f"too few training captures on any wedge to fit the chosen correction (degree {d}): nominal tables",
+            decided=True,
+        )
+    return CorrectionChoice(
+        correction_at(fits, s, bounds),
+        s,
+        losses,
+        z,
+        n_train,
+        n_val,
+        f"cross-validated log-loss {losses['nominal']:.3f} -> {best.mean():.3f} ({z:.1f} sd, {n}) "
+        f"with {_option(d, od, s)}: tables corrected from {n_train} training captures",
+        decided=True,
+    )

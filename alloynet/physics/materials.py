@@ -4,10 +4,11 @@ Nothing here calls ``xraydb.add_material`` or anything else that writes into use
 every material is an explicit list of element weight fractions and a density. The alloys themselves
 (composition, density, spec ranges) live in ``alloynet.physics.alloys``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Mapping
 
 import numpy as np
 import xraydb

@@ -12,6 +12,7 @@ checks that the two agree.
 * Bins (``bin_edges``): column ``j`` belongs to bin ``b`` when ``floor(b W / bins) <= j < floor((b + 1) W /
   bins)``; integer arithmetic, so the forward models, the measurement and the graph agree for every width.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -69,7 +70,7 @@ def interquartile_rows(x: np.ndarray, trim: float = TRIM) -> np.ndarray:
     k = int(h * trim)
     if k == 0 or h - 2 * k < 1:
         return x.mean(axis=-2)
-    return np.sort(x, axis=-2)[..., k:h - k, :].mean(axis=-2)
+    return np.sort(x, axis=-2)[..., k : h - k, :].mean(axis=-2)
 
 
 def neg_log_transmission(images: np.ndarray, calibration: np.ndarray, t_min: float = T_MIN) -> np.ndarray:
@@ -80,8 +81,14 @@ def neg_log_transmission(images: np.ndarray, calibration: np.ndarray, t_min: flo
     return -np.log(np.maximum((images - dark) / span, t_min))
 
 
-def wedge_profile(images: np.ndarray, calibration: np.ndarray, bins: int = 32, rows: slice = slice(None),
-                  statistic: RowStatistic = "interquartile", max_adu: float = MAX_ADU) -> np.ndarray:
+def wedge_profile(
+    images: np.ndarray,
+    calibration: np.ndarray,
+    bins: int = 32,
+    rows: slice = slice(None),
+    statistic: RowStatistic = "interquartile",
+    max_adu: float = MAX_ADU,
+) -> np.ndarray:
     """Raw captures [N, C, H, W] with their levels [N, C, 2] -> binned profiles [N, C * bins], from the plate's
     ``rows`` (``alloynet.physics.simulator.plate_rows``: an open-beam strip is no part of the plate).
 
@@ -105,8 +112,9 @@ def wedge_profile(images: np.ndarray, calibration: np.ndarray, bins: int = 32, r
         t = np.where(good, (raw.astype(np.float64) - dark) / span, 0.0).sum(-2) / np.maximum(good.sum(-2), 1)
         per_column = -np.log(np.maximum(t, T_FLOOR_MEAN))
     else:
-        raise ValueError(f"wedge_profile: unknown statistic {statistic!r}; expected 'interquartile' or "
-                         f"'mean_transmission'")
+        raise ValueError(
+            f"wedge_profile: unknown statistic {statistic!r}; expected 'interquartile' or 'mean_transmission'"
+        )
     return bin_columns(per_column, bins).reshape(len(raw), -1)
 
 

@@ -13,10 +13,11 @@ Noise per pixel on ln S: compound Poisson v/m^2 plus read noise and quantisation
 averaged over the rows. Plate texture enters as a covariance (``texture_field_cov``): a smooth extra
 thickness field, correlated along the wedge axis.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -43,18 +44,19 @@ class ProfileModel:
 
     def _kev(self, ch: Channel, mu: np.ndarray, thickness_mm: np.ndarray) -> np.ndarray:
         """Expected keV per pixel [T, W] for plates of attenuation ``mu`` [E] and thicknesses [T]."""
-        n = ch.n_behind_wedge[None] * np.exp(-np.outer(thickness_mm / 10.0, mu))[:, None, :]   # [T, W, E]
+        n = ch.n_behind_wedge[None] * np.exp(-np.outer(thickness_mm / 10.0, mu))[:, None, :]  # [T, W, E]
         m = n @ ch.energies
         if not self.detector:
             return m
-        v = n @ (ch.energies ** 2)
-        q, kpq = m * m / np.maximum(v, 1e-30), v / np.maximum(m, 1e-30)   # quanta and keV per quantum
+        v = n @ (ch.energies**2)
+        q, kpq = m * m / np.maximum(v, 1e-30), v / np.maximum(m, 1e-30)  # quanta and keV per quantum
         r = self.rig
         if r.scatter_per_attenuation > 0:
             q = (1 - r.scatter_fraction) * q + scatter_quanta(q, r, ch.quanta_open)
         elif r.scatter_fraction > 0:
             q = (1 - r.scatter_fraction) * q + r.scatter_fraction * ndimage.gaussian_filter1d(
-                q, r.scatter_sigma_px, axis=-1, mode="nearest")
+                q, r.scatter_sigma_px, axis=-1, mode="nearest"
+            )
         kev = q * kpq
         if r.psf_sigma_px > 0:
             kev = ndimage.gaussian_filter1d(kev, r.psf_sigma_px, axis=-1, truncate=3.0, mode="reflect")

@@ -13,6 +13,7 @@ one name, one default and one set of limits, and a sidecar's settings become a s
 Pydantic and numpy only: the capture format imports this module, and a client that parses sidecars must not
 load scipy, SpekPy or torch.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -32,16 +33,21 @@ class NominalRig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    kvp: list[PositiveFloat] = Field(default_factory=lambda: [50.0], min_length=1, max_length=MAX_CHANNELS,
-                                     description="one channel per kVp setting")
+    kvp: list[PositiveFloat] = Field(
+        default_factory=lambda: [50.0], min_length=1, max_length=MAX_CHANNELS, description="one channel per kVp setting"
+    )
     tube_current_ua: PositiveFloat = 300.0
     anode_angle_deg: float = Field(12.0, gt=0, lt=90)
     filtration_mm_al: NonNegativeFloat = 1.0
     wedge_mm: float = Field(50.0, gt=0, description="wedge thickness at its thick end")
     wedge_min_mm: NonNegativeFloat = 0.0
     wedge_material: Literal["Al", "PMMA"] = "Al"
-    open_beam_rows: int = Field(0, ge=0, description="rows at the image's top edge beside the plate and the wedge "
-                                "(open beam): an in-image reference that shows the tube's output of each capture")
+    open_beam_rows: int = Field(
+        0,
+        ge=0,
+        description="rows at the image's top edge beside the plate and the wedge "
+        "(open beam): an in-image reference that shows the tube's output of each capture",
+    )
 
     @property
     def channels(self) -> int:

@@ -15,11 +15,12 @@ A profile applies to a data set's own nominal rig (``apply``): image size and we
 data, everything calibrated from the profile; a profile calibrated at other nominal beam settings (kVp,
 anode angle, filtration, wedge material) is refused, naming the setting.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -48,22 +49,26 @@ class RigProfile(BaseModel):
     rig: RigConfig
     calibrated: list[str] = Field(default_factory=list)
     uncertainty: dict[str, float] = Field(default_factory=dict)
-    covariance: Optional[Covariance] = None
+    covariance: Covariance | None = None
     fit: dict[str, Any] = Field(default_factory=dict)
 
-    def apply(self, base: RigConfig, draw: Optional[RigConfig] = None) -> RigConfig:
+    def apply(self, base: RigConfig, draw: RigConfig | None = None) -> RigConfig:
         """``base`` (a data set's nominal rig: its size and wedge) with every calibrated field of this profile
         (or of ``draw``, one of ``draw``'s rigs)."""
         for name in BEAM_SETTINGS:
             mine, theirs = getattr(self.rig, name), getattr(base, name)
             if mine != theirs:
-                raise ValueError(f"rig profile: calibrated at {name}={mine!r}, but the data's rig has {name}="
-                                 f"{theirs!r}; calibrate the rig at these settings")
+                raise ValueError(
+                    f"rig profile: calibrated at {name}={mine!r}, but the data's rig has {name}="
+                    f"{theirs!r}; calibrate the rig at these settings"
+                )
         update = {k: getattr(draw or self.rig, k) for k in self.calibrated}
         for name in ("column_gain", "dark_column_adu"):
             if update.get(name) is not None and len(update[name]) != base.width:
-                raise ValueError(f"rig profile: {name} was measured on captures {len(update[name])} px wide; the "
-                                 f"data are {base.width} px wide (calibrate with captures of this size)")
+                raise ValueError(
+                    f"rig profile: {name} was measured on captures {len(update[name])} px wide; the "
+                    f"data are {base.width} px wide (calibrate with captures of this size)"
+                )
         return RigConfig.model_validate({**base.model_dump(), **update})
 
     def draw(self, n: int, seed: int, scale: float = 1.0) -> list[RigConfig]:
@@ -104,7 +109,8 @@ class RigProfile(BaseModel):
 class FitParameter:
     """A RigConfig field the calibration can fit: where the search starts (None: the nominal value), its
     typical scale (the fit's step and units) and the physically sensible range."""
-    start: Optional[float]
+
+    start: float | None
     scale: float
     lo: float
     hi: float
@@ -128,15 +134,17 @@ def _bounds(name: str) -> tuple[float, float]:
     return (p.lo, p.hi) if p else (-np.inf, np.inf)
 
 
-def needs_alloynet_simulator(simulator: str, rig_profile: Optional[str], open_beam_rows: int = 0) -> None:
+def needs_alloynet_simulator(simulator: str, rig_profile: str | None, open_beam_rows: int = 0) -> None:
     """A rig profile calibrates alloynet's simulator, and only it images an open-beam strip: refused with
     another simulator (a data set spec's and the training's simulated captures' rule)."""
     if open_beam_rows and simulator != "alloynet":
-        raise ValueError(f"rig.open_beam_rows: only alloynet's simulator images an open-beam region; the {simulator} "
-                         "rig has none")
+        raise ValueError(
+            f"rig.open_beam_rows: only alloynet's simulator images an open-beam region; the {simulator} rig has none"
+        )
     if rig_profile and simulator != "alloynet":
-        raise ValueError("rig_profile: calibrates the alloynet simulator; it cannot be used with simulator: "
-                         f"{simulator}")
+        raise ValueError(
+            f"rig_profile: calibrates the alloynet simulator; it cannot be used with simulator: {simulator}"
+        )
 
 
 def save_rig_profile(profile: RigProfile, path: str | Path) -> Path:

@@ -29,10 +29,12 @@ Sessions: the tube output drifts between sessions (``session_gain``); each sessi
 and flat frame, and a capture's calibration is the LEVELS of those frames (mean, ignoring dead/hot
 pixels), exactly as the data-set writer does for the nominal simulator.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -41,14 +43,14 @@ from scipy import ndimage, sparse
 
 from alloynet.physics.alloys import Plate
 from alloynet.physics.materials import CSI, WEDGE_MATERIALS, linear_attenuation
-from alloynet.physics.measure import MAX_ADU, T_FLOOR_MEAN, bin_columns, bin_edges, frame_level
+from alloynet.physics.measure import MAX_ADU, T_FLOOR_MEAN, bin_columns, bin_edges
 from alloynet.physics.rig import NOMINAL_FIELDS, NominalPanel, wedge_columns_mm
 from alloynet.physics.simulator import SimulatedCapture  # the shared result type, no simulator code
 from alloynet.physics.spectrum import tube_spectrum
 
-W_DENSITY = 19.3          # g/cm^3, tungsten target
-CSI_K_EDGE_KEV = 33.17    # iodine K-edge (Cs at 35.98): above it a photon may lose a K x-ray
-CSI_K_ALPHA_KEV = 29.8    # mean Cs/I K-alpha energy carried away when it escapes
+W_DENSITY = 19.3  # g/cm^3, tungsten target
+CSI_K_EDGE_KEV = 33.17  # iodine K-edge (Cs at 35.98): above it a photon may lose a K x-ray
+CSI_K_ALPHA_KEV = 29.8  # mean Cs/I K-alpha energy carried away when it escapes
 
 __all__ = ["NOMINAL_FIELDS", "SecondRig", "SecondRigConfig", "SecondRigProfileModel"]  # NOMINAL_FIELDS: from rig.py
 
@@ -58,16 +60,23 @@ class SecondRigConfig(NominalPanel):
     departs from them."""
 
     dk_kev: float = Field(1.0, gt=0, description="spectrum energy bin width")
-    noise_bin_kev: float = Field(2.0, gt=0, description="energy bins in which detected photons are Poisson-sampled "
-                                 "(exact mean and variance within each; dk_kev for one per spectrum bin)")
+    noise_bin_kev: float = Field(
+        2.0,
+        gt=0,
+        description="energy bins in which detected photons are Poisson-sampled "
+        "(exact mean and variance within each; dk_kev for one per spectrum bin)",
+    )
 
     # -- spectrum: the beam is not the nominal one -------------------------------------------------------
-    kvp_error_rel: float = Field(-0.015, ge=-0.2, le=0.2,
-                                 description="effective tube voltage / set kVp - 1 (generator ripple, calibration)")
-    anode_angle_error_deg: float = Field(-1.0, ge=-5, le=5,
-                                         description="true anode angle - nominal (target wear, mounting)")
-    extra_filtration_mm_al: float = Field(0.3, ge=0,
-                                          description="exit window and housing, Al equivalent, on top of nominal")
+    kvp_error_rel: float = Field(
+        -0.015, ge=-0.2, le=0.2, description="effective tube voltage / set kVp - 1 (generator ripple, calibration)"
+    )
+    anode_angle_error_deg: float = Field(
+        -1.0, ge=-5, le=5, description="true anode angle - nominal (target wear, mounting)"
+    )
+    extra_filtration_mm_al: float = Field(
+        0.3, ge=0, description="exit window and housing, Al equivalent, on top of nominal"
+    )
     # -- heel effect with beam hardening along the rows (anode side at row 0) ----------------------------
     heel_depth_um: float = Field(1.0, ge=0, description="mean depth of x-ray production below the target surface")
     heel_half_angle_deg: float = Field(1.5, ge=0, description="half the field angle along the anode-cathode axis")
@@ -85,10 +94,12 @@ class SecondRigConfig(NominalPanel):
     dead_pixels: int = Field(8, ge=0)
     hot_pixels: int = Field(3, ge=0)
     # -- scatter -----------------------------------------------------------------------------------------
-    scatter_per_attenuation: float = Field(0.005, ge=0,
-                                           description="scatter-to-primary ratio per unit -ln T along the ray")
-    scatter_range: float = Field(0.15, gt=0,
-                                 description="1/e length of the scatter kernel, as a fraction of the field width")
+    scatter_per_attenuation: float = Field(
+        0.005, ge=0, description="scatter-to-primary ratio per unit -ln T along the ray"
+    )
+    scatter_range: float = Field(
+        0.15, gt=0, description="1/e length of the scatter kernel, as a fraction of the field width"
+    )
     # -- sessions ----------------------------------------------------------------------------------------
     output_drift_rel: float = Field(0.003, ge=0, le=0.2, description="rms tube output change between sessions")
 
@@ -100,7 +111,7 @@ class SecondRigConfig(NominalPanel):
         return v
 
     @classmethod
-    def from_nominal(cls, nominal: NominalPanel, **deviations: Any) -> "SecondRigConfig":
+    def from_nominal(cls, nominal: NominalPanel, **deviations: Any) -> SecondRigConfig:
         """This rig at another rig's nominal settings (e.g. a ``RigConfig``'s); ``deviations`` set the other
         fields."""
         return cls(**{**nominal.panel_settings(), **deviations})
@@ -115,8 +126,10 @@ class _Convolver:
     normalised to sum 1."""
 
     def __init__(self, h: int, w: int, kernel, pad: int):
-        while sfft.next_fast_len(h + 2 * pad, real=True) != h + 2 * pad or \
-                sfft.next_fast_len(w + 2 * pad, real=True) != w + 2 * pad:
+        while (
+            sfft.next_fast_len(h + 2 * pad, real=True) != h + 2 * pad
+            or sfft.next_fast_len(w + 2 * pad, real=True) != w + 2 * pad
+        ):
             pad += 1  # a little more mirror margin costs less than an awkward FFT size
         self.h, self.w, self.p = h, w, pad
         hp, wp = h + 2 * pad, w + 2 * pad
@@ -126,9 +139,9 @@ class _Convolver:
         k = kernel(dy, dx)
         self.kernel = k / k.sum()
         self.kf = sfft.rfft2(self.kernel)
-        self.iy = np.pad(np.arange(h), pad, mode="symmetric")              # padded row -> source row
+        self.iy = np.pad(np.arange(h), pad, mode="symmetric")  # padded row -> source row
         self.ix = np.pad(np.arange(w), pad, mode="symmetric")
-        self.py, self.px = np.eye(h)[self.iy], np.eye(w)[self.ix]         # the same as 0/1 matrices [hp, h], [wp, w]
+        self.py, self.px = np.eye(h)[self.iy], np.eye(w)[self.ix]  # the same as 0/1 matrices [hp, h], [wp, w]
 
     def variance_through(self, var: np.ndarray, radius: int) -> np.ndarray:
         """Variance of each output pixel when the input pixels are independent with variance ``var``:
@@ -144,18 +157,19 @@ class _Convolver:
                 rows.append((yy * w + xx).ravel())
                 cols.append((my[yy + dy + p] * w + mx[xx + dx + p]).ravel())
                 vals.append(np.full(h * w, self.kernel[dy % self.shape[0], dx % self.shape[1]]))
-        a = sparse.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                              shape=(h * w, h * w)).tocsr()  # duplicates (mirrored pixels) are summed
+        a = sparse.coo_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(h * w, h * w)
+        ).tocsr()  # duplicates (mirrored pixels) are summed
         return (a.multiply(a) @ var.ravel()).reshape(h, w)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         padded = x[..., self.iy[:, None], self.ix[None, :]]
         out = sfft.irfft2(sfft.rfft2(padded) * self.kf, s=self.shape)
-        return out[..., self.p:self.p + self.h, self.p:self.p + self.w]
+        return out[..., self.p : self.p + self.h, self.p : self.p + self.w]
 
     def adjoint(self, x: np.ndarray) -> np.ndarray:
         z = np.zeros(x.shape[:-2] + self.shape)
-        z[..., self.p:self.p + self.h, self.p:self.p + self.w] = x
+        z[..., self.p : self.p + self.h, self.p : self.p + self.w] = x
         y = sfft.irfft2(sfft.rfft2(z) * self.kf, s=self.shape)  # symmetric kernel: its own transpose
         return self.py.T @ y @ self.px
 
@@ -166,8 +180,9 @@ class _Beam:
     def __init__(self, cfg: SecondRigConfig, kvp: float, wedge_mm: np.ndarray):
         kv = kvp * (1.0 + cfg.kvp_error_rel)
         theta = cfg.anode_angle_deg + cfg.anode_angle_error_deg
-        spec = tube_spectrum(round(kv, 4), round(theta, 4), round(cfg.filtration_mm_al + cfg.extra_filtration_mm_al, 4),
-                             cfg.dk_kev)
+        spec = tube_spectrum(
+            round(kv, 4), round(theta, 4), round(cfg.filtration_mm_al + cfg.extra_filtration_mm_al, 4), cfg.dk_kev
+        )
         csi_fr, csi_rho = CSI
         csi_cm = (cfg.csi_mm + cfg.csi_excess_mm) / 10.0
         absorbed = 1.0 - np.exp(-linear_attenuation(csi_fr, csi_rho, spec.energies_kev) * csi_cm)
@@ -179,8 +194,9 @@ class _Beam:
         self.energies = e
         # Photon noise is drawn per energy bin of the noise grid (``noise_bin_kev`` wide, >= dk_kev): these
         # are the first spectrum bin of each group.
-        self.groups = np.flatnonzero(np.diff(np.floor((e - e[0]) / max(cfg.noise_bin_kev, cfg.dk_kev) + 1e-9),
-                                             prepend=-1) > 0)
+        self.groups = np.flatnonzero(
+            np.diff(np.floor((e - e[0]) / max(cfg.noise_bin_kev, cfg.dk_kev) + 1e-9), prepend=-1) > 0
+        )
         # mean energy deposited per absorbed photon: K-fluorescence escape above the edge carries some away
         self.response = e - cfg.k_escape_prob * CSI_K_ALPHA_KEV * (e > CSI_K_EDGE_KEV)
         # heel: extra W path d (1/sin(theta + a) - 1/sin(theta)) for a ray leaving at angle a towards the
@@ -188,25 +204,26 @@ class _Beam:
         a = np.deg2rad(np.linspace(-cfg.heel_half_angle_deg, cfg.heel_half_angle_deg, cfg.height))
         th = np.deg2rad(theta)
         extra_cm = cfg.heel_depth_um * 1e-4 * (1.0 / np.sin(th + a) - 1.0 / np.sin(th))
-        heel = np.exp(-np.outer(linear_attenuation({"W": 1.0}, W_DENSITY, e), extra_cm))       # [E, H]
-        n = fluence[:, None] * absorbed[:, None] * heel                                   # [E, H]
-        self.n_open = cfg.dose * n / n.sum(0).mean()              # detected photons per pixel, open beam
-        self.open_counts = self.n_open.sum(0)                     # [H]
+        heel = np.exp(-np.outer(linear_attenuation({"W": 1.0}, W_DENSITY, e), extra_cm))  # [E, H]
+        n = fluence[:, None] * absorbed[:, None] * heel  # [E, H]
+        self.n_open = cfg.dose * n / n.sum(0).mean()  # detected photons per pixel, open beam
+        self.open_counts = self.n_open.sum(0)  # [H]
         self.kev_open = float((self.response @ self.n_open).mean())
         self.adu_per_kev = (cfg.flat_target_adu - cfg.dark_offset_adu) / self.kev_open
-        member = (np.searchsorted(self.groups, np.arange(len(e)), side="right") - 1)[None, :] == \
-            np.arange(len(self.groups))[:, None]                                              # [G, E]
+        member = (np.searchsorted(self.groups, np.arange(len(e)), side="right") - 1)[None, :] == np.arange(
+            len(self.groups)
+        )[:, None]  # [G, E]
         self.group_moments32 = np.concatenate([member * self.response**k for k in range(3)]).astype(np.float32)
         fr, rho = WEDGE_MATERIALS[cfg.wedge_material]
-        self.wedge = np.exp(-np.outer(linear_attenuation(fr, rho, e), wedge_mm / 10.0))       # [E, W]
+        self.wedge = np.exp(-np.outer(linear_attenuation(fr, rho, e), wedge_mm / 10.0))  # [E, W]
         self.wedge32 = self.wedge.astype(np.float32)
-        self.center = fluence * absorbed                     # the central ray, for a0
+        self.center = fluence * absorbed  # the central ray, for a0
 
 
 class SecondRig:
     """Captures from the second rig. Same public interface as ``RigSimulator`` (plus ``wedge_reference``)."""
 
-    def __init__(self, rig: Optional[SecondRigConfig] = None):
+    def __init__(self, rig: SecondRigConfig | None = None):
         self.rig = cfg = rig or SecondRigConfig()
         h, w = cfg.height, cfg.width
         self.wedge_mm = wedge_columns_mm(cfg)
@@ -218,15 +235,17 @@ class SecondRig:
         smooth /= smooth.std() if smooth.std() > 0 else 1.0
         self.gain_map = (1.0 + cfg.gain_lowfreq_rel * smooth) * (1.0 + cfg.gain_prnu * det.standard_normal((h, w)))
         cols = det.standard_normal(w)
-        self.dark_pattern = (cfg.dark_offset_adu
-                             + cfg.column_offset_adu * (cols - cols.mean())[None, :] * np.ones((h, 1)))
+        self.dark_pattern = cfg.dark_offset_adu + cfg.column_offset_adu * (cols - cols.mean())[None, :] * np.ones(
+            (h, 1)
+        )
         bad = det.choice(h * w, size=min(cfg.dead_pixels + cfg.hot_pixels, h * w), replace=False)
-        self.dead_idx, self.hot_idx = bad[:cfg.dead_pixels], bad[cfg.dead_pixels:]
+        self.dead_idx, self.hot_idx = bad[: cfg.dead_pixels], bad[cfg.dead_pixels :]
         self.good = np.ones((h, w), bool)
         self.good.reshape(-1)[bad] = False
         lam = cfg.scatter_range * w
-        self._scatter = _Convolver(h, w, lambda dy, dx: np.exp(-np.hypot(dy, dx) / lam),
-                                   min(max(h, w), int(np.ceil(4 * lam))))
+        self._scatter = _Convolver(
+            h, w, lambda dy, dx: np.exp(-np.hypot(dy, dx) / lam), min(max(h, w), int(np.ceil(4 * lam)))
+        )
         s, g, lg = cfg.psf_sigma_px, cfg.glare_fraction, cfg.glare_length_px
 
         def psf(dy, dx):
@@ -236,11 +255,12 @@ class SecondRig:
             return (1 - g) * core / core.sum() + g * tail / tail.sum()
 
         self._psf = _Convolver(h, w, psf, min(max(h, w), int(np.ceil(5 * max(lg, 3 * s, 1.0)))))
-        self._levels: Optional[tuple[list[float], list[float]]] = None
+        self._levels: tuple[list[float], list[float]] | None = None
 
     # -- physics shared by captures and the profile model ------------------------------------------------
-    def _primary(self, beam: _Beam, plate_mu: Optional[np.ndarray], t_cm: float,
-                 dt_cm: Optional[np.ndarray], scale: float) -> np.ndarray:
+    def _primary(
+        self, beam: _Beam, plate_mu: np.ndarray | None, t_cm: float, dt_cm: np.ndarray | None, scale: float
+    ) -> np.ndarray:
         """Expected detected primary photons [E, H, W] (float32: this is the big array of a capture)."""
         a = np.exp(-plate_mu * t_cm) * scale if plate_mu is not None else np.full(len(beam.energies), scale)
         n = np.multiply((beam.n_open * a[:, None]).astype(np.float32)[:, :, None], beam.wedge32[:, None, :])
@@ -263,22 +283,30 @@ class SecondRig:
         total = spec.sum()
         return field, (spec / total if total > 0 else spec)
 
-    def expected_kev(self, beam_index: int, plate_mu: Optional[np.ndarray], t_cm: float, scale: float = 1.0
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def expected_kev(
+        self, beam_index: int, plate_mu: np.ndarray | None, t_cm: float, scale: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Noise-free deposited energy [H, W] before light spread, and its variance (Poisson + Swank),
         for a uniform plate (linear attenuation ``plate_mu`` per energy, thickness ``t_cm``)."""
         beam = self._beams[beam_index]
         a = np.exp(-plate_mu * t_cm) if plate_mu is not None else np.ones(len(beam.energies))
-        op = beam.n_open * (a * scale)[:, None]                                  # [E, H]
+        op = beam.n_open * (a * scale)[:, None]  # [E, H]
         r = beam.response
-        counts = op.T @ beam.wedge                                               # [H, W]
+        counts = op.T @ beam.wedge  # [H, W]
         field, spec = self._scatter_of(beam, counts, lambda att: (op * (att @ beam.wedge.T).T).sum(1))
         kev = (op * r[:, None]).T @ beam.wedge + field * (spec @ r)
         var = ((op * (r * r)[:, None]).T @ beam.wedge + field * (spec @ (r * r))) / self.rig.swank_factor
         return kev, var
 
-    def _expose(self, beam: _Beam, plate_mu: Optional[np.ndarray], t_cm: float, dt_cm: Optional[np.ndarray],
-                gain_scale: float, rng: np.random.Generator) -> np.ndarray:
+    def _expose(
+        self,
+        beam: _Beam,
+        plate_mu: np.ndarray | None,
+        t_cm: float,
+        dt_cm: np.ndarray | None,
+        gain_scale: float,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
         """One noisy exposure of one channel, uint16 [H, W]."""
         n = self._primary(beam, plate_mu, t_cm, dt_cm, gain_scale)
         field, spec = self._scatter_of(beam, n.sum(0), lambda att: n.reshape(len(n), -1) @ att.ravel())
@@ -291,8 +319,8 @@ class SecondRig:
         spread of deposits (energy within the bin, light yield: Swank) is added as Gaussian noise with the
         exact variance sum_bins N (<r^2>/I - <r>^2)."""
         g = len(beam.groups)
-        moments = beam.group_moments32 @ n.reshape(len(n), -1)     # [3G, H*W]: sum n, n r, n r^2 per bin
-        counts, s1, s2 = moments[:g], moments[g:2 * g], moments[2 * g:]
+        moments = beam.group_moments32 @ n.reshape(len(n), -1)  # [3G, H*W]: sum n, n r, n r^2 per bin
+        counts, s1, s2 = moments[:g], moments[g : 2 * g], moments[2 * g :]
         safe = np.maximum(counts, np.float32(1e-30))
         mean_r = s1 / safe
         spread = s2 / (safe * np.float32(self.rig.swank_factor)) - mean_r * mean_r
@@ -372,18 +400,29 @@ class SecondRig:
             flats.append(self._detect(beam, beam.n_open[:, :, None] * np.ones((1, 1, cfg.width)) * gain_scale, rng))
         return np.stack(darks), np.stack(flats)
 
-
     def session_gain(self, rng: np.random.Generator) -> float:
         """Tube output of a session relative to nominal (drift: warm-up, filament ageing, mains)."""
         return float(1.0 + self.rig.output_drift_rel * rng.standard_normal())
 
-    def capture(self, plate: Plate, rng: np.random.Generator, dark_adu: Optional[Sequence[float]] = None,
-                flat_adu: Optional[Sequence[float]] = None, gain_scale: float = 1.0) -> SimulatedCapture:
+    def capture(
+        self,
+        plate: Plate,
+        rng: np.random.Generator,
+        dark_adu: Sequence[float] | None = None,
+        flat_adu: Sequence[float] | None = None,
+        gain_scale: float = 1.0,
+    ) -> SimulatedCapture:
         """One capture of ``plate`` behind the wedge. Calibration levels default to the noise-free levels."""
         dt, k = self._texture(plate, rng)
         t_cm = plate.thickness_mm / 10.0
-        image = np.stack([self._expose(b, linear_attenuation(plate.fractions(), plate.density_g_cm3, b.energies),
-                                       t_cm, dt, gain_scale, rng) for b in self._beams])
+        image = np.stack(
+            [
+                self._expose(
+                    b, linear_attenuation(plate.fractions(), plate.density_g_cm3, b.energies), t_cm, dt, gain_scale, rng
+                )
+                for b in self._beams
+            ]
+        )
         if dark_adu is None or flat_adu is None:
             if self._levels is None:
                 self._levels = self.expected_levels(1.0)
@@ -407,13 +446,13 @@ class SecondRigProfileModel:
     photon, Swank, read and quantisation noise, carried exactly through the PSF (first order in the noise).
     """
 
-    def __init__(self, cfg: Optional[SecondRigConfig] = None, bins: int = 32):
+    def __init__(self, cfg: SecondRigConfig | None = None, bins: int = 32):
         self.sim = SecondRig(cfg)
         self.rig = self.sim.rig
         self.bins = min(bins, self.rig.width)
         self._edges = bin_edges(self.rig.width, self.bins)
         self._dark, self._flat = self.sim.expected_levels()
-        self._good_rows = self.sim.good.sum(0)                                  # [W]
+        self._good_rows = self.sim.good.sum(0)  # [W]
 
     def _row_mean_t(self, i: int, fractions, density: float, thickness_mm: float):
         beam = self.sim._beams[i]
@@ -430,9 +469,12 @@ class SecondRigProfileModel:
 
     def profile(self, fractions, density: float, thickness_mm: float) -> np.ndarray:
         """Binned -ln T per channel, concatenated: shape [C * bins]."""
-        return np.concatenate([
-            self._bin(-np.log(np.maximum(self._row_mean_t(i, fractions, density, thickness_mm)[0], T_FLOOR_MEAN)))
-            for i in range(len(self.sim._beams))])
+        return np.concatenate(
+            [
+                self._bin(-np.log(np.maximum(self._row_mean_t(i, fractions, density, thickness_mm)[0], T_FLOOR_MEAN)))
+                for i in range(len(self.sim._beams))
+            ]
+        )
 
     def profiles(self, fractions, density: float, thicknesses_mm) -> np.ndarray:
         """``profile`` for several thicknesses: [T, C * bins]."""
@@ -447,7 +489,7 @@ class SecondRigProfileModel:
         r = self.rig
         out = []
         cols = np.arange(r.width)
-        which = np.searchsorted(self._edges, cols, side="right") - 1              # bin of every column
+        which = np.searchsorted(self._edges, cols, side="right") - 1  # bin of every column
         for i in range(len(self.sim._beams)):
             t, var_kev, g, span = self._row_mean_t(i, fractions, density, thickness_mm)
             # d profile_b / d S(y, x) for the pixels of bin b (first order)
@@ -455,7 +497,7 @@ class SecondRigProfileModel:
             u = np.zeros((self.bins, r.height, r.width))
             u[which, :, cols] = per_col[:, None]
             u *= self.sim.good[None]
-            w = self.sim._psf.adjoint(g[None] * u)                                # sensitivity to deposited keV
+            w = self.sim._psf.adjoint(g[None] * u)  # sensitivity to deposited keV
             out.append((var_kev[None] * w * w).sum((1, 2)) + (u * u).sum((1, 2)) * (r.read_noise_adu**2 + 1 / 12))
         return np.concatenate(out)
 

@@ -17,10 +17,10 @@ v = sum n_E E^2 for the column. Then detector blur (CsI light spread), per-pixel
 Gaussian read noise, 16-bit quantisation and dead/hot pixels. At the thick end of a 5-7 cm Al wedge only
 a few photons arrive, so read noise and quantisation matter there, as on a real panel.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from alloynet.physics.alloys import Plate
 from alloynet.physics.materials import linear_attenuation
-from alloynet.physics.measure import MAX_ADU, frame_level
+from alloynet.physics.measure import MAX_ADU
 from alloynet.physics.rig import NominalPanel, wedge_columns_mm
 from alloynet.physics.spectrum import Spectrum, detected_quanta, tube_spectrum
 from alloynet.physics.transmission import neg_log_transmission_of, wedge_attenuation
@@ -50,29 +50,50 @@ class RigConfig(NominalPanel):
     # -- what a rig calibration fits or measures (``alloynet rig calibrate``): the defaults are the nominal
     # rig's own physics and leave every output unchanged. A real tube, panel and room depart from the data
     # sheet in these ways; docs/rig_calibration.md says how each is measured and why it is there.
-    kvp_offset_rel: float = Field(0.0, ge=-0.2, le=0.2, description="effective tube voltage / set kVp - 1 "
-                                  "(generator ripple, kV calibration; also absorbs the detector's energy response)")
-    extra_filtration_mm_al: float = Field(0.0, ge=0, le=10, description="Al-equivalent filtration on top of "
-                                          "filtration_mm_al (exit window, housing, oil)")
-    scatter_per_attenuation: float = Field(0.0, ge=0, le=0.5, description="scatter source proportional to the "
-                                           "primary times its attenuation -ln(q/q_open) (single scatter grows with "
-                                           "the path), spread like scatter_fraction's by scatter_sigma_px")
-    glare_fraction: float = Field(0.0, ge=0, lt=1, description="share of the light in a long exponential tail "
-                                  "of the detector's PSF (veiling glare)")
+    kvp_offset_rel: float = Field(
+        0.0,
+        ge=-0.2,
+        le=0.2,
+        description="effective tube voltage / set kVp - 1 "
+        "(generator ripple, kV calibration; also absorbs the detector's energy response)",
+    )
+    extra_filtration_mm_al: float = Field(
+        0.0, ge=0, le=10, description="Al-equivalent filtration on top of filtration_mm_al (exit window, housing, oil)"
+    )
+    scatter_per_attenuation: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="scatter source proportional to the "
+        "primary times its attenuation -ln(q/q_open) (single scatter grows with "
+        "the path), spread like scatter_fraction's by scatter_sigma_px",
+    )
+    glare_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of the light in a long exponential tail of the detector's PSF (veiling glare)",
+    )
     glare_length_px: float = Field(6.0, gt=0, description="1/e length of the glare tail, along each axis")
-    column_gain: Optional[list[float]] = Field(None, description="the panel's flat-field gain per column "
-                                               "(measured from flat frames, mean about 1): replaces the column "
-                                               "means of the simulated PRNU x heel; one value per column")
-    dark_column_adu: Optional[list[float]] = Field(None, description="fixed offset per column of the dark frame "
-                                                   "relative to its level (ADU); one value per column")
+    column_gain: list[float] | None = Field(
+        None,
+        description="the panel's flat-field gain per column "
+        "(measured from flat frames, mean about 1): replaces the column "
+        "means of the simulated PRNU x heel; one value per column",
+    )
+    dark_column_adu: list[float] | None = Field(
+        None, description="fixed offset per column of the dark frame relative to its level (ADU); one value per column"
+    )
 
     @model_validator(mode="after")
-    def _per_column(self) -> "RigConfig":
+    def _per_column(self) -> RigConfig:
         for name in ("column_gain", "dark_column_adu"):
             v = getattr(self, name)
             if v is not None and len(v) != self.width:
-                raise ValueError(f"{name}: {len(v)} values for a rig {self.width} columns wide (measured on a "
-                                 f"panel of another width? calibrate with captures of this size)")
+                raise ValueError(
+                    f"{name}: {len(v)} values for a rig {self.width} columns wide (measured on a "
+                    f"panel of another width? calibrate with captures of this size)"
+                )
             if v is not None and not all(np.isfinite(v)):
                 raise ValueError(f"{name}: every value must be a finite number")
         if self.column_gain is not None and not all(g > 0 for g in self.column_gain):
@@ -80,8 +101,7 @@ class RigConfig(NominalPanel):
         return self
 
 
-
-def beam_spectrum(rig: "RigConfig", kvp: float) -> Spectrum:
+def beam_spectrum(rig: RigConfig, kvp: float) -> Spectrum:
     """The spectrum a channel is computed with: SpekPy at the set kVp and filtration, unless a calibration
     says the tube runs at another effective voltage (``kvp_offset_rel``) or behind more filtration
     (``extra_filtration_mm_al``, applied as Beer-Lambert through Al: no new SpekPy run). The default rig
@@ -99,7 +119,7 @@ def beam_spectrum(rig: "RigConfig", kvp: float) -> Spectrum:
 KVP_NODE_KV = 0.25  # effective tube voltages between these nodes mix the two nodes' spectra
 
 
-def _tube_between_nodes(kv: float, rig: "RigConfig") -> Spectrum:
+def _tube_between_nodes(kv: float, rig: RigConfig) -> Spectrum:
     """The spectrum at an effective voltage ``kv``: SpekPy at the two nearest nodes of a 0.25 kV grid, mixed
     linearly. A SpekPy run costs about a second; a calibration's least-squares search visits a new voltage at
     every step, and the mix keeps it to a few cached runs while staying smooth in ``kv`` (a real generator's
@@ -115,8 +135,9 @@ def _tube_between_nodes(kv: float, rig: "RigConfig") -> Spectrum:
     e = a.energies_kev
     if b.energies_kev[-1] > e[-1]:
         e = np.append(e, e[-1] + rig.dk_kev)
-    phi = ((1 - w) * np.interp(e, a.energies_kev, a.fluence, left=0.0, right=0.0)
-           + w * np.interp(e, b.energies_kev, b.fluence, left=0.0, right=0.0))
+    phi = (1 - w) * np.interp(e, a.energies_kev, a.fluence, left=0.0, right=0.0) + w * np.interp(
+        e, b.energies_kev, b.fluence, left=0.0, right=0.0
+    )
     keep = phi > 0
     return Spectrum(e[keep], phi[keep])
 
@@ -129,7 +150,7 @@ def glare_kernel(length_px: float, size: int) -> np.ndarray:
     return k / k.sum()
 
 
-def add_glare(kev: np.ndarray, rig: "RigConfig", axes: tuple[int, ...]) -> np.ndarray:
+def add_glare(kev: np.ndarray, rig: RigConfig, axes: tuple[int, ...]) -> np.ndarray:
     """(1 - g) x + g (tail * x): the tail is separable (the same exponential along each of ``axes``), edges
     mirrored, so it keeps the total light and, across rows, each column's sum."""
     g = rig.glare_fraction
@@ -141,7 +162,7 @@ def add_glare(kev: np.ndarray, rig: "RigConfig", axes: tuple[int, ...]) -> np.nd
     return (1 - g) * kev + g * tail
 
 
-def scatter_quanta(profile: np.ndarray, rig: "RigConfig", q_open: float) -> np.ndarray:
+def scatter_quanta(profile: np.ndarray, rig: RigConfig, q_open: float) -> np.ndarray:
     """Scatter quanta per pixel [..., W] from the primary column profile [..., W] (quanta): a fraction
     ``scatter_fraction`` of the primary, plus a source ``scatter_per_attenuation`` x A x primary (A = -ln(q /
     q_open), the attenuation along the ray: single scatter grows with the path length), both spread along the
@@ -164,7 +185,7 @@ def plate_row_start(open_beam_rows: int) -> int:
     return open_beam_rows + OPEN_BEAM_GUARD_ROWS if open_beam_rows else 0
 
 
-def plate_rows(rig: "RigConfig") -> slice:
+def plate_rows(rig: RigConfig) -> slice:
     """The rows that image the plate (all of them, unless the rig images an open-beam strip at the top; the
     second rig's model never does)."""
     return slice(plate_row_start(getattr(rig, "open_beam_rows", 0)), None)
@@ -172,10 +193,10 @@ def plate_rows(rig: "RigConfig") -> slice:
 
 @dataclass
 class SimulatedCapture:
-    image: np.ndarray          # uint16 [C, H, W]
-    dark_adu: list[float]      # calibration levels per channel (from the session's dark frame)
-    flat_adu: list[float]      # and its open-beam flat frame
-    a0_by_kvp: list[float]     # -ln T of the plate at zero wedge, noise-free, per kVp
+    image: np.ndarray  # uint16 [C, H, W]
+    dark_adu: list[float]  # calibration levels per channel (from the session's dark frame)
+    flat_adu: list[float]  # and its open-beam flat frame
+    a0_by_kvp: list[float]  # -ln T of the plate at zero wedge, noise-free, per kVp
     inclusions: int
 
 
@@ -188,8 +209,8 @@ class Channel:
         e = self.spectrum.energies_kev
         n = detected_quanta(self.spectrum, rig.csi_mm)
         self.energies = e
-        self.n_open = rig.dose * n / n.sum()                      # detected photons per bin, open beam
-        self.mean_kev_open = float((self.n_open * e).sum())       # keV per pixel, open beam
+        self.n_open = rig.dose * n / n.sum()  # detected photons per bin, open beam
+        self.mean_kev_open = float((self.n_open * e).sum())  # keV per pixel, open beam
         self.gain = (rig.flat_target_adu - rig.dark_offset_adu) / self.mean_kev_open  # ADU per keV
         self.wedge_mm = wedge_columns_mm(rig)
         mu_w = wedge_attenuation(e, rig.wedge_material)
@@ -209,7 +230,7 @@ class RigSimulator:
         n_bad = self.rig.dead_pixels + self.rig.hot_pixels
         flat_idx = det.choice(h * w, size=n_bad, replace=False)
         self.dead_idx = flat_idx[: self.rig.dead_pixels]
-        self.hot_idx = flat_idx[self.rig.dead_pixels:]
+        self.hot_idx = flat_idx[self.rig.dead_pixels :]
         y = np.linspace(-1.0, 1.0, h, dtype=np.float32)
         self.heel_profile = (1.0 + self.rig.heel * y)[:, None]  # anode side darker, along the non-wedge axis
         if self.rig.column_gain is not None:
@@ -217,8 +238,9 @@ class RigSimulator:
             # spread stays): -ln T then carries exactly the measured pattern, as on the calibrated panel
             own = np.exp(np.log(self.prnu * self.heel_profile).mean(0))
             self.prnu = (self.prnu * (np.asarray(self.rig.column_gain) / own)[None, :]).astype(np.float32)
-        self.dark_columns = (np.zeros(w) if self.rig.dark_column_adu is None
-                             else np.asarray(self.rig.dark_column_adu, float))[None, :]
+        self.dark_columns = (
+            np.zeros(w) if self.rig.dark_column_adu is None else np.asarray(self.rig.dark_column_adu, float)
+        )[None, :]
 
     # -- plate-dependent parts ------------------------------------------------------------------------
     def _thickness_field(self, plate: Plate, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -241,19 +263,20 @@ class RigSimulator:
             dt_cm[y0:y1, x0:x1] += disk * np.float32(rng.uniform(0.005, 0.02))
         return dt_cm, k
 
-    def _channel_image(self, ch: Channel, plate: Optional[Plate], dt_cm: np.ndarray, gain_scale: float,
-                       rng: np.random.Generator) -> np.ndarray:
+    def _channel_image(
+        self, ch: Channel, plate: Plate | None, dt_cm: np.ndarray, gain_scale: float, rng: np.random.Generator
+    ) -> np.ndarray:
         r = self.rig
         e = ch.energies
         if plate is None:  # the wedge alone
             mu_p, t_mm = np.zeros_like(e), 0.0
         else:
             mu_p, t_mm = linear_attenuation(plate.fractions(), plate.density_g_cm3, e), plate.thickness_mm  # [E] 1/cm
-        n = ch.n_behind_wedge * np.exp(-mu_p * t_mm / 10.0)[None, :]                # [W, E] photons
-        m = n @ e                                                                   # keV per pixel
+        n = ch.n_behind_wedge * np.exp(-mu_p * t_mm / 10.0)[None, :]  # [W, E] photons
+        m = n @ e  # keV per pixel
         v = n @ (e * e)
-        mu_eff = (n @ (e * mu_p)) / np.maximum(m, 1e-30)                            # energy-weighted
-        quanta = (m * m / np.maximum(v, 1e-30)).astype(np.float32)                 # effective quanta
+        mu_eff = (n @ (e * mu_p)) / np.maximum(m, 1e-30)  # energy-weighted
+        quanta = (m * m / np.maximum(v, 1e-30)).astype(np.float32)  # effective quanta
         kev_per_quantum = (v / np.maximum(m, 1e-30)).astype(np.float32)
         expected = quanta[None, :] * np.exp(-mu_eff.astype(np.float32)[None, :] * dt_cm) * self.heel_profile
         if r.scatter_per_attenuation > 0:
@@ -266,8 +289,9 @@ class RigSimulator:
         kev = rng.poisson(expected).astype(np.float32) * kev_per_quantum[None, :]
         if r.open_beam_rows:  # beside the plate and the wedge: the open beam, as in a flat frame
             k = min(r.open_beam_rows, r.height - 1)
-            kev[:k] = rng.poisson(ch.quanta_open * self.heel_profile[:k] * np.ones((1, r.width))) * \
-                (ch.mean_kev_open / ch.quanta_open)
+            kev[:k] = rng.poisson(ch.quanta_open * self.heel_profile[:k] * np.ones((1, r.width))) * (
+                ch.mean_kev_open / ch.quanta_open
+            )
         if r.psf_sigma_px > 0:
             kev = ndimage.gaussian_filter(kev, r.psf_sigma_px, truncate=3.0)
         kev = add_glare(kev, r, (0, 1))
@@ -302,24 +326,42 @@ class RigSimulator:
             flats.append(self._quantise(flat))
         return np.stack(darks), np.stack(flats)
 
-
     def session_gain(self, rng: np.random.Generator) -> float:
         """Detector gain drifts a little between sessions; each session takes its own flat/dark."""
         return float(1.0 + self.rig.gain_drift * rng.standard_normal())
 
-    def capture(self, plate: Plate, rng: np.random.Generator, dark_adu: list[float] | None = None,
-                flat_adu: list[float] | None = None, gain_scale: float = 1.0) -> SimulatedCapture:
+    def capture(
+        self,
+        plate: Plate,
+        rng: np.random.Generator,
+        dark_adu: list[float] | None = None,
+        flat_adu: list[float] | None = None,
+        gain_scale: float = 1.0,
+    ) -> SimulatedCapture:
         """One capture of ``plate``. Calibration levels default to the rig's noise-free levels."""
         dt_cm, k = self._thickness_field(plate, rng)
         image = np.stack([self._channel_image(ch, plate, dt_cm, gain_scale, rng) for ch in self.channels])
         if dark_adu is None:
             dark_adu = [self.rig.dark_offset_adu] * len(self.channels)
         if flat_adu is None:
-            flat_adu = [self.rig.dark_offset_adu + (self.rig.flat_target_adu - self.rig.dark_offset_adu) * gain_scale
-                        for _ in self.channels]
-        a0 = [float(neg_log_transmission_of(plate.fractions(), plate.density_g_cm3, plate.thickness_mm, 0.0,
-                                            ch.spectrum, self.rig.wedge_material, self.rig.csi_mm))
-              for ch in self.channels]
+            flat_adu = [
+                self.rig.dark_offset_adu + (self.rig.flat_target_adu - self.rig.dark_offset_adu) * gain_scale
+                for _ in self.channels
+            ]
+        a0 = [
+            float(
+                neg_log_transmission_of(
+                    plate.fractions(),
+                    plate.density_g_cm3,
+                    plate.thickness_mm,
+                    0.0,
+                    ch.spectrum,
+                    self.rig.wedge_material,
+                    self.rig.csi_mm,
+                )
+            )
+            for ch in self.channels
+        ]
         return SimulatedCapture(image, list(dark_adu), list(flat_adu), a0, k)
 
     def wedge_reference(self, rng: np.random.Generator, gain_scale: float = 1.0) -> np.ndarray:

@@ -4,6 +4,7 @@ A SpekPy spectrum costs about 0.5 s, so each rig setting is computed once per pr
 Only built-in SpekPy materials are used (``filter('Al', ...)``); ``make_matl`` and friends, which write
 into user folders, are never called. Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ class Spectrum:
 
 
 @lru_cache(maxsize=32)
-def tube_spectrum(kvp: float = 50.0, anode_angle_deg: float = 12.0, filtration_mm_al: float = 1.0,
-                  dk_kev: float = 1.0) -> Spectrum:
+def tube_spectrum(
+    kvp: float = 50.0, anode_angle_deg: float = 12.0, filtration_mm_al: float = 1.0, dk_kev: float = 1.0
+) -> Spectrum:
     """Tungsten-anode spectrum at the detector plane (SpekPy), cached per setting."""
     if not 10.0 <= kvp <= 150.0:
         raise ValueError(f"kvp must lie in 10..150 kV for a tungsten tube model, got {kvp}")

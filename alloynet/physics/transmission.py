@@ -1,7 +1,8 @@
 """Noise-free polychromatic transmission through wedge + plate, seen by an energy-integrating detector."""
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -19,9 +20,15 @@ def wedge_attenuation(energies_kev: np.ndarray, material: str = "Al") -> np.ndar
     return linear_attenuation(fr, rho, energies_kev)
 
 
-def neg_log_transmission_of(fractions: Mapping[str, float], density_g_cm3: float, thickness_mm: float,
-                            wedge_mm: float | np.ndarray = 0.0, spectrum: Spectrum | None = None,
-                            wedge_material: str = "Al", csi_mm: float = 0.5) -> float | np.ndarray:
+def neg_log_transmission_of(
+    fractions: Mapping[str, float],
+    density_g_cm3: float,
+    thickness_mm: float,
+    wedge_mm: float | np.ndarray = 0.0,
+    spectrum: Spectrum | None = None,
+    wedge_material: str = "Al",
+    csi_mm: float = 0.5,
+) -> float | np.ndarray:
     """-ln T for an explicit material; vectorised over ``wedge_mm``.
 
     T = sum_E w(E) exp(-mu_w d_w - mu_p t) / sum_E w(E) exp(-mu_w d_w), with w = fluence x CsI
@@ -41,9 +48,16 @@ def neg_log_transmission_of(fractions: Mapping[str, float], density_g_cm3: float
     return float(out[0]) if np.ndim(wedge_mm) == 0 else out
 
 
-def neg_log_transmission(alloy: str, thickness_mm: float, wedge_mm: float = 0.0, kvp: float = 50.0,
-                         *, wedge_material: str = "Al", spectrum: Spectrum | None = None,
-                         alloy_table: AlloyTable = STANDARD_ALLOYS) -> float:
+def neg_log_transmission(
+    alloy: str,
+    thickness_mm: float,
+    wedge_mm: float = 0.0,
+    kvp: float = 50.0,
+    *,
+    wedge_material: str = "Al",
+    spectrum: Spectrum | None = None,
+    alloy_table: AlloyTable = STANDARD_ALLOYS,
+) -> float:
     """-ln(T) of a nominal plate of ``alloy`` behind ``wedge_mm`` of wedge, noise-free.
 
     T is the detected signal with the plate divided by the signal without it, both behind the same
@@ -56,5 +70,8 @@ def neg_log_transmission(alloy: str, thickness_mm: float, wedge_mm: float = 0.0,
     """
     a = get_alloy(alloy, alloy_table)
     spec = spectrum or tube_spectrum(kvp)
-    return float(neg_log_transmission_of(a.nominal_fractions(), a.density_g_cm3, thickness_mm, float(wedge_mm),
-                                         spec, wedge_material))
+    return float(
+        neg_log_transmission_of(
+            a.nominal_fractions(), a.density_g_cm3, thickness_mm, float(wedge_mm), spec, wedge_material
+        )
+    )

@@ -5,11 +5,13 @@ set) by a margin, and must not buy that with the classes that matter most in a l
 of the tail classes) or with the regression head (thickness error). Every check produces a sentence, so
 the flow's log and the registry event say exactly why a model was or was not promoted.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,7 +31,7 @@ class PromotionRule(BaseModel):
 class Decision:
     promote: bool
     challenger: str
-    champion: Optional[str]
+    champion: str | None
     reasons: list[str] = field(default_factory=list)
     deltas: dict[str, float] = field(default_factory=dict)
 
@@ -55,8 +57,14 @@ def _num(x: Any) -> float:
     return v
 
 
-def decide(challenger: Mapping[str, Any], champion: Mapping[str, Any] | None, rule: PromotionRule,
-           tail: Sequence[str], challenger_name: str = "challenger", champion_name: str | None = None) -> Decision:
+def decide(
+    challenger: Mapping[str, Any],
+    champion: Mapping[str, Any] | None,
+    rule: PromotionRule,
+    tail: Sequence[str],
+    challenger_name: str = "challenger",
+    champion_name: str | None = None,
+) -> Decision:
     """Apply ``rule`` to two metric dicts (as returned by ``alloynet.evaluate.evaluate``)."""
     d = Decision(False, challenger_name, champion_name if champion is not None else None)
     m = rule.primary_metric
@@ -66,8 +74,9 @@ def decide(challenger: Mapping[str, Any], champion: Mapping[str, Any] | None, ru
         return d
     if champion is None:
         d.promote = new >= rule.min_primary
-        d.reasons.append(f"no champion yet; {m} {new:.4f} " + (">=" if d.promote else "<") +
-                         f" floor {rule.min_primary:.4f}.")
+        d.reasons.append(
+            f"no champion yet; {m} {new:.4f} " + (">=" if d.promote else "<") + f" floor {rule.min_primary:.4f}."
+        )
         return d
     old = _num(champion.get(m))
     d.deltas[m] = new - old
@@ -85,15 +94,18 @@ def decide(challenger: Mapping[str, Any], champion: Mapping[str, Any] | None, ru
         d.deltas[f"recall/{cls}"] = r_new - r_old if not math.isnan(r_new) else math.nan
         if math.isnan(r_new) or r_new < r_old - rule.max_tail_recall_drop:
             ok = False
-            d.reasons.append(f"tail class {cls}: recall {r_new:.3f} vs {r_old:.3f} drops more than "
-                             f"{rule.max_tail_recall_drop:g}.")
+            d.reasons.append(
+                f"tail class {cls}: recall {r_new:.3f} vs {r_old:.3f} drops more than {rule.max_tail_recall_drop:g}."
+            )
     t_new, t_old = _num(challenger.get("thickness_mae_mm")), _num(champion.get("thickness_mae_mm"))
     if not math.isnan(t_old):
         d.deltas["thickness_mae_mm"] = t_new - t_old if not math.isnan(t_new) else math.nan
         if math.isnan(t_new) or t_new > t_old + rule.max_thickness_mae_increase_mm:
             ok = False
-            d.reasons.append(f"thickness MAE {t_new:.3f} mm vs {t_old:.3f} mm rises more than "
-                             f"{rule.max_thickness_mae_increase_mm:g} mm.")
+            d.reasons.append(
+                f"thickness MAE {t_new:.3f} mm vs {t_old:.3f} mm rises more than "
+                f"{rule.max_thickness_mae_increase_mm:g} mm."
+            )
     if ok:
         d.reasons.append(f"tail recall ({', '.join(tail) or 'none'}) and thickness error within limits.")
     d.promote = ok
@@ -104,5 +116,7 @@ def best_candidate(candidates: Mapping[str, Mapping[str, Any]], metric: str = "b
     """The candidate with the highest primary metric (ties: the first in order)."""
     if not candidates:
         raise ValueError("no candidates")
-    return max(candidates, key=lambda k: (_num(candidates[k].get(metric)) if not math.isnan(
-        _num(candidates[k].get(metric))) else -math.inf))
+    return max(
+        candidates,
+        key=lambda k: _num(candidates[k].get(metric)) if not math.isnan(_num(candidates[k].get(metric))) else -math.inf,
+    )

@@ -7,6 +7,7 @@ pointer's generation). Files come from a verified fetch (sha256 against the regi
 is written before ``config.pbtxt`` is refreshed and before the ``CHAMPION.json`` marker, and older versions
 beyond ``keep`` are pruned last.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,11 +46,17 @@ def publish_triton(registry: ModelRegistry, target: ObjectStore, prefix: str = "
             for f in sorted((root / model).rglob("*")):
                 rel = f.relative_to(root / model)
                 if f.is_file() and len(rel.parts) > 1:  # <version>/<file>: re-numbered as the generation
-                    target.put(f"{prefix}{model}/{gen}/{Path(*rel.parts[1:]).as_posix()}", f.read_bytes(),
-                               overwrite=True)
+                    target.put(
+                        f"{prefix}{model}/{gen}/{Path(*rel.parts[1:]).as_posix()}", f.read_bytes(), overwrite=True
+                    )
             target.put(f"{prefix}{model}/config.pbtxt", (root / model / "config.pbtxt").read_bytes(), overwrite=True)
-    marker = {"version": pointer.version, "generation": pointer.generation, "models": models,
-              "published_at": datetime.now(timezone.utc).isoformat(), "registry": registry.uri}
+    marker = {
+        "version": pointer.version,
+        "generation": pointer.generation,
+        "models": models,
+        "published_at": datetime.now(timezone.utc).isoformat(),
+        "registry": registry.uri,
+    }
     target.put(f"{prefix}CHAMPION.json", json.dumps(marker, indent=1).encode(), overwrite=True)
     _prune(target, prefix, models, keep)
     return marker
@@ -60,8 +67,8 @@ def _prune(target: ObjectStore, prefix: str, models: list[str], keep: int) -> No
         base = f"{prefix}{model}/"
         by_version: dict[int, list[str]] = {}
         for info in target.list(base):
-            head = info.key[len(base):].split("/", 1)[0]
-            if head.isdigit() and "/" in info.key[len(base):]:
+            head = info.key[len(base) :].split("/", 1)[0]
+            if head.isdigit() and "/" in info.key[len(base) :]:
                 by_version.setdefault(int(head), []).append(info.key)
         for v in sorted(by_version)[:-keep] if keep > 0 else []:
             for key in by_version[v]:

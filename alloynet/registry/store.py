@@ -21,6 +21,7 @@ the commit and its event are one write. The events/ file is a copy, written afte
 the next move or by any reader that finds it missing (a writer killed in between): generation, events and
 ``history`` always agree. Retracting the first champion writes a pointer with no version (no champion).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,14 +32,22 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from alloynet.captures.stores import (TEMP_PREFIX, LocalStore, ObjectChanged, ObjectExists, ObjectMissing, ObjectStore,
-                                      open_store)
+from alloynet.captures.stores import (
+    TEMP_PREFIX,
+    LocalStore,
+    ObjectChanged,
+    ObjectExists,
+    ObjectMissing,
+    ObjectStore,
+    open_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +82,8 @@ class ModelVersion(BaseModel):
     created_at: datetime
     metrics: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)
-    manifest_hash: Optional[str] = None
-    parent: Optional[str] = Field(None, description="the champion when this version was published")
+    manifest_hash: str | None = None
+    parent: str | None = Field(None, description="the champion when this version was published")
     artifacts: dict[str, Artifact] = Field(default_factory=dict)
     info: dict[str, Any] = Field(default_factory=dict, description="free-form: run id, decision, git sha")
 
@@ -86,8 +95,9 @@ class ChampionPointer(BaseModel):
     generation: int = 0
     updated_at: datetime
     reason: str = ""
-    event: Optional[dict[str, Any]] = Field(default=None, description="the audit event of the move that wrote "
-                                                                      "this generation (committed with it)")
+    event: dict[str, Any] | None = Field(
+        default=None, description="the audit event of the move that wrote this generation (committed with it)"
+    )
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -157,12 +167,12 @@ class ModelRegistry:
             raise RegistryError(f"{self.uri}: no published version {version}") from None
         return ModelVersion.model_validate_json(raw)
 
-    def pointer(self) -> Optional[ChampionPointer]:
+    def pointer(self) -> ChampionPointer | None:
         """The champion pointer; None when there is no champion (never was, or the first one was retracted)."""
         p = self._read_pointer()[0]
         return p if p is not None and p.version else None
 
-    def _read_pointer(self) -> tuple[Optional[ChampionPointer], Optional[str]]:
+    def _read_pointer(self) -> tuple[ChampionPointer | None, str | None]:
         """The pointer as stored (also one without a version) and its version token for ``put_if``."""
         try:
             raw, token = self.store.get_versioned(self._pointer_key)
@@ -170,7 +180,7 @@ class ModelRegistry:
             return None, None
         return ChampionPointer.model_validate_json(raw), token
 
-    def champion(self) -> Optional[ModelVersion]:
+    def champion(self) -> ModelVersion | None:
         p = self.pointer()
         return self.get(p.version) if p else None
 
@@ -219,15 +229,23 @@ class ModelRegistry:
         for _ in range(100):
             version = f"v{n:04d}"
             try:
-                self.store.put(self._vkey(version, "claim.json"), json.dumps({"claimed_at": _now().isoformat()}).encode())
+                self.store.put(
+                    self._vkey(version, "claim.json"), json.dumps({"claimed_at": _now().isoformat()}).encode()
+                )
                 return version
             except ObjectExists:
                 n += 1
         raise RegistryError("could not claim a version number")
 
-    def publish(self, files: Mapping[str, Path | str] | Path | str, *, metrics: Mapping[str, Any] | None = None,
-                config: Mapping[str, Any] | None = None, manifest_hash: str | None = None,
-                info: Mapping[str, Any] | None = None) -> ModelVersion:
+    def publish(
+        self,
+        files: Mapping[str, Path | str] | Path | str,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        manifest_hash: str | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> ModelVersion:
         """Upload artifacts and their hashes as a new immutable version; the champion is not touched.
 
         If an upload fails, what this call wrote is removed again and nothing else is affected."""
@@ -244,10 +262,17 @@ class ModelRegistry:
                 self.store.put(key, data)
                 written.append(key)
                 artifacts[rel] = Artifact(sha256=sha256_bytes(data), size=len(data))
-            mv = ModelVersion(model=self.model, version=version, created_at=_now(), metrics=dict(metrics or {}),
-                              config=dict(config or {}), manifest_hash=manifest_hash,
-                              parent=champion.version if champion else None, artifacts=artifacts,
-                              info=dict(info or {}))
+            mv = ModelVersion(
+                model=self.model,
+                version=version,
+                created_at=_now(),
+                metrics=dict(metrics or {}),
+                config=dict(config or {}),
+                manifest_hash=manifest_hash,
+                parent=champion.version if champion else None,
+                artifacts=artifacts,
+                info=dict(info or {}),
+            )
             self.store.put(self._vkey(version, "version.json"), mv.model_dump_json(indent=1).encode())
         except BaseException:
             for key in written:
@@ -275,8 +300,10 @@ class ModelRegistry:
                 log.info("%s %s: nothing to discard", self.model, version)
                 return
             if idle < busy_s and not force:
-                raise RegistryError(f"{version} is unfinished but was written to {idle:.0f} s ago: it may still be "
-                                    "publishing; discard it with force once that publisher is dead") from None
+                raise RegistryError(
+                    f"{version} is unfinished but was written to {idle:.0f} s ago: it may still be "
+                    "publishing; discard it with force once that publisher is dead"
+                ) from None
         # version.json first: from then on the version is invisible, even if deleting the files is interrupted
         self.store.delete(self._vkey(version, "version.json"))
         for info in list(self.store.list(self._vkey(version))):
@@ -326,8 +353,11 @@ class ModelRegistry:
         mv = self.get(version)
         dest = Path(dest)
         wanted = set(only) if only is not None else None
-        selected = {rel: art for rel, art in mv.artifacts.items()
-                    if wanted is None or any(rel == w or rel.startswith(w.rstrip("/") + "/") for w in wanted)}
+        selected = {
+            rel: art
+            for rel, art in mv.artifacts.items()
+            if wanted is None or any(rel == w or rel.startswith(w.rstrip("/") + "/") for w in wanted)
+        }
         dest.parent.mkdir(parents=True, exist_ok=True)
         _clean_stale_stages(dest.parent)
         stage = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}fetch-{dest.name}-", dir=dest.parent))
@@ -361,7 +391,7 @@ class ModelRegistry:
             shutil.rmtree(stage, ignore_errors=True)
         return dest
 
-    def artifact_path(self, version: str, rel: str) -> Optional[Path]:
+    def artifact_path(self, version: str, rel: str) -> Path | None:
         """The on-disk path of an artifact when the store is a local directory (None for S3)."""
         if isinstance(self.store, LocalStore):
             return self.store.path(self._vkey(version, f"files/{rel}"))
@@ -374,30 +404,49 @@ class ModelRegistry:
         gen = f"g{int(event['generation']):08d}-" if event.get("generation") is not None else ""
         return f"{self.model}/events/{stamp}-{gen}{event['action']}-{event['version'] or 'none'}.json"
 
-    def _move(self, action: str, version: str, reason: str, expected_generation: int | None,
-              build: Callable[[Optional[ChampionPointer]], ChampionPointer]) -> Optional[ChampionPointer]:
+    def _move(
+        self,
+        action: str,
+        version: str,
+        reason: str,
+        expected_generation: int | None,
+        build: Callable[[ChampionPointer | None], ChampionPointer],
+    ) -> ChampionPointer | None:
         """Compare-and-set the pointer from the one read now to ``build(current)`` (a ChampionPointer, whose
         version may be empty: no champion), with the move's audit event inside it."""
         current, token = self._read_pointer()
         current_gen = current.generation if current else 0
         if expected_generation is not None and current_gen != expected_generation:
-            raise RegistryError(f"champion pointer moved meanwhile (generation {current_gen}, expected "
-                                f"{expected_generation}); re-read and retry")
+            raise RegistryError(
+                f"champion pointer moved meanwhile (generation {current_gen}, expected "
+                f"{expected_generation}); re-read and retry"
+            )
         if current is not None and current.event is not None:
             self._copy_event(current.event)  # the previous move's copy, if its writer died before making it
         live = current if current is not None and current.version else None
         new: ChampionPointer = build(live)
         new.generation = current_gen + 1
-        new.event = {"action": action, "model": self.model, "version": version, "reason": reason,
-                     "at": new.updated_at.isoformat(), "replaced": live.version if live else None,
-                     "generation": new.generation}
+        new.event = {
+            "action": action,
+            "model": self.model,
+            "version": version,
+            "reason": reason,
+            "at": new.updated_at.isoformat(),
+            "replaced": live.version if live else None,
+            "generation": new.generation,
+        }
         try:
             self.store.put_if(self._pointer_key, new.model_dump_json(indent=1).encode(), token)
         except ObjectChanged:
-            raise RegistryError(f"champion pointer moved meanwhile (another writer changed generation "
-                                f"{current_gen}); re-read and retry") from None
-        self._event(action, version, reason, **{k: v for k, v in new.event.items()
-                                                 if k not in ("action", "model", "version", "reason")})
+            raise RegistryError(
+                f"champion pointer moved meanwhile (another writer changed generation {current_gen}); re-read and retry"
+            ) from None
+        self._event(
+            action,
+            version,
+            reason,
+            **{k: v for k, v in new.event.items() if k not in ("action", "model", "version", "reason")},
+        )
         return new if new.version else None
 
     def _copy_event(self, event: Mapping[str, Any]) -> None:
@@ -417,8 +466,9 @@ class ModelRegistry:
         stamp = datetime.fromisoformat(at).strftime("%Y%m%dT%H%M%S%fZ")
         for n in range(100):
             try:
-                self.store.put(f"{self.model}/events/{stamp}-{n:02d}-{action}-{version}.json",
-                               json.dumps(body, indent=1).encode())
+                self.store.put(
+                    f"{self.model}/events/{stamp}-{n:02d}-{action}-{version}.json", json.dumps(body, indent=1).encode()
+                )
                 return
             except ObjectExists:
                 continue
@@ -434,18 +484,20 @@ class ModelRegistry:
         if current and current.version == version:
             return current
 
-        def build(live: Optional[ChampionPointer]) -> ChampionPointer:
+        def build(live: ChampionPointer | None) -> ChampionPointer:
             previous = ([live.version] + live.previous) if live else []
-            return ChampionPointer(model=self.model, version=version, previous=previous, updated_at=_now(),
-                                   reason=reason)
+            return ChampionPointer(
+                model=self.model, version=version, previous=previous, updated_at=_now(), reason=reason
+            )
 
         if expected_generation is None or (expected_generation == 0 and current is None):
             # 0 means "I saw no champion": also true of a pointer whose first champion was retracted
             expected_generation = raw.generation if raw else 0
         new = self._move("promote", version, reason, expected_generation, build)
         assert new is not None
-        log.info("champion of %s is now %s (was %s): %s", self.model, version,
-                 current.version if current else "none", reason)
+        log.info(
+            "champion of %s is now %s (was %s): %s", self.model, version, current.version if current else "none", reason
+        )
         return new
 
     def rollback(self, reason: str = "manual rollback", to: str | None = None) -> ChampionPointer:
@@ -456,18 +508,25 @@ class ModelRegistry:
             raise RegistryError(f"{self.uri}: no previous champion to roll back to")
         target = to or current.previous[0]
         if target not in current.previous:
-            raise RegistryError(f"{target} was never champion before {current.version}; "
-                                f"rollback targets: {', '.join(current.previous)}")
+            raise RegistryError(
+                f"{target} was never champion before {current.version}; rollback targets: {', '.join(current.previous)}"
+            )
         self.verify(target)
-        rest = current.previous[current.previous.index(target) + 1:]
-        new = self._move("rollback", target, reason, current.generation,
-                         lambda live: ChampionPointer(model=self.model, version=target, previous=rest,
-                                                      updated_at=_now(), reason=reason))
+        rest = current.previous[current.previous.index(target) + 1 :]
+        new = self._move(
+            "rollback",
+            target,
+            reason,
+            current.generation,
+            lambda live: ChampionPointer(
+                model=self.model, version=target, previous=rest, updated_at=_now(), reason=reason
+            ),
+        )
         assert new is not None
         log.info("rolled %s back from %s to %s: %s", self.model, current.version, target, reason)
         return new
 
-    def retract(self, version: str, reason: str) -> Optional[ChampionPointer]:
+    def retract(self, version: str, reason: str) -> ChampionPointer | None:
         """Undo a promotion of ``version`` that has not been superseded: the champion before it comes back
         (for a first champion: no champion again). A no-op if the pointer has moved on since."""
         raw, _ = self._read_pointer()
@@ -476,9 +535,13 @@ class ModelRegistry:
             return current
         if current.previous:
             return self.rollback(reason, to=current.previous[0])
-        return self._move("retract", version, reason, current.generation,
-                          lambda live: ChampionPointer(model=self.model, version="", updated_at=_now(),
-                                                       reason=reason))
+        return self._move(
+            "retract",
+            version,
+            reason,
+            current.generation,
+            lambda live: ChampionPointer(model=self.model, version="", updated_at=_now(), reason=reason),
+        )
 
 
 def _clean_stale_stages(parent: Path, older_than: float = STALE_S) -> None:

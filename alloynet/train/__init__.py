@@ -18,11 +18,34 @@ Library API (what the CLI and the Prefect tasks call)::
 Under ``torchrun --nproc_per_node N -m alloynet.cli train ...`` the same code runs DDP (NCCL on GPUs,
 gloo on CPU); rank 0 writes checkpoints.
 """
-from alloynet.train.config import (DataConfig, EarlyStopConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig,
-                                   TrainConfig, load_config, parse_override, resolve, save_config)
+
+from alloynet.train.config import (
+    DataConfig,
+    EarlyStopConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+    load_config,
+    parse_override,
+    resolve,
+    save_config,
+)
 from alloynet.train.trainer import TrainResult, train
 
 __all__ = [
-    "DataConfig", "EarlyStopConfig", "LossConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "TrainConfig",
-    "TrainResult", "load_config", "parse_override", "resolve", "save_config", "train",
+    "DataConfig",
+    "EarlyStopConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "TrainResult",
+    "load_config",
+    "parse_override",
+    "resolve",
+    "save_config",
+    "train",
 ]

@@ -4,10 +4,11 @@ Fields left ``None`` are filled by ``resolve``: the optimiser, activation, lr an
 architecture's defaults (``alloynet.models.ARCH_DEFAULTS``, the design table), the manifest from
 ``<store>/manifest.csv``. The resolved config is what is written next to the checkpoint.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -21,40 +22,57 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     store: str = Field("demo-data", description="capture store: a directory or s3://bucket/prefix")
-    manifest: Optional[str] = Field(None, description="manifest CSV; default <store>/manifest.csv")
+    manifest: str | None = Field(None, description="manifest CSV; default <store>/manifest.csv")
     batch_size: int = Field(64, ge=1)
-    eval_batch_size: Optional[int] = Field(None, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
-    augment: bool = Field(False, description="row flips, rotation, extra noise, erasing: off, because rotation "
-                          "and erasing bend the row-averaged profile the physics is read from")
+    augment: bool = Field(
+        False,
+        description="row flips, rotation, extra noise, erasing: off, because rotation "
+        "and erasing bend the row-averaged profile the physics is read from",
+    )
     augment_kwargs: dict[str, Any] = Field(default_factory=dict, description="TrainAugment options, e.g. p_erase: 0")
     sampler: Literal["none", "class_balanced", "sqrt"] = Field(
-        "none", description="re-sampling as an alternative to re-weighting: uniform over classes, or n^0.5")
+        "none", description="re-sampling as an alternative to re-weighting: uniform over classes, or n^0.5"
+    )
     equalize: bool = Field(False, description="per-image histogram equalisation inside Preprocess")
     norm_images: int = Field(2048, ge=1, description="training captures used to fit the input statistics")
     cache: bool = Field(True, description="keep decoded images in memory")
-    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig,
-                                       description="simulated captures mixed into training (alloynet.data.synthetic)")
-    synthetic_only: bool = Field(False, description="train on the simulated captures alone; the store's training "
-                                 "captures still give the rig, thickness prior and preprocessing, its val split "
-                                 "still picks the epoch (pretraining)")
+    synthetic: SyntheticConfig = Field(
+        default_factory=SyntheticConfig, description="simulated captures mixed into training (alloynet.data.synthetic)"
+    )
+    synthetic_only: bool = Field(
+        False,
+        description="train on the simulated captures alone; the store's training "
+        "captures still give the rig, thickness prior and preprocessing, its val split "
+        "still picks the epoch (pretraining)",
+    )
 
 
 class ModelConfig(_Strict):
     name: str = Field("profile_mlp", description="the recommended model unless told otherwise")
-    activation: Optional[str] = None
+    activation: str | None = None
     dropout: float = Field(0.1, ge=0, lt=1)
-    pretrained: Optional[str] = Field(None, description="local torchvision state dict (never downloaded)")
-    init_from: Optional[str] = Field(None, description="an alloynet checkpoint whose learned weights start this "
-                                     "run (fine-tuning); preprocessing, wedge and answer statistics come from this "
-                                     "run's data")
+    pretrained: str | None = Field(None, description="local torchvision state dict (never downloaded)")
+    init_from: str | None = Field(
+        None,
+        description="an alloynet checkpoint whose learned weights start this "
+        "run (fine-tuning); preprocessing, wedge and answer statistics come from this "
+        "run's data",
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="architecture options, e.g. bins, widths")
-    physics: bool = Field(True, description="add the forward model's likelihood of each alloy (thickness "
-                          "marginalised over the data's prior) to the logits, learnt weight: "
-                          "alloynet.models.physics_prior")
-    physics_correction: bool = Field(True, description="correct the forward model's mean profiles from the store's "
-                                     "labelled training captures when the validation captures say it fits the rig "
-                                     "better: alloynet.physics.correction")
+    physics: bool = Field(
+        True,
+        description="add the forward model's likelihood of each alloy (thickness "
+        "marginalised over the data's prior) to the logits, learnt weight: "
+        "alloynet.models.physics_prior",
+    )
+    physics_correction: bool = Field(
+        True,
+        description="correct the forward model's mean profiles from the store's "
+        "labelled training captures when the validation captures say it fits the rig "
+        "better: alloynet.physics.correction",
+    )
 
 
 class LossConfig(_Strict):
@@ -66,12 +84,12 @@ class LossConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    name: Optional[Literal["adam", "adamw", "sgd", "rmsprop"]] = None
-    lr: Optional[float] = Field(None, gt=0)
-    weight_decay: Optional[float] = Field(None, ge=0)
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] | None = None
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
-    clip_grad_norm: Optional[float] = Field(1.0, gt=0, description="None disables clipping")
+    clip_grad_norm: float | None = Field(1.0, gt=0, description="None disables clipping")
 
 
 class ScheduleConfig(_Strict):
@@ -87,30 +105,43 @@ class ScheduleConfig(_Strict):
 class EarlyStopConfig(_Strict):
     metric: str = Field("balanced_accuracy", description="a validation metric key")
     mode: Literal["max", "min"] = "max"
-    patience: Optional[int] = Field(15, ge=1, description="None disables early stopping")
+    patience: int | None = Field(15, ge=1, description="None disables early stopping")
     min_delta: float = 0.0
 
 
 class AnswerConfig(_Strict):
     coverage: float = Field(0.95, gt=0, lt=1, description="target coverage of the conformal prediction sets")
     fit_images: int = Field(4000, ge=10, description="training captures used for the feature statistics")
-    simulated: int = Field(2000, ge=0, description="when training mixes in simulated captures (data.synthetic), "
-                           "or the validation captures find the forward model describing the rig (the physics "
-                           "term's correction weighed and not needed): this many held-out simulated captures of "
-                           "the rig join the calibration set, if the real calibration captures agree with them "
-                           "(alloynet.models.answer.calibration_set)")
-    crossfit_below: int = Field(40, ge=0, description="with fewer real calibration captures than this and no "
-                                "held-out simulated ones joining them, the training captures join the calibration "
-                                "set with cross-fitted scores, each scored by a model trained as this one without "
-                                "its plate's fold (crossfit_folds). A 95 % conformal threshold on fewer than ~40 "
-                                "scores is the largest of them or none (a lab's 50 plates per alloy leave ~15: "
-                                "every set all five alloys); with 55 of a second rig's captures beside 525 "
-                                "cross-fitted ones the sets covered 0.88 of fresh captures, so only below this. "
-                                "0: never")
+    simulated: int = Field(
+        2000,
+        ge=0,
+        description="when training mixes in simulated captures (data.synthetic), "
+        "or the validation captures find the forward model describing the rig (the physics "
+        "term's correction weighed and not needed): this many held-out simulated captures of "
+        "the rig join the calibration set, if the real calibration captures agree with them "
+        "(alloynet.models.answer.calibration_set)",
+    )
+    crossfit_below: int = Field(
+        40,
+        ge=0,
+        description="with fewer real calibration captures than this and no "
+        "held-out simulated ones joining them, the training captures join the calibration "
+        "set with cross-fitted scores, each scored by a model trained as this one without "
+        "its plate's fold (crossfit_folds). A 95 % conformal threshold on fewer than ~40 "
+        "scores is the largest of them or none (a lab's 50 plates per alloy leave ~15: "
+        "every set all five alloys); with 55 of a second rig's captures beside 525 "
+        "cross-fitted ones the sets covered 0.88 of fresh captures, so only below this. "
+        "0: never",
+    )
     crossfit_folds: int = Field(5, ge=2, le=20, description="folds of the cross-fitted calibration scores")
-    drift_tolerance: float = Field(0.01, gt=0, lt=1, description="drift_in_session is raised when a capture's "
-                                   "open-beam strip departs from the training captures' by more than this fraction "
-                                   "(rigs that image one: rig.open_beam_rows)")
+    drift_tolerance: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="drift_in_session is raised when a capture's "
+        "open-beam strip departs from the training captures' by more than this fraction "
+        "(rigs that image one: rig.open_beam_rows)",
+    )
 
 
 PRETRAIN_CAPTURES = 4000
@@ -120,12 +151,15 @@ class PretrainConfig(_Strict):
     """Sim-to-real: first train on simulated captures (``synthetic``: best with ``rig_profile``, the simulator
     calibrated to the lab's rig, its parameters drawn within the calibration's uncertainty), then fine-tune on
     the store's real captures from those weights at ``lr_factor`` times the learning rate."""
-    synthetic: SyntheticConfig = Field(default_factory=lambda: SyntheticConfig(captures=PRETRAIN_CAPTURES),
-                                       description=f"the simulated pretraining captures (one pool, kept in memory; "
-                                       f"{PRETRAIN_CAPTURES} unless captures is given)")
+
+    synthetic: SyntheticConfig = Field(
+        default_factory=lambda: SyntheticConfig(captures=PRETRAIN_CAPTURES),
+        description=f"the simulated pretraining captures (one pool, kept in memory; "
+        f"{PRETRAIN_CAPTURES} unless captures is given)",
+    )
     epochs: int = Field(30, ge=1, description="pretraining epochs (the real val split picks the best)")
     lr_factor: float = Field(0.3, gt=0, le=1, description="fine-tuning learning rate = this x optim.lr")
-    finetune_epochs: Optional[int] = Field(None, ge=1, description="default: epochs")
+    finetune_epochs: int | None = Field(None, ge=1, description="default: epochs")
 
     @field_validator("synthetic", mode="before")
     @classmethod
@@ -151,8 +185,11 @@ class TrainConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
-    pretrain: Optional[PretrainConfig] = Field(None, description="pretrain on simulated captures, then fine-tune "
-                                               "on the store's (skipped when model.init_from is given)")
+    pretrain: PretrainConfig | None = Field(
+        None,
+        description="pretrain on simulated captures, then fine-tune "
+        "on the store's (skipped when model.init_from is given)",
+    )
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
@@ -179,7 +216,7 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Optional[dict[str, Any]] = None) -> TrainConfig:
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """A config from YAML (or the defaults), with ``{"model.name": "resnet18", ...}`` overrides applied."""
     raw = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
     for key, value in (overrides or {}).items():

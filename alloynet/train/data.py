@@ -1,11 +1,11 @@
 """Data for a run: the store and manifest, train/val datasets, deterministic samplers and loaders, and the
 statistics fitted on the training split (preprocessing, regression target scales, class counts)."""
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -18,9 +18,9 @@ from alloynet.data.dataset import CaptureDataset
 from alloynet.data.manifest import calibration_levels, open_dataset
 from alloynet.data.rigs import data_prior, nominal_rig, rig_settings
 from alloynet.data.synthetic import SyntheticCaptures, synthetic_for
+from alloynet.data.transforms import Preprocess, TrainAugment
 from alloynet.physics.observer import ThicknessPrior
 from alloynet.physics.simulator import RigConfig
-from alloynet.data.transforms import Preprocess, TrainAugment
 from alloynet.train.config import DataConfig
 
 _TARGET_COLUMNS = {"thickness_mm": "thickness_mm", "a0": "a0", "mu_eff": "mu_eff_per_cm"}
@@ -31,7 +31,7 @@ class EpochSampler(Sampler[int]):
     by per-sample weights (class-balanced re-sampling). With ``world_size`` > 1 each rank takes its own
     stride of the same (padded) list, as ``DistributedSampler`` does, whatever the sampling mode."""
 
-    def __init__(self, n: int, seed: int, weights: Optional[np.ndarray] = None, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None, rank: int = 0, world_size: int = 1):
         self.n, self.seed, self.rank, self.world = n, seed, rank, world_size
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.epoch = 0
@@ -48,7 +48,7 @@ class EpochSampler(Sampler[int]):
             idx = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
         idx = idx.tolist()
         idx += idx[: self.per_rank * self.world - len(idx)]
-        return iter(idx[self.rank::self.world])
+        return iter(idx[self.rank :: self.world])
 
     def __len__(self) -> int:
         return self.per_rank
@@ -70,13 +70,13 @@ def target_stats(train: pd.DataFrame) -> dict[str, tuple[float, float]]:
     return out
 
 
-def sample_weights(labels: np.ndarray, mode: str, num_classes: int) -> Optional[np.ndarray]:
+def sample_weights(labels: np.ndarray, mode: str, num_classes: int) -> np.ndarray | None:
     """Per-sample weights so that class c is drawn in proportion to n_c^q (q = 0 balanced, 0.5 sqrt)."""
     if mode == "none":
         return None
     counts = np.bincount(labels, minlength=num_classes).astype(float)
     q = 0.0 if mode == "class_balanced" else 0.5
-    per_class = np.where(counts > 0, counts ** q / np.maximum(counts, 1), 0.0)
+    per_class = np.where(counts > 0, counts**q / np.maximum(counts, 1), 0.0)
     return per_class[labels]
 
 
@@ -84,7 +84,7 @@ class TrainingSet(Dataset):
     """The store's training captures, then the simulated ones (if any): what the sampler draws from. With
     ``use_real=False`` only the simulated ones (pretraining)."""
 
-    def __init__(self, real: CaptureDataset, synthetic: Optional[SyntheticCaptures] = None, use_real: bool = True):
+    def __init__(self, real: CaptureDataset, synthetic: SyntheticCaptures | None = None, use_real: bool = True):
         if not use_real and (synthetic is None or not len(synthetic)):
             raise ValueError("data.synthetic_only: needs simulated captures (data.synthetic.captures > 0)")
         self.real, self.synthetic, self.use_real = real, synthetic, use_real
@@ -102,7 +102,7 @@ class TrainingSet(Dataset):
         if self.synthetic is not None:
             self.synthetic.set_epoch(epoch)
 
-    def unaugmented(self) -> "TrainingSet":
+    def unaugmented(self) -> TrainingSet:
         return TrainingSet(self.real.unaugmented(), self.synthetic, self.use_real)
 
     @property
@@ -120,19 +120,19 @@ class TrainingSet(Dataset):
 class RunData:
     store: ObjectStore
     manifest: pd.DataFrame
-    train: "TrainingSet"
-    val: CaptureDataset            # picks the best epoch
-    calibration: CaptureDataset    # fits the honest answers (temperature, conformal threshold): never used to select
+    train: TrainingSet
+    val: CaptureDataset  # picks the best epoch
+    calibration: CaptureDataset  # fits the honest answers (temperature, conformal threshold): never used to select
     train_loader: DataLoader
     val_loader: DataLoader
     sampler: EpochSampler
     preprocess: Preprocess
     target_stats: dict[str, tuple[float, float]]
     class_counts: list[int]
-    image_size: list[int]          # [H, W]
+    image_size: list[int]  # [H, W]
     channels: int
     rigs: dict[float, tuple[RigConfig, int]]  # {wedge_mm: (nominal rig from the sidecars, training captures)}
-    prior: ThicknessPrior          # the data's thickness prior (all labelled captures)
+    prior: ThicknessPrior  # the data's thickness prior (all labelled captures)
 
     @property
     def rig(self) -> RigConfig:
@@ -165,14 +165,20 @@ def fit_preprocess(train: pd.DataFrame, equalize: bool = False) -> Preprocess:
     is standardised inside each trunk, per profile bin or image column (``alloynet.models.norm``)."""
     dark, flat = calibration_levels(train)
     span = flat - dark
-    return Preprocess(np.median(dark, axis=0).tolist(), np.median(flat, axis=0).tolist(), equalize=equalize,
-                      span_range=(span.min(0).tolist(), span.max(0).tolist()))
+    return Preprocess(
+        np.median(dark, axis=0).tolist(),
+        np.median(flat, axis=0).tolist(),
+        equalize=equalize,
+        span_range=(span.min(0).tolist(), span.max(0).tolist()),
+    )
 
 
-def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-               log=None) -> RunData:
-    store, manifest = open_dataset(cfg.store, cfg.manifest if cfg.manifest and Path(cfg.manifest).exists() else None,
-                                   seed)
+def build_data(
+    cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False, log=None
+) -> RunData:
+    store, manifest = open_dataset(
+        cfg.store, cfg.manifest if cfg.manifest and Path(cfg.manifest).exists() else None, seed
+    )
     labelled = manifest[manifest.labelled & (manifest.label >= 0)]
     train_rows = labelled[labelled.split == "train"]
     if train_rows.empty:
@@ -183,8 +189,11 @@ def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, p
     synthetic = None
     if cfg.synthetic.captures:
         synthetic = synthetic_for(cfg.synthetic, rigs, data_prior(labelled), CLASS_NAMES, seed, log=log)
-    train = TrainingSet(CaptureDataset(store, labelled, "train", transform=augment, seed=seed, cache=cfg.cache),
-                        synthetic, use_real=not cfg.synthetic_only)
+    train = TrainingSet(
+        CaptureDataset(store, labelled, "train", transform=augment, seed=seed, cache=cfg.cache),
+        synthetic,
+        use_real=not cfg.synthetic_only,
+    )
     val_rows, calib_rows = split_validation(labelled, seed)
     val = CaptureDataset(store, val_rows, "val", cache=cfg.cache)
     calibration = CaptureDataset(store, calib_rows, "val", cache=cfg.cache)
@@ -192,12 +201,34 @@ def build_data(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, p
     sampler = EpochSampler(len(train), seed, weights, rank, world_size)
     # BatchNorm cannot train on a batch of one: drop the ragged last batch whenever a full one exists.
     drop_last = len(sampler) > cfg.batch_size
-    train_loader = DataLoader(train, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                              drop_last=drop_last, pin_memory=pin_memory, persistent_workers=False)
-    val_loader = DataLoader(val, cfg.eval_batch_size or cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
-                            pin_memory=pin_memory)
+    train_loader = DataLoader(
+        train,
+        cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
+    val_loader = DataLoader(
+        val, cfg.eval_batch_size or cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, pin_memory=pin_memory
+    )
     shape = train_rows[["channels", "height", "width"]].mode().iloc[0]
     counts = np.bincount(train.labels, minlength=len(CLASS_NAMES)).tolist()  # what training sees, simulated included
-    return RunData(store, manifest, train, val, calibration, train_loader, val_loader, sampler, pre, target_stats(train_rows),
-                   counts, [int(shape.height), int(shape.width)], int(shape.channels),
-                   rigs, data_prior(labelled))
+    return RunData(
+        store,
+        manifest,
+        train,
+        val,
+        calibration,
+        train_loader,
+        val_loader,
+        sampler,
+        pre,
+        target_stats(train_rows),
+        counts,
+        [int(shape.height), int(shape.width)],
+        int(shape.channels),
+        rigs,
+        data_prior(labelled),
+    )

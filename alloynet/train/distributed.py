@@ -1,4 +1,5 @@
 """DDP through ``torchrun`` (the path for users who outgrow one GPU): a no-op when WORLD_SIZE is unset."""
+
 from __future__ import annotations
 
 import os

@@ -1,8 +1,8 @@
 """One training epoch and one validation pass (the inner loops of ``alloynet.train.trainer``)."""
+
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import numpy as np
 import torch
@@ -23,8 +23,14 @@ def _progress(enabled: bool, total: int, description: str):
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("{task.fields[info]}"), transient=True)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        transient=True,
+    )
     bar.start()
     bar.add_task(description, total=total, info="")
     return bar
@@ -34,8 +40,14 @@ class NonFiniteLoss(RuntimeError):
     """Training stopped at a non-finite loss; the message is one line: the task, the batch and the likely cause."""
 
 
-def diagnose_non_finite(parts: dict[str, torch.Tensor], out: dict[str, torch.Tensor], x: torch.Tensor,
-                        cal: torch.Tensor, lr: float, where: str) -> str:
+def diagnose_non_finite(
+    parts: dict[str, torch.Tensor],
+    out: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    cal: torch.Tensor,
+    lr: float,
+    where: str,
+) -> str:
     """One line naming the first non-finite task and what most likely made it so, for ``NonFiniteLoss``."""
     bad = [t for t, v in parts.items() if not bool(torch.isfinite(v).all())] or ["total"]
     task = bad[0]
@@ -43,25 +55,39 @@ def diagnose_non_finite(parts: dict[str, torch.Tensor], out: dict[str, torch.Ten
     if not bool(torch.isfinite(x).all()):
         cause = "the batch holds non-finite pixels (a damaged image?): run `alloynet data validate`"
     elif not bool(torch.isfinite(cal).all()) or bool((span <= 0).any()):
-        cause = ("a capture's calibration has flat <= dark or a non-finite level: check its dark/flat levels "
-                 "(import --dark-level/--flat-level or the labels CSV's dark/flat columns)")
+        cause = (
+            "a capture's calibration has flat <= dark or a non-finite level: check its dark/flat levels "
+            "(import --dark-level/--flat-level or the labels CSV's dark/flat columns)"
+        )
     elif all(bool(torch.isfinite(v).all()) for v in out.values() if torch.is_tensor(v) and v.is_floating_point()):
-        cause = (f"the {task} loss overflowed on finite outputs: its targets may be out of scale; set "
-                 f"loss.task_weights.{task}=0 to train without it")
+        cause = (
+            f"the {task} loss overflowed on finite outputs: its targets may be out of scale; set "
+            f"loss.task_weights.{task}=0 to train without it"
+        )
     else:
-        cause = (f"the model's outputs diverged at learning rate {lr:.2e}: lower optim.lr or set "
-                 f"optim.clip_grad_norm")
+        cause = f"the model's outputs diverged at learning rate {lr:.2e}: lower optim.lr or set optim.clip_grad_norm"
     return f"training stopped: non-finite {task} loss at {where}; likely cause: {cause}"
 
 
-def train_one_epoch(model: nn.Module, criterion: MultiTaskLoss, optimizer: torch.optim.Optimizer,
-                    schedule: Schedule, loader: DataLoader, device: torch.device, *, amp: bool = False,
-                    channels_last: bool = False, clip_grad_norm: Optional[float] = None,
-                    env: DistEnv = DistEnv(), progress: bool = False, description: str = "train") -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    criterion: MultiTaskLoss,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+    clip_grad_norm: float | None = None,
+    env: DistEnv = DistEnv(),
+    progress: bool = False,
+    description: str = "train",
+) -> dict[str, float]:
     """Returns mean loss (total and per task), training accuracy and images/s for the epoch."""
     model.train()
     sums: dict[str, float] = {}
-    seen: dict[str, int] = {}                   # per task: a mixed store's batches may lack some tasks' truth
+    seen: dict[str, int] = {}  # per task: a mixed store's batches may lack some tasks' truth
     n_seen, n_correct, n_batches, start = 0, 0, 0, time.perf_counter()
     bar = _progress(progress and env.is_main, len(loader), description)
     try:
@@ -75,8 +101,11 @@ def train_one_epoch(model: nn.Module, criterion: MultiTaskLoss, optimizer: torch
             loss, parts = criterion(out, targets)
             if not bool(torch.isfinite(loss)):  # before the step: one NaN update would poison every weight
                 tasks = criterion.task_losses(out, targets)
-                raise NonFiniteLoss(diagnose_non_finite(tasks, out, x, cal, optimizer.param_groups[0]["lr"],
-                                                        f"{description}, batch {n_batches + 1}"))
+                raise NonFiniteLoss(
+                    diagnose_non_finite(
+                        tasks, out, x, cal, optimizer.param_groups[0]["lr"], f"{description}, batch {n_batches + 1}"
+                    )
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             all_reduce_grads(criterion, env)
@@ -99,13 +128,22 @@ def train_one_epoch(model: nn.Module, criterion: MultiTaskLoss, optimizer: torch
             bar.stop()
     seconds = time.perf_counter() - start
     stats = {k: v / max(seen[k], 1) for k, v in sums.items()}
-    stats.update(accuracy=n_correct / max(n_seen, 1), images_per_s=n_seen * env.world_size / max(seconds, 1e-9),
-                 seconds=seconds)
+    stats.update(
+        accuracy=n_correct / max(n_seen, 1), images_per_s=n_seen * env.world_size / max(seconds, 1e-9), seconds=seconds
+    )
     return stats
 
 
-def validate(model: nn.Module, criterion: MultiTaskLoss, loader: DataLoader, device: torch.device,
-             train_counts: list[int], *, amp: bool = False, channels_last: bool = False) -> dict[str, float]:
+def validate(
+    model: nn.Module,
+    criterion: MultiTaskLoss,
+    loader: DataLoader,
+    device: torch.device,
+    train_counts: list[int],
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> dict[str, float]:
     """Validation metrics (accuracy, balanced_accuracy, macro_f1, log_loss, ece, <target>_mae, loss)."""
     p = predict(model, loader, device, amp, channels_last)
     cls = classification_metrics(p["y"], p["probs"], CLASS_NAMES, train_counts)
@@ -113,8 +151,10 @@ def validate(model: nn.Module, criterion: MultiTaskLoss, loader: DataLoader, dev
     for t in REGRESSION_TARGETS:
         out[f"{t}_mae"] = regression_metrics(p[f"pred_{t}"], p[f"true_{t}"])["mae"]
     with torch.no_grad():
+
         def t_(a):
             return torch.from_numpy(a).to(device)
+
         outputs = {"logits": t_(p["logits"]), **{t: t_(p[f"pred_{t}"]) for t in REGRESSION_TARGETS}}
         targets = {"alloy": t_(p["y"]), **{t: t_(p[f"true_{t}"]) for t in REGRESSION_TARGETS}}
         total, _ = criterion(outputs, targets)

@@ -11,6 +11,7 @@ One process is plain ``train(cfg)`` in this process. More start
 (one machine, a free rendezvous port), stream its lines to the ``alloynet.train`` logger, and read back
 what rank 0 wrote. ``ALLOYNET_TRAIN_PROCESSES`` overrides the count (e.g. 1 to leave GPUs idle on purpose).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,17 @@ def train_processes(config: TrainConfig, processes: int = 1, resume: bool = Fals
     out.mkdir(parents=True, exist_ok=True)
     (out / LAUNCH_RESULT).unlink(missing_ok=True)
     save_config(cfg, out / LAUNCH_CONFIG)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-           "-m", "alloynet.train.launch", "--config", str(out / LAUNCH_CONFIG)] + (["--resume"] if resume else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "alloynet.train.launch",
+        "--config",
+        str(out / LAUNCH_CONFIG),
+    ] + (["--resume"] if resume else [])
     # torchrun sets OMP_NUM_THREADS=1 per process unless told otherwise; keep the caller's setting
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop(PROCESSES_ENV, None)
@@ -72,8 +82,10 @@ def train_processes(config: TrainConfig, processes: int = 1, resume: bool = Fals
             tail.append(line.rstrip())
             log.info("%s", line.rstrip())
     if p.returncode != 0 or not (out / LAUNCH_RESULT).exists():
-        raise RuntimeError(f"torchrun with {processes} processes exited {p.returncode} (out_dir {out}); "
-                           f"its last lines:\n" + "\n".join(tail))
+        raise RuntimeError(
+            f"torchrun with {processes} processes exited {p.returncode} (out_dir {out}); "
+            f"its last lines:\n" + "\n".join(tail)
+        )
     raw = json.loads((out / LAUNCH_RESULT).read_text())
     log.info("trained on %d processes (DDP world size %d)", processes, raw.pop("world_size"))
     paths = {f.name for f in dataclasses.fields(TrainResult) if f.type in ("Path", Path)}
@@ -88,8 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     result = train(load_config(a.config), resume=a.resume)
     if int(os.environ.get("RANK", "0")) == 0:
-        body = json.dumps({**dataclasses.asdict(result), "world_size": int(os.environ.get("WORLD_SIZE", "1"))},
-                          default=str)
+        body = json.dumps(
+            {**dataclasses.asdict(result), "world_size": int(os.environ.get("WORLD_SIZE", "1"))}, default=str
+        )
         target = Path(result.out_dir) / LAUNCH_RESULT
         tmp = target.with_suffix(".tmp")
         tmp.write_text(body)

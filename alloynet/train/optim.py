@@ -5,10 +5,11 @@ Schedules are stepped once per *iteration* as closed-form factors of the fractio
 lands on exactly the same learning rate. ``plateau`` is the exception: ``ReduceLROnPlateau`` stepped once
 per epoch on the validation metric, after warm-up.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -52,7 +53,7 @@ def lr_factor(cfg: ScheduleConfig, epoch: float, total_epochs: int) -> float:
     if cfg.name == "step":
         return cfg.gamma ** math.floor(t / cfg.step_size)
     if cfg.name == "exponential":
-        return cfg.gamma ** t
+        return cfg.gamma**t
     if cfg.name == "cosine":
         return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(t / span, 1.0)))
     if cfg.name == "cyclic":  # triangular: lo -> 1 -> lo every 2 * step_size epochs
@@ -64,11 +65,17 @@ def lr_factor(cfg: ScheduleConfig, epoch: float, total_epochs: int) -> float:
 class Schedule:
     """Per-iteration ``LambdaLR`` plus, for ``plateau``, a per-epoch ``ReduceLROnPlateau``."""
 
-    def __init__(self, cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, iters_per_epoch: int,
-                 total_epochs: int, early: EarlyStopConfig):
+    def __init__(
+        self,
+        cfg: ScheduleConfig,
+        optimizer: torch.optim.Optimizer,
+        iters_per_epoch: int,
+        total_epochs: int,
+        early: EarlyStopConfig,
+    ):
         self.cfg, self.iters = cfg, max(iters_per_epoch, 1)
         self.lambda_lr = LambdaLR(optimizer, lambda it: lr_factor(cfg, it / self.iters, total_epochs))
-        self.plateau: Optional[ReduceLROnPlateau] = None
+        self.plateau: ReduceLROnPlateau | None = None
         if cfg.name == "plateau":
             self.plateau = ReduceLROnPlateau(optimizer, mode=early.mode, factor=cfg.gamma, patience=cfg.patience)
 
@@ -80,7 +87,7 @@ class Schedule:
         if self.plateau is None or self._in_warmup():
             self.lambda_lr.step()
 
-    def step_epoch(self, metric: Optional[float]) -> None:
+    def step_epoch(self, metric: float | None) -> None:
         if self.plateau is not None and not self._in_warmup() and metric is not None:
             self.plateau.step(metric)
 
@@ -96,7 +103,7 @@ class Schedule:
 class EarlyStopping:
     def __init__(self, cfg: EarlyStopConfig):
         self.cfg = cfg
-        self.best: Optional[float] = None
+        self.best: float | None = None
         self.bad_epochs = 0
 
     def improved(self, value: float) -> bool:

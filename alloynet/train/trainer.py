@@ -6,6 +6,7 @@ epoch k therefore repeats epochs k+1.. exactly as the uninterrupted run would (o
 ``deterministic: true``), given the same number of intra-op threads: float reductions are summed in a
 different order with a different thread count.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,9 +14,10 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,19 +25,25 @@ from torch.utils.data import DataLoader, Subset
 
 from alloynet.console import make_console
 from alloynet.data import CLASS_NAMES
-from alloynet.data.manifest import manifest_hash
+from alloynet.data.manifest import manifest_hash, manifest_path
+from alloynet.data.synthetic import forward_rigs, synthetic_for
 from alloynet.evaluate.baselines import dataset_arrays
 from alloynet.evaluate.predict import predict
 from alloynet.losses import MultiTaskLoss, create_loss
 from alloynet.models import create_model
-from alloynet.models.registry import takes_width
 from alloynet.models.answer import MIN_REAL, WithheldCalibration, calibration_set
 from alloynet.models.checkpoint import load_checkpoint, load_model, load_weights, save_checkpoint
 from alloynet.models.norm import fit_input_statistics
 from alloynet.models.physics_prior import physics_spec, table_wedges
-from alloynet.data.synthetic import forward_rigs, synthetic_for
-from alloynet.physics.correction import (CV_BELOW, CorrectionChoice, apply_correction, choose_correction,
-                                         choose_correction_cv, too_few)
+from alloynet.models.registry import takes_width
+from alloynet.physics.correction import (
+    CV_BELOW,
+    CorrectionChoice,
+    apply_correction,
+    choose_correction,
+    choose_correction_cv,
+    too_few,
+)
 from alloynet.physics.simulator import plate_rows
 from alloynet.train.config import TrainConfig, resolve, save_config
 from alloynet.train.data import RunData, build_data
@@ -50,11 +58,11 @@ EpochCallback = Callable[[int, dict], None]
 
 @dataclass
 class TrainResult:
-    checkpoint: Path                 # best.pt: the model to evaluate, export or promote
-    last_checkpoint: Path            # last.pt: full training state, for resuming
+    checkpoint: Path  # best.pt: the model to evaluate, export or promote
+    last_checkpoint: Path  # last.pt: full training state, for resuming
     out_dir: Path
-    config_path: Path                # the resolved config, next to the checkpoints
-    metrics: dict[str, float]        # validation metrics of the best epoch
+    config_path: Path  # the resolved config, next to the checkpoints
+    metrics: dict[str, float]  # validation metrics of the best epoch
     best_epoch: int
     epochs_run: int
     stopped_early: bool
@@ -88,15 +96,25 @@ def _model_spec(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
     kwargs = dict(cfg.model.kwargs)
     if takes_width(cfg.model.name):
         kwargs.setdefault("width", data.image_size[1])
-    return {"name": cfg.model.name, "num_classes": len(CLASS_NAMES), "in_channels": data.channels,
-            "activation": cfg.model.activation, "dropout": cfg.model.dropout, "kwargs": kwargs,
-            "preprocess": data.preprocess.config(), "class_names": list(CLASS_NAMES), "rig": data.rig.model_dump(),
-            "coverage": cfg.answer.coverage, "target_stats": {k: list(v) for k, v in data.target_stats.items()},
-            "physics": physics_spec(table_wedges(data.rigs), data.channels, data.image_size[1])
-            if cfg.model.physics else None}
+    return {
+        "name": cfg.model.name,
+        "num_classes": len(CLASS_NAMES),
+        "in_channels": data.channels,
+        "activation": cfg.model.activation,
+        "dropout": cfg.model.dropout,
+        "kwargs": kwargs,
+        "preprocess": data.preprocess.config(),
+        "class_names": list(CLASS_NAMES),
+        "rig": data.rig.model_dump(),
+        "coverage": cfg.answer.coverage,
+        "target_stats": {k: list(v) for k, v in data.target_stats.items()},
+        "physics": physics_spec(table_wedges(data.rigs), data.channels, data.image_size[1])
+        if cfg.model.physics
+        else None,
+    }
 
 
-def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> Optional[dict]:
+def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> dict | None:
     """Tabulate the forward model for the data's rigs and thickness prior: the rig its simulated captures
     describe (``data.synthetic``: ``rig`` overrides, ``simulator: second_rig``, a ``rig_profile`` from
     ``alloynet rig calibrate``), which without any of these is the nominal rig of the sidecars; for the wedge
@@ -111,8 +129,13 @@ def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> Opti
         choice.update(picked.summary())
         return apply_correction(observers, picked.correction)
 
-    model.physics.fit(rigs, data.prior, CLASS_NAMES, seed=cfg.seed,
-                      correct=correct if cfg.model.physics_correction and data.train.use_real else None)
+    model.physics.fit(
+        rigs,
+        data.prior,
+        CLASS_NAMES,
+        seed=cfg.seed,
+        correct=correct if cfg.model.physics_correction and data.train.use_real else None,
+    )
     if choice:
         console.print(f"physics term: {choice['reason']}")
     return choice or None
@@ -126,6 +149,7 @@ def physics_correction(observers: dict, data: RunData, seed: int) -> CorrectionC
     validation ones, or, with fewer than ``CV_BELOW`` of those, cross-validated over both by plate, the
     polynomial's degree chosen with the shrinkage (``alloynet.physics.correction``); simulated captures take
     no part."""
+
     def some(ds) -> list[int]:  # a seeded choice of at most CORRECTION_CAPTURES, in order
         gen = torch.Generator().manual_seed(seed)
         return torch.randperm(len(ds), generator=gen)[:CORRECTION_CAPTURES].sort().values.tolist()
@@ -163,10 +187,12 @@ def _mm(v: float) -> str:
 
 def _log_epoch(epoch: int, cfg: TrainConfig, tr: dict, val: dict, lr: float) -> None:
     tasks = " ".join(f"{k} {tr[k]:.3f}" for k in ("alloy", "thickness_mm", "a0", "mu_eff") if k in tr)
-    line = (f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f} ({tasks})  "
-            f"val loss {val['loss']:.4f} bal_acc {val['balanced_accuracy']:.3f} acc {val['accuracy']:.3f} "
-            f"f1 {val['macro_f1']:.3f} t_mae {_mm(val['thickness_mm_mae'])}  lr {lr:.2e}  "
-            f"{tr['images_per_s']:.0f} img/s  {tr['seconds']:.1f}s")
+    line = (
+        f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['loss']:.4f} ({tasks})  "
+        f"val loss {val['loss']:.4f} bal_acc {val['balanced_accuracy']:.3f} acc {val['accuracy']:.3f} "
+        f"f1 {val['macro_f1']:.3f} t_mae {_mm(val['thickness_mm_mae'])}  lr {lr:.2e}  "
+        f"{tr['images_per_s']:.0f} img/s  {tr['seconds']:.1f}s"
+    )
     console.print(line)
     log.info(line)  # also to `logging`, so an orchestrator (Prefect) can show training progress
 
@@ -174,12 +200,13 @@ def _log_epoch(epoch: int, cfg: TrainConfig, tr: dict, val: dict, lr: float) -> 
 @dataclass
 class Run:
     """Everything one training run touches, built by ``setup``."""
+
     cfg: TrainConfig
     env: DistEnv
     device: torch.device
     data: RunData
-    model: torch.nn.Module          # the plain model: state dicts and validation
-    net: torch.nn.Module            # what the training step calls: DDP- and/or compile-wrapped model
+    model: torch.nn.Module  # the plain model: state dicts and validation
+    net: torch.nn.Module  # what the training step calls: DDP- and/or compile-wrapped model
     criterion: MultiTaskLoss
     optimizer: torch.optim.Optimizer
     schedule: Schedule
@@ -194,14 +221,31 @@ def setup(cfg: TrainConfig) -> Run:
     device = pick_device(cfg.device, env)
     set_determinism(cfg, device)
     seed_everything(cfg.seed)
-    data = build_data(cfg.data, cfg.seed, env.rank, env.world_size, pin_memory=device.type == "cuda",
-                      log=console.print if env.is_main else None)
+    data = build_data(
+        cfg.data,
+        cfg.seed,
+        env.rank,
+        env.world_size,
+        pin_memory=device.type == "cuda",
+        log=console.print if env.is_main else None,
+    )
     spec = _model_spec(cfg, data)
     extra = {"pretrained": cfg.model.pretrained} if cfg.model.pretrained else {}  # not in spec: needed once only
-    model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], data.preprocess, spec["activation"],
-                         data.target_stats, spec["dropout"], class_names=spec["class_names"],
-                         coverage=spec["coverage"], rig=spec["rig"], physics=spec["physics"], **spec["kwargs"],
-                         **extra).to(device)
+    model = create_model(
+        spec["name"],
+        spec["num_classes"],
+        spec["in_channels"],
+        data.preprocess,
+        spec["activation"],
+        data.target_stats,
+        spec["dropout"],
+        class_names=spec["class_names"],
+        coverage=spec["coverage"],
+        rig=spec["rig"],
+        physics=spec["physics"],
+        **spec["kwargs"],
+        **extra,
+    ).to(device)
     correction = fit_physics(model, cfg, data) if model.physics is not None else None
     model.open_beam.tolerance.fill_(cfg.answer.drift_tolerance)
     fit_input_statistics(model, lambda: _input_batches(data, cfg, device))
@@ -209,8 +253,13 @@ def setup(cfg: TrainConfig) -> Run:
         loaded = load_weights(model, cfg.model.init_from)
         if env.is_main:
             console.print(f"starting from {cfg.model.init_from} ({len(loaded)} tensors)")
-    criterion = MultiTaskLoss(create_loss(cfg.loss.name, data.class_counts, **cfg.loss.kwargs), data.target_stats,
-                              cfg.loss.task_weights, cfg.loss.weighting, cfg.loss.regression).to(device)
+    criterion = MultiTaskLoss(
+        create_loss(cfg.loss.name, data.class_counts, **cfg.loss.kwargs),
+        data.target_stats,
+        cfg.loss.task_weights,
+        cfg.loss.weighting,
+        cfg.loss.regression,
+    ).to(device)
     channels_last = cfg.channels_last and device.type == "cuda" and cfg.model.name not in ("fnn", "profile_cnn")
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -218,15 +267,37 @@ def setup(cfg: TrainConfig) -> Run:
     schedule = Schedule(cfg.schedule, optimizer, len(data.train_loader), cfg.epochs, cfg.early_stop)
     net: torch.nn.Module = model
     if env.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if cfg.compile:
         net = torch.compile(net)
-    meta = {"model_spec": spec, "config": cfg.model_dump(mode="json"), "class_names": list(CLASS_NAMES),
-            "manifest_hash": manifest_hash(data.manifest), "image_size": data.image_size,
-            "channels": data.channels, "arch": cfg.model.name,
-            "class_counts": data.class_counts, "physics_correction": correction}
-    return Run(cfg, env, device, data, model, net, criterion, optimizer, schedule, EarlyStopping(cfg.early_stop),
-               cfg.amp and device.type == "cuda", channels_last, meta)
+    meta = {
+        "model_spec": spec,
+        "config": cfg.model_dump(mode="json"),
+        "class_names": list(CLASS_NAMES),
+        "manifest_hash": manifest_hash(data.manifest),
+        "image_size": data.image_size,
+        "channels": data.channels,
+        "arch": cfg.model.name,
+        "class_counts": data.class_counts,
+        "physics_correction": correction,
+    }
+    return Run(
+        cfg,
+        env,
+        device,
+        data,
+        model,
+        net,
+        criterion,
+        optimizer,
+        schedule,
+        EarlyStopping(cfg.early_stop),
+        cfg.amp and device.type == "cuda",
+        channels_last,
+        meta,
+    )
 
 
 def _input_batches(data: RunData, cfg: TrainConfig, device: torch.device):
@@ -259,11 +330,29 @@ def run_epoch(run: Run, epoch: int) -> tuple[dict, dict]:
     run.data.sampler.set_epoch(epoch)
     run.data.train.set_epoch(epoch)
     run.criterion.set_epoch(epoch)
-    tr = train_one_epoch(run.net, run.criterion, run.optimizer, run.schedule, run.data.train_loader, run.device,
-                         amp=run.amp, channels_last=run.channels_last, clip_grad_norm=cfg.optim.clip_grad_norm,
-                         env=run.env, progress=cfg.progress, description=f"epoch {epoch + 1}/{cfg.epochs}")
-    val = validate(run.model, run.criterion, run.data.val_loader, run.device, run.data.class_counts,
-                   amp=run.amp, channels_last=run.channels_last)
+    tr = train_one_epoch(
+        run.net,
+        run.criterion,
+        run.optimizer,
+        run.schedule,
+        run.data.train_loader,
+        run.device,
+        amp=run.amp,
+        channels_last=run.channels_last,
+        clip_grad_norm=cfg.optim.clip_grad_norm,
+        env=run.env,
+        progress=cfg.progress,
+        description=f"epoch {epoch + 1}/{cfg.epochs}",
+    )
+    val = validate(
+        run.model,
+        run.criterion,
+        run.data.val_loader,
+        run.device,
+        run.data.class_counts,
+        amp=run.amp,
+        channels_last=run.channels_last,
+    )
     if cfg.early_stop.metric not in val:
         raise KeyError(f"early_stop.metric {cfg.early_stop.metric!r} is not a validation metric: {sorted(val)}")
     run.schedule.step_epoch(val[cfg.early_stop.metric])
@@ -272,8 +361,9 @@ def run_epoch(run: Run, epoch: int) -> tuple[dict, dict]:
 
 def _save(run: Run, state: dict, improved: bool, out: Path) -> None:
     if improved:  # best.pt: model and metadata only, what evaluation, export and the registry need
-        save_checkpoint({k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "early_stop")},
-                        out / "best.pt")
+        save_checkpoint(
+            {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "early_stop")}, out / "best.pt"
+        )
     save_checkpoint(state, out / "last.pt")
 
 
@@ -294,14 +384,20 @@ def fit_answer(run: Run, best: Path) -> dict:
     loader = DataLoader(Subset(data.train.unaugmented(), idx), batch_size=run.cfg.data.eval_batch_size or 64)
     tr = predict(model, loader, run.device, features=True)
     sim = held_out_simulated(run)
-    logits, labels, chosen = calibration_set(val["logits"], val["y"], sim and sim["logits"], sim and sim["y"],
-                                             cfg.coverage, MIN_REAL)
+    logits, labels, chosen = calibration_set(
+        val["logits"], val["y"], sim and sim["logits"], sim and sim["y"], cfg.coverage, MIN_REAL
+    )
     # held-out simulated captures that joined already make the set large; else the training captures, cross-fitted
     crossfit = cross_fitted(run, best) if not chosen["simulated"] else None
     if crossfit is not None:
-        logits, labels, chosen = calibration_set(np.concatenate([val["logits"], crossfit["logits"]]),
-                                                 np.concatenate([val["y"], crossfit["y"]]), sim and sim["logits"],
-                                                 sim and sim["y"], cfg.coverage, MIN_REAL)
+        logits, labels, chosen = calibration_set(
+            np.concatenate([val["logits"], crossfit["logits"]]),
+            np.concatenate([val["y"], crossfit["y"]]),
+            sim and sim["logits"],
+            sim and sim["y"],
+            cfg.coverage,
+            MIN_REAL,
+        )
         chosen["cross_fitted"] = int(len(crossfit["y"]))
     summary = model.answer.fit(logits, labels, tr["features"], tr["y"], val["features"], data.train.thickness_mm)
     summary["calibration_set"] = chosen
@@ -336,7 +432,7 @@ def _quiet():
 TRUNK_Z = 1.0
 
 
-def gate_trunk(run: Run, best: Path) -> Optional[dict]:
+def gate_trunk(run: Run, best: Path) -> dict | None:
     """Turn the trunk's alloy logits off (its classifier's weights zeroed: the graph then answers with the physics
     term alone) unless the selecting half of the validation split finds the model better than the term alone
     (``TRUNK_Z``); written into ``best``. The regression heads and the features are untouched. Returns what was
@@ -362,7 +458,7 @@ def gate_trunk(run: Run, best: Path) -> Optional[dict]:
         z = np.asarray(z, np.float64)
         return -log_softmax(z / fit_temperature(z, y), axis=1)[rows, y]
 
-    gain = nll(torch.cat(terms).numpy()) - nll(p["logits"])      # > 0 where the trunk helps
+    gain = nll(torch.cat(terms).numpy()) - nll(p["logits"])  # > 0 where the trunk helps
     z = float(gain.mean() / max(gain.std(ddof=1) / np.sqrt(len(gain)), 1e-12)) if len(gain) > 1 else 0.0
     keep = z >= TRUNK_Z
     summary = {"kept": keep, "gain": float(gain.mean()), "z": round(z, 2), "val_captures": int(len(y))}
@@ -375,7 +471,7 @@ def gate_trunk(run: Run, best: Path) -> Optional[dict]:
     return summary
 
 
-def cross_fitted(run: Run, best: Path) -> Optional[dict]:
+def cross_fitted(run: Run, best: Path) -> dict | None:
     """Cross-fitted scores of the training captures, when the calibration half of the validation split has fewer
     than ``answer.crossfit_below`` captures: the training plates dealt into ``answer.crossfit_folds`` folds
     (seeded), and for each a model trained by the same recipe without that fold, for as many epochs as this
@@ -396,16 +492,18 @@ def cross_fitted(run: Run, best: Path) -> Optional[dict]:
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xC5F]))
     fold_of = dict(zip(plates[rng.permutation(len(plates))], np.arange(len(plates)) % k))
     epochs = int(load_checkpoint(best)["epoch"])
-    console.print(f"calibration: {n_cal} validation captures < {below}: scoring the {len(train_rows)} training "
-                  f"captures cross-fitted ({k} folds by plate, {epochs} epochs each)")
+    console.print(
+        f"calibration: {n_cal} validation captures < {below}: scoring the {len(train_rows)} training "
+        f"captures cross-fitted ({k} folds by plate, {epochs} epochs each)"
+    )
     logits, ys = [], []
     for f in range(k):
         out = Path(cfg.out_dir) / "crossfit" / f"fold-{f}"
         out.mkdir(parents=True, exist_ok=True)
         df = data.manifest.copy()
-        held = (df.split == "train") & df.plate_id.map(lambda p: fold_of.get(p) == f).astype(bool)
+        held = (df.split == "train") & df.plate_id.map(lambda p, f=f: fold_of.get(p) == f).astype(bool)
         df.loc[held, "split"] = "crossfit"
-        write_manifest(df, out / "manifest.csv")
+        write_manifest(df, manifest_path(out))
         fold_cfg = cfg.model_copy(deep=True)
         fold_cfg.data.manifest, fold_cfg.out_dir, fold_cfg.epochs = str(out / "manifest.csv"), str(out), epochs
         fold_cfg.answer.crossfit_below, fold_cfg.progress, fold_cfg.pretrain = 0, False, None
@@ -420,7 +518,7 @@ def cross_fitted(run: Run, best: Path) -> Optional[dict]:
     return {"logits": np.concatenate(logits), "y": np.concatenate(ys)}
 
 
-def held_out_simulated(run: Run) -> Optional[dict]:
+def held_out_simulated(run: Run) -> dict | None:
     """Predictions on ``answer.simulated`` held-out simulated captures of the training data's simulated rig
     (a round no epoch drew), when training mixed simulated captures in or the store's validation captures
     found the forward model describing the rig (the physics term's correction was weighed and not needed:
@@ -431,12 +529,19 @@ def held_out_simulated(run: Run) -> Optional[dict]:
     n = cfg.answer.simulated if wanted else 0
     if not n or len(run.data.calibration) < MIN_REAL:
         return None
-    source = synthetic_for(cfg.data.synthetic.model_copy(update={"captures": n}), run.data.rigs, run.data.prior,
-                           CLASS_NAMES, cfg.seed, log=console.print, held_out=True)
+    source = synthetic_for(
+        cfg.data.synthetic.model_copy(update={"captures": n}),
+        run.data.rigs,
+        run.data.prior,
+        CLASS_NAMES,
+        cfg.seed,
+        log=console.print,
+        held_out=True,
+    )
     return predict(run.model, DataLoader(source, batch_size=cfg.data.eval_batch_size or 64), run.device)
 
 
-def describes_rig(correction: Optional[dict]) -> bool:
+def describes_rig(correction: dict | None) -> bool:
     """Whether the store's validation captures weighed the physics term's correction and kept the forward
     model's own tables (``alloynet.physics.correction``): the simulator's profiles fit the rig's captures."""
     return bool(correction and correction.get("decided") and not correction.get("corrected"))
@@ -452,20 +557,24 @@ def pretrain(cfg: TrainConfig, resume: bool = False) -> TrainConfig:
     raw.pop("pretrain")
     raw["data"].update(synthetic=p.synthetic.model_dump(mode="json"), synthetic_only=True)
     raw.update(epochs=p.epochs, out_dir=str(out))
-    console.print(f"pretraining on {p.synthetic.captures} simulated captures for up to {p.epochs} epochs "
-                  f"({'rig profile ' + p.synthetic.rig_profile if p.synthetic.rig_profile else 'nominal rig'})")
+    console.print(
+        f"pretraining on {p.synthetic.captures} simulated captures for up to {p.epochs} epochs "
+        f"({'rig profile ' + p.synthetic.rig_profile if p.synthetic.rig_profile else 'nominal rig'})"
+    )
     result = train(TrainConfig.model_validate(raw), resume=resume)
     fine = cfg.model_copy(deep=True)
     fine.model.init_from = str(result.checkpoint)
     fine.optim.lr = cfg.optim.lr * p.lr_factor
     fine.epochs = p.finetune_epochs or cfg.epochs
-    console.print(f"pretrained: best epoch {result.best_epoch}, val balanced accuracy "
-                  f"{result.metrics.get('balanced_accuracy', float('nan')):.3f}; fine-tuning on the store's captures "
-                  f"at lr {fine.optim.lr:.2e}")
+    console.print(
+        f"pretrained: best epoch {result.best_epoch}, val balanced accuracy "
+        f"{result.metrics.get('balanced_accuracy', float('nan')):.3f}; fine-tuning on the store's captures "
+        f"at lr {fine.optim.lr:.2e}"
+    )
     return fine
 
 
-def train(config: TrainConfig, resume: bool = False, on_epoch_end: Optional[EpochCallback] = None) -> TrainResult:
+def train(config: TrainConfig, resume: bool = False, on_epoch_end: EpochCallback | None = None) -> TrainResult:
     """Train ``config``; with ``resume`` continue from ``<out_dir>/last.pt`` if it exists.
 
     ``on_epoch_end(epoch, checkpoint_state)`` runs after each epoch's checkpoint is written (tests use it
@@ -485,16 +594,35 @@ def train(config: TrainConfig, resume: bool = False, on_epoch_end: Optional[Epoc
     for epoch in range(start, start if done else cfg.epochs):
         tr, val = run_epoch(run, epoch)
         lr = run.optimizer.param_groups[0]["lr"]
-        history.append({"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in tr.items()},
-                        **{f"val_{k}": v for k, v in val.items()}})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "lr": lr,
+                **{f"train_{k}": v for k, v in tr.items()},
+                **{f"val_{k}": v for k, v in val.items()},
+            }
+        )
         improved = run.early.improved(val[cfg.early_stop.metric])
         if improved:
-            best = {"epoch": epoch + 1, "metric": cfg.early_stop.metric, "value": val[cfg.early_stop.metric],
-                    "metrics": val}
-        state = {**run.meta, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                 "scheduler": run.schedule.state_dict(), "loss": run.criterion.state_dict(),
-                 "early_stop": run.early.state_dict(), "epoch": epoch + 1, "metrics": val, "history": history,
-                 "best": best, "stopped_early": run.early.should_stop}
+            best = {
+                "epoch": epoch + 1,
+                "metric": cfg.early_stop.metric,
+                "value": val[cfg.early_stop.metric],
+                "metrics": val,
+            }
+        state = {
+            **run.meta,
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.schedule.state_dict(),
+            "loss": run.criterion.state_dict(),
+            "early_stop": run.early.state_dict(),
+            "epoch": epoch + 1,
+            "metrics": val,
+            "history": history,
+            "best": best,
+            "stopped_early": run.early.should_stop,
+        }
         if run.env.is_main:
             _log_epoch(epoch, cfg, tr, val, lr)
             _save(run, state, improved, out)
@@ -509,18 +637,38 @@ def train(config: TrainConfig, resume: bool = False, on_epoch_end: Optional[Epoc
         if (out / "best.pt").exists():
             gate = gate_trunk(run, out / "best.pt")
             if gate is not None:
-                console.print(f"trunk: {'kept' if gate['kept'] else 'off, the physics term answers alone'} "
-                              f"(validation log-loss gain {gate['gain']:+.3f}, {gate['z']:.1f} sd, need {TRUNK_Z:g})")
+                console.print(
+                    f"trunk: {'kept' if gate['kept'] else 'off, the physics term answers alone'} "
+                    f"(validation log-loss gain {gate['gain']:+.3f}, {gate['z']:.1f} sd, need {TRUNK_Z:g})"
+                )
             answer = fit_answer(run, out / "best.pt")
             used = answer["calibration_set"]
-            sim = f" and {used['simulated']} held-out simulated" if used["simulated"] else (
-                f" (held-out simulated captures left out: the real ones disagree, p = {used['agreement_p']:.3f})"
-                if "agreement_p" in used else "")
+            sim = (
+                f" and {used['simulated']} held-out simulated"
+                if used["simulated"]
+                else (
+                    f" (held-out simulated captures left out: the real ones disagree, p = {used['agreement_p']:.3f})"
+                    if "agreement_p" in used
+                    else ""
+                )
+            )
             cross = used.get("cross_fitted", 0)
             real = f"{used['real'] - cross} validation and {cross} cross-fitted training" if cross else used["real"]
-            console.print(f"calibrated on {real} captures{sim}: temperature "
-                          f"{answer['temperature']:.3f}, conformal threshold {answer['qhat']:.3f} for "
-                          f"{answer['coverage']:.0%} coverage")
+            console.print(
+                f"calibrated on {real} captures{sim}: temperature "
+                f"{answer['temperature']:.3f}, conformal threshold {answer['qhat']:.3f} for "
+                f"{answer['coverage']:.0%} coverage"
+            )
     cleanup(run.env)
-    return TrainResult(out / "best.pt", out / "last.pt", out, out / "config.yaml", dict(best.get("metrics", {})),
-                       int(best["epoch"]), len(history), run.early.should_stop, run.meta["manifest_hash"], history)
+    return TrainResult(
+        out / "best.pt",
+        out / "last.pt",
+        out,
+        out / "config.yaml",
+        dict(best.get("metrics", {})),
+        int(best["epoch"]),
+        len(history),
+        run.early.should_stop,
+        run.meta["manifest_hash"],
+        history,
+    )

@@ -6,6 +6,7 @@ chromium itself (``--remote-debugging-port=0``) and read back from the profile's
 so no fixed port is assumed free. The protocol client is a few lines over ``websockets`` (a Prefect
 dependency), so there is no driver binary to match to the browser's version.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,10 +20,20 @@ from typing import Any
 
 from infra.processes import alive, stop_group, tail
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",
-         "--disable-dev-shm-usage", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-         "--window-size=1400,1000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-dev-shm-usage",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",
+    "--window-size=1400,1000",
+]
 
 
 def chromium_binary() -> str | None:
@@ -43,7 +54,7 @@ class Chromium:
         self._ids = itertools.count(1)
 
     # ---- lifecycle ----------------------------------------------------------------------------------
-    def __enter__(self) -> "Chromium":
+    def __enter__(self) -> Chromium:
         self.start()
         return self
 
@@ -56,9 +67,13 @@ class Chromium:
         self.profile.mkdir(parents=True, exist_ok=True)
         log = self.profile / "chromium.log"
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen([self.binary, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [self.binary, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         active = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + self.timeout
         while not (active.exists() and active.read_text().strip()):
@@ -105,14 +120,18 @@ class Chromium:
     def evaluate(self, expression: str) -> Any:
         res = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
         if "exceptionDetails" in res:
-            raise RuntimeError(f"{expression}: {res['exceptionDetails'].get('text')} "
-                               f"{res['exceptionDetails'].get('exception', {}).get('description', '')}")
+            raise RuntimeError(
+                f"{expression}: {res['exceptionDetails'].get('text')} "
+                f"{res['exceptionDetails'].get('exception', {}).get('description', '')}"
+            )
         return res["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 30.0, interval: float = 0.5) -> Any:
         """Evaluate ``expression`` until it is truthy; return its value (raises TimeoutError with the page text)."""
         deadline = time.monotonic() + timeout
-        guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return null; }} }})()"  # page may be mid-load
+        guarded = (
+            f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return null; }} }})()"  # page may be mid-load
+        )
         while True:
             value = self.evaluate(guarded)
             if value:

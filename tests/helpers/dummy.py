@@ -6,6 +6,7 @@
 Uses the real simulator (tiny images) so captures are physically consistent, and deletes everything on
 exit. ``corrupt_capture`` damages a stored capture in one named way, for validation/quarantine tests.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,25 @@ from alloynet.physics.simulator import RigConfig
 
 
 class DummyCaptureStore:
-    def __init__(self, n_max: int = 4, size: int = 32, seed: int = 0, imbalance_ratio: float = 4.0,
-                 captures_per_plate: int = 1, kvp: tuple[float, ...] = (50.0,), root: str | Path | None = None,
-                 **spec):
-        self.spec = DatasetSpec(n_max=n_max, imbalance_ratio=imbalance_ratio, seed=seed,
-                                captures_per_plate=captures_per_plate,
-                                rig=RigConfig(height=size, width=size, kvp=list(kvp)), **spec)
+    def __init__(
+        self,
+        n_max: int = 4,
+        size: int = 32,
+        seed: int = 0,
+        imbalance_ratio: float = 4.0,
+        captures_per_plate: int = 1,
+        kvp: tuple[float, ...] = (50.0,),
+        root: str | Path | None = None,
+        **spec,
+    ):
+        self.spec = DatasetSpec(
+            n_max=n_max,
+            imbalance_ratio=imbalance_ratio,
+            seed=seed,
+            captures_per_plate=captures_per_plate,
+            rig=RigConfig(height=size, width=size, kvp=list(kvp)),
+            **spec,
+        )
         self._root = Path(root) if root else None
         self._tmp: str | None = None
 

@@ -3,6 +3,7 @@
 Regenerate deliberately, after a change you have understood, with ``ALLOYNET_EXPECT_ACCEPT=1 pytest ...``
 (as torchvision's EXPECTTEST_ACCEPT=1); never to make a failing test pass.
 """
+
 from __future__ import annotations
 
 import json

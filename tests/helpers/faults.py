@@ -2,6 +2,7 @@
 objects between list and get, and a snapshot of what a store holds (to prove nothing stored was lost, changed
 or duplicated).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,7 @@ import io
 import json
 import struct
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 from alloynet.captures.stores import ObjectStore
 
@@ -56,6 +57,7 @@ def poison_sidecars(template: bytes, victim_image: str) -> dict[str, bytes]:
             for h in head:
                 d = d[h]
             d[last] = value
+
         return change
 
     deep = {}
@@ -76,8 +78,10 @@ def poison_sidecars(template: bytes, victim_image: str) -> dict[str, bytes]:
         "poison-list": b"[1, 2, 3]",
         "poison-utf8": b"\xff\xfe{\x00}",
         "poison-empty": b"",
-        "poison-name": variant("poison-name", lambda sc: (setp("capture_id", "someone-else")(sc),
-                                                          setp("image.file", "someone-else.png")(sc))),
+        "poison-name": variant(
+            "poison-name",
+            lambda sc: (setp("capture_id", "someone-else")(sc), setp("image.file", "someone-else.png")(sc)),
+        ),
         "poison-kvp": variant("poison-kvp", setp("rig.kvp", [-50.0])),
     }
     assert set(out) == set(POISON)

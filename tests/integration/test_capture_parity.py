@@ -3,6 +3,7 @@ Triton over gRPC (alloynet's own backend) and TorchServe over gRPC. Each must gi
 same answer, a bad capture must not fail the others of its batch, and a capture sent without calibration or
 wedge size must get an answer that says so (never a confident guess). The README's tritonclient example runs
 against the same Triton."""
+
 from __future__ import annotations
 
 import io
@@ -21,9 +22,15 @@ pytestmark = [pytest.mark.serving, pytest.mark.slow]
 README = Path(__file__).resolve().parents[2] / "serving" / "README.md"
 
 # case -> the status the graph must give it
-EXPECTED = {"good": "ok", "nan_pixel": "image_not_finite", "over_max_adu": "image_out_of_range",
-            "missing_calibration": "calibration_missing", "flat_not_above_dark": "flat_not_above_dark",
-            "unknown_wedge": "wedge_missing", "wedge_in_cm": "wedge_out_of_range"}
+EXPECTED = {
+    "good": "ok",
+    "nan_pixel": "image_not_finite",
+    "over_max_adu": "image_out_of_range",
+    "missing_calibration": "calibration_missing",
+    "flat_not_above_dark": "flat_not_above_dark",
+    "unknown_wedge": "wedge_missing",
+    "wedge_in_cm": "wedge_out_of_range",
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +42,19 @@ def cases() -> dict[str, dict[str, np.ndarray]]:
     nan[0, 3, 4] = np.nan
     over[0, 10, 10] = 70000.0
     swapped = cal[:, ::-1].copy()
-    made = {"good": (image, cal, wedge), "nan_pixel": (nan, cal, wedge), "over_max_adu": (over, cal, wedge),
-            "missing_calibration": (image, np.zeros_like(cal), wedge), "flat_not_above_dark": (image, swapped, wedge),
-            "unknown_wedge": (image, cal, np.zeros_like(wedge)), "wedge_in_cm": (image, cal, wedge * 1000.0)}
-    return {k: {"image": i, "calibration": c.astype(np.float32), "wedge_mm": w.astype(np.float32)}
-            for k, (i, c, w) in made.items()}
+    made = {
+        "good": (image, cal, wedge),
+        "nan_pixel": (nan, cal, wedge),
+        "over_max_adu": (over, cal, wedge),
+        "missing_calibration": (image, np.zeros_like(cal), wedge),
+        "flat_not_above_dark": (image, swapped, wedge),
+        "unknown_wedge": (image, cal, np.zeros_like(wedge)),
+        "wedge_in_cm": (image, cal, wedge * 1000.0),
+    }
+    return {
+        k: {"image": i, "calibration": c.astype(np.float32), "wedge_mm": w.astype(np.float32)}
+        for k, (i, c, w) in made.items()
+    }
 
 
 def _batch(cases) -> dict[str, np.ndarray]:
@@ -158,23 +173,28 @@ def test_torchserve_gives_the_same_status_and_answer(torchserve, bundle, cases, 
     with grpc.insecure_channel(torchserve.grpc_target) as channel:
         stub = services.InferenceAPIsServiceStub(channel)
         for i, (name, case) in enumerate(cases.items()):
-            req = pb.PredictionsRequest(model_name="alloynet", input={
-                "data": _npy(case["image"]), "calibration": json.dumps(case["calibration"].tolist()).encode(),
-                "wedge_mm": json.dumps(float(case["wedge_mm"][0])).encode()})
+            req = pb.PredictionsRequest(
+                model_name="alloynet",
+                input={
+                    "data": _npy(case["image"]),
+                    "calibration": json.dumps(case["calibration"].tolist()).encode(),
+                    "wedge_mm": json.dumps(float(case["wedge_mm"][0])).encode(),
+                },
+            )
             body = json.loads(stub.Predictions(req, metadata=metadata, timeout=30).prediction)
             status = EXPECTED[name]
             code = contract.STATUS_CODES[status]
             if contract.is_refused(code):
-                field, message = contract.status_message(code, float(reference["status_value"][i]),
-                                                         bundle.meta.max_adu)
+                field, message = contract.status_message(code, float(reference["status_value"][i]), bundle.meta.max_adu)
                 assert body["error"]["status"] == status and body["error"]["field"] == field, name
                 assert body["error"]["message"] == message, name
                 continue
             assert body["status"] == status, name
             got = [body["probabilities"][c] for c in bundle.meta.class_names]
             np.testing.assert_allclose(got, reference["probabilities"][i], atol=1e-4, err_msg=name)
-            want_set = [c for c, m in zip(bundle.meta.class_names, reference["prediction_set"][i], strict=True)
-                        if m > 0.5]
+            want_set = [
+                c for c, m in zip(bundle.meta.class_names, reference["prediction_set"][i], strict=True) if m > 0.5
+            ]
             assert body["prediction_set"] == want_set, name
 
 
@@ -185,8 +205,9 @@ def test_the_readmes_tritonclient_example_reads_named_answers(triton, bundle, ca
     scope: dict = {}
     exec(compile(code, str(README), "exec"), scope)
     for i, (name, case) in enumerate(cases.items()):
-        answer = scope["read_answer"](triton.grpc_target, case["image"], case["calibration"],
-                                      float(case["wedge_mm"][0]))
+        answer = scope["read_answer"](
+            triton.grpc_target, case["image"], case["calibration"], float(case["wedge_mm"][0])
+        )
         assert answer["status"] == EXPECTED[name]
         if "probabilities" in answer:
             got = [answer["probabilities"][c] for c in bundle.meta.class_names]
@@ -200,10 +221,13 @@ def test_the_readmes_tritonclient_example_reads_named_answers(triton, bundle, ca
 def test_torchserve_describes_the_model_with_the_contracts_names(torchserve, bundle):
     import urllib.request
 
-    req = urllib.request.Request(f"http://127.0.0.1:{torchserve.management_port}/models/alloynet?customized=true",
-                                 headers={"Authorization": f"Bearer {torchserve.keys()['management']}"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{torchserve.management_port}/models/alloynet?customized=true",
+        headers={"Authorization": f"Bearer {torchserve.keys()['management']}"},
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         described = json.loads(r.read())[0]["customizedMetadata"]
     described = json.loads(described) if isinstance(described, str) else described
-    assert described == contract.description(bundle.meta.class_names, bundle.meta.class_groups,
-                                             bundle.meta.coverage, bundle.meta.max_adu)
+    assert described == contract.description(
+        bundle.meta.class_names, bundle.meta.class_groups, bundle.meta.coverage, bundle.meta.max_adu
+    )

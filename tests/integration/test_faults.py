@@ -4,6 +4,7 @@ Kills the object store and the ingest process mid-run, deletes objects between l
 ingests, aliases an image and feeds poison sidecars; after each, asserts that no stored capture was lost,
 changed or duplicated, and that re-running converges to the manifest a run without faults produces.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,7 @@ from alloynet.data.manifest import ingest_and_refresh
 from infra.processes import alive
 from tests.helpers import ROOT
 from tests.helpers.dummy import DummyCaptureStore
-from tests.helpers.faults import (POISON, POISON_KEYS, LosingStore, png_bomb, poison_sidecars, snapshot,
-                                 tiff_declaring)
+from tests.helpers.faults import POISON, POISON_KEYS, LosingStore, png_bomb, poison_sidecars, snapshot, tiff_declaring
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +56,15 @@ def _sidecars(store) -> int:
 
 def _cli(args: list[str], env: dict | None = None) -> subprocess.Popen:
     """`alloynet ...` in its own process group (so it can be killed by PID with whatever it spawned)."""
-    return subprocess.Popen([sys.executable, "-m", "alloynet.cli", *args], cwd=ROOT, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "alloynet.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _kill_when(proc: subprocess.Popen, dest: LocalStore, n: int, timeout: float = 60) -> int:
@@ -142,8 +149,13 @@ def test_store_killed_mid_ingest_then_restarted(source, tmp_path):
 def _client(srv):
     import boto3
 
-    return boto3.client("s3", endpoint_url=srv.endpoint, aws_access_key_id=srv.access_key,
-                        aws_secret_access_key=srv.secret_key, region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=srv.endpoint,
+        aws_access_key_id=srv.access_key,
+        aws_secret_access_key=srv.secret_key,
+        region_name="us-east-1",
+    )
 
 
 class SlowSource:
@@ -326,9 +338,11 @@ def test_hostile_labels_images_bombs_and_keys_on_s3(source, s3_server, s3_bucket
     assert snapshot(dest) == stored and (dest.root / "manifest.csv").read_bytes() == reference
 
     corrections = tmp_path / "corrections.csv"
-    corrections.write_text("capture_id,field,value,who,why\n"
-                           f"{relabelled},alloy,{new_alloy},lab,re-measured\n"
-                           f"{relabelled},plate_id,plate-corrected,lab,re-engraved\n")
+    corrections.write_text(
+        "capture_id,field,value,who,why\n"
+        f"{relabelled},alloy,{new_alloy},lab,re-measured\n"
+        f"{relabelled},plate_id,plate-corrected,lab,re-engraved\n"
+    )
     fix = _cli(["data", "relabel", str(dest.root), str(corrections)])
     out, err = fix.communicate(timeout=120)
     assert fix.returncode == 0 and "1 conflict(s) released" in out and "(updated)" in out, out + err

@@ -1,5 +1,6 @@
 """A lab's first day end to end: TIFFs + a labels CSV -> `alloynet import` -> `alloynet train --store` with no
 config -> `alloynet evaluate` -> `alloynet package triton` and `package torchserve` (export and parity checks)."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """The line-monitor flow on a real (temporary) Prefect server: a quiet night completes with its report and
 verification list; a night whose flats were taken at another level fails with a drift alarm that names the
 cause and the action, as an artifact and an ERROR log line."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,14 @@ def test_quiet_night_then_a_drift_alarm(prefect_harness, tmp_path):  # noqa: F81
     from flows.monitor import line_monitor
 
     quiet = _line_store(tmp_path / "quiet", 1.0)
-    state = line_monitor(data_dir=str(quiet.root), registry=str(tmp_path / "registry"), work_dir=str(tmp_path / "w"),
-                         day=DAY.date().isoformat(), budget=6, return_state=True)
+    state = line_monitor(
+        data_dir=str(quiet.root),
+        registry=str(tmp_path / "registry"),
+        work_dir=str(tmp_path / "w"),
+        day=DAY.date().isoformat(),
+        budget=6,
+        return_state=True,
+    )
     assert state.is_completed(), state.message
     out = state.result()
     assert out["report"]["captures"] > 0 and not out["alarms"]
@@ -52,8 +59,14 @@ def test_quiet_night_then_a_drift_alarm(prefect_harness, tmp_path):  # noqa: F81
     assert _artifacts("line-monitor") and _artifacts("line-verify") and _artifacts("line-history")
 
     drifted = _line_store(tmp_path / "drifted", 1.6)
-    state = line_monitor(data_dir=str(drifted.root), registry=str(tmp_path / "registry"),
-                         work_dir=str(tmp_path / "w"), day=DAY.date().isoformat(), budget=6, return_state=True)
+    state = line_monitor(
+        data_dir=str(drifted.root),
+        registry=str(tmp_path / "registry"),
+        work_dir=str(tmp_path / "w"),
+        day=DAY.date().isoformat(),
+        budget=6,
+        return_state=True,
+    )
     assert state.is_failed()
     assert "drift" in state.message and "re-take the flat" in state.message
     alarm = _artifacts("line-alarms")[0]

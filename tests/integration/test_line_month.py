@@ -1,5 +1,6 @@
 """A simulated line at small scale: a detector gain-map change is caught within 2 nights, an undrifted stretch
 raises nothing, and the verified random picks give a live estimate."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -28,8 +29,19 @@ def test_a_drift_is_caught_within_two_nights(kind):
     x_cal, _, y_cal = line.captures(80, False, rng)
     x_te, _, y_te = line.captures(100, False, rng)
     x_dt, _, y_dt = line.captures(100, True, rng)
-    rows = b._month(line, 0, days=10, drift_day=7, per_day=30, budget=10, random_share=0.5, alpha=0.01,
-                    test_n=100, pre=((x_tr, d_tr, y_tr), (x_cal, y_cal), (x_te, y_te)), drifted_test=(x_dt, y_dt))
+    rows = b._month(
+        line,
+        0,
+        days=10,
+        drift_day=7,
+        per_day=30,
+        budget=10,
+        random_share=0.5,
+        alpha=0.01,
+        test_n=100,
+        pre=((x_tr, d_tr, y_tr), (x_cal, y_cal), (x_te, y_te)),
+        drifted_test=(x_dt, y_dt),
+    )
     assert not any(r["drift_alarm"] for r in rows if not r["drifted"])
     first = next(r["day"] for r in rows if r["drift_alarm"])
     assert first - 7 + 1 <= 2

@@ -1,5 +1,6 @@
 """Population-based training on a local Ray cluster started in this process (Ray Tune's scheduler over
 alloynet's own training loop): members copy the better member's weights and perturb its hyperparameters."""
+
 import glob
 import json
 import math
@@ -21,9 +22,19 @@ def test_pbt_population_exploits_and_perturbs_and_leaves_an_alloynet_checkpoint(
     from tests.helpers.dummy import DummyCaptureStore
 
     # members hand checkpoints over through a storage path of their own (on a cluster: the shared volume)
-    cfg = PBTConfig(store="unset", out_dir=str(tmp_path / "pbt"), architecture="fnn", population=2, epochs=2,
-                    interval=1, quantile=0.5, cpus=2, lr=(1e-3, 1e-2), train={"data.batch_size": 16},
-                    storage_path=str(tmp_path / "shared"))
+    cfg = PBTConfig(
+        store="unset",
+        out_dir=str(tmp_path / "pbt"),
+        architecture="fnn",
+        population=2,
+        epochs=2,
+        interval=1,
+        quantile=0.5,
+        cpus=2,
+        lr=(1e-3, 1e-2),
+        train={"data.batch_size": 16},
+        storage_path=str(tmp_path / "shared"),
+    )
     before = set(glob.glob(f"{tempfile.gettempdir()}/ray-*"))
     with DummyCaptureStore(n_max=4, size=32, imbalance_ratio=2, seed=5) as (store, _):
         summary = run_pbt(cfg.model_copy(update={"store": str(store.root)}))

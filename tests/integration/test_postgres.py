@@ -1,5 +1,6 @@
 """The project's PostgreSQL lifecycle (infra/postgres.py): own data directory, loopback only, password
 required, databases that survive a restart, a clean stop by PID."""
+
 import socket
 
 import pytest

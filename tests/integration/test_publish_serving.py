@@ -1,4 +1,5 @@
 """Publishing the champion's Triton repository to the S3 prefix the serving fleet reads (real SeaweedFS)."""
+
 import json
 
 import pytest
@@ -39,8 +40,17 @@ def test_champion_becomes_the_newest_triton_version_and_rollback_too(s3_server, 
     assert b"v2" in target.get("alloynet/config.pbtxt")
 
     # a rollback is a new generation: the old champion's files become the newest Triton version
-    res = CliRunner().invoke(app, ["registry", "rollback", "-r", str(tmp_path / "registry"), "--serve-to",
-                                   f"s3://{s3_bucket}/serving/triton?endpoint={s3_server.endpoint}"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "registry",
+            "rollback",
+            "-r",
+            str(tmp_path / "registry"),
+            "--serve-to",
+            f"s3://{s3_bucket}/serving/triton?endpoint={s3_server.endpoint}",
+        ],
+    )
     assert res.exit_code == 0, res.output
     marker = json.loads(target.get("CHAMPION.json"))
     assert marker["version"] == v1 and marker["generation"] > m2["generation"]

@@ -1,5 +1,6 @@
 """Two processes promoting and rolling back at once, and a promoter killed again and again: every promotion
 that reported success is the champion's generation moving by one, with exactly one event in the history."""
+
 from __future__ import annotations
 
 import json
@@ -66,9 +67,15 @@ def _publish(reg: ModelRegistry, tmp_path, n: int = 4) -> list[str]:
 
 
 def _worker(uri: str, tag: str, seconds: float, out, seed: int, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _WORKER, uri, tag, str(seconds), str(out), str(seed)], cwd=ROOT,
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _WORKER, uri, tag, str(seconds), str(out), str(seed)],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _moves(reg: ModelRegistry) -> list[dict]:

@@ -1,4 +1,5 @@
 """S3 store and ingest against a real S3-compatible server (SeaweedFS) on 127.0.0.1."""
+
 import time
 
 import pytest
@@ -165,8 +166,13 @@ def test_objectstore_restarts_on_existing_data(tmp_path):
     srv = objectstore.start(d, buckets=("captures", "models"), timeout=90)
     try:
         port = int(srv.endpoint.rsplit(":", 1)[1])
-        client = lambda s: boto3.client("s3", endpoint_url=s.endpoint, aws_access_key_id=s.access_key,  # noqa: E731
-                                        aws_secret_access_key=s.secret_key, region_name="us-east-1")
+        client = lambda s: boto3.client(
+            "s3",
+            endpoint_url=s.endpoint,
+            aws_access_key_id=s.access_key,  # noqa: E731
+            aws_secret_access_key=s.secret_key,
+            region_name="us-east-1",
+        )
         client(srv).put_object(Bucket="captures", Key="a.json", Body=b"kept")
         with pytest.raises(RuntimeError, match="already runs on"):
             objectstore.start(d, buckets=("captures",), timeout=5)

@@ -2,6 +2,7 @@
 command line, the model unloaded behind the supervisor's back. A real supervisor with a real Triton (no
 TorchServe), on free ports, one champion; stopped at the end whatever happened. The tests run in file order.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -52,8 +53,11 @@ def reference(bundle, capture):
     """What the genuine release answers (in-process ONNX Runtime)."""
     from alloynet.export import onnx_session
 
-    feed = {"image": capture["image"][None].astype(np.float32), "calibration": capture["calibration"][None],
-            "wedge_mm": np.array([[capture["wedge_mm"]]], np.float32)}
+    feed = {
+        "image": capture["image"][None].astype(np.float32),
+        "calibration": capture["calibration"][None],
+        "wedge_mm": np.array([[capture["wedge_mm"]]], np.float32),
+    }
     return onnx_session(bundle.path("onnx")).run(["probabilities"], feed)[0][0]
 
 
@@ -63,8 +67,20 @@ def serve(registry, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("serve")
     port = free_port()
-    args = ["serve", "start", "--dir", str(d), "--registry", str(registry.store.root), "--poll", "1",
-            "--health-every", "2", "--triton-grpc-port", str(port)]
+    args = [
+        "serve",
+        "start",
+        "--dir",
+        str(d),
+        "--registry",
+        str(registry.store.root),
+        "--poll",
+        "1",
+        "--health-every",
+        "2",
+        "--triton-grpc-port",
+        str(port),
+    ]
     try:
         r = _cli(*args)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -93,7 +109,7 @@ def test_a_tampered_cached_release_is_refused_and_fetched_again(serve, capture, 
     assert _cli("serve", "stop", "--dir", str(serve["dir"])).returncode == 0
     [onnx] = (serve["dir"] / "releases").glob("g*/triton/alloynet/*/model.onnx")
     data = bytearray(onnx.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)   # inside the weights
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # inside the weights
     onnx.write_bytes(bytes(data))
     r = _cli(*serve["args"])
     assert r.returncode == 0, r.stdout + r.stderr
@@ -141,7 +157,7 @@ def test_an_unloaded_model_is_loaded_again_and_status_says_so(serve, capture, re
         client.unload_model("alloynet", headers=triton.admin_headers(key))
         t0 = time.monotonic()
         said = []
-        while time.monotonic() - t0 < 15:   # the issue's bound: back within seconds, not at the next promotion
+        while time.monotonic() - t0 < 15:  # the issue's bound: back within seconds, not at the next promotion
             st = _state(serve)
             said.append((st["status"], st["servers"]["triton"]["ready"]))
             if said[-1] == ("serving", True) and client.is_model_ready("alloynet"):
@@ -158,10 +174,13 @@ def test_an_unloaded_model_is_loaded_again_and_status_says_so(serve, capture, re
     assert r.returncode == 0 and "model ready" in r.stdout, r.stdout + r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="Triton 2.51's core checks byte sizes before any backend sees the request: "
-                   "a raw batch of 0 is refused with \"input byte size mismatch for input 'wedge_mm' ... Expected 4, "
-                   "got 0\"; alloynet_ort.cc would say 'expected [B, C, H, W] with B >= 1'. The client refuses it "
-                   "as 'empty batch' before sending (tests/unit/serving/test_client.py)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="Triton 2.51's core checks byte sizes before any backend sees the request: "
+    "a raw batch of 0 is refused with \"input byte size mismatch for input 'wedge_mm' ... Expected 4, "
+    "got 0\"; alloynet_ort.cc would say 'expected [B, C, H, W] with B >= 1'. The client refuses it "
+    "as 'empty batch' before sending (tests/unit/serving/test_client.py)",
+)
 def test_a_raw_empty_batch_is_refused_as_an_empty_batch(serve):
     """Issue 25 item 11: batch 0 was refused with an error about wedge_mm's byte size."""
     import tritonclient.grpc as grpcclient
@@ -171,8 +190,11 @@ def test_a_raw_empty_batch_is_refused_as_an_empty_batch(serve):
 
     client = grpcclient.InferenceServerClient(serve["target"])
     try:
-        shapes = {contract.INPUT_NAMES[0]: [0, 1, 64, 64], contract.INPUT_NAMES[1]: [0, 1, 2],
-                  contract.INPUT_NAMES[2]: [0, 1]}
+        shapes = {
+            contract.INPUT_NAMES[0]: [0, 1, 64, 64],
+            contract.INPUT_NAMES[1]: [0, 1, 2],
+            contract.INPUT_NAMES[2]: [0, 1],
+        }
         inputs = []
         for name, shape in shapes.items():
             tensor = grpcclient.InferInput(name, shape, "FP32")

@@ -1,4 +1,5 @@
 """The study end to end on a tiny grid: outputs, reproducibility under a seed, resume of finished runs."""
+
 import json
 
 import pandas as pd
@@ -10,16 +11,27 @@ pytestmark = pytest.mark.slow
 
 
 def _cfg(tmp_path, work="work", out="out"):
-    return StudyConfig.model_validate({
-        "name": "tiny", "out_dir": str(tmp_path / out), "work_dir": str(tmp_path / work),
-        "architectures": ["fnn"], "losses": [{"name": "ce"}, {"name": "focal", "kwargs": {"gamma": 2.0}}],
-        "imbalance_ratios": [1, 10], "seeds": [0, 1],
-        "data": {"n_max": 5, "test_plates_per_class": 2, "captures_per_plate": 1, "thickness_range_mm": [1.0, 2.0],
-                 "rig": {"height": 32, "width": 32}},
-        "train": {"epochs": 1, "data.batch_size": 16},
-        "ood": [{"name": "thick_6_7mm", "thickness_range_mm": [6.0, 7.0]}, {"case": "drift_3pct_no_calibration"}],
-        "ceiling_plates": 15,
-    })
+    return StudyConfig.model_validate(
+        {
+            "name": "tiny",
+            "out_dir": str(tmp_path / out),
+            "work_dir": str(tmp_path / work),
+            "architectures": ["fnn"],
+            "losses": [{"name": "ce"}, {"name": "focal", "kwargs": {"gamma": 2.0}}],
+            "imbalance_ratios": [1, 10],
+            "seeds": [0, 1],
+            "data": {
+                "n_max": 5,
+                "test_plates_per_class": 2,
+                "captures_per_plate": 1,
+                "thickness_range_mm": [1.0, 2.0],
+                "rig": {"height": 32, "width": 32},
+            },
+            "train": {"epochs": 1, "data.batch_size": 16},
+            "ood": [{"name": "thick_6_7mm", "thickness_range_mm": [6.0, 7.0]}, {"case": "drift_3pct_no_calibration"}],
+            "ceiling_plates": 15,
+        }
+    )
 
 
 def test_study_tables_plots_reproducibility_and_resume(tmp_path, monkeypatch):
@@ -77,13 +89,15 @@ def test_study_tables_plots_reproducibility_and_resume(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(fresh[cols], results[cols])
 
 
-
 def _check_failure_reporting(cfg, results, tmp_path):
     """What the work-pool study writes when a cell failed on every attempt: tables over the others, and
     the missing cell named with its reason in results.md, README.md, study.json and results.csv."""
     from alloynet.study.runner import shared_sets, write_outputs
 
-    failed = {"cell": "fnn-focal-rho10-s1", "reason": "crashed after 2 run(s): worker w1 stopped (no heartbeat for 9 s)"}
+    failed = {
+        "cell": "fnn-focal-rho10-s1",
+        "reason": "crashed after 2 run(s): worker w1 stopped (no heartbeat for 9 s)",
+    }
     assert results.iloc[-1][["arch", "loss", "rho", "seed"]].tolist() == ["fnn", "focal", 10, 1]
     test_root, ood_roots = shared_sets(cfg)
     part = cfg.model_copy(update={"out_dir": str(tmp_path / "partial")})
@@ -95,7 +109,9 @@ def _check_failure_reporting(cfg, results, tmp_path):
     assert "**1 of 8 cells did not finish** (fnn-focal-rho10-s1" in (out / "README.md").read_text()
     assert json.loads((out / "study.json").read_text())["failed_cells"] == [failed]
     csv = pd.read_csv(out / "results.csv")
-    assert list(csv.status) == ["ok"] * (7 + 8) + ["failed"] and csv.error.iloc[-1] == failed["reason"]  # 8 baseline rows
+    assert (
+        list(csv.status) == ["ok"] * (7 + 8) + ["failed"] and csv.error.iloc[-1] == failed["reason"]
+    )  # 8 baseline rows
     assert "fnn-focal-rho10-s1" not in {p.name for p in (out / "runs").iterdir()}
 
     none = cfg.model_copy(update={"out_dir": str(tmp_path / "none")})

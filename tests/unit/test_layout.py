@@ -3,13 +3,14 @@
 Every import counts: at the top of a module, inside a function, and a module named by a string literal to
 ``importlib.import_module``. Each source file is parsed once (a few hundred files: well under a second).
 """
+
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
 from collections import defaultdict
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,12 @@ def imported_names(tree: ast.AST) -> list[str]:
             names.append(node.module)
         elif isinstance(node, ast.Import):
             names.extend(a.name for a in node.names)
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             fn = node.func
             called = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
             if called in ("import_module", "__import__"):
@@ -46,11 +51,14 @@ def imported_names(tree: ast.AST) -> list[str]:
     return names
 
 
-@lru_cache(maxsize=None)
+@cache
 def imports() -> dict[Path, list[str]]:
     """Each source file of the top-level packages -> the modules it imports."""
-    return {path: imported_names(ast.parse(path.read_text(), str(path)))
-            for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))}
+    return {
+        path: imported_names(ast.parse(path.read_text(), str(path)))
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
 
 
 def top_level_edges() -> dict[str, dict[str, set[str]]]:
@@ -84,20 +92,26 @@ def package_edges() -> dict[str, set[str]]:
 def test_top_level_packages_import_one_way(package):
     edges = top_level_edges()
     assert edges[package], f"no imports found in {package}/: is the tree where the test looks ({ROOT})?"
-    wrong = {dst: sorted(files) for dst, files in edges[package].items()
-             if dst in PACKAGES and dst != package and dst not in ALLOWED[package]}
+    wrong = {
+        dst: sorted(files)
+        for dst, files in edges[package].items()
+        if dst in PACKAGES and dst != package and dst not in ALLOWED[package]
+    }
     allowed = sorted(ALLOWED[package]) or f"none of {PACKAGES}"
     assert not wrong, f"{package} may import only {allowed}; found {wrong}"
-    banned = {dst: sorted(files) for dst, files in edges[package].items()
-              if dst in FORBIDDEN_LIBRARIES.get(package, ())}
+    banned = {
+        dst: sorted(files) for dst, files in edges[package].items() if dst in FORBIDDEN_LIBRARIES.get(package, ())
+    }
     assert not banned, f"{package} must not import {sorted(FORBIDDEN_LIBRARIES[package])}; found {banned}"
     if package != "alloynet":
         assert "alloynet" in edges[package], f"{package} is built on alloynet, yet imports nothing of it"
 
 
 def test_the_direction_check_sees_every_kind_of_import():
-    tree = ast.parse("import infra.serve\nfrom serving.client import connect\n"
-                     "def f():\n    import prefect\n    importlib.import_module('flows.cli')\n")
+    tree = ast.parse(
+        "import infra.serve\nfrom serving.client import connect\n"
+        "def f():\n    import prefect\n    importlib.import_module('flows.cli')\n"
+    )
     assert imported_names(tree) == ["infra.serve", "serving.client", "prefect", "flows.cli"]
 
 
@@ -116,11 +130,13 @@ def test_no_import_cycles_between_packages():
 
 
 def test_decoding_a_capture_loads_no_physics_torch_or_schema():
-    code = ("import sys, serving.client; from serving.client.captures import decode; "
-            "from alloynet.captures.image import encode_image; import numpy as np; "
-            "decode(encode_image(np.full((1, 8, 8), 1000, np.uint16))[0]); "
-            "print(sorted(m for m in ('scipy', 'xraydb', 'spekpy', 'torch', 'pydantic', 'pandas', 'grpc') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, serving.client; from serving.client.captures import decode; "
+        "from alloynet.captures.image import encode_image; import numpy as np; "
+        "decode(encode_image(np.full((1, 8, 8), 1000, np.uint16))[0]); "
+        "print(sorted(m for m in ('scipy', 'xraydb', 'spekpy', 'torch', 'pydantic', 'pandas', 'grpc') "
+        "if m in sys.modules))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"

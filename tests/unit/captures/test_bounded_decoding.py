@@ -1,5 +1,6 @@
 """Bounded decoding: the image header is read first, and an image that declares more pixels or pages than
 the limits, or another shape than its sidecar, is refused before anything is allocated."""
+
 from __future__ import annotations
 
 import io
@@ -63,14 +64,21 @@ def test_ingest_quarantines_a_bomb_and_stays_small(capture, tmp_path):
     sc.image.sha256 = sha256(bomb)
     st.put(f"captures/{cid}.png", bomb, overwrite=True)
     st.put(f"captures/{cid}.json", sc.model_dump_json().encode(), overwrite=True)
-    code = ("import resource, sys; from alloynet.captures.stores import LocalStore; "
-            "from alloynet.captures.ingest import ingest; "
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-            "res = ingest(LocalStore(sys.argv[1]), LocalStore(sys.argv[2]), accepted_sizes={(32, 32)}); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before); "
-            "print(list(res.quarantined.values()))")
-    out = subprocess.run([sys.executable, "-c", code, str(st.root), str(tmp_path / "dest")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    code = (
+        "import resource, sys; from alloynet.captures.stores import LocalStore; "
+        "from alloynet.captures.ingest import ingest; "
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "res = ingest(LocalStore(sys.argv[1]), LocalStore(sys.argv[2]), accepted_sizes={(32, 32)}); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before); "
+        "print(list(res.quarantined.values()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(st.root), str(tmp_path / "dest")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     grown_kb, reasons = out.stdout.splitlines()[:2]
     assert "image declares 12000x12000 px, sidecar says 32x32" in reasons

@@ -1,4 +1,5 @@
 """Capture format, validation errors that name file and field, local store, ingest and quarantine."""
+
 import io
 import json
 
@@ -47,15 +48,18 @@ def test_read_capture_roundtrip(store):
     assert cap.image.shape == (1, 32, 32) and cap.sidecar.truth.alloy == manifest.alloy[0]
 
 
-@pytest.mark.parametrize("how, field, text", [
-    ("truncate", "image", "corrupt or truncated PNG"),
-    ("garbage", "image", "corrupt or truncated PNG"),
-    ("hash", "image.sha256", "hash mismatch"),
-    ("alloy", "truth.alloy", "String should match pattern"),
-    ("thickness", "truth.nominal_thickness_mm", "thickness must be > 0"),
-    ("sidecar_json", "sidecar", "not valid JSON"),
-    ("no_image", "image", "image file missing"),
-])
+@pytest.mark.parametrize(
+    "how, field, text",
+    [
+        ("truncate", "image", "corrupt or truncated PNG"),
+        ("garbage", "image", "corrupt or truncated PNG"),
+        ("hash", "image.sha256", "hash mismatch"),
+        ("alloy", "truth.alloy", "String should match pattern"),
+        ("thickness", "truth.nominal_thickness_mm", "thickness must be > 0"),
+        ("sidecar_json", "sidecar", "not valid JSON"),
+        ("no_image", "image", "image file missing"),
+    ],
+)
 def test_validation_errors_name_file_and_field(store, how, field, text):
     st, manifest = store
     cid = manifest.capture_id[0]
@@ -183,7 +187,7 @@ def test_poison_sidecars_are_quarantined_and_the_batch_goes_on(store, tmp_path):
     assert set(res.quarantined) == set(expected)
     by_source = {r["source"].rsplit("/captures/", 1)[1]: r for r in list_quarantine(dest)}
     for key, (field, text) in expected.items():
-        entry = by_source[key[len("captures/"):]]
+        entry = by_source[key[len("captures/") :]]
         assert entry["field"].startswith(field) and text in entry["reason"], (key, entry)
     # the watermark moved past every poison: the next run (or a Prefect retry) does not stop there again
     again = ingest(src, dest, accepted_sizes=SIZES)
@@ -233,8 +237,8 @@ def test_quarantine_is_a_state_a_fixed_capture_leaves_it(store, tmp_path):
     src, manifest = store
     ids = list(manifest.capture_id)
     img_bytes = src.get(f"captures/{ids[0]}.png")
-    src.delete(f"captures/{ids[0]}.png")                      # briefly missing
-    corrupt_capture(src, ids[1], "hash")                      # a wrong hash in the sidecar
+    src.delete(f"captures/{ids[0]}.png")  # briefly missing
+    corrupt_capture(src, ids[1], "hash")  # a wrong hash in the sidecar
     dest = LocalStore(tmp_path / "dest")
     first = ingest(src, dest, accepted_sizes=SIZES)
     assert set(first.quarantined) == {f"captures/{ids[0]}.json", f"captures/{ids[1]}.json"}
@@ -261,8 +265,9 @@ def test_quarantine_is_a_state_a_fixed_capture_leaves_it(store, tmp_path):
     third = ingest(src, dest, accepted_sizes=SIZES)
     assert third.new == [ids[1]] and third.released == [f"quarantine/{ids[1]}/"]
     assert list_quarantine(dest) == []
-    assert sorted(o.key for o in dest.list("captures/") if o.key.endswith(".json")) == \
-        sorted(f"captures/{i}.json" for i in ids)
+    assert sorted(o.key for o in dest.list("captures/") if o.key.endswith(".json")) == sorted(
+        f"captures/{i}.json" for i in ids
+    )
 
 
 def test_an_orphan_image_is_reported_after_the_grace_period(store, tmp_path):
@@ -307,8 +312,9 @@ def test_a_store_failure_stops_ingest_without_quarantining(store, tmp_path):
     part = [o.key for o in dest.list("captures/") if o.key.endswith(".json")]
     assert 0 < len(part) < len(manifest)
     rest = ingest(src, dest, accepted_sizes=SIZES)
-    assert sorted(part + [f"captures/{c}.json" for c in rest.new]) == \
-        sorted(f"captures/{c}.json" for c in manifest.capture_id)
+    assert sorted(part + [f"captures/{c}.json" for c in rest.new]) == sorted(
+        f"captures/{c}.json" for c in manifest.capture_id
+    )
 
 
 def test_objects_vanishing_between_list_and_get(store, tmp_path):

@@ -1,5 +1,6 @@
 """Labels are data with a history: a changed label is a conflict or a recorded relabel, never dropped; an
 image replaced at the source is noticed."""
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,10 @@ def test_relabel_records_a_revision_and_the_manifest_follows(stores, tmp_path):
     _reupload_sidecar(src, cid, new, "plate-new")
     ingest_and_refresh(src, dest, accepted_sizes=SIZES)  # quarantined as a conflict
     csv = tmp_path / "fix.csv"
-    csv.write_text("capture_id,field,value,who,why\n"
-                   f"{cid},alloy,{new},lab-a,XRF says {new}\n{cid},plate_id,plate-new,lab-a,plate re-engraved\n")
+    csv.write_text(
+        "capture_id,field,value,who,why\n"
+        f"{cid},alloy,{new},lab-a,XRF says {new}\n{cid},plate_id,plate-new,lab-a,plate re-engraved\n"
+    )
     runner = CliRunner()
     res = runner.invoke(app, ["data", "relabel", str(dest.root), str(csv)])
     assert res.exit_code == 0, res.output
@@ -154,8 +157,13 @@ def test_an_image_replaced_at_the_source_is_a_conflict_until_put_back(stores):
 def test_thickness_corrections_and_labelling_an_unlabelled_capture(stores):
     _, dest, ids = stores
     cid = ids[0]
-    relabel(dest, [Correction(cid, "nominal_thickness_mm", "2.5", "lab", "micrometer"),
-                   Correction(cid, "thickness_mm", 2.47, "lab", "micrometer")])
+    relabel(
+        dest,
+        [
+            Correction(cid, "nominal_thickness_mm", "2.5", "lab", "micrometer"),
+            Correction(cid, "thickness_mm", 2.47, "lab", "micrometer"),
+        ],
+    )
     refresh_manifest(dest)
     row = _row(dest, cid)
     assert float(row.nominal_thickness_mm) == 2.5 and float(row.thickness_mm) == 2.47
@@ -165,8 +173,13 @@ def test_thickness_corrections_and_labelling_an_unlabelled_capture(stores):
     dest.put(f"captures/{ids[1]}.json", json.dumps(raw).encode(), overwrite=True)
     with pytest.raises(CaptureError, match="is unlabelled: set alloy and nominal_thickness_mm together"):
         relabel(dest, [Correction(ids[1], "alloy", "Al6061", "lab", "verdict")])
-    res = relabel(dest, [Correction(ids[1], "alloy", "Al6061", "lab", "verdict"),
-                         Correction(ids[1], "nominal_thickness_mm", "3", "lab", "verdict")])
+    res = relabel(
+        dest,
+        [
+            Correction(ids[1], "alloy", "Al6061", "lab", "verdict"),
+            Correction(ids[1], "nominal_thickness_mm", "3", "lab", "verdict"),
+        ],
+    )
     assert res.applied == {ids[1]: 1}
     [rev] = history(dest, ids[1])
     assert rev["changes"] == {"alloy": [None, "Al6061"], "nominal_thickness_mm": [None, 3.0]}

@@ -1,5 +1,6 @@
 """A local source is a boundary: links out of it are not followed, nothing outside is read or copied, a
 vanished or unreadable file is that capture's problem only, and names from outside are printed escaped."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """A store that cannot be used fails in one clear line: which store, which endpoint, what to fix."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,8 +13,10 @@ def test_missing_bucket_names_bucket_and_endpoint(s3_server):
     store = S3Store("no-such-bucket", "rig", endpoint_url=s3_server.endpoint)
     with pytest.raises(StoreUnavailable) as err:
         list(store.list("captures/"))
-    assert str(err.value) == (f"s3://no-such-bucket/rig/ (endpoint {s3_server.endpoint}): bucket 'no-such-bucket' "
-                              "does not exist; create it or fix the bucket in the URI")
+    assert str(err.value) == (
+        f"s3://no-such-bucket/rig/ (endpoint {s3_server.endpoint}): bucket 'no-such-bucket' "
+        "does not exist; create it or fix the bucket in the URI"
+    )
     assert not err.value.transient
 
 
@@ -28,11 +31,15 @@ def test_unreachable_endpoint_is_transient(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    from botocore.config import Config
     import boto3
+    from botocore.config import Config
 
-    client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                                            config=Config(retries={"max_attempts": 1}, connect_timeout=2))
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=2),
+    )
     with pytest.raises(StoreUnavailable, match="the object store does not answer") as err:
         list(S3Store("captures", "rig", client=client).list())
     assert err.value.transient and endpoint in str(err.value)

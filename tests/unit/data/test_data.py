@@ -1,4 +1,5 @@
 """Long-tail profiles, reproducible simulation, leak-free balanced splits, the Dataset and preprocessing."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,14 +65,28 @@ def test_long_tail_protocol_splits(tmp_path):
 
 
 def test_splits_stay_frozen_when_data_grows():
-    plates = pd.DataFrame({
-        "plate_id": [f"p{i}" for i in range(60)], "alloy": [CLASS_NAMES[i % 5] for i in range(60)],
-        "nominal_thickness_mm": [1.0] * 60, "labelled": [True] * 60,
-    })
+    plates = pd.DataFrame(
+        {
+            "plate_id": [f"p{i}" for i in range(60)],
+            "alloy": [CLASS_NAMES[i % 5] for i in range(60)],
+            "nominal_thickness_mm": [1.0] * 60,
+            "labelled": [True] * 60,
+        }
+    )
     first = assign_splits(plates, seed=1)
-    more = pd.concat([plates, pd.DataFrame({"plate_id": [f"q{i}" for i in range(20)],
-                                            "alloy": [CLASS_NAMES[i % 5] for i in range(20)],
-                                            "nominal_thickness_mm": [2.0] * 20, "labelled": [True] * 20})])
+    more = pd.concat(
+        [
+            plates,
+            pd.DataFrame(
+                {
+                    "plate_id": [f"q{i}" for i in range(20)],
+                    "alloy": [CLASS_NAMES[i % 5] for i in range(20)],
+                    "nominal_thickness_mm": [2.0] * 20,
+                    "labelled": [True] * 20,
+                }
+            ),
+        ]
+    )
     second = assign_splits(more, seed=1, previous=first)
     merged = second.merge(first, on="plate_id", suffixes=("", "_before"))
     assert (merged.split == merged.split_before).all()
@@ -219,6 +234,7 @@ def test_ingest_and_refresh_writes_the_manifest_only_after_a_whole_ingest(tmp_pa
     from alloynet.data.manifest import ingest_and_refresh
 
     with DummyCaptureStore(n_max=3, size=32, imbalance_ratio=3) as (src, df):
+
         class DiesAfterFive:
             def __init__(self):
                 self.uri, self.left = src.uri, 5 * 2
@@ -248,8 +264,16 @@ def test_splits_hold_70_15_15_for_plates_of_any_thickness():
     """Continuous thicknesses made every alloy x value stratum a singleton, and val got 1.2 %: strata are
     now thickness bins, and every class's val and test plates spread over them."""
     rng = np.random.default_rng(0)
-    rows = [{"plate_id": f"p{i}", "capture_id": f"c{i}", "alloy": a, "nominal_thickness_mm": float(rng.uniform(1, 5)),
-             "labelled": True} for i, a in enumerate(np.repeat(CLASS_NAMES, 60))]
+    rows = [
+        {
+            "plate_id": f"p{i}",
+            "capture_id": f"c{i}",
+            "alloy": a,
+            "nominal_thickness_mm": float(rng.uniform(1, 5)),
+            "labelled": True,
+        }
+        for i, a in enumerate(np.repeat(CLASS_NAMES, 60))
+    ]
     df = assign_splits(pd.DataFrame(rows), seed=0)
     share = df.split.value_counts(normalize=True)
     assert abs(share["val"] - 0.15) < 0.02 and abs(share["test"] - 0.15) < 0.02
@@ -259,5 +283,6 @@ def test_splits_hold_70_15_15_for_plates_of_any_thickness():
             assert t.min() < 2.0 and t.max() > 4.0  # spread over the range, not bunched
     # the few-nominal-values case keeps the values themselves as strata
     from alloynet.data.manifest import thickness_strata
+
     assert thickness_strata(pd.Series([1.0, 2.0, 5.0, 1.0])).tolist() == [1.0, 2.0, 5.0, 1.0]
     assert thickness_strata(pd.Series(np.linspace(1, 5, 40))).nunique() == 4

@@ -1,4 +1,5 @@
 """The paired, stratified bootstrap of the promotion margin: known answers, determinism, bad input."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,9 @@ CLASSES = ["Al1050", "Al2017", "Al5083", "Al6082", "Al7075"]
 
 
 def predictions(true: list[str], predicted: list[str], prefix: str = "c") -> pd.DataFrame:
-    return pd.DataFrame({"capture_id": [f"{prefix}{i:03d}" for i in range(len(true))], "true": true,
-                         "predicted": predicted})
+    return pd.DataFrame(
+        {"capture_id": [f"{prefix}{i:03d}" for i in range(len(true))], "true": true, "predicted": predicted}
+    )
 
 
 def balanced_test_set(n_per_class: int) -> list[str]:
@@ -23,7 +25,7 @@ def balanced_test_set(n_per_class: int) -> list[str]:
 def test_point_estimate_is_the_balanced_accuracy_of_the_metrics_module():
     rng = np.random.default_rng(4)
     y = rng.integers(0, 5, 60)
-    y[y == 3] = 2                                   # a class absent from the test set does not count
+    y[y == 3] = 2  # a class absent from the test set does not count
     probs = rng.dirichlet(np.ones(5), 60)
     pred = probs.argmax(1)
     df = predictions([CLASSES[i] for i in y], [CLASSES[i] for i in pred])
@@ -42,8 +44,8 @@ def test_one_capture_better_known_answer():
     est = bootstrap_margin(predictions(true, true), predictions(true, champ_pred), n_boot=4000, seed=1)
     assert est.margin == pytest.approx(0.05) and est.challenger == 1.0 and est.champion == pytest.approx(0.95)
     assert est.n_per_class == {c: 4 for c in CLASSES}
-    assert est.p_not_better == pytest.approx(0.75 ** 4, abs=0.03)    # 4000 draws: SE 0.007
-    assert est.margin_low == 0.0                                      # 32 % of replicates show no gain
+    assert est.p_not_better == pytest.approx(0.75**4, abs=0.03)  # 4000 draws: SE 0.007
+    assert est.margin_low == 0.0  # 32 % of replicates show no gain
     # drawn 3+ times in 5.1 % of replicates, 4 times in 0.4 %: the 97.5th percentile is 3/4 recall / 5 classes
     assert est.margin_high == pytest.approx(0.15)
     assert any("smallest class" in n for n in est.notes)

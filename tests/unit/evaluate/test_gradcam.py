@@ -1,4 +1,5 @@
 """Grad-CAM maps: right shape and range, and physically sensible where the model's input is a profile."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,6 @@ from alloynet.data.transforms import Preprocess
 from alloynet.evaluate.gradcam import grad_cam, last_conv
 from alloynet.models import create_model
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
@@ -19,10 +19,14 @@ def _raw() -> torch.Tensor:
     return x + torch.randn(1, 32, 32, generator=torch.Generator().manual_seed(0)) * 50
 
 
-@pytest.mark.parametrize("name,method", [("profile_cnn", "Grad-CAM"), ("resnet18", "Grad-CAM"), ("fnn", "gradient x input")])
+@pytest.mark.parametrize(
+    "name,method", [("profile_cnn", "Grad-CAM"), ("resnet18", "Grad-CAM"), ("fnn", "gradient x input")]
+)
 def test_gradcam_maps(name, method):
     torch.manual_seed(0)
-    model = create_model(name, 5, 1, Preprocess([1000.0], [50000.0], 1.5, 1.0), **({"width": 32} if name == "resnet18" else {})).eval()
+    model = create_model(
+        name, 5, 1, Preprocess([1000.0], [50000.0], 1.5, 1.0), **({"width": 32} if name == "resnet18" else {})
+    ).eval()
     cam, cls, used = grad_cam(model, _raw(), torch.tensor([[1000.0, 50000.0]]), torch.tensor([50.0]))
     assert used == method and cam.shape == (32, 32) and 0 <= cls < 5
     assert np.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1

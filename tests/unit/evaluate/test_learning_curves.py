@@ -1,4 +1,5 @@
 """Learning curves cover every trained epoch, not only those up to the checkpoint kept."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,15 @@ from alloynet.evaluate.report import _stopped_early, training_history
 
 
 def _epoch(n: int) -> dict:
-    return {"epoch": n, "lr": 0.01, "train_loss": 1.0 / n, "val_loss": 1.2 / n, "train_accuracy": 0.5 + n / 40,
-            "val_accuracy": 0.4 + n / 40, "val_balanced_accuracy": 0.4 + n / 50}
+    return {
+        "epoch": n,
+        "lr": 0.01,
+        "train_loss": 1.0 / n,
+        "val_loss": 1.2 / n,
+        "train_accuracy": 0.5 + n / 40,
+        "val_accuracy": 0.4 + n / 40,
+        "val_balanced_accuracy": 0.4 + n / 50,
+    }
 
 
 def test_history_json_beside_the_checkpoint_gives_every_epoch(tmp_path):
@@ -44,10 +52,12 @@ def test_marks_change_the_picture(tmp_path):
     plain = mpimg.imread(plots.learning_curves(history, tmp_path / "plain.png"))
     marked = mpimg.imread(plots.learning_curves(history, tmp_path / "marked.png", best_epoch=3, stopped_early=True))
     assert plain.shape == marked.shape
+
     # the best-epoch line is purple and the early-stop line brown, colours no curve uses:
     # only the marked figure has them
     def has(img, rgb):
         return bool(np.any(np.all(np.abs(img[..., :3] - np.array(rgb)) < 0.05, axis=-1)))
+
     purple, brown = (0.580, 0.404, 0.741), (0.549, 0.337, 0.294)
     assert has(marked, purple) and has(marked, brown)
     assert not has(plain, purple) and not has(plain, brown)

@@ -1,12 +1,20 @@
 """Evaluation metrics against scikit-learn on random and adversarial (tied, missing-class) inputs."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from alloynet.evaluate.metrics import (average_precision, class_groups, classification_metrics, confusion_matrix,
-                                       expected_calibration_error, regression_metrics, roc_auc)
+from alloynet.evaluate.metrics import (
+    average_precision,
+    class_groups,
+    classification_metrics,
+    confusion_matrix,
+    expected_calibration_error,
+    regression_metrics,
+    roc_auc,
+)
 
 NAMES = ["Al1050", "Al2017", "Al5083", "Al6082", "Al7075"]
 
@@ -37,7 +45,9 @@ def test_classification_metrics_match_sklearn(seed, round_to):
     prec, rec, f1, sup = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     for c, name in enumerate(NAMES):
         pc = m["per_class"][name]
-        assert (pc["precision"], pc["recall"], pc["f1"], pc["support"]) == pytest.approx((prec[c], rec[c], f1[c], sup[c]))
+        assert (pc["precision"], pc["recall"], pc["f1"], pc["support"]) == pytest.approx(
+            (prec[c], rec[c], f1[c], sup[c])
+        )
         neg = y != c
         assert pc["specificity"] == pytest.approx(skm.recall_score(neg, pred != c))  # TN / (TN + FP)
         assert pc["roc_auc"] == pytest.approx(skm.roc_auc_score(y == c, p[:, c]))
@@ -47,9 +57,9 @@ def test_classification_metrics_match_sklearn(seed, round_to):
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_missing_class_and_zero_division_follow_sklearn():
-    y = np.array([0, 0, 1, 1, 2, 2, 0, 1])           # classes 3 and 4 absent from y_true
+    y = np.array([0, 0, 1, 1, 2, 2, 0, 1])  # classes 3 and 4 absent from y_true
     p = np.full((8, 5), 0.05)
-    pred = np.array([0, 1, 1, 1, 0, 0, 3, 1])         # class 2 never predicted, class 3 predicted once (wrong)
+    pred = np.array([0, 1, 1, 1, 0, 0, 3, 1])  # class 2 never predicted, class 3 predicted once (wrong)
     p[np.arange(8), pred] = 0.8
     m = classification_metrics(y, p, NAMES)
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
@@ -87,11 +97,11 @@ def test_physics_share_separates_the_term_from_the_trunk():
     from alloynet.evaluate.report import physics_share
 
     y = np.array([0, 1, 2, 0, 1, 2])
-    term = 2.0 * np.eye(3)[y]                      # the term alone is always right (weight 2)
-    trunk = np.eye(3)[[1, 1, 2, 1, 1, 2]] * 5.0    # the trunk alone misses both 0s
+    term = 2.0 * np.eye(3)[y]  # the term alone is always right (weight 2)
+    trunk = np.eye(3)[[1, 1, 2, 1, 1, 2]] * 5.0  # the trunk alone misses both 0s
     share = physics_share({"y": y, "logits": trunk + term}, term, weight=2.0)
     assert share["term_alone"] == 1.0 and share["trunk_alone"] == pytest.approx(2 / 3)
-    assert share["changed"] == 0.0                 # the trunk's margin (5) outweighs the term's (2)
+    assert share["changed"] == 0.0  # the trunk's margin (5) outweighs the term's (2)
     share = physics_share({"y": y, "logits": trunk * 0.2 + term}, term, weight=2.0)
     assert share["changed"] == pytest.approx(2 / 6)  # now the term turns both 0s around
     assert physics_share({"y": y, "logits": trunk}, np.zeros((6, 3)), weight=0.0)["term_alone"] is None

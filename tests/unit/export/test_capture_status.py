@@ -1,5 +1,6 @@
 """The capture checks inside the exported graph: each bad value gets the contract's status and value, the
 first check in the table's order wins, and a refused item leaves the rest of its batch untouched."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,19 +32,22 @@ def test_a_good_capture_is_ok():
     assert _status(*_good()) == ("ok", 0.0)
 
 
-@pytest.mark.parametrize("change, status, value", [
-    (lambda i, c, w: i.__setitem__((0, 0, 1, 1), float("nan")), "image_not_finite", 1.0),
-    (lambda i, c, w: i.__setitem__((0, 0, 2, 2), float("inf")), "image_not_finite", 1.0),
-    (lambda i, c, w: i.__setitem__((0, 0, 1, 1), 70000.0), "image_out_of_range", 70000.0),
-    (lambda i, c, w: i.__setitem__((0, 0, 1, 1), -5.0), "image_out_of_range", -5.0),
-    (lambda i, c, w: c.__setitem__((0, 0, 1), float("nan")), "calibration_not_finite", 1.0),
-    (lambda i, c, w: c.__setitem__((0, 0, 1), 90000.0), "calibration_out_of_range", 90000.0),
-    (lambda i, c, w: c.__setitem__((0, 0, 1), 900.0), "flat_not_above_dark", -100.0),
-    (lambda i, c, w: c.zero_(), "calibration_missing", 0.0),
-    (lambda i, c, w: w.zero_(), "wedge_missing", 0.0),
-    (lambda i, c, w: w.fill_(5000.0), "wedge_out_of_range", 5000.0),
-    (lambda i, c, w: w.fill_(-1.0), "wedge_out_of_range", -1.0),
-])
+@pytest.mark.parametrize(
+    "change, status, value",
+    [
+        (lambda i, c, w: i.__setitem__((0, 0, 1, 1), float("nan")), "image_not_finite", 1.0),
+        (lambda i, c, w: i.__setitem__((0, 0, 2, 2), float("inf")), "image_not_finite", 1.0),
+        (lambda i, c, w: i.__setitem__((0, 0, 1, 1), 70000.0), "image_out_of_range", 70000.0),
+        (lambda i, c, w: i.__setitem__((0, 0, 1, 1), -5.0), "image_out_of_range", -5.0),
+        (lambda i, c, w: c.__setitem__((0, 0, 1), float("nan")), "calibration_not_finite", 1.0),
+        (lambda i, c, w: c.__setitem__((0, 0, 1), 90000.0), "calibration_out_of_range", 90000.0),
+        (lambda i, c, w: c.__setitem__((0, 0, 1), 900.0), "flat_not_above_dark", -100.0),
+        (lambda i, c, w: c.zero_(), "calibration_missing", 0.0),
+        (lambda i, c, w: w.zero_(), "wedge_missing", 0.0),
+        (lambda i, c, w: w.fill_(5000.0), "wedge_out_of_range", 5000.0),
+        (lambda i, c, w: w.fill_(-1.0), "wedge_out_of_range", -1.0),
+    ],
+)
 def test_each_bad_value_gets_its_status_and_value(change, status, value):
     image, cal, wedge = _good()
     change(image, cal, wedge)
@@ -104,9 +108,12 @@ def test_the_graph_status_survives_onnx_export(tmp_path):
     image, cal, wedge = _good(2)
     image = image / 16.0
     image[1, 0, 0, 0] = 5000.0  # within 16 bits, above this detector's 12
-    outs = onnx_session(path).run(["status", "status_value"], {"image": image.numpy(), "calibration": cal.numpy(),
-                                                              "wedge_mm": wedge.numpy()})
-    assert outs[0].tolist() == [contract.STATUS_CODES["calibration_out_of_range"],
-                                contract.STATUS_CODES["image_out_of_range"]]  # flat 50000 > 4095 too
+    outs = onnx_session(path).run(
+        ["status", "status_value"], {"image": image.numpy(), "calibration": cal.numpy(), "wedge_mm": wedge.numpy()}
+    )
+    assert outs[0].tolist() == [
+        contract.STATUS_CODES["calibration_out_of_range"],
+        contract.STATUS_CODES["image_out_of_range"],
+    ]  # flat 50000 > 4095 too
     assert outs[1][1] == 5000.0
     assert np.isfinite(outs[1]).all()

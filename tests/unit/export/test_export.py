@@ -3,6 +3,7 @@
 A small stand-in honouring the model contract (``AlloyNet`` over a tiny trunk) keeps these fast; the
 serving tests (test_serving.py) use a model trained by alloynet.
 """
+
 from __future__ import annotations
 
 import io
@@ -42,8 +43,13 @@ SIZE = 32
 def standin(seed: int = 0) -> AlloyNet:
     torch.manual_seed(seed)
     trunk = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
-    return AlloyNet(trunk, 16, 5, Preprocess([1000.0], [50000.0], mean=2.0, std=1.5),
-                    target_stats={"thickness_mm": (5.0, 2.0), "a0": (1.0, 0.5), "mu_eff": (0.8, 0.2)}).eval()
+    return AlloyNet(
+        trunk,
+        16,
+        5,
+        Preprocess([1000.0], [50000.0], mean=2.0, std=1.5),
+        target_stats={"thickness_mm": (5.0, 2.0), "a0": (1.0, 0.5), "mu_eff": (0.8, 0.2)},
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +69,30 @@ def images(inputs) -> np.ndarray:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, inputs) -> ExportBundle:
     meta = ExportMeta(class_names=list(ALLOY_NAMES), channels=1, height=SIZE, width=SIZE, arch="standin")
-    return export_model(standin(), meta, tmp_path_factory.mktemp("bundle"), inputs, tensorrt="fp16",
-                        log=lambda *_: None)
+    return export_model(
+        standin(), meta, tmp_path_factory.mktemp("bundle"), inputs, tensorrt="fp16", log=lambda *_: None
+    )
 
 
 def test_export_writes_formats_with_parity_and_dynamic_batch(bundle, inputs):
     assert set(bundle.meta.files) == {"torchscript", "onnx"}
     assert bundle.meta.parity["ok"] and bundle.meta.parity["max_abs_diff"]["onnxruntime"]["probabilities"] < 1e-4
     sig = onnx_signature(bundle.path("onnx"))
-    assert sig["inputs"] == {"image": ["batch", 1, SIZE, SIZE], "calibration": ["batch", 1, 2],
-                             "wedge_mm": ["batch", 1]}
-    assert sig["outputs"] == {"probabilities": ["batch", 5], "thickness_mm": ["batch"], "absorption": ["batch", 2],
-                              "prediction_set": ["batch", 5], "group_probabilities": ["batch", 2],
-                              "flags": ["batch", 5], "status": ["batch"], "status_value": ["batch"]}
+    assert sig["inputs"] == {
+        "image": ["batch", 1, SIZE, SIZE],
+        "calibration": ["batch", 1, 2],
+        "wedge_mm": ["batch", 1],
+    }
+    assert sig["outputs"] == {
+        "probabilities": ["batch", 5],
+        "thickness_mm": ["batch"],
+        "absorption": ["batch", 2],
+        "prediction_set": ["batch", 5],
+        "group_probabilities": ["batch", 2],
+        "flags": ["batch", 5],
+        "status": ["batch"],
+        "status_value": ["batch"],
+    }
     sess = onnx_session(bundle.path("onnx"))
     for b in (1, 3):
         p, t, a, s, g, f, *_ = sess.run(None, {k: v[:b] for k, v in inputs.items()})
@@ -121,8 +138,9 @@ def test_triton_repository_one_model_name_whichever_backend(bundle, tmp_path):
     from serving.triton.repository import BatchingOptions, build_repository, parse_config, validate_config
 
     for backend in ("alloynet_ort", "onnxruntime"):
-        repo = build_repository(bundle.directory, tmp_path / backend, opts=BatchingOptions(max_batch_size=16),
-                                backend=backend)
+        repo = build_repository(
+            bundle.directory, tmp_path / backend, opts=BatchingOptions(max_batch_size=16), backend=backend
+        )
         assert [p.name for p in repo.iterdir()] == ["alloynet"]
         cfg = parse_config(repo / "alloynet" / "config.pbtxt")
         assert cfg.backend == backend and cfg.name == "alloynet"
@@ -181,10 +199,15 @@ class _Metrics:
 
 def _context(model_dir: Path) -> SimpleNamespace:
     statuses: dict[int, tuple[int, str]] = {}
-    return SimpleNamespace(system_properties={"model_dir": str(model_dir), "gpu_id": None},
-                           manifest={"model": {"serializedFile": "model.pt"}}, model_yaml_config={},
-                           metrics=_Metrics(), statuses=statuses, get_request_header=lambda idx, key: None,
-                           set_response_status=lambda code, phrase, idx=0: statuses.__setitem__(idx, (code, phrase)))
+    return SimpleNamespace(
+        system_properties={"model_dir": str(model_dir), "gpu_id": None},
+        manifest={"model": {"serializedFile": "model.pt"}},
+        model_yaml_config={},
+        metrics=_Metrics(),
+        statuses=statuses,
+        get_request_header=lambda idx, key: None,
+        set_response_status=lambda code, phrase, idx=0: statuses.__setitem__(idx, (code, phrase)),
+    )
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -204,19 +227,37 @@ def test_handler_answers_each_request_and_rejects_bad_ones(bundle, images):
     png, _ = encode_image(good)
     nan = images[1].copy()
     nan[0, 2, 2] = np.nan
-    rows = [{"data": png}, {"body": _npy(images[1])}, {"data": _npy(images[1].astype(np.float64))},
-            {"data": encode_image(np.zeros((1, 16, 16), np.uint16))[0]}, {"data": png[:60]}, {"data": _npy(nan)},
-            {"data": b""}, {"data": b"\x93NUMPY garbage"}, {"data": _npy(np.zeros((0,), np.uint16))}]
+    rows = [
+        {"data": png},
+        {"body": _npy(images[1])},
+        {"data": _npy(images[1].astype(np.float64))},
+        {"data": encode_image(np.zeros((1, 16, 16), np.uint16))[0]},
+        {"data": png[:60]},
+        {"data": _npy(nan)},
+        {"data": b""},
+        {"data": b"\x93NUMPY garbage"},
+        {"data": _npy(np.zeros((0,), np.uint16))},
+    ]
     out = handler.handle(rows, ctx)
     assert len(out) == len(rows)
     zeros = torch.zeros(2, 1, 2)  # rows sent without calibration: the handler fills zeros, the model flags it
-    expected = load_torchscript(bundle.path("torchscript"))(torch.from_numpy(images[:2]), zeros,
-                                                            torch.zeros(2, 1))[0].detach().numpy()
+    expected = (
+        load_torchscript(bundle.path("torchscript"))(torch.from_numpy(images[:2]), zeros, torch.zeros(2, 1))[0]
+        .detach()
+        .numpy()
+    )
     for i in (0, 1):
         assert out[i]["alloy"] in ALLOY_NAMES
         np.testing.assert_allclose([out[i]["probabilities"][c] for c in ALLOY_NAMES], expected[i], atol=1e-4)
-    want = {2: "float64", 3: r"\[1, 16, 16\]", 4: "corrupt or truncated PNG", 5: "NaN", 6: "empty",
-            7: "corrupt .npy", 8: "empty"}
+    want = {
+        2: "float64",
+        3: r"\[1, 16, 16\]",
+        4: "corrupt or truncated PNG",
+        5: "NaN",
+        6: "empty",
+        7: "corrupt .npy",
+        8: "empty",
+    }
     for i, pattern in want.items():
         assert out[i]["error"]["code"] == 400 and re.search(pattern, out[i]["error"]["message"]), out[i]
         assert ctx.statuses[i][0] == 400
@@ -236,8 +277,14 @@ def test_mar_holds_model_handler_and_meta(bundle, tmp_path):
     with zipfile.ZipFile(mar) as z:
         names = set(z.namelist())
         manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
-    assert {"model.pt", "handler.py", "export.json", "capture_checks.py", "alloynet_contract.py",
-            "model-config.yaml"} <= names
+    assert {
+        "model.pt",
+        "handler.py",
+        "export.json",
+        "capture_checks.py",
+        "alloynet_contract.py",
+        "model-config.yaml",
+    } <= names
     assert manifest["model"]["modelName"] == "alloynet" and manifest["model"]["handler"] == "handler.py"
 
 
@@ -246,12 +293,14 @@ def test_cli_package_from_bundle(bundle, tmp_path):
 
     from alloynet.cli import app
 
-    r = CliRunner().invoke(app, ["package", "triton", "--bundle", str(bundle.directory), "--out",
-                                 str(tmp_path / "repo")])
+    r = CliRunner().invoke(
+        app, ["package", "triton", "--bundle", str(bundle.directory), "--out", str(tmp_path / "repo")]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "repo" / "alloynet" / "config.pbtxt").exists()
-    r = CliRunner().invoke(app, ["package", "torchserve", "--bundle", str(bundle.directory), "--out",
-                                 str(tmp_path / "store")])
+    r = CliRunner().invoke(
+        app, ["package", "torchserve", "--bundle", str(bundle.directory), "--out", str(tmp_path / "store")]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "store" / "alloynet.mar").exists()
     r = CliRunner().invoke(app, ["package", "triton", "--out", str(tmp_path / "x")])

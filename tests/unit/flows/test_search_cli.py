@@ -1,4 +1,5 @@
 """`python -m flows.search` takes the trials' epochs and the seed, and refuses a bad epoch count up front."""
+
 import subprocess
 import sys
 
@@ -6,8 +7,9 @@ from tests.helpers import ROOT
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.search", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.search", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_search_command_has_epochs_and_seed_and_checks_them():

@@ -1,20 +1,34 @@
 """The nightly summary explains why ingested and newly labelled counts differ."""
+
 from __future__ import annotations
 
 from flows.artifacts import summary_markdown
 
 
 def _summary(new_labelled):
-    ing = {"source": "s3://captures/rig", "new": [f"c{i}" for i in range(138)], "duplicates": [],
-           "quarantined": {"bad.json": "truncated"}, "vanished": [], "captures": 400, "labelled": 370,
-           "source_captures": 139}
-    return {"started": "2026-12-07 02:00 UTC", "headline": "no retrain", "ingest": ing, "links": {},
-            "retrain": f"{new_labelled} new labelled captures", "new_labelled": new_labelled}
+    ing = {
+        "source": "s3://captures/rig",
+        "new": [f"c{i}" for i in range(138)],
+        "duplicates": [],
+        "quarantined": {"bad.json": "truncated"},
+        "vanished": [],
+        "captures": 400,
+        "labelled": 370,
+        "source_captures": 139,
+    }
+    return {
+        "started": "2026-12-07 02:00 UTC",
+        "headline": "no retrain",
+        "ingest": ing,
+        "links": {},
+        "retrain": f"{new_labelled} new labelled captures",
+        "new_labelled": new_labelled,
+    }
 
 
 def test_ingested_and_labelled_counts_are_explained():
     md = summary_markdown(_summary(118))
-    assert ("of the 138 new captures, 118 are labelled training/validation captures not trained on before" in md)
+    assert "of the 138 new captures, 118 are labelled training/validation captures not trained on before" in md
     assert "30 unlabelled in the manifest" in md and "test split" in md and "1 quarantined" in md
 
 

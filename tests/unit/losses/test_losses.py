@@ -1,4 +1,5 @@
 """Known-answer tests for the long-tail losses and the multi-task total."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from alloynet.losses import (FocalLoss, LDAMLoss, MultiTaskLoss, class_balanced_weights, create_loss, list_losses,
-                             log_prior)
+from alloynet.losses import (
+    FocalLoss,
+    LDAMLoss,
+    MultiTaskLoss,
+    class_balanced_weights,
+    create_loss,
+    list_losses,
+    log_prior,
+)
 
 COUNTS = [120, 40, 13, 4, 1]
 
@@ -25,9 +33,14 @@ def test_focal_gamma0_is_cross_entropy(batch):
     logits, target = batch
     assert torch.allclose(FocalLoss(0.0)(logits, target), F.cross_entropy(logits, target), atol=1e-6)
     w = torch.tensor([0.2, 0.5, 1.0, 1.5, 1.8])
-    assert torch.allclose(FocalLoss(0.0, weight=w)(logits, target), F.cross_entropy(logits, target, weight=w), atol=1e-6)
-    assert torch.allclose(FocalLoss(0.0, label_smoothing=0.1)(logits, target),
-                          F.cross_entropy(logits, target, label_smoothing=0.1), atol=1e-6)
+    assert torch.allclose(
+        FocalLoss(0.0, weight=w)(logits, target), F.cross_entropy(logits, target, weight=w), atol=1e-6
+    )
+    assert torch.allclose(
+        FocalLoss(0.0, label_smoothing=0.1)(logits, target),
+        F.cross_entropy(logits, target, label_smoothing=0.1),
+        atol=1e-6,
+    )
 
 
 def test_focal_hand_computed():
@@ -43,7 +56,7 @@ def test_focal_hand_computed():
 def test_class_balanced_weights_effective_number():
     beta = 0.99
     w = class_balanced_weights(COUNTS, beta)
-    raw = [(1 - beta) / (1 - beta ** n) for n in COUNTS]
+    raw = [(1 - beta) / (1 - beta**n) for n in COUNTS]
     expect = [r / sum(raw) * len(COUNTS) for r in raw]
     assert w.tolist() == pytest.approx(expect, rel=1e-6)
     assert float(w.sum()) == pytest.approx(len(COUNTS))
@@ -96,16 +109,23 @@ def test_registry_names():
 
 
 def _outputs(g):
-    return {"logits": torch.randn(8, 5, generator=g, requires_grad=True),
-            "thickness_mm": torch.randn(8, generator=g, requires_grad=True),
-            "a0": torch.randn(8, generator=g, requires_grad=True), "mu_eff": torch.randn(8, generator=g, requires_grad=True)}
+    return {
+        "logits": torch.randn(8, 5, generator=g, requires_grad=True),
+        "thickness_mm": torch.randn(8, generator=g, requires_grad=True),
+        "a0": torch.randn(8, generator=g, requires_grad=True),
+        "mu_eff": torch.randn(8, generator=g, requires_grad=True),
+    }
 
 
 def test_multitask_fixed_weighted_sum_in_standardised_units():
     g = torch.Generator().manual_seed(1)
     out = _outputs(g)
-    tgt = {"alloy": torch.randint(0, 5, (8,), generator=g), "thickness_mm": torch.rand(8, generator=g) * 5,
-           "a0": torch.rand(8, generator=g), "mu_eff": torch.rand(8, generator=g) * 4}
+    tgt = {
+        "alloy": torch.randint(0, 5, (8,), generator=g),
+        "thickness_mm": torch.rand(8, generator=g) * 5,
+        "a0": torch.rand(8, generator=g),
+        "mu_eff": torch.rand(8, generator=g) * 4,
+    }
     stats = {"thickness_mm": (2.0, 1.5), "a0": (0.8, 0.4), "mu_eff": (3.5, 0.8)}
     weights = {"alloy": 1.0, "thickness_mm": 0.5, "a0": 0.0, "mu_eff": 2.0}
     mt = MultiTaskLoss(create_loss("ce", COUNTS), stats, weights, regression="mse")
@@ -122,8 +142,12 @@ def test_multitask_fixed_weighted_sum_in_standardised_units():
 def test_multitask_uncertainty_weighting_learns_log_vars():
     g = torch.Generator().manual_seed(2)
     out = _outputs(g)
-    tgt = {"alloy": torch.randint(0, 5, (8,), generator=g), "thickness_mm": torch.rand(8, generator=g),
-           "a0": torch.rand(8, generator=g), "mu_eff": torch.rand(8, generator=g)}
+    tgt = {
+        "alloy": torch.randint(0, 5, (8,), generator=g),
+        "thickness_mm": torch.rand(8, generator=g),
+        "a0": torch.rand(8, generator=g),
+        "mu_eff": torch.rand(8, generator=g),
+    }
     stats = {k: (0.0, 1.0) for k in ("thickness_mm", "a0", "mu_eff")}
     mt = MultiTaskLoss(create_loss("ce", COUNTS), stats, weighting="uncertainty")
     with torch.no_grad():

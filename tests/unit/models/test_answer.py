@@ -1,4 +1,5 @@
 """The honest answers' calibration set: held-out simulated captures join the real ones only when they agree."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,13 +52,21 @@ def test_held_out_simulated_captures_are_seeded_and_none_of_the_training_ones():
     from alloynet.physics.observer import ThicknessPrior
     from alloynet.physics.simulator import RigConfig
 
-    make = lambda held_out: SyntheticCaptures(SyntheticConfig(captures=10), RigConfig(height=16, width=16),
-                                              ThicknessPrior(range_mm=(1, 5)), [50.0], CLASS_NAMES, seed=3,
-                                              held_out=held_out)
+    make = lambda held_out: SyntheticCaptures(
+        SyntheticConfig(captures=10),
+        RigConfig(height=16, width=16),
+        ThicknessPrior(range_mm=(1, 5)),
+        [50.0],
+        CLASS_NAMES,
+        seed=3,
+        held_out=held_out,
+    )
     train, a, b = make(False), make(True), make(True)
     assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, train.labels)
     assert not any(np.array_equal(x, y) for x in a.images for y in train.images)
     # calibrated as a rig's captures are: levels measured from each session's frames, not the noise-free ones
-    assert not np.allclose(a.calibration, train.calibration) and np.allclose(a.calibration, train.calibration, rtol=0.05)
+    assert not np.allclose(a.calibration, train.calibration) and np.allclose(
+        a.calibration, train.calibration, rtol=0.05
+    )
     train.set_epoch(5)  # one pool for every epoch: never the held-out round
     assert not any(np.array_equal(x, y) for x in a.images for y in train.images)

@@ -1,5 +1,6 @@
 """Honest answers for captures sent without calibration or wedge size: uniform until fitted, then their own
 temperature and conformal set; the groups always the sums of their alloys."""
+
 from __future__ import annotations
 
 import numpy as np

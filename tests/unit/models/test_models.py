@@ -1,4 +1,5 @@
 """The model contract: raw capture in, multi-task dict in physical units out, for every registered name."""
+
 from __future__ import annotations
 
 import pytest
@@ -40,11 +41,24 @@ def _pre(c: int = 1) -> Preprocess:
 
 
 def test_registry_names_and_design_table():
-    assert set(list_models()) == {"resnet18", "resnet34", "resnet50", "vgg16", "efficientnet_b0", "fnn", "profile_cnn",
-                                  "profile_mlp"}
-    table = {"resnet18": ("adam", "relu", 1e-3, 1e-4), "resnet34": ("sgd", "leaky_relu", 1e-2, 1e-4),
-             "resnet50": ("rmsprop", "gelu", 5e-4, 5e-4), "vgg16": ("sgd", "relu", 1e-2, 1e-4),
-             "efficientnet_b0": ("rmsprop", "silu", 2e-3, 1e-4), "fnn": ("sgd", "relu", 1e-2, 1e-3)}
+    assert set(list_models()) == {
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "vgg16",
+        "efficientnet_b0",
+        "fnn",
+        "profile_cnn",
+        "profile_mlp",
+    }
+    table = {
+        "resnet18": ("adam", "relu", 1e-3, 1e-4),
+        "resnet34": ("sgd", "leaky_relu", 1e-2, 1e-4),
+        "resnet50": ("rmsprop", "gelu", 5e-4, 5e-4),
+        "vgg16": ("sgd", "relu", 1e-2, 1e-4),
+        "efficientnet_b0": ("rmsprop", "silu", 2e-3, 1e-4),
+        "fnn": ("sgd", "relu", 1e-2, 1e-3),
+    }
     for name, (opt, act, lr, wd) in table.items():
         d = ARCH_DEFAULTS[name]
         assert (d["optimizer"], d["activation"], d["lr"], d["weight_decay"]) == (opt, act, lr, wd)
@@ -52,16 +66,26 @@ def test_registry_names_and_design_table():
         create_model("alexnet", 5, 1, _pre())
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "vgg16", "efficientnet_b0", "fnn", "profile_cnn",
-                                  "profile_mlp"])
+@pytest.mark.parametrize(
+    "name", ["resnet18", "resnet34", "resnet50", "vgg16", "efficientnet_b0", "fnn", "profile_cnn", "profile_mlp"]
+)
 def test_contract_for_every_model(name):
     torch.manual_seed(0)
     channels = 2 if name in ("resnet18", "profile_cnn", "fnn") else 1  # one channel per kVp also works
     model = create_model(name, 5, channels, _pre(channels), target_stats=STATS, **_width(name)).eval()
     raw = _raw(c=channels)
     out = model(raw, _cal(raw), _wedge(raw))
-    assert set(out) == {"logits", "probabilities", "thickness_mm", "a0", "mu_eff", "prediction_set",
-                        "group_probabilities", "flags", "features"}
+    assert set(out) == {
+        "logits",
+        "probabilities",
+        "thickness_mm",
+        "a0",
+        "mu_eff",
+        "prediction_set",
+        "group_probabilities",
+        "flags",
+        "features",
+    }
     assert out["logits"].shape == (2, 5) and all(out[k].shape == (2,) for k in ("thickness_mm", "a0", "mu_eff"))
     assert out["group_probabilities"].shape == (2, 2) and out["flags"].shape == (2, 5)
     assert all(torch.isfinite(v).all() for v in out.values())
@@ -73,7 +97,9 @@ def test_contract_for_every_model(name):
         model.head.regressor[-1].weight.zero_()
         model.head.regressor[-1].bias.zero_()
     out = model(raw, _cal(raw), _wedge(raw))
-    assert out["thickness_mm"].tolist() == pytest.approx([2.5, 2.5]) and out["mu_eff"].tolist() == pytest.approx([3.6, 3.6])
+    assert out["thickness_mm"].tolist() == pytest.approx([2.5, 2.5]) and out["mu_eff"].tolist() == pytest.approx(
+        [3.6, 3.6]
+    )
     assert {"target_mean", "target_std", "preprocess.dark", "preprocess.span"} <= set(model.state_dict())
 
 
@@ -121,4 +147,6 @@ def test_traced_graph_matches_eager(name):
 def test_profile_models_accept_any_width():
     model = create_model("profile_cnn", 5, 1, _pre()).eval()
     assert model(_raw(size=48), _cal(_raw(size=48)), _wedge(_raw(size=48)))["logits"].shape == (2, 5)
-    assert create_model("fnn", 5, 1, _pre()).eval()(_raw(size=100), _cal(_raw(size=100)), _wedge(_raw(size=100)))["logits"].shape == (2, 5)
+    assert create_model("fnn", 5, 1, _pre()).eval()(_raw(size=100), _cal(_raw(size=100)), _wedge(_raw(size=100)))[
+        "logits"
+    ].shape == (2, 5)

@@ -1,5 +1,6 @@
 """The in-image open-beam reference: the simulator images it, sidecars record it, the model reads each capture's
 tube output from it, corrects -ln T by it and flags drift within a session; exported graphs do the same."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,9 @@ STATS = {"thickness_mm": (3.0, 1.0), "a0": (0.3, 0.1), "mu_eff": (0.8, 0.2)}
 
 def _captures(sim: RigSimulator, gain: float, n: int = 6, seed: int = 0):
     rng = np.random.default_rng(seed)
-    images = [sim.capture(sample_plate(ALLOY_NAMES[i % 5], 2.0, rng, f"p{i}"), rng, gain_scale=gain).image
-              for i in range(n)]
+    images = [
+        sim.capture(sample_plate(ALLOY_NAMES[i % 5], 2.0, rng, f"p{i}"), rng, gain_scale=gain).image for i in range(n)
+    ]
     level = sim.rig.flat_target_adu  # the session's flat, taken at gain 1: the drift came after it
     cal = torch.tensor([[[sim.rig.dark_offset_adu, level]]]).expand(n, 1, 2).contiguous()
     return torch.tensor(np.stack(images).astype(np.float32)), cal, torch.full((n, 1), 50.0)
@@ -36,8 +38,9 @@ def _captures(sim: RigSimulator, gain: float, n: int = 6, seed: int = 0):
 def _model(rows: int) -> AlloyNet:
     torch.manual_seed(0)
     rig = RigConfig(height=SIZE, width=SIZE, open_beam_rows=rows)
-    m = create_model("profile_mlp", 5, 1, Preprocess([1000.0], [50000.0]), "relu", STATS, 0.0, rig=rig, bins=16,
-                     hidden=[32])
+    m = create_model(
+        "profile_mlp", 5, 1, Preprocess([1000.0], [50000.0]), "relu", STATS, 0.0, rig=rig, bins=16, hidden=[32]
+    )
     m.open_beam.tolerance.fill_(0.01)
     return m
 
@@ -58,10 +61,10 @@ def fitted(sim) -> AlloyNet:
 def test_simulator_images_the_open_beam_beside_the_plate(sim):
     x, cal, _ = _captures(sim, 1.0, n=2)
     t = (x[:, 0] - 1000.0) / (50000.0 - 1000.0)
-    strip, plate = t[:, : ROWS - GUARD_ROWS].mean(), t[:, ROWS + GUARD_ROWS:].mean()
+    strip, plate = t[:, : ROWS - GUARD_ROWS].mean(), t[:, ROWS + GUARD_ROWS :].mean()
     assert 0.9 < float(strip) < 1.0 and float(plate) < 0.5  # open beam (the heel darkens the top rows a little)
     drifted, _, _ = _captures(sim, 1.03, n=2)
-    ratio = ((drifted[:, 0, : ROWS - GUARD_ROWS] - 1000.0).mean() / (x[:, 0, : ROWS - GUARD_ROWS] - 1000.0).mean())
+    ratio = (drifted[:, 0, : ROWS - GUARD_ROWS] - 1000.0).mean() / (x[:, 0, : ROWS - GUARD_ROWS] - 1000.0).mean()
     assert float(ratio) == pytest.approx(1.03, abs=0.003)
     # without the strip nothing changes: the default rig's captures are what they were
     plain = RigSimulator(RigConfig(height=SIZE, width=SIZE))
@@ -74,12 +77,17 @@ def test_sidecar_records_the_strip_and_training_reads_it(tmp_path):
         pass
     sc = parse_sidecar(store.get(sidecar_key(manifest.capture_id.iloc[0])))
     assert sc.rig.open_beam_rows == 0
-    from alloynet.data.simulate import DatasetSpec, simulate_dataset
     from alloynet.captures.stores import LocalStore
     from alloynet.data.manifest import build_manifest
+    from alloynet.data.simulate import DatasetSpec, simulate_dataset
 
-    spec = DatasetSpec(n_max=2, imbalance_ratio=1, seed=0, rig=RigConfig(height=SIZE, width=SIZE, open_beam_rows=ROWS),
-                       capture_drift=0.03)
+    spec = DatasetSpec(
+        n_max=2,
+        imbalance_ratio=1,
+        seed=0,
+        rig=RigConfig(height=SIZE, width=SIZE, open_beam_rows=ROWS),
+        capture_drift=0.03,
+    )
     st = LocalStore(tmp_path / "strip")
     simulate_dataset(spec, st)
     rows = build_manifest(st, seed=0)
@@ -107,7 +115,7 @@ def test_drift_within_a_session_is_flagged_and_corrected(sim, fitted):
     with torch.no_grad():
         a = fitted.preprocess.neg_log(*_captures(sim, 1.0, seed=7)[:2])[0]
         b = fitted.preprocess.neg_log(*_captures(sim, 1.03, seed=7)[:2])[0]
-    assert float((a - b)[:, :, ROWS + GUARD_ROWS:].mean()) == pytest.approx(np.log(1.03), abs=0.003)
+    assert float((a - b)[:, :, ROWS + GUARD_ROWS :].mean()) == pytest.approx(np.log(1.03), abs=0.003)
 
 
 def test_exported_graph_reads_the_strip_like_the_model(sim, fitted, tmp_path):

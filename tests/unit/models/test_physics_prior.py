@@ -1,5 +1,6 @@
 """The physics fit inside the model (alloynet.models.physics_prior): the same likelihood as the numpy observer,
 answers at the physics fit's accuracy before any training, trained and reloaded from a checkpoint, exported."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,7 +69,7 @@ def test_a_wedge_between_the_training_ones_gets_its_own_tables():
     with torch.no_grad():
         own, near = tables.log_likelihoods(a, w).numpy(), nearest.log_likelihoods(a, w).numpy()
     ref, _ = obs.log_likelihoods(x)
-    assert (own.argmax(1) == ref.argmax(1)).mean() > 0.95          # the 60 mm forward model's answers
+    assert (own.argmax(1) == ref.argmax(1)).mean() > 0.95  # the 60 mm forward model's answers
     recall = lambda ll: np.mean([(ll.argmax(1)[y == k] == k).mean() for k in range(5)])  # noqa: E731
     assert recall(own) > recall(near) + 0.15 and own.max(1).mean() > near.max(1).mean() + 10
 
@@ -87,10 +88,21 @@ def _captures(n_per: int, seed: int, thicknesses_mm=GRID.values_mm):
 def _untrained_model(prior: ThicknessPrior = GRID, tail: bool = True) -> torch.nn.Module:
     torch.manual_seed(0)
     spec = physics_spec([50.0], 1, SIZE, bins=16, tail=tail)
-    m = create_model("profile_mlp", 5, 1, Preprocess([1000.0], [50000.0]), "relu", STATS, 0.0, rig=_rig(),
-                     physics=spec, bins=16, hidden=[32])
+    m = create_model(
+        "profile_mlp",
+        5,
+        1,
+        Preprocess([1000.0], [50000.0]),
+        "relu",
+        STATS,
+        0.0,
+        rig=_rig(),
+        physics=spec,
+        bins=16,
+        hidden=[32],
+    )
     m.physics.fit({50.0: _rig()}, prior, ALLOY_NAMES)
-    with torch.no_grad():                      # a head that says nothing: the answer is the physics fit's
+    with torch.no_grad():  # a head that says nothing: the answer is the physics fit's
         m.head.classifier.weight.zero_(), m.head.classifier.bias.zero_()
     return m.eval()
 
@@ -128,14 +140,23 @@ def test_exported_graph_computes_the_physics_term(tmp_path):
 
 def test_training_with_the_physics_term_saves_and_reloads_it(tmp_path):
     with DummyCaptureStore(n_max=8, size=SIZE, imbalance_ratio=2.0, root=tmp_path / "captures"):
-        cfg = load_config(None, {"data.store": str(tmp_path / "captures"), "out_dir": str(tmp_path / "run"),
-                                 "epochs": 1, "progress": False, "data.batch_size": 8, "model.physics": True,
-                                 "model.kwargs": {"hidden": [16]}})
+        cfg = load_config(
+            None,
+            {
+                "data.store": str(tmp_path / "captures"),
+                "out_dir": str(tmp_path / "run"),
+                "epochs": 1,
+                "progress": False,
+                "data.batch_size": 8,
+                "model.physics": True,
+                "model.kwargs": {"hidden": [16]},
+            },
+        )
         result = train(cfg)
     model, meta = load_model(result.checkpoint)
     spec = meta["model_spec"]["physics"]
     assert spec["wedges_mm"] and spec["bins"] == 32 and float(model.physics.fitted) == 1.0
-    assert float(model.physics.whiten.abs().max()) > 0          # the tables came back from the checkpoint
+    assert float(model.physics.whiten.abs().max()) > 0  # the tables came back from the checkpoint
     assert 0.0 < float(model.physics.weight.detach()) < 2.0
 
 
@@ -184,7 +205,7 @@ def test_the_tail_leaves_in_range_likelihoods_as_the_observers():
     module.fit({70.0: _rig(70.0)}, RANGE, ALLOY_NAMES)
     obs = PhysicsObserver(profile_model_for(_rig(70.0), 16), ALLOY_NAMES, RANGE, plates=100, seed=0)
     inner = obs.likelihoods[0].grid
-    assert np.allclose(module.grid_mm.numpy()[TAIL_GRID[0]:TAIL_GRID[0] + len(inner)], inner, rtol=1e-6)
+    assert np.allclose(module.grid_mm.numpy()[TAIL_GRID[0] : TAIL_GRID[0] + len(inner)], inner, rtol=1e-6)
     assert module.grid_mm.min() == pytest.approx(0.5) and module.grid_mm.max() == pytest.approx(7.5)
     rng = np.random.default_rng(4)
     x = np.concatenate([obs.draw(k, 30, rng)[0] for k in range(5)])
@@ -235,8 +256,19 @@ def test_a_checkpoint_from_before_the_tail_still_loads(tmp_path):
     the model loads, answers as saved and never flags the thickness from the fit."""
     model = _untrained_model(RANGE, tail=False)
     state = {k: v for k, v in model.state_dict().items() if k not in ("physics.grid_mm", "physics.train_bounds")}
-    fresh = create_model("profile_mlp", 5, 1, Preprocess([1000.0], [50000.0]), "relu", STATS, 0.0, rig=_rig(),
-                         physics=physics_spec([50.0], 1, SIZE, bins=16, tail=False), bins=16, hidden=[32]).eval()
+    fresh = create_model(
+        "profile_mlp",
+        5,
+        1,
+        Preprocess([1000.0], [50000.0]),
+        "relu",
+        STATS,
+        0.0,
+        rig=_rig(),
+        physics=physics_spec([50.0], 1, SIZE, bins=16, tail=False),
+        bins=16,
+        hidden=[32],
+    ).eval()
     fresh.load_state_dict(state)
     assert fresh.physics.train_bounds.tolist() == [0.0, float("inf")]
     x, cal, w, _ = _captures(2, seed=13, thicknesses_mm=(6.5,))

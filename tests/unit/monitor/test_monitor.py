@@ -1,4 +1,5 @@
 """Nightly monitoring: drift test, verification list, lab verdicts as labels, live performance, alarms."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,16 @@ def test_rate_jump_needs_a_real_increase():
 
 
 def _cand(i, conf=0.95, set_=("Al1050",), flags=(), drift=0.0):
-    return {"capture_id": f"c{i:03d}", "alloy": set_[0], "confidence": conf, "prediction_set": list(set_),
-            "flags": list(flags), "drift_score": drift, "image_sha256": "", "plate_id": f"p{i}"}
+    return {
+        "capture_id": f"c{i:03d}",
+        "alloy": set_[0],
+        "confidence": conf,
+        "prediction_set": list(set_),
+        "flags": list(flags),
+        "drift_score": drift,
+        "image_sha256": "",
+        "plate_id": f"p{i}",
+    }
 
 
 def test_verification_list_is_half_random_half_informative_and_seeded():
@@ -74,8 +83,12 @@ def test_verification_list_is_half_random_half_informative_and_seeded():
 def test_live_performance_intervals_and_coverage_alarm():
     lo, hi = wilson(8, 10)
     assert (round(lo, 3), round(hi, 3)) == (0.49, 0.943)  # the textbook Wilson interval
-    v = [Verified(f"c{i}", "Al7075", "Al7075" if i < 6 else "Al2017", ["Al7075"] if i < 6 else ["Al2017"],
-                  "heavy", "heavy") for i in range(10)]
+    v = [
+        Verified(
+            f"c{i}", "Al7075", "Al7075" if i < 6 else "Al2017", ["Al7075"] if i < 6 else ["Al2017"], "heavy", "heavy"
+        )
+        for i in range(10)
+    ]
     v += [Verified(f"d{i}", "Al1050", "Al1050", ["Al1050"], "light", "light") for i in range(10)]
     live = live_performance(v, coverage_target=0.95, seed=0)
     assert live.accuracy == pytest.approx(0.8) and live.balanced_accuracy == pytest.approx(0.8)
@@ -101,10 +114,17 @@ def _fake_runner(class_names):
         probs[:, 0] = 0.9
         pset = np.zeros((b, k), np.float32)
         pset[:, 0] = 1
-        return {"probabilities": probs, "thickness_mm": np.full(b, 4.0, np.float32),
-                "absorption": np.ones((b, 2), np.float32), "prediction_set": pset,
-                "group_probabilities": np.tile(np.float32([0.1, 0.9]), (b, 1)), "flags": np.zeros((b, f), np.float32),
-                "status": np.zeros(b, np.float32), "status_value": np.zeros(b, np.float32)}
+        return {
+            "probabilities": probs,
+            "thickness_mm": np.full(b, 4.0, np.float32),
+            "absorption": np.ones((b, 2), np.float32),
+            "prediction_set": pset,
+            "group_probabilities": np.tile(np.float32([0.1, 0.9]), (b, 1)),
+            "flags": np.zeros((b, f), np.float32),
+            "status": np.zeros(b, np.float32),
+            "status_value": np.zeros(b, np.float32),
+        }
+
     return run
 
 
@@ -123,10 +143,15 @@ def test_a_night_scores_unanswered_captures_proposes_and_imports_verdicts(tmp_pa
         for i, cid in enumerate(line):
             _unlabel(store, cid, NIGHT + timedelta(hours=1, minutes=i))
         names = ["Al1050", "Al2017", "Al5083", "Al6082", "Al7075"]
-        meta = {"class_names": names, "class_groups": ["light", "heavy", "light", "light", "heavy"],
-                "coverage": 0.9}
-        night = run_night(store, store, NIGHT, NIGHT + timedelta(days=1),
-                          lambda: (_fake_runner(names), meta, "v0001", {}), NightOptions(budget=4, seed=0))
+        meta = {"class_names": names, "class_groups": ["light", "heavy", "light", "light", "heavy"], "coverage": 0.9}
+        night = run_night(
+            store,
+            store,
+            NIGHT,
+            NIGHT + timedelta(days=1),
+            lambda: (_fake_runner(names), meta, "v0001", {}),
+            NightOptions(budget=4, seed=0),
+        )
         assert night.report["captures"] == len(line) and night.scored == len(line)
         assert night.report["per_alloy"] == {"Al1050": len(line)}
         assert night.drift is not None and not night.drift.detected
@@ -144,9 +169,14 @@ def test_a_night_scores_unanswered_captures_proposes_and_imports_verdicts(tmp_pa
         assert len(res.applied) == 4 and not open_
         rev = history(store, night.verify[0]["capture_id"])[-1]
         assert rev["who"] == "lab-anna" and "XRF" in rev["why"] and rev["changes"]["alloy"] == [None, "Al1050"]
-        again = run_night(store, store, NIGHT, NIGHT + timedelta(days=1),
-                          lambda: (_fake_runner(names), meta, "v0001", {"balanced_accuracy": 0.9}),
-                          NightOptions(budget=4, seed=0))
+        again = run_night(
+            store,
+            store,
+            NIGHT,
+            NIGHT + timedelta(days=1),
+            lambda: (_fake_runner(names), meta, "v0001", {"balanced_accuracy": 0.9}),
+            NightOptions(budget=4, seed=0),
+        )
         assert again.scored == 0  # answered last night: kept, not scored twice
         assert again.live is not None and again.live.n == 2 and again.live.accuracy == 1.0
         assert again.live.test_figures == {"balanced_accuracy": 0.9}

@@ -1,4 +1,5 @@
 """The line's record: written off the request path, partitioned by day, read back, linked to stored captures."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,17 +17,28 @@ from serving.client.prediction import Prediction
 
 
 def _prediction(alloy: str = "Al6082") -> Prediction:
-    return Prediction(alloy=alloy, confidence=0.8, probabilities={alloy: 0.8, "Al5083": 0.2},
-                      prediction_set=[alloy, "Al5083"], group="light", group_probability=0.99, thickness_mm=5.0,
-                      absorption={"a0": 1.0, "mu_eff": 2.0}, flags=["thickness_out_of_range"], server="triton")
+    return Prediction(
+        alloy=alloy,
+        confidence=0.8,
+        probabilities={alloy: 0.8, "Al5083": 0.2},
+        prediction_set=[alloy, "Al5083"],
+        group="light",
+        group_probability=0.99,
+        thickness_mm=5.0,
+        absorption={"a0": 1.0, "mu_eff": 2.0},
+        flags=["thickness_out_of_range"],
+        server="triton",
+    )
 
 
 class FakeBackend:
     server, model, target, version = "triton", "alloynet", "127.0.0.1:1", "3"
 
     def predict_batch(self, captures, calibrations=None, wedges_mm=None, errors="raise"):
-        out = [_prediction() if not isinstance(c, bytes) or c != b"bad" else InvalidCaptureError("image: bad")
-               for c in captures]
+        out = [
+            _prediction() if not isinstance(c, bytes) or c != b"bad" else InvalidCaptureError("image: bad")
+            for c in captures
+        ]
         if errors == "raise" and any(isinstance(r, Exception) for r in out):
             exc = next(r for r in out if isinstance(r, Exception))
             exc.results = out
@@ -72,8 +84,12 @@ def test_journal_partitions_by_day_and_skips_a_torn_line(tmp_path):
     store = LocalStore(tmp_path)
     j = Journal(store, writer="w1")
     day1 = datetime(2026, 12, 1, 23, 59, tzinfo=timezone.utc)
-    j.write([{"at": day1.isoformat(), "capture_id": "a", "status": "ok"},
-             {"at": (day1 + timedelta(minutes=2)).isoformat(), "capture_id": "b", "status": "ok"}])
+    j.write(
+        [
+            {"at": day1.isoformat(), "capture_id": "a", "status": "ok"},
+            {"at": (day1 + timedelta(minutes=2)).isoformat(), "capture_id": "b", "status": "ok"},
+        ]
+    )
     j.close()
     keys = sorted(i.key for i in store.list("line/records/"))
     assert keys == ["line/records/2026-12-01/w1.jsonl", "line/records/2026-12-02/w1.jsonl"]
@@ -92,6 +108,7 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
     class SlowJournal:
         def __init__(self):
             import threading
+
             self.gate = threading.Event()
 
         def write(self, records):

@@ -1,6 +1,7 @@
 """The physics term's correction from few captures (alloynet.physics.correction.choose_correction_cv): decided by
 cross-validation over the training and validation captures by plate, its richness (degree, shrinkage) matched to
 how many there are; kept only where it fits the rig better."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 PRIOR = ThicknessPrior(range_mm=(1.0, 5.0))
 NOMINAL = RigConfig(height=32, width=32, wedge_mm=50.0)
-OTHER = NOMINAL.model_copy(update={"scatter_fraction": 2 * NOMINAL.scatter_fraction + 0.02,
-                                   "extra_filtration_mm_al": 0.5})
+OTHER = NOMINAL.model_copy(
+    update={"scatter_fraction": 2 * NOMINAL.scatter_fraction + 0.02, "extra_filtration_mm_al": 0.5}
+)
 
 
 def _observer(rig: RigConfig, seed: int) -> PhysicsObserver:
@@ -28,8 +30,12 @@ def _captures(obs: PhysicsObserver, n_per: int, seed: int) -> dict[str, np.ndarr
     rng = np.random.default_rng(seed)
     draws = [obs.draw(k, n_per, rng) for k in range(len(ALLOY_NAMES))]
     x = np.concatenate([d[0] for d in draws])
-    return {"profiles": x, "y": np.repeat(np.arange(len(ALLOY_NAMES)), n_per),
-            "thickness_mm": np.concatenate([d[1] for d in draws]), "wedge_mm": np.full(len(x), 50.0)}
+    return {
+        "profiles": x,
+        "y": np.repeat(np.arange(len(ALLOY_NAMES)), n_per),
+        "thickness_mm": np.concatenate([d[1] for d in draws]),
+        "wedge_mm": np.full(len(x), 50.0),
+    }
 
 
 def _plates(data: dict, tag: str) -> np.ndarray:

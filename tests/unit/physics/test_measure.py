@@ -1,4 +1,5 @@
 """The one measurement of a frame: levels, bins and the wedge profile, and its torch twin."""
+
 import numpy as np
 import pytest
 import torch
@@ -55,8 +56,9 @@ def test_interquartile_rows_drop_the_outer_quarters():
 def test_numpy_measurement_and_its_torch_twin_agree(width):
     img, cal = _captures(np.random.default_rng(width), 3, 2, 20, width)
     expected = wedge_profile(img, cal, bins=32)
-    t = torch.from_numpy((img.astype(np.float64) - cal[..., 0, None, None])
-                         / (cal[..., 1] - cal[..., 0])[..., None, None])
+    t = torch.from_numpy(
+        (img.astype(np.float64) - cal[..., 0, None, None]) / (cal[..., 1] - cal[..., 0])[..., None, None]
+    )
     twin = binned_wedge_profile(-torch.log(torch.clamp(t, min=T_MIN)), 32).flatten(1).numpy()
     assert expected.shape == (3, 2 * 32) and twin.shape == expected.shape
     np.testing.assert_allclose(twin, expected, rtol=0, atol=1e-12)
@@ -64,8 +66,9 @@ def test_numpy_measurement_and_its_torch_twin_agree(width):
 
 def test_torch_twin_in_float32_matches_to_float_precision():
     img, cal = _captures(np.random.default_rng(5), 2, 1, 16, 64)
-    t = (torch.from_numpy(img).float() - torch.from_numpy(cal[..., 0]).float()[..., None, None]) / \
-        torch.from_numpy(cal[..., 1] - cal[..., 0]).float()[..., None, None]
+    t = (torch.from_numpy(img).float() - torch.from_numpy(cal[..., 0]).float()[..., None, None]) / torch.from_numpy(
+        cal[..., 1] - cal[..., 0]
+    ).float()[..., None, None]
     twin = binned_wedge_profile(-torch.log(torch.clamp(t, min=T_MIN)), 32).flatten(1).numpy()
     np.testing.assert_allclose(twin, wedge_profile(img, cal, 32), atol=2e-5)
 

@@ -1,4 +1,5 @@
 """Physics: Beer-Lambert known answers, beam-hardening laws, the alloy table, the shortcut, the simulator."""
+
 import numpy as np
 import pytest
 import xraydb
@@ -78,8 +79,9 @@ def test_alloy_table_nominals_lie_inside_spec_and_user_alloys_validate():
 
 
 def test_a_user_alloy_lives_in_its_own_table_and_never_in_the_standard_one():
-    table = alloys_from_config({"Al3003": {"density_g_cm3": 2.73, "nominal_wt_pct": {"Mn": 1.2},
-                                           "ranges_wt_pct": {"Mn": [1.0, 1.5]}}})
+    table = alloys_from_config(
+        {"Al3003": {"density_g_cm3": 2.73, "nominal_wt_pct": {"Mn": 1.2}, "ranges_wt_pct": {"Mn": [1.0, 1.5]}}}
+    )
     assert "Al3003" in table and "Al3003" not in STANDARD_ALLOYS and set(STANDARD_ALLOYS) < set(table)
     with pytest.raises(TypeError):
         STANDARD_ALLOYS["Al3003"] = table["Al3003"]  # type: ignore[index]
@@ -125,8 +127,18 @@ def test_attenuation_level_alone_is_no_shortcut_for_5083_vs_6082(t):
 
 
 def _quiet_rig(**kw):
-    base = dict(height=64, width=64, psf_sigma_px=0.0, gain_prnu=0.0, heel=0.0, texture_rel=0.0, scatter_fraction=0.0,
-                inclusion_rate=0.0, dead_pixels=0, hot_pixels=0)
+    base = dict(
+        height=64,
+        width=64,
+        psf_sigma_px=0.0,
+        gain_prnu=0.0,
+        heel=0.0,
+        texture_rel=0.0,
+        scatter_fraction=0.0,
+        inclusion_rate=0.0,
+        dead_pixels=0,
+        hot_pixels=0,
+    )
     base.update(kw)
     return RigConfig(**base)
 
@@ -146,6 +158,7 @@ def test_compound_poisson_noise_variance():
     plate = sample_plate("Al1050", 1.0, np.random.default_rng(0), "p", exact=True)
     ch = sim.channels[0]
     from alloynet.physics.materials import linear_attenuation
+
     n = ch.n_behind_wedge * np.exp(-linear_attenuation(plate.fractions(), plate.density_g_cm3, ch.energies) * 0.1)
     v = n @ ch.energies**2  # keV^2: compound Poisson variance of the deposited energy
     predicted = ch.gain**2 * v + rig.read_noise_adu**2 + 1 / 12

@@ -1,5 +1,6 @@
 """The forward model corrected from a rig's own labelled captures (alloynet.physics.correction): chosen where the
 rig differs from the model, left alone where it does not, and what the in-graph physics term tabulates."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,7 @@ import torch
 
 from alloynet.models.physics_prior import PhysicsLikelihood
 from alloynet.physics import ALLOY_NAMES
-from alloynet.physics.correction import (MIN_VAL, Z_MIN, MeanCorrection, _nll, apply_correction,
-                                         choose_correction)
+from alloynet.physics.correction import MIN_VAL, Z_MIN, MeanCorrection, _nll, apply_correction, choose_correction
 from alloynet.physics.observer import PhysicsObserver, ThicknessPrior
 from alloynet.physics.profile import profile_model_for
 from alloynet.physics.simulator import RigConfig
@@ -19,8 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PRIOR = ThicknessPrior(range_mm=(1.0, 5.0))
 NOMINAL = RigConfig(height=32, width=32, wedge_mm=50.0)
 # a rig the nominal model does not describe: twice the scatter and half a millimetre of aluminium more in the beam
-OTHER = NOMINAL.model_copy(update={"scatter_fraction": 2 * NOMINAL.scatter_fraction + 0.02,
-                                   "extra_filtration_mm_al": 0.5})
+OTHER = NOMINAL.model_copy(
+    update={"scatter_fraction": 2 * NOMINAL.scatter_fraction + 0.02, "extra_filtration_mm_al": 0.5}
+)
 
 
 def _observer(rig: RigConfig, seed: int) -> PhysicsObserver:
@@ -31,8 +32,12 @@ def _captures(obs: PhysicsObserver, n_per: int, seed: int) -> dict[str, np.ndarr
     rng = np.random.default_rng(seed)
     draws = [obs.draw(k, n_per, rng) for k in range(len(ALLOY_NAMES))]
     x = np.concatenate([d[0] for d in draws])
-    return {"profiles": x, "y": np.repeat(np.arange(len(ALLOY_NAMES)), n_per),
-            "thickness_mm": np.concatenate([d[1] for d in draws]), "wedge_mm": np.full(len(x), 50.0)}
+    return {
+        "profiles": x,
+        "y": np.repeat(np.arange(len(ALLOY_NAMES)), n_per),
+        "thickness_mm": np.concatenate([d[1] for d in draws]),
+        "wedge_mm": np.full(len(x), 50.0),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,7 @@ def test_a_rig_the_model_misses_gets_corrected_tables(nominal):
     fixed = apply_correction(nominal, choice.correction)
     before = _nll(nominal, test["profiles"], test["y"], test["wedge_mm"]).mean()
     after = _nll(fixed, test["profiles"], test["y"], test["wedge_mm"]).mean()
-    assert after < 2.0 < 20 < before          # chance is log 5 = 1.6; the nominal tables are confidently wrong
+    assert after < 2.0 < 20 < before  # chance is log 5 = 1.6; the nominal tables are confidently wrong
     assert _accuracy(fixed, test) > _accuracy(nominal, test) + 0.1
     # the originals are untouched (the correction works on copies)
     assert not np.allclose(fixed[50.0].likelihoods[0].mean, nominal[50.0].likelihoods[0].mean)
@@ -64,7 +69,7 @@ def test_a_rig_the_model_misses_gets_corrected_tables(nominal):
 
 
 def test_captures_the_model_describes_keep_the_nominal_tables(nominal):
-    rig = _observer(NOMINAL, 1)                 # the same rig, other plates: a correction could only fit noise
+    rig = _observer(NOMINAL, 1)  # the same rig, other plates: a correction could only fit noise
     choice = choose_correction(nominal, _captures(rig, 40, 4), _captures(rig, 20, 5), PRIOR.bounds())
     assert choice.correction is None and choice.gain_z < Z_MIN
     assert "nominal tables" in choice.reason
@@ -81,14 +86,14 @@ def test_too_few_validation_captures_decide_nothing(nominal):
 def test_offsets_interpolate_between_wedges_and_stop_at_the_training_range():
     k, d = 2, 3
     low = np.zeros((k, 3, d))
-    low[:, 2] = 1.0                               # constant 1 at 50 mm
+    low[:, 2] = 1.0  # constant 1 at 50 mm
     high = np.zeros((k, 3, d))
-    high[:, 1] = 1.0                              # t at 70 mm
+    high[:, 1] = 1.0  # t at 70 mm
     corr = MeanCorrection({50.0: low, 70.0: high}, (1.0, 5.0))
     grid = np.array([0.5, 1.0, 3.0, 5.0, 7.0])
     assert np.allclose(corr.offsets(50.0, grid), 1.0)
-    assert np.allclose(corr.offsets(40.0, grid), 1.0)                      # below: the nearest fitted wedge
-    assert np.allclose(corr.offsets(70.0, grid)[0, :, 0], [1.0, 1.0, 3.0, 5.0, 5.0])   # clipped to 1-5 mm
+    assert np.allclose(corr.offsets(40.0, grid), 1.0)  # below: the nearest fitted wedge
+    assert np.allclose(corr.offsets(70.0, grid)[0, :, 0], [1.0, 1.0, 3.0, 5.0, 5.0])  # clipped to 1-5 mm
     assert np.allclose(corr.offsets(65.0, grid)[1, :, 2], 0.25 * 1.0 + 0.75 * np.array([1.0, 1.0, 3.0, 5.0, 5.0]))
 
 
@@ -131,12 +136,23 @@ def test_training_on_a_rig_the_model_misses_corrects_the_term_and_says_so(tmp_pa
     from alloynet.train import TrainConfig, train
 
     store = LocalStore(tmp_path / "data")
-    simulate_dataset(DatasetSpec(n_max=100, imbalance_ratio=1, profile="balanced", captures_per_plate=1, seed=5,
-                                 wedges_mm=[50.0], simulator="second_rig",
-                                 rig=RigConfig(height=32, width=32)), store)
+    simulate_dataset(
+        DatasetSpec(
+            n_max=100,
+            imbalance_ratio=1,
+            profile="balanced",
+            captures_per_plate=1,
+            seed=5,
+            wedges_mm=[50.0],
+            simulator="second_rig",
+            rig=RigConfig(height=32, width=32),
+        ),
+        store,
+    )
     write_manifest(build_manifest(store, seed=5), tmp_path / "data" / "manifest.csv")
-    cfg = TrainConfig.model_validate({"data": {"store": str(tmp_path / "data")}, "out_dir": str(tmp_path / "run"),
-                                      "epochs": 1, "progress": False})
+    cfg = TrainConfig.model_validate(
+        {"data": {"store": str(tmp_path / "data")}, "out_dir": str(tmp_path / "run"), "epochs": 1, "progress": False}
+    )
     result = train(cfg)
     _, meta = load_model(result.checkpoint)
     c = meta["physics_correction"]
@@ -145,8 +161,9 @@ def test_training_on_a_rig_the_model_misses_corrects_the_term_and_says_so(tmp_pa
     # the simulator does not describe this rig: its held-out captures are not even weighed for the calibration set
     used = load_checkpoint(result.checkpoint)["answer"]["calibration_set"]
     assert used["simulated"] == 0 and "agreement_p" not in used and used["real"] >= 10
-    m = evaluate(result.checkpoint, tmp_path / "data", None, tmp_path / "report", with_ceiling=False, gradcam=0,
-                 baselines=False)
+    m = evaluate(
+        result.checkpoint, tmp_path / "data", None, tmp_path / "report", with_ceiling=False, gradcam=0, baselines=False
+    )
     assert m["physics_term"]["correction"]["corrected"]
     assert "corrected from the rig's labelled training captures" in (tmp_path / "report" / "report.md").read_text()
 
@@ -162,11 +179,28 @@ def test_a_rig_the_simulator_describes_calibrates_its_answers_with_held_out_simu
     from alloynet.train import TrainConfig, train
 
     store = LocalStore(tmp_path / "data")
-    simulate_dataset(DatasetSpec(n_max=100, imbalance_ratio=1, profile="balanced", captures_per_plate=1, seed=6,
-                                 wedges_mm=[50.0], rig=RigConfig(height=32, width=32)), store)
+    simulate_dataset(
+        DatasetSpec(
+            n_max=100,
+            imbalance_ratio=1,
+            profile="balanced",
+            captures_per_plate=1,
+            seed=6,
+            wedges_mm=[50.0],
+            rig=RigConfig(height=32, width=32),
+        ),
+        store,
+    )
     write_manifest(build_manifest(store, seed=6), tmp_path / "data" / "manifest.csv")
-    cfg = TrainConfig.model_validate({"data": {"store": str(tmp_path / "data")}, "out_dir": str(tmp_path / "run"),
-                                      "epochs": 1, "progress": False, "answer": {"simulated": 200}})
+    cfg = TrainConfig.model_validate(
+        {
+            "data": {"store": str(tmp_path / "data")},
+            "out_dir": str(tmp_path / "run"),
+            "epochs": 1,
+            "progress": False,
+            "answer": {"simulated": 200},
+        }
+    )
     ckpt = load_checkpoint(train(cfg).checkpoint)
     c = ckpt["physics_correction"]
     assert c["decided"] and not c["corrected"]
@@ -174,6 +208,7 @@ def test_a_rig_the_simulator_describes_calibrates_its_answers_with_held_out_simu
     assert used["real"] >= 10 and 0 <= used["agreement_p"] <= 1
     assert used["simulated"] in (0, 200) and (used["simulated"] == 200) == (used["agreement_p"] >= 0.05)
     # switched off, the same captures are calibrated on the real ones alone and nothing is simulated
-    off = cfg.model_copy(update={"out_dir": str(tmp_path / "off"),
-                                 "model": cfg.model.model_copy(update={"physics_correction": False})})
+    off = cfg.model_copy(
+        update={"out_dir": str(tmp_path / "off"), "model": cfg.model.model_copy(update={"physics_correction": False})}
+    )
     assert load_checkpoint(train(off).checkpoint)["answer"]["calibration_set"]["simulated"] == 0

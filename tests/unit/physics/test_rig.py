@@ -1,4 +1,5 @@
 """One nominal rig: the sidecar, the alloynet simulator and the second rig share its fields and limits."""
+
 from datetime import datetime, timezone
 
 import numpy as np
@@ -29,10 +30,17 @@ def test_every_rig_description_is_a_nominal_rig_with_the_same_fields_and_default
 
 
 @pytest.mark.parametrize("model", [RigConfig, SecondRigConfig, RigInfo])
-@pytest.mark.parametrize("field, value, words", [
-    ("kvp", [], "at least 1 item"), ("kvp", [-50.0], "greater than 0"), ("anode_angle_deg", 95.0, "less than 90"),
-    ("wedge_mm", 0.0, "greater than 0"), ("filtration_mm_al", float("nan"), "finite number"),
-    ("wedge_material", "lead", "'Al' or 'PMMA'")])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("kvp", [], "at least 1 item"),
+        ("kvp", [-50.0], "greater than 0"),
+        ("anode_angle_deg", 95.0, "less than 90"),
+        ("wedge_mm", 0.0, "greater than 0"),
+        ("filtration_mm_al", float("nan"), "finite number"),
+        ("wedge_material", "lead", "'Al' or 'PMMA'"),
+    ],
+)
 def test_the_limits_are_the_same_everywhere(model, field, value, words):
     values = {"kvp": [50.0], "wedge_mm": 50.0, field: value}
     with pytest.raises(ValidationError, match=words):
@@ -40,13 +48,29 @@ def test_the_limits_are_the_same_everywhere(model, field, value, words):
 
 
 def test_a_sidecar_written_from_a_rig_gives_that_rig_back():
-    rig = RigConfig(height=16, width=16, kvp=[40.0, 60.0], wedge_mm=70.0, wedge_min_mm=2.0, filtration_mm_al=0.5,
-                    wedge_material="PMMA", open_beam_rows=3, tube_current_ua=250.0, anode_angle_deg=15.0)
+    rig = RigConfig(
+        height=16,
+        width=16,
+        kvp=[40.0, 60.0],
+        wedge_mm=70.0,
+        wedge_min_mm=2.0,
+        filtration_mm_al=0.5,
+        wedge_material="PMMA",
+        open_beam_rows=3,
+        tube_current_ua=250.0,
+        anode_angle_deg=15.0,
+    )
     image = np.full((2, 16, 16), 1000, np.uint16)
     data, fmt = encode_image(image)
-    sc = make_sidecar("c1", image, data, fmt, rig={**rig.nominal_settings(), "dose": rig.dose},
-                      calibration={"session": "s", "dark_adu": [1.0, 1.0], "flat_adu": [2.0, 2.0]},
-                      acquired_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    sc = make_sidecar(
+        "c1",
+        image,
+        data,
+        fmt,
+        rig={**rig.nominal_settings(), "dose": rig.dose},
+        calibration={"session": "s", "dark_adu": [1.0, 1.0], "flat_adu": [2.0, 2.0]},
+        acquired_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    )
     back = RigConfig(**sc.rig.nominal_settings(), height=16, width=16, dose=sc.rig.dose)
     assert back == rig
     plain = rig.model_copy(update={"open_beam_rows": 0})

@@ -5,6 +5,7 @@ Poisson x Swank through the PSF); its ideal-observer profile model agrees with i
 deviation switched off it reproduces the nominal physics exactly (two independent codes, one answer);
 with the documented defaults it differs from the alloynet simulator by a few % of -ln T, no more, no less.
 """
+
 import inspect
 
 import numpy as np
@@ -24,10 +25,23 @@ from alloynet.physics.second_rig import SecondRig, SecondRigConfig, SecondRigPro
 from alloynet.physics.separability import separability
 
 # Every departure from the nominal rig switched off: what is left is the shared physics.
-NO_DEVIATIONS = dict(kvp_error_rel=0.0, anode_angle_error_deg=0.0, extra_filtration_mm_al=0.0, heel_depth_um=0.0,
-                     csi_excess_mm=0.0, k_escape_prob=0.0, glare_fraction=0.0, psf_sigma_px=0.0, gain_lowfreq_rel=0.0,
-                     gain_prnu=0.0, column_offset_adu=0.0, scatter_per_attenuation=0.0, swank_factor=1.0,
-                     dead_pixels=0, hot_pixels=0)
+NO_DEVIATIONS = dict(
+    kvp_error_rel=0.0,
+    anode_angle_error_deg=0.0,
+    extra_filtration_mm_al=0.0,
+    heel_depth_um=0.0,
+    csi_excess_mm=0.0,
+    k_escape_prob=0.0,
+    glare_fraction=0.0,
+    psf_sigma_px=0.0,
+    gain_lowfreq_rel=0.0,
+    gain_prnu=0.0,
+    column_offset_adu=0.0,
+    scatter_per_attenuation=0.0,
+    swank_factor=1.0,
+    dead_pixels=0,
+    hot_pixels=0,
+)
 
 
 def _cfg(size=32, **kw) -> SecondRigConfig:
@@ -50,8 +64,9 @@ def test_config_is_strict_and_takes_nominal_settings_from_a_rig():
     assert all(getattr(cfg, f) == getattr(rig, f) for f in NOMINAL_FIELDS)
     assert cfg.scatter_per_attenuation == 0.01
     # every nominal field exists on RigConfig with the same default: one notebook entry drives both rigs
-    assert {f: SecondRigConfig.model_fields[f].get_default(call_default_factory=True) for f in NOMINAL_FIELDS} == \
-        {f: RigConfig.model_fields[f].get_default(call_default_factory=True) for f in NOMINAL_FIELDS}
+    assert {f: SecondRigConfig.model_fields[f].get_default(call_default_factory=True) for f in NOMINAL_FIELDS} == {
+        f: RigConfig.model_fields[f].get_default(call_default_factory=True) for f in NOMINAL_FIELDS
+    }
     with pytest.raises(ValueError, match=r"second_rig.height: nominal settings come from rig"):
         DatasetSpec(simulator="second_rig", second_rig={"height": 64})
 
@@ -72,8 +87,10 @@ def test_same_seed_same_bytes_and_interface_of_the_simulator():
     assert not np.allclose(other.gain_map, SecondRig(_cfg()).gain_map)
     # the data-set writer can use either rig: same public methods and signatures
     for name in ("capture", "calibration_frames", "frame_level", "session_gain"):
-        assert inspect.signature(getattr(SecondRig, name)).parameters.keys() == \
-            inspect.signature(getattr(RigSimulator, name)).parameters.keys()
+        assert (
+            inspect.signature(getattr(SecondRig, name)).parameters.keys()
+            == inspect.signature(getattr(RigSimulator, name)).parameters.keys()
+        )
     gains = [sim.session_gain(np.random.default_rng(s)) for s in range(200)]
     assert np.std(gains) == pytest.approx(sim.rig.output_drift_rel, rel=0.2)
 
@@ -85,10 +102,16 @@ def test_without_its_deviations_it_reproduces_the_nominal_physics():
     ours = SecondRigProfileModel(SecondRigConfig.from_nominal(rig, **NO_DEVIATIONS), bins=16)
     theirs = ProfileModel(rig.model_copy(update={"gain_prnu": 0.0}), bins=16, detector=False)
     for t in (1.0, 5.0):
-        np.testing.assert_allclose(ours.profile(a.nominal_fractions(), a.density_g_cm3, t),
-                                   theirs.profile(a.nominal_fractions(), a.density_g_cm3, t), rtol=1e-6)
-        np.testing.assert_allclose(ours.noise_var(a.nominal_fractions(), a.density_g_cm3, t),
-                                   theirs.noise_var(a.nominal_fractions(), a.density_g_cm3, t), rtol=1e-4)
+        np.testing.assert_allclose(
+            ours.profile(a.nominal_fractions(), a.density_g_cm3, t),
+            theirs.profile(a.nominal_fractions(), a.density_g_cm3, t),
+            rtol=1e-6,
+        )
+        np.testing.assert_allclose(
+            ours.noise_var(a.nominal_fractions(), a.density_g_cm3, t),
+            theirs.noise_var(a.nominal_fractions(), a.density_g_cm3, t),
+            rtol=1e-4,
+        )
 
 
 def test_flat_frame_level_and_noise_follow_its_own_model():
@@ -114,14 +137,14 @@ def test_heel_hardens_the_beam_on_the_anode_side_and_scatter_grows_with_attenuat
     beam = sim._beams[0]
     per_row = beam.response @ beam.n_open
     mean_e = (beam.energies @ beam.n_open) / beam.n_open.sum(0)
-    assert per_row[0] < 0.97 * per_row[32] < per_row[-1]            # anode side (row 0) dimmer ...
-    assert mean_e[0] > mean_e[32] + 0.1 > mean_e[-1] + 0.2          # ... and harder: not a plain ramp
+    assert per_row[0] < 0.97 * per_row[32] < per_row[-1]  # anode side (row 0) dimmer ...
+    assert mean_e[0] > mean_e[32] + 0.1 > mean_e[-1] + 0.2  # ... and harder: not a plain ramp
     a = get_alloy("Al6082")
     mu = linear_attenuation(a.nominal_fractions(), a.density_g_cm3, beam.energies)
     kev_plate, _ = sim.expected_kev(0, mu, 0.2)
     kev_open, _ = sim.expected_kev(0, None, 0.0)
-    a_rows = -np.log(kev_plate[:, 1] / kev_open[:, 1])               # the plate's -ln T in the plate-only strip
-    assert a_rows[0] < a_rows[-1]                                    # harder beam, less attenuation
+    a_rows = -np.log(kev_plate[:, 1] / kev_open[:, 1])  # the plate's -ln T in the plate-only strip
+    assert a_rows[0] < a_rows[-1]  # harder beam, less attenuation
     no_scatter = SecondRig(_cfg(64, scatter_per_attenuation=0.0))
     spr = sim.expected_kev(0, mu, 0.2)[0].mean(0) / no_scatter.expected_kev(0, mu, 0.2)[0].mean(0) - 1
     assert 0 < spr[4] < 0.02 and spr[32] > 2 * spr[4] and spr[-1] > 2 * spr[32]
@@ -132,8 +155,12 @@ def test_profile_model_agrees_with_captures_mean_and_variance():
     sim, model = SecondRig(cfg), SecondRigProfileModel(cfg, bins=16)
     plate = sample_plate("Al2017", 2.0, np.random.default_rng(0), "p", exact=True)
     dark, flat = sim.expected_levels()
-    profiles = np.stack([_profile(sim.capture(plate, np.random.default_rng(100 + i)).image[0], dark[0], flat[0], 16)
-                         for i in range(300)])
+    profiles = np.stack(
+        [
+            _profile(sim.capture(plate, np.random.default_rng(100 + i)).image[0], dark[0], flat[0], 16)
+            for i in range(300)
+        ]
+    )
     expected = model.profile(plate.fractions(), plate.density_g_cm3, 2.0)
     var = model.noise_var(plate.fractions(), plate.density_g_cm3, 2.0)
     se = profiles.std(0, ddof=1) / np.sqrt(len(profiles))
@@ -142,8 +169,9 @@ def test_profile_model_agrees_with_captures_mean_and_variance():
     ratio = profiles.var(0, ddof=1) / var
     assert np.all(np.abs(ratio - 1) < 0.2) and ratio.mean() == pytest.approx(1.0, abs=0.05)
     # the wedge reference (no plate) is the same model at zero plate thickness
-    refs = np.stack([_profile(sim.wedge_reference(np.random.default_rng(i))[0], dark[0], flat[0], 16)
-                     for i in range(40)])
+    refs = np.stack(
+        [_profile(sim.wedge_reference(np.random.default_rng(i))[0], dark[0], flat[0], 16) for i in range(40)]
+    )
     ref_model = model.profile(plate.fractions(), plate.density_g_cm3, 0.0)
     assert np.all(np.abs(refs.mean(0) - ref_model) < 4 * refs.std(0, ddof=1) / np.sqrt(40) + ref_model * 1e-3)
 
@@ -154,17 +182,27 @@ def test_it_differs_from_the_alloynet_simulator_by_a_few_percent_of_minus_ln_t()
     plate = sample_plate("Al6082", 2.0, np.random.default_rng(0), "p", exact=True)
     nominal = RigSimulator(rig)
     second = SecondRig(SecondRigConfig.from_nominal(rig))
-    pn = np.mean([_profile(nominal.capture(plate, np.random.default_rng(i)).image[0], rig.dark_offset_adu,
-                           rig.flat_target_adu, 32) for i in range(20)], 0)
+    pn = np.mean(
+        [
+            _profile(
+                nominal.capture(plate, np.random.default_rng(i)).image[0], rig.dark_offset_adu, rig.flat_target_adu, 32
+            )
+            for i in range(20)
+        ],
+        0,
+    )
     caps = [second.capture(plate, np.random.default_rng(i)) for i in range(20)]
     p2 = np.mean([_profile(c.image[0], c.dark_adu[0], c.flat_adu[0], 32) for c in caps], 0)
     rel = p2 / pn - 1
-    assert 0.01 < abs(rel[-4:].mean()) < 0.05     # thick end (last 8 columns): measured +2.3 %
-    assert 0.01 < abs(rel[:2].mean()) < 0.06      # plate-only strip (the plate's own -ln T): measured -2.9 %
+    assert 0.01 < abs(rel[-4:].mean()) < 0.05  # thick end (last 8 columns): measured +2.3 %
+    assert 0.01 < abs(rel[:2].mean()) < 0.06  # plate-only strip (the plate's own -ln T): measured -2.9 %
     assert np.abs(rel).max() < 0.08
     a5083 = get_alloy("Al5083")
-    alloy_gap = ProfileModel(rig).profile(a5083.nominal_fractions(), a5083.density_g_cm3, 2.0) / \
-        ProfileModel(rig).profile(get_alloy("Al6082").nominal_fractions(), get_alloy("Al6082").density_g_cm3, 2.0) - 1
+    alloy_gap = (
+        ProfileModel(rig).profile(a5083.nominal_fractions(), a5083.density_g_cm3, 2.0)
+        / ProfileModel(rig).profile(get_alloy("Al6082").nominal_fractions(), get_alloy("Al6082").density_g_cm3, 2.0)
+        - 1
+    )
     assert np.abs(rel[-4:]).mean() > np.abs(alloy_gap[-4:]).mean()  # the rig gap exceeds the 5083/6082 gap
 
 
@@ -178,8 +216,15 @@ def test_separability_takes_the_second_rig_profile_model():
 
 
 def test_dataset_from_the_second_rig(tmp_path):
-    spec = DatasetSpec(simulator="second_rig", n_max=6, imbalance_ratio=2, captures_per_plate=1, session_size=8,
-                       rig=RigConfig(height=64, width=64), second_rig={"output_drift_rel": 0.01})
+    spec = DatasetSpec(
+        simulator="second_rig",
+        n_max=6,
+        imbalance_ratio=2,
+        captures_per_plate=1,
+        session_size=8,
+        rig=RigConfig(height=64, width=64),
+        second_rig={"output_drift_rel": 0.01},
+    )
     store = LocalStore(tmp_path / "a")
     ids = simulate_dataset(spec, store)
     df = build_manifest(store, seed=0)

@@ -1,4 +1,5 @@
 """The champion pointer as a compare-and-set with its audit event committed inside it."""
+
 import pytest
 
 from alloynet.captures.stores import LocalStore, ObjectChanged
@@ -49,7 +50,9 @@ def test_a_writer_killed_after_the_commit_loses_no_event(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert reg.pointer().version == b and reg.pointer().generation == 2
     assert [(e["action"], e["version"], e["reason"]) for e in reg.events()] == [
-        ("promote", a, "first"), ("promote", b, "second")]  # the second comes from the pointer itself
+        ("promote", a, "first"),
+        ("promote", b, "second"),
+    ]  # the second comes from the pointer itself
     reg.promote(c, "third")  # the next move writes the missing copy
     assert len(list(reg.store.list("alloynet/events/"))) == 3
     _consistent(reg)

@@ -1,4 +1,5 @@
 """The model store (versions, hashes, champion pointer, rollback) and the promotion rule."""
+
 import json
 
 import pandas as pd
@@ -7,8 +8,15 @@ from typer.testing import CliRunner
 
 from alloynet.captures.stores import LocalStore, S3Store
 from alloynet.cli import app
-from alloynet.registry import (ArtifactIntegrityError, ModelRegistry, PromotionRule, RegistryError, decide,
-                               open_registry, tail_classes)
+from alloynet.registry import (
+    ArtifactIntegrityError,
+    ModelRegistry,
+    PromotionRule,
+    RegistryError,
+    decide,
+    open_registry,
+    tail_classes,
+)
 from alloynet.registry.promotion import best_candidate
 
 
@@ -22,16 +30,22 @@ def _release(tmp_path, name, payload=b"weights"):
 
 
 def _metrics(bacc, tail_recall=0.8, mae=0.2):
-    return {"balanced_accuracy": bacc, "macro_f1": bacc, "thickness_mae_mm": mae,
-            "per_class": {"Al1050": {"recall": 0.9}, "Al7075": {"recall": tail_recall}}}
+    return {
+        "balanced_accuracy": bacc,
+        "macro_f1": bacc,
+        "thickness_mae_mm": mae,
+        "per_class": {"Al1050": {"recall": 0.9}, "Al7075": {"recall": tail_recall}},
+    }
 
 
 def test_publish_records_hashes_and_metadata(tmp_path):
     reg = open_registry(tmp_path / "models")
-    v1 = reg.publish(_release(tmp_path, "a"), metrics=_metrics(0.5), config={"model": {"name": "fnn"}},
-                     manifest_hash="abc")
+    v1 = reg.publish(
+        _release(tmp_path, "a"), metrics=_metrics(0.5), config={"model": {"name": "fnn"}}, manifest_hash="abc"
+    )
     assert v1.version == "v0001" and v1.parent is None and v1.manifest_hash == "abc"
     import hashlib
+
     assert v1.artifacts["checkpoint/model.ckpt"].sha256 == hashlib.sha256(b"weights").hexdigest()
     assert set(v1.artifacts) == {"checkpoint/model.ckpt", "triton/alloynet/1/model.onnx"}
     reg.promote(v1.version, "first")
@@ -41,6 +55,7 @@ def test_publish_records_hashes_and_metadata(tmp_path):
     assert reg.get("v0002").metrics["balanced_accuracy"] == 0.6
     # versions are immutable: the store refuses to overwrite a published artifact
     from alloynet.captures.stores import ObjectExists
+
     with pytest.raises(ObjectExists):
         reg.store.put("alloynet/versions/v0001/files/checkpoint/model.ckpt", b"other")
 
@@ -60,8 +75,13 @@ def test_promote_rollback_and_pointer_history(tmp_path):
     p = reg.rollback(to="v0001")
     assert p.version == "v0001" and p.previous == []
     actions = [(e["action"], e["version"]) for e in reg.events()]
-    assert actions == [("promote", "v0001"), ("promote", "v0002"), ("promote", "v0003"), ("rollback", "v0002"),
-                       ("rollback", "v0001")]
+    assert actions == [
+        ("promote", "v0001"),
+        ("promote", "v0002"),
+        ("promote", "v0003"),
+        ("rollback", "v0002"),
+        ("rollback", "v0001"),
+    ]
     # every version is still there: rollback moves the pointer, it deletes nothing
     assert [v.version for v in reg.versions()] == vs
 
@@ -139,7 +159,6 @@ def test_registry_on_s3(s3_server, s3_bucket, tmp_path):
         reg.verify(a)
 
 
-
 def test_killed_publish_is_visible_and_discardable(tmp_path, monkeypatch):
     import os
     import time
@@ -214,6 +233,7 @@ def test_registry_cli_discard_clean_and_store_outage(tmp_path, monkeypatch):
     assert res.exit_code == 1 and res.output.startswith("error: object store unreachable: s3://models/r/")
     assert len(res.output.strip().splitlines()) == 1
 
+
 # ---- the promotion rule -------------------------------------------------------------------------------
 RULE = PromotionRule(min_margin=0.02, max_tail_recall_drop=0.05, max_thickness_mae_increase_mm=0.1)
 
@@ -239,12 +259,21 @@ def test_rule_blocks_tail_recall_and_thickness_regressions():
 
 
 def test_tail_classes_and_best_candidate():
-    df = pd.DataFrame({"alloy": ["A"] * 6 + ["B"] * 3 + ["C"] * 1 + ["C"] * 5,
-                       "split": ["train"] * 10 + ["test"] * 5, "labelled": True})
+    df = pd.DataFrame(
+        {
+            "alloy": ["A"] * 6 + ["B"] * 3 + ["C"] * 1 + ["C"] * 5,
+            "split": ["train"] * 10 + ["test"] * 5,
+            "labelled": True,
+        }
+    )
     assert tail_classes(df, 1 / 3) == ["C"]
     assert tail_classes(df, 2 / 3) == ["C", "B"]
-    assert best_candidate({"x": {"balanced_accuracy": 0.4}, "y": {"balanced_accuracy": 0.5},
-                           "z": {"balanced_accuracy": float("nan")}}) == "y"
+    assert (
+        best_candidate(
+            {"x": {"balanced_accuracy": 0.4}, "y": {"balanced_accuracy": 0.5}, "z": {"balanced_accuracy": float("nan")}}
+        )
+        == "y"
+    )
 
 
 # ---- the CLI -----------------------------------------------------------------------------------------------
@@ -254,8 +283,9 @@ def test_registry_cli_publish_promote_rollback(tmp_path):
     m = tmp_path / "m.json"
     m.write_text(json.dumps(_metrics(0.55)))
     for name in ("a", "b"):
-        res = runner.invoke(app, ["registry", "publish", str(_release(tmp_path, name, name.encode())), "--metrics",
-                                  str(m), "-r", store])
+        res = runner.invoke(
+            app, ["registry", "publish", str(_release(tmp_path, name, name.encode())), "--metrics", str(m), "-r", store]
+        )
         assert res.exit_code == 0, res.output
     assert runner.invoke(app, ["registry", "promote", "v0001", "-r", store]).exit_code == 0
     assert runner.invoke(app, ["registry", "promote", "v0002", "-r", store, "--reason", "better"]).exit_code == 0
@@ -280,15 +310,19 @@ def test_alloynet_never_imports_prefect():
     import sys
 
     # the CLI with every plugin loaded still does not import Prefect until a flow command runs
-    code = ("import sys, alloynet.registry, alloynet.steps; from alloynet.cli import app; "
-            "bad = sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'));"
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, alloynet.registry, alloynet.steps; from alloynet.cli import app; "
+        "bad = sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     # and the library itself never imports flows/ or serving/
-    code = ("import sys, alloynet.physics, alloynet.captures.ingest, alloynet.data.dataset, alloynet.models, "
-            "alloynet.losses, alloynet.train, alloynet.evaluate.report, alloynet.export, alloynet.steps, "
-            "alloynet.study; bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flows', 'serving', 'prefect'));"
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, alloynet.physics, alloynet.captures.ingest, alloynet.data.dataset, alloynet.models, "
+        "alloynet.losses, alloynet.train, alloynet.evaluate.report, alloynet.export, alloynet.steps, "
+        "alloynet.study; bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flows', 'serving', 'prefect'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -1,4 +1,5 @@
 """Hyperparameter search: the search space follows the loss, and the sampler is seeded."""
+
 import pytest
 
 from alloynet.study.search import SearchConfig, loss_params, run_search

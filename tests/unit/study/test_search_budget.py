@@ -1,4 +1,5 @@
 """Two launchers of one search on one storage share its budget: no overshoot, no trial trained twice."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ BUDGET = 8
 
 
 def _cfg(storage: str, trials: int = BUDGET) -> SearchConfig:
-    return SearchConfig(store="unused", loss="cb_focal", trials=trials, parallel=2, seed=0, storage=storage,
-                        study_name="shared")
+    return SearchConfig(
+        store="unused", loss="cb_focal", trials=trials, parallel=2, seed=0, storage=storage, study_name="shared"
+    )
 
 
 def _score(log: Path, cfg: SearchConfig, number: int, overrides: dict) -> float:
@@ -61,7 +63,8 @@ def test_two_launchers_race_on_one_storage_and_share_the_budget(tmp_path):
     assert len(params) == BUDGET  # seeded per launcher: no two launchers drew the same parameters
     assert len({t["pid"] for t in trained}) == 2
     assert {t.user_attrs["launcher"] for t in study.get_trials()} and len(
-        {t.user_attrs["launcher"] for t in study.get_trials()}) == 2
+        {t.user_attrs["launcher"] for t in study.get_trials()}
+    ) == 2
 
 
 def test_a_live_launchers_trials_are_left_alone_and_a_stopped_ones_adopted(tmp_path):

@@ -1,4 +1,5 @@
 """What the study checks before anything is submitted, and what it writes when no cell finished."""
+
 import json
 from pathlib import Path
 

@@ -1,11 +1,11 @@
 """A lab's folder as a lab has it, made from a simulated store: one 16-bit TIFF per capture and a labels CSV with
 the alloy, the nominal thickness, the plate and the calibration LEVELS; nothing only a simulator knows (a0,
 mu_eff), so `alloynet import` writes captures without them."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -13,7 +13,7 @@ from PIL import Image
 from alloynet.captures.layout import read_capture
 
 
-def write_lab_folder(store, root: Path, thickness: bool = True, only: Optional[set[str]] = None) -> Path:
+def write_lab_folder(store, root: Path, thickness: bool = True, only: set[str] | None = None) -> Path:
     """Every capture of ``store`` (or those in ``only``) as ``root/<alloy>/<capture id>.tif``; returns the labels
     CSV. ``thickness=False`` leaves the thickness column empty (a lab without a caliper)."""
     root.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """With few validation captures the conformal threshold is fitted on cross-fitted scores of the training captures
 too (alloynet.train.trainer.cross_fitted): every training capture scored once, by a model that never saw its
 plate, so a lab's first few hundred captures get prediction sets narrower than all five alloys."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,8 +21,17 @@ def store_dir(tmp_path_factory):
 
 
 def _cfg(store_dir, out, **over):
-    return load_config(None, {"data.store": str(store_dir), "out_dir": str(out), "epochs": 2, "progress": False,
-                              "data.batch_size": 8, **over})
+    return load_config(
+        None,
+        {
+            "data.store": str(store_dir),
+            "out_dir": str(out),
+            "epochs": 2,
+            "progress": False,
+            "data.batch_size": 8,
+            **over,
+        },
+    )
 
 
 def test_training_captures_join_the_calibration_set_cross_fitted(store_dir, tmp_path):

@@ -1,6 +1,7 @@
 """Captures a lab imports (TIFFs + a labels CSV: no a0, no mu_eff, sometimes no thickness) train with no config:
 each task a capture has no truth for is masked per sample in the loss and the metrics, and a non-finite loss
 stops training at once with one line naming the task and the likely cause."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ def _loss(weighting: str = "fixed") -> MultiTaskLoss:
 
 def _batch(n: int = 6, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    out = {"logits": torch.randn(n, 5, generator=g, requires_grad=True),
-           **{k: torch.randn(n, generator=g, requires_grad=True) for k in STATS}}
+    out = {
+        "logits": torch.randn(n, 5, generator=g, requires_grad=True),
+        **{k: torch.randn(n, generator=g, requires_grad=True) for k in STATS},
+    }
     targets = {"alloy": torch.randint(0, 5, (n,), generator=g), **{k: torch.randn(n, generator=g) for k in STATS}}
     return out, targets
 
@@ -48,11 +51,11 @@ def test_a_task_without_truth_is_masked_per_sample_and_its_gradient_stays_finite
     known = [0, 2, 4, 5]
     keep = {k: v[known] if k != "logits" else v[known] for k, v in out.items()}
     _, ref = loss(keep, {k: v[known] for k, v in t.items()})
-    assert parts["a0"] == pytest.approx(ref["a0"])             # the mean over the captures with truth only
+    assert parts["a0"] == pytest.approx(ref["a0"])  # the mean over the captures with truth only
     total.backward()
     for k, v in out.items():
         assert torch.isfinite(v.grad).all(), k
-    assert float(out["mu_eff"].grad.abs().sum()) == 0.0       # no truth, no pull
+    assert float(out["mu_eff"].grad.abs().sum()) == 0.0  # no truth, no pull
 
 
 def test_uncertainty_weighting_does_not_feed_a_task_with_no_truth_in_the_batch():
@@ -86,8 +89,20 @@ def test_a_non_finite_loss_is_diagnosed_in_one_line():
 
 
 def _import(lab: Path, store: Path, size: int = 32):
-    res = runner.invoke(app, ["import", str(lab / "labels.csv"), str(store), "--kvp", "50", "--wedge-mm", "50",
-                              "--accept-size", f"{size}x{size}"])
+    res = runner.invoke(
+        app,
+        [
+            "import",
+            str(lab / "labels.csv"),
+            str(store),
+            "--kvp",
+            "50",
+            "--wedge-mm",
+            "50",
+            "--accept-size",
+            f"{size}x{size}",
+        ],
+    )
     assert res.exit_code == 0, res.output
     return read_manifest(store / "manifest.csv")
 
@@ -99,7 +114,7 @@ def imported(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     with DummyCaptureStore(n_max=10, size=32, imbalance_ratio=2.0, wedges_mm=[50.0], root=root / "sim") as (st, _):
         write_lab_folder(st, root / "lab")
-    df = _import(root / "lab", root / "store")
+    _import(root / "lab", root / "store")
     return root
 
 
@@ -110,8 +125,9 @@ def test_imported_captures_have_no_simulator_truth(imported):
 
 def test_train_with_no_config_on_imported_captures_trains_and_evaluates(imported, tmp_path):
     out = tmp_path / "run"
-    res = runner.invoke(app, ["train", "--store", str(imported / "store"), "--epochs", "3", "--out", str(out),
-                              "--evaluate", "test"])
+    res = runner.invoke(
+        app, ["train", "--store", str(imported / "store"), "--epochs", "3", "--out", str(out), "--evaluate", "test"]
+    )
     assert res.exit_code == 0, res.output
     assert "nan" not in res.output.split("best epoch")[0].lower().replace("t_mae n/a", ""), res.output
     m = json.loads((out / "report-test" / "metrics.json").read_text())
@@ -144,8 +160,22 @@ def test_a_mix_of_imported_and_simulated_captures_trains(imported, tmp_path):
 
 def test_training_stops_at_a_non_finite_loss_with_one_line_and_no_traceback(imported, tmp_path):
     out = tmp_path / "run"
-    res = runner.invoke(app, ["train", "--store", str(imported / "store"), "--epochs", "2", "--out", str(out),
-                              "--set", "optim.lr=1e30", "--set", "model.physics=false"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--store",
+            str(imported / "store"),
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            "--set",
+            "optim.lr=1e30",
+            "--set",
+            "model.physics=false",
+        ],
+    )
     assert res.exit_code == 1, res.output
     lines = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "non-finite" in lines[0] and "likely cause" in lines[0], res.output

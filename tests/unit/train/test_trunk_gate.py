@@ -1,5 +1,6 @@
 """The trunk's alloy logits are kept only where the validation captures find the model better than the physics
 term alone (alloynet.train.trainer.gate_trunk); turned off, the graph answers with the term alone."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,17 @@ def _train(store_dir, out, monkeypatch, trunk_z: float):
     from alloynet.train import trainer
 
     monkeypatch.setattr(trainer, "TRUNK_Z", trunk_z)
-    cfg = load_config(None, {"data.store": str(store_dir), "out_dir": str(out), "epochs": 2, "progress": False,
-                             "data.batch_size": 8, "answer.crossfit_below": 0})
+    cfg = load_config(
+        None,
+        {
+            "data.store": str(store_dir),
+            "out_dir": str(out),
+            "epochs": 2,
+            "progress": False,
+            "data.batch_size": 8,
+            "answer.crossfit_below": 0,
+        },
+    )
     return train(cfg).checkpoint
 
 
@@ -36,8 +46,7 @@ def _logits_and_terms(ckpt, store_dir):
     model, _ = load_model(ckpt)
     from alloynet.data.manifest import read_manifest
 
-    ds = CaptureDataset(LocalStore(store_dir),
-                        read_manifest(store_dir / "manifest.csv"), "test")
+    ds = CaptureDataset(LocalStore(store_dir), read_manifest(store_dir / "manifest.csv"), "test")
     terms = []
     model.physics.register_forward_hook(lambda _m, _i, o: terms.append(o[0].detach()))
     with torch.no_grad():
@@ -51,7 +60,7 @@ def test_a_trunk_the_validation_captures_do_not_need_is_turned_off(store_dir, tm
     assert state["trunk"]["kept"] is False and np.isfinite(state["trunk"]["gain"])
     assert not state["model"]["head.classifier.weight"].any() and not state["model"]["head.classifier.bias"].any()
     logits, terms = _logits_and_terms(ckpt, store_dir)
-    assert torch.allclose(logits, terms, atol=1e-5)          # the graph answers with the physics term alone
+    assert torch.allclose(logits, terms, atol=1e-5)  # the graph answers with the physics term alone
 
 
 def test_a_trunk_that_helps_is_kept(store_dir, tmp_path, monkeypatch):
