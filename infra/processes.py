@@ -6,14 +6,15 @@ and stop-by-PID of the whole process group. Every server runs in its own process
 (``start_new_session=True``), so stopping the group also stops what it spawned (TorchServe's Python
 workers, Triton's backend stubs, Prefect's flow-run subprocesses).
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from serving.binaries import find_binary  # noqa: F401  (serving owns it; infra's modules find it here too)
 
@@ -90,8 +91,10 @@ def check_ports_free(wanted: dict[int, str]) -> None:
             holders = ", ".join(describe_pid(p) for p in sorted(listening_pids(port))) or "another process"
             taken.append(f"port {port} ({what}) is in use by {holders}")
     if taken:
-        raise PortInUse("; ".join(taken) + ". Nothing was started: pick free ports (infra/up.sh --port N --s3-port M) "
-                        "or stop what holds them.")
+        raise PortInUse(
+            "; ".join(taken) + ". Nothing was started: pick free ports (infra/up.sh --port N --s3-port M) "
+            "or stop what holds them."
+        )
 
 
 def served_by(port: int, group_leader: int) -> bool:
@@ -133,8 +136,9 @@ def tail(path: str | Path, lines: int = 30) -> str:
         return ""
 
 
-def wait_ready(probe: Callable[[], bool], pid: int, timeout: float, what: str, log: str | Path,
-               interval: float = 0.3) -> None:
+def wait_ready(
+    probe: Callable[[], bool], pid: int, timeout: float, what: str, log: str | Path, interval: float = 0.3
+) -> None:
     """Poll ``probe`` until it returns True; fail early, with the log's tail, if the process exits."""
     deadline = time.monotonic() + timeout
     last = ""

@@ -41,6 +41,7 @@ supervisor or server left behind, whatever its process group.
 
 This module has the commands; the supervisor's parts are in infra/supervisor/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,18 +55,44 @@ import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 from infra.processes import alive, port_free, stop_group, stop_pids, tagged_processes, tail
 from infra.supervisor import Supervisor
 from infra.supervisor.keys import instant as _instant  # noqa: F401  (callers of infra.serve parse key times)
 from infra.supervisor.releases import mar_with_version
-from infra.supervisor.settings import (ADMIN_FILE, CONFIG_FILE, DEFAULT_REGISTRY, LOCK_FILE, LOG_FILE, ROOT,
-                                       STATE_FILE, TAG_ENV, ServeConfig, ServeError, now, read_json, write_json)
+from infra.supervisor.settings import (
+    ADMIN_FILE,
+    CONFIG_FILE,
+    DEFAULT_REGISTRY,
+    LOCK_FILE,
+    LOG_FILE,
+    ROOT,
+    STATE_FILE,
+    TAG_ENV,
+    ServeConfig,
+    ServeError,
+    now,
+    read_json,
+    write_json,
+)
 from serving import endpoint
 
-__all__ = ["DEFAULT_REGISTRY", "TAG_ENV", "ServeConfig", "ServeError", "Supervisor", "caught_up", "default_dir",
-           "mar_with_version", "read_state", "reload", "start", "status", "stop", "supervisor_alive"]
+__all__ = [
+    "DEFAULT_REGISTRY",
+    "TAG_ENV",
+    "ServeConfig",
+    "ServeError",
+    "Supervisor",
+    "caught_up",
+    "default_dir",
+    "mar_with_version",
+    "read_state",
+    "reload",
+    "start",
+    "status",
+    "stop",
+    "supervisor_alive",
+]
 
 
 def default_dir() -> Path:
@@ -82,11 +109,12 @@ def _tagged(pid: int, tag: str) -> bool:
 
 # -- the commands ------------------------------------------------------------------------------------------
 
-def read_state(state_dir: Path) -> Optional[dict]:
+
+def read_state(state_dir: Path) -> dict | None:
     return read_json(Path(state_dir) / STATE_FILE)
 
 
-def supervisor_alive(state_dir: Path) -> Optional[dict]:
+def supervisor_alive(state_dir: Path) -> dict | None:
     """The state, if its supervisor runs."""
     st = read_state(state_dir)
     if st and st.get("supervisor_pid") and _tagged(int(st["supervisor_pid"]), st.get("tag", "")):
@@ -99,14 +127,14 @@ def _leftovers(state_dir: Path) -> list[int]:
     return tagged_processes(TAG_ENV, st["tag"]) if st and st.get("tag") else []
 
 
-def start(cfg: ServeConfig, state_dir: Optional[Path] = None, wait: bool = True) -> tuple[Optional[dict], bool]:
+def start(cfg: ServeConfig, state_dir: Path | None = None, wait: bool = True) -> tuple[dict | None, bool]:
     """Start serving (or report what already serves from ``state_dir``); returns (state, already_running)."""
     from alloynet.registry import open_registry
 
     state_dir = Path(state_dir or default_dir()).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     with open(state_dir / LOCK_FILE, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)   # two `start`s at once: the second sees the first's supervisor
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two `start`s at once: the second sees the first's supervisor
         running = supervisor_alive(state_dir)
         if running:
             return running, True
@@ -114,13 +142,17 @@ def start(cfg: ServeConfig, state_dir: Optional[Path] = None, wait: bool = True)
         if left:  # a supervisor killed with its servers still up: they hold the ports
             stop_pids(left)
         if not Path(cfg.registry).exists() and "://" not in cfg.registry:
-            raise ServeError(f"registry {cfg.registry} does not exist: run `make demo` (it writes demo-data/registry) "
-                             "or give --registry")
+            raise ServeError(
+                f"registry {cfg.registry} does not exist: run `make demo` (it writes demo-data/registry) "
+                "or give --registry"
+            )
         cfg.registry = cfg.registry if "://" in cfg.registry else str(Path(cfg.registry).resolve())
         reg = open_registry(cfg.registry, cfg.model)
         if reg.pointer() is None:
-            raise ServeError(f"{reg.uri} has no champion yet: run `make demo` or the nightly flow, or promote a "
-                             "version (`alloynet registry promote`)")
+            raise ServeError(
+                f"{reg.uri} has no champion yet: run `make demo` or the nightly flow, or promote a "
+                "version (`alloynet registry promote`)"
+            )
         from infra import triton
 
         ok, why = triton.available()
@@ -128,10 +160,12 @@ def start(cfg: ServeConfig, state_dir: Optional[Path] = None, wait: bool = True)
             raise ServeError(why)
         busy = [f"{what} {port}" for what, port in cfg.ports().items() if not port_free(port)]
         if busy:
-            raise ServeError(f"port(s) in use: {', '.join(busy)}; stop what listens there or choose other ports "
-                             "(alloynet serve start --help)")
+            raise ServeError(
+                f"port(s) in use: {', '.join(busy)}; stop what listens there or choose other ports "
+                "(alloynet serve start --help)"
+            )
         write_json(state_dir / CONFIG_FILE, asdict(cfg))
-        admin = state_dir / ADMIN_FILE   # 0600 from the moment it exists: the key guards load/unload
+        admin = state_dir / ADMIN_FILE  # 0600 from the moment it exists: the key guards load/unload
         admin.unlink(missing_ok=True)
         with os.fdopen(os.open(admin, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write(secrets.token_urlsafe(24))
@@ -139,11 +173,19 @@ def start(cfg: ServeConfig, state_dir: Optional[Path] = None, wait: bool = True)
         endpoint.env_file_path(state_dir).unlink(missing_ok=True)
         tag = uuid.uuid4().hex
         with open(state_dir / LOG_FILE, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "infra.serve", "supervise", str(state_dir)], cwd=ROOT,
-                                    env={**os.environ, TAG_ENV: tag, "PYTHONUNBUFFERED": "1"}, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        write_json(state_dir / STATE_FILE, {"supervisor_pid": proc.pid, "tag": tag, "status": "starting",
-                                             "config": asdict(cfg), "updated_at": now()})
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "infra.serve", "supervise", str(state_dir)],
+                cwd=ROOT,
+                env={**os.environ, TAG_ENV: tag, "PYTHONUNBUFFERED": "1"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        write_json(
+            state_dir / STATE_FILE,
+            {"supervisor_pid": proc.pid, "tag": tag, "status": "starting", "config": asdict(cfg), "updated_at": now()},
+        )
     if not wait:
         return read_state(state_dir), False
     deadline = time.monotonic() + cfg.start_timeout_s + 30
@@ -153,14 +195,16 @@ def start(cfg: ServeConfig, state_dir: Optional[Path] = None, wait: bool = True)
             return st, False
         if st.get("status") == "failed" or proc.poll() is not None:
             proc.wait(timeout=30)
-            raise ServeError(f"serving did not start: {st.get('error') or 'the supervisor exited'}; "
-                             f"see {state_dir / LOG_FILE}:\n{tail(state_dir / LOG_FILE, 15)}")
+            raise ServeError(
+                f"serving did not start: {st.get('error') or 'the supervisor exited'}; "
+                f"see {state_dir / LOG_FILE}:\n{tail(state_dir / LOG_FILE, 15)}"
+            )
         time.sleep(0.3)
     stop(state_dir)
     raise ServeError(f"serving not ready after {cfg.start_timeout_s + 30:.0f} s; stopped. See {state_dir / LOG_FILE}")
 
 
-def stop(state_dir: Optional[Path] = None, timeout: float = 60.0) -> dict:
+def stop(state_dir: Path | None = None, timeout: float = 60.0) -> dict:
     """Stop the supervisor (which stops its servers) and anything else this state's tag marks."""
     state_dir = Path(state_dir or default_dir()).resolve()
     st = read_state(state_dir) or {}
@@ -174,7 +218,7 @@ def stop(state_dir: Optional[Path] = None, timeout: float = 60.0) -> dict:
         out["leftovers"] = len(left)
     from infra import triton
 
-    triton.stop(state_dir / "triton", timeout=5)   # shared memory of a server killed with its supervisor
+    triton.stop(state_dir / "triton", timeout=5)  # shared memory of a server killed with its supervisor
     endpoint.env_file_path(state_dir).unlink(missing_ok=True)
     if st:
         st.update({"status": "stopped", "updated_at": now()})
@@ -182,7 +226,7 @@ def stop(state_dir: Optional[Path] = None, timeout: float = 60.0) -> dict:
     return out
 
 
-def status(state_dir: Optional[Path] = None) -> dict:
+def status(state_dir: Path | None = None) -> dict:
     """The state, with what actually runs checked now."""
     state_dir = Path(state_dir or default_dir()).resolve()
     st = read_state(state_dir)
@@ -203,7 +247,7 @@ def status(state_dir: Optional[Path] = None) -> dict:
     return st
 
 
-def _model_ready(info: dict, config: dict) -> Optional[bool]:
+def _model_ready(info: dict, config: dict) -> bool | None:
     """Whether Triton says the served model is READY; None when it does not answer."""
     from infra import triton
 
@@ -217,11 +261,14 @@ def caught_up(st: dict) -> bool:
     """Every server of this state serves the champion it last read."""
     gen = (st.get("champion") or {}).get("generation")
     ts = (st.get("servers") or {}).get("torchserve")
-    return gen is not None and (st.get("serving") or {}).get("generation") == gen and (ts is None or
-                                                                                      ts.get("generation") == gen)
+    return (
+        gen is not None
+        and (st.get("serving") or {}).get("generation") == gen
+        and (ts is None or ts.get("generation") == gen)
+    )
 
 
-def reload(state_dir: Optional[Path] = None, timeout: float = 300.0) -> dict:
+def reload(state_dir: Path | None = None, timeout: float = 300.0) -> dict:
     """Make the supervisor look at the champion now; wait until it serves it (or says why not)."""
     state_dir = Path(state_dir or default_dir()).resolve()
     st = supervisor_alive(state_dir)
@@ -237,13 +284,15 @@ def reload(state_dir: Optional[Path] = None, timeout: float = 300.0) -> dict:
         if caught_up(st):
             return st
         failed = st.get("failed_swap") or {}
-        if failed and failed.get("generation") in ((st.get("champion") or {}).get("generation"),
-                                                   (st.get("serving") or {}).get("generation")):
+        if failed and failed.get("generation") in (
+            (st.get("champion") or {}).get("generation"),
+            (st.get("serving") or {}).get("generation"),
+        ):
             return st
     raise ServeError(f"no answer from the supervisor in {timeout:.0f} s; see {state_dir / LOG_FILE}")
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="the serving supervisor (run by `alloynet serve start`)")
     p.add_argument("action", choices=["supervise"])
     p.add_argument("dir", type=Path)

@@ -14,6 +14,7 @@ dir, the unpacked archives, the worker sockets' port range and the key file are 
 Requests larger than ``max_request_bytes`` are refused by the frontend (REST 413, gRPC RESOURCE_EXHAUSTED)
 before reaching a worker. The process group is stopped by PID.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -27,13 +28,12 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from infra.processes import HOST, alive, find_binary, free_port, stop_pid_file, wait_ready
 
 KEY_FILE = "key_file.json"
 MANAGEMENT_SOCKET = "management.sock"
-DEFAULT_MAX_REQUEST_BYTES = 8 << 20   # a 16-bit capture up to ~2000x2000 px as PNG, or 1400x1400 as float32 .npy
+DEFAULT_MAX_REQUEST_BYTES = 8 << 20  # a 16-bit capture up to ~2000x2000 px as PNG, or 1400x1400 as float32 .npy
 
 
 @dataclass
@@ -42,7 +42,7 @@ class TorchServeServer:
     pid: int
     http_port: int
     grpc_port: int
-    management_port: Optional[int]
+    management_port: int | None
     models: list[str]
 
     @property
@@ -76,8 +76,9 @@ def _key_file(workdir: str | Path, wait_s: float = 5.0) -> dict:
             return json.loads(path.read_text())
         except ValueError:
             if time.monotonic() >= end:
-                raise ValueError(f"{path} is not valid JSON after {wait_s:g} s (TorchServe did not finish "
-                                 "rewriting it)") from None
+                raise ValueError(
+                    f"{path} is not valid JSON after {wait_s:g} s (TorchServe did not finish rewriting it)"
+                ) from None
             time.sleep(0.05)
 
 
@@ -90,14 +91,26 @@ def key_expiry(workdir: str | Path) -> dict[str, str]:
     return {k: v["expiration time"] for k, v in _key_file(workdir).items() if "expiration time" in v}
 
 
-def write_config(workdir: Path, model_store: Path, models: list[str], http_port: int, grpc_port: int,
-                 management_port: Optional[int], *, model_api: bool = False, grpc_management_port: Optional[int] = None,
-                 metrics_port: Optional[int] = None, token_expiry_min: Optional[float] = None,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, heap_mb: int = 512) -> Path:
+def write_config(
+    workdir: Path,
+    model_store: Path,
+    models: list[str],
+    http_port: int,
+    grpc_port: int,
+    management_port: int | None,
+    *,
+    model_api: bool = False,
+    grpc_management_port: int | None = None,
+    metrics_port: int | None = None,
+    token_expiry_min: float | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    heap_mb: int = 512,
+) -> Path:
     sock = workdir / MANAGEMENT_SOCKET
     if not management_port and len(str(sock)) > 100:  # sun_path holds 108 bytes
-        raise ValueError(f"{sock}: too long for a Unix socket path (max ~100 characters); use a shorter working "
-                         "directory")
+        raise ValueError(
+            f"{sock}: too long for a Unix socket path (max ~100 characters); use a shorter working directory"
+        )
     mgmt = f"http://{HOST}:{management_port}" if management_port else f"unix:{sock}"
     lines = {
         "inference_address": f"http://{HOST}:{http_port}",
@@ -132,11 +145,22 @@ def write_config(workdir: Path, model_store: Path, models: list[str], http_port:
     return path
 
 
-def start(model_store: str | Path, models: list[str], workdir: str | Path, management: bool = False,
-          http_port: Optional[int] = None, grpc_port: Optional[int] = None, timeout: float = 120.0,
-          env: Optional[dict] = None, *, model_api: bool = False, grpc_management_port: Optional[int] = None,
-          metrics_port: Optional[int] = None, token_expiry_min: Optional[float] = None,
-          max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> TorchServeServer:
+def start(
+    model_store: str | Path,
+    models: list[str],
+    workdir: str | Path,
+    management: bool = False,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    timeout: float = 120.0,
+    env: dict | None = None,
+    *,
+    model_api: bool = False,
+    grpc_management_port: int | None = None,
+    metrics_port: int | None = None,
+    token_expiry_min: float | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+) -> TorchServeServer:
     """Start TorchServe with ``models`` (e.g. ["alloynet.mar"] or ["alloynet=alloynet-g3.mar"]) and wait until
     every model answers. Ports: the ones given, else free ones."""
     workdir = Path(workdir).resolve()
@@ -149,34 +173,73 @@ def start(model_store: str | Path, models: list[str], workdir: str | Path, manag
     mport = free_port() if management else None
     (workdir / KEY_FILE).unlink(missing_ok=True)  # a predecessor's keys: readiness waits for the new ones
     (workdir / MANAGEMENT_SOCKET).unlink(missing_ok=True)
-    cfg = write_config(workdir, Path(model_store).resolve(), models, http_port, grpc_port, mport, model_api=model_api,
-                       grpc_management_port=grpc_management_port, metrics_port=metrics_port,
-                       token_expiry_min=token_expiry_min, max_request_bytes=max_request_bytes)
+    cfg = write_config(
+        workdir,
+        Path(model_store).resolve(),
+        models,
+        http_port,
+        grpc_port,
+        mport,
+        model_api=model_api,
+        grpc_management_port=grpc_management_port,
+        metrics_port=metrics_port,
+        token_expiry_min=token_expiry_min,
+        max_request_bytes=max_request_bytes,
+    )
     # TMPDIR: TorchServe keeps its pid file in the temp dir (one global file by default, so a second server
     # anywhere on the machine refused to start); per working directory, servers run side by side.
-    run_env = {**os.environ, "LOG_LOCATION": str(workdir / "logs"), "METRICS_LOCATION": str(workdir / "logs"),
-               "TS_DISABLE_TOKEN_AUTHORIZATION": "false", "TMPDIR": str(workdir / "tmp"), **(env or {})}
+    run_env = {
+        **os.environ,
+        "LOG_LOCATION": str(workdir / "logs"),
+        "METRICS_LOCATION": str(workdir / "logs"),
+        "TS_DISABLE_TOKEN_AUTHORIZATION": "false",
+        "TMPDIR": str(workdir / "tmp"),
+        **(env or {}),
+    }
     # The worker processes run the handler with this interpreter (alloynet importable there).
     run_env["PATH"] = f"{Path(sys.executable).parent}:{run_env.get('PATH', '')}"
     exe = find_binary("torchserve", "pip install 'alloynet[serve]' (and Java 17 on PATH)")
     with open(workdir / "torchserve.log", "ab") as log:  # the child keeps its own copy of the handle
-        proc = subprocess.Popen([exe, "--start", "--foreground", "--ncs", "--ts-config", str(cfg),
-                                 "--model-store", str(Path(model_store).resolve())],
-                                cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                exe,
+                "--start",
+                "--foreground",
+                "--ncs",
+                "--ts-config",
+                str(cfg),
+                "--model-store",
+                str(Path(model_store).resolve()),
+            ],
+            cwd=workdir,
+            env=run_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     pid_file.write_text(str(proc.pid))
-    server = TorchServeServer(workdir, proc.pid, http_port, grpc_port, mport,
-                              [Path(m.split("=")[0] if "=" in m else m).stem for m in models])
+    server = TorchServeServer(
+        workdir, proc.pid, http_port, grpc_port, mport, [Path(m.split("=")[0] if "=" in m else m).stem for m in models]
+    )
     try:
+
         def healthy() -> bool:  # /ping needs the inference key too: the key file appears first
-            req = urllib.request.Request(f"{server.inference_url}/ping",
-                                         headers={"Authorization": f"Bearer {server.inference_key}"})
+            req = urllib.request.Request(
+                f"{server.inference_url}/ping", headers={"Authorization": f"Bearer {server.inference_key}"}
+            )
             with urllib.request.urlopen(req, timeout=2) as r:
                 if json.loads(r.read().decode()).get("status") != "Healthy":
                     return False
             return all(workers_ready(server, m) for m in server.models)
 
-        wait_ready(healthy, proc.pid, timeout, f"TorchServe at {server.inference_url}",
-                   server.workdir / "torchserve.log", interval=0.5)
+        wait_ready(
+            healthy,
+            proc.pid,
+            timeout,
+            f"TorchServe at {server.inference_url}",
+            server.workdir / "torchserve.log",
+            interval=0.5,
+        )
     except Exception:
         stop(workdir)
         raise
@@ -186,8 +249,10 @@ def start(model_store: str | Path, models: list[str], workdir: str | Path, manag
 def workers_ready(server: TorchServeServer, model: str) -> bool:
     """Whether ``model`` has a worker READY (/ping says Healthy before any worker has loaded its model)."""
     if server.management_port:
-        req = urllib.request.Request(f"http://{HOST}:{server.management_port}/models/{model}",
-                                     headers={"Authorization": f"Bearer {server.keys()['management']}"})
+        req = urllib.request.Request(
+            f"http://{HOST}:{server.management_port}/models/{model}",
+            headers={"Authorization": f"Bearer {server.keys()['management']}"},
+        )
         with urllib.request.urlopen(req, timeout=5) as r:
             described = json.loads(r.read().decode())
     else:
@@ -201,6 +266,7 @@ def stop(workdir: str | Path, timeout: float = 20.0) -> None:
 
 
 # -- the management API over its Unix socket -----------------------------------------------------------
+
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float):
@@ -220,8 +286,14 @@ class ManagementError(RuntimeError):
         super().__init__(f"TorchServe management API: {status} {message}")
 
 
-def management(workdir: str | Path, method: str, path: str, params: Optional[dict] = None, key: str = "management",
-               timeout: float = 300.0) -> dict:
+def management(
+    workdir: str | Path,
+    method: str,
+    path: str,
+    params: dict | None = None,
+    key: str = "management",
+    timeout: float = 300.0,
+) -> dict:
     """One call to the management API on the server's Unix socket, authorised with ``key`` ("management", or
     "API" for /token); returns the JSON answer, raises ManagementError on an error status."""
     workdir = Path(workdir)

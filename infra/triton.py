@@ -15,6 +15,7 @@ drops each request when it is answered, and glibc is told to serve anything from
 (returned to the system on free, where heap arenas keep it): the same burst now leaves RSS where it was
 (bench/serve.py, docs/benchmarks.md).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,9 +23,9 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from infra.processes import HOST, alive, free_port, stop_pid_file, wait_ready
 
@@ -33,12 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # and trimmed; two arenas instead of 8 per core.
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}
 ADMIN_HEADER = "alloynet-admin"  # the header the model-repository (load/unload) API requires, when restricted
-SHM_FILE = "tritonserver.shm"    # the Python backend's shared-memory prefix of the running server
+SHM_FILE = "tritonserver.shm"  # the Python backend's shared-memory prefix of the running server
 SECRET_PLACEHOLDER = "@ALLOYNET_SECRET@"  # on the command line in place of the admin key (infra/argv_secret.c)
-SECRET_FILE = "admin.key"        # the admin key, 0600, in the server's working directory
+SECRET_FILE = "admin.key"  # the admin key, 0600, in the server's working directory
 
 
-def native_backend(venv: Optional[Path] = None) -> Path:
+def native_backend(venv: Path | None = None) -> Path:
     """alloynet's Triton backend library, as infra/serving_env.sh built it."""
     # imported here: serving.triton.repository pulls in torch (through alloynet.export), which `serve status`
     # and the supervisor's start do not need
@@ -54,13 +55,14 @@ def triton_venv() -> Path:
     return Path(os.environ.get("ALLOYNET_TRITON_VENV", ROOT / ".venv-triton")).resolve()
 
 
-def triton_dist(venv: Optional[Path] = None) -> Path:
+def triton_dist(venv: Path | None = None) -> Path:
     """pytriton's tritonserver directory inside the Triton venv."""
     venv = venv or triton_venv()
     found = sorted(venv.glob("lib/python3.*/site-packages/pytriton/tritonserver"))
     if not found:
-        raise RuntimeError(f"no tritonserver under {venv}: run infra/serving_env.sh (installs nvidia-pytriton "
-                           "into .venv-triton)")
+        raise RuntimeError(
+            f"no tritonserver under {venv}: run infra/serving_env.sh (installs nvidia-pytriton into .venv-triton)"
+        )
     return found[-1]
 
 
@@ -75,7 +77,7 @@ def available() -> tuple[bool, str]:
 class TritonServer:
     workdir: Path
     pid: int
-    http_port: Optional[int]  # None: HTTP is off (gRPC only)
+    http_port: int | None  # None: HTTP is off (gRPC only)
     grpc_port: int
     models: list[str]
 
@@ -90,7 +92,7 @@ class TritonServer:
         return f"http://{HOST}:{self.http_port}"
 
 
-def admin_headers(admin_key: Optional[str]) -> dict[str, str]:
+def admin_headers(admin_key: str | None) -> dict[str, str]:
     """gRPC metadata for the restricted model-repository API (Triton expects the key prefixed, over gRPC)."""
     return {f"triton-grpc-protocol-{ADMIN_HEADER}": admin_key} if admin_key else {}
 
@@ -102,7 +104,8 @@ def grpc_ready(target: str, models: Sequence[str] = (), timeout: float = 2.0) ->
     client = grpcclient.InferenceServerClient(target)
     try:
         return bool(client.is_server_ready(client_timeout=timeout)) and all(
-            client.is_model_ready(m, client_timeout=timeout) for m in models)
+            client.is_model_ready(m, client_timeout=timeout) for m in models
+        )
     finally:
         client.close()
 
@@ -129,7 +132,7 @@ def grpc_live(target: str, timeout: float = 2.0) -> bool:
         client.close()
 
 
-def load_model(target: str, model: str, admin_key: Optional[str] = None, timeout: float = 300.0) -> None:
+def load_model(target: str, model: str, admin_key: str | None = None, timeout: float = 300.0) -> None:
     """(Re)load ``model`` from the repository (explicit model control). Triton loads the new version(s) while
     the loaded ones keep serving and unloads the old ones only once the new ones are ready; a failed load
     leaves what was loaded serving. Raises tritonclient's InferenceServerException on failure."""
@@ -149,20 +152,26 @@ def _prepare(workdir: Path, venv: Path) -> tuple[Path, dict]:
     server_dir = workdir / "tritonserver"
     if not (server_dir / "bin" / "tritonserver").exists():
         shutil.copytree(dist, server_dir, ignore=shutil.ignore_patterns("python_backend_stubs"), dirs_exist_ok=True)
-        shutil.copy2(dist / "python_backend_stubs" / pyver / "triton_python_backend_stub",
-                     server_dir / "backends" / "python" / "triton_python_backend_stub")
+        shutil.copy2(
+            dist / "python_backend_stubs" / pyver / "triton_python_backend_stub",
+            server_dir / "backends" / "python" / "triton_python_backend_stub",
+        )
     # alloynet's backend, as last built: copied beside and renamed over, so a server still running from this
     # directory keeps the library it mapped.
     lib = native_backend(venv)
-    dst = server_dir / "backends" / lib.parent.name / lib.name   # <backends>/alloynet_ort/, as Triton looks it up
+    dst = server_dir / "backends" / lib.parent.name / lib.name  # <backends>/alloynet_ort/, as Triton looks it up
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not dst.exists() or dst.read_bytes() != lib.read_bytes():
         tmp = dst.with_name(f".{lib.name}.{os.getpid()}")
         shutil.copy2(lib, tmp)
         os.replace(tmp, dst)
     python = venv / "bin" / "python"
-    libdir = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-                            capture_output=True, text=True, check=True).stdout.strip()
+    libdir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     libs = [libdir, str(dist.parents[1] / "nvidia_pytriton.libs")]
     env = dict(os.environ)
     # The stub embeds libpython (found through LD_LIBRARY_PATH) and runs the first `python` on PATH's
@@ -186,12 +195,17 @@ def secret_library(server_dir: Path) -> Path:
         return lib
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        raise RuntimeError("a C compiler (cc) is needed to build infra/argv_secret.c, which keeps Triton's admin "
-                           "key off its command line; install gcc (infra/serving_env.sh needs g++ anyway)")
+        raise RuntimeError(
+            "a C compiler (cc) is needed to build infra/argv_secret.c, which keeps Triton's admin "
+            "key off its command line; install gcc (infra/serving_env.sh needs g++ anyway)"
+        )
     lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = lib.with_name(f".{lib.name}.{os.getpid()}")
-    done = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o", str(tmp), str(src)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o", str(tmp), str(src)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"building {src} failed:\n{done.stderr}")
     os.replace(tmp, lib)
@@ -207,10 +221,21 @@ def _write_secret(path: Path, secret: str) -> None:
         f.write(secret)
 
 
-def start(repository: str | Path, workdir: str | Path, models: Sequence[str] = ("alloynet",),
-          timeout: float = 90.0, venv: Optional[Path] = None, log_verbose: int = 0, *,
-          grpc_port: Optional[int] = None, http: bool = True, http_port: Optional[int] = None,
-          admin_key: Optional[str] = None, env: Optional[dict] = None, memory_guard: bool = True) -> TritonServer:
+def start(
+    repository: str | Path,
+    workdir: str | Path,
+    models: Sequence[str] = ("alloynet",),
+    timeout: float = 90.0,
+    venv: Path | None = None,
+    log_verbose: int = 0,
+    *,
+    grpc_port: int | None = None,
+    http: bool = True,
+    http_port: int | None = None,
+    admin_key: str | None = None,
+    env: dict | None = None,
+    memory_guard: bool = True,
+) -> TritonServer:
     """Start tritonserver on 127.0.0.1 with ``models`` loaded (explicit model control) and wait until ready.
 
     Ports: the ones given, else free ones. ``http=False``: gRPC only. ``admin_key``: the model-repository
@@ -227,22 +252,33 @@ def start(repository: str | Path, workdir: str | Path, models: Sequence[str] = (
     # Shared-memory regions of the Python backend are named per server, so two servers never collide; the
     # prefix is recorded so that what a killed server left in /dev/shm can be removed.
     shm_prefix = f"alloynet{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    args = [str(server_dir / "bin" / "tritonserver"), f"--model-repository={Path(repository).resolve()}",
-            f"--backend-directory={server_dir / 'backends'}", f"--cache-directory={server_dir / 'caches'}",
-            "--model-control-mode=explicit", *[f"--load-model={m}" for m in models],
-            f"--grpc-address={HOST}", f"--grpc-port={grpc_port}",
-            *(["--grpc-infer-allocation-pool-size=0"] if memory_guard else []),
-            "--allow-metrics=false", "--allow-gpu-metrics=false", "--allow-cpu-metrics=false",
-            "--strict-readiness=true", "--exit-on-error=true", f"--log-verbose={log_verbose}",
-            f"--backend-config=python,shm-region-prefix-name={shm_prefix}"]
+    args = [
+        str(server_dir / "bin" / "tritonserver"),
+        f"--model-repository={Path(repository).resolve()}",
+        f"--backend-directory={server_dir / 'backends'}",
+        f"--cache-directory={server_dir / 'caches'}",
+        "--model-control-mode=explicit",
+        *[f"--load-model={m}" for m in models],
+        f"--grpc-address={HOST}",
+        f"--grpc-port={grpc_port}",
+        *(["--grpc-infer-allocation-pool-size=0"] if memory_guard else []),
+        "--allow-metrics=false",
+        "--allow-gpu-metrics=false",
+        "--allow-cpu-metrics=false",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--log-verbose={log_verbose}",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+    ]
     args += [f"--http-address={HOST}", f"--http-port={http_port}"] if http else ["--allow-http=false"]
     if admin_key:  # the key itself goes through a 0600 file, never the command line (see secret_library)
         if SECRET_PLACEHOLDER in admin_key or any(c.isspace() for c in admin_key):
             raise ValueError("admin_key must not contain whitespace or the placeholder")
         _write_secret(workdir / SECRET_FILE, admin_key)
         run_env["ALLOYNET_SECRET_FILE"] = str(workdir / SECRET_FILE)
-        run_env["LD_PRELOAD"] = ":".join([str(secret_library(server_dir))]
-                                         + [p for p in run_env.get("LD_PRELOAD", "").split(":") if p])
+        run_env["LD_PRELOAD"] = ":".join(
+            [str(secret_library(server_dir))] + [p for p in run_env.get("LD_PRELOAD", "").split(":") if p]
+        )
         args.append(f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={SECRET_PLACEHOLDER}")
         if http:
             args.append(f"--http-restricted-api=model-repository:{ADMIN_HEADER}={SECRET_PLACEHOLDER}")
@@ -252,13 +288,19 @@ def start(repository: str | Path, workdir: str | Path, models: Sequence[str] = (
     _clean_shm(workdir)  # what a killed predecessor in this working directory left
     (workdir / SHM_FILE).write_text(shm_prefix)
     with open(workdir / "tritonserver.log", "ab") as log:  # the child keeps its own copy of the handle
-        proc = subprocess.Popen(args, cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     (workdir / "tritonserver.pid").write_text(str(proc.pid))
     server = TritonServer(workdir, proc.pid, http_port, grpc_port, list(models))
     try:
-        wait_ready(lambda: grpc_ready(server.grpc_target, models), proc.pid, timeout,
-                   f"Triton at {server.grpc_target}", workdir / "tritonserver.log")
+        wait_ready(
+            lambda: grpc_ready(server.grpc_target, models),
+            proc.pid,
+            timeout,
+            f"Triton at {server.grpc_target}",
+            workdir / "tritonserver.log",
+        )
     except Exception:
         stop(workdir)
         raise

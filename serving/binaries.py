@@ -1,4 +1,5 @@
 """Finding the command-line tools serving runs (torch-model-archiver) and infra starts (torchserve, weed)."""
+
 from __future__ import annotations
 
 import shutil

@@ -5,6 +5,7 @@ it names a bad capture by its status (``alloynet.contract.STATUSES``), the same 
 Deliberately numpy-only (no alloynet import): the packagers copy this file into the .mar. Decoding PNG/TIFF bytes
 is the library's job (``alloynet.captures.image.decode_image``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -78,7 +79,7 @@ def header_shape(data: bytes):
             major = data[6]
             size_fmt, start = ("<H", 10) if major == 1 else ("<I", 12)
             header_len = struct.unpack_from(size_fmt, data, 8)[0]
-            header = ast.literal_eval(data[start:start + header_len].decode("latin-1"))
+            header = ast.literal_eval(data[start : start + header_len].decode("latin-1"))
             shape = tuple(int(d) for d in header["shape"])
             return (1, *shape) if len(shape) == 2 else shape
     except CaptureInputError:
@@ -101,9 +102,12 @@ def check_header(data: bytes, shape: tuple[int, int, int]) -> None:
         raise CaptureInputError("image", f"{_empty(declared)} (shape {list(declared)})")
     if declared is not None and tuple(declared) != tuple(shape):
         kind = "PNG" if data[:8] == PNG_MAGIC else ("TIFF" if data[:4] in TIFF_MAGICS else ".npy array")
-        raise CaptureInputError("image.shape", f"the {kind} declares [C, H, W] = {list(declared)} "
-                                               f"({int(np.prod(declared, dtype=np.int64)):,} values); the model takes "
-                                               f"{list(shape)}: refused before decoding")
+        raise CaptureInputError(
+            "image.shape",
+            f"the {kind} declares [C, H, W] = {list(declared)} "
+            f"({int(np.prod(declared, dtype=np.int64)):,} values); the model takes "
+            f"{list(shape)}: refused before decoding",
+        )
 
 
 def decode_npy(data: bytes) -> np.ndarray:
@@ -136,13 +140,15 @@ def check_calibration(cal, channels: int) -> np.ndarray:
     try:
         arr = np.asarray(cal, dtype=np.float64)
     except (TypeError, ValueError):
-        raise CaptureInputError("calibration", f"expected numbers [[dark, flat], ...] per channel, got {cal!r}"
-                                ) from None
+        raise CaptureInputError(
+            "calibration", f"expected numbers [[dark, flat], ...] per channel, got {cal!r}"
+        ) from None
     if arr.shape == (2,) and channels == 1:
         arr = arr[None]
     if arr.shape != (channels, 2):
-        raise CaptureInputError("calibration", f"expected [C, 2] = {[channels, 2]} (dark, flat ADU per channel), "
-                                               f"got {list(arr.shape)}")
+        raise CaptureInputError(
+            "calibration", f"expected [C, 2] = {[channels, 2]} (dark, flat ADU per channel), got {list(arr.shape)}"
+        )
     return arr.astype(np.float32)
 
 

@@ -7,12 +7,13 @@ The file is ``export NAME=VALUE`` lines (shell-quoted), so a shell can ``source`
 Where it is: ``$ALLOYNET_SERVING_ENV``, else ``serving.env`` in the serve directory (``$ALLOYNET_SERVE_DIR``,
 else ``<checkout>/.alloynet/serve``).
 """
+
 from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 DEFAULT_URL = "triton://127.0.0.1:8001/alloynet"
 SERVE_DIR_ENV = "ALLOYNET_SERVE_DIR"
@@ -33,14 +34,14 @@ def default_serve_dir() -> Path:
     return Path(os.environ.get(SERVE_DIR_ENV) or Path(__file__).resolve().parents[1] / ".alloynet" / "serve")
 
 
-def env_file_path(serve_dir: Optional[Path] = None) -> Path:
+def env_file_path(serve_dir: Path | None = None) -> Path:
     """The env file of ``serve_dir``; without one, ``$ALLOYNET_SERVING_ENV`` or the default serve directory's."""
     if serve_dir is not None:
         return Path(serve_dir) / ENV_FILE
     return Path(os.environ.get(ENV_FILE_ENV) or default_serve_dir() / ENV_FILE)
 
 
-def read_env_file(path: Optional[Path] = None) -> dict[str, str]:
+def read_env_file(path: Path | None = None) -> dict[str, str]:
     """``export NAME=VALUE`` lines (shell-quoted) of an env file; {} when there is none."""
     path = Path(path) if path else env_file_path()
     out = {}
@@ -71,7 +72,7 @@ def write_env_file(path: Path, env: Mapping[str, str]) -> Path:
     return path
 
 
-def serving_setting(name: str) -> Optional[str]:
+def serving_setting(name: str) -> str | None:
     """``name`` from the environment, else from the env file `alloynet serve` wrote."""
     return os.environ.get(name) or read_env_file().get(name)
 

@@ -6,6 +6,7 @@ size limits, memory after oversized requests), and stop leaving nothing behind e
 itself was killed. One supervisor for the whole module; the tests run in file order. Speed is measured in
 bench/serve.py, never asserted here.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ TOKEN_EXPIRY_MIN = 0.4  # 24 s: the keys are renewed several times while this mo
 
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([ALLOYNET, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [ALLOYNET, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def _wait(predicate, timeout: float, what: str, interval: float = 0.2):
@@ -75,8 +77,12 @@ def registry(bundles, tmp_path_factory):
 @pytest.fixture(scope="module")
 def inputs():
     x = capture_inputs(3, seed=3)
-    return {"image": x["image"][0], "calibration": x["calibration"][0], "wedge_mm": float(x["wedge_mm"][0, 0]),
-            "all": x}
+    return {
+        "image": x["image"][0],
+        "calibration": x["calibration"][0],
+        "wedge_mm": float(x["wedge_mm"][0, 0]),
+        "all": x,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +90,11 @@ def references(bundles, inputs):
     """What each version answers for the load's capture (in-process ONNX Runtime): tells who answered."""
     from alloynet.export import onnx_session
 
-    feed = {"image": inputs["image"][None].astype(np.float32), "calibration": inputs["calibration"][None],
-            "wedge_mm": np.array([[inputs["wedge_mm"]]], np.float32)}
+    feed = {
+        "image": inputs["image"][None].astype(np.float32),
+        "calibration": inputs["calibration"][None],
+        "wedge_mm": np.array([[inputs["wedge_mm"]]], np.float32),
+    }
     return {v: onnx_session(b.path("onnx")).run(["probabilities"], feed)[0][0] for v, b in bundles.items()}
 
 
@@ -95,26 +104,52 @@ def serve(registry, tmp_path_factory):
     from infra.processes import free_port
 
     d = tmp_path_factory.mktemp("serve")
-    ports = {"triton-grpc-port": free_port(), "torchserve-grpc-port": free_port(),
-             "torchserve-http-port": free_port(), "torchserve-grpc-management-port": free_port(),
-             "torchserve-metrics-port": free_port()}
-    args = ["serve", "start", "--dir", str(d), "--registry", str(registry.store.root), "--torchserve", "--poll", "1",
-            "--token-expiry-min", str(TOKEN_EXPIRY_MIN), "--max-request-mb", "1", "--health-every", "2",
-            "--hang-after", "4"]
+    ports = {
+        "triton-grpc-port": free_port(),
+        "torchserve-grpc-port": free_port(),
+        "torchserve-http-port": free_port(),
+        "torchserve-grpc-management-port": free_port(),
+        "torchserve-metrics-port": free_port(),
+    }
+    args = [
+        "serve",
+        "start",
+        "--dir",
+        str(d),
+        "--registry",
+        str(registry.store.root),
+        "--torchserve",
+        "--poll",
+        "1",
+        "--token-expiry-min",
+        str(TOKEN_EXPIRY_MIN),
+        "--max-request-mb",
+        "1",
+        "--health-every",
+        "2",
+        "--hang-after",
+        "4",
+    ]
     args += [a for k, v in ports.items() for a in (f"--{k}", str(v))]
     try:
         r = _cli(*args)
         assert r.returncode == 0, r.stdout + r.stderr
-        yield {"dir": d, "ports": ports, "args": args, "start_output": r.stdout,
-               "triton": f"triton://127.0.0.1:{ports['triton-grpc-port']}/alloynet",
-               "torchserve": f"torchserve://127.0.0.1:{ports['torchserve-grpc-port']}/alloynet",
-               "key_file": d / "torchserve" / "key_file.json"}
+        yield {
+            "dir": d,
+            "ports": ports,
+            "args": args,
+            "start_output": r.stdout,
+            "triton": f"triton://127.0.0.1:{ports['triton-grpc-port']}/alloynet",
+            "torchserve": f"torchserve://127.0.0.1:{ports['torchserve-grpc-port']}/alloynet",
+            "key_file": d / "torchserve" / "key_file.json",
+        }
     finally:
         _cli("serve", "stop", "--dir", str(d))
 
 
 def _keys(serve) -> dict:
     """TorchServe's key file. TorchServe rewrites it in place (renewals, restarts): a read can catch it empty."""
+
     def read():
         try:
             return json.loads(serve["key_file"].read_text())
@@ -162,7 +197,7 @@ class Load:
         with self.lock:
             return {u: {v for at, v in a if at >= t} for u, a in self.answers.items()}
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         self.threads = [threading.Thread(target=self.run, args=(u,), daemon=True) for u in self.urls]
         for t in self.threads:
             t.start()
@@ -176,6 +211,7 @@ class Load:
 
 
 # -- start, status, the env file ------------------------------------------------------------------------
+
 
 def test_start_prints_endpoints_writes_env_file_and_is_idempotent(serve, tmp_path, inputs):
     from alloynet.captures.image import encode_image
@@ -210,12 +246,14 @@ def test_start_prints_endpoints_writes_env_file_and_is_idempotent(serve, tmp_pat
     from infra import torchserve
 
     with pytest.raises(RuntimeError, match="still runs"):
-        torchserve.start(serve["dir"] / "torchserve" / "model-store", ["alloynet=alloynet-g1.mar"],
-                         serve["dir"] / "torchserve")
+        torchserve.start(
+            serve["dir"] / "torchserve" / "model-store", ["alloynet=alloynet-g1.mar"], serve["dir"] / "torchserve"
+        )
     assert _state(serve)["servers"]["torchserve"]["up"]
 
 
 # -- hot swap -------------------------------------------------------------------------------------------
+
 
 def test_promotion_and_rollback_under_load_drop_no_request(serve, registry, inputs, references):
     with Load(serve, inputs, references) as load:
@@ -224,19 +262,28 @@ def test_promotion_and_rollback_under_load_drop_no_request(serve, registry, inpu
         r = _cli("serve", "reload", "--dir", str(serve["dir"]))
         assert r.returncode == 0 and "serving v0002 (generation 2)" in r.stdout, r.stdout + r.stderr
         swapped = time.monotonic()
-        _wait(lambda: all(v == {"v0002"} for v in load.since(swapped).values()) and
-              all(load.since(swapped).values()), 60, "answers from v0002 on both servers")
+        _wait(
+            lambda: all(v == {"v0002"} for v in load.since(swapped).values()) and all(load.since(swapped).values()),
+            60,
+            "answers from v0002 on both servers",
+        )
 
         rolled = _cli("registry", "rollback", "-r", str(registry.store.root), "--reason", "test")
         assert rolled.returncode == 0, rolled.stdout + rolled.stderr
         # no reload: the supervisor reads the pointer every second (--poll 1)
         from infra.serve import caught_up
 
-        _wait(lambda: (_state(serve)["champion"] or {}).get("generation") == 3 and caught_up(_state(serve)), 180,
-              "the rollback to be served by both servers")
+        _wait(
+            lambda: (_state(serve)["champion"] or {}).get("generation") == 3 and caught_up(_state(serve)),
+            180,
+            "the rollback to be served by both servers",
+        )
         back = time.monotonic()
-        _wait(lambda: all(v == {"v0001"} for v in load.since(back).values()) and
-              all(load.since(back).values()), 60, "answers from v0001 again")
+        _wait(
+            lambda: all(v == {"v0001"} for v in load.since(back).values()) and all(load.since(back).values()),
+            60,
+            "answers from v0001 again",
+        )
 
         registry.promote("v0003", "a release Triton cannot load")
         r = _cli("serve", "reload", "--dir", str(serve["dir"]))
@@ -253,12 +300,14 @@ def test_promotion_and_rollback_under_load_drop_no_request(serve, registry, inpu
     st = _state(serve)
     assert st["serving"] == {"version": "v0001", "generation": 3} and st["servers"]["torchserve"]["generation"] == 3
     assert st["failed_swap"]["generation"] == 4 and st["failed_swap"]["server"] == "triton"
-    versions = sorted(p.name for p in (serve["dir"] / "triton" / "repository" / "alloynet").iterdir()
-                      if p.name.isdigit())
+    versions = sorted(
+        p.name for p in (serve["dir"] / "triton" / "repository" / "alloynet").iterdir() if p.name.isdigit()
+    )
     assert versions == ["2", "3"]  # the one serving and the one before it; not the one that failed
 
 
 # -- crashes ----------------------------------------------------------------------------------------------
+
 
 def test_killed_servers_are_back_on_the_same_ports_without_failed_requests(serve, inputs, references):
     import psutil
@@ -267,13 +316,21 @@ def test_killed_servers_are_back_on_the_same_ports_without_failed_requests(serve
     old_key = _keys(serve)["inference"]["key"]
     with Load(serve, inputs, references) as load:
         os.kill(before["triton"]["pid"], signal.SIGKILL)
-        _wait(lambda: _state(serve)["servers"]["triton"]["restarts"] == 1 and _state(serve)["servers"]["triton"]["up"],
-              60, "Triton to be restarted")
+        _wait(
+            lambda: _state(serve)["servers"]["triton"]["restarts"] == 1 and _state(serve)["servers"]["triton"]["up"],
+            60,
+            "Triton to be restarted",
+        )
         java = [c for c in psutil.Process(before["torchserve"]["pid"]).children(recursive=True) if "java" in c.name()]
         assert java, "TorchServe's frontend (java) not found"
         java[0].kill()
-        _wait(lambda: _state(serve)["servers"]["torchserve"]["restarts"] == 1
-              and _state(serve)["servers"]["torchserve"]["up"], 120, "TorchServe to be restarted")
+        _wait(
+            lambda: (
+                _state(serve)["servers"]["torchserve"]["restarts"] == 1 and _state(serve)["servers"]["torchserve"]["up"]
+            ),
+            120,
+            "TorchServe to be restarted",
+        )
         back = time.monotonic()
         _wait(lambda: all(len(v) for v in load.since(back).values()), 60, "answers after the restarts")
         # restarted, each serves the version it served before: not the champion that failed to load
@@ -287,8 +344,11 @@ def test_killed_servers_are_back_on_the_same_ports_without_failed_requests(serve
     # a server that stops answering (here: stopped with SIGSTOP) is restarted too, after 4 missed probes
     hung = _state(serve)["servers"]["triton"]["pid"]
     os.kill(hung, signal.SIGSTOP)
-    _wait(lambda: _state(serve)["servers"]["triton"]["restarts"] == 2 and _state(serve)["servers"]["triton"]["up"],
-          90, "the hung Triton to be replaced")
+    _wait(
+        lambda: _state(serve)["servers"]["triton"]["restarts"] == 2 and _state(serve)["servers"]["triton"]["up"],
+        90,
+        "the hung Triton to be replaced",
+    )
     assert "has not answered 4 health probes" in (serve["dir"] / "supervisor.log").read_text()
     from serving.client import connect
 
@@ -307,7 +367,8 @@ def test_torchserve_keys_are_renewed_before_they_expire(serve, inputs):
 
     # the module has run longer than a key's lifetime: the supervisor has renewed them, and they still work
     assert (serve["dir"] / "torchserve" / "config.properties").read_text().count(
-        f"token_expiration_min={TOKEN_EXPIRY_MIN}") == 1
+        f"token_expiration_min={TOKEN_EXPIRY_MIN}"
+    ) == 1
     # the keys, like Triton's admin key, are the serving user's only
     assert (serve["dir"] / "torchserve").stat().st_mode & 0o777 == 0o700
     assert (serve["dir"] / "triton-admin.key").stat().st_mode & 0o777 == 0o600
@@ -329,6 +390,7 @@ def test_torchserve_keys_are_renewed_before_they_expire(serve, inputs):
 
 
 # -- guard rails -----------------------------------------------------------------------------------------
+
 
 def _bomb() -> bytes:
     """A valid 16-bit PNG claiming 10000 x 10000 px, about 200 KB on disk (1.2 GB to decode)."""
@@ -360,8 +422,12 @@ def test_bad_captures_are_answered_one_by_one_with_clear_codes(serve, inputs):
         server = url.split(":")[0]
         with connect(url, key_file=serve["key_file"]) as client:
             out = client.predict_batch([good[0], nan, good[2], bomb], errors="return")
-            assert [type(o).__name__ for o in out] == ["Prediction", "InvalidCaptureError", "Prediction",
-                                                        "InvalidCaptureError"], (url, out)
+            assert [type(o).__name__ for o in out] == [
+                "Prediction",
+                "InvalidCaptureError",
+                "Prediction",
+                "InvalidCaptureError",
+            ], (url, out)
             assert out[1].code == "INVALID_ARGUMENT" and "NaN" in str(out[1]) and "capture 1" in str(out[1])
             assert str(out[1]).startswith(f"{server} at 127.0.0.1:")
             assert "10000" in str(out[3]) and "before decoding" in str(out[3]), out[3]
@@ -383,8 +449,11 @@ def test_bad_captures_are_answered_one_by_one_with_clear_codes(serve, inputs):
 
     def infer_raw(images: np.ndarray, wedges: np.ndarray) -> list[str]:
         n = len(images)
-        sent = {"image": images.astype(np.float32), "calibration": inputs["all"]["calibration"][:n],
-                "wedge_mm": wedges.astype(np.float32)}
+        sent = {
+            "image": images.astype(np.float32),
+            "calibration": inputs["all"]["calibration"][:n],
+            "wedge_mm": wedges.astype(np.float32),
+        }
         tensors = []
         for name, arr in sent.items():
             t = g.InferInput(name, list(arr.shape), "FP32")
@@ -432,8 +501,10 @@ def test_triton_memory_comes_back_after_oversized_requests(serve):
     client = g.InferenceServerClient(serve["triton"].split("//")[1].split("/")[0])
     before = rss()
     context = []  # the other inputs, well formed: the image alone is refused
-    for name, arr in (("calibration", np.array([[[1000.0, 50000.0]]], np.float32)),
-                      ("wedge_mm", np.array([[50.0]], np.float32))):
+    for name, arr in (
+        ("calibration", np.array([[[1000.0, 50000.0]]], np.float32)),
+        ("wedge_mm", np.array([[50.0]], np.float32)),
+    ):
         context.append(g.InferInput(name, list(arr.shape), "FP32"))
         context[-1].set_data_from_numpy(arr)
     for _ in range(3):  # 3 x 200 MB, each refused (its size does not match its shape)
@@ -451,6 +522,7 @@ def test_triton_memory_comes_back_after_oversized_requests(serve):
 
 
 # -- stop -------------------------------------------------------------------------------------------------
+
 
 def test_stop_leaves_nothing_even_after_the_supervisor_was_killed(serve):
     from infra.processes import port_free, tagged_processes

@@ -2,6 +2,7 @@
 model trained by alloynet (profile_cnn, one epoch, 64x64). Servers are started by fixtures on free ports
 and stopped by PID even when a test fails. Speed is measured in bench/serve.py, never asserted here.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,17 +44,27 @@ def onnx_reference(trained_bundle, inputs):
     """What in-process ONNX Runtime says for each capture sent with its own calibration."""
     from alloynet.export import onnx_session
 
-    return onnx_session(trained_bundle.path("onnx")).run(None, {"image": inputs["image"].astype(np.float32),
-                                                                "calibration": inputs["calibration"],
-                                                                "wedge_mm": inputs["wedge_mm"]})
+    return onnx_session(trained_bundle.path("onnx")).run(
+        None,
+        {
+            "image": inputs["image"].astype(np.float32),
+            "calibration": inputs["calibration"],
+            "wedge_mm": inputs["wedge_mm"],
+        },
+    )
 
 
 def _with_sidecar(path, calibration, wedge_mm: float = 50.0) -> None:
     """A capture file with its sidecar beside it, as alloynet stores captures (only the calibration and the
     wedge size matter here)."""
-    path.with_suffix(".json").write_text(json.dumps({"calibration": {"dark_adu": calibration[:, 0].tolist(),
-                                                                     "flat_adu": calibration[:, 1].tolist()},
-                                                     "rig": {"wedge_mm": wedge_mm}}))
+    path.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "calibration": {"dark_adu": calibration[:, 0].tolist(), "flat_adu": calibration[:, 1].tolist()},
+                "rig": {"wedge_mm": wedge_mm},
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,30 +110,41 @@ def _bad_inputs(captures: np.ndarray) -> dict[str, tuple[object, str]]:
     nan = captures[0].astype(np.float32)
     nan[0, 5, 5] = np.nan
     png, _ = encode_image(captures[0])
-    return {"wrong dtype": (captures[0].astype(np.float64), "(?i)float64|FP64"),
-            "wrong size": (captures[0][:, :32, :32], "32"),
-            "corrupt bytes": (png[: len(png) // 2], "corrupt or truncated"),
-            "NaN": (nan, "NaN"),
-            "empty": (b"", "empty")}
+    return {
+        "wrong dtype": (captures[0].astype(np.float64), "(?i)float64|FP64"),
+        "wrong size": (captures[0][:, :32, :32], "32"),
+        "corrupt bytes": (png[: len(png) // 2], "corrupt or truncated"),
+        "NaN": (nan, "NaN"),
+        "empty": (b"", "empty"),
+    }
 
 
 # -- TorchServe ---------------------------------------------------------------------------------------
+
 
 def test_torchserve_rest_and_grpc_serve_the_trained_model(torchserve, captures, calibrations, onnx_reference, tmp_path):
     from alloynet.captures.image import encode_image
     from serving.client import connect
 
     png, _ = encode_image(captures[0])
-    req = urllib.request.Request(f"{torchserve.inference_url}/predictions/alloynet", data=png,
-                                 headers={"Authorization": f"Bearer {torchserve.inference_key}",
-                                          "Content-Type": "application/octet-stream"})
+    req = urllib.request.Request(
+        f"{torchserve.inference_url}/predictions/alloynet",
+        data=png,
+        headers={"Authorization": f"Bearer {torchserve.inference_key}", "Content-Type": "application/octet-stream"},
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         body = json.loads(r.read())
     assert body["flags"] == ["calibration_missing"]  # REST with the image alone: said, and answered anyway
     # token authorisation is on: no key, no prediction
     with pytest.raises(urllib.error.HTTPError) as exc:
-        urllib.request.urlopen(urllib.request.Request(f"{torchserve.inference_url}/predictions/alloynet", data=png,
-                                                     headers={"Content-Type": "application/octet-stream"}), timeout=30)
+        urllib.request.urlopen(
+            urllib.request.Request(
+                f"{torchserve.inference_url}/predictions/alloynet",
+                data=png,
+                headers={"Content-Type": "application/octet-stream"},
+            ),
+            timeout=30,
+        )
     assert exc.value.code in (400, 401, 403)
 
     path = tmp_path / "capture.png"
@@ -130,13 +152,16 @@ def test_torchserve_rest_and_grpc_serve_the_trained_model(torchserve, captures, 
     _with_sidecar(path, calibrations[0])  # the client reads the capture's own calibration from its sidecar
     with connect(f"torchserve://{torchserve.grpc_target}/alloynet", token=torchserve.inference_key) as client:
         assert client.ready()
-        preds = client.predict_batch([path, *captures[1:]], [None, *calibrations[1:]], [None] + [50.0] * (len(captures) - 1))
+        preds = client.predict_batch(
+            [path, *captures[1:]], [None, *calibrations[1:]], [None] + [50.0] * (len(captures) - 1)
+        )
     for i, p in enumerate(preds):
         assert "calibration_missing" not in p.flags and set(p.prediction_set) <= set(ALLOY_NAMES)
         np.testing.assert_allclose([p.probabilities[c] for c in ALLOY_NAMES], onnx_reference[0][i], atol=1e-4)
         assert p.thickness_mm == pytest.approx(float(onnx_reference[1][i]), rel=1e-4, abs=1e-4)
-        assert [p.absorption["a0"], p.absorption["mu_eff"]] == pytest.approx(onnx_reference[2][i].tolist(),
-                                                                             rel=1e-4, abs=1e-4)
+        assert [p.absorption["a0"], p.absorption["mu_eff"]] == pytest.approx(
+            onnx_reference[2][i].tolist(), rel=1e-4, abs=1e-4
+        )
         assert p.alloy == ALLOY_NAMES[int(np.argmax(onnx_reference[0][i]))]
 
 
@@ -144,7 +169,7 @@ def test_torchserve_rejects_bad_inputs_and_keeps_serving(torchserve, captures):
     from serving.client import InvalidCaptureError, ServingError, connect
 
     with connect(f"torchserve://{torchserve.grpc_target}", token=torchserve.inference_key) as client:
-        for name, (capture, pattern) in _bad_inputs(captures).items():
+        for _name, (capture, pattern) in _bad_inputs(captures).items():
             with pytest.raises(InvalidCaptureError, match=pattern):
                 client.predict(capture)
         with pytest.raises(InvalidCaptureError, match="bad magic bytes"):
@@ -153,15 +178,18 @@ def test_torchserve_rejects_bad_inputs_and_keeps_serving(torchserve, captures):
     with connect(f"torchserve://{torchserve.grpc_target}", token="wrong-key", retries=0) as client:
         with pytest.raises(ServingError, match="PERMISSION_DENIED"):
             client.predict(captures[0])
-    req = urllib.request.Request(f"{torchserve.inference_url}/predictions/alloynet", data=b"\x89PNG\r\n\x1a\nxx",
-                                 headers={"Authorization": f"Bearer {torchserve.inference_key}",
-                                          "Content-Type": "application/octet-stream"})
+    req = urllib.request.Request(
+        f"{torchserve.inference_url}/predictions/alloynet",
+        data=b"\x89PNG\r\n\x1a\nxx",
+        headers={"Authorization": f"Bearer {torchserve.inference_key}", "Content-Type": "application/octet-stream"},
+    )
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(req, timeout=30)
     assert exc.value.code == 400 and "corrupt" in json.loads(exc.value.read())["error"]["message"]
 
 
 # -- Triton ---------------------------------------------------------------------------------------
+
 
 def test_triton_serves_the_trained_model(triton, captures, calibrations, onnx_reference, tmp_path):
     from alloynet.captures.image import encode_image
@@ -190,7 +218,7 @@ def test_triton_rejects_bad_inputs_and_keeps_serving(triton, captures):
     from serving.client import InvalidCaptureError, connect
 
     with connect(f"triton://{triton.grpc_target}/alloynet") as client:
-        for name, (capture, pattern) in _bad_inputs(captures).items():
+        for _name, (capture, pattern) in _bad_inputs(captures).items():
             if isinstance(capture, bytes):
                 continue  # encoded bytes are decoded by the client (alloynet's decoder); tensors below
             with pytest.raises(InvalidCaptureError, match=pattern):
@@ -231,10 +259,14 @@ def test_triton_client_keeps_one_stream_and_answers_as_unary_calls_do(triton, ca
         assert streamed.backend.stream_answers == 1 + len(captures) and unary.backend.stream_answers == 0
         for p, q, r in zip(a, b, singles):
             assert p.alloy == q.alloy == r.alloy and p.flags == q.flags
-            np.testing.assert_allclose([p.probabilities[c] for c in ALLOY_NAMES],
-                                       [q.probabilities[c] for c in ALLOY_NAMES], atol=1e-6)
-            np.testing.assert_allclose([r.probabilities[c] for c in ALLOY_NAMES],  # batch 1 vs 6: ORT's sums
-                                       [q.probabilities[c] for c in ALLOY_NAMES], atol=1e-4)
+            np.testing.assert_allclose(
+                [p.probabilities[c] for c in ALLOY_NAMES], [q.probabilities[c] for c in ALLOY_NAMES], atol=1e-6
+            )
+            np.testing.assert_allclose(
+                [r.probabilities[c] for c in ALLOY_NAMES],  # batch 1 vs 6: ORT's sums
+                [q.probabilities[c] for c in ALLOY_NAMES],
+                atol=1e-4,
+            )
         # a refused capture: the stream's answer carries no gRPC code, so the client asks again without it
         nan = captures[0].astype(np.float32)
         nan[0, 3, 4] = np.nan
@@ -256,6 +288,7 @@ def test_triton_client_keeps_one_stream_and_answers_as_unary_calls_do(triton, ca
                 k = (i + j) % len(captures)
                 if streamed.predict(captures[k], calibrations[k], 50.0).alloy != a[k].alloy:
                     wrong.append((i, j))
+
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
         for t in threads:
             t.start()
@@ -269,8 +302,8 @@ def test_triton_client_keeps_one_stream_and_answers_as_unary_calls_do(triton, ca
 
 
 def test_client_retries_then_reports_unavailable():
-    from serving.client import ServerUnavailableError, connect
     from infra.processes import free_port
+    from serving.client import ServerUnavailableError, connect
 
     port = free_port()  # nothing listens here
     for url in (f"triton://127.0.0.1:{port}/alloynet", f"torchserve://127.0.0.1:{port}/alloynet"):

@@ -1,5 +1,6 @@
 """Serving pieces that need no server: header checks before decoding, the client's retries, key re-reading,
 errors and endpoint resolution, the serve command's refusals and the .mar re-versioning."""
+
 from __future__ import annotations
 
 import io
@@ -20,8 +21,14 @@ from serving.capture_checks import CaptureInputError, check_header, header_shape
 def _png_header(width: int, height: int) -> bytes:
     """Just the signature and IHDR of a 16-bit grayscale PNG (what header_shape reads; the pixels never matter)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
-            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF) + b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + b"IHDR"
+        + ihdr
+        + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+        + b"\x00" * 64
+    )
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -49,8 +56,11 @@ def test_header_shape_reads_png_tiff_and_npy_without_decoding():
 
 def test_check_header_refuses_a_size_other_than_the_models_before_decoding():
     check_header(encode_image(np.zeros((1, 64, 64), np.uint16))[0], (1, 64, 64))
-    with pytest.raises(CaptureInputError, match=r"PNG declares \[C, H, W\] = \[1, 10000, 10000\] \(100,000,000 values\)"
-                                                r"; the model takes \[1, 64, 64\]: refused before decoding"):
+    with pytest.raises(
+        CaptureInputError,
+        match=r"PNG declares \[C, H, W\] = \[1, 10000, 10000\] \(100,000,000 values\)"
+        r"; the model takes \[1, 64, 64\]: refused before decoding",
+    ):
         check_header(_png_header(10000, 10000), (1, 64, 64))
     with pytest.raises(CaptureInputError, match="empty array"):
         check_header(_npy(np.zeros((0,), np.uint16)), (1, 64, 64))
@@ -88,14 +98,16 @@ def test_wedge_size_is_read_where_it_enters_the_torchserve_handler():
 
 # -- the client ---------------------------------------------------------------------------------------------
 
+
 def test_client_takes_calibration_and_wedge_from_the_sidecar_unless_given(tmp_path):
     from serving.client import InvalidCaptureError, context_of
 
     cap = tmp_path / "plate7.png"
     cap.write_bytes(b"not read here")
     assert context_of(cap) == (None, None)  # no sidecar: both unknown, the server flags calibration_missing
-    cap.with_suffix(".json").write_text(json.dumps({"calibration": {"dark_adu": [1000.0], "flat_adu": [50000.0]},
-                                                    "rig": {"wedge_mm": 70.0}}))
+    cap.with_suffix(".json").write_text(
+        json.dumps({"calibration": {"dark_adu": [1000.0], "flat_adu": [50000.0]}, "rig": {"wedge_mm": 70.0}})
+    )
     cal, wedge = context_of(cap)
     assert cal.tolist() == [[1000.0, 50000.0]] and wedge == 70.0
     cal, wedge = context_of(cap, [[900.0, 48000.0]], 50.0)  # what is given wins
@@ -134,8 +146,15 @@ class _RpcError(grpc.RpcError):
 
 
 def _key_file(path, key: str):
-    path.write_text(json.dumps({"inference": {"key": key, "expiration time": "2099-01-01T00:00:00Z"},
-                                "management": {"key": "m"}, "API": {"key": "a"}}))
+    path.write_text(
+        json.dumps(
+            {
+                "inference": {"key": key, "expiration time": "2099-01-01T00:00:00Z"},
+                "management": {"key": "m"},
+                "API": {"key": "a"},
+            }
+        )
+    )
     return path
 
 
@@ -172,8 +191,9 @@ def test_torchserve_client_maps_codes_as_triton_reports_them():
     from serving.client import InvalidCaptureError, ModelNotFoundError, ServingError, TorchServeClient
 
     client = TorchServeClient("127.0.0.1:9", token="k", retry_budget_s=0)
-    internal = _RpcError(grpc.StatusCode.INTERNAL, "Model not found: nope\norg.pytorch.serve.archive.model."
-                                                   "ModelNotFoundException")
+    internal = _RpcError(
+        grpc.StatusCode.INTERNAL, "Model not found: nope\norg.pytorch.serve.archive.model.ModelNotFoundException"
+    )
     with pytest.raises(ModelNotFoundError) as exc:
         client._rpc(lambda md: (_ for _ in ()).throw(internal), None)
     assert exc.value.code == "NOT_FOUND" and "Model not found: nope" in str(exc.value)
@@ -199,7 +219,8 @@ def test_endpoint_comes_from_the_environment_then_the_serve_env_file(tmp_path, m
     (tmp_path / "serving.env").write_text(
         "# comment\nexport ALLOYNET_SERVING_URL=triton://127.0.0.1:18001/alloynet\n"
         "export ALLOYNET_TORCHSERVE_URL=torchserve://127.0.0.1:17070/alloynet\n"
-        f"export ALLOYNET_TORCHSERVE_KEY_FILE='{kf}'\nexport ALLOYNET_TORCHSERVE_MAX_REQUEST_BYTES=1024\n")
+        f"export ALLOYNET_TORCHSERVE_KEY_FILE='{kf}'\nexport ALLOYNET_TORCHSERVE_MAX_REQUEST_BYTES=1024\n"
+    )
     assert c.default_url() == "triton://127.0.0.1:18001/alloynet"
     served = c.connect("torchserve://127.0.0.1:17070/alloynet")
     assert served.backend.token == "k1" and served.backend.max_request_bytes == 1024
@@ -216,15 +237,23 @@ def test_endpoint_comes_from_the_environment_then_the_serve_env_file(tmp_path, m
 def test_errors_say_which_server_which_capture_and_what_was_expected():
     from serving.client import InvalidCaptureError, ServingError
 
-    e = InvalidCaptureError("image.shape: expected [C, H, W] = [1, 64, 64], got [2, 64, 64]", server="triton",
-                            target="127.0.0.1:8001", model="alloynet", capture="plate7.png")
-    assert str(e) == ("triton at 127.0.0.1:8001, model alloynet: plate7.png: image.shape: expected [C, H, W] = "
-                      "[1, 64, 64], got [2, 64, 64]")
+    e = InvalidCaptureError(
+        "image.shape: expected [C, H, W] = [1, 64, 64], got [2, 64, 64]",
+        server="triton",
+        target="127.0.0.1:8001",
+        model="alloynet",
+        capture="plate7.png",
+    )
+    assert str(e) == (
+        "triton at 127.0.0.1:8001, model alloynet: plate7.png: image.shape: expected [C, H, W] = "
+        "[1, 64, 64], got [2, 64, 64]"
+    )
     assert e.code == "INVALID_ARGUMENT" and isinstance(e, ValueError)
     assert ServingError("x", code="INTERNAL").code == "INTERNAL"
 
 
 # -- alloynet serve: what it refuses, the .mar version, key times --------------------------------------------
+
 
 def test_serve_start_refuses_clearly(tmp_path, monkeypatch):
     from alloynet.registry import open_registry
@@ -281,8 +310,11 @@ def test_torchserve_key_file_read_during_a_rewrite_waits_for_the_whole_file(tmp_
 
     path = tmp_path / torchserve.KEY_FILE
     path.write_text("")
-    keys = {"management": {"key": "m1", "expiration time": "2026-11-22T10:00:00Z"}, "inference": {"key": "i1"},
-            "API": {"key": "a1"}}
+    keys = {
+        "management": {"key": "m1", "expiration time": "2026-11-22T10:00:00Z"},
+        "inference": {"key": "i1"},
+        "API": {"key": "a1"},
+    }
     timer = threading.Timer(0.3, lambda: path.write_text(json.dumps(keys)))
     timer.start()
     try:
@@ -296,6 +328,7 @@ def test_torchserve_key_file_read_during_a_rewrite_waits_for_the_whole_file(tmp_
 
 
 # -- the Triton client's kept stream, against a fake server -------------------------------------------
+
 
 class _FakeTriton:
     """A gRPC server speaking Triton's protocol (its generated servicer) whose stream and unary answers the
@@ -417,8 +450,9 @@ def test_triton_stream_that_hangs_is_cut_at_the_timeout_and_the_budget_holds():
 def test_triton_stream_answers_and_checks_they_belong_to_the_request():
     from serving.client import TritonClient
 
-    with _FakeTriton(lambda request, context: _stream_answer(request),
-                     lambda request, context: _answer(request)) as fake:
+    with _FakeTriton(
+        lambda request, context: _stream_answer(request), lambda request, context: _answer(request)
+    ) as fake:
         client = TritonClient(f"127.0.0.1:{fake.port}")
         for _ in range(4):
             assert client.infer_array(*_batch1())["probabilities"].shape == (1, 5)

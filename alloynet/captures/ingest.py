@@ -114,8 +114,8 @@ def _save_watermark(dest: ObjectStore, source: ObjectStore, modified: float, key
     dest.put(_state_key(source), json.dumps(body).encode(), overwrite=True)
 
 
-def _version(o: ObjectInfo | None) -> str | None:
-    return f"{o.key}@{o.etag or o.size}" if o is not None else None
+def _version(o: ObjectInfo) -> str:
+    return f"{o.key}@{o.etag or o.size}"
 
 
 def _image_version(o: ObjectInfo | None) -> str | None:

@@ -6,6 +6,7 @@ fetched and verified, numbered by ``alloynet.registry.publish.serving_version``)
 ``health`` (probes; a server that stops answering counts as hung) and ``loop`` (the ``Supervisor``: restarts,
 following the champion, the state file).
 """
+
 from infra.supervisor.loop import Supervisor
 
 __all__ = ["Supervisor"]

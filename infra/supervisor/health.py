@@ -1,13 +1,15 @@
 """Health: each started server probed every ``health_every_s`` in a thread; one that misses ``hang_after``
 probes in a row counts as hung, and the loop restarts it."""
+
 from __future__ import annotations
 
 import threading
-from typing import Mapping, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 
 class Probed(Protocol):
-    pid: "int | None"
+    pid: int | None
 
     def probe(self, timeout: float) -> bool: ...
 
@@ -15,8 +17,8 @@ class Probed(Protocol):
 class Health:
     def __init__(self, servers: Mapping[str, Probed], every_s: float, hang_after: int):
         self.servers, self.every_s, self.hang_after = servers, every_s, hang_after
-        self.unanswered: dict[str, int] = {}   # consecutive health probes without an answer, per server
-        self.restarting: set[str] = set()      # not probed meanwhile: a restart is not a hang
+        self.unanswered: dict[str, int] = {}  # consecutive health probes without an answer, per server
+        self.restarting: set[str] = set()  # not probed meanwhile: a restart is not a hang
 
     def answers(self, name: str) -> bool:
         try:

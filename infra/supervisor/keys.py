@@ -1,11 +1,12 @@
 """TorchServe's keys kept valid: they are made with ``token_expiry_min`` and renewed when a quarter of that is
 left, in a thread of their own, so renewals are on time even while the main loop swaps or restarts."""
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 from infra.supervisor.settings import log
 

@@ -1,5 +1,6 @@
 """The supervisor's loop: starts the servers, restarts one that exits or hangs, follows the champion pointer
 (Triton first, it is the primary path, then TorchServe), and writes what it does to the state file."""
+
 from __future__ import annotations
 
 import json
@@ -10,15 +11,25 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import NoReturn, Optional, Union
+from typing import NoReturn
 
 from alloynet.registry.publish import serving_version
 from infra.processes import alive, kill_group
 from infra.supervisor.health import Health
 from infra.supervisor.keys import KeyKeeper
 from infra.supervisor.releases import Release, Releases
-from infra.supervisor.settings import (ADMIN_FILE, CONFIG_FILE, STATE_FILE, TAG_ENV, ServeConfig, ServeError, log,
-                                       now, sleep, write_json)
+from infra.supervisor.settings import (
+    ADMIN_FILE,
+    CONFIG_FILE,
+    STATE_FILE,
+    TAG_ENV,
+    ServeConfig,
+    ServeError,
+    log,
+    now,
+    sleep,
+    write_json,
+)
 from infra.supervisor.torchserve_server import TorchServeServer
 from infra.supervisor.triton_server import TritonServer
 from serving import endpoint
@@ -43,31 +54,43 @@ class Supervisor:
         key_lock = threading.Lock()
         self.triton = TritonServer(self.cfg, self.dir, (self.dir / ADMIN_FILE).read_text().strip())
         self.torchserve = TorchServeServer(self.cfg, self.dir, key_lock)
-        self.servers: dict[str, Union[TritonServer, TorchServeServer]] = {"triton": self.triton,
-                                                                           "torchserve": self.torchserve}
+        self.servers: dict[str, TritonServer | TorchServeServer] = {
+            "triton": self.triton,
+            "torchserve": self.torchserve,
+        }
         self.keys = KeyKeeper(self.torchserve.dir, self.cfg.token_expiry_min, key_lock)
         self.health = Health(self.servers, self.cfg.health_every_s, self.cfg.hang_after)
         self.stopping = threading.Event()
-        self.serving: Optional[Release] = None
-        self.failed_swap: Optional[dict] = None
-        self.last_swap: Optional[dict] = None
-        self.champion: Optional[dict] = None
+        self.serving: Release | None = None
+        self.failed_swap: dict | None = None
+        self.last_swap: dict | None = None
+        self.champion: dict | None = None
         self.status: str = "starting"
-        self.error: Optional[str] = None
+        self.error: str | None = None
         self.check_now = False
-        self.checked_at = 0.0                   # when the champion pointer was last read (time.time())
+        self.checked_at = 0.0  # when the champion pointer was last read (time.time())
 
     # ---- state ----
     def write_state(self) -> None:
-        state = {"supervisor_pid": os.getpid(), "tag": self.tag, "status": self.status, "error": self.error,
-                 "registry": self.registry.uri, "config": asdict(self.cfg), "updated_at": now(),
-                 "serving": ({"version": self.serving.version, "generation": self.serving.generation}
-                             if self.serving else None),
-                 "champion": self.champion, "failed_swap": self.failed_swap, "last_swap": self.last_swap,
-                 "checked_at": self.checked_at,
-                 "servers": {name: s.state() for name, s in self.servers.items() if s.info is not None},
-                 "torchserve_keys_renewed": self.keys.renewed,
-                 "env_file": str(endpoint.env_file_path(self.dir))}
+        state = {
+            "supervisor_pid": os.getpid(),
+            "tag": self.tag,
+            "status": self.status,
+            "error": self.error,
+            "registry": self.registry.uri,
+            "config": asdict(self.cfg),
+            "updated_at": now(),
+            "serving": (
+                {"version": self.serving.version, "generation": self.serving.generation} if self.serving else None
+            ),
+            "champion": self.champion,
+            "failed_swap": self.failed_swap,
+            "last_swap": self.last_swap,
+            "checked_at": self.checked_at,
+            "servers": {name: s.state() for name, s in self.servers.items() if s.info is not None},
+            "torchserve_keys_renewed": self.keys.renewed,
+            "env_file": str(endpoint.env_file_path(self.dir)),
+        }
         try:
             write_json(self.dir / STATE_FILE, state)
         except OSError as exc:  # a full disk must not stop the serving; the state only reports it
@@ -75,8 +98,11 @@ class Supervisor:
 
     def write_env(self) -> None:
         urls = self.cfg.urls()
-        env = {endpoint.URL_VAR: urls["triton"], endpoint.TRITON_URL_VAR: urls["triton"],
-               endpoint.SERVE_DIR_ENV: str(self.dir)}
+        env = {
+            endpoint.URL_VAR: urls["triton"],
+            endpoint.TRITON_URL_VAR: urls["triton"],
+            endpoint.SERVE_DIR_ENV: str(self.dir),
+        }
         if "torchserve" in urls:
             env[endpoint.TORCHSERVE_URL_VAR] = urls["torchserve"]
             env[endpoint.KEY_FILE_VAR] = str(self.torchserve.dir / "key_file.json")
@@ -84,7 +110,7 @@ class Supervisor:
         endpoint.write_env_file(endpoint.env_file_path(self.dir), env)
 
     # ---- the champion ----
-    def fetch_champion(self) -> Optional[Release]:
+    def fetch_champion(self) -> Release | None:
         pointer = self.registry.pointer()
         if pointer is None:
             return None
@@ -96,10 +122,15 @@ class Supervisor:
         the server died meanwhile (then the failure says nothing about the release)."""
         pid = self.servers[server].pid
         sticky = pid is not None and alive(pid)
-        self.failed_swap = {"version": version, "generation": generation,
-                            "server": server, "error": str(exc), "at": now()} if sticky else None
-        log(f"{server}: swap to {version} failed ({exc}); "
-            + ("the version before keeps serving" if sticky else "the server died meanwhile: trying again"))
+        self.failed_swap = (
+            {"version": version, "generation": generation, "server": server, "error": str(exc), "at": now()}
+            if sticky
+            else None
+        )
+        log(
+            f"{server}: swap to {version} failed ({exc}); "
+            + ("the version before keeps serving" if sticky else "the server died meanwhile: trying again")
+        )
         self.write_state()
 
     def _skip(self, server: str, generation: int) -> bool:
@@ -119,20 +150,28 @@ class Supervisor:
             return
         wanted = serving_version(pointer)
         self.champion = {"version": pointer.version, "generation": wanted}
-        if wanted != self.serving.generation and not self._skip("triton", wanted) \
-                and not self._swap_triton(self.serving, pointer, wanted):
+        if (
+            wanted != self.serving.generation
+            and not self._skip("triton", wanted)
+            and not self._swap_triton(self.serving, pointer, wanted)
+        ):
             return  # a failed swap: nothing else moves until the next try
         serving = self.serving
-        if self.cfg.torchserve and self.torchserve.version != str(serving.generation) \
-                and not self._skip("torchserve", serving.generation) \
-                and not self._swap_torchserve(serving):
+        if (
+            self.cfg.torchserve
+            and self.torchserve.version != str(serving.generation)
+            and not self._skip("torchserve", serving.generation)
+            and not self._swap_torchserve(serving)
+        ):
             return
         self.releases.prune(serving)
 
     def _swap_triton(self, serving: Release, pointer, wanted: int) -> bool:
         """Triton from ``serving`` onto the champion ``pointer`` names; False if it failed (recorded)."""
-        log(f"champion moved: {serving.version} (generation {serving.generation}) -> "
-            f"{pointer.version} (generation {wanted})")
+        log(
+            f"champion moved: {serving.version} (generation {serving.generation}) -> "
+            f"{pointer.version} (generation {wanted})"
+        )
         t0 = time.monotonic()
         try:
             release = self.fetch_champion()
@@ -144,11 +183,15 @@ class Supervisor:
             self._failed("triton", pointer.version, wanted, exc)
             return False
         self.serving, self.failed_swap = release, None
-        self.last_swap = {"version": release.version, "generation": release.generation, "at": now(),
-                          "fetch_s": round(t1 - t0, 2), "triton_s": round(time.monotonic() - t1, 2)}
+        self.last_swap = {
+            "version": release.version,
+            "generation": release.generation,
+            "at": now(),
+            "fetch_s": round(t1 - t0, 2),
+            "triton_s": round(time.monotonic() - t1, 2),
+        }
         self.triton.prune(release.generation)
-        log(f"triton: serving {release.version} (generation {release.generation}) after "
-            f"{self.last_swap['triton_s']} s")
+        log(f"triton: serving {release.version} (generation {release.generation}) after {self.last_swap['triton_s']} s")
         self.write_state()
         return True
 
@@ -163,8 +206,10 @@ class Supervisor:
         self.failed_swap = None
         if self.last_swap and self.last_swap["generation"] == release.generation:
             self.last_swap["torchserve_s"] = round(time.monotonic() - t0, 2)
-        log(f"torchserve: serving {release.version} (generation {release.generation}) after "
-            f"{time.monotonic() - t0:.2f} s")
+        log(
+            f"torchserve: serving {release.version} (generation {release.generation}) after "
+            f"{time.monotonic() - t0:.2f} s"
+        )
         self.write_state()
         return True
 
@@ -178,8 +223,10 @@ class Supervisor:
             release = self.releases.verified(self.serving)
             if self.triton.installed_matches(release):
                 return
-            log(f"triton: the repository's copy of {release.version} differs from the verified release; "
-                "installing and loading it again")
+            log(
+                f"triton: the repository's copy of {release.version} differs from the verified release; "
+                "installing and loading it again"
+            )
             self.triton.install(release)
             self.triton.load()
         except Exception as exc:
@@ -240,8 +287,11 @@ class Supervisor:
             info = server.info or {"restarts": 0}
             info["restarts"] += 1
             info["last_exit_at"] = now()
-            why = (f"has not answered {self.health.unanswered[name]} health probes ({self.cfg.health_every_s:g} s "
-                   "apart)" if hung and alive(pid) else "exited")
+            why = (
+                f"has not answered {self.health.unanswered[name]} health probes ({self.cfg.health_every_s:g} s apart)"
+                if hung and alive(pid)
+                else "exited"
+            )
             log(f"{name} (pid {pid}) {why}; restarting it on the same ports (restart {info['restarts']})")
             self.health.restarting.add(name)
             kill_group(pid)  # Python-backend stubs, TorchServe workers: nothing of the old one may hold a port
@@ -265,8 +315,10 @@ class Supervisor:
         """Start the servers on the champion, in fresh repositories."""
         release = self.fetch_champion()
         if release is None:
-            raise ServeError(f"{self.registry.uri} has no champion yet: run `make demo` or the nightly flow, or "
-                             "promote a version (`alloynet registry promote`)")
+            raise ServeError(
+                f"{self.registry.uri} has no champion yet: run `make demo` or the nightly flow, or "
+                "promote a version (`alloynet registry promote`)"
+            )
         self.triton.reset()
         self.torchserve.reset()
         self.triton.install(release)
@@ -295,8 +347,12 @@ class Supervisor:
             self.write_state()
             log(f"serving {release.version} (generation {release.generation}): " + ", ".join(self.cfg.urls().values()))
             if self.cfg.torchserve:
-                threading.Thread(target=self.keys.run, args=(self.stopping, lambda: self.torchserve.pid is not None),
-                                 name="key-keeper", daemon=True).start()
+                threading.Thread(
+                    target=self.keys.run,
+                    args=(self.stopping, lambda: self.torchserve.pid is not None),
+                    name="key-keeper",
+                    daemon=True,
+                ).start()
             threading.Thread(target=self.health.watch, args=(self.stopping,), name="watchdog", daemon=True).start()
             self._loop()
         except _Stop:

@@ -1,5 +1,6 @@
 """Releases: the champion version fetched from the registry (every file's sha256 checked), numbered for the
 servers by ``alloynet.registry.publish.serving_version``, and the archive TorchServe registers it from."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,6 @@ import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from alloynet.registry.publish import serving_version
 from infra.supervisor.settings import ServeError, log
@@ -26,8 +26,10 @@ class Release:
     def triton_source(self, model: str) -> Path:
         d = self.directory / "triton" / model
         if not (d / "config.pbtxt").is_file():
-            raise ServeError(f"{self.version} has no Triton model {model!r} (expected triton/{model}/config.pbtxt "
-                             "among its artifacts)")
+            raise ServeError(
+                f"{self.version} has no Triton model {model!r} (expected triton/{model}/config.pbtxt "
+                "among its artifacts)"
+            )
         versions = sorted(p for p in d.iterdir() if p.is_dir() and p.name.isdigit())
         if not versions:
             raise ServeError(f"{self.version}: triton/{model} has no version directory")
@@ -63,13 +65,16 @@ class Releases:
                 return release
             log(f"refusing the cached release {dest.name}: {problem}; fetching it again from {self.registry.uri}")
             shutil.rmtree(dest)
-        self.registry.fetch(release.version, dest, only=self.only)   # every file's sha256 checked
+        self.registry.fetch(release.version, dest, only=self.only)  # every file's sha256 checked
         return release
 
-    def mismatch(self, version: str, dest: Path) -> Optional[str]:
+    def mismatch(self, version: str, dest: Path) -> str | None:
         """What in ``dest`` differs from the registry's record of ``version`` (None: nothing)."""
-        recorded = {rel: art for rel, art in self.registry.get(version).artifacts.items()
-                    if any(rel == w or rel.startswith(w.rstrip("/") + "/") for w in self.only)}
+        recorded = {
+            rel: art
+            for rel, art in self.registry.get(version).artifacts.items()
+            if any(rel == w or rel.startswith(w.rstrip("/") + "/") for w in self.only)
+        }
         present = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() or p.is_symlink()}
         extra = sorted(present - set(recorded))
         if extra:
@@ -83,7 +88,7 @@ class Releases:
                 return f"{rel} has sha256 {digest[:12]}..., the registry recorded {art.sha256[:12]}..."
         return None
 
-    def prune(self, keep: Optional[Release]) -> None:
+    def prune(self, keep: Release | None) -> None:
         """Every release folder but ``keep``'s."""
         kept = {keep.directory.name} if keep else set()
         for d in sorted(self.directory.glob("g*")):

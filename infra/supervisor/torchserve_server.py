@@ -1,12 +1,12 @@
 """TorchServe under the supervisor: each release registered from its own .mar as model version <generation>,
 made the default, the old version unregistered after a grace period; management calls that renew an expired
 management key."""
+
 from __future__ import annotations
 
 import shutil
 import threading
 from pathlib import Path
-from typing import Optional
 
 from infra.processes import HOST
 from infra.supervisor.releases import Release, mar_with_version
@@ -20,9 +20,9 @@ class TorchServeServer:
         self.cfg, self.key_lock = cfg, key_lock
         self.dir = state_dir / "torchserve"
         self.store = self.dir / "model-store"
-        self.pid: Optional[int] = None
-        self.info: Optional[dict] = None        # what the state reports; None until first started
-        self.version: Optional[str] = None      # the model version now default
+        self.pid: int | None = None
+        self.info: dict | None = None  # what the state reports; None until first started
+        self.version: str | None = None  # the model version now default
 
     def state(self) -> dict:
         if self.info is not None:
@@ -51,18 +51,34 @@ class TorchServeServer:
         version = str(release.generation)
         mar = self.install(release)  # from the (verified) release, whatever the model store holds
         cfg = self.cfg
-        srv = torchserve.start(self.store, [f"{cfg.model}={mar}"], self.dir, http_port=cfg.torchserve_http_port,
-                               grpc_port=cfg.torchserve_grpc_port, timeout=cfg.start_timeout_s, model_api=True,
-                               grpc_management_port=cfg.torchserve_grpc_management_port,
-                               metrics_port=cfg.torchserve_metrics_port, token_expiry_min=cfg.token_expiry_min,
-                               max_request_bytes=cfg.max_request_bytes)
+        srv = torchserve.start(
+            self.store,
+            [f"{cfg.model}={mar}"],
+            self.dir,
+            http_port=cfg.torchserve_http_port,
+            grpc_port=cfg.torchserve_grpc_port,
+            timeout=cfg.start_timeout_s,
+            model_api=True,
+            grpc_management_port=cfg.torchserve_grpc_management_port,
+            metrics_port=cfg.torchserve_metrics_port,
+            token_expiry_min=cfg.token_expiry_min,
+            max_request_bytes=cfg.max_request_bytes,
+        )
         self.pid = srv.pid
         self.version = version
         self.info = self.info or {"restarts": 0}
-        self.info.update({"grpc": srv.grpc_target, "url": cfg.urls()["torchserve"], "http": srv.inference_url,
-                          "key_file": str(srv.key_file), "started_at": now(), "log": str(self.dir / "torchserve.log")})
+        self.info.update(
+            {
+                "grpc": srv.grpc_target,
+                "url": cfg.urls()["torchserve"],
+                "http": srv.inference_url,
+                "key_file": str(srv.key_file),
+                "started_at": now(),
+                "log": str(self.dir / "torchserve.log"),
+            }
+        )
 
-    def management(self, method: str, path: str, params: Optional[dict] = None) -> dict:
+    def management(self, method: str, path: str, params: dict | None = None) -> dict:
         """A management call; a refused (expired) management key is renewed with the API key, once."""
         from infra import torchserve
 
@@ -106,8 +122,10 @@ class TorchServeServer:
 
         from infra import torchserve
 
-        req = urllib.request.Request(f"http://{HOST}:{self.cfg.torchserve_http_port}/ping", headers={
-            "Authorization": f"Bearer {torchserve.read_keys(self.dir)['inference']}"})
+        req = urllib.request.Request(
+            f"http://{HOST}:{self.cfg.torchserve_http_port}/ping",
+            headers={"Authorization": f"Bearer {torchserve.read_keys(self.dir)['inference']}"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status == 200

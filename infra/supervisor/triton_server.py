@@ -1,11 +1,11 @@
 """Triton under the supervisor: a repository holding one version directory per release (explicit model
 control), started on the configured ports, swapped by loading the new version while the old one serves."""
+
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 from infra.processes import HOST
 from infra.supervisor.releases import Release
@@ -19,8 +19,8 @@ class TritonServer:
         self.cfg, self.admin_key = cfg, admin_key
         self.dir = state_dir / "triton"
         self.repo = self.dir / "repository"
-        self.pid: Optional[int] = None
-        self.info: Optional[dict] = None        # what the state reports; None until first started
+        self.pid: int | None = None
+        self.info: dict | None = None  # what the state reports; None until first started
 
     def state(self) -> dict:
         return {**(self.info or {}), "pid": self.pid}
@@ -29,7 +29,7 @@ class TritonServer:
         """An empty repository: a fresh start holds only the champion."""
         shutil.rmtree(self.repo, ignore_errors=True)
 
-    def install(self, release: Release) -> tuple[Path, Optional[bytes]]:
+    def install(self, release: Release) -> tuple[Path, bytes | None]:
         """Copy ``release`` into the repository as version <generation>; returns (its dir, the previous config)."""
         src = release.triton_source(self.cfg.triton_model)
         model_dir = self.repo / self.cfg.triton_model
@@ -47,7 +47,7 @@ class TritonServer:
         os.replace(tmp, cfg)
         return dst, previous
 
-    def prune(self, current: Optional[int]) -> None:
+    def prune(self, current: int | None) -> None:
         """Version directories other than ``current`` (the one serving) and the one before it."""
         model_dir = self.repo / self.cfg.triton_model
         versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()), reverse=True)
@@ -65,13 +65,26 @@ class TritonServer:
         if not ok:
             raise ServeError(why)
         triton.stop(self.dir, timeout=5)  # a killed predecessor's leftovers (group, shared memory)
-        srv = triton.start(self.repo, self.dir, models=[self.cfg.triton_model], timeout=self.cfg.start_timeout_s,
-                           grpc_port=self.cfg.triton_grpc_port, http=bool(self.cfg.triton_http_port),
-                           http_port=self.cfg.triton_http_port or None, admin_key=self.admin_key)
+        srv = triton.start(
+            self.repo,
+            self.dir,
+            models=[self.cfg.triton_model],
+            timeout=self.cfg.start_timeout_s,
+            grpc_port=self.cfg.triton_grpc_port,
+            http=bool(self.cfg.triton_http_port),
+            http_port=self.cfg.triton_http_port or None,
+            admin_key=self.admin_key,
+        )
         self.pid = srv.pid
         self.info = self.info or {"restarts": 0}
-        self.info.update({"grpc": srv.grpc_target, "url": self.cfg.urls()["triton"], "started_at": now(),
-                          "log": str(self.dir / "tritonserver.log")})
+        self.info.update(
+            {
+                "grpc": srv.grpc_target,
+                "url": self.cfg.urls()["triton"],
+                "started_at": now(),
+                "log": str(self.dir / "tritonserver.log"),
+            }
+        )
         if self.cfg.triton_http_port:
             self.info["http"] = srv.http_url
 
@@ -90,7 +103,7 @@ class TritonServer:
 
         triton.load_model(f"{HOST}:{self.cfg.triton_grpc_port}", self.cfg.triton_model, self.admin_key)
 
-    def model_ready(self, timeout: float) -> Optional[bool]:
+    def model_ready(self, timeout: float) -> bool | None:
         """Whether the served model is READY; None when the server does not answer."""
         from infra import triton
 

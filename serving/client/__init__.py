@@ -28,24 +28,64 @@ Modules: ``errors``, ``retry``, ``captures`` (what is sent: decoding, sidecar, c
 ``stream`` (Triton's kept stream), ``triton``, ``torchserve`` and ``facade`` (``connect``, ``AlloyClient``);
 where to connect is serving/endpoint.py.
 """
+
 from __future__ import annotations
 
 from serving.client.captures import Calibration, Capture, context_of
-from serving.client.errors import (InvalidCaptureError, ModelNotFoundError, PermissionDeniedError,
-                                   ServerUnavailableError, ServingError)
+from serving.client.errors import (
+    InvalidCaptureError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    ServerUnavailableError,
+    ServingError,
+)
 from serving.client.facade import AlloyClient, connect
 from serving.client.prediction import Prediction
 from serving.client.retry import DEFAULT_RETRY_BUDGET_S
 from serving.client.torchserve import TorchServeClient
 from serving.client.triton import TritonClient
-from serving.endpoint import (DEFAULT_URL, ENV_FILE, ENV_FILE_ENV, KEY_FILE_VAR, MAX_REQUEST_VAR, SERVE_DIR_ENV,
-                              TORCHSERVE_URL_VAR, URL_VAR, default_serve_dir, default_url, env_file_path,
-                              read_env_file, serving_setting)
+from serving.endpoint import (
+    DEFAULT_URL,
+    ENV_FILE,
+    ENV_FILE_ENV,
+    KEY_FILE_VAR,
+    MAX_REQUEST_VAR,
+    SERVE_DIR_ENV,
+    TORCHSERVE_URL_VAR,
+    URL_VAR,
+    default_serve_dir,
+    default_url,
+    env_file_path,
+    read_env_file,
+    serving_setting,
+)
 
 __all__ = [
-    "AlloyClient", "Calibration", "Capture", "DEFAULT_RETRY_BUDGET_S", "DEFAULT_URL", "ENV_FILE", "ENV_FILE_ENV",
-    "InvalidCaptureError", "KEY_FILE_VAR", "MAX_REQUEST_VAR", "ModelNotFoundError", "PermissionDeniedError",
-    "Prediction", "SERVE_DIR_ENV", "ServerUnavailableError", "ServingError", "TORCHSERVE_URL_VAR",
-    "TorchServeClient", "TritonClient", "URL_VAR", "connect", "context_of", "default_serve_dir", "default_url",
-    "env_file_path", "read_env_file", "serving_setting",
+    "AlloyClient",
+    "Calibration",
+    "Capture",
+    "DEFAULT_RETRY_BUDGET_S",
+    "DEFAULT_URL",
+    "ENV_FILE",
+    "ENV_FILE_ENV",
+    "InvalidCaptureError",
+    "KEY_FILE_VAR",
+    "MAX_REQUEST_VAR",
+    "ModelNotFoundError",
+    "PermissionDeniedError",
+    "Prediction",
+    "SERVE_DIR_ENV",
+    "ServerUnavailableError",
+    "ServingError",
+    "TORCHSERVE_URL_VAR",
+    "TorchServeClient",
+    "TritonClient",
+    "URL_VAR",
+    "connect",
+    "context_of",
+    "default_serve_dir",
+    "default_url",
+    "env_file_path",
+    "read_env_file",
+    "serving_setting",
 ]

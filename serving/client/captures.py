@@ -3,21 +3,23 @@
 Kept light: decoding a capture loads the library's image codec only (no pydantic, scipy or torch), so a
 process that only sends captures starts fast (tests/unit/test_layout.py holds this).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union, cast
+from typing import cast
 
 import numpy as np
 
 from serving.client.errors import InvalidCaptureError
 
-Capture = Union[str, Path, bytes, np.ndarray]
-Calibration = Union[Sequence[Sequence[float]], np.ndarray]
+Capture = str | Path | bytes | np.ndarray
+Calibration = Sequence[Sequence[float]] | np.ndarray
 
 
-def read(capture: Capture) -> Union[bytes, np.ndarray]:
+def read(capture: Capture) -> bytes | np.ndarray:
     """A capture file's bytes; bytes and arrays as they are."""
     if isinstance(capture, (str, Path)):
         return Path(capture).read_bytes()
@@ -33,8 +35,9 @@ def label(capture: Capture, index: int) -> str:
     return f"capture {index} ({len(capture)} bytes)"
 
 
-def context_of(capture: Capture, calibration: Optional[Calibration] = None,
-               wedge_mm: Optional[float] = None) -> tuple[Optional[np.ndarray], Optional[float]]:
+def context_of(
+    capture: Capture, calibration: Calibration | None = None, wedge_mm: float | None = None
+) -> tuple[np.ndarray | None, float | None]:
     """What to send beside ``capture``: its calibration ([[dark, flat], ...] per channel) and wedge size (mm),
     as given, else from the capture's sidecar beside it (``<stem>.json``, as alloynet stores captures), else
     None (the server then says calibration_missing)."""
@@ -46,8 +49,9 @@ def context_of(capture: Capture, calibration: Optional[Calibration] = None,
     return cal, wedge_mm
 
 
-def _from_sidecar(sidecar: Path, cal: Optional[np.ndarray],
-                  wedge_mm: Optional[float]) -> tuple[Optional[np.ndarray], Optional[float]]:
+def _from_sidecar(
+    sidecar: Path, cal: np.ndarray | None, wedge_mm: float | None
+) -> tuple[np.ndarray | None, float | None]:
     """``cal`` and ``wedge_mm``, each read from ``sidecar`` where not given. Read without the sidecar schema
     (pydantic, the alloy table): the client needs only these two fields, takes them from partial sidecars too,
     and the servers check their values."""
@@ -59,12 +63,13 @@ def _from_sidecar(sidecar: Path, cal: Optional[np.ndarray],
         if wedge_mm is None and "rig" in body:
             wedge_mm = float(body["rig"]["wedge_mm"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidCaptureError(f"sidecar: not readable for calibration and wedge_mm ({exc})",
-                                  capture=str(sidecar)) from None
+        raise InvalidCaptureError(
+            f"sidecar: not readable for calibration and wedge_mm ({exc})", capture=str(sidecar)
+        ) from None
     return cal, wedge_mm
 
 
-def decode(capture: Union[bytes, np.ndarray], shape: Optional[Sequence[int]] = None) -> np.ndarray:
+def decode(capture: bytes | np.ndarray, shape: Sequence[int] | None = None) -> np.ndarray:
     """PNG/TIFF bytes -> uint16 [C, H, W] with the library's decoder (after checking the size its header
     declares against ``shape``, so a small file claiming a huge image is never decoded); arrays pass through."""
     if isinstance(capture, np.ndarray):
@@ -82,7 +87,7 @@ def decode(capture: Union[bytes, np.ndarray], shape: Optional[Sequence[int]] = N
         raise InvalidCaptureError(f"{exc.field}: {exc.message}") from None
 
 
-def wedge(wedge_mm: Optional[float], capture: Optional[str]) -> np.ndarray:
+def wedge(wedge_mm: float | None, capture: str | None) -> np.ndarray:
     """A capture's wedge size as sent: float32 [1] in mm (None: 0 = not known), checked as the servers check it."""
     from serving.capture_checks import CaptureInputError, check_wedge
 
@@ -111,15 +116,17 @@ def check_image(arr: np.ndarray, dims: Sequence[int]) -> np.ndarray:
         raise InvalidCaptureError(f"image.dtype: expected uint16 or float32 raw ADU, got {arr.dtype}")
     arr = _channels_first(arr, dims)
     if list(arr.shape) != list(dims):
-        raise InvalidCaptureError(f"image.shape: expected [C, H, W] = {list(dims)} (or [H, W] for one channel), "
-                                  f"got {list(arr.shape)}")
+        raise InvalidCaptureError(
+            f"image.shape: expected [C, H, W] = {list(dims)} (or [H, W] for one channel), got {list(arr.shape)}"
+        )
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def check_calibration(cal: Optional[np.ndarray], channels: int) -> np.ndarray:
+def check_calibration(cal: np.ndarray | None, channels: int) -> np.ndarray:
     """The calibration sent with a capture of ``channels`` channels: [C, 2] (zeros: not known)."""
     cal = np.zeros((channels, 2), np.float32) if cal is None else cal
     if cal.shape != (channels, 2):
-        raise InvalidCaptureError(f"calibration: expected [C, 2] = {[channels, 2]} (dark, flat ADU per channel), "
-                                  f"got {list(cal.shape)}")
+        raise InvalidCaptureError(
+            f"calibration: expected [C, 2] = {[channels, 2]} (dark, flat ADU per channel), got {list(cal.shape)}"
+        )
     return cal

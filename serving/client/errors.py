@@ -1,17 +1,24 @@
 """What a failed request raises: a gRPC-style ``code`` and where it failed (server, target, model, capture)."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 
 class ServingError(RuntimeError):
     """A request failed; ``code`` is the gRPC-style status, ``server``/``target``/``model``/``capture`` say where."""
 
     code = "UNKNOWN"
-    results: Optional[list] = None  # raised from a batch: every capture's result (a Prediction or an error)
+    results: list | None = None  # raised from a batch: every capture's result (a Prediction or an error)
 
-    def __init__(self, message: str, *, server: str = "", target: str = "", model: str = "",
-                 capture: Optional[str] = None, code: Optional[str] = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        server: str = "",
+        target: str = "",
+        model: str = "",
+        capture: str | None = None,
+        code: str | None = None,
+    ):
         self.message, self.server, self.target, self.model, self.capture = message, server, target, model, capture
         self.code = code or type(self).code
         where = f"{server} at {target}" + (f", model {model}" if model else "") if server else ""

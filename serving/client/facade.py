@@ -1,10 +1,11 @@
 """The facade the inspection line uses: ``connect()`` to a URL, then ``predict`` one capture or a batch."""
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 from urllib.parse import urlparse
 
 from serving.client.captures import Calibration, Capture
@@ -19,7 +20,7 @@ from serving.endpoint import KEY_FILE_VAR, MAX_REQUEST_VAR, TORCHSERVE_URL_VAR, 
 class AlloyClient:
     """Facade: ``predict`` one capture, ``predict_batch`` several; works the same over both servers."""
 
-    def __init__(self, backend: Union[TritonClient, TorchServeClient], recorder: Optional[Recorder] = None):
+    def __init__(self, backend: TritonClient | TorchServeClient, recorder: Recorder | None = None):
         self.backend = backend
         self.recorder = recorder  # the line's record: every answer kept, off the request path
 
@@ -28,14 +29,20 @@ class AlloyClient:
         b = self.backend
         return f"{b.server}://{b.target}/{b.model}"
 
-    def predict(self, capture: Capture, calibration: Optional[Calibration] = None,
-                wedge_mm: Optional[float] = None) -> Prediction:
+    def predict(
+        self, capture: Capture, calibration: Calibration | None = None, wedge_mm: float | None = None
+    ) -> Prediction:
         """``calibration``: [[dark, flat], ...] per channel; ``wedge_mm``: the wedge size; by default both from
         the sidecar beside a capture file."""
         return self.predict_batch([capture], [calibration], [wedge_mm])[0]
 
-    def predict_batch(self, captures: Sequence[Capture], calibrations: Optional[Sequence[Optional[Calibration]]] = None,
-                      wedges_mm: Optional[Sequence[Optional[float]]] = None, errors: str = "raise") -> list:
+    def predict_batch(
+        self,
+        captures: Sequence[Capture],
+        calibrations: Sequence[Calibration | None] | None = None,
+        wedges_mm: Sequence[float | None] | None = None,
+        errors: str = "raise",
+    ) -> list:
         if self.recorder is None:
             return self.backend.predict_batch(list(captures), calibrations, wedges_mm, errors=errors)
         captures, b = list(captures), self.backend
@@ -43,8 +50,15 @@ class AlloyClient:
         try:
             results = b.predict_batch(captures, calibrations, wedges_mm, errors=errors)
         except Exception as exc:
-            self.recorder.record(captures, getattr(exc, "results", None) or [exc] * len(captures), started,
-                                 time.perf_counter() - t0, b.server, b.model, _version(b))
+            self.recorder.record(
+                captures,
+                getattr(exc, "results", None) or [exc] * len(captures),
+                started,
+                time.perf_counter() - t0,
+                b.server,
+                b.model,
+                _version(b),
+            )
             raise
         self.recorder.record(captures, results, started, time.perf_counter() - t0, b.server, b.model, _version(b))
         return results
@@ -57,7 +71,7 @@ class AlloyClient:
         if self.recorder is not None:
             self.recorder.close()
 
-    def __enter__(self) -> "AlloyClient":
+    def __enter__(self) -> AlloyClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -69,10 +83,19 @@ def _version(backend) -> str:
     return str(getattr(info, "version", "") or getattr(backend, "version", "") or "")
 
 
-def connect(url: Optional[str] = None, token: Optional[str] = None, timeout_s: float = 10.0,
-            retries: Optional[int] = None, backoff_s: float = 0.1, *, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S,
-            max_backoff_s: float = 1.0, key_file: Optional[str | Path] = None, stream: bool = True,
-            record: Optional[str] = None) -> AlloyClient:
+def connect(
+    url: str | None = None,
+    token: str | None = None,
+    timeout_s: float = 10.0,
+    retries: int | None = None,
+    backoff_s: float = 0.1,
+    *,
+    retry_budget_s: float = DEFAULT_RETRY_BUDGET_S,
+    max_backoff_s: float = 1.0,
+    key_file: str | Path | None = None,
+    stream: bool = True,
+    record: str | None = None,
+) -> AlloyClient:
     """``triton://host:port/model`` or ``torchserve://host:port/model`` (gRPC ports; model defaults to alloynet);
     None: ``serving.endpoint.default_url()``.
 
@@ -90,12 +113,27 @@ def connect(url: Optional[str] = None, token: Optional[str] = None, timeout_s: f
         raise ValueError(f"expected triton://HOST:PORT[/MODEL] or torchserve://HOST:PORT[/MODEL], got {url!r}")
     target, model = f"{u.hostname}:{u.port}", (u.path.strip("/") or "alloynet")
     if u.scheme == "triton":
-        return AlloyClient(TritonClient(target, model, timeout_s, retry_budget_s, backoff_s, max_backoff_s, retries,
-                                        stream=stream), recorder)
+        return AlloyClient(
+            TritonClient(target, model, timeout_s, retry_budget_s, backoff_s, max_backoff_s, retries, stream=stream),
+            recorder,
+        )
     served, limit = serving_setting(TORCHSERVE_URL_VAR), None
     if served and urlparse(served).netloc == u.netloc:  # the TorchServe `alloynet serve` runs
         limit = int(serving_setting(MAX_REQUEST_VAR) or 0) or None
         if token is None and key_file is None:
             key_file = serving_setting(KEY_FILE_VAR)
-    return AlloyClient(TorchServeClient(target, model, token, timeout_s, retry_budget_s, backoff_s, max_backoff_s,
-                                        retries, key_file=key_file, max_request_bytes=limit), recorder)
+    return AlloyClient(
+        TorchServeClient(
+            target,
+            model,
+            token,
+            timeout_s,
+            retry_budget_s,
+            backoff_s,
+            max_backoff_s,
+            retries,
+            key_file=key_file,
+            max_request_bytes=limit,
+        ),
+        recorder,
+    )

@@ -1,4 +1,5 @@
 """One capture's answer, and how a batch's answers and refusals are handed back."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -19,8 +20,8 @@ class Prediction:
     thickness_mm: float
     absorption: dict[str, float]
     flags: list[str]
-    status: str = "ok"          # contract.STATUSES: an answered item's status (e.g. calibration_missing)
-    status_message: str = ""    # its words, where the status is not "ok"
+    status: str = "ok"  # contract.STATUSES: an answered item's status (e.g. calibration_missing)
+    status_message: str = ""  # its words, where the status is not "ok"
     server: str = ""
     extra: dict = field(default_factory=dict)
 

@@ -7,6 +7,7 @@ appends them to the store's day partition (``alloynet.monitor.record.Journal``).
 every write, so records reach the store within one write of arriving; ``close`` (and interpreter exit) flushes
 what is left. A full queue drops the record and counts it (``dropped``): serving never waits for the record.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -16,9 +17,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,18 +51,37 @@ def _identity(capture: Any) -> tuple[str, str]:
     return "", hashlib.sha256(bytes(capture)).hexdigest()
 
 
-def _record(at: str, capture: Any, result: Any, latency_ms: float, batch: int, server: str, model: str,
-            version: str) -> dict:
+def _record(
+    at: str, capture: Any, result: Any, latency_ms: float, batch: int, server: str, model: str, version: str
+) -> dict:
     cid, sha = _identity(capture)
-    r: dict[str, Any] = {"v": 1, "at": at, "source": "line", "capture_id": cid, "image_sha256": sha,
-                         "server": server, "model": model, "model_version": version,
-                         "latency_ms": round(latency_ms, 4), "batch": batch}
+    r: dict[str, Any] = {
+        "v": 1,
+        "at": at,
+        "source": "line",
+        "capture_id": cid,
+        "image_sha256": sha,
+        "server": server,
+        "model": model,
+        "model_version": version,
+        "latency_ms": round(latency_ms, 4),
+        "batch": batch,
+    }
     if isinstance(result, BaseException):
         r.update(status="refused", error=f"{type(result).__name__}: {result}"[:500])
         return r
     d = result.to_dict() if hasattr(result, "to_dict") else dict(result)
-    for k in ("status", "alloy", "confidence", "probabilities", "prediction_set", "group", "group_probability",
-              "thickness_mm", "flags"):
+    for k in (
+        "status",
+        "alloy",
+        "confidence",
+        "probabilities",
+        "prediction_set",
+        "group",
+        "group_probability",
+        "thickness_mm",
+        "flags",
+    ):
         r[k] = d.get(k)
     return r
 
@@ -80,8 +101,16 @@ class Recorder:
         self._thread.start()
         atexit.register(self.close)
 
-    def record(self, captures: Sequence[Any], results: Sequence[Any], started: float, latency_s: float,
-               server: str = "", model: str = "", version: str = "") -> None:
+    def record(
+        self,
+        captures: Sequence[Any],
+        results: Sequence[Any],
+        started: float,
+        latency_s: float,
+        server: str = "",
+        model: str = "",
+        version: str = "",
+    ) -> None:
         """Hand one request's answers over; never blocks and never raises."""
         try:
             self._q.put_nowait((started, captures, results, latency_s, server, model, version))

@@ -1,8 +1,9 @@
 """Retrying a call while the server is not answering yet, within a time budget, with capped exponential backoff."""
+
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 # Longer than a supervised restart of either server (docs/benchmarks.md has the measured restart times).
 DEFAULT_RETRY_BUDGET_S = 30.0
@@ -19,8 +20,14 @@ class Unavailable(Exception):
     """A retryable failure (the server is not answering yet)."""
 
 
-def retry(call: Callable, budget_s: float, backoff_s: float, max_backoff_s: float, max_attempts: Optional[int],
-          fail: Callable[[str], Exception]):
+def retry(
+    call: Callable,
+    budget_s: float,
+    backoff_s: float,
+    max_backoff_s: float,
+    max_attempts: int | None,
+    fail: Callable[[str], Exception],
+):
     """``call()`` until it returns, retrying on ``Unavailable`` until ``budget_s`` is spent (or
     ``max_attempts`` made); then ``fail(summary)`` is raised."""
     start, attempt, delay = time.monotonic(), 0, backoff_s
@@ -31,7 +38,9 @@ def retry(call: Callable, budget_s: float, backoff_s: float, max_backoff_s: floa
         except Unavailable as exc:
             spent = time.monotonic() - start
             if spent + delay > budget_s or (max_attempts is not None and attempt >= max_attempts):
-                raise fail(f"still unavailable after {attempt} attempt{'s' if attempt > 1 else ''} over {spent:.1f} s "
-                           f"(retry budget {budget_s:g} s): {exc}") from None
+                raise fail(
+                    f"still unavailable after {attempt} attempt{'s' if attempt > 1 else ''} over {spent:.1f} s "
+                    f"(retry budget {budget_s:g} s): {exc}"
+                ) from None
             time.sleep(delay)
             delay = min(delay * 2, max_backoff_s)

@@ -3,6 +3,7 @@
 A unary call sets up and tears down an HTTP/2 stream and Triton's per-call state every time; a kept stream
 does not (bench/serve.py measures the difference; docs/benchmarks.md has the figures).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -10,7 +11,6 @@ import queue
 import threading
 import time
 import weakref
-from typing import Optional
 
 
 class StreamBroken(Exception):
@@ -24,22 +24,22 @@ class InferStream:
     so an error answer is sent again as a unary call (which says INVALID_ARGUMENT, NOT_FOUND, ...), and a
     watchdog cancels a stream whose answer is later than the client's timeout."""
 
-    _watched: "weakref.WeakSet[InferStream]" = weakref.WeakSet()
-    _watchdog: Optional[threading.Thread] = None
+    _watched: weakref.WeakSet[InferStream] = weakref.WeakSet()
+    _watchdog: threading.Thread | None = None
     _watch_lock = threading.Lock()
     WATCH_EVERY_S = 0.25
 
     def __init__(self, stub, metadata, timeout_s: float):
-        self._requests: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._ids = itertools.count(1)
         self.timeout_s = timeout_s
-        self._deadline: Optional[float] = None
+        self._deadline: float | None = None
         self.broken = False
         self._responses = stub.ModelStreamInfer(iter(self._requests.get, None), metadata=metadata)
         self._watch(self)
 
     @classmethod
-    def _watch(cls, stream: "InferStream") -> None:
+    def _watch(cls, stream: InferStream) -> None:
         with cls._watch_lock:
             cls._watched.add(stream)
             if cls._watchdog is None or not cls._watchdog.is_alive():

@@ -3,20 +3,26 @@
 TorchServe makes new keys when it restarts or when they are refreshed before they expire: a refused key is
 read again from the key file (given, or the one `alloynet serve` wrote) while the retry budget lasts.
 """
+
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from alloynet import contract
 from serving.client import captures as cap
 from serving.client.captures import Calibration, Capture
-from serving.client.errors import (InvalidCaptureError, ModelNotFoundError, PermissionDeniedError,
-                                   ServerUnavailableError, ServingError)
+from serving.client.errors import (
+    InvalidCaptureError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    ServerUnavailableError,
+    ServingError,
+)
 from serving.client.prediction import Prediction, finish
 from serving.client.retry import CHANNEL_OPTIONS, DEFAULT_RETRY_BUDGET_S, RETRIED, Unavailable, retry
 
@@ -26,10 +32,20 @@ class TorchServeClient:
 
     server = "torchserve"
 
-    def __init__(self, target: str, model: str = "alloynet", token: Optional[str] = None, timeout_s: float = 10.0,
-                 retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, backoff_s: float = 0.1, max_backoff_s: float = 1.0,
-                 retries: Optional[int] = None, version: str = "", key_file: Optional[str | Path] = None,
-                 max_request_bytes: Optional[int] = None):
+    def __init__(
+        self,
+        target: str,
+        model: str = "alloynet",
+        token: str | None = None,
+        timeout_s: float = 10.0,
+        retry_budget_s: float = DEFAULT_RETRY_BUDGET_S,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 1.0,
+        retries: int | None = None,
+        version: str = "",
+        key_file: str | Path | None = None,
+        max_request_bytes: int | None = None,
+    ):
         import grpc
 
         from serving.torchserve.grpc_api import modules
@@ -46,10 +62,10 @@ class TorchServeClient:
         self.token = token or (self._read_key() if self.key_file else None)
         self.max_request_bytes = max_request_bytes  # the server's limit, when known: refused here, not there
 
-    def _error(self, cls, message: str, capture: Optional[str] = None, code: Optional[str] = None) -> ServingError:
+    def _error(self, cls, message: str, capture: str | None = None, code: str | None = None) -> ServingError:
         return cls(message, server=self.server, target=self.target, model=self.model, capture=capture, code=code)
 
-    def _read_key(self) -> Optional[str]:
+    def _read_key(self) -> str | None:
         if self.key_file is None:
             return None
         try:
@@ -61,7 +77,7 @@ class TorchServeClient:
     def metadata(self) -> list:
         return [("authorization", f"Bearer {self.token}")] if self.token else []
 
-    def _rpc(self, fn: Callable, capture: Optional[str]):
+    def _rpc(self, fn: Callable, capture: str | None):
         """``fn(metadata)`` with retries: UNAVAILABLE until the budget is spent; a refused key is read again from
         the key file (and the call retried) while the budget lasts."""
         grpc = self._grpc
@@ -76,40 +92,58 @@ class TorchServeClient:
                     refused["last"] = False
                     if code.name in RETRIED:
                         raise Unavailable(f"{code.name}: {exc.details()}") from None
-                    if code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED) \
-                            or not self.key_file:
+                    if (
+                        code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+                        or not self.key_file
+                    ):
                         raise
                     refused["last"] = True
                     fresh = self._read_key()
                     if not fresh or fresh == self.token:  # not rewritten yet (a restart, a refresh): wait for it
-                        raise Unavailable(f"key refused ({exc.details()}); waiting for {self.key_file} to "
-                                           "hold a new one") from None
+                        raise Unavailable(
+                            f"key refused ({exc.details()}); waiting for {self.key_file} to hold a new one"
+                        ) from None
                     self.token = fresh  # and at once again with it
             raise Unavailable(f"the key just read from {self.key_file} was refused too")
 
         try:
-            return retry(attempt, self.retry_budget_s, self.backoff_s, self.max_backoff_s, self.max_attempts,
-                          lambda s: self._error(PermissionDeniedError if refused["last"] else ServerUnavailableError,
-                                                s, capture))
+            return retry(
+                attempt,
+                self.retry_budget_s,
+                self.backoff_s,
+                self.max_backoff_s,
+                self.max_attempts,
+                lambda s: self._error(PermissionDeniedError if refused["last"] else ServerUnavailableError, s, capture),
+            )
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details() or ""
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise self._error(InvalidCaptureError, details, capture) from None
-            if code == grpc.StatusCode.NOT_FOUND or "ModelNotFoundException" in details \
-                    or "ModelVersionNotFoundException" in details:
+            if (
+                code == grpc.StatusCode.NOT_FOUND
+                or "ModelNotFoundException" in details
+                or "ModelVersionNotFoundException" in details
+            ):
                 raise self._error(ModelNotFoundError, details.split("\n")[0], capture) from None
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "exceeds maximum" in details:
-                raise self._error(InvalidCaptureError, f"request too large for the server: {details}", capture,
-                                  code="RESOURCE_EXHAUSTED") from None
+                raise self._error(
+                    InvalidCaptureError,
+                    f"request too large for the server: {details}",
+                    capture,
+                    code="RESOURCE_EXHAUSTED",
+                ) from None
             if code == grpc.StatusCode.CANCELLED and "RST_STREAM" in details:
                 details += " (the server reset the stream: it refuses requests over its size limit this way)"
             if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-                raise self._error(PermissionDeniedError, f"{code.name}: {details}" + (
-                    "" if self.key_file else " (give the key file, so a new key can be read)"), capture) from None
+                raise self._error(
+                    PermissionDeniedError,
+                    f"{code.name}: {details}"
+                    + ("" if self.key_file else " (give the key file, so a new key can be read)"),
+                    capture,
+                ) from None
             raise self._error(ServingError, f"{code.name}: {details}", capture, code=code.name) from None
 
-    def _request(self, body: bytes, calibration: Optional[np.ndarray], wedge_mm: Optional[float],
-                 capture: Optional[str]):
+    def _request(self, body: bytes, calibration: np.ndarray | None, wedge_mm: float | None, capture: str | None):
         inputs = {"data": body}
         if calibration is not None:
             inputs[contract.CALIBRATION_NAME] = json.dumps(np.asarray(calibration).tolist()).encode()
@@ -121,11 +155,15 @@ class TorchServeClient:
             inputs[contract.WEDGE_NAME] = json.dumps(wedge).encode()
         size = sum(len(v) for v in inputs.values())
         if self.max_request_bytes and size > self.max_request_bytes:
-            raise self._error(InvalidCaptureError, f"a request of {size:,} bytes is over the server's limit of "
-                              f"{self.max_request_bytes:,} bytes", capture, code="RESOURCE_EXHAUSTED")
+            raise self._error(
+                InvalidCaptureError,
+                f"a request of {size:,} bytes is over the server's limit of {self.max_request_bytes:,} bytes",
+                capture,
+                code="RESOURCE_EXHAUSTED",
+            )
         return self.pb.PredictionsRequest(model_name=self.model, model_version=self.version, input=inputs)
 
-    def _answer(self, resp, capture: Optional[str]) -> dict:
+    def _answer(self, resp, capture: str | None) -> dict:
         try:
             body = json.loads(resp.prediction)
         except ValueError:
@@ -137,17 +175,27 @@ class TorchServeClient:
             raise self._error(ServingError, str(err), capture, code="INTERNAL")
         return body
 
-    def predict_bytes(self, body: bytes, calibration: Optional[np.ndarray] = None, wedge_mm: Optional[float] = None,
-                      capture: Optional[str] = None) -> dict:
+    def predict_bytes(
+        self,
+        body: bytes,
+        calibration: np.ndarray | None = None,
+        wedge_mm: float | None = None,
+        capture: str | None = None,
+    ) -> dict:
         """One capture (PNG/TIFF or .npy bytes) with its calibration [C, 2] and wedge size in mm (None: not known)."""
         req = self._request(body, calibration, wedge_mm, capture)
-        return self._answer(self._rpc(lambda md: self.stub.Predictions(req, metadata=md, timeout=self.timeout_s),
-                                      capture), capture)
+        return self._answer(
+            self._rpc(lambda md: self.stub.Predictions(req, metadata=md, timeout=self.timeout_s), capture), capture
+        )
 
-    def predict_batch(self, captures: Sequence[Capture],
-                      calibrations: Optional[Sequence[Optional[Calibration]]] = None,
-                      wedges_mm: Optional[Sequence[Optional[float]]] = None, errors: str = "raise",
-                      in_flight: int = 32) -> list:
+    def predict_batch(
+        self,
+        captures: Sequence[Capture],
+        calibrations: Sequence[Calibration | None] | None = None,
+        wedges_mm: Sequence[float | None] | None = None,
+        errors: str = "raise",
+        in_flight: int = 32,
+    ) -> list:
         """One prediction per capture: one request each, up to ``in_flight`` at once (TorchServe batches them on
         the server, and a bad capture is answered on its own). A request that fails is sent again through the
         retrying path. ``errors`` as for TritonClient.predict_batch."""
@@ -168,16 +216,19 @@ class TorchServeClient:
             except InvalidCaptureError as exc:
                 results[i] = exc if exc.server else self._error(InvalidCaptureError, exc.message, exc.capture or label)
         for start in range(0, len(requests), in_flight):
-            chunk = requests[start:start + in_flight]
-            sent = [(i, label, req, self.stub.Predictions.future(req, metadata=self.metadata, timeout=self.timeout_s))
-                    for i, label, req in chunk]
+            chunk = requests[start : start + in_flight]
+            sent = [
+                (i, label, req, self.stub.Predictions.future(req, metadata=self.metadata, timeout=self.timeout_s))
+                for i, label, req in chunk
+            ]
             for i, label, req, future in sent:
                 try:
                     try:
                         resp = future.result()
                     except self._grpc.RpcError:  # retried, mapped and reported by the one-at-a-time path
                         resp = self._rpc(
-                            lambda md, r=req: self.stub.Predictions(r, metadata=md, timeout=self.timeout_s), label)
+                            lambda md, r=req: self.stub.Predictions(r, metadata=md, timeout=self.timeout_s), label
+                        )
                     results[i] = Prediction(**self._answer(resp, label), server=self.server)
                 except InvalidCaptureError as exc:
                     results[i] = exc

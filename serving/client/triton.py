@@ -1,17 +1,18 @@
 """Triton's gRPC inference API (KServe v2): the client of one model, over a kept stream or unary calls."""
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
 from alloynet import contract
 from serving.client import captures as cap
 from serving.client.captures import Calibration, Capture
-from serving.client.errors import (InvalidCaptureError, ModelNotFoundError, ServerUnavailableError,
-                                   ServingError)
+from serving.client.errors import InvalidCaptureError, ModelNotFoundError, ServerUnavailableError, ServingError
 from serving.client.prediction import Prediction, finish
 from serving.client.retry import CHANNEL_OPTIONS, DEFAULT_RETRY_BUDGET_S, RETRIED, Unavailable, retry
 from serving.client.stream import InferStream, StreamBroken
@@ -21,10 +22,10 @@ from serving.client.stream import InferStream, StreamBroken
 class _TritonModel:
     version: str
     class_names: list[str]
-    dims: list[int]          # per capture [C, H, W]
+    dims: list[int]  # per capture [C, H, W]
     max_batch_size: int
-    class_groups: Optional[list[str]] = None   # each class's group (the model's description), when it says
-    max_adu: float = contract.MAX_ADU          # the detector range its status messages quote
+    class_groups: list[str] | None = None  # each class's group (the model's description), when it says
+    max_adu: float = contract.MAX_ADU  # the detector range its status messages quote
 
 
 class TritonClient:
@@ -34,44 +35,66 @@ class TritonClient:
 
     server = "triton"
     # The v2 datatypes the client sends and reads, as numpy types.
-    DATATYPES = {"FP32": np.float32, "FP64": np.float64, "UINT16": np.uint16, "INT32": np.int32,
-                 "INT64": np.int64, "UINT8": np.uint8, "BOOL": np.bool_, "FP16": np.float16}
+    DATATYPES = {
+        "FP32": np.float32,
+        "FP64": np.float64,
+        "UINT16": np.uint16,
+        "INT32": np.int32,
+        "INT64": np.int64,
+        "UINT8": np.uint8,
+        "BOOL": np.bool_,
+        "FP16": np.float16,
+    }
     DATATYPE_OF = {np.dtype(v): k for k, v in DATATYPES.items()}
 
-    def __init__(self, target: str, model: str = "alloynet", timeout_s: float = 10.0,
-                 retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, backoff_s: float = 0.1, max_backoff_s: float = 1.0,
-                 retries: Optional[int] = None, headers: Optional[dict] = None, stream: bool = True):
+    def __init__(
+        self,
+        target: str,
+        model: str = "alloynet",
+        timeout_s: float = 10.0,
+        retry_budget_s: float = DEFAULT_RETRY_BUDGET_S,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 1.0,
+        retries: int | None = None,
+        headers: dict | None = None,
+        stream: bool = True,
+    ):
         import grpc
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 
         self._grpc, self._pb = grpc, service_pb2
         self.target = target
-        self._channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1),
-            *CHANNEL_OPTIONS])
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", 2**31 - 1),
+                ("grpc.max_receive_message_length", 2**31 - 1),
+                *CHANNEL_OPTIONS,
+            ],
+        )
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self.model, self.timeout_s, self.retry_budget_s = model, timeout_s, retry_budget_s
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.max_attempts = None if retries is None else retries + 1
         self.headers = headers or {}
         self._metadata = tuple((str(k).lower(), str(v)) for k, v in self.headers.items()) or None
-        self._info: Optional[_TritonModel] = None
+        self._info: _TritonModel | None = None
         # Inference goes over one kept stream (``stream``; InferStream) when this client has no other request
         # in flight (so one request at a time holds it), else, and whenever the stream fails, as a unary call
         # (retried within the budget).
         self.stream = stream
-        self._stream: Optional[InferStream] = None
+        self._stream: InferStream | None = None
         self._inflight_lock, self._inflight = threading.Lock(), 0
         self.stream_answers = 0  # answers that came over the stream (the rest: unary calls)
 
-    def _error(self, cls, message: str, capture: Optional[str] = None, code: Optional[str] = None) -> ServingError:
+    def _error(self, cls, message: str, capture: str | None = None, code: str | None = None) -> ServingError:
         return cls(message, server=self.server, target=self.target, model=self.model, capture=capture, code=code)
 
     def _rpc(self, method: str, request):
         """One call of the stub's ``method`` with this client's timeout and headers."""
         return getattr(self._stub, method)(request, timeout=self.timeout_s, metadata=self._metadata)
 
-    def _call(self, fn: Callable, capture: Optional[str] = None):
+    def _call(self, fn: Callable, capture: str | None = None):
         RpcError = self._grpc.RpcError
 
         def attempt():
@@ -83,8 +106,14 @@ class TritonClient:
                 raise
 
         try:
-            return retry(attempt, self.retry_budget_s, self.backoff_s, self.max_backoff_s, self.max_attempts,
-                          lambda s: self._error(ServerUnavailableError, s, capture))
+            return retry(
+                attempt,
+                self.retry_budget_s,
+                self.backoff_s,
+                self.max_backoff_s,
+                self.max_attempts,
+                lambda s: self._error(ServerUnavailableError, s, capture),
+            )
         except RpcError as exc:
             status, message = exc.code().name, exc.details() or ""
             if status == "INVALID_ARGUMENT":
@@ -131,12 +160,14 @@ class TritonClient:
             meta = self._call(lambda: self._rpc("ModelMetadata", pb.ModelMetadataRequest(name=self.model)))
             params = cfg.parameters
             groups = params["class_groups"].string_value if "class_groups" in params else ""
-            self._info = _TritonModel(version=max(meta.versions, key=int) if meta.versions else "",
-                                      class_names=params["class_names"].string_value.split(","),
-                                      dims=[int(d) for d in image.dims], max_batch_size=int(cfg.max_batch_size) or 1,
-                                      class_groups=groups.split(",") if groups else None,
-                                      max_adu=float(params["max_adu"].string_value) if "max_adu" in params
-                                      else contract.MAX_ADU)
+            self._info = _TritonModel(
+                version=max(meta.versions, key=int) if meta.versions else "",
+                class_names=params["class_names"].string_value.split(","),
+                dims=[int(d) for d in image.dims],
+                max_batch_size=int(cfg.max_batch_size) or 1,
+                class_groups=groups.split(",") if groups else None,
+                max_adu=float(params["max_adu"].string_value) if "max_adu" in params else contract.MAX_ADU,
+            )
         return self._info
 
     @property
@@ -153,23 +184,31 @@ class TritonClient:
         except InvalidCaptureError as exc:
             raise self._error(InvalidCaptureError, exc.message, label) from None
 
-    def infer_array(self, images: np.ndarray, calibration: Optional[np.ndarray] = None,
-                    wedge_mm: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+    def infer_array(
+        self, images: np.ndarray, calibration: np.ndarray | None = None, wedge_mm: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Raw outputs ({contract output name: [B, ...]}) for a batch [B, C, H, W] (sent as it is: the server checks
         it), its calibration [B, C, 2] and wedge sizes [B, 1] (zeros where unknown; None: unknown for all)."""
         if images.ndim < 2 or len(images) == 0:  # the server would answer with a byte count of some input
-            raise self._error(InvalidCaptureError, f"empty batch: expected images [B, C, H, W] with B >= 1, got "
-                                                   f"shape {list(images.shape)}")
+            raise self._error(
+                InvalidCaptureError,
+                f"empty batch: expected images [B, C, H, W] with B >= 1, got shape {list(images.shape)}",
+            )
         if calibration is None:
             calibration = np.zeros((len(images), images.shape[1] if images.ndim > 1 else 1, 2), np.float32)
         if wedge_mm is None:
             wedge_mm = np.zeros((len(images), 1), np.float32)
         if images.dtype not in self.DATATYPE_OF:
-            raise self._error(InvalidCaptureError, f"image.dtype: expected float32 raw ADU (or one of "
-                              f"{sorted(self.DATATYPES)}, which the server checks), got {images.dtype}")
-        sent = (np.ascontiguousarray(images),
-                np.ascontiguousarray(calibration, dtype=np.float32),
-                np.ascontiguousarray(np.asarray(wedge_mm, np.float32).reshape(-1, 1)))  # the server counts rows
+            raise self._error(
+                InvalidCaptureError,
+                f"image.dtype: expected float32 raw ADU (or one of "
+                f"{sorted(self.DATATYPES)}, which the server checks), got {images.dtype}",
+            )
+        sent = (
+            np.ascontiguousarray(images),
+            np.ascontiguousarray(calibration, dtype=np.float32),
+            np.ascontiguousarray(np.asarray(wedge_mm, np.float32).reshape(-1, 1)),
+        )  # the server counts rows
         request = self._pb.ModelInferRequest(model_name=self.model)
         for name, arr in zip(contract.INPUT_NAMES, sent):
             tensor = request.inputs.add()
@@ -185,20 +224,30 @@ class TritonClient:
         raw: dict[str, np.ndarray] = {}
         for out, data in zip(res.outputs, res.raw_output_contents):
             if out.datatype not in self.DATATYPES:
-                raise self._error(ServingError, f"output {out.name}: datatype {out.datatype} is not one of "
-                                                f"{sorted(self.DATATYPES)}", code="INTERNAL")
+                raise self._error(
+                    ServingError,
+                    f"output {out.name}: datatype {out.datatype} is not one of {sorted(self.DATATYPES)}",
+                    code="INTERNAL",
+                )
             raw[out.name] = np.frombuffer(data, self.DATATYPES[out.datatype])
         missing = [n for n in contract.OUTPUT_NAMES if n not in raw]
         if missing:
-            raise self._error(ServingError, f"the answer lacks output(s) {missing} (got {sorted(raw)})",
-                              code="INTERNAL")
+            raise self._error(
+                ServingError, f"the answer lacks output(s) {missing} (got {sorted(raw)})", code="INTERNAL"
+            )
         k = raw["probabilities"].size // max(1, len(images))  # Triton declares scalar outputs as [1]: the contract's
-        return {n: raw[n].astype(np.float32, copy=False).reshape(len(images), *contract.output_dims(n, k))
-                for n in contract.OUTPUT_NAMES}
+        return {
+            n: raw[n].astype(np.float32, copy=False).reshape(len(images), *contract.output_dims(n, k))
+            for n in contract.OUTPUT_NAMES
+        }
 
-    def predict_batch(self, captures: Sequence[Capture],
-                      calibrations: Optional[Sequence[Optional[Calibration]]] = None,
-                      wedges_mm: Optional[Sequence[Optional[float]]] = None, errors: str = "raise") -> list:
+    def predict_batch(
+        self,
+        captures: Sequence[Capture],
+        calibrations: Sequence[Calibration | None] | None = None,
+        wedges_mm: Sequence[float | None] | None = None,
+        errors: str = "raise",
+    ) -> list:
         """One prediction per capture. Captures go to the server in requests of up to the model's batch limit;
         a request the server refuses is sent again capture by capture, so a bad capture costs only its own
         answer: with ``errors="return"`` its place holds the InvalidCaptureError, with "raise" (default) the
@@ -220,7 +269,7 @@ class TritonClient:
                 results[i] = exc if exc.server else self._error(InvalidCaptureError, exc.message, exc.capture or label)
         step = self.model_info().max_batch_size
         for start in range(0, len(prepared), step):
-            chunk = prepared[start:start + step]
+            chunk = prepared[start : start + step]
             try:
                 for (i, *_), p in zip(chunk, self._predictions(chunk)):
                     results[i] = p
@@ -240,9 +289,9 @@ class TritonClient:
         it refused (the others are answered all the same)."""
         label = chunk[0][1] if len(chunk) == 1 else f"{len(chunk)} captures"
         try:
-            outputs: Mapping[str, Any] = self.infer_array(np.stack([c[2] for c in chunk]),
-                                                          np.stack([c[3] for c in chunk]),
-                                                          np.stack([c[4] for c in chunk]))
+            outputs: Mapping[str, Any] = self.infer_array(
+                np.stack([c[2] for c in chunk]), np.stack([c[3] for c in chunk]), np.stack([c[4] for c in chunk])
+            )
         except ServingError as exc:
             exc.capture = exc.capture or label
             raise
@@ -250,9 +299,13 @@ class TritonClient:
         out: list = []
         for i, item in enumerate(chunk):
             refused = contract.refusal(outputs, i, info.max_adu)
-            out.append(self._error(InvalidCaptureError, f"{refused['field']}: {refused['message']}", item[1])
-                       if refused else Prediction(**contract.prediction(outputs, i, info.class_names,
-                                                                        info.class_groups), server=self.server))
+            out.append(
+                self._error(InvalidCaptureError, f"{refused['field']}: {refused['message']}", item[1])
+                if refused
+                else Prediction(
+                    **contract.prediction(outputs, i, info.class_names, info.class_groups), server=self.server
+                )
+            )
         return out
 
     def ready(self) -> bool:

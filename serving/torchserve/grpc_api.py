@@ -5,6 +5,7 @@ verbatim copy of the 0.12.0 server's (tests compare it with the one inside the i
 ``grpc.protos_and_services`` compiles it with grpcio-tools against the installed protobuf runtime, so no
 generated file can drift from that runtime (grpcio-tools is pinned to a release built for protobuf 6).
 """
+
 from __future__ import annotations
 
 import sys

@@ -13,6 +13,7 @@ TorchServe 0.12's unary gRPC path ignores a per-request status (GRPCJob.response
 rejected capture comes back with status OK and ``{"error": {"code": 400, ...}}`` as its body; the client
 (serving/client.py) reports it as INVALID_ARGUMENT (InvalidCaptureError), like Triton's.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,10 @@ class AlloyHandler(BaseHandler):
             self.meta = json.load(f)
         version = self.meta.get("contract_version")
         if version != contract.VERSION:
-            raise RuntimeError(f"{contract.META_FILE}: the model was exported for contract version {version}; this "
-                               f"handler speaks version {contract.VERSION}: export the model again")
+            raise RuntimeError(
+                f"{contract.META_FILE}: the model was exported for contract version {version}; this "
+                f"handler speaks version {contract.VERSION}: export the model again"
+            )
         self.shape = (int(self.meta["channels"]), int(self.meta["height"]), int(self.meta["width"]))
         self.class_names = list(self.meta["class_names"])
         self.class_groups = list(self.meta.get("class_groups") or []) or None
@@ -88,8 +91,9 @@ class AlloyHandler(BaseHandler):
         if isinstance(data, (bytearray, memoryview)):
             data = bytes(data)
         if not isinstance(data, bytes):
-            raise CaptureInputError("image", "send the capture as bytes (16-bit PNG/TIFF or .npy), "
-                                             f"got {type(data).__name__}")
+            raise CaptureInputError(
+                "image", f"send the capture as bytes (16-bit PNG/TIFF or .npy), got {type(data).__name__}"
+            )
         # The size the header declares is checked before anything is decoded: a 200 KB PNG can claim
         # 10000 x 10000 px and would cost the worker over a gigabyte to decode.
         check_header(data, self.shape)
@@ -147,8 +151,11 @@ class AlloyHandler(BaseHandler):
                 field = getattr(exc, "field", "image")
                 message = getattr(exc, "message", str(exc))
                 self.errors[i] = {"error": {"code": 400, "field": field, "message": message}}
-        return (torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(cals)),
-                torch.from_numpy(np.stack(wedges))) if images else None
+        return (
+            (torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(cals)), torch.from_numpy(np.stack(wedges)))
+            if images
+            else None
+        )
 
     # -- inference ----------------------------------------------------------------------------------
     def inference(self, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, *args, **kwargs):
@@ -180,6 +187,6 @@ class AlloyHandler(BaseHandler):
         return results
 
     def describe_handle(self) -> dict:
-        return contract.description(self.class_names, self.class_groups or [], float(self.meta.get("coverage") or 0.0),
-                                    self.max_adu)
-
+        return contract.description(
+            self.class_names, self.class_groups or [], float(self.meta.get("coverage") or 0.0), self.max_adu
+        )

@@ -10,6 +10,7 @@ One model, named for clients (``alloynet`` by default), whatever runs it: the ba
 Every backend runs the same exported graph, so every one takes and returns what ``alloynet.contract`` declares,
 status included, and the config's parameters describe the model (``alloynet.contract.description``).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -42,20 +43,26 @@ def _tensor(name: str, dims: Sequence[int], reshape_scalar: bool = False) -> str
     return f'  {{ name: "{name}" data_type: TYPE_FP32 dims: [ {", ".join(str(d) for d in dims)} ]{reshape} }}'
 
 
-def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions, gpu: bool = False,
-                trt_precision: str = "FP16") -> str:
+def config_text(
+    name: str, meta: ExportMeta, backend: str, opts: BatchingOptions, gpu: bool = False, trt_precision: str = "FP16"
+) -> str:
     """config.pbtxt for backend "alloynet_ort" (alloynet's own), "onnxruntime" or "tensorrt"."""
-    header = {NATIVE_BACKEND: f'backend: "{NATIVE_BACKEND}"',
-              "onnxruntime": 'platform: "onnxruntime_onnx"\nbackend: "onnxruntime"',
-              "tensorrt": 'platform: "tensorrt_plan"\nbackend: "tensorrt"'}[backend]
+    header = {
+        NATIVE_BACKEND: f'backend: "{NATIVE_BACKEND}"',
+        "onnxruntime": 'platform: "onnxruntime_onnx"\nbackend: "onnxruntime"',
+        "tensorrt": 'platform: "tensorrt_plan"\nbackend: "tensorrt"',
+    }[backend]
     dims = {n: contract.output_dims(n, meta.num_classes) for n in contract.OUTPUT_NAMES}
     outputs = [_tensor(n, d or [1], reshape_scalar=not d) for n, d in dims.items()]
     kind = "KIND_GPU" if gpu or backend == "tensorrt" else "KIND_CPU"
     preferred = ", ".join(str(b) for b in opts.preferred_batch_sizes if b <= opts.max_batch_size)
     parts = [
-        f'name: "{name}"', header, f"max_batch_size: {opts.max_batch_size}",
-        "input [\n" + ",\n".join(_tensor(n, contract.input_dims(n, *meta.input_shape))
-                                  for n in contract.INPUT_NAMES) + "\n]",
+        f'name: "{name}"',
+        header,
+        f"max_batch_size: {opts.max_batch_size}",
+        "input [\n"
+        + ",\n".join(_tensor(n, contract.input_dims(n, *meta.input_shape)) for n in contract.INPUT_NAMES)
+        + "\n]",
         "output [\n" + ",\n".join(outputs) + "\n]",
         f"dynamic_batching {{\n  preferred_batch_size: [ {preferred} ]\n"
         f"  max_queue_delay_microseconds: {opts.max_queue_delay_us}\n}}",
@@ -63,24 +70,36 @@ def config_text(name: str, meta: ExportMeta, backend: str, opts: BatchingOptions
     ]
     params: dict[str, object] = dict(describe(meta))
     if backend == NATIVE_BACKEND:  # what alloynet_ort.cc reads: the names in the graph's order
-        params.update(intra_op_threads=opts.intra_op_threads, input_names=",".join(contract.INPUT_NAMES),
-                      output_names=",".join(contract.OUTPUT_NAMES))
+        params.update(
+            intra_op_threads=opts.intra_op_threads,
+            input_names=",".join(contract.INPUT_NAMES),
+            output_names=",".join(contract.OUTPUT_NAMES),
+        )
     parts += [f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()]
     if backend == "onnxruntime":
-        parts.append('parameters { key: "intra_op_thread_count" value: { string_value: "'
-                     f'{opts.intra_op_threads}" }} }}')
+        parts.append(
+            f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{opts.intra_op_threads}" }} }}'
+        )
         if gpu:  # the portable TensorRT path: ORT builds and caches engines itself on the GPU server
-            parts.append('optimization { execution_accelerators { gpu_execution_accelerator : [ {\n'
-                         '  name : "tensorrt"\n'
-                         f'  parameters {{ key: "precision_mode" value: "{trt_precision}" }}\n'
-                         '  parameters { key: "max_workspace_size_bytes" value: "1073741824" }\n'
-                         '  parameters { key: "trt_engine_cache_enable" value: "true" }\n'
-                         '} ] } }')
+            parts.append(
+                "optimization { execution_accelerators { gpu_execution_accelerator : [ {\n"
+                '  name : "tensorrt"\n'
+                f'  parameters {{ key: "precision_mode" value: "{trt_precision}" }}\n'
+                '  parameters { key: "max_workspace_size_bytes" value: "1073741824" }\n'
+                '  parameters { key: "trt_engine_cache_enable" value: "true" }\n'
+                "} ] } }"
+            )
     return "\n".join(parts) + "\n"
 
 
-def build_repository(bundle_dir: str | Path, out_dir: str | Path, name: str = "alloynet",
-                     opts: BatchingOptions | None = None, gpu: bool = False, backend: str | None = None) -> Path:
+def build_repository(
+    bundle_dir: str | Path,
+    out_dir: str | Path,
+    name: str = "alloynet",
+    opts: BatchingOptions | None = None,
+    gpu: bool = False,
+    backend: str | None = None,
+) -> Path:
     """Write the model ``name`` into the repository ``out_dir`` (replacing a model of that name) with
     ``backend`` (default: alloynet's own on CPU, onnxruntime with ``gpu``), validate its config, return the
     repository's path."""
@@ -91,9 +110,11 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, name: str = "a
     bundle = ExportBundle.load(bundle_dir)
     meta = bundle.meta
     if meta.contract_version != contract.VERSION:
-        raise ValueError(f"{bundle.directory / contract.META_FILE}: exported for contract version "
-                         f"{meta.contract_version}, this repository builder writes version {contract.VERSION}: "
-                         "export the model again")
+        raise ValueError(
+            f"{bundle.directory / contract.META_FILE}: exported for contract version "
+            f"{meta.contract_version}, this repository builder writes version {contract.VERSION}: "
+            "export the model again"
+        )
     src, dst = (bundle.path("tensorrt"), "model.plan") if backend == "tensorrt" else (bundle.path("onnx"), "model.onnx")
     repo = Path(out_dir)
     d = repo / name

@@ -9,6 +9,7 @@ the few functions it calls. Before moving to another Triton release, check them 
 Prints each function whose argument types differ, or is missing from the headers; exits 1 if any.
 Enum arguments compare equal to ``int`` (the hand declarations pass them as int, the same size in the ABI).
 """
+
 from __future__ import annotations
 
 import re
@@ -38,7 +39,7 @@ def official(headers: list[Path]) -> dict[str, list[str]]:
 
 def declared(source: Path = SOURCE) -> dict[str, list[str]]:
     text = source.read_text()
-    block = text[text.index('extern "C" {'):text.index("// ---- ONNX Runtime")]
+    block = text[text.index('extern "C" {') : text.index("// ---- ONNX Runtime")]
     pattern = r"\n\w[\w\s*]*?\b(TRITON\w+)\(([^;]*?)\);"
     return {m.group(1): _types(m.group(2)) for m in re.finditer(pattern, block, re.S)}
 

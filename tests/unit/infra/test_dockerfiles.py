@@ -1,5 +1,6 @@
 """The images: every Dockerfile under docker/ passes hadolint (from the dev extra), is multi-stage, runs as a
 numbered non-root user and names its base images with a version."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,12 @@ def _hadolint() -> str:
 
 
 def _lint(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([_hadolint(), "--no-color", "--failure-threshold", "info", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [_hadolint(), "--no-color", "--failure-threshold", "info", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_there_is_a_worker_and_a_serving_image():

@@ -1,4 +1,5 @@
 """The supervisor's parts on their own, without servers: releases, Triton's repository, health, keys."""
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,7 @@ def test_a_cached_release_that_differs_from_the_registry_is_refused_and_fetched_
         (tmp_path / "other.onnx").write_bytes(b"other weights")
         onnx.unlink()
         onnx.symlink_to(tmp_path / "other.onnx")
-    again = releases.fetch(reg.pointer())   # what `serve start` and a swap do
+    again = releases.fetch(reg.pointer())  # what `serve start` and a swap do
     assert again.directory == rel.directory and onnx.read_bytes() == b"genuine weights" and not onnx.is_symlink()
     assert sorted(p.name for p in onnx.parent.iterdir()) == ["model.onnx"]
     said = [line for line in capsys.readouterr().out.splitlines() if "refusing the cached release" in line]
@@ -110,8 +111,7 @@ class _Server:
 
 
 def test_a_server_that_misses_probes_in_a_row_is_hung():
-    servers = {"triton": _Server([False, OSError("refused"), True, False, False, False]),
-               "torchserve": _Server([])}
+    servers = {"triton": _Server([False, OSError("refused"), True, False, False, False]), "torchserve": _Server([])}
     servers["torchserve"].pid = None  # not started: never probed
     health = Health(servers, every_s=5.0, hang_after=3)
     for _ in range(3):
@@ -161,7 +161,7 @@ class _Triton:
 def _supervisor(tmp_path, triton):
     from infra.supervisor import Supervisor
 
-    sup = Supervisor.__new__(Supervisor)   # the loop's parts without a registry or servers behind them
+    sup = Supervisor.__new__(Supervisor)  # the loop's parts without a registry or servers behind them
     sup.cfg, sup.triton, sup.serving = ServeConfig(), triton, _release(tmp_path, 4)
     sup.releases = SimpleNamespace(verified=lambda release: release)
     sup.states = []
@@ -174,9 +174,8 @@ def test_a_model_that_is_not_ready_is_loaded_again_and_the_state_says_so(tmp_pat
     sup = _supervisor(tmp_path, triton)
     sup.check_ready()
     assert triton.loads == 0 and triton.info["ready"] is True
-    sup.check_ready()   # unloaded behind its back: said, loaded from the verified release, said again
-    assert triton.loads == 1 and triton.installed == [4] and triton.info == {"restarts": 0, "ready": True,
-                                                                             "reloads": 1}
+    sup.check_ready()  # unloaded behind its back: said, loaded from the verified release, said again
+    assert triton.loads == 1 and triton.installed == [4] and triton.info == {"restarts": 0, "ready": True, "reloads": 1}
     assert [s.get("ready") for s in sup.states] == [False, True]
     sup.check_ready()
     assert triton.loads == 1
@@ -207,6 +206,6 @@ def test_reload_installs_and_loads_the_verified_release_when_the_repository_copy
     triton.installed_matches = lambda release: True
     sup.recheck_release()
     assert checked == [sup.serving] and triton.loads == 0 and triton.installed == []
-    triton.installed_matches = lambda release: False   # e.g. a weight zeroed in <serve dir>/triton/repository
+    triton.installed_matches = lambda release: False  # e.g. a weight zeroed in <serve dir>/triton/repository
     sup.recheck_release()
     assert triton.loads == 1 and triton.installed == [4]

@@ -1,4 +1,5 @@
 """The TorchServe handler's input checks (serving/capture_checks.py): a batch of no captures says so."""
+
 from __future__ import annotations
 
 import io

@@ -1,5 +1,6 @@
 """The Triton client reads each item's status from the graph's answer: a refused item becomes that capture's
 InvalidCaptureError, worded by alloynet.contract's table, and the rest of the batch is answered."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,9 @@ NAMES = ["Al1050", "Al2017", "Al5083", "Al6082", "Al7075"]
 
 def _outputs(statuses: list[tuple[str, float]]) -> dict[str, np.ndarray]:
     n = len(statuses)
-    out = {name: np.full([n, *contract.output_dims(name, len(NAMES))], 0.2, np.float32)
-           for name in contract.OUTPUT_NAMES}
+    out = {
+        name: np.full([n, *contract.output_dims(name, len(NAMES))], 0.2, np.float32) for name in contract.OUTPUT_NAMES
+    }
     out["status"] = np.array([contract.STATUS_CODES[s] for s, _ in statuses], np.float32)
     out["status_value"] = np.array([v for _, v in statuses], np.float32)
     return out
@@ -34,8 +36,9 @@ def test_a_refused_item_is_its_captures_error_and_the_others_are_answered(client
 
     sent = []
     statuses = [("ok", 0.0), ("image_out_of_range", 5000.0), ("calibration_missing", 0.0)]
-    monkeypatch.setattr(client, "infer_array", lambda images, cal, wedge: sent.append(len(images)) or
-                        _outputs(statuses))
+    monkeypatch.setattr(
+        client, "infer_array", lambda images, cal, wedge: sent.append(len(images)) or _outputs(statuses)
+    )
     images = [np.full((1, 8, 8), 1000, np.uint16)] * 3
     out = client.predict_batch(images, errors="return")
     assert sent == [3]  # one request: the refusal did not cost the others a resend

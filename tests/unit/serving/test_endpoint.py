@@ -1,4 +1,5 @@
 """The serving env file: one writer (infra, through serving.endpoint), every reader through the same module."""
+
 from __future__ import annotations
 
 import pytest

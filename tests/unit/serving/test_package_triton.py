@@ -1,4 +1,5 @@
 """`alloynet package triton --backend`: the served model's backend is chosen on the command line."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,19 +19,33 @@ def bundle(tmp_path_factory):
     return export_model(standin(), meta, tmp_path_factory.mktemp("bundle"), inputs, log=lambda *_: None)
 
 
-@pytest.mark.parametrize("backend, says", [("alloynet_ort", 'backend: "alloynet_ort"'),
-                                           ("onnxruntime", 'platform: "onnxruntime_onnx"')])
+@pytest.mark.parametrize(
+    "backend, says", [("alloynet_ort", 'backend: "alloynet_ort"'), ("onnxruntime", 'platform: "onnxruntime_onnx"')]
+)
 def test_the_backend_is_the_one_asked_for(bundle, tmp_path, backend, says):
-    r = CliRunner().invoke(app, ["package", "triton", "--bundle", str(bundle.directory), "--out",
-                                 str(tmp_path / "repo"), "--backend", backend])
+    r = CliRunner().invoke(
+        app,
+        ["package", "triton", "--bundle", str(bundle.directory), "--out", str(tmp_path / "repo"), "--backend", backend],
+    )
     assert r.exit_code == 0, r.output
     config = (tmp_path / "repo" / "alloynet" / "config.pbtxt").read_text()
     assert says in config and (tmp_path / "repo" / "alloynet" / "1" / "model.onnx").exists()
 
 
 def test_an_unknown_backend_is_refused_naming_the_choices(bundle, tmp_path):
-    r = CliRunner().invoke(app, ["package", "triton", "--bundle", str(bundle.directory), "--out",
-                                 str(tmp_path / "repo"), "--backend", "pytorch"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "package",
+            "triton",
+            "--bundle",
+            str(bundle.directory),
+            "--out",
+            str(tmp_path / "repo"),
+            "--backend",
+            "pytorch",
+        ],
+    )
     assert r.exit_code != 0 and "--backend" in r.output and "onnxruntime" in r.output, r.output
     assert not (tmp_path / "repo").exists()
 
