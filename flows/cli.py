@@ -38,7 +38,7 @@ def next_steps(home: Path) -> list[str]:
     registry = home / "registry"
     same = registry.resolve() == Path(settings.registry()).resolve()
     serve = "make serve" if same else f"make serve ALLOYNET_REGISTRY={registry}"
-    capture = next(iter(sorted((home / "rig").rglob("*.png"))), None)
+    capture = next(iter(sorted((home / "rig" / "captures").glob("*.png"))), None)  # not a calibration frame
     return [f"{serve}    # Triton on 127.0.0.1:8001 serving the champion (PORT=... picks another port)",
             f"alloynet infer {capture or '<capture.png>'}    # one line per capture: alloy, set, group",
             "alloynet serve stop"]
