@@ -1,2 +1,3 @@
 """alloynet: identify aluminium alloys from X-ray transmission captures."""
+
 __version__ = "0.1.0"

@@ -24,11 +24,12 @@ Where a command comes from:
 command registered, built on first use. An ``alloynet`` script installed before the script pointed at
 ``main`` calls ``app()``: it still works, registering everything (``pip install -e .`` again for the lazy path).
 """
+
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import typer
 
@@ -62,10 +63,14 @@ def new_app() -> typer.Typer:
     """The root application, no command registered yet."""
     # Rich help and error panels on a terminal only: in a pipe, a file or CI, click's plain, unwrapped messages
     # (a panel is wrapped at the console's width and would break a long path in an error in two).
-    return typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                       rich_markup_mode="rich" if sys.stdout.isatty() else None, callback=_root,
-                       help="alloynet: identify aluminium alloys from X-ray transmission captures.\n\n"
-                            + settings.HELP)
+    return typer.Typer(
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich" if sys.stdout.isatty() else None,
+        callback=_root,
+        help="alloynet: identify aluminium alloys from X-ray transmission captures.\n\n" + settings.HELP,
+    )
 
 
 def _plugins() -> list:
@@ -74,7 +79,7 @@ def _plugins() -> list:
     return sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name)
 
 
-def plugin_commands(ep) -> Optional[tuple[str, ...]]:
+def plugin_commands(ep) -> tuple[str, ...] | None:
     """The top-level names plugin entry point ``ep`` declares: the literal ``COMMANDS = (...)`` at the top level of
     its module's source, read without running the module (only its parent package is imported, to find the
     file). None if there is none, or it is not a tuple or list of strings."""
@@ -90,7 +95,7 @@ def plugin_commands(ep) -> Optional[tuple[str, ...]]:
     found = re.search(rb"^COMMANDS\s*=", source, re.M)
     if not found:
         return None
-    lines = source[found.start():].splitlines()
+    lines = source[found.start() :].splitlines()
     for n in range(1, min(len(lines), 50) + 1):  # the statement: the first run of lines that parses
         try:
             statement = ast.parse(b"\n".join(lines[:n])).body[0]
@@ -105,7 +110,7 @@ def plugin_commands(ep) -> Optional[tuple[str, ...]]:
     return None
 
 
-def build_app(command: Optional[str] = None) -> typer.Typer:
+def build_app(command: str | None = None) -> typer.Typer:
     """An application with the area that provides ``command`` registered; every command when ``command`` is None
     or nobody declares it."""
     app = new_app()
@@ -127,13 +132,13 @@ def build_app(command: Optional[str] = None) -> typer.Typer:
     return app
 
 
-def command_of(args: Sequence[str]) -> Optional[str]:
+def command_of(args: Sequence[str]) -> str | None:
     """The top-level command ``args`` invokes: its first word, None when it starts with an option or is empty
     (the root has no options but --help)."""
     return args[0] if args and not args[0].startswith("-") else None
 
 
-def main(args: Optional[Sequence[str]] = None):
+def main(args: Sequence[str] | None = None):
     """``alloynet`` as a program: registers only what ``args`` (default ``sys.argv[1:]``) invokes, then runs it."""
     argv = list(sys.argv[1:] if args is None else args)
     return build_app(command_of(argv))(args=argv)

@@ -5,6 +5,7 @@ reading the output) lines come out plain and whole: Rich would otherwise wrap th
 an error message with a long path in the middle, and a script would read broken lines. Tables come out as
 aligned text without box drawing (``plain_table``) and progress bars are left out (``show_progress``).
 """
+
 from __future__ import annotations
 
 from rich.console import Console, ConsoleDimensions
@@ -58,8 +59,11 @@ class CliConsole(Console):
             return super().log(*objects, _stack_offset=2, **kwargs)
         from datetime import datetime
 
-        self.print(f"[{datetime.now():%H:%M:%S}]", *objects, **{k: v for k, v in kwargs.items()
-                                                                 if k in ("sep", "end", "style", "markup")})
+        self.print(
+            f"[{datetime.now():%H:%M:%S}]",
+            *objects,
+            **{k: v for k, v in kwargs.items() if k in ("sep", "end", "style", "markup")},
+        )
 
 
 def _cell_text(cell: object) -> str:
@@ -75,8 +79,10 @@ def plain_table(table: Table) -> str:
     widths = [max(len(x) for x in col) for col in columns]
     lines = [_cell_text(table.title)] if table.title else []
     for i in range(max((len(col) for col in columns), default=0)):
-        cells = [(col[i].rjust(w) if c.justify == "right" else col[i].ljust(w))
-                 for col, w, c in zip(columns, widths, table.columns)]
+        cells = [
+            (col[i].rjust(w) if c.justify == "right" else col[i].ljust(w))
+            for col, w, c in zip(columns, widths, table.columns)
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(printable(line) for line in lines)
 

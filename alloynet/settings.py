@@ -10,6 +10,7 @@
 ``ALLOYNET_REGISTRY`` overrides the registry alone (e.g. ``s3://models/registry``). Nothing here creates a
 directory: commands that write create what they need; commands that read say where they looked.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,11 @@ HOME_ENV = "ALLOYNET_HOME"
 REGISTRY_ENV = "ALLOYNET_REGISTRY"
 DEFAULT_HOME = "demo-data"
 
-HELP = (f"Defaults: ${HOME_ENV} (else ./{DEFAULT_HOME}, where `make demo` writes) holds data/ (captures and "
-        f"manifest), registry/ (models) and runs/ (checkpoints, reports); ${REGISTRY_ENV} overrides the "
-        "registry alone.")
+HELP = (
+    f"Defaults: ${HOME_ENV} (else ./{DEFAULT_HOME}, where `make demo` writes) holds data/ (captures and "
+    f"manifest), registry/ (models) and runs/ (checkpoints, reports); ${REGISTRY_ENV} overrides the "
+    "registry alone."
+)
 
 
 def home() -> Path:

@@ -7,12 +7,12 @@ Run it again and it is the next night: nothing new arrived, so the champion stay
 
 alloynet/ does not depend on Prefect: ``flows`` is imported inside the command, the one bridge.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -39,21 +39,27 @@ def next_steps(home: Path) -> list[str]:
     same = registry.resolve() == Path(settings.registry()).resolve()
     serve = "make serve" if same else f"make serve ALLOYNET_REGISTRY={registry}"
     capture = next(iter(sorted((home / "rig" / "captures").glob("*.png"))), None)  # not a calibration frame
-    return [f"{serve}    # Triton on 127.0.0.1:8001 serving the champion (PORT=... picks another port)",
-            f"alloynet infer {capture or '<capture.png>'}    # one line per capture: alloy, set, group",
-            "alloynet serve stop"]
+    return [
+        f"{serve}    # Triton on 127.0.0.1:8001 serving the champion (PORT=... picks another port)",
+        f"alloynet infer {capture or '<capture.png>'}    # one line per capture: alloy, set, group",
+        "alloynet serve stop",
+    ]
 
 
-def demo(out: Path = typer.Option(Path(settings.home()), help="working directory for the demo "
-                                  "(default $ALLOYNET_HOME, else ./demo-data)"),
-         seed: int = typer.Option(0, help="seed of the simulated data set and of training"),
-         size: int = typer.Option(64, help="image height = width in pixels"),
-         n_max: int = typer.Option(150, help="head-class plates (the tail gets n_max / imbalance ratio)"),
-         imbalance_ratio: float = typer.Option(10.0, help="long-tail profile of the simulated captures"),
-         config: Path = typer.Option(REPO / "configs" / "demo.yaml", "--config", "-c",
-                                     help="training config of the candidate"),
-         force_retrain: bool = typer.Option(False, help="retrain even if no new captures arrived"),
-         simulate_only: bool = typer.Option(False, help="only simulate the data set and print its summary")) -> None:
+def demo(
+    out: Path = typer.Option(
+        Path(settings.home()), help="working directory for the demo (default $ALLOYNET_HOME, else ./demo-data)"
+    ),
+    seed: int = typer.Option(0, help="seed of the simulated data set and of training"),
+    size: int = typer.Option(64, help="image height = width in pixels"),
+    n_max: int = typer.Option(150, help="head-class plates (the tail gets n_max / imbalance ratio)"),
+    imbalance_ratio: float = typer.Option(10.0, help="long-tail profile of the simulated captures"),
+    config: Path = typer.Option(
+        REPO / "configs" / "demo.yaml", "--config", "-c", help="training config of the candidate"
+    ),
+    force_retrain: bool = typer.Option(False, help="retrain even if no new captures arrived"),
+    simulate_only: bool = typer.Option(False, help="only simulate the data set and print its summary"),
+) -> None:
     """Simulate a small data set and run the nightly flow once on it (CPU, in-process)."""
     from alloynet.captures.stores import LocalStore
     from alloynet.commands.data_cli import console, print_summary, progress_bar
@@ -87,19 +93,35 @@ def demo(out: Path = typer.Option(Path(settings.home()), help="working directory
     from flows.packaging import available_formats
 
     formats = available_formats()
-    candidate = Candidate(name="profile-mlp", config=str(config) if config.exists() else None,
-                          overrides={} if config.exists() else {"epochs": 10})
-    state = nightly(source=str(rig.root), data_dir=str(out / "data"), registry=str(out / "registry"),
-                    work_dir=str(out / "runs"), candidates=[candidate], min_new_labelled=1,
-                    force_retrain=force_retrain, formats=formats, device="cpu", seed=seed, return_state=True)
+    candidate = Candidate(
+        name="profile-mlp",
+        config=str(config) if config.exists() else None,
+        overrides={} if config.exists() else {"epochs": 10},
+    )
+    state = nightly(
+        source=str(rig.root),
+        data_dir=str(out / "data"),
+        registry=str(out / "registry"),
+        work_dir=str(out / "runs"),
+        candidates=[candidate],
+        min_new_labelled=1,
+        force_retrain=force_retrain,
+        formats=formats,
+        device="cpu",
+        seed=seed,
+        return_state=True,
+    )
     if not state.is_completed():
         console.print(f"[red]nightly flow {state.name}:[/] {state.message}")
         raise typer.Exit(1)
     res = state.result()
     reg = open_registry(out / "registry")
     p = reg.pointer()
-    console.print(f"\n[bold]ingest[/]: {len(res['ingest']['new'])} new, {len(res['quarantined'])} quarantined; "
-                  f"retrain: {res['retrain']}", highlight=False)
+    console.print(
+        f"\n[bold]ingest[/]: {len(res['ingest']['new'])} new, {len(res['quarantined'])} quarantined; "
+        f"retrain: {res['retrain']}",
+        highlight=False,
+    )
     if res.get("decision"):
         console.print(f"[bold]decision[/]: {' '.join(res['decision']['reasons'])}")
     for name, d in (res.get("report_dirs") or {}).items():
@@ -108,10 +130,13 @@ def demo(out: Path = typer.Option(Path(settings.home()), help="working directory
         mv = reg.get(p.version)
         ceiling = mv.metrics.get("ceiling_accuracy")
         default = (out / "registry").resolve() == Path(settings.registry()).resolve()
-        console.print(f"registry: {reg.uri} champion [bold]{p.version}[/] "
-                      f"(balanced accuracy {mv.metrics.get('balanced_accuracy', float('nan')):.3f}"
-                      + (f", physics bracket from {ceiling:.3f}" if ceiling is not None else "") + "); "
-                      + ("`alloynet registry list`" if default else f"`alloynet registry list -r {out / 'registry'}`"))
+        console.print(
+            f"registry: {reg.uri} champion [bold]{p.version}[/] "
+            f"(balanced accuracy {mv.metrics.get('balanced_accuracy', float('nan')):.3f}"
+            + (f", physics bracket from {ceiling:.3f}" if ceiling is not None else "")
+            + "); "
+            + ("`alloynet registry list`" if default else f"`alloynet registry list -r {out / 'registry'}`")
+        )
         for fmt in ("export", *formats):
             if any(k.startswith(fmt + "/") for k in mv.artifacts):
                 console.print(f"  {fmt}: {reg.artifact_path(p.version, fmt)}")
@@ -123,16 +148,17 @@ def demo(out: Path = typer.Option(Path(settings.home()), help="working directory
         console.print(f"  {line}", markup=False, highlight=False)
 
 
-def study_pool(config: Path = typer.Option(Path("configs/study.yaml"), "--config", "-c",
-                                           help="study YAML (grid, data, training)"),
-               deployment: str = typer.Option("study-cell/one-cell-cpu", help="the deployment that computes one cell"),
-               attempts: int = typer.Option(2, help="runs per cell when its process or worker dies"),
-               threads: Optional[int] = typer.Option(None, help="OMP_NUM_THREADS of every cell (default: the "
-                                                                "deployment's, 1 for study-cell/one-cell-cpu)"),
-               out_dir: Optional[str] = typer.Option(None, help="override the config's out_dir"),
-               work_dir: Optional[str] = typer.Option(None, help="override the config's work_dir (cache of runs)"),
-               timeout: Optional[float] = typer.Option(None, help="seconds before unfinished cells are "
-                                                                  "cancelled")) -> None:
+def study_pool(
+    config: Path = typer.Option(Path("configs/study.yaml"), "--config", "-c", help="study YAML (grid, data, training)"),
+    deployment: str = typer.Option("study-cell/one-cell-cpu", help="the deployment that computes one cell"),
+    attempts: int = typer.Option(2, help="runs per cell when its process or worker dies"),
+    threads: int | None = typer.Option(
+        None, help="OMP_NUM_THREADS of every cell (default: the deployment's, 1 for study-cell/one-cell-cpu)"
+    ),
+    out_dir: str | None = typer.Option(None, help="override the config's out_dir"),
+    work_dir: str | None = typer.Option(None, help="override the config's work_dir (cache of runs)"),
+    timeout: float | None = typer.Option(None, help="seconds before unfinished cells are cancelled"),
+) -> None:
     """The study with every cell as a flow run on a work pool (N workers, N cells at once); same tables as
     `alloynet study`, which shares its cache. Needs a Prefect server with the deployment and workers:
     `python -m infra.stack up --workers 2 && python -m infra.stack deploy` (infra/README.md)."""
@@ -140,15 +166,17 @@ def study_pool(config: Path = typer.Option(Path("configs/study.yaml"), "--config
     from flows.study import StudyIncomplete, study
 
     if not os.environ.get("PREFECT_API_URL"):
-        console.print("PREFECT_API_URL is not set: point this shell at a Prefect server with workers "
-                      "(source .alloynet/stack/env.sh after python -m infra.stack up --workers 2)")
+        console.print(
+            "PREFECT_API_URL is not set: point this shell at a Prefect server with workers "
+            "(source .alloynet/stack/env.sh after python -m infra.stack up --workers 2)"
+        )
         raise typer.Exit(2)
     jv = {"env": {"OMP_NUM_THREADS": str(threads)}} if threads else None
     try:
         res = study(str(config.resolve()), deployment, attempts, jv, out_dir, work_dir, timeout_s=timeout)
     except StudyIncomplete as e:
         console.print(f"study incomplete: {e}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     console.print(f"{res['finished']} of {res['cells']} cells; tables in {res['out_dir']}")
 
 

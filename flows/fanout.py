@@ -15,6 +15,7 @@ What happens to a job:
 Resuming: ``Dispatcher.active_runs(tag)`` finds runs a previous (dead) parent submitted and that are
 still scheduled or running, so a re-run adopts them instead of starting the same work twice.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,10 +33,10 @@ WORKER_LABEL = "prefect.worker.name"
 class Job:
     key: str
     parameters: dict[str, Any]
-    runs: list[UUID] = field(default_factory=list)      # every flow run submitted for it, oldest first
-    states: list[str] = field(default_factory=list)     # the last state type seen of each run
-    workers: list[str] = field(default_factory=list)    # the worker each run went to ("" before one took it)
-    message: str = ""                                   # the final state's message (why it failed)
+    runs: list[UUID] = field(default_factory=list)  # every flow run submitted for it, oldest first
+    states: list[str] = field(default_factory=list)  # the last state type seen of each run
+    workers: list[str] = field(default_factory=list)  # the worker each run went to ("" before one took it)
+    message: str = ""  # the final state's message (why it failed)
     done: bool = False
 
     @property
@@ -51,9 +52,18 @@ class Dispatcher:
     """Submits flow runs of ``deployment`` and follows them (call from inside a flow: they become its
     subflows in the UI, or from plain code)."""
 
-    def __init__(self, deployment: str, *, job_variables: dict | None = None, tags: Iterable[str] = (),
-                 attempts: int = 2, poll_s: float = 2.0, stale_heartbeats: float = 3.0,
-                 timeout_s: float | None = None, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        deployment: str,
+        *,
+        job_variables: dict | None = None,
+        tags: Iterable[str] = (),
+        attempts: int = 2,
+        poll_s: float = 2.0,
+        stale_heartbeats: float = 3.0,
+        timeout_s: float | None = None,
+        log: Callable[[str], None] = print,
+    ):
         from prefect.client.orchestration import get_client
 
         if attempts < 1:
@@ -71,8 +81,10 @@ class Dispatcher:
             dep = self._client.read_deployment_by_name(deployment)
         except ObjectNotFound:
             self.close()
-            raise LookupError(f"deployment {deployment!r} is not on the Prefect server: deploy it from the repository "
-                              f"root (python -m infra.stack deploy, or prefect deploy --name {deployment})") from None
+            raise LookupError(
+                f"deployment {deployment!r} is not on the Prefect server: deploy it from the repository "
+                f"root (python -m infra.stack deploy, or prefect deploy --name {deployment})"
+            ) from None
         self._deployment_id, self.pool = dep.id, dep.work_pool_name
 
     def close(self) -> None:
@@ -100,9 +112,15 @@ class Dispatcher:
     def _launch(self, job: Job) -> None:
         from prefect.deployments import run_deployment
 
-        fr = run_deployment(self.deployment, parameters=job.parameters, timeout=0, flow_run_name=job.key,
-                            tags=self.tags, job_variables=self.job_variables or None,
-                            idempotency_key=self._idempotency_key(job.key))
+        fr = run_deployment(
+            self.deployment,
+            parameters=job.parameters,
+            timeout=0,
+            flow_run_name=job.key,
+            tags=self.tags,
+            job_variables=self.job_variables or None,
+            idempotency_key=self._idempotency_key(job.key),
+        )
         job.runs.append(fr.id)
         job.states.append("SCHEDULED")
         job.workers.append("")
@@ -128,9 +146,12 @@ class Dispatcher:
 
         ended = self._client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[self._deployment_id])),
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[key]), tags=FlowRunFilterTags(all_=self.tags),
-                                          state=FlowRunFilterState(type=FlowRunFilterStateType(
-                                              any_=[StateType(s) for s in sorted(FINAL)]))))
+            flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=[key]),
+                tags=FlowRunFilterTags(all_=self.tags),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in sorted(FINAL)])),
+            ),
+        )
         return f"{'|'.join(sorted(self.tags))}/{key}/{len(ended)}"
 
     def active_runs(self, tag: str) -> dict[str, UUID]:
@@ -147,8 +168,13 @@ class Dispatcher:
 
         runs = self._client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[self._deployment_id])),
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]), state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]))))
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[tag]),
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING])
+                ),
+            ),
+        )
         return {r.name: r.id for r in runs}
 
     # following -------------------------------------------------------------------------------------------
@@ -180,10 +206,12 @@ class Dispatcher:
             return []
         if self.timed_out:
             return self._give_up(list(live.values()))
-        runs = self._client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(live))),
-                                           limit=len(live))
-        why = self._why_stopped() if any(r.state and r.state.type.value in ("PENDING", "RUNNING")
-                                         for r in runs) else None
+        runs = self._client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(live))), limit=len(live)
+        )
+        why = (
+            self._why_stopped() if any(r.state and r.state.type.value in ("PENDING", "RUNNING") for r in runs) else None
+        )
         finished = []
         for r in runs:
             job = live[r.id]
@@ -200,8 +228,10 @@ class Dispatcher:
                 continue
             job.message = message
             if state == "CRASHED" and len(job.runs) < self.attempts:
-                self.log(f"{job.key}: run {r.id} crashed ({message}); submitting it again "
-                         f"(attempt {len(job.runs) + 1} of {self.attempts})")
+                self.log(
+                    f"{job.key}: run {r.id} crashed ({message}); submitting it again "
+                    f"(attempt {len(job.runs) + 1} of {self.attempts})"
+                )
                 self._launch(job)
                 continue
             job.done = True
@@ -213,8 +243,9 @@ class Dispatcher:
         from prefect.states import Cancelling
 
         for job in jobs:
-            self._client.set_flow_run_state(job.run_id, Cancelling(message=f"timed out after {self.timeout_s:.0f} s"),
-                                            force=True)
+            self._client.set_flow_run_state(
+                job.run_id, Cancelling(message=f"timed out after {self.timeout_s:.0f} s"), force=True
+            )
             job.states[-1], job.message, job.done = "CANCELLED", f"timed out after {self.timeout_s:.0f} s", True
         return jobs
 

@@ -1,8 +1,9 @@
 """`ingest`: pull new captures since the watermark, verify, quarantine bad ones, update the manifest."""
+
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -14,8 +15,12 @@ from flows.tasks import ingest_task
 
 
 @flow(name="ingest", description="Incremental, verified, idempotent capture ingest and manifest update.")
-def ingest(source: str = SOURCE, data_dir: str = DATA_DIR, seed: int = 0,
-           accepted_sizes: Optional[list[tuple[int, int]]] = None) -> dict[str, Any]:
+def ingest(
+    source: str = SOURCE,
+    data_dir: str = DATA_DIR,
+    seed: int = 0,
+    accepted_sizes: list[tuple[int, int]] | None = None,
+) -> dict[str, Any]:
     """The ingest report as a dict; ``dataset`` ({data_dir, manifest_hash}) is what later steps take.
     ``artifacts`` and ``flow_run_id`` let the nightly summary link here."""
     route_library_logs()

@@ -8,6 +8,7 @@ Prefect's API handler to ``alloynet`` once per process and lets INFO through. Th
 records emitted inside a flow or task run, so alloynet used outside a flow run in the same process (the
 CLI, other tests) never warns about a missing run context.
 """
+
 from __future__ import annotations
 
 import logging

@@ -3,11 +3,12 @@
 The run's own page carries the night in one card (`nightly-summary`) and one log line; a failed night says
 at which step, whether the champion moved, and what to check (`nightly-decision`).
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_image_artifact
@@ -16,8 +17,7 @@ from prefect.runtime import flow_run
 from alloynet.data.manifest import DataSet
 from alloynet.registry import PromotionRule
 from alloynet.steps import Candidate
-from flows.artifacts import (failure_artifact, report_artifact, skipped_artifact, summary_artifact,
-                             summary_line)
+from flows.artifacts import failure_artifact, report_artifact, skipped_artifact, summary_artifact, summary_line
 from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.logs import route_library_logs
@@ -31,15 +31,27 @@ from flows.tasks import read_champion_task, record_training_task
 
 
 @flow(name="nightly", description="Nightly: ingest new captures, retrain, evaluate against the champion, promote.")
-def nightly(source: str = SOURCE, data_dir: str = DATA_DIR, registry: str = REGISTRY, work_dir: str = WORK_DIR,
-            candidates: Optional[list[Candidate]] = None, min_new_labelled: int = MIN_NEW_LABELLED,
-            force_retrain: bool = False, rule: PromotionRule = PromotionRule(),
-            formats: Optional[list[str]] = None, device: str = "auto", seed: int = 0,
-            accepted_sizes: Optional[list[tuple[int, int]]] = None,
-            evaluate_options: Optional[dict[str, Any]] = None,
-            serve_to: Optional[str] = None, reports: Optional[str] = None,
-            pretrain: Optional[str] = None, monitor_line: bool = True, line_records: Optional[str] = None,
-            verify_budget: int = 10) -> dict[str, Any]:
+def nightly(
+    source: str = SOURCE,
+    data_dir: str = DATA_DIR,
+    registry: str = REGISTRY,
+    work_dir: str = WORK_DIR,
+    candidates: list[Candidate] | None = None,
+    min_new_labelled: int = MIN_NEW_LABELLED,
+    force_retrain: bool = False,
+    rule: PromotionRule = PromotionRule(),
+    formats: list[str] | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    accepted_sizes: list[tuple[int, int]] | None = None,
+    evaluate_options: dict[str, Any] | None = None,
+    serve_to: str | None = None,
+    reports: str | None = None,
+    pretrain: str | None = None,
+    monitor_line: bool = True,
+    line_records: str | None = None,
+    verify_budget: int = 10,
+) -> dict[str, Any]:
     """``reports``: where evaluation reports are published for the UI (default $ALLOYNET_REPORTS).
     ``pretrain``: a rig profile (``alloynet rig calibrate``): every candidate is pretrained on the simulator
     calibrated to the rig, then fine-tuned on the ingested captures (sim-to-real).
@@ -60,19 +72,39 @@ def nightly(source: str = SOURCE, data_dir: str = DATA_DIR, registry: str = REGI
         _note(s, "ingest", ing)
         s["ingest"] = ing
         dataset = DataSet(**ing["dataset"]) if ing["dataset"] else None  # every later step sees this manifest
-        line = _monitor_line(s, data_dir, line_records, registry, work_dir, verify_budget, seed, log) \
-            if monitor_line else ""
+        line = (
+            _monitor_line(s, data_dir, line_records, registry, work_dir, verify_budget, seed, log)
+            if monitor_line
+            else ""
+        )
         step = "retrain"
-        tr = retrain(data_dir, run_dir, candidates, min_new_labelled, force_retrain, device, record=False,
-                     dataset=dataset, pretrain=pretrain)
+        tr = retrain(
+            data_dir,
+            run_dir,
+            candidates,
+            min_new_labelled,
+            force_retrain,
+            device,
+            record=False,
+            dataset=dataset,
+            pretrain=pretrain,
+        )
         _note(s, "retrain", tr)
         s.update(retrain=tr["reason"], failed_candidates=tr["failed"], new_labelled=tr.get("new_labelled"))
-        out: dict[str, Any] = {"run_dir": run_dir, "ingest": {k: ing[k] for k in ("new", "duplicates", "vanished")},
-                               "quarantined": ing["quarantined"], "retrain": tr["reason"], "failed": tr["failed"]}
+        out: dict[str, Any] = {
+            "run_dir": run_dir,
+            "ingest": {k: ing[k] for k in ("new", "duplicates", "vanished")},
+            "quarantined": ing["quarantined"],
+            "retrain": tr["reason"],
+            "failed": tr["failed"],
+        }
         if not tr["trained"]:
             s["links"]["nightly-decision"] = str(skipped_artifact(tr["reason"]))
-            s["headline"] = ("nothing ingested, nothing trained" if not ing["new"] else "no retrain") + \
-                f"; champion {s['champion_before'] or '(none)'} kept" + line
+            s["headline"] = (
+                ("nothing ingested, nothing trained" if not ing["new"] else "no retrain")
+                + f"; champion {s['champion_before'] or '(none)'} kept"
+                + line
+            )
             _publish_summary(s, log)
             return {**out, "promoted": None}
         step = "evaluate"
@@ -80,27 +112,38 @@ def nightly(source: str = SOURCE, data_dir: str = DATA_DIR, registry: str = REGI
         _note(s, "evaluate", ev)
         s.update(evaluation=ev["results"], incumbent_label=ev["champion_label"])
         step = "promote"
-        pr = promote(tr["trained"], ev, data_dir, registry, run_dir, rule, formats, serve_to, dataset=dataset,
-                     seed=seed)
+        pr = promote(
+            tr["trained"], ev, data_dir, registry, run_dir, rule, formats, serve_to, dataset=dataset, seed=seed
+        )
         _note(s, "promote", pr)
         s["decision"] = pr["decision"]
         s["champion_after"] = pr["promoted"] or s["champion_before"]
-        s["headline"] = (f"promoted {pr['decision']['challenger']} as {pr['promoted']}" if pr["promoted"]
-                         else f"champion {s['champion_before'] or '(none)'} kept") + line
+        s["headline"] = (
+            f"promoted {pr['decision']['challenger']} as {pr['promoted']}"
+            if pr["promoted"]
+            else f"champion {s['champion_before'] or '(none)'} kept"
+        ) + line
         _champion_artifacts(s, ev, pr)
         step = "record"
         # only now do these captures count as seen: a night that failed before here retrains next time
         record_training_task(dataset, run)
         _publish_summary(s, log)
-        return {**out, "evaluation": ev["candidates"], "champion_before": (ev["champion"] or {}).get("version"),
-                "promoted": pr["promoted"], "decision": pr["decision"], "report_dirs": ev["report_dirs"]}
+        return {
+            **out,
+            "evaluation": ev["candidates"],
+            "champion_before": (ev["champion"] or {}).get("version"),
+            "promoted": pr["promoted"],
+            "decision": pr["decision"],
+            "report_dirs": ev["report_dirs"],
+        }
     except Exception as exc:
         _failed(s, step, exc, registry, log)
         raise
 
 
-def _monitor_line(s: dict, data_dir: str, records: Optional[str], registry: str, work_dir: str, budget: int,
-                  seed: int, log) -> str:
+def _monitor_line(
+    s: dict, data_dir: str, records: str | None, registry: str, work_dir: str, budget: int, seed: int, log
+) -> str:
     """The line's night (the champion that served it, before tonight's promotion); "; <headline>" for the
     summary. A monitoring failure is logged and reported, never the night's end: retraining still runs."""
     try:
@@ -128,13 +171,19 @@ def _champion_artifacts(s: dict, ev: dict, pr: dict) -> None:
     if not rep:
         return
     rep = PublishedReport(**rep)
-    s["links"]["champion-report"] = str(report_artifact(rep, "champion-report",
-                                                        f"champion {s['champion_after']}: evaluation on tonight's test set"))
+    s["links"]["champion-report"] = str(
+        report_artifact(rep, "champion-report", f"champion {s['champion_after']}: evaluation on tonight's test set")
+    )
     url = rep.url("plots/confusion.png")
     if url:
         s["champion_confusion_url"] = url
-        s["links"]["champion-confusion"] = str(create_image_artifact(
-            url, key="champion-confusion", description=f"champion {s['champion_after']}: confusion matrix, tonight's test set"))
+        s["links"]["champion-confusion"] = str(
+            create_image_artifact(
+                url,
+                key="champion-confusion",
+                description=f"champion {s['champion_after']}: confusion matrix, tonight's test set",
+            )
+        )
 
 
 def _publish_summary(s: dict, log) -> None:
@@ -156,5 +205,6 @@ def _failed(s: dict, step: str, exc: BaseException, registry: str, log) -> None:
         s["links"]["nightly-decision"] = str(failure_artifact(step, error, before, now))
         _publish_summary(s, log)
     finally:
-        log.error("nightly failed at %s: %s; champion %s", step, error,
-                  "unchanged" if now == before else f"{before} -> {now}")
+        log.error(
+            "nightly failed at %s: %s; champion %s", step, error, "unchanged" if now == before else f"{before} -> {now}"
+        )

@@ -4,6 +4,7 @@ alloynet/ cannot import serving/ (serving depends on alloynet), so the bridge li
 A requested format that cannot be built is an error, never a silent skip: a promotion that cannot package
 leaves the old champion serving.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -50,8 +51,9 @@ def available_formats() -> list[str]:
     return out
 
 
-def package_for_serving(bundle_dir: str | Path, out_dir: str | Path, formats: list[str] | tuple[str, ...],
-                        version: str = "1.0") -> dict[str, str]:
+def package_for_serving(
+    bundle_dir: str | Path, out_dir: str | Path, formats: list[str] | tuple[str, ...], version: str = "1.0"
+) -> dict[str, str]:
     """Build each requested package into ``out_dir/<format>``; returns {format: path}."""
     unknown = [f for f in formats if f not in _PACKAGERS]
     if unknown:

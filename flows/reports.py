@@ -15,6 +15,7 @@ a *report store* and every file gets an HTTP URL:
 * With no report store at all, artifacts name the files on the worker's disk instead of showing broken
   images.
 """
+
 from __future__ import annotations
 
 import mimetypes
@@ -22,7 +23,6 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from alloynet.captures.stores import ObjectStore, S3Store, open_store
 
@@ -54,10 +54,10 @@ class PublishedReport:
     folder: str
     location: str
     urls: dict[str, str] = field(default_factory=dict)
-    plots: list[str] = field(default_factory=list)          # relative paths, most important first
+    plots: list[str] = field(default_factory=list)  # relative paths, most important first
     markdown: str = ""
 
-    def url(self, rel: str) -> Optional[str]:
+    def url(self, rel: str) -> str | None:
         return self.urls.get(rel)
 
     def as_dict(self) -> dict:
@@ -67,35 +67,38 @@ class PublishedReport:
 class ReportSite:
     """A report store and the rule that turns its keys into URLs a browser can load."""
 
-    def __init__(self, store: ObjectStore | str, public_url: Optional[str] = None,
-                 expires_s: int = DEFAULT_EXPIRES_S):
+    def __init__(self, store: ObjectStore | str, public_url: str | None = None, expires_s: int = DEFAULT_EXPIRES_S):
         self.store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
         self.public_url = public_url.rstrip("/") if public_url else None
         self.expires_s = int(expires_s)
         self._signer = None
         if not 0 < self.expires_s <= DEFAULT_EXPIRES_S:
-            raise ValueError(f"{EXPIRES_ENV}={self.expires_s}: presigned URLs live 1 s to {DEFAULT_EXPIRES_S} s "
-                             "(7 days, the Signature V4 maximum)")
+            raise ValueError(
+                f"{EXPIRES_ENV}={self.expires_s}: presigned URLs live 1 s to {DEFAULT_EXPIRES_S} s "
+                "(7 days, the Signature V4 maximum)"
+            )
         if self.public_url is None and not isinstance(self.store, S3Store):
-            raise ValueError(f"report store {self.store.uri}: a directory needs {REPORTS_URL_ENV} (the HTTP base "
-                             "that serves it); an S3 store gets presigned URLs without one")
+            raise ValueError(
+                f"report store {self.store.uri}: a directory needs {REPORTS_URL_ENV} (the HTTP base "
+                "that serves it); an S3 store gets presigned URLs without one"
+            )
 
     @classmethod
-    def from_env(cls, uri: Optional[str] = None) -> Optional["ReportSite"]:
+    def from_env(cls, uri: str | None = None) -> ReportSite | None:
         """The site ``uri`` (or $ALLOYNET_REPORTS) names; None when neither is set."""
         uri = uri or os.environ.get(REPORTS_ENV)
         if not uri:
             return None
-        return cls(uri, os.environ.get(REPORTS_URL_ENV) or None,
-                   int(os.environ.get(EXPIRES_ENV) or DEFAULT_EXPIRES_S))
+        return cls(uri, os.environ.get(REPORTS_URL_ENV) or None, int(os.environ.get(EXPIRES_ENV) or DEFAULT_EXPIRES_S))
 
     def put(self, key: str, data: bytes) -> None:
         if isinstance(self.store, S3Store):  # with a Content-Type, so browsers render rather than download
             ctype = mimetypes.guess_type(key)[0] or "application/octet-stream"
             if key.endswith(".md"):
                 ctype = "text/markdown; charset=utf-8"
-            self.store.client.put_object(Bucket=self.store.bucket, Key=self.store.prefix + key, Body=data,
-                                         ContentType=ctype)
+            self.store.client.put_object(
+                Bucket=self.store.bucket, Key=self.store.prefix + key, Body=data, ContentType=ctype
+            )
         else:
             self.store.put(key, data, overwrite=True)  # the same run re-publishing its own report
 
@@ -108,15 +111,19 @@ class ReportSite:
 
             meta = self.store.client.meta
             self._signer = boto3.session.Session().client(
-                "s3", endpoint_url=meta.endpoint_url, region_name=meta.region_name,
-                config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+                "s3",
+                endpoint_url=meta.endpoint_url,
+                region_name=meta.region_name,
+                config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+            )
         return self._signer.generate_presigned_url(
-            "get_object", Params={"Bucket": self.store.bucket, "Key": self.store.prefix + key},
-            ExpiresIn=self.expires_s)
+            "get_object", Params={"Bucket": self.store.bucket, "Key": self.store.prefix + key}, ExpiresIn=self.expires_s
+        )
 
 
 def _rewrite_images(markdown: str, urls: dict[str, str], folder: Path, why: str) -> str:
     """Relative image links become URLs; without one, the image becomes a note naming the file."""
+
     def repl(m: re.Match) -> str:
         alt, target = m.group(1), m.group(2)
         if re.match(r"^[a-z]+://", target):
@@ -124,11 +131,13 @@ def _rewrite_images(markdown: str, urls: dict[str, str], folder: Path, why: str)
         if target in urls:
             return f"![{alt}]({urls[target]})"
         return f"*{alt or target}: `{folder / target}` on the worker ({why})*"
+
     return _IMAGE_LINK.sub(repl, markdown)
 
 
-def publish_report(report_dir: str | Path, prefix: str, site: Optional[ReportSite],
-                   why: str = "no report store configured") -> PublishedReport:
+def publish_report(
+    report_dir: str | Path, prefix: str, site: ReportSite | None, why: str = "no report store configured"
+) -> PublishedReport:
     """Copy a report folder to ``site`` under ``prefix`` and return its URLs (nothing is copied without a
     site; ``why`` then says so in the markdown)."""
     folder = Path(report_dir).resolve()

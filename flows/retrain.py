@@ -1,9 +1,10 @@
 """`retrain`: train the configured candidates when enough new labelled captures arrived (or when forced)."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -27,8 +28,10 @@ def training_story(trained: dict[str, Any]) -> str:
     best = int(load_checkpoint(trained["checkpoint"])["epoch"])
     ran = history[-1]["epoch"] if history else best
     if ran < planned:
-        end = (f"stopped early after epoch {ran} of {planned}: no validation {metric} gain for "
-               f"{ran - best} epochs (patience {early.get('patience')})")
+        end = (
+            f"stopped early after epoch {ran} of {planned}: no validation {metric} gain for "
+            f"{ran - best} epochs (patience {early.get('patience')})"
+        )
     else:
         end = f"trained all {planned} epochs"
     value = next((h.get(f"val_{metric}") for h in history if h["epoch"] == best), None)
@@ -37,10 +40,18 @@ def training_story(trained: dict[str, Any]) -> str:
 
 
 @flow(name="retrain", description="Train every candidate (architecture/loss) on the current manifest.")
-def retrain(data_dir: str = DATA_DIR, run_dir: str = WORK_DIR, candidates: Optional[list[Candidate]] = None,
-            min_new_labelled: int = MIN_NEW_LABELLED, force: bool = False, device: str = "auto",
-            record: bool = True, dataset: Optional[DataSet] = None, pretrain: Optional[str] = None,
-            processes: Optional[int] = None) -> dict[str, Any]:
+def retrain(
+    data_dir: str = DATA_DIR,
+    run_dir: str = WORK_DIR,
+    candidates: list[Candidate] | None = None,
+    min_new_labelled: int = MIN_NEW_LABELLED,
+    force: bool = False,
+    device: str = "auto",
+    record: bool = True,
+    dataset: DataSet | None = None,
+    pretrain: str | None = None,
+    processes: int | None = None,
+) -> dict[str, Any]:
     """``dataset``: the data set a nightly run ingested; standalone runs use ``data_dir`` as it is now.
     ``pretrain``: a rig profile; every candidate is pretrained on the simulator calibrated to it, then
     fine-tuned on the data set. ``processes``: DDP processes per candidate (torchrun); None: one per GPU
@@ -56,8 +67,9 @@ def retrain(data_dir: str = DATA_DIR, run_dir: str = WORK_DIR, candidates: Optio
     trained, failed = [], {}
     for c in candidates:
         out = str(Path(run_dir) / "candidates" / c.name)
-        state = train_task.with_options(task_run_name=f"train-{c.name}")(c, dataset, out, device, processes,
-                                                                          return_state=True)
+        state = train_task.with_options(task_run_name=f"train-{c.name}")(
+            c, dataset, out, device, processes, return_state=True
+        )
         if state.is_completed():
             trained.append(state.result())
             log.info("%s", training_story(trained[-1]))
@@ -68,5 +80,10 @@ def retrain(data_dir: str = DATA_DIR, run_dir: str = WORK_DIR, candidates: Optio
         raise RuntimeError(f"every candidate failed to train ({failed}); the champion is untouched")
     if record:
         record_training_task(dataset, Path(run_dir).name)
-    return {"trained": trained, "failed": failed, "reason": why, "new_labelled": n_new,
-            "flow_run_id": flow_run.get_id()}
+    return {
+        "trained": trained,
+        "failed": failed,
+        "reason": why,
+        "new_labelled": n_new,
+        "flow_run_id": flow_run.get_id(),
+    }

@@ -17,6 +17,7 @@ The workers must see the config's ``work_dir`` and ``out_dir`` at the same paths
 machine, or a shared volume), and use the same number of threads per process as a serial run for the
 numbers to match it bit for bit (``OMP_NUM_THREADS``; see job_variables).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,28 +55,49 @@ def study_tag(cfg: StudyConfig) -> str:
 
 
 @flow(name="study", log_prints=True)
-def study(config: str | dict[str, Any] = "configs/study.yaml", deployment: str = CELL_DEPLOYMENT,
-          attempts: int = 2, job_variables: dict[str, Any] | None = None, out_dir: str | None = None,
-          work_dir: str | None = None, poll_s: float = 2.0, timeout_s: float | None = None) -> dict:
+def study(
+    config: str | dict[str, Any] = "configs/study.yaml",
+    deployment: str = CELL_DEPLOYMENT,
+    attempts: int = 2,
+    job_variables: dict[str, Any] | None = None,
+    out_dir: str | None = None,
+    work_dir: str | None = None,
+    poll_s: float = 2.0,
+    timeout_s: float | None = None,
+) -> dict:
     """The grid on the work pool of ``deployment``; returns where the tables are and how each cell went."""
     log = get_run_logger()
     cfg = load_study(config) if isinstance(config, (str, Path)) else StudyConfig.model_validate(config)
     # absolute paths: the workers run in the deployment's directory, not necessarily this one
-    cfg = cfg.model_copy(update={"out_dir": str(Path(out_dir or cfg.out_dir).resolve()),
-                                 "work_dir": str(Path(work_dir or cfg.work_dir).resolve())})
-    log.info("simulating the data sets of %d training pools and the shared test sets (cached)",
-             len(cfg.imbalance_ratios) * len(cfg.seeds))
+    cfg = cfg.model_copy(
+        update={
+            "out_dir": str(Path(out_dir or cfg.out_dir).resolve()),
+            "work_dir": str(Path(work_dir or cfg.work_dir).resolve()),
+        }
+    )
+    log.info(
+        "simulating the data sets of %d training pools and the shared test sets (cached)",
+        len(cfg.imbalance_ratios) * len(cfg.seeds),
+    )
     test_root, ood_roots = prepare_data(cfg)
     cells = cfg.cells()
     todo = [c for c in cells if finished_row(cfg, c) is None]
-    log.info("%d cells, %d already finished; submitting %d to %s", len(cells), len(cells) - len(todo), len(todo),
-             deployment)
+    log.info(
+        "%d cells, %d already finished; submitting %d to %s", len(cells), len(cells) - len(todo), len(todo), deployment
+    )
     params = {c.id: {"config": cfg.model_dump(mode="json"), "cell": c.model_dump(mode="json")} for c in todo}
     jobs = {}
     if todo:
         tag = study_tag(cfg)
-        with Dispatcher(deployment, job_variables=job_variables, tags=[tag, f"alloynet-study-name:{cfg.name}"],
-                        attempts=attempts, poll_s=poll_s, timeout_s=timeout_s, log=log.info) as d:
+        with Dispatcher(
+            deployment,
+            job_variables=job_variables,
+            tags=[tag, f"alloynet-study-name:{cfg.name}"],
+            attempts=attempts,
+            poll_s=poll_s,
+            timeout_s=timeout_s,
+            log=log.info,
+        ) as d:
             running = d.active_runs(tag)
             for c in todo:
                 if c.id in running:
@@ -87,28 +109,47 @@ def study(config: str | dict[str, Any] = "configs/study.yaml", deployment: str =
             while d.in_flight():
                 for job in d.wait():
                     done += 1
-                    log.info("[%d/%d] %s: %s on %s%s", done, len(todo), job.key, job.states[-1],
-                             job.workers[-1] or "no worker", "" if job.ok else f" ({job.message})")
+                    log.info(
+                        "[%d/%d] %s: %s on %s%s",
+                        done,
+                        len(todo),
+                        job.key,
+                        job.states[-1],
+                        job.workers[-1] or "no worker",
+                        "" if job.ok else f" ({job.message})",
+                    )
             jobs = d.jobs
     rows, failures = [], []
     for i, c in enumerate(cells):
         row = finished_row(cfg, c)
         if row is None:
             job = jobs.get(c.id)
-            reason = (f"{job.states[-1].lower()} after {len(job.runs)} run(s): {job.message or 'no message'}"
-                      if job else "no result after the run")
+            reason = (
+                f"{job.states[-1].lower()} after {len(job.runs)} run(s): {job.message or 'no message'}"
+                if job
+                else "no result after the run"
+            )
             failures.append({"cell": c.id, "reason": reason, "flow_runs": [str(r) for r in job.runs] if job else []})
         else:
             rows.append(row)
             log_cell(log.info, i + 1, len(cells), c, row)
     write_outputs(cfg, pd.DataFrame(rows), test_root, ood_roots, log.info, failures)
-    summary = {"out_dir": cfg.out_dir, "cells": len(cells), "finished": len(rows), "failed": failures,
-               "runs": {k: {"flow_runs": [str(r) for r in j.runs], "states": j.states, "workers": j.workers}
-                        for k, j in jobs.items()}}
+    summary = {
+        "out_dir": cfg.out_dir,
+        "cells": len(cells),
+        "finished": len(rows),
+        "failed": failures,
+        "runs": {
+            k: {"flow_runs": [str(r) for r in j.runs], "states": j.states, "workers": j.workers}
+            for k, j in jobs.items()
+        },
+    }
     if failures:
-        raise StudyIncomplete(f"{len(failures)} of {len(cells)} cells did not finish: "
-                              + "; ".join(f"{f['cell']} ({f['reason']})" for f in failures)
-                              + f". Tables over the other cells are in {cfg.out_dir}.")
+        raise StudyIncomplete(
+            f"{len(failures)} of {len(cells)} cells did not finish: "
+            + "; ".join(f"{f['cell']} ({f['reason']})" for f in failures)
+            + f". Tables over the other cells are in {cfg.out_dir}."
+        )
     return summary
 
 
@@ -122,8 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work-dir", default=None)
     a = p.parse_args(argv)
     jv = {"env": {"OMP_NUM_THREADS": str(a.threads)}} if a.threads else None
-    print(json.dumps(study(str(Path(a.config).resolve()), a.deployment, a.attempts, jv, a.out_dir, a.work_dir),
-                     indent=1))
+    print(
+        json.dumps(study(str(Path(a.config).resolve()), a.deployment, a.attempts, jv, a.out_dir, a.work_dir), indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@ Side-effecting tasks use ``NO_CACHE``: a nightly run must never be answered from
 The tasks that write to the model store carry ``on_rollback`` hooks, so inside a ``transaction()`` a later
 failure undoes them and the old champion keeps serving.
 """
+
 from __future__ import annotations
 
 import shutil
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -29,10 +30,12 @@ def _worth_retrying(task, task_run, state) -> bool:
     return not (isinstance(exc, StoreError) and not exc.transient)
 
 
-@task(name="ingest-captures", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
-      retry_condition_fn=_worth_retrying)
-def ingest_task(source: str, data_dir: str, seed: int = 0,
-                accepted_sizes: Optional[list[tuple[int, int]]] = None) -> steps.IngestReport:
+@task(
+    name="ingest-captures", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_worth_retrying
+)
+def ingest_task(
+    source: str, data_dir: str, seed: int = 0, accepted_sizes: list[tuple[int, int]] | None = None
+) -> steps.IngestReport:
     # retrying is safe: ingest resumes from its watermark and skips what it already stored
     report = steps.ingest_captures(source, data_dir, seed=seed, accepted_sizes=accepted_sizes)
     get_run_logger().info("ingest from %s: %s", source, report.summary())
@@ -40,13 +43,14 @@ def ingest_task(source: str, data_dir: str, seed: int = 0,
 
 
 @task(name="retrain-needed", cache_policy=NO_CACHE)
-def retrain_needed_task(dataset: Optional[DataSet], min_new_labelled: int, force: bool) -> tuple[bool, int, str]:
+def retrain_needed_task(dataset: DataSet | None, min_new_labelled: int, force: bool) -> tuple[bool, int, str]:
     return steps.retrain_needed(dataset, min_new_labelled, force)
 
 
 @task(name="train-candidate", cache_policy=NO_CACHE)
-def train_task(candidate: steps.Candidate, dataset: DataSet, out_dir: str, device: str = "auto",
-               processes: Optional[int] = None) -> dict[str, Any]:
+def train_task(
+    candidate: steps.Candidate, dataset: DataSet, out_dir: str, device: str = "auto", processes: int | None = None
+) -> dict[str, Any]:
     trained = steps.train_candidate(candidate, dataset, out_dir, device=device, processes=processes)
     get_run_logger().info("trained %s -> %s", candidate.name, trained.checkpoint)
     return asdict(trained)
@@ -58,12 +62,12 @@ def record_training_task(dataset: DataSet, run: str) -> None:
 
 
 @task(name="evaluate-checkpoint", cache_policy=NO_CACHE)
-def evaluate_task(checkpoint: str, dataset: DataSet, out_dir: str, options: Optional[dict] = None) -> dict[str, Any]:
+def evaluate_task(checkpoint: str, dataset: DataSet, out_dir: str, options: dict | None = None) -> dict[str, Any]:
     return steps.evaluate_checkpoint(checkpoint, dataset, out_dir, **(options or {}))
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
-def publish_report_task(report_dir: str, prefix: str, reports: Optional[str] = None) -> dict[str, Any]:
+def publish_report_task(report_dir: str, prefix: str, reports: str | None = None) -> dict[str, Any]:
     """Copy an evaluation folder to the report store, so the UI can load its plots over HTTP. A report store
     that cannot be written costs the night its pictures, not its decision: the artifacts then name the files."""
     log = get_run_logger()
@@ -79,13 +83,13 @@ def publish_report_task(report_dir: str, prefix: str, reports: Optional[str] = N
 
 
 @task(name="read-champion", cache_policy=NO_CACHE)
-def read_champion_task(registry: str) -> Optional[str]:
+def read_champion_task(registry: str) -> str | None:
     p = open_registry(registry).pointer()
     return p.version if p else None
 
 
 @task(name="promotion-uncertainty", cache_policy=NO_CACHE)
-def uncertainty_task(challenger_report: str, champion_report: Optional[str], seed: int = 0) -> dict[str, Any]:
+def uncertainty_task(challenger_report: str, champion_report: str | None, seed: int = 0) -> dict[str, Any]:
     """The bootstrap interval of the decision; an evaluation without predictions.csv gives a reason instead."""
     try:
         return steps.promotion_uncertainty(challenger_report, champion_report, seed=seed)
@@ -95,7 +99,7 @@ def uncertainty_task(challenger_report: str, champion_report: Optional[str], see
 
 
 @task(name="fetch-champion", cache_policy=NO_CACHE)
-def fetch_champion_task(registry: str, dest: str) -> Optional[dict[str, Any]]:
+def fetch_champion_task(registry: str, dest: str) -> dict[str, Any] | None:
     reg = open_registry(registry)
     pointer = reg.pointer()  # read once: the generation compared-and-set later belongs to the version fetched
     if pointer is None:
@@ -105,8 +109,13 @@ def fetch_champion_task(registry: str, dest: str) -> Optional[dict[str, Any]]:
 
 
 @task(name="decide-promotion", cache_policy=NO_CACHE)
-def decide_task(candidates: dict[str, dict], champion: Optional[dict], rule: PromotionRule, dataset: DataSet,
-                champion_name: Optional[str]) -> dict[str, Any]:
+def decide_task(
+    candidates: dict[str, dict],
+    champion: dict | None,
+    rule: PromotionRule,
+    dataset: DataSet,
+    champion_name: str | None,
+) -> dict[str, Any]:
     d = steps.decide_promotion(candidates, champion, rule, dataset, champion_name)
     get_run_logger().info("decision: %s", d.summary())
     return asdict(d)
@@ -136,8 +145,7 @@ def _remove_packages(txn) -> None:
 
 
 @task(name="publish-version", cache_policy=NO_CACHE)
-def publish_task(registry: str, release_dir: str, metrics: dict, config: dict, manifest_hash: str,
-                 info: dict) -> str:
+def publish_task(registry: str, release_dir: str, metrics: dict, config: dict, manifest_hash: str, info: dict) -> str:
     reg = open_registry(registry)
     mv = reg.publish(release_dir, metrics=metrics, config=config, manifest_hash=manifest_hash, info=info)
     get_transaction().set("published", {"registry": registry, "version": mv.version})

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's chromium for the browser tests (tests/orchestration/test_ui.py drives it headless over the
+# Debian's chromium for the browser tests (tests/integration/flows/test_ui.py drives it headless over the
 # DevTools protocol; nothing is downloaded at run time). Idempotent: a no-op when chromium is installed.
 #   usage: infra/browser_env.sh            (needs root, or sudo, for apt-get)
 set -euo pipefail

@@ -21,6 +21,7 @@ and with SIGINT ignored it never stops. Restoring the default disposition before
 the worker. It stops at once: the flow run it supervises is killed with it and reports no final state;
 flow-run heartbeats and the zombie automation created by ``up`` mark such a run Crashed (infra/README.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,9 @@ import shlex
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from infra import objectstore
 from infra.processes import alive, check_ports_free, free_port, served_by, stop_group, tail, wait_ready
@@ -42,16 +43,21 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / ".alloynet" / "stack"
 WORK_POOL = "local-process"
 # the local deployments of prefect.yaml: the nightly pipeline, and one cell / one trial of the fan-out flows
-LOCAL_DEPLOYMENTS = ["nightly/daily-0200-UTC", "nightly/manual", "study-cell/one-cell-cpu",
-                     "search-trial/one-trial-cpu"]
+LOCAL_DEPLOYMENTS = [
+    "nightly/daily-0200-UTC",
+    "nightly/manual",
+    "study-cell/one-cell-cpu",
+    "search-trial/one-trial-cpu",
+]
 TELEMETRY_OFF = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-REPORTS_BUCKET = "reports"              # evaluation reports the UI shows: anonymous GET of single objects only
-HEARTBEAT_SECONDS = 30                  # flow-run heartbeats (Prefect's minimum interval)
-ZOMBIE_AFTER_SECONDS = 90               # no heartbeat for this long: the run is marked Crashed
-CANCELLING_TIMEOUT_SECONDS = 120        # a run stuck in Cancelling (its process gone) becomes Cancelled
+REPORTS_BUCKET = "reports"  # evaluation reports the UI shows: anonymous GET of single objects only
+HEARTBEAT_SECONDS = 30  # flow-run heartbeats (Prefect's minimum interval)
+ZOMBIE_AFTER_SECONDS = 90  # no heartbeat for this long: the run is marked Crashed
+CANCELLING_TIMEOUT_SECONDS = 120  # a run stuck in Cancelling (its process gone) becomes Cancelled
 ZOMBIE_AUTOMATION = "alloynet: crash flow runs whose heartbeats stopped"
-_RESET_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-                 "os.execvp(sys.argv[1], sys.argv[1:])")
+_RESET_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
 
 @dataclass
@@ -70,8 +76,7 @@ def prefect_bin() -> str:
 def prefect_env(state_dir: Path, api_url: str | None = None) -> dict[str, str]:
     """The environment every Prefect process of this stack gets (own PREFECT_HOME, telemetry off)."""
     home = Path(state_dir) / "prefect-home"
-    env = {"PREFECT_HOME": str(home), "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "storage"),
-           **TELEMETRY_OFF}
+    env = {"PREFECT_HOME": str(home), "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "storage"), **TELEMETRY_OFF}
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
@@ -88,21 +93,29 @@ def read_service(state_dir: Path, name: str) -> Service | None:
     return Service(**json.loads(f.read_text()))
 
 
-def _spawn(state_dir: Path, name: str, cmd: list[str], env: dict[str, str], url: str = "",
-           cwd: Path | None = None) -> Service:
+def _spawn(
+    state_dir: Path, name: str, cmd: list[str], env: dict[str, str], url: str = "", cwd: Path | None = None
+) -> Service:
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / f"{name}.log"
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-c", _RESET_SIGINT, *cmd], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**os.environ, **env}, cwd=cwd,
-                                start_new_session=True)  # own process group: stopped as a unit, by PID
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _RESET_SIGINT, *cmd],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+            cwd=cwd,
+            start_new_session=True,
+        )  # own process group: stopped as a unit, by PID
     svc = Service(name, proc.pid, url, str(log_path))
     _pidfile(state_dir, name).write_text(json.dumps(asdict(svc)))
     return svc
 
 
-def start_server(state_dir: Path, port: int | None = None, timeout: float = 90.0,
-                 database_url: str | None = None) -> Service:
+def start_server(
+    state_dir: Path, port: int | None = None, timeout: float = 90.0, database_url: str | None = None
+) -> Service:
     """`prefect server start` on 127.0.0.1 (API at /api, UI at /), SQLite database inside ``state_dir``, or
     the PostgreSQL ``database_url`` (``postgresql+asyncpg://...``, see infra/postgres.py) for several workers.
 
@@ -114,16 +127,24 @@ def start_server(state_dir: Path, port: int | None = None, timeout: float = 90.0
     port = port or free_port()
     url = f"http://{HOST}:{port}"
     db = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url} if database_url else {}
-    env = {**prefect_env(state_dir), **db, "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
-           "PREFECT_UI_URL": url, "PREFECT_SERVER_UI_API_URL": f"{url}/api",
-           # the scheduler looks at recently changed deployments every few seconds; a fresh cron schedule
-           # gets its runs without waiting for the full loop
-           "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2",
-           # a run left in Cancelling because its process is gone (worker killed) ends Cancelled after this
-           "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_CANCELLING_TIMEOUT_SECONDS": str(CANCELLING_TIMEOUT_SECONDS)}
-    svc = _spawn(state_dir, "prefect-server", [prefect_bin(), "server", "start", "--host", HOST, "--port", str(port)],
-                 env, url)
+    env = {
+        **prefect_env(state_dir),
+        **db,
+        "PREFECT_SERVER_API_HOST": HOST,
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_URL": url,
+        "PREFECT_SERVER_UI_API_URL": f"{url}/api",
+        # the scheduler looks at recently changed deployments every few seconds; a fresh cron schedule
+        # gets its runs without waiting for the full loop
+        "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2",
+        # a run left in Cancelling because its process is gone (worker killed) ends Cancelled after this
+        "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_CANCELLING_TIMEOUT_SECONDS": str(CANCELLING_TIMEOUT_SECONDS),
+    }
+    svc = _spawn(
+        state_dir, "prefect-server", [prefect_bin(), "server", "start", "--host", HOST, "--port", str(port)], env, url
+    )
     try:
+
         def healthy() -> bool:
             if not served_by(port, svc.pid):
                 return False
@@ -137,8 +158,14 @@ def start_server(state_dir: Path, port: int | None = None, timeout: float = 90.0
     return svc
 
 
-def run_prefect(args: list[str], state_dir: Path, api_url: str, cwd: Path = ROOT, timeout: float = 180.0,
-                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_prefect(
+    args: list[str],
+    state_dir: Path,
+    api_url: str,
+    cwd: Path = ROOT,
+    timeout: float = 180.0,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """One `prefect ...` CLI call against the stack's server; raises with its output when it fails."""
     env = {**os.environ, **prefect_env(Path(state_dir).resolve(), api_url), **(extra_env or {})}
     res = subprocess.run([prefect_bin(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -151,19 +178,46 @@ def ensure_work_pool(state_dir: Path, api_url: str, pool: str = WORK_POOL) -> No
     run_prefect(["work-pool", "create", pool, "--type", "process", "--overwrite"], state_dir, api_url)
 
 
-def start_worker(state_dir: Path, api_url: str, pool: str = WORK_POOL, limit: int = 1,
-                 extra_env: dict[str, str] | None = None, timeout: float = 60.0,
-                 name: str = "prefect-worker") -> Service:
+def start_worker(
+    state_dir: Path,
+    api_url: str,
+    pool: str = WORK_POOL,
+    limit: int = 1,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    name: str = "prefect-worker",
+) -> Service:
     """A process worker polling ``pool``; it runs flow runs as subprocesses in the deployment's directory.
     Several workers on one pool each need their own ``name`` (their service name and PID file)."""
     state_dir = Path(state_dir).resolve()
-    env = {**prefect_env(state_dir, api_url), "PREFECT_WORKER_QUERY_SECONDS": "2",
-           # flow runs send heartbeat events; the zombie automation crashes a run whose heartbeats stop
-           "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS), **(extra_env or {})}
+    env = {
+        **prefect_env(state_dir, api_url),
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        # flow runs send heartbeat events; the zombie automation crashes a run whose heartbeats stop
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+        **(extra_env or {}),
+    }
     worker_name = f"{pool}-{os.getpid()}" + ("" if name == "prefect-worker" else f"-{name}")
-    svc = _spawn(state_dir, name, [prefect_bin(), "worker", "start", "--pool", pool, "--type", "process",
-                                   "--limit", str(limit), "--name", worker_name],
-                 env, api_url, cwd=ROOT)
+    svc = _spawn(
+        state_dir,
+        name,
+        [
+            prefect_bin(),
+            "worker",
+            "start",
+            "--pool",
+            pool,
+            "--type",
+            "process",
+            "--limit",
+            str(limit),
+            "--name",
+            worker_name,
+        ],
+        env,
+        api_url,
+        cwd=ROOT,
+    )
     try:  # "started!" is printed once it has registered with the pool
         wait_ready(lambda: "started!" in tail(svc.log, 200), svc.pid, timeout, name, svc.log)
     except Exception:
@@ -189,9 +243,12 @@ def deploy(state_dir: Path, api_url: str, names: list[str] | None = None) -> str
 
 
 def api_call(api_url: str, path: str, body: dict | None = None, method: str | None = None):
-    req = urllib.request.Request(api_url.rstrip("/") + path, method=method or ("POST" if body is not None else "GET"),
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        api_url.rstrip("/") + path,
+        method=method or ("POST" if body is not None else "GET"),
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=15) as r:
         raw = r.read()
     return json.loads(raw) if raw else None
@@ -201,18 +258,34 @@ def zombie_automation(after_seconds: int = ZOMBIE_AFTER_SECONDS) -> dict:
     """Prefect's recipe for zombie flow runs: after a flow run's heartbeat, expect another heartbeat (or a
     terminal state) within ``after_seconds``; if none comes, its process is gone: mark it Crashed."""
     return {
-        "name": ZOMBIE_AUTOMATION, "enabled": True,
+        "name": ZOMBIE_AUTOMATION,
+        "enabled": True,
         "description": f"flow runs heartbeat every {HEARTBEAT_SECONDS} s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY); "
-                       f"{after_seconds} s without one means the worker or the run's process died",
-        "trigger": {"type": "event", "posture": "Proactive",
-                    "match": {"prefect.resource.id": "prefect.flow-run.*"},
-                    "after": ["prefect.flow-run.heartbeat"],
-                    "expect": ["prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
-                               "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"],
-                    "for_each": ["prefect.resource.id"], "threshold": 1, "within": after_seconds},
-        "actions": [{"type": "change-flow-run-state", "state": "CRASHED",
-                     "message": f"No heartbeat for {after_seconds} s: the flow run's process is gone "
-                                "(worker stopped or killed?). Marked Crashed by the zombie automation."}],
+        f"{after_seconds} s without one means the worker or the run's process died",
+        "trigger": {
+            "type": "event",
+            "posture": "Proactive",
+            "match": {"prefect.resource.id": "prefect.flow-run.*"},
+            "after": ["prefect.flow-run.heartbeat"],
+            "expect": [
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            ],
+            "for_each": ["prefect.resource.id"],
+            "threshold": 1,
+            "within": after_seconds,
+        },
+        "actions": [
+            {
+                "type": "change-flow-run-state",
+                "state": "CRASHED",
+                "message": f"No heartbeat for {after_seconds} s: the flow run's process is gone "
+                "(worker stopped or killed?). Marked Crashed by the zombie automation.",
+            }
+        ],
     }
 
 
@@ -236,8 +309,11 @@ def clear_run(api_url: str, flow_run_id: str) -> str:
     if now in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED"):
         return now
     target = "CANCELLED" if now == "CANCELLING" else "CRASHED"
-    api_call(api_url, f"/flow_runs/{flow_run_id}/set_state",
-             {"state": {"type": target, "message": f"cleared by infra.stack clear-run (was {now})"}, "force": True})
+    api_call(
+        api_url,
+        f"/flow_runs/{flow_run_id}/set_state",
+        {"state": {"type": target, "message": f"cleared by infra.stack clear-run (was {now})"}, "force": True},
+    )
     return target
 
 
@@ -255,9 +331,17 @@ def write_env_sh(state_dir: Path, env: dict[str, str]) -> Path:
     return path
 
 
-def up(state_dir: Path = DEFAULT_DIR, port: int = 4200, s3_port: int = 8333, s3: bool = True,
-       worker: bool = True, serving: bool = False, registry: str = ".alloynet/registry", workers: int = 1,
-       postgres: bool = False) -> dict[str, str]:
+def up(
+    state_dir: Path = DEFAULT_DIR,
+    port: int = 4200,
+    s3_port: int = 8333,
+    s3: bool = True,
+    worker: bool = True,
+    serving: bool = False,
+    registry: str = ".alloynet/registry",
+    workers: int = 1,
+    postgres: bool = False,
+) -> dict[str, str]:
     """Start whatever is not running yet; returns the environment a shell needs to use the stack.
     ``postgres``: PostgreSQL for the Prefect server's database and the shared Optuna storage
     (``ALLOYNET_OPTUNA_STORAGE``); ``workers``: process workers on the pool (one cell or trial each at a time).
@@ -277,8 +361,21 @@ def up(state_dir: Path = DEFAULT_DIR, port: int = 4200, s3_port: int = 8333, s3:
     check_ports_free(wanted)
     started: list[Callable[[], object]] = []
     try:
-        env = _up(state_dir, port, s3_port, s3, worker, serving, registry, s3_running, server, server_running, started,
-                  workers, postgres)
+        env = _up(
+            state_dir,
+            port,
+            s3_port,
+            s3,
+            worker,
+            serving,
+            registry,
+            s3_running,
+            server,
+            server_running,
+            started,
+            workers,
+            postgres,
+        )
     except BaseException:
         for stop in reversed(started):
             try:
@@ -290,8 +387,21 @@ def up(state_dir: Path = DEFAULT_DIR, port: int = 4200, s3_port: int = 8333, s3:
     return env
 
 
-def _up(state_dir, port, s3_port, s3, worker, serving, registry, s3_running, server, server_running, started,
-        workers=1, postgres=False):
+def _up(
+    state_dir,
+    port,
+    s3_port,
+    s3,
+    worker,
+    serving,
+    registry,
+    s3_running,
+    server,
+    server_running,
+    started,
+    workers=1,
+    postgres=False,
+):
     env: dict[str, str] = {}
     prefect_db = None
     if postgres:
@@ -302,15 +412,25 @@ def _up(state_dir, port, s3_port, s3, worker, serving, registry, s3_running, ser
             env.update(json.loads((state_dir / "s3.json").read_text()))
         else:
             old = json.loads((state_dir / "s3.json").read_text()) if (state_dir / "s3.json").exists() else {}
-            srv = objectstore.start(s3_dir, s3_port, buckets=("captures", "models", REPORTS_BUCKET),
-                                    secret_key=old.get("AWS_SECRET_ACCESS_KEY"), public_read=(REPORTS_BUCKET,))
+            srv = objectstore.start(
+                s3_dir,
+                s3_port,
+                buckets=("captures", "models", REPORTS_BUCKET),
+                secret_key=old.get("AWS_SECRET_ACCESS_KEY"),
+                public_read=(REPORTS_BUCKET,),
+            )
             started.append(lambda: objectstore.stop(s3_dir))
             env.update(srv.env())
             (state_dir / "s3.json").write_text(json.dumps(srv.env()))
             (state_dir / "s3.json").chmod(0o600)
         endpoint = env["AWS_ENDPOINT_URL"]
-        env.update({"ALLOYNET_S3_ENDPOINT": endpoint, "ALLOYNET_REPORTS": f"s3://{REPORTS_BUCKET}/nightly",
-                    "ALLOYNET_REPORTS_URL": f"{endpoint}/{REPORTS_BUCKET}/nightly"})
+        env.update(
+            {
+                "ALLOYNET_S3_ENDPOINT": endpoint,
+                "ALLOYNET_REPORTS": f"s3://{REPORTS_BUCKET}/nightly",
+                "ALLOYNET_REPORTS_URL": f"{endpoint}/{REPORTS_BUCKET}/nightly",
+            }
+        )
     if not server_running:
         server = start_server(state_dir, port, database_url=prefect_db)
         started.append(lambda: stop_service(state_dir, "prefect-server"))
@@ -399,13 +519,14 @@ def status(state_dir: Path = DEFAULT_DIR) -> dict[str, str]:
 
         out["postgres"] = postgres.status(state_dir / "postgres")
     pid = state_dir / "s3" / "weed.pid"
-    out["s3"] = (f"running (pid {pid.read_text()})" if pid.exists() and alive(int(pid.read_text())) else "stopped")
+    out["s3"] = f"running (pid {pid.read_text()})" if pid.exists() and alive(int(pid.read_text())) else "stopped"
     if (state_dir / "serve" / "state.json").exists():
         from infra import serve
 
         st = serve.status(state_dir / "serve")
         out["serving"] = f"{st['status']} {(st.get('serving') or {}).get('version', '')} " + " ".join(
-            info.get("url", "") for info in (st.get("servers") or {}).values())
+            info.get("url", "") for info in (st.get("servers") or {}).values()
+        )
     return out
 
 
@@ -430,12 +551,14 @@ def deploy_lines(state_dir: Path, prefect_output: str, names: list[str] | None =
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(prefect_output)
     dir_opt = "" if Path(state_dir).resolve() == DEFAULT_DIR.resolve() else f" --dir {state_dir}"
-    return [f"deployments   {', '.join(names or LOCAL_DEPLOYMENTS)} (Prefect's output: {log})",
-            "",
-            "next:",
-            f"  source {Path(state_dir) / 'env.sh'}            # this shell talks to the stack",
-            "  prefect deployment run 'nightly/manual'   # one night now; watch it in the UI",
-            f"  infra/down.sh{dir_opt}                             # stop everything"]
+    return [
+        f"deployments   {', '.join(names or LOCAL_DEPLOYMENTS)} (Prefect's output: {log})",
+        "",
+        "next:",
+        f"  source {Path(state_dir) / 'env.sh'}            # this shell talks to the stack",
+        "  prefect deployment run 'nightly/manual'   # one night now; watch it in the UI",
+        f"  infra/down.sh{dir_opt}                             # stop everything",
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -443,23 +566,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("action", choices=["up", "down", "status", "env", "deploy", "clear-run"])
     p.add_argument("flow_run_id", nargs="?", help="clear-run: the id of the flow run to clear")
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state directory (default .alloynet/stack)")
-    p.add_argument("--port", type=int, default=4200,
-                   help="Prefect server API and UI port (default 4200); must be free, checked before anything starts")
-    p.add_argument("--s3-port", type=int, default=8333,
-                   help="SeaweedFS S3 port (default 8333); it and S3 port + 10000 (its gRPC) must be free")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=4200,
+        help="Prefect server API and UI port (default 4200); must be free, checked before anything starts",
+    )
+    p.add_argument(
+        "--s3-port",
+        type=int,
+        default=8333,
+        help="SeaweedFS S3 port (default 8333); it and S3 port + 10000 (its gRPC) must be free",
+    )
     p.add_argument("--no-s3", action="store_true", help="no object store (captures and models on local disk)")
     p.add_argument("--no-worker", action="store_true")
     p.add_argument("--serving", action="store_true", help="also start the model servers on the champion")
     p.add_argument("--registry", default=".alloynet/registry", help="model store whose champion --serving serves")
-    p.add_argument("--workers", type=int, default=1,
-                   help="process workers on the pool (each runs one flow run at a time)")
-    p.add_argument("--postgres", action="store_true",
-                   help="PostgreSQL for the Prefect server and the shared Optuna storage (several workers)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="process workers on the pool (each runs one flow run at a time)"
+    )
+    p.add_argument(
+        "--postgres",
+        action="store_true",
+        help="PostgreSQL for the Prefect server and the shared Optuna storage (several workers)",
+    )
     a = p.parse_args(argv)
     if a.action == "up":
         try:
-            env = up(a.dir, a.port, a.s3_port, not a.no_s3, not a.no_worker, a.serving, a.registry, a.workers,
-                     a.postgres)
+            env = up(
+                a.dir, a.port, a.s3_port, not a.no_s3, not a.no_worker, a.serving, a.registry, a.workers, a.postgres
+            )
         except Exception as exc:
             sys.exit(f"infra.stack up failed: {exc}")
         print("\n".join(stack_lines(a.dir, env)))

@@ -4,13 +4,14 @@ Packaging and the client live in the repository's ``serving/`` package (which im
 reverse): these commands import it lazily, from the checkout alloynet runs from. `alloynet serve` drives
 processes, so it is infra's plugin (infra/cli.py).
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
+
 from alloynet.console import make_console
 
 # The top-level commands register() adds: alloynet.cli reads this literal from the source, without running
@@ -21,8 +22,9 @@ console = make_console()
 package_app = typer.Typer(no_args_is_help=True)
 
 
-def _bundle(checkpoint: Optional[Path], bundle: Optional[Path], export_dir: Path, tensorrt: Optional[str],
-            store: Optional[str]) -> Path:
+def _bundle(
+    checkpoint: Path | None, bundle: Path | None, export_dir: Path, tensorrt: str | None, store: str | None
+) -> Path:
     """An export bundle: the given one, or exported now from a checkpoint (parity-checked on the test split
     of ``store``, by default the data set the checkpoint was trained on)."""
     if bundle:
@@ -35,24 +37,29 @@ def _bundle(checkpoint: Optional[Path], bundle: Optional[Path], export_dir: Path
 
     b = export_checkpoint(checkpoint, export_dir, store, tensorrt=tensorrt, log=console.print)
     diffs = (b.meta.parity or {})["max_abs_diff"]  # export_checkpoint checks parity, or raises
-    console.print(f"exported {checkpoint} -> {export_dir} (parity ok; max |dp| "
-                  + ", ".join(f"{k} {v['probabilities']:.1e}" for k, v in diffs.items()) + ")")
+    console.print(
+        f"exported {checkpoint} -> {export_dir} (parity ok; max |dp| "
+        + ", ".join(f"{k} {v['probabilities']:.1e}" for k, v in diffs.items())
+        + ")"
+    )
     return export_dir
 
 
 @package_app.command("torchserve")
 def package_torchserve(
     out: Path = typer.Option(..., help="model store directory; the .mar is written here"),
-    checkpoint: Optional[Path] = typer.Option(None, help="trained checkpoint (exported first)"),
-    bundle: Optional[Path] = typer.Option(None, help="existing export bundle (model.pt, export.json)"),
-    export_dir: Optional[Path] = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
-    store: Optional[str] = typer.Option(None, help="data set whose test captures check parity (default: the one "
-                                                   "the checkpoint was trained on)"),
+    checkpoint: Path | None = typer.Option(None, help="trained checkpoint (exported first)"),
+    bundle: Path | None = typer.Option(None, help="existing export bundle (model.pt, export.json)"),
+    export_dir: Path | None = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
+    store: str | None = typer.Option(
+        None, help="data set whose test captures check parity (default: the one the checkpoint was trained on)"
+    ),
     model_name: str = typer.Option("alloynet", help="model name the server registers"),
     version: str = typer.Option("1.0", help="archive version"),
     batch_size: int = typer.Option(8, help="TorchServe batch size"),
     max_batch_delay_ms: int = typer.Option(5, help="ms TorchServe waits to fill a batch"),
-    workers: int = typer.Option(1, help="TorchServe workers of the model"), threads: int = typer.Option(1, help="torch threads per worker"),
+    workers: int = typer.Option(1, help="TorchServe workers of the model"),
+    threads: int = typer.Option(1, help="torch threads per worker"),
 ) -> None:
     """Build a TorchServe .mar (TorchServe is archived upstream; Triton is the primary path)."""
     from serving.torchserve.archive import build_mar
@@ -65,23 +72,28 @@ def package_torchserve(
 @package_app.command("triton")
 def package_triton(
     out: Path = typer.Option(..., help="model repository directory"),
-    checkpoint: Optional[Path] = typer.Option(None, help="trained checkpoint (exported first)"),
-    bundle: Optional[Path] = typer.Option(None, help="existing export bundle (model.onnx, export.json)"),
-    export_dir: Optional[Path] = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
-    store: Optional[str] = typer.Option(None, help="data set whose test captures check parity (default: the one "
-                                                   "the checkpoint was trained on)"),
+    checkpoint: Path | None = typer.Option(None, help="trained checkpoint (exported first)"),
+    bundle: Path | None = typer.Option(None, help="existing export bundle (model.onnx, export.json)"),
+    export_dir: Path | None = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
+    store: str | None = typer.Option(
+        None, help="data set whose test captures check parity (default: the one the checkpoint was trained on)"
+    ),
     model_name: str = typer.Option("alloynet", help="model name in the repository"),
     max_batch_size: int = typer.Option(32, help="Triton's dynamic batcher: largest batch"),
     max_queue_delay_us: int = typer.Option(0, help="microseconds Triton waits to fill a batch"),
     instances: int = typer.Option(1, help="model instances"),
     threads: int = typer.Option(1, help="ONNX Runtime intra-op threads per instance"),
     gpu: bool = typer.Option(False, help="GPU instances + TensorRT execution accelerator for the ONNX model"),
-    tensorrt: Optional[str] = typer.Option(None, help="also build a TensorRT engine: fp16 | int8 (GPU + TensorRT "
-                                                      "only; skipped with a message elsewhere)"),
-    backend: Optional[str] = typer.Option(None, help="the served model's backend: alloynet_ort (alloynet's own, "
-                                                     "for CPU servers), onnxruntime (stock Triton) or tensorrt "
-                                                     "(needs --tensorrt); default alloynet_ort, onnxruntime with "
-                                                     "--gpu"),
+    tensorrt: str | None = typer.Option(
+        None, help="also build a TensorRT engine: fp16 | int8 (GPU + TensorRT only; skipped with a message elsewhere)"
+    ),
+    backend: str | None = typer.Option(
+        None,
+        help="the served model's backend: alloynet_ort (alloynet's own, "
+        "for CPU servers), onnxruntime (stock Triton) or tensorrt "
+        "(needs --tensorrt); default alloynet_ort, onnxruntime with "
+        "--gpu",
+    ),
 ) -> None:
     """Write a Triton model repository (alloynet's own backend for CPU servers, ONNX Runtime model, TensorRT plan)."""
     from serving.triton.repository import BACKENDS, BatchingOptions, build_repository
@@ -90,8 +102,12 @@ def package_triton(
         raise typer.BadParameter(f"expected one of {', '.join(BACKENDS)}, got {backend!r}", param_hint="--backend")
 
     b = _bundle(checkpoint, bundle, export_dir or out.with_name(out.name + "-export"), tensorrt, store)
-    opts = BatchingOptions(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-                           instances=instances, intra_op_threads=threads)
+    opts = BatchingOptions(
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        intra_op_threads=threads,
+    )
     repo = build_repository(b, out, model_name, opts, gpu=gpu, backend=backend)
     models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").exists())
     console.print(f"wrote {repo}: {', '.join(models)} (configs parsed and checked against the ONNX model)")
@@ -99,15 +115,22 @@ def package_triton(
 
 def infer(
     captures: list[Path] = typer.Argument(..., help="16-bit PNG/TIFF captures (or .npy arrays)"),
-    url: Optional[str] = typer.Option(None, help="triton://HOST:PORT/MODEL or torchserve://HOST:PORT/MODEL (gRPC); "
-                                                 "default: $ALLOYNET_SERVING_URL, else what `alloynet serve` wrote "
-                                                 "in its env file, else triton://127.0.0.1:8001/alloynet"),
-    token: Optional[str] = typer.Option(None, envvar="ALLOYNET_SERVING_TOKEN", help="TorchServe inference key"),
-    key_file: Optional[Path] = typer.Option(None, help="TorchServe key_file.json (read again whenever the key is "
-                                                       "refused; default: the one `alloynet serve` wrote)"),
+    url: str | None = typer.Option(
+        None,
+        help="triton://HOST:PORT/MODEL or torchserve://HOST:PORT/MODEL (gRPC); "
+        "default: $ALLOYNET_SERVING_URL, else what `alloynet serve` wrote "
+        "in its env file, else triton://127.0.0.1:8001/alloynet",
+    ),
+    token: str | None = typer.Option(None, envvar="ALLOYNET_SERVING_TOKEN", help="TorchServe inference key"),
+    key_file: Path | None = typer.Option(
+        None,
+        help="TorchServe key_file.json (read again whenever the key is "
+        "refused; default: the one `alloynet serve` wrote)",
+    ),
     timeout: float = typer.Option(10.0, help="seconds per request"),
-    retry_budget: float = typer.Option(30.0, help="seconds to keep retrying while the server is unavailable "
-                                                  "(e.g. restarting)"),
+    retry_budget: float = typer.Option(
+        30.0, help="seconds to keep retrying while the server is unavailable (e.g. restarting)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per capture instead of a line"),
 ) -> None:
     """Send captures to a model server over gRPC and print the alloy, the prediction set, the group,
@@ -145,15 +168,18 @@ def infer(
                     print(json.dumps({"capture": str(path), "error": str(exc), "code": exc.code}))
                 else:
                     console.print(f"{path}: {exc}", markup=False, highlight=False, style="red")
-                raise typer.Exit(2)
+                raise typer.Exit(2) from None
             if as_json:
                 print(json.dumps({"capture": str(path), **p.to_dict()}))
             else:
                 flags = f"  flags: {', '.join(p.flags)}" if p.flags else ""
-                console.print(f"{path}: {p.alloy} (p={p.confidence:.3f}) set {{{', '.join(p.prediction_set)}}} "
-                              f"{p.group} (p={p.group_probability:.3f})  thickness {p.thickness_mm:.2f} mm  "
-                              f"a0 {p.absorption['a0']:.3f}  mu_eff {p.absorption['mu_eff']:.3f}/cm{flags}",
-                              markup=False, highlight=False)
+                console.print(
+                    f"{path}: {p.alloy} (p={p.confidence:.3f}) set {{{', '.join(p.prediction_set)}}} "
+                    f"{p.group} (p={p.group_probability:.3f})  thickness {p.thickness_mm:.2f} mm  "
+                    f"a0 {p.absorption['a0']:.3f}  mu_eff {p.absorption['mu_eff']:.3f}/cm{flags}",
+                    markup=False,
+                    highlight=False,
+                )
     if failed:
         raise typer.Exit(1)
 

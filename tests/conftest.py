@@ -1,4 +1,5 @@
 """Shared fixtures. Servers run on 127.0.0.1 with free ports and are stopped by PID even when tests fail."""
+
 from __future__ import annotations
 
 import os
@@ -85,8 +86,9 @@ def trained_bundle_factory(tmp_path_factory):
             from tests.helpers.serving import train_tiny_checkpoint
 
             root = tmp_path_factory.mktemp(f"trained-{seed}")
-            made[seed] = export_checkpoint(train_tiny_checkpoint(root, seed=seed), root / "export", n_parity=6,
-                                           log=lambda *_: None)
+            made[seed] = export_checkpoint(
+                train_tiny_checkpoint(root, seed=seed), root / "export", n_parity=6, log=lambda *_: None
+            )
         return made[seed]
 
     return make

@@ -1,8 +1,8 @@
 """`alloynet simulate`, `alloynet ingest` and `alloynet data ...`."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 import yaml
@@ -23,11 +23,12 @@ def _fail(exc: BaseException, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-SizeOpt = typer.Option(None, "--accept-size", help="accepted image size HxW (repeatable); default: the "
-                                                   "standard sizes 64x64 to 512x512")
+SizeOpt = typer.Option(
+    None, "--accept-size", help="accepted image size HxW (repeatable); default: the standard sizes 64x64 to 512x512"
+)
 
 
-def _sizes(values: Optional[list[str]]):
+def _sizes(values: list[str] | None):
     if not values:
         return None
     try:
@@ -36,13 +37,23 @@ def _sizes(values: Optional[list[str]]):
         raise typer.BadParameter(f"--accept-size takes HxW, e.g. 64x64; got {values}") from None
 
 
-WaitOpt = typer.Option(0.0, help="seconds to wait for another writer of the destination (ingest, manifest) "
-                                 f"before giving up with exit code {EXIT_BUSY}")
+WaitOpt = typer.Option(
+    0.0,
+    help="seconds to wait for another writer of the destination (ingest, manifest) "
+    f"before giving up with exit code {EXIT_BUSY}",
+)
 
 
 def progress_bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=False, disable=not console.show_progress)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.show_progress,
+    )
 
 
 def print_summary(df) -> None:
@@ -60,19 +71,24 @@ def print_summary(df) -> None:
 
 def simulate(
     out: str = typer.Option(..., help="capture store: a directory or s3://bucket/prefix"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with DatasetSpec fields (rig: {...} "
-                                                                     "nested); the options below override it"),
-    n_max: Optional[int] = typer.Option(None, help="plates of the most frequent alloy [default: the config's, else "
-                                                   "the DatasetSpec default]"),
-    imbalance_ratio: Optional[float] = typer.Option(None, help="head / tail plates: the rarest alloy gets n_max / "
-                                                               "ratio [default: the config's or DatasetSpec's]"),
-    profile: Optional[str] = typer.Option(None, help="exponential | step | balanced"),
-    size: Optional[int] = typer.Option(None, help="image height = width in pixels [default: the config's or 64]"),
-    seed: Optional[int] = typer.Option(None, help="seed of the simulation and of the manifest's splits "
-                                                  "[default: the config's, else 0]"),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML with DatasetSpec fields (rig: {...} nested); the options below override it"
+    ),
+    n_max: int | None = typer.Option(
+        None, help="plates of the most frequent alloy [default: the config's, else the DatasetSpec default]"
+    ),
+    imbalance_ratio: float | None = typer.Option(
+        None, help="head / tail plates: the rarest alloy gets n_max / ratio [default: the config's or DatasetSpec's]"
+    ),
+    profile: str | None = typer.Option(None, help="exponential | step | balanced"),
+    size: int | None = typer.Option(None, help="image height = width in pixels [default: the config's or 64]"),
+    seed: int | None = typer.Option(
+        None, help="seed of the simulation and of the manifest's splits [default: the config's, else 0]"
+    ),
     manifest: bool = typer.Option(True, help="write manifest.csv beside a local store"),
-    rig_profile: Optional[Path] = typer.Option(None, help="a rig profile (alloynet rig calibrate): simulate the "
-                                                          "calibrated rig instead of the nominal one"),
+    rig_profile: Path | None = typer.Option(
+        None, help="a rig profile (alloynet rig calibrate): simulate the calibrated rig instead of the nominal one"
+    ),
 ) -> None:
     """Simulate a long-tailed data set into a capture store and print its summary."""
     from alloynet.captures.stores import LocalStore, open_store
@@ -80,8 +96,11 @@ def simulate(
     from alloynet.data.simulate import DatasetSpec, simulate_dataset
 
     raw = yaml.safe_load(config.read_text()) if config else {}
-    over = {k: v for k, v in dict(n_max=n_max, imbalance_ratio=imbalance_ratio, profile=profile, seed=seed).items()
-            if v is not None}
+    over = {
+        k: v
+        for k, v in dict(n_max=n_max, imbalance_ratio=imbalance_ratio, profile=profile, seed=seed).items()
+        if v is not None
+    }
     raw.update(over)
     if size:
         raw.setdefault("rig", {}).update(height=size, width=size)
@@ -100,8 +119,10 @@ def simulate(
         console.print(f"rig profile: {spec.rig_profile}", markup=False, highlight=False)
     store = open_store(out)
     plan = spec.plates_per_class()
-    console.print(f"simulating {sum(plan.values()) * spec.captures_per_plate} captures "
-                  f"({spec.rig.height}x{spec.rig.width}, kVp {spec.rig.kvp}, seed {spec.seed}) into {store.uri}")
+    console.print(
+        f"simulating {sum(plan.values()) * spec.captures_per_plate} captures "
+        f"({spec.rig.height}x{spec.rig.width}, kVp {spec.rig.kvp}, seed {spec.seed}) into {store.uri}"
+    )
     from alloynet.captures.stores import StoreError
 
     try:
@@ -128,15 +149,19 @@ def _print_result(res) -> None:
         console.print(f"orphan image {printable(key)}: no sidecar", markup=False, highlight=False)
 
 
-def ingest(source: str = typer.Argument(..., help="capture store to pull from (s3://bucket/prefix or a directory)"),
-           dest: Optional[str] = typer.Argument(None, help="local data directory [default: $ALLOYNET_HOME/data]"),
-           seed: int = typer.Option(0, help="seed of the manifest's split assignment of new plates"),
-           wait: float = WaitOpt,
-           retry_quarantined: bool = typer.Option(False, "--retry-quarantined",
-                                                  help="also retry every quarantined capture of SOURCE"),
-           orphan_grace: float = typer.Option(3600.0, help="seconds an image may wait for its sidecar before it "
-                                                           "is reported as an orphan"),
-           accept_size: Optional[list[str]] = SizeOpt) -> None:
+def ingest(
+    source: str = typer.Argument(..., help="capture store to pull from (s3://bucket/prefix or a directory)"),
+    dest: str | None = typer.Argument(None, help="local data directory [default: $ALLOYNET_HOME/data]"),
+    seed: int = typer.Option(0, help="seed of the manifest's split assignment of new plates"),
+    wait: float = WaitOpt,
+    retry_quarantined: bool = typer.Option(
+        False, "--retry-quarantined", help="also retry every quarantined capture of SOURCE"
+    ),
+    orphan_grace: float = typer.Option(
+        3600.0, help="seconds an image may wait for its sidecar before it is reported as an orphan"
+    ),
+    accept_size: list[str] | None = SizeOpt,
+) -> None:
     """Pull new captures (since the watermark), verify, quarantine bad ones, update the manifest."""
     from alloynet import settings
     from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, open_store
@@ -148,9 +173,15 @@ def ingest(source: str = typer.Argument(..., help="capture store to pull from (s
     except ValueError as exc:  # a malformed store URI
         _fail(exc)
     try:
-        res, df, changed = ingest_and_refresh(src, LocalStore(dest), seed, accepted_sizes=_sizes(accept_size),
-                                              wait=wait, retry_quarantined=retry_quarantined,
-                                              orphan_grace_s=orphan_grace)
+        res, df, changed = ingest_and_refresh(
+            src,
+            LocalStore(dest),
+            seed,
+            accepted_sizes=_sizes(accept_size),
+            wait=wait,
+            retry_quarantined=retry_quarantined,
+            orphan_grace_s=orphan_grace,
+        )
     except WriterBusy as exc:
         _fail(exc, EXIT_BUSY)
     except StoreError as exc:
@@ -162,11 +193,12 @@ def ingest(source: str = typer.Argument(..., help="capture store to pull from (s
 
 
 @data_app.command("manifest")
-def manifest_cmd(store: str = typer.Argument(..., help="local capture store (directory)"),
-                 seed: int = typer.Option(0, help="seed of the split assignment of new plates"),
-                 out: Optional[Path] = typer.Option(None, help="manifest CSV to write [default: manifest.csv in the "
-                                                               "store]"),
-                 wait: float = WaitOpt) -> None:
+def manifest_cmd(
+    store: str = typer.Argument(..., help="local capture store (directory)"),
+    seed: int = typer.Option(0, help="seed of the split assignment of new plates"),
+    out: Path | None = typer.Option(None, help="manifest CSV to write [default: manifest.csv in the store]"),
+    wait: float = WaitOpt,
+) -> None:
     """(Re)build the manifest of a local store, keeping existing split assignments frozen."""
     from alloynet.captures.stores import LocalStore, WriterBusy
     from alloynet.data.manifest import refresh_manifest
@@ -179,13 +211,18 @@ def manifest_cmd(store: str = typer.Argument(..., help="local capture store (dir
 
 
 @data_app.command("quarantine")
-def quarantine_cmd(store: str = typer.Argument(..., help="the data directory (ingest's destination)"),
-                   retry: bool = typer.Option(False, "--retry", help="try every quarantined capture again; those "
-                                                                     "whose problem is gone leave the quarantine"),
-                   source: Optional[str] = typer.Option(None, help="capture store to retry from (default: the one "
-                                                                   "each entry was quarantined from)"),
-                   seed: int = typer.Option(0, help="seed of the split assignment of released plates"),
-                   wait: float = WaitOpt, accept_size: Optional[list[str]] = SizeOpt) -> None:
+def quarantine_cmd(
+    store: str = typer.Argument(..., help="the data directory (ingest's destination)"),
+    retry: bool = typer.Option(
+        False, "--retry", help="try every quarantined capture again; those whose problem is gone leave the quarantine"
+    ),
+    source: str | None = typer.Option(
+        None, help="capture store to retry from (default: the one each entry was quarantined from)"
+    ),
+    seed: int = typer.Option(0, help="seed of the split assignment of released plates"),
+    wait: float = WaitOpt,
+    accept_size: list[str] | None = SizeOpt,
+) -> None:
     """The quarantine as it is now: each entry's reason, since when, and how many attempts failed."""
     from alloynet.captures.ingest import retry_quarantined
     from alloynet.captures.layout import list_quarantine
@@ -202,8 +239,9 @@ def quarantine_cmd(store: str = typer.Argument(..., help="the data directory (in
                     _print_result(retry_quarantined(src, st, accepted_sizes=_sizes(accept_size), lock=False))
                 if isinstance(st, LocalStore):
                     df, changed = refresh_manifest(st, seed, lock=False)
-                    console.print(f"manifest: {len(df)} captures ({'updated' if changed else 'unchanged'})",
-                                  markup=False)
+                    console.print(
+                        f"manifest: {len(df)} captures ({'updated' if changed else 'unchanged'})", markup=False
+                    )
         rows = list_quarantine(st)
     except WriterBusy as exc:
         _fail(exc, EXIT_BUSY)
@@ -226,12 +264,17 @@ def summary_cmd(manifest: Path) -> None:
 
 
 @data_app.command("relabel")
-def relabel_cmd(store: str = typer.Argument(..., help="the data directory (ingest's destination)"),
-                corrections: Path = typer.Argument(..., help="CSV with the header capture_id,field,value,who,why; "
-                                                             "field: alloy, plate_id, nominal_thickness_mm or "
-                                                             "thickness_mm"),
-                seed: int = typer.Option(0, help="seed of the split assignment when the manifest is rebuilt"),
-                wait: float = WaitOpt) -> None:
+def relabel_cmd(
+    store: str = typer.Argument(..., help="the data directory (ingest's destination)"),
+    corrections: Path = typer.Argument(
+        ...,
+        help="CSV with the header capture_id,field,value,who,why; "
+        "field: alloy, plate_id, nominal_thickness_mm or "
+        "thickness_mm",
+    ),
+    seed: int = typer.Option(0, help="seed of the split assignment when the manifest is rebuilt"),
+    wait: float = WaitOpt,
+) -> None:
     """Apply label corrections: each changed capture gets a recorded revision (who, why, old and new values),
     its sidecar is rewritten and the manifest rebuilt. Nothing is written if any row is wrong."""
     from alloynet.commands.labels_cli import run_relabel
@@ -240,8 +283,10 @@ def relabel_cmd(store: str = typer.Argument(..., help="the data directory (inges
 
 
 @data_app.command("history")
-def history_cmd(store: str = typer.Argument(..., help="the data directory"),
-                capture_id: str = typer.Argument(..., help="the capture")) -> None:
+def history_cmd(
+    store: str = typer.Argument(..., help="the data directory"),
+    capture_id: str = typer.Argument(..., help="the capture"),
+) -> None:
     """A capture's labels now and every recorded revision: when, who, why, each field's old and new value."""
     from alloynet.commands.labels_cli import show_history
 

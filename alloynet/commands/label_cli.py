@@ -1,8 +1,8 @@
 """`alloynet label import RESULTS.csv`: the lab's verdicts on the verification list become labels."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,13 +19,19 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 @label_app.command("import")
-def import_cmd(results: Path = typer.Argument(..., help="the verification list with the lab's columns filled in: "
-                                              "capture_id, alloy, who, method [, nominal_thickness_mm, "
-                                              "thickness_mm, verified_at]"),
-               store: Optional[str] = typer.Option(None, "--store", "-s", help="the capture store (data dir) "
-                                                   "[default: $ALLOYNET_HOME/data]"),
-               seed: int = typer.Option(0, "--seed", help="the manifest's split seed"),
-               wait: float = typer.Option(0.0, "--wait", help="seconds to wait for another writer")) -> None:
+def import_cmd(
+    results: Path = typer.Argument(
+        ...,
+        help="the verification list with the lab's columns filled in: "
+        "capture_id, alloy, who, method [, nominal_thickness_mm, "
+        "thickness_mm, verified_at]",
+    ),
+    store: str | None = typer.Option(
+        None, "--store", "-s", help="the capture store (data dir) [default: $ALLOYNET_HOME/data]"
+    ),
+    seed: int = typer.Option(0, "--seed", help="the manifest's split seed"),
+    wait: float = typer.Option(0.0, "--wait", help="seconds to wait for another writer"),
+) -> None:
     """Apply each verdict as a recorded relabel (who, when, method kept in the capture's history) and rebuild
     the manifest: the verified captures are training data from now on."""
     from alloynet.captures.image import CaptureError
@@ -49,8 +55,11 @@ def import_cmd(results: Path = typer.Argument(..., help="the verification list w
     for cid, rev in res.applied.items():
         console.print(printable(f"labelled {cid} (revision {rev})"), markup=False, highlight=False)
     if not_verified:
-        console.print(printable(f"{len(not_verified)} row(s) without a verdict: {', '.join(not_verified)}"),
-                      markup=False, highlight=False)
+        console.print(
+            printable(f"{len(not_verified)} row(s) without a verdict: {', '.join(not_verified)}"),
+            markup=False,
+            highlight=False,
+        )
     console.print(res.summary(), markup=False, highlight=False)
     console.print(f"manifest: {len(df)} captures ({'updated' if changed else 'unchanged'})", markup=False)
 

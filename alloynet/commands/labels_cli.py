@@ -1,5 +1,6 @@
 """What `alloynet data relabel` and `alloynet data history` do (declared in data_cli, run here): label
 corrections as recorded revisions."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,11 +62,17 @@ def show_history(store: str, capture_id: str) -> None:
         _fail(f"{st.uri}: no stored capture {capture_id!r}")
     except (CaptureError, ValueError) as exc:
         _fail(str(exc))
-    console.print(printable(f"{capture_id}: " + ", ".join(f"{k}={v}" for k, v in now.items())),
-                  markup=False, highlight=False)
+    console.print(
+        printable(f"{capture_id}: " + ", ".join(f"{k}={v}" for k, v in now.items())), markup=False, highlight=False
+    )
     if not revs:
         console.print("no revisions: the labels are as ingested", markup=False)
     for r in revs:
         changes = ", ".join(f"{f}: {old!r} -> {new!r}" for f, (old, new) in r["changes"].items())
-        console.print(printable(f"revision {r['revision']}  {r['at']}  by {r['who']}: {changes}  ({r['why']}; "
-                                f"{r.get('source', '')})"), markup=False, highlight=False)
+        console.print(
+            printable(
+                f"revision {r['revision']}  {r['at']}  by {r['who']}: {changes}  ({r['why']}; {r.get('source', '')})"
+            ),
+            markup=False,
+            highlight=False,
+        )

@@ -1,11 +1,11 @@
 """`alloynet line ...`: what the line was told (the record), and the nightly monitoring without Prefect."""
+
 from __future__ import annotations
 
 import json
 import os
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Optional
 
 import typer
 
@@ -14,8 +14,13 @@ from alloynet.console import make_console, printable
 console = make_console()
 line_app = typer.Typer(no_args_is_help=True)
 
-StoreOpt = typer.Option(None, "--store", "-s", help="where the line's record is kept: a directory or "
-                        "s3://bucket/prefix (default $ALLOYNET_LINE_RECORD, else $ALLOYNET_HOME/data)")
+StoreOpt = typer.Option(
+    None,
+    "--store",
+    "-s",
+    help="where the line's record is kept: a directory or "
+    "s3://bucket/prefix (default $ALLOYNET_LINE_RECORD, else $ALLOYNET_HOME/data)",
+)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -23,7 +28,7 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def line_store(store: Optional[str]) -> str:
+def line_store(store: str | None) -> str:
     from alloynet import settings
 
     return store or os.environ.get("ALLOYNET_LINE_RECORD") or settings.data_dir()
@@ -38,39 +43,55 @@ def parse_when(text: str, what: str = "--since") -> datetime:
     try:
         t = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected an ISO date/time (2026-12-07, 2026-12-07T06:00) or an age "
-                                 "(30m, 12h, 7d)", param_hint=what) from None
+        raise typer.BadParameter(
+            f"{text!r}: expected an ISO date/time (2026-12-07, 2026-12-07T06:00) or an age (30m, 12h, 7d)",
+            param_hint=what,
+        ) from None
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
 
 
 @line_app.command("log")
-def log_cmd(since: str = typer.Option("24h", "--since", help="from: ISO date/time or an age (30m, 12h, 7d)"),
-            until: Optional[str] = typer.Option(None, "--until", help="to (exclusive); default now"),
-            store: Optional[str] = StoreOpt,
-            source: Optional[str] = typer.Option(None, "--source", help="only 'line' answers or 'nightly' scores"),
-            as_json: bool = typer.Option(False, "--json", help="one JSON record per line")) -> None:
+def log_cmd(
+    since: str = typer.Option("24h", "--since", help="from: ISO date/time or an age (30m, 12h, 7d)"),
+    until: str | None = typer.Option(None, "--until", help="to (exclusive); default now"),
+    store: str | None = StoreOpt,
+    source: str | None = typer.Option(None, "--source", help="only 'line' answers or 'nightly' scores"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON record per line"),
+) -> None:
     """The answers the line was given, oldest first: time, capture, model version, answer, set, flags, latency."""
     from alloynet.captures.stores import StoreError
     from alloynet.monitor.record import read_records
 
     try:
-        res = read_records(line_store(store), parse_when(since), parse_when(until, "--until") if until else None,
-                           source)
+        res = read_records(
+            line_store(store), parse_when(since), parse_when(until, "--until") if until else None, source
+        )
     except StoreError as exc:
         _fail(str(exc))
     for r in res.records:
         if as_json:
-            console.print(printable(json.dumps(r, separators=(",", ":"))), markup=False, highlight=False,
-                          soft_wrap=True)
+            console.print(
+                printable(json.dumps(r, separators=(",", ":"))), markup=False, highlight=False, soft_wrap=True
+            )
             continue
         pset = ",".join(r.get("prediction_set") or [])
-        answer = (f"{r.get('alloy')} p={float(r.get('confidence') or 0):.3f} set={{{pset}}} {r.get('group')}"
-                  if r.get("status") != "refused" else f"refused: {r.get('error', '')}")
+        answer = (
+            f"{r.get('alloy')} p={float(r.get('confidence') or 0):.3f} set={{{pset}}} {r.get('group')}"
+            if r.get("status") != "refused"
+            else f"refused: {r.get('error', '')}"
+        )
         flags = ",".join(r.get("flags") or []) or "-"
         who = r.get("capture_id") or (r.get("image_sha256") or "")[:12]
-        console.print(printable(f"{r['at'][:23]}  {who}  {r.get('model', '')}:{r.get('model_version', '')}  {answer}  "
-                                f"status={r.get('status')} flags={flags} {float(r.get('latency_ms') or 0):.2f} ms "
-                                f"[{r.get('source')}]"), markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            printable(
+                f"{r['at'][:23]}  {who}  {r.get('model', '')}:{r.get('model_version', '')}  {answer}  "
+                f"status={r.get('status')} flags={flags} {float(r.get('latency_ms') or 0):.2f} ms "
+                f"[{r.get('source')}]"
+            ),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     for s in res.skipped:
         console.print(printable(f"skipped {s}"), markup=False, highlight=False)
     if not as_json:

@@ -1,10 +1,10 @@
 """`alloynet physics ...`: transmission values, the separability report with its physics bracket, and the plan of
 which exposures to take."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,11 +13,12 @@ from alloynet.physics.alloys import ALLOY_NAMES, STANDARD_ALLOYS, AlloyTable
 
 app = typer.Typer(no_args_is_help=True)
 console = make_console()
-AlloysOption = typer.Option(None, "--alloys", help="YAML defining extra alloys ({name: {density_g_cm3, "
-                                                    "nominal_wt_pct, ranges_wt_pct}})")
+AlloysOption = typer.Option(
+    None, "--alloys", help="YAML defining extra alloys ({name: {density_g_cm3, nominal_wt_pct, ranges_wt_pct}})"
+)
 
 
-def _load_alloys(path: Optional[Path]) -> AlloyTable:
+def _load_alloys(path: Path | None) -> AlloyTable:
     """The standard alloys, plus those of ``path`` when given."""
     if not path:
         return STANDARD_ALLOYS
@@ -29,11 +30,14 @@ def _load_alloys(path: Optional[Path]) -> AlloyTable:
 
 
 @app.command()
-def transmission(alloy: str, thickness_mm: float,
-                 wedge_mm: float = typer.Option(0.0, help="wedge thickness in the beam (mm)"),
-                 kvp: float = typer.Option(50.0, help="tube voltage (kVp)"),
-                 wedge_material: str = typer.Option("Al", help="wedge material (an element or alloy name)"),
-                 alloys: Optional[Path] = AlloysOption) -> None:
+def transmission(
+    alloy: str,
+    thickness_mm: float,
+    wedge_mm: float = typer.Option(0.0, help="wedge thickness in the beam (mm)"),
+    kvp: float = typer.Option(50.0, help="tube voltage (kVp)"),
+    wedge_material: str = typer.Option("Al", help="wedge material (an element or alloy name)"),
+    alloys: Path | None = AlloysOption,
+) -> None:
     """Print -ln T (noise-free) of a nominal plate behind the wedge."""
     table = _load_alloys(alloys)
     from alloynet.physics import neg_log_transmission
@@ -49,17 +53,21 @@ def separability(
     wedge_material: str = typer.Option("Al", help="wedge material (an element or alloy name)"),
     dose: float = typer.Option(1e4, help="photons per pixel of the open beam"),
     size: int = typer.Option(64, help="image height = width in pixels (the demo's 64 by default)"),
-    thickness_range: Optional[tuple[float, float]] = typer.Option(
-        None, "--thickness-range", help="plates of any nominal thickness in MIN MAX mm, as simulate and the demo "
-        "draw them [default: 1 5]"),
-    thickness: Optional[list[float]] = typer.Option(None, help="only these nominal thicknesses (mm), repeatable, "
-                                                                "e.g. --thickness 1 --thickness 2; replaces the range"),
+    thickness_range: tuple[float, float] | None = typer.Option(
+        None,
+        "--thickness-range",
+        help="plates of any nominal thickness in MIN MAX mm, as simulate and the demo draw them [default: 1 5]",
+    ),
+    thickness: list[float] | None = typer.Option(
+        None,
+        help="only these nominal thicknesses (mm), repeatable, e.g. --thickness 1 --thickness 2; replaces the range",
+    ),
     alloy: list[str] = typer.Option(list(ALLOY_NAMES), help="alloys to compare"),
-    alloys: Optional[Path] = AlloysOption,
+    alloys: Path | None = AlloysOption,
     plates: int = typer.Option(200, help="plates per alloy for d' and the Bayes error"),
     mc_samples: int = typer.Option(2000, help="Monte-Carlo test plates of the physics bracket"),
     seed: int = typer.Option(0, help="seed of the Monte-Carlo plates"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write JSON"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write JSON"),
 ) -> None:
     """Ideal-observer d', Bayes error and the multi-class physics bracket for these rig settings and thickness prior
     (by default the prior of `alloynet simulate` and the demo: 64 px, any thickness 1-5 mm)."""
@@ -71,21 +79,30 @@ def separability(
     prior = _prior(thickness, thickness_range)
     typer.echo(f"prior: {prior.describe()}; {size}x{size} px, wedge {wedge_mm:g} mm {wedge_material}, kVp {kvp}")
     with console.status("computing the physics bracket..."):
-        report = run(rig, alloys=alloy, thicknesses_mm=prior.values_mm, thickness_range_mm=prior.range_mm,
-                     plates=plates, mc_samples=mc_samples, seed=seed, alloy_table=table)
+        report = run(
+            rig,
+            alloys=alloy,
+            thicknesses_mm=prior.values_mm,
+            thickness_range_mm=prior.range_mm,
+            plates=plates,
+            mc_samples=mc_samples,
+            seed=seed,
+            alloy_table=table,
+        )
     typer.echo(report.markdown())  # plain Markdown: readable here and pasteable into reports
     if json_out:
         json_out.write_text(json.dumps(report.to_dict(), indent=1))
 
 
-def _prior(thickness: Optional[list[float]], thickness_range: Optional[tuple[float, float]]):
+def _prior(thickness: list[float] | None, thickness_range: tuple[float, float] | None):
     from alloynet.physics.observer import DEFAULT_THICKNESS_RANGE_MM, ThicknessPrior
 
     if thickness and thickness_range:
         raise typer.BadParameter("give --thickness (a list of values) or --thickness-range (a range), not both")
     try:
-        return ThicknessPrior.of(thickness or None,
-                                 None if thickness else (thickness_range or DEFAULT_THICKNESS_RANGE_MM))
+        return ThicknessPrior.of(
+            thickness or None, None if thickness else (thickness_range or DEFAULT_THICKNESS_RANGE_MM)
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -94,8 +111,9 @@ def _kvp_set(text: str) -> tuple[float, ...]:
     try:
         kvps = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise typer.BadParameter(f"--kvp-set {text!r}: expected kVp values separated by commas, e.g. 40,50,60"
-                                 ) from None
+        raise typer.BadParameter(
+            f"--kvp-set {text!r}: expected kVp values separated by commas, e.g. 40,50,60"
+        ) from None
     if not kvps or any(k <= 0 for k in kvps):
         raise typer.BadParameter(f"--kvp-set {text!r}: every kVp must be > 0")
     return kvps
@@ -103,30 +121,36 @@ def _kvp_set(text: str) -> tuple[float, ...]:
 
 @app.command()
 def plan(
-    rig_profile: Optional[Path] = typer.Option(None, help="a calibrated rig profile (alloynet rig calibrate); "
-                                                          "default: the nominal rig"),
-    kvp_set: Optional[list[str]] = typer.Option(None, help="candidate kVp settings, one exposure each, repeatable, "
-                                                           "e.g. --kvp-set 50 --kvp-set 40,50,60 [default: 50; 40; 60; "
-                                                           "40,60; 40,50,60]"),
+    rig_profile: Path | None = typer.Option(
+        None, help="a calibrated rig profile (alloynet rig calibrate); default: the nominal rig"
+    ),
+    kvp_set: list[str] | None = typer.Option(
+        None,
+        help="candidate kVp settings, one exposure each, repeatable, "
+        "e.g. --kvp-set 50 --kvp-set 40,50,60 [default: 50; 40; 60; "
+        "40,60; 40,50,60]",
+    ),
     budget_s: float = typer.Option(1.0, help="time per plate (s), split evenly between a candidate's exposures"),
-    time_fraction: list[float] = typer.Option([1.0, 0.25], help="candidates spend these shares of the budget, "
-                                                                "repeatable"),
+    time_fraction: list[float] = typer.Option(
+        [1.0, 0.25], help="candidates spend these shares of the budget, repeatable"
+    ),
     wedge_mm: list[float] = typer.Option([50.0, 70.0], help="candidate wedge sizes (mm), repeatable"),
     wedge_material: list[str] = typer.Option(["Al"], help="candidate wedge materials, repeatable"),
     dose: float = typer.Option(1e4, help="detected photons per pixel (open beam) of the reference exposure"),
     reference_kvp: float = typer.Option(50.0, help="the reference exposure's kVp (nominal rig only)"),
     reference_s: float = typer.Option(1.0, help="the reference exposure's time (s)"),
-    size: Optional[int] = typer.Option(None, help="image height = width in pixels [default: 64, or the profile's]"),
-    thickness_range: Optional[tuple[float, float]] = typer.Option(
-        None, "--thickness-range", help="plates of any nominal thickness in MIN MAX mm [default: 1 5]"),
-    thickness: Optional[list[float]] = typer.Option(None, help="only these nominal thicknesses (mm), repeatable"),
+    size: int | None = typer.Option(None, help="image height = width in pixels [default: 64, or the profile's]"),
+    thickness_range: tuple[float, float] | None = typer.Option(
+        None, "--thickness-range", help="plates of any nominal thickness in MIN MAX mm [default: 1 5]"
+    ),
+    thickness: list[float] | None = typer.Option(None, help="only these nominal thicknesses (mm), repeatable"),
     alloy: list[str] = typer.Option(list(ALLOY_NAMES), help="alloys to tell apart"),
-    alloys: Optional[Path] = AlloysOption,
+    alloys: Path | None = AlloysOption,
     draws: int = typer.Option(500, help="Monte-Carlo plates per candidate (standard error about 0.5/sqrt(draws))"),
     pool: int = typer.Option(32, help="compositions per alloy in the observers' mixtures"),
     seed: int = typer.Option(0, help="seed of the Monte-Carlo draws"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write JSON"),
-    plot_out: Optional[Path] = typer.Option(None, "--plot", help="also draw the brackets into this PNG"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write JSON"),
+    plot_out: Path | None = typer.Option(None, "--plot", help="also draw the brackets into this PNG"),
 ) -> None:
     """Which exposures to take: the physics bracket (five-class and heavy vs light) of candidate acquisitions,
     ranked, with the pairs that stay hard. Defaults to the data's prior: 64 px, any thickness 1-5 mm."""
@@ -144,26 +168,44 @@ def plan(
             profile = load_rig_profile(rig_profile)
             n = size or profile.rig.width
             base = profile.apply(profile.rig.model_copy(update={"height": n, "width": n})).model_copy(
-                update={"dose": dose})
+                update={"dose": dose}
+            )
         else:
             n = size or 64
             base = RigConfig(kvp=[reference_kvp], dose=dose, height=n, width=n)
-        acqs = planner.candidates([_kvp_set(k) for k in kvp_set] if kvp_set else planner.DEFAULT_KVP_SETS,
-                                  [budget_s * f for f in time_fraction], wedge_mm, wedge_material)
-        typer.echo(f"prior: {prior.describe()}; {n}x{n} px; reference {dose:.3g} photons/px at {base.kvp[0]:g} kV in "
-                   f"{reference_s:g} s; {len(acqs)} candidates")
+        acqs = planner.candidates(
+            [_kvp_set(k) for k in kvp_set] if kvp_set else planner.DEFAULT_KVP_SETS,
+            [budget_s * f for f in time_fraction],
+            wedge_mm,
+            wedge_material,
+        )
+        typer.echo(
+            f"prior: {prior.describe()}; {n}x{n} px; reference {dose:.3g} photons/px at {base.kvp[0]:g} kV in "
+            f"{reference_s:g} s; {len(acqs)} candidates"
+        )
         t0 = time.perf_counter()
         with console.status("computing the brackets..."):
             rows = planner.plan(base, acqs, prior, alloy, reference_s, draws, pool, seed=seed, alloy_table=table)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(planner.table(rows))
-    typer.echo(f"\nRanked by the lower edge (five-class), then heavy vs light; ± the larger Monte-Carlo standard "
-               f"error of the two edges ({draws} plates per candidate; candidates closer than about twice that are "
-               f"not told apart). {time.perf_counter() - t0:.1f} s.")
+    typer.echo(
+        f"\nRanked by the lower edge (five-class), then heavy vs light; ± the larger Monte-Carlo standard "
+        f"error of the two edges ({draws} plates per candidate; candidates closer than about twice that are "
+        f"not told apart). {time.perf_counter() - t0:.1f} s."
+    )
     if json_out:
-        json_out.write_text(json.dumps({"prior": prior.describe(), "size": n, "reference_s": reference_s,
-                                        "candidates": [r.to_dict() for r in rows]}, indent=1))
+        json_out.write_text(
+            json.dumps(
+                {
+                    "prior": prior.describe(),
+                    "size": n,
+                    "reference_s": reference_s,
+                    "candidates": [r.to_dict() for r in rows],
+                },
+                indent=1,
+            )
+        )
     if plot_out:
         _plot_plan(rows, plot_out)
 

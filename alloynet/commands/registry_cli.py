@@ -4,16 +4,17 @@ The registry is ``--registry``, else ``$ALLOYNET_REGISTRY``, else ``$ALLOYNET_HO
 Only ``publish`` creates a local registry directory; every other command, given a directory that does not exist,
 says where it looked and exits 1 (an existing but empty registry is not an error: exit 0).
 """
+
 from __future__ import annotations
 
 import functools
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
-from alloynet.console import make_console, printable
 from rich.table import Table
+
+from alloynet.console import make_console, printable
 
 console = make_console()
 
@@ -33,29 +34,38 @@ class _Typer(typer.Typer):
                     return fn(*a, **kw)
                 except StoreError as exc:
                     _fail(exc)
+
             register(one_line_errors)
             return fn
+
         return deco
 
 
 registry_app = _Typer(no_args_is_help=True)
 
-RegistryOpt = typer.Option(None, "--registry", "-r",
-                           help="model store: a directory or s3://bucket/prefix (default $ALLOYNET_REGISTRY, else "
-                                "$ALLOYNET_HOME/registry; ALLOYNET_HOME defaults to ./demo-data)")
+RegistryOpt = typer.Option(
+    None,
+    "--registry",
+    "-r",
+    help="model store: a directory or s3://bucket/prefix (default $ALLOYNET_REGISTRY, else "
+    "$ALLOYNET_HOME/registry; ALLOYNET_HOME defaults to ./demo-data)",
+)
 ModelOpt = typer.Option("alloynet", "--model", help="model name inside the store")
 
 
-def _open(registry: Optional[str], model: str, create: bool = False):
+def _open(registry: str | None, model: str, create: bool = False):
     """The registry; a local directory that does not exist is created only when ``create`` (publishing)."""
     from alloynet import settings
     from alloynet.registry import open_registry
 
     uri = registry or settings.registry()
     if not create and "://" not in str(uri) and not Path(uri).is_dir():
-        console.print(f"no registry at {printable(Path(uri).resolve())} (looked there: --registry, "
-                      f"$ALLOYNET_REGISTRY or $ALLOYNET_HOME picks another; `make demo` writes one)",
-                      markup=False, highlight=False)
+        console.print(
+            f"no registry at {printable(Path(uri).resolve())} (looked there: --registry, "
+            f"$ALLOYNET_REGISTRY or $ALLOYNET_HOME picks another; `make demo` writes one)",
+            markup=False,
+            highlight=False,
+        )
         raise typer.Exit(1)
     return open_registry(uri, model)
 
@@ -66,33 +76,46 @@ def _fail(exc: Exception) -> None:
 
 
 @registry_app.command("list")
-def list_cmd(registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+def list_cmd(registry: str | None = RegistryOpt, model: str = ModelOpt) -> None:
     """Published versions, with the champion and rollback targets marked."""
     reg = _open(registry, model)
     p = reg.pointer()
     versions = reg.versions()
     if not versions:
-        console.print(f"no versions in {reg.uri} (model {model!r}); `alloynet registry publish` or `make demo` "
-                      "adds one", markup=False, highlight=False)
+        console.print(
+            f"no versions in {reg.uri} (model {model!r}); `alloynet registry publish` or `make demo` adds one",
+            markup=False,
+            highlight=False,
+        )
     t = Table(title=f"{reg.uri}")
     for c in ("version", "created (UTC)", "balanced acc.", "macro F1", "thickness MAE mm", "parent", "role"):
         t.add_column(c)
     for v in versions:
         role = "champion" if p and v.version == p.version else ("previous" if p and v.version in p.previous else "")
         m = v.metrics
-        fmt = lambda k: f"{m[k]:.4f}" if isinstance(m.get(k), (int, float)) else "-"  # noqa: E731
-        t.add_row(v.version, v.created_at.strftime("%Y-%m-%d %H:%M"), fmt("balanced_accuracy"), fmt("macro_f1"),
-                  fmt("thickness_mae_mm"), v.parent or "-", role)
+        fmt = lambda k, m=m: f"{m[k]:.4f}" if isinstance(m.get(k), (int, float)) else "-"  # noqa: E731
+        t.add_row(
+            v.version,
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+            fmt("balanced_accuracy"),
+            fmt("macro_f1"),
+            fmt("thickness_mae_mm"),
+            v.parent or "-",
+            role,
+        )
     if versions:
         console.print(t)
     for version, idle in reg.unfinished().items():
-        console.print(f"{version}: unfinished publication (last write {idle:.0f} s ago); "
-                      f"remove it with `alloynet registry discard {version}` or `alloynet registry clean`",
-                      markup=False, highlight=False)
+        console.print(
+            f"{version}: unfinished publication (last write {idle:.0f} s ago); "
+            f"remove it with `alloynet registry discard {version}` or `alloynet registry clean`",
+            markup=False,
+            highlight=False,
+        )
 
 
 @registry_app.command("show")
-def show_cmd(version: str, registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+def show_cmd(version: str, registry: str | None = RegistryOpt, model: str = ModelOpt) -> None:
     """A version's metadata as JSON (metrics, config, manifest hash, artifact hashes)."""
     from alloynet.registry import RegistryError
 
@@ -103,7 +126,7 @@ def show_cmd(version: str, registry: Optional[str] = RegistryOpt, model: str = M
 
 
 @registry_app.command("champion")
-def champion_cmd(registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+def champion_cmd(registry: str | None = RegistryOpt, model: str = ModelOpt) -> None:
     """The champion pointer (current version and rollback targets)."""
     reg = _open(registry, model)
     p = reg.pointer()
@@ -114,8 +137,11 @@ def champion_cmd(registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -
 
 
 @registry_app.command("verify")
-def verify_cmd(version: Optional[str] = typer.Argument(None, help="default: the champion"),
-               registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+def verify_cmd(
+    version: str | None = typer.Argument(None, help="default: the champion"),
+    registry: str | None = RegistryOpt,
+    model: str = ModelOpt,
+) -> None:
     """Check every artifact of a version against its recorded sha256."""
     from alloynet.registry import RegistryError
 
@@ -135,12 +161,15 @@ def _no_champion():
 
 
 @registry_app.command("publish")
-def publish_cmd(directory: Path = typer.Argument(..., exists=True, file_okay=False),
-                metrics: Optional[Path] = typer.Option(None, help="JSON file of evaluation metrics"),
-                manifest_hash: Optional[str] = typer.Option(None, help="hash of the manifest the model was "
-                                                                       "trained on, recorded with the version"),
-                registry: Optional[str] = RegistryOpt,
-                model: str = ModelOpt) -> None:
+def publish_cmd(
+    directory: Path = typer.Argument(..., exists=True, file_okay=False),
+    metrics: Path | None = typer.Option(None, help="JSON file of evaluation metrics"),
+    manifest_hash: str | None = typer.Option(
+        None, help="hash of the manifest the model was trained on, recorded with the version"
+    ),
+    registry: str | None = RegistryOpt,
+    model: str = ModelOpt,
+) -> None:
     """Publish every file under DIRECTORY as a new version (the champion is not changed)."""
     reg = _open(registry, model, create=True)
     m = json.loads(metrics.read_text()) if metrics else {}
@@ -148,11 +177,14 @@ def publish_cmd(directory: Path = typer.Argument(..., exists=True, file_okay=Fal
     console.print(f"published {mv.version} ({len(mv.artifacts)} artifacts)")
 
 
-ServeToOpt = typer.Option(None, "--serve-to", help="also publish the champion's Triton repository here "
-                                                   "(e.g. s3://alloynet-models/serving/triton)")
+ServeToOpt = typer.Option(
+    None,
+    "--serve-to",
+    help="also publish the champion's Triton repository here (e.g. s3://alloynet-models/serving/triton)",
+)
 
 
-def _publish_serving(reg, serve_to: Optional[str]) -> None:
+def _publish_serving(reg, serve_to: str | None) -> None:
     if serve_to:
         from alloynet.captures.stores import open_store
         from alloynet.registry.publish import publish_triton
@@ -162,8 +194,12 @@ def _publish_serving(reg, serve_to: Optional[str]) -> None:
 
 
 @registry_app.command("promote")
-def promote_cmd(version: str, reason: str = typer.Option("manual promotion", help="recorded in the audit log"),
-                registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+def promote_cmd(
+    version: str,
+    reason: str = typer.Option("manual promotion", help="recorded in the audit log"),
+    registry: str | None = RegistryOpt,
+    model: str = ModelOpt,
+) -> None:
     """Make VERSION the champion by hand (after verifying its artifacts)."""
     from alloynet.registry import RegistryError
 
@@ -175,10 +211,13 @@ def promote_cmd(version: str, reason: str = typer.Option("manual promotion", hel
 
 
 @registry_app.command("rollback")
-def rollback_cmd(to: Optional[str] = typer.Option(None, help="an earlier champion; default: the previous one"),
-                 reason: str = typer.Option("manual rollback", help="recorded in the audit log"),
-                 serve_to: Optional[str] = ServeToOpt,
-                 registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+def rollback_cmd(
+    to: str | None = typer.Option(None, help="an earlier champion; default: the previous one"),
+    reason: str = typer.Option("manual rollback", help="recorded in the audit log"),
+    serve_to: str | None = ServeToOpt,
+    registry: str | None = RegistryOpt,
+    model: str = ModelOpt,
+) -> None:
     """Restore the previous champion (its artifacts are verified first)."""
     from alloynet.registry import RegistryError
 
@@ -193,9 +232,12 @@ def rollback_cmd(to: Optional[str] = typer.Option(None, help="an earlier champio
 
 
 @registry_app.command("publish-serving")
-def publish_serving_cmd(target: str = typer.Argument(..., help="store URI Triton reads its model repository from"),
-                        keep: int = typer.Option(2, help="Triton model versions to keep"),
-                        registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+def publish_serving_cmd(
+    target: str = typer.Argument(..., help="store URI Triton reads its model repository from"),
+    keep: int = typer.Option(2, help="Triton model versions to keep"),
+    registry: str | None = RegistryOpt,
+    model: str = ModelOpt,
+) -> None:
     """Publish the champion's (verified) Triton repository where the serving fleet reads it."""
     from alloynet.captures.stores import open_store
     from alloynet.registry import RegistryError
@@ -205,12 +247,19 @@ def publish_serving_cmd(target: str = typer.Argument(..., help="store URI Triton
         m = publish_triton(_open(registry, model), open_store(target), keep=keep)
     except RegistryError as exc:
         _fail(exc)
-    console.print(f"{m['version']} published to {target} as Triton model version {m['generation']} ({', '.join(m['models'])})")
+    console.print(
+        f"{m['version']} published to {target} as Triton model version {m['generation']} ({', '.join(m['models'])})"
+    )
 
 
 @registry_app.command("fetch")
-def fetch_cmd(version: str, dest: Path, only: Optional[list[str]] = typer.Option(None, help="artifact path prefix"),
-              registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+def fetch_cmd(
+    version: str,
+    dest: Path,
+    only: list[str] | None = typer.Option(None, help="artifact path prefix"),
+    registry: str | None = RegistryOpt,
+    model: str = ModelOpt,
+) -> None:
     """Download a version's artifacts (verified) into DEST."""
     from alloynet.registry import RegistryError
 
@@ -224,10 +273,15 @@ def fetch_cmd(version: str, dest: Path, only: Optional[list[str]] = typer.Option
 
 
 @registry_app.command("discard")
-def discard_cmd(version: str, reason: str = typer.Option(..., help="recorded in the audit log"),
-                force: bool = typer.Option(False, help="also an unfinished version written to in the last 10 "
-                                                       "minutes (its publisher may still be running)"),
-                registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+def discard_cmd(
+    version: str,
+    reason: str = typer.Option(..., help="recorded in the audit log"),
+    force: bool = typer.Option(
+        False, help="also an unfinished version written to in the last 10 minutes (its publisher may still be running)"
+    ),
+    registry: str | None = RegistryOpt,
+    model: str = ModelOpt,
+) -> None:
     """Delete a version that never served (published or half-published); never the champion or a rollback target."""
     from alloynet.registry import RegistryError
 
@@ -242,19 +296,25 @@ def discard_cmd(version: str, reason: str = typer.Option(..., help="recorded in 
 
 
 @registry_app.command("clean")
-def clean_cmd(older_than: float = typer.Option(3600.0, help="seconds without a write before a temp file or an "
-                                                            "unfinished version counts as abandoned"),
-              registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+def clean_cmd(
+    older_than: float = typer.Option(
+        3600.0, help="seconds without a write before a temp file or an unfinished version counts as abandoned"
+    ),
+    registry: str | None = RegistryOpt,
+    model: str = ModelOpt,
+) -> None:
     """Remove what killed publishers left: temp files and unfinished versions idle for OLDER_THAN seconds."""
     done = _open(registry, model).clean(older_than)
     for v in done["discarded"]:
         console.print(f"discarded unfinished {v}", markup=False)
-    console.print(f"{len(done['temp_files'])} temp file(s) removed, {len(done['discarded'])} unfinished version(s) "
-                  "discarded", markup=False)
+    console.print(
+        f"{len(done['temp_files'])} temp file(s) removed, {len(done['discarded'])} unfinished version(s) discarded",
+        markup=False,
+    )
 
 
 @registry_app.command("history")
-def history_cmd(registry: Optional[str] = RegistryOpt, model: str = ModelOpt) -> None:
+def history_cmd(registry: str | None = RegistryOpt, model: str = ModelOpt) -> None:
     """The audit log: promotions, rollbacks and discarded versions, with reasons."""
     reg = _open(registry, model)
     events = reg.events()

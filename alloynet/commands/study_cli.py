@@ -1,17 +1,18 @@
 """`alloynet study --config configs/study.yaml`."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
-def study(config: Path = typer.Option(Path("configs/study.yaml"), "--config", "-c",
-                                      help="study YAML (grid, data, training)"),
-          out_dir: Optional[str] = typer.Option(None, help="override the config's out_dir"),
-          work_dir: Optional[str] = typer.Option(None, help="override the config's work_dir (cache of runs)"),
-          seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, overriding the config")) -> None:
+def study(
+    config: Path = typer.Option(Path("configs/study.yaml"), "--config", "-c", help="study YAML (grid, data, training)"),
+    out_dir: str | None = typer.Option(None, help="override the config's out_dir"),
+    work_dir: str | None = typer.Option(None, help="override the config's work_dir (cache of runs)"),
+    seeds: str | None = typer.Option(None, help="comma-separated seeds, overriding the config"),
+) -> None:
     """Train and evaluate the grid; write tables, plots and per-run reports (resumes finished runs)."""
     from alloynet.commands.data_cli import console, progress_bar
     from alloynet.study import load_study, run_study

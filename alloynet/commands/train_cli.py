@@ -1,48 +1,59 @@
 """`alloynet train` and `alloynet evaluate`."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
+
 from alloynet.console import make_console
 
 console = make_console()
 
 
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="run config YAML (see configs/)"),
-    store: Optional[str] = typer.Option(None, help="capture store (overrides data.store)"),
-    manifest: Optional[str] = typer.Option(None, help="manifest CSV (overrides data.manifest)"),
-    model: Optional[str] = typer.Option(None, help="architecture (overrides model.name)"),
-    epochs: Optional[int] = typer.Option(None, help="epochs at most (overrides epochs; early stopping may end "
-                                                    "sooner)"),
-    out: Optional[str] = typer.Option(None, help="run directory (overrides out_dir)"),
-    seed: Optional[int] = typer.Option(None, help="seed of initialisation, sampling and augmentation (overrides "
-                                                  "seed)"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="run config YAML (see configs/)"),
+    store: str | None = typer.Option(None, help="capture store (overrides data.store)"),
+    manifest: str | None = typer.Option(None, help="manifest CSV (overrides data.manifest)"),
+    model: str | None = typer.Option(None, help="architecture (overrides model.name)"),
+    epochs: int | None = typer.Option(None, help="epochs at most (overrides epochs; early stopping may end sooner)"),
+    out: str | None = typer.Option(None, help="run directory (overrides out_dir)"),
+    seed: int | None = typer.Option(None, help="seed of initialisation, sampling and augmentation (overrides seed)"),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda"),
     resume: bool = typer.Option(False, help="continue from <out>/last.pt if it exists"),
     deterministic: bool = typer.Option(False, help="deterministic kernels on GPU"),
     set_: list[str] = typer.Option([], "--set", help="any config field, dotted: --set optim.lr=0.01"),
-    evaluate_split: Optional[str] = typer.Option(None, "--evaluate", help="then evaluate best.pt on this split"),
-    pretrain: Optional[Path] = typer.Option(None, help="a rig profile (alloynet rig calibrate): pretrain on the "
-                                            "simulator calibrated to the rig, then fine-tune on the store's captures "
-                                            "(pretrain.* in the config sets the details)"),
+    evaluate_split: str | None = typer.Option(None, "--evaluate", help="then evaluate best.pt on this split"),
+    pretrain: Path | None = typer.Option(
+        None,
+        help="a rig profile (alloynet rig calibrate): pretrain on the "
+        "simulator calibrated to the rig, then fine-tune on the store's captures "
+        "(pretrain.* in the config sets the details)",
+    ),
 ) -> None:
     """Train a model (multi-task, long-tail losses) and write checkpoints + the resolved config."""
-    from alloynet.train import load_config, parse_override, train as run_train
+    from alloynet.train import load_config, parse_override
+    from alloynet.train import train as run_train
 
     overrides = dict(parse_override(s) for s in set_)
-    named = {"data.store": store, "data.manifest": manifest, "model.name": model, "epochs": epochs, "out_dir": out,
-             "seed": seed, "device": device}
+    named = {
+        "data.store": store,
+        "data.manifest": manifest,
+        "model.name": model,
+        "epochs": epochs,
+        "out_dir": out,
+        "seed": seed,
+        "device": device,
+    }
     overrides.update({k: v for k, v in named.items() if v is not None})
     if deterministic:
         overrides["deterministic"] = True
     if pretrain is not None:
         if not pretrain.is_file():
-            raise typer.BadParameter(f"{pretrain}: rig profile not found (alloynet rig calibrate writes one)",
-                                     param_hint="--pretrain")
+            raise typer.BadParameter(
+                f"{pretrain}: rig profile not found (alloynet rig calibrate writes one)", param_hint="--pretrain"
+            )
         overrides["pretrain.synthetic.rig_profile"] = str(pretrain)
     from alloynet.train.engine import NonFiniteLoss
 
@@ -55,15 +66,28 @@ def train(
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports and evaluates
         return
     m = result.metrics
-    console.print(f"best epoch {result.best_epoch}/{result.epochs_run}: val balanced accuracy "
-                  f"{m.get('balanced_accuracy', float('nan')):.3f}, accuracy {m.get('accuracy', float('nan')):.3f}; "
-                  f"checkpoint {result.checkpoint}; config {result.config_path}")
+    console.print(
+        f"best epoch {result.best_epoch}/{result.epochs_run}: val balanced accuracy "
+        f"{m.get('balanced_accuracy', float('nan')):.3f}, accuracy {m.get('accuracy', float('nan')):.3f}; "
+        f"checkpoint {result.checkpoint}; config {result.config_path}"
+    )
     if evaluate_split:
-        _evaluate(result.checkpoint, None, None, None, evaluate_split, "cpu" if cfg.device == "cpu" else "auto", True, 4)
+        _evaluate(
+            result.checkpoint, None, None, None, evaluate_split, "cpu" if cfg.device == "cpu" else "auto", True, 4
+        )
 
 
-def _evaluate(checkpoint: Path, store: Optional[str], manifest: Optional[str], out: Optional[Path], split: str,
-              device: str, ceiling: bool, gradcam: int, rig_profile: Optional[Path] = None) -> dict:
+def _evaluate(
+    checkpoint: Path,
+    store: str | None,
+    manifest: str | None,
+    out: Path | None,
+    split: str,
+    device: str,
+    ceiling: bool,
+    gradcam: int,
+    rig_profile: Path | None = None,
+) -> dict:
     import torch
 
     from alloynet.evaluate import evaluate as run_evaluate
@@ -75,15 +99,25 @@ def _evaluate(checkpoint: Path, store: Optional[str], manifest: Optional[str], o
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     out = out or Path(checkpoint).parent / f"report-{split}"
-    m = run_evaluate(checkpoint, store, manifest, out, split, device=device, with_ceiling=ceiling, gradcam=gradcam,
-                     rig_profile=rig_profile)
+    m = run_evaluate(
+        checkpoint,
+        store,
+        manifest,
+        out,
+        split,
+        device=device,
+        with_ceiling=ceiling,
+        gradcam=gradcam,
+        rig_profile=rig_profile,
+    )
     mae = m["thickness_mae_mm"]
     thickness = f"thickness MAE {mae:.3f} mm" if mae == mae else "no thickness truth"
-    line = (f"{m['model']} on {split} ({m['n']} captures): accuracy {m['accuracy']:.3f}, balanced accuracy "
-            f"{m['balanced_accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, {thickness}")
+    line = (
+        f"{m['model']} on {split} ({m['n']} captures): accuracy {m['accuracy']:.3f}, balanced accuracy "
+        f"{m['balanced_accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, {thickness}"
+    )
     if m.get("ceiling_accuracy") is not None:
-        line += (f"; physics bracket {m['ceiling_lower']:.3f}-{m['ceiling_upper']:.3f}: "
-                 f"{m['ceiling_position']}")
+        line += f"; physics bracket {m['ceiling_lower']:.3f}-{m['ceiling_upper']:.3f}: {m['ceiling_position']}"
     console.print(line)
     console.print(f"report: {out / 'report.md'}")
     return m
@@ -91,32 +125,40 @@ def _evaluate(checkpoint: Path, store: Optional[str], manifest: Optional[str], o
 
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="a checkpoint written by `alloynet train` (best.pt)"),
-    store: Optional[str] = typer.Option(None, help="capture store (default: the one the model was trained on)"),
-    manifest: Optional[str] = typer.Option(None, help="manifest CSV (default: the training manifest)"),
-    out: Optional[Path] = typer.Option(None, help="report folder (default: <checkpoint dir>/report-<split>)"),
+    store: str | None = typer.Option(None, help="capture store (default: the one the model was trained on)"),
+    manifest: str | None = typer.Option(None, help="manifest CSV (default: the training manifest)"),
+    out: Path | None = typer.Option(None, help="report folder (default: <checkpoint dir>/report-<split>)"),
     split: str = typer.Option("test", help="manifest split to evaluate: test, val or train"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     ceiling: bool = typer.Option(True, help="compute the physics bracket (lower and upper edge) for the same rig"),
     gradcam: int = typer.Option(4, help="Grad-CAM PNGs for this many test captures"),
-    robustness: bool = typer.Option(False, help="also the robustness suite: test sets of any thickness, unseen "
-                                                "thicknesses, tube drift, quarter dose, an unseen wedge, the second rig"),
-    cases: Optional[str] = typer.Option(None, help="robustness cases, comma-separated (default: all)"),
+    robustness: bool = typer.Option(
+        False,
+        help="also the robustness suite: test sets of any thickness, unseen "
+        "thicknesses, tube drift, quarter dose, an unseen wedge, the second rig",
+    ),
+    cases: str | None = typer.Option(None, help="robustness cases, comma-separated (default: all)"),
     plates: int = typer.Option(60, help="robustness: plates per alloy in each case's test set"),
-    rig_profile: Optional[Path] = typer.Option(None, help="a rig profile (alloynet rig calibrate): the ceiling and "
-                                               "the physics fit use the simulator calibrated to the rig"),
+    rig_profile: Path | None = typer.Option(
+        None,
+        help="a rig profile (alloynet rig calibrate): the ceiling and "
+        "the physics fit use the simulator calibrated to the rig",
+    ),
 ) -> None:
     """Evaluate a checkpoint on a held-out split: metrics.json, report.md, plots, Grad-CAM; with
     --robustness, the robustness suite into <out>/robustness (each case beside its own ceiling)."""
     if rig_profile is not None and not rig_profile.is_file():
-        raise typer.BadParameter(f"{rig_profile}: rig profile not found (alloynet rig calibrate writes one)",
-                                 param_hint="--rig-profile")
+        raise typer.BadParameter(
+            f"{rig_profile}: rig profile not found (alloynet rig calibrate writes one)", param_hint="--rig-profile"
+        )
     _evaluate(checkpoint, store, manifest, out, split, device, ceiling, gradcam, rig_profile)
     if robustness:
         from alloynet.evaluate.robustness import run_suite
 
         where = (out or Path(checkpoint).parent / f"report-{split}") / "robustness"
-        run_suite(checkpoint, where, cases.split(",") if cases else None, plates, with_ceiling=ceiling,
-                  log=console.print)
+        run_suite(
+            checkpoint, where, cases.split(",") if cases else None, plates, with_ceiling=ceiling, log=console.print
+        )
         console.print(f"robustness: {where / 'robustness.md'}")
 
 

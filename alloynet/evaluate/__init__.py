@@ -20,6 +20,7 @@ Library API (what the CLI and the Prefect tasks call)::
   ceiling_position: where the model stands, in words), ceiling_gap (= ceiling_accuracy - balanced_accuracy),
   model, split, checkpoint, manifest_hash.
 """
+
 from alloynet.evaluate.report import evaluate
 
 __all__ = ["evaluate"]

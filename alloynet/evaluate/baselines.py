@@ -10,9 +10,10 @@
 Both read the same observation the models see: the capture corrected with its own calibration, -ln T, the
 interquartile row mean per column, averaged into ``bins`` bins (``alloynet.physics.measure.wedge_profile``).
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -23,24 +24,28 @@ from alloynet.physics.profile import profile_model_for
 BINS = 32
 
 
-def measured_profiles(images: np.ndarray, calibration: np.ndarray, bins: int = BINS, rows: slice = slice(None)
-                      ) -> np.ndarray:
+def measured_profiles(
+    images: np.ndarray, calibration: np.ndarray, bins: int = BINS, rows: slice = slice(None)
+) -> np.ndarray:
     """Raw captures [N, C, H, W] with their calibration [N, C, 2] -> binned profiles [N, C * bins], from the
     plate's ``rows`` (``alloynet.physics.simulator.plate_rows``: an open-beam strip is no part of the plate):
     the models' own observation (``alloynet.physics.measure.wedge_profile``)."""
     return wedge_profile(images, calibration, bins, rows)
 
 
-def dataset_arrays(ds, rows: slice = slice(None), indices: Optional[Sequence[int]] = None) -> dict[str, np.ndarray]:
+def dataset_arrays(ds, rows: slice = slice(None), indices: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """Profiles (of the plate's ``rows``), labels, thickness and wedge of every capture of a ``CaptureDataset``
     (or of the captures at ``indices``)."""
     plain = ds.unaugmented() if hasattr(ds, "unaugmented") else ds
     idx = list(range(len(plain))) if indices is None else [int(i) for i in indices]
     images, cals = zip(*[(x.numpy(), c.numpy()) for x, c, _, _ in (plain[i] for i in idx)])
     meta = plain.rows.iloc[idx]
-    return {"profiles": measured_profiles(np.stack(images), np.stack(cals), rows=rows),
-            "y": meta.label.to_numpy(int),
-            "thickness_mm": meta.thickness_mm.to_numpy(float), "wedge_mm": meta.wedge_mm.to_numpy(float)}
+    return {
+        "profiles": measured_profiles(np.stack(images), np.stack(cals), rows=rows),
+        "y": meta.label.to_numpy(int),
+        "thickness_mm": meta.thickness_mm.to_numpy(float),
+        "wedge_mm": meta.wedge_mm.to_numpy(float),
+    }
 
 
 def _softmax(ll: np.ndarray) -> np.ndarray:
@@ -52,11 +57,19 @@ def _softmax(ll: np.ndarray) -> np.ndarray:
 class PhysicsFit:
     """The forward-model classifier for captures from rigs with these settings (one per wedge size)."""
 
-    def __init__(self, rigs: Mapping[float, object], prior: ThicknessPrior, alloys: Sequence[str], seed: int = 0,
-                 plates: int = 100):
+    def __init__(
+        self,
+        rigs: Mapping[float, object],
+        prior: ThicknessPrior,
+        alloys: Sequence[str],
+        seed: int = 0,
+        plates: int = 100,
+    ):
         self.alloys = list(alloys)
-        self.observers = {float(w): PhysicsObserver(profile_model_for(rig, BINS), self.alloys, prior, plates=plates,
-                                                    seed=seed) for w, rig in rigs.items()}
+        self.observers = {
+            float(w): PhysicsObserver(profile_model_for(rig, BINS), self.alloys, prior, plates=plates, seed=seed)
+            for w, rig in rigs.items()
+        }
 
     def predict(self, profiles: np.ndarray, wedges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(class probabilities [N, K], thickness fitted under the most likely alloy [N])."""
@@ -71,13 +84,13 @@ class PhysicsFit:
 class GaussianProfile:
     """Per alloy and wedge: profile ~ N(poly(t), S), t marginalised over the data's thickness prior."""
 
-    def __init__(self, num_classes: int, prior: ThicknessPrior, degree: int = 3, shrinkage: float = 0.2,
-                 grid: int = 300):
+    def __init__(
+        self, num_classes: int, prior: ThicknessPrior, degree: int = 3, shrinkage: float = 0.2, grid: int = 300
+    ):
         self.k, self.prior, self.degree, self.shrinkage, self.grid = num_classes, prior, degree, shrinkage, grid
         self.models: dict[tuple[int, float], ThicknessMarginal] = {}
 
-    def fit(self, profiles: np.ndarray, y: np.ndarray, thickness_mm: np.ndarray, wedges: np.ndarray
-            ) -> "GaussianProfile":
+    def fit(self, profiles: np.ndarray, y: np.ndarray, thickness_mm: np.ndarray, wedges: np.ndarray) -> GaussianProfile:
         for w in np.unique(wedges):
             for c in range(self.k):
                 m = (y == c) & (wedges == w)
@@ -108,9 +121,14 @@ class GaussianProfile:
         return _softmax(ll)
 
 
-def run_baselines(train: Optional[Mapping[str, np.ndarray]], test: Mapping[str, np.ndarray],
-                  rigs: Mapping[float, object], prior: ThicknessPrior, alloys: Sequence[str],
-                  seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+def run_baselines(
+    train: Mapping[str, np.ndarray] | None,
+    test: Mapping[str, np.ndarray],
+    rigs: Mapping[float, object],
+    prior: ThicknessPrior,
+    alloys: Sequence[str],
+    seed: int = 0,
+) -> dict[str, dict[str, np.ndarray]]:
     """Both baselines on ``test`` ({profiles, y, thickness_mm, wedge_mm}); the Gaussian one needs ``train``.
     Returns {name: {"probs": [N, K], "thickness_mm": [N] (physics fit only)}}, or {name: {"skipped": why}}
     for a baseline the data cannot support (the Gaussian one needs 3 training captures of an alloy)."""
@@ -120,8 +138,9 @@ def run_baselines(train: Optional[Mapping[str, np.ndarray]], test: Mapping[str, 
     try:
         if train is None or not len(train["y"]):
             raise ValueError("no training split")
-        g = GaussianProfile(len(alloys), prior).fit(train["profiles"], train["y"], train["thickness_mm"],
-                                                    train["wedge_mm"])
+        g = GaussianProfile(len(alloys), prior).fit(
+            train["profiles"], train["y"], train["thickness_mm"], train["wedge_mm"]
+        )
         out["gaussian_profile"] = {"probs": g.predict(test["profiles"], test["wedge_mm"])}
     except ValueError as exc:
         out["gaussian_profile"] = {"skipped": str(exc)}

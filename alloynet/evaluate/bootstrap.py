@@ -14,11 +14,11 @@ recall by 0.25 and the balanced accuracy by 0.05. This module puts an interval o
 Balanced accuracy is the mean over classes present in the test set of the per-class recall, as in
 ``alloynet.evaluate.metrics`` (scikit-learn's convention), so the point estimate equals metrics.json's.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -37,11 +37,11 @@ class Interval:
     n_boot: int
     seed: int
     level: float
-    champion: Optional[float] = None
-    margin: Optional[float] = None
-    margin_low: Optional[float] = None
-    margin_high: Optional[float] = None
-    p_not_better: Optional[float] = None      # share of replicates in which the challenger does not win
+    champion: float | None = None
+    margin: float | None = None
+    margin_low: float | None = None
+    margin_high: float | None = None
+    p_not_better: float | None = None  # share of replicates in which the challenger does not win
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -51,10 +51,13 @@ class Interval:
         n = ", ".join(f"{c} {k}" for c, k in self.n_per_class.items())
         pct = f"{100 * self.level:g}%"
         if self.margin is None:
-            return (f"balanced accuracy {self.challenger:.3f} ({pct} CI {self.challenger_low:.3f} to "
-                    f"{self.challenger_high:.3f}; n per class: {n})")
-        return (f"margin {self.margin:+.3f} ({pct} CI {self.margin_low:+.3f} to {self.margin_high:+.3f}; "
-                f"n per class: {n})")
+            return (
+                f"balanced accuracy {self.challenger:.3f} ({pct} CI {self.challenger_low:.3f} to "
+                f"{self.challenger_high:.3f}; n per class: {n})"
+            )
+        return (
+            f"margin {self.margin:+.3f} ({pct} CI {self.margin_low:+.3f} to {self.margin_high:+.3f}; n per class: {n})"
+        )
 
 
 def read_predictions(report_dir: str | Path) -> pd.DataFrame:
@@ -82,15 +85,20 @@ def _pair(challenger: pd.DataFrame, champion: pd.DataFrame) -> pd.DataFrame:
     a, b = set(challenger.capture_id), set(champion.capture_id)
     if a != b:
         only_a, only_b = sorted(a - b), sorted(b - a)
-        raise ValueError(f"the two models were evaluated on different test captures: {len(only_a)} only in the "
-                         f"challenger's predictions (e.g. {only_a[:3]}), {len(only_b)} only in the champion's "
-                         f"(e.g. {only_b[:3]}); compare them on the same frozen test set")
+        raise ValueError(
+            f"the two models were evaluated on different test captures: {len(only_a)} only in the "
+            f"challenger's predictions (e.g. {only_a[:3]}), {len(only_b)} only in the champion's "
+            f"(e.g. {only_b[:3]}); compare them on the same frozen test set"
+        )
     m = challenger[["capture_id", "true", "predicted"]].merge(
-        champion[["capture_id", "true", "predicted"]], on="capture_id", suffixes=("", "_champion"))
+        champion[["capture_id", "true", "predicted"]], on="capture_id", suffixes=("", "_champion")
+    )
     bad = m[m.true != m.true_champion]
     if len(bad):
-        raise ValueError(f"capture {bad.capture_id.iloc[0]!r}: true label {bad.true.iloc[0]!r} in the challenger's "
-                         f"predictions but {bad.true_champion.iloc[0]!r} in the champion's")
+        raise ValueError(
+            f"capture {bad.capture_id.iloc[0]!r}: true label {bad.true.iloc[0]!r} in the challenger's "
+            f"predictions but {bad.true_champion.iloc[0]!r} in the champion's"
+        )
     return m
 
 
@@ -99,13 +107,19 @@ def _replicates(correct: np.ndarray, groups: list[np.ndarray], n_boot: int, rng:
     for every model (``correct`` is (n_captures, n_models) booleans)."""
     recalls = []
     for idx in groups:
-        draw = idx[rng.integers(0, len(idx), size=(n_boot, len(idx)))]      # (n_boot, n_c) capture indices
-        recalls.append(correct[draw].mean(axis=1))                         # (n_boot, n_models)
+        draw = idx[rng.integers(0, len(idx), size=(n_boot, len(idx)))]  # (n_boot, n_c) capture indices
+        recalls.append(correct[draw].mean(axis=1))  # (n_boot, n_models)
     return np.mean(recalls, axis=0)
 
 
-def bootstrap_margin(challenger: pd.DataFrame, champion: Optional[pd.DataFrame] = None, *, n_boot: int = 2000,
-                     seed: int = 0, level: float = 0.95) -> Interval:
+def bootstrap_margin(
+    challenger: pd.DataFrame,
+    champion: pd.DataFrame | None = None,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Interval:
     """Percentile intervals for the challenger's balanced accuracy and, given the champion's predictions
     on the same captures, for the margin challenger - champion (paired, stratified by true class)."""
     if not 0 < level < 1:
@@ -125,13 +139,21 @@ def bootstrap_margin(challenger: pd.DataFrame, champion: Optional[pd.DataFrame] 
     reps = _replicates(correct, groups, n_boot, np.random.default_rng(seed))
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     point = np.mean([correct[g].mean(axis=0) for g in groups], axis=0)
-    out = Interval(challenger=float(point[0]), challenger_low=float(np.quantile(reps[:, 0], lo_q)),
-                   challenger_high=float(np.quantile(reps[:, 0], hi_q)),
-                   n_per_class={c: int(len(g)) for c, g in zip(classes, groups)}, n_boot=n_boot, seed=seed, level=level)
+    out = Interval(
+        challenger=float(point[0]),
+        challenger_low=float(np.quantile(reps[:, 0], lo_q)),
+        challenger_high=float(np.quantile(reps[:, 0], hi_q)),
+        n_per_class={c: int(len(g)) for c, g in zip(classes, groups)},
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
+    )
     smallest = min(out.n_per_class.values())
     if smallest < 10:  # a percentile bootstrap of a few captures understates the spread it reports
-        out.notes.append(f"only {smallest} test capture(s) in the smallest class: the interval is approximate and "
-                         "narrower than the truth" + (" (one capture per class cannot vary at all)" if smallest == 1 else ""))
+        out.notes.append(
+            f"only {smallest} test capture(s) in the smallest class: the interval is approximate and "
+            "narrower than the truth" + (" (one capture per class cannot vary at all)" if smallest == 1 else "")
+        )
     if champion is not None:
         diff = reps[:, 0] - reps[:, 1]
         out.champion = float(point[1])

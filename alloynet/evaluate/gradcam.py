@@ -5,10 +5,10 @@ the capture), 1-D for ``profile_cnn`` (the map lives on the wedge axis and is dr
 because the model only ever sees the row-averaged profile). The MLP has no convolution; for it the
 map is gradient x input on the preprocessed capture.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -16,13 +16,18 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def last_conv(module: nn.Module) -> Optional[nn.Module]:
+def last_conv(module: nn.Module) -> nn.Module | None:
     convs = [m for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
     return convs[-1] if convs else None
 
 
-def grad_cam(model: nn.Module, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor,
-             class_index: Optional[int] = None) -> tuple[np.ndarray, int, str]:
+def grad_cam(
+    model: nn.Module,
+    raw: torch.Tensor,
+    calibration: torch.Tensor,
+    wedge_mm: torch.Tensor,
+    class_index: int | None = None,
+) -> tuple[np.ndarray, int, str]:
     """Heat map [H, W] in [0, 1] for one raw capture [C, H, W], its calibration [C, 2] and wedge size [1];
     returns (map, explained class, method)."""
     model.eval()
@@ -62,8 +67,15 @@ def grad_cam(model: nn.Module, raw: torch.Tensor, calibration: torch.Tensor, wed
     return ((cam - cam.min()) / span if span > 0 else np.zeros_like(cam)), c, method
 
 
-def save_gradcam(model: nn.Module, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor, path: Path,
-                 title: str, class_names: list[str]) -> Path:
+def save_gradcam(
+    model: nn.Module,
+    raw: torch.Tensor,
+    calibration: torch.Tensor,
+    wedge_mm: torch.Tensor,
+    path: Path,
+    title: str,
+    class_names: list[str],
+) -> Path:
     """Two panels: -ln T with the heat map over it, and the wedge profile with the map's column mean."""
     import matplotlib
 
@@ -72,14 +84,22 @@ def save_gradcam(model: nn.Module, raw: torch.Tensor, calibration: torch.Tensor,
 
     cam, c, method = grad_cam(model, raw, calibration, wedge_mm)
     with torch.no_grad():
-        a = model.plate_attenuation(raw[None].float(), calibration[None].float(),
-                                    wedge_mm.reshape(1, 1).float())[0][0, 0].cpu().numpy()
+        a = (
+            model.plate_attenuation(raw[None].float(), calibration[None].float(), wedge_mm.reshape(1, 1).float())[0][
+                0, 0
+            ]
+            .cpu()
+            .numpy()
+        )
     fig, (ax_i, ax_p) = plt.subplots(1, 2, figsize=(9, 3.6))
     ax_i.imshow(a, cmap="gray")
     ax_i.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
     ax_i.set(title=f"{method}: {class_names[c]}", xlabel="wedge axis (column)", ylabel="row")
-    ax_p.plot(np.sort(a, axis=0)[a.shape[0] // 4: a.shape[0] - a.shape[0] // 4].mean(0), "k-",
-              label="plate attenuation (interquartile row mean)")
+    ax_p.plot(
+        np.sort(a, axis=0)[a.shape[0] // 4 : a.shape[0] - a.shape[0] // 4].mean(0),
+        "k-",
+        label="plate attenuation (interquartile row mean)",
+    )
     ax_p.set(xlabel="wedge axis (column)", ylabel="-ln T minus the wedge alone")
     twin = ax_p.twinx()
     twin.fill_between(np.arange(cam.shape[1]), cam.mean(0), color="tab:red", alpha=0.3)

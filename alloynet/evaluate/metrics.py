@@ -5,9 +5,10 @@ support) count as 0; balanced accuracy averages recall over classes present in `
 averages over all K classes; ROC-AUC / average precision are one-vs-rest per class, macro-averaged over
 classes with both positives and negatives; ECE uses 15 equal-width confidence bins.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def _rankdata(x: np.ndarray) -> np.ndarray:
         j = i
         while j + 1 < len(x) and xs[j + 1] == xs[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return ranks
 
@@ -83,8 +84,9 @@ def class_groups(train_counts: Sequence[int]) -> dict[str, list[int]]:
     return {name: [int(c) for c in g] for name, g in zip(("head", "medium", "tail"), np.array_split(order, 3))}
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
-                           train_counts: Optional[Sequence[int]] = None) -> dict:
+def classification_metrics(
+    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], train_counts: Sequence[int] | None = None
+) -> dict:
     """Everything the report needs from true labels and predicted probabilities [N, K]."""
     y_true = np.asarray(y_true, int)
     probs = np.asarray(probs, float)
@@ -111,15 +113,26 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
         "average_precision_macro": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan"),
         "ece": expected_calibration_error(probs, y_true),
         "confusion_matrix": cm.tolist(),
-        "per_class": {name: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
-                             "specificity": float(specificity[c]), "support": int(support[c]),
-                             "roc_auc": float(auc[c]), "average_precision": float(ap[c])}
-                      for c, name in enumerate(class_names)},
+        "per_class": {
+            name: {
+                "precision": float(precision[c]),
+                "recall": float(recall[c]),
+                "f1": float(f1[c]),
+                "specificity": float(specificity[c]),
+                "support": int(support[c]),
+                "roc_auc": float(auc[c]),
+                "average_precision": float(ap[c]),
+            }
+            for c, name in enumerate(class_names)
+        },
     }
     if train_counts is not None:
-        out["group_accuracy"] = {g: float(np.mean([recall[c] for c in cs if support[c] > 0]))
-                                 if any(support[c] > 0 for c in cs) else float("nan")
-                                 for g, cs in class_groups(train_counts).items()}
+        out["group_accuracy"] = {
+            g: float(np.mean([recall[c] for c in cs if support[c] > 0]))
+            if any(support[c] > 0 for c in cs)
+            else float("nan")
+            for g, cs in class_groups(train_counts).items()
+        }
     return out
 
 
@@ -133,5 +146,9 @@ def regression_metrics(pred: np.ndarray, true: np.ndarray) -> dict:
     pred, true = pred[known], true[known]
     err = pred - true
     ss_tot = float(((true - true.mean()) ** 2).sum())
-    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
-            "r2": float(1 - (err ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan"), "n": int(known.sum())}
+    return {
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
+        "n": int(known.sum()),
+    }

@@ -1,8 +1,9 @@
 """Report plots (PNG via matplotlib's Agg backend: no display needed). Each function writes one file."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import matplotlib
 
@@ -34,8 +35,15 @@ def confusion(cm: np.ndarray, names: Sequence[str], path: Path, normalise: bool 
     for i in range(len(names)):
         for j in range(len(names)):
             txt = f"{shown[i, j]:.2f}" if normalise else f"{int(shown[i, j])}"
-            ax.text(j, i, txt, ha="center", va="center", fontsize=8,
-                    color="white" if shown[i, j] > 0.6 * (1 if normalise else shown.max()) else "black")
+            ax.text(
+                j,
+                i,
+                txt,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if shown[i, j] > 0.6 * (1 if normalise else shown.max()) else "black",
+            )
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)
 
@@ -60,8 +68,9 @@ def roc_pr_curves(y: np.ndarray, probs: np.ndarray, names: Sequence[str], roc_pa
     return [_save(fig_roc, roc_path), _save(fig_pr, pr_path)]
 
 
-def learning_curves(history: list[dict], path: Path, best_epoch: Optional[int] = None,
-                    stopped_early: bool = False) -> Path:
+def learning_curves(
+    history: list[dict], path: Path, best_epoch: int | None = None, stopped_early: bool = False
+) -> Path:
     """Loss and accuracy over every trained epoch; ``best_epoch`` (the checkpoint kept) is marked with a solid
     line, and the last epoch with a dashed one labelled "early stop" when ``stopped_early``."""
     if not history:

@@ -1,4 +1,5 @@
 """Run a model over a loader and collect predictions and targets as numpy arrays."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,14 @@ def autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu", amp: bool = False,
-            channels_last: bool = False, features: bool = False) -> dict[str, np.ndarray]:
+def predict(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    channels_last: bool = False,
+    features: bool = False,
+) -> dict[str, np.ndarray]:
     """Keys: logits, probs (temperature-calibrated), y (alloy labels), prediction_set, group_probs, flags;
     pred_<t> and true_<t> for every regression target t; ``features`` (the trunk's) when asked."""
     device = torch.device(device)
@@ -34,9 +41,14 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device | str = "
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
                 out = model(x, cal.to(device), wedge.to(device))
-            batch = {"logits": out["logits"].float(), "probs": out["probabilities"].float(), "y": targets["alloy"],
-                     "prediction_set": out["prediction_set"], "group_probs": out["group_probabilities"],
-                     "flags": out["flags"]}
+            batch = {
+                "logits": out["logits"].float(),
+                "probs": out["probabilities"].float(),
+                "y": targets["alloy"],
+                "prediction_set": out["prediction_set"],
+                "group_probs": out["group_probabilities"],
+                "flags": out["flags"],
+            }
             if features:
                 batch["features"] = out["features"].float()
             for t in REGRESSION_TARGETS:

@@ -19,10 +19,11 @@ Why a fine, continuous treatment matters: a prior given as a coarse list of thic
 from 1 to 5 mm) tells the observer that plates come only in those thicknesses, which real plates do not,
 and so overstates the ceiling for plates of any thickness.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 from scipy import special
@@ -41,8 +42,8 @@ class ThicknessPrior:
     of a list of nominal values (``values_mm``); either way within the rolling tolerance (``tolerance``,
     drawn as ``sample_plate`` draws it: sigma = tolerance / 2)."""
 
-    range_mm: Optional[tuple[float, float]] = None
-    values_mm: Optional[tuple[float, ...]] = None
+    range_mm: tuple[float, float] | None = None
+    values_mm: tuple[float, ...] | None = None
     tolerance: float = 0.015
 
     def __post_init__(self) -> None:
@@ -53,8 +54,9 @@ class ThicknessPrior:
             raise ValueError(f"ThicknessPrior: thicknesses must be > 0 mm, got {lo}..{hi}")
 
     @classmethod
-    def of(cls, thicknesses_mm: Optional[Sequence[float]] = None,
-           thickness_range_mm: Optional[Sequence[float]] = None) -> "ThicknessPrior":
+    def of(
+        cls, thicknesses_mm: Sequence[float] | None = None, thickness_range_mm: Sequence[float] | None = None
+    ) -> ThicknessPrior:
         if thickness_range_mm is not None:
             return cls(range_mm=(float(thickness_range_mm[0]), float(thickness_range_mm[1])))
         return cls(values_mm=tuple(sorted(float(t) for t in (thicknesses_mm or (1.0, 2.0, 5.0)))))
@@ -198,8 +200,10 @@ def noise_cov(model, fractions, density: float, thickness_mm: float) -> np.ndarr
     field = getattr(model, "texture_field_cov", None)
     if field is not None and getattr(rig, "texture_rel", 0) > 0:
         h = 1e-3 * thickness_mm
-        g = (_profiles(model, fractions, density, np.array([thickness_mm + h]))[0]
-             - _profiles(model, fractions, density, np.array([thickness_mm - h]))[0]) / (2 * h)
+        g = (
+            _profiles(model, fractions, density, np.array([thickness_mm + h]))[0]
+            - _profiles(model, fractions, density, np.array([thickness_mm - h]))[0]
+        ) / (2 * h)
         channels = len(g) // model.bins
         f = np.kron(np.ones((channels, channels)), field())
         cov = cov + (rig.texture_rel * thickness_mm) ** 2 * np.outer(g, g) * f
@@ -211,24 +215,32 @@ class ThicknessMarginal:
     grid and S(t) given at a few nodes (each grid point uses its nearest node's). Subclasses say where mean
     and S come from: the forward model (``AlloyLikelihood``) or data (the Gaussian profile baseline)."""
 
-    def __init__(self, grid: np.ndarray, mean: np.ndarray, nodes: np.ndarray, covs: Sequence[np.ndarray],
-                 prior: ThicknessPrior):
-        self.grid, self.mean, self.nodes, self.prior = np.asarray(grid, float), np.asarray(mean, float), \
-            np.asarray(nodes, float), prior
+    def __init__(
+        self, grid: np.ndarray, mean: np.ndarray, nodes: np.ndarray, covs: Sequence[np.ndarray], prior: ThicknessPrior
+    ):
+        self.grid, self.mean, self.nodes, self.prior = (
+            np.asarray(grid, float),
+            np.asarray(mean, float),
+            np.asarray(nodes, float),
+            prior,
+        )
         d = self.mean.shape[1]
         self.chol, self.logdet = [], []
         for cov in covs:
             lch = np.linalg.cholesky(np.asarray(cov) + 1e-12 * np.eye(d))
             self.chol.append(lch)
             self.logdet.append(2 * float(np.log(np.diag(lch)).sum()))
-        self.node_of = self.node_index(self.grid)                                        # grid point -> node
+        self.node_of = self.node_index(self.grid)  # grid point -> node
         # What each grid point adds to the sum over t besides its chi2: -log det S(t) / 2 and the prior's mass in
         # its cell (the model's in-graph fit, alloynet.models.physics_prior, takes these same weights). A cell is
         # the span between the midpoints to its neighbours: the grid may be finer in one part than another
         # (a TailedPrior's extension).
         h = np.gradient(self.grid) if len(self.grid) > 1 else np.ones(1)
-        self.log_weight = (-0.5 * np.asarray(self.logdet)[self.node_of]
-                           + prior.log_density(self.grid, np.full(len(self.grid), h / 2)) + np.log(h))
+        self.log_weight = (
+            -0.5 * np.asarray(self.logdet)[self.node_of]
+            + prior.log_density(self.grid, np.full(len(self.grid), h / 2))
+            + np.log(h)
+        )
 
     def node_index(self, t: np.ndarray) -> np.ndarray:
         return np.abs(np.asarray(t)[:, None] - self.nodes[None]).argmin(1)
@@ -238,7 +250,7 @@ class ThicknessMarginal:
         x = np.atleast_2d(np.asarray(x, float))
         out_ll, out_t = np.empty(len(x)), np.empty(len(x))
         for s in range(0, len(x), chunk):
-            out_ll[s:s + chunk], out_t[s:s + chunk] = self._loglik(x[s:s + chunk])
+            out_ll[s : s + chunk], out_t[s : s + chunk] = self._loglik(x[s : s + chunk])
         return out_ll, out_t
 
     def _loglik(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -248,14 +260,14 @@ class ThicknessMarginal:
             sel = np.nonzero(self.node_of == k)[0]
             if len(sel) == 0:
                 continue
-            xw = np.linalg.solve(lch, x.T).T                                               # [N, D]
-            mw = np.linalg.solve(lch, self.mean[sel].T).T                                  # [g_k, D]
+            xw = np.linalg.solve(lch, x.T).T  # [N, D]
+            mw = np.linalg.solve(lch, self.mean[sel].T).T  # [g_k, D]
             chi2[:, sel] = (xw * xw).sum(1)[:, None] - 2 * xw @ mw.T + (mw * mw).sum(1)[None]
         i = np.clip(chi2.argmin(1), 1, g - 2)
         rows = np.arange(n)
         cm, c0, cp = chi2[rows, i - 1], chi2[rows, i], chi2[rows, i + 1]
         h = 0.5 * (self.grid[i + 1] - self.grid[i - 1])
-        curv = np.maximum(cm - 2 * c0 + cp, 1e-12)                                         # h^2 d2chi2/dt2
+        curv = np.maximum(cm - 2 * c0 + cp, 1e-12)  # h^2 d2chi2/dt2
         t_best = self.grid[i] + np.clip(0.5 * (cm - cp) / curv, -1.0, 1.0) * h
         # The integral over t as a sum over the grid (each point weighed by the prior's mass in its cell): the
         # integrand is at least a grid step wide, and a sum of Gaussians sampled that finely is exact to far
@@ -268,23 +280,38 @@ class ThicknessMarginal:
 class AlloyLikelihood(ThicknessMarginal):
     """log p(profile | alloy) for one alloy on one rig from the forward model, thickness marginalised."""
 
-    def __init__(self, model, alloy: str, prior: ThicknessPrior, plates: int = 150, nodes: int = 9,
-                 grid: int = 400, rng: Optional[np.random.Generator] = None,
-                 alloy_table: AlloyTable = STANDARD_ALLOYS):
+    def __init__(
+        self,
+        model,
+        alloy: str,
+        prior: ThicknessPrior,
+        plates: int = 150,
+        nodes: int = 9,
+        grid: int = 400,
+        rng: np.random.Generator | None = None,
+        alloy_table: AlloyTable = STANDARD_ALLOYS,
+    ):
         rng = rng or np.random.default_rng(0)
         self.model, self.alloy = model, alloy
         tgrid, tnodes = prior.grid(grid, nodes)
         nodes = len(tnodes)
         self.plates = _sample_compositions(alloy, plates, rng, alloy_table)
-        wt = {el: float(np.mean([p.wt_pct.get(el, 0.0) for p in self.plates]))
-              for el in set().union(*(p.wt_pct for p in self.plates))}
+        wt = {
+            el: float(np.mean([p.wt_pct.get(el, 0.0) for p in self.plates]))
+            for el in set().union(*(p.wt_pct for p in self.plates))
+        }
         self.mean_plate = Plate("obs-mean", alloy, 2.0, 2.0, wt, float(np.mean([p.density_g_cm3 for p in self.plates])))
         fr, rho = self.mean_plate.fractions(), self.mean_plate.density_g_cm3
         per_plate = np.stack([_profiles(model, p.fractions(), p.density_g_cm3, tnodes) for p in self.plates])
         self.cov_plate = [np.cov(per_plate[:, k], rowvar=False) for k in range(nodes)]  # composition, fixed t
         self.cov_noise = [noise_cov(model, fr, rho, float(t)) for t in tnodes]
-        super().__init__(tgrid, _profiles(model, fr, rho, tgrid), tnodes,
-                         [cp + cn for cp, cn in zip(self.cov_plate, self.cov_noise)], prior)
+        super().__init__(
+            tgrid,
+            _profiles(model, fr, rho, tgrid),
+            tnodes,
+            [cp + cn for cp, cn in zip(self.cov_plate, self.cov_noise)],
+            prior,
+        )
 
 
 def by_nearest_wedge(wedges: np.ndarray, known: Sequence[float]) -> dict[float, np.ndarray]:
@@ -298,14 +325,23 @@ def by_nearest_wedge(wedges: np.ndarray, known: Sequence[float]) -> dict[float, 
 class PhysicsObserver:
     """The likelihoods of several alloys on one rig: ``log_likelihoods`` [N, K] and a classifier."""
 
-    def __init__(self, model, alloys: Sequence[str], prior: ThicknessPrior, plates: int = 150, seed: int = 0,
-                 alloy_table: AlloyTable = STANDARD_ALLOYS, **kw):
+    def __init__(
+        self,
+        model,
+        alloys: Sequence[str],
+        prior: ThicknessPrior,
+        plates: int = 150,
+        seed: int = 0,
+        alloy_table: AlloyTable = STANDARD_ALLOYS,
+        **kw,
+    ):
         rng = np.random.default_rng(seed)
         for a in alloys:
             get_alloy(a, alloy_table)
         self.model, self.alloys, self.prior, self.alloy_table = model, list(alloys), prior, alloy_table
-        self.likelihoods = [AlloyLikelihood(model, a, prior, plates, rng=rng, alloy_table=alloy_table, **kw)
-                            for a in self.alloys]
+        self.likelihoods = [
+            AlloyLikelihood(model, a, prior, plates, rng=rng, alloy_table=alloy_table, **kw) for a in self.alloys
+        ]
 
     def log_likelihoods(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(log p(x | alloy) [N, K], fitted thickness under each alloy [N, K])."""
@@ -322,8 +358,9 @@ class PhysicsObserver:
         for i, t in enumerate(nominal):
             p = sample_plate(lk.alloy, float(t), rng, f"draw-{i}", alloy_table=self.alloy_table)
             mean = _profiles(self.model, p.fractions(), p.density_g_cm3, np.array([p.thickness_mm]))[0]
-            ln = np.linalg.cholesky(lk.cov_noise[int(lk.node_index(np.array([p.thickness_mm]))[0])]
-                                    + 1e-14 * np.eye(len(mean)))
+            ln = np.linalg.cholesky(
+                lk.cov_noise[int(lk.node_index(np.array([p.thickness_mm]))[0])] + 1e-14 * np.eye(len(mean))
+            )
             xs.append(mean + ln @ rng.standard_normal(len(mean)))
             ts.append(p.thickness_mm)
         return np.asarray(xs), np.asarray(ts)

@@ -2,6 +2,7 @@
 
 Loaded from YAML (``configs/study.yaml`` is the CPU protocol, ``configs/study-gpu.yaml`` the GPU one).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -62,11 +63,13 @@ class Cell(_Strict):
 class StudyData(_Strict):
     class_order: list[str] = Field(
         default_factory=lambda: ["Al6082", "Al1050", "Al2017", "Al7075", "Al5083"],
-        description="head to tail; default puts 5083 in the tail behind its look-alike 6082, the hardest case")
+        description="head to tail; default puts 5083 in the tail behind its look-alike 6082, the hardest case",
+    )
     n_max: int = Field(60, ge=2, description="head-class plates in each training pool")
     test_plates_per_class: int = Field(12, ge=1, description="the shared balanced test set")
     thickness_range_mm: tuple[float, float] | None = Field(
-        (1.0, 5.0), description="plates of any nominal thickness in this range (mm), as a line sees them")
+        (1.0, 5.0), description="plates of any nominal thickness in this range (mm), as a line sees them"
+    )
     thicknesses_mm: list[float] | None = Field(None, description="only these thicknesses (mm); replaces the range")
     wedges_mm: list[float] = Field(default_factory=lambda: [50.0, 70.0])
     captures_per_plate: int = Field(2, ge=1)
@@ -126,8 +129,13 @@ class StudyConfig(_Strict):
     baselines: bool = Field(True, description="the physics fit and the Gaussian profile classifier beside every row")
 
     def runs(self) -> list[tuple[str, LossSpec, float, int]]:
-        return [(a, loss, r, s) for r in self.imbalance_ratios for a in self.architectures for loss in self.losses
-                for s in self.seeds]
+        return [
+            (a, loss, r, s)
+            for r in self.imbalance_ratios
+            for a in self.architectures
+            for loss in self.losses
+            for s in self.seeds
+        ]
 
     def cells(self) -> list[Cell]:
         """The grid in table order (the order of ``runs``)."""

@@ -4,13 +4,15 @@ Every run is evaluated on the same test captures, simulated once from their own 
 contain no test plates at all (they are separate simulations), so no split can leak. Sets are cached on
 disk and reused only when the spec that made them is identical.
 """
+
 from __future__ import annotations
 
 import fcntl
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from alloynet.captures.stores import LocalStore
 from alloynet.data.manifest import build_manifest, manifest_path, read_manifest, write_manifest
@@ -60,9 +62,19 @@ def _materialise(spec: DatasetSpec, root: Path, all_test: bool, calibration_sent
 
 def _pool_spec(cfg: StudyConfig, rho: float, seed: int) -> DatasetSpec:
     d = cfg.data
-    return DatasetSpec(n_max=d.n_max, imbalance_ratio=rho, class_order=d.class_order, profile="exponential" if rho > 1 else "balanced",
-                       wedges_mm=d.wedges_mm, captures_per_plate=d.captures_per_plate, test_fraction=0.0, seed=seed,
-                       id_prefix=f"rho{rho:g}s{seed}", rig=d.rig, **d.thickness_fields())
+    return DatasetSpec(
+        n_max=d.n_max,
+        imbalance_ratio=rho,
+        class_order=d.class_order,
+        profile="exponential" if rho > 1 else "balanced",
+        wedges_mm=d.wedges_mm,
+        captures_per_plate=d.captures_per_plate,
+        test_fraction=0.0,
+        seed=seed,
+        id_prefix=f"rho{rho:g}s{seed}",
+        rig=d.rig,
+        **d.thickness_fields(),
+    )
 
 
 def pool_dir(cfg: StudyConfig, rho: float, seed: int) -> Path:
@@ -82,9 +94,16 @@ def held_out_spec(cfg: StudyConfig, ood: OODSet | None = None) -> tuple[DatasetS
     """The balanced test set's spec (or an OOD set's: the study's test set with the set's changes), and
     whether its captures' calibration is sent."""
     d = cfg.data
-    base: dict[str, Any] = {"n_max": d.test_plates_per_class, "profile": "balanced", "test_fraction": 0.0,
-                            "wedges_mm": d.wedges_mm, "captures_per_plate": d.captures_per_plate, "seed": TEST_SEED,
-                            "id_prefix": f"test-{ood.name if ood else 'iid'}", **d.thickness_fields()}
+    base: dict[str, Any] = {
+        "n_max": d.test_plates_per_class,
+        "profile": "balanced",
+        "test_fraction": 0.0,
+        "wedges_mm": d.wedges_mm,
+        "captures_per_plate": d.captures_per_plate,
+        "seed": TEST_SEED,
+        "id_prefix": f"test-{ood.name if ood else 'iid'}",
+        **d.thickness_fields(),
+    }
     if ood is None:
         return DatasetSpec(rig=d.rig, **base), True
     case = case_named(ood.case) if ood.case else RobustnessCase(name=ood.name, description=ood.name)
@@ -97,8 +116,10 @@ def held_out_spec(cfg: StudyConfig, ood: OODSet | None = None) -> tuple[DatasetS
     if ood.rig:
         changes["rig"] = spec.rig.model_copy(update=ood.rig)
     if changes:
-        kept = spec.model_dump(exclude_unset=True, exclude={"thicknesses_mm", "thickness_range_mm"}
-                               if "thicknesses_mm" in changes else set())
+        kept = spec.model_dump(
+            exclude_unset=True,
+            exclude={"thicknesses_mm", "thickness_range_mm"} if "thicknesses_mm" in changes else set(),
+        )
         spec = DatasetSpec.model_validate({**kept, **{k: v for k, v in changes.items() if v is not None}})
     return spec, case.calibration_sent
 
@@ -123,9 +144,14 @@ def calibration_sent(root: Path) -> bool:
 
 def describe(root: Path) -> dict:
     spec = set_spec(root)
-    out = {"thicknesses_mm": spec.thicknesses_mm, "thickness_range_mm": spec.thickness_range_mm,
-           "wedges_mm": spec.wedges_mm, "dose": spec.rig.dose, "size": [spec.rig.height, spec.rig.width],
-           "kvp": spec.rig.kvp}
+    out = {
+        "thicknesses_mm": spec.thicknesses_mm,
+        "thickness_range_mm": spec.thickness_range_mm,
+        "wedges_mm": spec.wedges_mm,
+        "dose": spec.rig.dose,
+        "size": [spec.rig.height, spec.rig.width],
+        "kvp": spec.rig.kvp,
+    }
     if spec.session_drift:
         out["session_drift"] = spec.session_drift
     if spec.simulator != "alloynet":

@@ -27,6 +27,7 @@ The member that ends best is written to ``<out_dir>/best.pt``: an alloynet check
 ``alloynet evaluate`` and export read like any other. The validation split chooses; the test split is
 never looked at. Needs the ``pbt`` extra (``pip install -e '.[pbt]'``: ray[tune]).
 """
+
 from __future__ import annotations
 
 import json
@@ -63,10 +64,14 @@ class PBTConfig(BaseModel):
     cpus: int | None = Field(None, description="CPUs of the local Ray cluster (default: all)")
     cpus_per_member: float = Field(1.0, gt=0)
     gpus_per_member: float = Field(0.0, ge=0, description="GPUs per member (0.5: two members share one)")
-    storage_path: str | None = Field(None, description="where Tune keeps the members' checkpoints: a path "
-                                        "every Ray node mounts or an s3:// URI; default <out_dir>/ray, removed")
-    ray_address: str | None = Field(None, description="join this Ray cluster (auto, ray://host:10001) "
-                                       "instead of starting one in this process")
+    storage_path: str | None = Field(
+        None,
+        description="where Tune keeps the members' checkpoints: a path "
+        "every Ray node mounts or an s3:// URI; default <out_dir>/ray, removed",
+    )
+    ray_address: str | None = Field(
+        None, description="join this Ray cluster (auto, ray://host:10001) instead of starting one in this process"
+    )
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides for every member")
 
 
@@ -76,19 +81,37 @@ def initial_population(cfg: PBTConfig) -> list[dict[str, Any]]:
 
     rng = random.Random(cfg.seed)
     log_draw = lambda lo, hi: math.exp(rng.uniform(math.log(lo), math.log(hi)))  # noqa: E731
-    return [{"optimizer": cfg.optimizers[i % len(cfg.optimizers)], "lr": log_draw(*cfg.lr),
-             "weight_decay": log_draw(*cfg.weight_decay)} for i in range(cfg.population)]
+    return [
+        {
+            "optimizer": cfg.optimizers[i % len(cfg.optimizers)],
+            "lr": log_draw(*cfg.lr),
+            "weight_decay": log_draw(*cfg.weight_decay),
+        }
+        for i in range(cfg.population)
+    ]
 
 
 def _train_config(cfg: PBTConfig, member: int, hp: dict[str, Any], out: str):
     from alloynet.train import load_config
 
-    overrides = {**cfg.train, "model.name": cfg.architecture, "loss.name": cfg.loss, "loss.kwargs": cfg.loss_kwargs,
-                 "data.store": cfg.store, "seed": cfg.seed * 1000 + member, "epochs": cfg.epochs,
-                 "progress": False, "out_dir": out,
-                 # PBT owns the hyperparameters: no schedule of our own, no early stop
-                 "schedule.name": "none", "schedule.warmup_epochs": 0, "early_stop.patience": None,
-                 "optim.name": hp["optimizer"], "optim.lr": hp["lr"], "optim.weight_decay": hp["weight_decay"]}
+    overrides = {
+        **cfg.train,
+        "model.name": cfg.architecture,
+        "loss.name": cfg.loss,
+        "loss.kwargs": cfg.loss_kwargs,
+        "data.store": cfg.store,
+        "seed": cfg.seed * 1000 + member,
+        "epochs": cfg.epochs,
+        "progress": False,
+        "out_dir": out,
+        # PBT owns the hyperparameters: no schedule of our own, no early stop
+        "schedule.name": "none",
+        "schedule.warmup_epochs": 0,
+        "early_stop.patience": None,
+        "optim.name": hp["optimizer"],
+        "optim.lr": hp["lr"],
+        "optim.weight_decay": hp["weight_decay"],
+    }
     return load_config(None, overrides)
 
 
@@ -126,13 +149,22 @@ def member(config: dict[str, Any]) -> None:
     for epoch in range(start, cfg.epochs):
         _, val = run_epoch(run, epoch)
         history.append({"epoch": epoch + 1, "trial": trial, **hp, cfg.metric: val[cfg.metric]})
-        state = {**run.meta, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                 "loss": run.criterion.state_dict(), "epoch": epoch + 1, "metrics": val, "hparams": hp,
-                 "history": history}
+        state = {
+            **run.meta,
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "loss": run.criterion.state_dict(),
+            "epoch": epoch + 1,
+            "metrics": val,
+            "hparams": hp,
+            "history": history,
+        }
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(state, Path(d) / "state.pt")
-            tune.report({cfg.metric: val[cfg.metric], "val_loss": val["loss"], "epoch": epoch + 1, **hp},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(
+                {cfg.metric: val[cfg.metric], "val_loss": val["loss"], "epoch": epoch + 1, **hp},
+                checkpoint=tune.Checkpoint.from_directory(d),
+            )
 
 
 def member_resources(cfg: PBTConfig) -> dict[str, float]:
@@ -157,16 +189,23 @@ def _start_local_ray(cfg: PBTConfig) -> str | None:
     if ray.is_initialized():
         return None
     if cfg.ray_address:
-        ray.init(address=cfg.ray_address, log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+        ray.init(
+            address=cfg.ray_address, log_to_driver=False, runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
+        )
         return ""  # joined, not started: disconnect at the end, nothing to remove
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry from any process Ray starts
     # address="local": always a new cluster, never one another user left on this machine. Ray chooses free
     # ports itself (0 = OS-assigned); its session files go to a short private directory (socket paths).
     session = tempfile.mkdtemp(prefix="ray-")
-    ray.init(address="local", num_cpus=cfg.cpus, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1", _temp_dir=session,
-             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    ray.init(
+        address="local",
+        num_cpus=cfg.cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=session,
+        runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+    )
     return session
 
 
@@ -183,22 +222,42 @@ def run_pbt(cfg: PBTConfig) -> dict[str, Any]:
     inits = initial_population(cfg)
     random.seed(cfg.seed)  # PBT's exploit/explore draws from Python's random module in this process
     scheduler = PopulationBasedTraining(
-        time_attr="training_iteration", metric=cfg.metric, mode="max", perturbation_interval=cfg.interval,
-        quantile_fraction=cfg.quantile, resample_probability=cfg.resample_probability, synch=True,
-        hyperparam_mutations={"lr": tune.loguniform(*cfg.lr), "weight_decay": tune.loguniform(*cfg.weight_decay),
-                              "optimizer": list(cfg.optimizers)})
-    space = {"pbt": cfg.model_dump(mode="json"), "member": tune.grid_search(list(range(cfg.population))),
-             **{k: tune.sample_from(lambda config, k=k: inits[config["member"]][k])
-                for k in ("optimizer", "lr", "weight_decay")}}
+        time_attr="training_iteration",
+        metric=cfg.metric,
+        mode="max",
+        perturbation_interval=cfg.interval,
+        quantile_fraction=cfg.quantile,
+        resample_probability=cfg.resample_probability,
+        synch=True,
+        hyperparam_mutations={
+            "lr": tune.loguniform(*cfg.lr),
+            "weight_decay": tune.loguniform(*cfg.weight_decay),
+            "optimizer": list(cfg.optimizers),
+        },
+    )
+    space = {
+        "pbt": cfg.model_dump(mode="json"),
+        "member": tune.grid_search(list(range(cfg.population))),
+        **{
+            k: tune.sample_from(lambda config, k=k: inits[config["member"]][k])
+            for k in ("optimizer", "lr", "weight_decay")
+        },
+    }
     storage, ours = _storage(cfg, out)
     started = _start_local_ray(cfg)
     try:
         tuner = tune.Tuner(
-            tune.with_resources(member, member_resources(cfg)), param_space=space,
+            tune.with_resources(member, member_resources(cfg)),
+            param_space=space,
             tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True),
-            run_config=tune.RunConfig(name="pbt", storage_path=storage, verbose=0,
-                                      stop={"training_iteration": cfg.epochs},
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=4)))
+            run_config=tune.RunConfig(
+                name="pbt",
+                storage_path=storage,
+                verbose=0,
+                stop={"training_iteration": cfg.epochs},
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
+            ),
+        )
         grid = tuner.fit()
     finally:
         if started is not None:
@@ -215,11 +274,23 @@ def run_pbt(cfg: PBTConfig) -> dict[str, Any]:
         state = load_checkpoint(Path(d) / "state.pt")
     save_checkpoint({k: v for k, v in state.items() if k not in ("optimizer",)}, out / "best.pt")
     # "member" in a config only picks the starting point: an exploit copies the whole config, that too
-    summary = {"best_value": float(best.metrics[cfg.metric]), "best_hparams": state["hparams"],
-               "schedule": state["history"], "exploits": _exploits(Path(grid.experiment_path)), "initial": inits,
-               "final": [{"trial": r.path.rsplit("/", 1)[-1], cfg.metric: float(r.metrics[cfg.metric]),
-                          **{k: r.config[k] for k in ("optimizer", "lr", "weight_decay")}} for r in grid],
-               "epochs_trained": cfg.population * cfg.epochs, "checkpoint": str(out / "best.pt")}
+    summary = {
+        "best_value": float(best.metrics[cfg.metric]),
+        "best_hparams": state["hparams"],
+        "schedule": state["history"],
+        "exploits": _exploits(Path(grid.experiment_path)),
+        "initial": inits,
+        "final": [
+            {
+                "trial": r.path.rsplit("/", 1)[-1],
+                cfg.metric: float(r.metrics[cfg.metric]),
+                **{k: r.config[k] for k in ("optimizer", "lr", "weight_decay")},
+            }
+            for r in grid
+        ],
+        "epochs_trained": cfg.population * cfg.epochs,
+        "checkpoint": str(out / "best.pt"),
+    }
     summary["storage_path"] = None if ours else storage
     (out / "pbt.json").write_text(json.dumps(summary, indent=1, default=float))
     if ours:
@@ -236,9 +307,16 @@ def _exploits(experiment: Path) -> list[dict[str, Any]]:
     steps = []
     for line in f.read_text().splitlines():
         target, clone, target_iter, clone_iter, copied, perturbed = json.loads(line)
-        steps.append({"trial": target, "copied": clone, "iteration": target_iter, "copied_iteration": clone_iter,
-                      "from": {k: copied[k] for k in ("optimizer", "lr", "weight_decay")},
-                      "to": {k: perturbed[k] for k in ("optimizer", "lr", "weight_decay")}})
+        steps.append(
+            {
+                "trial": target,
+                "copied": clone,
+                "iteration": target_iter,
+                "copied_iteration": clone_iter,
+                "from": {k: copied[k] for k in ("optimizer", "lr", "weight_decay")},
+                "to": {k: perturbed[k] for k in ("optimizer", "lr", "weight_decay")},
+            }
+        )
     return steps
 
 
@@ -253,13 +331,34 @@ def parse_args(argv: list[str] | None = None) -> PBTConfig:
     p = argparse.ArgumentParser(prog="python -m alloynet.study.pbt", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="PBTConfig as YAML (options below override its fields)")
     p.add_argument("--store", help="capture store with manifest.csv")
-    for name, kind in (("out_dir", str), ("architecture", str), ("loss", str), ("population", int), ("epochs", int),
-                       ("interval", int), ("seed", int), ("cpus", int), ("cpus_per_member", float),
-                       ("gpus_per_member", float), ("storage_path", str), ("ray_address", str)):
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                       help=PBTConfig.model_fields[name].description)
-    p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
-                   help="a TrainConfig override for every member, e.g. data.batch_size=64 (repeatable)")
+    for name, kind in (
+        ("out_dir", str),
+        ("architecture", str),
+        ("loss", str),
+        ("population", int),
+        ("epochs", int),
+        ("interval", int),
+        ("seed", int),
+        ("cpus", int),
+        ("cpus_per_member", float),
+        ("gpus_per_member", float),
+        ("storage_path", str),
+        ("ray_address", str),
+    ):
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,
+            default=None,
+            help=PBTConfig.model_fields[name].description,
+        )
+    p.add_argument(
+        "--train",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a TrainConfig override for every member, e.g. data.batch_size=64 (repeatable)",
+    )
     a = p.parse_args(argv)
     raw: dict[str, Any] = {}
     if a.config:
@@ -282,8 +381,13 @@ def parse_args(argv: list[str] | None = None) -> PBTConfig:
 
 def main(argv: list[str] | None = None) -> None:
     summary = run_pbt(parse_args(argv))
-    print(json.dumps({k: summary[k] for k in ("best_value", "best_hparams", "checkpoint", "epochs_trained")},
-                     indent=1, default=float))
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("best_value", "best_hparams", "checkpoint", "epochs_trained")},
+            indent=1,
+            default=float,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -5,12 +5,12 @@ per set; the Gaussian profile classifier, fitted on each training pool and appli
 Each set's figures are cached beside it (``reference.json``), each pool's beside the pool
 (``baselines.json``), keyed by what made them, so a resumed study does not recompute them.
 """
+
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -30,24 +30,28 @@ VERSION = 3  # bump when the figures below are computed differently (3: the phys
 
 
 def _arrays(root: Path) -> dict[str, np.ndarray]:
-    return dataset_arrays(CaptureDataset(LocalStore(root), read_manifest(manifest_path(root)), "test"),
-                          plate_rows(set_spec(root).rig))
+    return dataset_arrays(
+        CaptureDataset(LocalStore(root), read_manifest(manifest_path(root)), "test"), plate_rows(set_spec(root).rig)
+    )
 
 
-def scores(y: np.ndarray, probs: np.ndarray, thickness: Optional[np.ndarray] = None,
-           true_thickness: Optional[np.ndarray] = None) -> dict:
+def scores(
+    y: np.ndarray,
+    probs: np.ndarray,
+    thickness: np.ndarray | None = None,
+    true_thickness: np.ndarray | None = None,
+) -> dict:
     """The study's row metrics for class probabilities [N, K] over ``CLASS_NAMES``."""
     names = list(CLASS_NAMES)
     m = classification_metrics(y, probs, names)
     m["heavy_light_balanced_accuracy"] = heavy_light(y, group_probabilities(probs, names), names)
-    m["thickness_mae_mm"] = (float(np.abs(thickness - true_thickness).mean()) if thickness is not None
-                             else float("nan"))
+    m["thickness_mae_mm"] = float(np.abs(thickness - true_thickness).mean()) if thickness is not None else float("nan")
     m["a0_mae"] = float("nan")
     m.pop("confusion_matrix", None)
     return m
 
 
-def _cached(path: Path, key: str) -> Optional[dict]:
+def _cached(path: Path, key: str) -> dict | None:
     if path.exists():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
@@ -76,25 +80,35 @@ def set_reference(root: Path, plates: int, with_physics_fit: bool = True) -> dic
     counts = rows.wedge_mm.value_counts()
     ceil = ceiling({w: (rigs[w], int(counts.get(w, 0)) or 1) for w in spec.wedges_mm}, spec.prior, plates=plates)
     # "ceiling" is the bracket's lower edge (the name the study's readers know); "ceiling_upper" its upper edge
-    ref = {"ceiling": ceil["ceiling_accuracy"], "ceiling_recall": ceil["ceiling_recall"],
-           "ceiling_se": ceil["ceiling_lower_se"], "ceiling_upper": ceil["ceiling_upper"],
-           "ceiling_upper_se": ceil["ceiling_upper_se"], "ceiling_heavy_light_upper": ceil["ceiling_heavy_light_upper"],
-           "ceiling_heavy_light": ceil["ceiling_heavy_light"], "pairs": ceil["ceiling_pairs"],
-           "markdown": ceil["markdown"], "physics_fit": None}
+    ref = {
+        "ceiling": ceil["ceiling_accuracy"],
+        "ceiling_recall": ceil["ceiling_recall"],
+        "ceiling_se": ceil["ceiling_lower_se"],
+        "ceiling_upper": ceil["ceiling_upper"],
+        "ceiling_upper_se": ceil["ceiling_upper_se"],
+        "ceiling_heavy_light_upper": ceil["ceiling_heavy_light_upper"],
+        "ceiling_heavy_light": ceil["ceiling_heavy_light"],
+        "pairs": ceil["ceiling_pairs"],
+        "markdown": ceil["markdown"],
+        "physics_fit": None,
+    }
     if with_physics_fit and calibration_sent(root):
         t0 = time.perf_counter()
         test = _arrays(root)
         probs, thick = PhysicsFit(rigs, spec.prior, list(CLASS_NAMES)).predict(test["profiles"], test["wedge_mm"])
-        ref["physics_fit"] = {**scores(test["y"], probs, thick, test["thickness_mm"]),
-                              "fit_s": time.perf_counter() - t0}
+        ref["physics_fit"] = {
+            **scores(test["y"], probs, thick, test["thickness_mm"]),
+            "fit_s": time.perf_counter() - t0,
+        }
     return _save(root / "reference.json", key, ref)
 
 
-def pool_baseline(pool: Path, sets: dict[str, Path]) -> dict[str, Optional[dict]]:
+def pool_baseline(pool: Path, sets: dict[str, Path]) -> dict[str, dict | None]:
     """The Gaussian profile classifier fitted on every capture of a training pool, scored on each set
     ({name: metrics}, None for a set whose captures carry no calibration)."""
-    key = json.dumps([VERSION, (pool / "spec.json").read_text(),
-                      {n: (r / "spec.json").read_text() for n, r in sorted(sets.items())}])
+    key = json.dumps(
+        [VERSION, (pool / "spec.json").read_text(), {n: (r / "spec.json").read_text() for n, r in sorted(sets.items())}]
+    )
     cached = _cached(pool / "baselines.json", key)
     if cached is not None:
         return cached
@@ -103,9 +117,10 @@ def pool_baseline(pool: Path, sets: dict[str, Path]) -> dict[str, Optional[dict]
     t0 = time.perf_counter()
     train = dataset_arrays(CaptureDataset(LocalStore(pool), df, "train"), plate_rows(set_spec(pool).rig))
     model = GaussianProfile(len(CLASS_NAMES), set_spec(pool).prior).fit(
-        train["profiles"], train["y"], train["thickness_mm"], train["wedge_mm"])
+        train["profiles"], train["y"], train["thickness_mm"], train["wedge_mm"]
+    )
     fit_s = time.perf_counter() - t0
-    out: dict[str, Optional[dict]] = {}
+    out: dict[str, dict | None] = {}
     for name, root in sets.items():
         if not calibration_sent(root):
             out[name] = None
@@ -115,8 +130,9 @@ def pool_baseline(pool: Path, sets: dict[str, Path]) -> dict[str, Optional[dict]
     return _save(pool / "baselines.json", key, out)
 
 
-def baseline_rows(pools: dict[tuple[float, int], Path], test_root: Path, ood_roots: dict[str, Path],
-                  plates: int, tail: str, row) -> pd.DataFrame:
+def baseline_rows(
+    pools: dict[tuple[float, int], Path], test_root: Path, ood_roots: dict[str, Path], plates: int, tail: str, row
+) -> pd.DataFrame:
     """One row per (baseline, rho, seed) in the layout of the models' rows (``row`` builds one), so every
     table has the baselines beside the models: the Gaussian profile classifier of that pool, and the
     physics fit (the same on every pool: it trains on nothing)."""

@@ -1,10 +1,12 @@
 """Study tables, plots and prose: mean +- std over seeds, the physics bracket beside every row, and the
 findings (results.md, README.md), every figure and every judgement in them computed from the results and
 the ideal observer's figures."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,10 +25,19 @@ SEPARABLE_ERROR = 0.1
 PLATE_LIMITED_GAIN = 1.25
 
 SUMMARY_METRICS = [
-    ("accuracy", "acc"), ("balanced_accuracy", "bal. acc"), ("heavy_light", "heavy/light"),
-    ("tail_recall", "tail recall"), ("macro_f1", "macro-F1"), ("log_loss", "log-loss"), ("ece", "ECE"),
-    ("mean_auc", "mean AUC"), ("set_coverage", "set coverage"), ("set_size", "set size"),
-    ("thickness_mae_mm", "thickness MAE (mm)"), ("a0_mae", "A0 MAE"), ("train_s", "train time (s)"),
+    ("accuracy", "acc"),
+    ("balanced_accuracy", "bal. acc"),
+    ("heavy_light", "heavy/light"),
+    ("tail_recall", "tail recall"),
+    ("macro_f1", "macro-F1"),
+    ("log_loss", "log-loss"),
+    ("ece", "ECE"),
+    ("mean_auc", "mean AUC"),
+    ("set_coverage", "set coverage"),
+    ("set_size", "set size"),
+    ("thickness_mae_mm", "thickness MAE (mm)"),
+    ("a0_mae", "A0 MAE"),
+    ("train_s", "train time (s)"),
 ]
 
 
@@ -36,7 +47,7 @@ def _fmt(mean: float, std: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if not np.isnan(std) else f"{mean:.{digits}f}"
 
 
-def bracket_text(ref: Union[dict, float]) -> str:
+def bracket_text(ref: dict | float) -> str:
     """A set's physics bracket as "lower-upper" (a bare lower edge where a reference has no upper one)."""
     if not isinstance(ref, dict):
         return f"{ref:.3f}"
@@ -44,8 +55,13 @@ def bracket_text(ref: Union[dict, float]) -> str:
     return f"{ref['ceiling']:.3f}" + ("" if upper is None else f"-{upper:.3f}")
 
 
-def summary_table(results: pd.DataFrame, ceiling_acc: float, ceiling_heavy_light: float = float("nan"),
-                  ceiling_upper: Optional[float] = None, ceiling_upper_se: float = 0.0) -> pd.DataFrame:
+def summary_table(
+    results: pd.DataFrame,
+    ceiling_acc: float,
+    ceiling_heavy_light: float = float("nan"),
+    ceiling_upper: float | None = None,
+    ceiling_upper_se: float = 0.0,
+) -> pd.DataFrame:
     """One row per (architecture, loss, rho): mean ± std over seeds; the physics bracket (``ceiling_acc`` its
     lower edge, ``ceiling_upper`` its upper one) and where the row stands against it."""
     rows = []
@@ -53,8 +69,9 @@ def summary_table(results: pd.DataFrame, ceiling_acc: float, ceiling_heavy_light
         row = {"model": arch, "loss": loss, "rho": f"{rho:g}", "seeds": len(g)}
         for key, label in SUMMARY_METRICS:
             digits = 1 if key == "train_s" else 3
-            row[label] = (_fmt(g[key].mean(), g[key].std(ddof=1) if len(g) > 1 else np.nan, digits)
-                          if key in g else "n/a")
+            row[label] = (
+                _fmt(g[key].mean(), g[key].std(ddof=1) if len(g) > 1 else np.nan, digits) if key in g else "n/a"
+            )
         row["params"] = f"{int(g.params.iloc[0]):,}"
         upper = ceiling_acc if ceiling_upper is None else ceiling_upper
         row["bracket (bal. acc)"] = f"{ceiling_acc:.3f}-{upper:.3f}"
@@ -75,8 +92,9 @@ def ap_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def ood_table(results: pd.DataFrame, ood_names: list[str], refs: Optional[dict[str, dict]],
-              metric: str = "balanced_accuracy") -> pd.DataFrame:
+def ood_table(
+    results: pd.DataFrame, ood_names: list[str], refs: dict[str, dict] | None, metric: str = "balanced_accuracy"
+) -> pd.DataFrame:
     """One row per (model, loss), all imbalance ratios pooled: ``metric`` in distribution and on every OOD
     set, each set's ceiling in its header (``refs[name]``: a set reference, ``study/reference.py``)."""
     ceiling_key = {"balanced_accuracy": "ceiling", "heavy_light": "ceiling_heavy_light"}.get(metric)
@@ -88,8 +106,11 @@ def ood_table(results: pd.DataFrame, ood_names: list[str], refs: Optional[dict[s
             head = "in distribution" if name == "test" else name
             if refs and ceiling_key:
                 ref = refs[name]
-                head += (f" (bracket {bracket_text(ref)})" if ceiling_key == "ceiling"
-                         else f" (lower edge {ref[ceiling_key]:.3f})")
+                head += (
+                    f" (bracket {bracket_text(ref)})"
+                    if ceiling_key == "ceiling"
+                    else f" (lower edge {ref[ceiling_key]:.3f})"
+                )
             vals = g[col] if col in g else pd.Series(dtype=float)
             row[head] = _fmt(vals.mean(), vals.std(ddof=1)) if vals.notna().any() else "n/a"
         rows.append(row)
@@ -103,8 +124,13 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy_vs_rho(results: pd.DataFrame, ceiling_acc: float, path: Path, baselines: Sequence[str] = (),
-                         ceiling_upper: Optional[float] = None) -> None:
+def plot_accuracy_vs_rho(
+    results: pd.DataFrame,
+    ceiling_acc: float,
+    path: Path,
+    baselines: Sequence[str] = (),
+    ceiling_upper: float | None = None,
+) -> None:
     """One panel per model: balanced accuracy against the imbalance ratio per loss, the ceiling, chance and
     the baselines (their own rows in ``results``) as reference lines in every panel."""
     import matplotlib
@@ -113,8 +139,11 @@ def plot_accuracy_vs_rho(results: pd.DataFrame, ceiling_acc: float, path: Path, 
     import matplotlib.pyplot as plt
 
     archs = [a for a in dict.fromkeys(results.arch) if a not in baselines]
-    refs = {b: results[results.arch == b].groupby("rho").balanced_accuracy.mean() for b in baselines
-            if (results.arch == b).any()}
+    refs = {
+        b: results[results.arch == b].groupby("rho").balanced_accuracy.mean()
+        for b in baselines
+        if (results.arch == b).any()
+    }
     fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.6), sharey=True, squeeze=False)
     for ax, arch in zip(axes[0], archs):
         sub = results[results.arch == arch]
@@ -140,20 +169,30 @@ def plot_accuracy_vs_rho(results: pd.DataFrame, ceiling_acc: float, path: Path, 
 
 # -- results.md ---------------------------------------------------------------------------------------------
 
+
 def failure_lines(failures: list[dict], total: int) -> list[str]:
-    lines = [f"## Cells that did not finish ({len(failures)} of {total})", "",
-             "These cells are missing from every table below; re-running the study retries them (finished cells "
-             "are reused).", "", "| cell | reason |", "|---|---|"]
+    lines = [
+        f"## Cells that did not finish ({len(failures)} of {total})",
+        "",
+        "These cells are missing from every table below; re-running the study retries them (finished cells "
+        "are reused).",
+        "",
+        "| cell | reason |",
+        "|---|---|",
+    ]
     lines += [f"| {f['cell']} | {' '.join(str(f['reason']).split())[:300]} |" for f in failures]
     return lines + [""]
 
 
 def baseline_note() -> list[str]:
-    return ["Beside the models, per imbalance ratio and seed: `physics_fit` (for each alloy, the plate thickness "
-            "fitted to the wedge profile with the forward model, the most likely alloy; trains on nothing, so it is "
-            "the same on every pool) and `gaussian_profile` (QDA-like: per alloy and wedge a Gaussian profile whose "
-            "mean follows thickness, fitted on that pool). Both read the capture with its own calibration "
-            "(alloynet.evaluate.baselines).", ""]
+    return [
+        "Beside the models, per imbalance ratio and seed: `physics_fit` (for each alloy, the plate thickness "
+        "fitted to the wedge profile with the forward model, the most likely alloy; trains on nothing, so it is "
+        "the same on every pool) and `gaussian_profile` (QDA-like: per alloy and wedge a Gaussian profile whose "
+        "mean follows thickness, fitted on that pool). Both read the capture with its own calibration "
+        "(alloynet.evaluate.baselines).",
+        "",
+    ]
 
 
 def describe_change(base: dict, changed: dict) -> str:
@@ -162,68 +201,109 @@ def describe_change(base: dict, changed: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in diff.items()) or "calibration not sent"
 
 
-def results_markdown(cfg: "StudyConfig", table: pd.DataFrame, summary: pd.DataFrame, refs: dict[str, dict],
-                     test_set: dict, ood_sets: dict[str, dict], failures: list[dict]) -> str:
+def results_markdown(
+    cfg: StudyConfig,
+    table: pd.DataFrame,
+    summary: pd.DataFrame,
+    refs: dict[str, dict],
+    test_set: dict,
+    ood_sets: dict[str, dict],
+    failures: list[dict],
+) -> str:
     """results.md: the full tables. ``refs``: each set's reference (study/reference.py), ``"test"`` first;
     ``test_set``/``ood_sets``: each set described (``datasets.describe``)."""
     ceil = refs["test"]
     failed_ids = {f["cell"] for f in failures}
-    md = [f"# Study `{cfg.name}`: architectures x losses x imbalance ratios", "",
-          f"Balanced test set: {test_set}; every run is evaluated on the same captures. "
-          f"Mean ± std over seeds {cfg.seeds}. Tail class (rarest in training): {cfg.data.class_order[-1]}. "
-          f"Physics bracket (balanced accuracy; a classifier a line can run below, an observer told each plate's "
-          f"candidate compositions above) for these rig settings and this thickness prior: "
-          f"**{bracket_text(ceil)}** (heavy vs light, lower edge {ceil['ceiling_heavy_light']:.3f}).", "",
-          *(baseline_note() if cfg.baselines else []),
-          *(failure_lines(failures, len(cfg.cells())) if failures else []),
-          to_markdown(summary), "", "## Average precision per class", "", to_markdown(ap_table(table)),
-          "", "![balanced accuracy vs imbalance ratio](accuracy_vs_rho.png)", ""]
+    md = [
+        f"# Study `{cfg.name}`: architectures x losses x imbalance ratios",
+        "",
+        f"Balanced test set: {test_set}; every run is evaluated on the same captures. "
+        f"Mean ± std over seeds {cfg.seeds}. Tail class (rarest in training): {cfg.data.class_order[-1]}. "
+        f"Physics bracket (balanced accuracy; a classifier a line can run below, an observer told each plate's "
+        f"candidate compositions above) for these rig settings and this thickness prior: "
+        f"**{bracket_text(ceil)}** (heavy vs light, lower edge {ceil['ceiling_heavy_light']:.3f}).",
+        "",
+        *(baseline_note() if cfg.baselines else []),
+        *(failure_lines(failures, len(cfg.cells())) if failures else []),
+        to_markdown(summary),
+        "",
+        "## Average precision per class",
+        "",
+        to_markdown(ap_table(table)),
+        "",
+        "![balanced accuracy vs imbalance ratio](accuracy_vs_rho.png)",
+        "",
+    ]
     if cfg.ood:
         names = list(ood_sets)
-        md += ["## Robustness and out of distribution (all imbalance ratios pooled)", "",
-               "Each set: the shared test set with one thing changed ("
-               + "; ".join(f"`{n}`: {describe_change(test_set, d)}" for n, d in ood_sets.items())
-               + "), each against its own physics bracket.", "",
-               "### Balanced accuracy", "",
-               to_markdown(ood_table(table, names, refs, "balanced_accuracy")), "",
-               "### Heavy vs light (balanced accuracy)", "",
-               to_markdown(ood_table(table, names, refs, "heavy_light")), "",
-               "### Thickness MAE (mm)", "",
-               to_markdown(ood_table(table, names, None, "thickness_mae_mm")), ""]
+        md += [
+            "## Robustness and out of distribution (all imbalance ratios pooled)",
+            "",
+            "Each set: the shared test set with one thing changed ("
+            + "; ".join(f"`{n}`: {describe_change(test_set, d)}" for n, d in ood_sets.items())
+            + "), each against its own physics bracket.",
+            "",
+            "### Balanced accuracy",
+            "",
+            to_markdown(ood_table(table, names, refs, "balanced_accuracy")),
+            "",
+            "### Heavy vs light (balanced accuracy)",
+            "",
+            to_markdown(ood_table(table, names, refs, "heavy_light")),
+            "",
+            "### Thickness MAE (mm)",
+            "",
+            to_markdown(ood_table(table, names, None, "thickness_mae_mm")),
+            "",
+        ]
     md += ["## Physics bracket for these settings", "", ceil["markdown"], "", "## Per-run reports", ""]
-    md += [f"- {c.id}: did not finish" if c.id in failed_ids else f"- [{c.id}](runs/{c.id}/report.md)"
-           for c in cfg.cells()]
+    md += [
+        f"- {c.id}: did not finish" if c.id in failed_ids else f"- [{c.id}](runs/{c.id}/report.md)" for c in cfg.cells()
+    ]
     return "\n".join(md) + "\n"
 
 
 # -- README.md: the findings ----------------------------------------------------------------------------------
 
+
 def loss_findings(results: pd.DataFrame) -> list[str]:
     """Per architecture and imbalance ratio: plain cross-entropy against the best long-tail loss."""
-    lines = ["Long-tail losses against plain cross-entropy (mean balanced accuracy over seeds):", "",
-             "| model | rho | ce | best other loss |", "|---|---|---|---|"]
+    lines = [
+        "Long-tail losses against plain cross-entropy (mean balanced accuracy over seeds):",
+        "",
+        "| model | rho | ce | best other loss |",
+        "|---|---|---|---|",
+    ]
     means = results.groupby(["arch", "rho", "loss"]).balanced_accuracy.mean()
     for (arch, rho), g in means.groupby(level=[0, 1], sort=False):
         g = g.droplevel([0, 1])
         others = g.drop("ce", errors="ignore")
         if "ce" in g and len(others):
-            lines.append(f"| {arch} | {rho:g} | {g['ce']:.3f} | {others.idxmax()} {others.max():.3f} "
-                         f"({others.max() - g['ce']:+.3f}) |")
+            lines.append(
+                f"| {arch} | {rho:g} | {g['ce']:.3f} | {others.idxmax()} {others.max():.3f} "
+                f"({others.max() - g['ce']:+.3f}) |"
+            )
     return lines + [""]
 
 
-def ood_findings(results: pd.DataFrame, ood_ceil: dict[str, Union[dict, float]]) -> list[str]:
+def ood_findings(results: pd.DataFrame, ood_ceil: dict[str, dict | float]) -> list[str]:
     if not ood_ceil:
         return []
-    lines = ["Robustness and out of distribution (all runs of each model pooled; balanced accuracy / heavy vs light):",
-             "", "| model | in distribution | " + " | ".join(f"{n} (bracket {bracket_text(c)})"
-                                                         for n, c in ood_ceil.items())
-             + " |", "|---|---|" + "---|" * len(ood_ceil)]
+    lines = [
+        "Robustness and out of distribution (all runs of each model pooled; balanced accuracy / heavy vs light):",
+        "",
+        "| model | in distribution | "
+        + " | ".join(f"{n} (bracket {bracket_text(c)})" for n, c in ood_ceil.items())
+        + " |",
+        "|---|---|" + "---|" * len(ood_ceil),
+    ]
     for arch, g in results.groupby("arch", sort=False):
-        cells = [f"{g[f'ood_{n}_balanced_accuracy'].mean():.3f} / {g[f'ood_{n}_heavy_light'].mean():.3f}"
-                 for n in ood_ceil]
-        lines.append(f"| {arch} | {g.balanced_accuracy.mean():.3f} / {g.heavy_light.mean():.3f} | "
-                     + " | ".join(cells) + " |")
+        cells = [
+            f"{g[f'ood_{n}_balanced_accuracy'].mean():.3f} / {g[f'ood_{n}_heavy_light'].mean():.3f}" for n in ood_ceil
+        ]
+        lines.append(
+            f"| {arch} | {g.balanced_accuracy.mean():.3f} / {g.heavy_light.mean():.3f} | " + " | ".join(cells) + " |"
+        )
     return lines + [""]
 
 
@@ -239,9 +319,13 @@ def baseline_findings(results: pd.DataFrame, ceil: dict) -> list[str]:
     """Per imbalance ratio: the best model against the two baselines on the same pools."""
     if not results.arch.isin(BASELINES).any():
         return []
-    lines = ["The best model against the non-deep baselines on the same pools (mean balanced accuracy over seeds; "
-             f"physics bracket {bracket_text(ceil)}):", "", "| rho | best model | gaussian_profile | physics_fit |",
-             "|---|---|---|---|"]
+    lines = [
+        "The best model against the non-deep baselines on the same pools (mean balanced accuracy over seeds; "
+        f"physics bracket {bracket_text(ceil)}):",
+        "",
+        "| rho | best model | gaussian_profile | physics_fit |",
+        "|---|---|---|---|",
+    ]
     means = results.groupby(["rho", "arch", "loss"], sort=False).balanced_accuracy.mean()
     for rho, g in means.groupby(level=0, sort=False):
         g = g.droplevel(0)
@@ -272,16 +356,22 @@ def pair_findings(pairs: dict[str, dict], kvp: Sequence[float]) -> str:
         return ""
     ranked = sorted(pairs.items(), key=lambda kv: -kv[1]["bayes_error_unknown"])
     (hardest, p), exposure = ranked[0], "/".join(f"{k:g}" for k in kvp) + " kV"
-    text = (f"Hardest pair, {_short(hardest)}: d' = {p['d_unknown']:.2f} with thickness unknown (Bayes error "
-            f"{p['bayes_error_unknown']:.2f}): {separability_words(p['bayes_error_unknown'])} in one {exposure} "
-            "exposure.")
+    text = (
+        f"Hardest pair, {_short(hardest)}: d' = {p['d_unknown']:.2f} with thickness unknown (Bayes error "
+        f"{p['bayes_error_unknown']:.2f}): {separability_words(p['bayes_error_unknown'])} in one {exposure} "
+        "exposure."
+    )
     groups: dict[str, list[str]] = {}
     for name, q in ranked[1:]:
         groups.setdefault(separability_words(q["bayes_error_unknown"]), []).append(
-            f"{_short(name)} ({q['bayes_error_unknown']:.2f})")
+            f"{_short(name)} ({q['bayes_error_unknown']:.2f})"
+        )
     if groups:
-        text += " The other pairs (Bayes error with thickness unknown): " + "; ".join(
-            f"{words}: {', '.join(names)}" for words, names in groups.items()) + "."
+        text += (
+            " The other pairs (Bayes error with thickness unknown): "
+            + "; ".join(f"{words}: {', '.join(names)}" for words, names in groups.items())
+            + "."
+        )
     return text
 
 
@@ -300,26 +390,37 @@ def limit_findings(rows: list[dict]) -> str:
     if hi["dose"] > lo["dose"]:
         (n_lo, k_lo, _, _), (n_hi, k_hi, _, _) = lo[hardest], hi[hardest]
         gain = k_hi / k_lo if k_lo > 0 else float("inf")
-        limit = ("the limit is the plates, not the detector" if gain < PLATE_LIMITED_GAIN
-                 else "the detector still limits it")
-        out.append(f"From {lo['dose']:.0e} to {hi['dose']:.0e} photons/px at {first_kvp} kV, "
-                   f"{hardest.replace('/', ' vs ')}'s d' with exact nominal plates grows {n_hi / n_lo:.1f}x (the "
-                   f"square root of the dose ratio is {(hi['dose'] / lo['dose']) ** 0.5:.1f}x), with real plates and "
-                   f"thickness known {k_lo:.2f} -> {k_hi:.2f}: {limit}.")
+        limit = (
+            "the limit is the plates, not the detector" if gain < PLATE_LIMITED_GAIN else "the detector still limits it"
+        )
+        out.append(
+            f"From {lo['dose']:.0e} to {hi['dose']:.0e} photons/px at {first_kvp} kV, "
+            f"{hardest.replace('/', ' vs ')}'s d' with exact nominal plates grows {n_hi / n_lo:.1f}x (the "
+            f"square root of the dose ratio is {(hi['dose'] / lo['dose']) ** 0.5:.1f}x), with real plates and "
+            f"thickness known {k_lo:.2f} -> {k_hi:.2f}: {limit}."
+        )
     top = max(r["dose"] for r in rows)
     at_top = {r["kvp"]: r for r in rows if r["dose"] == top}
     if len(at_top) > 1:
         single, *more = list(at_top)
         for kvps in more:
             moves = sorted(((at_top[kvps][k][2] - at_top[single][k][2], k) for k in pairs), reverse=True)
-            out.append(f"Extra kVp channels ({kvps} against {single} kV) at {top:.0e} photons/px raise d' with "
-                       "thickness unknown by " + ", ".join(f"{d:+.2f} for {k.replace('/', ' vs ')}" for d, k in moves)
-                       + ".")
+            out.append(
+                f"Extra kVp channels ({kvps} against {single} kV) at {top:.0e} photons/px raise d' with "
+                "thickness unknown by " + ", ".join(f"{d:+.2f} for {k.replace('/', ' vs ')}" for d, k in moves) + "."
+            )
     return " ".join(out)
 
 
-def readme(cfg: "StudyConfig", results: pd.DataFrame, ceil: dict, limits: str, ood_ceil: dict[str, Union[dict, float]],
-           failures: Optional[list[dict]] = None, limit_rows: Optional[list[dict]] = None) -> str:
+def readme(
+    cfg: StudyConfig,
+    results: pd.DataFrame,
+    ceil: dict,
+    limits: str,
+    ood_ceil: dict[str, dict | float],
+    failures: list[dict] | None = None,
+    limit_rows: list[dict] | None = None,
+) -> str:
     """The short, honest summary: what physics allows, what the models reach (``results`` holds the models'
     rows and the baselines' rows; the best model is chosen among the models). ``limits``/``limit_rows``: the
     dose and kVp table and its rows (``physics_table.physics_limits``)."""
@@ -330,40 +431,67 @@ def readme(cfg: "StudyConfig", results: pd.DataFrame, ceil: dict, limits: str, o
     per_rho = models.groupby("rho").balanced_accuracy.max()
     recall_cols = [c for c in models.columns if c.startswith("recall_")]
     best_runs = models[(models.arch == arch) & (models.loss == loss) & (models.rho == rho)]
-    recalls = ", ".join(f"{c[len('recall_'):]} {best_runs[c].mean():.2f} "
-                        f"(lower edge {ceil['ceiling_recall'].get(c[len('recall_'):], float('nan')):.2f})"
-                        for c in recall_cols)
+    recalls = ", ".join(
+        f"{c[len('recall_') :]} {best_runs[c].mean():.2f} "
+        f"(lower edge {ceil['ceiling_recall'].get(c[len('recall_') :], float('nan')):.2f})"
+        for c in recall_cols
+    )
     d = cfg.data
-    position = phrase_gap(top, ceil["ceiling"], ceil.get("ceiling_upper", ceil["ceiling"]),
-                          ceil.get("ceiling_upper_se", 0.0))
-    return "\n".join([
-        f"# Study `{cfg.name}`: what physics allows and what the models reach", "",
-        f"Rig: W tube, kVp {d.rig.kvp}, {d.rig.dose:.0e} detected photons/pixel (open beam), "
-        f"{d.rig.height}x{d.rig.width} px, Al wedge {d.wedges_mm} mm; {prior_text(d)}, composition "
-        "drawn inside each alloy's standard ranges and thickness within +-1.5 % of nominal.", "",
-        "## What physics allows", "",
-        f"For these settings and this thickness prior the Bayes accuracy of the wedge profile lies in the bracket "
-        f"**{bracket_text(ceil)}** (alloynet.physics.bracket: below, a classifier a line can run, ± "
-        f"{ceil.get('ceiling_se', float('nan')):.3f}; above, an observer also told each plate's candidate "
-        f"compositions, ± {ceil.get('ceiling_upper_se', float('nan')):.3f}; heavy vs light from "
-        f"{ceil['ceiling_heavy_light']:.3f}); a model above the upper edge beyond its errors would be reading "
-        f"something the profile model leaves out. {pair_findings(ceil['pairs'], d.rig.kvp)} Across dose and "
-        "kVp (d' with exact nominal plates / with real plates and thickness known / thickness unknown, and the "
-        "two-class Bayes error at unknown thickness):", "",
-        limits, "",
-        limit_findings(limit_rows or []), "",
-        "## What the models reach", "",
-        *([f"**{len(failures)} of {len(cfg.cells())} cells did not finish** ({', '.join(f['cell'] for f in failures)}; "
-           "reasons in [results.md](results.md)): every figure below is over the finished cells only.", ""]
-          if failures else []),
-        f"Best mean balanced accuracy: **{top:.3f}** ({arch}, {loss} loss, rho {rho:g}): {position} (physics "
-        f"bracket {bracket_text(ceil)}). Per-class recall of that configuration: {recalls}.", "",
-        "Best single-run balanced accuracy per training imbalance ratio: "
-        + ", ".join(f"rho {r:g}: {v:.3f}" for r, v in per_rho.items()) + ".", "",
-        *baseline_findings(results, ceil), *loss_findings(models), *ood_findings(results, ood_ceil),
-        "Full tables (mean +- std over seeds, the physics bracket beside every row), AP per class, the OOD checks "
-        "and every run's report: [results.md](results.md). Reproduce with `OMP_NUM_THREADS=1 alloynet study --config "
-        "configs/study.yaml` (runs are cached in the work dir; the same seeds and the same thread count give the "
-        "same tables: CPU float reductions depend on the number of threads), or spread over the workers of a "
-        "Prefect work pool with `alloynet study-pool` (same cache, same tables). How the hyperparameters are "
-        "tuned, population-based training against the Optuna search: [search.md](search.md).", ""])
+    position = phrase_gap(
+        top, ceil["ceiling"], ceil.get("ceiling_upper", ceil["ceiling"]), ceil.get("ceiling_upper_se", 0.0)
+    )
+    return "\n".join(
+        [
+            f"# Study `{cfg.name}`: what physics allows and what the models reach",
+            "",
+            f"Rig: W tube, kVp {d.rig.kvp}, {d.rig.dose:.0e} detected photons/pixel (open beam), "
+            f"{d.rig.height}x{d.rig.width} px, Al wedge {d.wedges_mm} mm; {prior_text(d)}, composition "
+            "drawn inside each alloy's standard ranges and thickness within +-1.5 % of nominal.",
+            "",
+            "## What physics allows",
+            "",
+            f"For these settings and this thickness prior the Bayes accuracy of the wedge profile lies in the bracket "
+            f"**{bracket_text(ceil)}** (alloynet.physics.bracket: below, a classifier a line can run, ± "
+            f"{ceil.get('ceiling_se', float('nan')):.3f}; above, an observer also told each plate's candidate "
+            f"compositions, ± {ceil.get('ceiling_upper_se', float('nan')):.3f}; heavy vs light from "
+            f"{ceil['ceiling_heavy_light']:.3f}); a model above the upper edge beyond its errors would be reading "
+            f"something the profile model leaves out. {pair_findings(ceil['pairs'], d.rig.kvp)} Across dose and "
+            "kVp (d' with exact nominal plates / with real plates and thickness known / thickness unknown, and the "
+            "two-class Bayes error at unknown thickness):",
+            "",
+            limits,
+            "",
+            limit_findings(limit_rows or []),
+            "",
+            "## What the models reach",
+            "",
+            *(
+                [
+                    f"**{len(failures)} of {len(cfg.cells())} cells did not finish** "
+                    f"({', '.join(f['cell'] for f in failures)}; "
+                    "reasons in [results.md](results.md)): every figure below is over the finished cells only.",
+                    "",
+                ]
+                if failures
+                else []
+            ),
+            f"Best mean balanced accuracy: **{top:.3f}** ({arch}, {loss} loss, rho {rho:g}): {position} (physics "
+            f"bracket {bracket_text(ceil)}). Per-class recall of that configuration: {recalls}.",
+            "",
+            "Best single-run balanced accuracy per training imbalance ratio: "
+            + ", ".join(f"rho {r:g}: {v:.3f}" for r, v in per_rho.items())
+            + ".",
+            "",
+            *baseline_findings(results, ceil),
+            *loss_findings(models),
+            *ood_findings(results, ood_ceil),
+            "Full tables (mean +- std over seeds, the physics bracket beside every row), AP per class, the OOD checks "
+            "and every run's report: [results.md](results.md). Reproduce with "
+            "`OMP_NUM_THREADS=1 alloynet study --config "
+            "configs/study.yaml` (runs are cached in the work dir; the same seeds and the same thread count give the "
+            "same tables: CPU float reductions depend on the number of threads), or spread over the workers of a "
+            "Prefect work pool with `alloynet study-pool` (same cache, same tables). How the hyperparameters are "
+            "tuned, population-based training against the Optuna search: [search.md](search.md).",
+            "",
+        ]
+    )

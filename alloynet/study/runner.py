@@ -4,14 +4,15 @@ and write the tables, plots and per-run reports to ``docs/study/``.
 Each finished run leaves ``result.json`` in the work dir; re-running the study skips finished runs whose
 config is unchanged, so a killed study resumes where it stopped and the same seed gives the same tables.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import pandas as pd
 from torch.utils.data import DataLoader
@@ -20,19 +21,28 @@ from alloynet.captures.stores import LocalStore
 from alloynet.data.dataset import CaptureDataset
 from alloynet.data.manifest import manifest_hash, read_manifest
 from alloynet.study import reference, report
-from alloynet.study.report import BASELINES
 from alloynet.study.config import Cell, LossSpec, StudyConfig
 from alloynet.study.datasets import describe, held_out_set, pool_dir, pool_is_current, training_pool
 from alloynet.study.physics_table import physics_limits
+from alloynet.study.report import BASELINES
 
 
 def _train_config(cfg: StudyConfig, arch: str, loss: LossSpec, rho: float, seed: int, pool: Path, out: Path):
     from alloynet.train import load_config
 
     overrides = {**cfg.train, **cfg.per_arch.get(arch, {})}
-    overrides.update({"seed": seed, "out_dir": str(out / "train"), "progress": False, "model.name": arch,
-                      "loss.name": loss.name, "loss.kwargs": loss.kwargs, "data.store": str(pool),
-                      "data.manifest": str(pool / "manifest.csv")})
+    overrides.update(
+        {
+            "seed": seed,
+            "out_dir": str(out / "train"),
+            "progress": False,
+            "model.name": arch,
+            "loss.name": loss.name,
+            "loss.kwargs": loss.kwargs,
+            "data.store": str(pool),
+            "data.manifest": str(pool / "manifest.csv"),
+        }
+    )
     return load_config(None, overrides)
 
 
@@ -51,18 +61,28 @@ def _quick_metrics(model, meta: dict, root: Path) -> dict:
     return m
 
 
-
-
-def _row(arch: str, loss: str, rho: float, seed: int, metrics: dict, train_s: float, params: int,
-         tail: str) -> dict:
+def _row(arch: str, loss: str, rho: float, seed: int, metrics: dict, train_s: float, params: int, tail: str) -> dict:
     nan = float("nan")
-    row = {"arch": arch, "loss": loss, "rho": rho, "seed": seed, "train_s": train_s, "params": params,
-           "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
-           "heavy_light": metrics["heavy_light_balanced_accuracy"], "macro_f1": metrics["macro_f1"],
-           "log_loss": metrics["log_loss"], "ece": metrics["ece"], "mean_auc": metrics["roc_auc_macro"],
-           "tail_recall": metrics["per_class"][tail]["recall"], "set_coverage": metrics.get("set_coverage", nan),
-           "set_size": metrics.get("set_size_mean", nan), "thickness_mae_mm": metrics["thickness_mae_mm"],
-           "a0_mae": metrics["a0_mae"]}
+    row = {
+        "arch": arch,
+        "loss": loss,
+        "rho": rho,
+        "seed": seed,
+        "train_s": train_s,
+        "params": params,
+        "accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "heavy_light": metrics["heavy_light_balanced_accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "log_loss": metrics["log_loss"],
+        "ece": metrics["ece"],
+        "mean_auc": metrics["roc_auc_macro"],
+        "tail_recall": metrics["per_class"][tail]["recall"],
+        "set_coverage": metrics.get("set_coverage", nan),
+        "set_size": metrics.get("set_size_mean", nan),
+        "thickness_mae_mm": metrics["thickness_mae_mm"],
+        "a0_mae": metrics["a0_mae"],
+    }
     for name, c in metrics["per_class"].items():
         row[f"ap_{name}"] = c["average_precision"]
         row[f"recall_{name}"] = c["recall"]
@@ -98,7 +118,7 @@ def _recipe(cfg: StudyConfig, cell: Cell) -> tuple[object, tuple[str, str]]:
     return tc, (json.dumps(recipe, sort_keys=True) + ood, tc.model_dump_json() + ood)
 
 
-def finished_row(cfg: StudyConfig, cell: Cell) -> Optional[dict]:
+def finished_row(cfg: StudyConfig, cell: Cell) -> dict | None:
     """The cell's row if it has already been computed under the current recipe and data, else None.
     Never trains or simulates anything."""
     out = cell_dir(cfg, cell)
@@ -140,8 +160,16 @@ def run_cell(cfg: StudyConfig, cell: Cell) -> dict:
     t0 = time.perf_counter()
     res = train(tc)
     train_s = time.perf_counter() - t0
-    metrics = evaluate(res.checkpoint, LocalStore(test_root), None, out / "report", split="test",
-                       with_ceiling=False, gradcam=2, baselines=False)  # ceiling and baselines: once per set
+    metrics = evaluate(
+        res.checkpoint,
+        LocalStore(test_root),
+        None,
+        out / "report",
+        split="test",
+        with_ceiling=False,
+        gradcam=2,
+        baselines=False,
+    )  # ceiling and baselines: once per set
     model, meta = load_model(res.checkpoint)
     params = sum(p.numel() for p in model.parameters())
     row = _row(cell.arch, cell.loss.tag, cell.rho, cell.seed, metrics, train_s, params, tail=cfg.data.class_order[-1])
@@ -167,12 +195,15 @@ def prepare_data(cfg: StudyConfig) -> tuple[Path, dict[str, Path]]:
 
 
 def log_cell(log: Callable[[str], None], i: int, n: int, cell: Cell, r: dict) -> None:
-    log(f"[{i}/{n}] {cell.id}: bal. acc {r['balanced_accuracy']:.3f}, "
-        f"thickness MAE {r['thickness_mae_mm']:.3f} mm, {r['train_s']:.0f} s")
+    log(
+        f"[{i}/{n}] {cell.id}: bal. acc {r['balanced_accuracy']:.3f}, "
+        f"thickness MAE {r['thickness_mae_mm']:.3f} mm, {r['train_s']:.0f} s"
+    )
 
 
-def run_study(cfg: StudyConfig, log: Callable[[str], None] = print,
-              progress: Optional[Callable[[int, int], None]] = None) -> pd.DataFrame:
+def run_study(
+    cfg: StudyConfig, log: Callable[[str], None] = print, progress: Callable[[int, int], None] | None = None
+) -> pd.DataFrame:
     """The whole grid in this process, cell after cell (flows/study.py spreads the same cells over a work
     pool and gives the same tables)."""
     out = Path(cfg.out_dir)
@@ -194,18 +225,34 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print,
 def _write_nothing_finished(cfg: StudyConfig, out: Path, failures: list[dict]) -> None:
     """Every output a reader or script opens, saying that no cell finished and why; the plots, per-run
     reports and ceilings summarise finished cells, so they are removed rather than left from an older run."""
-    why = ["No cell finished, so there is nothing to tabulate: results.csv lists the cells with their "
-           "reasons, and the plots, per-run reports and ceilings are not written (a re-run retries every cell).", ""]
-    (out / "study.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), "failed_cells": failures},
-                                               indent=1))
-    text = "\n".join([f"# Study `{cfg.name}`: no cell finished", "", *why,
-                      *report.failure_lines(failures, len(cfg.cells()))]) + "\n"
+    why = [
+        "No cell finished, so there is nothing to tabulate: results.csv lists the cells with their "
+        "reasons, and the plots, per-run reports and ceilings are not written (a re-run retries every cell).",
+        "",
+    ]
+    (out / "study.json").write_text(
+        json.dumps({"config": cfg.model_dump(mode="json"), "failed_cells": failures}, indent=1)
+    )
+    text = (
+        "\n".join(
+            [f"# Study `{cfg.name}`: no cell finished", "", *why, *report.failure_lines(failures, len(cfg.cells()))]
+        )
+        + "\n"
+    )
     (out / "results.md").write_text(text)
     (out / "README.md").write_text(text)
     reasons = {f["cell"]: f["reason"] for f in failures}
-    pd.DataFrame([{**c.model_dump(include={"arch", "rho", "seed"}), "loss": c.loss.tag, "status": "failed",
-                   "error": reasons.get(c.id, "no result")} for c in cfg.cells()]).to_csv(out / "results.csv",
-                                                                                         index=False)
+    pd.DataFrame(
+        [
+            {
+                **c.model_dump(include={"arch", "rho", "seed"}),
+                "loss": c.loss.tag,
+                "status": "failed",
+                "error": reasons.get(c.id, "no result"),
+            }
+            for c in cfg.cells()
+        ]
+    ).to_csv(out / "results.csv", index=False)
     for stale in ("accuracy_vs_rho.png", "runs"):
         path = out / stale
         if path.is_dir():
@@ -214,8 +261,14 @@ def _write_nothing_finished(cfg: StudyConfig, out: Path, failures: list[dict]) -
             path.unlink()
 
 
-def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_roots: dict[str, Path],
-                  log: Callable[[str], None] = print, failures: Optional[list[dict]] = None) -> None:
+def write_outputs(
+    cfg: StudyConfig,
+    results: pd.DataFrame,
+    test_root: Path,
+    ood_roots: dict[str, Path],
+    log: Callable[[str], None] = print,
+    failures: list[dict] | None = None,
+) -> None:
     """Tables, plots, per-run reports and the summary over the finished cells; ``failures`` (cells that
     did not finish on a work pool: ``{"cell": id, "reason": ...}``) are listed in every output."""
     out = Path(cfg.out_dir)
@@ -227,8 +280,10 @@ def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_
         log(f"no cell finished; see {out / 'results.md'}")
         return
     log("computing the physics brackets" + (" and the baselines" if cfg.baselines else ""))
-    refs = {name: reference.set_reference(root, cfg.ceiling_plates, cfg.baselines)
-            for name, root in {"test": test_root, **ood_roots}.items()}
+    refs = {
+        name: reference.set_reference(root, cfg.ceiling_plates, cfg.baselines)
+        for name, root in {"test": test_root, **ood_roots}.items()
+    }
     ceil = refs["test"]
     ood_ceil = {name: refs[name] for name in ood_roots}
     table = results
@@ -236,21 +291,47 @@ def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_
         pools = {(rho, seed): training_pool(cfg, rho, seed) for rho in cfg.imbalance_ratios for seed in cfg.seeds}
         base = reference.baseline_rows(pools, test_root, ood_roots, cfg.ceiling_plates, d.class_order[-1], _row)
         # per imbalance ratio: the models' rows, then the baselines on the same pools
-        table = pd.concat([part for rho in cfg.imbalance_ratios
-                           for part in (results[results.rho == rho], base[base.rho == rho] if len(base) else base)],
-                          ignore_index=True)
+        table = pd.concat(
+            [
+                part
+                for rho in cfg.imbalance_ratios
+                for part in (results[results.rho == rho], base[base.rho == rho] if len(base) else base)
+            ],
+            ignore_index=True,
+        )
     if failures:  # failed cells keep a row in the CSV too, so a script reading it cannot miss them
-        failed = pd.DataFrame([{**c.model_dump(include={"arch", "rho", "seed"}), "loss": c.loss.tag,
-                                "status": "failed", "error": f["reason"]}
-                               for f in failures for c in cfg.cells() if c.id == f["cell"]])
-        pd.concat([table.assign(status="ok", error=""), failed], ignore_index=True).to_csv(out / "results.csv",
-                                                                                           index=False)
+        failed = pd.DataFrame(
+            [
+                {
+                    **c.model_dump(include={"arch", "rho", "seed"}),
+                    "loss": c.loss.tag,
+                    "status": "failed",
+                    "error": f["reason"],
+                }
+                for f in failures
+                for c in cfg.cells()
+                if c.id == f["cell"]
+            ]
+        )
+        pd.concat([table.assign(status="ok", error=""), failed], ignore_index=True).to_csv(
+            out / "results.csv", index=False
+        )
     else:
         table.to_csv(out / "results.csv", index=False)
-    summary = report.summary_table(table, ceil["ceiling"], ceil["ceiling_heavy_light"], ceil.get("ceiling_upper"),
-                                   ceil.get("ceiling_upper_se", 0.0))
-    report.plot_accuracy_vs_rho(table, ceil["ceiling"], out / "accuracy_vs_rho.png", baselines=BASELINES,
-                                ceiling_upper=ceil.get("ceiling_upper"))
+    summary = report.summary_table(
+        table,
+        ceil["ceiling"],
+        ceil["ceiling_heavy_light"],
+        ceil.get("ceiling_upper"),
+        ceil.get("ceiling_upper_se", 0.0),
+    )
+    report.plot_accuracy_vs_rho(
+        table,
+        ceil["ceiling"],
+        out / "accuracy_vs_rho.png",
+        baselines=BASELINES,
+        ceiling_upper=ceil.get("ceiling_upper"),
+    )
     runs_dir = out / "runs"
     if runs_dir.exists():
         shutil.rmtree(runs_dir)
@@ -261,23 +342,39 @@ def write_outputs(cfg: StudyConfig, results: pd.DataFrame, test_root: Path, ood_
         if src.exists() and rid not in failed_ids:
             skip = shutil.ignore_patterns("roc.png", "pr.png", "thickness_scatter.png", "confusion.png")
             shutil.copytree(src, runs_dir / rid, ignore=skip)
-    meta = {"config": cfg.model_dump(mode="json"), "test_set": describe(test_root),
-            "ood_sets": {k: describe(v) for k, v in ood_roots.items()},
-            # accuracy: the physics bracket's lower edge; upper: its upper edge (alloynet.physics.bracket)
-            "ceiling": {"accuracy": ceil["ceiling"], "recall": ceil["ceiling_recall"],
-                        "heavy_light": ceil["ceiling_heavy_light"], "accuracy_se": ceil.get("ceiling_se"),
-                        "upper": ceil.get("ceiling_upper"), "upper_se": ceil.get("ceiling_upper_se")},
-            "ood_ceilings": {n: {"accuracy": refs[n]["ceiling"], "heavy_light": refs[n]["ceiling_heavy_light"],
-                                 "upper": refs[n].get("ceiling_upper"), "upper_se": refs[n].get("ceiling_upper_se")}
-                             for n in ood_roots}}
+    meta = {
+        "config": cfg.model_dump(mode="json"),
+        "test_set": describe(test_root),
+        "ood_sets": {k: describe(v) for k, v in ood_roots.items()},
+        # accuracy: the physics bracket's lower edge; upper: its upper edge (alloynet.physics.bracket)
+        "ceiling": {
+            "accuracy": ceil["ceiling"],
+            "recall": ceil["ceiling_recall"],
+            "heavy_light": ceil["ceiling_heavy_light"],
+            "accuracy_se": ceil.get("ceiling_se"),
+            "upper": ceil.get("ceiling_upper"),
+            "upper_se": ceil.get("ceiling_upper_se"),
+        },
+        "ood_ceilings": {
+            n: {
+                "accuracy": refs[n]["ceiling"],
+                "heavy_light": refs[n]["ceiling_heavy_light"],
+                "upper": refs[n].get("ceiling_upper"),
+                "upper_se": refs[n].get("ceiling_upper_se"),
+            }
+            for n in ood_roots
+        },
+    }
     if failures:
         meta["failed_cells"] = failures
     (out / "study.json").write_text(json.dumps(meta, indent=1, default=float))
-    md = report.results_markdown(cfg, table, summary, refs, describe(test_root),
-                                 {n: describe(r) for n, r in ood_roots.items()}, failures)
+    md = report.results_markdown(
+        cfg, table, summary, refs, describe(test_root), {n: describe(r) for n, r in ood_roots.items()}, failures
+    )
     (out / "results.md").write_text(md)
     log("tabulating what physics allows across dose and kVp")
-    limit_rows, limits = physics_limits(d.rig, d.thicknesses_mm, plates=max(20, cfg.ceiling_plates // 2),
-                                        thickness_range_mm=d.thickness_range_mm)
+    limit_rows, limits = physics_limits(
+        d.rig, d.thicknesses_mm, plates=max(20, cfg.ceiling_plates // 2), thickness_range_mm=d.thickness_range_mm
+    )
     (out / "README.md").write_text(report.readme(cfg, table, ceil, limits, ood_ceil, failures, limit_rows))
     log(f"wrote {out / 'results.md'} and {out / 'README.md'}")

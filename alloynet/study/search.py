@@ -22,6 +22,7 @@ trials running under live launchers stay below the budget, and re-runs only the 
 stopped beating, so neither the budget nor a trial is ever run twice. Each launcher's sampler gets its
 own seed (the first keeps ``seed``), so two launchers never draw the same parameters.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,8 +64,10 @@ def resolve_storage(storage: str | None) -> str | None:
     if storage and storage.startswith("env:"):
         name = storage[4:]
         if not os.environ.get(name):
-            raise ValueError(f"storage {storage!r}: environment variable {name} is not set on this machine "
-                             f"(expected an Optuna storage URL such as postgresql://user:password@host:port/optuna)")
+            raise ValueError(
+                f"storage {storage!r}: environment variable {name} is not set on this machine "
+                f"(expected an Optuna storage URL such as postgresql://user:password@host:port/optuna)"
+            )
         return os.environ[name]
     return storage
 
@@ -98,9 +101,12 @@ def suggest(trial, cfg: SearchConfig) -> dict[str, Any]:
         kw["gamma"] = trial.suggest_float("gamma", *cfg.gamma)
     if "beta" in params:
         kw["beta"] = trial.suggest_categorical("beta", cfg.beta)
-    out = {"optim.lr": trial.suggest_float("lr", *cfg.lr, log=True),
-           "optim.weight_decay": trial.suggest_float("weight_decay", *cfg.weight_decay, log=True),
-           "loss.name": cfg.loss, "loss.kwargs": kw}
+    out = {
+        "optim.lr": trial.suggest_float("lr", *cfg.lr, log=True),
+        "optim.weight_decay": trial.suggest_float("weight_decay", *cfg.weight_decay, log=True),
+        "loss.name": cfg.loss,
+        "loss.kwargs": kw,
+    }
     if cfg.optimizers:
         out["optim.name"] = trial.suggest_categorical("optimizer", cfg.optimizers)
     return out
@@ -112,8 +118,14 @@ def trial_score(cfg: SearchConfig, number: int, overrides: dict[str, Any]) -> fl
     from alloynet.train import load_config
     from alloynet.train.launch import local_processes, train_processes
 
-    base = {**cfg.train, "model.name": cfg.architecture, "data.store": cfg.store, "seed": cfg.seed,
-            "out_dir": str(Path(cfg.out_dir) / f"trial-{number:03d}"), "progress": False}
+    base = {
+        **cfg.train,
+        "model.name": cfg.architecture,
+        "data.store": cfg.store,
+        "seed": cfg.seed,
+        "out_dir": str(Path(cfg.out_dir) / f"trial-{number:03d}"),
+        "progress": False,
+    }
     train_cfg = load_config(None, {**base, **overrides})
     result = train_processes(train_cfg, local_processes(train_cfg.device))
     return float(result.metrics[cfg.metric])
@@ -135,8 +147,13 @@ def new_study(cfg: SearchConfig, launcher: int = 0):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # constant_liar: TPE treats trials still running as bad, so concurrent trials spread out
     sampler = optuna.samplers.TPESampler(seed=launcher_seed(cfg.seed, launcher), constant_liar=True)
-    return optuna.create_study(direction="maximize", sampler=sampler, storage=resolve_storage(cfg.storage),
-                               study_name=study_name(cfg), load_if_exists=True)
+    return optuna.create_study(
+        direction="maximize",
+        sampler=sampler,
+        storage=resolve_storage(cfg.storage),
+        study_name=study_name(cfg),
+        load_if_exists=True,
+    )
 
 
 def complete_trials(study) -> list:
@@ -178,6 +195,7 @@ def run_trial(cfg: SearchConfig, number: int) -> float:
 @dataclass(frozen=True)
 class Slot:
     """A budget slot: trial ``number``, new or ``adopted`` from a launcher that stopped."""
+
     number: int
     adopted: bool
 
@@ -192,15 +210,21 @@ def _tables():
 
         meta = sa.MetaData()
         _TABLES["meta"] = meta
-        _TABLES["locks"] = sa.Table("alloynet_search_locks", meta,
-                                    sa.Column("study_name", sa.String(512), primary_key=True),
-                                    sa.Column("holder", sa.String(64), nullable=True),
-                                    sa.Column("expires", sa.Float, nullable=False))
-        _TABLES["launchers"] = sa.Table("alloynet_search_launchers", meta,
-                                        sa.Column("study_name", sa.String(512), primary_key=True),
-                                        sa.Column("launcher", sa.String(64), primary_key=True),
-                                        sa.Column("seq", sa.Integer, nullable=False),
-                                        sa.Column("seen", sa.Float, nullable=False))
+        _TABLES["locks"] = sa.Table(
+            "alloynet_search_locks",
+            meta,
+            sa.Column("study_name", sa.String(512), primary_key=True),
+            sa.Column("holder", sa.String(64), nullable=True),
+            sa.Column("expires", sa.Float, nullable=False),
+        )
+        _TABLES["launchers"] = sa.Table(
+            "alloynet_search_launchers",
+            meta,
+            sa.Column("study_name", sa.String(512), primary_key=True),
+            sa.Column("launcher", sa.String(64), primary_key=True),
+            sa.Column("seq", sa.Integer, nullable=False),
+            sa.Column("seen", sa.Float, nullable=False),
+        )
     return _TABLES
 
 
@@ -259,8 +283,7 @@ class SharedBudget:
         except sa.exc.SQLAlchemyError:  # another launcher created them at the same moment
             t["meta"].create_all(self._engine, checkfirst=True)
         with self._engine.begin() as c:
-            exists = c.execute(sa.select(t["locks"].c.study_name)
-                               .where(t["locks"].c.study_name == self.name)).first()
+            exists = c.execute(sa.select(t["locks"].c.study_name).where(t["locks"].c.study_name == self.name)).first()
         if not exists:
             try:
                 with self._engine.begin() as c:
@@ -286,22 +309,34 @@ class SharedBudget:
             while True:
                 now = time.time()
                 with self._engine.begin() as c:
-                    got = c.execute(sa.update(locks).where(
-                        locks.c.study_name == self.name,
-                        sa.or_(locks.c.holder.is_(None), locks.c.expires < now, locks.c.holder == self.id))
-                        .values(holder=self.id, expires=now + self.LOCK_S)).rowcount == 1
+                    got = (
+                        c.execute(
+                            sa.update(locks)
+                            .where(
+                                locks.c.study_name == self.name,
+                                sa.or_(locks.c.holder.is_(None), locks.c.expires < now, locks.c.holder == self.id),
+                            )
+                            .values(holder=self.id, expires=now + self.LOCK_S)
+                        ).rowcount
+                        == 1
+                    )
                 if got:
                     break
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"study {self.name!r}: its lock (table alloynet_search_locks) stayed taken "
-                                       f"for {10 * self.LOCK_S:.0f} s")
+                    raise TimeoutError(
+                        f"study {self.name!r}: its lock (table alloynet_search_locks) stayed taken "
+                        f"for {10 * self.LOCK_S:.0f} s"
+                    )
                 time.sleep(0.05)
             try:
                 yield
             finally:
                 with self._engine.begin() as c:
-                    c.execute(sa.update(locks).where(locks.c.study_name == self.name, locks.c.holder == self.id)
-                              .values(holder=None, expires=0.0))
+                    c.execute(
+                        sa.update(locks)
+                        .where(locks.c.study_name == self.name, locks.c.holder == self.id)
+                        .values(holder=None, expires=0.0)
+                    )
 
         return held()
 
@@ -310,8 +345,9 @@ class SharedBudget:
 
         launchers = _tables()["launchers"]
         with self._engine.begin() as c:
-            seq = c.execute(sa.select(sa.func.count()).select_from(launchers)
-                            .where(launchers.c.study_name == self.name)).scalar_one()
+            seq = c.execute(
+                sa.select(sa.func.count()).select_from(launchers).where(launchers.c.study_name == self.name)
+            ).scalar_one()
             c.execute(sa.insert(launchers).values(study_name=self.name, launcher=self.id, seq=seq, seen=time.time()))
         return int(seq)
 
@@ -320,8 +356,11 @@ class SharedBudget:
 
         launchers = _tables()["launchers"]
         with self._engine.begin() as c:
-            c.execute(sa.update(launchers).where(launchers.c.study_name == self.name,
-                                                 launchers.c.launcher == self.id).values(seen=when))
+            c.execute(
+                sa.update(launchers)
+                .where(launchers.c.study_name == self.name, launchers.c.launcher == self.id)
+                .values(seen=when)
+            )
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.lease_s / 4):
@@ -332,8 +371,11 @@ class SharedBudget:
 
         launchers = _tables()["launchers"]
         with self._engine.begin() as c:
-            rows = c.execute(sa.select(launchers.c.launcher).where(
-                launchers.c.study_name == self.name, launchers.c.seen >= time.time() - self.lease_s)).all()
+            rows = c.execute(
+                sa.select(launchers.c.launcher).where(
+                    launchers.c.study_name == self.name, launchers.c.seen >= time.time() - self.lease_s
+                )
+            ).all()
         return {r[0] for r in rows} | {self.id}
 
     def set_user_attr(self, number: int, key: str, value: Any) -> None:
@@ -370,8 +412,12 @@ class SharedBudget:
         return Slot(trial.number, adopted=False)
 
 
-def run_search(cfg: SearchConfig, score: Callable[[SearchConfig, int, dict], float] | None = None,
-               lease_s: float = 120.0, poll_s: float = 0.5) -> dict:
+def run_search(
+    cfg: SearchConfig,
+    score: Callable[[SearchConfig, int, dict], float] | None = None,
+    lease_s: float = 120.0,
+    poll_s: float = 0.5,
+) -> dict:
     """In-process search (the flow does the same with tasks or flow runs); returns the best trial.
     The budget is ``cfg.trials`` complete trials, those of a resumed study and of other launchers on the
     same storage included. A trial whose score raised is marked FAIL and another one is asked for, up to
@@ -402,10 +448,17 @@ def run_search(cfg: SearchConfig, score: Callable[[SearchConfig, int, dict], flo
 def summarise(study) -> dict:
     """The best complete trial and every trial (failed ones with their state, so none goes missing)."""
     best = study.best_trial
-    out = {"best_value": best.value, "best_params": best.params, "best_trial": best.number,
-           "trials": [{"number": t.number, "value": t.value, **t.params} for t in complete_trials(study)]}
-    failed = [{"number": t.number, "state": t.state.name, **t.params} for t in study.get_trials(deepcopy=False)
-              if t.state.name != "COMPLETE"]
+    out = {
+        "best_value": best.value,
+        "best_params": best.params,
+        "best_trial": best.number,
+        "trials": [{"number": t.number, "value": t.value, **t.params} for t in complete_trials(study)],
+    }
+    failed = [
+        {"number": t.number, "state": t.state.name, **t.params}
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name != "COMPLETE"
+    ]
     if failed:
         out["not_complete"] = failed
     return out

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.orchestration.conftest import prefect_harness  # noqa: F401  (the session's Prefect server)
+from tests.integration.flows.conftest import prefect_harness  # noqa: F401  (the session's Prefect server)
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def _line_store(root, flat_gain: float):
 
 
 def _artifacts(key: str) -> list:
-    from tests.orchestration.test_flows import artifacts_by_key
+    from tests.integration.flows.test_flows import artifacts_by_key
 
     return artifacts_by_key(key)
 

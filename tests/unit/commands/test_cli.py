@@ -1,4 +1,5 @@
 """The CLI as a user runs it (Typer's runner, in-process)."""
+
 import json
 
 from typer.testing import CliRunner
@@ -37,7 +38,10 @@ def test_physics_commands(tmp_path):
 
 def test_ingest_and_quarantine_commands(tmp_path):
     src = tmp_path / "rig"
-    assert runner.invoke(app, ["simulate", "--out", str(src), "--n-max", "3", "--size", "64", "--no-manifest"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["simulate", "--out", str(src), "--n-max", "3", "--size", "64", "--no-manifest"]).exit_code
+        == 0
+    )
     victim = sorted((src / "captures").glob("*.json"))[0]
     victim.write_text("{broken")
     res = runner.invoke(app, ["ingest", str(src), str(tmp_path / "data")])
@@ -52,16 +56,35 @@ def test_users_add_alloys_by_config(tmp_path):
     from alloynet.physics.alloys import ALLOYS
 
     cfg = tmp_path / "alloys.yaml"
-    cfg.write_text("Al3003:\n  density_g_cm3: 2.73\n  nominal_wt_pct: {Mn: 1.2, Cu: 0.12}\n"
-                   "  ranges_wt_pct: {Mn: [1.0, 1.5], Cu: [0.05, 0.2], Fe: [0, 0.7]}\n")
+    cfg.write_text(
+        "Al3003:\n  density_g_cm3: 2.73\n  nominal_wt_pct: {Mn: 1.2, Cu: 0.12}\n"
+        "  ranges_wt_pct: {Mn: [1.0, 1.5], Cu: [0.05, 0.2], Fe: [0, 0.7]}\n"
+    )
     res = runner.invoke(app, ["physics", "transmission", "Al3003", "2.0", "--alloys", str(cfg)])
     assert res.exit_code == 0 and float(res.output) > 0.6
-    res = runner.invoke(app, ["physics", "separability", "--alloys", str(cfg), "--alloy", "Al3003", "--alloy",
-                              "Al1050", "--size", "32", "--plates", "20"])
+    res = runner.invoke(
+        app,
+        [
+            "physics",
+            "separability",
+            "--alloys",
+            str(cfg),
+            "--alloy",
+            "Al3003",
+            "--alloy",
+            "Al1050",
+            "--size",
+            "32",
+            "--plates",
+            "20",
+        ],
+    )
     assert res.exit_code == 0 and "Al3003 vs Al1050" in res.output
     spec = tmp_path / "spec.yaml"
-    spec.write_text("n_max: 2\nclass_order: [Al3003, Al1050]\ncustom_alloys:\n  Al3003:\n"
-                    "    density_g_cm3: 2.73\n    nominal_wt_pct: {Mn: 1.2}\n    ranges_wt_pct: {Mn: [1.0, 1.5]}\n")
+    spec.write_text(
+        "n_max: 2\nclass_order: [Al3003, Al1050]\ncustom_alloys:\n  Al3003:\n"
+        "    density_g_cm3: 2.73\n    nominal_wt_pct: {Mn: 1.2}\n    ranges_wt_pct: {Mn: [1.0, 1.5]}\n"
+    )
     res = runner.invoke(app, ["simulate", "--out", str(tmp_path / "ds"), "--config", str(spec), "--size", "32"])
     assert res.exit_code == 0, res.output
     assert "Al3003" in (tmp_path / "ds" / "manifest.csv").read_text()
@@ -141,13 +164,15 @@ def run_cli_as_main(*args: str) -> tuple[int, str, list[str]]:
     """``python -m alloynet.cli ARGS`` in a fresh interpreter from the checkout: exit code, output, sys.modules."""
     import subprocess
     import sys
+
     from tests.helpers import ROOT
 
-    res = subprocess.run([sys.executable, "-c", CLI_AS_MAIN, *args], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", CLI_AS_MAIN, *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     *out, report = res.stdout.rstrip("\n").split("\n")
     assert report.startswith("REPORT "), res.stdout + res.stderr
-    rep = json.loads(report[len("REPORT "):])
+    rep = json.loads(report[len("REPORT ") :])
     return rep["exit"], "\n".join(out) + res.stderr, rep["modules"]
 
 
@@ -169,8 +194,23 @@ def test_a_command_loads_only_its_own_group():
 def test_help_and_unknown_commands_see_every_command():
     code, out, _ = run_cli_as_main("--help")
     assert code in (0, None)
-    for name in ("simulate", "ingest", "import", "train", "evaluate", "study", "demo", "study-pool", "infer",
-                 "physics", "data", "rig", "registry", "package", "serve"):
+    for name in (
+        "simulate",
+        "ingest",
+        "import",
+        "train",
+        "evaluate",
+        "study",
+        "demo",
+        "study-pool",
+        "infer",
+        "physics",
+        "data",
+        "rig",
+        "registry",
+        "package",
+        "serve",
+    ):
         assert f"\n  {name} " in out, (name, out)
     code, out, _ = run_cli_as_main("nosuch")
     assert code == 2 and "No such command 'nosuch'" in out, out
@@ -182,9 +222,13 @@ def test_plugin_commands_are_read_from_the_source_without_running_it(tmp_path, m
 
     from alloynet import cli
 
-    sources = {"one": 'import sys\nCOMMANDS = ("a", "b-c")  # note\nsys.exit("never run")\n',
-               "lines": 'COMMANDS = (\n    "a",\n    "b",\n)\nraise SystemExit("never run")\n',
-               "computed": 'COMMANDS = tuple("ab")\n', "none": 'NAMES = ("a",)\n', "ints": "COMMANDS = (1, 2)\n"}
+    sources = {
+        "one": 'import sys\nCOMMANDS = ("a", "b-c")  # note\nsys.exit("never run")\n',
+        "lines": 'COMMANDS = (\n    "a",\n    "b",\n)\nraise SystemExit("never run")\n',
+        "computed": 'COMMANDS = tuple("ab")\n',
+        "none": 'NAMES = ("a",)\n',
+        "ints": "COMMANDS = (1, 2)\n",
+    }
     for name, text in sources.items():
         (tmp_path / f"plugin_{name}.py").write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path))

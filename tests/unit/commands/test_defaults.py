@@ -1,4 +1,5 @@
 """One home for every default; read commands create nothing and say where they looked; plain output off a terminal."""
+
 from __future__ import annotations
 
 import io
@@ -32,8 +33,16 @@ def test_every_location_comes_from_the_home(home, monkeypatch):
     assert settings.home() == Path("demo-data")
 
 
-@pytest.mark.parametrize("command", [["registry", "list"], ["registry", "champion"], ["registry", "history"],
-                                     ["registry", "verify"], ["registry", "clean"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["registry", "list"],
+        ["registry", "champion"],
+        ["registry", "history"],
+        ["registry", "verify"],
+        ["registry", "clean"],
+    ],
+)
 def test_read_commands_on_a_missing_registry_create_nothing_and_say_where(home, command):
     res = runner.invoke(app, command)
     assert res.exit_code == 1, res.output

@@ -1,4 +1,5 @@
 """Every command's --help: each option has help text, and options that read a config are all -c/--config."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,16 +30,18 @@ def test_the_walk_sees_every_area():
 @pytest.mark.parametrize("name", [name for name, _ in COMMANDS])
 def test_every_option_has_help(name):
     cmd = dict(COMMANDS)[name]
-    missing = [p.opts[0] for p in cmd.params
-               if p.param_type_name == "option" and not p.hidden and not (p.help or "").strip()]
+    missing = [
+        p.opts[0] for p in cmd.params if p.param_type_name == "option" and not p.hidden and not (p.help or "").strip()
+    ]
     assert not missing, f"`alloynet {name}`: options without help: {missing}"
     res = runner.invoke(app, [*name.split(), "--help"])
     assert res.exit_code == 0, res.output
     assert (cmd.help or cmd.short_help or "").strip(), f"`alloynet {name}` has no description"
 
 
-@pytest.mark.parametrize("name", [name for name, cmd in COMMANDS
-                                  if any("--config" in getattr(p, "opts", ()) for p in cmd.params)])
+@pytest.mark.parametrize(
+    "name", [name for name, cmd in COMMANDS if any("--config" in getattr(p, "opts", ()) for p in cmd.params)]
+)
 def test_config_is_always_dash_c(name):
     cmd = dict(COMMANDS)[name]
     opt = next(p for p in cmd.params if "--config" in getattr(p, "opts", ()))

@@ -1,4 +1,5 @@
 """prefect.yaml and the Kubernetes files, validated structurally (they cannot be applied here)."""
+
 from __future__ import annotations
 
 import json
@@ -7,21 +8,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
+
 K8S = ROOT / "infra" / "k8s"
 
 
 def _deployments() -> dict[str, dict]:
     """By ``flow/deployment`` name (flow = the entrypoint's function, as `prefect deploy --name` matches it)."""
-    return {f"{d['entrypoint'].split(':')[-1].replace('_', '-')}/{d['name']}": d
-            for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    return {
+        f"{d['entrypoint'].split(':')[-1].replace('_', '-')}/{d['name']}": d
+        for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    }
 
 
 def test_prefect_yaml_cron_and_manual_deployments():
     deps = _deployments()
     cron = deps["nightly/daily-0200-UTC"]
-    assert cron["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": True,
-                                  "slug": "every day at 02:00 UTC (cron 0 2 * * *)"}]  # the UI's card shows the slug
+    assert cron["schedules"] == [
+        {"cron": "0 2 * * *", "timezone": "UTC", "active": True, "slug": "every day at 02:00 UTC (cron 0 2 * * *)"}
+    ]  # the UI's card shows the slug
     assert deps["nightly/manual"]["schedules"] == []
     assert cron["work_pool"]["name"] == deps["nightly/manual"]["work_pool"]["name"] == "local-process"
     nightly = [d for k, d in deps.items() if k.startswith("nightly/")]
@@ -50,8 +55,11 @@ def test_names_say_what_and_scheduled_ones_when_in_which_time_zone():
     from infra.stack import LOCAL_DEPLOYMENTS
 
     deps = _deployments()
-    assert len({d["name"] for d in deps.values() if d["work_pool"]["name"] == "local-process"}) == len(
-        LOCAL_DEPLOYMENTS) == 4  # no two local deployments share a name
+    assert (
+        len({d["name"] for d in deps.values() if d["work_pool"]["name"] == "local-process"})
+        == len(LOCAL_DEPLOYMENTS)
+        == 4
+    )  # no two local deployments share a name
     for name, d in deps.items():
         for sched in d.get("schedules") or []:
             if sched.get("active", True) and "gpu" not in name:
@@ -122,8 +130,14 @@ def test_triton_manifest_serves_from_s3_on_a_gpu():
 K8S_VERSION = "1.33.0"
 
 
-MANIFESTS = ("triton.yaml", "work-pvc.yaml", "flow-runs.yaml", "postgres.yaml", "study-gpu-launcher.yaml",
-             "search-launcher.yaml")
+MANIFESTS = (
+    "triton.yaml",
+    "work-pvc.yaml",
+    "flow-runs.yaml",
+    "postgres.yaml",
+    "study-gpu-launcher.yaml",
+    "search-launcher.yaml",
+)
 
 
 def _k8s_objects() -> list[tuple[str, dict]]:
@@ -132,10 +146,15 @@ def _k8s_objects() -> list[tuple[str, dict]]:
     objs = [(f"{f}#{d['kind']}", d) for f in MANIFESTS for d in yaml.safe_load_all((K8S / f).read_text()) if d]
     tpl = json.loads((K8S / "gpu-work-pool-template.json").read_text())
     values = {k: v["default"] for k, v in tpl["variables"]["properties"].items() if "default" in v}
-    values.update(name="study-cell-abc", command="prefect flow-run execute", labels={"app": "alloynet"},
-                  image="alloynet:latest")
-    objs.append(("gpu-work-pool-template.json#job_manifest",
-                 _as_the_worker_submits(apply_values(tpl["job_configuration"], values)["job_manifest"])))
+    values.update(
+        name="study-cell-abc", command="prefect flow-run execute", labels={"app": "alloynet"}, image="alloynet:latest"
+    )
+    objs.append(
+        (
+            "gpu-work-pool-template.json#job_manifest",
+            _as_the_worker_submits(apply_values(tpl["job_configuration"], values)["job_manifest"]),
+        )
+    )
     return objs
 
 
@@ -157,8 +176,15 @@ def test_kubernetes_manifests_validate_against_the_api_schemas():
     import kubernetes_validate
 
     objs = _k8s_objects()
-    assert {d["kind"] for _, d in objs} == {"Deployment", "Service", "Job", "PersistentVolumeClaim", "ServiceAccount",
-                                           "ConfigMap", "StatefulSet"}
+    assert {d["kind"] for _, d in objs} == {
+        "Deployment",
+        "Service",
+        "Job",
+        "PersistentVolumeClaim",
+        "ServiceAccount",
+        "ConfigMap",
+        "StatefulSet",
+    }
     job = next(d for w, d in objs if w == "gpu-work-pool-template.json#job_manifest")
     claim = next(d for _, d in objs if d["kind"] == "PersistentVolumeClaim")
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
@@ -218,7 +244,8 @@ def test_flow_run_pods_get_the_secrets_the_volume_and_an_account_that_exists(pre
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert refs[key] == {"name": "alloynet-s3", "key": key}  # the same Secret Triton reads (triton.yaml)
     assert {"secretRef": {"name": refs["AWS_ACCESS_KEY_ID"]["name"]}} in next(
-        x for x in _by_kind("triton.yaml")["Deployment"]["spec"]["template"]["spec"]["containers"])["envFrom"]
+        x for x in _by_kind("triton.yaml")["Deployment"]["spec"]["template"]["spec"]["containers"]
+    )["envFrom"]
     assert env["DO_NOT_TRACK"]["value"] == "1" and "PREFECT__FLOW_RUN_ID" in env  # the worker's own variables
     assert not any("password" in str(e.get("value", "")).lower() for e in c["env"])
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
@@ -250,20 +277,29 @@ def test_the_server_runs_on_the_stacks_postgres_and_the_worker_finds_it():
     launcher = _by_kind("study-gpu-launcher.yaml")["Job"]["spec"]["template"]["spec"]
     args = launcher["containers"][0]["args"]
     assert args[args.index("--deployment") + 1] == "study-cell/gpu" and "study-cell/gpu" in _deployments()
-    assert args[args.index("--work-dir") + 1] == yaml.safe_load((ROOT / "configs" / "study-gpu.yaml").read_text())[
-        "work_dir"]
+    assert (
+        args[args.index("--work-dir") + 1]
+        == yaml.safe_load((ROOT / "configs" / "study-gpu.yaml").read_text())["work_dir"]
+    )
     search = _by_kind("search-launcher.yaml")["Job"]["spec"]["template"]["spec"]["containers"][0]
     args = search["args"]
     assert args[args.index("--deployment") + 1] == "search-trial/gpu" and "search-trial/gpu" in _deployments()
     assert args[args.index("--storage") + 1] == "env:ALLOYNET_OPTUNA_STORAGE"
     assert {e["name"]: e for e in search["env"]}["ALLOYNET_OPTUNA_STORAGE"]["valueFrom"]["secretKeyRef"] == {
-        "name": "alloynet-optuna", "key": "ALLOYNET_OPTUNA_STORAGE"}
+        "name": "alloynet-optuna",
+        "key": "ALLOYNET_OPTUNA_STORAGE",
+    }
 
 
 def test_cluster_doc_creates_every_secret_and_applies_every_file_the_stack_needs():
     doc = (ROOT / "docs" / "cluster.md").read_text()
-    for name in (*MANIFESTS, "prefect-server-values.yaml", "prefect-worker-values.yaml",
-                 "gpu-work-pool-template.json", "docker/worker.Dockerfile"):
+    for name in (
+        *MANIFESTS,
+        "prefect-server-values.yaml",
+        "prefect-worker-values.yaml",
+        "gpu-work-pool-template.json",
+        "docker/worker.Dockerfile",
+    ):
         assert name in doc, f"docs/cluster.md never uses {name}"
     for secret in ("alloynet-postgres", "prefect-server-db", "alloynet-optuna", "alloynet-s3"):
         assert f"create secret generic {secret}" in doc, f"docs/cluster.md never creates the Secret {secret}"

@@ -8,6 +8,7 @@ uploaded where the rig uploads them, `prefect deployment run nightly/manual`, th
 Slow: the stack starts in ~20 s, a night on 32x32 captures with one epoch runs in ~1 min, the zombie check
 waits for the missing heartbeats (60 s window here, 90 s in the stack's default).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,11 @@ import pytest
 from infra import stack
 from infra.objectstore import free_s3_port
 from infra.processes import alive, free_port
+from tests.helpers import ROOT
 from tests.helpers.browser import Chromium, chromium_binary
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
+
 ZOMBIE_WINDOW_S = 60  # two heartbeats: short enough for a test, long enough for a busy two-core machine
 # two epochs: the learning curve must show every trained epoch, not only those up to the best one
 TINY = {"name": "tiny", "overrides": {"epochs": 2, "data.batch_size": 16, "data.norm_images": 8}}
@@ -35,9 +37,16 @@ TINY = {"name": "tiny", "overrides": {"epochs": 2, "data.batch_size": 16, "data.
 def night_params(work: Path, **over) -> dict:
     """Overrides of the deployment's parameters: source, registry URIs etc. stay as prefect.yaml has them,
     except the local folders (kept in the test's directory) and a tiny candidate."""
-    p = {"data_dir": str(work / "data"), "registry": str(work / "registry"), "work_dir": str(work / "runs"),
-         "min_new_labelled": 1, "formats": [], "accepted_sizes": [[32, 32]], "evaluate_options": {"gradcam": 2},
-         "candidates": [TINY]}
+    p = {
+        "data_dir": str(work / "data"),
+        "registry": str(work / "registry"),
+        "work_dir": str(work / "runs"),
+        "min_new_labelled": 1,
+        "formats": [],
+        "accepted_sizes": [[32, 32]],
+        "evaluate_options": {"gradcam": 2},
+        "candidates": [TINY],
+    }
     p.update(over)
     return p
 
@@ -78,8 +87,13 @@ def lab_stack(tmp_path_factory, tiny_rig):
         assert "nightly/daily-0200-UTC" in out and "nightly/manual" in out, out
         import boto3  # what the rig does: upload captures to the bucket the deployment reads (s3://captures/rig)
 
-        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
         for f in sorted((tiny_rig / "captures").iterdir()):
             s3.put_object(Bucket="captures", Key=f"rig/captures/{f.name}", Body=f.read_bytes())
         yield state, env
@@ -107,31 +121,46 @@ def test_the_run_page_shows_the_summary_and_the_champions_confusion_matrix_loads
     ui = env["PREFECT_UI_URL"]
     with Chromium(tmp_path / "profile") as page:
         page.navigate(f"{ui}/runs/flow-run/{run_id}")
-        line = page.wait_for("""Array.from(document.querySelectorAll('*')).map(e => e.childElementCount ? '' : e.textContent)
-                                .find(t => t && t.startsWith('nightly summary:'))""", timeout=60)
+        line = page.wait_for(
+            """Array.from(document.querySelectorAll('*')).map(e => e.childElementCount ? '' : e.textContent)
+                                .find(t => t && t.startsWith('nightly summary:'))""",
+            timeout=60,
+        )
         assert "promoted tiny as v0001" in line and "champion none -> v0001" in line
         assert "ceiling" in line and "gap" in line
         # the run's Artifacts tab lists the summary card; opening it renders the summary with the image inline
         page.evaluate("""[...document.querySelectorAll('*')].filter(e => e.textContent.trim() === 'Artifacts'
                          && !e.childElementCount).pop().click()""")
-        page.wait_for("document.body.innerText.includes('nightly-summary') && "
-                      "document.body.innerText.includes('champion-confusion')", timeout=30)
+        page.wait_for(
+            "document.body.innerText.includes('nightly-summary') && "
+            "document.body.innerText.includes('champion-confusion')",
+            timeout=30,
+        )
         page.evaluate("""[...document.querySelectorAll('a')].find(a => a.textContent.includes('nightly-summary')
                          && a.href.includes('/artifacts/')).click()""")
         page.wait_for("document.body.innerText.includes('Champion: none -> v0001')", timeout=30)
         text = page.evaluate("document.body.innerText")
         assert "promoted tiny as v0001" in text and "physics bracket" in text
         assert "95% bootstrap interval" in text and "test captures per class" in text
-        img = page.wait_for("""(() => { const i = [...document.images].find(i => i.src.includes('/plots/confusion.png'));
-                                return i && i.complete ? {src: i.src, w: i.naturalWidth} : null })()""", timeout=30)
+        img = page.wait_for(
+            """(() => { const i = [...document.images].find(i => i.src.includes('/plots/confusion.png'));
+                                return i && i.complete ? {src: i.src, w: i.naturalWidth} : null })()""",
+            timeout=30,
+        )
         assert img["w"] > 0, img
         assert img["src"].startswith(env["ALLOYNET_REPORTS_URL"] + "/")  # served by the stack's object store
         # the champion-confusion card (an image artifact) loads it too
-        aid = stack.api_call(env["PREFECT_API_URL"], "/artifacts/filter",
-                             {"artifacts": {"key": {"any_": ["champion-confusion"]}}, "limit": 1})[0]["id"]
+        aid = stack.api_call(
+            env["PREFECT_API_URL"],
+            "/artifacts/filter",
+            {"artifacts": {"key": {"any_": ["champion-confusion"]}}, "limit": 1},
+        )[0]["id"]
         page.navigate(f"{ui}/artifacts/artifact/{aid}")
-        w = page.wait_for("""(() => { const i = [...document.images].find(i => i.src.includes('/plots/confusion.png'));
-                             return i && i.complete ? i.naturalWidth : 0 })()""", timeout=30)
+        w = page.wait_for(
+            """(() => { const i = [...document.images].find(i => i.src.includes('/plots/confusion.png'));
+                             return i && i.complete ? i.naturalWidth : 0 })()""",
+            timeout=30,
+        )
         assert w > 0
         # the schedule card says UTC (its slug); without it the card reads "At 02:00 AM" in any time zone
         dep = stack.api_call(env["PREFECT_API_URL"], "/deployments/name/nightly/daily-0200-UTC")
@@ -155,20 +184,29 @@ def test_the_learning_curve_shows_every_trained_epoch(lab_stack, first_night, tm
 
     state, env = lab_stack
     run_id, work = first_night
-    curves = [p for p in work.rglob("plots/learning_curves.png")
-              if "candidates/tiny" in json.loads((p.parents[1] / "metrics.json").read_text())["checkpoint"]]
+    curves = [
+        p
+        for p in work.rglob("plots/learning_curves.png")
+        if "candidates/tiny" in json.loads((p.parents[1] / "metrics.json").read_text())["checkpoint"]
+    ]
     assert len(curves) == 1, curves
     metrics = json.loads((curves[0].parents[1] / "metrics.json").read_text())
     history = json.loads((Path(metrics["checkpoint"]).parent / "history.json").read_text())
     assert len(history) == metrics["epochs_run"] == 2 and 1 <= metrics["trained_epochs"] <= 2
     expected = plots.learning_curves(history, tmp_path / "expected.png", best_epoch=metrics["trained_epochs"])
-    aid = stack.api_call(env["PREFECT_API_URL"], "/artifacts/filter",
-                         {"artifacts": {"key": {"any_": ["tiny-learning-curves"]}}, "limit": 1})[0]["id"]
+    aid = stack.api_call(
+        env["PREFECT_API_URL"],
+        "/artifacts/filter",
+        {"artifacts": {"key": {"any_": ["tiny-learning-curves"]}}, "limit": 1},
+    )[0]["id"]
     with Chromium(tmp_path / "profile") as page:
         page.navigate(f"{env['PREFECT_UI_URL']}/artifacts/artifact/{aid}")
-        img = page.wait_for("""(() => {
+        img = page.wait_for(
+            """(() => {
             const i = [...document.images].find(i => i.src.includes('/plots/learning_curves.png'));
-            return i && i.complete ? {src: i.src, w: i.naturalWidth} : null })()""", timeout=30)
+            return i && i.complete ? {src: i.src, w: i.naturalWidth} : null })()""",
+            timeout=30,
+        )
     assert img["w"] > 0, img
     shown = tmp_path / "shown.png"
     with urllib.request.urlopen(img["src"], timeout=15) as r:
@@ -190,9 +228,18 @@ def test_the_deployment_list_shows_the_schedules_time_zone(lab_stack, tmp_path):
 
 def test_env_sh_puts_the_venv_first_and_points_at_the_stack(lab_stack):
     state, env = lab_stack
-    out = subprocess.run(["bash", "-c", f"source {state / 'env.sh'} && command -v alloynet prefect && "
-                                        "prefect deployment inspect nightly/daily-0200-UTC"],
-                         capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(state)})
+    out = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"source {state / 'env.sh'} && command -v alloynet prefect && "
+            "prefect deployment inspect nightly/daily-0200-UTC",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(state)},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     venv_bin = Path(sys.executable).parent  # the venv the stack was started from
@@ -205,9 +252,13 @@ def test_a_second_stack_on_taken_ports_starts_nothing_and_touches_nothing(lab_st
     port = int(env["PREFECT_UI_URL"].rsplit(":", 1)[1])
     pool_before = stack.api_call(env["PREFECT_API_URL"], "/work_pools/local-process")
     other = tmp_path / "other"
-    res = subprocess.run([str(ROOT / "infra" / "up.sh"), "--dir", str(other), "--port", str(port),
-                          "--s3-port", str(free_s3_port())], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHON": str(ROOT / ".venv" / "bin" / "python")})
+    res = subprocess.run(
+        [str(ROOT / "infra" / "up.sh"), "--dir", str(other), "--port", str(port), "--s3-port", str(free_s3_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHON": str(ROOT / ".venv" / "bin" / "python")},
+    )
     assert res.returncode != 0
     msg = res.stderr.strip().splitlines()[-1]
     assert msg.startswith(f"infra.stack up failed: port {port} (Prefect server and UI (--port)) is in use by pid "), msg
@@ -300,12 +351,19 @@ def test_a_killed_worker_leaves_no_run_running(lab_stack, tmp_path):
     # a run whose process is gone, cancelled from the UI, stays Cancelling (no worker to confirm it):
     # the server ends it after its cancelling timeout; `clear-run` ends it now
     settings = stack.api_call(api_url, "/admin/settings")
-    assert settings["server"]["services"]["cancellation_cleanup"]["cancelling_timeout_seconds"] == \
-        stack.CANCELLING_TIMEOUT_SECONDS
+    assert (
+        settings["server"]["services"]["cancellation_cleanup"]["cancelling_timeout_seconds"]
+        == stack.CANCELLING_TIMEOUT_SECONDS
+    )
     stuck = start_run(state, api_url, night_params(tmp_path))  # no worker left: it stays Scheduled/Pending
     stack.api_call(api_url, f"/flow_runs/{stuck}/set_state", {"state": {"type": "RUNNING"}, "force": True})
     stack.api_call(api_url, f"/flow_runs/{stuck}/set_state", {"state": {"type": "CANCELLING"}, "force": True})
-    res = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "infra.stack", "clear-run", stuck,
-                          "--dir", str(state)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    res = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "infra.stack", "clear-run", stuck, "--dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert res.returncode == 0 and res.stdout.strip() == f"flow run {stuck}: CANCELLED", res.stderr
     assert stack.api_call(api_url, f"/flow_runs/{stuck}")["state"]["type"] == "CANCELLED"

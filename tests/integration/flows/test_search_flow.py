@@ -1,4 +1,5 @@
 """The hyperparameter-search flow, really run by Prefect: trials as tasks, a table artifact, the best trial."""
+
 import json
 
 from tests.helpers.dummy import DummyCaptureStore
@@ -10,9 +11,16 @@ def test_search_flow_runs_trials_as_tasks(prefect_harness, tmp_path):
     from flows.search import hyperparameter_search
 
     with DummyCaptureStore(n_max=4, size=32, imbalance_ratio=2, seed=5) as (store, _):
-        result = hyperparameter_search(store=str(store.root), out_dir=str(tmp_path / "search"), architecture="fnn",
-                                       loss="focal", trials=3, parallel=2, seed=0,
-                                       train={"epochs": 1, "data.batch_size": 16})
+        result = hyperparameter_search(
+            store=str(store.root),
+            out_dir=str(tmp_path / "search"),
+            architecture="fnn",
+            loss="focal",
+            trials=3,
+            parallel=2,
+            seed=0,
+            train={"epochs": 1, "data.batch_size": 16},
+        )
     assert len(result["trials"]) == 3 and 0.0 <= result["best_value"] <= 1.0
     assert set(result["best_params"]) == {"lr", "weight_decay", "gamma"}
     assert json.loads((tmp_path / "search" / "search.json").read_text())["best_trial"] == result["best_trial"]

@@ -1,5 +1,6 @@
 """The fan-out's bookkeeping (flows/fanout.py) against a scripted API: what is resubmitted, what is
 reported, when a worker counts as dead. The real thing, with a server and workers: test_fanout.py."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -8,7 +9,6 @@ from types import SimpleNamespace
 from uuid import uuid4
 
 from flows.fanout import Dispatcher
-
 
 
 def ago(seconds: float) -> dt.datetime:
@@ -62,8 +62,9 @@ def dispatcher(client: FakeClient, attempts: int = 2, timeout_s=None) -> Dispatc
 
     def launch(job):
         rid = uuid4()
-        client.runs[rid] = SimpleNamespace(id=rid, labels={}, state=SimpleNamespace(type=StateType.SCHEDULED,
-                                                                                    message=None))
+        client.runs[rid] = SimpleNamespace(
+            id=rid, labels={}, state=SimpleNamespace(type=StateType.SCHEDULED, message=None)
+        )
         job.runs.append(rid)
         job.states.append("SCHEDULED")
         job.workers.append("")
@@ -146,8 +147,9 @@ def test_two_launchers_submitting_the_same_job_get_one_flow_run(prefect_harness)
         async with get_client() as c:
             await c.create_work_pool(WorkPoolCreate(name="dedupe-pool", type="process"), overwrite=True)
             flow_id = await c.create_flow_from_name("study-cell")
-            await c.create_deployment(flow_id=flow_id, name="dedupe", work_pool_name="dedupe-pool",
-                                      entrypoint="flows/study.py:study_cell")
+            await c.create_deployment(
+                flow_id=flow_id, name="dedupe", work_pool_name="dedupe-pool", entrypoint="flows/study.py:study_cell"
+            )
 
     anyio.run(deploy)
     tags = ["alloynet-study:dedupe"]

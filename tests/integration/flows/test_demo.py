@@ -1,4 +1,5 @@
 """`alloynet demo` as `make demo` runs it: a fresh process, Prefect's ephemeral mode, CPU."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from alloynet.registry import open_registry
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
 ALLOYNET = Path(sys.executable).parent / "alloynet"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:

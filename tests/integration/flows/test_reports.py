@@ -1,4 +1,5 @@
 """Report files the browser can load: what is published, in which order, under which URLs."""
+
 from __future__ import annotations
 
 import urllib.request
@@ -13,22 +14,34 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
 def report_folder(root: Path) -> Path:
     """A report folder as alloynet.evaluate writes it (names only; the bytes do not matter here)."""
-    for rel in ("plots/thickness_scatter.png", "plots/roc.png", "plots/confusion.png", "plots/pr.png",
-                "plots/learning_curves.png", "plots/confusion_normalised.png", "plots/extra.png",
-                "gradcam/A-0001.png", "gradcam/0-first.png"):
+    for rel in (
+        "plots/thickness_scatter.png",
+        "plots/roc.png",
+        "plots/confusion.png",
+        "plots/pr.png",
+        "plots/learning_curves.png",
+        "plots/confusion_normalised.png",
+        "plots/extra.png",
+        "gradcam/A-0001.png",
+        "gradcam/0-first.png",
+    ):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(PNG + rel.encode())
     (root / "metrics.json").write_text("{}")
     (root / "predictions.csv").write_text("capture_id,true,predicted\n")
-    (root / "report.md").write_text("# r\n\n![confusion](plots/confusion.png)\n![cam](gradcam/A-0001.png)\n"
-                                    "![ext](http://example.invalid/x.png)\n")
+    (root / "report.md").write_text(
+        "# r\n\n![confusion](plots/confusion.png)\n![cam](gradcam/A-0001.png)\n![ext](http://example.invalid/x.png)\n"
+    )
     return root
 
 
 def test_plots_come_by_importance_and_grad_cam_last(tmp_path):
     got = [p.relative_to(tmp_path).as_posix() for p in plots_by_importance(report_folder(tmp_path))]
-    assert got == [f"plots/{n}.png" for n in PLOTS_BY_IMPORTANCE] + ["plots/extra.png", "gradcam/0-first.png",
-                                                                   "gradcam/A-0001.png"]
+    assert got == [f"plots/{n}.png" for n in PLOTS_BY_IMPORTANCE] + [
+        "plots/extra.png",
+        "gradcam/0-first.png",
+        "gradcam/A-0001.png",
+    ]
 
 
 def test_without_a_report_store_the_report_names_files_instead_of_broken_images(tmp_path):
@@ -45,7 +58,9 @@ def test_a_directory_store_needs_its_http_base(tmp_path):
     site = ReportSite(str(tmp_path / "site"), public_url="http://127.0.0.1:9/reports/")
     rep = publish_report(report_folder(tmp_path / "r"), "/20260101T020000Z-run/tiny/", site)
     assert rep.url("plots/confusion.png") == "http://127.0.0.1:9/reports/20260101T020000Z-run/tiny/plots/confusion.png"
-    assert (tmp_path / "site/20260101T020000Z-run/tiny/plots/confusion.png").read_bytes().endswith(b"plots/confusion.png")
+    assert (
+        (tmp_path / "site/20260101T020000Z-run/tiny/plots/confusion.png").read_bytes().endswith(b"plots/confusion.png")
+    )
     assert set(rep.urls) == {"report.md", "metrics.json", "predictions.csv", *rep.plots}
     assert f"![confusion]({rep.url('plots/confusion.png')})" in rep.markdown
     assert f"![cam]({rep.url('gradcam/A-0001.png')})" in rep.markdown

@@ -1,5 +1,6 @@
 """Why test_fanout.py waited at exit: logs its flows queued were sent at interpreter exit to the server the
 fixture had stopped. A process that sends its queues before stopping the server exits without that."""
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,7 @@ try:
     with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
         one_line()
         if sys.argv[1] == "send":
-            from tests.orchestration.test_fanout import _send_what_is_queued
+            from tests.integration.flows.test_fanout import _send_what_is_queued
             _send_what_is_queued()
 finally:
     stack.down(state)
@@ -39,10 +40,21 @@ finally:
 
 @pytest.mark.parametrize("send", [False, True])
 def test_queued_logs_are_sent_before_the_server_stops(send, tmp_path):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     env.pop("PREFECT_API_URL", None)
-    p = subprocess.run([sys.executable, "-c", SCRIPT, "send" if send else "keep"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "send" if send else "keep"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert ("Error logging to API" in p.stderr) is not send, p.stderr[-3000:]

@@ -3,6 +3,7 @@
 The environment is set at import, before anything imports Prefect: telemetry off, and a throwaway
 PREFECT_HOME and result storage path, so results never leak between sessions as cache hits.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,9 +14,15 @@ from pathlib import Path
 import pytest
 
 _HOME = Path(tempfile.mkdtemp(prefix="alloynet-prefect-test-"))
-os.environ.update({"PREFECT_HOME": str(_HOME), "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(_HOME / "storage"),
-                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                   "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore"})
+os.environ.update(
+    {
+        "PREFECT_HOME": str(_HOME),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(_HOME / "storage"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    }
+)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("PREFECT_PROFILE", None)
 

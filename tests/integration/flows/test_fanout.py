@@ -4,13 +4,14 @@ the search's trials as flow runs of their deployments, the Optuna study shared i
 Slow: the server, two workers, and a fresh Python (torch, Prefect) per flow run. The tests share one
 stack (module fixture) and run in file order; the last one kills a worker and starts it again.
 """
+
 from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -31,8 +32,9 @@ class Stack:
         self.workers: dict[str, stack.Service] = {}
 
     def start_worker(self, name: str) -> stack.Service:
-        self.workers[name] = stack.start_worker(self.state, self.api_url, name=name,
-                                                extra_env={**ENV, "ALLOYNET_OPTUNA_STORAGE": self.optuna_url})
+        self.workers[name] = stack.start_worker(
+            self.state, self.api_url, name=name, extra_env={**ENV, "ALLOYNET_OPTUNA_STORAGE": self.optuna_url}
+        )
         return self.workers[name]
 
     def worker_name(self, name: str) -> str:  # as the worker registers itself with the pool
@@ -72,8 +74,12 @@ def pool():
         out = stack.deploy(state, s.api_url, ["study-cell/one-cell-cpu", "search-trial/one-trial-cpu"])
         assert "study-cell/one-cell-cpu" in out and "search-trial/one-trial-cpu" in out, out
         pg = postgres.read(state / "postgres")  # the server's tables are in PostgreSQL, and no SQLite file
-        assert postgres.psql(pg, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'flow_run'",
-                             db="prefect") == "1"
+        assert (
+            postgres.psql(
+                pg, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'flow_run'", db="prefect"
+            )
+            == "1"
+        )
         assert not list(state.rglob("*.db"))
         with ThreadPoolExecutor(len(WORKERS)) as ex:  # each waits until it has registered with the pool
             list(ex.map(s.start_worker, WORKERS))
@@ -102,12 +108,19 @@ def _send_what_is_queued() -> None:
 
 
 def _study_cfg(tmp: Path, name: str) -> dict:
-    return {"name": "fanout", "out_dir": str(tmp / name / "out"), "work_dir": str(tmp / name / "work"),
-            "architectures": ["fnn"], "losses": [{"name": "ce"}, {"name": "focal", "kwargs": {"gamma": 2.0}}],
-            "imbalance_ratios": [1], "seeds": [0, 1],
-            "data": {"n_max": 5, "test_plates_per_class": 2, "captures_per_plate": 1, "rig": {"height": 32, "width": 32}},
-            "train": {"epochs": 1, "data.batch_size": 16},
-            "ood": [{"name": "thick_3_4mm", "thicknesses_mm": [3.0, 4.0]}], "ceiling_plates": 15}
+    return {
+        "name": "fanout",
+        "out_dir": str(tmp / name / "out"),
+        "work_dir": str(tmp / name / "work"),
+        "architectures": ["fnn"],
+        "losses": [{"name": "ce"}, {"name": "focal", "kwargs": {"gamma": 2.0}}],
+        "imbalance_ratios": [1],
+        "seeds": [0, 1],
+        "data": {"n_max": 5, "test_plates_per_class": 2, "captures_per_plate": 1, "rig": {"height": 32, "width": 32}},
+        "train": {"epochs": 1, "data.batch_size": 16},
+        "ood": [{"name": "thick_3_4mm", "thicknesses_mm": [3.0, 4.0]}],
+        "ceiling_plates": 15,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -151,13 +164,19 @@ def test_two_workers_run_each_cell_once_and_the_tables_equal_a_serial_run(pool, 
 
     results, serial_out = serial
     out = Path(cfg["out_dir"])
-    pd.testing.assert_frame_equal(_metrics(pd.read_csv(out / "results.csv")),
-                                  _metrics(pd.read_csv(serial_out / "results.csv")))
-    strip = lambda p: [ln for ln in (p / "results.md").read_text().splitlines()  # noqa: E731
-                       if not ln.startswith("|") and "Per-run" not in ln]
+    pd.testing.assert_frame_equal(
+        _metrics(pd.read_csv(out / "results.csv")), _metrics(pd.read_csv(serial_out / "results.csv"))
+    )
+    strip = lambda p: [
+        ln
+        for ln in (p / "results.md").read_text().splitlines()  # noqa: E731
+        if not ln.startswith("|") and "Per-run" not in ln
+    ]
     assert strip(out) == strip(serial_out)  # same text apart from the tables' train-time column
-    assert json.loads((out / "study.json").read_text())["ceiling"] == \
-        json.loads((serial_out / "study.json").read_text())["ceiling"]
+    assert (
+        json.loads((out / "study.json").read_text())["ceiling"]
+        == json.loads((serial_out / "study.json").read_text())["ceiling"]
+    )
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(by_cell)
 
     # re-running submits nothing: every cell is reused from the cache, and the tables stay the same
@@ -169,7 +188,8 @@ def test_two_workers_run_each_cell_once_and_the_tables_equal_a_serial_run(pool, 
 
 
 def test_search_with_two_workers_on_postgres_finishes_its_budget_without_losing_or_repeating_a_trial(
-        pool, tmp_path, monkeypatch):
+    pool, tmp_path, monkeypatch
+):
     import optuna
 
     from flows.search import hyperparameter_search
@@ -177,11 +197,20 @@ def test_search_with_two_workers_on_postgres_finishes_its_budget_without_losing_
 
     monkeypatch.setenv("ALLOYNET_OPTUNA_STORAGE", pool.optuna_url)
     with DummyCaptureStore(n_max=4, size=32, imbalance_ratio=2, seed=5) as (store, _):
-        result = hyperparameter_search(store=str(store.root), out_dir=str(tmp_path / "search"), architecture="fnn",
-                                       loss="focal", trials=4, parallel=2, seed=0,
-                                       train={"epochs": 1, "data.batch_size": 16},
-                                       storage="env:ALLOYNET_OPTUNA_STORAGE", deployment="search-trial/one-trial-cpu",
-                                       poll_s=1.0, timeout_s=600)
+        result = hyperparameter_search(
+            store=str(store.root),
+            out_dir=str(tmp_path / "search"),
+            architecture="fnn",
+            loss="focal",
+            trials=4,
+            parallel=2,
+            seed=0,
+            train={"epochs": 1, "data.batch_size": 16},
+            storage="env:ALLOYNET_OPTUNA_STORAGE",
+            deployment="search-trial/one-trial-cpu",
+            poll_s=1.0,
+            timeout_s=600,
+        )
     study = optuna.load_study(study_name=result["study_name"], storage=pool.optuna_url)  # in PostgreSQL
     trials = study.get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3]
@@ -197,10 +226,21 @@ def test_search_with_two_workers_on_postgres_finishes_its_budget_without_losing_
     assert len(list((tmp_path / "search").glob("trial-*/best.pt"))) == 4
 
     # the same search again: its budget is already spent, so nothing runs
-    again = hyperparameter_search(store="unused", out_dir=str(tmp_path / "search"), architecture="fnn", loss="focal",
-                                  trials=4, parallel=2, seed=0, train={"epochs": 1, "data.batch_size": 16},
-                                  storage="env:ALLOYNET_OPTUNA_STORAGE", deployment="search-trial/one-trial-cpu",
-                                  study_name=result["study_name"], poll_s=1.0, timeout_s=60)
+    again = hyperparameter_search(
+        store="unused",
+        out_dir=str(tmp_path / "search"),
+        architecture="fnn",
+        loss="focal",
+        trials=4,
+        parallel=2,
+        seed=0,
+        train={"epochs": 1, "data.batch_size": 16},
+        storage="env:ALLOYNET_OPTUNA_STORAGE",
+        deployment="search-trial/one-trial-cpu",
+        study_name=result["study_name"],
+        poll_s=1.0,
+        timeout_s=60,
+    )
     assert again["best_value"] == result["best_value"] and len(study.get_trials()) == 4
 
 
@@ -221,8 +261,14 @@ def test_a_cell_whose_worker_dies_runs_again_on_the_other_worker(pool, serial, t
     cfg = {**_study_cfg(tmp_path, "death"), "losses": [{"name": "ce"}], "seeds": [0]}  # one cell
     box: dict = {}
     ctx = contextvars.copy_context()  # the thread must see this server's API URL (a context variable)
-    parent = threading.Thread(target=ctx.run, args=(lambda: box.update(
-        summary=study(cfg, deployment="study-cell/one-cell-cpu", poll_s=1.0, timeout_s=600, return_state=True)),))
+    parent = threading.Thread(
+        target=ctx.run,
+        args=(
+            lambda: box.update(
+                summary=study(cfg, deployment="study-cell/one-cell-cpu", poll_s=1.0, timeout_s=600, return_state=True)
+            ),
+        ),
+    )
     parent.start()
     victim, deadline = None, time.monotonic() + 240
     while victim is None and time.monotonic() < deadline:
@@ -252,7 +298,8 @@ def test_a_cell_whose_worker_dies_runs_again_on_the_other_worker(pool, serial, t
         results, _ = serial
         assert set(rows.arch) == {"fnn", *BASELINES}  # the one cell, and the baselines beside it
         models = lambda df: df[~df.arch.isin(BASELINES)]  # noqa: E731
-        pd.testing.assert_frame_equal(_metrics(models(rows)),
-                                      _metrics(models(results[(results.loss == "ce") & (results.seed == 0)])))
+        pd.testing.assert_frame_equal(
+            _metrics(models(rows)), _metrics(models(results[(results.loss == "ce") & (results.seed == 0)]))
+        )
     finally:
         pool.start_worker(name)  # the next test (if any) finds two workers again

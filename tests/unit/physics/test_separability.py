@@ -1,4 +1,5 @@
 """The ideal observer: honest about 5083 vs 6082, consistent with photon statistics."""
+
 import pytest
 
 from alloynet.physics import RigConfig
@@ -60,8 +61,9 @@ def test_the_cli_uses_the_demos_prior_by_default_and_says_so(tmp_path):
     assert json.loads(out.read_text())["prior"] == "any thickness 1-5 mm"
     res = runner.invoke(app, ["physics", "separability", *small, "--size", "32", "--thickness-range", "2", "3"])
     assert res.exit_code == 0 and res.output.startswith("prior: any thickness 2-3 mm")
-    res = runner.invoke(app, ["physics", "separability", *small, "--size", "32", "--thickness", "1",
-                              "--thickness", "5"])
+    res = runner.invoke(
+        app, ["physics", "separability", *small, "--size", "32", "--thickness", "1", "--thickness", "5"]
+    )
     assert res.exit_code == 0 and "prior: thickness one of 1, 5 mm" in res.output, res.output
     res = runner.invoke(app, ["physics", "separability", *small, "--thickness", "1", "--thickness-range", "1", "5"])
     assert res.exit_code != 0 and "not both" in res.output

@@ -2,6 +2,7 @@
 
 Slow: the server takes ~10 s to start and the flow run imports torch in a fresh process.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,12 @@ pytestmark = pytest.mark.slow
 
 
 def api(url: str, path: str, body: dict | None = None):
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET")
+    req = urllib.request.Request(
+        url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+        method="POST" if body is not None else "GET",
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 
@@ -40,8 +45,11 @@ def server(tmp_path_factory):
 
 
 def scheduled_runs(api_url: str, deployment_id: str) -> list[dict]:
-    return api(api_url, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}},
-                                              "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+    return api(
+        api_url,
+        "/flow_runs/filter",
+        {"deployments": {"id": {"any_": [deployment_id]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}},
+    )
 
 
 def test_cron_deployment_gets_scheduled_runs_at_0200_utc(server):
@@ -69,13 +77,25 @@ def test_deployment_run_on_a_process_worker_completes(server, tiny_rig, tmp_path
         worker = stack.start_worker(state, api_url)
     finally:
         signal.signal(signal.SIGINT, old)
-    sigign = int(next(line for line in Path(f"/proc/{worker.pid}/status").read_text().splitlines()
-                      if line.startswith("SigIgn")).split()[1], 16)
+    sigign = int(
+        next(
+            line for line in Path(f"/proc/{worker.pid}/status").read_text().splitlines() if line.startswith("SigIgn")
+        ).split()[1],
+        16,
+    )
     assert not sigign & (1 << (signal.SIGINT - 1)), "the worker inherited an ignored SIGINT"
-    params = {"source": str(tiny_rig), "data_dir": str(tmp_path / "data"), "registry": str(tmp_path / "registry"),
-              "work_dir": str(tmp_path / "runs"), "min_new_labelled": 1, "device": "cpu", "formats": ["torchserve"],
-              "accepted_sizes": [[32, 32]], "evaluate_options": {"with_ceiling": False, "gradcam": 0},
-              "candidates": [{"name": "tiny", "overrides": {"epochs": 1, "data.batch_size": 16, "data.norm_images": 8}}]}
+    params = {
+        "source": str(tiny_rig),
+        "data_dir": str(tmp_path / "data"),
+        "registry": str(tmp_path / "registry"),
+        "work_dir": str(tmp_path / "runs"),
+        "min_new_labelled": 1,
+        "device": "cpu",
+        "formats": ["torchserve"],
+        "accepted_sizes": [[32, 32]],
+        "evaluate_options": {"with_ceiling": False, "gradcam": 0},
+        "candidates": [{"name": "tiny", "overrides": {"epochs": 1, "data.batch_size": 16, "data.norm_images": 8}}],
+    }
     stack.run_prefect(["deployment", "run", "nightly/manual", "--params", json.dumps(params)], state, api_url)
     dep = api(api_url, "/deployments/name/nightly/manual")
     deadline, final = time.monotonic() + 240, None
@@ -90,6 +110,7 @@ def test_deployment_run_on_a_process_worker_completes(server, tiny_rig, tmp_path
     assert final is not None, f"no final state in time; worker log:\n{log}"
     assert final["state"]["type"] == "COMPLETED", f"{final['state']}\n{log}"
     from alloynet.registry import open_registry
+
     assert open_registry(tmp_path / "registry").pointer().version == "v0001"
     t0 = time.monotonic()
     assert stack.stop_service(state, "prefect-worker", timeout=30), "the worker ignored SIGTERM and was killed"
