@@ -176,6 +176,20 @@ def refusal(
     return {"status": STATUS_NAMES[code], "status_code": code, "field": field, "message": message}
 
 
+# What one answer says of a capture, as `prediction` gives it; what the line's record keeps of each answer.
+ANSWER_FIELDS = (
+    "status",
+    "alloy",
+    "confidence",
+    "probabilities",
+    "prediction_set",
+    "group",
+    "group_probability",
+    "thickness_mm",
+    "flags",
+)
+
+
 def prediction(
     outputs: Mapping[str, Sequence[Any]],
     index: int,

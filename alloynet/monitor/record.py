@@ -20,6 +20,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from alloynet.captures.stores import LocalStore, ObjectStore, open_store
+from alloynet.contract import ANSWER_FIELDS
 
 RECORDS = "line/records/"
 RECORD_VERSION = 1
@@ -34,15 +35,7 @@ RECORD_FIELDS = (
     "server",
     "model",
     "model_version",
-    "status",
-    "alloy",
-    "confidence",
-    "probabilities",
-    "prediction_set",
-    "group",
-    "group_probability",
-    "thickness_mm",
-    "flags",
+    *ANSWER_FIELDS,
     "latency_ms",
     "batch",
     "error",

@@ -157,22 +157,7 @@ def score(
                 r.update(status="refused", error=f"{refused['status']}: {refused['message']}")
             else:
                 p = contract.prediction(outputs, i, class_names, class_groups)
-                r.update(
-                    {
-                        k: p[k]
-                        for k in (
-                            "status",
-                            "alloy",
-                            "confidence",
-                            "probabilities",
-                            "prediction_set",
-                            "group",
-                            "group_probability",
-                            "thickness_mm",
-                            "flags",
-                        )
-                    }
-                )
+                r.update({k: p[k] for k in contract.ANSWER_FIELDS})
             out.append(r)
     return out
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from alloynet.contract import ANSWER_FIELDS
+
 RECORD_VAR = "ALLOYNET_LINE_RECORD"  # a store URI: record every answer this client gets there
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -71,17 +73,7 @@ def _record(
         r.update(status="refused", error=f"{type(result).__name__}: {result}"[:500])
         return r
     d = result.to_dict() if hasattr(result, "to_dict") else dict(result)
-    for k in (
-        "status",
-        "alloy",
-        "confidence",
-        "probabilities",
-        "prediction_set",
-        "group",
-        "group_probability",
-        "thickness_mm",
-        "flags",
-    ):
+    for k in ANSWER_FIELDS:
         r[k] = d.get(k)
     return r
 
