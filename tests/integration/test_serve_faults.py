@@ -113,8 +113,11 @@ def test_a_tampered_cached_release_is_refused_and_fetched_again(serve, capture, 
     onnx.write_bytes(bytes(data))
     r = _cli(*serve["args"])
     assert r.returncode == 0, r.stdout + r.stderr
-    log = (serve["dir"] / "supervisor.log").read_text()
-    assert log.count("refusing the cached release") == 1 and "model.onnx has sha256" in log
+    deadline, log = time.monotonic() + 60, ""
+    while time.monotonic() < deadline and "refusing the cached release" not in log:
+        log = (serve["dir"] / "supervisor.log").read_text()
+        time.sleep(0.5)
+    assert log.count("refusing the cached release") == 1 and "model.onnx has sha256" in log, r.stdout + log
     assert np.allclose(_answer(serve, capture), reference, atol=1e-4)
 
 

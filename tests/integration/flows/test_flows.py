@@ -225,7 +225,7 @@ def test_first_night_summary_on_the_run_itself(first_night):
         f"| tiny | {m['balanced_accuracy']:.3f} | {m['ceiling_lower']:.3f}-{m['ceiling_upper']:.3f} ± {se:.3f} | "
         f"{m['ceiling_position']} |"
     ) in md
-    assert "| ideal observer |" in md and "95% bootstrap interval" in md and "test captures per class" in md
+    assert "| physics (lower edge) |" in md and "95% bootstrap interval" in md and "test captures per class" in md
     assert "ingest details" in md and "/artifacts/artifact/" in md and "/runs/flow-run/" in md
     # the champion's confusion matrix: an http URL that serves the very PNG the evaluation wrote
     confusion = artifacts_by_key("champion-confusion")[0]

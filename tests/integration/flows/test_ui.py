@@ -127,7 +127,7 @@ def test_the_run_page_shows_the_summary_and_the_champions_confusion_matrix_loads
             timeout=60,
         )
         assert "promoted tiny as v0001" in line and "champion none -> v0001" in line
-        assert "ceiling" in line and "gap" in line
+        assert "physics bracket" in line and ("edge" in line or "within the bracket" in line)
         # the run's Artifacts tab lists the summary card; opening it renders the summary with the image inline
         page.evaluate("""[...document.querySelectorAll('*')].filter(e => e.textContent.trim() === 'Artifacts'
                          && !e.childElementCount).pop().click()""")
