@@ -34,7 +34,7 @@ def test_prefect_yaml_cron_and_manual_deployments():
     env = cron["work_pool"]["job_variables"]["env"]
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and env["DO_NOT_TRACK"] == "1"
     assert int(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) == 30  # what the zombie automation expects
-    assert deps["nightly/nightly-gpu"]["work_pool"]["job_variables"]["gpu_count"] >= 1
+    assert deps["nightly/daily-0200-UTC-gpu"]["work_pool"]["job_variables"]["gpu_count"] >= 1
 
 
 def test_fan_out_deployments_one_thread_per_cell_and_gpu_variants():
@@ -43,7 +43,7 @@ def test_fan_out_deployments_one_thread_per_cell_and_gpu_variants():
     deps = _deployments()
     for flow in ("study-cell", "search-trial"):
         one = "one-cell" if flow == "study-cell" else "one-trial"
-        local, gpu = deps[f"{flow}/{one}-cpu"], deps[f"{flow}/gpu"]
+        local, gpu = deps[f"{flow}/{one}-cpu"], deps[f"{flow}/{one}-gpu"]
         assert local["work_pool"]["name"] == "local-process" and f"{flow}/{one}-cpu" in LOCAL_DEPLOYMENTS
         assert local["work_pool"]["job_variables"]["env"]["OMP_NUM_THREADS"] == "1"
         assert "concurrency_limit" not in local  # N workers run N cells at once
@@ -62,8 +62,13 @@ def test_names_say_what_and_scheduled_ones_when_in_which_time_zone():
     )  # no two local deployments share a name
     for name, d in deps.items():
         for sched in d.get("schedules") or []:
-            if sched.get("active", True) and "gpu" not in name:
-                assert sched["timezone"] in d["name"], f"{name}: the schedule's time zone is not in its name"
+            assert sched["timezone"] in d["name"], f"{name}: the schedule's time zone is not in its name"
+            hour, minute = sched["cron"].split()[1], sched["cron"].split()[0]
+            assert f"{int(hour):02d}{int(minute):02d}" in d["name"], f"{name}: the schedule's time is not in its name"
+    # a name says what the deployment does, not only where it runs: no bare `gpu`, `local`, `cpu`
+    assert not {d["name"] for d in deps.values()} & {"gpu", "cpu", "local", "default"}
+    gpu = {k for k, d in deps.items() if d["work_pool"]["name"] == "gpu-k8s"}
+    assert gpu == {"nightly/daily-0200-UTC-gpu", "study-cell/one-cell-gpu", "search-trial/one-trial-gpu"}
     assert set(LOCAL_DEPLOYMENTS) <= set(deps)
 
 
@@ -276,14 +281,14 @@ def test_the_server_runs_on_the_stacks_postgres_and_the_worker_finds_it():
     assert pg["Service"]["metadata"]["name"] == "alloynet-postgres"
     launcher = _by_kind("study-gpu-launcher.yaml")["Job"]["spec"]["template"]["spec"]
     args = launcher["containers"][0]["args"]
-    assert args[args.index("--deployment") + 1] == "study-cell/gpu" and "study-cell/gpu" in _deployments()
+    assert args[args.index("--deployment") + 1] == "study-cell/one-cell-gpu" and "study-cell/one-cell-gpu" in _deployments()
     assert (
         args[args.index("--work-dir") + 1]
         == yaml.safe_load((ROOT / "configs" / "study-gpu.yaml").read_text())["work_dir"]
     )
     search = _by_kind("search-launcher.yaml")["Job"]["spec"]["template"]["spec"]["containers"][0]
     args = search["args"]
-    assert args[args.index("--deployment") + 1] == "search-trial/gpu" and "search-trial/gpu" in _deployments()
+    assert args[args.index("--deployment") + 1] == "search-trial/one-trial-gpu" and "search-trial/one-trial-gpu" in _deployments()
     assert args[args.index("--storage") + 1] == "env:ALLOYNET_OPTUNA_STORAGE"
     assert {e["name"]: e for e in search["env"]}["ALLOYNET_OPTUNA_STORAGE"]["valueFrom"]["secretKeyRef"] == {
         "name": "alloynet-optuna",
