@@ -7,15 +7,8 @@ from pathlib import Path
 import typer
 
 from alloynet import settings
-from alloynet.console import make_console, printable
 
-console = make_console()
 label_app = typer.Typer(no_args_is_help=True)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    console.print(f"error: {printable(' '.join(message.split()))}", markup=False, highlight=False)
-    raise typer.Exit(code)
 
 
 @label_app.command("import")
@@ -34,34 +27,20 @@ def import_cmd(
 ) -> None:
     """Apply each verdict as a recorded relabel (who, when, method kept in the capture's history) and rebuild
     the manifest: the verified captures are training data from now on."""
-    from alloynet.captures.image import CaptureError
-    from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, writer_lock
-    from alloynet.commands.data_cli import EXIT_BUSY
-    from alloynet.data.manifest import refresh_manifest
+    from alloynet.commands.labels_cli import one_line_errors, report_changes, write_labels
     from alloynet.monitor.verify import import_verdicts, read_verdicts
 
-    try:
+    with one_line_errors():
         verdicts, not_verified = read_verdicts(results)
-        st = LocalStore(store or settings.data_dir())
-        with writer_lock(st, "label import", wait):
-            res = import_verdicts(st, verdicts, source=f"alloynet label import {results.name}")
-            df, changed = refresh_manifest(st, seed, lock=False)
-    except CaptureError as exc:
-        _fail(f"{exc}; nothing was changed")
-    except WriterBusy as exc:
-        _fail(str(exc), EXIT_BUSY)
-    except StoreError as exc:
-        _fail(str(exc))
-    for cid, rev in res.applied.items():
-        console.print(printable(f"labelled {cid} (revision {rev})"), markup=False, highlight=False)
-    if not_verified:
-        console.print(
-            printable(f"{len(not_verified)} row(s) without a verdict: {', '.join(not_verified)}"),
-            markup=False,
-            highlight=False,
+        res, captures, changed = write_labels(
+            store or settings.data_dir(),
+            "label import",
+            lambda st: import_verdicts(st, verdicts, source=f"alloynet label import {results.name}"),
+            seed,
+            wait,
         )
-    console.print(res.summary(), markup=False, highlight=False)
-    console.print(f"manifest: {len(df)} captures ({'updated' if changed else 'unchanged'})", markup=False)
+    notes = [f"{len(not_verified)} row(s) without a verdict: {', '.join(not_verified)}"] if not_verified else []
+    report_changes("labelled", res.applied, notes, res.summary(), captures, changed)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,48 +1,94 @@
-"""What `alloynet data relabel` and `alloynet data history` do (declared in data_cli, run here): label
-corrections as recorded revisions."""
+"""Label changes as recorded revisions: `alloynet data relabel` and `alloynet data history` (declared in
+data_cli, run here), and what `alloynet label import` (label_cli) shares with them: writing label changes under
+the store's writer lock, the one-line errors and the report of what changed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
 from alloynet.console import make_console, printable
 
+if TYPE_CHECKING:
+    from alloynet.captures.stores import LocalStore
+
 console = make_console()
+Applied = TypeVar("Applied")
 
 
-def _fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> None:
     console.print(f"error: {printable(' '.join(message.split()))}", markup=False, highlight=False)
     raise typer.Exit(code)
 
 
-def run_relabel(store: str, corrections: Path, seed: int = 0, wait: float = 0.0) -> None:
-    """Apply the corrections under the writer lock, rebuild the manifest, print what changed."""
+def say(line: str) -> None:
+    """One plain line: names from a user's file are printed as they are, never as Rich markup."""
+    console.print(printable(line), markup=False, highlight=False)
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """A bad label file, a busy store or a store error ends the command with one line and its exit code; a bad
+    file is refused before anything is written."""
     from alloynet.captures.image import CaptureError
-    from alloynet.captures.labels import read_corrections, relabel
-    from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, writer_lock
+    from alloynet.captures.stores import StoreError, WriterBusy
     from alloynet.commands.data_cli import EXIT_BUSY
-    from alloynet.data.manifest import refresh_manifest
 
     try:
-        rows = read_corrections(corrections)
-        st = LocalStore(store)
-        with writer_lock(st, "relabel", wait):
-            res = relabel(st, rows, source=f"alloynet data relabel {corrections.name}")
-            df, changed = refresh_manifest(st, seed, lock=False)
+        yield
     except CaptureError as exc:
-        _fail(f"{exc}; nothing was changed")
+        fail(f"{exc}; nothing was changed")
     except WriterBusy as exc:
-        _fail(str(exc), EXIT_BUSY)
+        fail(str(exc), EXIT_BUSY)
     except StoreError as exc:
-        _fail(str(exc))
-    for cid, rev in res.applied.items():
-        console.print(printable(f"relabelled {cid} (revision {rev})"), markup=False, highlight=False)
-    for folder in res.released:
-        console.print(printable(f"released {folder}"), markup=False, highlight=False)
-    console.print(res.summary(), markup=False, highlight=False)
-    console.print(f"manifest: {len(df)} captures ({'updated' if changed else 'unchanged'})", markup=False)
+        fail(str(exc))
+
+
+def write_labels(
+    store: str, what: str, apply: Callable[[LocalStore], Applied], seed: int, wait: float
+) -> tuple[Applied, int, bool]:
+    """``apply`` the label changes to the capture store under its writer lock, then rebuild the manifest in the
+    same lock: (what ``apply`` returned, captures in the manifest, whether the manifest changed)."""
+    from alloynet.captures.stores import LocalStore, writer_lock
+    from alloynet.data.manifest import refresh_manifest
+
+    st = LocalStore(store)
+    with writer_lock(st, what, wait):
+        res = apply(st)
+        df, changed = refresh_manifest(st, seed, lock=False)
+    return res, len(df), changed
+
+
+def report_changes(
+    verb: str, applied: dict[str, int], notes: Iterable[str], summary: str, captures: int, changed: bool
+) -> None:
+    """One line per capture changed (``<verb> <id> (revision N)``), the notes, the summary, the manifest."""
+    for cid, rev in applied.items():
+        say(f"{verb} {cid} (revision {rev})")
+    for line in notes:
+        say(line)
+    say(summary)
+    say(f"manifest: {captures} captures ({'updated' if changed else 'unchanged'})")
+
+
+def run_relabel(store: str, corrections: Path, seed: int = 0, wait: float = 0.0) -> None:
+    """Apply the corrections under the writer lock, rebuild the manifest, print what changed."""
+    from alloynet.captures.labels import read_corrections, relabel
+
+    with one_line_errors():
+        rows = read_corrections(corrections)
+        res, captures, changed = write_labels(
+            store,
+            "relabel",
+            lambda st: relabel(st, rows, source=f"alloynet data relabel {corrections.name}"),
+            seed,
+            wait,
+        )
+    report_changes("relabelled", res.applied, [f"released {f}" for f in res.released], res.summary(), captures, changed)
 
 
 def show_history(store: str, capture_id: str) -> None:
@@ -59,9 +105,9 @@ def show_history(store: str, capture_id: str) -> None:
         now = label_values(parse_sidecar(st.get(key), f"{st.uri}/{key}"))
         revs = history(st, capture_id)
     except ObjectMissing:
-        _fail(f"{st.uri}: no stored capture {capture_id!r}")
+        fail(f"{st.uri}: no stored capture {capture_id!r}")
     except (CaptureError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(
         printable(f"{capture_id}: " + ", ".join(f"{k}={v}" for k, v in now.items())), markup=False, highlight=False
     )
