@@ -275,14 +275,30 @@ def failure_artifact(step: str, error: str, champion_before: str | None, champio
 
 
 # ---- the nightly summary -----------------------------------------------------------------------------------
-def ingested_vs_labelled(ing: Mapping[str, Any], new_labelled: int) -> str:
-    """Why "N new" at ingest and "M new labelled captures" at retrain differ."""
+def ingested_vs_labelled(
+    ing: Mapping[str, Any], new_labelled: int, new_by_split: Mapping[str, int] | None = None
+) -> str:
+    """Why "N new" at ingest and "M new labelled captures" at retrain differ. ``new_by_split``: tonight's new
+    captures counted by their manifest split (train, val, test, unlabelled)."""
+    quarantined = f"The {len(ing['quarantined'])} quarantined capture(s) are not in the manifest."
+    threshold = (
+        f"The retrain threshold counts labelled training/validation captures not trained on before: {new_labelled}"
+    )
+    if new_by_split:
+        fit = int(new_by_split.get("train", 0)) + int(new_by_split.get("val", 0))
+        test, unlabelled = int(new_by_split.get("test", 0)), int(new_by_split.get("unlabelled", 0))
+        since = f" ({new_labelled - fit} of them from earlier nights)" if new_labelled > fit else ""
+        return (
+            f"of the {len(ing['new'])} new captures, {fit} are labelled training/validation captures, {test} "
+            f"labelled test captures (kept for evaluation, never trained on) and {unlabelled} unlabelled (waiting "
+            f"for a lab verdict). {threshold}{since}. {quarantined}"
+        )
     unlabelled = int(ing["captures"]) - int(ing["labelled"])
     return (
         f"of the {len(ing['new'])} new captures, {new_labelled} are labelled training/validation captures not "
         f"trained on before: what the retrain threshold counts. The others are unlabelled (waiting for a lab "
-        f"verdict; {unlabelled} unlabelled in the manifest) or in the test split, kept for evaluation. The "
-        f"{len(ing['quarantined'])} quarantined capture(s) are not in the manifest."
+        f"verdict; {unlabelled} unlabelled in the manifest) or in the test split, kept for evaluation. "
+        f"{quarantined}"
     )
 
 
@@ -303,7 +319,7 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
                 "all seen before)."
             )
         if ing["new"] and s.get("new_labelled") is not None:
-            lines.append(f"- {ingested_vs_labelled(ing, int(s['new_labelled']))}")
+            lines.append(f"- {ingested_vs_labelled(ing, int(s['new_labelled']), s.get('new_by_split'))}")
         lines += [f"- **warning**: {w}" for w in ingest_warnings(ing)]
         lines.append("")
     if s.get("retrain"):

@@ -30,6 +30,15 @@ from flows.settings import DATA_DIR, MIN_NEW_LABELLED, REGISTRY, SOURCE, WORK_DI
 from flows.tasks import read_champion_task, record_training_task
 
 
+def _new_by_split(dataset: DataSet | None, new: list[str]) -> dict[str, int]:
+    """Tonight's new captures by manifest split (train, val, test, unlabelled): the summary's word on why
+    ingest's "N new" and retrain's "M new labelled" differ."""
+    if dataset is None or not new:
+        return {}
+    df = dataset.manifest()
+    return {str(k): int(v) for k, v in df[df.capture_id.isin(set(new))].split.value_counts().items()}
+
+
 @flow(name="nightly", description="Nightly: ingest new captures, retrain, evaluate against the champion, promote.")
 def nightly(
     source: str = SOURCE,
@@ -72,6 +81,7 @@ def nightly(
         _note(s, "ingest", ing)
         s["ingest"] = ing
         dataset = DataSet(**ing["dataset"]) if ing["dataset"] else None  # every later step sees this manifest
+        s["new_by_split"] = _new_by_split(dataset, ing["new"])
         line = (
             _monitor_line(s, data_dir, line_records, registry, work_dir, verify_budget, seed, log)
             if monitor_line

@@ -36,3 +36,12 @@ def test_without_the_retrain_count_nothing_is_claimed():
     s = _summary(118)
     del s["new_labelled"]
     assert "not trained on before" not in summary_markdown(s)
+
+
+def test_new_captures_are_counted_by_split():
+    s = _summary(118)
+    s["new_by_split"] = {"train": 80, "val": 20, "test": 20, "unlabelled": 18}
+    md = summary_markdown(s)
+    assert "of the 138 new captures, 100 are labelled training/validation captures, 20 labelled test" in md
+    assert "18 unlabelled (waiting for a lab verdict)" in md
+    assert "not trained on before: 118 (18 of them from earlier nights)" in md and "1 quarantined" in md
