@@ -155,9 +155,11 @@ def study_pool(
     threads: int | None = typer.Option(
         None, help="OMP_NUM_THREADS of every cell (default: the deployment's, 1 for study-cell/one-cell-cpu)"
     ),
-    out_dir: str | None = typer.Option(None, help="override the config's out_dir"),
-    work_dir: str | None = typer.Option(None, help="override the config's work_dir (cache of runs)"),
-    timeout: float | None = typer.Option(None, help="seconds before unfinished cells are cancelled"),
+    out_dir: str | None = typer.Option(None, help="tables, plots and reports [default: the config's out_dir]"),
+    work_dir: str | None = typer.Option(None, help="the cache of runs [default: the config's work_dir]"),
+    timeout: float | None = typer.Option(
+        None, help="seconds before unfinished cells are cancelled [default: no limit]"
+    ),
 ) -> None:
     """The study with every cell as a flow run on a work pool (N workers, N cells at once); same tables as
     `alloynet study`, which shares its cache. Needs a Prefect server with the deployment and workers:

@@ -48,8 +48,12 @@ def _bundle(
 @package_app.command("torchserve")
 def package_torchserve(
     out: Path = typer.Option(..., help="model store directory; the .mar is written here"),
-    checkpoint: Path | None = typer.Option(None, help="trained checkpoint (exported first)"),
-    bundle: Path | None = typer.Option(None, help="existing export bundle (model.pt, export.json)"),
+    checkpoint: Path | None = typer.Option(
+        None, help="trained checkpoint (exported first) [default: none; give this or --bundle]"
+    ),
+    bundle: Path | None = typer.Option(
+        None, help="existing export bundle (model.pt, export.json) [default: none; give this or --checkpoint]"
+    ),
     export_dir: Path | None = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
     store: str | None = typer.Option(
         None, help="data set whose test captures check parity (default: the one the checkpoint was trained on)"
@@ -72,8 +76,12 @@ def package_torchserve(
 @package_app.command("triton")
 def package_triton(
     out: Path = typer.Option(..., help="model repository directory"),
-    checkpoint: Path | None = typer.Option(None, help="trained checkpoint (exported first)"),
-    bundle: Path | None = typer.Option(None, help="existing export bundle (model.onnx, export.json)"),
+    checkpoint: Path | None = typer.Option(
+        None, help="trained checkpoint (exported first) [default: none; give this or --bundle]"
+    ),
+    bundle: Path | None = typer.Option(
+        None, help="existing export bundle (model.onnx, export.json) [default: none; give this or --checkpoint]"
+    ),
     export_dir: Path | None = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
     store: str | None = typer.Option(
         None, help="data set whose test captures check parity (default: the one the checkpoint was trained on)"
@@ -85,7 +93,9 @@ def package_triton(
     threads: int = typer.Option(1, help="ONNX Runtime intra-op threads per instance"),
     gpu: bool = typer.Option(False, help="GPU instances + TensorRT execution accelerator for the ONNX model"),
     tensorrt: str | None = typer.Option(
-        None, help="also build a TensorRT engine: fp16 | int8 (GPU + TensorRT only; skipped with a message elsewhere)"
+        None,
+        help="also build a TensorRT engine: fp16 | int8 (GPU + TensorRT only; skipped with a message elsewhere) "
+        "[default: none]",
     ),
     backend: str | None = typer.Option(
         None,
@@ -121,7 +131,11 @@ def infer(
         "default: $ALLOYNET_SERVING_URL, else what `alloynet serve` wrote "
         "in its env file, else triton://127.0.0.1:8001/alloynet",
     ),
-    token: str | None = typer.Option(None, envvar="ALLOYNET_SERVING_TOKEN", help="TorchServe inference key"),
+    token: str | None = typer.Option(
+        None,
+        envvar="ALLOYNET_SERVING_TOKEN",
+        help="TorchServe inference key [default: $ALLOYNET_SERVING_TOKEN, else the key file's]",
+    ),
     key_file: Path | None = typer.Option(
         None,
         help="TorchServe key_file.json (read again whenever the key is "

@@ -69,25 +69,45 @@ def print_summary(df) -> None:
     console.print(table)
 
 
+# What `simulate` does without a config or an option: DatasetSpec's defaults, stated in its --help
+# (tests/unit/commands/test_help.py holds them to DatasetSpec, which stays unimported until a command runs).
+SIMULATE_DEFAULTS = {"n_max": 60, "imbalance_ratio": 100.0, "profile": "exponential", "size": 256, "seed": 0}
+
+
 def simulate(
     out: str = typer.Option(..., help="capture store: a directory or s3://bucket/prefix"),
     config: Path | None = typer.Option(
-        None, "--config", "-c", help="YAML with DatasetSpec fields (rig: {...} nested); the options below override it"
+        None,
+        "--config",
+        "-c",
+        help="YAML with DatasetSpec fields (rig: {...} nested); the options below override it [default: none]",
     ),
     n_max: int | None = typer.Option(
-        None, help="plates of the most frequent alloy [default: the config's, else the DatasetSpec default]"
+        None, help=f"plates of the most frequent alloy [default: the config's, else {SIMULATE_DEFAULTS['n_max']}]"
     ),
     imbalance_ratio: float | None = typer.Option(
-        None, help="head / tail plates: the rarest alloy gets n_max / ratio [default: the config's or DatasetSpec's]"
+        None,
+        help="head / tail plates: the rarest alloy gets n_max / ratio "
+        f"[default: the config's, else {SIMULATE_DEFAULTS['imbalance_ratio']:g}]",
     ),
-    profile: str | None = typer.Option(None, help="exponential | step | balanced"),
-    size: int | None = typer.Option(None, help="image height = width in pixels [default: the config's or 64]"),
+    profile: str | None = typer.Option(
+        None,
+        help="long-tail shape: exponential | step | balanced "
+        f"[default: the config's, else {SIMULATE_DEFAULTS['profile']}]",
+    ),
+    size: int | None = typer.Option(
+        None, help=f"image height = width in pixels [default: the config's, else {SIMULATE_DEFAULTS['size']}]"
+    ),
     seed: int | None = typer.Option(
-        None, help="seed of the simulation and of the manifest's splits [default: the config's, else 0]"
+        None,
+        help="seed of the simulation and of the manifest's splits "
+        f"[default: the config's, else {SIMULATE_DEFAULTS['seed']}]",
     ),
     manifest: bool = typer.Option(True, help="write manifest.csv beside a local store"),
     rig_profile: Path | None = typer.Option(
-        None, help="a rig profile (alloynet rig calibrate): simulate the calibrated rig instead of the nominal one"
+        None,
+        help="a rig profile (alloynet rig calibrate): simulate the calibrated rig instead of the nominal one "
+        "[default: the nominal rig]",
     ),
 ) -> None:
     """Simulate a long-tailed data set into a capture store and print its summary."""

@@ -40,6 +40,10 @@ def _print_table(res) -> None:
     console.print(table)
 
 
+# a setting every file needs: from the option, the --rig YAML or the file's CSV row
+NEEDED = " [default: the --rig YAML's, else the CSV column; a file with none is rejected, naming it]"
+
+
 def import_captures(
     source: Path = typer.Argument(
         ..., help="an ImageFolder root ROOT/[train|val|test/]CLASS/*.tif|png, or a labels CSV (its folder is the root)"
@@ -48,22 +52,35 @@ def import_captures(
     labels: Path | None = typer.Option(
         None,
         help="labels CSV: file, alloy[, thickness_mm, plate_id, wedge_mm, "
-        "kvp, dark, flat, role]; files relative to SOURCE",
+        "kvp, dark, flat, role]; files relative to SOURCE [default: SOURCE when it is a CSV, else the class "
+        "folders give the alloy]",
     ),
     rig: Path | None = typer.Option(
         None,
         "--rig",
         help="YAML: rig: {kvp: [50], wedge_mm: 50, dose, pixel_size_mm, "
-        "...}, thickness_mm, dark_level, flat_level, custom_alloys",
+        "...}, thickness_mm, dark_level, flat_level, custom_alloys [default: none]",
     ),
-    kvp: list[float] | None = typer.Option(None, help="tube kVp, one per channel (repeat for a multi-page TIFF)"),
-    wedge_mm: float | None = typer.Option(None, help="wedge thickness at its thick end (mm)"),
-    dose: float | None = typer.Option(None, help="detected photons per pixel, open beam"),
-    pixel_size_mm: float | None = typer.Option(None, help="detector pixel pitch (mm)"),
-    thickness_mm: float | None = typer.Option(None, help="plate thickness (mm) of files without their own"),
-    dark_level: list[float] | None = typer.Option(None, help="dark level (ADU) per channel where no dark frame"),
-    flat_level: list[float] | None = typer.Option(None, help="flat level (ADU) per channel where no flat frame"),
-    alloys: Path | None = typer.Option(None, "--alloys", help="YAML defining extra alloys (as `physics --alloys`)"),
+    kvp: list[float] | None = typer.Option(
+        None, help="tube kVp, one per channel (repeat for a multi-page TIFF)" + NEEDED
+    ),
+    wedge_mm: float | None = typer.Option(None, help="wedge thickness at its thick end (mm)" + NEEDED),
+    dose: float | None = typer.Option(
+        None, help="detected photons per pixel, open beam [default: the --rig YAML's, else not recorded]"
+    ),
+    pixel_size_mm: float | None = typer.Option(
+        None, help="detector pixel pitch (mm) [default: the --rig YAML's, else not recorded]"
+    ),
+    thickness_mm: float | None = typer.Option(None, help="plate thickness (mm) of files without their own" + NEEDED),
+    dark_level: list[float] | None = typer.Option(
+        None, help="dark level (ADU) per channel where no dark frame" + NEEDED
+    ),
+    flat_level: list[float] | None = typer.Option(
+        None, help="flat level (ADU) per channel where no flat frame" + NEEDED
+    ),
+    alloys: Path | None = typer.Option(
+        None, "--alloys", help="YAML defining extra alloys (as `physics --alloys`) [default: the standard alloys only]"
+    ),
     allow_8bit: bool = typer.Option(
         False, "--allow-8bit", help="import 8-bit images (recorded as 8-bit in the sidecar); refused by default"
     ),

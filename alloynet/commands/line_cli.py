@@ -55,7 +55,7 @@ def log_cmd(
     since: str = typer.Option("24h", "--since", help="from: ISO date/time or an age (30m, 12h, 7d)"),
     until: str | None = typer.Option(None, "--until", help="to (exclusive); default now"),
     store: str | None = StoreOpt,
-    source: str | None = typer.Option(None, "--source", help="only 'line' answers or 'nightly' scores"),
+    source: str | None = typer.Option(None, "--source", help="only 'line' answers or 'nightly' scores [default: both]"),
     as_json: bool = typer.Option(False, "--json", help="one JSON record per line"),
 ) -> None:
     """The answers the line was given, oldest first: time, capture, model version, answer, set, flags, latency."""

@@ -14,7 +14,10 @@ from alloynet.physics.alloys import ALLOY_NAMES, STANDARD_ALLOYS, AlloyTable
 app = typer.Typer(no_args_is_help=True)
 console = make_console()
 AlloysOption = typer.Option(
-    None, "--alloys", help="YAML defining extra alloys ({name: {density_g_cm3, nominal_wt_pct, ranges_wt_pct}})"
+    None,
+    "--alloys",
+    help="YAML defining extra alloys ({name: {density_g_cm3, nominal_wt_pct, ranges_wt_pct}}) "
+    "[default: the standard alloys only]",
 )
 
 
@@ -60,14 +63,15 @@ def separability(
     ),
     thickness: list[float] | None = typer.Option(
         None,
-        help="only these nominal thicknesses (mm), repeatable, e.g. --thickness 1 --thickness 2; replaces the range",
+        help="only these nominal thicknesses (mm), repeatable, e.g. --thickness 1 --thickness 2; replaces the range "
+        "[default: the range]",
     ),
     alloy: list[str] = typer.Option(list(ALLOY_NAMES), help="alloys to compare"),
     alloys: Path | None = AlloysOption,
     plates: int = typer.Option(200, help="plates per alloy for d' and the Bayes error"),
     mc_samples: int = typer.Option(2000, help="Monte-Carlo test plates of the physics bracket"),
     seed: int = typer.Option(0, help="seed of the Monte-Carlo plates"),
-    json_out: Path | None = typer.Option(None, "--json", help="also write JSON"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write JSON here [default: not written]"),
 ) -> None:
     """Ideal-observer d', Bayes error and the multi-class physics bracket for these rig settings and thickness prior
     (by default the prior of `alloynet simulate` and the demo: 64 px, any thickness 1-5 mm)."""
@@ -143,14 +147,18 @@ def plan(
     thickness_range: tuple[float, float] | None = typer.Option(
         None, "--thickness-range", help="plates of any nominal thickness in MIN MAX mm [default: 1 5]"
     ),
-    thickness: list[float] | None = typer.Option(None, help="only these nominal thicknesses (mm), repeatable"),
+    thickness: list[float] | None = typer.Option(
+        None, help="only these nominal thicknesses (mm), repeatable; replaces the range [default: the range]"
+    ),
     alloy: list[str] = typer.Option(list(ALLOY_NAMES), help="alloys to tell apart"),
     alloys: Path | None = AlloysOption,
     draws: int = typer.Option(500, help="Monte-Carlo plates per candidate (standard error about 0.5/sqrt(draws))"),
     pool: int = typer.Option(32, help="compositions per alloy in the observers' mixtures"),
     seed: int = typer.Option(0, help="seed of the Monte-Carlo draws"),
-    json_out: Path | None = typer.Option(None, "--json", help="also write JSON"),
-    plot_out: Path | None = typer.Option(None, "--plot", help="also draw the brackets into this PNG"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write JSON here [default: not written]"),
+    plot_out: Path | None = typer.Option(
+        None, "--plot", help="also draw the brackets into this PNG [default: not drawn]"
+    ),
 ) -> None:
     """Which exposures to take: the physics bracket (five-class and heavy vs light) of candidate acquisitions,
     ranked, with the pairs that stay hard. Defaults to the data's prior: 64 px, any thickness 1-5 mm."""

@@ -163,9 +163,9 @@ def _no_champion():
 @registry_app.command("publish")
 def publish_cmd(
     directory: Path = typer.Argument(..., exists=True, file_okay=False),
-    metrics: Path | None = typer.Option(None, help="JSON file of evaluation metrics"),
+    metrics: Path | None = typer.Option(None, help="JSON file of evaluation metrics [default: none recorded]"),
     manifest_hash: str | None = typer.Option(
-        None, help="hash of the manifest the model was trained on, recorded with the version"
+        None, help="hash of the manifest the model was trained on, recorded with the version [default: none recorded]"
     ),
     registry: str | None = RegistryOpt,
     model: str = ModelOpt,
@@ -180,7 +180,8 @@ def publish_cmd(
 ServeToOpt = typer.Option(
     None,
     "--serve-to",
-    help="also publish the champion's Triton repository here (e.g. s3://alloynet-models/serving/triton)",
+    help="also publish the champion's Triton repository here (e.g. s3://alloynet-models/serving/triton) "
+    "[default: not published]",
 )
 
 
@@ -256,7 +257,9 @@ def publish_serving_cmd(
 def fetch_cmd(
     version: str,
     dest: Path,
-    only: list[str] | None = typer.Option(None, help="artifact path prefix"),
+    only: list[str] | None = typer.Option(
+        None, help="only artifacts under this path prefix, repeatable [default: every artifact]"
+    ),
     registry: str | None = RegistryOpt,
     model: str = ModelOpt,
 ) -> None:

@@ -9,9 +9,9 @@ import typer
 
 def study(
     config: Path = typer.Option(Path("configs/study.yaml"), "--config", "-c", help="study YAML (grid, data, training)"),
-    out_dir: str | None = typer.Option(None, help="override the config's out_dir"),
-    work_dir: str | None = typer.Option(None, help="override the config's work_dir (cache of runs)"),
-    seeds: str | None = typer.Option(None, help="comma-separated seeds, overriding the config"),
+    out_dir: str | None = typer.Option(None, help="tables, plots and reports [default: the config's out_dir]"),
+    work_dir: str | None = typer.Option(None, help="the cache of runs [default: the config's work_dir]"),
+    seeds: str | None = typer.Option(None, help="comma-separated seeds [default: the config's seeds]"),
 ) -> None:
     """Train and evaluate the grid; write tables, plots and per-run reports (resumes finished runs)."""
     from alloynet.commands.data_cli import console, progress_bar

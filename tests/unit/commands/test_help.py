@@ -51,3 +51,60 @@ def test_config_is_always_dash_c(name):
 def test_root_help_names_the_home():
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0 and "ALLOYNET_HOME" in res.output
+
+
+# Commands whose option help lives in files another change owns (alloynet/commands/train_cli.py, rig_cli.py): they
+# are held to the same rule, and strict, so the day their defaults are stated this list must shrink.
+DEFAULTS_PENDING = {"train", "evaluate", "rig calibrate", "rig references"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="defaults not stated yet"))
+        if name in DEFAULTS_PENDING
+        else name
+        for name, cmd in COMMANDS
+        if not isinstance(getattr(cmd, "commands", None), dict)
+    ],
+)
+def test_every_option_states_its_default(name):
+    """Click shows ``[default: X]`` for an option with a value; one that defaults to None must say in its help
+    what happens without it (the config's value, an environment variable, "not written", ...)."""
+    cmd = dict(COMMANDS)[name]
+    silent = [
+        p.opts[0]
+        for p in cmd.params
+        if p.param_type_name == "option"
+        and not p.hidden
+        and not p.required
+        and p.default is None
+        and "default" not in (p.help or "").lower()
+    ]
+    assert not silent, f"`alloynet {name}`: options that do not say their default: {silent}"
+    shown = [p.opts[0] for p in cmd.params if p.param_type_name == "option" and p.show_default is False]
+    assert not shown, f"`alloynet {name}`: options that hide their default: {shown}"
+
+
+def test_simulate_states_the_defaults_it_uses():
+    from alloynet.commands.data_cli import SIMULATE_DEFAULTS
+    from alloynet.data.simulate import DatasetSpec
+
+    spec = DatasetSpec()
+    assert SIMULATE_DEFAULTS == {
+        "n_max": spec.n_max,
+        "imbalance_ratio": spec.imbalance_ratio,
+        "profile": spec.profile,
+        "size": spec.rig.height,
+        "seed": spec.seed,
+    }
+    assert spec.rig.height == spec.rig.width
+    res = runner.invoke(app, ["simulate", "--help"])
+    text = " ".join(res.output.split())
+    for option, value in (("--n-max", "60"), ("--imbalance-ratio", "100"), ("--size", "256"), ("--seed", "0")):
+        assert f"[default: the config's, else {value}]" in text.split(option, 1)[1].split(" --", 1)[0], option
+
+
+def test_commands_that_read_a_run_config_all_take_it_as_dash_c():
+    names = {name for name, cmd in COMMANDS if any("--config" in getattr(p, "opts", ()) for p in cmd.params)}
+    assert {"simulate", "train", "study", "study-pool", "demo"} <= names
