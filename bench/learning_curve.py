@@ -253,12 +253,13 @@ def one_size(
 def with_references(rig: str, n: int, seed: int, out: Path, pool: list[dict], fresh: Path) -> dict:
     """The same size with a lab's reference captures beside the plates (`alloynet rig references --folder
     --levels-only`: open beam and the wedge alone per session, Al1050 at 1, 2 and 5 mm; levels only), imported
-    together (the labels CSV's role column), `alloynet rig calibrate` on the store, then `alloynet train --store
-    STORE --pretrain rig-profile.yaml` (pretraining on the calibrated simulator, then the store's captures)."""
+    together (the labels CSV's role column), `alloynet rig calibrate STORE` (which adds the rig profile to the
+    store), then `alloynet train --store STORE` with no other option: the default recipe starts the physics
+    term from the store's newest rig profile. The physics fit alone is then the calibrated forward model's."""
     from alloynet.evaluate import evaluate
     from alloynet.models.checkpoint import load_checkpoint
 
-    tag = f"refs-n{n}-s{seed}"
+    tag = f"refs-store-n{n}-s{seed}"
     done = out / tag / "result.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -302,14 +303,13 @@ def with_references(rig: str, n: int, seed: int, out: Path, pool: list[dict], fr
         )
     store, run_dir = out / f"store-refs-n{n}", out / tag / "run"
     import_store(lab / "labels.csv", store)
-    profile = out / tag / "rig-profile.yaml"
-    profile.parent.mkdir(parents=True, exist_ok=True)
+    (out / tag).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for cmd in (
-        [exe, "rig", "calibrate", str(store), "--out", str(profile)],
-        [exe, "train", "--store", str(store), "--out", str(run_dir), "--seed", str(seed), "--pretrain", str(profile)],
+        [exe, "rig", "calibrate", str(store)],
+        [exe, "train", "--store", str(store), "--out", str(run_dir), "--seed", str(seed)],
     ):
-        if cmd[1] == "train" and not profile.exists():
+        if cmd[1] == "train" and not any((store / "rig-profiles").glob("*.yaml")):
             break
         res = subprocess.run(cmd, capture_output=True, text=True)
         (out / tag / f"{cmd[1]}.log").write_text(res.stdout + res.stderr)
@@ -346,6 +346,7 @@ def with_references(rig: str, n: int, seed: int, out: Path, pool: list[dict], fr
         "term_alone": term.get("term_alone"),
         "trunk_alone": term.get("trunk_alone"),
         "physics_fit": (m.get("baselines") or {}).get("physics_fit"),
+        "rig_profile": m.get("rig_profile"),
     }
     done.write_text(json.dumps(row, indent=1, default=str))
     log(
@@ -438,7 +439,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="training seeds per size")
     ap.add_argument("--epochs", type=int, default=None, help="cap the default recipe's epochs (budget)")
     ap.add_argument("--set", action="append", default=[], help="a config override key=value (arms of a comparison)")
-    ap.add_argument("--references", action="store_true", help="the sizes with reference captures and --pretrain")
+    ap.add_argument(
+        "--references", action="store_true", help="the sizes with reference captures (calibrated into the store)"
+    )
     ap.add_argument("--arm", default="", help="a name for this recipe's runs (kept apart from the default's)")
     ap.add_argument("--table", action="store_true", help="print the table of every rig's finished sizes (--arms)")
     ap.add_argument("--arms", default="", help="with --table: arms to read, first wins (e.g. final,cv)")

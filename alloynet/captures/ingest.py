@@ -46,6 +46,7 @@ from alloynet.captures.format import (
 from alloynet.captures.image import CaptureError, sha256
 from alloynet.captures.labels import LabelConflict, label_conflict
 from alloynet.captures.layout import CAPTURES, QUARANTINE, Quarantine, image_key, sidecar_key
+from alloynet.captures.rig_profiles import copy_new_rig_profiles
 from alloynet.captures.stores import (
     TEMP_PREFIX,
     LocalStore,
@@ -79,6 +80,8 @@ class IngestResult:
     cleaned: list[str] = field(default_factory=list)  # temp files of killed writers, removed
     image_conflicts: list[str] = field(default_factory=list)  # stored captures' images changed at the source
     image_versions: dict[str, str] = field(default_factory=dict, repr=False)  # source image -> version ingested
+    rig_profiles: list[str] = field(default_factory=list)  # rig profiles (rig calibrate) copied from the source
+    rig_profile_conflicts: list[str] = field(default_factory=list)  # held here with other bytes: left as they are
 
     def summary(self) -> str:
         s = (
@@ -91,6 +94,8 @@ class IngestResult:
                 ("released from quarantine", self.released),
                 ("orphan image(s)", self.orphans),
                 ("image(s) changed at the source", self.image_conflicts),
+                ("rig profile file(s) copied", self.rig_profiles),
+                ("rig profile file(s) differing from the stored ones (kept)", self.rig_profile_conflicts),
             )
             if v
         ]
@@ -234,6 +239,7 @@ def _run(
             _report_orphans(source, result, q, listing, prefix, orphan_grace_s)
         if pull_new:
             _check_images(source, dest, result, q, listing, prefix)
+            result.rig_profiles, result.rig_profile_conflicts = copy_new_rig_profiles(source, dest)
     elif result.image_versions:
         versions = load_image_versions(dest, source)
         _save_image_versions(dest, source, {**versions, **result.image_versions})

@@ -1,12 +1,15 @@
 """`alloynet rig calibrate` and `alloynet rig references`: the simulator calibrated to a lab's rig.
 
-Exit codes of `calibrate`: 0 when the profile is written; 1 when the references cannot calibrate the rig
-(missing, unreadable, inconsistent) or the fit is poor (the fit plot is still written, to see where it
-misses; no profile is); 2 for usage errors (bad options, an unreadable --rig YAML).
+Exit codes of `calibrate`: 0 when the profile is written (into the store, rig-profiles/); 1 when the references
+cannot calibrate the rig (missing, unreadable, inconsistent) or the fit is poor (the fit plot is still written,
+to --plot or ./rig-profile-fit.png, to see where it misses; no profile is); 2 for usage errors (bad options, an
+unreadable --rig YAML).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import typer
@@ -65,8 +68,14 @@ def calibrate(
         "them from a lab's reference/ folder: the wedge alone per session, dark/flat frames or levels, and "
         "captures of plates of one known alloy at known thicknesses (docs/rig_calibration.md)",
     ),
-    out: Path = typer.Option(Path("rig-profile.yaml"), help="rig profile to write (YAML)"),
-    plot: Path | None = typer.Option(None, help="fit plot (PNG); default: beside --out, <name>-fit.png"),
+    out: Path | None = typer.Option(
+        None,
+        help="also write the rig profile (YAML) here; it always goes into the store as "
+        "rig-profiles/<UTC stamp>.yaml, the newest of which `alloynet train --store STORE` starts from",
+    ),
+    plot: Path | None = typer.Option(
+        None, help="also write the fit plot (PNG) here; default with --out: beside it, <name>-fit.png"
+    ),
     alloy: str | None = typer.Option(None, help="the reference plates' alloy (when the store holds several)"),
     rig: Path | None = typer.Option(
         None,
@@ -94,6 +103,7 @@ def calibrate(
     ),
 ) -> None:
     """Fit the simulator's nuisance parameters to a rig's reference captures; write a rig profile and a fit plot."""
+    from alloynet.captures.rig_profiles import add_rig_profile
     from alloynet.captures.stores import StoreError, open_store
     from alloynet.data.rig_references import calibrate_store
     from alloynet.evaluate.rig_plots import plot_fit
@@ -104,7 +114,8 @@ def calibrate(
     nominal = _nominal(rig, kvp, wedge_mm)
     max_misfit = MAX_MISFIT_RMS if max_misfit is None else max_misfit
     max_holdout_chi2 = MAX_HOLDOUT_CHI2 if max_holdout_chi2 is None else max_holdout_chi2
-    plot = plot or out.with_name(f"{out.stem}-fit.png")
+    if plot is None and out is not None:
+        plot = out.with_name(f"{out.stem}-fit.png")
     try:
         st = open_store(store)
     except ValueError as exc:
@@ -128,8 +139,6 @@ def calibrate(
         _line(f"skipped {s}")
     for note in cal.detector.notes:
         _line(f"note: {note}")
-    plot.parent.mkdir(parents=True, exist_ok=True)
-    plot_fit(cal, refs.fit, plot, refs.holdout)
     _line("parameter: value +- 1 sd")
     for line in profile.summary():
         _line(f"  {line}")
@@ -145,13 +154,29 @@ def calibrate(
                 f"held out {name}: misfit rms {h['misfit_rms']:.2f} sd, chi2/dof per capture {h['chi2_per_dof']:.2f} "
                 f"(limit {max_holdout_chi2:g})"
             )
-    _line(f"fit plot: {plot}")
-    try:
-        check_fit(cal, max_misfit, max_holdout_chi2)
-    except CalibrationError as exc:
-        _line(f"error: {exc}; no profile written", EXIT_REFUSED)
-    save_rig_profile(profile, out)
-    _line(f"rig profile: {out}")
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "fit.png"
+        plot_fit(cal, refs.fit, png, refs.holdout)
+        try:
+            check_fit(cal, max_misfit, max_holdout_chi2)
+        except CalibrationError as exc:
+            plot = plot or Path("rig-profile-fit.png")  # to see where the fit misses
+            plot.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, plot)
+            _line(f"fit plot: {plot}")
+            _line(f"error: {exc}; no profile written", EXIT_REFUSED)
+        try:
+            key = add_rig_profile(st, profile, png.read_bytes())
+        except (StoreError, OSError) as exc:
+            _line(f"error: cannot store the rig profile in {store}: {' '.join(str(exc).split())}", EXIT_REFUSED)
+        if plot is not None:
+            plot.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, plot)
+            _line(f"fit plot: {plot}")
+    _line(f"rig profile: {store.rstrip('/')}/{key} (the newest: `alloynet train --store` starts from it)")
+    if out is not None:
+        save_rig_profile(profile, out)
+        _line(f"rig profile: {out}")
 
 
 @rig_app.command("references")

@@ -147,13 +147,16 @@ def needs_alloynet_simulator(simulator: str, rig_profile: str | None, open_beam_
         )
 
 
+def dump_rig_profile(profile: RigProfile) -> str:
+    text = "# alloynet rig profile: the simulator calibrated to one rig (alloynet rig calibrate)\n"
+    return text + yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False, width=120)
+
+
 def save_rig_profile(profile: RigProfile, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = "# alloynet rig profile: the simulator calibrated to one rig (alloynet rig calibrate)\n"
-    text += yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False, width=120)
     tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
+    tmp.write_text(dump_rig_profile(profile))
     tmp.replace(path)
     return path
 

@@ -41,6 +41,12 @@ class DataConfig(_Strict):
     synthetic: SyntheticConfig = Field(
         default_factory=SyntheticConfig, description="simulated captures mixed into training (alloynet.data.synthetic)"
     )
+    rig_profile: str = Field(
+        "auto",
+        description="the rig profile the physics term's forward model starts from: auto = the newest one "
+        "`alloynet rig calibrate` added to the store (rig-profiles/), else the sidecars' nominal rig; a rig "
+        "profile YAML; or none (the nominal rig). data.synthetic.rig_profile, when set, is used instead",
+    )
     synthetic_only: bool = Field(
         False,
         description="train on the simulated captures alone; the store's training "

@@ -574,13 +574,49 @@ def pretrain(cfg: TrainConfig, resume: bool = False) -> TrainConfig:
     return fine
 
 
+RUN_RIG_PROFILE = "rig-profile.yaml"
+
+
+def with_rig_profile(cfg: TrainConfig, resume: bool = False) -> TrainConfig:
+    """``cfg`` with the physics term's forward model set from ``data.rig_profile`` (see its description). The
+    run keeps a copy of the profile it used (``<out_dir>/rig-profile.yaml``, which evaluation, the ceiling and
+    a resumed run read), so a calibration added to the store later changes the next run, not this one."""
+    syn = cfg.data.synthetic
+    choice = cfg.data.rig_profile
+    if syn.rig_profile or choice == "none" or syn.simulator != "alloynet":
+        return cfg
+    dest = Path(cfg.out_dir) / RUN_RIG_PROFILE
+    if choice == "auto":
+        if resume and dest.is_file():
+            source = f"{dest} (this run's copy)"
+        else:
+            from alloynet.captures.rig_profiles import copy_rig_profile, newest_rig_profile
+            from alloynet.captures.stores import open_store
+
+            store = open_store(cfg.data.store)
+            key = newest_rig_profile(store)
+            if key is None:
+                return cfg
+            if int(os.environ.get("RANK", "0")) == 0 or not dest.is_file():
+                copy_rig_profile(store, key, dest)
+            source = f"{cfg.data.store.rstrip('/')}/{key}"
+    else:
+        if not Path(choice).is_file():
+            raise ValueError(f"data.rig_profile: {choice}: rig profile not found (alloynet rig calibrate writes one)")
+        source, dest = choice, Path(choice)
+    console.print(f"physics term: forward model of the rig calibrated by {source}")
+    out = cfg.model_copy(deep=True)
+    out.data.synthetic.rig_profile = str(dest)
+    return out
+
+
 def train(config: TrainConfig, resume: bool = False, on_epoch_end: EpochCallback | None = None) -> TrainResult:
     """Train ``config``; with ``resume`` continue from ``<out_dir>/last.pt`` if it exists.
 
     ``on_epoch_end(epoch, checkpoint_state)`` runs after each epoch's checkpoint is written (tests use it
     to kill a run at a known point).
     """
-    cfg = resolve(config)
+    cfg = with_rig_profile(resolve(config), resume)
     if cfg.pretrain is not None and not cfg.model.init_from:
         cfg = pretrain(cfg, resume)
     out = Path(cfg.out_dir)
