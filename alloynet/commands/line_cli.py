@@ -6,6 +6,7 @@ import json
 import os
 import re
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import typer
 
@@ -62,10 +63,15 @@ def log_cmd(
     from alloynet.captures.stores import StoreError
     from alloynet.monitor.record import read_records
 
-    try:
-        res = read_records(
-            line_store(store), parse_when(since), parse_when(until, "--until") if until else None, source
+    where = line_store(store)
+    local = where.removeprefix("file://") if where.startswith("file://") or "://" not in where else None
+    if local is not None and not Path(local).is_dir():  # a read command creates nothing
+        _fail(
+            f"no line record at {Path(local).resolve()} (looked there: --store, $ALLOYNET_LINE_RECORD or "
+            "$ALLOYNET_HOME picks another; clients record the line's answers there when $ALLOYNET_LINE_RECORD is set)"
         )
+    try:
+        res = read_records(where, parse_when(since), parse_when(until, "--until") if until else None, source)
     except StoreError as exc:
         _fail(str(exc))
     for r in res.records:
@@ -95,7 +101,7 @@ def log_cmd(
     for s in res.skipped:
         console.print(printable(f"skipped {s}"), markup=False, highlight=False)
     if not as_json:
-        console.print(f"{len(res.records)} record(s)", markup=False)
+        console.print(printable(f"{len(res.records)} record(s) in {where}"), markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -50,6 +50,16 @@ def test_read_commands_on_a_missing_registry_create_nothing_and_say_where(home, 
     assert not home.exists()
 
 
+def test_line_log_on_a_missing_record_creates_nothing_and_says_where(home, monkeypatch):
+    monkeypatch.delenv("ALLOYNET_LINE_RECORD", raising=False)
+    res = runner.invoke(app, ["line", "log"])
+    assert res.exit_code == 1 and f"no line record at {(home / 'data').resolve()}" in res.output
+    assert not home.exists()
+    (home / "data").mkdir(parents=True)
+    res = runner.invoke(app, ["line", "log"])
+    assert res.exit_code == 0 and f"0 record(s) in {home / 'data'}" in res.output
+
+
 def test_an_empty_registry_is_not_an_error(home):
     (home / "registry").mkdir(parents=True)
     res = runner.invoke(app, ["registry", "list"])
