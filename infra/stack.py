@@ -551,13 +551,17 @@ def deploy_lines(state_dir: Path, prefect_output: str, names: list[str] | None =
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(prefect_output)
     dir_opt = "" if Path(state_dir).resolve() == DEFAULT_DIR.resolve() else f" --dir {state_dir}"
+    commands = [
+        (f"source {Path(state_dir) / 'env.sh'}", "this shell talks to the stack"),
+        ("prefect deployment run 'nightly/manual'", "one night now; watch it in the UI"),
+        (f"infra/down.sh{dir_opt}", "stop everything"),
+    ]
+    width = max(len(c) for c, _ in commands)
     return [
         f"deployments   {', '.join(names or LOCAL_DEPLOYMENTS)} (Prefect's output: {log})",
         "",
         "next:",
-        f"  source {Path(state_dir) / 'env.sh'}            # this shell talks to the stack",
-        "  prefect deployment run 'nightly/manual'   # one night now; watch it in the UI",
-        f"  infra/down.sh{dir_opt}                             # stop everything",
+        *(f"  {c.ljust(width)}   # {why}" for c, why in commands),
     ]
 
 

@@ -25,6 +25,7 @@ def test_deploy_keeps_prefects_boilerplate_in_a_log(tmp_path):
     text = "\n".join(lines)
     assert "To execute flow runs" not in text and "nightly/daily-0200-UTC" in text
     commands = [line.split("#")[0].strip() for line in lines[lines.index("next:") + 1 :]]
+    assert len({line.index("#") for line in lines[lines.index("next:") + 1 :]}) == 1  # comments in one column
     assert commands == [
         f"source {tmp_path / 'env.sh'}",
         "prefect deployment run 'nightly/manual'",
