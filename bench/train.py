@@ -23,7 +23,7 @@ import torch
 from alloynet.data.transforms import Preprocess
 from alloynet.losses import MultiTaskLoss, create_loss
 from alloynet.models import create_model
-from alloynet.models.registry import takes_width
+from alloynet.models.architectures import takes_width
 from alloynet.train.config import OptimConfig
 from alloynet.train.optim import build_optimizer
 

@@ -8,8 +8,8 @@ produce it.
 
 from alloynet.models import backbones as _backbones  # noqa: F401  (registers the torchvision trunks)
 from alloynet.models import profile as _profile  # noqa: F401  (registers fnn and profile_cnn)
+from alloynet.models.architectures import ARCH_DEFAULTS, arch_defaults, create_model, list_models, register_model
 from alloynet.models.heads import REGRESSION_TARGETS, AlloyNet, MultiTaskHead, activation_names, make_activation
-from alloynet.models.registry import ARCH_DEFAULTS, arch_defaults, create_model, list_models, register_model
 
 __all__ = [
     "ARCH_DEFAULTS",

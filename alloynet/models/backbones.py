@@ -15,9 +15,9 @@ import torch
 import torchvision
 from torch import nn
 
+from alloynet.models.architectures import register_model
 from alloynet.models.heads import _ACTIVATIONS, make_activation
 from alloynet.models.norm import FittedStandardise
-from alloynet.models.registry import register_model
 
 
 def load_local_weights(model: nn.Module, path: str | Path) -> None:

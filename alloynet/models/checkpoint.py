@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
+from alloynet.models.architectures import create_model
 from alloynet.models.heads import AlloyNet
-from alloynet.models.registry import create_model
 
 FORMAT = "alloynet-checkpoint/1"
 

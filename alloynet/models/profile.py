@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from alloynet.data.transforms import binned_wedge_profile
+from alloynet.models.architectures import register_model
 from alloynet.models.heads import make_activation
 from alloynet.models.norm import FittedStandardise
-from alloynet.models.registry import register_model
 
 
 class ProfileNorm(nn.Module):

@@ -32,10 +32,10 @@ from alloynet.evaluate.predict import predict
 from alloynet.losses import MultiTaskLoss, create_loss
 from alloynet.models import create_model
 from alloynet.models.answer import MIN_REAL, WithheldCalibration, calibration_set
+from alloynet.models.architectures import takes_width
 from alloynet.models.checkpoint import load_checkpoint, load_model, load_weights, save_checkpoint
 from alloynet.models.norm import fit_input_statistics
 from alloynet.models.physics_prior import physics_spec, table_wedges
-from alloynet.models.registry import takes_width
 from alloynet.physics.correction import (
     CV_BELOW,
     CorrectionChoice,

@@ -9,7 +9,7 @@ from torch import nn
 
 from alloynet.data.transforms import Preprocess
 from alloynet.models import ARCH_DEFAULTS, create_model, list_models
-from alloynet.models.registry import takes_width
+from alloynet.models.architectures import takes_width
 
 STATS = {"thickness_mm": (2.5, 1.6), "a0": (0.9, 0.5), "mu_eff": (3.6, 0.9)}
 

@@ -1,4 +1,4 @@
-"""The model registry (timm-style): architectures are chosen by name from config.
+"""The architectures (timm-style): each is chosen by name from config ("registry" is the model store).
 
 Each registered builder returns a *trunk*: an ``nn.Module`` mapping the standardised capture
 [B, C, H, W] to a feature vector [B, D], together with D. ``create_model`` wraps the trunk with the
