@@ -115,6 +115,10 @@ def check_image(arr: np.ndarray, dims: Sequence[int]) -> np.ndarray:
     if arr.dtype not in IMAGE_DTYPES:
         raise InvalidCaptureError(f"image.dtype: expected uint16 or float32 raw ADU, got {arr.dtype}")
     arr = _channels_first(arr, dims)
+    if arr.ndim == len(dims) + 1 and arr.shape[0] == 0:  # a batch of none, given where one capture goes
+        raise InvalidCaptureError(
+            f"image.shape: empty batch: expected one capture [C, H, W] = {list(dims)}, got {list(arr.shape)}"
+        )
     if list(arr.shape) != list(dims):
         raise InvalidCaptureError(
             f"image.shape: expected [C, H, W] = {list(dims)} (or [H, W] for one channel), got {list(arr.shape)}"

@@ -177,7 +177,7 @@ class TritonClient:
     def _check(self, arr: np.ndarray, label: str) -> np.ndarray:
         """A capture as the model takes it (float32 [C, H, W]), or InvalidCaptureError saying what was expected."""
         info = self.model_info()
-        if arr.dtype in cap.IMAGE_DTYPES and not cap.fits(arr, info.dims):
+        if arr.dtype in cap.IMAGE_DTYPES and arr.size and not cap.fits(arr, info.dims):
             info = self.model_info(refresh=True)  # the champion may have been swapped for one of another size
         try:
             return cap.check_image(arr, info.dims)

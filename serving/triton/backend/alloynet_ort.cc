@@ -436,7 +436,8 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
     if (problem.empty()) problem = read_input(p.request, m.inputs[1], st->calibration, &cal_shape);
     if (problem.empty()) problem = read_input(p.request, m.inputs[2], st->wedge, &wedge_shape);
     if (problem.empty() && (shape.size() != 4 || shape[0] < 1))
-      problem = m.inputs[0] + ".shape: expected [B, C, H, W] with B >= 1, got " +
+      problem = std::string(shape.size() == 4 && shape[0] == 0 ? "empty batch: " : "") + m.inputs[0] +
+                ".shape: expected [B, C, H, W] with B >= 1, got " +
                 shape_text(shape.data(), static_cast<uint32_t>(shape.size()));
     const int64_t rows = problem.empty() ? shape[0] : 0;
     if (problem.empty() && cal_shape != std::vector<int64_t>{rows, shape[1], 2})

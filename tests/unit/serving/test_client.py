@@ -70,3 +70,6 @@ def test_an_empty_batch_is_refused_as_such_unsent(client, monkeypatch):
         client.infer_array(np.zeros((0, 1, 8, 8), np.float32))
     assert exc.value.code == "INVALID_ARGUMENT" and exc.value.message.startswith("empty batch")
     assert client.predict_batch([]) == []
+    with pytest.raises(InvalidCaptureError) as exc:  # a batch of none where one capture goes
+        client.predict_batch([np.zeros((0, 1, 8, 8), np.uint16)])
+    assert exc.value.message == "image.shape: empty batch: expected one capture [C, H, W] = [1, 8, 8], got [0, 1, 8, 8]"
