@@ -7,12 +7,13 @@
 // backend hands every request to a stub process (bench/triton_breakdown.py measures that hop).
 //
 // Declarations: the official headers (tritonserver.h and tritonbackend.h of triton-inference-server/core,
-// onnxruntime_c_api.h of microsoft/onnxruntime) are not in any package the build can install, so the few
-// functions used are declared here by hand. The Triton ones were compared, argument by argument, with
-// tritonserver.h / tritonbackend.h at triton-inference-server/core 73aad7c (backend API 1.19) with
-// check_declarations.py beside this file (run it again against a new release's headers); the ONNX
-// Runtime slots are the frozen API-version-1 layout, and TRITONBACKEND_Initialize probes the library it is
-// linked with before using them.
+// onnxruntime_c_api.h of microsoft/onnxruntime) are in no package the build can install (the onnxruntime and
+// nvidia-pytriton wheels ship libraries only), so the few functions used are declared here by hand. The Triton
+// functions agree, argument by argument, and the constants value by value, with tritonserver.h /
+// tritonbackend.h of core's r24.10 branch, the release of the tritonserver 2.51 inside nvidia-pytriton 0.7.0
+// (backend API 1.19), as check_declarations.py beside this file reports (run it again against a new release's
+// headers). The ONNX Runtime slots are the frozen API-version-1 layout of OrtApi, and TRITONBACKEND_Initialize
+// probes the library it is linked with before using them.
 //
 // The model config is read as JSON (TRITONSERVER_MessageSerializeToJson) with RapidJSON (Debian's
 // rapidjson-dev, the parser Triton's own backends use). Parameters (serving/triton/repository.py): input_names,
