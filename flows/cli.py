@@ -25,15 +25,36 @@ COMMANDS = ("demo", "study-pool")
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Prefect's lines about its in-process server: how to run a dedicated one, and that it stops at exit
+PREFECT_SERVER_CHATTER = ("Starting temporary server", "Stopping temporary server")
+
+
 def _quiet_prefect_console() -> None:
     """One copy of every line, and the demo's own last lines last: the library's lines (the trainer's epoch line)
     are printed by its console and also logged for the Prefect UI; Prefect's console handler on the root logger
-    would print them a second time. Prefect's "Stopping temporary server" line, printed at exit, is left out."""
+    would print them a second time. Prefect's lines about its temporary server (a pointer to its docs on start,
+    "Stopping temporary server" at exit, after the demo's next steps) are left out."""
     logging.getLogger("alloynet").propagate = False  # the UI handler sits on "alloynet" itself: the UI keeps them
-    logging.getLogger("prefect").addFilter(lambda r: not r.getMessage().startswith("Stopping temporary server"))
+    logging.getLogger("prefect").addFilter(lambda r: not r.getMessage().startswith(PREFECT_SERVER_CHATTER))
 
 
-def next_steps(home: Path) -> list[str]:
+def alloynet_command() -> str:
+    """How the user can type this program: ``alloynet`` when that name on PATH is this program, else the path it
+    was started by (``.venv/bin/alloynet`` after `make demo`, whose venv is not activated)."""
+    import shutil
+    import sys
+
+    exe = Path(sys.argv[0])
+    on_path = shutil.which("alloynet")
+    if exe.name != "alloynet" or (on_path is not None and Path(on_path).resolve() == exe.resolve()):
+        return "alloynet"
+    try:
+        return str(exe.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(exe.resolve())
+
+
+def next_steps(home: Path, alloynet: str = "alloynet") -> list[str]:
     """What a user runs after the demo in ``home``: serve the champion, ask it about a capture, stop."""
     registry = home / "registry"
     same = registry.resolve() == Path(settings.registry()).resolve()
@@ -41,9 +62,20 @@ def next_steps(home: Path) -> list[str]:
     capture = next(iter(sorted((home / "rig" / "captures").glob("*.png"))), None)  # not a calibration frame
     return [
         f"{serve}    # Triton on 127.0.0.1:8001 serving the champion (PORT=... picks another port)",
-        f"alloynet infer {capture or '<capture.png>'}    # one line per capture: alloy, set, group",
-        "alloynet serve stop",
+        f"{alloynet} infer {capture or '<capture.png>'}    # one line per capture: alloy, set, group",
+        f"{alloynet} serve stop",
     ]
+
+
+def ingest_line(res: dict) -> str:
+    """The night's ingest in one line, with why retrain's "new labelled" count differs from ingest's "new"."""
+    new, split = len(res["ingest"]["new"]), res.get("new_by_split") or {}
+    parts = f"{split.get('train', 0) + split.get('val', 0)} training/validation, {split.get('test', 0)} test"
+    parts += f", {split.get('unlabelled', 0)} unlabelled"
+    return (
+        f"ingest: {new} new" + (f" ({parts})" if split else "") + f", {len(res['quarantined'])} quarantined; "
+        f"retrain: {res['retrain']}"
+    )
 
 
 def demo(
@@ -87,6 +119,7 @@ def demo(
     # the in-process server gets 20 s to start by default: too little on a busy machine (seen failing there)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     _quiet_prefect_console()
+    console.print("running the nightly flow in-process (Prefect's temporary server); its log follows", markup=False)
     from alloynet.registry import open_registry
     from alloynet.steps import Candidate
     from flows.nightly import nightly
@@ -115,13 +148,10 @@ def demo(
         console.print(f"[red]nightly flow {state.name}:[/] {state.message}")
         raise typer.Exit(1)
     res = state.result()
+    alloynet = alloynet_command()
     reg = open_registry(out / "registry")
     p = reg.pointer()
-    console.print(
-        f"\n[bold]ingest[/]: {len(res['ingest']['new'])} new, {len(res['quarantined'])} quarantined; "
-        f"retrain: {res['retrain']}",
-        highlight=False,
-    )
+    console.print("\n" + ingest_line(res), markup=False, highlight=False)
     if res.get("decision"):
         console.print(f"[bold]decision[/]: {' '.join(res['decision']['reasons'])}")
     for name, d in (res.get("report_dirs") or {}).items():
@@ -135,7 +165,7 @@ def demo(
             f"(balanced accuracy {mv.metrics.get('balanced_accuracy', float('nan')):.3f}"
             + (f", physics bracket from {ceiling:.3f}" if ceiling is not None else "")
             + "); "
-            + ("`alloynet registry list`" if default else f"`alloynet registry list -r {out / 'registry'}`")
+            + (f"`{alloynet} registry list`" if default else f"`{alloynet} registry list -r {out / 'registry'}`")
         )
         for fmt in ("export", *formats):
             if any(k.startswith(fmt + "/") for k in mv.artifacts):
@@ -144,7 +174,7 @@ def demo(
         console.print("registry: no champion yet")
         return
     console.print("\n[bold]next[/]:")
-    for line in next_steps(out):
+    for line in next_steps(out, alloynet):
         console.print(f"  {line}", markup=False, highlight=False)
 
 

@@ -104,6 +104,7 @@ def nightly(
         out: dict[str, Any] = {
             "run_dir": run_dir,
             "ingest": {k: ing[k] for k in ("new", "duplicates", "vanished")},
+            "new_by_split": s["new_by_split"],
             "quarantined": ing["quarantined"],
             "retrain": tr["reason"],
             "failed": tr["failed"],
