@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
+# The demo writes into $ALLOYNET_HOME, else ./demo-data: where `make serve` and every command look (alloynet/settings.py).
 demo: $(STAMP)
-	$(BIN)/alloynet demo --out demo-data
+	$(BIN)/alloynet demo
 
 # Triton (gRPC on PORT, default 8001) on the registry's champion, supervised: `make serve PORT=9001`. The registry
 # is $ALLOYNET_REGISTRY, else $ALLOYNET_HOME/registry (ALLOYNET_HOME defaults to demo-data, where `make demo` writes).
