@@ -80,7 +80,8 @@ def ingest_line(res: dict) -> str:
 
 def demo(
     out: Path = typer.Option(
-        Path(settings.home()), help="working directory for the demo (default $ALLOYNET_HOME, else ./demo-data)"
+        Path(settings.home()),
+        help="working directory for the demo: $ALLOYNET_HOME, else ./demo-data",
     ),
     seed: int = typer.Option(0, help="seed of the simulated data set and of training"),
     size: int = typer.Option(64, help="image height = width in pixels"),

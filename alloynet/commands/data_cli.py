@@ -23,6 +23,20 @@ def _fail(exc: BaseException, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def missing_local_store(store: str) -> Path | None:
+    """The absolute path of ``store`` when it is a local directory that does not exist, else None. Commands that
+    read a store check this first: opening a local store creates its directory, and a read command creates
+    nothing, it says where it looked."""
+    local = store.removeprefix("file://") if store.startswith("file://") or "://" not in store else None
+    return Path(local).resolve() if local is not None and not Path(local).is_dir() else None
+
+
+def require_store(store: str, what: str = "capture store") -> None:
+    missing = missing_local_store(store)
+    if missing is not None:
+        _fail(f"no {what} at {missing} (no such directory)")
+
+
 SizeOpt = typer.Option(
     None, "--accept-size", help="accepted image size HxW (repeatable); default: the standard sizes 64x64 to 512x512"
 )
@@ -223,6 +237,7 @@ def manifest_cmd(
     from alloynet.captures.stores import LocalStore, WriterBusy
     from alloynet.data.manifest import refresh_manifest
 
+    require_store(store)
     try:
         df, _ = refresh_manifest(LocalStore(store), seed, out, wait=wait)
     except WriterBusy as exc:
@@ -249,6 +264,7 @@ def quarantine_cmd(
     from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, open_store, writer_lock
     from alloynet.data.manifest import refresh_manifest
 
+    require_store(store, "data directory")
     try:
         st = open_store(store)
         if retry:
@@ -276,11 +292,15 @@ def quarantine_cmd(
 
 
 @data_app.command("summary")
-def summary_cmd(manifest: Path) -> None:
+def summary_cmd(manifest: Path = typer.Argument(..., help="a manifest.csv")) -> None:
     """Captures per alloy and split."""
     from alloynet.data.manifest import read_manifest
 
-    print_summary(read_manifest(manifest))
+    try:
+        df = read_manifest(manifest)
+    except FileNotFoundError as exc:
+        _fail(exc)
+    print_summary(df)
 
 
 @data_app.command("relabel")

@@ -27,11 +27,13 @@ def import_cmd(
 ) -> None:
     """Apply each verdict as a recorded relabel (who, when, method kept in the capture's history) and rebuild
     the manifest: the verified captures are training data from now on."""
+    from alloynet.commands.data_cli import require_store
     from alloynet.commands.labels_cli import one_line_errors, report_changes, write_labels
     from alloynet.monitor.verify import import_verdicts, read_verdicts
 
     with one_line_errors():
-        verdicts, not_verified = read_verdicts(results)
+        verdicts, not_verified = read_verdicts(results)  # a bad file is refused first, wherever the store is
+        require_store(store or settings.data_dir(), "data directory")
         res, captures, changed = write_labels(
             store or settings.data_dir(),
             "label import",

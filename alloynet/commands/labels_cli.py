@@ -78,7 +78,9 @@ def report_changes(
 def run_relabel(store: str, corrections: Path, seed: int = 0, wait: float = 0.0) -> None:
     """Apply the corrections under the writer lock, rebuild the manifest, print what changed."""
     from alloynet.captures.labels import read_corrections, relabel
+    from alloynet.commands.data_cli import require_store
 
+    require_store(store, "data directory")
     with one_line_errors():
         rows = read_corrections(corrections)
         res, captures, changed = write_labels(
@@ -98,7 +100,9 @@ def show_history(store: str, capture_id: str) -> None:
     from alloynet.captures.labels import history, label_values
     from alloynet.captures.layout import sidecar_key
     from alloynet.captures.stores import LocalStore, ObjectMissing
+    from alloynet.commands.data_cli import require_store
 
+    require_store(store, "data directory")
     st = LocalStore(store)
     try:
         key = sidecar_key(capture_id)

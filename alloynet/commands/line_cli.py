@@ -6,7 +6,6 @@ import json
 import os
 import re
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import typer
 
@@ -61,13 +60,14 @@ def log_cmd(
 ) -> None:
     """The answers the line was given, oldest first: time, capture, model version, answer, set, flags, latency."""
     from alloynet.captures.stores import StoreError
+    from alloynet.commands.data_cli import missing_local_store
     from alloynet.monitor.record import read_records
 
     where = line_store(store)
-    local = where.removeprefix("file://") if where.startswith("file://") or "://" not in where else None
-    if local is not None and not Path(local).is_dir():  # a read command creates nothing
+    missing = missing_local_store(where)
+    if missing is not None:
         _fail(
-            f"no line record at {Path(local).resolve()} (looked there: --store, $ALLOYNET_LINE_RECORD or "
+            f"no line record at {missing} (looked there: --store, $ALLOYNET_LINE_RECORD or "
             "$ALLOYNET_HOME picks another; clients record the line's answers there when $ALLOYNET_LINE_RECORD is set)"
         )
     try:

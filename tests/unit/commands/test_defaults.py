@@ -60,6 +60,28 @@ def test_line_log_on_a_missing_record_creates_nothing_and_says_where(home, monke
     assert res.exit_code == 0 and f"0 record(s) in {home / 'data'}" in res.output
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["data", "quarantine", "missing"],
+        ["data", "history", "missing", "c1"],
+        ["data", "manifest", "missing"],
+        ["data", "relabel", "missing", "fix.csv"],
+    ],
+)
+def test_data_commands_on_a_missing_store_create_nothing_and_say_where(home, command):
+    res = runner.invoke(app, command)
+    assert res.exit_code == 1, res.output
+    assert f"at {(home.parent / 'missing').resolve()} (no such directory)" in res.output
+    assert not (home.parent / "missing").exists()
+
+
+def test_summary_of_a_missing_manifest_is_one_line(home):
+    res = runner.invoke(app, ["data", "summary", "missing/manifest.csv"])
+    assert res.exit_code == 1 and res.output.startswith("error: manifest missing/manifest.csv not found")
+    assert len(res.output.splitlines()) == 1
+
+
 def test_an_empty_registry_is_not_an_error(home):
     (home / "registry").mkdir(parents=True)
     res = runner.invoke(app, ["registry", "list"])
