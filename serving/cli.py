@@ -56,7 +56,10 @@ def package_torchserve(
     ),
     export_dir: Path | None = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
     store: str | None = typer.Option(
-        None, help="data set whose test captures check parity (default: the one the checkpoint was trained on)"
+        None,
+        "--store",
+        "-s",
+        help="data set whose test captures check parity (default: the one the checkpoint was trained on)",
     ),
     model_name: str = typer.Option("alloynet", help="model name the server registers"),
     version: str = typer.Option("1.0", help="archive version"),
@@ -84,7 +87,10 @@ def package_triton(
     ),
     export_dir: Path | None = typer.Option(None, help="where to export a checkpoint (default OUT-export)"),
     store: str | None = typer.Option(
-        None, help="data set whose test captures check parity (default: the one the checkpoint was trained on)"
+        None,
+        "--store",
+        "-s",
+        help="data set whose test captures check parity (default: the one the checkpoint was trained on)",
     ),
     model_name: str = typer.Option("alloynet", help="model name in the repository"),
     max_batch_size: int = typer.Option(32, help="Triton's dynamic batcher: largest batch"),

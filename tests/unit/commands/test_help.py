@@ -108,3 +108,22 @@ def test_simulate_states_the_defaults_it_uses():
 def test_commands_that_read_a_run_config_all_take_it_as_dash_c():
     names = {name for name, cmd in COMMANDS if any("--config" in getattr(p, "opts", ()) for p in cmd.params)}
     assert {"simulate", "train", "study", "study-pool", "demo"} <= names
+
+
+# train_cli.py is another change's file: its --store options are held to the rule by strict xfails
+STORE_PENDING = {"train", "evaluate"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="--store without -s"))
+        if name in STORE_PENDING
+        else name
+        for name, cmd in COMMANDS
+        if any("--store" in getattr(p, "opts", ()) for p in cmd.params)
+    ],
+)
+def test_a_store_option_is_always_dash_s(name):
+    opt = next(p for p in dict(COMMANDS)[name].params if "--store" in getattr(p, "opts", ()))
+    assert "-s" in opt.opts, f"`alloynet {name}`: --store has no -s"
