@@ -250,7 +250,7 @@ def one_size(
     return row
 
 
-def with_references(rig: str, n: int, seed: int, out: Path, pool: list[dict], fresh: Path) -> dict:
+def with_references(rig: str, n: int, seed: int, out: Path, pool: list[dict], fresh: Path, arm: str = "") -> dict:
     """The same size with a lab's reference captures beside the plates (`alloynet rig references --folder
     --levels-only`: open beam and the wedge alone per session, Al1050 at 1, 2 and 5 mm; levels only), imported
     together (the labels CSV's role column), `alloynet rig calibrate STORE` (which adds the rig profile to the
@@ -259,7 +259,7 @@ def with_references(rig: str, n: int, seed: int, out: Path, pool: list[dict], fr
     from alloynet.evaluate import evaluate
     from alloynet.models.checkpoint import load_checkpoint
 
-    tag = f"refs-store-n{n}-s{seed}"
+    tag = f"refs-{arm or 'store'}-n{n}-s{seed}"
     done = out / tag / "result.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -317,7 +317,7 @@ def with_references(rig: str, n: int, seed: int, out: Path, pool: list[dict], fr
         if res.returncode != 0:
             row = {
                 "rig": rig,
-                "arm": "refs",
+                "arm": f"refs-{arm or 'store'}",
                 "plates_per_alloy": n,
                 "seed": seed,
                 "failed": " ".join(cmd[1:3]),
@@ -331,7 +331,7 @@ def with_references(rig: str, n: int, seed: int, out: Path, pool: list[dict], fr
     term = m.get("physics_term") or {}
     row = {
         "rig": rig,
-        "arm": "refs",
+        "arm": f"refs-{arm or 'store'}",
         "plates_per_alloy": n,
         "seed": seed,
         "overrides": {},
@@ -370,7 +370,7 @@ def run(a) -> None:
     overrides = dict(kv.split("=", 1) for kv in a.set)
     overrides = {k: json.loads(v) if v[:1] in "[{0123456789-tfn" else v for k, v in overrides.items()}
     if a.references:
-        rows = [with_references(a.rig, n, s, out, pool, out / "fresh") for n in sizes for s in range(a.seeds)]
+        rows = [with_references(a.rig, n, s, out, pool, out / "fresh", a.arm) for n in sizes for s in range(a.seeds)]
         print(json.dumps(rows, indent=1, default=str))
         return
     rows = [

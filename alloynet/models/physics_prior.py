@@ -124,6 +124,45 @@ class PhysicsLikelihood(nn.Module):
         self.register_buffer("fitted", torch.zeros(()))
         self.weight = nn.Parameter(torch.ones(()))
 
+    def full_prior(self, prior):
+        """The training data's thickness prior with the spec's tail beyond it (``TailedPrior``), if it has one."""
+        from alloynet.physics.observer import TailedPrior
+
+        if not self.tail:
+            return prior
+        return TailedPrior(
+            prior,
+            float(self.tail["mass"]),
+            tuple(self.tail["span"]),
+            tuple(self.tail["grid"]),
+            tuple(self.tail["nodes"]),
+        )
+
+    def observers(
+        self, rigs: Mapping[float, object], prior, alloys: Sequence[str], seed: int = 0, plates: int = 100
+    ) -> dict:
+        """The forward model of each tabulated wedge's rig as observers (``{wedge_mm: PhysicsObserver}``) under
+        ``prior`` (already ``full_prior``): what ``fit`` tabulates, and what a correction is chosen on."""
+        from alloynet.physics.observer import PhysicsObserver
+        from alloynet.physics.profile import profile_model_for
+
+        wedges = [float(v) for v in self.wedges_mm.tolist()]
+        missing = [w for w in wedges if w not in rigs]
+        if missing:
+            raise ValueError(f"physics prior: no rig settings for wedge(s) {missing} mm (have {sorted(rigs)})")
+        return {
+            w: PhysicsObserver(
+                profile_model_for(rigs[w], self.bins),
+                list(alloys),
+                prior,
+                plates=plates,
+                seed=seed,
+                grid=self.range_grid,
+                nodes=self.range_nodes,
+            )
+            for w in wedges
+        }
+
     def fit(
         self,
         rigs: Mapping[float, object],
@@ -138,35 +177,9 @@ class PhysicsLikelihood(nn.Module):
         with the spec's tail beyond it (``TailedPrior``) if it has one. ``correct`` maps the observers
         (``{wedge_mm: PhysicsObserver}``) to the ones to tabulate: the rig's own captures correcting the
         forward model's mean profiles (``alloynet.physics.correction``)."""
-        from alloynet.physics.observer import PhysicsObserver, TailedPrior
-        from alloynet.physics.profile import profile_model_for
-
-        if self.tail:
-            prior = TailedPrior(
-                prior,
-                float(self.tail["mass"]),
-                tuple(self.tail["span"]),
-                tuple(self.tail["grid"]),
-                tuple(self.tail["nodes"]),
-            )
-
+        prior = self.full_prior(prior)
         wedges = [float(v) for v in self.wedges_mm.tolist()]
-        missing = [w for w in wedges if w not in rigs]
-        if missing:
-            raise ValueError(f"physics prior: no rig settings for wedge(s) {missing} mm (have {sorted(rigs)})")
-        grid, nodes = self.range_grid, self.range_nodes
-        observers = {
-            w: PhysicsObserver(
-                profile_model_for(rigs[w], self.bins),
-                list(alloys),
-                prior,
-                plates=plates,
-                seed=seed,
-                grid=grid,
-                nodes=nodes,
-            )
-            for w in wedges
-        }
+        observers = self.observers(rigs, prior, alloys, seed, plates)
         if correct is not None:
             observers = correct(observers)
         ref, white, mean_white, log_weight = [], [], [], []

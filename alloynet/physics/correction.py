@@ -86,6 +86,13 @@ class CorrectionChoice:
     reason: str = ""
     decided: bool = False  # the validation comparison was made
 
+    @property
+    def chosen_logloss(self) -> float:
+        """The held-out log-loss of what was chosen: the tables as they are, or the best correction option."""
+        if self.correction is None or len(self.val_logloss) < 2:
+            return float(self.val_logloss.get("nominal", np.inf))
+        return min(v for k, v in self.val_logloss.items() if k != "nominal")
+
     def summary(self) -> dict:
         return {
             "corrected": self.correction is not None,
