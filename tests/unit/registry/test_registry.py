@@ -309,20 +309,16 @@ def test_alloynet_never_imports_prefect():
     import subprocess
     import sys
 
-    # the CLI with every plugin loaded still does not import Prefect until a flow command runs
+    # One fresh interpreter, two checks in order: the library alone never imports flows/, serving/ or Prefect;
+    # then the CLI with every plugin loaded still does not import Prefect until a flow command runs.
     code = (
-        "import sys, alloynet.registry, alloynet.steps; from alloynet.cli import app; "
+        "import sys; import alloynet.physics, alloynet.captures.ingest, alloynet.data.dataset, alloynet.models, "
+        "alloynet.losses, alloynet.train, alloynet.evaluate.report, alloynet.export, alloynet.steps, alloynet.study; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flows', 'serving', 'prefect'));"
+        "print('library:', bad); bad and sys.exit(1); "
+        "import alloynet.registry; from alloynet.cli import app; "
         "bad = sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'));"
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
-    # and the library itself never imports flows/ or serving/
-    code = (
-        "import sys, alloynet.physics, alloynet.captures.ingest, alloynet.data.dataset, alloynet.models, "
-        "alloynet.losses, alloynet.train, alloynet.evaluate.report, alloynet.export, alloynet.steps, "
-        "alloynet.study; bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flows', 'serving', 'prefect'));"
-        "print(bad); sys.exit(1 if bad else 0)"
+        "print('cli:', bad); sys.exit(1 if bad else 0)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
