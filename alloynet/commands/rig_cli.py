@@ -70,20 +70,26 @@ def calibrate(
     ),
     out: Path | None = typer.Option(
         None,
-        help="also write the rig profile (YAML) here; it always goes into the store as "
-        "rig-profiles/<UTC stamp>.yaml, the newest of which `alloynet train --store STORE` starts from",
+        help="also write the rig profile (YAML) here (default: only into the store); it always goes into the "
+        "store as rig-profiles/<UTC stamp>.yaml, the newest of which `alloynet train --store STORE` starts from",
     ),
     plot: Path | None = typer.Option(
         None, help="also write the fit plot (PNG) here; default with --out: beside it, <name>-fit.png"
     ),
-    alloy: str | None = typer.Option(None, help="the reference plates' alloy (when the store holds several)"),
+    alloy: str | None = typer.Option(
+        None, help="the reference plates' alloy (when the store holds several); default: the only one it holds"
+    ),
     rig: Path | None = typer.Option(
         None,
         "--rig",
         help="YAML of nominal rig settings (RigConfig fields); default: those the captures' sidecars record",
     ),
-    kvp: list[float] | None = typer.Option(None, help="nominal kVp, one per channel (overrides --rig)"),
-    wedge_mm: float | None = typer.Option(None, help="nominal wedge thickness (overrides --rig)"),
+    kvp: list[float] | None = typer.Option(
+        None, help="nominal kVp, one per channel (overrides --rig); default: --rig's, else the sidecars'"
+    ),
+    wedge_mm: float | None = typer.Option(
+        None, help="nominal wedge thickness (overrides --rig); default: --rig's, else the sidecars'"
+    ),
     fit: list[str] | None = typer.Option(
         None,
         "--fit",
@@ -191,13 +197,16 @@ def references(
         None,
         "--rig",
         help="YAML of rig settings (RigConfig fields): the nominal "
-        "settings; with alloynet also its departures from them",
+        "settings; with alloynet also its departures from them (default: alloynet's nominal rig)",
     ),
-    second_rig: Path | None = typer.Option(None, help="YAML of the second rig's own physics (SecondRigConfig)"),
+    second_rig: Path | None = typer.Option(
+        None, help="YAML of the second rig's own physics (SecondRigConfig); default: its built-in deviations"
+    ),
     size: int = typer.Option(64, min=8, help="image height = width"),
-    kvp: list[float] | None = typer.Option(None, help="kVp, one per channel"),
+    kvp: list[float] | None = typer.Option(None, help="kVp, one per channel; default: --rig's, else 50"),
     wedge_mm: list[float] | None = typer.Option(
-        None, help="wedge thickness (repeat: the wedge alone and the plates behind each, in turn)"
+        None,
+        help="wedge thickness (repeat: the wedge alone and the plates behind each, in turn); default: --rig's, else 50",
     ),
     alloy: str = typer.Option("Al1050", help="the reference plates' alloy"),
     thickness: list[float] | None = typer.Option(

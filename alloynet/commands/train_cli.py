@@ -13,22 +13,36 @@ console = make_console()
 
 
 def train(
-    config: Path | None = typer.Option(None, "--config", "-c", help="run config YAML (see configs/)"),
-    store: str | None = typer.Option(None, help="capture store (overrides data.store)"),
-    manifest: str | None = typer.Option(None, help="manifest CSV (overrides data.manifest)"),
-    model: str | None = typer.Option(None, help="architecture (overrides model.name)"),
-    epochs: int | None = typer.Option(None, help="epochs at most (overrides epochs; early stopping may end sooner)"),
-    out: str | None = typer.Option(None, help="run directory (overrides out_dir)"),
-    seed: int | None = typer.Option(None, help="seed of initialisation, sampling and augmentation (overrides seed)"),
-    device: str | None = typer.Option(None, help="auto | cpu | cuda"),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="run config YAML (see configs/); default: the built-in recipe"
+    ),
+    store: str | None = typer.Option(
+        None, "--store", "-s", help="capture store (overrides data.store; default: the config's, built in demo-data)"
+    ),
+    manifest: str | None = typer.Option(
+        None, help="manifest CSV (overrides data.manifest; default: <store>/manifest.csv)"
+    ),
+    model: str | None = typer.Option(
+        None, help="architecture (overrides model.name; default: the config's, profile_mlp)"
+    ),
+    epochs: int | None = typer.Option(
+        None, help="epochs at most (overrides epochs; default: the config's, 60; early stopping may end sooner)"
+    ),
+    out: str | None = typer.Option(None, help="run directory (overrides out_dir; default: the config's, runs/default)"),
+    seed: int | None = typer.Option(
+        None, help="seed of initialisation, sampling and augmentation (overrides seed; default: the config's, 0)"
+    ),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda (default: the config's, auto)"),
     resume: bool = typer.Option(False, help="continue from <out>/last.pt if it exists"),
     deterministic: bool = typer.Option(False, help="deterministic kernels on GPU"),
     set_: list[str] = typer.Option([], "--set", help="any config field, dotted: --set optim.lr=0.01"),
-    evaluate_split: str | None = typer.Option(None, "--evaluate", help="then evaluate best.pt on this split"),
+    evaluate_split: str | None = typer.Option(
+        None, "--evaluate", help="then evaluate best.pt on this split (default: do not)"
+    ),
     pretrain: Path | None = typer.Option(
         None,
         help="a rig profile (alloynet rig calibrate): pretrain on the "
-        "simulator calibrated to the rig, then fine-tune on the store's captures "
+        "simulator calibrated to the rig, then fine-tune on the store's captures (default: no pretraining) "
         "(pretrain.* in the config sets the details)",
     ),
 ) -> None:
@@ -125,7 +139,9 @@ def _evaluate(
 
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="a checkpoint written by `alloynet train` (best.pt)"),
-    store: str | None = typer.Option(None, help="capture store (default: the one the model was trained on)"),
+    store: str | None = typer.Option(
+        None, "--store", "-s", help="capture store (default: the one the model was trained on)"
+    ),
     manifest: str | None = typer.Option(None, help="manifest CSV (default: the training manifest)"),
     out: Path | None = typer.Option(None, help="report folder (default: <checkpoint dir>/report-<split>)"),
     split: str = typer.Option("test", help="manifest split to evaluate: test, val or train"),
@@ -142,7 +158,8 @@ def evaluate(
     rig_profile: Path | None = typer.Option(
         None,
         help="a rig profile (alloynet rig calibrate): the ceiling and "
-        "the physics fit use the simulator calibrated to the rig",
+        "the physics fit use the simulator calibrated to the rig (default: the one the model was trained from, "
+        "if any, else the nominal rig)",
     ),
 ) -> None:
     """Evaluate a checkpoint on a held-out split: metrics.json, report.md, plots, Grad-CAM; with
