@@ -7,7 +7,7 @@ EXTRAS ?= train,flows,serve,pbt,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test test-fast check format bench venv clean serve
+.PHONY: demo test test-fast test-slow server-envs check format bench venv clean serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,16 +46,29 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Everything CI runs: the gates, then unit and integration tests with real servers (the 10 slowest printed).
-test: check
+# Three tiers (CONTRIBUTING.md), each printing its 10 slowest tests.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
+
+# The servers' environments, idempotent installs: Triton and TorchServe (.venv-triton), Chromium for the Prefect
+# UI, Debian's PostgreSQL.
+server-envs:
 	infra/serving_env.sh
 	infra/browser_env.sh
 	infra/postgres_env.sh
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10 tests
 
-# The unit tier: no servers, no end-to-end runs.
+# The default: the gates, then every test not marked slow, unit and integration, with real servers where a test
+# needs one.
+test: check server-envs
+	$(PYTEST) -m "not slow" tests
+
+# The unit tier: tests/unit, no servers, no end-to-end runs.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10 -m "not slow and not serving and not s3" tests/unit
+	$(PYTEST) -m "not slow and not serving and not s3" tests/unit
+
+# The heavy end-to-end runs marked slow (the study, the fan-out, the demo, the UI, a simulated month): CI runs
+# them after `make test`.
+test-slow: $(STAMP) server-envs
+	$(PYTEST) -m slow tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/simulate.py
