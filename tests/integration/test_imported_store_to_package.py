@@ -13,8 +13,8 @@ from tests.helpers.dummy import DummyCaptureStore
 from tests.unit.train.lab import write_lab_folder
 
 runner = CliRunner()
-# training with cross-fitted calibration (five fold models), export with parity checks and two packages: minutes
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.usefixtures("one_thread")]
+# training with cross-fitted calibration (five fold models), export with parity checks and two packages
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def _ok(args: list[str]) -> str:
