@@ -8,8 +8,6 @@ import pytest
 from infra import postgres
 from infra.processes import alive
 
-pytestmark = pytest.mark.slow
-
 
 def _engine(url: str):
     import sqlalchemy as sa

@@ -16,7 +16,7 @@ import pytest
 from alloynet.physics import ALLOY_NAMES
 from tests.helpers.serving import capture_inputs
 
-pytestmark = [pytest.mark.serving, pytest.mark.slow]
+pytestmark = pytest.mark.serving  # in `make test`: one real Triton (gRPC) and one TorchServe
 
 
 @pytest.fixture(scope="module")
