@@ -281,14 +281,16 @@ def test_the_server_runs_on_the_stacks_postgres_and_the_worker_finds_it():
     assert pg["Service"]["metadata"]["name"] == "alloynet-postgres"
     launcher = _by_kind("study-gpu-launcher.yaml")["Job"]["spec"]["template"]["spec"]
     args = launcher["containers"][0]["args"]
-    assert args[args.index("--deployment") + 1] == "study-cell/one-cell-gpu" and "study-cell/one-cell-gpu" in _deployments()
+    cell = "study-cell/one-cell-gpu"
+    assert args[args.index("--deployment") + 1] == cell and cell in _deployments()
     assert (
         args[args.index("--work-dir") + 1]
         == yaml.safe_load((ROOT / "configs" / "study-gpu.yaml").read_text())["work_dir"]
     )
     search = _by_kind("search-launcher.yaml")["Job"]["spec"]["template"]["spec"]["containers"][0]
     args = search["args"]
-    assert args[args.index("--deployment") + 1] == "search-trial/one-trial-gpu" and "search-trial/one-trial-gpu" in _deployments()
+    trial = "search-trial/one-trial-gpu"
+    assert args[args.index("--deployment") + 1] == trial and trial in _deployments()
     assert args[args.index("--storage") + 1] == "env:ALLOYNET_OPTUNA_STORAGE"
     assert {e["name"]: e for e in search["env"]}["ALLOYNET_OPTUNA_STORAGE"]["valueFrom"]["secretKeyRef"] == {
         "name": "alloynet-optuna",
