@@ -14,18 +14,26 @@ default of the flow; several workers on several machines share one study in Post
 the environment variable NAME wherever it is used, so a password never travels as a flow parameter.
 
 Several launchers on one study (the same search started twice, or on two machines): ``SharedBudget``
-hands out the budget's slots. A slot is taken under a short lock held in the study's own database (a row
-of ``alloynet_search_locks``, taken by a compare-and-set UPDATE, so it works on SQLite and PostgreSQL
-alike); each running trial records the launcher that owns it, and each launcher refreshes a heartbeat
-row (``alloynet_search_launchers``). A launcher asks for a new trial only while complete trials plus the
-trials running under live launchers stay below the budget, and re-runs only the trials whose launcher
-stopped beating, so neither the budget nor a trial is ever run twice. Each launcher's sampler gets its
-own seed (the first keeps ``seed``), so two launchers never draw the same parameters.
+hands out the budget's slots. A slot is taken under a lock held in the study's own database (a row of
+``alloynet_search_locks``, taken by a compare-and-set UPDATE, so it works on SQLite and PostgreSQL alike,
+and kept for as long as its holder's heartbeat runs); each running trial records the launcher that owns
+it, and each launcher refreshes a heartbeat row (``alloynet_search_launchers``). A launcher asks for a new
+trial only while complete trials plus the trials running under live launchers stay below the budget, and
+re-runs only the trials whose launcher stopped beating, so neither the budget nor a trial is ever run
+twice. Each launcher's sampler gets its own seed (the first keeps ``seed``), so two launchers never draw
+the same parameters.
+
+Two things Optuna's RDB storage leaves to its user, and ``SharedBudget`` does: Optuna's first use of an
+empty database (its tables, its version row, alembic's stamp) is not safe against a second process doing
+the same at once (optuna/optuna#4621), so a launcher opens the study under the lock; and a storage built
+from a bare URL gives SQLite's default busy timeout of 5 s, which a loaded machine outlasts while the other
+launcher writes, so every storage here is opened by ``open_storage`` with a longer one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -36,6 +44,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+# How long a SQLite connection waits for another process's write before "database is locked": the other
+# launcher or a worker may hold the file while the machine is busy (sqlite3's own default is 5 s).
+SQLITE_BUSY_S = 120.0
 
 
 class SearchConfig(BaseModel):
@@ -139,6 +153,21 @@ def launcher_seed(seed: int, launcher: int) -> int:
     return int(hashlib.sha256(f"{seed}/{launcher}".encode()).hexdigest()[:8], 16)
 
 
+def engine_options(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine options for a study's database: SQLite waits ``SQLITE_BUSY_S`` for a writer;
+    a server's pooled connections are checked before use (a search outlives idle connections)."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_BUSY_S}}
+    return {"pool_pre_ping": True}
+
+
+def open_storage(url: str):
+    """Optuna's RDB storage for ``url`` with ``engine_options``, as every process of a search opens it."""
+    import optuna
+
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_options(url))
+
+
 def new_study(cfg: SearchConfig, launcher: int = 0):
     """Create the study, or load it from ``cfg.storage`` when it exists (a resumed or shared search).
     ``launcher``: this launcher's number among the study's launchers (``SharedBudget.launcher``)."""
@@ -147,10 +176,11 @@ def new_study(cfg: SearchConfig, launcher: int = 0):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # constant_liar: TPE treats trials still running as bad, so concurrent trials spread out
     sampler = optuna.samplers.TPESampler(seed=launcher_seed(cfg.seed, launcher), constant_liar=True)
+    url = resolve_storage(cfg.storage)
     return optuna.create_study(
         direction="maximize",
         sampler=sampler,
-        storage=resolve_storage(cfg.storage),
+        storage=open_storage(url) if url else None,
         study_name=study_name(cfg),
         load_if_exists=True,
     )
@@ -169,6 +199,17 @@ def ask(study, cfg: SearchConfig):
     return trial
 
 
+def drawn(trial, cfg: SearchConfig) -> bool:
+    """Whether every parameter of the search space has been drawn for ``trial`` (a FrozenTrial)."""
+    from optuna.trial import FixedTrial
+
+    try:
+        suggest(FixedTrial(trial.params, trial.number), cfg)
+    except ValueError:
+        return False
+    return True
+
+
 def run_trial(cfg: SearchConfig, number: int) -> float:
     """Run trial ``number`` of the study in ``cfg.storage`` and tell its score to the storage (what a worker
     does). Its parameters come from the storage, so the flow run carries only the trial's number. A trial
@@ -179,7 +220,7 @@ def run_trial(cfg: SearchConfig, number: int) -> float:
     if not cfg.storage:
         raise ValueError("run_trial needs the study's storage (SearchConfig.storage)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_name(cfg), storage=resolve_storage(cfg.storage))
+    study = optuna.load_study(study_name=study_name(cfg), storage=open_storage(resolve_storage(cfg.storage)))
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial is None:
         raise ValueError(f"study {study.study_name!r} has no trial {number}")
@@ -231,14 +272,15 @@ def _tables():
 class SharedBudget:
     """This launcher's share of a study's budget of ``cfg.trials`` complete trials (see the module's
     docstring). Use as a context manager: it registers the launcher (``launcher``: its number, which
-    seeds its sampler) and keeps its heartbeat until exit. Without a storage (an in-memory study) there is
-    only this launcher, and no lock is needed.
+    seeds its sampler), opens the study, and keeps its heartbeat until exit. Without a storage (an
+    in-memory study) there is only this launcher, and no lock is needed.
 
-    ``lease_s``: how long a launcher may go without a heartbeat before its running trials count as
-    abandoned and another launcher runs them again; its heartbeat is refreshed every ``lease_s / 4``.
+    ``lease_s``: how long a launcher may go without a heartbeat before its running trials (and the lock,
+    if it held it) count as abandoned and another launcher takes them; its heartbeat is refreshed every
+    ``lease_s / 4``.
     """
 
-    LOCK_S = 30.0  # the lock is held for one ask; a holder that died frees it after this long
+    LOCK_WAIT_S = 600.0  # how long to wait for the lock before giving up with an error
 
     def __init__(self, cfg: SearchConfig, lease_s: float = 120.0):
         if lease_s <= 0:
@@ -251,52 +293,74 @@ class SharedBudget:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
         self._local = threading.Lock()
+        self._holding = threading.Event()  # set while this launcher holds the study's lock
 
     def __enter__(self) -> SharedBudget:
         url = resolve_storage(self.cfg.storage)
-        if url:
-            self._connect(url)
+        if not url:
+            self.study = new_study(self.cfg, self.launcher)
+            return self
+        self._connect(url)
+        # beating before the lock is taken, so a slow first use of the database never loses it
+        self._beat = threading.Thread(target=self._heartbeat, name="search-launcher-heartbeat", daemon=True)
+        self._beat.start()
+        try:
             with self._locked():
                 self.launcher = self._register()
-            self._beat = threading.Thread(target=self._heartbeat, name="search-launcher-heartbeat", daemon=True)
-            self._beat.start()
-        self.study = new_study(self.cfg, self.launcher)
+                self.study = new_study(self.cfg, self.launcher)
+        except BaseException:
+            self._close()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
+        self._close()
+
+    def _close(self) -> None:
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
         if self._engine is not None:
-            # gone at once: a launcher started after this one may re-run what it left running
-            self._touch(0.0)
+            import sqlalchemy as sa
+
+            try:
+                # gone at once: a launcher started after this one may re-run what it left running
+                self._touch(0.0)
+            except sa.exc.SQLAlchemyError as e:
+                log.warning(
+                    "study %s: launcher %d's exit not recorded (its lease runs out): %s", self.name, self.launcher, e
+                )
             self._engine.dispose()
 
     def _connect(self, url: str) -> None:
         import sqlalchemy as sa
 
-        args = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        self._engine = sa.create_engine(url, **args)
+        self._engine = sa.create_engine(url, **engine_options(url))
         t = _tables()
-        try:
-            t["meta"].create_all(self._engine, checkfirst=True)
-        except sa.exc.SQLAlchemyError:  # another launcher created them at the same moment
-            t["meta"].create_all(self._engine, checkfirst=True)
-        with self._engine.begin() as c:
-            exists = c.execute(sa.select(t["locks"].c.study_name).where(t["locks"].c.study_name == self.name)).first()
-        if not exists:
+        for attempt in range(3):
+            # two launchers creating the tables at once: the second's CREATE fails ("already exists" on
+            # SQLite, a unique violation on PostgreSQL's catalog) and, tried again, finds them
             try:
-                with self._engine.begin() as c:
-                    c.execute(sa.insert(t["locks"]).values(study_name=self.name, holder=None, expires=0.0))
-            except sa.exc.IntegrityError:
-                pass  # inserted by another launcher
+                t["meta"].create_all(self._engine, checkfirst=True)
+                break
+            except sa.exc.SQLAlchemyError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        try:
+            with self._engine.begin() as c:
+                c.execute(sa.insert(t["locks"]).values(study_name=self.name, holder=None, expires=0.0))
+        except sa.exc.IntegrityError:
+            pass  # the study's lock row exists (another launcher, or an earlier run)
 
     @property
     def name(self) -> str:
         return study_name(self.cfg)
 
     def _locked(self):
-        """The study's lock: a compare-and-set on its row (free, expired, or already ours)."""
+        """The study's lock: a compare-and-set on its row (free, expired, or already ours). Its expiry is
+        pushed on by this launcher's heartbeat while held, so it lasts as long as the holder lives, however
+        long a slow database keeps it."""
         import contextlib
 
         import sqlalchemy as sa
@@ -305,7 +369,7 @@ class SharedBudget:
 
         @contextlib.contextmanager
         def held():
-            deadline = time.monotonic() + 10 * self.LOCK_S
+            deadline = time.monotonic() + self.LOCK_WAIT_S
             while True:
                 now = time.time()
                 with self._engine.begin() as c:
@@ -316,7 +380,7 @@ class SharedBudget:
                                 locks.c.study_name == self.name,
                                 sa.or_(locks.c.holder.is_(None), locks.c.expires < now, locks.c.holder == self.id),
                             )
-                            .values(holder=self.id, expires=now + self.LOCK_S)
+                            .values(holder=self.id, expires=now + self.lease_s)
                         ).rowcount
                         == 1
                     )
@@ -324,13 +388,15 @@ class SharedBudget:
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(
-                        f"study {self.name!r}: its lock (table alloynet_search_locks) stayed taken "
-                        f"for {10 * self.LOCK_S:.0f} s"
+                        f"study {self.name!r}: its lock (table alloynet_search_locks) stayed taken by a live "
+                        f"launcher for {self.LOCK_WAIT_S:.0f} s"
                     )
                 time.sleep(0.05)
+            self._holding.set()
             try:
                 yield
             finally:
+                self._holding.clear()
                 with self._engine.begin() as c:
                     c.execute(
                         sa.update(locks)
@@ -354,17 +420,30 @@ class SharedBudget:
     def _touch(self, when: float) -> None:
         import sqlalchemy as sa
 
-        launchers = _tables()["launchers"]
+        t = _tables()
         with self._engine.begin() as c:
             c.execute(
-                sa.update(launchers)
-                .where(launchers.c.study_name == self.name, launchers.c.launcher == self.id)
+                sa.update(t["launchers"])
+                .where(t["launchers"].c.study_name == self.name, t["launchers"].c.launcher == self.id)
                 .values(seen=when)
             )
+            if self._holding.is_set() and when > 0:
+                c.execute(
+                    sa.update(t["locks"])
+                    .where(t["locks"].c.study_name == self.name, t["locks"].c.holder == self.id)
+                    .values(expires=when + self.lease_s)
+                )
 
     def _heartbeat(self) -> None:
+        import sqlalchemy as sa
+
         while not self._stop.wait(self.lease_s / 4):
-            self._touch(time.time())
+            try:
+                self._touch(time.time())
+            except sa.exc.SQLAlchemyError as e:
+                # a missed beat is not fatal (the lease is four beats long); a dead thread would be, since
+                # another launcher would then re-run this one's trials while they still train
+                log.warning("study %s: heartbeat of launcher %d not recorded: %s", self.name, self.launcher, e)
 
     def _live(self) -> set[str]:
         import sqlalchemy as sa
@@ -403,8 +482,13 @@ class SharedBudget:
         owned = [t for t in running if t.user_attrs.get("launcher") in live]
         if complete + len(owned) >= self.cfg.trials:
             return None
-        orphan = next((t for t in running if t.user_attrs.get("launcher") not in live), None)
-        if orphan is not None:
+        for orphan in (t for t in running if t.user_attrs.get("launcher") not in live):
+            if not drawn(orphan, self.cfg):
+                # its launcher stopped between asking for it and drawing its parameters: it was never
+                # trained and cannot be, so it leaves the budget and a new trial takes its place
+                study.tell(orphan.number, state=TrialState.FAIL, skip_if_finished=True)
+                log.warning("study %s: trial %d was left without its parameters; failed", self.name, orphan.number)
+                continue
             self.set_user_attr(orphan.number, "launcher", self.id)
             return Slot(orphan.number, adopted=True)
         trial = ask(study, self.cfg)
