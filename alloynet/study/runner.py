@@ -145,10 +145,14 @@ def run_cell(cfg: StudyConfig, cell: Cell) -> dict:
     The one place a cell is computed: the serial study and the work-pool flow (flows/study.py) both call
     it. A finished cell is returned from its ``result.json`` (written atomically) without training again,
     as long as its recipe and training pool are unchanged.
+
+    On a machine (or flow-run pod) with several GPUs the cell trains on all of them, one DDP process each
+    through torchrun (``alloynet.train.launch``; ``ALLOYNET_TRAIN_PROCESSES`` sets the count, e.g. two
+    gloo processes on CPU); ``result.json`` records how many processes trained it.
     """
     from alloynet.evaluate import evaluate
     from alloynet.models.checkpoint import load_model
-    from alloynet.train import train
+    from alloynet.train.launch import local_processes, train_processes
 
     cached = finished_row(cfg, cell)
     if cached is not None:
@@ -157,8 +161,9 @@ def run_cell(cfg: StudyConfig, cell: Cell) -> dict:
     training_pool(cfg, cell.rho, cell.seed)
     out = cell_dir(cfg, cell)
     tc, (stamp, _) = _recipe(cfg, cell)
+    processes = local_processes(tc.device)
     t0 = time.perf_counter()
-    res = train(tc)
+    res = train_processes(tc, processes)
     train_s = time.perf_counter() - t0
     metrics = evaluate(
         res.checkpoint,
@@ -179,7 +184,7 @@ def run_cell(cfg: StudyConfig, cell: Cell) -> dict:
         row[f"ood_{name}_heavy_light"] = m["heavy_light_balanced_accuracy"]
         row[f"ood_{name}_thickness_mae_mm"] = m["thickness_mae_mm"]
     tmp = out / f".result.{os.getpid()}.json"
-    tmp.write_text(json.dumps({"stamp": stamp, "row": row}, default=float))
+    tmp.write_text(json.dumps({"stamp": stamp, "row": row, "processes": processes}, default=float))
     os.replace(tmp, out / "result.json")  # a reader sees the old file or the whole new one, never a torn one
     return row
 
