@@ -89,6 +89,50 @@ def test_a_trial_left_without_its_parameters_is_failed_not_adopted(tmp_path):
         assert set(budget.study.trials[slot.number].params) == {"lr", "weight_decay", "gamma", "beta"}
 
 
+def test_the_lock_stays_with_a_live_holder_however_long_it_holds_it(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    lease_s = 1.0  # a holder slower than its lease (a loaded machine, a slow database) keeps the lock
+    with SharedBudget(_cfg(storage), lease_s) as a, SharedBudget(_cfg(storage), lease_s) as b:
+        events: list[str] = []
+        with a._locked():
+
+            def take():
+                with b._locked():
+                    events.append("b took it")
+
+            t = threading.Thread(target=take)
+            t.start()
+            time.sleep(4 * lease_s)
+            events.append("a released")
+        t.join(60)
+        assert events == ["a released", "b took it"]
+
+
+def test_a_heartbeat_that_fails_once_keeps_beating(tmp_path, monkeypatch):
+    import sqlalchemy as sa
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    with SharedBudget(_cfg(storage), lease_s=0.4) as budget:
+        touch, calls = budget._touch, []
+
+        def flaky(when):
+            calls.append(when)
+            if len(calls) == 1:
+                raise sa.exc.OperationalError("UPDATE", {}, Exception("database is locked"))
+            touch(when)
+
+        monkeypatch.setattr(budget, "_touch", flaky)
+        deadline = time.monotonic() + 30
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(calls) >= 3 and budget._beat.is_alive()
+        with budget._engine.begin() as c:
+            seen = c.execute(
+                sa.text("SELECT seen FROM alloynet_search_launchers WHERE launcher = :id"), {"id": budget.id}
+            ).scalar_one()
+        assert seen >= calls[1] > calls[0]  # the beats after the failed one were recorded
+
+
 def test_launchers_get_distinct_seeds_and_the_first_keeps_the_configured_one():
     assert launcher_seed(7, 0) == 7
     assert len({launcher_seed(7, k) for k in range(50)}) == 50
