@@ -71,7 +71,19 @@ def _same_history(a: list[dict], b: list[dict]) -> bool:
     return strip[: len(a)] == strip[len(a) :]
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "vgg16", "efficientnet_b0", "fnn", "profile_cnn"])
+# make test trains a profile model and one torchvision trunk; the other five run in the slow tier (make test-slow)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet18",
+        pytest.param("resnet34", marks=pytest.mark.slow),
+        pytest.param("resnet50", marks=pytest.mark.slow),
+        pytest.param("vgg16", marks=pytest.mark.slow),
+        pytest.param("efficientnet_b0", marks=pytest.mark.slow),
+        pytest.param("fnn", marks=pytest.mark.slow),
+        "profile_cnn",
+    ],
+)
 def test_cli_train_and_evaluate_every_architecture(name, store_dir, tmp_path):
     assert name in list_models()
     run = tmp_path / name
