@@ -203,9 +203,12 @@ def choose_correction(
     bounds: tuple[float, float],
     shrinks: Sequence[float] = SHRINK,
     degree: int = DEGREE,
+    gate: bool = True,
 ) -> CorrectionChoice:
     """Fit the corrections on ``train`` and pick one, or none, on ``val`` (both {profiles, y, thickness_mm,
-    wedge_mm}: labelled captures of the rig, e.g. ``alloynet.evaluate.baselines.dataset_arrays``)."""
+    wedge_mm}: labelled captures of the rig, e.g. ``alloynet.evaluate.baselines.dataset_arrays``). Without
+    ``gate`` the best option is kept whatever its margin over the tables as they are (for a caller that has
+    other evidence that the captures carry a correction)."""
     n_train, n_val = int(len(train["y"])), int(len(val["y"]))
     few = too_few(n_train, n_val)
     if few is not None:
@@ -230,7 +233,7 @@ def choose_correction(
             best, best_nll = s, nll
     gain = nominal - best_nll
     z = float(gain.mean() / max(gain.std(ddof=1) / np.sqrt(len(gain)), 1e-12))
-    if z < Z_MIN:
+    if gate and z < Z_MIN:
         return CorrectionChoice(
             None,
             None,
@@ -314,12 +317,14 @@ def choose_correction_cv(
     shrinks: Sequence[float] = SHRINK,
     degrees: Sequence[int] = DEGREES,
     folds: int = CV_FOLDS,
+    gate: bool = True,
 ) -> CorrectionChoice:
     """``choose_correction`` for few captures: every (degree, each alloy's own degree, shrink) option scored by
     its cross-validated log-loss over the training and validation captures together (``*_groups``: the plate of
     each capture; folds by plate), kept only at ``Z_MIN_CV`` sd of per-capture gain over the nominal tables (or
     when nearly every capture gains: ``SIGN_P``); the kept option is then fitted on the training captures alone
-    (the validation ones still pick the epoch and calibrate the answers on tables that never saw them)."""
+    (the validation ones still pick the epoch and calibrate the answers on tables that never saw them).
+    ``gate=False``: as ``choose_correction``'s."""
     n_train, n_val = int(len(train["y"])), int(len(val["y"]))
     if not n_train:
         return CorrectionChoice(
@@ -363,7 +368,7 @@ def choose_correction_cv(
     # a handful of captures failing to reject the nominal tables says nothing of whether the forward model
     # describes the rig (what the trainer's describes_rig reads from ``decided``)
     enough = len(gain) >= MIN_VAL
-    if z < Z_MIN_CV and sign_p >= SIGN_P:
+    if gate and z < Z_MIN_CV and sign_p >= SIGN_P:
         return CorrectionChoice(
             None,
             None,

@@ -140,6 +140,16 @@ def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> dict
                 seed=cfg.seed,
             )
             alt = physics_correction(nominal, data, cfg.seed)
+            if alt.correction is not None and picked.correction is None:
+                # the captures carry a correction (the nominal one's cleared its margin): the calibrated start's
+                # best correction competes with it on the same folds, not the calibrated tables alone
+                ungated = physics_correction(observers, data, cfg.seed, gate=False)
+                if ungated.correction is not None and ungated.chosen_logloss < picked.chosen_logloss:
+                    ungated.reason = (
+                        f"{ungated.reason}, kept below its own margin as the nominal start's correction "
+                        f"cleared its own ({alt.gain_z:.1f} sd)"
+                    )
+                    picked = ungated
             if alt.correction is not None and alt.chosen_logloss < picked.chosen_logloss:
                 alt.reason = (
                     f"the nominal forward model corrected from the captures fits them better than the rig "
@@ -168,7 +178,7 @@ def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> dict
 CORRECTION_CAPTURES = 4000  # training captures (seeded choice) that fit the forward model's correction
 
 
-def physics_correction(observers: dict, data: RunData, seed: int) -> CorrectionChoice:
+def physics_correction(observers: dict, data: RunData, seed: int, gate: bool = True) -> CorrectionChoice:
     """Fit the forward model's correction on the store's labelled training captures and decide on the
     validation ones, or, with fewer than ``CV_BELOW`` of those, cross-validated over both by plate, the
     polynomial's degree chosen with the shrinkage (``alloynet.physics.correction``); simulated captures take
@@ -190,9 +200,9 @@ def physics_correction(observers: dict, data: RunData, seed: int) -> CorrectionC
     train = dataset_arrays(data.train.real, rows, ti)
     val = dataset_arrays(data.val, rows, vi)
     if n_val >= CV_BELOW:
-        return choose_correction(observers, train, val, data.prior.bounds())
+        return choose_correction(observers, train, val, data.prior.bounds(), gate=gate)
     plates = data.train.real.rows.plate_id.to_numpy(str)[ti], data.val.rows.plate_id.to_numpy(str)[vi]
-    return choose_correction_cv(observers, train, val, data.prior.bounds(), *plates, seed=seed)
+    return choose_correction_cv(observers, train, val, data.prior.bounds(), *plates, seed=seed, gate=gate)
 
 
 def _check_resumable(ckpt: dict, cfg: TrainConfig) -> None:
