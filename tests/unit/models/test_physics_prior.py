@@ -10,15 +10,12 @@ import torch
 from alloynet.data.transforms import Preprocess
 from alloynet.export import ExportMeta, export_model, onnx_session
 from alloynet.models import create_model
-from alloynet.models.checkpoint import load_model
 from alloynet.models.physics_prior import TAIL_GRID, PhysicsLikelihood, physics_spec, table_wedges
 from alloynet.physics import ALLOY_NAMES
 from alloynet.physics.alloys import sample_plate
 from alloynet.physics.observer import PhysicsObserver, TailedPrior, ThicknessPrior
 from alloynet.physics.profile import profile_model_for
 from alloynet.physics.simulator import RigConfig, RigSimulator
-from alloynet.train import load_config, train
-from tests.helpers.dummy import DummyCaptureStore
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,28 +133,6 @@ def test_exported_graph_computes_the_physics_term(tmp_path):
         out = model(x, cal, w)
     assert np.abs(probs - out["probabilities"].numpy()).max() < 1e-4 and probs.max(1).min() > 0.3  # not flat
     assert flags.shape == (len(x), 5) and (flags == out["flags"].numpy()).all()
-
-
-def test_training_with_the_physics_term_saves_and_reloads_it(tmp_path):
-    with DummyCaptureStore(n_max=8, size=SIZE, imbalance_ratio=2.0, root=tmp_path / "captures"):
-        cfg = load_config(
-            None,
-            {
-                "data.store": str(tmp_path / "captures"),
-                "out_dir": str(tmp_path / "run"),
-                "epochs": 1,
-                "progress": False,
-                "data.batch_size": 8,
-                "model.physics": True,
-                "model.kwargs": {"hidden": [16]},
-            },
-        )
-        result = train(cfg)
-    model, meta = load_model(result.checkpoint)
-    spec = meta["model_spec"]["physics"]
-    assert spec["wedges_mm"] and spec["bins"] == 32 and float(model.physics.fitted) == 1.0
-    assert float(model.physics.whiten.abs().max()) > 0  # the tables came back from the checkpoint
-    assert 0.0 < float(model.physics.weight.detach()) < 2.0
 
 
 def test_physics_term_stays_float32_under_autocast():
