@@ -7,6 +7,12 @@ width), the PSF and its glare tail (and the CsI thickness, on request). Each pla
 parameter with a prior (its thickness tolerance and the spread its alloy's composition range gives), so a plate
 whose iron content sits at the edge of its standard does not pull the beam.
 
+A rig that takes several exposures per capture (one page per kVp) is fitted on every channel at once: each
+channel's profile comes from its own spectrum, normalised by its own dark and flat levels, while what is
+physically one thing is one parameter (the tube's voltage error as a fraction of the set kVp, the filtration,
+scatter, blur, each plate's areal density). The dose comes from the flats' noise pooled over the channels
+(``quanta_per_dose``).
+
 The fit compares each reference's observation (``detector.capture_profile``) with ``ProfileModel`` (the nominal
 simulator's noise-free profile), corrected for the difference between the mean of -ln and -ln of the mean that
 the panel's gain pattern makes (measured from the flats). Residuals are weighted by the profile's standard error
@@ -91,14 +97,22 @@ class Reference:
 
 
 def _composition_spread(alloy: str, thickness_mm: float, rig: RigConfig, n: int = 200) -> float:
-    """Relative sd of a plate's -ln T (plate-only strip) over its alloy's composition range (seeded)."""
-    spec = Channel(rig, rig.kvp[0]).spectrum
+    """Relative sd of a plate's -ln T (plate-only strip) over its alloy's composition range (seeded): the widest
+    over the rig's channels. One areal-density factor per plate serves every channel (the plate is the same in
+    each exposure), so its prior has to leave room for the channel its composition moves most."""
     rng = np.random.default_rng(0xC0)
-    vals = [
-        neg_log_transmission_of(p.fractions(), p.density_g_cm3, thickness_mm, 0.0, spec, rig.wedge_material, rig.csi_mm)
-        for p in (sample_plate(alloy, thickness_mm, rng, "c", thickness_tolerance=0.0) for _ in range(n))
-    ]
-    return float(np.std(vals) / np.mean(vals))
+    plates = [sample_plate(alloy, thickness_mm, rng, "c", thickness_tolerance=0.0) for _ in range(n)]
+    spreads = []
+    for kvp in rig.kvp:
+        spec = Channel(rig, kvp).spectrum
+        vals = [
+            neg_log_transmission_of(
+                p.fractions(), p.density_g_cm3, thickness_mm, 0.0, spec, rig.wedge_material, rig.csi_mm
+            )
+            for p in plates
+        ]
+        spreads.append(float(np.std(vals) / np.mean(vals)))
+    return max(spreads)
 
 
 @dataclass
@@ -319,12 +333,22 @@ def _residual_summary(
     return residuals, preds, sigmas, np.concatenate(zs)
 
 
+def quanta_per_dose(rig: RigConfig) -> float:
+    """Effective open-beam quanta per pixel per unit ``dose``, as the flats' noise measures it: that noise is
+    pooled over the channels (``measure_detector``), i.e. the mean of each channel's relative variance
+    1 / (dose * q_c), so a capture of several exposures measures the harmonic mean of the channels' q_c (each
+    kVp has its own spectrum, hence its own quanta per detected photon)."""
+    unit = rig.model_copy(update={"dose": 1.0})
+    q = np.array([Channel(unit, kvp).quanta_open for kvp in rig.kvp])
+    return float(q[0]) if len(q) == 1 else float(1.0 / np.mean(1.0 / q))
+
+
 def _with_dose(rig: RigConfig, detector: DetectorMeasurement) -> RigConfig:
     """The dose that gives the quanta measured in the open beam, once the beam (hence quanta per unit dose) is
     known; the nominal dose where the flats could not measure it."""
     if detector.quanta_open is None:
         return rig
-    per_dose = Channel(rig.model_copy(update={"dose": 1.0}), rig.kvp[0]).quanta_open
+    per_dose = quanta_per_dose(rig)
     detector.uncertainty["dose"] = float(detector.quanta_open_sd / per_dose)
     return rig.model_copy(update={"dose": float(detector.quanta_open / per_dose)})
 

@@ -16,12 +16,14 @@ from typer.testing import CliRunner
 
 from alloynet.captures.stores import LocalStore
 from alloynet.data.rig_references import calibrate_store, make_references
-from alloynet.physics.rig_fit import FIT_PARAMETERS, predict_references
-from alloynet.physics.simulator import RigConfig
+from alloynet.physics.detector import DetectorMeasurement
+from alloynet.physics.rig_fit import FIT_PARAMETERS, _with_dose, predict_references, quanta_per_dose
+from alloynet.physics.simulator import Channel, RigConfig
 
 SIZE = 32
 # the nominal simulator, departing from its data sheet in the ways a calibration fits
 TRUE = {"kvp_offset_rel": -0.02, "extra_filtration_mm_al": 0.4, "scatter_fraction": 0.04}
+KVP3 = [40.0, 50.0, 60.0]
 
 
 def _cli(*args: str):
@@ -68,6 +70,63 @@ def test_fit_recovers_known_departures_within_their_uncertainty(nominal_refs):
         assert 0 < sd < 0.2 * abs(true - start), (name, sd)  # a real constraint, far tighter than the departure
         assert abs(value - true) < 3 * sd, (name, value, true, sd)
     assert cal.misfit_rms < 1.5
+
+
+@pytest.fixture(scope="module")
+def three_kvp_refs(tmp_path_factory):
+    """References of a rig that takes three exposures per capture (one page per kVp), with the same departures."""
+    root = tmp_path_factory.mktemp("three-kvp-refs")
+    make_references(
+        LocalStore(root),
+        RigConfig(height=SIZE, width=SIZE, kvp=KVP3, **TRUE),
+        simulator="alloynet",
+        captures_per_plate=5,
+        sessions=5,
+        seed=3,
+    )
+    return root
+
+
+@pytest.mark.slow
+def test_fit_of_three_exposures_uses_every_channel_and_recovers_the_departures(three_kvp_refs):
+    bins = 16
+    nominal = RigConfig(height=SIZE, width=SIZE, kvp=KVP3)
+    cal, profile, refs = calibrate_store(
+        LocalStore(three_kvp_refs), rig=nominal, params=tuple(TRUE), bins=bins, check=False
+    )
+    assert cal.rig.kvp == KVP3 and all(r.profiles.shape[1] == 3 * bins for r in refs.fit + refs.holdout)
+    for name, true in TRUE.items():  # one beam, filtration and scatter shared by the three exposures
+        value, sd = cal.values[name], cal.uncertainty[name]
+        start = FIT_PARAMETERS[name].start if FIT_PARAMETERS[name].start is not None else getattr(RigConfig(), name)
+        assert 0 < sd < 0.2 * abs(true - start), (name, sd)
+        assert abs(value - true) < 3 * sd, (name, value, true, sd)
+    # every channel fits on its own, not only on average: a channel computed with another kVp's spectrum misses
+    # by many single-capture sd
+    for name, res in cal.residuals.items():
+        per_channel = np.sqrt((np.reshape(res["z"], (3, bins)) ** 2).mean(1))
+        assert per_channel.max() < 2.0, (name, per_channel)
+    assert cal.misfit_rms < 1.5
+    # the held-out plate, all three channels: within its noise once calibrated, far outside it at the nominal rig
+    held = refs.holdout[0].name
+    calibrated = cal.holdout["references"][held]
+    uncalibrated = predict_references(nominal, refs.holdout, bins)["references"][held]
+    assert np.sqrt(calibrated["chi2_per_dof"]) < 1.5, calibrated
+    assert np.sqrt(uncalibrated["chi2_per_dof"]) > 3 * np.sqrt(calibrated["chi2_per_dof"]), (uncalibrated, calibrated)
+
+
+def test_dose_from_the_flats_of_several_exposures_uses_every_channels_spectrum():
+    """The flats' noise is pooled over channels: the mean over kVp of 1 / (dose * q_kVp). The dose that gives it
+    must come back exactly, which the first channel's quanta alone would miss by the channels' spread."""
+    rig = RigConfig(height=SIZE, width=SIZE, kvp=KVP3, **TRUE)
+    dose = 7000.0
+    q = np.array([Channel(rig.model_copy(update={"dose": 1.0}), k).quanta_open for k in KVP3])
+    assert q.max() / q.min() > 1.02  # the channels differ enough for the first one alone to be wrong
+    pooled = 1.0 / np.mean(1.0 / (dose * q))
+    det = DetectorMeasurement({}, {}, pooled, 0.1 * pooled, np.zeros((3, SIZE)), sessions=5)
+    assert _with_dose(rig, det).dose == pytest.approx(dose, rel=1e-9)
+    assert det.uncertainty["dose"] == pytest.approx(0.1 * dose, rel=1e-9)
+    single = rig.model_copy(update={"kvp": [50.0]})
+    assert quanta_per_dose(single) == Channel(single.model_copy(update={"dose": 1.0}), 50.0).quanta_open
 
 
 def test_calibrated_simulator_predicts_held_out_second_rig_plate_within_noise(second_refs):
