@@ -529,7 +529,10 @@ def _rig_dict(model) -> dict:
 
 
 def phrase_gap(accuracy: float, lower: float, upper: float, upper_se: float = 0.0) -> str:
-    """Where an accuracy stands against the bracket, in words."""
+    """Where an accuracy stands against the bracket, in words (to the three decimals every table prints, so an
+    accuracy equal to an edge there is "at" it, never "0.000 below")."""
+    if round(lower - accuracy, 3) == 0 and accuracy < lower:
+        return "at its lower edge"
     if accuracy < lower:
         return f"{lower - accuracy:.3f} below its lower edge"
     if accuracy <= upper:

@@ -77,6 +77,8 @@ def test_mixed_bracket_weighs_rigs_and_adds_errors_in_quadrature():
     "acc,words",
     [
         (0.50, "0.100 below its lower edge"),
+        (0.5999, "at its lower edge"),
+        (0.599, "0.001 below its lower edge"),
         (0.65, "within the bracket"),
         (0.72, "0.020 above its upper edge (beyond its error)"),
         (0.705, "0.005 above its upper edge (within its error)"),

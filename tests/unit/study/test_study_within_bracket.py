@@ -63,3 +63,28 @@ def test_no_study_row_lies_above_the_upper_edge_beyond_its_error(study, upper):
     )
     # and the check has teeth: a row one standard error above the allowance would fail it
     assert (allowed < 1).all() and edge < 0.8
+
+
+def test_no_study_row_lies_above_an_ood_sets_upper_edge_beyond_its_error(study):
+    """Every held-out set beside the test set (thickness grid, unseen thicknesses, drift, the second rig) against
+    its own bracket's upper edge, as the study computed it for that set's rig and prior (study.json)."""
+    meta, results = study
+    d = meta["config"]["data"]
+    per_class = d["test_plates_per_class"] * d["captures_per_plate"]
+    classes = len(d["class_order"])
+    checked = 0
+    for name, ref in meta["ood_ceilings"].items():
+        column = f"ood_{name}_balanced_accuracy"
+        assert ref.get("upper") is not None, f"study.json: {name} has no upper edge (regenerate the study)"
+        acc = results[column].to_numpy(float)
+        ok = np.isfinite(acc)  # a baseline that needs calibration has no figure on a set sent without it
+        # binomial error of a balanced accuracy from its value: an upper bound on the per-class formula's
+        row_se = np.sqrt(acc[ok] * (1 - acc[ok]) / (per_class * classes))
+        allowed = ref["upper"] + 2 * np.sqrt(ref["upper_se"] ** 2 + row_se**2)
+        above = results[ok][acc[ok] > allowed]
+        assert above.empty, (
+            f"{name}: rows above the upper edge {ref['upper']:.3f} ± {ref['upper_se']:.3f} beyond their errors:\n"
+            + above[["arch", "loss", "rho", column]].to_string()
+        )
+        checked += int(ok.sum())
+    assert checked >= len(meta["ood_ceilings"]) * 2  # models and baselines on every set, not an empty check
