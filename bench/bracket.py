@@ -12,6 +12,13 @@
    Gaussian observer of ``alloynet.physics.observer``) is read on the same captures.
 3. The study's test set (docs/study/study.json: wedges 50 and 70 mm, weighted equally as in its store): its
    bracket beside every committed model and baseline row.
+
+    OMP_NUM_THREADS=1 nice .venv/bin/python bench/bracket.py --second-rig [--draws 2000] [--pool 64] [--seed 0]
+
+``--second-rig`` instead: the bracket of the alloynet simulator beside that of the second rig
+(``alloynet.physics.second_rig.SecondRigProfileModel``: its own forward model and noise, read as -ln of the
+row-mean transmission, the statistic the lower edge's observer reads), 64 px, 50 and 70 mm Al wedges, plates of
+1, 2 or 5 mm and of any thickness 1-5 mm (docs/second_rig.md).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from alloynet.physics.bracket import MixtureObserver, bracket, full_row_profile,
 from alloynet.physics.measure import frame_level, wedge_profile  # noqa: E402
 from alloynet.physics.observer import ThicknessPrior  # noqa: E402
 from alloynet.physics.profile import ProfileModel  # noqa: E402
+from alloynet.physics.second_rig import SecondRigConfig, SecondRigProfileModel  # noqa: E402
 from alloynet.physics.simulator import RigConfig, RigSimulator, plate_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +76,57 @@ def balanced(pred: np.ndarray, y: np.ndarray, k: int) -> tuple[float, float]:
     return float(recall.mean()), float(np.sqrt((recall * (1 - recall) / n).sum()) / k)
 
 
+def _edges(br) -> dict:
+    return {
+        "lower": br.lower.accuracy,
+        "lower_se": br.lower.se,
+        "upper": br.upper.accuracy,
+        "upper_se": br.upper.se,
+        "width": br.width,
+        "width_se": br.width_se,
+        "hard_pair": br.hard_pairs[0],
+    }
+
+
+def second_rig(args) -> list[dict]:
+    """The bracket of both rig models for each wedge and thickness prior (docs/second_rig.md's table)."""
+    priors = {
+        "1, 2 or 5 mm": ThicknessPrior(values_mm=(1.0, 2.0, 5.0)),
+        "any, 1-5 mm": ThicknessPrior(range_mm=(1.0, 5.0)),
+    }
+    out = []
+    for wedge in (50.0, 70.0):
+        rig = RigConfig(height=64, width=64, wedge_mm=wedge)
+        models = {
+            "alloynet": ProfileModel(rig, 32),
+            "second_rig": SecondRigProfileModel(SecondRigConfig.from_nominal(rig), 32),
+        }
+        for name, prior in priors.items():
+            row: dict = {"wedge_mm": wedge, "prior": name}
+            for which, model in models.items():
+                t0 = time.perf_counter()
+                row[which] = _edges(
+                    bracket(model, ALLOY_NAMES, prior, draws=args.draws, pool=args.pool, seed=args.seed)
+                )
+                row[which]["seconds"] = round(time.perf_counter() - t0, 1)
+            out.append(row)
+            print(json.dumps(row), flush=True)
+    print(
+        "\n| wedge | thickness | bracket, alloynet simulator | bracket, second rig "
+        "| most confused pair (lower edge), alloynet / second |"
+    )
+    print("|---|---|---|---|---|")
+    for r in out:
+        a, b = r["alloynet"], r["second_rig"]
+        print(
+            f"| {r['wedge_mm']:.0f} mm | {r['prior']} "
+            f"| {a['lower']:.3f}-{a['upper']:.3f} ± {max(a['lower_se'], a['upper_se']):.3f} "
+            f"| {b['lower']:.3f}-{b['upper']:.3f} ± {max(b['lower_se'], b['upper_se']):.3f} "
+            f"| {a['hard_pair']['pair']} {a['hard_pair']['confused']:.2f} / {b['hard_pair']['confused']:.2f} |"
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--captures", type=int, default=5000)
@@ -77,7 +136,15 @@ def main() -> None:
     ap.add_argument("--kvp", default="50", help="one or several kVp, e.g. 40,50,60")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--second-rig", action="store_true", help="the bracket of the alloynet simulator and the second rig"
+    )
     args = ap.parse_args()
+    if args.second_rig:
+        rows = second_rig(args)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return
     kvp = [float(v) for v in args.kvp.split(",")]
     rig = RigConfig(height=args.size, width=args.size, kvp=kvp)
     prior = ThicknessPrior(range_mm=(1.0, 5.0))
