@@ -110,3 +110,37 @@ def test_lab_folder_with_references_imports_calibrates_and_its_profile_wins(tmp_
     calibrated = _balanced_accuracy(store, profile.apply(rig), spec.prior)
     # the second rig's physics is not alloynet's: the nominal forward model is near chance (0.2) on it
     assert calibrated >= nominal + 0.12, (nominal, calibrated)
+
+
+@pytest.mark.slow
+def test_three_page_reference_tiffs_import_and_calibrate_every_channel(tmp_path):
+    """A rig that takes three exposures per capture (40/50/60 kV): its reference folder holds one three-page TIFF
+    per frame; `alloynet import` keeps each channel's levels and `alloynet rig calibrate` fits the beam to all
+    three channels, recovering the departures the references were taken with."""
+    true = {"kvp_offset_rel": -0.02, "extra_filtration_mm_al": 0.4, "scatter_fraction": 0.04}
+    kvp, size = [40.0, 50.0, 60.0], 32
+    root, store, prof = tmp_path / "lab", tmp_path / "store", tmp_path / "rig.yaml"
+    write_reference_folder(
+        root,
+        RigConfig(height=size, width=size, kvp=kvp, **true),
+        simulator="alloynet",
+        captures_per_plate=5,
+        sessions=5,
+        seed=3,
+    )
+    res = _cli(
+        "import", root, store, "--kvp", "40", "--kvp", "50", "--kvp", "60", "--wedge-mm", "50", "--accept-size", "32x32"
+    )
+    assert res.exit_code == 0, res.output
+    sidecar = json.loads(next((store / "captures").glob("*.json")).read_text())
+    assert sidecar["rig"]["kvp"] == kvp and sidecar["image"]["shape"] == [3, size, size]
+    assert len(sidecar["calibration"]["dark_adu"]) == len(sidecar["calibration"]["flat_adu"]) == 3
+    fit = [a for k in true for a in ("--fit", k)]
+    res = _cli("rig", "calibrate", store, "--out", prof, "--bins", "16", *fit)
+    assert res.exit_code == 0, res.output
+    profile = load_rig_profile(prof)
+    assert profile.rig.kvp == kvp
+    for name, value in true.items():
+        got, sd = getattr(profile.rig, name), profile.uncertainty[name]
+        assert 0 < sd and abs(got - value) < 3 * sd, (name, got, value, sd)
+    assert profile.fit["misfit_rms"] < 1.5 and profile.fit["holdout"]["chi2_per_dof"] < 2.0, profile.fit
