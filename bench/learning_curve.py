@@ -11,7 +11,7 @@ and the calibration LEVELS (no frames, nothing only a simulator knows). For each
 alloy: 5, 10, 20, 50, 150, 600) the first N plates of each alloy are imported with `alloynet import` into their own
 store (its manifest splits them 70/15/15 by plate, as for a lab) and the default recipe trains on it
 (``load_config(None)``, what `train --store` runs). Each model is scored on 1,000 fresh captures of the same rig
-(another seed, imported the same way) beside that rig's ideal-observer ceiling: five-class balanced accuracy,
+(another seed, imported the same way) beside that rig's physics bracket (lower edge): five-class balanced accuracy,
 heavy vs light, the 95 % set's coverage and mean size, and the physics fit alone (the nominal forward model, no
 training data) on the same captures. Results go to ``<out>/<rig>/results.json``; finished sizes are reused.
 """
@@ -151,13 +151,14 @@ def import_store(labels: Path, store: Path) -> None:
 
 
 def ceiling(rig: str, out: Path) -> dict:
-    """The rig's ideal-observer ceiling for this prior (1-5 mm, both wedges, 64 px), once per rig."""
+    """The rig's physics bracket for this prior (1-5 mm, both wedges, 64 px), once per rig: its lower edge
+    (``accuracy``, ``heavy_light``: the best observer) and its upper edge, each with its Monte-Carlo error."""
     from alloynet.evaluate.report import ceiling as rig_ceiling
     from alloynet.physics.observer import ThicknessPrior
     from alloynet.physics.second_rig import SecondRigConfig
     from alloynet.physics.simulator import RigConfig
 
-    path = out / "ceiling.json"
+    path = out / "bracket.json"
     if path.exists():
         return json.loads(path.read_text())
     rigs = {}
@@ -166,9 +167,16 @@ def ceiling(rig: str, out: Path) -> dict:
         rigs[w] = (SecondRigConfig.from_nominal(nominal) if rig == "second_rig" else nominal, 1)
     t0 = time.perf_counter()
     c = rig_ceiling(rigs, ThicknessPrior(range_mm=(1.0, 5.0)))
-    res = {"accuracy": c["ceiling_accuracy"], "heavy_light": c["ceiling_heavy_light"]}
+    res = {
+        "accuracy": c["ceiling_lower"],
+        "accuracy_se": c["ceiling_lower_se"],
+        "heavy_light": c["ceiling_heavy_light"],
+        "upper": c["ceiling_upper"],
+        "upper_se": c["ceiling_upper_se"],
+        "heavy_light_upper": c["ceiling_heavy_light_upper"],
+    }
     path.write_text(json.dumps(res))
-    log(f"ceiling {res} in {time.perf_counter() - t0:.0f} s")
+    log(f"bracket {res} in {time.perf_counter() - t0:.0f} s")
     return res
 
 
@@ -392,8 +400,8 @@ def run(a) -> None:
 def collect(out: Path, arms: list[str]) -> list[dict]:
     """Every finished size of every rig under ``out``: per (rig, size, seed), the first of ``arms`` that has it."""
     rows = []
-    for rig_dir in sorted(p for p in out.iterdir() if (p / "ceiling.json").exists()):
-        ceil = json.loads((rig_dir / "ceiling.json").read_text())
+    for rig_dir in sorted(p for p in out.iterdir() if (p / "bracket.json").exists()):
+        ceil = json.loads((rig_dir / "bracket.json").read_text())
         found: dict[tuple[int, int], dict] = {}
         for arm in reversed(arms):  # earlier arms win
             for f in rig_dir.glob(f"{arm + '-' if arm else ''}n*-s*/result.json"):
@@ -407,7 +415,7 @@ def collect(out: Path, arms: list[str]) -> list[dict]:
 def table(rows: list[dict]) -> str:
     lines = [
         "| rig | plates per alloy | seeds | five-class | heavy vs light | set coverage | set size | term alone | "
-        "physics fit alone (nominal forward model) | ceiling (heavy vs light) |",
+        "physics fit alone (nominal forward model) | bracket lower edge (heavy vs light) |",
         "|---" * 10 + "|",
     ]
     groups: dict[tuple[str, int], list[dict]] = {}
