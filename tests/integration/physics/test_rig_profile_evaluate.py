@@ -1,6 +1,7 @@
 """The rig profile end to end (issue 9): a model trained on the second rig, evaluated with and without the
 simulator calibrated to that rig (the fit itself: tests/unit/physics/test_rig_calibration.py)."""
 
+import pytest
 from typer.testing import CliRunner
 
 from alloynet.captures.stores import LocalStore
@@ -14,6 +15,7 @@ def _cli(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
+@pytest.mark.slow  # simulates, trains and evaluates twice at 64 px: the slow tier
 def test_physics_fit_and_ceiling_read_the_rig_profile(tmp_path):
     """`alloynet evaluate --rig-profile`: the physics-fit classifier (and the ceiling) use the simulator calibrated
     to the rig. On the second rig the nominal simulator's physics fit is near chance; the calibrated one's is not."""

@@ -71,11 +71,11 @@ def _same_history(a: list[dict], b: list[dict]) -> bool:
     return strip[: len(a)] == strip[len(a) :]
 
 
-# make test trains a profile model and one torchvision trunk; the other five run in the slow tier (make test-slow)
+# make test trains one architecture; the other six run in the slow tier (make test-slow)
 @pytest.mark.parametrize(
     "name",
     [
-        "resnet18",
+        pytest.param("resnet18", marks=pytest.mark.slow),
         pytest.param("resnet34", marks=pytest.mark.slow),
         pytest.param("resnet50", marks=pytest.mark.slow),
         pytest.param("vgg16", marks=pytest.mark.slow),
@@ -413,6 +413,7 @@ def test_pretrain_then_finetune_starts_from_the_pretrained_weights(store_dir, tm
     assert not all(torch.allclose(pretrained[k], scratch[k], atol=1e-5) for k in learned)
 
 
+@pytest.mark.slow  # two trainings to read one error message: the slow tier
 def test_init_from_refuses_another_architecture_naming_the_tensor(store_dir, tmp_path):
     from alloynet.models.checkpoint import load_weights
 
