@@ -11,11 +11,8 @@ import json
 import pytest
 import yaml
 
-from alloynet.captures.stores import LocalStore
-from alloynet.data.rig_references import write_reference_folder
-from alloynet.data.simulate import DatasetSpec, simulate_dataset
 from alloynet.physics.simulator import RigConfig
-from tests.integration.test_lab_rig_calibration import COLUMNS, _cli, _lab_plates
+from tests.integration.test_lab_rig_calibration import _cli, write_lab_with_references
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -27,26 +24,8 @@ def _ok(*args) -> str:
 
 
 def test_tiffs_levels_and_references_to_a_package_with_the_calibrated_physics(tmp_path):
-    rig = RigConfig(height=64, width=64)
-    root, store = tmp_path / "lab", tmp_path / "store"
-    refs = write_reference_folder(
-        root, rig, simulator="second_rig", captures_per_plate=5, sessions=5, seed=1, frames=False
-    )
-    spec = DatasetSpec(
-        simulator="second_rig",
-        n_max=12,
-        imbalance_ratio=1,
-        wedges_mm=[50],
-        captures_per_plate=1,
-        test_fraction=0.5,
-        rig=rig,
-        seed=5,
-    )
-    simulate_dataset(spec, LocalStore(tmp_path / "sim"))
-    rows = _lab_plates(LocalStore(tmp_path / "sim"), root) + refs
-    (root / "labels.csv").write_text(
-        "\n".join([",".join(COLUMNS)] + [",".join(str(r.get(c, "")) for c in COLUMNS) for r in rows]) + "\n"
-    )
+    store = tmp_path / "store"
+    root, _ = write_lab_with_references(tmp_path, RigConfig(height=64, width=64), frames=False)
     _ok("import", root / "labels.csv", store, "--kvp", "50", "--wedge-mm", "50")
     out = _ok("rig", "calibrate", store, "--bins", "16")
     key = next(iter(sorted((store / "rig-profiles").glob("*.yaml"))))

@@ -73,11 +73,10 @@ def _balanced_accuracy(store: Path, rig: RigConfig, prior) -> float:
     return float(np.mean([(pred[y == k] == k).mean() for k in np.unique(y)]))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("frames", [True, False], ids=["frames", "levels-only"])
-def test_lab_folder_with_references_imports_calibrates_and_its_profile_wins(tmp_path, frames):
-    rig = RigConfig(height=SIZE, width=SIZE)
-    root, store, prof = tmp_path / "lab", tmp_path / "store", tmp_path / "rig.yaml"
+def write_lab_with_references(tmp_path: Path, rig: RigConfig, frames: bool) -> tuple[Path, DatasetSpec]:
+    """A lab folder as a lab has it: 12 second-rig plates per alloy (TIFFs, a labels CSV with the levels) and a
+    reference/ folder beside them (with dark/flat frames or levels only); returns (the folder, the plates' spec)."""
+    root = tmp_path / "lab"
     refs = write_reference_folder(
         root, rig, simulator="second_rig", captures_per_plate=5, sessions=5, seed=1, frames=frames
     )
@@ -96,6 +95,15 @@ def test_lab_folder_with_references_imports_calibrates_and_its_profile_wins(tmp_
     (root / "labels.csv").write_text(
         "\n".join([",".join(COLUMNS)] + [",".join(str(r.get(c, "")) for c in COLUMNS) for r in rows]) + "\n"
     )
+    return root, spec
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frames", [True, False], ids=["frames", "levels-only"])
+def test_lab_folder_with_references_imports_calibrates_and_its_profile_wins(tmp_path, frames):
+    rig = RigConfig(height=SIZE, width=SIZE)
+    store, prof = tmp_path / "store", tmp_path / "rig.yaml"
+    root, spec = write_lab_with_references(tmp_path, rig, frames)
 
     res = _cli("import", root / "labels.csv", store, "--kvp", "50", "--wedge-mm", "50")
     assert res.exit_code == 0, res.output
