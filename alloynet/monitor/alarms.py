@@ -24,10 +24,13 @@ CAUSES = {
 
 @dataclass
 class Alarm:
-    kind: str  # coverage | drift | flags | thickness
+    kind: str  # coverage | drift | flags | thickness | composition
     seen: str
     cause: str
     action: str
+    # whether new labels can fix it: a retrain helps when the line's plates moved; it cannot undo levels taken at
+    # the wrong beam (re-take flat/dark first). The Prefect automation retrains on these alarms only.
+    retrain: bool = True
 
     def line(self) -> str:
         return f"ALARM {self.kind}: {self.seen}. Likely cause: {self.cause}. Action: {self.action}."
@@ -70,6 +73,7 @@ def decide(
                 f"(KS, Bonferroni at {drift.alpha:g}): {bins}",
                 cause,
                 action.format(n=budget),
+                retrain=drift.pattern != "level",
             )
         )
     for flag, p in sorted(flag_jumps.items()):
@@ -80,12 +84,11 @@ def decide(
             "drift_in_session": "the open beam moved within a session (tube or detector instability)",
             "calibration_missing": "the line stopped sending calibration levels",
         }.get(flag, flag)
-        action = (
-            "re-take flat/dark"
-            if "calibration" in flag or flag == "drift_in_session"
-            else f"verify {budget} of the flagged plates and retrain with the new labels"
+        levels = "calibration" in flag or flag == "drift_in_session"
+        action = "re-take flat/dark" if levels else f"verify {budget} of the flagged plates and retrain with new labels"
+        out.append(
+            Alarm("flags", f"the rate of flag {flag} jumped (binomial p={p:.1g})", cause, action, retrain=not levels)
         )
-        out.append(Alarm("flags", f"the rate of flag {flag} jumped (binomial p={p:.1g})", cause, action))
     if thickness_outside > 0.2:
         out.append(
             Alarm(
