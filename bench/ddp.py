@@ -36,7 +36,7 @@ def simulate(root: Path, n_max: int, size: int) -> Path:
             DatasetSpec(
                 n_max=n_max,
                 imbalance_ratio=1.0,
-                profile="balanced",
+                imbalance="balanced",
                 seed=0,
                 captures_per_plate=2,
                 rig=RigConfig(height=size, width=size),

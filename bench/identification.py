@@ -63,7 +63,7 @@ def data(out: Path, part: str, plates: int, size: int, seed: int) -> LocalStore:
             {
                 "n_max": plates,
                 "imbalance_ratio": 1.0,
-                "profile": "balanced",
+                "imbalance": "balanced",
                 "captures_per_plate": 1,
                 "seed": seed,
                 "id_prefix": part.replace("_", "-"),

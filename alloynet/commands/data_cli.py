@@ -85,7 +85,7 @@ def print_summary(df) -> None:
 
 # What `simulate` does without a config or an option: DatasetSpec's defaults, stated in its --help
 # (tests/unit/commands/test_help.py holds them to DatasetSpec, which stays unimported until a command runs).
-SIMULATE_DEFAULTS = {"n_max": 60, "imbalance_ratio": 100.0, "profile": "exponential", "size": 256, "seed": 0}
+SIMULATE_DEFAULTS = {"n_max": 60, "imbalance_ratio": 100.0, "imbalance": "exponential", "size": 256, "seed": 0}
 
 
 def simulate(
@@ -104,10 +104,13 @@ def simulate(
         help="head / tail plates: the rarest alloy gets n_max / ratio "
         f"[default: the config's, else {SIMULATE_DEFAULTS['imbalance_ratio']:g}]",
     ),
-    profile: str | None = typer.Option(
+    imbalance: str | None = typer.Option(
         None,
-        help="long-tail shape: exponential | step | balanced "
-        f"[default: the config's, else {SIMULATE_DEFAULTS['profile']}]",
+        help="shape of the class counts, head to tail: exponential | step | balanced "
+        f"[default: the config's, else {SIMULATE_DEFAULTS['imbalance']}]",
+    ),
+    old_imbalance: str | None = typer.Option(
+        None, "--profile", hidden=True, help="the old name of --imbalance, read in this release"
     ),
     size: int | None = typer.Option(
         None, help=f"image height = width in pixels [default: the config's, else {SIMULATE_DEFAULTS['size']}]"
@@ -120,19 +123,34 @@ def simulate(
     manifest: bool = typer.Option(True, help="write manifest.csv beside a local store"),
     rig_profile: Path | None = typer.Option(
         None,
-        help="a rig profile (alloynet rig calibrate): simulate the calibrated rig instead of the nominal one "
+        help="a rig profile (alloynet rig fit): simulate the fitted rig instead of the nominal one "
         "[default: the nominal rig]",
     ),
 ) -> None:
     """Simulate a long-tailed data set into a capture store and print its summary."""
     from alloynet.captures.stores import LocalStore, open_store
     from alloynet.data.manifest import build_manifest, manifest_path, write_manifest
-    from alloynet.data.simulate import DatasetSpec, simulate_dataset
+    from alloynet.data.simulate import DatasetSpec, renamed_imbalance_key, simulate_dataset
 
+    if old_imbalance is not None:
+        if imbalance is not None and imbalance != old_imbalance:
+            _fail(
+                ValueError(
+                    f"--imbalance {imbalance} and --profile {old_imbalance}: --profile is the old name of "
+                    "--imbalance; give --imbalance only"
+                ),
+                2,
+            )
+        typer.echo("note: --profile is renamed --imbalance; --profile is still read in this release", err=True)
+        imbalance = old_imbalance
     raw = yaml.safe_load(config.read_text()) if config else {}
+    try:  # the config's old key first, so that an option still overrides it
+        raw = renamed_imbalance_key(raw, where=str(config))
+    except ValueError as exc:
+        _fail(ValueError(f"{config}: {exc}"), 2)
     over = {
         k: v
-        for k, v in dict(n_max=n_max, imbalance_ratio=imbalance_ratio, profile=profile, seed=seed).items()
+        for k, v in dict(n_max=n_max, imbalance_ratio=imbalance_ratio, imbalance=imbalance, seed=seed).items()
         if v is not None
     }
     raw.update(over)

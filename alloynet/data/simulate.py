@@ -1,17 +1,18 @@
 """`alloynet simulate`: write a long-tailed simulated data set into a capture store.
 
-The train/val pool follows the class profile (head to tail in ``class_order``); on top of it each class
-gets the same number of extra plates so that the splitter's balanced test set (the long-tail protocol)
-leaves exactly the requested profile for training. Every random choice derives from ``seed`` through
+The train/val pool follows the class counts of the imbalance shape (head to tail in ``class_order``); on top
+of it each class gets the same number of extra plates so that the splitter's balanced test set (the long-tail
+protocol) leaves exactly the requested class counts for training. Every random choice derives from ``seed`` through
 per-plate and per-capture seed sequences: the same seed writes the same bytes, in any order.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
@@ -21,7 +22,7 @@ from alloynet.captures.image import encode_image
 from alloynet.captures.layout import write_capture
 from alloynet.captures.stores import ObjectStore
 from alloynet.data import CLASS_NAMES
-from alloynet.data.profiles import Profile, class_counts
+from alloynet.data.class_counts import Imbalance, class_counts
 from alloynet.physics.alloys import AlloyTable, alloys_from_config, sample_plate
 from alloynet.physics.measure import frame_level
 from alloynet.physics.observer import DEFAULT_THICKNESS_RANGE_MM, ThicknessPrior
@@ -44,13 +45,40 @@ def one_thickness_prior(spec: BaseModel) -> None:
         raise ValueError(f"thickness_range_mm: expected 0 < min <= max, got {list(spec.thickness_range_mm)}")
 
 
+# "profile" is the wedge profile's word; specs and YAML that still call the class-count shape ``profile`` (a cached
+# set's stored spec.json among them) load for one release, with a warning, so nobody's config breaks unannounced.
+OLD_IMBALANCE_KEY = "profile"
+
+
+def renamed_imbalance_key(data: Any, where: str = "DatasetSpec") -> Any:
+    """``data`` (a spec's fields) with the old key ``profile`` moved to ``imbalance``, warning that it is renamed
+    (naming ``where`` the fields come from); both given and different is an error naming both."""
+    if not isinstance(data, dict) or OLD_IMBALANCE_KEY not in data:
+        return data
+    data = dict(data)
+    old = data.pop(OLD_IMBALANCE_KEY)
+    if "imbalance" in data and data["imbalance"] != old:
+        raise ValueError(
+            f"imbalance: {data['imbalance']!r} and profile: {old!r} disagree; profile is the old name of "
+            "imbalance: give imbalance only"
+        )
+    data["imbalance"] = old
+    warnings.warn(
+        f"{where}: the field 'profile' is renamed 'imbalance' (the shape of the class counts); "
+        "'profile' is still read in this release",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return data
+
+
 class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     custom_alloys: dict[str, dict] = Field(default_factory=dict, description="extra alloys, see alloys_from_config")
     n_max: int = Field(60, ge=1, description="plates of the head class in the train/val pool")
     imbalance_ratio: float = Field(100.0, ge=1)
-    profile: Profile = "exponential"
+    imbalance: Imbalance = Field("exponential", description="shape of the class counts, head to tail")
     class_order: list[str] = Field(default_factory=lambda: list(CLASS_NAMES), description="head to tail")
     thickness_range_mm: tuple[float, float] | None = Field(
         DEFAULT_THICKNESS_RANGE_MM,
@@ -63,8 +91,7 @@ class DatasetSpec(BaseModel):
         0.0,
         ge=0,
         lt=0.5,
-        description="tube output of each calibration session drawn "
-        "uniformly within +-this fraction (its flat frame records it)",
+        description="tube output of each session drawn uniformly within +-this fraction (its flat frame records it)",
     )
     capture_drift: float = Field(
         0.0,
@@ -72,12 +99,12 @@ class DatasetSpec(BaseModel):
         lt=0.5,
         description="tube output of each capture drawn uniformly "
         "within +-this fraction of its session's, after the flat was taken (not recorded "
-        "in its calibration; an open-beam region, rig.open_beam_rows, shows it)",
+        "in its session's levels; an open-beam region, rig.open_beam_rows, shows it)",
     )
     wedges_mm: list[float] = Field(default_factory=lambda: [50.0, 70.0])
     captures_per_plate: int = Field(2, ge=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
-    session_size: int = Field(64, ge=1, description="captures per calibration (flat/dark) session")
+    session_size: int = Field(64, ge=1, description="captures per session (one dark and one flat)")
     seed: int = 0
     id_prefix: str | None = None
     start_time: datetime = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
@@ -88,17 +115,22 @@ class DatasetSpec(BaseModel):
     )
     rig_profile: str | None = Field(
         None,
-        description="a rig profile (alloynet rig calibrate): the alloynet "
-        "simulator calibrated to a real rig; rig gives the size and wedge sizes",
+        description="a rig profile (alloynet rig fit): the alloynet "
+        "simulator fitted to a real rig; rig gives the size and wedge sizes",
     )
     rig_variants: int = Field(
         1,
         ge=1,
         le=1000,
-        description="with rig_profile: rigs drawn within the calibration's "
-        "uncertainty, one per calibration session in turn (1: the best fit only)",
+        description="with rig_profile: rigs drawn within the rig fit's "
+        "uncertainty, one per session in turn (1: the best fit only)",
     )
     rig_spread: float = Field(1.0, ge=0, le=10, description="the draws' spread, in units of the fitted uncertainty")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        return renamed_imbalance_key(data)
 
     @field_serializer("second_rig")
     def _second_rig_own_fields(self, v: SecondRigConfig) -> dict:
@@ -155,7 +187,7 @@ class DatasetSpec(BaseModel):
         return v
 
     def plates_per_class(self) -> dict[str, int]:
-        counts = class_counts(self.n_max, len(self.class_order), self.imbalance_ratio, self.profile)
+        counts = class_counts(self.n_max, len(self.class_order), self.imbalance_ratio, self.imbalance)
         extra = 0
         if self.test_fraction > 0:
             extra = max(1, int(round(self.test_fraction / (1 - self.test_fraction) * sum(counts) / len(counts))))
@@ -284,7 +316,7 @@ def _wedge_references(spec: DatasetSpec, sims: dict, store: ObjectStore, session
 
 
 def _new_session(spec: DatasetSpec, sim: RigSimulator | SecondRig, store: ObjectStore, prefix: str, index: int) -> dict:
-    """A calibration session: the panel's gain drifts a little; a dark and a flat frame are taken."""
+    """A session: the panel's gain drifts a little; a dark and a flat frame (its levels) are taken."""
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 3, index]))
     gain = sim.session_gain(rng)
     if spec.session_drift > 0:  # the tube's output from one session to the next (drawn from its own stream)

@@ -112,7 +112,7 @@ def _spec(case: RobustnessCase, rig: RigConfig, plates_per_class: int, seed: int
         {
             "n_max": plates_per_class,
             "imbalance_ratio": 1.0,
-            "profile": "balanced",
+            "imbalance": "balanced",
             "captures_per_plate": 1,
             "test_fraction": 0.0,
             "seed": seed,

@@ -8,6 +8,7 @@ disk and reused only when the spec that made them is identical.
 from __future__ import annotations
 
 import fcntl
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from typing import Any
 
 from alloynet.captures.stores import LocalStore
 from alloynet.data.manifest import build_manifest, manifest_path, read_manifest, write_manifest
-from alloynet.data.simulate import DatasetSpec, simulate_dataset
+from alloynet.data.simulate import OLD_IMBALANCE_KEY, DatasetSpec, simulate_dataset
 from alloynet.evaluate.robustness import RobustnessCase, case_named, case_spec, held_out_manifest
 from alloynet.study.config import OODSet, StudyConfig
 
@@ -25,7 +26,20 @@ TEST_SEED = 10_000  # the shared test set's seed: disjoint from every training s
 
 def _is_current(spec: DatasetSpec, root: Path) -> bool:
     stamp = root / "spec.json"
-    return stamp.exists() and stamp.read_text() == spec.model_dump_json() and manifest_path(root).exists()
+    if not (stamp.exists() and manifest_path(root).exists()):
+        return False
+    text = stamp.read_text()
+    if text == spec.model_dump_json():
+        return True
+    # A set stamped while the class-count shape was still called ``profile`` is the same set: not simulated again.
+    try:
+        stamped = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    if not isinstance(stamped, dict) or OLD_IMBALANCE_KEY not in stamped or "imbalance" in stamped:
+        return False
+    stamped["imbalance"] = stamped.pop(OLD_IMBALANCE_KEY)
+    return stamped == json.loads(spec.model_dump_json())
 
 
 @contextmanager
@@ -66,7 +80,7 @@ def _pool_spec(cfg: StudyConfig, rho: float, seed: int) -> DatasetSpec:
         n_max=d.n_max,
         imbalance_ratio=rho,
         class_order=d.class_order,
-        profile="exponential" if rho > 1 else "balanced",
+        imbalance="exponential" if rho > 1 else "balanced",
         wedges_mm=d.wedges_mm,
         captures_per_plate=d.captures_per_plate,
         test_fraction=0.0,
@@ -96,7 +110,7 @@ def held_out_spec(cfg: StudyConfig, ood: OODSet | None = None) -> tuple[DatasetS
     d = cfg.data
     base: dict[str, Any] = {
         "n_max": d.test_plates_per_class,
-        "profile": "balanced",
+        "imbalance": "balanced",
         "test_fraction": 0.0,
         "wedges_mm": d.wedges_mm,
         "captures_per_plate": d.captures_per_plate,

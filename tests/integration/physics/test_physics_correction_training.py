@@ -28,7 +28,7 @@ def test_training_on_a_rig_the_model_misses_corrects_the_term_and_says_so(tmp_pa
         DatasetSpec(
             n_max=100,
             imbalance_ratio=1,
-            profile="balanced",
+            imbalance="balanced",
             captures_per_plate=1,
             seed=5,
             wedges_mm=[50.0],
@@ -71,7 +71,7 @@ def test_a_rig_the_simulator_describes_calibrates_its_answers_with_held_out_simu
         DatasetSpec(
             n_max=100,
             imbalance_ratio=1,
-            profile="balanced",
+            imbalance="balanced",
             captures_per_plate=1,
             seed=6,
             wedges_mm=[50.0],

@@ -95,7 +95,7 @@ def test_simulate_states_the_defaults_it_uses():
     assert SIMULATE_DEFAULTS == {
         "n_max": spec.n_max,
         "imbalance_ratio": spec.imbalance_ratio,
-        "profile": spec.profile,
+        "imbalance": spec.imbalance,
         "size": spec.rig.height,
         "seed": spec.seed,
     }

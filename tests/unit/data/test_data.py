@@ -1,4 +1,4 @@
-"""Long-tail profiles, reproducible simulation, leak-free balanced splits, the Dataset and preprocessing."""
+"""Class counts of long-tailed sets, reproducible simulation, leak-free splits, the Dataset and preprocessing."""
 
 import numpy as np
 import pandas as pd
@@ -7,9 +7,9 @@ import torch
 
 from alloynet.captures.stores import LocalStore
 from alloynet.data import CLASS_NAMES
+from alloynet.data.class_counts import class_counts
 from alloynet.data.dataset import CaptureDataset
 from alloynet.data.manifest import assign_splits, build_manifest, manifest_hash, read_manifest, write_manifest
-from alloynet.data.profiles import class_counts
 from alloynet.data.simulate import DatasetSpec, simulate_dataset
 from alloynet.data.transforms import Preprocess, TrainAugment, wedge_profile
 from alloynet.physics import RigConfig
@@ -17,13 +17,29 @@ from alloynet.train.data import fit_preprocess
 from tests.helpers.dummy import DummyCaptureStore
 
 
-def test_class_count_profiles():
+def test_class_counts_of_each_imbalance():
     assert class_counts(1000, 5, 100) == [1000, 316, 100, 32, 10]
     assert class_counts(100, 4, 10, "step") == [100, 100, 10, 10]
     assert class_counts(7, 5, 100, "balanced") == [7] * 5
     assert class_counts(10, 5, 1000)[-1] == 1  # never an empty class
     with pytest.raises(ValueError, match="imbalance_ratio"):
         class_counts(10, 5, 0.5)
+
+
+def test_a_spec_with_the_old_key_profile_loads_the_same_with_a_warning():
+    """``profile`` was the class-count shape's field until the word was left to the wedge profile: YAML and stored
+    specs that use it load, for one release, with a warning; given beside ``imbalance`` it must agree."""
+    new = DatasetSpec(imbalance="step", n_max=7)
+    with pytest.warns(FutureWarning, match="'profile' is renamed 'imbalance'"):
+        old = DatasetSpec.model_validate({"profile": "step", "n_max": 7})
+    assert old == new and old.plates_per_class() == new.plates_per_class()
+    assert "profile" not in old.model_dump() and old.model_dump()["imbalance"] == "step"
+    with pytest.warns(FutureWarning):  # a stored spec.json goes through the same path
+        assert DatasetSpec.model_validate_json('{"profile": "balanced"}').imbalance == "balanced"
+    with pytest.warns(FutureWarning):
+        assert DatasetSpec.model_validate({"profile": "step", "imbalance": "step"}).imbalance == "step"
+    with pytest.raises(ValueError, match="imbalance: 'balanced' and profile: 'step' disagree"):
+        DatasetSpec.model_validate({"profile": "step", "imbalance": "balanced"})
 
 
 def _spec(**kw):
@@ -58,7 +74,7 @@ def test_long_tail_protocol_splits(tmp_path):
     assert per_t.groupby(level=0).agg(lambda s: s.max() - s.min()).max() <= 1
     trainval = df[df.split.isin(["train", "val"])].drop_duplicates("plate_id").groupby("alloy").size()
     expected = dict(zip(spec.class_order, class_counts(30, 5, 10)))
-    assert trainval.to_dict() == expected  # train+val follow the requested head-to-tail profile
+    assert trainval.to_dict() == expected  # train+val follow the requested class counts
     assert set(df[df.split == "val"].alloy) == set(CLASS_NAMES)
     counts = df.split.value_counts(normalize=True)
     assert 0.1 < counts["val"] < 0.22 and 0.1 < counts["test"] < 0.3
