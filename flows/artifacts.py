@@ -24,6 +24,7 @@ from uuid import UUID
 
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
+from alloynet.monitor.weekly import to_markdown as line_weekly_markdown
 from flows.reports import PublishedReport
 
 IMAGE_ARTIFACTS = {
@@ -362,6 +363,8 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
             "",
         ]
     lines += [f"**Champion**: {s.get('champion_before') or 'none'} -> {s.get('champion_after') or 'none'}", ""]
+    if (s.get("line") or {}).get("weekly"):  # the line's live figures per week (flows/monitor.py: line-weekly)
+        lines += ["**The line, week by week** (verified random picks)", "", line_weekly_markdown(s["line"]["weekly"])]
     if s.get("champion_confusion_url"):
         lines += [f"![confusion matrix of the champion]({s['champion_confusion_url']})", ""]
     links = s.get("links") or {}

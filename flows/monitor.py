@@ -31,6 +31,7 @@ from prefect.states import Failed
 from alloynet.captures.stores import open_store
 from alloynet.monitor.nightly import NightOptions, report_history, run_night, to_markdown
 from alloynet.monitor.scoring import champion_graph
+from alloynet.monitor.weekly import weekly_history
 from flows.settings import DATA_DIR, REGISTRY, WORK_DIR
 
 
@@ -110,6 +111,17 @@ def line_monitor(
                 key="line-history",
                 description="the line night by night (ISO week beside each): live "
                 "figures with their 95 % intervals, drift, alarms",
+            )
+        )
+    weekly = weekly_history(open_store(data_dir), open_store(records or data_dir), today=until.date(), seed=seed)
+    out["weekly"] = weekly
+    if weekly:
+        out["artifacts"]["line-weekly"] = str(
+            create_table_artifact(
+                weekly,
+                key="line-weekly",
+                description="live performance per champion and ISO week, from the verified random picks "
+                "(95 % intervals) beside the champion's held-out test figures; recomputed each night",
             )
         )
     live = r.get("live")

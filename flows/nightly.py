@@ -163,7 +163,7 @@ def _monitor_line(
         log.error("line monitoring failed: %s", f"{type(exc).__name__}: {exc}".splitlines()[0])
         return "; line monitoring FAILED (see its run)"
     _note(s, "line-monitor", mon)
-    s["line"] = {"report": mon["report"], "alarms": mon["alarms"]}
+    s["line"] = {"report": mon["report"], "alarms": mon["alarms"], "weekly": mon.get("weekly") or []}
     return "; " + line_headline(mon)
 
 
