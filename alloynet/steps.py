@@ -53,10 +53,10 @@ class Candidate(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
     def pretrained_on(self, rig_profile: str) -> Candidate:
-        """This candidate pretrained on the simulator calibrated to ``rig_profile``, then fine-tuned (its own
+        """This candidate pretrained on the simulator fitted to a rig (``rig_profile``), then fine-tuned (its own
         ``pretrain.*`` overrides, if any, still apply)."""
         if not Path(rig_profile).is_file():
-            raise ValueError(f"pretrain: rig profile {rig_profile} not found (alloynet rig calibrate writes one)")
+            raise ValueError(f"pretrain: rig profile {rig_profile} not found (alloynet rig fit writes one)")
         overrides = {"pretrain.synthetic.rig_profile": str(Path(rig_profile).resolve()), **self.overrides}
         return self.model_copy(update={"overrides": overrides})
 

@@ -1,12 +1,12 @@
 """Sim-to-real on the second rig (issue 9): how many real labelled captures a lab needs, with and without the
-simulator calibrated to its rig.
+simulator fitted to its rig (the rig fit).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/rig_calibration.py --work /tmp/rigcal [--plates 40] [--epochs 30]
         [--real-plates 100] [--sizes 5,20,100,all] [--seeds 0]
 
 Every step is an `alloynet` command, so the figures are what a lab would get. The "real" rig is the second rig
 (alloynet.physics.second_rig: its own scatter, heel, PSF, gain-map and noise code, not the simulator's path).
-1. `rig references` on the second rig (64 px, Al1050 at 1/2/5 mm, 6 sessions) and `rig calibrate` -> rig profile;
+1. `rig references` on the second rig (64 px, Al1050 at 1/2/5 mm, 6 sessions) and `rig fit` -> rig profile;
 2. `simulate` two simulator-only training stores (nominal; `--rig-profile`), balanced, plates of any thickness
    1-5 mm, 50 mm wedge; and the second rig's labelled store (`--real-plates` plates per class, any thickness,
    2 captures each; its test split is every arm's test set);
@@ -195,7 +195,7 @@ def main() -> None:
     prof = w / "rig.yaml"
     if not prof.exists():
         run("rig", "references", str(w / "refs"), "--simulator", "second_rig", "--size", "64")
-        print(run("rig", "calibrate", str(w / "refs"), "--out", str(prof)))
+        print(run("rig", "fit", str(w / "refs"), "--out", str(prof)))
     spec = {"imbalance_ratio": 1, "wedges_mm": [50], "captures_per_plate": 2, "test_fraction": 0.15}
     nominal = simulate(w, "nominal", {**spec, "n_max": a.plates, "seed": 1})
     calibrated = simulate(w, "calibrated", {**spec, "n_max": a.plates, "seed": 1}, prof)

@@ -80,7 +80,7 @@ class IngestResult:
     cleaned: list[str] = field(default_factory=list)  # temp files of killed writers, removed
     image_conflicts: list[str] = field(default_factory=list)  # stored captures' images changed at the source
     image_versions: dict[str, str] = field(default_factory=dict, repr=False)  # source image -> version ingested
-    rig_profiles: list[str] = field(default_factory=list)  # rig profiles (rig calibrate) copied from the source
+    rig_profiles: list[str] = field(default_factory=list)  # rig profiles (rig fit) copied from the source
     rig_profile_conflicts: list[str] = field(default_factory=list)  # held here with other bytes: left as they are
 
     def summary(self) -> str:

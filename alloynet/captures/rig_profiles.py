@@ -3,10 +3,10 @@
     rig-profiles/<UTC stamp>.yaml       a rig profile (alloynet.physics.rig_profile), never overwritten
     rig-profiles/<UTC stamp>-fit.png    the plot of its fit to the references
 
-``alloynet rig calibrate STORE`` adds one; the newest (stamps sort by time) is the rig's current calibration,
+``alloynet rig fit STORE`` adds one; the newest (stamps sort by time) is the rig's current fit,
 which ``alloynet train --store STORE`` starts the physics term's forward model from (``data.rig_profile:
 auto``), so a lab that imaged its references needs no setting to use them. Earlier profiles stay: a
-calibration is a measurement, and the runs trained from it keep a copy of the one they used.
+rig fit is a measurement, and the runs trained from it keep a copy of the one they used.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def add_rig_profile(
     store: ObjectStore, profile: RigProfile, plot_png: bytes | None = None, now: datetime | None = None
 ) -> str:
     """Store ``profile`` (and its fit plot) under a new name; returns the profile's key. Nothing is
-    overwritten: a second calibration in the same second takes the next free suffix."""
+    overwritten: a second rig fit in the same second takes the next free suffix."""
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
     name, n = stamp, 1
     while store.exists(f"{RIG_PROFILES}{name}.yaml"):
@@ -40,7 +40,7 @@ def add_rig_profile(
 
 
 def newest_rig_profile(store: ObjectStore) -> str | None:
-    """The key of the store's newest rig profile, or None when ``alloynet rig calibrate`` added none."""
+    """The key of the store's newest rig profile, or None when ``alloynet rig fit`` added none."""
     keys = [o.key for o in store.list(RIG_PROFILES) if _NAME.match(o.key[len(RIG_PROFILES) :])]
     return max(keys, key=_order) if keys else None
 
@@ -69,7 +69,7 @@ def copy_rig_profile(store: ObjectStore, key: str, dest: Path) -> Path:
 
 def copy_new_rig_profiles(source: ObjectStore, dest: ObjectStore) -> tuple[list[str], list[str]]:
     """Ingest's share: the rig profiles (and fit plots) ``source`` has and ``dest`` lacks are copied, so a lab
-    that calibrates its rig on the upload store trains from that calibration. Returns (copied, conflicts): a
+    that fits its rig on the upload store trains from that fit. Returns (copied, conflicts): a
     key ``dest`` already holds with other bytes is never overwritten, only reported."""
     copied: list[str] = []
     conflicts: list[str] = []

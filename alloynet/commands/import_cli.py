@@ -91,8 +91,8 @@ def import_captures(
     manifest: bool = typer.Option(True, help="refresh manifest.csv of a local store (split folders are kept)"),
 ) -> None:
     """Import a lab's captures (16-bit TIFF/PNG, multi-page TIFF for several kVp) with their labels, rig
-    settings and dark/flat calibration, and the reference captures under SOURCE/reference/ (dark/, flat/,
-    wedge-<mm>mm/, <alloy>-<mm>mm/) for `alloynet rig calibrate`; re-runs are idempotent."""
+    settings and dark/flat levels, and the reference captures under SOURCE/reference/ (dark/, flat/,
+    wedge-<mm>mm/, <alloy>-<mm>mm/) for `alloynet rig fit`; re-runs are idempotent."""
     from alloynet.captures.importing import ImportUsageError, load_settings, note_lines, problem_lines, run_import
     from alloynet.captures.stores import LocalStore, StoreError, WriterBusy, open_store
 

@@ -125,9 +125,7 @@ def _kvp_set(text: str) -> tuple[float, ...]:
 
 @app.command()
 def plan(
-    rig_profile: Path | None = typer.Option(
-        None, help="a calibrated rig profile (alloynet rig calibrate); default: the nominal rig"
-    ),
+    rig_profile: Path | None = typer.Option(None, help="a rig profile (alloynet rig fit); default: the nominal rig"),
     kvp_set: list[str] | None = typer.Option(
         None,
         help="candidate kVp settings, one exposure each, repeatable, "

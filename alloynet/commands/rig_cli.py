@@ -1,13 +1,15 @@
-"""`alloynet rig calibrate` and `alloynet rig references`: the simulator calibrated to a lab's rig.
+"""`alloynet rig fit` and `alloynet rig references`: the simulator fitted to a lab's rig.
 
-Exit codes of `calibrate`: 0 when the profile is written (into the store, rig-profiles/); 1 when the references
-cannot calibrate the rig (missing, unreadable, inconsistent) or the fit is poor (the fit plot is still written,
-to --plot or ./rig-profile-fit.png, to see where it misses; no profile is); 2 for usage errors (bad options, an
-unreadable --rig YAML).
+Exit codes of `fit`: 0 when the rig profile is written (into the store, rig-profiles/); 1 when the references
+cannot fit the rig (missing, unreadable, inconsistent) or the fit is poor (the fit plot is still written, to
+--plot or ./rig-profile-fit.png, to see where it misses; no profile is); 2 for usage errors (bad options, an
+unreadable --rig YAML). `alloynet rig calibrate`, the command's old name, is a hidden alias for one release:
+same options, same output and exit codes, and a note on stderr.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from pathlib import Path
@@ -60,13 +62,13 @@ def _nominal(path: Path | None, kvp: list[float] | None, wedge_mm: float | None,
         _line(f"error: {path or 'options'}: {where}: {err['msg']}", EXIT_USAGE)
 
 
-@rig_app.command("calibrate")
-def calibrate(
+@rig_app.command("fit")
+def fit_rig(
     store: str = typer.Argument(
         ...,
         help="capture store (directory or s3://bucket/prefix) with the references, as `alloynet import` writes "
         "them from a lab's reference/ folder: the wedge alone per session, dark/flat frames or levels, and "
-        "captures of plates of one known alloy at known thicknesses (docs/rig_calibration.md)",
+        "captures of plates of one known alloy at known thicknesses (docs/rig_fit.md)",
     ),
     out: Path | None = typer.Option(
         None,
@@ -113,7 +115,7 @@ def calibrate(
     from alloynet.captures.stores import StoreError, open_store
     from alloynet.data.rig_references import calibrate_store
     from alloynet.evaluate.rig_plots import plot_fit
-    from alloynet.physics.detector import CalibrationError
+    from alloynet.physics.detector import RigFitError
     from alloynet.physics.rig_fit import DEFAULT_FIT, MAX_HOLDOUT_CHI2, MAX_MISFIT_RMS, check_fit
     from alloynet.physics.rig_profile import save_rig_profile
 
@@ -137,8 +139,8 @@ def calibrate(
             check=False,
             log=_line,
         )
-    except CalibrationError as exc:
-        _line(f"error: cannot calibrate: {exc}", EXIT_REFUSED)
+    except RigFitError as exc:
+        _line(f"error: cannot fit the rig: {exc}", EXIT_REFUSED)
     except (StoreError, OSError) as exc:
         _line(f"error: {' '.join(str(exc).split())}", EXIT_REFUSED)
     for s in refs.skipped:
@@ -165,7 +167,7 @@ def calibrate(
         plot_fit(cal, refs.fit, png, refs.holdout)
         try:
             check_fit(cal, max_misfit, max_holdout_chi2)
-        except CalibrationError as exc:
+        except RigFitError as exc:
             plot = plot or Path("rig-profile-fit.png")  # to see where the fit misses
             plot.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, plot)
@@ -226,7 +228,7 @@ def references(
     ),
     seed: int = typer.Option(0, help="seed of the simulated reference captures"),
 ) -> None:
-    """Write the reference captures a lab would make (for testing and demonstrating `rig calibrate`)."""
+    """Write the reference captures a lab would make (for testing and demonstrating `rig fit`)."""
     import yaml
     from pydantic import ValidationError
 
@@ -329,5 +331,14 @@ def _reference_folder(
     )
 
 
+@rig_app.command("calibrate", hidden=True, help="The old name of `alloynet rig fit`, read in this release.")
+@functools.wraps(fit_rig)
+def calibrate(*args, **kwargs) -> None:
+    typer.echo(
+        "note: `alloynet rig calibrate` is renamed `alloynet rig fit`; the old name is read in this release", err=True
+    )
+    fit_rig(*args, **kwargs)
+
+
 def register(app: typer.Typer) -> None:
-    app.add_typer(rig_app, name="rig", help="Calibrate the simulator to a lab's rig from reference captures.")
+    app.add_typer(rig_app, name="rig", help="Fit the simulator to a lab's rig from reference captures (the rig fit).")

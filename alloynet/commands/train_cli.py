@@ -41,8 +41,8 @@ def train(
     ),
     pretrain: Path | None = typer.Option(
         None,
-        help="a rig profile (alloynet rig calibrate): pretrain on the "
-        "simulator calibrated to the rig, then fine-tune on the store's captures (default: no pretraining) "
+        help="a rig profile (alloynet rig fit): pretrain on the "
+        "simulator fitted to the rig, then fine-tune on the store's captures (default: no pretraining) "
         "(pretrain.* in the config sets the details)",
     ),
 ) -> None:
@@ -66,7 +66,7 @@ def train(
     if pretrain is not None:
         if not pretrain.is_file():
             raise typer.BadParameter(
-                f"{pretrain}: rig profile not found (alloynet rig calibrate writes one)", param_hint="--pretrain"
+                f"{pretrain}: rig profile not found (alloynet rig fit writes one)", param_hint="--pretrain"
             )
         overrides["pretrain.synthetic.rig_profile"] = str(pretrain)
     from alloynet.train.engine import NonFiniteLoss
@@ -157,8 +157,8 @@ def evaluate(
     plates: int = typer.Option(60, help="robustness: plates per alloy in each case's test set"),
     rig_profile: Path | None = typer.Option(
         None,
-        help="a rig profile (alloynet rig calibrate): the ceiling and "
-        "the physics fit use the simulator calibrated to the rig (default: the one the model was trained from, "
+        help="a rig profile (alloynet rig fit): the ceiling and "
+        "the physics fit use the simulator fitted to the rig (default: the one the model was trained from, "
         "if any, else the nominal rig)",
     ),
 ) -> None:
@@ -166,7 +166,7 @@ def evaluate(
     --robustness, the robustness suite into <out>/robustness (each case beside its own ceiling)."""
     if rig_profile is not None and not rig_profile.is_file():
         raise typer.BadParameter(
-            f"{rig_profile}: rig profile not found (alloynet rig calibrate writes one)", param_hint="--rig-profile"
+            f"{rig_profile}: rig profile not found (alloynet rig fit writes one)", param_hint="--rig-profile"
         )
     _evaluate(checkpoint, store, manifest, out, split, device, ceiling, gradcam, rig_profile)
     if robustness:

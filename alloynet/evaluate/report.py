@@ -159,7 +159,7 @@ def baseline_metrics(
 
 def trained_rig_profile(meta: dict) -> str | None:
     """The rig profile the model's physics term was tabulated from (``data.synthetic.rig_profile``: a run's
-    copy of the store's calibration), so the ceiling and the physics fit describe the same rig by default."""
+    copy of the store's rig profile), so the ceiling and the physics fit describe the same rig by default."""
     syn = (meta.get("config") or {}).get("data", {}).get("synthetic", {})
     path = syn.get("rig_profile")
     return path if path and syn.get("simulator", "alloynet") == "alloynet" and Path(path).is_file() else None
@@ -185,8 +185,8 @@ def evaluate(
 
     ``ceiling_rigs`` ({wedge_mm: rig config}) replaces the nominal rigs read from the sidecars for the
     ceiling and the physics fit (e.g. the second rig's own model, when that is known); ``rig_profile`` (from
-    ``alloynet rig calibrate``; default: the one the model was trained from, if any) applies the simulator
-    calibrated to the lab's rig to them instead."""
+    ``alloynet rig fit``; default: the one the model was trained from, if any) applies the simulator
+    fitted to the lab's rig to them instead."""
     out = Path(out_dir)
     model, meta = load_model(checkpoint, device)
     if rig_profile is None and ceiling_rigs is None:

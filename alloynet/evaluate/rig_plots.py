@@ -1,4 +1,4 @@
-"""The rig fit's plot (`alloynet rig calibrate`): measured and fitted wedge profiles of each reference group and
+"""The rig fit's plot (`alloynet rig fit`): measured and fitted wedge profiles of each reference group and
 their residuals in single-capture sd."""
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def plot_fit(cal: RigFit, refs: Sequence[Reference], path: str | Path, holdout: 
         )
         bottom.axhline(0, color="grey", lw=0.5)
         bottom.set_xlabel("profile bin")
-    axes[0, 0].set_ylabel("-ln T (dots: measured, line: calibrated)")
+    axes[0, 0].set_ylabel("-ln T (dots: measured, line: fitted)")
     axes[1, 0].set_ylabel("(model - measured) / single-capture sd")
-    fig.suptitle(f"rig calibration: misfit rms {cal.misfit_rms:.2f} sd, chi2/dof {cal.chi2 / cal.dof:.2f}", fontsize=9)
+    fig.suptitle(f"rig fit: misfit rms {cal.misfit_rms:.2f} sd, chi2/dof {cal.chi2 / cal.dof:.2f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

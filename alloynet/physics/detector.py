@@ -22,14 +22,19 @@ from scipy import ndimage
 from alloynet.physics.measure import capture_levels, good_pixels, wedge_profile
 
 
-class CalibrationError(ValueError):
-    """The references cannot calibrate the rig (missing, inconsistent, or the fit is poor); the message says why."""
+class RigFitError(ValueError):
+    """The references cannot fit the rig (missing, inconsistent, or the fit is poor); the message says why."""
+
+
+# The old name, kept while alloynet/physics/rig_fit.py, alloynet/data/rig_references.py and
+# alloynet/train/trainer.py (being changed elsewhere) still raise and catch it.
+CalibrationError = RigFitError
 
 
 def capture_profile(
     image: np.ndarray, dark_adu: Sequence[float], flat_adu: Sequence[float], bins: int = 32
 ) -> np.ndarray:
-    """Raw capture uint16 [C, H, W] with its calibration levels -> per channel, -ln of the mean over good rows
+    """Raw capture uint16 [C, H, W] with its dark and flat levels -> per channel, -ln of the mean over good rows
     of T per column, averaged over each bin's columns; channels concatenated [C * bins] (the wedge profile the
     rig fit's noise model is derived for: ``measure.wedge_profile``'s ``mean_transmission``)."""
     return wedge_profile(
@@ -52,7 +57,7 @@ def measure_detector(darks: np.ndarray, flats: np.ndarray, block: int = 8) -> De
     """Dark and flat frames of S sessions, uint16 [S, C, H, W] -> the panel's levels, patterns and noise."""
     darks, flats = np.asarray(darks), np.asarray(flats)
     if darks.ndim != 4 or darks.shape != flats.shape:
-        raise CalibrationError(
+        raise RigFitError(
             f"dark and flat frames must be [sessions, C, H, W] of one shape, got {darks.shape} and {flats.shape}"
         )
     s_n, c_n, h, w = darks.shape
@@ -61,7 +66,7 @@ def measure_detector(darks: np.ndarray, flats: np.ndarray, block: int = 8) -> De
     d = np.array([[darks[s, c][good].mean() for c in range(c_n)] for s in range(s_n)])  # [S, C]
     f = np.array([[flats[s, c][good].mean() for c in range(c_n)] for s in range(s_n)])
     if np.any(f - d < 10):
-        raise CalibrationError("a flat frame is not brighter than its dark frame: check which frame is which")
+        raise RigFitError("a flat frame is not brighter than its dark frame: check which frame is which")
     notes: list[str] = []
     dk = darks.astype(float)
     col = np.where(good, dk, 0.0).sum(2) / rows - d[..., None]  # [S, C, W]
@@ -125,7 +130,7 @@ def detector_from_levels(darks: np.ndarray, flats: np.ndarray, width: int, sourc
     levels; the read noise, column pattern, gain non-uniformity, heel and dose stay the nominal rig's."""
     darks, flats = np.atleast_2d(np.asarray(darks, float)), np.atleast_2d(np.asarray(flats, float))
     if np.any(flats - darks < 10):
-        raise CalibrationError(f"{source}: a flat level is not above its dark level: check which is which")
+        raise RigFitError(f"{source}: a flat level is not above its dark level: check which is which")
     unc = {
         "dark_offset_adu": float(darks.std() / np.sqrt(darks.size)) if darks.size > 1 else float("nan"),
         "flat_target_adu": float(flats.std() / np.sqrt(flats.size)) if flats.size > 1 else float("nan"),

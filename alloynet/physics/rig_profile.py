@@ -1,18 +1,18 @@
-"""A rig profile: the nominal simulator calibrated to one real rig (``alloynet rig calibrate`` writes it).
+"""A rig profile: the nominal simulator fitted to one real rig (the rig fit: ``alloynet rig fit`` writes it).
 
 YAML, read by ``alloynet simulate --rig-profile`` (``rig_profile:`` in a DatasetSpec), by the training's
 simulated captures (``data.synthetic.rig_profile``, ``pretrain.synthetic.rig_profile``, ``alloynet train
 --pretrain``) and by the ideal observer and the physics-fit classifier (``alloynet evaluate --rig-profile``)::
 
     format: alloynet-rig-profile/1
-    rig: {...}                  # RigConfig: the lab's nominal settings plus every calibrated field
-    calibrated: [names]         # the fields the calibration set (fitted or measured)
-    uncertainty: {name: sd}     # 1-sigma of each calibrated scalar
+    rig: {...}                  # RigConfig: the lab's nominal settings plus every field the rig fit set
+    calibrated: [names]         # the fields the rig fit set (fitted or measured); a stored key, kept
+    uncertainty: {name: sd}     # 1-sigma of each such scalar
     covariance: {names: [...], matrix: [[...]]}   # of the fitted parameters (for randomised simulation)
     fit: {...}                  # how well it fits: misfit, residuals, the held-out check, the data used
 
 A profile applies to a data set's own nominal rig (``apply``): image size and wedge size come from the
-data, everything calibrated from the profile; a profile calibrated at other nominal beam settings (kVp,
+data, every field the rig fit set from the profile; a profile fitted at other nominal beam settings (kVp,
 anode angle, filtration, wedge material) is refused, naming the setting.
 """
 
@@ -30,7 +30,7 @@ from alloynet.physics.simulator import RigConfig
 
 FORMAT = "alloynet-rig-profile/1"
 
-# Settings a lab writes in its notebook: a profile must have been calibrated at the same ones to apply.
+# Settings a lab writes in its notebook: a profile must have been fitted at the same ones to apply.
 BEAM_SETTINGS = ("kvp", "anode_angle_deg", "filtration_mm_al", "wedge_material", "wedge_min_mm", "wedge_margin_px")
 # Settings that belong to each data set, never to the profile.
 GEOMETRY = ("height", "width", "wedge_mm")
@@ -53,28 +53,28 @@ class RigProfile(BaseModel):
     fit: dict[str, Any] = Field(default_factory=dict)
 
     def apply(self, base: RigConfig, draw: RigConfig | None = None) -> RigConfig:
-        """``base`` (a data set's nominal rig: its size and wedge) with every calibrated field of this profile
+        """``base`` (a data set's nominal rig: its size and wedge) with every field of this profile the rig fit set
         (or of ``draw``, one of ``draw``'s rigs)."""
         for name in BEAM_SETTINGS:
             mine, theirs = getattr(self.rig, name), getattr(base, name)
             if mine != theirs:
                 raise ValueError(
-                    f"rig profile: calibrated at {name}={mine!r}, but the data's rig has {name}="
-                    f"{theirs!r}; calibrate the rig at these settings"
+                    f"rig profile: fitted at {name}={mine!r}, but the data's rig has {name}="
+                    f"{theirs!r}; fit the rig at these settings (alloynet rig fit)"
                 )
         update = {k: getattr(draw or self.rig, k) for k in self.calibrated}
         for name in ("column_gain", "dark_column_adu"):
             if update.get(name) is not None and len(update[name]) != base.width:
                 raise ValueError(
                     f"rig profile: {name} was measured on captures {len(update[name])} px wide; the "
-                    f"data are {base.width} px wide (calibrate with captures of this size)"
+                    f"data are {base.width} px wide (fit the rig with captures of this size)"
                 )
         return RigConfig.model_validate({**base.model_dump(), **update})
 
     def draw(self, n: int, seed: int, scale: float = 1.0) -> list[RigConfig]:
         """``n`` rigs with the fitted parameters drawn from N(fit, scale^2 x covariance), kept inside each
-        field's bounds; the first is the best fit itself. For training on the calibrated simulator without
-        trusting it further than the calibration does."""
+        field's bounds; the first is the best fit itself. For training on the fitted simulator without
+        trusting it further than the rig fit does."""
         rigs = [self.rig]
         if n <= 1 or self.covariance is None or scale <= 0:
             return rigs * max(n, 1)
@@ -93,7 +93,7 @@ class RigProfile(BaseModel):
         return [self.apply(base, r) for r in self.draw(n, seed, scale)]
 
     def summary(self) -> list[str]:
-        """One line per calibrated scalar: value +- uncertainty."""
+        """One line per scalar the rig fit set: value +- uncertainty."""
         out = []
         for k in self.calibrated:
             v = getattr(self.rig, k)
@@ -107,7 +107,7 @@ class RigProfile(BaseModel):
 
 @dataclass(frozen=True)
 class FitParameter:
-    """A RigConfig field the calibration can fit: where the search starts (None: the nominal value), its
+    """A RigConfig field the rig fit can fit: where the search starts (None: the nominal value), its
     typical scale (the fit's step and units) and the physically sensible range."""
 
     start: float | None
@@ -135,7 +135,7 @@ def _bounds(name: str) -> tuple[float, float]:
 
 
 def needs_alloynet_simulator(simulator: str, rig_profile: str | None, open_beam_rows: int = 0) -> None:
-    """A rig profile calibrates alloynet's simulator, and only it images an open-beam strip: refused with
+    """A rig profile fits alloynet's simulator to a rig, and only it images an open-beam strip: refused with
     another simulator (a data set spec's and the training's simulated captures' rule)."""
     if open_beam_rows and simulator != "alloynet":
         raise ValueError(
@@ -143,12 +143,12 @@ def needs_alloynet_simulator(simulator: str, rig_profile: str | None, open_beam_
         )
     if rig_profile and simulator != "alloynet":
         raise ValueError(
-            f"rig_profile: calibrates the alloynet simulator; it cannot be used with simulator: {simulator}"
+            f"rig_profile: fits the alloynet simulator to a rig; it cannot be used with simulator: {simulator}"
         )
 
 
 def dump_rig_profile(profile: RigProfile) -> str:
-    text = "# alloynet rig profile: the simulator calibrated to one rig (alloynet rig calibrate)\n"
+    text = "# alloynet rig profile: the simulator fitted to one rig (alloynet rig fit)\n"
     return text + yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False, width=120)
 
 

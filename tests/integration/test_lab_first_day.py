@@ -1,7 +1,7 @@
 """A lab's first day with references, end to end and with no hand setting: TIFFs of a rig alloynet's physics does
 not share (the second rig), a labels CSV with the levels, a reference/ folder beside the plates; `alloynet import`,
-`alloynet rig calibrate STORE`, `alloynet train --store STORE`, `alloynet evaluate`, `alloynet package triton`.
-The training must start its physics term from the calibration the store holds, and that must beat the nominal
+`alloynet rig fit STORE`, `alloynet train --store STORE`, `alloynet evaluate`, `alloynet package triton`.
+The training must start its physics term from the rig profile the store holds, and that must beat the nominal
 forward model on the lab's own test plates."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from alloynet.physics.simulator import RigConfig
-from tests.integration.test_lab_rig_calibration import _cli, write_lab_with_references
+from tests.integration.test_lab_rig_fit import _cli, write_lab_with_references
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -23,11 +23,11 @@ def _ok(*args) -> str:
     return " ".join(res.output.split())
 
 
-def test_tiffs_levels_and_references_to_a_package_with_the_calibrated_physics(tmp_path):
+def test_tiffs_levels_and_references_to_a_package_with_the_fitted_physics(tmp_path):
     store = tmp_path / "store"
     root, _ = write_lab_with_references(tmp_path, RigConfig(height=64, width=64), frames=False)
     _ok("import", root / "labels.csv", store, "--kvp", "50", "--wedge-mm", "50")
-    out = _ok("rig", "calibrate", store, "--bins", "16")
+    out = _ok("rig", "fit", store, "--bins", "16")
     key = next(iter(sorted((store / "rig-profiles").glob("*.yaml"))))
     assert f"rig profile: {store}/rig-profiles/{key.name}" in out
 

@@ -7,7 +7,7 @@ Two layouts (paths relative to ROOT; image files are .tif, .tiff or .png, any ca
     labels CSV    a CSV with columns ``file, alloy`` and optionally ``thickness_mm, plate_id, wedge_mm, kvp,
                   dark, flat, role``; ``file`` is relative to ROOT. Every other image under ROOT is reported.
 
-Reference captures for `alloynet rig calibrate` sit beside the plates in ``ROOT/reference/`` (dark/, flat/ or
+Reference captures for `alloynet rig fit` sit beside the plates in ``ROOT/reference/`` (dark/, flat/ or
 open/, wedge-<mm>mm/, <alloy>-<mm>mm/) or are CSV rows with a ``role``: see ``importing.references``.
 
 Rig settings (``kvp``, ``wedge_mm``, ``dose``, ``pixel_size_mm``, any sidecar ``rig`` field) come from a YAML

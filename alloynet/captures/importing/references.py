@@ -1,4 +1,4 @@
-"""Reference captures beside a lab's plates, from which `alloynet rig calibrate` fits the rig:
+"""Reference captures beside a lab's plates, from which `alloynet rig fit` fits the rig:
 
     ROOT/reference/dark/*.tif          dark frames (no beam), one per session
     ROOT/reference/flat/*.tif          open-beam frames (no wedge, no plate), one per session; open/ is the same

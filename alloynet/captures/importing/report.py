@@ -59,7 +59,7 @@ def problem_lines(result: ImportResult, root: Path | None = None) -> list[str]:
 
 def note_lines(result: ImportResult, root: Path | None = None) -> list[str]:
     """What was done without being asked: files skipped, settings filled from defaults, 8-bit imports, and
-    the reference captures stored for `alloynet rig calibrate`."""
+    the reference captures stored for `alloynet rig fit`."""
     lines = []
     if result.skipped:
         lines.append(f"skipped {len(result.skipped)} file(s) that are not images: {_examples(result.skipped, root)}")
@@ -82,7 +82,7 @@ def note_lines(result: ImportResult, root: Path | None = None) -> list[str]:
         for (alloy, t), n in refs.plates.items():
             plates[f"{alloy} {t:g} mm"] += n
         lines.append(
-            f"references for `alloynet rig calibrate`: {len(refs.sessions)} session(s)"
+            f"references for `alloynet rig fit`: {len(refs.sessions)} session(s)"
             + (f", {wedges}" if wedges else ", no wedge-alone frames")
             + (
                 f"; reference plates: {', '.join(f'{k} x{n}' for k, n in sorted(plates.items()))}"

@@ -1,5 +1,5 @@
 """The rig profile end to end (issue 9): a model trained on the second rig, evaluated with and without the
-simulator calibrated to that rig (the fit itself: tests/unit/physics/test_rig_calibration.py)."""
+simulator calibrated to that rig (the fit itself: tests/unit/physics/test_rig_fit.py)."""
 
 import pytest
 from typer.testing import CliRunner

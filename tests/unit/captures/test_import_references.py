@@ -1,5 +1,5 @@
 """`alloynet import` brings in reference captures beside the plates (ROOT/reference/ folders or CSV roles) and
-stores them where `alloynet rig calibrate` reads them."""
+stores them where `alloynet rig fit` reads them."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_reference_folders_become_sessions_wedge_frames_and_reference_plates(tmp
     # each reference capture takes its session's frames in turn; the lab's plates the levels given
     assert sorted(sc["calibration"]["session"] for sc in refs) == ref_sessions
     assert {sc["calibration"]["dark_adu"][0] for sc in plates} == {900.0}
-    assert "references for `alloynet rig calibrate`: 2 session(s), 3 of the 50 mm wedge alone" in res.output
+    assert "references for `alloynet rig fit`: 2 session(s), 3 of the 50 mm wedge alone" in res.output
     assert "skipped 1 file(s) that are not images: reference/README.txt" in res.output
     before = sorted(p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file())
     again = _run(root, store, *BASE, "--dark-level", "900", "--flat-level", "40000")

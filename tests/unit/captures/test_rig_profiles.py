@@ -1,4 +1,4 @@
-"""Rig profiles kept in the capture store: `rig calibrate` adds one, training starts from the newest (issue 23)."""
+"""Rig profiles kept in the capture store: `rig fit` adds one, training starts from the newest (issue 23)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alloynet.physics.detector import CalibrationError, capture_profile, detector_from_levels, measure_detector
+from alloynet.physics.detector import RigFitError, capture_profile, detector_from_levels, measure_detector
 
 
 def test_capture_profile_is_minus_log_of_the_row_mean_transmission_per_bin():
@@ -25,7 +25,7 @@ def test_detector_from_levels_keeps_the_rest_nominal_and_says_so():
     assert det.values == {"dark_offset_adu": 1005.0, "flat_target_adu": 50100.0}
     assert det.jensen.shape == (1, 16) and not det.jensen.any() and det.quanta_open is None
     assert det.sessions == 2 and "nominal" in det.notes[0] and "the sidecars" in det.notes[0]
-    with pytest.raises(CalibrationError, match="not above its dark"):
+    with pytest.raises(RigFitError, match="not above its dark"):
         detector_from_levels(np.array([[1000.0]]), np.array([[1005.0]]), width=16, source="options")
 
 
@@ -37,7 +37,7 @@ def test_measure_detector_reads_levels_and_refuses_swapped_frames():
     assert det.values["dark_offset_adu"] == pytest.approx(1000, abs=1)
     assert det.values["flat_target_adu"] == pytest.approx(40000, abs=20)
     assert det.values["read_noise_adu"] == pytest.approx(5, rel=0.1)
-    with pytest.raises(CalibrationError, match="not brighter than its dark"):
+    with pytest.raises(RigFitError, match="not brighter than its dark"):
         measure_detector(flats, darks)
 
 

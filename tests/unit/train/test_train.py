@@ -69,11 +69,11 @@ def test_epoch_sampler_balanced_deterministic_and_sharded():
     assert len(got) == 12 and set(got) == set(range(10))  # padded to equal shards, every index covered
 
 
-# -- sim-to-real: pretrain on the (calibrated) simulator, fine-tune on the store's captures -------------------
+# -- sim-to-real: pretrain on the (fitted) simulator, fine-tune on the store's captures -------------------
 
 
 def _profile(path: Path, size: int = 32) -> Path:
-    """A rig profile as `alloynet rig calibrate` writes it: two fitted parameters with their covariance."""
+    """A rig profile as `alloynet rig fit` writes it: two fitted parameters with their covariance."""
     from alloynet.physics.rig_profile import Covariance, RigProfile, save_rig_profile
     from alloynet.physics.simulator import RigConfig
 
@@ -106,5 +106,5 @@ def test_synthetic_captures_from_a_rig_profile_draw_a_rig_per_session(tmp_path):
     rigs = [a._sim(50.0, s).rig for s in range(4)]
     assert rigs[0].scatter_fraction == 0.05 and rigs[0].kvp_offset_rel == 0.02  # the best fit first
     assert len({r.scatter_fraction for r in rigs[:3]}) == 3 and rigs[3] == rigs[0]  # then draws, in turn
-    with pytest.raises(ValueError, match="rig_profile: calibrates the alloynet simulator"):
+    with pytest.raises(ValueError, match="rig_profile: fits the alloynet simulator to a rig"):
         SyntheticConfig(captures=1, rig_profile=str(prof), simulator="second_rig")

@@ -1,6 +1,6 @@
-"""A lab's first calibration, end to end: TIFFs of a rig alloynet's physics does not share (the second rig), its
+"""A lab's first rig fit, end to end: TIFFs of a rig alloynet's physics does not share (the second rig), its
 plates with a labels CSV of levels and a reference/ folder beside them, `alloynet import`, `alloynet rig
-calibrate`; the rig profile written must describe that rig better than the nominal settings do, measured by the
+fit`; the rig profile written must describe that rig better than the nominal settings do, measured by the
 physics fit (no training data) on the lab's own plates. Run with frames (dark/flat images) and with levels only."""
 
 from __future__ import annotations
@@ -100,30 +100,30 @@ def write_lab_with_references(tmp_path: Path, rig: RigConfig, frames: bool) -> t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("frames", [True, False], ids=["frames", "levels-only"])
-def test_lab_folder_with_references_imports_calibrates_and_its_profile_wins(tmp_path, frames):
+def test_lab_folder_with_references_imports_fits_and_its_profile_wins(tmp_path, frames):
     rig = RigConfig(height=SIZE, width=SIZE)
     store, prof = tmp_path / "store", tmp_path / "rig.yaml"
     root, spec = write_lab_with_references(tmp_path, rig, frames)
 
     res = _cli("import", root / "labels.csv", store, "--kvp", "50", "--wedge-mm", "50")
     assert res.exit_code == 0, res.output
-    assert "references for `alloynet rig calibrate`: 5 session(s), 5 of the 50 mm wedge alone" in res.output
+    assert "references for `alloynet rig fit`: 5 session(s), 5 of the 50 mm wedge alone" in res.output
     assert ("levels only" in res.output) == (not frames)
-    res = _cli("rig", "calibrate", store, "--out", prof, "--bins", "16")
+    res = _cli("rig", "fit", store, "--out", prof, "--bins", "16")
     assert res.exit_code == 0, res.output
     assert "15 plate captures (3 plate x wedge), 1 held out" in res.output  # the references only, not the lab's plates
 
     profile = load_rig_profile(prof)
     nominal = _balanced_accuracy(store, rig, spec.prior)
-    calibrated = _balanced_accuracy(store, profile.apply(rig), spec.prior)
+    fitted = _balanced_accuracy(store, profile.apply(rig), spec.prior)
     # the second rig's physics is not alloynet's: the nominal forward model is near chance (0.2) on it
-    assert calibrated >= nominal + 0.12, (nominal, calibrated)
+    assert fitted >= nominal + 0.12, (nominal, fitted)
 
 
 @pytest.mark.slow
-def test_three_page_reference_tiffs_import_and_calibrate_every_channel(tmp_path):
+def test_three_page_reference_tiffs_import_and_fit_every_channel(tmp_path):
     """A rig that takes three exposures per capture (40/50/60 kV): its reference folder holds one three-page TIFF
-    per frame; `alloynet import` keeps each channel's levels and `alloynet rig calibrate` fits the beam to all
+    per frame; `alloynet import` keeps each channel's levels and `alloynet rig fit` fits the beam to all
     three channels, recovering the departures the references were taken with."""
     true = {"kvp_offset_rel": -0.02, "extra_filtration_mm_al": 0.4, "scatter_fraction": 0.04}
     kvp, size = [40.0, 50.0, 60.0], 32
@@ -144,7 +144,7 @@ def test_three_page_reference_tiffs_import_and_calibrate_every_channel(tmp_path)
     assert sidecar["rig"]["kvp"] == kvp and sidecar["image"]["shape"] == [3, size, size]
     assert len(sidecar["calibration"]["dark_adu"]) == len(sidecar["calibration"]["flat_adu"]) == 3
     fit = [a for k in true for a in ("--fit", k)]
-    res = _cli("rig", "calibrate", store, "--out", prof, "--bins", "16", *fit)
+    res = _cli("rig", "fit", store, "--out", prof, "--bins", "16", *fit)
     assert res.exit_code == 0, res.output
     profile = load_rig_profile(prof)
     assert profile.rig.kvp == kvp

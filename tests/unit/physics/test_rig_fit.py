@@ -1,9 +1,9 @@
-"""Calibrating the simulator to a rig (issue 9, `alloynet rig calibrate`).
+"""The rig fit: the simulator fitted to a rig (issue 9, `alloynet rig fit`; `rig calibrate` is its old name).
 
 What must hold: on references the nominal simulator takes with known departures from the nominal settings,
 the fit recovers those departures within its reported uncertainty; on references of the second rig (another
-code base, its own scatter, heel, glare and gain), the calibrated simulator predicts a held-out reference
-plate to within its noise, and the uncalibrated one does not; the CLI writes a profile that `simulate` reads,
+code base, its own scatter, heel, glare and gain), the fitted simulator predicts a held-out reference
+plate to within its noise, and the nominal one does not; the CLI writes a profile that `simulate` reads,
 and refuses missing references, a poor fit and a profile of another kVp, naming what is wrong.
 """
 
@@ -21,7 +21,7 @@ from alloynet.physics.rig_fit import FIT_PARAMETERS, _with_dose, predict_referen
 from alloynet.physics.simulator import Channel, RigConfig
 
 SIZE = 32
-# the nominal simulator, departing from its data sheet in the ways a calibration fits
+# the nominal simulator, departing from its data sheet in the ways the rig fit fits
 TRUE = {"kvp_offset_rel": -0.02, "extra_filtration_mm_al": 0.4, "scatter_fraction": 0.04}
 KVP3 = [40.0, 50.0, 60.0]
 
@@ -106,12 +106,12 @@ def test_fit_of_three_exposures_uses_every_channel_and_recovers_the_departures(t
         per_channel = np.sqrt((np.reshape(res["z"], (3, bins)) ** 2).mean(1))
         assert per_channel.max() < 2.0, (name, per_channel)
     assert cal.misfit_rms < 1.5
-    # the held-out plate, all three channels: within its noise once calibrated, far outside it at the nominal rig
+    # the held-out plate, all three channels: within its noise once fitted, far outside it at the nominal rig
     held = refs.holdout[0].name
-    calibrated = cal.holdout["references"][held]
-    uncalibrated = predict_references(nominal, refs.holdout, bins)["references"][held]
-    assert np.sqrt(calibrated["chi2_per_dof"]) < 1.5, calibrated
-    assert np.sqrt(uncalibrated["chi2_per_dof"]) > 3 * np.sqrt(calibrated["chi2_per_dof"]), (uncalibrated, calibrated)
+    fitted = cal.holdout["references"][held]
+    unfitted = predict_references(nominal, refs.holdout, bins)["references"][held]
+    assert np.sqrt(fitted["chi2_per_dof"]) < 1.5, fitted
+    assert np.sqrt(unfitted["chi2_per_dof"]) > 3 * np.sqrt(fitted["chi2_per_dof"]), (unfitted, fitted)
 
 
 def test_dose_from_the_flats_of_several_exposures_uses_every_channels_spectrum():
@@ -129,22 +129,22 @@ def test_dose_from_the_flats_of_several_exposures_uses_every_channels_spectrum()
     assert quanta_per_dose(single) == Channel(single.model_copy(update={"dose": 1.0}), 50.0).quanta_open
 
 
-def test_calibrated_simulator_predicts_held_out_second_rig_plate_within_noise(second_refs):
+def test_fitted_simulator_predicts_held_out_second_rig_plate_within_noise(second_refs):
     cal, profile, refs = calibrate_store(LocalStore(second_refs), bins=16, check=False)
     assert [r.nominal_thickness_mm for r in refs.holdout] == [2.0]
-    calibrated = cal.holdout["references"][refs.holdout[0].name]
+    fitted = cal.holdout["references"][refs.holdout[0].name]
     nominal = predict_references(RigConfig(height=SIZE, width=SIZE), refs.holdout, 16)["references"][
         refs.holdout[0].name
     ]
     # per held-out capture, rms over bins of (model - measured) / its noise: 1 is noise alone
-    assert np.sqrt(calibrated["chi2_per_dof"]) < 1.5, calibrated
-    assert np.sqrt(nominal["chi2_per_dof"]) > 3 * np.sqrt(calibrated["chi2_per_dof"]), (nominal, calibrated)
+    assert np.sqrt(fitted["chi2_per_dof"]) < 1.5, fitted
+    assert np.sqrt(nominal["chi2_per_dof"]) > 3 * np.sqrt(fitted["chi2_per_dof"]), (nominal, fitted)
     assert profile.fit["held_out"] == [refs.holdout[0].name]
 
 
 def test_cli_writes_profile_that_simulate_uses(second_refs, tmp_path):
     prof = tmp_path / "rig.yaml"
-    res = _cli("rig", "calibrate", str(second_refs), "--out", str(prof), "--bins", "16")
+    res = _cli("rig", "fit", str(second_refs), "--out", str(prof), "--bins", "16")
     assert res.exit_code == 0, res.output
     assert "kvp_offset_rel: " in res.output and " +- " in res.output and "misfit: rms" in res.output
     assert prof.exists() and (tmp_path / "rig-fit.png").read_bytes()[:4] == b"\x89PNG"
@@ -183,22 +183,30 @@ def test_cli_refuses_missing_references(second_refs, tmp_path):
         f.unlink()
     for f in store.glob("calibration/*/*"):  # no frames at all: the captures' levels stand in for them
         f.unlink()
-    res = _cli("rig", "calibrate", str(store), "--out", str(tmp_path / "p.yaml"))
+    res = _cli("rig", "fit", str(store), "--out", str(tmp_path / "p.yaml"))
     assert res.exit_code == 1
     text = " ".join(res.output.split())
     # everything missing in one message, each with the captures that supply it and why
-    assert text.count("error: cannot calibrate") == 1 and "missing references" in text
+    assert text.count("error: cannot fit the rig") == 1 and "missing references" in text
     assert "the wedge alone: frames of the wedge with no plate" in text and "reference/wedge-<mm>mm/" in text
     assert "two or more thicknesses" in text and "hardening curve" in text and "reference/Al1050-1mm/" in text
     assert "dark and flat levels" not in text  # the reference captures' sidecars give them
     assert not (tmp_path / "p.yaml").exists()
+
+    # the command's old name, a hidden alias for one release: the same run, output and exit code, and a note
+    old = _cli("rig", "calibrate", str(store), "--out", str(tmp_path / "p.yaml"))
+    assert old.exit_code == res.exit_code == 1 and old.stdout == res.stdout
+    assert "`alloynet rig calibrate` is renamed `alloynet rig fit`" in old.stderr and not res.stderr
+    assert not (tmp_path / "p.yaml").exists()
+    listed = _cli("rig", "--help").output
+    assert " fit " in listed and "calibrate" not in listed
 
 
 def test_cli_refuses_poor_fit(second_refs, tmp_path):
     # the tube voltage alone cannot absorb the second rig's scatter, glare and filtration
     res = _cli(
         "rig",
-        "calibrate",
+        "fit",
         str(second_refs),
         "--out",
         str(tmp_path / "p.yaml"),
@@ -216,7 +224,7 @@ def test_profile_of_another_kvp_is_refused(nominal_refs, tmp_path):
     prof = tmp_path / "rig.yaml"
     res = _cli(
         "rig",
-        "calibrate",
+        "fit",
         str(nominal_refs),
         "--out",
         str(prof),
@@ -244,5 +252,5 @@ def test_profile_of_another_kvp_is_refused(nominal_refs, tmp_path):
         str(prof),
     )
     assert res.exit_code == 2
-    assert "calibrated at kvp=[50.0]" in res.output and "kvp=[60.0]" in res.output
+    assert "fitted at kvp=[50.0]" in res.output and "kvp=[60.0]" in res.output
     assert not (tmp_path / "sim" / "captures").exists()
