@@ -19,6 +19,11 @@ The graph checks the values of every item (``STATUSES``): an item it refuses is 
 answered with every class equally likely and every class in its set, and never fails the rest of its batch.
 Servers check only what the graph cannot: shapes and dtypes.
 
+Words: on the wire and in stored sidecars ``calibration`` (the input, the sidecar key, the ``calibration_*``
+statuses and flags) carries a capture's dark/flat *levels*; it is not the rig fit (``alloynet rig fit``) nor
+the recalibration of the answer (temperature and conformal sets). These names stay: clients, stored sidecars
+and model archives carry them.
+
 Outputs (``"K"`` = the number of classes, ``"G"`` = len(GROUP_NAMES), ``"F"`` = len(FLAG_NAMES)):
 probabilities calibrated on held-out data (temperature scaling), the plate thickness and absorption, the
 conformal prediction set at the model's coverage (the alloys physics cannot tell apart come back

@@ -59,7 +59,7 @@ def simulate(
     for i in range(n):
         if i % session == 0:
             gain = sim.session_gain(rng)
-            dark, flat = sim.calibration_frames(rng, gain)
+            dark, flat = sim.dark_flat_frames(rng, gain)
             levels = np.stack([frame_level(dark), frame_level(flat)], -1)  # [C, 2]
         k = i % len(ALLOY_NAMES)
         plate = sample_plate(ALLOY_NAMES[k], float(nominal[i]), rng, f"bench-{i}")

@@ -47,7 +47,7 @@ def bench(name: str, size: int, batch: int, steps: int, device: torch.device, am
     torch.manual_seed(0)
     width = {"width": size} if takes_width(name) else {}
     model = create_model(name, 5, 1, Preprocess([1000.0], [50000.0], 1.5, 1.0), target_stats=STATS, **width).to(device)
-    cal, wedge = model.preprocess.reference_calibration(batch).to(device), torch.full((batch, 1), 50.0, device=device)
+    cal, wedge = model.preprocess.reference_levels(batch).to(device), torch.full((batch, 1), 50.0, device=device)
     channels_last = device.type == "cuda" and name not in ("fnn", "profile_cnn")
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -3,7 +3,7 @@
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/uncalibrated.py --fresh STORE CHECKPOINT [...]
 
 Each checkpoint answers every capture of the fresh store twice: as sent with its sidecar (calibration levels
-and wedge size), and as a client sends a bare image (both zero: what ``WithheldCalibration`` feeds the model,
+and wedge size), and as a client sends a bare image (both zero: what ``WithheldLevels`` feeds the model,
 and what the exported graph sees when a request carries only ``image``). Printed per checkpoint and case:
 five-class balanced accuracy, the 95 % set's coverage (class-balanced, as ``evaluate``) and mean size, the mean
 top probability, the share of answers at p >= 0.99, and the share flagged calibration_missing. The target: the
@@ -31,7 +31,7 @@ def run(checkpoint: Path, fresh: Path) -> dict:
     from alloynet.evaluate.metrics import classification_metrics
     from alloynet.evaluate.predict import predict
     from alloynet.evaluate.report import answer_metrics
-    from alloynet.models.answer import WithheldCalibration
+    from alloynet.models.answer import WithheldLevels
     from alloynet.models.checkpoint import load_model
 
     torch.manual_seed(0)
@@ -42,7 +42,7 @@ def run(checkpoint: Path, fresh: Path) -> dict:
     ds = CaptureDataset(st, df[df.labelled & (df.label >= 0)], "test")
     names = list(meta["class_names"])
     out = {}
-    for case, m in (("with calibration", model), ("without calibration", WithheldCalibration(model))):
+    for case, m in (("with calibration", model), ("without calibration", WithheldLevels(model))):
         p = predict(m, DataLoader(ds, batch_size=128))
         a = answer_metrics(p, names, float(model.answer.coverage))
         top = p["probs"].max(1)

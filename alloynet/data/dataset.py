@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from alloynet.captures.image import CaptureError, decode_image, sha256
 from alloynet.captures.layout import CAPTURES
 from alloynet.captures.stores import ObjectStore
-from alloynet.data.manifest import calibration_levels
+from alloynet.data.manifest import dark_flat_levels
 from alloynet.data.transforms import TrainAugment
 
 
@@ -55,7 +55,7 @@ class CaptureDataset(Dataset):
         self.rows = rows.sort_values("capture_id", kind="stable").reset_index(drop=True)
         if split is not None and self.rows.empty:
             raise ValueError(f"manifest has no captures in split {split!r}")
-        dark, flat = calibration_levels(self.rows)
+        dark, flat = dark_flat_levels(self.rows)
         self.calibration = torch.as_tensor(np.stack([dark, flat], axis=-1), dtype=torch.float32)  # [N, C, 2]
         wedge_mm = self.rows.wedge_mm.to_numpy(float, copy=True)
         self.wedge_mm = torch.as_tensor(wedge_mm, dtype=torch.float32)[:, None]  # [N, 1]

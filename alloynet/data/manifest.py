@@ -337,7 +337,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def calibration_levels(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def dark_flat_levels(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Each row's dark and flat levels as float arrays [N, C] (the manifest stores them ';'-joined)."""
 
     def parse(col: pd.Series) -> np.ndarray:

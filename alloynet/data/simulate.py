@@ -322,7 +322,7 @@ def _new_session(spec: DatasetSpec, sim: RigSimulator | SecondRig, store: Object
     if spec.session_drift > 0:  # the tube's output from one session to the next (drawn from its own stream)
         drift_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 4, index]))
         gain *= 1.0 + float(drift_rng.uniform(-spec.session_drift, spec.session_drift))
-    dark, flat = sim.calibration_frames(rng, gain)
+    dark, flat = sim.dark_flat_frames(rng, gain)
     sid = f"{prefix}-s{index:04d}"
     for name, frame in (("dark", dark), ("flat", flat)):
         data, fmt = encode_image(frame)

@@ -6,17 +6,17 @@ Each capture is a pure function of (seed, round, index): the same seed gives the
 process and any order. ``fresh=False`` simulates one pool (round 0) and keeps it in memory for every epoch;
 ``fresh=True`` draws a new round every epoch. Alloys cycle so every class is equally represented; plate
 thickness comes from the data's own thickness prior, wedge sizes from the data's, and each simulated session
-can drift (``session_drift``) with its calibration recording it, as on a real rig. ``held_out=True`` gives
+can drift (``session_drift``) with its flat frame recording it, as on a real rig. ``held_out=True`` gives
 captures of a round no epoch draws (``HELD_OUT_ROUND``), taken as a rig's are (``alloynet.data.simulate``):
 each session's dark and flat levels measured from its own frames rather than the rig's noise-free levels. The
-model's answers are calibrated on them, so they must look like the store's captures in every detail a
+model's answers are recalibrated on them, so they must look like the store's captures in every detail a
 conformal threshold can feel (with noise-free levels, real captures were covered 0.01-0.02 less than these).
 
 By default the rig is the data set's own nominal rig (read from its sidecars) simulated by alloynet's
 simulator; ``rig`` overrides settings, ``simulator: second_rig`` uses the independently written second rig,
-``rig_profile`` the simulator calibrated to a lab's rig (``alloynet rig calibrate``) with ``rig_variants`` rigs
-drawn inside the calibration's uncertainty, one per simulated session in turn (pretraining for a real rig
-should not trust the calibration further than its fit does).
+``rig_profile`` the simulator fitted to a lab's rig (the rig fit, ``alloynet rig fit``) with ``rig_variants``
+rigs drawn inside the fit's uncertainty, one per simulated session in turn (pretraining for a real rig should
+not trust the fitted rig further than the fit does).
 """
 
 from __future__ import annotations
@@ -56,20 +56,20 @@ class SyntheticConfig(BaseModel):
     session_size: int = Field(64, ge=1)
     rig_profile: str | None = Field(
         None,
-        description="a rig profile (alloynet rig calibrate): the alloynet "
-        "simulator calibrated to the lab's rig, applied to the data's nominal rig",
+        description="a rig profile (alloynet rig fit): the alloynet "
+        "simulator fitted to the lab's rig, applied to the data's nominal rig",
     )
     rig_variants: int = Field(
         16,
         ge=1,
         le=1000,
         description="with rig_profile: rigs drawn within the "
-        "calibration's uncertainty, one per simulated session in turn (1: the best fit only)",
+        "rig fit's uncertainty, one per simulated session in turn (1: the best fit only)",
     )
     rig_spread: float = Field(1.0, ge=0, le=10, description="the draws' spread, in units of the fitted uncertainty")
 
     @model_validator(mode="after")
-    def _profile_calibrates_alloynet(self) -> SyntheticConfig:
+    def _profile_fits_alloynet(self) -> SyntheticConfig:
         needs_alloynet_simulator(self.simulator, self.rig_profile)
         return self
 
@@ -135,7 +135,7 @@ class SyntheticCaptures(Dataset):
                 f_rng = np.random.default_rng(
                     np.random.SeedSequence([self.seed, 0xF1A7, rnd, session, int(wedge * 1000)])
                 )
-                dark, flat = sim.calibration_frames(f_rng, gain)
+                dark, flat = sim.dark_flat_frames(f_rng, gain)
                 self._levels[key] = (frame_level(dark), frame_level(flat))
             cap = sim.capture(plate, rng, *self._levels[key], gain_scale=gain)
         else:
@@ -188,7 +188,7 @@ class SyntheticCaptures(Dataset):
 
 def simulated_rig(cfg: SyntheticConfig, rig: RigConfig):
     """The rig ``cfg``'s simulated captures describe, at its central settings, for a data set's nominal ``rig``:
-    that rig with ``cfg.rig``'s overrides, as the second rig (``simulator: second_rig``) or as calibrated by
+    that rig with ``cfg.rig``'s overrides, as the second rig (``simulator: second_rig``) or as fitted by
     ``cfg.rig_profile`` (whose captures come from rigs drawn around it). The physics term's forward model."""
     rig = rig.model_copy(update=cfg.rig)
     if cfg.simulator == "second_rig":

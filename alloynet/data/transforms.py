@@ -78,8 +78,8 @@ class Preprocess(nn.Module):
     def channels(self) -> int:
         return int(self.dark.shape[1])
 
-    def reference_calibration(self, batch: int = 1) -> torch.Tensor:
-        """The reference levels as a calibration input [batch, C, 2] (what training data looked like)."""
+    def reference_levels(self, batch: int = 1) -> torch.Tensor:
+        """The reference levels as the graph's ``calibration`` input [batch, C, 2] (what training data looked like)."""
         d, f = self.dark.view(-1), (self.dark + self.span).view(-1)
         return torch.stack([d, f], dim=-1).expand(batch, -1, -1).clone()
 

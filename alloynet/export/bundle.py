@@ -19,7 +19,7 @@ from torch import nn
 from alloynet.captures.stores import ObjectStore
 from alloynet.contract import CALIBRATION_NAME, GROUP_NAMES, INPUT_NAME, WEDGE_NAME
 from alloynet.data.dataset import load_image
-from alloynet.data.manifest import calibration_levels, open_dataset
+from alloynet.data.manifest import dark_flat_levels, open_dataset
 from alloynet.export.graph import ExportMeta
 from alloynet.export.onnx_export import DEFAULT_OPSET, export_onnx
 from alloynet.export.parity import check_parity
@@ -167,7 +167,7 @@ def parity_captures(
         )
     per_class = [g.sort_values("capture_id") for _, g in rows.groupby("alloy", sort=True)]
     picked = pd.concat([g.iloc[[i]] for i in range(max(map(len, per_class))) for g in per_class if i < len(g)]).head(n)
-    dark, flat = calibration_levels(picked)
+    dark, flat = dark_flat_levels(picked)
     calibration = np.stack([dark, flat], axis=-1).astype(np.float32)
     wedge = picked.wedge_mm.to_numpy(np.float32)[:, None].copy()
     if len(calibration) > 1:

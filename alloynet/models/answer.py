@@ -6,22 +6,23 @@
   {k : p_k >= 1 - q} covers the true alloy with probability >= ``coverage`` on exchangeable data. The
   threshold q is a class-balanced quantile of the validation scores, because test sets (and the line) are
   balanced while training data are long-tailed. Where physics cannot tell 5083 from 6082 the set holds both.
-* What they are fitted on: the calibration half of the validation split, and, when training mixes in
-  simulated captures of the rig, a held-out set of them as well (``calibration_set``): split conformal's
-  threshold on ~130 captures is itself uncertain by +-0.02 in coverage, on 2,000 by +-0.005. The simulated ones
-  join only where the real captures agree with them (their coverage under the joint fit is not significantly
-  off the target): a simulator that does not describe the rig cannot move the answers.
-* Captures sent without calibration or wedge size: the model's logits for them are less sure than they look
-  (it has to assume the training levels), so they get their own temperature and conformal threshold, fitted
-  the same way on the calibration captures sent without their calibration and wedge size (``fit_missing``).
+* What they are fitted on (the recalibration set): the recalibration half of the validation split, and, when
+  training mixes in simulated captures of the rig, a held-out set of them as well (``recalibration_set``):
+  split conformal's threshold on ~130 captures is itself uncertain by +-0.02 in coverage, on 2,000 by +-0.005.
+  The simulated ones join only where the real captures agree with them (their coverage under the joint fit is
+  not significantly off the target): a simulator that does not describe the rig cannot move the answers.
+* Captures sent without their levels (the wire's ``calibration``) or wedge size: the model's logits for them are
+  less sure than they look (it has to assume the training levels), so they get their own temperature and
+  conformal threshold, fitted the same way on the recalibration captures sent without their levels and wedge
+  size (``fit_missing``).
   Until those are fitted such a capture is answered with every class equally likely and every class in its
   set: never a confident guess.
 * Group probabilities: heavy (Cu/Zn-bearing) vs light, summed from the class probabilities.
-* Flags: the calibration ones come from ``Preprocess``; thickness outside the training range (the regression
-  head's thickness beyond the range widened by 5 %, or the physics fit's posterior mass beyond the training
-  prior's bounds above one half, ``alloynet.models.physics_prior``); features unlike every training class
-  (class-conditional Gaussians with a shared covariance on a PCA projection of the trunk's features, Lee et
-  al. 2018; flagged above the 99.5th percentile of the validation distances).
+* Flags: the levels' ones (``calibration_*``) come from ``Preprocess``; thickness outside the training range
+  (the regression head's thickness beyond the range widened by 5 %, or the physics fit's posterior mass beyond
+  the training prior's bounds above one half, ``alloynet.models.physics_prior``); features unlike every
+  training class (class-conditional Gaussians with a shared covariance on a PCA projection of the trunk's
+  features, Lee et al. 2018; flagged above the 99.5th percentile of the validation distances).
 
 Every statistic is a buffer, so it is saved in checkpoints and traced into every exported graph. An Answer
 that was never fitted is honest about it: temperature 1, the full set of classes, no out-of-envelope flags.
@@ -36,8 +37,8 @@ import torch
 from torch import nn
 
 OOD_QUANTILE = 0.995
-AGREEMENT_P = 0.05  # simulated calibration captures are dropped when the real ones disagree at this level
-MIN_REAL = 10  # fewer real calibration captures cannot tell whether simulated ones agree: not used
+AGREEMENT_P = 0.05  # simulated recalibration captures are dropped when the real ones disagree at this level
+MIN_REAL = 10  # fewer real recalibration captures cannot tell whether simulated ones agree: not used
 THICKNESS_MARGIN = 0.05
 MAX_PROJECTION = 32
 OUTSIDE_MASS = 0.5  # the physics fit's posterior mass beyond the training thicknesses that flags them
@@ -63,7 +64,7 @@ class Answer(nn.Module):
         self.register_buffer("class_means", torch.zeros(num_classes, p))
         self.register_buffer("precision", torch.eye(p))
         self.register_buffer("ood_threshold", torch.tensor(float("inf")))
-        # 0 = not fitted: captures without calibration are answered uniformly (see the module's docstring)
+        # 0 = not fitted: captures without levels are answered uniformly (see the module's docstring)
         self.register_buffer("temperature_missing", torch.tensor(0.0))
         self.register_buffer("qhat_missing", torch.tensor(1.0))
 
@@ -83,7 +84,7 @@ class Answer(nn.Module):
         return torch.softmax(logits.float() / self.temperature, dim=-1)
 
     def answer_sets(self, logits: torch.Tensor, calibration_missing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probabilities [B, K], prediction set [B, K]): items whose calibration or wedge size was not sent
+        """(probabilities [B, K], prediction set [B, K]): items whose levels or wedge size were not sent
         (``calibration_missing`` [B] as 0/1) get the temperature and threshold fitted for such captures, or the
         uniform answer and every class while those are not fitted."""
         probs = self.probabilities(logits)
@@ -162,11 +163,11 @@ class Answer(nn.Module):
 
     @torch.no_grad()
     def fit_missing(self, logits: np.ndarray, labels: np.ndarray, min_captures: int = MIN_REAL) -> dict:
-        """Fit the temperature and conformal threshold of captures sent without calibration or wedge size, on
-        held-out logits computed with both withheld (``WithheldCalibration``); returns a summary. With fewer
+        """Fit the temperature and conformal threshold of captures sent without levels or wedge size, on
+        held-out logits computed with both withheld (``WithheldLevels``); returns a summary. With fewer
         than ``min_captures`` a temperature would be a guess: such captures stay answered uniformly. The
-        temperature is never below the calibrated captures' own: a capture without its calibration is never
-        answered more sharply than one with it."""
+        temperature is never below that of captures with levels: a capture without its levels is never
+        answered more sharply than one with them."""
         if len(labels) < min_captures:
             return {
                 "fitted": False,
@@ -212,8 +213,8 @@ class Answer(nn.Module):
         self.ood_threshold.fill_(float(np.quantile(self.ood_distance(f_val).cpu().numpy(), OOD_QUANTILE)))
 
 
-class WithheldCalibration(nn.Module):
-    """A model as it answers captures sent without calibration and wedge size (both zeros): what
+class WithheldLevels(nn.Module):
+    """A model as it answers captures sent without their levels and wedge size (both zeros): what
     ``Answer.fit_missing`` is fitted on. Forwards (raw, calibration, wedge_mm) like the model it wraps."""
 
     def __init__(self, model: nn.Module):
@@ -222,6 +223,10 @@ class WithheldCalibration(nn.Module):
 
     def forward(self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor):
         return self.model(raw, torch.zeros_like(calibration), torch.zeros_like(wedge_mm))
+
+
+# The old name, kept while alloynet/train/trainer.py (being changed elsewhere) still imports it.
+WithheldCalibration = WithheldLevels
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -257,7 +262,7 @@ def conformal_threshold(probs: np.ndarray, labels: np.ndarray, coverage: float) 
     return float(scores[order][min(np.searchsorted(cdf, level - 1e-12), n - 1)])
 
 
-def calibration_set(
+def recalibration_set(
     real_logits: np.ndarray,
     real_labels: np.ndarray,
     sim_logits: np.ndarray | None,
@@ -265,7 +270,7 @@ def calibration_set(
     coverage: float,
     min_real: int = MIN_REAL,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The captures the temperature and the conformal threshold are fitted on: the real calibration captures,
+    """The recalibration set, the captures the temperature and the conformal threshold are fitted on: the real ones,
     joined by the held-out simulated ones when the real ones agree with the joint fit (a two-sided binomial
     test of their coverage against ``coverage`` at ``AGREEMENT_P``; with fewer than ``min_real`` real captures
     the simulated ones are not used). Returns (logits, labels, a summary of the choice)."""
@@ -287,3 +292,7 @@ def calibration_set(
         return real_logits, real_labels, info
     info["simulated"] = int(len(sim_labels))
     return logits, labels, info
+
+
+# The old name, kept while alloynet/train/trainer.py (being changed elsewhere) still imports it.
+calibration_set = recalibration_set

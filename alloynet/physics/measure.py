@@ -1,4 +1,4 @@
-"""What is read off a raw detector frame: its calibration level and the wedge profile, defined once.
+"""What is read off a raw detector frame: its level (dark or flat) and the wedge profile, defined once.
 
 Numpy only: the simulators, the forward models, the rig fit and the baselines all measure with these
 functions, so a capture and its model are binned, floored and cleaned the same way. The torch twin that the
@@ -37,7 +37,7 @@ def good_pixels(image: np.ndarray, max_adu: float = MAX_ADU) -> np.ndarray:
 
 
 def frame_level(frame: np.ndarray, max_adu: float = MAX_ADU) -> list[float]:
-    """Calibration level per channel of a frame [C, H, W]: its mean without dead and saturated pixels."""
+    """Level per channel of a frame [C, H, W] (a dark or a flat level): its mean without dead and saturated pixels."""
     out = []
     for i, ch in enumerate(np.asarray(frame)):
         good = ch[good_pixels(ch, max_adu)]

@@ -26,8 +26,8 @@ Forward model, per kVp channel, per pixel (y = row, anode side at row 0; x = col
    read noise, 16-bit quantisation, dead and hot pixels.
 
 Sessions: the tube output drifts between sessions (``session_gain``); each session takes its own dark
-and flat frame, and a capture's calibration is the LEVELS of those frames (mean, ignoring dead/hot
-pixels), exactly as the data-set writer does for the nominal simulator.
+and flat frame, and a capture's levels (its sidecar's ``calibration``) are the LEVELS of those frames (mean,
+ignoring dead/hot pixels), exactly as the data-set writer does for the nominal simulator.
 """
 
 from __future__ import annotations
@@ -366,7 +366,7 @@ class SecondRig:
             out.append(float(-np.log((wgt * np.exp(-mu * plate.thickness_mm / 10.0)).sum() / wgt.sum())))
         return out
 
-    # -- calibration levels ------------------------------------------------------------------------------
+    # -- dark and flat levels ----------------------------------------------------------------------------
     def _open_kev(self, beam: _Beam, gain_scale: float, power: int = 1) -> np.ndarray:
         """Open-beam deposited energy per pixel [H, W] (power=2: its Poisson x Swank variance)."""
         per_row = (beam.response**power) @ beam.n_open * gain_scale
@@ -390,8 +390,9 @@ class SecondRig:
         return np.stack(means), np.stack(variances)
 
     # -- public API (as RigSimulator) --------------------------------------------------------------------
-    def calibration_frames(self, rng: np.random.Generator, gain_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """A dark frame (no beam) and a flat frame (open beam: no wedge, no plate), uint16 [C, H, W]."""
+    def dark_flat_frames(self, rng: np.random.Generator, gain_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """A dark frame (no beam) and a flat frame (open beam: no wedge, no plate), uint16 [C, H, W]: a session's
+        levels come from them."""
         cfg = self.rig
         darks, flats = [], []
         for beam in self._beams:
@@ -399,6 +400,9 @@ class SecondRig:
             darks.append(self._quantise(self.dark_pattern + noise))
             flats.append(self._detect(beam, beam.n_open[:, :, None] * np.ones((1, 1, cfg.width)) * gain_scale, rng))
         return np.stack(darks), np.stack(flats)
+
+    # The old name, kept while alloynet/data/rig_references.py (being changed elsewhere) still calls it.
+    calibration_frames = dark_flat_frames
 
     def session_gain(self, rng: np.random.Generator) -> float:
         """Tube output of a session relative to nominal (drift: warm-up, filament ageing, mains)."""
@@ -412,7 +416,7 @@ class SecondRig:
         flat_adu: Sequence[float] | None = None,
         gain_scale: float = 1.0,
     ) -> SimulatedCapture:
-        """One capture of ``plate`` behind the wedge. Calibration levels default to the noise-free levels."""
+        """One capture of ``plate`` behind the wedge. Its dark and flat levels default to the noise-free levels."""
         dt, k = self._texture(plate, rng)
         t_cm = plate.thickness_mm / 10.0
         image = np.stack(

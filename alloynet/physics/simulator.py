@@ -36,7 +36,7 @@ from alloynet.physics.transmission import neg_log_transmission_of, wedge_attenua
 
 class RigConfig(NominalPanel):
     """The alloynet simulator's rig: the nominal settings (``alloynet.physics.rig``) plus this model's own
-    detector and plate physics, and what a rig calibration fits."""
+    detector and plate physics, and what the rig fit fits."""
 
     gain_prnu: float = 0.01
     gain_drift: float = 0.002
@@ -47,9 +47,9 @@ class RigConfig(NominalPanel):
     scatter_sigma_px: float = 20.0
     heel: float = 0.05
     dk_kev: float = Field(1.0, gt=0, description="spectrum energy bin width")
-    # -- what a rig calibration fits or measures (``alloynet rig calibrate``): the defaults are the nominal
-    # rig's own physics and leave every output unchanged. A real tube, panel and room depart from the data
-    # sheet in these ways; docs/rig_calibration.md says how each is measured and why it is there.
+    # -- what the rig fit fits or measures (``alloynet rig fit``): the defaults are the nominal rig's own
+    # physics and leave every output unchanged. A real tube, panel and room depart from the data sheet in
+    # these ways; docs/rig_fit.md says how each is measured and why it is there.
     kvp_offset_rel: float = Field(
         0.0,
         ge=-0.2,
@@ -92,7 +92,7 @@ class RigConfig(NominalPanel):
             if v is not None and len(v) != self.width:
                 raise ValueError(
                     f"{name}: {len(v)} values for a rig {self.width} columns wide (measured on a "
-                    f"panel of another width? calibrate with captures of this size)"
+                    f"panel of another width? fit the rig with captures of this size)"
                 )
             if v is not None and not all(np.isfinite(v)):
                 raise ValueError(f"{name}: every value must be a finite number")
@@ -102,7 +102,7 @@ class RigConfig(NominalPanel):
 
 
 def beam_spectrum(rig: RigConfig, kvp: float) -> Spectrum:
-    """The spectrum a channel is computed with: SpekPy at the set kVp and filtration, unless a calibration
+    """The spectrum a channel is computed with: SpekPy at the set kVp and filtration, unless the rig fit
     says the tube runs at another effective voltage (``kvp_offset_rel``) or behind more filtration
     (``extra_filtration_mm_al``, applied as Beer-Lambert through Al: no new SpekPy run). The default rig
     computes exactly the set values."""
@@ -121,7 +121,7 @@ KVP_NODE_KV = 0.25  # effective tube voltages between these nodes mix the two no
 
 def _tube_between_nodes(kv: float, rig: RigConfig) -> Spectrum:
     """The spectrum at an effective voltage ``kv``: SpekPy at the two nearest nodes of a 0.25 kV grid, mixed
-    linearly. A SpekPy run costs about a second; a calibration's least-squares search visits a new voltage at
+    linearly. A SpekPy run costs about a second; the rig fit's least-squares search visits a new voltage at
     every step, and the mix keeps it to a few cached runs while staying smooth in ``kv`` (a real generator's
     ripple is such a mix too). The simulator and the fit use the same mix, so a fitted value means the same."""
     lo = np.floor(kv / KVP_NODE_KV + 1e-9) * KVP_NODE_KV
@@ -194,8 +194,8 @@ def plate_rows(rig: RigConfig) -> slice:
 @dataclass
 class SimulatedCapture:
     image: np.ndarray  # uint16 [C, H, W]
-    dark_adu: list[float]  # calibration levels per channel (from the session's dark frame)
-    flat_adu: list[float]  # and its open-beam flat frame
+    dark_adu: list[float]  # dark level per channel (from the session's dark frame)
+    flat_adu: list[float]  # flat level per channel (from its open-beam flat frame)
     a0_by_kvp: list[float]  # -ln T of the plate at zero wedge, noise-free, per kVp
     inclusions: int
 
@@ -235,7 +235,7 @@ class RigSimulator:
         self.heel_profile = (1.0 + self.rig.heel * y)[:, None]  # anode side darker, along the non-wedge axis
         if self.rig.column_gain is not None:
             # the measured flat-field pattern replaces the simulated one's column means (its pixel-to-pixel
-            # spread stays): -ln T then carries exactly the measured pattern, as on the calibrated panel
+            # spread stays): -ln T then carries exactly the measured pattern, as on the measured panel
             own = np.exp(np.log(self.prnu * self.heel_profile).mean(0))
             self.prnu = (self.prnu * (np.asarray(self.rig.column_gain) / own)[None, :]).astype(np.float32)
         self.dark_columns = (
@@ -308,8 +308,9 @@ class RigSimulator:
         return img
 
     # -- public API ----------------------------------------------------------------------------------
-    def calibration_frames(self, rng: np.random.Generator, gain_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """A dark frame (no beam) and a flat frame (open beam: no wedge, no plate), uint16 [C, H, W]."""
+    def dark_flat_frames(self, rng: np.random.Generator, gain_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """A dark frame (no beam) and a flat frame (open beam: no wedge, no plate), uint16 [C, H, W]: a session's
+        levels come from them."""
         r = self.rig
         darks, flats = [], []
         for ch in self.channels:
@@ -326,6 +327,9 @@ class RigSimulator:
             flats.append(self._quantise(flat))
         return np.stack(darks), np.stack(flats)
 
+    # The old name, kept while alloynet/data/rig_references.py (being changed elsewhere) still calls it.
+    calibration_frames = dark_flat_frames
+
     def session_gain(self, rng: np.random.Generator) -> float:
         """Detector gain drifts a little between sessions; each session takes its own flat/dark."""
         return float(1.0 + self.rig.gain_drift * rng.standard_normal())
@@ -338,7 +342,7 @@ class RigSimulator:
         flat_adu: list[float] | None = None,
         gain_scale: float = 1.0,
     ) -> SimulatedCapture:
-        """One capture of ``plate``. Calibration levels default to the rig's noise-free levels."""
+        """One capture of ``plate``. Its dark and flat levels default to the rig's noise-free levels."""
         dt_cm, k = self._thickness_field(plate, rng)
         image = np.stack([self._channel_image(ch, plate, dt_cm, gain_scale, rng) for ch in self.channels])
         if dark_adu is None:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from alloynet.captures.stores import ObjectStore
 from alloynet.data import CLASS_NAMES
 from alloynet.data.dataset import CaptureDataset
-from alloynet.data.manifest import calibration_levels, open_dataset
+from alloynet.data.manifest import dark_flat_levels, open_dataset
 from alloynet.data.rigs import data_prior, nominal_rig, rig_settings
 from alloynet.data.synthetic import SyntheticCaptures, synthetic_for
 from alloynet.data.transforms import Preprocess, TrainAugment
@@ -122,7 +122,7 @@ class RunData:
     manifest: pd.DataFrame
     train: TrainingSet
     val: CaptureDataset  # picks the best epoch
-    calibration: CaptureDataset  # fits the honest answers (temperature, conformal threshold): never used to select
+    recalibration: CaptureDataset  # fits the honest answers (temperature, conformal threshold): never used to select
     train_loader: DataLoader
     val_loader: DataLoader
     sampler: EpochSampler
@@ -135,6 +135,12 @@ class RunData:
     prior: ThicknessPrior  # the data's thickness prior (all labelled captures)
 
     @property
+    def calibration(self) -> CaptureDataset:
+        """The old name of ``recalibration``, kept while alloynet/train/trainer.py (being changed elsewhere) reads
+        it."""
+        return self.recalibration
+
+    @property
     def rig(self) -> RigConfig:
         """The training data's nominal rig: its most common wedge's settings."""
         return nominal_rig(self.rigs)
@@ -142,28 +148,28 @@ class RunData:
 
 def split_validation(labelled: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The validation split in two by plate, each alloy halved (seeded): one half selects the best epoch, the
-    other calibrates the model's answers. Calibrating on the captures that picked the epoch made the
+    other recalibrates the model's answers. Recalibrating on the captures that picked the epoch made the
     conformal sets cover 93 % where 95 % was asked: the picked epoch looks better on them than it is.
     With a single validation plate of an alloy, both halves share it."""
     rest, val = labelled[labelled.split != "val"], labelled[labelled.split == "val"]
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xCA1]))
-    select, calib = [], []
+    select, recal = [], []
     for _, group in val.groupby("alloy", sort=True):
         plates = rng.permutation(sorted(group.plate_id.unique()))
         if len(plates) < 2:
-            select.append(group), calib.append(group)
+            select.append(group), recal.append(group)
             continue
         half = set(plates[: len(plates) // 2])
         select.append(group[~group.plate_id.isin(half)])
-        calib.append(group[group.plate_id.isin(half)])
-    return pd.concat([rest, *select]), pd.concat([rest, *calib])
+        recal.append(group[group.plate_id.isin(half)])
+    return pd.concat([rest, *select]), pd.concat([rest, *recal])
 
 
 def fit_preprocess(train: pd.DataFrame, equalize: bool = False) -> Preprocess:
-    """Preprocessing fitted on the training captures' calibration: the reference levels (used when a capture
+    """Preprocessing fitted on the training captures' dark and flat levels: the reference levels (used when a capture
     comes without its own) are their median, the tolerated span of flat - dark their range. The input's scale
     is standardised inside each trunk, per profile bin or image column (``alloynet.models.norm``)."""
-    dark, flat = calibration_levels(train)
+    dark, flat = dark_flat_levels(train)
     span = flat - dark
     return Preprocess(
         np.median(dark, axis=0).tolist(),
@@ -194,9 +200,9 @@ def build_data(
         synthetic,
         use_real=not cfg.synthetic_only,
     )
-    val_rows, calib_rows = split_validation(labelled, seed)
+    val_rows, recal_rows = split_validation(labelled, seed)
     val = CaptureDataset(store, val_rows, "val", cache=cfg.cache)
-    calibration = CaptureDataset(store, calib_rows, "val", cache=cfg.cache)
+    recalibration = CaptureDataset(store, recal_rows, "val", cache=cfg.cache)
     weights = sample_weights(train.labels.astype(int), cfg.sampler, len(CLASS_NAMES))
     sampler = EpochSampler(len(train), seed, weights, rank, world_size)
     # BatchNorm cannot train on a batch of one: drop the ragged last batch whenever a full one exists.
@@ -220,7 +226,7 @@ def build_data(
         manifest,
         train,
         val,
-        calibration,
+        recalibration,
         train_loader,
         val_loader,
         sampler,

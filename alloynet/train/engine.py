@@ -56,7 +56,7 @@ def diagnose_non_finite(
         cause = "the batch holds non-finite pixels (a damaged image?): run `alloynet data validate`"
     elif not bool(torch.isfinite(cal).all()) or bool((span <= 0).any()):
         cause = (
-            "a capture's calibration has flat <= dark or a non-finite level: check its dark/flat levels "
+            "a capture's levels have flat <= dark or a non-finite value: check its dark/flat levels "
             "(import --dark-level/--flat-level or the labels CSV's dark/flat columns)"
         )
     elif all(bool(torch.isfinite(v).all()) for v in out.values() if torch.is_tensor(v) and v.is_floating_point()):

@@ -64,7 +64,7 @@ def test_pbt_population_exploits_and_perturbs_and_leaves_an_alloynet_checkpoint(
     assert state["config"]["optim"]["lr"] == pytest.approx(summary["best_hparams"]["lr"])
     assert state["metrics"]["balanced_accuracy"] == pytest.approx(summary["best_value"])
     model, _ = load_model(tmp_path / "pbt" / "best.pt")  # what alloynet evaluate and export read
-    calibration, wedge_mm = model.preprocess.reference_calibration(2), torch.full((2, 1), 50.0)
+    calibration, wedge_mm = model.preprocess.reference_levels(2), torch.full((2, 1), 50.0)
     assert model(torch.full((2, 1, 32, 32), 20_000.0), calibration, wedge_mm)["logits"].shape == (2, 5)
     assert json.loads((tmp_path / "pbt" / "pbt.json").read_text())["best_value"] == summary["best_value"]
     assert not (tmp_path / "pbt" / "ray").exists() and summary["storage_path"] == str(tmp_path / "shared")

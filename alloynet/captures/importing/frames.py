@@ -145,7 +145,7 @@ class Frame:
     bits: int
 
 
-class CalibrationMissing(ValueError):
+class LevelsMissing(ValueError):
     """A file has no dark and/or flat; ``names`` says which, for one grouped message."""
 
     def __init__(self, names: list[str]):
@@ -205,7 +205,7 @@ class FrameFinder:
         """(the sidecar's calibration, the frames used by name). ``given``: the CSV row's dark/flat;
         ``fallback``: frames that apply when no nearer one does (a reference session's), before the levels of
         the settings or (``fallback_first`` False) after them. Raises
-        ``CalibrationMissing`` naming every missing one, ``ValueError`` for a frame that does not fit."""
+        ``LevelsMissing`` naming every missing one, ``ValueError`` for a frame that does not fit."""
         sources: dict[str, CalSource] = {}
         missing = []
         for name in FRAME_NAMES:
@@ -219,7 +219,7 @@ class FrameFinder:
             else:
                 sources[name] = src
         if missing:
-            raise CalibrationMissing(missing)
+            raise LevelsMissing(missing)
         levels: dict[str, list[float]] = {}
         frames: dict[str, Frame] = {}
         identity: list[str | list[float]] = []

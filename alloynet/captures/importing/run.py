@@ -1,5 +1,5 @@
-"""The import itself: every planned file checked, encoded and stored (with its calibration frames), under the
-store's writer lock; the reference frames stored where `alloynet rig calibrate` reads them."""
+"""The import itself: every planned file checked, encoded and stored (with its dark/flat frames), under the
+store's writer lock; the reference frames stored where `alloynet rig fit` reads them."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from pydantic import ValidationError
 from alloynet.captures.format import ACCEPTED_SIZES, MAX_STRING, Sidecar, make_sidecar, parse_sidecar, validate_capture
 from alloynet.captures.image import CaptureError, encode_image
 from alloynet.captures.importing.frames import (
-    CalibrationMissing,
     Frame,
     FrameFinder,
+    LevelsMissing,
     SourceImageError,
     probe_size,
     read_source_image,
@@ -60,12 +60,12 @@ EIGHT_BIT_WARNING = (
     "8-bit image (--allow-8bit): quantisation to 256 levels discards most of the attenuation "
     "signal; recorded as bit_depth 8 in the sidecar"
 )
-REFERENCE_SOURCE = "reference"  # a reference plate's sidecar source starts with it (rig calibrate reads those)
+REFERENCE_SOURCE = "reference"  # a reference plate's sidecar source starts with it (rig fit reads those)
 
 
 @dataclass
 class ReferenceReport:
-    sessions: list[str] = field(default_factory=list)  # calibration sessions written or found present
+    sessions: list[str] = field(default_factory=list)  # sessions (dark/flat levels and frames) written or found present
     wedge_frames: Counter = field(default_factory=Counter)  # wedge size (mm) -> frames
     plates: Counter = field(default_factory=Counter)  # (alloy, thickness mm) -> captures
     levels_only: bool = False  # no dark/flat frames: each file's levels used
@@ -79,7 +79,7 @@ class ImportResult:
     skipped: list[str] = field(default_factory=list)  # files that are not images (deliberately left)
     warnings: list[str] = field(default_factory=list)  # "path: message"
     splits: dict[str, str] = field(default_factory=dict)  # plate id -> split folder (train/val/test)
-    sessions: list[str] = field(default_factory=list)  # calibration sessions whose frames were stored
+    sessions: list[str] = field(default_factory=list)  # sessions (dark/flat levels) whose frames were stored
     defaults: dict[str, Any] = field(default_factory=dict)  # sidecar rig fields nobody gave: their defaults
     eight_bit: list[str] = field(default_factory=list)  # files imported as 8-bit (--allow-8bit)
     references: ReferenceReport = field(default_factory=ReferenceReport)
@@ -191,7 +191,7 @@ def _build(item: SourceFile, ctx: _Context) -> tuple[Sidecar, bytes, dict[str, F
             item.fallback,
             fallback_first=item.role == "reference",
         )
-    except CalibrationMissing as exc:
+    except LevelsMissing as exc:
         missing += exc.names
     except ValueError as exc:
         raise _Rejected("unusable calibration frame", f"{item.where}{exc}") from None
@@ -316,7 +316,7 @@ def _reference_sessions(frames: ReferenceFrames, bad: set[Path], ctx: _Context) 
         try:
             shape = ctx.finder.load(first).pixels.shape
             calibration, loaded = ctx.finder.resolve(first, shape, given)
-        except CalibrationMissing as exc:
+        except LevelsMissing as exc:
             ctx.result.rejected += [
                 Reject(
                     str(p),
@@ -341,7 +341,7 @@ def _store_wedge(path: Path, wedge_mm: float, session: tuple[dict, dict] | None,
     if session is None:  # no reference dark/flat frames: the frame's own, as a plate's are found
         try:
             calibration, loaded = ctx.finder.resolve(path, pixels.shape, given)
-        except CalibrationMissing as exc:
+        except LevelsMissing as exc:
             raise _Rejected(
                 "missing settings: " + ", ".join(exc.names),
                 "",
@@ -371,7 +371,7 @@ def _store_wedge(path: Path, wedge_mm: float, session: tuple[dict, dict] | None,
 
 
 def store_references(frames: ReferenceFrames, plates: list[SourceFile], bad: set[Path], ctx: _Context) -> None:
-    """The reference frames where `alloynet rig calibrate` reads them (calibration/<session>/dark, flat,
+    """The reference frames where `alloynet rig fit` reads them (calibration/<session>/dark, flat,
     wedge-<mm>mm-<hash> and levels.json), and each plate given a session's frames to fall back on: the k-th
     capture of a plate the k-th session's (modulo their number)."""
     sessions = _reference_sessions(frames, bad, ctx)

@@ -161,9 +161,7 @@ def test_checkpoint_is_a_plain_dict_and_rebuilds_the_model(store_dir, tmp_path):
     assert meta["manifest_hash"] == result.manifest_hash and not model.training
     best = load_checkpoint(result.checkpoint)
     assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())  # exact weights
-    out = model(
-        torch.full((2, 1, 32, 32), 20_000.0), model.preprocess.reference_calibration(2), torch.full((2, 1), 50.0)
-    )
+    out = model(torch.full((2, 1, 32, 32), 20_000.0), model.preprocess.reference_levels(2), torch.full((2, 1), 50.0))
     assert out["logits"].shape == (2, 5)
     # the honest answers were fitted on the validation split when training ended
     assert (
@@ -275,7 +273,7 @@ def test_gpu_amp_channels_last(store_dir, tmp_path):
     )
     assert math.isfinite(r.metrics["loss"])
     model, _ = load_model(r.checkpoint, device="cuda")
-    calibration = model.preprocess.reference_calibration(2).cuda()
+    calibration = model.preprocess.reference_levels(2).cuda()
     out = model(
         torch.full((2, 1, 32, 32), 20_000.0, device="cuda"), calibration, torch.full((2, 1), 50.0, device="cuda")
     )

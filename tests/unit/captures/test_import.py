@@ -17,7 +17,7 @@ from alloynet.captures.importing import capture_id_for, resolve_alloy
 from alloynet.captures.layout import read_capture
 from alloynet.captures.stores import LocalStore
 from alloynet.cli import app
-from alloynet.data.manifest import calibration_levels, ingest_and_refresh, read_manifest
+from alloynet.data.manifest import dark_flat_levels, ingest_and_refresh, read_manifest
 
 runner = CliRunner()
 H, W = 8, 16
@@ -106,7 +106,7 @@ def test_image_folder_lands_as_captures_that_ingest_and_the_manifest_read(folder
     for rel, sc in caps.items():
         split = df.loc[sc["capture_id"], "split"]
         assert split == "test" if rel.startswith("test/") else split in ("train", "val"), (rel, split)
-    dark, flat = calibration_levels(df.reset_index())
+    dark, flat = dark_flat_levels(df.reset_index())
     assert set(dark.ravel()) == {1000.0} and set(flat.ravel()) == {42000.0, 50000.0}
 
     # ingest verifies every capture (hash, shape, calibration) and stores them all: none quarantined

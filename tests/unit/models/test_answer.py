@@ -1,11 +1,11 @@
-"""The honest answers' calibration set: held-out simulated captures join the real ones only when they agree."""
+"""The honest answers' recalibration set: held-out simulated captures join the real ones only when they agree."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from alloynet.models.answer import calibration_set, conformal_threshold, fit_temperature
+from alloynet.models.answer import conformal_threshold, fit_temperature, recalibration_set
 
 
 def _logits(n: int, sharpness: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -16,10 +16,10 @@ def _logits(n: int, sharpness: float, rng: np.random.Generator) -> tuple[np.ndar
     return z, y
 
 
-def test_simulated_captures_that_look_like_the_real_ones_join_the_calibration():
+def test_simulated_captures_that_look_like_the_real_ones_join_the_recalibration_set():
     rng = np.random.default_rng(0)
     real, sim = _logits(70, 1.5, rng), _logits(2000, 1.5, rng)
-    logits, labels, info = calibration_set(*real, *sim, coverage=0.95)
+    logits, labels, info = recalibration_set(*real, *sim, coverage=0.95)
     assert info["real"] == 70 and info["simulated"] == 2000 and len(labels) == 2070
     assert info["agreement_p"] >= 0.05 and 0.85 <= info["real_coverage"] <= 1.0
     # the joint threshold covers fresh captures of the same kind at the target (sd ~0.005 on 2,070 captures)
@@ -33,7 +33,7 @@ def test_simulated_captures_that_look_like_the_real_ones_join_the_calibration():
 def test_a_simulator_that_does_not_describe_the_rig_cannot_move_the_answers():
     rng = np.random.default_rng(0)
     real, sim = _logits(150, 1.0, rng), _logits(2000, 6.0, rng)  # simulated captures far easier than the rig's
-    logits, labels, info = calibration_set(*real, *sim, coverage=0.95)
+    logits, labels, info = recalibration_set(*real, *sim, coverage=0.95)
     assert info["simulated"] == 0 and info["agreement_p"] < 0.05 and info["real_coverage"] < 0.8
     assert np.array_equal(labels, real[1]) and np.allclose(logits, real[0])
 
@@ -41,9 +41,9 @@ def test_a_simulator_that_does_not_describe_the_rig_cannot_move_the_answers():
 def test_too_few_real_captures_or_none_simulated_keeps_the_real_ones():
     rng = np.random.default_rng(0)
     few, sim = _logits(5, 1.5, rng), _logits(100, 1.5, rng)
-    assert calibration_set(*few, *sim, coverage=0.95)[2] == {"real": 5, "simulated": 0}
+    assert recalibration_set(*few, *sim, coverage=0.95)[2] == {"real": 5, "simulated": 0}
     real = _logits(40, 1.5, rng)
-    assert calibration_set(*real, None, None, coverage=0.95)[2] == {"real": 40, "simulated": 0}
+    assert recalibration_set(*real, None, None, coverage=0.95)[2] == {"real": 40, "simulated": 0}
 
 
 def test_held_out_simulated_captures_are_seeded_and_none_of_the_training_ones():

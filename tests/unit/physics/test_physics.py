@@ -190,9 +190,9 @@ def test_simulator_is_seeded_and_multi_kvp_adds_channels():
     assert a.a0_by_kvp[0] > a.a0_by_kvp[1] > a.a0_by_kvp[2]  # softer beam, more attenuation
 
 
-def test_calibration_frames():
+def test_dark_flat_frames():
     rig = RigConfig(height=32, width=32)
     sim = RigSimulator(rig)
-    dark, flat = sim.calibration_frames(np.random.default_rng(0))
+    dark, flat = sim.dark_flat_frames(np.random.default_rng(0))
     assert frame_level(dark)[0] == pytest.approx(rig.dark_offset_adu, abs=1.0)
     assert frame_level(flat)[0] == pytest.approx(rig.flat_target_adu, rel=0.01)

@@ -80,13 +80,13 @@ def test_same_seed_same_bytes_and_interface_of_the_simulator():
     assert a.image.dtype == np.uint16 and a.image.shape == (2, 32, 32)
     assert encode_image(a.image) == encode_image(b.image) and not np.array_equal(a.image, c.image)
     assert a.a0_by_kvp[0] > a.a0_by_kvp[1] > 0  # softer beam, more attenuation
-    for f in (lambda s, r: s.calibration_frames(r, 1.01), lambda s, r: s.wedge_reference(r, 0.99)):
+    for f in (lambda s, r: s.dark_flat_frames(r, 1.01), lambda s, r: s.wedge_reference(r, 0.99)):
         x, y = f(sim, np.random.default_rng(3)), f(SecondRig(_cfg(kvp=[40.0, 50.0])), np.random.default_rng(3))
         assert np.array_equal(np.asarray(x), np.asarray(y))
     other = SecondRig(_cfg(detector_seed=1))
     assert not np.allclose(other.gain_map, SecondRig(_cfg()).gain_map)
     # the data-set writer can use either rig: same public methods and signatures
-    for name in ("capture", "calibration_frames", "session_gain"):
+    for name in ("capture", "dark_flat_frames", "session_gain"):
         assert (
             inspect.signature(getattr(SecondRig, name)).parameters.keys()
             == inspect.signature(getattr(RigSimulator, name)).parameters.keys()
@@ -117,7 +117,7 @@ def test_without_its_deviations_it_reproduces_the_nominal_physics():
 def test_flat_frame_level_and_noise_follow_its_own_model():
     sim = SecondRig(_cfg())
     rng = np.random.default_rng(0)
-    flats = np.stack([sim.calibration_frames(rng)[1][0] for _ in range(60)]).astype(float)
+    flats = np.stack([sim.dark_flat_frames(rng)[1][0] for _ in range(60)]).astype(float)
     mean, var = sim.flat_moments()
     good = sim.good
     assert np.mean([frame_level(f[None])[0] for f in flats]) == pytest.approx(sim.expected_levels()[1][0], rel=2e-4)
@@ -127,7 +127,7 @@ def test_flat_frame_level_and_noise_follow_its_own_model():
     assert measured.mean() / var[0][good].mean() == pytest.approx(1.0, abs=0.03)
     # Swank: each absorbed photon is noisier than its energy alone says (variance x 1/I), not pure Poisson
     pure = SecondRig(_cfg(swank_factor=1.0))
-    flats1 = np.stack([pure.calibration_frames(rng)[1][0] for _ in range(60)]).astype(float)
+    flats1 = np.stack([pure.dark_flat_frames(rng)[1][0] for _ in range(60)]).astype(float)
     ratio = measured.mean() / flats1.var(0, ddof=1)[good].mean()
     assert ratio == pytest.approx(1 / sim.rig.swank_factor, rel=0.06)
 
