@@ -59,7 +59,7 @@ def test_training_on_a_rig_the_model_misses_corrects_the_term_and_says_so(tmp_pa
 def test_a_rig_the_simulator_describes_calibrates_its_answers_with_held_out_simulated_captures(tmp_path):
     """No simulated captures in training, but the validation captures keep the forward model's own tables: held-out
     simulated captures of the rig are weighed for the calibration set (a threshold fitted on the few dozen
-    captures of a calibration half alone lands anywhere from 0.92 to 0.997 of 0.95)."""
+    captures of a recalibration half alone lands anywhere from 0.92 to 0.997 of 0.95)."""
     from alloynet.captures.stores import LocalStore
     from alloynet.data.manifest import build_manifest, write_manifest
     from alloynet.data.simulate import DatasetSpec, simulate_dataset
