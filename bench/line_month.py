@@ -159,6 +159,15 @@ def kill(args) -> None:
 ALLOYS = ("Al1050", "Al2017", "Al5083", "Al6082", "Al7075")
 THICKNESSES = (2.0, 3.0, 4.0, 5.0, 6.0)
 KINDS = ("tube", "gain-map", "composition")
+COMP_FEATURES = 8  # the plate's 8-bin profile: level and 7 slopes (the open-beam strip says nothing of the alloy)
+
+
+def comp_features(dfeats: np.ndarray, bins: int) -> np.ndarray:
+    """The plate's profile at ``bins`` (a divisor of 8) bins, as level and slopes, from the 8-bin drift features:
+    the composition test's inputs. Bins of equal width: a coarser bin is the mean of the finer ones it holds."""
+    prof = np.cumsum(np.asarray(dfeats)[..., :COMP_FEATURES], axis=-1)  # level + slopes -> the 8 bin values
+    coarse = prof.reshape(*prof.shape[:-1], bins, COMP_FEATURES // bins).mean(axis=-1)
+    return np.concatenate([coarse[..., :1], np.diff(coarse, axis=-1)], axis=-1)
 
 
 class Line:
@@ -274,9 +283,11 @@ def _month(
     test_n: int,
     pre: tuple,
     drifted_test: tuple,
+    comp_bins: int = 4,
 ) -> list[dict]:
     """One arm of one seed: the nights of a month; per night the figures the table reports."""
     from alloynet.monitor.alarms import decide
+    from alloynet.monitor.composition import composition_over_windows, fit_reference
     from alloynet.monitor.drift import drift_test
     from alloynet.monitor.performance import Verified, live_performance
     from alloynet.monitor.verify import propose
@@ -289,6 +300,9 @@ def _month(
     names = feature_names(1, 8, line.open_beam_rows)
     x_lab, y_lab, when = list(x_tr), list(y_tr), [0] * len(y_tr)
     champ = Champion(x_tr, y_tr, np.ones(len(y_tr)), x_cal, y_cal)
+    # the composition test's reference: the training plates' wedge profile (8 bins, no open-beam strip) per alloy
+    comp_ref = fit_reference(comp_features(ref, comp_bins), y_tr, np.exp(x_tr[:, -1]))
+    comp_plates: list[tuple[int, np.ndarray, str, float]] = []  # night, features, lab's alloy, thickness
     verified: list[tuple[int, Verified]] = []
     alarm_since = None
     rows = []
@@ -304,12 +318,22 @@ def _month(
             x_lab.append(x[i]), y_lab.append(y[i]), when.append(d)
             if r["pick"] == "random":
                 a = answers[i]
+                comp_plates.append((d, comp_features(xd[i], comp_bins), y[i], float(np.exp(x[i, -1]))))
                 verified.append(
                     (d, Verified(str(i), y[i], a["alloy"], a["prediction_set"], alloy_group(y[i]), a["group"]))
                 )
         week = [v for dd, v in verified if dd > d - 7]
         live = live_performance(week, champ.coverage, n_boot=300, seed=seed) if week else None
-        alarms = decide(drift, live, {}, 0.0, budget)
+        comp = composition_over_windows(
+            comp_ref,
+            [p[0] for p in comp_plates],
+            np.asarray([p[1] for p in comp_plates]),
+            [p[2] for p in comp_plates],
+            [p[3] for p in comp_plates],
+            d,
+            alpha,
+        )
+        alarms = decide(drift, live, {}, 0.0, budget, comp)
         if alarms and alarm_since is None:
             alarm_since = d
         # tonight's retrain: every label so far; after an alarm, the labels since it weigh as much as all before
@@ -326,6 +350,10 @@ def _month(
                 "day": d,
                 "drifted": drifted,
                 "drift_alarm": drift.detected,
+                "composition_alarm": comp.detected,
+                "composition_shifted": comp.shifted,
+                "composition_p": comp.p_values,
+                "composition_n": comp.tested,
                 "pattern": drift.pattern,
                 "alarms": [a.kind for a in alarms],
                 "live_bal": live.balanced_accuracy if live else None,
@@ -344,12 +372,14 @@ def month(args) -> None:
     same budget; plus undrifted months for the false-alarm rate."""
     print(
         f"# {machine()}; {args.days} nights, drift on day {args.drift_day}, {args.per_day} captures a night, "
-        f"budget {args.budget}, alpha {args.alpha}, seeds {args.seeds}"
+        f"budget {args.budget}, alpha {args.alpha}, seeds {args.seeds}, composition test on {args.comp_bins} bins"
     )
     summary = []
-    false_alarms, quiet_nights = 0, 0
+    false_alarms, quiet_nights, false_comp = 0, 0, 0
     per_day_rows: dict = {}
-    for kind in ("none",) + KINDS:
+    kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
+    arms = tuple(args.arms.split(","))
+    for kind in ("none",) + kinds:
         for seed in range(args.seeds):
             line = Line(seed, kind if kind != "none" else "tube")
             rng = np.random.default_rng([seed, 1])
@@ -360,7 +390,7 @@ def month(args) -> None:
             pre = ((x_tr, d_tr, y_tr), (x_cal, y_cal), (x_te, y_te))
             base = Champion(x_tr, y_tr, np.ones(len(y_tr)), x_cal, y_cal).balanced_accuracy(x_te, y_te)
             for arm, share in (("active", 0.5), ("random", 1.0)):
-                if kind == "none" and arm == "random":
+                if arm not in arms or (kind == "none" and arm != arms[0]):
                     continue
                 rows = _month(
                     line,
@@ -374,14 +404,17 @@ def month(args) -> None:
                     args.test_n,
                     pre,
                     (x_dt, y_dt),
+                    args.comp_bins,
                 )
                 per_day_rows[(kind, seed, arm)] = rows
-                if arm == "active":  # both arms see the same captures: their nights count once
+                if arm == arms[0]:  # both arms see the same captures: their nights count once
                     false_alarms += sum(r["drift_alarm"] for r in rows if not r["drifted"])
                     quiet_nights += sum(not r["drifted"] for r in rows)
+                    false_comp += sum(r["composition_alarm"] for r in rows if not r["drifted"])
                 if kind == "none":
                     continue
                 first = next((r["day"] for r in rows if r["drifted"] and r["alarms"]), None)
+                first_comp = next((r["day"] for r in rows if r["drifted"] and r["composition_alarm"]), None)
                 back = next((r["day"] for r in rows if r["drifted"] and r["true_bal"] >= base - 0.02), None)
                 summary.append(
                     {
@@ -392,30 +425,37 @@ def month(args) -> None:
                         "bal_at_drift": next(r["true_bal"] for r in rows if r["drifted"]),
                         "min_bal": min(r["true_bal"] for r in rows if r["drifted"]),
                         "nights_to_alarm": None if first is None else first - args.drift_day + 1,
+                        "nights_to_composition_alarm": (
+                            None if first_comp is None else first_comp - args.drift_day + 1
+                        ),
                         "nights_to_recover": None if back is None else back - args.drift_day + 1,
                         "labels": sum(r["labels"] for r in rows),
                     }
                 )
     print(
         f"\nfalse drift alarms on undrifted nights of the months: {false_alarms} of {quiet_nights} "
-        f"({30 * false_alarms / max(1, quiet_nights):.2f} per 30 nights)"
+        f"({30 * false_alarms / max(1, quiet_nights):.2f} per 30 nights); composition alarms on them: "
+        f"{false_comp} ({30 * false_comp / max(1, quiet_nights):.2f} per 30 nights)"
     )
     if args.quiet_nights:
-        fa = _quiet(args)
+        fa, fc = _quiet(args)
         print(
-            f"false drift alarms on {args.quiet_nights} more undrifted nights (drift test only): {fa} "
-            f"({30 * fa / args.quiet_nights:.2f} per 30 nights)"
+            f"false alarms on {args.quiet_nights} more undrifted nights: drift test {fa} "
+            f"({30 * fa / args.quiet_nights:.2f} per 30 nights); composition test on 7 nights' random picks "
+            f"({args.budget // 2} a night) {fc} ({30 * fc / args.quiet_nights:.2f} per 30 nights)"
         )
     print()
     print(
         "| drift | seed | verification | pre-drift bal. acc. | after drift night 1 | lowest after drift | "
-        "nights to alarm | nights to within 0.02 | labels |\n|---|---|---|---|---|---|---|---|---|"
+        "nights to alarm | nights to composition alarm | nights to within 0.02 | labels |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in summary:
         print(
             f"| {r['kind']} | {r['seed']} | {r['arm']} | {r['pre_bal']:.3f} | {r['bal_at_drift']:.3f} | "
             f"{r['min_bal']:.3f} | "
             f"{r['nights_to_alarm'] if r['nights_to_alarm'] is not None else 'none'} | "
+            f"{r['nights_to_composition_alarm'] if r['nights_to_composition_alarm'] is not None else 'none'} | "
             f"{r['nights_to_recover'] if r['nights_to_recover'] is not None else 'not in the month'} | "
             f"{r['labels']} |"
         )
@@ -442,20 +482,28 @@ def month(args) -> None:
             _plot(per_day_rows, args)
 
 
-def _quiet(args) -> int:
-    """Drift alarms on ``args.quiet_nights`` undrifted nights (fresh captures each night, the reference of
-    one seed's training captures)."""
+def _quiet(args) -> tuple[int, int]:
+    """Drift and composition alarms on ``args.quiet_nights`` undrifted nights (fresh captures each night, the
+    reference of one seed's training captures). The composition test of a night sees a fresh week of random
+    picks (7 nights of ``budget // 2``, as the active arm verifies): each night's test is then independent."""
+    from alloynet.monitor.composition import composition_over_windows, fit_reference
     from alloynet.monitor.drift import drift_test, feature_names
 
-    alarms = 0
+    alarms, comp = 0, 0
     for seed in range(args.seeds):
         line = Line(1000 + seed, "tube")
         rng = np.random.default_rng([seed, 11])
-        _, ref, _ = line.captures(args.train_n, False, rng)
+        x_tr, ref, y_tr = line.captures(args.train_n, False, rng)
+        comp_ref = fit_reference(comp_features(ref, args.comp_bins), y_tr, np.exp(x_tr[:, -1]))
         names = feature_names(1, 8, line.open_beam_rows)
         for _ in range(args.quiet_nights // args.seeds):
             alarms += drift_test(ref, line.captures(args.per_day, False, rng)[1], args.alpha, names).detected
-    return alarms
+            x, xd, y = line.captures(7 * (args.budget // 2), False, rng)
+            nights = np.repeat(np.arange(1, 8), args.budget // 2)
+            comp += composition_over_windows(
+                comp_ref, nights, comp_features(xd, args.comp_bins), y, np.exp(x[:, -1]), 7, args.alpha
+            ).detected
+    return alarms, comp
 
 
 def _plot(per_day_rows: dict, args) -> None:
@@ -501,7 +549,10 @@ def main() -> None:
     mo.add_argument("--train-n", type=int, default=300)
     mo.add_argument("--cal-n", type=int, default=150)
     mo.add_argument("--test-n", type=int, default=400)
-    mo.add_argument("--quiet-nights", type=int, default=0, help="more undrifted nights, drift test only")
+    mo.add_argument("--quiet-nights", type=int, default=0, help="more undrifted nights, drift and composition tests")
+    mo.add_argument("--kinds", default="", help=f"drift kinds, comma-separated (default: all of {','.join(KINDS)})")
+    mo.add_argument("--comp-bins", type=int, default=4, choices=(1, 2, 4, 8), help="composition test: profile bins")
+    mo.add_argument("--arms", default="active,random", help="verification arms: active, random or both")
     mo.add_argument("--out", default="", help="write the nights as JSON here (and a .png beside it with --plot)")
     mo.add_argument("--plot", action="store_true")
     ch = sub.add_parser("_child")

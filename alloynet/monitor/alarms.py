@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from alloynet.monitor.composition import CompositionResult
 from alloynet.monitor.drift import DriftResult
 from alloynet.monitor.performance import LivePerformance
 
@@ -45,6 +46,7 @@ def decide(
     flag_jumps: dict[str, float],
     thickness_outside: float = 0.0,
     budget: int = 10,
+    composition: CompositionResult | None = None,
 ) -> list[Alarm]:
     """The night's alarms. ``flag_jumps``: flag -> its p-value, for the flags whose rate jumped;
     ``thickness_outside``: the share of tonight's plates whose thickness lies outside the training range."""
@@ -96,6 +98,20 @@ def decide(
                 f"{thickness_outside:.0%} of tonight's plates lie outside the training thickness range",
                 "a new plate gauge on the line",
                 f"verify {budget} plates of the new gauge and retrain",
+            )
+        )
+    if composition is not None and composition.detected:
+        moved = ", ".join(
+            f"{a} (T²={composition.t2[a]:.1f} on {composition.tested[a]} plates, p={composition.p_values[a]:.1g})"
+            for a in composition.shifted
+        )
+        out.append(
+            Alarm(
+                "composition",
+                f"the verified plates of {moved} differ from the training plates of the same alloy "
+                f"(Hotelling T² per alloy against thickness, Bonferroni at {composition.alpha:g})",
+                "a supplier's composition moved within the standard",
+                f"verify {budget} more plates of {', '.join(composition.shifted)} and retrain with the new labels",
             )
         )
     return out

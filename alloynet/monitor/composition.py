@@ -1,0 +1,128 @@
+"""Composition shift within the standard, from the lab's verdicts: a supplier's plates of one alloy at the edge
+of their ranges move the wedge profile a little, inside the spread of all plates (the input-drift test does not
+see it), but consistently for that alloy. So the profiles of verified plates are compared with the training
+plates *of the same alloy*: per alloy, each profile feature is regressed on log thickness over the training
+plates; the residuals' covariance (shrunk towards its diagonal) gives each verified plate's standardised
+residual; the mean residual of the alloy's n verified plates gives Hotelling's T² = n r̄ᵀ Σ⁻¹ r̄, whose scaled
+F distribution (Σ estimated from the training plates) gives its p-value on an unchanged line. An alloy alarms
+when its p-value is below alpha / (number of alloys tested): at most ``alpha`` false alarms a night, when the
+plates were verified at random (informative picks are chosen by their profiles and would bias the test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+DEFAULT_ALPHA = 0.01
+MIN_PLATES = 3  # fewer verified plates of an alloy: not tested
+SHRINK = 0.2  # covariance shrinkage towards the diagonal: a few dozen training plates per alloy, ~8 features
+
+
+@dataclass
+class AlloyReference:
+    coef: np.ndarray  # [2, d]: intercept and slope on log thickness
+    precision: np.ndarray  # [d, d]: the inverse of the residuals' shrunk covariance
+    n: int
+
+
+def _design(log_t: np.ndarray) -> np.ndarray:
+    return np.c_[np.ones(len(log_t)), log_t]
+
+
+def fit_reference(
+    features: np.ndarray, alloys: Sequence[str], thickness_mm: Sequence[float], min_plates: int = 10
+) -> dict[str, AlloyReference]:
+    """Per alloy with at least ``min_plates`` training plates: the thickness regression and residual precision."""
+    x, y, lt = np.asarray(features, float), np.asarray(alloys), np.log(np.asarray(thickness_mm, float))
+    out = {}
+    for a in sorted(set(y)):
+        m = y == a
+        if m.sum() < min_plates:
+            continue
+        design = _design(lt[m])
+        coef, *_ = np.linalg.lstsq(design, x[m], rcond=None)
+        res = x[m] - design @ coef
+        cov = np.cov(res, rowvar=False, ddof=2)
+        cov = np.atleast_2d(cov)
+        cov = (1 - SHRINK) * cov + SHRINK * np.diag(np.diag(cov))
+        cov += np.eye(len(cov)) * 1e-12 * max(float(np.trace(cov)), 1e-12)
+        out[str(a)] = AlloyReference(coef, np.linalg.inv(cov), int(m.sum()))
+    return out
+
+
+@dataclass
+class CompositionResult:
+    alpha: float
+    tested: dict[str, int] = field(default_factory=dict)  # alloy -> verified plates tested
+    t2: dict[str, float] = field(default_factory=dict)
+    p_values: dict[str, float] = field(default_factory=dict)
+    shifted: list[str] = field(default_factory=list)  # alloys whose profiles moved, most significant first
+
+    @property
+    def detected(self) -> bool:
+        return bool(self.shifted)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "detected": self.detected}
+
+
+def composition_test(
+    reference: dict[str, AlloyReference],
+    features: np.ndarray,
+    alloys: Sequence[str],
+    thickness_mm: Sequence[float],
+    alpha: float = DEFAULT_ALPHA,
+    min_plates: int = MIN_PLATES,
+) -> CompositionResult:
+    """Verified plates (their profile features, the lab's alloy, thickness) against the training reference."""
+    x, y = np.asarray(features, float), np.asarray(alloys)
+    lt = np.log(np.asarray(thickness_mm, float))
+    res = CompositionResult(alpha)
+    for a, ref in reference.items():
+        m = y == a
+        n = int(m.sum())
+        if n < min_plates:
+            continue
+        r = (x[m] - _design(lt[m]) @ ref.coef).mean(axis=0)
+        t2 = float(n * r @ ref.precision @ r)
+        res.tested[a], res.t2[a] = n, t2
+        # the covariance is estimated from ref.n - 2 residual degrees of freedom: Hotelling's F, not chi-squared
+        d, dof = len(r), max(ref.n - 2, len(r) + 1)
+        res.p_values[a] = float(stats.f.sf(t2 * (dof - d + 1) / (dof * d), d, dof - d + 1))
+    if res.tested:
+        cut = alpha / len(res.tested)
+        res.shifted = sorted((a for a, p in res.p_values.items() if p < cut), key=lambda a: res.p_values[a])
+    return res
+
+
+WINDOWS = (1, 3, 7)  # nights: a shift shows in the last night's plates or builds up over the week
+
+
+def composition_over_windows(
+    reference: dict[str, AlloyReference],
+    nights: Sequence[int],
+    features: np.ndarray,
+    alloys: Sequence[str],
+    thickness_mm: Sequence[float],
+    tonight: int,
+    alpha: float = DEFAULT_ALPHA,
+    windows: Sequence[int] = WINDOWS,
+    min_plates: int = MIN_PLATES,
+) -> CompositionResult:
+    """The test on the verified plates of the last w nights for each w in ``windows`` (``nights``: each plate's
+    night number), each at alpha / len(windows): a plate mix that changed a few nights ago is not diluted by the
+    week before it, and a small shift still adds up over the week. Returns the window with the smallest p-value."""
+    x, y = np.asarray(features, float).reshape(len(nights), -1), np.asarray(alloys)
+    t, n = np.asarray(thickness_mm, float), np.asarray(nights)
+    best: CompositionResult | None = None
+    for w in windows:
+        m = n > tonight - w
+        r = composition_test(reference, x[m], y[m], t[m], alpha / len(windows), min_plates)
+        if best is None or (r.p_values and min(r.p_values.values()) < min(best.p_values.values() or [1.0])):
+            best = r
+    return best if best is not None else CompositionResult(alpha)
