@@ -163,11 +163,11 @@ COMP_FEATURES = 8  # the plate's 8-bin profile: level and 7 slopes (the open-bea
 
 
 def comp_features(dfeats: np.ndarray, bins: int) -> np.ndarray:
-    """The plate's profile at ``bins`` (a divisor of 8) bins, as level and slopes, from the 8-bin drift features:
-    the composition test's inputs. Bins of equal width: a coarser bin is the mean of the finer ones it holds."""
-    prof = np.cumsum(np.asarray(dfeats)[..., :COMP_FEATURES], axis=-1)  # level + slopes -> the 8 bin values
-    coarse = prof.reshape(*prof.shape[:-1], bins, COMP_FEATURES // bins).mean(axis=-1)
-    return np.concatenate([coarse[..., :1], np.diff(coarse, axis=-1)], axis=-1)
+    """The composition test's inputs: the plate's profile at ``bins`` bins from the 8-bin drift features."""
+    from alloynet.monitor.composition import plate_profile
+
+    out = plate_profile(dfeats, 1, COMP_FEATURES, bins)
+    return out[0] if np.ndim(dfeats) == 1 else out
 
 
 class Line:

@@ -2,9 +2,9 @@
 of their ranges move the wedge profile a little, inside the spread of all plates (the input-drift test does not
 see it), but consistently for that alloy. So the profiles of verified plates are compared with the training
 plates *of the same alloy*: per alloy, each profile feature is regressed on log thickness over the training
-plates; the residuals' covariance (shrunk towards its diagonal) gives each verified plate's standardised
-residual; the mean residual of the alloy's n verified plates gives Hotelling's T² = n r̄ᵀ Σ⁻¹ r̄, whose scaled
-F distribution (Σ estimated from the training plates) gives its p-value on an unchanged line. An alloy alarms
+plates; the mean residual r̄ of the alloy's n verified plates against the residuals' covariance Σ of its m
+training plates gives the two-sample Hotelling T² = n m / (n + m) r̄ᵀ Σ⁻¹ r̄, whose scaled F distribution gives
+its p-value on an unchanged line. An alloy alarms
 when its p-value is below alpha / (number of alloys tested): at most ``alpha`` false alarms a night, when the
 plates were verified at random (informative picks are chosen by their profiles and would bias the test).
 """
@@ -19,8 +19,10 @@ import numpy as np
 from scipy import stats
 
 DEFAULT_ALPHA = 0.01
+# the profile's bins for this test: the hardening curve is smooth, so a few bins hold what a composition change
+# moves, and each bin fewer is a dimension fewer for the few verified plates of one alloy to pin down
+BINS = 4
 MIN_PLATES = 3  # fewer verified plates of an alloy: not tested
-SHRINK = 0.2  # covariance shrinkage towards the diagonal: a few dozen training plates per alloy, ~8 features
 
 
 @dataclass
@@ -39,18 +41,17 @@ def fit_reference(
 ) -> dict[str, AlloyReference]:
     """Per alloy with at least ``min_plates`` training plates: the thickness regression and residual precision."""
     x, y, lt = np.asarray(features, float), np.asarray(alloys), np.log(np.asarray(thickness_mm, float))
+    x = x.reshape(len(y), -1)
     out = {}
     for a in sorted(set(y)):
         m = y == a
-        if m.sum() < min_plates:
+        if m.sum() < max(min_plates, 3 * x.shape[1]):  # the covariance needs several plates per feature
             continue
         design = _design(lt[m])
         coef, *_ = np.linalg.lstsq(design, x[m], rcond=None)
         res = x[m] - design @ coef
-        cov = np.cov(res, rowvar=False, ddof=2)
-        cov = np.atleast_2d(cov)
-        cov = (1 - SHRINK) * cov + SHRINK * np.diag(np.diag(cov))
-        cov += np.eye(len(cov)) * 1e-12 * max(float(np.trace(cov)), 1e-12)
+        cov = np.atleast_2d(np.cov(res, rowvar=False, ddof=2))
+        cov += np.eye(len(cov)) * 1e-12 * max(float(np.trace(cov)), 1e-12)  # a constant feature stays invertible
         out[str(a)] = AlloyReference(coef, np.linalg.inv(cov), int(m.sum()))
     return out
 
@@ -89,7 +90,8 @@ def composition_test(
         if n < min_plates:
             continue
         r = (x[m] - _design(lt[m]) @ ref.coef).mean(axis=0)
-        t2 = float(n * r @ ref.precision @ r)
+        # two-sample Hotelling: the reference's own mean is an estimate from ref.n plates
+        t2 = float(n * ref.n / (n + ref.n) * r @ ref.precision @ r)
         res.tested[a], res.t2[a] = n, t2
         # the covariance is estimated from ref.n - 2 residual degrees of freedom: Hotelling's F, not chi-squared
         d, dof = len(r), max(ref.n - 2, len(r) + 1)
@@ -126,3 +128,19 @@ def composition_over_windows(
         if best is None or (r.p_values and min(r.p_values.values()) < min(best.p_values.values() or [1.0])):
             best = r
     return best if best is not None else CompositionResult(alpha)
+
+
+def plate_profile(features: np.ndarray, channels: int, bins: int, to_bins: int = BINS) -> np.ndarray:
+    """The composition test's inputs from the drift features (``alloynet.monitor.drift.profile_features`` at
+    ``bins``): per channel, the plate's profile at ``to_bins`` bins (a divisor of ``bins``; equal-width bins, so
+    a coarser bin is the mean of the finer ones) as its level and slopes; the open-beam strip is left out."""
+    if bins % to_bins:
+        raise ValueError(f"composition test: {to_bins} bins must divide the drift features' {bins}")
+    f = np.asarray(features, float)
+    f = f.reshape(1, -1) if f.ndim == 1 else f
+    parts = []
+    for c in range(channels):
+        prof = np.cumsum(f[:, c * bins : (c + 1) * bins], axis=1)  # level + slopes -> the bin values
+        coarse = prof.reshape(len(f), to_bins, bins // to_bins).mean(axis=2)
+        parts += [coarse[:, :1], np.diff(coarse, axis=1)]
+    return np.concatenate(parts, axis=1)

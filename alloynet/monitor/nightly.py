@@ -15,6 +15,7 @@ import numpy as np
 from alloynet.captures.stores import ObjectStore
 from alloynet.contract import FLAG_NAMES
 from alloynet.monitor.alarms import Alarm, decide
+from alloynet.monitor.composition import CompositionResult, composition_over_windows, fit_reference, plate_profile
 from alloynet.monitor.drift import (
     DEFAULT_ALPHA,
     DEFAULT_BINS,
@@ -125,7 +126,7 @@ def run_night(
     tonight = [answers[c.capture_id] for c in caps if c.capture_id in answers]
     stats = _answer_stats(tonight)
 
-    ref, ref_thick = reference_features(store, since, o.bins, seed=o.seed)
+    ref, ref_thick, ref_alloys = reference_features(store, since, o.bins, seed=o.seed)
     cur = np.asarray([c.features(o.bins) for c in caps]) if caps else np.zeros((0, ref.shape[1] if ref.size else 0))
     drift = None
     if ref.size and len(cur) and ref.shape[1] == cur.shape[1]:
@@ -163,7 +164,8 @@ def run_night(
         lo, hi = min(ref_thick), max(ref_thick)
         t = [float(a["thickness_mm"]) for a in tonight if a.get("thickness_mm") is not None]
         outside = float(np.mean([(x < lo * 0.9 or x > hi * 1.1) for x in t])) if t else 0.0
-    alarms = decide(drift, live, jumps, outside, o.budget)
+    composition = _composition(store, day, o, ref, ref_thick, ref_alloys)
+    alarms = decide(drift, live, jumps, outside, o.budget, composition)
     report = {
         "day": day.isoformat(),
         "window": [since.isoformat(), until.isoformat()],
@@ -174,6 +176,7 @@ def run_night(
         "thickness_outside_training": outside,
         "drift": drift.to_dict() if drift else None,
         "reference_captures": int(len(ref)),
+        "composition": composition.to_dict() if composition else None,
         "verify": rows,
         "live": live.to_dict() if live else None,
         "alarms": [a.to_dict() for a in alarms],
@@ -182,6 +185,49 @@ def run_night(
     store.put(f"{REPORTS}{day.isoformat()}.json", json.dumps(report, indent=1, default=str).encode(), overwrite=True)
     store.put(f"{REPORTS}{day.isoformat()}.md", to_markdown(report).encode(), overwrite=True)
     return Night(day.isoformat(), report, rows, drift, live, alarms, len(scored))
+
+
+def _composition(
+    store: ObjectStore, day, o: NightOptions, ref: np.ndarray, ref_thick: list[float], ref_alloys: list[str]
+) -> CompositionResult | None:
+    """The composition test on the random picks of the last ``history_days`` nights' lists whose verdicts are in,
+    against the training plates of the same alloy. None when there is no reference or no such plate."""
+    from alloynet.captures.format import parse_sidecar
+    from alloynet.captures.image import CaptureError
+    from alloynet.captures.layout import read_capture, sidecar_key
+    from alloynet.monitor.drift import profile_features
+
+    if not len(ref):
+        return None
+    nights, feats, alloys, thick = [], [], [], []
+    channels = 0
+    for back in range(1, o.history_days + 1):
+        for row in saved_list(store, day - timedelta(days=back)) or []:
+            if row.get("pick") != "random":
+                continue
+            try:
+                sc = parse_sidecar(store.get(sidecar_key(row["capture_id"])))
+                cap = read_capture(store, sc.capture_id, {(sc.image.shape[1], sc.image.shape[2])})
+            except (CaptureError, KeyError, ValueError):  # removed or damaged since it was listed
+                continue
+            t = cap.sidecar.truth
+            if t is None:
+                continue
+            c = cap.sidecar.calibration
+            f = profile_features(cap.image, c.dark_adu, c.flat_adu, o.bins, open_beam_rows(cap.sidecar))
+            if len(f) != ref.shape[1]:
+                continue  # another rig's captures: not comparable with this reference
+            channels = cap.image.shape[0]
+            nights.append(-back)
+            feats.append(f)
+            alloys.append(t.alloy)
+            thick.append(float(t.thickness_mm or t.nominal_thickness_mm))
+    if not feats:
+        return None
+    reference = fit_reference(plate_profile(ref, channels, o.bins), ref_alloys, ref_thick)
+    return composition_over_windows(
+        reference, nights, plate_profile(np.asarray(feats), channels, o.bins), alloys, thick, 0, o.alpha
+    )
 
 
 def _live(
@@ -297,6 +343,16 @@ def to_markdown(r: dict[str, Any]) -> str:
             "|---|---|---|",
         ]
         out += [f"| {n} | {p:.2g} | {s:+.2f} |" for n, p, s in zip(d["names"], d["p_values"], d["shift_sd"])]
+    comp = r.get("composition")
+    if comp:
+        tested = ", ".join(f"{k} {n} (p={comp['p_values'][k]:.2g})" for k, n in comp["tested"].items())
+        verdict = "SHIFTED: " + ", ".join(comp["shifted"]) if comp["shifted"] else "no shift"
+        out += [
+            "",
+            f"## Composition within the standard: {verdict}",
+            f"Verified random plates per alloy against the training plates of the same alloy (Hotelling T² after "
+            f"thickness, Bonferroni at {comp['alpha']:g}): {tested or 'too few plates of any alloy'}.",
+        ]
     live = r.get("live")
     if live:
         a, b, c = live["accuracy_interval"], live["balanced_accuracy_interval"], live["coverage_interval"]

@@ -84,9 +84,9 @@ def line_captures(store: ObjectStore, since: datetime, until: datetime) -> list[
 
 def reference_features(
     store: ObjectStore, before: datetime, bins: int, limit: int = 2000, seed: int = 0
-) -> tuple[np.ndarray, list[float]]:
+) -> tuple[np.ndarray, list[float], list[str]]:
     """Profile features of the training data (labelled captures acquired before ``before`` that did not come
-    from the line unlabelled) and their thicknesses; at most ``limit``, a seeded sample."""
+    from the line unlabelled), their thicknesses and alloys; at most ``limit``, a seeded sample."""
     keys = {}
     for _key, sc in _sidecars(store):
         at = sc.acquired_at if sc.acquired_at.tzinfo else sc.acquired_at.replace(tzinfo=timezone.utc)
@@ -96,7 +96,7 @@ def reference_features(
     if len(ids) > limit:
         rng = np.random.default_rng(seed)
         ids = sorted(rng.choice(ids, size=limit, replace=False).tolist())
-    feats, thick = [], []
+    feats, thick, alloys = [], [], []
     for cid in ids:
         try:
             cap = read_capture(store, cid, _own_size(keys[cid]))
@@ -106,7 +106,8 @@ def reference_features(
         feats.append(profile_features(cap.image, c.dark_adu, c.flat_adu, bins, open_beam_rows(cap.sidecar)))
         t = cap.sidecar.truth
         thick.append(float(t.thickness_mm or t.nominal_thickness_mm))  # type: ignore[union-attr]
-    return (np.asarray(feats) if feats else np.zeros((0, 0))), thick
+        alloys.append(t.alloy)  # type: ignore[union-attr]
+    return (np.asarray(feats) if feats else np.zeros((0, 0))), thick, alloys
 
 
 def score(
