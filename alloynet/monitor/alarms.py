@@ -109,7 +109,9 @@ def decide(
             Alarm(
                 "composition",
                 f"the verified plates of {moved} differ from the training plates of the same alloy "
-                f"(Hotelling T² per alloy against thickness, Bonferroni at {composition.alpha:g})",
+                f"(Hotelling T² per alloy after thickness, Bonferroni at {composition.alpha:g}"
+                + (f"; the last {composition.window} night(s)" if composition.window else "")
+                + ")",
                 "a supplier's composition moved within the standard",
                 f"verify {budget} more plates of {', '.join(composition.shifted)} and retrain with the new labels",
             )

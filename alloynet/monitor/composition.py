@@ -63,6 +63,7 @@ class CompositionResult:
     t2: dict[str, float] = field(default_factory=dict)
     p_values: dict[str, float] = field(default_factory=dict)
     shifted: list[str] = field(default_factory=list)  # alloys whose profiles moved, most significant first
+    window: int = 0  # the nights whose verified plates were tested (0: as given)
 
     @property
     def detected(self) -> bool:
@@ -125,6 +126,7 @@ def composition_over_windows(
     for w in windows:
         m = n > tonight - w
         r = composition_test(reference, x[m], y[m], t[m], alpha / len(windows), min_plates)
+        r.alpha, r.window = alpha, w  # the night's level: the windows' share of it decided ``shifted``
         if best is None or (r.p_values and min(r.p_values.values()) < min(best.p_values.values() or [1.0])):
             best = r
     return best if best is not None else CompositionResult(alpha)

@@ -351,7 +351,8 @@ def to_markdown(r: dict[str, Any]) -> str:
             "",
             f"## Composition within the standard: {verdict}",
             f"Verified random plates per alloy against the training plates of the same alloy (Hotelling T² after "
-            f"thickness, Bonferroni at {comp['alpha']:g}): {tested or 'too few plates of any alloy'}.",
+            f"thickness, Bonferroni at {comp['alpha']:g}; the window of the last 1, 3 or 7 nights that stands out "
+            f"most: {comp['window']}): {tested or 'too few plates of any alloy'}.",
         ]
     live = r.get("live")
     if live:

@@ -46,6 +46,17 @@ def _line_store(root, flat_gain: float = 1.0, wedge_gain: float = 0.0):
     return store
 
 
+@pytest.fixture
+def events_to_this_server(prefect_harness):  # noqa: F811
+    """Prefect's events worker is one per process and keeps the API client of the server it first sent to; a
+    test module that imports ``prefect_harness`` gets its own server, so the worker an earlier module started
+    is drained and stopped, and the next event starts one that sends here."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=30, at_exit=False)
+    yield
+
+
 def _deploy_target() -> str:
     """A stand-in for nightly/manual: the deployment the automation runs (no worker: the run stays Scheduled)."""
     import anyio
@@ -92,7 +103,7 @@ def _wait(check, timeout: float = 60.0):
         time.sleep(0.5)
 
 
-def test_alarm_events_start_the_retrain_automation(prefect_harness, tmp_path):  # noqa: F811
+def test_alarm_events_start_the_retrain_automation(events_to_this_server, tmp_path):
     from prefect.client.orchestration import get_client
 
     from flows.monitor import RETRAIN_AUTOMATION, ensure_automations, line_monitor

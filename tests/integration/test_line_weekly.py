@@ -91,6 +91,8 @@ def test_weekly_artifact_after_two_weeks(prefect_harness, tmp_path):  # noqa: F8
     for week, ids in zip(("2026-W47", "2026-W48"), randoms):
         assert rows[week]["champion"] == "v7" and rows[week]["verified (random)"] == len(ids)
     assert night(NIGHTS[1])["weekly"] == again["weekly"]  # a re-run does not count a plate twice
+    comp = again["report"]["composition"]  # the first night's verified random picks, against the training plates
+    assert comp is not None and not comp["detected"] and comp["alpha"] == 0.01
     table = artifacts_by_key("line-weekly")[0]
     data = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [r["week"] for r in data] == ["2026-W48", "2026-W47"]

@@ -48,6 +48,7 @@ def test_windows_find_a_recent_shift_the_week_would_dilute():
     nights = np.r_[np.repeat(np.arange(1, 7), 10), [7] * 10]
     res = composition_over_windows(ref, nights, x, a, t, tonight=7, alpha=0.01)
     assert res.shifted == ["Al5083"] and res.tested["Al5083"] == a1.count("Al5083")
+    assert res.window == 1 and res.alpha == 0.01  # tonight alone stands out; the night's level is reported
     quiet = composition_over_windows(ref, nights[:60], x0, a0, t0, tonight=6, alpha=0.01)
     assert not quiet.detected
 
