@@ -103,10 +103,10 @@ def _wait(check, timeout: float = 60.0):
         time.sleep(0.5)
 
 
-def test_alarm_events_start_the_retrain_automation(events_to_this_server, tmp_path):
+def test_alarm_events_start_the_retrain_automation(events_to_this_server, tmp_path, capsys):
     from prefect.client.orchestration import get_client
 
-    from flows.monitor import RETRAIN_AUTOMATION, ensure_automations, line_monitor
+    from flows.monitor import RETRAIN_AUTOMATION, ensure_automations, line_monitor, main
 
     dep = _deploy_target()
     aid = ensure_automations("nightly/alarm-retrain", timedelta(hours=12))
@@ -116,6 +116,8 @@ def test_alarm_events_start_the_retrain_automation(events_to_this_server, tmp_pa
     assert str(auto.id) == aid and str(auto.actions[0].deployment_id) == dep
     with pytest.raises(SystemExit, match="nightly/absent"):
         ensure_automations("nightly/absent")
+    main(["automations", "--deployment", "nightly/alarm-retrain", "--after-hours", "12"])  # what a user runs
+    assert capsys.readouterr().out.strip().endswith(aid)  # the same automation, not a second one
     time.sleep(2)  # the server's trigger service reloads its automations on a change
 
     def night(store):

@@ -48,3 +48,32 @@ def test_a_drift_is_caught_within_two_nights(kind):
     assert {r["pattern"] for r in rows if r["drift_alarm"]} == {"level" if kind == "tube" else "shape"}
     assert rows[-1]["live_n"] > 0 and rows[-1]["live_bal"] is not None
     assert sum(r["labels"] for r in rows) == 100
+
+
+def test_a_composition_shift_is_caught_by_the_composition_test():
+    """The input-drift test does not see one supplier's Al6082 at the top of its ranges; the verified random
+    picks against the training plates of the same alloy do, and nothing is raised before the shift."""
+    b = _bench()
+    line = b.Line(0, "composition")
+    rng = np.random.default_rng([0, 1])
+    x_tr, d_tr, y_tr = line.captures(300, False, rng)
+    x_cal, _, y_cal = line.captures(80, False, rng)
+    x_te, _, y_te = line.captures(100, False, rng)
+    x_dt, _, y_dt = line.captures(100, True, rng)
+    rows = b._month(
+        line,
+        0,
+        days=16,
+        drift_day=6,
+        per_day=30,
+        budget=10,
+        random_share=1.0,
+        alpha=0.01,
+        test_n=100,
+        pre=((x_tr, d_tr, y_tr), (x_cal, y_cal), (x_te, y_te)),
+        drifted_test=(x_dt, y_dt),
+    )
+    assert not any(r["composition_alarm"] or r["drift_alarm"] for r in rows if not r["drifted"])
+    caught = [r for r in rows if r["composition_alarm"]]
+    assert caught and caught[0]["day"] - 6 + 1 <= 3 and len(caught) >= 8  # of the 11 shifted nights
+    assert caught[0]["composition_shifted"] == ["Al6082"] and "composition" in caught[0]["alarms"]

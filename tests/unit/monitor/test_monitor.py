@@ -99,6 +99,22 @@ def test_live_performance_intervals_and_coverage_alarm():
     assert [a.kind for a in alarms] == ["coverage"] and "verify 10 plates" in alarms[0].action
 
 
+def test_only_alarms_new_labels_can_fix_ask_for_a_retrain():
+    """The Prefect automation retrains on ``retrain`` alarms: not on levels taken at another beam."""
+    rng = np.random.default_rng(0)
+    ref, names = rng.normal(size=(400, 8)), feature_names(1, 4, open_beam_rows=2)
+    level = drift_test(ref, rng.normal(size=(40, 8)) + np.r_[1.0, 0, 0, 0, [1.0] * 4], names=names)
+    shape = drift_test(ref, rng.normal(size=(40, 8)) + np.r_[0, 1.5, -1.5, 0, 1.5, -1.5, 1.5, -1.5], names=names)
+    assert [a.retrain for a in decide(level, None, {})] == [False]
+    assert [a.retrain for a in decide(shape, None, {})] == [True]
+    flags = decide(None, None, {"calibration_out_of_tolerance": 1e-6, "profile_unlike_training": 1e-6})
+    assert {a.seen.split()[4]: a.retrain for a in flags} == {
+        "calibration_out_of_tolerance": False,
+        "profile_unlike_training": True,
+    }
+    assert decide(None, None, {}, thickness_outside=0.5)[0].retrain
+
+
 def _unlabel(store, cid, when):
     raw = json.loads(store.get(sidecar_key(cid)))
     raw["truth"], raw["acquired_at"] = None, when.isoformat()
