@@ -145,6 +145,7 @@ def test_alarm_events_start_the_retrain_automation(events_to_this_server, tmp_pa
     assert len(runs) == 1, "the automation did not schedule the retrain"
     run = runs[0]
     assert run.parameters["force_retrain"] is True and run.parameters["monitor_line"] is False
+    assert run.parameters["min_new_labelled"] == 50  # the deployment's own parameters are kept
     assert run.state.is_scheduled()
     wait = run.expected_start_time - before
     assert timedelta(hours=11, minutes=59) < wait < timedelta(hours=12, minutes=5)
