@@ -55,7 +55,7 @@ def simulate(where: Path, rig: str, plates: int, seed: int, test_fraction: float
             {
                 "n_max": plates,
                 "imbalance_ratio": 1.0,
-                "profile": "balanced",
+                "imbalance": "balanced",
                 "captures_per_plate": 1,
                 "wedges_mm": list(WEDGES),
                 "thickness_range_mm": [1.0, 5.0],
@@ -314,7 +314,7 @@ def with_references(rig: str, n: int, seed: int, out: Path, pool: list[dict], fr
     (out / tag).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for cmd in (
-        [exe, "rig", "calibrate", str(store)],
+        [exe, "rig", "fit", str(store)],
         [exe, "train", "--store", str(store), "--out", str(run_dir), "--seed", str(seed)],
     ):
         if cmd[1] == "train" and not any((store / "rig-profiles").glob("*.yaml")):

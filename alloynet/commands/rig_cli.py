@@ -113,7 +113,7 @@ def fit_rig(
     """Fit the simulator's nuisance parameters to a rig's reference captures; write a rig profile and a fit plot."""
     from alloynet.captures.rig_profiles import add_rig_profile
     from alloynet.captures.stores import StoreError, open_store
-    from alloynet.data.rig_references import calibrate_store
+    from alloynet.data.rig_references import fit_rig_to_references
     from alloynet.evaluate.rig_plots import plot_fit
     from alloynet.physics.detector import RigFitError
     from alloynet.physics.rig_fit import DEFAULT_FIT, MAX_HOLDOUT_CHI2, MAX_MISFIT_RMS, check_fit
@@ -129,7 +129,7 @@ def fit_rig(
     except ValueError as exc:
         _line(f"error: {exc}", EXIT_USAGE)
     try:
-        cal, profile, refs = calibrate_store(
+        cal, profile, refs = fit_rig_to_references(
             st,
             alloy=alloy,
             rig=nominal,

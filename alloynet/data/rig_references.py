@@ -1,4 +1,4 @@
-"""Reference captures of a rig, read from a capture store, and the calibration they give (``alloynet rig calibrate``).
+"""Reference captures of a rig, read from a capture store, and the rig fit they give (``alloynet rig fit``).
 
 What a lab makes (``alloynet import`` stores it in this layout)::
 
@@ -32,8 +32,8 @@ from alloynet.captures.stores import ObjectStore
 from alloynet.data.manifest import scan_store
 from alloynet.physics.alloys import sample_plate
 from alloynet.physics.detector import (
-    CalibrationError,
     DetectorMeasurement,
+    RigFitError,
     capture_profile,
     detector_from_levels,
     measure_detector,
@@ -262,7 +262,7 @@ def load_references(
     log: Callable[[str], None] | None = None,
 ) -> ReferenceSet:
     """Read every session's frames or levels and the reference captures of ``store`` (see the module doc).
-    Raises ``CalibrationError`` naming, in one message, every reference that is missing and why it is needed."""
+    Raises ``RigFitError`` naming, in one message, every reference that is missing and why it is needed."""
     skipped: list[str] = []
     frames, levels, wedge_frames = _read_sessions(store, skipped)
     labelled = _reference_rows(store, alloy)
@@ -303,12 +303,12 @@ def load_references(
     refs += plates
     try:
         fit, held = split_holdout(refs, holdout_thickness)
-    except CalibrationError as exc:
+    except RigFitError as exc:
         missing.append(str(exc))
         fit, held = refs, []
     missing += [m for m in missing_references(fit) if not (ambiguous and m.startswith("plates"))]
     if missing:
-        raise CalibrationError(f"{store.uri}: missing references: " + "; ".join(missing))
+        raise RigFitError(f"{store.uri}: missing references: " + "; ".join(missing))
     if log:
         log(
             f"{len(frames) or len(levels)} sessions of {'dark/flat frames' if frames else 'levels'}, "
@@ -328,7 +328,7 @@ def split_holdout(refs: Sequence[Reference], thickness: float | None = None) -> 
         thickness = values[len(values) // 2]
     if thickness is not None:
         if not any(abs(r.nominal_thickness_mm - thickness) < 1e-6 for r in plates):
-            raise CalibrationError(
+            raise RigFitError(
                 f"no reference plates of {thickness:g} mm to hold out (plates: "
                 f"{', '.join(f'{v:g}' for v in values)} mm)"
             )
@@ -359,7 +359,7 @@ def missing_references(fit: Sequence[Reference]) -> list[str]:
     return out
 
 
-def calibrate_store(
+def fit_rig_to_references(
     store: ObjectStore,
     *,
     alloy: str | None = None,
@@ -372,12 +372,12 @@ def calibrate_store(
     check: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> tuple[RigFit, RigProfile, ReferenceSet]:
-    """Calibrate the simulator to the rig that took ``store``'s references; raises ``CalibrationError`` with the
+    """Calibrate the simulator to the rig that took ``store``'s references; raises ``RigFitError`` with the
     reason when they cannot, or (``check``) when the fit is poor."""
     refs = load_references(store, alloy, rig, holdout_thickness, bins, log)
     missing = missing_references(refs.fit)
     if missing:
-        raise CalibrationError(f"{store.uri}: missing references: {'; '.join(missing)}")
+        raise RigFitError(f"{store.uri}: missing references: {'; '.join(missing)}")
     cal = fit_rig(refs.nominal, refs.fit, refs.detector, params, bins, log=log)
     cal.holdout = check_references(cal, refs.holdout) or None
     if check:
@@ -392,6 +392,80 @@ def calibrate_store(
         }
     )
     return cal, profile, refs
+
+
+LABELLED_FIT_CAPTURES = 400  # at most this many labelled captures (whole plates, seeded) in a fit from them
+
+
+def fit_rig_to_captures(
+    store: ObjectStore,
+    rows,
+    *,
+    params: Sequence[str] = DEFAULT_FIT,
+    bins: int = 32,
+    max_captures: int = LABELLED_FIT_CAPTURES,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> tuple[RigFit, RigProfile]:
+    """The rig fitted to a lab's labelled captures themselves: plates of known alloys at their measured
+    thicknesses, each with its own dark/flat levels, and no reference capture. With three alloys or more their
+    known compositions harden the beam differently, which separates the beam from the plates (each plate's areal
+    density stays a nuisance parameter with its tolerance and composition range as prior). ``rows`` are manifest
+    rows (e.g. the training split); at most ``max_captures`` of them (whole plates, each alloy alike, seeded)
+    enter, every fifth of those plates held out to check the fit. Raises ``RigFitError`` when the captures
+    cannot give a fit (fewer than three alloys, no thickness) or it is poor."""
+    rows = rows[(rows.alloy.astype(str) != "") & np.isfinite(rows.thickness_mm.astype(float))]
+    rows = rows[rows.thickness_mm.astype(float) > 0]
+    alloys = sorted(rows.alloy.unique())
+    if len(alloys) < 3:
+        raise RigFitError(
+            f"labelled captures with a thickness of {len(alloys)} alloys ({', '.join(alloys) or 'none'}); "
+            "a fit without reference captures needs three or more"
+        )
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x51F]))
+    per_alloy = max(max_captures // len(alloys), 1)
+    keep = []
+    for _, group in rows.groupby("alloy", sort=True):
+        n = 0
+        for pid in rng.permutation(sorted(group.plate_id.unique())):
+            if n >= per_alloy:
+                break
+            keep.append(pid)
+            n += int((group.plate_id == pid).sum())
+    chosen = rows[rows.plate_id.isin(keep)]
+    skipped: list[str] = []
+    refs, n_caps = _plate_references(store, chosen, None, bins, skipped)
+    held_ids = set(sorted({r.plate_id for r in refs})[4::5])
+    fit = [r for r in refs if r.plate_id not in held_ids]
+    held = [r for r in refs if r.plate_id in held_ids]
+    rig = nominal_rig(store, chosen.capture_id.iloc[0])
+    levels = [
+        ([float(v) for v in str(r.dark_adu).split(";")], [float(v) for v in str(r.flat_adu).split(";")])
+        for r in chosen.itertuples()
+    ]
+    detector = detector_from_levels(
+        np.array([d for d, _ in levels]), np.array([f for _, f in levels]), rig.width, "the labelled captures"
+    )
+    if log:
+        log(
+            f"rig fit to {n_caps - sum(len(r.profiles) for r in held)} labelled captures of {len(alloys)} alloys "
+            f"({len(fit)} plate x wedge; {len(held)} held out)" + (f"; {len(skipped)} not read" if skipped else "")
+        )
+    cal = fit_rig(rig, fit, detector, params, bins, log=log)
+    cal.holdout = check_references(cal, held) or None
+    check_fit(cal)
+    profile = cal.profile(
+        {
+            "store": store.uri,
+            "fitted_to": f"{n_caps - sum(len(r.profiles) for r in held)} labelled captures (no reference captures)",
+            "held_out": f"{sum(len(r.profiles) for r in held)} labelled captures",
+            # per plate figures of hundreds of plates say nothing a reader of the profile needs
+            "references": {"plates": len(fit)},
+            "plate_scales": {},
+            "holdout": {k: v for k, v in (cal.holdout or {}).items() if k != "references"} or None,
+        }
+    )
+    return cal, profile
 
 
 def make_references(
@@ -412,7 +486,7 @@ def make_references(
     session a dark, a flat and the wedge alone (each wedge); one plate of ``alloy`` per thickness, its captures
     spread over the sessions. ``simulator="second_rig"`` takes them with the independently written rig model
     (``second_rig``: its own physics; the nominal settings come from ``rig``), for tests and demos of
-    ``alloynet rig calibrate``. Seeded: the same arguments write the same bytes. Returns the capture ids."""
+    ``alloynet rig fit``. Seeded: the same arguments write the same bytes. Returns the capture ids."""
     wedges = list(wedges_mm or [rig.wedge_mm])
     sims: dict[float, RigSimulator | SecondRig] = {}
     for w in wedges:
@@ -428,7 +502,7 @@ def make_references(
     for s in range(sessions):  # frames: the panel is the same for every wedge, so the first rig model takes them
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E5, s]))
         gain = first.session_gain(rng)
-        dark, flat = first.calibration_frames(rng, gain)
+        dark, flat = first.dark_flat_frames(rng, gain)
         sid = f"{prefix}-s{s:02d}"
         for name, frame in (("dark", dark), ("flat", flat)):
             data, fmt = encode_image(frame)
@@ -542,7 +616,7 @@ def write_reference_folder(
     for s in range(sessions):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E5, s]))
         gain = first.session_gain(rng)
-        dark, flat = first.calibration_frames(rng, gain)
+        dark, flat = first.dark_flat_frames(rng, gain)
         lv = {"gain": gain, "dark": frame_level(dark), "flat": frame_level(flat)}
         levels.append(lv)
         cal = {"dark": ";".join(f"{v:.3f}" for v in lv["dark"]), "flat": ";".join(f"{v:.3f}" for v in lv["flat"])}

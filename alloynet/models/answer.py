@@ -225,10 +225,6 @@ class WithheldLevels(nn.Module):
         return self.model(raw, torch.zeros_like(calibration), torch.zeros_like(wedge_mm))
 
 
-# The old name, kept while alloynet/train/trainer.py (being changed elsewhere) still imports it.
-WithheldCalibration = WithheldLevels
-
-
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature minimising the log-loss of softmax(logits / T) (1-D, bounded search in log T)."""
     from scipy import optimize
@@ -292,7 +288,3 @@ def recalibration_set(
         return real_logits, real_labels, info
     info["simulated"] = int(len(sim_labels))
     return logits, labels, info
-
-
-# The old name, kept while alloynet/train/trainer.py (being changed elsewhere) still imports it.
-calibration_set = recalibration_set

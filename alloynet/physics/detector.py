@@ -26,11 +26,6 @@ class RigFitError(ValueError):
     """The references cannot fit the rig (missing, inconsistent, or the fit is poor); the message says why."""
 
 
-# The old name, kept while alloynet/physics/rig_fit.py, alloynet/data/rig_references.py and
-# alloynet/train/trainer.py (being changed elsewhere) still raise and catch it.
-CalibrationError = RigFitError
-
-
 def capture_profile(
     image: np.ndarray, dark_adu: Sequence[float], flat_adu: Sequence[float], bins: int = 32
 ) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Fitting the nominal simulator to one rig from reference captures a lab can make (docs/rig_calibration.md).
+"""Fitting the nominal simulator to one rig from reference captures a lab can make (docs/rig_fit.md).
 
 With the detector measured (``alloynet.physics.detector``), the beam, scatter and blur are fitted (``fit_rig``)
 by least squares to the wedge profiles of the wedge alone and of plates of a known alloy at known thicknesses:
@@ -32,7 +32,7 @@ import numpy as np
 from scipy import optimize
 
 from alloynet.physics.alloys import get_alloy, sample_plate
-from alloynet.physics.detector import CalibrationError, DetectorMeasurement
+from alloynet.physics.detector import DetectorMeasurement, RigFitError
 from alloynet.physics.measure import bin_columns
 from alloynet.physics.observer import noise_cov
 from alloynet.physics.profile import ProfileModel
@@ -62,7 +62,7 @@ DETECTOR_FIELDS = (
 )
 MODEL_FLOOR_ABS = 5e-4  # the profile model's own precision, in -ln T (about the size of what it neglects)
 MODEL_FLOOR_REL = 5e-4
-# Refusal thresholds (docs/rig_calibration.md). The fitted references' mean profiles may miss the model by up to
+# Refusal thresholds (docs/rig_fit.md). The fitted references' mean profiles may miss the model by up to
 # 1.5 single-capture sd (rms over bins): the fit has to be good to well inside what one capture can see. A
 # held-out capture may show chi2/dof up to 2 against its own noise (rms 1.41 sd per bin; 1 is pure noise):
 # its sd comes from a handful of repeats, so this leaves room for that estimate's own scatter (the second rig,
@@ -70,6 +70,7 @@ MODEL_FLOOR_REL = 5e-4
 # a capture's noise or more.
 MAX_MISFIT_RMS = 1.5
 MAX_HOLDOUT_CHI2 = 2.0
+MIN_ALLOYS_WITHOUT_WEDGE = 3
 
 
 @dataclass
@@ -296,13 +297,17 @@ class _Problem:
 def _check_inputs(params: Sequence[str], refs: Sequence[Reference]) -> None:
     for k in params:
         if k not in FIT_PARAMETERS:
-            raise CalibrationError(f"cannot fit {k!r}; fittable: {', '.join(FIT_PARAMETERS)}")
+            raise RigFitError(f"cannot fit {k!r}; fittable: {', '.join(FIT_PARAMETERS)}")
     if not refs:
-        raise CalibrationError("no reference captures: need the wedge alone and/or plates of a known alloy")
-    if not any(r.kind == "wedge" for r in refs):
-        raise CalibrationError(
+        raise RigFitError("no reference captures: need the wedge alone and/or plates of a known alloy")
+    # One alloy's plates cannot tell a harder beam from a denser composition; plates of three alloys or more,
+    # whose known compositions harden the beam differently, can (a lab's labelled plates: ``fit_rig_to_captures``).
+    alloys = {r.alloy for r in refs if r.kind == "plate"}
+    if not any(r.kind == "wedge" for r in refs) and len(alloys) < MIN_ALLOYS_WITHOUT_WEDGE:
+        raise RigFitError(
             "no captures of the wedge alone (calibration/<session>/wedge-<mm>mm frames): the "
-            "beam cannot be told from the plates' composition without them"
+            f"beam cannot be told from the plates' composition without them (or plates of "
+            f"{MIN_ALLOYS_WITHOUT_WEDGE} alloys or more; these are of {len(alloys)})"
         )
 
 
@@ -363,7 +368,7 @@ def fit_rig(
     log: Callable[[str], None] | None = None,
 ) -> RigFit:
     """Fit ``params`` (RigConfig fields, see ``FIT_PARAMETERS``) of the nominal rig, with the detector as
-    measured, to the references' profiles. Raises ``CalibrationError`` when the references cannot constrain
+    measured, to the references' profiles. Raises ``RigFitError`` when the references cannot constrain
     the fit (no wedge-alone or plate references, unknown parameter); judging the fit is ``check_fit``'s job."""
     refs = list(refs)
     _check_inputs(params, refs)
@@ -512,4 +517,4 @@ def check_fit(cal: RigFit, max_misfit: float = MAX_MISFIT_RMS, max_holdout_chi2:
         )
         if cal.at_bounds:
             hint = f"parameters at their limits: {', '.join(cal.at_bounds)}; " + hint
-        raise CalibrationError("poor rig calibration: " + "; ".join(problems) + ". " + hint)
+        raise RigFitError("poor rig calibration: " + "; ".join(problems) + ". " + hint)

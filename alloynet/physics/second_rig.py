@@ -401,9 +401,6 @@ class SecondRig:
             flats.append(self._detect(beam, beam.n_open[:, :, None] * np.ones((1, 1, cfg.width)) * gain_scale, rng))
         return np.stack(darks), np.stack(flats)
 
-    # The old name, kept while alloynet/data/rig_references.py (being changed elsewhere) still calls it.
-    calibration_frames = dark_flat_frames
-
     def session_gain(self, rng: np.random.Generator) -> float:
         """Tube output of a session relative to nominal (drift: warm-up, filament ageing, mains)."""
         return float(1.0 + self.rig.output_drift_rel * rng.standard_normal())

@@ -327,9 +327,6 @@ class RigSimulator:
             flats.append(self._quantise(flat))
         return np.stack(darks), np.stack(flats)
 
-    # The old name, kept while alloynet/data/rig_references.py (being changed elsewhere) still calls it.
-    calibration_frames = dark_flat_frames
-
     def session_gain(self, rng: np.random.Generator) -> float:
         """Detector gain drifts a little between sessions; each session takes its own flat/dark."""
         return float(1.0 + self.rig.gain_drift * rng.standard_normal())

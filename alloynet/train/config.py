@@ -44,8 +44,16 @@ class DataConfig(_Strict):
     rig_profile: str = Field(
         "auto",
         description="the rig profile the physics term's forward model starts from: auto = the newest one "
-        "`alloynet rig calibrate` added to the store (rig-profiles/), else the sidecars' nominal rig; a rig "
+        "`alloynet rig fit` added to the store (rig-profiles/), else the sidecars' nominal rig; a rig "
         "profile YAML; or none (the nominal rig). data.synthetic.rig_profile, when set, is used instead",
+    )
+    rig_fit: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="where data.rig_profile is auto and the store has none: fit the rig to the store's labelled "
+        "training captures (plates of known alloys at their measured thicknesses; alloynet rig fit's fit "
+        "without reference captures) and start the physics term from it, or from the nominal rig where the "
+        "captures say that fits better. auto = fitted to the captures that are a lab's (their sidecars carry "
+        "no simulator truth: no a0), always = to every labelled training capture, never",
     )
     synthetic_only: bool = Field(
         False,
@@ -125,7 +133,7 @@ class AnswerConfig(_Strict):
         "or the validation captures find the forward model describing the rig (the physics "
         "term's correction weighed and not needed): this many held-out simulated captures of "
         "the rig join the calibration set, if the real calibration captures agree with them "
-        "(alloynet.models.answer.calibration_set)",
+        "(alloynet.models.answer.recalibration_set)",
     )
     crossfit_below: int = Field(
         40,

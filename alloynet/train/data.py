@@ -135,12 +135,6 @@ class RunData:
     prior: ThicknessPrior  # the data's thickness prior (all labelled captures)
 
     @property
-    def calibration(self) -> CaptureDataset:
-        """The old name of ``recalibration``, kept while alloynet/train/trainer.py (being changed elsewhere) reads
-        it."""
-        return self.recalibration
-
-    @property
     def rig(self) -> RigConfig:
         """The training data's nominal rig: its most common wedge's settings."""
         return nominal_rig(self.rigs)

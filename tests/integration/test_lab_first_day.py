@@ -33,7 +33,7 @@ def test_tiffs_levels_and_references_to_a_package_with_the_fitted_physics(tmp_pa
 
     run, nominal = tmp_path / "run", tmp_path / "nominal"
     out = _ok("train", "--store", store, "--epochs", "1", "--out", run)
-    assert f"physics term: forward model of the rig calibrated by {store}/rig-profiles/{key.name}" in out
+    assert f"physics term: forward model of the rig fitted to {store}/rig-profiles/{key.name}" in out
     assert "(forward model: rig profile)" in out or "(forward model: nominal rig)" in out
     assert (run / "rig-profile.yaml").read_bytes() == key.read_bytes()
     cfg = yaml.safe_load((run / "config.yaml").read_text())

@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from alloynet.captures.stores import LocalStore
-from alloynet.data.rig_references import calibrate_store, make_references
+from alloynet.data.rig_references import fit_rig_to_references, make_references
 from alloynet.physics.simulator import RigConfig
 
 
@@ -34,7 +34,7 @@ def test_physics_fit_and_ceiling_read_the_rig_profile(tmp_path):
         sessions=5,
         seed=1,
     )
-    _, profile, _ = calibrate_store(LocalStore(tmp_path / "refs"), bins=16, check=False)
+    _, profile, _ = fit_rig_to_references(LocalStore(tmp_path / "refs"), bins=16, check=False)
     prof = save_rig_profile(profile, tmp_path / "rig.yaml")
     spec = DatasetSpec(
         simulator="second_rig",

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from alloynet.captures.stores import LocalStore
-from alloynet.data.rig_references import calibrate_store, make_references
+from alloynet.data.rig_references import fit_rig_to_references, make_references
 from alloynet.physics.detector import DetectorMeasurement
 from alloynet.physics.rig_fit import FIT_PARAMETERS, _with_dose, predict_references, quanta_per_dose
 from alloynet.physics.simulator import Channel, RigConfig
@@ -61,7 +61,7 @@ def second_refs(tmp_path_factory):
 
 
 def test_fit_recovers_known_departures_within_their_uncertainty(nominal_refs):
-    cal, _, _ = calibrate_store(
+    cal, _, _ = fit_rig_to_references(
         LocalStore(nominal_refs), rig=RigConfig(height=SIZE, width=SIZE), params=tuple(TRUE), bins=16, check=False
     )
     for name, true in TRUE.items():
@@ -91,7 +91,7 @@ def three_kvp_refs(tmp_path_factory):
 def test_fit_of_three_exposures_uses_every_channel_and_recovers_the_departures(three_kvp_refs):
     bins = 16
     nominal = RigConfig(height=SIZE, width=SIZE, kvp=KVP3)
-    cal, profile, refs = calibrate_store(
+    cal, profile, refs = fit_rig_to_references(
         LocalStore(three_kvp_refs), rig=nominal, params=tuple(TRUE), bins=bins, check=False
     )
     assert cal.rig.kvp == KVP3 and all(r.profiles.shape[1] == 3 * bins for r in refs.fit + refs.holdout)
@@ -130,7 +130,7 @@ def test_dose_from_the_flats_of_several_exposures_uses_every_channels_spectrum()
 
 
 def test_fitted_simulator_predicts_held_out_second_rig_plate_within_noise(second_refs):
-    cal, profile, refs = calibrate_store(LocalStore(second_refs), bins=16, check=False)
+    cal, profile, refs = fit_rig_to_references(LocalStore(second_refs), bins=16, check=False)
     assert [r.nominal_thickness_mm for r in refs.holdout] == [2.0]
     fitted = cal.holdout["references"][refs.holdout[0].name]
     nominal = predict_references(RigConfig(height=SIZE, width=SIZE), refs.holdout, 16)["references"][
