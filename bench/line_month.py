@@ -193,7 +193,7 @@ class Line:
         self.kind, self.seed, self.tube_drop = kind, seed, tube_drop
         rng = np.random.default_rng([seed, 99])
         gain = self.sim.session_gain(rng)
-        dark, flat = self.sim.calibration_frames(rng, gain)
+        dark, flat = self.sim.dark_flat_frames(rng, gain)
         self.gain, self.dark, self.flat = gain, frame_level(dark), frame_level(flat)
         x = np.linspace(0, 1, size)
         self.gain_map = 1.0 + gain_amp * np.sin(2 * np.pi * (x * 1.5 + float(rng.uniform())))
