@@ -146,3 +146,49 @@ def plate_profile(features: np.ndarray, channels: int, bins: int, to_bins: int =
         coarse = prof.reshape(len(f), to_bins, bins // to_bins).mean(axis=2)
         parts += [coarse[:, :1], np.diff(coarse, axis=1)]
     return np.concatenate(parts, axis=1)
+
+
+# -- the second stage ---------------------------------------------------------------------------------------
+# One night's random picks hold about one plate of each alloy, and the test above needs several of the shifted
+# alloy's plates before its level is reached. So a suspicion (a p-value below ``SUSPECT_P``, far looser than the
+# alarm's level) spends part of the next night's budget on plates the line *called* that alloy, drawn at random
+# among those calls (``verify.propose(focus=...)``). Such plates are not a random sample of the alloy's plates:
+# the line calls an alloy by the profile, so the called plates of an alloy are its plates whose profile lies in
+# its own region. Their reference is selected by the same rule: the training plates of the alloy that the
+# champion calls that alloy. A suspicion costs only verified plates; an alarm still needs the confirmation.
+SUSPECT_P = 0.05
+FOCUS_SHARE = 0.5  # of the night's budget, split among the suspected alloys
+
+
+def fit_reference_called(
+    features: np.ndarray,
+    alloys: Sequence[str],
+    thickness_mm: Sequence[float],
+    called: Sequence[str],
+    min_plates: int = 10,
+) -> dict[str, AlloyReference]:
+    """The reference of the second stage: per alloy, its training plates that the champion calls that alloy
+    (``called``: the champion's call for each training plate)."""
+    y, c = np.asarray(alloys), np.asarray(called)
+    keep = y == c
+    x = np.asarray(features, float).reshape(len(y), -1)
+    return fit_reference(x[keep], y[keep], np.asarray(thickness_mm, float)[keep], min_plates)
+
+
+def suspects(*results: CompositionResult, level: float = SUSPECT_P) -> list[str]:
+    """Alloys with a p-value below ``level`` (Bonferroni over the alloys each result tested) in any of
+    ``results``, most suspicious first: where the next night's second-stage plates go."""
+    best: dict[str, float] = {}
+    for r in results:
+        for a, p in r.p_values.items():
+            q = min(1.0, p * len(r.p_values))
+            best[a] = min(best.get(a, 1.0), q)
+    return sorted((a for a, q in best.items() if q < level), key=lambda a: best[a])
+
+
+def focus_plan(suspected: Sequence[str], budget: int, share: float = FOCUS_SHARE, most: int = 2) -> dict[str, int]:
+    """alloy -> second-stage plates for the next list: ``share`` of the budget, split among the ``most`` most
+    suspicious alloys."""
+    chosen = list(suspected)[:most]
+    total = int(round(budget * share)) if chosen else 0
+    return {a: total // len(chosen) + (i < total % len(chosen)) for i, a in enumerate(chosen)} if chosen else {}

@@ -64,21 +64,41 @@ def propose(
     random_share: float = 0.5,
     seed: int = 0,
     day: date | None = None,
+    focus: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """The night's list: ceil(budget * random_share) picked uniformly at random (seeded by ``seed`` and the
-    day), the rest the most informative of the others. Each row: LIST_COLUMNS."""
+    day), the rest the most informative of the others. Each row: LIST_COLUMNS.
+
+    ``focus`` (alloy -> plates): the second stage of the composition test. That many of the captures the line
+    called that alloy are drawn at random among them (pick ``focus``), out of the same budget: they take the
+    informative places first, then random ones. They are drawn at random among the alloy's calls, never by
+    their profile, so that together with the random picks the line called that alloy they are a random sample
+    of the alloy's calls, which the test compares with training plates selected by the same rule
+    (``composition.fit_reference_called``)."""
     if budget < 0 or not 0.0 <= random_share <= 1.0:
         raise ValueError(f"budget must be >= 0 and random_share in [0, 1], got {budget}, {random_share}")
+    if any(k < 0 for k in (focus or {}).values()):
+        raise ValueError(f"focus: plates per alloy must be >= 0, got {focus}")
     rng = np.random.default_rng([seed, (day or date.today()).toordinal()])
     n = len(candidates)
-    n_random = min(n, math.ceil(budget * random_share))
+    n_focus = min(budget, sum((focus or {}).values()))
+    n_random = min(n, math.ceil(budget * random_share), budget - n_focus)
     random_idx = [int(i) for i in rng.choice(n, size=n_random, replace=False)] if n_random else []
+    taken = set(random_idx)
+    focus_idx: list[tuple[int, str]] = []
+    for alloy, k in sorted((focus or {}).items()):
+        k = min(k, n_focus - len(focus_idx))
+        pool = [i for i in range(n) if i not in taken and candidates[i].get("alloy") == alloy]
+        drawn = [pool[int(j)] for j in rng.choice(len(pool), size=min(k, len(pool)), replace=False)] if k else []
+        focus_idx += [(i, alloy) for i in drawn]
+        taken |= set(drawn)
     rest = sorted(
-        (i for i in range(n) if i not in set(random_idx)),
+        (i for i in range(n) if i not in taken),
         key=lambda i: (-informativeness(candidates[i]), str(candidates[i].get("capture_id"))),
     )
     chosen = [(i, "random", "random sample (live accuracy)") for i in random_idx]
-    chosen += [(i, "informative", _why(candidates[i])) for i in rest[: max(0, budget - n_random)]]
+    chosen += [(i, "focus", f"second stage: {a} suspected of a composition shift") for i, a in focus_idx]
+    chosen += [(i, "informative", _why(candidates[i])) for i in rest[: max(0, budget - len(chosen))]]
     rows = []
     for i, pick, why in chosen:
         c = candidates[i]
@@ -123,7 +143,8 @@ def saved_list(store: ObjectStore, day: date) -> list[dict[str, Any]] | None:
 
 
 def picks(store: ObjectStore) -> dict[str, str]:
-    """capture id -> how it was picked ("random" wins over "informative" if both), over every night's list."""
+    """capture id -> how it was picked ("random" wins over "focus" and "informative" if both), over every night's
+    list."""
     out: dict[str, str] = {}
     for info in store.list(VERIFY):
         if not info.key.endswith(".json"):

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from alloynet.monitor.alarms import decide
-from alloynet.monitor.composition import composition_over_windows, composition_test, fit_reference, plate_profile
+from alloynet.monitor.composition import (
+    composition_over_windows,
+    composition_test,
+    fit_reference,
+    fit_reference_called,
+    focus_plan,
+    plate_profile,
+    suspects,
+)
 from alloynet.monitor.drift import profile_features
 
 ALLOYS = ("Al1050", "Al5083", "Al6082")
@@ -72,3 +80,35 @@ def test_a_composition_shift_alarms_with_its_cause_and_action():
     assert alarm.cause == "a supplier's composition moved within the standard"
     assert "verify 10 more plates of Al6082" in alarm.action and "retrain" in alarm.action
     assert decide(None, None, {}, composition=composition_test(ref, *_plates(rng, 40))) == []
+
+
+def test_a_suspicion_plans_the_second_stage_and_the_called_reference_keeps_its_level():
+    rng = np.random.default_rng(4)
+    x, a, t = _plates(rng, 300)
+    ref = fit_reference(x, a, t)
+    # suspicion: a p-value below the loose level (Bonferroni over the alloys tested), most suspicious first
+    few = composition_test(ref, *_plates(rng, 20, {"Al6082": [1.5, 0, 0, 0]}))
+    assert "Al6082" in suspects(few) and few.p_values["Al6082"] * len(few.p_values) < 0.05
+    assert focus_plan(["Al6082"], 10) == {"Al6082": 5}
+    assert focus_plan(["Al6082", "Al5083", "Al1050"], 10) == {"Al6082": 3, "Al5083": 2}
+    assert focus_plan([], 10) == {}
+    # the called reference: a "champion" that calls by the first feature's nearest alloy mean keeps only the
+    # plates it calls right; plates selected by the same rule hold the test's level, a shift is still found
+    centres = {k: np.mean(x[np.asarray(a) == k, 0] - np.log(t[np.asarray(a) == k])) for k in ALLOYS}
+
+    def call(xx, tt):
+        d = xx[:, :1] - np.log(tt)[:, None] - np.array([[centres[k] for k in ALLOYS]])
+        return [ALLOYS[i] for i in np.argmin(np.abs(d), axis=1)]
+
+    ref_c = fit_reference_called(x, a, t, call(x, t))
+    assert sorted(ref_c) == list(ALLOYS)
+    alarms = 0
+    for _ in range(200):
+        xn, an, tn = _plates(rng, 30)
+        keep = np.asarray(call(xn, tn)) == np.asarray(an)
+        alarms += composition_test(ref_c, xn[keep], list(np.asarray(an)[keep]), tn[keep], alpha=0.05).detected
+    assert alarms <= 22  # alpha = 0.05 of 200 nights is 10; binomial sd ~3
+    xs, as_, ts = _plates(rng, 30, {"Al6082": [0, 3.0, 0, 0]})
+    keep = np.asarray(call(xs, ts)) == np.asarray(as_)
+    moved = composition_test(ref_c, xs[keep], list(np.asarray(as_)[keep]), ts[keep])
+    assert moved.shifted == ["Al6082"]

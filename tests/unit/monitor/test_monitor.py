@@ -80,6 +80,35 @@ def test_verification_list_is_half_random_half_informative_and_seeded():
     assert len({r["capture_id"] for r in rows}) == 6
 
 
+def test_a_suspected_alloy_gets_random_plates_of_its_calls_within_the_budget():
+    """The second stage: focus picks are the line's calls of the suspected alloy, drawn at random among them,
+    out of the same budget (informative places first); without a focus the list is unchanged."""
+    cands = [_cand(i, set_=(("Al6082",) if i % 5 == 0 else ("Al5083",))) for i in range(60)]
+    cands[7] = _cand(7, conf=0.5, set_=("Al5083", "Al6082"))
+    plain = propose(cands, budget=10, seed=1, day=NIGHT.date())
+    rows = propose(cands, budget=10, seed=1, day=NIGHT.date(), focus={"Al6082": 4})
+    assert len(rows) == 10 and len({r["capture_id"] for r in rows}) == 10
+    kinds = [r["pick"] for r in rows]
+    assert kinds.count("random") == 5 and kinds.count("focus") == 4 and kinds.count("informative") == 1
+    assert [r for r in rows if r["pick"] == "random"] == [r for r in plain if r["pick"] == "random"]
+    focus = [r for r in rows if r["pick"] == "focus"]
+    assert all(r["predicted"] == "Al6082" and "Al6082 suspected" in r["why"] for r in focus)
+    # drawn at random among the calls: over nights every call of the alloy is drawn, not the same few
+    drawn = {
+        r["capture_id"]
+        for d in range(40)
+        for r in propose(cands, 10, 0.5, 1, (NIGHT + timedelta(days=d)).date(), {"Al6082": 4})
+        if r["pick"] == "focus"
+    }
+    assert drawn == {c["capture_id"] for c in cands if c["alloy"] == "Al6082"}
+    # all random (random verification): the focus takes random places, the budget holds
+    rows = propose(cands, budget=10, random_share=1.0, seed=1, day=NIGHT.date(), focus={"Al6082": 5})
+    assert [r["pick"] for r in rows].count("focus") == 5 and len(rows) == 10
+    assert len(propose(cands, budget=3, seed=1, day=NIGHT.date(), focus={"Al6082": 9})) == 3
+    with pytest.raises(ValueError, match="focus"):
+        propose(cands, budget=3, focus={"Al6082": -1})
+
+
 def test_live_performance_intervals_and_coverage_alarm():
     lo, hi = wilson(8, 10)
     assert (round(lo, 3), round(hi, 3)) == (0.49, 0.943)  # the textbook Wilson interval
