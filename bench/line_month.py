@@ -284,10 +284,28 @@ def _month(
     pre: tuple,
     drifted_test: tuple,
     comp_bins: int = 4,
+    second_stage: bool = True,
+    post_alarm: str = "weight-all",
+    post_nights: int = 5,
 ) -> list[dict]:
-    """One arm of one seed: the nights of a month; per night the figures the table reports."""
+    """One arm of one seed: the nights of a month; per night the figures the table reports.
+
+    ``second_stage``: a suspected composition shift puts plates the line called that alloy on the next night's
+    list (``composition.suspects``, ``focus_plan``, ``verify.propose(focus=...)``) and tests them against the
+    training plates of the alloy that the champion calls that alloy. ``post_alarm``, the retrain after the first
+    alarm: ``weight-all`` (the labels since weigh as much as all before), ``weight-random`` (only the labels
+    picked at random since weigh so: the informative picks are chosen by the old champion's doubts and are no
+    sample of the changed line), ``random`` (as weight-all, and the lists of the ``post_nights`` nights from
+    the alarm on are all random picks)."""
     from alloynet.monitor.alarms import decide
-    from alloynet.monitor.composition import composition_over_windows, fit_reference
+    from alloynet.monitor.composition import (
+        composition_over_windows,
+        composition_test,
+        fit_reference,
+        fit_reference_called,
+        focus_plan,
+        suspects,
+    )
     from alloynet.monitor.drift import drift_test
     from alloynet.monitor.performance import Verified, live_performance
     from alloynet.monitor.verify import propose
@@ -303,6 +321,12 @@ def _month(
     # the composition test's reference: the training plates' wedge profile (8 bins, no open-beam strip) per alloy
     comp_ref = fit_reference(comp_features(ref, comp_bins), y_tr, np.exp(x_tr[:, -1]))
     comp_plates: list[tuple[int, np.ndarray, str, float]] = []  # night, features, lab's alloy, thickness
+    comp_tr, thick_tr = comp_features(ref, comp_bins), np.exp(x_tr[:, -1])
+    # the second stage's plates: random and focus picks whose verdict is the line's call (as its reference)
+    called_plates: list[tuple[int, np.ndarray, str, float]] = []
+    focus: dict[str, int] = {}
+    focused: dict[str, int] = {}  # alloy -> the last night it had second-stage plates
+    random_pick = [False] * len(y_tr)  # per label: picked at random (or in the second stage) since the alarm
     verified: list[tuple[int, Verified]] = []
     alarm_since = None
     rows = []
@@ -312,10 +336,23 @@ def _month(
         answers = champ.answer(x)
         drift = drift_test(ref, xd, alpha, names)
         cands = [{**a, "capture_id": str(i), "drift_score": 0.0} for i, a in enumerate(answers)]
-        picked = propose(cands, budget, random_share, seed, datetime(2026, 1, 1).date() + timedelta(days=d))
+        share = 1.0 if post_alarm == "random" and alarm_since is not None and d < alarm_since + post_nights else None
+        picked = propose(
+            cands,
+            budget,
+            random_share if share is None else share,
+            seed,
+            datetime(2026, 1, 1).date() + timedelta(days=d),
+            focus=focus if second_stage else None,
+        )
+        for a in focus if second_stage else {}:
+            focused[a] = d
+        called_tr = champ.model.predict(x_tr)  # tonight's champion's calls of the training plates
         for r in picked:
             i = int(r["capture_id"])
-            x_lab.append(x[i]), y_lab.append(y[i]), when.append(d)
+            x_lab.append(x[i]), y_lab.append(y[i]), when.append(d), random_pick.append(r["pick"] != "informative")
+            if r["pick"] != "informative" and answers[i]["alloy"] == y[i]:
+                called_plates.append((d, comp_features(xd[i], comp_bins), y[i], float(np.exp(x[i, -1]))))
             if r["pick"] == "random":
                 a = answers[i]
                 comp_plates.append((d, comp_features(xd[i], comp_bins), y[i], float(np.exp(x[i, -1]))))
@@ -333,13 +370,45 @@ def _month(
             d,
             alpha,
         )
-        alarms = decide(drift, live, {}, 0.0, budget, comp)
+        confirm = None
+        if second_stage:
+            # the second stage: the alloys that had focus picks this week, their called-and-verified plates
+            ref_called = {
+                a: r
+                for a, r in fit_reference_called(comp_tr, y_tr, thick_tr, called_tr).items()
+                if focused.get(a, -99) > d - 7
+            }
+            if ref_called and called_plates:
+                confirm = composition_over_windows(
+                    ref_called,
+                    [p[0] for p in called_plates],
+                    np.asarray([p[1] for p in called_plates]),
+                    [p[2] for p in called_plates],
+                    [p[3] for p in called_plates],
+                    d,
+                    alpha,
+                )
+            # tomorrow's focus: tonight's calls against the training plates the champion calls the same (no
+            # label needed), and the verified tests' own p-values
+            called_now = [a["alloy"] for a in answers]
+            unlabelled = composition_test(
+                fit_reference(comp_tr, list(called_tr), thick_tr),
+                comp_features(xd, comp_bins),
+                called_now,
+                np.exp(x[:, -1]),
+                alpha,
+            )
+            focus = focus_plan(suspects(unlabelled, comp, *([confirm] if confirm else [])), budget)
+        comp_night = comp if comp.detected or confirm is None or not confirm.detected else confirm
+        alarms = decide(drift, live, {}, 0.0, budget, comp_night)
         if alarms and alarm_since is None:
             alarm_since = d
         # tonight's retrain: every label so far; after an alarm, the labels since it weigh as much as all before
         w = np.ones(len(y_lab))
         if alarm_since is not None:
             recent = np.asarray(when) >= alarm_since
+            if post_alarm == "weight-random":
+                recent &= np.asarray(random_pick)
             if recent.any():
                 w[recent] = max(1.0, (~recent).sum() / recent.sum())
         x_cal_now, y_cal_now = (x_cal, y_cal)
@@ -350,10 +419,14 @@ def _month(
                 "day": d,
                 "drifted": drifted,
                 "drift_alarm": drift.detected,
-                "composition_alarm": comp.detected,
-                "composition_shifted": comp.shifted,
+                "composition_alarm": comp_night.detected,
+                "composition_shifted": comp_night.shifted,
                 "composition_p": comp.p_values,
                 "composition_n": comp.tested,
+                "second_stage_alarm": bool(confirm is not None and confirm.detected),
+                "second_stage_p": confirm.p_values if confirm is not None else {},
+                "focus_next": dict(focus),
+                "focus_picks": sum(r["pick"] == "focus" for r in picked),
                 "pattern": drift.pattern,
                 "alarms": [a.kind for a in alarms],
                 "live_bal": live.balanced_accuracy if live else None,
@@ -375,7 +448,7 @@ def month(args) -> None:
         f"budget {args.budget}, alpha {args.alpha}, seeds {args.seeds}, composition test on {args.comp_bins} bins"
     )
     summary = []
-    false_alarms, quiet_nights, false_comp = 0, 0, 0
+    false_alarms, quiet_nights, false_comp, focus_quiet = 0, 0, 0, 0
     per_day_rows: dict = {}
     kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
     arms = tuple(args.arms.split(","))
@@ -405,12 +478,15 @@ def month(args) -> None:
                     pre,
                     (x_dt, y_dt),
                     args.comp_bins,
+                    not args.no_second_stage,
+                    args.post_alarm,
                 )
                 per_day_rows[(kind, seed, arm)] = rows
                 if arm == arms[0]:  # both arms see the same captures: their nights count once
                     false_alarms += sum(r["drift_alarm"] for r in rows if not r["drifted"])
                     quiet_nights += sum(not r["drifted"] for r in rows)
                     false_comp += sum(r["composition_alarm"] for r in rows if not r["drifted"])
+                    focus_quiet += sum(r["focus_picks"] for r in rows if not r["drifted"])
                 if kind == "none":
                     continue
                 first = next((r["day"] for r in rows if r["drifted"] and r["alarms"]), None)
@@ -430,25 +506,33 @@ def month(args) -> None:
                         ),
                         "nights_to_recover": None if back is None else back - args.drift_day + 1,
                         "labels": sum(r["labels"] for r in rows),
+                        # the first-crossing night of a noisy series says little alone: the mean shortfall of
+                        # the first 5 drifted nights against the pre-drift figure (negative: below it)
+                        "gap_5": float(np.mean([r["true_bal"] - base for r in rows if r["drifted"]][:5])),
+                        "focus_picks": sum(r["focus_picks"] for r in rows if r["drifted"]),
                     }
                 )
     print(
         f"\nfalse drift alarms on undrifted nights of the months: {false_alarms} of {quiet_nights} "
         f"({30 * false_alarms / max(1, quiet_nights):.2f} per 30 nights); composition alarms on them: "
-        f"{false_comp} ({30 * false_comp / max(1, quiet_nights):.2f} per 30 nights)"
+        f"{false_comp} ({30 * false_comp / max(1, quiet_nights):.2f} per 30 nights); second-stage plates spent "
+        f"on them: {focus_quiet} ({focus_quiet / max(1, quiet_nights):.2f} a night)"
     )
     if args.quiet_nights:
-        fa, fc = _quiet(args)
+        fa, fc, fs, sus = _quiet(args)
         print(
             f"false alarms on {args.quiet_nights} more undrifted nights: drift test {fa} "
             f"({30 * fa / args.quiet_nights:.2f} per 30 nights); composition test on 7 nights' random picks "
-            f"({args.budget // 2} a night) {fc} ({30 * fc / args.quiet_nights:.2f} per 30 nights)"
+            f"({args.budget // 2} a night) {fc} ({30 * fc / args.quiet_nights:.2f} per 30 nights); "
+            f"with the second stage {fs} ({30 * fs / args.quiet_nights:.2f} per 30 nights), "
+            f"suspected on {sus} nights"
         )
     print()
     print(
         "| drift | seed | verification | pre-drift bal. acc. | after drift night 1 | lowest after drift | "
-        "nights to alarm | nights to composition alarm | nights to within 0.02 | labels |\n"
-        "|---|---|---|---|---|---|---|---|---|---|"
+        "nights to alarm | nights to composition alarm | nights to within 0.02 | mean gap nights 1-5 | "
+        "second-stage plates | labels |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in summary:
         print(
@@ -457,7 +541,7 @@ def month(args) -> None:
             f"{r['nights_to_alarm'] if r['nights_to_alarm'] is not None else 'none'} | "
             f"{r['nights_to_composition_alarm'] if r['nights_to_composition_alarm'] is not None else 'none'} | "
             f"{r['nights_to_recover'] if r['nights_to_recover'] is not None else 'not in the month'} | "
-            f"{r['labels']} |"
+            f"{r['gap_5']:+.3f} | {r['focus_picks']} | {r['labels']} |"
         )
     widths = [
         r["live_bal_iv"][1] - r["live_bal_iv"][0]
@@ -482,28 +566,78 @@ def month(args) -> None:
             _plot(per_day_rows, args)
 
 
-def _quiet(args) -> tuple[int, int]:
+def _quiet(args) -> tuple[int, int, int, int]:
     """Drift and composition alarms on ``args.quiet_nights`` undrifted nights (fresh captures each night, the
     reference of one seed's training captures). The composition test of a night sees a fresh week of random
-    picks (7 nights of ``budget // 2``, as the active arm verifies): each night's test is then independent."""
-    from alloynet.monitor.composition import composition_over_windows, fit_reference
+    picks (7 nights of ``budget // 2``, as the active arm verifies): each night's test is then independent.
+    The second stage: the night's captures (those of the drift test) and the week's test give the suspects; if
+    any, a fresh next night's list holds the focus picks (``propose(focus=...)``), and its called-and-verified
+    plates with the week's are tested against the called reference. Returns (drift alarms, composition alarms
+    without the second stage, composition alarms with it, nights with a suspect)."""
+    from alloynet.monitor.composition import (
+        composition_over_windows,
+        composition_test,
+        fit_reference,
+        fit_reference_called,
+        focus_plan,
+        suspects,
+    )
     from alloynet.monitor.drift import drift_test, feature_names
+    from alloynet.monitor.verify import propose
 
-    alarms, comp = 0, 0
+    alarms, comp, comp2, suspected = 0, 0, 0, 0
     for seed in range(args.seeds):
         line = Line(1000 + seed, "tube")
         rng = np.random.default_rng([seed, 11])
         x_tr, ref, y_tr = line.captures(args.train_n, False, rng)
-        comp_ref = fit_reference(comp_features(ref, args.comp_bins), y_tr, np.exp(x_tr[:, -1]))
+        x_cal, _, y_cal = line.captures(args.cal_n, False, rng)
+        champ = Champion(x_tr, y_tr, np.ones(len(y_tr)), x_cal, y_cal)
+        comp_tr, thick_tr = comp_features(ref, args.comp_bins), np.exp(x_tr[:, -1])
+        called_tr = champ.model.predict(x_tr)
+        comp_ref = fit_reference(comp_tr, y_tr, thick_tr)
+        ref_u = fit_reference(comp_tr, list(called_tr), thick_tr)
+        ref_c = fit_reference_called(comp_tr, y_tr, thick_tr, called_tr)
         names = feature_names(1, 8, line.open_beam_rows)
-        for _ in range(args.quiet_nights // args.seeds):
-            alarms += drift_test(ref, line.captures(args.per_day, False, rng)[1], args.alpha, names).detected
+        for q in range(args.quiet_nights // args.seeds):
+            x0, xd0, _ = line.captures(args.per_day, False, rng)
+            alarms += drift_test(ref, xd0, args.alpha, names).detected
             x, xd, y = line.captures(7 * (args.budget // 2), False, rng)
             nights = np.repeat(np.arange(1, 8), args.budget // 2)
-            comp += composition_over_windows(
+            week = composition_over_windows(
                 comp_ref, nights, comp_features(xd, args.comp_bins), y, np.exp(x[:, -1]), 7, args.alpha
-            ).detected
-    return alarms, comp
+            )
+            comp += week.detected
+            unl = composition_test(
+                ref_u, comp_features(xd0, args.comp_bins), list(champ.model.predict(x0)), np.exp(x0[:, -1])
+            )
+            focus = focus_plan(suspects(unl, week), args.budget)
+            confirmed = False
+            if focus:
+                suspected += 1
+                # the next night: its list with the focus picks; the week's random picks the line called right
+                x1, xd1, y1 = line.captures(args.per_day, False, rng)
+                answers = champ.answer(x1)
+                cands = [{**a, "capture_id": str(i)} for i, a in enumerate(answers)]
+                rows = propose(cands, args.budget, 0.5, seed, datetime(2026, 1, 1).date() + timedelta(days=q), focus)
+                called_w = champ.model.predict(x)
+                keep = called_w == np.asarray(y)
+                idx = [
+                    int(r["capture_id"])
+                    for r in rows
+                    if answers[int(r["capture_id"])]["alloy"] == y1[int(r["capture_id"])]
+                ]
+                feats = np.r_[comp_features(xd, args.comp_bins)[keep], comp_features(xd1[idx], args.comp_bins)]
+                confirmed = composition_over_windows(
+                    {a: ref_c[a] for a in focus if a in ref_c},
+                    np.r_[nights[keep], np.full(len(idx), 7)],
+                    feats,
+                    list(np.asarray(y)[keep]) + [y1[i] for i in idx],
+                    np.r_[np.exp(x[keep, -1]), np.exp(x1[idx, -1])],
+                    7,
+                    args.alpha,
+                ).detected
+            comp2 += week.detected or confirmed
+    return alarms, comp, comp2, suspected
 
 
 def _plot(per_day_rows: dict, args) -> None:
@@ -555,6 +689,13 @@ def main() -> None:
     mo.add_argument("--arms", default="active,random", help="verification arms: active, random or both")
     mo.add_argument("--out", default="", help="write the nights as JSON here (and a .png beside it with --plot)")
     mo.add_argument("--plot", action="store_true")
+    mo.add_argument("--no-second-stage", action="store_true", help="composition: no focus picks on a suspicion")
+    mo.add_argument(
+        "--post-alarm",
+        default="weight-all",
+        choices=("weight-all", "weight-random", "random"),
+        help="the retrain after the first alarm (see _month)",
+    )
     ch = sub.add_parser("_child")
     ch.add_argument("store")
     ch.add_argument("n", type=int)
