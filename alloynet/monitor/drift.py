@@ -171,3 +171,31 @@ def rate_jump(
     base = (k_before + 0.5) / (n_before + 1.0)  # never exactly 0: a first flag after a clean week is a rate too
     p = float(binomtest(k_now, n_now, min(base, 1.0), alternative="greater").pvalue)
     return (p < alpha and k_now / n_now - k_before / n_before >= min_increase), p
+
+
+def strip_offset(reference: np.ndarray, current: np.ndarray, channels: int, bins: int) -> np.ndarray:
+    """[channels * bins]: how far the open-beam strip's binned attenuation moved, tonight's captures' mean
+    minus the reference's (``profile_features`` with an open-beam strip: the strip's bins are its last
+    ``channels * bins`` values). The strip holds no plate, so this is the tube and detector alone: a tube
+    output change moves every bin alike, a gain-map change each bin by its own amount, and both move the plate
+    rows' attenuation by the same amount per bin, as re-taking the flat would show."""
+    ref, cur = np.atleast_2d(np.asarray(reference, float)), np.atleast_2d(np.asarray(current, float))
+    k = channels * bins
+    if ref.shape[1] != cur.shape[1] or ref.shape[1] < 2 * k:
+        raise ValueError(
+            f"strip offset: expected profile features with a {channels}x{bins} open-beam strip, got "
+            f"{ref.shape[1]} reference and {cur.shape[1]} current features"
+        )
+    return cur[:, -k:].mean(axis=0) - ref[:, -k:].mean(axis=0)
+
+
+def correct_by_strip(features: np.ndarray, offset: np.ndarray, channels: int, bins: int) -> np.ndarray:
+    """``profile_features`` (with the strip) as if the flat had been re-taken: each plate bin less the strip's
+    ``offset`` for that bin, in the level-and-slopes form (level less the first bin's offset, slope j less the
+    difference of offsets j and j-1), and the strip less its offset."""
+    f = np.array(features, float, ndmin=2)
+    off = np.asarray(offset, float).reshape(channels, bins)
+    for c in range(channels):
+        f[:, c * bins : (c + 1) * bins] -= np.concatenate([off[c, :1], np.diff(off[c])])
+    f[:, -channels * bins :] -= off.reshape(-1)
+    return f if np.ndim(features) > 1 else f[0]

@@ -13,7 +13,14 @@ from alloynet.captures.image import CaptureError
 from alloynet.captures.labels import history
 from alloynet.captures.layout import sidecar_key
 from alloynet.monitor.alarms import decide
-from alloynet.monitor.drift import drift_test, feature_names, profile_features, rate_jump
+from alloynet.monitor.drift import (
+    correct_by_strip,
+    drift_test,
+    feature_names,
+    profile_features,
+    rate_jump,
+    strip_offset,
+)
 from alloynet.monitor.performance import Verified, live_performance, wilson
 from alloynet.monitor.verify import import_verdicts, propose, read_verdicts
 
@@ -47,6 +54,26 @@ def test_drift_test_holds_its_false_alarm_rate_and_finds_a_level_shift():
     level_only = drift_test(ref, rng.normal(size=(40, 8)) + np.r_[1.5, 0, 0, 0, 0, 0, 0, 0], names=no_strip)
     assert level_only.pattern == "level"
     assert drift_test(ref, ref[:3]).pattern == "too-few"
+
+
+def test_the_open_beam_strip_undoes_a_tube_or_gain_map_change():
+    """A gain map (or a tube output change) multiplies the signal above dark in every row alike, so the strip's
+    shift per bin is the plate rows' shift: the corrected features are those before the change."""
+    rng = np.random.default_rng(5)
+    dark, flat = [100.0], [50000.0]
+    imgs = [100 + 40000 * np.exp(-rng.uniform(0.2, 2.0, size=(1, 24, 32)) * np.linspace(0.2, 1, 32)) for _ in range(30)]
+    for im in imgs:
+        im[:, :4] = 100 + 49000 * rng.uniform(0.98, 1.0, size=(1, 4, 32))  # the open-beam strip
+    gain = 1 + 0.04 * np.sin(np.linspace(0, 3 * np.pi, 32))
+    before = np.stack([profile_features(im, dark, flat, 8, 4) for im in imgs])
+    for g in (gain, np.full(32, 0.95)):
+        after = np.stack([profile_features(100 + (im - 100) * g, dark, flat, 8, 4) for im in imgs])
+        assert np.abs(after - before).max() > 0.03  # the change moves the features
+        off = strip_offset(before, after, 1, 8)
+        assert correct_by_strip(after, off, 1, 8) == pytest.approx(before, abs=1e-9)
+        assert correct_by_strip(after[0], off, 1, 8) == pytest.approx(before[0], abs=1e-9)
+    with pytest.raises(ValueError, match="open-beam strip"):
+        strip_offset(before[:, :8], before[:, :8], 1, 8)
 
 
 def test_rate_jump_needs_a_real_increase():
