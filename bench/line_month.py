@@ -18,6 +18,7 @@ died), per kill.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -159,6 +160,7 @@ def kill(args) -> None:
 ALLOYS = ("Al1050", "Al2017", "Al5083", "Al6082", "Al7075")
 THICKNESSES = (2.0, 3.0, 4.0, 5.0, 6.0)
 KINDS = ("tube", "gain-map", "composition")
+LOGT = 16  # the champion's features: the plate's 16-bin profile, then log thickness (then the 16-bin strip)
 COMP_FEATURES = 8  # the plate's 8-bin profile: level and 7 slopes (the open-beam strip says nothing of the alloy)
 
 
@@ -199,7 +201,8 @@ class Line:
         self.gain_map = 1.0 + gain_amp * np.sin(2 * np.pi * (x * 1.5 + float(rng.uniform())))
 
     def captures(self, n: int, drifted: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """``n`` captures: the champion's features (the plate's 16-bin profile), the monitor's drift features
+        """``n`` captures: the champion's features (the plate's 16-bin profile and log thickness; then the
+        16-bin open-beam strip, which the champion does not read), the monitor's drift features
         (``alloynet.monitor.drift.profile_features``, 8 bins and the open-beam strip), the true alloys."""
         from alloynet.monitor.drift import profile_features
         from alloynet.physics.alloys import STANDARD_ALLOYS, density_for, get_alloy, sample_plate
@@ -221,10 +224,30 @@ class Line:
             if drifted and self.kind == "gain-map":
                 img = self.dark[0] + (img - self.dark[0]) * self.gain_map[None, None, :]
             # the plate's profile, and its gauge: in this bench the line knows the nominal thickness it cuts
-            feats.append(np.r_[profile_features(img, self.dark, self.flat, 16, self.open_beam_rows)[:16], np.log(t)])
+            pf = profile_features(img, self.dark, self.flat, 16, self.open_beam_rows)
+            feats.append(np.r_[pf[:16], np.log(t), pf[16:]])
             dfeats.append(profile_features(img, self.dark, self.flat, 8, self.open_beam_rows))
             alloys.append(alloy)
         return np.asarray(feats), np.asarray(dfeats), alloys
+
+
+def _champion_inputs(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x)[:, : LOGT + 1]  # the strip is the monitor's, not the champion's
+
+
+def _strip_form(x: np.ndarray) -> np.ndarray:
+    """The champion's features back in ``profile_features``' layout (plate bins, then the strip)."""
+    return np.c_[x[:, :LOGT], x[:, LOGT + 1 :]]
+
+
+def _corrected(x: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+    """The features as if the flat had been re-taken (``drift.correct_by_strip``); unchanged without offset."""
+    from alloynet.monitor.drift import correct_by_strip
+
+    if offset is None or not len(x):
+        return x
+    pf = correct_by_strip(_strip_form(x), offset, 1, LOGT)
+    return np.c_[pf[:, :LOGT], x[:, LOGT], pf[:, LOGT:]]
 
 
 class Champion:
@@ -237,9 +260,11 @@ class Champion:
     ):
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
+        from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-        self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=3.0))
+        self.model = make_pipeline(
+            FunctionTransformer(_champion_inputs), StandardScaler(), LogisticRegression(max_iter=3000, C=3.0)
+        )
         self.model.fit(x, y, logisticregression__sample_weight=w)
         self.classes = list(self.model.classes_)
         p = self.model.predict_proba(x_cal)
@@ -296,7 +321,10 @@ def _month(
     alarm: ``weight-all`` (the labels since weigh as much as all before), ``weight-random`` (only the labels
     picked at random since weigh so: the informative picks are chosen by the old champion's doubts and are no
     sample of the changed line), ``random`` (as weight-all, and the lists of the ``post_nights`` nights from
-    the alarm on are all random picks)."""
+    the alarm on are all random picks), ``strip`` (after the first input-drift alarm, every capture from the
+    alarm's night on is corrected by the open-beam strip's offset against training, ``drift.strip_offset``, as
+    re-taking the flat would; the labels since weigh as much as the others: the model has not changed, its
+    inputs have)."""
     from alloynet.monitor.alarms import decide
     from alloynet.monitor.composition import (
         composition_over_windows,
@@ -306,7 +334,7 @@ def _month(
         focus_plan,
         suspects,
     )
-    from alloynet.monitor.drift import drift_test
+    from alloynet.monitor.drift import drift_test, strip_offset
     from alloynet.monitor.performance import Verified, live_performance
     from alloynet.monitor.verify import propose
     from alloynet.physics.alloys import alloy_group
@@ -319,21 +347,25 @@ def _month(
     x_lab, y_lab, when = list(x_tr), list(y_tr), [0] * len(y_tr)
     champ = Champion(x_tr, y_tr, np.ones(len(y_tr)), x_cal, y_cal)
     # the composition test's reference: the training plates' wedge profile (8 bins, no open-beam strip) per alloy
-    comp_ref = fit_reference(comp_features(ref, comp_bins), y_tr, np.exp(x_tr[:, -1]))
+    comp_ref = fit_reference(comp_features(ref, comp_bins), y_tr, np.exp(x_tr[:, LOGT]))
     comp_plates: list[tuple[int, np.ndarray, str, float]] = []  # night, features, lab's alloy, thickness
-    comp_tr, thick_tr = comp_features(ref, comp_bins), np.exp(x_tr[:, -1])
+    comp_tr, thick_tr = comp_features(ref, comp_bins), np.exp(x_tr[:, LOGT])
     # the second stage's plates: random and focus picks whose verdict is the line's call (as its reference)
     called_plates: list[tuple[int, np.ndarray, str, float]] = []
     focus: dict[str, int] = {}
     focused: dict[str, int] = {}  # alloy -> the last night it had second-stage plates
     random_pick = [False] * len(y_tr)  # per label: picked at random (or in the second stage) since the alarm
+    strip_since, strip_off, post_x = None, None, []  # post_alarm == "strip": from which night, the offset
     verified: list[tuple[int, Verified]] = []
     alarm_since = None
     rows = []
     for d in range(1, days + 1):
         drifted = drift_day > 0 and d >= drift_day
         x, xd, y = line.captures(per_day, drifted, rng_day)
-        answers = champ.answer(x)
+        if strip_since is not None:
+            post_x.append(x)
+            strip_off = strip_offset(_strip_form(x_tr), _strip_form(np.concatenate(post_x)), 1, LOGT)
+        answers = champ.answer(_corrected(x, strip_off))
         drift = drift_test(ref, xd, alpha, names)
         cands = [{**a, "capture_id": str(i), "drift_score": 0.0} for i, a in enumerate(answers)]
         share = 1.0 if post_alarm == "random" and alarm_since is not None and d < alarm_since + post_nights else None
@@ -352,10 +384,10 @@ def _month(
             i = int(r["capture_id"])
             x_lab.append(x[i]), y_lab.append(y[i]), when.append(d), random_pick.append(r["pick"] != "informative")
             if r["pick"] != "informative" and answers[i]["alloy"] == y[i]:
-                called_plates.append((d, comp_features(xd[i], comp_bins), y[i], float(np.exp(x[i, -1]))))
+                called_plates.append((d, comp_features(xd[i], comp_bins), y[i], float(np.exp(x[i, LOGT]))))
             if r["pick"] == "random":
                 a = answers[i]
-                comp_plates.append((d, comp_features(xd[i], comp_bins), y[i], float(np.exp(x[i, -1]))))
+                comp_plates.append((d, comp_features(xd[i], comp_bins), y[i], float(np.exp(x[i, LOGT]))))
                 verified.append(
                     (d, Verified(str(i), y[i], a["alloy"], a["prediction_set"], alloy_group(y[i]), a["group"]))
                 )
@@ -395,7 +427,7 @@ def _month(
                 fit_reference(comp_tr, list(called_tr), thick_tr),
                 comp_features(xd, comp_bins),
                 called_now,
-                np.exp(x[:, -1]),
+                np.exp(x[:, LOGT]),
                 alpha,
             )
             focus = focus_plan(suspects(unlabelled, comp, *([confirm] if confirm else [])), budget)
@@ -403,17 +435,25 @@ def _month(
         alarms = decide(drift, live, {}, 0.0, budget, comp_night)
         if alarms and alarm_since is None:
             alarm_since = d
+        if post_alarm == "strip" and drift.detected and strip_since is None:
+            strip_since, post_x = d, [x]
+            strip_off = strip_offset(_strip_form(x_tr), _strip_form(x), 1, LOGT)
         # tonight's retrain: every label so far; after an alarm, the labels since it weigh as much as all before
         w = np.ones(len(y_lab))
-        if alarm_since is not None:
+        if alarm_since is not None and post_alarm != "strip":
             recent = np.asarray(when) >= alarm_since
             if post_alarm == "weight-random":
                 recent &= np.asarray(random_pick)
             if recent.any():
                 w[recent] = max(1.0, (~recent).sum() / recent.sum())
         x_cal_now, y_cal_now = (x_cal, y_cal)
-        champ = Champion(np.asarray(x_lab), y_lab, w, x_cal_now, y_cal_now)
+        x_fit = np.asarray(x_lab)
+        if strip_since is not None:
+            late = np.asarray(when) >= strip_since
+            x_fit[late] = _corrected(x_fit[late], strip_off)
+        champ = Champion(x_fit, y_lab, w, x_cal_now, y_cal_now)
         x_now, y_now = drifted_test if drifted else (x_te, y_te)
+        x_now = _corrected(x_now, strip_off)
         rows.append(
             {
                 "day": d,
@@ -458,8 +498,12 @@ def month(args) -> None:
             rng = np.random.default_rng([seed, 1])
             x_tr, d_tr, y_tr = line.captures(args.train_n, False, rng)
             x_cal, _, y_cal = line.captures(args.cal_n, False, rng)
+            # the drifted test set: the same plates and the same noise as the test set, through the changed rig
+            # (the generator's state is copied), so that "back within 0.02" compares the champion, not two
+            # samples of 400 plates whose balanced accuracy differs by about as much
+            rng_dt = copy.deepcopy(rng)
             x_te, _, y_te = line.captures(args.test_n, False, rng)
-            x_dt, _, y_dt = line.captures(args.test_n, True, rng) if kind != "none" else (x_te, None, y_te)
+            x_dt, _, y_dt = line.captures(args.test_n, True, rng_dt) if kind != "none" else (x_te, None, y_te)
             pre = ((x_tr, d_tr, y_tr), (x_cal, y_cal), (x_te, y_te))
             base = Champion(x_tr, y_tr, np.ones(len(y_tr)), x_cal, y_cal).balanced_accuracy(x_te, y_te)
             for arm, share in (("active", 0.5), ("random", 1.0)):
@@ -592,7 +636,7 @@ def _quiet(args) -> tuple[int, int, int, int]:
         x_tr, ref, y_tr = line.captures(args.train_n, False, rng)
         x_cal, _, y_cal = line.captures(args.cal_n, False, rng)
         champ = Champion(x_tr, y_tr, np.ones(len(y_tr)), x_cal, y_cal)
-        comp_tr, thick_tr = comp_features(ref, args.comp_bins), np.exp(x_tr[:, -1])
+        comp_tr, thick_tr = comp_features(ref, args.comp_bins), np.exp(x_tr[:, LOGT])
         called_tr = champ.model.predict(x_tr)
         comp_ref = fit_reference(comp_tr, y_tr, thick_tr)
         ref_u = fit_reference(comp_tr, list(called_tr), thick_tr)
@@ -604,11 +648,11 @@ def _quiet(args) -> tuple[int, int, int, int]:
             x, xd, y = line.captures(7 * (args.budget // 2), False, rng)
             nights = np.repeat(np.arange(1, 8), args.budget // 2)
             week = composition_over_windows(
-                comp_ref, nights, comp_features(xd, args.comp_bins), y, np.exp(x[:, -1]), 7, args.alpha
+                comp_ref, nights, comp_features(xd, args.comp_bins), y, np.exp(x[:, LOGT]), 7, args.alpha
             )
             comp += week.detected
             unl = composition_test(
-                ref_u, comp_features(xd0, args.comp_bins), list(champ.model.predict(x0)), np.exp(x0[:, -1])
+                ref_u, comp_features(xd0, args.comp_bins), list(champ.model.predict(x0)), np.exp(x0[:, LOGT])
             )
             focus = focus_plan(suspects(unl, week), args.budget)
             confirmed = False
@@ -632,7 +676,7 @@ def _quiet(args) -> tuple[int, int, int, int]:
                     np.r_[nights[keep], np.full(len(idx), 7)],
                     feats,
                     list(np.asarray(y)[keep]) + [y1[i] for i in idx],
-                    np.r_[np.exp(x[keep, -1]), np.exp(x1[idx, -1])],
+                    np.r_[np.exp(x[keep, LOGT]), np.exp(x1[idx, LOGT])],
                     7,
                     args.alpha,
                 ).detected
@@ -693,7 +737,7 @@ def main() -> None:
     mo.add_argument(
         "--post-alarm",
         default="weight-all",
-        choices=("weight-all", "weight-random", "random"),
+        choices=("weight-all", "weight-random", "random", "strip"),
         help="the retrain after the first alarm (see _month)",
     )
     ch = sub.add_parser("_child")
