@@ -77,3 +77,9 @@ def test_a_composition_shift_is_caught_by_the_composition_test():
     caught = [r for r in rows if r["composition_alarm"]]
     assert caught and caught[0]["day"] - 6 + 1 <= 3 and len(caught) >= 8  # of the 11 shifted nights
     assert caught[0]["composition_shifted"] == ["Al6082"] and "composition" in caught[0]["alarms"]
+    # the second stage: a night's suspicion puts plates the line called that alloy on the next night's list, out
+    # of the same budget; the shift makes Al6082 a suspect within two nights
+    for r, nxt in zip(rows, rows[1:]):
+        assert 0 < nxt["focus_picks"] <= sum(r["focus_next"].values()) or not r["focus_next"]
+        assert nxt["labels"] == 10
+    assert any("Al6082" in r["focus_next"] for r in rows[5:7])
