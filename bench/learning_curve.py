@@ -138,13 +138,15 @@ def subset_folder(lab: Path, rows: list[dict], where: Path) -> Path:
     return where / "labels.csv"
 
 
-def import_store(labels: Path, store: Path) -> None:
-    """`alloynet import` as a lab runs it: the labels CSV, the tube voltage; levels from the CSV."""
+def import_store(labels: Path, store: Path, split: int = 0) -> None:
+    """`alloynet import` as a lab runs it: the labels CSV, the tube voltage; levels from the CSV; ``split`` seeds
+    the manifest's train/val/test split by plate."""
     if (store / "manifest.csv").exists():
         return
     exe = str(Path(sys.executable).parent / "alloynet")
     t0 = time.perf_counter()
-    res = subprocess.run([exe, "import", str(labels), str(store), "--kvp", "50"], capture_output=True, text=True)
+    cmd = [exe, "import", str(labels), str(store), "--kvp", "50", "--seed", str(split)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         sys.exit(f"import failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     log(f"imported {labels.name} into {store} in {time.perf_counter() - t0:.1f} s")
@@ -200,16 +202,18 @@ def one_size(
     epochs: int | None,
     overrides: dict,
     arm: str = "",
+    split: int = 0,
 ) -> dict:
     from alloynet.evaluate import evaluate
     from alloynet.train import load_config, train
 
     tag = f"{arm + '-' if arm else ''}n{n}-s{seed}" + "".join(f"-{k}={v}" for k, v in sorted(overrides.items()))
+    tag += f"-split{split}" if split else ""
     done = out / tag / "result.json"
     if done.exists():
         return json.loads(done.read_text())
-    store = out / f"store-n{n}"
-    import_store(subset_folder(lab, first_plates(pool, n), out / f"lab-n{n}"), store)
+    store = out / (f"store-n{n}" + (f"-split{split}" if split else ""))
+    import_store(subset_folder(lab, first_plates(pool, n), out / f"lab-n{n}"), store, split)
     cfg = load_config(
         None,
         {
@@ -232,6 +236,7 @@ def one_size(
         "arm": arm,
         "plates_per_alloy": n,
         "seed": seed,
+        "split": split,
         "overrides": overrides,
         "train_s": round(train_s),
         "best_epoch": result.best_epoch,
@@ -382,7 +387,7 @@ def run(a) -> None:
         print(json.dumps(rows, indent=1, default=str))
         return
     rows = [
-        one_size(a.rig, n, s, out, pool, out / "lab", out / "fresh", a.epochs, overrides, a.arm)
+        one_size(a.rig, n, s, out, pool, out / "lab", out / "fresh", a.epochs, overrides, a.arm, a.split)
         for n in sizes
         for s in range(a.seeds)
     ]
@@ -393,7 +398,8 @@ def run(a) -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "date": f"{datetime.now(timezone.utc):%Y-%m-%d}",
     }
-    (out / f"results{'-' + a.arm if a.arm else ''}.json").write_text(json.dumps(res, indent=1, default=str))
+    name = f"results{'-' + a.arm if a.arm else ''}{f'-split{a.split}' if a.split else ''}.json"
+    (out / name).write_text(json.dumps(res, indent=1, default=str))
     print(table([{**r, "ceiling": ceil} for r in rows]))
 
 
@@ -445,6 +451,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/alloynet-bench-learning-curve"))
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--seeds", type=int, default=1, help="training seeds per size")
+    ap.add_argument("--split", type=int, default=0, help="seed of the store's split by plate (alloynet import --seed)")
     ap.add_argument("--epochs", type=int, default=None, help="cap the default recipe's epochs (budget)")
     ap.add_argument("--set", action="append", default=[], help="a config override key=value (arms of a comparison)")
     ap.add_argument(
