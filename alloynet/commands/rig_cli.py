@@ -140,7 +140,13 @@ def fit_rig(
             log=_line,
         )
     except RigFitError as exc:
-        _line(f"error: cannot fit the rig: {exc}", EXIT_REFUSED)
+        hint = (
+            " (without references, `alloynet train --store` fits the rig to the store's labelled plates of three "
+            "alloys or more: docs/rig_fit.md)"
+            if "missing references" in str(exc)
+            else ""
+        )
+        _line(f"error: cannot fit the rig: {exc}{hint}", EXIT_REFUSED)
     except (StoreError, OSError) as exc:
         _line(f"error: {' '.join(str(exc).split())}", EXIT_REFUSED)
     for s in refs.skipped:

@@ -191,6 +191,7 @@ def test_cli_refuses_missing_references(second_refs, tmp_path):
     assert "the wedge alone: frames of the wedge with no plate" in text and "reference/wedge-<mm>mm/" in text
     assert "two or more thicknesses" in text and "hardening curve" in text and "reference/Al1050-1mm/" in text
     assert "dark and flat levels" not in text  # the reference captures' sidecars give them
+    assert "fits the rig to the store's labelled plates of three alloys or more" in text  # the way without them
     assert not (tmp_path / "p.yaml").exists()
 
     # the command's old name, a hidden alias for one release: the same run, output and exit code, and a note
