@@ -329,6 +329,7 @@ def _month(
     from alloynet.monitor.composition import (
         composition_over_windows,
         composition_test,
+        confirm,
         fit_reference,
         fit_reference_called,
         focus_plan,
@@ -353,7 +354,7 @@ def _month(
     # the second stage's plates: random and focus picks whose verdict is the line's call (as its reference)
     called_plates: list[tuple[int, np.ndarray, str, float]] = []
     focus: dict[str, int] = {}
-    focused: dict[str, int] = {}  # alloy -> the last night it had second-stage plates
+    since: dict[str, int] = {}  # alloy -> the first night of its focus picks, while they go on night after night
     random_pick = [False] * len(y_tr)  # per label: picked at random (or in the second stage) since the alarm
     strip_since, strip_off, post_x = None, None, []  # post_alarm == "strip": from which night, the offset
     verified: list[tuple[int, Verified]] = []
@@ -377,8 +378,7 @@ def _month(
             datetime(2026, 1, 1).date() + timedelta(days=d),
             focus=focus if second_stage else None,
         )
-        for a in focus if second_stage else {}:
-            focused[a] = d
+        since = {a: since.get(a, d) for a in (focus if second_stage else {})}
         called_tr = champ.model.predict(x_tr)  # tonight's champion's calls of the training plates
         for r in picked:
             i = int(r["capture_id"])
@@ -402,23 +402,17 @@ def _month(
             d,
             alpha,
         )
-        confirm = None
+        confirmed = None
         if second_stage:
-            # the second stage: the alloys that had focus picks this week, their called-and-verified plates
-            ref_called = {
-                a: r
-                for a, r in fit_reference_called(comp_tr, y_tr, thick_tr, called_tr).items()
-                if focused.get(a, -99) > d - 7
-            }
-            if ref_called and called_plates:
-                confirm = composition_over_windows(
-                    ref_called,
+            # the second stage: the suspected alloys' called-and-verified plates since their focus began
+            if since and called_plates:
+                confirmed = confirm(
+                    fit_reference_called(comp_tr, y_tr, thick_tr, called_tr),
                     [p[0] for p in called_plates],
                     np.asarray([p[1] for p in called_plates]),
                     [p[2] for p in called_plates],
                     [p[3] for p in called_plates],
-                    d,
-                    alpha,
+                    since,
                 )
             # tomorrow's focus: tonight's calls against the training plates the champion calls the same (no
             # label needed), and the verified tests' own p-values
@@ -430,8 +424,8 @@ def _month(
                 np.exp(x[:, LOGT]),
                 alpha,
             )
-            focus = focus_plan(suspects(unlabelled, comp, *([confirm] if confirm else [])), budget)
-        comp_night = comp if comp.detected or confirm is None or not confirm.detected else confirm
+            focus = focus_plan(suspects(unlabelled, comp, *([confirmed] if confirmed else [])), budget)
+        comp_night = comp if comp.detected or confirmed is None or not confirmed.detected else confirmed
         alarms = decide(drift, live, {}, 0.0, budget, comp_night)
         if alarms and alarm_since is None:
             alarm_since = d
@@ -463,8 +457,8 @@ def _month(
                 "composition_shifted": comp_night.shifted,
                 "composition_p": comp.p_values,
                 "composition_n": comp.tested,
-                "second_stage_alarm": bool(confirm is not None and confirm.detected),
-                "second_stage_p": confirm.p_values if confirm is not None else {},
+                "second_stage_alarm": bool(confirmed is not None and confirmed.detected),
+                "second_stage_p": confirmed.p_values if confirmed is not None else {},
                 "focus_next": dict(focus),
                 "focus_picks": sum(r["pick"] == "focus" for r in picked),
                 "pattern": drift.pattern,
@@ -615,12 +609,14 @@ def _quiet(args) -> tuple[int, int, int, int]:
     reference of one seed's training captures). The composition test of a night sees a fresh week of random
     picks (7 nights of ``budget // 2``, as the active arm verifies): each night's test is then independent.
     The second stage: the night's captures (those of the drift test) and the week's test give the suspects; if
-    any, a fresh next night's list holds the focus picks (``propose(focus=...)``), and its called-and-verified
-    plates with the week's are tested against the called reference. Returns (drift alarms, composition alarms
+    any, fresh next nights' lists hold the focus picks (``propose(focus=...)``) while the suspicion lasts (at
+    most 3 nights), and the called-and-verified plates since are tested (``composition.confirm``).
+    Returns (drift alarms, composition alarms
     without the second stage, composition alarms with it, nights with a suspect)."""
     from alloynet.monitor.composition import (
         composition_over_windows,
         composition_test,
+        confirm,
         fit_reference,
         fit_reference_called,
         focus_plan,
@@ -656,30 +652,35 @@ def _quiet(args) -> tuple[int, int, int, int]:
             )
             focus = focus_plan(suspects(unl, week), args.budget)
             confirmed = False
-            if focus:
-                suspected += 1
-                # the next night: its list with the focus picks; the week's random picks the line called right
+            suspected += bool(focus)
+            # the next nights, while the suspicion lasts (at most 3): their lists with the focus picks, and the
+            # confirmation on the called-and-verified plates since the suspicion, as the month does night by night
+            plates: list[tuple[np.ndarray, str, float]] = []
+            since: dict[str, int] = {}
+            for k in range(3):
+                if not focus or confirmed:
+                    break
+                since = {a: since.get(a, 0) for a in focus}
                 x1, xd1, y1 = line.captures(args.per_day, False, rng)
                 answers = champ.answer(x1)
                 cands = [{**a, "capture_id": str(i)} for i, a in enumerate(answers)]
-                rows = propose(cands, args.budget, 0.5, seed, datetime(2026, 1, 1).date() + timedelta(days=q), focus)
-                called_w = champ.model.predict(x)
-                keep = called_w == np.asarray(y)
-                idx = [
-                    int(r["capture_id"])
-                    for r in rows
-                    if answers[int(r["capture_id"])]["alloy"] == y1[int(r["capture_id"])]
-                ]
-                feats = np.r_[comp_features(xd, args.comp_bins)[keep], comp_features(xd1[idx], args.comp_bins)]
-                confirmed = composition_over_windows(
-                    {a: ref_c[a] for a in focus if a in ref_c},
-                    np.r_[nights[keep], np.full(len(idx), 7)],
-                    feats,
-                    list(np.asarray(y)[keep]) + [y1[i] for i in idx],
-                    np.r_[np.exp(x[keep, LOGT]), np.exp(x1[idx, LOGT])],
-                    7,
-                    args.alpha,
-                ).detected
+                day = datetime(2026, 1, 1).date() + timedelta(days=3 * q + k)
+                for r in propose(cands, args.budget, 0.5, seed, day, focus):
+                    i = int(r["capture_id"])
+                    if r["pick"] != "informative" and answers[i]["alloy"] == y1[i]:
+                        plates.append((comp_features(xd1[i], args.comp_bins), y1[i], float(np.exp(x1[i, LOGT]))))
+                res = confirm(
+                    ref_c,
+                    [0] * len(plates),
+                    np.asarray([p[0] for p in plates]),
+                    [p[1] for p in plates],
+                    [p[2] for p in plates],
+                    since,
+                )
+                confirmed = res.detected
+                called1 = [a["alloy"] for a in answers]
+                unl1 = composition_test(ref_u, comp_features(xd1, args.comp_bins), called1, np.exp(x1[:, LOGT]))
+                focus = focus_plan(suspects(unl1, res), args.budget)
             comp2 += week.detected or confirmed
     return alarms, comp, comp2, suspected
 

@@ -192,3 +192,36 @@ def focus_plan(suspected: Sequence[str], budget: int, share: float = FOCUS_SHARE
     chosen = list(suspected)[:most]
     total = int(round(budget * share)) if chosen else 0
     return {a: total // len(chosen) + (i < total % len(chosen)) for i, a in enumerate(chosen)} if chosen else {}
+
+
+# The confirmation's level. A suspicion on night d and the confirmation on the plates verified from night d + 1 on
+# are tested on different plates, so on an unchanged line an alarm needs both: its chance a night is at most
+# P(suspicion) x CONFIRM_ALPHA (a two-stage design), e.g. 0.2 x 0.05 = 0.01, the first stage's own level.
+CONFIRM_ALPHA = 0.05
+
+
+def confirm(
+    reference_called: dict[str, AlloyReference],
+    nights: Sequence[int],
+    features: np.ndarray,
+    alloys: Sequence[str],
+    thickness_mm: Sequence[float],
+    since: dict[str, int],
+    alpha: float = CONFIRM_ALPHA,
+    min_plates: int = MIN_PLATES,
+) -> CompositionResult:
+    """The second stage's test: per suspected alloy (``since``: alloy -> the first night of its focus picks), its
+    called-and-verified plates from that night on (random and focus picks whose verdict is the line's call)
+    against ``reference_called`` (``fit_reference_called``), Bonferroni over the suspected alloys at ``alpha``.
+    Plates from before the suspicion are left out: they decided it."""
+    x, y = np.asarray(features, float).reshape(len(nights), -1), np.asarray(alloys)
+    t, n = np.asarray(thickness_mm, float), np.asarray(nights)
+    out = CompositionResult(alpha)
+    suspected = [a for a in since if a in reference_called]
+    for a in suspected:
+        m = n >= since[a]
+        r = composition_test({a: reference_called[a]}, x[m], y[m], t[m], alpha / len(suspected), min_plates)
+        out.tested.update(r.tested), out.t2.update(r.t2), out.p_values.update(r.p_values)
+        out.shifted += r.shifted
+    out.shifted.sort(key=lambda a: out.p_values[a])
+    return out

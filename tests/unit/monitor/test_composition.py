@@ -9,6 +9,7 @@ from alloynet.monitor.alarms import decide
 from alloynet.monitor.composition import (
     composition_over_windows,
     composition_test,
+    confirm,
     fit_reference,
     fit_reference_called,
     focus_plan,
@@ -112,3 +113,19 @@ def test_a_suspicion_plans_the_second_stage_and_the_called_reference_keeps_its_l
     keep = np.asarray(call(xs, ts)) == np.asarray(as_)
     moved = composition_test(ref_c, xs[keep], list(np.asarray(as_)[keep]), ts[keep])
     assert moved.shifted == ["Al6082"]
+
+
+def test_the_confirmation_tests_only_the_plates_since_the_suspicion():
+    rng = np.random.default_rng(6)
+    ref = fit_reference(*_plates(rng, 300))
+    x0, a0, t0 = _plates(rng, 40)  # before the suspicion: they decided it, and are left out
+    x1, a1, t1 = _plates(rng, 20, {"Al6082": [0, 3.0, 0, 0]})
+    nights = np.r_[np.full(40, 3), np.full(20, 4)]
+    x, a, t = np.r_[x0, x1], a0 + a1, np.r_[t0, t1]
+    res = confirm(ref, nights, x, a, t, since={"Al6082": 4})
+    assert res.shifted == ["Al6082"] and res.tested == {"Al6082": a1.count("Al6082")} and res.alpha == 0.05
+    both = confirm(ref, nights, x, a, t, since={"Al6082": 4, "Al5083": 4})
+    assert set(both.tested) == {"Al6082", "Al5083"} and both.shifted == ["Al6082"]
+    assert not confirm(ref, nights, x, a, t, since={"Al6082": 5}).tested  # no plates yet: nothing tested
+    quiet = sum(confirm(ref, np.zeros(20), *_plates(rng, 20), since={"Al6082": 0}).detected for _ in range(200))
+    assert quiet <= 22  # at 0.05: 10 of 200 expected
