@@ -312,6 +312,7 @@ def _month(
     second_stage: bool = True,
     post_alarm: str = "weight-all",
     post_nights: int = 5,
+    suspect_p: float = 0.05,
 ) -> list[dict]:
     """One arm of one seed: the nights of a month; per night the figures the table reports.
 
@@ -424,7 +425,7 @@ def _month(
                 np.exp(x[:, LOGT]),
                 alpha,
             )
-            focus = focus_plan(suspects(unlabelled, comp, *([confirmed] if confirmed else [])), budget)
+            focus = focus_plan(suspects(unlabelled, comp, *([confirmed] if confirmed else []), level=suspect_p), budget)
         comp_night = comp if comp.detected or confirmed is None or not confirmed.detected else confirmed
         alarms = decide(drift, live, {}, 0.0, budget, comp_night)
         if alarms and alarm_since is None:
@@ -518,6 +519,7 @@ def month(args) -> None:
                     args.comp_bins,
                     not args.no_second_stage,
                     args.post_alarm,
+                    suspect_p=args.suspect_p,
                 )
                 per_day_rows[(kind, seed, arm)] = rows
                 if arm == arms[0]:  # both arms see the same captures: their nights count once
@@ -650,7 +652,7 @@ def _quiet(args) -> tuple[int, int, int, int]:
             unl = composition_test(
                 ref_u, comp_features(xd0, args.comp_bins), list(champ.model.predict(x0)), np.exp(x0[:, LOGT])
             )
-            focus = focus_plan(suspects(unl, week), args.budget)
+            focus = focus_plan(suspects(unl, week, level=args.suspect_p), args.budget)
             confirmed = False
             suspected += bool(focus)
             # the next nights, while the suspicion lasts (at most 3): their lists with the focus picks, and the
@@ -680,7 +682,7 @@ def _quiet(args) -> tuple[int, int, int, int]:
                 confirmed = res.detected
                 called1 = [a["alloy"] for a in answers]
                 unl1 = composition_test(ref_u, comp_features(xd1, args.comp_bins), called1, np.exp(x1[:, LOGT]))
-                focus = focus_plan(suspects(unl1, res), args.budget)
+                focus = focus_plan(suspects(unl1, res, level=args.suspect_p), args.budget)
             comp2 += week.detected or confirmed
     return alarms, comp, comp2, suspected
 
@@ -735,6 +737,7 @@ def main() -> None:
     mo.add_argument("--out", default="", help="write the nights as JSON here (and a .png beside it with --plot)")
     mo.add_argument("--plot", action="store_true")
     mo.add_argument("--no-second-stage", action="store_true", help="composition: no focus picks on a suspicion")
+    mo.add_argument("--suspect-p", type=float, default=0.05, help="second stage: the suspicion's level")
     mo.add_argument(
         "--post-alarm",
         default="weight-all",
