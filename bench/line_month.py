@@ -426,6 +426,10 @@ def _month(
                 alpha,
             )
             focus = focus_plan(suspects(unlabelled, comp, *([confirmed] if confirmed else []), level=suspect_p), budget)
+            if drift.detected:
+                # the rig moved: every alloy's profiles moved with it, and the references (training plates through
+                # the old rig) no longer tell a supplier's shift; the budget stays with the informative picks
+                focus = {}
         comp_night = comp if comp.detected or confirmed is None or not confirmed.detected else confirmed
         alarms = decide(drift, live, {}, 0.0, budget, comp_night)
         if alarms and alarm_since is None:
