@@ -458,6 +458,8 @@ def fit_rig_to_captures(
         {
             "store": store.uri,
             "fitted_to": f"{n_caps - sum(len(r.profiles) for r in held)} labelled captures (no reference captures)",
+            # what training weighs against the nominal start on these same captures (trainer.in_sample_optimism)
+            "in_sample": {"parameters": len(cal.names), "captures": n_caps - sum(len(r.profiles) for r in held)},
             "held_out": f"{sum(len(r.profiles) for r in held)} labelled captures",
             # per plate figures of hundreds of plates say nothing a reader of the profile needs
             "references": {"plates": len(fit)},

@@ -151,11 +151,13 @@ def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> dict
                         f"cleared its own ({alt.gain_z:.1f} sd)"
                     )
                     picked = ungated
-            if alt.chosen_logloss < picked.chosen_logloss:
+            optimism = in_sample_optimism(cfg.data.synthetic.rig_profile)
+            if alt.chosen_logloss < picked.chosen_logloss + optimism:
+                fitted_here = f" + {optimism:.3f} for its fit to these captures" if optimism else ""
                 alt.reason = (
                     f"the nominal forward model{' corrected from the captures' if alt.correction is not None else ''}"
                     f" fits them better than the rig profile's ({alt.chosen_logloss:.3f} against "
-                    f"{picked.chosen_logloss:.3f} log-loss): {alt.reason}"
+                    f"{picked.chosen_logloss:.3f}{fitted_here} log-loss): {alt.reason}"
                 )
                 picked, observers, start = alt, nominal, "nominal rig"
         choice.update(picked.summary())
@@ -174,6 +176,19 @@ def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> dict
         start = f" (forward model: {choice['start']})" if choice.get("start") else ""
         console.print(f"physics term: {choice['reason']}{start}")
     return choice or None
+
+
+def in_sample_optimism(rig_profile: str | None) -> float:
+    """How much better a rig profile fitted to the store's own labelled captures (``fit_rig_to_captures``)
+    looks on them than on new ones, per capture in log-loss: its fitted parameters over its captures (the
+    optimism of an in-sample log-likelihood, as in AIC). The cross-validation that compares it with the nominal
+    start holds out plates from the correction, not from the rig fit. 0 for a profile fitted to references."""
+    if not rig_profile:
+        return 0.0
+    from alloynet.physics.rig_profile import load_rig_profile
+
+    fitted = load_rig_profile(rig_profile).fit.get("in_sample") or {}
+    return float(fitted.get("parameters", 0)) / max(float(fitted.get("captures", 1)), 1.0)
 
 
 CORRECTION_CAPTURES = 4000  # training captures (seeded choice) that fit the forward model's correction

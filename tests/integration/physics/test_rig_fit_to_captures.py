@@ -64,6 +64,22 @@ def test_the_rig_is_recovered_from_labelled_plates_alone(lab):
     assert miss_fitted < 0.1 * miss_nominal, (miss_fitted, miss_nominal)
     assert cal.holdout and cal.holdout["captures"] >= 5 and cal.holdout["chi2_per_dof"] < 2.0
     assert "no reference captures" in profile.fit["fitted_to"]
+    # what training weighs against the nominal start on these same captures: 2 parameters over the fitted ones
+    assert profile.fit["in_sample"]["parameters"] == 2
+    assert profile.fit["in_sample"]["captures"] == len(rows) - cal.holdout["captures"]
+
+
+def test_training_weighs_the_fit_by_its_parameters_over_its_captures(lab, tmp_path):
+    from alloynet.physics.rig_profile import save_rig_profile
+    from alloynet.train.trainer import in_sample_optimism
+
+    store, manifest = lab
+    _, profile = fit_rig_to_captures(store, manifest[manifest.labelled], params=tuple(TRUE), bins=16, seed=0)
+    path = save_rig_profile(profile, tmp_path / "fitted.yaml")
+    assert in_sample_optimism(str(path)) == pytest.approx(2 / profile.fit["in_sample"]["captures"])
+    references = profile.model_copy(update={"fit": {k: v for k, v in profile.fit.items() if k != "in_sample"}})
+    assert in_sample_optimism(str(save_rig_profile(references, tmp_path / "references.yaml"))) == 0.0
+    assert in_sample_optimism(None) == 0.0
 
 
 def test_the_same_seed_gives_the_same_fit(lab):
