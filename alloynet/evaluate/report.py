@@ -159,8 +159,11 @@ def baseline_metrics(
 
 def trained_rig_profile(meta: dict) -> str | None:
     """The rig profile the model's physics term was tabulated from (``data.synthetic.rig_profile``: a run's
-    copy of the store's rig profile), so the ceiling and the physics fit describe the same rig by default."""
+    copy of the store's rig profile, or the rig fitted to its labelled captures), so the ceiling and the physics
+    fit describe the same rig by default; None where training's captures chose the nominal rig over it."""
     syn = (meta.get("config") or {}).get("data", {}).get("synthetic", {})
+    if (meta.get("physics_correction") or {}).get("start") == "nominal rig":
+        return None
     path = syn.get("rig_profile")
     return path if path and syn.get("simulator", "alloynet") == "alloynet" and Path(path).is_file() else None
 
