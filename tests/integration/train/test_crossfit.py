@@ -56,7 +56,7 @@ def test_training_captures_join_the_calibration_set_cross_fitted(store_dir, tmp_
 def test_held_out_simulated_captures_that_join_make_cross_fitting_needless(store_dir, tmp_path, monkeypatch):
     from alloynet.train import trainer
 
-    real = trainer.calibration_set
+    real = trainer.recalibration_set
 
     def joined(*args, **kwargs):  # as if the held-out simulated captures agreed and joined
         logits, labels, info = real(*args, **kwargs)
@@ -65,7 +65,7 @@ def test_held_out_simulated_captures_that_join_make_cross_fitting_needless(store
     def never(*args):
         raise AssertionError("cross-fitted although simulated captures joined")
 
-    monkeypatch.setattr(trainer, "calibration_set", joined)
+    monkeypatch.setattr(trainer, "recalibration_set", joined)
     monkeypatch.setattr(trainer, "cross_fitted", never)
     result = train(_cfg(store_dir, tmp_path / "run"))
     assert "cross_fitted" not in load_checkpoint(result.checkpoint)["answer"]["calibration_set"]
