@@ -199,8 +199,7 @@ def _plate_references(
             if shape is not None and img.shape != shape:
                 skipped.append(f"{r.capture_id}: shape {img.shape}, the frames are {shape}; not used")
                 continue
-            dark = [float(v) for v in str(r.dark_adu).split(";")]
-            flat = [float(v) for v in str(r.flat_adu).split(";")]
+            dark, flat = _levels(r)
             profiles.append(capture_profile(img, dark, flat, bins))
             ids.append(r.capture_id)
         if profiles:
@@ -223,6 +222,15 @@ def _plate_references(
     return refs, n_caps
 
 
+def _levels(row) -> tuple[list[float], list[float]]:
+    """(dark, flat) levels per channel of one manifest row (``;``-joined in the manifest)."""
+    return [float(v) for v in str(row.dark_adu).split(";")], [float(v) for v in str(row.flat_adu).split(";")]
+
+
+def _row_levels(rows) -> list[tuple[list[float], list[float]]]:
+    return [_levels(r) for r in rows.itertuples()]
+
+
 def _detector(
     frames: dict[str, dict[str, np.ndarray]], levels: dict, labelled, width: int, skipped: list[str]
 ) -> DetectorMeasurement | None:
@@ -239,10 +247,7 @@ def _detector(
         return measure_detector(
             np.stack([d["dark"] for d in frames.values()]), np.stack([d["flat"] for d in frames.values()])
         )
-    pairs = list(levels.values()) + [
-        ([float(v) for v in str(r.dark_adu).split(";")], [float(v) for v in str(r.flat_adu).split(";")])
-        for r in labelled.itertuples()
-    ]
+    pairs = list(levels.values()) + _row_levels(labelled)
     if not pairs or len({len(d) for d, _ in pairs}) > 1:
         return None
     source = (
@@ -439,16 +444,14 @@ def fit_rig_to_captures(
     fit = [r for r in refs if r.plate_id not in held_ids]
     held = [r for r in refs if r.plate_id in held_ids]
     rig = nominal_rig(store, chosen.capture_id.iloc[0])
-    levels = [
-        ([float(v) for v in str(r.dark_adu).split(";")], [float(v) for v in str(r.flat_adu).split(";")])
-        for r in chosen.itertuples()
-    ]
+    levels = _row_levels(chosen)
     detector = detector_from_levels(
         np.array([d for d, _ in levels]), np.array([f for _, f in levels]), rig.width, "the labelled captures"
     )
+    n_held = sum(len(r.profiles) for r in held)
     if log:
         log(
-            f"rig fit to {n_caps - sum(len(r.profiles) for r in held)} labelled captures of {len(alloys)} alloys "
+            f"rig fit to {n_caps - n_held} labelled captures of {len(alloys)} alloys "
             f"({len(fit)} plate x wedge; {len(held)} held out)" + (f"; {len(skipped)} not read" if skipped else "")
         )
     cal = fit_rig(rig, fit, detector, params, bins, log=log)
@@ -457,10 +460,10 @@ def fit_rig_to_captures(
     profile = cal.profile(
         {
             "store": store.uri,
-            "fitted_to": f"{n_caps - sum(len(r.profiles) for r in held)} labelled captures (no reference captures)",
+            "fitted_to": f"{n_caps - n_held} labelled captures (no reference captures)",
             # what training weighs against the nominal start on these same captures (trainer.in_sample_optimism)
-            "in_sample": {"parameters": len(cal.names), "captures": n_caps - sum(len(r.profiles) for r in held)},
-            "held_out": f"{sum(len(r.profiles) for r in held)} labelled captures",
+            "in_sample": {"parameters": len(cal.names), "captures": n_caps - n_held},
+            "held_out": f"{n_held} labelled captures",
             # per plate figures of hundreds of plates say nothing a reader of the profile needs
             "references": {"plates": len(fit)},
             "plate_scales": {},

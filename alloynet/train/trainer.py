@@ -128,13 +128,13 @@ def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> dict
     def correct(observers: dict) -> dict:
         picked = physics_correction(observers, data, cfg.seed)
         start = "rig profile" if cfg.data.synthetic.rig_profile else None
-        # a few captures cannot say whether a forward model describes the rig (``decided``), but they can still
-        # say which of two starts fits them better: a rig fitted to them is weighed by its optimism below
         if start and picked.val_logloss:
             # A rig profile is fitted to references of one alloy, or to these same captures; the labelled plates
             # may still say the nominal forward model, corrected from them or not, describes this rig's alloys
             # better (on a rig the nominal model describes, a fit only adds its own noise). The same captures
-            # score both starts (cross-validated or on the validation split), so the better one wins.
+            # score both starts (cross-validated or on the validation split), so the better one wins; a few
+            # captures cannot say whether a forward model describes the rig (``decided``), but they can say
+            # which start fits them better, a rig fitted to them weighed by its optimism.
             nominal_syn = cfg.data.synthetic.model_copy(update={"rig_profile": None})
             nominal = model.physics.observers(
                 forward_rigs(nominal_syn, data.rigs, wedges),
