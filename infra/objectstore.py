@@ -128,6 +128,9 @@ def start(
         "-s3.port.lance=0",
         f"-s3.config={iam}",
         "-master.telemetry=false",
+        # every bucket is a collection with volumes of its own, and weed sizes its volume slots as free disk
+        # over this limit: at mini's 1 GiB a disk with 14 GiB free held 14 buckets, then PutObject failed
+        "-master.volumeSizeLimitMB=64",
     ]
     # weed turns AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its environment into an identity of its own, which
     # would shadow the IAM file's key of the same name: a shell pointed at another store must not leak in

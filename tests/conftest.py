@@ -40,8 +40,14 @@ def s3_bucket(s3_server):
     import boto3
 
     name = f"t-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_server.endpoint).create_bucket(Bucket=name)
-    return name
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint)
+    client.create_bucket(Bucket=name)
+    yield name
+    # a bucket holds volume slots of the session's server until it is deleted (SeaweedFS deletes non-empty ones)
+    try:
+        client.delete_bucket(Bucket=name)
+    except client.exceptions.NoSuchBucket:
+        pass  # the test deleted it itself
 
 
 @pytest.fixture(scope="session")
