@@ -453,9 +453,19 @@ def fit_answer(run: Run, best: Path) -> dict:
         chosen["cross_fitted"] = int(len(crossfit["y"]))
     summary = model.answer.fit(logits, labels, tr["features"], tr["y"], val["features"], data.train.thickness_mm)
     summary["calibration_set"] = chosen
-    # captures sent without calibration or wedge size get their own honest temperature and set
+    # captures sent without calibration or wedge size get their own temperature and set, fitted on the same kind
+    # of set with the levels withheld: on the ~15 captures of a small recalibration half alone a 95 % threshold
+    # is not finite and every such answer was all five alloys
     withheld = predict(WithheldLevels(model), calib, run.device)
-    summary["without_calibration"] = model.answer.fit_missing(withheld["logits"], withheld["y"])
+    w_logits, w_labels = withheld["logits"], withheld["y"]
+    if crossfit is not None:
+        w_logits = np.concatenate([w_logits, crossfit["withheld"]])
+        w_labels = np.concatenate([w_labels, crossfit["y"]])
+    w_logits, w_labels, w_chosen = recalibration_set(
+        w_logits, w_labels, sim and sim["withheld"], sim and sim["y"], cfg.coverage, MIN_REAL
+    )
+    summary["without_calibration"] = model.answer.fit_missing(w_logits, w_labels)
+    summary["without_calibration"]["calibration_set"] = w_chosen
     ckpt["model"] = model.state_dict()
     ckpt["answer"] = summary
     save_checkpoint(ckpt, best)
@@ -550,7 +560,7 @@ def cross_fitted(run: Run, best: Path) -> dict | None:
         f"recalibration: {n_cal} validation captures < {below}: scoring the {len(train_rows)} training "
         f"captures cross-fitted ({k} folds by plate, {epochs} epochs each)"
     )
-    logits, ys = [], []
+    logits, withheld, ys = [], [], []
     for f in range(k):
         out = Path(cfg.out_dir) / "crossfit" / f"fold-{f}"
         out.mkdir(parents=True, exist_ok=True)
@@ -566,14 +576,17 @@ def cross_fitted(run: Run, best: Path) -> dict | None:
             result = train(fold_cfg)
         ds = CaptureDataset(data.store, df, "crossfit", cache=False)
         model, _ = load_model(result.checkpoint, run.device)
-        p = predict(model, DataLoader(ds, batch_size=cfg.data.eval_batch_size or 64), run.device)
+        loader = DataLoader(ds, batch_size=cfg.data.eval_batch_size or 64)
+        p = predict(model, loader, run.device)
         logits.append(p["logits"])
+        withheld.append(predict(WithheldLevels(model), loader, run.device)["logits"])
         ys.append(p["y"])
-    return {"logits": np.concatenate(logits), "y": np.concatenate(ys)}
+    return {"logits": np.concatenate(logits), "y": np.concatenate(ys), "withheld": np.concatenate(withheld)}
 
 
 def held_out_simulated(run: Run) -> dict | None:
-    """Predictions on ``answer.simulated`` held-out simulated captures of the training data's simulated rig
+    """Predictions (and ``withheld``: the logits with levels and wedge size withheld) on ``answer.simulated``
+    held-out simulated captures of the training data's simulated rig
     (a round no epoch drew), when training mixed simulated captures in or the store's validation captures
     found the forward model describing the rig (the physics term's correction was weighed and not needed:
     ``describes_rig``); else None. A threshold fitted on the recalibration half alone (about 40 captures in the
@@ -592,7 +605,10 @@ def held_out_simulated(run: Run) -> dict | None:
         log=console.print,
         held_out=True,
     )
-    return predict(run.model, DataLoader(source, batch_size=cfg.data.eval_batch_size or 64), run.device)
+    loader = DataLoader(source, batch_size=cfg.data.eval_batch_size or 64)
+    out = predict(run.model, loader, run.device)
+    out["withheld"] = predict(WithheldLevels(run.model), loader, run.device)["logits"]
+    return out
 
 
 def describes_rig(correction: dict | None) -> bool:

@@ -37,12 +37,17 @@ def _cfg(store_dir, out, **over):
 def test_training_captures_join_the_calibration_set_cross_fitted(store_dir, tmp_path):
     # no held-out simulated captures (which, where they join, make cross-fitting needless)
     result = train(_cfg(store_dir, tmp_path / "run", **{"answer.crossfit_folds": 3, "answer.simulated": 0}))
-    used = load_checkpoint(result.checkpoint)["answer"]["calibration_set"]
+    answer = load_checkpoint(result.checkpoint)["answer"]
+    used = answer["calibration_set"]
     from alloynet.data.manifest import read_manifest
 
     df = read_manifest(store_dir / "manifest.csv")
     n_train = int(((df.split == "train") & df.labelled & (df.label >= 0)).sum())
     assert used["cross_fitted"] == n_train and used["real"] > n_train
+    # captures sent without levels are fitted on the same captures, scored with the levels withheld
+    missing = answer["without_calibration"]
+    assert missing["fitted"] and missing["captures"] == used["real"]
+    assert missing["calibration_set"]["real"] == used["real"]
     folds = sorted(p.name for p in (tmp_path / "run" / "crossfit").iterdir())
     assert folds == ["fold-0", "fold-1", "fold-2"]
     for f in folds:  # each fold model trained for the run's best epoch count, its held-out plates out of training
