@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / ".alloynet" / "stack"
 WORK_POOL = "local-process"
 # the local deployments of prefect.yaml: the nightly pipeline, and one cell / one trial of the fan-out flows
+RETRAIN_DEPLOYMENT = "nightly/manual"  # what flows.monitor's automation runs (not imported: it pulls in Prefect)
 LOCAL_DEPLOYMENTS = [
     "nightly/daily-0200-UTC",
     "nightly/manual",
@@ -235,11 +236,28 @@ def stop_service(state_dir: Path, name: str, timeout: float = 30.0) -> bool:
 
 
 def deploy(state_dir: Path, api_url: str, names: list[str] | None = None) -> str:
-    """`prefect deploy` the deployments in prefect.yaml (all local ones by default) from the repo root."""
+    """`prefect deploy` the deployments in prefect.yaml (all local ones by default) from the repo root; with
+    ``nightly/manual`` among them, also the automation that retrains after a line alarm (flows/monitor.py),
+    which needs that deployment to exist."""
+    names = names or LOCAL_DEPLOYMENTS
     args = ["--no-prompt", "deploy"]
-    for n in names or LOCAL_DEPLOYMENTS:
+    for n in names:
         args += ["--name", n]
-    return run_prefect(args, state_dir, api_url).stdout
+    out = run_prefect(args, state_dir, api_url).stdout
+    if RETRAIN_DEPLOYMENT in names:
+        env = {**os.environ, **prefect_env(Path(state_dir).resolve(), api_url)}
+        res = subprocess.run(
+            [sys.executable, "-m", "flows.monitor", "automations", "--deployment", RETRAIN_DEPLOYMENT],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"python -m flows.monitor automations failed ({res.returncode}):\n{res.stderr}")
+        out += res.stdout
+    return out
 
 
 def api_call(api_url: str, path: str, body: dict | None = None, method: str | None = None):
@@ -557,8 +575,10 @@ def deploy_lines(state_dir: Path, prefect_output: str, names: list[str] | None =
         (f"infra/down.sh{dir_opt}", "stop everything"),
     ]
     width = max(len(c) for c, _ in commands)
+    automation = [ln for ln in prefect_output.splitlines() if ln.startswith("automation ")]
     return [
         f"deployments   {', '.join(names or LOCAL_DEPLOYMENTS)} (Prefect's output: {log})",
+        *automation,  # what `python -m flows.monitor automations` printed: its name says what it does
         "",
         "next:",
         *(f"  {c.ljust(width)}   # {why}" for c, why in commands),

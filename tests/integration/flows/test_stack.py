@@ -38,6 +38,7 @@ def server(tmp_path_factory):
         stack.ensure_work_pool(state, api_url)
         out = stack.deploy(state, api_url)
         assert "nightly/daily-0200-UTC" in out and "nightly/manual" in out, out
+        assert "automation 'alloynet: retrain after a line alarm" in out, out
         yield state, api_url
     finally:
         stack.stop_service(state, "prefect-worker")
@@ -50,6 +51,16 @@ def scheduled_runs(api_url: str, deployment_id: str) -> list[dict]:
         "/flow_runs/filter",
         {"deployments": {"id": {"any_": [deployment_id]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}},
     )
+
+
+def test_deploy_creates_the_retrain_automation_on_the_manual_deployment(server):
+    _, api_url = server
+    manual = api(api_url, "/deployments/name/nightly/manual")
+    found = [a for a in api(api_url, "/automations/filter", {}) if a["name"].startswith("alloynet: retrain after")]
+    assert len(found) == 1 and found[0]["enabled"]
+    (action,) = found[0]["actions"]
+    assert action["type"] == "run-deployment" and action["deployment_id"] == manual["id"]
+    assert action["parameters"] == {"force_retrain": True, "monitor_line": False}
 
 
 def test_cron_deployment_gets_scheduled_runs_at_0200_utc(server):

@@ -20,10 +20,12 @@ def test_up_prints_urls_and_env_file_only(tmp_path):
 
 def test_deploy_keeps_prefects_boilerplate_in_a_log(tmp_path):
     boiler = "To execute flow runs from these deployments, start a worker ...\nprefect deployment run 'x/y'\n"
-    lines = stack.deploy_lines(tmp_path, boiler)
-    assert (tmp_path / "deploy.log").read_text() == boiler
+    automation = "automation 'alloynet: retrain after a line alarm that new labels can fix': 1234"
+    lines = stack.deploy_lines(tmp_path, boiler + automation + "\n")
+    assert (tmp_path / "deploy.log").read_text() == boiler + automation + "\n"
     text = "\n".join(lines)
     assert "To execute flow runs" not in text and "nightly/daily-0200-UTC" in text
+    assert automation in lines
     commands = [line.split("#")[0].strip() for line in lines[lines.index("next:") + 1 :]]
     assert len({line.index("#") for line in lines[lines.index("next:") + 1 :]}) == 1  # comments in one column
     assert commands == [
