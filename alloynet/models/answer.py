@@ -38,6 +38,7 @@ from torch import nn
 
 OOD_QUANTILE = 0.995
 AGREEMENT_P = 0.05  # simulated recalibration captures are dropped when the real ones disagree at this level
+TIE = 1e-6  # of a conformal threshold: ties with the chosen score are in the set (``conformal_threshold``)
 MIN_REAL = 10  # fewer real recalibration captures cannot tell whether simulated ones agree: not used
 THICKNESS_MARGIN = 0.05
 MAX_PROJECTION = 32
@@ -164,9 +165,9 @@ class Answer(nn.Module):
     @torch.no_grad()
     def fit_missing(self, logits: np.ndarray, labels: np.ndarray, min_captures: int = MIN_REAL) -> dict:
         """Fit the temperature and conformal threshold of captures sent without levels or wedge size, on
-        held-out logits computed with both withheld (``WithheldLevels``); returns a summary. With fewer
-        than ``min_captures`` a temperature would be a guess: such captures stay answered uniformly. The
-        temperature is never below that of captures with levels: a capture without its levels is never
+        held-out logits of captures from sessions the model has not seen (``OtherSession``); returns a
+        summary. With fewer than ``min_captures`` a temperature would be a guess: such captures stay answered
+        uniformly. The temperature is never below that of captures with levels: a capture without its levels is never
         answered more sharply than one with them."""
         if len(labels) < min_captures:
             return {
@@ -225,6 +226,46 @@ class WithheldLevels(nn.Module):
         return self.model(raw, torch.zeros_like(calibration), torch.zeros_like(wedge_mm))
 
 
+# How far, at least, a session's flat-minus-dark span may lie from the training median (log rms): tube output
+# drifts by about a percent between sessions, more than the alloys differ in -ln T. A store of a few sessions
+# shows less than that, and answers to captures sent without levels fitted on its spread under-covered new
+# sessions (0.60 for 0.95 on a second rig's fresh captures, 50 labelled plates per alloy).
+SESSION_SPREAD_MIN = 0.01
+
+
+class OtherSession(nn.Module):
+    """A model as it answers a capture sent without its levels, from a session it has not seen: what
+    ``Answer.fit_missing`` is fitted on. Sent no levels, the model uses the training median's, and its error is
+    the ratio of the capture's own span to that; here each capture keeps its dark level and its span is scaled by
+    exp(delta), delta ~ N(0, ``log_sd``^2) drawn per capture (seeded, in the order the batches come), and the wedge
+    size is withheld. Forwards (raw, calibration, wedge_mm) like the model it wraps."""
+
+    def __init__(self, model: nn.Module, log_sd: float, seed: int):
+        super().__init__()
+        self.model, self.log_sd = model, float(log_sd)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def forward(self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor):
+        cal = calibration.float()
+        delta = torch.randn(cal.shape[0], generator=self.generator) * self.log_sd
+        dark = cal[..., 0]
+        span = (cal[..., 1] - dark) * torch.exp(delta).to(cal.device)[:, None]
+        shifted = torch.stack([dark, dark + span], dim=-1).to(calibration.dtype)
+        return self.model(raw, shifted, torch.zeros_like(wedge_mm))
+
+
+def session_spread(dark: np.ndarray, flat: np.ndarray) -> float:
+    """The log rms of the training captures' flat-minus-dark spans about their median (mean over channels),
+    at least ``SESSION_SPREAD_MIN``: the spread ``OtherSession`` draws from."""
+    span = np.asarray(flat, float) - np.asarray(dark, float)
+    span = span[(span > 0).all(axis=1)] if span.ndim == 2 else span
+    if not len(span):
+        return SESSION_SPREAD_MIN
+    log_span = np.log(span)
+    observed = float(np.sqrt(np.mean((log_span - np.median(log_span, axis=0)) ** 2)))
+    return max(observed, SESSION_SPREAD_MIN)
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature minimising the log-loss of softmax(logits / T) (1-D, bounded search in log T)."""
     from scipy import optimize
@@ -255,7 +296,10 @@ def conformal_threshold(probs: np.ndarray, labels: np.ndarray, coverage: float) 
     level = np.ceil((n + 1) * coverage) / n
     if level > 1:
         return 1.0
-    return float(scores[order][min(np.searchsorted(cdf, level - 1e-12), n - 1)])
+    # lifted by TIE so that scores tied with the chosen one stay in: a set holds p >= 1 - q, and with float32
+    # probabilities 1 - (1 - p) can round below p (captures whose true class sat at the logits' floor were
+    # dropped from their own sets: coverage 0.61 where the quantile said 0.99)
+    return min(1.0, float(scores[order][min(np.searchsorted(cdf, level - 1e-12), n - 1)]) + TIE)
 
 
 def recalibration_set(

@@ -25,13 +25,13 @@ from torch.utils.data import DataLoader, Subset
 
 from alloynet.console import make_console
 from alloynet.data import CLASS_NAMES
-from alloynet.data.manifest import manifest_hash, manifest_path
+from alloynet.data.manifest import dark_flat_levels, manifest_hash, manifest_path
 from alloynet.data.synthetic import forward_rigs, synthetic_for
 from alloynet.evaluate.baselines import dataset_arrays
 from alloynet.evaluate.predict import predict
 from alloynet.losses import MultiTaskLoss, create_loss
 from alloynet.models import create_model
-from alloynet.models.answer import MIN_REAL, WithheldLevels, recalibration_set
+from alloynet.models.answer import MIN_REAL, OtherSession, recalibration_set, session_spread
 from alloynet.models.architectures import takes_width
 from alloynet.models.checkpoint import load_checkpoint, load_model, load_weights, save_checkpoint
 from alloynet.models.norm import fit_input_statistics
@@ -454,9 +454,9 @@ def fit_answer(run: Run, best: Path) -> dict:
     summary = model.answer.fit(logits, labels, tr["features"], tr["y"], val["features"], data.train.thickness_mm)
     summary["calibration_set"] = chosen
     # captures sent without calibration or wedge size get their own temperature and set, fitted on the same kind
-    # of set with the levels withheld: on the ~15 captures of a small recalibration half alone a 95 % threshold
+    # of set as if from sessions unseen: on the ~15 captures of a small recalibration half alone a 95 % threshold
     # is not finite and every such answer was all five alloys
-    withheld = predict(WithheldLevels(model), calib, run.device)
+    withheld = predict(other_session(run, model, 0), calib, run.device)
     w_logits, w_labels = withheld["logits"], withheld["y"]
     if crossfit is not None:
         w_logits = np.concatenate([w_logits, crossfit["withheld"]])
@@ -466,6 +466,7 @@ def fit_answer(run: Run, best: Path) -> dict:
     )
     summary["without_calibration"] = model.answer.fit_missing(w_logits, w_labels)
     summary["without_calibration"]["calibration_set"] = w_chosen
+    summary["without_calibration"]["session_spread"] = other_session(run, model, 0).log_sd
     ckpt["model"] = model.state_dict()
     ckpt["answer"] = summary
     save_checkpoint(ckpt, best)
@@ -579,13 +580,22 @@ def cross_fitted(run: Run, best: Path) -> dict | None:
         loader = DataLoader(ds, batch_size=cfg.data.eval_batch_size or 64)
         p = predict(model, loader, run.device)
         logits.append(p["logits"])
-        withheld.append(predict(WithheldLevels(model), loader, run.device)["logits"])
+        withheld.append(predict(other_session(run, model, 1 + f), loader, run.device)["logits"])
         ys.append(p["y"])
     return {"logits": np.concatenate(logits), "y": np.concatenate(ys), "withheld": np.concatenate(withheld)}
 
 
+def other_session(run: Run, model: torch.nn.Module, stream: int) -> OtherSession:
+    """``model`` answering captures without their levels as if from sessions unseen, at the training captures'
+    spread of spans (``session_spread``); ``stream`` keeps each use's draws apart, all seeded by the run."""
+    df = run.data.manifest
+    dark, flat = dark_flat_levels(df[df.split == "train"])
+    seed = int(np.random.SeedSequence([run.cfg.seed, 0x5E5, stream]).generate_state(1)[0])
+    return OtherSession(model, session_spread(dark, flat), seed)
+
+
 def held_out_simulated(run: Run) -> dict | None:
-    """Predictions (and ``withheld``: the logits with levels and wedge size withheld) on ``answer.simulated``
+    """Predictions (and ``withheld``: the logits as if sent without levels, ``other_session``) on ``answer.simulated``
     held-out simulated captures of the training data's simulated rig
     (a round no epoch drew), when training mixed simulated captures in or the store's validation captures
     found the forward model describing the rig (the physics term's correction was weighed and not needed:
@@ -607,7 +617,7 @@ def held_out_simulated(run: Run) -> dict | None:
     )
     loader = DataLoader(source, batch_size=cfg.data.eval_batch_size or 64)
     out = predict(run.model, loader, run.device)
-    out["withheld"] = predict(WithheldLevels(run.model), loader, run.device)["logits"]
+    out["withheld"] = predict(other_session(run, run.model, 99), loader, run.device)["logits"]
     return out
 
 

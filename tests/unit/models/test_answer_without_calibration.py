@@ -71,3 +71,48 @@ def test_too_few_held_out_captures_leave_them_uniform_and_fitting_never_sharpens
     y = rng.integers(0, 5, 200)
     z = np.eye(5)[y] * 30.0
     assert answer.fit_missing(z, y)["temperature"] >= 3.0  # never sharper than a calibrated capture's
+
+
+class _Echo(torch.nn.Module):
+    """Returns what it was sent, to see what ``OtherSession`` feeds the model it wraps."""
+
+    def forward(self, raw, calibration, wedge_mm):
+        return {"calibration": calibration, "wedge_mm": wedge_mm}
+
+
+def test_other_session_scales_each_span_by_the_spread_and_withholds_the_wedge():
+    from alloynet.models.answer import OtherSession
+
+    n = 4000
+    cal = torch.tensor([[[1000.0, 51000.0]]]).repeat(n, 1, 1)
+    out = OtherSession(_Echo(), 0.02, seed=3)(torch.zeros(n, 1, 2, 2), cal, torch.full((n,), 50.0))
+    dark, span = out["calibration"][..., 0], out["calibration"][..., 1] - out["calibration"][..., 0]
+    assert torch.equal(dark, cal[..., 0]) and torch.all(out["wedge_mm"] == 0)
+    log_ratio = torch.log(span / 50000.0).squeeze(1)
+    assert abs(log_ratio.mean().item()) < 0.002 and abs(log_ratio.std().item() - 0.02) < 0.002
+    again = OtherSession(_Echo(), 0.02, seed=3)(torch.zeros(n, 1, 2, 2), cal, torch.full((n,), 50.0))
+    assert torch.equal(again["calibration"], out["calibration"])  # seeded
+
+
+def test_session_spread_is_the_stores_spread_but_never_below_the_floor():
+    from alloynet.models.answer import SESSION_SPREAD_MIN, session_spread
+
+    dark = np.full((6, 1), 1000.0)
+    few_sessions = np.array([[50368.0], [50368.0], [50502.0], [50502.0], [50397.0], [50397.0]])
+    assert session_spread(dark, few_sessions) == SESSION_SPREAD_MIN
+    spans = 49000.0 * np.exp(np.array([-0.05, -0.03, 0.0, 0.0, 0.03, 0.05]))
+    assert abs(session_spread(dark, spans[:, None] + 1000.0) - np.sqrt((2 * 0.05**2 + 2 * 0.03**2) / 6)) < 1e-6
+
+
+def test_captures_tied_with_the_threshold_stay_in_their_sets():
+    # 40 % of the true classes sit at the logits' floor: their probabilities are all equal, and the 95 % set must
+    # hold them however 1 - (1 - p) rounds in float32
+    logits = np.zeros((100, 5), np.float32)
+    y = np.arange(100) % 5
+    floor = np.arange(100) < 40
+    logits[floor, y[floor]] = -30.06
+    logits[~floor, y[~floor]] = 2.0
+    answer = _answer()
+    answer.fit_missing(logits, y)
+    _, pset, _, _ = _forward(answer, torch.as_tensor(logits), torch.ones(100))
+    assert pset.numpy()[np.arange(100), y].mean() >= 0.95
