@@ -9,7 +9,7 @@ by the same graph the servers run, and recorded with source "nightly".
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,11 +82,9 @@ def line_captures(store: ObjectStore, since: datetime, until: datetime) -> list[
     return sorted(out, key=lambda c: (c.sidecar.acquired_at, c.capture_id))
 
 
-def reference_features(
-    store: ObjectStore, before: datetime, bins: int, limit: int = 2000, seed: int = 0
-) -> tuple[np.ndarray, list[float], list[str]]:
-    """Profile features of the training data (labelled captures acquired before ``before`` that did not come
-    from the line unlabelled), their thicknesses and alloys; at most ``limit``, a seeded sample."""
+def reference_captures(store: ObjectStore, before: datetime, limit: int = 2000, seed: int = 0) -> Iterator[LineCapture]:
+    """The training data, one capture at a time: labelled captures acquired before ``before`` that did not come
+    from the line unlabelled; at most ``limit``, a seeded sample; unreadable ones are left out."""
     keys = {}
     for _key, sc in _sidecars(store):
         at = sc.acquired_at if sc.acquired_at.tzinfo else sc.acquired_at.replace(tzinfo=timezone.utc)
@@ -96,14 +94,21 @@ def reference_features(
     if len(ids) > limit:
         rng = np.random.default_rng(seed)
         ids = sorted(rng.choice(ids, size=limit, replace=False).tolist())
-    feats, thick, alloys = [], [], []
     for cid in ids:
         try:
             cap = read_capture(store, cid, _own_size(keys[cid]))
         except CaptureError:
             continue
-        c = cap.sidecar.calibration
-        feats.append(profile_features(cap.image, c.dark_adu, c.flat_adu, bins, open_beam_rows(cap.sidecar)))
+        yield LineCapture(cap.sidecar, cap.image)
+
+
+def reference_features(
+    store: ObjectStore, before: datetime, bins: int, limit: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, list[float], list[str]]:
+    """Profile features of ``reference_captures``, their thicknesses and alloys."""
+    feats, thick, alloys = [], [], []
+    for cap in reference_captures(store, before, limit, seed):
+        feats.append(cap.features(bins))
         t = cap.sidecar.truth
         thick.append(float(t.thickness_mm or t.nominal_thickness_mm))  # type: ignore[union-attr]
         alloys.append(t.alloy)  # type: ignore[union-attr]
