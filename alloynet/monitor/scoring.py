@@ -102,19 +102,6 @@ def reference_captures(store: ObjectStore, before: datetime, limit: int = 2000, 
         yield LineCapture(cap.sidecar, cap.image)
 
 
-def reference_features(
-    store: ObjectStore, before: datetime, bins: int, limit: int = 2000, seed: int = 0
-) -> tuple[np.ndarray, list[float], list[str]]:
-    """Profile features of ``reference_captures``, their thicknesses and alloys."""
-    feats, thick, alloys = [], [], []
-    for cap in reference_captures(store, before, limit, seed):
-        feats.append(cap.features(bins))
-        t = cap.sidecar.truth
-        thick.append(float(t.thickness_mm or t.nominal_thickness_mm))  # type: ignore[union-attr]
-        alloys.append(t.alloy)  # type: ignore[union-attr]
-    return (np.asarray(feats) if feats else np.zeros((0, 0))), thick, alloys
-
-
 def score(
     captures: Sequence[LineCapture],
     runner: Runner,
