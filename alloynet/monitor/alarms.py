@@ -108,8 +108,13 @@ def decide(
         out.append(
             Alarm(
                 "composition",
-                f"the verified plates of {moved} differ from the training plates of the same alloy "
-                f"(Hotelling T² per alloy after thickness, Bonferroni at {composition.alpha:g}"
+                (
+                    f"the plates the line called {moved} and the lab confirmed differ from the training plates "
+                    "the champion calls the same "
+                    if composition.stage == "second"
+                    else f"the verified plates of {moved} differ from the training plates of the same alloy "
+                )
+                + f"(Hotelling T² per alloy after thickness, Bonferroni at {composition.alpha:g}"
                 + (f"; the last {composition.window} night(s)" if composition.window else "")
                 + ")",
                 "a supplier's composition moved within the standard",

@@ -64,6 +64,9 @@ class CompositionResult:
     p_values: dict[str, float] = field(default_factory=dict)
     shifted: list[str] = field(default_factory=list)  # alloys whose profiles moved, most significant first
     window: int = 0  # the nights whose verified plates were tested (0: as given)
+    # "second": the confirmation of a suspicion (``confirm``), on plates the line called that alloy and the lab
+    # verified, against the training plates the champion calls it
+    stage: str = "first"
 
     @property
     def detected(self) -> bool:
@@ -216,7 +219,7 @@ def confirm(
     Plates from before the suspicion are left out: they decided it."""
     x, y = np.asarray(features, float).reshape(len(nights), -1), np.asarray(alloys)
     t, n = np.asarray(thickness_mm, float), np.asarray(nights)
-    out = CompositionResult(alpha)
+    out = CompositionResult(alpha, stage="second")
     suspected = [a for a in since if a in reference_called]
     for a in suspected:
         m = n >= since[a]

@@ -78,6 +78,7 @@ def test_a_composition_shift_alarms_with_its_cause_and_action():
     res = composition_test(ref, *_plates(rng, 40, {"Al6082": [3.0, 0, 0, 0]}))
     (alarm,) = decide(None, None, {}, composition=res, budget=10)
     assert alarm.kind == "composition" and alarm.retrain
+    assert "the verified plates of Al6082" in alarm.seen and "of the same alloy" in alarm.seen
     assert alarm.cause == "a supplier's composition moved within the standard"
     assert "verify 10 more plates of Al6082" in alarm.action and "retrain" in alarm.action
     assert decide(None, None, {}, composition=composition_test(ref, *_plates(rng, 40))) == []

@@ -209,6 +209,7 @@ def test_a_suspicion_focuses_the_next_list_and_the_plates_since_confirm_it(tmp_p
     assert stage[d]["confirmation"]["shifted"] == [SHIFTED] and stage[d]["confirmation"]["p_values"][SHIFTED] < 1e-4
     (alarm,) = [a for a in nights[d].alarms if a.kind == "composition"]
     assert SHIFTED in alarm.seen and f"on {stage[d]['confirmation']['tested'][SHIFTED]} plates" in alarm.seen
+    assert "the lab confirmed differ from the training plates the champion calls the same" in alarm.seen
     md = line.store.get(f"line/reports/{_day(d)}.md").decode()
     assert f"{SHIFTED} since {_day(first)}" in md and f"CONFIRMED: {SHIFTED} (tonight's composition" in md
     # input drift: the rig moved, the references no longer tell a supplier's shift; no focus tomorrow
