@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alloynet.captures.importing.settings import SETTING_SOURCES, ImportSettings
+from alloynet.captures.importing.settings import ImportSettings
 from alloynet.physics import measure
 
 FRAME_NAMES = ("dark", "flat")
@@ -237,7 +237,3 @@ class FrameFinder:
                 levels[name] = list(src)
                 identity.append(levels[name])
         return {"session": session_id(identity), "dark_adu": levels["dark"], "flat_adu": levels["flat"]}, frames
-
-
-def missing_calibration_fix(names: list[str]) -> str:
-    return "; ".join(SETTING_SOURCES[n] for n in names)
