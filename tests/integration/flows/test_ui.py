@@ -367,3 +367,49 @@ def test_a_killed_worker_leaves_no_run_running(lab_stack, tmp_path):
     )
     assert res.returncode == 0 and res.stdout.strip() == f"flow run {stuck}: CANCELLED", res.stderr
     assert stack.api_call(api_url, f"/flow_runs/{stuck}")["state"]["type"] == "CANCELLED"
+
+
+def test_the_lines_week_and_tomorrows_plates_read_in_the_browser(lab_stack, tmp_path):
+    """Two nights of the line monitor report to the stack's server; in the UI the `line-weekly` table shows one
+    row per ISO week with its interval, and `line-verify` lists tomorrow's plates by capture id."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from alloynet.monitor.verify import Verdict, import_verdicts
+    from flows.monitor import line_monitor
+    from tests.integration.test_line_weekly import NIGHTS, _line
+
+    state, env = lab_stack
+    store, truths = _line(tmp_path / "line")
+    outs = []
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        for day in NIGHTS:
+            out = line_monitor(
+                data_dir=str(store.root),
+                registry=str(tmp_path / "registry"),
+                work_dir=str(tmp_path / "w"),
+                day=day.date().isoformat(),
+                budget=6,
+                fail_on_alarm=False,
+            )
+            outs.append(out)
+            picked = [r["capture_id"] for r in out["report"]["verify"]]
+            import_verdicts(
+                store, [Verdict(c, truths[c][0], "lab", "XRF", nominal_thickness_mm=truths[c][1]) for c in picked]
+            )
+    weekly_id = outs[-1]["artifacts"]["line-weekly"]
+    verify_id = outs[-1]["artifacts"]["line-verify"]
+    tomorrow = [r["capture_id"] for r in outs[-1]["report"]["verify"]]
+    ui = env["PREFECT_UI_URL"]
+    with Chromium(tmp_path / "profile") as page:
+        page.navigate(f"{ui}/artifacts/artifact/{weekly_id}")
+        page.wait_for("document.body.innerText.includes('2026-W47')", timeout=60)
+        text = page.evaluate("document.body.innerText")
+        assert "balanced accuracy (95 %)" in text and "verified (random)" in text
+        # a row per week with an interval: the week's row holds its bracketed interval
+        rows = page.evaluate("[...document.querySelectorAll('tr')].map(r => r.innerText)")
+        week_rows = [r for r in rows if "2026-W47" in r]  # the first night's verdicts are in; the second's not yet
+        assert len(week_rows) == 1 and "[" in week_rows[0] and "v7" in week_rows[0], rows
+        page.navigate(f"{ui}/artifacts/artifact/{verify_id}")
+        page.wait_for(f"document.body.innerText.includes({json.dumps(tomorrow[0])})", timeout=60)
+        text = page.evaluate("document.body.innerText")
+        assert all(cid in text for cid in tomorrow) and "random" in text
