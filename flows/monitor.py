@@ -7,9 +7,10 @@ thickness, drift, live accuracy and coverage with intervals beside the champion'
 `line-alarms` plus one ERROR log line per alarm naming the likely cause and the action.
 
 Each alarm is also a Prefect event, ``alloynet.line.alarm.<kind>``, and the automation that
-``python -m flows.monitor automations`` creates acts on those that new labels can fix: it schedules a forced
-retrain (``nightly/manual``, line monitoring off) for when the lab has verified the night's plates. Alarms that
-need hands at the rig (re-take flat/dark) stay on the run's page and log for the engineer.
+``python -m flows.monitor automations`` creates (``python -m infra.stack deploy`` runs it) acts on those that
+new labels can fix: it schedules a forced retrain (``nightly/manual``, line monitoring off) for when the lab has
+verified the night's plates. Alarms that need hands at the rig (re-take flat/dark) stay on the run's page and
+log for the engineer.
 """
 
 from __future__ import annotations
