@@ -14,6 +14,16 @@ if str(ROOT) not in sys.path:  # flows/, serving/, infra/ and tests/helpers are 
     sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(autouse=True)
+def _sys_path_restored():
+    """Whatever a test puts on sys.path leaves with it. Prefect's entrypoint loader puts the flow's folder first
+    and leaves it there: flows/packaging.py then shadowed the `packaging` distribution for every later test of
+    that worker and the processes it spawned (Optuna failed to import in them)."""
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real SeaweedFS S3 server for the whole session; yields the server (endpoint, keys)."""
