@@ -167,8 +167,8 @@ class Answer(nn.Module):
         """Fit the temperature and conformal threshold of captures sent without levels or wedge size, on
         held-out logits of captures from sessions the model has not seen (``OtherSession``); returns a
         summary. With fewer than ``min_captures`` a temperature would be a guess: such captures stay answered
-        uniformly. The temperature is never below that of captures with levels: a capture without its levels is never
-        answered more sharply than one with them."""
+        uniformly. The temperature is never below that of captures with levels: a capture without its levels is
+        never answered more sharply than one with them."""
         if len(labels) < min_captures:
             return {
                 "fitted": False,

@@ -183,7 +183,6 @@ def run_night(
     composition = _composition(store, day, o, ref, ref_thick, ref_alloys)
     second = _second_stage(
         store,
-        since,
         day,
         o,
         rows,
@@ -372,7 +371,7 @@ def _focus_since(store: ObjectStore, day: date, nights: int) -> dict[str, date]:
 
 
 def _reference_calls(
-    store: ObjectStore, before: datetime, o: NightOptions, ids: Sequence[tuple[str, str]], graph: Callable[[], tuple]
+    store: ObjectStore, ids: Sequence[tuple[str, str]], graph: Callable[[], tuple]
 ) -> dict[str, dict[str, Any]] | None:
     """capture id -> the champion's answer (alloy, thickness_mm; None where refused) for each training plate;
     None without a champion. Read from ``REFERENCE_CALLS`` where this version has called the plate before;
@@ -411,7 +410,6 @@ def _reference_calls(
 
 def _second_stage(
     store: ObjectStore,
-    before: datetime,
     day: date,
     o: NightOptions,
     rows: Sequence[dict[str, Any]],
@@ -434,7 +432,7 @@ def _second_stage(
     out.since = {a: d.isoformat() for a, d in sorted(since.items())}
     if not len(ref) or not (caps or since):
         return out
-    calls = _reference_calls(store, before, o, ref_ids, graph)
+    calls = _reference_calls(store, ref_ids, graph)
     if calls is None:
         return out
     channels = caps[0].image.shape[0] if caps else 0

@@ -456,7 +456,8 @@ def fit_answer(run: Run, best: Path) -> dict:
     # captures sent without calibration or wedge size get their own temperature and set, fitted on the same kind
     # of set as if from sessions unseen: on the ~15 captures of a small recalibration half alone a 95 % threshold
     # is not finite and every such answer was all five alloys
-    withheld = predict(other_session(run, model, 0), calib, run.device)
+    unseen = other_session(run, model, 0)
+    withheld = predict(unseen, calib, run.device)
     w_logits, w_labels = withheld["logits"], withheld["y"]
     if crossfit is not None:
         w_logits = np.concatenate([w_logits, crossfit["withheld"]])
@@ -466,7 +467,7 @@ def fit_answer(run: Run, best: Path) -> dict:
     )
     summary["without_calibration"] = model.answer.fit_missing(w_logits, w_labels)
     summary["without_calibration"]["calibration_set"] = w_chosen
-    summary["without_calibration"]["session_spread"] = other_session(run, model, 0).log_sd
+    summary["without_calibration"]["session_spread"] = unseen.log_sd
     ckpt["model"] = model.state_dict()
     ckpt["answer"] = summary
     save_checkpoint(ckpt, best)
@@ -595,10 +596,10 @@ def other_session(run: Run, model: torch.nn.Module, stream: int) -> OtherSession
 
 
 def held_out_simulated(run: Run) -> dict | None:
-    """Predictions (and ``withheld``: the logits as if sent without levels, ``other_session``) on ``answer.simulated``
-    held-out simulated captures of the training data's simulated rig
-    (a round no epoch drew), when training mixed simulated captures in or the store's validation captures
-    found the forward model describing the rig (the physics term's correction was weighed and not needed:
+    """Predictions (and ``withheld``: the logits as if sent without levels, ``other_session``) on
+    ``answer.simulated`` held-out simulated captures of the training data's simulated rig (a round no epoch
+    drew), when training mixed simulated captures in or the store's validation captures found the forward model
+    describing the rig (the physics term's correction was weighed and not needed:
     ``describes_rig``); else None. A threshold fitted on the recalibration half alone (about 40 captures in the
     study) lands anywhere from 0.92 to 0.997 of 0.95; the agreement test still decides whether they join."""
     cfg = run.cfg
