@@ -260,14 +260,16 @@ def deploy(state_dir: Path, api_url: str, names: list[str] | None = None) -> str
     return out
 
 
-def api_call(api_url: str, path: str, body: dict | None = None, method: str | None = None):
+def api_call(api_url: str, path: str, body: dict | None = None, method: str | None = None, timeout: float = 60):
+    # A server on a small machine that is also training (the night's own worker, other jobs) has been seen to
+    # take longer than 15 s over one answer; a caller polling it should wait, not fail.
     req = urllib.request.Request(
         api_url.rstrip("/") + path,
         method=method or ("POST" if body is not None else "GET"),
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req, timeout=15) as r:
+    with urllib.request.urlopen(req, timeout=timeout) as r:
         raw = r.read()
     return json.loads(raw) if raw else None
 
