@@ -226,11 +226,14 @@ class WithheldLevels(nn.Module):
         return self.model(raw, torch.zeros_like(calibration), torch.zeros_like(wedge_mm))
 
 
-# How far, at least, a session's flat-minus-dark span may lie from the training median (log rms): tube output
-# drifts by about a percent between sessions, more than the alloys differ in -ln T. A store of a few sessions
-# shows less than that, and answers to captures sent without levels fitted on its spread under-covered new
-# sessions (0.60 for 0.95 on a second rig's fresh captures, 50 labelled plates per alloy).
-SESSION_SPREAD_MIN = 0.01
+# The prior on how far a session's flat-minus-dark span lies from another's (log sd): tube output drifts by up to
+# about a percent between sessions, more than the alloys differ in -ln T. A store of a few sessions can show
+# less than a line will see, and answers to captures sent without levels fitted on that spread alone
+# under-cover new sessions; a fixed 1 % over-covers rigs whose sessions move less (docs/benchmarks.md, "Captures
+# sent without calibration"). Weighed as one session, the prior carries a store of few sessions and the store's
+# own spread takes over as its sessions accrue.
+SESSION_SPREAD_PRIOR = 0.01
+SESSION_PRIOR_WEIGHT = 1.0
 
 
 class OtherSession(nn.Module):
@@ -255,15 +258,23 @@ class OtherSession(nn.Module):
 
 
 def session_spread(dark: np.ndarray, flat: np.ndarray) -> float:
-    """The log rms of the training captures' flat-minus-dark spans about their median (mean over channels),
-    at least ``SESSION_SPREAD_MIN``: the spread ``OtherSession`` draws from."""
-    span = np.asarray(flat, float) - np.asarray(dark, float)
-    span = span[(span > 0).all(axis=1)] if span.ndim == 2 else span
-    if not len(span):
-        return SESSION_SPREAD_MIN
-    log_span = np.log(span)
-    observed = float(np.sqrt(np.mean((log_span - np.median(log_span, axis=0)) ** 2)))
-    return max(observed, SESSION_SPREAD_MIN)
+    """The spread ``OtherSession`` draws from: how far (log sd) a new session's flat-minus-dark span may lie from
+    the training captures' median. Sessions are the distinct (dark, flat) levels of the captures; the variance of
+    their log spans (mean over channels, n - 1 degrees of freedom) is pooled with ``SESSION_SPREAD_PRIOR``^2 worth
+    ``SESSION_PRIOR_WEIGHT`` degrees of freedom (the posterior mean of a scaled inverse chi-square), then widened
+    by 1 + 1/n for a new session against a centre estimated from n."""
+    dark, flat = np.atleast_1d(np.asarray(dark, float)), np.atleast_1d(np.asarray(flat, float))
+    dark, flat = dark.reshape(len(dark), -1), flat.reshape(len(flat), -1)
+    ok = ((flat - dark) > 0).all(axis=1)
+    sessions = np.unique(np.concatenate([dark[ok], flat[ok]], axis=1), axis=0)
+    n = len(sessions)
+    if n == 0:
+        return SESSION_SPREAD_PRIOR
+    c = dark.shape[1]
+    log_span = np.log(sessions[:, c:] - sessions[:, :c])
+    ss = float(((log_span - log_span.mean(axis=0)) ** 2).sum(axis=0).mean())
+    var = (SESSION_PRIOR_WEIGHT * SESSION_SPREAD_PRIOR**2 + ss) / (SESSION_PRIOR_WEIGHT + n - 1)
+    return float(np.sqrt(var * (1.0 + 1.0 / n)))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -94,14 +94,24 @@ def test_other_session_scales_each_span_by_the_spread_and_withholds_the_wedge():
     assert torch.equal(again["calibration"], out["calibration"])  # seeded
 
 
-def test_session_spread_is_the_stores_spread_but_never_below_the_floor():
-    from alloynet.models.answer import SESSION_SPREAD_MIN, session_spread
+def test_session_spread_starts_from_the_prior_and_the_stores_sessions_take_over():
+    from alloynet.models.answer import SESSION_PRIOR_WEIGHT, SESSION_SPREAD_PRIOR, session_spread
 
+    assert SESSION_PRIOR_WEIGHT == 1.0
     dark = np.full((6, 1), 1000.0)
-    few_sessions = np.array([[50368.0], [50368.0], [50502.0], [50502.0], [50397.0], [50397.0]])
-    assert session_spread(dark, few_sessions) == SESSION_SPREAD_MIN
-    spans = 49000.0 * np.exp(np.array([-0.05, -0.03, 0.0, 0.0, 0.03, 0.05]))
-    assert abs(session_spread(dark, spans[:, None] + 1000.0) - np.sqrt((2 * 0.05**2 + 2 * 0.03**2) / 6)) < 1e-6
+    # one session, whatever its number of captures: the prior alone, widened for a new session's own centre
+    one = np.full((6, 1), 51000.0)
+    assert abs(session_spread(dark, one) - SESSION_SPREAD_PRIOR * np.sqrt(2.0)) < 1e-9
+    # sessions are the distinct levels, not the captures: three sessions 0.1 % apart, two captures each
+    few = 1000.0 + 50000.0 * np.exp(np.repeat([-0.001, 0.0, 0.001], 2))[:, None]
+    var = (SESSION_SPREAD_PRIOR**2 + 2 * 0.001**2) / (1 + 2)
+    assert abs(session_spread(dark, few) - np.sqrt(var * (1 + 1 / 3))) < 1e-7
+    # many sessions: their own spread, the prior's weight of one session fading
+    rng = np.random.default_rng(0)
+    log_span = rng.normal(0.0, 0.004, 400)
+    many = session_spread(np.full((400, 1), 1000.0), 1000.0 + 50000.0 * np.exp(log_span)[:, None])
+    assert abs(many - 0.004) < 0.0004
+    assert session_spread(np.zeros((2, 1)), np.zeros((2, 1))) == SESSION_SPREAD_PRIOR  # no usable span
 
 
 def test_captures_tied_with_the_threshold_stay_in_their_sets():
