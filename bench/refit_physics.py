@@ -43,7 +43,8 @@ def refit(src: Path, data: Path, dst: Path) -> dict:
     rigs = rig_settings(store, labelled[labelled.split == "train"])
     spec["physics"] = physics_spec(table_wedges(rigs), old["channels"], ckpt["image_size"][1], old["bins"])
     model = build_model(spec)
-    state = {k: v for k, v in ckpt["model"].items() if not (k.startswith("physics.") and k != "physics.weight")}
+    kept = ("physics.weight", "physics.span_sd")  # learnt, or measured on the training captures: not tables
+    state = {k: v for k, v in ckpt["model"].items() if not (k.startswith("physics.") and k not in kept)}
     model.load_state_dict(state, strict=False)
     synthetic = SyntheticConfig.model_validate(ckpt["config"]["data"]["synthetic"])  # the run's forward model
     model.physics.fit(
@@ -51,6 +52,7 @@ def refit(src: Path, data: Path, dst: Path) -> dict:
         data_prior(labelled),
         spec["class_names"],
         seed=ckpt["config"]["seed"],
+        shape_wedges=list(rigs),
     )
     new = dict(ckpt, model_spec=spec, model=model.state_dict())
     dst.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,9 @@ Each checkpoint answers every capture of the fresh store twice: as sent with its
 and wedge size), and as a client sends a bare image (both zero: what ``WithheldLevels`` feeds the model,
 and what the exported graph sees when a request carries only ``image``). Printed per checkpoint and case:
 five-class balanced accuracy, the 95 % set's coverage (class-balanced, as ``evaluate``) and mean size, the mean
-top probability, the share of answers at p >= 0.99, and the share flagged calibration_missing. The target: the
-set covers the truth at the model's coverage on such captures, and no guess is answered with p = 1.
+top probability, the share of answers at p >= 0.99 and how many of them are right, and the share flagged
+calibration_missing. The target: the set covers the truth at the model's coverage on such captures, and no
+guess is answered with p = 1.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def run(checkpoint: Path, fresh: Path) -> dict:
             "set_size_mean": a["set_size_mean"],
             "top_probability_mean": float(top.mean()),
             "share_p_ge_0.99": float((top >= 0.99).mean()),
+            "right_at_p_ge_0.99": float((p["probs"].argmax(1) == p["y"])[top >= 0.99].mean())
+            if (top >= 0.99).any()
+            else None,
             "flag_calibration_missing": float(p["flags"][:, list(FLAG_NAMES).index("calibration_missing")].mean()),
         }
     return out
@@ -70,7 +74,8 @@ def main() -> None:
             print(
                 f"{ck}: {case}: five-class {r['balanced_accuracy']:.3f}, set coverage {r['set_coverage']:.3f} "
                 f"size {r['set_size_mean']:.2f}, top p {r['top_probability_mean']:.3f}, "
-                f"p>=0.99 {r['share_p_ge_0.99']:.3f}, flagged {r['flag_calibration_missing']:.3f}",
+                f"p>=0.99 {r['share_p_ge_0.99']:.3f} (right {r['right_at_p_ge_0.99']}), "
+                f"flagged {r['flag_calibration_missing']:.3f}",
                 flush=True,
             )
 

@@ -123,14 +123,14 @@ class AlloyNet(nn.Module):
         return plate, torch.maximum(missing, wedge_missing), out_of_tolerance, drift
 
     def forward(self, raw: torch.Tensor, calibration: torch.Tensor, wedge_mm: torch.Tensor) -> dict[str, torch.Tensor]:
-        a, missing, out_of_tolerance, drift = self.attenuation(raw, calibration)
+        a, calibration_missing, out_of_tolerance, drift = self.attenuation(raw, calibration)
         x, wedge_missing = self.plate_input(a, wedge_mm)
-        missing = torch.maximum(missing, wedge_missing)
+        missing = torch.maximum(calibration_missing, wedge_missing)
         features = self.trunk(x)
         logits, z = self.head(features)
         outside = torch.zeros_like(drift)
         if self.physics is not None:
-            term, outside = self.physics(a, wedge_mm)
+            term, outside = self.physics(a, wedge_mm, calibration_missing)
             logits = logits + term.to(logits.dtype)
         reg = z.float() * self.target_std + self.target_mean
         thickness = reg[:, 0]

@@ -59,6 +59,10 @@ TAIL_MASS, TAIL_SPAN, TAIL_GRID, TAIL_NODES = 0.01, (0.5, 1.5), (32, 128), (1, 4
 # nearest table, and the forward model describes a 60 mm wedge as well as a 50 or 70 mm one, where the 50 or
 # 70 mm tables misfit it everywhere (the robustness suite's unseen 60 mm wedge was at chance with them).
 WEDGE_STEP_MM = 5.0
+# Mean profiles per table, alloy and this many thicknesses across the grid: what a capture sent without its wedge
+# size is matched to, by shape, to pick its table (``table_of``)
+SHAPE_POINTS = 24
+FAR_SHAPE = 1e6  # the shapes of a table no wedge-less capture is matched to
 
 
 def table_wedges(training_wedges_mm: Sequence[float], step_mm: float = WEDGE_STEP_MM) -> list[float]:
@@ -91,7 +95,7 @@ def physics_spec(
 
 class PhysicsLikelihood(nn.Module):
     # Buffers a checkpoint from before the tail lacks: loaded as built (no grid, bounds 0-inf: never out of range)
-    OPTIONAL_BUFFERS = ("grid_mm", "train_bounds")
+    OPTIONAL_BUFFERS = ("grid_mm", "train_bounds", "span_sd", "shapes")
 
     def __init__(
         self,
@@ -121,6 +125,11 @@ class PhysicsLikelihood(nn.Module):
         self.register_buffer("log_weight", torch.zeros(w, k, grid))  # -logdet/2 + log prior mass
         self.register_buffer("grid_mm", torch.zeros(grid))  # the thickness of each grid point
         self.register_buffer("train_bounds", torch.tensor([0.0, float("inf")]))  # the training prior's bounds
+        # log sd of a session's flat-minus-dark span about the training captures' (``session_spread``): what a
+        # capture sent without its levels is marginalised over; 0 (checkpoints from before it): not marginalised
+        self.register_buffer("span_sd", torch.zeros(()))
+        # each table's mean profiles (alloys x SHAPE_POINTS thicknesses), each channel's mean removed
+        self.register_buffer("shapes", torch.zeros(w, k * SHAPE_POINTS, d))
         self.register_buffer("fitted", torch.zeros(()))
         self.weight = nn.Parameter(torch.ones(()))
 
@@ -171,20 +180,29 @@ class PhysicsLikelihood(nn.Module):
         seed: int = 0,
         plates: int = 100,
         correct: Callable[[dict], dict] | None = None,
+        shape_wedges: Sequence[float] | None = None,
     ) -> None:
         """Tabulate the forward model of each wedge's rig (``{wedge_mm: rig config}``, one per fitted wedge) for
         ``alloys`` under the training data's thickness ``prior`` (``alloynet.physics.observer.ThicknessPrior``),
         with the spec's tail beyond it (``TailedPrior``) if it has one. ``correct`` maps the observers
         (``{wedge_mm: PhysicsObserver}``) to the ones to tabulate: the rig's own captures correcting the
-        forward model's mean profiles (``alloynet.physics.correction``)."""
+        forward model's mean profiles (``alloynet.physics.correction``). A capture sent without its wedge size is
+        matched to the tables of ``shape_wedges`` only (the training data's wedges; default: every table): a
+        wedge-less capture comes from the line's own wedges, and the tables between them are 5 mm apart, closer
+        than the forward model may match a rig's profile shape (docs/benchmarks.md)."""
         prior = self.full_prior(prior)
         wedges = [float(v) for v in self.wedges_mm.tolist()]
         observers = self.observers(rigs, prior, alloys, seed, plates)
         if correct is not None:
             observers = correct(observers)
-        ref, white, mean_white, log_weight = [], [], [], []
+        ref, white, mean_white, log_weight, shapes = [], [], [], [], []
         for w in wedges:
             obs = observers[w]
+            at = np.linspace(0, len(obs.likelihoods[0].grid) - 1, SHAPE_POINTS).round().astype(int)
+            shape = np.concatenate([self._shape(lk.mean[at]) for lk in obs.likelihoods])
+            if shape_wedges is not None and w not in {float(v) for v in shape_wedges}:
+                shape = np.full_like(shape, FAR_SHAPE)  # never the nearest
+            shapes.append(shape)
             if obs.likelihoods[0].mean.shape[1] != self.reference.shape[1]:
                 raise ValueError(
                     f"physics prior: the forward model gives {obs.likelihoods[0].mean.shape[1]} profile "
@@ -206,9 +224,21 @@ class PhysicsLikelihood(nn.Module):
             self.node_of.copy_(torch.as_tensor(obs.likelihoods[0].node_of))  # one grid for every alloy and wedge
             self.grid_mm.copy_(torch.as_tensor(obs.likelihoods[0].grid))
             self.train_bounds.copy_(torch.as_tensor(prior.bounds()))
+            self.shapes.copy_(torch.as_tensor(np.stack(shapes)))
             self.fitted.fill_(1.0)
 
+    def _shape(self, profiles):
+        """Profiles [..., C * bins] with each channel's mean removed (numpy or torch)."""
+        x = profiles.reshape(*profiles.shape[:-1], self.channels, self.bins)
+        return (x - x.mean(-1, keepdims=True) if isinstance(x, np.ndarray) else x - x.mean(-1, keepdim=True)).reshape(
+            profiles.shape
+        )
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "shapes" not in state_dict and prefix + "reference" in state_dict:
+            # a checkpoint from before the shapes: each table's reference profile stands for them
+            ref = self._shape(state_dict[prefix + "reference"])
+            state_dict[prefix + "shapes"] = ref[:, None, :].expand_as(self.shapes).clone()
         for name in self.OPTIONAL_BUFFERS:  # a checkpoint from before the tail: keep the buffers as built
             state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -223,27 +253,58 @@ class PhysicsLikelihood(nn.Module):
         m = (bin_of[:, None] == torch.arange(self.bins, device=p.device)[None]).float()  # [W, bins]
         return (p @ (m / m.sum(0, keepdim=True))).flatten(1)
 
-    def log_joint(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> torch.Tensor:
-        """log p(profile, thickness cell | alloy) [B, K, grid], up to a constant shared by the alloys."""
+    def table_of(self, x: torch.Tensor, wedge_mm: torch.Tensor) -> torch.Tensor:
+        """Each capture's table [B]: the nearest fitted wedge to its size, or, sent without one (``wedge_mm`` <= 0),
+        the table with a mean profile of the capture's shape (``shapes``: each channel's mean removed, since a
+        plate and the levels' span move the profile up, the wedge tilts it, and 20 mm of Al between a 50 and a
+        70 mm wedge tilts it more than any plate; matched over alloys and thicknesses, since a thick plate of a
+        Cu/Zn alloy hardens the beam and tilts it too)."""
+        nearest = (wedge_mm.float().reshape(-1, 1) - self.wedges_mm[None]).abs().argmin(1)
+        shape = self._shape(x)  # [B, D]
+        dist = ((shape[:, None, None, :] - self.shapes[None]) ** 2).sum(-1).amin(-1)  # [B, tables]
+        return torch.where(wedge_mm.float().reshape(-1) > 0, nearest, dist.argmin(1))
+
+    def log_joint(
+        self, a: torch.Tensor, wedge_mm: torch.Tensor, calibration_missing: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """log p(profile, thickness cell | alloy) [B, K, grid], up to a constant shared by the alloys.
+
+        A capture sent without its levels (``calibration_missing`` [B] as 0/1) was converted with the training
+        captures' typical ones, so its profile is moved by an unknown delta alike in every bin (-ln T gains the
+        log of the ratio of its own span to theirs): the likelihood is integrated over delta ~ N(0, span_sd^2).
+        Whitened, the profile moves along u = L^-1 1, so chi2(delta) = chi2 + 2 delta u.r + delta^2 u.u (r the
+        whitened residual) and the integral is exact: chi2 -> chi2 - s^2 (u.r)^2 / (1 + s^2 u.u), plus
+        log(1 + s^2 u.u) (s = span_sd; 0 where the levels came: the same joint as without the term)."""
         x = self.profile(a)
-        wi = (wedge_mm.float().reshape(-1, 1) - self.wedges_mm[None]).abs().argmin(1)  # nearest fitted wedge
+        wi = self.table_of(x, wedge_mm)
         xw = torch.einsum("bknde,be->bknd", self.whiten[wi], x - self.reference[wi])  # [B, K, nodes, D]
         diff = xw[:, :, self.node_of, :] - self.mean_white[wi]  # [B, K, grid, D]
         chi2 = (diff * diff).sum(-1)
-        return -0.5 * chi2 + self.log_weight[wi]
+        joint = -0.5 * chi2 + self.log_weight[wi]
+        if calibration_missing is None:
+            return joint
+        u = self.whiten.sum(-1)  # [W, K, nodes, D]: L^-1 1 per table
+        um = torch.einsum("wkgd,wkgd->wkg", u[:, :, self.node_of, :], self.mean_white)  # once a batch, not a capture
+        ux = (u[wi] * xw).sum(-1)  # [B, K, nodes]
+        ur = ux[:, :, self.node_of] - um[wi]  # u.r [B, K, grid]
+        uu = (u * u).sum(-1)[wi][:, :, self.node_of]
+        s2 = ((self.span_sd * calibration_missing.float().reshape(-1)) ** 2)[:, None, None]
+        return joint + 0.5 * s2 * ur * ur / (1.0 + s2 * uu) - 0.5 * torch.log1p(s2 * uu)
 
     def log_likelihoods(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> torch.Tensor:
         """log p(profile | alloy) [B, K], up to a constant shared by the alloys."""
         return torch.logsumexp(self.log_joint(a, wedge_mm), dim=-1)
 
-    def forward(self, a: torch.Tensor, wedge_mm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, a: torch.Tensor, wedge_mm: torch.Tensor, calibration_missing: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(The term added to the logits [B, K]: weight x the fit's log posterior; the posterior mass of the
         thickness beyond the training prior's bounds [B], over all alloys), both zero until fitted. Always in
         float32: under CUDA autocast the whitening products would run in bf16 (3 digits; chi2 needs 6)."""
         if torch.is_autocast_enabled(a.device.type):
             with torch.autocast(a.device.type, enabled=False):
-                return self.forward(a.float(), wedge_mm.float())
-        joint = self.log_joint(a, wedge_mm)  # [B, K, grid]
+                return self.forward(a.float(), wedge_mm.float(), calibration_missing)
+        joint = self.log_joint(a, wedge_mm, calibration_missing)  # [B, K, grid]
         ll = torch.logsumexp(joint, dim=-1)
         lse = torch.logsumexp(ll, dim=1, keepdim=True)
         lp = torch.clamp(ll - lse, min=LOG_FLOOR)

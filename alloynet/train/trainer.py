@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -173,6 +174,7 @@ def fit_physics(model: torch.nn.Module, cfg: TrainConfig, data: RunData) -> dict
         CLASS_NAMES,
         seed=cfg.seed,
         correct=correct if cfg.model.physics_correction and data.train.use_real else None,
+        shape_wedges=list(data.rigs),
     )
     if choice:
         start = f" (forward model: {choice['start']})" if choice.get("start") else ""
@@ -299,6 +301,8 @@ def setup(cfg: TrainConfig) -> Run:
         **extra,
     ).to(device)
     correction = fit_physics(model, cfg, data) if model.physics is not None else None
+    if model.physics is not None:  # what a capture sent without its levels is marginalised over
+        model.physics.span_sd.fill_(training_session_spread(data.manifest))
     model.open_beam.tolerance.fill_(cfg.answer.drift_tolerance)
     fit_input_statistics(model, lambda: _input_batches(data, cfg, device))
     if cfg.model.init_from:  # after the fit: a fine-tuned model keeps the input statistics it learned with
@@ -586,13 +590,17 @@ def cross_fitted(run: Run, best: Path) -> dict | None:
     return {"logits": np.concatenate(logits), "y": np.concatenate(ys), "withheld": np.concatenate(withheld)}
 
 
+def training_session_spread(manifest: pd.DataFrame) -> float:
+    """``session_spread`` of the training split's levels."""
+    dark, flat = dark_flat_levels(manifest[manifest.split == "train"])
+    return session_spread(dark, flat)
+
+
 def other_session(run: Run, model: torch.nn.Module, stream: int) -> OtherSession:
     """``model`` answering captures without their levels as if from sessions unseen, at the training captures'
     spread of spans (``session_spread``); ``stream`` keeps each use's draws apart, all seeded by the run."""
-    df = run.data.manifest
-    dark, flat = dark_flat_levels(df[df.split == "train"])
     seed = int(np.random.SeedSequence([run.cfg.seed, 0x5E5, stream]).generate_state(1)[0])
-    return OtherSession(model, session_spread(dark, flat), seed)
+    return OtherSession(model, training_session_spread(run.data.manifest), seed)
 
 
 def held_out_simulated(run: Run) -> dict | None:

@@ -250,3 +250,66 @@ def test_a_checkpoint_from_before_the_tail_still_loads(tmp_path):
     with torch.no_grad():
         out, ref = fresh(x, cal, w), model(x, cal, w)
     assert torch.allclose(out["logits"], ref["logits"]) and out["flags"][:, 2].sum() == 0
+
+
+def _fitted_two_wedges() -> PhysicsLikelihood:
+    module = PhysicsLikelihood(5, [50.0, 70.0], 1, bins=16)
+    module.fit({50.0: _rig(50.0), 70.0: _rig(70.0)}, ThicknessPrior(range_mm=(1.0, 5.0)), ALLOY_NAMES)
+    return module
+
+
+def _profiles(wedge: float, n_per: int, seed: int) -> torch.Tensor:
+    prior = ThicknessPrior(range_mm=(1.0, 5.0))
+    obs = PhysicsObserver(profile_model_for(_rig(wedge), 16), ALLOY_NAMES, prior, plates=100, seed=0)
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([obs.draw(k, n_per, rng)[0] for k in range(5)])
+    return torch.tensor(np.repeat(x, 2, axis=1), dtype=torch.float32)[:, None, None, :].expand(-1, 1, 8, -1)
+
+
+def test_a_capture_without_levels_is_integrated_over_its_span():
+    """Sent without levels, the profile is moved by an unknown delta in every bin; the joint is integrated over
+    delta ~ N(0, span_sd^2) in closed form: it equals the joint of the moved profiles averaged over delta (a
+    fine quadrature), and a capture with its levels keeps the joint it had, bit for bit."""
+    module = _fitted_two_wedges()
+    module.span_sd.fill_(0.004)
+    a, wedge = _profiles(50.0, 2, seed=5), torch.full((10,), 50.0)
+    missing = torch.tensor([1.0, 0.0] * 5)
+    with torch.no_grad():
+        plain = module.log_joint(a, wedge)
+        closed = module.log_joint(a, wedge, missing)
+        z = torch.linspace(-12.0, 12.0, 961)  # the posterior of delta may lie several prior sd out
+        log_w = -0.5 * z**2 - torch.logsumexp(-0.5 * z**2, 0)
+        moved = torch.stack([module.log_joint(a + 0.004 * float(v), wedge) for v in z])  # [Z, B, K, grid]
+        numeric = torch.logsumexp(moved + log_w[:, None, None, None], 0)
+    known = missing == 0
+    assert torch.equal(closed[known], plain[known])
+    on = missing > 0
+    # where the likelihood is not negligible (within 30 of each capture's best), the two agree closely
+    best = numeric[on].amax(dim=(1, 2), keepdim=True)
+    near = numeric[on] > best - 30
+    assert (closed[on] - numeric[on])[near].abs().max() < 0.02
+    # and it matters: at a 0.4 % spread the joint moves by far more than that
+    assert (closed[on] - plain[on])[near].abs().max() > 1.0
+
+
+def test_a_capture_without_its_wedge_size_reads_it_from_its_profile():
+    module = _fitted_two_wedges()
+    a = torch.cat([_profiles(50.0, 6, seed=1), _profiles(70.0, 6, seed=2)])
+    x = module.profile(a)
+    told = torch.tensor([50.0] * 30 + [70.0] * 30)
+    assert torch.equal(module.table_of(x, told), torch.tensor([0] * 30 + [1] * 30))
+    assert torch.equal(module.table_of(x, torch.zeros(60)), torch.tensor([0] * 30 + [1] * 30))
+    # a profile moved alike in every bin (an unknown span) has the same shape
+    assert torch.equal(module.table_of(x + 0.05, torch.zeros(60)), module.table_of(x, torch.zeros(60)))
+
+
+def test_a_wedge_less_capture_is_matched_to_the_training_wedges_only():
+    prior = ThicknessPrior(range_mm=(1.0, 5.0))
+    wedges = table_wedges([50.0, 70.0])
+    module = PhysicsLikelihood(5, wedges, 1, bins=16)
+    module.fit({w: _rig(w) for w in wedges}, prior, ALLOY_NAMES, shape_wedges=[50.0, 70.0])
+    x = module.profile(torch.cat([_profiles(50.0, 4, seed=1), _profiles(60.0, 4, seed=2), _profiles(70.0, 4, 3)]))
+    picked = module.table_of(x, torch.zeros(60))
+    assert set(picked[:20].tolist()) == {0} and set(picked[40:].tolist()) == {4}
+    assert set(picked[20:40].tolist()) <= {0, 4}  # a 60 mm capture sent without its size: one of the two
+    assert torch.equal(module.table_of(x, torch.full((60,), 60.0)), torch.full((60,), 2))  # told: its own table
