@@ -94,7 +94,8 @@ def physics_spec(
 
 
 class PhysicsLikelihood(nn.Module):
-    # Buffers a checkpoint from before the tail lacks: loaded as built (no grid, bounds 0-inf: never out of range)
+    # Buffers older checkpoints lack, loaded as built: no grid, bounds 0-inf (never out of range), span_sd 0 (a
+    # capture without levels not integrated); shapes from each table's reference profile (``_load_from_state_dict``)
     OPTIONAL_BUFFERS = ("grid_mm", "train_bounds", "span_sd", "shapes")
 
     def __init__(
