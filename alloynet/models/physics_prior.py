@@ -133,6 +133,12 @@ class PhysicsLikelihood(nn.Module):
         self.register_buffer("shapes", torch.zeros(w, k * SHAPE_POINTS, d))
         self.register_buffer("fitted", torch.zeros(()))
         self.weight = nn.Parameter(torch.ones(()))
+        # What the span integral reads of the tables, derived from them once (after ``fit`` and after every load),
+        # not per batch: u = L^-1 1 per node, u.u per node, u.(whitened mean) per grid point; never saved
+        self.register_buffer("span_u", torch.zeros(w, k, nodes, d), persistent=False)
+        self.register_buffer("span_uu", torch.zeros(w, k, nodes), persistent=False)
+        self.register_buffer("span_um", torch.zeros(w, k, grid), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.derive_span_tables())
 
     def full_prior(self, prior):
         """The training data's thickness prior with the spec's tail beyond it (``TailedPrior``), if it has one."""
@@ -227,6 +233,14 @@ class PhysicsLikelihood(nn.Module):
             self.train_bounds.copy_(torch.as_tensor(prior.bounds()))
             self.shapes.copy_(torch.as_tensor(np.stack(shapes)))
             self.fitted.fill_(1.0)
+        self.derive_span_tables()
+
+    @torch.no_grad()
+    def derive_span_tables(self) -> None:
+        u = self.whiten.sum(-1)
+        self.span_u.copy_(u)
+        self.span_uu.copy_((u * u).sum(-1))
+        self.span_um.copy_(torch.einsum("wkgd,wkgd->wkg", u[:, :, self.node_of, :], self.mean_white))
 
     def _shape(self, profiles):
         """Profiles [..., C * bins] with each channel's mean removed (numpy or torch)."""
@@ -284,11 +298,9 @@ class PhysicsLikelihood(nn.Module):
         joint = -0.5 * chi2 + self.log_weight[wi]
         if calibration_missing is None:
             return joint
-        u = self.whiten.sum(-1)  # [W, K, nodes, D]: L^-1 1 per table
-        um = torch.einsum("wkgd,wkgd->wkg", u[:, :, self.node_of, :], self.mean_white)  # once a batch, not a capture
-        ux = (u[wi] * xw).sum(-1)  # [B, K, nodes]
-        ur = ux[:, :, self.node_of] - um[wi]  # u.r [B, K, grid]
-        uu = (u * u).sum(-1)[wi][:, :, self.node_of]
+        ux = (self.span_u[wi] * xw).sum(-1)  # [B, K, nodes]
+        ur = ux[:, :, self.node_of] - self.span_um[wi]  # u.r [B, K, grid]
+        uu = self.span_uu[wi][:, :, self.node_of]
         s2 = ((self.span_sd * calibration_missing.float().reshape(-1)) ** 2)[:, None, None]
         return joint + 0.5 * s2 * ur * ur / (1.0 + s2 * uu) - 0.5 * torch.log1p(s2 * uu)
 
