@@ -245,9 +245,7 @@ class PhysicsLikelihood(nn.Module):
     def _shape(self, profiles):
         """Profiles [..., C * bins] with each channel's mean removed (numpy or torch)."""
         x = profiles.reshape(*profiles.shape[:-1], self.channels, self.bins)
-        return (x - x.mean(-1, keepdims=True) if isinstance(x, np.ndarray) else x - x.mean(-1, keepdim=True)).reshape(
-            profiles.shape
-        )
+        return (x - x.mean(-1)[..., None]).reshape(profiles.shape)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "shapes" not in state_dict and prefix + "reference" in state_dict:

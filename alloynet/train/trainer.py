@@ -268,6 +268,9 @@ class Run:
     amp: bool
     channels_last: bool
     meta: dict[str, Any]
+    # the training sessions' spread of spans (``session_spread``): what the physics term integrates a capture
+    # sent without levels over, and what ``other_session`` moves spans by; read from the manifest once
+    session_spread: float
 
 
 def setup(cfg: TrainConfig) -> Run:
@@ -301,8 +304,9 @@ def setup(cfg: TrainConfig) -> Run:
         **extra,
     ).to(device)
     correction = fit_physics(model, cfg, data) if model.physics is not None else None
+    spread = training_session_spread(data.manifest)
     if model.physics is not None:  # what a capture sent without its levels is marginalised over
-        model.physics.span_sd.fill_(training_session_spread(data.manifest))
+        model.physics.span_sd.fill_(spread)
     model.open_beam.tolerance.fill_(cfg.answer.drift_tolerance)
     fit_input_statistics(model, lambda: _input_batches(data, cfg, device))
     if cfg.model.init_from:  # after the fit: a fine-tuned model keeps the input statistics it learned with
@@ -353,6 +357,7 @@ def setup(cfg: TrainConfig) -> Run:
         cfg.amp and device.type == "cuda",
         channels_last,
         meta,
+        spread,
     )
 
 
@@ -600,7 +605,7 @@ def other_session(run: Run, model: torch.nn.Module, stream: int) -> OtherSession
     """``model`` answering captures without their levels as if from sessions unseen, at the training captures'
     spread of spans (``session_spread``); ``stream`` keeps each use's draws apart, all seeded by the run."""
     seed = int(np.random.SeedSequence([run.cfg.seed, 0x5E5, stream]).generate_state(1)[0])
-    return OtherSession(model, training_session_spread(run.data.manifest), seed)
+    return OtherSession(model, run.session_spread, seed)
 
 
 def held_out_simulated(run: Run) -> dict | None:
