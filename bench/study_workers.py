@@ -49,7 +49,6 @@ def main() -> None:
     )
     import pandas as pd
     import torch
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from alloynet.study import StudyConfig, run_study
     from alloynet.study.runner import prepare_data
@@ -82,7 +81,7 @@ def main() -> None:
     try:
         stack.ensure_work_pool(state, api)
         stack.deploy(state, api, ["study-cell/one-cell-cpu"])
-        with temporary_settings(updates={PREFECT_API_URL: api}):
+        with stack.talking_to(api):
             for n in (1, 2):
                 while len(workers) < n:
                     workers.append(f"w{len(workers) + 1}")

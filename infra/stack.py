@@ -32,6 +32,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -272,6 +273,36 @@ def api_call(api_url: str, path: str, body: dict | None = None, method: str | No
     with urllib.request.urlopen(req, timeout=timeout) as r:
         raw = r.read()
     return json.loads(raw) if raw else None
+
+
+@contextmanager
+def talking_to(api_url: str, drain_timeout: float = 60.0):
+    """Run this process's flows against the server at ``api_url``; send what they queued before leaving.
+
+    Prefect's log and event workers are one per process and keep the client of the server they first sent
+    to. Left running after that server stops, they send every later flow's logs and events to the stopped one,
+    each event after its client's ten connection retries, and Prefect drains them at exit or when a test
+    harness stops: a test session waited ten minutes on it. So the workers are drained on the way in (what
+    earlier flows queued goes to their own server, and the flows here start workers that send here) and on
+    the way out, while this server is still up."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    send_queued(drain_timeout)
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        try:
+            yield
+        finally:
+            send_queued(drain_timeout)
+
+
+def send_queued(timeout: float = 60.0) -> None:
+    """Send the logs and events this process's flows queued, and stop the workers that hold them: the next
+    flow starts workers bound to the server it runs against."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout, at_exit=False)
+    EventsWorker.drain_all(timeout=timeout, at_exit=False)
 
 
 def zombie_automation(after_seconds: int = ZOMBIE_AFTER_SECONDS) -> dict:

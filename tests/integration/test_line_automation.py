@@ -51,9 +51,9 @@ def events_to_this_server(prefect_harness):  # noqa: F811
     """Prefect's events worker is one per process and keeps the API client of the server it first sent to; a
     test module that imports ``prefect_harness`` gets its own server, so the worker an earlier module started
     is drained and stopped, and the next event starts one that sends here."""
-    from prefect.events.worker import EventsWorker
+    from infra import stack
 
-    EventsWorker.drain_all(timeout=30, at_exit=False)
+    stack.send_queued(timeout=30)
     yield
 
 

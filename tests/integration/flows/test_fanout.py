@@ -60,8 +60,6 @@ def pool():
     import shutil
     import tempfile
 
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from infra import postgres
     from infra.processes import free_port
 
@@ -83,28 +81,14 @@ def pool():
         assert not list(state.rglob("*.db"))
         with ThreadPoolExecutor(len(WORKERS)) as ex:  # each waits until it has registered with the pool
             list(ex.map(s.start_worker, WORKERS))
-        with temporary_settings(updates={PREFECT_API_URL: s.api_url}):
-            try:
-                yield s
-            finally:
-                _send_what_is_queued()
+        with stack.talking_to(s.api_url):
+            yield s
     finally:
         for w in WORKERS:
             stack.stop_service(state, w)
         down = stack.down(state)
         shutil.rmtree(state, ignore_errors=True)
     assert down["prefect-server"] and down["postgres"], f"needed SIGKILL: {down}"
-
-
-def _send_what_is_queued() -> None:
-    """Send the logs and events this process's flows queued while the server is still up: otherwise the
-    queues are drained at interpreter exit against the stopped server, and the process waits on the
-    client's connection retries ("Error logging to API ... All connection attempts failed")."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=30)
-    EventsWorker.drain_all(timeout=30)
 
 
 def _study_cfg(tmp: Path, name: str) -> dict:

@@ -1,8 +1,10 @@
-"""Why test_fanout.py waited at exit: logs its flows queued were sent at interpreter exit to the server the
-fixture had stopped. A process that sends its queues before stopping the server exits without that."""
+"""Why a test that ran flows against the stack waited at exit: the logs its flows queued were sent at
+interpreter exit to the server the fixture had stopped. A process that sends its queues before stopping the
+server exits without that."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,8 +33,7 @@ try:
     with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
         one_line()
         if sys.argv[1] == "send":
-            from tests.integration.flows.test_fanout import _send_what_is_queued
-            _send_what_is_queued()
+            stack.send_queued()
 finally:
     stack.down(state)
 """
@@ -58,3 +59,66 @@ def test_queued_logs_are_sent_before_the_server_stops(send, tmp_path):
     )
     assert p.returncode == 0, p.stderr[-3000:]
     assert ("Error logging to API" in p.stderr) is not send, p.stderr[-3000:]
+
+
+TWO_SERVERS = r"""
+import json, sys, tempfile, time
+from pathlib import Path
+from infra import stack
+from infra.processes import free_port
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+@flow
+def one_line():
+    get_run_logger().info("a line for the API")
+    return flow_run.id
+
+def up():
+    state = Path(tempfile.mkdtemp(prefix="alloynet-two-"))
+    return state, stack.up(state, port=free_port(), s3=False, worker=False, postgres=False)["PREFECT_API_URL"]
+
+first, api = up()
+try:
+    with stack.talking_to(api):
+        one_line()
+finally:
+    stack.down(first)
+second, api = up()
+try:
+    with stack.talking_to(api):
+        run_id = one_line()
+    query = {"filter": {"resource": {"id": [f"prefect.flow-run.{run_id}"]}}, "limit": 50}
+    deadline = time.monotonic() + 60  # the server stores the events it receives in batches
+    while True:
+        seen = {
+            "logs": len(stack.api_call(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}})),
+            "events": len(stack.api_call(api, "/events/filter", query)["events"]),
+        }
+        if seen["events"] >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    print(json.dumps(seen))
+finally:
+    stack.down(second)
+"""
+
+
+def test_flows_against_a_second_server_report_there_after_the_first_stopped(tmp_path):
+    """Prefect's log and event workers are one per process and keep the server they first sent to: a flow run
+    against a second server, after the first stopped, sends its logs and events to the second."""
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("PREFECT_API_URL", None)
+    p = subprocess.run(
+        [sys.executable, "-c", TWO_SERVERS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    seen = json.loads(p.stdout.strip().splitlines()[-1])
+    assert seen["logs"] >= 1 and seen["events"] >= 2, (seen, p.stderr[-3000:])  # at least running, completed
+    assert "Error logging to API" not in p.stderr, p.stderr[-3000:]

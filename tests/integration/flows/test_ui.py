@@ -372,8 +372,6 @@ def test_a_killed_worker_leaves_no_run_running(lab_stack, tmp_path):
 def test_the_lines_week_and_tomorrows_plates_read_in_the_browser(lab_stack, tmp_path):
     """Two nights of the line monitor report to the stack's server; in the UI the `line-weekly` table shows one
     row per ISO week with its interval, and `line-verify` lists tomorrow's plates by capture id."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from alloynet.monitor.verify import Verdict, import_verdicts
     from flows.monitor import line_monitor
     from tests.integration.test_line_weekly import NIGHTS, _line
@@ -381,7 +379,7 @@ def test_the_lines_week_and_tomorrows_plates_read_in_the_browser(lab_stack, tmp_
     state, env = lab_stack
     store, truths = _line(tmp_path / "line")
     outs = []
-    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+    with stack.talking_to(env["PREFECT_API_URL"]):  # the stack stops after this module: nothing left queued
         for day in NIGHTS:
             out = line_monitor(
                 data_dir=str(store.root),
