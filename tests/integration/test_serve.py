@@ -166,12 +166,14 @@ def _state(serve) -> dict:
 
 
 class Load:
-    """Client threads sending one capture in a loop to each URL; records which version answered, or the error."""
+    """Client threads sending one capture in a loop to each URL; records, per thread, which version answered,
+    or the error. Per thread, since a request another thread sent before a swap may be answered by the old
+    version after this thread's first answer from the new one: only one client's answers are in order."""
 
     def __init__(self, serve, inputs, references, per_server: int = 2):
         self.urls = [serve["triton"], serve["torchserve"]] * per_server
         self.key_file, self.inputs, self.refs = serve["key_file"], inputs, references
-        self.answers: dict[str, list[tuple[float, str]]] = {u: [] for u in set(self.urls)}
+        self.answers: list[list[tuple[float, str]]] = [[] for _ in self.urls]
         self.errors: list[str] = []
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -180,28 +182,32 @@ class Load:
         got = np.array([p.probabilities[c] for c in ALLOY_NAMES])
         return next((v for v, ref in self.refs.items() if np.allclose(got, ref, atol=1e-4)), "?")
 
-    def run(self, url: str) -> None:
+    def run(self, i: int) -> None:
         from serving.client import connect
 
+        url = self.urls[i]
         with connect(url, key_file=self.key_file) as client:  # default retry budget: what the line gets
             while not self.stopping.is_set():
                 try:
                     p = client.predict(self.inputs["image"], self.inputs["calibration"], self.inputs["wedge_mm"])
                     with self.lock:
-                        self.answers[url].append((time.monotonic(), self.who(p)))
+                        self.answers[i].append((time.monotonic(), self.who(p)))
                 except Exception as exc:
                     with self.lock:
                         self.errors.append(f"{url}: {exc!r}")
 
     def since(self, t: float) -> dict[str, set[str]]:
         with self.lock:
-            return {u: {v for at, v in a if at >= t} for u, a in self.answers.items()}
+            got: dict[str, set[str]] = {u: set() for u in self.urls}
+            for u, a in zip(self.urls, self.answers):
+                got[u] |= {v for at, v in a if at >= t}
+            return got
 
     def __enter__(self) -> Load:
-        self.threads = [threading.Thread(target=self.run, args=(u,), daemon=True) for u in self.urls]
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(len(self.urls))]
         for t in self.threads:
             t.start()
-        _wait(lambda: all(len(a) >= 3 for a in self.answers.values()), 60, "the first answers")
+        _wait(lambda: all(len(a) >= 3 for a in self.answers), 60, "the first answers")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -292,7 +298,7 @@ def test_promotion_and_rollback_under_load_drop_no_request(serve, registry, inpu
         after = time.monotonic()
         _wait(lambda: all(load.since(after).values()), 60, "answers after the failed swap")
     assert load.errors == []
-    for url, answers in load.answers.items():
+    for url, answers in zip(load.urls, load.answers):
         seen = [v for _, v in answers]
         assert "?" not in seen
         order = [v for i, v in enumerate(seen) if i == 0 or v != seen[i - 1]]
