@@ -39,25 +39,26 @@ finally:
 """
 
 
-@pytest.mark.parametrize("send", [False, True])
-def test_queued_logs_are_sent_before_the_server_stops(send, tmp_path):
+def _python(script: str, args: list[str], home) -> subprocess.CompletedProcess:
+    """``script`` in a fresh interpreter with its own PREFECT_HOME and no server configured; it must succeed."""
     env = {
         **os.environ,
-        "PREFECT_HOME": str(tmp_path),
+        "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PYTHONPATH": str(ROOT),
     }
     env.pop("PREFECT_API_URL", None)
     p = subprocess.run(
-        [sys.executable, "-c", SCRIPT, "send" if send else "keep"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400
     )
     assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+@pytest.mark.parametrize("send", [False, True])
+def test_queued_logs_are_sent_before_the_server_stops(send, tmp_path):
+    p = _python(SCRIPT, ["send" if send else "keep"], tmp_path)
     assert ("Error logging to API" in p.stderr) is not send, p.stderr[-3000:]
 
 
@@ -110,18 +111,7 @@ finally:
 def test_flows_against_a_second_server_report_there_after_the_first_stopped(tmp_path):
     """Prefect's log and event workers are one per process and keep the server they first sent to: a flow run
     against a second server, after the first stopped, sends its logs and events to the second."""
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    env.pop("PREFECT_API_URL", None)
-    p = subprocess.run(
-        [sys.executable, "-c", TWO_SERVERS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = _python(TWO_SERVERS, [], tmp_path)
     seen = json.loads(p.stdout.strip().splitlines()[-1])
     assert seen["logs"] >= 1 and seen["events"] == 1, (seen, p.stderr[-3000:])
     assert "Error logging to API" not in p.stderr and "failed to process" not in p.stderr, p.stderr[-3000:]
